@@ -1,0 +1,116 @@
+"""The few array operations the core needs beyond ``+`` and ``*``, for numpy, torch and jax arrays.
+
+The numerical core only forms linear combinations of arrays with Python-float (float64)
+coefficients (``lincomb``), which every array library supports with plain operators. Stacking the
+points of a round into one batched model call, building the per-sample time vector and the
+finiteness check need library calls; they are dispatched here on the array's type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+Array = Any
+
+
+def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
+    """Return sum_k coeffs[k] * arrays[k], skipping zero coefficients.
+
+    Coefficients must be Python floats so that a float32 array stays float32 (NEP 50 weak scalars).
+    """
+    terms = [(c, a) for c, a in zip(coeffs, arrays) if c != 0.0] or [(0.0, arrays[0])]
+    c, a = terms[0]
+    acc = a + 0.0 if c == 1.0 else c * a
+    for c, a in terms[1:]:
+        if c == 1.0:
+            acc += a
+        elif c == -1.0:
+            acc -= a
+        else:
+            acc += c * a
+    return acc
+
+
+def library(x: Array) -> str:
+    """'numpy', 'torch' or 'jax', from the array's type."""
+    mod = type(x).__module__.split(".")[0]
+    if mod in ("jaxlib", "jax"):
+        return "jax"
+    if mod == "torch":
+        return "torch"
+    return "numpy"
+
+
+def concat(arrays: Sequence[Array]) -> Array:
+    """Concatenate along axis 0."""
+    lib = library(arrays[0])
+    if lib == "torch":
+        import torch
+
+        return torch.cat(list(arrays), dim=0)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return jnp.concatenate(arrays, axis=0)
+    return np.concatenate(arrays, axis=0)
+
+
+def stack(arrays: Sequence[Array]) -> Array:
+    """Stack along a new axis 0."""
+    lib = library(arrays[0])
+    if lib == "torch":
+        import torch
+
+        return torch.stack(list(arrays), dim=0)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return jnp.stack(arrays, axis=0)
+    return np.stack(arrays, axis=0)
+
+
+def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
+    """A 1-D array of the times ``ts``, each repeated ``repeats`` times, in ``like``'s library.
+
+    Floating states get times of their own dtype (and device); other states get float64.
+    """
+    lib = library(like)
+    if lib == "torch":
+        import torch
+
+        dtype = like.dtype if like.dtype.is_floating_point else torch.float64
+        return torch.tensor(ts, dtype=dtype, device=like.device).repeat_interleave(repeats)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
+        return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
+    dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
+    return np.repeat(np.asarray(ts, dtype=dtype), repeats)
+
+
+def all_finite(x: Array) -> bool:
+    lib = library(x)
+    if lib == "torch":
+        import torch
+
+        return bool(torch.isfinite(x).all())
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return bool(jnp.isfinite(x).all())
+    return bool(np.isfinite(x).all())
+
+
+def rms(x: Array) -> float:
+    """Root mean square over all elements, as a Python float."""
+    return float(((x * x).sum() / _numel(x)) ** 0.5)
+
+
+def _numel(x: Array) -> int:
+    n = 1
+    for s in x.shape:
+        n *= int(s)
+    return n

@@ -1,0 +1,105 @@
+"""Time grids for diffusion sampling: ``steps + 1`` float64 times from noise to data.
+
+``time_grid(schedule, steps, spacing)`` places points evenly in a *spacing coordinate* u(t):
+
+===========  =====================================  =====================================
+spacing      u(t)                                   matches
+===========  =====================================  =====================================
+"uniform"    t                                      flow-matching linspace, DDIM "linspace"
+"logsnr"     lambda(t) = log(alpha/sigma)           DPM-Solver "logSNR", diffusers lu_lambdas
+"karras"     (sigma/alpha)^(1/rho), rho = 7         Karras et al. / k-diffusion
+===========  =====================================  =====================================
+
+If the schedule has a ``t_min`` (VP, EDM) or ``t_min`` is passed, the first ``steps`` points run
+from ``t_max`` to ``t_min`` and the last point is the data end ``t_data`` (sigma = 0): the final
+step jumps to clean data, as diffusers' ``final_sigmas_type="zero"`` and k-diffusion do.
+Otherwise (rectified flow) all ``steps + 1`` points run from ``t_max`` to ``t_data`` evenly in u,
+which needs u(t_data) finite ("logsnr" therefore needs a ``t_min``).
+
+``shift`` (rectified flow only) then maps every time by t -> shift t / (1 + (shift - 1) t), the
+SD3 / Flux flow-matching shift; it keeps t = 0 and t = 1 fixed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .schedules import RectifiedFlow, Schedule
+
+__all__ = ["time_grid", "shift_time", "SPACINGS"]
+
+SPACINGS = ("uniform", "logsnr", "karras")
+
+
+def shift_time(t, shift: float):
+    """Flow-matching time shift t -> shift t / (1 + (shift - 1) t)."""
+    t = np.asarray(t, dtype=np.float64)
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def time_grid(
+    schedule: Schedule,
+    steps: int,
+    spacing: str = "uniform",
+    *,
+    shift: float = 1.0,
+    t_max: float | None = None,
+    t_min: float | None = None,
+    rho: float = 7.0,
+) -> np.ndarray:
+    """Return the ``steps + 1`` grid times (float64, strictly monotone, noise -> data)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if not (isinstance(shift, (int, float)) and shift > 0 and math.isfinite(shift)):
+        raise ValueError(f"shift must be a positive number, got {shift!r}")
+    if shift != 1.0 and not isinstance(schedule, RectifiedFlow):
+        raise ValueError("shift applies to RectifiedFlow schedules only")
+    t_max = schedule.t_noise if t_max is None else float(t_max)
+    t_min = schedule.t_min if t_min is None else float(t_min)
+    t_data = schedule.t_data
+    if t_min is not None and not (min(t_max, t_data) <= t_min < max(t_max, t_data) or t_min == t_data):
+        raise ValueError(f"t_min must lie between t_data={t_data} and t_max={t_max}, got {t_min}")
+
+    u = _coordinate(schedule, spacing, rho)
+    if t_min is None or t_min == t_data:
+        end = u(t_data)
+        if not np.isfinite(end):
+            raise ValueError(f"spacing {spacing!r} cannot reach sigma = 0 directly; pass t_min > 0")
+        ts = _from_coordinate(schedule, spacing, rho, np.linspace(u(t_max), end, steps + 1))
+        ts[0], ts[-1] = t_max, t_data
+    else:
+        inner = np.linspace(u(t_max), u(t_min), steps) if steps > 1 else np.array([u(t_max)])
+        ts = _from_coordinate(schedule, spacing, rho, inner)
+        ts[0] = t_max
+        if steps > 1:
+            ts[-1] = t_min
+        ts = np.append(ts, t_data)
+    if shift != 1.0:
+        ts = shift_time(ts, shift)
+    ts = np.asarray(ts, dtype=np.float64)
+    d = np.diff(ts)
+    if not (np.all(d < 0) or np.all(d > 0)):
+        raise ValueError("the grid is not strictly monotone; use fewer steps or another spacing")
+    return ts
+
+
+def _coordinate(schedule: Schedule, spacing: str, rho: float):
+    if spacing == "uniform":
+        return lambda t: float(t)
+    if spacing == "logsnr":
+        return lambda t: float(schedule.lam(t))
+    return lambda t: float(schedule.ve_sigma(t)) ** (1.0 / rho)
+
+
+def _from_coordinate(schedule: Schedule, spacing: str, rho: float, u: np.ndarray) -> np.ndarray:
+    if spacing == "uniform":
+        return np.array(u, dtype=np.float64)
+    if spacing == "logsnr":
+        return np.asarray(schedule.t_from_lam(u), dtype=np.float64).reshape(u.shape)
+    ve = np.asarray(u, dtype=np.float64) ** rho  # sigma / alpha = exp(-lambda)
+    with np.errstate(divide="ignore"):
+        return np.asarray(schedule.t_from_lam(-np.log(ve)), dtype=np.float64).reshape(u.shape)

@@ -1,0 +1,172 @@
+"""What the solvers integrate: a diffusion model in one of four parametrisations, or a plain ODE.
+
+A *model* turns a list of points (x_k, t_k) into model outputs, in one batched call or one call a
+point, and converts an output into the quantity a solver needs, as a linear combination
+q = a(t) x + b(t) out with float64 coefficients:
+
+- ``"velocity"``: the right-hand side f(x, t) of the ODE dx/dt = f (Euler, Heun);
+- ``"data"``: the data prediction D(x, t) = E[x_0 | x_t = x] (DPM-Solver++, UniPC, DDIM).
+
+For x = alpha x0 + sigma eps the four parametrisations give (x0_hat, eps_hat) as
+
+=======  ==========================================  ==========================================
+pred     x0_hat                                      eps_hat
+=======  ==========================================  ==========================================
+eps      (x - sigma out) / alpha                     out
+x0       out                                         (x - alpha out) / sigma
+v        (alpha x - sigma out) / (alpha^2+sigma^2)   (sigma x + alpha out) / (alpha^2+sigma^2)
+flow     (x - sigma out) / (alpha + sigma)           (x + alpha out) / (alpha + sigma)
+=======  ==========================================  ==========================================
+
+(v = alpha eps - sigma x0, flow = eps - x0), and the probability-flow ODE is
+dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import _backend as B
+from .schedules import RectifiedFlow, Schedule
+
+__all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS"]
+
+PREDICTIONS = ("eps", "x0", "v", "flow")
+Array = Any
+
+
+class ModelOutputError(RuntimeError):
+    """A model output had the wrong shape or non-finite values. ``point`` is its index in the call."""
+
+    def __init__(self, point: int, message: str):
+        super().__init__(message)
+        self.point = point
+
+
+class Model:
+    """Base class: subclasses implement ``_call`` (one batched call) and ``coefficients``."""
+
+    check_outputs: bool = True
+
+    def evaluate(self, xs: Sequence[Array], ts: Sequence[float], batched: bool = True) -> list[Array]:
+        """Model outputs at the points (xs[k], ts[k]): one call for all (``batched``) or one call a point."""
+        if batched:
+            return self._call(xs, ts)
+        outs = []
+        for k, (x, t) in enumerate(zip(xs, ts)):
+            try:
+                outs.append(self._call([x], [t])[0])
+            except ModelOutputError as e:
+                raise ModelOutputError(k, str(e)) from None
+        return outs
+
+    def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
+        raise NotImplementedError
+
+    def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
+        """Per grid index (a, b) with quantity = a x + b out; ``None`` means the output is the quantity."""
+        raise NotImplementedError
+
+    def _check(self, out: Array, expected_shape: tuple, n: int, rows: int) -> None:
+        if tuple(out.shape) != tuple(expected_shape):
+            raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(expected_shape)}")
+        if self.check_outputs and not B.all_finite(out):
+            bad = next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
+            raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
+
+
+class DiffusionModel(Model):
+    """A denoiser ``fn(x, t)`` with x of shape (N, ...) and t of shape (N,), on a noise schedule.
+
+    The state a solver carries is a batch x of shape (B, ...). A round's points are concatenated
+    along axis 0 into one call of N = points * B rows, with each point's time repeated B times.
+    """
+
+    def __init__(self, fn: Callable[[Array, Array], Array], schedule: Schedule, prediction: str = "eps", *, check_outputs: bool = True):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a chords_core Schedule, got {type(schedule).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.fn, self.schedule, self.prediction = fn, schedule, prediction
+        self.check_outputs = check_outputs
+
+    def _call(self, xs, ts):
+        rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
+        x = xs[0] if len(xs) == 1 else B.concat(xs)
+        out = self.fn(x, B.times_like(ts, rows, x))
+        self._check(out, x.shape, len(xs), rows)
+        if len(xs) == 1:
+            return [out]
+        return [out[k * rows : (k + 1) * rows] for k in range(len(xs))]
+
+    def data_eps_coefficients(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((a_D, b_D), (a_e, b_e)) with x0_hat = a_D x + b_D out and eps_hat = a_e x + b_e out at time t."""
+        a, s = float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
+        p = self.prediction
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if p == "eps":
+                return ((1 / a, -s / a) if a else (np.nan, np.nan)), (0.0, 1.0)
+            if p == "x0":
+                return (0.0, 1.0), ((1 / s, -a / s) if s else (0.0, 0.0))
+            if p == "v":
+                n = a * a + s * s
+                return (a / n, -s / n), (s / n, a / n)
+            n = a + s
+            return (1 / n, -s / n), (1 / n, a / n)
+
+    def coefficients(self, times, quantity):
+        if quantity == "data":
+            if self.prediction == "x0":
+                return None
+            return [self.data_eps_coefficients(float(t))[0] for t in times]
+        if quantity == "velocity":
+            if self.prediction == "flow" and isinstance(self.schedule, RectifiedFlow):
+                return None  # the flow prediction is dx/dt itself
+            out = []
+            for t in times:
+                (ad, bd), (ae, be) = self.data_eps_coefficients(float(t))
+                da, ds = float(self.schedule.d_alpha(t)), float(self.schedule.d_sigma(t))
+                out.append((da * ad + ds * ae, da * bd + ds * be))
+            return out
+        raise ValueError(f"unknown quantity {quantity!r}")
+
+
+class VectorField(Model):
+    """A plain ODE dy/dt = f(t, y) (SciPy / torchdiffeq argument order).
+
+    With ``batched=False`` f gets a float t and one state y; with ``batched=True`` it gets t of
+    shape (N,) and y of shape (N, *state_shape), the points of a round stacked along a new axis.
+    Only velocity-based solvers (Euler, Heun) apply.
+    """
+
+    def __init__(self, f: Callable[[Any, Array], Array], batched: bool = False, *, check_outputs: bool = True):
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        self.f, self.batched, self.check_outputs = f, bool(batched), check_outputs
+
+    def _call(self, xs, ts):
+        if not self.batched:
+            outs = []
+            for k, (x, t) in enumerate(zip(xs, ts)):
+                out = self.f(float(t), x)
+                try:
+                    self._check(out, x.shape, 1, 1)
+                except ModelOutputError as e:
+                    raise ModelOutputError(k, str(e)) from None
+                outs.append(out)
+            return outs
+        y = B.stack(xs)
+        out = self.f(B.times_like(ts, 1, y), y)
+        self._check(out, y.shape, len(xs), 1)
+        return [out[k] for k in range(len(xs))]
+
+    def coefficients(self, times, quantity):
+        if quantity != "velocity":
+            raise ValueError(
+                "this solver needs the data prediction of a DiffusionModel; a VectorField supports 'euler' and 'heun'"
+            )
+        return None

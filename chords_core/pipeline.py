@@ -1,0 +1,190 @@
+"""The CHORDS pipeline: K cores on one grid, driven round by round by the static ``Plan``.
+
+Per round the engine gathers every active core's point, asks the executor for all model outputs at
+once, converts them to the solver's quantity and applies the plan's updates in core order:
+
+- fine step      F: ``solver.step`` (the same function the sequential ``solve`` uses);
+- coarse jump    G(x, q; i -> j) = a x + b q  (``solver.jump_coeffs``), zero evaluations;
+- rectification  x_j <- F(own) - G(own anchor; b -> j) + G(slower core at b; b -> j)
+                      = F + a (x_slow - x_anchor) + b (q_slow - q_anchor)   (``rectify``).
+
+Core 0 is never rectified, so its output is the sequential solution bit for bit. Multistep history
+at a rectification: ``history="keep"`` (default) keeps the core's own earlier model quantities,
+which the next steps use together with the new point; ``history="restart"`` drops them, so the
+next step is first order (see the README for the measured effect).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from . import _backend as B
+from .executors import BatchedExecutor, Executor
+from .models import Model, ModelOutputError
+from .plan import Plan, Round, default_init, make_plan, validate_init
+from .sequential import check_grid, check_state
+from .solvers import Solver, make_solver
+from .stopping import StopAtCore, StopOnResidual, check_stop
+
+__all__ = ["chords", "rectify", "Hit", "ChordsResult"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A core's output: ``x`` after ``round`` rounds and ``nfe`` model evaluations in total."""
+
+    core: int
+    round: int
+    nfe: int
+    x: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ChordsResult:
+    """The returned output ``x``, rounds and NFE until the stop, and every output in arrival order."""
+
+    x: Any = field(repr=False)
+    rounds: int
+    nfe: int
+    hits: tuple[Hit, ...]
+    coarse: Any = field(repr=False)  # the coarse hit: chained jumps 0 -> t_1 -> ... -> t_{K-1} -> T
+    plan: Plan = field(repr=False)
+    stopped_by: str = ""
+
+    @property
+    def speedup(self) -> float:
+        """Sequential rounds over rounds used: the latency speedup in model evaluations."""
+        return self.plan.sequential_rounds / self.rounds
+
+    @property
+    def trace(self) -> tuple[Round, ...]:
+        """Per round: who evaluated what, which rectifications fired, which cores finished."""
+        return self.plan.rounds[: self.rounds]
+
+    def diagram(self) -> str:
+        return self.plan.diagram(self.rounds)
+
+
+def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
+    """F - G(anchor) + G(slow) for a jump G(x, q) = a x + b q: fine + a (slow_x - anchor_x) + b (slow_q - anchor_q)."""
+    dx = slow_x - anchor_x
+    out = fine + dx if a == 1.0 else fine + a * dx
+    if b != 0.0:
+        out += b * (slow_q - anchor_q)
+    return out
+
+
+def chords(
+    model: Model,
+    x: Any,
+    grid,
+    solver: "str | Solver" = "euler",
+    *,
+    cores: int | None = None,
+    init: Sequence[int] | None = None,
+    stop: "StopAtCore | StopOnResidual | None" = StopAtCore(1),
+    executor: Executor | None = None,
+    history: str = "keep",
+    progress: bool = False,
+    **solver_options,
+) -> ChordsResult:
+    """Solve from ``x`` at ``grid[0]`` with CHORDS on ``cores`` cores started at grid indices ``init``.
+
+    ``init=None`` takes ``default_init(steps, cores)``; ``cores=None`` takes ``len(init)``.
+    ``stop`` picks the output (see ``stopping``); ``executor`` evaluates each round (default:
+    ``BatchedExecutor``, one batched call per round). Returns a ``ChordsResult``.
+    """
+    times = check_grid(grid)
+    check_state(model, x)
+    steps = len(times) - 1
+    if cores is None and init is None:
+        raise ValueError("give cores, init or both")
+    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int) or cores < 1):
+        raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
+    init = default_init(steps, cores) if init is None else validate_init(init, steps, cores)
+    K = len(init)
+    stop = check_stop(stop, K)
+    if history not in ("keep", "restart"):
+        raise ValueError(f"history must be 'keep' or 'restart', got {history!r}")
+    sol = make_solver(solver, model, times, **solver_options)
+    plan = make_plan(steps, init, [sol.evals(i, i + 1) for i in range(steps)])
+    limit = plan.finish_round[plan.hit_order[stop.n - 1]] if isinstance(stop, StopAtCore) else len(plan.rounds)
+    executor = BatchedExecutor() if executor is None else executor
+    restart = history == "restart"
+
+    states: list = [None] * K
+    states[0] = sol.begin(x)
+    anchor: list = [None] * K  # (index b, point, quantity) of each core's anchor
+    slow: list = [None] * K  # the slower core's (point, quantity) at the anchor index
+    qs: list = [None] * K
+    for c in range(1, K):
+        anchor[c] = (init[c], None, None)
+    hits: list[Hit] = []
+    coarse, result, stopped_by, nfe = None, None, "", 0
+    t = sol.t
+    rounds = plan.rounds[:limit]
+    if progress:
+        from tqdm.auto import tqdm
+
+        rounds = tqdm(rounds, desc=f"chords {sol.name} x{K}", unit="round")
+
+    for rd in rounds:
+        evs = rd.evals
+        xs = [states[e.core].x if e.stage == 0 else sol.stage_point(states[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0] for e in evs]
+        try:
+            outs = executor(model, xs, [t[e.time_index] for e in evs])
+        except ModelOutputError as err:
+            e = evs[err.point]
+            raise ModelOutputError(
+                err.point, f"round {rd.number}, core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g}): {err}"
+            ) from None
+        nfe += len(evs)
+        new_hits = []
+        for e, xe, out in zip(evs, xs, outs):
+            c, i = e.core, e.index
+            q = sol.quantity_of(xe, out, e.time_index)
+            if e.stage == 0:
+                qs[c] = [q]
+                if c and anchor[c][0] == i:
+                    anchor[c] = (i, xe, q)
+                if e.record_for is not None:
+                    slow[e.record_for] = (xe, q)
+                if e.spawn:
+                    if c + 1 < K:
+                        xn = sol.jump(xe, q, init[c], init[c + 1])
+                        states[c + 1] = sol.begin(xn)
+                        anchor[c + 1] = (init[c + 1], xn, None)
+                    else:
+                        coarse = sol.jump(xe, q, init[c], steps)
+            else:
+                qs[c].append(q)
+            if e.completes:
+                new = sol.step(states[c], qs[c], i, i + 1)
+                if e.rectify_from is not None:
+                    b_idx, xa, qa = anchor[c]
+                    xsl, qsl = slow[c]
+                    a, b = sol.jump_coeffs(b_idx, i + 1)
+                    xn = rectify(new.x, xa, qa, xsl, qsl, a, b)
+                    new = new.replace_x(xn, restart)
+                    anchor[c], slow[c] = (i + 1, xn, None), None
+                states[c] = new
+                if e.hit:
+                    new_hits.append(Hit(c, rd.number, nfe, new.x))
+        for h in sorted(new_hits, key=lambda h: -h.core):
+            hits.append(h)
+            if result is None and isinstance(stop, StopOnResidual):
+                prev = hits[-2].x if len(hits) > 1 else coarse
+                if B.rms(h.x - prev) < stop.tol:
+                    result, stopped_by = h, f"residual below {stop.tol:g} at core {h.core}"
+        if result is not None:
+            break
+    if progress:
+        rounds.close()
+    if result is None:
+        if isinstance(stop, StopAtCore):
+            result, stopped_by = hits[stop.n - 1], f"output {stop.n} (core {hits[stop.n - 1].core})"
+        else:
+            result = hits[-1]
+            stopped_by = "all cores" if stop is None else f"residual never below {stop.tol:g}; core 0"
+    return ChordsResult(result.x, result.round, plan.nfe(result.round), tuple(hits), coarse, plan, stopped_by)

@@ -1,0 +1,188 @@
+"""Noise schedules: the Gaussian path x_t = alpha(t) x_0 + sigma(t) eps.
+
+Every schedule maps a time ``t`` (float or float64 array) to ``alpha(t)`` and ``sigma(t)``,
+their time derivatives, and the half log-SNR ``lambda(t) = log(alpha/sigma)``. Time runs from
+noise (``t_noise``) to data (``t_data``, where sigma = 0); for every schedule here that is
+*decreasing* t. All arithmetic is float64.
+
+=====================  ==================  =========================  ==================
+schedule               alpha(t)            sigma(t)                   t_noise -> t_data
+=====================  ==================  =========================  ==================
+``RectifiedFlow``      1 - t               t                          1 -> 0
+``VP.linear``          exp(-B(t)/2)        sqrt(1 - alpha^2)          1 -> 0
+``VP.cosine``          f(t)/f(0)           sqrt(1 - alpha^2)          0.9946 -> 0
+``EDM``                1                   t   (t is sigma)           80 -> 0
+=====================  ==================  =========================  ==================
+
+with B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 and f(t) = cos(((t+s)/(1+s)) pi/2).
+``t_min`` is where a grid of the schedule stops before its final step to sigma = 0
+(``None``: the grid may run to ``t_data`` directly, which needs a finite spacing coordinate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Schedule", "RectifiedFlow", "VP", "EDM"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Base class. Subclasses implement ``alpha``, ``sigma``, ``d_alpha`` and ``d_sigma``."""
+
+    t_noise: float
+    t_data: float
+    t_min: float | None
+
+    def alpha(self, t):
+        raise NotImplementedError
+
+    def sigma(self, t):
+        raise NotImplementedError
+
+    def d_alpha(self, t):
+        """d alpha / dt."""
+        raise NotImplementedError
+
+    def d_sigma(self, t):
+        """d sigma / dt."""
+        raise NotImplementedError
+
+    def lam(self, t):
+        """Half log-SNR lambda(t) = log(alpha/sigma); +inf where sigma = 0."""
+        with np.errstate(divide="ignore"):
+            return np.log(np.asarray(self.alpha(t), dtype=np.float64)) - np.log(
+                np.asarray(self.sigma(t), dtype=np.float64)
+            )
+
+    def ve_sigma(self, t):
+        """The variance-exploding noise level sigma/alpha = exp(-lambda) (diffusers' ``sigmas``)."""
+        return np.asarray(self.sigma(t), dtype=np.float64) / np.asarray(self.alpha(t), dtype=np.float64)
+
+    def t_from_lam(self, lam):
+        """Inverse of ``lam``: the time with the given half log-SNR (numerical bisection unless overridden)."""
+        lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
+        lo = np.full_like(lam, min(self.t_noise, self.t_data))
+        hi = np.full_like(lam, max(self.t_noise, self.t_data))
+        increasing_in_t = float(self.lam(self.t_noise)) > float(self.lam(self.t_noise * 0.5 + self.t_data * 0.5))
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            above = self.lam(mid) > lam
+            go_up = above if increasing_in_t else ~above
+            lo, hi = np.where(go_up, lo, mid), np.where(go_up, mid, hi)
+        return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class RectifiedFlow(Schedule):
+    """Rectified flow / flow matching: alpha = 1 - t, sigma = t, t from 1 (noise) to 0 (data).
+
+    ``shift`` is not a property of the path but of the time grid; see ``time_grid(shift=...)``.
+    """
+
+    t_noise: float = 1.0
+    t_data: float = 0.0
+    t_min: float | None = None
+
+    def alpha(self, t):
+        return 1.0 - np.asarray(t, dtype=np.float64)
+
+    def sigma(self, t):
+        return np.asarray(t, dtype=np.float64) * 1.0
+
+    def d_alpha(self, t):
+        return np.full_like(np.asarray(t, dtype=np.float64), -1.0)
+
+    def d_sigma(self, t):
+        return np.full_like(np.asarray(t, dtype=np.float64), 1.0)
+
+    def t_from_lam(self, lam):
+        return 1.0 / (1.0 + np.exp(np.asarray(lam, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class VP(Schedule):
+    """Variance preserving: alpha^2 + sigma^2 = 1.  Build with ``VP.linear()`` or ``VP.cosine()``."""
+
+    t_noise: float = 1.0
+    t_data: float = 0.0
+    t_min: float | None = 1e-3
+    kind: str = "linear"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    s: float = 0.008
+
+    @classmethod
+    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> "VP":
+        """Continuous-time DDPM schedule with beta(t) = beta_min + t (beta_max - beta_min)."""
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"beta_min and beta_max must satisfy 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        return cls(kind="linear", beta_min=float(beta_min), beta_max=float(beta_max), t_min=t_min)
+
+    @classmethod
+    def cosine(cls, s: float = 0.008, t_max: float = 0.9946, t_min: float = 1e-3) -> "VP":
+        """Nichol & Dhariwal cosine schedule; t_max < 1 keeps lambda finite (DPM-Solver uses 0.9946)."""
+        if not 0 < t_max < 1:
+            raise ValueError(f"t_max must lie in (0, 1) for the cosine schedule, got {t_max}")
+        return cls(kind="cosine", s=float(s), t_noise=float(t_max), t_min=t_min)
+
+    def _log_alpha(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        if self.kind == "linear":
+            return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
+        s = self.s
+        return np.log(np.cos((t + s) / (1 + s) * math.pi / 2)) - math.log(math.cos(s / (1 + s) * math.pi / 2))
+
+    def _d_log_alpha(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        if self.kind == "linear":
+            return -0.5 * (self.beta_min + (self.beta_max - self.beta_min) * t)
+        s = self.s
+        return -np.tan((t + s) / (1 + s) * math.pi / 2) * math.pi / (2 * (1 + s))
+
+    def alpha(self, t):
+        return np.exp(self._log_alpha(t))
+
+    def sigma(self, t):
+        return np.sqrt(-np.expm1(2.0 * self._log_alpha(t)))
+
+    def d_alpha(self, t):
+        return self.alpha(t) * self._d_log_alpha(t)
+
+    def d_sigma(self, t):
+        a = self.alpha(t)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -a * a * self._d_log_alpha(t) / self.sigma(t)
+
+    def lam(self, t):
+        la = self._log_alpha(t)
+        with np.errstate(divide="ignore"):
+            return la - 0.5 * np.log(-np.expm1(2.0 * la))
+
+
+@dataclass(frozen=True)
+class EDM(Schedule):
+    """Karras et al. (EDM) / variance exploding: alpha = 1, sigma = t. Time *is* the noise level."""
+
+    t_noise: float = 80.0
+    t_data: float = 0.0
+    t_min: float | None = 0.002
+    sigma_data: float = 0.5
+
+    def alpha(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def sigma(self, t):
+        return np.asarray(t, dtype=np.float64) * 1.0
+
+    def d_alpha(self, t):
+        return np.zeros_like(np.asarray(t, dtype=np.float64))
+
+    def d_sigma(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def t_from_lam(self, lam):
+        return np.exp(-np.asarray(lam, dtype=np.float64))
