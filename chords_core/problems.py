@@ -340,18 +340,21 @@ class LinearODE:
         return float(np.linalg.norm(self.A, 2))
 
     def __call__(self, t, y) -> Array:
-        """A y for y of shape (D,) or (N, D) (t is ignored)."""
+        """A y for y of shape (D,) or (..., D), applied along the last axis (t is ignored)."""
         return np.asarray(y, dtype=np.float64) @ self.A.T
 
     def exact(self, y0, t0: float, t1: float) -> Array:
-        """y(t1) = expm(A (t1 - t0)) y0 for y0 of shape (D,) or (N, D)."""
+        """y(t1) = expm(A (t1 - t0)) y0 for y0 of shape (D,), (N, D) or any (..., D)."""
         y0 = np.asarray(y0, dtype=np.float64)
-        if y0.ndim not in (1, 2) or y0.shape[-1] != self.dim:
-            raise ValueError(f"y0 must have shape ({self.dim},) or (N, {self.dim}), got {y0.shape}")
+        if y0.ndim == 0 or y0.shape[-1] != self.dim:
+            raise ValueError(f"y0 must have shape ({self.dim},) or (..., {self.dim}), got {y0.shape}")
         return y0 @ expm(self.A * (float(t1) - float(t0))).T
 
     def vector_field(self):
-        """dy/dt = A y as a batched ``chords_core.models.VectorField`` (y of shape (N, D))."""
+        """dy/dt = A y as a batched ``chords_core.models.VectorField``.
+
+        The state may be (D,) or a batch (B, D): the field gets y of shape (N, D) or (N, B, D).
+        """
         from chords_core.models import VectorField
 
         return VectorField(self, batched=True)

@@ -297,3 +297,15 @@ def test_linear_ode_rejects_bad_matrix(bad):
 def test_linear_ode_rejects_bad_state():
     with pytest.raises(ValueError, match="y0"):
         LinearODE(np.eye(2)).exact(np.zeros(3), 0.0, 1.0)
+
+
+def test_model_and_vector_field_wrappers():
+    models = pytest.importorskip("chords_core.models")
+    gmm = GaussianMixture.random(dim=2, modes=3)
+    model = gmm.model(VP.linear(), "v")
+    assert isinstance(model, models.DiffusionModel) and model.prediction == "v"
+    ode = LinearODE.random(dim=3)
+    assert isinstance(ode.vector_field(), models.VectorField)
+    y = np.random.default_rng(0).standard_normal((4, 2, 3))  # (N points, batch, D)
+    np.testing.assert_allclose(ode(np.zeros(4), y)[2, 1], ode.A @ y[2, 1])
+    np.testing.assert_allclose(ode.exact(y, 0.0, 0.7)[2, 1], ode.exact(y[2, 1], 0.0, 0.7), atol=1e-15)

@@ -15,6 +15,7 @@ CHORDS and is exact at a final step to sigma = 0.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,9 +34,18 @@ class State:
     def __init__(self, x: Array, hist: tuple = (), aux: Any = None):
         self.x, self.hist, self.aux = x, hist, aux
 
-    def replace_x(self, x: Array, restart: bool = False) -> "State":
-        """The same state at a new point (a rectification); ``restart`` drops the history."""
-        return State(x, (), None) if restart else State(x, self.hist, self.aux)
+    def replace_x(self, x: Array, history: str = "keep", dq: Array = None) -> "State":
+        """The same trajectory moved to the point ``x`` (a rectification).
+
+        ``history``: "keep" leaves the earlier model quantities as they are, "restart" drops them
+        (the next step is first order), "shift" adds ``dq`` (the quantity correction of the
+        rectification) to each of them.
+        """
+        if history == "restart":
+            return State(x, (), None)
+        if history == "shift" and dq is not None and self.hist:
+            return State(x, tuple((k, q + dq) for k, q in self.hist), self.aux)
+        return State(x, self.hist, self.aux)
 
 
 class Solver:
@@ -112,7 +122,12 @@ class DataSolver(Solver):
 
     def order_at(self, state: State, i: int, j: int, order: int, lower_order_final: bool) -> int:
         """Order used for the step i -> j: warm-up, first order to sigma = 0, lower order at the end."""
-        p = min(order, len(state.hist) + 1)
+        usable = 0  # earlier points at lambda = -inf (alpha = 0, pure noise) carry no slope information
+        for k, _ in state.hist:
+            if self.lam[k] == -math.inf:
+                break
+            usable += 1
+        p = min(order, usable + 1)
         if self.sigma[j] == 0.0:
             return 1
         if lower_order_final:

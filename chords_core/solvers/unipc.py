@@ -50,7 +50,8 @@ class UniPC(DataSolver):
         prev = tuple(k for k, _ in state.hist[: p - 1])
         cp = self._predictor(i, j, prev)
         x_next = lincomb(cp, (x, d) + tuple(q for _, q in state.hist[: p - 1]))
-        aux = (i, prev) if (self.corrector and self.sigma[j] > 0.0 and j < self.steps) else None
+        correct = self.corrector and self.sigma[j] > 0.0 and j < self.steps and self.lam[i] > -math.inf
+        aux = (i, prev) if correct else None
         return State(x_next, self._push(state, i, d), aux)
 
     # -- coefficients -------------------------------------------------------------------------
