@@ -20,10 +20,22 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
 
     Coefficients must be Python floats so that a float32 array stays float32 (NEP 50 weak scalars).
     """
+    if len(coeffs) == 2:  # the hot path: one fine step or one conversion
+        (c0, c1), (a0, a1) = coeffs, arrays
+        if c1 == 0.0:
+            return a0 * c0 if c0 != 1.0 else a0 + 0.0
+        if c0 == 0.0:
+            return a1 * c1 if c1 != 1.0 else a1 + 0.0
+        return (a0 + c1 * a1) if c0 == 1.0 else (c0 * a0 + c1 * a1)
     terms = [(c, a) for c, a in zip(coeffs, arrays) if c != 0.0] or [(0.0, arrays[0])]
     c, a = terms[0]
-    acc = a + 0.0 if c == 1.0 else c * a
-    for c, a in terms[1:]:
+    if len(terms) > 1:
+        c1, a1 = terms[1]
+        acc = (a + c1 * a1) if c == 1.0 else (c * a + c1 * a1)
+        terms = terms[2:]
+    else:
+        return a + 0.0 if c == 1.0 else c * a
+    for c, a in terms:
         if c == 1.0:
             acc += a
         elif c == -1.0:
@@ -33,14 +45,17 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
     return acc
 
 
+_LIBRARY: dict = {}
+
+
 def library(x: Array) -> str:
     """'numpy', 'torch' or 'jax', from the array's type."""
-    mod = type(x).__module__.split(".")[0]
-    if mod in ("jaxlib", "jax"):
-        return "jax"
-    if mod == "torch":
-        return "torch"
-    return "numpy"
+    tp = type(x)
+    lib = _LIBRARY.get(tp)
+    if lib is None:
+        mod = tp.__module__.split(".")[0]
+        lib = _LIBRARY[tp] = "jax" if mod in ("jaxlib", "jax") else "torch" if mod == "torch" else "numpy"
+    return lib
 
 
 def concat(arrays: Sequence[Array]) -> Array:
@@ -88,10 +103,17 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
         dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
         return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
     dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
-    return np.repeat(np.asarray(ts, dtype=dtype), repeats)
+    ts = np.array(ts, dtype=dtype)
+    return ts if repeats == 1 else np.repeat(ts, repeats)
 
 
 def all_finite(x: Array) -> bool:
+    """True if no element is nan or inf.
+
+    numpy: a dot product of the flattened array with itself (one BLAS pass, no boolean temporary)
+    is finite unless an element is nan or inf, or the finite values overflow; only a non-finite
+    result is checked elementwise.
+    """
     lib = library(x)
     if lib == "torch":
         import torch
@@ -101,6 +123,11 @@ def all_finite(x: Array) -> bool:
         import jax.numpy as jnp
 
         return bool(jnp.isfinite(x).all())
+    if x.dtype.kind == "f" and x.size:
+        v = x.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(v, v)):
+                return True
     return bool(np.isfinite(x).all())
 
 

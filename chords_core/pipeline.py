@@ -132,11 +132,13 @@ def chords(
 
         rounds = tqdm(rounds, desc=f"chords {sol.name} x{K}", unit="round")
 
-    for rd in rounds:
+    times_of = [[t[e.time_index] for e in r.evals] for r in plan.rounds[:limit]]
+    convert = sol.quantity_of if sol._coef is not None else None
+    for rd, ts in zip(rounds, times_of):
         evs = rd.evals
         xs = [states[e.core].x if e.stage == 0 else sol.stage_point(states[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0] for e in evs]
         try:
-            outs = executor(model, xs, [t[e.time_index] for e in evs])
+            outs = executor(model, xs, ts)
         except ModelOutputError as err:
             e = evs[err.point]
             raise ModelOutputError(
@@ -146,7 +148,7 @@ def chords(
         new_hits = []
         for e, xe, out in zip(evs, xs, outs):
             c, i = e.core, e.index
-            q = sol.quantity_of(xe, out, e.time_index)
+            q = out if convert is None else convert(xe, out, e.time_index)
             if e.stage == 0:
                 qs[c] = [q]
                 if c and anchor[c][0] == i:

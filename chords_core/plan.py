@@ -20,13 +20,14 @@ R_c = T - t_c + c rounds; the coarse hit comes after K rounds. Rectification cos
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
 __all__ = ["Eval", "Round", "Plan", "make_plan", "validate_init", "default_init", "paper_init"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Eval:
     """One model evaluation: core ``core`` at stage ``stage`` of its step ``index`` -> ``index + 1``.
 
@@ -131,7 +132,13 @@ def validate_init(init: Sequence[int], steps: int, cores: int | None = None) -> 
 
 
 def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | None = None) -> Plan:
-    """Simulate the schedule symbolically (no arrays) and return every round's evaluations."""
+    """Simulate the schedule symbolically (no arrays) and return every round's evaluations (cached)."""
+    eps = tuple(int(e) for e in evals_per_step) if evals_per_step is not None else None
+    return _make_plan(steps, tuple(init) if not isinstance(init, tuple) else init, eps)
+
+
+@functools.lru_cache(maxsize=256)
+def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     init = validate_init(init, steps)
