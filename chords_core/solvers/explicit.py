@@ -2,8 +2,10 @@
 
 For a rectified-flow model this is the flow-matching Euler step x_j = x_i + (t_j - t_i) v and for
 EDM (t = sigma) it is k-diffusion's Euler/Heun. Heun (trapezoid, order 2) evaluates f at x_i and
-at the Euler predictor x_i + h f_i; a final step to sigma = 0 of a diffusion model is a plain
-Euler step (f is singular there), so N Heun steps cost 2N - 1 evaluations, as in diffusers.
+at the Euler predictor x_i + h f_i. A step of a diffusion model to sigma = 0 is first order and
+exact there: it returns the data prediction D(x_i) (for rectified flow and EDM that *is* the Euler
+step; for VP it replaces Euler in t, whose velocity is singular at t = 0). Heun takes one
+evaluation for it, so N Heun steps cost 2N - 1 evaluations, as in diffusers.
 """
 
 from __future__ import annotations
@@ -16,20 +18,28 @@ from .base import Solver, State
 class Euler(Solver):
     name = "euler"
 
-    def jump_coeffs(self, i, j):
-        return (1.0, self.t[j] - self.t[i])
-
-    def step(self, state, qs, i, j):
-        return State(lincomb((1.0, self.t[j] - self.t[i]), (state.x, qs[0])))
-
-
-class Heun(Euler):
-    name = "heun"
-
     def __init__(self, model, times):
         super().__init__(model, times)
         m = self.model
         self._final_zero = isinstance(m, DiffusionModel) and float(m.schedule.sigma(self.times[-1])) == 0.0
+
+    def jump_coeffs(self, i, j):
+        if self._final_zero and j == self.steps:
+            return self._to_data(i)
+        return (1.0, self.t[j] - self.t[i])
+
+    def _to_data(self, i):
+        """(c_x, c_q) with D(x, t_i) = c_x x + c_q f(x, t_i): a step to sigma = 0 returns the data prediction."""
+        (a_d, b_d), _ = self.model.data_eps_coefficients(self.t[i])
+        a_v, b_v = (0.0, 1.0) if self._coef is None else self._coef[i]
+        return (a_d - b_d * a_v / b_v, b_d / b_v)
+
+    def step(self, state, qs, i, j):
+        return State(lincomb(self.jump_coeffs(i, j), (state.x, qs[0])))
+
+
+class Heun(Euler):
+    name = "heun"
 
     def evals(self, i, j):
         return 1 if (self._final_zero and j == self.steps) else 2
@@ -38,7 +48,7 @@ class Heun(Euler):
         return lincomb((1.0, self.t[j] - self.t[i]), (state.x, qs[0])), j
 
     def step(self, state, qs, i, j):
-        h = self.t[j] - self.t[i]
         if len(qs) == 1:
-            return State(lincomb((1.0, h), (state.x, qs[0])))
+            return super().step(state, qs, i, j)
+        h = self.t[j] - self.t[i]
         return State(lincomb((1.0, 0.5 * h, 0.5 * h), (state.x, qs[0], qs[1])))

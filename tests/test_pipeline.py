@@ -1,0 +1,286 @@
+"""The CHORDS engine: exact invariants, hierarchy, executors, stopping, backends, bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import chords_core as cc
+from chords_core.problems import GaussianMixture, LinearODE
+
+PAPER8 = (0, 2, 4, 8, 16, 24, 32, 40)
+SOLVERS = ["euler", "heun", "ddim", "dpmpp_2m", "dpmpp_3m", "unip", "unipc"]
+GMM8 = GaussianMixture.random(8, 4, seed=1)
+PROBLEMS = {
+    "rf-flow": (cc.RectifiedFlow(), "flow", "uniform"),
+    "vp-eps": (cc.VP.linear(), "eps", "logsnr"),
+    "edm-x0": (cc.EDM(), "x0", "karras"),
+}
+
+
+def setup(name, steps=50, n=3, gmm=GMM8):
+    schedule, prediction, spacing = PROBLEMS[name]
+    grid = cc.time_grid(schedule, steps, spacing)
+    x = np.random.default_rng(7).standard_normal((n, gmm.dim)) * float(schedule.sigma(grid[0]))
+    return gmm.model(schedule, prediction), x, grid
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_one_core_equals_sequential_bit_for_bit(problem, solver):
+    model, x, grid = setup(problem, steps=20)
+    seq = cc.solve(model, x, grid, solver)
+    res = cc.chords(model, x, grid, solver, cores=1, stop=None)
+    assert np.array_equal(res.x, seq)
+    assert res.rounds == res.nfe == res.plan.sequential_rounds
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_slowest_core_equals_sequential_bit_for_bit(problem, solver):
+    model, x, grid = setup(problem)
+    seq = cc.solve(model, x, grid, solver)
+    res = cc.chords(model, x, grid, solver, init=PAPER8, stop=None)
+    assert res.hits[-1].core == 0
+    assert np.array_equal(res.hits[-1].x, seq)
+    assert np.array_equal(res.x, seq)
+
+
+def test_fastest_core_round_17_nfe_108_and_evaluations_counted():
+    calls = []
+    fn = GMM8.prediction_fn(cc.RectifiedFlow(), "flow")
+    model = cc.DiffusionModel(lambda x, t: calls.append(len(t)) or fn(x, t), cc.RectifiedFlow(), "flow")
+    _, x, grid = setup("rf-flow", n=2)
+    res = cc.chords(model, x, grid, "euler", init=PAPER8, stop=cc.StopAtCore(1))
+    assert (res.rounds, res.nfe, res.hits[0].core) == (17, 108, 7)
+    assert res.speedup == pytest.approx(50 / 17)
+    # one batched call per round, two rows (the batch) per core evaluation: rectification is free
+    assert len(calls) == 17 and sum(calls) == 2 * 108
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "unipc"])
+def test_hits_approach_sequential_from_fastest_to_slowest_on_64d_mixture(solver):
+    gmm = GaussianMixture.random(64, 10, seed=3)
+    model, x, grid = setup("rf-flow" if solver == "euler" else "vp-eps", n=4, gmm=gmm)
+    seq = cc.solve(model, x, grid, solver)
+    res = cc.chords(model, x, grid, solver, init=PAPER8, stop=None)
+    dist = [np.sqrt(np.mean((h.x - seq) ** 2)) for h in res.hits]
+    assert [h.core for h in res.hits] == [7, 6, 5, 4, 3, 2, 1, 0]
+    assert all(a >= b for a, b in zip(dist, dist[1:])), dist
+    assert dist[0] > 1e-4 and dist[-1] == 0.0
+    assert np.sqrt(np.mean((res.coarse - seq) ** 2)) > dist[0]
+
+
+def test_serial_and_batched_executors_agree_bit_for_bit():
+    for problem in PROBLEMS:
+        model, x, grid = setup(problem)
+        for solver in ("heun", "unipc"):
+            a = cc.chords(model, x, grid, solver, init=PAPER8, stop=None, executor=cc.SerialExecutor())
+            b = cc.chords(model, x, grid, solver, init=PAPER8, stop=None, executor=cc.BatchedExecutor())
+            assert all(np.array_equal(h.x, k.x) for h, k in zip(a.hits, b.hits))
+            assert np.array_equal(a.coarse, b.coarse)
+
+
+def test_history_policies_measured_ladder():
+    """'shift' keeps the parareal fixed point and a monotone ladder; 'restart' breaks exactness of slow cores."""
+    gmm = GaussianMixture.random(16, 6, seed=5)
+    model, x, grid = setup("vp-eps", gmm=gmm)
+    seq = cc.solve(model, x, grid, "dpmpp_2m")
+    errs = {}
+    for policy in ("shift", "keep", "restart"):
+        res = cc.chords(model, x, grid, "dpmpp_2m", init=PAPER8, stop=None, history=policy)
+        errs[policy] = [np.abs(h.x - seq).max() for h in res.hits]
+    assert errs["shift"][4] < 1e-12 and errs["restart"][4] > 1e-6
+    assert all(a >= b for a, b in zip(errs["shift"], errs["shift"][1:]))
+    assert sum(errs["shift"][1:4]) < sum(errs["keep"][1:4])
+
+
+def test_numpy_and_torch_float64_agree():
+    torch = pytest.importorskip("torch")
+    schedule = cc.VP.linear()
+    mu = GMM8.means
+    np_fn = GMM8.prediction_fn(schedule, "eps")
+
+    def torch_fn(x, t):  # the same mixture written in torch
+        a = torch.exp(-0.5 * (0.1 * t + 0.5 * 19.9 * t * t))[:, None, None]
+        s = torch.sqrt(-torch.expm1(-(0.1 * t + 0.5 * 19.9 * t * t)))[:, None, None]
+        m, v, w = (torch.tensor(z) for z in (mu, GMM8.variances, GMM8.weights))
+        c = a * a * v + s * s
+        r = x[:, None, :] - a * m
+        lg = torch.log(w) - 0.5 * ((r * r) / c + torch.log(2 * torch.pi * c)).sum(-1)
+        g = torch.softmax(lg, dim=1)[..., None]
+        return (g * (s * r / c)).sum(1)
+
+    grid = cc.time_grid(schedule, 30, "logsnr")
+    x = np.random.default_rng(0).standard_normal((3, 8))
+    for solver in ("euler", "dpmpp_2m", "unipc"):
+        a = cc.chords(cc.DiffusionModel(np_fn, schedule, "eps"), x, grid, solver, cores=4, stop=None)
+        b = cc.chords(cc.DiffusionModel(torch_fn, schedule, "eps"), torch.from_numpy(x), grid, solver, cores=4, stop=None)
+        assert isinstance(b.x, torch.Tensor) and b.x.dtype == torch.float64
+        for h, k in zip(a.hits, b.hits):
+            assert np.abs(h.x - k.x.numpy()).max() < 1e-12
+
+
+def test_float32_state_stays_float32():
+    _, x, grid = setup("rf-flow")
+    fn = GMM8.prediction_fn(cc.RectifiedFlow(), "flow")
+    model = cc.DiffusionModel(lambda x, t: fn(x, t).astype(x.dtype), cc.RectifiedFlow(), "flow")
+    res = cc.chords(model, x.astype(np.float32), grid, "dpmpp_2m", cores=4)
+    assert res.x.dtype == np.float32 and all(h.x.dtype == np.float32 for h in res.hits)
+
+
+# -- stopping -------------------------------------------------------------------------------------
+def test_stop_at_second_core():
+    model, x, grid = setup("rf-flow")
+    res = cc.chords(model, x, grid, "euler", init=PAPER8, stop=cc.StopAtCore(2))
+    assert (res.rounds, res.nfe) == (24, 157)
+    assert res.hits[1].core == 6 and np.array_equal(res.x, res.hits[1].x)
+    assert len(res.trace) == 24
+
+
+def test_stop_on_residual():
+    model, x, grid = setup("rf-flow")
+    full = cc.chords(model, x, grid, "euler", init=PAPER8, stop=None)
+    rms = lambda a, b: float(np.sqrt(np.mean((a - b) ** 2)))  # noqa: E731
+    prevs = [full.coarse] + [h.x for h in full.hits[:-1]]
+    residuals = [rms(h.x, p) for h, p in zip(full.hits, prevs)]
+    tol = (residuals[2] + residuals[3]) / 2 if residuals[2] > residuals[3] else residuals[3] * 1.01
+    first = next(k for k, r in enumerate(residuals) if r < tol)
+    res = cc.chords(model, x, grid, "euler", init=PAPER8, stop=cc.StopOnResidual(tol))
+    assert res.rounds == full.hits[first].round and np.array_equal(res.x, full.hits[first].x)
+    assert len(res.hits) == first + 1
+    never = cc.chords(model, x, grid, "euler", init=PAPER8, stop=cc.StopOnResidual(0.0))
+    assert never.rounds == 50 and np.array_equal(never.x, full.x)
+
+
+def test_bad_stop_arguments():
+    model, x, grid = setup("rf-flow")
+    with pytest.raises(ValueError, match="more outputs than cores"):
+        cc.chords(model, x, grid, init=(0, 10), stop=cc.StopAtCore(3))
+    with pytest.raises(ValueError, match="n must be"):
+        cc.StopAtCore(0)
+    with pytest.raises(ValueError, match="tol"):
+        cc.StopOnResidual(-1.0)
+    with pytest.raises(TypeError, match="stop"):
+        cc.chords(model, x, grid, init=(0, 10), stop=3)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(init=(1, 5)), "start at 0"),
+        (dict(init=(0, 5, 5)), "strictly increasing"),
+        (dict(init=(0, 5, 50)), "below steps"),
+        (dict(cores=3, init=(0, 5)), "cores=3"),
+        (dict(cores=0), "cores must be"),
+        (dict(), "give cores, init"),
+        (dict(cores=2, history="forget"), "history"),
+    ],
+)
+def test_bad_chords_arguments(kwargs, match):
+    model, x, grid = setup("rf-flow")
+    with pytest.raises(ValueError, match=match):
+        cc.chords(model, x, grid, "euler", **kwargs)
+
+
+def test_bad_grid_steps_and_prediction():
+    model, x, _ = setup("rf-flow")
+    with pytest.raises(ValueError, match="steps"):
+        cc.time_grid(cc.RectifiedFlow(), 0)
+    with pytest.raises(ValueError, match="at least 2"):
+        cc.chords(model, x, [1.0], cores=1)
+    with pytest.raises(ValueError, match="monotone"):
+        cc.solve(model, x, [1.0, 0.5, 0.7])
+    with pytest.raises(ValueError, match="prediction"):
+        cc.DiffusionModel(lambda x, t: x, cc.VP.linear(), "score")
+    with pytest.raises(ValueError, match="spacing"):
+        cc.time_grid(cc.VP.linear(), 10, "cosine")
+
+
+def test_wrong_shape_names_round_and_core():
+    grid = cc.time_grid(cc.RectifiedFlow(), 20)
+    model = cc.DiffusionModel(lambda x, t: x[:, :3], cc.RectifiedFlow(), "flow")
+    with pytest.raises(cc.ModelOutputError, match=r"round 1, core 0 .*shape \(2, 3\), expected \(2, 5\)"):
+        cc.chords(model, np.ones((2, 5)), grid, cores=4)
+
+
+@pytest.mark.parametrize("executor", [cc.SerialExecutor(), cc.BatchedExecutor()])
+def test_non_finite_output_names_round_and_core(executor):
+    grid = cc.time_grid(cc.RectifiedFlow(), 20)
+
+    def fn(x, t):  # blows up at the fastest core's start t = 0.35 (index 13)
+        out = -x.copy()
+        out[np.isclose(t, grid[13])] = np.nan
+        return out
+
+    model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+    with pytest.raises(cc.ModelOutputError, match=r"round 4, core 3 \(step 13, stage 0.*non-finite"):
+        cc.chords(model, np.ones((2, 5)), grid, init=(0, 2, 5, 13), executor=executor)
+    with pytest.raises(cc.ModelOutputError, match=r"step 13 .*non-finite"):
+        cc.solve(model, np.ones((2, 5)), grid)
+
+
+def test_vector_field_custom_ode():
+    ode = LinearODE.random(4, seed=2)
+    ts = np.linspace(0, 1, 51)
+    y0 = np.array([1.0, -0.5, 0.25, 2.0])
+    unbatched = cc.VectorField(lambda t, y: ode.A @ y)
+    seq = cc.solve(unbatched, y0, ts, solver="heun")
+    assert np.abs(seq - ode.exact(y0, 0, 1)).max() < 1e-4
+    res = cc.chords(unbatched, y0, ts, solver="heun", cores=4, stop=None)
+    assert np.array_equal(res.x, seq)
+    res_b = cc.chords(ode.vector_field(), y0, ts, solver="heun", cores=4, stop=None)
+    assert all(np.abs(h.x - k.x).max() < 1e-14 for h, k in zip(res.hits, res_b.hits))
+
+
+def test_progress_bar_and_diagram(capsys):
+    model, x, grid = setup("rf-flow")
+    res = cc.chords(model, x, grid, init=PAPER8, progress=True)
+    err = capsys.readouterr().err
+    assert "17/17" in err
+    assert res.diagram().splitlines()[-1].endswith("hit c7")
+    assert res.trace[-1].hits == (7,)
+
+
+# -- property tests -------------------------------------------------------------------------------
+@st.composite
+def linear_cases(draw):
+    steps = draw(st.integers(4, 40))
+    k = draw(st.integers(2, min(6, steps)))
+    rest = sorted(draw(st.lists(st.integers(1, steps - 1), min_size=k - 1, max_size=k - 1, unique=True)))
+    seed = draw(st.integers(0, 10_000))
+    solver = draw(st.sampled_from(["euler", "heun"]))
+    return steps, (0, *rest), seed, solver
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(linear_cases())
+def test_invariants_on_random_linear_odes(case):
+    steps, init, seed, solver = case
+    ode = LinearODE.random(3, seed=seed)
+    ts = np.linspace(0, 1.5, steps + 1)
+    y0 = np.random.default_rng(seed).standard_normal(3)
+    seq = cc.solve(ode.vector_field(), y0, ts, solver)
+    # a matmul is not batch-size invariant in BLAS: bit-for-bit needs one call per point
+    res = cc.chords(ode.vector_field(), y0, ts, solver, init=init, stop=None, executor=cc.SerialExecutor())
+    assert np.array_equal(res.hits[-1].x, seq)
+    batched = cc.chords(ode.vector_field(), y0, ts, solver, init=init, stop=None)
+    assert np.abs(batched.x - seq).max() < 1e-13
+    assert sorted(h.round for h in res.hits) == [h.round for h in res.hits]
+    per_step = 1 if solver == "euler" else 2
+    for h in res.hits:
+        assert h.round == per_step * (steps - init[h.core]) + h.core
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 1000), st.sampled_from(["euler", "dpmpp_2m", "unipc"]), st.sampled_from([2, 3, 4, 6]))
+def test_invariants_on_random_mixtures(seed, solver, cores):
+    gmm = GaussianMixture.random(6, 3, seed=seed)
+    schedule = cc.VP.linear()
+    model, grid = gmm.model(schedule, "eps"), cc.time_grid(schedule, 24, "logsnr")
+    x = np.random.default_rng(seed).standard_normal((2, 6))
+    seq = cc.solve(model, x, grid, solver)
+    res = cc.chords(model, x, grid, solver, cores=cores, stop=None)
+    assert np.array_equal(res.x, seq)
+    assert res.rounds == 24 and res.hits[0].round == res.plan.finish_round[cores - 1]

@@ -1,0 +1,125 @@
+"""The static CHORDS plan: round ladder, rectification schedule, NFE (issue #2)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chords_core as cc
+
+PAPER8 = (0, 2, 4, 8, 16, 24, 32, 40)
+
+
+def test_paper_sequence_ladder_and_nfe():
+    plan = cc.make_plan(50, PAPER8)
+    assert plan.finish_round == (50, 49, 48, 45, 38, 31, 24, 17)
+    assert plan.hit_order == (7, 6, 5, 4, 3, 2, 1, 0)
+    assert plan.finish_round[plan.hit_order[0]] == 17
+    assert plan.nfe(17) == 8 * 17 - 8 * 7 // 2 == 108
+    assert plan.nfe(24) == 157
+    assert [plan.rectifications(c) for c in range(8)] == [0, 24, 23, 10, 4, 3, 2, 1]
+    assert [r.number for r in plan.rounds if r.coarse_hit] == [8]
+
+
+def test_four_core_paper_sequence():
+    plan = cc.make_plan(50, (0, 8, 16, 32))
+    assert sorted(plan.finish_round) == [21, 36, 43, 50]
+    assert plan.nfe(21) == 78
+
+
+def test_rectification_costs_no_evaluation():
+    plan = cc.make_plan(50, PAPER8)
+    for r in plan.rounds:
+        # exactly one evaluation per active core, rectified or not
+        cores = [e.core for e in r.evals]
+        assert len(cores) == len(set(cores))
+    assert plan.nfe() == sum(50 - t for t in PAPER8)
+
+
+def test_fastest_core_is_rectified_at_step_48():
+    plan = cc.make_plan(50, PAPER8)
+    rect7 = [(rd.number, b, j) for rd in plan.rounds for (c, b, j) in rd.rectified if c == 7]
+    assert rect7 == [(15, 40, 48)]
+
+
+def test_two_stage_solver_plan():
+    # Heun: 2 evaluations per step, the final step to sigma = 0 takes 1
+    eps = [2] * 49 + [1]
+    plan = cc.make_plan(50, PAPER8, eps)
+    assert plan.sequential_rounds == 99
+    for c, t in enumerate(PAPER8):
+        assert plan.finish_round[c] == c + sum(eps[t:])
+    assert plan.nfe() == sum(sum(eps[t:]) for t in PAPER8)
+
+
+@st.composite
+def init_sequences(draw):
+    steps = draw(st.integers(2, 60))
+    k = draw(st.integers(1, min(steps, 9)))
+    rest = draw(st.lists(st.integers(1, steps - 1), min_size=k - 1, max_size=k - 1, unique=True))
+    return steps, (0,) + tuple(sorted(rest))
+
+
+@settings(max_examples=150, deadline=None)
+@given(init_sequences())
+def test_ladder_formula_holds_for_random_sequences(case):
+    steps, init = case
+    plan = cc.make_plan(steps, init)
+    K = len(init)
+    for c, t in enumerate(init):
+        assert plan.finish_round[c] == steps - t + c
+        if c:
+            delta = t - init[c - 1]
+            assert plan.rectifications(c) == (steps - t) // delta
+    R = plan.finish_round[K - 1]
+    assert plan.nfe(R) == K * R - K * (K - 1) // 2
+    # hits arrive fastest first, ties broken towards the faster core
+    rounds = [plan.finish_round[c] for c in plan.hit_order]
+    assert rounds == sorted(rounds)
+
+
+def test_default_init_reproduces_paper_sequences():
+    assert cc.default_init(50, 8) == PAPER8
+    assert cc.default_init(50, 6) == (0, 3, 6, 12, 24, 36)
+    assert cc.default_init(50, 4) == (0, 8, 16, 32)
+    assert cc.default_init(50, 1) == (0,)
+
+
+@pytest.mark.parametrize("steps", [2, 5, 10, 20, 28, 50, 75, 100, 1000])
+@pytest.mark.parametrize("cores", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_default_init_is_valid_everywhere(steps, cores):
+    if cores > steps:
+        with pytest.raises(ValueError, match="cores"):
+            cc.default_init(steps, cores)
+        return
+    init = cc.default_init(steps, cores)
+    assert cc.validate_init(init, steps, cores) == init
+
+
+@pytest.mark.parametrize(
+    "init, match",
+    [
+        ((1, 2, 3), "start at 0"),
+        ((0, 4, 4), "strictly increasing"),
+        ((0, 5, 3), "strictly increasing"),
+        ((0, 10, 50), "below steps"),
+        ((0, 1.5), "integers"),
+        ((), "start at 0"),
+    ],
+)
+def test_invalid_init(init, match):
+    with pytest.raises(ValueError, match=match):
+        cc.validate_init(init, 50)
+
+
+def test_init_length_must_match_cores():
+    with pytest.raises(ValueError, match="cores=3"):
+        cc.validate_init((0, 8), 50, cores=3)
+
+
+def test_diagram_marks_rectifications_and_hits():
+    text = cc.make_plan(50, PAPER8).diagram(17)
+    lines = text.splitlines()
+    assert len(lines) == 18
+    assert "c1<-c0@2" in lines[3] and "3*" in lines[3]
+    assert "hit c7" in lines[17]
+    assert "coarse hit" in lines[8]

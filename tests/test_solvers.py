@@ -1,0 +1,113 @@
+"""Sequential solvers: observed orders on problems with exact solutions, and exact identities."""
+
+import numpy as np
+import pytest
+
+import chords_core as cc
+from chords_core.problems import GaussianMixture, LinearODE
+
+GAUSS = GaussianMixture.single(np.array([0.5, -1.0, 2.0, 0.0]), np.array([0.3, 1.5, 0.05, 1.0]))
+X_T = np.random.default_rng(0).standard_normal((3, 4))
+
+
+def grid_to_tmin(schedule, steps, spacing):
+    """steps intervals from t_noise to the schedule's t_min, without the final jump to sigma = 0."""
+    return cc.time_grid(schedule, steps + 1, spacing)[:-1]
+
+
+def observed_order(errors, ns):
+    return np.polyfit(np.log(ns), -np.log(errors), 1)[0]
+
+
+CASES = [
+    (cc.VP.linear(), "eps", "logsnr"),
+    (cc.VP.cosine(), "v", "logsnr"),
+    (cc.EDM(), "x0", "karras"),
+]
+
+
+@pytest.mark.parametrize("schedule, prediction, spacing", CASES, ids=["vp-eps", "cosine-v", "edm-x0"])
+@pytest.mark.parametrize(
+    "solver, options, order",
+    [("euler", {}, 1), ("heun", {}, 2), ("ddim", {}, 1), ("dpmpp_2m", {}, 2), ("unip", {}, 2), ("unipc", {}, 3), ("unipc", {"variant": "bh1"}, 3)],
+    ids=["euler", "heun", "ddim", "dpmpp_2m", "unip2", "unipc2-bh2", "unipc2-bh1"],
+)
+def test_order_on_single_gaussian(schedule, prediction, spacing, solver, options, order):
+    model = GAUSS.model(schedule, prediction)
+    ns = [40, 80, 160]
+    errors = []
+    for n in ns:
+        g = grid_to_tmin(schedule, n, spacing)
+        x0 = X_T * float(schedule.sigma(g[0]))
+        exact = GAUSS.exact_trajectory(x0, g[0], g[-1], schedule)
+        errors.append(np.abs(cc.solve(model, x0, g, solver, **options) - exact).max())
+    assert abs(observed_order(errors, ns) - order) < 0.2, errors
+
+
+@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2)])
+def test_order_on_linear_ode(solver, order):
+    ode = LinearODE.random(5, seed=3)
+    y0 = np.linspace(-1, 1, 5)
+    ns = [25, 50, 100, 200]
+    errors = [np.abs(cc.solve(ode.vector_field(), y0, np.linspace(0, 2, n + 1), solver) - ode.exact(y0, 0, 2)).max() for n in ns]
+    assert abs(observed_order(errors, ns) - order) < 0.2, errors
+
+
+def test_unip2_bh2_equals_dpmpp_2m():
+    for schedule, prediction, spacing in CASES:
+        model = GAUSS.model(schedule, prediction)
+        g = cc.time_grid(schedule, 25, spacing)
+        a = cc.solve(model, X_T, g, "unip", variant="bh2")
+        b = cc.solve(model, X_T, g, "dpmpp_2m")
+        assert np.abs(a - b).max() < 1e-12
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "dpmpp_3m", "unip", "unipc", "euler", "heun"])
+def test_final_step_to_sigma_zero_returns_data_prediction(solver):
+    schedule = cc.VP.linear()
+    model = GAUSS.model(schedule, "eps")
+    grid = cc.time_grid(schedule, 10, "logsnr")
+    assert grid[-1] == 0.0 and schedule.sigma(grid[-1]) == 0.0
+    x = cc.solve(model, X_T, grid[:-1], solver)
+    out = cc.solve(model, x, grid[-2:], solver)
+    x0_hat, _ = GAUSS.posterior(x, grid[-2], schedule)
+    # the eps -> x0 conversion rounds differently from the posterior's own formula
+    assert np.abs(out - x0_hat).max() < 1e-12
+
+
+def test_rectified_flow_euler_is_flow_matching_step():
+    schedule = cc.RectifiedFlow()
+    model = GAUSS.model(schedule, "flow")
+    grid = cc.time_grid(schedule, 7, shift=3.0)
+    fn = GAUSS.prediction_fn(schedule, "flow")
+    x = X_T.copy()
+    for i in range(7):
+        x = x + (grid[i + 1] - grid[i]) * fn(x, np.full(len(x), grid[i]))
+    assert np.array_equal(cc.solve(model, X_T, grid, "euler"), x)
+
+
+def test_heun_costs_2n_minus_1_evaluations_to_sigma_zero():
+    schedule = cc.EDM()
+    calls = []
+    fn = GAUSS.prediction_fn(schedule, "x0")
+    model = cc.DiffusionModel(lambda x, t: calls.append(1) or fn(x, t), schedule, "x0")
+    cc.solve(model, X_T, cc.time_grid(schedule, 12, "karras"), "heun")
+    assert len(calls) == 2 * 12 - 1
+
+
+def test_data_solvers_refuse_vector_fields():
+    with pytest.raises(ValueError, match="DiffusionModel"):
+        cc.solve(LinearODE.random(3).vector_field(), np.ones(3), np.linspace(0, 1, 5), "dpmpp_2m")
+
+
+def test_unknown_solver_and_bad_options():
+    model = GAUSS.model(cc.VP.linear(), "eps")
+    g = cc.time_grid(cc.VP.linear(), 5)
+    with pytest.raises(ValueError, match="unknown solver 'rk4'"):
+        cc.solve(model, X_T, g, "rk4")
+    with pytest.raises(ValueError, match="order"):
+        cc.solve(model, X_T, g, "unipc", order=7)
+    with pytest.raises(ValueError, match="variant"):
+        cc.solve(model, X_T, g, "unipc", variant="bh3")
+    with pytest.raises(ValueError, match="bad options"):
+        cc.solve(model, X_T, g, "euler", order=2)
