@@ -1,0 +1,112 @@
+"""Shared pieces of the torch executors: the point -> worker map, model shells, errors.
+
+Point -> worker map. The engine hands an executor a round's points in core order, and in every
+round the active cores are a prefix 0..n-1: core c starts in round c and finishes after
+R_c = c + (its ticks) rounds, which does not increase with c (a faster core has fewer ticks left),
+so cores leave from the top. Point k of a round is therefore core k, and the round-robin map
+``point k -> worker k mod W`` is a *stable* core -> worker map: core c always runs on worker
+c mod W, for every round, and every worker gets ceil(n / W) or floor(n / W) points.
+
+Model shells. The engine's ``model`` object (a ``DiffusionModel`` or ``VectorField``) carries the
+parametrisation and the output check; only its network ``fn`` (``f``) is replaced per worker.
+A *shell* is a shallow copy with the network removed; it is cheap to pickle and is bound to the
+worker's replica, so the worker evaluates with the core's own ``Model.evaluate`` (same calling
+convention, same shape / finiteness check) and nothing is re-implemented here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+from chords_core.models import Model
+
+__all__ = ["assign", "shell_of", "bind", "WorkerError", "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
+
+_FN_ATTRS = ("fn", "f")  # DiffusionModel.fn, VectorField.f
+
+
+class WorkerError(RuntimeError):
+    """A worker failed other than by a bad model output (its exception, with the remote traceback)."""
+
+
+class WorkerDied(WorkerError):
+    """A worker process / rank exited while the caller waited for it."""
+
+
+class WorkerTimeout(WorkerError, TimeoutError):
+    """A worker did not answer within the executor's timeout."""
+
+
+class ExecutorClosed(RuntimeError):
+    """The executor was closed (or broken by a dead / hung worker) and cannot evaluate."""
+
+
+def assign(n: int, workers: int) -> list[list[int]]:
+    """Point indices per worker for a round of ``n`` points: point k goes to worker k mod ``workers``."""
+    return [list(range(w, n, workers)) for w in range(workers)]
+
+
+def fn_attr(model: Model) -> str:
+    """The attribute of ``model`` that holds its network (``fn`` or ``f``)."""
+    for name in _FN_ATTRS:
+        if hasattr(model, name):
+            return name
+    raise TypeError(
+        f"cannot replace the network of a {type(model).__name__}: it has no 'fn' or 'f' attribute; "
+        "let the factory return a complete chords_core Model instead"
+    )
+
+
+def shell_of(model: Model) -> Model:
+    """A shallow copy of ``model`` without its network (picklable if the schedule is)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a chords_core Model, got {type(model).__name__}")
+    shell = copy.copy(model)
+    setattr(shell, fn_attr(model), None)
+    return shell
+
+
+def bind(shell: Model, replica: "Callable | Model") -> Model:
+    """The model a worker evaluates: ``replica`` itself if it is a Model, else ``shell`` with network ``replica``."""
+    if isinstance(replica, Model):
+        return replica
+    if not callable(replica):
+        raise TypeError(f"a worker's model must be callable or a chords_core Model, got {type(replica).__name__}")
+    model = copy.copy(shell)
+    setattr(model, fn_attr(shell), replica)
+    return model
+
+
+def check_points(xs, ts) -> None:
+    """One time per point, all points tensors of one shape and dtype (the engine's states are)."""
+    import torch
+
+    if len(xs) != len(ts):
+        raise ValueError(f"xs and ts must have the same length, got {len(xs)} and {len(ts)}")
+    if not xs:
+        return
+    x0 = xs[0]
+    for k, x in enumerate(xs):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"xs[{k}] must be a torch.Tensor, got {type(x).__name__}")
+        if x.shape != x0.shape or x.dtype != x0.dtype:
+            raise ValueError(f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
+
+
+def check_timeout(timeout: "float | None") -> "float | None":
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+def model_error(point: int, message: str):
+    from chords_core.models import ModelOutputError
+
+    return ModelOutputError(point, message)
+
+
+def describe(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__

@@ -1,0 +1,121 @@
+"""``DeviceExecutor``: one model replica per device, a thread per device, evaluations concurrent.
+
+For a round of n points (point k = core k, see ``_common``), point k runs on device k mod D; each
+device's thread moves its points to its device, evaluates them with its replica (one call per point,
+or one batched call for its share with ``batched=True``) and moves the outputs back to the device of
+the driver's state. The engine keeps all states on the driver's device, because a rectification
+combines a core's state with its slower neighbour's; what stays put on a device is the replica (its
+weights), so per round each device receives its points' states and returns their outputs.
+
+Threads overlap because torch releases the GIL inside its kernels (and CUDA launches are
+asynchronous); with tiny CPU models the Python overhead between kernels still serializes, which is
+what ``ProcessExecutor`` is for.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import copy
+from typing import Any, Callable, Sequence
+
+import torch
+
+from chords_core.executors import Executor
+from chords_core.models import Model, ModelOutputError
+
+from ._common import ExecutorClosed, WorkerTimeout, assign, bind, check_points, check_timeout, fn_attr
+
+__all__ = ["DeviceExecutor", "replicate"]
+
+
+def replicate(fn: Callable, device: torch.device) -> Callable:
+    """Default replica of a network for ``device``: an ``nn.Module`` is deep-copied and moved there
+    (unless its parameters already live there); any other callable is used as is (it must work on
+    tensors of any device)."""
+    if isinstance(fn, torch.nn.Module):
+        tensors = [*fn.parameters(), *fn.buffers()]
+        if tensors and all(p.device == device for p in tensors):
+            return fn
+        return copy.deepcopy(fn).to(device)
+    return fn
+
+
+class DeviceExecutor(Executor):
+    """Evaluate a round's points on several devices at once, one thread and one replica per device.
+
+    ``devices``: e.g. ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]`` for two CPU workers.
+    ``replicate(fn, device) -> fn``: builds a device's replica of the model's network (default
+    ``chords_torch.replicate``); it may also return a complete chords_core ``Model``.
+    ``batched``: one call per device for its share of the round (faster on GPUs; equal to the serial
+    executor only for batch-invariant networks) instead of one call per point (the default,
+    bit-for-bit equal to ``SerialExecutor``).
+    ``timeout``: seconds to wait for a round (``None``: forever). A thread stuck in a model call
+    cannot be stopped: after a timeout the executor is closed and raises ``ExecutorClosed``.
+    """
+
+    def __init__(self, devices: Sequence[Any], *, replicate: Callable = replicate, batched: bool = False,
+                 timeout: float | None = None):
+        if isinstance(devices, (str, torch.device)) or not len(devices):
+            raise ValueError(f"devices must be a non-empty list of devices, got {devices!r}")
+        try:
+            self.devices = [torch.device(d) for d in devices]
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"devices: {e}") from None
+        if not callable(replicate):
+            raise TypeError(f"replicate must be callable, got {type(replicate).__name__}")
+        self.replicate, self.batched, self.timeout = replicate, bool(batched), check_timeout(timeout)
+        self._pools = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"chords-{d}") for d in self.devices]
+        self._replicas: dict = {}  # id(model) -> (model, [replica model per device])
+        self._closed = False
+
+    def _models(self, model: Model) -> list[Model]:
+        entry = self._replicas.get(id(model))
+        if entry is None or entry[0] is not model:
+            fn = getattr(model, fn_attr(model))
+            entry = (model, [bind(model, self.replicate(fn, d)) for d in self.devices])
+            self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
+        return entry[1]
+
+    def _run(self, model: Model, device: torch.device, xs, ts, idx: list[int], grad: bool):
+        with torch.set_grad_enabled(grad), (torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()):
+            pts = [xs[k].to(device, non_blocking=True) for k in idx]
+            tts = [ts[k] for k in idx]
+            try:
+                outs = model.evaluate(pts, tts, batched=self.batched)
+            except ModelOutputError as e:
+                raise ModelOutputError(idx[e.point], str(e)) from None
+            return [o.to(xs[k].device) for o, k in zip(outs, idx)]
+
+    def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        if self._closed:
+            raise ExecutorClosed("this DeviceExecutor is closed")
+        check_points(xs, ts)
+        models = self._models(model)
+        grad = torch.is_grad_enabled()
+        groups = assign(len(xs), len(self.devices))
+        futs = [(idx, self._pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad))
+                for w, idx in enumerate(groups) if idx]
+        done, pending = cf.wait([f for _, f in futs], timeout=self.timeout)
+        if pending:
+            self.close(wait=False)
+            raise WorkerTimeout(f"DeviceExecutor: no answer from {len(pending)} device thread(s) within {self.timeout:g} s")
+        outs: list = [None] * len(xs)
+        errors = []
+        for idx, f in futs:
+            if f.exception() is not None:
+                errors.append(f.exception())
+                continue
+            for k, o in zip(idx, f.result()):
+                outs[k] = o
+        if errors:  # the bad point with the smallest index, model output errors first
+            errors.sort(key=lambda e: (not isinstance(e, ModelOutputError), getattr(e, "point", 0)))
+            raise errors[0]
+        return outs
+
+    def close(self, wait: bool = True) -> None:
+        self._closed = True
+        for p in self._pools:
+            p.shutdown(wait=wait, cancel_futures=True)
+        self._replicas = {}
+

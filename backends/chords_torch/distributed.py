@@ -1,0 +1,228 @@
+"""``DistributedExecutor`` and ``serve``: CHORDS on torch.distributed (gloo on CPU, nccl on GPU).
+
+Layout: rank 0 (the *driver*) runs the unchanged core engine, ``cc.chords(..., executor=ex)``;
+every other rank runs ``serve(net)`` and evaluates the points it is sent. Point k of a round
+(= core k) goes to worker rank 1 + (k mod (world - 1)), so core c always runs on the same rank.
+The same script works on one machine and across machines; only the torchrun launch differs.
+
+Wire protocol (point-to-point ``send`` / ``recv`` of tensors on the backend's device, so it also
+runs on nccl): the driver sends a header ``int64[16] = [cmd, n, dtype, ndim, payload, batched,
+*shape]`` then, for ``EVAL``, the n stacked states (n, *shape) and their times (n,) float64; for
+``MODEL``, the pickled model *shell* (the driver's model without its network, see ``_common``); for
+``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status, point, length]`` and the
+outputs (status 0), or the error message as bytes (1: bad model output at ``point``, 2: exception).
+
+Faults: a worker's exception / bad output raises in the driver (``WorkerError`` /
+``ModelOutputError``), the executor stays usable. A dead rank raises ``WorkerDied`` as soon as the
+backend notices the lost connection, a silent one ``WorkerTimeout`` after ``timeout`` seconds; both
+close the executor (the surviving workers are told to stop).
+"""
+
+from __future__ import annotations
+
+import datetime
+import pickle
+import traceback
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from chords_core.executors import Executor
+from chords_core.models import Model, ModelOutputError
+
+from ._common import ExecutorClosed, WorkerDied, WorkerError, WorkerTimeout, assign, bind, check_points, check_timeout, shell_of
+from .device import replicate
+
+__all__ = ["DistributedExecutor", "serve"]
+
+STOP, EVAL, MODEL = 0, 1, 2
+HEADER = 16
+MAX_DIMS = HEADER - 6
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.complex128)
+
+
+def _comm_device(group) -> torch.device:
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _wait(work, timeout: float | None, what: str) -> None:
+    """Wait for a send / recv; a lost peer -> WorkerDied, no completion in time -> WorkerTimeout."""
+    try:
+        if timeout is None:
+            work.wait()
+        elif not work.wait(datetime.timedelta(seconds=timeout)):
+            raise WorkerTimeout(f"{what}: no completion within {timeout:g} s")
+    except WorkerTimeout:
+        raise
+    except RuntimeError as e:
+        msg = str(e)
+        if "imeout" in msg or "imed out" in msg:
+            raise WorkerTimeout(f"{what}: no completion within {timeout:g} s ({msg.splitlines()[0]})") from None
+        raise WorkerDied(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}") from None
+
+
+def _bytes_tensor(b: bytes, device) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8).to(device)
+
+
+class DistributedExecutor(Executor):
+    """Evaluate a round's points on the other ranks of a torch.distributed group; use on rank 0.
+
+    ``timeout``: seconds to wait for the workers of one round (``None``: the process group's own
+    timeout). ``batched``: each rank evaluates its share in one batched call instead of one call
+    per point. The process group must be initialised (``dist.init_process_group``) with at least
+    two ranks; ``close()`` stops the workers' ``serve`` loops (the group itself is the caller's).
+    """
+
+    def __init__(self, *, group=None, timeout: float | None = 60.0, batched: bool = False):
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
+        self.group, self.timeout, self.batched = group, check_timeout(timeout), bool(batched)
+        if dist.get_rank(group) != 0:
+            raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank {dist.get_rank(group)}: call serve(...)")
+        world = dist.get_world_size(group)
+        if world < 2:
+            raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate)")
+        self.ranks = [self._global(r) for r in range(1, world)]
+        self.device = _comm_device(group)
+        self._model, self._closed = None, False
+
+    def _global(self, r: int) -> int:
+        return r if self.group is None else dist.get_global_rank(self.group, r)
+
+    def _send(self, tensor: torch.Tensor, rank: int):
+        return dist.isend(tensor, rank, group=self.group)
+
+    def _recv(self, tensor: torch.Tensor, rank: int, what: str) -> torch.Tensor:
+        _wait(dist.irecv(tensor, rank, group=self.group), self.timeout, f"rank {rank} ({what})")
+        return tensor
+
+    def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (), payload: int = 0):
+        if len(shape) > MAX_DIMS:
+            raise ValueError(f"states may have at most {MAX_DIMS} dimensions, got shape {shape}")
+        h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *shape]
+        return torch.tensor(h + [0] * (HEADER - len(h)), dtype=torch.int64, device=self.device)
+
+    def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        if self._closed:
+            raise ExecutorClosed("this DistributedExecutor is closed (closed by the user or after a lost worker)")
+        check_points(xs, ts)
+        if not xs:
+            return []
+        if xs[0].dtype not in DTYPES:
+            raise TypeError(f"states of dtype {xs[0].dtype} are not supported; use one of {DTYPES}")
+        try:
+            return self._evaluate(model, xs, ts)
+        except (WorkerDied, WorkerTimeout):
+            self.close(grace=1.0)
+            raise
+
+    def _evaluate(self, model, xs, ts):
+        sends = []
+        if self._model is not model:
+            payload = _bytes_tensor(pickle.dumps(shell_of(model)), self.device)
+            for r in self.ranks:
+                sends += [self._send(self._header(MODEL, payload=payload.numel()), r), self._send(payload, r)]
+            self._model = model
+        groups = assign(len(xs), len(self.ranks))
+        shape, dtype = tuple(xs[0].shape), xs[0].dtype
+        active = [(r, idx) for r, idx in zip(self.ranks, groups) if idx]
+        for r, idx in active:
+            x = torch.stack([xs[k] for k in idx]).to(self.device)
+            t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
+            sends += [self._send(self._header(EVAL, len(idx), dtype, shape), r), self._send(x, r), self._send(t, r)]
+        for w in sends:
+            _wait(w, self.timeout, "send to a worker")
+        outs: list = [None] * len(xs)
+        failures = []
+        for r, idx in active:
+            status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), r, "status")
+            code, point, length = (int(v) for v in status.tolist())
+            if code == 0:
+                out = self._recv(torch.empty((len(idx), *shape), dtype=dtype, device=self.device), r, "outputs")
+                for j, k in enumerate(idx):
+                    outs[k] = out[j].to(xs[k].device)
+            else:
+                msg = bytes(self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), r, "error").cpu().tolist()).decode()
+                failures.append((code, idx[point], r, msg))
+        if failures:  # every answer is in: the protocol stays in step, the executor usable
+            code, k, r, msg = min(failures)
+            if code == 1:
+                raise ModelOutputError(k, msg)
+            raise WorkerError(f"rank {r}: {msg}")
+        return outs
+
+    def close(self, grace: float = 5.0) -> None:
+        """Tell every worker rank to leave ``serve`` (best effort, ``grace`` seconds); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for r in self.ranks:
+            try:
+                _wait(self._send(self._header(STOP), r), grace, f"stop rank {r}")
+            except WorkerError:
+                pass
+
+
+def serve(net: "Callable | Model", *, group=None, device: Any = None) -> int:
+    """Worker loop for ranks != 0: evaluate the driver's points until it closes its executor.
+
+    ``net``: the network (``fn(x, t)`` / ``f(t, y)``; bound to the driver's model parametrisation)
+    or a complete chords_core ``Model``. ``device``: where to evaluate (default: the backend's
+    device, ``cuda:<current>`` for nccl, else cpu); an ``nn.Module`` is moved there. Returns the
+    number of rounds served; raises ``WorkerError`` if the driver is lost.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("serve needs an initialised process group (torch.distributed.init_process_group)")
+    if dist.get_rank(group) == 0:
+        raise RuntimeError("serve runs on ranks != 0; rank 0 drives with DistributedExecutor")
+    comm = _comm_device(group)
+    device = comm if device is None else torch.device(device)
+    if not isinstance(net, Model):
+        if not callable(net):
+            raise TypeError(f"net must be callable or a chords_core Model, got {type(net).__name__}")
+        net = replicate(net, device)
+    driver = 0 if group is None else dist.get_global_rank(group, 0)
+    model, served = None, 0
+
+    def recv(t: torch.Tensor) -> torch.Tensor:
+        try:
+            dist.recv(t, driver, group=group)
+        except RuntimeError as e:
+            raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
+        return t
+
+    def reply(code: int, point: int, body: torch.Tensor) -> None:
+        dist.send(torch.tensor([code, point, body.numel()], dtype=torch.int64, device=comm), driver, group=group)
+        dist.send(body.contiguous(), driver, group=group)
+
+    while True:
+        h = recv(torch.zeros(HEADER, dtype=torch.int64, device=comm)).tolist()
+        cmd, n, dt, ndim, payload, batched = h[:6]
+        if cmd == STOP:
+            return served
+        if cmd == MODEL:
+            shell = pickle.loads(bytes(recv(torch.empty(payload, dtype=torch.uint8, device=comm)).cpu().tolist()))
+            model = bind(shell, net)
+            continue
+        shape, dtype = tuple(h[6 : 6 + ndim]), DTYPES[dt]
+        x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
+        t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
+        try:
+            if model is None:
+                raise RuntimeError("no model received")
+            with torch.no_grad():
+                outs = model.evaluate([x[j].to(device) for j in range(n)], t, batched=bool(batched))
+                out = torch.stack([o.to(comm, dtype) for o in outs])
+            if tuple(out.shape) != (n, *shape):
+                raise ModelOutputError(0, f"outputs of shape {tuple(out.shape)}, expected {(n, *shape)}")
+            reply(0, 0, out)
+        except ModelOutputError as e:
+            reply(1, e.point, _bytes_tensor(str(e).encode(), comm))
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
+            reply(2, 0, _bytes_tensor(msg.encode(), comm))
+        served += 1

@@ -1,0 +1,287 @@
+"""``ProcessExecutor``: one worker process per core slot, states and outputs in shared memory.
+
+Each worker builds its own model once, by calling ``factory()`` in the worker process; the factory
+is pickled at start-up, so it must be a module-level function, a ``functools.partial`` of one or an
+instance of a module-level class (see ``chords_torch.testing`` for examples). It returns the network
+(``fn(x, t)`` of a ``DiffusionModel`` / ``f(t, y)`` of a ``VectorField``; the driver's model then
+supplies the parametrisation) or a complete chords_core ``Model``.
+
+Per round, point k goes to worker k mod W (a stable core -> worker map, see ``_common``). Every
+worker owns two shared-memory tensors of shape (slots, *state_shape), allocated once per state
+shape (and grown when a round needs more slots) and handed to the worker once: the driver copies
+the worker's points into the input slots, sends a small message (how many points, their times),
+the worker evaluates them with the core's ``Model.evaluate`` into the output slots and answers
+"ok". No tensor is pickled per round.
+
+Faults: a model exception or a bad output (shape, nan / inf) is sent back and raised in the caller
+(``ModelOutputError`` with the point's index for bad outputs, ``WorkerError`` with the remote
+traceback otherwise); the executor stays usable. A worker that dies (``WorkerDied``) or does not
+answer within ``timeout`` seconds (``WorkerTimeout``) breaks the executor: all workers are
+terminated before the error is raised. Workers exit when the driver closes the executor, when it is
+garbage collected or the interpreter exits, and on their own when the driver's end of the pipe
+closes (the driver died).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+import weakref
+from multiprocessing.connection import wait as _wait
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.multiprocessing as tmp
+
+from chords_core.executors import Executor
+from chords_core.models import Model, ModelOutputError
+
+from ._common import (ExecutorClosed, WorkerDied, WorkerError, WorkerTimeout, assign, bind, check_points,
+                      check_timeout, shell_of)
+
+__all__ = ["ProcessExecutor"]
+
+WORKER_ENV = "CHORDS_TORCH_WORKER"  # set to the worker's index in each worker process
+
+
+def _worker_main(conn, factory: Callable, threads: int, index: int) -> None:
+    """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    torch.set_num_threads(threads)
+    os.environ[WORKER_ENV] = str(index)
+    try:
+        replica = factory()
+        if not (callable(replica) or isinstance(replica, Model)):
+            raise TypeError(f"the factory returned a {type(replica).__name__}, not a callable or a chords_core Model")
+    except BaseException as e:
+        conn.send(("error", f"factory failed: {type(e).__name__}: {e}", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    model = xin = xout = None
+    setup_error = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the driver is gone
+        op = msg[0]
+        if op == "stop":
+            return
+        try:
+            if op == "model":
+                setup_error, model = None, bind(msg[1], replica)
+            elif op == "buffers":
+                xin, xout = msg[1], msg[2]
+            elif op == "eval":
+                if setup_error is not None:
+                    raise setup_error
+                n, ts, batched = msg[1], msg[2], msg[3]
+                with torch.no_grad():
+                    outs = model.evaluate([xin[j] for j in range(n)], ts, batched=batched)
+                    for j, o in enumerate(outs):
+                        xout[j].copy_(o)
+                conn.send(("ok",))
+        except ModelOutputError as e:
+            conn.send(("model_error", e.point, str(e)))
+        except BaseException as e:
+            if op != "eval":
+                setup_error = e  # reported with the next evaluation
+            else:
+                conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+
+
+def _shutdown(procs: list, conns: list, grace: float) -> None:
+    """Ask the workers to stop, wait up to ``grace`` seconds, then terminate / kill; close the pipes."""
+    if grace > 0:
+        for c in conns:
+            try:
+                c.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + grace
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(2.0)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for c in conns:
+        c.close()
+
+
+def _default_start_method() -> str:
+    return "forkserver" if "forkserver" in tmp.get_all_start_methods() else "spawn"
+
+
+class ProcessExecutor(Executor):
+    """Evaluate a round's points in ``workers`` processes at once (CPU parallelism without the GIL).
+
+    ``factory``: picklable zero-argument callable run once in each worker; returns the network
+    (bound to the driver's model parametrisation) or a complete chords_core ``Model``.
+    ``workers``: processes (core slots); a round of n points puts point k on worker k mod workers.
+    ``threads``: ``torch.set_num_threads`` in each worker (1: one core per worker).
+    ``timeout``: seconds a round may take before the executor gives up (``None``: no limit);
+    ``start_timeout`` the same for starting the workers (importing torch, building the model).
+    ``batched``: each worker evaluates its share in one batched call instead of one call per point
+    (equal to the serial executor only for batch-invariant networks).
+    ``start_method``: "forkserver" (default on Linux; torch is preloaded once) or "spawn".
+    """
+
+    def __init__(self, factory: Callable[[], Any], workers: int = 2, *, threads: int = 1,
+                 timeout: float | None = 60.0, start_timeout: float = 120.0, batched: bool = False,
+                 start_method: str | None = None):
+        if not callable(factory):
+            raise TypeError(f"factory must be a picklable callable returning the model, got {type(factory).__name__}")
+        for name, v in (("workers", workers), ("threads", threads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.timeout, self.batched = check_timeout(timeout), bool(batched)
+        start_timeout = check_timeout(start_timeout)
+        method = start_method or _default_start_method()
+        if method not in tmp.get_all_start_methods():
+            raise ValueError(f"start_method must be one of {tmp.get_all_start_methods()}, got {method!r}")
+        ctx = tmp.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["torch", "chords_core", "chords_torch"])
+        self._procs: list = []
+        self._conns: list = []
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
+        self._closed, self._model, self._bufs = False, None, [None] * workers
+        try:
+            for w in range(workers):
+                parent, child = ctx.Pipe(duplex=True)
+                p = ctx.Process(target=_worker_main, args=(child, factory, threads, w), daemon=True,
+                                name=f"chords-worker-{w}")
+                try:
+                    p.start()
+                except Exception as e:
+                    parent.close()
+                    raise TypeError(
+                        f"factory could not be sent to a worker ({type(e).__name__}: {e}); it must be picklable: "
+                        "a module-level function, a functools.partial of one, or an instance of a module-level class"
+                    ) from None
+                finally:
+                    child.close()
+                self._procs.append(p)
+                self._conns.append(parent)
+            replies = self._gather(range(workers), start_timeout, "start")
+        except BaseException:
+            self._break()
+            raise
+        self.pids = tuple(replies[w][1] for w in range(workers))
+
+    @property
+    def workers(self) -> int:
+        return len(self._conns)
+
+    def _break(self) -> None:
+        self._closed = True
+        self._finalizer.detach()
+        _shutdown(self._procs, self._conns, 0.0)
+
+    def _gather(self, ws, timeout: float | None, what: str) -> dict:
+        """Wait for one reply from each worker in ``ws``; a death or the timeout breaks the executor."""
+        pending = {self._conns[w]: w for w in ws}
+        sentinels = {self._procs[w].sentinel: w for w in ws}
+        replies: dict = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            ready = _wait(list(pending) + [s for s, w in sentinels.items() if w not in replies],
+                          timeout=None if left is None else max(left, 0.0))
+            if not ready:
+                self._break()
+                raise WorkerTimeout(
+                    f"ProcessExecutor: worker(s) {sorted(pending.values())} did not answer ({what}) within "
+                    f"{timeout:g} s; all workers were terminated")
+            for r in ready:
+                w = pending.get(r)
+                if w is None:
+                    continue
+                try:
+                    replies[w] = r.recv()
+                except (EOFError, OSError):
+                    continue  # reported through the sentinel below
+                del pending[r]
+            for s in ready:
+                w = sentinels.get(s)
+                if w is not None and w not in replies and not self._conns[w].poll():
+                    code = self._procs[w].exitcode
+                    self._break()
+                    raise WorkerDied(
+                        f"ProcessExecutor: worker {w} (pid {self._procs[w].pid}) died ({what}) with exit code "
+                        f"{code}{_signal_name(code)}; all workers were terminated")
+        for w, rep in replies.items():
+            if rep[0] == "error" and what == "start":
+                self._break()
+                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{rep[2]}")
+        return replies
+
+    def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        if self._closed:
+            raise ExecutorClosed("this ProcessExecutor is closed (closed by the user or after a dead / hung worker)")
+        check_points(xs, ts)
+        if not xs:
+            return []
+        if self._model is not model:
+            shell = shell_of(model)
+            for c in self._conns:
+                c.send(("model", shell))
+            self._model = model
+        groups = assign(len(xs), self.workers)
+        shape, dtype = tuple(xs[0].shape), xs[0].dtype
+        active = []
+        for w, idx in enumerate(groups):
+            if not idx:
+                continue
+            xin, _ = self._buffers(w, len(idx), shape, dtype)
+            for j, k in enumerate(idx):
+                xin[j].copy_(xs[k])
+            self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched))
+            active.append(w)
+        replies = self._gather(active, self.timeout, "evaluate")
+        for w in active:  # all replies are in: raise the first failure in point order
+            rep = replies[w]
+            if rep[0] == "model_error":
+                raise ModelOutputError(groups[w][rep[1]], rep[2])
+        for w in active:
+            rep = replies[w]
+            if rep[0] != "ok":
+                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{rep[2] if len(rep) > 2 else ''}")
+        outs: list = [None] * len(xs)
+        dev = xs[0].device
+        for w in active:
+            xout = self._bufs[w][1]
+            for j, k in enumerate(groups[w]):
+                outs[k] = xout[j].to(dev, copy=True)
+        return outs
+
+    def _buffers(self, w: int, need: int, shape: tuple, dtype: torch.dtype):
+        cur = self._bufs[w]
+        if cur is None or tuple(cur[0].shape[1:]) != shape or cur[0].dtype != dtype or cur[0].shape[0] < need:
+            cap = max(need, cur[0].shape[0]) if cur is not None and tuple(cur[0].shape[1:]) == shape else need
+            xin = torch.empty((cap, *shape), dtype=dtype).share_memory_()
+            xout = torch.empty((cap, *shape), dtype=dtype).share_memory_()
+            self._conns[w].send(("buffers", xin, xout))
+            self._bufs[w] = cur = (xin, xout)
+        return cur
+
+    def close(self) -> None:
+        """Stop the workers (a short grace period, then terminate); idempotent."""
+        self._closed = True
+        self._finalizer()
+
+
+def _signal_name(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f" ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return ""

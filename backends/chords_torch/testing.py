@@ -1,0 +1,131 @@
+"""Picklable model factories for tests, demos and benchmarks (usable as ``ProcessExecutor`` factories).
+
+- ``TorchGMM``: the exact denoiser of a Gaussian mixture (``chords_core.problems``) on torch tensors,
+  computed in float64 numpy row by row-invariant arithmetic, so every executor must reproduce the
+  serial executor bit for bit.
+- ``mlp``: a deterministic (seeded) MLP network ``fn(x, t)`` costing a tunable amount per call.
+- ``Faulty``: wraps a factory's network to raise, return garbage (wrong shape, nan), hang or kill
+  its own process on a chosen call, optionally only in one worker / rank.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from chords_core.problems import GaussianMixture
+from chords_core.schedules import EDM, VP, RectifiedFlow, Schedule
+
+__all__ = ["TorchGMM", "gmm_problem", "mlp", "MLP", "Faulty", "SCHEDULES"]
+
+SCHEDULES = {"rf": RectifiedFlow, "vp": VP.linear, "edm": EDM}
+
+
+class TorchGMM:
+    """``fn(x, t)`` -> the exact ``prediction`` of the GMM ``GaussianMixture.random(dim, modes, seed)``.
+
+    x: (N, dim) float64 tensor, t: (N,) -> (N, dim) float64 tensor on x's device.
+    """
+
+    def __init__(self, dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf", prediction: str = "x0"):
+        self.args = (dim, modes, seed, schedule, prediction)
+        self.gmm = GaussianMixture.random(dim, modes, seed)
+        self.schedule: Schedule = SCHEDULES[schedule]()
+        self._fn = self.gmm.prediction_fn(self.schedule, prediction)
+
+    def __reduce__(self):
+        return (TorchGMM, self.args)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self._fn(x.detach().cpu().numpy(), t.detach().cpu().numpy())
+        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
+
+
+def gmm_problem(dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf", prediction: str = "x0"):
+    """(driver model, factory) for the GMM: a ``DiffusionModel`` and the picklable network factory."""
+    from chords_core.models import DiffusionModel
+
+    net = TorchGMM(dim, modes, seed, schedule, prediction)
+    return DiffusionModel(net, net.schedule, prediction), _Const(net)
+
+
+class _Const:
+    """A picklable factory returning a picklable object."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
+class MLP(torch.nn.Module):
+    """x (N, dim), t (N,) -> (N, dim): tanh MLP with the time added to the first hidden layer."""
+
+    def __init__(self, dim: int, width: int, depth: int, seed: int = 0, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        sizes = [dim] + [width] * depth + [dim]
+        self.weights = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.randn(a, b, generator=g, dtype=dtype) / a ** 0.5, requires_grad=False)
+            for a, b in zip(sizes[:-1], sizes[1:]))
+        self.time = torch.nn.Parameter(torch.randn(width, generator=g, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = x
+        for k, w in enumerate(self.weights):
+            h = h @ w
+            if k == 0:
+                h = h + t.to(h.dtype)[:, None] * self.time
+            if k < len(self.weights) - 1:
+                h = torch.tanh(h)
+        return h
+
+
+def mlp(dim: int = 256, width: int = 1024, depth: int = 3, seed: int = 0, dtype: str = "float32") -> MLP:
+    """Factory of a seeded ``MLP`` (identical in every worker)."""
+    return MLP(dim, width, depth, seed, getattr(torch, dtype)).eval()
+
+
+class Faulty:
+    """Factory whose network misbehaves on its ``after``-th call (1-based, counted per process).
+
+    ``mode``: "raise" (RuntimeError), "shape" (drops the last column), "nan", "hang" (sleeps an
+    hour) or "die" (SIGKILLs its own process). ``only``: misbehave only where the environment
+    variable ``only[0]`` equals ``only[1]`` (e.g. ("CHORDS_TORCH_WORKER", "1") or ("RANK", "2")).
+    """
+
+    MODES = ("raise", "shape", "nan", "hang", "die")
+
+    def __init__(self, factory: Callable, mode: str, after: int = 1, only: tuple[str, str] | None = None):
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.factory, self.mode, self.after, self.only = factory, mode, after, only
+
+    def __call__(self):
+        return _FaultyNet(self.factory(), self.mode, self.after, self.only)
+
+
+class _FaultyNet:
+    def __init__(self, net, mode, after, only):
+        self.net, self.mode, self.after, self.only, self.calls = net, mode, after, only, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        out = self.net(x, t)
+        if self.calls < self.after or (self.only and os.environ.get(self.only[0]) != self.only[1]):
+            return out
+        if self.mode == "raise":
+            raise RuntimeError(f"injected failure in pid {os.getpid()}")
+        if self.mode == "shape":
+            return out[..., :-1]
+        if self.mode == "nan":
+            return out * float("nan")
+        if self.mode == "hang":
+            time.sleep(3600)
+        os.kill(os.getpid(), 9)
+        time.sleep(3600)
