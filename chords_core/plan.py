@@ -194,7 +194,8 @@ def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
 def default_init(steps: int, cores: int) -> tuple[int, ...]:
     """The default init sequence for (steps, cores).
 
-    Built by the recipe that reproduces the paper's sequences (0-8-16-32, 0-3-6-12-24-36,
+    For K = 4, 6, 8 the paper's sequence scaled to ``steps`` (rounded) where that stays valid.
+    Otherwise built by the recipe that reproduces the paper's sequences (0-8-16-32, 0-3-6-12-24-36,
     0-2-4-8-16-24-32-40 at T = 50): with frame end E = T - 2 and the fastest start t_{K-1},
     walk down the cores: s = E/(E - t_k); t_{k-1} = t_k / 2 if s <= 3 else 2 t_k - E; then E = t_k.
     The fastest start is t_{K-1} = (0.48 + 0.04 K) T for K >= 3 (24 + 2K at T = 50, the paper's
@@ -210,6 +211,9 @@ def default_init(steps: int, cores: int) -> tuple[int, ...]:
         raise ValueError(f"cores={cores} needs at least as many steps, got steps={steps}")
     if cores == 1:
         return (0,)
+    paper = paper_init(steps, cores)
+    if paper is not None:
+        return paper
     T = steps
     E = T - 2.0
     top = (T / 2 - 1) if cores == 2 else (0.48 + 0.04 * cores) * T
