@@ -1,0 +1,42 @@
+"""The demo command line (issue #2: table and PNG)."""
+
+import os
+
+import pytest
+
+from chords_core.__main__ import main
+
+
+def test_demo_prints_table_and_writes_plot(tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert main(["demo", "--solver", "euler", "dpmpp_2m", "--cores", "2", "8", "--dim", "8", "--modes", "3",
+                 "--samples", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| euler") or line.startswith("| dpmpp_2m")]
+    assert len(rows) == 6  # sequential + 2 core counts, per solver
+    eight = next(r for r in rows if r.startswith("| euler | 50 | 8 |"))
+    cells = [c.strip() for c in eight.strip("|").split("|")]
+    assert cells[3] == "0-2-4-8-16-24-32-40" and cells[4] == "17" and cells[5] == "2.94x" and cells[6] == "108"
+    assert float(cells[7]) > 0 and float(cells[8]) > 0
+    assert os.path.getsize(out / "hits_error_vs_round.png") > 10_000
+
+
+def test_demo_flags(tmp_path, capsys):
+    assert main(["demo", "--solver", "heun", "--init", "0-4-8", "--steps", "12", "--stop", "none", "--schedule", "vp",
+                 "--dim", "4", "--modes", "2", "--samples", "2", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("| heun | 12 | 3 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "23" and float(cells[7]) == 0.0  # stop=none returns the sequential result (2*12-1 rounds)
+
+
+@pytest.mark.parametrize("argv, message", [(["--stop", "fastest"], "--stop"), (["--init", "0,a"], "--init")])
+def test_demo_rejects_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_command(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown command" in capsys.readouterr().err

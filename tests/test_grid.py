@@ -1,0 +1,59 @@
+"""Schedules and time grids."""
+
+import numpy as np
+import pytest
+
+import chords_core as cc
+
+
+def test_rectified_flow_uniform_and_shift():
+    g = cc.time_grid(cc.RectifiedFlow(), 10)
+    assert np.array_equal(g, np.linspace(1, 0, 11))
+    s = cc.time_grid(cc.RectifiedFlow(), 10, shift=3.0)
+    u = np.linspace(1, 0, 11)
+    assert np.allclose(s, 3 * u / (1 + 2 * u), atol=0, rtol=1e-15) and s[0] == 1.0 and s[-1] == 0.0
+
+
+@pytest.mark.parametrize("schedule", [cc.VP.linear(), cc.VP.cosine(), cc.EDM()])
+def test_logsnr_grid_is_uniform_in_lambda_and_ends_at_sigma_zero(schedule):
+    g = cc.time_grid(schedule, 12, "logsnr")
+    assert g.dtype == np.float64 and len(g) == 13 and g[0] == schedule.t_noise and g[-1] == 0.0
+    assert float(schedule.sigma(g[-1])) == 0.0
+    lam = schedule.lam(g[:-1])
+    assert np.allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
+    assert g[-2] == schedule.t_min
+
+
+def test_karras_grid_matches_rho_ramp():
+    g = cc.time_grid(cc.EDM(), 8, "karras")
+    ramp = (80 ** (1 / 7) + np.linspace(0, 1, 8) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert np.allclose(g[:-1], ramp, rtol=1e-12) and g[-1] == 0.0
+
+
+@pytest.mark.parametrize("schedule", [cc.RectifiedFlow(), cc.VP.linear(), cc.VP.cosine(), cc.EDM()])
+def test_schedule_derivatives_and_lambda(schedule):
+    t = np.linspace(0.05, 0.9, 7) * schedule.t_noise
+    h = 1e-6 * schedule.t_noise
+    assert np.allclose(schedule.d_alpha(t), (schedule.alpha(t + h) - schedule.alpha(t - h)) / (2 * h), rtol=1e-6, atol=1e-9)
+    assert np.allclose(schedule.d_sigma(t), (schedule.sigma(t + h) - schedule.sigma(t - h)) / (2 * h), rtol=1e-6, atol=1e-9)
+    assert np.allclose(schedule.lam(t), np.log(schedule.alpha(t) / schedule.sigma(t)), rtol=1e-12)
+    assert np.allclose(schedule.t_from_lam(schedule.lam(t)), t, rtol=1e-9)
+
+
+def test_vp_is_variance_preserving():
+    for s in (cc.VP.linear(), cc.VP.cosine()):
+        t = np.linspace(0, s.t_noise, 50)
+        assert np.allclose(s.alpha(t) ** 2 + s.sigma(t) ** 2, 1.0, rtol=1e-14)
+
+
+def test_bad_grid_arguments():
+    with pytest.raises(ValueError, match="t_min > 0"):
+        cc.time_grid(cc.RectifiedFlow(), 10, "logsnr")
+    with pytest.raises(ValueError, match="shift applies"):
+        cc.time_grid(cc.VP.linear(), 10, shift=3.0)
+    with pytest.raises(ValueError, match="shift must"):
+        cc.time_grid(cc.RectifiedFlow(), 10, shift=-1.0)
+    with pytest.raises(ValueError, match="t_min"):
+        cc.time_grid(cc.EDM(), 10, t_min=100.0)
+    with pytest.raises(ValueError, match="beta_min"):
+        cc.VP.linear(beta_min=5.0, beta_max=1.0)
