@@ -1,0 +1,12 @@
+"""chords_jax: CHORDS compiled end to end with JAX (``lax.scan`` over rounds, cores on a leading axis).
+
+``chords(model, x, grid, solver, cores=, init=, stop=, history=, devices=)`` takes the arguments of
+``chords_core.chords`` and returns its ``ChordsResult``; ``solve(model, x, grid, solver)`` is the
+compiled sequential solve. ``devices`` shards the core slots over a device mesh axis ``"cores"``.
+"""
+
+from .api import SUPPORTED_SOLVERS, chords, compile_plan, solve
+from .lower import Program
+from .run import AXIS, make_mesh, traces
+
+__all__ = ["chords", "solve", "compile_plan", "Program", "SUPPORTED_SOLVERS", "AXIS", "make_mesh", "traces"]

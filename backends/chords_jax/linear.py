@@ -1,0 +1,122 @@
+"""Symbolic replay of the core engine: every state CHORDS computes is a linear combination.
+
+Between model calls the core only forms linear combinations of arrays with float coefficients
+(fine steps, coarse jumps, rectifications, quantity conversions, history shifts). Running
+``chords_core.chords`` on a symbolic state ``Sym`` with an executor that answers each model call with
+fresh symbols therefore records the whole computation as a DAG
+
+    leaves:  x0 (the initial state) and out[r, j] (the j-th model output of round r),
+    nodes:   y = sum_m c_m y_m   (float64 c_m, y_m earlier nodes or leaves),
+
+together with the points evaluated each round. Nothing of the engine is re-implemented: the plan,
+the solvers' step / jump / conversion coefficients, ``rectify`` and the history policy all run as
+they do on numpy arrays. ``lower.py`` turns the DAG into per-round index/coefficient arrays.
+
+Each node carries its *phase*: the number of model calls made before it was created; the outputs
+of round r have phase r, and so has everything computed from them before the next call.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+__all__ = ["Sym", "LinearTrace", "NonLinearOperation"]
+
+
+class NonLinearOperation(TypeError):
+    """The engine or solver did something to a state other than a linear combination."""
+
+
+def _fail(op: str, other) -> NonLinearOperation:
+    return NonLinearOperation(
+        f"chords_jax can only compile solvers whose updates are linear combinations of states with float "
+        f"coefficients; got the operation {op!r} with {type(other).__name__}"
+    )
+
+
+def _scalar(c) -> bool:
+    return isinstance(c, numbers.Real) and not isinstance(c, bool)
+
+
+class Sym:
+    """A symbolic state: a leaf (``terms`` None) or ``sum(c * y for c, y in terms)``. Immutable."""
+
+    __slots__ = ("trace", "id", "phase", "terms", "shape", "leaf")
+    __array_ufunc__ = None  # make numpy scalars defer to Sym's reflected operators
+
+    def __init__(self, trace: "LinearTrace", terms, leaf=None):
+        self.trace, self.terms, self.leaf = trace, terms, leaf
+        self.shape = trace.shape
+        self.phase = trace.phase
+        self.id = len(trace.nodes)
+        trace.nodes.append(self)
+
+    def _lin(self, terms) -> "Sym":
+        return Sym(self.trace, tuple(terms))
+
+    def __add__(self, other):
+        if isinstance(other, Sym):
+            return self._lin(((1.0, self), (1.0, other)))
+        if _scalar(other) and other == 0:
+            return self  # ``a + 0.0``: the core's copy
+        raise _fail("+", other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if isinstance(other, Sym):
+            return self._lin(((1.0, self), (-1.0, other)))
+        if _scalar(other) and other == 0:
+            return self
+        raise _fail("-", other)
+
+    def __rsub__(self, other):
+        if _scalar(other) and other == 0:
+            return -self
+        raise _fail("-", other)
+
+    def __mul__(self, c):
+        if _scalar(c):
+            return self._lin(((float(c), self),))
+        raise _fail("*", c)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self._lin(((-1.0, self),))
+
+    def __truediv__(self, c):
+        raise _fail("/", c)
+
+    def __bool__(self):
+        raise _fail("bool()", self)
+
+    def __repr__(self):
+        return f"Sym(#{self.id}, phase {self.phase}, {'leaf ' + str(self.leaf) if self.terms is None else len(self.terms)})"
+
+
+class LinearTrace:
+    """The recorder, and the executor handed to ``chords_core.chords``.
+
+    ``rounds[r - 1] = (points, times)`` for round r; output j of round r is the leaf ``("out", r, j)``.
+    """
+
+    def __init__(self, shape: tuple):
+        self.shape = tuple(shape)
+        self.nodes: list[Sym] = []
+        self.phase = 0
+        self.rounds: list[tuple[list[Sym], list[float]]] = []
+        self.x0 = Sym(self, None, ("x0",))
+
+    def __call__(self, model, xs: Sequence[Sym], ts: Sequence[float]) -> list[Sym]:
+        r = len(self.rounds) + 1
+        for x in xs:
+            if not isinstance(x, Sym):
+                raise _fail("evaluate", x)
+        self.rounds.append((list(xs), [float(t) for t in ts]))
+        self.phase = r
+        return [Sym(self, None, ("out", r, j)) for j in range(len(xs))]
+
+    def close(self) -> None:
+        pass

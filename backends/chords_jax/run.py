@@ -1,0 +1,129 @@
+"""The compiled pipeline: one jitted function, a ``lax.scan`` over rounds (see ``lower.py``).
+
+Per scan step the Kp core slots evaluate the model once each, as one batched call of Kp * B rows
+with per-sample times (``DiffusionModel``), or vmapped (unbatched ``VectorField``). With a mesh the
+slots are sharded over its ``"cores"`` axis and every device evaluates its Kp / D slots with
+``shard_map``; the register file is replicated and the linear updates run as GSPMD decides.
+The jitted functions are cached per (model function, mesh, output check), so a second call with
+the same shapes reuses the executable.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from chords_core.models import DiffusionModel, ModelOutputError, VectorField
+
+__all__ = ["runner", "traces", "AXIS", "make_mesh"]
+
+AXIS = "cores"
+_TRACES = 0
+_CACHE: "OrderedDict[tuple, Callable]" = OrderedDict()
+_CACHE_SIZE = 32
+
+
+def traces() -> int:
+    """How many times a compiled pipeline has been traced (= compiled) in this process."""
+    return _TRACES
+
+
+def make_mesh(devices: Any) -> Mesh | None:
+    """A 1-D mesh with axis ``"cores"`` from ``devices``: None, a count, or a sequence of jax devices."""
+    if devices is None:
+        return None
+    if isinstance(devices, Mesh):
+        if AXIS not in devices.axis_names:
+            raise ValueError(f"devices: a Mesh needs an axis named {AXIS!r}, got axes {devices.axis_names}")
+        return devices
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        avail = jax.devices()
+        if not 1 <= devices <= len(avail):
+            raise ValueError(f"devices={devices}: this process has {len(avail)} jax device(s)")
+        devices = avail[:devices]
+    devs = list(devices)
+    if not devs or not all(isinstance(d, jax.Device) for d in devs):
+        raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
+    return Mesh(np.array(devs), (AXIS,))
+
+
+def _evaluator(model) -> tuple[tuple, Callable]:
+    """(cache key, f(pts (k, *S), t (k,)) -> outs (k, *S)) for a core model with a jax-traceable function."""
+    if isinstance(model, DiffusionModel):
+        fn = model.fn
+
+        def evaluate(pts, t):
+            k, rows = pts.shape[0], pts.shape[1]
+            flat = pts.reshape((k * rows,) + pts.shape[2:])
+            out = fn(flat, jnp.repeat(t, rows))
+            if tuple(out.shape) != tuple(flat.shape):
+                raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(flat.shape)}")
+            return out.reshape(pts.shape).astype(pts.dtype)
+
+        return ("diffusion", fn), evaluate
+    if isinstance(model, VectorField):
+        f, batched = model.f, model.batched
+
+        def evaluate(pts, t):
+            out = f(t, pts) if batched else jax.vmap(f)(t, pts)
+            if tuple(out.shape) != tuple(pts.shape):
+                raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(pts.shape)}")
+            return out.astype(pts.dtype)
+
+        return ("field", f, batched), evaluate
+    raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
+
+
+def _combine(src, idx, coef):
+    """new[i] = sum_m coef[i, m] * src[idx[i, m]] for src (S, *X), idx/coef (N, M) -> (N, *X)."""
+    shape = (coef.shape[0],) + (1,) * (src.ndim - 1)
+    acc = coef[:, 0].reshape(shape) * src[idx[:, 0]]
+    for m in range(1, idx.shape[1]):
+        acc = acc + coef[:, m].reshape(shape) * src[idx[:, m]]
+    return acc
+
+
+def runner(model, mesh: Mesh | None, check: bool) -> Callable:
+    """The jitted ``run(x, idx0, coef0, idx, coef, times) -> (regs, finite)``, cached."""
+    key_model, evaluate = _evaluator(model)
+    key = (key_model, mesh, bool(check))
+    fn = _CACHE.get(key)
+    if fn is not None:
+        _CACHE.move_to_end(key)
+        return fn
+    if mesh is not None:
+        spec = PartitionSpec(AXIS)
+        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+        slot_sharding = NamedSharding(mesh, spec)
+
+    def run(x, idx0, coef0, idx, coef, times):
+        global _TRACES
+        _TRACES += 1
+        slots = times.shape[1]
+        nreg = idx0.shape[0] - slots
+        zero = jnp.zeros_like(x)[None]
+        first = _combine(jnp.concatenate([zero, x[None]]), idx0, coef0)
+
+        def body(carry, inputs):
+            regs, pts = carry
+            idx_r, coef_r, t_r = inputs
+            outs = evaluate(pts, t_r)
+            new = _combine(jnp.concatenate([zero, regs, pts, outs]), idx_r, coef_r)
+            new_pts = new[nreg:]
+            if mesh is not None:
+                new_pts = jax.lax.with_sharding_constraint(new_pts, slot_sharding)
+            finite = jnp.isfinite(outs).reshape(slots, -1).all(axis=1) if check else jnp.zeros((0,), bool)
+            return (new[:nreg], new_pts), finite
+
+        (regs, _), finite = jax.lax.scan(body, (first[:nreg], first[nreg:]), (idx, coef, times))
+        return regs, finite
+
+    fn = _CACHE[key] = jax.jit(run)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return fn
