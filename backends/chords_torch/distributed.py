@@ -48,9 +48,11 @@ def _comm_device(group) -> torch.device:
     return torch.device("cpu")
 
 
-def _wait(work, timeout: float | None, what: str) -> None:
-    """Wait for a send / recv; a lost peer -> WorkerDied, no completion in time -> WorkerTimeout."""
+def _wait(start: Callable, timeout: float | None, what: str) -> None:
+    """Start a send / recv (``start()`` -> Work) and wait for it: a lost peer -> WorkerDied, no
+    completion within ``timeout`` seconds -> WorkerTimeout (errors may surface at either point)."""
     try:
+        work = start()
         if timeout is None:
             work.wait()
         elif not work.wait(datetime.timedelta(seconds=timeout)):
@@ -58,10 +60,10 @@ def _wait(work, timeout: float | None, what: str) -> None:
     except WorkerTimeout:
         raise
     except RuntimeError as e:
-        msg = str(e)
-        if "imeout" in msg or "imed out" in msg:
-            raise WorkerTimeout(f"{what}: no completion within {timeout:g} s ({msg.splitlines()[0]})") from None
-        raise WorkerDied(f"{what}: {msg.splitlines()[0] if msg else type(e).__name__}") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "timeout" in msg.lower() or "timed out" in msg.lower():
+            raise WorkerTimeout(f"{what}: no answer within {timeout} s ({msg})") from None
+        raise WorkerDied(f"{what}: connection lost ({msg})") from None
 
 
 def _bytes_tensor(b: bytes, device) -> torch.Tensor:
@@ -93,11 +95,11 @@ class DistributedExecutor(Executor):
     def _global(self, r: int) -> int:
         return r if self.group is None else dist.get_global_rank(self.group, r)
 
-    def _send(self, tensor: torch.Tensor, rank: int):
-        return dist.isend(tensor, rank, group=self.group)
+    def _send(self, tensor: torch.Tensor, rank: int, timeout: float | None) -> None:
+        _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)")
 
     def _recv(self, tensor: torch.Tensor, rank: int, what: str) -> torch.Tensor:
-        _wait(dist.irecv(tensor, rank, group=self.group), self.timeout, f"rank {rank} ({what})")
+        _wait(lambda: dist.irecv(tensor, rank, group=self.group), self.timeout, f"rank {rank} ({what})")
         return tensor
 
     def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (), payload: int = 0):
@@ -121,11 +123,12 @@ class DistributedExecutor(Executor):
             raise
 
     def _evaluate(self, model, xs, ts):
-        sends = []
+        T = self.timeout
         if self._model is not model:
             payload = _bytes_tensor(pickle.dumps(shell_of(model)), self.device)
             for r in self.ranks:
-                sends += [self._send(self._header(MODEL, payload=payload.numel()), r), self._send(payload, r)]
+                self._send(self._header(MODEL, payload=payload.numel()), r, T)
+                self._send(payload, r, T)
             self._model = model
         groups = assign(len(xs), len(self.ranks))
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
@@ -133,9 +136,8 @@ class DistributedExecutor(Executor):
         for r, idx in active:
             x = torch.stack([xs[k] for k in idx]).to(self.device)
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
-            sends += [self._send(self._header(EVAL, len(idx), dtype, shape), r), self._send(x, r), self._send(t, r)]
-        for w in sends:
-            _wait(w, self.timeout, "send to a worker")
+            for tensor in (self._header(EVAL, len(idx), dtype, shape), x, t):
+                self._send(tensor, r, T)
         outs: list = [None] * len(xs)
         failures = []
         for r, idx in active:
@@ -162,7 +164,7 @@ class DistributedExecutor(Executor):
         self._closed = True
         for r in self.ranks:
             try:
-                _wait(self._send(self._header(STOP), r), grace, f"stop rank {r}")
+                self._send(self._header(STOP), r, grace)
             except WorkerError:
                 pass
 

@@ -6,6 +6,8 @@
 - ``mlp``: a deterministic (seeded) MLP network ``fn(x, t)`` costing a tunable amount per call.
 - ``Faulty``: wraps a factory's network to raise, return garbage (wrong shape, nan), hang or kill
   its own process on a chosen call, optionally only in one worker / rank.
+- ``Trap``: the same faults, triggered by a marker value in the input (``Trap.MARKERS``), so one
+  executor can be driven through every fault from the caller; ``Slow`` adds a sleep per call.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from chords_core.problems import GaussianMixture
 from chords_core.schedules import EDM, VP, RectifiedFlow, Schedule
 
-__all__ = ["TorchGMM", "gmm_problem", "mlp", "MLP", "Faulty", "SCHEDULES"]
+__all__ = ["TorchGMM", "gmm_problem", "TorchLinear", "mlp", "MLP", "Faulty", "Trap", "Slow", "SCHEDULES"]
 
 SCHEDULES = {"rf": RectifiedFlow, "vp": VP.linear, "edm": EDM}
 
@@ -61,6 +63,16 @@ class _Const:
 
     def __call__(self):
         return self.obj
+
+
+class TorchLinear:
+    """``f(t, y) = A y`` for a ``VectorField`` (one state y of shape (dim,)), A seeded (dim, dim) float64."""
+
+    def __init__(self, dim: int = 3, seed: int = 0):
+        self.A = torch.randn(dim, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) / dim ** 0.5
+
+    def __call__(self, t, y: torch.Tensor) -> torch.Tensor:
+        return self.A.to(y.device) @ y
 
 
 class MLP(torch.nn.Module):
@@ -119,13 +131,58 @@ class _FaultyNet:
         out = self.net(x, t)
         if self.calls < self.after or (self.only and os.environ.get(self.only[0]) != self.only[1]):
             return out
-        if self.mode == "raise":
-            raise RuntimeError(f"injected failure in pid {os.getpid()}")
-        if self.mode == "shape":
-            return out[..., :-1]
-        if self.mode == "nan":
-            return out * float("nan")
-        if self.mode == "hang":
-            time.sleep(3600)
-        os.kill(os.getpid(), 9)
+        return _misbehave(self.mode, out)
+
+
+def _misbehave(mode: str, out: torch.Tensor) -> torch.Tensor:
+    if mode == "raise":
+        raise RuntimeError(f"injected failure in pid {os.getpid()}")
+    if mode == "shape":
+        return out[..., :-1]
+    if mode == "nan":
+        return out * float("nan")
+    if mode == "hang":
         time.sleep(3600)
+    os.kill(os.getpid(), 9)
+    time.sleep(3600)
+
+
+class Trap:
+    """Factory: ``factory()``'s network, misbehaving when the input's first element is a marker.
+
+    ``Trap.MARKERS[mode]`` is the value that triggers ``mode`` (see ``Faulty``).
+    """
+
+    MARKERS = {"raise": 1001.0, "shape": 1002.0, "nan": 1003.0, "hang": 1004.0, "die": 1005.0}
+
+    def __init__(self, factory: Callable):
+        self.factory = factory
+
+    def __call__(self):
+        return _TrapNet(self.factory())
+
+
+class _TrapNet:
+    def __init__(self, net):
+        self.net, self.modes = net, {v: k for k, v in Trap.MARKERS.items()}
+
+    def __call__(self, x, t):
+        out = self.net(x, t)
+        mode = self.modes.get(float(x.reshape(-1)[0]))
+        return out if mode is None else _misbehave(mode, out)
+
+
+class Slow:
+    """Factory: ``factory()``'s network, sleeping ``seconds`` before every call."""
+
+    def __init__(self, factory: Callable, seconds: float):
+        self.factory, self.seconds = factory, seconds
+
+    def __call__(self):
+        net = self.factory()
+
+        def slow(x, t):
+            time.sleep(self.seconds)
+            return net(x, t)
+
+        return slow
