@@ -16,33 +16,31 @@ Array = Any
 
 
 def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
-    """Return sum_k coeffs[k] * arrays[k], skipping zero coefficients.
+    """Return sum_k coeffs[k] * arrays[k] as a new array, skipping zero coefficients.
 
     Coefficients must be Python floats so that a float32 array stays float32 (NEP 50 weak scalars).
+    Terms are accumulated in place into the first product where the dtypes agree, so a k-term
+    combination allocates about k arrays instead of 2k.
     """
-    if len(coeffs) == 2:  # the hot path: one fine step or one conversion
-        (c0, c1), (a0, a1) = coeffs, arrays
-        if c1 == 0.0:
-            return a0 * c0 if c0 != 1.0 else a0 + 0.0
-        if c0 == 0.0:
-            return a1 * c1 if c1 != 1.0 else a1 + 0.0
-        return (a0 + c1 * a1) if c0 == 1.0 else (c0 * a0 + c1 * a1)
     terms = [(c, a) for c, a in zip(coeffs, arrays) if c != 0.0] or [(0.0, arrays[0])]
-    c, a = terms[0]
-    if len(terms) > 1:
-        c1, a1 = terms[1]
-        acc = (a + c1 * a1) if c == 1.0 else (c * a + c1 * a1)
-        terms = terms[2:]
-    else:
+    if len(terms) == 1:
+        c, a = terms[0]
         return a + 0.0 if c == 1.0 else c * a
+    # start from a scaled term (a fresh array we own), then add the rest into it
+    k = next((n for n, (c, _) in enumerate(terms) if c != 1.0), 0)
+    c, a = terms.pop(k)
+    acc = c * a if c != 1.0 else a + 0.0
     for c, a in terms:
-        if c == 1.0:
-            acc += a
-        elif c == -1.0:
-            acc -= a
-        else:
-            acc += c * a
+        acc = add_into(acc, a if c == 1.0 else c * a)
     return acc
+
+
+def add_into(acc: Array, term: Array) -> Array:
+    """acc + term, in place in ``acc`` (which the caller owns) when that keeps the result's dtype."""
+    if acc.dtype == term.dtype and acc.shape == term.shape:
+        acc += term
+        return acc
+    return acc + term
 
 
 _LIBRARY: dict = {}

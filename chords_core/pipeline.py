@@ -71,11 +71,18 @@ class ChordsResult:
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
-    """F - G(anchor) + G(slow) for a jump G(x, q) = a x + b q: fine + a (slow_x - anchor_x) + b (slow_q - anchor_q)."""
+    """F - G(anchor) + G(slow) for a jump G(x, q) = a x + b q: fine + a (slow_x - anchor_x) + b (slow_q - anchor_q).
+
+    ``fine`` is updated in place where the dtypes allow (the engine owns it: a fresh fine step).
+    """
     dx = slow_x - anchor_x
-    out = fine + dx if a == 1.0 else fine + a * dx
+    if a != 1.0:
+        dx *= a
+    out = B.add_into(fine, dx)
     if b != 0.0:
-        out += b * (slow_q - anchor_q)
+        dq = slow_q - anchor_q
+        dq *= b
+        out = B.add_into(out, dq)
     return out
 
 

@@ -284,3 +284,21 @@ def test_invariants_on_random_mixtures(seed, solver, cores):
     res = cc.chords(model, x, grid, solver, cores=cores, stop=None)
     assert np.array_equal(res.x, seq)
     assert res.rounds == 24 and res.hits[0].round == res.plan.finish_round[cores - 1]
+
+
+def test_jax_arrays_flow_through_the_core():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    schedule = cc.RectifiedFlow()
+    grid = cc.time_grid(schedule, 20)
+    ode_np = lambda x, t: -x * (1.0 + t[:, None]) + 0.5 * np.sin(x)  # noqa: E731
+    ode_jx = lambda x, t: -x * (1.0 + t[:, None]) + 0.5 * jnp.sin(x)  # noqa: E731
+    x = np.random.default_rng(3).standard_normal((2, 5))
+    for solver in ("heun", "dpmpp_2m"):
+        a = cc.chords(cc.DiffusionModel(ode_np, schedule, "flow"), x, grid, solver, cores=4, stop=None)
+        b = cc.chords(cc.DiffusionModel(ode_jx, schedule, "flow"), jnp.asarray(x), grid, solver, cores=4, stop=None)
+        assert isinstance(b.x, jax.Array) and b.x.dtype == jnp.float64
+        for h, k in zip(a.hits, b.hits):
+            assert np.abs(h.x - np.asarray(k.x)).max() < 1e-12
