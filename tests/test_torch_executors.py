@@ -1,0 +1,172 @@
+"""chords_torch: the point -> worker map and DeviceExecutor (threads, one replica per device).
+
+Exactness: float64 on CPU, every output of every core equal to the SerialExecutor's bit for bit.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+try:
+    import chords_torch
+except ImportError:  # until pyproject lists backends/ in the package search
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+    import chords_torch
+
+import chords_core as cc
+from chords_core.models import ModelOutputError
+from chords_torch import DeviceExecutor, ExecutorClosed, WorkerTimeout, assign
+from chords_torch.testing import MLP, Trap, TorchLinear, gmm_problem
+
+MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
+
+
+def x0(batch=3, dim=4, seed=1):
+    return torch.randn(batch, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def same_hits(a, b) -> bool:
+    return len(a.hits) == len(b.hits) and all(h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))
+
+
+@st.composite
+def plans(draw):
+    steps = draw(st.integers(2, 30))
+    K = draw(st.integers(1, min(6, steps)))
+    init = [0] + sorted(draw(st.sets(st.integers(1, steps - 1), min_size=K - 1, max_size=K - 1)))
+    eps = draw(st.lists(st.integers(1, 3), min_size=steps, max_size=steps))
+    return cc.make_plan(steps, init, eps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(plans(), st.integers(1, 4))
+def test_active_cores_are_a_prefix_so_round_robin_is_a_stable_core_map(plan, workers):
+    for rd in plan.rounds:
+        cores = [e.core for e in rd.evals]
+        assert cores == list(range(len(cores)))  # point k of a round is core k
+        groups = assign(len(cores), workers)
+        assert sorted(k for g in groups for k in g) == cores
+        for w, g in enumerate(groups):
+            assert all(cores[k] % workers == w for k in g)
+        assert max(map(len, groups)) == -(-len(cores) // workers)  # balanced
+
+
+@pytest.mark.parametrize("solver,cores", [("euler", 4), ("heun", 3), ("dpmpp_2m", 4), ("unipc", 3)])
+def test_device_executor_equals_serial_bitwise(solver, cores):
+    grid = cc.time_grid(MODEL.schedule, 16)
+    ref = cc.chords(MODEL, x0(), grid, solver, cores=cores, stop=None, executor=cc.SerialExecutor())
+    with DeviceExecutor(["cpu", "cpu", "cpu"]) as ex:
+        res = cc.chords(MODEL, x0(), grid, solver, cores=cores, stop=None, executor=ex)
+    assert same_hits(res, ref) and res.rounds == ref.rounds and res.nfe == ref.nfe
+
+
+def test_device_executor_batched_and_vector_field():
+    grid = cc.time_grid(MODEL.schedule, 12)
+    ref = cc.chords(MODEL, x0(), grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
+    with DeviceExecutor(["cpu", "cpu"], batched=True) as ex:  # the GMM is batch invariant
+        assert same_hits(cc.chords(MODEL, x0(), grid, "euler", cores=4, stop=None, executor=ex), ref)
+    vf = cc.VectorField(TorchLinear(3))
+    y = torch.ones(3, dtype=torch.float64)
+    ref = cc.chords(vf, y, [0.0, 0.25, 0.5, 0.75, 1.0], "heun", cores=2, stop=None, executor=cc.SerialExecutor())
+    with DeviceExecutor(["cpu", "cpu"]) as ex:
+        res = cc.chords(vf, y, [0.0, 0.25, 0.5, 0.75, 1.0], "heun", cores=2, stop=None, executor=ex)
+    assert same_hits(res, ref)
+
+
+def test_replicas_are_built_once_per_device_and_modules_are_copied_when_moved():
+    built = []
+
+    def rep(fn, device):
+        built.append(device)
+        return fn
+
+    grid = cc.time_grid(MODEL.schedule, 8)
+    with DeviceExecutor(["cpu", "cpu"], replicate=rep) as ex:
+        cc.chords(MODEL, x0(), grid, "euler", cores=3, executor=ex)
+        cc.chords(MODEL, x0(), grid, "euler", cores=3, executor=ex)
+    assert built == [torch.device("cpu")] * 2
+    net = MLP(4, 8, 1, dtype=torch.float64)
+    assert chords_torch.replicate(net, torch.device("cpu")) is net  # already there: shared, not copied
+    meta = chords_torch.replicate(net, torch.device("meta"))
+    assert meta is not net and next(meta.parameters()).device.type == "meta"
+
+
+def test_grad_mode_of_the_caller_is_used_in_the_threads():
+    seen = []
+
+    def fn(x, t):
+        seen.append(torch.is_grad_enabled())
+        return x * 0.5
+
+    model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+    with DeviceExecutor(["cpu", "cpu"]) as ex, torch.no_grad():
+        ex(model, [x0(), x0()], [0.5, 0.5])
+    assert seen == [False, False]
+
+
+@pytest.mark.parametrize("mode,error", [("raise", RuntimeError), ("shape", ModelOutputError), ("nan", ModelOutputError)])
+def test_device_executor_faults_name_the_point_and_leave_it_usable(mode, error):
+    net = Trap(FACTORY)()
+    xs = [x0(seed=s) for s in range(5)]
+    bad = xs[3].clone()
+    bad[0, 0] = Trap.MARKERS[mode]
+    with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: net) as ex:
+        with pytest.raises(error) as info:
+            ex(MODEL, xs[:3] + [bad] + xs[4:], [0.5] * 5)
+        if error is ModelOutputError:
+            assert info.value.point == 3
+        assert "injected" in str(info.value) or "shape" in str(info.value) or "non-finite" in str(info.value)
+        assert all(torch.equal(a, b) for a, b in zip(ex(MODEL, xs, [0.5] * 5), cc.SerialExecutor()(MODEL, xs, [0.5] * 5)))
+
+
+def test_engine_reports_round_and_core_of_a_bad_output():
+    net = Trap(FACTORY)()
+    x = x0()
+    x[0, 0] = Trap.MARKERS["nan"]
+    with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: net) as ex:
+        with pytest.raises(ModelOutputError, match=r"round 1, core 0 .*non-finite"):
+            cc.chords(MODEL, x, cc.time_grid(MODEL.schedule, 8), "euler", cores=2, executor=ex)
+
+
+def test_device_executor_timeout_closes_it():
+    release = threading.Event()
+
+    def stuck(x, t):
+        release.wait(30)
+        return x
+
+    model = cc.DiffusionModel(stuck, cc.RectifiedFlow(), "flow")
+    ex = DeviceExecutor(["cpu", "cpu"], timeout=0.3)
+    try:
+        with pytest.raises(WorkerTimeout, match="within 0.3 s"):
+            ex(model, [x0(), x0()], [0.5, 0.5])
+        with pytest.raises(ExecutorClosed):
+            ex(model, [x0()], [0.5])
+    finally:
+        release.set()
+        ex.close()
+
+
+def test_device_executor_bad_arguments():
+    with pytest.raises(ValueError, match="devices"):
+        DeviceExecutor([])
+    with pytest.raises(ValueError, match="devices"):
+        DeviceExecutor("cpu")
+    with pytest.raises(ValueError, match="devices"):
+        DeviceExecutor(["nonsense:7"])
+    with pytest.raises(ValueError, match="timeout"):
+        DeviceExecutor(["cpu"], timeout=0)
+    with pytest.raises(TypeError, match="replicate"):
+        DeviceExecutor(["cpu"], replicate=3)
+    with DeviceExecutor(["cpu"]) as ex:
+        with pytest.raises(ValueError, match="xs"):
+            ex(MODEL, [x0(), x0(dim=5)], [0.5, 0.5])
+        with pytest.raises(TypeError, match=r"xs\[0\]"):
+            ex(MODEL, [x0().numpy()], [0.5])
