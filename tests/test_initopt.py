@@ -1,0 +1,162 @@
+"""chords_core.initopt: the recipe, the calibrated optimiser and its CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chords_core as cc
+from chords_core.initopt import (
+    calibration, cli, evaluate, optimize_init, pareto_front, recipe_init, recipe_times, uniform_init,
+)
+from chords_core.problems import GaussianMixture, LinearODE
+
+
+@pytest.fixture(scope="module")
+def cal12():
+    return calibration(12, "euler", dim=4, modes=2, samples=8, seed=3)
+
+
+# ------------------------------------------------------------------------------------------ recipe
+def test_recipe_reproduces_paper_sequences():
+    assert recipe_init(50, 8) == (0, 2, 4, 8, 16, 24, 32, 40)
+    assert recipe_init(50, 6) == (0, 3, 6, 12, 24, 36)
+    assert recipe_init(50, 4) == (0, 8, 16, 32)
+    assert recipe_times(28, 8, top=22) == pytest.approx([0, 1.5, 3, 6, 10, 14, 18, 22])
+    assert recipe_times(28, 4, top=18) == pytest.approx([0, 5, 10, 18])
+
+
+def test_recipe_equals_default_init_where_no_paper_sequence():
+    for T in range(1, 70):
+        for K in range(1, min(T, 12) + 1):
+            if cc.paper_init(T, K) is None:
+                assert recipe_init(T, K) == cc.default_init(T, K), (T, K)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(4, 120), st.integers(2, 10), st.floats(1.0, 6.0))
+def test_recipe_speedup_target(steps, cores, speedup):
+    cores = min(cores, steps)
+    init = recipe_init(steps, cores, speedup=speedup)
+    assert cc.validate_init(init, steps, cores) == init
+    R = steps - init[-1] + cores - 1
+    lo = cores  # the fastest possible output (t_{K-1} = T - 1)
+    hi = steps + cores - 1 - (cores - 1)  # the slowest (t_{K-1} = K - 1)
+    target = min(max(steps / speedup, lo), hi)
+    assert abs(R - target) <= 1.0 or init[-1] in (cores - 1, steps - 1)
+
+
+def test_uniform_init():
+    assert uniform_init(50, 8) == (0, 6, 12, 19, 25, 31, 38, 44)
+
+
+# ------------------------------------------------------------------------------------ measurement
+def test_evaluate_uses_formula_rounds_and_exact_core0(cal12):
+    cand = evaluate(cal12, (0, 3, 6, 9))
+    assert cand.finish == (12, 10, 8, 6)  # R_c = T - t_c + c
+    assert cand.ratios[0] == 1.0  # core 0 is the sequential solver
+    direct = cc.chords(cal12.model, cal12.x, cal12.grid, "euler", init=(0, 3, 6, 9), stop=None)
+    errs = {h.core: math.sqrt(np.mean((h.x - cal12.ref) ** 2)) for h in direct.hits}
+    assert cand.errors == pytest.approx([errs[c] for c in range(4)], rel=1e-9)
+    assert cand.rounds == min(cand.finish[c] for c in range(4) if cand.ratios[c] <= 1.05)
+
+
+def test_prefix_cache_matches_fresh_runs(cal12):
+    res = optimize_init(None, 3, cal=cal12, exhaustive_limit=0, max_evals=30)
+    for cand in res.candidates[:12]:
+        fresh = evaluate(cal12, cand.init)
+        assert fresh.errors == pytest.approx(cand.errors, rel=1e-9, abs=1e-15)
+
+
+# -------------------------------------------------------------------------------------- optimiser
+def test_exhaustive_is_optimal_and_local_search_finds_it(cal12):
+    ex = optimize_init(None, 3, cal=cal12, budget=1.05)
+    assert ex.method.startswith("exhaustive") and ex.evaluated == math.comb(11, 2)
+    brute = min(evaluate(cal12, (0, a, b)).rounds for a in range(1, 12) for b in range(a + 1, 12))
+    assert ex.rounds == brute
+    assert ex.best.ratio <= 1.05
+    assert all(ex.rounds <= c.rounds for c in ex.baselines.values())
+    lo = optimize_init(None, 3, cal=cal12, budget=1.05, exhaustive_limit=0)
+    assert lo.method.startswith("local") and lo.evaluated < ex.evaluated
+    assert lo.rounds == ex.rounds
+    # the chosen output is what chords returns with stop=StopAtCore(stop_n)
+    out = cc.chords(cal12.model, cal12.x, cal12.grid, "euler", init=lo.init, stop=cc.StopAtCore(lo.stop_n))
+    assert out.rounds == lo.rounds and out.hits[-1].core == lo.best.core
+
+
+def test_budget_trades_rounds_for_error(cal12):
+    tight = optimize_init(None, 3, cal=cal12, budget=1.0001, exhaustive_limit=0)
+    loose = optimize_init(None, 3, cal=cal12, budget=3.0, exhaustive_limit=0)
+    assert loose.rounds <= tight.rounds
+    assert tight.best.ratio <= 1.0001 and loose.best.ratio <= 3.0
+
+
+def test_local_search_never_worse_than_seeds_dpmpp():
+    res = optimize_init(16, 4, "dpmpp_2m", dim=4, modes=2, samples=6, exhaustive_limit=0, max_evals=80)
+    assert all(res.rounds <= c.rounds for c in res.baselines.values())
+    assert res.best.ratio <= 1.05 and res.evaluated <= 80 + len(res.baselines)
+
+
+def test_linear_ode_and_user_model_calibrations():
+    ode = LinearODE.random(3, seed=2)
+    res = optimize_init(10, 3, problem=ode, exhaustive_limit=100)
+    assert res.best.ratio <= 1.05 and res.calibration.description.startswith("linear ODE")
+    gm = GaussianMixture.random(3, 2, seed=1)
+    sched = cc.RectifiedFlow()
+    grid = cc.time_grid(sched, 10)
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    user = calibration(model=gm.model(sched, "flow"), x_cal=x, grid=grid, refine=16)
+    exact = gm.reference_solve(x, 1.0, 0.0, sched)
+    # the refined reference is much closer to the exact solution than the sequential solve
+    assert np.sqrt(np.mean((user.ref - exact) ** 2)) < 0.2 * user.seq_error
+    res = optimize_init(None, 2, cal=user)
+    assert res.rounds <= 10 and res.best.ratio <= 1.05
+
+
+def test_bad_arguments_are_named(cal12):
+    with pytest.raises(ValueError, match="budget"):
+        optimize_init(None, 3, cal=cal12, budget=0.9)
+    with pytest.raises(ValueError, match="cores"):
+        optimize_init(None, 13, cal=cal12)
+    with pytest.raises(ValueError, match="max_evals"):
+        optimize_init(None, 3, cal=cal12, max_evals=-1)
+    with pytest.raises(TypeError, match="problem"):
+        calibration(10, problem="gmm")
+    with pytest.raises(ValueError, match="x_cal"):
+        calibration(model=cal12.model)
+    with pytest.raises(ValueError, match="solver"):
+        calibration(8, "rk99", dim=2, modes=1)
+    with pytest.raises(ValueError, match="speedup"):
+        recipe_init(50, 4, speedup=0.5)
+    with pytest.raises(ValueError, match="top"):
+        recipe_times(50, 4, top=60)
+
+
+# ------------------------------------------------------------------------------------------ pareto
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.floats(1e-6, 1.0)), min_size=1, max_size=40))
+def test_pareto_front(points):
+    front = pareto_front(points)
+    for r, e in front:  # no point dominates a front point
+        assert not any((r2 <= r and e2 <= e) and (r2, e2) != (r, e) for r2, e2 in points)
+    for r, e in points:  # every point is dominated by (or on) the front
+        assert any(r2 <= r and e2 <= e for r2, e2 in front)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_cli_prints_choice(capsys):
+    code = cli(["--steps", "12", "--cores", "3", "--dim", "3", "--modes", "2", "--samples", "4", "--budget", "1.1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "chosen init: 0-" in out and "speedup" in out and "x sequential" in out and "recipe" in out
+
+
+def test_cli_bad_input(capsys):
+    assert cli(["--steps", "12", "--cores", "3", "--budget", "0.5"]) == 2
+    assert "budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["--steps", "twelve"])
