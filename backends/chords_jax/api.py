@@ -46,7 +46,7 @@ def _model_key(model) -> tuple:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-def compile_plan(model, shape: tuple, grid, solver="euler", *, cores=None, init=None, stop=StopAtCore(1),
+def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None, init=None, stop=StopAtCore(1),
                  history: str = "shift", slots_multiple: int = 1, **solver_options) -> tuple[Program, ChordsResult]:
     """Replay the core engine symbolically and lower it: (program arrays, symbolic ``ChordsResult``).
 
@@ -59,12 +59,12 @@ def compile_plan(model, shape: tuple, grid, solver="euler", *, cores=None, init=
     if isinstance(solver, str):
         opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), times.tobytes(), solver, opts, cores, inits, trace_stop, history, slots_multiple)
+        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, trace_stop, history, slots_multiple)
         got = _PROGRAMS.get(key)
         if got is not None:
             _PROGRAMS.move_to_end(key)
             return got
-    tr = LinearTrace(shape)
+    tr = LinearTrace(shape, dtype)
     res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
                     history=history, **solver_options)
     K = res.plan.cores
@@ -108,13 +108,13 @@ def chords(
     mesh = make_mesh(devices)
     ndev = 1 if mesh is None else mesh.shape["cores"]
     x = _as_state(x)
-    prog, sym = compile_plan(model, x.shape, grid, solver, cores=cores, init=init, stop=stop, history=history,
+    prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
     if mesh is not None:
         x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     dt = x.dtype
     run = runner(model, mesh, model.check_outputs)
-    regs, finite = run(x, prog.idx0, prog.coef0.astype(dt), prog.idx, prog.coef.astype(dt), prog.times.astype(dt))
+    regs, finite = run(x, prog.mix0.astype(dt), prog.mix.astype(dt), prog.times.astype(dt))
     if model.check_outputs:
         _raise_nonfinite(np.asarray(finite), prog, sym)
     vals = {nid: regs[reg] for nid, reg in prog.outputs.items()}

@@ -42,12 +42,12 @@ def _scalar(c) -> bool:
 class Sym:
     """A symbolic state: a leaf (``terms`` None) or ``sum(c * y for c, y in terms)``. Immutable."""
 
-    __slots__ = ("trace", "id", "phase", "terms", "shape", "leaf")
+    __slots__ = ("trace", "id", "phase", "terms", "shape", "dtype", "leaf")
     __array_ufunc__ = None  # make numpy scalars defer to Sym's reflected operators
 
     def __init__(self, trace: "LinearTrace", terms, leaf=None):
         self.trace, self.terms, self.leaf = trace, terms, leaf
-        self.shape = trace.shape
+        self.shape, self.dtype = trace.shape, trace.dtype
         self.phase = trace.phase
         self.id = len(trace.nodes)
         trace.nodes.append(self)
@@ -102,8 +102,8 @@ class LinearTrace:
     ``rounds[r - 1] = (points, times)`` for round r; output j of round r is the leaf ``("out", r, j)``.
     """
 
-    def __init__(self, shape: tuple):
-        self.shape = tuple(shape)
+    def __init__(self, shape: tuple, dtype=None):
+        self.shape, self.dtype = tuple(shape), dtype
         self.nodes: list[Sym] = []
         self.phase = 0
         self.rounds: list[tuple[list[Sym], list[float]]] = []

@@ -7,9 +7,10 @@ beyond K pad to a multiple of the device count). Round r (1-based) is one scan s
 
     outs = model(pts, times[r - 1])                       (Kp model evaluations, one batched call)
     src  = [0; regs; pts; outs]                           (1 + L + 2 Kp rows)
-    new[i] = sum_m coef[r - 1, i, m] * src[idx[r - 1, i, m]],   new = [regs'; pts']
+    [regs'; pts'] = mix[r - 1] @ src                      (mix: (L + Kp, 1 + L + 2 Kp) float64)
 
-Before the scan, ``new0 = coef0 . [0; x0]`` fills the first carry. Values computed and consumed
+Before the scan, ``mix0 @ [0; x0]`` fills the first carry. A dense matrix product compiles faster
+than gathers and is one BLAS call; each row has only a handful of non-zeros. Values computed and consumed
 within one round are inlined (their coefficients multiplied out), values used in later rounds get
 a register; registers are reused once their last reader has run (interval colouring). A slot idle
 in a round re-evaluates its previous point (initially x0 at t_0); its output is never read.
@@ -30,28 +31,27 @@ __all__ = ["Program", "lower"]
 class Program:
     """Index/coefficient arrays of one compiled CHORDS run (host numpy, float64 coefficients).
 
-    idx0, coef0: (L + Kp, M0) over [0, x0];  idx, coef: (R, L + Kp, M) over [0, regs, pts, outs];
+    mix0: (L + Kp, 2) over [0, x0];  mix: (R, L + Kp, 1 + L + 2 Kp) over [0, regs, pts, outs];
     times: (R, Kp) evaluation times; active: (R, Kp) slots whose output the plan uses;
     outputs: register index of each requested output node (by node id).
     """
 
     regs: int
     slots: int
-    idx0: np.ndarray
-    coef0: np.ndarray
-    idx: np.ndarray
-    coef: np.ndarray
+    mix0: np.ndarray
+    mix: np.ndarray
     times: np.ndarray
     active: np.ndarray
     outputs: dict
 
     @property
     def rounds(self) -> int:
-        return self.idx.shape[0]
+        return self.mix.shape[0]
 
     @property
     def terms(self) -> int:
-        return self.idx.shape[2]
+        """The most non-zero coefficients in one row: the longest linear combination per round."""
+        return int(max((self.mix != 0).sum(-1).max(initial=0), (self.mix0 != 0).sum(-1).max(initial=0)))
 
 
 def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: list[Sym], t0: float) -> Program:
@@ -154,20 +154,17 @@ def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: lis
                 k = slot_of[step][j]
                 tim[step, k], act[step, k] = t, True
 
-    idx0, coef0 = _pack([rows_all[0]])
-    idx, coef = _pack(rows_all[1:]) if R else (np.zeros((0, L + K, 1), np.int32), np.zeros((0, L + K, 1)))
+    mix0 = _pack([rows_all[0]], 2)[0]
+    mix = _pack(rows_all[1:], 1 + L + 2 * K)
     outs = {o.id: reg_of[o.id] for o in outputs}
-    return Program(L, K, idx0[0], coef0[0], idx, coef, tim, act, outs)
+    return Program(L, K, mix0, mix, tim, act, outs)
 
 
-def _pack(steps: list[list[dict[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of {source: coefficient} -> padded (steps, rows, M) index and coefficient arrays."""
-    rows = [[sorted((s, c) for s, c in row.items() if c != 0.0) for row in st] for st in steps]
-    M = max(1, max((len(r) for st in rows for r in st), default=1))
-    idx = np.zeros((len(rows), len(rows[0]), M), dtype=np.int32)
-    coef = np.zeros((len(rows), len(rows[0]), M), dtype=np.float64)
-    for a, st in enumerate(rows):
+def _pack(steps: list[list[dict[int, float]]], sources: int) -> np.ndarray:
+    """Rows of {source: coefficient} -> a (steps, rows, sources) float64 array."""
+    out = np.zeros((len(steps), len(steps[0]) if steps else 0, sources))
+    for a, st in enumerate(steps):
         for b, row in enumerate(st):
-            for m, (s, c) in enumerate(row):
-                idx[a, b, m], coef[a, b, m] = s, c
-    return idx, coef
+            for src, c in row.items():
+                out[a, b, src] = c
+    return out

@@ -79,17 +79,13 @@ def _evaluator(model) -> tuple[tuple, Callable]:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-def _combine(src, idx, coef):
-    """new[i] = sum_m coef[i, m] * src[idx[i, m]] for src (S, *X), idx/coef (N, M) -> (N, *X)."""
-    shape = (coef.shape[0],) + (1,) * (src.ndim - 1)
-    acc = coef[:, 0].reshape(shape) * src[idx[:, 0]]
-    for m in range(1, idx.shape[1]):
-        acc = acc + coef[:, m].reshape(shape) * src[idx[:, m]]
-    return acc
+def _mix(m, src):
+    """m @ src over the leading axis: (N, S) x (S, *X) -> (N, *X), at full precision on every backend."""
+    return jnp.tensordot(m, src, axes=1, precision=jax.lax.Precision.HIGHEST)
 
 
 def runner(model, mesh: Mesh | None, check: bool) -> Callable:
-    """The jitted ``run(x, idx0, coef0, idx, coef, times) -> (regs, finite)``, cached."""
+    """The jitted ``run(x, mix0, mix, times) -> (regs, finite)``, cached."""
     key_model, evaluate = _evaluator(model)
     key = (key_model, mesh, bool(check))
     fn = _CACHE.get(key)
@@ -101,26 +97,26 @@ def runner(model, mesh: Mesh | None, check: bool) -> Callable:
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
         slot_sharding = NamedSharding(mesh, spec)
 
-    def run(x, idx0, coef0, idx, coef, times):
+    def run(x, mix0, mix, times):
         global _TRACES
         _TRACES += 1
         slots = times.shape[1]
-        nreg = idx0.shape[0] - slots
+        nreg = mix0.shape[0] - slots
         zero = jnp.zeros_like(x)[None]
-        first = _combine(jnp.concatenate([zero, x[None]]), idx0, coef0)
+        first = _mix(mix0, jnp.concatenate([zero, x[None]]))
 
         def body(carry, inputs):
             regs, pts = carry
-            idx_r, coef_r, t_r = inputs
+            mix_r, t_r = inputs
             outs = evaluate(pts, t_r)
-            new = _combine(jnp.concatenate([zero, regs, pts, outs]), idx_r, coef_r)
+            new = _mix(mix_r, jnp.concatenate([zero, regs, pts, outs]))
             new_pts = new[nreg:]
             if mesh is not None:
                 new_pts = jax.lax.with_sharding_constraint(new_pts, slot_sharding)
             finite = jnp.isfinite(outs).reshape(slots, -1).all(axis=1) if check else jnp.zeros((0,), bool)
             return (new[:nreg], new_pts), finite
 
-        (regs, _), finite = jax.lax.scan(body, (first[:nreg], first[nreg:]), (idx, coef, times))
+        (regs, _), finite = jax.lax.scan(body, (first[:nreg], first[nreg:]), (mix, times))
         return regs, finite
 
     fn = _CACHE[key] = jax.jit(run)

@@ -1,0 +1,208 @@
+"""chords_jax on one device: equal to the numpy core (float64), compiled once, clear errors.
+
+Multi-device runs are in test_jax_devices.py (a subprocess with 8 host devices).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)  # as test_pipeline does; the exactness tests need float64
+import jax.numpy as jnp  # noqa: E402
+
+import chords_core as cc  # noqa: E402
+import chords_jax as cj  # noqa: E402
+from chords_jax.linear import LinearTrace, NonLinearOperation  # noqa: E402
+
+D = 5
+_W = np.random.default_rng(1).standard_normal((D, D)) / np.sqrt(D)
+
+
+def denoiser(x, t):
+    """A smooth nonlinear 'network' written for numpy and jax alike."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.tanh(x @ _W + t[:, None]) * 0.5 + 0.2 * x
+
+
+def field(t, y):
+    """dy/dt for one state y (D,) at a float t (unbatched VectorField)."""
+    xp = jnp if isinstance(y, jax.Array) else np
+    return xp.sin(y @ _W) * (1.0 + t) - 0.3 * y
+
+
+def field_batched(t, y):
+    return field(t[:, None], y)
+
+
+def close(a, b, tol=1e-12):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and float(np.max(np.abs(a - b))) <= tol * max(1.0, float(np.max(np.abs(b))))
+
+
+def same_result(got, ref, tol=1e-12):
+    assert (got.rounds, got.nfe, got.stopped_by) == (ref.rounds, ref.nfe, ref.stopped_by)
+    assert [(h.core, h.round, h.nfe) for h in got.hits] == [(h.core, h.round, h.nfe) for h in ref.hits]
+    assert got.plan == ref.plan
+    assert all(close(g.x, h.x, tol) for g, h in zip(got.hits, ref.hits))
+    assert close(got.x, ref.x, tol) and close(got.coarse, ref.coarse, tol)
+
+
+SCHED = cc.VP.cosine()
+X = np.random.default_rng(0).standard_normal((3, D))
+
+
+@pytest.mark.parametrize("solver", cj.SUPPORTED_SOLVERS)
+def test_every_solver_matches_the_numpy_core(solver):
+    model = cc.DiffusionModel(denoiser, SCHED, "v")
+    grid = cc.time_grid(SCHED, 9, "logsnr")
+    ref = cc.chords(model, X, grid, solver, cores=3, stop=None)
+    got = cj.chords(model, X, grid, solver, cores=3, stop=None)
+    assert isinstance(got.x, jax.Array) and got.x.dtype == jnp.float64
+    same_result(got, ref)
+
+
+@pytest.mark.parametrize("stop", [cc.StopAtCore(2), cc.StopOnResidual(1e9), cc.StopOnResidual(0.0), cc.StopOnResidual(0.05)])
+def test_stop_rules_match_the_core(stop):
+    model = cc.DiffusionModel(denoiser, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 12)
+    same_result(cj.chords(model, X, grid, "euler", cores=4, stop=stop), cc.chords(model, X, grid, "euler", cores=4, stop=stop))
+
+
+@pytest.mark.parametrize("history", ["keep", "restart"])
+def test_history_policies_match_the_core(history):
+    model = cc.DiffusionModel(denoiser, SCHED, "x0")
+    grid = cc.time_grid(SCHED, 10, "logsnr")
+    kw = dict(cores=3, init=(0, 3, 6), stop=None, history=history)
+    same_result(cj.chords(model, X, grid, "dpmpp_2m", **kw), cc.chords(model, X, grid, "dpmpp_2m", **kw))
+
+
+def test_one_core_is_the_compiled_sequential_solve():
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    seq = cj.solve(model, X, grid, "unipc")
+    one = cj.chords(model, X, grid, "unipc", cores=1)
+    assert np.array_equal(np.asarray(seq), np.asarray(one.x))  # the same compiled program
+    assert one.rounds == one.nfe == 8
+    assert close(seq, cc.solve(model, X, grid, "unipc"))
+
+
+def test_second_call_with_the_same_shapes_does_not_recompile():
+    grid = cc.time_grid(SCHED, 7, "logsnr")
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    cj.chords(model, X, grid, "dpmpp_2m", cores=2)
+    n = cj.traces()
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.standard_normal(X.shape)
+        got = cj.chords(model, x, grid, "dpmpp_2m", cores=2)
+        assert close(got.x, cc.chords(model, x, grid, "dpmpp_2m", cores=2).x)
+    # a new model object and another schedule/grid of the same length: only the coefficients change
+    other = cc.DiffusionModel(denoiser, cc.VP.linear(), "x0")
+    grid2 = cc.time_grid(cc.VP.linear(), 7, "karras")
+    got = cj.chords(other, X, grid2, "dpmpp_2m", cores=2)
+    assert close(got.x, cc.chords(other, X, grid2, "dpmpp_2m", cores=2).x)
+    assert cj.traces() == n
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_vector_fields_batched_and_not(batched):
+    model = cc.VectorField(field_batched if batched else field, batched=batched)
+    grid = np.linspace(0.0, 2.0, 11)
+    y0 = np.random.default_rng(3).standard_normal(D)
+    same_result(cj.chords(model, y0, grid, "heun", cores=3, stop=None), cc.chords(model, y0, grid, "heun", cores=3, stop=None))
+
+
+def test_float32_state_stays_float32():
+    model = cc.DiffusionModel(denoiser, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    got = cj.chords(model, X.astype(np.float32), grid, "euler", cores=2)
+    assert got.x.dtype == jnp.float32
+    assert close(got.x, cc.chords(model, X, grid, "euler", cores=2).x, 1e-5)
+
+
+def interpret(prog, x, fn):
+    """The lowered program run with numpy: a check of ``lower`` independent of jax."""
+    L = prog.regs
+    first = np.tensordot(prog.mix0, np.stack([0 * x, x]), axes=1)
+    regs, pts = first[:L], first[L:]
+    for mix, t in zip(prog.mix, prog.times):
+        outs = fn(pts.reshape((-1,) + x.shape[1:]), np.repeat(t, x.shape[0])).reshape(pts.shape)
+        new = np.tensordot(mix, np.concatenate([0 * x[None], regs, pts, outs]), axes=1)
+        regs, pts = new[:L], new[L:]
+    return regs
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.integers(2, 16), data=st.data())
+def test_lowered_program_reproduces_the_core_on_random_plans(steps, data):
+    cores = data.draw(st.integers(1, min(steps, 6)))
+    init = sorted(data.draw(st.sets(st.integers(1, steps - 1), min_size=cores - 1, max_size=cores - 1)))
+    solver = data.draw(st.sampled_from(cj.SUPPORTED_SOLVERS))
+    history = data.draw(st.sampled_from(["keep", "shift", "restart"]))
+    multiple = data.draw(st.sampled_from([1, 2, 4]))
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    grid = cc.time_grid(SCHED, steps, "logsnr")
+    kw = dict(init=[0] + init, stop=None, history=history)
+    prog, sym = cj.compile_plan(model, X.shape, X.dtype, grid, solver, slots_multiple=multiple, **kw)
+    ref = cc.chords(model, X, grid, solver, **kw)
+    assert prog.slots % multiple == 0 and prog.slots >= cores
+    assert int(prog.active.sum()) == ref.plan.nfe(prog.rounds) and prog.rounds == len(ref.plan.rounds)
+    regs = interpret(prog, X, denoiser)
+    for s, h in zip(sym.hits, ref.hits):
+        assert close(regs[prog.outputs[s.x.id]], h.x, 1e-11)
+    assert close(regs[prog.outputs[sym.coarse.id]], ref.coarse, 1e-11)
+
+
+def test_registers_are_reused():
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    prog, sym = cj.compile_plan(model, X.shape, X.dtype, cc.time_grid(SCHED, 50, "logsnr"), "dpmpp_2m", cores=8, stop=None)
+    # per core a handful of live values (state, history, anchor, recorded slower point), plus outputs
+    assert prog.regs <= 4 * 8 + len(sym.hits) + 1
+    assert prog.mix.shape == (prog.rounds, prog.regs + 8, 1 + prog.regs + 16)
+
+
+def test_model_output_errors_name_round_and_core():
+    def bad(x, t):
+        return jnp.where(t[:, None] < 0.5, jnp.nan, x)
+
+    model = cc.DiffusionModel(bad, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    with pytest.raises(cc.ModelOutputError, match=r"round \d+, core \d+ .*non-finite"):
+        cj.chords(model, X, grid, "euler", cores=2, stop=None)
+    unchecked = cc.DiffusionModel(bad, cc.RectifiedFlow(), "flow", check_outputs=False)
+    assert np.isnan(np.asarray(cj.chords(unchecked, X, grid, "euler", cores=2, stop=None).x)).all()
+    wrong = cc.DiffusionModel(lambda x, t: x[:, :2], cc.RectifiedFlow(), "flow")
+    with pytest.raises(cc.ModelOutputError, match="shape"):
+        cj.chords(wrong, X, grid, "euler", cores=2)
+
+
+def test_bad_arguments_raise_naming_them():
+    model = cc.DiffusionModel(denoiser, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    with pytest.raises(ValueError, match="executor"):
+        cj.chords(model, X, grid, "euler", cores=2, executor=cc.SerialExecutor())
+    with pytest.raises(ValueError, match="devices"):
+        cj.chords(model, X, grid, "euler", cores=2, devices=len(jax.devices()) + 1)
+    with pytest.raises(ValueError, match="devices"):
+        cj.chords(model, X, grid, "euler", cores=2, devices=["cpu"])
+    with pytest.raises(TypeError, match="x"):
+        cj.chords(model, np.ones((3, D), dtype=np.int32), grid, "euler", cores=2)
+    with pytest.raises(TypeError, match="model"):
+        cj.chords(denoiser, X, grid, "euler", cores=2)
+    with pytest.raises(ValueError, match="cores"):
+        cj.chords(model, X, grid, "euler", cores=0)
+    with pytest.raises(ValueError, match="unknown solver"):
+        cj.chords(model, X, grid, "rk4", cores=2)
+
+
+def test_nonlinear_operations_are_refused():
+    tr = LinearTrace((2,))
+    a = tr.x0 * 2.0 + tr.x0
+    with pytest.raises(NonLinearOperation):
+        a * a
+    with pytest.raises(NonLinearOperation):
+        a + 1.0
+    with pytest.raises(NonLinearOperation):
+        a / 2.0
