@@ -22,6 +22,13 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
     Terms are accumulated in place into the first product where the dtypes agree, so a k-term
     combination allocates about k arrays instead of 2k.
     """
+    if len(coeffs) == 2:  # the hot path: a fine step, a jump, a conversion
+        (c0, c1), (a0, a1) = coeffs, arrays
+        if c1 == 0.0:
+            return c0 * a0 if c0 != 1.0 else a0 + 0.0
+        if c0 == 0.0:
+            return c1 * a1 if c1 != 1.0 else a1 + 0.0
+        return add_into(c1 * a1, a0 if c0 == 1.0 else c0 * a0)
     terms = [(c, a) for c, a in zip(coeffs, arrays) if c != 0.0] or [(0.0, arrays[0])]
     if len(terms) == 1:
         c, a = terms[0]
@@ -121,7 +128,7 @@ def all_finite(x: Array) -> bool:
         import jax.numpy as jnp
 
         return bool(jnp.isfinite(x).all())
-    if x.dtype.kind == "f" and x.size:
+    if x.dtype.kind == "f" and x.size > 4096:
         v = x.reshape(-1)
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(v, v)):
