@@ -1,0 +1,93 @@
+"""chords_jax sharded over 1, 2, 4 and 8 host devices equals the numpy core (float64, 1e-12).
+
+The device count is fixed when jax starts, so the runs happen in a fresh interpreter with
+XLA_FLAGS=--xla_force_host_platform_device_count=8; it prints one JSON line that the tests check.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+import chords_core as cc
+import chords_jax as cj
+
+W = np.random.default_rng(1).standard_normal((4, 4)) / 2.0
+ROWS = []  # batch sizes the model sees when traced: the per-device share of the slots
+def fn(x, t):
+    xp = jnp if isinstance(x, jax.Array) else np
+    if xp is jnp:
+        ROWS.append(int(x.shape[0]))
+    return xp.tanh(x @ W + t[:, None]) * 0.5 + 0.2 * x
+
+def err(got, ref):
+    pairs = [(g.x, h.x) for g, h in zip(got.hits, ref.hits)] + [(got.x, ref.x), (got.coarse, ref.coarse)]
+    same = (got.rounds, got.nfe, len(got.hits)) == (ref.rounds, ref.nfe, len(ref.hits))
+    e = max(float(np.max(np.abs(np.asarray(a) - b))) / max(1.0, float(np.max(np.abs(b)))) for a, b in pairs)
+    return e if same else float("inf")
+
+out = {"devices": jax.device_count(), "runs": []}
+x = np.random.default_rng(0).standard_normal((2, 4))
+sched = cc.VP.cosine()
+model = cc.DiffusionModel(fn, sched, "eps")
+grid = cc.time_grid(sched, 20, "logsnr")
+ref = cc.chords(model, x, grid, "dpmpp_2m", cores=8, stop=None)
+out["rows"] = {}
+for d in (1, 2, 4, 8):
+    ROWS.clear()
+    got = cj.chords(model, x, grid, "dpmpp_2m", cores=8, stop=None, devices=d)
+    out["runs"].append(["dpmpp_2m K=8", d, err(got, ref)])
+    out["rows"][d] = sorted(set(ROWS))
+n = cj.traces()
+got = cj.chords(model, 2 * x, grid, "dpmpp_2m", cores=8, stop=None, devices=4)
+out["retraced"] = cj.traces() - n
+out["runs"].append(["dpmpp_2m K=8 again", 4, err(got, cc.chords(model, 2 * x, grid, "dpmpp_2m", cores=8, stop=None))])
+flow = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+fgrid = cc.time_grid(cc.RectifiedFlow(), 10)
+ref = cc.chords(flow, x, fgrid, "heun", cores=3, stop=None)
+got = cj.chords(flow, x, fgrid, "heun", cores=3, stop=None, devices=2)  # 3 cores padded to 4 slots
+out["runs"].append(["heun K=3 padded", 2, err(got, ref)])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    paths = [str(ROOT / "backends"), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_eight_host_devices_are_visible(report):
+    assert report["devices"] == 8
+
+
+@pytest.mark.parametrize("k", range(6))
+def test_sharded_runs_equal_the_numpy_core(report, k):
+    name, devices, error = report["runs"][k]
+    assert error <= 1e-12, f"{name} on {devices} devices: relative error {error:.3g}"
+
+
+def test_each_device_evaluates_its_share_of_the_slots(report):
+    # 8 slots of 2 rows each: one batched call of 16 rows on one device, 16 / d rows per device on d
+    assert report["rows"] == {str(d): [16 // d] for d in (1, 2, 4, 8)}
+
+
+def test_sharded_second_call_does_not_recompile(report):
+    assert report["retraced"] == 0
