@@ -1,0 +1,162 @@
+# %% [markdown]
+# # 2. Convergence: solver orders, the rectification's contraction, the hierarchy of outputs
+#
+# Three measurements behind `theory/derivations.md`:
+#
+# 1. **Solver orders** on problems with exact answers (a single Gaussian's probability-flow ODE, whose
+#    trajectory is closed form, and a linear ODE): error ~ C h^p with fitted slopes p.
+# 2. **Contraction per rectification** against the window length delta: for Euler fine steps and the
+#    first-order Euler jump the derivation gives rho ~ (L^2 + Lam) H^2 / 2 with H = delta h, so the
+#    log-log slope in delta is 2 (for a linear field exactly sum_{k>=2} C(delta,k) (hL)^k <= e^{HL}-1-HL).
+# 3. **The hierarchy of outputs** on a Gaussian mixture: each slower core is corrected more often
+#    and sits closer to the sequential solution; core 0 is the sequential solver.
+
+# %%
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+ROOT = Path.cwd().resolve()
+while not (ROOT / "chords_core").is_dir() and ROOT != ROOT.parent:
+    ROOT = ROOT.parent
+sys.path.insert(0, str(ROOT))
+
+import chords_core as cc
+from chords_core.problems import GaussianMixture, LinearODE
+from theory import chords_theory as th
+
+OUT = Path(os.environ.get("CHORDS_NB_OUT", ROOT / "notebooks" / "figures"))
+OUT.mkdir(parents=True, exist_ok=True)
+rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
+
+# %% [markdown]
+# ## 1. Solver orders
+# A single Gaussian N(mu, diag(s^2)) under rectified flow, on a grid that stops at t = 0.02 (the
+# higher-order multistep solvers lower their order on a final step to sigma = 0, which would hide
+# their asymptotic order). Exact end point from `exact_trajectory`.
+
+# %%
+g1 = GaussianMixture.single(np.array([1.0, -0.5, 0.3]), np.array([0.2, 0.5, 0.3]))
+sched = cc.RectifiedFlow()
+model1 = g1.model(sched, "flow")
+x1 = np.random.default_rng(1).standard_normal((6, 3))
+STEPS = [8, 16, 32, 64]
+EXPECTED = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "unipc": 3}
+orders, errs = {}, {}
+for name in EXPECTED:
+    e = []
+    for n in STEPS:
+        grid = np.linspace(1.0, 0.02, n + 1)
+        exact = g1.exact_trajectory(x1, 1.0, grid[-1], sched)
+        e.append(rms(cc.solve(model1, x1, grid, name) - exact))
+    errs[name], orders[name] = e, -th.fit_slope(STEPS[1:], e[1:])
+    print(f"{name:9} errors {' '.join(f'{v:.2e}' for v in e)}  fitted order {orders[name]:.2f}")
+
+ode = LinearODE.random(4, seed=0)
+y0 = np.random.default_rng(2).standard_normal(4)
+lin = {}
+for name in ("euler", "heun"):
+    e = [np.linalg.norm(cc.solve(ode.vector_field(), y0, np.linspace(0, 1, n + 1), name) - ode.exact(y0, 0, 1)) for n in STEPS]
+    lin[name] = -th.fit_slope(STEPS, e)
+    errs[f"{name} (linear ODE)"] = e
+print("linear ODE fitted orders", {k: round(v, 2) for k, v in lin.items()})
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 4))
+for name, e in errs.items():
+    ax.loglog(STEPS, e, "o-" if "linear" not in name else "s--", label=name)
+ax.set_xlabel("steps")
+ax.set_ylabel("error vs exact")
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3, which="both")
+fig.tight_layout()
+fig.savefig(OUT / "02_orders.png", dpi=90)
+
+# %% [markdown]
+# ## 2. Contraction per rectification against delta
+# One rectification over a window of delta Euler steps of size h, measured with the engine's own
+# `rectify` and solver (`th.measured_contraction`): |x_new - F(x_slow)| / |x_fast - x_slow|.
+# Nonlinear toy field f(t, y) = sin(2y) cos t - y/2 (L = 2.5), and a linear field with its rigorous bound.
+
+# %%
+toy = cc.VectorField(lambda t, y: np.sin(2 * y) * np.cos(t) - 0.5 * y)
+rng = np.random.default_rng(0)
+xs = rng.standard_normal(6)
+xf = xs + 1e-3 * rng.standard_normal(6)
+h = 0.0025
+DELTAS = [4, 8, 16, 32, 64, 128]
+rho_toy = [th.measured_contraction(toy, np.arange(d + 1) * h, xs, xf) for d in DELTAS]
+A = LinearODE.random(6, seed=3)
+rho_lin = [th.measured_contraction(A.vector_field(), np.arange(d + 1) * h, xs, xf) for d in DELTAS]
+bound_lin = [th.contraction_bound([h] * d, A.lipschitz) for d in DELTAS]
+slope_toy = th.fit_slope(DELTAS[1:5], rho_toy[1:5])
+slope_lin = th.fit_slope(DELTAS[1:5], rho_lin[1:5])
+for d, a, b, c in zip(DELTAS, rho_toy, rho_lin, bound_lin):
+    print(f"delta {d:4d} (H = {d * h:.3f}): toy {a:.2e}   linear {b:.2e} <= bound {c:.2e}")
+print(f"fitted slopes (delta 8..64): toy {slope_toy:.2f}, linear {slope_lin:.2f}")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 4))
+ax.loglog(DELTAS, rho_toy, "o-", label=f"nonlinear toy, slope {slope_toy:.2f}")
+ax.loglog(DELTAS, rho_lin, "s-", label=f"linear, slope {slope_lin:.2f}")
+ax.loglog(DELTAS, bound_lin, "k--", label="linear bound prod(1+hL) - 1 - HL")
+ax.set_xlabel("delta (steps per window)")
+ax.set_ylabel("contraction per rectification")
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3, which="both")
+fig.tight_layout()
+fig.savefig(OUT / "02_contraction.png", dpi=90)
+
+# %% [markdown]
+# ## 3. The hierarchy of outputs on a Gaussian mixture
+# Paper sequence 0-2-4-8-16-24-32-40, T = 50, rectified flow, Euler on the exact mixture denoiser.
+# Deviation of every output from the sequential solution, and error against the exact PF-ODE solution.
+
+# %%
+gm = GaussianMixture.random(8, 3, seed=0)
+model = gm.model(sched, "flow")
+T = 50
+grid = cc.time_grid(sched, T)
+x = np.random.default_rng(0).standard_normal((8, 8))
+exact = gm.reference_solve(x, 1.0, 0.0, sched)
+seq = cc.solve(model, x, grid, "euler")
+init = (0, 2, 4, 8, 16, 24, 32, 40)
+res = cc.chords(model, x, grid, "euler", init=init, stop=None)
+dev = {h.core: rms(h.x - seq) / rms(seq) for h in res.hits}
+err = {h.core: rms(h.x - exact) / rms(seq - exact) for h in res.hits}
+print("core  round  deviation/|seq|  error/seq-error")
+for h in res.hits:
+    print(f"{h.core:4d} {h.round:6d} {dev[h.core]:16.2e} {err[h.core]:16.4f}")
+print(f"coarse hit: deviation {rms(res.coarse - seq) / rms(seq):.2e}")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 4))
+cores = sorted(dev, reverse=True)
+ax.semilogy([res.plan.finish_round[c] for c in cores], [max(dev[c], 1e-17) for c in cores], "o-", label="deviation from sequential")
+for c in cores:
+    ax.annotate(f"c{c}", (res.plan.finish_round[c], max(dev[c], 1e-17)), fontsize=7)
+ax.axhline(rms(seq - exact) / rms(seq), color="k", ls="--", label="sequential error vs exact")
+ax.set_xlabel("output round")
+ax.set_ylabel("relative rms")
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(OUT / "02_hierarchy.png", dpi=90)
+
+# %%
+for name, p in EXPECTED.items():
+    assert abs(orders[name] - p) < 0.3, (name, orders[name])
+assert abs(lin["euler"] - 1) < 0.15 and abs(lin["heun"] - 2) < 0.15
+assert abs(slope_toy - 2) < 0.15 and abs(slope_lin - 2) < 0.15
+assert all(a <= b * (1 + 1e-9) for a, b in zip(rho_lin, bound_lin))
+devs = [dev[c] for c in cores]  # fastest core first
+assert all(a >= b for a, b in zip(devs, devs[1:])), "the deviation ladder is not monotone"
+assert dev[0] < 1e-12 and dev[1] < 1e-12 and dev[2] < 1e-12  # cores 0-2 sit on the sequential solution
+assert rms(res.coarse - seq) / rms(seq) > dev[7] > 10 * dev[6] > 100 * dev[5]
+print("notebook 2: all checks passed")
