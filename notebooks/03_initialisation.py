@@ -82,7 +82,7 @@ fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
 for ax, (K, res) in zip(axes, results.items()):
     pts = [(c.finish[k], c.errors[k]) for c in res.candidates for k in range(K)]
     fronts[K] = pareto_front(pts)
-    ax.loglog(*zip(*pts), ".", color="0.7", ms=3)
+    ax.semilogy(*zip(*pts), ".", color="0.7", ms=3)
     ax.step(*zip(*fronts[K]), where="post", color="C0", label="Pareto front")
     ax.plot([res.rounds], [res.best.error], "*", color="C3", ms=14, label="optimiser")
     for name, cand in res.baselines.items():
