@@ -194,14 +194,11 @@ def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
 def default_init(steps: int, cores: int) -> tuple[int, ...]:
     """The default init sequence for (steps, cores).
 
-    For K = 4, 6, 8 the paper's sequence scaled to ``steps`` (rounded) where that stays valid.
-    Otherwise built by the recipe that reproduces the paper's sequences (0-8-16-32, 0-3-6-12-24-36,
-    0-2-4-8-16-24-32-40 at T = 50): with frame end E = T - 2 and the fastest start t_{K-1},
-    walk down the cores: s = E/(E - t_k); t_{k-1} = t_k / 2 if s <= 3 else 2 t_k - E; then E = t_k.
-    The fastest start is t_{K-1} = (0.48 + 0.04 K) T for K >= 3 (24 + 2K at T = 50, the paper's
-    choice for K = 4, 6, 8), and T/2 - 1 for K = 2, so that the fastest core is rectified once at
-    T - 2. Values are rounded to integers; where rounding collides, the sequence falls back to the
-    largest strictly increasing one below (halving from the top). Needs steps >= cores.
+    For K = 4, 6, 8 the paper's sequence scaled to ``steps`` (rounded) where that stays valid;
+    otherwise the recipe that reproduces the paper's sequences (``initopt.recipe_init``: frame end
+    E = T - 2, walk down from the fastest start t_{K-1} with t_{k-1} = t_k / 2 if E/(E - t_k) <= 3
+    else 2 t_k - E). ``initopt.optimize_init`` finds better sequences for a given error budget.
+    Needs steps >= cores.
     """
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
         raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
@@ -214,20 +211,6 @@ def default_init(steps: int, cores: int) -> tuple[int, ...]:
     paper = paper_init(steps, cores)
     if paper is not None:
         return paper
-    T = steps
-    E = T - 2.0
-    top = (T / 2 - 1) if cores == 2 else (0.48 + 0.04 * cores) * T
-    ts = [top]
-    for _ in range(cores - 2):
-        t = ts[-1]
-        s = E / (E - t) if E > t else float("inf")
-        ts.append(t / 2 if s <= 3 else 2 * t - E)
-        E = t
-    seq = [0] + [int(round(v)) for v in reversed(ts)]
-    # repair: strictly increasing integers in [1, T-1]
-    seq[-1] = min(max(seq[-1], cores - 1), T - 1)
-    for c in range(len(seq) - 2, 0, -1):
-        seq[c] = min(seq[c], seq[c + 1] - 1)
-    for c in range(1, len(seq)):
-        seq[c] = max(seq[c], seq[c - 1] + 1)
-    return validate_init(seq, T, cores)
+    from .initopt import recipe_init
+
+    return recipe_init(steps, cores)
