@@ -124,14 +124,14 @@ def test_float32_state_stays_float32():
 
 def interpret(prog, x, fn):
     """The lowered program run with numpy: a check of ``lower`` independent of jax."""
-    L = prog.regs
-    first = np.tensordot(prog.mix0, np.stack([0 * x, x]), axes=1)
-    regs, pts = first[:L], first[L:]
-    for mix, t in zip(prog.mix, prog.times):
-        outs = fn(pts.reshape((-1,) + x.shape[1:]), np.repeat(t, x.shape[0])).reshape(pts.shape)
-        new = np.tensordot(mix, np.concatenate([0 * x[None], regs, pts, outs]), axes=1)
-        regs, pts = new[:L], new[L:]
-    return regs
+    K = prog.slots
+    P = prog.rows - 2 * K
+    buf = prog.init.reshape((-1,) + (1,) * x.ndim) * x[None]
+    for dest, idx, coef, t in zip(prog.dest, prog.idx, prog.coef, prog.times):
+        pts = buf[P : P + K]
+        buf[P + K :] = fn(pts.reshape((-1,) + x.shape[1:]), np.repeat(t, x.shape[0])).reshape(pts.shape)
+        buf[dest] = np.einsum("wm,wm...->w...", coef, buf[idx])
+    return buf
 
 
 @settings(max_examples=30, deadline=None)
@@ -149,10 +149,10 @@ def test_lowered_program_reproduces_the_core_on_random_plans(steps, data):
     ref = cc.chords(model, X, grid, solver, **kw)
     assert prog.slots % multiple == 0 and prog.slots >= cores
     assert int(prog.active.sum()) == ref.plan.nfe(prog.rounds) and prog.rounds == len(ref.plan.rounds)
-    regs = interpret(prog, X, denoiser)
+    buf = interpret(prog, X, denoiser)
     for s, h in zip(sym.hits, ref.hits):
-        assert close(regs[prog.outputs[s.x.id]], h.x, 1e-11)
-    assert close(regs[prog.outputs[sym.coarse.id]], ref.coarse, 1e-11)
+        assert close(buf[prog.outputs[s.x.id]], h.x, 1e-11)
+    assert close(buf[prog.outputs[sym.coarse.id]], ref.coarse, 1e-11)
 
 
 def test_registers_are_reused():
@@ -160,7 +160,9 @@ def test_registers_are_reused():
     prog, sym = cj.compile_plan(model, X.shape, X.dtype, cc.time_grid(SCHED, 50, "logsnr"), "dpmpp_2m", cores=8, stop=None)
     # per core a handful of live values (state, history, anchor, recorded slower point), plus outputs
     assert prog.regs <= 4 * 8 + len(sym.hits) + 1
-    assert prog.mix.shape == (prog.rounds, prog.regs + 8, 1 + prog.regs + 16)
+    assert prog.rows == 1 + prog.regs + 16 and prog.idx.shape[:2] == prog.dest.shape == prog.coef.shape[:2]
+    # only changed rows are written: fewer than the carry's rows, a few terms each
+    assert prog.dest.shape[1] < prog.regs + 8 and prog.idx.shape[2] <= 8
 
 
 def test_model_output_errors_name_round_and_core():

@@ -114,10 +114,10 @@ def chords(
         x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     dt = x.dtype
     run = runner(model, mesh, model.check_outputs)
-    regs, finite = run(x, prog.mix0.astype(dt), prog.mix.astype(dt), prog.times.astype(dt))
+    buf, finite = run(x, prog.init.astype(dt), prog.dest, prog.idx, prog.coef.astype(dt), prog.times.astype(dt))
     if model.check_outputs:
         _raise_nonfinite(np.asarray(finite), prog, sym)
-    vals = {nid: regs[reg] for nid, reg in prog.outputs.items()}
+    vals = {nid: buf[row] for nid, row in prog.outputs.items()}
     hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
     coarse = vals[sym.coarse.id]
     if isinstance(stop, StopOnResidual):

@@ -1,16 +1,17 @@
 """Lower a ``LinearTrace`` to the arrays a ``lax.scan`` over rounds consumes.
 
-The scan carry is ``(regs, pts)``: ``regs`` (L, *x.shape) registers holding every value that
-outlives the round that computed it (states, histories, anchors, recorded slower points, hits), and
-``pts`` (Kp, *x.shape) the points the Kp core slots evaluate next round (slot k = core k; slots
-beyond K pad to a multiple of the device count). Round r (1-based) is one scan step:
+The scan carry is one buffer ``buf = [0; regs; pts; outs]`` of 1 + L + 2 Kp rows of x.shape:
+``regs`` (L) registers holding every value that outlives the round that computed it (states,
+histories, anchors, recorded slower points, outputs), ``pts`` (Kp) the points the Kp core slots
+evaluate next (slot k = core k; slots beyond K pad to a multiple of the device count), ``outs``
+(Kp) their model outputs. Round r (1-based) is one scan step, with W rows written per round:
 
-    outs = model(pts, times[r - 1])                       (Kp model evaluations, one batched call)
-    src  = [0; regs; pts; outs]                           (1 + L + 2 Kp rows)
-    [regs'; pts'] = mix[r - 1] @ src                      (mix: (L + Kp, 1 + L + 2 Kp) float64)
+    buf[outs] = model(buf[pts], times[r - 1])             (Kp evaluations, one batched call)
+    new[w]    = sum_m coef[r-1, w, m] * buf[idx[r-1, w, m]]          (w < W, m < M)
+    buf[dest[r-1, w]] = new[w]                            (all reads before the writes)
 
-Before the scan, ``mix0 @ [0; x0]`` fills the first carry. A dense matrix product compiles faster
-than gathers and is one BLAS call; each row has only a handful of non-zeros. Values computed and consumed
+Rows that keep their value are not written; padding rows write 0 to row 0 (the zero row), padding
+terms read row 0. Before the scan ``buf = init[:, None] * x0`` (every first value is a multiple of x0). Values computed and consumed
 within one round are inlined (their coefficients multiplied out), values used in later rounds get
 a register; registers are reused once their last reader has run (interval colouring). A slot idle
 in a round re-evaluates its previous point (initially x0 at t_0); its output is never read.
@@ -31,27 +32,29 @@ __all__ = ["Program", "lower"]
 class Program:
     """Index/coefficient arrays of one compiled CHORDS run (host numpy, float64 coefficients).
 
-    mix0: (L + Kp, 2) over [0, x0];  mix: (R, L + Kp, 1 + L + 2 Kp) over [0, regs, pts, outs];
+    init: (1 + L + 2 Kp,) multiples of x0;  dest: (R, W) rows written;  idx, coef: (R, W, M) terms;
     times: (R, Kp) evaluation times; active: (R, Kp) slots whose output the plan uses;
-    outputs: register index of each requested output node (by node id).
+    outputs: buffer row of each requested output node (by node id).
     """
 
     regs: int
     slots: int
-    mix0: np.ndarray
-    mix: np.ndarray
+    init: np.ndarray
+    dest: np.ndarray
+    idx: np.ndarray
+    coef: np.ndarray
     times: np.ndarray
     active: np.ndarray
     outputs: dict
 
     @property
     def rounds(self) -> int:
-        return self.mix.shape[0]
+        return self.idx.shape[0]
 
     @property
-    def terms(self) -> int:
-        """The most non-zero coefficients in one row: the longest linear combination per round."""
-        return int(max((self.mix != 0).sum(-1).max(initial=0), (self.mix0 != 0).sum(-1).max(initial=0)))
+    def rows(self) -> int:
+        """Rows of the buffer: 1 + L + 2 Kp."""
+        return self.init.shape[0]
 
 
 def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: list[Sym], t0: float) -> Program:
@@ -154,17 +157,26 @@ def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: lis
                 k = slot_of[step][j]
                 tim[step, k], act[step, k] = t, True
 
-    mix0 = _pack([rows_all[0]], 2)[0]
-    mix = _pack(rows_all[1:], 1 + L + 2 * K)
-    outs = {o.id: reg_of[o.id] for o in outputs}
-    return Program(L, K, mix0, mix, tim, act, outs)
+    init = np.zeros(1 + L + 2 * K)
+    for i, row in enumerate(rows_all[0]):
+        init[1 + i] = row.get(1, 0.0)
+    dest, idx, coef = _pack(rows_all[1:])
+    outs = {o.id: 1 + reg_of[o.id] for o in outputs}
+    return Program(L, K, init, dest, idx, coef, tim, act, outs)
 
 
-def _pack(steps: list[list[dict[int, float]]], sources: int) -> np.ndarray:
-    """Rows of {source: coefficient} -> a (steps, rows, sources) float64 array."""
-    out = np.zeros((len(steps), len(steps[0]) if steps else 0, sources))
-    for a, st in enumerate(steps):
-        for b, row in enumerate(st):
-            for src, c in row.items():
-                out[a, b, src] = c
-    return out
+def _pack(steps: list[list[dict[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step the rows [regs; pts] as {buffer row: coefficient} -> (dest, idx, coef) arrays,
+    leaving out rows that keep their value (a copy of themselves) or are dead (empty)."""
+    writes = [[(1 + i, sorted((k, c) for k, c in r.items() if c != 0.0)) for i, r in enumerate(st) if r and r != {1 + i: 1.0}] for st in steps]
+    W = max(1, max((len(w) for w in writes), default=1))
+    M = max(1, max((len(t) for w in writes for _, t in w), default=1))
+    dest = np.zeros((len(steps), W), dtype=np.int32)
+    idx = np.zeros((len(steps), W, M), dtype=np.int32)
+    coef = np.zeros((len(steps), W, M))
+    for a, w in enumerate(writes):
+        for b, (row, terms) in enumerate(w):
+            dest[a, b] = row
+            for m, (src, c) in enumerate(terms):
+                idx[a, b, m], coef[a, b, m] = src, c
+    return dest, idx, coef

@@ -3,7 +3,7 @@
 Per scan step the Kp core slots evaluate the model once each, as one batched call of Kp * B rows
 with per-sample times (``DiffusionModel``), or vmapped (unbatched ``VectorField``). With a mesh the
 slots are sharded over its ``"cores"`` axis and every device evaluates its Kp / D slots with
-``shard_map``; the register file is replicated and the linear updates run as GSPMD decides.
+``shard_map``; the buffer of registers is replicated and the linear updates run as GSPMD decides.
 The jitted functions are cached per (model function, mesh, output check), so a second call with
 the same shapes reuses the executable.
 """
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 
@@ -79,13 +79,17 @@ def _evaluator(model) -> tuple[tuple, Callable]:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-def _mix(m, src):
-    """m @ src over the leading axis: (N, S) x (S, *X) -> (N, *X), at full precision on every backend."""
-    return jnp.tensordot(m, src, axes=1, precision=jax.lax.Precision.HIGHEST)
+def _terms(buf, idx, coef):
+    """new[w] = sum_m coef[w, m] * buf[idx[w, m]] for buf (S, *X), idx/coef (W, M) -> (W, *X)."""
+    shape = (coef.shape[0],) + (1,) * (buf.ndim - 1)
+    new = coef[:, 0].reshape(shape) * buf[idx[:, 0]]
+    for m in range(1, idx.shape[1]):
+        new = new + coef[:, m].reshape(shape) * buf[idx[:, m]]
+    return new
 
 
 def runner(model, mesh: Mesh | None, check: bool) -> Callable:
-    """The jitted ``run(x, mix0, mix, times) -> (regs, finite)``, cached."""
+    """The jitted ``run(x, init, dest, idx, coef, times) -> (buf, finite)``, cached."""
     key_model, evaluate = _evaluator(model)
     key = (key_model, mesh, bool(check))
     fn = _CACHE.get(key)
@@ -95,29 +99,23 @@ def runner(model, mesh: Mesh | None, check: bool) -> Callable:
     if mesh is not None:
         spec = PartitionSpec(AXIS)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
-        slot_sharding = NamedSharding(mesh, spec)
 
-    def run(x, mix0, mix, times):
+    def run(x, init, dest, idx, coef, times):
         global _TRACES
         _TRACES += 1
         slots = times.shape[1]
-        nreg = mix0.shape[0] - slots
-        zero = jnp.zeros_like(x)[None]
-        first = _mix(mix0, jnp.concatenate([zero, x[None]]))
+        pts = init.shape[0] - 2 * slots  # first point row; outputs follow the points
+        buf = init.reshape(init.shape + (1,) * x.ndim) * x[None]
 
-        def body(carry, inputs):
-            regs, pts = carry
-            mix_r, t_r = inputs
-            outs = evaluate(pts, t_r)
-            new = _mix(mix_r, jnp.concatenate([zero, regs, pts, outs]))
-            new_pts = new[nreg:]
-            if mesh is not None:
-                new_pts = jax.lax.with_sharding_constraint(new_pts, slot_sharding)
+        def body(buf, inputs):
+            dest_r, idx_r, coef_r, t_r = inputs
+            outs = evaluate(buf[pts : pts + slots], t_r)
+            buf = buf.at[pts + slots :].set(outs)
+            buf = buf.at[dest_r].set(_terms(buf, idx_r, coef_r))
             finite = jnp.isfinite(outs).reshape(slots, -1).all(axis=1) if check else jnp.zeros((0,), bool)
-            return (new[:nreg], new_pts), finite
+            return buf, finite
 
-        (regs, _), finite = jax.lax.scan(body, (first[:nreg], first[nreg:]), (mix, times))
-        return regs, finite
+        return jax.lax.scan(body, buf, (dest, idx, coef, times))
 
     fn = _CACHE[key] = jax.jit(run)
     while len(_CACHE) > _CACHE_SIZE:
