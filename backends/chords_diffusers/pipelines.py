@@ -1,0 +1,121 @@
+"""Pipeline-level entry points: ``sample_latents`` (any denoiser) and ``sample`` (a whole pipeline).
+
+``sample(pipe, prompt=..., num_inference_steps=50, cores=4, ...)`` does what the pipeline's
+``__call__`` does -- encode the prompt, prepare the latents, configure the scheduler, decode -- but
+replaces the sequential denoising loop by ``chords_core.chords`` on the mapped scheduler. Supported
+pipelines: ``SUPPORTED_PIPELINES`` (adapters in ``adapters``). ``devices=[...]`` evaluates each
+round with ``chords_torch.DeviceExecutor``, one replica of the denoiser per device; without it all
+cores of a round go through one batched call on the pipeline's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+import chords_core as cc
+
+from .adapters import ADAPTERS
+from .denoiser import make_model
+from .schedulers import SchedulerMap, map_scheduler
+
+__all__ = ["sample", "sample_latents", "make_executor", "ChordsPipelineOutput", "SUPPORTED_PIPELINES"]
+
+SUPPORTED_PIPELINES = tuple(ADAPTERS)
+
+
+@dataclass
+class ChordsPipelineOutput:
+    """``output``: what the pipeline returns (e.g. ``StableDiffusion3PipelineOutput``); ``chords``: the
+    ``ChordsResult`` (rounds, nfe, every hit as latents); ``latents``: the returned latents."""
+
+    output: Any
+    chords: cc.ChordsResult = field(repr=False)
+    latents: torch.Tensor = field(repr=False)
+
+    @property
+    def images(self):
+        return self.output.images
+
+
+def make_executor(devices: Sequence[Any] | None = None, executor: cc.Executor | None = None) -> tuple[cc.Executor | None, bool]:
+    """(executor, owned): ``executor`` as given, or a ``chords_torch.DeviceExecutor`` over ``devices``
+    (owned: the caller closes it), or ``None`` (the core's batched executor)."""
+    if devices is None:
+        return executor, False
+    if executor is not None:
+        raise ValueError("give devices or executor, not both")
+    try:
+        from chords_torch import DeviceExecutor
+    except ImportError as e:
+        raise ImportError(f"devices=... needs the chords_torch backend (DeviceExecutor), which failed to import: {e}") from None
+    return DeviceExecutor(list(devices), replicate=lambda fn, d: fn.to(d), batched=True), True
+
+
+def sample_latents(
+    smap: SchedulerMap,
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    *,
+    cores: int | None = 4,
+    init: Sequence[int] | None = None,
+    stop: Any = cc.StopAtCore(1),
+    devices: Sequence[Any] | None = None,
+    executor: cc.Executor | None = None,
+    progress: bool = True,
+    **chords_options,
+) -> cc.ChordsResult:
+    """CHORDS from ``latents`` (B, ...) at the first grid time with ``net(x_in, tau)`` under ``smap``.
+
+    ``cores=1`` (or ``stop=None``, which returns the slowest core) is the scheduler's sequential loop.
+    """
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    model = make_model(smap, net)
+    ex, owned = make_executor(devices, executor)
+    try:
+        with torch.no_grad():
+            return cc.chords(model, latents, smap.grid, smap.solver, cores=cores, init=init, stop=stop,
+                             executor=ex, progress=progress, **smap.solver_options, **chords_options)
+    finally:
+        if owned:
+            ex.close()
+
+
+def sample(
+    pipe: Any,
+    prompt: "str | list[str] | None" = None,
+    *,
+    num_inference_steps: int = 50,
+    cores: int | None = 4,
+    init: Sequence[int] | None = None,
+    stop: Any = cc.StopAtCore(1),
+    devices: Sequence[Any] | None = None,
+    executor: cc.Executor | None = None,
+    progress: bool | None = None,
+    **pipe_kwargs,
+) -> ChordsPipelineOutput:
+    """Run ``pipe`` with CHORDS instead of its sequential loop; see the module docstring.
+
+    ``pipe_kwargs`` are the pipeline's own call arguments (``guidance_scale``, ``height``, ``width``,
+    ``generator``, ``latents``, ``output_type``, ``negative_prompt``, ``prompt_embeds``, ``mu``, ...).
+    ``progress=None`` follows the pipeline's ``set_progress_bar_config(disable=...)``.
+    """
+    name = type(pipe).__name__
+    adapter = ADAPTERS.get(name)
+    if adapter is None:
+        raise ValueError(f"pipeline {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_PIPELINES)}")
+    if progress is None:
+        progress = not getattr(pipe, "_progress_bar_config", {}).get("disable", False)
+    with torch.no_grad():
+        job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
+        smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device, **job.timestep_kwargs)
+        latents = job.make_latents()
+        res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
+                             executor=executor, progress=progress)
+        out = job.finish(res.x)
+    if hasattr(pipe, "maybe_free_model_hooks"):
+        pipe.maybe_free_model_hooks()
+    return ChordsPipelineOutput(out, res, res.x)
