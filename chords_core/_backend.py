@@ -63,32 +63,28 @@ def library(x: Array) -> str:
     return lib
 
 
-def concat(arrays: Sequence[Array]) -> Array:
-    """Concatenate along axis 0."""
-    lib = library(arrays[0])
+def _joiners(x: Array):
+    """(concatenate, stack) of ``x``'s library, both taking (arrays, axis)."""
+    lib = library(x)
     if lib == "torch":
         import torch
 
-        return torch.cat(list(arrays), dim=0)
+        return torch.cat, torch.stack
     if lib == "jax":
         import jax.numpy as jnp
 
-        return jnp.concatenate(arrays, axis=0)
-    return np.concatenate(arrays, axis=0)
+        return jnp.concatenate, jnp.stack
+    return np.concatenate, np.stack
+
+
+def concat(arrays: Sequence[Array]) -> Array:
+    """Concatenate along axis 0."""
+    return _joiners(arrays[0])[0](list(arrays), 0)
 
 
 def stack(arrays: Sequence[Array]) -> Array:
     """Stack along a new axis 0."""
-    lib = library(arrays[0])
-    if lib == "torch":
-        import torch
-
-        return torch.stack(list(arrays), dim=0)
-    if lib == "jax":
-        import jax.numpy as jnp
-
-        return jnp.stack(arrays, axis=0)
-    return np.stack(arrays, axis=0)
+    return _joiners(arrays[0])[1](list(arrays), 0)
 
 
 def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
