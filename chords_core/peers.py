@@ -236,18 +236,21 @@ def srds(
     *,
     blocks: int | None = None,
     tol: float = 1e-3,
+    max_iters: int | None = None,
     executor: Executor | None = None,
     **solver_options,
 ) -> PeerResult:
     """SRDS: pipelined parareal over ``blocks`` blocks (default round(sqrt(T))); see the module doc.
 
-    Stops at the first iteration whose final sample moved by an RMS below ``tol`` (``tol=0``: after
-    ``blocks`` iterations, the sequential solution). ``hits`` holds every iteration's output.
+    Stops at the first iteration whose final sample moved by an RMS below ``tol``, or after
+    ``max_iters`` iterations (default and at most ``blocks``, after which the output is the sequential
+    solution; ``tol=0`` runs them all). ``hits`` holds every iteration's output.
     """
     sol, evals, executor = _setup(model, x, grid, solver, executor, solver_options)
     tol = _check_tol(tol)
     n = srds_blocks(sol.steps, blocks)
     nb = len(n) - 1
+    last = nb if max_iters is None else _check_int("max_iters", max_iters, 1, nb)
     t = sol.t
     pts: dict = {(0, k): (x, None) for k in range(nb + 1)}  # (i, k) -> (x_i^k, state of the solve that made it)
     G: dict = {}  # (i, k) -> G_i(x_i^k)
@@ -310,9 +313,9 @@ def srds(
             change = B.rms(xk - outputs[next_k - 1])
             hits.append(Hit(next_k, rounds, nfe, xk))
             log.append(SrdsIteration(next_k, rounds, nfe, change))
-            if change < tol or next_k == nb:
+            if change < tol or next_k == last:
                 result = hits[-1]
-                stopped_by = f"change {change:.3g} below tol {tol:g} at iteration {next_k}" if change < tol else f"all {nb} iterations"
+                stopped_by = f"change {change:.3g} below tol {tol:g} at iteration {next_k}" if change < tol else f"{next_k} of {nb} iterations"
             next_k += 1
     coarse = outputs.get(0)
     return PeerResult(result.x, result.round, result.nfe, tuple(hits), coarse, None, stopped_by,

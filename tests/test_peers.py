@@ -1,0 +1,163 @@
+"""ParaDiGMS and SRDS (chords_core.peers): exactness against the sequential solver, accounting, input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chords_core as cc
+from chords_core.peers import PeerResult, noise_variances, paradigms, srds, srds_blocks
+from chords_core.problems import GaussianMixture, LinearODE
+
+GMM = GaussianMixture.random(8, 3, seed=0)
+X = np.random.default_rng(1).standard_normal((4, 8))
+SCHEDULES = {"rf": (cc.RectifiedFlow(), "flow"), "vp": (cc.VP.linear(), "eps")}
+SOLVERS = ["euler", "heun", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc"]
+
+
+def setup(sched="rf", solver="euler", steps=12):
+    sch, pred = SCHEDULES[sched]
+    return GMM.model(sch, pred), cc.time_grid(sch, steps)
+
+
+class Counting(cc.BatchedExecutor):
+    def __init__(self):
+        self.sizes = []
+
+    def __call__(self, model, xs, ts):
+        self.sizes.append(len(xs))
+        return super().__call__(model, xs, ts)
+
+
+@pytest.mark.parametrize("sched", SCHEDULES)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_window_one_and_one_block_equal_sequential_bit_for_bit(sched, solver):
+    model, grid = setup(sched, solver)
+    ref = cc.solve(model, X, grid, solver)
+    p = paradigms(model, X, grid, solver, window=1, tol=0.5)
+    s = srds(model, X, grid, solver, blocks=1, tol=0.5)
+    assert np.array_equal(p.x, ref) and np.array_equal(s.x, ref)
+    rounds = sum(cc.make_solver(solver, model, grid).evals(i, i + 1) for i in range(len(grid) - 1))
+    assert p.rounds == s.rounds == p.nfe == s.nfe == rounds
+    assert p.speedup == s.speedup == 1.0
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_converged_runs_equal_sequential_bit_for_bit(solver):
+    """tol = 0: ParaDiGMS accepts only unchanged points, SRDS runs all B iterations; both exact."""
+    model, grid = setup("vp", solver, 15)
+    ref = cc.solve(model, X, grid, solver)
+    for window in (2, 5, 15):
+        assert np.array_equal(paradigms(model, X, grid, solver, window=window, tol=0.0).x, ref)
+    for blocks in (2, 4, 15):
+        r = srds(model, X, grid, solver, blocks=blocks, tol=0.0)
+        assert np.array_equal(r.x, ref)
+        assert [h.core for h in r.hits] == list(range(1, blocks + 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 24), data=st.data(), solver=st.sampled_from(["euler", "heun"]))
+def test_vector_field_exact_and_width_bounded(steps, data, solver):
+    ode = LinearODE.random(3, seed=steps)
+    model, y0, grid = ode.vector_field(), np.ones((2, 3)), np.linspace(0.0, 1.0, steps + 1)
+    blocks = data.draw(st.integers(1, steps))
+    window = data.draw(st.integers(1, steps + 2))
+    ref = cc.solve(model, y0, grid, solver)
+    s = srds(model, y0, grid, solver, blocks=blocks, tol=0.0)
+    p = paradigms(model, y0, grid, solver, window=window, tol=0.0)
+    assert np.array_equal(s.x, ref) and np.array_equal(p.x, ref)
+    assert s.width <= blocks and p.width <= window
+
+
+def test_one_executor_call_per_round_and_nfe_accounting():
+    model, grid = setup("rf", "euler", 20)
+    ex = Counting()
+    r = paradigms(model, X, grid, "euler", window=4, tol=0.1, executor=ex)
+    assert len(ex.sizes) == r.rounds == len(r.trace) and sum(ex.sizes) == r.nfe and max(ex.sizes) == r.width <= 4
+    assert [s.end - s.start for s in r.trace] == ex.sizes
+    assert all(s.accepted_to > s.start for s in r.trace) and r.trace[-1].accepted_to == 20
+    ex = Counting()
+    r = srds(model, X, grid, "euler", blocks=4, tol=0.0, executor=ex)
+    assert len(ex.sizes) == r.rounds and sum(ex.sizes) == r.nfe and max(ex.sizes) == r.width == 4
+
+
+def test_srds_rounds_closed_form():
+    """Pipelined SRDS with one-evaluation steps, T = B L: iteration k's output after k L + B - k rounds."""
+    model, grid = setup("rf", "euler", 24)
+    for blocks in (2, 3, 4, 6):
+        r = srds(model, X, grid, "euler", blocks=blocks, tol=0.0)
+        L = 24 // blocks
+        assert [h.round for h in r.hits] == [k * L + blocks - k for k in range(1, blocks + 1)]
+        assert r.coarse is not None and r.hits[-1].round == 24
+
+
+def test_srds_stops_on_change_of_final_sample():
+    model, grid = setup("vp", "euler", 25)
+    tol = 2e-3
+    r = srds(model, X, grid, "euler", blocks=5, tol=tol)
+    changes = [it.change for it in r.trace]
+    assert changes[-1] < tol and all(c >= tol for c in changes[:-1])
+    assert r.x is r.hits[-1].x and r.rounds == r.hits[-1].round
+    capped = srds(model, X, grid, "euler", blocks=5, tol=0.0, max_iters=2)
+    assert len(capped.hits) == 2 and capped.rounds < 25
+
+
+def test_paradigms_tolerance_trades_rounds_for_error():
+    model, grid = setup("rf", "euler", 30)
+    ref = cc.solve(model, X, grid, "euler")
+    loose, tight = (paradigms(model, X, grid, "euler", window=6, tol=t) for t in (1.0, 1e-4))
+    assert loose.rounds < tight.rounds
+    assert cc._backend.rms(tight.x - ref) < cc._backend.rms(loose.x - ref)
+
+
+def test_result_type_and_torch_arrays():
+    torch = pytest.importorskip("torch")
+    model, grid = setup("rf", "dpmpp_2m", 10)
+    for fn, kw in ((paradigms, dict(window=3)), (srds, dict(blocks=3))):
+        r = fn(model, X, grid, "dpmpp_2m", **kw)
+        assert isinstance(r, cc.ChordsResult) and isinstance(r, PeerResult) and r.plan is None
+        assert r.speedup == 10 / r.rounds
+        fn_t = cc.DiffusionModel(lambda x, t: torch.from_numpy(model.fn(x.numpy(), t.numpy())), model.schedule, "flow")
+        rt = fn(fn_t, torch.from_numpy(X), grid, "dpmpp_2m", **kw)
+        assert isinstance(rt.x, torch.Tensor) and np.allclose(rt.x.numpy(), r.x, rtol=0, atol=1e-12)
+        assert rt.rounds == r.rounds
+
+
+def test_noise_variances_match_ddpm_posterior():
+    sch = cc.VP.linear()
+    model, times = GMM.model(sch, "eps"), cc.time_grid(sch, 10)
+    var = noise_variances(model, times)
+    abar = np.asarray(sch.alpha(times)) ** 2
+    ddpm = (1 - abar[1:]) / (1 - abar[:-1]) * (1 - abar[:-1] / abar[1:])
+    assert np.allclose(var[1:-1], ddpm[:-1], rtol=1e-10) and var[-1] == 0.0 and var[0] == 1.0
+    assert np.all(noise_variances(LinearODE.random(2).vector_field(), times) == 1.0)
+
+
+def test_srds_blocks():
+    assert srds_blocks(50) == (0, 7, 14, 21, 29, 36, 43, 50)
+    assert srds_blocks(5, 5) == (0, 1, 2, 3, 4, 5) and srds_blocks(1) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda m, g: paradigms(m, X, g, window=0), "window"),
+        (lambda m, g: paradigms(m, X, g, window=2.5), "window"),
+        (lambda m, g: paradigms(m, X, g, tol=-1.0), "tol"),
+        (lambda m, g: paradigms(m, X, g, tol=math.nan), "tol"),
+        (lambda m, g: srds(m, X, g, blocks=0), "blocks"),
+        (lambda m, g: srds(m, X, g, blocks=13), "blocks"),
+        (lambda m, g: srds(m, X, g, tol=math.inf), "tol"),
+        (lambda m, g: srds(m, X, g, blocks=3, max_iters=4), "max_iters"),
+        (lambda m, g: srds(m, X, [1.0], blocks=1), "grid"),
+        (lambda m, g: paradigms(m, X, g, "nope"), "solver"),
+    ],
+)
+def test_bad_input_names_the_argument(call, name):
+    model, grid = setup()
+    with pytest.raises(ValueError, match=name):
+        call(model, grid)
