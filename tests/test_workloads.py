@@ -1,0 +1,108 @@
+"""Benchmark workloads (benchmarks/workloads.py): exact empirical denoiser, committed net, Frechet distance."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import chords_core as cc  # noqa: E402
+from chords_core.problems import GaussianMixture  # noqa: E402
+from workloads import (  # noqa: E402
+    WEIGHTS, DigitsMLP, EmpiricalDenoiser, digits_exact_workload, frechet_distance, gmm_workload, load_digits,
+    load_digits_split, sha256,
+)
+
+
+def test_digits_data():
+    x = load_digits()
+    assert x.shape == (1797, 64) and x.min() == -1.0 and x.max() == 1.0
+    tr, te = load_digits_split()
+    assert tr.shape == (1400, 64) and te.shape == (397, 64)
+    assert len(np.unique(np.vstack([tr, te]), axis=0)) == len(np.unique(x, axis=0))
+
+
+@pytest.mark.parametrize("sched", [cc.RectifiedFlow(), cc.VP.linear()])
+def test_empirical_denoiser_is_the_small_variance_mixture_posterior(sched):
+    """The empirical posterior mean = a mixture with equal weights and vanishing variances."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((30, 5))
+    den = EmpiricalDenoiser(data, sched)
+    gmm = GaussianMixture(np.ones(30), data, np.full((30, 5), 1e-14))
+    t = rng.uniform(0.3, 0.9, size=20)
+    x = rng.standard_normal((20, 5))
+    x0, _ = gmm.posterior(x, t, sched)
+    assert np.allclose(den(x, t), x0, rtol=0, atol=1e-9)
+
+
+def test_empirical_denoiser_at_zero_noise_returns_the_nearest_point():
+    data = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    den = EmpiricalDenoiser(data, cc.RectifiedFlow())
+    x = np.array([[0.9, 0.2], [0.1, 1.4], [0.6, 0.1]])
+    out = den(x, np.array([0.0, 0.0, 1e-3]))
+    assert np.array_equal(out[:2], data[[1, 2]])
+    assert np.allclose(out[2], data[1], atol=1e-12)  # t small: the softmax is one-hot numerically
+    with pytest.raises(ValueError, match="data"):
+        EmpiricalDenoiser(np.zeros(3), cc.RectifiedFlow())
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((500, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    shift = np.array([1.0, 2.0, 0.0, 0.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(5.0, rel=1e-9)
+    # Gaussians N(0, I) vs N(0, 4 I) in 4-D: tr(I + 4I - 2 * 2I) = 4, up to sampling error
+    assert frechet_distance(a, 2 * rng.standard_normal((20000, 4))) == pytest.approx(4.0, rel=0.15)
+    with pytest.raises(ValueError, match="a and b"):
+        frechet_distance(a, a[:, :3])
+
+
+def test_committed_net_loads_offline_and_is_checked(tmp_path):
+    net = DigitsMLP()
+    x = np.random.default_rng(0).standard_normal((5, 64))
+    v = net(x, np.full(5, 0.5))
+    assert v.shape == (5, 64) and np.all(np.isfinite(v)) and np.array_equal(v, net(x, 0.5))
+    assert WEIGHTS.stat().st_size < 5e6
+    bad = tmp_path / WEIGHTS.name
+    shutil.copy(WEIGHTS, bad)
+    shutil.copy(WEIGHTS.with_suffix(".sha256"), bad.with_suffix(".sha256"))
+    raw = bytearray(bad.read_bytes())
+    raw[-100] ^= 1
+    bad.write_bytes(bytes(raw))
+    assert sha256(bad) != sha256(WEIGHTS)
+    with pytest.raises(ValueError, match="SHA-256"):
+        DigitsMLP(bad)
+
+
+def test_net_samples_look_like_digits():
+    """20 Euler steps from noise land much nearer the digits than noise does (Frechet on pixels)."""
+    net = DigitsMLP()
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(3).standard_normal((300, 64))
+    samples = cc.solve(model, x, cc.time_grid(cc.RectifiedFlow(), 20), "euler")
+    digits = load_digits()
+    assert frechet_distance(samples, digits) < 0.1 * frechet_distance(x, digits)
+
+
+@pytest.mark.parametrize("name", ["rf", "vp"])
+def test_gmm_reference_is_the_limit_of_the_solvers(name):
+    w = gmm_workload(name, batch=4, dim=16, modes=3)
+    ref = w.reference()
+    errs = [np.sqrt(np.mean((cc.solve(w.model, w.x, w.grid("dpmpp_2m", n), "dpmpp_2m") - ref) ** 2)) for n in (10, 40)]
+    assert errs[1] < errs[0] / 4
+
+
+def test_digits_exact_workload_samples_are_training_digits():
+    w = digits_exact_workload(batch=8)
+    out = cc.solve(w.model, w.x, w.grid("dpmpp_2m", 30), "dpmpp_2m")
+    d = ((out[:, None, :] - w.model.fn.data[None]) ** 2).sum(-1).min(1)
+    assert np.all(d < 1e-6)
+    with pytest.raises(ValueError, match="schedule_name"):
+        gmm_workload("edm")
