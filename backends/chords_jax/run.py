@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 
@@ -99,6 +99,11 @@ def runner(model, mesh: Mesh | None, check: bool) -> Callable:
     if mesh is not None:
         spec = PartitionSpec(AXIS)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+        replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pin(buf):
+        """Keep the buffer replicated: each device holds all registers, only the outputs travel."""
+        return buf if mesh is None else jax.lax.with_sharding_constraint(buf, replicated)
 
     def run(x, init, dest, idx, coef, times):
         global _TRACES
@@ -110,8 +115,8 @@ def runner(model, mesh: Mesh | None, check: bool) -> Callable:
         def body(buf, inputs):
             dest_r, idx_r, coef_r, t_r = inputs
             outs = evaluate(buf[pts : pts + slots], t_r)
-            buf = buf.at[pts + slots :].set(outs)
-            buf = buf.at[dest_r].set(_terms(buf, idx_r, coef_r))
+            buf = pin(buf.at[pts + slots :].set(outs))
+            buf = pin(buf.at[dest_r].set(_terms(buf, idx_r, coef_r)))
             finite = jnp.isfinite(outs).reshape(slots, -1).all(axis=1) if check else jnp.zeros((0,), bool)
             return buf, finite
 
