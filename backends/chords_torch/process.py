@@ -24,6 +24,7 @@ closes (the driver died).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -130,7 +131,9 @@ class ProcessExecutor(Executor):
     ``start_timeout`` the same for starting the workers (importing torch, building the model).
     ``batched``: each worker evaluates its share in one batched call instead of one call per point
     (equal to the serial executor only for batch-invariant networks).
-    ``start_method``: "forkserver" (default on Linux; torch is preloaded once) or "spawn".
+    ``start_method``: "forkserver" (default on Linux) or "spawn". The forkserver imports torch,
+    chords_core and the factory's module once, when the first executor starts it; later workers
+    fork from it in milliseconds (modules imported only by later factories load in each worker).
     """
 
     def __init__(self, factory: Callable[[], Any], workers: int = 2, *, threads: int = 1,
@@ -148,7 +151,7 @@ class ProcessExecutor(Executor):
             raise ValueError(f"start_method must be one of {tmp.get_all_start_methods()}, got {method!r}")
         ctx = tmp.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(["torch", "chords_core", "chords_torch"])
+            ctx.set_forkserver_preload(["torch", "chords_core", "chords_torch", *_modules_of(factory)])
         self._procs: list = []
         self._conns: list = []
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
@@ -200,23 +203,27 @@ class ProcessExecutor(Executor):
                 raise WorkerTimeout(
                     f"ProcessExecutor: worker(s) {sorted(pending.values())} did not answer ({what}) within "
                     f"{timeout:g} s; all workers were terminated")
+            dead = None
             for r in ready:
-                w = pending.get(r)
-                if w is None:
+                w = pending.get(r, sentinels.get(r))
+                if w is None or w in replies:
                     continue
-                try:
-                    replies[w] = r.recv()
+                conn = self._conns[w]
+                try:  # a reply may precede the exit; EOF (or nothing, at the sentinel) means it died
+                    if r is conn or conn.poll():
+                        replies[w] = conn.recv()
+                        del pending[conn]
+                        continue
                 except (EOFError, OSError):
-                    continue  # reported through the sentinel below
-                del pending[r]
-            for s in ready:
-                w = sentinels.get(s)
-                if w is not None and w not in replies and not self._conns[w].poll():
-                    code = self._procs[w].exitcode
-                    self._break()
-                    raise WorkerDied(
-                        f"ProcessExecutor: worker {w} (pid {self._procs[w].pid}) died ({what}) with exit code "
-                        f"{code}{_signal_name(code)}; all workers were terminated")
+                    pass
+                dead = w
+            if dead is not None:
+                self._procs[dead].join(1.0)
+                code = self._procs[dead].exitcode
+                self._break()
+                raise WorkerDied(
+                    f"ProcessExecutor: worker {dead} (pid {self._procs[dead].pid}) died ({what}) with exit code "
+                    f"{code}{_signal_name(code)}; all workers were terminated")
         for w, rep in replies.items():
             if rep[0] == "error" and what == "start":
                 self._break()
@@ -276,6 +283,14 @@ class ProcessExecutor(Executor):
         """Stop the workers (a short grace period, then terminate); idempotent."""
         self._closed = True
         self._finalizer()
+
+
+def _modules_of(factory) -> list[str]:
+    """The module defining ``factory`` (through partials), for the forkserver to import once."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    mod = getattr(factory, "__module__", None)
+    return [mod] if isinstance(mod, str) and mod not in ("__main__", "__mp_main__", "builtins") else []
 
 
 def _signal_name(code: int | None) -> str:

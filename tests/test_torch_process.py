@@ -1,0 +1,160 @@
+"""chords_torch.ProcessExecutor: worker processes, shared-memory states, faults without hangs or orphans.
+
+Exactness: float64 on CPU, every output equal to the SerialExecutor's bit for bit (the driver runs
+the reference with one torch thread, as the workers do).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+try:
+    import chords_torch
+except ImportError:  # until pyproject lists backends/ in the package search
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+    import chords_torch
+
+import chords_core as cc
+from chords_core.models import ModelOutputError
+from chords_torch import ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
+from chords_torch.testing import Slow, TorchLinear, Trap, _Const, gmm_problem
+
+MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
+
+
+def x0(batch=3, dim=4, seed=1):
+    return torch.randn(batch, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def same_hits(a, b) -> bool:
+    return len(a.hits) == len(b.hits) and all(h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))
+
+
+def gone(pid: int) -> bool:
+    """The process no longer exists (reaped), or is a zombie about to be."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def trap_executor():
+    """Two workers whose GMM network misbehaves on marker inputs (Trap)."""
+    ex = ProcessExecutor(Trap(FACTORY), workers=2, timeout=20)
+    yield ex
+    ex.close()
+    assert all(gone(p) for p in ex.pids)
+
+
+@pytest.fixture()
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("solver,cores", [("euler", 4), ("heun", 3), ("dpmpp_3m", 4), ("unipc", 2)])
+def test_process_executor_equals_serial_bitwise(trap_executor, one_thread, solver, cores):
+    grid = cc.time_grid(MODEL.schedule, 14)
+    ref = cc.chords(MODEL, x0(), grid, solver, cores=cores, stop=None, executor=cc.SerialExecutor())
+    res = cc.chords(MODEL, x0(), grid, solver, cores=cores, stop=None, executor=trap_executor)
+    assert same_hits(res, ref) and res.rounds == ref.rounds
+
+
+def test_process_executor_new_shapes_dtypes_and_batched(trap_executor, one_thread):
+    # a larger batch regrows the shared buffers; float32 states get float32 buffers
+    for x in (x0(batch=7), x0(batch=2).float()):
+        grid = cc.time_grid(MODEL.schedule, 6)
+        model = cc.DiffusionModel(lambda x, t: MODEL.fn(x.double(), t.double()).to(x.dtype), MODEL.schedule, "x0")
+        ref = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
+        res = cc.chords(MODEL, x, grid, "euler", cores=3, stop=None, executor=trap_executor)
+        assert res.x.dtype == x.dtype and same_hits(res, ref)
+    ex = ProcessExecutor(_Const(TorchLinear(3)), workers=2, batched=True)
+    try:
+        vf = cc.VectorField(TorchLinear(3))
+        y, grid = torch.ones(3, dtype=torch.float64), [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+        ref = cc.chords(vf, y, grid, "heun", cores=3, stop=None, executor=cc.SerialExecutor())
+        assert same_hits(cc.chords(vf, y, grid, "heun", cores=3, stop=None, executor=ex), ref)
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("mode", ["raise", "shape", "nan"])
+def test_worker_errors_raise_in_the_caller_and_the_executor_stays_usable(trap_executor, mode):
+    xs = [x0(seed=s) for s in range(5)]
+    bad = [x.clone() for x in xs]
+    bad[3][0, 0] = Trap.MARKERS[mode]  # point 3 runs on worker 1
+    t0 = time.monotonic()
+    if mode == "raise":
+        with pytest.raises(WorkerError, match=r"worker 1: RuntimeError: injected failure(.|\n)*worker traceback"):
+            trap_executor(MODEL, bad, [0.5] * 5)
+    else:
+        with pytest.raises(ModelOutputError, match="shape" if mode == "shape" else "non-finite") as info:
+            trap_executor(MODEL, bad, [0.5] * 5)
+        assert info.value.point == 3
+    assert time.monotonic() - t0 < 10  # bounded (the executor's timeout is 20 s)
+    good = trap_executor(MODEL, xs, [0.5] * 5)
+    assert all(torch.equal(a, b) for a, b in zip(good, cc.SerialExecutor()(MODEL, xs, [0.5] * 5)))
+
+
+def test_a_worker_killed_mid_run_raises_and_leaves_no_process():
+    ex = ProcessExecutor(Slow(FACTORY, 0.02), workers=2, timeout=20)
+    pids = ex.pids
+    killer = threading.Timer(0.4, os.kill, (pids[1], 9))
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(WorkerDied, match=rf"worker 1 \(pid {pids[1]}\) died .*SIGKILL"):
+            cc.chords(MODEL, x0(), cc.time_grid(MODEL.schedule, 200), "euler", cores=2, stop=None, executor=ex)
+        assert time.monotonic() - t0 < 15
+        with pytest.raises(ExecutorClosed):
+            ex(MODEL, [x0()], [0.5])
+    finally:
+        killer.cancel()
+        ex.close()
+    assert all(gone(p) for p in pids)
+
+
+@pytest.mark.parametrize("mode,error,match", [("die", WorkerDied, "died"), ("hang", WorkerTimeout, "within 1 s")])
+def test_dying_or_hanging_worker_raises_within_the_timeout(mode, error, match):
+    ex = ProcessExecutor(Trap(FACTORY), workers=2, timeout=1.0)
+    pids = ex.pids
+    xs = [x0(), x0()]
+    xs[0][0, 0] = Trap.MARKERS[mode]
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(error, match=match):
+            ex(MODEL, xs, [0.5, 0.5])
+        assert time.monotonic() - t0 < 10
+    finally:
+        ex.close()
+    assert all(gone(p) for p in pids)
+
+
+def _broken_factory():
+    raise ValueError("no weights here")
+
+
+def test_start_up_errors():
+    with pytest.raises(WorkerError, match="factory failed: ValueError: no weights here"):
+        ProcessExecutor(_broken_factory, workers=1)
+    with pytest.raises(TypeError, match="picklable"):
+        ProcessExecutor(lambda: None, workers=1)
+    with pytest.raises(ValueError, match="workers"):
+        ProcessExecutor(FACTORY, workers=0)
+    with pytest.raises(ValueError, match="threads"):
+        ProcessExecutor(FACTORY, threads=1.5)
+    with pytest.raises(ValueError, match="start_method"):
+        ProcessExecutor(FACTORY, start_method="teleport")
+    with pytest.raises(TypeError, match="factory"):
+        ProcessExecutor(3)
