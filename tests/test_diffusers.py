@@ -1,0 +1,233 @@
+"""chords_diffusers against diffusers' own sequential loops, on tiny random-weight models (no downloads).
+
+Text encoders are tiny CLIP models built from config; their tokenizer is a CLIPTokenizer over a
+byte-level vocabulary written to a temp dir (256 byte symbols, their end-of-word forms, the two
+special tokens, no merges), so prompts tokenize to one id per character.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "backends"))
+
+import chords_core as cc  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL, DDIMPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler, PNDMScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline,
+    StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel, UniPCMultistepScheduler,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
+
+import chords_diffusers as cd  # noqa: E402
+
+STEPS = 8
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+# -- tiny models ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+
+
+def _bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=16)
+
+
+def _clip_config(tok):
+    return CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          max_position_embeddings=16, projection_dim=16, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+
+
+def _vae(**kw):
+    return AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8, **kw).eval()
+
+
+@pytest.fixture(scope="module")
+def sd3(tokenizer):
+    torch.manual_seed(0)
+    cfg = _clip_config(tokenizer)
+    tr = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                               num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                               pooled_projection_dim=32, out_channels=4, pos_embed_max_size=16).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(shift_factor=0.06, scaling_factor=1.5),
+        text_encoder=CLIPTextModelWithProjection(cfg).eval(), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(cfg).eval(), tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd(tokenizer):
+    torch.manual_seed(0)
+    un = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                              attention_head_dim=4, norm_num_groups=4).eval()
+    pipe = StableDiffusionPipeline(vae=_vae(scaling_factor=0.18215), text_encoder=CLIPTextModel(_clip_config(tokenizer)).eval(),
+                                   tokenizer=tokenizer, unet=un,
+                                   scheduler=DPMSolverMultistepScheduler(prediction_type="v_prediction"),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# -- schedulers on a UNet2DModel -----------------------------------------------------------------
+
+SCHEDULERS = {
+    "ddim-v-leading": lambda: DDIMScheduler(clip_sample=False, prediction_type="v_prediction", steps_offset=1),
+    "ddim-v-trailing": lambda: DDIMScheduler(clip_sample=False, prediction_type="v_prediction", timestep_spacing="trailing",
+                                             set_alpha_to_one=True),
+    "euler-v-karras": lambda: EulerDiscreteScheduler(prediction_type="v_prediction", use_karras_sigmas=True),
+    "dpm2m-v": lambda: DPMSolverMultistepScheduler(prediction_type="v_prediction"),
+    "dpm3m-eps-lu": lambda: DPMSolverMultistepScheduler(solver_order=3, use_lu_lambdas=True),
+    # bh1 with final_sigmas_type="zero" is NaN in diffusers itself (B(h) = -inf times a zero residual at sigma = 0)
+    "unipc-v-bh1": lambda: UniPCMultistepScheduler(prediction_type="v_prediction", solver_type="bh1",
+                                                   final_sigmas_type="sigma_min"),
+    "unipc3-eps": lambda: UniPCMultistepScheduler(solver_order=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_unet_chords_reproduces_scheduler_loop(unet, name):
+    sched = SCHEDULERS[name]()
+    smap = cd.map_scheduler(sched, STEPS)
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * sched.init_noise_sigma
+    with torch.no_grad():
+        ref = cd.scheduler_loop(sched, lambda xi, t: unet(xi, t, return_dict=False)[0], x)
+    net = cd.GuidedNet(unet, batch=1)
+    one = cd.sample_latents(smap, net, x, cores=1, progress=False)
+    assert one.nfe == STEPS and one.rounds == STEPS
+    assert rel_err(one.x, ref) < 2e-6
+    four = cd.sample_latents(smap, net, x, cores=4, stop=None, progress=False)
+    errs = [rel_err(h.x, ref) for h in four.hits]
+    assert [h.core for h in four.hits][-1] == 0 and len(errs) == 4
+    assert errs[-1] < 2e-6  # the slowest core is the sequential solve
+    assert errs[0] > 1e-5  # the fastest output is an approximation ...
+    assert min(errs[1:]) <= errs[0]  # ... and later outputs get closer
+    assert four.hits[0].round < STEPS
+
+
+def test_mapping_reads_the_scheduler_grid():
+    s = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    smap = cd.map_scheduler(s, 6, mu=0.8)
+    assert smap.grid.shape == (7,) and smap.grid[-1] == 0.0 and smap.solver == "euler" and smap.prediction == "flow"
+    assert torch.equal(torch.as_tensor(smap.grid[:-1], dtype=torch.float32), s.sigmas[:-1])
+    d = cd.map_scheduler(DPMSolverMultistepScheduler(solver_order=3, use_karras_sigmas=True), 12)
+    assert d.solver == "dpmpp_3m" and d.solver_options == {"lower_order_final": True} and isinstance(d.schedule, cd.VESigmaVP)
+    sch = d.schedule
+    a, sg = sch.alpha(d.grid[:-1]), sch.sigma(d.grid[:-1])
+    assert abs(a**2 + sg**2 - 1).max() < 1e-12
+
+
+# -- transformer + flow matching, whole pipelines ------------------------------------------------
+
+def _sd3_kw(**kw):
+    return dict(height=16, width=16, guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="latent", **kw)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_sd3_pipeline_matches_diffusers(sd3, dynamic):
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic)
+    extra = {"mu": 0.7} if dynamic else {}
+    with torch.no_grad():
+        ref = sd3("a cat", num_inference_steps=8, **_sd3_kw(**extra)).images
+    one = cd.sample(sd3, "a cat", num_inference_steps=8, cores=1, **_sd3_kw(**extra))
+    assert rel_err(one.images, ref) < 1e-6 and one.chords.nfe == 8
+    four = cd.sample(sd3, "a cat", num_inference_steps=8, cores=4, stop=None, **_sd3_kw(**extra))
+    errs = [rel_err(h.x, ref) for h in four.chords.hits]
+    assert errs[-1] < 1e-6 and errs[0] > 1e-5 and min(errs[1:]) <= errs[0]
+
+
+def test_sd3_pipeline_end_to_end_images(sd3):
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    out = cd.sample(sd3, ["a cat", "a dog"], num_inference_steps=8, cores=3, height=16, width=16, progress=False,
+                    generator=torch.Generator().manual_seed(0))
+    assert len(out.images) == 2 and out.images[0].size == (16, 16)
+    r = out.chords
+    assert r.rounds < 8 and r.speedup > 1 and r.hits[0].x.shape == (2, 4, 16, 16) and r.x is r.hits[0].x
+
+
+def test_sd_unet_pipeline_matches_diffusers(sd):
+    kw = dict(height=16, width=16, guidance_scale=5.0, guidance_rescale=0.3, negative_prompt="blur", output_type="latent")
+    with torch.no_grad():
+        ref = sd("a cat", num_inference_steps=8, generator=torch.Generator().manual_seed(0), **kw).images
+    one = cd.sample(sd, "a cat", num_inference_steps=8, cores=1, generator=torch.Generator().manual_seed(0), **kw)
+    assert rel_err(one.latents, ref) < 2e-6
+    out = cd.sample(sd, "a cat", num_inference_steps=8, cores=2, generator=torch.Generator().manual_seed(0),
+                    height=16, width=16)
+    assert out.images[0].size == (16, 16) and out.chords.rounds < 8
+
+
+def test_unconditional_pipeline_and_devices(unet):
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(clip_sample=False, prediction_type="v_prediction"))
+    kw = dict(num_inference_steps=8, batch_size=1, output_type="latent")
+    base = cd.sample(pipe, cores=4, stop=None, generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    pytest.importorskip("chords_torch")
+    multi = cd.sample(pipe, cores=4, stop=None, devices=["cpu", "cpu"], generator=torch.Generator().manual_seed(0),
+                      progress=False, **kw)
+    for a, b in zip(base.chords.hits, multi.chords.hits):
+        assert a.core == b.core and rel_err(a.x, b.x) < 1e-6
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+def test_unsupported_scheduler_names_the_supported_ones():
+    with pytest.raises(ValueError, match="PNDMScheduler.*supported: FlowMatchEulerDiscreteScheduler, EulerDiscreteScheduler"):
+        cd.map_scheduler(PNDMScheduler(), 10)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: DDIMScheduler(), "clip_sample=True"),
+    (lambda: DDIMScheduler(clip_sample=False, timestep_spacing="linspace"), "timestep_spacing='linspace'"),
+    (lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), "algorithm_type='sde-dpmsolver\\+\\+'"),
+    (lambda: UniPCMultistepScheduler(disable_corrector=[0]), "disable_corrector"),
+    (lambda: EulerDiscreteScheduler(prediction_type="flow_prediction"), "prediction_type='flow_prediction'"),
+])
+def test_unsupported_options_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        cd.map_scheduler(make(), 12)
+
+
+def test_bad_pipeline_arguments(unet, sd3):
+    with pytest.raises(ValueError, match="pipeline UNet2DModel is not supported.*StableDiffusion3Pipeline"):
+        cd.sample(unet, "x")
+    with pytest.raises(TypeError, match="unsupported argument.*callback_on_step_end"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, callback_on_step_end=print)
+    with pytest.raises(ValueError, match="batch=2 rows"):
+        cd.GuidedNet(unet, batch=2, cond={"encoder_hidden_states": torch.zeros(3, 4)})
