@@ -96,11 +96,29 @@ class DistributedExecutor(Executor):
         return r if self.group is None else dist.get_global_rank(self.group, r)
 
     def _send(self, tensor: torch.Tensor, rank: int, timeout: float | None) -> None:
-        _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)")
+        try:
+            _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)")
+        except WorkerError as e:
+            e.rank = rank
+            raise
 
-    def _recv(self, tensor: torch.Tensor, rank: int, what: str) -> torch.Tensor:
-        _wait(lambda: dist.irecv(tensor, rank, group=self.group), self.timeout, f"rank {rank} ({what})")
+    def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None = -1.0) -> torch.Tensor:
+        timeout = self.timeout if timeout == -1.0 else timeout
+        try:
+            _wait(lambda: dist.irecv(tensor, rank, group=self.group), timeout, f"rank {rank} ({what})")
+        except WorkerError as e:
+            e.rank = rank
+            raise
         return tensor
+
+    def _answer(self, rank: int, n: int, shape: tuple, dtype, timeout: float | None = -1.0):
+        """One worker's answer to an EVAL: (0, 0, outputs) or (code, point, message)."""
+        status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout)
+        code, point, length = (int(v) for v in status.tolist())
+        if code == 0:
+            return 0, 0, self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
+        msg = self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), rank, "error", timeout)
+        return code, point, bytes(msg.cpu().tolist()).decode()
 
     def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (), payload: int = 0):
         if len(shape) > MAX_DIMS:
@@ -116,11 +134,23 @@ class DistributedExecutor(Executor):
             return []
         if xs[0].dtype not in DTYPES:
             raise TypeError(f"states of dtype {xs[0].dtype} are not supported; use one of {DTYPES}")
+        self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         try:
             return self._evaluate(model, xs, ts)
-        except (WorkerDied, WorkerTimeout):
-            self.close(grace=1.0)
+        except (WorkerDied, WorkerTimeout) as e:
+            self._drain(getattr(e, "rank", None))
             raise
+
+    def _drain(self, failed: int | None, grace: float = 5.0) -> None:
+        """After a lost rank: collect the other ranks' pending answers (so they are back in their
+        receive loop), then close, which tells them to stop."""
+        for r, (n, shape, dtype) in self._owed.items():
+            if r != failed:
+                try:
+                    self._answer(r, n, shape, dtype, grace)
+                except WorkerError:
+                    pass
+        self.close(grace=1.0)
 
     def _evaluate(self, model, xs, ts):
         T = self.timeout
@@ -138,18 +168,17 @@ class DistributedExecutor(Executor):
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
             for tensor in (self._header(EVAL, len(idx), dtype, shape), x, t):
                 self._send(tensor, r, T)
+            self._owed[r] = (len(idx), shape, dtype)
         outs: list = [None] * len(xs)
         failures = []
         for r, idx in active:
-            status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), r, "status")
-            code, point, length = (int(v) for v in status.tolist())
+            code, point, body = self._answer(r, len(idx), shape, dtype)
+            del self._owed[r]
             if code == 0:
-                out = self._recv(torch.empty((len(idx), *shape), dtype=dtype, device=self.device), r, "outputs")
                 for j, k in enumerate(idx):
-                    outs[k] = out[j].to(xs[k].device)
+                    outs[k] = body[j].to(xs[k].device)
             else:
-                msg = bytes(self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), r, "error").cpu().tolist()).decode()
-                failures.append((code, idx[point], r, msg))
+                failures.append((code, idx[point], r, body))
         if failures:  # every answer is in: the protocol stays in step, the executor usable
             code, k, r, msg = min(failures)
             if code == 1:
@@ -198,8 +227,11 @@ def serve(net: "Callable | Model", *, group=None, device: Any = None) -> int:
         return t
 
     def reply(code: int, point: int, body: torch.Tensor) -> None:
-        dist.send(torch.tensor([code, point, body.numel()], dtype=torch.int64, device=comm), driver, group=group)
-        dist.send(body.contiguous(), driver, group=group)
+        try:
+            dist.send(torch.tensor([code, point, body.numel()], dtype=torch.int64, device=comm), driver, group=group)
+            dist.send(body.contiguous(), driver, group=group)
+        except RuntimeError as e:
+            raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
 
     while True:
         h = recv(torch.zeros(HEADER, dtype=torch.int64, device=comm)).tolist()
@@ -219,12 +251,11 @@ def serve(net: "Callable | Model", *, group=None, device: Any = None) -> int:
             with torch.no_grad():
                 outs = model.evaluate([x[j].to(device) for j in range(n)], t, batched=bool(batched))
                 out = torch.stack([o.to(comm, dtype) for o in outs])
-            if tuple(out.shape) != (n, *shape):
-                raise ModelOutputError(0, f"outputs of shape {tuple(out.shape)}, expected {(n, *shape)}")
-            reply(0, 0, out)
+            answer = (0, 0, out)
         except ModelOutputError as e:
-            reply(1, e.point, _bytes_tensor(str(e).encode(), comm))
+            answer = (1, e.point, _bytes_tensor(str(e).encode(), comm))
         except Exception as e:
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
-            reply(2, 0, _bytes_tensor(msg.encode(), comm))
+            answer = (2, 0, _bytes_tensor(msg.encode(), comm))
+        reply(*answer)
         served += 1
