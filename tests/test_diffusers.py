@@ -120,6 +120,7 @@ SCHEDULERS = {
     "unipc-v-bh1": lambda: UniPCMultistepScheduler(prediction_type="v_prediction", solver_type="bh1",
                                                    final_sigmas_type="sigma_min"),
     "unipc3-eps": lambda: UniPCMultistepScheduler(solver_order=3),
+    "flow-shift3": lambda: FlowMatchEulerDiscreteScheduler(shift=3.0),
 }
 
 
@@ -127,7 +128,7 @@ SCHEDULERS = {
 def test_unet_chords_reproduces_scheduler_loop(unet, name):
     sched = SCHEDULERS[name]()
     smap = cd.map_scheduler(sched, STEPS)
-    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * sched.init_noise_sigma
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * getattr(sched, "init_noise_sigma", 1.0)
     with torch.no_grad():
         ref = cd.scheduler_loop(sched, lambda xi, t: unet(xi, t, return_dict=False)[0], x)
     net = cd.GuidedNet(unet, batch=1)

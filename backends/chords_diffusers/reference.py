@@ -27,7 +27,7 @@ def scheduler_loop(scheduler, net: Callable[[torch.Tensor, torch.Tensor], torch.
     if hasattr(scheduler, "last_sample"):
         scheduler.last_sample = None
     for tau in scheduler.timesteps:
-        x_in = scheduler.scale_model_input(x, tau)
+        x_in = scheduler.scale_model_input(x, tau) if hasattr(scheduler, "scale_model_input") else x
         out = net(x_in, tau.expand(x.shape[0]))
         x = scheduler.step(out, tau, x, return_dict=False)[0]
     return x
