@@ -33,6 +33,15 @@ def rel_err(a, b):
     return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # -- tiny models ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
