@@ -30,6 +30,7 @@ except ImportError:  # until pyproject lists backends/ in the package search
     sys.path.insert(0, str(BACKENDS))
 
 import chords_core as cc  # noqa: E402
+import chords_torch  # noqa: E402,F811
 from chords_torch.testing import gmm_problem  # noqa: E402
 
 LAUNCH_TIMEOUT = 120  # seconds for a whole launch (three interpreters importing torch on a busy machine)
@@ -84,7 +85,7 @@ def test_torchrun_three_ranks_equal_serial_bitwise(tmp_path):
     out = tmp_path / "hits.pt"
     p = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "chords_torch.demo",
-         "--steps", "16", "--cores", "4", "--solver", "dpmpp_2m", "--out", str(out)],
+         "--steps", "16", "--cores", "4", "--solver", "dpmpp_2m", "--rank0-evaluates", "--out", str(out)],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         text = p.communicate(timeout=LAUNCH_TIMEOUT)[0]
@@ -104,7 +105,7 @@ def test_torchrun_three_ranks_equal_serial_bitwise(tmp_path):
 def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
     codes, outs = launch(["--fault", "nan", "--fault-rank", "2", "--fault-after", "2"], tmp_path=tmp_path)
     rep = report(outs[0])
-    # rank 2 serves core 1; its 2nd evaluation is in round 3 (core 1 starts in round 2)
+    # rank 2 serves core 1 (rank 0 only drives); its 2nd evaluation is in round 3 (core 1 starts in round 2)
     assert rep["error"].startswith("ModelOutputError: round 3, core 1") and "non-finite" in rep["error"], outs[0]
     assert codes == [1, 0, 0], outs  # the driver failed, both workers were told to stop and left cleanly
 
@@ -114,3 +115,20 @@ def test_killed_rank_raises_in_the_driver_within_the_timeout(tmp_path):
     rep = report(outs[0])
     assert rep["error"].startswith("WorkerDied: rank 1"), outs[0]
     assert codes[0] == 1 and codes[1] == -signal.SIGKILL and codes[2] == 0, outs
+
+
+def test_misuse_is_reported_clearly():
+    from chords_torch import DistributedExecutor, serve
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DistributedExecutor()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        serve(lambda x, t: x)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="world size >= 2"):
+            DistributedExecutor()
+        with pytest.raises(RuntimeError, match="ranks != 0"):
+            serve(lambda x, t: x)
+    finally:
+        dist.destroy_process_group()

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=3)
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if CUDA is available)")
+    p.add_argument("--rank0-evaluates", action="store_true", help="rank 0 evaluates a share too (DistributedExecutor(local=...))")
     p.add_argument("--out", default=None, help="rank 0 saves the outputs here (torch.save)")
     p.add_argument("--fault", choices=Faulty.MODES, default=None)
     p.add_argument("--fault-rank", type=int, default=1)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(a.batch, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dev)
         grid = cc.time_grid(model.schedule, a.steps)
         report = {"world": dist.get_world_size(), "backend": backend}
-        with DistributedExecutor(timeout=a.timeout) as ex:
+        with DistributedExecutor(timeout=a.timeout, local=TorchGMM() if a.rank0_evaluates else None) as ex:
             try:
                 res = cc.chords(model, x, grid, a.solver, cores=a.cores, stop=None, executor=ex)
             except Exception as e:

@@ -2,7 +2,8 @@
 
 Layout: rank 0 (the *driver*) runs the unchanged core engine, ``cc.chords(..., executor=ex)``;
 every other rank runs ``serve(net)`` and evaluates the points it is sent. Point k of a round
-(= core k) goes to worker rank 1 + (k mod (world - 1)), so core c always runs on the same rank.
+(= core k) goes to rank 1 + (k mod (world - 1)), or with ``local=net`` (rank 0 evaluates too) to
+rank k mod world, so core c always runs on the same rank.
 The same script works on one machine and across machines; only the torchrun launch differs.
 
 Wire protocol (point-to-point ``send`` / ``recv`` of tensors on the backend's device, so it also
@@ -75,11 +76,13 @@ class DistributedExecutor(Executor):
 
     ``timeout``: seconds to wait for the workers of one round (``None``: the process group's own
     timeout). ``batched``: each rank evaluates its share in one batched call instead of one call
-    per point. The process group must be initialised (``dist.init_process_group``) with at least
+    per point. ``local``: a network (or Model) on rank 0 to make the driver a slot too: point k
+    then goes to rank k mod world (rank 0 evaluates its share while the others compute);
+    without it rank 0 only drives and point k goes to rank 1 + k mod (world - 1). The process group must be initialised (``dist.init_process_group``) with at least
     two ranks; ``close()`` stops the workers' ``serve`` loops (the group itself is the caller's).
     """
 
-    def __init__(self, *, group=None, timeout: float | None = 60.0, batched: bool = False):
+    def __init__(self, *, group=None, timeout: float | None = 60.0, batched: bool = False, local: Any = None):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
         self.group, self.timeout, self.batched = group, check_timeout(timeout), bool(batched)
@@ -90,6 +93,10 @@ class DistributedExecutor(Executor):
             raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate)")
         self.ranks = [self._global(r) for r in range(1, world)]
         self.device = _comm_device(group)
+        if local is not None and not (callable(local) or isinstance(local, Model)):
+            raise TypeError(f"local must be a network (callable) or a chords_core Model, got {type(local).__name__}")
+        self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
+        self._local_model = None
         self._model, self._closed = None, False
 
     def _global(self, r: int) -> int:
@@ -155,14 +162,17 @@ class DistributedExecutor(Executor):
     def _evaluate(self, model, xs, ts):
         T = self.timeout
         if self._model is not model:
+            if self.local is not None:
+                self._local_model = bind(model, self.local)
             payload = _bytes_tensor(pickle.dumps(shell_of(model)), self.device)
             for r in self.ranks:
                 self._send(self._header(MODEL, payload=payload.numel()), r, T)
                 self._send(payload, r, T)
             self._model = model
-        groups = assign(len(xs), len(self.ranks))
+        slots = ([0] if self.local is not None else []) + self.ranks
+        groups = assign(len(xs), len(slots))
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
-        active = [(r, idx) for r, idx in zip(self.ranks, groups) if idx]
+        active = [(r, idx) for r, idx in zip(slots, groups) if idx and r != 0]
         for r, idx in active:
             x = torch.stack([xs[k] for k in idx]).to(self.device)
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
@@ -171,6 +181,17 @@ class DistributedExecutor(Executor):
             self._owed[r] = (len(idx), shape, dtype)
         outs: list = [None] * len(xs)
         failures = []
+        if self.local is not None and groups[0]:  # the driver's own share, while the others compute
+            idx = groups[0]
+            try:
+                with torch.no_grad():
+                    own = self._local_model.evaluate([xs[k].to(self.device) for k in idx], [ts[k] for k in idx], batched=self.batched)
+                for k, o in zip(idx, own):
+                    outs[k] = o.to(xs[k].device)
+            except ModelOutputError as e:
+                failures.append((1, idx[e.point], 0, str(e)))
+            except Exception as e:
+                failures.append((2, idx[0], 0, f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"))
         for r, idx in active:
             code, point, body = self._answer(r, len(idx), shape, dtype)
             del self._owed[r]
