@@ -169,10 +169,10 @@ class DistributedExecutor(Executor):
                 self._send(self._header(MODEL, payload=payload.numel()), r, T)
                 self._send(payload, r, T)
             self._model = model
-        slots = ([0] if self.local is not None else []) + self.ranks
+        slots = ([None] if self.local is not None else []) + self.ranks  # None: rank 0 itself
         groups = assign(len(xs), len(slots))
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
-        active = [(r, idx) for r, idx in zip(slots, groups) if idx and r != 0]
+        active = [(r, idx) for r, idx in zip(slots, groups) if idx and r is not None]
         for r, idx in active:
             x = torch.stack([xs[k] for k in idx]).to(self.device)
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
