@@ -248,8 +248,9 @@ class ProcessExecutor(Executor):
             if not idx:
                 continue
             xin, _ = self._buffers(w, len(idx), shape, dtype)
-            for j, k in enumerate(idx):
-                xin[j].copy_(xs[k])
+            with torch.no_grad():
+                for j, k in enumerate(idx):
+                    xin[j].copy_(xs[k])
             self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched))
             active.append(w)
         replies = self._gather(active, self.timeout, "evaluate")
