@@ -17,7 +17,7 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Callable
 
 from chords_core.models import Model
 
@@ -100,13 +100,3 @@ def check_timeout(timeout: "float | None") -> "float | None":
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
-
-
-def model_error(point: int, message: str):
-    from chords_core.models import ModelOutputError
-
-    return ModelOutputError(point, message)
-
-
-def describe(obj: Any) -> str:
-    return getattr(obj, "__qualname__", None) or type(obj).__name__
