@@ -5,8 +5,10 @@ and core count K, each method is run over its configurations, and every output i
 point (rounds, NFE, error vs the exact/reference endpoint, error vs the sequential solver with the
 same steps):
 
-- CHORDS: init sequences "paper" (``cc.paper_init``, where defined), "default" (``cc.default_init``)
-  and "uniform" (t_c = round(c T / K)); every core's output except core 0's (= sequential).
+- CHORDS: init sequences "paper" (``cc.paper_init``, where defined), "default" (``cc.default_init``),
+  "uniform" (t_c = round(c T / K)) and the one-parameter family "uniform to s" (t_c = round(c s /
+  (K - 1)), s = f (T - 1) for f in ``CHORDS_SPANS``: as many candidates as ParaDiGMS tolerances);
+  every core's output except core 0's (= sequential).
 - ParaDiGMS: window = K (one evaluation per core per round), tol in ``PARADIGMS_TOLS``.
 - SRDS: blocks B = 2 .. K (its widest round never exceeds B, checked), every iteration's output
   while it is earlier than the sequential solve.
@@ -47,6 +49,7 @@ CORES = (2, 4, 8)
 SOLVERS = (("euler", 50), ("dpmpp_2m", 20))
 MORE_SOLVERS = (("euler", 100), ("dpmpp_2m", 50))  # full run, cheap (mixture) workloads only
 PARADIGMS_TOLS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+CHORDS_SPANS = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)
 FACTOR = 1.05
 METHODS = ("chords", "paradigms", "srds")
 
@@ -59,11 +62,16 @@ def uniform_init(steps: int, cores: int) -> tuple[int, ...]:
     return tuple(int(round(c * steps / cores)) for c in range(cores))
 
 
-def chords_runs(w: Workload, solver: str, steps: int, K: int):
+def spanned_init(steps: int, cores: int, span: int) -> tuple[int, ...]:
+    return tuple(int(round(c * span / max(1, cores - 1))) for c in range(cores))
+
+
+def chords_runs(w: Workload, solver: str, steps: int, K: int, spans=CHORDS_SPANS):
     grid = w.grid(solver, steps)
-    inits = {"paper": cc.paper_init(steps, K), "default": cc.default_init(steps, K), "uniform": uniform_init(steps, K)}
+    inits = [("paper", cc.paper_init(steps, K)), ("default", cc.default_init(steps, K)), ("uniform", uniform_init(steps, K))]
+    inits += [(f"uniform to {round(f * (steps - 1))}", spanned_init(steps, K, round(f * (steps - 1)))) for f in spans]
     seen = set()
-    for name, init in inits.items():
+    for name, init in inits:
         if init is None or tuple(init) in seen or len(set(init)) < K:
             continue
         seen.add(tuple(init))
@@ -100,7 +108,7 @@ def pareto(points: list[dict]) -> list[dict]:
     return front
 
 
-def bench_case(w: Workload, solver: str, steps: int, cores, tols, log) -> dict:
+def bench_case(w: Workload, solver: str, steps: int, cores, tols, spans, log) -> dict:
     t0 = time.time()
     ref = w.reference()
     grid = w.grid(solver, steps)
@@ -117,7 +125,7 @@ def bench_case(w: Workload, solver: str, steps: int, cores, tols, log) -> dict:
     if w.quality:
         case["seq_fd"], case["ref_fd"] = w.quality(seq_x), w.quality(ref)
     for K in cores:
-        runs = {"chords": chords_runs(w, solver, steps, K), "paradigms": paradigms_runs(w, solver, steps, K, tols),
+        runs = {"chords": chords_runs(w, solver, steps, K, spans), "paradigms": paradigms_runs(w, solver, steps, K, tols),
                 "srds": srds_runs(w, solver, steps, K, seq_rounds)}
         for method, gen in runs.items():
             best = None
@@ -224,16 +232,17 @@ def main(argv=None) -> None:
     out = a.out or Path(__file__).parent / "results" / ("quick" if a.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     tols = (0.3, 0.1, 0.03, 0.01) if a.quick else PARADIGMS_TOLS
+    spans = (0.45, 0.75, 1.0) if a.quick else CHORDS_SPANS
     t0 = time.time()
     cases = []
     for name in names:
         w = WORKLOADS[name]()
         extra = MORE_SOLVERS if name.startswith("gmm") and not a.quick else ()
         for solver, steps in SOLVERS + extra:
-            case = bench_case(w, solver, steps, CORES, tols, lambda s: print(s, file=sys.stderr, flush=True))
+            case = bench_case(w, solver, steps, CORES, tols, spans, lambda s: print(s, file=sys.stderr, flush=True))
             plot_case(case, out / f"{name}_{solver}{steps}.png")
             cases.append(case)
-    meta = dict(factor=FACTOR, cores=CORES, paradigms_tols=tols, quick=a.quick, seconds=round(time.time() - t0, 1),
+    meta = dict(factor=FACTOR, cores=CORES, paradigms_tols=tols, chords_spans=spans, quick=a.quick, seconds=round(time.time() - t0, 1),
                 chords_version=cc.__version__, numpy=np.__version__)
     (out / "results.json").write_text(json.dumps(dict(meta=meta, cases=cases), indent=1))
     print(markdown(cases))
