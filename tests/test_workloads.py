@@ -106,3 +106,20 @@ def test_digits_exact_workload_samples_are_training_digits():
     assert np.all(d < 1e-6)
     with pytest.raises(ValueError, match="schedule_name"):
         gmm_workload("edm")
+
+
+def test_suite_case_headline_meets_the_criterion():
+    import suite
+
+    w = gmm_workload("rf", batch=4, dim=4, modes=2)
+    case = suite.bench_case(w, "euler", 12, (2, 4), (0.3, 0.01), (0.6, 1.0), lambda s: None)
+    assert {p["method"] for p in case["points"]} == {"chords", "paradigms", "srds"}
+    assert all(p["width"] <= p["cores"] for p in case["points"])
+    for method, by_k in case["headline"].items():
+        for K, h in by_k.items():
+            assert h["err_ref"] <= suite.FACTOR * case["seq_err_ref"] and h["speedup"] == 12 / h["rounds"]
+            better = [p for p in case["points"] if p["method"] == method and p["cores"] == int(K) and p["rounds"] < h["rounds"]]
+            assert all(p["err_ref"] > suite.FACTOR * case["seq_err_ref"] for p in better)
+    front = suite.pareto(case["points"])
+    assert all(a["rounds"] <= b["rounds"] and a["err_ref"] > b["err_ref"] for a, b in zip(front, front[1:]))
+    assert suite.spanned_init(50, 4, 30) == (0, 10, 20, 30) and suite.uniform_init(50, 4) == (0, 12, 25, 38)
