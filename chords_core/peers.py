@@ -183,8 +183,7 @@ def paradigms(
         st, new, states, accepted = base, [xs[b]], {}, None
         for m in pts:
             st = sol.step(State(xs[m], st.hist, st.aux), qs[m], m, m + 1)
-            moved = new[-1] - xs[m]
-            xn = st.x if m == b else st.x + moved
+            xn = st.x if m == b else st.x + (new[-1] - xs[m])  # Phi_m + how far x_m moved this sweep
             new.append(xn)
             states[m + 1] = st
             if accepted is None and inv[m + 1] > 0:
@@ -198,8 +197,9 @@ def paradigms(
         log.append(Sweep(rounds, b, e, nb))
         b = nb
     hit = Hit(0, rounds, nfe, xs[T])
-    return PeerResult(xs[T], rounds, nfe, (hit,), None, None, f"window reached T after {len(log)} sweeps",
-                      "paradigms", sum(evals), width, tuple(log))
+    return PeerResult(x=xs[T], rounds=rounds, nfe=nfe, hits=(hit,), coarse=None, plan=None,
+                      stopped_by=f"window reached T after {len(log)} sweeps", method="paradigms",
+                      sequential_rounds=sum(evals), width=width, log=tuple(log))
 
 
 # --------------------------------------------------------------------------------------------- SRDS
@@ -318,5 +318,5 @@ def srds(
                 stopped_by = f"change {change:.3g} below tol {tol:g} at iteration {next_k}" if change < tol else f"{next_k} of {nb} iterations"
             next_k += 1
     coarse = outputs.get(0)
-    return PeerResult(result.x, result.round, result.nfe, tuple(hits), coarse, None, stopped_by,
-                      "srds", sum(evals), width, tuple(log))
+    return PeerResult(x=result.x, rounds=result.round, nfe=result.nfe, hits=tuple(hits), coarse=coarse, plan=None,
+                      stopped_by=stopped_by, method="srds", sequential_rounds=sum(evals), width=width, log=tuple(log))
