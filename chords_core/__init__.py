@@ -8,6 +8,7 @@ what, when) -> ``pipeline`` (the engine) with ``executors`` (how a round's evalu
 from .executors import BatchedExecutor, Executor, SerialExecutor
 from .grid import time_grid
 from .models import PREDICTIONS, DiffusionModel, Model, ModelOutputError, VectorField
+from .peers import PeerResult, paradigms, srds
 from .pipeline import ChordsResult, Hit, chords, rectify
 from .plan import Plan, default_init, make_plan, paper_init, validate_init
 from .schedules import EDM, VP, RectifiedFlow, Schedule
@@ -21,5 +22,5 @@ __all__ = [
     "BatchedExecutor", "Executor", "SerialExecutor", "time_grid", "PREDICTIONS", "DiffusionModel", "Model",
     "ModelOutputError", "VectorField", "ChordsResult", "Hit", "chords", "rectify", "Plan", "default_init",
     "make_plan", "paper_init", "validate_init", "EDM", "VP", "RectifiedFlow", "Schedule", "solve", "SOLVERS",
-    "make_solver", "StopAtCore", "StopOnResidual",
+    "make_solver", "StopAtCore", "StopOnResidual", "paradigms", "srds", "PeerResult",
 ]
