@@ -106,13 +106,15 @@ def run_reference_style(x, sig, cores=8):
     return counter, hits
 
 
-def best_per_round(fn, repeats):
-    best = np.inf
+def best_per_round(fns: dict, repeats: int) -> dict:
+    """Best time per round of each loop; the loops are interleaved so that load affects all alike."""
+    best = {k: np.inf for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best / T
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {k: v / T for k, v in best.items()}
 
 
 def measure(size: int, repeats: int) -> dict:
@@ -123,11 +125,11 @@ def measure(size: int, repeats: int) -> dict:
     plan = cc.make_plan(T, INIT)
     rounds, hits = run_reference_style(x, grid)
     assert rounds == T and sorted(h[1] for h in hits[1:]) == sorted(plan.finish_round)  # same schedule
-    return {
-        "chords": best_per_round(lambda: run_chords(model, x, grid), repeats),
-        "ref-style": best_per_round(lambda: run_reference_style(x, grid), repeats),
-        "bare": best_per_round(lambda: run_bare(plan, x, grid), repeats),
-    }
+    return best_per_round({
+        "chords": lambda: run_chords(model, x, grid),
+        "ref-style": lambda: run_reference_style(x, grid),
+        "bare": lambda: run_bare(plan, x, grid),
+    }, repeats)
 
 
 def main(argv=None):

@@ -103,7 +103,7 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
 
         dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
         return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
-    dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
+    dtype = like.dtype if like.dtype.kind == "f" else np.float64
     ts = np.array(ts, dtype=dtype)
     return ts if repeats == 1 else np.repeat(ts, repeats)
 

@@ -141,28 +141,27 @@ def chords(
 
     times_of = [[t[e.time_index] for e in r.evals] for r in plan.rounds[:limit]]
     convert = sol.quantity_of if sol._coef is not None else None
-    for rd, ts in zip(rounds, times_of):
-        evs = rd.evals
-        xs = [states[e.core].x if e.stage == 0 else sol.stage_point(states[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0] for e in evs]
+    shift = history == "shift"
+    for rd, evs, ts in zip(rounds, plan.round_tuples, times_of):
+        xs = [states[e[0]].x if e[2] == 0 else sol.stage_point(states[e[0]], qs[e[0]], e[1], e[1] + 1, e[2])[0] for e in evs]
         try:
             outs = executor(model, xs, ts)
         except ModelOutputError as err:
-            e = evs[err.point]
+            c, i, k, ti = evs[err.point][:4]
             raise ModelOutputError(
-                err.point, f"round {rd.number}, core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g}): {err}"
+                err.point, f"round {rd.number}, core {c} (step {i}, stage {k}, t={t[ti]:.6g}): {err}"
             ) from None
         nfe += len(evs)
         new_hits = []
-        for e, xe, out in zip(evs, xs, outs):
-            c, i = e.core, e.index
-            q = out if convert is None else convert(xe, out, e.time_index)
-            if e.stage == 0:
+        for (c, i, k, ti, spawn, record_for, completes, rect, hit), xe, out in zip(evs, xs, outs):
+            q = out if convert is None else convert(xe, out, ti)
+            if k == 0:
                 qs[c] = [q]
                 if c and anchor[c][0] == i:
                     anchor[c] = (i, xe, q)
-                if e.record_for is not None:
-                    slow[e.record_for] = (xe, q)
-                if e.spawn:
+                if record_for is not None:
+                    slow[record_for] = (xe, q)
+                if spawn:
                     if c + 1 < K:
                         xn = sol.jump(xe, q, init[c], init[c + 1])
                         states[c + 1] = sol.begin(xn)
@@ -171,17 +170,17 @@ def chords(
                         coarse = sol.jump(xe, q, init[c], steps)
             else:
                 qs[c].append(q)
-            if e.completes:
+            if completes:
                 new = sol.step(states[c], qs[c], i, i + 1)
-                if e.rectify_from is not None:
-                    b_idx, xa, qa = anchor[c]
+                if rect is not None:
+                    _, xa, qa = anchor[c]
                     xsl, qsl = slow[c]
-                    a, b = sol.jump_coeffs(b_idx, i + 1)
+                    a, b = sol.jump_coeffs(rect, i + 1)
                     xn = rectify(new.x, xa, qa, xsl, qsl, a, b)
-                    new = new.replace_x(xn, history, qsl - qa if history == "shift" and new.hist else None)
+                    new = new.replace_x(xn, history, qsl - qa if shift and new.hist else None)
                     anchor[c], slow[c] = (i + 1, xn, None), None
                 states[c] = new
-                if e.hit:
+                if hit:
                     new_hits.append(Hit(c, rd.number, nfe, new.x))
         for h in sorted(new_hits, key=lambda h: -h.core):
             hits.append(h)

@@ -74,6 +74,16 @@ class Plan:
     finish_round: tuple[int, ...]  # R_c per core
     hit_order: tuple[int, ...] = field(default=())  # cores in arrival order
 
+    @functools.cached_property
+    def round_tuples(self) -> tuple:
+        """Per round, the evaluations as plain tuples (core, index, stage, time_index, spawn,
+        record_for, completes, rectify_from, hit): the engine's fast path."""
+        return tuple(
+            tuple((e.core, e.index, e.stage, e.time_index, e.spawn, e.record_for, e.completes, e.rectify_from, e.hit)
+                  for e in r.evals)
+            for r in self.rounds
+        )
+
     @property
     def cores(self) -> int:
         return len(self.init)

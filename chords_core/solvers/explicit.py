@@ -10,7 +10,7 @@ evaluation for it, so N Heun steps cost 2N - 1 evaluations, as in diffusers.
 
 from __future__ import annotations
 
-from .._backend import lincomb
+from .._backend import add_into, lincomb
 from ..models import DiffusionModel
 from .base import Solver, State
 
@@ -30,12 +30,17 @@ class Euler(Solver):
 
     def _to_data(self, i):
         """(c_x, c_q) with D(x, t_i) = c_x x + c_q f(x, t_i): a step to sigma = 0 returns the data prediction."""
-        (a_d, b_d), _ = self.model.data_eps_coefficients(self.t[i])
-        a_v, b_v = (0.0, 1.0) if self._coef is None else self._coef[i]
-        return (a_d - b_d * a_v / b_v, b_d / b_v)
+        c = self._jumps.get(i)
+        if c is None:
+            (a_d, b_d), _ = self.model.data_eps_coefficients(self.t[i])
+            a_v, b_v = (0.0, 1.0) if self._coef is None else self._coef[i]
+            c = self._jumps[i] = (a_d - b_d * a_v / b_v, b_d / b_v)
+        return c
 
     def step(self, state, qs, i, j):
-        return State(lincomb(self.jump_coeffs(i, j), (state.x, qs[0])))
+        if self._final_zero and j == self.steps:
+            return State(lincomb(self._to_data(i), (state.x, qs[0])))
+        return State(add_into((self.t[j] - self.t[i]) * qs[0], state.x))  # x + h f, as lincomb forms it
 
 
 class Heun(Euler):
