@@ -190,11 +190,13 @@ def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:
 
 
 def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
-    """The paper's sequences (K = 4, 6, 8 at T = 50) scaled to ``steps``, or None where there is none."""
+    """The paper's sequences (K = 4, 6, 8 at T = 50) scaled exactly to ``steps`` (e.g. 75, 100), or None."""
     base = {4: (0, 8, 16, 32), 6: (0, 3, 6, 12, 24, 36), 8: (0, 2, 4, 8, 16, 24, 32, 40)}.get(cores)
     if base is None:
         return None
-    seq = tuple(round(v * steps / 50) for v in base)
+    if any((v * steps) % 50 for v in base):
+        return None  # only exact scalings: rounded ones lose the sequence's structure (measured worse)
+    seq = tuple(v * steps // 50 for v in base)
     try:
         return validate_init(seq, steps, cores)
     except ValueError:
@@ -204,7 +206,7 @@ def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
 def default_init(steps: int, cores: int) -> tuple[int, ...]:
     """The default init sequence for (steps, cores).
 
-    For K = 4, 6, 8 the paper's sequence scaled to ``steps`` (rounded) where that stays valid;
+    For K = 4, 6, 8 the paper's sequence where it scales exactly to ``steps`` (T = 50, 75, 100, ...);
     otherwise the recipe that reproduces the paper's sequences (``initopt.recipe_init``: frame end
     E = T - 2, walk down from the fastest start t_{K-1} with t_{k-1} = t_k / 2 if E/(E - t_k) <= 3
     else 2 t_k - E). ``initopt.optimize_init`` finds better sequences for a given error budget.
