@@ -26,12 +26,6 @@ from pathlib import Path
 
 import torch
 
-try:
-    import chords_torch
-except ImportError:  # until pyproject lists backends/ in the package search
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-    import chords_torch
-
 import chords_core as cc
 from chords_torch import DeviceExecutor, ProcessExecutor
 from chords_torch.testing import mlp

@@ -34,7 +34,7 @@ import numpy as np
 
 from .models import Model
 from .pipeline import chords
-from .plan import default_init, make_plan, paper_init, validate_init
+from .plan import make_plan, paper_init, validate_init
 from .sequential import check_grid, solve
 from .solvers import make_solver
 from .stopping import StopAtCore

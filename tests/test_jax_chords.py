@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-jax = pytest.importorskip("jax")
+import jax
 jax.config.update("jax_enable_x64", True)  # as test_pipeline does; the exactness tests need float64
 import jax.numpy as jnp  # noqa: E402
 

@@ -115,7 +115,7 @@ def test_paradigms_tolerance_trades_rounds_for_error():
 
 
 def test_result_type_and_torch_arrays():
-    torch = pytest.importorskip("torch")
+    import torch
     model, grid = setup("rf", "dpmpp_2m", 10)
     for fn, kw in ((paradigms, dict(window=3)), (srds, dict(blocks=3))):
         r = fn(model, X, grid, "dpmpp_2m", **kw)

@@ -17,20 +17,14 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 import torch.distributed as dist  # noqa: E402
 
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available in this torch build", allow_module_level=True)
 
 BACKENDS = Path(__file__).resolve().parents[1] / "backends"
-try:
-    import chords_torch  # noqa: F401
-except ImportError:  # until pyproject lists backends/ in the package search
-    sys.path.insert(0, str(BACKENDS))
-
 import chords_core as cc  # noqa: E402
-import chords_torch  # noqa: E402,F811
 from chords_torch.testing import gmm_problem  # noqa: E402
 
 LAUNCH_TIMEOUT = 120  # seconds for a whole launch (three interpreters importing torch on a busy machine)

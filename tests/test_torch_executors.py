@@ -5,22 +5,16 @@ Exactness: float64 on CPU, every output of every core equal to the SerialExecuto
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
-try:
-    import chords_torch
-except ImportError:  # until pyproject lists backends/ in the package search
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-    import chords_torch
+import torch
 
 import chords_core as cc
+import chords_torch
 from chords_core.models import ModelOutputError
 from chords_torch import DeviceExecutor, ExecutorClosed, WorkerTimeout, assign
 from chords_torch.testing import MLP, Trap, TorchLinear, gmm_problem

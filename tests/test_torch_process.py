@@ -7,19 +7,12 @@ the reference with one torch thread, as the workers do).
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-try:
-    import chords_torch
-except ImportError:  # until pyproject lists backends/ in the package search
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-    import chords_torch
+import torch
 
 import chords_core as cc
 from chords_core.models import ModelOutputError

@@ -18,7 +18,6 @@ name           method                                    evals/step  order
 
 from __future__ import annotations
 
-import inspect
 
 from ..models import Model
 from .base import DataSolver, Solver, State
