@@ -8,6 +8,7 @@ finiteness check need library calls; they are dispatched here on the array's typ
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -87,6 +88,17 @@ def stack(arrays: Sequence[Array]) -> Array:
     return _joiners(arrays[0])[1](list(arrays), 0)
 
 
+def split_rows(x: Array, n: int) -> list[Array]:
+    """Split axis 0 into ``n`` equal consecutive blocks (views where the library has them)."""
+    rows = int(x.shape[0]) // n
+    lib = library(x)
+    if lib == "numpy":
+        return list(x.reshape((n, rows) + tuple(x.shape[1:])))
+    if lib == "torch":
+        return list(x.reshape((n, rows) + tuple(x.shape[1:])).unbind(0))
+    return [x[k * rows : (k + 1) * rows] for k in range(n)]
+
+
 def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
     """A 1-D array of the times ``ts``, each repeated ``repeats`` times, in ``like``'s library.
 
@@ -124,10 +136,13 @@ def all_finite(x: Array) -> bool:
         import jax.numpy as jnp
 
         return bool(jnp.isfinite(x).all())
-    if x.dtype.kind == "f" and x.size > 4096:
-        v = x.reshape(-1)
+    if x.dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.dot(v, v)):
+            if x.size > 4096:
+                v = x.reshape(-1)
+                if np.isfinite(np.dot(v, v)):
+                    return True
+            elif math.isfinite(x.sum()):
                 return True
     return bool(np.isfinite(x).all())
 

@@ -101,7 +101,7 @@ class DiffusionModel(Model):
         self._check(out, x.shape, len(xs), rows)
         if len(xs) == 1:
             return [out]
-        return [out[k * rows : (k + 1) * rows] for k in range(len(xs))]
+        return B.split_rows(out, len(xs))
 
     def data_eps_coefficients(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
         """((a_D, b_D), (a_e, b_e)) with x0_hat = a_D x + b_D out and eps_hat = a_e x + b_e out at time t."""
