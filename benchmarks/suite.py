@@ -6,9 +6,10 @@ point (rounds, NFE, error vs the exact/reference endpoint, error vs the sequenti
 same steps):
 
 - CHORDS: init sequences "paper" (``cc.paper_init``, where defined), "default" (``cc.default_init``),
-  "uniform" (t_c = round(c T / K)) and the one-parameter family "uniform to s" (t_c = round(c s /
-  (K - 1)), s = f (T - 1) for f in ``CHORDS_SPANS``: as many candidates as ParaDiGMS tolerances);
-  every core's output except core 0's (= sequential).
+  "uniform" (t_c = round(c T / K)), the one-parameter family "uniform to s" (t_c = round(c s /
+  (K - 1)), s = f (T - 1) for f in ``CHORDS_SPANS``: as many candidates as ParaDiGMS tolerances),
+  and "optimised": ``initopt.optimize_init`` calibrated on its own small problem (an 8-D, 3-mode
+  mixture, not the workload), budget 1.05; every core's output except core 0's (= sequential).
 - ParaDiGMS: window = K (one evaluation per core per round), tol in ``PARADIGMS_TOLS``.
 - SRDS: blocks B = 2 .. K (its widest round never exceeds B, checked), every iteration's output
   while it is earlier than the sequential solve.
@@ -32,6 +33,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # threaded BLAS on small matrices is slower here
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -40,6 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chords_core as cc  # noqa: E402
+from chords_core.initopt import optimize_init  # noqa: E402
 from chords_core.peers import paradigms, srds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,9 +69,16 @@ def spanned_init(steps: int, cores: int, span: int) -> tuple[int, ...]:
     return tuple(int(round(c * span / max(1, cores - 1))) for c in range(cores))
 
 
+@functools.lru_cache(maxsize=None)
+def optimised_init(solver: str, steps: int, K: int) -> tuple[int, ...]:
+    """The init optimiser's choice on its default calibration mixture (independent of the workloads)."""
+    return optimize_init(steps, K, solver, budget=FACTOR).init
+
+
 def chords_runs(w: Workload, solver: str, steps: int, K: int, spans=CHORDS_SPANS):
     grid = w.grid(solver, steps)
-    inits = [("paper", cc.paper_init(steps, K)), ("default", cc.default_init(steps, K)), ("uniform", uniform_init(steps, K))]
+    inits = [("paper", cc.paper_init(steps, K)), ("default", cc.default_init(steps, K)), ("uniform", uniform_init(steps, K)),
+             ("optimised", optimised_init(solver, steps, K))]
     inits += [(f"uniform to {round(f * (steps - 1))}", spanned_init(steps, K, round(f * (steps - 1)))) for f in spans]
     seen = set()
     for name, init in inits:
