@@ -158,6 +158,7 @@ def plot_case(case: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     cores = sorted({p["cores"] for p in case["points"]})
     fig, axes = plt.subplots(1, len(cores), figsize=(4.2 * len(cores), 3.6), sharey=True, squeeze=False)
@@ -175,6 +176,9 @@ def plot_case(case: dict, path: Path) -> None:
         ax.axhline(FACTOR * case["seq_err_ref"], color="gray", ls="--", lw=0.8, label="1.05 x sequential error")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([v for v in (2, 5, 10, 20, 50, 100, 200) if v <= 1.2 * case["steps"] * 2])
         ax.set_xlabel("rounds (sequential model evaluations)")
         ax.set_title(f"{K} cores")
     axes[0][0].set_ylabel("RMS error vs reference")
