@@ -17,17 +17,11 @@ import chords_core as cc
 import chords_torch
 from chords_core.models import ModelOutputError
 from chords_torch import DeviceExecutor, ExecutorClosed, WorkerTimeout, assign
-from chords_torch.testing import MLP, Trap, TorchLinear, gmm_problem
+from chords_torch.testing import same_hits, seeded_state as x0, MLP, Trap, TorchLinear, gmm_problem
 
 MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
 
 
-def x0(batch=3, dim=4, seed=1):
-    return torch.randn(batch, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-
-
-def same_hits(a, b) -> bool:
-    return len(a.hits) == len(b.hits) and all(h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))
 
 
 @st.composite

@@ -186,3 +186,13 @@ class Slow:
             return net(x, t)
 
         return slow
+
+
+def seeded_state(batch: int = 3, dim: int = 4, seed: int = 1) -> torch.Tensor:
+    """A float64 standard-normal state (batch, dim) from a fixed seed."""
+    return torch.randn(batch, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def same_hits(a, b) -> bool:
+    """Two ChordsResults have the same outputs from the same cores, bit for bit."""
+    return len(a.hits) == len(b.hits) and all(h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))
