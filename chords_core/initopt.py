@@ -364,27 +364,18 @@ def optimize_init(
     cores: int,
     solver: str = "euler",
     *,
-    problem: Any = None,
-    model: Model | None = None,
-    x_cal: Any = None,
-    grid: Any = None,
-    reference: Any = None,
     budget: float = 1.05,
     exhaustive_limit: int = 500,
     max_evals: int = 600,
-    dim: int = 8,
-    modes: int = 3,
-    seed: int = 0,
-    samples: int = 16,
-    schedule: Any = None,
     cal: Calibration | None = None,
-    **solver_options,
+    **calibration_options,
 ) -> InitResult:
     """Find the init sequence of ``cores`` starts minimising the round of the first output within budget.
 
-    Budget: rms(output - ref) <= ``budget`` * rms(sequential - ref) on the calibration problem
-    (see ``calibration`` for ``problem`` / ``model`` / ``x_cal`` / ``grid`` / ``reference``; a
-    prepared ``cal`` may be passed instead). Core 0 always qualifies, so the answer exists.
+    Budget: rms(output - ref) <= ``budget`` * rms(sequential - ref) on the calibration problem,
+    built by ``calibration(steps, solver, **calibration_options)`` (``problem``, ``model``,
+    ``x_cal``, ``grid``, ``reference``, ``dim``, ``modes``, ``seed``, ``samples``, ``schedule``,
+    solver options), or a prepared ``cal``. Core 0 always qualifies, so the answer exists.
     Returns an ``InitResult``; see the module docstring for the search.
     """
     budget = _check_budget(budget)
@@ -392,8 +383,9 @@ def optimize_init(
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
     if cal is None:
-        cal = calibration(steps, solver, problem=problem, model=model, x_cal=x_cal, grid=grid, reference=reference,
-                          dim=dim, modes=modes, seed=seed, samples=samples, schedule=schedule, **solver_options)
+        cal = calibration(steps, solver, **calibration_options)
+    elif calibration_options:
+        raise ValueError(f"give cal or calibration options, not both (got {sorted(calibration_options)})")
     T = cal.steps
     _check_steps_cores(T, cores)
     ev = _Evaluator(cal, budget)
