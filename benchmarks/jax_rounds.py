@@ -11,7 +11,7 @@ rectified-flow model whose evaluation is one array op (``x * 0.5``), float32 sta
 - ``regs``        registers of the scan carry (values that outlive a round).
 
 ``--devices D`` shards the 8 core slots over D host devices (sets XLA_FLAGS before jax starts).
-Run: ``PYTHONPATH=backends python benchmarks/jax_rounds.py [--devices 2] [--repeat 20]``.
+Run: ``python benchmarks/jax_rounds.py [--devices 2] [--repeat 20]``.
 """
 
 from __future__ import annotations
