@@ -86,6 +86,67 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
     return out
 
 
+class _Cores:
+    """The mutable per-core records of one run, updated round by round as the plan says.
+
+    ``states[c]``: the core's solver State; ``anchor[c]``: (index b, point, quantity) of its anchor;
+    ``slow[c]``: the slower core's (point, quantity) at b once evaluated; ``qs[c]``: the stage
+    quantities of the step in progress; ``coarse``: the coarse hit.
+    """
+
+    def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str):
+        K = len(init)
+        self.sol, self.init, self.history = sol, init, history
+        self.convert = sol.quantity_of if sol._coef is not None else None
+        self.states: list = [sol.begin(x)] + [None] * (K - 1)
+        self.anchor: list = [None] + [(init[c], None, None) for c in range(1, K)]
+        self.slow: list = [None] * K
+        self.qs: list = [None] * K
+        self.coarse = None
+
+    def points(self, evs: tuple) -> list:
+        """The point each evaluation of the round is at (stage 0: the state; later stages: the solver's)."""
+        st, sol = self.states, self.sol
+        return [st[e[0]].x if e[2] == 0 else sol.stage_point(st[e[0]], self.qs[e[0]], e[1], e[1] + 1, e[2])[0] for e in evs]
+
+    def apply(self, evs: tuple, xs: list, outs: list) -> list[tuple[int, Any]]:
+        """Take the round's model outputs: spawn, record, step, rectify. Returns the (core, output) hits, fastest first."""
+        sol, init, K = self.sol, self.init, len(self.init)
+        states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
+        shift = self.history == "shift"
+        hits = []
+        for (c, i, k, ti, spawn, record_for, completes, rect, hit), xe, out in zip(evs, xs, outs):
+            q = out if self.convert is None else self.convert(xe, out, ti)
+            if k == 0:
+                qs[c] = [q]
+                if c and anchor[c][0] == i:
+                    anchor[c] = (i, xe, q)
+                if record_for is not None:
+                    slow[record_for] = (xe, q)
+                if spawn:
+                    if c + 1 < K:
+                        xn = sol.jump(xe, q, init[c], init[c + 1])
+                        states[c + 1] = sol.begin(xn)
+                        anchor[c + 1] = (init[c + 1], xn, None)
+                    else:
+                        self.coarse = sol.jump(xe, q, init[c], sol.steps)
+            else:
+                qs[c].append(q)
+            if completes:
+                new = sol.step(states[c], qs[c], i, i + 1)
+                if rect is not None:
+                    _, xa, qa = anchor[c]
+                    xsl, qsl = slow[c]
+                    a, b = sol.jump_coeffs(rect, i + 1)
+                    xn = rectify(new.x, xa, qa, xsl, qsl, a, b)
+                    new = new.replace_x(xn, self.history, qsl - qa if shift and new.hist else None)
+                    anchor[c], slow[c] = (i + 1, xn, None), None
+                states[c] = new
+                if hit:
+                    hits.append((c, new.x))
+        return sorted(hits, key=lambda h: -h[0])
+
+
 def chords(
     model: Model,
     x: Any,
@@ -122,80 +183,42 @@ def chords(
     plan = make_plan(steps, init, [sol.evals(i, i + 1) for i in range(steps)])
     limit = plan.finish_round[plan.hit_order[stop.n - 1]] if isinstance(stop, StopAtCore) else len(plan.rounds)
     executor = BatchedExecutor() if executor is None else executor
-
-    states: list = [None] * K
-    states[0] = sol.begin(x)
-    anchor: list = [None] * K  # (index b, point, quantity) of each core's anchor
-    slow: list = [None] * K  # the slower core's (point, quantity) at the anchor index
-    qs: list = [None] * K
-    for c in range(1, K):
-        anchor[c] = (init[c], None, None)
-    hits: list[Hit] = []
-    coarse, result, stopped_by, nfe = None, None, "", 0
-    t = sol.t
+    cores_state = _Cores(sol, x, init, history)
+    times_of = [[sol.t[e.time_index] for e in r.evals] for r in plan.rounds[:limit]]
     rounds = plan.rounds[:limit]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        rounds = tqdm(rounds, desc=f"chords {sol.name} x{K}", unit="round")
-
-    times_of = [[t[e.time_index] for e in r.evals] for r in plan.rounds[:limit]]
-    convert = sol.quantity_of if sol._coef is not None else None
-    shift = history == "shift"
-    for rd, evs, ts in zip(rounds, plan.round_tuples, times_of):
-        xs = [states[e[0]].x if e[2] == 0 else sol.stage_point(states[e[0]], qs[e[0]], e[1], e[1] + 1, e[2])[0] for e in evs]
-        try:
-            outs = executor(model, xs, ts)
-        except ModelOutputError as err:
-            c, i, k, ti = evs[err.point][:4]
-            raise ModelOutputError(
-                err.point, f"round {rd.number}, core {c} (step {i}, stage {k}, t={t[ti]:.6g}): {err}"
-            ) from None
-        nfe += len(evs)
-        new_hits = []
-        for (c, i, k, ti, spawn, record_for, completes, rect, hit), xe, out in zip(evs, xs, outs):
-            q = out if convert is None else convert(xe, out, ti)
-            if k == 0:
-                qs[c] = [q]
-                if c and anchor[c][0] == i:
-                    anchor[c] = (i, xe, q)
-                if record_for is not None:
-                    slow[record_for] = (xe, q)
-                if spawn:
-                    if c + 1 < K:
-                        xn = sol.jump(xe, q, init[c], init[c + 1])
-                        states[c + 1] = sol.begin(xn)
-                        anchor[c + 1] = (init[c + 1], xn, None)
-                    else:
-                        coarse = sol.jump(xe, q, init[c], steps)
-            else:
-                qs[c].append(q)
-            if completes:
-                new = sol.step(states[c], qs[c], i, i + 1)
-                if rect is not None:
-                    _, xa, qa = anchor[c]
-                    xsl, qsl = slow[c]
-                    a, b = sol.jump_coeffs(rect, i + 1)
-                    xn = rectify(new.x, xa, qa, xsl, qsl, a, b)
-                    new = new.replace_x(xn, history, qsl - qa if shift and new.hist else None)
-                    anchor[c], slow[c] = (i + 1, xn, None), None
-                states[c] = new
-                if hit:
-                    new_hits.append(Hit(c, rd.number, nfe, new.x))
-        for h in sorted(new_hits, key=lambda h: -h.core):
-            hits.append(h)
-            if result is None and isinstance(stop, StopOnResidual):
-                prev = hits[-2].x if len(hits) > 1 else coarse
-                if B.rms(h.x - prev) < stop.tol:
-                    result, stopped_by = h, f"residual below {stop.tol:g} at core {h.core}"
-        if result is not None:
-            break
-    if progress:
-        rounds.close()
+        rounds = bar = tqdm(rounds, desc=f"chords {sol.name} x{K}", unit="round")
+    hits: list[Hit] = []
+    result, stopped_by, nfe = None, "", 0
+    try:
+        for rd, evs, ts in zip(rounds, plan.round_tuples, times_of):
+            xs = cores_state.points(evs)
+            try:
+                outs = executor(model, xs, ts)
+            except ModelOutputError as err:
+                c, i, k, ti = evs[err.point][:4]
+                raise ModelOutputError(
+                    err.point, f"round {rd.number}, core {c} (step {i}, stage {k}, t={sol.t[ti]:.6g}): {err}"
+                ) from None
+            nfe += len(evs)
+            for c, xh in cores_state.apply(evs, xs, outs):  # cores finishing this round, fastest first
+                hits.append(Hit(c, rd.number, nfe, xh))
+                if result is None and isinstance(stop, StopOnResidual):
+                    prev = hits[-2].x if len(hits) > 1 else cores_state.coarse
+                    if B.rms(xh - prev) < stop.tol:
+                        result, stopped_by = hits[-1], f"residual below {stop.tol:g} at core {c}"
+            if result is not None:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
     if result is None:
         if isinstance(stop, StopAtCore):
             result, stopped_by = hits[stop.n - 1], f"output {stop.n} (core {hits[stop.n - 1].core})"
         else:
             result = hits[-1]
             stopped_by = "all cores" if stop is None else f"residual never below {stop.tol:g}; core 0"
-    return ChordsResult(result.x, result.round, plan.nfe(result.round), tuple(hits), coarse, plan, stopped_by)
+    return ChordsResult(result.x, result.round, plan.nfe(result.round), tuple(hits), cores_state.coarse, plan, stopped_by)
