@@ -181,7 +181,7 @@ def chords(
         raise ValueError(f"history must be one of {HISTORY_POLICIES}, got {history!r}")
     sol = make_solver(solver, model, times, **solver_options)
     plan = make_plan(steps, init, [sol.evals(i, i + 1) for i in range(steps)])
-    limit = plan.finish_round[plan.hit_order[stop.n - 1]] if isinstance(stop, StopAtCore) else len(plan.rounds)
+    limit = plan.stop_round(stop)
     executor = BatchedExecutor() if executor is None else executor
     cores_state = _Cores(sol, x, init, history)
     times_of = [[sol.t[e.time_index] for e in r.evals] for r in plan.rounds[:limit]]

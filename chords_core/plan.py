@@ -93,6 +93,12 @@ class Plan:
         """Rounds (= sequential model evaluations) of the plain solver: core 0's finishing round."""
         return sum(self.evals_per_step)
 
+    def stop_round(self, stop) -> int:
+        """Rounds the run lasts under ``stop``: the n-th output's round for ``StopAtCore(n)``; every
+        round otherwise (``StopOnResidual`` may end earlier, which only the outputs can tell)."""
+        n = getattr(stop, "n", None)
+        return self.finish_round[self.hit_order[n - 1]] if n is not None else len(self.rounds)
+
     def nfe(self, rounds: int | None = None) -> int:
         """Model evaluations in the first ``rounds`` rounds (all rounds by default)."""
         return sum(len(r.evals) for r in self.rounds[: len(self.rounds) if rounds is None else rounds])

@@ -20,6 +20,12 @@ def test_paper_sequence_ladder_and_nfe():
     assert [r.number for r in plan.rounds if r.coarse_hit] == [8]
 
 
+def test_stop_round_from_the_plan():
+    plan = cc.make_plan(50, PAPER8)
+    assert plan.stop_round(cc.StopAtCore(1)) == 17 and plan.stop_round(cc.StopAtCore(2)) == 24
+    assert plan.stop_round(None) == plan.stop_round(cc.StopOnResidual(1e-3)) == 50
+
+
 def test_four_core_paper_sequence():
     plan = cc.make_plan(50, (0, 8, 16, 32))
     assert sorted(plan.finish_round) == [21, 36, 43, 50]
