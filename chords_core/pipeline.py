@@ -97,7 +97,7 @@ class _Cores:
     def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str):
         K = len(init)
         self.sol, self.init, self.history = sol, init, history
-        self.convert = sol.quantity_of if sol._coef is not None else None
+        self.convert = sol.quantity_of if sol.converts else None
         self.states: list = [sol.begin(x)] + [None] * (K - 1)
         self.anchor: list = [None] + [(init[c], None, None) for c in range(1, K)]
         self.slow: list = [None] * K

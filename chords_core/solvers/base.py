@@ -64,6 +64,11 @@ class Solver:
         self._jumps: dict = {}
 
     # -- model outputs -> solver quantity -------------------------------------------------------
+    @property
+    def converts(self) -> bool:
+        """False when the raw model output already is the solver's quantity (no conversion needed)."""
+        return self._coef is not None
+
     def quantity_of(self, x: Array, out: Array, index: int) -> Array:
         """The solver's quantity at grid index ``index`` from a raw model output there."""
         if self._coef is None:
