@@ -8,7 +8,7 @@ same steps):
 - CHORDS: init sequences "paper" (``cc.paper_init``, where defined), "default" (``cc.default_init``),
   "uniform" (t_c = round(c T / K)), the one-parameter family "uniform to s" (t_c = round(c s /
   (K - 1)), s = f (T - 1) for f in ``CHORDS_SPANS``: as many candidates as ParaDiGMS tolerances),
-  and "optimised": ``initopt.optimize_init`` calibrated on its own small problem (an 8-D, 3-mode
+  and "optimised": ``tuning.optimize_init`` calibrated on its own small problem (an 8-D, 3-mode
   mixture, not the workload), budget 1.05; every core's output except core 0's (= sequential).
 - ParaDiGMS: window = K (one evaluation per core per round), tol in ``PARADIGMS_TOLS``.
 - SRDS: blocks B = 2 .. K (its widest round never exceeds B, checked), every iteration's output
@@ -42,8 +42,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chords_core as cc  # noqa: E402
-from chords_core.initopt import optimize_init  # noqa: E402
-from chords_core.peers import paradigms, srds  # noqa: E402
+from chords_core.tuning import optimize_init  # noqa: E402
+from chords_core.methods import paradigms, srds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workloads import WORKLOADS, Workload  # noqa: E402

@@ -1,26 +1,37 @@
-"""chords_core: backend-agnostic CHORDS (multi-core hierarchical ODE solving) for diffusion sampling.
+"""chords_core: backend-agnostic parallel ODE solving (CHORDS and its peers) for diffusion sampling.
 
-Layers, each a module: ``schedules`` (alpha, sigma) -> ``grid`` (time grids) -> ``models``
-(parametrisations, plain ODEs) -> ``solvers`` (one step i -> j) -> ``plan`` (which core evaluates
-what, when) -> ``pipeline`` (the engine) with ``executors`` (how a round's evaluations run).
+The layers, one module (or subpackage) each, in the order a solve passes through them:
+
+- ``schedules`` (alpha, sigma) -> ``grid`` (time grids) -> ``models`` (parametrisations, plain ODEs)
+- ``solvers`` (one step i -> j; the registry ``SOLVERS``) -> ``sequential`` (``solve``)
+- ``inits`` (CHORDS' start sequences) -> ``plan`` (which core evaluates what, when)
+- ``engine`` (CHORDS' round loop) with ``executors`` (how a round's evaluations run),
+  ``stopping`` (stop rules), ``history`` (multistep history at a rectification), ``results``
+- ``methods`` (every parallel method, one registry; ``parallel`` is the entry point)
+- ``tuning`` (calibration problems, the init search), ``problems`` (analytic test problems),
+  ``checks`` (argument validation), ``demo`` and ``__main__`` (the command line).
 """
 
 from .executors import BatchedExecutor, Executor, SerialExecutor
 from .grid import time_grid
+from .history import HISTORY_POLICIES
+from .inits import default_init, paper_init, recipe_init, uniform_init, validate_init
+from .methods import METHODS, Method, chords, paradigms, parallel, register_method, srds
 from .models import PREDICTIONS, DiffusionModel, Model, ModelOutputError, VectorField
-from .peers import PeerResult, paradigms, srds
-from .pipeline import ChordsResult, Hit, chords, rectify
-from .plan import Plan, default_init, make_plan, paper_init, validate_init
+from .plan import Plan, make_plan
+from .results import Hit, Result
 from .schedules import EDM, VP, RectifiedFlow, Schedule
 from .sequential import solve
-from .solvers import SOLVERS, make_solver
-from .stopping import StopAtCore, StopOnResidual
+from .solvers import SOLVERS, make_solver, register_solver
+from .stopping import RunAll, StopAtCore, StopOnResidual, StopRule
+from .engine import rectify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchedExecutor", "Executor", "SerialExecutor", "time_grid", "PREDICTIONS", "DiffusionModel", "Model",
-    "ModelOutputError", "VectorField", "ChordsResult", "Hit", "chords", "rectify", "Plan", "default_init",
-    "make_plan", "paper_init", "validate_init", "EDM", "VP", "RectifiedFlow", "Schedule", "solve", "SOLVERS",
-    "make_solver", "StopAtCore", "StopOnResidual", "paradigms", "srds", "PeerResult",
+    "BatchedExecutor", "Executor", "SerialExecutor", "time_grid", "HISTORY_POLICIES", "default_init", "paper_init",
+    "recipe_init", "uniform_init", "validate_init", "METHODS", "Method", "chords", "paradigms", "parallel",
+    "register_method", "srds", "PREDICTIONS", "DiffusionModel", "Model", "ModelOutputError", "VectorField", "Plan",
+    "make_plan", "Hit", "Result", "EDM", "VP", "RectifiedFlow", "Schedule", "solve", "SOLVERS", "make_solver",
+    "register_solver", "RunAll", "StopAtCore", "StopOnResidual", "StopRule", "rectify",
 ]

@@ -1,23 +1,79 @@
-"""Command line: ``python -m chords_core demo [...]`` and ``python -m chords_core optimize [...]``."""
+"""Command line: ``python -m chords_core {demo,optimize} [...]`` (also the ``chords`` console script).
+
+- ``demo``: CHORDS against the sequential solver on an analytic Gaussian mixture (the default
+  subcommand when none is given);
+- ``optimize``: choose a CHORDS init sequence on a Gaussian-mixture calibration problem.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Sequence
+
+SUBCOMMANDS = ("demo", "optimize")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per subcommand."""
+    from . import demo
+
+    p = argparse.ArgumentParser(prog="python -m chords_core", description="chords: parallel ODE solving for diffusion sampling.")
+    sub = p.add_subparsers(dest="command", metavar="{demo,optimize}")
+    demo.add_arguments(sub.add_parser("demo", help="CHORDS vs the sequential solver on a Gaussian mixture (default)",
+                                      description=demo.__doc__.splitlines()[0]))
+    add_optimize_arguments(sub.add_parser("optimize", help="find a CHORDS init sequence within an error budget",
+                                          description="Find the CHORDS init sequence with the fewest rounds whose output "
+                                          "stays within an error budget relative to the sequential solver."))
+    return p
+
+
+def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``optimize`` subcommand's options."""
+    p.add_argument("--steps", type=int, default=50, help="grid steps T (default 50)")
+    p.add_argument("--cores", type=int, default=4, help="cores K (default 4)")
+    p.add_argument("--solver", default="euler", help="solver name (default euler)")
+    p.add_argument("--budget", type=float, default=1.05, help="allowed error / sequential error (default 1.05)")
+    p.add_argument("--dim", type=int, default=8, help="Gaussian mixture dimension (default 8)")
+    p.add_argument("--modes", type=int, default=3, help="Gaussian mixture components (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mixture and the inputs (default 0)")
+    p.add_argument("--samples", type=int, default=16, help="calibration samples (default 16)")
+    p.add_argument("--max-evals", type=int, default=600, help="sequences measured at most by local search")
+    p.add_argument("--exhaustive-limit", type=int, default=500, help="search exhaustively up to this many sequences")
+
+
+def optimize(args: argparse.Namespace) -> int:
+    """Run ``optimize_init`` with the parsed options and print its summary."""
+    from .tuning import optimize_init
+
+    res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,
+                        seed=args.seed, samples=args.samples, max_evals=args.max_evals,
+                        exhaustive_limit=args.exhaustive_limit)
+    print(res.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit status.
+
+    Bad values exit with status 2 and a usage error, as argparse does.
+    """
+    from . import demo
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and not argv[0].startswith("-") else "demo"
-    if command == "demo":
-        from .demo import main as demo
-
-        return demo(argv)
-    if command == "optimize":
-        from .initopt import cli
-
-        return cli(argv)
-    print(f"unknown command {command!r}; use 'demo' or 'optimize' (with --help for options)", file=sys.stderr)
-    return 2
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        print(f"python -m chords_core: error: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} "
+              "(--help lists them)", file=sys.stderr)
+        return 2
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
+        argv = ["demo"] + argv  # the demo is the default subcommand
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return demo.run_main(args) if args.command == "demo" else optimize(args)
+    except (ValueError, TypeError) as e:  # a value argparse could not check alone: usage error, status 2
+        print(f"python -m chords_core {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

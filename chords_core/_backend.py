@@ -147,6 +147,30 @@ def all_finite(x: Array) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def is_floating(x: Array) -> bool:
+    """True if ``x`` has a real floating dtype (numpy, torch or jax)."""
+    lib = library(x)
+    if lib == "torch":
+        return bool(x.dtype.is_floating_point)
+    return np.dtype(x.dtype).kind == "f"
+
+
+def is_array(x: Array) -> bool:
+    """True if ``x`` is an array this module handles (has a shape and a dtype)."""
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def cast_like(x: Array, like: Array) -> Array:
+    """``x`` in the dtype of ``like`` (no copy when it already is): a float32 state stays float32
+    whatever precision the model computes in."""
+    if x.dtype == like.dtype:
+        return x
+    lib = library(x)
+    if lib == "torch":
+        return x.to(like.dtype)
+    return x.astype(like.dtype)
+
+
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float."""
     return float(((x * x).sum() / _numel(x)) ** 0.5)

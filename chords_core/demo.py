@@ -15,11 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import RectifiedFlow, VP, StopAtCore, StopOnResidual, chords, default_init, solve, time_grid
+from . import SOLVERS, VP, make_solver, RectifiedFlow, StopAtCore, StopOnResidual, chords, default_init, solve, time_grid
 from .problems import GaussianMixture
 
 SCHEDULES = {"rf": (RectifiedFlow, "flow", "uniform"), "vp": (VP.linear, "eps", "logsnr")}
-DEFAULT_STEPS = {"euler": 50, "heun": 25, "ddim": 50, "dpmpp_2m": 20, "dpmpp_3m": 20, "unipc": 20, "unip": 20}
 
 
 def rms(a, b) -> float:
@@ -49,19 +48,35 @@ def parse_init(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The demo's own parser (``python -m chords_core demo``)."""
     p = argparse.ArgumentParser(prog="python -m chords_core demo", description=__doc__.splitlines()[0])
-    p.add_argument("--solver", nargs="+", default=["euler", "dpmpp_2m", "unipc"], choices=sorted(DEFAULT_STEPS))
-    p.add_argument("--cores", nargs="+", type=int, default=[2, 4, 8])
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options."""
+    p.add_argument("--solver", nargs="+", default=["euler", "dpmpp_2m", "unipc"], choices=sorted(SOLVERS),
+                   help="solvers to run (default: euler dpmpp_2m unipc)")
+    p.add_argument("--cores", nargs="+", type=int, default=[2, 4, 8], help="core counts (default: 2 4 8)")
     p.add_argument("--steps", type=int, default=None, help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
     p.add_argument("--init", type=parse_init, default=None, help="init sequence (fixes the core count), e.g. 0-2-4-8-16-24-32-40")
     p.add_argument("--stop", type=parse_stop, default=StopAtCore(1), help="core:N | residual:TOL | none (default core:1)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf", help="rf: rectified flow + flow prediction; vp: VP + eps")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--modes", type=int, default=10)
-    p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dim", type=int, default=64, help="Gaussian mixture dimension (default 64)")
+    p.add_argument("--modes", type=int, default=10, help="Gaussian mixture components (default 10)")
+    p.add_argument("--samples", type=int, default=16, help="noise samples solved at once (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mixture and the noise (default 0)")
     p.add_argument("--out", default="demo-output", help="folder for the PNG plot")
-    return p
+
+
+def default_steps(solver: str) -> int:
+    """The demo's steps for a solver: 50 for first-order one-stage solvers, 50 / stages for
+    multi-stage ones (Heun: 25), 20 for higher-order multistep ones."""
+    spec = SOLVERS[solver]
+    if spec.stages > 1:
+        return 50 // spec.stages
+    return 50 if spec.order == 1 else 20
 
 
 def run(args) -> list[dict]:
@@ -71,12 +86,13 @@ def run(args) -> list[dict]:
     model = gmm.model(schedule, prediction)
     rows, ladders = [], {}
     for solver in args.solver:
-        steps = args.steps or DEFAULT_STEPS[solver]
+        steps = args.steps or default_steps(solver)
         grid = time_grid(schedule, steps, spacing)
         x_T = np.random.default_rng(args.seed + 1).standard_normal((args.samples, args.dim)) * float(schedule.sigma(grid[0]))
         exact = gmm.reference_solve(x_T, grid[0], grid[-1], schedule)
         seq = solve(model, x_T, grid, solver)
-        seq_rounds = sum(1 for _ in range(steps)) if solver != "heun" else 2 * steps - 1
+        bound = make_solver(solver, model, grid)
+        seq_rounds = sum(bound.evals(i, i + 1) for i in range(steps))
         rows.append(dict(solver=solver, steps=steps, cores=1, init="-", rounds=seq_rounds, speedup=1.0, nfe=seq_rounds,
                          err_seq=0.0, err_exact=rms(seq, exact), output="sequential"))
         core_counts = [len(args.init)] if args.init else args.cores
@@ -130,7 +146,12 @@ def write_plot(ladders: dict, out: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the demo with ``argv`` (the ``python -m chords_core demo`` options)."""
+    return run_main(build_parser().parse_args(argv))
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Run the demo with parsed options; print the table and the plot's path."""
     rows = run(args)
     print(f"Gaussian mixture: {args.dim}-D, {args.modes} modes, {args.samples} samples, schedule {args.schedule}; "
           f"stop {args.stop}")

@@ -69,12 +69,23 @@ class Model:
         """Per grid index (a, b) with quantity = a x + b out; ``None`` means the output is the quantity."""
         raise NotImplementedError
 
-    def _check(self, out: Array, expected_shape: tuple, n: int, rows: int) -> None:
-        if out.shape != expected_shape and tuple(out.shape) != tuple(expected_shape):
-            raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(expected_shape)}")
+    def check_times(self, times: np.ndarray) -> None:
+        """Raise ``ValueError`` if the grid ``times`` does not suit the model (any grid suits a plain ODE)."""
+
+    def _check(self, out: Array, like: Array, n: int, rows: int) -> Array:
+        """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
+        checked: an array of ``like``'s shape, floating, finite (if ``check_outputs``); returned in
+        ``like``'s dtype."""
+        if not B.is_array(out):
+            raise ModelOutputError(0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
+        if tuple(out.shape) != tuple(like.shape):
+            raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
+        if not B.is_floating(out):
+            raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
         if self.check_outputs and not B.all_finite(out):
-            bad = next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
+            bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
+        return B.cast_like(out, like)
 
 
 class DiffusionModel(Model):
@@ -97,11 +108,28 @@ class DiffusionModel(Model):
     def _call(self, xs, ts):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs)
-        out = self.fn(x, B.times_like(ts, rows, x))
-        self._check(out, x.shape, len(xs), rows)
+        out = self._check(self.fn(x, B.times_like(ts, rows, x)), x, len(xs), rows)
         if len(xs) == 1:
             return [out]
         return B.split_rows(out, len(xs))
+
+    def check_times(self, times: np.ndarray) -> None:
+        """The grid must lie in the schedule's domain and run from noise towards data (the half
+        log-SNR lambda strictly increasing along it)."""
+        lo, hi = self.schedule.domain()
+        bad = np.flatnonzero((times < lo) | (times > hi))
+        if len(bad):
+            k = int(bad[0])
+            raise ValueError(f"grid[{k}]={times[k]:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] "
+                             f"({type(self.schedule).__name__})")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = np.asarray(self.schedule.lam(times), dtype=np.float64)
+            d = np.diff(lam)
+        if not np.all(d > 0):
+            k = int(np.flatnonzero(~(d > 0))[0])
+            raise ValueError(f"grid must run from noise to data for a diffusion model (the log-SNR increasing), but "
+                             f"grid[{k}]={times[k]:g} -> grid[{k + 1}]={times[k + 1]:g} goes the other way; "
+                             f"reverse the grid, e.g. time_grid(schedule, steps)")
 
     def data_eps_coefficients(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
         """((a_D, b_D), (a_e, b_e)) with x0_hat = a_D x + b_D out and eps_hat = a_e x + b_e out at time t."""
@@ -152,16 +180,14 @@ class VectorField(Model):
         if not self.batched:
             outs = []
             for k, (x, t) in enumerate(zip(xs, ts)):
-                out = self.f(float(t), x)
                 try:
-                    self._check(out, x.shape, 1, 1)
+                    out = self._check(self.f(float(t), x), x, 1, 1)
                 except ModelOutputError as e:
                     raise ModelOutputError(k, str(e)) from None
                 outs.append(out)
             return outs
         y = B.stack(xs)
-        out = self.f(B.times_like(ts, 1, y), y)
-        self._check(out, y.shape, len(xs), 1)
+        out = self._check(self.f(B.times_like(ts, 1, y), y), y, len(xs), 1)
         return [out[k] for k in range(len(xs))]
 
     def coefficients(self, times, quantity):

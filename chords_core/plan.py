@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
-__all__ = ["Eval", "Round", "Plan", "make_plan", "validate_init", "default_init", "paper_init"]
+from .checks import check_int
+from .inits import validate_init
+from .stopping import as_stop_rule
+
+__all__ = ["Eval", "Round", "Plan", "make_plan", "diagram"]
 
 
-@dataclass(frozen=True, slots=True)
-class Eval:
+class Eval(NamedTuple):
     """One model evaluation: core ``core`` at stage ``stage`` of its step ``index`` -> ``index + 1``.
 
     ``time_index`` is the grid index of the evaluated time. After the evaluation: ``spawn`` (the
@@ -50,7 +53,10 @@ class Eval:
 
 @dataclass(frozen=True)
 class Round:
-    number: int  # 1-based: the round count after this round
+    """One round: its 1-based ``number`` (the round count after it), the evaluations made (one per
+    busy core, slowest core first) and whether the coarse hit formed in it."""
+
+    number: int
     evals: tuple[Eval, ...]
     coarse_hit: bool = False
 
@@ -67,22 +73,23 @@ class Round:
 
 @dataclass(frozen=True)
 class Plan:
+    """The static CHORDS schedule of ``make_plan``: every round's evaluations, before any array exists.
+
+    Attributes:
+        steps: T, the grid's number of steps.
+        init: the cores' start indices (t_0 = 0, ..., t_{K-1}).
+        evals_per_step: model evaluations of step i -> i + 1, per i.
+        rounds: every ``Round`` until core 0 (the sequential solver) finishes.
+        finish_round: R_c per core: the round after which core c outputs.
+        hit_order: cores in arrival order of their outputs (fastest first).
+    """
+
     steps: int
     init: tuple[int, ...]
     evals_per_step: tuple[int, ...]
     rounds: tuple[Round, ...]
     finish_round: tuple[int, ...]  # R_c per core
     hit_order: tuple[int, ...] = field(default=())  # cores in arrival order
-
-    @functools.cached_property
-    def round_tuples(self) -> tuple:
-        """Per round, the evaluations as plain tuples (core, index, stage, time_index, spawn,
-        record_for, completes, rectify_from, hit): the engine's fast path."""
-        return tuple(
-            tuple((e.core, e.index, e.stage, e.time_index, e.spawn, e.record_for, e.completes, e.rectify_from, e.hit)
-                  for e in r.evals)
-            for r in self.rounds
-        )
 
     @property
     def cores(self) -> int:
@@ -93,70 +100,74 @@ class Plan:
         """Rounds (= sequential model evaluations) of the plain solver: core 0's finishing round."""
         return sum(self.evals_per_step)
 
-    def stop_round(self, stop) -> int:
-        """Rounds the run lasts under ``stop``: the n-th output's round for ``StopAtCore(n)``; every
-        round otherwise (``StopOnResidual`` may end earlier, which only the outputs can tell)."""
-        n = getattr(stop, "n", None)
-        return self.finish_round[self.hit_order[n - 1]] if n is not None else len(self.rounds)
+    def stop_round(self, stop: Any) -> int:
+        """The most rounds a run lasts under the stop rule ``stop`` (``None``: run all): the round of
+        the last output the rule may need (``stop.outputs_needed``). A rule that decides on the
+        outputs (``StopOnResidual``) may end earlier, which only the outputs can tell."""
+        n = as_stop_rule(stop).outputs_needed(self.cores)
+        return self.finish_round[self.hit_order[n - 1]]
 
     def nfe(self, rounds: int | None = None) -> int:
         """Model evaluations in the first ``rounds`` rounds (all rounds by default)."""
         return sum(len(r.evals) for r in self.rounds[: len(self.rounds) if rounds is None else rounds])
 
     def rectifications(self, core: int) -> int:
+        """How many rectifications core ``core`` receives over the whole plan."""
         return sum(1 for r in self.rounds for e in r.evals if e.core == core and e.rectify_from is not None)
 
-    def diagram(self, rounds: int | None = None) -> str:
-        """Text picture: one line per round, one column per core; ``i.k`` = step i stage k, ``*`` = rectified."""
-        rows = self.rounds[: len(self.rounds) if rounds is None else rounds]
-        multi = max(self.evals_per_step) > 1
-        w = 6 if multi else 4
-        lines = ["round | " + " ".join(f"c{c}".rjust(w) for c in range(self.cores)) + " | events"]
-        for r in rows:
-            cells = [" " * w] * self.cores
-            events = []
-            for e in r.evals:
-                txt = f"{e.index}.{e.stage}" if multi else f"{e.index}"
-                cells[e.core] = (txt + ("*" if e.rectify_from is not None else "")).rjust(w)
-                if e.rectify_from is not None:
-                    events.append(f"c{e.core}<-c{e.core - 1}@{e.rectify_from}")
-            events += [f"hit c{c}" for c in r.hits]
-            if r.coarse_hit:
-                events.append("coarse hit")
-            lines.append(f"{r.number:5d} | " + " ".join(cells) + " | " + ", ".join(events))
-        return "\n".join(lines)
+    def diagram(self, rounds: int | None = None, legend: bool = False) -> str:
+        """Text picture of the first ``rounds`` rounds (all by default); see ``diagram``."""
+        return diagram(self.rounds[: len(self.rounds) if rounds is None else rounds], self.cores, legend)
 
 
-def validate_init(init: Sequence[int], steps: int, cores: int | None = None) -> tuple[int, ...]:
-    """Check an init sequence: integers, starting at 0, strictly increasing, below ``steps``."""
-    try:
-        seq = tuple(int(v) for v in init)
-    except (TypeError, ValueError):
-        raise ValueError(f"init must be a sequence of integers, got {init!r}") from None
-    if any(float(a) != float(b) for a, b in zip(seq, init)):
-        raise ValueError(f"init must hold integers (grid indices), got {list(init)!r}")
-    if cores is not None and len(seq) != cores:
-        raise ValueError(f"init has {len(seq)} entries but cores={cores}; give one start index per core")
-    if not seq or seq[0] != 0:
-        raise ValueError(f"init must start at 0 (core 0 is the sequential solver), got {list(seq)!r}")
-    for c in range(1, len(seq)):
-        if seq[c] <= seq[c - 1]:
-            raise ValueError(f"init must be strictly increasing: init[{c}]={seq[c]} <= init[{c - 1}]={seq[c - 1]}")
-    if seq[-1] >= steps:
-        raise ValueError(f"init must stay below steps={steps}: init[{len(seq) - 1}]={seq[-1]}")
-    return seq
+def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
+    """Text picture of ``rounds``: one line per round, one column per lane (core).
+
+    Cells: ``i`` = the lane evaluates the first stage of step i -> i + 1 (``i.k`` = stage k when a
+    step has several), ``*`` = the step's completion is rectified. Events: ``c2<-c1@8`` = core 2
+    rectified from core 1's point at grid index 8; ``hit c3`` = core 3 outputs; ``coarse hit``.
+    With ``legend`` a line explaining these opens the picture.
+    """
+    multi = any(e.stage > 0 for r in rounds for e in r.evals)
+    w = 6 if multi else 4
+    lines = ["round | " + " ".join(f"c{c}".rjust(w) for c in range(lanes)) + " | events"]
+    for r in rounds:
+        cells = [" " * w] * lanes
+        events = []
+        for e in r.evals:
+            txt = f"{e.index}.{e.stage}" if multi else f"{e.index}"
+            cells[e.core] = (txt + ("*" if e.rectify_from is not None else "")).rjust(w)
+            if e.rectify_from is not None:
+                events.append(f"c{e.core}<-c{e.core - 1}@{e.rectify_from}")
+        events += [f"hit c{c}" for c in r.hits]
+        if r.coarse_hit:
+            events.append("coarse hit")
+        lines.append(f"{r.number:5d} | " + " ".join(cells) + " | " + ", ".join(events))
+    step = "i.k = stage k of step i -> i+1" if multi else "i = evaluates step i -> i+1"
+    if legend:
+        lines.insert(0, f"legend: {step}; * = rectified at that step; cA<-cB@b = core A rectified from core B's "
+                        "point at index b; hit cN = core N outputs")
+    return "\n".join(lines)
 
 
 def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | None = None) -> Plan:
-    """Simulate the schedule symbolically (no arrays) and return every round's evaluations (cached)."""
+    """Simulate the CHORDS schedule symbolically (no arrays) and return it (cached).
+
+    Args:
+        steps: T, the grid's number of steps.
+        init: the cores' start indices (see ``inits.validate_init``).
+        evals_per_step: model evaluations per step (default one each; Heun has two).
+
+    Returns:
+        The ``Plan``: every round's evaluations until core 0 finishes.
+    """
     eps = tuple(int(e) for e in evals_per_step) if evals_per_step is not None else None
     return _make_plan(steps, tuple(init) if not isinstance(init, tuple) else init, eps)
 
 
 @functools.lru_cache(maxsize=256)
 def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = check_int("steps", steps, 1)
     init = validate_init(init, steps)
     eps = tuple(evals_per_step) if evals_per_step is not None else (1,) * steps
     if len(eps) != steps or any(e < 1 for e in eps):
@@ -174,7 +185,7 @@ def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:
             if n >= len(ticks[c]):
                 continue
             i, k = ticks[c][n]
-            record = c + 1 if (k == 0 and c + 1 < K and c + 1 <= r and anchor[c + 1] == i and n < len(ticks[c])) else None
+            record = c + 1 if (k == 0 and c + 1 < K and c + 1 <= r and anchor[c + 1] == i) else None
             if record is not None and r - (c + 1) >= len(ticks[c + 1]):
                 record = None  # the faster core has already finished
             if record is not None:
@@ -193,42 +204,3 @@ def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:
         r += 1
     order = tuple(c for rd in rounds for c in rd.hits)
     return Plan(steps, init, eps, tuple(rounds), tuple(finish), order)
-
-
-def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
-    """The paper's sequences (K = 4, 6, 8 at T = 50) scaled exactly to ``steps`` (e.g. 75, 100), or None."""
-    base = {4: (0, 8, 16, 32), 6: (0, 3, 6, 12, 24, 36), 8: (0, 2, 4, 8, 16, 24, 32, 40)}.get(cores)
-    if base is None:
-        return None
-    if any((v * steps) % 50 for v in base):
-        return None  # only exact scalings: rounded ones lose the sequence's structure (measured worse)
-    seq = tuple(v * steps // 50 for v in base)
-    try:
-        return validate_init(seq, steps, cores)
-    except ValueError:
-        return None
-
-
-def default_init(steps: int, cores: int) -> tuple[int, ...]:
-    """The default init sequence for (steps, cores).
-
-    For K = 4, 6, 8 the paper's sequence where it scales exactly to ``steps`` (T = 50, 75, 100, ...);
-    otherwise the recipe that reproduces the paper's sequences (``initopt.recipe_init``: frame end
-    E = T - 2, walk down from the fastest start t_{K-1} with t_{k-1} = t_k / 2 if E/(E - t_k) <= 3
-    else 2 t_k - E). ``initopt.optimize_init`` finds better sequences for a given error budget.
-    Needs steps >= cores.
-    """
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if cores > steps:
-        raise ValueError(f"cores={cores} needs at least as many steps, got steps={steps}")
-    if cores == 1:
-        return (0,)
-    paper = paper_init(steps, cores)
-    if paper is not None:
-        return paper
-    from .initopt import recipe_init
-
-    return recipe_init(steps, cores)

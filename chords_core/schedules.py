@@ -51,6 +51,10 @@ class Schedule:
         """d sigma / dt."""
         raise NotImplementedError
 
+    def domain(self) -> tuple[float, float]:
+        """The times where the schedule is defined (alpha, sigma >= 0): [0, 1] unless overridden."""
+        return (0.0, 1.0)
+
     def lam(self, t):
         """Half log-SNR lambda(t) = log(alpha/sigma); +inf where sigma = 0."""
         with np.errstate(divide="ignore"):
@@ -183,6 +187,10 @@ class EDM(Schedule):
 
     def d_sigma(self, t):
         return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def domain(self) -> tuple[float, float]:
+        """Any noise level sigma = t >= 0."""
+        return (0.0, math.inf)
 
     def t_from_lam(self, lam):
         return np.exp(-np.asarray(lam, dtype=np.float64))

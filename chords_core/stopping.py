@@ -1,45 +1,124 @@
-"""When CHORDS stops and which output it returns.
+"""Stop rules: when a parallel method stops and which of its outputs it returns.
 
-- ``StopAtCore(n)``: return the n-th output to arrive (n = 1: the fastest core). Static: the
-  number of rounds is known from the plan before any evaluation.
-- ``StopOnResidual(tol)``: at each core's output compare it with the previous output (the first
-  core's output with the coarse hit) by the RMS per element,
-  sqrt(mean((x_new - x_prev)^2)); stop when it is below ``tol`` and return the newer output. Unlike
-  the reference code's ||.||_2 / numel this does not depend on the state size.
-- ``None``: run every core; the result is core 0's output, the sequential solution.
+A parallel method produces *outputs* one after another (CHORDS: one per core, fastest first;
+SRDS: one per iteration). A stop rule is an object with three methods, and every method, the
+compiled JAX path included, consults it the same way:
+
+- ``outputs_needed(available)``: the most outputs the run needs, known before any evaluation
+  (``available`` is how many the method can produce). The engine truncates its static schedule
+  there; raise ``ValueError`` if the rule cannot be met.
+- ``accept(outputs, coarse)``: after each new output (``outputs[-1]``; ``outputs`` in arrival
+  order, ``coarse`` the zero-cost prediction made before any output, or ``None``), whether to stop
+  and return it.
+- ``describe(n, core, accepted)``: the ``stopped_by`` text; ``accepted`` is False when no output
+  was accepted and the run returned its last one (the most accurate).
+
+The rules shipped:
+
+- ``StopAtCore(n)``: return the n-th output to arrive (n = 1: the fastest core). Static.
+- ``StopOnResidual(tol)``: stop at the first output within ``tol`` of the previous one (the first
+  output is compared with the coarse prediction), by the RMS per element sqrt(mean((x - x_prev)^2)).
+  Unlike the reference code's ||.||_2 / numel this does not depend on the state size.
+- ``RunAll()`` (also what ``stop=None`` means): run to the end; the result is the last output,
+  which for CHORDS is core 0's, the sequential solution.
+
+A rule written outside the package subclasses ``StopRule`` (or just has these three methods).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
-__all__ = ["StopAtCore", "StopOnResidual", "check_stop"]
+from . import _backend as B
+from .checks import check_float, check_int
+
+__all__ = ["StopRule", "StopAtCore", "StopOnResidual", "RunAll", "as_stop_rule", "select_output"]
+
+
+class StopRule:
+    """Base class of stop rules; see the module docstring for the protocol."""
+
+    def outputs_needed(self, available: int) -> int:
+        """The most outputs the run needs out of the ``available`` ones (static); all by default."""
+        return available
+
+    def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        """Whether to stop at the newest output ``outputs[-1]``."""
+        raise NotImplementedError
+
+    def describe(self, n: int, core: int, accepted: bool) -> str:
+        """``stopped_by`` text for output number ``n`` (1-based) from core ``core``."""
+        return f"{type(self).__name__} at output {n} (core {core})" if accepted else f"{type(self).__name__} not met; last output"
 
 
 @dataclass(frozen=True)
-class StopAtCore:
+class StopAtCore(StopRule):
+    """Return the ``n``-th output to arrive (n = 1: the fastest core's)."""
+
     n: int = 1
 
     def __post_init__(self):
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"StopAtCore(n): n must be an integer >= 1 (1 = fastest core), got {self.n!r}")
+        object.__setattr__(self, "n", check_int("StopAtCore(n): n", self.n, 1))
+
+    def outputs_needed(self, available: int) -> int:
+        if self.n > available:
+            raise ValueError(f"stop=StopAtCore({self.n}) asks for more outputs than cores={available}")
+        return self.n
+
+    def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        return len(outputs) >= self.n
+
+    def describe(self, n: int, core: int, accepted: bool) -> str:
+        return f"output {n} (core {core})"
 
 
 @dataclass(frozen=True)
-class StopOnResidual:
+class StopOnResidual(StopRule):
+    """Stop at the first output whose RMS change from the previous one is below ``tol``."""
+
     tol: float
 
     def __post_init__(self):
-        if not isinstance(self.tol, (int, float)) or not math.isfinite(self.tol) or self.tol < 0:
-            raise ValueError(f"StopOnResidual(tol): tol must be a finite number >= 0, got {self.tol!r}")
+        object.__setattr__(self, "tol", check_float("StopOnResidual(tol): tol", self.tol, 0.0))
+
+    def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        prev = outputs[-2] if len(outputs) > 1 else coarse
+        if prev is None:
+            return False
+        return B.rms(outputs[-1] - prev) < self.tol
+
+    def describe(self, n: int, core: int, accepted: bool) -> str:
+        return f"residual below {self.tol:g} at core {core}" if accepted else f"residual never below {self.tol:g}; core {core}"
 
 
-def check_stop(stop, cores: int):
-    if stop is None or isinstance(stop, StopOnResidual):
+@dataclass(frozen=True)
+class RunAll(StopRule):
+    """Run every core (every iteration); return the last output. ``stop=None`` means this."""
+
+    def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        return False
+
+    def describe(self, n: int, core: int, accepted: bool) -> str:
+        return f"ran to the end; output {n} (core {core})"
+
+
+def as_stop_rule(stop: Any) -> StopRule:
+    """``stop`` as a rule object: ``None`` -> ``RunAll()``; anything with the protocol's methods as is."""
+    if stop is None:
+        return RunAll()
+    if all(callable(getattr(stop, m, None)) for m in ("outputs_needed", "accept", "describe")):
         return stop
-    if isinstance(stop, StopAtCore):
-        if stop.n > cores:
-            raise ValueError(f"stop=StopAtCore({stop.n}) asks for more outputs than cores={cores}")
-        return stop
-    raise TypeError(f"stop must be StopAtCore, StopOnResidual or None, got {type(stop).__name__}")
+    raise TypeError(f"stop must be a stop rule (StopAtCore, StopOnResidual, RunAll, a StopRule subclass) or None, "
+                    f"got {type(stop).__name__}")
+
+
+def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any) -> tuple[int, str]:
+    """Replay ``rule`` over finished outputs (arrival order): (index of the returned output, its
+    ``stopped_by`` text). The engine applies the rule as outputs arrive; this is the same rule for
+    backends that run first and pick after (the compiled JAX path)."""
+    for n in range(1, len(outputs) + 1):
+        if rule.accept(outputs[:n], coarse):
+            return n - 1, rule.describe(n, cores[n - 1], True)
+    n = len(outputs)
+    return n - 1, rule.describe(n, cores[n - 1], False)

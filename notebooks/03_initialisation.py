@@ -30,7 +30,8 @@ while not (ROOT / "chords_core").is_dir() and ROOT != ROOT.parent:
     ROOT = ROOT.parent
 sys.path.insert(0, str(ROOT))
 
-from chords_core.initopt import calibration, optimize_init, pareto_front, recipe_init
+from chords_core.inits import recipe_init
+from chords_core.tuning import calibration, optimize_init, pareto_front
 from theory import chords_theory as th
 
 OUT = Path(os.environ.get("CHORDS_NB_OUT", ROOT / "notebooks" / "figures"))

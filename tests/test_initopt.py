@@ -1,4 +1,4 @@
-"""chords_core.initopt: the recipe, the calibrated optimiser and its CLI."""
+"""chords_core.inits (the recipe) and chords_core.tuning (the calibrated optimiser) and its CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chords_core as cc
-from chords_core.initopt import (
-    calibration, cli, evaluate, optimize_init, pareto_front, recipe_init, recipe_times, uniform_init,
-)
+from chords_core.__main__ import main
+from chords_core.inits import recipe_init, recipe_times, uniform_init
+from chords_core.tuning import calibration, evaluate, optimize_init, pareto_front
+
+
+def cli(argv):
+    return main(["optimize", *argv])
 from chords_core.problems import GaussianMixture, LinearODE
 
 

@@ -1,4 +1,4 @@
-"""ParaDiGMS and SRDS (chords_core.peers): exactness against the sequential solver, accounting, input checks."""
+"""ParaDiGMS and SRDS (chords_core.methods): exactness against the sequential solver, accounting, input checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chords_core as cc
-from chords_core.peers import PeerResult, noise_variances, paradigms, srds, srds_blocks
+from chords_core.methods.paradigms import noise_variances
+from chords_core.methods.srds import srds_blocks
+from chords_core import paradigms, srds
 from chords_core.problems import GaussianMixture, LinearODE
 
 GMM = GaussianMixture.random(8, 3, seed=0)
@@ -77,9 +79,9 @@ def test_one_executor_call_per_round_and_nfe_accounting():
     model, grid = setup("rf", "euler", 20)
     ex = Counting()
     r = paradigms(model, X, grid, "euler", window=4, tol=0.1, executor=ex)
-    assert len(ex.sizes) == r.rounds == len(r.trace) and sum(ex.sizes) == r.nfe and max(ex.sizes) == r.width <= 4
-    assert [s.end - s.start for s in r.trace] == ex.sizes
-    assert all(s.accepted_to > s.start for s in r.trace) and r.trace[-1].accepted_to == 20
+    assert len(ex.sizes) == r.rounds == len(r.log) and sum(ex.sizes) == r.nfe and max(ex.sizes) == r.width <= 4
+    assert [s.end - s.start for s in r.log] == ex.sizes
+    assert all(s.accepted_to > s.start for s in r.log) and r.log[-1].accepted_to == 20
     ex = Counting()
     r = srds(model, X, grid, "euler", blocks=4, tol=0.0, executor=ex)
     assert len(ex.sizes) == r.rounds and sum(ex.sizes) == r.nfe and max(ex.sizes) == r.width == 4
@@ -99,7 +101,7 @@ def test_srds_stops_on_change_of_final_sample():
     model, grid = setup("vp", "euler", 25)
     tol = 2e-3
     r = srds(model, X, grid, "euler", blocks=5, tol=tol)
-    changes = [it.change for it in r.trace]
+    changes = [it.change for it in r.log]
     assert changes[-1] < tol and all(c >= tol for c in changes[:-1])
     assert r.x is r.hits[-1].x and r.rounds == r.hits[-1].round
     capped = srds(model, X, grid, "euler", blocks=5, tol=0.0, max_iters=2)
@@ -119,7 +121,7 @@ def test_result_type_and_torch_arrays():
     model, grid = setup("rf", "dpmpp_2m", 10)
     for fn, kw in ((paradigms, dict(window=3)), (srds, dict(blocks=3))):
         r = fn(model, X, grid, "dpmpp_2m", **kw)
-        assert isinstance(r, cc.ChordsResult) and isinstance(r, PeerResult) and r.plan is None
+        assert isinstance(r, cc.Result) and r.plan is None
         assert r.speedup == 10 / r.rounds
         fn_t = cc.DiffusionModel(lambda x, t: torch.from_numpy(model.fn(x.numpy(), t.numpy())), model.schedule, "flow")
         rt = fn(fn_t, torch.from_numpy(X), grid, "dpmpp_2m", **kw)

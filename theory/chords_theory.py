@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from chords_core.initopt import recipe_init, recipe_times  # noqa: F401  (re-exported: the K-core recipe)
+from chords_core.inits import recipe_init, recipe_times  # noqa: F401  (re-exported: the K-core recipe)
 from chords_core.plan import validate_init
 
 __all__ = [

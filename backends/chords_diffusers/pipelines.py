@@ -29,10 +29,10 @@ SUPPORTED_PIPELINES = tuple(ADAPTERS)
 @dataclass
 class ChordsPipelineOutput:
     """``output``: what the pipeline returns (e.g. ``StableDiffusion3PipelineOutput``); ``chords``: the
-    ``ChordsResult`` (rounds, nfe, every hit as latents); ``latents``: the returned latents."""
+    ``Result`` (rounds, nfe, every hit as latents); ``latents``: the returned latents."""
 
     output: Any
-    chords: cc.ChordsResult = field(repr=False)
+    chords: cc.Result = field(repr=False)
     latents: torch.Tensor = field(repr=False)
 
     @property
@@ -66,7 +66,7 @@ def sample_latents(
     executor: cc.Executor | None = None,
     progress: bool = True,
     **chords_options,
-) -> cc.ChordsResult:
+) -> cc.Result:
     """CHORDS from ``latents`` (B, ...) at the first grid time with ``net(x_in, tau)`` under ``smap``.
 
     ``cores=1`` (or ``stop=None``, which returns the slowest core) is the scheduler's sequential loop.

@@ -24,6 +24,8 @@ runs (its ``scale_model_input`` divides the state by sqrt(sigma~^2 + 1) before t
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,10 @@ class VESigmaVP(cc.Schedule):
     def d_sigma(self, t):
         t = np.asarray(t, dtype=np.float64)
         return (1.0 + t * t) ** -1.5
+
+    def domain(self) -> tuple[float, float]:
+        """Any VE noise level s = sigma / alpha >= 0."""
+        return (0.0, math.inf)
 
     def lam(self, t):
         with np.errstate(divide="ignore"):

@@ -1,7 +1,7 @@
 """chords_jax: CHORDS compiled end to end with JAX (``lax.scan`` over rounds, cores on a leading axis).
 
 ``chords(model, x, grid, solver, cores=, init=, stop=, history=, devices=)`` takes the arguments of
-``chords_core.chords`` and returns its ``ChordsResult``; ``solve(model, x, grid, solver)`` is the
+``chords_core.chords`` and returns its ``Result``; ``solve(model, x, grid, solver)`` is the
 compiled sequential solve. ``devices`` shards the core slots over a device mesh axis ``"cores"``.
 """
 

@@ -5,7 +5,7 @@
    model kind / schedule / grid / solver / init / stop / history).
 2. ``lower.py`` turns it into per-round index/coefficient arrays, ``run.py`` executes them as one
    jitted ``lax.scan`` over rounds with the core slots on a leading axis (sharded over devices).
-3. The result is the core's ``ChordsResult``: plan, rounds, NFE and hits come from the symbolic run,
+3. The result is the core's ``Result``: plan, rounds, NFE and hits come from the symbolic run,
    the arrays from the compiled one.
 """
 
@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import chords_core as cc
+from chords_core.checks import check_grid
+from chords_core.engine import plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
-from chords_core.pipeline import ChordsResult, Hit
-from chords_core.sequential import check_grid
-from chords_core.stopping import StopAtCore, StopOnResidual
+from chords_core.results import Hit, Result
+from chords_core.stopping import StopAtCore, StopRule, as_stop_rule, select_output
 
 from .linear import LinearTrace
 from .lower import Program, lower
@@ -47,14 +48,17 @@ def _model_key(model) -> tuple:
 
 
 def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None, init=None, stop=StopAtCore(1),
-                 history: str = "shift", slots_multiple: int = 1, **solver_options) -> tuple[Program, ChordsResult]:
-    """Replay the core engine symbolically and lower it: (program arrays, symbolic ``ChordsResult``).
+                 history: str = "shift", slots_multiple: int = 1, **solver_options) -> tuple[Program, Result]:
+    """Replay the core engine symbolically and lower it: (program arrays, symbolic ``Result``).
 
-    ``stop=StopOnResidual`` is replayed as ``stop=None`` (all rounds); the caller selects on the host.
+    The replay runs until the last output the stop rule may need (``stop.outputs_needed``); the
+    caller picks the output on the host with the same rule (``stopping.select_output``).
     The symbolic result's arrays are ``Sym`` nodes; ``program.outputs`` maps their ids to registers.
     """
     times = check_grid(grid)
-    trace_stop = None if isinstance(stop, StopOnResidual) else stop
+    K = len(init) if init is not None else cores
+    needed = as_stop_rule(stop).outputs_needed(K) if isinstance(K, int) and K >= 1 else None
+    trace_stop = StopAtCore(needed) if needed is not None else None
     key = None
     if isinstance(solver, str):
         opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
@@ -87,21 +91,21 @@ def chords(
     *,
     cores: int | None = None,
     init: Sequence[int] | None = None,
-    stop: "StopAtCore | StopOnResidual | None" = StopAtCore(1),
+    stop: "StopRule | None" = StopAtCore(1),
     history: str = "shift",
     devices: Any = None,
     executor: None = None,
     progress: bool = False,
     **solver_options,
-) -> ChordsResult:
-    """CHORDS as ``chords_core.chords``, compiled: same arguments, same ``ChordsResult`` (jax arrays).
+) -> Result:
+    """CHORDS as ``chords_core.chords``, compiled: same arguments, same ``Result`` (jax arrays).
 
     ``model``'s function must be jax-traceable (``jax.numpy``). ``devices``: None (the default
     device, slots vmapped/batched), a device count, a sequence of devices or a ``Mesh`` with an axis
     ``"cores"``: the K core slots (padded to a multiple of the device count) are sharded over it.
-    ``StopAtCore`` truncates the scan at the plan's round; ``StopOnResidual`` runs every round and
-    picks the output on the host (the reported rounds/NFE are where it stops). ``executor`` must be
-    None (the compiled scan is the executor); ``progress`` is accepted and ignored.
+    The scan stops at the round of the last output the stop rule may need; the rule then picks the
+    output on the host, as the core engine would (rounds and NFE are where it stops). ``executor``
+    must be None (the compiled scan is the executor); ``progress`` is accepted and ignored.
     """
     if executor is not None:
         raise ValueError("executor: chords_jax compiles the model evaluation itself; use devices= to shard it")
@@ -120,9 +124,8 @@ def chords(
     vals = {nid: buf[row] for nid, row in prog.outputs.items()}
     hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
     coarse = vals[sym.coarse.id]
-    if isinstance(stop, StopOnResidual):
-        return _select_residual(hits, coarse, sym.plan, stop)
-    return ChordsResult(vals[sym.x.id], sym.rounds, sym.nfe, hits, coarse, sym.plan, sym.stopped_by)
+    n, stopped_by = select_output(as_stop_rule(stop), [h.x for h in hits], [h.core for h in hits], coarse)
+    return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
 
 
 def solve(model: cc.Model, x: Any, grid, solver: "str | cc.solvers.Solver" = "euler", *, devices: Any = None,
@@ -141,7 +144,7 @@ def _as_state(x) -> jax.Array:
     return x
 
 
-def _raise_nonfinite(finite: np.ndarray, prog: Program, sym: ChordsResult) -> None:
+def _raise_nonfinite(finite: np.ndarray, prog: Program, sym: Result) -> None:
     bad = np.argwhere(prog.active & ~finite)
     if not len(bad):
         return
@@ -151,21 +154,3 @@ def _raise_nonfinite(finite: np.ndarray, prog: Program, sym: ChordsResult) -> No
     e = evs[j]
     raise ModelOutputError(j, f"round {r + 1}, core {k} (step {e.index}, stage {e.stage}, t={prog.times[r, k]:.6g}): "
                               "model returned non-finite values (nan or inf)")
-
-
-def _rms(a) -> float:
-    return float(jnp.sqrt(jnp.mean(jnp.square(a))))
-
-
-def _select_residual(hits: tuple[Hit, ...], coarse, plan, stop: StopOnResidual) -> ChordsResult:
-    """The core's StopOnResidual rule on the host: the first output within ``tol`` (RMS) of the
-    previous one (the coarse hit for the first); every output of its round is kept."""
-    for n, h in enumerate(hits):
-        prev = hits[n - 1].x if n else coarse
-        if _rms(h.x - prev) < stop.tol:
-            kept = tuple(g for g in hits if g.round <= h.round)
-            return ChordsResult(h.x, h.round, plan.nfe(h.round), kept, coarse, plan,
-                                f"residual below {stop.tol:g} at core {h.core}")
-    last = hits[-1]
-    return ChordsResult(last.x, last.round, plan.nfe(last.round), hits, coarse, plan,
-                        f"residual never below {stop.tol:g}; core 0")

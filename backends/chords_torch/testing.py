@@ -194,5 +194,5 @@ def seeded_state(batch: int = 3, dim: int = 4, seed: int = 1) -> torch.Tensor:
 
 
 def same_hits(a, b) -> bool:
-    """Two ChordsResults have the same outputs from the same cores, bit for bit."""
+    """Two Results have the same outputs from the same cores, bit for bit."""
     return len(a.hits) == len(b.hits) and all(h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))

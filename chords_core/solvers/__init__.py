@@ -18,6 +18,8 @@ name           method                                    evals/step  order
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..models import Model
 from .base import DataSolver, Solver, State
@@ -25,28 +27,59 @@ from .dpmpp import DPMSolverPP
 from .explicit import Euler, Heun
 from .unipc import UniPC
 
-__all__ = ["make_solver", "SOLVERS", "Solver", "DataSolver", "State", "Euler", "Heun", "DPMSolverPP", "UniPC"]
+__all__ = ["make_solver", "register_solver", "SolverSpec", "SOLVERS", "Solver", "DataSolver", "State", "Euler", "Heun", "DPMSolverPP", "UniPC"]
 
-SOLVERS = {
-    "euler": lambda m, t, **o: Euler(m, t, **o),
-    "heun": lambda m, t, **o: Heun(m, t, **o),
-    "ddim": lambda m, t, **o: DPMSolverPP(m, t, order=1, **o),
-    "dpmpp_2m": lambda m, t, **o: DPMSolverPP(m, t, order=2, **o),
-    "dpmpp_3m": lambda m, t, **o: DPMSolverPP(m, t, order=3, **o),
-    "unipc": lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}),
-    "unip": lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}),
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver: ``build(model, times, **options)`` binds it; ``stages`` model evaluations
+    per step (before a final step to sigma = 0), ``order`` its convergence order with the defaults."""
+
+    build: Callable[..., Solver]
+    stages: int
+    order: int
+    summary: str
+
+
+SOLVERS: dict[str, SolverSpec] = {
+    "euler": SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "explicit Euler on dx/dt = f"),
+    "heun": SolverSpec(lambda m, t, **o: Heun(m, t, **o), 2, 2, "Heun (trapezoid) on dx/dt = f"),
+    "ddim": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=1, **o), 1, 1, "DPM-Solver++(1) = DDIM"),
+    "dpmpp_2m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=2, **o), 1, 2, "DPM-Solver++(2M)"),
+    "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)"),
+    "unipc": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}), 1, 3, "UniPC-2 (UniP + UniC)"),
+    "unip": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}), 1, 2, "UniP-2, predictor only"),
 }
 
 
-def make_solver(solver: "str | Solver", model: Model, times, **options) -> Solver:
-    """Bind a solver (by name) to a model and a time grid."""
+def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> SolverSpec:
+    """Add a solver to ``SOLVERS`` under ``name`` (``replace=True`` to overwrite); returns ``spec``."""
+    if not isinstance(spec, SolverSpec):
+        raise TypeError(f"spec must be a SolverSpec, got {type(spec).__name__}")
+    if name in SOLVERS and not replace:
+        raise ValueError(f"solver {name!r} is already registered (pass replace=True to overwrite it)")
+    SOLVERS[name] = spec
+    return spec
+
+
+def make_solver(solver: "str | Solver", model: Model, times: Any, **options: Any) -> Solver:
+    """Bind a solver to a model and a time grid.
+
+    Args:
+        solver: a name in ``SOLVERS`` or an already bound ``Solver`` (returned as is; no options then).
+        model: the ``Model`` whose outputs the solver consumes.
+        times: the grid's T + 1 times (float64).
+        options: the solver's options (e.g. ``order``, ``variant``, ``lower_order_final``).
+
+    Returns:
+        The bound ``Solver``. Raises ``ValueError`` naming an unknown solver or bad options.
+    """
     if isinstance(solver, Solver):
         if options:
             raise ValueError("solver options go with a solver name, not an already built solver")
         return solver
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ValueError(f"solver: unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     try:
-        return SOLVERS[solver](model, times, **options)
+        return SOLVERS[solver].build(model, times, **options)
     except TypeError as e:
         raise ValueError(f"bad options for solver {solver!r}: {e}") from None

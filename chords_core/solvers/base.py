@@ -27,25 +27,15 @@ Array = Any
 
 
 class State:
-    """A trajectory's state at a grid index; see the module docstring."""
+    """A trajectory's state at a grid index: ``x``, ``hist`` and ``aux`` (see the module docstring).
+
+    Moving a trajectory to another point (a rectification) is ``history.move``.
+    """
 
     __slots__ = ("x", "hist", "aux")
 
     def __init__(self, x: Array, hist: tuple = (), aux: Any = None):
         self.x, self.hist, self.aux = x, hist, aux
-
-    def replace_x(self, x: Array, history: str = "keep", dq: Array = None) -> "State":
-        """The same trajectory moved to the point ``x`` (a rectification).
-
-        ``history``: "keep" leaves the earlier model quantities as they are, "restart" drops them
-        (the next step is first order), "shift" adds ``dq`` (the quantity correction of the
-        rectification) to each of them.
-        """
-        if history == "restart":
-            return State(x, (), None)
-        if history == "shift" and dq is not None and self.hist:
-            return State(x, tuple((k, q + dq) for k, q in self.hist), self.aux)
-        return State(x, self.hist, self.aux)
 
 
 class Solver:
@@ -53,7 +43,7 @@ class Solver:
 
     name = "solver"
     quantity = "velocity"
-    history = 0  # how many earlier quantities a step may use
+    history_size = 0  # how many earlier quantities a step may use (multistep solvers: > 0)
 
     def __init__(self, model: Model, times: np.ndarray):
         self.model = model
@@ -62,6 +52,13 @@ class Solver:
         self.steps = len(self.t) - 1
         self._coef = model.coefficients(self.times, self.quantity)
         self._jumps: dict = {}
+        if self._coef is not None:
+            for i, (a, b) in enumerate(self._coef[:-1]):  # the final time is never evaluated
+                if not (math.isfinite(a) and math.isfinite(b)):
+                    raise ValueError(
+                        f"grid[{i}]={self.t[i]:g}: the model's output cannot be converted to the {self.quantity} "
+                        f"{self.name!r} needs there (e.g. an eps prediction where alpha = 0); start the grid "
+                        f"inside the schedule (time_grid stops short of pure noise) or use another prediction")
 
     # -- model outputs -> solver quantity -------------------------------------------------------
     @property
@@ -97,7 +94,7 @@ class Solver:
         return lincomb(self.jump_coeffs(i, j), (x, q))
 
     def _push(self, state: State, i: int, q: Array) -> tuple:
-        return (((i, q),) + state.hist)[: self.history]
+        return (((i, q),) + state.hist)[: self.history_size]
 
 
 class DataSolver(Solver):

@@ -28,7 +28,7 @@ class DPMSolverPP(DataSolver):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         self.order = order
         self.name = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
-        self.history = order - 1
+        self.history_size = order - 1
         super().__init__(model, times)
         self.lower_order_final = bool(lower_order_final) and self.steps < 15
         self._cache: dict = {}

@@ -35,7 +35,7 @@ class UniPC(DataSolver):
             raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
         self.order, self.variant, self.corrector = order, variant, bool(corrector)
         self.name = "unipc" if corrector else "unip"
-        self.history = order  # the corrector of an order-p step looks p - 1 points behind its start
+        self.history_size = order  # the corrector of an order-p step looks p - 1 points behind its start
         super().__init__(model, times)
         self._cache: dict = {}
 

@@ -1,0 +1,161 @@
+"""Argument checks shared by every entry point: one place, messages that name the argument.
+
+Each ``check_*`` function returns the value normalised (a Python ``int`` for any integer type,
+numpy's included; a Python ``float``; a float64 grid) or raises ``ValueError`` / ``TypeError``
+whose message starts with the argument's name. ``begin`` runs the start-of-call checks that
+``solve``, every parallel method and the backends share.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .executors import Executor
+    from .models import Model
+    from .solvers import Solver
+
+__all__ = [
+    "check_int", "check_float", "check_choice", "check_grid", "check_state", "check_model", "begin", "Call",
+]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int: any integer type (numpy's included; not bool) within [low, high].
+
+    Raises ``ValueError`` naming ``name`` otherwise.
+    """
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer{_range(low, high)}, got {value!r}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{name} must be an integer{_range(low, high)}, got {v!r}")
+    return v
+
+
+def check_float(name: str, value: Any, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, finite: bool = True) -> float:
+    """``value`` as a Python float: a real number (not bool, not a string), finite unless
+    ``finite=False``, within [low, high] (``low_open``: strictly above ``low``).
+
+    Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    v = float(value) if ok else math.nan
+    if ok and not math.isnan(v) and (not finite or math.isfinite(v)):
+        if (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high):
+            return v
+    kind = "a finite number" if finite else "a number"
+    bounds = ""
+    if low is not None:
+        bounds += f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        bounds += (" and" if low is not None else "") + f" <= {high:g}"
+    raise ValueError(f"{name} must be {kind}{bounds}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; a ``ValueError`` listing them otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def _range(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    if low is not None:
+        return f" >= {low}"
+    if high is not None:
+        return f" <= {high}"
+    return ""
+
+
+def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
+    """The grid as a float64 array: 1-D, at least two points, finite, strictly monotone."""
+    if isinstance(grid, (str, bytes)):
+        raise ValueError(f"{name} must be a 1-D sequence of times, got a string")
+    try:
+        times = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D sequence of times") from None
+    if times.ndim != 1 or times.size < 2:
+        raise ValueError(f"{name} must be 1-D with at least 2 times (1 step), got shape {times.shape}")
+    if not np.all(np.isfinite(times)):
+        raise ValueError(f"{name} must hold finite times")
+    d = np.diff(times)
+    if not (np.all(d > 0) or np.all(d < 0)):
+        raise ValueError(f"{name} must be strictly monotone (all increasing or all decreasing)")
+    return times
+
+
+def check_model(model: Any, name: str = "model") -> "Model":
+    """``model`` if it is a chords_core ``Model``; a ``TypeError`` that says how to wrap a function otherwise."""
+    from .models import Model
+
+    if isinstance(model, Model):
+        return model
+    if callable(model):
+        raise TypeError(
+            f"{name} must be a chords_core Model; wrap a function: VectorField(f) for dy/dt = f(t, y), "
+            f"or DiffusionModel(fn, schedule, prediction) for a denoiser fn(x, t)"
+        )
+    raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")
+
+
+def check_state(model: "Model", x: Any, name: str = "x") -> None:
+    """The initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``)."""
+    from . import _backend as B
+    from .models import DiffusionModel
+
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name}: the initial state must be an array (numpy, torch or jax), got {type(x).__name__}")
+    if not B.is_floating(x):
+        raise TypeError(f"{name}: the initial state must have a floating dtype, got {x.dtype}")
+    if isinstance(model, DiffusionModel) and len(x.shape) < 1:
+        raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
+
+
+class Call:
+    """What ``begin`` returns: the checked model, the float64 grid, the bound solver and the executor."""
+
+    __slots__ = ("model", "times", "solver", "executor")
+
+    def __init__(self, model: "Model", times: np.ndarray, solver: "Solver", executor: "Executor"):
+        self.model, self.times, self.solver, self.executor = model, times, solver, executor
+
+    @property
+    def steps(self) -> int:
+        return len(self.times) - 1
+
+    @property
+    def evals(self) -> list[int]:
+        """Model evaluations per step i -> i + 1."""
+        return [self.solver.evals(i, i + 1) for i in range(self.steps)]
+
+
+def begin(model: Any, x: Any, grid: Any, solver: "str | Solver", executor: "Executor | None" = None,
+          solver_options: dict | None = None) -> Call:
+    """The start-of-call checks every method shares: model, state, grid (also against the model's
+    schedule), solver (bound to model and grid) and the executor (default: ``BatchedExecutor``)."""
+    from .executors import BatchedExecutor, Executor
+    from .solvers import make_solver
+
+    model = check_model(model)
+    check_state(model, x)
+    times = check_grid(grid)
+    model.check_times(times)
+    sol = make_solver(solver, model, times, **(solver_options or {}))
+    if executor is None:
+        executor = BatchedExecutor()
+    elif not isinstance(executor, Executor) and not callable(executor):
+        raise TypeError(f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
+    return Call(model, times, sol, executor)

@@ -1,0 +1,197 @@
+"""The CHORDS engine: K cores on one grid, driven round by round by the static ``Plan``.
+
+Per round the engine gathers every active core's point, asks the executor for all model outputs at
+once, converts them to the solver's quantity and applies the plan's updates in core order:
+
+- fine step      F: ``solver.step`` (the same function the sequential ``solve`` uses);
+- coarse jump    G(x, q; i -> j) = a x + b q  (``solver.jump_coeffs``), zero evaluations;
+- rectification  x_j <- F(own) - G(own anchor; b -> j) + G(slower core at b; b -> j)
+                      = F + a (x_slow - x_anchor) + b (q_slow - q_anchor)   (``rectify``).
+
+Core 0 is never rectified, so its output is the sequential solution bit for bit. Multistep solvers
+keep a per-core history of model quantities; at a rectification the ``history`` policy
+(``history.move``) decides what happens to it.
+
+``evaluate_round`` is the one place where any method hands a round to its executor and labels a
+bad model output with the round and the point.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from . import _backend as B
+from .executors import Executor
+from .history import move
+from .models import Model, ModelOutputError
+from .plan import Eval, Plan
+from .results import Hit, Result
+from .solvers import Solver
+from .stopping import StopRule
+
+__all__ = ["rectify", "evaluate_round", "CoreRecords", "run_plan", "plan_result"]
+
+
+def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
+    """F - G(anchor) + G(slow) for a jump G(x, q) = a x + b q: fine + a (slow_x - anchor_x) + b (slow_q - anchor_q).
+
+    Args:
+        fine: the fine step's result F (updated in place where the dtypes allow: the engine owns it).
+        anchor_x, anchor_q: the core's own anchor point and its quantity.
+        slow_x, slow_q: the slower core's point at the anchor's index and its quantity.
+        a, b: the jump coefficients of G over the rectified span.
+
+    Returns:
+        The rectified point, same shape and dtype as ``fine``.
+    """
+    dx = slow_x - anchor_x
+    if a != 1.0:
+        dx *= a
+    out = B.add_into(fine, dx)
+    if b != 0.0:
+        dq = slow_q - anchor_q
+        dq *= b
+        out = B.add_into(out, dq)
+    return out
+
+
+def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
+                   where: Callable[[int], str]) -> list[Any]:
+    """The model outputs at the round's points, from ``executor``.
+
+    A ``ModelOutputError`` is re-raised naming the round and ``where(point)`` (the core, step and
+    stage of the point in the method's terms).
+    """
+    try:
+        return executor(model, xs, ts)
+    except ModelOutputError as err:
+        raise ModelOutputError(err.point, f"round {round_number}, {where(err.point)}: {err}") from None
+
+
+class CoreRecords:
+    """The mutable per-core records of one CHORDS run, updated round by round as the plan says.
+
+    ``states[c]``: the core's solver ``State``; ``anchor[c]``: (index b, point, quantity) of its
+    anchor; ``slow[c]``: the slower core's (point, quantity) at b once evaluated; ``qs[c]``: the
+    stage quantities of the step in progress; ``coarse``: the coarse hit.
+    """
+
+    def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str):
+        K = len(init)
+        self.sol, self.init, self.history = sol, init, history
+        self.convert = sol.quantity_of if sol.converts else None
+        self.states: list = [sol.begin(x)] + [None] * (K - 1)
+        self.anchor: list = [None] + [(init[c], None, None) for c in range(1, K)]
+        self.slow: list = [None] * K
+        self.qs: list = [None] * K
+        self.coarse: Any = None
+
+    def points(self, evs: Sequence[Eval]) -> list:
+        """The point each evaluation of the round is at (stage 0: the state; later stages: the solver's)."""
+        st, sol, qs = self.states, self.sol, self.qs
+        return [st[e.core].x if e.stage == 0 else sol.stage_point(st[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0]
+                for e in evs]
+
+    def apply(self, evs: Sequence[Eval], xs: Sequence[Any], outs: Sequence[Any]) -> list[tuple[int, Any]]:
+        """Take the round's model outputs: spawn, record, step, rectify. Returns the (core, output) hits, fastest first."""
+        sol, init, K = self.sol, self.init, len(self.init)
+        states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
+        shift = self.history == "shift"
+        hits = []
+        for e, xe, out in zip(evs, xs, outs):
+            c, i = e.core, e.index
+            q = out if self.convert is None else self.convert(xe, out, e.time_index)
+            if e.stage == 0:
+                qs[c] = [q]
+                if c and anchor[c][0] == i:
+                    anchor[c] = (i, xe, q)
+                if e.record_for is not None:
+                    slow[e.record_for] = (xe, q)
+                if e.spawn:
+                    if c + 1 < K:
+                        xn = sol.jump(xe, q, init[c], init[c + 1])
+                        states[c + 1] = sol.begin(xn)
+                        anchor[c + 1] = (init[c + 1], xn, None)
+                    else:
+                        self.coarse = sol.jump(xe, q, init[c], sol.steps)
+            else:
+                qs[c].append(q)
+            if e.completes:
+                new = sol.step(states[c], qs[c], i, i + 1)
+                if e.rectify_from is not None:
+                    _, xa, qa = anchor[c]
+                    xsl, qsl = slow[c]
+                    a, b = sol.jump_coeffs(e.rectify_from, i + 1)
+                    xn = rectify(new.x, xa, qa, xsl, qsl, a, b)
+                    new = move(new, xn, self.history, qsl - qa if shift and new.hist else None)
+                    anchor[c], slow[c] = (i + 1, xn, None), None
+                states[c] = new
+                if e.hit:
+                    hits.append((c, new.x))
+                    states[c] = anchor[c] = slow[c] = qs[c] = None  # a finished core's records are freed
+        return sorted(hits, key=lambda h: -h[0])
+
+
+def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, executor: Executor, history: str,
+             progress: bool = False) -> Result:
+    """Run ``plan`` from ``x`` until ``rule`` accepts an output or its static limit is reached.
+
+    Args:
+        model: the model the executor evaluates.
+        x: the initial state at grid index 0.
+        sol: the solver bound to ``model`` and the grid.
+        plan: the static schedule (``make_plan``) for ``sol``'s evaluations per step.
+        rule: the stop rule (``stopping``).
+        executor: evaluates each round's points.
+        history: the history policy (``history.HISTORY_POLICIES``).
+        progress: show a tqdm progress bar over rounds.
+
+    Returns:
+        A ``Result`` (``method="chords"``) with every output up to the stop and the plan.
+    """
+    limit = plan.stop_round(rule)
+    records = CoreRecords(sol, x, plan.init, history)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=limit, desc=f"chords {sol.name} x{plan.cores}", unit="round")
+    hits: list[Hit] = []
+    outputs: list = []
+    result, stopped_by, nfe, t = None, "", 0, sol.t
+    try:
+        for rd in plan.rounds[:limit]:
+            evs = rd.evals
+            xs = records.points(evs)
+
+            def where(p: int, evs: tuple = evs) -> str:
+                e = evs[p]
+                return f"core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g})"
+
+            outs = evaluate_round(executor, model, xs, [t[e.time_index] for e in evs], rd.number, where)
+            nfe += len(evs)
+            for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
+                hits.append(Hit(c, rd.number, nfe, xh))
+                outputs.append(xh)
+                if result is None and rule.accept(outputs, records.coarse):
+                    result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
+            if bar is not None:
+                bar.update(1)
+            if result is not None:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if result is None:
+        result = hits[-1]
+        stopped_by = rule.describe(len(hits), result.core, False)
+    return plan_result(plan, result, hits, records.coarse, stopped_by)
+
+
+def plan_result(plan: Plan, output: Hit, hits: Sequence[Hit], coarse: Any, stopped_by: str) -> Result:
+    """The ``Result`` of a CHORDS run returning ``output``: rounds, NFE, width and trace from ``plan``;
+    ``hits`` are kept up to ``output``'s round."""
+    R = output.round
+    return Result(x=output.x, rounds=R, nfe=plan.nfe(R), hits=tuple(h for h in hits if h.round <= R), coarse=coarse,
+                  stopped_by=stopped_by, method="chords", sequential_rounds=plan.sequential_rounds,
+                  width=max(len(r.evals) for r in plan.rounds[:R]), trace=plan.rounds[:R], plan=plan)

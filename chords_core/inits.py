@@ -1,0 +1,165 @@
+"""CHORDS init sequences: where each core starts on the grid.
+
+An init sequence for K cores on a T-step grid is ``(t_0 = 0, t_1, ..., t_{K-1})``, strictly
+increasing grid indices below T. Core c starts at t_c from the coarse jump of core c-1 and, with one
+evaluation per step, outputs after R_c = T - t_c + c rounds.
+
+- ``validate_init``: the checks every entry point applies.
+- ``paper_init``: the paper's sequences 0-8-16-32, 0-3-6-12-24-36, 0-2-4-8-16-24-32-40 (T = 50),
+  where they scale exactly to T.
+- ``recipe_times`` / ``recipe_init``: the reconstruction that reproduces the paper's sequences
+  (reference notes §4.2). With frame end E = T - 2 and the fastest start t_{K-1}, walk down the
+  cores: s = E / (E - t_k); t_{k-1} = t_k / 2 if s <= 3 else 2 t_k - E; then E = t_k.
+- ``uniform_init``: evenly spaced starts.
+- ``default_init``: the paper's sequence where it exists, the recipe otherwise.
+
+The recipe's fastest start grows with K ((0.48 + 0.04 K) T, the paper's 40 of 50 at K = 8) and is
+capped at 0.8 T: beyond K = 8 an uncapped start reaches the frame end and every faster core
+collapses onto the last steps (the old default ``(0, 185, 186, ..., 199)`` for T = 200, K = 16).
+Rounding keeps two steps between starts where the grid allows it, so each faster core outputs at
+least one round before its slower neighbour (a gap of one step outputs in the same round).
+``tuning.search.optimize_init`` finds better sequences for a given error budget.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+from .checks import check_float, check_int
+
+__all__ = ["validate_init", "paper_init", "default_top", "recipe_times", "recipe_init", "uniform_init", "default_init"]
+
+#: The paper's sequences at T = 50, by core count.
+PAPER_SEQUENCES = {4: (0, 8, 16, 32), 6: (0, 3, 6, 12, 24, 36), 8: (0, 2, 4, 8, 16, 24, 32, 40)}
+
+
+def _index(value, position: int, init) -> int:
+    """One init entry as an int: integers (numpy's too) and integral finite floats; nothing else."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_":
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"init must hold integers (grid indices); init[{position}]={value!r} in {list(init)!r}")
+
+
+def validate_init(init: Sequence[int], steps: int, cores: int | None = None) -> tuple[int, ...]:
+    """Check an init sequence and return it as a tuple of ints.
+
+    Args:
+        init: grid indices, one per core: integers (or integral floats), starting at 0, strictly
+            increasing, below ``steps``.
+        steps: T, the grid's number of steps.
+        cores: if given, the number of entries ``init`` must have.
+
+    Raises ``ValueError`` naming the offending entry.
+    """
+    if isinstance(init, (str, bytes)) or not hasattr(init, "__iter__"):
+        raise ValueError(f"init must be a sequence of integers, got {init!r}")
+    items = list(init)
+    seq = tuple(_index(v, n, items) for n, v in enumerate(items))
+    if cores is not None and len(seq) != cores:
+        raise ValueError(f"init has {len(seq)} entries but cores={cores}; give one start index per core")
+    if not seq or seq[0] != 0:
+        raise ValueError(f"init must start at 0 (core 0 is the sequential solver), got {list(seq)!r}")
+    for c in range(1, len(seq)):
+        if seq[c] <= seq[c - 1]:
+            raise ValueError(f"init must be strictly increasing: init[{c}]={seq[c]} <= init[{c - 1}]={seq[c - 1]}")
+    if seq[-1] >= steps:
+        raise ValueError(f"init must stay below steps={steps}: init[{len(seq) - 1}]={seq[-1]}")
+    return seq
+
+
+def _steps_cores(steps, cores) -> tuple[int, int]:
+    steps, cores = check_int("steps", steps, 1), check_int("cores", cores, 1)
+    if cores > steps:
+        raise ValueError(f"cores={cores} needs at least as many steps, got steps={steps}")
+    return steps, cores
+
+
+def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
+    """The paper's sequence for ``cores`` (4, 6 or 8) scaled exactly to ``steps`` (50, 75, 100, ...), or None."""
+    base = PAPER_SEQUENCES.get(cores)
+    if base is None:
+        return None
+    if any((v * steps) % 50 for v in base):
+        return None  # only exact scalings: rounded ones lose the sequence's structure (measured worse)
+    seq = tuple(v * steps // 50 for v in base)
+    try:
+        return validate_init(seq, steps, cores)
+    except ValueError:
+        return None
+
+
+def default_top(steps: int, cores: int) -> float:
+    """The recipe's fastest start: T/2 - 1 for K = 2, (0.48 + 0.04 K) T for K = 3..8 (24 + 2K at
+    T = 50), capped at 0.8 T beyond (the paper's K = 8 value)."""
+    return steps / 2 - 1 if cores == 2 else min(0.48 + 0.04 * cores, 0.8) * steps
+
+
+def recipe_times(steps: int, cores: int, top: float | None = None) -> list[float]:
+    """The recipe's real-valued starts [0, t_1, ..., t_{K-1}] for fastest start ``top`` (unrounded)."""
+    steps, cores = _steps_cores(steps, cores)
+    if cores == 1:
+        return [0.0]
+    if top is None:
+        top = default_top(steps, cores)  # may fall outside (0, T) for tiny T: rounding repairs it
+    else:
+        top = check_float("top (the fastest start)", top, 0.0, low_open=True)
+        if top >= steps:
+            raise ValueError(f"top (the fastest start) must be a number in (0, steps={steps}), got {top!r}")
+    E, ts = steps - 2.0, [top]
+    for _ in range(cores - 2):
+        t = ts[-1]
+        s = E / (E - t) if E > t else math.inf
+        ts.append(t / 2 if s <= 3 else 2 * t - E)
+        E = t
+    return [0.0] + list(reversed(ts))
+
+
+def recipe_init(steps: int, cores: int, speedup: float | None = None, top: float | None = None) -> tuple[int, ...]:
+    """The recipe as integer grid indices.
+
+    The fastest start is ``top``, or chosen so that the fastest output comes after T / ``speedup``
+    rounds (R_{K-1} = T - t_{K-1} + K - 1), or ``default_top``. Rounding: each start is rounded to
+    the nearest integer; the fastest is clamped to [K-1, T-1]; then, from the bottom up, each start
+    keeps ``gap`` steps above the one below (gap = 2 where (K - 1) gaps of 2 fit below the fastest
+    start, else 1), and from the top down the sequence is repaired to stay below the next start.
+    """
+    steps, cores = _steps_cores(steps, cores)
+    if speedup is not None and top is not None:
+        raise ValueError("give speedup or top, not both")
+    if speedup is not None:
+        speedup = check_float("speedup", speedup, 1.0)
+        top = min(max(steps + cores - 1 - steps / speedup, 0.5), steps - 0.5)
+    seq = [int(round(v)) for v in recipe_times(steps, cores, top)]
+    if cores > 1:
+        seq[-1] = min(max(seq[-1], cores - 1), steps - 1)
+        gap = 2 if 2 * (cores - 1) <= seq[-1] else 1
+        for c in range(1, cores - 1):
+            seq[c] = max(seq[c], seq[c - 1] + gap)
+        for c in range(cores - 2, 0, -1):
+            seq[c] = min(seq[c], seq[c + 1] - gap)
+        for c in range(1, cores):
+            seq[c] = max(seq[c], seq[c - 1] + 1)
+    return validate_init(seq, steps, cores)
+
+
+def uniform_init(steps: int, cores: int) -> tuple[int, ...]:
+    """Evenly spaced starts t_c = round(c T / K)."""
+    steps, cores = _steps_cores(steps, cores)
+    return validate_init([round(c * steps / cores) for c in range(cores)], steps, cores)
+
+
+def default_init(steps: int, cores: int) -> tuple[int, ...]:
+    """The default init sequence for (``steps``, ``cores``); needs steps >= cores.
+
+    For K = 4, 6, 8 the paper's sequence where it scales exactly to ``steps`` (T = 50, 75, 100, ...);
+    otherwise ``recipe_init(steps, cores)``.
+    """
+    steps, cores = _steps_cores(steps, cores)
+    if cores == 1:
+        return (0,)
+    paper = paper_init(steps, cores)
+    return paper if paper is not None else recipe_init(steps, cores)

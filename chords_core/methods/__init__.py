@@ -1,0 +1,111 @@
+"""The parallel methods, side by side, each a plug-in of one registry.
+
+Every method solves the same problem as ``solve`` (a model, an initial state, a grid, a solver)
+spread over ``cores`` devices, evaluates its rounds through an ``Executor`` and returns a
+``Result``. ``parallel`` is the one entry point; each method also has its direct function with its
+own knobs (``chords``, ``paradigms``, ``srds``).
+
+A method is registered as a ``Method``: a name, a one-line summary and a ``run`` function
+
+    run(model, x, grid, solver, *, cores, executor, progress, **options) -> Result
+
+that maps ``cores`` onto the method's own parallelism (CHORDS: cores; ParaDiGMS: window; SRDS:
+blocks) and passes the rest on. ``register_method`` adds one from outside the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..checks import check_int
+from ..executors import Executor
+from ..models import Model
+from ..results import Result
+from ..solvers import Solver
+from .chords import chords
+from .paradigms import paradigms
+from .srds import srds
+
+__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "chords", "paradigms", "srds"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered parallel method: ``run(model, x, grid, solver, *, cores, executor, progress, **options)``."""
+
+    name: str
+    run: Callable[..., Result]
+    summary: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+#: The method ``parallel`` runs when none is named.
+RECOMMENDED = "chords"
+
+
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to the registry (``replace=True`` to overwrite a name); returns it."""
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a Method, got {type(method).__name__}")
+    if not replace and method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
+    METHODS[method.name] = method
+    return method
+
+
+def _run_chords(model, x, grid, solver, *, cores, executor, progress, **options):
+    return chords(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
+
+
+def _run_paradigms(model, x, grid, solver, *, cores, executor, progress, **options):
+    if "window" in options:
+        raise ValueError("window: parallel() sets the ParaDiGMS window to cores; call paradigms() for another window")
+    return paradigms(model, x, grid, solver, window=cores, executor=executor, progress=progress, **options)
+
+
+def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
+    if "blocks" not in options:
+        options["blocks"] = min(cores, len(grid) - 1)
+    return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
+
+
+register_method(Method("chords", _run_chords, "CHORDS: a core hierarchy started by coarse jumps, rectified by slower cores"))
+register_method(Method("paradigms", _run_paradigms, "ParaDiGMS: sliding-window Picard iteration, window = cores"))
+register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks (default blocks = cores)"))
+
+
+def parallel(
+    model: Model,
+    x: Any,
+    grid: Any,
+    solver: "str | Solver" = "euler",
+    *,
+    cores: int,
+    method: str | None = None,
+    executor: Executor | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Result:
+    """Solve from ``x`` at ``grid[0]`` to ``grid[-1]`` with a parallel method on ``cores`` devices.
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField``.
+        x: the initial state.
+        grid: the T + 1 times.
+        solver: a solver name (its options in ``options``) or a bound ``Solver``.
+        cores: the devices (parallel evaluations per round) the method may use, >= 1.
+        method: a name in ``METHODS``; ``None`` takes ``RECOMMENDED``.
+        executor: evaluates each round (default ``BatchedExecutor``).
+        progress: show a progress bar (needs tqdm).
+        options: the method's own options (e.g. ``stop``, ``init`` for CHORDS; ``tol``) and the solver's.
+
+    Returns:
+        The method's ``Result``. With ``cores=1`` every shipped method equals ``solve`` bit for bit.
+    """
+    name = RECOMMENDED if method is None else method
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}")
+    cores = check_int("cores", cores, 1)
+    return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)

@@ -1,0 +1,64 @@
+"""CHORDS (ICCV 2025): a hierarchy of cores started along the grid by coarse jumps, each rectified
+by its slower neighbour; see ``engine`` for the update and ``plan`` for the schedule."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..checks import begin, check_int
+from ..engine import run_plan
+from ..executors import Executor
+from ..history import check_history
+from ..inits import default_init, validate_init
+from ..models import Model
+from ..plan import make_plan
+from ..results import Result
+from ..solvers import Solver
+from ..stopping import StopAtCore, StopRule, as_stop_rule
+
+__all__ = ["chords"]
+
+
+def chords(
+    model: Model,
+    x: Any,
+    grid: Any,
+    solver: "str | Solver" = "euler",
+    *,
+    cores: int | None = None,
+    init: Sequence[int] | None = None,
+    stop: "StopRule | None" = StopAtCore(1),
+    executor: Executor | None = None,
+    history: str = "shift",
+    progress: bool = False,
+    **solver_options: Any,
+) -> Result:
+    """Solve from ``x`` at ``grid[0]`` to ``grid[-1]`` with CHORDS.
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField``.
+        x: the initial state (numpy, torch or jax array; a ``DiffusionModel`` needs shape (B, ...)).
+        grid: the T + 1 times (e.g. from ``time_grid``).
+        solver: a name from ``SOLVERS`` (its options as keyword arguments) or a bound ``Solver``.
+        cores: K, the number of cores; ``None`` takes ``len(init)``.
+        init: the cores' start indices; ``None`` takes ``default_init(T, cores)``.
+        stop: the stop rule (``stopping``): ``StopAtCore(1)`` returns the fastest core's output,
+            ``StopOnResidual(tol)`` the first output within ``tol`` of the previous one, ``None``
+            runs every core and returns core 0's (the sequential solution, bit for bit).
+        executor: evaluates each round (default ``BatchedExecutor``: one batched call per round).
+        history: what a rectification does to a multistep solver's history (``history``).
+        progress: show a progress bar over rounds (needs tqdm).
+
+    Returns:
+        A ``Result`` with the output, rounds, NFE, every output in arrival order and the plan.
+    """
+    call = begin(model, x, grid, solver, executor, solver_options)
+    if cores is None and init is None:
+        raise ValueError("give cores, init or both")
+    if cores is not None:
+        cores = check_int("cores", cores, 1)
+    init = default_init(call.steps, cores) if init is None else validate_init(init, call.steps, cores)
+    rule = as_stop_rule(stop)
+    history = check_history(history)
+    plan = make_plan(call.steps, init, call.evals)
+    return run_plan(call.model, x, call.solver, plan, rule, call.executor, history, progress)

@@ -1,0 +1,182 @@
+"""SRDS (Selvam et al. 2024): parareal over ``blocks`` blocks of grid indices n_0 = 0 < ... <
+n_B = T. The coarse propagator G_i(x) is the solver's one-step ``jump`` across block i from one
+evaluation at x; the fine one F_i is the solver's own steps across the block. With iterates x_i^k:
+
+    x_{i+1}^0 = G_i(x_i^0),   x_{i+1}^k = F_i(x_i^{k-1}) + G_i(x_i^k) - G_i(x_i^{k-1}),
+
+and x_i^k = x_i^{i} (exact) for i <= k. Pipelined: block i's fine solve of iteration k starts as
+soon as x_i^k exists, and its first evaluation is also the one G_i(x_i^k) needs, so a round
+evaluates every running fine solve at once (``width`` in the result is the most evaluations of any
+round: the cores it needs). The output of iteration k is x_B^k; the stop rule picks one (default ``StopOnResidual(tol)``:
+rms(x_B^k - x_B^{k-1}) < tol, with x_B^0 the coarse prediction), at the latest after B
+iterations, where x_B^B is the sequential solution bit for bit. A fine solve starting at a point carries the multistep history of the fine
+solve that produced that point ("keep"); solves from coarse points start fresh (warm-up order).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import _backend as B
+from ..checks import begin, check_float, check_int
+from ..engine import evaluate_round
+from ..executors import Executor
+from ..history import move
+from ..models import Model
+from ..plan import Eval, Round
+from ..results import Hit, Result
+from ..solvers import Solver
+from ..stopping import StopOnResidual, StopRule, as_stop_rule
+
+__all__ = ["srds", "srds_blocks", "SrdsIteration"]
+
+
+def srds_blocks(steps: int, blocks: int | None = None) -> tuple[int, ...]:
+    """Block boundaries 0 = n_0 < ... < n_B = steps, as even as possible; ``blocks=None``: round(sqrt(steps))."""
+    steps = check_int("steps", steps, 1)
+    blocks = max(1, round(math.sqrt(steps))) if blocks is None else check_int("blocks", blocks, 1, steps)
+    return tuple(int(v) for v in np.round(np.linspace(0, steps, blocks + 1)))
+
+
+class _Fine:
+    """A fine solve over block ``i`` started at iterate k's point: one evaluation (stage) per round."""
+
+    __slots__ = ("i", "k", "state", "m", "end", "qs")
+
+    def __init__(self, i, k, state, start, end):
+        self.i, self.k, self.state, self.m, self.end, self.qs = i, k, state, start, end, []
+
+
+class SrdsIteration(NamedTuple):
+    """Iteration k's output x_B^k: the round it formed, NFE so far and its RMS change from x_B^{k-1}."""
+
+    iteration: int
+    round: int
+    nfe: int
+    change: float
+
+
+def srds(
+    model: Model,
+    x: Any,
+    grid,
+    solver: "str | Solver" = "euler",
+    *,
+    blocks: int | None = None,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    stop: "StopRule | None" = None,
+    executor: Executor | None = None,
+    progress: bool = False,
+    **solver_options: Any,
+) -> Result:
+    """SRDS: pipelined parareal over ``blocks`` blocks (default round(sqrt(T))); see the module doc.
+
+    Args:
+        model, x, grid, solver, executor, solver_options: as for ``chords``.
+        blocks: B, the number of parareal blocks (1..T).
+        tol: shorthand for ``stop=StopOnResidual(tol)`` (default 1e-3): stop at the first iteration
+            whose final sample moved by an RMS below ``tol``; ``tol=0`` runs every iteration.
+        max_iters: the most iterations (default and at most ``blocks``, after which the output is
+            the sequential solution).
+        stop: any stop rule over the iterations' outputs (``stopping``); not with ``tol``.
+        progress: show a progress bar over iterations (needs tqdm).
+
+    Returns:
+        A ``Result`` (``method="srds"``): ``hits`` holds every iteration's output, ``log`` an
+        ``SrdsIteration`` per iteration.
+    """
+    call = begin(model, x, grid, solver, executor, solver_options)
+    sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
+    if stop is not None and tol is not None:
+        raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
+    rule = as_stop_rule(stop) if stop is not None else StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
+    n = srds_blocks(sol.steps, blocks)
+    nb = len(n) - 1
+    last = nb if max_iters is None else check_int("max_iters", max_iters, 1, nb)
+    last = rule.outputs_needed(last)
+    t = sol.t
+    pts: dict = {(0, k): (x, None) for k in range(nb + 1)}  # (i, k) -> (x_i^k, state of the solve that made it)
+    G: dict = {}  # (i, k) -> G_i(x_i^k)
+    F: dict = {}  # (i, k) -> end State of the fine solve from x_i^k
+    running: list[_Fine] = []
+
+    def start(i, k):
+        xk, st = pts[(i, k)]
+        state = sol.begin(xk) if st is None else move(st, xk)
+        running.append(_Fine(i, k, state, n[i], n[i + 1]))
+
+    def form(i1, k):
+        """Try to form x_{i1}^k; return it or None."""
+        i = i1 - 1
+        if k == 0:
+            return (G[(i, 0)], None) if (i, 0) in G else None
+        if i1 == k:
+            return (F[(i, k - 1)].x, F[(i, k - 1)]) if (i, k - 1) in F else None
+        if (i, k - 1) in F and (i, k) in G:
+            f = F[(i, k - 1)]
+            return (f.x + (G[(i, k)] - G[(i, k - 1)]), f)
+        return None
+
+    start(0, 0)
+    outputs, hits, log, trace, next_k = {}, [], [], [], 1
+    rounds = nfe = width = 0
+    result = stopped_by = None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=last, desc=f"srds {sol.name} B{nb}", unit="iteration")
+    while result is None:
+        batch = [(c, *((c.state.x, c.m) if not c.qs else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs)))) for c in running]
+        rounds += 1
+        outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds,
+                              lambda p: f"block {batch[p][0].i} of iteration {batch[p][0].k} (step {batch[p][0].m}, "
+                                        f"stage {len(batch[p][0].qs)}, t={t[batch[p][2]]:.6g})")
+        nfe, width = nfe + len(batch), max(width, len(batch))
+        trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
+        for (c, xp, j), out in zip(batch, outs):
+            q = sol.quantity_of(xp, out, j)
+            if not c.qs and c.m == n[c.i]:  # the solve's first evaluation is also G_i's
+                G[(c.i, c.k)] = sol.jump(xp, q, n[c.i], n[c.i + 1])
+            c.qs.append(q)
+            if len(c.qs) == evals[c.m]:
+                c.state, c.qs = sol.step(c.state, c.qs, c.m, c.m + 1), []
+                c.m += 1
+                if c.m == c.end:
+                    F[(c.i, c.k)] = c.state
+        running = [c for c in running if c.m < c.end]
+        changed = True
+        while changed:  # form every point whose inputs exist; start the fine solves they feed
+            changed = False
+            for k in range(nb + 1):
+                for i1 in range(max(k, 1), nb + 1):
+                    if (i1, k) in pts:
+                        continue
+                    p = form(i1, k)
+                    if p is None:
+                        continue
+                    pts[(i1, k)], changed = p, True
+                    if i1 < nb:
+                        start(i1, k)
+                    else:
+                        outputs[k] = p[0]
+        while result is None and next_k in outputs:  # outputs form in iteration order
+            xk = outputs[next_k]
+            hits.append(Hit(next_k, rounds, nfe, xk))
+            log.append(SrdsIteration(next_k, rounds, nfe, B.rms(xk - outputs[next_k - 1])))
+            if bar is not None:
+                bar.update(1)
+            if rule.accept([h.x for h in hits], outputs[0]):
+                result, stopped_by = hits[-1], rule.describe(next_k, next_k, True)
+            elif next_k == last:
+                result, stopped_by = hits[-1], rule.describe(next_k, next_k, False) + f" ({next_k} of {nb} iterations)"
+            next_k += 1
+    if bar is not None:
+        bar.close()
+    return Result(x=result.x, rounds=result.round, nfe=result.nfe, hits=tuple(hits), coarse=outputs.get(0),
+                  stopped_by=stopped_by, method="srds", sequential_rounds=sum(evals), width=width,
+                  trace=tuple(trace), log=tuple(log))

@@ -1,0 +1,71 @@
+"""What every parallel method returns: one ``Result`` type, with its outputs as ``Hit`` records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import Plan, Round
+
+__all__ = ["Hit", "Result"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One output of a run: ``x`` from ``core`` after ``round`` rounds and ``nfe`` model evaluations.
+
+    ``core`` is the producing lane: the CHORDS core, the SRDS iteration, 0 for ParaDiGMS.
+    """
+
+    core: int
+    round: int
+    nfe: int
+    x: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The result of a parallel method (``chords``, ``paradigms``, ``srds``, ``parallel``).
+
+    Attributes:
+        x: the returned output (the stop rule's choice), same array type, shape and dtype as the input.
+        rounds: rounds until ``x`` was available: the latency in sequential model evaluations.
+        nfe: model evaluations made until then (all cores).
+        hits: every output in arrival order (CHORDS: one per core, fastest first; SRDS: one per
+            iteration; ParaDiGMS: the final one).
+        coarse: the zero-cost prediction made before any output (CHORDS' coarse hit, SRDS's
+            iteration 0), or ``None``.
+        stopped_by: why the run stopped, in words.
+        method: the method's name in the ``methods`` registry.
+        sequential_rounds: model evaluations of the sequential solver on the same grid.
+        width: the most evaluations in one round (the devices the run keeps busy).
+        trace: per round, a ``plan.Round`` of the evaluations made (``core`` = the lane).
+        log: the method's own per-iteration record (ParaDiGMS: ``Sweep`` per sweep; SRDS:
+            ``SrdsIteration`` per iteration; CHORDS: empty).
+        plan: CHORDS' static ``Plan`` (``None`` for methods without a static schedule).
+    """
+
+    x: Any = field(repr=False)
+    rounds: int
+    nfe: int
+    hits: tuple[Hit, ...]
+    coarse: Any = field(repr=False)
+    stopped_by: str
+    method: str
+    sequential_rounds: int
+    width: int
+    trace: "tuple[Round, ...]" = field(default=(), repr=False)
+    log: tuple = field(default=(), repr=False)
+    plan: "Plan | None" = field(default=None, repr=False)
+
+    @property
+    def speedup(self) -> float:
+        """Sequential rounds over rounds used: the latency speedup in model evaluations."""
+        return self.sequential_rounds / self.rounds
+
+    def diagram(self) -> str:
+        """Text picture of the rounds run, one line per round and one column per lane (``plan.diagram``)."""
+        from .plan import diagram
+
+        return diagram(self.trace, self.width if self.plan is None else self.plan.cores)

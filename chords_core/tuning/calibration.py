@@ -1,0 +1,205 @@
+"""Calibration problems and the measurement of CHORDS init sequences on them.
+
+A ``Calibration`` is a model, inputs ``x``, a grid and a reference solution ``ref`` (exact where
+the problem allows: the Gaussian mixture's DOP853 solve, a linear ODE's matrix exponential; a
+refined-grid solve for a user's model). ``evaluate`` measures an init sequence on it: for
+one-evaluation solvers core c outputs after R_c = T - t_c + c rounds with an error
+e_c = rms(x_c - ref); the sequence's score is the round of the first output whose error satisfies
+e_c <= budget * e_seq (e_seq: the sequential solver's error), then that output's error ratio.
+Errors of a prefix t_0..t_c are cached (an output depends on t_0..t_c only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..checks import check_float, check_grid, check_int
+from ..inits import validate_init
+from ..methods.chords import chords
+from ..models import Model
+from ..plan import make_plan
+from ..sequential import solve
+from ..solvers import make_solver
+from ..stopping import StopAtCore
+
+__all__ = ["Calibration", "calibration", "Candidate", "evaluate", "Evaluator", "check_budget"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration problem: ``model`` on ``grid`` from inputs ``x`` with reference solution ``ref``.
+
+    ``seq`` is the sequential solver's output and ``seq_error`` = rms(seq - ref).
+    """
+
+    model: Model
+    x: Any = field(repr=False)
+    grid: np.ndarray = field(repr=False)
+    ref: Any = field(repr=False)
+    solver: str
+    options: dict
+    seq: Any = field(repr=False)
+    seq_error: float
+    description: str = ""
+
+    @property
+    def steps(self) -> int:
+        return len(self.grid) - 1
+
+
+def _rms(a) -> float:
+    return float(np.sqrt(np.mean(np.square(np.asarray(a, dtype=np.float64)))))
+
+
+def calibration(
+    steps: int | None = None,
+    solver: str = "euler",
+    *,
+    problem: Any = None,
+    model: Model | None = None,
+    x_cal: Any = None,
+    grid: Any = None,
+    reference: Any = None,
+    dim: int = 8,
+    modes: int = 3,
+    seed: int = 0,
+    samples: int = 16,
+    schedule: Any = None,
+    refine: int = 8,
+    **solver_options,
+) -> Calibration:
+    """Build a calibration problem.
+
+    - default / ``problem=GaussianMixture``: the exact probability-flow ODE of the mixture
+      (``GaussianMixture.random(dim, modes, seed)`` if none is given) on ``schedule`` (default
+      ``RectifiedFlow``), a uniform grid of ``steps``, ``samples`` noise inputs, reference by DOP853;
+    - ``problem=LinearODE``: dy/dt = A y on [0, 1], reference the matrix exponential;
+    - ``model`` with ``x_cal`` and ``grid``: a user's model; ``reference`` defaults to the same
+      solver on the grid refined ``refine`` times (each interval split evenly).
+    """
+    from ..grid import time_grid
+    from ..problems import GaussianMixture, LinearODE
+    from ..schedules import RectifiedFlow
+
+    rng = np.random.default_rng(seed)
+    if model is not None:
+        if problem is not None:
+            raise ValueError("give problem or model, not both")
+        if x_cal is None or grid is None:
+            raise ValueError("a model needs calibration inputs x_cal and a grid")
+        times = check_grid(grid)
+        if steps is not None and steps != len(times) - 1:
+            raise ValueError(f"steps={steps} does not match the grid's {len(times) - 1} steps")
+        if reference is None:
+            refine = check_int("refine", refine, 1)
+            fine = np.concatenate([np.linspace(a, b, refine + 1)[:-1] for a, b in zip(times[:-1], times[1:])] + [times[-1:]])
+            reference = solve(model, x_cal, fine, solver, **solver_options)
+        desc = f"user model, reference {'given' if reference is not None else f'refined x{refine}'}"
+        x = x_cal
+    else:
+        if steps is None:
+            raise ValueError("steps is required unless a model and grid are given")
+        problem = GaussianMixture.random(dim, modes, seed) if problem is None else problem
+        if isinstance(problem, LinearODE):
+            model = problem.vector_field()
+            times = np.linspace(0.0, 1.0, steps + 1) if grid is None else check_grid(grid)
+            x = rng.standard_normal((samples, problem.dim)) if x_cal is None else x_cal
+            reference = problem.exact(x, times[0], times[-1])
+            desc = f"linear ODE dim {problem.dim}"
+        elif isinstance(problem, GaussianMixture):
+            schedule = RectifiedFlow() if schedule is None else schedule
+            model = problem.model(schedule, "flow" if isinstance(schedule, RectifiedFlow) else "x0")
+            times = time_grid(schedule, steps) if grid is None else check_grid(grid)
+            if x_cal is None:
+                a, s = float(schedule.alpha(times[0])), float(schedule.sigma(times[0]))
+                x = a * problem.sample(samples, seed + 1) + s * rng.standard_normal((samples, problem.dim))
+            else:
+                x = x_cal
+            reference = problem.reference_solve(x, times[0], times[-1], schedule)
+            desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {samples} samples"
+        else:
+            raise TypeError(f"problem must be a GaussianMixture or LinearODE, got {type(problem).__name__}")
+    make_solver(solver, model, times, **solver_options)  # validates the solver name and options
+    seq = solve(model, x, times, solver, **solver_options)
+    return Calibration(model, x, times, reference, solver, dict(solver_options), seq, _rms(seq - reference), desc)
+
+
+# ---------------------------------------------------------------------------------------- candidates
+@dataclass(frozen=True)
+class Candidate:
+    """One init sequence, measured: per core c its output round R_c and error e_c = rms(x_c - ref).
+
+    ``core`` is the first output (earliest round) with e_c <= budget * e_seq, ``rounds`` its round.
+    """
+
+    init: tuple[int, ...]
+    finish: tuple[int, ...]
+    errors: tuple[float, ...]
+    ratios: tuple[float, ...]
+    core: int
+    rounds: int
+    nfe: int
+    speedup: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ratios[self.core]
+
+    @property
+    def error(self) -> float:
+        return self.errors[self.core]
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return (self.rounds, self.ratio)
+
+
+class Evaluator:
+    """Measures init sequences on a calibration, caching the error of every prefix t_0..t_c."""
+
+    def __init__(self, cal: Calibration, budget: float):
+        self.cal, self.budget = cal, budget
+        self.prefix: dict[tuple[int, ...], float] = {}
+        self.seen: dict[tuple[int, ...], Candidate] = {}
+        self.runs = 0
+        s = make_solver(cal.solver, cal.model, cal.grid, **cal.options)
+        self.evals = [s.evals(i, i + 1) for i in range(cal.steps)]
+
+    def __call__(self, init: Sequence[int]) -> Candidate:
+        init = validate_init(init, self.cal.steps)
+        if init in self.seen:
+            return self.seen[init]
+        K, cal = len(init), self.cal
+        first = next((c for c in range(K) if init[: c + 1] not in self.prefix), K)
+        if first < K:
+            if first == 0:
+                self.prefix[(0,)] = cal.seq_error  # core 0 is the sequential solver bit for bit
+                first = 1
+            if first < K:
+                res = chords(cal.model, cal.x, cal.grid, cal.solver, init=init, stop=StopAtCore(K - first), **cal.options)
+                self.runs += 1
+                for h in res.hits:
+                    self.prefix.setdefault(init[: h.core + 1], _rms(h.x - cal.ref))
+        plan = make_plan(cal.steps, init, self.evals)
+        errors = tuple(self.prefix[init[: c + 1]] for c in range(K))
+        ratios = tuple(e / cal.seq_error if cal.seq_error > 0 else (1.0 if e == 0 else math.inf) for e in errors)
+        ok = [c for c in range(K) if ratios[c] <= self.budget]
+        core = min(ok, key=lambda c: (plan.finish_round[c], -c))
+        R = plan.finish_round[core]
+        cand = Candidate(init, plan.finish_round, errors, ratios, core, R, plan.nfe(R), plan.sequential_rounds / R)
+        self.seen[init] = cand
+        return cand
+
+
+def evaluate(cal: Calibration, init: Sequence[int], budget: float = 1.05) -> Candidate:
+    """Measure one init sequence on a calibration problem (see the module docstring)."""
+    return Evaluator(cal, check_budget(budget))(init)
+
+
+def check_budget(budget: Any) -> float:
+    """The error budget (allowed error / sequential error) as a float >= 1."""
+    return check_float("budget (error relative to the sequential solver)", budget, 1.0)
