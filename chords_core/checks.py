@@ -2,8 +2,8 @@
 
 Each ``check_*`` function returns the value normalised (a Python ``int`` for any integer type,
 numpy's included; a Python ``float``; a float64 grid) or raises ``ValueError`` / ``TypeError``
-whose message starts with the argument's name. ``begin`` runs the start-of-call checks that
-``solve``, every parallel method and the backends share.
+whose message starts with the argument's name. This module depends on nothing else in the package;
+the start-of-call checks that need models and solvers (``begin``) are in ``call``.
 """
 
 from __future__ import annotations
@@ -95,67 +95,3 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
     if not (np.all(d > 0) or np.all(d < 0)):
         raise ValueError(f"{name} must be strictly monotone (all increasing or all decreasing)")
     return times
-
-
-def check_model(model: Any, name: str = "model") -> "Model":
-    """``model`` if it is a chords_core ``Model``; a ``TypeError`` that says how to wrap a function otherwise."""
-    from .models import Model
-
-    if isinstance(model, Model):
-        return model
-    if callable(model):
-        raise TypeError(
-            f"{name} must be a chords_core Model; wrap a function: VectorField(f) for dy/dt = f(t, y), "
-            f"or DiffusionModel(fn, schedule, prediction) for a denoiser fn(x, t)"
-        )
-    raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")
-
-
-def check_state(model: "Model", x: Any, name: str = "x") -> None:
-    """The initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``)."""
-    from . import _backend as B
-    from .models import DiffusionModel
-
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name}: the initial state must be an array (numpy, torch or jax), got {type(x).__name__}")
-    if not B.is_floating(x):
-        raise TypeError(f"{name}: the initial state must have a floating dtype, got {x.dtype}")
-    if isinstance(model, DiffusionModel) and len(x.shape) < 1:
-        raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
-
-
-class Call:
-    """What ``begin`` returns: the checked model, the float64 grid, the bound solver and the executor."""
-
-    __slots__ = ("model", "times", "solver", "executor")
-
-    def __init__(self, model: "Model", times: np.ndarray, solver: "Solver", executor: "Executor"):
-        self.model, self.times, self.solver, self.executor = model, times, solver, executor
-
-    @property
-    def steps(self) -> int:
-        return len(self.times) - 1
-
-    @property
-    def evals(self) -> list[int]:
-        """Model evaluations per step i -> i + 1."""
-        return [self.solver.evals(i, i + 1) for i in range(self.steps)]
-
-
-def begin(model: Any, x: Any, grid: Any, solver: "str | Solver", executor: "Executor | None" = None,
-          solver_options: dict | None = None) -> Call:
-    """The start-of-call checks every method shares: model, state, grid (also against the model's
-    schedule), solver (bound to model and grid) and the executor (default: ``BatchedExecutor``)."""
-    from .executors import BatchedExecutor, Executor
-    from .solvers import make_solver
-
-    model = check_model(model)
-    check_state(model, x)
-    times = check_grid(grid)
-    model.check_times(times)
-    sol = make_solver(solver, model, times, **(solver_options or {}))
-    if executor is None:
-        executor = BatchedExecutor()
-    elif not isinstance(executor, Executor) and not callable(executor):
-        raise TypeError(f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
-    return Call(model, times, sol, executor)

@@ -22,10 +22,9 @@ SD3 / Flux flow-matching shift; it keeps t = 0 and t = 1 fixed.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from .checks import check_choice, check_float, check_int
 from .schedules import RectifiedFlow, Schedule
 
 __all__ = ["time_grid", "shift_time", "SPACINGS"]
@@ -50,16 +49,14 @@ def time_grid(
     rho: float = 7.0,
 ) -> np.ndarray:
     """Return the ``steps + 1`` grid times (float64, strictly monotone, noise -> data)."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if not (isinstance(shift, (int, float)) and shift > 0 and math.isfinite(shift)):
-        raise ValueError(f"shift must be a positive number, got {shift!r}")
+    steps = check_int("steps", steps, 1)
+    check_choice("spacing", spacing, SPACINGS)
+    shift = check_float("shift", shift, 0.0, low_open=True)
+    rho = check_float("rho", rho, 0.0, low_open=True)
     if shift != 1.0 and not isinstance(schedule, RectifiedFlow):
         raise ValueError("shift applies to RectifiedFlow schedules only")
-    t_max = schedule.t_noise if t_max is None else float(t_max)
-    t_min = schedule.t_min if t_min is None else float(t_min)
+    t_max = schedule.t_noise if t_max is None else check_float("t_max", t_max)
+    t_min = schedule.t_min if t_min is None else check_float("t_min", t_min)
     t_data = schedule.t_data
     if t_min is not None and not (min(t_max, t_data) <= t_min < max(t_max, t_data) or t_min == t_data):
         raise ValueError(f"t_min must lie between t_data={t_data} and t_max={t_max}, got {t_min}")

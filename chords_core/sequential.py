@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checks import begin
+from .call import begin
 from .models import Model, ModelOutputError
 from .solvers import Solver
 

@@ -16,7 +16,6 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -25,16 +24,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-ROOT = Path.cwd().resolve()
-while not (ROOT / "chords_core").is_dir() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
-sys.path.insert(0, str(ROOT))
-
 import chords_core as cc
 from chords_core.problems import GaussianMixture
 from theory import chords_theory as th
 
-OUT = Path(os.environ.get("CHORDS_NB_OUT", ROOT / "notebooks" / "figures"))
+# figures go to $CHORDS_NB_OUT if set (the test suite sets a temp dir), else notebooks/figures of this checkout
+OUT = Path(os.environ.get("CHORDS_NB_OUT", Path(cc.__file__).resolve().parents[1] / "notebooks" / "figures"))
 OUT.mkdir(parents=True, exist_ok=True)
 T = 50
 SEQS = {"8 cores (paper)": (0, 2, 4, 8, 16, 24, 32, 40), "4 cores (paper)": (0, 8, 16, 32)}

@@ -13,7 +13,6 @@
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,16 +21,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-ROOT = Path.cwd().resolve()
-while not (ROOT / "chords_core").is_dir() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
-sys.path.insert(0, str(ROOT))
-
 import chords_core as cc
 from chords_core.problems import GaussianMixture, LinearODE
 from theory import chords_theory as th
 
-OUT = Path(os.environ.get("CHORDS_NB_OUT", ROOT / "notebooks" / "figures"))
+# figures go to $CHORDS_NB_OUT if set (the test suite sets a temp dir), else notebooks/figures of this checkout
+OUT = Path(os.environ.get("CHORDS_NB_OUT", Path(cc.__file__).resolve().parents[1] / "notebooks" / "figures"))
 OUT.mkdir(parents=True, exist_ok=True)
 rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
 

@@ -35,10 +35,12 @@ def test_recipe_reproduces_paper_sequences():
 
 
 def test_recipe_equals_default_init_where_no_paper_sequence():
+    # the recipe up to 8 cores (the paper's range); evenly spaced beyond (the recipe degenerated there)
     for T in range(1, 70):
         for K in range(1, min(T, 12) + 1):
             if cc.paper_init(T, K) is None:
-                assert recipe_init(T, K) == cc.default_init(T, K), (T, K)
+                expected = recipe_init(T, K) if K <= 8 else uniform_init(T, K)
+                assert expected == cc.default_init(T, K), (T, K)
 
 
 @settings(max_examples=40, deadline=None)

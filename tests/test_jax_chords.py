@@ -14,7 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import chords_core as cc  # noqa: E402
 import chords_jax as cj  # noqa: E402
-from chords_jax.linear import LinearTrace, NonLinearOperation  # noqa: E402
+from chords_jax.linear import LinearRecorder, NonLinearOperation  # noqa: E402
 
 D = 5
 _W = np.random.default_rng(1).standard_normal((D, D)) / np.sqrt(D)
@@ -92,7 +92,7 @@ def test_second_call_with_the_same_shapes_does_not_recompile():
     grid = cc.time_grid(SCHED, 7, "logsnr")
     model = cc.DiffusionModel(denoiser, SCHED, "eps")
     cj.chords(model, X, grid, "dpmpp_2m", cores=2)
-    n = cj.traces()
+    n = cj.compilations()
     rng = np.random.default_rng(5)
     for _ in range(3):
         x = rng.standard_normal(X.shape)
@@ -103,7 +103,7 @@ def test_second_call_with_the_same_shapes_does_not_recompile():
     grid2 = cc.time_grid(cc.VP.linear(), 7, "karras")
     got = cj.chords(other, X, grid2, "dpmpp_2m", cores=2)
     assert close(got.x, cc.chords(other, X, grid2, "dpmpp_2m", cores=2).x)
-    assert cj.traces() == n
+    assert cj.compilations() == n
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -200,7 +200,7 @@ def test_bad_arguments_raise_naming_them():
 
 
 def test_nonlinear_operations_are_refused():
-    tr = LinearTrace((2,))
+    tr = LinearRecorder((2,))
     a = tr.x0 * 2.0 + tr.x0
     with pytest.raises(NonLinearOperation):
         a * a

@@ -51,9 +51,9 @@ for d in (1, 2, 4, 8):
     got = cj.chords(model, x, grid, "dpmpp_2m", cores=8, stop=None, devices=d)
     out["runs"].append(["dpmpp_2m K=8", d, err(got, ref)])
     out["rows"][d] = sorted(set(ROWS))
-n = cj.traces()
+n = cj.compilations()
 got = cj.chords(model, 2 * x, grid, "dpmpp_2m", cores=8, stop=None, devices=4)
-out["retraced"] = cj.traces() - n
+out["retraced"] = cj.compilations() - n
 out["runs"].append(["dpmpp_2m K=8 again", 4, err(got, cc.chords(model, 2 * x, grid, "dpmpp_2m", cores=8, stop=None))])
 flow = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
 fgrid = cc.time_grid(cc.RectifiedFlow(), 10)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,9 +9,7 @@ from hypothesis import strategies as st
 
 import chords_core as cc
 from chords_core.problems import LinearODE
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from theory import chords_theory as th  # noqa: E402
+from theory import chords_theory as th
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

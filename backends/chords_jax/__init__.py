@@ -7,6 +7,6 @@ compiled sequential solve. ``devices`` shards the core slots over a device mesh 
 
 from .api import SUPPORTED_SOLVERS, chords, compile_plan, solve
 from .lower import Program
-from .run import AXIS, make_mesh, traces
+from .run import AXIS, compilations, make_mesh
 
-__all__ = ["chords", "solve", "compile_plan", "Program", "SUPPORTED_SOLVERS", "AXIS", "make_mesh", "traces"]
+__all__ = ["chords", "solve", "compile_plan", "Program", "SUPPORTED_SOLVERS", "AXIS", "make_mesh", "compilations"]

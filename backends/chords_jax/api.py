@@ -25,7 +25,7 @@ from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import StopAtCore, StopRule, as_stop_rule, select_output
 
-from .linear import LinearTrace
+from .linear import LinearRecorder
 from .lower import Program, lower
 from .run import make_mesh, runner
 
@@ -68,7 +68,7 @@ def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None
         if got is not None:
             _PROGRAMS.move_to_end(key)
             return got
-    tr = LinearTrace(shape, dtype)
+    tr = LinearRecorder(shape, dtype)
     res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
                     history=history, **solver_options)
     K = res.plan.cores

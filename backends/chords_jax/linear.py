@@ -21,7 +21,7 @@ from __future__ import annotations
 import numbers
 from typing import Sequence
 
-__all__ = ["Sym", "LinearTrace", "NonLinearOperation"]
+__all__ = ["Sym", "LinearRecorder", "NonLinearOperation"]
 
 
 class NonLinearOperation(TypeError):
@@ -42,18 +42,18 @@ def _scalar(c) -> bool:
 class Sym:
     """A symbolic state: a leaf (``terms`` None) or ``sum(c * y for c, y in terms)``. Immutable."""
 
-    __slots__ = ("trace", "id", "phase", "terms", "shape", "dtype", "leaf")
+    __slots__ = ("rec", "id", "phase", "terms", "shape", "dtype", "leaf")
     __array_ufunc__ = None  # make numpy scalars defer to Sym's reflected operators
 
-    def __init__(self, trace: "LinearTrace", terms, leaf=None):
-        self.trace, self.terms, self.leaf = trace, terms, leaf
-        self.shape, self.dtype = trace.shape, trace.dtype
-        self.phase = trace.phase
-        self.id = len(trace.nodes)
-        trace.nodes.append(self)
+    def __init__(self, rec: "LinearRecorder", terms, leaf=None):
+        self.rec, self.terms, self.leaf = rec, terms, leaf
+        self.shape, self.dtype = rec.shape, rec.dtype
+        self.phase = rec.phase
+        self.id = len(rec.nodes)
+        rec.nodes.append(self)
 
     def _lin(self, terms) -> "Sym":
-        return Sym(self.trace, tuple(terms))
+        return Sym(self.rec, tuple(terms))
 
     def __add__(self, other):
         if isinstance(other, Sym):
@@ -96,7 +96,7 @@ class Sym:
         return f"Sym(#{self.id}, phase {self.phase}, {'leaf ' + str(self.leaf) if self.terms is None else len(self.terms)})"
 
 
-class LinearTrace:
+class LinearRecorder:
     """The recorder, and the executor handed to ``chords_core.chords``.
 
     ``rounds[r - 1] = (points, times)`` for round r; output j of round r is the leaf ``("out", r, j)``.

@@ -1,4 +1,4 @@
-"""Lower a ``LinearTrace`` to the arrays a ``lax.scan`` over rounds consumes.
+"""Lower a ``LinearRecorder`` to the arrays a ``lax.scan`` over rounds consumes.
 
 The scan carry is one buffer ``buf = [0; regs; pts; outs]`` of 1 + L + 2 Kp rows of x.shape:
 ``regs`` (L) registers holding every value that outlives the round that computed it (states,
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .linear import LinearTrace, Sym
+from .linear import LinearRecorder, Sym
 
 __all__ = ["Program", "lower"]
 
@@ -57,14 +57,14 @@ class Program:
         return self.init.shape[0]
 
 
-def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: list[Sym], t0: float) -> Program:
-    """Arrays for ``trace``: ``slot_of[r-1][j]`` is the slot of round r's j-th point, ``outputs`` the
+def lower(rec: LinearRecorder, slot_of: list[list[int]], slots: int, outputs: list[Sym], t0: float) -> Program:
+    """Arrays for the recording ``rec``: ``slot_of[r-1][j]`` is the slot of round r's j-th point, ``outputs`` the
     nodes read after the last round, ``t0`` the time of idle slots before their first evaluation."""
-    R = len(trace.rounds)
+    R = len(rec.rounds)
     K = slots
     point_at: dict[tuple[int, int], Sym] = {}  # (round, slot) -> node
     point_rounds: dict[int, dict[int, int]] = {}  # node id -> {round: slot}
-    for r, (xs, _) in enumerate(trace.rounds, start=1):
+    for r, (xs, _) in enumerate(rec.rounds, start=1):
         for j, x in enumerate(xs):
             k = slot_of[r - 1][j]
             point_at[(r, k)] = x
@@ -89,7 +89,7 @@ def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: lis
             stack.extend((child, n.phase) for _, child in n.terms)
 
     # registers: node n occupies a register in carries phase(n) .. until(n) - 1
-    nodes = trace.nodes
+    nodes = rec.nodes
     order = sorted(until, key=lambda i: (nodes[i].phase, i))
     free_at: list[int] = []  # per register: first carry index where it is free again
     reg_of: dict[int, int] = {}
@@ -153,7 +153,7 @@ def lower(trace: LinearTrace, slot_of: list[list[int]], slots: int, outputs: lis
         if step < R:
             for k in range(K):
                 tim[step, k] = tim[step - 1, k] if step else t0
-            for j, t in enumerate(trace.rounds[step][1]):
+            for j, t in enumerate(rec.rounds[step][1]):
                 k = slot_of[step][j]
                 tim[step, k], act[step, k] = t, True
 

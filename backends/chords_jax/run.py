@@ -20,17 +20,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 
-__all__ = ["runner", "traces", "AXIS", "make_mesh"]
+__all__ = ["runner", "compilations", "AXIS", "make_mesh"]
 
 AXIS = "cores"
-_TRACES = 0
+_COMPILATIONS = 0
 _CACHE: "OrderedDict[tuple, Callable]" = OrderedDict()
 _CACHE_SIZE = 32
 
 
-def traces() -> int:
+def compilations() -> int:
     """How many times a compiled pipeline has been traced (= compiled) in this process."""
-    return _TRACES
+    return _COMPILATIONS
 
 
 def make_mesh(devices: Any) -> Mesh | None:
@@ -106,8 +106,8 @@ def runner(model, mesh: Mesh | None, check: bool) -> Callable:
         return buf if mesh is None else jax.lax.with_sharding_constraint(buf, replicated)
 
     def run(x, init, dest, idx, coef, times):
-        global _TRACES
-        _TRACES += 1
+        global _COMPILATIONS
+        _COMPILATIONS += 1
         slots = times.shape[1]
         pts = init.shape[0] - 2 * slots  # first point row; outputs follow the points
         buf = init.reshape(init.shape + (1,) * x.ndim) * x[None]

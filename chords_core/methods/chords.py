@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..checks import begin, check_int
+from ..call import begin
+from ..checks import check_int
 from ..engine import run_plan
 from ..executors import Executor
 from ..history import check_history

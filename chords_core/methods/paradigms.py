@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..checks import begin, check_float, check_int
+from ..call import begin
+from ..checks import check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move

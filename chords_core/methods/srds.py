@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _backend as B
-from ..checks import begin, check_float, check_int
+from ..call import begin
+from ..checks import check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move

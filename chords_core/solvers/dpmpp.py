@@ -19,14 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import lincomb
+from ..checks import check_int
 from .base import DataSolver, State
 
 
 class DPMSolverPP(DataSolver):
     def __init__(self, model, times, order: int = 2, lower_order_final: bool = True):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        self.order = order
+        self.order = order = check_int("order", order, 1, 3)
         self.name = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
         self.history_size = order - 1
         super().__init__(model, times)

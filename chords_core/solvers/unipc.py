@@ -24,15 +24,14 @@ import math
 import numpy as np
 
 from .._backend import lincomb
+from ..checks import check_choice, check_int
 from .base import DataSolver, State
 
 
 class UniPC(DataSolver):
     def __init__(self, model, times, order: int = 2, variant: str = "bh2", corrector: bool = True):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        if variant not in ("bh1", "bh2"):
-            raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+        order = check_int("order", order, 1, 3)
+        variant = check_choice("variant", variant, ("bh1", "bh2"))
         self.order, self.variant, self.corrector = order, variant, bool(corrector)
         self.name = "unipc" if corrector else "unip"
         self.history_size = order  # the corrector of an order-p step looks p - 1 points behind its start

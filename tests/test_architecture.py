@@ -1,0 +1,287 @@
+"""The architecture's promises: no import cycles, stop rules as plug-ins (a rule written here works
+with chords, the peers and the JAX backend), one result type and one entry point for every method,
+and a default init sequence that spreads its cores for any core count."""
+
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("JAX_ENABLE_X64", "1")
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chords_core as cc
+from chords_core.problems import GaussianMixture
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"chords_core": ROOT / "chords_core", "chords_torch": ROOT / "backends" / "chords_torch",
+            "chords_jax": ROOT / "backends" / "chords_jax", "chords_diffusers": ROOT / "backends" / "chords_diffusers",
+            "theory": ROOT / "theory"}
+
+
+# ------------------------------------------------------------------------------------------ imports
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for pkg, root in PACKAGES.items():
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).with_suffix("")
+            parts = [pkg, *rel.parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = path
+    return mods
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of import nodes under ``if TYPE_CHECKING:`` (not executed)."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for sub in ast.walk(node):
+                skip.add(id(sub))
+    return skip
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every import between the packages' modules, module level and inside functions alike."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_checking_nodes(tree)
+        is_pkg = path.name == "__init__.py"
+        base = mod if is_pkg else mod.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = base
+                    for _ in range(node.level - 1):
+                        anchor = anchor.rpartition(".")[0]
+                    src = f"{anchor}.{node.module}" if node.module else anchor
+                else:
+                    src = node.module or ""
+                targets = [f"{src}.{a.name}" if f"{src}.{a.name}" in mods else src for a in node.names]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert len(graph) > 40 and "chords_core.engine" in graph["chords_core.methods.chords"]
+    # a package's __init__ re-exports its modules: edges into it from its own modules would be cycles
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# ---------------------------------------------------------------------------------------- stop rules
+@dataclass(frozen=True)
+class StopWhenClose(cc.StopRule):
+    """A user's rule: stop at the first output within ``tol`` (max abs) of the previous one, never
+    before output ``least``; written against the protocol only."""
+
+    tol: float
+    least: int = 1
+
+    def accept(self, outputs, coarse):
+        if len(outputs) < self.least:
+            return False
+        prev = outputs[-2] if len(outputs) > 1 else coarse
+        return float(np.max(np.abs(np.asarray(outputs[-1]) - np.asarray(prev)))) < self.tol
+
+    def describe(self, n, core, accepted):
+        return f"close at output {n}" if accepted else "never close"
+
+
+GMM = GaussianMixture.random(6, 3, seed=2)
+SCHED = cc.RectifiedFlow()
+MODEL = GMM.model(SCHED, "flow")
+X = np.random.default_rng(0).standard_normal((3, 6))
+GRID = cc.time_grid(SCHED, 24)
+
+
+def _distances(hits, coarse):
+    prev, out = coarse, []
+    for h in hits:
+        out.append(float(np.max(np.abs(h.x - prev))))
+        prev = h.x
+    return out
+
+
+def test_user_stop_rule_with_chords():
+    full = cc.chords(MODEL, X, GRID, cores=4, stop=None)
+    d = _distances(full.hits, full.coarse)
+    tol = sorted(d)[1] * 1.0001  # the second-smallest change: met, but not by every output
+    n = next(k for k, v in enumerate(d) if v < tol) + 1
+    res = cc.chords(MODEL, X, GRID, cores=4, stop=StopWhenClose(tol))
+    assert res.stopped_by == f"close at output {n}" and len(res.hits) >= n
+    assert np.array_equal(res.x, full.hits[n - 1].x) and res.rounds == full.hits[n - 1].round
+    never = cc.chords(MODEL, X, GRID, cores=4, stop=StopWhenClose(0.0))
+    assert never.stopped_by == "never close" and np.array_equal(never.x, full.x)  # core 0: the sequential output
+    late = cc.chords(MODEL, X, GRID, cores=4, stop=StopWhenClose(np.inf, least=3))
+    assert late.hits[-1].core == full.hits[2].core and np.array_equal(late.x, full.hits[2].x)
+
+
+def test_user_stop_rule_with_srds_and_parallel():
+    full = cc.srds(MODEL, X, GRID, blocks=4, tol=0.0)
+    d = _distances(full.hits, full.coarse)
+    tol = sorted(d)[1] * 1.0001
+    n = next(k for k, v in enumerate(d) if v < tol) + 1
+    res = cc.srds(MODEL, X, GRID, blocks=4, stop=StopWhenClose(tol))
+    assert res.stopped_by == f"close at output {n}" and np.array_equal(res.x, full.hits[n - 1].x)
+    via = cc.parallel(MODEL, X, GRID, cores=4, method="srds", stop=StopWhenClose(tol))
+    assert np.array_equal(via.x, res.x) and via.rounds == res.rounds
+    with pytest.raises(ValueError, match="tol or stop"):
+        cc.srds(MODEL, X, GRID, blocks=4, tol=1e-3, stop=StopWhenClose(tol))
+
+
+_W = np.random.default_rng(1).standard_normal((6, 6)) / np.sqrt(6)
+
+
+def _denoiser(x, t):
+    """A smooth nonlinear 'network' for numpy and jax alike."""
+    import jax.numpy as jnp
+
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return xp.tanh(x @ _W + t[:, None]) * 0.5 + 0.2 * x
+
+
+def test_user_stop_rule_with_jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import chords_jax as cj
+
+    model = cc.DiffusionModel(_denoiser, SCHED, "flow")
+    ref = cc.chords(model, X, GRID, cores=4, stop=None)
+    d = _distances(ref.hits, ref.coarse)
+    tol = sorted(d)[1] * 1.0001
+    n = next(k for k, v in enumerate(d) if v < tol) + 1
+    a = cc.chords(model, X, GRID, cores=4, stop=StopWhenClose(tol))
+    b = cj.chords(model, X, GRID, cores=4, stop=StopWhenClose(tol))
+    assert a.stopped_by == f"close at output {n}"
+    assert b.stopped_by == a.stopped_by and (b.rounds, b.nfe, len(b.hits)) == (a.rounds, a.nfe, len(a.hits))
+    np.testing.assert_allclose(np.asarray(b.x), a.x, rtol=0, atol=1e-12)
+    late = cj.chords(model, X, GRID, cores=4, stop=StopWhenClose(np.inf, least=3))
+    assert late.hits[-1].core == ref.hits[2].core and late.rounds == ref.hits[2].round
+
+
+def test_bad_stop_rule_is_named():
+    with pytest.raises(TypeError, match="stop must be a stop rule"):
+        cc.chords(MODEL, X, GRID, cores=2, stop="fastest")
+
+
+# ------------------------------------------------------------------------------ methods and results
+@pytest.mark.parametrize("method", sorted(cc.METHODS))
+@pytest.mark.parametrize("solver", sorted(cc.SOLVERS))
+def test_parallel_one_core_is_solve(method, solver):
+    grid = cc.time_grid(SCHED, 8)
+    ref = cc.solve(MODEL, X, grid, solver)
+    res = cc.parallel(MODEL, X, grid, solver, cores=1, method=method)
+    assert isinstance(res, cc.Result) and res.method == method
+    assert np.array_equal(res.x, ref)
+    assert res.rounds == res.sequential_rounds and res.width == 1
+
+
+@pytest.mark.parametrize("method", sorted(cc.METHODS))
+def test_every_method_returns_the_same_result_type(method):
+    res = cc.parallel(MODEL, X, GRID, cores=3, method=method)
+    assert isinstance(res, cc.Result) and res.method == method
+    assert 1 <= res.width <= 3 and res.rounds <= res.sequential_rounds
+    assert len(res.trace) == res.rounds and all(r.number == k + 1 for k, r in enumerate(res.trace))
+    assert sum(len(r.evals) for r in res.trace) == res.nfe
+    assert res.hits and res.hits[-1].round <= res.rounds or res.method == "chords"
+    assert "round |" in res.diagram() and "legend" in res.diagram()
+
+
+def test_registered_method_plugs_into_parallel():
+    def run(model, x, grid, solver, *, cores, executor, progress, **options):
+        return cc.chords(model, x, grid, solver, cores=cores, executor=executor, stop=None, **options)
+
+    cc.register_method(cc.Method("chords-all", run, "every core"))
+    try:
+        res = cc.parallel(MODEL, X, GRID, cores=3, method="chords-all")
+        assert np.array_equal(res.x, cc.solve(MODEL, X, GRID))
+        with pytest.raises(ValueError, match="already registered"):
+            cc.register_method(cc.Method("chords-all", run))
+    finally:
+        del cc.METHODS["chords-all"]
+    with pytest.raises(ValueError, match="method must be one of"):
+        cc.parallel(MODEL, X, GRID, cores=3, method="chords-all")
+
+
+# ------------------------------------------------------------------------------------- default init
+@settings(max_examples=300, deadline=None)
+@given(st.integers(10, 1000), st.integers(2, 32))
+def test_default_init_spreads_its_cores(steps, cores):
+    if cores > steps:
+        with pytest.raises(ValueError, match="cores"):
+            cc.default_init(steps, cores)
+        return
+    init = cc.default_init(steps, cores)
+    assert cc.validate_init(init, steps, cores) == init
+    plan_finish = [steps - t + c for c, t in enumerate(init)]  # R_c with one evaluation per step
+    # the fastest core outputs before the sequential solver, after at most 85% of its rounds where
+    # the grid has room (4 K <= T), and core 1 starts in the first half
+    if cores < steps:
+        assert plan_finish[-1] < steps, init
+    if 4 * cores <= steps:
+        assert plan_finish[-1] <= 0.85 * steps + 1, init
+    assert init[1] <= steps / 2, init
+    # no two faster cores collapse onto neighbouring steps where the grid has room (gap >= 2)
+    if 4 * cores <= steps:
+        assert all(b - a >= 2 for a, b in zip(init, init[1:])), init
+    # every core's output comes no later than its slower neighbour's
+    assert all(b <= a for a, b in zip(plan_finish, plan_finish[1:])), init
+
+
+def test_default_init_no_longer_degenerates():
+    assert cc.default_init(200, 16) == tuple(round(c * 200 / 16) for c in range(16))
+    assert cc.recipe_init(200, 16)[-1] == 160 and cc.recipe_init(200, 16)[-2] < 159  # capped at 0.8 T
+    # the paper's sequences are untouched
+    assert cc.default_init(50, 8) == (0, 2, 4, 8, 16, 24, 32, 40)
+    assert cc.default_init(50, 4) == (0, 8, 16, 32)

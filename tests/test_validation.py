@@ -1,0 +1,305 @@
+"""Input validation: bad model outputs, grids that do not suit the model, numpy integers, bad options,
+plain functions where a model is expected, and float32 states kept float32 by every executor.
+
+Every check raises a ``ValueError`` / ``TypeError`` / ``ModelOutputError`` whose message names the
+argument (or says what the model returned); float64 and small analytic problems throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import chords_core as cc
+from chords_core.models import ModelOutputError
+from chords_core.problems import GaussianMixture, LinearODE
+from chords_core.solvers import DPMSolverPP
+
+RF = cc.RectifiedFlow()
+GMM = GaussianMixture.random(4, 2, seed=0)
+FLOW = GMM.model(RF, "flow")
+GRID = cc.time_grid(RF, 8)
+X = np.random.default_rng(0).standard_normal((3, 4))
+LIN = LinearODE.random(3, seed=0)
+Y = np.array([1.0, -0.5, 0.25])
+
+
+def run(method, model, x, grid, solver="euler", **kw):
+    """``solve`` or ``chords`` (cores=2, every core run) on the same arguments."""
+    if method == "solve":
+        return cc.solve(model, x, grid, solver, **kw)
+    return cc.chords(model, x, grid, solver, cores=2, stop=None, **kw)
+
+
+# -- 1. non-finite outputs of an unbatched VectorField --------------------------------------------
+
+def _nan_at_2(t, y):
+    out = -y
+    out[2] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("method", ["solve", "chords"])
+def test_nan_at_any_element_of_an_unbatched_vector_field_raises(method):
+    with pytest.raises(ModelOutputError, match="non-finite"):
+        run(method, cc.VectorField(_nan_at_2), np.ones(4), np.linspace(0.0, 1.0, 5))
+
+
+@pytest.mark.parametrize("method", ["solve", "chords"])
+def test_nan_output_for_a_0d_state_raises(method):
+    y0 = np.array(1.0)  # np.float64 array of shape ()
+    with pytest.raises(ModelOutputError, match="non-finite"):
+        run(method, cc.VectorField(lambda t, y: y * np.inf if t > 0.3 else -y), y0, np.linspace(0.0, 1.0, 5))
+    # the same 0-d state with a finite field solves dy/dt = -y
+    got = run(method, cc.VectorField(lambda t, y: -y), y0, np.linspace(0.0, 1.0, 41), "heun")
+    got = got if method == "solve" else got.x
+    assert np.shape(got) == () and abs(float(got) - math.exp(-1.0)) < 1e-4
+
+
+def test_nan_in_one_point_of_a_batched_vector_field_names_that_point():
+    vf = cc.VectorField(lambda t, y: np.where(t[:, None] > 0.3, np.nan, -y), batched=True)
+    with pytest.raises(ModelOutputError, match="non-finite") as e:
+        cc.chords(vf, np.ones(3), np.linspace(0.0, 1.0, 9), cores=2, stop=None)
+    assert "core" in str(e.value)
+
+
+# -- 2. outputs that are not floating arrays -------------------------------------------------------
+
+BAD_OUTPUTS = {
+    "None": (lambda y: None, "NoneType"),
+    "list": (lambda y: [0.0] * len(y), "list"),
+    "scalar": (lambda y: 1.0, "float"),
+    "int array": (lambda y: np.zeros(y.shape, dtype=np.int64), "int64"),
+}
+
+
+@pytest.mark.parametrize("method", ["solve", "chords"])
+@pytest.mark.parametrize("kind", ["diffusion", "vector field"])
+@pytest.mark.parametrize("bad", list(BAD_OUTPUTS))
+def test_a_model_returning_a_non_array_or_integers_raises_saying_what(bad, kind, method):
+    ret, what = BAD_OUTPUTS[bad]
+    if kind == "diffusion":
+        model, x, grid = cc.DiffusionModel(lambda x, t: ret(x), RF, "flow"), X, GRID
+    else:
+        model, x, grid = cc.VectorField(lambda t, y: ret(y)), Y, np.linspace(0.0, 1.0, 5)
+    with pytest.raises((ModelOutputError, TypeError), match=f"returned.*{what}"):
+        run(method, model, x, grid)
+
+
+# -- 3. grids checked against the schedule ---------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["solve", "chords"])
+def test_grid_outside_the_schedule_domain_raises_naming_the_grid(method):
+    with pytest.raises(ValueError, match=r"grid\[0\]=1.5.*outside"):
+        run(method, FLOW, X, [1.5, 1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("method", ["solve", "chords"])
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "heun"])
+def test_grid_running_from_data_to_noise_raises_for_a_diffusion_model(method, solver):
+    with pytest.raises(ValueError, match="grid must run from noise to data"):
+        run(method, FLOW, X, np.linspace(0.0, 1.0, 11), solver)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
+def test_grid_starting_where_eps_cannot_be_converted_blames_the_grid(solver):
+    eps = GMM.model(RF, "eps")
+    for method in ("solve", "chords"):
+        with pytest.raises(ValueError, match=r"grid\[0\]=1\b") as e:
+            run(method, eps, X, GRID, solver)
+        assert not isinstance(e.value, ModelOutputError)
+    # starting just inside the schedule is fine
+    inside = cc.time_grid(RF, 8, t_max=0.999)
+    assert np.all(np.isfinite(cc.solve(eps, X, inside, solver)))
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_a_vector_field_accepts_any_monotone_grid_in_either_direction(solver):
+    vf = LIN.vector_field()
+    fwd = np.linspace(-1.0, 2.0, 121) ** 3 / 4  # increasing, non-uniform, through negative times
+    tol = 5e-2 if solver == "euler" else 1e-3
+    for grid in (fwd, fwd[::-1]):
+        got = cc.solve(vf, Y, grid, solver)
+        want = LIN.exact(Y, grid[0], grid[-1])
+        assert np.max(np.abs(got - want)) < tol * np.max(np.abs(want))
+        res = cc.chords(vf, Y, grid, solver, cores=2, stop=None)
+        np.testing.assert_allclose(res.x, got, rtol=1e-12, atol=1e-12)  # core 0: the sequential solution
+    with pytest.raises(ValueError, match="grid must be strictly monotone"):
+        cc.solve(vf, Y, [0.0, 0.5, 0.4, 1.0], solver)
+
+
+# -- 4. numpy integers and bad numbers ------------------------------------------------------------
+
+I = np.int64
+GRID16 = cc.time_grid(RF, 16)
+
+
+def same_result(a, b):
+    return (a.rounds, a.nfe, a.stopped_by) == (b.rounds, b.nfe, b.stopped_by) and np.array_equal(a.x, b.x)
+
+
+def test_numpy_integers_are_accepted_and_give_the_python_int_results():
+    assert same_result(cc.chords(FLOW, X, GRID16, cores=I(4)), cc.chords(FLOW, X, GRID16, cores=4))
+    assert same_result(cc.parallel(FLOW, X, GRID16, cores=I(4)), cc.parallel(FLOW, X, GRID16, cores=4))
+    assert same_result(cc.paradigms(FLOW, X, GRID16, window=I(3)), cc.paradigms(FLOW, X, GRID16, window=3))
+    assert same_result(cc.srds(FLOW, X, GRID16, blocks=I(2)), cc.srds(FLOW, X, GRID16, blocks=2))
+    np.testing.assert_array_equal(cc.time_grid(RF, I(8)), cc.time_grid(RF, 8))
+    stop = cc.StopAtCore(I(2))
+    assert stop == cc.StopAtCore(2) and type(stop.n) is int
+    assert cc.default_init(I(50), I(4)) == cc.default_init(50, 4) == (0, 8, 16, 32)
+    got = cc.solve(FLOW, X, GRID, "unipc", order=I(3))
+    np.testing.assert_array_equal(got, cc.solve(FLOW, X, GRID, "unipc", order=3))
+
+
+@pytest.mark.parametrize("init", [[0, math.inf], "0,8", [0, True], [False, 8], [0, 8.5], [0, float("nan")]])
+def test_bad_init_entries_raise_naming_init(init):
+    with pytest.raises(ValueError, match="init"):
+        cc.chords(FLOW, X, GRID16, init=init)
+
+
+def test_integral_float_init_is_accepted():
+    ref = cc.chords(FLOW, X, GRID16, init=[0, 8])
+    assert same_result(cc.chords(FLOW, X, GRID16, init=[0, 8.0]), ref)
+    assert same_result(cc.chords(FLOW, X, GRID16, init=np.array([0.0, 8.0])), ref)
+
+
+@pytest.mark.parametrize("order", [2.0, True, 0, 4, "2"])
+def test_solver_order_must_be_an_integer_in_range(order):
+    with pytest.raises(ValueError, match="order"):
+        cc.make_solver("unipc", FLOW, GRID, order=order)
+    with pytest.raises(ValueError, match="order"):
+        DPMSolverPP(FLOW, GRID, order=order)
+    with pytest.raises(ValueError, match="order"):
+        cc.solve(FLOW, X, GRID, "unip", order=order)
+
+
+def test_dpmpp_names_fix_the_order():
+    with pytest.raises(ValueError, match="order"):
+        cc.solve(FLOW, X, GRID, "dpmpp_2m", order=2.0)
+
+
+def test_unipc_variant_is_checked():
+    with pytest.raises(ValueError, match="variant"):
+        cc.make_solver("unipc", FLOW, GRID, variant="bh3")
+
+
+@pytest.mark.parametrize("rho", [0, 0.0, -1.0, float("nan"), math.inf, "7", True])
+def test_karras_rho_must_be_a_positive_number(rho):
+    with pytest.raises(ValueError, match="rho"):
+        cc.time_grid(RF, 8, "karras", rho=rho)
+
+
+def test_time_grid_numbers_are_checked_by_name():
+    np.testing.assert_array_equal(cc.time_grid(RF, 8, "karras", rho=np.float64(7.0)), cc.time_grid(RF, 8, "karras"))
+    np.testing.assert_array_equal(cc.time_grid(RF, 8, shift=np.float32(3.0)), cc.time_grid(RF, 8, shift=3.0))
+    for kw, name in [(dict(shift=0.0), "shift"), (dict(shift=True), "shift"), (dict(t_max="1"), "t_max"),
+                     (dict(t_min=float("nan")), "t_min"), (dict(spacing="cosine"), "spacing")]:
+        with pytest.raises(ValueError, match=name):
+            cc.time_grid(cc.VP.linear() if name == "t_min" else RF, 8, **kw)
+    for steps in (0, 8.0, True, "8"):
+        with pytest.raises(ValueError, match="steps"):
+            cc.time_grid(RF, steps)
+
+
+# -- 5. a float32 state stays float32 whatever precision the model computes in ---------------------
+
+def _gmm32(x, t):
+    return GMM.prediction_fn(RF, "flow")(x, t).astype(np.float32)
+
+
+def _check_float32(res, ref, dtype):
+    assert res.x.dtype == dtype and all(h.x.dtype == dtype for h in res.hits)
+    assert np.max(np.abs(np.asarray(res.x, np.float64) - np.asarray(ref.x, np.float64))) < 1e-5
+
+
+@pytest.mark.parametrize("executor", [cc.SerialExecutor, cc.BatchedExecutor])
+def test_float32_state_stays_float32_with_a_float64_model_numpy(executor):
+    x = X.astype(np.float32)
+    assert FLOW.fn(x, np.ones(3, np.float32)).dtype == np.float64  # the model computes in float64
+    model32 = cc.DiffusionModel(_gmm32, RF, "flow")
+    for solver in ("euler", "dpmpp_2m"):
+        ref = cc.chords(model32, x, GRID, solver, cores=3, stop=None, executor=executor())
+        _check_float32(cc.chords(FLOW, x, GRID, solver, cores=3, stop=None, executor=executor()), ref, np.float32)
+        for method in ("paradigms", "srds"):
+            got = cc.parallel(FLOW, x, GRID, solver, cores=3, method=method, executor=executor())
+            _check_float32(got, cc.parallel(model32, x, GRID, solver, cores=3, method=method, executor=executor()),
+                           np.float32)
+        assert cc.solve(FLOW, x, GRID, solver).dtype == np.float32
+
+
+def test_float32_state_stays_float32_with_a_float64_model_torch():
+    torch = pytest.importorskip("torch")
+    from chords_torch import DeviceExecutor, ProcessExecutor
+    from chords_torch.testing import gmm_problem, seeded_state
+
+    model, factory = gmm_problem(dim=4, modes=3, seed=0, schedule="rf", prediction="x0")
+    x = seeded_state().float()
+    assert model.fn(x, torch.ones(3)).dtype == torch.float64  # the network returns float64 tensors
+    model32 = cc.DiffusionModel(lambda x, t: model.fn(x, t).float(), model.schedule, "x0")
+    grid = cc.time_grid(model.schedule, 6)
+    ref = cc.chords(model32, x, grid, cores=3, stop=None, executor=cc.SerialExecutor())
+    executors = [cc.SerialExecutor(), cc.BatchedExecutor(), DeviceExecutor(["cpu", "cpu"]),
+                 ProcessExecutor(factory, workers=2, timeout=60)]
+    try:
+        for ex in executors:
+            _check_float32(cc.chords(model, x, grid, cores=3, stop=None, executor=ex), ref, torch.float32)
+    finally:
+        for ex in executors:
+            ex.close()
+
+
+def test_float32_state_stays_float32_with_a_float64_model_jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)  # as test_jax_chords does
+    import jax.numpy as jnp
+    cj = pytest.importorskip("chords_jax")
+
+    w = np.random.default_rng(1).standard_normal((4, 4)) / 2
+
+    def f64(x, t):
+        x = x.astype(jnp.float64)
+        return jnp.tanh(x @ w + t.astype(jnp.float64)[:, None]) * 0.5 + 0.2 * x
+
+    def f32(x, t):
+        return f64(x, t).astype(jnp.float32)
+
+    x = jnp.asarray(X, jnp.float32)
+    assert f64(x, jnp.ones(3, jnp.float32)).dtype == jnp.float64
+    m64, m32 = cc.DiffusionModel(f64, RF, "flow"), cc.DiffusionModel(f32, RF, "flow")
+    grid = cc.time_grid(RF, 6)
+    ref = cc.chords(m32, x, grid, cores=3, stop=None)
+    _check_float32(cc.chords(m64, x, grid, cores=3, stop=None), ref, jnp.float32)
+    _check_float32(cj.chords(m64, x, grid, cores=3, stop=None), ref, jnp.float32)
+
+
+# -- 6. a plain function where a model is expected -------------------------------------------------
+
+@pytest.mark.parametrize("method", ["solve", "chords", "paradigms", "srds", "parallel"])
+def test_a_plain_function_is_rejected_with_how_to_wrap_it(method):
+    kw = {"chords": dict(cores=2), "parallel": dict(cores=2)}.get(method, {})
+    with pytest.raises(TypeError, match="VectorField.*DiffusionModel"):
+        getattr(cc, method)(lambda t, y: -y, Y, np.linspace(0.0, 1.0, 5), **kw)
+
+
+# -- 7. method names and tolerances ----------------------------------------------------------------
+
+def test_unknown_method_raises_naming_method():
+    with pytest.raises(ValueError, match="method.*'nope'"):
+        cc.parallel(FLOW, X, GRID, cores=2, method="nope")
+
+
+@pytest.mark.parametrize("tol", [-1, float("nan"), math.inf, "0.1"])
+def test_bad_tolerances_raise_naming_tol(tol):
+    with pytest.raises(ValueError, match="tol"):
+        cc.paradigms(FLOW, X, GRID, tol=tol)
+    with pytest.raises(ValueError, match="tol"):
+        cc.srds(FLOW, X, GRID, tol=tol)
+    with pytest.raises(ValueError, match="tol"):
+        cc.StopOnResidual(tol)
+
+
+def test_a_paradigms_window_larger_than_the_grid_is_clipped():
+    big = cc.paradigms(FLOW, X, GRID, window=100)
+    assert same_result(big, cc.paradigms(FLOW, X, GRID, window=len(GRID) - 1)) and big.width <= len(GRID) - 1
