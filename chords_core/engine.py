@@ -96,11 +96,12 @@ class CoreRecords:
         """Take the round's model outputs: spawn, record, step, rectify. Returns the (core, output) hits, fastest first."""
         sol, init, K = self.sol, self.init, len(self.init)
         states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
-        shift = self.history == "shift"
+        history, convert = self.history, self.convert
+        shift = history == "shift"
         hits = []
         for e, xe, out in zip(evs, xs, outs):
             c, i = e.core, e.index
-            q = out if self.convert is None else self.convert(xe, out, e.time_index)
+            q = out if convert is None else convert(xe, out, e.time_index)
             if e.stage == 0:
                 qs[c] = [q]
                 if c and anchor[c][0] == i:
@@ -118,12 +119,13 @@ class CoreRecords:
                 qs[c].append(q)
             if e.completes:
                 new = sol.step(states[c], qs[c], i, i + 1)
-                if e.rectify_from is not None:
+                b = e.rectify_from
+                if b is not None:
                     _, xa, qa = anchor[c]
                     xsl, qsl = slow[c]
-                    a, b = sol.jump_coeffs(e.rectify_from, i + 1)
-                    xn = rectify(new.x, xa, qa, xsl, qsl, a, b)
-                    new = move(new, xn, self.history, qsl - qa if shift and new.hist else None)
+                    ca, cb = sol.jump_coeffs(b, i + 1)
+                    xn = rectify(new.x, xa, qa, xsl, qsl, ca, cb)
+                    new = move(new, xn, history, qsl - qa if shift and new.hist else None)
                     anchor[c], slow[c] = (i + 1, xn, None), None
                 states[c] = new
                 if e.hit:
@@ -159,15 +161,16 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     hits: list[Hit] = []
     outputs: list = []
     result, stopped_by, nfe, t = None, "", 0, sol.t
+    current: list = [()]
+
+    def where(p: int) -> str:
+        e = current[0][p]
+        return f"core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g})"
+
     try:
         for rd in plan.rounds[:limit]:
-            evs = rd.evals
+            evs = current[0] = rd.evals
             xs = records.points(evs)
-
-            def where(p: int, evs: tuple = evs) -> str:
-                e = evs[p]
-                return f"core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g})"
-
             outs = evaluate_round(executor, model, xs, [t[e.time_index] for e in evs], rd.number, where)
             nfe += len(evs)
             for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
@@ -194,4 +197,4 @@ def plan_result(plan: Plan, output: Hit, hits: Sequence[Hit], coarse: Any, stopp
     R = output.round
     return Result(x=output.x, rounds=R, nfe=plan.nfe(R), hits=tuple(h for h in hits if h.round <= R), coarse=coarse,
                   stopped_by=stopped_by, method="chords", sequential_rounds=plan.sequential_rounds,
-                  width=max(len(r.evals) for r in plan.rounds[:R]), trace=plan.rounds[:R], plan=plan)
+                  width=plan.width(R), trace=plan.rounds[:R], plan=plan)

@@ -24,6 +24,7 @@ dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -78,14 +79,15 @@ class Model:
         ``like``'s dtype."""
         if not B.is_array(out):
             raise ModelOutputError(0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
-        if tuple(out.shape) != tuple(like.shape):
+        if out.shape != like.shape and tuple(out.shape) != tuple(like.shape):
             raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
-        if not B.is_floating(out):
+        same_dtype = out.dtype == like.dtype  # the common case: the state's floating dtype
+        if not same_dtype and not B.is_floating(out):
             raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
         if self.check_outputs and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
-        return B.cast_like(out, like)
+        return out if same_dtype else B.cast_like(out, like)
 
 
 class DiffusionModel(Model):
@@ -116,20 +118,9 @@ class DiffusionModel(Model):
     def check_times(self, times: np.ndarray) -> None:
         """The grid must lie in the schedule's domain and run from noise towards data (the half
         log-SNR lambda strictly increasing along it)."""
-        lo, hi = self.schedule.domain()
-        bad = np.flatnonzero((times < lo) | (times > hi))
-        if len(bad):
-            k = int(bad[0])
-            raise ValueError(f"grid[{k}]={times[k]:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] "
-                             f"({type(self.schedule).__name__})")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lam = np.asarray(self.schedule.lam(times), dtype=np.float64)
-            d = np.diff(lam)
-        if not np.all(d > 0):
-            k = int(np.flatnonzero(~(d > 0))[0])
-            raise ValueError(f"grid must run from noise to data for a diffusion model (the log-SNR increasing), but "
-                             f"grid[{k}]={times[k]:g} -> grid[{k + 1}]={times[k + 1]:g} goes the other way; "
-                             f"reverse the grid, e.g. time_grid(schedule, steps)")
+        problem = _grid_problem(self.schedule, times.tobytes())
+        if problem:
+            raise ValueError(problem)
 
     def data_eps_coefficients(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
         """((a_D, b_D), (a_e, b_e)) with x0_hat = a_D x + b_D out and eps_hat = a_e x + b_e out at time t."""
@@ -196,3 +187,23 @@ class VectorField(Model):
                 "this solver needs the data prediction of a DiffusionModel; a VectorField supports 'euler' and 'heun'"
             )
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_problem(schedule: Schedule, raw: bytes) -> str:
+    """What is wrong with the float64 grid ``raw`` on ``schedule`` ("" if nothing; cached per grid)."""
+    times = np.frombuffer(raw, dtype=np.float64)
+    lo, hi = schedule.domain()
+    bad = np.flatnonzero((times < lo) | (times > hi))
+    if len(bad):
+        k = int(bad[0])
+        return (f"grid[{k}]={times[k]:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] "
+                f"({type(schedule).__name__})")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.diff(np.asarray(schedule.lam(times), dtype=np.float64))
+    if not np.all(d > 0):
+        k = int(np.flatnonzero(~(d > 0))[0])
+        return (f"grid must run from noise to data for a diffusion model (the log-SNR increasing), but "
+                f"grid[{k}]={times[k]:g} -> grid[{k + 1}]={times[k + 1]:g} goes the other way; "
+                f"reverse the grid, e.g. time_grid(schedule, steps)")
+    return ""

@@ -91,6 +91,18 @@ class Plan:
     finish_round: tuple[int, ...]  # R_c per core
     hit_order: tuple[int, ...] = field(default=())  # cores in arrival order
 
+    @functools.cached_property
+    def _widths(self) -> tuple[int, ...]:
+        w, out = 0, []
+        for r in self.rounds:
+            w = max(w, len(r.evals))
+            out.append(w)
+        return tuple(out)
+
+    def width(self, rounds: int) -> int:
+        """The most evaluations in one of the first ``rounds`` rounds (the cores busy at once)."""
+        return self._widths[rounds - 1]
+
     @property
     def cores(self) -> int:
         return len(self.init)

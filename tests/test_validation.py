@@ -119,7 +119,7 @@ def test_grid_starting_where_eps_cannot_be_converted_blames_the_grid(solver):
 def test_a_vector_field_accepts_any_monotone_grid_in_either_direction(solver):
     vf = LIN.vector_field()
     fwd = np.linspace(-1.0, 2.0, 121) ** 3 / 4  # increasing, non-uniform, through negative times
-    tol = 5e-2 if solver == "euler" else 1e-3
+    tol = 5e-2 if solver == "euler" else 5e-3
     for grid in (fwd, fwd[::-1]):
         got = cc.solve(vf, Y, grid, solver)
         want = LIN.exact(Y, grid[0], grid[-1])
@@ -188,11 +188,12 @@ def test_unipc_variant_is_checked():
 @pytest.mark.parametrize("rho", [0, 0.0, -1.0, float("nan"), math.inf, "7", True])
 def test_karras_rho_must_be_a_positive_number(rho):
     with pytest.raises(ValueError, match="rho"):
-        cc.time_grid(RF, 8, "karras", rho=rho)
+        cc.time_grid(cc.EDM(), 8, "karras", rho=rho)
 
 
 def test_time_grid_numbers_are_checked_by_name():
-    np.testing.assert_array_equal(cc.time_grid(RF, 8, "karras", rho=np.float64(7.0)), cc.time_grid(RF, 8, "karras"))
+    edm = cc.EDM()
+    np.testing.assert_array_equal(cc.time_grid(edm, 8, "karras", rho=np.float64(7.0)), cc.time_grid(edm, 8, "karras"))
     np.testing.assert_array_equal(cc.time_grid(RF, 8, shift=np.float32(3.0)), cc.time_grid(RF, 8, shift=3.0))
     for kw, name in [(dict(shift=0.0), "shift"), (dict(shift=True), "shift"), (dict(t_max="1"), "t_max"),
                      (dict(t_min=float("nan")), "t_min"), (dict(spacing="cosine"), "spacing")]:
