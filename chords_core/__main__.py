@@ -9,27 +9,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 SUBCOMMANDS = ("demo", "optimize")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per subcommand."""
+    """The top-level parser with one subparser per subcommand.
+
+    Returns:
+        The parser of ``python -m chords_core``.
+    """
     from . import demo
 
-    p = argparse.ArgumentParser(prog="python -m chords_core", description="chords: parallel ODE solving for diffusion sampling.")
+    p = argparse.ArgumentParser(prog="python -m chords_core",
+                                description="chords: parallel ODE solving for diffusion sampling.")
     sub = p.add_subparsers(dest="command", metavar="{demo,optimize}")
     demo.add_arguments(sub.add_parser("demo", help="CHORDS vs the sequential solver on a Gaussian mixture (default)",
-                                      description=demo.__doc__.splitlines()[0]))
-    add_optimize_arguments(sub.add_parser("optimize", help="find a CHORDS init sequence within an error budget",
-                                          description="Find the CHORDS init sequence with the fewest rounds whose output "
-                                          "stays within an error budget relative to the sequential solver."))
+                                      description=(demo.__doc__ or "").splitlines()[0]))
+    add_optimize_arguments(sub.add_parser(
+        "optimize", help="find a CHORDS init sequence within an error budget",
+        description="Find the CHORDS init sequence with the fewest rounds whose output stays within an error budget "
+                    "relative to the sequential solver."))
     return p
 
 
 def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``optimize`` subcommand's options."""
+    """Add the ``optimize`` subcommand's options to ``p``.
+
+    Args:
+        p: the subparser to extend.
+    """
     p.add_argument("--steps", type=int, default=50, help="grid steps T (default 50)")
     p.add_argument("--cores", type=int, default=4, help="cores K (default 4)")
     p.add_argument("--solver", default="euler", help="solver name (default euler)")
@@ -43,7 +53,14 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def optimize(args: argparse.Namespace) -> int:
-    """Run ``optimize_init`` with the parsed options and print its summary."""
+    """Run ``optimize_init`` with the parsed options and print its summary.
+
+    Args:
+        args: the parsed ``optimize`` options.
+
+    Returns:
+        The exit status (0).
+    """
     from .tuning import optimize_init
 
     res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,

@@ -9,7 +9,8 @@ finiteness check need library calls; they are dispatched here on the array's typ
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,13 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
     Coefficients must be Python floats so that a float32 array stays float32 (NEP 50 weak scalars).
     Terms are accumulated in place into the first product where the dtypes agree, so a k-term
     combination allocates about k arrays instead of 2k.
+
+    Args:
+        coeffs: the k coefficients, Python floats.
+        arrays: the k arrays (numpy, torch or jax), of one shape.
+
+    Returns:
+        A new array (never one of ``arrays`` itself) of that shape.
     """
     if len(coeffs) == 2:  # the hot path: a fine step, a jump, a conversion
         (c0, c1), (a0, a1) = coeffs, arrays
@@ -64,7 +72,7 @@ def library(x: Array) -> str:
     return lib
 
 
-def _joiners(x: Array):
+def _joiners(x: Array) -> tuple[Any, Any]:
     """(concatenate, stack) of ``x``'s library, both taking (arrays, axis)."""
     lib = library(x)
     if lib == "torch":
@@ -116,8 +124,8 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
         dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
         return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
     dtype = like.dtype if like.dtype.kind == "f" else np.float64
-    ts = np.array(ts, dtype=dtype)
-    return ts if repeats == 1 else np.repeat(ts, repeats)
+    arr = np.array(ts, dtype=dtype)
+    return arr if repeats == 1 else np.repeat(arr, repeats)
 
 
 def all_finite(x: Array) -> bool:

@@ -20,7 +20,15 @@ __all__ = ["check_model", "check_state", "begin", "Call"]
 
 
 def check_model(model: Any, name: str = "model") -> Model:
-    """``model`` if it is a chords_core ``Model``; a ``TypeError`` that says how to wrap a function otherwise."""
+    """``model`` if it is a chords_core ``Model``; a ``TypeError`` that says how to wrap a function otherwise.
+
+    Args:
+        model: the value passed as the model.
+        name: the argument's name, for the message.
+
+    Returns:
+        ``model``.
+    """
     if isinstance(model, Model):
         return model
     if callable(model):
@@ -32,7 +40,15 @@ def check_model(model: Any, name: str = "model") -> Model:
 
 
 def check_state(model: Model, x: Any, name: str = "x") -> None:
-    """The initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``)."""
+    """Check the initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``).
+
+    Args:
+        model: the checked model.
+        x: the initial state.
+        name: the argument's name, for the message.
+
+    Raises ``TypeError`` / ``ValueError`` naming ``name``.
+    """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name}: the initial state must be an array (numpy, torch or jax), got {type(x).__name__}")
     if not B.is_floating(x):
@@ -42,15 +58,23 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
 
 
 class Call:
-    """What ``begin`` returns: the checked model, the float64 grid, the bound solver and the executor."""
+    """What ``begin`` returns: the checked model, the float64 grid, the bound solver and the executor.
+
+    Args:
+        model: the checked ``Model``.
+        times: (T + 1,) float64 grid times.
+        solver: the ``Solver`` bound to model and grid.
+        executor: the executor of the rounds.
+    """
 
     __slots__ = ("model", "times", "solver", "executor")
 
-    def __init__(self, model: Model, times: np.ndarray, solver: Solver, executor: Executor):
+    def __init__(self, model: Model, times: np.ndarray, solver: Solver, executor: Executor) -> None:
         self.model, self.times, self.solver, self.executor = model, times, solver, executor
 
     @property
     def steps(self) -> int:
+        """T, the grid's number of steps."""
         return len(self.times) - 1
 
     @property
@@ -59,10 +83,22 @@ class Call:
         return [self.solver.evals(i, i + 1) for i in range(self.steps)]
 
 
-def begin(model: Any, x: Any, grid: Any, solver: "str | Solver", executor: Executor | None = None,
+def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executor | None = None,
           solver_options: dict | None = None) -> Call:
-    """The start-of-call checks every method shares: model, state, grid (also against the model's
-    schedule), solver (bound to model and grid) and the executor (default: ``BatchedExecutor``)."""
+    """The start-of-call checks every method shares.
+
+    Args:
+        model: must be a chords_core ``Model``.
+        x: the initial state (a floating array; shape (B, ...) for a ``DiffusionModel``).
+        grid: the T + 1 times, checked and checked against the model's schedule.
+        solver: a name in ``SOLVERS`` or a bound ``Solver``.
+        executor: an ``Executor`` or a callable ``executor(model, xs, ts)`` (default
+            ``BatchedExecutor()``).
+        solver_options: the solver's options (with a solver name only).
+
+    Returns:
+        The ``Call``. Raises ``TypeError`` / ``ValueError`` naming the offending argument.
+    """
     model = check_model(model)
     check_state(model, x)
     times = check_grid(grid)
@@ -71,5 +107,6 @@ def begin(model: Any, x: Any, grid: Any, solver: "str | Solver", executor: Execu
     if executor is None:
         executor = BatchedExecutor()
     elif not isinstance(executor, Executor) and not callable(executor):
-        raise TypeError(f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
+        raise TypeError(
+            f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
     return Call(model, times, sol, executor)

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .executors import Executor
-    from .models import Model
-    from .solvers import Solver
-
-__all__ = [
-    "check_int", "check_float", "check_choice", "check_grid", "check_state", "check_model", "begin", "Call",
-]
+__all__ = ["check_int", "check_float", "check_choice", "check_grid"]
 
 
 def _is_int(value: Any) -> bool:
@@ -31,7 +25,14 @@ def _is_int(value: Any) -> bool:
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """``value`` as a Python int: any integer type (numpy's included; not bool) within [low, high].
 
-    Raises ``ValueError`` naming ``name`` otherwise.
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check.
+        low: the smallest allowed value (``None``: no bound).
+        high: the largest allowed value (``None``: no bound).
+
+    Returns:
+        ``int(value)``. Raises ``ValueError`` naming ``name`` otherwise.
     """
     if not _is_int(value):
         raise ValueError(f"{name} must be an integer{_range(low, high)}, got {value!r}")
@@ -43,10 +44,18 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
 
 def check_float(name: str, value: Any, low: float | None = None, high: float | None = None, *,
                 low_open: bool = False, finite: bool = True) -> float:
-    """``value`` as a Python float: a real number (not bool, not a string), finite unless
-    ``finite=False``, within [low, high] (``low_open``: strictly above ``low``).
+    """``value`` as a Python float: a real number (not bool, not a string) within bounds.
 
-    Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check.
+        low: the smallest allowed value (``None``: no bound).
+        high: the largest allowed value (``None``: no bound).
+        low_open: require ``value > low`` instead of ``>=``.
+        finite: reject +-inf.
+
+    Returns:
+        ``float(value)``. Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
     """
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     v = float(value) if ok else math.nan
@@ -63,7 +72,16 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices``; a ``ValueError`` listing them otherwise."""
+    """``value`` if it is one of ``choices``; a ``ValueError`` listing them otherwise.
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check.
+        choices: the allowed strings.
+
+    Returns:
+        ``value``.
+    """
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
@@ -80,7 +98,15 @@ def _range(low: int | None, high: int | None) -> str:
 
 
 def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
-    """The grid as a float64 array: 1-D, at least two points, finite, strictly monotone."""
+    """The grid as a float64 array: 1-D, at least two points, finite, strictly monotone.
+
+    Args:
+        grid: a sequence or array of times.
+        name: the argument's name, for the message.
+
+    Returns:
+        (T + 1,) float64 array. Raises ``ValueError`` naming ``name`` otherwise.
+    """
     if isinstance(grid, (str, bytes)):
         raise ValueError(f"{name} must be a 1-D sequence of times, got a string")
     try:

@@ -11,22 +11,51 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from . import SOLVERS, VP, make_solver, RectifiedFlow, StopAtCore, StopOnResidual, chords, default_init, solve, time_grid
+from . import (
+    SOLVERS,
+    VP,
+    RectifiedFlow,
+    StopAtCore,
+    StopOnResidual,
+    StopRule,
+    chords,
+    default_init,
+    make_solver,
+    solve,
+    time_grid,
+)
 from .problems import GaussianMixture
 
 SCHEDULES = {"rf": (RectifiedFlow, "flow", "uniform"), "vp": (VP.linear, "eps", "logsnr")}
 
 
-def rms(a, b) -> float:
+def rms(a: Any, b: Any) -> float:
+    """The root mean square of a - b over all elements.
+
+    Args:
+        a: an array.
+        b: an array of a's shape.
+
+    Returns:
+        sqrt(mean((a - b)^2)) as a Python float.
+    """
     return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
-def parse_stop(text: str):
-    """'core:N' -> StopAtCore(N), 'residual:TOL' -> StopOnResidual(TOL), 'none' -> None."""
+def parse_stop(text: str) -> StopRule | None:
+    """The ``--stop`` option: 'core:N' -> StopAtCore(N), 'residual:TOL' -> StopOnResidual(TOL), 'none' -> None.
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The stop rule; ``argparse.ArgumentTypeError`` for anything else.
+    """
     if text == "none":
         return None
     kind, _, value = text.partition(":")
@@ -41,6 +70,14 @@ def parse_stop(text: str):
 
 
 def parse_init(text: str) -> tuple[int, ...]:
+    """The ``--init`` option: '0,2,4,8' or '0-2-4-8' -> (0, 2, 4, 8).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The init sequence (unvalidated); ``argparse.ArgumentTypeError`` if it is not integers.
+    """
     try:
         return tuple(int(v) for v in text.replace("-", ",").split(","))
     except ValueError:
@@ -55,14 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The demo's options."""
+    """Add the demo's options to ``p``.
+
+    Args:
+        p: the parser (or subparser) to extend.
+    """
     p.add_argument("--solver", nargs="+", default=["euler", "dpmpp_2m", "unipc"], choices=sorted(SOLVERS),
                    help="solvers to run (default: euler dpmpp_2m unipc)")
     p.add_argument("--cores", nargs="+", type=int, default=[2, 4, 8], help="core counts (default: 2 4 8)")
-    p.add_argument("--steps", type=int, default=None, help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
-    p.add_argument("--init", type=parse_init, default=None, help="init sequence (fixes the core count), e.g. 0-2-4-8-16-24-32-40")
-    p.add_argument("--stop", type=parse_stop, default=StopAtCore(1), help="core:N | residual:TOL | none (default core:1)")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf", help="rf: rectified flow + flow prediction; vp: VP + eps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
+    p.add_argument("--init", type=parse_init, default=None,
+                   help="init sequence (fixes the core count), e.g. 0-2-4-8-16-24-32-40")
+    p.add_argument("--stop", type=parse_stop, default=StopAtCore(1),
+                   help="core:N | residual:TOL | none (default core:1)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf",
+                   help="rf: rectified flow + flow prediction; vp: VP + eps")
     p.add_argument("--dim", type=int, default=64, help="Gaussian mixture dimension (default 64)")
     p.add_argument("--modes", type=int, default=10, help="Gaussian mixture components (default 10)")
     p.add_argument("--samples", type=int, default=16, help="noise samples solved at once (default 16)")
@@ -72,23 +117,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def default_steps(solver: str) -> int:
     """The demo's steps for a solver: 50 for first-order one-stage solvers, 50 / stages for
-    multi-stage ones (Heun: 25), 20 for higher-order multistep ones."""
+    multi-stage ones (Heun: 25), 20 for higher-order multistep ones.
+
+    Args:
+        solver: a name in ``SOLVERS``.
+
+    Returns:
+        The number of steps.
+    """
     spec = SOLVERS[solver]
     if spec.stages > 1:
         return 50 // spec.stages
     return 50 if spec.order == 1 else 20
 
 
-def run(args) -> list[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run every requested solver sequentially and with CHORDS; write the plot.
+
+    Args:
+        args: the parsed demo options (``build_parser``).
+
+    Returns:
+        One dict per table row (solver, steps, cores, init, rounds, speedup, nfe, err_seq,
+        err_exact, output).
+    """
     make_schedule, prediction, spacing = SCHEDULES[args.schedule]
     schedule = make_schedule()
     gmm = GaussianMixture.random(args.dim, args.modes, seed=args.seed)
     model = gmm.model(schedule, prediction)
-    rows, ladders = [], {}
+    rows: list[dict] = []
+    ladders: dict = {}
     for solver in args.solver:
         steps = args.steps or default_steps(solver)
         grid = time_grid(schedule, steps, spacing)
-        x_T = np.random.default_rng(args.seed + 1).standard_normal((args.samples, args.dim)) * float(schedule.sigma(grid[0]))
+        noise = np.random.default_rng(args.seed + 1).standard_normal((args.samples, args.dim))
+        x_T = noise * float(schedule.sigma(grid[0]))
         exact = gmm.reference_solve(x_T, grid[0], grid[-1], schedule)
         seq = solve(model, x_T, grid, solver)
         bound = make_solver(solver, model, grid)
@@ -110,15 +173,33 @@ def run(args) -> list[dict]:
 
 
 def format_table(rows: Sequence[dict]) -> str:
+    """The rows of ``run`` as a Markdown table.
+
+    Args:
+        rows: the rows.
+
+    Returns:
+        The table, one line per row after the header.
+    """
     head = "| solver | steps | cores | init | rounds | speedup | NFE | RMS err vs sequential | RMS err vs exact |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['solver']} | {r['steps']} | {r['cores']} | {r['init']} | {r['rounds']} | {r['speedup']:.2f}x | "
-                     f"{r['nfe']} | {r['err_seq']:.2e} | {r['err_exact']:.2e} |")
+        lines.append(f"| {r['solver']} | {r['steps']} | {r['cores']} | {r['init']} | {r['rounds']} | "
+                     f"{r['speedup']:.2f}x | {r['nfe']} | {r['err_seq']:.2e} | {r['err_exact']:.2e} |")
     return "\n".join(lines)
 
 
 def write_plot(ladders: dict, out: str) -> str | None:
+    """Plot every core's output error against its arrival round, one panel per solver.
+
+    Args:
+        ladders: solver -> (steps, cores, [(round, error vs sequential, error vs exact, core)],
+            sequential error vs exact).
+        out: the folder for ``hits_error_vs_round.png`` (created).
+
+    Returns:
+        The PNG's path, or ``None`` without matplotlib.
+    """
     try:
         import matplotlib
 
@@ -146,12 +227,26 @@ def write_plot(ladders: dict, out: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo with ``argv`` (the ``python -m chords_core demo`` options)."""
+    """Run the demo with ``argv`` (the ``python -m chords_core demo`` options).
+
+    Args:
+        argv: the options (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0).
+    """
     return run_main(build_parser().parse_args(argv))
 
 
 def run_main(args: argparse.Namespace) -> int:
-    """Run the demo with parsed options; print the table and the plot's path."""
+    """Run the demo with parsed options; print the table and the plot's path.
+
+    Args:
+        args: the parsed demo options.
+
+    Returns:
+        The exit status (0).
+    """
     rows = run(args)
     print(f"Gaussian mixture: {args.dim}-D, {args.modes} modes, {args.samples} samples, schedule {args.schedule}; "
           f"stop {args.stop}")

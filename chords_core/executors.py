@@ -8,7 +8,8 @@ An executor is a callable ``executor(model, xs, ts) -> outs``: ``xs`` the points
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .models import Model
 
@@ -16,30 +17,48 @@ __all__ = ["Executor", "SerialExecutor", "BatchedExecutor"]
 
 
 class Executor:
-    """Base class of executors."""
+    """Base class of executors: evaluate the points of one round. Subclasses implement ``__call__``."""
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
+        """Evaluate ``model`` at the points (xs[k], ts[k]) of one round.
+
+        Args:
+            model: the call's ``Model``; evaluate with ``model.evaluate`` so its parametrisation and
+                output checks apply.
+            xs: the points, one state each (shape S, all alike), in core order (slowest first).
+            ts: their times, Python floats, one per point.
+
+        Returns:
+            The raw model outputs (shape S each), in the order of ``xs``.
+
+        Raises:
+            ModelOutputError: a bad output (shape, dtype, nan / inf), with ``point`` the index of
+                its point in ``xs`` (``Model.evaluate`` raises it so for its own points; an executor
+                that splits a round must map the index back).
+        """
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        """Release the executor's resources (threads, processes); idempotent. No-op by default."""
 
-    def __enter__(self):
+    def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
 class SerialExecutor(Executor):
     """One model call per point, in core order: the reference semantics, and the minimum memory."""
 
-    def __call__(self, model, xs, ts):
+    def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
+        """One ``model`` call per point, in order (see ``Executor.__call__``)."""
         return model.evaluate(xs, ts, batched=False)
 
 
 class BatchedExecutor(Executor):
     """All points of a round in one batched call with per-sample times: the single-device mode."""
 
-    def __call__(self, model, xs, ts):
+    def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
+        """One batched ``model`` call for all points (see ``Executor.__call__``)."""
         return model.evaluate(xs, ts, batched=True)

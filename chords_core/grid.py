@@ -22,6 +22,9 @@ SD3 / Flux flow-matching shift; it keeps t = 0 and t = 1 fixed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from .checks import check_choice, check_float, check_int
@@ -32,8 +35,16 @@ __all__ = ["time_grid", "shift_time", "SPACINGS"]
 SPACINGS = ("uniform", "logsnr", "karras")
 
 
-def shift_time(t, shift: float):
-    """Flow-matching time shift t -> shift t / (1 + (shift - 1) t)."""
+def shift_time(t: Any, shift: float) -> np.ndarray:
+    """The flow-matching time shift t -> shift t / (1 + (shift - 1) t) (SD3 / Flux).
+
+    Args:
+        t: a time (float) or an array of times in [0, 1].
+        shift: the shift factor, > 0 (1 leaves the times unchanged).
+
+    Returns:
+        The shifted times, float64, the shape of ``t``; t = 0 and t = 1 stay fixed.
+    """
     t = np.asarray(t, dtype=np.float64)
     return shift * t / (1.0 + (shift - 1.0) * t)
 
@@ -48,7 +59,21 @@ def time_grid(
     t_min: float | None = None,
     rho: float = 7.0,
 ) -> np.ndarray:
-    """Return the ``steps + 1`` grid times (float64, strictly monotone, noise -> data)."""
+    """The ``steps + 1`` grid times from noise to data (see the module docstring).
+
+    Args:
+        schedule: the noise schedule (its ``t_noise``, ``t_data``, ``t_min`` and lambda).
+        steps: T, the number of steps, >= 1.
+        spacing: ``"uniform"``, ``"logsnr"`` or ``"karras"`` (``SPACINGS``).
+        shift: the flow-matching shift (``RectifiedFlow`` only).
+        t_max: the first time (default ``schedule.t_noise``).
+        t_min: the last time before the final step to ``t_data`` (default ``schedule.t_min``).
+        rho: the Karras exponent.
+
+    Returns:
+        (T + 1,) float64 times, strictly monotone, ending at ``t_data``. Raises ``ValueError`` naming
+        the offending argument.
+    """
     steps = check_int("steps", steps, 1)
     check_choice("spacing", spacing, SPACINGS)
     shift = check_float("shift", shift, 0.0, low_open=True)
@@ -84,7 +109,7 @@ def time_grid(
     return ts
 
 
-def _coordinate(schedule: Schedule, spacing: str, rho: float):
+def _coordinate(schedule: Schedule, spacing: str, rho: float) -> Callable[[float], float]:
     if spacing == "uniform":
         return lambda t: float(t)
     if spacing == "logsnr":

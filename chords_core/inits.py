@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .checks import check_float, check_int
 
@@ -35,12 +36,14 @@ __all__ = ["validate_init", "paper_init", "default_top", "recipe_times", "recipe
 PAPER_SEQUENCES = {4: (0, 8, 16, 32), 6: (0, 3, 6, 12, 24, 36), 8: (0, 2, 4, 8, 16, 24, 32, 40)}
 
 
-def _index(value, position: int, init) -> int:
+def _index(value: Any, position: int, init: Sequence[Any]) -> int:
     """One init entry as an int: integers (numpy's too) and integral finite floats; nothing else."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_":
         return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        v = float(value)
+        if v.is_integer():
+            return int(v)
     raise ValueError(f"init must hold integers (grid indices); init[{position}]={value!r} in {list(init)!r}")
 
 
@@ -53,7 +56,8 @@ def validate_init(init: Sequence[int], steps: int, cores: int | None = None) -> 
         steps: T, the grid's number of steps.
         cores: if given, the number of entries ``init`` must have.
 
-    Raises ``ValueError`` naming the offending entry.
+    Returns:
+        The sequence as a tuple of Python ints. Raises ``ValueError`` naming the offending entry.
     """
     if isinstance(init, (str, bytes)) or not hasattr(init, "__iter__"):
         raise ValueError(f"init must be a sequence of integers, got {init!r}")
@@ -71,7 +75,7 @@ def validate_init(init: Sequence[int], steps: int, cores: int | None = None) -> 
     return seq
 
 
-def _steps_cores(steps, cores) -> tuple[int, int]:
+def _steps_cores(steps: Any, cores: Any) -> tuple[int, int]:
     steps, cores = check_int("steps", steps, 1), check_int("cores", cores, 1)
     if cores > steps:
         raise ValueError(f"cores={cores} needs at least as many steps, got steps={steps}")
@@ -79,7 +83,15 @@ def _steps_cores(steps, cores) -> tuple[int, int]:
 
 
 def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
-    """The paper's sequence for ``cores`` (4, 6 or 8) scaled exactly to ``steps`` (50, 75, 100, ...), or None."""
+    """The paper's sequence for ``cores`` scaled exactly to ``steps``.
+
+    Args:
+        steps: T; the sequence exists where every entry scales to an integer (T = 50, 100, ...).
+        cores: K: 4, 6 or 8.
+
+    Returns:
+        The init sequence, or ``None`` where the paper has none or it does not scale exactly.
+    """
     base = PAPER_SEQUENCES.get(cores)
     if base is None:
         return None
@@ -93,14 +105,33 @@ def paper_init(steps: int, cores: int) -> tuple[int, ...] | None:
 
 
 def default_top(steps: int, cores: int) -> float:
-    """The recipe's fastest start: T/2 - 1 for K = 2, (0.48 + 0.04 K) T for K = 3..8 (24 + 2K at
-    T = 50), capped at 0.8 T beyond (the paper's K = 8 value; uncapped it reaches the frame end from
-    K = 13 and every faster core collapses onto the last steps)."""
+    """The recipe's fastest start t_{K-1}, unrounded.
+
+    T/2 - 1 for K = 2, (0.48 + 0.04 K) T for K = 3..8 (24 + 2K at T = 50), capped at 0.8 T beyond
+    (the paper's K = 8 value; uncapped it reaches the frame end from K = 13 and every faster core
+    collapses onto the last steps).
+
+    Args:
+        steps: T.
+        cores: K.
+
+    Returns:
+        The fastest start as a float.
+    """
     return steps / 2 - 1 if cores == 2 else min(0.48 + 0.04 * cores, 0.8) * steps
 
 
 def recipe_times(steps: int, cores: int, top: float | None = None) -> list[float]:
-    """The recipe's real-valued starts [0, t_1, ..., t_{K-1}] for fastest start ``top`` (unrounded)."""
+    """The recipe's real-valued starts (see the module docstring), unrounded.
+
+    Args:
+        steps: T.
+        cores: K, at most T.
+        top: the fastest start t_{K-1} in (0, T) (default ``default_top``).
+
+    Returns:
+        [0, t_1, ..., t_{K-1}] as floats.
+    """
     steps, cores = _steps_cores(steps, cores)
     if cores == 1:
         return [0.0]
@@ -127,6 +158,15 @@ def recipe_init(steps: int, cores: int, speedup: float | None = None, top: float
     the nearest integer; then the fastest is clamped to [K-1, T-1] and the sequence is repaired to be
     strictly increasing (first from the top down, t_c <= t_{c+1} - 1, then from the bottom up,
     t_c >= t_{c-1} + 1).
+
+    Args:
+        steps: T.
+        cores: K, at most T.
+        speedup: the target speedup of the fastest output, >= 1 (not with ``top``).
+        top: the fastest start (not with ``speedup``).
+
+    Returns:
+        The init sequence (validated).
     """
     steps, cores = _steps_cores(steps, cores)
     if speedup is not None and top is not None:
@@ -145,7 +185,15 @@ def recipe_init(steps: int, cores: int, speedup: float | None = None, top: float
 
 
 def uniform_init(steps: int, cores: int) -> tuple[int, ...]:
-    """Evenly spaced starts t_c = round(c T / K)."""
+    """Evenly spaced starts t_c = round(c T / K).
+
+    Args:
+        steps: T.
+        cores: K, at most T.
+
+    Returns:
+        The init sequence (validated).
+    """
     steps, cores = _steps_cores(steps, cores)
     return validate_init([round(c * steps / cores) for c in range(cores)], steps, cores)
 
@@ -162,6 +210,13 @@ def default_init(steps: int, cores: int) -> tuple[int, ...]:
     ``uniform_init`` beyond: on the 8-D mixture calibration (Euler, budget 1.05) evenly spaced
     starts need 18 / 21 / 22 rounds at T = 50 and K = 10 / 12 / 16 against the capped recipe's 26 /
     28 / 32 (28 / 41 / 37 against 46 / 48 / 52 at T = 100).
+
+    Args:
+        steps: T.
+        cores: K, at most T.
+
+    Returns:
+        The init sequence (``(0,)`` for one core).
     """
     steps, cores = _steps_cores(steps, cores)
     if cores == 1:

@@ -25,7 +25,8 @@ dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,20 +40,40 @@ Array = Any
 
 
 class ModelOutputError(RuntimeError):
-    """A model output had the wrong shape or non-finite values. ``point`` is its index in the call."""
+    """A model output had the wrong shape, dtype or non-finite values.
 
-    def __init__(self, point: int, message: str):
+    Args:
+        point: the index of the offending point in the call (``xs`` of ``evaluate`` / an executor).
+        message: what was wrong.
+    """
+
+    def __init__(self, point: int, message: str) -> None:
         super().__init__(message)
         self.point = point
 
 
 class Model:
-    """Base class: subclasses implement ``_call`` (one batched call) and ``coefficients``."""
+    """Base class of models: subclasses implement ``_call`` (one batched call) and ``coefficients``.
+
+    ``check_outputs``: check every output's shape, dtype and finiteness (``ModelOutputError``).
+    """
 
     check_outputs: bool = True
 
     def evaluate(self, xs: Sequence[Array], ts: Sequence[float], batched: bool = True) -> list[Array]:
-        """Model outputs at the points (xs[k], ts[k]): one call for all (``batched``) or one call a point."""
+        """Model outputs at the points (xs[k], ts[k]): one call for all (``batched``) or one call a point.
+
+        Args:
+            xs: the points, states of one shape S each.
+            ts: their times, one float per point.
+            batched: one call for all points (else one call per point, in order).
+
+        Returns:
+            The raw outputs, shape S each, checked (see ``check_outputs``), in the order of ``xs``.
+
+        Raises:
+            ModelOutputError: with ``point`` the index in ``xs`` of the first bad output.
+        """
         if batched:
             return self._call(xs, ts)
         outs = []
@@ -67,18 +88,33 @@ class Model:
         raise NotImplementedError
 
     def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
-        """Per grid index (a, b) with quantity = a x + b out; ``None`` means the output is the quantity."""
+        """Conversion coefficients from a raw output to a solver's quantity, per grid time.
+
+        Args:
+            times: (T + 1,) float64 grid times.
+            quantity: ``"velocity"`` or ``"data"`` (``Solver.quantity``).
+
+        Returns:
+            One (a, b) per time with quantity = a x + b out (non-finite where the conversion does
+            not exist); ``None`` when the output already is the quantity. Raises ``ValueError`` if
+            the model cannot supply ``quantity``.
+        """
         raise NotImplementedError
 
     def check_times(self, times: np.ndarray) -> None:
-        """Raise ``ValueError`` if the grid ``times`` does not suit the model (any grid suits a plain ODE)."""
+        """Raise ``ValueError`` if the grid does not suit the model (any grid suits a plain ODE).
+
+        Args:
+            times: (T + 1,) float64 grid times.
+        """
 
     def _check(self, out: Array, like: Array, n: int, rows: int) -> Array:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating, finite (if ``check_outputs``); returned in
         ``like``'s dtype."""
         if not B.is_array(out):
-            raise ModelOutputError(0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
+            raise ModelOutputError(
+                0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
         if out.shape != like.shape and tuple(out.shape) != tuple(like.shape):
             raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
         same_dtype = out.dtype == like.dtype  # the common case: the state's floating dtype
@@ -95,9 +131,16 @@ class DiffusionModel(Model):
 
     The state a solver carries is a batch x of shape (B, ...). A round's points are concatenated
     along axis 0 into one call of N = points * B rows, with each point's time repeated B times.
+
+    Args:
+        fn: the network, ``fn(x (N, ...), t (N,)) -> out (N, ...)`` in the array library of x.
+        schedule: the noise schedule (alpha, sigma) the times refer to.
+        prediction: what ``fn`` predicts: one of ``PREDICTIONS`` ("eps", "x0", "v", "flow").
+        check_outputs: check each output's shape, dtype and finiteness.
     """
 
-    def __init__(self, fn: Callable[[Array, Array], Array], schedule: Schedule, prediction: str = "eps", *, check_outputs: bool = True):
+    def __init__(self, fn: Callable[[Array, Array], Array], schedule: Schedule, prediction: str = "eps", *,
+                 check_outputs: bool = True) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if not isinstance(schedule, Schedule):
@@ -123,7 +166,15 @@ class DiffusionModel(Model):
             raise ValueError(problem)
 
     def data_eps_coefficients(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
-        """((a_D, b_D), (a_e, b_e)) with x0_hat = a_D x + b_D out and eps_hat = a_e x + b_e out at time t."""
+        """The data and noise predictions as linear combinations of the state and the raw output.
+
+        Args:
+            t: the time.
+
+        Returns:
+            ((a_D, b_D), (a_e, b_e)) with x0_hat = a_D x + b_D out and eps_hat = a_e x + b_e out
+            (nan where the conversion does not exist, e.g. eps prediction at alpha = 0).
+        """
         a, s = float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
         p = self.prediction
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -137,7 +188,17 @@ class DiffusionModel(Model):
             n = a + s
             return (1 / n, -s / n), (1 / n, a / n)
 
-    def coefficients(self, times, quantity):
+    def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
+        """Per grid time (a, b) with quantity = a x + b out (see ``Model.coefficients``).
+
+        Args:
+            times: (T + 1,) float64 grid times.
+            quantity: ``"data"`` (x0_hat; ``None`` for an x0 prediction) or ``"velocity"``
+                (alpha' x0_hat + sigma' eps_hat; ``None`` for a flow prediction on ``RectifiedFlow``).
+
+        Returns:
+            The coefficients, or ``None`` when the output is the quantity.
+        """
         if quantity == "data":
             if self.prediction == "x0":
                 return None
@@ -160,9 +221,15 @@ class VectorField(Model):
     With ``batched=False`` f gets a float t and one state y; with ``batched=True`` it gets t of
     shape (N,) and y of shape (N, *state_shape), the points of a round stacked along a new axis.
     Only velocity-based solvers (Euler, Heun) apply.
+
+    Args:
+        f: the right-hand side ``f(t, y) -> dy/dt`` (same shape as y).
+        batched: f takes a round's points stacked (see above).
+        check_outputs: check each output's shape, dtype and finiteness.
     """
 
-    def __init__(self, f: Callable[[Any, Array], Array], batched: bool = False, *, check_outputs: bool = True):
+    def __init__(self, f: Callable[[Any, Array], Array], batched: bool = False, *,
+                 check_outputs: bool = True) -> None:
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
         self.f, self.batched, self.check_outputs = f, bool(batched), check_outputs
@@ -181,7 +248,16 @@ class VectorField(Model):
         out = self._check(self.f(B.times_like(ts, 1, y), y), y, len(xs), 1)
         return [out[k] for k in range(len(xs))]
 
-    def coefficients(self, times, quantity):
+    def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
+        """``None`` for ``"velocity"`` (f is dy/dt); ``ValueError`` for any other quantity.
+
+        Args:
+            times: (T + 1,) float64 grid times (unused).
+            quantity: the solver's quantity.
+
+        Returns:
+            ``None``.
+        """
         if quantity != "velocity":
             raise ValueError(
                 "this solver needs the data prediction of a DiffusionModel; a VectorField supports 'euler' and 'heun'"

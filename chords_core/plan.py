@@ -21,8 +21,9 @@ R_c = T - t_c + c rounds; the coarse hit comes after K rounds. Rectification cos
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from .checks import check_int
 from .inits import validate_init
@@ -34,14 +35,23 @@ __all__ = ["Eval", "Round", "Plan", "make_plan", "diagram"]
 class Eval(NamedTuple):
     """One model evaluation: core ``core`` at stage ``stage`` of its step ``index`` -> ``index + 1``.
 
-    ``time_index`` is the grid index of the evaluated time. After the evaluation: ``spawn`` (the
-    next core is created, or the coarse hit if this is the fastest core), ``record_for`` (a faster
-    core whose anchor this point is), ``completes`` (the step finishes), ``rectify_from`` (the
-    anchor index b of the rectification applied at that completion), ``hit`` (the core reached T).
+    Attributes:
+        core: the evaluating core c (0 = the sequential solver).
+        index: i, the start grid index of the step being evaluated.
+        stage: k, the stage of that step (0 = at the step's start point).
+        time_index: the grid index of the evaluated time.
+        spawn: after it the next core is created by the coarse jump (or, for the fastest core,
+            the coarse hit forms).
+        record_for: a faster core whose anchor this point is (its point and quantity are kept for
+            that core's rectification); ``None`` otherwise.
+        completes: the step i -> i + 1 finishes with this evaluation.
+        rectify_from: the anchor index b of the rectification applied at that completion, or
+            ``None``.
+        hit: the core reached T and outputs.
     """
 
     core: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index; the field name is the public API
     stage: int
     time_index: int
     spawn: bool = False
@@ -53,8 +63,13 @@ class Eval(NamedTuple):
 
 @dataclass(frozen=True)
 class Round:
-    """One round: its 1-based ``number`` (the round count after it), the evaluations made (one per
-    busy core, slowest core first) and whether the coarse hit formed in it."""
+    """One round of the plan: the evaluations that run at once.
+
+    Attributes:
+        number: the round's 1-based number (the round count after it).
+        evals: the evaluations made, one per busy core, slowest core first.
+        coarse_hit: whether the coarse hit formed in this round.
+    """
 
     number: int
     evals: tuple[Eval, ...]
@@ -100,11 +115,19 @@ class Plan:
         return tuple(out)
 
     def width(self, rounds: int) -> int:
-        """The most evaluations in one of the first ``rounds`` rounds (the cores busy at once)."""
+        """The most evaluations in one of the first ``rounds`` rounds (the cores busy at once).
+
+        Args:
+            rounds: how many rounds, 1 to ``len(self.rounds)``.
+
+        Returns:
+            The largest number of evaluations in one round among them.
+        """
         return self._widths[rounds - 1]
 
     @property
     def cores(self) -> int:
+        """K, the number of cores (entries of ``init``)."""
         return len(self.init)
 
     @property
@@ -113,22 +136,51 @@ class Plan:
         return sum(self.evals_per_step)
 
     def stop_round(self, stop: Any) -> int:
-        """The most rounds a run lasts under the stop rule ``stop`` (``None``: run all): the round of
-        the last output the rule may need (``stop.outputs_needed``). A rule that decides on the
-        outputs (``StopOnResidual``) may end earlier, which only the outputs can tell."""
+        """The most rounds a run lasts under a stop rule.
+
+        Args:
+            stop: a ``StopRule`` (or ``None``: run all).
+
+        Returns:
+            The round of the last output the rule may need (``stop.outputs_needed``). A rule that
+            decides on the outputs (``StopOnResidual``) may end earlier, which only the outputs can
+            tell.
+        """
         n = as_stop_rule(stop).outputs_needed(self.cores)
         return self.finish_round[self.hit_order[n - 1]]
 
     def nfe(self, rounds: int | None = None) -> int:
-        """Model evaluations in the first ``rounds`` rounds (all rounds by default)."""
+        """Model evaluations in the first ``rounds`` rounds.
+
+        Args:
+            rounds: how many rounds (``None``: all).
+
+        Returns:
+            The number of evaluations (NFE) in them.
+        """
         return sum(len(r.evals) for r in self.rounds[: len(self.rounds) if rounds is None else rounds])
 
     def rectifications(self, core: int) -> int:
-        """How many rectifications core ``core`` receives over the whole plan."""
+        """How many rectifications a core receives over the whole plan.
+
+        Args:
+            core: the core c.
+
+        Returns:
+            The count (0 for core 0).
+        """
         return sum(1 for r in self.rounds for e in r.evals if e.core == core and e.rectify_from is not None)
 
     def diagram(self, rounds: int | None = None, legend: bool = False) -> str:
-        """Text picture of the first ``rounds`` rounds (all by default); see ``diagram``."""
+        """Text picture of the plan's first rounds; see the module-level ``diagram``.
+
+        Args:
+            rounds: how many rounds (``None``: all).
+            legend: open the picture with a line explaining the notation.
+
+        Returns:
+            The picture, one line per round.
+        """
         return diagram(self.rounds[: len(self.rounds) if rounds is None else rounds], self.cores, legend)
 
 
@@ -138,7 +190,14 @@ def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
     Cells: ``i`` = the lane evaluates the first stage of step i -> i + 1 (``i.k`` = stage k when a
     step has several), ``*`` = the step's completion is rectified. Events: ``c2<-c1@8`` = core 2
     rectified from core 1's point at grid index 8; ``hit c3`` = core 3 outputs; ``coarse hit``.
-    With ``legend`` a line explaining these opens the picture.
+
+    Args:
+        rounds: the rounds to draw (e.g. ``plan.rounds``).
+        lanes: the number of columns (cores).
+        legend: open the picture with a line explaining the notation.
+
+    Returns:
+        The picture: a header line, then one line per round.
     """
     multi = any(e.stage > 0 for r in rounds for e in r.evals)
     w = 6 if multi else 4

@@ -23,7 +23,8 @@ an (N,) array with one time per sample.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -32,6 +33,9 @@ from scipy.special import logsumexp
 
 from chords_core.schedules import VP, Schedule
 
+if TYPE_CHECKING:
+    from chords_core.models import DiffusionModel, VectorField
+
 __all__ = ["GaussianMixture", "LinearODE", "PREDICTIONS"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
@@ -39,7 +43,7 @@ PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = np.ndarray
 
 
-def _as_float_array(value, name: str, ndim: int) -> Array:
+def _as_float_array(value: Any, name: str, ndim: int) -> Array:
     """``value`` as a finite float64 array with ``ndim`` dimensions, else a ValueError naming it."""
     arr = np.array(value, dtype=np.float64)
     if arr.ndim != ndim:
@@ -49,7 +53,7 @@ def _as_float_array(value, name: str, ndim: int) -> Array:
     return arr
 
 
-def _half_d_sigma2(schedule: Schedule, t) -> Array:
+def _half_d_sigma2(schedule: Schedule, t: Any) -> Array:
     """sigma(t) * d sigma/dt = (1/2) d(sigma^2)/dt, finite even where sigma = 0.
 
     For VP schedules d sigma/dt is infinite at sigma = 0, so use sigma^2 = 1 - alpha^2 instead.
@@ -71,7 +75,7 @@ class GaussianMixture:
     c_i = alpha_t^2 s_i^2 + sigma_t^2, which is what makes every quantity here exact.
     """
 
-    def __init__(self, weights, means, variances) -> None:
+    def __init__(self, weights: Any, means: Any, variances: Any) -> None:
         w = _as_float_array(weights, "weights", 1)
         mu = _as_float_array(means, "means", 2)
         s2 = _as_float_array(variances, "variances", 2)
@@ -91,13 +95,23 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def random(cls, dim: int, modes: int, seed: int = 0, spread: float = 2.0, scale: float = 0.5) -> "GaussianMixture":
+    def random(cls, dim: int, modes: int, seed: int = 0, spread: float = 2.0, scale: float = 0.5) -> GaussianMixture:
         """A random mixture whose modes are separated but overlap a little, in any dimension.
 
         Means are mu_i = spread * g_i / sqrt(dim) with g_i ~ N(0, I), so |mu_i| ~ spread and two
         modes lie about spread * sqrt(2) apart whatever ``dim`` is; per-dimension standard
         deviations are scale * U(0.7, 1.3); weights are U(0.5, 1.5), normalised. With the defaults
         modes are about 5.7 standard deviations apart.
+
+        Args:
+            dim: D, >= 1.
+            modes: K, >= 1.
+            seed: the random seed.
+            spread: the typical distance |mu_i| of a mode from the origin, >= 0.
+            scale: the typical per-dimension standard deviation, > 0.
+
+        Returns:
+            The mixture.
         """
         if dim < 1 or modes < 1:
             raise ValueError(f"dim and modes must be >= 1, got dim={dim}, modes={modes}")
@@ -110,8 +124,16 @@ class GaussianMixture:
         return cls(weights, means, stds**2)
 
     @classmethod
-    def single(cls, mean, variance) -> "GaussianMixture":
-        """One Gaussian N(mean, diag(variance)); ``mean`` is (D,), ``variance`` a float or (D,)."""
+    def single(cls, mean: Any, variance: Any) -> GaussianMixture:
+        """One Gaussian N(mean, diag(variance)) as a one-component mixture.
+
+        Args:
+            mean: (D,) mean.
+            variance: a positive float or (D,) positive variances.
+
+        Returns:
+            The mixture (K = 1).
+        """
         mu = _as_float_array(mean, "mean", 1)
         s2 = np.array(variance, dtype=np.float64)
         if s2.ndim > 1 or (s2.ndim == 1 and s2.shape != mu.shape):
@@ -136,19 +158,19 @@ class GaussianMixture:
         return f"GaussianMixture(dim={self.dim}, n_modes={self.n_modes})"
 
     # ------------------------------------------------------------------ posterior
-    def _check_x(self, x, name: str = "x") -> Array:
+    def _check_x(self, x: Any, name: str = "x") -> Array:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{name} must have shape (N, {self.dim}), got {x.shape}")
         return x
 
-    def _check_t(self, t, n: int) -> Array:
+    def _check_t(self, t: Any, n: int) -> Array:
         t = np.asarray(t, dtype=np.float64)
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
             raise ValueError(f"t must be a float or have shape ({n},), got {t.shape}")
         return t
 
-    def _components(self, x: Array, alpha: Array, sigma: Array):
+    def _components(self, x: Array, alpha: Array, sigma: Array) -> tuple[Array, Array, Array, Array, Array]:
         """Responsibilities and per-component terms at noise level (alpha, sigma).
 
         ``alpha`` and ``sigma`` are () or (N,). Returns log_joint (N, K) = log w_i + log N_i(x),
@@ -162,7 +184,7 @@ class GaussianMixture:
         gamma = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))[..., None]
         return log_joint, gamma, r, c, a
 
-    def _posterior_terms(self, x, t, schedule: Schedule) -> tuple[Array, Array, Array]:
+    def _posterior_terms(self, x: Any, t: Any, schedule: Schedule) -> tuple[Array, Array, Array]:
         """(x0_hat, u, sigma) with u = sum_i gamma_i (x - alpha mu_i) / c_i = -grad log p_t(x)."""
         x = self._check_x(x)
         t = self._check_t(t, x.shape[0])
@@ -173,7 +195,7 @@ class GaussianMixture:
         u = np.sum(gamma * r / c, axis=1)
         return x0_hat, u, sigma
 
-    def posterior(self, x, t, schedule: Schedule) -> tuple[Array, Array]:
+    def posterior(self, x: Any, t: Any, schedule: Schedule) -> tuple[Array, Array]:
         """Exact posterior means (E[x0 | x_t = x], E[eps | x_t = x]), each (N, D).
 
         With responsibilities gamma_i(x) proportional to w_i N(x; alpha mu_i, diag(c_i)):
@@ -188,12 +210,24 @@ class GaussianMixture:
             x: (N, D) points x_t.
             t: a float or (N,) times.
             schedule: gives alpha(t) and sigma(t).
+
+        Returns:
+            (E[x0 | x], E[eps | x]), each (N, D) float64.
         """
         x0_hat, u, sigma = self._posterior_terms(x, t, schedule)
         return x0_hat, sigma[..., None] * u
 
-    def score(self, x, t, schedule: Schedule) -> Array:
-        """grad_x log p_t(x) = -sum_i gamma_i (x - alpha mu_i) / c_i, shape (N, D)."""
+    def score(self, x: Any, t: Any, schedule: Schedule) -> Array:
+        """The score grad_x log p_t(x) = -sum_i gamma_i (x - alpha mu_i) / c_i.
+
+        Args:
+            x: (N, D) points x_t.
+            t: a float or (N,) times.
+            schedule: gives alpha(t) and sigma(t).
+
+        Returns:
+            (N, D) float64.
+        """
         return -self._posterior_terms(x, t, schedule)[1]
 
     def prediction_fn(self, schedule: Schedule, prediction: str) -> Callable[[Array, Array], Array]:
@@ -201,11 +235,18 @@ class GaussianMixture:
 
         ``prediction`` is one of "eps" (E[eps|x]), "x0" (E[x0|x]), "v" (alpha E[eps|x] - sigma E[x0|x])
         or "flow" (E[eps|x] - E[x0|x], the PF-ODE velocity only for RectifiedFlow).
+
+        Args:
+            schedule: the noise schedule.
+            prediction: one of ``PREDICTIONS``.
+
+        Returns:
+            ``fn(x, t)`` on numpy arrays.
         """
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
-        def fn(x, t):
+        def fn(x: Any, t: Any) -> Array:
             x0_hat, eps_hat = self.posterior(x, t, schedule)
             if prediction == "eps":
                 return eps_hat
@@ -219,56 +260,105 @@ class GaussianMixture:
 
         return fn
 
-    def model(self, schedule: Schedule, prediction: str = "x0"):
-        """The ideal denoiser as a ``chords_core.models.DiffusionModel``."""
+    def model(self, schedule: Schedule, prediction: str = "x0") -> DiffusionModel:
+        """The ideal denoiser as a ``chords_core.models.DiffusionModel``.
+
+        Args:
+            schedule: the noise schedule.
+            prediction: one of ``PREDICTIONS``.
+
+        Returns:
+            The model, its function ``prediction_fn(schedule, prediction)``.
+        """
         from chords_core.models import DiffusionModel
 
         return DiffusionModel(self.prediction_fn(schedule, prediction), schedule, prediction)
 
-    def velocity(self, x, t, schedule: Schedule) -> Array:
+    def velocity(self, x: Any, t: Any, schedule: Schedule) -> Array:
         """Probability-flow ODE dx/dt = alpha'(t) E[x0|x] + sigma'(t) E[eps|x], shape (N, D).
 
         Computed as alpha' E[x0|x] + (sigma sigma') u with u = E[eps|x] / sigma, which stays
         finite at sigma = 0 even where sigma' is infinite (VP schedules at t = 0).
+
+        Args:
+            x: (N, D) points x_t.
+            t: a float or (N,) times.
+            schedule: gives alpha, sigma and their derivatives.
+
+        Returns:
+            (N, D) float64.
         """
         x0_hat, u, _ = self._posterior_terms(x, t, schedule)
         d_alpha = np.asarray(schedule.d_alpha(t), dtype=np.float64)[..., None]
         return d_alpha * x0_hat + _half_d_sigma2(schedule, t)[..., None] * u
 
     # ------------------------------------------------------------------ densities and samples
-    def marginal_log_density(self, x, t, schedule: Schedule) -> Array:
-        """log p_t(x) of the noised marginal, shape (N,)."""
+    def marginal_log_density(self, x: Any, t: Any, schedule: Schedule) -> Array:
+        """log p_t(x) of the noised marginal.
+
+        Args:
+            x: (N, D) points x_t.
+            t: a float or (N,) times.
+            schedule: gives alpha(t) and sigma(t).
+
+        Returns:
+            (N,) float64.
+        """
         x = self._check_x(x)
         t = self._check_t(t, x.shape[0])
         alpha = np.asarray(schedule.alpha(t), dtype=np.float64)
         sigma = np.asarray(schedule.sigma(t), dtype=np.float64)
         return logsumexp(self._components(x, alpha, sigma)[0], axis=1)
 
-    def log_density(self, x) -> Array:
-        """log p0(x) of the data distribution, shape (N,)."""
+    def log_density(self, x: Any) -> Array:
+        """log p0(x) of the data distribution.
+
+        Args:
+            x: (N, D) points.
+
+        Returns:
+            (N,) float64.
+        """
         x = self._check_x(x)
         return logsumexp(self._components(x, np.float64(1.0), np.float64(0.0))[0], axis=1)
 
     def sample(self, n: int, seed: int | None = 0) -> Array:
-        """n samples from the data distribution, shape (n, D)."""
+        """Samples from the data distribution.
+
+        Args:
+            n: how many.
+            seed: the random seed (``None``: fresh entropy).
+
+        Returns:
+            (n, D) float64.
+        """
         rng = np.random.default_rng(seed)
         k = rng.choice(self.n_modes, size=n, p=self.weights)
         return self.means[k] + np.sqrt(self.variances[k]) * rng.standard_normal((n, self.dim))
 
     # ------------------------------------------------------------------ trajectories
     def reference_solve(
-        self, x_T, t_start: float, t_end: float, schedule: Schedule, rtol: float = 1e-10, atol: float = 1e-10
+        self, x_T: Any, t_start: float, t_end: float, schedule: Schedule, rtol: float = 1e-10, atol: float = 1e-10
     ) -> Array:
-        """PF-ODE solution at ``t_end`` from x(t_start) = x_T (N, D): DOP853 on all samples jointly.
+        """The PF-ODE solution at ``t_end`` from x(t_start) = x_T: DOP853 on all samples jointly.
 
-        Raises RuntimeError if the integrator fails.
+        Args:
+            x_T: (N, D) initial points.
+            t_start: the initial time.
+            t_end: the final time.
+            schedule: the noise schedule.
+            rtol: DOP853's relative tolerance.
+            atol: DOP853's absolute tolerance.
+
+        Returns:
+            (N, D) float64. Raises ``RuntimeError`` if the integrator fails.
         """
         x_T = self._check_x(x_T, "x_T")
         n = x_T.shape[0]
         if t_start == t_end:
             return x_T.copy()
 
-        def rhs(t, y):
+        def rhs(t: float, y: Array) -> Array:
             return self.velocity(y.reshape(n, self.dim), float(t), schedule).ravel()
 
         sol = solve_ivp(rhs, (float(t_start), float(t_end)), x_T.ravel(), method="DOP853", rtol=rtol, atol=atol)
@@ -276,11 +366,20 @@ class GaussianMixture:
             raise RuntimeError(f"reference_solve failed: {sol.message}")
         return sol.y[:, -1].reshape(n, self.dim)
 
-    def exact_trajectory(self, x_T, t_start: float, t, schedule: Schedule) -> Array:
-        """Closed-form PF-ODE solution at time ``t`` (float or (N,)) for a single Gaussian, (N, D).
+    def exact_trajectory(self, x_T: Any, t_start: float, t: Any, schedule: Schedule) -> Array:
+        """The closed-form PF-ODE solution at time ``t`` for a single Gaussian.
 
-        x_t = alpha_t mu + sqrt(alpha_t^2 s^2 + sigma_t^2) z,  z = (x_T - alpha_T mu) / sqrt(alpha_T^2 s^2 + sigma_T^2)
-        with T = t_start. Raises ValueError for a mixture with more than one component.
+        x_t = alpha_t mu + sqrt(alpha_t^2 s^2 + sigma_t^2) z with z = (x_T - alpha_T mu) /
+        sqrt(alpha_T^2 s^2 + sigma_T^2) and T = t_start.
+
+        Args:
+            x_T: (N, D) points at ``t_start``.
+            t_start: the initial time.
+            t: a float or (N,) final times.
+            schedule: the noise schedule.
+
+        Returns:
+            (N, D) float64. Raises ``ValueError`` for a mixture with more than one component.
         """
         if self.n_modes != 1:
             raise ValueError(f"exact_trajectory needs a single Gaussian (K = 1), this mixture has K = {self.n_modes}")
@@ -288,7 +387,7 @@ class GaussianMixture:
         t = self._check_t(t, x_T.shape[0])
         mu, s2 = self.means[0], self.variances[0]
 
-        def loc_scale(time):
+        def loc_scale(time: Any) -> tuple[Array, Array]:
             a = np.asarray(schedule.alpha(time), dtype=np.float64)[..., None]
             s = np.asarray(schedule.sigma(time), dtype=np.float64)[..., None]
             return a * mu, np.sqrt(a * a * s2 + s * s)
@@ -305,7 +404,7 @@ class LinearODE:
         A: (D, D) real matrix.
     """
 
-    def __init__(self, A) -> None:
+    def __init__(self, A: Any) -> None:
         A = _as_float_array(A, "A", 2)
         if A.shape[0] != A.shape[1] or A.shape[0] == 0:
             raise ValueError(f"A must be a non-empty square matrix, got shape {A.shape}")
@@ -313,11 +412,19 @@ class LinearODE:
         self.A.flags.writeable = False
 
     @classmethod
-    def random(cls, dim: int, seed: int = 0, scale: float = 1.0) -> "LinearODE":
+    def random(cls, dim: int, seed: int = 0, scale: float = 1.0) -> LinearODE:
         """A = scale (S + W): S symmetric with eigenvalues in [-1.5, -0.5], W skew with |W| ~ 0.5.
 
         The negative-definite symmetric part makes |y| decay (every eigenvalue has real part in
         [-1.5 scale, -0.5 scale]); the skew part adds rotation. ||A||_2 is O(scale).
+
+        Args:
+            dim: D, >= 1.
+            seed: the random seed.
+            scale: the overall scale, > 0.
+
+        Returns:
+            The ODE.
         """
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -332,6 +439,7 @@ class LinearODE:
 
     @property
     def dim(self) -> int:
+        """D, the state dimension."""
         return self.A.shape[0]
 
     @property
@@ -339,18 +447,35 @@ class LinearODE:
         """Lipschitz constant of y -> A y in the 2-norm: the spectral norm ||A||_2."""
         return float(np.linalg.norm(self.A, 2))
 
-    def __call__(self, t, y) -> Array:
-        """A y for y of shape (D,) or (..., D), applied along the last axis (t is ignored)."""
+    def __call__(self, t: Any, y: Any) -> Array:
+        """The right-hand side A y, as ``f(t, y)``.
+
+        Args:
+            t: the time (ignored).
+            y: (D,) or (..., D) states.
+
+        Returns:
+            A y along the last axis, float64, the shape of ``y``.
+        """
         return np.asarray(y, dtype=np.float64) @ self.A.T
 
-    def exact(self, y0, t0: float, t1: float) -> Array:
-        """y(t1) = expm(A (t1 - t0)) y0 for y0 of shape (D,), (N, D) or any (..., D)."""
+    def exact(self, y0: Any, t0: float, t1: float) -> Array:
+        """The exact flow y(t1) = expm(A (t1 - t0)) y0.
+
+        Args:
+            y0: (D,), (N, D) or any (..., D) states at ``t0``.
+            t0: the initial time.
+            t1: the final time.
+
+        Returns:
+            y(t1), float64, the shape of ``y0``.
+        """
         y0 = np.asarray(y0, dtype=np.float64)
         if y0.ndim == 0 or y0.shape[-1] != self.dim:
             raise ValueError(f"y0 must have shape ({self.dim},) or (..., {self.dim}), got {y0.shape}")
         return y0 @ expm(self.A * (float(t1) - float(t0))).T
 
-    def vector_field(self):
+    def vector_field(self) -> VectorField:
         """dy/dt = A y as a batched ``chords_core.models.VectorField``.
 
         The state may be (D,) or a batch (B, D): the field gets y of shape (N, D) or (N, B, D).

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,43 +32,110 @@ __all__ = ["Schedule", "RectifiedFlow", "VP", "EDM"]
 
 @dataclass(frozen=True)
 class Schedule:
-    """Base class. Subclasses implement ``alpha``, ``sigma``, ``d_alpha`` and ``d_sigma``."""
+    """Base class of the Gaussian paths x_t = alpha(t) x_0 + sigma(t) eps.
+
+    Subclasses implement ``alpha``, ``sigma``, ``d_alpha`` and ``d_sigma``; ``lam``, ``t_from_lam``
+    and ``domain`` have generic versions. Every method takes a float or a float64 array of times
+    (any shape) and returns a float64 array of that shape (0-d for a float).
+
+    Attributes:
+        t_noise: the noise end of the path (where grids start).
+        t_data: the data end, where sigma = 0.
+        t_min: where a grid stops before its final step to ``t_data`` (``None``: run to ``t_data``).
+    """
 
     t_noise: float
     t_data: float
     t_min: float | None
 
-    def alpha(self, t):
+    def alpha(self, t: Any) -> np.ndarray:
+        """The signal scale alpha(t).
+
+        Args:
+            t: a time (float) or an array of times.
+
+        Returns:
+            alpha(t), float64, the shape of ``t``.
+        """
         raise NotImplementedError
 
-    def sigma(self, t):
+    def sigma(self, t: Any) -> np.ndarray:
+        """The noise scale sigma(t).
+
+        Args:
+            t: a time (float) or an array of times.
+
+        Returns:
+            sigma(t), float64, the shape of ``t``.
+        """
         raise NotImplementedError
 
-    def d_alpha(self, t):
-        """d alpha / dt."""
+    def d_alpha(self, t: Any) -> np.ndarray:
+        """The time derivative d alpha / dt.
+
+        Args:
+            t: a time (float) or an array of times.
+
+        Returns:
+            alpha'(t), float64, the shape of ``t``.
+        """
         raise NotImplementedError
 
-    def d_sigma(self, t):
-        """d sigma / dt."""
+    def d_sigma(self, t: Any) -> np.ndarray:
+        """The time derivative d sigma / dt (may be infinite where sigma = 0, e.g. VP at t = 0).
+
+        Args:
+            t: a time (float) or an array of times.
+
+        Returns:
+            sigma'(t), float64, the shape of ``t``.
+        """
         raise NotImplementedError
 
     def domain(self) -> tuple[float, float]:
-        """The times where the schedule is defined (alpha, sigma >= 0): [0, 1] unless overridden."""
+        """The times where the schedule is defined (alpha, sigma >= 0).
+
+        Returns:
+            (lowest, highest) time: [0, 1] unless overridden.
+        """
         return (0.0, 1.0)
 
-    def lam(self, t):
-        """Half log-SNR lambda(t) = log(alpha/sigma); +inf where sigma = 0."""
+    def lam(self, t: Any) -> np.ndarray:
+        """The half log-SNR lambda(t) = log(alpha/sigma).
+
+        Args:
+            t: a time (float) or an array of times.
+
+        Returns:
+            lambda(t), float64, the shape of ``t``; +inf where sigma = 0, -inf where alpha = 0.
+        """
         with np.errstate(divide="ignore"):
             return np.log(np.asarray(self.alpha(t), dtype=np.float64)) - np.log(
                 np.asarray(self.sigma(t), dtype=np.float64)
             )
 
-    def ve_sigma(self, t):
-        """The variance-exploding noise level sigma/alpha = exp(-lambda) (diffusers' ``sigmas``)."""
+    def ve_sigma(self, t: Any) -> np.ndarray:
+        """The variance-exploding noise level sigma/alpha = exp(-lambda) (diffusers' ``sigmas``).
+
+        Args:
+            t: a time (float) or an array of times.
+
+        Returns:
+            sigma(t) / alpha(t), float64, the shape of ``t``.
+        """
         return np.asarray(self.sigma(t), dtype=np.float64) / np.asarray(self.alpha(t), dtype=np.float64)
 
-    def t_from_lam(self, lam):
-        """Inverse of ``lam``: the time with the given half log-SNR (numerical bisection unless overridden)."""
+    def t_from_lam(self, lam: Any) -> np.ndarray:
+        """The inverse of ``lam``: the time with the given half log-SNR.
+
+        Numerical bisection on [min(t_noise, t_data), max(t_noise, t_data)] unless overridden.
+
+        Args:
+            lam: a half log-SNR (float) or an array of them.
+
+        Returns:
+            The times, float64 (at least 1-D in the generic version).
+        """
         lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
         lo = np.full_like(lam, min(self.t_noise, self.t_data))
         hi = np.full_like(lam, max(self.t_noise, self.t_data))
@@ -91,19 +159,24 @@ class RectifiedFlow(Schedule):
     t_data: float = 0.0
     t_min: float | None = None
 
-    def alpha(self, t):
+    def alpha(self, t: Any) -> np.ndarray:
+        """alpha(t) = 1 - t."""
         return 1.0 - np.asarray(t, dtype=np.float64)
 
-    def sigma(self, t):
+    def sigma(self, t: Any) -> np.ndarray:
+        """sigma(t) = t."""
         return np.asarray(t, dtype=np.float64) * 1.0
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Any) -> np.ndarray:
+        """alpha'(t) = -1."""
         return np.full_like(np.asarray(t, dtype=np.float64), -1.0)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Any) -> np.ndarray:
+        """sigma'(t) = 1."""
         return np.full_like(np.asarray(t, dtype=np.float64), 1.0)
 
-    def t_from_lam(self, lam):
+    def t_from_lam(self, lam: Any) -> np.ndarray:
+        """t = 1 / (1 + e^lambda), in closed form."""
         return 1.0 / (1.0 + np.exp(np.asarray(lam, dtype=np.float64)))
 
 
@@ -120,48 +193,71 @@ class VP(Schedule):
     s: float = 0.008
 
     @classmethod
-    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> "VP":
-        """Continuous-time DDPM schedule with beta(t) = beta_min + t (beta_max - beta_min)."""
+    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> VP:
+        """Continuous-time DDPM schedule with beta(t) = beta_min + t (beta_max - beta_min).
+
+        Args:
+            beta_min: beta at t = 0, >= 0.
+            beta_max: beta at t = 1, > ``beta_min``.
+            t_min: where grids stop before the final step to t = 0.
+
+        Returns:
+            The ``VP`` schedule (t from 1 to 0).
+        """
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"beta_min and beta_max must satisfy 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         return cls(kind="linear", beta_min=float(beta_min), beta_max=float(beta_max), t_min=t_min)
 
     @classmethod
-    def cosine(cls, s: float = 0.008, t_max: float = 0.9946, t_min: float = 1e-3) -> "VP":
-        """Nichol & Dhariwal cosine schedule; t_max < 1 keeps lambda finite (DPM-Solver uses 0.9946)."""
+    def cosine(cls, s: float = 0.008, t_max: float = 0.9946, t_min: float = 1e-3) -> VP:
+        """Nichol & Dhariwal cosine schedule, alpha(t) = f(t)/f(0), f(t) = cos(((t + s)/(1 + s)) pi/2).
+
+        Args:
+            s: the offset s.
+            t_max: the noise end, in (0, 1); below 1 keeps lambda finite (DPM-Solver uses 0.9946).
+            t_min: where grids stop before the final step to t = 0.
+
+        Returns:
+            The ``VP`` schedule (t from ``t_max`` to 0).
+        """
         if not 0 < t_max < 1:
             raise ValueError(f"t_max must lie in (0, 1) for the cosine schedule, got {t_max}")
         return cls(kind="cosine", s=float(s), t_noise=float(t_max), t_min=t_min)
 
-    def _log_alpha(self, t):
+    def _log_alpha(self, t: Any) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
         if self.kind == "linear":
             return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
         s = self.s
         return np.log(np.cos((t + s) / (1 + s) * math.pi / 2)) - math.log(math.cos(s / (1 + s) * math.pi / 2))
 
-    def _d_log_alpha(self, t):
+    def _d_log_alpha(self, t: Any) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
         if self.kind == "linear":
             return -0.5 * (self.beta_min + (self.beta_max - self.beta_min) * t)
         s = self.s
         return -np.tan((t + s) / (1 + s) * math.pi / 2) * math.pi / (2 * (1 + s))
 
-    def alpha(self, t):
+    def alpha(self, t: Any) -> np.ndarray:
+        """alpha(t) = exp(log alpha(t)) (see the module docstring for linear and cosine)."""
         return np.exp(self._log_alpha(t))
 
-    def sigma(self, t):
+    def sigma(self, t: Any) -> np.ndarray:
+        """sigma(t) = sqrt(1 - alpha(t)^2)."""
         return np.sqrt(-np.expm1(2.0 * self._log_alpha(t)))
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Any) -> np.ndarray:
+        """alpha'(t) = alpha(t) (log alpha)'(t)."""
         return self.alpha(t) * self._d_log_alpha(t)
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Any) -> np.ndarray:
+        """sigma'(t) = -alpha^2 (log alpha)' / sigma; infinite at sigma = 0."""
         a = self.alpha(t)
         with np.errstate(divide="ignore", invalid="ignore"):
             return -a * a * self._d_log_alpha(t) / self.sigma(t)
 
-    def lam(self, t):
+    def lam(self, t: Any) -> np.ndarray:
+        """lambda(t) = log alpha - log(1 - alpha^2) / 2, accurate near both ends."""
         la = self._log_alpha(t)
         with np.errstate(divide="ignore"):
             return la - 0.5 * np.log(-np.expm1(2.0 * la))
@@ -176,21 +272,26 @@ class EDM(Schedule):
     t_min: float | None = 0.002
     sigma_data: float = 0.5
 
-    def alpha(self, t):
+    def alpha(self, t: Any) -> np.ndarray:
+        """alpha(t) = 1."""
         return np.ones_like(np.asarray(t, dtype=np.float64))
 
-    def sigma(self, t):
+    def sigma(self, t: Any) -> np.ndarray:
+        """sigma(t) = t."""
         return np.asarray(t, dtype=np.float64) * 1.0
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Any) -> np.ndarray:
+        """alpha'(t) = 0."""
         return np.zeros_like(np.asarray(t, dtype=np.float64))
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Any) -> np.ndarray:
+        """sigma'(t) = 1."""
         return np.ones_like(np.asarray(t, dtype=np.float64))
 
     def domain(self) -> tuple[float, float]:
         """Any noise level sigma = t >= 0."""
         return (0.0, math.inf)
 
-    def t_from_lam(self, lam):
+    def t_from_lam(self, lam: Any) -> np.ndarray:
+        """t = sigma = e^-lambda."""
         return np.exp(-np.asarray(lam, dtype=np.float64))

@@ -11,7 +11,7 @@ from .solvers import Solver
 __all__ = ["solve"]
 
 
-def solve(model: Model, x: Any, grid: Any, solver: "str | Solver" = "euler", *, progress: bool = False,
+def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, progress: bool = False,
           **solver_options: Any) -> Any:
     """Integrate from ``x`` at ``grid[0]`` to ``grid[-1]`` with a fixed-grid solver.
 

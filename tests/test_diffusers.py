@@ -8,13 +8,23 @@ special tokens, no merges), so prompts tokenize to one id per character.
 import json
 
 import pytest
-
 import torch
-
 from diffusers import (  # noqa: E402
-    AutoencoderKL, DDIMPipeline, FluxPipeline, FluxTransformer2DModel, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler, PNDMScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline,
-    StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel, UniPCMultistepScheduler,
+    AutoencoderKL,
+    DDIMPipeline,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+    UniPCMultistepScheduler,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 import chords_core as cc
 from chords_core.__main__ import main
 from chords_core.inits import recipe_init, recipe_times, uniform_init
+from chords_core.problems import GaussianMixture, LinearODE
 from chords_core.tuning import calibration, evaluate, optimize_init, pareto_front
 
 
 def cli(argv):
     return main(["optimize", *argv])
-from chords_core.problems import GaussianMixture, LinearODE
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@
 Multi-device runs are in test_jax_devices.py (a subprocess with 8 host devices).
 """
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import jax
 jax.config.update("jax_enable_x64", True)  # as test_pipeline does; the exactness tests need float64
 import jax.numpy as jnp  # noqa: E402
 

@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import jax  # noqa: F401
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

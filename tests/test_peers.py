@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chords_core as cc
+from chords_core import paradigms, srds
 from chords_core.methods.paradigms import noise_variances
 from chords_core.methods.srds import srds_blocks
-from chords_core import paradigms, srds
 from chords_core.problems import GaussianMixture, LinearODE
 
 GMM = GaussianMixture.random(8, 3, seed=0)

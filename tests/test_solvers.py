@@ -56,7 +56,8 @@ def test_order_on_single_gaussian(schedule, prediction, spacing, solver, options
     assert abs(observed_order(errors, ns) - order) < 0.2, errors
 
 
-@pytest.mark.parametrize("solver, order", [(n, cc.SOLVERS[n].order) for n in sorted(cc.SOLVERS) if accepts_vector_fields(n)])
+@pytest.mark.parametrize("solver, order",
+                         [(n, cc.SOLVERS[n].order) for n in sorted(cc.SOLVERS) if accepts_vector_fields(n)])
 def test_order_on_linear_ode(solver, order):
     ode = LinearODE.random(5, seed=3)
     y0 = np.linspace(-1, 1, 5)

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import torch
 import torch.distributed as dist  # noqa: E402
 

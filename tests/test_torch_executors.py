@@ -8,16 +8,16 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import torch
 
 import chords_core as cc
 import chords_torch
 from chords_core.models import ModelOutputError
 from chords_torch import DeviceExecutor, ExecutorClosed, WorkerTimeout, assign
-from chords_torch.testing import same_hits, seeded_state as x0, MLP, Trap, TorchLinear, gmm_problem
+from chords_torch.testing import MLP, TorchLinear, Trap, gmm_problem, same_hits
+from chords_torch.testing import seeded_state as x0
 
 MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
 

@@ -11,13 +11,13 @@ import threading
 import time
 
 import pytest
-
 import torch
 
 import chords_core as cc
 from chords_core.models import ModelOutputError
 from chords_torch import ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
-from chords_torch.testing import same_hits, seeded_state as x0, Slow, TorchLinear, Trap, _Const, gmm_problem
+from chords_torch.testing import Slow, TorchLinear, Trap, _Const, gmm_problem, same_hits
+from chords_torch.testing import seeded_state as x0
 
 MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
 

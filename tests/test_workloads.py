@@ -11,12 +11,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from workloads import (  # noqa: E402
+    WEIGHTS,
+    DigitsMLP,
+    EmpiricalDenoiser,
+    digits_exact_workload,
+    frechet_distance,
+    gmm_workload,
+    load_digits,
+    load_digits_split,
+    sha256,
+)
+
 import chords_core as cc  # noqa: E402
 from chords_core.problems import GaussianMixture  # noqa: E402
-from workloads import (  # noqa: E402
-    WEIGHTS, DigitsMLP, EmpiricalDenoiser, digits_exact_workload, frechet_distance, gmm_workload, load_digits,
-    load_digits_split, sha256,
-)
 
 
 def test_digits_data():

@@ -26,7 +26,7 @@ is an equality, so the bound is attained.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

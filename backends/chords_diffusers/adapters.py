@@ -9,8 +9,9 @@ an adapter does not know raise ``TypeError`` naming them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,8 @@ def _batch_size(prompt, prompt_embeds) -> int:
 
 
 def _sd3(pipe, prompt, steps, kw) -> Job:
-    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
     from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
     (negative_prompt, height, width, guidance_scale, num_images_per_prompt, generator, latents, output_type, prompt_embeds,
      negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, max_sequence_length, mu, sigmas) = _take(

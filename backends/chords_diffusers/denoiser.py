@@ -18,7 +18,8 @@ builds a replica (network deep-copied, tensors moved) for ``chords_torch.DeviceE
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,7 +85,7 @@ class GuidedNet:
             g = self.guidance_rescale * r + (1.0 - self.guidance_rescale) * g
         return g
 
-    def to(self, device) -> "GuidedNet":
+    def to(self, device) -> GuidedNet:
         """A replica on ``device``: the network deep-copied there (if it is a module), tensors moved."""
         new = copy.copy(self)
         if isinstance(self.net, torch.nn.Module):
@@ -141,7 +142,7 @@ class Denoiser:
             out = out.to(dt) * (-s / (s**2 + 1) ** 0.5) + x.to(dt) / (s**2 + 1)
         return out.to(x.dtype)
 
-    def to(self, device) -> "Denoiser":
+    def to(self, device) -> Denoiser:
         """A replica for ``device`` (``chords_torch.DeviceExecutor(replicate=lambda fn, d: fn.to(d))``)."""
         net = self.net.to(device) if hasattr(self.net, "to") else self.net
         return Denoiser(net, self.smap)

@@ -10,8 +10,9 @@ cores of a round go through one batched call on the pipeline's device.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -86,7 +87,7 @@ def sample_latents(
 
 def sample(
     pipe: Any,
-    prompt: "str | list[str] | None" = None,
+    prompt: str | list[str] | None = None,
     *,
     num_inference_steps: int = 50,
     cores: int | None = 4,

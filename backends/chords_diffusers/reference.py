@@ -8,7 +8,7 @@ The scheduler must already be configured (``set_timesteps``).
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

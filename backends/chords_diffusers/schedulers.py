@@ -25,7 +25,6 @@ runs (its ``scale_model_input`` divides the state by sqrt(sigma~^2 + 1) before t
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any
 

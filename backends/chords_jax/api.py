@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
 #: Every core solver compiles, since each is a linear combination of states per step.
 SUPPORTED_SOLVERS = tuple(sorted(cc.SOLVERS))
 
-_PROGRAMS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
 _PROGRAMS_SIZE = 64
 
 
@@ -87,11 +88,11 @@ def chords(
     model: cc.Model,
     x: Any,
     grid,
-    solver: "str | cc.solvers.Solver" = "euler",
+    solver: str | cc.solvers.Solver = "euler",
     *,
     cores: int | None = None,
     init: Sequence[int] | None = None,
-    stop: "StopRule | None" = StopAtCore(1),
+    stop: StopRule | None = StopAtCore(1),
     history: str = "shift",
     devices: Any = None,
     executor: None = None,
@@ -128,7 +129,7 @@ def chords(
     return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
 
 
-def solve(model: cc.Model, x: Any, grid, solver: "str | cc.solvers.Solver" = "euler", *, devices: Any = None,
+def solve(model: cc.Model, x: Any, grid, solver: str | cc.solvers.Solver = "euler", *, devices: Any = None,
           progress: bool = False, **solver_options) -> Any:
     """The sequential solve of ``chords_core.solve``, compiled: a ``lax.scan`` with one model
     evaluation per scan step (steps x stages). It is CHORDS' core 0 alone (``cores=1``)."""

@@ -19,7 +19,7 @@ of round r have phase r, and so has everything computed from them before the nex
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["Sym", "LinearRecorder", "NonLinearOperation"]
 
@@ -45,14 +45,14 @@ class Sym:
     __slots__ = ("rec", "id", "phase", "terms", "shape", "dtype", "leaf")
     __array_ufunc__ = None  # make numpy scalars defer to Sym's reflected operators
 
-    def __init__(self, rec: "LinearRecorder", terms, leaf=None):
+    def __init__(self, rec: LinearRecorder, terms, leaf=None):
         self.rec, self.terms, self.leaf = rec, terms, leaf
         self.shape, self.dtype = rec.shape, rec.dtype
         self.phase = rec.phase
         self.id = len(rec.nodes)
         rec.nodes.append(self)
 
-    def _lin(self, terms) -> "Sym":
+    def _lin(self, terms) -> Sym:
         return Sym(self.rec, tuple(terms))
 
     def __add__(self, other):

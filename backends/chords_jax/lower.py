@@ -113,7 +113,8 @@ def lower(rec: LinearRecorder, slot_of: list[list[int]], slots: int, outputs: li
     for step in range(R + 1):
         memo: dict[int, dict[int, float]] = {}
 
-        def resolve(n: Sym) -> dict[int, float]:
+        def resolve(n: Sym, step: int = step, memo: dict[int, dict[int, float]] = memo) -> dict[int, float]:
+            # step and memo bound per iteration (the closure is only called within it)
             if step >= 1 and step in point_rounds.get(n.id, ()):
                 return {1 + L + point_rounds[n.id][step]: 1.0}
             if n.phase != step:

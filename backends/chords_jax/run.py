@@ -11,7 +11,8 @@ the same shapes reuses the executable.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ __all__ = ["runner", "compilations", "AXIS", "make_mesh"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
-_CACHE: "OrderedDict[tuple, Callable]" = OrderedDict()
+_CACHE: OrderedDict[tuple, Callable] = OrderedDict()
 _CACHE_SIZE = 32
 
 

@@ -17,7 +17,7 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 from chords_core.models import Model
 
@@ -67,7 +67,7 @@ def shell_of(model: Model) -> Model:
     return shell
 
 
-def bind(shell: Model, replica: "Callable | Model") -> Model:
+def bind(shell: Model, replica: Callable | Model) -> Model:
     """The model a worker evaluates: ``replica`` itself if it is a Model, else ``shell`` with network ``replica``."""
     if isinstance(replica, Model):
         return replica
@@ -94,7 +94,7 @@ def check_points(xs, ts) -> None:
             raise ValueError(f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
 
 
-def check_timeout(timeout: "float | None") -> "float | None":
+def check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import copy
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime
 import pickle
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,17 @@ import torch.distributed as dist
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
-from ._common import ExecutorClosed, WorkerDied, WorkerError, WorkerTimeout, assign, bind, check_points, check_timeout, shell_of
+from ._common import (
+    ExecutorClosed,
+    WorkerDied,
+    WorkerError,
+    WorkerTimeout,
+    assign,
+    bind,
+    check_points,
+    check_timeout,
+    shell_of,
+)
 from .device import replicate
 
 __all__ = ["DistributedExecutor", "serve"]
@@ -219,7 +230,7 @@ class DistributedExecutor(Executor):
                 pass
 
 
-def serve(net: "Callable | Model", *, group=None, device: Any = None) -> int:
+def serve(net: Callable | Model, *, group=None, device: Any = None) -> int:
     """Worker loop for ranks != 0: evaluate the driver's points until it closes its executor.
 
     ``net``: the network (``fn(x, t)`` / ``f(t, y)``; bound to the driver's model parametrisation)

@@ -30,8 +30,9 @@ import signal
 import time
 import traceback
 import weakref
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as _wait
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.multiprocessing as tmp
@@ -39,8 +40,17 @@ import torch.multiprocessing as tmp
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
-from ._common import (ExecutorClosed, WorkerDied, WorkerError, WorkerTimeout, assign, bind, check_points,
-                      check_timeout, shell_of)
+from ._common import (
+    ExecutorClosed,
+    WorkerDied,
+    WorkerError,
+    WorkerTimeout,
+    assign,
+    bind,
+    check_points,
+    check_timeout,
+    shell_of,
+)
 
 __all__ = ["ProcessExecutor"]
 

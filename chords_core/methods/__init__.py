@@ -9,8 +9,8 @@ A method is registered as a ``Method``: a name, a one-line summary and a ``run``
 
     run(model, x, grid, solver, *, cores, executor, progress, **options) -> Result
 
-that maps ``cores`` onto the method's own parallelism (CHORDS: cores; ParaDiGMS: window; SRDS:
-blocks) and passes the rest on. ``register_method`` adds one from outside the package.
+that maps ``cores`` onto the method's own parallelism (cascade, CHORDS: cores; ParaDiGMS: window;
+SRDS: blocks) and passes the rest on. ``register_method`` adds one from outside the package.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from ..executors import Executor
 from ..models import Model
 from ..results import Result
 from ..solvers import Solver
+from .cascade import cascade
 from .chords import chords
 from .paradigms import paradigms
 from .srds import srds
 
-__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "chords", "paradigms", "srds"]
+__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "cascade", "chords", "paradigms", "srds"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 #: The method ``parallel`` runs when none is named.
-RECOMMENDED = "chords"
+RECOMMENDED = "cascade"
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
@@ -71,6 +72,11 @@ def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
 
+def _run_cascade(model, x, grid, solver, *, cores, executor, progress, **options):
+    return cascade(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
+
+
+register_method(Method("cascade", _run_cascade, "cascade: seeded sliding window with residual acceptance (recommended)"))
 register_method(Method("chords", _run_chords, "CHORDS: a core hierarchy started by coarse jumps, rectified by slower cores"))
 register_method(Method("paradigms", _run_paradigms, "ParaDiGMS: sliding-window Picard iteration, window = cores"))
 register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks (default blocks = cores)"))

@@ -18,8 +18,9 @@ name           method                                    evals/step  order
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..models import Model
 from .base import DataSolver, Solver, State
@@ -27,12 +28,22 @@ from .dpmpp import DPMSolverPP
 from .explicit import Euler, Heun
 from .unipc import UniPC
 
-__all__ = ["make_solver", "register_solver", "SolverSpec", "SOLVERS", "Solver", "DataSolver", "State", "Euler", "Heun", "DPMSolverPP", "UniPC"]
+__all__ = [
+    "make_solver", "register_solver", "SolverSpec", "SOLVERS", "Solver", "DataSolver", "State", "Euler", "Heun",
+    "DPMSolverPP", "UniPC",
+]
+
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """A registered solver: ``build(model, times, **options)`` binds it; ``stages`` model evaluations
-    per step (before a final step to sigma = 0), ``order`` its convergence order with the defaults."""
+    """A registered solver: how to bind it and what it costs.
+
+    Attributes:
+        build: ``build(model, times, **options) -> Solver`` binds the solver to a model and a grid.
+        stages: model evaluations per step (before a final step to sigma = 0).
+        order: its convergence order with the default options.
+        summary: a one-line description.
+    """
 
     build: Callable[..., Solver]
     stages: int
@@ -46,13 +57,24 @@ SOLVERS: dict[str, SolverSpec] = {
     "ddim": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=1, **o), 1, 1, "DPM-Solver++(1) = DDIM"),
     "dpmpp_2m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=2, **o), 1, 2, "DPM-Solver++(2M)"),
     "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)"),
-    "unipc": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}), 1, 3, "UniPC-2 (UniP + UniC)"),
-    "unip": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}), 1, 2, "UniP-2, predictor only"),
+    "unipc": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}), 1, 3,
+                        "UniPC-2 (UniP + UniC)"),
+    "unip": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}), 1, 2,
+                       "UniP-2, predictor only"),
 }
 
 
 def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> SolverSpec:
-    """Add a solver to ``SOLVERS`` under ``name`` (``replace=True`` to overwrite); returns ``spec``."""
+    """Add a solver to ``SOLVERS`` under ``name``.
+
+    Args:
+        name: the name ``make_solver`` (and every method's ``solver=``) accepts.
+        spec: the ``SolverSpec``.
+        replace: overwrite an existing entry (``ValueError`` otherwise).
+
+    Returns:
+        ``spec``.
+    """
     if not isinstance(spec, SolverSpec):
         raise TypeError(f"spec must be a SolverSpec, got {type(spec).__name__}")
     if name in SOLVERS and not replace:
@@ -61,7 +83,7 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
     return spec
 
 
-def make_solver(solver: "str | Solver", model: Model, times: Any, **options: Any) -> Solver:
+def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) -> Solver:
     """Bind a solver to a model and a time grid.
 
     Args:

@@ -16,7 +16,8 @@ CHORDS and is exact at a final step to sigma = 0.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,22 +31,49 @@ class State:
     """A trajectory's state at a grid index: ``x``, ``hist`` and ``aux`` (see the module docstring).
 
     Moving a trajectory to another point (a rectification) is ``history.move``.
+
+    Args:
+        x: the point whose model output is needed next, an array of the state's shape S
+            ((B, ...) for a ``DiffusionModel``).
+        hist: earlier quantities of the trajectory, ``((grid index, q), ...)`` newest first, each q
+            of shape S; at most ``Solver.history_size`` entries.
+        aux: solver-specific data carried to the next step (``None`` for most solvers).
     """
 
     __slots__ = ("x", "hist", "aux")
 
-    def __init__(self, x: Array, hist: tuple = (), aux: Any = None):
+    def __init__(self, x: Array, hist: tuple = (), aux: Any = None) -> None:
         self.x, self.hist, self.aux = x, hist, aux
 
 
 class Solver:
-    """Base class. ``quantity`` is what the solver consumes: "velocity" or "data"."""
+    """Base class of the fixed-grid solvers, bound to a model and a time grid.
+
+    A solver holds no per-trajectory state (that is a ``State``); it maps states between grid
+    indices. Subclasses implement ``step`` and ``jump_coeffs``, and ``evals`` / ``stage_point`` for
+    several stages per step, ``begin`` for a non-trivial initial state.
+
+    Class attributes:
+        name: the solver's name in messages. Subclasses set it as a class attribute, or on the
+            instance *before* calling ``super().__init__``, since ``__init__`` uses it in its errors.
+        quantity: what the solver consumes: ``"velocity"`` (the ODE's right-hand side) or
+            ``"data"`` (the data prediction).
+        history_size: how many earlier quantities a step may use (``State.hist``; 0 for one-step
+            solvers).
+
+    Args:
+        model: the ``Model`` whose outputs the solver consumes.
+        times: (T + 1,) grid times, noise -> data for a diffusion model.
+
+    Raises ``ValueError`` if the model's output cannot be converted to ``quantity`` at a grid time
+    that is evaluated (all but the last).
+    """
 
     name = "solver"
     quantity = "velocity"
     history_size = 0  # how many earlier quantities a step may use (multistep solvers: > 0)
 
-    def __init__(self, model: Model, times: np.ndarray):
+    def __init__(self, model: Model, times: np.ndarray) -> None:
         self.model = model
         self.times = np.asarray(times, dtype=np.float64)
         self.t = [float(v) for v in self.times]
@@ -67,7 +95,17 @@ class Solver:
         return self._coef is not None
 
     def quantity_of(self, x: Array, out: Array, index: int) -> Array:
-        """The solver's quantity at grid index ``index`` from a raw model output there."""
+        """The solver's quantity at grid index ``index`` from a raw model output there.
+
+        Args:
+            x: the evaluated point, shape S.
+            out: the raw model output at (x, t_index), shape S.
+            index: the grid index of the evaluation time.
+
+        Returns:
+            q = a x + b out (shape S), with the model's conversion coefficients at ``index``;
+            ``out`` itself when the output already is the quantity (``converts`` is False).
+        """
         if self._coef is None:
             return out
         a, b = self._coef[index]
@@ -75,22 +113,103 @@ class Solver:
 
     # -- stepping ------------------------------------------------------------------------------
     def begin(self, x: Array) -> State:
+        """The state of a trajectory starting at ``x``.
+
+        Args:
+            x: the initial point at grid index 0 (or a core's start index), shape S.
+
+        Returns:
+            ``State(x)`` with an empty history.
+        """
         return State(x)
 
     def evals(self, i: int, j: int) -> int:
+        """The number of model evaluations (stages) the step i -> j takes.
+
+        Args:
+            i: the start grid index.
+            j: the end grid index.
+
+        Returns:
+            The stage count, >= 1 (1 unless overridden).
+        """
         return 1
 
     def stage_point(self, state: State, qs: Sequence[Array], i: int, j: int, k: int) -> tuple[Array, int]:
+        """Where stage ``k`` >= 1 of the step i -> j evaluates the model.
+
+        Args:
+            state: the trajectory's state at ``i``.
+            qs: the quantities of stages 0 .. k-1 (shape S each).
+            i: the start grid index.
+            j: the end grid index.
+            k: the stage, 1 <= k < ``evals(i, j)``.
+
+        Returns:
+            (point of shape S, grid index of its time). One-stage solvers raise
+            ``NotImplementedError``.
+        """
         raise NotImplementedError(f"{self.name} has a single stage")
 
     def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:
+        """Complete the step i -> j from the stage quantities.
+
+        Args:
+            state: the trajectory's state at ``i`` (``state.x`` is stage 0's point).
+            qs: the solver quantities of the ``evals(i, j)`` stages, in stage order (shape S each).
+            i: the start grid index.
+            j: the end grid index.
+
+        Returns:
+            The new ``State`` at ``j``; ``state`` is not modified.
+        """
         raise NotImplementedError
 
     def jump_coeffs(self, i: int, j: int) -> tuple[float, float]:
+        """Coefficients (a, b) of the zero-cost first-order jump G(x, q; i -> j) = a x + b q.
+
+        Args:
+            i: the start grid index (where q was evaluated at x).
+            j: the end grid index, any index after ``i``.
+
+        Returns:
+            (a, b) as Python floats; exact for a final step to sigma = 0 (it returns the data
+            prediction).
+        """
         raise NotImplementedError
 
+    def data_coeffs(self, i: int) -> tuple[float, float] | None:
+        """Coefficients of the data prediction from a point and its quantity at grid index ``i``.
+
+        Args:
+            i: the grid index.
+
+        Returns:
+            (c_x, c_q) with D(x, t_i) = c_x x + c_q q; ``None`` for a model without a data
+            prediction (a ``VectorField``).
+        """
+        if not isinstance(self.model, DiffusionModel):
+            return None
+        key = ("data", i)
+        c = self._jumps.get(key)
+        if c is None:
+            (a_d, b_d), _ = self.model.data_eps_coefficients(self.t[i])
+            a_q, b_q = (0.0, 1.0) if self._coef is None else self._coef[i]  # q = a_q x + b_q out
+            c = self._jumps[key] = (a_d - b_d * a_q / b_q, b_d / b_q)
+        return c
+
     def jump(self, x: Array, q: Array, i: int, j: int) -> Array:
-        """The coarse first-order jump G(x, q; i -> j)."""
+        """The coarse first-order jump G(x, q; i -> j), CHORDS' coarse propagator.
+
+        Args:
+            x: the point at grid index ``i``, shape S.
+            q: the solver quantity at (x, t_i), shape S.
+            i: the start grid index.
+            j: the end grid index.
+
+        Returns:
+            a x + b q (shape S) with (a, b) = ``jump_coeffs(i, j)``.
+        """
         return lincomb(self.jump_coeffs(i, j), (x, q))
 
     def _push(self, state: State, i: int, q: Array) -> tuple:
@@ -98,11 +217,19 @@ class Solver:
 
 
 class DataSolver(Solver):
-    """Base for exponential integrators in the data prediction (DPM-Solver++, UniPC, DDIM)."""
+    """Base for exponential integrators in the data prediction (DPM-Solver++, UniPC, DDIM).
+
+    Adds the schedule's ``alpha``, ``sigma`` and ``lam`` (half log-SNR) at the grid times as lists
+    of floats, and the exponential first-order jump.
+
+    Args:
+        model: a ``DiffusionModel`` (``ValueError`` otherwise).
+        times: (T + 1,) grid times, noise -> data.
+    """
 
     quantity = "data"
 
-    def __init__(self, model: Model, times: np.ndarray):
+    def __init__(self, model: Model, times: np.ndarray) -> None:
         if not isinstance(model, DiffusionModel):
             raise ValueError(f"solver {self.name!r} needs a DiffusionModel; a VectorField supports 'euler' and 'heun'")
         super().__init__(model, times)
@@ -111,7 +238,16 @@ class DataSolver(Solver):
         self.sigma = [float(v) for v in sch.sigma(self.times)]
         self.lam = [float(v) for v in sch.lam(self.times)]
 
-    def jump_coeffs(self, i, j):
+    def jump_coeffs(self, i: int, j: int) -> tuple[float, float]:
+        """(a, b) of the DDIM / DPM-Solver++(1) step i -> j: x_j = (sigma_j/sigma_i) x - alpha_j expm1(-h) D.
+
+        Args:
+            i: the start grid index.
+            j: the end grid index; h = lambda_j - lambda_i.
+
+        Returns:
+            (a, b); (0, alpha_j) for a step to sigma = 0 (the data prediction).
+        """
         c = self._jumps.get((i, j))
         if c is None:
             if self.sigma[j] == 0.0:
@@ -123,7 +259,20 @@ class DataSolver(Solver):
         return c
 
     def order_at(self, state: State, i: int, j: int, order: int, lower_order_final: bool) -> int:
-        """Order used for the step i -> j: warm-up, first order to sigma = 0, lower order at the end."""
+        """The order a multistep method uses for the step i -> j.
+
+        Args:
+            state: the trajectory's state at ``i``; its history bounds the order (warm-up: points at
+                lambda = -inf carry no slope information and do not count).
+            i: the start grid index.
+            j: the end grid index.
+            order: the method's nominal order.
+            lower_order_final: cap the order by the steps left (``T - i``).
+
+        Returns:
+            min(order, usable history + 1, steps left if ``lower_order_final``); 1 on a final step
+            to sigma = 0.
+        """
         usable = 0  # earlier points at lambda = -inf (alpha = 0, pure noise) carry no slope information
         for k, _ in state.hist:
             if self.lam[k] == -math.inf:

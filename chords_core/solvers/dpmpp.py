@@ -16,15 +16,30 @@ and fewer than 15 steps the order is also capped by the number of steps left.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .._backend import lincomb
 from ..checks import check_int
-from .base import DataSolver, State
+from ..models import Model
+from .base import Array, DataSolver, State
 
 
 class DPMSolverPP(DataSolver):
-    def __init__(self, model, times, order: int = 2, lower_order_final: bool = True):
+    """DPM-Solver++ (multistep, data prediction) of order 1 (DDIM), 2 (2M) or 3 (3M).
+
+    ``name`` is "ddim", "dpmpp_2m" or "dpmpp_3m" after the order; ``history_size`` = order - 1.
+
+    Args:
+        model: a ``DiffusionModel``.
+        times: (T + 1,) grid times, noise -> data.
+        order: 1, 2 or 3.
+        lower_order_final: with fewer than 15 steps, cap the order by the steps left (diffusers'
+            default).
+    """
+
+    def __init__(self, model: Model, times: np.ndarray, order: int = 2, lower_order_final: bool = True) -> None:
         self.order = order = check_int("order", order, 1, 3)
         self.name = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
         self.history_size = order - 1
@@ -32,7 +47,18 @@ class DPMSolverPP(DataSolver):
         self.lower_order_final = bool(lower_order_final) and self.steps < 15
         self._cache: dict = {}
 
-    def step(self, state, qs, i, j):
+    def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:
+        """One DPM-Solver++ step i -> j of order ``order_at(...)`` (see the module docstring).
+
+        Args:
+            state: the trajectory's state at ``i``; its history holds earlier data predictions.
+            qs: the data prediction D(x_i, t_i), shape S (one stage).
+            i: the start grid index.
+            j: the end grid index.
+
+        Returns:
+            The ``State`` at ``j`` with D_i pushed onto the history.
+        """
         p = self.order_at(state, i, j, self.order, self.lower_order_final)
         prev = tuple(k for k, _ in state.hist[: p - 1])
         c = self._coeffs(i, j, prev)
@@ -47,8 +73,21 @@ class DPMSolverPP(DataSolver):
         return c
 
 
-def dpmpp_coefficients(alpha, sigma, lam, i, j, prev) -> tuple[float, ...]:
-    """Coefficients of (x_i, D_i, D_prev[0], ...) for one DPM-Solver++ step of order len(prev)+1."""
+def dpmpp_coefficients(alpha: Sequence[float], sigma: Sequence[float], lam: Sequence[float], i: int, j: int,
+                       prev: Sequence[int]) -> tuple[float, ...]:
+    """Coefficients of one DPM-Solver++ step i -> j of order len(prev) + 1.
+
+    Args:
+        alpha: alpha at every grid index.
+        sigma: sigma at every grid index.
+        lam: the half log-SNR lambda at every grid index.
+        i: the start grid index.
+        j: the end grid index.
+        prev: grid indices of the earlier data predictions used, newest first (0 to 2 of them).
+
+    Returns:
+        Coefficients over (x_i, D_i, D_prev[0], ...): x_j = c_0 x_i + c_1 D_i + ...
+    """
     if sigma[j] == 0.0:
         return (0.0, alpha[j]) + (0.0,) * len(prev)
     h = lam[j] - lam[i]

@@ -6,7 +6,8 @@ R[i] = (r_1..r_p)^i and b_i = g_i i!/B(h) (g_1 = phi1/hh - 1, g_{i+1} = g_i/hh -
 
     base      x~_t = (sigma_t/sigma_s) x_s - alpha_t phi1 D_s
     UniP-p    x_t  = x~_t - alpha_t B(h) sum_{k<p} rho^p_k D1_k,    rho^p = R[:p-1,:p-1]^{-1} b  ([1/2] for p = 2)
-    UniC-p    x^c_t = x~_t - alpha_t B(h) (sum_{k<p} rho^c_k D1_k + rho^c_p (D_t - D_s)),  rho^c = R^{-1} b ([1/2] for p = 1)
+    UniC-p    x^c_t = x~_t - alpha_t B(h) (sum_{k<p} rho^c_k D1_k + rho^c_p (D_t - D_s)),
+              rho^c = R^{-1} b ([1/2] for p = 1)
 
 where D_t is evaluated at the predicted x_t and is kept as the model value of the corrected point
 (no extra evaluation). Both share x~_t, so the corrector is applied here as an *increment*
@@ -20,16 +21,32 @@ steps left), first order on a final step to sigma = 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from .._backend import lincomb
 from ..checks import check_choice, check_int
-from .base import DataSolver, State
+from ..models import Model
+from .base import Array, DataSolver, State
 
 
 class UniPC(DataSolver):
-    def __init__(self, model, times, order: int = 2, variant: str = "bh2", corrector: bool = True):
+    """UniPC: the UniP-p predictor with (``corrector=True``) or without the UniC corrector.
+
+    ``name`` is "unipc" or "unip"; ``history_size`` = order (the corrector of an order-p step looks
+    p - 1 points behind its start). The pending corrector travels in ``State.aux``.
+
+    Args:
+        model: a ``DiffusionModel``.
+        times: (T + 1,) grid times, noise -> data.
+        order: the predictor order p, 1 to 3 (UniPC-p with the corrector has order p + 1).
+        variant: B(h) = hh ("bh1") or phi1 ("bh2").
+        corrector: apply UniC (no extra evaluation).
+    """
+
+    def __init__(self, model: Model, times: np.ndarray, order: int = 2, variant: str = "bh2",
+                 corrector: bool = True) -> None:
         order = check_int("order", order, 1, 3)
         variant = check_choice("variant", variant, ("bh1", "bh2"))
         self.order, self.variant, self.corrector = order, variant, bool(corrector)
@@ -38,7 +55,20 @@ class UniPC(DataSolver):
         super().__init__(model, times)
         self._cache: dict = {}
 
-    def step(self, state, qs, i, j):
+    def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:
+        """Correct the point at ``i`` (the pending UniC of the step into it), then predict x_j.
+
+        Args:
+            state: the trajectory's state at ``i``; ``state.aux`` is the pending corrector
+                (start index, earlier indices) or ``None``.
+            qs: the data prediction D(x_i, t_i), shape S (one stage).
+            i: the start grid index.
+            j: the end grid index.
+
+        Returns:
+            The ``State`` at ``j`` (the predicted point), with D_i pushed onto the history and the
+            corrector of this step pending in ``aux`` (none on a final step to sigma = 0).
+        """
         x, d = state.x, qs[0]
         if state.aux is not None:  # UniC for the step (s -> i) that produced x
             s, prev_c = state.aux
@@ -92,12 +122,12 @@ class UniPC(DataSolver):
         p = len(prev) + 1
         rks = np.array([(lam[k] - lam[i]) / h for k in prev] + [1.0])
         R = np.stack([rks**n for n in range(p)])
-        g, fact, b = phi1 / hh - 1.0, 1.0, []
+        g, fact, bs = phi1 / hh - 1.0, 1.0, []
         for n in range(1, p + 1):
-            b.append(g * fact / bh)
+            bs.append(g * fact / bh)
             fact *= n + 1
             g = g / hh - 1.0 / fact
-        b = np.array(b)
+        b = np.array(bs)
         rho_c = np.array([0.5]) if p == 1 else np.linalg.solve(R, b)
         if p == 1:
             rho_p = np.zeros(0)

@@ -12,8 +12,9 @@ Errors of a prefix t_0..t_c are cached (an output depends on t_0..t_c only).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,16 @@ __all__ = ["Calibration", "calibration", "Candidate", "evaluate", "Evaluator", "
 class Calibration:
     """A calibration problem: ``model`` on ``grid`` from inputs ``x`` with reference solution ``ref``.
 
-    ``seq`` is the sequential solver's output and ``seq_error`` = rms(seq - ref).
+    Attributes:
+        model: the ``Model``.
+        x: the inputs at ``grid[0]`` (a batch, the state's shape S).
+        grid: (T + 1,) float64 grid times.
+        ref: the reference solution at ``grid[-1]``, shape S.
+        solver: the solver's name.
+        options: the solver's options.
+        seq: the sequential solver's output, shape S.
+        seq_error: rms(seq - ref).
+        description: a one-line description.
     """
 
     model: Model
@@ -48,10 +58,11 @@ class Calibration:
 
     @property
     def steps(self) -> int:
+        """T, the grid's number of steps."""
         return len(self.grid) - 1
 
 
-def _rms(a) -> float:
+def _rms(a: Any) -> float:
     return float(np.sqrt(np.mean(np.square(np.asarray(a, dtype=np.float64)))))
 
 
@@ -70,7 +81,7 @@ def calibration(
     samples: int = 16,
     schedule: Any = None,
     refine: int = 8,
-    **solver_options,
+    **solver_options: Any,
 ) -> Calibration:
     """Build a calibration problem.
 
@@ -80,6 +91,25 @@ def calibration(
     - ``problem=LinearODE``: dy/dt = A y on [0, 1], reference the matrix exponential;
     - ``model`` with ``x_cal`` and ``grid``: a user's model; ``reference`` defaults to the same
       solver on the grid refined ``refine`` times (each interval split evenly).
+
+    Args:
+        steps: T (required unless ``model`` and ``grid`` are given).
+        solver: the solver's name.
+        problem: a ``GaussianMixture`` or ``LinearODE`` (default: a random mixture).
+        model: a user's ``Model`` (not with ``problem``).
+        x_cal: the inputs (default: drawn from the problem).
+        grid: the grid times (default: ``time_grid(schedule, steps)``, or [0, 1] for a linear ODE).
+        reference: the reference solution (a user's model only).
+        dim: the random mixture's dimension.
+        modes: the random mixture's components.
+        seed: the seed of the mixture and the inputs.
+        samples: the number of inputs drawn.
+        schedule: the mixture's noise schedule (default ``RectifiedFlow()``).
+        refine: the refinement of a user model's reference solve.
+        solver_options: the solver's options.
+
+    Returns:
+        The ``Calibration``, with the sequential solve done.
     """
     from ..grid import time_grid
     from ..problems import GaussianMixture, LinearODE
@@ -96,7 +126,8 @@ def calibration(
             raise ValueError(f"steps={steps} does not match the grid's {len(times) - 1} steps")
         if reference is None:
             refine = check_int("refine", refine, 1)
-            fine = np.concatenate([np.linspace(a, b, refine + 1)[:-1] for a, b in zip(times[:-1], times[1:])] + [times[-1:]])
+            fine = np.concatenate([np.linspace(a, b, refine + 1)[:-1] for a, b in zip(times[:-1], times[1:])]
+                                  + [times[-1:]])
             reference = solve(model, x_cal, fine, solver, **solver_options)
         desc = f"user model, reference {'given' if reference is not None else f'refined x{refine}'}"
         x = x_cal
@@ -133,7 +164,15 @@ def calibration(
 class Candidate:
     """One init sequence, measured: per core c its output round R_c and error e_c = rms(x_c - ref).
 
-    ``core`` is the first output (earliest round) with e_c <= budget * e_seq, ``rounds`` its round.
+    Attributes:
+        init: the init sequence.
+        finish: R_c per core.
+        errors: e_c per core.
+        ratios: e_c / e_seq per core.
+        core: the first output (earliest round) with e_c <= budget * e_seq.
+        rounds: its round.
+        nfe: model evaluations up to that round.
+        speedup: sequential rounds / ``rounds``.
     """
 
     init: tuple[int, ...]
@@ -147,21 +186,29 @@ class Candidate:
 
     @property
     def ratio(self) -> float:
+        """The chosen output's error ratio e_core / e_seq."""
         return self.ratios[self.core]
 
     @property
     def error(self) -> float:
+        """The chosen output's error e_core."""
         return self.errors[self.core]
 
     @property
     def key(self) -> tuple[int, float]:
+        """The sort key of the search: (rounds, ratio), smaller is better."""
         return (self.rounds, self.ratio)
 
 
 class Evaluator:
-    """Measures init sequences on a calibration, caching the error of every prefix t_0..t_c."""
+    """Measures init sequences on a calibration, caching the error of every prefix t_0..t_c.
 
-    def __init__(self, cal: Calibration, budget: float):
+    Args:
+        cal: the calibration problem.
+        budget: the error budget (allowed error / sequential error), >= 1.
+    """
+
+    def __init__(self, cal: Calibration, budget: float) -> None:
         self.cal, self.budget = cal, budget
         self.prefix: dict[tuple[int, ...], float] = {}
         self.seen: dict[tuple[int, ...], Candidate] = {}
@@ -170,6 +217,14 @@ class Evaluator:
         self.evals = [s.evals(i, i + 1) for i in range(cal.steps)]
 
     def __call__(self, init: Sequence[int]) -> Candidate:
+        """Measure one init sequence (cached per sequence).
+
+        Args:
+            init: the init sequence (validated).
+
+        Returns:
+            The ``Candidate``.
+        """
         init = validate_init(init, self.cal.steps)
         if init in self.seen:
             return self.seen[init]
@@ -180,7 +235,8 @@ class Evaluator:
                 self.prefix[(0,)] = cal.seq_error  # core 0 is the sequential solver bit for bit
                 first = 1
             if first < K:
-                res = chords(cal.model, cal.x, cal.grid, cal.solver, init=init, stop=StopAtCore(K - first), **cal.options)
+                res = chords(cal.model, cal.x, cal.grid, cal.solver, init=init, stop=StopAtCore(K - first),
+                             **cal.options)
                 self.runs += 1
                 for h in res.hits:
                     self.prefix.setdefault(init[: h.core + 1], _rms(h.x - cal.ref))
@@ -196,10 +252,26 @@ class Evaluator:
 
 
 def evaluate(cal: Calibration, init: Sequence[int], budget: float = 1.05) -> Candidate:
-    """Measure one init sequence on a calibration problem (see the module docstring)."""
+    """Measure one init sequence on a calibration problem (see the module docstring).
+
+    Args:
+        cal: the calibration problem.
+        init: the init sequence.
+        budget: the error budget (allowed error / sequential error), >= 1.
+
+    Returns:
+        The ``Candidate``.
+    """
     return Evaluator(cal, check_budget(budget))(init)
 
 
 def check_budget(budget: Any) -> float:
-    """The error budget (allowed error / sequential error) as a float >= 1."""
+    """The error budget (allowed error / sequential error) as a float >= 1.
+
+    Args:
+        budget: the value to check.
+
+    Returns:
+        ``float(budget)``; ``ValueError`` naming the budget otherwise.
+    """
     return check_float("budget (error relative to the sequential solver)", budget, 1.0)

@@ -14,9 +14,10 @@ The command line ``python -m chords_core optimize`` runs it on a Gaussian-mixtur
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Sequence
+from typing import Any
 
 from ..checks import check_int
 from ..inits import paper_init, recipe_init, uniform_init
@@ -29,9 +30,16 @@ __all__ = ["InitResult", "optimize_init", "pareto_front"]
 class InitResult:
     """The chosen init sequence and how it was found.
 
-    ``best`` is the chosen ``Candidate``; take its output with ``stop=StopAtCore(stop_n)``.
-    ``baselines`` maps "recipe", "paper", "uniform" to their candidates; ``candidates`` holds every
-    sequence measured; ``trace`` the (sequences measured, best rounds) after each improvement.
+    Attributes:
+        best: the chosen ``Candidate``; take its output with ``stop=StopAtCore(stop_n)``.
+        budget: the error budget used.
+        method: how the search ran (exhaustive or local), in words.
+        evaluated: how many sequences were measured.
+        runs: how many engine runs that took.
+        calibration: the calibration problem.
+        baselines: "recipe", "paper", "uniform" -> their candidates.
+        candidates: every sequence measured.
+        improvements: (sequences measured, best rounds) after each improvement.
     """
 
     best: Candidate
@@ -46,14 +54,17 @@ class InitResult:
 
     @property
     def init(self) -> tuple[int, ...]:
+        """The chosen init sequence."""
         return self.best.init
 
     @property
     def rounds(self) -> int:
+        """The round of the chosen output."""
         return self.best.rounds
 
     @property
     def speedup(self) -> float:
+        """Sequential rounds / ``rounds``."""
         return self.best.speedup
 
     @property
@@ -62,6 +73,7 @@ class InitResult:
         return len(self.best.init) - self.best.core
 
     def summary(self) -> str:
+        """A multi-line report: the calibration, the chosen sequence, per-core results, the baselines."""
         cal, b = self.calibration, self.best
         lines = [
             f"calibration: {cal.description}; solver {cal.solver}, {cal.steps} steps, {len(b.init)} cores",
@@ -70,7 +82,8 @@ class InitResult:
             f"chosen init: {'-'.join(map(str, b.init))}  (output: core {b.core}, stop=StopAtCore({self.stop_n}))",
             f"  rounds {b.rounds} of {round(b.rounds * b.speedup)}: speedup {b.speedup:.2f}x, NFE {b.nfe}, "
             f"error {b.error:.3e} = {b.ratio:.4f} x sequential",
-            "  per core (round, error ratio): " + ", ".join(f"c{c}:({b.finish[c]}, {b.ratios[c]:.3g})" for c in range(len(b.init))),
+            "  per core (round, error ratio): "
+            + ", ".join(f"c{c}:({b.finish[c]}, {b.ratios[c]:.3g})" for c in range(len(b.init))),
         ]
         for name, c in self.baselines.items():
             lines.append(
@@ -80,7 +93,7 @@ class InitResult:
         return "\n".join(lines)
 
 
-def _neighbours(init: tuple[int, ...], steps: int):
+def _neighbours(init: tuple[int, ...], steps: int) -> Iterator[tuple[int, ...]]:
     K = len(init)
     for c in range(1, K):
         for d in (1, -1, 2, -2, 4, -4):
@@ -103,7 +116,7 @@ def optimize_init(
     exhaustive_limit: int = 500,
     max_evals: int = 600,
     cal: Calibration | None = None,
-    **calibration_options,
+    **calibration_options: Any,
 ) -> InitResult:
     """Find the init sequence of ``cores`` starts minimising the round of the first output within budget.
 
@@ -111,7 +124,20 @@ def optimize_init(
     built by ``calibration(steps, solver, **calibration_options)`` (``problem``, ``model``,
     ``x_cal``, ``grid``, ``reference``, ``dim``, ``modes``, ``seed``, ``samples``, ``schedule``,
     solver options), or a prepared ``cal``. Core 0 always qualifies, so the answer exists.
-    Returns an ``InitResult``; see the module docstring for the search.
+    See the module docstring for the search.
+
+    Args:
+        steps: T (for the calibration built here).
+        cores: K, 1 to T.
+        solver: the solver's name.
+        budget: allowed error / sequential error, >= 1.
+        exhaustive_limit: search exhaustively up to this many sequences.
+        max_evals: the most sequences local search measures.
+        cal: a prepared calibration (not with ``calibration_options``).
+        calibration_options: passed to ``calibration``.
+
+    Returns:
+        The ``InitResult``.
     """
     budget = check_budget(budget)
     exhaustive_limit = check_int("exhaustive_limit", exhaustive_limit, 0)
@@ -124,8 +150,9 @@ def optimize_init(
     cores = check_int("cores", cores, 1, T)
     ev = Evaluator(cal, budget)
     baselines = {"recipe": ev(recipe_init(T, cores))}
-    if paper_init(T, cores) is not None:
-        baselines["paper"] = ev(paper_init(T, cores))
+    paper = paper_init(T, cores)
+    if paper is not None:
+        baselines["paper"] = ev(paper)
     baselines["uniform"] = ev(uniform_init(T, cores))
     trace: list[tuple[int, int]] = []
 
@@ -169,7 +196,14 @@ def optimize_init(
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated (rounds, error) pairs, sorted by rounds: no other point has both <= and one <."""
+    """The non-dominated (rounds, error) pairs: no other point has both <= and one <.
+
+    Args:
+        points: (rounds, error) pairs.
+
+    Returns:
+        The front, sorted by rounds (errors decreasing).
+    """
     front: list[tuple[float, float]] = []
     for r, e in sorted(set((float(r), float(e)) for r, e in points)):
         if not front or e < front[-1][1]:

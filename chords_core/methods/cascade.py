@@ -1,0 +1,67 @@
+"""The cascade sampler: this library's CHORDS-family method (see ``theory/cascade.md``).
+
+A window of ``cores`` lanes slides along the grid. Lane l holds grid point b + l; every round all
+lanes are evaluated at once and each point is corrected by the one before it, the slower, more
+accurate lane (the Picard/parareal update x_{m+1} <- Phi_m(x_m) + (x_m^new - x_m^old), exact for a
+point whose predecessor has converged). What CHORDS contributes:
+
+- **free coarse seeds**: a lane that moves ahead starts from the zero-cost coarse jump (the DDIM /
+  x0-prediction jump from the window's newest point with the data prediction of the last evaluated
+  one), CHORDS' coarse propagator, instead of a copy of the last point (ParaDiGMS); the seeds of
+  never-evaluated points are refreshed every round;
+- **residual acceptance**: a point whose change falls below ``tol`` times the noise level of its
+  step is accepted and its lane starts new work ahead, so no device idles on converged work; the
+  run returns only when every point up to T is accepted (never unconverged work);
+- optional **triangular Anderson mixing** (``anderson=m``) of the not-yet-accepted points.
+
+With ``tol=0`` or one core it equals ``solve`` bit for bit for every solver (Heun: one round per
+stage; multistep solvers carry their history through the window).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..executors import Executor
+from ..models import Model
+from ..results import Result
+from ..solvers import Solver
+from .window import sliding_window
+
+__all__ = ["cascade", "DEFAULT_TOL"]
+
+#: The default tolerance (relative to the noise level of each step); see ``cascade``.
+DEFAULT_TOL = 0.05
+
+
+def cascade(
+    model: Model,
+    x: Any,
+    grid: Any,
+    solver: "str | Solver" = "euler",
+    *,
+    cores: int = 8,
+    tol: float = DEFAULT_TOL,
+    anderson: int = 0,
+    ridge: float = 1e-3,
+    executor: Executor | None = None,
+    progress: bool = False,
+    **solver_options: Any,
+) -> Result:
+    """The cascade sampler on ``cores`` lanes (see the module docstring).
+
+    Args:
+        model, x, grid, solver, executor, solver_options: as for ``chords``.
+        cores: lanes (evaluations per round, the devices kept busy), >= 1.
+        tol: per-point acceptance tolerance relative to the noise level of the step into the point
+            (>= 0; 0 returns the sequential solution bit for bit).
+        anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
+        ridge: relative ridge of the mixing's least squares.
+        progress: show a progress bar over grid steps (needs tqdm).
+
+    Returns:
+        A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
+    """
+    return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump", correction="picard",
+                          anderson=anderson, ridge=ridge, executor=executor, progress=progress, method="cascade",
+                          solver_options=solver_options)

@@ -1,0 +1,307 @@
+"""Sliding-window fixed-point iteration: the machinery behind ParaDiGMS and the cascade sampler.
+
+The sequential solve is the fixed point x_{m+1} = Phi_m(x_m) (Phi_m: the solver's step m -> m+1,
+with the multistep history of the points before m). A window of ``window`` grid points b .. e-1
+(e = min(b + window, T)) is swept at once: every point is evaluated in the same round (one round
+per stage), each one's fine step Phi_m(x_m) is taken, and the iterate is updated from the left:
+
+    x_{m+1} <- Phi_m(x_m) + c_m (x_m^new - x_m^old),    m = b .. e-1,   x_b^new = x_b,
+
+so that a point whose predecessor did not move is *exactly* Phi of it (window 1 and ``tol=0`` are
+the sequential solver bit for bit). ``correction`` picks c_m:
+
+- ``"picard"`` (ParaDiGMS): c_m = 1, the cumulative Picard sum x_b + sum_{l<=m} (Phi_l(x_l) - x_l);
+- ``"jump"``: c_m = a_m, the x-coefficient of the solver's coarse jump G(x, q; m -> m+1) = a x + b q
+  (1 for Euler, sigma_{m+1} / sigma_m for the data-prediction solvers): the parareal correction
+  G(x_m^new) - G(x_m^old) with the model value held fixed.
+
+Each updated point is scored by its change |x^new - x^old|^2 / (D var) per sample (D elements per
+sample; var the DDPM posterior variance of a step, see ``noise_variances``; 1 for a plain ODE), and
+the window slides past the first point whose score exceeds tol^2 (it is exact, being Phi of an
+accepted point), by at least 1 and at most ``window``. ``variance`` picks which step's variance
+scores point j: ``"into"`` (the step j-1 -> j, this library's choice) or ``"out"`` (the step
+j -> j+1, the official ParaDiGMS code; the last point then never blocks).
+
+New window points beyond the old iterate are *seeded* (``seed``):
+
+- ``"copy"`` (ParaDiGMS): a copy of the window's new end point x_e;
+- ``"jump"``: the free coarse jump from x_e with the data prediction of the last evaluated point
+  (DDIM / x0-prediction jump; for a plain ODE the solver's own jump with the last value), CHORDS'
+  coarse propagator and ParaSolver's initialisation. Zero evaluations.
+
+Multistep solvers (``multistep``): ``"chain"`` carries the history through the window (the step of
+point m uses the quantities of points m-1, ... of the same sweep and the accepted ones before b), so
+the fixed point is the sequential multistep solution (this library's extension); ``"restart"``
+starts every sweep's first point without history (first order), as the official ParaDiGMS
+DPM-Solver code does; its fixed point then differs from the sequential solution.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import _backend as B
+from ..call import begin
+from ..checks import check_choice, check_float, check_int
+from ..engine import evaluate_round
+from ..executors import Executor
+from ..history import move
+from ..models import DiffusionModel, Model
+from ..plan import Eval, Round
+from ..results import Hit, Result
+from ..solvers import Solver, State
+
+__all__ = ["sliding_window", "Sweep", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
+
+SEEDS = ("copy", "jump")
+CORRECTIONS = ("picard", "jump")
+VARIANCES = ("into", "out")
+MULTISTEP = ("chain", "restart")
+
+
+class Sweep(NamedTuple):
+    """One sweep: rounds after it, window [start, end), the new window start."""
+
+    round: int
+    start: int
+    end: int
+    accepted_to: int
+
+
+def noise_variances(model: Model, times: np.ndarray) -> np.ndarray:
+    """var[m] (m = 0..T): DDPM posterior variance of the step t_{m-1} -> t_m; var[0] = 1.
+
+    var_m = sigma_m^2 (1 - exp(2 (lambda_{m-1} - lambda_m))), 0 where sigma_m = 0; all ones for a model
+    without a noise schedule.
+    """
+    var = np.ones(len(times))
+    if isinstance(model, DiffusionModel):
+        sch = model.schedule
+        sig = np.asarray(sch.sigma(times), np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = np.asarray(sch.lam(times), np.float64)
+            ratio = np.exp(2.0 * (lam[:-1] - lam[1:]))
+        var[1:] = np.where(sig[1:] == 0.0, 0.0, sig[1:] ** 2 * (1.0 - np.nan_to_num(ratio, nan=0.0)))
+    return var
+
+
+def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.ndarray:
+    """inv[j]: 1 / the variance that scores point j (0: never blocks)."""
+    var = noise_variances(model, times)
+    if variance == "out":
+        var = np.append(var[1:], 0.0)  # the step out of j; none out of T
+    return np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+
+
+def _row_sq(d: Any) -> Any:
+    """Per-sample sum of squares over all but the batch axis (a scalar for unbatched states)."""
+    if len(d.shape) <= 1:
+        return (d * d).sum()
+    return (d * d).reshape(d.shape[0], -1).sum(1)
+
+
+class _Seeder:
+    """Seeds for new window points: x_j from x_e with the data prediction d of the last evaluated point."""
+
+    def __init__(self, sol: Solver, model: Model):
+        self.sol = sol
+        if isinstance(model, DiffusionModel):
+            self.alpha = [float(v) for v in model.schedule.alpha(sol.times)]
+            self.sigma = [float(v) for v in model.schedule.sigma(sol.times)]
+        else:
+            self.alpha = self.sigma = None
+
+    def prediction(self, x: Any, q: Any, i: int) -> Any:
+        """What the seeds hold fixed: the data prediction at grid index i (the quantity for a plain ODE)."""
+        c = self.sol.data_coeffs(i)
+        return q if c is None or c == (0.0, 1.0) else B.lincomb(c, (x, q))
+
+    def seed(self, x_e: Any, d: Any, e: int, i: int, j: int) -> Any:
+        """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's jump."""
+        if self.alpha is None:
+            return self.sol.jump(x_e, d, e, j)
+        a, s = self.alpha, self.sigma
+        if s[e] == 0.0:
+            return B.lincomb((0.0, 1.0), (x_e, d))
+        r = s[j] / s[e]
+        return B.lincomb((r, a[j] - r * a[e]), (x_e, d))
+
+
+class _Anderson:
+    """Triangular Anderson mixing (after ParaTAA) of the window points after the first one over
+    tolerance: point j's mixing weights come from the residual history of the points nb+1 .. j only
+    (prefix sums), so it never uses information from later points. The accepted points and the
+    first point over tolerance keep their exact fixed-point update."""
+
+    def __init__(self, memory: int, ridge: float):
+        self.memory, self.ridge = memory, ridge
+        self.hist: dict[int, list] = {}  # grid index -> [(x_old, residual), ...] of earlier sweeps, oldest first
+
+    def mix(self, xs: list, new: list, b: int, nb: int, e: int) -> None:
+        """Record this sweep's (x_old, residual) per point and mix ``new[j - b]`` for j in (nb, e]."""
+        m = self.memory
+        for j in list(self.hist):
+            if j <= nb:
+                del self.hist[j]  # accepted: no longer iterated
+        cur = {j: (xs[j], new[j - b] - xs[j]) for j in range(nb + 1, e + 1)}
+        rows = []  # per point: (dX list, dR list, R) with the usable memory
+        for j in range(nb + 1, e + 1):
+            past = self.hist.get(j, [])
+            seq = past + [cur[j]]
+            dX = [seq[i + 1][0] - seq[i][0] for i in range(len(seq) - 1)]
+            dR = [seq[i + 1][1] - seq[i][1] for i in range(len(seq) - 1)]
+            rows.append((j, dX, dR, cur[j][1]))
+        A = np.zeros((m, m))
+        c = np.zeros(m)
+        k = m
+        for j, dX, dR, R in rows:
+            k = min(k, len(dR))
+            if k == 0:
+                A[:] = 0.0
+                c[:] = 0.0
+                continue
+            for p in range(k):
+                c[p] += float((dR[-1 - p] * R).sum())
+                for q in range(p, k):
+                    v = float((dR[-1 - p] * dR[-1 - q]).sum())
+                    A[p, q] += v
+                    if q != p:
+                        A[q, p] += v
+            Ak = A[:k, :k]
+            lam = self.ridge * (np.trace(Ak) / k + 1e-300)
+            try:
+                gamma = np.linalg.solve(Ak + lam * np.eye(k), c[:k])
+            except np.linalg.LinAlgError:
+                continue
+            x = cur[j][0] + R
+            for p in range(k):
+                if gamma[p] != 0.0:
+                    x = x - float(gamma[p]) * (dX[-1 - p] + dR[-1 - p])
+            new[j - b] = x
+        for j in range(nb + 1, e + 1):
+            self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
+
+
+def sliding_window(
+    model: Model,
+    x: Any,
+    grid: Any,
+    solver: "str | Solver",
+    *,
+    window: int,
+    tol: float,
+    seed: str,
+    correction: str,
+    variance: str = "into",
+    multistep: str = "chain",
+    anderson: int = 0,
+    ridge: float = 1e-3,
+    executor: Executor | None = None,
+    progress: bool = False,
+    method: str = "window",
+    solver_options: dict | None = None,
+) -> Result:
+    """Sliding-window fixed-point iteration (see the module docstring for every option).
+
+    Args:
+        model, x, grid, solver, executor: as for ``chords``.
+        window: parallel points per sweep (the devices kept busy), >= 1.
+        tol: the per-point tolerance tau relative to the noise level (>= 0; 0: every point exact).
+        seed: ``"copy"`` or ``"jump"``: how new window points start.
+        correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
+        variance: ``"into"`` or ``"out"``: which step's noise variance scores a point.
+        multistep: ``"chain"`` or ``"restart"``: a multistep solver's history at a window start.
+        anderson: memory m of triangular Anderson mixing of the not-yet-accepted points (0: none).
+        ridge: its relative ridge regularisation.
+        progress: show a progress bar over grid steps (needs tqdm).
+        method: the ``Result.method`` name.
+        solver_options: the solver's options.
+
+    Returns:
+        A ``Result`` with one output; ``log`` holds a ``Sweep`` per sweep.
+    """
+    call = begin(model, x, grid, solver, executor, solver_options)
+    sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
+    T = sol.steps
+    window = check_int("window", window, 1)
+    tol2 = check_float("tol", tol, 0.0) ** 2
+    seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
+    variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
+    anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
+    mixer = _Anderson(anderson, ridge) if anderson else None
+    if sol.history_size and max(evals) > 1:
+        raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; a sliding window supports one or the other")
+    inv = _inverse_variances(model, sol.times, variance)
+    numel_row = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape))
+    seeder = _Seeder(sol, model) if seed == "jump" else None
+    t = sol.t
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, desc=f"{method} {sol.name} w{window}", unit="step")
+
+    xs: list = [x] * (min(window, T) + 1)  # the iterate x_0 .. x_e (later points start as copies)
+    base = sol.begin(x)  # accepted state at the window start b (with its multistep history)
+    b, rounds, nfe, width, log, trace = 0, 0, 0, 0, [], []
+    try:
+        while b < T:
+            e = min(b + window, T)
+            pts = range(b, e)
+            qs: dict = {m: [] for m in pts}
+            for k in range(max(evals[m] for m in pts)):
+                idx = [m for m in pts if evals[m] > k]
+                if k == 0:
+                    px, ti = [xs[m] for m in idx], idx
+                else:
+                    px, ti = zip(*(sol.stage_point(State(xs[m]), qs[m], m, m + 1, k) for m in idx))
+                rounds += 1
+                outs = evaluate_round(executor, model, list(px), [t[j] for j in ti], rounds,
+                                      lambda p: f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})")
+                nfe, width = nfe + len(idx), max(width, len(idx))
+                trace.append(Round(rounds, tuple(Eval(m - b, m, k, j) for m, j in zip(idx, ti))))
+                for m, xp, j, out in zip(idx, px, ti, outs):
+                    qs[m].append(sol.quantity_of(xp, out, j))
+            st = base if multistep == "chain" else State(base.x)
+            new, states, accepted = [xs[b]], {}, None
+            for m in pts:
+                st = sol.step(move(st, xs[m]), qs[m], m, m + 1)
+                if m == b:
+                    xn = st.x
+                else:  # Phi_m + c_m times how far x_m moved this sweep
+                    c = 1.0 if correction == "picard" else sol.jump_coeffs(m, m + 1)[0]
+                    moved = new[-1] - xs[m]
+                    xn = st.x + (moved if c == 1.0 else c * moved)
+                new.append(xn)
+                states[m + 1] = st
+                if accepted is None and inv[m + 1] > 0:
+                    score = _row_sq(xn - xs[m + 1]) * (inv[m + 1] / numel_row)
+                    if float(score.max() if hasattr(score, "max") else score) > tol2:
+                        accepted = m + 1  # the first point over tolerance: exact, as Phi of an accepted point
+            nb = e if accepted is None else accepted
+            if mixer is not None:
+                mixer.mix(xs, new, b, nb, e)
+            evaluated_last = xs[e - 1]  # where the window's last point was evaluated this sweep
+            xs[b + 1 : e + 1] = new[1:]
+            end = min(nb + window, T)
+            if seeder is None:
+                xs.extend([xs[e]] * (end + 1 - len(xs)))
+            elif end > e:  # never-evaluated points: the free coarse jump from the new x_e with the
+                # data prediction of the window's last evaluated point (fresh every sweep)
+                d = seeder.prediction(evaluated_last, qs[e - 1][0], e - 1)
+                del xs[e + 1:]
+                xs.extend(seeder.seed(xs[e], d, e, e - 1, j) for j in range(e + 1, end + 1))
+            base = move(states[nb], xs[nb])
+            log.append(Sweep(rounds, b, e, nb))
+            if bar is not None:
+                bar.update(nb - b)
+            b = nb
+    finally:
+        if bar is not None:
+            bar.close()
+    hit = Hit(0, rounds, nfe, xs[T])
+    return Result(x=xs[T], rounds=rounds, nfe=nfe, hits=(hit,), coarse=None,
+                  stopped_by=f"window reached T after {len(log)} sweeps", method=method,
+                  sequential_rounds=sum(evals), width=width, trace=tuple(trace), log=tuple(log))
