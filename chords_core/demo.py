@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                              output=res.stopped_by))
         K = max(core_counts)
         full = chords(model, x_T, grid, solver, init=args.init or default_init(steps, K), stop=None)
-        ladders[solver] = (steps, K, [(h.round, rms(h.x, seq), rms(h.x, exact), h.core) for h in full.hits], rms(seq, exact))
+        pts = [(h.round, rms(h.x, seq), rms(h.x, exact), h.core) for h in full.hits]
+        ladders[solver] = (steps, K, pts, rms(seq, exact))
     write_plot(ladders, args.out)
     return rows
 

@@ -31,20 +31,30 @@ from .schedulers import SchedulerMap
 __all__ = ["GuidedNet", "Denoiser", "make_model"]
 
 
-def _move(v: Any, device) -> Any:
+def _move(v: Any, device: Any) -> Any:
     return v.to(device) if isinstance(v, torch.Tensor) else v
 
 
 class GuidedNet:
     """``net(**{x_arg: x, t_arg: t_scale * tau}, **cond, **static, return_dict=False)[0]`` with CFG.
 
-    ``cond`` / ``uncond``: keyword tensors with B rows (the state's batch), tiled over the points;
-    ``uncond=None`` or ``guidance_scale <= 1`` disables guidance. ``static``: keywords passed unchanged.
+    Args:
+        net: the UNet or transformer.
+        batch: B, the state's batch (rows of the conditioning tensors).
+        x_arg: the keyword of the network's input.
+        t_arg: the keyword of its timestep.
+        t_scale: the factor applied to the timestep (Flux: 1/1000).
+        cond: keyword tensors with B rows, tiled over the points.
+        uncond: the unconditional counterparts (same keys); ``None`` disables guidance.
+        static: keywords passed unchanged.
+        guidance_scale: g of classifier-free guidance; <= 1 disables guidance.
+        guidance_rescale: the ``rescale_noise_cfg`` factor (0: off).
     """
 
-    def __init__(self, net: Callable, *, batch: int, x_arg: str = "sample", t_arg: str = "timestep", t_scale: float = 1.0,
-                 cond: Mapping[str, torch.Tensor] | None = None, uncond: Mapping[str, torch.Tensor] | None = None,
-                 static: Mapping[str, Any] | None = None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0):
+    def __init__(self, net: Callable, *, batch: int, x_arg: str = "sample", t_arg: str = "timestep",
+                 t_scale: float = 1.0, cond: Mapping[str, torch.Tensor] | None = None,
+                 uncond: Mapping[str, torch.Tensor] | None = None, static: Mapping[str, Any] | None = None,
+                 guidance_scale: float = 1.0, guidance_rescale: float = 0.0) -> None:
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -53,7 +63,8 @@ class GuidedNet:
         for name, d in (("cond", cond), ("uncond", uncond or {})):
             for k, v in d.items():
                 if not isinstance(v, torch.Tensor) or v.shape[0] != batch:
-                    raise ValueError(f"{name}[{k!r}] must be a tensor with batch={batch} rows, got {getattr(v, 'shape', type(v))}")
+                    got = getattr(v, "shape", type(v))
+                    raise ValueError(f"{name}[{k!r}] must be a tensor with batch={batch} rows, got {got}")
         if uncond is not None and set(uncond) != set(cond):
             raise ValueError(f"uncond must have the same keys as cond: {sorted(cond)} vs {sorted(uncond)}")
         self.net, self.batch, self.x_arg, self.t_arg, self.t_scale = net, batch, x_arg, t_arg, float(t_scale)
@@ -63,14 +74,24 @@ class GuidedNet:
         self.guidance_scale, self.guidance_rescale = float(guidance_scale), float(guidance_rescale)
 
     def __call__(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The (guided) network output for N = P * B rows.
+
+        Args:
+            x: (N, ...) model inputs, P points of B rows each, point-major.
+            tau: (N,) model timesteps.
+
+        Returns:
+            (N, ...) outputs, u + g (c - u) under guidance (optionally rescaled).
+        """
         n = x.shape[0]
         if n % self.batch:
             raise ValueError(f"the model got {n} rows, not a multiple of the batch {self.batch}")
         points = n // self.batch
         tile = lambda v: v.repeat(points, *([1] * (v.dim() - 1))) if points > 1 else v  # noqa: E731
         kw = {k: tile(v) for k, v in self.cond.items()}
-        if self.guided:
-            kw = {k: torch.cat([tile(self.uncond[k]), kw[k]]) for k in kw}
+        if self.uncond is not None:  # guided
+            uncond = self.uncond
+            kw = {k: torch.cat([tile(uncond[k]), kw[k]]) for k in kw}
             x, tau = torch.cat([x, x]), torch.cat([tau, tau])
         if self.t_scale != 1.0:
             tau = tau * self.t_scale
@@ -85,7 +106,7 @@ class GuidedNet:
             g = self.guidance_rescale * r + (1.0 - self.guidance_rescale) * g
         return g
 
-    def to(self, device) -> GuidedNet:
+    def to(self, device: Any) -> GuidedNet:
         """A replica on ``device``: the network deep-copied there (if it is a module), tensors moved."""
         new = copy.copy(self)
         if isinstance(self.net, torch.nn.Module):
@@ -99,10 +120,12 @@ class GuidedNet:
 class Denoiser:
     """``fn(x (N, ...), t (N,)) -> out (N, ...)`` for ``cc.DiffusionModel``; see the module docstring.
 
-    ``net(x_in, tau)`` is any callable on (N, ...) and (N,) tensors (a ``GuidedNet`` usually).
+    Args:
+        net: ``net(x_in, tau)``, any callable on (N, ...) and (N,) tensors (a ``GuidedNet`` usually).
+        smap: the scheduler's conventions (``map_scheduler``).
     """
 
-    def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], smap: SchedulerMap):
+    def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], smap: SchedulerMap) -> None:
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
         if not isinstance(smap, SchedulerMap):
@@ -115,12 +138,28 @@ class Denoiser:
         self._tol = min(1e-6 * max(1.0, float(np.abs(self._grid).max())), 0.25 * spacing)
 
     def indices(self, t: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(grid index per row, whether the row's time is on the grid) for chords times t (N,)."""
+        """The nearest grid index of each row's time.
+
+        Args:
+            t: (N,) chords times.
+
+        Returns:
+            (grid index per row, whether the row's time is on the grid), both (N,).
+        """
         tt = t.detach().cpu().double().numpy().reshape(-1)
         idx = np.abs(tt[:, None] - self._grid[None, :]).argmin(axis=1)
         return idx, np.abs(self._grid[idx] - tt) <= self._tol
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model output under the scheduler's conventions, as the chords ``prediction``.
+
+        Args:
+            x: (N, ...) states.
+            t: (N,) chords times.
+
+        Returns:
+            (N, ...) outputs in x's dtype.
+        """
         smap = self.smap
         idx, on_grid = self.indices(t)
         tt = t.detach().cpu().double().numpy().reshape(-1)
@@ -142,12 +181,22 @@ class Denoiser:
             out = out.to(dt) * (-s / (s**2 + 1) ** 0.5) + x.to(dt) / (s**2 + 1)
         return out.to(x.dtype)
 
-    def to(self, device) -> Denoiser:
+    def to(self, device: Any) -> Denoiser:
         """A replica for ``device`` (``chords_torch.DeviceExecutor(replicate=lambda fn, d: fn.to(d))``)."""
         net = self.net.to(device) if hasattr(self.net, "to") else self.net
         return Denoiser(net, self.smap)
 
 
-def make_model(smap: SchedulerMap, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, check_outputs: bool = True) -> cc.DiffusionModel:
-    """The chords_core model of ``net`` under the scheduler conventions of ``smap``."""
+def make_model(smap: SchedulerMap, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+               check_outputs: bool = True) -> cc.DiffusionModel:
+    """The chords_core model of ``net`` under the scheduler conventions of ``smap``.
+
+    Args:
+        smap: the mapped scheduler.
+        net: ``net(x_in, tau)`` on (N, ...) and (N,) tensors.
+        check_outputs: check each output's shape, dtype and finiteness.
+
+    Returns:
+        ``DiffusionModel(Denoiser(net, smap), smap.schedule, smap.prediction)``.
+    """
     return cc.DiffusionModel(Denoiser(net, smap), smap.schedule, smap.prediction, check_outputs=check_outputs)

@@ -29,21 +29,36 @@ SUPPORTED_PIPELINES = tuple(ADAPTERS)
 
 @dataclass
 class ChordsPipelineOutput:
-    """``output``: what the pipeline returns (e.g. ``StableDiffusion3PipelineOutput``); ``chords``: the
-    ``Result`` (rounds, nfe, every hit as latents); ``latents``: the returned latents."""
+    """What ``sample`` returns.
+
+    Attributes:
+        output: what the pipeline returns (e.g. ``StableDiffusion3PipelineOutput``).
+        chords: the ``Result`` (rounds, nfe, every hit as latents).
+        latents: the returned latents (B, ...).
+    """
 
     output: Any
     chords: cc.Result = field(repr=False)
     latents: torch.Tensor = field(repr=False)
 
     @property
-    def images(self):
+    def images(self) -> Any:
+        """The pipeline output's ``images``."""
         return self.output.images
 
 
-def make_executor(devices: Sequence[Any] | None = None, executor: cc.Executor | None = None) -> tuple[cc.Executor | None, bool]:
-    """(executor, owned): ``executor`` as given, or a ``chords_torch.DeviceExecutor`` over ``devices``
-    (owned: the caller closes it), or ``None`` (the core's batched executor)."""
+def make_executor(devices: Sequence[Any] | None = None,
+                  executor: cc.Executor | None = None) -> tuple[cc.Executor | None, bool]:
+    """The executor of a pipeline run, and whether the caller owns (closes) it.
+
+    Args:
+        devices: devices for a ``chords_torch.DeviceExecutor`` (batched, one denoiser replica each).
+        executor: an executor to use as is (not with ``devices``).
+
+    Returns:
+        (``executor`` as given, False), (a new ``DeviceExecutor``, True), or (``None``, False): the
+        core's batched executor.
+    """
     if devices is None:
         return executor, False
     if executor is not None:
@@ -51,7 +66,8 @@ def make_executor(devices: Sequence[Any] | None = None, executor: cc.Executor | 
     try:
         from chords_torch import DeviceExecutor
     except ImportError as e:
-        raise ImportError(f"devices=... needs the chords_torch backend (DeviceExecutor), which failed to import: {e}") from None
+        raise ImportError(
+            f"devices=... needs the chords_torch backend (DeviceExecutor), which failed to import: {e}") from None
     return DeviceExecutor(list(devices), replicate=lambda fn, d: fn.to(d), batched=True), True
 
 
@@ -66,11 +82,26 @@ def sample_latents(
     devices: Sequence[Any] | None = None,
     executor: cc.Executor | None = None,
     progress: bool = True,
-    **chords_options,
+    **chords_options: Any,
 ) -> cc.Result:
-    """CHORDS from ``latents`` (B, ...) at the first grid time with ``net(x_in, tau)`` under ``smap``.
+    """CHORDS from ``latents`` at the first grid time with ``net(x_in, tau)`` under ``smap``.
 
     ``cores=1`` (or ``stop=None``, which returns the slowest core) is the scheduler's sequential loop.
+
+    Args:
+        smap: the mapped scheduler (``map_scheduler``).
+        net: ``net(x_in, tau)`` on (N, ...) and (N,) tensors, e.g. a ``GuidedNet``.
+        latents: (B, ...) initial latents.
+        cores: K, the number of cores (or ``init``).
+        init: the cores' start indices.
+        stop: the stop rule.
+        devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
+        executor: an executor (not with ``devices``).
+        progress: show a progress bar.
+        chords_options: further ``chords_core.chords`` options (e.g. ``history``).
+
+    Returns:
+        The ``Result``; ``.x`` is the chosen output's latents.
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
@@ -81,7 +112,7 @@ def sample_latents(
             return cc.chords(model, latents, smap.grid, smap.solver, cores=cores, init=init, stop=stop,
                              executor=ex, progress=progress, **smap.solver_options, **chords_options)
     finally:
-        if owned:
+        if owned and ex is not None:
             ex.close()
 
 
@@ -96,18 +127,33 @@ def sample(
     devices: Sequence[Any] | None = None,
     executor: cc.Executor | None = None,
     progress: bool | None = None,
-    **pipe_kwargs,
+    **pipe_kwargs: Any,
 ) -> ChordsPipelineOutput:
     """Run ``pipe`` with CHORDS instead of its sequential loop; see the module docstring.
 
-    ``pipe_kwargs`` are the pipeline's own call arguments (``guidance_scale``, ``height``, ``width``,
-    ``generator``, ``latents``, ``output_type``, ``negative_prompt``, ``prompt_embeds``, ``mu``, ...).
-    ``progress=None`` follows the pipeline's ``set_progress_bar_config(disable=...)``.
+    Args:
+        pipe: a pipeline in ``SUPPORTED_PIPELINES``.
+        prompt: the prompt(s) (``None`` for unconditional pipelines or with ``prompt_embeds``).
+        num_inference_steps: T.
+        cores: K, the number of cores (or ``init``).
+        init: the cores' start indices.
+        stop: the stop rule.
+        devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
+        executor: an executor (not with ``devices``).
+        progress: show a progress bar (``None``: follow the pipeline's
+            ``set_progress_bar_config(disable=...)``).
+        pipe_kwargs: the pipeline's own call arguments (``guidance_scale``, ``height``, ``width``,
+            ``generator``, ``latents``, ``output_type``, ``negative_prompt``, ``prompt_embeds``,
+            ``mu``, ...); unknown ones raise ``TypeError``.
+
+    Returns:
+        The ``ChordsPipelineOutput``: the pipeline's usual output, the ``Result`` and the latents.
     """
     name = type(pipe).__name__
     adapter = ADAPTERS.get(name)
     if adapter is None:
-        raise ValueError(f"pipeline {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_PIPELINES)}")
+        raise ValueError(
+            f"pipeline {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_PIPELINES)}")
     if progress is None:
         progress = not getattr(pipe, "_progress_bar_config", {}).get("disable", False)
     with torch.no_grad():

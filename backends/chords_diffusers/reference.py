@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 __all__ = ["scheduler_loop"]
 
 
-def scheduler_loop(scheduler, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor) -> torch.Tensor:
-    """Sample with ``scheduler.step`` from ``latents`` (B, ...); ``net(x_in, tau)`` with tau of shape (B,)."""
+def scheduler_loop(scheduler: Any, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   latents: torch.Tensor) -> torch.Tensor:
+    """Sample with the scheduler's own sequential loop (``scheduler.step``), the reference.
+
+    Args:
+        scheduler: a configured diffusers scheduler (``set_timesteps`` called); deep-copied, so the
+            caller's is left as it was.
+        net: ``net(x_in, tau)`` with x_in (B, ...) and tau of shape (B,).
+        latents: (B, ...) initial latents.
+
+    Returns:
+        The final latents (B, ...).
+    """
     x = latents
     scheduler = copy.deepcopy(scheduler)  # leave the caller's scheduler as it was
     if hasattr(scheduler, "_step_index"):

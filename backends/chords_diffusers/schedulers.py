@@ -25,6 +25,7 @@ runs (its ``scale_model_input`` divides the state by sqrt(sigma~^2 + 1) before t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,19 +60,23 @@ class VESigmaVP(cc.Schedule):
     t_data: float = 0.0
     t_min: float | None = None
 
-    def alpha(self, t):
+    def alpha(self, t: Any) -> np.ndarray:
+        """alpha(t) = 1/sqrt(1 + t^2)."""
         t = np.asarray(t, dtype=np.float64)
         return 1.0 / np.sqrt(1.0 + t * t)
 
-    def sigma(self, t):
+    def sigma(self, t: Any) -> np.ndarray:
+        """sigma(t) = t/sqrt(1 + t^2)."""
         t = np.asarray(t, dtype=np.float64)
         return t / np.sqrt(1.0 + t * t)
 
-    def d_alpha(self, t):
+    def d_alpha(self, t: Any) -> np.ndarray:
+        """alpha'(t) = -t (1 + t^2)^(-3/2)."""
         t = np.asarray(t, dtype=np.float64)
         return -t * (1.0 + t * t) ** -1.5
 
-    def d_sigma(self, t):
+    def d_sigma(self, t: Any) -> np.ndarray:
+        """sigma'(t) = (1 + t^2)^(-3/2)."""
         t = np.asarray(t, dtype=np.float64)
         return (1.0 + t * t) ** -1.5
 
@@ -79,11 +84,13 @@ class VESigmaVP(cc.Schedule):
         """Any VE noise level s = sigma / alpha >= 0."""
         return (0.0, math.inf)
 
-    def lam(self, t):
+    def lam(self, t: Any) -> np.ndarray:
+        """lambda(t) = -log t (+inf at t = 0)."""
         with np.errstate(divide="ignore"):
             return -np.log(np.asarray(t, dtype=np.float64))
 
-    def t_from_lam(self, lam):
+    def t_from_lam(self, lam: Any) -> np.ndarray:
+        """t = e^-lambda."""
         return np.exp(-np.asarray(lam, dtype=np.float64))
 
 
@@ -91,12 +98,23 @@ class VESigmaVP(cc.Schedule):
 class SchedulerMap:
     """A diffusers scheduler as chords_core sees it, for ``steps`` sampling steps.
 
-    ``grid``: (steps + 1,) float64 chords times, noise -> data. ``timesteps``: (steps,) torch tensor,
-    the model timestep the scheduler passes at grid index i (its own dtype). ``sigmas``: (steps,)
-    torch tensor, the scheduler's sigma at grid index i (used for ``scale_input`` and ``output``).
-    ``scale_input``: the model sees x / sqrt(sigma^2 + 1) (EulerDiscrete). ``output``: how the raw
-    output becomes the chords ``prediction`` (``None``: as is; ``"euler_v"``: VP v-prediction to the
-    VE data prediction x0 = -v sigma/sqrt(sigma^2+1) + x/(sigma^2+1), as EulerDiscreteScheduler does).
+    Attributes:
+        scheduler: the scheduler's class name.
+        schedule: the chords_core ``Schedule`` of its noise path.
+        grid: (steps + 1,) float64 chords times, noise -> data.
+        solver: the chords_core solver that reproduces its update rule.
+        solver_options: that solver's options.
+        prediction: the chords ``prediction`` of the (converted) model output.
+        timesteps: (steps,) torch tensor, the model timestep the scheduler passes at grid index i
+            (its own dtype).
+        sigmas: (steps,) torch tensor, the scheduler's sigma at grid index i (used for
+            ``scale_input`` and ``output``).
+        scale_input: the model sees x / sqrt(sigma^2 + 1) (EulerDiscrete).
+        output: how the raw output becomes the chords ``prediction`` (``None``: as is;
+            ``"euler_v"``: VP v-prediction to the VE data prediction
+            x0 = -v sigma/sqrt(sigma^2+1) + x/(sigma^2+1), as EulerDiscreteScheduler does).
+        init_noise_sigma: the scheduler's ``init_noise_sigma``.
+        extra: anything else a mapper records.
     """
 
     scheduler: str
@@ -114,14 +132,23 @@ class SchedulerMap:
 
     @property
     def steps(self) -> int:
+        """T, the number of sampling steps."""
         return len(self.grid) - 1
 
 
-def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, device: Any = None, **set_timesteps_kwargs) -> SchedulerMap:
+def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, device: Any = None,
+                  **set_timesteps_kwargs: Any) -> SchedulerMap:
     """Configure ``scheduler`` (``set_timesteps(num_inference_steps, device, **kwargs)``) and map it.
 
-    With ``num_inference_steps=None`` and no kwargs the scheduler's current timesteps are used.
-    Raises ``ValueError`` naming the supported schedulers, or the offending config option.
+    Args:
+        scheduler: a diffusers scheduler in ``SUPPORTED_SCHEDULERS``; configured in place.
+        num_inference_steps: T (``None`` with no kwargs: use the scheduler's current timesteps).
+        device: the device of ``set_timesteps``.
+        set_timesteps_kwargs: further ``set_timesteps`` keywords (``mu``, ``sigmas``, ...).
+
+    Returns:
+        The ``SchedulerMap``. Raises ``ValueError`` naming the supported schedulers, or the
+        offending config option.
     """
     name = type(scheduler).__name__
     if name not in _MAPPERS:
@@ -129,7 +156,8 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
             f"scheduler {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_SCHEDULERS)}"
         )
     if num_inference_steps is not None or set_timesteps_kwargs:
-        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+        n = num_inference_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         scheduler.set_timesteps(num_inference_steps, device=device, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
@@ -139,7 +167,7 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
 
 # -- per scheduler ------------------------------------------------------------------------------
 
-def _reject(cfg, name: str, **bad) -> None:
+def _reject(cfg: Any, name: str, **bad: Callable[[Any], bool]) -> None:
     """Raise if a config option has a value chords_diffusers does not reproduce; ``bad``: option -> allowed test."""
     for opt, ok in bad.items():
         val = cfg.get(opt, None)
@@ -147,18 +175,18 @@ def _reject(cfg, name: str, **bad) -> None:
             raise ValueError(f"{name}: config option {opt}={val!r} is not supported by chords_diffusers")
 
 
-def _prediction(cfg, name: str, allowed) -> str:
+def _prediction(cfg: Any, name: str, allowed: Sequence[str]) -> str:
     p = cfg.get("prediction_type", "epsilon")
     if p not in allowed:
         raise ValueError(f"{name}: prediction_type={p!r} is not supported; use one of {sorted(allowed)}")
     return _PREDICTION[p]
 
 
-def _sigmas64(scheduler):
+def _sigmas64(scheduler: Any) -> np.ndarray:
     return scheduler.sigmas.detach().cpu().double().numpy()
 
 
-def _flow_match(s, cfg) -> SchedulerMap:
+def _flow_match(s: Any, cfg: Any) -> SchedulerMap:
     name = type(s).__name__
     _reject(cfg, name, stochastic_sampling=lambda v: not v, invert_sigmas=lambda v: not v)
     grid = _sigmas64(s)
@@ -166,7 +194,7 @@ def _flow_match(s, cfg) -> SchedulerMap:
     return SchedulerMap(name, cc.RectifiedFlow(), grid, "euler", {}, "flow", s.timesteps[:n], s.sigmas[:n])
 
 
-def _euler(s, cfg) -> SchedulerMap:
+def _euler(s: Any, cfg: Any) -> SchedulerMap:
     name = type(s).__name__
     p = _prediction(cfg, name, ("epsilon", "v_prediction", "sample"))
     grid = _sigmas64(s)
@@ -177,7 +205,7 @@ def _euler(s, cfg) -> SchedulerMap:
                         init_noise_sigma=float(s.init_noise_sigma))
 
 
-def _ddim(s, cfg) -> SchedulerMap:
+def _ddim(s: Any, cfg: Any) -> SchedulerMap:
     name = type(s).__name__
     _reject(cfg, name, clip_sample=lambda v: not v, thresholding=lambda v: not v)
     pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample"))
@@ -202,13 +230,13 @@ def _ddim(s, cfg) -> SchedulerMap:
     return SchedulerMap(name, VESigmaVP(t_noise=float(grid[0])), grid, "ddim", {}, pred, s.timesteps[:n], sig)
 
 
-def _multistep_schedule(s, cfg):
+def _multistep_schedule(s: Any, cfg: Any) -> cc.Schedule:
     if cfg.get("use_flow_sigmas", False):
         return cc.RectifiedFlow()
     return VESigmaVP(t_noise=float(s.sigmas[0]))
 
 
-def _dpm(s, cfg) -> SchedulerMap:
+def _dpm(s: Any, cfg: Any) -> SchedulerMap:
     name = type(s).__name__
     order = cfg.solver_order
     n = len(s.timesteps)
@@ -230,7 +258,7 @@ def _dpm(s, cfg) -> SchedulerMap:
     return SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, opts, pred, s.timesteps[:n], s.sigmas[:n])
 
 
-def _unipc(s, cfg) -> SchedulerMap:
+def _unipc(s: Any, cfg: Any) -> SchedulerMap:
     name = type(s).__name__
     _reject(
         cfg, name,

@@ -39,7 +39,7 @@ _PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
 _PROGRAMS_SIZE = 64
 
 
-def _model_key(model) -> tuple:
+def _model_key(model: Any) -> tuple:
     """What the symbolic run depends on: the model's conversion coefficients, not its function."""
     if isinstance(model, DiffusionModel):
         return ("diffusion", model.schedule, model.prediction)
@@ -48,13 +48,32 @@ def _model_key(model) -> tuple:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None, init=None, stop=StopAtCore(1),
-                 history: str = "shift", slots_multiple: int = 1, **solver_options) -> tuple[Program, Result]:
-    """Replay the core engine symbolically and lower it: (program arrays, symbolic ``Result``).
+def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *,
+                 cores: int | None = None, init: Sequence[int] | None = None, stop: StopRule | None = StopAtCore(1),
+                 history: str = "shift", slots_multiple: int = 1, **solver_options: Any) -> tuple[Program, Result]:
+    """Replay the core engine symbolically and lower it to the arrays of one compiled run.
 
     The replay runs until the last output the stop rule may need (``stop.outputs_needed``); the
-    caller picks the output on the host with the same rule (``stopping.select_output``).
-    The symbolic result's arrays are ``Sym`` nodes; ``program.outputs`` maps their ids to registers.
+    caller picks the output on the host with the same rule (``stopping.select_output``). Cached
+    per (model kind, shape, dtype, grid, solver and options, cores, init, stop, history, slots)
+    when ``solver`` is a name.
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField`` (only its parametrisation matters here).
+        shape: the state's shape S.
+        dtype: the state's dtype.
+        grid: the T + 1 times.
+        solver: a name in ``SOLVERS`` or a bound ``Solver``.
+        cores: K (or ``init``).
+        init: the cores' start indices.
+        stop: the stop rule.
+        history: the history policy at a rectification (``HISTORY_POLICIES``).
+        slots_multiple: pad the core slots to a multiple of this (the device count).
+        solver_options: the solver's options.
+
+    Returns:
+        (program arrays, symbolic ``Result``): the result's arrays are ``Sym`` nodes;
+        ``program.outputs`` maps their ids to buffer rows.
     """
     times = check_grid(grid)
     K = len(init) if init is not None else cores
@@ -64,7 +83,8 @@ def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None
     if isinstance(solver, str):
         opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, trace_stop, history, slots_multiple)
+        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, trace_stop,
+               history, slots_multiple)
         got = _PROGRAMS.get(key)
         if got is not None:
             _PROGRAMS.move_to_end(key)
@@ -72,9 +92,11 @@ def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None
     tr = LinearRecorder(shape, dtype)
     res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
                     history=history, **solver_options)
-    K = res.plan.cores
+    plan = res.plan
+    assert plan is not None  # the engine's results carry their plan
+    K = plan.cores
     slots = -(-K // slots_multiple) * slots_multiple
-    slot_of = [[e.core for e in rd.evals] for rd in res.plan.rounds[: len(tr.rounds)]]
+    slot_of = [[e.core for e in rd.evals] for rd in plan.rounds[: len(tr.rounds)]]
     outputs = [h.x for h in res.hits] + [res.coarse]
     prog = lower(tr, slot_of, slots, outputs, float(times[0]))
     if key is not None:
@@ -87,7 +109,7 @@ def compile_plan(model, shape: tuple, dtype, grid, solver="euler", *, cores=None
 def chords(
     model: cc.Model,
     x: Any,
-    grid,
+    grid: Any,
     solver: str | cc.solvers.Solver = "euler",
     *,
     cores: int | None = None,
@@ -97,16 +119,32 @@ def chords(
     devices: Any = None,
     executor: None = None,
     progress: bool = False,
-    **solver_options,
+    **solver_options: Any,
 ) -> Result:
     """CHORDS as ``chords_core.chords``, compiled: same arguments, same ``Result`` (jax arrays).
 
-    ``model``'s function must be jax-traceable (``jax.numpy``). ``devices``: None (the default
-    device, slots vmapped/batched), a device count, a sequence of devices or a ``Mesh`` with an axis
-    ``"cores"``: the K core slots (padded to a multiple of the device count) are sharded over it.
     The scan stops at the round of the last output the stop rule may need; the rule then picks the
-    output on the host, as the core engine would (rounds and NFE are where it stops). ``executor``
-    must be None (the compiled scan is the executor); ``progress`` is accepted and ignored.
+    output on the host, as the core engine would (rounds and NFE are where it stops).
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable
+            (``jax.numpy``).
+        x: the initial state (shape (B, ...) for a ``DiffusionModel``), floating.
+        grid: the T + 1 times.
+        solver: a name in ``SOLVERS`` or a bound ``Solver``.
+        cores: K, the number of cores (or ``init``).
+        init: the cores' start indices (default ``default_init``).
+        stop: the stop rule (``None``: run until core 0 finishes).
+        history: the history policy at a rectification (``HISTORY_POLICIES``).
+        devices: None (the default device, slots vmapped/batched), a device count, a sequence of
+            devices or a ``Mesh`` with an axis ``"cores"``: the K core slots (padded to a multiple
+            of the device count) are sharded over it.
+        executor: must be None (the compiled scan is the executor).
+        progress: accepted and ignored.
+        solver_options: the solver's options.
+
+    Returns:
+        The core's ``Result``, its arrays jax arrays of x's shape and dtype.
     """
     if executor is not None:
         raise ValueError("executor: chords_jax compiles the model evaluation itself; use devices= to shard it")
@@ -126,17 +164,33 @@ def chords(
     hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
     coarse = vals[sym.coarse.id]
     n, stopped_by = select_output(as_stop_rule(stop), [h.x for h in hits], [h.core for h in hits], coarse)
+    assert sym.plan is not None  # compile_plan's result carries its plan
     return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
 
 
-def solve(model: cc.Model, x: Any, grid, solver: str | cc.solvers.Solver = "euler", *, devices: Any = None,
-          progress: bool = False, **solver_options) -> Any:
-    """The sequential solve of ``chords_core.solve``, compiled: a ``lax.scan`` with one model
-    evaluation per scan step (steps x stages). It is CHORDS' core 0 alone (``cores=1``)."""
+def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *, devices: Any = None,
+          progress: bool = False, **solver_options: Any) -> Any:
+    """The sequential solve of ``chords_core.solve``, compiled.
+
+    A ``lax.scan`` with one model evaluation per scan step (steps x stages): CHORDS' core 0 alone
+    (``cores=1``).
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField`` with a jax-traceable function.
+        x: the initial state.
+        grid: the T + 1 times.
+        solver: a name in ``SOLVERS`` or a bound ``Solver``.
+        devices: as for ``chords`` (one core: no sharding gain).
+        progress: accepted and ignored.
+        solver_options: the solver's options.
+
+    Returns:
+        The state at ``grid[-1]``, a jax array of x's shape and dtype.
+    """
     return chords(model, x, grid, solver, cores=1, stop=None, devices=devices, **solver_options).x
 
 
-def _as_state(x) -> jax.Array:
+def _as_state(x: Any) -> jax.Array:
     if not hasattr(x, "shape"):
         raise TypeError(f"x: the initial state must be an array, got {type(x).__name__}")
     x = jnp.asarray(x)
@@ -150,8 +204,9 @@ def _raise_nonfinite(finite: np.ndarray, prog: Program, sym: Result) -> None:
     if not len(bad):
         return
     r, k = (int(v) for v in bad[0])
+    assert sym.plan is not None
     evs = sym.plan.rounds[r].evals
     j = next(j for j, e in enumerate(evs) if e.core == k)
     e = evs[j]
-    raise ModelOutputError(j, f"round {r + 1}, core {k} (step {e.index}, stage {e.stage}, t={prog.times[r, k]:.6g}): "
-                              "model returned non-finite values (nan or inf)")
+    raise ModelOutputError(j, f"round {r + 1}, core {k} (step {e.index}, stage {e.stage}, "
+                              f"t={prog.times[r, k]:.6g}): model returned non-finite values (nan or inf)")

@@ -19,7 +19,11 @@ of round r have phase r, and so has everything computed from them before the nex
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from chords_core.executors import Executor
+from chords_core.models import Model
 
 __all__ = ["Sym", "LinearRecorder", "NonLinearOperation"]
 
@@ -28,14 +32,14 @@ class NonLinearOperation(TypeError):
     """The engine or solver did something to a state other than a linear combination."""
 
 
-def _fail(op: str, other) -> NonLinearOperation:
+def _fail(op: str, other: Any) -> NonLinearOperation:
     return NonLinearOperation(
         f"chords_jax can only compile solvers whose updates are linear combinations of states with float "
         f"coefficients; got the operation {op!r} with {type(other).__name__}"
     )
 
 
-def _scalar(c) -> bool:
+def _scalar(c: Any) -> bool:
     return isinstance(c, numbers.Real) and not isinstance(c, bool)
 
 
@@ -45,17 +49,18 @@ class Sym:
     __slots__ = ("rec", "id", "phase", "terms", "shape", "dtype", "leaf")
     __array_ufunc__ = None  # make numpy scalars defer to Sym's reflected operators
 
-    def __init__(self, rec: LinearRecorder, terms, leaf=None):
+    def __init__(self, rec: LinearRecorder, terms: tuple[tuple[float, Sym], ...] | None,
+                 leaf: Any = None) -> None:
         self.rec, self.terms, self.leaf = rec, terms, leaf
         self.shape, self.dtype = rec.shape, rec.dtype
         self.phase = rec.phase
         self.id = len(rec.nodes)
         rec.nodes.append(self)
 
-    def _lin(self, terms) -> Sym:
+    def _lin(self, terms: Iterable[tuple[float, Sym]]) -> Sym:
         return Sym(self.rec, tuple(terms))
 
-    def __add__(self, other):
+    def __add__(self, other: Any) -> Sym:
         if isinstance(other, Sym):
             return self._lin(((1.0, self), (1.0, other)))
         if _scalar(other) and other == 0:
@@ -64,52 +69,67 @@ class Sym:
 
     __radd__ = __add__
 
-    def __sub__(self, other):
+    def __sub__(self, other: Any) -> Sym:
         if isinstance(other, Sym):
             return self._lin(((1.0, self), (-1.0, other)))
         if _scalar(other) and other == 0:
             return self
         raise _fail("-", other)
 
-    def __rsub__(self, other):
+    def __rsub__(self, other: Any) -> Sym:
         if _scalar(other) and other == 0:
             return -self
         raise _fail("-", other)
 
-    def __mul__(self, c):
+    def __mul__(self, c: Any) -> Sym:
         if _scalar(c):
             return self._lin(((float(c), self),))
         raise _fail("*", c)
 
     __rmul__ = __mul__
 
-    def __neg__(self):
+    def __neg__(self) -> Sym:
         return self._lin(((-1.0, self),))
 
-    def __truediv__(self, c):
+    def __truediv__(self, c: Any) -> Sym:
         raise _fail("/", c)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         raise _fail("bool()", self)
 
-    def __repr__(self):
-        return f"Sym(#{self.id}, phase {self.phase}, {'leaf ' + str(self.leaf) if self.terms is None else len(self.terms)})"
+    def __repr__(self) -> str:
+        what = "leaf " + str(self.leaf) if self.terms is None else len(self.terms)
+        return f"Sym(#{self.id}, phase {self.phase}, {what})"
 
 
-class LinearRecorder:
+class LinearRecorder(Executor):
     """The recorder, and the executor handed to ``chords_core.chords``.
 
     ``rounds[r - 1] = (points, times)`` for round r; output j of round r is the leaf ``("out", r, j)``.
+
+    Args:
+        shape: the state's shape S.
+        dtype: the state's dtype (carried by every ``Sym``).
     """
 
-    def __init__(self, shape: tuple, dtype=None):
+    def __init__(self, shape: tuple, dtype: Any = None) -> None:
         self.shape, self.dtype = tuple(shape), dtype
         self.nodes: list[Sym] = []
         self.phase = 0
         self.rounds: list[tuple[list[Sym], list[float]]] = []
         self.x0 = Sym(self, None, ("x0",))
 
-    def __call__(self, model, xs: Sequence[Sym], ts: Sequence[float]) -> list[Sym]:
+    def __call__(self, model: Model, xs: Sequence[Sym], ts: Sequence[float]) -> list[Sym]:
+        """Record one round: its points and times; answer with fresh output leaves.
+
+        Args:
+            model: the call's model (not evaluated).
+            xs: the round's points, ``Sym`` nodes (``NonLinearOperation`` otherwise).
+            ts: their times.
+
+        Returns:
+            One leaf ``("out", r, j)`` per point j of this round r.
+        """
         r = len(self.rounds) + 1
         for x in xs:
             if not isinstance(x, Sym):
@@ -119,4 +139,4 @@ class LinearRecorder:
         return [Sym(self, None, ("out", r, j)) for j in range(len(xs))]
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""

@@ -11,10 +11,11 @@ evaluate next (slot k = core k; slots beyond K pad to a multiple of the device c
     buf[dest[r-1, w]] = new[w]                            (all reads before the writes)
 
 Rows that keep their value are not written; padding rows write 0 to row 0 (the zero row), padding
-terms read row 0. Before the scan ``buf = init[:, None] * x0`` (every first value is a multiple of x0). Values computed and consumed
-within one round are inlined (their coefficients multiplied out), values used in later rounds get
-a register; registers are reused once their last reader has run (interval colouring). A slot idle
-in a round re-evaluates its previous point (initially x0 at t_0); its output is never read.
+terms read row 0. Before the scan ``buf = init[:, None] * x0`` (every first value is a multiple of
+x0). Values computed and consumed within one round are inlined (their coefficients multiplied
+out), values used in later rounds get a register; registers are reused once their last reader
+has run (interval colouring). A slot idle in a round re-evaluates its previous point (initially
+x0 at t_0); its output is never read.
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ __all__ = ["Program", "lower"]
 class Program:
     """Index/coefficient arrays of one compiled CHORDS run (host numpy, float64 coefficients).
 
-    init: (1 + L + 2 Kp,) multiples of x0;  dest: (R, W) rows written;  idx, coef: (R, W, M) terms;
-    times: (R, Kp) evaluation times; active: (R, Kp) slots whose output the plan uses;
-    outputs: buffer row of each requested output node (by node id).
+    Attributes:
+        regs: L, the number of registers.
+        slots: Kp, the number of core slots (K padded to a multiple of the device count).
+        init: (1 + L + 2 Kp,) the buffer's first rows as multiples of x0.
+        dest: (R, W) rows written per round.
+        idx: (R, W, M) buffer rows read per written row.
+        coef: (R, W, M) their coefficients.
+        times: (R, Kp) evaluation times per slot.
+        active: (R, Kp) slots whose output the plan uses.
+        outputs: buffer row of each requested output node (by node id).
     """
 
     regs: int
@@ -49,6 +57,7 @@ class Program:
 
     @property
     def rounds(self) -> int:
+        """R, the number of rounds (scan steps)."""
         return self.idx.shape[0]
 
     @property
@@ -58,8 +67,18 @@ class Program:
 
 
 def lower(rec: LinearRecorder, slot_of: list[list[int]], slots: int, outputs: list[Sym], t0: float) -> Program:
-    """Arrays for the recording ``rec``: ``slot_of[r-1][j]`` is the slot of round r's j-th point, ``outputs`` the
-    nodes read after the last round, ``t0`` the time of idle slots before their first evaluation."""
+    """Lower a recording to the arrays of a ``lax.scan`` over rounds (see the module docstring).
+
+    Args:
+        rec: the recording of the symbolic engine run.
+        slot_of: ``slot_of[r-1][j]`` is the slot of round r's j-th point.
+        slots: Kp, the number of core slots.
+        outputs: the nodes read after the last round.
+        t0: the time of idle slots before their first evaluation.
+
+    Returns:
+        The ``Program``.
+    """
     R = len(rec.rounds)
     K = slots
     point_at: dict[tuple[int, int], Sym] = {}  # (round, slot) -> node
@@ -137,17 +156,17 @@ def lower(rec: LinearRecorder, slot_of: list[list[int]], slots: int, outputs: li
 
         rows: list[dict[int, float]] = []
         for reg in range(L):
-            i = held[step][reg]
-            if i is None:
+            occupant = held[step][reg]
+            if occupant is None:
                 rows.append({})
-            elif nodes[i].phase == step:
-                rows.append(resolve(nodes[i]))
+            elif nodes[occupant].phase == step:
+                rows.append(resolve(nodes[occupant]))
             else:
                 rows.append({1 + reg: 1.0})
         for k in range(K):
-            x = point_at.get((step + 1, k))
-            if x is not None:
-                rows.append(resolve(x))
+            pt = point_at.get((step + 1, k))
+            if pt is not None:
+                rows.append(resolve(pt))
             else:
                 rows.append({1: 1.0} if step == 0 else {1 + L + k: 1.0})
         rows_all.append(rows)
@@ -169,7 +188,8 @@ def lower(rec: LinearRecorder, slot_of: list[list[int]], slots: int, outputs: li
 def _pack(steps: list[list[dict[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step the rows [regs; pts] as {buffer row: coefficient} -> (dest, idx, coef) arrays,
     leaving out rows that keep their value (a copy of themselves) or are dead (empty)."""
-    writes = [[(1 + i, sorted((k, c) for k, c in r.items() if c != 0.0)) for i, r in enumerate(st) if r and r != {1 + i: 1.0}] for st in steps]
+    writes = [[(1 + i, sorted((k, c) for k, c in r.items() if c != 0.0))
+               for i, r in enumerate(st) if r and r != {1 + i: 1.0}] for st in steps]
     W = max(1, max((len(w) for w in writes), default=1))
     M = max(1, max((len(t) for w in writes for _, t in w), default=1))
     dest = np.zeros((len(steps), W), dtype=np.int32)

@@ -35,7 +35,15 @@ def compilations() -> int:
 
 
 def make_mesh(devices: Any) -> Mesh | None:
-    """A 1-D mesh with axis ``"cores"`` from ``devices``: None, a count, or a sequence of jax devices."""
+    """A 1-D mesh with axis ``"cores"`` over which the core slots are sharded.
+
+    Args:
+        devices: None, a device count, a sequence of jax devices, or a ``Mesh`` (returned as is if
+            it has an axis ``"cores"``).
+
+    Returns:
+        The mesh, or ``None`` for ``devices=None`` (no sharding). Raises ``ValueError`` otherwise.
+    """
     if devices is None:
         return None
     if isinstance(devices, Mesh):
@@ -53,7 +61,7 @@ def make_mesh(devices: Any) -> Mesh | None:
     return Mesh(np.array(devs), (AXIS,))
 
 
-def _evaluator(model) -> tuple[tuple, Callable]:
+def _evaluator(model: Any) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,)) -> outs (k, *S)) for a core model with a jax-traceable function."""
     if isinstance(model, DiffusionModel):
         fn = model.fn
@@ -80,7 +88,7 @@ def _evaluator(model) -> tuple[tuple, Callable]:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-def _terms(buf, idx, coef):
+def _terms(buf: Any, idx: Any, coef: Any) -> Any:
     """new[w] = sum_m coef[w, m] * buf[idx[w, m]] for buf (S, *X), idx/coef (W, M) -> (W, *X)."""
     shape = (coef.shape[0],) + (1,) * (buf.ndim - 1)
     new = coef[:, 0].reshape(shape) * buf[idx[:, 0]]
@@ -89,8 +97,18 @@ def _terms(buf, idx, coef):
     return new
 
 
-def runner(model, mesh: Mesh | None, check: bool) -> Callable:
-    """The jitted ``run(x, init, dest, idx, coef, times) -> (buf, finite)``, cached."""
+def runner(model: Any, mesh: Mesh | None, check: bool) -> Callable:
+    """The jitted pipeline ``run(x, init, dest, idx, coef, times) -> (buf, finite)``, cached.
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField`` with a jax-traceable function.
+        mesh: the device mesh (``make_mesh``) or ``None``.
+        check: also return per round and slot whether the outputs are finite.
+
+    Returns:
+        The jitted function: ``buf`` the final buffer (rows of x's shape), ``finite`` (R, Kp)
+        booleans (empty rows without ``check``).
+    """
     key_model, evaluate = _evaluator(model)
     key = (key_model, mesh, bool(check))
     fn = _CACHE.get(key)

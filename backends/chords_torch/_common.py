@@ -17,7 +17,8 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from chords_core.models import Model
 
@@ -27,7 +28,12 @@ _FN_ATTRS = ("fn", "f")  # DiffusionModel.fn, VectorField.f
 
 
 class WorkerError(RuntimeError):
-    """A worker failed other than by a bad model output (its exception, with the remote traceback)."""
+    """A worker failed other than by a bad model output (its exception, with the remote traceback).
+
+    ``rank``: the torch.distributed rank involved, where known (``DistributedExecutor``); else ``None``.
+    """
+
+    rank: int | None = None
 
 
 class WorkerDied(WorkerError):
@@ -43,7 +49,15 @@ class ExecutorClosed(RuntimeError):
 
 
 def assign(n: int, workers: int) -> list[list[int]]:
-    """Point indices per worker for a round of ``n`` points: point k goes to worker k mod ``workers``."""
+    """Point indices per worker for a round of ``n`` points: point k goes to worker k mod ``workers``.
+
+    Args:
+        n: the round's number of points.
+        workers: W, the number of workers.
+
+    Returns:
+        W lists of point indices (some empty when n < W).
+    """
     return [list(range(w, n, workers)) for w in range(workers)]
 
 
@@ -59,7 +73,14 @@ def fn_attr(model: Model) -> str:
 
 
 def shell_of(model: Model) -> Model:
-    """A shallow copy of ``model`` without its network (picklable if the schedule is)."""
+    """A shallow copy of ``model`` without its network (picklable if the schedule is).
+
+    Args:
+        model: a chords_core ``Model`` with an ``fn`` or ``f`` attribute.
+
+    Returns:
+        The shell (its network ``None``).
+    """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a chords_core Model, got {type(model).__name__}")
     shell = copy.copy(model)
@@ -68,7 +89,15 @@ def shell_of(model: Model) -> Model:
 
 
 def bind(shell: Model, replica: Callable | Model) -> Model:
-    """The model a worker evaluates: ``replica`` itself if it is a Model, else ``shell`` with network ``replica``."""
+    """The model a worker evaluates: ``replica`` itself if it is a Model, else ``shell`` with network ``replica``.
+
+    Args:
+        shell: the driver's model without its network (``shell_of``).
+        replica: the worker's network, or a complete ``Model``.
+
+    Returns:
+        The bound ``Model``.
+    """
     if isinstance(replica, Model):
         return replica
     if not callable(replica):
@@ -78,8 +107,15 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
     return model
 
 
-def check_points(xs, ts) -> None:
-    """One time per point, all points tensors of one shape and dtype (the engine's states are)."""
+def check_points(xs: Sequence[Any], ts: Sequence[float]) -> None:
+    """Check a round's points: one time per point, all tensors of one shape and dtype (as the engine's states are).
+
+    Args:
+        xs: the points.
+        ts: their times.
+
+    Raises ``ValueError`` / ``TypeError`` naming the offending point.
+    """
     import torch
 
     if len(xs) != len(ts):
@@ -91,10 +127,19 @@ def check_points(xs, ts) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"xs[{k}] must be a torch.Tensor, got {type(x).__name__}")
         if x.shape != x0.shape or x.dtype != x0.dtype:
-            raise ValueError(f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
+            raise ValueError(
+                f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
 
 
 def check_timeout(timeout: float | None) -> float | None:
+    """An executor's timeout: a positive number of seconds or ``None`` (no limit).
+
+    Args:
+        timeout: the value to check.
+
+    Returns:
+        ``float(timeout)`` or ``None``; ``ValueError`` otherwise.
+    """
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,14 @@ from .testing import Faulty, TorchGMM, gmm_problem
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo on this rank (see the module docstring; launch with torchrun).
+
+    Args:
+        argv: the options (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 1 on rank 0 when the CHORDS run failed (the error is in the JSON line).
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cores", type=int, default=4)
@@ -34,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=3)
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if CUDA is available)")
-    p.add_argument("--rank0-evaluates", action="store_true", help="rank 0 evaluates a share too (DistributedExecutor(local=...))")
+    p.add_argument("--rank0-evaluates", action="store_true",
+                   help="rank 0 evaluates a share too (DistributedExecutor(local=...))")
     p.add_argument("--out", default=None, help="rank 0 saves the outputs here (torch.save)")
     p.add_argument("--fault", choices=Faulty.MODES, default=None)
     p.add_argument("--fault-rank", type=int, default=1)
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = dist.get_rank()
     try:
         if rank != 0:
-            net = TorchGMM()
+            net: Callable = TorchGMM()
             if a.fault and rank == a.fault_rank:
                 net = Faulty(lambda: net, a.fault, a.fault_after)()
             serve(net)

@@ -31,9 +31,16 @@ __all__ = ["DeviceExecutor", "replicate"]
 
 
 def replicate(fn: Callable, device: torch.device) -> Callable:
-    """Default replica of a network for ``device``: an ``nn.Module`` is deep-copied and moved there
-    (unless its parameters already live there); any other callable is used as is (it must work on
-    tensors of any device)."""
+    """The default replica of a network for ``device``.
+
+    Args:
+        fn: the network: an ``nn.Module`` or any callable.
+        device: the target device.
+
+    Returns:
+        An ``nn.Module`` deep-copied and moved to ``device`` (itself if its parameters and buffers
+        already live there); any other callable as is (it must work on tensors of any device).
+    """
     if isinstance(fn, torch.nn.Module):
         tensors = [*fn.parameters(), *fn.buffers()]
         if tensors and all(p.device == device for p in tensors):
@@ -45,18 +52,20 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
 class DeviceExecutor(Executor):
     """Evaluate a round's points on several devices at once, one thread and one replica per device.
 
-    ``devices``: e.g. ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]`` for two CPU workers.
-    ``replicate(fn, device) -> fn``: builds a device's replica of the model's network (default
-    ``chords_torch.replicate``); it may also return a complete chords_core ``Model``.
-    ``batched``: one call per device for its share of the round (faster on GPUs; equal to the serial
-    executor only for batch-invariant networks) instead of one call per point (the default,
-    bit-for-bit equal to ``SerialExecutor``).
-    ``timeout``: seconds to wait for a round (``None``: forever). A thread stuck in a model call
-    cannot be stopped: after a timeout the executor is closed and raises ``ExecutorClosed``.
+    Args:
+        devices: e.g. ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]`` for two CPU workers.
+        replicate: ``replicate(fn, device) -> fn`` builds a device's replica of the model's network
+            (default ``chords_torch.replicate``); it may also return a complete chords_core ``Model``.
+        batched: one call per device for its share of the round (faster on GPUs; equal to the
+            serial executor only for batch-invariant networks) instead of one call per point (the
+            default, bit-for-bit equal to ``SerialExecutor``).
+        timeout: seconds to wait for a round (``None``: forever). A thread stuck in a model call
+            cannot be stopped: after a timeout the executor is closed and raises ``WorkerTimeout``,
+            later calls ``ExecutorClosed``.
     """
 
     def __init__(self, devices: Sequence[Any], *, replicate: Callable = replicate, batched: bool = False,
-                 timeout: float | None = None):
+                 timeout: float | None = None) -> None:
         if isinstance(devices, (str, torch.device)) or not len(devices):
             raise ValueError(f"devices must be a non-empty list of devices, got {devices!r}")
         try:
@@ -78,8 +87,10 @@ class DeviceExecutor(Executor):
             self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
         return entry[1]
 
-    def _run(self, model: Model, device: torch.device, xs, ts, idx: list[int], grad: bool):
-        with torch.set_grad_enabled(grad), (torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()):
+    def _run(self, model: Model, device: torch.device, xs: Sequence[torch.Tensor], ts: Sequence[float],
+             idx: list[int], grad: bool) -> list[torch.Tensor]:
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with torch.set_grad_enabled(grad), on_device:
             pts = [xs[k].to(device, non_blocking=True) for k in idx]
             tts = [ts[k] for k in idx]
             try:
@@ -89,6 +100,21 @@ class DeviceExecutor(Executor):
             return [o.to(xs[k].device) for o, k in zip(outs, idx)]
 
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        """Evaluate the round's points, point k on device k mod D (see ``Executor.__call__``).
+
+        Args:
+            model: the call's ``Model`` (replicated once per device, on first use).
+            xs: the points, tensors of one shape and dtype on the driver's device.
+            ts: their times.
+
+        Returns:
+            The raw outputs, in order, on the device of each point.
+
+        Raises:
+            ModelOutputError: a bad output, with its point's index (the smallest, if several).
+            WorkerTimeout: no answer within ``timeout``; the executor is closed.
+            ExecutorClosed: the executor was closed.
+        """
         if self._closed:
             raise ExecutorClosed("this DeviceExecutor is closed")
         check_points(xs, ts)
@@ -100,12 +126,14 @@ class DeviceExecutor(Executor):
         done, pending = cf.wait([f for _, f in futs], timeout=self.timeout)
         if pending:
             self.close(wait=False)
-            raise WorkerTimeout(f"DeviceExecutor: no answer from {len(pending)} device thread(s) within {self.timeout:g} s")
+            raise WorkerTimeout(
+                f"DeviceExecutor: no answer from {len(pending)} device thread(s) within {self.timeout:g} s")
         outs: list = [None] * len(xs)
-        errors = []
+        errors: list[BaseException] = []
         for idx, f in futs:
-            if f.exception() is not None:
-                errors.append(f.exception())
+            exc = f.exception()
+            if exc is not None:
+                errors.append(exc)
                 continue
             for k, o in zip(idx, f.result()):
                 outs[k] = o
@@ -115,6 +143,11 @@ class DeviceExecutor(Executor):
         return outs
 
     def close(self, wait: bool = True) -> None:
+        """Shut the device threads down (pending evaluations are cancelled); idempotent.
+
+        Args:
+            wait: wait for the running evaluations to finish.
+        """
         self._closed = True
         for p in self._pools:
             p.shutdown(wait=wait, cancel_futures=True)

@@ -54,7 +54,7 @@ MAX_DIMS = HEADER - 6
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.complex128)
 
 
-def _comm_device(group) -> torch.device:
+def _comm_device(group: Any) -> torch.device:
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -78,27 +78,35 @@ def _wait(start: Callable, timeout: float | None, what: str) -> None:
         raise WorkerDied(f"{what}: connection lost ({msg})") from None
 
 
-def _bytes_tensor(b: bytes, device) -> torch.Tensor:
+def _bytes_tensor(b: bytes, device: Any) -> torch.Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8).to(device)
 
 
 class DistributedExecutor(Executor):
     """Evaluate a round's points on the other ranks of a torch.distributed group; use on rank 0.
 
-    ``timeout``: seconds to wait for the workers of one round (``None``: the process group's own
-    timeout). ``batched``: each rank evaluates its share in one batched call instead of one call
-    per point. ``local``: a network (or Model) on rank 0 to make the driver a slot too: point k
-    then goes to rank k mod world (rank 0 evaluates its share while the others compute);
-    without it rank 0 only drives and point k goes to rank 1 + k mod (world - 1). The process group must be initialised (``dist.init_process_group``) with at least
-    two ranks; ``close()`` stops the workers' ``serve`` loops (the group itself is the caller's).
+    The process group must be initialised (``dist.init_process_group``) with at least two ranks;
+    ``close()`` stops the workers' ``serve`` loops (the group itself is the caller's).
+
+    Args:
+        group: the process group (``None``: the default group).
+        timeout: seconds to wait for the workers of one round (``None``: the process group's own
+            timeout).
+        batched: each rank evaluates its share in one batched call instead of one call per point.
+        local: a network (or Model) on rank 0 to make the driver a slot too: point k then goes to
+            rank k mod world (rank 0 evaluates its share while the others compute); without it
+            rank 0 only drives and point k goes to rank 1 + k mod (world - 1).
     """
 
-    def __init__(self, *, group=None, timeout: float | None = 60.0, batched: bool = False, local: Any = None):
+    def __init__(self, *, group: Any = None, timeout: float | None = 60.0, batched: bool = False,
+                 local: Any = None) -> None:
         if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
+            raise RuntimeError(
+                "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
         self.group, self.timeout, self.batched = group, check_timeout(timeout), bool(batched)
         if dist.get_rank(group) != 0:
-            raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank {dist.get_rank(group)}: call serve(...)")
+            raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
+                               f"{dist.get_rank(group)}: call serve(...)")
         world = dist.get_world_size(group)
         if world < 2:
             raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate)")
@@ -107,8 +115,9 @@ class DistributedExecutor(Executor):
         if local is not None and not (callable(local) or isinstance(local, Model)):
             raise TypeError(f"local must be a network (callable) or a chords_core Model, got {type(local).__name__}")
         self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
-        self._local_model = None
-        self._model, self._closed = None, False
+        self._local_model: Model | None = None
+        self._model: Model | None = None
+        self._closed = False
 
     def _global(self, r: int) -> int:
         return r if self.group is None else dist.get_global_rank(self.group, r)
@@ -129,7 +138,8 @@ class DistributedExecutor(Executor):
             raise
         return tensor
 
-    def _answer(self, rank: int, n: int, shape: tuple, dtype, timeout: float | None = -1.0):
+    def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
+                timeout: float | None = -1.0) -> tuple[int, int, Any]:
         """One worker's answer to an EVAL: (0, 0, outputs) or (code, point, message)."""
         status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout)
         code, point, length = (int(v) for v in status.tolist())
@@ -138,13 +148,30 @@ class DistributedExecutor(Executor):
         msg = self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), rank, "error", timeout)
         return code, point, bytes(msg.cpu().tolist()).decode()
 
-    def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (), payload: int = 0):
+    def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (),
+                payload: int = 0) -> torch.Tensor:
         if len(shape) > MAX_DIMS:
             raise ValueError(f"states may have at most {MAX_DIMS} dimensions, got shape {shape}")
         h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *shape]
         return torch.tensor(h + [0] * (HEADER - len(h)), dtype=torch.int64, device=self.device)
 
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        """Evaluate the round's points on the worker ranks (see ``Executor.__call__``).
+
+        Args:
+            model: the call's ``Model``; its pickled shell is sent to the workers once.
+            xs: the points, tensors of one shape and a dtype in ``DTYPES``.
+            ts: their times.
+
+        Returns:
+            The raw outputs, in order, on the device of each point.
+
+        Raises:
+            ModelOutputError: a bad output, with its point's index.
+            WorkerError: a model exception on a rank (with its traceback); the executor stays usable.
+            WorkerDied, WorkerTimeout: a rank was lost or silent; the executor is closed.
+            ExecutorClosed: the executor was closed.
+        """
         if self._closed:
             raise ExecutorClosed("this DistributedExecutor is closed (closed by the user or after a lost worker)")
         check_points(xs, ts)
@@ -170,7 +197,7 @@ class DistributedExecutor(Executor):
                     pass
         self.close(grace=1.0)
 
-    def _evaluate(self, model, xs, ts):
+    def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         T = self.timeout
         if self._model is not model:
             if self.local is not None:
@@ -195,8 +222,11 @@ class DistributedExecutor(Executor):
         if self.local is not None and groups[0]:  # the driver's own share, while the others compute
             idx = groups[0]
             try:
+                local_model = self._local_model
+                assert local_model is not None  # bound with the model, above
                 with torch.no_grad():
-                    own = self._local_model.evaluate([xs[k].to(self.device) for k in idx], [ts[k] for k in idx], batched=self.batched)
+                    own = local_model.evaluate([xs[k].to(self.device) for k in idx], [ts[k] for k in idx],
+                                               batched=self.batched)
                 for k, o in zip(idx, own):
                     outs[k] = o.to(xs[k].device)
             except ModelOutputError as e:
@@ -230,13 +260,18 @@ class DistributedExecutor(Executor):
                 pass
 
 
-def serve(net: Callable | Model, *, group=None, device: Any = None) -> int:
+def serve(net: Callable | Model, *, group: Any = None, device: Any = None) -> int:
     """Worker loop for ranks != 0: evaluate the driver's points until it closes its executor.
 
-    ``net``: the network (``fn(x, t)`` / ``f(t, y)``; bound to the driver's model parametrisation)
-    or a complete chords_core ``Model``. ``device``: where to evaluate (default: the backend's
-    device, ``cuda:<current>`` for nccl, else cpu); an ``nn.Module`` is moved there. Returns the
-    number of rounds served; raises ``WorkerError`` if the driver is lost.
+    Args:
+        net: the network (``fn(x, t)`` / ``f(t, y)``; bound to the driver's model
+            parametrisation) or a complete chords_core ``Model``.
+        group: the process group (``None``: the default group).
+        device: where to evaluate (default: the backend's device, ``cuda:<current>`` for nccl,
+            else cpu); an ``nn.Module`` is moved there.
+
+    Returns:
+        The number of rounds served. Raises ``WorkerError`` if the driver is lost.
     """
     if not dist.is_initialized():
         raise RuntimeError("serve needs an initialised process group (torch.distributed.init_process_group)")
@@ -249,7 +284,8 @@ def serve(net: Callable | Model, *, group=None, device: Any = None) -> int:
             raise TypeError(f"net must be callable or a chords_core Model, got {type(net).__name__}")
         net = replicate(net, device)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
-    model, served = None, 0
+    model: Model | None = None
+    served = 0
 
     def recv(t: torch.Tensor) -> torch.Tensor:
         try:

@@ -30,7 +30,7 @@ import signal
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait
 from typing import Any
 
@@ -57,7 +57,7 @@ __all__ = ["ProcessExecutor"]
 WORKER_ENV = "CHORDS_TORCH_WORKER"  # set to the worker's index in each worker process
 
 
-def _worker_main(conn, factory: Callable, threads: int, index: int) -> None:
+def _worker_main(conn: Any, factory: Callable, threads: int, index: int) -> None:
     """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
     torch.set_num_threads(threads)
@@ -70,8 +70,10 @@ def _worker_main(conn, factory: Callable, threads: int, index: int) -> None:
         conn.send(("error", f"factory failed: {type(e).__name__}: {e}", traceback.format_exc()))
         return
     conn.send(("ready", os.getpid()))
-    model = xin = xout = None
-    setup_error = None
+    model: Model | None = None
+    xin: Any = None
+    xout: Any = None
+    setup_error: BaseException | None = None
     while True:
         try:
             msg = conn.recv()
@@ -89,6 +91,8 @@ def _worker_main(conn, factory: Callable, threads: int, index: int) -> None:
                 if setup_error is not None:
                     raise setup_error
                 n, ts, batched = msg[1], msg[2], msg[3]
+                if model is None:
+                    raise RuntimeError("no model received")
                 with torch.no_grad():
                     outs = model.evaluate([xin[j] for j in range(n)], ts, batched=batched)
                     for j, o in enumerate(outs):
@@ -133,39 +137,45 @@ def _default_start_method() -> str:
 class ProcessExecutor(Executor):
     """Evaluate a round's points in ``workers`` processes at once (CPU parallelism without the GIL).
 
-    ``factory``: picklable zero-argument callable run once in each worker; returns the network
-    (bound to the driver's model parametrisation) or a complete chords_core ``Model``.
-    ``workers``: processes (core slots); a round of n points puts point k on worker k mod workers.
-    ``threads``: ``torch.set_num_threads`` in each worker (1: one core per worker).
-    ``timeout``: seconds a round may take before the executor gives up (``None``: no limit);
-    ``start_timeout`` the same for starting the workers (importing torch, building the model).
-    ``batched``: each worker evaluates its share in one batched call instead of one call per point
-    (equal to the serial executor only for batch-invariant networks).
-    ``start_method``: "forkserver" (default on Linux) or "spawn". The forkserver imports torch,
-    chords_core and the factory's module once, when the first executor starts it; later workers
-    fork from it in milliseconds (modules imported only by later factories load in each worker).
+    Args:
+        factory: picklable zero-argument callable run once in each worker; returns the network
+            (bound to the driver's model parametrisation) or a complete chords_core ``Model``.
+        workers: processes (core slots); a round of n points puts point k on worker k mod workers.
+        threads: ``torch.set_num_threads`` in each worker (1: one core per worker).
+        timeout: seconds a round may take before the executor gives up (``None``: no limit).
+        start_timeout: the same for starting the workers (importing torch, building the model).
+        batched: each worker evaluates its share in one batched call instead of one call per point
+            (equal to the serial executor only for batch-invariant networks).
+        start_method: "forkserver" (default on Linux) or "spawn". The forkserver imports torch,
+            chords_core and the factory's module once, when the first executor starts it; later
+            workers fork from it in milliseconds (modules imported only by later factories load in
+            each worker).
+
+    ``pids`` holds the workers' process ids.
     """
 
     def __init__(self, factory: Callable[[], Any], workers: int = 2, *, threads: int = 1,
-                 timeout: float | None = 60.0, start_timeout: float = 120.0, batched: bool = False,
-                 start_method: str | None = None):
+                 timeout: float | None = 60.0, start_timeout: float | None = 120.0, batched: bool = False,
+                 start_method: str | None = None) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be a picklable callable returning the model, got {type(factory).__name__}")
         for name, v in (("workers", workers), ("threads", threads)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         self.timeout, self.batched = check_timeout(timeout), bool(batched)
-        start_timeout = check_timeout(start_timeout)
+        start_limit = check_timeout(start_timeout)
         method = start_method or _default_start_method()
         if method not in tmp.get_all_start_methods():
             raise ValueError(f"start_method must be one of {tmp.get_all_start_methods()}, got {method!r}")
-        ctx = tmp.get_context(method)
+        ctx: Any = tmp.get_context(method)  # a torch.multiprocessing context (typed as BaseContext)
         if method == "forkserver":
             ctx.set_forkserver_preload(["torch", "chords_core", "chords_torch", *_modules_of(factory)])
         self._procs: list = []
         self._conns: list = []
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
-        self._closed, self._model, self._bufs = False, None, [None] * workers
+        self._closed = False
+        self._model: Model | None = None
+        self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
             for w in range(workers):
                 parent, child = ctx.Pipe(duplex=True)
@@ -183,7 +193,7 @@ class ProcessExecutor(Executor):
                     child.close()
                 self._procs.append(p)
                 self._conns.append(parent)
-            replies = self._gather(range(workers), start_timeout, "start")
+            replies = self._gather(range(workers), start_limit, "start")
         except BaseException:
             self._break()
             raise
@@ -191,6 +201,7 @@ class ProcessExecutor(Executor):
 
     @property
     def workers(self) -> int:
+        """The number of worker processes."""
         return len(self._conns)
 
     def _break(self) -> None:
@@ -198,7 +209,7 @@ class ProcessExecutor(Executor):
         self._finalizer.detach()
         _shutdown(self._procs, self._conns, 0.0)
 
-    def _gather(self, ws, timeout: float | None, what: str) -> dict:
+    def _gather(self, ws: Iterable[int], timeout: float | None, what: str) -> dict:
         """Wait for one reply from each worker in ``ws``; a death or the timeout breaks the executor."""
         pending = {self._conns[w]: w for w in ws}
         sentinels = {self._procs[w].sentinel: w for w in ws}
@@ -241,6 +252,22 @@ class ProcessExecutor(Executor):
         return replies
 
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        """Evaluate the round's points, point k on worker k mod W (see ``Executor.__call__``).
+
+        Args:
+            model: the call's ``Model``; its shell (without the network) is sent to the workers once.
+            xs: the points, tensors of one shape and dtype.
+            ts: their times.
+
+        Returns:
+            The raw outputs, in order, on the device of ``xs[0]``.
+
+        Raises:
+            ModelOutputError: a bad output, with its point's index (the first in point order).
+            WorkerError: a model exception in a worker (with its traceback); the executor stays usable.
+            WorkerDied, WorkerTimeout: a worker died or hung; all workers are terminated.
+            ExecutorClosed: the executor was closed.
+        """
         if self._closed:
             raise ExecutorClosed("this ProcessExecutor is closed (closed by the user or after a dead / hung worker)")
         check_points(xs, ts)
@@ -254,10 +281,11 @@ class ProcessExecutor(Executor):
         groups = assign(len(xs), self.workers)
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
         active = []
+        outbufs: dict[int, torch.Tensor] = {}
         for w, idx in enumerate(groups):
             if not idx:
                 continue
-            xin, _ = self._buffers(w, len(idx), shape, dtype)
+            xin, outbufs[w] = self._buffers(w, len(idx), shape, dtype)
             with torch.no_grad():
                 for j, k in enumerate(idx):
                     xin[j].copy_(xs[k])
@@ -271,16 +299,17 @@ class ProcessExecutor(Executor):
         for w in active:
             rep = replies[w]
             if rep[0] != "ok":
-                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{rep[2] if len(rep) > 2 else ''}")
+                trace = rep[2] if len(rep) > 2 else ""
+                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}")
         outs: list = [None] * len(xs)
         dev = xs[0].device
         for w in active:
-            xout = self._bufs[w][1]
+            xout = outbufs[w]
             for j, k in enumerate(groups[w]):
                 outs[k] = xout[j].to(dev, copy=True)
         return outs
 
-    def _buffers(self, w: int, need: int, shape: tuple, dtype: torch.dtype):
+    def _buffers(self, w: int, need: int, shape: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         cur = self._bufs[w]
         if cur is None or tuple(cur[0].shape[1:]) != shape or cur[0].dtype != dtype or cur[0].shape[0] < need:
             cap = max(need, cur[0].shape[0]) if cur is not None and tuple(cur[0].shape[1:]) == shape else need
@@ -296,7 +325,7 @@ class ProcessExecutor(Executor):
         self._finalizer()
 
 
-def _modules_of(factory) -> list[str]:
+def _modules_of(factory: Any) -> list[str]:
     """The module defining ``factory`` (through partials), for the forkserver to import once."""
     while isinstance(factory, functools.partial):
         factory = factory.func

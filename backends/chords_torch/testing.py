@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from chords_core.models import DiffusionModel
 from chords_core.problems import GaussianMixture
+from chords_core.results import Result
 from chords_core.schedules import EDM, VP, RectifiedFlow, Schedule
 
 __all__ = ["TorchGMM", "gmm_problem", "TorchLinear", "mlp", "MLP", "Faulty", "Trap", "Slow", "SCHEDULES"]
@@ -33,24 +36,36 @@ class TorchGMM:
     x: (N, dim) float64 tensor, t: (N,) -> (N, dim) float64 tensor on x's device.
     """
 
-    def __init__(self, dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf", prediction: str = "x0"):
+    def __init__(self, dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf",
+                 prediction: str = "x0") -> None:
         self.args = (dim, modes, seed, schedule, prediction)
         self.gmm = GaussianMixture.random(dim, modes, seed)
         self.schedule: Schedule = SCHEDULES[schedule]()
         self._fn = self.gmm.prediction_fn(self.schedule, prediction)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple]:
         return (TorchGMM, self.args)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The exact prediction at (x (N, dim), t (N,)), an (N, dim) float64 tensor on x's device."""
         out = self._fn(x.detach().cpu().numpy(), t.detach().cpu().numpy())
         return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
 
 
-def gmm_problem(dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf", prediction: str = "x0"):
-    """(driver model, factory) for the GMM: a ``DiffusionModel`` and the picklable network factory."""
-    from chords_core.models import DiffusionModel
+def gmm_problem(dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf",
+                prediction: str = "x0") -> tuple[DiffusionModel, Callable[[], TorchGMM]]:
+    """The GMM as (driver model, factory): a ``DiffusionModel`` and the picklable network factory.
 
+    Args:
+        dim: the mixture's dimension.
+        modes: its components.
+        seed: its seed.
+        schedule: "rf", "vp" or "edm" (``SCHEDULES``).
+        prediction: the network's prediction type.
+
+    Returns:
+        (``DiffusionModel`` of a ``TorchGMM``, factory returning that ``TorchGMM``).
+    """
     net = TorchGMM(dim, modes, seed, schedule, prediction)
     return DiffusionModel(net, net.schedule, prediction), _Const(net)
 
@@ -58,27 +73,28 @@ def gmm_problem(dim: int = 4, modes: int = 3, seed: int = 0, schedule: str = "rf
 class _Const:
     """A picklable factory returning a picklable object."""
 
-    def __init__(self, obj):
+    def __init__(self, obj: Any) -> None:
         self.obj = obj
 
-    def __call__(self):
+    def __call__(self) -> Any:
         return self.obj
 
 
 class TorchLinear:
     """``f(t, y) = A y`` for a ``VectorField`` (one state y of shape (dim,)), A seeded (dim, dim) float64."""
 
-    def __init__(self, dim: int = 3, seed: int = 0):
+    def __init__(self, dim: int = 3, seed: int = 0) -> None:
         self.A = torch.randn(dim, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) / dim ** 0.5
 
-    def __call__(self, t, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: Any, y: torch.Tensor) -> torch.Tensor:
+        """A y for one state y of shape (dim,) (t is ignored)."""
         return self.A.to(y.device) @ y
 
 
 class MLP(torch.nn.Module):
     """x (N, dim), t (N,) -> (N, dim): tanh MLP with the time added to the first hidden layer."""
 
-    def __init__(self, dim: int, width: int, depth: int, seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(self, dim: int, width: int, depth: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         sizes = [dim] + [width] * depth + [dim]
@@ -88,6 +104,7 @@ class MLP(torch.nn.Module):
         self.time = torch.nn.Parameter(torch.randn(width, generator=g, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output (N, dim) at x (N, dim), t (N,)."""
         h = x
         for k, w in enumerate(self.weights):
             h = h @ w
@@ -113,20 +130,21 @@ class Faulty:
 
     MODES = ("raise", "shape", "nan", "hang", "die")
 
-    def __init__(self, factory: Callable, mode: str, after: int = 1, only: tuple[str, str] | None = None):
+    def __init__(self, factory: Callable, mode: str, after: int = 1, only: tuple[str, str] | None = None) -> None:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.factory, self.mode, self.after, self.only = factory, mode, after, only
 
-    def __call__(self):
+    def __call__(self) -> Callable:
+        """The wrapped factory's network, misbehaving as configured."""
         return _FaultyNet(self.factory(), self.mode, self.after, self.only)
 
 
 class _FaultyNet:
-    def __init__(self, net, mode, after, only):
+    def __init__(self, net: Callable, mode: str, after: int, only: tuple[str, str] | None) -> None:
         self.net, self.mode, self.after, self.only, self.calls = net, mode, after, only, 0
 
-    def __call__(self, x, t):
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         out = self.net(x, t)
         if self.calls < self.after or (self.only and os.environ.get(self.only[0]) != self.only[1]):
@@ -145,6 +163,7 @@ def _misbehave(mode: str, out: torch.Tensor) -> torch.Tensor:
         time.sleep(3600)
     os.kill(os.getpid(), 9)
     time.sleep(3600)
+    raise AssertionError("unreachable: the process was killed")
 
 
 class Trap:
@@ -155,18 +174,19 @@ class Trap:
 
     MARKERS = {"raise": 1001.0, "shape": 1002.0, "nan": 1003.0, "hang": 1004.0, "die": 1005.0}
 
-    def __init__(self, factory: Callable):
+    def __init__(self, factory: Callable) -> None:
         self.factory = factory
 
-    def __call__(self):
+    def __call__(self) -> Callable:
+        """The wrapped factory's network, misbehaving on the markers."""
         return _TrapNet(self.factory())
 
 
 class _TrapNet:
-    def __init__(self, net):
+    def __init__(self, net: Callable) -> None:
         self.net, self.modes = net, {v: k for k, v in Trap.MARKERS.items()}
 
-    def __call__(self, x, t):
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.net(x, t)
         mode = self.modes.get(float(x.reshape(-1)[0]))
         return out if mode is None else _misbehave(mode, out)
@@ -175,13 +195,14 @@ class _TrapNet:
 class Slow:
     """Factory: ``factory()``'s network, sleeping ``seconds`` before every call."""
 
-    def __init__(self, factory: Callable, seconds: float):
+    def __init__(self, factory: Callable, seconds: float) -> None:
         self.factory, self.seconds = factory, seconds
 
-    def __call__(self):
+    def __call__(self) -> Callable:
+        """The wrapped factory's network, sleeping before every call."""
         net = self.factory()
 
-        def slow(x, t):
+        def slow(x: Any, t: Any) -> Any:
             time.sleep(self.seconds)
             return net(x, t)
 
@@ -193,6 +214,15 @@ def seeded_state(batch: int = 3, dim: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
-def same_hits(a, b) -> bool:
-    """Two Results have the same outputs from the same cores, bit for bit."""
-    return len(a.hits) == len(b.hits) and all(h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))
+def same_hits(a: Result, b: Result) -> bool:
+    """Whether two Results have the same outputs from the same cores, bit for bit.
+
+    Args:
+        a: a ``Result`` with torch outputs.
+        b: another.
+
+    Returns:
+        True if their hits agree in number, cores and values (``torch.equal``).
+    """
+    return len(a.hits) == len(b.hits) and all(
+        h.core == g.core and torch.equal(h.x, g.x) for h, g in zip(a.hits, b.hits))

@@ -56,8 +56,9 @@ from ..solvers import Solver, State
 __all__ = ["sliding_window", "Sweep", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
 
 SEEDS = ("copy", "jump")
-CORRECTIONS = ("picard", "jump")
+CORRECTIONS = ("picard", "jump", "secant")
 VARIANCES = ("into", "out")
+SCALES = ("noise", "error")
 MULTISTEP = ("chain", "restart")
 
 
@@ -129,6 +130,76 @@ class _Seeder:
         return B.lincomb((r, a[j] - r * a[e]), (x_e, d))
 
 
+class _LocalError:
+    """The solver's local error at each grid point, estimated from the window's own model values:
+    e_j = |b_{j-1}| |Delta^p q_j| / (p + 1)! (q the solver's quantity at consecutive points, p the
+    solver's order, b the q-coefficient of the jump into j): for Euler the Heun - Euler difference.
+    A point's change is scored against it, per sample: change^2 / (e_j^2 + tiny)."""
+
+    def __init__(self, sol: Solver):
+        self.sol, self.p = sol, max(1, int(sol.accuracy))
+        self.q: dict[int, Any] = {}  # the latest quantity evaluated at each index (stage 0)
+        self.est: dict[int, Any] = {}
+        self.fact = float(np.prod(np.arange(1, self.p + 2)))
+
+    def observe(self, qs: dict, b: int, e: int) -> None:
+        """Take the sweep's quantities (window b .. e-1) and estimate e_j for j in (b, e]."""
+        for m in range(b, e):
+            self.q[m] = qs[m][0]
+        for j in list(self.q):
+            if j < b - self.p - 1:
+                del self.q[j]
+        last = None
+        for j in range(b + 1, e + 1):
+            pts = [self.q.get(j - k) for k in range(self.p + 1)]
+            if all(v is not None for v in pts):
+                d = pts  # the p-th difference of q_j, q_{j-1}, ..., q_{j-p}
+                for _ in range(self.p):
+                    d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
+                coef = abs(self.sol.jump_coeffs(j - 1, j)[1]) / self.fact
+                last = _row_sq(d[0]) * (coef * coef)
+            if last is not None:
+                self.est[j] = last
+        for j in list(self.est):
+            if j <= b:
+                del self.est[j]
+
+    def score(self, change_sq: Any, j: int, x: Any) -> Any:
+        """change^2 / e_j^2 per sample; with no estimate yet, infinite unless the change is zero."""
+        est = self.est.get(j)
+        if est is None:
+            return change_sq * np.inf if float(change_sq.max() if hasattr(change_sq, "max") else change_sq) > 0 else 0.0
+        tiny = 1e-30 + 1e-24 * _row_sq(x)
+        return change_sq / (est + tiny)
+
+
+class _Secant:
+    """Per point m, the last (x_m, Phi_m(x_m)) evaluated: Phi_m(x + d) ~ Phi_m(x) + d + s (dPhi - dx),
+    with dx, dPhi the change between the last two evaluations and s = <dx, d> / <dx, dx> per sample
+    (a rank-one secant correction of the identity Jacobian Picard assumes)."""
+
+    def __init__(self):
+        self.last: dict[int, tuple] = {}
+
+    def record(self, m: int, x: Any, phi: Any) -> None:
+        self.last[m] = (x, phi)
+
+    def update(self, m: int, x: Any, phi: Any, moved: Any) -> Any:
+        out = phi + moved
+        prev = self.last.get(m)
+        if prev is None or len(x.shape) < 1:
+            return out
+        dx = x - prev[0]
+        rows = x.shape[0] if len(x.shape) > 1 else 1
+        dxr, mr = dx.reshape(rows, -1), moved.reshape(rows, -1)
+        den = (dxr * dxr).sum(1)
+        num = (dxr * mr).sum(1)
+        safe = den > 0
+        s = num / (den + (den == 0)) * safe
+        corr = ((phi - prev[1]) - dx).reshape(rows, -1) * s[:, None]
+        return out + corr.reshape(x.shape)
+
+
 class _Anderson:
     """Triangular Anderson mixing (after ParaTAA) of the window points after the first one over
     tolerance: point j's mixing weights come from the residual history of the points nb+1 .. j only
@@ -195,6 +266,7 @@ def sliding_window(
     seed: str,
     correction: str,
     variance: str = "into",
+    scale: str = "noise",
     multistep: str = "chain",
     anderson: int = 0,
     ridge: float = 1e-3,
@@ -211,7 +283,9 @@ def sliding_window(
         tol: the per-point tolerance tau relative to the noise level (>= 0; 0: every point exact).
         seed: ``"copy"`` or ``"jump"``: how new window points start.
         correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
-        variance: ``"into"`` or ``"out"``: which step's noise variance scores a point.
+        variance: ``"into"`` or ``"out"``: which step's noise variance scores a point (``scale="noise"``).
+        scale: what a point's change is measured against: ``"noise"`` (the step's noise variance,
+            ParaDiGMS) or ``"error"`` (the solver's local error estimate at the point).
         multistep: ``"chain"`` or ``"restart"``: a multistep solver's history at a window start.
         anderson: memory m of triangular Anderson mixing of the not-yet-accepted points (0: none).
         ridge: its relative ridge regularisation.
@@ -230,7 +304,10 @@ def sliding_window(
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
+    scale = check_choice("scale", scale, SCALES)
+    local = _LocalError(sol) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
+    secant = _Secant()
     if sol.history_size and max(evals) > 1:
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; a sliding window supports one or the other")
     inv = _inverse_variances(model, sol.times, variance)
@@ -266,18 +343,29 @@ def sliding_window(
                     qs[m].append(sol.quantity_of(xp, out, j))
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], {}, None
+            if local is not None:
+                local.observe(qs, b, e)
             for m in pts:
                 st = sol.step(move(st, xs[m]), qs[m], m, m + 1)
                 if m == b:
                     xn = st.x
+                elif correction == "secant":
+                    xn = secant.update(m, xs[m], st.x, new[-1] - xs[m])
                 else:  # Phi_m + c_m times how far x_m moved this sweep
                     c = 1.0 if correction == "picard" else sol.jump_coeffs(m, m + 1)[0]
                     moved = new[-1] - xs[m]
                     xn = st.x + (moved if c == 1.0 else c * moved)
+                if correction == "secant":
+                    secant.record(m, xs[m], st.x)
                 new.append(xn)
                 states[m + 1] = st
-                if accepted is None and inv[m + 1] > 0:
-                    score = _row_sq(xn - xs[m + 1]) * (inv[m + 1] / numel_row)
+                if accepted is None:
+                    if local is not None:
+                        score = local.score(_row_sq(xn - xs[m + 1]), m + 1, xn)
+                    elif inv[m + 1] > 0:
+                        score = _row_sq(xn - xs[m + 1]) * (inv[m + 1] / numel_row)
+                    else:
+                        score = 0.0
                     if float(score.max() if hasattr(score, "max") else score) > tol2:
                         accepted = m + 1  # the first point over tolerance: exact, as Phi of an accepted point
             nb = e if accepted is None else accepted

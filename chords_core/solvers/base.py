@@ -72,6 +72,7 @@ class Solver:
     name = "solver"
     quantity = "velocity"
     history_size = 0  # how many earlier quantities a step may use (multistep solvers: > 0)
+    order = 1  # convergence order with the default options (subclasses override)
 
     def __init__(self, model: Model, times: np.ndarray) -> None:
         self.model = model
@@ -177,6 +178,11 @@ class Solver:
             prediction).
         """
         raise NotImplementedError
+
+    @property
+    def accuracy(self) -> int:
+        """Order of accuracy of a step, for local-error estimates: ``order`` unless a solver says otherwise."""
+        return self.order
 
     def data_coeffs(self, i: int) -> tuple[float, float] | None:
         """Coefficients of the data prediction from a point and its quantity at grid index ``i``.

@@ -55,6 +55,11 @@ class UniPC(DataSolver):
         super().__init__(model, times)
         self._cache: dict = {}
 
+    @property
+    def accuracy(self) -> int:
+        """Order of accuracy: the predictor's order, plus one with the corrector (UniC)."""
+        return self.order + 1 if self.corrector else self.order
+
     def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:
         """Correct the point at ``i`` (the pending UniC of the step into it), then predict x_j.
 

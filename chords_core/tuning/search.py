@@ -192,7 +192,8 @@ def optimize_init(
             if better(cur, best):
                 best = cur
                 trace.append((len(ev.seen), best.rounds))
-    return InitResult(best, budget, method, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()), tuple(trace))
+    return InitResult(best, budget, method, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()),
+                      tuple(trace))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
