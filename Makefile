@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.chords-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m chords_core demo $(ARGS)
 
+# lint and type checks first (configured in pyproject.toml); any failure fails the target
 test: $(STAMP)
+	$(PY) -m ruff check chords_core backends theory tests
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check chords_core backends theory tests
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

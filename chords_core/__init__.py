@@ -17,7 +17,7 @@ from .executors import BatchedExecutor, Executor, SerialExecutor
 from .grid import time_grid
 from .history import HISTORY_POLICIES
 from .inits import default_init, paper_init, recipe_init, uniform_init, validate_init
-from .methods import METHODS, Method, cascade, chords, paradigms, parallel, register_method, srds
+from .methods import METHODS, Method, cascade, chords, paradigms, parallel, parasolver, parataa, register_method, srds
 from .models import PREDICTIONS, DiffusionModel, Model, ModelOutputError, VectorField
 from .plan import Plan, make_plan
 from .results import Hit, Result
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchedExecutor", "Executor", "SerialExecutor", "time_grid", "HISTORY_POLICIES", "default_init", "paper_init",
     "recipe_init", "uniform_init", "validate_init", "METHODS", "Method", "cascade", "chords", "paradigms", "parallel",
+    "parasolver", "parataa",
     "register_method", "srds", "PREDICTIONS", "DiffusionModel", "Model", "ModelOutputError", "VectorField", "Plan",
     "make_plan", "Hit", "Result", "EDM", "VP", "RectifiedFlow", "Schedule", "solve", "SOLVERS", "make_solver",
     "register_solver", "RunAll", "StopAtCore", "StopOnResidual", "StopRule", "rectify",

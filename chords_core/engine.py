@@ -18,7 +18,8 @@ bad model output with the round and the point.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import _backend as B
 from .executors import Executor
@@ -89,11 +90,15 @@ class CoreRecords:
     def points(self, evs: Sequence[Eval]) -> list:
         """The point each evaluation of the round is at (stage 0: the state; later stages: the solver's)."""
         st, sol, qs = self.states, self.sol, self.qs
-        return [st[e.core].x if e.stage == 0 else sol.stage_point(st[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0]
-                for e in evs]
+        return [st[e.core].x if e.stage == 0
+                else sol.stage_point(st[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0] for e in evs]
 
     def apply(self, evs: Sequence[Eval], xs: Sequence[Any], outs: Sequence[Any]) -> list[tuple[int, Any]]:
-        """Take the round's model outputs: spawn, record, step, rectify. Returns the (core, output) hits, fastest first."""
+        """Take the round's model outputs: spawn, record, step, rectify.
+
+        Returns:
+            The (core, output) of the cores finishing this round, fastest first.
+        """
         sol, init, K = self.sol, self.init, len(self.init)
         states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
         history, convert = self.history, self.convert

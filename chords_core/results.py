@@ -55,9 +55,9 @@ class Result:
     method: str
     sequential_rounds: int
     width: int
-    trace: "tuple[Round, ...]" = field(default=(), repr=False)
+    trace: tuple[Round, ...] = field(default=(), repr=False)
     log: tuple = field(default=(), repr=False)
-    plan: "Plan | None" = field(default=None, repr=False)
+    plan: Plan | None = field(default=None, repr=False)
 
     @property
     def speedup(self) -> float:

@@ -27,8 +27,9 @@ A rule written outside the package subclasses ``StopRule`` (or just has these th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from . import _backend as B
 from .checks import check_float, check_int
@@ -49,7 +50,8 @@ class StopRule:
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """``stopped_by`` text for output number ``n`` (1-based) from core ``core``."""
-        return f"{type(self).__name__} at output {n} (core {core})" if accepted else f"{type(self).__name__} not met; last output"
+        name = type(self).__name__
+        return f"{name} at output {n} (core {core})" if accepted else f"{name} not met; last output"
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,9 @@ class StopOnResidual(StopRule):
         return B.rms(outputs[-1] - prev) < self.tol
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
-        return f"residual below {self.tol:g} at core {core}" if accepted else f"residual never below {self.tol:g}; core {core}"
+        if accepted:
+            return f"residual below {self.tol:g} at core {core}"
+        return f"residual never below {self.tol:g}; core {core}"
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from chords_core.inits import recipe_init, recipe_times  # noqa: F401  (re-exported: the K-core recipe)
-from chords_core.plan import validate_init
+from chords_core.inits import recipe_init, recipe_times, validate_init  # recipe_*: re-exported, the K-core recipe
+from chords_core.models import Model
 
 __all__ = [
     "output_rounds", "rectification_windows", "rectification_counts", "nfe_at", "ladder", "taylor_growth",
-    "contraction_bound", "contraction_smooth", "measured_contraction", "deviation_bounds", "three_core_middle", "continuous_speedup",
-    "fit_slope", "recipe_init", "recipe_times",
+    "contraction_bound", "contraction_smooth", "measured_contraction", "deviation_bounds", "three_core_middle",
+    "continuous_speedup", "fit_slope", "recipe_init", "recipe_times",
 ]
 
 
@@ -53,7 +54,7 @@ def output_rounds(steps: int, init: Sequence[int], evals_per_step: Sequence[int]
 def rectification_windows(steps: int, init: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], ...]:
     """Per core the windows (b, j) of its rectifications (same evaluations per step for every step)."""
     init = validate_init(init, steps)
-    out = [()]
+    out: list[tuple[tuple[int, int], ...]] = [()]
     for c in range(1, len(init)):
         t, d = init[c], init[c] - init[c - 1]
         out.append(tuple((t + (m - 1) * d, t + m * d) for m in range(1, (steps - t) // d + 1)))
@@ -96,11 +97,11 @@ def contraction_bound(hs: Sequence[float], L: float, order: int = 1) -> float:
     deviation from its slower neighbour's fine continuation is M (x_fast - x_slow) with
     M = prod_n P_p(h_n A) - I - H A; ||M|| <= prod_n P_p(h_n L) - 1 - H L <= e^{HL} - 1 - HL.
     """
-    hs = np.abs(np.asarray(hs, dtype=np.float64))
-    if L < 0 or hs.size == 0:
+    steps = np.abs(np.asarray(hs, dtype=np.float64))
+    if L < 0 or steps.size == 0:
         raise ValueError("need L >= 0 and at least one step")
-    prod = math.prod(taylor_growth(float(h) * L, order) for h in hs)
-    return max(prod - 1.0 - float(hs.sum()) * L, 0.0)
+    prod = math.prod(taylor_growth(float(h) * L, order) for h in steps)
+    return max(prod - 1.0 - float(steps.sum()) * L, 0.0)
 
 
 def contraction_smooth(H: float, L: float, Lam: float = 0.0) -> float:
@@ -114,21 +115,32 @@ def contraction_smooth(H: float, L: float, Lam: float = 0.0) -> float:
     return math.expm1(H * L) - H * L + 0.5 * Lam * H * H
 
 
-def measured_contraction(model, times: Sequence[float], x_slow, x_fast, solver: str = "euler") -> float:
+def measured_contraction(model: Model, times: Sequence[float], x_slow: Any, x_fast: Any,
+                         solver: str = "euler") -> float:
     """|x_new - F(x_slow)| / |x_fast - x_slow| for one rectification over the window ``times``.
 
     F is the fine propagator (``solver`` over every grid point of ``times``, via ``chords_core.solve``);
     x_new = F(x_fast) - G(x_fast) + G(x_slow) is the engine's ``rectify`` with the solver's jump
     over the whole window. This is the per-rectification contraction factor in that direction.
+
+    Args:
+        model: the model (any ``Model``).
+        times: the window's grid times (its first is where both points are).
+        x_slow: the slower core's point at ``times[0]``.
+        x_fast: the faster core's point there (same shape).
+        solver: the fine solver's name.
+
+    Returns:
+        The ratio of norms (flattened 2-norms).
     """
     import chords_core as cc
 
-    times = np.asarray(times, dtype=np.float64)
-    sol = cc.make_solver(solver, model, times)
+    grid = np.asarray(times, dtype=np.float64)
+    sol = cc.make_solver(solver, model, grid)
     q_fast, q_slow = (sol.quantity_of(x, model.evaluate([x], [sol.t[0]])[0], 0) for x in (x_fast, x_slow))
-    a, b = sol.jump_coeffs(0, len(times) - 1)
-    fine_slow = cc.solve(model, x_slow, times, solver)
-    new = cc.rectify(cc.solve(model, x_fast, times, solver), x_fast, q_fast, x_slow, q_slow, a, b)
+    a, b = sol.jump_coeffs(0, len(grid) - 1)
+    fine_slow = cc.solve(model, x_slow, grid, solver)
+    new = cc.rectify(cc.solve(model, x_fast, grid, solver), x_fast, q_fast, x_slow, q_slow, a, b)
     return float(np.linalg.norm(np.ravel(new - fine_slow)) / np.linalg.norm(np.ravel(x_fast - x_slow)))
 
 
@@ -147,14 +159,13 @@ def deviation_bounds(times: Sequence[float], init: Sequence[int], L: float, y0_n
     init = validate_init(init, T)
     K = len(init)
     grow = np.array([taylor_growth(float(x) * L, order) for x in h])
-    if seq_norms is None:
-        seq_norms = y0_norm * np.concatenate([[1.0], np.cumprod(grow)])
+    norms = y0_norm * np.concatenate([[1.0], np.cumprod(grow)]) if seq_norms is None else seq_norms
     cum = np.concatenate([[0.0], np.cumsum(h)])
 
-    def rho(b, j):
+    def rho(b: int, j: int) -> float:
         return max(float(np.prod(grow[b:j])) - 1.0 - L * (cum[j] - cum[b]), 0.0)
 
-    def g(b, j):
+    def g(b: int, j: int) -> float:
         return 1.0 + L * (cum[j] - cum[b])
 
     u = np.full((K, T + 1), np.nan)
@@ -162,7 +173,7 @@ def deviation_bounds(times: Sequence[float], init: Sequence[int], L: float, y0_n
     for c in range(1, K):
         p, tc = init[c - 1], init[c]
         d = tc - p
-        u[c, tc] = g(p, tc) * u[c - 1, p] + rho(p, tc) * seq_norms[p]
+        u[c, tc] = g(p, tc) * u[c - 1, p] + rho(p, tc) * norms[p]
         anchor = tc
         for n in range(tc, T):
             if n + 1 == anchor + d:

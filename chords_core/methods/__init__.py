@@ -15,8 +15,9 @@ SRDS: blocks) and passes the rest on. ``register_method`` adds one from outside 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..checks import check_int
 from ..executors import Executor
@@ -26,9 +27,12 @@ from ..solvers import Solver
 from .cascade import cascade
 from .chords import chords
 from .paradigms import paradigms
+from .parasolver import parasolver
+from .parataa import parataa
 from .srds import srds
 
-__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "cascade", "chords", "paradigms", "srds"]
+__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "cascade", "chords", "paradigms",
+           "parasolver", "parataa", "srds"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,15 @@ def _run_chords(model, x, grid, solver, *, cores, executor, progress, **options)
     return chords(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
 
 
-def _run_paradigms(model, x, grid, solver, *, cores, executor, progress, **options):
-    if "window" in options:
-        raise ValueError("window: parallel() sets the ParaDiGMS window to cores; call paradigms() for another window")
-    return paradigms(model, x, grid, solver, window=cores, executor=executor, progress=progress, **options)
+def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:
+    """A window method's ``run``: the window is ``cores``."""
+
+    def run(model, x, grid, solver, *, cores, executor, progress, **options):
+        if "window" in options:
+            raise ValueError(f"window: parallel() sets the window to cores; call {fn.__name__}() for another window")
+        return fn(model, x, grid, solver, window=cores, executor=executor, progress=progress, **options)
+
+    return run
 
 
 def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
@@ -76,9 +85,11 @@ def _run_cascade(model, x, grid, solver, *, cores, executor, progress, **options
     return cascade(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
 
 
-register_method(Method("cascade", _run_cascade, "cascade: seeded sliding window with residual acceptance (recommended)"))
-register_method(Method("chords", _run_chords, "CHORDS: a core hierarchy started by coarse jumps, rectified by slower cores"))
-register_method(Method("paradigms", _run_paradigms, "ParaDiGMS: sliding-window Picard iteration, window = cores"))
+register_method(Method("cascade", _run_cascade, "cascade: seeded window, local-error acceptance (recommended)"))
+register_method(Method("chords", _run_chords, "CHORDS: cores started by coarse jumps, rectified by slower cores"))
+register_method(Method("paradigms", _windowed(paradigms), "ParaDiGMS: sliding-window Picard iteration, window = cores"))
+register_method(Method("parasolver", _windowed(parasolver), "ParaSolver: ParaDiGMS with x0-prediction seeds"))
+register_method(Method("parataa", _windowed(parataa), "ParaTAA: window iteration with triangular Anderson mixing"))
 register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks (default blocks = cores)"))
 
 
@@ -86,7 +97,7 @@ def parallel(
     model: Model,
     x: Any,
     grid: Any,
-    solver: "str | Solver" = "euler",
+    solver: str | Solver = "euler",
     *,
     cores: int,
     method: str | None = None,

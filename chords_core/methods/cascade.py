@@ -38,7 +38,7 @@ def cascade(
     model: Model,
     x: Any,
     grid: Any,
-    solver: "str | Solver" = "euler",
+    solver: str | Solver = "euler",
     *,
     cores: int = 8,
     tol: float = DEFAULT_TOL,

@@ -3,7 +3,8 @@ by its slower neighbour; see ``engine`` for the update and ``plan`` for the sche
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..call import begin
 from ..checks import check_int
@@ -24,11 +25,11 @@ def chords(
     model: Model,
     x: Any,
     grid: Any,
-    solver: "str | Solver" = "euler",
+    solver: str | Solver = "euler",
     *,
     cores: int | None = None,
     init: Sequence[int] | None = None,
-    stop: "StopRule | None" = StopAtCore(1),
+    stop: StopRule | None = StopAtCore(1),
     executor: Executor | None = None,
     history: str = "shift",
     progress: bool = False,
@@ -54,11 +55,14 @@ def chords(
         A ``Result`` with the output, rounds, NFE, every output in arrival order and the plan.
     """
     call = begin(model, x, grid, solver, executor, solver_options)
-    if cores is None and init is None:
-        raise ValueError("give cores, init or both")
     if cores is not None:
         cores = check_int("cores", cores, 1)
-    init = default_init(call.steps, cores) if init is None else validate_init(init, call.steps, cores)
+    if init is not None:
+        init = validate_init(init, call.steps, cores)
+    elif cores is None:
+        raise ValueError("give cores, init or both")
+    else:
+        init = default_init(call.steps, cores)
     rule = as_stop_rule(stop)
     history = check_history(history)
     plan = make_plan(call.steps, init, call.evals)

@@ -37,7 +37,7 @@ def paradigms(
     model: Model,
     x: Any,
     grid: Any,
-    solver: "str | Solver" = "euler",
+    solver: str | Solver = "euler",
     *,
     window: int = 8,
     tol: float = 0.1,

@@ -1,16 +1,17 @@
-"""SRDS (Selvam et al. 2024): parareal over ``blocks`` blocks of grid indices n_0 = 0 < ... <
-n_B = T. The coarse propagator G_i(x) is the solver's one-step ``jump`` across block i from one
-evaluation at x; the fine one F_i is the solver's own steps across the block. With iterates x_i^k:
+"""SRDS (Selvam et al. 2024): parareal over ``blocks`` blocks of grid indices n_0 = 0 < ... < n_B = T.
+The coarse propagator G_i(x) is the solver's one-step ``jump`` across block i from one evaluation at
+x; the fine one F_i is the solver's own steps across the block. With iterates x_i^k:
 
     x_{i+1}^0 = G_i(x_i^0),   x_{i+1}^k = F_i(x_i^{k-1}) + G_i(x_i^k) - G_i(x_i^{k-1}),
 
 and x_i^k = x_i^{i} (exact) for i <= k. Pipelined: block i's fine solve of iteration k starts as
 soon as x_i^k exists, and its first evaluation is also the one G_i(x_i^k) needs, so a round
 evaluates every running fine solve at once (``width`` in the result is the most evaluations of any
-round: the cores it needs). The output of iteration k is x_B^k; the stop rule picks one (default ``StopOnResidual(tol)``:
-rms(x_B^k - x_B^{k-1}) < tol, with x_B^0 the coarse prediction), at the latest after B
-iterations, where x_B^B is the sequential solution bit for bit. A fine solve starting at a point carries the multistep history of the fine
-solve that produced that point ("keep"); solves from coarse points start fresh (warm-up order).
+round: the cores it needs). The output of iteration k is x_B^k; the stop rule picks one (default
+``StopOnResidual(tol)``: rms(x_B^k - x_B^{k-1}) < tol, with x_B^0 the coarse prediction), at the
+latest after B iterations, where x_B^B is the sequential solution bit for bit. A fine solve starting
+at a point carries the multistep history of the fine solve that produced that point ("keep"); solves
+from coarse points start fresh (warm-up order).
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def srds(
     model: Model,
     x: Any,
     grid,
-    solver: "str | Solver" = "euler",
+    solver: str | Solver = "euler",
     *,
     blocks: int | None = None,
     tol: float | None = None,
     max_iters: int | None = None,
-    stop: "StopRule | None" = None,
+    stop: StopRule | None = None,
     executor: Executor | None = None,
     progress: bool = False,
     **solver_options: Any,
@@ -94,7 +95,10 @@ def srds(
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
     if stop is not None and tol is not None:
         raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
-    rule = as_stop_rule(stop) if stop is not None else StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
+    if stop is not None:
+        rule = as_stop_rule(stop)
+    else:
+        rule = StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
     n = srds_blocks(sol.steps, blocks)
     nb = len(n) - 1
     last = nb if max_iters is None else check_int("max_iters", max_iters, 1, nb)
@@ -125,18 +129,23 @@ def srds(
     start(0, 0)
     outputs, hits, log, trace, next_k = {}, [], [], [], 1
     rounds = nfe = width = 0
-    result = stopped_by = None
+    result: Hit | None = None
+    stopped_by = ""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=last, desc=f"srds {sol.name} B{nb}", unit="iteration")
     while result is None:
-        batch = [(c, *((c.state.x, c.m) if not c.qs else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs)))) for c in running]
+        batch = [(c, *((c.state.x, c.m) if not c.qs else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs))))
+                 for c in running]
         rounds += 1
-        outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds,
-                              lambda p: f"block {batch[p][0].i} of iteration {batch[p][0].k} (step {batch[p][0].m}, "
-                                        f"stage {len(batch[p][0].qs)}, t={t[batch[p][2]]:.6g})")
+
+        def where(p: int, batch: list = batch) -> str:
+            c, _, j = batch[p]
+            return f"block {c.i} of iteration {c.k} (step {c.m}, stage {len(c.qs)}, t={t[j]:.6g})"
+
+        outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds, where)
         nfe, width = nfe + len(batch), max(width, len(batch))
         trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
         for (c, xp, j), out in zip(batch, outs):

@@ -55,10 +55,10 @@ from ..solvers import Solver, State
 
 __all__ = ["sliding_window", "Sweep", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
 
-SEEDS = ("copy", "jump")
+SEEDS = ("copy", "jump", "jump2")
 CORRECTIONS = ("picard", "jump", "secant")
 VARIANCES = ("into", "out")
-SCALES = ("noise", "error")
+SCALES = ("noise", "level", "error")
 MULTISTEP = ("chain", "restart")
 
 
@@ -106,28 +106,38 @@ def _row_sq(d: Any) -> Any:
 class _Seeder:
     """Seeds for new window points: x_j from x_e with the data prediction d of the last evaluated point."""
 
-    def __init__(self, sol: Solver, model: Model):
-        self.sol = sol
+    def __init__(self, sol: Solver, model: Model, order: int = 1):
+        self.sol, self.order = sol, order
+        self.path: tuple[list[float], list[float], list[float]] | None = None  # alpha, sigma, lambda per index
         if isinstance(model, DiffusionModel):
-            self.alpha = [float(v) for v in model.schedule.alpha(sol.times)]
-            self.sigma = [float(v) for v in model.schedule.sigma(sol.times)]
-        else:
-            self.alpha = self.sigma = None
+            sch = model.schedule
+            with np.errstate(divide="ignore"):
+                alpha, sigma, lam = ([float(v) for v in f(sol.times)] for f in (sch.alpha, sch.sigma, sch.lam))
+            self.path = (alpha, sigma, lam)
 
     def prediction(self, x: Any, q: Any, i: int) -> Any:
         """What the seeds hold fixed: the data prediction at grid index i (the quantity for a plain ODE)."""
         c = self.sol.data_coeffs(i)
         return q if c is None or c == (0.0, 1.0) else B.lincomb(c, (x, q))
 
-    def seed(self, x_e: Any, d: Any, e: int, i: int, j: int) -> Any:
-        """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's jump."""
-        if self.alpha is None:
+    def seed(self, x_e: Any, d: Any, e: int, i: int, j: int, d_prev: Any = None, i_prev: int | None = None) -> Any:
+        """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's
+        jump. With ``d_prev`` (from index ``i_prev``) and ``order=2``, the data prediction is
+        extrapolated linearly in lambda and integrated exactly (a DPM-Solver++(2)-type jump)."""
+        if self.path is None:
             return self.sol.jump(x_e, d, e, j)
-        a, s = self.alpha, self.sigma
+        a, s, lam = self.path
         if s[e] == 0.0:
             return B.lincomb((0.0, 1.0), (x_e, d))
         r = s[j] / s[e]
-        return B.lincomb((r, a[j] - r * a[e]), (x_e, d))
+        first = (r, a[j] - r * a[e])
+        if (self.order < 2 or d_prev is None or i_prev is None or s[j] == 0.0
+                or not all(np.isfinite(lam[k]) for k in (i, i_prev, e, j)) or lam[i] == lam[i_prev]):
+            return B.lincomb(first, (x_e, d))
+        # D(lambda) = d + (lambda - lam_i) S, S = (d - d_prev) / (lam_i - lam_prev):
+        # sigma_j int_{lam_e}^{lam_j} e^l (l - lam_i) dl = a_j (lam_j - lam_i - 1) - r a_e (lam_e - lam_i - 1)
+        c = (a[j] * (lam[j] - lam[i] - 1.0) - r * a[e] * (lam[e] - lam[i] - 1.0)) / (lam[i] - lam[i_prev])
+        return B.lincomb((r, first[1] + c, -c), (x_e, d, d_prev))
 
 
 class _LocalError:
@@ -153,7 +163,7 @@ class _LocalError:
         for j in range(b + 1, e + 1):
             pts = [self.q.get(j - k) for k in range(self.p + 1)]
             if all(v is not None for v in pts):
-                d = pts  # the p-th difference of q_j, q_{j-1}, ..., q_{j-p}
+                d: list[Any] = list(pts)  # the p-th difference of q_j, q_{j-1}, ..., q_{j-p}
                 for _ in range(self.p):
                     d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
                 coef = abs(self.sol.jump_coeffs(j - 1, j)[1]) / self.fact
@@ -259,7 +269,7 @@ def sliding_window(
     model: Model,
     x: Any,
     grid: Any,
-    solver: "str | Solver",
+    solver: str | Solver,
     *,
     window: int,
     tol: float,
@@ -285,7 +295,8 @@ def sliding_window(
         correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
         variance: ``"into"`` or ``"out"``: which step's noise variance scores a point (``scale="noise"``).
         scale: what a point's change is measured against: ``"noise"`` (the step's noise variance,
-            ParaDiGMS) or ``"error"`` (the solver's local error estimate at the point).
+            ParaDiGMS), ``"level"`` (the RMS change against max(1, sigma_j), ParaTAA's
+            tol1 = tol2 rule) or ``"error"`` (the solver's local error estimate at the point).
         multistep: ``"chain"`` or ``"restart"``: a multistep solver's history at a window start.
         anderson: memory m of triangular Anderson mixing of the not-yet-accepted points (0: none).
         ridge: its relative ridge regularisation.
@@ -303,16 +314,22 @@ def sliding_window(
     tol2 = check_float("tol", tol, 0.0) ** 2
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
-    anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
     scale = check_choice("scale", scale, SCALES)
+    anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
     local = _LocalError(sol) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
     secant = _Secant()
     if sol.history_size and max(evals) > 1:
-        raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; a sliding window supports one or the other")
-    inv = _inverse_variances(model, sol.times, variance)
+        raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
+                         "a sliding window supports one or the other")
+    if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j)
+        sig = (np.asarray(model.schedule.sigma(sol.times), np.float64) if isinstance(model, DiffusionModel)
+               else np.ones(T + 1))
+        inv = 1.0 / np.maximum(1.0, sig) ** 2
+    else:
+        inv = _inverse_variances(model, sol.times, variance)
     numel_row = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape))
-    seeder = _Seeder(sol, model) if seed == "jump" else None
+    seeder = _Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     t = sol.t
     bar = None
     if progress:
@@ -333,10 +350,14 @@ def sliding_window(
                 if k == 0:
                     px, ti = [xs[m] for m in idx], idx
                 else:
-                    px, ti = zip(*(sol.stage_point(State(xs[m]), qs[m], m, m + 1, k) for m in idx))
+                    staged = [sol.stage_point(State(xs[m]), qs[m], m, m + 1, k) for m in idx]
+                    px, ti = [p for p, _ in staged], [j for _, j in staged]
                 rounds += 1
-                outs = evaluate_round(executor, model, list(px), [t[j] for j in ti], rounds,
-                                      lambda p: f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})")
+
+                def where(p: int, idx: list = idx, k: int = k, ti: list = ti) -> str:
+                    return f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})"
+
+                outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where)
                 nfe, width = nfe + len(idx), max(width, len(idx))
                 trace.append(Round(rounds, tuple(Eval(m - b, m, k, j) for m, j in zip(idx, ti))))
                 for m, xp, j, out in zip(idx, px, ti, outs):
@@ -371,7 +392,8 @@ def sliding_window(
             nb = e if accepted is None else accepted
             if mixer is not None:
                 mixer.mix(xs, new, b, nb, e)
-            evaluated_last = xs[e - 1]  # where the window's last point was evaluated this sweep
+            evaluated_last = xs[e - 1]  # where the window's last points were evaluated this sweep
+            evaluated_prev = xs[e - 2] if e - 2 >= b else None
             xs[b + 1 : e + 1] = new[1:]
             end = min(nb + window, T)
             if seeder is None:
@@ -379,8 +401,9 @@ def sliding_window(
             elif end > e:  # never-evaluated points: the free coarse jump from the new x_e with the
                 # data prediction of the window's last evaluated point (fresh every sweep)
                 d = seeder.prediction(evaluated_last, qs[e - 1][0], e - 1)
+                d2 = seeder.prediction(evaluated_prev, qs[e - 2][0], e - 2) if e - 2 >= b and seeder.order > 1 else None
                 del xs[e + 1:]
-                xs.extend(seeder.seed(xs[e], d, e, e - 1, j) for j in range(e + 1, end + 1))
+                xs.extend(seeder.seed(xs[e], d, e, e - 1, j, d2, e - 2) for j in range(e + 1, end + 1))
             base = move(states[nb], xs[nb])
             log.append(Sweep(rounds, b, e, nb))
             if bar is not None:

@@ -1,0 +1,155 @@
+"""The sliding-window methods (ParaDiGMS, ParaSolver, ParaTAA, cascade): exact at tol 0 for every
+solver and option, the official ParaDiGMS conventions, seeding, Anderson mixing, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chords_core as cc
+from chords_core.methods.window import SCALES, SEEDS, sliding_window
+from chords_core.problems import GaussianMixture, LinearODE
+
+GMM = GaussianMixture.random(8, 3, seed=4)
+X = np.random.default_rng(5).standard_normal((3, 8))
+SCHEDULES = {"rf": (cc.RectifiedFlow(), "flow"), "vp": (cc.VP.linear(), "eps")}
+WINDOW_METHODS = {"paradigms": cc.paradigms, "parasolver": cc.parasolver, "parataa": cc.parataa, "cascade": cc.cascade}
+
+
+def setup(sched: str, solver: str, steps: int):
+    schedule, pred = SCHEDULES[sched]
+    spacing = "logsnr" if sched == "vp" and solver != "euler" and solver != "heun" else "uniform"
+    return GMM.model(schedule, pred), cc.time_grid(schedule, steps, spacing)
+
+
+def run(name, model, x, grid, solver, lanes, **kw):
+    key = "cores" if name == "cascade" else "window"
+    return WINDOW_METHODS[name](model, x, grid, solver, **{key: lanes}, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(WINDOW_METHODS))
+@pytest.mark.parametrize("solver", sorted(cc.SOLVERS))
+@pytest.mark.parametrize("sched", sorted(SCHEDULES))
+def test_tol_zero_is_sequential_bit_for_bit(name, solver, sched):
+    model, grid = setup(sched, solver, 12)
+    ref = cc.solve(model, X, grid, solver)
+    for lanes in (1, 3, 5):
+        res = run(name, model, X, grid, solver, lanes, tol=0.0)
+        assert np.array_equal(res.x, ref), (lanes, float(np.max(np.abs(res.x - ref))))
+        assert res.width <= lanes and res.method == name and res.rounds <= res.nfe
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_option_is_exact_at_tol_zero(seed, scale):
+    model, grid = setup("vp", "dpmpp_2m", 10)
+    ref = cc.solve(model, X, grid, "dpmpp_2m")
+    for correction in ("picard", "jump", "secant"):
+        res = sliding_window(model, X, grid, "dpmpp_2m", window=4, tol=0.0, seed=seed, correction=correction,
+                             scale=scale, anderson=2)
+        assert np.array_equal(res.x, ref), correction
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 16), st.integers(1, 6), st.sampled_from(["euler", "heun"]), st.sampled_from(sorted(WINDOW_METHODS)))
+def test_vector_field_exact(steps, lanes, solver, name):
+    ode = LinearODE.random(3, seed=steps)
+    y0 = np.random.default_rng(steps).standard_normal(3)
+    ts = np.linspace(0.0, 1.0, steps + 1)
+    # one call a point: a batched matrix product may round differently from the sequential one
+    res = run(name, ode.vector_field(), y0, ts, solver, lanes, tol=0.0, executor=cc.SerialExecutor())
+    assert np.array_equal(res.x, cc.solve(ode.vector_field(), y0, ts, solver))
+
+
+def test_official_paradigms_conventions():
+    model, grid = setup("vp", "dpmpp_2m", 12)
+    # restarting the multistep history at every window start: window 1 is first order everywhere (DDIM)
+    r = cc.paradigms(model, X, grid, "dpmpp_2m", window=1, tol=0.0, multistep="restart")
+    np.testing.assert_allclose(r.x, cc.solve(model, X, grid, "ddim"), rtol=0, atol=1e-12)
+    # with a wider window the fixed point is no longer the sequential 2M solution
+    wide = cc.paradigms(model, X, grid, "dpmpp_2m", window=4, tol=0.0, multistep="restart")
+    assert not np.allclose(wide.x, cc.solve(model, X, grid, "dpmpp_2m"), rtol=0, atol=1e-9)
+    # the variance of the step out of a point: the last point never blocks, so never more rounds
+    model, grid = setup("rf", "euler", 30)
+    into = cc.paradigms(model, X, grid, "euler", window=4, tol=0.1)
+    out = cc.paradigms(model, X, grid, "euler", window=4, tol=0.1, variance="out")
+    assert out.rounds <= into.rounds + 1 and out.method == "paradigms"
+
+
+def test_seeds_from_the_coarse_jump_save_rounds():
+    model, grid = setup("rf", "euler", 40)
+    copy = cc.paradigms(model, X, grid, "euler", window=8, tol=0.1)
+    seeded = cc.parasolver(model, X, grid, "euler", window=8, tol=0.1)
+    assert seeded.rounds < copy.rounds
+    # the first sweep has nothing to seed from: both evaluate the same first window
+    assert seeded.trace[0] == copy.trace[0]
+
+
+def test_first_seed_is_the_ddim_jump():
+    """After the first sweep (window 2, everything accepted), the seed of grid point 3 is the DDIM
+    jump from the new x_2 with the data prediction of point 1."""
+    model, grid = setup("rf", "euler", 6)
+    seen = []
+
+    class Spy(cc.BatchedExecutor):
+        def __call__(self, model, xs, ts):
+            seen.append([np.array(v) for v in xs])
+            return super().__call__(model, xs, ts)
+
+    sliding_window(model, X, grid, "euler", window=2, tol=1e9, seed="jump", correction="picard", executor=Spy())
+    sch = model.schedule
+    t = grid
+    x1 = seen[0][1]  # point 1 as evaluated in sweep 1 (its copy of x_0 ... x_1 = x_0)
+    v0, v1 = (model.evaluate([p], [tt])[0] for p, tt in ((seen[0][0], t[0]), (x1, t[1])))
+    x2 = x1 + (t[2] - t[1]) * v1 + (seen[0][0] + (t[1] - t[0]) * v0 - x1)  # Phi_1 + how far x_1 moved
+    (ad, bd), _ = model.data_eps_coefficients(t[1])
+    d1 = ad * x1 + bd * model.evaluate([x1], [t[1]])[0]
+    a, s = sch.alpha(t), sch.sigma(t)
+    x3 = s[3] / s[2] * x2 + (a[3] - s[3] / s[2] * a[2]) * d1
+    np.testing.assert_allclose(seen[1][0], x2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(seen[1][1], x3, rtol=1e-12, atol=1e-12)
+
+
+def test_anderson_mixing_changes_iterates_but_not_the_fixed_point():
+    model, grid = setup("rf", "dpmpp_2m", 20)
+    plain = cc.paradigms(model, X, grid, "dpmpp_2m", window=6, tol=1e-3)
+    mixed = cc.parataa(model, X, grid, "dpmpp_2m", window=6, tol=1e-3, memory=3)
+    none = cc.parataa(model, X, grid, "dpmpp_2m", window=6, tol=1e-3, memory=0)
+    assert mixed.method == "parataa" and not np.array_equal(mixed.x, none.x)
+    ref = cc.solve(model, X, grid, "dpmpp_2m")
+    assert cc._backend.rms(mixed.x - ref) < 1e-2 and cc._backend.rms(plain.x - ref) < 1e-2
+
+
+def test_local_error_scale_is_safe_on_a_mixture():
+    """Accepting a point when its change is below 3 x the solver's local error estimate keeps the
+    output within 5% of the sequential solver's error of it (the no-degradation criterion)."""
+    for solver, steps in (("euler", 40), ("dpmpp_2m", 20)):
+        model, grid = setup("rf", solver, steps)
+        ref = GMM.reference_solve(X, grid[0], grid[-1], model.schedule)
+        seq = cc.solve(model, X, grid, solver)
+        res = sliding_window(model, X, grid, solver, window=4, tol=3.0, seed="jump2", correction="picard", scale="error")
+        assert res.rounds < res.sequential_rounds
+        assert cc._backend.rms(res.x - seq) <= 0.05 * cc._backend.rms(seq - ref), solver
+
+
+@pytest.mark.parametrize("kw, name", [(dict(seed="copies"), "seed"), (dict(correction="newton"), "correction"),
+                                      (dict(scale="abs"), "scale"), (dict(variance="mid"), "variance"),
+                                      (dict(multistep="keep"), "multistep"), (dict(anderson=-1), "anderson"),
+                                      (dict(window=0), "window"), (dict(tol=float("nan")), "tol")])
+def test_bad_options_are_named(kw, name):
+    model, grid = setup("rf", "euler", 8)
+    args = dict(window=4, tol=0.1, seed="jump", correction="picard")
+    args.update(kw)
+    with pytest.raises(ValueError, match=name):
+        sliding_window(model, X, grid, "euler", **args)
+
+
+def test_parallel_names_every_window_method():
+    model, grid = setup("rf", "euler", 16)
+    for name in WINDOW_METHODS:
+        res = cc.parallel(model, X, grid, cores=4, method=name, tol=0.0)
+        assert res.method == name and np.array_equal(res.x, cc.solve(model, X, grid)) and res.width <= 4
+    with pytest.raises(ValueError, match="window"):
+        cc.parallel(model, X, grid, cores=4, method="paradigms", window=2)
