@@ -24,7 +24,7 @@ from .results import Hit, Result
 from .schedules import EDM, VP, RectifiedFlow, Schedule
 from .sequential import solve
 from .solvers import SOLVERS, make_solver, register_solver
-from .stopping import RunAll, StopAtCore, StopOnResidual, StopRule
+from .stopping import RunAll, StopAtCore, StopOnResidual, StopRule, StopWhenConverged
 
 __version__ = "0.1.0"
 
@@ -34,5 +34,5 @@ __all__ = [
     "parasolver", "parataa",
     "register_method", "srds", "PREDICTIONS", "DiffusionModel", "Model", "ModelOutputError", "VectorField", "Plan",
     "make_plan", "Hit", "Result", "EDM", "VP", "RectifiedFlow", "Schedule", "solve", "SOLVERS", "make_solver",
-    "register_solver", "RunAll", "StopAtCore", "StopOnResidual", "StopRule", "rectify",
+    "register_solver", "RunAll", "StopAtCore", "StopOnResidual", "StopRule", "StopWhenConverged", "rectify",
 ]

@@ -24,11 +24,12 @@ from typing import Any
 from . import _backend as B
 from .executors import Executor
 from .history import move
+from .local_error import LocalError
 from .models import Model, ModelOutputError
 from .plan import Eval, Plan
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import StopRule
+from .stopping import Outputs, StopRule
 
 __all__ = ["rectify", "evaluate_round", "CoreRecords", "run_plan", "plan_result"]
 
@@ -77,9 +78,12 @@ class CoreRecords:
     stage quantities of the step in progress; ``coarse``: the coarse hit.
     """
 
-    def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str):
+    def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str, errors: bool = False):
         K = len(init)
         self.sol, self.init, self.history = sol, init, history
+        self.local = LocalError(sol) if errors else None
+        self.recent: list = [[] for _ in range(K)]  # per core: the latest (index, q) of stage 0, newest first
+        self.errors: dict[int, Any] = {}  # grid index j -> local error estimate e_j (first core to reach it)
         self.convert = sol.quantity_of if sol.converts else None
         self.states: list = [sol.begin(x)] + [None] * (K - 1)
         self.anchor: list = [None] + [(init[c], None, None) for c in range(1, K)]
@@ -109,6 +113,8 @@ class CoreRecords:
             q = out if convert is None else convert(xe, out, e.time_index)
             if e.stage == 0:
                 qs[c] = [q]
+                if self.local is not None:
+                    self._observe(c, i, q)
                 if c and anchor[c][0] == i:
                     anchor[c] = (i, xe, q)
                 if e.record_for is not None:
@@ -138,6 +144,27 @@ class CoreRecords:
                     states[c] = anchor[c] = slow[c] = qs[c] = None  # a finished core's records are freed
         return sorted(hits, key=lambda h: -h[0])
 
+    def _observe(self, c: int, i: int, q: Any) -> None:
+        """Record core c's quantity at index i; estimate e_i once p + 1 consecutive ones exist."""
+        rec = self.recent[c]
+        if rec and rec[0][0] != i - 1:
+            rec.clear()  # not consecutive (cannot happen with one evaluation per step)
+        rec.insert(0, (i, q))
+        assert self.local is not None
+        del rec[self.local.needs:]
+        if len(rec) == self.local.needs and i not in self.errors:
+            self.errors[i] = self.local.at(i, [v for _, v in rec])
+
+    def error_estimate(self) -> float | None:
+        """RMS of the summed local error estimates: the sequential solver's global error, estimated;
+        ``None`` until half the steps have an estimate."""
+        if self.local is None or 2 * len(self.errors) < self.sol.steps:
+            return None
+        total = None
+        for v in self.errors.values():
+            total = v + 0.0 if total is None else B.add_into(total, v)
+        return B.rms(total) * self.sol.steps / len(self.errors)
+
 
 def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, executor: Executor, history: str,
              progress: bool = False) -> Result:
@@ -157,7 +184,8 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         A ``Result`` (``method="chords"``) with every output up to the stop and the plan.
     """
     limit = plan.stop_round(rule)
-    records = CoreRecords(sol, x, plan.init, history)
+    wants_error = bool(getattr(rule, "uses_error_estimate", False))
+    records = CoreRecords(sol, x, plan.init, history, errors=wants_error)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -181,7 +209,8 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
-                if result is None and rule.accept(outputs, records.coarse):
+                seen = Outputs(outputs, records.error_estimate() if wants_error else None)
+                if result is None and rule.accept(seen, records.coarse):
                     result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
             if bar is not None:
                 bar.update(1)

@@ -19,8 +19,17 @@ The rules shipped:
 - ``StopOnResidual(tol)``: stop at the first output within ``tol`` of the previous one (the first
   output is compared with the coarse prediction), by the RMS per element sqrt(mean((x - x_prev)^2)).
   Unlike the reference code's ||.||_2 / numel this does not depend on the state size.
+- ``StopWhenConverged(rel)``: stop at the first output within ``rel`` times the *estimated error of
+  the sequential solver* of the previous one (RMS per element), so that the returned output differs
+  from the sequential one by a small fraction of the sequential solver's own error. The estimate
+  (``outputs.error``: the sum of the solver's local error estimates, ``local_error``) comes from
+  the methods that provide it (CHORDS); without one the rule runs to the end.
 - ``RunAll()`` (also what ``stop=None`` means): run to the end; the result is the last output,
   which for CHORDS is core 0's, the sequential solution.
+
+``outputs`` is an ``Outputs`` tuple: a rule may read ``outputs.error`` (the method's estimate of
+the sequential solver's RMS error, or ``None``). A rule that sets ``uses_error_estimate = True``
+asks the method to compute it (it costs a few array operations per evaluation).
 
 A rule written outside the package subclasses ``StopRule`` (or just has these three methods).
 """
@@ -34,11 +43,27 @@ from typing import Any
 from . import _backend as B
 from .checks import check_float, check_int
 
-__all__ = ["StopRule", "StopAtCore", "StopOnResidual", "RunAll", "as_stop_rule", "select_output"]
+__all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
+           "as_stop_rule", "select_output"]
+
+
+class Outputs(tuple):
+    """The outputs so far, in arrival order, and ``error``: the method's estimate of the sequential
+    solver's RMS error (``None`` when the method gives none or the rule did not ask)."""
+
+    error: float | None
+
+    def __new__(cls, items: Sequence[Any] = (), error: float | None = None) -> Outputs:
+        out = super().__new__(cls, items)
+        out.error = error
+        return out
 
 
 class StopRule:
     """Base class of stop rules; see the module docstring for the protocol."""
+
+    #: Ask the method for ``outputs.error`` (the estimated sequential error).
+    uses_error_estimate: bool = False
 
     def outputs_needed(self, available: int) -> int:
         """The most outputs the run needs out of the ``available`` ones (static); all by default."""
@@ -94,6 +119,33 @@ class StopOnResidual(StopRule):
         if accepted:
             return f"residual below {self.tol:g} at core {core}"
         return f"residual never below {self.tol:g}; core {core}"
+
+
+@dataclass(frozen=True)
+class StopWhenConverged(StopRule):
+    """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
+    estimated RMS error of the sequential solver (``outputs.error``); see the module docstring."""
+
+    rel: float = 0.05
+    uses_error_estimate = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))
+
+    def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        error = getattr(outputs, "error", None)
+        if error is None or len(outputs) < 2:  # the coarse prediction is no output to converge from
+            return False
+        return B.rms(outputs[-1] - outputs[-2]) <= self.rel * error
+
+    def describe(self, n: int, core: int, accepted: bool) -> str:
+        if accepted:
+            return f"converged: output {n} (core {core}) within {self.rel:g} x the estimated sequential error"
+        return f"not converged within {self.rel:g} x the estimated sequential error; core {core}"
+
+
+#: ``chords``' default: safe on problems it was not tuned on (see ``StopWhenConverged``).
+DEFAULT_STOP = StopWhenConverged(0.1)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
+import chords_core as cc
 import chords_diffusers as cd  # noqa: E402
 
 STEPS = 8
@@ -191,7 +192,7 @@ def test_sd3_pipeline_matches_diffusers(sd3, dynamic):
 def test_sd3_pipeline_end_to_end_images(sd3):
     sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     out = cd.sample(sd3, ["a cat", "a dog"], num_inference_steps=8, cores=3, height=16, width=16, progress=False,
-                    generator=torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0), stop=cc.StopAtCore(1))
     assert len(out.images) == 2 and out.images[0].size == (16, 16)
     r = out.chords
     assert r.rounds < 8 and r.speedup > 1 and r.hits[0].x.shape == (2, 4, 16, 16) and r.x is r.hits[0].x
@@ -224,7 +225,7 @@ def test_sd_unet_pipeline_matches_diffusers(sd):
     one = cd.sample(sd, "a cat", num_inference_steps=8, cores=1, generator=torch.Generator().manual_seed(0), **kw)
     assert rel_err(one.latents, ref) < 2e-6
     out = cd.sample(sd, "a cat", num_inference_steps=8, cores=2, generator=torch.Generator().manual_seed(0),
-                    height=16, width=16)
+                    height=16, width=16, stop=cc.StopAtCore(1))
     assert out.images[0].size == (16, 16) and out.chords.rounds < 8
 
 

@@ -250,7 +250,7 @@ def test_vector_field_custom_ode():
 
 def test_progress_bar_and_diagram(capsys):
     model, x, grid = setup("rf-flow")
-    res = cc.chords(model, x, grid, init=PAPER8, progress=True)
+    res = cc.chords(model, x, grid, init=PAPER8, progress=True, stop=cc.StopAtCore(1))
     err = capsys.readouterr().err
     assert "17/17" in err
     assert res.diagram().splitlines()[-1].endswith("hit c7")

@@ -16,7 +16,7 @@ from ..models import Model
 from ..plan import make_plan
 from ..results import Result
 from ..solvers import Solver
-from ..stopping import StopAtCore, StopRule, as_stop_rule
+from ..stopping import DEFAULT_STOP, StopRule, as_stop_rule
 
 __all__ = ["chords"]
 
@@ -29,7 +29,7 @@ def chords(
     *,
     cores: int | None = None,
     init: Sequence[int] | None = None,
-    stop: StopRule | None = StopAtCore(1),
+    stop: StopRule | None = DEFAULT_STOP,
     executor: Executor | None = None,
     history: str = "shift",
     progress: bool = False,
@@ -44,9 +44,13 @@ def chords(
         solver: a name from ``SOLVERS`` (its options as keyword arguments) or a bound ``Solver``.
         cores: K, the number of cores; ``None`` takes ``len(init)``.
         init: the cores' start indices; ``None`` takes ``default_init(T, cores)``.
-        stop: the stop rule (``stopping``): ``StopAtCore(1)`` returns the fastest core's output,
-            ``StopOnResidual(tol)`` the first output within ``tol`` of the previous one, ``None``
-            runs every core and returns core 0's (the sequential solution, bit for bit).
+        stop: the stop rule (``stopping``). The default, ``StopWhenConverged(0.1)``, returns the first
+            output within 0.1 x the estimated error of the sequential solver of the previous one:
+            no worse than the sequential solver on problems it was not tuned on, at the cost of
+            waiting for the next output to confirm one. ``StopAtCore(n)`` returns the n-th output
+            (n = 1: the fastest core, the paper's fixed schedule, unchecked), ``StopOnResidual(tol)``
+            the first output within ``tol`` of the previous one, ``None`` runs every core and
+            returns core 0's (the sequential solution, bit for bit).
         executor: evaluates each round (default ``BatchedExecutor``: one batched call per round).
         history: what a rectification does to a multistep solver's history (``history``).
         progress: show a progress bar over rounds (needs tqdm).

@@ -48,6 +48,7 @@ from ..checks import check_choice, check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move
+from ..local_error import LocalError
 from ..models import DiffusionModel, Model
 from ..plan import Eval, Round
 from ..results import Hit, Result
@@ -140,36 +141,31 @@ class _Seeder:
         return B.lincomb((r, first[1] + c, -c), (x_e, d, d_prev))
 
 
-class _LocalError:
-    """The solver's local error at each grid point, estimated from the window's own model values:
-    e_j = |b_{j-1}| |Delta^p q_j| / (p + 1)! (q the solver's quantity at consecutive points, p the
-    solver's order, b the q-coefficient of the jump into j): for Euler the Heun - Euler difference.
-    A point's change is scored against it, per sample: change^2 / (e_j^2 + tiny)."""
+class _PointErrors:
+    """The solver's local error e_j (``local_error.LocalError``) at each window point, from the
+    window's own model values; a point's change is scored against it, per sample:
+    change^2 / (|e_j|^2 + tiny)."""
 
     def __init__(self, sol: Solver):
-        self.sol, self.p = sol, max(1, int(sol.accuracy))
+        self.local = LocalError(sol)
         self.q: dict[int, Any] = {}  # the latest quantity evaluated at each index (stage 0)
         self.est: dict[int, Any] = {}
-        self.fact = float(np.prod(np.arange(1, self.p + 2)))
 
     def observe(self, qs: dict, b: int, e: int) -> None:
         """Take the sweep's quantities (window b .. e-1) and estimate e_j for j in (b, e]."""
+        n = self.local.needs
         for m in range(b, e):
             self.q[m] = qs[m][0]
         for j in list(self.q):
-            if j < b - self.p - 1:
+            if j < b - n:
                 del self.q[j]
         last = None
         for j in range(b + 1, e + 1):
-            pts = [self.q.get(j - k) for k in range(self.p + 1)]
-            if all(v is not None for v in pts):
-                d: list[Any] = list(pts)  # the p-th difference of q_j, q_{j-1}, ..., q_{j-p}
-                for _ in range(self.p):
-                    d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
-                coef = abs(self.sol.jump_coeffs(j - 1, j)[1]) / self.fact
-                last = _row_sq(d[0]) * (coef * coef)
+            back = [self.q.get(j - k) for k in range(n)]
+            if all(v is not None for v in back):
+                last = _row_sq(self.local.at(j, back))
             if last is not None:
-                self.est[j] = last
+                self.est[j] = last  # the window's end point takes its predecessor's estimate
         for j in list(self.est):
             if j <= b:
                 del self.est[j]
@@ -316,7 +312,7 @@ def sliding_window(
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     scale = check_choice("scale", scale, SCALES)
     anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
-    local = _LocalError(sol) if scale == "error" else None
+    local = _PointErrors(sol) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
     secant = _Secant()
     if sol.history_size and max(evals) > 1:

@@ -1,0 +1,46 @@
+"""Local error estimates of a fixed-grid solver from model values it has anyway.
+
+For a solver of order p whose step i -> j combines a point and its quantity q (velocity or data
+prediction) with the jump coefficient b on q, the local (one-step) error of the step j-1 -> j is
+estimated from the p-th difference of the quantities at consecutive grid points,
+
+    e_j = b_{j-1, j} Delta^p q_j / (p + 1)!,    Delta q_j = q_j - q_{j-1},
+
+which for Euler is the Heun - Euler difference (h / 2) (q_j - q_{j-1}). The sum of the e_j over a
+trajectory estimates the sequential solver's global error (errors propagated with a Jacobian near
+the identity). Parallel methods use these to accept work "within the solver's own error": the
+cascade sampler scores a point's change against e_j, and ``StopWhenConverged`` compares CHORDS'
+consecutive outputs with the estimated global error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .solvers import Solver
+
+__all__ = ["LocalError"]
+
+
+class LocalError:
+    """Local error estimates e_j for a solver bound to a grid (see the module docstring)."""
+
+    def __init__(self, sol: Solver):
+        self.sol = sol
+        self.p = max(1, int(sol.accuracy))
+        self.fact = float(math.factorial(self.p + 1))
+
+    @property
+    def needs(self) -> int:
+        """How many consecutive quantities an estimate needs (q_j back to q_{j-p})."""
+        return self.p + 1
+
+    def at(self, j: int, back: Sequence[Any]) -> Any:
+        """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""
+        d = list(back[: self.p + 1])
+        for _ in range(self.p):
+            d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
+        coef = self.sol.jump_coeffs(j - 1, j)[1] / self.fact
+        return d[0] * coef
