@@ -5,13 +5,16 @@ lanes are evaluated at once and each point is corrected by the one before it, th
 accurate lane (the Picard/parareal update x_{m+1} <- Phi_m(x_m) + (x_m^new - x_m^old), exact for a
 point whose predecessor has converged). What CHORDS contributes:
 
-- **free coarse seeds**: a lane that moves ahead starts from the zero-cost coarse jump (the DDIM /
-  x0-prediction jump from the window's newest point with the data prediction of the last evaluated
-  one), CHORDS' coarse propagator, instead of a copy of the last point (ParaDiGMS); the seeds of
-  never-evaluated points are refreshed every round;
-- **residual acceptance**: a point whose change falls below ``tol`` times the noise level of its
-  step is accepted and its lane starts new work ahead, so no device idles on converged work; the
-  run returns only when every point up to T is accepted (never unconverged work);
+- **free coarse seeds**: a lane that moves ahead starts from the zero-cost coarse jump, CHORDS'
+  coarse propagator, made second order: the data prediction of the window's last two evaluated
+  points extrapolated linearly in log-SNR and integrated exactly from the window's newest point
+  (a DPM-Solver++(2)-type jump), instead of a copy of the last point (ParaDiGMS) or the
+  first-order x0 jump (ParaSolver);
+- **acceptance within the solver's own error**: a point whose change falls below ``tol`` times the
+  solver's local error estimate there (``local_error``, from the window's own model values) is
+  accepted and its lane starts new work ahead, so no device idles on converged work; the run returns
+  only when every point up to T is accepted (never unconverged work). A tolerance relative to the
+  solver's error, not to the noise level, transfers across solvers, step counts and workloads;
 - optional **triangular Anderson mixing** (``anderson=m``) of the not-yet-accepted points.
 
 With ``tol=0`` or one core it equals ``solve`` bit for bit for every solver (Heun: one round per
@@ -30,8 +33,8 @@ from .window import sliding_window
 
 __all__ = ["cascade", "DEFAULT_TOL"]
 
-#: The default tolerance (relative to the noise level of each step); see ``cascade``.
-DEFAULT_TOL = 0.05
+#: The default tolerance (relative to the solver's local error at each point); see ``cascade``.
+DEFAULT_TOL = 3.0
 
 
 def cascade(
@@ -53,8 +56,9 @@ def cascade(
     Args:
         model, x, grid, solver, executor, solver_options: as for ``chords``.
         cores: lanes (evaluations per round, the devices kept busy), >= 1.
-        tol: per-point acceptance tolerance relative to the noise level of the step into the point
-            (>= 0; 0 returns the sequential solution bit for bit).
+        tol: per-point acceptance tolerance: a point is accepted when its change is at most ``tol``
+            times the solver's local error estimate there (``local_error``); >= 0, and 0 returns the
+            sequential solution bit for bit.
         anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
         ridge: relative ridge of the mixing's least squares.
         progress: show a progress bar over grid steps (needs tqdm).
@@ -62,6 +66,6 @@ def cascade(
     Returns:
         A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
     """
-    return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump", correction="picard",
-                          anderson=anderson, ridge=ridge, executor=executor, progress=progress, method="cascade",
-                          solver_options=solver_options)
+    return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
+                          scale="error", anderson=anderson, ridge=ridge, executor=executor, progress=progress,
+                          method="cascade", solver_options=solver_options)
