@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 NB = Path(__file__).resolve().parents[1] / "notebooks"
-SCRIPTS = ["01_pipeline.py", "02_convergence.py", "03_initialisation.py"]
+SCRIPTS = ["01_pipeline.py", "02_convergence.py", "03_initialisation.py", "04_cascade.py"]
 
 
 def _sync():

@@ -34,7 +34,7 @@ from .window import sliding_window
 __all__ = ["cascade", "DEFAULT_TOL"]
 
 #: The default tolerance (relative to the solver's local error at each point); see ``cascade``.
-DEFAULT_TOL = 3.0
+DEFAULT_TOL = 1.0
 
 
 def cascade(

@@ -54,7 +54,7 @@ from ..plan import Eval, Round
 from ..results import Hit, Result
 from ..solvers import Solver, State
 
-__all__ = ["sliding_window", "Sweep", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
+__all__ = ["sliding_window", "Sweep", "Seeder", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
 
 SEEDS = ("copy", "jump", "jump2")
 CORRECTIONS = ("picard", "jump", "secant")
@@ -104,7 +104,7 @@ def _row_sq(d: Any) -> Any:
     return (d * d).reshape(d.shape[0], -1).sum(1)
 
 
-class _Seeder:
+class Seeder:
     """Seeds for new window points: x_j from x_e with the data prediction d of the last evaluated point."""
 
     def __init__(self, sol: Solver, model: Model, order: int = 1):
@@ -325,7 +325,7 @@ def sliding_window(
     else:
         inv = _inverse_variances(model, sol.times, variance)
     numel_row = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape))
-    seeder = _Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
+    seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     t = sol.t
     bar = None
     if progress:
