@@ -158,6 +158,21 @@ def test_unet_chords_reproduces_scheduler_loop(unet, name):
     assert four.hits[0].round < STEPS
 
 
+@pytest.mark.parametrize("method", sorted(cc.METHODS))
+def test_every_method_through_sample_latents(unet, method):
+    sched = DPMSolverMultistepScheduler(prediction_type="v_prediction")
+    smap = cd.map_scheduler(sched, STEPS)
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * sched.init_noise_sigma
+    net = cd.GuidedNet(unet, batch=1)
+    one = cd.sample_latents(smap, net, x, cores=1, progress=False, method=method, **({"tol": 0.0} if method != "chords" and method != "srds" else {}))
+    seq = cd.sample_latents(smap, net, x, cores=1, progress=False)
+    assert one.method == method and rel_err(one.x, seq.x) < 1e-6
+    many = cd.sample_latents(smap, net, x, cores=3, progress=False, method=method)
+    assert many.method == method and many.rounds <= STEPS and many.x.shape == x.shape
+    with pytest.raises(ValueError, match="method"):
+        cd.sample_latents(smap, net, x, cores=3, progress=False, method="fastest")
+
+
 def test_mapping_reads_the_scheduler_grid():
     s = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
     smap = cd.map_scheduler(s, 6, mu=0.8)

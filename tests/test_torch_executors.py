@@ -158,3 +158,13 @@ def test_device_executor_bad_arguments():
             ex(MODEL, [x0(), x0(dim=5)], [0.5, 0.5])
         with pytest.raises(TypeError, match=r"xs\[0\]"):
             ex(MODEL, [x0().numpy()], [0.5])
+
+
+@pytest.mark.parametrize("method", sorted(cc.METHODS))
+def test_every_method_runs_on_the_device_executor(method):
+    grid = cc.time_grid(MODEL.schedule, 12)
+    ref = cc.parallel(MODEL, x0(), grid, "dpmpp_2m", cores=3, method=method, executor=cc.SerialExecutor())
+    with DeviceExecutor(["cpu", "cpu", "cpu"]) as ex:
+        res = cc.parallel(MODEL, x0(), grid, "dpmpp_2m", cores=3, method=method, executor=ex)
+    assert torch.equal(res.x, ref.x) and (res.rounds, res.nfe, res.width) == (ref.rounds, ref.nfe, ref.width)
+    assert [h.core for h in res.hits] == [h.core for h in ref.hits]

@@ -145,3 +145,11 @@ def test_start_up_errors():
         ProcessExecutor(FACTORY, start_method="teleport")
     with pytest.raises(TypeError, match="factory"):
         ProcessExecutor(3)
+
+
+@pytest.mark.parametrize("method", sorted(cc.METHODS))
+def test_every_method_runs_on_the_process_executor(trap_executor, one_thread, method):
+    grid = cc.time_grid(MODEL.schedule, 10)
+    ref = cc.parallel(MODEL, x0(), grid, "euler", cores=2, method=method, executor=cc.SerialExecutor())
+    res = cc.parallel(MODEL, x0(), grid, "euler", cores=2, method=method, executor=trap_executor)
+    assert torch.equal(res.x, ref.x) and (res.rounds, res.nfe) == (ref.rounds, ref.nfe)

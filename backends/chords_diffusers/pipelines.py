@@ -82,9 +82,11 @@ def sample_latents(
     devices: Sequence[Any] | None = None,
     executor: cc.Executor | None = None,
     progress: bool = True,
+    method: str = "chords",
     **chords_options: Any,
 ) -> cc.Result:
-    """CHORDS from ``latents`` at the first grid time with ``net(x_in, tau)`` under ``smap``.
+    """A parallel method (CHORDS by default) from ``latents`` at the first grid time with
+    ``net(x_in, tau)`` under ``smap``.
 
     ``cores=1`` (or ``stop=None``, which returns the slowest core) is the scheduler's sequential loop.
 
@@ -98,17 +100,34 @@ def sample_latents(
         devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
         executor: an executor (not with ``devices``).
         progress: show a progress bar.
-        chords_options: further ``chords_core.chords`` options (e.g. ``history``).
+        method: a name in ``chords_core.METHODS`` (``"chords"``, ``"cascade"``, ``"paradigms"``,
+            ``"parasolver"``, ``"parataa"``, ``"srds"``); the others run through
+            ``chords_core.parallel`` with ``cores`` devices' worth of evaluations per round and take
+            their own options in ``chords_options`` (``init`` is CHORDS' only; ``stop`` is for the
+            methods that take one).
+        chords_options: further options of the method (e.g. ``history`` for CHORDS, ``tol``).
 
     Returns:
         The ``Result``; ``.x`` is the chosen output's latents.
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if method not in cc.METHODS:
+        raise ValueError(f"method must be one of {sorted(cc.METHODS)}, got {method!r}")
+    if method != "chords":
+        if init is not None:
+            raise ValueError(f"init is CHORDS' start sequence; method {method!r} takes cores")
+        if cores is None:
+            raise ValueError(f"method {method!r} needs cores")
+        if stop is not cc.stopping.DEFAULT_STOP:
+            chords_options["stop"] = stop
     model = make_model(smap, net)
     ex, owned = make_executor(devices, executor)
     try:
         with torch.no_grad():
+            if method != "chords":
+                return cc.parallel(model, latents, smap.grid, smap.solver, cores=cores, method=method, executor=ex,
+                                   progress=progress, **smap.solver_options, **chords_options)
             return cc.chords(model, latents, smap.grid, smap.solver, cores=cores, init=init, stop=stop,
                              executor=ex, progress=progress, **smap.solver_options, **chords_options)
     finally:
@@ -127,6 +146,8 @@ def sample(
     devices: Sequence[Any] | None = None,
     executor: cc.Executor | None = None,
     progress: bool | None = None,
+    method: str = "chords",
+    method_options: dict | None = None,
     **pipe_kwargs: Any,
 ) -> ChordsPipelineOutput:
     """Run ``pipe`` with CHORDS instead of its sequential loop; see the module docstring.
@@ -142,6 +163,7 @@ def sample(
         executor: an executor (not with ``devices``).
         progress: show a progress bar (``None``: follow the pipeline's
             ``set_progress_bar_config(disable=...)``).
+        method: the parallel method (``sample_latents``); ``method_options`` its options (e.g. ``tol``).
         pipe_kwargs: the pipeline's own call arguments (``guidance_scale``, ``height``, ``width``,
             ``generator``, ``latents``, ``output_type``, ``negative_prompt``, ``prompt_embeds``,
             ``mu``, ...); unknown ones raise ``TypeError``.
@@ -161,7 +183,7 @@ def sample(
         smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device, **job.timestep_kwargs)
         latents = job.make_latents()
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
-                             executor=executor, progress=progress)
+                             executor=executor, progress=progress, method=method, **(method_options or {}))
         out = job.finish(res.x)
     if hasattr(pipe, "maybe_free_model_hooks"):
         pipe.maybe_free_model_hooks()
