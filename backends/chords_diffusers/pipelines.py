@@ -126,6 +126,7 @@ def sample_latents(
     try:
         with torch.no_grad():
             if method != "chords":
+                assert cores is not None  # checked above
                 return cc.parallel(model, latents, smap.grid, smap.solver, cores=cores, method=method, executor=ex,
                                    progress=progress, **smap.solver_options, **chords_options)
             return cc.chords(model, latents, smap.grid, smap.solver, cores=cores, init=init, stop=stop,
