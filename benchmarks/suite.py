@@ -313,7 +313,13 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="mixtures only, fewer configurations")
     ap.add_argument("--workloads", nargs="*", default=None, help=f"subset of {sorted(WORKLOADS)}")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results[/quick])")
+    ap.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="print the tables of an earlier run's results.json (no solving)")
     a = ap.parse_args(argv)
+    if a.report is not None:
+        stored = json.loads(a.report.read_text())
+        report(stored["cases"], calibrate(stored["calibration"]))
+        return
     names = a.workloads or (["gmm_rf", "gmm_vp"] if a.quick else list(WORKLOADS))
     bad = set(names) - set(WORKLOADS)
     if bad:
@@ -335,12 +341,18 @@ def main(argv=None) -> None:
             case = bench_case(w, solver, steps, CORES, spans, log)
             plot_case(case, out / f"{name}_{solver}{steps}.png")
             cases.append(case)
-    oracle, tally = oracle_markdown(cases)
-    calib, summary = calibrated_markdown(cases, chosen)
+    tally, summary = report(cases, chosen)
     meta = dict(factor=FACTOR, cores=CORES, noise_tols=NOISE_TOLS, level_tols=LEVEL_TOLS, error_tols=ERROR_TOLS,
                 chords_spans=spans, quick=a.quick, seconds=round(time.time() - t0, 1), chords_version=cc.__version__,
                 numpy=np.__version__, chosen=chosen, tally=tally, calibrated=summary)
     (out / "results.json").write_text(json.dumps(dict(meta=meta, cases=cases, calibration=cal_cases), indent=1))
+    log(f"{len(cases)} cases in {time.time() - t0:.0f} s; wrote {out}/results.json and PNGs")
+
+
+def report(cases: list[dict], chosen: dict[str, str]) -> tuple[dict, dict]:
+    """Print the oracle, calibrate-once and shipped-defaults tables; return the tally and the summary."""
+    oracle, tally = oracle_markdown(cases)
+    calib, summary = calibrated_markdown(cases, chosen)
     print("## Oracle: each method at its best configuration per row (an upper bound)\n")
     print(oracle)
     print(f"\ncascade vs the best peer per row: {tally['wins']} wins, {tally['ties']} ties, {tally['losses']} losses "
@@ -357,7 +369,7 @@ def main(argv=None) -> None:
     if q:
         print("\nFrechet distance (raw pixels, vs all digits) of the oracle outputs; lower is better:\n")
         print(q)
-    log(f"{len(cases)} cases in {time.time() - t0:.0f} s; wrote {out}/results.json and PNGs")
+    return tally, summary
 
 
 if __name__ == "__main__":

@@ -179,6 +179,17 @@ def cast_like(x: Array, like: Array) -> Array:
     return x.astype(like.dtype)
 
 
+def row_sq(d: Array) -> Array:
+    """Per-sample sum of squares over all but the leading (batch) axis; a 0-d value for a state
+    without a batch axis (1-D or 0-d). numpy: one pass without a temporary."""
+    if len(d.shape) <= 1:
+        return (d * d).sum()
+    if library(d) == "numpy":
+        flat = d.reshape(d.shape[0], -1)
+        return np.einsum("ij,ij->i", flat, flat)
+    return (d * d).reshape(d.shape[0], -1).sum(1)
+
+
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float."""
     return float(((x * x).sum() / _numel(x)) ** 0.5)

@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from . import _backend as B
 from .solvers import Solver
 
 __all__ = ["LocalError"]
@@ -36,6 +37,14 @@ class LocalError:
     def needs(self) -> int:
         """How many consecutive quantities an estimate needs (q_j back to q_{j-p})."""
         return self.p + 1
+
+    def sq_at(self, j: int, back: Sequence[Any]) -> Any:
+        """|e_j|^2 per sample (``_backend.row_sq``), without forming e_j."""
+        d = list(back[: self.p + 1])
+        for _ in range(self.p):
+            d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
+        coef = self.sol.jump_coeffs(j - 1, j)[1] / self.fact
+        return B.row_sq(d[0]) * (coef * coef)
 
     def at(self, j: int, back: Sequence[Any]) -> Any:
         """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""

@@ -38,6 +38,7 @@ DPM-Solver code does; its fixed point then differs from the sequential solution.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -97,11 +98,7 @@ def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.nda
     return np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
 
 
-def _row_sq(d: Any) -> Any:
-    """Per-sample sum of squares over all but the batch axis (a scalar for unbatched states)."""
-    if len(d.shape) <= 1:
-        return (d * d).sum()
-    return (d * d).reshape(d.shape[0], -1).sum(1)
+_row_sq = B.row_sq
 
 
 class Seeder:
@@ -142,41 +139,45 @@ class Seeder:
 
 
 class _PointErrors:
-    """The solver's local error e_j (``local_error.LocalError``) at each window point, from the
-    window's own model values; a point's change is scored against it, per sample:
-    change^2 / (|e_j|^2 + tiny)."""
+    """The solver's local error e_j (``local_error.LocalError``) at window points, from the window's
+    own model values, computed only for the points that get scored; a point's change is scored
+    against it, per sample: change^2 / (|e_j|^2 + tiny)."""
 
-    def __init__(self, sol: Solver):
+    def __init__(self, sol: Solver, x0: Any):
         self.local = LocalError(sol)
         self.q: dict[int, Any] = {}  # the latest quantity evaluated at each index (stage 0)
         self.est: dict[int, Any] = {}
+        self.b = 0
+        self.tiny = 1e-30 + 1e-24 * float(B.row_sq(x0).max() if len(x0.shape) > 1 else B.row_sq(x0))
 
     def observe(self, qs: dict, b: int, e: int) -> None:
-        """Take the sweep's quantities (window b .. e-1) and estimate e_j for j in (b, e]."""
+        """Take the sweep's quantities (window b .. e-1); estimates are recomputed on demand."""
         n = self.local.needs
         for m in range(b, e):
             self.q[m] = qs[m][0]
-        for j in list(self.q):
-            if j < b - n:
-                del self.q[j]
-        last = None
-        for j in range(b + 1, e + 1):
-            back = [self.q.get(j - k) for k in range(n)]
-            if all(v is not None for v in back):
-                last = _row_sq(self.local.at(j, back))
-            if last is not None:
-                self.est[j] = last  # the window's end point takes its predecessor's estimate
-        for j in list(self.est):
-            if j <= b:
-                del self.est[j]
+        for j in [j for j in self.q if j < b - n]:
+            del self.q[j]
+        self.est.clear()
+        self.b = b
 
-    def score(self, change_sq: Any, j: int, x: Any) -> Any:
+    def estimate(self, j: int) -> Any:
+        """|e_j|^2 per sample (the window's end point, not yet evaluated, takes its predecessor's)."""
+        if j in self.est:
+            return self.est[j]
+        back = [self.q.get(j - k) for k in range(self.local.needs)]
+        if all(v is not None for v in back):
+            val = self.local.sq_at(j, back)
+        else:
+            val = self.estimate(j - 1) if j - 1 > self.b else None
+        self.est[j] = val
+        return val
+
+    def score(self, change_sq: Any, j: int) -> Any:
         """change^2 / e_j^2 per sample; with no estimate yet, infinite unless the change is zero."""
-        est = self.est.get(j)
+        est = self.estimate(j)
         if est is None:
-            return change_sq * np.inf if float(change_sq.max() if hasattr(change_sq, "max") else change_sq) > 0 else 0.0
-        tiny = 1e-30 + 1e-24 * _row_sq(x)
-        return change_sq / (est + tiny)
+            return math.inf if float(change_sq.max() if hasattr(change_sq, "max") else change_sq) > 0 else 0.0
+        return change_sq / (est + self.tiny)
 
 
 class _Secant:
@@ -312,9 +313,11 @@ def sliding_window(
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     scale = check_choice("scale", scale, SCALES)
     anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
-    local = _PointErrors(sol) if scale == "error" else None
+    local = _PointErrors(sol, x) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
     secant = _Secant()
+    # steps whose x-coefficient is 1 and that do not depend on x beyond it (explicit, single point)
+    unit = [sol.history_size == 0 and sol.jump_coeffs(m, m + 1)[0] == 1.0 for m in range(T)]
     if sol.history_size and max(evals) > 1:
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
                          "a sliding window supports one or the other")
@@ -362,25 +365,33 @@ def sliding_window(
             new, states, accepted = [xs[b]], {}, None
             if local is not None:
                 local.observe(qs, b, e)
+            moved = None  # how far the previous point moved this sweep: x_m^new - x_m^old
             for m in pts:
-                st = sol.step(move(st, xs[m]), qs[m], m, m + 1)
-                if m == b:
+                if m > b and unit[m] and correction != "secant":
+                    # a step affine in x with coefficient 1 (Euler, Heun): Phi_m(x_old) + (x_new - x_old)
+                    # is the step from x_new with the same model values, at the cost of the step alone
+                    st = sol.step(move(st, new[-1]), qs[m], m, m + 1)
                     xn = st.x
-                elif correction == "secant":
-                    xn = secant.update(m, xs[m], st.x, new[-1] - xs[m])
-                else:  # Phi_m + c_m times how far x_m moved this sweep
-                    c = 1.0 if correction == "picard" else sol.jump_coeffs(m, m + 1)[0]
-                    moved = new[-1] - xs[m]
-                    xn = st.x + (moved if c == 1.0 else c * moved)
-                if correction == "secant":
+                else:
+                    st = sol.step(move(st, xs[m]), qs[m], m, m + 1)
+                    if m == b:
+                        xn = st.x
+                    elif correction == "secant":
+                        xn = secant.update(m, xs[m], st.x, moved)
+                        secant.record(m, xs[m], st.x)
+                    else:  # Phi_m + c_m times how far x_m moved (st.x is a fresh array: in place)
+                        c = 1.0 if correction == "picard" else sol.jump_coeffs(m, m + 1)[0]
+                        xn = B.add_into(st.x, moved if c == 1.0 else c * moved)
+                if correction == "secant" and m == b:
                     secant.record(m, xs[m], st.x)
                 new.append(xn)
                 states[m + 1] = st
+                moved = xn - xs[m + 1]
                 if accepted is None:
                     if local is not None:
-                        score = local.score(_row_sq(xn - xs[m + 1]), m + 1, xn)
+                        score = local.score(_row_sq(moved), m + 1)
                     elif inv[m + 1] > 0:
-                        score = _row_sq(xn - xs[m + 1]) * (inv[m + 1] / numel_row)
+                        score = _row_sq(moved) * (inv[m + 1] / numel_row)
                     else:
                         score = 0.0
                     if float(score.max() if hasattr(score, "max") else score) > tol2:
