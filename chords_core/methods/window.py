@@ -365,7 +365,7 @@ def sliding_window(
             new, states, accepted = [xs[b]], {}, None
             if local is not None:
                 local.observe(qs, b, e)
-            moved = None  # how far the previous point moved this sweep: x_m^new - x_m^old
+            moved: Any = None  # how far the previous point moved this sweep: x_m^new - x_m^old
             for m in pts:
                 if m > b and unit[m] and correction != "secant":
                     # a step affine in x with coefficient 1 (Euler, Heun): Phi_m(x_old) + (x_new - x_old)
