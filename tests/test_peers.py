@@ -21,16 +21,9 @@ SCHEDULES = {"rf": (cc.RectifiedFlow(), "flow"), "vp": (cc.VP.linear(), "eps")}
 SOLVERS = sorted(cc.SOLVERS)  # every registered solver
 
 
-def accepts_vector_fields(name):
-    """Whether a registered solver takes any Model (a VectorField), not only a DiffusionModel."""
-    try:
-        cc.make_solver(name, LinearODE.random(2).vector_field(), np.linspace(0.0, 1.0, 3))
-    except ValueError:
-        return False
-    return True
 
 
-VECTOR_FIELD_SOLVERS = [n for n in SOLVERS if accepts_vector_fields(n)]  # euler, heun
+VECTOR_FIELD_SOLVERS = [n for n in SOLVERS if not cc.SOLVERS[n].needs_diffusion_model]  # euler, heun
 
 
 def setup(sched="rf", solver="euler", steps=12):

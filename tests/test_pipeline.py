@@ -13,16 +13,9 @@ SOLVERS = sorted(cc.SOLVERS)  # every registered solver
 GMM8 = GaussianMixture.random(8, 4, seed=1)
 
 
-def accepts_vector_fields(name):
-    """Whether a registered solver takes any Model (a VectorField), not only a DiffusionModel."""
-    try:
-        cc.make_solver(name, LinearODE.random(2).vector_field(), np.linspace(0.0, 1.0, 3))
-    except ValueError:
-        return False
-    return True
 
 
-VECTOR_FIELD_SOLVERS = [n for n in SOLVERS if accepts_vector_fields(n)]  # euler, heun
+VECTOR_FIELD_SOLVERS = [n for n in SOLVERS if not cc.SOLVERS[n].needs_diffusion_model]  # euler, heun
 # a deliberate subset for the costlier checks: one solver per family (one-step, multistep, predictor-corrector)
 FAMILIES = ("euler", "dpmpp_2m", "unipc")
 PROBLEMS = {

@@ -49,18 +49,19 @@ class SolverSpec:
     stages: int
     order: int
     summary: str
+    needs_diffusion_model: bool = False  # True: uses the data prediction (not for a plain VectorField)
 
 
 SOLVERS: dict[str, SolverSpec] = {
     "euler": SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "explicit Euler on dx/dt = f"),
     "heun": SolverSpec(lambda m, t, **o: Heun(m, t, **o), 2, 2, "Heun (trapezoid) on dx/dt = f"),
-    "ddim": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=1, **o), 1, 1, "DPM-Solver++(1) = DDIM"),
-    "dpmpp_2m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=2, **o), 1, 2, "DPM-Solver++(2M)"),
-    "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)"),
+    "ddim": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=1, **o), 1, 1, "DPM-Solver++(1) = DDIM", True),
+    "dpmpp_2m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=2, **o), 1, 2, "DPM-Solver++(2M)", True),
+    "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)", True),
     "unipc": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}), 1, 3,
-                        "UniPC-2 (UniP + UniC)"),
+                        "UniPC-2 (UniP + UniC)", True),
     "unip": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}), 1, 2,
-                       "UniP-2, predictor only"),
+                       "UniP-2, predictor only", True),
 }
 
 
