@@ -22,8 +22,10 @@ Tables ("no degradation" = error vs reference <= 1.05 x the sequential solver's 
    (T_rounds / rounds) over all its configurations that meet the criterion.
 2. **Calibrate once**: each method's configuration is chosen on ``workloads.calibration_workload``
    (a 32-D mixture that is not a workload; Euler 50 and DPM++ 20 at 2, 4, 8 cores): the one with the
-   fewest rows missing the criterion there, then the fewest rounds. It is then applied unchanged to
-   every row: failures and median speedup per method.
+   fewest rows there whose output deviates from the sequential one by more than 0.05 x the sequential
+   solver's error (``CAL_DEVIATION``: no degradation without relying on cancellation), then the fewest
+   rounds. It is then applied unchanged to every row: failures and median speedup per method.
+3. **Shipped defaults**: each method at its library default, no tuning at all.
 
 Writes ``OUT/results.json`` and ``OUT/<workload>_<solver><steps>.png`` and prints markdown.
 
@@ -44,6 +46,7 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -86,6 +89,7 @@ def chords_inits(solver: str, steps: int, K: int, spans) -> list[tuple[str, tupl
 
 
 def chords_runs(w: Workload, solver: str, steps: int, K: int, spans):
+    warnings.simplefilter("ignore", cc.stopping.StopNotMet)  # an unmet rule is recorded in its point
     grid = w.grid(solver, steps)
     for name, init in chords_inits(solver, steps, K, spans):
         r = cc.chords(w.model, w.x, grid, solver, init=init, stop=cc.StopAtCore(max(1, K - 1)))
@@ -162,9 +166,17 @@ def bench_case(w: Workload, solver: str, steps: int, cores, spans, log, methods=
 
 
 # ------------------------------------------------------------------------------------ calibrate once
+#: On the calibration problem a configuration must keep its output within this fraction of the
+#: sequential solver's error *from the sequential output*: the no-degradation criterion with the
+#: luck taken out (an output can meet 1.05 x by deviating in a direction that happens to cancel
+#: error on one problem; a deviation of at most 0.05 x meets it on every problem).
+CAL_DEVIATION = 0.05
+
+
 def calibrate(cal_cases: list[dict]) -> dict[str, str]:
-    """Per method, the configuration with the fewest calibration rows missing the criterion, then the
-    fewest rounds in all (a configuration absent from a row counts as missing it)."""
+    """Per method, the configuration with the fewest calibration rows whose output deviates from the
+    sequential one by more than ``CAL_DEVIATION`` x the sequential error, then the fewest rounds in
+    all (a configuration absent from a row counts as failing it). The same rule for every method."""
     chosen = {}
     rows = [(c, K) for c in cal_cases for K in sorted({p["cores"] for p in c["points"]})]
     for m in METHODS:
@@ -174,7 +186,7 @@ def calibrate(cal_cases: list[dict]) -> dict[str, str]:
             fails, total = 0, 0
             for c, K in rows:
                 p = next((p for p in c["points"] if p["method"] == m and p["cores"] == K and p["config"] == cfg), None)
-                if p is None or not p["ok"]:
+                if p is None or p["err_seq"] > CAL_DEVIATION * c["seq_err_ref"]:
                     fails += 1
                     total += c["seq_rounds"]
                 else:

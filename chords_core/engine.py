@@ -221,7 +221,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             bar.close()
     if result is None:
         result = hits[-1]
-        stopped_by = rule.describe(len(hits), result.core, False)
+        stopped_by = rule.describe(len(hits), result.core, False)  # core 0: the sequential solution
     return plan_result(plan, result, hits, records.coarse, stopped_by)
 
 

@@ -36,6 +36,7 @@ A rule written outside the package subclasses ``StopRule`` (or just has these th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from . import _backend as B
 from .checks import check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
-           "as_stop_rule", "select_output"]
+           "StopNotMet", "as_stop_rule", "select_output", "warn_unmet"]
 
 
 class Outputs(tuple):
@@ -59,11 +60,19 @@ class Outputs(tuple):
         return out
 
 
+class StopNotMet(RuntimeWarning):
+    """A tolerance stop rule was never met and the run's last output is not the sequential solution
+    (an SRDS run cut short by ``max_iters``). A CHORDS run whose rule is never met returns core 0's
+    output, the sequential solution, and says so in ``stopped_by`` without a warning."""
+
+
 class StopRule:
     """Base class of stop rules; see the module docstring for the protocol."""
 
     #: Ask the method for ``outputs.error`` (the estimated sequential error).
     uses_error_estimate: bool = False
+    #: Warn (``StopNotMet``) when no output was accepted: set by rules with a tolerance.
+    warns_if_unmet: bool = False
 
     def outputs_needed(self, available: int) -> int:
         """The most outputs the run needs out of the ``available`` ones (static); all by default."""
@@ -109,6 +118,11 @@ class StopOnResidual(StopRule):
     def __post_init__(self):
         object.__setattr__(self, "tol", check_float("StopOnResidual(tol): tol", self.tol, 0.0))
 
+    @property
+    def warns_if_unmet(self) -> bool:  # type: ignore[override]
+        """tol = 0 cannot be met (it means "run to the end"): no warning then."""
+        return self.tol > 0
+
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         prev = outputs[-2] if len(outputs) > 1 else coarse
         if prev is None:
@@ -128,6 +142,11 @@ class StopWhenConverged(StopRule):
 
     rel: float = 0.05
     uses_error_estimate = True
+
+    @property
+    def warns_if_unmet(self) -> bool:  # type: ignore[override]
+        """rel = 0 cannot be met short of equal outputs: no warning then."""
+        return self.rel > 0
 
     def __post_init__(self):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))
@@ -157,6 +176,12 @@ class RunAll(StopRule):
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         return f"ran to the end; output {n} (core {core})"
+
+
+def warn_unmet(rule: StopRule, stopped_by: str) -> None:
+    """Warn (``StopNotMet``) that ``rule`` accepted no output, if it is a rule that says so."""
+    if getattr(rule, "warns_if_unmet", False):
+        warnings.warn(f"stop rule not met ({stopped_by}): the last output is returned", StopNotMet, stacklevel=3)
 
 
 def as_stop_rule(stop: Any) -> StopRule:

@@ -291,3 +291,20 @@ def test_registry_says_which_solvers_need_a_diffusion_model():
                 cc.make_solver(name, field, np.linspace(0.0, 1.0, 3))
         else:
             assert cc.make_solver(name, field, np.linspace(0.0, 1.0, 3)).name == name
+
+
+def test_an_unmet_tolerance_says_so():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cc.stopping.StopNotMet)
+        # CHORDS: an unmet rule returns core 0, the sequential solution, and says so
+        res = cc.chords(MODEL, X, GRID, cores=4, stop=cc.StopOnResidual(1e-30))
+        assert "never below" in res.stopped_by and np.array_equal(res.x, cc.solve(MODEL, X, GRID))
+        conv = cc.chords(MODEL, X, GRID, cores=1)
+        assert "not converged" in conv.stopped_by and np.array_equal(conv.x, cc.solve(MODEL, X, GRID))
+        cc.srds(MODEL, X, GRID, blocks=3, tol=1e-30)  # all iterations: the sequential solution
+    # SRDS cut short by max_iters before its tolerance: not the sequential solution, a warning
+    with pytest.warns(cc.stopping.StopNotMet, match="not met"):
+        short = cc.srds(MODEL, X, GRID, blocks=3, tol=1e-30, max_iters=2)
+    assert "2 of 3 iterations" in short.stopped_by

@@ -119,8 +119,8 @@ def test_suite_case_headline_meets_the_criterion():
     import suite
 
     w = gmm_workload("rf", batch=4, dim=4, modes=2)
-    case = suite.bench_case(w, "euler", 12, (2, 4), (0.3, 0.01), (0.6, 1.0), lambda s: None)
-    assert {p["method"] for p in case["points"]} == {"chords", "paradigms", "srds"}
+    case = suite.bench_case(w, "euler", 12, (2, 4), (0.6, 1.0), lambda s: None)
+    assert {p["method"] for p in case["points"]} == set(suite.METHODS)
     assert all(p["width"] <= p["cores"] for p in case["points"])
     for method, by_k in case["headline"].items():
         for K, h in by_k.items():
@@ -129,4 +129,17 @@ def test_suite_case_headline_meets_the_criterion():
             assert all(p["err_ref"] > suite.FACTOR * case["seq_err_ref"] for p in better)
     front = suite.pareto(case["points"])
     assert all(a["rounds"] <= b["rounds"] and a["err_ref"] > b["err_ref"] for a, b in zip(front, front[1:]))
-    assert suite.spanned_init(50, 4, 30) == (0, 10, 20, 30) and suite.uniform_init(50, 4) == (0, 12, 25, 38)
+    # calibrate once: per method the configuration with the fewest rows over the deviation bound, then
+    # the fewest rounds; applied, it is the same point on the same row
+    chosen = suite.calibrate([case])
+    assert set(chosen) == set(suite.METHODS)
+    for m, cfg in chosen.items():
+        def key(c, m=m):
+            pts = [p for p in case["points"] if p["method"] == m and p["config"] == c]
+            bad = sum(p["err_seq"] > suite.CAL_DEVIATION * case["seq_err_ref"] for p in pts) + 2 - len(pts)
+            return bad, sum(p["rounds"] for p in pts) + (2 - len(pts)) * case["seq_rounds"]
+        configs = {p["config"] for p in case["points"] if p["method"] == m}
+        assert key(cfg) == min(key(c) for c in configs), m
+    app = suite.applied([case], chosen)
+    assert all(p is not None and p["config"] == chosen[m] for m, rows in app.items() for _, _, p in rows)
+    assert dict(suite.chords_inits("euler", 50, 4, (0.6,)))["uniform to 0.6(T-1)"] == (0, 10, 19, 29)

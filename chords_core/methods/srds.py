@@ -31,7 +31,7 @@ from ..models import Model
 from ..plan import Eval, Round
 from ..results import Hit, Result
 from ..solvers import Solver
-from ..stopping import StopOnResidual, StopRule, as_stop_rule
+from ..stopping import StopOnResidual, StopRule, as_stop_rule, warn_unmet
 
 __all__ = ["srds", "srds_blocks", "SrdsIteration"]
 
@@ -184,6 +184,8 @@ def srds(
                 result, stopped_by = hits[-1], rule.describe(next_k, next_k, True)
             elif next_k == last:
                 result, stopped_by = hits[-1], rule.describe(next_k, next_k, False) + f" ({next_k} of {nb} iterations)"
+                if next_k < nb:  # cut short by max_iters: not the sequential solution
+                    warn_unmet(rule, stopped_by)
             next_k += 1
     if bar is not None:
         bar.close()
