@@ -98,14 +98,17 @@ class StopAtCore(StopRule):
         object.__setattr__(self, "n", check_int("StopAtCore(n): n", self.n, 1))
 
     def outputs_needed(self, available: int) -> int:
+        """The n-th output; a ``ValueError`` if the run makes fewer."""
         if self.n > available:
             raise ValueError(f"stop=StopAtCore({self.n}) asks for more outputs than cores={available}")
         return self.n
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        """True once the n-th output has arrived."""
         return len(outputs) >= self.n
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
+        """``output n (core c)``."""
         return f"output {n} (core {core})"
 
 
@@ -124,12 +127,14 @@ class StopOnResidual(StopRule):
         return self.tol > 0
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        """Whether the newest output is within ``tol`` (RMS) of the previous one (or the coarse prediction)."""
         prev = outputs[-2] if len(outputs) > 1 else coarse
         if prev is None:
             return False
         return B.rms(outputs[-1] - prev) < self.tol
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
+        """Where the residual fell below ``tol``, or that it never did."""
         if accepted:
             return f"residual below {self.tol:g} at core {core}"
         return f"residual never below {self.tol:g}; core {core}"
@@ -152,12 +157,14 @@ class StopWhenConverged(StopRule):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        """Whether the newest output moved by at most ``rel`` x ``outputs.error`` from the previous one."""
         error = getattr(outputs, "error", None)
         if error is None or len(outputs) < 2:  # the coarse prediction is no output to converge from
             return False
         return B.rms(outputs[-1] - outputs[-2]) <= self.rel * error
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
+        """Which output converged, or that none did."""
         if accepted:
             return f"converged: output {n} (core {core}) within {self.rel:g} x the estimated sequential error"
         return f"not converged within {self.rel:g} x the estimated sequential error; core {core}"
@@ -172,9 +179,11 @@ class RunAll(StopRule):
     """Run every core (every iteration); return the last output. ``stop=None`` means this."""
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        """Never: the run goes to its end."""
         return False
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
+        """``ran to the end; output n (core c)``."""
         return f"ran to the end; output {n} (core {core})"
 
 

@@ -64,7 +64,7 @@ class SrdsIteration(NamedTuple):
 def srds(
     model: Model,
     x: Any,
-    grid,
+    grid: Any,
     solver: str | Solver = "euler",
     *,
     blocks: int | None = None,
