@@ -108,18 +108,18 @@ class CoreRecords:
         history, convert = self.history, self.convert
         shift = history == "shift"
         hits = []
-        for e, xe, out in zip(evs, xs, outs):
-            c, i = e.core, e.index
-            q = out if convert is None else convert(xe, out, e.time_index)
-            if e.stage == 0:
+        # the fields of each ``plan.Eval``, in its declared order (unpacked once: the hot loop)
+        for (c, i, stage, ti, spawn, record_for, completes, rectify_from, hit), xe, out in zip(evs, xs, outs):
+            q = out if convert is None else convert(xe, out, ti)
+            if stage == 0:
                 qs[c] = [q]
                 if self.local is not None:
                     self._observe(c, i, q)
                 if c and anchor[c][0] == i:
                     anchor[c] = (i, xe, q)
-                if e.record_for is not None:
-                    slow[e.record_for] = (xe, q)
-                if e.spawn:
+                if record_for is not None:
+                    slow[record_for] = (xe, q)
+                if spawn:
                     if c + 1 < K:
                         xn = sol.jump(xe, q, init[c], init[c + 1])
                         states[c + 1] = sol.begin(xn)
@@ -128,9 +128,9 @@ class CoreRecords:
                         self.coarse = sol.jump(xe, q, init[c], sol.steps)
             else:
                 qs[c].append(q)
-            if e.completes:
+            if completes:
                 new = sol.step(states[c], qs[c], i, i + 1)
-                b = e.rectify_from
+                b = rectify_from
                 if b is not None:
                     _, xa, qa = anchor[c]
                     xsl, qsl = slow[c]
@@ -139,7 +139,7 @@ class CoreRecords:
                     new = move(new, xn, history, qsl - qa if shift and new.hist else None)
                     anchor[c], slow[c] = (i + 1, xn, None), None
                 states[c] = new
-                if e.hit:
+                if hit:
                     hits.append((c, new.x))
                     states[c] = anchor[c] = slow[c] = qs[c] = None  # a finished core's records are freed
         return sorted(hits, key=lambda h: -h[0])
@@ -204,7 +204,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         for rd in plan.rounds[:limit]:
             evs = current[0] = rd.evals
             xs = records.points(evs)
-            outs = evaluate_round(executor, model, xs, [t[e.time_index] for e in evs], rd.number, where)
+            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where)
             nfe += len(evs)
             for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
                 hits.append(Hit(c, rd.number, nfe, xh))

@@ -75,6 +75,11 @@ class Round:
     evals: tuple[Eval, ...]
     coarse_hit: bool = False
 
+    @functools.cached_property
+    def time_indices(self) -> tuple[int, ...]:
+        """The grid index each evaluation of the round is at, in order."""
+        return tuple(e.time_index for e in self.evals)
+
     @property
     def hits(self) -> tuple[int, ...]:
         """Cores finishing this round, in arrival order (fastest first)."""
