@@ -38,14 +38,7 @@ def parasolver(
 ) -> Result:
     """ParaSolver: ParaDiGMS with x0-prediction seeds for new window points (see the module doc).
 
-    Args:
-        model, x, grid, solver, executor, solver_options: as for ``chords``.
-        window: parallel points per sweep, >= 1.
-        tol: the per-step tolerance relative to the noise level (as ParaDiGMS; the paper's example 0.55
-            is for 1000 steps).
-        variance, multistep: as for ``paradigms`` (``"into"`` / ``"chain"``: this library's
-            conventions; ``"out"`` / ``"restart"``: the official ParaDiGMS code's).
-        progress: show a progress bar over grid steps (needs tqdm).
+    The arguments are ``paradigms``' (the paper's example tolerance 0.55 is for 1000 steps).
 
     Returns:
         A ``Result`` (``method="parasolver"``); ``log`` holds a ``Sweep`` per sweep.

@@ -46,14 +46,10 @@ def parataa(
 ) -> Result:
     """ParaTAA: window fixed-point iteration with triangular Anderson mixing (see the module doc).
 
-    Args:
-        model, x, grid, solver, executor, solver_options: as for ``chords``.
-        window: parallel points per sweep, >= 1.
+    Args (the others as for ``paradigms``):
         tol: a point converges when its RMS change is at most tol max(1, sigma_j) (script default 1e-3).
         memory: Anderson memory m (2-5 recommended by the paper; 0 turns mixing off).
         ridge: relative ridge of the least-squares problems (paper: 1e-3).
-        multistep: as for ``paradigms``.
-        progress: show a progress bar over grid steps (needs tqdm).
 
     Returns:
         A ``Result`` (``method="parataa"``); ``log`` holds a ``Sweep`` per sweep.
