@@ -1,9 +1,13 @@
 # The two entry points of the README: `make demo` and `make test`.
-# Each creates the virtual environment (.venv) on first use and installs what it needs.
+# Each creates its virtual environment on first use and installs what it needs: the demo only numpy,
+# scipy and matplotlib (.venv-demo); the tests everything (.venv).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.chords-installed
+DEMO_VENV  ?= .venv-demo
+DEMO_PY    := $(DEMO_VENV)/bin/python
+DEMO_STAMP := $(DEMO_VENV)/.chords-installed
 
 .PHONY: demo test lint bench clean
 
@@ -14,8 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,torch,jax,plots,progress,diffusers,bench,notebooks]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m chords_core demo $(ARGS)
+$(DEMO_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_PY) -m pip install -q --disable-pip-version-check -e '.[plots]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_PY) -m chords_core demo $(ARGS)
 
 # lint and type checks first (configured in pyproject.toml); any failure fails the target
 test: $(STAMP)
@@ -31,4 +40,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(DEMO_VENV) demo-output

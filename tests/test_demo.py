@@ -40,3 +40,47 @@ def test_demo_rejects_bad_flags(argv, message, capsys):
 def test_unknown_command(capsys):
     assert main(["fly"]) == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "demo" in out and "optimize" in out and "CHORDS vs the sequential solver" in out
+
+
+def test_every_option_has_help_text():
+    from chords_core.__main__ import build_parser
+
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} --{action.dest} has no help text"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--stop", "core:9", "--cores", "2", "--solver", "euler", "--dim", "2", "--modes", "1", "--samples", "1"],
+     "asks for more outputs than cores=2"),
+    (["demo", "--solver", "rk4"], "invalid choice"),
+    (["demo", "--cores", "two"], "invalid int value"),
+    (["optimize", "--steps", "12", "--cores", "30"], "cores"),
+])
+def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own checks
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    import shutil
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("chords", path=str(Path(sys.executable).parent))
+    assert script is not None, "the 'chords' console script is not installed next to this Python"
