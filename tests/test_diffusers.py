@@ -281,3 +281,17 @@ def test_bad_pipeline_arguments(unet, sd3):
         cd.sample(sd3, "a cat", num_inference_steps=4, callback_on_step_end=print)
     with pytest.raises(ValueError, match="batch=2 rows"):
         cd.GuidedNet(unet, batch=2, cond={"encoder_hidden_states": torch.zeros(3, 4)})
+
+
+def test_readme_diffusers_snippet_runs_on_a_tiny_pipeline(sd3, tmp_path, monkeypatch, capsys):
+    from test_readme import python_blocks, run_block
+
+    monkeypatch.chdir(tmp_path)
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sd3.set_progress_bar_config(disable=True)
+    line, src = next(b for b in python_blocks() if "chords_diffusers" in b[1])
+    src = src.replace("num_inference_steps=50", "num_inference_steps=8, height=16, width=16")
+    run_block(line, src, {"pipe": sd3})
+    assert (tmp_path / "lighthouse.png").exists()
+    rounds, nfe = (int(v) for v in capsys.readouterr().out.split()[-2:])
+    assert rounds < 8 and nfe >= rounds
