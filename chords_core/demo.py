@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import (
+    METHODS,
     SOLVERS,
     VP,
     RectifiedFlow,
@@ -26,10 +27,16 @@ from . import (
     chords,
     default_init,
     make_solver,
+    parallel,
     solve,
     time_grid,
 )
 from .problems import GaussianMixture
+
+#: "No degradation": error against the exact solution at most this times the sequential solver's.
+CRITERION = 1.05
+#: The rows of the every-method table of the last ``run`` (filled by ``run``).
+method_rows: list[dict] = []
 
 SCHEDULES = {"rf": (RectifiedFlow, "flow", "uniform"), "vp": (VP.linear, "eps", "logsnr")}
 
@@ -147,6 +154,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = gmm.model(schedule, prediction)
     rows: list[dict] = []
     ladders: dict = {}
+    method_rows.clear()
+    baselines: dict = {}
     for solver in args.solver:
         steps = args.steps or default_steps(solver)
         grid = time_grid(schedule, steps, spacing)
@@ -169,7 +178,23 @@ def run(args: argparse.Namespace) -> list[dict]:
         full = chords(model, x_T, grid, solver, init=args.init or default_init(steps, K), stop=None)
         pts = [(h.round, rms(h.x, seq), rms(h.x, exact), h.core) for h in full.hits]
         ladders[solver] = (steps, K, pts, rms(seq, exact))
+        if not args.init:
+            seq_err = rms(seq, exact)
+            for K in [1] + [k for k in core_counts if k > 1]:
+                for method in sorted(METHODS):
+                    r = parallel(model, x_T, grid, solver, cores=K, method=method)
+                    err = rms(r.x, exact)
+                    method_rows.append(dict(solver=solver, steps=steps, method=method, cores=K, rounds=r.rounds,
+                                            speedup=r.speedup, nfe=r.nfe, ratio=err / seq_err, err=err,
+                                            ok=err <= CRITERION * seq_err))
+            fewer = sorted({max(2, round(steps * f)) for f in (0.3, 0.5, 0.7, 0.85, 1.0)})
+            baselines[solver] = (steps, seq_err, [(sum(make_solver(solver, model, g).evals(i, i + 1) for i in range(n)),
+                                                   rms(solve(model, x_T, g, solver), exact))
+                                                  for n in fewer for g in [time_grid(schedule, n, spacing)]])
     write_plot(ladders, args.out)
+    if method_rows:
+        write_methods_figure(method_rows, baselines, args.out)
+    write_schedule_figure(max(args.cores), args.out)
     return rows
 
 
@@ -188,6 +213,124 @@ def format_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {r['solver']} | {r['steps']} | {r['cores']} | {r['init']} | {r['rounds']} | "
                      f"{r['speedup']:.2f}x | {r['nfe']} | {r['err_seq']:.2e} | {r['err_exact']:.2e} |")
     return "\n".join(lines)
+
+
+def format_methods_table(rows: Sequence[dict]) -> str:
+    """Every method at its defaults, as a Markdown table whose rows that miss the criterion are marked.
+
+    Args:
+        rows: ``method_rows`` of ``run``.
+
+    Returns:
+        The table.
+    """
+    head = ("| solver | steps | method | cores | rounds (sequential model-evaluation latency) | speedup | "
+            "NFE (all evaluations) | error vs exact / sequential solver's | no degradation (<= 1.05) |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        mark = "yes" if r["ok"] else "**NO**"
+        lines.append(f"| {r['solver']} | {r['steps']} | {r['method']} | {r['cores']} | {r['rounds']} | "
+                     f"{r['speedup']:.2f}x | {r['nfe']} | {r['ratio']:.3f} | {mark} |")
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or ``None`` (with a note) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot; pip install 'chords[plots]')")
+        return None
+    return plt
+
+
+def write_methods_figure(rows: Sequence[dict], baselines: dict, out: str) -> dict | None:
+    """Error against rounds for every method at 1, 2, 4, 8 cores, one panel per solver, with the
+    sequential solver at fewer steps and the no-degradation band; writes ``methods_error_vs_rounds.png``.
+
+    Args:
+        rows: ``method_rows`` of ``run``.
+        baselines: solver -> (steps, sequential error, [(rounds, error) of the sequential solver at fewer steps]).
+        out: the output folder (created).
+
+    Returns:
+        Per panel title: its axis labels and the number of lines drawn; ``None`` without matplotlib.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return None
+    os.makedirs(out, exist_ok=True)
+    solvers = list(baselines)
+    fig, axes = plt.subplots(1, len(solvers), figsize=(5.2 * len(solvers), 4.8), squeeze=False)
+    summary = {}
+    for ax, solver in zip(axes[0], solvers):
+        steps, seq_err, base = baselines[solver]
+        ax.axhspan(seq_err * 0.5, seq_err * CRITERION, color="tab:green", alpha=0.12,
+                   label=f"no degradation (<= {CRITERION} x sequential)")
+        ax.plot([b[0] for b in base], [b[1] for b in base], "k.--", lw=1, label="sequential, fewer steps")
+        for k, method in enumerate(sorted(METHODS)):
+            pts = sorted((r["rounds"], r["err"], r["cores"]) for r in rows
+                         if r["solver"] == solver and r["method"] == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vDP"[k % 6], ms=4, lw=1, label=method)
+            for rr, e, c in pts:
+                if c > 1:
+                    ax.annotate(str(c), (rr, e), textcoords="offset points", xytext=(3, 2), fontsize=6)
+        ax.set_yscale("log")
+        title = f"{solver}, {steps} steps"
+        ax.set(title=title, xlabel="rounds (sequential model evaluations)", ylabel="RMS error vs exact solution")
+        ax.legend(fontsize=6, loc="upper right")
+        summary[title] = dict(xlabel=ax.get_xlabel(), ylabel=ax.get_ylabel(), lines=len(ax.get_lines()))
+    fig.text(0.5, 0.01, "Each method at its defaults (cc.parallel) on 1, 2, 4, 8 cores (numbers next to the points); "
+             "lower-left is better. A point inside the green band is as accurate as the sequential solver with all "
+             "its steps; the dashed line is what the sequential solver gives with fewer steps.", ha="center",
+             fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(os.path.join(out, "methods_error_vs_rounds.png"), dpi=110)
+    plt.close(fig)
+    return summary
+
+
+def write_schedule_figure(cores: int, out: str, steps: int = 50) -> dict | None:
+    """CHORDS' schedule from the plan (``default_init(steps, cores)``): which core evaluates in which
+    round, the rectifications, the coarse hit and the outputs; writes ``chords_schedule.png``.
+
+    Args:
+        cores: K.
+        out: the output folder (created).
+        steps: T.
+
+    Returns:
+        The axis labels and the numbers of evaluations, rectifications and outputs drawn; ``None``
+        without matplotlib.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return None
+    from .plan import make_plan
+
+    plan = make_plan(steps, default_init(steps, cores))
+    os.makedirs(out, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(10.5, 0.5 * plan.cores + 2.2))
+    ev = [(r.number, e.core) for r in plan.rounds for e in r.evals]
+    rect = [(r.number, e.core) for r in plan.rounds for e in r.evals if e.rectify_from is not None]
+    hits = [(r.number, c) for r in plan.rounds for c in r.hits]
+    ax.scatter([p[0] for p in ev], [p[1] for p in ev], s=10, color="0.6", label="model evaluation")
+    ax.scatter([p[0] for p in rect], [p[1] for p in rect], s=30, marker="x", color="tab:red",
+               label="rectified by the slower core")
+    ax.scatter([p[0] for p in hits], [p[1] for p in hits], s=90, marker="*", color="tab:blue", label="output")
+    ax.axvline(plan.cores, color="tab:orange", lw=1, ls=":", label="coarse hit (all cores started)")
+    xlabel, ylabel = "round", "core (0 = the sequential solver)"
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"CHORDS schedule, T = {steps}, init {'-'.join(map(str, plan.init))}")
+    ax.set_yticks(range(plan.cores))
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "chords_schedule.png"), dpi=110)
+    plt.close(fig)
+    return dict(xlabel=xlabel, ylabel=ylabel, evaluations=len(ev), rectifications=len(rect), outputs=len(hits))
 
 
 def write_plot(ladders: dict, out: str) -> str | None:
@@ -250,7 +393,13 @@ def run_main(args: argparse.Namespace) -> int:
     """
     rows = run(args)
     print(f"Gaussian mixture: {args.dim}-D, {args.modes} modes, {args.samples} samples, schedule {args.schedule}; "
-          f"stop {args.stop}")
+          f"CHORDS with stop {args.stop}")
     print(format_table(rows))
-    print(f"plot: {os.path.join(args.out, 'hits_error_vs_round.png')}")
+    if method_rows:
+        print(f"\nEvery method at its defaults (cc.parallel); rows marked NO miss the no-degradation criterion "
+              f"(error vs exact <= {CRITERION} x the sequential solver's):")
+        print(format_methods_table(method_rows))
+    names = ["hits_error_vs_round.png", "chords_schedule.png"]
+    names += ["methods_error_vs_rounds.png"] if method_rows else []
+    print("plots: " + ", ".join(os.path.join(args.out, n) for n in names))
     return 0

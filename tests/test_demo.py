@@ -11,9 +11,10 @@ def test_demo_prints_table_and_writes_plot(tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["demo", "--solver", "euler", "dpmpp_2m", "--cores", "2", "8", "--dim", "8", "--modes", "3",
                  "--samples", "4", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    text, methods = capsys.readouterr().out.split("Every method at its defaults")  # the CHORDS table comes first
     rows = [line for line in text.splitlines() if line.startswith("| euler") or line.startswith("| dpmpp_2m")]
     assert len(rows) == 6  # sequential + 2 core counts, per solver
+    assert len([line for line in methods.splitlines() if line.startswith("| euler |")]) == 3 * 6  # 1, 2, 8 cores
     eight = next(r for r in rows if r.startswith("| euler | 50 | 8 |"))
     cells = [c.strip() for c in eight.strip("|").split("|")]
     assert cells[3] == "0-2-4-8-16-24-32-40" and cells[4] == "17" and cells[5] == "2.94x" and cells[6] == "108"
@@ -84,3 +85,28 @@ def test_console_script_is_installed():
 
     script = shutil.which("chords", path=str(Path(sys.executable).parent))
     assert script is not None, "the 'chords' console script is not installed next to this Python"
+
+
+def test_demo_figures_have_the_expected_panels(tmp_path):
+    from chords_core import METHODS
+    from chords_core import demo
+
+    main(["demo", "--solver", "euler", "dpmpp_2m", "--cores", "2", "4", "--dim", "4", "--modes", "2", "--samples", "2",
+          "--out", str(tmp_path)])
+    rows = list(demo.method_rows)
+    assert {r["method"] for r in rows} == set(METHODS) and {r["cores"] for r in rows} == {1, 2, 4}
+    baselines = {s: (st, e, b) for s, st, e, b in [("euler", 50, 1.0, [(10, 2.0), (50, 1.0)]),
+                                                    ("dpmpp_2m", 20, 1.0, [(10, 2.0), (20, 1.0)])]}
+    summary = demo.write_methods_figure(rows, baselines, str(tmp_path))
+    assert list(summary) == ["euler, 50 steps", "dpmpp_2m, 20 steps"]
+    for panel in summary.values():  # the baseline and one line per method
+        assert panel["lines"] == 1 + len(METHODS)
+        assert panel["xlabel"].startswith("rounds") and panel["ylabel"].startswith("RMS error")
+    sched = demo.write_schedule_figure(8, str(tmp_path))
+    plan = __import__("chords_core").make_plan(50, (0, 2, 4, 8, 16, 24, 32, 40))
+    assert sched["outputs"] == 8 and sched["evaluations"] == plan.nfe()
+    assert sched["rectifications"] == sum(plan.rectifications(c) for c in range(8))
+    for name in ("methods_error_vs_rounds.png", "chords_schedule.png", "hits_error_vs_round.png"):
+        assert os.path.getsize(tmp_path / name) > 10_000
+    table = demo.format_methods_table(rows)
+    assert ("**NO**" in table) == any(not r["ok"] for r in rows) and table.count("\n") == len(rows) + 1
