@@ -88,8 +88,7 @@ def test_console_script_is_installed():
 
 
 def test_demo_figures_have_the_expected_panels(tmp_path):
-    from chords_core import METHODS
-    from chords_core import demo
+    from chords_core import METHODS, demo
 
     main(["demo", "--solver", "euler", "dpmpp_2m", "--cores", "2", "4", "--dim", "4", "--modes", "2", "--samples", "2",
           "--out", str(tmp_path)])
