@@ -93,6 +93,8 @@ def test_torchrun_three_ranks_equal_serial_bitwise(tmp_path):
     hits = torch.load(out)
     assert len(hits) == 4 and all(torch.equal(a, h.x) for a, h in zip(hits, ref.hits))
     assert rep["rounds"] == ref.rounds and rep["nfe"] == ref.nfe
+    assert rep["first_output_round"] == ref.hits[0].round and rep["first_output_speedup"] > 1
+    assert "speedup' 1.0 by design" in rep["note"]
 
 
 def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
