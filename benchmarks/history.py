@@ -30,7 +30,7 @@ def main():
         exact = gmm.reference_solve(x, grid[0], grid[-1], sched)
         for solver in ("dpmpp_2m", "unipc"):
             seq = cc.solve(model, x, grid, solver)
-            for policy in cc.pipeline.HISTORY_POLICIES:
+            for policy in cc.HISTORY_POLICIES:
                 res = cc.chords(model, x, grid, solver, init=INIT, stop=None, history=policy)
                 errs = [rms(h.x, seq) for h in res.hits[:5]]
                 name = f"{type(sched).__name__} {pred}"
