@@ -98,14 +98,14 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, ex in (("ProcessExecutor", ex2), ("DeviceExecutor", dev)):
             for K, init in inits.items():
-                jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init, executor=ex)
+                jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=ex)
         best = {k: float("inf") for k in jobs}
         for _ in range(a.repeats):  # interleaved, so that every job sees the same load
             for k, job in jobs.items():
                 t0 = time.perf_counter()
                 job()
                 best[k] = min(best[k], time.perf_counter() - t0)
-        plans = {K: cc.chords(model, x, grid, "euler", init=init, executor=cc.SerialExecutor()) for K, init in inits.items()}
+        plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor()) for K, init in inits.items()}
     t_seq = best["seq"]
     print(f"sequential: {t_seq * 1e3:.0f} ms on 1 worker process ({t_seq / T * 1e3:.1f} ms/step), "
           f"{best['driver'] * 1e3:.0f} ms in the driver")
