@@ -386,6 +386,8 @@ def sliding_window(
                     secant.record(m, xs[m], st.x)
                 new.append(xn)
                 states[m + 1] = st
+                if accepted is not None and (m + 1 >= e or (unit[m + 1] and correction != "secant")):
+                    continue  # neither a score nor the next point's correction needs how far this one moved
                 moved = xn - xs[m + 1]
                 if accepted is None:
                     if local is not None:
