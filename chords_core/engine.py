@@ -18,6 +18,7 @@ bad model output with the round and the point.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
 
-__all__ = ["rectify", "evaluate_round", "CoreRecords", "run_plan", "plan_result"]
+__all__ = ["rectify", "evaluate_round", "relabel", "CoreRecords", "run_plan", "plan_result"]
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
@@ -67,7 +68,12 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     try:
         return executor(model, xs, ts)
     except ModelOutputError as err:
-        raise ModelOutputError(err.point, f"round {round_number}, {where(err.point)}: {err}") from None
+        raise relabel(err, round_number, where) from None
+
+
+def relabel(err: ModelOutputError, round_number: int, where: Callable[[int], str]) -> ModelOutputError:
+    """``err`` restated with the round and ``where(point)``: what ``evaluate_round`` raises."""
+    return ModelOutputError(err.point, f"round {round_number}, {where(err.point)}: {err}")
 
 
 class CoreRecords:
@@ -94,8 +100,8 @@ class CoreRecords:
     def points(self, evs: Sequence[Eval]) -> list:
         """The point each evaluation of the round is at (stage 0: the state; later stages: the solver's)."""
         st, sol, qs = self.states, self.sol, self.qs
-        return [st[e.core].x if e.stage == 0
-                else sol.stage_point(st[e.core], qs[e.core], e.index, e.index + 1, e.stage)[0] for e in evs]
+        return [st[c].x if k == 0 else sol.stage_point(st[c], qs[c], i, i + 1, k)[0]
+                for c, i, k, _, _, _, _, _, _ in evs]  # plan.Eval's fields in order
 
     def apply(self, evs: Sequence[Eval], xs: Sequence[Any], outs: Sequence[Any]) -> list[tuple[int, Any]]:
         """Take the round's model outputs: spawn, record, step, rectify.
@@ -105,7 +111,7 @@ class CoreRecords:
         """
         sol, init, K = self.sol, self.init, len(self.init)
         states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
-        history, convert = self.history, self.convert
+        history, convert, local = self.history, self.convert, self.local
         shift = history == "shift"
         hits = []
         # the fields of each ``plan.Eval``, in its declared order (unpacked once: the hot loop)
@@ -113,7 +119,7 @@ class CoreRecords:
             q = out if convert is None else convert(xe, out, ti)
             if stage == 0:
                 qs[c] = [q]
-                if self.local is not None:
+                if local is not None:
                     self._observe(c, i, q)
                 if c and anchor[c][0] == i:
                     anchor[c] = (i, xe, q)
@@ -194,17 +200,19 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     hits: list[Hit] = []
     outputs: list = []
     result, stopped_by, nfe, t = None, "", 0, sol.t
-    current: list = [()]
 
-    def where(p: int) -> str:
-        e = current[0][p]
+    def where(p: int, evs: tuple) -> str:
+        e = evs[p]
         return f"core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g})"
 
     try:
         for rd in plan.rounds[:limit]:
-            evs = current[0] = rd.evals
+            evs = rd.evals
             xs = records.points(evs)
-            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where)
+            try:  # evaluate_round, inlined in the hot loop
+                outs = executor(model, xs, [t[i] for i in rd.time_indices])
+            except ModelOutputError as err:
+                raise relabel(err, rd.number, functools.partial(where, evs=evs)) from None
             nfe += len(evs)
             for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
                 hits.append(Hit(c, rd.number, nfe, xh))

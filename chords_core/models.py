@@ -112,12 +112,13 @@ class Model:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating, finite (if ``check_outputs``); returned in
         ``like``'s dtype."""
-        if not B.is_array(out):
+        shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+        if shape is None or dtype is None:
             raise ModelOutputError(
                 0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
-        if out.shape != like.shape and tuple(out.shape) != tuple(like.shape):
-            raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
-        same_dtype = out.dtype == like.dtype  # the common case: the state's floating dtype
+        if shape != like.shape and tuple(shape) != tuple(like.shape):
+            raise ModelOutputError(0, f"model returned shape {tuple(shape)}, expected {tuple(like.shape)}")
+        same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
         if not same_dtype and not B.is_floating(out):
             raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
         if self.check_outputs and not B.all_finite(out):

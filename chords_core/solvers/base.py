@@ -81,8 +81,8 @@ class Solver:
         self.steps = len(self.t) - 1
         self._coef = model.coefficients(self.times, self.quantity)
         self._jumps: dict = {}
-        if self._coef is not None:
-            for i, (a, b) in enumerate(self._coef[:-1]):  # the final time is never evaluated
+        if self._coef is not None and not np.isfinite(self._coef[:-1]).all():  # the final time is never evaluated
+            for i, (a, b) in enumerate(self._coef[:-1]):
                 if not (math.isfinite(a) and math.isfinite(b)):
                     raise ValueError(
                         f"grid[{i}]={self.t[i]:g}: the model's output cannot be converted to the {self.quantity} "
