@@ -72,12 +72,14 @@ def test_vector_field_exact_and_width_bounded(steps, data, solver):
     ode = LinearODE.random(3, seed=steps)
     model, y0, grid = ode.vector_field(), np.ones((2, 3)), np.linspace(0.0, 1.0, steps + 1)
     blocks = data.draw(st.integers(1, steps))
-    window = data.draw(st.integers(1, steps + 2))
+    window = data.draw(st.integers(1, steps))
     ref = cc.solve(model, y0, grid, solver)
     s = srds(model, y0, grid, solver, blocks=blocks, tol=0.0)
     p = paradigms(model, y0, grid, solver, window=window, tol=0.0)
     assert np.array_equal(s.x, ref) and np.array_equal(p.x, ref)
     assert s.width <= blocks and p.width <= window
+    with pytest.raises(ValueError, match="window"):  # a window larger than the grid
+        paradigms(model, y0, grid, solver, window=steps + 1)
 
 
 def test_one_executor_call_per_round_and_nfe_accounting():

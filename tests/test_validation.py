@@ -301,6 +301,10 @@ def test_bad_tolerances_raise_naming_tol(tol):
         cc.StopOnResidual(tol)
 
 
-def test_a_paradigms_window_larger_than_the_grid_is_clipped():
-    big = cc.paradigms(FLOW, X, GRID, window=100)
-    assert same_result(big, cc.paradigms(FLOW, X, GRID, window=len(GRID) - 1)) and big.width <= len(GRID) - 1
+def test_a_window_larger_than_the_grid_is_named():
+    assert cc.paradigms(FLOW, X, GRID, window=len(GRID) - 1).width <= len(GRID) - 1
+    for fn in (cc.paradigms, cc.parasolver, cc.parataa):
+        with pytest.raises(ValueError, match=r"window must be an integer in \[1, "):
+            fn(FLOW, X, GRID, window=100)
+    with pytest.raises(ValueError, match="window"):
+        cc.cascade(FLOW, X, GRID, cores=100)

@@ -307,7 +307,7 @@ def sliding_window(
     call = begin(model, x, grid, solver, executor, solver_options)
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
     T = sol.steps
-    window = check_int("window", window, 1)
+    window = check_int("window", window, 1, T)
     tol2 = check_float("tol", tol, 0.0) ** 2
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
