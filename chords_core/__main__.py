@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return demo.run_main(args) if args.command == "demo" else optimize(args)
     except (ValueError, TypeError) as e:  # a value argparse could not check alone: usage error, status 2
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
+        sub.print_usage(sys.stderr)
         print(f"python -m chords_core {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -75,7 +75,7 @@ def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
     except SystemExit as e:  # argparse's own checks
         code = e.code
     err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err and err.startswith("usage:")
 
 
 def test_console_script_is_installed():
