@@ -153,3 +153,45 @@ def test_every_method_runs_on_the_process_executor(trap_executor, one_thread, me
     ref = cc.parallel(MODEL, x0(), grid, "euler", cores=2, method=method, executor=cc.SerialExecutor())
     res = cc.parallel(MODEL, x0(), grid, "euler", cores=2, method=method, executor=trap_executor)
     assert torch.equal(res.x, ref.x) and (res.rounds, res.nfe) == (ref.rounds, ref.nfe)
+
+
+def test_an_interrupted_call_breaks_the_executor_instead_of_leaving_stale_replies():
+    """Ctrl-C (KeyboardInterrupt) between sending a round and reading its replies: the replies would
+    be read by the next call, one round late. The executor closes instead; no process is left."""
+    import _thread
+
+    ex = ProcessExecutor(Slow(FACTORY, 0.05), workers=2, timeout=20)
+    pids = ex.pids
+    grid = cc.time_grid(MODEL.schedule, 40)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cc.chords(MODEL, x0(), grid, "euler", cores=2, stop=None, executor=ex)
+        with pytest.raises(ExecutorClosed):
+            cc.chords(MODEL, x0(), grid, "euler", cores=2, stop=None, executor=ex)
+    finally:
+        timer.cancel()
+        ex.close()
+    assert all(gone(p) for p in pids)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_worker_that_died_while_idle_raises_worker_died_then_closed(cores):
+    ex = ProcessExecutor(FACTORY, workers=2, timeout=20)
+    pids = ex.pids
+    grid = cc.time_grid(MODEL.schedule, 6)
+    try:
+        ref = cc.chords(MODEL, x0(), grid, "euler", cores=cores, stop=None, executor=cc.SerialExecutor())
+        assert torch.equal(cc.chords(MODEL, x0(), grid, "euler", cores=cores, stop=None, executor=ex).x, ref.x)
+        os.kill(pids[1], 9)
+        deadline = time.monotonic() + 10
+        while not gone(pids[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(WorkerDied, match=r"worker 1 .* died \(while idle\).*SIGKILL"):
+            cc.chords(MODEL, x0(), grid, "euler", cores=cores, stop=None, executor=ex)
+        with pytest.raises(ExecutorClosed):  # never a result from a half-dead executor
+            cc.chords(MODEL, x0(), grid, "euler", cores=1, stop=None, executor=ex)
+    finally:
+        ex.close()
+    assert all(gone(p) for p in pids)

@@ -32,7 +32,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.multiprocessing as tmp
@@ -209,6 +209,14 @@ class ProcessExecutor(Executor):
         self._finalizer.detach()
         _shutdown(self._procs, self._conns, 0.0)
 
+    def _dead(self, w: int, when: str) -> NoReturn:
+        """Worker ``w`` is gone: stop every worker and raise ``WorkerDied``."""
+        self._procs[w].join(1.0)
+        code = self._procs[w].exitcode
+        self._break()
+        raise WorkerDied(f"ProcessExecutor: worker {w} (pid {self._procs[w].pid}) died ({when}) with exit code "
+                         f"{code}{_signal_name(code)}; all workers were terminated")
+
     def _gather(self, ws: Iterable[int], timeout: float | None, what: str) -> dict:
         """Wait for one reply from each worker in ``ws``; a death or the timeout breaks the executor."""
         pending = {self._conns[w]: w for w in ws}
@@ -273,25 +281,37 @@ class ProcessExecutor(Executor):
         check_points(xs, ts)
         if not xs:
             return []
-        if self._model is not model:
-            shell = shell_of(model)
-            for c in self._conns:
-                c.send(("model", shell))
-            self._model = model
+        for w, p in enumerate(self._procs):  # a worker that died while idle (the OOM killer, say)
+            if not p.is_alive():
+                self._dead(w, "while idle")
         groups = assign(len(xs), self.workers)
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
-        active = []
+        active: list[int] = []
         outbufs: dict[int, torch.Tensor] = {}
-        for w, idx in enumerate(groups):
-            if not idx:
-                continue
-            xin, outbufs[w] = self._buffers(w, len(idx), shape, dtype)
-            with torch.no_grad():
-                for j, k in enumerate(idx):
-                    xin[j].copy_(xs[k])
-            self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched))
-            active.append(w)
-        replies = self._gather(active, self.timeout, "evaluate")
+        w = 0
+        try:  # from the first message to the last reply: any failure leaves replies in flight -> break
+            if self._model is not model:
+                shell = shell_of(model)
+                self._model = None
+                for w in range(len(self._conns)):  # w: the worker a failed send names
+                    self._conns[w].send(("model", shell))
+                self._model = model
+            for w, idx in enumerate(groups):
+                if not idx:
+                    continue
+                xin, outbufs[w] = self._buffers(w, len(idx), shape, dtype)
+                with torch.no_grad():
+                    for j, k in enumerate(idx):
+                        xin[j].copy_(xs[k])
+                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched))
+                active.append(w)
+            replies = self._gather(active, self.timeout, "evaluate")
+        except (BrokenPipeError, ConnectionResetError, EOFError) as e:
+            self._dead(w, f"on send ({type(e).__name__})")
+        except BaseException:  # KeyboardInterrupt included: the workers' replies would be read by the next call
+            if not self._closed:
+                self._break()
+            raise
         for w in active:  # all replies are in: raise the first failure in point order
             rep = replies[w]
             if rep[0] == "model_error":
