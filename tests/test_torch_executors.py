@@ -6,6 +6,7 @@ Exactness: float64 on CPU, every output of every core equal to the SerialExecuto
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -168,3 +169,41 @@ def test_every_method_runs_on_the_device_executor(method):
         res = cc.parallel(MODEL, x0(), grid, "dpmpp_2m", cores=3, method=method, executor=ex)
     assert torch.equal(res.x, ref.x) and (res.rounds, res.nfe, res.width) == (ref.rounds, ref.nfe, ref.width)
     assert [h.core for h in res.hits] == [h.core for h in ref.hits]
+
+
+def test_device_executor_wraps_model_exceptions_in_worker_error():
+    net = Trap(FACTORY)()
+    xs = [x0(seed=s) for s in range(3)]
+    xs[1][0, 0] = Trap.MARKERS["raise"]
+    with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: net) as ex:
+        with pytest.raises(chords_torch.WorkerError, match=r"device cpu \(points \[1\]\).*injected") as info:
+            ex(MODEL, xs, [0.5] * 3)
+        assert "traceback" in str(info.value)
+
+
+def test_device_executor_checks_its_devices_at_construction():
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU-only machine)
+    with pytest.raises(ValueError, match=rf"devices: {missing} is not available here"):
+        DeviceExecutor(["cpu", missing])
+
+
+def test_a_stuck_device_thread_does_not_keep_the_interpreter_alive(tmp_path):
+    """After a WorkerTimeout the stuck model thread is a daemon: the process exits at once."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import time, torch, chords_core as cc\n"
+        "from chords_torch import DeviceExecutor, WorkerTimeout\n"
+        "from chords_torch.testing import gmm_problem\n"
+        "model, _ = gmm_problem()\n"
+        "ex = DeviceExecutor(['cpu'], timeout=0.3, replicate=lambda fn, d: (lambda x, t: time.sleep(60)))\n"
+        "try:\n"
+        "    ex(model, [torch.zeros(2, 4, dtype=torch.float64)], [0.5])\n"
+        "except WorkerTimeout:\n"
+        "    print('timed out', flush=True)\n")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0 and "timed out" in out.stdout, out.stderr
+    assert time.monotonic() - t0 < 30  # not the 60 s of the stuck call

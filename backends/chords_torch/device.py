@@ -17,6 +17,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import copy
+import queue
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +28,7 @@ import torch
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
-from ._common import ExecutorClosed, WorkerTimeout, assign, bind, check_points, check_timeout, fn_attr
+from ._common import ExecutorClosed, WorkerError, WorkerTimeout, assign, bind, check_points, check_timeout, fn_attr
 
 __all__ = ["DeviceExecutor", "replicate"]
 
@@ -47,6 +50,56 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
             return fn
         return copy.deepcopy(fn).to(device)
     return fn
+
+
+class _DeviceThread:
+    """One daemon thread running submitted calls in order: a thread stuck in a model call never keeps
+    the interpreter from exiting (a ``ThreadPoolExecutor`` thread would: it is joined at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            fut, fn, args = task
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # delivered to the caller through the future
+                fut.set_exception(e)
+
+    def submit(self, fn: Callable, *args: Any) -> cf.Future:
+        """Run ``fn(*args)`` on this thread after the calls before it; returns its future."""
+        fut: cf.Future = cf.Future()
+        self._tasks.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool) -> None:
+        """Cancel the calls not started, stop the thread after the running one (joined if ``wait``)."""
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        self._tasks.put(None)
+        if wait:
+            self._thread.join()
+
+
+def _check_device(d: torch.device) -> None:
+    """A ``ValueError`` naming ``devices`` if ``d`` cannot hold a tensor here (a missing GPU, say)."""
+    try:
+        torch.empty(0, device=d)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ValueError(f"devices: {d} is not available here ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 class DeviceExecutor(Executor):
@@ -72,10 +125,12 @@ class DeviceExecutor(Executor):
             self.devices = [torch.device(d) for d in devices]
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"devices: {e}") from None
+        for d in self.devices:
+            _check_device(d)
         if not callable(replicate):
             raise TypeError(f"replicate must be callable, got {type(replicate).__name__}")
         self.replicate, self.batched, self.timeout = replicate, bool(batched), check_timeout(timeout)
-        self._pools = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"chords-{d}") for d in self.devices]
+        self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
         self._replicas: dict = {}  # id(model) -> (model, [replica model per device])
         self._closed = False
 
@@ -97,6 +152,9 @@ class DeviceExecutor(Executor):
                 outs = model.evaluate(pts, tts, batched=self.batched)
             except ModelOutputError as e:
                 raise ModelOutputError(idx[e.point], str(e)) from None
+            except Exception as e:  # the model's own exception, with its traceback text
+                raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
+                                  f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}") from e
             return [o.to(xs[k].device) for o, k in zip(outs, idx)]
 
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
@@ -112,7 +170,10 @@ class DeviceExecutor(Executor):
 
         Raises:
             ModelOutputError: a bad output, with its point's index (the smallest, if several).
-            WorkerTimeout: no answer within ``timeout``; the executor is closed.
+            WorkerError: the model raised (naming the device and the points; the engine adds nothing,
+                so the round is the one in progress); the executor stays usable.
+            WorkerTimeout: no answer within ``timeout``; the executor is closed (its threads are
+                daemons: a stuck one does not keep the interpreter from exiting).
             ExecutorClosed: the executor was closed.
         """
         if self._closed:
@@ -150,6 +211,6 @@ class DeviceExecutor(Executor):
         """
         self._closed = True
         for p in self._pools:
-            p.shutdown(wait=wait, cancel_futures=True)
+            p.shutdown(wait=wait)
         self._replicas = {}
 
