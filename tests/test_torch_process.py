@@ -188,6 +188,7 @@ def test_a_worker_that_died_while_idle_raises_worker_died_then_closed(cores):
         deadline = time.monotonic() + 10
         while not gone(pids[1]) and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)  # idle: the death has reached the driver's side of the pipe (EOF) before the next call
         with pytest.raises(WorkerDied, match=r"worker 1 .* died \(while idle\).*SIGKILL"):
             cc.chords(MODEL, x0(), grid, "euler", cores=cores, stop=None, executor=ex)
         with pytest.raises(ExecutorClosed):  # never a result from a half-dead executor
@@ -195,3 +196,36 @@ def test_a_worker_that_died_while_idle_raises_worker_died_then_closed(cores):
     finally:
         ex.close()
     assert all(gone(p) for p in pids)
+
+
+def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_path):
+    """SIGKILL the driver while both workers are inside a 60 s model call: they exit by themselves."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import torch, chords_core as cc\n"
+        "from chords_torch import ProcessExecutor\n"
+        "from chords_torch.testing import Slow, gmm_problem, seeded_state\n"
+        "if __name__ == '__main__':\n"
+        "    model, factory = gmm_problem(dim=4, modes=3, seed=0)\n"
+        "    ex = ProcessExecutor(Slow(factory, 60.0), workers=2, timeout=None)\n"
+        "    print(*ex.pids, flush=True)\n"
+        "    ex(model, [seeded_state(), seeded_state(seed=1)], [0.5, 0.4])\n")
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        pids = [int(v) for v in driver.stdout.readline().split()]
+        assert len(pids) == 2
+        time.sleep(1.0)  # the workers are now inside the slow model call
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(gone(p) for p in pids), "a worker outlived its driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 import time
 import traceback
 import weakref
@@ -57,9 +58,38 @@ __all__ = ["ProcessExecutor"]
 WORKER_ENV = "CHORDS_TORCH_WORKER"  # set to the worker's index in each worker process
 
 
-def _worker_main(conn: Any, factory: Callable, threads: int, index: int) -> None:
-    """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages."""
+#: How often a worker checks that its driver is still alive (seconds).
+WATCHDOG_PERIOD = 0.5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_driver(driver: int) -> None:
+    """Exit this worker at once when the driver process is gone, even in the middle of a model call
+    (the pipe is only read between messages); its forkserver parent does not tell it."""
+    while True:
+        time.sleep(WATCHDOG_PERIOD)
+        if not _alive(driver) or os.getppid() == 1:
+            os._exit(3)
+
+
+def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver: int | None = None) -> None:
+    """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages.
+
+    A daemon thread watches the driver process (``driver``: its pid) and ends the worker when the
+    driver dies, so no worker outlives it, whatever it is doing.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    if driver is not None:
+        threading.Thread(target=_watch_driver, args=(driver,), daemon=True, name="chords-watchdog").start()
     torch.set_num_threads(threads)
     os.environ[WORKER_ENV] = str(index)
     try:
@@ -179,7 +209,7 @@ class ProcessExecutor(Executor):
         try:
             for w in range(workers):
                 parent, child = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=_worker_main, args=(child, factory, threads, w), daemon=True,
+                p = ctx.Process(target=_worker_main, args=(child, factory, threads, w, os.getpid()), daemon=True,
                                 name=f"chords-worker-{w}")
                 try:
                     p.start()
@@ -281,8 +311,8 @@ class ProcessExecutor(Executor):
         check_points(xs, ts)
         if not xs:
             return []
-        for w, p in enumerate(self._procs):  # a worker that died while idle (the OOM killer, say)
-            if not p.is_alive():
+        for w, p in enumerate(self._procs):  # a worker that died while idle (the OOM killer, say):
+            if not p.is_alive() or self._conns[w].poll():  # its pipe reads EOF before it is reaped
                 self._dead(w, "while idle")
         groups = assign(len(xs), self.workers)
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
