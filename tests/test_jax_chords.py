@@ -3,6 +3,8 @@
 Multi-device runs are in test_jax_devices.py (a subprocess with 8 host devices).
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -208,3 +210,67 @@ def test_nonlinear_operations_are_refused():
         a + 1.0
     with pytest.raises(NonLinearOperation):
         a / 2.0
+
+
+def denoiser_args(x, t, args):
+    """The denoiser with its weights as an argument (traced by jit, not baked in)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.tanh(x @ args["w"] + t[:, None]) * 0.5 + args["c"] * x
+
+
+def test_args_are_traced_new_weights_new_results_without_recompiling():
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    model = cc.DiffusionModel(denoiser_args, SCHED, "eps")
+    w1 = {"w": jnp.asarray(_W), "c": jnp.asarray(0.2)}
+    w2 = {"w": jnp.asarray(_W * 0.5), "c": jnp.asarray(0.1)}
+    a = cj.chords(model, X, grid, "dpmpp_2m", cores=3, stop=None, args=w1)
+    n = cj.compilations()
+    b = cj.chords(model, X, grid, "dpmpp_2m", cores=3, stop=None, args=w2)
+    assert cj.compilations() == n  # same shapes: the executable is reused with the new weights
+    for w, got in ((w1, a), (w2, b)):
+        ref = cc.chords(cc.DiffusionModel(lambda x, t, w=w: denoiser_args(x, t, jax.tree.map(np.asarray, w)), SCHED,
+                                          "eps"), X, grid, "dpmpp_2m", cores=3, stop=None)
+        assert close(got.x, ref.x)
+    assert not close(a.x, b.x)
+    field = cc.VectorField(lambda t, y, args: args * jnp.sin(y))
+    assert close(cj.solve(field, X[0], np.linspace(0, 1, 5), "heun", args=jnp.asarray(2.0)),
+                 cc.solve(cc.VectorField(lambda t, y: 2.0 * np.sin(y)), X[0], np.linspace(0, 1, 5), "heun"))
+
+
+def test_clear_cache_releases_the_models_and_their_weights():
+    import gc
+    import weakref
+
+    class Net:
+        def __init__(self):
+            self.w = jnp.asarray(np.random.default_rng(3).standard_normal((D, D)))
+
+        def __call__(self, x, t):
+            return jnp.tanh(x @ self.w + t[:, None])
+
+    net = Net()
+    ref = weakref.ref(net)
+    cj.chords(cc.DiffusionModel(net, SCHED, "eps"), X, cc.time_grid(SCHED, 6, "logsnr"), "euler", cores=2, stop=None)
+    del net
+    gc.collect()
+    assert ref() is not None  # the cached executable still holds the model's function
+    cj.clear_cache()
+    gc.collect()
+    assert ref() is None  # released: its weights with it
+
+
+def test_float64_state_with_x64_off_warns():
+    import subprocess
+    import sys
+
+    code = ("import warnings, numpy as np, chords_core as cc, chords_jax as cj, jax.numpy as jnp\n"
+            "s = cc.RectifiedFlow()\n"
+            "m = cc.DiffusionModel(lambda x, t: jnp.tanh(x) * 0.1, s, 'flow')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    r = cj.chords(m, np.ones((2, 3)), cc.time_grid(s, 4), cores=2, stop=None)\n"
+            "print(r.x.dtype, any('64-bit mode off' in str(v.message) for v in w))\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["float32", "True"]

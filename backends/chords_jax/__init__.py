@@ -5,8 +5,9 @@
 compiled sequential solve. ``devices`` shards the core slots over a device mesh axis ``"cores"``.
 """
 
-from .api import SUPPORTED_SOLVERS, chords, compile_plan, solve
+from .api import SUPPORTED_SOLVERS, chords, clear_cache, compile_plan, solve
 from .lower import Program
 from .run import AXIS, compilations, make_mesh
 
-__all__ = ["chords", "solve", "compile_plan", "Program", "SUPPORTED_SOLVERS", "AXIS", "make_mesh", "compilations"]
+__all__ = ["chords", "solve", "clear_cache", "compile_plan", "Program", "SUPPORTED_SOLVERS", "AXIS", "make_mesh",
+           "compilations"]

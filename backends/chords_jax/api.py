@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from chords_core.stopping import StopAtCore, StopRule, as_stop_rule, select_outp
 
 from .linear import LinearRecorder
 from .lower import Program, lower
+from .run import clear_cache as _run_clear_cache
 from .run import make_mesh, runner
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -119,6 +121,7 @@ def chords(
     devices: Any = None,
     executor: None = None,
     progress: bool = False,
+    args: Any = None,
     **solver_options: Any,
 ) -> Result:
     """CHORDS as ``chords_core.chords``, compiled: same arguments, same ``Result`` (jax arrays).
@@ -141,6 +144,10 @@ def chords(
             of the device count) are sharded over it.
         executor: must be None (the compiled scan is the executor).
         progress: accepted and ignored.
+        args: a pytree passed to the model function as a traced third argument, ``fn(x, t, args)``
+            (``f(t, y, args)`` for a ``VectorField``), as diffrax passes ``args``: new values (new
+            weights) give new results without recompiling. Without it the function is called
+            ``fn(x, t)``, and whatever it reads from its closure is fixed at the first compile.
         solver_options: the solver's options.
 
     Returns:
@@ -156,8 +163,9 @@ def chords(
     if mesh is not None:
         x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     dt = x.dtype
-    run = runner(model, mesh, model.check_outputs)
-    buf, finite = run(x, prog.init.astype(dt), prog.dest, prog.idx, prog.coef.astype(dt), prog.times.astype(dt))
+    run = runner(model, mesh, model.check_outputs, with_args=args is not None)
+    buf, finite = run(x, prog.init.astype(dt), prog.dest, prog.idx, prog.coef.astype(dt), prog.times.astype(dt),
+                      args)
     if model.check_outputs:
         _raise_nonfinite(np.asarray(finite), prog, sym)
     vals = {nid: buf[row] for nid, row in prog.outputs.items()}
@@ -169,7 +177,7 @@ def chords(
 
 
 def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *, devices: Any = None,
-          progress: bool = False, **solver_options: Any) -> Any:
+          progress: bool = False, args: Any = None, **solver_options: Any) -> Any:
     """The sequential solve of ``chords_core.solve``, compiled.
 
     A ``lax.scan`` with one model evaluation per scan step (steps x stages): CHORDS' core 0 alone
@@ -182,17 +190,28 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
         solver: a name in ``SOLVERS`` or a bound ``Solver``.
         devices: as for ``chords`` (one core: no sharding gain).
         progress: accepted and ignored.
+        args: as for ``chords``.
         solver_options: the solver's options.
 
     Returns:
         The state at ``grid[-1]``, a jax array of x's shape and dtype.
     """
-    return chords(model, x, grid, solver, cores=1, stop=None, devices=devices, **solver_options).x
+    return chords(model, x, grid, solver, cores=1, stop=None, devices=devices, args=args, **solver_options).x
+
+
+def clear_cache() -> None:
+    """Drop every cached executable and symbolic program (``run.clear_cache``); models and the arrays
+    their functions hold are then released."""
+    _run_clear_cache()
+    _PROGRAMS.clear()
 
 
 def _as_state(x: Any) -> jax.Array:
     if not hasattr(x, "shape"):
         raise TypeError(f"x: the initial state must be an array, got {type(x).__name__}")
+    if str(getattr(x, "dtype", "")) == "float64" and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+        warnings.warn("x: a float64 state with JAX's 64-bit mode off is computed in float32; enable it with "
+                      "jax.config.update('jax_enable_x64', True), or pass a float32 state", UserWarning, stacklevel=3)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x: the initial state must have a floating dtype, got {x.dtype}")

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 
-__all__ = ["runner", "compilations", "AXIS", "make_mesh"]
+__all__ = ["runner", "compilations", "clear_cache", "AXIS", "make_mesh"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
@@ -61,30 +61,36 @@ def make_mesh(devices: Any) -> Mesh | None:
     return Mesh(np.array(devs), (AXIS,))
 
 
-def _evaluator(model: Any) -> tuple[tuple, Callable]:
-    """(cache key, f(pts (k, *S), t (k,)) -> outs (k, *S)) for a core model with a jax-traceable function."""
+def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
+    """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
+    function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
     if isinstance(model, DiffusionModel):
-        fn = model.fn
+        fn: Any = model.fn
 
-        def evaluate(pts, t):
+        def evaluate(pts, t, args):
             k, rows = pts.shape[0], pts.shape[1]
             flat = pts.reshape((k * rows,) + pts.shape[2:])
-            out = fn(flat, jnp.repeat(t, rows))
+            tt = jnp.repeat(t, rows)
+            out = fn(flat, tt, args) if with_args else fn(flat, tt)
             if tuple(out.shape) != tuple(flat.shape):
                 raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(flat.shape)}")
             return out.reshape(pts.shape).astype(pts.dtype)
 
-        return ("diffusion", fn), evaluate
+        return ("diffusion", fn, with_args), evaluate
     if isinstance(model, VectorField):
-        f, batched = model.f, model.batched
+        f: Any = model.f
+        batched = model.batched
 
-        def evaluate(pts, t):
-            out = f(t, pts) if batched else jax.vmap(f)(t, pts)
+        def evaluate(pts, t, args):
+            if with_args:
+                out = f(t, pts, args) if batched else jax.vmap(f, in_axes=(0, 0, None))(t, pts, args)
+            else:
+                out = f(t, pts) if batched else jax.vmap(f)(t, pts)
             if tuple(out.shape) != tuple(pts.shape):
                 raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(pts.shape)}")
             return out.astype(pts.dtype)
 
-        return ("field", f, batched), evaluate
+        return ("field", f, batched, with_args), evaluate
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
@@ -97,19 +103,31 @@ def _terms(buf: Any, idx: Any, coef: Any) -> Any:
     return new
 
 
-def runner(model: Any, mesh: Mesh | None, check: bool) -> Callable:
-    """The jitted pipeline ``run(x, init, dest, idx, coef, times) -> (buf, finite)``, cached.
+def clear_cache() -> None:
+    """Drop every cached executable (and with it the model functions and whatever they hold: weights
+    read from a closure or an object). The cache keeps at most ``_CACHE_SIZE`` executables."""
+    _CACHE.clear()
+
+
+def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) -> Callable:
+    """The jitted pipeline ``run(x, init, dest, idx, coef, times, args) -> (buf, finite)``, cached.
+
+    The cache is keyed by the model's function and holds it (and what it closes over) until it is
+    evicted (least recently used, beyond ``_CACHE_SIZE`` entries) or ``clear_cache()`` is called.
+    Values a function reads from its closure at trace time are baked into the executable; pass
+    changing values (weights) as ``args``, a traced argument.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` with a jax-traceable function.
         mesh: the device mesh (``make_mesh``) or ``None``.
         check: also return per round and slot whether the outputs are finite.
+        with_args: call the function with a third argument ``args`` (any pytree).
 
     Returns:
         The jitted function: ``buf`` the final buffer (rows of x's shape), ``finite`` (R, Kp)
         booleans (empty rows without ``check``).
     """
-    key_model, evaluate = _evaluator(model)
+    key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check))
     fn = _CACHE.get(key)
     if fn is not None:
@@ -117,14 +135,14 @@ def runner(model: Any, mesh: Mesh | None, check: bool) -> Callable:
         return fn
     if mesh is not None:
         spec = PartitionSpec(AXIS)
-        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=spec)
         replicated = NamedSharding(mesh, PartitionSpec())
 
     def pin(buf):
         """Keep the buffer replicated: each device holds all registers, only the outputs travel."""
         return buf if mesh is None else jax.lax.with_sharding_constraint(buf, replicated)
 
-    def run(x, init, dest, idx, coef, times):
+    def run(x, init, dest, idx, coef, times, args):
         global _COMPILATIONS
         _COMPILATIONS += 1
         slots = times.shape[1]
@@ -133,7 +151,7 @@ def runner(model: Any, mesh: Mesh | None, check: bool) -> Callable:
 
         def body(buf, inputs):
             dest_r, idx_r, coef_r, t_r = inputs
-            outs = evaluate(buf[pts : pts + slots], t_r)
+            outs = evaluate(buf[pts : pts + slots], t_r, args)
             buf = pin(buf.at[pts + slots :].set(outs))
             buf = pin(buf.at[dest_r].set(_terms(buf, idx_r, coef_r)))
             finite = jnp.isfinite(outs).reshape(slots, -1).all(axis=1) if check else jnp.zeros((0,), bool)
