@@ -28,12 +28,12 @@ demo: $(DEMO_STAMP)
 
 # lint and type checks first (configured in pyproject.toml); any failure fails the target
 test: $(STAMP)
-	$(PY) -m ruff check chords_core backends theory tests
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check chords_core backends theory tests
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 bench: $(STAMP)

@@ -21,7 +21,8 @@ def rms(a, b):
 
 def main():
     gmm = GaussianMixture.random(64, 10, seed=0)
-    print("| problem | solver | history | " + " | ".join(f"core {c}" for c in range(7, 2, -1)) + " | fastest vs exact (seq vs exact) |")
+    print("| problem | solver | history | " + " | ".join(f"core {c}" for c in range(7, 2, -1))
+          + " | fastest vs exact (seq vs exact) |")
     print("|---" * 10 + "|")
     for sched, pred, spacing in [(cc.VP.linear(), "eps", "logsnr"), (cc.RectifiedFlow(), "flow", "uniform")]:
         model = gmm.model(sched, pred)

@@ -39,8 +39,10 @@ def main() -> None:
     sched = cc.RectifiedFlow()
     grid = cc.time_grid(sched, steps)
     devices = args.devices or None
-    print(f"jax {jax.__version__}, {jax.device_count()} device(s), devices={devices}, K=8, T=50, all 50 rounds, float32")
-    print(f"{'solver':>9} {'size':>7} {'plan ms':>8} {'compile ms':>11} {'jax us/rd':>10} {'core us/rd':>11} {'regs':>5}")
+    print(f"jax {jax.__version__}, {jax.device_count()} device(s), devices={devices}, "
+          "K=8, T=50, all 50 rounds, float32")
+    print(f"{'solver':>9} {'size':>7} {'plan ms':>8} {'compile ms':>11} {'jax us/rd':>10} "
+          f"{'core us/rd':>11} {'regs':>5}")
     for solver in ("euler", "dpmpp_2m"):
         for size in (64, 65536):
             x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
@@ -52,14 +54,15 @@ def main() -> None:
                                       slots_multiple=args.devices or 1, **kw)
             plan = time.perf_counter() - t0
 
-            def run():
+            def run(jmodel=jmodel, x=x, solver=solver, kw=kw):
                 jax.block_until_ready(cj.chords(jmodel, x, grid, solver, devices=devices, **kw).x)
 
             t0 = time.perf_counter()
             run()
             first = time.perf_counter() - t0
             steady = _best(run, args.repeat)
-            core = _best(lambda: cc.chords(nmodel, x, grid, solver, **kw), max(3, args.repeat // 4))
+            core = _best(lambda nmodel=nmodel, x=x, solver=solver, kw=kw: cc.chords(nmodel, x, grid, solver, **kw),
+                         max(3, args.repeat // 4))
             print(f"{solver:>9} {size:>7} {plan * 1e3:8.1f} {(first - steady) * 1e3:11.0f} "
                   f"{steady / steps * 1e6:10.1f} {core / steps * 1e6:11.1f} {prog.regs:5d}")
 

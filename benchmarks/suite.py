@@ -41,7 +41,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # threaded BLAS on small mat
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import importlib  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -74,7 +74,7 @@ def rms(a) -> float:
     return float(np.sqrt(np.mean(np.square(a))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def optimised_init(solver: str, steps: int, K: int) -> tuple[int, ...]:
     """The init optimiser's choice on its default calibration mixture (independent of the workloads)."""
     return optimize_init(steps, K, solver, budget=FACTOR).init
@@ -95,7 +95,8 @@ def chords_runs(w: Workload, solver: str, steps: int, K: int, spans):
         r = cc.chords(w.model, w.x, grid, solver, init=init, stop=cc.StopAtCore(max(1, K - 1)))
         for n, h in enumerate(r.hits, 1):
             if h.core:
-                yield f"{name}, output {n}", dict(rounds=h.round, nfe=h.nfe, width=K, init="-".join(map(str, init))), h.x
+                yield (f"{name}, output {n}", dict(rounds=h.round, nfe=h.nfe, width=K, init="-".join(map(str, init))),
+                       h.x)
     for rel in CONVERGED:
         r = cc.chords(w.model, w.x, grid, solver, cores=K, stop=cc.StopWhenConverged(rel))
         yield f"default, converged {rel:g}", dict(rounds=r.rounds, nfe=r.nfe, width=r.width), r.x
@@ -236,7 +237,8 @@ def plot_case(case: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(cores), figsize=(4.4 * len(cores), 3.8), sharey=True, squeeze=False)
     for ax, K in zip(axes[0], cores):
         b = case["baseline"]
-        ax.plot([p["rounds"] for p in b], [p["err_ref"] for p in b], "k.-", label=f"sequential {case['solver']}, fewer steps")
+        ax.plot([p["rounds"] for p in b], [p["err_ref"] for p in b], "k.-",
+                label=f"sequential {case['solver']}, fewer steps")
         for m in METHODS:
             pts = [p for p in case["points"] if p["method"] == m and p["cores"] == K]
             if not pts:
@@ -268,10 +270,12 @@ def oracle_markdown(cases: list[dict]) -> tuple[str, dict]:
         for K in sorted({p["cores"] for p in c["points"]}):
             hs = {m: c["headline"].get(m, {}).get(str(K)) for m in METHODS}
             top = max((h["speedup"] for h in hs.values() if h), default=None)
-            cells = [("—" if h is None else (f"**{h['speedup']:.2f}×**" if h["speedup"] == top else f"{h['speedup']:.2f}×"))
+            cells = [("—" if h is None
+                      else (f"**{h['speedup']:.2f}×**" if h["speedup"] == top else f"{h['speedup']:.2f}×"))
                      for h in hs.values()]
             floor = c["seq_rounds"] / -(-c["seq_rounds"] // K)
-            rows.append(f"| {c['workload']} | {c['solver']} {c['steps']} | {K} | " + " | ".join(cells) + f" | {floor:.2f}× |")
+            rows.append(f"| {c['workload']} | {c['solver']} {c['steps']} | {K} | " + " | ".join(cells)
+                        + f" | {floor:.2f}× |")
             ours = hs["cascade"]["rounds"] if hs["cascade"] else None
             peer = min((hs[m]["rounds"] for m in PEERS if hs[m]), default=None)
             tally["rows"] += 1
@@ -298,20 +302,23 @@ def calibrated_markdown(cases: list[dict], chosen: dict[str, str]) -> tuple[str,
         med_all = statistics.median(sp_all) if sp_all else float("nan")
         med_ok = statistics.median([p["speedup"] for p in ok]) if ok else float("nan")
         summary[m] = dict(config=chosen.get(m), failures=fails, median=med_all, median_ok=med_ok, rows=len(pts))
-        rows.append(f"| {m} | {chosen.get(m, '—')} | {len(ok)} / {len(pts)} | {len(fails)} | {med_all:.2f}× | {med_ok:.2f}× |")
+        rows.append(f"| {m} | {chosen.get(m, '—')} | {len(ok)} / {len(pts)} | {len(fails)} | "
+                    f"{med_all:.2f}× | {med_ok:.2f}× |")
     return "\n".join(rows), summary
 
 
 #: Each method's shipped default, as a configuration name of this suite.
-DEFAULTS = {"cascade": f"tol {importlib.import_module('chords_core.methods.cascade').DEFAULT_TOL:g}", "chords": "default, converged 0.1",
-            "paradigms": "tol 0.1", "parasolver": "tol 0.1", "parataa": "tol 0.001", "srds": "blocks K, iteration 1"}
+DEFAULTS = {"cascade": f"tol {inspect.signature(cc.cascade).parameters['tol'].default:g}",
+            "chords": "default, converged 0.1", "paradigms": "tol 0.1", "parasolver": "tol 0.1", "parataa": "tol 0.001",
+            "srds": "blocks K, iteration 1"}
 
 
 def quality_markdown(cases: list[dict]) -> str:
     q = [c for c in cases if "seq_fd" in c]
     if not q:
         return ""
-    out = "| workload | solver | sequential | cores | " + " | ".join(METHODS) + " |\n|" + "---|" * (len(METHODS) + 4) + "\n"
+    out = ("| workload | solver | sequential | cores | " + " | ".join(METHODS) + " |\n|"
+           + "---|" * (len(METHODS) + 4) + "\n")
     for c in q:
         for K in sorted({p["cores"] for p in c["points"]}):
             fd = [c["headline"].get(m, {}).get(str(K), {}).get("fd") for m in METHODS]

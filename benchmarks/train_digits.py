@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from workloads import FREQS, load_digits_split
 
 OUT = Path(__file__).parent / "data" / "digits_mlp.npz"
@@ -76,7 +75,8 @@ def main() -> None:
         if it % 1000 == 0 or it == a.steps - 1:
             print(f"step {it:5d}  loss {avg:.4f}  {time.time() - t0:6.1f} s", flush=True)
 
-    arrays = {f"{name}.{p}": getattr(layers[name], p).detach().numpy().astype(np.float32) for name in layers for p in ("weight", "bias")}
+    arrays = {f"{name}.{p}": getattr(layers[name], p).detach().numpy().astype(np.float32)
+              for name in layers for p in ("weight", "bias")}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(a.out, depth=np.array(a.depth), **arrays)
     digest = hashlib.sha256(a.out.read_bytes()).hexdigest()

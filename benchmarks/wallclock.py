@@ -61,7 +61,8 @@ def worker_bound(plan: cc.Plan, rounds: int, workers: int, capacity: float | Non
     """T / sum_r cost_r with cost_r = ceil(n_r / workers) evaluation times, or, on a machine that
     currently runs only ``capacity`` evaluations at once, max(ceil(n_r / workers), n_r / capacity)."""
     cap = capacity or workers
-    return plan.sequential_rounds / sum(max(-(-len(r.evals) // workers), len(r.evals) / cap) for r in plan.rounds[:rounds])
+    return plan.sequential_rounds / sum(max(-(-len(r.evals) // workers), len(r.evals) / cap)
+                                        for r in plan.rounds[:rounds])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,18 +99,21 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, ex in (("ProcessExecutor", ex2), ("DeviceExecutor", dev)):
             for K, init in inits.items():
-                jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=ex)
+                jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init,
+                                                                   stop=cc.StopAtCore(1), executor=ex)
         best = {k: float("inf") for k in jobs}
         for _ in range(a.repeats):  # interleaved, so that every job sees the same load
             for k, job in jobs.items():
                 t0 = time.perf_counter()
                 job()
                 best[k] = min(best[k], time.perf_counter() - t0)
-        plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor()) for K, init in inits.items()}
+        plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor())
+                 for K, init in inits.items()}
     t_seq = best["seq"]
     print(f"sequential: {t_seq * 1e3:.0f} ms on 1 worker process ({t_seq / T * 1e3:.1f} ms/step), "
           f"{best['driver'] * 1e3:.0f} ms in the driver")
-    print(f"ProcessExecutor overhead per round (near-free model, 2 workers): {best['free1'] / 50 * 1e3:.2f} ms with 1 point, "
+    print("ProcessExecutor overhead per round (near-free model, 2 workers): "
+          f"{best['free1'] / 50 * 1e3:.2f} ms with 1 point, "
           f"{best['free2'] / 50 * 1e3:.2f} ms with 2 points")
     capacity = min(2.0, 2 * best["probe1"] / best["probe2"])
     print(f"parallel capacity now: a round of 1 point {best['probe1'] * 100:.1f} ms, of 2 points on 2 workers "

@@ -10,8 +10,8 @@ name                model                                                       
 ==================  =============================================================  ===================
 gmm_rf              64-D 8-mode Gaussian mixture, rectified flow, flow prediction  DOP853, rtol 1e-10
 gmm_vp              the same mixture, VP (linear beta), eps prediction             DOP853, rtol 1e-10
-digits_exact        empirical denoiser over the 1797 digits, RF, x0 prediction     DPM++(2M), 400 steps 
-digits_net          the trained MLP (``train_digits.py``), RF, flow prediction     DPM++(2M), 400 steps 
+digits_exact        empirical denoiser over the 1797 digits, RF, x0 prediction     DPM++(2M), 400 steps
+digits_net          the trained MLP (``train_digits.py``), RF, flow prediction     DPM++(2M), 400 steps
 gmm_cosv            64-D 8-mode mixture with very unequal variances (component     DOP853, rtol 1e-10
                     standard deviations 0.02 .. 1), VP cosine, v prediction
 ==================  =============================================================  ===================
@@ -29,9 +29,9 @@ E[x0 | x_t = x] = sum_n softmax_n(-|x - alpha y_n|^2 / (2 sigma^2)) y_n of the d
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy import linalg
@@ -167,7 +167,8 @@ def gmm_workload(schedule_name: str, batch: int = 64, dim: int = 64, modes: int 
         raise ValueError(f"schedule_name must be 'rf' or 'vp', got {schedule_name!r}")
     x = np.random.default_rng(seed + 1).standard_normal((batch, dim))
     t0, t1 = cc.time_grid(sch, 2)[[0, -1]]
-    return Workload(f"gmm_{schedule_name}", gmm.model(sch, pred), x, lambda: gmm.reference_solve(x, t0, t1, sch), spacing)
+    return Workload(f"gmm_{schedule_name}", gmm.model(sch, pred), x, lambda: gmm.reference_solve(x, t0, t1, sch),
+                    spacing)
 
 
 def unequal_workload(batch: int = 64, dim: int = 64, modes: int = 8, seed: int = 5) -> Workload:

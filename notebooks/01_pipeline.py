@@ -53,7 +53,8 @@ for ax, (name, init) in zip(axes, SEQS.items()):
     plan = cc.make_plan(T, init)
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(init)))
     for c in range(len(init)):
-        pts = [(r.number, e.time_index, e.rectify_from is not None) for r in plan.rounds for e in r.evals if e.core == c]
+        pts = [(r.number, e.time_index, e.rectify_from is not None)
+               for r in plan.rounds for e in r.evals if e.core == c]
         rr, ii, rect = map(np.array, zip(*pts))
         ax.plot(rr, ii, "-", color=colors[c], lw=1.5, label=f"core {c} (t={init[c]})")
         ax.plot(rr[rect], ii[rect] + 1, "o", mfc="none", color=colors[c], ms=5)
@@ -115,6 +116,7 @@ assert all(r[2] == r[3] and r[4] == r[5] for r in rows), "measured rounds/NFE di
 assert [r[2] for r in rows if r[0] == "8 cores (paper)"] == [17, 24, 31, 38, 45, 48, 49, 50]
 assert [r[5] for r in rows if r[0] == "8 cores (paper)"][:2] == [108, 157]
 assert all(h.round == heun_pred[h.core] for h in heun.hits)
-# core 0 is the sequential solver (bitwise for batch-invariant models; the mixture's batched maths may differ in the last bit)
+# core 0 is the sequential solver (bitwise for batch-invariant models; the mixture's batched maths may differ in the
+# last bit)
 assert np.allclose(heun.hits[-1].x, cc.solve(model, x, grid, "heun"), rtol=0, atol=1e-12)
 print("notebook 1: all checks passed")

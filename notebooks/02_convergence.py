@@ -28,7 +28,11 @@ from theory import chords_theory as th
 # figures go to $CHORDS_NB_OUT if set (the test suite sets a temp dir), else notebooks/figures of this checkout
 OUT = Path(os.environ.get("CHORDS_NB_OUT", Path(cc.__file__).resolve().parents[1] / "notebooks" / "figures"))
 OUT.mkdir(parents=True, exist_ok=True)
-rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
+
+
+def rms(a):
+    return float(np.sqrt(np.mean(np.square(a))))
+
 
 # %% [markdown]
 # ## 1. Solver orders
@@ -57,7 +61,8 @@ ode = LinearODE.random(4, seed=0)
 y0 = np.random.default_rng(2).standard_normal(4)
 lin = {}
 for name in ("euler", "heun"):
-    e = [np.linalg.norm(cc.solve(ode.vector_field(), y0, np.linspace(0, 1, n + 1), name) - ode.exact(y0, 0, 1)) for n in STEPS]
+    e = [np.linalg.norm(cc.solve(ode.vector_field(), y0, np.linspace(0, 1, n + 1), name) - ode.exact(y0, 0, 1))
+         for n in STEPS]
     lin[name] = -th.fit_slope(STEPS, e)
     errs[f"{name} (linear ODE)"] = e
 print("linear ODE fitted orders", {k: round(v, 2) for k, v in lin.items()})
@@ -133,7 +138,8 @@ print(f"coarse hit: deviation {rms(res.coarse - seq) / rms(seq):.2e}")
 # %%
 fig, ax = plt.subplots(figsize=(6, 4))
 cores = sorted(dev, reverse=True)
-ax.semilogy([res.plan.finish_round[c] for c in cores], [max(dev[c], 1e-17) for c in cores], "o-", label="deviation from sequential")
+ax.semilogy([res.plan.finish_round[c] for c in cores], [max(dev[c], 1e-17) for c in cores], "o-",
+            label="deviation from sequential")
 for c in cores:
     ax.annotate(f"c{c}", (res.plan.finish_round[c], max(dev[c], 1e-17)), fontsize=7)
 ax.axhline(rms(seq - exact) / rms(seq), color="k", ls="--", label="sequential error vs exact")

@@ -67,7 +67,7 @@ y0 = np.random.default_rng(4).standard_normal(4)
 ts = np.linspace(0.0, 1.0, 31)
 h = ts[1] - ts[0]
 seq = [y0]
-for i in range(30):
+for _ in range(30):
     seq.append(seq[-1] + h * (A @ seq[-1]))
 spy = Spy()
 sliding_window(ode.vector_field(), y0, ts, "euler", window=6, tol=0.0, seed="copy", correction="picard", executor=spy)
@@ -77,8 +77,8 @@ for k in range(1, 6):
     before, after = spy.rounds[k - 1], spy.rounds[k]  # windows [k-1, k+5) and [k, k+6)
     b = k - 1
     dev0 = [before[p] - seq[b + p] for p in range(6)]
-    for p in range(1, 6):  # point b+p after the sweep: sum over l < b+p of h A dev_l (dev_b = 0: accepted)
-        pred = sum(h * (A @ dev0[l]) for l in range(1, p)) if p > 1 else np.zeros(4)
+    for p in range(1, 6):  # point b+p after the sweep: sum over j < b+p of h A dev_j (dev_b = 0: accepted)
+        pred = sum(h * (A @ dev0[j]) for j in range(1, p)) if p > 1 else np.zeros(4)
         got = after[p - 1] - seq[b + p]  # after[p-1] is point (b+1)+(p-1) = b+p
         worst = max(worst, float(np.max(np.abs(got - pred))))
 print(f"largest deviation from the predicted recursion: {worst:.2e}")
@@ -148,7 +148,8 @@ for seed in ("copy", "jump", "jump2"):
         assert windows == visits.sum() and r.rounds * W >= 50 * nbar - 1e-9  # the identity, and the bound
         table[(seed, W)] = (r.rounds, nbar)
 for W in (2, 4, 8, 12, 16):
-    print(f"W={W:2d}: " + ", ".join(f"{s} {table[(s, W)][0]} rounds (n̄ {table[(s, W)][1]:.2f})" for s in ("copy", "jump", "jump2")))
+    print(f"W={W:2d}: " + ", ".join(f"{s} {table[(s, W)][0]} rounds (n̄ {table[(s, W)][1]:.2f})"
+                                    for s in ("copy", "jump", "jump2")))
     assert table[("jump2", W)][0] <= table[("jump", W)][0] <= table[("copy", W)][0]
     assert table[("jump2", W)][1] <= table[("copy", W)][1]
 
