@@ -163,11 +163,6 @@ def is_floating(x: Array) -> bool:
     return np.dtype(x.dtype).kind == "f"
 
 
-def is_array(x: Array) -> bool:
-    """True if ``x`` is an array this module handles (has a shape and a dtype)."""
-    return hasattr(x, "shape") and hasattr(x, "dtype")
-
-
 def cast_like(x: Array, like: Array) -> Array:
     """``x`` in the dtype of ``like`` (no copy when it already is): a float32 state stays float32
     whatever precision the model computes in."""

@@ -35,8 +35,6 @@ from .problems import GaussianMixture
 
 #: "No degradation": error against the exact solution at most this times the sequential solver's.
 CRITERION = 1.05
-#: The rows of the every-method table of the last ``run`` (filled by ``run``).
-method_rows: list[dict] = []
 
 SCHEDULES = {"rf": (RectifiedFlow, "flow", "uniform"), "vp": (VP.linear, "eps", "logsnr")}
 
@@ -138,15 +136,16 @@ def default_steps(solver: str) -> int:
     return 50 if spec.order == 1 else 20
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """Run every requested solver sequentially and with CHORDS; write the plot.
+def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """Run every requested solver sequentially, with CHORDS and with every method; write the plots.
 
     Args:
         args: the parsed demo options (``build_parser``).
 
     Returns:
-        One dict per table row (solver, steps, cores, init, rounds, speedup, nfe, err_seq,
-        err_exact, output).
+        The CHORDS rows (solver, steps, cores, init, rounds, speedup, nfe, err_seq, err_exact,
+        output) and the every-method rows (solver, steps, method, cores, rounds, speedup, nfe,
+        ratio, err, ok; none with ``--init``).
     """
     make_schedule, prediction, spacing = SCHEDULES[args.schedule]
     schedule = make_schedule()
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = gmm.model(schedule, prediction)
     rows: list[dict] = []
     ladders: dict = {}
-    method_rows.clear()
+    method_rows: list[dict] = []
     baselines: dict = {}
     for solver in args.solver:
         steps = args.steps or default_steps(solver)
@@ -195,7 +194,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if method_rows:
         write_methods_figure(method_rows, baselines, args.out)
     write_schedule_figure(max(args.cores), args.out)
-    return rows
+    return rows, method_rows
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -219,7 +218,7 @@ def format_methods_table(rows: Sequence[dict]) -> str:
     """Every method at its defaults, as a Markdown table whose rows that miss the criterion are marked.
 
     Args:
-        rows: ``method_rows`` of ``run``.
+        rows: the every-method rows of ``run``.
 
     Returns:
         The table.
@@ -252,7 +251,7 @@ def write_methods_figure(rows: Sequence[dict], baselines: dict, out: str) -> dic
     sequential solver at fewer steps and the no-degradation band; writes ``methods_error_vs_rounds.png``.
 
     Args:
-        rows: ``method_rows`` of ``run``.
+        rows: the every-method rows of ``run``.
         baselines: solver -> (steps, sequential error, [(rounds, error) of the sequential solver at fewer steps]).
         out: the output folder (created).
 
@@ -391,7 +390,7 @@ def run_main(args: argparse.Namespace) -> int:
     Returns:
         The exit status (0).
     """
-    rows = run(args)
+    rows, method_rows = run(args)
     print(f"Gaussian mixture: {args.dim}-D, {args.modes} modes, {args.samples} samples, schedule {args.schedule}; "
           f"CHORDS with stop {args.stop}")
     print(format_table(rows))

@@ -18,7 +18,6 @@ bad model output with the round and the point.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
 
-__all__ = ["rectify", "evaluate_round", "relabel", "CoreRecords", "run_plan", "plan_result"]
+__all__ = ["rectify", "evaluate_round", "CoreRecords", "run_plan", "plan_result"]
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
@@ -59,21 +58,17 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
 
 
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
-                   where: Callable[[int], str]) -> list[Any]:
+                   where: Callable[..., str], *context: Any) -> list[Any]:
     """The model outputs at the round's points, from ``executor``.
 
-    A ``ModelOutputError`` is re-raised naming the round and ``where(point)`` (the core, step and
-    stage of the point in the method's terms).
+    A ``ModelOutputError`` is re-raised naming the round and ``where(point, *context)`` (the core,
+    step and stage of the point in the method's terms); ``where`` is only called then, so a method
+    passes the round's data as ``context`` instead of building a closure every round.
     """
     try:
         return executor(model, xs, ts)
     except ModelOutputError as err:
-        raise relabel(err, round_number, where) from None
-
-
-def relabel(err: ModelOutputError, round_number: int, where: Callable[[int], str]) -> ModelOutputError:
-    """``err`` restated with the round and ``where(point)``: what ``evaluate_round`` raises."""
-    return ModelOutputError(err.point, f"round {round_number}, {where(err.point)}: {err}")
+        raise ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
 
 
 class CoreRecords:
@@ -89,7 +84,8 @@ class CoreRecords:
         self.sol, self.init, self.history = sol, init, history
         self.local = LocalError(sol) if errors else None
         self.recent: list = [[] for _ in range(K)]  # per core: the latest (index, q) of stage 0, newest first
-        self.errors: dict[int, Any] = {}  # grid index j -> local error estimate e_j (first core to reach it)
+        self.errors: set[int] = set()  # grid indices j with a local error estimate e_j (first core to reach it)
+        self.error_sum: Any = None  # the sum of those e_j
         self.convert = sol.quantity_of if sol.converts else None
         self.states: list = [sol.begin(x)] + [None] * (K - 1)
         self.anchor: list = [None] + [(init[c], None, None) for c in range(1, K)]
@@ -159,17 +155,16 @@ class CoreRecords:
         assert self.local is not None
         del rec[self.local.needs:]
         if len(rec) == self.local.needs and i not in self.errors:
-            self.errors[i] = self.local.at(i, [v for _, v in rec])
+            self.errors.add(i)
+            e = self.local.at(i, [v for _, v in rec])
+            self.error_sum = e if self.error_sum is None else B.add_into(self.error_sum, e)
 
     def error_estimate(self) -> float | None:
         """RMS of the summed local error estimates: the sequential solver's global error, estimated;
         ``None`` until half the steps have an estimate."""
         if self.local is None or 2 * len(self.errors) < self.sol.steps:
             return None
-        total = None
-        for v in self.errors.values():
-            total = v + 0.0 if total is None else B.add_into(total, v)
-        return B.rms(total) * self.sol.steps / len(self.errors)
+        return B.rms(self.error_sum) * self.sol.steps / len(self.errors)
 
 
 def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, executor: Executor, history: str,
@@ -209,16 +204,13 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         for rd in plan.rounds[:limit]:
             evs = rd.evals
             xs = records.points(evs)
-            try:  # evaluate_round, inlined in the hot loop
-                outs = executor(model, xs, [t[i] for i in rd.time_indices])
-            except ModelOutputError as err:
-                raise relabel(err, rd.number, functools.partial(where, evs=evs)) from None
+            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, evs)
             nfe += len(evs)
             for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
-                seen = Outputs(outputs, records.error_estimate() if wants_error else None)
-                if result is None and rule.accept(seen, records.coarse):
+                if result is None and rule.accept(Outputs(outputs, records.error_estimate() if wants_error else None),
+                                                  records.coarse):
                     result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
             if bar is not None:
                 bar.update(1)

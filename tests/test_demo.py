@@ -90,9 +90,9 @@ def test_console_script_is_installed():
 def test_demo_figures_have_the_expected_panels(tmp_path):
     from chords_core import METHODS, demo
 
-    main(["demo", "--solver", "euler", "dpmpp_2m", "--cores", "2", "4", "--dim", "4", "--modes", "2", "--samples", "2",
-          "--out", str(tmp_path)])
-    rows = list(demo.method_rows)
+    args = demo.build_parser().parse_args(["--solver", "euler", "dpmpp_2m", "--cores", "2", "4", "--dim", "4", "--modes",
+                                           "2", "--samples", "2", "--out", str(tmp_path)])
+    _, rows = demo.run(args)
     assert {r["method"] for r in rows} == set(METHODS) and {r["cores"] for r in rows} == {1, 2, 4}
     baselines = {s: (st, e, b) for s, st, e, b in [("euler", 50, 1.0, [(10, 2.0), (50, 1.0)]),
                                                     ("dpmpp_2m", 20, 1.0, [(10, 2.0), (20, 1.0)])]}

@@ -136,16 +136,16 @@ def srds(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=last, desc=f"srds {sol.name} B{nb}", unit="iteration")
+    def where(p: int, batch: list) -> str:
+        c, _, j = batch[p]
+        return f"block {c.i} of iteration {c.k} (step {c.m}, stage {len(c.qs)}, t={t[j]:.6g})"
+
     while result is None:
         batch = [(c, *((c.state.x, c.m) if not c.qs else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs))))
                  for c in running]
         rounds += 1
-
-        def where(p: int, batch: list = batch) -> str:
-            c, _, j = batch[p]
-            return f"block {c.i} of iteration {c.k} (step {c.m}, stage {len(c.qs)}, t={t[j]:.6g})"
-
-        outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds, where)
+        outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds, where,
+                              batch)
         nfe, width = nfe + len(batch), max(width, len(batch))
         trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
         for (c, xp, j), out in zip(batch, outs):

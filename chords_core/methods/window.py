@@ -15,19 +15,27 @@ the sequential solver bit for bit). ``correction`` picks c_m:
   (1 for Euler, sigma_{m+1} / sigma_m for the data-prediction solvers): the parareal correction
   G(x_m^new) - G(x_m^old) with the model value held fixed.
 
-Each updated point is scored by its change |x^new - x^old|^2 / (D var) per sample (D elements per
-sample; var the DDPM posterior variance of a step, see ``noise_variances``; 1 for a plain ODE), and
-the window slides past the first point whose score exceeds tol^2 (it is exact, being Phi of an
-accepted point), by at least 1 and at most ``window``. ``variance`` picks which step's variance
-scores point j: ``"into"`` (the step j-1 -> j, this library's choice) or ``"out"`` (the step
-j -> j+1, the official ParaDiGMS code; the last point then never blocks).
+Each updated point is scored by its change against a ``scale`` and the window slides past the first
+point whose score exceeds tol^2 (it is exact, being Phi of an accepted point), by at least 1 and at
+most ``window``. Scales: ``"noise"`` (ParaDiGMS), |x^new - x^old|^2 / (D var) per sample (D elements
+per sample; var the DDPM posterior variance of a step, see ``noise_variances``; 1 for a plain ODE),
+where ``variance`` picks which step's variance scores point j: ``"into"`` (the step j-1 -> j, this
+library's choice) or ``"out"`` (the step j -> j+1, the official ParaDiGMS code; the last point then
+never blocks); ``"level"`` (ParaTAA), the mean square change against max(1, sigma_j)^2; ``"error"``
+(the cascade sampler), the change against the solver's local error estimate at j
+(``local_error``).
 
 New window points beyond the old iterate are *seeded* (``seed``):
 
 - ``"copy"`` (ParaDiGMS): a copy of the window's new end point x_e;
 - ``"jump"``: the free coarse jump from x_e with the data prediction of the last evaluated point
   (DDIM / x0-prediction jump; for a plain ODE the solver's own jump with the last value), CHORDS'
-  coarse propagator and ParaSolver's initialisation. Zero evaluations.
+  coarse propagator and ParaSolver's initialisation. Zero evaluations;
+- ``"jump2"``: the same with the data prediction extrapolated linearly in log-SNR from the last two
+  evaluated points and integrated exactly (second order; the cascade sampler's).
+
+Optionally (``anderson=m``) the not-yet-accepted points are mixed by triangular Anderson
+acceleration (ParaTAA).
 
 Multistep solvers (``multistep``): ``"chain"`` carries the history through the window (the step of
 point m uses the quantities of points m-1, ... of the same sweep and the accepted ones before b), so
@@ -58,7 +66,7 @@ from ..solvers import Solver, State
 __all__ = ["sliding_window", "Sweep", "Seeder", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
 
 SEEDS = ("copy", "jump", "jump2")
-CORRECTIONS = ("picard", "jump", "secant")
+CORRECTIONS = ("picard", "jump")
 VARIANCES = ("into", "out")
 SCALES = ("noise", "level", "error")
 MULTISTEP = ("chain", "restart")
@@ -98,7 +106,9 @@ def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.nda
     return np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
 
 
-_row_sq = B.row_sq
+def _worst(score: Any) -> float:
+    """The largest per-sample score (a 0-d score for a state without a batch axis)."""
+    return float(score.max() if hasattr(score, "max") else score)
 
 
 class Seeder:
@@ -176,35 +186,8 @@ class _PointErrors:
         """change^2 / e_j^2 per sample; with no estimate yet, infinite unless the change is zero."""
         est = self.estimate(j)
         if est is None:
-            return math.inf if float(change_sq.max() if hasattr(change_sq, "max") else change_sq) > 0 else 0.0
+            return math.inf if _worst(change_sq) > 0 else 0.0
         return change_sq / (est + self.tiny)
-
-
-class _Secant:
-    """Per point m, the last (x_m, Phi_m(x_m)) evaluated: Phi_m(x + d) ~ Phi_m(x) + d + s (dPhi - dx),
-    with dx, dPhi the change between the last two evaluations and s = <dx, d> / <dx, dx> per sample
-    (a rank-one secant correction of the identity Jacobian Picard assumes)."""
-
-    def __init__(self):
-        self.last: dict[int, tuple] = {}
-
-    def record(self, m: int, x: Any, phi: Any) -> None:
-        self.last[m] = (x, phi)
-
-    def update(self, m: int, x: Any, phi: Any, moved: Any) -> Any:
-        out = phi + moved
-        prev = self.last.get(m)
-        if prev is None or len(x.shape) < 1:
-            return out
-        dx = x - prev[0]
-        rows = x.shape[0] if len(x.shape) > 1 else 1
-        dxr, mr = dx.reshape(rows, -1), moved.reshape(rows, -1)
-        den = (dxr * dxr).sum(1)
-        num = (dxr * mr).sum(1)
-        safe = den > 0
-        s = num / (den + (den == 0)) * safe
-        corr = ((phi - prev[1]) - dx).reshape(rows, -1) * s[:, None]
-        return out + corr.reshape(x.shape)
 
 
 class _Anderson:
@@ -287,8 +270,8 @@ def sliding_window(
     Args:
         model, x, grid, solver, executor: as for ``chords``.
         window: parallel points per sweep (the devices kept busy), >= 1.
-        tol: the per-point tolerance tau relative to the noise level (>= 0; 0: every point exact).
-        seed: ``"copy"`` or ``"jump"``: how new window points start.
+        tol: the per-point tolerance on the ``scale`` (>= 0; 0: every point exact).
+        seed: ``"copy"``, ``"jump"`` or ``"jump2"``: how new window points start.
         correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
         variance: ``"into"`` or ``"out"``: which step's noise variance scores a point (``scale="noise"``).
         scale: what a point's change is measured against: ``"noise"`` (the step's noise variance,
@@ -315,7 +298,6 @@ def sliding_window(
     anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
     local = _PointErrors(sol, x) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
-    secant = _Secant()
     # steps whose x-coefficient is 1 and that do not depend on x beyond it (explicit, single point)
     unit = [sol.history_size == 0 and sol.jump_coeffs(m, m + 1)[0] == 1.0 for m in range(T)]
     if sol.history_size and max(evals) > 1:
@@ -330,6 +312,10 @@ def sliding_window(
     numel_row = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape))
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     t = sol.t
+
+    def where(p: int, idx: list, k: int, ti: list) -> str:
+        return f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})"
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -352,11 +338,7 @@ def sliding_window(
                     staged = [sol.stage_point(State(xs[m]), qs[m], m, m + 1, k) for m in idx]
                     px, ti = [p for p, _ in staged], [j for _, j in staged]
                 rounds += 1
-
-                def where(p: int, idx: list = idx, k: int = k, ti: list = ti) -> str:
-                    return f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})"
-
-                outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where)
+                outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
                 nfe, width = nfe + len(idx), max(width, len(idx))
                 trace.append(Round(rounds, tuple(Eval(m - b, m, k, j) for m, j in zip(idx, ti))))
                 for m, xp, j, out in zip(idx, px, ti, outs):
@@ -367,7 +349,7 @@ def sliding_window(
                 local.observe(qs, b, e)
             moved: Any = None  # how far the previous point moved this sweep: x_m^new - x_m^old
             for m in pts:
-                if m > b and unit[m] and correction != "secant":
+                if m > b and unit[m]:
                     # a step affine in x with coefficient 1 (Euler, Heun): Phi_m(x_old) + (x_new - x_old)
                     # is the step from x_new with the same model values, at the cost of the step alone
                     st = sol.step(move(st, new[-1]), qs[m], m, m + 1)
@@ -376,27 +358,22 @@ def sliding_window(
                     st = sol.step(move(st, xs[m]), qs[m], m, m + 1)
                     if m == b:
                         xn = st.x
-                    elif correction == "secant":
-                        xn = secant.update(m, xs[m], st.x, moved)
-                        secant.record(m, xs[m], st.x)
                     else:  # Phi_m + c_m times how far x_m moved (st.x is a fresh array: in place)
                         c = 1.0 if correction == "picard" else sol.jump_coeffs(m, m + 1)[0]
                         xn = B.add_into(st.x, moved if c == 1.0 else c * moved)
-                if correction == "secant" and m == b:
-                    secant.record(m, xs[m], st.x)
                 new.append(xn)
                 states[m + 1] = st
-                if accepted is not None and (m + 1 >= e or (unit[m + 1] and correction != "secant")):
+                if accepted is not None and (m + 1 >= e or unit[m + 1]):
                     continue  # neither a score nor the next point's correction needs how far this one moved
                 moved = xn - xs[m + 1]
                 if accepted is None:
                     if local is not None:
-                        score = local.score(_row_sq(moved), m + 1)
+                        score = local.score(B.row_sq(moved), m + 1)
                     elif inv[m + 1] > 0:
-                        score = _row_sq(moved) * (inv[m + 1] / numel_row)
+                        score = B.row_sq(moved) * (inv[m + 1] / numel_row)
                     else:
                         score = 0.0
-                    if float(score.max() if hasattr(score, "max") else score) > tol2:
+                    if _worst(score) > tol2:
                         accepted = m + 1  # the first point over tolerance: exact, as Phi of an accepted point
             nb = e if accepted is None else accepted
             if mixer is not None:
