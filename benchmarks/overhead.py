@@ -2,7 +2,7 @@
 
 8 cores, T = 50, init 0-2-4-8-16-24-32-40, Euler on a rectified-flow model whose evaluation is one
 array op (``x * 0.5``), float32 states of 64 and 65,536 elements, every core run (50 rounds).
-Three loops over the same plan, measured side by side in one process (best of N):
+Loops over the same plan, measured side by side in one process, interleaved repeat by repeat:
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
                   (one stacked call per round, output shape/finiteness check on);
@@ -16,7 +16,7 @@ Three loops over the same plan, measured side by side in one process (best of N)
 - ``cascade``     ``chords_core.cascade`` on 8 lanes at its default tolerance (its rounds vary; the
                   time is divided by the rounds it ran): the issue's target is within 1.5x of chords.
 
-Printed: microseconds per round for each, and chords' overhead over ``bare``.
+Printed: microseconds per round for each and the ratios, taken repeat by repeat: median [min-max].
 Targets (issue #2): <= 50 us per round at size 64 (the reference implementation was measured at
 about 150 us on its authors' hardware); at 65,536 no more than the round's own arithmetic needs.
 """
@@ -116,20 +116,26 @@ def run_reference_style(x, sig, cores=8):
     return counter, hits
 
 
-def best_per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Best time per round and per model evaluation of each loop (a loop returns (rounds, NFE), or
-    None for T rounds); the loops are interleaved so that load affects all alike."""
-    best = {k: np.inf for k in fns}
-    per_eval = {k: np.inf for k in fns}
+def per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Time per round and per model evaluation of each loop in every repeat (a loop returns (rounds,
+    NFE), or None for T rounds); the loops are interleaved within each repeat so that the machine's
+    load affects all alike, and ratios are taken repeat by repeat."""
+    rnd: dict = {k: [] for k in fns}
+    ev: dict = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             rounds, nfe = fn() or (T, None)
             dt = time.perf_counter() - t0
-            best[name] = min(best[name], dt / rounds)
-            if nfe:
-                per_eval[name] = min(per_eval[name], dt / nfe)
-    return best, per_eval
+            rnd[name].append(dt / rounds)
+            ev[name].append(dt / nfe if nfe else np.nan)
+    return {k: np.array(v) for k, v in rnd.items()}, {k: np.array(v) for k, v in ev.items()}
+
+
+def spread(v: np.ndarray, scale: float = 1.0, fmt: str = ".1f") -> str:
+    """``median [min-max]`` of the samples."""
+    v = np.asarray(v) * scale
+    return f"{np.median(v):{fmt}} [{v.min():{fmt}}-{v.max():{fmt}}]"
 
 
 def measure(size: int, repeats: int) -> dict:
@@ -140,7 +146,7 @@ def measure(size: int, repeats: int) -> dict:
     plan = cc.make_plan(T, INIT)
     rounds, hits = run_reference_style(x, grid)
     assert rounds == T and sorted(h[1] for h in hits[1:]) == sorted(plan.finish_round)  # same schedule
-    return best_per_round({
+    return per_round({
         "chords": lambda: run_chords(model, x, grid),
         "cascade": lambda: run_cascade(model, x, grid),
         "ref-style": lambda: (run_reference_style(x, grid)[0], None),
@@ -152,15 +158,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args(argv)
-    print("| state size | chords us/round | cascade us/round | ref-style us/round | bare us/round | chords - bare | "
+    print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
+    print("| state size | chords us/round | cascade us/round | ref-style us/round | bare us/round | "
           "chords / ref-style | cascade / chords per round | cascade / chords per evaluation |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for size in (64, 65_536):
         m, e = measure(size, args.repeats if size == 64 else max(5, args.repeats // 3))
-        us = {k: v * 1e6 for k, v in m.items()}
-        print(f"| {size} | {us['chords']:.1f} | {us['cascade']:.1f} | {us['ref-style']:.1f} | {us['bare']:.1f} | "
-              f"{us['chords'] - us['bare']:.1f} | {m['chords'] / m['ref-style']:.2f} | {m['cascade'] / m['chords']:.2f} | "
-              f"{e['cascade'] / e['chords']:.2f} |")
+        print(f"| {size} | {spread(m['chords'], 1e6)} | {spread(m['cascade'], 1e6)} | {spread(m['ref-style'], 1e6)} | "
+              f"{spread(m['bare'], 1e6)} | {spread(m['chords'] / m['ref-style'], fmt='.2f')} | "
+              f"{spread(m['cascade'] / m['chords'], fmt='.2f')} | {spread(e['cascade'] / e['chords'], fmt='.2f')} |")
 
 
 if __name__ == "__main__":
