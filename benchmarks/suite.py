@@ -135,13 +135,13 @@ def bench_case(w: Workload, solver: str, steps: int, cores, spans, log, methods=
     ref = w.reference()
     grid = w.grid(solver, steps)
     seq_x = cc.solve(w.model, w.x, grid, solver)
-    seq_rounds = sum(cc.make_solver(solver, w.model, grid).evals(i, i + 1) for i in range(steps))
+    seq_rounds = sum(cc.make_solver(solver, w.model, grid).evals_per_step())
     seq_err = rms(seq_x - ref)
     baseline = []
     for s in sorted({max(2, round(steps * f)) for f in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)}):
         g = w.grid(solver, s)
         xs = cc.solve(w.model, w.x, g, solver)
-        baseline.append(dict(steps=s, rounds=sum(cc.make_solver(solver, w.model, g).evals(i, i + 1) for i in range(s)),
+        baseline.append(dict(steps=s, rounds=sum(cc.make_solver(solver, w.model, g).evals_per_step()),
                              err_ref=rms(xs - ref)))
     case = dict(workload=w.name, solver=solver, steps=steps, seq_rounds=seq_rounds, seq_err_ref=seq_err,
                 batch=int(w.x.shape[0]), baseline=baseline, points=[], headline={})

@@ -80,7 +80,7 @@ class Call:
     @property
     def evals(self) -> list[int]:
         """Model evaluations per step i -> i + 1."""
-        return [self.solver.evals(i, i + 1) for i in range(self.steps)]
+        return self.solver.evals_per_step()
 
 
 def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executor | None = None,

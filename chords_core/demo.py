@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
         exact = gmm.reference_solve(x_T, grid[0], grid[-1], schedule)
         seq = solve(model, x_T, grid, solver)
         bound = make_solver(solver, model, grid)
-        seq_rounds = sum(bound.evals(i, i + 1) for i in range(steps))
+        seq_rounds = sum(bound.evals_per_step())
         rows.append(dict(solver=solver, steps=steps, cores=1, init="-", rounds=seq_rounds, speedup=1.0, nfe=seq_rounds,
                          err_seq=0.0, err_exact=rms(seq, exact), output="sequential"))
         core_counts = [len(args.init)] if args.init else args.cores
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
                                             speedup=r.speedup, nfe=r.nfe, ratio=err / seq_err, err=err,
                                             ok=err <= CRITERION * seq_err))
             fewer = sorted({max(2, round(steps * f)) for f in (0.3, 0.5, 0.7, 0.85, 1.0)})
-            baselines[solver] = (steps, seq_err, [(sum(make_solver(solver, model, g).evals(i, i + 1) for i in range(n)),
+            baselines[solver] = (steps, seq_err, [(sum(make_solver(solver, model, g).evals_per_step()),
                                                    rms(solve(model, x_T, g, solver), exact))
                                                   for n in fewer for g in [time_grid(schedule, n, spacing)]])
     write_plot(ladders, args.out)

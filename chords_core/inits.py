@@ -28,7 +28,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from .checks import check_float, check_int
+from .checks import _is_int, check_float, check_int
 
 __all__ = ["validate_init", "paper_init", "default_top", "recipe_times", "recipe_init", "uniform_init", "default_init"]
 
@@ -38,7 +38,7 @@ PAPER_SEQUENCES = {4: (0, 8, 16, 32), 6: (0, 3, 6, 12, 24, 36), 8: (0, 2, 4, 8, 
 
 def _index(value: Any, position: int, init: Sequence[Any]) -> int:
     """One init entry as an int: integers (numpy's too) and integral finite floats; nothing else."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if _is_int(value):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         v = float(value)

@@ -38,18 +38,19 @@ class LocalError:
         """How many consecutive quantities an estimate needs (q_j back to q_{j-p})."""
         return self.p + 1
 
-    def sq_at(self, j: int, back: Sequence[Any]) -> Any:
-        """|e_j|^2 per sample (``_backend.row_sq``), without forming e_j."""
+    def _difference(self, j: int, back: Sequence[Any]) -> tuple[Any, float]:
+        """(the p-th backward difference of ``back``, the step's coefficient on it)."""
         d = list(back[: self.p + 1])
         for _ in range(self.p):
             d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
-        coef = self.sol.jump_coeffs(j - 1, j)[1] / self.fact
-        return B.row_sq(d[0]) * (coef * coef)
+        return d[0], self.sol.jump_coeffs(j - 1, j)[1] / self.fact
+
+    def sq_at(self, j: int, back: Sequence[Any]) -> Any:
+        """|e_j|^2 per sample (``_backend.row_sq``), without forming e_j."""
+        d, coef = self._difference(j, back)
+        return B.row_sq(d) * (coef * coef)
 
     def at(self, j: int, back: Sequence[Any]) -> Any:
         """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""
-        d = list(back[: self.p + 1])
-        for _ in range(self.p):
-            d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
-        coef = self.sol.jump_coeffs(j - 1, j)[1] / self.fact
-        return d[0] * coef
+        d, coef = self._difference(j, back)
+        return d * coef

@@ -238,7 +238,7 @@ def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | N
         The ``Plan``: every round's evaluations until core 0 finishes.
     """
     eps = tuple(int(e) for e in evals_per_step) if evals_per_step is not None else None
-    return _make_plan(steps, tuple(init) if not isinstance(init, tuple) else init, eps)
+    return _make_plan(steps, tuple(init), eps)
 
 
 @functools.lru_cache(maxsize=256)

@@ -60,9 +60,18 @@ def _comm_device(group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _wait(start: Callable, timeout: float | None, what: str) -> None:
-    """Start a send / recv (``start()`` -> Work) and wait for it: a lost peer -> WorkerDied, no
-    completion within ``timeout`` seconds -> WorkerTimeout (errors may surface at either point)."""
+def _wait(start: Callable, timeout: float | None, what: str, rank: int) -> None:
+    """Start a send / recv (``start()`` -> Work) with ``rank`` and wait for it: a lost peer -> WorkerDied,
+    no completion within ``timeout`` seconds -> WorkerTimeout (errors may surface at either point);
+    the error's ``rank`` is set."""
+    try:
+        _wait_once(start, timeout, what)
+    except WorkerError as e:
+        e.rank = rank
+        raise
+
+
+def _wait_once(start: Callable, timeout: float | None, what: str) -> None:
     try:
         work = start()
         if timeout is None:
@@ -123,23 +132,14 @@ class DistributedExecutor(Executor):
         return r if self.group is None else dist.get_global_rank(self.group, r)
 
     def _send(self, tensor: torch.Tensor, rank: int, timeout: float | None) -> None:
-        try:
-            _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)")
-        except WorkerError as e:
-            e.rank = rank
-            raise
+        _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)", rank)
 
-    def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None = -1.0) -> torch.Tensor:
-        timeout = self.timeout if timeout == -1.0 else timeout
-        try:
-            _wait(lambda: dist.irecv(tensor, rank, group=self.group), timeout, f"rank {rank} ({what})")
-        except WorkerError as e:
-            e.rank = rank
-            raise
+    def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None) -> torch.Tensor:
+        _wait(lambda: dist.irecv(tensor, rank, group=self.group), timeout, f"rank {rank} ({what})", rank)
         return tensor
 
     def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
-                timeout: float | None = -1.0) -> tuple[int, int, Any]:
+                timeout: float | None) -> tuple[int, int, Any]:
         """One worker's answer to an EVAL: (0, 0, outputs) or (code, point, message)."""
         status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout)
         code, point, length = (int(v) for v in status.tolist())
@@ -234,7 +234,7 @@ class DistributedExecutor(Executor):
             except Exception as e:
                 failures.append((2, idx[0], 0, f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"))
         for r, idx in active:
-            code, point, body = self._answer(r, len(idx), shape, dtype)
+            code, point, body = self._answer(r, len(idx), shape, dtype, T)
             del self._owed[r]
             if code == 0:
                 for j, k in enumerate(idx):

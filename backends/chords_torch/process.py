@@ -277,12 +277,7 @@ class ProcessExecutor(Executor):
                     pass
                 dead = w
             if dead is not None:
-                self._procs[dead].join(1.0)
-                code = self._procs[dead].exitcode
-                self._break()
-                raise WorkerDied(
-                    f"ProcessExecutor: worker {dead} (pid {self._procs[dead].pid}) died ({what}) with exit code "
-                    f"{code}{_signal_name(code)}; all workers were terminated")
+                self._dead(dead, what)
         for w, rep in replies.items():
             if rep[0] == "error" and what == "start":
                 self._break()

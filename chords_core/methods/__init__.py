@@ -60,10 +60,6 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     return method
 
 
-def _run_chords(model, x, grid, solver, *, cores, executor, progress, **options):
-    return chords(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
-
-
 def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:
     """A window method's ``run``: the window is ``cores``."""
 
@@ -81,12 +77,8 @@ def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
 
-def _run_cascade(model, x, grid, solver, *, cores, executor, progress, **options):
-    return cascade(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
-
-
-register_method(Method("cascade", _run_cascade, "cascade: seeded window, local-error acceptance (recommended)"))
-register_method(Method("chords", _run_chords, "CHORDS: cores started by coarse jumps, rectified by slower cores"))
+register_method(Method("cascade", cascade, "cascade: seeded window, local-error acceptance (recommended)"))
+register_method(Method("chords", chords, "CHORDS: cores started by coarse jumps, rectified by slower cores"))
 register_method(Method("paradigms", _windowed(paradigms), "ParaDiGMS: sliding-window Picard iteration, window = cores"))
 register_method(Method("parasolver", _windowed(parasolver), "ParaSolver: ParaDiGMS with x0-prediction seeds"))
 register_method(Method("parataa", _windowed(parataa), "ParaTAA: window iteration with triangular Anderson mixing"))

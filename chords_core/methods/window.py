@@ -158,7 +158,7 @@ class _PointErrors:
         self.q: dict[int, Any] = {}  # the latest quantity evaluated at each index (stage 0)
         self.est: dict[int, Any] = {}
         self.b = 0
-        self.tiny = 1e-30 + 1e-24 * float(B.row_sq(x0).max() if len(x0.shape) > 1 else B.row_sq(x0))
+        self.tiny = 1e-30 + 1e-24 * _worst(B.row_sq(x0))
 
     def observe(self, qs: dict, b: int, e: int) -> None:
         """Take the sweep's quantities (window b .. e-1); estimates are recomputed on demand."""
@@ -299,7 +299,8 @@ def sliding_window(
     local = _PointErrors(sol, x) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
     # steps whose x-coefficient is 1 and that do not depend on x beyond it (explicit, single point)
-    unit = [sol.history_size == 0 and sol.jump_coeffs(m, m + 1)[0] == 1.0 for m in range(T)]
+    a = [sol.jump_coeffs(m, m + 1)[0] for m in range(T)]  # each step's x-coefficient
+    unit = [sol.history_size == 0 and a[m] == 1.0 for m in range(T)]
     if sol.history_size and max(evals) > 1:
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
                          "a sliding window supports one or the other")
@@ -359,7 +360,7 @@ def sliding_window(
                     if m == b:
                         xn = st.x
                     else:  # Phi_m + c_m times how far x_m moved (st.x is a fresh array: in place)
-                        c = 1.0 if correction == "picard" else sol.jump_coeffs(m, m + 1)[0]
+                        c = 1.0 if correction == "picard" else a[m]
                         xn = B.add_into(st.x, moved if c == 1.0 else c * moved)
                 new.append(xn)
                 states[m + 1] = st

@@ -136,6 +136,10 @@ class Solver:
         """
         return 1
 
+    def evals_per_step(self) -> list[int]:
+        """Model evaluations of each grid step i -> i + 1 (their sum: the sequential solve's rounds)."""
+        return [self.evals(i, i + 1) for i in range(len(self.times) - 1)]
+
     def stage_point(self, state: State, qs: Sequence[Array], i: int, j: int, k: int) -> tuple[Array, int]:
         """Where stage ``k`` >= 1 of the step i -> j evaluates the model.
 

@@ -154,7 +154,6 @@ def calibration(
             desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {samples} samples"
         else:
             raise TypeError(f"problem must be a GaussianMixture or LinearODE, got {type(problem).__name__}")
-    make_solver(solver, model, times, **solver_options)  # validates the solver name and options
     seq = solve(model, x, times, solver, **solver_options)
     return Calibration(model, x, times, reference, solver, dict(solver_options), seq, _rms(seq - reference), desc)
 
@@ -213,8 +212,7 @@ class Evaluator:
         self.prefix: dict[tuple[int, ...], float] = {}
         self.seen: dict[tuple[int, ...], Candidate] = {}
         self.runs = 0
-        s = make_solver(cal.solver, cal.model, cal.grid, **cal.options)
-        self.evals = [s.evals(i, i + 1) for i in range(cal.steps)]
+        self.evals = make_solver(cal.solver, cal.model, cal.grid, **cal.options).evals_per_step()
 
     def __call__(self, init: Sequence[int]) -> Candidate:
         """Measure one init sequence (cached per sequence).
