@@ -119,6 +119,9 @@ def test_linear_ode_and_user_model_calibrations():
     exact = gm.reference_solve(x, 1.0, 0.0, sched)
     # the refined reference is much closer to the exact solution than the sequential solve
     assert np.sqrt(np.mean((user.ref - exact) ** 2)) < 0.2 * user.seq_error
+    assert user.description == "user model, reference refined x16"
+    given = calibration(model=gm.model(sched, "flow"), x_cal=x, grid=grid, reference=exact)
+    assert given.description == "user model, reference given" and given.ref is exact
     res = optimize_init(None, 2, cal=user)
     assert res.rounds <= 10 and res.best.ratio <= 1.05
 

@@ -124,12 +124,13 @@ def calibration(
         times = check_grid(grid)
         if steps is not None and steps != len(times) - 1:
             raise ValueError(f"steps={steps} does not match the grid's {len(times) - 1} steps")
+        desc = "user model, reference given"
         if reference is None:
             refine = check_int("refine", refine, 1)
+            desc = f"user model, reference refined x{refine}"
             fine = np.concatenate([np.linspace(a, b, refine + 1)[:-1] for a, b in zip(times[:-1], times[1:])]
                                   + [times[-1:]])
             reference = solve(model, x_cal, fine, solver, **solver_options)
-        desc = f"user model, reference {'given' if reference is not None else f'refined x{refine}'}"
         x = x_cal
     else:
         if steps is None:
