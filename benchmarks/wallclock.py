@@ -13,13 +13,16 @@ T / sum_r ceil(n_r / 2) (a round with n_r > 2 points takes ceil(n_r / 2) evaluat
 the measured wall-clock speedup and its ratio to the bound (target >= 0.9). On a shared machine
 the two workers may not get two cores: the benchmark measures the *parallel capacity* (how many
 evaluations run at once right now: 2 x time of a 1-point round / time of a 2-point round) and also
-prints the bound at that capacity. Each time is the best of ``--repeats`` runs. About a minute.
+prints the bound at that capacity. The jobs run interleaved, ``--repeats`` times; the wall speedup is
+taken repeat by repeat (sequential / CHORDS of the same repeat) and printed as median [min-max];
+the other times are the best of the repeats. About a minute at the default 5 repeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="CHORDS wall-clock speedup on CPU worker processes")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--ms", type=float, default=20.0, help="target cost of one evaluation on one thread")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cores", type=int, nargs="*", default=[2, 3, 4])
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -101,12 +104,13 @@ def main(argv: list[str] | None = None) -> None:
             for K, init in inits.items():
                 jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init,
                                                                    stop=cc.StopAtCore(1), executor=ex)
-        best = {k: float("inf") for k in jobs}
+        times: dict = {k: [] for k in jobs}
         for _ in range(a.repeats):  # interleaved, so that every job sees the same load
             for k, job in jobs.items():
                 t0 = time.perf_counter()
                 job()
-                best[k] = min(best[k], time.perf_counter() - t0)
+                times[k].append(time.perf_counter() - t0)
+        best = {k: min(v) for k, v in times.items()}
         plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor())
                  for K, init in inits.items()}
     t_seq = best["seq"]
@@ -120,16 +124,19 @@ def main(argv: list[str] | None = None) -> None:
           f"{best['probe2'] * 100:.1f} ms -> {capacity:.2f} evaluations at once (2.00 on an idle 2-core machine)")
     print()
     print(f"{'executor':<18}{'cores':>5} {'init':<22}{'rounds':>6}{'round x':>9}{'2-worker x':>11}"
-          f"{'wall ms':>9}{'wall x':>8}{'ratio':>7}{'cap. x':>8}{'ratio':>7}")
+          f"{'wall ms':>9}{'wall x median [min-max]':>25}{'ratio':>7}{'cap. x':>8}{'ratio':>7}")
     for name in ("ProcessExecutor", "DeviceExecutor"):
         for K, init in inits.items():
             res, t = plans[K], best[name, K]
             bound, capped = worker_bound(res.plan, res.rounds, 2), worker_bound(res.plan, res.rounds, 2, capacity)
-            wall = t_seq / t
+            walls = [s / c for s, c in zip(times["seq"], times[name, K])]  # repeat by repeat
+            wall = statistics.median(walls)
+            spread = f"{wall:.2f} [{min(walls):.2f}-{max(walls):.2f}]"
             print(f"{name:<18}{K:>5} {str(tuple(init)):<22}{res.rounds:>6}{res.speedup:>9.2f}{bound:>11.2f}"
-                  f"{t * 1e3:>9.0f}{wall:>8.2f}{wall / bound:>7.2f}{capped:>8.2f}{wall / capped:>7.2f}")
+                  f"{t * 1e3:>9.0f}{spread:>25}{wall / bound:>7.2f}{capped:>8.2f}{wall / capped:>7.2f}")
     print("\nround x = T / rounds (the plan's speedup); 2-worker x = T / sum_r ceil(n_r / 2); "
-          "wall x = sequential wall time on 1 worker / CHORDS wall time; ratio = wall x / 2-worker x (target >= 0.9); "
+          "wall x = sequential wall time on 1 worker / CHORDS wall time of the same repeat; "
+          "ratio = median wall x / 2-worker x (target >= 0.9); "
           "cap. x = the 2-worker bound at the measured parallel capacity, and wall x / cap. x. "
           "DeviceExecutor = 2 threads in one process, for contrast.")
 
