@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 BACKENDS = Path(__file__).resolve().parents[1] / "backends"
 import chords_core as cc  # noqa: E402
+from chords_torch.distributed import HUNG_EXIT  # noqa: E402
 from chords_torch.testing import gmm_problem  # noqa: E402
 
 LAUNCH_TIMEOUT = 120  # seconds for a whole launch (three interpreters importing torch on a busy machine)
@@ -52,13 +54,17 @@ def _finish(procs: list, timeout: float) -> list[int]:
                 p.wait()
 
 
-def launch(args: list[str], world: int = 3, tmp_path: Path | None = None) -> tuple[list[int], list[str]]:
+SCENARIOS = Path(__file__).resolve().parent / "dist_scenarios.py"
+
+
+def launch(args: list[str], world: int = 3, tmp_path: Path | None = None,
+           program: tuple[str, ...] = ("-m", "chords_torch.demo")) -> tuple[list[int], list[str]]:
     """What torchrun does, by hand: ``world`` processes with RANK / WORLD_SIZE / MASTER_* set."""
     port, procs, logs = _free_port(), [], []
     for r in range(world):
         log = open(tmp_path / f"rank{r}.log", "w+")
         env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world))
-        procs.append(subprocess.Popen([sys.executable, "-m", "chords_torch.demo", *args], env=env, stdout=log,
+        procs.append(subprocess.Popen([sys.executable, *program, *args], env=env, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         logs.append(log)
     codes = _finish(procs, LAUNCH_TIMEOUT)
@@ -112,6 +118,51 @@ def test_killed_rank_raises_in_the_driver_within_the_timeout(tmp_path):
     assert codes[0] == 1 and codes[1] == -signal.SIGKILL and codes[2] == 0, outs
 
 
+def test_an_interrupted_round_is_completed_then_the_executor_gives_exact_results(tmp_path):
+    codes, outs = launch(["interrupt"], tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["first"] == "KeyboardInterrupt", outs[0]
+    assert rep["second"] == "equal", outs[0]  # before: the next call read the old answers, one round off
+    assert codes == [0, 0, 0], outs
+
+
+def test_a_hung_rank_ends_itself_once_the_driver_has_given_up(tmp_path):
+    """Two ranks: rank 0 handles the WorkerTimeout and exits 0; rank 1, stuck in its model, exits by
+    itself (before: it slept on, and a torchrun job with it)."""
+    codes, outs = launch(["hung"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["error"].startswith("WorkerTimeout: rank 1") and rep["seconds"] < 10, outs[0]
+    assert codes == [0, HUNG_EXIT], outs
+    assert f"exits with status {HUNG_EXIT}" in outs[1]
+
+
+def test_a_hung_rank_ends_the_torchrun_job(tmp_path):
+    """Three ranks under torchrun: rank 0 handles the WorkerTimeout and exits 0; the job still ends,
+    with a failure status (the other serving rank loses its connection to rank 0, or the hung rank
+    ends itself, whichever comes first), instead of waiting on the hung rank forever."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", str(SCENARIOS), "hung"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        text = p.communicate(timeout=LAUNCH_TIMEOUT)[0]
+    finally:
+        _finish([p], 0)
+    rep = report(text)
+    assert rep["error"].startswith("WorkerTimeout: rank 2") and rep["seconds"] < 10, text
+    assert p.returncode != 0, text  # the job failed as a whole: torchrun saw the hung rank's exit status
+    assert time.monotonic() - t0 < LAUNCH_TIMEOUT
+
+
+def test_a_model_shell_that_would_run_code_is_refused_by_the_workers(tmp_path):
+    marker = tmp_path / "pwned"
+    codes, outs = launch(["pickle", str(marker)], tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["error"].startswith("WorkerError: rank 1") and "refused to load posix.system" in rep["error"], outs[0]
+    assert rep["file_created"] is False and not marker.exists()
+    assert codes == [0, 0, 0], outs
+
+
 def test_misuse_is_reported_clearly():
     from chords_torch import DistributedExecutor, serve
 
@@ -127,3 +178,69 @@ def test_misuse_is_reported_clearly():
             serve(lambda x, t: x)
     finally:
         dist.destroy_process_group()
+
+
+class _Payload:
+    def __init__(self, target: tuple) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        return self.target
+
+
+@pytest.mark.parametrize("target", [
+    (os.system, ("true",)),
+    (eval, ("1 + 1",)),
+    (subprocess.Popen, (["true"],)),
+    (cc.solve, ()),  # a library function is not a class: refused too
+])
+def test_load_shell_refuses_anything_but_the_library_classes(target):
+    import pickle
+
+    from chords_torch._common import load_shell
+
+    with pytest.raises(pickle.UnpicklingError, match="refused to load"):
+        load_shell(pickle.dumps(_Payload(target)))
+
+
+def test_load_shell_never_imports_a_module_and_needs_a_model():
+    import pickle
+
+    from chords_torch._common import load_shell
+
+    name = "chords_never_imported_module_xyz"
+    data = pickle.dumps(cc.RectifiedFlow()).replace(b"chords_core.schedules", name.encode().ljust(21)[:21])
+    assert name[:21] not in sys.modules
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        load_shell(data)
+    with pytest.raises(pickle.UnpicklingError, match="must be a chords_core Model"):
+        load_shell(pickle.dumps(cc.RectifiedFlow()))  # a schedule alone is not a shell
+
+
+def test_every_library_model_shell_travels_through_the_restricted_unpickler():
+    import numpy as np
+
+    from chords_diffusers.schedulers import VESigmaVP
+    from chords_torch._common import dump_shell, load_shell
+
+    schedules = [cc.RectifiedFlow(), cc.VP.linear(), cc.VP.cosine(), cc.EDM(), VESigmaVP()]
+    models = [cc.DiffusionModel(lambda x, t: x, s, p) for s in schedules for p in ("eps", "v")]
+    models.append(cc.VectorField(lambda t, y: -y))
+    for m in models:
+        shell = load_shell(dump_shell(m))
+        assert type(shell) is type(m) and getattr(shell, "fn", getattr(shell, "f", 0)) is None
+        if isinstance(m, cc.DiffusionModel):
+            assert type(shell.schedule) is type(m.schedule) and shell.prediction == m.prediction
+            ts = np.linspace(0.2, 0.8, 5)
+            assert np.array_equal(shell.schedule.alpha(ts), m.schedule.alpha(ts))
+
+
+def test_timeout_keyword_is_a_deprecated_alias_of_round_timeout():
+    from chords_torch import DeviceExecutor
+
+    with pytest.warns(DeprecationWarning, match="round_timeout"):
+        ex = DeviceExecutor(["cpu"], timeout=3)
+    assert ex.round_timeout == 3.0
+    ex.close()
+    with pytest.raises(ValueError, match="round_timeout must be a positive number"):
+        DeviceExecutor(["cpu"], round_timeout=0)

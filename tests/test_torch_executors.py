@@ -132,7 +132,7 @@ def test_device_executor_timeout_closes_it():
         return x
 
     model = cc.DiffusionModel(stuck, cc.RectifiedFlow(), "flow")
-    ex = DeviceExecutor(["cpu", "cpu"], timeout=0.3)
+    ex = DeviceExecutor(["cpu", "cpu"], round_timeout=0.3)
     try:
         with pytest.raises(WorkerTimeout, match="within 0.3 s"):
             ex(model, [x0(), x0()], [0.5, 0.5])
@@ -198,7 +198,7 @@ def test_a_stuck_device_thread_does_not_keep_the_interpreter_alive(tmp_path):
         "from chords_torch import DeviceExecutor, WorkerTimeout\n"
         "from chords_torch.testing import gmm_problem\n"
         "model, _ = gmm_problem()\n"
-        "ex = DeviceExecutor(['cpu'], timeout=0.3, replicate=lambda fn, d: (lambda x, t: time.sleep(60)))\n"
+        "ex = DeviceExecutor(['cpu'], round_timeout=0.3, replicate=lambda fn, d: (lambda x, t: time.sleep(60)))\n"
         "try:\n"
         "    ex(model, [torch.zeros(2, 4, dtype=torch.float64)], [0.5])\n"
         "except WorkerTimeout:\n"

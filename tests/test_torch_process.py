@@ -36,7 +36,7 @@ def gone(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def trap_executor():
     """Two workers whose GMM network misbehaves on marker inputs (Trap)."""
-    ex = ProcessExecutor(Trap(FACTORY), workers=2, timeout=20)
+    ex = ProcessExecutor(Trap(FACTORY), workers=2, round_timeout=20)
     yield ex
     ex.close()
     assert all(gone(p) for p in ex.pids)
@@ -95,7 +95,7 @@ def test_worker_errors_raise_in_the_caller_and_the_executor_stays_usable(trap_ex
 
 
 def test_a_worker_killed_mid_run_raises_and_leaves_no_process():
-    ex = ProcessExecutor(Slow(FACTORY, 0.02), workers=2, timeout=20)
+    ex = ProcessExecutor(Slow(FACTORY, 0.02), workers=2, round_timeout=20)
     pids = ex.pids
     killer = threading.Timer(0.4, os.kill, (pids[1], 9))
     killer.start()
@@ -114,7 +114,7 @@ def test_a_worker_killed_mid_run_raises_and_leaves_no_process():
 
 @pytest.mark.parametrize("mode,error,match", [("die", WorkerDied, "died"), ("hang", WorkerTimeout, "within 1 s")])
 def test_dying_or_hanging_worker_raises_within_the_timeout(mode, error, match):
-    ex = ProcessExecutor(Trap(FACTORY), workers=2, timeout=1.0)
+    ex = ProcessExecutor(Trap(FACTORY), workers=2, round_timeout=1.0)
     pids = ex.pids
     xs = [x0(), x0()]
     xs[0][0, 0] = Trap.MARKERS[mode]
@@ -160,7 +160,7 @@ def test_an_interrupted_call_breaks_the_executor_instead_of_leaving_stale_replie
     be read by the next call, one round late. The executor closes instead; no process is left."""
     import _thread
 
-    ex = ProcessExecutor(Slow(FACTORY, 0.05), workers=2, timeout=20)
+    ex = ProcessExecutor(Slow(FACTORY, 0.05), workers=2, round_timeout=20)
     pids = ex.pids
     grid = cc.time_grid(MODEL.schedule, 40)
     timer = threading.Timer(0.5, _thread.interrupt_main)
@@ -178,7 +178,7 @@ def test_an_interrupted_call_breaks_the_executor_instead_of_leaving_stale_replie
 
 @pytest.mark.parametrize("cores", [1, 2])
 def test_a_worker_that_died_while_idle_raises_worker_died_then_closed(cores):
-    ex = ProcessExecutor(FACTORY, workers=2, timeout=20)
+    ex = ProcessExecutor(FACTORY, workers=2, round_timeout=20)
     pids = ex.pids
     grid = cc.time_grid(MODEL.schedule, 6)
     try:
@@ -211,7 +211,7 @@ def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_pat
         "from chords_torch.testing import Slow, gmm_problem, seeded_state\n"
         "if __name__ == '__main__':\n"
         "    model, factory = gmm_problem(dim=4, modes=3, seed=0)\n"
-        "    ex = ProcessExecutor(Slow(factory, 60.0), workers=2, timeout=None)\n"
+        "    ex = ProcessExecutor(Slow(factory, 60.0), workers=2, round_timeout=None)\n"
         "    print(*ex.pids, flush=True)\n"
         "    ex(model, [seeded_state(), seeded_state(seed=1)], [0.5, 0.4])\n")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,

@@ -242,7 +242,7 @@ def test_float32_state_stays_float32_with_a_float64_model_torch():
     grid = cc.time_grid(model.schedule, 6)
     ref = cc.chords(model32, x, grid, cores=3, stop=None, executor=cc.SerialExecutor())
     executors = [cc.SerialExecutor(), cc.BatchedExecutor(), DeviceExecutor(["cpu", "cpu"]),
-                 ProcessExecutor(factory, workers=2, timeout=60)]
+                 ProcessExecutor(factory, workers=2, round_timeout=60)]
     try:
         for ex in executors:
             _check_float32(cc.chords(model, x, grid, cores=3, stop=None, executor=ex), ref, torch.float32)

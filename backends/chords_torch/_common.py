@@ -17,12 +17,18 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 from __future__ import annotations
 
 import copy
+import io
+import pickle
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from chords_core.models import Model
+from chords_core.schedules import Schedule
 
-__all__ = ["assign", "shell_of", "bind", "WorkerError", "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
+__all__ = ["assign", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "WorkerError", "WorkerDied",
+           "WorkerTimeout", "ExecutorClosed"]
 
 _FN_ATTRS = ("fn", "f")  # DiffusionModel.fn, VectorField.f
 
@@ -88,6 +94,61 @@ def shell_of(model: Model) -> Model:
     return shell
 
 
+#: numpy's array and scalar reconstructors: a schedule may hold arrays (``numpy._core`` is numpy 2's name)
+_NUMPY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
+                  for n in ("_reconstruct", "scalar", "ndarray", "dtype")} | {
+                  ("numpy", "dtype"), ("numpy", "ndarray")}
+
+
+class _ShellUnpickler(pickle.Unpickler):
+    """Loads a model shell and nothing else: the only globals it resolves are subclasses of the
+    library's ``Model`` and ``Schedule`` (from modules already imported: resolving never imports,
+    since an import runs code) and numpy's array reconstructors. A pickle that names anything else
+    (``os.system``, ``builtins.eval``, ...) is refused before it can call it."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        mod = sys.modules.get(module)
+        obj = getattr(mod, name, None) if mod is not None and "." not in name else None
+        if isinstance(obj, type) and issubclass(obj, (Model, Schedule)):
+            return obj
+        if (module, name) in _NUMPY_GLOBALS and obj is not None:
+            return obj
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: a model shell may only contain chords_core Model / Schedule "
+            "classes (from modules this process has imported) and numpy arrays")
+
+
+def dump_shell(model: Model) -> bytes:
+    """The shell of ``model`` (``shell_of``) as bytes for ``load_shell``.
+
+    Args:
+        model: a chords_core ``Model``.
+
+    Returns:
+        The pickled shell.
+    """
+    return pickle.dumps(shell_of(model))
+
+
+def load_shell(data: bytes) -> Model:
+    """A model shell from ``dump_shell``'s bytes, through an unpickler that admits only the library's
+    model and schedule classes and numpy arrays: bytes from the network cannot run code here.
+
+    Args:
+        data: the bytes received.
+
+    Returns:
+        The shell (a ``Model`` without its network).
+
+    Raises:
+        pickle.UnpicklingError: the bytes name anything else, or do not hold a ``Model``.
+    """
+    shell = _ShellUnpickler(io.BytesIO(data)).load()
+    if not isinstance(shell, Model):
+        raise pickle.UnpicklingError(f"a model shell must be a chords_core Model, got {type(shell).__name__}")
+    return shell
+
+
 def bind(shell: Model, replica: Callable | Model) -> Model:
     """The model a worker evaluates: ``replica`` itself if it is a Model, else ``shell`` with network ``replica``.
 
@@ -131,11 +192,12 @@ def check_points(xs: Sequence[Any], ts: Sequence[float]) -> None:
                 f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
 
 
-def check_timeout(timeout: float | None) -> float | None:
+def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
     """An executor's timeout: a positive number of seconds or ``None`` (no limit).
 
     Args:
         timeout: the value to check.
+        name: the argument's name, for the error.
 
     Returns:
         ``float(timeout)`` or ``None``; ``ValueError`` otherwise.
@@ -143,5 +205,28 @@ def check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
+
+
+#: the default of the deprecated ``timeout`` keyword: "not given"
+UNSET: Any = object()
+
+
+def round_timeout_of(round_timeout: float | None, timeout: Any, owner: str) -> float | None:
+    """An executor's ``round_timeout`` (seconds one round may take, from sending its points to the last
+    answer), or the value of the deprecated ``timeout`` keyword that it replaces (with a warning).
+
+    Args:
+        round_timeout: the value given (or the default).
+        timeout: the deprecated keyword's value, ``UNSET`` if not given.
+        owner: the executor's class name, for the messages.
+
+    Returns:
+        The checked value (``check_timeout``).
+    """
+    if timeout is not UNSET:
+        warnings.warn(f"{owner}(timeout=...) is deprecated: use round_timeout= (the same meaning: seconds one round "
+                      "may take, from sending its points to the last answer)", DeprecationWarning, stacklevel=3)
+        round_timeout = timeout
+    return check_timeout(round_timeout, "round_timeout")

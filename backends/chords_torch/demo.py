@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(a.batch, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dev)
         grid = cc.time_grid(model.schedule, a.steps)
         report = {"world": dist.get_world_size(), "backend": backend}
-        with DistributedExecutor(timeout=a.timeout, local=TorchGMM() if a.rank0_evaluates else None) as ex:
+        with DistributedExecutor(round_timeout=a.timeout, local=TorchGMM() if a.rank0_evaluates else None) as ex:
             try:
                 res = cc.chords(model, x, grid, a.solver, cores=a.cores, stop=None, executor=ex)
             except Exception as e:

@@ -28,7 +28,17 @@ import torch
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
-from ._common import ExecutorClosed, WorkerError, WorkerTimeout, assign, bind, check_points, check_timeout, fn_attr
+from ._common import (
+    UNSET,
+    ExecutorClosed,
+    WorkerError,
+    WorkerTimeout,
+    assign,
+    bind,
+    check_points,
+    fn_attr,
+    round_timeout_of,
+)
 
 __all__ = ["DeviceExecutor", "replicate"]
 
@@ -112,13 +122,14 @@ class DeviceExecutor(Executor):
         batched: one call per device for its share of the round (faster on GPUs; equal to the
             serial executor only for batch-invariant networks) instead of one call per point (the
             default, bit-for-bit equal to ``SerialExecutor``).
-        timeout: seconds to wait for a round (``None``: forever). A thread stuck in a model call
-            cannot be stopped: after a timeout the executor is closed and raises ``WorkerTimeout``,
-            later calls ``ExecutorClosed``.
+        round_timeout: seconds one round may take, from handing out its points to the last output
+            (``None``: no limit). A thread stuck in a model call cannot be stopped: after a timeout
+            the executor is closed and raises ``WorkerTimeout``, later calls ``ExecutorClosed``.
+        timeout: deprecated name of ``round_timeout``.
     """
 
     def __init__(self, devices: Sequence[Any], *, replicate: Callable = replicate, batched: bool = False,
-                 timeout: float | None = None) -> None:
+                 round_timeout: float | None = None, timeout: Any = UNSET) -> None:
         if isinstance(devices, (str, torch.device)) or not len(devices):
             raise ValueError(f"devices must be a non-empty list of devices, got {devices!r}")
         try:
@@ -129,7 +140,8 @@ class DeviceExecutor(Executor):
             _check_device(d)
         if not callable(replicate):
             raise TypeError(f"replicate must be callable, got {type(replicate).__name__}")
-        self.replicate, self.batched, self.timeout = replicate, bool(batched), check_timeout(timeout)
+        self.replicate, self.batched = replicate, bool(batched)
+        self.round_timeout = round_timeout_of(round_timeout, timeout, "DeviceExecutor")
         self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
         self._replicas: dict = {}  # id(model) -> (model, [replica model per device])
         self._closed = False
@@ -172,7 +184,7 @@ class DeviceExecutor(Executor):
             ModelOutputError: a bad output, with its point's index (the smallest, if several).
             WorkerError: the model raised (naming the device and the points; the engine adds nothing,
                 so the round is the one in progress); the executor stays usable.
-            WorkerTimeout: no answer within ``timeout``; the executor is closed (its threads are
+            WorkerTimeout: no answer within ``round_timeout``; the executor is closed (its threads are
                 daemons: a stuck one does not keep the interpreter from exiting).
             ExecutorClosed: the executor was closed.
         """
@@ -184,11 +196,12 @@ class DeviceExecutor(Executor):
         groups = assign(len(xs), len(self.devices))
         futs = [(idx, self._pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad))
                 for w, idx in enumerate(groups) if idx]
-        done, pending = cf.wait([f for _, f in futs], timeout=self.timeout)
+        done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
         if pending:
             self.close(wait=False)
             raise WorkerTimeout(
-                f"DeviceExecutor: no answer from {len(pending)} device thread(s) within {self.timeout:g} s")
+                f"DeviceExecutor: no answer from {len(pending)} device thread(s) within "
+                f"round_timeout={self.round_timeout:g} s")
         outs: list = [None] * len(xs)
         errors: list[BaseException] = []
         for idx, f in futs:

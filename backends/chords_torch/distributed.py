@@ -9,22 +9,35 @@ The same script works on one machine and across machines; only the torchrun laun
 Wire protocol (point-to-point ``send`` / ``recv`` of tensors on the backend's device, so it also
 runs on nccl): the driver sends a header ``int64[16] = [cmd, n, dtype, ndim, payload, batched,
 *shape]`` then, for ``EVAL``, the n stacked states (n, *shape) and their times (n,) float64; for
-``MODEL``, the pickled model *shell* (the driver's model without its network, see ``_common``); for
-``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status, point, length]`` and the
-outputs (status 0), or the error message as bytes (1: bad model output at ``point``, 2: exception).
+``MODEL``, the model *shell* (the driver's model without its network, see ``_common``) as bytes,
+with the round timeout in milliseconds in the header's slot 6; for ``STOP`` nothing. A worker
+answers an ``EVAL`` with ``int64[3] = [status, point, length]`` and the outputs (status 0), or the
+error message as bytes (1: bad model output at ``point``, 2: exception). The shell is read with an
+unpickler that admits only the library's model and schedule classes and numpy arrays
+(``_common.load_shell``): bytes received over the process group never run code on a worker. The
+process group itself is not authenticated: run it on a trusted network (``docs/torch.md``).
 
 Faults: a worker's exception / bad output raises in the driver (``WorkerError`` /
-``ModelOutputError``), the executor stays usable. A dead rank raises ``WorkerDied`` as soon as the
-backend notices the lost connection, a silent one ``WorkerTimeout`` after ``timeout`` seconds; both
-close the executor (the surviving workers are told to stop).
+``ModelOutputError``) once every answer of the round is in, and the executor stays usable. A dead
+rank raises ``WorkerDied`` as soon as the backend notices the lost connection, a silent one
+``WorkerTimeout`` when the round has taken ``round_timeout`` seconds; any exception while a round
+is in flight (a ``KeyboardInterrupt`` included) collects the other ranks' answers and closes the
+executor (the surviving workers are told to stop), so no later call reads a stale answer. A worker
+whose model call outlasts the driver's round timeout by ``HUNG_GRACE`` seconds exits by itself with
+status ``HUNG_EXIT``: under torchrun a hung rank therefore ends the job instead of keeping it alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import pickle
+import os
+import signal
+import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +47,7 @@ from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
 from ._common import (
+    UNSET,
     ExecutorClosed,
     WorkerDied,
     WorkerError,
@@ -41,8 +55,9 @@ from ._common import (
     assign,
     bind,
     check_points,
-    check_timeout,
-    shell_of,
+    dump_shell,
+    load_shell,
+    round_timeout_of,
 )
 from .device import replicate
 
@@ -51,6 +66,10 @@ __all__ = ["DistributedExecutor", "serve"]
 STOP, EVAL, MODEL = 0, 1, 2
 HEADER = 16
 MAX_DIMS = HEADER - 6
+#: seconds a worker's model call may outlast the driver's round timeout before the worker exits
+HUNG_GRACE = 5.0
+#: the exit status of a worker that ended itself because its model call outlasted the round timeout
+HUNG_EXIT = 75
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.complex128)
 
 
@@ -87,6 +106,36 @@ def _wait_once(start: Callable, timeout: float | None, what: str) -> None:
         raise WorkerDied(f"{what}: connection lost ({msg})") from None
 
 
+class _Interrupts:
+    """Ctrl-C (SIGINT) received while a round was in flight: ``count`` of them."""
+
+    count = 0
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[_Interrupts]:
+    """Hold back a Ctrl-C until the block ends, so that a round's messages are never cut in half; a
+    second Ctrl-C raises ``KeyboardInterrupt`` at once. Outside the main thread (where Python does
+    not deliver signals) this does nothing."""
+    got = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def held(signum: int, frame: Any) -> None:
+        got.count += 1
+        if got.count > 1:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, held)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got.count == 1 and callable(old):
+        old(signal.SIGINT, None)  # the usual handler: KeyboardInterrupt, now that the round is complete
+
+
 def _bytes_tensor(b: bytes, device: Any) -> torch.Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8).to(device)
 
@@ -99,20 +148,23 @@ class DistributedExecutor(Executor):
 
     Args:
         group: the process group (``None``: the default group).
-        timeout: seconds to wait for the workers of one round (``None``: the process group's own
-            timeout).
+        round_timeout: seconds one round may take, from sending its points to the last answer
+            (``None``: only the process group's own timeout applies). A worker whose model call
+            outlasts it by ``HUNG_GRACE`` seconds exits with status ``HUNG_EXIT``.
         batched: each rank evaluates its share in one batched call instead of one call per point.
         local: a network (or Model) on rank 0 to make the driver a slot too: point k then goes to
             rank k mod world (rank 0 evaluates its share while the others compute); without it
             rank 0 only drives and point k goes to rank 1 + k mod (world - 1).
+        timeout: deprecated name of ``round_timeout``.
     """
 
-    def __init__(self, *, group: Any = None, timeout: float | None = 60.0, batched: bool = False,
-                 local: Any = None) -> None:
+    def __init__(self, *, group: Any = None, round_timeout: float | None = 60.0, batched: bool = False,
+                 local: Any = None, timeout: Any = UNSET) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
-        self.group, self.timeout, self.batched = group, check_timeout(timeout), bool(batched)
+        self.group, self.batched = group, bool(batched)
+        self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
             raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
                                f"{dist.get_rank(group)}: call serve(...)")
@@ -127,6 +179,13 @@ class DistributedExecutor(Executor):
         self._local_model: Model | None = None
         self._model: Model | None = None
         self._closed = False
+        self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
+        self._in_flight = False
+        self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
+
+    def _left(self) -> float | None:
+        """Seconds left of the round in flight (at least a millisecond; ``None``: no limit)."""
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 1e-3)
 
     def _global(self, r: int) -> int:
         return r if self.group is None else dist.get_global_rank(self.group, r)
@@ -139,8 +198,11 @@ class DistributedExecutor(Executor):
         return tensor
 
     def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
-                timeout: float | None) -> tuple[int, int, Any]:
-        """One worker's answer to an EVAL: (0, 0, outputs) or (code, point, message)."""
+                timeout: float | None = None) -> tuple[int, int, Any]:
+        """One worker's answer to an EVAL: (0, 0, outputs) or (code, point, message); each wait gets
+        ``timeout`` seconds, or by default what is left of the round."""
+        if timeout is None:
+            timeout = self._left()
         status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout)
         code, point, length = (int(v) for v in status.tolist())
         if code == 0:
@@ -150,6 +212,7 @@ class DistributedExecutor(Executor):
 
     def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (),
                 payload: int = 0) -> torch.Tensor:
+        """The int64 header of a message (see the module docstring)."""
         if len(shape) > MAX_DIMS:
             raise ValueError(f"states may have at most {MAX_DIMS} dimensions, got shape {shape}")
         h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *shape]
@@ -179,12 +242,19 @@ class DistributedExecutor(Executor):
             return []
         if xs[0].dtype not in DTYPES:
             raise TypeError(f"states of dtype {xs[0].dtype} are not supported; use one of {DTYPES}")
-        self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
-        try:
-            return self._evaluate(model, xs, ts)
-        except (WorkerDied, WorkerTimeout) as e:
-            self._drain(getattr(e, "rank", None))
-            raise
+        self._owed = {}
+        self._deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
+        self._in_flight = True  # until every answer of the round is in
+        with _sigint_deferred() as interrupts:  # a Ctrl-C takes effect once the round is complete
+            try:
+                return self._evaluate(model, xs, ts)
+            except BaseException as e:  # never leave answers for the next call to read
+                if self._in_flight:
+                    if interrupts.count > 1:  # a second Ctrl-C: the round was cut where it stood
+                        self._closed = True
+                    else:
+                        self._drain(e.rank if isinstance(e, WorkerError) else None)
+                raise
 
     def _drain(self, failed: int | None, grace: float = 5.0) -> None:
         """After a lost rank: collect the other ranks' pending answers (so they are back in their
@@ -193,19 +263,22 @@ class DistributedExecutor(Executor):
             if r != failed:
                 try:
                     self._answer(r, n, shape, dtype, grace)
-                except WorkerError:
+                except (WorkerError, RuntimeError):
                     pass
+        self._owed = {}
         self.close(grace=1.0)
 
     def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
-        T = self.timeout
         if self._model is not model:
             if self.local is not None:
                 self._local_model = bind(model, self.local)
-            payload = _bytes_tensor(pickle.dumps(shell_of(model)), self.device)
+            payload = _bytes_tensor(dump_shell(model), self.device)
+            header = self._header(MODEL, payload=payload.numel())
+            header[6] = 0 if self.round_timeout is None else round(self.round_timeout * 1000)
+            self._model = None
             for r in self.ranks:
-                self._send(self._header(MODEL, payload=payload.numel()), r, T)
-                self._send(payload, r, T)
+                self._send(header, r, self._left())
+                self._send(payload, r, self._left())
             self._model = model
         slots = ([None] if self.local is not None else []) + self.ranks  # None: rank 0 itself
         groups = assign(len(xs), len(slots))
@@ -214,9 +287,9 @@ class DistributedExecutor(Executor):
         for r, idx in active:
             x = torch.stack([xs[k] for k in idx]).to(self.device)
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
-            for tensor in (self._header(EVAL, len(idx), dtype, shape), x, t):
-                self._send(tensor, r, T)
             self._owed[r] = (len(idx), shape, dtype)
+            for tensor in (self._header(EVAL, len(idx), dtype, shape), x, t):
+                self._send(tensor, r, self._left())
         outs: list = [None] * len(xs)
         failures = []
         if self.local is not None and groups[0]:  # the driver's own share, while the others compute
@@ -234,14 +307,15 @@ class DistributedExecutor(Executor):
             except Exception as e:
                 failures.append((2, idx[0], 0, f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"))
         for r, idx in active:
-            code, point, body = self._answer(r, len(idx), shape, dtype, T)
+            code, point, body = self._answer(r, len(idx), shape, dtype)
             del self._owed[r]
             if code == 0:
                 for j, k in enumerate(idx):
                     outs[k] = body[j].to(xs[k].device)
             else:
                 failures.append((code, idx[point], r, body))
-        if failures:  # every answer is in: the protocol stays in step, the executor usable
+        self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
+        if failures:
             code, k, r, msg = min(failures)
             if code == 1:
                 raise ModelOutputError(k, msg)
@@ -260,7 +334,7 @@ class DistributedExecutor(Executor):
                 pass
 
 
-def serve(net: Callable | Model, *, group: Any = None, device: Any = None) -> int:
+def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_when_hung: bool = True) -> int:
     """Worker loop for ranks != 0: evaluate the driver's points until it closes its executor.
 
     Args:
@@ -269,6 +343,10 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None) -> in
         group: the process group (``None``: the default group).
         device: where to evaluate (default: the backend's device, ``cuda:<current>`` for nccl,
             else cpu); an ``nn.Module`` is moved there.
+        exit_when_hung: end this process (``os._exit(HUNG_EXIT)``, after a line on stderr) when a
+            model call outlasts the driver's ``round_timeout`` by ``HUNG_GRACE`` seconds: the
+            driver has given up on this rank, and under torchrun a rank that exits non-zero ends
+            the job, where a hung one would keep it alive forever.
 
     Returns:
         The number of rounds served. Raises ``WorkerError`` if the driver is lost.
@@ -285,7 +363,9 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None) -> in
         net = replicate(net, device)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
     model: Model | None = None
+    setup_error: str | None = None  # a refused / unusable shell, reported with the next evaluation
     served = 0
+    watch = _HungWatch(dist.get_rank()) if exit_when_hung else None
 
     def recv(t: torch.Tensor) -> torch.Tensor:
         try:
@@ -307,15 +387,22 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None) -> in
         if cmd == STOP:
             return served
         if cmd == MODEL:
-            shell = pickle.loads(bytes(recv(torch.empty(payload, dtype=torch.uint8, device=comm)).cpu().tolist()))
-            model = bind(shell, net)
+            data = bytes(recv(torch.empty(payload, dtype=torch.uint8, device=comm)).cpu().tolist())
+            try:
+                model, setup_error = bind(load_shell(data), net), None
+            except Exception as e:
+                model, setup_error = None, f"the model shell was refused: {type(e).__name__}: {e}"
+            if watch is not None:
+                watch.limit = h[6] / 1000 if h[6] > 0 else None
             continue
         shape, dtype = tuple(h[6 : 6 + ndim]), DTYPES[dt]
         x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
         try:
             if model is None:
-                raise RuntimeError("no model received")
+                raise RuntimeError(setup_error or "no model received")
+            if watch is not None:
+                watch.since = time.monotonic()
             with torch.no_grad():
                 outs = model.evaluate([x[j].to(device) for j in range(n)], t, batched=bool(batched))
                 out = torch.stack([o.to(comm, dtype) for o in outs])
@@ -325,5 +412,32 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None) -> in
         except Exception as e:
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
             answer = (2, 0, _bytes_tensor(msg.encode(), comm))
+        finally:
+            if watch is not None:
+                watch.since = None
         reply(*answer)
         served += 1
+
+
+class _HungWatch:
+    """A daemon thread that ends a serving rank whose model call outlasts the driver's round timeout
+    (``limit``, seconds; ``None``: no limit) by ``HUNG_GRACE`` seconds; ``since``: when the call in
+    progress began (``time.monotonic()``), ``None`` between calls."""
+
+    def __init__(self, rank: int, period: float = 0.5) -> None:
+        self.rank, self.period = rank, period
+        self.limit: float | None = None
+        self.since: float | None = None
+        threading.Thread(target=self._run, name="chords-hung-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.period)
+            since, limit = self.since, self.limit
+            if since is not None and limit is not None and time.monotonic() - since > limit + HUNG_GRACE:
+                sys.stderr.write(
+                    f"chords_torch.serve (rank {self.rank}): a model call has run more than round_timeout={limit:g} s "
+                    f"+ {HUNG_GRACE:g} s; the driver has given up on this rank, which now exits with status "
+                    f"{HUNG_EXIT} so that the job ends\n")
+                sys.stderr.flush()
+                os._exit(HUNG_EXIT)

@@ -16,7 +16,7 @@ the worker evaluates them with the core's ``Model.evaluate`` into the output slo
 Faults: a model exception or a bad output (shape, nan / inf) is sent back and raised in the caller
 (``ModelOutputError`` with the point's index for bad outputs, ``WorkerError`` with the remote
 traceback otherwise); the executor stays usable. A worker that dies (``WorkerDied``) or does not
-answer within ``timeout`` seconds (``WorkerTimeout``) breaks the executor: all workers are
+answer within ``round_timeout`` seconds (``WorkerTimeout``) breaks the executor: all workers are
 terminated before the error is raised. Workers exit when the driver closes the executor, when it is
 garbage collected or the interpreter exits, and on their own when the driver's end of the pipe
 closes (the driver died).
@@ -42,6 +42,7 @@ from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
 from ._common import (
+    UNSET,
     ExecutorClosed,
     WorkerDied,
     WorkerError,
@@ -50,6 +51,7 @@ from ._common import (
     bind,
     check_points,
     check_timeout,
+    round_timeout_of,
     shell_of,
 )
 
@@ -172,7 +174,8 @@ class ProcessExecutor(Executor):
             (bound to the driver's model parametrisation) or a complete chords_core ``Model``.
         workers: processes (core slots); a round of n points puts point k on worker k mod workers.
         threads: ``torch.set_num_threads`` in each worker (1: one core per worker).
-        timeout: seconds a round may take before the executor gives up (``None``: no limit).
+        round_timeout: seconds one round may take, from sending its points to the last reply, before
+            the executor gives up (``None``: no limit).
         start_timeout: the same for starting the workers (importing torch, building the model).
         batched: each worker evaluates its share in one batched call instead of one call per point
             (equal to the serial executor only for batch-invariant networks).
@@ -181,19 +184,22 @@ class ProcessExecutor(Executor):
             workers fork from it in milliseconds (modules imported only by later factories load in
             each worker).
 
+        timeout: deprecated name of ``round_timeout``.
+
     ``pids`` holds the workers' process ids.
     """
 
     def __init__(self, factory: Callable[[], Any], workers: int = 2, *, threads: int = 1,
-                 timeout: float | None = 60.0, start_timeout: float | None = 120.0, batched: bool = False,
-                 start_method: str | None = None) -> None:
+                 round_timeout: float | None = 60.0, start_timeout: float | None = 120.0, batched: bool = False,
+                 start_method: str | None = None, timeout: Any = UNSET) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be a picklable callable returning the model, got {type(factory).__name__}")
         for name, v in (("workers", workers), ("threads", threads)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        self.timeout, self.batched = check_timeout(timeout), bool(batched)
-        start_limit = check_timeout(start_timeout)
+        self.round_timeout = round_timeout_of(round_timeout, timeout, "ProcessExecutor")
+        self.batched = bool(batched)
+        start_limit = check_timeout(start_timeout, "start_timeout")
         method = start_method or _default_start_method()
         if method not in tmp.get_all_start_methods():
             raise ValueError(f"start_method must be one of {tmp.get_all_start_methods()}, got {method!r}")
@@ -330,7 +336,7 @@ class ProcessExecutor(Executor):
                         xin[j].copy_(xs[k])
                 self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched))
                 active.append(w)
-            replies = self._gather(active, self.timeout, "evaluate")
+            replies = self._gather(active, self.round_timeout, "evaluate")
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
             self._dead(w, f"on send ({type(e).__name__})")
         except BaseException:  # KeyboardInterrupt included: the workers' replies would be read by the next call

@@ -1,0 +1,104 @@
+"""Fault scenarios for ``DistributedExecutor`` run by ``tests/test_torch_distributed.py`` on gloo ranks.
+
+    python tests/dist_scenarios.py SCENARIO      (RANK / WORLD_SIZE / MASTER_* set, as by torchrun)
+
+- ``interrupt``: rank 1 evaluates slowly; rank 0 is interrupted (SIGINT) 1 s into a run, then runs
+  again on the same executor, which must give the serial executor's outputs bit for bit (the
+  interrupted round was completed before the ``KeyboardInterrupt``: never a stale answer).
+- ``hung``: the last rank's model hangs at its 2nd call; rank 0 gets ``WorkerTimeout`` after the round
+  timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
+- ``pickle``: rank 0 sends a model shell whose pickle would run ``os.system``; the workers refuse it
+  (no file is created) and rank 0 gets a ``WorkerError`` that says so.
+
+Rank 0 prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+import chords_core as cc
+from chords_torch import DistributedExecutor, ExecutorClosed, WorkerError, WorkerTimeout, serve
+from chords_torch import distributed as chords_dist
+from chords_torch.testing import Faulty, TorchGMM, gmm_problem
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.path}",))
+
+
+_NET = TorchGMM()
+
+
+def _slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    time.sleep(0.3)
+    return _NET(x, t)
+
+
+def main(scenario: str, path: str) -> int:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    try:
+        if rank != 0:
+            net = TorchGMM()
+            if scenario == "interrupt" and rank == 1:
+                net = _slow  # type: ignore[assignment]
+            if scenario == "hung" and rank == dist.get_world_size() - 1:
+                net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
+            serve(net)
+            return 0
+        model, _ = gmm_problem()
+        x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        grid = cc.time_grid(model.schedule, 12)
+        report: dict = {"scenario": scenario}
+        ex = DistributedExecutor(round_timeout=2.0 if scenario == "hung" else 30.0)
+        if scenario == "interrupt":
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+            try:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+                report["first"] = "finished"
+            except KeyboardInterrupt:
+                report["first"] = "KeyboardInterrupt"
+            try:
+                res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+                ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
+                report["second"] = "equal" if all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits)) else "DIFFERENT"
+            except ExecutorClosed as e:
+                report["second"] = f"ExecutorClosed: {e}"
+        elif scenario == "hung":
+            t0 = time.monotonic()
+            try:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            except WorkerTimeout as e:
+                report["error"] = f"WorkerTimeout: {e}".splitlines()[0]
+            report["seconds"] = time.monotonic() - t0
+        elif scenario == "pickle":
+            chords_dist.dump_shell = lambda model: pickle.dumps(_Evil(path))  # type: ignore[assignment]
+            try:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            except WorkerError as e:
+                report["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+            report["file_created"] = os.path.exists(path)
+        ex.close()
+        print(json.dumps(report), flush=True)
+        return 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""))
