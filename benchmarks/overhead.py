@@ -1,32 +1,37 @@
-"""Framework time per CHORDS round with a near-free model (issue #2 benchmark).
+"""Framework time and memory per CHORDS round with a near-free model, against the official code's bookkeeping.
 
 8 cores, T = 50, init 0-2-4-8-16-24-32-40, Euler on a rectified-flow model whose evaluation is one
-array op (``x * 0.5``), float32 states of 64 and 65,536 elements, every core run (50 rounds).
-Loops over the same plan, measured side by side in one process, interleaved repeat by repeat:
+array op (``x * 0.5``), float32 states of 64 to 1,048,576 elements, every core run (50 rounds), on
+numpy arrays and on torch tensors. Loops over the same plan, measured side by side in one process,
+interleaved repeat by repeat:
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
-                  (one stacked call per round, output shape/finiteness check on);
-- ``ref-style``   a loop written after the reference implementation's bookkeeping (per-core
-                  status / finish / begin records, a FIFO of cores to compute, one solver call per
-                  fine step and three per rectification), on the same stacked model call;
-- ``bare``        the array work a round cannot avoid, with no bookkeeping at all: stack the active
-                  points, call the model, one Euler update per core, and F + (x_s - x_a) + h (v_s - v_a)
-                  per rectification (counts taken from the plan).
+                  (one stacked call per round, output shape / finiteness check on);
+- ``official``    ``OfficialStyle``: a loop that keeps the official implementation's bookkeeping
+                  (per-element torch "ready" tensors, per-core lists, three solver calls per
+                  rectification), written anew here, on the same stacked model call;
+- ``bare``        the array work a round cannot avoid, with no bookkeeping at all;
+- ``cascade``     ``chords_core.cascade`` on 8 lanes at its default tolerance (its rounds vary; time
+                  per round), numpy only: issue #9's target is within 1.5x of chords.
 
-- ``cascade``     ``chords_core.cascade`` on 8 lanes at its default tolerance (its rounds vary; the
-                  time is divided by the rounds it ran): the issue's target is within 1.5x of chords.
-
-Printed: microseconds per round for each and the ratios, taken repeat by repeat: median [min-max].
-Targets (issue #2): <= 50 us per round at size 64 (the reference implementation was measured at
-about 150 us on its authors' hardware); at 65,536 no more than the round's own arithmetic needs.
+Printed: microseconds per round, median [min-max] over interleaved repeats, and the ratios taken
+repeat by repeat. ``--memory``: peak traced memory (``tracemalloc``; numpy states, whose buffers it
+sees) of one run of ``chords`` and of ``official`` at the largest size, and the memory held when
+each core finishes. Targets (issue #11): chords at most 0.5x the official time per round at size
+64 and at most 1.0x at every size, numpy and torch alike; peak memory at most the official's, and
+falling as cores finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import time
+import tracemalloc
 
 import numpy as np
+import torch
 
 import chords_core as cc
 
@@ -38,8 +43,12 @@ def near_free(x, t):
     return x * np.float32(0.5)
 
 
-def run_chords(model, x, grid) -> tuple[int, int]:
-    r = cc.chords(model, x, grid, "euler", init=INIT, stop=None)
+def near_free_torch(x, t):
+    return x * 0.5
+
+
+def run_chords(model, x, grid, executor=None) -> tuple[int, int]:
+    r = cc.chords(model, x, grid, "euler", init=INIT, stop=None, executor=executor)
     return r.rounds, r.nfe
 
 
@@ -68,52 +77,104 @@ def run_bare(plan, x, sig):
                 xs[e.core + 1] = pts[k] + h * v
 
 
-def run_reference_style(x, sig, cores=8):
-    """Round loop in the style of the reference code's bookkeeping (Euler solver(x, v, t, s))."""
-    solver = lambda xx, v, t, s: xx + float(sig[s] - sig[t]) * v  # noqa: E731
-    status, finish, begin = {0: (0, 0, x)}, {}, {0: [0, 0, x, None]}
-    to_compute, hits, counter, live = [0], [], 0, [0]
-    while to_compute:
-        alloc = to_compute[:cores]
-        pts = [status[c] for c in alloc]
-        out = near_free(np.concatenate([p[2] for p in pts], axis=0), None)
-        rows = x.shape[0]
-        for n, c in enumerate(alloc):  # update_scores
-            t, k, xx = pts[n]
-            v = out[n * rows:(n + 1) * rows]
-            finish[c] = (t, k, xx, v)
-            if (t, k) == (begin[c][0], begin[c][1]):
-                begin[c][3] = v
-        counter += 1
-        new_ids = []
-        for c in alloc:  # update_states
-            tf, k, xf, vf = finish[c]
-            if c == live[-1] and k == 0:
-                if c + 1 < len(INIT):
-                    xn = solver(xf, vf, tf, INIT[c + 1])
-                    status[c + 1], begin[c + 1] = (INIT[c + 1], 0, xn), [INIT[c + 1], 0, xn, None]
-                    live.append(c + 1)
-                    new_ids.append(c + 1)
-                else:
-                    hits.append((0, counter, solver(xf, vf, tf, T)))
-            fine = solver(xf, vf, tf, tf + 1)
-            b = begin[c][0]
-            if c > 0 and (c - 1) in finish and b == finish[c - 1][0] and (c - 1) in alloc:
-                g = solver(begin[c][2], begin[c][3], b, tf + 1)
-                cur = solver(finish[c - 1][2], finish[c - 1][3], b, tf + 1)
-                xn = fine - g + cur
-                status[c] = (tf + 1, k + 1, xn)
-                begin[c] = [tf + 1, k + 1, xn, None]
+class OfficialStyle:
+    """A round loop that keeps the official CHORDS implementation's bookkeeping, written anew here.
+
+    What the official ``CHORDS`` class does per round and is reproduced: a (T+1) x (T+1) torch tensor
+    of "score ready" round numbers written element by element, and one read and compared per point
+    (its allocation's ``assert``); per-core ``status`` / ``begin`` / ``finish`` lists of
+    [t, k, x, score] entries; the compute queue ``to_compute`` rebuilt every round; three solver calls
+    per rectification (F, G of the anchor, G of the slower core) and one per fine step, with the
+    generic Euler ``solver(x, score, t, s) = x + (sig_s - sig_t) score``; finished cores filtered out
+    of the lists by comprehension, and a line printed per hit (into a buffer here). The model call is
+    the same stacked call as the engine's (``torch.cat`` / ``np.concatenate``, then split).
+    """
+
+    def __init__(self, x, sig, init=INIT, steps=T):
+        self.sig, self.init, self.T, self.K = sig, list(init), steps, len(init)
+        self.scores_ready = torch.ones(steps + 1, steps + 1) * -1
+        self.x_ready = torch.ones(steps + 1, steps + 1) * -1
+        self.x_ready[0, 0] = 0
+        self.status, self.begin, self.finish = [[0, 0, x]], [[0, 0, x, None]], [[None, None, None, None]]
+        self.to_compute, self.hits, self.counter = [0], [], 0
+        self.log = io.StringIO()
+
+    def solver(self, x, score, t, s):
+        return x + score * float(self.sig[s] - self.sig[t])
+
+    def run(self, model_call) -> int:
+        """Run to the last core; returns the number of rounds."""
+        with contextlib.redirect_stdout(self.log):
+            while True:
+                alloc = []
+                for c in self.to_compute[: self.K]:
+                    t, k, x = self.status[c]
+                    assert self.scores_ready[t, k] == -1
+                    alloc.append((t, k, x))
+                if not alloc:
+                    break
+                outs = model_call([x for _, _, x in alloc])
+                for n, ((t, k, _), score) in enumerate(zip(alloc, outs)):
+                    c = self.to_compute[n]
+                    self.finish[c] = (t, k, self.status[c][2], score)
+                    if (self.begin[c][0], self.begin[c][1]) == (t, k):
+                        self.begin[c][3] = score
+                    self.scores_ready[t, k] = self.counter + 1
+                self.counter += 1
+                self._update_states(len(alloc))
+                done = [c for c, (t, _, _) in enumerate(self.status) if t == self.T]
+                for c in done:
+                    print("core_hit_idx", done)
+                    self.hits.append((self.status[c][1], self.counter, self.status[c][2]))
+                self.status = [v for c, v in enumerate(self.status) if c not in done]
+                self.begin = [v for c, v in enumerate(self.begin) if c not in done]
+                self.finish = [v for c, v in enumerate(self.finish) if c not in done]
+                self.to_compute = [c for c in self.to_compute[len(alloc):] if c not in done]
+                if not self.status:
+                    break
+        return self.counter
+
+    def _update_states(self, cnt: int) -> None:
+        for c in self.to_compute[:cnt]:
+            new = None
+            if c == len(self.status) - 1:
+                tp, kp, xp, sp = self.finish[c]
+                if kp == 0:
+                    j = self.init.index(tp)
+                    if j + 1 < self.K:
+                        tn = self.init[j + 1]
+                        xn = self.solver(xp, sp, tp, tn)
+                        new = c + 1
+                        self.status.append([tn, 0, xn])
+                        self.begin.append([tn, 0, xn, None])
+                        self.finish.append([None, None, None, None])
+                    else:
+                        self.hits.append((0, self.counter, self.solver(xp, sp, tp, self.T)))
+            tf, kf, xf, sf = self.finish[c]
+            F = self.solver(xf, sf, tf, tf + 1)
+            if c > 0 and self.begin[c][0] is not None and self.begin[c][0] == self.finish[c - 1][0]:
+                G = self.solver(self.begin[c][2], self.begin[c][3], self.begin[c][0], tf + 1)
+                tg, _, xg, sg = self.finish[c - 1]
+                x = F - G + self.solver(xg, sg, tg, tf + 1)
+                self.begin[c] = [self.status[c][0] + 1, self.status[c][1] + 1, x, None]
+                self.status[c] = [self.status[c][0] + 1, self.status[c][1] + 1, x]
             else:
-                status[c] = (tf + 1, k + 1, fine)
-        queue = alloc + new_ids
-        for c in list(queue):  # schedule_cores
-            if status[c][0] == T:
-                hits.append((status[c][1], counter, status[c][2]))
-                queue.remove(c)
-                live.remove(c)
-        to_compute = to_compute[len(alloc):] + queue
-    return counter, hits
+                self.status[c] = (self.status[c][0] + 1, self.status[c][1] + 1, F)
+            self.to_compute.append(c)
+            if new is not None:
+                self.to_compute.append(new)
+
+
+def stacked_call(x):
+    """The near-free model as one stacked call over a round's points, split back per point."""
+    rows = x.shape[0]
+    if isinstance(x, torch.Tensor):
+        return lambda pts: list(near_free_torch(torch.cat(pts), None).split(rows))
+    return lambda pts: [o for o in np.split(near_free(np.concatenate(pts), None), len(pts))]
+
+
+def run_official_style(x, grid) -> int:
+    return OfficialStyle(x, grid).run(stacked_call(x))
 
 
 def per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
@@ -138,35 +199,102 @@ def spread(v: np.ndarray, scale: float = 1.0, fmt: str = ".1f") -> str:
     return f"{np.median(v):{fmt}} [{v.min():{fmt}}-{v.max():{fmt}}]"
 
 
-def measure(size: int, repeats: int) -> dict:
+def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dict]:
+    schedule = cc.RectifiedFlow()
+    grid = cc.time_grid(schedule, T)
+    x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
+    fn = near_free
+    if lib == "torch":
+        x, fn = torch.from_numpy(x), near_free_torch
+    model = cc.DiffusionModel(fn, schedule, "flow")
+    plan = cc.make_plan(T, INIT)
+    off = OfficialStyle(x, grid)
+    assert off.run(stacked_call(x)) == T and sorted(h[1] for h in off.hits[1:]) == sorted(plan.finish_round)
+    ours = cc.chords(model, x, grid, "euler", init=INIT, stop=None)
+    outputs = sorted((h for h in off.hits if h[0] > 0), key=lambda h: h[1])  # k = 0: the coarse jump
+    assert [h[1] for h in outputs] == [h.round for h in ours.hits]
+    for h, o in zip(outputs, ours.hits):  # the same outputs, rounding aside
+        assert float(abs(h[2] - o.x).max()) <= 1e-5 * float(abs(o.x).max())
+    fns = {"chords": lambda: run_chords(model, x, grid), "official": lambda: (run_official_style(x, grid), None)}
+    if lib == "numpy":
+        fns["bare"] = lambda: run_bare(plan, x, grid)
+        if cascade:
+            fns["cascade"] = lambda: run_cascade(model, x, grid)
+    return per_round(fns, repeats)
+
+
+class _Recorder(cc.BatchedExecutor):
+    """The default executor, recording the traced memory in use at each round."""
+
+    def __init__(self) -> None:
+        self.trace: list[int] = []
+
+    def __call__(self, model, xs, ts):
+        self.trace.append(tracemalloc.get_traced_memory()[0])
+        return super().__call__(model, xs, ts)
+
+
+def memory(size: int) -> dict:
+    """Peak and per-round traced memory (bytes) of one run of chords and of the official-style loop."""
     schedule = cc.RectifiedFlow()
     grid = cc.time_grid(schedule, T)
     x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
     model = cc.DiffusionModel(near_free, schedule, "flow")
-    plan = cc.make_plan(T, INIT)
-    rounds, hits = run_reference_style(x, grid)
-    assert rounds == T and sorted(h[1] for h in hits[1:]) == sorted(plan.finish_round)  # same schedule
-    return per_round({
-        "chords": lambda: run_chords(model, x, grid),
-        "cascade": lambda: run_cascade(model, x, grid),
-        "ref-style": lambda: (run_reference_style(x, grid)[0], None),
-        "bare": lambda: run_bare(plan, x, grid),
-    }, repeats)
+    out = {}
+    for name in ("chords", "official"):
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        if name == "chords":
+            rec = _Recorder()
+            run_chords(model, x, grid, rec)
+            trace = rec.trace
+        else:
+            trace = []
+            call = stacked_call(x)
+
+            def recording(pts, call=call, trace=trace):
+                trace.append(tracemalloc.get_traced_memory()[0])
+                return call(pts)
+
+            OfficialStyle(x, grid).run(recording)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        out[name] = (peak - base, [v - base for v in trace])
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=15, help="repeats at size 64 (fewer at larger sizes)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 4096, 65_536, 1_048_576])
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory at the largest size")
     args = ap.parse_args(argv)
     print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
-    print("| state size | chords us/round | cascade us/round | ref-style us/round | bare us/round | "
-          "chords / ref-style | cascade / chords per round | cascade / chords per evaluation |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size in (64, 65_536):
-        m, e = measure(size, args.repeats if size == 64 else max(5, args.repeats // 3))
-        print(f"| {size} | {spread(m['chords'], 1e6)} | {spread(m['cascade'], 1e6)} | {spread(m['ref-style'], 1e6)} | "
-              f"{spread(m['bare'], 1e6)} | {spread(m['chords'] / m['ref-style'], fmt='.2f')} | "
-              f"{spread(m['cascade'] / m['chords'], fmt='.2f')} | {spread(e['cascade'] / e['chords'], fmt='.2f')} |")
+    print("| state size | arrays | chords us/round | official-style us/round | chords / official | bare us/round | "
+          "cascade us/round | cascade / chords per round | cascade / chords per evaluation |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        reps = max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3))
+        for lib in ("numpy", "torch"):
+            m, e = measure(size, reps, lib, cascade=size in (64, 65_536))
+            row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['official'], 1e6)} | "
+                   f"{spread(m['chords'] / m['official'], fmt='.2f')} | ")
+            row += f"{spread(m['bare'], 1e6)} | " if "bare" in m else "- | "
+            if "cascade" in m:
+                row += (f"{spread(m['cascade'], 1e6)} | {spread(m['cascade'] / m['chords'], fmt='.2f')} | "
+                        f"{spread(e['cascade'] / e['chords'], fmt='.2f')} |")
+            else:
+                row += "- | - | - |"
+            print(row, flush=True)
+    if args.memory:
+        size = max(args.sizes)
+        mem = memory(size)
+        print(f"\nTraced memory, numpy float32 states of {size} elements ({size * 4 / 2**20:.0f} MiB each), 8 cores:")
+        print("| loop | peak MiB | held at rounds 10 / 20 / 30 / 40 / 50, MiB |")
+        print("|---|---|---|")
+        for name, (peak, trace) in mem.items():
+            held = " / ".join(f"{trace[min(r, len(trace)) - 1] / 2**20:.0f}" for r in (10, 20, 30, 40, 50))
+            print(f"| {name} | {peak / 2**20:.0f} | {held} |")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,10 @@ def all_finite(x: Array) -> bool:
     if lib == "torch":
         import torch
 
+        if x.dtype in (torch.float32, torch.float64) and x.numel() > 4096:
+            v = x.reshape(-1)  # as for numpy: one BLAS pass, no boolean temporary
+            if math.isfinite(float(torch.dot(v, v))):
+                return True
         return bool(torch.isfinite(x).all())
     if lib == "jax":
         import jax.numpy as jnp
@@ -153,6 +157,29 @@ def all_finite(x: Array) -> bool:
             elif math.isfinite(x.sum()):
                 return True
     return bool(np.isfinite(x).all())
+
+
+def on_accelerator(x: Array) -> bool:
+    """True for a torch tensor on a device other than the CPU (reading a value back from it waits
+    for the device to finish its queued work)."""
+    return library(x) == "torch" and x.device.type != "cpu"
+
+
+def finite_flags(outs: Sequence[Array]) -> Array:
+    """One boolean per array, True where it has no nan or inf, computed where the arrays live
+    (a torch tensor on the device: nothing is read back)."""
+    if library(outs[0]) == "torch":
+        import torch
+
+        return torch.stack([torch.isfinite(o).all() for o in outs])
+    return np.array([all_finite(o) for o in outs])
+
+
+def to_host(x: Array) -> np.ndarray:
+    """``x`` as a numpy array on the host (one transfer for a torch tensor on a device)."""
+    if library(x) == "torch":
+        return x.cpu().numpy()
+    return np.asarray(x)
 
 
 def is_floating(x: Array) -> bool:

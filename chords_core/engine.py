@@ -13,13 +13,19 @@ keep a per-core history of model quantities; at a rectification the ``history`` 
 (``history.move``) decides what happens to it.
 
 ``evaluate_round`` is the one place where any method hands a round to its executor and labels a
-bad model output with the round and the point.
+bad model output with the round and the point. Where the model defers its finiteness check
+(``Model.check_outputs``: torch tensors on an accelerator by default), the CHORDS loop keeps each
+round's per-point flags on the device (``DeferredCheck``) and reads them back once per output, so
+no round waits for the device; the other methods read values back every round anyway (their
+acceptance tests) and check at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from . import _backend as B
 from .executors import Executor
@@ -31,7 +37,7 @@ from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
 
-__all__ = ["rectify", "evaluate_round", "CoreRecords", "run_plan", "plan_result"]
+__all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "run_plan", "plan_result"]
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
@@ -57,18 +63,53 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
     return out
 
 
+class DeferredCheck:
+    """Finiteness flags of the rounds' model outputs, kept where the outputs live until ``verify``."""
+
+    def __init__(self) -> None:
+        self.pending: list = []  # (flags, round number, where, context) per round
+
+    def add(self, outs: Sequence[Any], round_number: int, where: Callable[..., str], context: tuple) -> None:
+        """Keep the round's per-point flags (computed on the device, not read back)."""
+        self.pending.append((B.finite_flags(outs), round_number, where, context))
+
+    def verify(self) -> None:
+        """Read every pending flag back at once; raise ``ModelOutputError`` naming the round and point
+        of the first non-finite output."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        flags = B.to_host(B.concat([f for f, *_ in pending]) if len(pending) > 1 else pending[0][0])
+        if flags.all():
+            return
+        k = int(np.argmin(flags))
+        for f, rnd, where, context in pending:
+            if k < len(f):
+                raise ModelOutputError(k, f"round {rnd}, {where(k, *context)}: model returned non-finite values "
+                                          "(nan or inf)")
+            k -= len(f)
+
+
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
-                   where: Callable[..., str], *context: Any) -> list[Any]:
+                   where: Callable[..., str], *context: Any, deferred: DeferredCheck | None = None) -> list[Any]:
     """The model outputs at the round's points, from ``executor``.
 
     A ``ModelOutputError`` is re-raised naming the round and ``where(point, *context)`` (the core,
     step and stage of the point in the method's terms); ``where`` is only called then, so a method
-    passes the round's data as ``context`` instead of building a closure every round.
+    passes the round's data as ``context`` instead of building a closure every round. Where the
+    model defers its finiteness check, the flags go to ``deferred`` (the caller verifies them
+    later), or without one are checked here.
     """
     try:
-        return executor(model, xs, ts)
+        outs = executor(model, xs, ts)
     except ModelOutputError as err:
         raise ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
+    if outs and model.deferred_check(outs[0]):
+        check = DeferredCheck() if deferred is None else deferred
+        check.add(outs, round_number, where, context)
+        if deferred is None:
+            check.verify()
+    return outs
 
 
 class CoreRecords:
@@ -195,6 +236,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     hits: list[Hit] = []
     outputs: list = []
     result, stopped_by, nfe, t = None, "", 0, sol.t
+    deferred = DeferredCheck()
 
     def where(p: int, evs: tuple) -> str:
         e = evs[p]
@@ -204,9 +246,11 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         for rd in plan.rounds[:limit]:
             evs = rd.evals
             xs = records.points(evs)
-            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, evs)
+            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, evs,
+                                  deferred=deferred)
             nfe += len(evs)
             for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
+                deferred.verify()  # before anyone looks at an output
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
                 if result is None and rule.accept(Outputs(outputs, records.error_estimate() if wants_error else None),

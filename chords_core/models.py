@@ -52,13 +52,32 @@ class ModelOutputError(RuntimeError):
         self.point = point
 
 
+CHECK_MODES = (True, False, "auto", "deferred")
+
+
+def _check_mode(value: Any) -> bool | str:
+    """``check_outputs``, checked: one of ``CHECK_MODES``."""
+    if not any(value is m if isinstance(m, bool) else (isinstance(value, str) and value == m) for m in CHECK_MODES):
+        raise ValueError(f"check_outputs must be True, False, 'auto' or 'deferred', got {value!r}")
+    return value
+
+
 class Model:
     """Base class of models: subclasses implement ``_call`` (one batched call) and ``coefficients``.
 
-    ``check_outputs``: check every output's shape, dtype and finiteness (``ModelOutputError``).
+    ``check_outputs``: check every output's shape and dtype, and its finiteness (``ModelOutputError``):
+    ``True`` at every call; ``"deferred"``: on the device, read back once per CHORDS output (no
+    device synchronisation per round; the error still names the round and core of the first bad
+    value); ``"auto"`` (the default): at every call for arrays on the host, deferred for torch
+    tensors on an accelerator; ``False``: no finiteness check.
     """
 
-    check_outputs: bool = True
+    check_outputs: bool | str = "auto"
+
+    def deferred_check(self, out: Array) -> bool:
+        """Whether the finiteness of ``out`` is checked later by the caller (``check_outputs``)."""
+        c = self.check_outputs
+        return c == "deferred" or (c == "auto" and B.on_accelerator(out))
 
     def evaluate(self, xs: Sequence[Array], ts: Sequence[float], batched: bool = True) -> list[Array]:
         """Model outputs at the points (xs[k], ts[k]): one call for all (``batched``) or one call a point.
@@ -121,7 +140,8 @@ class Model:
         same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
         if not same_dtype and not B.is_floating(out):
             raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
-        if self.check_outputs and not B.all_finite(out):
+        c = self.check_outputs
+        if (c is True or (c == "auto" and not B.on_accelerator(out))) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
         return out if same_dtype else B.cast_like(out, like)
@@ -137,11 +157,11 @@ class DiffusionModel(Model):
         fn: the network, ``fn(x (N, ...), t (N,)) -> out (N, ...)`` in the array library of x.
         schedule: the noise schedule (alpha, sigma) the times refer to.
         prediction: what ``fn`` predicts: one of ``PREDICTIONS`` ("eps", "x0", "v", "flow").
-        check_outputs: check each output's shape, dtype and finiteness.
+        check_outputs: the output check (see ``Model``): ``"auto"``, ``True``, ``"deferred"`` or ``False``.
     """
 
     def __init__(self, fn: Callable[[Array, Array], Array], schedule: Schedule, prediction: str = "eps", *,
-                 check_outputs: bool = True) -> None:
+                 check_outputs: bool | str = "auto") -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if not isinstance(schedule, Schedule):
@@ -149,7 +169,7 @@ class DiffusionModel(Model):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.fn, self.schedule, self.prediction = fn, schedule, prediction
-        self.check_outputs = check_outputs
+        self.check_outputs = _check_mode(check_outputs)
 
     def _call(self, xs, ts):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
@@ -226,14 +246,14 @@ class VectorField(Model):
     Args:
         f: the right-hand side ``f(t, y) -> dy/dt`` (same shape as y).
         batched: f takes a round's points stacked (see above).
-        check_outputs: check each output's shape, dtype and finiteness.
+        check_outputs: the output check (see ``Model``): ``"auto"``, ``True``, ``"deferred"`` or ``False``.
     """
 
     def __init__(self, f: Callable[[Any, Array], Array], batched: bool = False, *,
-                 check_outputs: bool = True) -> None:
+                 check_outputs: bool | str = "auto") -> None:
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
-        self.f, self.batched, self.check_outputs = f, bool(batched), check_outputs
+        self.f, self.batched, self.check_outputs = f, bool(batched), _check_mode(check_outputs)
 
     def _call(self, xs, ts):
         if not self.batched:

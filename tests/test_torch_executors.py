@@ -134,7 +134,7 @@ def test_device_executor_timeout_closes_it():
     model = cc.DiffusionModel(stuck, cc.RectifiedFlow(), "flow")
     ex = DeviceExecutor(["cpu", "cpu"], round_timeout=0.3)
     try:
-        with pytest.raises(WorkerTimeout, match="within 0.3 s"):
+        with pytest.raises(WorkerTimeout, match="within round_timeout=0.3 s"):
             ex(model, [x0(), x0()], [0.5, 0.5])
         with pytest.raises(ExecutorClosed):
             ex(model, [x0()], [0.5])
@@ -151,7 +151,7 @@ def test_device_executor_bad_arguments():
     with pytest.raises(ValueError, match="devices"):
         DeviceExecutor(["nonsense:7"])
     with pytest.raises(ValueError, match="timeout"):
-        DeviceExecutor(["cpu"], timeout=0)
+        DeviceExecutor(["cpu"], round_timeout=0)
     with pytest.raises(TypeError, match="replicate"):
         DeviceExecutor(["cpu"], replicate=3)
     with DeviceExecutor(["cpu"]) as ex:

@@ -1,0 +1,85 @@
+"""The model-output finiteness check: at every call, or deferred on the device and read back once
+per CHORDS output (no device synchronisation per round), naming the same round and core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import chords_core as cc
+from chords_core import _backend as B
+
+T, CORES = 16, 4
+
+
+def _poisoned(at_call: int):
+    """A flow model that returns nan for the first point of its ``at_call``-th call (1-based)."""
+    calls = [0]
+
+    def fn(x, t):
+        calls[0] += 1
+        out = x * 0.5
+        if calls[0] == at_call:
+            out = out.clone()
+            out[0] = float("nan")
+        return out
+
+    return fn
+
+
+@pytest.mark.parametrize("at_call", [3, 7, 12])
+def test_deferred_check_names_the_same_round_and_core_as_the_eager_one(at_call):
+    x = torch.randn(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    msgs = {}
+    for mode in (True, "deferred"):
+        model = cc.DiffusionModel(_poisoned(at_call), cc.RectifiedFlow(), "flow", check_outputs=mode)
+        with pytest.raises(cc.ModelOutputError) as err:
+            cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=cc.SerialExecutor())
+        msgs[mode] = str(err.value)
+    assert msgs[True] == msgs["deferred"], msgs
+    assert msgs[True].startswith("round ") and "core " in msgs[True] and "non-finite" in msgs[True]
+
+
+def test_deferred_check_reads_back_once_per_output_not_per_round(monkeypatch):
+    reads = []
+    real = B.to_host
+    monkeypatch.setattr(B, "to_host", lambda a: reads.append(1) or real(a))
+    x = torch.randn(2, 8, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
+    grid = cc.time_grid(cc.RectifiedFlow(), 32)
+    model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow", check_outputs="deferred")
+    res = cc.chords(model, x, grid, "euler", cores=CORES, stop=None)
+    assert res.rounds == 32 and len(reads) == len(res.hits) == CORES  # 32 rounds, 4 read-backs
+    eager = cc.chords(cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow"), x, grid, "euler",
+                      cores=CORES, stop=None)
+    assert all(torch.equal(a.x, b.x) for a, b in zip(res.hits, eager.hits))
+
+
+def test_other_methods_check_a_deferred_model_at_once():
+    x = torch.randn(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    for method in ("paradigms", "srds", "cascade"):
+        model = cc.DiffusionModel(_poisoned(2), cc.RectifiedFlow(), "flow", check_outputs="deferred")
+        with pytest.raises(cc.ModelOutputError, match="round 2, .*non-finite"):
+            cc.parallel(model, x, grid, "euler", cores=CORES, method=method)
+
+
+def test_auto_checks_host_arrays_at_every_call_and_bad_modes_are_refused():
+    m = cc.DiffusionModel(lambda x, t: x, cc.RectifiedFlow(), "flow")
+    assert m.check_outputs == "auto" and not m.deferred_check(np.zeros(3)) and not m.deferred_check(torch.zeros(3))
+    with pytest.raises(ValueError, match="check_outputs must be"):
+        cc.DiffusionModel(lambda x, t: x, cc.RectifiedFlow(), "flow", check_outputs="lazy")
+    with pytest.raises(ValueError, match="check_outputs must be"):
+        cc.VectorField(lambda t, y: y, check_outputs=1)
+
+
+def test_torch_finiteness_check_catches_nan_and_inf_past_the_fast_path():
+    v = torch.randn(10_000, dtype=torch.float32)
+    assert B.all_finite(v)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        w = v.clone()
+        w[7777] = bad
+        assert not B.all_finite(w)
+    big = torch.full((10_000,), 3e38, dtype=torch.float32)  # finite, but its dot product overflows
+    assert B.all_finite(big)
