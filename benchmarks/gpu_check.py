@@ -1,0 +1,225 @@
+"""GPU self-check: the GPU paths of chords against the serial result, and a wall-clock speedup, in minutes.
+
+    python benchmarks/gpu_check.py              # every visible GPU; skips cleanly without one
+    python benchmarks/gpu_check.py --allow-cpu  # the same checks on the CPU (exercises the script)
+
+Sections (each prints one line of JSON; the last line summarises):
+
+1. ``device``: ``DeviceExecutor`` over every visible GPU (one thread and one replica per GPU), CHORDS
+   with a seeded float64 MLP, every core's output against ``SerialExecutor`` on the first GPU
+   (maximum absolute difference; one call per point, so equal up to the devices' kernels).
+2. ``nccl``: ``DistributedExecutor`` under torchrun with nccl, one rank per GPU (at least 2),
+   running ``python -m chords_torch.demo``, which compares every output with the serial executor
+   bit for bit (gloo on the CPU with ``--allow-cpu``).
+3. ``jax``: ``chords_jax.chords`` sharded over the JAX GPU devices against the numpy core (skipped,
+   with the reason, where JAX has no GPU backend).
+4. ``speedup``: an MLP sized to take about ``--ms`` ms per evaluation on one GPU; the sequential
+   solve against CHORDS (first output, ``StopAtCore(1)``) with one core per GPU (``DeviceExecutor``)
+   and, on one GPU, with the round's points batched (``BatchedExecutor``: the GPU's spare capacity
+   is the parallelism). Wall-clock median [min-max] of ``--repeats`` interleaved repeats (CUDA
+   synchronised), the ratio taken repeat by repeat, beside the round speedup T / rounds.
+
+Meant to finish in under 5 minutes on a GPU machine (``--quick`` for a shorter run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import chords_core as cc
+from chords_torch import DeviceExecutor
+from chords_torch.testing import MLP
+
+BACKENDS = Path(__file__).resolve().parents[1] / "backends"
+
+
+def emit(section: str, **fields) -> dict:
+    """Print one JSON line for a section and return it."""
+    rec = {"section": section, **fields}
+    print(json.dumps(rec), flush=True)
+    return rec
+
+
+def sync(devices) -> None:
+    for d in devices:
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
+
+
+def check_devices(devices, steps: int) -> dict:
+    """CHORDS over every device with DeviceExecutor against SerialExecutor on the first one."""
+    net = MLP(64, 256, 3, seed=0, dtype=torch.float64).eval().to(devices[0])
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x = torch.randn(4, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(devices[0])
+    grid = cc.time_grid(model.schedule, steps)
+    cores = max(2, len(devices))
+    with torch.no_grad():
+        ref = cc.chords(model, x, grid, "euler", cores=cores, stop=None, executor=cc.SerialExecutor())
+        with DeviceExecutor(devices) as ex:
+            res = cc.chords(model, x, grid, "euler", cores=cores, stop=None, executor=ex)
+    diff = max(float((a.x - b.x).abs().max()) for a, b in zip(res.hits, ref.hits))
+    seq = cc.solve(model, x, grid, "euler")
+    return emit("device", devices=[str(d) for d in devices], cores=cores, max_abs_diff=diff,
+                core0_equals_solve=bool(torch.equal(res.hits[-1].x, seq)), ok=diff <= 1e-10)
+
+
+def check_distributed(ranks: int, backend: str, timeout: float) -> dict:
+    """torchrun with ``ranks`` processes running the chords_torch demo (it compares with serial)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BACKENDS), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+           "-m", "chords_torch.demo", "--steps", "16", "--cores", str(max(2, ranks - 1)), "--backend", backend]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return emit("distributed", backend=backend, ranks=ranks, ok=False, error=f"no answer within {timeout:g} s")
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    rep = json.loads(lines[-1]) if lines else {}
+    return emit("distributed", backend=backend, ranks=ranks, seconds=round(time.monotonic() - t0, 1),
+                equal=rep.get("equal"), ok=p.returncode == 0 and rep.get("equal") is True,
+                **({} if p.returncode == 0 else {"error": (p.stdout + p.stderr)[-2000:]}))
+
+
+def check_jax(allow_cpu: bool, steps: int) -> dict:
+    """chords_jax sharded over the JAX devices of the GPU platform (CPU with ``allow_cpu``)."""
+    try:
+        import jax
+    except ImportError as e:
+        return emit("jax", skipped=f"jax is not installed ({e})", ok=True)
+    platform = "gpu"
+    try:
+        devs = jax.devices("gpu")
+    except RuntimeError as e:
+        if not allow_cpu:
+            return emit("jax", skipped=f"JAX has no GPU backend here ({str(e).splitlines()[0]})", ok=True)
+        devs, platform = jax.devices("cpu"), "cpu"
+    import jax.numpy as jnp
+
+    import chords_jax
+
+    w = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32) / 4
+
+    def fn(x, t):  # traceable by jax, and plain numpy for the core
+        xp = jnp if isinstance(x, jax.Array) else np
+        return xp.tanh(x @ w + t[:, None]) * 0.5 + 0.2 * x
+
+    model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    grid = cc.time_grid(model.schedule, steps)
+    cores = max(2, len(devs))
+    ref = cc.chords(model, x, grid, "euler", cores=cores, stop=None)
+    res = chords_jax.chords(model, x, grid, "euler", cores=cores, stop=None, devices=devs)
+    diff = max(float(np.abs(np.asarray(a.x) - b.x).max()) for a, b in zip(res.hits, ref.hits))
+    return emit("jax", platform=platform, devices=len(devs), cores=cores, max_abs_diff=diff, ok=diff <= 1e-4)
+
+
+def sized_mlp(device, ms: float, batch: int, dim: int) -> tuple[MLP, float]:
+    """An MLP whose evaluation at a (batch, dim) state takes about ``ms`` ms on ``device``."""
+    x = torch.randn(batch, dim, device=device)
+    t = torch.full((batch,), 0.5, device=device)
+
+    def timed(net) -> float:
+        with torch.no_grad():
+            for _ in range(2):
+                net(x, t)
+            sync([device])
+            t0 = time.perf_counter()
+            for _ in range(5):
+                net(x, t)
+            sync([device])
+        return (time.perf_counter() - t0) / 5 * 1e3
+
+    depth = 2
+    net = MLP(dim, dim, depth).eval().to(device)
+    per = timed(net)
+    while per < 0.8 * ms and depth < 256:
+        depth = min(256, max(depth + 1, int(depth * ms / max(per, 1e-3))))
+        net = MLP(dim, dim, depth).eval().to(device)
+        per = timed(net)
+    return net, per
+
+
+def speedup(devices, ms: float, steps: int, repeats: int, batch: int, dim: int) -> dict:
+    """Wall clock of the sequential solve against CHORDS (first output), interleaved repeats."""
+    net, per = sized_mlp(devices[0], ms, batch, dim)
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(0)).to(devices[0])
+    grid = cc.time_grid(model.schedule, steps)
+    runs = {"sequential": lambda: cc.solve(model, x, grid, "euler")}
+    cores_batched = 4
+    runs["batched x4 (one GPU)"] = lambda: cc.chords(model, x, grid, "euler", cores=cores_batched,
+                                                      stop=cc.StopAtCore(1), executor=cc.BatchedExecutor())
+    ex = DeviceExecutor(devices) if len(devices) > 1 else None
+    if ex is not None:
+        runs[f"DeviceExecutor x{len(devices)}"] = lambda: cc.chords(model, x, grid, "euler", cores=len(devices),
+                                                                    stop=cc.StopAtCore(1), executor=ex)
+    times: dict = {k: [] for k in runs}
+    rounds: dict = {}
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                sync(devices)
+                t0 = time.perf_counter()
+                out = fn()
+                sync(devices)
+                times[name].append(time.perf_counter() - t0)
+                rounds[name] = steps if name == "sequential" else out.rounds
+    if ex is not None:
+        ex.close()
+    seq = np.array(times["sequential"])
+    table = {}
+    for name, ts in times.items():
+        if name == "sequential":
+            continue
+        ratio = seq / np.array(ts)
+        table[name] = {"rounds": rounds[name], "round_speedup": round(steps / rounds[name], 2),
+                       "wall_speedup": f"{np.median(ratio):.2f} [{ratio.min():.2f}-{ratio.max():.2f}]",
+                       "wall_ms": round(float(np.median(ts)) * 1e3, 1)}
+    seq_ms = float(np.median(seq)) * 1e3
+    return emit("speedup", ms_per_eval=round(per, 1), ms_per_eval_in_solve=round(seq_ms / steps, 1), steps=steps,
+                batch=batch, dim=dim,
+                sequential_ms=round(seq_ms, 1), methods=table, ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU where there is no GPU")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    ap.add_argument("--ms", type=float, default=50.0, help="target milliseconds per model evaluation")
+    args = ap.parse_args(argv)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not gpus and not args.allow_cpu:
+        print("gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); nothing to check. "
+              "Run it on a machine with GPUs, or with --allow-cpu to exercise the checks on the CPU.")
+        return 0
+    devices = [torch.device("cuda", i) for i in range(gpus)] or [torch.device("cpu")] * 2
+    steps, repeats = (12, 2) if args.quick else (50, 5)
+    t0 = time.monotonic()
+    results = [check_devices(devices, steps)]
+    ranks = max(2, gpus) if gpus else 2
+    results.append(check_distributed(ranks, "nccl" if gpus else "gloo", timeout=240))
+    results.append(check_jax(args.allow_cpu, steps))
+    ms = args.ms if gpus else min(args.ms, 5.0)
+    batch, dim = (64, 1024) if gpus else (8, 128)
+    results.append(speedup(devices, ms, steps, repeats, batch, dim))
+    ok = all(r.get("ok") for r in results)
+    emit("summary", gpus=gpus, torch=torch.__version__,
+         cuda=torch.version.cuda, names=[torch.cuda.get_device_name(i) for i in range(gpus)],
+         seconds=round(time.monotonic() - t0, 1), ok=ok)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
