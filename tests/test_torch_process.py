@@ -198,8 +198,24 @@ def test_a_worker_that_died_while_idle_raises_worker_died_then_closed(cores):
     assert all(gone(p) for p in pids)
 
 
+def _session(sid: int) -> set[int]:
+    """The live processes of session ``sid`` (from /proc: field 6 of stat), zombies excluded."""
+    members = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                members.add(int(d))
+    return members
+
+
 def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_path):
-    """SIGKILL the driver while both workers are inside a 60 s model call: they exit by themselves."""
+    """SIGKILL the driver while both workers are inside a 60 s model call: they exit by themselves,
+    and so do the forkserver and the resource tracker (every process of the driver's session)."""
     import signal
     import subprocess
     import sys
@@ -220,12 +236,15 @@ def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_pat
         pids = [int(v) for v in driver.stdout.readline().split()]
         assert len(pids) == 2
         time.sleep(1.0)  # the workers are now inside the slow model call
+        helpers = _session(driver.pid) - {driver.pid, *pids}
+        assert len(helpers) >= 1, "expected a forkserver (and a resource tracker) in the driver's session"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(10)
         deadline = time.monotonic() + 15
-        while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+        while _session(driver.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert all(gone(p) for p in pids), "a worker outlived its driver"
+        assert not _session(driver.pid), f"outlived the driver: {_session(driver.pid)} (helpers were {helpers})"
     finally:
         if driver.poll() is None:
             driver.kill()
