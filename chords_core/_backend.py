@@ -96,6 +96,57 @@ def stack(arrays: Sequence[Array]) -> Array:
     return _joiners(arrays[0])[1](list(arrays), 0)
 
 
+class Workspace:
+    """A buffer reused from round to round for a round's stacked points (numpy and torch): no fresh
+    allocation, and so no page faults, per round at large states. The buffer is scratch: a model
+    output that shares memory with it is copied (``detach``), so nothing the engine keeps points
+    into it."""
+
+    def __init__(self) -> None:
+        self._buf: Any = None
+        self.allocations = 0  # buffers allocated so far (one per growth or change of shape / dtype)
+
+    def join(self, arrays: Sequence[Array], new_axis: bool) -> Array:
+        """``stack`` (``new_axis``) or ``concat`` of ``arrays`` into the leading rows of the reused
+        buffer, grown when a round needs more (a fresh array for jax, for arrays that need gradients
+        and for 0-d states)."""
+        x0 = arrays[0]
+        lib = library(x0)
+        if lib == "jax" or (not new_axis and len(x0.shape) == 0) or (lib == "torch" and x0.requires_grad):
+            return stack(arrays) if new_axis else concat(arrays)
+        n = len(arrays)
+        shape = (n, *x0.shape) if new_axis else (n * x0.shape[0], *x0.shape[1:])
+        buf = self._buf
+        if lib == "torch":
+            import torch
+
+            if (buf is None or not isinstance(buf, torch.Tensor) or tuple(buf.shape[1:]) != shape[1:]
+                    or buf.shape[0] < shape[0] or buf.dtype != x0.dtype or buf.device != x0.device):
+                buf = self._buf = torch.empty(shape, dtype=x0.dtype, device=x0.device)
+                self.allocations += 1
+            part = buf[: shape[0]]
+            (torch.stack if new_axis else torch.cat)(list(arrays), 0, out=part)
+            return part
+        if (buf is None or not isinstance(buf, np.ndarray) or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]
+                or buf.dtype != x0.dtype):
+            buf = self._buf = np.empty(shape, dtype=x0.dtype)
+            self.allocations += 1
+        out = buf[: shape[0]]
+        (np.stack if new_axis else np.concatenate)(list(arrays), 0, out=out)
+        return out
+
+    def detach(self, out: Array) -> Array:
+        """``out``, copied if it shares memory with the buffer (a model that returns its input or a
+        view of it, or works in place)."""
+        buf = self._buf
+        if buf is None or library(out) != library(buf):
+            return out
+        if library(out) == "torch":
+            shared = out.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
+            return out.clone() if shared else out
+        return out.copy() if np.may_share_memory(out, buf) else out
+
+
 def split_rows(x: Array, n: int) -> list[Array]:
     """Split axis 0 into ``n`` equal consecutive blocks (views where the library has them)."""
     rows = int(x.shape[0]) // n

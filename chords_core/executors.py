@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._backend import Workspace
 from .models import Model
 
 __all__ = ["Executor", "SerialExecutor", "BatchedExecutor"]
@@ -57,8 +58,16 @@ class SerialExecutor(Executor):
 
 
 class BatchedExecutor(Executor):
-    """All points of a round in one batched call with per-sample times: the single-device mode."""
+    """All points of a round in one batched call with per-sample times: the single-device mode.
+
+    The stacked points go into a buffer reused from round to round (``Workspace``); a model output
+    that shares memory with it is copied. A model must not keep a reference to its input.
+    """
+
+    workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
         """One batched ``model`` call for all points (see ``Executor.__call__``)."""
-        return model.evaluate(xs, ts, batched=True)
+        if self.workspace is None:
+            self.workspace = Workspace()
+        return model.evaluate(xs, ts, batched=True, workspace=self.workspace)

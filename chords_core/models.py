@@ -79,13 +79,18 @@ class Model:
         c = self.check_outputs
         return c == "deferred" or (c == "auto" and B.on_accelerator(out))
 
-    def evaluate(self, xs: Sequence[Array], ts: Sequence[float], batched: bool = True) -> list[Array]:
+    #: whether ``_call`` takes a ``workspace`` keyword (the library's models do; a subclass may not)
+    uses_workspace = False
+
+    def evaluate(self, xs: Sequence[Array], ts: Sequence[float], batched: bool = True,
+                 workspace: B.Workspace | None = None) -> list[Array]:
         """Model outputs at the points (xs[k], ts[k]): one call for all (``batched``) or one call a point.
 
         Args:
             xs: the points, states of one shape S each.
             ts: their times, one float per point.
             batched: one call for all points (else one call per point, in order).
+            workspace: a buffer for the stacked points, reused across calls (``BatchedExecutor``).
 
         Returns:
             The raw outputs, shape S each, checked (see ``check_outputs``), in the order of ``xs``.
@@ -94,6 +99,8 @@ class Model:
             ModelOutputError: with ``point`` the index in ``xs`` of the first bad output.
         """
         if batched:
+            if workspace is not None and self.uses_workspace and len(xs) > 1:
+                return self._call(xs, ts, workspace=workspace)  # type: ignore[call-arg]
             return self._call(xs, ts)
         outs = []
         for k, (x, t) in enumerate(zip(xs, ts)):
@@ -171,10 +178,15 @@ class DiffusionModel(Model):
         self.fn, self.schedule, self.prediction = fn, schedule, prediction
         self.check_outputs = _check_mode(check_outputs)
 
-    def _call(self, xs, ts):
+    uses_workspace = True
+
+    def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
-        x = xs[0] if len(xs) == 1 else B.concat(xs)
-        out = self._check(self.fn(x, B.times_like(ts, rows, x)), x, len(xs), rows)
+        x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
+        out = self.fn(x, B.times_like(ts, rows, x))
+        if workspace is not None:
+            out = workspace.detach(out)
+        out = self._check(out, x, len(xs), rows)
         if len(xs) == 1:
             return [out]
         return B.split_rows(out, len(xs))
@@ -255,7 +267,9 @@ class VectorField(Model):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
         self.f, self.batched, self.check_outputs = f, bool(batched), _check_mode(check_outputs)
 
-    def _call(self, xs, ts):
+    uses_workspace = True
+
+    def _call(self, xs, ts, workspace=None):
         if not self.batched:
             outs = []
             for k, (x, t) in enumerate(zip(xs, ts)):
@@ -265,8 +279,11 @@ class VectorField(Model):
                     raise ModelOutputError(k, str(e)) from None
                 outs.append(out)
             return outs
-        y = B.stack(xs)
-        out = self._check(self.f(B.times_like(ts, 1, y), y), y, len(xs), 1)
+        y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
+        out = self.f(B.times_like(ts, 1, y), y)
+        if workspace is not None:
+            out = workspace.detach(out)
+        out = self._check(out, y, len(xs), 1)
         return [out[k] for k in range(len(xs))]
 
     def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
