@@ -263,7 +263,6 @@ def test_unsupported_scheduler_names_the_supported_ones():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: DDIMScheduler(), "clip_sample=True"),
     (lambda: DDIMScheduler(clip_sample=False, timestep_spacing="linspace"), "timestep_spacing='linspace'"),
     (lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), "algorithm_type='sde-dpmsolver\\+\\+'"),
     (lambda: UniPCMultistepScheduler(disable_corrector=[0]), "disable_corrector"),

@@ -9,6 +9,7 @@ an adapter does not know raise ``TypeError`` naming them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,22 @@ def _batch_size(prompt: Any, prompt_embeds: Any) -> int:
     return 1 if isinstance(prompt, str) else len(prompt)
 
 
+def _denoiser(pipe: Any, name: str, attr: str = "transformer") -> Any:
+    """``pipe.<attr>``, checked: present and without a step cache (which assumes the sequential loop)."""
+    net = getattr(pipe, attr, None)
+    if net is None:
+        raise ValueError(f"{name}: pipe.{attr} is None; chords_diffusers needs it")
+    if getattr(net, "is_cache_enabled", False):
+        raise ValueError(f"{name}: pipe.{attr} has a step cache enabled (enable_cache); its reuse of earlier steps' "
+                         f"features assumes the sequential loop, CHORDS evaluates steps out of order: call "
+                         f"pipe.{attr}.disable_cache() first")
+    return net
+
+
+def _postprocess_video(pipe: Any, video: torch.Tensor, output_type: str) -> Any:
+    return pipe.video_processor.postprocess_video(video, output_type=output_type)
+
+
 def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
     from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
@@ -77,7 +94,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
     b = pe.shape[0]
-    net = GuidedNet(pipe.transformer, batch=b, x_arg="hidden_states", t_arg="timestep",
+    net = GuidedNet(_denoiser(pipe, "StableDiffusion3Pipeline"), batch=b, x_arg="hidden_states", t_arg="timestep",
                     cond={"encoder_hidden_states": pe, "pooled_projections": ppe},
                     uncond={"encoder_hidden_states": npe, "pooled_projections": nppe} if cfg else None,
                     guidance_scale=guidance_scale)
@@ -140,7 +157,8 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         cond["guidance"] = g
         if uncond is not None:
             uncond["guidance"] = g
-    net = GuidedNet(pipe.transformer, batch=b, x_arg="hidden_states", t_arg="timestep", t_scale=1 / 1000, cond=cond,
+    net = GuidedNet(_denoiser(pipe, "FluxPipeline"), batch=b, x_arg="hidden_states", t_arg="timestep",
+                    t_scale=1 / 1000, cond=cond,
                     uncond=uncond, static={"txt_ids": text_ids, "img_ids": image_ids}, guidance_scale=true_cfg_scale)
     sc = pipe.scheduler.config
     mu = calculate_shift(lat.shape[1], sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
@@ -174,7 +192,8 @@ def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     pe, npe = pipe.encode_prompt(prompt, device, num_images_per_prompt, cfg, negative_prompt,
                                  prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds)
     b = pe.shape[0]
-    net = GuidedNet(pipe.unet, batch=b, x_arg="sample", t_arg="timestep", cond={"encoder_hidden_states": pe},
+    net = GuidedNet(_denoiser(pipe, "StableDiffusionPipeline", "unet"), batch=b, x_arg="sample", t_arg="timestep",
+                    cond={"encoder_hidden_states": pe},
                     uncond={"encoder_hidden_states": npe} if cfg else None, guidance_scale=guidance_scale,
                     guidance_rescale=guidance_rescale)
 
@@ -225,10 +244,254 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     return Job(net, make_latents, finish, device)
 
 
+def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
+
+    name = "StableDiffusionXLPipeline"
+    (prompt_2, height, width, timesteps, sigmas, guidance_scale, negative_prompt, negative_prompt_2,
+     num_images_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+     negative_pooled_prompt_embeds, output_type, guidance_rescale, original_size, crops_coords_top_left, target_size,
+     negative_original_size, negative_crops_coords_top_left, negative_target_size, clip_skip) = _take(
+        kw, name, prompt_2=None, height=None, width=None, timesteps=None, sigmas=None, guidance_scale=5.0,
+        negative_prompt=None, negative_prompt_2=None, num_images_per_prompt=1, generator=None, latents=None,
+        prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+        output_type="pil", guidance_rescale=0.0, original_size=None, crops_coords_top_left=(0, 0), target_size=None,
+        negative_original_size=None, negative_crops_coords_top_left=(0, 0), negative_target_size=None, clip_skip=None)
+    unet = _denoiser(pipe, name, "unet")
+    if unet.config.time_cond_proj_dim is not None:
+        raise ValueError(f"{name}: a UNet with time_cond_proj_dim (guidance-distilled, e.g. LCM) is not supported; "
+                         "use a UNet without a guidance embedding")
+    if timesteps is not None and sigmas is not None:
+        raise ValueError(f"{name}: give timesteps or sigmas, not both")
+    height = height or pipe.default_sample_size * pipe.vae_scale_factor
+    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    device, cfg = pipe._execution_device, guidance_scale > 1.0
+    pe, npe, ppe, nppe = pipe.encode_prompt(
+        prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
+        do_classifier_free_guidance=cfg, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+        prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+        pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+        clip_skip=clip_skip)
+    b = pe.shape[0]
+    proj = int(ppe.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
+
+    def time_ids(orig: Any, crop: Any, target: Any) -> torch.Tensor:
+        ids = pipe._get_add_time_ids(orig or (height, width), crop, target or (height, width), dtype=pe.dtype,
+                                     text_encoder_projection_dim=proj)
+        return ids.to(device).repeat(b, 1)
+
+    ids = time_ids(original_size, crops_coords_top_left, target_size)
+    # diffusers pairs the negative time ids row-interleaved with the batch; the same for every row unless a
+    # negative size is given (then each row gets its own negative ids here)
+    nids = (time_ids(negative_original_size, negative_crops_coords_top_left, negative_target_size)
+            if negative_original_size is not None and negative_target_size is not None else ids)
+    net = GuidedNet(unet, batch=b, x_arg="sample", t_arg="timestep",
+                    cond={"encoder_hidden_states": pe, "added_cond_kwargs": {"text_embeds": ppe, "time_ids": ids}},
+                    uncond={"encoder_hidden_states": npe, "added_cond_kwargs": {"text_embeds": nppe, "time_ids": nids}}
+                    if cfg else None, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
+    tkw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
+
+    def make_latents() -> torch.Tensor:
+        return pipe.prepare_latents(b, unet.config.in_channels, height, width, pe.dtype, device, generator, latents)
+
+    def finish(x: Any) -> Any:  # diffusers types images narrower than its pipelines use them
+        if output_type == "latent":
+            return StableDiffusionXLPipelineOutput(images=x)
+        vae = pipe.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            pipe.upcast_vae()
+            x = x.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        if getattr(vae.config, "latents_mean", None) is not None and getattr(vae.config, "latents_std",
+                                                                             None) is not None:
+            mean = torch.tensor(vae.config.latents_mean).view(1, 4, 1, 1).to(x.device, x.dtype)
+            std = torch.tensor(vae.config.latents_std).view(1, 4, 1, 1).to(x.device, x.dtype)
+            x = x * std / vae.config.scaling_factor + mean
+        else:
+            x = x / vae.config.scaling_factor
+        image = vae.decode(x, return_dict=False)[0]
+        if upcast:
+            vae.to(dtype=torch.float16)
+        if pipe.watermark is not None:
+            image = pipe.watermark.apply_watermark(image)
+        return StableDiffusionXLPipelineOutput(images=pipe.image_processor.postprocess(image, output_type=output_type))
+
+    return Job(net, make_latents, finish, device, tkw)
+
+
+def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
+    from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    name = "WanPipeline"
+    (negative_prompt, height, width, num_frames, guidance_scale, guidance_scale_2, num_videos_per_prompt, generator,
+     latents, prompt_embeds, negative_prompt_embeds, output_type, attention_kwargs, max_sequence_length) = _take(
+        kw, name, negative_prompt=None, height=480, width=832, num_frames=81, guidance_scale=5.0,
+        guidance_scale_2=None, num_videos_per_prompt=1, generator=None, latents=None, prompt_embeds=None,
+        negative_prompt_embeds=None, output_type="np", attention_kwargs=None, max_sequence_length=512)
+    if pipe.config.expand_timesteps:
+        raise ValueError(f"{name}: expand_timesteps=True (Wan 2.2 TI2V, per-token timesteps) is not supported; "
+                         "use a WanPipeline with expand_timesteps=False (Wan 2.1, Wan 2.2 T2V A14B)")
+    pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds, None,
+                      guidance_scale_2)
+    boundary_ratio = pipe.config.boundary_ratio
+    net = _denoiser(pipe, name)
+    net_2 = _denoiser(pipe, name, "transformer_2") if boundary_ratio is not None else None
+    # the pipeline's own rounding of num_frames, height and width (it warns; so do its callers)
+    if num_frames % pipe.vae_scale_factor_temporal != 1:
+        num_frames = num_frames // pipe.vae_scale_factor_temporal * pipe.vae_scale_factor_temporal + 1
+    num_frames = max(num_frames, 1)
+    ph, pw = (pipe.vae_scale_factor_spatial * p for p in net.config.patch_size[1:])
+    height, width = height // ph * ph, width // pw * pw
+    if boundary_ratio is not None and guidance_scale_2 is None:
+        guidance_scale_2 = guidance_scale
+    device, cfg = pipe._execution_device, guidance_scale > 1.0
+    pe, npe = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+                                 num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
+                                 negative_prompt_embeds=negative_prompt_embeds,
+                                 max_sequence_length=max_sequence_length, device=device)
+    dtype = net.dtype
+    b = pe.shape[0]
+    boundary = None if boundary_ratio is None else boundary_ratio * pipe.scheduler.config.num_train_timesteps
+    scale: Any = guidance_scale
+    if boundary is not None and guidance_scale_2 != guidance_scale:
+        g1, g2 = float(guidance_scale), float(guidance_scale_2)
+        scale = lambda tau: torch.where(tau >= boundary, g1, g2)  # noqa: E731
+    gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep",
+                     cond={"encoder_hidden_states": pe.to(dtype)},
+                     uncond={"encoder_hidden_states": npe.to(dtype)} if cfg else None,
+                     static={"attention_kwargs": attention_kwargs}, guidance_scale=scale, x_dtype=dtype,
+                     net_2=net_2, boundary=boundary, cfg_batched=False)
+    lat = pipe.prepare_latents(b, net.config.in_channels, height, width, num_frames, torch.float32, device, generator,
+                               latents)
+
+    def finish(x: Any) -> Any:
+        if output_type == "latent":
+            return WanPipelineOutput(frames=x)
+        vae = pipe.vae
+        x = x.to(get_module_execution_device(vae), dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(x.device, x.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(x.device, x.dtype)
+        video = vae.decode(x / inv_std + mean, return_dict=False)[0]
+        return WanPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
+
+    return Job(gnet, lambda: lat, finish, device)
+
+
+def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+    from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
+
+    name = "HunyuanVideoPipeline"
+    (prompt_2, negative_prompt, negative_prompt_2, height, width, num_frames, sigmas, true_cfg_scale, guidance_scale,
+     num_videos_per_prompt, generator, latents, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask,
+     negative_prompt_embeds, negative_pooled_prompt_embeds, negative_prompt_attention_mask, output_type,
+     attention_kwargs, prompt_template, max_sequence_length) = _take(
+        kw, name, prompt_2=None, negative_prompt=None, negative_prompt_2=None, height=720, width=1280, num_frames=129,
+        sigmas=None, true_cfg_scale=1.0, guidance_scale=6.0, num_videos_per_prompt=1, generator=None, latents=None,
+        prompt_embeds=None, pooled_prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None, negative_prompt_attention_mask=None, output_type="pil",
+        attention_kwargs=None, prompt_template=DEFAULT_PROMPT_TEMPLATE, max_sequence_length=256)
+    net = _denoiser(pipe, name)
+    pipe.check_inputs(prompt, prompt_2, height, width, prompt_embeds, None, prompt_template)
+    has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
+                                                   and negative_pooled_prompt_embeds is not None)
+    cfg = true_cfg_scale > 1 and has_negative
+    device, dtype = pipe._execution_device, net.dtype
+
+    def encode(p: Any, p2: Any, pe: Any, ppe: Any, mask: Any) -> dict:
+        pe, ppe, mask = pipe.encode_prompt(prompt=p, prompt_2=p2, prompt_template=prompt_template,
+                                           num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=pe,
+                                           pooled_prompt_embeds=ppe, prompt_attention_mask=mask, device=device,
+                                           max_sequence_length=max_sequence_length)
+        return {"encoder_hidden_states": pe.to(dtype), "encoder_attention_mask": mask.to(dtype),
+                "pooled_projections": ppe.to(dtype)}
+
+    cond = encode(prompt, prompt_2, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask)
+    uncond = encode(negative_prompt, negative_prompt_2, negative_prompt_embeds, negative_pooled_prompt_embeds,
+                    negative_prompt_attention_mask) if cfg else None
+    lat = pipe.prepare_latents(cond["encoder_hidden_states"].shape[0], net.config.in_channels, height, width,
+                               num_frames, torch.float32, device, generator, latents)
+    b = lat.shape[0]
+    cond["guidance"] = torch.tensor([guidance_scale] * b, dtype=dtype, device=device) * 1000.0
+    if uncond is not None:
+        uncond["guidance"] = cond["guidance"]
+    gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep", cond=cond, uncond=uncond,
+                     static={"attention_kwargs": attention_kwargs}, guidance_scale=true_cfg_scale, x_dtype=dtype,
+                     cfg_batched=False)
+    sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1] if sigmas is None else sigmas
+
+    def finish(x: Any) -> Any:
+        if output_type == "latent":
+            return HunyuanVideoPipelineOutput(frames=x)
+        video = pipe.vae.decode(x.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return HunyuanVideoPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
+
+    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas})
+
+
+def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
+    from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
+
+    name = "CogVideoXPipeline"
+    (negative_prompt, height, width, num_frames, timesteps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt,
+     eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type, attention_kwargs,
+     max_sequence_length) = _take(
+        kw, name, negative_prompt=None, height=None, width=None, num_frames=None, timesteps=None, guidance_scale=6.0,
+        use_dynamic_cfg=False, num_videos_per_prompt=1, eta=0.0, generator=None, latents=None, prompt_embeds=None,
+        negative_prompt_embeds=None, output_type="pil", attention_kwargs=None, max_sequence_length=226)
+    del eta  # the pipeline passes it to the scheduler; CogVideoXDDIMScheduler's step ignores it
+    if num_videos_per_prompt != 1:
+        raise ValueError(f"{name}: the pipeline generates one video per prompt (it ignores num_videos_per_prompt="
+                         f"{num_videos_per_prompt}); pass the prompt several times instead")
+    net = _denoiser(pipe, name)
+    tc = net.config
+    height = height or tc.sample_height * pipe.vae_scale_factor_spatial
+    width = width or tc.sample_width * pipe.vae_scale_factor_spatial
+    num_frames = num_frames or tc.sample_frames
+    pipe.check_inputs(prompt, height, width, negative_prompt, None, prompt_embeds, negative_prompt_embeds)
+    device, cfg = pipe._execution_device, guidance_scale > 1.0
+    pe, npe = pipe.encode_prompt(prompt, negative_prompt, cfg, num_videos_per_prompt=1, prompt_embeds=prompt_embeds,
+                                 negative_prompt_embeds=negative_prompt_embeds,
+                                 max_sequence_length=max_sequence_length, device=device)
+    b = pe.shape[0]
+    latent_frames = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+    extra_frames = 0  # CogVideoX 1.5 pads the latent frames to a multiple of patch_size_t
+    if tc.patch_size_t is not None and latent_frames % tc.patch_size_t != 0:
+        extra_frames = tc.patch_size_t - latent_frames % tc.patch_size_t
+        num_frames += extra_frames * pipe.vae_scale_factor_temporal
+    scale: Any = guidance_scale
+    if use_dynamic_cfg and cfg:  # the pipeline's cosine ramp of the scale over the timestep value
+        n, g = (len(timesteps) if timesteps is not None else steps), float(guidance_scale)
+        scale = lambda tau: 1 + g * (1 - torch.cos(math.pi * ((n - tau.double()) / n) ** 5.0)) / 2  # noqa: E731
+    gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep", cond={"encoder_hidden_states": pe},
+                     uncond={"encoder_hidden_states": npe} if cfg else None,
+                     static={"attention_kwargs": attention_kwargs, "image_rotary_emb": None}, guidance_scale=scale)
+
+    def make_latents() -> torch.Tensor:  # after set_timesteps: prepare_latents scales by init_noise_sigma
+        x = pipe.prepare_latents(b, tc.in_channels, num_frames, height, width, pe.dtype, device, generator, latents)
+        if tc.use_rotary_positional_embeddings:  # (cos, sin) over the latent's frames, as the pipeline builds them
+            gnet.static["image_rotary_emb"] = pipe._prepare_rotary_positional_embeddings(height, width, x.size(1),
+                                                                                         device)
+        return x
+
+    def finish(x: Any) -> Any:
+        if output_type == "latent":
+            return CogVideoXPipelineOutput(frames=x)
+        video = pipe.decode_latents(x[:, extra_frames:])
+        return CogVideoXPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
+
+    return Job(gnet, make_latents, finish, device, {"timesteps": timesteps} if timesteps is not None else {})
+
+
 ADAPTERS = {
     "StableDiffusion3Pipeline": _sd3,
     "FluxPipeline": _flux,
     "StableDiffusionPipeline": _sd,
+    "StableDiffusionXLPipeline": _sdxl,
+    "WanPipeline": _wan,
+    "HunyuanVideoPipeline": _hunyuan_video,
+    "CogVideoXPipeline": _cogvideox,
     "DDPMPipeline": _unconditional,
     "DDIMPipeline": _unconditional,
 }

@@ -12,7 +12,9 @@ concatenated point-major, and t of shape (N,) holding each row's chords time. Tw
   the raw output is converted as ``smap.output`` says and cast to x's dtype.
 
 ``make_model(smap, net)`` wraps both into a ``chords_core.DiffusionModel``. ``Denoiser.to(device)``
-builds a replica (network deep-copied, tensors moved) for ``chords_torch.DeviceExecutor``.
+builds a replica for ``chords_torch.DeviceExecutor``: the UNet / transformer only (``replicate_module``:
+shared where it already lives on the device, otherwise copied straight onto it) and the conditioning
+tensors; text encoders and VAE stay where they are.
 """
 
 from __future__ import annotations
@@ -28,11 +30,62 @@ import chords_core as cc
 
 from .schedulers import SchedulerMap
 
-__all__ = ["GuidedNet", "Denoiser", "make_model"]
+__all__ = ["GuidedNet", "Denoiser", "make_model", "replicate_module"]
+
+
+def _tree(fn: Callable[..., Any], v: Any, *rest: Any) -> Any:
+    """``fn`` on the tensors of a (nested) dict / tuple / list, the other leaves as they are."""
+    if isinstance(v, Mapping):
+        return {k: _tree(fn, x, *(r[k] for r in rest)) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return type(v)(_tree(fn, x, *(r[i] for r in rest)) for i, x in enumerate(v))
+    return fn(v, *rest) if isinstance(v, torch.Tensor) else v
+
+
+def _leaves(v: Any, path: str) -> list[tuple[str, Any]]:
+    """The (path, leaf) pairs of a nested dict (the conditioning: tensors, one level of sub-dicts)."""
+    if isinstance(v, Mapping):
+        return [leaf for k, x in v.items() for leaf in _leaves(x, f"{path}[{k!r}]")]
+    return [(path, v)]
 
 
 def _move(v: Any, device: Any) -> Any:
-    return v.to(device) if isinstance(v, torch.Tensor) else v
+    return _tree(lambda t: t.to(device), v)
+
+
+def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
+    """A copy of ``module`` for ``device``, built there directly: ``module`` itself when all its
+    parameters and buffers already live on ``device``; otherwise a structural copy whose tensors are
+    moved, never a full deep copy on the source device first.
+
+    Args:
+        module: the UNet or transformer.
+        device: the target device.
+
+    Returns:
+        The replica. Raises ``ValueError`` when the module carries offloading or caching hooks
+        (accelerate's ``enable_model_cpu_offload`` / sequential offload, diffusers' group offloading or
+        ``enable_cache``): a copy would drag the hooks' references (other pipeline models) along.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    for name, sub in module.named_modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        if getattr(sub, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
+            where = f"submodule {name!r}" if name else type(module).__name__
+            raise ValueError(
+                f"devices=...: {where} carries offloading or caching hooks (enable_model_cpu_offload, "
+                "enable_sequential_cpu_offload, enable_group_offload or enable_cache); a replica per device needs "
+                "a plain module: load the model without them (pipe.remove_all_hooks() removes accelerate's, "
+                "disable_cache() a cache) and move the pipeline to one device, or sample without devices=")
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.device == device for t in tensors):
+        return module  # inference only: the device's threads share the weights
+    memo: dict[int, Any] = {id(t): t.detach().to(device) for t in module.buffers()}
+    memo.update({id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+                 for p in module.parameters()})
+    return copy.deepcopy(module, memo).to(device)
 
 
 class GuidedNet:
@@ -44,34 +97,70 @@ class GuidedNet:
         x_arg: the keyword of the network's input.
         t_arg: the keyword of its timestep.
         t_scale: the factor applied to the timestep (Flux: 1/1000).
-        cond: keyword tensors with B rows, tiled over the points.
+        cond: keyword tensors with B rows, tiled over the points; a value may also be a dict of such
+            tensors (SDXL's ``added_cond_kwargs``).
         uncond: the unconditional counterparts (same keys); ``None`` disables guidance.
-        static: keywords passed unchanged.
-        guidance_scale: g of classifier-free guidance; <= 1 disables guidance.
+        static: keywords passed unchanged (moved to a replica's device if tensors).
+        guidance_scale: g of classifier-free guidance (<= 1 disables it), or a function of the (N,)
+            model timesteps giving each row's g (CogVideoX's dynamic CFG, Wan 2.2's two scales).
         guidance_rescale: the ``rescale_noise_cfg`` factor (0: off).
+        x_dtype: the network's input dtype (the state is cast to it; ``None``: as is).
+        net_2: a second network for the rows whose timestep is below ``boundary`` (Wan 2.2's
+            low-noise expert); ``net`` takes the rows with timestep >= ``boundary``.
+        boundary: the model timestep where ``net_2`` takes over (with ``net_2`` only).
+        cfg_batched: one call on [uncond; cond] rows (2N); ``False``: two calls of N rows (half the
+            activation memory; what Wan and HunyuanVideo do).
     """
 
     def __init__(self, net: Callable, *, batch: int, x_arg: str = "sample", t_arg: str = "timestep",
-                 t_scale: float = 1.0, cond: Mapping[str, torch.Tensor] | None = None,
-                 uncond: Mapping[str, torch.Tensor] | None = None, static: Mapping[str, Any] | None = None,
-                 guidance_scale: float = 1.0, guidance_rescale: float = 0.0) -> None:
-        if not callable(net):
-            raise TypeError(f"net must be callable, got {type(net).__name__}")
+                 t_scale: float = 1.0, cond: Mapping[str, Any] | None = None,
+                 uncond: Mapping[str, Any] | None = None, static: Mapping[str, Any] | None = None,
+                 guidance_scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
+                 guidance_rescale: float = 0.0, x_dtype: torch.dtype | None = None,
+                 net_2: Callable | None = None, boundary: float | None = None, cfg_batched: bool = True) -> None:
+        for name, f in (("net", net), ("net_2", net_2 if net_2 is not None else net)):
+            if not callable(f):
+                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+        if (net_2 is None) != (boundary is None):
+            raise ValueError("give net_2 and boundary together (the timestep where net_2 takes over)")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         cond, uncond = dict(cond or {}), (dict(uncond) if uncond is not None else None)
         for name, d in (("cond", cond), ("uncond", uncond or {})):
-            for k, v in d.items():
+            for k, v in _leaves(d, name):
                 if not isinstance(v, torch.Tensor) or v.shape[0] != batch:
                     got = getattr(v, "shape", type(v))
-                    raise ValueError(f"{name}[{k!r}] must be a tensor with batch={batch} rows, got {got}")
-        if uncond is not None and set(uncond) != set(cond):
+                    raise ValueError(f"{k} must be a tensor with batch={batch} rows, got {got}")
+        if uncond is not None and sorted(k for k, _ in _leaves(uncond, "")) != sorted(k for k, _ in _leaves(cond, "")):
             raise ValueError(f"uncond must have the same keys as cond: {sorted(cond)} vs {sorted(uncond)}")
         self.net, self.batch, self.x_arg, self.t_arg, self.t_scale = net, batch, x_arg, t_arg, float(t_scale)
-        self.cond, self.static = cond, dict(static or {})
-        self.guided = uncond is not None and guidance_scale > 1.0
+        self.net_2, self.boundary = net_2, boundary
+        self.cond, self.static, self.x_dtype, self.cfg_batched = cond, dict(static or {}), x_dtype, bool(cfg_batched)
+        self.guided = uncond is not None and (callable(guidance_scale) or guidance_scale > 1.0)
         self.uncond = uncond if self.guided else None
-        self.guidance_scale, self.guidance_rescale = float(guidance_scale), float(guidance_rescale)
+        self.guidance_scale = guidance_scale if callable(guidance_scale) else float(guidance_scale)
+        self.guidance_rescale = float(guidance_rescale)
+
+    def _forward(self, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
+        """The raw network output on rows (x, tau, kw), each row through ``net`` or ``net_2``."""
+        def call(net: Callable, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
+            t = tau * self.t_scale if self.t_scale != 1.0 else tau
+            return net(**{self.x_arg: x, self.t_arg: t}, **kw, **self.static, return_dict=False)[0]
+
+        if self.net_2 is None or self.boundary is None:
+            return call(self.net, x, tau, kw)
+        high = tau >= self.boundary
+        if bool(high.all()) or not bool(high.any()):
+            return call(self.net if bool(high.all()) else self.net_2, x, tau, kw)
+        out: torch.Tensor | None = None
+        for net, rows in ((self.net, high), (self.net_2, ~high)):
+            idx = rows.nonzero().squeeze(1)
+            part = call(net, x[idx], tau[idx], _tree(lambda v, i=idx: v[i], kw))
+            if out is None:
+                out = part.new_empty((x.shape[0], *part.shape[1:]))
+            out[idx] = part
+        assert out is not None
+        return out
 
     def __call__(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """The (guided) network output for N = P * B rows.
@@ -88,18 +177,22 @@ class GuidedNet:
             raise ValueError(f"the model got {n} rows, not a multiple of the batch {self.batch}")
         points = n // self.batch
         tile = lambda v: v.repeat(points, *([1] * (v.dim() - 1))) if points > 1 else v  # noqa: E731
-        kw = {k: tile(v) for k, v in self.cond.items()}
-        if self.uncond is not None:  # guided
-            uncond = self.uncond
-            kw = {k: torch.cat([tile(uncond[k]), kw[k]]) for k in kw}
-            x, tau = torch.cat([x, x]), torch.cat([tau, tau])
-        if self.t_scale != 1.0:
-            tau = tau * self.t_scale
-        out = self.net(**{self.x_arg: x, self.t_arg: tau}, **kw, **self.static, return_dict=False)[0]
-        if not self.guided:
-            return out
-        u, c = out.chunk(2)
-        g = u + self.guidance_scale * (c - u)
+        kw = _tree(tile, self.cond)
+        if self.x_dtype is not None:
+            x = x.to(self.x_dtype)
+        if self.uncond is None:
+            return self._forward(x, tau, kw)
+        if self.cfg_batched:
+            kw = _tree(lambda u, c: torch.cat([tile(u), c]), self.uncond, kw)
+            u, c = self._forward(torch.cat([x, x]), torch.cat([tau, tau]), kw).chunk(2)
+        else:
+            c = self._forward(x, tau, kw)
+            u = self._forward(x, tau, _tree(tile, self.uncond))
+        if callable(self.guidance_scale):
+            g = torch.as_tensor(self.guidance_scale(tau), device=c.device)
+            g = u + g.to(c.dtype).view((-1,) + (1,) * (c.dim() - 1)) * (c - u)
+        else:
+            g = u + self.guidance_scale * (c - u)
         if self.guidance_rescale > 0.0:  # rescale_noise_cfg: match the std of the conditional prediction
             dims = list(range(1, c.dim()))
             r = g * (c.std(dim=dims, keepdim=True) / g.std(dim=dims, keepdim=True))
@@ -107,13 +200,15 @@ class GuidedNet:
         return g
 
     def to(self, device: Any) -> GuidedNet:
-        """A replica on ``device``: the network deep-copied there (if it is a module), tensors moved."""
+        """A replica on ``device``: the network(s) via ``replicate_module`` (shared when already
+        there), the conditioning tensors moved; nothing else of the pipeline is copied."""
         new = copy.copy(self)
         if isinstance(self.net, torch.nn.Module):
-            new.net = copy.deepcopy(self.net).to(device)
-        new.cond = {k: _move(v, device) for k, v in self.cond.items()}
-        new.uncond = None if self.uncond is None else {k: _move(v, device) for k, v in self.uncond.items()}
-        new.static = {k: _move(v, device) for k, v in self.static.items()}
+            new.net = replicate_module(self.net, device)
+        if isinstance(self.net_2, torch.nn.Module):
+            new.net_2 = replicate_module(self.net_2, device)
+        new.cond, new.uncond = _move(self.cond, device), _move(self.uncond, device)
+        new.static = _move(self.static, device)
         return new
 
 
@@ -179,6 +274,8 @@ class Denoiser:
             dt = torch.promote_types(x.dtype, torch.float32)  # diffusers upcasts to float32 here
             s = sig.view(view).to(dt)
             out = out.to(dt) * (-s / (s**2 + 1) ** 0.5) + x.to(dt) / (s**2 + 1)
+        if smap.x0_transform is not None:  # clip_sample / thresholding of the x0 prediction (DataTransform)
+            out = smap.x0_transform(x, out, np.where(on_grid, self._grid[idx], tt), idx)
         return out.to(x.dtype)
 
     def to(self, device: Any) -> Denoiser:
@@ -188,13 +285,14 @@ class Denoiser:
 
 
 def make_model(smap: SchedulerMap, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-               check_outputs: bool = True) -> cc.DiffusionModel:
+               check_outputs: bool | str = "auto") -> cc.DiffusionModel:
     """The chords_core model of ``net`` under the scheduler conventions of ``smap``.
 
     Args:
         smap: the mapped scheduler.
         net: ``net(x_in, tau)`` on (N, ...) and (N,) tensors.
-        check_outputs: check each output's shape, dtype and finiteness.
+        check_outputs: the output check (``chords_core.Model``): ``"auto"`` checks finiteness at every
+            call on the CPU and once per output on a GPU (no device synchronisation per round).
 
     Returns:
         ``DiffusionModel(Denoiser(net, smap), smap.schedule, smap.prediction)``.

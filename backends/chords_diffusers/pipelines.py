@@ -4,12 +4,15 @@
 ``__call__`` does -- encode the prompt, prepare the latents, configure the scheduler, decode -- but
 replaces the sequential denoising loop by ``chords_core.chords`` on the mapped scheduler. Supported
 pipelines: ``SUPPORTED_PIPELINES`` (adapters in ``adapters``). ``devices=[...]`` evaluates each
-round with ``chords_torch.DeviceExecutor``, one replica of the denoiser per device; without it all
-cores of a round go through one batched call on the pipeline's device.
+round with ``chords_torch.DeviceExecutor``, one replica of the denoiser per device (the UNet or
+transformer and its conditioning only: shared on the device it already lives on, built directly on
+the others; text encoders and VAE stay put); without it all cores of a round go through one batched
+call on the pipeline's device.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +35,7 @@ class ChordsPipelineOutput:
     """What ``sample`` returns.
 
     Attributes:
-        output: what the pipeline returns (e.g. ``StableDiffusion3PipelineOutput``).
+        output: what the pipeline returns (e.g. ``StableDiffusion3PipelineOutput``, ``WanPipelineOutput``).
         chords: the ``Result`` (rounds, nfe, every hit as latents).
         latents: the returned latents (B, ...).
     """
@@ -43,8 +46,13 @@ class ChordsPipelineOutput:
 
     @property
     def images(self) -> Any:
-        """The pipeline output's ``images``."""
+        """The pipeline output's ``images`` (image pipelines)."""
         return self.output.images
+
+    @property
+    def frames(self) -> Any:
+        """The pipeline output's ``frames`` (video pipelines)."""
+        return self.output.frames
 
 
 def make_executor(devices: Sequence[Any] | None = None,
@@ -166,11 +174,13 @@ def sample(
             ``set_progress_bar_config(disable=...)``).
         method: the parallel method (``sample_latents``); ``method_options`` its options (e.g. ``tol``).
         pipe_kwargs: the pipeline's own call arguments (``guidance_scale``, ``height``, ``width``,
-            ``generator``, ``latents``, ``output_type``, ``negative_prompt``, ``prompt_embeds``,
-            ``mu``, ...); unknown ones raise ``TypeError``.
+            ``num_frames``, ``generator``, ``latents``, ``output_type``, ``negative_prompt``,
+            ``prompt_embeds``, ``mu``, ...); unknown ones raise ``TypeError`` listing the supported
+            ones, unsupported values ``ValueError``.
 
     Returns:
-        The ``ChordsPipelineOutput``: the pipeline's usual output, the ``Result`` and the latents.
+        The ``ChordsPipelineOutput``: the pipeline's usual output (``.images`` / ``.frames``), the
+        ``Result`` and the latents.
     """
     name = type(pipe).__name__
     adapter = ADAPTERS.get(name)
@@ -181,7 +191,16 @@ def sample(
         progress = not getattr(pipe, "_progress_bar_config", {}).get("disable", False)
     with torch.no_grad():
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
-        smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device, **job.timestep_kwargs)
+        # custom sigmas / timesteps set the steps themselves, as the pipelines' retrieve_timesteps passes them
+        tkw = job.timestep_kwargs
+        custom = [k for k in ("sigmas", "timesteps") if k in tkw]
+        takes = inspect.signature(pipe.scheduler.set_timesteps).parameters
+        for k in custom:
+            if k not in takes:
+                raise ValueError(f"{name}: custom {k} need a scheduler whose set_timesteps takes them; "
+                                 f"{type(pipe.scheduler).__name__} does not: give num_inference_steps only")
+        steps = None if custom else num_inference_steps
+        smap = map_scheduler(pipe.scheduler, steps, device=job.device, **tkw)
         latents = job.make_latents()
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))

@@ -10,41 +10,78 @@ scheduler                           chords time t, schedule         solver      
 ==================================  ==============================  ===========  =================
 FlowMatchEulerDiscreteScheduler     sigma, ``RectifiedFlow``        euler        x = (1-s) x0 + s e
 EulerDiscreteScheduler              VE sigma~, ``EDM`` (alpha = 1)  euler        x = x0 + s~ e
-DDIMScheduler                       VE sigma~, ``VESigmaVP``        ddim         x = a x0 + s e
+HeunDiscreteScheduler               VE sigma~, ``EDM`` (alpha = 1)  heun         x = x0 + s~ e
+DDIMScheduler,                      VP sigma, ``VPSigma``           ddim         x = a x0 + s e
+  CogVideoXDDIMScheduler
 DPMSolverMultistepScheduler         VE sigma~, ``VESigmaVP``        ddim /       x = a x0 + s e
   (``algorithm_type="dpmsolver++"``)                                dpmpp_2m/3m
 UniPCMultistepScheduler             VE sigma~, ``VESigmaVP``        unipc        x = a x0 + s e
 ==================================  ==============================  ===========  =================
 
 with sigma~ = sigma/alpha = sqrt((1 - alphas_cumprod)/alphas_cumprod) (diffusers' ``sigmas``),
-alpha = 1/sqrt(1 + sigma~^2). DPM-Solver and UniPC with ``use_flow_sigmas`` use ``RectifiedFlow``.
-Euler in t = sigma~ on the VE-scaled state is k-diffusion's Euler, which EulerDiscreteScheduler
-runs (its ``scale_model_input`` divides the state by sqrt(sigma~^2 + 1) before the model call).
+alpha = 1/sqrt(1 + sigma~^2), and for DDIM the VP sigma = sqrt(1 - alphas_cumprod) read from the
+scheduler's own ``alphas_cumprod`` (finite at zero terminal SNR, where sigma~ is infinite). DPM-Solver
+and UniPC with ``use_flow_sigmas`` use ``RectifiedFlow``. Euler / Heun in t = sigma~ on the VE-scaled
+state is k-diffusion's Euler / Heun, which EulerDiscreteScheduler / HeunDiscreteScheduler run (their
+``scale_model_input`` divides the state by sqrt(sigma~^2 + 1) before the model call).
+
+``clip_sample`` and dynamic ``thresholding`` transform the data prediction; the map carries them as
+a ``DataTransform`` that the denoiser applies to the model's x0 prediction, so the solvers stay
+linear. Stochastic samplers (ancestral, SDE, DDPM, ``eta > 0``, ``s_churn > 0``) raise ``ValueError``
+naming a deterministic alternative: CHORDS integrates the probability-flow ODE.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 import chords_core as cc
 
-__all__ = ["VESigmaVP", "SchedulerMap", "map_scheduler", "SUPPORTED_SCHEDULERS"]
+__all__ = ["VESigmaVP", "VPSigma", "DataTransform", "SchedulerMap", "map_scheduler", "SUPPORTED_SCHEDULERS",
+           "STOCHASTIC_SCHEDULERS"]
 
 # class name -> one-line description (the README table is built from the same facts)
 SUPPORTED_SCHEDULERS = {
     "FlowMatchEulerDiscreteScheduler": "euler on sigma (shift, dynamic shift with mu, karras/exponential/beta sigmas)",
     "EulerDiscreteScheduler": "euler on the VE sigma (eps / v / sample prediction, any spacing, s_churn = 0)",
-    "DDIMScheduler": "ddim (eta = 0; eps / v / sample prediction; spacing must step onto the next timestep)",
-    "DPMSolverMultistepScheduler": "dpmsolver++ orders 1-3, midpoint (eps / v / sample / flow prediction)",
-    "UniPCMultistepScheduler": "UniPC bh1/bh2 orders 1-3, predict_x0 (eps / v / sample / flow prediction)",
+    "HeunDiscreteScheduler": "heun on the VE sigma (eps / v / sample prediction, any spacing, clip_sample)",
+    "DDIMScheduler": "ddim (eta = 0; eps / v / sample prediction; clip_sample, thresholding, zero terminal SNR; "
+                     "spacing must step onto the next timestep)",
+    "CogVideoXDDIMScheduler": "ddim on its SNR-shifted alphas (eta = 0; eps / v / sample prediction; "
+                              "zero terminal SNR)",
+    "DPMSolverMultistepScheduler": "dpmsolver++ orders 1-3, midpoint (eps / v / sample / flow prediction; "
+                                   "thresholding)",
+    "UniPCMultistepScheduler": "UniPC bh1/bh2 orders 1-3, predict_x0 (eps / v / sample / flow prediction; "
+                               "thresholding)",
 }
 
+# stochastic samplers: class name -> (what makes it stochastic, the deterministic scheduler to use instead or None)
+STOCHASTIC_SCHEDULERS: dict[str, tuple[str, str | None]] = {
+    "DDPMScheduler": ("DDPM's ancestral step adds fresh noise", "DDIMScheduler"),
+    "DDPMParallelScheduler": ("DDPM's ancestral step adds fresh noise", "DDIMScheduler"),
+    "EulerAncestralDiscreteScheduler": ("the ancestral step adds fresh noise", "EulerDiscreteScheduler"),
+    "KDPM2AncestralDiscreteScheduler": ("the ancestral step adds fresh noise", "HeunDiscreteScheduler"),
+    "DPMSolverSDEScheduler": ("it integrates an SDE with Brownian-tree noise", "DPMSolverMultistepScheduler"),
+    "CogVideoXDPMScheduler": ("its step is SDE-DPM-Solver++(2M), adding fresh noise (mult_noise) every step",
+                              "CogVideoXDDIMScheduler"),
+    "LTXEulerAncestralRFScheduler": ("the ancestral step adds fresh noise", "FlowMatchEulerDiscreteScheduler"),
+    "LCMScheduler": ("the consistency sampler re-noises its x0 estimate every step", None),
+    "CMStochasticIterativeScheduler": ("the consistency sampler re-noises its x0 estimate every step", None),
+    "ScoreSdeVeScheduler": ("it integrates the reverse SDE", None),
+}
+
+# step() arguments that add noise at every step; 0 is the ODE
+_NOISE_ARGS = ("eta", "s_churn")
+
 _PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+
+_ODE = "CHORDS integrates the probability-flow ODE, so it needs a deterministic (ODE) sampler"
 
 
 @dataclass(frozen=True)
@@ -95,6 +132,121 @@ class VESigmaVP(cc.Schedule):
 
 
 @dataclass(frozen=True)
+class VPSigma(cc.Schedule):
+    """A variance-preserving path in the time t = sigma = sqrt(1 - alphas_cumprod), in [0, 1].
+
+    alpha(t) = sqrt(1 - t^2), sigma(t) = t. A discrete DDPM schedule (a scheduler's ``alphas_cumprod``)
+    is this path sampled at t = sqrt(1 - alphas_cumprod[timestep]); unlike the VE coordinate it stays
+    finite at zero terminal SNR (alphas_cumprod = 0 is t = 1, lambda = -inf).
+    """
+
+    t_noise: float = 1.0
+    t_data: float = 0.0
+    t_min: float | None = None
+
+    def alpha(self, t: Any) -> np.ndarray:
+        """alpha(t) = sqrt(1 - t^2)."""
+        t = np.asarray(t, dtype=np.float64)
+        return np.sqrt(np.maximum(1.0 - t * t, 0.0))
+
+    def sigma(self, t: Any) -> np.ndarray:
+        """sigma(t) = t."""
+        return np.asarray(t, dtype=np.float64).copy()
+
+    def d_alpha(self, t: Any) -> np.ndarray:
+        """alpha'(t) = -t / sqrt(1 - t^2) (-inf at t = 1)."""
+        t = np.asarray(t, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return -t / self.alpha(t)
+
+    def d_sigma(self, t: Any) -> np.ndarray:
+        """sigma'(t) = 1."""
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def t_from_lam(self, lam: Any) -> np.ndarray:
+        """t = 1/sqrt(1 + e^(2 lambda))."""
+        return 1.0 / np.sqrt(1.0 + np.exp(2.0 * np.asarray(lam, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class DataTransform:
+    """A scheduler's transform of the data prediction (``clip_sample`` or dynamic ``thresholding``).
+
+    Called by the denoiser on the model's output: D = the x0 prediction at each row's time,
+    T(D) = clamp(D, -clip, clip) or diffusers' dynamic thresholding, and the output is
+    D + w_i (T(D) - D) as an x0 prediction (``SchedulerMap.prediction`` is ``"x0"``). w_i = 1 when the
+    step uses T(D) throughout (DPM-Solver, UniPC, Heun, DDIM with ``use_clipped_model_output``). DDIM's
+    default step, x_j = alpha_j T(D) + sigma_j eps(D), keeps the unclipped noise; the ddim step of
+    chords reproduces it exactly with w_i = alpha_j / (alpha_j - sigma_j alpha_i / sigma_i), j = i + 1.
+
+    Attributes:
+        schedule: the schedule the rows' times refer to.
+        prediction: the chords prediction of the output the transform receives.
+        clip: clamp to [-clip, clip] (``None``: no clipping).
+        threshold: (``dynamic_thresholding_ratio``, ``sample_max_value``) of dynamic thresholding
+            (``None``: off; it replaces clipping, as in diffusers).
+        weights: (steps,) float64 w_i per grid index.
+    """
+
+    schedule: cc.Schedule
+    prediction: str
+    clip: float | None
+    threshold: tuple[float, float] | None
+    weights: np.ndarray = field(repr=False)
+
+    def apply(self, d: Any) -> Any:
+        """T(D): clipping or dynamic thresholding of data predictions, one row per sample.
+
+        Args:
+            d: (N, ...) torch tensor of data predictions.
+
+        Returns:
+            T(d), the shape and dtype of ``d``.
+        """
+        import torch
+
+        if self.threshold is None:
+            assert self.clip is not None
+            return d.clamp(-self.clip, self.clip)
+        ratio, max_value = self.threshold  # diffusers' _threshold_sample
+        flat = d.reshape(d.shape[0], -1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()  # quantile needs float32/64
+        s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+        return (torch.clamp(flat, -s, s) / s).reshape(d.shape).to(d.dtype)
+
+    def __call__(self, x: Any, out: Any, t: np.ndarray, idx: np.ndarray) -> Any:
+        """The transformed x0 prediction of each row.
+
+        Args:
+            x: (N, ...) states (torch).
+            out: (N, ...) model outputs, a ``prediction`` at the rows' times.
+            t: (N,) float64 chords times of the rows, exact grid times for rows on the grid (the
+                model's times are rounded to the state's dtype, too coarse for VPSigma near t = 1).
+            idx: (N,) their nearest grid indices (for w_i).
+
+        Returns:
+            (N, ...) x0 predictions D + w_i (T(D) - D), in ``out``'s dtype.
+        """
+        import torch
+
+        model = cc.DiffusionModel(lambda xx, tt: xx, self.schedule, self.prediction, check_outputs=False)
+        coef = model.coefficients(np.asarray(t, dtype=np.float64), "data")
+        view = (-1,) + (1,) * (x.dim() - 1)
+        if coef is None:  # already an x0 prediction
+            d = out
+        else:
+            a, b = (torch.tensor([c[k] for c in coef], dtype=x.dtype, device=x.device).view(view) for k in (0, 1))
+            d = a * x + b * out.to(x.dtype)
+        td = self.apply(d)
+        w = self.weights[idx]
+        if np.all(w == 1.0):
+            return td.to(out.dtype)
+        wt = torch.tensor(w, dtype=d.dtype, device=d.device).view(view)
+        return (d + wt * (td - d)).to(out.dtype)
+
+
+@dataclass(frozen=True)
 class SchedulerMap:
     """A diffusers scheduler as chords_core sees it, for ``steps`` sampling steps.
 
@@ -109,12 +261,14 @@ class SchedulerMap:
             (its own dtype).
         sigmas: (steps,) torch tensor, the scheduler's sigma at grid index i (used for
             ``scale_input`` and ``output``).
-        scale_input: the model sees x / sqrt(sigma^2 + 1) (EulerDiscrete).
+        scale_input: the model sees x / sqrt(sigma^2 + 1) (EulerDiscrete, HeunDiscrete).
         output: how the raw output becomes the chords ``prediction`` (``None``: as is;
             ``"euler_v"``: VP v-prediction to the VE data prediction
             x0 = -v sigma/sqrt(sigma^2+1) + x/(sigma^2+1), as EulerDiscreteScheduler does).
         init_noise_sigma: the scheduler's ``init_noise_sigma``.
         extra: anything else a mapper records.
+        x0_transform: ``clip_sample`` / ``thresholding`` of the data prediction, applied by the
+            denoiser after ``output`` (``None``: none); ``prediction`` is then ``"x0"``.
     """
 
     scheduler: str
@@ -129,6 +283,7 @@ class SchedulerMap:
     output: str | None = None
     init_noise_sigma: float = 1.0
     extra: dict = field(default_factory=dict)
+    x0_transform: DataTransform | None = None
 
     @property
     def steps(self) -> int:
@@ -137,24 +292,34 @@ class SchedulerMap:
 
 
 def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, device: Any = None,
-                  **set_timesteps_kwargs: Any) -> SchedulerMap:
+                  step_kwargs: Mapping[str, Any] | None = None, **set_timesteps_kwargs: Any) -> SchedulerMap:
     """Configure ``scheduler`` (``set_timesteps(num_inference_steps, device, **kwargs)``) and map it.
 
     Args:
         scheduler: a diffusers scheduler in ``SUPPORTED_SCHEDULERS``; configured in place.
         num_inference_steps: T (``None`` with no kwargs: use the scheduler's current timesteps).
         device: the device of ``set_timesteps``.
+        step_kwargs: the per-call arguments a pipeline passes to ``scheduler.step`` (``eta``,
+            ``s_churn``, ``use_clipped_model_output``, ``generator``, ...). As diffusers' pipelines
+            do (``prepare_extra_step_kwargs``), keys that this scheduler's ``step`` does not take are
+            dropped; ``eta`` or ``s_churn`` other than 0 (a stochastic sampler) raise ``ValueError``.
         set_timesteps_kwargs: further ``set_timesteps`` keywords (``mu``, ``sigmas``, ...).
 
     Returns:
-        The ``SchedulerMap``. Raises ``ValueError`` naming the supported schedulers, or the
-        offending config option.
+        The ``SchedulerMap``. Raises ``ValueError`` naming the supported schedulers, the offending
+        config option, or (for a stochastic sampler) a deterministic alternative.
     """
     name = type(scheduler).__name__
+    if name in STOCHASTIC_SCHEDULERS:
+        why, alt = STOCHASTIC_SCHEDULERS[name]
+        fix = (f"use {alt} on the same model, e.g. pipe.scheduler = {alt}.from_config(pipe.scheduler.config)" if alt
+               else f"chords_diffusers maps no deterministic counterpart; supported: {', '.join(SUPPORTED_SCHEDULERS)}")
+        raise ValueError(f"{name} is a stochastic sampler ({why}); {_ODE}: {fix}")
     if name not in _MAPPERS:
         raise ValueError(
             f"scheduler {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_SCHEDULERS)}"
         )
+    step = _step_kwargs(scheduler, name, step_kwargs)
     if num_inference_steps is not None or set_timesteps_kwargs:
         n = num_inference_steps
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -162,10 +327,26 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
         scheduler.set_timesteps(num_inference_steps, device=device, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError("num_inference_steps is required: the scheduler has no timesteps set yet")
-    return _MAPPERS[name](scheduler, scheduler.config)
+    return _MAPPERS[name](scheduler, scheduler.config, step)
 
 
 # -- per scheduler ------------------------------------------------------------------------------
+
+def _step_kwargs(scheduler: Any, name: str, step_kwargs: Mapping[str, Any] | None) -> dict:
+    """The ``step`` arguments this scheduler takes (others dropped, as pipelines do); noise-adding ones must be 0."""
+    if step_kwargs is None:
+        return {}
+    if not isinstance(step_kwargs, Mapping):
+        raise TypeError(f"step_kwargs must be a mapping, got {type(step_kwargs).__name__}")
+    takes = set(inspect.signature(scheduler.step).parameters)
+    kw = {k: v for k, v in step_kwargs.items() if k in takes}
+    for arg in _NOISE_ARGS:
+        v = kw.get(arg, 0.0)
+        if v is not None and v != 0:
+            raise ValueError(f"{name}: step argument {arg}={v!r} makes the sampler stochastic (fresh noise every "
+                             f"step); {_ODE}: use {arg}=0")
+    return kw
+
 
 def _reject(cfg: Any, name: str, **bad: Callable[[Any], bool]) -> None:
     """Raise if a config option has a value chords_diffusers does not reproduce; ``bad``: option -> allowed test."""
@@ -186,28 +367,59 @@ def _sigmas64(scheduler: Any) -> np.ndarray:
     return scheduler.sigmas.detach().cpu().double().numpy()
 
 
-def _flow_match(s: Any, cfg: Any) -> SchedulerMap:
+def _with_transform(smap: SchedulerMap, cfg: Any, *, clip: bool, threshold: bool,
+                    weights: np.ndarray | None = None) -> SchedulerMap:
+    """``smap`` with the config's ``clip_sample`` / ``thresholding`` as a ``DataTransform`` (if either is on)."""
+    on_clip, on_thr = clip and bool(cfg.get("clip_sample", False)), threshold and bool(cfg.get("thresholding", False))
+    if not (on_clip or on_thr):
+        return smap
+    tr = DataTransform(
+        smap.schedule, smap.prediction, float(cfg.get("clip_sample_range", 1.0)) if on_clip else None,
+        (float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value)) if on_thr else None,
+        np.ones(smap.steps) if weights is None else weights)
+    return replace(smap, prediction="x0", x0_transform=tr)
+
+
+def _flow_match(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     name = type(s).__name__
-    _reject(cfg, name, stochastic_sampling=lambda v: not v, invert_sigmas=lambda v: not v)
+    if cfg.get("stochastic_sampling", False):
+        raise ValueError(f"{name}: config option stochastic_sampling=True makes the sampler stochastic (fresh noise "
+                         f"every step); {_ODE}: use stochastic_sampling=False")
+    _reject(cfg, name, invert_sigmas=lambda v: not v)
     grid = _sigmas64(s)
     n = len(grid) - 1
     return SchedulerMap(name, cc.RectifiedFlow(), grid, "euler", {}, "flow", s.timesteps[:n], s.sigmas[:n])
 
 
-def _euler(s: Any, cfg: Any) -> SchedulerMap:
+def _karras_ve(s: Any, cfg: Any, solver: str, grid: np.ndarray, timesteps: Any, sigmas: Any) -> SchedulerMap:
+    """EulerDiscrete / HeunDiscrete: ``solver`` in the VE sigma on the scaled-input model."""
     name = type(s).__name__
     p = _prediction(cfg, name, ("epsilon", "v_prediction", "sample"))
+    output, pred = ("euler_v", "x0") if p == "v" else (None, p)
+    smap = SchedulerMap(name, cc.EDM(t_noise=float(grid[0]), t_min=None), grid, solver, {}, pred, timesteps, sigmas,
+                        scale_input=True, output=output, init_noise_sigma=float(s.init_noise_sigma))
+    return _with_transform(smap, cfg, clip=True, threshold=False)
+
+
+def _euler(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     grid = _sigmas64(s)
     n = len(grid) - 1
-    output, pred = ("euler_v", "x0") if p == "v" else (None, p)
-    return SchedulerMap(name, cc.EDM(t_noise=float(grid[0]), t_min=None), grid, "euler", {}, pred,
-                        s.timesteps[:n], s.sigmas[:n], scale_input=True, output=output,
-                        init_noise_sigma=float(s.init_noise_sigma))
+    return _karras_ve(s, cfg, "euler", grid, s.timesteps[:n], s.sigmas[:n])
 
 
-def _ddim(s: Any, cfg: Any) -> SchedulerMap:
+def _heun(s: Any, cfg: Any, step: dict) -> SchedulerMap:
+    # diffusers interleaves the stages: sigmas [s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0], timesteps [t0, t1, t1, ...]
+    import torch
+
+    sig, ts = torch.cat([s.sigmas[:1], s.sigmas[1::2]]), torch.cat([s.timesteps[:1], s.timesteps[1::2]])
+    grid = sig.detach().cpu().double().numpy()
+    n = len(grid) - 1
+    return _karras_ve(s, cfg, "heun", grid, ts, sig[:n])
+
+
+def _ddim(s: Any, cfg: Any, step: dict) -> SchedulerMap:
+    """DDIMScheduler, CogVideoXDDIMScheduler (whose step ignores clip_sample): ddim in t = sqrt(1 - alphas_cumprod)."""
     name = type(s).__name__
-    _reject(cfg, name, clip_sample=lambda v: not v, thresholding=lambda v: not v)
     pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample"))
     import torch
 
@@ -225,9 +437,17 @@ def _ddim(s: Any, cfg: Any) -> SchedulerMap:
                 "timestep_spacing='leading' (or 'trailing' with num_train_timesteps divisible by the steps)"
             )
     acs = np.array([ac[t] for t in ts] + [ac[prev[-1]] if prev[-1] >= 0 else final])
-    grid = np.sqrt((1.0 - acs) / acs)
-    sig = torch.tensor(grid[:n], dtype=torch.float32)
-    return SchedulerMap(name, VESigmaVP(t_noise=float(grid[0])), grid, "ddim", {}, pred, s.timesteps[:n], sig)
+    grid = np.sqrt(np.maximum(1.0 - acs, 0.0))
+    schedule = VPSigma()
+    smap = SchedulerMap(name, schedule, grid, "ddim", {}, pred, s.timesteps[:n], torch.tensor(grid[:n]))
+    if name != "DDIMScheduler":  # CogVideoXDDIMScheduler's step neither clips nor thresholds
+        return smap
+    a, sg = schedule.alpha(grid), schedule.sigma(grid)
+    if step.get("use_clipped_model_output"):
+        w = np.ones(n)
+    else:  # x_j = alpha_j T(D) + sigma_j eps(D): the effective data prediction of the ddim step i -> i + 1
+        w = a[1:] / (a[1:] - sg[1:] * a[:-1] / sg[:-1])  # 1 on a final step to sigma = 0
+    return _with_transform(smap, cfg, clip=True, threshold=True, weights=w)
 
 
 def _multistep_schedule(s: Any, cfg: Any) -> cc.Schedule:
@@ -236,16 +456,21 @@ def _multistep_schedule(s: Any, cfg: Any) -> cc.Schedule:
     return VESigmaVP(t_noise=float(s.sigmas[0]))
 
 
-def _dpm(s: Any, cfg: Any) -> SchedulerMap:
+def _dpm(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     name = type(s).__name__
     order = cfg.solver_order
     n = len(s.timesteps)
+    algo = cfg.get("algorithm_type", "dpmsolver++")
+    if algo.startswith("sde-"):
+        raise ValueError(f"{name}: config option algorithm_type={algo!r} is a stochastic sampler (SDE-DPM-Solver, "
+                         f"fresh noise every step); {_ODE}: use algorithm_type='dpmsolver++'")
+    if algo != "dpmsolver++":
+        raise ValueError(f"{name}: config option algorithm_type={algo!r} is not supported by chords_diffusers; "
+                         "use algorithm_type='dpmsolver++' (the data-prediction solver)")
     _reject(
         cfg, name,
-        algorithm_type=lambda v: v == "dpmsolver++",
         solver_order=lambda v: v in (1, 2, 3),
         solver_type=lambda v: v == "midpoint" or order == 1,
-        thresholding=lambda v: not v,
         variance_type=lambda v: v is None,
     )
     final_zero = cfg.get("final_sigmas_type", "zero") == "zero"
@@ -255,10 +480,11 @@ def _dpm(s: Any, cfg: Any) -> SchedulerMap:
     grid = _sigmas64(s)
     solver = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
     opts = {} if order == 1 else {"lower_order_final": bool(cfg.lower_order_final)}
-    return SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, opts, pred, s.timesteps[:n], s.sigmas[:n])
+    smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, opts, pred, s.timesteps[:n], s.sigmas[:n])
+    return _with_transform(smap, cfg, clip=False, threshold=True)
 
 
-def _unipc(s: Any, cfg: Any) -> SchedulerMap:
+def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     name = type(s).__name__
     _reject(
         cfg, name,
@@ -267,7 +493,6 @@ def _unipc(s: Any, cfg: Any) -> SchedulerMap:
         solver_order=lambda v: v in (1, 2, 3),
         lower_order_final=lambda v: bool(v),
         disable_corrector=lambda v: not v,
-        thresholding=lambda v: not v,
     )
     if getattr(s, "solver_p", None) is not None:
         raise ValueError(f"{name}: solver_p is not supported by chords_diffusers")
@@ -275,14 +500,17 @@ def _unipc(s: Any, cfg: Any) -> SchedulerMap:
     grid = _sigmas64(s)
     n = len(s.timesteps)
     opts = {"order": cfg.solver_order, "variant": cfg.solver_type}
-    return SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])
+    smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])
+    return _with_transform(smap, cfg, clip=False, threshold=True)
 
 
-_MAPPERS = {
+_MAPPERS: dict[str, Callable[[Any, Any, dict], SchedulerMap]] = {
     "FlowMatchEulerDiscreteScheduler": _flow_match,
     "EulerDiscreteScheduler": _euler,
+    "HeunDiscreteScheduler": _heun,
     "DDIMScheduler": _ddim,
+    "CogVideoXDDIMScheduler": _ddim,
     "DPMSolverMultistepScheduler": _dpm,
     "UniPCMultistepScheduler": _unipc,
 }
-assert set(_MAPPERS) == set(SUPPORTED_SCHEDULERS)
+assert set(_MAPPERS) == set(SUPPORTED_SCHEDULERS) and not set(_MAPPERS) & set(STOCHASTIC_SCHEDULERS)

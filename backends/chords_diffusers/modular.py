@@ -1,0 +1,377 @@
+"""The generic path: CHORDS as the denoising block of diffusers' modular pipelines.
+
+A modular pipeline (``diffusers.modular_pipelines``: ``FluxModularPipeline``,
+``StableDiffusionXLModularPipeline``, ``WanModularPipeline``, ...) is a tree of blocks, and its denoising
+loop is a ``LoopSequentialPipelineBlocks`` whose sub-blocks run once per timestep ``t`` (index ``i``):
+
+    [before_denoiser ...] -> denoiser (network + guidance: sets ``noise_pred``) -> after_denoiser (``scheduler.step``)
+
+when ``after_denoiser`` is a plain ``latents = scheduler.step(noise_pred, t, latents)``: its class is in
+``PLAIN_STEP_BLOCKS`` (the text-to-image / video loops of Flux, Flux2, SD3, SDXL, Wan, QwenImage, LTX,
+HunyuanVideo 1.5, Z-Image, ...; not inpainting, whose step block also blends the mask).
+``chords_loop(loop, cores=4, ...)`` is a block that replaces such a loop: it maps the (already
+configured) scheduler with ``map_scheduler`` and runs CHORDS on ``latents``, with the loop's own
+sub-blocks before ``after_denoiser`` as the denoiser ``net(x_in, tau)``; the step block is dropped
+(the chords solver is the step). ``with_chords(pipe, ...)`` returns the pipeline with every such loop
+replaced, sharing its components; ``chords_blocks(blocks, ...)`` does it on a block tree. The run's
+``Result`` is the state's ``chords_result``.
+
+Evaluations: ``batched=True`` (default) evaluates all points of a round in one call. The model
+blocks then see N = P x B rows: ``latents`` and every other tensor of the block state whose first
+dimension is the batch B are tiled P times (names in ``fixed`` are left alone: by default
+``DEFAULT_FIXED``, Flux's RoPE position ids and the schedule), ``t`` is the (N,) per-row timesteps and
+``i`` the first row's loop index (guiders whose behaviour changes with the step need ``batched=False``).
+``verify=True`` checks the first batched call of several points against one call per point and
+raises ``ValueError`` naming the tiled tensors if they differ (a tensor tiled that should not be, or
+one left that should be tiled): a cheap check for a pipeline not yet tested with the generic path.
+``batched=False`` calls the blocks once per point with B rows, a scalar ``t`` and the exact ``i``, as
+the loop does. With ``cores=1`` either is the pipeline's own loop to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+import chords_core as cc
+
+from .pipelines import sample_latents
+from .schedulers import SchedulerMap, map_scheduler
+
+__all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "DEFAULT_FIXED", "PLAIN_STEP_BLOCKS"]
+
+STEP_BLOCK, MODEL_BLOCK = "after_denoiser", "denoiser"
+
+# after_denoiser blocks (diffusers 0.42) that do nothing but latents = scheduler.step(noise_pred, t, latents) (and a
+# dtype cast): CHORDS replaces exactly that. Inpainting's mask blending, LTX's image-to-video frame pinning, Echo's
+# re-noising, LTX-2's audio step are not in it. Add a class name after checking its __call__.
+PLAIN_STEP_BLOCKS: set[str] = {
+    "AnimaLoopAfterDenoiser", "ErnieImageLoopAfterDenoiser", "FluxLoopAfterDenoiser", "Flux2LoopAfterDenoiser",
+    "Flux3LoopAfterDenoiser", "HunyuanVideo15LoopAfterDenoiser", "Ideogram4LoopAfterDenoiser", "Krea2LoopAfterDenoiser",
+    "LTXLoopAfterDenoiser", "QwenImageLoopAfterDenoiser", "QwenImage21LoopAfterDenoiser",
+    "StableDiffusion3LoopAfterDenoiser", "StableDiffusionXLLoopAfterDenoiser", "WanLoopAfterDenoiser",
+    "ZImageLoopAfterDenoiser",
+}
+# block-state tensors that are not per sample even when their first dimension happens to equal the batch
+DEFAULT_FIXED: tuple[str, ...] = ("timesteps", "sigmas", "txt_ids", "img_ids", "latent_image_ids")
+
+
+def is_denoise_loop(block: Any) -> bool:
+    """Whether ``block`` is a denoising loop CHORDS can run: ``[...], denoiser, after_denoiser``, a plain step.
+
+    Args:
+        block: a modular pipeline block.
+
+    Returns:
+        True for a ``LoopSequentialPipelineBlocks`` whose sub-blocks end in ``denoiser``, ``after_denoiser``
+        with the latter's class in ``PLAIN_STEP_BLOCKS``.
+    """
+    if not _is_loop(block):
+        return False
+    subs = block.sub_blocks
+    names = list(subs)
+    return names[-2:] == [MODEL_BLOCK, STEP_BLOCK] and type(subs[STEP_BLOCK]).__name__ in PLAIN_STEP_BLOCKS
+
+
+class _NoScale:
+    """The scheduler, but ``scale_model_input`` is the identity (the chords ``Denoiser`` scales the input)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+
+    def scale_model_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return sample
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scheduler, name)
+
+
+class _Components:
+    """The pipeline as the loop's sub-blocks see it, with the scheduler wrapped in ``_NoScale``."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe, self.scheduler = pipe, _NoScale(pipe.scheduler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+
+class LoopNet:
+    """The loop's model blocks as ``net(x_in, tau)``: the denoiser of a chords run.
+
+    Args:
+        blocks: the loop's sub-blocks before ``after_denoiser``, in order.
+        components: the pipeline (its scheduler is wrapped so that ``scale_model_input`` is the identity).
+        block_state: the loop's block state (inputs and conditioning for B rows).
+        timesteps: the loop's timesteps (for ``i``).
+        fixed: block-state names never tiled.
+        verify: check the first batched call of several points against per-point calls.
+
+    Attributes:
+        last: the block state of the latest call (its intermediates, e.g. ``noise_pred``).
+    """
+
+    def __init__(self, blocks: Sequence[Any], components: Any, block_state: Any, timesteps: torch.Tensor,
+                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False) -> None:
+        self.blocks, self.components, self.state = list(blocks), _Components(components), block_state
+        self.batch = int(block_state.latents.shape[0])
+        self._ts = timesteps.detach().cpu().double().numpy()
+        self.fixed, self.verify = tuple(fixed), verify
+        self._tiled: dict[int, dict] = {}
+        self.tiled_names: list[str] = []
+        self.last: Any = None
+
+    def _state(self, points: int) -> Any:
+        """A copy of the block state with the B-row tensors tiled ``points`` times (cached)."""
+        from diffusers.modular_pipelines import BlockState
+
+        vals = self._tiled.get(points)
+        if vals is None:
+            b = self.batch
+
+            def tile(k: str, v: Any) -> Any:
+                if (points == 1 or k in self.fixed or k == "latents" or not isinstance(v, torch.Tensor) or v.dim() == 0
+                        or v.shape[0] != b):
+                    return v
+                if k not in self.tiled_names:
+                    self.tiled_names.append(k)
+                return v.repeat(points, *([1] * (v.dim() - 1)))
+
+            vals = {k: ({kk: tile(kk, vv) for kk, vv in v.items()} if isinstance(v, dict) else tile(k, v))
+                    for k, v in self.state.as_dict().items()}
+            self._tiled[points] = vals
+        return BlockState(**vals)
+
+    def __call__(self, x_in: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """``noise_pred`` of the model blocks at latents ``x_in`` and timesteps ``tau``.
+
+        Args:
+            x_in: (N, ...) latents, N = P x B (P points of B rows, point-major).
+            tau: (N,) model timesteps.
+
+        Returns:
+            (N, ...) the blocks' ``noise_pred``.
+        """
+        n = x_in.shape[0]
+        if n % self.batch:
+            raise ValueError(f"the model got {n} rows, not a multiple of the batch {self.batch}")
+        points = n // self.batch
+        out = self._run(x_in, tau, points)
+        if self.verify and points > 1:
+            self.verify = False
+            one = torch.cat([self._run(xp, tp, 1) for xp, tp in zip(x_in.split(self.batch), tau.split(self.batch))])
+            err = float((out - one).abs().max()) / max(1.0, float(one.abs().max()))
+            if not err < 1e-3:
+                raise ValueError(
+                    f"chords_diffusers.modular: a batched call of {points} points differs from one call per point "
+                    f"(relative {err:.3g}); tiled block-state tensors: {self.tiled_names}. Add the names that are "
+                    "not per sample to fixed=..., or use batched=False")
+        return out
+
+    def _run(self, x_in: torch.Tensor, tau: torch.Tensor, points: int) -> torch.Tensor:
+        bs = self._state(points)
+        bs.latents = x_in
+        t = tau[0] if bool((tau == tau[0]).all()) else tau  # one timestep: a scalar, as the loop passes it
+        i = int(np.abs(self._ts - float(tau[0])).argmin())
+        comp = self.components
+        for block in self.blocks:
+            comp, bs = block(comp, bs, i=i, t=t)
+        self.last = bs
+        return bs.noise_pred
+
+
+@functools.cache
+def _loop_class() -> type:
+    """The block class (built on first use: importing diffusers.modular_pipelines takes seconds)."""
+    from diffusers.modular_pipelines import ModularPipelineBlocks
+    from diffusers.modular_pipelines.modular_pipeline_utils import OutputParam
+
+    class ChordsDenoiseLoop(ModularPipelineBlocks):
+        """A denoising loop run by CHORDS; see ``chords_loop``."""
+
+        def __init__(self, loop: Any, options: dict | None) -> None:
+            super().__init__()
+            self.loop, self.options = loop, options  # options None: a loop CHORDS cannot run (raises when called)
+
+        @property
+        def model_name(self) -> Any:
+            return self.loop.model_name
+
+        @property
+        def description(self) -> str:
+            if self.options is None:
+                return f"{type(self.loop).__name__}: a loop of another layout, which the generic CHORDS path rejects"
+            return f"CHORDS ({self.options.get('cores')} cores) in place of {type(self.loop).__name__}'s loop"
+
+        @property
+        def expected_components(self) -> list:
+            return self.loop.expected_components
+
+        @property
+        def expected_configs(self) -> list:
+            return self.loop.expected_configs
+
+        @property
+        def inputs(self) -> list:
+            return self.loop.inputs
+
+        @property
+        def intermediate_outputs(self) -> list:
+            return [*self.loop.intermediate_outputs,
+                    OutputParam("chords_result", type_hint=cc.Result, description="the CHORDS run (rounds, nfe, hits)")]
+
+        def set_progress_bar_config(self, **kwargs: Any) -> None:
+            self.loop.set_progress_bar_config(**kwargs)
+
+        @torch.no_grad()
+        def __call__(self, components: Any, state: Any) -> tuple[Any, Any]:
+            if self.options is None:
+                raise ValueError(_layout_error(self.loop))
+            loop, opts = self.loop, dict(self.options)
+            bs = loop.get_block_state(state)
+            scheduler = components.scheduler
+            if not torch.equal(bs.timesteps.cpu(), scheduler.timesteps.cpu()):
+                raise ValueError(
+                    "chords_diffusers.modular: the loop's timesteps are not the scheduler's (e.g. img2img with "
+                    "strength < 1 starts part-way); the generic path runs full schedules only")
+            step = {"eta": getattr(bs, "eta", None), **(opts.pop("step_kwargs", None) or {})}  # SDXL's loop takes eta
+            smap: SchedulerMap = map_scheduler(scheduler, step_kwargs=step)
+            fixed, verify = opts.pop("fixed", DEFAULT_FIXED), opts.pop("verify", False)
+            batched = opts.pop("batched", True)
+            progress = opts.pop("progress", None)
+            if progress is None:  # the loop's progress-bar setting
+                progress = not getattr(loop, "_progress_bar_config", {}).get("disable", False)
+            model_blocks = list(loop.sub_blocks.values())[:-1]
+            net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
+            if not batched:
+                opts["executor"] = cc.SerialExecutor()
+            res = sample_latents(smap, net, bs.latents, progress=progress, **opts)
+            last = net.last
+            for p in loop.intermediate_outputs:  # the loop's other outputs: from the latest evaluation
+                if p.name != "latents" and not hasattr(bs, p.name) and last is not None and hasattr(last, p.name):
+                    setattr(bs, p.name, getattr(last, p.name))
+            bs.latents = res.x.to(bs.latents.dtype)
+            loop.set_block_state(state, bs)
+            state.set("chords_result", res)
+            return components, state
+
+    return ChordsDenoiseLoop
+
+
+def chords_loop(loop: Any, *, cores: int | None = 4, init: Sequence[int] | None = None,
+                stop: Any = cc.stopping.DEFAULT_STOP, method: str = "chords", batched: bool = True,
+                fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, step_kwargs: dict | None = None,
+                progress: bool | None = None, **method_options: Any) -> Any:
+    """A block running CHORDS in place of the denoising loop ``loop``; see the module docstring.
+
+    Args:
+        loop: a denoising loop block (``is_denoise_loop``).
+        cores: K, the number of cores (or ``init``).
+        init: the cores' start indices.
+        stop: the stop rule.
+        method: the parallel method (``sample_latents``).
+        batched: one call for all points of a round (``False``: one call per point).
+        fixed: block-state names never tiled in batched calls.
+        verify: check the first batched call of several points against one call per point.
+        step_kwargs: the ``scheduler.step`` arguments of the loop (``map_scheduler``; e.g. ``eta``).
+        progress: show a progress bar (``None``: follow the loop's ``set_progress_bar_config``).
+        method_options: further options of the method (e.g. ``history``, ``tol``).
+
+    Returns:
+        The block (a ``ModularPipelineBlocks``). Raises ``ValueError`` if ``loop`` is not of the
+        standard layout.
+    """
+    if not is_denoise_loop(loop):
+        raise ValueError(_layout_error(loop))
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=tuple(fixed),
+                   verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
+    return _loop_class()(copy.deepcopy(loop), options)
+
+
+def _layout_error(loop: Any) -> str:
+    subs = getattr(loop, "sub_blocks", None) or {}
+    names = list(subs)
+    if names[-2:] == [MODEL_BLOCK, STEP_BLOCK]:
+        return (f"{type(loop).__name__}: its step block {type(subs[STEP_BLOCK]).__name__} is not in "
+                "chords_diffusers.modular.PLAIN_STEP_BLOCKS (blocks that only call scheduler.step); the generic CHORDS "
+                "path cannot run it (e.g. inpainting's mask blending changes the latents outside the ODE). If its "
+                "__call__ is a plain scheduler.step, add its class name to PLAIN_STEP_BLOCKS")
+    return (f"{type(loop).__name__} is not a denoising loop of the standard layout [..., '{MODEL_BLOCK}', "
+            f"'{STEP_BLOCK}'] (its sub-blocks: {names}); the generic CHORDS path cannot run it")
+
+
+def chords_blocks(blocks: Any, **options: Any) -> Any:
+    """A copy of the block tree ``blocks`` with every denoising loop replaced by ``chords_loop(loop, **options)``.
+
+    Loops of another layout (e.g. inpainting's, which blends the mask after each step) are replaced by a
+    block that raises ``ValueError`` when the pipeline runs that workflow: never a silent sequential run.
+
+    Args:
+        blocks: a modular pipeline's blocks (e.g. ``FluxAutoBlocks()``), or a loop itself.
+        options: ``chords_loop``'s options.
+
+    Returns:
+        The new block tree. Raises ``ValueError`` when it holds no denoising loop of the standard layout.
+    """
+    if is_denoise_loop(blocks):
+        return chords_loop(blocks, **options)
+    blocks = copy.deepcopy(blocks)
+    found: list[str] = []
+    others: list[str] = []
+
+    def walk(block: Any, path: str) -> None:
+        subs = getattr(block, "sub_blocks", None) or {}
+        for name, sub in list(subs.items()):
+            where = f"{path}.{name}" if path else name
+            if is_denoise_loop(sub):
+                subs[name] = chords_loop(sub, **options)
+                found.append(where)
+            elif _is_loop(sub):
+                subs[name] = _loop_class()(sub, None)
+                others.append(f"{where} ({type(sub).__name__}: {list(sub.sub_blocks)})")
+            else:
+                walk(sub, where)
+
+    walk(blocks, "")
+    if not found:
+        extra = f"; loops of another layout: {', '.join(others)}" if others else ""
+        raise ValueError(f"{type(blocks).__name__} holds no denoising loop of the standard layout [..., "
+                         f"'{MODEL_BLOCK}', '{STEP_BLOCK}']{extra}")
+    return blocks
+
+
+def _is_loop(block: Any) -> bool:
+    from diffusers.modular_pipelines import LoopSequentialPipelineBlocks
+
+    return isinstance(block, LoopSequentialPipelineBlocks)
+
+
+def with_chords(pipe: Any, **options: Any) -> Any:
+    """``pipe`` (a ``ModularPipeline``) with CHORDS in place of its denoising loop(s), sharing its components.
+
+    Args:
+        pipe: a modular pipeline.
+        options: ``chords_loop``'s options (``cores``, ``stop``, ``batched``, ...).
+
+    Returns:
+        A new ``ModularPipeline`` of the same class; call it as ``pipe`` (``output="latents"``,
+        ``output=["images", "chords_result"]``, ...).
+    """
+    from diffusers.modular_pipelines import ModularPipeline
+
+    if not isinstance(pipe, ModularPipeline):
+        raise TypeError(f"with_chords takes a diffusers ModularPipeline, got {type(pipe).__name__}; for the classic "
+                        "pipelines use chords_diffusers.sample")
+    if not hasattr(pipe, "_blocks"):
+        raise TypeError(f"{type(pipe).__name__} has no _blocks: this diffusers version's ModularPipeline is not "
+                        "supported")
+    new = copy.copy(pipe)  # shares components, config and progress-bar settings; only the blocks differ
+    new._blocks = chords_blocks(pipe._blocks, **options)
+    return new

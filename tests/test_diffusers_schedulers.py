@@ -1,0 +1,236 @@
+"""chords_diffusers scheduler mappings against diffusers' own loops: Heun, DDIM clip_sample / thresholding,
+CogVideoX, the stochastic samplers' errors. Tiny random-weight models built from config (no downloads)."""
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
+
+import chords_diffusers as cd
+
+STEPS = 8
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+
+
+@pytest.fixture(scope="module")
+def sd():
+    """A tiny StableDiffusionPipeline fed prompt embeddings (no text encoder)."""
+    torch.manual_seed(0)
+    un = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                              attention_head_dim=4, norm_num_groups=4).eval()
+    vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8).eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=un, scheduler=DDIMScheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _loop_vs_chords(unet, sched, steps=STEPS, tol=2e-6, **map_kw):
+    """The scheduler's own loop vs chords at cores=1 and on the slowest of 4 cores; returns (map, reference)."""
+    smap = cd.map_scheduler(sched, steps, **map_kw)
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * float(sched.init_noise_sigma)
+    with torch.no_grad():
+        ref = cd.scheduler_loop(sched, lambda xi, t: unet(xi, t, return_dict=False)[0], x)
+    net = cd.GuidedNet(unet, batch=1)
+    one = cd.sample_latents(smap, net, x, cores=1, progress=False)
+    assert rel_err(one.x, ref) < tol
+    four = cd.sample_latents(smap, net, x, cores=4, stop=None, progress=False)
+    assert len(four.hits) == 4 and rel_err(four.hits[-1].x, ref) < tol and four.hits[0].round < one.rounds
+    return smap, ref
+
+
+# -- A1: Heun ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: HeunDiscreteScheduler(),
+    lambda: HeunDiscreteScheduler(prediction_type="v_prediction", use_karras_sigmas=True),
+    lambda: HeunDiscreteScheduler(clip_sample=True, clip_sample_range=2.0, timestep_spacing="leading"),
+], ids=["eps-linspace", "v-karras", "eps-clip-leading"])
+def test_heun_reproduces_its_loop(unet, make):
+    smap, _ = _loop_vs_chords(unet, make())
+    assert smap.solver == "heun" and smap.grid.shape == (STEPS + 1,) and smap.grid[-1] == 0.0
+    assert len(smap.timesteps) == STEPS and smap.scale_input
+
+
+def test_heun_pipeline_matches_diffusers(sd):
+    sd.scheduler = HeunDiscreteScheduler.from_config(sd.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds=torch.randn(1, 5, 16, generator=g), negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
+              height=16, width=16, guidance_scale=4.0, output_type="latent", num_inference_steps=6)
+    with torch.no_grad():
+        ref = sd(generator=torch.Generator().manual_seed(0), **kw).images
+    one = cd.sample(sd, cores=1, generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    assert rel_err(one.latents, ref) < 2e-6 and one.chords.nfe == 2 * 6 - 1  # Heun: 2 calls a step, 1 for the last
+
+
+# -- A2: clip_sample / thresholding of the data prediction ---------------------------------------
+
+# (scheduler, tolerance): eps-prediction DDIM with clipping divides by alpha ~ 0.03 at the first step; diffusers'
+# own float32 loop is 6e-6 from its float64 loop there, so float rounding is a few 1e-6 (measured 4.8e-6 .. 8.8e-6)
+CLIPPED = {
+    "ddim-default-clip": (lambda: DDIMScheduler(), 2e-5),
+    "ddim-v-clip": (lambda: DDIMScheduler(prediction_type="v_prediction", clip_sample_range=0.5), 2e-6),
+    "ddim-threshold": (lambda: DDIMScheduler(thresholding=True, sample_max_value=2.5), 2e-5),
+    "dpm-threshold": (lambda: DPMSolverMultistepScheduler(thresholding=True, sample_max_value=2.5), 2e-6),
+    "unipc-v-threshold": (lambda: UniPCMultistepScheduler(prediction_type="v_prediction", thresholding=True,
+                                                          sample_max_value=2.5), 2e-6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLIPPED))
+def test_data_transform_reproduces_the_loop(unet, name):
+    make, tol = CLIPPED[name]
+    sched = make()
+    smap, ref = _loop_vs_chords(unet, sched, tol=tol)
+    assert smap.prediction == "x0" and smap.x0_transform is not None
+    off = {k: False for k in ("clip_sample", "thresholding") if k in sched.config}
+    _, plain = _loop_vs_chords(unet, type(sched).from_config(sched.config, **off), tol=2e-5)
+    assert _.x0_transform is None  # the transform is active: without it the result differs
+    assert rel_err(plain, ref) > 1e-2
+
+
+def test_ddim_use_clipped_model_output_is_the_plain_ddim_step():
+    smap = cd.map_scheduler(DDIMScheduler(), STEPS, step_kwargs={"use_clipped_model_output": True, "eta": 0.0})
+    assert (smap.x0_transform.weights == 1.0).all()
+    w = cd.map_scheduler(DDIMScheduler(), STEPS).x0_transform.weights  # raw eps in the step: effective weights
+    assert w[-1] == 1.0 and (w[:-1] > 1.0).all()
+
+
+def test_ddim_pipeline_default_clip_and_ddpm_pipeline(unet):
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())  # clip_sample=True: diffusers' default
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=STEPS, output_type="np")
+    with torch.no_grad():
+        ref = torch.as_tensor(pipe(generator=torch.Generator().manual_seed(0), **kw).images)
+    one = cd.sample(pipe, cores=1, generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    assert rel_err(torch.as_tensor(one.images), ref) < 2e-5
+    # DDPM: ancestral and stochastic -> a clear error; its deterministic counterpart runs and matches
+    ddpm = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    ddpm.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="DDPMScheduler is a stochastic sampler.*DDIMScheduler.from_config"):
+        cd.sample(ddpm, cores=1, progress=False, **kw)
+    ddpm.scheduler = DDIMScheduler.from_config(ddpm.scheduler.config)
+    with torch.no_grad():
+        ref = torch.as_tensor(ddpm(generator=torch.Generator().manual_seed(0), **kw).images)
+    one = cd.sample(ddpm, cores=1, generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    assert rel_err(torch.as_tensor(one.images), ref) < 2e-5
+
+
+def test_sd_pipeline_ddim_thresholding(sd):
+    # v-prediction: with eps this random UNet amplifies float32 rounding to ~1e-4 (diffusers' own loop too)
+    sd.scheduler = DDIMScheduler(thresholding=True, sample_max_value=1.5, clip_sample=False, steps_offset=1,
+                                 prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds=torch.randn(1, 5, 16, generator=g), negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
+              height=16, width=16, guidance_scale=4.0, output_type="latent", num_inference_steps=STEPS)
+    with torch.no_grad():
+        ref = sd(generator=torch.Generator().manual_seed(0), **kw).images
+    one = cd.sample(sd, cores=1, generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    assert rel_err(one.latents, ref) < 5e-6  # measured 1.5e-6 (diffusers' float32 loop is 1.0e-6 from float64)
+    assert float(ref.abs().max()) <= 1.0 + 1e-6  # the last step returns the thresholded x0, in [-1, 1]
+
+
+# -- A5: CogVideoX -------------------------------------------------------------------------------
+
+COGVIDEOX_2B = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                    prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+                    snr_shift_scale=3.0, timestep_spacing="trailing")  # THUDM/CogVideoX-2b's scheduler config
+
+
+@pytest.mark.parametrize("cfg", [COGVIDEOX_2B, {**COGVIDEOX_2B, "snr_shift_scale": 1.0, "steps_offset": 1},
+                                 {"timestep_spacing": "leading"}], ids=["2b", "5b-like", "eps-default"])
+def test_cogvideox_ddim_reproduces_its_loop(unet, cfg):
+    sched = CogVideoXDDIMScheduler(**cfg)
+    smap, _ = _loop_vs_chords(unet, sched)
+    assert smap.solver == "ddim" and isinstance(smap.schedule, cd.VPSigma) and smap.x0_transform is None
+    ac = sched.alphas_cumprod.double()
+    t0 = int(sched.timesteps[0])
+    assert abs(smap.grid[0] - float((1 - ac[t0]).sqrt())) < 1e-12  # the grid is the scheduler's own alphas_cumprod
+    if cfg.get("rescale_betas_zero_snr"):
+        assert smap.grid[0] == 1.0  # zero terminal SNR: alpha = 0 at the first step, finite in t
+
+
+def test_ddim_zero_terminal_snr(unet):
+    smap, _ = _loop_vs_chords(unet, DDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                                  timestep_spacing="trailing", clip_sample=False))
+    assert smap.grid[0] == 1.0 and float(smap.schedule.alpha(1.0)) == 0.0
+    with pytest.raises(ValueError, match="cannot be converted"):  # eps at alpha = 0: no data prediction there
+        sched = DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
+        cd.sample_latents(cd.map_scheduler(sched, STEPS), lambda x, t: x, torch.zeros(1, 2), cores=1, progress=False)
+
+
+def test_vpsigma_schedule():
+    s = cd.VPSigma()
+    t = torch.linspace(0.05, 0.95, 7).double().numpy()
+    assert abs(s.alpha(t) ** 2 + s.sigma(t) ** 2 - 1).max() < 1e-15
+    assert abs(s.t_from_lam(s.lam(t)) - t).max() < 1e-12
+    h = 1e-6
+    assert abs((s.alpha(t + h) - s.alpha(t - h)) / (2 * h) - s.d_alpha(t)).max() < 1e-6
+
+
+# -- A3/A4: stochastic samplers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: DDPMScheduler(), "DDPMScheduler is a stochastic sampler.*ODE.*DDIMScheduler"),
+    (lambda: EulerAncestralDiscreteScheduler(), "stochastic.*use EulerDiscreteScheduler"),
+    # DPMSolverSDEScheduler needs torchsde to be built; the mapping goes by the class name
+    (lambda: type("DPMSolverSDEScheduler", (), {})(), "stochastic.*use DPMSolverMultistepScheduler"),
+    (lambda: CogVideoXDPMScheduler(), "SDE-DPM-Solver\\+\\+\\(2M\\).*use CogVideoXDDIMScheduler"),
+    (lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"),
+     "algorithm_type='sde-dpmsolver\\+\\+' is a stochastic sampler.*algorithm_type='dpmsolver\\+\\+'"),
+    (lambda: DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min"),
+     "algorithm_type='dpmsolver'.*use algorithm_type"),
+    (lambda: FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), "stochastic_sampling=True.*stochastic_sampling=False"),
+])
+def test_stochastic_samplers_name_a_deterministic_alternative(make, match):
+    with pytest.raises(ValueError, match=match):
+        cd.map_scheduler(make(), STEPS)
+
+
+def test_noise_adding_step_arguments():
+    with pytest.raises(ValueError, match="eta=0.5 makes the sampler stochastic.*use eta=0"):
+        cd.map_scheduler(DDIMScheduler(), STEPS, step_kwargs={"eta": 0.5})
+    with pytest.raises(ValueError, match="s_churn=1.0 .*use s_churn=0"):
+        cd.map_scheduler(EulerDiscreteScheduler(), STEPS, step_kwargs={"s_churn": 1.0})
+    # as diffusers' pipelines do, arguments the scheduler's step does not take are dropped
+    assert cd.map_scheduler(UniPCMultistepScheduler(), STEPS, step_kwargs={"eta": 0.5}).solver == "unipc"
+    with pytest.raises(TypeError, match="step_kwargs must be a mapping"):
+        cd.map_scheduler(DDIMScheduler(), STEPS, step_kwargs=[("eta", 0.0)])

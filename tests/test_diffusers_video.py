@@ -1,0 +1,287 @@
+"""chords_diffusers on SDXL and the video pipelines (Wan, HunyuanVideo, CogVideoX), tiny random-weight models.
+
+Each pipeline is built from config (no downloads); its text encoders, where the test uses them, take the byte
+tokenizer of ``test_diffusers``. Each test checks that ``cores=1`` and the slowest core of a 4-core run equal
+the pipeline's own ``pipe(...)`` (float rounding) and that the fast cores' outputs decode to the usual output.
+"""
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLCogVideoX,
+    AutoencoderKLHunyuanVideo,
+    AutoencoderKLWan,
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    EulerDiscreteScheduler,
+    FirstBlockCacheConfig,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoPipeline,
+    HunyuanVideoTransformer3DModel,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from test_diffusers import _clip_config, one_thread, rel_err, tokenizer  # noqa: F401  (fixtures)
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, UMT5Config, UMT5EncoderModel
+
+import chords_core as cc
+import chords_diffusers as cd
+
+STEPS = 6
+TOL = 2e-6  # |chords - pipe| / max(1, |pipe|), max over elements; observed <= 1.2e-6 (SDXL), <= 5e-7 (others)
+
+
+def _check(pipe, call, cores=4, **kw):
+    """cores=1 and the slowest of ``cores`` equal ``pipe(...)``; the fast cores approximate it. Returns the run."""
+    with torch.no_grad():
+        ref = call(pipe(**kw, generator=_gen(), output_type="latent"))
+    one = cd.sample(pipe, cores=1, **kw, generator=_gen(), output_type="latent")
+    assert rel_err(call(one.output), ref) < TOL and one.chords.nfe == kw["num_inference_steps"]
+    many = cd.sample(pipe, cores=cores, stop=None, **kw, generator=_gen(), output_type="latent")
+    errs = [rel_err(h.x, ref) for h in many.chords.hits]
+    assert len(errs) == cores and many.chords.hits[-1].core == 0
+    assert errs[-1] < TOL and errs[0] > 1e-5 and min(errs[1:]) <= errs[0], errs
+    return many
+
+
+def _gen():
+    return torch.Generator().manual_seed(0)
+
+
+def _fast_frames_like_pipe(pipe, **kw):
+    """The fastest of 4 cores, decoded: frames of the type and shape ``pipe(...)`` returns. Returns the run."""
+    out = cd.sample(pipe, cores=4, stop=cc.StopAtCore(1), generator=_gen(), output_type="np", progress=False, **kw)
+    with torch.no_grad():
+        ref = pipe(**kw | {"num_inference_steps": 2}, generator=_gen(), output_type="np").frames
+    assert type(out.frames) is type(ref) and out.frames.shape == ref.shape
+    assert out.chords.rounds < kw["num_inference_steps"] and out.chords.hits[0].core != 0
+    return out
+
+
+# -- SDXL ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sdxl(tokenizer):  # noqa: F811
+    torch.manual_seed(0)
+    cfg = _clip_config(tokenizer)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), norm_num_groups=4, cross_attention_dim=32, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=6 * 4 + 16,
+    ).eval()
+    vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8,
+                        scaling_factor=0.13).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(cfg).eval(), text_encoder_2=CLIPTextModelWithProjection(cfg).eval(),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler(prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1),
+        add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_sdxl_matches_diffusers(sdxl):
+    kw = dict(prompt=["a cat", "a dog"], negative_prompt="blur", num_inference_steps=STEPS, height=16, width=16,
+              guidance_scale=4.0, guidance_rescale=0.3, original_size=(32, 32), crops_coords_top_left=(2, 0))
+    _check(sdxl, lambda out: out.images, **kw)
+    out = cd.sample(sdxl, cores=4, stop=cc.StopAtCore(1), generator=_gen(), progress=False, **kw)
+    assert len(out.images) == 2 and out.images[0].size == (16, 16) and out.chords.rounds < STEPS
+
+
+def test_sdxl_bad_options(sdxl):
+    with pytest.raises(TypeError, match="unsupported argument.*denoising_end.*supported: prompt_2"):
+        cd.sample(sdxl, "a cat", num_inference_steps=4, denoising_end=0.8)
+    with pytest.raises(TypeError, match="ip_adapter_image"):
+        cd.sample(sdxl, "a cat", num_inference_steps=4, ip_adapter_image=object())
+
+
+# -- Wan -----------------------------------------------------------------------------------------
+
+def _wan_transformer():
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                 out_channels=4, text_dim=16, freq_dim=16, ffn_dim=16, num_layers=2,
+                                 rope_max_seq_len=16).eval()
+
+
+@pytest.fixture(scope="module")
+def wan(tokenizer):  # noqa: F811
+    torch.manual_seed(0)
+    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=16, num_layers=1,
+                                     num_heads=2, relative_attention_num_buckets=8)).eval()
+    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.0, 0.3],
+                           latents_std=[1.5, 2.0, 1.0, 0.5]).eval()
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=te, vae=vae, transformer=_wan_transformer(),
+                       scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                         flow_shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+WAN_KW = dict(height=16, width=16, num_frames=5, max_sequence_length=8)
+
+
+def test_wan_matches_diffusers(wan):
+    kw = dict(prompt="a cat", negative_prompt="blur", num_inference_steps=STEPS, guidance_scale=4.0, **WAN_KW)
+    _check(wan, lambda out: out.frames, **kw)
+    assert _fast_frames_like_pipe(wan, **kw).frames.shape == (1, 5, 16, 16, 3)
+
+
+def test_wan22_two_experts_matches_diffusers(wan):
+    torch.manual_seed(1)
+    pipe = WanPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae,
+                       transformer=wan.transformer, transformer_2=_wan_transformer(), boundary_ratio=0.6,
+                       scheduler=wan.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(prompt="a cat", num_inference_steps=STEPS, guidance_scale=4.0, guidance_scale_2=2.5, **WAN_KW)
+    many = _check(pipe, lambda out: out.frames, **kw)
+    taus = pipe.scheduler.timesteps
+    assert (taus >= 600).any() and (taus < 600).any()  # both experts take part
+    single = cd.sample(wan, cores=4, stop=None, generator=_gen(), output_type="latent", progress=False, **kw |
+                       {"guidance_scale_2": None})
+    assert rel_err(single.latents, many.latents) > 1e-3  # the second expert changes the result
+
+
+def test_wan_bad_options(wan):
+    with pytest.raises(TypeError, match="unsupported argument.*callback_on_step_end"):
+        cd.sample(wan, "a cat", num_inference_steps=4, callback_on_step_end=print, **WAN_KW)
+    with pytest.raises(ValueError, match="guidance_scale_2"):
+        cd.sample(wan, "a cat", num_inference_steps=4, guidance_scale_2=3.0, **WAN_KW)
+    ti2v = WanPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae,
+                       transformer=wan.transformer, scheduler=wan.scheduler, expand_timesteps=True)
+    with pytest.raises(ValueError, match="expand_timesteps=True .* not supported; use a WanPipeline with"):
+        cd.sample(ti2v, "a cat", num_inference_steps=4, **WAN_KW)
+    wan.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    try:
+        with pytest.raises(ValueError, match="step cache enabled.*disable_cache"):
+            cd.sample(wan, "a cat", num_inference_steps=4, **WAN_KW)
+    finally:
+        wan.transformer.disable_cache()
+
+
+# -- HunyuanVideo --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hunyuan():
+    # the Llama text encoder's tokenizer needs a tokenizer file: the prompt embeddings are fed directly
+    torch.manual_seed(0)
+    tr = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+                                        num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=1,
+                                        patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8,
+                                        rope_axes_dim=(2, 2, 4)).eval()
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+                                    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                    up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                    layers_per_block=1, norm_num_groups=4).eval()
+    pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=tr, vae=vae, text_encoder_2=None,
+                                tokenizer_2=None, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _hunyuan_embeds():
+    g = torch.Generator().manual_seed(2)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    return dict(prompt_embeds=torch.randn(1, 6, 16, generator=g), pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+                prompt_attention_mask=mask, negative_prompt_embeds=torch.randn(1, 6, 16, generator=g),
+                negative_pooled_prompt_embeds=torch.randn(1, 8, generator=g), negative_prompt_attention_mask=mask)
+
+
+def test_hunyuan_video_true_cfg_matches_diffusers(hunyuan):
+    kw = dict(num_inference_steps=STEPS, height=16, width=16, num_frames=5, true_cfg_scale=2.0, guidance_scale=5.0,
+              **_hunyuan_embeds())
+    _check(hunyuan, lambda out: out.frames, **kw)
+    _fast_frames_like_pipe(hunyuan, **kw)
+
+
+# -- CogVideoX -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cogvideox(tokenizer):  # noqa: F811
+    # CogVideoX's T5 tokenizer needs a sentencepiece model: the prompt embeddings are fed directly
+    torch.manual_seed(0)
+    tr = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+                                     time_embed_dim=4, text_embed_dim=16, num_layers=1, sample_width=2,
+                                     sample_height=2, sample_frames=5, patch_size=2, max_text_seq_length=6,
+                                     use_rotary_positional_embeddings=True).eval()
+    vae = AutoencoderKLCogVideoX(down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                 latent_channels=4, layers_per_block=1, norm_num_groups=2).eval()
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tr,
+                             scheduler=CogVideoXDDIMScheduler(prediction_type="v_prediction", snr_shift_scale=3.0,
+                                                              rescale_betas_zero_snr=True,
+                                                              timestep_spacing="trailing"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_cogvideox_matches_diffusers(cogvideox, dynamic):
+    g = torch.Generator().manual_seed(3)
+    # trailing spacing steps onto the next timestep only when the steps divide num_train_timesteps
+    kw = dict(num_inference_steps=8, height=16, width=16, num_frames=5, guidance_scale=5.0,
+              use_dynamic_cfg=dynamic, prompt_embeds=torch.randn(1, 6, 16, generator=g),
+              negative_prompt_embeds=torch.randn(1, 6, 16, generator=g), max_sequence_length=6)
+    _check(cogvideox, lambda out: out.frames, **kw)
+    _fast_frames_like_pipe(cogvideox, **kw)
+
+
+def test_cogvideox_bad_options(cogvideox):
+    from diffusers import CogVideoXDPMScheduler
+
+    emb = dict(prompt_embeds=torch.zeros(1, 6, 16), max_sequence_length=6, height=16, width=16, num_frames=5,
+               guidance_scale=1.0)
+    with pytest.raises(ValueError, match="num_videos_per_prompt=2"):
+        cd.sample(cogvideox, num_inference_steps=8, num_videos_per_prompt=2, **emb)
+    with pytest.raises(ValueError, match="custom timesteps need a scheduler whose set_timesteps takes them"):
+        cd.sample(cogvideox, num_inference_steps=8, timesteps=[999, 500], **emb)
+    sched = cogvideox.scheduler
+    cogvideox.scheduler = CogVideoXDPMScheduler.from_config(sched.config)
+    try:
+        with pytest.raises(ValueError, match="CogVideoXDPMScheduler is a stochastic sampler.*CogVideoXDDIMScheduler"):
+            cd.sample(cogvideox, num_inference_steps=8, **emb)
+    finally:
+        cogvideox.scheduler = sched
+
+
+# -- replicas per device -------------------------------------------------------------------------
+
+def test_device_replicas_hold_only_the_denoiser(wan):
+    import chords_torch  # noqa: F401  (DeviceExecutor)
+    from chords_diffusers.adapters import ADAPTERS
+
+    kw = dict(prompt="a cat", num_inference_steps=STEPS, guidance_scale=4.0, output_type="latent", progress=False,
+              **WAN_KW)
+    base = cd.sample(wan, cores=4, stop=None, generator=_gen(), **kw)
+    multi = cd.sample(wan, cores=4, stop=None, generator=_gen(), devices=["cpu", "cpu"], **kw)
+    assert [h.core for h in multi.chords.hits] == [h.core for h in base.chords.hits]
+    assert max(rel_err(a.x, b.x) for a, b in zip(multi.chords.hits, base.chords.hits)) < TOL
+
+    net = ADAPTERS["WanPipeline"](wan, "a cat", STEPS, dict(WAN_KW, guidance_scale=4.0)).net
+    assert net.to("cpu").net is wan.transformer  # already there: shared, not copied
+    meta = net.to("meta")  # elsewhere: the transformer alone, built on the target device
+    assert meta.net is not wan.transformer and type(meta.net) is type(wan.transformer)
+    assert {p.device.type for p in meta.net.parameters()} == {"meta"}
+    assert {p.device.type for p in wan.transformer.parameters()} == {"cpu"}
+    assert sum(p.numel() for p in meta.net.parameters()) == sum(p.numel() for p in wan.transformer.parameters())
+    assert meta.cond["encoder_hidden_states"].device.type == "meta" and meta.uncond is not None
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(meta).values() if v is not meta.net)
+
+
+def test_device_replicas_refuse_hooked_denoisers(wan):
+    import chords_torch  # noqa: F401  (DeviceExecutor)
+
+    pipe = WanPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae,
+                       transformer=_wan_transformer(), scheduler=wan.scheduler)
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_type="leaf_level")
+    with pytest.raises(ValueError, match="devices=.*offloading or caching hooks.*enable_group_offload"):
+        cd.sample(pipe, "a cat", num_inference_steps=4, cores=2, devices=["cpu", "cpu"], progress=False, **WAN_KW)
+    with pytest.raises(ValueError, match="WanTransformer3DModel carries offloading"):
+        cd.GuidedNet(pipe.transformer, batch=1).to("meta")
