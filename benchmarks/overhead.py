@@ -7,9 +7,10 @@ interleaved repeat by repeat:
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
                   (one stacked call per round, output shape / finiteness check on);
+- ``chords serial`` the same with ``SerialExecutor`` (one call per point, as the official loop);
 - ``official``    ``OfficialStyle``: a loop that keeps the official implementation's bookkeeping
                   (per-element torch "ready" tensors, per-core lists, three solver calls per
-                  rectification), written anew here, on the same stacked model call;
+                  rectification), written anew here, calling the model once per point;
 - ``bare``        the array work a round cannot avoid, with no bookkeeping at all;
 - ``cascade``     ``chords_core.cascade`` on 8 lanes at its default tolerance (its rounds vary; time
                   per round), numpy only: issue #9's target is within 1.5x of chords.
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 
 import chords_core as cc
+
+torch.set_num_threads(1)  # one thread, as numpy: the machine is shared and the loops are compared per thread
 
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
 T = 50
@@ -86,8 +89,8 @@ class OfficialStyle:
     [t, k, x, score] entries; the compute queue ``to_compute`` rebuilt every round; three solver calls
     per rectification (F, G of the anchor, G of the slower core) and one per fine step, with the
     generic Euler ``solver(x, score, t, s) = x + (sig_s - sig_t) score``; finished cores filtered out
-    of the lists by comprehension, and a line printed per hit (into a buffer here). The model call is
-    the same stacked call as the engine's (``torch.cat`` / ``np.concatenate``, then split).
+    of the lists by comprehension, and a line printed per hit (into a buffer here). The model is
+    called once per point, as the official driver loop does (``per_point_call``).
     """
 
     def __init__(self, x, sig, init=INIT, steps=T):
@@ -165,16 +168,14 @@ class OfficialStyle:
                 self.to_compute.append(new)
 
 
-def stacked_call(x):
-    """The near-free model as one stacked call over a round's points, split back per point."""
-    rows = x.shape[0]
-    if isinstance(x, torch.Tensor):
-        return lambda pts: list(near_free_torch(torch.cat(pts), None).split(rows))
-    return lambda pts: [o for o in np.split(near_free(np.concatenate(pts), None), len(pts))]
+def per_point_call(x):
+    """The near-free model called once per point of a round, as the official driver loop does."""
+    fn = near_free_torch if isinstance(x, torch.Tensor) else near_free
+    return lambda pts: [fn(p, None) for p in pts]
 
 
 def run_official_style(x, grid) -> int:
-    return OfficialStyle(x, grid).run(stacked_call(x))
+    return OfficialStyle(x, grid).run(per_point_call(x))
 
 
 def per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
@@ -209,13 +210,15 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
     model = cc.DiffusionModel(fn, schedule, "flow")
     plan = cc.make_plan(T, INIT)
     off = OfficialStyle(x, grid)
-    assert off.run(stacked_call(x)) == T and sorted(h[1] for h in off.hits[1:]) == sorted(plan.finish_round)
+    assert off.run(per_point_call(x)) == T and sorted(h[1] for h in off.hits[1:]) == sorted(plan.finish_round)
     ours = cc.chords(model, x, grid, "euler", init=INIT, stop=None)
     outputs = sorted((h for h in off.hits if h[0] > 0), key=lambda h: h[1])  # k = 0: the coarse jump
     assert [h[1] for h in outputs] == [h.round for h in ours.hits]
     for h, o in zip(outputs, ours.hits):  # the same outputs, rounding aside
         assert float(abs(h[2] - o.x).max()) <= 1e-5 * float(abs(o.x).max())
-    fns = {"chords": lambda: run_chords(model, x, grid), "official": lambda: (run_official_style(x, grid), None)}
+    fns = {"chords": lambda: run_chords(model, x, grid),
+           "chords serial": lambda: run_chords(model, x, grid, cc.SerialExecutor()),
+           "official": lambda: (run_official_style(x, grid), None)}
     if lib == "numpy":
         fns["bare"] = lambda: run_bare(plan, x, grid)
         if cascade:
@@ -224,14 +227,15 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
 
 
 class _Recorder(cc.BatchedExecutor):
-    """The default executor, recording the traced memory in use at each round."""
+    """The default executor (or the serial one), recording the traced memory in use at each round."""
 
-    def __init__(self) -> None:
+    def __init__(self, batched: bool) -> None:
         self.trace: list[int] = []
+        self.batched = batched
 
     def __call__(self, model, xs, ts):
         self.trace.append(tracemalloc.get_traced_memory()[0])
-        return super().__call__(model, xs, ts)
+        return super().__call__(model, xs, ts) if self.batched else model.evaluate(xs, ts, batched=False)
 
 
 def memory(size: int) -> dict:
@@ -241,16 +245,16 @@ def memory(size: int) -> dict:
     x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
     model = cc.DiffusionModel(near_free, schedule, "flow")
     out = {}
-    for name in ("chords", "official"):
+    for name in ("chords", "chords serial", "official"):
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
-        if name == "chords":
-            rec = _Recorder()
+        if name.startswith("chords"):
+            rec = _Recorder(batched=name == "chords")
             run_chords(model, x, grid, rec)
             trace = rec.trace
         else:
             trace = []
-            call = stacked_call(x)
+            call = per_point_call(x)
 
             def recording(pts, call=call, trace=trace):
                 trace.append(tracemalloc.get_traced_memory()[0])
@@ -270,15 +274,17 @@ def main(argv=None):
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at the largest size")
     args = ap.parse_args(argv)
     print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
-    print("| state size | arrays | chords us/round | official-style us/round | chords / official | bare us/round | "
-          "cascade us/round | cascade / chords per round | cascade / chords per evaluation |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| state size | arrays | chords us/round | chords, serial executor | official-style us/round | "
+          "chords / official | serial / official | bare us/round | cascade us/round | cascade / chords per round | "
+          "cascade / chords per evaluation |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         reps = max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3))
         for lib in ("numpy", "torch"):
             m, e = measure(size, reps, lib, cascade=size in (64, 65_536))
-            row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['official'], 1e6)} | "
-                   f"{spread(m['chords'] / m['official'], fmt='.2f')} | ")
+            row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['chords serial'], 1e6)} | "
+                   f"{spread(m['official'], 1e6)} | {spread(m['chords'] / m['official'], fmt='.2f')} | "
+                   f"{spread(m['chords serial'] / m['official'], fmt='.2f')} | ")
             row += f"{spread(m['bare'], 1e6)} | " if "bare" in m else "- | "
             if "cascade" in m:
                 row += (f"{spread(m['cascade'], 1e6)} | {spread(m['cascade'] / m['chords'], fmt='.2f')} | "

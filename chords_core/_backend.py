@@ -147,6 +147,18 @@ class Workspace:
         return out.copy() if np.may_share_memory(out, buf) else out
 
 
+def own(x: Array) -> Array:
+    """``x``, or a copy of it where it is a view into a larger array (a point's share of a round's
+    batched output), so that keeping it does not keep the whole round's output alive."""
+    lib = library(x)
+    if lib == "numpy":
+        base = x.base
+        return x.copy() if base is not None and getattr(base, "nbytes", 0) > x.nbytes else x
+    if lib == "torch":
+        return x.clone() if x.untyped_storage().nbytes() > x.nbytes else x
+    return x
+
+
 def split_rows(x: Array, n: int) -> list[Array]:
     """Split axis 0 into ``n`` equal consecutive blocks (views where the library has them)."""
     rows = int(x.shape[0]) // n

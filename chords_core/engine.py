@@ -158,7 +158,10 @@ class CoreRecords:
                 qs[c] = [q]
                 if local is not None:
                     self._observe(c, i, q)
-                if c and anchor[c][0] == i:
+                kept = c and anchor[c][0] == i
+                if convert is None and (kept or record_for is not None):
+                    q = B.own(q)  # kept past the round: not as a view pinning the round's whole output
+                if kept:
                     anchor[c] = (i, xe, q)
                 if record_for is not None:
                     slow[record_for] = (xe, q)
