@@ -37,7 +37,7 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
             return c0 * a0 if c0 != 1.0 else a0 + 0.0
         if c0 == 0.0:
             return c1 * a1 if c1 != 1.0 else a1 + 0.0
-        return add_into(c1 * a1, a0 if c0 == 1.0 else c0 * a0)
+        return axpy(c1, a1, a0) if c0 == 1.0 else add_into(c1 * a1, c0 * a0)
     terms = [(c, a) for c, a in zip(coeffs, arrays) if c != 0.0] or [(0.0, arrays[0])]
     if len(terms) == 1:
         c, a = terms[0]
@@ -57,6 +57,25 @@ def add_into(acc: Array, term: Array) -> Array:
         acc += term
         return acc
     return acc + term
+
+
+def axpy(c: float, a: Array, y: Array) -> Array:
+    """y + c a as a new array (one fused operation for torch tensors of one dtype)."""
+    if library(y) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
+        import torch
+
+        return torch.add(y, a, alpha=c)
+    return add_into(c * a, y)
+
+
+def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
+    """acc + c term, in place in ``acc`` (which the caller owns) where the dtypes allow; ``term`` may
+    be scaled in place (the caller owns it too)."""
+    if library(acc) == "torch" and acc.dtype == term.dtype and acc.shape == term.shape:
+        return acc.add_(term, alpha=c)
+    if c != 1.0:
+        term *= c
+    return add_into(acc, term)
 
 
 _LIBRARY: dict = {}
@@ -147,16 +166,22 @@ class Workspace:
         return out.copy() if np.may_share_memory(out, buf) else out
 
 
+#: views into arrays smaller than this are kept as they are by ``own`` (pinning them costs little)
+OWN_MIN_BYTES = 1 << 20
+
+
 def own(x: Array) -> Array:
-    """``x``, or a copy of it where it is a view into a larger array (a point's share of a round's
-    batched output), so that keeping it does not keep the whole round's output alive."""
+    """``x``, or a copy of it where it is a view into a larger array of at least ``OWN_MIN_BYTES``
+    (a point's share of a round's batched output), so that keeping it does not keep the whole
+    round's output alive."""
     lib = library(x)
     if lib == "numpy":
-        base = x.base
-        return x.copy() if base is not None and getattr(base, "nbytes", 0) > x.nbytes else x
-    if lib == "torch":
-        return x.clone() if x.untyped_storage().nbytes() > x.nbytes else x
-    return x
+        size = getattr(x.base, "nbytes", 0)
+    elif lib == "torch":
+        size = x.untyped_storage().nbytes()
+    else:
+        return x
+    return x.copy() if size > x.nbytes and size >= OWN_MIN_BYTES else x
 
 
 def split_rows(x: Array, n: int) -> list[Array]:
@@ -180,7 +205,8 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
         import torch
 
         dtype = like.dtype if like.dtype.is_floating_point else torch.float64
-        return torch.tensor(ts, dtype=dtype, device=like.device).repeat_interleave(repeats)
+        t = torch.tensor(ts, dtype=dtype, device=like.device)
+        return t if repeats == 1 else t.repeat_interleave(repeats)
     if lib == "jax":
         import jax.numpy as jnp
 
@@ -202,9 +228,12 @@ def all_finite(x: Array) -> bool:
     if lib == "torch":
         import torch
 
-        if x.dtype in (torch.float32, torch.float64) and x.numel() > 4096:
-            v = x.reshape(-1)  # as for numpy: one BLAS pass, no boolean temporary
-            if math.isfinite(float(torch.dot(v, v))):
+        if x.dtype in (torch.float32, torch.float64):
+            if x.numel() > 4096:
+                v = x.reshape(-1)  # as for numpy: one BLAS pass, no boolean temporary
+                if math.isfinite(float(torch.dot(v, v))):
+                    return True
+            elif math.isfinite(float(x.sum())):  # a small tensor: one reduction
                 return True
         return bool(torch.isfinite(x).all())
     if lib == "jax":

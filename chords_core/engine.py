@@ -52,14 +52,9 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
     Returns:
         The rectified point, same shape and dtype as ``fine``.
     """
-    dx = slow_x - anchor_x
-    if a != 1.0:
-        dx *= a
-    out = B.add_into(fine, dx)
+    out = B.add_scaled_into(fine, slow_x - anchor_x, a)
     if b != 0.0:
-        dq = slow_q - anchor_q
-        dq *= b
-        out = B.add_into(out, dq)
+        out = B.add_scaled_into(out, slow_q - anchor_q, b)
     return out
 
 

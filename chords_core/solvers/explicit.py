@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._backend import add_into, lincomb
+from .._backend import axpy, lincomb
 from ..models import DiffusionModel, Model
 from .base import Array, Solver, State
 
@@ -70,7 +70,7 @@ class Euler(Solver):
         """
         if self._final_zero and j == self.steps:
             return State(lincomb(self._final(i), (state.x, qs[0])))
-        return State(add_into((self.t[j] - self.t[i]) * qs[0], state.x))  # x + h f, as lincomb forms it
+        return State(axpy(self.t[j] - self.t[i], qs[0], state.x))  # x + h f, as lincomb forms it
 
 
 class Heun(Euler):
