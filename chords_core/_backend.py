@@ -61,21 +61,33 @@ def add_into(acc: Array, term: Array) -> Array:
 
 def axpy(c: float, a: Array, y: Array) -> Array:
     """y + c a as a new array (one fused operation for torch tensors of one dtype)."""
-    if library(y) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
+    if type(y) is not np.ndarray and library(y) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
         import torch
 
         return torch.add(y, a, alpha=c)
-    return add_into(c * a, y)
+    acc = c * a
+    if acc.dtype == y.dtype and acc.shape == y.shape:
+        acc += y
+        return acc
+    return acc + y
 
 
 def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
     """acc + c term, in place in ``acc`` (which the caller owns) where the dtypes allow; ``term`` may
     be scaled in place (the caller owns it too)."""
-    if library(acc) == "torch" and acc.dtype == term.dtype and acc.shape == term.shape:
+    if type(acc) is not np.ndarray and library(acc) == "torch" and acc.dtype == term.dtype \
+            and acc.shape == term.shape:
         return acc.add_(term, alpha=c)
     if c != 1.0:
         term *= c
-    return add_into(acc, term)
+    if acc.dtype == term.dtype and acc.shape == term.shape:
+        acc += term
+        return acc
+    return acc + term
+
+
+#: a round's stacked points smaller than this are joined into a fresh array (cheaper at small sizes)
+WORKSPACE_MIN_BYTES = 1 << 18
 
 
 _LIBRARY: dict = {}
@@ -123,6 +135,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buf: Any = None
+        self._used = False  # whether the last join used the buffer
         self.allocations = 0  # buffers allocated so far (one per growth or change of shape / dtype)
 
     def join(self, arrays: Sequence[Array], new_axis: bool) -> Array:
@@ -130,9 +143,13 @@ class Workspace:
         buffer, grown when a round needs more (a fresh array for jax, for arrays that need gradients
         and for 0-d states)."""
         x0 = arrays[0]
+        self._used = False
+        if len(arrays) * _nbytes(x0) < WORKSPACE_MIN_BYTES:
+            return stack(arrays) if new_axis else concat(arrays)
         lib = library(x0)
         if lib == "jax" or (not new_axis and len(x0.shape) == 0) or (lib == "torch" and x0.requires_grad):
             return stack(arrays) if new_axis else concat(arrays)
+        self._used = True
         n = len(arrays)
         shape = (n, *x0.shape) if new_axis else (n * x0.shape[0], *x0.shape[1:])
         buf = self._buf
@@ -158,7 +175,7 @@ class Workspace:
         """``out``, copied if it shares memory with the buffer (a model that returns its input or a
         view of it, or works in place)."""
         buf = self._buf
-        if buf is None or library(out) != library(buf):
+        if not self._used or type(out) is not type(buf):
             return out
         if library(out) == "torch":
             shared = out.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
@@ -254,7 +271,7 @@ def all_finite(x: Array) -> bool:
 def on_accelerator(x: Array) -> bool:
     """True for a torch tensor on a device other than the CPU (reading a value back from it waits
     for the device to finish its queued work)."""
-    return library(x) == "torch" and x.device.type != "cpu"
+    return type(x) is not np.ndarray and library(x) == "torch" and x.device.type != "cpu"
 
 
 def finite_flags(outs: Sequence[Array]) -> Array:
@@ -307,6 +324,10 @@ def row_sq(d: Array) -> Array:
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float."""
     return float(((x * x).sum() / _numel(x)) ** 0.5)
+
+
+def _nbytes(x: Array) -> int:
+    return x.nbytes if type(x) is np.ndarray else _numel(x) * x.dtype.itemsize
 
 
 def _numel(x: Array) -> int:

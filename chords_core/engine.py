@@ -123,6 +123,9 @@ class CoreRecords:
         self.errors: set[int] = set()  # grid indices j with a local error estimate e_j (first core to reach it)
         self.error_sum: Any = None  # the sum of those e_j
         self.convert = sol.quantity_of if sol.converts else None
+        # raw outputs kept past their round are copied out of the round's batched output (B.own),
+        # where that output is large enough for pinning it to matter
+        self.keep = B.own if self.convert is None and B._nbytes(x) * K >= B.OWN_MIN_BYTES else None
         self.states: list = [sol.begin(x)] + [None] * (K - 1)
         self.anchor: list = [None] + [(init[c], None, None) for c in range(1, K)]
         self.slow: list = [None] * K
@@ -143,7 +146,7 @@ class CoreRecords:
         """
         sol, init, K = self.sol, self.init, len(self.init)
         states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
-        history, convert, local = self.history, self.convert, self.local
+        history, convert, local, keep = self.history, self.convert, self.local, self.keep
         shift = history == "shift"
         hits = []
         # the fields of each ``plan.Eval``, in its declared order (unpacked once: the hot loop)
@@ -154,8 +157,8 @@ class CoreRecords:
                 if local is not None:
                     self._observe(c, i, q)
                 kept = c and anchor[c][0] == i
-                if convert is None and (kept or record_for is not None):
-                    q = B.own(q)  # kept past the round: not as a view pinning the round's whole output
+                if keep is not None and (kept or record_for is not None):
+                    q = keep(q)  # kept past the round: not as a view pinning the round's whole output
                 if kept:
                     anchor[c] = (i, xe, q)
                 if record_for is not None:
