@@ -1,17 +1,24 @@
-"""chords_jax: time per round of the compiled pipeline with a near-free model, and compile time.
+"""chords_jax: time per round of the compiled pipeline with a near-free model, against numpy and the floor.
 
 8 cores, T = 50, init 0-2-4-8-16-24-32-40, every core run (``stop=None``: 50 rounds), a
-rectified-flow model whose evaluation is one array op (``x * 0.5``), float32 states of 64 and
-65,536 elements, Euler and DPM-Solver++(2M) (a flow model's data prediction). Printed per case:
+rectified-flow model whose evaluation is one array op (``x * 0.5``), float32 states of 64, 4,096,
+65,536 and 1,048,576 elements, Euler and DPM-Solver++(2M) (a flow model's data prediction).
+Three loops over the same 50 rounds, interleaved repeat by repeat:
 
-- ``plan ms``     symbolic replay of the core engine + lowering to arrays (host, first call only);
-- ``compile ms``  first ``chords_jax.chords`` call minus a steady-state call (trace + XLA compile);
-- ``jax us/rd``   steady-state time of a whole call divided by the 50 rounds (best of N);
-- ``core us/rd``  ``chords_core.chords`` with numpy on the same plan, for comparison;
-- ``regs``        registers of the scan carry (values that outlive a round).
+- ``jax``    ``chords_jax.chords`` (steady state: the executable is cached);
+- ``numpy``  ``chords_core.chords`` with numpy on the same plan (the default ``BatchedExecutor``);
+- ``floor``  a plain jitted ``lax.scan`` making the same K model calls per round, one batched call on
+             the K stacked states followed by one Euler update each: what any compiled K-core round
+             costs at the least.
+
+Printed per case: ``plan ms`` (symbolic replay of the core engine + lowering, host, first call
+only), ``compile ms`` (first call minus a steady call: trace + XLA compile), microseconds per round
+of each loop as median [min-max] over the repeats, the ratios jax/numpy and jax/floor (taken repeat
+by repeat, median), ``regs`` (registers of the scan carry) and ``W x M`` (rows written per round x
+terms per row). Targets: jax/numpy <= 0.5 and jax/floor <= 3 at every size.
 
 ``--devices D`` shards the 8 core slots over D host devices (sets XLA_FLAGS before jax starts).
-Run: ``python benchmarks/jax_rounds.py [--devices 2] [--repeat 20]``.
+Run: ``python benchmarks/jax_rounds.py [--devices 2] [--repeat 7] [--sizes 64 65536]``.
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
+INIT = (0, 2, 4, 8, 16, 24, 32, 40)
+STEPS = 50
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--devices", type=int, default=0, help="shard over this many host devices (0: default device)")
-    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=7, help="interleaved repeats per case")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 4096, 65536, 1048576])
+    ap.add_argument("--solvers", nargs="+", default=["euler", "dpmpp_2m"])
     args = ap.parse_args()
     if args.devices > 1:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -35,45 +48,82 @@ def main() -> None:
     import chords_core as cc
     import chords_jax as cj
 
-    init, steps = (0, 2, 4, 8, 16, 24, 32, 40), 50
     sched = cc.RectifiedFlow()
-    grid = cc.time_grid(sched, steps)
+    grid = cc.time_grid(sched, STEPS)
     devices = args.devices or None
-    print(f"jax {jax.__version__}, {jax.device_count()} device(s), devices={devices}, "
-          "K=8, T=50, all 50 rounds, float32")
-    print(f"{'solver':>9} {'size':>7} {'plan ms':>8} {'compile ms':>11} {'jax us/rd':>10} "
-          f"{'core us/rd':>11} {'regs':>5}")
-    for solver in ("euler", "dpmpp_2m"):
-        for size in (64, 65536):
+    print(f"jax {jax.__version__}, {jax.device_count()} device(s), devices={devices}, K=8, T={STEPS}, "
+          f"all {STEPS} rounds, float32; us/round median [min-max] of {args.repeat} interleaved repeats")
+    print(f"{'solver':>9} {'size':>8} {'plan ms':>8} {'compile ms':>10} {'jax us/rd':>22} {'numpy us/rd':>22} "
+          f"{'floor us/rd':>22} {'jax/np':>7} {'jax/floor':>9} {'regs':>5} {'W x M':>7}")
+    for solver in args.solvers:
+        for size in args.sizes:
             x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
             jmodel = cc.DiffusionModel(lambda x, t: x * 0.5, sched, "flow")
             nmodel = cc.DiffusionModel(lambda x, t: x * np.float32(0.5), sched, "flow")
-            kw = dict(init=init, stop=None)
+            kw = dict(init=INIT, stop=None)
             t0 = time.perf_counter()
             prog, _ = cj.compile_plan(jmodel, x.shape, np.dtype(np.float32), grid, solver,
                                       slots_multiple=args.devices or 1, **kw)
             plan = time.perf_counter() - t0
+            xj = jax.numpy.asarray(x)
+            xs = jax.numpy.asarray(np.repeat(x, len(INIT), axis=0))
+            floor = _floor(jax, grid, jmodel.fn)
 
-            def run(jmodel=jmodel, x=x, solver=solver, kw=kw):
+            def run_jax(jmodel=jmodel, x=xj, solver=solver, kw=kw) -> None:
                 jax.block_until_ready(cj.chords(jmodel, x, grid, solver, devices=devices, **kw).x)
 
+            def run_numpy(nmodel=nmodel, x=x, solver=solver, kw=kw) -> None:
+                cc.chords(nmodel, x, grid, solver, **kw)
+
+            def run_floor(xs=xs, floor=floor) -> None:
+                jax.block_until_ready(floor(xs))
+
             t0 = time.perf_counter()
-            run()
+            run_jax()
             first = time.perf_counter() - t0
-            steady = _best(run, args.repeat)
-            core = _best(lambda nmodel=nmodel, x=x, solver=solver, kw=kw: cc.chords(nmodel, x, grid, solver, **kw),
-                         max(3, args.repeat // 4))
-            print(f"{solver:>9} {size:>7} {plan * 1e3:8.1f} {(first - steady) * 1e3:11.0f} "
-                  f"{steady / steps * 1e6:10.1f} {core / steps * 1e6:11.1f} {prog.regs:5d}")
+            run_floor()
+            times = _interleaved([run_jax, run_numpy, run_floor], args.repeat)
+            jx, npy, fl = (np.array(t) / STEPS * 1e6 for t in times)
+            compile_ms = (first - float(np.min(jx)) * STEPS / 1e6) * 1e3
+            print(f"{solver:>9} {size:>8} {plan * 1e3:8.1f} {compile_ms:10.0f} {_spread(jx):>22} {_spread(npy):>22} "
+                  f"{_spread(fl):>22} {np.median(jx / npy):7.2f} {np.median(jx / fl):9.2f} {prog.regs:5d} "
+                  f"{prog.idx.shape[1]:>3} x {prog.idx.shape[2]:<2}")
 
 
-def _best(fn, n: int) -> float:
-    best = float("inf")
+def _floor(jax, grid, fn: Callable) -> Callable:
+    """The jitted floor: K stacked states, per round one batched call of ``fn`` and one Euler step each."""
+    jnp = jax.numpy
+    rounds = np.arange(STEPS)
+    t = jnp.asarray(grid[rounds], jnp.float32)
+    dt = jnp.asarray(grid[rounds + 1] - grid[rounds], jnp.float32)
+
+    @jax.jit
+    def floor(xs):
+        def body(xs, tr):
+            t_r, dt_r = tr
+            out = fn(xs, jnp.full(xs.shape[:1], t_r))
+            return xs + dt_r * out, None
+
+        return jax.lax.scan(body, xs, (t, dt))[0]
+
+    return floor
+
+
+def _interleaved(fns: list[Callable[[], None]], n: int) -> list[list[float]]:
+    """Wall seconds of each function, called in turn n times (repeat by repeat)."""
+    out: list[list[float]] = [[] for _ in fns]
     for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        for f, acc in zip(fns, out):
+            t0 = time.perf_counter()
+            f()
+            acc.append(time.perf_counter() - t0)
+    return out
+
+
+def _spread(v: np.ndarray) -> str:
+    """median [min-max] with a precision suited to the magnitude."""
+    fmt = (lambda a: f"{a:.0f}") if np.median(v) >= 100 else (lambda a: f"{a:.1f}")
+    return f"{fmt(np.median(v))} [{fmt(v.min())}-{fmt(v.max())}]"
 
 
 if __name__ == "__main__":

@@ -191,13 +191,12 @@ def own(x: Array) -> Array:
     """``x``, or a copy of it where it is a view into a larger array of at least ``OWN_MIN_BYTES``
     (a point's share of a round's batched output), so that keeping it does not keep the whole
     round's output alive."""
-    lib = library(x)
-    if lib == "numpy":
+    if type(x) is np.ndarray:
         size = getattr(x.base, "nbytes", 0)
-    elif lib == "torch":
+    elif library(x) == "torch":
         size = x.untyped_storage().nbytes()
     else:
-        return x
+        return x  # jax arrays are not views; other array types are left alone
     return x.copy() if size > x.nbytes and size >= OWN_MIN_BYTES else x
 
 
@@ -327,7 +326,11 @@ def rms(x: Array) -> float:
 
 
 def _nbytes(x: Array) -> int:
-    return x.nbytes if type(x) is np.ndarray else _numel(x) * x.dtype.itemsize
+    """Bytes of an array's elements (0 where its type does not say)."""
+    if type(x) is np.ndarray:
+        return x.nbytes
+    size = getattr(getattr(x, "dtype", None), "itemsize", None)
+    return _numel(x) * size if isinstance(size, int) else 0
 
 
 def _numel(x: Array) -> int:

@@ -125,14 +125,13 @@ def test_float32_state_stays_float32():
 
 
 def interpret(prog, x, fn):
-    """The lowered program run with numpy: a check of ``lower`` independent of jax."""
-    K = prog.slots
-    P = prog.rows - 2 * K
-    buf = prog.init.reshape((-1,) + (1,) * x.ndim) * x[None]
-    for dest, idx, coef, t in zip(prog.dest, prog.idx, prog.coef, prog.times):
-        pts = buf[P : P + K]
-        buf[P + K :] = fn(pts.reshape((-1,) + x.shape[1:]), np.repeat(t, x.shape[0])).reshape(pts.shape)
-        buf[dest] = np.einsum("wm,wm...->w...", coef, buf[idx])
+    """The lowered program run with numpy, segment by segment: a check of ``lower`` independent of jax."""
+    buf = prog.init[:, None] * x.reshape(1, -1)
+    for seg in prog.segments:
+        for _, points, t, _, dest, idx, coef, out_idx, out_coef in zip(*prog.segment_arrays(seg)):
+            pts = buf[points].reshape((-1,) + x.shape[1:])
+            outs = fn(pts, np.repeat(t, x.shape[0])).reshape(len(points), -1)
+            buf[dest] = np.einsum("wm,wmn->wn", coef, buf[idx]) + np.einsum("wm,wmn->wn", out_coef, outs[out_idx])
     return buf
 
 
@@ -151,20 +150,29 @@ def test_lowered_program_reproduces_the_core_on_random_plans(steps, data):
     ref = cc.chords(model, X, grid, solver, **kw)
     assert prog.slots % multiple == 0 and prog.slots >= cores
     assert int(prog.active.sum()) == ref.plan.nfe(prog.rounds) and prog.rounds == len(ref.plan.rounds)
+    # the segments cover the rounds in order, each as wide as its busiest round needs, a multiple of the devices
+    segs = prog.segments
+    assert segs[0].start == 0 and segs[-1].stop == prog.rounds and all(a.stop == b.start for a, b in zip(segs, segs[1:]))
+    for seg in segs:
+        busy = max(len(rd.evals) for rd in ref.plan.rounds[seg.start:seg.stop])
+        assert busy <= seg.width <= prog.slots and seg.width % multiple == 0 and not prog.active[seg.start:seg.stop, seg.width:].any()
     buf = interpret(prog, X, denoiser)
     for s, h in zip(sym.hits, ref.hits):
-        assert close(buf[prog.outputs[s.x.id]], h.x, 1e-11)
-    assert close(buf[prog.outputs[sym.coarse.id]], ref.coarse, 1e-11)
+        assert close(buf[prog.outputs[s.x.id]].reshape(X.shape), h.x, 1e-11)
+    assert close(buf[prog.outputs[sym.coarse.id]].reshape(X.shape), ref.coarse, 1e-11)
 
 
-def test_registers_are_reused():
+def test_registers_are_reused_and_rounds_touch_few_rows():
     model = cc.DiffusionModel(denoiser, SCHED, "eps")
     prog, sym = cj.compile_plan(model, X.shape, X.dtype, cc.time_grid(SCHED, 50, "logsnr"), "dpmpp_2m", cores=8, stop=None)
-    # per core a handful of live values (state, history, anchor, recorded slower point), plus outputs
+    # per core a handful of live values (point, history, anchor, recorded slower point), plus outputs
     assert prog.regs <= 4 * 8 + len(sym.hits) + 1
-    assert prog.rows == 1 + prog.regs + 16 and prog.idx.shape[:2] == prog.dest.shape == prog.coef.shape[:2]
-    # only changed rows are written: fewer than the carry's rows, a few terms each
-    assert prog.dest.shape[1] < prog.regs + 8 and prog.idx.shape[2] <= 8
+    assert prog.rows == 1 + prog.regs and prog.idx.shape[:2] == prog.dest.shape == prog.out_idx.shape[:2]
+    # a round writes only the values born in it, a few terms each: fewer rows than the buffer holds
+    assert prog.dest.shape[1] < prog.regs and prog.idx.shape[2] + prog.out_idx.shape[2] <= 8
+    # the ramp-up and the tail evaluate fewer slots than the busiest rounds
+    evaluated = sum((s.stop - s.start) * s.width for s in prog.segments)
+    assert sym.plan.nfe() <= evaluated < prog.rounds * prog.slots
 
 
 def test_model_output_errors_name_round_and_core():
@@ -180,6 +188,42 @@ def test_model_output_errors_name_round_and_core():
     wrong = cc.DiffusionModel(lambda x, t: x[:, :2], cc.RectifiedFlow(), "flow")
     with pytest.raises(cc.ModelOutputError, match="shape"):
         cj.chords(wrong, X, grid, "euler", cores=2)
+
+
+@pytest.mark.parametrize("solver, index", [("euler", 5), ("heun", 3), ("dpmpp_2m", 8)])
+def test_nonfinite_output_at_a_chosen_round_is_named_as_the_core_names_it(solver, index):
+    grid = cc.time_grid(cc.RectifiedFlow(), 10)
+    bad_t = grid[index]  # every evaluation at t_index returns nan: the first one is reported
+
+    def nan_at(x, t):
+        xp = jnp if isinstance(x, jax.Array) else np
+        return xp.where((t == bad_t)[:, None], xp.nan, denoiser(x, t))
+
+    model = cc.DiffusionModel(nan_at, cc.RectifiedFlow(), "flow")
+    with pytest.raises(cc.ModelOutputError) as core:
+        cc.chords(model, X, grid, solver, cores=4, stop=None)
+    with pytest.raises(cc.ModelOutputError) as compiled:
+        cj.chords(model, X, grid, solver, cores=4, stop=None)
+    assert str(compiled.value).split(":")[0] == str(core.value).split(":")[0]  # "round r, core c (step i, stage k, t=..)"
+    assert compiled.value.point == core.value.point
+    # the check is carried on the device: the run returns one int for it, not one value per round
+    from chords_jax.api import _device_arrays
+    from chords_jax.run import runner
+
+    prog, _ = cj.compile_plan(model, X.shape, X.dtype, grid, solver, cores=4, stop=None)
+    outs, bad = jax.eval_shape(runner(model, None, True), jnp.asarray(X), *_device_arrays(prog, X.size, X.dtype, None),
+                               None)
+    assert bad.shape == () and len(outs) == len(prog.outputs)
+
+
+def test_untraceable_or_non_floating_models_are_named():
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    numpy_only = cc.DiffusionModel(lambda x, t: np.tanh(np.asarray(x)), cc.RectifiedFlow(), "flow")
+    with pytest.raises(TypeError, match="model: its function must be traceable by jax"):
+        cj.chords(numpy_only, X, grid, "euler", cores=2)
+    integer = cc.DiffusionModel(lambda x, t: (x > 0).astype(jnp.int32), cc.RectifiedFlow(), "flow")
+    with pytest.raises(cc.ModelOutputError, match="dtype int32, expected a floating dtype"):
+        cj.chords(integer, X, grid, "euler", cores=2)
 
 
 def test_bad_arguments_raise_naming_them():

@@ -50,6 +50,8 @@ for d in (1, 2, 4, 8):
     got = cj.chords(model, x, grid, "dpmpp_2m", cores=8, stop=None, devices=d)
     out["runs"].append(["dpmpp_2m K=8", d, err(got, ref)])
     out["rows"][d] = sorted(set(ROWS))
+    prog, _ = cj.compile_plan(model, x.shape, x.dtype, grid, "dpmpp_2m", cores=8, stop=None, slots_multiple=d)
+    out.setdefault("widths", {})[d] = sorted({s.width for s in prog.segments})
 n = cj.compilations()
 got = cj.chords(model, 2 * x, grid, "dpmpp_2m", cores=8, stop=None, devices=4)
 out["retraced"] = cj.compilations() - n
@@ -84,8 +86,11 @@ def test_sharded_runs_equal_the_numpy_core(report, k):
 
 
 def test_each_device_evaluates_its_share_of_the_slots(report):
-    # 8 slots of 2 rows each: one batched call of 16 rows on one device, 16 / d rows per device on d
-    assert report["rows"] == {str(d): [16 // d] for d in (1, 2, 4, 8)}
+    # slots of 2 rows each; a segment of w slots gives each of d devices w / d slots: 2 w / d rows
+    assert report["rows"] == {d: [2 * w // int(d) for w in ws] for d, ws in report["widths"].items()}
+    # the busiest rounds use all 8 slots; on fewer than 8 devices the ramp-up and the tail use fewer
+    assert all(ws[-1] == 8 for ws in report["widths"].values())
+    assert report["widths"]["1"][0] < 8 and report["widths"]["8"] == [8]
 
 
 def test_sharded_second_call_does_not_recompile(report):

@@ -3,8 +3,10 @@
 1. The core engine ``chords_core.chords`` runs once on a symbolic state (``linear.py``): the plan,
    solver coefficients, rectifications and history policy produce a linear DAG (cached per
    model kind / schedule / grid / solver / init / stop / history).
-2. ``lower.py`` turns it into per-round index/coefficient arrays, ``run.py`` executes them as one
-   jitted ``lax.scan`` over rounds with the core slots on a leading axis (sharded over devices).
+2. ``lower.py`` turns it into per-round index/coefficient arrays grouped in segments of equal
+   width, ``run.py`` executes them in one jitted function, a ``lax.scan`` over the rounds of each
+   segment with the core slots on a leading axis (sharded over devices). The arrays stay on the
+   device between calls (``_device_arrays``).
 3. The result is the core's ``Result``: plan, rounds, NFE and hits come from the symbolic run,
    the arrays from the compiled one.
 """
@@ -29,8 +31,8 @@ from chords_core.stopping import StopAtCore, StopRule, as_stop_rule, select_outp
 
 from .linear import LinearRecorder
 from .lower import Program, lower
+from .run import NO_BAD, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
-from .run import make_mesh, runner
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
 
@@ -38,6 +40,7 @@ __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
 SUPPORTED_SOLVERS = tuple(sorted(cc.SOLVERS))
 
 _PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
+_ARRAYS: OrderedDict[tuple, tuple] = OrderedDict()  # program arrays on the device(s), see _device_arrays
 _PROGRAMS_SIZE = 64
 
 
@@ -98,9 +101,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     assert plan is not None  # the engine's results carry their plan
     K = plan.cores
     slots = -(-K // slots_multiple) * slots_multiple
-    slot_of = [[e.core for e in rd.evals] for rd in plan.rounds[: len(tr.rounds)]]
     outputs = [h.x for h in res.hits] + [res.coarse]
-    prog = lower(tr, slot_of, slots, outputs, float(times[0]))
+    prog = lower(tr, slots, outputs, float(times[0]), slots_multiple)
     if key is not None:
         _PROGRAMS[key] = (prog, res)
         while len(_PROGRAMS) > _PROGRAMS_SIZE:
@@ -141,7 +143,10 @@ def chords(
         history: the history policy at a rectification (``HISTORY_POLICIES``).
         devices: None (the default device, slots vmapped/batched), a device count, a sequence of
             devices or a ``Mesh`` with an axis ``"cores"``: the K core slots (padded to a multiple
-            of the device count) are sharded over it.
+            of the device count) are sharded over it. Under ``jax.distributed`` (one process per
+            host) the devices are global: ``devices=jax.device_count()`` or a ``Mesh`` over
+            ``jax.devices()`` spans every process; each process makes the same call and gets the
+            whole ``Result`` (its arrays are replicated on every device).
         executor: must be None (the compiled scan is the executor).
         progress: accepted and ignored.
         args: a pytree passed to the model function as a traced third argument, ``fn(x, t, args)``
@@ -160,15 +165,17 @@ def chords(
     x = _as_state(x)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
-    if mesh is not None:
-        x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    dt = x.dtype
-    run = runner(model, mesh, model.check_outputs, with_args=args is not None)
-    buf, finite = run(x, prog.init.astype(dt), prog.dest, prog.idx, prog.coef.astype(dt), prog.times.astype(dt),
-                      args)
-    if model.check_outputs:
-        _raise_nonfinite(np.asarray(finite), prog, sym)
-    vals = {nid: buf[row] for nid, row in prog.outputs.items()}
+    if mesh is not None:  # replicated on every device of the mesh, in every process
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        x = jax.device_put(x, replicated)
+        if args is not None:
+            args = jax.device_put(args, replicated)
+    check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
+    run = runner(model, mesh, check, with_args=args is not None)
+    outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
+    if check:
+        _raise_nonfinite(int(bad), prog, sym)  # the run's one transfer to the host: an int
+    vals = dict(zip(prog.outputs, outs))
     hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
     coarse = vals[sym.coarse.id]
     n, stopped_by = select_output(as_stop_rule(stop), [h.x for h in hits], [h.core for h in hits], coarse)
@@ -204,6 +211,7 @@ def clear_cache() -> None:
     their functions hold are then released."""
     _run_clear_cache()
     _PROGRAMS.clear()
+    _ARRAYS.clear()
 
 
 def _as_state(x: Any) -> jax.Array:
@@ -218,14 +226,35 @@ def _as_state(x: Any) -> jax.Array:
     return x
 
 
-def _raise_nonfinite(finite: np.ndarray, prog: Program, sym: Result) -> None:
-    bad = np.argwhere(prog.active & ~finite)
-    if not len(bad):
+def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any) -> tuple:
+    """The program's arrays for ``runner`` on the device(s), times and coefficients in ``dtype``:
+    (init, segments, output rows, ``size`` zeros); cached per (program, dtype, mesh), so a repeated
+    call transfers nothing."""
+    key = (id(prog), np.dtype(dtype).name, mesh)
+    got = _ARRAYS.get(key)
+    if got is not None and got[0] is prog:
+        _ARRAYS.move_to_end(key)
+        return got[1]
+
+    def cast(a: np.ndarray) -> np.ndarray:
+        return a.astype(dtype) if a.dtype == np.float64 else a
+
+    host = (cast(prog.init), tuple(tuple(cast(a) for a in prog.segment_arrays(s)) for s in prog.segments),
+            np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype))
+    where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    arrays = jax.device_put(host, where)
+    _ARRAYS[key] = (prog, arrays)
+    while len(_ARRAYS) > _PROGRAMS_SIZE:
+        _ARRAYS.popitem(last=False)
+    return arrays
+
+
+def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
+    """Raise ``ModelOutputError`` for the run's first non-finite output (``bad`` from ``runner``)."""
+    if bad == NO_BAD:
         return
-    r, k = (int(v) for v in bad[0])
+    r, j = divmod(bad, max(s.width for s in prog.segments))
     assert sym.plan is not None
-    evs = sym.plan.rounds[r].evals
-    j = next(j for j, e in enumerate(evs) if e.core == k)
-    e = evs[j]
-    raise ModelOutputError(j, f"round {r + 1}, core {k} (step {e.index}, stage {e.stage}, "
-                              f"t={prog.times[r, k]:.6g}): model returned non-finite values (nan or inf)")
+    e = sym.plan.rounds[r].evals[j]
+    raise ModelOutputError(j, f"round {r + 1}, core {e.core} (step {e.index}, stage {e.stage}, "
+                              f"t={prog.times[r, j]:.6g}): model returned non-finite values (nan or inf)")

@@ -1,21 +1,29 @@
 """Lower a ``LinearRecorder`` to the arrays a ``lax.scan`` over rounds consumes.
 
-The scan carry is one buffer ``buf = [0; regs; pts; outs]`` of 1 + L + 2 Kp rows of x.shape:
-``regs`` (L) registers holding every value that outlives the round that computed it (states,
-histories, anchors, recorded slower points, outputs), ``pts`` (Kp) the points the Kp core slots
-evaluate next (slot k = core k; slots beyond K pad to a multiple of the device count), ``outs``
-(Kp) their model outputs. Round r (1-based) is one scan step, with W rows written per round:
+The scan carry is one buffer ``buf = [0; regs]`` of 1 + L flat rows (x.size each): row 0 is zero,
+the L registers hold every value that outlives the step that computed it (states, points,
+histories, anchors, recorded slower points, model outputs kept for later, outputs). Round r
+(1-based) is one scan step; its evaluations are packed into the first slots (slot j = the round's
+j-th evaluation), and the step reads and writes only the rows it needs:
 
-    buf[outs] = model(buf[pts], times[r - 1])             (Kp evaluations, one batched call)
-    new[w]    = sum_m coef[r-1, w, m] * buf[idx[r-1, w, m]]          (w < W, m < M)
-    buf[dest[r-1, w]] = new[w]                            (all reads before the writes)
+    outs     = model(buf[points[r-1]], times[r-1])                      (w slots, one batched call)
+    new[w]   = sum_m coef[r-1, w, m] * buf[idx[r-1, w, m]]
+             + sum_m out_coef[r-1, w, m] * outs[out_idx[r-1, w, m]]             (w < W rows)
+    buf[dest[r-1, w]] = new[w]                        (all reads before the writes, in place)
 
-Rows that keep their value are not written; padding rows write 0 to row 0 (the zero row), padding
-terms read row 0. Before the scan ``buf = init[:, None] * x0`` (every first value is a multiple of
-x0). Values computed and consumed within one round are inlined (their coefficients multiplied
-out), values used in later rounds get a register; registers are reused once their last reader
-has run (interval colouring). A slot idle in a round re-evaluates its previous point (initially
-x0 at t_0); its output is never read.
+A register is written only when a new value is born into it; padding rows write 0 to row 0,
+padding terms have coefficient 0 and read their row's first source again (a cache hit). Before
+the scan ``buf = init[:, None] * x0`` (every first value is a multiple of x0). Values computed and
+consumed within one step are inlined (their coefficients multiplied out); a value read in a later
+step (as a term, as a point, or as an output of the run) gets a register, and registers are reused
+once their last reader has run (interval colouring). A slot without an evaluation reads row 0 (a
+zero point, evaluated at t_0); its output is never read.
+
+The rounds are grouped into *segments* of equal width (a power of two times the device count, at
+most Kp; runs shorter than ``MIN_SEGMENT_ROUNDS`` join a neighbour): a round evaluates only the
+slots of its segment's width, so the plan's idle slots (the ramp-up and the tail, where fewer cores
+are busy) are skipped with shapes that stay fixed within each segment. ``Program.segments`` lists
+them; each is one ``lax.scan`` (``run.py``).
 """
 
 from __future__ import annotations
@@ -26,178 +34,259 @@ import numpy as np
 
 from .linear import LinearRecorder, Sym
 
-__all__ = ["Program", "lower"]
+__all__ = ["Program", "Segment", "lower"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive rounds ``start`` .. ``stop - 1`` (0-based) run by one scan with fixed shapes.
+
+    Attributes:
+        start, stop: the rounds, 0-based, ``stop`` excluded.
+        width: slots evaluated per round (the busiest round's evaluations, rounded up to a power of
+            two times the device count, at most ``Program.slots``).
+        rows: W, rows written per round (the most among its rounds).
+        terms: M, buffer terms per written row.
+        out_terms: model-output terms per written row.
+    """
+
+    start: int
+    stop: int
+    width: int
+    rows: int
+    terms: int
+    out_terms: int
 
 
 @dataclass(frozen=True)
 class Program:
     """Index/coefficient arrays of one compiled CHORDS run (host numpy, float64 coefficients).
 
+    Per-round arrays have the full width; segment s uses ``[start:stop]`` of their rounds and their
+    first ``width`` slots / ``rows`` rows / ``terms`` terms (the rest is padding).
+
     Attributes:
         regs: L, the number of registers.
-        slots: Kp, the number of core slots (K padded to a multiple of the device count).
-        init: (1 + L + 2 Kp,) the buffer's first rows as multiples of x0.
+        slots: Kp, the most slots a round evaluates (K padded to a multiple of the device count).
+        init: (1 + L,) the buffer's first rows as multiples of x0.
+        points: (R, Kp) the buffer row each slot evaluates (0 for an idle slot).
+        times: (R, Kp) evaluation times per slot.
+        active: (R, Kp) slots whose output the plan uses.
         dest: (R, W) rows written per round.
         idx: (R, W, M) buffer rows read per written row.
         coef: (R, W, M) their coefficients.
-        times: (R, Kp) evaluation times per slot.
-        active: (R, Kp) slots whose output the plan uses.
+        out_idx: (R, W, Mo) model-output slots read per written row.
+        out_coef: (R, W, Mo) their coefficients.
+        segments: the rounds grouped by width (see ``Segment``).
         outputs: buffer row of each requested output node (by node id).
     """
 
     regs: int
     slots: int
     init: np.ndarray
+    points: np.ndarray
+    times: np.ndarray
+    active: np.ndarray
     dest: np.ndarray
     idx: np.ndarray
     coef: np.ndarray
-    times: np.ndarray
-    active: np.ndarray
+    out_idx: np.ndarray
+    out_coef: np.ndarray
+    segments: tuple[Segment, ...]
     outputs: dict
 
     @property
     def rounds(self) -> int:
         """R, the number of rounds (scan steps)."""
-        return self.idx.shape[0]
+        return self.points.shape[0]
 
     @property
     def rows(self) -> int:
-        """Rows of the buffer: 1 + L + 2 Kp."""
+        """Rows of the buffer: 1 + L."""
         return self.init.shape[0]
 
+    def segment_arrays(self, seg: Segment) -> tuple[np.ndarray, ...]:
+        """The per-round arrays of one segment, trimmed to its shapes: (rounds, points, times,
+        active, dest, idx, coef, out_idx, out_coef), each with a leading axis of its rounds."""
+        r, k, w, m, mo = slice(seg.start, seg.stop), slice(0, seg.width), slice(0, seg.rows), slice(0, seg.terms), \
+            slice(0, seg.out_terms)
+        return (np.arange(seg.start, seg.stop, dtype=np.int32), self.points[r, k], self.times[r, k], self.active[r, k],
+                self.dest[r, w], self.idx[r, w, m], self.coef[r, w, m], self.out_idx[r, w, mo],
+                self.out_coef[r, w, mo])
 
-def lower(rec: LinearRecorder, slot_of: list[list[int]], slots: int, outputs: list[Sym], t0: float) -> Program:
+
+# Points in time within step s, for register lifetimes: the round's points are read (model input),
+# then its terms, then the new values are written.
+_READ_POINT, _READ_TERM, _WRITE = 0, 1, 2
+
+
+def _time(step: int, what: int) -> int:
+    return 3 * step + what
+
+
+def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multiple: int = 1) -> Program:
     """Lower a recording to the arrays of a ``lax.scan`` over rounds (see the module docstring).
 
     Args:
         rec: the recording of the symbolic engine run.
-        slot_of: ``slot_of[r-1][j]`` is the slot of round r's j-th point.
-        slots: Kp, the number of core slots.
+        slots: Kp, the most slots per round (at least the busiest round's evaluations).
         outputs: the nodes read after the last round.
-        t0: the time of idle slots before their first evaluation.
+        t0: the time idle slots are evaluated at.
+        multiple: segment widths are a power of two times this (the device count).
 
     Returns:
         The ``Program``.
     """
     R = len(rec.rounds)
-    K = slots
-    point_at: dict[tuple[int, int], Sym] = {}  # (round, slot) -> node
-    point_rounds: dict[int, dict[int, int]] = {}  # node id -> {round: slot}
+    nodes = rec.nodes
+    point_reads: dict[int, int] = {}  # node id -> last round it is evaluated in
     for r, (xs, _) in enumerate(rec.rounds, start=1):
-        for j, x in enumerate(xs):
-            k = slot_of[r - 1][j]
-            point_at[(r, k)] = x
-            point_rounds.setdefault(x.id, {})[r] = k
+        for x in xs:
+            point_reads[x.id] = r
 
-    def available(n: Sym, step: int) -> bool:
-        return n.phase == step or step in point_rounds.get(n.id, ())
-
-    # uses: a node read in a later step than it was made, and not as a carried point, needs a register
+    # last read of every node read after the step that made it: it needs a register until then
     until: dict[int, int] = {}
+    for nid, r in point_reads.items():
+        until[nid] = max(until.get(nid, -1), _time(r, _READ_POINT))
+    for o in outputs:
+        until[o.id] = _time(R + 1, _READ_POINT)
     seen: set[int] = set()
-    stack: list[tuple[Sym, int]] = [(o, R + 1) for o in outputs]
-    stack += [(x, r - 1) for (r, _), x in point_at.items()]
+    stack: list[Sym] = list(outputs) + [nodes[i] for i in point_reads]
     while stack:
-        n, step = stack.pop()
-        if not available(n, step):
-            until[n.id] = max(until.get(n.id, 0), step)
-        if n.id in seen:
+        n = stack.pop()
+        if n.id in seen or n.terms is None:
             continue
         seen.add(n.id)
-        if n.terms is not None:
-            stack.extend((child, n.phase) for _, child in n.terms)
+        for _, child in n.terms:
+            if child.phase != n.phase:
+                until[child.id] = max(until.get(child.id, -1), _time(n.phase, _READ_TERM))
+            stack.append(child)
 
-    # registers: node n occupies a register in carries phase(n) .. until(n) - 1
-    nodes = rec.nodes
+    # registers by interval colouring, in order of birth: a register is free once its last read is done
     order = sorted(until, key=lambda i: (nodes[i].phase, i))
-    free_at: list[int] = []  # per register: first carry index where it is free again
+    free_after: list[int] = []  # per register: the time of its occupant's last read
     reg_of: dict[int, int] = {}
     for i in order:
-        start, end = nodes[i].phase, until[i]
-        slot = next((s for s, f in enumerate(free_at) if f <= start), None)
-        if slot is None:
-            slot = len(free_at)
-            free_at.append(0)
-        free_at[slot] = end
-        reg_of[i] = slot
-    L = max(1, len(free_at))
-    writes: list[list[tuple[int, int]]] = [[] for _ in range(R + 1)]  # step -> (register, node id)
-    held: list[list[int | None]] = [[None] * L for _ in range(R + 1)]  # carry s -> occupant
-    for i, slot in reg_of.items():
-        writes[nodes[i].phase].append((slot, i))
-        for s in range(nodes[i].phase, until[i]):
-            held[s][slot] = i
+        born = _time(nodes[i].phase, _WRITE)
+        reg = next((s for s, f in enumerate(free_after) if f < born), None)
+        if reg is None:
+            reg = len(free_after)
+            free_after.append(0)
+        free_after[reg] = until[i]
+        reg_of[i] = reg
+    L = max(1, len(free_after))
+    born_at: list[list[int]] = [[] for _ in range(R + 1)]
+    for i in order:
+        born_at[nodes[i].phase].append(i)
 
-    rows_all, tim, act = [], np.zeros((R, K)), np.zeros((R, K), dtype=bool)
+    K = slots
+    points = np.zeros((R, K), dtype=np.int32)
+    times = np.full((R, K), t0)
+    active = np.zeros((R, K), dtype=bool)
+    for r, (xs, ts) in enumerate(rec.rounds):
+        for j, (x, t) in enumerate(zip(xs, ts)):
+            points[r, j], times[r, j], active[r, j] = 1 + reg_of[x.id], t, True
+
+    steps: list[list[tuple[int, dict[int, float], dict[int, float]]]] = []
     for step in range(R + 1):
-        memo: dict[int, dict[int, float]] = {}
+        memo: dict[int, tuple[dict[int, float], dict[int, float]]] = {}
 
-        def resolve(n: Sym, step: int = step, memo: dict[int, dict[int, float]] = memo) -> dict[int, float]:
-            # step and memo bound per iteration (the closure is only called within it)
-            if step >= 1 and step in point_rounds.get(n.id, ()):
-                return {1 + L + point_rounds[n.id][step]: 1.0}
+        def resolve(n: Sym, step: int = step, memo: dict = memo) -> tuple[dict[int, float], dict[int, float]]:
+            """n as ({buffer row: c}, {output slot: c}) at this step (bound per iteration)."""
             if n.phase != step:
-                reg = reg_of[n.id]
-                assert held[step - 1][reg] == n.id, "register allocation lost a value"
-                return {1 + reg: 1.0}
+                return {1 + reg_of[n.id]: 1.0}, {}
             if n.terms is None:
                 if n.leaf[0] == "x0":
-                    return {1: 1.0}
-                _, r, j = n.leaf
-                return {1 + L + K + slot_of[r - 1][j]: 1.0}
+                    return {0: 1.0}, {}  # step 0 only: x0 is the init vector's unit
+                return {}, {n.leaf[2]: 1.0}  # ("out", r, j): slot j of this round
             got = memo.get(n.id)
             if got is None:
-                got = {}
+                buf_terms: dict[int, float] = {}
+                out_terms: dict[int, float] = {}
+                got = (buf_terms, out_terms)
                 for c, child in n.terms:
-                    for src, w in resolve(child).items():
-                        got[src] = got.get(src, 0.0) + c * w
+                    for mine, theirs in zip(got, resolve(child)):
+                        for src, w in theirs.items():
+                            mine[src] = mine.get(src, 0.0) + c * w
                 memo[n.id] = got
             return got
 
-        rows: list[dict[int, float]] = []
-        for reg in range(L):
-            occupant = held[step][reg]
-            if occupant is None:
-                rows.append({})
-            elif nodes[occupant].phase == step:
-                rows.append(resolve(nodes[occupant]))
-            else:
-                rows.append({1 + reg: 1.0})
-        for k in range(K):
-            pt = point_at.get((step + 1, k))
-            if pt is not None:
-                rows.append(resolve(pt))
-            else:
-                rows.append({1: 1.0} if step == 0 else {1 + L + k: 1.0})
-        rows_all.append(rows)
-        if step < R:
-            for k in range(K):
-                tim[step, k] = tim[step - 1, k] if step else t0
-            for j, t in enumerate(rec.rounds[step][1]):
-                k = slot_of[step][j]
-                tim[step, k], act[step, k] = t, True
+        steps.append([(1 + reg_of[i], *resolve(nodes[i])) for i in born_at[step]])
 
-    init = np.zeros(1 + L + 2 * K)
-    for i, row in enumerate(rows_all[0]):
-        init[1 + i] = row.get(1, 0.0)
-    dest, idx, coef = _pack(rows_all[1:])
+    init = np.zeros(1 + L)
+    for row, buf_terms, _ in steps[0]:
+        init[row] = buf_terms.get(0, 0.0)
+    dest, idx, coef, out_idx, out_coef, n_terms, n_out = _pack(steps[1:])
+    segments = _segments([len(xs) for xs, _ in rec.rounds], n_terms, n_out, K, multiple)
     outs = {o.id: 1 + reg_of[o.id] for o in outputs}
-    return Program(L, K, init, dest, idx, coef, tim, act, outs)
+    return Program(L, K, init, points, times, active, dest, idx, coef, out_idx, out_coef, segments, outs)
 
 
-def _pack(steps: list[list[dict[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per step the rows [regs; pts] as {buffer row: coefficient} -> (dest, idx, coef) arrays,
-    leaving out rows that keep their value (a copy of themselves) or are dead (empty)."""
-    writes = [[(1 + i, sorted((k, c) for k, c in r.items() if c != 0.0))
-               for i, r in enumerate(st) if r and r != {1 + i: 1.0}] for st in steps]
-    W = max(1, max((len(w) for w in writes), default=1))
-    M = max(1, max((len(t) for w in writes for _, t in w), default=1))
-    dest = np.zeros((len(steps), W), dtype=np.int32)
-    idx = np.zeros((len(steps), W, M), dtype=np.int32)
-    coef = np.zeros((len(steps), W, M))
-    for a, w in enumerate(writes):
-        for b, (row, terms) in enumerate(w):
-            dest[a, b] = row
-            for m, (src, c) in enumerate(terms):
-                idx[a, b, m], coef[a, b, m] = src, c
-    return dest, idx, coef
+def _pack(steps: list[list[tuple[int, dict[int, float], dict[int, float]]]]) -> tuple[np.ndarray, ...]:
+    """Per step the written rows (row, {buffer row: c}, {output slot: c}) -> padded arrays
+    (dest, idx, coef, out_idx, out_coef) and the terms each row uses (buffer, outputs: (R, W) each);
+    zero terms dropped."""
+    rows = [[(d, [(k, c) for k, c in sorted(b.items()) if c != 0.0], [(k, c) for k, c in sorted(o.items()) if c != 0.0])
+             for d, b, o in st] for st in steps]
+    W = max(1, max((len(st) for st in rows), default=1))
+    M = max(1, max((len(b) for st in rows for _, b, _ in st), default=1))
+    Mo = max(1, max((len(o) for st in rows for _, _, o in st), default=1))
+    R = len(steps)
+    dest, n_terms, n_out = np.zeros((R, W), dtype=np.int32), np.zeros((R, W), dtype=int), np.zeros((R, W), dtype=int)
+    idx, coef = np.zeros((R, W, M), dtype=np.int32), np.zeros((R, W, M))
+    out_idx, out_coef = np.zeros((R, W, Mo), dtype=np.int32), np.zeros((R, W, Mo))
+    for a, st in enumerate(rows):
+        for w, (d, b, o) in enumerate(st):
+            dest[a, w], n_terms[a, w], n_out[a, w] = d, len(b), len(o)
+            # padding terms (coefficient 0) read the row's first source again: a cache hit, where
+            # row 0 would be one more pass over a state's worth of memory
+            idx[a, w, :], out_idx[a, w, :] = b[0][0] if b else 0, o[0][0] if o else 0
+            for m, (src, c) in enumerate(b):
+                idx[a, w, m], coef[a, w, m] = src, c
+            for m, (src, c) in enumerate(o):
+                out_idx[a, w, m], out_coef[a, w, m] = src, c
+    return dest, idx, coef, out_idx, out_coef, n_terms, n_out
+
+
+#: A segment shorter than this many rounds is merged into a neighbour: each segment is one more loop
+#: to compile (and trace the model for) and to start per call, which costs more than a few rounds of
+#: idle slots save.
+MIN_SEGMENT_ROUNDS = 4
+
+
+def _segments(widths: list[int], n_terms: np.ndarray, n_out: np.ndarray, slots: int,
+              multiple: int) -> tuple[Segment, ...]:
+    """Group rounds into runs of equal width: each round's evaluations rounded up to a power of two
+    times ``multiple``, at most ``slots``; a run shorter than ``MIN_SEGMENT_ROUNDS`` joins the
+    neighbour that adds the fewest idle slot evaluations. Per segment the most rows and terms its
+    rounds use."""
+    def width(n: int) -> int:
+        w = multiple
+        while w < n:
+            w *= 2
+        return min(w, slots)
+
+    def merged(a: list[int], b: list[int]) -> list[int]:
+        return [min(a[0], b[0]), max(a[1], b[1])] + [max(u, v) for u, v in zip(a[2:], b[2:])]
+
+    def waste(a: list[int], b: list[int]) -> int:
+        m = merged(a, b)
+        return (m[1] - m[0]) * m[2] - (a[1] - a[0]) * a[2] - (b[1] - b[0]) * b[2]
+
+    used = [(int(((a + b) > 0).sum()), int(a.max(initial=0)), int(b.max(initial=0))) for a, b in zip(n_terms, n_out)]
+    segs: list[list[int]] = []  # [start, stop, width, rows, terms, out_terms]
+    for r, (n, (rows, terms, outs)) in enumerate(zip(widths, used)):
+        w = width(n)
+        if segs and segs[-1][2] == w:
+            segs[-1] = merged(segs[-1], [r, r + 1, w, rows, terms, outs])
+        else:
+            segs.append([r, r + 1, w, rows, terms, outs])
+    while len(segs) > 1:
+        short = [i for i, s in enumerate(segs) if s[1] - s[0] < MIN_SEGMENT_ROUNDS]
+        if not short:
+            break
+        i = min(short, key=lambda i: segs[i][1] - segs[i][0])
+        j = min((k for k in (i - 1, i + 1) if 0 <= k < len(segs)), key=lambda k: waste(segs[i], segs[k]))
+        lo = min(i, j)
+        segs[lo: lo + 2] = [merged(segs[i], segs[j])]
+    return tuple(Segment(a, b, w, max(1, rows), max(1, t), max(1, o)) for a, b, w, rows, t, o in segs)

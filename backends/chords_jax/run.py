@@ -1,11 +1,14 @@
-"""The compiled pipeline: one jitted function, a ``lax.scan`` over rounds (see ``lower.py``).
+"""The compiled pipeline: one jitted function, a ``lax.scan`` over the rounds of each segment (see
+``lower.py``).
 
-Per scan step the Kp core slots evaluate the model once each, as one batched call of Kp * B rows
-with per-sample times (``DiffusionModel``), or vmapped (unbatched ``VectorField``). With a mesh the
-slots are sharded over its ``"cores"`` axis and every device evaluates its Kp / D slots with
-``shard_map``; the buffer of registers is replicated and the linear updates run as GSPMD decides.
-The jitted functions are cached per (model function, mesh, output check), so a second call with
-the same shapes reuses the executable.
+Per scan step the w slots of the segment evaluate the model once each, as one batched call of
+w * B rows with per-sample times (``DiffusionModel``), or vmapped (unbatched ``VectorField``); the
+rows born in the round are combined in one fused pass and scattered into the register buffer in
+place, and the outputs are checked for nan/inf on the device (the first bad round and slot is
+carried as one int). With a mesh the slots are sharded over its ``"cores"`` axis and every device
+evaluates its w / D slots with ``shard_map``; the buffer of registers is replicated and the linear
+updates run as GSPMD decides. The jitted functions are cached per (model function, mesh, output
+check), so a second call with the same shapes reuses the executable.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 
-__all__ = ["runner", "compilations", "clear_cache", "AXIS", "make_mesh"]
+__all__ = ["runner", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
 _CACHE: OrderedDict[tuple, Callable] = OrderedDict()
 _CACHE_SIZE = 32
+#: ``bad`` of a run whose checked outputs were all finite.
+NO_BAD = np.iinfo(np.int32).max
 
 
 def compilations() -> int:
@@ -38,8 +43,9 @@ def make_mesh(devices: Any) -> Mesh | None:
     """A 1-D mesh with axis ``"cores"`` over which the core slots are sharded.
 
     Args:
-        devices: None, a device count, a sequence of jax devices, or a ``Mesh`` (returned as is if
-            it has an axis ``"cores"``).
+        devices: None, a device count (the first n of ``jax.devices()``: under ``jax.distributed``
+            the devices of every process), a sequence of jax devices, or a ``Mesh`` (returned as is
+            if it has an axis ``"cores"``).
 
     Returns:
         The mesh, or ``None`` for ``devices=None`` (no sharding). Raises ``ValueError`` otherwise.
@@ -53,12 +59,38 @@ def make_mesh(devices: Any) -> Mesh | None:
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         avail = jax.devices()
         if not 1 <= devices <= len(avail):
-            raise ValueError(f"devices={devices}: this process has {len(avail)} jax device(s)")
+            raise ValueError(f"devices={devices}: jax has {len(avail)} device(s) (jax.devices(), all processes)")
         devices = avail[:devices]
     devs = list(devices)
     if not devs or not all(isinstance(d, jax.Device) for d in devs):
         raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
     return Mesh(np.array(devs), (AXIS,))
+
+
+_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                  jax.errors.TracerIntegerConversionError)
+
+
+def _traced(call: Callable, *operands: Any) -> Any:
+    """``call(*operands)`` at trace time, a function that jax cannot trace named as the model's."""
+    try:
+        return call(*operands)
+    except _NOT_TRACEABLE as err:
+        raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
+                        f"conversion or Python branch on array values); tracing it failed with: {err}") from err
+
+
+def _checked(out: Any, like: Any) -> Any:
+    """The model's output for the points ``like``: an array of their shape, floating (cast to their
+    dtype), or ``ModelOutputError`` at trace time, as the core's ``Model._check`` says it."""
+    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+        raise ModelOutputError(0, f"model returned {type(out).__name__}, expected an array of shape "
+                                  f"{tuple(like.shape)}")
+    if tuple(out.shape) != tuple(like.shape):
+        raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
+    return out.astype(like.dtype)
 
 
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
@@ -71,10 +103,8 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
             k, rows = pts.shape[0], pts.shape[1]
             flat = pts.reshape((k * rows,) + pts.shape[2:])
             tt = jnp.repeat(t, rows)
-            out = fn(flat, tt, args) if with_args else fn(flat, tt)
-            if tuple(out.shape) != tuple(flat.shape):
-                raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(flat.shape)}")
-            return out.reshape(pts.shape).astype(pts.dtype)
+            out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
+            return _checked(out, flat).reshape(pts.shape)
 
         return ("diffusion", fn, with_args), evaluate
     if isinstance(model, VectorField):
@@ -83,23 +113,24 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
 
         def evaluate(pts, t, args):
             if with_args:
-                out = f(t, pts, args) if batched else jax.vmap(f, in_axes=(0, 0, None))(t, pts, args)
+                out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), t, pts, args)
             else:
-                out = f(t, pts) if batched else jax.vmap(f)(t, pts)
-            if tuple(out.shape) != tuple(pts.shape):
-                raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(pts.shape)}")
-            return out.astype(pts.dtype)
+                out = _traced(f if batched else jax.vmap(f), t, pts)
+            return _checked(out, pts)
 
         return ("field", f, batched, with_args), evaluate
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-def _terms(buf: Any, idx: Any, coef: Any) -> Any:
-    """new[w] = sum_m coef[w, m] * buf[idx[w, m]] for buf (S, *X), idx/coef (W, M) -> (W, *X)."""
-    shape = (coef.shape[0],) + (1,) * (buf.ndim - 1)
-    new = coef[:, 0].reshape(shape) * buf[idx[:, 0]]
-    for m in range(1, idx.shape[1]):
-        new = new + coef[:, m].reshape(shape) * buf[idx[:, m]]
+def _terms(src: Any, idx: Any, coef: Any) -> Any:
+    """sum_m coef[w, m] * src[idx[w, m]] for src (S, N), idx/coef (W, M) -> (W, N): the gathers fuse
+    into one pass over the rows read. A zero coefficient (padding) gives 0 even where the row it
+    reads is not finite (an idle slot's output, a state gone to inf with the output check off)."""
+    new = None
+    for m in range(idx.shape[1]):
+        c = coef[:, m, None]
+        term = jnp.where(c != 0, c * src[idx[:, m]], 0)
+        new = term if new is None else new + term
     return new
 
 
@@ -110,7 +141,7 @@ def clear_cache() -> None:
 
 
 def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) -> Callable:
-    """The jitted pipeline ``run(x, init, dest, idx, coef, times, args) -> (buf, finite)``, cached.
+    """The jitted pipeline ``run(x, init, segments, rows, zeros, args) -> (outputs, bad)``, cached.
 
     The cache is keyed by the model's function and holds it (and what it closes over) until it is
     evicted (least recently used, beyond ``_CACHE_SIZE`` entries) or ``clear_cache()`` is called.
@@ -120,12 +151,16 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` with a jax-traceable function.
         mesh: the device mesh (``make_mesh``) or ``None``.
-        check: also return per round and slot whether the outputs are finite.
+        check: check on device that the active slots' outputs are finite.
         with_args: call the function with a third argument ``args`` (any pytree).
 
     Returns:
-        The jitted function: ``buf`` the final buffer (rows of x's shape), ``finite`` (R, Kp)
-        booleans (empty rows without ``check``).
+        The jitted function. ``segments`` holds one tuple of per-round arrays per segment
+        (``Program.segment_arrays``), each run as one ``lax.scan``. ``outputs`` are the final
+        buffer's ``rows`` (each of x's shape); ``zeros`` is a vector of x.size zeros (the output
+        check's operand); ``bad`` (int32) is ``round * slots + slot`` of the first active slot
+        whose output was not finite (rounds 0-based, slots as in ``Program.points``), or
+        ``NO_BAD`` (also without ``check``).
     """
     key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check))
@@ -142,22 +177,34 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
         """Keep the buffer replicated: each device holds all registers, only the outputs travel."""
         return buf if mesh is None else jax.lax.with_sharding_constraint(buf, replicated)
 
-    def run(x, init, dest, idx, coef, times, args):
+    def run(x, init, segments, rows, zeros, args):
         global _COMPILATIONS
         _COMPILATIONS += 1
-        slots = times.shape[1]
-        pts = init.shape[0] - 2 * slots  # first point row; outputs follow the points
-        buf = init.reshape(init.shape + (1,) * x.ndim) * x[None]
+        slots = max(seg[1].shape[1] for seg in segments)
+        # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
+        buf = pin(init[:, None] * x.reshape(1, -1))
 
-        def body(buf, inputs):
-            dest_r, idx_r, coef_r, t_r = inputs
-            outs = evaluate(buf[pts : pts + slots], t_r, args)
-            buf = pin(buf.at[pts + slots :].set(outs))
-            buf = pin(buf.at[dest_r].set(_terms(buf, idx_r, coef_r)))
-            finite = jnp.isfinite(outs).reshape(slots, -1).all(axis=1) if check else jnp.zeros((0,), bool)
-            return buf, finite
+        def body(carry, inputs):
+            buf, bad = carry
+            rnd, points, t, active, dest, idx, coef, out_idx, out_coef = inputs
+            outs = evaluate(buf[points].reshape(points.shape + x.shape), t, args).reshape(points.shape[0], -1)
+            new = _terms(buf, idx, coef) + _terms(outs, out_idx, out_coef)
+            buf = pin(buf.at[dest].set(new, mode="promise_in_bounds"))
+            if check:
+                # outs @ 0 is 0 for a finite row and nan for a row with a nan or an inf (0 * inf = nan),
+                # at any magnitude; a matrix-vector product reads the outputs once at full speed (a
+                # reduction over the rows ran up to 2x slower on CPU). ``zeros`` is an argument, not a
+                # constant, so that no compiler folds the product away.
+                ok = jnp.isfinite(outs @ zeros) | ~active
+                code = rnd * slots + jnp.arange(outs.shape[0], dtype=jnp.int32)
+                bad = jnp.minimum(bad, jnp.min(jnp.where(ok, NO_BAD, code)))
+            return (buf, bad), None
 
-        return jax.lax.scan(body, buf, (dest, idx, coef, times))
+        carry = (buf, jnp.asarray(NO_BAD, jnp.int32))
+        for seg in segments:
+            carry, _ = jax.lax.scan(body, carry, seg)
+        buf, bad = carry
+        return tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0])), bad
 
     fn = _CACHE[key] = jax.jit(run)
     while len(_CACHE) > _CACHE_SIZE:
