@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	# the CPU build of torch; an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q --disable-pip-version-check 'torch==2.13.0'
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,torch,jax,plots,progress,diffusers,bench,notebooks]'
+	# a real pretrained network (tests/test_terrain.py, benchmarks/terrain.py): onnxruntime (CPU) with its
+	# dependencies, then the terrain UNet's wheel without them (its metadata asks for onnxruntime-gpu on Linux)
+	$(PY) -m pip install -q --disable-pip-version-check 'onnxruntime>=1.18'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'adaptive-terrain-diffusion==0.4.2'
 	touch $(STAMP)
 
 $(DEMO_STAMP): pyproject.toml Makefile
