@@ -309,6 +309,22 @@ def cast_like(x: Array, like: Array) -> Array:
     return x.astype(like.dtype)
 
 
+def minimum(a: Array, b: Array) -> Array:
+    """Elementwise minimum of two arrays (or Python floats) of one library."""
+    if isinstance(a, float) and isinstance(b, float):
+        return min(a, b)
+    lib = library(a)
+    if lib == "torch":
+        import torch
+
+        return torch.minimum(a, b)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return jnp.minimum(a, b)
+    return np.minimum(a, b)
+
+
 def row_sq(d: Array) -> Array:
     """Per-sample sum of squares over all but the leading (batch) axis; a 0-d value for a state
     without a batch axis (1-D or 0-d). numpy: one pass without a temporary."""

@@ -183,10 +183,17 @@ class _PointErrors:
         return val
 
     def score(self, change_sq: Any, j: int) -> Any:
-        """change^2 / e_j^2 per sample; with no estimate yet, infinite unless the change is zero."""
+        """change^2 / min(e_j^2, e_{j-1}^2) per sample; with no estimate yet, infinite unless the change
+        is zero. The smaller of two neighbouring estimates: e_j comes from model values at points not
+        yet converged, which can inflate it without bound (the terrain network at 10 steps: an e_j
+        from a wild iterate accepted outputs 3-309x the output's RMS away from the sequential one),
+        while e_{j-1} leans on the point just accepted."""
         est = self.estimate(j)
         if est is None:
             return math.inf if _worst(change_sq) > 0 else 0.0
+        prev = self.estimate(j - 1) if j > 0 else None
+        if prev is not None:
+            est = B.minimum(est, prev)
         return change_sq / (est + self.tiny)
 
 
