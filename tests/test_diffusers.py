@@ -23,9 +23,9 @@ from diffusers import (  # noqa: E402
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
+from helpers import rel_err  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
 import chords_core as cc
@@ -34,27 +34,11 @@ import chords_diffusers as cd  # noqa: E402
 STEPS = 8
 
 
-def rel_err(a, b):
-    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- tiny models ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4).eval()
 
 
 def _bytes_to_unicode():

@@ -13,6 +13,7 @@ from diffusers import (
     WanTransformer3DModel,
 )
 from diffusers.modular_pipelines import FluxAutoBlocks, StableDiffusionXLAutoBlocks, WanBlocks
+from helpers import rel_err  # noqa: E402
 
 import chords_core as cc
 import chords_diffusers as cd
@@ -20,16 +21,8 @@ import chords_diffusers as cd
 STEPS = 8
 
 
-def rel_err(a, b):
-    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vae(**kw):

@@ -26,11 +26,14 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
-from test_diffusers import _clip_config, one_thread, rel_err, tokenizer  # noqa: F401  (fixtures)
+from helpers import rel_err
+from test_diffusers import _clip_config, tokenizer  # noqa: F401  (tokenizer: a fixture)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, UMT5Config, UMT5EncoderModel
 
 import chords_core as cc
 import chords_diffusers as cd
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 6
 TOL = 2e-6  # |chords - pipe| / max(1, |pipe|), max over elements; observed <= 1.2e-6 (SDXL), <= 5e-7 (others)

@@ -42,14 +42,6 @@ def trap_executor():
     assert all(gone(p) for p in ex.pids)
 
 
-@pytest.fixture()
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("solver,cores", [("euler", 4), ("heun", 3), ("dpmpp_3m", 4), ("unipc", 2)])
 def test_process_executor_equals_serial_bitwise(trap_executor, one_thread, solver, cores):
     grid = cc.time_grid(MODEL.schedule, 14)
