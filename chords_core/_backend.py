@@ -193,11 +193,11 @@ def own(x: Array) -> Array:
     round's output alive."""
     if type(x) is np.ndarray:
         size = getattr(x.base, "nbytes", 0)
-    elif library(x) == "torch":
+        return x.copy() if size > x.nbytes and size >= OWN_MIN_BYTES else x
+    if library(x) == "torch":
         size = x.untyped_storage().nbytes()
-    else:
-        return x  # jax arrays are not views; other array types are left alone
-    return x.copy() if size > x.nbytes and size >= OWN_MIN_BYTES else x
+        return x.clone() if size > x.nbytes and size >= OWN_MIN_BYTES else x
+    return x  # jax arrays are not views; other array types are left alone
 
 
 def split_rows(x: Array, n: int) -> list[Array]:
