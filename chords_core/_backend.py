@@ -144,6 +144,8 @@ class Workspace:
         and for 0-d states)."""
         x0 = arrays[0]
         self._used = False
+        if type(x0) is np.ndarray and len(arrays) * x0.nbytes < WORKSPACE_MIN_BYTES:  # the common small case
+            return np.stack(arrays) if new_axis else np.concatenate(arrays)
         if len(arrays) * _nbytes(x0) < WORKSPACE_MIN_BYTES:
             return stack(arrays) if new_axis else concat(arrays)
         lib = library(x0)

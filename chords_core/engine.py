@@ -99,7 +99,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
         raise ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
-    if outs and model.deferred_check(outs[0]):
+    if outs and model.check_outputs in ("auto", "deferred") and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
         if deferred is None:
@@ -156,12 +156,14 @@ class CoreRecords:
                 qs[c] = [q]
                 if local is not None:
                     self._observe(c, i, q)
-                kept = c and anchor[c][0] == i
-                if keep is not None and (kept or record_for is not None):
-                    q = keep(q)  # kept past the round: not as a view pinning the round's whole output
-                if kept:
+                # a q kept past the round is owned (``keep``): not a view pinning the round's whole output
+                if c and anchor[c][0] == i:
+                    if keep is not None:
+                        q = keep(q)
                     anchor[c] = (i, xe, q)
                 if record_for is not None:
+                    if keep is not None:
+                        q = keep(q)  # an owned q comes back as it is
                     slow[record_for] = (xe, q)
                 if spawn:
                     if c + 1 < K:

@@ -77,6 +77,8 @@ class Model:
     def deferred_check(self, out: Array) -> bool:
         """Whether the finiteness of ``out`` is checked later by the caller (``check_outputs``)."""
         c = self.check_outputs
+        if c is True or c is False or type(out) is np.ndarray:  # the common cases, decided at once
+            return c == "deferred"
         return c == "deferred" or (c == "auto" and B.on_accelerator(out))
 
     #: whether ``_call`` takes a ``workspace`` keyword (the library's models do; a subclass may not)
@@ -148,7 +150,8 @@ class Model:
         if not same_dtype and not B.is_floating(out):
             raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
         c = self.check_outputs
-        if (c is True or (c == "auto" and not B.on_accelerator(out))) and not B.all_finite(out):
+        now = c is True or (c == "auto" and (type(out) is np.ndarray or not B.on_accelerator(out)))
+        if now and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
         return out if same_dtype else B.cast_like(out, like)
