@@ -8,12 +8,13 @@ Sections (each prints one line of JSON; the last line summarises):
 1. ``device``: ``DeviceExecutor`` over every visible GPU (one thread and one replica per GPU), CHORDS
    with a seeded float64 MLP, every core's output against ``SerialExecutor`` on the first GPU
    (maximum absolute difference; one call per point, so equal up to the devices' kernels).
-2. ``nccl``: ``DistributedExecutor`` under torchrun with nccl, one rank per GPU (at least 2),
-   running ``python -m chords_torch.demo``, which compares every output with the serial executor
-   bit for bit (gloo on the CPU with ``--allow-cpu``).
+2. ``distributed``: ``DistributedExecutor`` under torchrun with nccl, one rank per GPU, running
+   ``python -m chords_torch.demo``, which compares every output with the serial executor bit for
+   bit (nccl needs a GPU per rank: with one GPU, or ``--allow-cpu``, 2 ranks on gloo).
 3. ``jax``: ``chords_jax.chords`` sharded over the JAX GPU devices against the numpy core (skipped,
    with the reason, where JAX has no GPU backend).
-4. ``speedup``: an MLP sized to take about ``--ms`` ms per evaluation on one GPU; the sequential
+4. ``speedup``: a seeded MLP (1024-4096x8-1024) whose batch doubles until one evaluation takes
+   about ``--ms`` ms on one GPU; the sequential
    solve against CHORDS (first output, ``StopAtCore(1)``) with one core per GPU (``DeviceExecutor``)
    and, on one GPU, with the round's points batched (``BatchedExecutor``: the GPU's spare capacity
    is the parallelism). Wall-clock median [min-max] of ``--repeats`` interleaved repeats (CUDA
@@ -123,12 +124,14 @@ def check_jax(allow_cpu: bool, steps: int) -> dict:
     return emit("jax", platform=platform, devices=len(devs), cores=cores, max_abs_diff=diff, ok=diff <= 1e-4)
 
 
-def sized_mlp(device, ms: float, batch: int, dim: int) -> tuple[MLP, float]:
-    """An MLP whose evaluation at a (batch, dim) state takes about ``ms`` ms on ``device``."""
-    x = torch.randn(batch, dim, device=device)
-    t = torch.full((batch,), 0.5, device=device)
+def sized_mlp(device, ms: float, dim: int, width: int, depth: int) -> tuple[MLP, float, int]:
+    """A seeded MLP and the batch (rows of the state) at which one evaluation takes about ``ms`` ms on
+    ``device``: the batch doubles until it does (a GPU is only busy for ``ms`` with enough rows)."""
+    net = MLP(dim, width, depth).eval().to(device)
 
-    def timed(net) -> float:
+    def timed(batch: int) -> float:
+        x = torch.randn(batch, dim, device=device)
+        t = torch.full((batch,), 0.5, device=device)
         with torch.no_grad():
             for _ in range(2):
                 net(x, t)
@@ -139,19 +142,17 @@ def sized_mlp(device, ms: float, batch: int, dim: int) -> tuple[MLP, float]:
             sync([device])
         return (time.perf_counter() - t0) / 5 * 1e3
 
-    depth = 2
-    net = MLP(dim, dim, depth).eval().to(device)
-    per = timed(net)
-    while per < 0.8 * ms and depth < 256:
-        depth = min(256, max(depth + 1, int(depth * ms / max(per, 1e-3))))
-        net = MLP(dim, dim, depth).eval().to(device)
-        per = timed(net)
-    return net, per
+    batch = 8
+    per = timed(batch)
+    while per < 0.8 * ms and batch < 1 << 17:
+        batch *= 2
+        per = timed(batch)
+    return net, per, batch
 
 
-def speedup(devices, ms: float, steps: int, repeats: int, batch: int, dim: int) -> dict:
+def speedup(devices, ms: float, steps: int, repeats: int, dim: int, width: int, depth: int) -> dict:
     """Wall clock of the sequential solve against CHORDS (first output), interleaved repeats."""
-    net, per = sized_mlp(devices[0], ms, batch, dim)
+    net, per, batch = sized_mlp(devices[0], ms, dim, width, depth)
     model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
     x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(0)).to(devices[0])
     grid = cc.time_grid(model.schedule, steps)
@@ -208,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     steps, repeats = (12, 2) if args.quick else (50, 5)
     t0 = time.monotonic()
     results = [check_devices(devices, steps)]
-    ranks = max(2, gpus) if gpus else 2
-    results.append(check_distributed(ranks, "nccl" if gpus else "gloo", timeout=240))
+    # nccl needs one GPU per rank: with fewer than 2 GPUs the protocol is checked on gloo
+    results.append(check_distributed(max(2, gpus), "nccl" if gpus >= 2 else "gloo", timeout=240))
     results.append(check_jax(args.allow_cpu, steps))
     ms = args.ms if gpus else min(args.ms, 5.0)
-    batch, dim = (64, 1024) if gpus else (8, 128)
-    results.append(speedup(devices, ms, steps, repeats, batch, dim))
+    dim, width, depth = (1024, 4096, 8) if gpus else (128, 128, 2)
+    results.append(speedup(devices, ms, steps, repeats, dim, width, depth))
     ok = all(r.get("ok") for r in results)
     emit("summary", gpus=gpus, torch=torch.__version__,
          cuda=torch.version.cuda, names=[torch.cuda.get_device_name(i) for i in range(gpus)],

@@ -33,6 +33,6 @@ def test_its_checks_compare_with_the_serial_result_on_the_cpu():
     assert dev["ok"] and dev["max_abs_diff"] == 0.0 and dev["core0_equals_solve"]
     jx = gc.check_jax(allow_cpu=True, steps=8)
     assert jx["ok"] and jx["platform"] == "cpu" and jx["max_abs_diff"] <= 1e-4
-    sp = gc.speedup(cpu, ms=1.0, steps=8, repeats=1, batch=2, dim=16)
+    sp = gc.speedup(cpu, ms=1.0, steps=8, repeats=1, dim=16, width=16, depth=2)
     assert set(sp["methods"]) == {"batched x4 (one GPU)", "DeviceExecutor x2"}
-    assert all(m["rounds"] < 8 for m in sp["methods"].values())
+    assert all(m["rounds"] < 8 for m in sp["methods"].values()) and sp["batch"] >= 8
