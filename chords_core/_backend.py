@@ -149,7 +149,7 @@ class Workspace:
         if len(arrays) * _nbytes(x0) < WORKSPACE_MIN_BYTES:
             return stack(arrays) if new_axis else concat(arrays)
         lib = library(x0)
-        if lib == "jax" or (not new_axis and len(x0.shape) == 0) or (lib == "torch" and x0.requires_grad):
+        if lib == "jax" or (not new_axis and len(x0.shape) == 0) or (lib == "torch" and _needs_autograd(arrays)):
             return stack(arrays) if new_axis else concat(arrays)
         self._used = True
         n = len(arrays)
@@ -159,7 +159,8 @@ class Workspace:
             import torch
 
             if (buf is None or not isinstance(buf, torch.Tensor) or tuple(buf.shape[1:]) != shape[1:]
-                    or buf.shape[0] < shape[0] or buf.dtype != x0.dtype or buf.device != x0.device):
+                    or buf.shape[0] < shape[0] or buf.dtype != x0.dtype or buf.device != x0.device
+                    or buf.is_inference() != torch.is_inference_mode_enabled()):
                 buf = self._buf = torch.empty(shape, dtype=x0.dtype, device=x0.device)
                 self.allocations += 1
             part = buf[: shape[0]]
@@ -200,6 +201,13 @@ def own(x: Array) -> Array:
         size = x.untyped_storage().nbytes()
         return x.clone() if size > x.nbytes and size >= OWN_MIN_BYTES else x
     return x  # jax arrays are not views; other array types are left alone
+
+
+def _needs_autograd(arrays: Sequence[Array]) -> bool:
+    """Whether stacking torch tensors must record gradients (``out=`` cannot)."""
+    import torch
+
+    return torch.is_grad_enabled() and any(a.requires_grad for a in arrays)
 
 
 def split_rows(x: Array, n: int) -> list[Array]:

@@ -150,7 +150,10 @@ class Model:
         if not same_dtype and not B.is_floating(out):
             raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
         c = self.check_outputs
-        now = c is True or (c == "auto" and (type(out) is np.ndarray or not B.on_accelerator(out)))
+        if isinstance(c, str):
+            now = c == "auto" and (type(out) is np.ndarray or not B.on_accelerator(out))
+        else:
+            now = bool(c)
         if now and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")

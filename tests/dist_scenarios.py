@@ -75,7 +75,8 @@ def main(scenario: str, path: str) -> int:
             try:
                 res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
                 ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
-                report["second"] = "equal" if all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits)) else "DIFFERENT"
+                same = len(res.hits) == len(ref.hits) and all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
+                report["second"] = "equal" if same else "DIFFERENT"
             except ExecutorClosed as e:
                 report["second"] = f"ExecutorClosed: {e}"
         elif scenario == "hung":

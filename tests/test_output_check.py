@@ -151,3 +151,64 @@ def test_large_torch_states_run_through_the_batched_executor_like_the_serial_one
     got = cc.chords(model, x, grid, "euler", cores=3, stop=None)
     ref = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
     assert all(torch.equal(a.x, b.x) for a, b in zip(got.hits, ref.hits))
+
+
+def test_device_replicas_check_at_once_when_the_driver_states_are_on_the_host(monkeypatch):
+    """'auto' decides by where the outputs end up: replicas on accelerators (simulated here by the
+    worker threads) must check when the driver's states are on the host, or nobody would."""
+    import threading
+
+    from chords_torch import DeviceExecutor
+
+    monkeypatch.setattr(B, "on_accelerator",
+                        lambda x: type(x) is torch.Tensor and threading.current_thread().name.startswith("chords-"))
+
+    def net(x, t):
+        out = -x.clone()
+        out[0] = float("nan")
+        return out
+
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with DeviceExecutor(["cpu", "cpu"]) as ex, pytest.raises(cc.ModelOutputError, match="round 1, core 0"):
+        cc.chords(model, x, cc.time_grid(model.schedule, 8), "euler", cores=2, stop=None, executor=ex)
+
+
+def test_a_worker_bound_model_checks_at_once():
+    from chords_torch._common import bind, shell_of
+
+    m = cc.DiffusionModel(lambda x, t: x, cc.RectifiedFlow(), "flow")
+    assert bind(shell_of(m), lambda x, t: x).check_outputs is True and m.check_outputs == "auto"
+    d = cc.DiffusionModel(lambda x, t: x, cc.RectifiedFlow(), "flow", check_outputs="deferred")
+    assert bind(shell_of(d), lambda x, t: x).check_outputs == "deferred"
+
+
+def test_the_reused_buffer_follows_inference_mode_and_gradients(monkeypatch):
+    monkeypatch.setattr(B, "WORKSPACE_MIN_BYTES", 0)
+    x = torch.randn(1, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    grid = cc.time_grid(cc.RectifiedFlow(), 8)
+    model = cc.DiffusionModel(_scaled, cc.RectifiedFlow(), "flow")
+    ex = cc.BatchedExecutor()
+    with torch.inference_mode():
+        a = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=ex)
+    b = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=ex)  # was: inference tensor error
+    assert all(torch.equal(p.x, q.x) for p, q in zip(a.hits, b.hits))
+    w = B.Workspace()
+    y = torch.ones(2, 3, requires_grad=True)
+    joined = w.join([torch.zeros(2, 3), y], new_axis=False)  # only the second needs gradients
+    assert joined.requires_grad and w.allocations == 0
+
+
+def test_a_held_ctrl_c_is_delivered_when_the_round_fails():
+    import os
+    import signal
+
+    from chords_torch.distributed import _sigint_deferred
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        with _sigint_deferred() as got:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert got.count == 1
+            raise ValueError("the round failed")
+    assert isinstance(info.value.__context__, ValueError)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

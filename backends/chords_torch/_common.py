@@ -17,18 +17,19 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 from __future__ import annotations
 
 import copy
-import io
-import pickle
+import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from chords_core.models import Model
 from chords_core.schedules import Schedule
 
-__all__ = ["assign", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "WorkerError", "WorkerDied",
-           "WorkerTimeout", "ExecutorClosed"]
+__all__ = ["assign", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "ShellError", "WorkerError",
+           "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
 
 _FN_ATTRS = ("fn", "f")  # DiffusionModel.fn, VectorField.f
 
@@ -94,45 +95,94 @@ def shell_of(model: Model) -> Model:
     return shell
 
 
-#: numpy's array and scalar reconstructors: a schedule may hold arrays (``numpy._core`` is numpy 2's name)
-_NUMPY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
-                  for n in ("_reconstruct", "scalar", "ndarray", "dtype")} | {
-                  ("numpy", "dtype"), ("numpy", "ndarray")}
+class ShellError(ValueError):
+    """Bytes received as a model shell that do not describe one (or a shell that cannot be sent)."""
 
 
-class _ShellUnpickler(pickle.Unpickler):
-    """Loads a model shell and nothing else: the only globals it resolves are subclasses of the
-    library's ``Model`` and ``Schedule`` (from modules already imported: resolving never imports,
-    since an import runs code) and numpy's array reconstructors. A pickle that names anything else
-    (``os.system``, ``builtins.eval``, ...) is refused before it can call it."""
+def _encode(v: Any, where: str) -> Any:
+    """``v`` as JSON-ready plain data: numbers, strings, None, lists / tuples / dicts of them, numeric
+    numpy arrays, and instances of the library's Model / Schedule classes by class name and fields."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+        return v.item()
+    if isinstance(v, tuple):
+        return {"t": [_encode(e, f"{where}[{k}]") for k, e in enumerate(v)]}
+    if isinstance(v, list):
+        return {"l": [_encode(e, f"{where}[{k}]") for k, e in enumerate(v)]}
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return {"d": {k: _encode(e, f"{where}[{k!r}]") for k, e in v.items()}}
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+        return {"a": [v.dtype.str, list(v.shape), v.ravel().tolist()]}
+    if isinstance(v, (Model, Schedule)):
+        cls = type(v)
+        fields = vars(v) if hasattr(v, "__dict__") else {k: getattr(v, k) for k in getattr(cls, "__slots__", ())}
+        return {"o": f"{cls.__module__}:{cls.__qualname__}",
+                "s": {k: _encode(e, f"{where}.{k}") for k, e in fields.items()}}
+    raise ShellError(f"the model shell holds a {type(v).__name__} at {where}; only numbers, strings, numeric "
+                     "arrays and the library's model / schedule objects travel to the workers")
 
-    def find_class(self, module: str, name: str) -> Any:
-        mod = sys.modules.get(module)
-        obj = getattr(mod, name, None) if mod is not None and "." not in name else None
-        if isinstance(obj, type) and issubclass(obj, (Model, Schedule)):
-            return obj
-        if (module, name) in _NUMPY_GLOBALS and obj is not None:
-            return obj
-        raise pickle.UnpicklingError(
-            f"refused to load {module}.{name}: a model shell may only contain chords_core Model / Schedule "
-            "classes (from modules this process has imported) and numpy arrays")
+
+def _decode(v: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        raise ShellError("model shell nested too deeply")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if not isinstance(v, dict) or len(v) not in (1, 2):
+        raise ShellError(f"not a model shell: unexpected {type(v).__name__}")
+    if "t" in v:
+        return tuple(_decode(e, depth + 1) for e in v["t"])
+    if "l" in v:
+        return [_decode(e, depth + 1) for e in v["l"]]
+    if "d" in v:
+        return {str(k): _decode(e, depth + 1) for k, e in v["d"].items()}
+    if "a" in v:
+        try:
+            dt, shape, flat = v["a"]
+            dtype = np.dtype(dt) if isinstance(dt, str) else None
+            if dtype is None or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+                raise ShellError(f"model shell: refused array dtype {dt!r}")
+            if not all(isinstance(e, (bool, int, float)) for e in flat):
+                raise ShellError("model shell: an array of something else than numbers")
+            return np.array(flat, dtype=dtype).reshape([int(n) for n in shape])
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ShellError):
+                raise
+            raise ShellError(f"model shell: refused array ({type(e).__name__}: {e})") from None
+    if "o" in v:
+        module, _, qualname = str(v["o"]).partition(":")
+        obj: Any = sys.modules.get(module)  # never import: an import runs code
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None) if obj is not None and not part.startswith("_") else None
+        if not (isinstance(obj, type) and issubclass(obj, (Model, Schedule))):
+            raise ShellError(f"refused to load {v['o']}: a model shell may only hold the library's Model / "
+                             "Schedule classes (from modules this process has imported)")
+        inst = obj.__new__(obj)
+        for k, field in dict(v.get("s", {})).items():
+            if not isinstance(k, str) or k.startswith("__"):
+                raise ShellError(f"model shell: refused field name {k!r}")
+            object.__setattr__(inst, k, _decode(field, depth + 1))
+        return inst
+    raise ShellError("not a model shell: unknown entry")
 
 
 def dump_shell(model: Model) -> bytes:
-    """The shell of ``model`` (``shell_of``) as bytes for ``load_shell``.
+    """The shell of ``model`` (``shell_of``) as plain data (JSON bytes) for ``load_shell``: its class
+    and fields by name, no pickle.
 
     Args:
         model: a chords_core ``Model``.
 
     Returns:
-        The pickled shell.
+        The encoded shell. ``ShellError`` if a field holds anything but plain data.
     """
-    return pickle.dumps(shell_of(model))
+    return json.dumps(_encode(shell_of(model), "model")).encode()
 
 
 def load_shell(data: bytes) -> Model:
-    """A model shell from ``dump_shell``'s bytes, through an unpickler that admits only the library's
-    model and schedule classes and numpy arrays: bytes from the network cannot run code here.
+    """A model shell from ``dump_shell``'s bytes: plain data, decoded without pickle; the only classes
+    it can name are the library's model and schedule classes, instantiated without running their
+    code (``__new__``, then the fields), so bytes from the network cannot run code here.
 
     Args:
         data: the bytes received.
@@ -141,11 +191,15 @@ def load_shell(data: bytes) -> Model:
         The shell (a ``Model`` without its network).
 
     Raises:
-        pickle.UnpicklingError: the bytes name anything else, or do not hold a ``Model``.
+        ShellError: the bytes are not a shell, name another class, or do not hold a ``Model``.
     """
-    shell = _ShellUnpickler(io.BytesIO(data)).load()
+    try:
+        raw = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ShellError(f"not a model shell ({type(e).__name__}: {e})") from None
+    shell = _decode(raw)
     if not isinstance(shell, Model):
-        raise pickle.UnpicklingError(f"a model shell must be a chords_core Model, got {type(shell).__name__}")
+        raise ShellError(f"a model shell must be a chords_core Model, got {type(shell).__name__}")
     return shell
 
 
@@ -165,6 +219,8 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
         raise TypeError(f"a worker's model must be callable or a chords_core Model, got {type(replica).__name__}")
     model = copy.copy(shell)
     setattr(model, fn_attr(shell), replica)
+    if model.check_outputs == "auto":  # a worker checks at once: its outputs leave its device, and the
+        model.check_outputs = True     # driver, seeing them on its own, would not defer a check for them
     return model
 
 

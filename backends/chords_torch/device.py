@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from chords_core import _backend as B
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -192,6 +193,10 @@ class DeviceExecutor(Executor):
             raise ExecutorClosed("this DeviceExecutor is closed")
         check_points(xs, ts)
         models = self._models(model)
+        if model.check_outputs == "auto":  # "auto" is decided on the driver's points, where the outputs go:
+            mode = "deferred" if B.on_accelerator(xs[0]) else True  # deferred there, or checked here now
+            for m in models:
+                m.check_outputs = mode
         grad = torch.is_grad_enabled()
         groups = assign(len(xs), len(self.devices))
         futs = [(idx, self._pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad))

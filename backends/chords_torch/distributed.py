@@ -9,13 +9,14 @@ The same script works on one machine and across machines; only the torchrun laun
 Wire protocol (point-to-point ``send`` / ``recv`` of tensors on the backend's device, so it also
 runs on nccl): the driver sends a header ``int64[16] = [cmd, n, dtype, ndim, payload, batched,
 *shape]`` then, for ``EVAL``, the n stacked states (n, *shape) and their times (n,) float64; for
-``MODEL``, the model *shell* (the driver's model without its network, see ``_common``) as bytes,
-with the round timeout in milliseconds in the header's slot 6; for ``STOP`` nothing. A worker
-answers an ``EVAL`` with ``int64[3] = [status, point, length]`` and the outputs (status 0), or the
-error message as bytes (1: bad model output at ``point``, 2: exception). The shell is read with an
-unpickler that admits only the library's model and schedule classes and numpy arrays
-(``_common.load_shell``): bytes received over the process group never run code on a worker. The
-process group itself is not authenticated: run it on a trusted network (``docs/torch.md``).
+``MODEL``, the model *shell* (the driver's model without its network, see ``_common``) as plain
+data (JSON: class names and fields; no pickle), with the round timeout in milliseconds in the
+header's slot 6; for ``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status,
+point, length]`` and the outputs (status 0), or the error message as bytes (1: bad model output at
+``point``, 2: exception). ``_common.load_shell`` instantiates only the library's model and schedule
+classes, without running their code: bytes received over the process group never run code on a
+worker. The process group itself is not authenticated: run it on a trusted network
+(``docs/torch.md``).
 
 Faults: a worker's exception / bad output raises in the driver (``WorkerError`` /
 ``ModelOutputError``) once every answer of the round is in, and the executor stays usable. A dead
@@ -115,10 +116,12 @@ class _Interrupts:
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[_Interrupts]:
     """Hold back a Ctrl-C until the block ends, so that a round's messages are never cut in half; a
-    second Ctrl-C raises ``KeyboardInterrupt`` at once. Outside the main thread (where Python does
-    not deliver signals) this does nothing."""
+    second Ctrl-C raises ``KeyboardInterrupt`` at once. A held Ctrl-C is delivered when the block
+    ends, also when it ends by an exception. Outside the main thread (where Python does not deliver
+    signals), or where the current handler was not installed from Python, this does nothing."""
     got = _Interrupts()
-    if threading.current_thread() is not threading.main_thread():
+    old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if old is None:
         yield got
         return
 
@@ -127,13 +130,16 @@ def _sigint_deferred() -> Iterator[_Interrupts]:
         if got.count > 1:
             raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGINT, held)
+    signal.signal(signal.SIGINT, held)
     try:
         yield got
     finally:
         signal.signal(signal.SIGINT, old)
-    if got.count == 1 and callable(old):
-        old(signal.SIGINT, None)  # the usual handler: KeyboardInterrupt, now that the round is complete
+        if got.count == 1:  # the round is complete (or failed): now the usual behaviour
+            if callable(old):
+                old(signal.SIGINT, None)
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _bytes_tensor(b: bytes, device: Any) -> torch.Tensor:
@@ -222,7 +228,7 @@ class DistributedExecutor(Executor):
         """Evaluate the round's points on the worker ranks (see ``Executor.__call__``).
 
         Args:
-            model: the call's ``Model``; its pickled shell is sent to the workers once.
+            model: the call's ``Model``; its shell (plain data) is sent to the workers once.
             xs: the points, tensors of one shape and a dtype in ``DTYPES``.
             ts: their times.
 
@@ -244,7 +250,7 @@ class DistributedExecutor(Executor):
             raise TypeError(f"states of dtype {xs[0].dtype} are not supported; use one of {DTYPES}")
         self._owed = {}
         self._deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
-        self._in_flight = True  # until every answer of the round is in
+        self._in_flight = False  # from the first message sent until every answer of the round is in
         with _sigint_deferred() as interrupts:  # a Ctrl-C takes effect once the round is complete
             try:
                 return self._evaluate(model, xs, ts)
@@ -259,14 +265,16 @@ class DistributedExecutor(Executor):
     def _drain(self, failed: int | None, grace: float = 5.0) -> None:
         """After a lost rank: collect the other ranks' pending answers (so they are back in their
         receive loop), then close, which tells them to stop."""
-        for r, (n, shape, dtype) in self._owed.items():
-            if r != failed:
-                try:
-                    self._answer(r, n, shape, dtype, grace)
-                except (WorkerError, RuntimeError):
-                    pass
-        self._owed = {}
-        self.close(grace=1.0)
+        try:
+            for r, (n, shape, dtype) in self._owed.items():
+                if r != failed:
+                    try:
+                        self._answer(r, n, shape, dtype, grace)
+                    except (WorkerError, RuntimeError):
+                        pass
+        finally:  # a second Ctrl-C here still closes the executor
+            self._owed = {}
+            self.close(grace=1.0)
 
     def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         if self._model is not model:
@@ -274,8 +282,9 @@ class DistributedExecutor(Executor):
                 self._local_model = bind(model, self.local)
             payload = _bytes_tensor(dump_shell(model), self.device)
             header = self._header(MODEL, payload=payload.numel())
-            header[6] = 0 if self.round_timeout is None else round(self.round_timeout * 1000)
+            header[6] = 0 if self.round_timeout is None else max(1, round(self.round_timeout * 1000))
             self._model = None
+            self._in_flight = True
             for r in self.ranks:
                 self._send(header, r, self._left())
                 self._send(payload, r, self._left())
@@ -284,11 +293,13 @@ class DistributedExecutor(Executor):
         groups = assign(len(xs), len(slots))
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
         active = [(r, idx) for r, idx in zip(slots, groups) if idx and r is not None]
+        headers = {r: self._header(EVAL, len(idx), dtype, shape) for r, idx in active}  # may raise: nothing sent
+        self._in_flight = True
         for r, idx in active:
             x = torch.stack([xs[k] for k in idx]).to(self.device)
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
             self._owed[r] = (len(idx), shape, dtype)
-            for tensor in (self._header(EVAL, len(idx), dtype, shape), x, t):
+            for tensor in (headers[r], x, t):
                 self._send(tensor, r, self._left())
         outs: list = [None] * len(xs)
         failures = []
@@ -362,10 +373,20 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
             raise TypeError(f"net must be callable or a chords_core Model, got {type(net).__name__}")
         net = replicate(net, device)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
+    watch = _HungWatch(dist.get_rank()) if exit_when_hung else None
+    try:
+        return _serve_loop(net, group, comm, device, driver, watch)
+    finally:
+        if watch is not None:
+            watch.stopped = True
+
+
+def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: torch.device, driver: int,
+                watch: _HungWatch | None) -> int:
+    """``serve``'s receive / evaluate / reply loop; returns the number of rounds served."""
     model: Model | None = None
     setup_error: str | None = None  # a refused / unusable shell, reported with the next evaluation
     served = 0
-    watch = _HungWatch(dist.get_rank()) if exit_when_hung else None
 
     def recv(t: torch.Tensor) -> torch.Tensor:
         try:
@@ -428,10 +449,11 @@ class _HungWatch:
         self.rank, self.period = rank, period
         self.limit: float | None = None
         self.since: float | None = None
+        self.stopped = False  # set when serve returns: the thread ends
         threading.Thread(target=self._run, name="chords-hung-watch", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
+        while not self.stopped:
             time.sleep(self.period)
             since, limit = self.since, self.limit
             if since is not None and limit is not None and time.monotonic() - since > limit + HUNG_GRACE:
