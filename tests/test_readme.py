@@ -45,5 +45,11 @@ def test_snippet_runs(index, tmp_path, monkeypatch):
         import numpy as np
 
         assert ns["res"].rounds < ns["res"].sequential_rounds and np.isfinite(ns["x_seq"]).all()
-    if index == 2:
-        assert ns["res"].rounds < 20 and ns["res"].x.shape == (8, 16)
+    if index == 2:  # the DeviceExecutor's result is the serial executor's, bit for bit
+        import torch
+
+        import chords_core as cc
+
+        ref = cc.chords(ns["model"], ns["x"], ns["grid"], "dpmpp_2m", cores=4, executor=cc.SerialExecutor())
+        res = ns["res"]
+        assert res.x.shape == (8, 16) and res.rounds == ref.rounds and torch.equal(res.x, ref.x)
