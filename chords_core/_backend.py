@@ -65,11 +65,7 @@ def axpy(c: float, a: Array, y: Array) -> Array:
         import torch
 
         return torch.add(y, a, alpha=c)
-    acc = c * a
-    if acc.dtype == y.dtype and acc.shape == y.shape:
-        acc += y
-        return acc
-    return acc + y
+    return add_into(c * a, y)
 
 
 def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
@@ -80,10 +76,7 @@ def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
         return acc.add_(term, alpha=c)
     if c != 1.0:
         term *= c
-    if acc.dtype == term.dtype and acc.shape == term.shape:
-        acc += term
-        return acc
-    return acc + term
+    return add_into(acc, term)
 
 
 #: a round's stacked points smaller than this are joined into a fresh array (cheaper at small sizes)
@@ -140,39 +133,29 @@ class Workspace:
 
     def join(self, arrays: Sequence[Array], new_axis: bool) -> Array:
         """``stack`` (``new_axis``) or ``concat`` of ``arrays`` into the leading rows of the reused
-        buffer, grown when a round needs more (a fresh array for jax, for arrays that need gradients
-        and for 0-d states)."""
+        buffer, grown when a round needs more (a fresh array below ``WORKSPACE_MIN_BYTES``, for jax,
+        for tensors that need gradients and for 0-d states)."""
         x0 = arrays[0]
-        self._used = False
-        if type(x0) is np.ndarray and len(arrays) * x0.nbytes < WORKSPACE_MIN_BYTES:  # the common small case
+        if type(x0) is np.ndarray and len(arrays) * x0.nbytes < WORKSPACE_MIN_BYTES:  # the hot small case
+            self._used = False
             return np.stack(arrays) if new_axis else np.concatenate(arrays)
-        if len(arrays) * _nbytes(x0) < WORKSPACE_MIN_BYTES:
-            return stack(arrays) if new_axis else concat(arrays)
         lib = library(x0)
-        if lib == "jax" or (not new_axis and len(x0.shape) == 0) or (lib == "torch" and _needs_autograd(arrays)):
-            return stack(arrays) if new_axis else concat(arrays)
-        self._used = True
+        self._used = not (len(arrays) * _nbytes(x0) < WORKSPACE_MIN_BYTES or lib == "jax"
+                          or (not new_axis and len(x0.shape) == 0) or (lib == "torch" and _needs_autograd(arrays)))
+        join = _joiners(x0)[1 if new_axis else 0]
+        if not self._used:
+            return join(list(arrays), 0)
         n = len(arrays)
         shape = (n, *x0.shape) if new_axis else (n * x0.shape[0], *x0.shape[1:])
         buf = self._buf
-        if lib == "torch":
-            import torch
-
-            if (buf is None or not isinstance(buf, torch.Tensor) or tuple(buf.shape[1:]) != shape[1:]
-                    or buf.shape[0] < shape[0] or buf.dtype != x0.dtype or buf.device != x0.device
-                    or buf.is_inference() != torch.is_inference_mode_enabled()):
-                buf = self._buf = torch.empty(shape, dtype=x0.dtype, device=x0.device)
-                self.allocations += 1
-            part = buf[: shape[0]]
-            (torch.stack if new_axis else torch.cat)(list(arrays), 0, out=part)
-            return part
-        if (buf is None or not isinstance(buf, np.ndarray) or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]
-                or buf.dtype != x0.dtype):
-            buf = self._buf = np.empty(shape, dtype=x0.dtype)
+        if (buf is None or type(buf) is not type(x0) or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0]
+                or buf.dtype != x0.dtype or (lib == "torch" and (buf.device != x0.device or buf.is_inference()
+                                                                 != _inference_mode()))):
+            buf = self._buf = _empty(shape, x0)
             self.allocations += 1
-        out = buf[: shape[0]]
-        (np.stack if new_axis else np.concatenate)(list(arrays), 0, out=out)
-        return out
+        part = buf[: shape[0]]
+        join(list(arrays), 0, out=part)
+        return part
 
     def detach(self, out: Array) -> Array:
         """``out``, copied if it shares memory with the buffer (a model that returns its input or a
@@ -201,6 +184,21 @@ def own(x: Array) -> Array:
         size = x.untyped_storage().nbytes()
         return x.clone() if size > x.nbytes and size >= OWN_MIN_BYTES else x
     return x  # jax arrays are not views; other array types are left alone
+
+
+def _empty(shape: tuple, like: Array) -> Array:
+    """An uninitialised array of ``shape`` with the dtype (and device) of ``like``."""
+    if library(like) == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return np.empty(shape, dtype=like.dtype)
+
+
+def _inference_mode() -> bool:
+    import torch
+
+    return torch.is_inference_mode_enabled()
 
 
 def _needs_autograd(arrays: Sequence[Array]) -> bool:

@@ -74,7 +74,7 @@ class DeferredCheck:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        flags = B.to_host(B.concat([f for f, *_ in pending]) if len(pending) > 1 else pending[0][0])
+        flags = B.to_host(B.concat([f for f, *_ in pending]))
         if flags.all():
             return
         k = int(np.argmin(flags))
@@ -99,7 +99,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
         raise ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
-    if outs and model.check_outputs in ("auto", "deferred") and model.deferred_check(outs[0]):
+    if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
         if deferred is None:

@@ -149,12 +149,7 @@ class Model:
         same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
         if not same_dtype and not B.is_floating(out):
             raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
-        c = self.check_outputs
-        if isinstance(c, str):
-            now = c == "auto" and (type(out) is np.ndarray or not B.on_accelerator(out))
-        else:
-            now = bool(c)
-        if now and not B.all_finite(out):
+        if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
         return out if same_dtype else B.cast_like(out, like)
