@@ -40,6 +40,9 @@ import chords_core as cc
 from chords_torch import DeviceExecutor
 from chords_torch.testing import MLP
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import spread  # noqa: E402
+
 BACKENDS = Path(__file__).resolve().parents[1] / "backends"
 
 
@@ -166,19 +169,21 @@ def speedup(devices, ms: float, steps: int, repeats: int, dim: int, width: int, 
                                                                     stop=cc.StopAtCore(1), executor=ex)
     times: dict = {k: [] for k in runs}
     rounds: dict = {}
-    with torch.no_grad():
-        for fn in runs.values():  # warm-up
-            fn()
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                sync(devices)
-                t0 = time.perf_counter()
-                out = fn()
-                sync(devices)
-                times[name].append(time.perf_counter() - t0)
-                rounds[name] = steps if name == "sequential" else out.rounds
-    if ex is not None:
-        ex.close()
+    try:
+        with torch.no_grad():
+            for fn in runs.values():  # warm-up
+                fn()
+            for _ in range(repeats):
+                for name, fn in runs.items():
+                    sync(devices)
+                    t0 = time.perf_counter()
+                    out = fn()
+                    sync(devices)
+                    times[name].append(time.perf_counter() - t0)
+                    rounds[name] = steps if name == "sequential" else out.rounds
+    finally:
+        if ex is not None:
+            ex.close()
     seq = np.array(times["sequential"])
     table = {}
     for name, ts in times.items():
@@ -186,7 +191,7 @@ def speedup(devices, ms: float, steps: int, repeats: int, dim: int, width: int, 
             continue
         ratio = seq / np.array(ts)
         table[name] = {"rounds": rounds[name], "round_speedup": round(steps / rounds[name], 2),
-                       "wall_speedup": f"{np.median(ratio):.2f} [{ratio.min():.2f}-{ratio.max():.2f}]",
+                       "wall_speedup": spread(ratio, fmt=".2f"),
                        "wall_ms": round(float(np.median(ts)) * 1e3, 1)}
     seq_ms = float(np.median(seq)) * 1e3
     return emit("speedup", ms_per_eval=round(per, 1), ms_per_eval_in_solve=round(seq_ms / steps, 1), steps=steps,

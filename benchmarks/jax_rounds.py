@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from timing import spread
 
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
 STEPS = 50
@@ -122,8 +123,7 @@ def _interleaved(fns: list[Callable[[], None]], n: int) -> list[list[float]]:
 
 def _spread(v: np.ndarray) -> str:
     """median [min-max] with a precision suited to the magnitude."""
-    fmt = (lambda a: f"{a:.0f}") if np.median(v) >= 100 else (lambda a: f"{a:.1f}")
-    return f"{fmt(np.median(v))} [{fmt(v.min())}-{fmt(v.max())}]"
+    return spread(v, fmt=".0f" if np.median(v) >= 100 else ".1f")
 
 
 if __name__ == "__main__":

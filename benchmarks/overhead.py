@@ -33,6 +33,7 @@ import tracemalloc
 
 import numpy as np
 import torch
+from timing import spread
 
 import chords_core as cc
 
@@ -194,12 +195,6 @@ def per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
     return {k: np.array(v) for k, v in rnd.items()}, {k: np.array(v) for k, v in ev.items()}
 
 
-def spread(v: np.ndarray, scale: float = 1.0, fmt: str = ".1f") -> str:
-    """``median [min-max]`` of the samples."""
-    v = np.asarray(v) * scale
-    return f"{np.median(v):{fmt}} [{v.min():{fmt}}-{v.max():{fmt}}]"
-
-
 def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dict]:
     schedule = cc.RectifiedFlow()
     grid = cc.time_grid(schedule, T)
@@ -226,16 +221,16 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
     return per_round(fns, repeats)
 
 
-class _Recorder(cc.BatchedExecutor):
-    """The default executor (or the serial one), recording the traced memory in use at each round."""
+class _Recorder(cc.Executor):
+    """An executor that records the traced memory in use at each round, then runs ``inner``."""
 
-    def __init__(self, batched: bool) -> None:
+    def __init__(self, inner: cc.Executor) -> None:
         self.trace: list[int] = []
-        self.batched = batched
+        self.inner = inner
 
     def __call__(self, model, xs, ts):
         self.trace.append(tracemalloc.get_traced_memory()[0])
-        return super().__call__(model, xs, ts) if self.batched else model.evaluate(xs, ts, batched=False)
+        return self.inner(model, xs, ts)
 
 
 def memory(size: int) -> dict:
@@ -249,7 +244,7 @@ def memory(size: int) -> dict:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         if name.startswith("chords"):
-            rec = _Recorder(batched=name == "chords")
+            rec = _Recorder(cc.BatchedExecutor() if name == "chords" else cc.SerialExecutor())
             run_chords(model, x, grid, rec)
             trace = rec.trace
         else:

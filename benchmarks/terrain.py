@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timing  # noqa: E402
 from terrain_model import (  # noqa: E402
     TerrainDenoiser,
     available,
@@ -99,22 +100,15 @@ def worker_bound(res: cc.Result, workers: int) -> float:
 
 
 def spread(values: Sequence[float], fmt: str = ".2f") -> str:
-    """``median [min-max]`` of ``values``."""
-    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+    """``median [min-max]`` of ``values``, two decimals."""
+    return timing.spread(values, fmt=fmt)
 
 
 def per_eval_ms(fn: Callable[[Any, Any], Any], x: Any, n: int = 5) -> float:
     """The median time of one call of ``fn`` at (x, sigma = 1) after one warm-up call, in ms."""
     import torch
 
-    sigma = torch.ones(x.shape[0], dtype=x.dtype)
-    fn(x, sigma)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn(x, sigma)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return timing.per_eval_ms(fn, x, torch.ones(x.shape[0], dtype=x.dtype), n=n, warmup=1)
 
 
 def run(a: argparse.Namespace) -> dict:

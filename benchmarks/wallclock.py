@@ -25,6 +25,7 @@ import os
 import statistics
 import time
 
+import timing
 import torch
 
 import chords_core as cc
@@ -48,16 +49,8 @@ def near_free():
 
 def per_eval_ms(net, x, n: int = 15) -> float:
     """Median time of one call (after warm-up), in ms."""
-    t = torch.full((x.shape[0],), 0.5)
     with torch.no_grad():
-        for _ in range(3):
-            net(x, t)
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            net(x, t)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[n // 2] * 1e3
+        return timing.per_eval_ms(net, x, torch.full((x.shape[0],), 0.5), n=n)
 
 
 def worker_bound(plan: cc.Plan, rounds: int, workers: int, capacity: float | None = None) -> float:
@@ -131,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             bound, capped = worker_bound(res.plan, res.rounds, 2), worker_bound(res.plan, res.rounds, 2, capacity)
             walls = [s / c for s, c in zip(times["seq"], times[name, K])]  # repeat by repeat
             wall = statistics.median(walls)
-            spread = f"{wall:.2f} [{min(walls):.2f}-{max(walls):.2f}]"
+            spread = timing.spread(walls, fmt=".2f")
             print(f"{name:<18}{K:>5} {str(tuple(init)):<22}{res.rounds:>6}{res.speedup:>9.2f}{bound:>11.2f}"
                   f"{t * 1e3:>9.0f}{spread:>25}{wall / bound:>7.2f}{capped:>8.2f}{wall / capped:>7.2f}")
     print("\nround x = T / rounds (the plan's speedup); 2-worker x = T / sum_r ceil(n_r / 2); "
