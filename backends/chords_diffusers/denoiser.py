@@ -54,9 +54,9 @@ def _move(v: Any, device: Any) -> Any:
 
 
 def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
-    """A copy of ``module`` for ``device``, built there directly: ``module`` itself when all its
-    parameters and buffers already live on ``device``; otherwise a structural copy whose tensors are
-    moved, never a full deep copy on the source device first.
+    """A copy of ``module`` for ``device`` (``chords_torch.replicate``: ``module`` itself when all its
+    parameters and buffers already live on ``device``, otherwise a copy built there directly), after
+    checking that no offloading or caching hook would come along.
 
     Args:
         module: the UNet or transformer.
@@ -67,9 +67,8 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
         (accelerate's ``enable_model_cpu_offload`` / sequential offload, diffusers' group offloading or
         ``enable_cache``): a copy would drag the hooks' references (other pipeline models) along.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    from chords_torch import replicate  # the general copy; only the hook check is diffusers' own
+
     for name, sub in module.named_modules():
         registry = getattr(sub, "_diffusers_hook", None)
         if getattr(sub, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
@@ -79,13 +78,9 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
                 "enable_sequential_cpu_offload, enable_group_offload or enable_cache); a replica per device needs "
                 "a plain module: load the model without them (pipe.remove_all_hooks() removes accelerate's, "
                 "disable_cache() a cache) and move the pipeline to one device, or sample without devices=")
-    tensors = [*module.parameters(), *module.buffers()]
-    if all(t.device == device for t in tensors):
-        return module  # inference only: the device's threads share the weights
-    memo: dict[int, Any] = {id(t): t.detach().to(device) for t in module.buffers()}
-    memo.update({id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-                 for p in module.parameters()})
-    return copy.deepcopy(module, memo).to(device)
+    replica = replicate(module, device)
+    assert isinstance(replica, torch.nn.Module)  # a module comes back as a module
+    return replica
 
 
 class GuidedNet:

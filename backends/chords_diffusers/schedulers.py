@@ -33,6 +33,7 @@ naming a deterministic alternative: CHORDS integrates the probability-flow ODE.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -194,6 +195,11 @@ class DataTransform:
     threshold: tuple[float, float] | None
     weights: np.ndarray = field(repr=False)
 
+    @functools.cached_property
+    def _converter(self) -> cc.DiffusionModel:
+        """The prediction -> data conversion of ``prediction`` on ``schedule`` (built once, not per call)."""
+        return cc.DiffusionModel(lambda xx, tt: xx, self.schedule, self.prediction, check_outputs=False)
+
     def apply(self, d: Any) -> Any:
         """T(D): clipping or dynamic thresholding of data predictions, one row per sample.
 
@@ -230,8 +236,7 @@ class DataTransform:
         """
         import torch
 
-        model = cc.DiffusionModel(lambda xx, tt: xx, self.schedule, self.prediction, check_outputs=False)
-        coef = model.coefficients(np.asarray(t, dtype=np.float64), "data")
+        coef = self._converter.coefficients(np.asarray(t, dtype=np.float64), "data")
         view = (-1,) + (1,) * (x.dim() - 1)
         if coef is None:  # already an x0 prediction
             d = out

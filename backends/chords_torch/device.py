@@ -49,18 +49,25 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
 
     Args:
         fn: the network: an ``nn.Module`` or any callable.
-        device: the target device.
+        device: the target device (a bare ``"cuda"`` means the current CUDA device).
 
     Returns:
-        An ``nn.Module`` deep-copied and moved to ``device`` (itself if its parameters and buffers
-        already live there); any other callable as is (it must work on tensors of any device).
+        An ``nn.Module``: itself if its parameters and buffers already live on ``device``, else a copy
+        built there directly (its tensors are moved into the copy; never a full copy on the source
+        device first); any other callable as is (it must work on tensors of any device).
     """
-    if isinstance(fn, torch.nn.Module):
-        tensors = [*fn.parameters(), *fn.buffers()]
-        if tensors and all(p.device == device for p in tensors):
-            return fn
-        return copy.deepcopy(fn).to(device)
-    return fn
+    if not isinstance(fn, torch.nn.Module):
+        return fn
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensors = [*fn.parameters(), *fn.buffers()]
+    if tensors and all(t.device == device for t in tensors):
+        return fn  # inference only: the device's threads share the weights
+    memo: dict[int, Any] = {id(t): t.detach().to(device) for t in fn.buffers()}
+    memo.update({id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+                 for p in fn.parameters()})
+    return copy.deepcopy(fn, memo).to(device)
 
 
 class _DeviceThread:
