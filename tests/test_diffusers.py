@@ -33,8 +33,6 @@ import chords_diffusers as cd  # noqa: E402
 
 STEPS = 8
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -4,7 +4,6 @@ random-weight components built from config; prompt embeddings are fed directly (
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
@@ -13,22 +12,15 @@ from diffusers import (
     WanTransformer3DModel,
 )
 from diffusers.modular_pipelines import FluxAutoBlocks, StableDiffusionXLAutoBlocks, WanBlocks
-from helpers import rel_err  # noqa: E402
+from helpers import rel_err
+from test_diffusers import _vae  # noqa: E402
 
 import chords_core as cc
 import chords_diffusers as cd
 
 STEPS = 8
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _vae(**kw):
-    return AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8,
-                         **kw).eval()
 
 
 def _pipe(blocks, drop, **components):

@@ -26,10 +26,7 @@ import chords_diffusers as cd
 
 STEPS = 8
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 @pytest.fixture(scope="module")
