@@ -19,7 +19,7 @@ __all__ = ["check_int", "check_float", "check_choice", "check_grid"]
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)))
 
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
@@ -115,9 +115,9 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D sequence of times") from None
     if times.ndim != 1 or times.size < 2:
         raise ValueError(f"{name} must be 1-D with at least 2 times (1 step), got shape {times.shape}")
-    if not np.all(np.isfinite(times)):
+    if not np.isfinite(times).all():
         raise ValueError(f"{name} must hold finite times")
-    d = np.diff(times)
-    if not (np.all(d > 0) or np.all(d < 0)):
+    d = times[1:] - times[:-1]
+    if not ((d > 0).all() or (d < 0).all()):
         raise ValueError(f"{name} must be strictly monotone (all increasing or all decreasing)")
     return times

@@ -32,7 +32,7 @@ from .executors import Executor
 from .history import move
 from .local_error import LocalError
 from .models import Model, ModelOutputError
-from .plan import Eval, Plan
+from .plan import Plan
 from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
@@ -132,14 +132,16 @@ class CoreRecords:
         self.qs: list = [None] * K
         self.coarse: Any = None
 
-    def points(self, evs: Sequence[Eval]) -> list:
-        """The point each evaluation of the round is at (stage 0: the state; later stages: the solver's)."""
+    def points(self, rows: Sequence[tuple]) -> list:
+        """The point each evaluation of the round is at (stage 0: the state; later stages: the
+        solver's); ``rows``: the round's ``Round.rows``."""
         st, sol, qs = self.states, self.sol, self.qs
         return [st[c].x if k == 0 else sol.stage_point(st[c], qs[c], i, i + 1, k)[0]
-                for c, i, k, _, _, _, _, _, _ in evs]  # plan.Eval's fields in order
+                for c, i, k, _, _, _, _, _, _ in rows]  # plan.Eval's fields in order
 
-    def apply(self, evs: Sequence[Eval], xs: Sequence[Any], outs: Sequence[Any]) -> list[tuple[int, Any]]:
-        """Take the round's model outputs: spawn, record, step, rectify.
+    def apply(self, rows: Sequence[tuple], xs: Sequence[Any], outs: Sequence[Any]) -> list[tuple[int, Any]]:
+        """Take the round's model outputs (``rows``: the round's ``Round.rows``): spawn, record, step,
+        rectify.
 
         Returns:
             The (core, output) of the cores finishing this round, fastest first.
@@ -150,7 +152,7 @@ class CoreRecords:
         shift = history == "shift"
         hits = []
         # the fields of each ``plan.Eval``, in its declared order (unpacked once: the hot loop)
-        for (c, i, stage, ti, spawn, record_for, completes, rectify_from, hit), xe, out in zip(evs, xs, outs):
+        for (c, i, stage, ti, spawn, record_for, completes, rectify_from, hit), xe, out in zip(rows, xs, outs):
             q = out if convert is None else convert(xe, out, ti)
             if stage == 0:
                 qs[c] = [q]
@@ -188,7 +190,9 @@ class CoreRecords:
                 if hit:
                     hits.append((c, new.x))
                     states[c] = anchor[c] = slow[c] = qs[c] = None  # a finished core's records are freed
-        return sorted(hits, key=lambda h: -h[0])
+        if len(hits) > 1:
+            hits.sort(key=lambda h: -h[0])
+        return hits
 
     def _observe(self, c: int, i: int, q: Any) -> None:
         """Record core c's quantity at index i; estimate e_i once p + 1 consecutive ones exist."""
@@ -247,12 +251,12 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
 
     try:
         for rd in plan.rounds[:limit]:
-            evs = rd.evals
-            xs = records.points(evs)
-            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, evs,
+            rows = rd.rows
+            xs = records.points(rows)
+            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
                                   deferred=deferred)
-            nfe += len(evs)
-            for c, xh in records.apply(evs, xs, outs):  # cores finishing this round, fastest first
+            nfe += len(rows)
+            for c, xh in records.apply(rows, xs, outs):  # cores finishing this round, fastest first
                 deferred.verify()  # before anyone looks at an output
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)

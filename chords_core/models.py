@@ -140,7 +140,10 @@ class Model:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating, finite (if ``check_outputs``); returned in
         ``like``'s dtype."""
-        shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+        try:
+            shape, dtype = out.shape, out.dtype
+        except AttributeError:
+            shape = dtype = None
         if shape is None or dtype is None:
             raise ModelOutputError(
                 0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")

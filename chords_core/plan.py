@@ -76,6 +76,12 @@ class Round:
     coarse_hit: bool = False
 
     @functools.cached_property
+    def rows(self) -> tuple[tuple, ...]:
+        """``evals`` as plain tuples, fields in ``Eval``'s order: what the engine's hot loop unpacks
+        (a plain tuple unpacks in one step, a ``NamedTuple`` through the iterator protocol)."""
+        return tuple(tuple(e) for e in self.evals)
+
+    @functools.cached_property
     def time_indices(self) -> tuple[int, ...]:
         """The grid index each evaluation of the round is at, in order."""
         return tuple(e.time_index for e in self.evals)
@@ -237,7 +243,7 @@ def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | N
     Returns:
         The ``Plan``: every round's evaluations until core 0 finishes.
     """
-    eps = tuple(int(e) for e in evals_per_step) if evals_per_step is not None else None
+    eps = tuple(map(int, evals_per_step)) if evals_per_step is not None else None
     return _make_plan(steps, tuple(init), eps)
 
 
