@@ -61,7 +61,13 @@ def add_into(acc: Array, term: Array) -> Array:
 
 def axpy(c: float, a: Array, y: Array) -> Array:
     """y + c a as a new array (one fused operation for torch tensors of one dtype)."""
-    if type(y) is not np.ndarray and library(y) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
+    if type(y) is np.ndarray:  # the hot path: add_into(c * a, y) written out
+        acc = c * a
+        if acc.dtype == y.dtype and acc.shape == y.shape:
+            acc += y
+            return acc
+        return acc + y
+    if library(y) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
         import torch
 
         return torch.add(y, a, alpha=c)
@@ -76,7 +82,10 @@ def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
         return acc.add_(term, alpha=c)
     if c != 1.0:
         term *= c
-    return add_into(acc, term)
+    if acc.dtype == term.dtype and acc.shape == term.shape:  # add_into, written out: the hot path
+        acc += term
+        return acc
+    return acc + term
 
 
 #: a round's stacked points smaller than this are joined into a fresh array (cheaper at small sizes)
@@ -211,6 +220,8 @@ def _needs_autograd(arrays: Sequence[Array]) -> bool:
 def split_rows(x: Array, n: int) -> list[Array]:
     """Split axis 0 into ``n`` equal consecutive blocks (views where the library has them)."""
     rows = int(x.shape[0]) // n
+    if type(x) is np.ndarray:
+        return list(x.reshape((n, rows) + x.shape[1:]))
     lib = library(x)
     if lib == "numpy":
         return list(x.reshape((n, rows) + tuple(x.shape[1:])))
@@ -224,6 +235,9 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
 
     Floating states get times of their own dtype (and device); other states get float64.
     """
+    if type(like) is np.ndarray and like.dtype.kind == "f":  # the hot path
+        arr = np.array(ts, dtype=like.dtype)
+        return arr if repeats == 1 else np.repeat(arr, repeats)
     lib = library(like)
     if lib == "torch":
         import torch
@@ -244,10 +258,13 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
 def all_finite(x: Array) -> bool:
     """True if no element is nan or inf.
 
-    numpy: a dot product of the flattened array with itself (one BLAS pass, no boolean temporary)
-    is finite unless an element is nan or inf, or the finite values overflow; only a non-finite
-    result is checked elementwise.
+    numpy: up to 4,096 elements ``isfinite(x).all()`` (cheaper there than anything needing
+    ``errstate``); above, a dot product of the flattened array with itself (one BLAS pass, no
+    boolean temporary) is finite unless an element is nan or inf, or the finite values overflow;
+    only a non-finite result is checked elementwise.
     """
+    if type(x) is np.ndarray and x.size <= 4096:  # the hot path: small numpy states
+        return bool(np.logical_and.reduce(np.isfinite(x), axis=None))  # .all() without its Python wrapper
     lib = library(x)
     if lib == "torch":
         import torch
@@ -264,13 +281,10 @@ def all_finite(x: Array) -> bool:
         import jax.numpy as jnp
 
         return bool(jnp.isfinite(x).all())
-    if x.dtype.kind == "f":
+    if x.dtype.kind == "f" and x.size > 4096:
         with np.errstate(over="ignore", invalid="ignore"):
-            if x.size > 4096:
-                v = x.reshape(-1)
-                if np.isfinite(np.dot(v, v)):
-                    return True
-            elif math.isfinite(x.sum()):
+            v = x.reshape(-1)
+            if np.isfinite(np.dot(v, v)):
                 return True
     return bool(np.isfinite(x).all())
 
