@@ -33,7 +33,7 @@ import numpy as np
 from . import _backend as B
 from .schedules import RectifiedFlow, Schedule
 
-__all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS"]
+__all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = Any
@@ -62,6 +62,26 @@ def _check_mode(value: Any) -> bool | str:
     return value
 
 
+def resolve_check(mode: bool | str, on_accelerator: bool) -> bool | str:
+    """A ``check_outputs`` mode with ``"auto"`` decided for outputs that reach the engine on an
+    accelerator (``"deferred"``: no device synchronisation per round) or on the host (``True``).
+
+    The one home of the "auto" rule: a model decides it on its own outputs (``Model.deferred_check``);
+    an executor whose workers' outputs travel decides it for them where the outputs land (a worker
+    process: the host; ``DeviceExecutor``: the driver's device).
+
+    Args:
+        mode: one of ``CHECK_MODES``.
+        on_accelerator: whether the outputs reach the engine on an accelerator.
+
+    Returns:
+        ``mode``, or for ``"auto"`` ``"deferred"`` / ``True``.
+    """
+    if isinstance(mode, str) and mode == "auto":
+        return "deferred" if on_accelerator else True
+    return mode
+
+
 class Model:
     """Base class of models: subclasses implement ``_call`` (one batched call) and ``coefficients``.
 
@@ -79,7 +99,7 @@ class Model:
         c = self.check_outputs
         if c is True or c is False or type(out) is np.ndarray:  # the common cases, decided at once
             return c == "deferred"
-        return c == "deferred" or (c == "auto" and B.on_accelerator(out))
+        return resolve_check(c, B.on_accelerator(out)) == "deferred"
 
     #: whether ``_call`` takes a ``workspace`` keyword (the library's models do; a subclass may not)
     uses_workspace = False

@@ -74,6 +74,29 @@ def test_auto_checks_host_arrays_at_every_call_and_bad_modes_are_refused():
         cc.VectorField(lambda t, y: y, check_outputs=1)
 
 
+def test_auto_is_resolved_by_where_the_outputs_land():
+    from chords_core.models import resolve_check
+
+    assert resolve_check("auto", True) == "deferred" and resolve_check("auto", False) is True
+    for mode in (True, False, "deferred"):  # explicit modes stay as given, wherever the outputs land
+        assert resolve_check(mode, True) == mode and resolve_check(mode, False) == mode
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("size", [1, 64, 4096, 4097, 70_000])
+def test_numpy_finiteness_check_at_every_size_and_position(dtype, size):
+    v = np.random.default_rng(0).standard_normal(size).astype(dtype)
+    assert B.all_finite(v) and B.all_finite(v.reshape(1, -1)[:, ::-1])  # a non-contiguous view too
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in {0, size // 2, size - 1}:
+            w = v.copy()
+            w[pos] = bad
+            assert not B.all_finite(w)
+    big = np.full(size, np.finfo(dtype).max / 2, dtype=dtype)  # finite, but a sum or dot product overflows
+    with np.errstate(all="raise"):  # and the check itself raises no floating-point warning
+        assert B.all_finite(big)
+
+
 def test_torch_finiteness_check_catches_nan_and_inf_past_the_fast_path():
     v = torch.randn(10_000, dtype=torch.float32)
     assert B.all_finite(v)

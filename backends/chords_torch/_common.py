@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from chords_core.models import Model
+from chords_core.models import Model, resolve_check
 from chords_core.schedules import Schedule
 
 __all__ = ["assign", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "ShellError", "WorkerError",
@@ -219,8 +219,8 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
         raise TypeError(f"a worker's model must be callable or a chords_core Model, got {type(replica).__name__}")
     model = copy.copy(shell)
     setattr(model, fn_attr(shell), replica)
-    if model.check_outputs == "auto":  # a worker checks at once: its outputs leave its device, and the
-        model.check_outputs = True     # driver, seeing them on its own, would not defer a check for them
+    # a worker's outputs leave its device for the host: "auto" checks them at once, in the worker
+    model.check_outputs = resolve_check(model.check_outputs, on_accelerator=False)
     return model
 
 

@@ -27,7 +27,7 @@ import torch
 
 from chords_core import _backend as B
 from chords_core.executors import Executor
-from chords_core.models import Model, ModelOutputError
+from chords_core.models import Model, ModelOutputError, resolve_check
 
 from ._common import (
     UNSET,
@@ -200,8 +200,8 @@ class DeviceExecutor(Executor):
             raise ExecutorClosed("this DeviceExecutor is closed")
         check_points(xs, ts)
         models = self._models(model)
-        if model.check_outputs == "auto":  # "auto" is decided on the driver's points, where the outputs go:
-            mode = "deferred" if B.on_accelerator(xs[0]) else True  # deferred there, or checked here now
+        if model.check_outputs == "auto":  # decided where the outputs go: the driver's points' device
+            mode = resolve_check("auto", B.on_accelerator(xs[0]))
             for m in models:
                 m.check_outputs = mode
         grad = torch.is_grad_enabled()
