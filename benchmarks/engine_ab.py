@@ -20,10 +20,9 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
-from timing import spread
+from timing import interleaved, spread
 
 import chords_core as cc
 
@@ -81,13 +80,8 @@ def main(argv=None) -> None:
             a, b = runs["base"](), runs["new"]()
             assert a.rounds == b.rounds and float(np.abs(a.x - b.x).max()) <= 1e-5 * float(np.abs(a.x).max())
             reps = args.repeats if size <= 4096 else max(5, args.repeats // 3)
-            times: dict = {"base": [], "new": []}
-            for r in range(reps):
-                for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
-                    t0 = time.perf_counter()
-                    runs[name]()
-                    times[name].append((time.perf_counter() - t0) / T)
-            old, new = np.array(times["base"]), np.array(times["new"])
+            secs, _ = interleaved(runs, reps, flip=True)
+            old, new = secs["base"] / T, secs["new"] / T
             print(f"| {size} | {spread(old, 1e6)} | {spread(new, 1e6)} | {spread(new / old, fmt='.3f')} |", flush=True)
 
 

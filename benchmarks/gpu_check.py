@@ -41,7 +41,7 @@ from chords_torch import DeviceExecutor
 from chords_torch.testing import MLP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import spread  # noqa: E402
+from timing import interleaved, spread  # noqa: E402
 
 BACKENDS = Path(__file__).resolve().parents[1] / "backends"
 
@@ -167,20 +167,12 @@ def speedup(devices, ms: float, steps: int, repeats: int, dim: int, width: int, 
     if ex is not None:
         runs[f"DeviceExecutor x{len(devices)}"] = lambda: cc.chords(model, x, grid, "euler", cores=len(devices),
                                                                     stop=cc.StopAtCore(1), executor=ex)
-    times: dict = {k: [] for k in runs}
-    rounds: dict = {}
     try:
         with torch.no_grad():
             for fn in runs.values():  # warm-up
                 fn()
-            for _ in range(repeats):
-                for name, fn in runs.items():
-                    sync(devices)
-                    t0 = time.perf_counter()
-                    out = fn()
-                    sync(devices)
-                    times[name].append(time.perf_counter() - t0)
-                    rounds[name] = steps if name == "sequential" else out.rounds
+            times, outs = interleaved(runs, repeats, sync=lambda: sync(devices))
+            rounds = {name: steps if name == "sequential" else outs[name][-1].rounds for name in runs}
     finally:
         if ex is not None:
             ex.close()

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from timing import spread
+from timing import interleaved, spread
 
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
 STEPS = 50
@@ -83,8 +83,8 @@ def main() -> None:
             run_jax()
             first = time.perf_counter() - t0
             run_floor()
-            times = _interleaved([run_jax, run_numpy, run_floor], args.repeat)
-            jx, npy, fl = (np.array(t) / STEPS * 1e6 for t in times)
+            secs, _ = interleaved({"jax": run_jax, "numpy": run_numpy, "floor": run_floor}, args.repeat)
+            jx, npy, fl = (secs[k] / STEPS * 1e6 for k in ("jax", "numpy", "floor"))
             compile_ms = (first - float(np.min(jx)) * STEPS / 1e6) * 1e3
             print(f"{solver:>9} {size:>8} {plan * 1e3:8.1f} {compile_ms:10.0f} {_spread(jx):>22} {_spread(npy):>22} "
                   f"{_spread(fl):>22} {np.median(jx / npy):7.2f} {np.median(jx / fl):9.2f} {prog.regs:5d} "
@@ -108,17 +108,6 @@ def _floor(jax, grid, fn: Callable) -> Callable:
         return jax.lax.scan(body, xs, (t, dt))[0]
 
     return floor
-
-
-def _interleaved(fns: list[Callable[[], None]], n: int) -> list[list[float]]:
-    """Wall seconds of each function, called in turn n times (repeat by repeat)."""
-    out: list[list[float]] = [[] for _ in fns]
-    for _ in range(n):
-        for f, acc in zip(fns, out):
-            t0 = time.perf_counter()
-            f()
-            acc.append(time.perf_counter() - t0)
-    return out
 
 
 def _spread(v: np.ndarray) -> str:

@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import time
 import tracemalloc
 
 import numpy as np
 import torch
-from timing import spread
+from timing import interleaved, spread
 
 import chords_core as cc
 
@@ -183,16 +182,11 @@ def per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
     """Time per round and per model evaluation of each loop in every repeat (a loop returns (rounds,
     NFE), or None for T rounds); the loops are interleaved within each repeat so that the machine's
     load affects all alike, and ratios are taken repeat by repeat."""
-    rnd: dict = {k: [] for k in fns}
-    ev: dict = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            rounds, nfe = fn() or (T, None)
-            dt = time.perf_counter() - t0
-            rnd[name].append(dt / rounds)
-            ev[name].append(dt / nfe if nfe else np.nan)
-    return {k: np.array(v) for k, v in rnd.items()}, {k: np.array(v) for k, v in ev.items()}
+    secs, results = interleaved(fns, repeats)
+    counts = {k: [r or (T, None) for r in v] for k, v in results.items()}
+    rnd = {k: secs[k] / np.array([c[0] for c in counts[k]]) for k in fns}
+    ev = {k: secs[k] / np.array([c[1] or np.nan for c in counts[k]], dtype=np.float64) for k in fns}
+    return rnd, ev
 
 
 def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dict]:

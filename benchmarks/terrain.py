@@ -157,26 +157,20 @@ def run(a: argparse.Namespace) -> dict:
                  "probe2": lambda: [ex(model, [x, x], [1.0, 1.0]) for _ in range(3)],  # 2 points on 2 workers
                  "probe2t": lambda: [model.fn(x, sigma) for _ in range(3)],  # 1 point, driver, 2 threads
                  "probe2t sleep": lambda: [model_sleep.fn(x, sigma) for _ in range(3)]}
-        times: dict[Any, list[float]] = {k: [] for k in [*jobs, *probe]}
-        outs: dict[tuple[str, str], Any] = {}
-        same: dict[tuple[str, str], bool] = {k: True for k in jobs}
-        for r in range(a.repeats):  # interleaved: every job sees the same load
-            for k, job in jobs.items():
-                t0 = time.perf_counter()
-                out = job()
-                times[k].append(time.perf_counter() - t0)
-                y = out if k[1].startswith("seq") and k[1] != "seq 1 worker" else out.x
-                if k in outs:
-                    same[k] &= bool(torch.equal(y, outs[k] if y is out else outs[k].x))
-                else:
-                    outs[k] = out
-                if a.verbose:
-                    print(f"  repeat {r + 1} {k[0]:<5} {k[1]:<12} {times[k][-1]:6.2f} s", flush=True)
-            for name, job in probe.items():
-                t0 = time.perf_counter()
-                job()
-                times[name].append(time.perf_counter() - t0)
+        def progress(r: int, secs: dict) -> None:
+            if a.verbose:
+                for k in jobs:
+                    print(f"  repeat {r + 1} {k[0]:<5} {k[1]:<12} {secs[k][-1]:6.2f} s", flush=True)
             print(f"repeat {r + 1}/{a.repeats} done, {time.perf_counter() - t_start:.0f} s", flush=True)
+
+        secs, results = timing.interleaved({**jobs, **probe}, a.repeats, after_repeat=progress)  # same load for all
+    times: dict[Any, list[float]] = {k: list(v) for k, v in secs.items()}
+    outs: dict[tuple[str, str], Any] = {k: results[k][0] for k in jobs}
+
+    def sample(k: tuple[str, str], out: Any) -> Any:
+        return out if k[1].startswith("seq") and k[1] != "seq 1 worker" else out.x  # a solve returns the tensor
+
+    same = {k: all(torch.equal(sample(k, o), sample(k, outs[k])) for o in results[k][1:]) for k in jobs}
     capacity = [min(2.0, 2 * p1 / p2) for p1, p2 in zip(times["probe1"], times["probe2"])]
     threads_x = [p1 / min(p2t, p2s) for p1, p2t, p2s in zip(times["probe1"], times["probe2t"], times["probe2t sleep"])]
     for s in a.solvers:  # the baseline: the faster thread-pool mode of each repeat

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -14,6 +14,44 @@ def spread(v: Sequence[float] | np.ndarray, scale: float = 1.0, fmt: str = ".1f"
     """``median [min-max]`` of the samples ``v`` (times ``scale``)."""
     a = np.asarray(v, dtype=np.float64) * scale
     return f"{np.median(a):{fmt}} [{a.min():{fmt}}-{a.max():{fmt}}]"
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def interleaved(fns: Mapping[K, Callable[[], Any]], repeats: int, *, flip: bool = False,
+                sync: Callable[[], Any] | None = None,
+                after_repeat: Callable[[int, dict], Any] | None = None) -> tuple[dict[K, np.ndarray], dict[K, list]]:
+    """Wall seconds of each function, called in turn ``repeats`` times, so that every one sees the
+    same machine load; ratios between them are then taken repeat by repeat.
+
+    Args:
+        fns: the functions to time, by name; each is called without arguments.
+        repeats: how many times each is called.
+        flip: reverse the order of the calls every other repeat (for two functions compared A/B).
+        sync: called before starting and before stopping each clock (a device synchronisation).
+        after_repeat: called after each repeat with its index and the seconds so far, by name
+            (progress output).
+
+    Returns:
+        (seconds per call, one array of ``repeats`` per name; what each call returned, in order).
+    """
+    times: dict = {k: [] for k in fns}
+    results: dict = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(repeats):
+        for k in (order[::-1] if flip and r % 2 else order):
+            if sync is not None:
+                sync()
+            t0 = time.perf_counter()
+            out = fns[k]()
+            if sync is not None:
+                sync()
+            times[k].append(time.perf_counter() - t0)
+            results[k].append(out)
+        if after_repeat is not None:
+            after_repeat(r, times)
+    return {k: np.array(v) for k, v in times.items()}, results
 
 
 def per_eval_ms(fn: Callable[[Any, Any], Any], x: Any, t: Any, n: int = 15, warmup: int = 3) -> float:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import timing
 import torch
@@ -97,12 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             for K, init in inits.items():
                 jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init,
                                                                    stop=cc.StopAtCore(1), executor=ex)
-        times: dict = {k: [] for k in jobs}
-        for _ in range(a.repeats):  # interleaved, so that every job sees the same load
-            for k, job in jobs.items():
-                t0 = time.perf_counter()
-                job()
-                times[k].append(time.perf_counter() - t0)
+        times, _ = timing.interleaved(jobs, a.repeats)  # every job sees the same load
         best = {k: min(v) for k, v in times.items()}
         plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor())
                  for K, init in inits.items()}
