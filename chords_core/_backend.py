@@ -38,15 +38,18 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
         if c0 == 0.0:
             return c1 * a1 if c1 != 1.0 else a1 + 0.0
         return axpy(c1, a1, a0) if c0 == 1.0 else add_into(c1 * a1, c0 * a0)
-    terms = [(c, a) for c, a in zip(coeffs, arrays) if c != 0.0] or [(0.0, arrays[0])]
-    if len(terms) == 1:
-        c, a = terms[0]
-        return a + 0.0 if c == 1.0 else c * a
-    # start from a scaled term (a fresh array we own), then add the rest into it
-    k = next((n for n, (c, _) in enumerate(terms) if c != 1.0), 0)
-    c, a = terms.pop(k)
+    terms = list(zip(coeffs, arrays))
+    if coeffs[0] in (0.0, 1.0) or 0.0 in coeffs:  # else the first term is scaled and none is skipped
+        terms = [(c, a) for c, a in terms if c != 0.0] or [(0.0, arrays[0])]
+        if len(terms) == 1:
+            c, a = terms[0]
+            return a + 0.0 if c == 1.0 else c * a
+        # start from a scaled term (a fresh array we own), then add the rest into it
+        k = next((n for n, (c, _) in enumerate(terms) if c != 1.0), 0)
+        terms.insert(0, terms.pop(k))
+    c, a = terms[0]
     acc = c * a if c != 1.0 else a + 0.0
-    for c, a in terms:
+    for c, a in terms[1:]:
         acc = add_into(acc, a if c == 1.0 else c * a)
     return acc
 
@@ -317,6 +320,10 @@ def is_floating(x: Array) -> bool:
     lib = library(x)
     if lib == "torch":
         return bool(x.dtype.is_floating_point)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return bool(jnp.issubdtype(x.dtype, jnp.floating))  # bfloat16 too
     return np.dtype(x.dtype).kind == "f"
 
 
@@ -333,6 +340,8 @@ def cast_like(x: Array, like: Array) -> Array:
 
 def minimum(a: Array, b: Array) -> Array:
     """Elementwise minimum of two arrays (or Python floats) of one library."""
+    if type(a) is np.ndarray:
+        return np.minimum(a, b)
     if isinstance(a, float) and isinstance(b, float):
         return min(a, b)
     lib = library(a)
@@ -347,14 +356,21 @@ def minimum(a: Array, b: Array) -> Array:
     return np.minimum(a, b)
 
 
+try:  # einsum's C core: np.einsum(..., optimize=False) calls it after a dispatch that costs as much at small sizes
+    from numpy._core.multiarray import c_einsum as _c_einsum
+except ImportError:  # another numpy layout: the public function, the same result
+    _c_einsum = np.einsum
+
+
 def row_sq(d: Array) -> Array:
     """Per-sample sum of squares over all but the leading (batch) axis; a 0-d value for a state
     without a batch axis (1-D or 0-d). numpy: one pass without a temporary."""
     if len(d.shape) <= 1:
         return (d * d).sum()
-    if library(d) == "numpy":
+    if type(d) is np.ndarray or library(d) == "numpy":
         flat = d.reshape(d.shape[0], -1)
-        return np.einsum("ij,ij->i", flat, flat)
+        einsum = _c_einsum if type(flat) is np.ndarray else np.einsum  # others may dispatch (__array_function__)
+        return einsum("ij,ij->i", flat, flat)
     return (d * d).reshape(d.shape[0], -1).sum(1)
 
 

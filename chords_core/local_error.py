@@ -32,25 +32,33 @@ class LocalError:
         self.sol = sol
         self.p = max(1, int(sol.accuracy))
         self.fact = float(math.factorial(self.p + 1))
+        self._coef: dict[int, float] = {}  # j -> the step's coefficient b_{j-1, j} / (p + 1)!
 
     @property
     def needs(self) -> int:
         """How many consecutive quantities an estimate needs (q_j back to q_{j-p})."""
         return self.p + 1
 
-    def _difference(self, j: int, back: Sequence[Any]) -> tuple[Any, float]:
-        """(the p-th backward difference of ``back``, the step's coefficient on it)."""
+    def coefficient(self, j: int) -> float:
+        """b_{j-1, j} / (p + 1)!, the estimate's coefficient on the p-th difference (cached per j)."""
+        c = self._coef.get(j)
+        if c is None:
+            c = self._coef[j] = self.sol.jump_coeffs(j - 1, j)[1] / self.fact
+        return c
+
+    def difference(self, back: Sequence[Any]) -> Any:
+        """The p-th backward difference of ``back`` = [q_j, q_{j-1}, ..., q_{j-p}]."""
         d = list(back[: self.p + 1])
-        for _ in range(self.p):
-            d = [d[k] - d[k + 1] for k in range(len(d) - 1)]
-        return d[0], self.sol.jump_coeffs(j - 1, j)[1] / self.fact
+        for n in range(self.p, 0, -1):  # level by level, in place: d[k] still holds the level above's d[k + 1]
+            for k in range(n):
+                d[k] = d[k] - d[k + 1]
+        return d[0]
 
     def sq_at(self, j: int, back: Sequence[Any]) -> Any:
         """|e_j|^2 per sample (``_backend.row_sq``), without forming e_j."""
-        d, coef = self._difference(j, back)
-        return B.row_sq(d) * (coef * coef)
+        coef = self.coefficient(j)
+        return B.row_sq(self.difference(back)) * (coef * coef)
 
     def at(self, j: int, back: Sequence[Any]) -> Any:
         """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""
-        d, coef = self._difference(j, back)
-        return d * coef
+        return self.difference(back) * self.coefficient(j)

@@ -106,8 +106,20 @@ def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.nda
     return np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
 
 
+def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) -> np.ndarray:
+    """inv[j]: the factor on point j's mean square change (0: never blocks); none for ``"error"``,
+    which scores against the local error estimates instead."""
+    if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j)
+        sig = (np.asarray(model.schedule.sigma(times), np.float64) if isinstance(model, DiffusionModel)
+               else np.ones(len(times)))
+        return 1.0 / np.maximum(1.0, sig) ** 2
+    return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
+
+
 def _worst(score: Any) -> float:
     """The largest per-sample score (a 0-d score for a state without a batch axis)."""
+    if type(score) is np.ndarray and score.size == 1:
+        return score.item()  # one sample: its score (the cheap hot case)
     return float(score.max() if hasattr(score, "max") else score)
 
 
@@ -117,11 +129,13 @@ class Seeder:
     def __init__(self, sol: Solver, model: Model, order: int = 1):
         self.sol, self.order = sol, order
         self.path: tuple[list[float], list[float], list[float]] | None = None  # alpha, sigma, lambda per index
+        self.finite: list[bool] = []  # per index: lambda finite
         if isinstance(model, DiffusionModel):
             sch = model.schedule
             with np.errstate(divide="ignore"):
                 alpha, sigma, lam = ([float(v) for v in f(sol.times)] for f in (sch.alpha, sch.sigma, sch.lam))
             self.path = (alpha, sigma, lam)
+            self.finite = [math.isfinite(v) for v in lam]
 
     def prediction(self, x: Any, q: Any, i: int) -> Any:
         """What the seeds hold fixed: the data prediction at grid index i (the quantity for a plain ODE)."""
@@ -134,18 +148,26 @@ class Seeder:
         extrapolated linearly in lambda and integrated exactly (a DPM-Solver++(2)-type jump)."""
         if self.path is None:
             return self.sol.jump(x_e, d, e, j)
+        second = self.order >= 2 and d_prev is not None and i_prev is not None
+        c = self._coefficients(e, i, j, i_prev if second else None)
+        return B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d))
+
+    def _coefficients(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
+        """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)."""
+        assert self.path is not None
         a, s, lam = self.path
         if s[e] == 0.0:
-            return B.lincomb((0.0, 1.0), (x_e, d))
+            return (0.0, 1.0)
         r = s[j] / s[e]
         first = (r, a[j] - r * a[e])
-        if (self.order < 2 or d_prev is None or i_prev is None or s[j] == 0.0
-                or not all(np.isfinite(lam[k]) for k in (i, i_prev, e, j)) or lam[i] == lam[i_prev]):
-            return B.lincomb(first, (x_e, d))
+        finite = self.finite
+        if (i_prev is None or s[j] == 0.0 or not (finite[i] and finite[i_prev] and finite[e] and finite[j])
+                or lam[i] == lam[i_prev]):
+            return first
         # D(lambda) = d + (lambda - lam_i) S, S = (d - d_prev) / (lam_i - lam_prev):
         # sigma_j int_{lam_e}^{lam_j} e^l (l - lam_i) dl = a_j (lam_j - lam_i - 1) - r a_e (lam_e - lam_i - 1)
         c = (a[j] * (lam[j] - lam[i] - 1.0) - r * a[e] * (lam[e] - lam[i] - 1.0)) / (lam[i] - lam[i_prev])
-        return B.lincomb((r, first[1] + c, -c), (x_e, d, d_prev))
+        return (r, first[1] + c, -c)
 
 
 class _PointErrors:
@@ -155,31 +177,33 @@ class _PointErrors:
 
     def __init__(self, sol: Solver, x0: Any):
         self.local = LocalError(sol)
-        self.q: dict[int, Any] = {}  # the latest quantity evaluated at each index (stage 0)
-        self.est: dict[int, Any] = {}
+        self.q: list = [None] * (sol.steps + 1)  # the latest quantity evaluated at each index (stage 0)
+        self.bound: dict[int, Any] = {}  # j -> |e_j|^2 + tiny of this sweep (None: no estimate)
         self.b = 0
         self.tiny = 1e-30 + 1e-24 * _worst(B.row_sq(x0))
 
     def observe(self, qs: dict, b: int, e: int) -> None:
         """Take the sweep's quantities (window b .. e-1); estimates are recomputed on demand."""
-        n = self.local.needs
+        q = self.q
+        for m in range(self.b - self.local.needs, b - self.local.needs):
+            if m >= 0:
+                q[m] = None  # no longer needed: before every estimate's reach
         for m in range(b, e):
-            self.q[m] = qs[m][0]
-        for j in [j for j in self.q if j < b - n]:
-            del self.q[j]
-        self.est.clear()
+            q[m] = qs[m][0]
+        self.bound.clear()
         self.b = b
 
-    def estimate(self, j: int) -> Any:
-        """|e_j|^2 per sample (the window's end point, not yet evaluated, takes its predecessor's)."""
-        if j in self.est:
-            return self.est[j]
-        back = [self.q.get(j - k) for k in range(self.local.needs)]
+    def _bound(self, j: int) -> Any:
+        """|e_j|^2 + tiny per sample (the window's end point, not yet evaluated, takes its
+        predecessor's); None without an estimate."""
+        if j in self.bound:
+            return self.bound[j]
+        back = self.q[j - self.local.needs + 1 : j + 1][::-1] if j + 1 >= self.local.needs else [None]
         if all(v is not None for v in back):
-            val = self.local.sq_at(j, back)
+            val = self.local.sq_at(j, back) + self.tiny
         else:
-            val = self.estimate(j - 1) if j - 1 > self.b else None
-        self.est[j] = val
+            val = self._bound(j - 1) if j - 1 > self.b else None
+        self.bound[j] = val
         return val
 
     def score(self, change_sq: Any, j: int) -> Any:
@@ -187,14 +211,15 @@ class _PointErrors:
         is zero. The smaller of two neighbouring estimates: e_j comes from model values at points not
         yet converged, which can inflate it without bound (the terrain network at 10 steps: an e_j
         from a wild iterate accepted outputs 3-309x the output's RMS away from the sequential one),
-        while e_{j-1} leans on the point just accepted."""
-        est = self.estimate(j)
+        while e_{j-1} leans on the point just accepted. (The minimum is taken after adding tiny:
+        rounding is monotonic, so min(a, b) + tiny = min(a + tiny, b + tiny) exactly.)"""
+        est = self._bound(j)
         if est is None:
             return math.inf if _worst(change_sq) > 0 else 0.0
-        prev = self.estimate(j - 1) if j > 0 else None
+        prev = self._bound(j - 1) if j > 0 else None
         if prev is not None:
             est = B.minimum(est, prev)
-        return change_sq / (est + self.tiny)
+        return change_sq / est
 
 
 class _Anderson:
@@ -311,12 +336,7 @@ def sliding_window(
     if sol.history_size and max(evals) > 1:
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
                          "a sliding window supports one or the other")
-    if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j)
-        sig = (np.asarray(model.schedule.sigma(sol.times), np.float64) if isinstance(model, DiffusionModel)
-               else np.ones(T + 1))
-        inv = 1.0 / np.maximum(1.0, sig) ** 2
-    else:
-        inv = _inverse_variances(model, sol.times, variance)
+    inv = _inverse_scales(model, sol.times, scale, variance)
     numel_row = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape))
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     t = sol.t
