@@ -33,7 +33,8 @@ import numpy as np
 from . import _backend as B
 from .schedules import RectifiedFlow, Schedule
 
-__all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check"]
+__all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check",
+           "check_array"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = Any
@@ -80,6 +81,30 @@ def resolve_check(mode: bool | str, on_accelerator: bool) -> bool | str:
     if isinstance(mode, str) and mode == "auto":
         return "deferred" if on_accelerator else True
     return mode
+
+
+def check_array(out: Any, like: Array) -> bool:
+    """Check a model's output against the points it was evaluated at: an array of their shape with
+    a floating dtype. Shapes and dtypes only, so it runs on traced values too (``chords_jax``).
+
+    Args:
+        out: what the model returned.
+        like: the (stacked) points of the call.
+
+    Returns:
+        Whether ``out`` already has ``like``'s dtype. Raises ``ModelOutputError`` (point 0) otherwise.
+    """
+    try:
+        shape, dtype = out.shape, out.dtype
+    except AttributeError:
+        raise ModelOutputError(
+            0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}") from None
+    if shape != like.shape and tuple(shape) != tuple(like.shape):
+        raise ModelOutputError(0, f"model returned shape {tuple(shape)}, expected {tuple(like.shape)}")
+    same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
+    if not same_dtype and not B.is_floating(out):
+        raise ModelOutputError(0, f"model returned dtype {dtype}, expected a floating dtype")
+    return same_dtype
 
 
 class Model:
@@ -158,20 +183,9 @@ class Model:
 
     def _check(self, out: Array, like: Array, n: int, rows: int) -> Array:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
-        checked: an array of ``like``'s shape, floating, finite (if ``check_outputs``); returned in
-        ``like``'s dtype."""
-        try:
-            shape, dtype = out.shape, out.dtype
-        except AttributeError:
-            shape = dtype = None
-        if shape is None or dtype is None:
-            raise ModelOutputError(
-                0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
-        if shape != like.shape and tuple(shape) != tuple(like.shape):
-            raise ModelOutputError(0, f"model returned shape {tuple(shape)}, expected {tuple(like.shape)}")
-        same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
-        if not same_dtype and not B.is_floating(out):
-            raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
+        checked: an array of ``like``'s shape, floating (``check_array``), finite (if
+        ``check_outputs``); returned in ``like``'s dtype."""
+        same_dtype = check_array(out, like)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")

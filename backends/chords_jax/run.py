@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from chords_core.models import DiffusionModel, ModelOutputError, VectorField
+from chords_core.models import DiffusionModel, VectorField, check_array
 
 __all__ = ["runner", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
@@ -81,15 +81,9 @@ def _traced(call: Callable, *operands: Any) -> Any:
 
 
 def _checked(out: Any, like: Any) -> Any:
-    """The model's output for the points ``like``: an array of their shape, floating (cast to their
-    dtype), or ``ModelOutputError`` at trace time, as the core's ``Model._check`` says it."""
-    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
-        raise ModelOutputError(0, f"model returned {type(out).__name__}, expected an array of shape "
-                                  f"{tuple(like.shape)}")
-    if tuple(out.shape) != tuple(like.shape):
-        raise ModelOutputError(0, f"model returned shape {tuple(out.shape)}, expected {tuple(like.shape)}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ModelOutputError(0, f"model returned dtype {out.dtype}, expected a floating dtype")
+    """The model's output for the points ``like``, checked at trace time as the core checks it
+    (``models.check_array``: shape, floating dtype) and cast to their dtype."""
+    check_array(out, like)
     return out.astype(like.dtype)
 
 
