@@ -70,7 +70,7 @@ def axpy(c: float, a: Array, y: Array) -> Array:
             acc += y
             return acc
         return acc + y
-    if library(y) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
+    if (_LIBRARY.get(type(y)) or library(y)) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
         import torch
 
         return torch.add(y, a, alpha=c)
@@ -80,8 +80,8 @@ def axpy(c: float, a: Array, y: Array) -> Array:
 def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
     """acc + c term, in place in ``acc`` (which the caller owns) where the dtypes allow; ``term`` may
     be scaled in place (the caller owns it too)."""
-    if type(acc) is not np.ndarray and library(acc) == "torch" and acc.dtype == term.dtype \
-            and acc.shape == term.shape:
+    if type(acc) is not np.ndarray and (_LIBRARY.get(type(acc)) or library(acc)) == "torch" \
+            and acc.dtype == term.dtype and acc.shape == term.shape:
         return acc.add_(term, alpha=c)
     if c != 1.0:
         term *= c
@@ -233,6 +233,20 @@ def split_rows(x: Array, n: int) -> list[Array]:
     return [x[k * rows : (k + 1) * rows] for k in range(n)]
 
 
+class _NumpyDtypes(dict):
+    """torch dtype -> the numpy dtype of the same name, for the dtypes numpy has (filled on first use,
+    so that importing this module does not import torch)."""
+
+    def __missing__(self, key: Any) -> Any:
+        import torch
+
+        self.update({torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64})
+        return self.setdefault(key, None)  # None: a dtype numpy does not have
+
+
+_NUMPY_DTYPES = _NumpyDtypes()
+
+
 def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
     """A 1-D array of the times ``ts``, each repeated ``repeats`` times, in ``like``'s library.
 
@@ -245,6 +259,10 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
     if lib == "torch":
         import torch
 
+        np_dtype = _NUMPY_DTYPES[like.dtype] if like.is_cpu else None
+        if np_dtype is not None:  # on the CPU through numpy: a third of torch.tensor's cost
+            arr = np.array(ts, dtype=np_dtype)
+            return torch.from_numpy(arr if repeats == 1 else np.repeat(arr, repeats))
         dtype = like.dtype if like.dtype.is_floating_point else torch.float64
         t = torch.tensor(ts, dtype=dtype, device=like.device)
         return t if repeats == 1 else t.repeat_interleave(repeats)
@@ -290,7 +308,7 @@ def all_finite(x: Array) -> bool:
 def on_accelerator(x: Array) -> bool:
     """True for a torch tensor on a device other than the CPU (reading a value back from it waits
     for the device to finish its queued work)."""
-    return type(x) is not np.ndarray and library(x) == "torch" and x.device.type != "cpu"
+    return type(x) is not np.ndarray and library(x) == "torch" and not x.is_cpu
 
 
 def finite_flags(outs: Sequence[Array]) -> Array:
