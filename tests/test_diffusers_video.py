@@ -288,3 +288,36 @@ def test_device_replicas_refuse_hooked_denoisers(wan):
         cd.sample(pipe, "a cat", num_inference_steps=4, cores=2, devices=["cpu", "cpu"], progress=False, **WAN_KW)
     with pytest.raises(ValueError, match="WanTransformer3DModel carries offloading"):
         cd.GuidedNet(pipe.transformer, batch=1).to("meta")
+
+
+class _Expert:
+    """A stand-in network: out = scale * sample + (1 if conditioned else 0), counting its rows."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale, self.rows = scale, 0
+
+    def __call__(self, sample, timestep, emb, return_dict=False):
+        self.rows += sample.shape[0]
+        return (self.scale * sample + emb.view(-1, 1),)
+
+
+@pytest.mark.parametrize("cfg_batched", [True, False])
+def test_two_experts_split_rows_and_scale_each_by_its_own_guidance_with_one_read_back(cfg_batched, monkeypatch):
+    high, low = _Expert(2.0), _Expert(3.0)
+    net = cd.GuidedNet(high, batch=1, x_arg="sample", t_arg="timestep", cond={"emb": torch.ones(1)},
+                       uncond={"emb": torch.zeros(1)}, guidance_scale=4.0, guidance_scale_2=2.5,
+                       net_2=low, boundary=500.0, cfg_batched=cfg_batched)
+    x, tau = torch.arange(4.0).view(4, 1), torch.tensor([900.0, 600.0, 400.0, 100.0])
+    reads = []
+    for name in ("__bool__", "__int__", "item", "tolist"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    out = net(x, tau)
+    monkeypatch.undo()
+    assert len(reads) == 1  # one value read back per call, whatever the guidance layout
+    scale = torch.tensor([2.0, 2.0, 3.0, 3.0]).view(4, 1)  # rows >= 500 take the high-noise expert
+    g = torch.tensor([4.0, 4.0, 2.5, 2.5]).view(4, 1)
+    u = scale * x
+    assert torch.equal(out, u + g * ((u + 1) - u)) and high.rows == low.rows == 4  # cond and uncond, 2 rows each
+    with pytest.raises(ValueError, match="guidance_scale_2 needs net_2"):
+        cd.GuidedNet(high, batch=1, guidance_scale=4.0, guidance_scale_2=2.5)

@@ -353,15 +353,12 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     dtype = net.dtype
     b = pe.shape[0]
     boundary = None if boundary_ratio is None else boundary_ratio * pipe.scheduler.config.num_train_timesteps
-    scale: Any = guidance_scale
-    if boundary is not None and guidance_scale_2 != guidance_scale:
-        g1, g2 = float(guidance_scale), float(guidance_scale_2)
-        scale = lambda tau: torch.where(tau >= boundary, g1, g2)  # noqa: E731
     gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep",
                      cond={"encoder_hidden_states": pe.to(dtype)},
                      uncond={"encoder_hidden_states": npe.to(dtype)} if cfg else None,
-                     static={"attention_kwargs": attention_kwargs}, guidance_scale=scale, x_dtype=dtype,
-                     net_2=net_2, boundary=boundary, cfg_batched=False)
+                     static={"attention_kwargs": attention_kwargs}, guidance_scale=guidance_scale, x_dtype=dtype,
+                     net_2=net_2, boundary=boundary, cfg_batched=False,
+                     guidance_scale_2=None if boundary is None else guidance_scale_2)
     lat = pipe.prepare_latents(b, net.config.in_channels, height, width, num_frames, torch.float32, device, generator,
                                latents)
 

@@ -103,6 +103,8 @@ class GuidedNet:
         net_2: a second network for the rows whose timestep is below ``boundary`` (Wan 2.2's
             low-noise expert); ``net`` takes the rows with timestep >= ``boundary``.
         boundary: the model timestep where ``net_2`` takes over (with ``net_2`` only).
+        guidance_scale_2: the guidance scale of the rows ``net_2`` takes (Wan 2.2; with ``net_2``
+            only; ``None``: ``guidance_scale`` for all rows).
         cfg_batched: one call on [uncond; cond] rows (2N); ``False``: two calls of N rows (half the
             activation memory; what Wan and HunyuanVideo do).
     """
@@ -112,12 +114,15 @@ class GuidedNet:
                  uncond: Mapping[str, Any] | None = None, static: Mapping[str, Any] | None = None,
                  guidance_scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
                  guidance_rescale: float = 0.0, x_dtype: torch.dtype | None = None,
-                 net_2: Callable | None = None, boundary: float | None = None, cfg_batched: bool = True) -> None:
+                 net_2: Callable | None = None, boundary: float | None = None,
+                 guidance_scale_2: float | None = None, cfg_batched: bool = True) -> None:
         for name, f in (("net", net), ("net_2", net_2 if net_2 is not None else net)):
             if not callable(f):
                 raise TypeError(f"{name} must be callable, got {type(f).__name__}")
         if (net_2 is None) != (boundary is None):
             raise ValueError("give net_2 and boundary together (the timestep where net_2 takes over)")
+        if guidance_scale_2 is not None and (net_2 is None or callable(guidance_scale)):
+            raise ValueError("guidance_scale_2 needs net_2 and boundary, and a number as guidance_scale")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         cond, uncond = dict(cond or {}), (dict(uncond) if uncond is not None else None)
@@ -131,24 +136,37 @@ class GuidedNet:
         self.net, self.batch, self.x_arg, self.t_arg, self.t_scale = net, batch, x_arg, t_arg, float(t_scale)
         self.net_2, self.boundary = net_2, boundary
         self.cond, self.static, self.x_dtype, self.cfg_batched = cond, dict(static or {}), x_dtype, bool(cfg_batched)
-        self.guided = uncond is not None and (callable(guidance_scale) or guidance_scale > 1.0)
+        self.guidance_scale_2 = None if guidance_scale_2 is None else float(guidance_scale_2)
+        self.guided = uncond is not None and (callable(guidance_scale) or guidance_scale > 1.0
+                                              or (self.guidance_scale_2 or 0.0) > 1.0)
         self.uncond = uncond if self.guided else None
         self.guidance_scale = guidance_scale if callable(guidance_scale) else float(guidance_scale)
         self.guidance_rescale = float(guidance_rescale)
 
-    def _forward(self, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
-        """The raw network output on rows (x, tau, kw), each row through ``net`` or ``net_2``."""
+    def _experts(self, tau: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """(mask of the rows ``net`` takes, their count) with two networks, else ``None``: the one
+        value read back from the device per call."""
+        if self.net_2 is None or self.boundary is None:
+            return None
+        high = tau >= self.boundary
+        return high, int(high.sum())
+
+    def _forward(self, x: torch.Tensor, tau: torch.Tensor, kw: dict,
+                 experts: tuple[torch.Tensor, int] | None) -> torch.Tensor:
+        """The raw network output on rows (x, tau, kw), each row through ``net`` or ``net_2`` as
+        ``experts`` (``_experts``) says."""
         def call(net: Callable, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
             t = tau * self.t_scale if self.t_scale != 1.0 else tau
             return net(**{self.x_arg: x, self.t_arg: t}, **kw, **self.static, return_dict=False)[0]
 
-        if self.net_2 is None or self.boundary is None:
+        if experts is None:
             return call(self.net, x, tau, kw)
-        high = tau >= self.boundary
-        if bool(high.all()) or not bool(high.any()):
-            return call(self.net if bool(high.all()) else self.net_2, x, tau, kw)
+        (high, n_high), net_2 = experts, self.net_2
+        assert net_2 is not None  # experts come with two networks
+        if n_high in (0, len(tau)):
+            return call(self.net if n_high else net_2, x, tau, kw)
         out: torch.Tensor | None = None
-        for net, rows in ((self.net, high), (self.net_2, ~high)):
+        for net, rows in ((self.net, high), (net_2, ~high)):
             idx = rows.nonzero().squeeze(1)
             part = call(net, x[idx], tau[idx], _tree(lambda v, i=idx: v[i], kw))
             if out is None:
@@ -175,15 +193,21 @@ class GuidedNet:
         kw = _tree(tile, self.cond)
         if self.x_dtype is not None:
             x = x.to(self.x_dtype)
+        experts = self._experts(tau)
         if self.uncond is None:
-            return self._forward(x, tau, kw)
+            return self._forward(x, tau, kw, experts)
         if self.cfg_batched:
             kw = _tree(lambda u, c: torch.cat([tile(u), c]), self.uncond, kw)
-            u, c = self._forward(torch.cat([x, x]), torch.cat([tau, tau]), kw).chunk(2)
+            both = None if experts is None else (torch.cat([experts[0], experts[0]]), 2 * experts[1])
+            u, c = self._forward(torch.cat([x, x]), torch.cat([tau, tau]), kw, both).chunk(2)
         else:
-            c = self._forward(x, tau, kw)
-            u = self._forward(x, tau, _tree(tile, self.uncond))
-        if callable(self.guidance_scale):
+            c = self._forward(x, tau, kw, experts)
+            u = self._forward(x, tau, _tree(tile, self.uncond), experts)
+        g1, g2 = self.guidance_scale, self.guidance_scale_2
+        if g2 is not None and g2 != g1 and experts is not None and not callable(g1):  # per row: its expert's
+            scale = torch.where(experts[0], g1, g2).to(device=c.device, dtype=c.dtype)
+            g = u + scale.view((-1,) + (1,) * (c.dim() - 1)) * (c - u)
+        elif callable(self.guidance_scale):
             g = torch.as_tensor(self.guidance_scale(tau), device=c.device)
             g = u + g.to(c.dtype).view((-1,) + (1,) * (c.dim() - 1)) * (c - u)
         else:
