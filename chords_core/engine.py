@@ -256,7 +256,9 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
                                   deferred=deferred)
             nfe += len(rows)
-            for c, xh in records.apply(rows, xs, outs):  # cores finishing this round, fastest first
+            finished = records.apply(rows, xs, outs)
+            del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)
+            for c, xh in finished:  # cores finishing this round, fastest first
                 deferred.verify()  # before anyone looks at an output
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
