@@ -171,8 +171,9 @@ def speedup(devices, ms: float, steps: int, repeats: int, dim: int, width: int, 
         with torch.no_grad():
             for fn in runs.values():  # warm-up
                 fn()
-            times, outs = interleaved(runs, repeats, sync=lambda: sync(devices))
-            rounds = {name: steps if name == "sequential" else outs[name][-1].rounds for name in runs}
+            rounds_of = {name: (lambda fn=fn: getattr(fn(), "rounds", steps)) for name, fn in runs.items()}
+            times, counts = interleaved(rounds_of, repeats, sync=lambda: sync(devices))  # keeps rounds, not outputs
+            rounds = {name: counts[name][-1] for name in runs}
     finally:
         if ex is not None:
             ex.close()

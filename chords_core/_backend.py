@@ -223,9 +223,7 @@ def _needs_autograd(arrays: Sequence[Array]) -> bool:
 def split_rows(x: Array, n: int) -> list[Array]:
     """Split axis 0 into ``n`` equal consecutive blocks (views where the library has them)."""
     rows = int(x.shape[0]) // n
-    if type(x) is np.ndarray:
-        return list(x.reshape((n, rows) + x.shape[1:]))
-    lib = library(x)
+    lib = "numpy" if type(x) is np.ndarray else library(x)
     if lib == "numpy":
         return list(x.reshape((n, rows) + tuple(x.shape[1:])))
     if lib == "torch":
@@ -234,17 +232,23 @@ def split_rows(x: Array, n: int) -> list[Array]:
 
 
 class _NumpyDtypes(dict):
-    """torch dtype -> the numpy dtype of the same name, for the dtypes numpy has (filled on first use,
-    so that importing this module does not import torch)."""
+    """torch float32 / float64 -> the numpy dtype (filled on first use, so that importing this module
+    does not import torch); other dtypes map to ``None`` (float16: torch rounds a time through float32
+    first, numpy directly, so they could differ)."""
 
     def __missing__(self, key: Any) -> Any:
         import torch
 
-        self.update({torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64})
-        return self.setdefault(key, None)  # None: a dtype numpy does not have
+        self.update({torch.float32: np.float32, torch.float64: np.float64})
+        return self.setdefault(key, None)
 
 
 _NUMPY_DTYPES = _NumpyDtypes()
+
+
+def _host_times(ts: Sequence[float], repeats: int, dtype: Any) -> np.ndarray:
+    arr = np.array(ts, dtype=dtype)
+    return arr if repeats == 1 else np.repeat(arr, repeats)
 
 
 def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
@@ -252,28 +256,22 @@ def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
 
     Floating states get times of their own dtype (and device); other states get float64.
     """
-    if type(like) is np.ndarray and like.dtype.kind == "f":  # the hot path
-        arr = np.array(ts, dtype=like.dtype)
-        return arr if repeats == 1 else np.repeat(arr, repeats)
-    lib = library(like)
+    lib = "numpy" if type(like) is np.ndarray else library(like)
+    if lib == "numpy":
+        return _host_times(ts, repeats, like.dtype if like.dtype.kind == "f" else np.float64)
     if lib == "torch":
         import torch
 
         np_dtype = _NUMPY_DTYPES[like.dtype] if like.is_cpu else None
-        if np_dtype is not None:  # on the CPU through numpy: a third of torch.tensor's cost
-            arr = np.array(ts, dtype=np_dtype)
-            return torch.from_numpy(arr if repeats == 1 else np.repeat(arr, repeats))
+        if np_dtype is not None:  # on the CPU through numpy: a third of torch.tensor's cost, the same values
+            return torch.from_numpy(_host_times(ts, repeats, np_dtype))
         dtype = like.dtype if like.dtype.is_floating_point else torch.float64
         t = torch.tensor(ts, dtype=dtype, device=like.device)
         return t if repeats == 1 else t.repeat_interleave(repeats)
-    if lib == "jax":
-        import jax.numpy as jnp
+    import jax.numpy as jnp
 
-        dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
-        return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
-    dtype = like.dtype if like.dtype.kind == "f" else np.float64
-    arr = np.array(ts, dtype=dtype)
-    return arr if repeats == 1 else np.repeat(arr, repeats)
+    dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
+    return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
 
 
 def all_finite(x: Array) -> bool:
@@ -284,8 +282,9 @@ def all_finite(x: Array) -> bool:
     float64, no temporary, and unlike ``dot`` or a reduction no floating-point warning on
     overflow); torch: ``dot`` above 4,096 elements, one reduction below.
     """
-    if type(x) is np.ndarray and x.dtype.kind == "f":  # the hot path
-        return math.isfinite(np.vdot(x, x)) or bool(np.isfinite(x).all())
+    if type(x) is np.ndarray and x.dtype.char in "fd":  # the hot path
+        v = x.reshape(-1) if x.flags.c_contiguous else x.ravel("K")  # a view where the layout allows
+        return math.isfinite(np.vdot(v, v)) or bool(np.isfinite(x).all())
     lib = library(x)
     if lib == "torch":
         import torch
@@ -330,14 +329,10 @@ def to_host(x: Array) -> np.ndarray:
 
 def is_floating(x: Array) -> bool:
     """True if ``x`` has a real floating dtype (numpy, torch or jax)."""
-    lib = library(x)
-    if lib == "torch":
+    if library(x) == "torch":
         return bool(x.dtype.is_floating_point)
-    if lib == "jax":
-        import jax.numpy as jnp
-
-        return bool(jnp.issubdtype(x.dtype, jnp.floating))  # bfloat16 too
-    return np.dtype(x.dtype).kind == "f"
+    dt = np.dtype(x.dtype)
+    return dt.kind == "f" or dt.name == "bfloat16"  # ml_dtypes' bfloat16 (jax's) has kind 'V' in numpy
 
 
 def cast_like(x: Array, like: Array) -> Array:
@@ -353,19 +348,18 @@ def cast_like(x: Array, like: Array) -> Array:
 
 def minimum(a: Array, b: Array) -> Array:
     """Elementwise minimum of two arrays (or Python floats) of one library."""
-    if type(a) is np.ndarray:
-        return np.minimum(a, b)
-    if isinstance(a, float) and isinstance(b, float):
-        return min(a, b)
-    lib = library(a)
-    if lib == "torch":
-        import torch
+    if type(a) is not np.ndarray:
+        if isinstance(a, float) and isinstance(b, float):
+            return min(a, b)
+        lib = library(a)
+        if lib == "torch":
+            import torch
 
-        return torch.minimum(a, b)
-    if lib == "jax":
-        import jax.numpy as jnp
+            return torch.minimum(a, b)
+        if lib == "jax":
+            import jax.numpy as jnp
 
-        return jnp.minimum(a, b)
+            return jnp.minimum(a, b)
     return np.minimum(a, b)
 
 

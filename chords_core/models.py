@@ -97,8 +97,10 @@ def check_array(out: Any, like: Array) -> bool:
     try:
         shape, dtype = out.shape, out.dtype
     except AttributeError:
+        shape = dtype = None
+    if shape is None or dtype is None:
         raise ModelOutputError(
-            0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}") from None
+            0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
     if shape != like.shape and tuple(shape) != tuple(like.shape):
         raise ModelOutputError(0, f"model returned shape {tuple(shape)}, expected {tuple(like.shape)}")
     same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype

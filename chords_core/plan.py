@@ -75,6 +75,10 @@ class Round:
     evals: tuple[Eval, ...]
     coarse_hit: bool = False
 
+    def __getstate__(self) -> dict:
+        """The fields only: the cached views (``rows``, ``time_indices``) are rebuilt on use."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("rows", "time_indices")}
+
     @functools.cached_property
     def rows(self) -> tuple[tuple, ...]:
         """``evals`` as plain tuples, fields in ``Eval``'s order: what the engine's hot loop unpacks

@@ -318,3 +318,18 @@ def test_float64_state_with_x64_off_warns():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["float32", "True"]
+
+
+def test_bfloat16_is_floating_alike_in_the_core_and_the_compiled_path():
+    model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 8)
+    x = jnp.ones((2, 3), jnp.bfloat16)
+    stop = cc.StopAtCore(1)
+    a = cc.chords(model, x, grid, "euler", cores=2, stop=stop)
+    b = cj.chords(model, x, grid, "euler", cores=2, stop=stop)
+    assert a.x.dtype == b.x.dtype == jnp.bfloat16 and a.rounds == b.rounds
+    # a bfloat16 output from a float32 state is cast back, on both paths
+    m16 = cc.DiffusionModel(lambda x, t: (x * 0.5).astype(jnp.bfloat16), cc.RectifiedFlow(), "flow")
+    x32 = jnp.ones((2, 3), jnp.float32)
+    for f in (cc.chords, cj.chords):
+        assert f(m16, x32, grid, "euler", cores=2, stop=stop).x.dtype == jnp.float32

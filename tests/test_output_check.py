@@ -97,6 +97,23 @@ def test_numpy_finiteness_check_at_every_size_and_position(dtype, size):
         assert B.all_finite(big)
 
 
+def test_numpy_finiteness_check_on_layouts_without_a_flat_view():
+    x = np.random.default_rng(1).standard_normal((300, 200)).astype(np.float32)
+    for v in (x.T, x[:, ::3], x[::-1], np.asfortranarray(x)):
+        assert B.all_finite(v)
+        w = v.copy(order="K")
+        w[5, 7] = np.nan
+        assert not B.all_finite(w) and not B.all_finite(w.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_times_equal_torch_tensor_in_every_dtype(dtype):
+    ts = [1 + 2**-11 + 2**-40, 0.1, 1e-3, 0.7]  # the first rounds differently through float32 in float16
+    like = torch.zeros(3, dtype=dtype)
+    got, want = B.times_like(ts, 3, like), torch.tensor(ts, dtype=dtype).repeat_interleave(3)
+    assert got.dtype == dtype and torch.equal(got, want)
+
+
 def test_torch_finiteness_check_catches_nan_and_inf_past_the_fast_path():
     v = torch.randn(10_000, dtype=torch.float32)
     assert B.all_finite(v)
