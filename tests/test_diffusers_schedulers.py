@@ -216,3 +216,11 @@ def test_noise_adding_step_arguments():
     assert cd.map_scheduler(UniPCMultistepScheduler(), STEPS, step_kwargs={"eta": 0.5}).solver == "unipc"
     with pytest.raises(TypeError, match="step_kwargs must be a mapping"):
         cd.map_scheduler(DDIMScheduler(), STEPS, step_kwargs=[("eta", 0.0)])
+
+
+def test_custom_timesteps_are_checked_by_map_scheduler_itself():
+    with pytest.raises(ValueError, match="custom timesteps need a scheduler whose set_timesteps takes them; "
+                                         "CogVideoXDDIMScheduler does not"):
+        cd.map_scheduler(CogVideoXDDIMScheduler(), 8, timesteps=[999, 500])
+    smap = cd.map_scheduler(EulerDiscreteScheduler(), 8, timesteps=[999, 600, 300])  # the custom ones set T
+    assert smap.steps == 3

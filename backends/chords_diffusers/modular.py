@@ -40,7 +40,7 @@ import torch
 
 import chords_core as cc
 
-from .pipelines import sample_latents
+from .pipelines import progress_enabled, sample_latents
 from .schedulers import SchedulerMap, map_scheduler
 
 __all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "DEFAULT_FIXED", "PLAIN_STEP_BLOCKS"]
@@ -245,7 +245,7 @@ def _loop_class() -> type:
             batched = opts.pop("batched", True)
             progress = opts.pop("progress", None)
             if progress is None:  # the loop's progress-bar setting
-                progress = not getattr(loop, "_progress_bar_config", {}).get("disable", False)
+                progress = progress_enabled(loop)
             model_blocks = list(loop.sub_blocks.values())[:-1]
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
             if not batched:

@@ -12,7 +12,6 @@ call on the pipeline's device.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +76,12 @@ def make_executor(devices: Sequence[Any] | None = None,
         raise ImportError(
             f"devices=... needs the chords_torch backend (DeviceExecutor), which failed to import: {e}") from None
     return DeviceExecutor(list(devices), replicate=lambda fn, d: fn.to(d), batched=True), True
+
+
+def progress_enabled(obj: Any) -> bool:
+    """Whether a diffusers pipeline (or a modular loop block) shows its progress bar: not disabled by
+    its ``set_progress_bar_config(disable=True)``."""
+    return not getattr(obj, "_progress_bar_config", {}).get("disable", False)
 
 
 def sample_latents(
@@ -188,19 +193,10 @@ def sample(
         raise ValueError(
             f"pipeline {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_PIPELINES)}")
     if progress is None:
-        progress = not getattr(pipe, "_progress_bar_config", {}).get("disable", False)
+        progress = progress_enabled(pipe)
     with torch.no_grad():
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
-        # custom sigmas / timesteps set the steps themselves, as the pipelines' retrieve_timesteps passes them
-        tkw = job.timestep_kwargs
-        custom = [k for k in ("sigmas", "timesteps") if k in tkw]
-        takes = inspect.signature(pipe.scheduler.set_timesteps).parameters
-        for k in custom:
-            if k not in takes:
-                raise ValueError(f"{name}: custom {k} need a scheduler whose set_timesteps takes them; "
-                                 f"{type(pipe.scheduler).__name__} does not: give num_inference_steps only")
-        steps = None if custom else num_inference_steps
-        smap = map_scheduler(pipe.scheduler, steps, device=job.device, **tkw)
+        smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device, **job.timestep_kwargs)
         latents = job.make_latents()
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))

@@ -302,7 +302,9 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
 
     Args:
         scheduler: a diffusers scheduler in ``SUPPORTED_SCHEDULERS``; configured in place.
-        num_inference_steps: T (``None`` with no kwargs: use the scheduler's current timesteps).
+        num_inference_steps: T (``None`` with no kwargs: use the scheduler's current timesteps;
+            ignored with custom ``sigmas`` / ``timesteps``, which set the steps, as diffusers'
+            ``retrieve_timesteps`` does).
         device: the device of ``set_timesteps``.
         step_kwargs: the per-call arguments a pipeline passes to ``scheduler.step`` (``eta``,
             ``s_churn``, ``use_clipped_model_output``, ``generator``, ...). As diffusers' pipelines
@@ -325,6 +327,14 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
             f"scheduler {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_SCHEDULERS)}"
         )
     step = _step_kwargs(scheduler, name, step_kwargs)
+    custom = [k for k in ("sigmas", "timesteps") if set_timesteps_kwargs.get(k) is not None]
+    if custom:  # custom sigmas / timesteps set the steps themselves, as diffusers' retrieve_timesteps passes them
+        takes = inspect.signature(scheduler.set_timesteps).parameters
+        for k in custom:
+            if k not in takes:
+                raise ValueError(f"custom {k} need a scheduler whose set_timesteps takes them; {name} does not: "
+                                 "give num_inference_steps only")
+        num_inference_steps = None
     if num_inference_steps is not None or set_timesteps_kwargs:
         n = num_inference_steps
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
