@@ -358,8 +358,7 @@ def _step_kwargs(scheduler: Any, name: str, step_kwargs: Mapping[str, Any] | Non
     for arg in _NOISE_ARGS:
         v = kw.get(arg, 0.0)
         if v is not None and v != 0:
-            raise ValueError(f"{name}: step argument {arg}={v!r} makes the sampler stochastic (fresh noise every "
-                             f"step); {_ODE}: use {arg}=0")
+            raise _stochastic(name, f"step argument {arg}={v!r}", f"{arg}=0")
     return kw
 
 
@@ -378,8 +377,14 @@ def _prediction(cfg: Any, name: str, allowed: Sequence[str]) -> str:
     return _PREDICTION[p]
 
 
-def _sigmas64(scheduler: Any) -> np.ndarray:
-    return scheduler.sigmas.detach().cpu().double().numpy()
+def _sigmas64(scheduler: Any, sigmas: Any = None) -> np.ndarray:
+    """The scheduler's sigmas (or ``sigmas``, a tensor) as a float64 numpy array."""
+    return (scheduler.sigmas if sigmas is None else sigmas).detach().cpu().double().numpy()
+
+
+def _stochastic(name: str, what: str, fix: str) -> ValueError:
+    """The error for an option that makes a scheduler stochastic, naming the deterministic setting."""
+    return ValueError(f"{name}: {what} makes the sampler stochastic (fresh noise every step); {_ODE}: use {fix}")
 
 
 def _with_transform(smap: SchedulerMap, cfg: Any, *, clip: bool, threshold: bool,
@@ -398,8 +403,7 @@ def _with_transform(smap: SchedulerMap, cfg: Any, *, clip: bool, threshold: bool
 def _flow_match(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     name = type(s).__name__
     if cfg.get("stochastic_sampling", False):
-        raise ValueError(f"{name}: config option stochastic_sampling=True makes the sampler stochastic (fresh noise "
-                         f"every step); {_ODE}: use stochastic_sampling=False")
+        raise _stochastic(name, "config option stochastic_sampling=True", "stochastic_sampling=False")
     _reject(cfg, name, invert_sigmas=lambda v: not v)
     grid = _sigmas64(s)
     n = len(grid) - 1
@@ -427,7 +431,7 @@ def _heun(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     import torch
 
     sig, ts = torch.cat([s.sigmas[:1], s.sigmas[1::2]]), torch.cat([s.timesteps[:1], s.timesteps[1::2]])
-    grid = sig.detach().cpu().double().numpy()
+    grid = _sigmas64(s, sig)
     n = len(grid) - 1
     return _karras_ve(s, cfg, "heun", grid, ts, sig[:n])
 
