@@ -83,6 +83,13 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
     return replica
 
 
+def count_points(rows: int, batch: int) -> int:
+    """P, the points stacked in a call of ``rows`` = P x B rows (B = ``batch``); ``ValueError`` otherwise."""
+    if rows % batch:
+        raise ValueError(f"the model got {rows} rows, not a multiple of the batch {batch}")
+    return rows // batch
+
+
 class GuidedNet:
     """``net(**{x_arg: x, t_arg: t_scale * tau}, **cond, **static, return_dict=False)[0]`` with CFG.
 
@@ -185,10 +192,7 @@ class GuidedNet:
         Returns:
             (N, ...) outputs, u + g (c - u) under guidance (optionally rescaled).
         """
-        n = x.shape[0]
-        if n % self.batch:
-            raise ValueError(f"the model got {n} rows, not a multiple of the batch {self.batch}")
-        points = n // self.batch
+        points = count_points(x.shape[0], self.batch)
         tile = lambda v: v.repeat(points, *([1] * (v.dim() - 1))) if points > 1 else v  # noqa: E731
         kw = _tree(tile, self.cond)
         if self.x_dtype is not None:

@@ -40,6 +40,7 @@ import torch
 
 import chords_core as cc
 
+from .denoiser import count_points
 from .pipelines import progress_enabled, sample_latents
 from .schedulers import SchedulerMap, map_scheduler
 
@@ -157,10 +158,7 @@ class LoopNet:
         Returns:
             (N, ...) the blocks' ``noise_pred``.
         """
-        n = x_in.shape[0]
-        if n % self.batch:
-            raise ValueError(f"the model got {n} rows, not a multiple of the batch {self.batch}")
-        points = n // self.batch
+        points = count_points(x_in.shape[0], self.batch)
         out = self._run(x_in, tau, points)
         if self.verify and points > 1:
             self.verify = False
@@ -176,8 +174,9 @@ class LoopNet:
     def _run(self, x_in: torch.Tensor, tau: torch.Tensor, points: int) -> torch.Tensor:
         bs = self._state(points)
         bs.latents = x_in
-        t = tau[0] if bool((tau == tau[0]).all()) else tau  # one timestep: a scalar, as the loop passes it
-        i = int(np.abs(self._ts - float(tau[0])).argmin())
+        host = tau.detach().cpu()  # the one read back of the call
+        t = tau[0] if bool((host == host[0]).all()) else tau  # one timestep: a scalar, as the loop passes it
+        i = int(np.abs(self._ts - float(host[0])).argmin())
         comp = self.components
         for block in self.blocks:
             comp, bs = block(comp, bs, i=i, t=t)
