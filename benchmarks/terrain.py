@@ -157,13 +157,15 @@ def run(a: argparse.Namespace) -> dict:
                  "probe2": lambda: [ex(model, [x, x], [1.0, 1.0]) for _ in range(3)],  # 2 points on 2 workers
                  "probe2t": lambda: [model.fn(x, sigma) for _ in range(3)],  # 1 point, driver, 2 threads
                  "probe2t sleep": lambda: [model_sleep.fn(x, sigma) for _ in range(3)]}
-        def progress(r: int, secs: dict) -> None:
-            if a.verbose:
-                for k in jobs:
-                    print(f"  repeat {r + 1} {k[0]:<5} {k[1]:<12} {secs[k][-1]:6.2f} s", flush=True)
+        def job_done(r: int, k: Any, seconds: float) -> None:
+            if a.verbose and k in jobs:
+                print(f"  repeat {r + 1} {k[0]:<5} {k[1]:<12} {seconds:6.2f} s", flush=True)
+
+        def repeat_done(r: int, secs: dict) -> None:
             print(f"repeat {r + 1}/{a.repeats} done, {time.perf_counter() - t_start:.0f} s", flush=True)
 
-        secs, results = timing.interleaved({**jobs, **probe}, a.repeats, after_repeat=progress)  # same load for all
+        secs, results = timing.interleaved({**jobs, **probe}, a.repeats, after_call=job_done,
+                                           after_repeat=repeat_done)  # interleaved: the same load for all
     times: dict[Any, list[float]] = {k: list(v) for k, v in secs.items()}
     outs: dict[tuple[str, str], Any] = {k: results[k][0] for k in jobs}
 

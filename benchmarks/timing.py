@@ -21,6 +21,7 @@ K = TypeVar("K", bound=Hashable)
 
 def interleaved(fns: Mapping[K, Callable[[], Any]], repeats: int, *, flip: bool = False,
                 sync: Callable[[], Any] | None = None,
+                after_call: Callable[[int, K, float], Any] | None = None,
                 after_repeat: Callable[[int, dict], Any] | None = None) -> tuple[dict[K, np.ndarray], dict[K, list]]:
     """Wall seconds of each function, called in turn ``repeats`` times, so that every one sees the
     same machine load; ratios between them are then taken repeat by repeat.
@@ -30,6 +31,7 @@ def interleaved(fns: Mapping[K, Callable[[], Any]], repeats: int, *, flip: bool 
         repeats: how many times each is called.
         flip: reverse the order of the calls every other repeat (for two functions compared A/B).
         sync: called before starting and before stopping each clock (a device synchronisation).
+        after_call: called after each call with the repeat's index, the name and the seconds.
         after_repeat: called after each repeat with its index and the seconds so far, by name
             (progress output).
 
@@ -49,6 +51,8 @@ def interleaved(fns: Mapping[K, Callable[[], Any]], repeats: int, *, flip: bool 
                 sync()
             times[k].append(time.perf_counter() - t0)
             results[k].append(out)
+            if after_call is not None:
+                after_call(r, k, times[k][-1])
         if after_repeat is not None:
             after_repeat(r, times)
     return {k: np.array(v) for k, v in times.items()}, results
