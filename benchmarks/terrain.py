@@ -93,12 +93,6 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x.detach().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
 
 
-def worker_bound(res: cc.Result, workers: int) -> float:
-    """Sequential evaluations / sum_r ceil(n_r / workers): the best wall speedup of ``res``'s rounds on
-    ``workers`` one-thread workers against the one-thread sequential solve (no overhead)."""
-    return res.sequential_rounds / sum(-(-len(r.evals) // workers) for r in res.trace)
-
-
 def spread(values: Sequence[float], fmt: str = ".2f") -> str:
     """``median [min-max]`` of ``values``, two decimals."""
     return timing.spread(values, fmt=fmt)
@@ -200,8 +194,8 @@ def run(a: argparse.Namespace) -> dict:
             rows.append(dict(
                 solver=s, method=name, cores=1 if name == "seq 1 worker" else a.cores, rounds=res.rounds,
                 nfe=res.nfe, width=res.width, sequential_rounds=res.sequential_rounds,
-                round_speedup=res.sequential_rounds / res.rounds, worker_bound=worker_bound(res, 2),
-                bound_vs_seq=worker_bound(res, 2) / statistics.median(threads_x),
+                round_speedup=res.sequential_rounds / res.rounds, worker_bound=timing.worker_bound(res, 2),
+                bound_vs_seq=timing.worker_bound(res, 2) / statistics.median(threads_x),
                 seconds=times[s, name], seq_seconds=times[s, "seq"], seq1_seconds=times[s, "seq 1 worker"],
                 wall_speedup=walls, wall_speedup_vs_1_worker=walls1,
                 dev_rel=dev / rms(seq), dev_over_seq_err=None if err_seq is None else dev / err_seq,

@@ -68,3 +68,18 @@ def per_eval_ms(fn: Callable[[Any, Any], Any], x: Any, t: Any, n: int = 15, warm
         fn(x, t)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def worker_bound(res: Any, workers: int, capacity: float | None = None) -> float:
+    """The best wall speedup of a run's rounds on ``workers`` one-thread workers against the one-thread
+    sequential solve, with no overhead: sequential evaluations / sum_r cost_r, cost_r = ceil(n_r /
+    workers) evaluation times, or on a machine that currently runs only ``capacity`` evaluations at
+    once max(ceil(n_r / workers), n_r / capacity).
+
+    Args:
+        res: a ``chords_core.Result`` (its ``trace``: the rounds run; ``sequential_rounds``).
+        workers: the worker count.
+        capacity: evaluations the machine runs at once (``None``: ``workers``).
+    """
+    cap = capacity or workers
+    return res.sequential_rounds / sum(max(-(-len(r.evals) // workers), len(r.evals) / cap) for r in res.trace)

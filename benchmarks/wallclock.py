@@ -52,14 +52,6 @@ def per_eval_ms(net, x, n: int = 15) -> float:
         return timing.per_eval_ms(net, x, torch.full((x.shape[0],), 0.5), n=n)
 
 
-def worker_bound(plan: cc.Plan, rounds: int, workers: int, capacity: float | None = None) -> float:
-    """T / sum_r cost_r with cost_r = ceil(n_r / workers) evaluation times, or, on a machine that
-    currently runs only ``capacity`` evaluations at once, max(ceil(n_r / workers), n_r / capacity)."""
-    cap = capacity or workers
-    return plan.sequential_rounds / sum(max(-(-len(r.evals) // workers), len(r.evals) / cap)
-                                        for r in plan.rounds[:rounds])
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="CHORDS wall-clock speedup on CPU worker processes")
     p.add_argument("--steps", type=int, default=50)
@@ -115,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("ProcessExecutor", "DeviceExecutor"):
         for K, init in inits.items():
             res, t = plans[K], best[name, K]
-            bound, capped = worker_bound(res.plan, res.rounds, 2), worker_bound(res.plan, res.rounds, 2, capacity)
+            bound, capped = timing.worker_bound(res, 2), timing.worker_bound(res, 2, capacity)
             walls = [s / c for s, c in zip(times["seq"], times[name, K])]  # repeat by repeat
             wall = statistics.median(walls)
             spread = timing.spread(walls, fmt=".2f")
