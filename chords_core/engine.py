@@ -35,7 +35,7 @@ from .models import Model, ModelOutputError
 from .plan import Plan
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import Outputs, StopRule
+from .stopping import Outputs, StopRule, estimate_error
 
 __all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "run_plan", "plan_result"]
 
@@ -207,12 +207,18 @@ class CoreRecords:
             e = self.local.at(i, [v for _, v in rec])
             self.error_sum = e if self.error_sum is None else B.add_into(self.error_sum, e)
 
-    def error_estimate(self) -> float | None:
-        """RMS of the summed local error estimates: the sequential solver's global error, estimated;
-        ``None`` until half the steps have an estimate."""
-        if self.local is None or 2 * len(self.errors) < self.sol.steps:
+    def error_state(self) -> tuple[Any, int, int] | None:
+        """(summed local error estimates, how many steps have one, steps): ``Outputs.error_state``;
+        ``None`` without estimates. The sum is updated in place as the run goes on."""
+        if self.local is None:
             return None
-        return B.rms(self.error_sum) * self.sol.steps / len(self.errors)
+        return self.error_sum, len(self.errors), self.sol.steps
+
+    def error_estimate(self) -> float | None:
+        """RMS of the summed local error estimates: the sequential solver's global error, estimated
+        (``stopping.estimate_error``); ``None`` until half the steps have an estimate."""
+        state = self.error_state()
+        return None if state is None else estimate_error(*state)
 
 
 def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, executor: Executor, history: str,
@@ -262,8 +268,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 deferred.verify()  # before anyone looks at an output
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
-                if result is None and rule.accept(Outputs(outputs, records.error_estimate() if wants_error else None),
-                                                  records.coarse):
+                if result is None and rule.accept(Outputs(outputs, error_state=records.error_state()), records.coarse):
                     result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
             if bar is not None:
                 bar.update(1)

@@ -45,19 +45,46 @@ from . import _backend as B
 from .checks import check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
-           "StopNotMet", "as_stop_rule", "select_output", "warn_unmet"]
+           "StopNotMet", "as_stop_rule", "select_output", "warn_unmet", "estimate_error"]
+
+
+def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
+    """The sequential solver's RMS error estimated from ``error_sum``, the sum of the local error
+    estimates of ``estimated`` of its ``steps`` steps (``local_error``): RMS(error_sum) x steps /
+    estimated; ``None`` until half the steps have an estimate. The one home of this formula: the
+    engine (``CoreRecords.error_estimate``) and the compiled JAX path, which computes ``error_sum``
+    on the device, both form the estimate here."""
+    if error_sum is None or 2 * estimated < steps:
+        return None
+    return B.rms(error_sum) * steps / estimated
 
 
 class Outputs(tuple):
     """The outputs so far, in arrival order, and ``error``: the method's estimate of the sequential
-    solver's RMS error (``None`` when the method gives none or the rule did not ask)."""
+    solver's RMS error (``None`` when the method gives none or the rule did not ask).
 
-    error: float | None
+    A method gives ``error`` as a float or as ``error_state`` = (error_sum, estimated, steps), what
+    ``estimate_error`` forms it from; then ``error`` is formed when a rule first reads it (and
+    ``error_sum``, the method's array, is only valid while the rule's ``accept`` runs). A rule that
+    forms the estimate elsewhere reads ``error_state`` itself (the JAX path's symbolic replay).
+    """
 
-    def __new__(cls, items: Sequence[Any] = (), error: float | None = None) -> Outputs:
+    error_state: tuple[Any, int, int] | None
+    _error: float | None
+
+    def __new__(cls, items: Sequence[Any] = (), error: float | None = None,
+                error_state: tuple[Any, int, int] | None = None) -> Outputs:
         out = super().__new__(cls, items)
-        out.error = error
+        out._error = error
+        out.error_state = error_state
         return out
+
+    @property
+    def error(self) -> float | None:
+        """The estimated sequential RMS error (formed from ``error_state`` on first read), or ``None``."""
+        if self._error is None and self.error_state is not None:
+            self._error = estimate_error(*self.error_state)
+        return self._error
 
 
 class StopNotMet(RuntimeWarning):
@@ -203,12 +230,15 @@ def as_stop_rule(stop: Any) -> StopRule:
                     f"got {type(stop).__name__}")
 
 
-def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any) -> tuple[int, str]:
+def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any,
+                  error_states: Sequence[tuple[Any, int, int] | None] | None = None) -> tuple[int, str]:
     """Replay ``rule`` over finished outputs (arrival order): (index of the returned output, its
     ``stopped_by`` text). The engine applies the rule as outputs arrive; this is the same rule for
-    backends that run first and pick after (the compiled JAX path)."""
+    backends that run first and pick after (the compiled JAX path). ``error_states[n]``: the
+    ``Outputs.error_state`` as output n arrived (``None``: no estimate)."""
     for n in range(1, len(outputs) + 1):
-        if rule.accept(outputs[:n], coarse):
+        state = None if error_states is None else error_states[n - 1]
+        if rule.accept(Outputs(outputs[:n], error_state=state), coarse):
             return n - 1, rule.describe(n, cores[n - 1], True)
     n = len(outputs)
     return n - 1, rule.describe(n, cores[n - 1], False)

@@ -93,17 +93,17 @@ def test_one_core_is_the_compiled_sequential_solve():
 def test_second_call_with_the_same_shapes_does_not_recompile():
     grid = cc.time_grid(SCHED, 7, "logsnr")
     model = cc.DiffusionModel(denoiser, SCHED, "eps")
-    cj.chords(model, X, grid, "dpmpp_2m", cores=2)
+    cj.chords(model, X, grid, "dpmpp_2m", cores=2, stop=cc.StopAtCore(1))
     n = cj.compilations()
     rng = np.random.default_rng(5)
     for _ in range(3):
         x = rng.standard_normal(X.shape)
-        got = cj.chords(model, x, grid, "dpmpp_2m", cores=2)
+        got = cj.chords(model, x, grid, "dpmpp_2m", cores=2, stop=cc.StopAtCore(1))
         assert close(got.x, cc.chords(model, x, grid, "dpmpp_2m", cores=2, stop=cc.StopAtCore(1)).x)
     # a new model object and another schedule/grid of the same length: only the coefficients change
     other = cc.DiffusionModel(denoiser, cc.VP.linear(), "x0")
     grid2 = cc.time_grid(cc.VP.linear(), 7, "karras")
-    got = cj.chords(other, X, grid2, "dpmpp_2m", cores=2)
+    got = cj.chords(other, X, grid2, "dpmpp_2m", cores=2, stop=cc.StopAtCore(1))
     assert close(got.x, cc.chords(other, X, grid2, "dpmpp_2m", cores=2, stop=cc.StopAtCore(1)).x)
     assert cj.compilations() == n
 
@@ -333,3 +333,121 @@ def test_bfloat16_is_floating_alike_in_the_core_and_the_compiled_path():
     x32 = jnp.ones((2, 3), jnp.float32)
     for f in (cc.chords, cj.chords):
         assert f(m16, x32, grid, "euler", cores=2, stop=stop).x.dtype == jnp.float32
+
+
+# ---- the default stop rule: StopWhenConverged's error estimate on the compiled path ----
+
+from chords_core.problems import GaussianMixture, LinearODE  # noqa: E402
+from chords_core.stopping import DEFAULT_STOP  # noqa: E402
+
+FLOW = cc.RectifiedFlow()
+GMM = GaussianMixture.random(4, 3, seed=3)
+ODE = LinearODE.random(4, seed=1)
+XG = np.random.default_rng(4).standard_normal((3, 4))
+
+
+def gmm_x0(x, t):
+    """``GMM.prediction_fn(FLOW, "x0")`` in jax.numpy: E[x0 | x_t = x] at alpha = 1 - t, sigma = t."""
+    a, s = (1.0 - t)[:, None, None], t[:, None, None]
+    c = a * a * GMM.variances + s * s
+    r = x[:, None, :] - a * GMM.means
+    log_joint = jnp.log(GMM.weights) - 0.5 * jnp.sum(r * r / c + jnp.log(2 * jnp.pi * c), axis=-1)
+    gamma = jax.nn.softmax(log_joint, axis=1)[..., None]
+    return jnp.sum(gamma * (GMM.means + a * GMM.variances / c * r), axis=1)
+
+
+def _ode_jax(t, y):
+    return y @ jnp.asarray(ODE.A.T)
+
+
+# (numpy model, jax model, x, grid, solvers): the analytic problems of chords_core.problems (the
+# exact GMM denoiser; dy/dt = A y) and the nonlinear test denoiser
+PROBLEMS = {
+    "gmm": (GMM.model(FLOW, "x0"), cc.DiffusionModel(gmm_x0, FLOW, "x0"), XG, cc.time_grid(FLOW, 16),
+            cj.SUPPORTED_SOLVERS),
+    "denoiser": (cc.DiffusionModel(denoiser, SCHED, "v"), cc.DiffusionModel(denoiser, SCHED, "v"), X,
+                 cc.time_grid(SCHED, 14, "logsnr"), cj.SUPPORTED_SOLVERS),
+    "linear_ode": (ODE.vector_field(), cc.VectorField(_ode_jax, batched=True), XG[0], np.linspace(0.0, 1.0, 17),
+                   ("euler", "heun")),
+}
+CASES = [(p, s) for p, (*_, solvers) in PROBLEMS.items() for s in solvers]
+
+
+def test_the_default_stop_rules():
+    from chords_jax.api import JAX_STOP
+
+    assert cc.chords.__kwdefaults__["stop"] is DEFAULT_STOP
+    # one scan cannot stop early: the compiled default stays the fastest core (documented)
+    assert cj.chords.__kwdefaults__["stop"] is JAX_STOP == cc.StopAtCore(1)
+    assert cj.compile_plan.__kwdefaults__["stop"] is JAX_STOP
+
+
+@pytest.mark.parametrize("problem,solver", CASES)
+def test_the_cores_default_stop_selects_what_the_core_selects(problem, solver):
+    nmodel, jmodel, x, grid, _ = PROBLEMS[problem]
+    for cores in (2, 4, 8):
+        ref = cc.chords(nmodel, x, grid, solver, cores=cores)
+        got = cj.chords(jmodel, x, grid, solver, cores=cores, stop=DEFAULT_STOP)
+        assert ref.stopped_by.startswith(("converged", "not converged"))
+        same_result(got, ref)  # same output (core, rounds, NFE, stopped_by), values within 1e-12
+
+
+class RecordErrors(cc.StopRule):
+    """Never stops; keeps ``outputs.error`` as each output arrives."""
+
+    uses_error_estimate = True
+
+    def __init__(self):
+        self.errors = []
+
+    def accept(self, outputs, coarse):
+        self.errors.append(outputs.error)
+        return False
+
+
+@pytest.mark.parametrize("solver", cj.SUPPORTED_SOLVERS)
+def test_error_estimates_equal_the_cores(solver):
+    nmodel, jmodel, x, grid, _ = PROBLEMS["gmm"]
+    ref, got = RecordErrors(), RecordErrors()
+    a = cc.chords(nmodel, x, grid, solver, cores=4, stop=ref)
+    b = cj.chords(jmodel, x, grid, solver, cores=4, stop=got)
+    same_result(b, a)
+    assert len(ref.errors) == len(got.errors) == 4
+    assert [e is None for e in ref.errors] == [e is None for e in got.errors]
+    assert any(e is not None for e in ref.errors)
+    for e, f in zip(ref.errors, got.errors):
+        assert e is None or (isinstance(f, float) and abs(e - f) <= 1e-12 * e)
+
+
+@pytest.mark.parametrize("stop", [cc.StopWhenConverged(0.0), cc.StopWhenConverged(0.02), cc.StopWhenConverged(0.5),
+                                  cc.StopWhenConverged(10.0), cc.StopAtCore(1), cc.StopAtCore(3), None])
+@pytest.mark.parametrize("problem", ["gmm", "linear_ode"])
+def test_explicit_stop_rules_select_what_the_core_selects(stop, problem):
+    nmodel, jmodel, x, grid, _ = PROBLEMS[problem]
+    for solver in ("euler", "heun"):
+        same_result(cj.chords(jmodel, x, grid, solver, cores=4, stop=stop),
+                    cc.chords(nmodel, x, grid, solver, cores=4, stop=stop))
+
+
+def test_too_few_steps_for_an_estimate_returns_core_0_as_the_core_does():
+    nmodel, jmodel, x, grid, _ = PROBLEMS["gmm"]
+    short = grid[:5]  # 4 steps on 4 cores: under half the steps get an estimate before the last output
+    ref = cc.chords(nmodel, x, short, "dpmpp_3m", cores=4)
+    same_result(cj.chords(jmodel, x, short, "dpmpp_3m", cores=4, stop=DEFAULT_STOP), ref)
+
+
+def test_the_cores_default_stop_does_not_recompile_for_new_values():
+    grid = cc.time_grid(SCHED, 7, "logsnr")
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    cj.chords(model, X, grid, "dpmpp_2m", cores=3, stop=DEFAULT_STOP)
+    n = cj.compilations()
+    x = np.random.default_rng(6).standard_normal(X.shape)
+    same_result(cj.chords(model, x, grid, "dpmpp_2m", cores=3, stop=DEFAULT_STOP),
+                cc.chords(model, x, grid, "dpmpp_2m", cores=3))
+    # another schedule/grid of the same length and the same parametrisation: only the coefficients
+    # change (a different parametrisation changes which terms the error estimate's rows have)
+    other = cc.DiffusionModel(denoiser, cc.VP.linear(), "eps")
+    grid2 = cc.time_grid(cc.VP.linear(), 7, "karras")
+    same_result(cj.chords(other, X, grid2, "dpmpp_2m", cores=3, stop=DEFAULT_STOP),
+                cc.chords(other, X, grid2, "dpmpp_2m", cores=3))
+    assert cj.compilations() == n

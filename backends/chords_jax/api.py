@@ -8,11 +8,16 @@
    segment with the core slots on a leading axis (sharded over devices). The arrays stay on the
    device between calls (``_device_arrays``).
 3. The result is the core's ``Result``: plan, rounds, NFE and hits come from the symbolic run,
-   the arrays from the compiled one.
+   the arrays from the compiled one. The stop rule picks the output on the host
+   (``stopping.select_output``); for a rule that uses the error estimate (``StopWhenConverged``,
+   the default) the symbolic run also records, per output, the sum of the local error estimates
+   as a linear combination (a ``Sym``), the compiled run computes those sums like the outputs, and
+   the replay forms the estimate from them as the engine does (``stopping.estimate_error``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,9 +32,16 @@ from chords_core.checks import check_grid
 from chords_core.engine import plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
-from chords_core.stopping import StopAtCore, StopRule, as_stop_rule, select_output
+from chords_core.stopping import (
+    Outputs,
+    StopAtCore,
+    StopRule,
+    as_stop_rule,
+    estimate_error,
+    select_output,
+)
 
-from .linear import LinearRecorder
+from .linear import LinearRecorder, Sym
 from .lower import Program, lower
 from .run import NO_BAD, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
@@ -53,15 +65,44 @@ def _model_key(model: Any) -> tuple:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
+#: chords_jax's default stop rule: the fastest core (the paper's fixed schedule), unchecked; see ``chords``
+JAX_STOP = StopAtCore(1)
+
+
+class _TraceStop(StopAtCore):
+    """The symbolic run's stop rule: the ``n``-th output (the last the real rule may need), with the
+    engine's error estimates when the real rule uses them (``errors``); keeps each output's
+    ``Outputs.error_state`` (its sum a ``Sym``) in ``states``, without forming the estimate."""
+
+    states: list
+
+    def __init__(self, n: int, errors: bool) -> None:
+        super().__init__(n)
+        object.__setattr__(self, "uses_error_estimate", errors)
+        object.__setattr__(self, "states", [])
+
+    def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
+        """Keep the newest output's error state; True at the n-th output."""
+        if self.uses_error_estimate:
+            assert isinstance(outputs, Outputs)
+            self.states.append(outputs.error_state)
+        return super().accept(outputs, coarse)
+
+
 def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *,
-                 cores: int | None = None, init: Sequence[int] | None = None, stop: StopRule | None = StopAtCore(1),
+                 cores: int | None = None, init: Sequence[int] | None = None, stop: StopRule | None = JAX_STOP,
                  history: str = "shift", slots_multiple: int = 1, **solver_options: Any) -> tuple[Program, Result]:
     """Replay the core engine symbolically and lower it to the arrays of one compiled run.
 
     The replay runs until the last output the stop rule may need (``stop.outputs_needed``); the
-    caller picks the output on the host with the same rule (``stopping.select_output``). Cached
-    per (model kind, shape, dtype, grid, solver and options, cores, init, stop, history, slots)
-    when ``solver`` is a name.
+    caller picks the output on the host with the same rule (``stopping.select_output``). When the
+    rule uses the error estimate (``uses_error_estimate``), the replay keeps the engine's local
+    error estimates too, and per output its ``Outputs.error_state`` (error sum, steps estimated,
+    steps) goes to the result's ``log`` (``None`` where the estimate is ``None``), the sum a
+    ``Sym`` whose row the program also computes (not for a rule that needs one output only: that
+    output is returned whatever the rule says, and the rule sees ``outputs.error`` ``None``).
+    Cached per (model kind, shape, dtype, grid, solver and options, cores, init, outputs needed,
+    error estimate, history, slots) when ``solver`` is a name.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` (only its parametrisation matters here).
@@ -77,19 +118,22 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         solver_options: the solver's options.
 
     Returns:
-        (program arrays, symbolic ``Result``): the result's arrays are ``Sym`` nodes;
-        ``program.outputs`` maps their ids to buffer rows.
+        (program arrays, symbolic ``Result``): the result's arrays (and the error sums in its
+        ``log``) are ``Sym`` nodes; ``program.outputs`` maps their ids to buffer rows.
     """
     times = check_grid(grid)
     K = len(init) if init is not None else cores
-    needed = as_stop_rule(stop).outputs_needed(K) if isinstance(K, int) and K >= 1 else None
-    trace_stop = StopAtCore(needed) if needed is not None else None
+    rule = as_stop_rule(stop)
+    needed = rule.outputs_needed(K) if isinstance(K, int) and K >= 1 else None
+    # the error estimate, where the rule uses it and can choose (one output is returned as it is)
+    errors = bool(getattr(rule, "uses_error_estimate", False)) and needed is not None and needed > 1
+    trace_stop = _TraceStop(needed, errors) if needed is not None else None
     key = None
     if isinstance(solver, str):
         opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, trace_stop,
-               history, slots_multiple)
+        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, needed,
+               errors, history, slots_multiple)
         got = _PROGRAMS.get(key)
         if got is not None:
             _PROGRAMS.move_to_end(key)
@@ -102,6 +146,16 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     K = plan.cores
     slots = -(-K // slots_multiple) * slots_multiple
     outputs = [h.x for h in res.hits] + [res.coarse]
+    states: list = []
+    if trace_stop is not None and errors:
+        # per output its error state, an output computed in the same round as the last accepted
+        # (the rule's last call) sharing that round's; None where the estimate is None anyway
+        kept = trace_stop.states + trace_stop.states[-1:] * (len(res.hits) - len(trace_stop.states))
+        for st in kept:  # estimate_error of a stand-in sum says whether the estimate exists yet
+            usable = st is not None and isinstance(st[0], Sym) and estimate_error(np.zeros(1), *st[1:]) is not None
+            states.append(st if usable else None)
+        outputs += list({st[0].id: st[0] for st in states if st is not None}.values())
+        res = dataclasses.replace(res, log=tuple(states))
     prog = lower(tr, slots, outputs, float(times[0]), slots_multiple)
     if key is not None:
         _PROGRAMS[key] = (prog, res)
@@ -118,7 +172,7 @@ def chords(
     *,
     cores: int | None = None,
     init: Sequence[int] | None = None,
-    stop: StopRule | None = StopAtCore(1),
+    stop: StopRule | None = JAX_STOP,
     history: str = "shift",
     devices: Any = None,
     executor: None = None,
@@ -129,7 +183,12 @@ def chords(
     """CHORDS as ``chords_core.chords``, compiled: same arguments, same ``Result`` (jax arrays).
 
     The scan stops at the round of the last output the stop rule may need; the rule then picks the
-    output on the host, as the core engine would (rounds and NFE are where it stops).
+    output on the host, as the core engine would (rounds and NFE are where it stops). Every rule
+    returns the output the core engine returns, ``StopWhenConverged`` too: its error estimate is
+    computed on the device with the outputs (see ``compile_plan``). The default is ``JAX_STOP``
+    (``StopAtCore(1)``, the fastest core, unchecked), not the core's ``DEFAULT_STOP``: one compiled
+    scan cannot stop early, so a rule that decides on the outputs runs every round it may need
+    (``StopWhenConverged``: all of them, core 0's too) and gives no wall-clock speedup.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable
@@ -139,7 +198,9 @@ def chords(
         solver: a name in ``SOLVERS`` or a bound ``Solver``.
         cores: K, the number of cores (or ``init``).
         init: the cores' start indices (default ``default_init``).
-        stop: the stop rule (``None``: run until core 0 finishes).
+        stop: the stop rule (default ``JAX_STOP``; ``DEFAULT_STOP`` selects what
+            ``chords_core.chords`` selects by default, after every round; ``None``: run until core 0
+            finishes).
         history: the history policy at a rectification (``HISTORY_POLICIES``).
         devices: None (the default device, slots vmapped/batched), a device count, a sequence of
             devices or a ``Mesh`` with an axis ``"cores"``: the K core slots (padded to a multiple
@@ -178,7 +239,8 @@ def chords(
     vals = dict(zip(prog.outputs, outs))
     hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
     coarse = vals[sym.coarse.id]
-    n, stopped_by = select_output(as_stop_rule(stop), [h.x for h in hits], [h.core for h in hits], coarse)
+    states = [None if st is None else (vals[st[0].id], *st[1:]) for st in sym.log] if sym.log else None
+    n, stopped_by = select_output(as_stop_rule(stop), [h.x for h in hits], [h.core for h in hits], coarse, states)
     assert sym.plan is not None  # compile_plan's result carries its plan
     return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
 

@@ -20,7 +20,8 @@ once their last reader has run (interval colouring). A slot without an evaluatio
 zero point, evaluated at t_0); its output is never read.
 
 The rounds are grouped into *segments* of equal width (a power of two times the device count, at
-most Kp; runs shorter than ``MIN_SEGMENT_ROUNDS`` join a neighbour): a round evaluates only the
+most Kp) and of terms per row within a power of two (runs shorter than ``MIN_SEGMENT_ROUNDS`` join a
+neighbour): a round evaluates only the
 slots of its segment's width, so the plan's idle slots (the ramp-up and the tail, where fewer cores
 are busy) are skipped with shapes that stay fixed within each segment. ``Program.segments`` lists
 them; each is one ``lax.scan`` (``run.py``).
@@ -257,9 +258,11 @@ MIN_SEGMENT_ROUNDS = 4
 def _segments(widths: list[int], n_terms: np.ndarray, n_out: np.ndarray, slots: int,
               multiple: int) -> tuple[Segment, ...]:
     """Group rounds into runs of equal width: each round's evaluations rounded up to a power of two
-    times ``multiple``, at most ``slots``; a run shorter than ``MIN_SEGMENT_ROUNDS`` joins the
-    neighbour that adds the fewest idle slot evaluations. Per segment the most rows and terms its
-    rounds use."""
+    times ``multiple``, at most ``slots``, and of terms per row within the same power of two (every
+    row of a segment is padded to its widest: the few wide rows of the rounds where the error
+    estimate sums many cores' local estimates stay out of the other rounds); a run shorter than
+    ``MIN_SEGMENT_ROUNDS`` joins the neighbour that adds the fewest idle slot evaluations. Per
+    segment the most rows and terms its rounds use."""
     def width(n: int) -> int:
         w = multiple
         while w < n:
@@ -273,14 +276,19 @@ def _segments(widths: list[int], n_terms: np.ndarray, n_out: np.ndarray, slots: 
         m = merged(a, b)
         return (m[1] - m[0]) * m[2] - (a[1] - a[0]) * a[2] - (b[1] - b[0]) * b[2]
 
+    def heavy(s: list[int]) -> int:
+        """Terms per row, to a power of two: a segment pads every row to its widest."""
+        return (s[4] + s[5] - 1).bit_length()
+
     used = [(int(((a + b) > 0).sum()), int(a.max(initial=0)), int(b.max(initial=0))) for a, b in zip(n_terms, n_out)]
     segs: list[list[int]] = []  # [start, stop, width, rows, terms, out_terms]
     for r, (n, (rows, terms, outs)) in enumerate(zip(widths, used)):
         w = width(n)
-        if segs and segs[-1][2] == w:
-            segs[-1] = merged(segs[-1], [r, r + 1, w, rows, terms, outs])
+        new = [r, r + 1, w, rows, terms, outs]
+        if segs and segs[-1][2] == w and heavy(segs[-1]) == heavy(new):
+            segs[-1] = merged(segs[-1], new)
         else:
-            segs.append([r, r + 1, w, rows, terms, outs])
+            segs.append(new)
     while len(segs) > 1:
         short = [i for i, s in enumerate(segs) if s[1] - s[0] < MIN_SEGMENT_ROUNDS]
         if not short:
