@@ -451,3 +451,122 @@ def test_the_cores_default_stop_does_not_recompile_for_new_values():
     same_result(cj.chords(other, X, grid2, "dpmpp_2m", cores=3, stop=DEFAULT_STOP),
                 cc.chords(other, X, grid2, "dpmpp_2m", cores=3))
     assert cj.compilations() == n
+
+
+# ---- a rule deciding on the outputs runs in chunks: the scan stops where the rule accepts ----
+
+
+class AcceptAt(cc.StopRule):
+    """Accepts output n (a rule the compiled path cannot tell from one deciding on the values)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def accept(self, outputs, coarse):
+        return len(outputs) >= self.n
+
+
+@pytest.mark.parametrize("stop", [cc.StopWhenConverged(0.1), cc.StopOnResidual(0.05), AcceptAt(2)])
+def test_a_rule_deciding_on_the_outputs_runs_only_the_rounds_up_to_its_output(stop):
+    nmodel, _, x, _, _ = PROBLEMS["gmm"]
+    grid = cc.time_grid(FLOW, 40)
+    rounds = []  # one entry per executed scan step: the model is one batched call per round
+
+    def counted(x, t):
+        jax.debug.callback(lambda: rounds.append(1))
+        return gmm_x0(x, t)
+
+    jmodel = cc.DiffusionModel(counted, FLOW, "x0")
+    ref = cc.chords(nmodel, x, grid, "euler", cores=8, stop=stop)
+    prog, _ = cj.compile_plan(jmodel, x.shape, x.dtype, grid, "euler", cores=8, stop=stop)
+    assert ref.rounds < prog.rounds  # the rule stops before the last round it may need
+    got = cj.chords(jmodel, x, grid, "euler", cores=8, stop=stop)
+    jax.effects_barrier()
+    same_result(got, ref)
+    assert len(rounds) == ref.rounds  # rounds executed: up to the accepted output's, no further
+    n, executed = cj.compilations(), len(rounds)
+    same_result(cj.chords(jmodel, 2 * x, grid, "euler", cores=8, stop=stop),
+                cc.chords(nmodel, 2 * x, grid, "euler", cores=8, stop=stop))
+    jax.effects_barrier()
+    assert cj.compilations() == n  # every chunk's executable is reused
+    assert len(rounds) - executed <= prog.rounds
+    rounds.clear()
+    cj.chords(jmodel, x, grid, "euler", cores=8, stop=cc.StopAtCore(8))  # a static rule: one call, all rounds
+    jax.effects_barrier()
+    assert len(rounds) == prog.rounds
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_the_chunked_run_names_a_bad_output_as_the_core_does_and_skips_rounds_after_the_stop(solver):
+    grid = cc.time_grid(cc.RectifiedFlow(), 12)  # t_1 .. t_5 are core 0's alone, late
+    kinds = set()
+    for index in range(12):
+        bad_t = grid[index]
+
+        def nan_at(x, t, bad_t=bad_t):
+            xp = jnp if isinstance(x, jax.Array) else np
+            return xp.where((t == bad_t)[:, None], xp.nan, denoiser(x, t))
+
+        model = cc.DiffusionModel(nan_at, cc.RectifiedFlow(), "flow")
+        for n in (1, 2, 3):
+            try:
+                ref = cc.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n))
+            except cc.ModelOutputError as core:
+                with pytest.raises(cc.ModelOutputError) as compiled:
+                    cj.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n))
+                # "round r, core c (step i, stage k, t=..)"
+                assert str(compiled.value).split(":")[0] == str(core).split(":")[0]
+                assert compiled.value.point == core.point
+                kinds.add("raised after output 1" if n > 1 else "raised")
+            else:  # the bad rounds come after the accepted output: the chunked run stops before them
+                same_result(cj.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n)), ref, tol=1e-12)
+                with pytest.raises(cc.ModelOutputError):
+                    cj.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=None)
+                kinds.add("skipped")
+    assert kinds == {"raised", "raised after output 1", "skipped"}
+
+
+CHUNKED_DEVICES = r"""
+import json
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import chords_core as cc
+import chords_jax as cj
+from chords_core.problems import GaussianMixture
+import test_jax_chords as t
+
+x = t.XG
+grid = cc.time_grid(t.FLOW, 40)
+out = {"devices": jax.device_count(), "runs": []}
+for stop in (cc.StopWhenConverged(0.1), cc.StopOnResidual(0.05)):
+    ref = cc.chords(t.GMM.model(t.FLOW, "x0"), x, grid, "euler", cores=8, stop=stop)
+    jm = cc.DiffusionModel(t.gmm_x0, t.FLOW, "x0")
+    got = cj.chords(jm, x, grid, "euler", cores=8, stop=stop, devices=2)
+    n = cj.compilations()
+    again = cj.chords(jm, x, grid, "euler", cores=8, stop=stop, devices=2)
+    prog, _ = cj.compile_plan(jm, x.shape, x.dtype, grid, "euler", cores=8, stop=stop, slots_multiple=2)
+    same = all(t.close(a.x, b.x) for a, b in zip(got.hits, ref.hits)) and t.close(got.x, ref.x)
+    key = lambda r: [r.rounds, r.nfe, r.stopped_by, [(h.core, h.round) for h in r.hits]]
+    out["runs"].append([key(got) == key(ref) == key(again), same, ref.rounds < prog.rounds,
+                        cj.compilations() - n, got.x.sharding.is_fully_replicated])
+print(json.dumps(out))
+"""
+
+
+def test_the_chunked_run_shards_over_two_devices():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    paths = [str(root / "backends"), str(root), str(root / "tests")]
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run([sys.executable, "-c", CHUNKED_DEVICES], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 2
+    assert out["runs"] == [[True, True, True, 0, True]] * 2

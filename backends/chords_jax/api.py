@@ -13,6 +13,9 @@
    the default) the symbolic run also records, per output, the sum of the local error estimates
    as a linear combination (a ``Sym``), the compiled run computes those sums like the outputs, and
    the replay forms the estimate from them as the engine does (``stopping.estimate_error``).
+   A rule that decides on the outputs (not ``StopAtCore`` / ``RunAll``) runs the program in chunks
+   that end where outputs arrive (``_chunk_plan``), the buffer carried on the device, and stops
+   at the first output the rule accepts: the rounds after it are not executed.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import (
     Outputs,
+    RunAll,
     StopAtCore,
     StopRule,
     as_stop_rule,
@@ -43,7 +47,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, make_mesh, runner
+from .run import NO_BAD, chunk_runner, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -185,10 +189,11 @@ def chords(
     The scan stops at the round of the last output the stop rule may need; the rule then picks the
     output on the host, as the core engine would (rounds and NFE are where it stops). Every rule
     returns the output the core engine returns, ``StopWhenConverged`` too: its error estimate is
-    computed on the device with the outputs (see ``compile_plan``). The default is ``JAX_STOP``
-    (``StopAtCore(1)``, the fastest core, unchecked), not the core's ``DEFAULT_STOP``: one compiled
-    scan cannot stop early, so a rule that decides on the outputs runs every round it may need
-    (``StopWhenConverged``: all of them, core 0's too) and gives no wall-clock speedup.
+    computed on the device with the outputs (see ``compile_plan``). ``StopAtCore`` and ``None`` run
+    as one compiled call; a rule that decides on the outputs runs in chunks ending where outputs
+    arrive and stops executing rounds at the first output it accepts (one host round trip and, on
+    the first call, one compile per chunk shape). The default is ``JAX_STOP`` (``StopAtCore(1)``,
+    the fastest core, unchecked), not the core's ``DEFAULT_STOP``.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable
@@ -232,17 +237,86 @@ def chords(
         if args is not None:
             args = jax.device_put(args, replicated)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
-    run = runner(model, mesh, check, with_args=args is not None)
-    outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
-    if check:
-        _raise_nonfinite(int(bad), prog, sym)  # the run's one transfer to the host: an int
-    vals = dict(zip(prog.outputs, outs))
-    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
-    coarse = vals[sym.coarse.id]
-    states = [None if st is None else (vals[st[0].id], *st[1:]) for st in sym.log] if sym.log else None
-    n, stopped_by = select_output(as_stop_rule(stop), [h.x for h in hits], [h.core for h in hits], coarse, states)
+    rule = as_stop_rule(stop)
     assert sym.plan is not None  # compile_plan's result carries its plan
-    return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
+    chunks = None if type(rule) in (StopAtCore, RunAll) else _chunk_plan(prog, sym)
+    if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
+        run = runner(model, mesh, check, with_args=args is not None)
+        outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
+        if check:
+            _raise_nonfinite(int(bad), prog, sym)  # the run's one transfer to the host: an int
+        vals = dict(zip(prog.outputs, outs))
+        hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
+        coarse = vals[sym.coarse.id]
+        states = [None if st is None else (vals[st[0].id], *st[1:]) for st in sym.log] if sym.log else None
+        n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states)
+        return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
+    return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
+
+
+def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
+    """Where a rule deciding on the outputs may stop: (ready, ends, ids) or ``None`` for one chunk.
+
+    ``ready[n]``: the round (1-based) after which output n, the coarse prediction and output n's
+    error sum are in the buffer (the latest of their phases: a value of phase r is written by round
+    r and, an output of the run, never overwritten); ``ends``: the chunks' last rounds, the distinct
+    ``ready`` of every output but the last, and the program's last round; ``ids[i]``: the output
+    nodes born in chunk i (``prog.outputs`` keys), read after it.
+    """
+    phase = {h.x.id: h.x.phase for h in sym.hits}
+    phase[sym.coarse.id] = sym.coarse.phase
+    log = list(sym.log) if sym.log else [None] * len(sym.hits)
+    ready = []
+    for h, st in zip(sym.hits, log):
+        if st is not None:
+            phase[st[0].id] = st[0].phase
+        ready.append(max(h.x.phase, sym.coarse.phase, st[0].phase if st is not None else 0))
+    R = prog.rounds
+    ends = sorted({min(max(r, 1), R) for r in ready[:-1]} | {R})
+    if len(ends) == 1:
+        return None
+    ids: list[list[int]] = [[] for _ in ends]
+    for nid in prog.outputs:
+        p = phase.get(nid, R)
+        ids[next(i for i, e in enumerate(ends) if e >= p)].append(nid)
+    return tuple(ready), tuple(ends), tuple(tuple(i) for i in ids)
+
+
+def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule: StopRule, chunks: tuple, mesh: Any,
+                 check: bool, args: Any) -> Result:
+    """Run the program chunk by chunk (``_chunk_plan``), the buffer carried on the device, and hand
+    the outputs that arrived in each to ``rule`` as ``select_output`` does (output n given outputs
+    ..n, in arrival order); stop at the first it accepts. A bad output is raised after the chunk
+    that computed it, before the rule sees its outputs (as the core engine verifies them)."""
+    assert sym.plan is not None
+    ready, ends, ids = chunks
+    run = chunk_runner(model, mesh, check, with_args=args is not None)
+    buf, bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
+    slots = max(s.width for s in prog.segments)
+    log = list(sym.log) if sym.log else None
+    vals: dict[int, Any] = {}
+    cores = [h.core for h in sym.hits]
+    N, n = len(sym.hits), 0
+    chosen: tuple[int, str] | None = None
+    for i, end in enumerate(ends):
+        buf, bad, outs = run(x, buf, bad, pieces[i], rows[i], zeros, args, slots=slots)
+        if check:
+            _raise_nonfinite(int(bad), prog, sym)  # one int per chunk
+        vals.update(zip(ids[i], outs))
+        coarse = vals.get(sym.coarse.id)
+        while chosen is None and n < N and ready[n] <= end:
+            st = None if log is None else log[n]
+            state = None if st is None else (vals[st[0].id], *st[1:])
+            if rule.accept(Outputs([vals[h.x.id] for h in sym.hits[:n + 1]], error_state=state), coarse):
+                chosen = n, rule.describe(n + 1, cores[n], True)
+            else:
+                n += 1
+        if chosen is not None:
+            break
+    if chosen is None:
+        chosen = N - 1, rule.describe(N, cores[N - 1], False)
+    hits = tuple(Hit(h.core, h.round, h.nfe, vals.get(h.x.id)) for h in sym.hits)
+    return plan_result(sym.plan, hits[chosen[0]], hits, vals[sym.coarse.id], chosen[1])
 
 
 def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *, devices: Any = None,
@@ -303,6 +377,35 @@ def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any) -> tuple:
 
     host = (cast(prog.init), tuple(tuple(cast(a) for a in prog.segment_arrays(s)) for s in prog.segments),
             np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype))
+    where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    arrays = jax.device_put(host, where)
+    _ARRAYS[key] = (prog, arrays)
+    while len(_ARRAYS) > _PROGRAMS_SIZE:
+        _ARRAYS.popitem(last=False)
+    return arrays
+
+
+def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: Any) -> tuple:
+    """The chunked run's arrays on the device(s): (init, ``NO_BAD``, per chunk the pieces of the
+    segments in its rounds, per chunk its output rows, ``size`` zeros); cached as ``_device_arrays``."""
+    key = (id(prog), np.dtype(dtype).name, mesh, "chunks")
+    got = _ARRAYS.get(key)
+    if got is not None and got[0] is prog:
+        _ARRAYS.move_to_end(key)
+        return got[1]
+
+    def cast(a: np.ndarray) -> np.ndarray:
+        return a.astype(dtype) if a.dtype == np.float64 else a
+
+    _, ends, ids = chunks
+    segs = [(s, tuple(cast(a) for a in prog.segment_arrays(s))) for s in prog.segments]
+    pieces, start = [], 0
+    for end in ends:  # a chunk: the rounds start .. end - 1 (0-based), sliced out of the segments
+        pieces.append(tuple(tuple(a[max(start, s.start) - s.start:min(end, s.stop) - s.start] for a in arrs)
+                            for s, arrs in segs if max(start, s.start) < min(end, s.stop)))
+        start = end
+    rows = tuple(np.array([prog.outputs[i] for i in chunk], dtype=np.int32) for chunk in ids)
+    host = (cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype))
     where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     arrays = jax.device_put(host, where)
     _ARRAYS[key] = (prog, arrays)

@@ -8,7 +8,8 @@ place, and the outputs are checked for nan/inf on the device (the first bad roun
 carried as one int). With a mesh the slots are sharded over its ``"cores"`` axis and every device
 evaluates its w / D slots with ``shard_map``; the buffer of registers is replicated and the linear
 updates run as GSPMD decides. The jitted functions are cached per (model function, mesh, output
-check), so a second call with the same shapes reuses the executable.
+check, one call or chunked), so a second call with the same shapes reuses the executable;
+``chunk_runner``'s runs a chunk of rounds from a carried buffer (a rule that stops early, ``api``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, VectorField, check_array
 
-__all__ = ["runner", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
+__all__ = ["runner", "chunk_runner", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
@@ -156,8 +157,26 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
         whose output was not finite (rounds 0-based, slots as in ``Program.points``), or
         ``NO_BAD`` (also without ``check``).
     """
+    return _jitted(model, mesh, check, with_args, chunked=False)
+
+
+def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) -> Callable:
+    """The jitted pipeline run in chunks of rounds: ``chunk(x, buf, bad, segments, rows, zeros, args,
+    slots) -> (buf, bad, outputs)``, cached as ``runner``.
+
+    ``segments`` are pieces of the program's segments (their per-round arrays sliced at round
+    boundaries, ``rounds`` absolute), run one after the other from the carried ``buf`` and ``bad``;
+    the first chunk passes the program's ``init`` vector (1 + L,) as ``buf``, which starts the
+    buffer as ``runner`` does. ``outputs`` are the returned buffer's ``rows``, ``slots`` (static) the
+    program's widest segment, so that ``bad`` codes as ``runner``'s do. The buffer stays on the
+    device between chunks; each distinct chunk (shapes, ``slots``) compiles once.
+    """
+    return _jitted(model, mesh, check, with_args, chunked=True)
+
+
+def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
-    key = (key_model, mesh, bool(check))
+    key = (key_model, mesh, bool(check), chunked)
     fn = _CACHE.get(key)
     if fn is not None:
         _CACHE.move_to_end(key)
@@ -171,12 +190,8 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
         """Keep the buffer replicated: each device holds all registers, only the outputs travel."""
         return buf if mesh is None else jax.lax.with_sharding_constraint(buf, replicated)
 
-    def run(x, init, segments, rows, zeros, args):
-        global _COMPILATIONS
-        _COMPILATIONS += 1
-        slots = max(seg[1].shape[1] for seg in segments)
-        # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
-        buf = pin(init[:, None] * x.reshape(1, -1))
+    def scans(x, carry, segments, zeros, args, slots):
+        """Run the segments' rounds from ``carry`` = (buf, bad): one ``lax.scan`` per segment."""
 
         def body(carry, inputs):
             buf, bad = carry
@@ -194,13 +209,28 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
                 bad = jnp.minimum(bad, jnp.min(jnp.where(ok, NO_BAD, code)))
             return (buf, bad), None
 
-        carry = (buf, jnp.asarray(NO_BAD, jnp.int32))
         for seg in segments:
             carry, _ = jax.lax.scan(body, carry, seg)
-        buf, bad = carry
+        return carry
+
+    def run(x, init, segments, rows, zeros, args):
+        global _COMPILATIONS
+        _COMPILATIONS += 1
+        slots = max(seg[1].shape[1] for seg in segments)
+        # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
+        buf = pin(init[:, None] * x.reshape(1, -1))
+        buf, bad = scans(x, (buf, jnp.asarray(NO_BAD, jnp.int32)), segments, zeros, args, slots)
         return tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0])), bad
 
-    fn = _CACHE[key] = jax.jit(run)
+    def chunk(x, buf, bad, segments, rows, zeros, args, slots):
+        global _COMPILATIONS
+        _COMPILATIONS += 1
+        if buf.ndim == 1:  # the first chunk: the program's init vector
+            buf = pin(buf[:, None] * x.reshape(1, -1))
+        buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)
+        return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
+
+    fn = _CACHE[key] = jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return fn
