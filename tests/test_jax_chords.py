@@ -373,13 +373,10 @@ PROBLEMS = {
 CASES = [(p, s) for p, (*_, solvers) in PROBLEMS.items() for s in solvers]
 
 
-def test_the_default_stop_rules():
-    from chords_jax.api import JAX_STOP
-
+def test_the_default_stop_rule_is_the_cores():
     assert cc.chords.__kwdefaults__["stop"] is DEFAULT_STOP
-    # one scan cannot stop early: the compiled default stays the fastest core (documented)
-    assert cj.chords.__kwdefaults__["stop"] is JAX_STOP == cc.StopAtCore(1)
-    assert cj.compile_plan.__kwdefaults__["stop"] is JAX_STOP
+    assert cj.chords.__kwdefaults__["stop"] is DEFAULT_STOP
+    assert cj.compile_plan.__kwdefaults__["stop"] is DEFAULT_STOP
 
 
 @pytest.mark.parametrize("problem,solver", CASES)

@@ -36,6 +36,7 @@ from chords_core.engine import plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import (
+    DEFAULT_STOP,
     Outputs,
     RunAll,
     StopAtCore,
@@ -69,10 +70,6 @@ def _model_key(model: Any) -> tuple:
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
-#: chords_jax's default stop rule: the fastest core (the paper's fixed schedule), unchecked; see ``chords``
-JAX_STOP = StopAtCore(1)
-
-
 class _TraceStop(StopAtCore):
     """The symbolic run's stop rule: the ``n``-th output (the last the real rule may need), with the
     engine's error estimates when the real rule uses them (``errors``); keeps each output's
@@ -94,7 +91,7 @@ class _TraceStop(StopAtCore):
 
 
 def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *,
-                 cores: int | None = None, init: Sequence[int] | None = None, stop: StopRule | None = JAX_STOP,
+                 cores: int | None = None, init: Sequence[int] | None = None, stop: StopRule | None = DEFAULT_STOP,
                  history: str = "shift", slots_multiple: int = 1, **solver_options: Any) -> tuple[Program, Result]:
     """Replay the core engine symbolically and lower it to the arrays of one compiled run.
 
@@ -176,7 +173,7 @@ def chords(
     *,
     cores: int | None = None,
     init: Sequence[int] | None = None,
-    stop: StopRule | None = JAX_STOP,
+    stop: StopRule | None = DEFAULT_STOP,
     history: str = "shift",
     devices: Any = None,
     executor: None = None,
@@ -192,8 +189,8 @@ def chords(
     computed on the device with the outputs (see ``compile_plan``). ``StopAtCore`` and ``None`` run
     as one compiled call; a rule that decides on the outputs runs in chunks ending where outputs
     arrive and stops executing rounds at the first output it accepts (one host round trip and, on
-    the first call, one compile per chunk shape). The default is ``JAX_STOP`` (``StopAtCore(1)``,
-    the fastest core, unchecked), not the core's ``DEFAULT_STOP``.
+    the first call, one compile per chunk shape). The default is the core's, ``DEFAULT_STOP``
+    (``StopWhenConverged(0.1)``): checked, and stopping where the core stops.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable
@@ -203,9 +200,8 @@ def chords(
         solver: a name in ``SOLVERS`` or a bound ``Solver``.
         cores: K, the number of cores (or ``init``).
         init: the cores' start indices (default ``default_init``).
-        stop: the stop rule (default ``JAX_STOP``; ``DEFAULT_STOP`` selects what
-            ``chords_core.chords`` selects by default, after every round; ``None``: run until core 0
-            finishes).
+        stop: the stop rule (default ``DEFAULT_STOP``, as ``chords_core.chords``; ``StopAtCore(1)``:
+            the fastest core, unchecked, one compiled call; ``None``: run until core 0 finishes).
         history: the history policy at a rectification (``HISTORY_POLICIES``).
         devices: None (the default device, slots vmapped/batched), a device count, a sequence of
             devices or a ``Mesh`` with an axis ``"cores"``: the K core slots (padded to a multiple
