@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -358,11 +358,10 @@ def _as_state(x: Any) -> jax.Array:
     return x
 
 
-def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any) -> tuple:
-    """The program's arrays for ``runner`` on the device(s), times and coefficients in ``dtype``:
-    (init, segments, output rows, ``size`` zeros); cached per (program, dtype, mesh), so a repeated
-    call transfers nothing."""
-    key = (id(prog), np.dtype(dtype).name, mesh)
+def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[[Callable], tuple]) -> tuple:
+    """``build(cast)``'s host arrays put on the device(s) (replicated over ``mesh``), float64 ones
+    cast to ``dtype``; cached per (program, kind, dtype, mesh), so a repeated call transfers nothing."""
+    key = (id(prog), kind, np.dtype(dtype).name, mesh)
     got = _ARRAYS.get(key)
     if got is not None and got[0] is prog:
         _ARRAYS.move_to_end(key)
@@ -371,43 +370,38 @@ def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any) -> tuple:
     def cast(a: np.ndarray) -> np.ndarray:
         return a.astype(dtype) if a.dtype == np.float64 else a
 
-    host = (cast(prog.init), tuple(tuple(cast(a) for a in prog.segment_arrays(s)) for s in prog.segments),
-            np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype))
     where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    arrays = jax.device_put(host, where)
+    arrays = jax.device_put(build(cast), where)
     _ARRAYS[key] = (prog, arrays)
     while len(_ARRAYS) > _PROGRAMS_SIZE:
         _ARRAYS.popitem(last=False)
     return arrays
+
+
+def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any) -> tuple:
+    """The program's arrays for ``runner`` on the device(s), times and coefficients in ``dtype``:
+    (init, segments, output rows, ``size`` zeros); cached (``_on_device``)."""
+    return _on_device(prog, "one call", dtype, mesh, lambda cast: (
+        cast(prog.init), tuple(tuple(cast(a) for a in prog.segment_arrays(s)) for s in prog.segments),
+        np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype)))
 
 
 def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: Any) -> tuple:
     """The chunked run's arrays on the device(s): (init, ``NO_BAD``, per chunk the pieces of the
-    segments in its rounds, per chunk its output rows, ``size`` zeros); cached as ``_device_arrays``."""
-    key = (id(prog), np.dtype(dtype).name, mesh, "chunks")
-    got = _ARRAYS.get(key)
-    if got is not None and got[0] is prog:
-        _ARRAYS.move_to_end(key)
-        return got[1]
-
-    def cast(a: np.ndarray) -> np.ndarray:
-        return a.astype(dtype) if a.dtype == np.float64 else a
-
+    segments in its rounds, per chunk its output rows, ``size`` zeros); cached (``_on_device``)."""
     _, ends, ids = chunks
-    segs = [(s, tuple(cast(a) for a in prog.segment_arrays(s))) for s in prog.segments]
-    pieces, start = [], 0
-    for end in ends:  # a chunk: the rounds start .. end - 1 (0-based), sliced out of the segments
-        pieces.append(tuple(tuple(a[max(start, s.start) - s.start:min(end, s.stop) - s.start] for a in arrs)
-                            for s, arrs in segs if max(start, s.start) < min(end, s.stop)))
-        start = end
-    rows = tuple(np.array([prog.outputs[i] for i in chunk], dtype=np.int32) for chunk in ids)
-    host = (cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype))
-    where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    arrays = jax.device_put(host, where)
-    _ARRAYS[key] = (prog, arrays)
-    while len(_ARRAYS) > _PROGRAMS_SIZE:
-        _ARRAYS.popitem(last=False)
-    return arrays
+
+    def build(cast: Callable) -> tuple:
+        segs = [(s, tuple(cast(a) for a in prog.segment_arrays(s))) for s in prog.segments]
+        pieces, start = [], 0
+        for end in ends:  # a chunk: the rounds start .. end - 1 (0-based), sliced out of the segments
+            pieces.append(tuple(tuple(a[max(start, s.start) - s.start:min(end, s.stop) - s.start] for a in arrs)
+                                for s, arrs in segs if max(start, s.start) < min(end, s.stop)))
+            start = end
+        rows = tuple(np.array([prog.outputs[i] for i in chunk], dtype=np.int32) for chunk in ids)
+        return cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype)
+
+    return _on_device(prog, "chunks", dtype, mesh, build)
 
 
 def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
