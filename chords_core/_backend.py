@@ -348,18 +348,17 @@ def cast_like(x: Array, like: Array) -> Array:
 
 def minimum(a: Array, b: Array) -> Array:
     """Elementwise minimum of two arrays (or Python floats) of one library."""
-    if type(a) is not np.ndarray:
-        if isinstance(a, float) and isinstance(b, float):
-            return min(a, b)
-        lib = library(a)
-        if lib == "torch":
-            import torch
+    if isinstance(a, float) and isinstance(b, float):
+        return min(a, b)
+    lib = "numpy" if type(a) is np.ndarray else library(a)
+    if lib == "torch":
+        import torch
 
-            return torch.minimum(a, b)
-        if lib == "jax":
-            import jax.numpy as jnp
+        return torch.minimum(a, b)
+    if lib == "jax":
+        import jax.numpy as jnp
 
-            return jnp.minimum(a, b)
+        return jnp.minimum(a, b)
     return np.minimum(a, b)
 
 

@@ -35,7 +35,7 @@ from .models import Model, ModelOutputError
 from .plan import Plan
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import Outputs, StopRule, estimate_error
+from .stopping import Outputs, StopRule
 
 __all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "run_plan", "plan_result"]
 
@@ -158,14 +158,12 @@ class CoreRecords:
                 qs[c] = [q]
                 if local is not None:
                     self._observe(c, i, q)
-                # a q kept past the round is owned (``keep``): not a view pinning the round's whole output
-                if c and anchor[c][0] == i:
-                    if keep is not None:
-                        q = keep(q)
+                kept = c and anchor[c][0] == i
+                if keep is not None and (kept or record_for is not None):
+                    q = keep(q)  # kept past the round: owned, not a view pinning the round's whole output
+                if kept:
                     anchor[c] = (i, xe, q)
                 if record_for is not None:
-                    if keep is not None:
-                        q = keep(q)  # an owned q comes back as it is
                     slow[record_for] = (xe, q)
                 if spawn:
                     if c + 1 < K:
@@ -213,12 +211,6 @@ class CoreRecords:
         if self.local is None:
             return None
         return self.error_sum, len(self.errors), self.sol.steps
-
-    def error_estimate(self) -> float | None:
-        """RMS of the summed local error estimates: the sequential solver's global error, estimated
-        (``stopping.estimate_error``); ``None`` until half the steps have an estimate."""
-        state = self.error_state()
-        return None if state is None else estimate_error(*state)
 
 
 def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, executor: Executor, history: str,

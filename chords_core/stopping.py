@@ -45,14 +45,15 @@ from . import _backend as B
 from .checks import check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
-           "StopNotMet", "as_stop_rule", "select_output", "warn_unmet", "estimate_error"]
+           "StopNotMet", "as_stop_rule", "select_output", "first_accepted", "chosen_output", "warn_unmet",
+           "estimate_error"]
 
 
 def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
     """The sequential solver's RMS error estimated from ``error_sum``, the sum of the local error
     estimates of ``estimated`` of its ``steps`` steps (``local_error``): RMS(error_sum) x steps /
     estimated; ``None`` until half the steps have an estimate. The one home of this formula: the
-    engine (``CoreRecords.error_estimate``) and the compiled JAX path, which computes ``error_sum``
+    engine (through ``Outputs.error``) and the compiled JAX path, which computes ``error_sum``
     on the device, both form the estimate here."""
     if error_sum is None or 2 * estimated < steps:
         return None
@@ -230,15 +231,31 @@ def as_stop_rule(stop: Any) -> StopRule:
                     f"got {type(stop).__name__}")
 
 
+def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
+                   error_states: Sequence[tuple[Any, int, int] | None] | None = None, start: int = 0) -> int | None:
+    """Replay ``rule`` over finished outputs (arrival order) from index ``start`` (the outputs before
+    it were offered already): the index of the first it accepts, given the outputs up to it, or
+    ``None``. ``error_states[n]``: the ``Outputs.error_state`` as output n arrived (``None``: no
+    estimate)."""
+    for n in range(start, len(outputs)):
+        state = None if error_states is None else error_states[n]
+        if rule.accept(Outputs(outputs[:n + 1], error_state=state), coarse):
+            return n
+    return None
+
+
+def chosen_output(rule: StopRule, cores: Sequence[int], n: int | None) -> tuple[int, str]:
+    """(index of the returned output, its ``stopped_by`` text) for output ``n`` accepted by ``rule``
+    or, with ``n`` ``None``, for the last of the outputs (arrival order) of ``cores``."""
+    if n is not None:
+        return n, rule.describe(n + 1, cores[n], True)
+    return len(cores) - 1, rule.describe(len(cores), cores[-1], False)
+
+
 def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any,
                   error_states: Sequence[tuple[Any, int, int] | None] | None = None) -> tuple[int, str]:
     """Replay ``rule`` over finished outputs (arrival order): (index of the returned output, its
     ``stopped_by`` text). The engine applies the rule as outputs arrive; this is the same rule for
-    backends that run first and pick after (the compiled JAX path). ``error_states[n]``: the
-    ``Outputs.error_state`` as output n arrived (``None``: no estimate)."""
-    for n in range(1, len(outputs) + 1):
-        state = None if error_states is None else error_states[n - 1]
-        if rule.accept(Outputs(outputs[:n], error_state=state), coarse):
-            return n - 1, rule.describe(n, cores[n - 1], True)
-    n = len(outputs)
-    return n - 1, rule.describe(n, cores[n - 1], False)
+    backends that run first and pick after (the compiled JAX path; run in chunks, it calls
+    ``first_accepted`` and ``chosen_output`` itself)."""
+    return chosen_output(rule, cores, first_accepted(rule, outputs, coarse, error_states))

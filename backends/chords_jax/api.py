@@ -42,7 +42,9 @@ from chords_core.stopping import (
     StopAtCore,
     StopRule,
     as_stop_rule,
+    chosen_output,
     estimate_error,
+    first_accepted,
     select_output,
 )
 
@@ -244,10 +246,16 @@ def chords(
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
-        states = [None if st is None else (vals[st[0].id], *st[1:]) for st in sym.log] if sym.log else None
+        states = [_on_device_state(st, vals) for st in sym.log] if sym.log else None
         n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states)
         return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
     return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
+
+
+def _on_device_state(state: tuple | None, vals: dict) -> tuple | None:
+    """An output's ``Outputs.error_state`` from the symbolic run's (its sum a ``Sym``), the sum
+    replaced by its computed value in ``vals`` (by node id)."""
+    return None if state is None else (vals[state[0].id], *state[1:])
 
 
 def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
@@ -289,28 +297,24 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     run = chunk_runner(model, mesh, check, with_args=args is not None)
     buf, bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
     slots = max(s.width for s in prog.segments)
-    log = list(sym.log) if sym.log else None
     vals: dict[int, Any] = {}
-    cores = [h.core for h in sym.hits]
-    N, n = len(sym.hits), 0
-    chosen: tuple[int, str] | None = None
+    n = 0  # the outputs before n were offered to the rule already
+    accepted: int | None = None
     for i, end in enumerate(ends):
         buf, bad, outs = run(x, buf, bad, pieces[i], rows[i], zeros, args, slots=slots)
         if check:
             _raise_nonfinite(int(bad), prog, sym)  # one int per chunk
         vals.update(zip(ids[i], outs))
-        coarse = vals.get(sym.coarse.id)
-        while chosen is None and n < N and ready[n] <= end:
-            st = None if log is None else log[n]
-            state = None if st is None else (vals[st[0].id], *st[1:])
-            if rule.accept(Outputs([vals[h.x.id] for h in sym.hits[:n + 1]], error_state=state), coarse):
-                chosen = n, rule.describe(n + 1, cores[n], True)
-            else:
-                n += 1
-        if chosen is not None:
+        m = n
+        while m < len(ready) and ready[m] <= end:  # the outputs in the buffer after this chunk
+            m += 1
+        states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
+        accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
+                                  start=n)
+        if accepted is not None:
             break
-    if chosen is None:
-        chosen = N - 1, rule.describe(N, cores[N - 1], False)
+        n = m
+    chosen = chosen_output(rule, [h.core for h in sym.hits], accepted)
     hits = tuple(Hit(h.core, h.round, h.nfe, vals.get(h.x.id)) for h in sym.hits)
     return plan_result(sym.plan, hits[chosen[0]], hits, vals[sym.coarse.id], chosen[1])
 
