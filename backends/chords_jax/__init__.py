@@ -4,12 +4,14 @@
 ``chords_core.chords`` and returns its ``Result``; ``solve(model, x, grid, solver)`` is the
 compiled sequential solve. ``devices`` shards the core slots over a device mesh axis ``"cores"``,
 also across processes under ``jax.distributed`` (a mesh over the global devices; every process
-gets the whole result).
+gets the whole result). ``srds(model, x, grid, solver, blocks=, tol=, max_iters=, stop=, devices=)``
+is ``chords_core.srds`` compiled the same way (its schedule is static too).
 """
 
 from .api import SUPPORTED_SOLVERS, chords, clear_cache, compile_plan, solve
 from .lower import Program
+from .parareal import compile_srds, srds
 from .run import AXIS, compilations, make_mesh
 
-__all__ = ["chords", "solve", "clear_cache", "compile_plan", "Program", "SUPPORTED_SOLVERS", "AXIS", "make_mesh",
-           "compilations"]
+__all__ = ["chords", "srds", "solve", "clear_cache", "compile_plan", "compile_srds", "Program", "SUPPORTED_SOLVERS",
+           "AXIS", "make_mesh", "compilations"]

@@ -229,11 +229,7 @@ def chords(
     x = _as_state(x)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
-    if mesh is not None:  # replicated on every device of the mesh, in every process
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        x = jax.device_put(x, replicated)
-        if args is not None:
-            args = jax.device_put(args, replicated)
+    x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
     rule = as_stop_rule(stop)
     assert sym.plan is not None  # compile_plan's result carries its plan
@@ -250,6 +246,17 @@ def chords(
         n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states)
         return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
     return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
+
+
+def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
+    """``x`` and ``args`` placed replicated on every device of ``mesh`` (in every process); as they
+    are without a mesh."""
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        x = jax.device_put(x, replicated)
+        if args is not None:
+            args = jax.device_put(args, replicated)
+    return x, args
 
 
 def _on_device_state(state: tuple | None, vals: dict) -> tuple | None:

@@ -12,10 +12,15 @@ round: the cores it needs). The output of iteration k is x_B^k; the stop rule pi
 latest after B iterations, where x_B^B is the sequential solution bit for bit. A fine solve starting
 at a point carries the multistep history of the fine solve that produced that point ("keep"); solves
 from coarse points start fresh (warm-up order).
+
+``srds_run`` is the method without its ``log``: between model calls it forms linear combinations of
+states only, so the compiled JAX path (``chords_jax.srds``) replays it on symbolic states;
+``srds_log`` forms the log from the outputs afterwards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -33,7 +38,7 @@ from ..results import Hit, Result
 from ..solvers import Solver
 from ..stopping import StopOnResidual, StopRule, as_stop_rule, warn_unmet
 
-__all__ = ["srds", "srds_blocks", "SrdsIteration"]
+__all__ = ["srds", "srds_run", "srds_log", "srds_blocks", "SrdsIteration"]
 
 
 def srds_blocks(steps: int, blocks: int | None = None) -> tuple[int, ...]:
@@ -91,6 +96,43 @@ def srds(
         A ``Result`` (``method="srds"``): ``hits`` holds every iteration's output, ``log`` an
         ``SrdsIteration`` per iteration.
     """
+    res, unmet = srds_run(model, x, grid, solver, blocks=blocks, tol=tol, max_iters=max_iters, stop=stop,
+                          executor=executor, progress=progress, **solver_options)
+    if unmet is not None:  # warned here, so that the warning names the caller's line
+        warn_unmet(unmet, res.stopped_by)
+    return dataclasses.replace(res, log=srds_log(res.hits, res.coarse))
+
+
+def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
+    """``srds``' log: per iteration's output (``hits``, iterations 1, 2, ... in order) its round, NFE
+    and RMS change from the previous output (the first from ``coarse``, the iteration-0 output)."""
+    prev = [coarse] + [h.x for h in hits[:-1]]
+    return tuple(SrdsIteration(h.core, h.round, h.nfe, B.rms(h.x - p)) for h, p in zip(hits, prev))
+
+
+def srds_run(
+    model: Model,
+    x: Any,
+    grid: Any,
+    solver: str | Solver = "euler",
+    *,
+    blocks: int | None = None,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    stop: StopRule | None = None,
+    executor: Executor | None = None,
+    progress: bool = False,
+    **solver_options: Any,
+) -> tuple[Result, StopRule | None]:
+    """``srds`` without its ``log`` (empty) and its ``StopNotMet`` warning: the same arguments,
+    rounds, outputs and stop. Between model calls it only forms linear combinations of states (and
+    the stop rule reads the outputs), so with a rule that does not read them (``RunAll``) it runs on
+    symbolic states too.
+
+    Returns:
+        (the ``Result``, the stop rule if it accepted no output before ``max_iters`` cut the run
+        short, for ``warn_unmet``, else ``None``).
+    """
     call = begin(model, x, grid, solver, executor, solver_options)
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
     if stop is not None and tol is not None:
@@ -127,9 +169,10 @@ def srds(
         return None
 
     start(0, 0)
-    outputs, hits, log, trace, next_k = {}, [], [], [], 1
+    outputs, hits, trace, next_k = {}, [], [], 1
     rounds = nfe = width = 0
     result: Hit | None = None
+    unmet: StopRule | None = None
     stopped_by = ""
     bar = None
     if progress:
@@ -177,7 +220,6 @@ def srds(
         while result is None and next_k in outputs:  # outputs form in iteration order
             xk = outputs[next_k]
             hits.append(Hit(next_k, rounds, nfe, xk))
-            log.append(SrdsIteration(next_k, rounds, nfe, B.rms(xk - outputs[next_k - 1])))
             if bar is not None:
                 bar.update(1)
             if rule.accept([h.x for h in hits], outputs[0]):
@@ -185,10 +227,10 @@ def srds(
             elif next_k == last:
                 result, stopped_by = hits[-1], rule.describe(next_k, next_k, False) + f" ({next_k} of {nb} iterations)"
                 if next_k < nb:  # cut short by max_iters: not the sequential solution
-                    warn_unmet(rule, stopped_by)
+                    unmet = rule
             next_k += 1
     if bar is not None:
         bar.close()
     return Result(x=result.x, rounds=result.round, nfe=result.nfe, hits=tuple(hits), coarse=outputs.get(0),
                   stopped_by=stopped_by, method="srds", sequential_rounds=sum(evals), width=width,
-                  trace=tuple(trace), log=tuple(log))
+                  trace=tuple(trace)), unmet
