@@ -217,7 +217,7 @@ def digits_net_workload(batch: int = 128, seed: int = 0, path: Path = WEIGHTS) -
     return Workload("digits_net", model, x, _fine_reference(model, x), quality=_digits_quality())
 
 
-WORKLOADS = {
+WORKLOADS: dict[str, Callable[..., Workload]] = {
     "gmm_rf": lambda **kw: gmm_workload("rf", **kw),
     "gmm_vp": lambda **kw: gmm_workload("vp", **kw),
     "digits_exact": digits_exact_workload,
