@@ -1,6 +1,7 @@
 """chords_jax.srds: SRDS compiled (symbolic replay of the core's pipeline, one lax.scan per segment),
 equal to the numpy core in float64 (outputs per iteration, rounds, NFE, trace, log, stop), compiled
-once per shape, its errors named as the core names them.
+once per shape, its errors named as the core names them; a rule that decides on the outputs runs in
+chunks and executes the core's rounds, no more.
 
 Every solver and several block counts are checked on the lowered program run with numpy (no compile);
 the compiled path for a few of them: each distinct program costs a compile (~0.5 s here).
@@ -30,6 +31,15 @@ def denoiser(x, t):
     """A smooth nonlinear 'network' written for numpy and jax alike."""
     xp = jnp if isinstance(x, jax.Array) else np
     return xp.tanh(x @ _W + t[:, None]) * 0.5 + 0.2 * x
+
+
+EXECUTED = []  # one entry per round executed by ``counted`` (the model is one batched call per round)
+
+
+def counted(x, t):
+    """``denoiser`` counting the rounds the compiled run executes (a host callback per call)."""
+    jax.debug.callback(lambda: EXECUTED.append(1))
+    return denoiser(x, t)
 
 
 def denoiser_args(x, t, args):
@@ -85,6 +95,10 @@ def test_every_solver_and_block_count_replayed_and_lowered_reproduces_the_core(s
         assert [(h.core, h.round, h.nfe) for h in sym.hits] == [(h.core, h.round, h.nfe) for h in ref.hits]
         assert (sym.trace, sym.width, sym.sequential_rounds) == (ref.trace, ref.width, ref.sequential_rounds)
         assert prog.rounds == ref.rounds and prog.slots == ref.width
+        # an iteration's output is in the buffer after the round the core offers it to the rule (its
+        # chunk's last round), the coarse prediction before the first: a chunked run stops there
+        assert [s.x.phase for s in sym.hits] == [h.round for h in ref.hits]
+        assert sym.coarse.phase <= ref.hits[0].round
         buf = interpret(prog, X, denoiser)
         row = prog.outputs
         assert all(close(buf[row[s.x.id]].reshape(X.shape), h.x) for s, h in zip(sym.hits, ref.hits))
@@ -93,10 +107,15 @@ def test_every_solver_and_block_count_replayed_and_lowered_reproduces_the_core(s
 
 @pytest.mark.parametrize("solver, blocks", [("euler", 4), ("dpmpp_3m", 2), ("unipc", 5)])
 def test_compiled_srds_equals_the_core(solver, blocks):
-    # heun: test_vector_field_on_a_one_device_mesh_and_float32; euler's program is the stop rules' too
-    model = cc.DiffusionModel(denoiser, SCHED, "eps") if solver != "euler" else cc.DiffusionModel(denoiser, FLOW, "flow")
-    grid = cc.time_grid(SCHED, 10, "logsnr") if solver != "euler" else cc.time_grid(FLOW, 12)
-    same_srds(cj.srds(model, X, grid, solver, blocks=blocks, tol=0.0),
+    # heun: test_vector_field_on_a_one_device_mesh_and_float32; euler's program and executable (the
+    # counted denoiser) are the stop rules' too
+    if solver == "euler":
+        grid, model = cc.time_grid(FLOW, 12), cc.DiffusionModel(denoiser, FLOW, "flow")
+        jmodel = cc.DiffusionModel(counted, FLOW, "flow")
+    else:
+        grid, model = cc.time_grid(SCHED, 10, "logsnr"), cc.DiffusionModel(denoiser, SCHED, "eps")
+        jmodel = model
+    same_srds(cj.srds(jmodel, X, grid, solver, blocks=blocks, tol=0.0),
               cc.srds(model, X, grid, solver, blocks=blocks, tol=0.0))
 
 
@@ -107,22 +126,38 @@ def _warned(fn, *args, **kw):
     return res, [(w.category, str(w.message), w.filename) for w in seen]
 
 
-def test_stop_rules_pick_what_the_core_picks():
+def test_stop_rules_pick_what_the_core_picks_and_execute_the_rounds_the_core_runs():
     model = cc.DiffusionModel(denoiser, FLOW, "flow")
+    jmodel = cc.DiffusionModel(counted, FLOW, "flow")
     grid = cc.time_grid(FLOW, 12)
-    picked = set()
-    # one program for all but the last two (4 iterations), one for those (2)
+    program_rounds = cj.compile_srds(jmodel, X.shape, X.dtype, grid, "euler", blocks=4)[0].rounds
+    picked, early = set(), []
+    # one program for all but the last two (4 iterations), one for those (2); the rules that decide
+    # on the outputs run in chunks (stop=None is the default tol, as in the core), tol=0, RunAll and
+    # StopAtCore in one call
     for kw in (dict(), dict(tol=0.05), dict(tol=1e-6), dict(tol=0.0), dict(stop=None),
                dict(stop=cc.RunAll()), dict(stop=cc.StopWhenConverged(0.1)), dict(tol=1e-6, max_iters=2),
                dict(stop=cc.StopAtCore(2), max_iters=3)):
         ref, ref_warnings = _warned(cc.srds, model, X, grid, "euler", blocks=4, **kw)
-        got, got_warnings = _warned(cj.srds, model, X, grid, "euler", blocks=4, **kw)
+        EXECUTED.clear()
+        got, got_warnings = _warned(cj.srds, jmodel, X, grid, "euler", blocks=4, **kw)
+        jax.effects_barrier()
         same_srds(got, ref)
+        assert len(EXECUTED) == ref.rounds  # rounds executed: up to the returned iteration's, no further
+        if ref.rounds < program_rounds and "max_iters" not in kw:
+            early.append(ref.hits[-1].core)  # the program holds all 4 iterations; the rule stopped sooner
         assert got_warnings == ref_warnings  # StopNotMet where the core warns, naming this file's line
         picked.add(ref.hits[-1].core)
         if "max_iters" in kw and "tol" in kw:
             assert [w[0] for w in got_warnings] == [StopNotMet] and got_warnings[0][2] == __file__
     assert picked == {1, 2, 3, 4}  # the cases stop at every iteration
+    assert sorted(early) == [1, 2, 2, 3]  # default (twice), tol=0.05, tol=1e-6: fewer rounds than the program's
+    n = cj.compilations()
+    EXECUTED.clear()
+    ref = cc.srds(model, 2 * X, grid, "euler", blocks=4, tol=0.05)
+    same_srds(cj.srds(jmodel, 2 * X, grid, "euler", blocks=4, tol=0.05), ref)
+    jax.effects_barrier()
+    assert cj.compilations() == n and len(EXECUTED) == ref.rounds < program_rounds  # the chunks reused
 
 
 def test_new_values_new_grid_and_new_weights_do_not_recompile():
@@ -156,13 +191,15 @@ def test_a_bad_output_is_named_as_the_core_names_it_and_one_after_the_chosen_ite
         return xp.where(hit[:, None], xp.nan, denoiser(x, t))
 
     model = cc.DiffusionModel(nan_late, FLOW, "flow")
-    with pytest.raises(cc.ModelOutputError) as core:
-        cc.srds(model, X, grid, "euler", blocks=2, tol=0.0)
-    with pytest.raises(cc.ModelOutputError) as compiled:
-        cj.srds(model, X, grid, "euler", blocks=2, tol=0.0)
-    assert str(compiled.value) == str(core.value) and compiled.value.point == core.value.point
-    assert str(core.value).startswith("round 8, block 1 of iteration 1 (step 7, stage 0")
-    # a rule that accepts iteration 1 (round 7) returns it in both: the bad round is past the stop
+    for tol in (0.0, 1e-9):  # one call; chunked (the bad round in the second chunk, after iteration 1)
+        with pytest.raises(cc.ModelOutputError) as core:
+            cc.srds(model, X, grid, "euler", blocks=2, tol=tol)
+        with pytest.raises(cc.ModelOutputError) as compiled:
+            cj.srds(model, X, grid, "euler", blocks=2, tol=tol)
+        assert str(compiled.value) == str(core.value) and compiled.value.point == core.value.point
+        assert str(core.value).startswith("round 8, block 1 of iteration 1 (step 7, stage 0")
+    # a rule that accepts iteration 1 (round 7) returns it in both: the bad round is past the stop (the
+    # chunked run does not execute it)
     same_srds(cj.srds(model, X, grid, "euler", blocks=2, tol=1e9), cc.srds(model, X, grid, "euler", blocks=2, tol=1e9))
     unchecked = cc.DiffusionModel(nan_late, FLOW, "flow", check_outputs=False)
     assert np.isnan(np.asarray(cj.srds(unchecked, X, grid, "euler", blocks=2, tol=0.0).x)).all()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -40,6 +40,7 @@ from chords_core.stopping import (
     Outputs,
     RunAll,
     StopAtCore,
+    StopOnResidual,
     StopRule,
     as_stop_rule,
     chosen_output,
@@ -233,7 +234,7 @@ def chords(
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
     rule = as_stop_rule(stop)
     assert sym.plan is not None  # compile_plan's result carries its plan
-    chunks = None if type(rule) in (StopAtCore, RunAll) else _chunk_plan(prog, sym)
+    chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         run = runner(model, mesh, check, with_args=args is not None)
         outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
@@ -265,8 +266,16 @@ def _on_device_state(state: tuple | None, vals: dict) -> tuple | None:
     return None if state is None else (vals[state[0].id], *state[1:])
 
 
+def _one_call(rule: StopRule) -> bool:
+    """Whether ``rule``'s choice is known before any value: ``StopAtCore`` and ``RunAll`` decide on
+    the outputs' arrival alone, ``StopOnResidual(0)`` never accepts (an RMS is not below 0). Such a
+    rule runs the program as one compiled call; any other in chunks (``_chunk_plan``)."""
+    return type(rule) in (StopAtCore, RunAll) or (type(rule) is StopOnResidual and rule.tol == 0)
+
+
 def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     """Where a rule deciding on the outputs may stop: (ready, ends, ids) or ``None`` for one chunk.
+    ``sym``: the symbolic result of ``compile_plan`` or ``compile_srds`` (its hits in arrival order).
 
     ``ready[n]``: the round (1-based) after which output n, the coarse prediction and output n's
     error sum are in the buffer (the latest of their phases: a value of phase r is written by round
@@ -293,28 +302,41 @@ def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     return tuple(ready), tuple(ends), tuple(tuple(i) for i in ids)
 
 
-def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule: StopRule, chunks: tuple, mesh: Any,
-                 check: bool, args: Any) -> Result:
-    """Run the program chunk by chunk (``_chunk_plan``), the buffer carried on the device, and hand
-    the outputs that arrived in each to ``rule`` as ``select_output`` does (output n given outputs
-    ..n, in arrival order); stop at the first it accepts. A bad output is raised after the chunk
-    that computed it, before the rule sees its outputs (as the core engine verifies them)."""
-    assert sym.plan is not None
+def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, mesh: Any, check: bool, args: Any,
+                   raise_bad: Callable[[int], None]) -> Iterator[tuple[dict, int]]:
+    """Run the program chunk by chunk (``_chunk_plan``), the buffer carried on the device; after each
+    chunk yield (the outputs read so far, node id -> value; how many outputs, in arrival order, are
+    in the buffer). The caller offers the new ones to its stop rule and stops iterating where the
+    rule accepts: the chunks after are not run. A bad output is raised (``raise_bad(bad)``, ``bad``
+    as ``runner``'s, one int per chunk) after the chunk that computed it, before its outputs are
+    offered: they arrive at the chunk's last round, and the core raises at a round before it offers
+    that round's outputs."""
     ready, ends, ids = chunks
     run = chunk_runner(model, mesh, check, with_args=args is not None)
     buf, bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
     slots = max(s.width for s in prog.segments)
     vals: dict[int, Any] = {}
-    n = 0  # the outputs before n were offered to the rule already
-    accepted: int | None = None
+    m = 0
     for i, end in enumerate(ends):
         buf, bad, outs = run(x, buf, bad, pieces[i], rows[i], zeros, args, slots=slots)
         if check:
-            _raise_nonfinite(int(bad), prog, sym)  # one int per chunk
+            raise_bad(int(bad))
         vals.update(zip(ids[i], outs))
-        m = n
-        while m < len(ready) and ready[m] <= end:  # the outputs in the buffer after this chunk
+        while m < len(ready) and ready[m] <= end:
             m += 1
+        yield vals, m
+
+
+def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule: StopRule, chunks: tuple, mesh: Any,
+                 check: bool, args: Any) -> Result:
+    """CHORDS run chunk by chunk (``_chunk_outputs``): the outputs that arrived in each handed to
+    ``rule`` as ``select_output`` does (output n given outputs ..n, in arrival order); stop at the
+    first it accepts."""
+    assert sym.plan is not None
+    n = 0  # the outputs before n were offered to the rule already
+    accepted: int | None = None
+    for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
+                                  lambda bad: _raise_nonfinite(bad, prog, sym)):
         states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
         accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
                                   start=n)

@@ -6,8 +6,11 @@ linear combination of states. So the core's own pipeline (``srds_run``, the meth
 log) runs once on a symbolic state with the static stop ``RunAll`` up to the last iteration the
 stop rule may need (``outputs_needed``), the recording is lowered to per-round arrays as for CHORDS
 (``lower.py``; the rounds' varying widths, 1, 2, ..., B, ..., become segments) and the compiled
-run is the one-call runner of ``run.py``. The stop rule then picks the iteration on the host, as
-``srds_run`` does while it runs (``_pick``); the rounds after it are executed but not counted.
+run is ``run.py``'s. The stop rule picks the iteration on the host with the core's own replay
+(``srds_stop``): a rule that decides on the outputs runs the program in chunks that end where
+iterations' outputs arrive (CHORDS' chunked run, ``api._chunk_outputs``) and stops executing rounds
+at the iteration it accepts; one whose choice is known before any value (``StopAtCore(n)``,
+``RunAll()``, ``tol=0``) runs it as one compiled call.
 """
 
 from __future__ import annotations
@@ -19,12 +22,22 @@ import numpy as np
 import chords_core as cc
 from chords_core.call import check_model
 from chords_core.checks import check_float, check_grid, check_int
-from chords_core.methods.srds import srds_blocks, srds_log, srds_run
+from chords_core.methods.srds import srds_blocks, srds_log, srds_run, srds_stop
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
 from chords_core.stopping import RunAll, StopOnResidual, StopRule, as_stop_rule, warn_unmet
 
-from .api import _PROGRAMS, _PROGRAMS_SIZE, _as_state, _device_arrays, _model_key, _replicated
+from .api import (
+    _PROGRAMS,
+    _PROGRAMS_SIZE,
+    _as_state,
+    _chunk_outputs,
+    _chunk_plan,
+    _device_arrays,
+    _model_key,
+    _one_call,
+    _replicated,
+)
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
 from .run import NO_BAD, make_mesh, runner
@@ -104,12 +117,14 @@ def srds(
 ) -> Result:
     """SRDS as ``chords_core.srds``, compiled: same arguments, same ``Result`` (jax arrays).
 
-    One compiled call runs every round up to the last iteration the stop rule may need (``max_iters``,
+    The program holds every round up to the last iteration the stop rule may need (``max_iters``,
     default B, or fewer where the rule says so, ``outputs_needed``: ``StopAtCore(n)`` runs n
-    iterations); the rule then picks the iteration on the host as the core does while it runs, so
-    ``x``, ``rounds``, ``nfe``, ``hits``, ``coarse``, ``stopped_by``, ``width``, ``trace`` and
-    ``log`` are the core's. Rounds after the chosen iteration are executed, not counted: to execute
-    only what is returned, fix the iteration (``stop=StopAtCore(n)`` or ``max_iters=n``).
+    iterations). A rule whose choice is known before any value (``StopAtCore(n)``, ``RunAll()``,
+    ``tol=0``) runs it as one compiled call; any other (the default ``StopOnResidual(1e-3)``) in
+    chunks ending where iterations' outputs arrive, one small read-back per chunk, and stops
+    executing rounds at the iteration it accepts. The rule picks as the core does while it runs
+    (``srds_stop``), so ``x``, ``rounds``, ``nfe``, ``hits``, ``coarse``, ``stopped_by``,
+    ``width``, ``trace`` and ``log`` are the core's.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable.
@@ -150,43 +165,40 @@ def srds(
                              **solver_options)
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)
-    run = runner(model, mesh, check, with_args=args is not None)
-    outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
-    # the core raises at the round of the first bad output, after offering the earlier outputs to the rule
-    limit = _bad_round(int(bad), prog) if check else None
-    vals = dict(zip(prog.outputs, outs))
-    coarse = vals[sym.coarse.id]
-    hits = [Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits if limit is None or h.round < limit]
-    picked = _pick(rule, hits, coarse, last, nb)
-    if picked is None:  # the bad round came first
-        assert limit is not None
-        _raise_nonfinite(limit, int(bad), prog, model, sym, times, solver, nb, last, solver_options)
-    n, stopped_by, unmet = picked
+
+    def raise_bad(bad: int) -> None:
+        """The core's ``ModelOutputError`` for the first non-finite output, if any (``bad`` from
+        ``runner``): the core raises at its round, and every output offered to the rule so far
+        came before it (one call: the returned output is the program's last)."""
+        if bad != NO_BAD:
+            _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
+
+    chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
+    if chunks is None:  # a choice known before any value, or one chunk: one call
+        run = runner(model, mesh, check, with_args=args is not None)
+        outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
+        if check:
+            raise_bad(int(bad))
+        vals = dict(zip(prog.outputs, outs))
+        stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits], vals[sym.coarse.id], last, nb)
+    else:
+        n = 0  # the outputs before n were offered to the rule already
+        for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args, raise_bad):
+            stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), last, nb,
+                                start=n)
+            if stop_at is not None:
+                break
+            n = m
+    assert stop_at is not None  # the program ends at iteration ``last``
+    n, stopped_by, unmet = stop_at
     if unmet:
         warn_unmet(rule, stopped_by)
-    out = hits[n]
-    trace = sym.trace[:out.round]
-    return Result(x=out.x, rounds=out.round, nfe=out.nfe, hits=tuple(hits[:n + 1]), coarse=coarse,
+    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:n + 1])
+    coarse = vals[sym.coarse.id]
+    trace = sym.trace[:hits[-1].round]
+    return Result(x=hits[-1].x, rounds=hits[-1].round, nfe=hits[-1].nfe, hits=hits, coarse=coarse,
                   stopped_by=stopped_by, method="srds", sequential_rounds=sym.sequential_rounds,
-                  width=max(len(r.evals) for r in trace), trace=trace, log=srds_log(tuple(hits[:n + 1]), coarse))
-
-
-def _pick(rule: StopRule, hits: list[Hit], coarse: Any, last: int, nb: int) -> tuple[int, str, bool] | None:
-    """The stop rule replayed over the iterations' outputs as ``srds_run`` applies it while it runs:
-    (index of the returned output, ``stopped_by``, whether to warn that the rule went unmet), or
-    ``None`` if neither the rule nor ``last`` ended the run within ``hits``."""
-    for n, h in enumerate(hits):
-        k = h.core
-        if rule.accept([g.x for g in hits[:n + 1]], coarse):
-            return n, rule.describe(k, k, True), False
-        if k == last:
-            return n, rule.describe(k, k, False) + f" ({k} of {nb} iterations)", k < nb
-    return None
-
-
-def _bad_round(bad: int, prog: Program) -> int | None:
-    """The round (1-based) of the run's first non-finite output (``bad`` from ``runner``), or ``None``."""
-    return None if bad == NO_BAD else bad // max(s.width for s in prog.segments) + 1
+                  width=max(len(r.evals) for r in trace), trace=trace, log=srds_log(hits, coarse))
 
 
 class _Probe(LinearRecorder):
@@ -204,12 +216,13 @@ class _Probe(LinearRecorder):
         return outs
 
 
-def _raise_nonfinite(round: int, bad: int, prog: Program, model: cc.Model, sym: Result, times: np.ndarray,
-                     solver: Any, nb: int, last: int, solver_options: dict) -> NoReturn:
-    """Raise the ``ModelOutputError`` the core raises for the first non-finite output (round ``round``,
-    slot ``bad % slots``): the symbolic replay is run again, failing there, so that the core's
-    pipeline names it (block, iteration, step, stage, time)."""
-    slot = bad % max(s.width for s in prog.segments)
-    probe = _Probe(sym.coarse.shape, sym.coarse.dtype, round, slot)
+def _raise_nonfinite(bad: int, prog: Program, model: cc.Model, sym: Result, times: np.ndarray, solver: Any,
+                     nb: int, last: int, solver_options: dict) -> NoReturn:
+    """Raise the ``ModelOutputError`` the core raises for the run's first non-finite output (``bad``
+    from ``runner``: round ``bad // slots``, 0-based, and slot ``bad % slots``): the symbolic replay
+    is run again, failing there, so that the core's pipeline names it (block, iteration, step,
+    stage, time)."""
+    r, slot = divmod(bad, max(s.width for s in prog.segments))
+    probe = _Probe(sym.coarse.shape, sym.coarse.dtype, r + 1, slot)
     _replay(model, probe, times, solver, nb, last, solver_options)
     raise AssertionError("the replay did not reach the bad output's round")  # pragma: no cover

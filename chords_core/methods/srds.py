@@ -15,13 +15,15 @@ from coarse points start fresh (warm-up order).
 
 ``srds_run`` is the method without its ``log``: between model calls it forms linear combinations of
 states only, so the compiled JAX path (``chords_jax.srds``) replays it on symbolic states;
-``srds_log`` forms the log from the outputs afterwards.
+``srds_log`` forms the log from the outputs afterwards, and ``srds_stop`` (the rule applied to the
+iterations' outputs) is the stop of both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,9 +38,9 @@ from ..models import Model
 from ..plan import Eval, Round
 from ..results import Hit, Result
 from ..solvers import Solver
-from ..stopping import StopOnResidual, StopRule, as_stop_rule, warn_unmet
+from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, warn_unmet
 
-__all__ = ["srds", "srds_run", "srds_log", "srds_blocks", "SrdsIteration"]
+__all__ = ["srds", "srds_run", "srds_log", "srds_stop", "srds_blocks", "SrdsIteration"]
 
 
 def srds_blocks(steps: int, blocks: int | None = None) -> tuple[int, ...]:
@@ -108,6 +110,27 @@ def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
     and RMS change from the previous output (the first from ``coarse``, the iteration-0 output)."""
     prev = [coarse] + [h.x for h in hits[:-1]]
     return tuple(SrdsIteration(h.core, h.round, h.nfe, B.rms(h.x - p)) for h, p in zip(hits, prev))
+
+
+def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, blocks: int,
+              start: int = 0) -> tuple[int, str, bool] | None:
+    """SRDS' stop: ``rule`` applied to the iterations' outputs as they form (``outputs[n]``, iteration
+    n + 1's, given the outputs up to it and ``coarse``, iteration 0's; those before ``start`` were
+    offered already; at most ``last``). The run ends at the first output the rule accepts, or else
+    at iteration ``last`` (the rule's ``outputs_needed`` of ``max_iters``), "(k of B iterations)".
+    The one home of this replay: ``srds_run`` calls it as each output forms, ``chords_jax.srds``
+    after each chunk of its compiled run.
+
+    Returns:
+        (index of the returned output, its ``stopped_by``, whether the rule went unmet short of the
+        sequential solution, ``last`` < ``blocks``, for ``warn_unmet``), or ``None``: run on.
+    """
+    n = first_accepted(rule, outputs, coarse, start=start)
+    if n is not None:
+        return n, rule.describe(n + 1, n + 1, True), False
+    if len(outputs) < last:
+        return None
+    return last - 1, rule.describe(last, last, False) + f" ({last} of {blocks} iterations)", last < blocks
 
 
 def srds_run(
@@ -218,16 +241,13 @@ def srds_run(
                     else:
                         outputs[k] = p[0]
         while result is None and next_k in outputs:  # outputs form in iteration order
-            xk = outputs[next_k]
-            hits.append(Hit(next_k, rounds, nfe, xk))
+            hits.append(Hit(next_k, rounds, nfe, outputs[next_k]))
             if bar is not None:
                 bar.update(1)
-            if rule.accept([h.x for h in hits], outputs[0]):
-                result, stopped_by = hits[-1], rule.describe(next_k, next_k, True)
-            elif next_k == last:
-                result, stopped_by = hits[-1], rule.describe(next_k, next_k, False) + f" ({next_k} of {nb} iterations)"
-                if next_k < nb:  # cut short by max_iters: not the sequential solution
-                    unmet = rule
+            stop_at = srds_stop(rule, [h.x for h in hits], outputs[0], last, nb, start=next_k - 1)
+            if stop_at is not None:
+                result, stopped_by = hits[stop_at[0]], stop_at[1]
+                unmet = rule if stop_at[2] else None
             next_k += 1
     if bar is not None:
         bar.close()
