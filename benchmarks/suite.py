@@ -43,6 +43,7 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -60,9 +61,20 @@ from workloads import WORKLOADS, Workload, calibration_workload  # noqa: E402
 CORES = (2, 4, 8)
 SOLVERS = (("euler", 50), ("dpmpp_2m", 20))
 MORE_SOLVERS = (("euler", 100), ("dpmpp_2m", 50))  # full run, mixtures only
-NOISE_TOLS = (2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005, 0.003, 0.002, 0.001)
-LEVEL_TOLS = (0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.003, 0.002, 0.001, 5e-4, 2e-4, 1e-4)
-ERROR_TOLS = (300.0, 100.0, 50.0, 30.0, 20.0, 10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.3)
+
+
+def tol_grid(hi: float, lo: float, per_decade: int = 6) -> tuple[float, ...]:
+    """The tolerances 10^(k / per_decade) from ``hi`` down to ``lo``, two significant digits: evenly
+    spaced in log, the powers of ten (and with them each method's default) on the grid."""
+    top, bottom = math.floor(math.log10(hi) * per_decade + 1e-9), math.ceil(math.log10(lo) * per_decade - 1e-9)
+    return tuple(float(f"{10 ** (k / per_decade):.2g}") for k in range(top, bottom - 1, -1))
+
+
+# Every tolerance-driven method gets the same density (6 a decade) over a range running from
+# "accept almost everything" down to "nearly sequential" on its own scale.
+NOISE_TOLS = tol_grid(10.0, 1e-4)
+LEVEL_TOLS = tol_grid(1.0, 1e-5)
+ERROR_TOLS = tol_grid(3200.0, 0.1)
 CHORDS_SPANS = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)
 CONVERGED = (0.03, 0.1, 0.3)
 FACTOR = 1.05
