@@ -64,6 +64,22 @@ _ARRAYS: OrderedDict[tuple, tuple] = OrderedDict()  # program arrays on the devi
 _PROGRAMS_SIZE = 64
 
 
+def _cached_program(key: tuple) -> tuple | None:
+    """The cached (program, symbolic result) under ``key``, now the most recently used; or ``None``."""
+    got = _PROGRAMS.get(key)
+    if got is not None:
+        _PROGRAMS.move_to_end(key)
+    return got
+
+
+def _cache_program(key: tuple, value: tuple) -> None:
+    """Cache (program, symbolic result) under ``key``, dropping the least recently used beyond
+    ``_PROGRAMS_SIZE``."""
+    _PROGRAMS[key] = value
+    while len(_PROGRAMS) > _PROGRAMS_SIZE:
+        _PROGRAMS.popitem(last=False)
+
+
 def _model_key(model: Any) -> tuple:
     """What the symbolic run depends on: the model's conversion coefficients, not its function."""
     if isinstance(model, DiffusionModel):
@@ -138,9 +154,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         inits = None if init is None else tuple(int(v) for v in init)
         key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, needed,
                errors, history, slots_multiple)
-        got = _PROGRAMS.get(key)
+        got = _cached_program(key)
         if got is not None:
-            _PROGRAMS.move_to_end(key)
             return got
     tr = LinearRecorder(shape, dtype)
     res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
@@ -162,9 +177,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         res = dataclasses.replace(res, log=tuple(states))
     prog = lower(tr, slots, outputs, float(times[0]), slots_multiple)
     if key is not None:
-        _PROGRAMS[key] = (prog, res)
-        while len(_PROGRAMS) > _PROGRAMS_SIZE:
-            _PROGRAMS.popitem(last=False)
+        _cache_program(key, (prog, res))
     return prog, res
 
 

@@ -21,16 +21,16 @@ import numpy as np
 
 import chords_core as cc
 from chords_core.call import check_model
-from chords_core.checks import check_float, check_grid, check_int
-from chords_core.methods.srds import srds_blocks, srds_log, srds_run, srds_stop
+from chords_core.checks import check_grid, check_int
+from chords_core.methods.srds import srds_blocks, srds_log, srds_rule, srds_run, srds_stop
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
-from chords_core.stopping import RunAll, StopOnResidual, StopRule, as_stop_rule, warn_unmet
+from chords_core.stopping import RunAll, StopRule, warn_unmet
 
 from .api import (
-    _PROGRAMS,
-    _PROGRAMS_SIZE,
     _as_state,
+    _cache_program,
+    _cached_program,
     _chunk_outputs,
     _chunk_plan,
     _device_arrays,
@@ -84,18 +84,15 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
         key = ("srds", _model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, nb, last,
                slots_multiple)
-        got = _PROGRAMS.get(key)
+        got = _cached_program(key)
         if got is not None:
-            _PROGRAMS.move_to_end(key)
             return got
     rec = LinearRecorder(shape, dtype)
     res = _replay(model, rec, times, solver, nb, last, solver_options)
     slots = -(-res.width // slots_multiple) * slots_multiple
     prog = lower(rec, slots, [h.x for h in res.hits] + [res.coarse], float(times[0]), slots_multiple)
     if key is not None:
-        _PROGRAMS[key] = (prog, res)
-        while len(_PROGRAMS) > _PROGRAMS_SIZE:
-            _PROGRAMS.popitem(last=False)
+        _cache_program(key, (prog, res))
     return prog, res
 
 
@@ -153,12 +150,7 @@ def srds(
     x = _as_state(x)
     times = check_grid(grid)
     model.check_times(times)
-    if stop is not None and tol is not None:
-        raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
-    if stop is not None:
-        rule = as_stop_rule(stop)
-    else:
-        rule = StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
+    rule = srds_rule(tol, stop)
     nb = len(srds_blocks(len(times) - 1, blocks)) - 1
     last = rule.outputs_needed(nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
     prog, sym = compile_srds(model, x.shape, x.dtype, times, solver, blocks=nb, iterations=last, slots_multiple=ndev,

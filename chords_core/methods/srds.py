@@ -40,7 +40,7 @@ from ..results import Hit, Result
 from ..solvers import Solver
 from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, warn_unmet
 
-__all__ = ["srds", "srds_run", "srds_log", "srds_stop", "srds_blocks", "SrdsIteration"]
+__all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_blocks", "SrdsIteration"]
 
 
 def srds_blocks(steps: int, blocks: int | None = None) -> tuple[int, ...]:
@@ -112,6 +112,16 @@ def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
     return tuple(SrdsIteration(h.core, h.round, h.nfe, B.rms(h.x - p)) for h, p in zip(hits, prev))
 
 
+def srds_rule(tol: float | None, stop: StopRule | None) -> StopRule:
+    """SRDS' stop rule from its ``tol`` / ``stop`` arguments: ``stop``, or ``StopOnResidual(tol)``
+    (``tol`` default 1e-3); not both."""
+    if stop is not None and tol is not None:
+        raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
+    if stop is not None:
+        return as_stop_rule(stop)
+    return StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
+
+
 def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, blocks: int,
               start: int = 0) -> tuple[int, str, bool] | None:
     """SRDS' stop: ``rule`` applied to the iterations' outputs as they form (``outputs[n]``, iteration
@@ -158,12 +168,7 @@ def srds_run(
     """
     call = begin(model, x, grid, solver, executor, solver_options)
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
-    if stop is not None and tol is not None:
-        raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
-    if stop is not None:
-        rule = as_stop_rule(stop)
-    else:
-        rule = StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
+    rule = srds_rule(tol, stop)
     n = srds_blocks(sol.steps, blocks)
     nb = len(n) - 1
     last = nb if max_iters is None else check_int("max_iters", max_iters, 1, nb)
