@@ -385,9 +385,12 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
 
 
 def clear_cache() -> None:
-    """Drop every cached executable and symbolic program (``run.clear_cache``); models and the arrays
-    their functions hold are then released."""
+    """Drop every cached executable and symbolic program (``run.clear_cache``, the window methods'
+    ``window.clear_cache``); models and the arrays their functions hold are then released."""
+    from .window import clear_cache as _window_clear_cache  # window.py imports this module
+
     _run_clear_cache()
+    _window_clear_cache()
     _PROGRAMS.clear()
     _ARRAYS.clear()
 

@@ -36,8 +36,15 @@ NO_BAD = np.iinfo(np.int32).max
 
 
 def compilations() -> int:
-    """How many times a compiled pipeline has been traced (= compiled) in this process."""
+    """How many times a compiled program (CHORDS, SRDS, the sequential solve, a window method) has
+    been traced (= compiled) in this process."""
     return _COMPILATIONS
+
+
+def count_compilation() -> None:
+    """Count one trace of a compiled program (``compilations``)."""
+    global _COMPILATIONS
+    _COMPILATIONS += 1
 
 
 def make_mesh(devices: Any) -> Mesh | None:
@@ -214,8 +221,7 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked
         return carry
 
     def run(x, init, segments, rows, zeros, args):
-        global _COMPILATIONS
-        _COMPILATIONS += 1
+        count_compilation()
         slots = max(seg[1].shape[1] for seg in segments)
         # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
         buf = pin(init[:, None] * x.reshape(1, -1))
@@ -223,8 +229,7 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked
         return tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0])), bad
 
     def chunk(x, buf, bad, segments, rows, zeros, args, slots):
-        global _COMPILATIONS
-        _COMPILATIONS += 1
+        count_compilation()
         if buf.ndim == 1:  # the first chunk: the program's init vector
             buf = pin(buf[:, None] * x.reshape(1, -1))
         buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)

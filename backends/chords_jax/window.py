@@ -1,0 +1,488 @@
+"""``chords_jax.parallel``: the core's sliding-window methods (cascade, ParaDiGMS, ParaSolver) compiled.
+
+The core runs them (``chords_core.methods.window.sliding_window``) with its control flow on the
+host: each sweep evaluates the window, then Python scores the points, slides the window and seeds
+the new points. Here one call is one jitted ``jax.lax.while_loop`` whose iterations are the sweeps,
+in fixed shapes (W = ``cores`` lanes):
+
+- the loop carries the window only: the points x_b .. x_{b+W} (W + 1 rows), for the ``"error"``
+  scale the quantity at b - 1 (first-order solvers), the window start b, the counts, each sweep's new start
+  and the first bad output (a dynamic update of a T-row buffer copies the whole buffer per
+  iteration on XLA:CPU, so the accepted points are not kept: each is final once passed);
+- a sweep evaluates the W lanes b .. b + W - 1 in one batched model call; the lanes past
+  e = min(b + W, T) are masked (evaluated at a valid time, their outputs zeroed and unused);
+- the fine steps Phi_m = a_m x_m + b_m q_m, and the update from the left
+  x_{m+1}^new = Phi_m + (x_m^new - x_m^old), written as d_k = sum_{l <= k} (Phi_l - x_{b+l+1}^old)
+  (how far point b + k + 1 moves: one product with a triangle of ones) and
+  x_{b+k+1}^new = Phi_k + d_{k-1}, exactly Phi_k where no earlier point moved, as in the core;
+- the scores (``"noise"``: change^2 / (D var) per sample; ``"error"``: change^2 against
+  min(e_j^2, e_{j-1}^2) of the solver's local error estimate from the latest quantity at each
+  index, ``_PointErrors``), the first point over tolerance and the slide are array operations;
+- the next window (the new points up to x_e, then the seeds: ``"copy"``, ``"jump"``, ``"jump2"``
+  from coefficient tables per window end) is one product of a small matrix with the rows
+  [new; d; d2] (d, d2: the data predictions the seeds hold fixed; a new point is picked by a
+  one-hot row: exact);
+- the non-finite check of the outputs runs on the device and stops the loop at the first bad round.
+
+The per-step coefficients (solver steps, output conversions, data predictions, seeds, local-error
+coefficients, noise variances) are computed on the host once by the core's own objects (the
+solver's ``step``, ``quantity_of`` and the ``Seeder`` probed with unit vectors: exact) and passed
+as arrays, so another grid of the same length does not recompile. After the loop one transfer
+brings the counts and each sweep's new window start; the sweep ``log`` and ``trace`` are rebuilt
+from those (each sweep is one round: the solvers compiled here take one evaluation per step).
+
+The arithmetic is the core's up to rounding (XLA contracts multiply-adds into FMAs and sums the
+moves as a product), so in float64 the runs agree to about 1e-15 and every acceptance decision
+with them, except at ``tol=0``: there a point is accepted only when its change is exactly zero,
+i.e. when the Picard iterate reached a bitwise fixed point, which depends on the last bit of every
+operation (the core itself accepts at different sweeps on numpy and on jax arrays); the answer is
+the sequential solution either way.
+
+Compiled: single-evaluation solvers without history (``"euler"``, ``"ddim"``). Not compiled:
+multi-stage solvers (Heun: one round per stage per sweep, the stage points made from the first
+stage's values), multistep solvers (DPM-Solver++(2M/3M), UniPC: the history chains through the
+window and the accepted prefix), ParaTAA (triangular Anderson mixing: a ridge least-squares solve
+per point from a residual history of varying length) and Anderson mixing in the cascade sampler.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from inspect import signature
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chords_core.call import begin
+from chords_core.checks import check_choice, check_float, check_int
+from chords_core.local_error import LocalError
+from chords_core.methods import METHODS, RECOMMENDED
+from chords_core.methods.cascade import DEFAULT_TOL as CASCADE_TOL
+from chords_core.methods.paradigms import paradigms as _paradigms
+from chords_core.methods.parasolver import parasolver as _parasolver
+from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales
+from chords_core.models import DiffusionModel, ModelOutputError, VectorField, check_array
+from chords_core.plan import Eval, Round
+from chords_core.results import Hit, Result
+from chords_core.solvers import DPMSolverPP, Euler, Solver, State
+
+from .api import _as_state, _model_key
+from .run import NO_BAD, count_compilation
+
+__all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
+
+#: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol, own options).
+WINDOW_METHODS: dict[str, tuple[str, str, float, tuple[str, ...]]] = {
+    "cascade": ("jump2", "error", CASCADE_TOL, ("anderson", "ridge")),
+    "paradigms": ("copy", "noise", float(signature(_paradigms).parameters["tol"].default), ("variance", "multistep")),
+    "parasolver": ("jump", "noise", float(signature(_parasolver).parameters["tol"].default), ("variance", "multistep")),
+}
+
+#: The solvers compiled here: one model evaluation per step, no history.
+WINDOW_SOLVERS = ("ddim", "euler")
+
+_NOT_COMPILED = {
+    "chords": "CHORDS has a static schedule and is compiled by chords_jax.chords",
+    "srds": "SRDS has a static schedule and is compiled by chords_jax.srds",
+    "parataa": ("ParaTAA is not compiled: its triangular Anderson mixing solves a ridge least-squares problem per "
+                "point from a residual history of varying length; run chords_core.parataa on jax arrays"),
+}
+
+_UNSUPPORTED_SOLVER = {
+    "heun": "two model evaluations per step (a sweep takes one round per stage, the second stage's points made "
+            "from the first's values)",
+    "dpmpp_2m": "a multistep solver (its history chains through the window and the accepted prefix)",
+    "dpmpp_3m": "a multistep solver (its history chains through the window and the accepted prefix)",
+    "unipc": "a multistep predictor-corrector (history and a pending corrector chain through the window)",
+    "unip": "a multistep solver (its history chains through the window and the accepted prefix)",
+}
+
+_JITTED: OrderedDict[tuple, Callable] = OrderedDict()
+_SETUPS: OrderedDict[tuple, Any] = OrderedDict()
+_TRACES: OrderedDict[tuple, tuple] = OrderedDict()
+_ZEROS: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE_SIZE = 32
+
+
+def clear_cache() -> None:
+    """Drop the cached window executables, coefficient tables and traces (and the models they hold)."""
+    for cache in (_JITTED, _SETUPS, _TRACES, _ZEROS):
+        cache.clear()
+
+
+def _put(cache: OrderedDict, key: tuple, value: Any) -> Any:
+    cache[key] = value
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# host side: checks and the coefficient tables
+
+
+class _Setup:
+    """What a call needs besides x: the static shape of the program and its coefficient tables
+    (host arrays, float64; cast to the state's dtype and put on the device once per dtype)."""
+
+    def __init__(self, sol: Solver, model: Any, times: np.ndarray, W: int, seed: str, scale: str, variance: str,
+                 numel_row: int) -> None:
+        T = sol.steps
+        self.T, self.W, self.seed, self.scale = T, W, seed, scale
+        self.t = [float(v) for v in times]
+        e2, e3 = np.eye(2), np.eye(3)
+        # the fine step Phi_m(x, q) = a x + b q and the output conversion q = qa x + qb out, probed
+        # with unit vectors through the solver's own methods (exact: one nonzero term per element)
+        step = np.array([sol.step(State(e2[0]), [e2[1]], m, m + 1).x for m in range(T)])
+        conv = np.array([sol.quantity_of(e2[0], e2[1], i) for i in range(T)])
+        data = np.array([c if (c := sol.data_coeffs(i)) is not None else (0.0, 1.0) for i in range(T)])
+        self.converts = bool(sol.converts)
+        tabs: dict[str, np.ndarray] = {
+            "t": np.asarray(times, np.float64), "a": step[:, 0], "b": step[:, 1],
+            "qa": conv[:, 0], "qb": conv[:, 1], "da": data[:, 0], "dq": data[:, 1],
+        }
+        if scale == "noise":
+            tabs["w"] = _inverse_scales(model, times, scale, variance) / numel_row
+        else:  # "error": |e_j|^2 = row_sq(q_j - q_{j-1}) * coef_j^2 (first-order solvers: p = 1)
+            local = LocalError(sol)
+            assert local.p == 1, "the compiled solvers are first order"
+            tabs["c2"] = np.array([0.0] + [local.coefficient(j) * local.coefficient(j) for j in range(1, T + 1)])
+        if seed != "copy":
+            seeder = Seeder(sol, model, 2 if seed == "jump2" else 1)
+            first = np.zeros((T + 1, W, 3))
+            first[:, :, 0] = 1.0  # past T: copies (rows never read)
+            second = first.copy()
+            for e in range(1, T + 1):
+                for k in range(W):
+                    j = e + 1 + k
+                    if j > T:
+                        break
+                    first[e, k] = seeder.seed(e3[0], e3[1], e, e - 1, j)
+                    second[e, k] = (seeder.seed(e3[0], e3[1], e, e - 1, j, e3[2], e - 2) if e >= 2 and seeder.order > 1
+                                    else first[e, k])
+            tabs["s1"], tabs["s2"] = first, second
+        self.tabs = tabs
+        self.device: dict[tuple, dict] = {}
+
+    def arrays(self, dtype: Any) -> dict:
+        """The tables on the default device, floats in ``dtype`` (as the core's Python-float
+        coefficients act on arrays of that dtype); cached per dtype."""
+        key = (np.dtype(dtype).name,)
+        got = self.device.get(key)
+        if got is None:
+            got = self.device[key] = jax.device_put(
+                {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in self.tabs.items()})
+        return got
+
+
+def _check_solver(sol: Solver) -> None:
+    """``ValueError`` naming ``solver`` unless it is compiled here (one evaluation per step, no history)."""
+    ok = (type(sol) is Euler or (type(sol) is DPMSolverPP and sol.order == 1)) and sol.history_size == 0 \
+        and all(v == 1 for v in sol.evals_per_step())
+    if not ok:
+        why = _UNSUPPORTED_SOLVER.get(sol.name, "not one of the compiled solvers")
+        raise ValueError(f"solver: {sol.name!r} is not compiled by chords_jax.parallel: {why}; the compiled solvers "
+                         f"are {WINDOW_SOLVERS} (run the others with chords_core.parallel on jax arrays)")
+
+
+def _threshold(tol2: float, dtype: Any) -> np.ndarray:
+    """tol^2 such that ``score > threshold`` in its dtype is the core's ``float(score) > tol2`` in
+    float64: float64 for float64 states; else float32 (exact for their scores), tol^2 rounded down
+    to float32 (for a float32 s: s > t <=> s > rd(t))."""
+    if dtype == np.float64:
+        return np.asarray(tol2, np.float64)
+    t = np.float32(min(tol2, float(np.finfo(np.float32).max)))
+    if float(t) > tol2:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return np.asarray(t, np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the compiled program
+
+
+_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                  jax.errors.TracerIntegerConversionError)
+
+
+def _traced(call: Callable, *operands: Any) -> Any:
+    try:
+        return call(*operands)
+    except _NOT_TRACEABLE as err:
+        raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
+                        f"conversion or Python branch on array values); tracing it failed with: {err}") from err
+
+
+def _evaluator(model: Any, with_args: bool) -> tuple[tuple, Callable]:
+    """(cache key, f(points (W, *S), t (W,), args) -> outputs (W, *S)): one batched call."""
+    if isinstance(model, DiffusionModel):
+        fn: Any = model.fn
+
+        def evaluate(pts, t, args):
+            k, rows = pts.shape[0], pts.shape[1]
+            flat = pts.reshape((k * rows,) + pts.shape[2:])
+            tt = jnp.repeat(t, rows)
+            out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
+            check_array(out, flat)
+            return out.astype(flat.dtype).reshape(pts.shape)
+
+        return ("diffusion", fn, with_args), evaluate
+    if isinstance(model, VectorField):
+        f: Any = model.f
+        batched = model.batched
+
+        def evaluate(pts, t, args):
+            if with_args:
+                out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), t, pts, args)
+            else:
+                out = _traced(f if batched else jax.vmap(f), t, pts)
+            check_array(out, pts)
+            return out.astype(pts.dtype)
+
+        return ("field", f, batched, with_args), evaluate
+    raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
+
+
+def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callable:
+    """The jitted ``run(x, tabs, tol2, zeros, args) -> (x_T, counts)``, ``counts`` = [rounds, nfe, width,
+    bad, each sweep's new window start (T entries)]; cached per (model function, T, W, seed, scale,
+    conversion, check, args); jax retraces it per shape and dtype of x."""
+    key_model, evaluate = _evaluator(model, with_args)
+    T, W, seed, scale, converts = setup.T, setup.W, setup.seed, setup.scale, setup.converts
+    p = 1  # the local error estimate's order (``LocalError.p``): the compiled solvers are first order
+    key = (key_model, T, W, seed, scale, converts, check)
+    fn = _JITTED.get(key)
+    if fn is not None:
+        _JITTED.move_to_end(key)
+        return fn
+
+    def run(x, tabs, tol2, zeros, args):
+        count_compilation()
+        S, N, dt = x.shape, x.size, x.dtype
+        cmp = tol2.dtype
+        R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
+
+        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares
+            return (d * d).reshape(d.shape[0], R, -1).sum(-1)
+
+        lane = jnp.arange(W, dtype=jnp.int32)
+        rows = jnp.arange(W + 1, dtype=jnp.int32)
+        tri = jnp.tril(jnp.ones((W, W), dt))
+        # the carry holds the window only (x_b .. x_{b+W}; the quantity at b - 1): a
+        # dynamic update of a T-row buffer copies the whole buffer per iteration on XLA:CPU
+        Xw = jnp.broadcast_to(x.reshape(1, N), (W + 1, N))
+        tiny = Qh = None
+        if scale == "error":
+            tiny = 1e-30 + 1e-24 * jnp.max(row_sq(x.reshape(1, N)))
+            Qh = jnp.zeros((1, N), dt)
+        carry0 = (Xw, Qh, jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.zeros(T, jnp.int32),
+                  jnp.int32(NO_BAD))
+
+        def cond(c):
+            return (c[2] < T) & (c[7] == NO_BAD)
+
+        def body(c):
+            Xw, Qh, b, rounds, nfe, width, starts, bad = c
+            e = jnp.minimum(b + W, T)
+            n = e - b
+            active = lane < n
+            P, Pn = Xw[:W], Xw[1:]  # the window's points; x_{b+1} .. x_{b+W} before the sweep
+            ti = jnp.minimum(b + lane, T - 1)  # masked lanes (past T): a valid time, outputs unused
+            out = evaluate(P.reshape((W,) + S), tabs["t"][ti], args).reshape(W, N)
+            if check:  # out @ 0: 0 for a finite row, nan for a row with a nan or an inf (see run.py)
+                ok = jnp.isfinite(out @ zeros) | ~active
+                bad = jnp.where(ok.all(), NO_BAD, rounds * W + jnp.argmin(ok).astype(jnp.int32))
+            out = jnp.where(active[:, None], out, 0)  # masked lanes: nothing reaches the products below
+            Q = tabs["qa"][ti][:, None] * P + tabs["qb"][ti][:, None] * out if converts else out
+            Phi = tabs["a"][ti][:, None] * P + tabs["b"][ti][:, None] * Q
+
+            # the update from the left, x_{m+1}^new = Phi_m + (x_m^new - x_m^old), m = b + k: how far point
+            # b + k + 1 moves is d_k = sum_{l <= k} (Phi_l - x_{b+l+1}^old) (one product with a triangle of
+            # ones, a single pass; a lane-by-lane chain is recomputed in every later lane's kernel by XLA)
+            # and x_{b+k+1}^new = Phi_k + d_{k-1}: exactly Phi_k where no earlier point moved, as in the core
+            moved = jnp.matmul(tri, jnp.where(active[:, None], Phi - Pn, 0), precision=jax.lax.Precision.HIGHEST)
+            new = Phi + jnp.concatenate([jnp.zeros((1, N), dt), moved[:-1]])
+            csq = row_sq(moved)  # (W, R): the change of point b + k + 1
+            if scale == "noise":
+                w = tabs["w"][jnp.minimum(b + lane + 1, T)]
+                over = (jnp.max(csq * w[:, None], axis=1).astype(cmp) > tol2) & (w > 0)
+            else:
+                delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
+                E = row_sq(delta) * tabs["c2"][jnp.minimum(b + lane, T)][:, None] + tiny
+                bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
+                has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
+                est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
+                over = jnp.where(has[1:], jnp.max(csq / est, axis=1).astype(cmp) > tol2, jnp.max(csq, axis=1) > 0)
+            hit = over & active
+            nb = jnp.where(hit.any(), b + 1 + jnp.argmax(hit).astype(jnp.int32), e)
+            # the next window x_nb .. x_{nb+W}: the new points x_{b+1} .. x_e, then the seeds x_{e+1} ..
+            # (when e < b + W, e = T and what follows x_T is never used), as one product of a small
+            # matrix with the rows [new; d; d2]: a new point is picked (one term: exact), a seed combines
+            # x_e = new[n - 1] with the data predictions d = da x + dq q of the last evaluated point(s)
+            # (XLA:CPU emits a dynamic slice of joined rows, or a gather, as a slow per-element loop)
+            at = nb + rows  # the grid index of each row of the next window
+            col = jnp.arange(W + (0 if seed == "copy" else 2), dtype=jnp.int32)[None, :]
+            fresh = (col == jnp.where(at <= e, at - b - 1, n - 1)[:, None]).astype(dt)  # new x_at, or x_e
+            if seed == "copy":
+                pick, pool = fresh, new
+            else:  # x_e = new[n - 1] and the data predictions d (of point e - 1) and d2 (of point e - 2)
+                def prediction(k):
+                    j = b + k
+                    pt, q = (jax.lax.dynamic_index_in_dim(v, k, keepdims=False) for v in (P, Q))
+                    return tabs["da"][j] * pt + tabs["dq"][j] * q
+
+                two = n >= 2
+                pool = jnp.concatenate([new, prediction(n - 1)[None], prediction(jnp.maximum(n - 2, 0))[None]])
+                co = tabs["s1"][e] if seed == "jump" else jnp.where(two, tabs["s2"][e], tabs["s1"][e])
+                co = co[jnp.minimum(jnp.maximum(at - e - 1, 0), W - 1)]  # (W + 1, 3): on x_e, d, d2 (0 in "s1")
+                seeds = co[:, 0:1] * fresh + co[:, 1:2] * (col == W) + co[:, 2:3] * (col == W + 1)
+                pick = jnp.where((at > e)[:, None], seeds, fresh)
+            Xw = jnp.matmul(pick, pool, precision=jax.lax.Precision.HIGHEST)
+            if scale == "error":
+                Qh = jax.lax.dynamic_slice_in_dim(Q, nb - b - 1, 1)  # q at nb - 1 (>= b: a row of Q)
+            starts = starts.at[rounds].set(nb)
+            return Xw, Qh, nb, rounds + 1, nfe + n, jnp.maximum(width, n), starts, bad
+
+        Xw, _, _, rounds, nfe, width, starts, bad = jax.lax.while_loop(cond, body, carry0)
+        # the counts in one array (one transfer): rounds, nfe, width, bad, then the sweeps' new starts
+        return Xw[0].reshape(S), jnp.concatenate([jnp.stack([rounds, nfe, width, bad]), starts])
+
+    return _put(_JITTED, key, jax.jit(run))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the public entry point
+
+
+def parallel(
+    model: Any,
+    x: Any,
+    grid: Any,
+    solver: str | Solver = "euler",
+    *,
+    cores: int,
+    method: str | None = None,
+    tol: float | None = None,
+    args: Any = None,
+    executor: None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Result:
+    """``chords_core.parallel`` for its sliding-window methods, compiled: one ``lax.while_loop`` per call.
+
+    Runs the cascade sampler, ParaDiGMS or ParaSolver on a window of ``cores`` lanes as the core
+    does (``chords_core.methods.window.sliding_window``) and returns the same ``Result``: the
+    same ``x`` (to rounding), ``rounds``, ``nfe``, ``width``, ``log`` (a ``Sweep`` per sweep) and
+    ``trace``, with ``x`` a jax array. Each sweep is one batched model call and nothing returns to
+    the host until the run is over (then one transfer: the counts and the sweeps' window starts).
+
+    Args:
+        model: a ``DiffusionModel`` or ``VectorField`` whose function jax can trace.
+        x: the initial state (shape (B, ...) for a ``DiffusionModel``), floating.
+        grid: the T + 1 times.
+        solver: ``"euler"`` or ``"ddim"`` (``WINDOW_SOLVERS``; or such a bound ``Solver``): one
+            evaluation per step, no history. Others raise ``ValueError`` naming ``solver``.
+        cores: the window's lanes, 1 <= cores <= T.
+        method: ``"cascade"`` (``None``: the core's ``RECOMMENDED``), ``"paradigms"`` or
+            ``"parasolver"``. ``"chords"`` and ``"srds"`` are ``chords_jax.chords`` /
+            ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
+        tol: the acceptance tolerance (``None``: the method's default, as in the core: cascade 1.0
+            times the local error estimate; ParaDiGMS and ParaSolver 0.1 of the noise level).
+        args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
+            ``f(t, y, args)``): new values without recompiling.
+        executor: must be ``None``.
+        progress: accepted and ignored.
+        options: the method's own options (cascade: ``anderson`` (0 only) and ``ridge``;
+            ParaDiGMS / ParaSolver: ``variance``, ``multistep``) and the solver's.
+
+    Returns:
+        The core's ``Result`` (``hits`` one output, ``coarse`` ``None``).
+
+    In float64 the result equals the core's (every count, the log and the trace; ``x`` to ~1e-15)
+    for ``tol > 0``. At ``tol=0`` a point is accepted only when its change is exactly zero (the
+    iterate reached a bitwise fixed point), which depends on the last bit of every operation; the
+    sweeps may then differ from the core's (as the core's own do between numpy and jax arrays),
+    and ``x`` is the sequential solution either way.
+    """
+    if executor is not None:
+        raise ValueError("executor: chords_jax compiles the model evaluation itself; pass executor=None")
+    name = RECOMMENDED if method is None else method
+    if name not in WINDOW_METHODS:
+        if isinstance(name, str) and name in _NOT_COMPILED:
+            raise ValueError(f"method: {_NOT_COMPILED[name]}")
+        raise ValueError(f"method must be one of {sorted(WINDOW_METHODS)} or None (compiled here; "
+                         f"chords_core.parallel has {sorted(METHODS)}), got {method!r}")
+    cores = check_int("cores", cores, 1)
+    seed, scale, default_tol, own = WINDOW_METHODS[name]
+    if name != "cascade" and "window" in options:  # as the core's parallel (cascade: a solver option)
+        raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
+    mine = {k: options.pop(k) for k in own if k in options}
+    call = begin(model, x, grid, solver, None, options)
+    sol, model = call.solver, call.model
+    T = sol.steps
+    W = check_int("window", cores, 1, T)
+    tol2 = check_float("tol", default_tol if tol is None else tol, 0.0) ** 2
+    variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
+    check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
+    anderson = check_int("anderson", mine.get("anderson", 0), 0)
+    check_float("ridge", mine.get("ridge", 1e-3), 0.0)
+    if anderson:
+        raise ValueError("anderson: triangular Anderson mixing is not compiled (a ridge least-squares solve per "
+                         "point from a residual history of varying length); use anderson=0 or chords_core.cascade")
+    _check_solver(sol)
+    x = _as_state(x)
+    shape = tuple(x.shape)
+    numel_row = int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
+    setup: _Setup | None = None
+    key = None
+    if isinstance(solver, str):
+        opts = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        key = (_model_key(model), call.times.tobytes(), solver, opts, W, seed, scale, variance, numel_row)
+        setup = _SETUPS.get(key)
+        if setup is not None:
+            _SETUPS.move_to_end(key)
+    if setup is None:
+        setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row)
+        if key is not None:
+            _put(_SETUPS, key, setup)
+    check = bool(model.check_outputs)  # "auto" and "deferred" too: checked on the device
+    run = _program(model, setup, check, args is not None)
+    x_T, counts = run(x, setup.arrays(x.dtype), _threshold(tol2, x.dtype), _zeros(x.size, x.dtype), args)
+    counts = np.asarray(counts)
+    rounds, nfe, width, bad = (int(v) for v in counts[:4])
+    starts = counts[4:]
+    if bad != NO_BAD:
+        r, k = divmod(bad, W)
+        b = int(starts[r - 1]) if r else 0
+        raise ModelOutputError(k, f"round {r + 1}, window point {b + k} (stage 0, t={setup.t[b + k]:.6g}): "
+                                  "model returned non-finite values (nan or inf)")
+    log, trace = _records(W, T, tuple(int(v) for v in starts[:rounds]))
+    return Result(x=x_T, rounds=rounds, nfe=nfe, hits=(Hit(0, rounds, nfe, x_T),), coarse=None,
+                  stopped_by=f"window reached T after {len(log)} sweeps", method=name, sequential_rounds=T,
+                  width=width, trace=trace, log=log)
+
+
+def _zeros(size: int, dtype: Any) -> Any:
+    """The output check's operand: ``size`` zeros on the device (an argument, so never folded)."""
+    key = (size, np.dtype(dtype).name)
+    z = _ZEROS.get(key)
+    return z if z is not None else _put(_ZEROS, key, jnp.zeros(size, dtype))
+
+
+def _records(W: int, T: int, starts: tuple[int, ...]) -> tuple[tuple, tuple]:
+    """(log, trace) of the sweeps whose new window starts are ``starts``: sweep r evaluates the
+    points b .. e - 1 in round r (lane m - b, stage 0); cached."""
+    key = (W, T, starts)
+    got = _TRACES.get(key)
+    if got is not None:
+        return got
+    log, trace, b = [], [], 0
+    for r, nb in enumerate(starts, 1):
+        e = min(b + W, T)
+        log.append(Sweep(r, b, e, nb))
+        trace.append(Round(r, tuple(Eval(m - b, m, 0, m) for m in range(b, e))))
+        b = nb
+    return _put(_TRACES, key, (tuple(log), tuple(trace)))

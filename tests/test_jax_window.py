@@ -1,0 +1,241 @@
+"""chords_jax.parallel: the core's sliding-window methods (cascade, ParaDiGMS, ParaSolver) compiled as one
+lax.while_loop, equal to chords_core.parallel in float64 (rounds, NFE, width, sweep log, trace; x to 1e-12)
+for tol > 0, the sequential solution at tol 0 (where acceptance is a last-bit matter: a change exactly zero),
+compiled once per shape, its errors named as the core names them.
+
+Each distinct (model, T, cores, method, solver kind) costs a compile (~0.5-1 s here); the tolerances of a
+case share one executable.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)  # the agreement tests need float64
+import jax.numpy as jnp  # noqa: E402
+
+import chords_core as cc  # noqa: E402
+import chords_jax as cj  # noqa: E402
+from chords_core.models import ModelOutputError  # noqa: E402
+from chords_core.problems import GaussianMixture, LinearODE  # noqa: E402
+
+FLOW = cc.RectifiedFlow()
+GMM = GaussianMixture.random(4, 3, seed=3)
+XG = np.random.default_rng(4).standard_normal((3, 4))
+METHODS = ("cascade", "paradigms", "parasolver")
+# per method: tolerances around its default (cascade: times the local error; the others: of the noise level)
+TOLS = {"cascade": (0.05, 0.3, 1.0, 3.0), "paradigms": (0.01, 0.05, 0.1, 0.3), "parasolver": (0.01, 0.05, 0.1, 0.3)}
+
+
+def gmm_fn(prediction):
+    """``GMM.prediction_fn(FLOW, prediction)`` in jax.numpy (alpha = 1 - t, sigma = t)."""
+
+    def fn(x, t):
+        a, s = (1.0 - t)[:, None, None], t[:, None, None]
+        c = a * a * GMM.variances + s * s
+        r = x[:, None, :] - a * GMM.means
+        log_joint = jnp.log(GMM.weights) - 0.5 * jnp.sum(r * r / c + jnp.log(2 * jnp.pi * c), axis=-1)
+        gamma = jax.nn.softmax(log_joint, axis=1)[..., None]
+        x0 = jnp.sum(gamma * (GMM.means + a * GMM.variances / c * r), axis=1)
+        return x0 if prediction == "x0" else (x - x0) / t[:, None]  # flow = eps - x0 = (x - x0) / t
+
+    return fn
+
+
+D = 5
+_W = np.random.default_rng(1).standard_normal((D, D)) / np.sqrt(D)
+XD = np.random.default_rng(0).standard_normal((3, D))
+
+
+def denoiser(x, t):
+    """A smooth nonlinear 'network' written for numpy and jax alike."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.tanh(x @ _W + t[:, None]) * 0.5 + 0.2 * x
+
+
+ODE = LinearODE.random(4, seed=1)
+Y0 = np.random.default_rng(4).standard_normal(4)
+_A = jnp.asarray(ODE.A)
+
+# name: (numpy model, jax model, x, grid)
+PROBLEMS = {
+    "gmm_x0": (GMM.model(FLOW, "x0"), cc.DiffusionModel(gmm_fn("x0"), FLOW, "x0"), XG, cc.time_grid(FLOW, 30)),
+    "gmm_flow": (GMM.model(FLOW, "flow"), cc.DiffusionModel(gmm_fn("flow"), FLOW, "flow"), XG, cc.time_grid(FLOW, 30)),
+    "vp_v": (cc.DiffusionModel(denoiser, cc.VP.cosine(), "v"), cc.DiffusionModel(denoiser, cc.VP.cosine(), "v"), XD,
+             cc.time_grid(cc.VP.cosine(), 20, "logsnr")),
+    "ode": (ODE.vector_field(), cc.VectorField(lambda t, y: y @ _A.T, batched=True), Y0, np.linspace(0.0, 1.0, 25)),
+    "ode_unbatched": (ODE.vector_field(), cc.VectorField(lambda t, y: _A @ y), Y0, np.linspace(0.0, 1.0, 25)),
+}
+
+
+def close(a, b, tol=1e-12):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and float(np.max(np.abs(a - b))) <= tol * max(1.0, float(np.max(np.abs(b))))
+
+
+def same(got, ref, tol=1e-12):
+    """The core's ``Result``: every count, the sweep log and trace exactly; x within ``tol`` (relative)."""
+    keys = ("rounds", "nfe", "width", "method", "stopped_by", "sequential_rounds", "log", "trace")
+    assert {k: getattr(got, k) for k in keys} == {k: getattr(ref, k) for k in keys}
+    assert [(h.core, h.round, h.nfe) for h in got.hits] == [(h.core, h.round, h.nfe) for h in ref.hits]
+    assert got.coarse is None and ref.coarse is None
+    assert isinstance(got.x, jax.Array) and got.x.dtype == jnp.float64 and close(got.x, ref.x, tol)
+    assert close(got.hits[0].x, ref.x, tol)
+
+
+def check_case(problem, solver, method, cores):
+    nmodel, jmodel, x, grid = PROBLEMS[problem]
+    seq = cc.solve(nmodel, x, grid, solver)
+    for tol in TOLS[method] + (None,):
+        kw = {} if tol is None else {"tol": tol}  # None: the method's default, as in the core
+        ref = cc.parallel(nmodel, x, grid, solver, cores=cores, method=method, **kw)
+        same(cj.parallel(jmodel, x, grid, solver, cores=cores, method=method, **kw), ref)
+    # tol = 0: a point is accepted only when its change is exactly zero (the iterate reached a bitwise
+    # fixed point), a last-bit matter on which backends differ; the answer is the sequential solution
+    got = cj.parallel(jmodel, x, grid, solver, cores=cores, method=method, tol=0.0)
+    assert close(got.x, seq) and got.rounds <= got.sequential_rounds and got.nfe >= got.rounds
+    assert got.log[-1].accepted_to == len(grid) - 1
+    if cores == 1:  # one lane: the sequential solver, one step per round
+        same(got, cc.parallel(nmodel, x, grid, solver, cores=1, method=method, tol=0.0))
+        assert got.rounds == len(grid) - 1
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 8])
+@pytest.mark.parametrize("method", METHODS)
+def test_euler_on_the_mixture_equals_the_core(method, cores):
+    check_case("gmm_x0", "euler", method, cores)
+
+
+@pytest.mark.parametrize("problem, solver, methods", [
+    ("gmm_flow", "ddim", METHODS), ("vp_v", "ddim", METHODS), ("gmm_x0", "ddim", ("cascade",)),
+    ("gmm_flow", "euler", ("parasolver",)), ("vp_v", "euler", ("paradigms",))])
+def test_ddim_and_other_parametrisations_equal_the_core(problem, solver, methods):
+    for method in methods:
+        check_case(problem, solver, method, 4)
+
+
+@pytest.mark.parametrize("cores, methods", [(3, METHODS), (1, ("paradigms",)), (8, ("cascade",))])
+def test_a_vector_field_equals_the_core(cores, methods):
+    nmodel, jmodel, x, grid = PROBLEMS["ode"]
+    for method in methods:
+        check_case("ode", "euler", method, cores)
+        ref = cc.parallel(nmodel, x, grid, "euler", cores=cores, method=method, tol=0.0)
+        # here no iterate reaches a bitwise fixed point before it is exact: tol 0 agrees sweep for sweep
+        same(cj.parallel(jmodel, x, grid, "euler", cores=cores, method=method, tol=0.0), ref)
+
+
+def test_an_unbatched_vector_field_and_the_official_options():
+    nmodel, jmodel, x, grid = PROBLEMS["ode_unbatched"]
+    same(cj.parallel(jmodel, x, grid, "euler", cores=4, method="cascade", tol=0.05),
+         cc.parallel(nmodel, x, grid, "euler", cores=4, method="cascade", tol=0.05))
+    nmodel, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    for opts in ({"variance": "out"}, {"variance": "out", "multistep": "restart"}):
+        same(cj.parallel(jmodel, x, grid, "euler", cores=4, method="paradigms", **opts),
+             cc.parallel(nmodel, x, grid, "euler", cores=4, method="paradigms", **opts))
+    same(cj.parallel(jmodel, x, grid, "euler", cores=4, ridge=0.5), cc.parallel(nmodel, x, grid, "euler", cores=4,
+                                                                                  ridge=0.5))
+
+
+def test_the_default_method_is_the_cores():
+    nmodel, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    got = cj.parallel(jmodel, x, grid, cores=4)
+    assert got.method == cc.methods.RECOMMENDED
+    same(got, cc.parallel(nmodel, x, grid, cores=4))
+
+
+def test_compiled_once_per_shape():
+    _, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    cj.parallel(jmodel, x, grid, "euler", cores=4, method="parasolver")
+    n = cj.compilations()
+    # another x, tolerance and grid of the same length: the same executable
+    other = np.linspace(0.95, 0.0, 31)
+    res = cj.parallel(jmodel, x * 0.5, other, "euler", cores=4, method="parasolver", tol=0.02)
+    assert cj.compilations() == n
+    nmodel = PROBLEMS["gmm_x0"][0]
+    same(res, cc.parallel(nmodel, x * 0.5, other, "euler", cores=4, method="parasolver", tol=0.02))
+    # chords_jax.clear_cache drops the window programs with the others: the next call compiles again
+    cj.clear_cache()
+    cj.parallel(jmodel, x, grid, "euler", cores=4, method="parasolver")
+    assert cj.compilations() == n + 1
+
+
+def test_weights_as_args():
+    w = {"w": jnp.asarray(_W), "c": jnp.asarray(0.2)}
+
+    def fn(x, t, args):
+        return jnp.tanh(x @ args["w"] + t[:, None]) * 0.5 + args["c"] * x
+
+    sched = cc.VP.cosine()
+    grid = cc.time_grid(sched, 20, "logsnr")
+    model = cc.DiffusionModel(fn, sched, "v")
+    a = cj.parallel(model, XD, grid, "ddim", cores=4, method="paradigms", args=w)
+    same(a, cc.parallel(PROBLEMS["vp_v"][0], XD, grid, "ddim", cores=4, method="paradigms"))
+    n = cj.compilations()
+    w2 = {"w": jnp.asarray(_W * 0.5), "c": jnp.asarray(0.1)}
+    b = cj.parallel(model, XD, grid, "ddim", cores=4, method="paradigms", args=w2)
+    assert cj.compilations() == n
+    ref = cc.parallel(cc.DiffusionModel(lambda x, t: np.tanh(x @ (_W * 0.5) + t[:, None]) * 0.5 + 0.1 * x, sched, "v"),
+                      XD, grid, "ddim", cores=4, method="paradigms")
+    same(b, ref)
+
+
+def test_float32_stays_float32_near_the_sequential_solution():
+    _, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    x32 = x.astype(np.float32)
+    seq = cc.solve(PROBLEMS["gmm_x0"][0], x, grid, "euler")
+    model32 = cc.DiffusionModel(lambda x, t: gmm_fn("x0")(x, t).astype(x.dtype), FLOW, "x0")
+    for method in ("cascade", "parasolver"):
+        res = cj.parallel(model32, x32, grid, "euler", cores=4, method=method, tol=0.0)
+        assert res.x.dtype == jnp.float32 and close(res.x, seq, 1e-5)
+
+
+def core_error(call):
+    with pytest.raises((ValueError, TypeError, ModelOutputError)) as info:
+        call()
+    return info.value
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"tol": -1.0}, {"tol": float("nan")}, {"tol": float("inf")}, {"tol": "0.1"}, {"cores": 0}, {"cores": 31},
+    {"cores": 2.5}, {"method": "paradigms", "variance": "mid"}, {"method": "paradigms", "multistep": "keep"},
+    {"ridge": -1.0}, {"method": "paradigms", "window": 3}, {"solver": "nope"}, {"grid": [1.0]},
+    {"solver": "euler", "order": 2},
+])
+def test_bad_arguments_raise_the_cores_errors(kwargs):
+    nmodel, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    kw = {"cores": 4, "solver": "euler", "grid": grid, **kwargs}
+    g, s = kw.pop("grid"), kw.pop("solver")
+    ref = core_error(lambda: cc.parallel(nmodel, x, g, s, **kw))
+    got = core_error(lambda: cj.parallel(jmodel, x, g, s, **kw))
+    assert type(got) is type(ref) and str(got) == str(ref)
+
+
+def test_what_is_not_compiled_is_named():
+    _, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    for method, words in (("foo", "method must be one of"), ("parataa", "Anderson"), ("chords", "chords_jax.chords"),
+                          ("srds", "chords_jax.srds")):
+        with pytest.raises(ValueError, match=words):
+            cj.parallel(jmodel, x, grid, cores=4, method=method)
+    for solver, words in (("heun", "two model evaluations"), ("dpmpp_2m", "multistep"), ("dpmpp_3m", "multistep"),
+                          ("unipc", "multistep"), ("unip", "multistep")):
+        with pytest.raises(ValueError, match=rf"^solver: '{solver}' is not compiled .*{words}"):
+            cj.parallel(jmodel, x, grid, solver, cores=4)
+    with pytest.raises(ValueError, match="anderson: triangular Anderson mixing is not compiled"):
+        cj.parallel(jmodel, x, grid, cores=4, anderson=2)
+    with pytest.raises(ValueError, match="executor"):
+        cj.parallel(jmodel, x, grid, cores=4, executor=cc.BatchedExecutor())
+    with pytest.raises(TypeError, match="model: its function must be traceable by jax"):
+        cj.parallel(cc.DiffusionModel(lambda x, t: np.asarray(x) * 0.5, FLOW, "flow"), x, grid, cores=4)
+
+
+@pytest.mark.parametrize("method, bad", [("cascade", 0), ("paradigms", 7), ("parasolver", 29)])
+def test_a_non_finite_output_is_named_as_the_core_names_it(method, bad):
+    grid = cc.time_grid(FLOW, 30)
+    model = cc.DiffusionModel(lambda x, t: jnp.where(t[:, None] == grid[bad], jnp.nan, x * 0.5), FLOW, "flow")
+    ref = core_error(lambda: cc.parallel(model, jnp.asarray(XG), grid, cores=4, method=method, tol=0.05))
+    got = core_error(lambda: cj.parallel(model, XG, grid, cores=4, method=method, tol=0.05))
+    assert type(got) is ModelOutputError and str(got) == str(ref) and got.point == ref.point
+    assert str(got).startswith("round ") and f"window point {bad} " in str(got)
+    if method == "cascade":  # with the check off the run completes, as the core's does
+        model = cc.DiffusionModel(model.fn, FLOW, "flow", check_outputs=False)
+        assert not np.isfinite(np.asarray(cj.parallel(model, XG, grid, cores=4, method=method, tol=0.05).x)).all()
