@@ -62,6 +62,8 @@ SUPPORTED_SOLVERS = tuple(sorted(cc.SOLVERS))
 _PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
 _ARRAYS: OrderedDict[tuple, tuple] = OrderedDict()  # program arrays on the device(s), see _device_arrays
 _PROGRAMS_SIZE = 64
+#: more caches that ``clear_cache`` empties: modules built on this one register their clearing here
+CACHES: list[Callable[[], None]] = []
 
 
 def _cached_program(key: tuple) -> tuple | None:
@@ -385,12 +387,12 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
 
 
 def clear_cache() -> None:
-    """Drop every cached executable and symbolic program (``run.clear_cache``, the window methods'
-    ``window.clear_cache``); models and the arrays their functions hold are then released."""
-    from .window import clear_cache as _window_clear_cache  # window.py imports this module
-
+    """Drop every cached executable and symbolic program (``run.clear_cache`` and the caches of the
+    modules that registered in ``CACHES``, the window methods'); models and the arrays their
+    functions hold are then released."""
     _run_clear_cache()
-    _window_clear_cache()
+    for clear in CACHES:
+        clear()
     _PROGRAMS.clear()
     _ARRAYS.clear()
 

@@ -69,7 +69,7 @@ from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import _as_state, _model_key
+from .api import CACHES, _as_state, _model_key
 from .run import NO_BAD, count_compilation
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
@@ -111,6 +111,9 @@ def clear_cache() -> None:
     """Drop the cached window executables, coefficient tables and traces (and the models they hold)."""
     for cache in (_JITTED, _SETUPS, _TRACES, _ZEROS):
         cache.clear()
+
+
+CACHES.append(clear_cache)  # chords_jax.clear_cache empties these too
 
 
 def _put(cache: OrderedDict, key: tuple, value: Any) -> Any:
