@@ -216,11 +216,13 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
 
 
 class _Recorder(cc.Executor):
-    """An executor that records the traced memory in use at each round, then runs ``inner``."""
+    """An executor that records the traced memory in use at each round, then runs ``inner`` (and
+    stacks the points as ``inner`` does: the engine then hands it the same points)."""
 
     def __init__(self, inner: cc.Executor) -> None:
         self.trace: list[int] = []
         self.inner = inner
+        self.stacks_points = inner.stacks_points
 
     def __call__(self, model, xs, ts):
         self.trace.append(tracemalloc.get_traced_memory()[0])

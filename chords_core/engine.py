@@ -32,7 +32,7 @@ from .executors import Executor
 from .history import move
 from .local_error import LocalError
 from .models import Model, ModelOutputError
-from .plan import Plan
+from .plan import Plan, Round
 from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
@@ -112,10 +112,13 @@ class CoreRecords:
 
     ``states[c]``: the core's solver ``State``; ``anchor[c]``: (index b, point, quantity) of its
     anchor; ``slow[c]``: the slower core's (point, quantity) at b once evaluated; ``qs[c]``: the
-    stage quantities of the step in progress; ``coarse``: the coarse hit.
+    stage quantities of the step in progress; ``coarse``: the coarse hit. With ``widths`` (for an
+    executor that stacks a round's points into one call: ``Plan.widths_from``) large rounds' points
+    lie in round buffers (``_backend.RoundBuffers``).
     """
 
-    def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str, errors: bool = False):
+    def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str, errors: bool = False,
+                 widths: Sequence[int] | None = None):
         K = len(init)
         self.sol, self.init, self.history = sol, init, history
         self.local = LocalError(sol) if errors else None
@@ -131,17 +134,45 @@ class CoreRecords:
         self.slow: list = [None] * K
         self.qs: list = [None] * K
         self.coarse: Any = None
+        # rounds stacked into one batched call get their points written straight into a round buffer
+        # (no stacking copy): a point lives in it while it is evaluated and stepped (stages rounds), so
+        # one buffer more than that; what is kept longer (anchors, records) is copied out
+        self.nbytes = B._nbytes(x)
+        stack = widths is not None and B.RoundBuffers.suits(x)
+        self.buffers = B.RoundBuffers(x, max(sol.evals_per_step()) + 1) if stack else None
+        self.next: tuple[int, B.Rows] | None = None  # (round number, its buffer rows), filled by apply
+        self.widths: Sequence[int] = widths or ()  # per round (by number - 1): the most points of a round from it on
 
-    def points(self, rows: Sequence[tuple]) -> list:
-        """The point each evaluation of the round is at (stage 0: the state; later stages: the
-        solver's); ``rows``: the round's ``Round.rows``."""
+    def _buffer(self, rd: Round) -> B.Rows | None:
+        """The round buffer rows for ``rd``'s points, or ``None`` where its points are not written into
+        one (no buffers, one point, or fewer than ``ROUND_BUFFER_MIN_BYTES``)."""
+        n = len(rd.evals)
+        if self.buffers is None or n < 2 or n * self.nbytes < B.ROUND_BUFFER_MIN_BYTES:
+            return None
+        return self.buffers.take(rd.number, n, self.widths[rd.number - 1])
+
+    def points(self, rd: Round) -> list:
+        """The point each evaluation of round ``rd`` is at (stage 0: the state; later stages: the
+        solver's): a ``Stacked`` list of the round buffer's rows where the round has one (points not
+        yet there are copied in)."""
         st, sol, qs = self.states, self.sol, self.qs
-        return [st[c].x if k == 0 else sol.stage_point(st[c], qs[c], i, i + 1, k)[0]
-                for c, i, k, _, _, _, _, _, _ in rows]  # plan.Eval's fields in order
+        pts = [st[c].x if k == 0 else sol.stage_point(st[c], qs[c], i, i + 1, k)[0]
+               for c, i, k, _, _, _, _, _, _ in rd.rows]  # plan.Eval's fields in order
+        if self.buffers is None:
+            return pts
+        nxt, self.next = self.next, None
+        rb = nxt[1] if nxt is not None and nxt[0] == rd.number else self._buffer(rd)
+        if rb is None:
+            return pts
+        for x, slot in zip(pts, rb.slots):
+            if x is not slot and not B.copy_into(slot, x):
+                return pts  # a point unlike the buffer (dtype, device, gradients): stacked by the executor
+        return B.Stacked(rb)
 
-    def apply(self, rows: Sequence[tuple], xs: Sequence[Any], outs: Sequence[Any]) -> list[tuple[int, Any]]:
-        """Take the round's model outputs (``rows``: the round's ``Round.rows``): spawn, record, step,
-        rectify.
+    def apply(self, rd: Round, xs: Sequence[Any], outs: Sequence[Any],
+              nxt: Round | None = None) -> list[tuple[int, Any]]:
+        """Take round ``rd``'s model outputs at its points ``xs``: spawn, record, step, rectify; the
+        steps write the next round's (``nxt``) points into its round buffer, if it has one.
 
         Returns:
             The (core, output) of the cores finishing this round, fastest first.
@@ -150,17 +181,35 @@ class CoreRecords:
         states, anchor, slow, qs = self.states, self.anchor, self.slow, self.qs
         history, convert, local, keep = self.history, self.convert, self.local, self.keep
         shift = history == "shift"
+        stacked = False  # whether the points are the rows of a round buffer (copied where kept)
+        slots = starts = None  # the next round's buffer rows, and which of them each core's step fills
+        if self.buffers is not None:
+            if isinstance(xs, B.Stacked):
+                stacked = True
+                if not xs.joined:  # not through a workspace (which copies those): an output that is its input, say
+                    buf = xs.rows.whole
+                    outs = [B.unshared(o, buf) for o in outs]
+            rb = self._buffer(nxt) if nxt is not None else None
+            if rb is not None and nxt is not None:
+                slots, starts = rb.slots, nxt.starts
+                self.next = (nxt.number, rb)
+        consumed = rd.rectifying
         hits = []
         # the fields of each ``plan.Eval``, in its declared order (unpacked once: the hot loop)
-        for (c, i, stage, ti, spawn, record_for, completes, rectify_from, hit), xe, out in zip(rows, xs, outs):
+        for (c, i, stage, ti, spawn, record_for, completes, rectify_from, hit), xe, out in zip(rd.rows, xs, outs):
             q = out if convert is None else convert(xe, out, ti)
             if stage == 0:
                 qs[c] = [q]
                 if local is not None:
                     self._observe(c, i, q)
                 kept = c and anchor[c][0] == i
-                if keep is not None and (kept or record_for is not None):
-                    q = keep(q)  # kept past the round: owned, not a view pinning the round's whole output
+                # kept past the round: owned, not a view pinning the round's whole output or buffer (a
+                # record used by a rectification of this round is not)
+                if kept or (record_for is not None and record_for not in consumed):
+                    if keep is not None:
+                        q = keep(q)
+                    if stacked:
+                        xe = B.clone(xe)
                 if kept:
                     anchor[c] = (i, xe, q)
                 if record_for is not None:
@@ -175,7 +224,10 @@ class CoreRecords:
             else:
                 qs[c].append(q)
             if completes:
-                new = sol.step(states[c], qs[c], i, i + 1)
+                p = None if starts is None else starts.get(c)
+                new = (sol.step(states[c], qs[c], i, i + 1) if p is None
+                       else sol._step_into(states[c], qs[c], i, i + 1, slots[p]))  # type: ignore[index]
+                qs[c] = None  # the step's quantities are done with (nor do they pin the round's output)
                 b = rectify_from
                 if b is not None:
                     _, xa, qa = anchor[c]
@@ -187,7 +239,7 @@ class CoreRecords:
                 states[c] = new
                 if hit:
                     hits.append((c, new.x))
-                    states[c] = anchor[c] = slow[c] = qs[c] = None  # a finished core's records are freed
+                    states[c] = anchor[c] = slow[c] = None  # a finished core's records are freed
         if len(hits) > 1:
             hits.sort(key=lambda h: -h[0])
         return hits
@@ -232,7 +284,10 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     """
     limit = plan.stop_round(rule)
     wants_error = bool(getattr(rule, "uses_error_estimate", False))
-    records = CoreRecords(sol, x, plan.init, history, errors=wants_error)
+    # round buffers where the executor stacks the points and the widest round is large enough for them
+    stack = (getattr(executor, "stacks_points", False) is True
+             and plan.width(limit) * B._nbytes(x) >= B.ROUND_BUFFER_MIN_BYTES)
+    records = CoreRecords(sol, x, plan.init, history, errors=wants_error, widths=plan.widths_from if stack else None)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -247,14 +302,14 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         e = evs[p]
         return f"core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g})"
 
+    rounds = plan.rounds[:limit]
     try:
-        for rd in plan.rounds[:limit]:
-            rows = rd.rows
-            xs = records.points(rows)
+        for n, rd in enumerate(rounds, 1):
+            xs = records.points(rd)
             outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
                                   deferred=deferred)
-            nfe += len(rows)
-            finished = records.apply(rows, xs, outs)
+            nfe += len(xs)
+            finished = records.apply(rd, xs, outs, rounds[n] if n < len(rounds) else None)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)
             for c, xh in finished:  # cores finishing this round, fastest first
                 deferred.verify()  # before anyone looks at an output

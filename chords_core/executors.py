@@ -18,7 +18,14 @@ __all__ = ["Executor", "SerialExecutor", "BatchedExecutor"]
 
 
 class Executor:
-    """Base class of executors: evaluate the points of one round. Subclasses implement ``__call__``."""
+    """Base class of executors: evaluate the points of one round. Subclasses implement ``__call__``.
+
+    ``stacks_points``: the executor evaluates a round with one ``model.evaluate(xs, ts, batched=True,
+    workspace=...)`` call on the list ``xs`` it is given, so the engine may hand it points that already
+    lie stacked in one buffer (``_backend.Stacked``: no stacking copy). False by default.
+    """
+
+    stacks_points = False
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
         """Evaluate ``model`` at the points (xs[k], ts[k]) of one round.
@@ -61,9 +68,12 @@ class BatchedExecutor(Executor):
     """All points of a round in one batched call with per-sample times: the single-device mode.
 
     The stacked points go into a buffer reused from round to round (``Workspace``); a model output
-    that shares memory with it is copied. A model must not keep a reference to its input.
+    that shares memory with it is copied. For large rounds the CHORDS engine writes the points
+    straight into such a buffer (``stacks_points``), so the model's input is the points themselves.
+    A model must not keep a reference to its input, nor modify it.
     """
 
+    stacks_points = True
     workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:

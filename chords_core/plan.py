@@ -76,8 +76,8 @@ class Round:
     coarse_hit: bool = False
 
     def __getstate__(self) -> dict:
-        """The fields only: the cached views (``rows``, ``time_indices``) are rebuilt on use."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("rows", "time_indices")}
+        """The fields only: the cached views (``rows``, ``time_indices``, ...) are rebuilt on use."""
+        return {k: v for k, v in self.__dict__.items() if k not in _ROUND_CACHE}
 
     @functools.cached_property
     def rows(self) -> tuple[tuple, ...]:
@@ -90,6 +90,18 @@ class Round:
         """The grid index each evaluation of the round is at, in order."""
         return tuple(e.time_index for e in self.evals)
 
+    @functools.cached_property
+    def starts(self) -> dict[int, int]:
+        """{core: position in ``evals``} of the evaluations at a step's first stage (at the core's
+        state, which the previous round made)."""
+        return {e.core: p for p, e in enumerate(self.evals) if e.stage == 0}
+
+    @functools.cached_property
+    def rectifying(self) -> frozenset[int]:
+        """The cores rectified in this round (each from its slower neighbour's record of this round or
+        an earlier one)."""
+        return frozenset(e.core for e in self.evals if e.rectify_from is not None)
+
     @property
     def hits(self) -> tuple[int, ...]:
         """Cores finishing this round, in arrival order (fastest first)."""
@@ -99,6 +111,9 @@ class Round:
     def rectified(self) -> tuple[tuple[int, int, int], ...]:
         """(core, anchor index b, new index j) of the rectifications applied this round."""
         return tuple((e.core, e.rectify_from, e.index + 1) for e in self.evals if e.rectify_from is not None)
+
+
+_ROUND_CACHE = ("rows", "time_indices", "starts", "rectifying")  # Round's cached properties
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,15 @@ class Plan:
             w = max(w, len(r.evals))
             out.append(w)
         return tuple(out)
+
+    @functools.cached_property
+    def widths_from(self) -> tuple[int, ...]:
+        """Per round (by number - 1): the most evaluations in one round from it to the last."""
+        out, w = [], 0
+        for r in reversed(self.rounds):
+            w = max(w, len(r.evals))
+            out.append(w)
+        return tuple(reversed(out))
 
     def width(self, rounds: int) -> int:
         """The most evaluations in one of the first ``rounds`` rounds (the cores busy at once).

@@ -170,6 +170,16 @@ class Solver:
         """
         raise NotImplementedError
 
+    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step``, with the new point written into ``out`` where the solver can (the engine's round
+        buffer: the points of the next batched call, no copy). The result is ``step``'s bit for bit;
+        its point is ``out`` or, where the solver cannot write there, a new array.
+
+        Internal: the library's solvers write into ``out`` (through ``_backend.lincomb_into``) unless a
+        subclass overrides ``step``; this default calls ``step``.
+        """
+        return self.step(state, qs, i, j)
+
     def jump_coeffs(self, i: int, j: int) -> tuple[float, float]:
         """Coefficients (a, b) of the zero-cost first-order jump G(x, q; i -> j) = a x + b q.
 

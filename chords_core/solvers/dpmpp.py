@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._backend import lincomb
+from .._backend import lincomb, lincomb_into
 from ..checks import check_int
 from ..models import Model
 from .base import Array, DataSolver, State
@@ -59,10 +59,20 @@ class DPMSolverPP(DataSolver):
         Returns:
             The ``State`` at ``j`` with D_i pushed onto the history.
         """
+        return self._step(state, qs, i, j, None)
+
+    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
+        if type(self).step is not DPMSolverPP.step:  # a subclass's own step
+            return self.step(state, qs, i, j)
+        return self._step(state, qs, i, j, out)
+
+    def _step(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
         p = self.order_at(state, i, j, self.order, self.lower_order_final)
         prev = tuple(k for k, _ in state.hist[: p - 1])
         c = self._coeffs(i, j, prev)
-        x = lincomb(c, (state.x, qs[0]) + tuple(q for _, q in state.hist[: p - 1]))
+        arrays = (state.x, qs[0]) + tuple(q for _, q in state.hist[: p - 1])
+        x = lincomb(c, arrays) if out is None else lincomb_into(c, arrays, out)
         return State(x, self._push(state, i, qs[0]))
 
     def _coeffs(self, i, j, prev):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._backend import axpy, lincomb
+from .._backend import axpy, axpy_into, lincomb, lincomb_into
 from ..models import DiffusionModel, Model
 from .base import Array, Solver, State
 
@@ -71,6 +71,17 @@ class Euler(Solver):
         if self._final_zero and j == self.steps:
             return State(lincomb(self._final(i), (state.x, qs[0])))
         return State(axpy(self.t[j] - self.t[i], qs[0], state.x))  # x + h f, as lincomb forms it
+
+    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
+        if type(self).step is not Euler.step:  # a subclass's own step
+            return self.step(state, qs, i, j)
+        return self._euler_into(state, qs, i, j, out)
+
+    def _euler_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        if self._final_zero and j == self.steps:
+            return State(lincomb_into(self._final(i), (state.x, qs[0]), out))
+        return State(axpy_into(self.t[j] - self.t[i], qs[0], state.x, out))
 
 
 class Heun(Euler):
@@ -129,3 +140,12 @@ class Heun(Euler):
             return super().step(state, qs, i, j)
         h = self.t[j] - self.t[i]
         return State(lincomb((1.0, 0.5 * h, 0.5 * h), (state.x, qs[0], qs[1])))
+
+    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
+        if type(self).step is not Heun.step:  # a subclass's own step
+            return self.step(state, qs, i, j)
+        if len(qs) == 1:
+            return self._euler_into(state, qs, i, j, out)
+        h = self.t[j] - self.t[i]
+        return State(lincomb_into((1.0, 0.5 * h, 0.5 * h), (state.x, qs[0], qs[1]), out))

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._backend import lincomb
+from .._backend import lincomb, lincomb_into
 from ..checks import check_choice, check_int
 from ..models import Model
 from .base import Array, DataSolver, State
@@ -74,6 +74,15 @@ class UniPC(DataSolver):
             The ``State`` at ``j`` (the predicted point), with D_i pushed onto the history and the
             corrector of this step pending in ``aux`` (none on a final step to sigma = 0).
         """
+        return self._step(state, qs, i, j, None)
+
+    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
+        if type(self).step is not UniPC.step:  # a subclass's own step
+            return self.step(state, qs, i, j)
+        return self._step(state, qs, i, j, out)
+
+    def _step(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
         x, d = state.x, qs[0]
         if state.aux is not None:  # UniC for the step (s -> i) that produced x
             s, prev_c = state.aux
@@ -83,7 +92,8 @@ class UniPC(DataSolver):
         p = self.order_at(state, i, j, self.order, True)
         prev = tuple(k for k, _ in state.hist[: p - 1])
         cp = self._predictor(i, j, prev)
-        x_next = lincomb(cp, (x, d) + tuple(q for _, q in state.hist[: p - 1]))
+        arrays = (x, d) + tuple(q for _, q in state.hist[: p - 1])
+        x_next = lincomb(cp, arrays) if out is None else lincomb_into(cp, arrays, out)
         correct = self.corrector and self.sigma[j] > 0.0 and j < self.steps and self.lam[i] > -math.inf
         aux = (i, prev) if correct else None
         return State(x_next, self._push(state, i, d), aux)

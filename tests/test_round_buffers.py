@@ -1,0 +1,192 @@
+"""Round buffers: the engine writes a large round's new points where the batched model call reads them
+(no stacking copy), with the same results bit for bit as the serial executor and as plain stacking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import chords_core as cc
+from chords_core import _backend as B
+from chords_core.solvers import Euler
+
+T, CORES = 12, 4
+
+
+def _bits_equal(a, b) -> bool:
+    """Equal bit for bit (signed zeros too), numpy or torch."""
+    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _same_run(a: cc.Result, b: cc.Result) -> bool:
+    return (a.rounds, a.nfe, len(a.hits)) == (b.rounds, b.nfe, len(b.hits)) and _bits_equal(a.x, b.x) and all(
+        (p.core, p.round, p.nfe) == (q.core, q.round, q.nfe) and _bits_equal(p.x, q.x) for p, q in zip(a.hits, b.hits))
+
+
+COEFFS = [(1.0, 0.25), (0.5, 0.0), (0.0, -2.0), (0.0, 1.0), (1.0, 0.0), (0.3, -0.7), (-1.5, 1.0), (0.0, 0.0),
+          (1.0, 0.5, 0.5), (0.0, 1.0, 1.0), (0.2, 0.0, -0.4), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.5, -0.5, 0.25, 2.0)]
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("coeffs", COEFFS)
+def test_lincomb_into_writes_lincomb_bit_for_bit(lib, dtype, coeffs):
+    rng = np.random.default_rng(len(coeffs))
+    arrays = [rng.standard_normal((3, 257)).astype(dtype) for _ in coeffs]
+    for a in arrays:
+        a[0, :4] = (-0.0, 0.0, -0.0, 1e-30)  # signed zeros: a + 0.0 and 1.0 * a differ there
+    if lib == "torch":
+        arrays = [torch.from_numpy(a) for a in arrays]
+    out = B._empty(tuple(arrays[0].shape), arrays[0])
+    got = B.lincomb_into(coeffs, arrays, out)
+    assert got is out and _bits_equal(got, B.lincomb(coeffs, arrays))
+    if len(coeffs) == 2:
+        out2 = B._empty(tuple(arrays[0].shape), arrays[0])
+        assert B.axpy_into(coeffs[1], arrays[1], arrays[0], out2) is out2
+        assert _bits_equal(out2, B.axpy(coeffs[1], arrays[1], arrays[0]))
+
+
+def test_lincomb_into_falls_back_to_a_new_array_where_out_does_not_fit():
+    a, b = np.ones((2, 3), np.float32), np.ones((2, 3), np.float64)
+    out = np.empty((2, 3), np.float32)
+    got = B.lincomb_into((0.5, 0.25), (a, b), out)  # float32 + float64: a float64 result, not out
+    assert got is not out and got.dtype == np.float64 and _bits_equal(got, B.lincomb((0.5, 0.25), (a, b)))
+    g = torch.ones(2, 3, requires_grad=True)
+    got = B.lincomb_into((1.0, 2.0), (g, torch.ones(2, 3)), torch.empty(2, 3))  # gradients: no out=
+    assert got.requires_grad
+
+
+MODELS = {"scaled": lambda x, t: x * 0.5, "identity": lambda x, t: x, "view": lambda x, t: x[..., :]}
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ddim"])
+@pytest.mark.parametrize("fn", sorted(MODELS))
+def test_round_buffers_give_the_serial_result_bit_for_bit(lib, solver, fn, monkeypatch):
+    """Every round of 2+ points through the round buffers, also with a model returning its input (the
+    buffer itself) or a view of it: the serial executor's result bit for bit."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    x = np.random.default_rng(7).standard_normal((2, 5)).astype(np.float32)
+    if lib == "torch":
+        x = torch.from_numpy(x)
+    sch = cc.RectifiedFlow() if solver in ("euler", "heun") else cc.VP()
+    model = cc.DiffusionModel(MODELS[fn], sch, "flow" if sch is not None and solver in ("euler", "heun") else "eps")
+    grid = cc.time_grid(sch, T)
+    made = []
+    monkeypatch.setattr(B.RoundBuffers, "take", _counting(B.RoundBuffers.take, made))
+    got = cc.chords(model, x, grid, solver, cores=CORES, stop=None)
+    assert made  # the rounds went through the buffers
+    ref = cc.chords(model, x, grid, solver, cores=CORES, stop=None, executor=cc.SerialExecutor())
+    assert _same_run(got, ref)
+
+
+def _counting(take, log):
+    def counted(self, number, n, *rest):
+        log.append((number, n))
+        return take(self, number, n, *rest)
+
+    return counted
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_round_buffers_with_a_vector_field_that_returns_its_input(batched, solver, monkeypatch):
+    """A per-point vector field returning its input would alias the round buffer: its outputs are copied."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    f = cc.VectorField((lambda t, y: y) if not batched else (lambda t, y: y[...]), batched=batched)
+    y = np.linspace(0.0, 1.0, 6).reshape(2, 3)
+    grid = np.linspace(0.0, 1.0, T + 1)
+    got = cc.chords(f, y, grid, solver, cores=CORES, stop=None)
+    ref = cc.chords(f, y, grid, solver, cores=CORES, stop=None, executor=cc.SerialExecutor())
+    assert _same_run(got, ref)
+
+
+def test_a_solver_subclass_with_its_own_step_is_not_bypassed(monkeypatch):
+    """``_step_into`` writes Euler's step into the buffer only where ``step`` is Euler's own."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+
+    class Damped(Euler):
+        name = "damped"
+
+        def step(self, state, qs, i, j):
+            new = super().step(state, qs, i, j)
+            return cc.solvers.State(new.x * 0.5)
+
+    model = cc.DiffusionModel(MODELS["scaled"], cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(8).standard_normal((1, 6))
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    got = cc.chords(model, x, grid, Damped(model, grid), cores=CORES, stop=None)
+    ref = cc.chords(model, x, grid, Damped(model, grid), cores=CORES, stop=None, executor=cc.SerialExecutor())
+    plain = cc.chords(model, x, grid, "euler", cores=CORES, stop=None)
+    assert _same_run(got, ref) and not _bits_equal(got.x, plain.x)
+
+
+def test_torch_states_that_record_gradients_are_stacked_as_before(monkeypatch):
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    w = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+    model = cc.DiffusionModel(lambda x, t: x * w, cc.RectifiedFlow(), "flow")
+    x = torch.randn(1, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    got = cc.chords(model, x, grid, "euler", cores=CORES, stop=None)
+    ref = cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=cc.SerialExecutor())
+    assert _same_run(got, ref) and got.x.requires_grad
+    got.x.sum().backward()
+    assert w.grad is not None
+
+
+def test_round_buffers_follow_the_round_width_and_are_reused(monkeypatch):
+    """Rounds use two buffers in turn, made for the most points a round has from then on and made anew
+    only when that halves (so the memory falls as cores finish); only the batched executor gets them."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    made = []
+    monkeypatch.setattr(B.RoundBuffers, "take", _counting(B.RoundBuffers.take, made))
+    sizes = []
+    empty = B._empty
+
+    def counted_empty(shape, like):
+        sizes.append(shape[0])
+        return empty(shape, like)
+
+    monkeypatch.setattr(B, "_empty", counted_empty)
+    model = cc.DiffusionModel(MODELS["scaled"], cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(10).standard_normal((1, 4))
+    init_ = (0, 2, 4, 8, 16, 24, 32, 40)
+    plan = cc.make_plan(50, init_)
+    cc.chords(model, x, cc.time_grid(cc.RectifiedFlow(), 50), "euler", init=init_, stop=None)
+    widths = [len(r.evals) for r in plan.rounds]
+    assert [n for _, n in made] == [w for w in widths if w >= 2]
+    assert sizes == [8, 8, 4, 4, 2]  # widths 2..8: 8 rows each; 4 and 3: 4 rows; the one round of 2: 2 rows
+    made.clear()
+    cc.chords(model, x, cc.time_grid(cc.RectifiedFlow(), 50), "euler", init=init_, stop=None,
+              executor=cc.SerialExecutor())
+    assert not made
+
+
+def _peak(run) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_batched_rounds_hold_little_more_memory_than_serial_ones():
+    """Large states: the round buffers replace the stacking buffer and the separate states, and a
+    round's output is freed with the round (the step's quantities are dropped once stepped)."""
+    x = np.random.default_rng(11).standard_normal((1, 1 << 18)).astype(np.float32)  # 1 MiB a state
+    model = cc.DiffusionModel(MODELS["scaled"], cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 50)
+    init_ = (0, 2, 4, 8, 16, 24, 32, 40)
+
+    def run(executor):
+        return lambda: cc.chords(model, x, grid, "euler", init=init_, stop=None, executor=executor)
+
+    batched, serial = _peak(run(cc.BatchedExecutor())), _peak(run(cc.SerialExecutor()))
+    assert batched <= 1.15 * serial, (batched / 2**20, serial / 2**20)
