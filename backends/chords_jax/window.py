@@ -70,7 +70,7 @@ from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
 from .api import CACHES, _as_state, _model_key
-from .run import NO_BAD, count_compilation
+from .run import NO_BAD, _traced, count_compilation
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
@@ -205,18 +205,6 @@ def _threshold(tol2: float, dtype: Any) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------
 # the compiled program
-
-
-_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                  jax.errors.TracerIntegerConversionError)
-
-
-def _traced(call: Callable, *operands: Any) -> Any:
-    try:
-        return call(*operands)
-    except _NOT_TRACEABLE as err:
-        raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
-                        f"conversion or Python branch on array values); tracing it failed with: {err}") from err
 
 
 def _evaluator(model: Any, with_args: bool) -> tuple[tuple, Callable]:
