@@ -166,7 +166,11 @@ class CoreRecords:
             return pts
         for x, slot in zip(pts, rb.slots):
             if x is not slot and not B.copy_into(slot, x):
-                return pts  # a point unlike the buffer (dtype, device, gradients): stacked by the executor
+                # a point unlike the buffer (dtype, device, gradients): stacked by the executor; the
+                # points a step already wrote into the buffer are copied out, as ``apply`` keeps them
+                # (anchors) only for a ``Stacked`` round
+                ids = {id(s) for s in rb.slots}
+                return [B.clone(p) if id(p) in ids else p for p in pts]
         return B.Stacked(rb)
 
     def apply(self, rd: Round, xs: Sequence[Any], outs: Sequence[Any],

@@ -73,8 +73,13 @@ class BatchedExecutor(Executor):
     A model must not keep a reference to its input, nor modify it.
     """
 
-    stacks_points = True
     workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
+
+    @property
+    def stacks_points(self) -> bool:  # type: ignore[override]
+        """True for this class's own ``__call__``; a subclass that overrides it may keep or reorder
+        ``xs``, so its points are never handed over in the engine's round buffers."""
+        return type(self).__call__ is BatchedExecutor.__call__
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
         """One batched ``model`` call for all points (see ``Executor.__call__``)."""

@@ -190,3 +190,52 @@ def test_batched_rounds_hold_little_more_memory_than_serial_ones():
 
     batched, serial = _peak(run(cc.BatchedExecutor())), _peak(run(cc.SerialExecutor()))
     assert batched <= 1.15 * serial, (batched / 2**20, serial / 2**20)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m"])
+def test_a_round_that_falls_back_to_plain_stacking_keeps_its_anchors(solver, monkeypatch):
+    """When a point cannot be written into its round's buffer (another dtype, device, gradients), the
+    round is stacked by the executor: the points earlier steps wrote into that buffer are copied out,
+    so an anchor kept from such a round does not change when the buffer is reused. Each round in turn
+    is made to fall back; every run equals the serial executor's bit for bit."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    sch = cc.RectifiedFlow() if solver != "dpmpp_2m" else cc.VP()
+    model = cc.DiffusionModel(lambda x, t: np.tanh(x) * 0.5 + 0.1 * t[:, None].astype(x.dtype), sch,
+                              "flow" if solver != "dpmpp_2m" else "eps")
+    x = np.random.default_rng(3).standard_normal((2, 7)).astype(np.float32)
+    grid = cc.time_grid(sch, T)
+    ref = cc.chords(model, x, grid, solver, cores=CORES, stop=None, executor=cc.SerialExecutor())
+    points, copy_into = cc.engine.CoreRecords.points, B.copy_into
+    now = {"round": 0}
+
+    def recorded(self, rd):
+        now["round"] = rd.number
+        return points(self, rd)
+
+    monkeypatch.setattr(cc.engine.CoreRecords, "points", recorded)
+    for bad in range(2, ref.rounds + 1):
+        monkeypatch.setattr(B, "copy_into", lambda out, p: False if now["round"] == bad else copy_into(out, p))
+        assert _same_run(cc.chords(model, x, grid, solver, cores=CORES, stop=None), ref), bad
+
+
+def test_a_batched_executor_subclass_with_its_own_call_gets_plain_points(monkeypatch):
+    """A subclass that overrides ``__call__`` may keep the points it is given: they are never the
+    engine's round buffers (which later rounds overwrite), and its run equals the serial one."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+
+    class Recording(cc.BatchedExecutor):
+        def __init__(self):
+            self.log = []
+
+        def __call__(self, model, xs, ts):
+            self.log.append([(p, p.copy()) for p in xs])
+            return super().__call__(model, xs, ts)
+
+    ex = Recording()
+    assert not ex.stacks_points and cc.BatchedExecutor().stacks_points
+    model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(4).standard_normal((2, 7)).astype(np.float32)
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    got = cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=ex)
+    assert _same_run(got, cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=cc.SerialExecutor()))
+    assert all(np.array_equal(p, kept) for rnd in ex.log for p, kept in rnd)
