@@ -214,7 +214,7 @@ def test_a_round_that_falls_back_to_plain_stacking_keeps_its_anchors(solver, mon
 
     monkeypatch.setattr(cc.engine.CoreRecords, "points", recorded)
     for bad in range(2, ref.rounds + 1):
-        monkeypatch.setattr(B, "copy_into", lambda out, p: False if now["round"] == bad else copy_into(out, p))
+        monkeypatch.setattr(B, "copy_into", lambda out, p, bad=bad: False if now["round"] == bad else copy_into(out, p))
         assert _same_run(cc.chords(model, x, grid, solver, cores=CORES, stop=None), ref), bad
 
 
