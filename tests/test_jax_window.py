@@ -224,6 +224,8 @@ def test_what_is_not_compiled_is_named():
         cj.parallel(jmodel, x, grid, cores=4, anderson=2)
     with pytest.raises(ValueError, match="executor"):
         cj.parallel(jmodel, x, grid, cores=4, executor=cc.BatchedExecutor())
+    with pytest.raises(ValueError, match="^devices: chords_jax.parallel runs its window on one device"):
+        cj.parallel(jmodel, x, grid, cores=4, devices=2)
     with pytest.raises(TypeError, match="model: its function must be traceable by jax"):
         cj.parallel(cc.DiffusionModel(lambda x, t: np.asarray(x) * 0.5, FLOW, "flow"), x, grid, cores=4)
 

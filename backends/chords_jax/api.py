@@ -51,7 +51,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, chunk_runner, make_mesh, runner
+from .run import NO_BAD, chunk_runner, lru_put, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -75,11 +75,13 @@ def _cached_program(key: tuple) -> tuple | None:
 
 
 def _cache_program(key: tuple, value: tuple) -> None:
-    """Cache (program, symbolic result) under ``key``, dropping the least recently used beyond
-    ``_PROGRAMS_SIZE``."""
-    _PROGRAMS[key] = value
-    while len(_PROGRAMS) > _PROGRAMS_SIZE:
-        _PROGRAMS.popitem(last=False)
+    """Cache (program, symbolic result) under ``key`` (``lru_put``, at most ``_PROGRAMS_SIZE``)."""
+    lru_put(_PROGRAMS, key, value, _PROGRAMS_SIZE)
+
+
+def options_key(options: dict) -> tuple:
+    """A cache key's part for solver (or method) options: their names and reprs, sorted."""
+    return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
 
 def _model_key(model: Any) -> tuple:
@@ -152,7 +154,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     trace_stop = _TraceStop(needed, errors) if needed is not None else None
     key = None
     if isinstance(solver, str):
-        opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
+        opts = options_key(solver_options)
         inits = None if init is None else tuple(int(v) for v in init)
         key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, needed,
                errors, history, slots_multiple)
@@ -423,9 +425,7 @@ def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[
 
     where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     arrays = jax.device_put(build(cast), where)
-    _ARRAYS[key] = (prog, arrays)
-    while len(_ARRAYS) > _PROGRAMS_SIZE:
-        _ARRAYS.popitem(last=False)
+    lru_put(_ARRAYS, key, (prog, arrays), _PROGRAMS_SIZE)
     return arrays
 
 

@@ -37,6 +37,7 @@ from .api import (
     _model_key,
     _one_call,
     _replicated,
+    options_key,
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
@@ -81,7 +82,7 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     last = nb if iterations is None else check_int("iterations", iterations, 1, nb)
     key = None
     if isinstance(solver, str):
-        opts = tuple(sorted((k, repr(v)) for k, v in solver_options.items()))
+        opts = options_key(solver_options)
         key = ("srds", _model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, nb, last,
                slots_multiple)
         got = _cached_program(key)

@@ -235,7 +235,13 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked
         buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)
         return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
 
-    fn = _CACHE[key] = jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return fn
+    return lru_put(_CACHE, key, jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run), _CACHE_SIZE)
+
+
+def lru_put(cache: OrderedDict, key: tuple, value: Any, size: int) -> Any:
+    """``cache[key] = value``, dropping the least recently used entries beyond ``size``; ``value``.
+    The one eviction rule of chords_jax's caches."""
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value

@@ -64,13 +64,13 @@ from chords_core.methods.cascade import DEFAULT_TOL as CASCADE_TOL
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
 from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales
-from chords_core.models import DiffusionModel, ModelOutputError, VectorField, check_array
+from chords_core.models import ModelOutputError
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import CACHES, _as_state, _model_key
-from .run import NO_BAD, _traced, count_compilation
+from .api import CACHES, _as_state, _model_key, options_key
+from .run import NO_BAD, _evaluator, count_compilation, lru_put
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
@@ -117,10 +117,7 @@ CACHES.append(clear_cache)  # chords_jax.clear_cache empties these too
 
 
 def _put(cache: OrderedDict, key: tuple, value: Any) -> Any:
-    cache[key] = value
-    while len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
-    return value
+    return lru_put(cache, key, value, _CACHE_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,36 +202,6 @@ def _threshold(tol2: float, dtype: Any) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------
 # the compiled program
-
-
-def _evaluator(model: Any, with_args: bool) -> tuple[tuple, Callable]:
-    """(cache key, f(points (W, *S), t (W,), args) -> outputs (W, *S)): one batched call."""
-    if isinstance(model, DiffusionModel):
-        fn: Any = model.fn
-
-        def evaluate(pts, t, args):
-            k, rows = pts.shape[0], pts.shape[1]
-            flat = pts.reshape((k * rows,) + pts.shape[2:])
-            tt = jnp.repeat(t, rows)
-            out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
-            check_array(out, flat)
-            return out.astype(flat.dtype).reshape(pts.shape)
-
-        return ("diffusion", fn, with_args), evaluate
-    if isinstance(model, VectorField):
-        f: Any = model.f
-        batched = model.batched
-
-        def evaluate(pts, t, args):
-            if with_args:
-                out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), t, pts, args)
-            else:
-                out = _traced(f if batched else jax.vmap(f), t, pts)
-            check_array(out, pts)
-            return out.astype(pts.dtype)
-
-        return ("field", f, batched, with_args), evaluate
-    raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
 def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callable:
@@ -380,7 +347,7 @@ def parallel(
         method: ``"cascade"`` (``None``: the core's ``RECOMMENDED``), ``"paradigms"`` or
             ``"parasolver"``. ``"chords"`` and ``"srds"`` are ``chords_jax.chords`` /
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
-        tol: the acceptance tolerance (``None``: the method's default, as in the core: cascade 1.0
+        tol: the acceptance tolerance (``None``: the method's own default, as its core function has it: cascade 1.0
             times the local error estimate; ParaDiGMS and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
             ``f(t, y, args)``): new values without recompiling.
@@ -408,6 +375,9 @@ def parallel(
                          f"chords_core.parallel has {sorted(METHODS)}), got {method!r}")
     cores = check_int("cores", cores, 1)
     seed, scale, default_tol, own = WINDOW_METHODS[name]
+    if "devices" in options:
+        raise ValueError("devices: chords_jax.parallel runs its window on one device (chords_jax.chords and "
+                         "chords_jax.srds shard over devices)")
     if name != "cascade" and "window" in options:  # as the core's parallel (cascade: a solver option)
         raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
     mine = {k: options.pop(k) for k in own if k in options}
@@ -430,7 +400,7 @@ def parallel(
     setup: _Setup | None = None
     key = None
     if isinstance(solver, str):
-        opts = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        opts = options_key(options)
         key = (_model_key(model), call.times.tobytes(), solver, opts, W, seed, scale, variance, numel_row)
         setup = _SETUPS.get(key)
         if setup is not None:
