@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def rel_err(a: Any, b: Any) -> float:
     """Largest absolute difference of two tensors relative to max(1, |b|)."""
     return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+def interpret(prog: Any, x: np.ndarray, fn: Any) -> np.ndarray:
+    """A lowered chords_jax program (``Program``) run with numpy, segment by segment: the replay and
+    lowering checked independently of jax. Returns the final register buffer (rows, x.size)."""
+    buf = prog.init[:, None] * x.reshape(1, -1)
+    for seg in prog.segments:
+        for _, points, t, _, dest, idx, coef, out_idx, out_coef in zip(*prog.segment_arrays(seg)):
+            pts = buf[points].reshape((-1,) + x.shape[1:])
+            outs = fn(pts, np.repeat(t, x.shape[0])).reshape(len(points), -1)
+            buf[dest] = np.einsum("wm,wmn->wn", coef, buf[idx]) + np.einsum("wm,wmn->wn", out_coef, outs[out_idx])
+    return buf

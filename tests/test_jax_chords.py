@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 jax.config.update("jax_enable_x64", True)  # as test_pipeline does; the exactness tests need float64
 import jax.numpy as jnp  # noqa: E402
+from helpers import interpret  # noqa: E402
 
 import chords_core as cc  # noqa: E402
 import chords_jax as cj  # noqa: E402
@@ -122,17 +123,6 @@ def test_float32_state_stays_float32():
     got = cj.chords(model, X.astype(np.float32), grid, "euler", cores=2)
     assert got.x.dtype == jnp.float32
     assert close(got.x, cc.chords(model, X, grid, "euler", cores=2).x, 1e-5)
-
-
-def interpret(prog, x, fn):
-    """The lowered program run with numpy, segment by segment: a check of ``lower`` independent of jax."""
-    buf = prog.init[:, None] * x.reshape(1, -1)
-    for seg in prog.segments:
-        for _, points, t, _, dest, idx, coef, out_idx, out_coef in zip(*prog.segment_arrays(seg)):
-            pts = buf[points].reshape((-1,) + x.shape[1:])
-            outs = fn(pts, np.repeat(t, x.shape[0])).reshape(len(points), -1)
-            buf[dest] = np.einsum("wm,wmn->wn", coef, buf[idx]) + np.einsum("wm,wmn->wn", out_coef, outs[out_idx])
-    return buf
 
 
 @settings(max_examples=30, deadline=None)

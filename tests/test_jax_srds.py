@@ -15,6 +15,7 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)  # the exactness tests need float64
 import jax.numpy as jnp  # noqa: E402
+from helpers import interpret  # noqa: E402
 
 import chords_core as cc  # noqa: E402
 import chords_jax as cj  # noqa: E402
@@ -71,18 +72,6 @@ def same_srds(got, ref, tol=1e-12):
     assert [s[:3] for s in got.log] == [s[:3] for s in ref.log] and len(got.log) == len(got.hits)
     scale = max(1.0, float(np.max(np.abs(ref.x))))
     assert all(abs(a.change - b.change) <= tol * scale for a, b in zip(got.log, ref.log))
-
-
-def interpret(prog, x, fn):
-    """The lowered program run with numpy, segment by segment: the replay and lowering checked
-    without jax."""
-    buf = prog.init[:, None] * x.reshape(1, -1)
-    for seg in prog.segments:
-        for _, points, t, _, dest, idx, coef, out_idx, out_coef in zip(*prog.segment_arrays(seg)):
-            pts = buf[points].reshape((-1,) + x.shape[1:])
-            outs = fn(pts, np.repeat(t, x.shape[0])).reshape(len(points), -1)
-            buf[dest] = np.einsum("wm,wmn->wn", coef, buf[idx]) + np.einsum("wm,wmn->wn", out_coef, outs[out_idx])
-    return buf
 
 
 @pytest.mark.parametrize("solver", cj.SUPPORTED_SOLVERS)
