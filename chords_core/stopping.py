@@ -101,6 +101,9 @@ class StopRule:
     uses_error_estimate: bool = False
     #: Warn (``StopNotMet``) when no output was accepted: set by rules with a tolerance.
     warns_if_unmet: bool = False
+    #: Whether ``accept`` reads the outputs' values; a rule that decides on their arrival alone (or
+    #: never accepts) sets False, and a backend that compiles the run then needs no read-back to stop.
+    decides_on_values: bool = True
 
     def outputs_needed(self, available: int) -> int:
         """The most outputs the run needs out of the ``available`` ones (static); all by default."""
@@ -121,6 +124,7 @@ class StopAtCore(StopRule):
     """Return the ``n``-th output to arrive (n = 1: the fastest core's)."""
 
     n: int = 1
+    decides_on_values = False
 
     def __post_init__(self):
         object.__setattr__(self, "n", check_int("StopAtCore(n): n", self.n, 1))
@@ -152,6 +156,11 @@ class StopOnResidual(StopRule):
     @property
     def warns_if_unmet(self) -> bool:  # type: ignore[override]
         """tol = 0 cannot be met (it means "run to the end"): no warning then."""
+        return self.tol > 0
+
+    @property
+    def decides_on_values(self) -> bool:  # type: ignore[override]
+        """tol = 0 never accepts (an RMS is not below 0): nothing to decide."""
         return self.tol > 0
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
@@ -205,6 +214,8 @@ DEFAULT_STOP = StopWhenConverged(0.1)
 @dataclass(frozen=True)
 class RunAll(StopRule):
     """Run every core (every iteration); return the last output. ``stop=None`` means this."""
+
+    decides_on_values = False
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Never: the run goes to its end."""

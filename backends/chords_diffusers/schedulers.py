@@ -377,9 +377,9 @@ def _prediction(cfg: Any, name: str, allowed: Sequence[str]) -> str:
     return _PREDICTION[p]
 
 
-def _sigmas64(scheduler: Any, sigmas: Any = None) -> np.ndarray:
-    """The scheduler's sigmas (or ``sigmas``, a tensor) as a float64 numpy array."""
-    return (scheduler.sigmas if sigmas is None else sigmas).detach().cpu().double().numpy()
+def _sigmas64(sigmas: Any) -> np.ndarray:
+    """A tensor of sigmas (a scheduler's ``sigmas``) as a float64 numpy array."""
+    return sigmas.detach().cpu().double().numpy()
 
 
 def _stochastic(name: str, what: str, fix: str) -> ValueError:
@@ -405,7 +405,7 @@ def _flow_match(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     if cfg.get("stochastic_sampling", False):
         raise _stochastic(name, "config option stochastic_sampling=True", "stochastic_sampling=False")
     _reject(cfg, name, invert_sigmas=lambda v: not v)
-    grid = _sigmas64(s)
+    grid = _sigmas64(s.sigmas)
     n = len(grid) - 1
     return SchedulerMap(name, cc.RectifiedFlow(), grid, "euler", {}, "flow", s.timesteps[:n], s.sigmas[:n])
 
@@ -421,7 +421,7 @@ def _karras_ve(s: Any, cfg: Any, solver: str, grid: np.ndarray, timesteps: Any, 
 
 
 def _euler(s: Any, cfg: Any, step: dict) -> SchedulerMap:
-    grid = _sigmas64(s)
+    grid = _sigmas64(s.sigmas)
     n = len(grid) - 1
     return _karras_ve(s, cfg, "euler", grid, s.timesteps[:n], s.sigmas[:n])
 
@@ -431,7 +431,7 @@ def _heun(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     import torch
 
     sig, ts = torch.cat([s.sigmas[:1], s.sigmas[1::2]]), torch.cat([s.timesteps[:1], s.timesteps[1::2]])
-    grid = _sigmas64(s, sig)
+    grid = _sigmas64(sig)
     n = len(grid) - 1
     return _karras_ve(s, cfg, "heun", grid, ts, sig[:n])
 
@@ -496,7 +496,7 @@ def _dpm(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     if cfg.get("euler_at_final", False) and not (final_zero or (cfg.lower_order_final and n < 15)) and order > 1:
         raise ValueError(f"{name}: config option euler_at_final=True is not supported by chords_diffusers")
     pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample", "flow_prediction"))
-    grid = _sigmas64(s)
+    grid = _sigmas64(s.sigmas)
     solver = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
     opts = {} if order == 1 else {"lower_order_final": bool(cfg.lower_order_final)}
     smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, opts, pred, s.timesteps[:n], s.sigmas[:n])
@@ -516,7 +516,7 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     if getattr(s, "solver_p", None) is not None:
         raise ValueError(f"{name}: solver_p is not supported by chords_diffusers")
     pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample", "flow_prediction"))
-    grid = _sigmas64(s)
+    grid = _sigmas64(s.sigmas)
     n = len(s.timesteps)
     opts = {"order": cfg.solver_order, "variant": cfg.solver_type}
     smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])

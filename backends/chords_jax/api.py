@@ -38,9 +38,7 @@ from chords_core.results import Hit, Result
 from chords_core.stopping import (
     DEFAULT_STOP,
     Outputs,
-    RunAll,
     StopAtCore,
-    StopOnResidual,
     StopRule,
     as_stop_rule,
     chosen_output,
@@ -51,7 +49,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, chunk_runner, lru_put, make_mesh, runner
+from .run import NO_BAD, chunk_runner, lru_get, lru_put, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -68,10 +66,7 @@ CACHES: list[Callable[[], None]] = []
 
 def _cached_program(key: tuple) -> tuple | None:
     """The cached (program, symbolic result) under ``key``, now the most recently used; or ``None``."""
-    got = _PROGRAMS.get(key)
-    if got is not None:
-        _PROGRAMS.move_to_end(key)
-    return got
+    return lru_get(_PROGRAMS, key)
 
 
 def _cache_program(key: tuple, value: tuple) -> None:
@@ -284,10 +279,10 @@ def _on_device_state(state: tuple | None, vals: dict) -> tuple | None:
 
 
 def _one_call(rule: StopRule) -> bool:
-    """Whether ``rule``'s choice is known before any value: ``StopAtCore`` and ``RunAll`` decide on
-    the outputs' arrival alone, ``StopOnResidual(0)`` never accepts (an RMS is not below 0). Such a
-    rule runs the program as one compiled call; any other in chunks (``_chunk_plan``)."""
-    return type(rule) in (StopAtCore, RunAll) or (type(rule) is StopOnResidual and rule.tol == 0)
+    """Whether ``rule``'s choice is known before any value (``StopRule.decides_on_values`` false:
+    ``StopAtCore``, ``RunAll``, ``StopOnResidual(0)``): the program then runs as one compiled call;
+    any other rule in chunks (``_chunk_plan``)."""
+    return not getattr(rule, "decides_on_values", True)
 
 
 def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
@@ -331,7 +326,7 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
     ready, ends, ids = chunks
     run = chunk_runner(model, mesh, check, with_args=args is not None)
     buf, bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
-    slots = max(s.width for s in prog.segments)
+    slots = prog.width
     vals: dict[int, Any] = {}
     m = 0
     for i, end in enumerate(ends):
@@ -415,9 +410,8 @@ def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[
     """``build(cast)``'s host arrays put on the device(s) (replicated over ``mesh``), float64 ones
     cast to ``dtype``; cached per (program, kind, dtype, mesh), so a repeated call transfers nothing."""
     key = (id(prog), kind, np.dtype(dtype).name, mesh)
-    got = _ARRAYS.get(key)
+    got = lru_get(_ARRAYS, key)
     if got is not None and got[0] is prog:
-        _ARRAYS.move_to_end(key)
         return got[1]
 
     def cast(a: np.ndarray) -> np.ndarray:
@@ -459,7 +453,7 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
     """Raise ``ModelOutputError`` for the run's first non-finite output (``bad`` from ``runner``)."""
     if bad == NO_BAD:
         return
-    r, j = divmod(bad, max(s.width for s in prog.segments))
+    r, j = divmod(bad, prog.width)
     assert sym.plan is not None
     e = sym.plan.rounds[r].evals[j]
     raise ModelOutputError(j, f"round {r + 1}, core {e.core} (step {e.index}, stage {e.stage}, "

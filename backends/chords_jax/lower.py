@@ -106,6 +106,11 @@ class Program:
         """Rows of the buffer: 1 + L."""
         return self.init.shape[0]
 
+    @property
+    def width(self) -> int:
+        """The widest segment's slots: what a flat slot index (``round * width + slot``) counts in."""
+        return max(s.width for s in self.segments)
+
     def segment_arrays(self, seg: Segment) -> tuple[np.ndarray, ...]:
         """The per-round arrays of one segment, trimmed to its shapes: (rounds, points, times,
         active, dest, idx, coef, out_idx, out_coef), each with a leading axis of its rounds."""

@@ -215,7 +215,7 @@ def _raise_nonfinite(bad: int, prog: Program, model: cc.Model, sym: Result, time
     from ``runner``: round ``bad // slots``, 0-based, and slot ``bad % slots``): the symbolic replay
     is run again, failing there, so that the core's pipeline names it (block, iteration, step,
     stage, time)."""
-    r, slot = divmod(bad, max(s.width for s in prog.segments))
+    r, slot = divmod(bad, prog.width)
     probe = _Probe(sym.coarse.shape, sym.coarse.dtype, r + 1, slot)
     _replay(model, probe, times, solver, nb, last, solver_options)
     raise AssertionError("the replay did not reach the bad output's round")  # pragma: no cover

@@ -184,9 +184,8 @@ def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = F
 def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check), chunked)
-    fn = _CACHE.get(key)
+    fn = lru_get(_CACHE, key)
     if fn is not None:
-        _CACHE.move_to_end(key)
         return fn
     if mesh is not None:
         spec = PartitionSpec(AXIS)
@@ -222,7 +221,7 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked
 
     def run(x, init, segments, rows, zeros, args):
         count_compilation()
-        slots = max(seg[1].shape[1] for seg in segments)
+        slots = max(seg[1].shape[1] for seg in segments)  # Program.width, from the arrays at trace time
         # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
         buf = pin(init[:, None] * x.reshape(1, -1))
         buf, bad = scans(x, (buf, jnp.asarray(NO_BAD, jnp.int32)), segments, zeros, args, slots)
@@ -236,6 +235,14 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked
         return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
 
     return lru_put(_CACHE, key, jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run), _CACHE_SIZE)
+
+
+def lru_get(cache: OrderedDict, key: tuple) -> Any:
+    """``cache[key]``, now the most recently used, or ``None``; ``lru_put``'s counterpart."""
+    got = cache.get(key)
+    if got is not None:
+        cache.move_to_end(key)
+    return got
 
 
 def lru_put(cache: OrderedDict, key: tuple, value: Any, size: int) -> Any:

@@ -63,14 +63,14 @@ from chords_core.methods import METHODS, RECOMMENDED
 from chords_core.methods.cascade import DEFAULT_TOL as CASCADE_TOL
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
-from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales
+from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales, row_size
 from chords_core.models import ModelOutputError
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
 from .api import CACHES, _as_state, _model_key, options_key
-from .run import NO_BAD, _evaluator, count_compilation, lru_put
+from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
@@ -132,7 +132,6 @@ class _Setup:
                  numel_row: int) -> None:
         T = sol.steps
         self.T, self.W, self.seed, self.scale = T, W, seed, scale
-        self.t = [float(v) for v in times]
         e2, e3 = np.eye(2), np.eye(3)
         # the fine step Phi_m(x, q) = a x + b q and the output conversion q = qa x + qb out, probed
         # with unit vectors through the solver's own methods (exact: one nonzero term per element)
@@ -212,9 +211,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
     T, W, seed, scale, converts = setup.T, setup.W, setup.seed, setup.scale, setup.converts
     p = 1  # the local error estimate's order (``LocalError.p``): the compiled solvers are first order
     key = (key_model, T, W, seed, scale, converts, check)
-    fn = _JITTED.get(key)
+    fn = lru_get(_JITTED, key)
     if fn is not None:
-        _JITTED.move_to_end(key)
         return fn
 
     def run(x, tabs, tol2, zeros, args):
@@ -396,15 +394,13 @@ def parallel(
     _check_solver(sol)
     x = _as_state(x)
     shape = tuple(x.shape)
-    numel_row = int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
+    numel_row = row_size(shape)
     setup: _Setup | None = None
     key = None
     if isinstance(solver, str):
         opts = options_key(options)
         key = (_model_key(model), call.times.tobytes(), solver, opts, W, seed, scale, variance, numel_row)
-        setup = _SETUPS.get(key)
-        if setup is not None:
-            _SETUPS.move_to_end(key)
+        setup = lru_get(_SETUPS, key)
     if setup is None:
         setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row)
         if key is not None:
@@ -418,7 +414,7 @@ def parallel(
     if bad != NO_BAD:
         r, k = divmod(bad, W)
         b = int(starts[r - 1]) if r else 0
-        raise ModelOutputError(k, f"round {r + 1}, window point {b + k} (stage 0, t={setup.t[b + k]:.6g}): "
+        raise ModelOutputError(k, f"round {r + 1}, window point {b + k} (stage 0, t={float(call.times[b + k]):.6g}): "
                                   "model returned non-finite values (nan or inf)")
     log, trace = _records(W, T, tuple(int(v) for v in starts[:rounds]))
     return Result(x=x_T, rounds=rounds, nfe=nfe, hits=(Hit(0, rounds, nfe, x_T),), coarse=None,
@@ -429,7 +425,7 @@ def parallel(
 def _zeros(size: int, dtype: Any) -> Any:
     """The output check's operand: ``size`` zeros on the device (an argument, so never folded)."""
     key = (size, np.dtype(dtype).name)
-    z = _ZEROS.get(key)
+    z = lru_get(_ZEROS, key)
     return z if z is not None else _put(_ZEROS, key, jnp.zeros(size, dtype))
 
 
@@ -437,7 +433,7 @@ def _records(W: int, T: int, starts: tuple[int, ...]) -> tuple[tuple, tuple]:
     """(log, trace) of the sweeps whose new window starts are ``starts``: sweep r evaluates the
     points b .. e - 1 in round r (lane m - b, stage 0); cached."""
     key = (W, T, starts)
-    got = _TRACES.get(key)
+    got = lru_get(_TRACES, key)
     if got is not None:
         return got
     log, trace, b = [], [], 0

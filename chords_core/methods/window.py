@@ -116,6 +116,12 @@ def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) 
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
 
 
+def row_size(shape: tuple) -> int:
+    """Elements per sample of a state of ``shape`` (its leading axis the batch; a 0-d or 1-d state
+    is one sample)."""
+    return int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
+
+
 def _worst(score: Any) -> float:
     """The largest per-sample score (a 0-d score for a state without a batch axis)."""
     if type(score) is np.ndarray and score.size == 1:
@@ -337,7 +343,7 @@ def sliding_window(
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
                          "a sliding window supports one or the other")
     inv = _inverse_scales(model, sol.times, scale, variance)
-    numel_row = int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape))
+    numel_row = row_size(x.shape)
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     t = sol.t
 

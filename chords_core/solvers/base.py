@@ -170,15 +170,27 @@ class Solver:
         """
         raise NotImplementedError
 
+    #: the ``step`` that ``_step_out`` computes (set by a class that implements ``_step_out`` for its
+    #: own ``step``); a subclass with another ``step`` is not bypassed
+    _step_out_of: Any = None
+
     def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
         """``step``, with the new point written into ``out`` where the solver can (the engine's round
         buffer: the points of the next batched call, no copy). The result is ``step``'s bit for bit;
         its point is ``out`` or, where the solver cannot write there, a new array.
 
-        Internal: the library's solvers write into ``out`` (through ``_backend.lincomb_into``) unless a
-        subclass overrides ``step``; this default calls ``step``.
+        Internal: a solver class writes into ``out`` with ``_step_out`` (through
+        ``_backend.lincomb_into``) where its ``step`` is the one ``_step_out`` computes
+        (``_step_out_of``); otherwise, a subclass's own ``step`` included, this calls ``step``.
         """
-        return self.step(state, qs, i, j)
+        if type(self).step is not type(self)._step_out_of:
+            return self.step(state, qs, i, j)
+        return self._step_out(state, qs, i, j, out)
+
+    def _step_out(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
+        """``step``'s result with its point written into ``out`` (a new array where ``out`` is ``None``
+        or does not fit); see ``_step_into``."""
+        raise NotImplementedError
 
     def jump_coeffs(self, i: int, j: int) -> tuple[float, float]:
         """Coefficients (a, b) of the zero-cost first-order jump G(x, q; i -> j) = a x + b q.

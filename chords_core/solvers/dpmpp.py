@@ -59,15 +59,12 @@ class DPMSolverPP(DataSolver):
         Returns:
             The ``State`` at ``j`` with D_i pushed onto the history.
         """
-        return self._step(state, qs, i, j, None)
+        return self._step_out(state, qs, i, j, None)
 
-    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
-        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
-        if type(self).step is not DPMSolverPP.step:  # a subclass's own step
-            return self.step(state, qs, i, j)
-        return self._step(state, qs, i, j, out)
+    _step_out_of = step
 
-    def _step(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
+    def _step_out(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
+        """``step`` written into ``out`` (a new array for ``None``; see ``Solver._step_into``)."""
         p = self.order_at(state, i, j, self.order, self.lower_order_final)
         prev = tuple(k for k, _ in state.hist[: p - 1])
         c = self._coeffs(i, j, prev)

@@ -72,13 +72,10 @@ class Euler(Solver):
             return State(lincomb(self._final(i), (state.x, qs[0])))
         return State(axpy(self.t[j] - self.t[i], qs[0], state.x))  # x + h f, as lincomb forms it
 
-    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
-        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
-        if type(self).step is not Euler.step:  # a subclass's own step
-            return self.step(state, qs, i, j)
-        return self._euler_into(state, qs, i, j, out)
+    _step_out_of = step
 
-    def _euler_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+    def _step_out(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step`` written into ``out`` (see ``Solver._step_into``)."""
         if self._final_zero and j == self.steps:
             return State(lincomb_into(self._final(i), (state.x, qs[0]), out))
         return State(axpy_into(self.t[j] - self.t[i], qs[0], state.x, out))
@@ -141,11 +138,11 @@ class Heun(Euler):
         h = self.t[j] - self.t[i]
         return State(lincomb((1.0, 0.5 * h, 0.5 * h), (state.x, qs[0], qs[1])))
 
-    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
-        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
-        if type(self).step is not Heun.step:  # a subclass's own step
-            return self.step(state, qs, i, j)
+    _step_out_of = step
+
+    def _step_out(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
+        """``step`` written into ``out`` (see ``Solver._step_into``)."""
         if len(qs) == 1:
-            return self._euler_into(state, qs, i, j, out)
+            return super()._step_out(state, qs, i, j, out)
         h = self.t[j] - self.t[i]
         return State(lincomb_into((1.0, 0.5 * h, 0.5 * h), (state.x, qs[0], qs[1]), out))

@@ -74,15 +74,12 @@ class UniPC(DataSolver):
             The ``State`` at ``j`` (the predicted point), with D_i pushed onto the history and the
             corrector of this step pending in ``aux`` (none on a final step to sigma = 0).
         """
-        return self._step(state, qs, i, j, None)
+        return self._step_out(state, qs, i, j, None)
 
-    def _step_into(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array) -> State:
-        """``step`` with the new point written into ``out`` (see ``Solver._step_into``)."""
-        if type(self).step is not UniPC.step:  # a subclass's own step
-            return self.step(state, qs, i, j)
-        return self._step(state, qs, i, j, out)
+    _step_out_of = step
 
-    def _step(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
+    def _step_out(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
+        """``step`` written into ``out`` (a new array for ``None``; see ``Solver._step_into``)."""
         x, d = state.x, qs[0]
         if state.aux is not None:  # UniC for the step (s -> i) that produced x
             s, prev_c = state.aux
