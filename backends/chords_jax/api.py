@@ -235,10 +235,7 @@ def chords(
     Returns:
         The core's ``Result``, its arrays jax arrays of x's shape and dtype.
     """
-    if executor is not None:
-        raise ValueError("executor: chords_jax compiles the model evaluation itself; use devices= to shard it")
-    mesh = make_mesh(devices)
-    ndev = 1 if mesh is None else mesh.shape["cores"]
+    mesh, ndev = _mesh(executor, devices)
     x = _as_state(x)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
@@ -259,6 +256,15 @@ def chords(
         n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states)
         return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
     return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
+
+
+def _mesh(executor: Any, devices: Any) -> tuple[Any, int]:
+    """(the mesh over ``devices`` or ``None``, how many devices it has) for a compiled run, which
+    takes no ``executor``."""
+    if executor is not None:
+        raise ValueError("executor: chords_jax compiles the model evaluation itself; use devices= to shard it")
+    mesh = make_mesh(devices)
+    return mesh, 1 if mesh is None else mesh.shape["cores"]
 
 
 def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:

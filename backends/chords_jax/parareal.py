@@ -34,6 +34,7 @@ from .api import (
     _chunk_outputs,
     _chunk_plan,
     _device_arrays,
+    _mesh,
     _model_key,
     _one_call,
     _replicated,
@@ -41,7 +42,7 @@ from .api import (
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, make_mesh, runner
+from .run import NO_BAD, runner
 
 __all__ = ["srds", "compile_srds"]
 
@@ -143,10 +144,7 @@ def srds(
     Returns:
         The core's ``Result`` (``method="srds"``), its arrays jax arrays of x's shape and dtype.
     """
-    if executor is not None:
-        raise ValueError("executor: chords_jax compiles the model evaluation itself; use devices= to shard it")
-    mesh = make_mesh(devices)
-    ndev = 1 if mesh is None else mesh.shape["cores"]
+    mesh, ndev = _mesh(executor, devices)
     check_model(model)  # the core's checks in the core's order, with its messages
     x = _as_state(x)
     times = check_grid(grid)
