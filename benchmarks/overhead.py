@@ -6,7 +6,11 @@ numpy arrays and on torch tensors. Loops over the same plan, measured side by si
 interleaved repeat by repeat:
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
-                  (one stacked call per round, output shape / finiteness check on);
+                  (stacked calls of at most 4 MiB of points, ``HOST_BATCH_BYTES``: one call a round
+                  up to 65,536 elements here, one call a point at 1,048,576; output shape /
+                  finiteness check on);
+- ``one call``    the same with ``BatchedExecutor(max_batch_bytes=None)`` (one stacked call a round
+                  at every size);
 - ``chords serial`` the same with ``SerialExecutor`` (one call per point, as the official loop);
 - ``official``    ``OfficialStyle``: a loop that keeps the official implementation's bookkeeping
                   (per-element torch "ready" tensors, per-core lists, three solver calls per
@@ -206,6 +210,7 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
     for h, o in zip(outputs, ours.hits):  # the same outputs, rounding aside
         assert float(abs(h[2] - o.x).max()) <= 1e-5 * float(abs(o.x).max())
     fns = {"chords": lambda: run_chords(model, x, grid),
+           "one call": lambda: run_chords(model, x, grid, cc.BatchedExecutor(max_batch_bytes=None)),
            "chords serial": lambda: run_chords(model, x, grid, cc.SerialExecutor()),
            "official": lambda: (run_official_style(x, grid), None)}
     if lib == "numpy":
@@ -236,11 +241,13 @@ def memory(size: int) -> dict:
     x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
     model = cc.DiffusionModel(near_free, schedule, "flow")
     out = {}
-    for name in ("chords", "chords serial", "official"):
+    executors = {"chords": cc.BatchedExecutor, "one call": lambda: cc.BatchedExecutor(max_batch_bytes=None),
+                 "chords serial": cc.SerialExecutor}
+    for name in (*executors, "official"):
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
-        if name.startswith("chords"):
-            rec = _Recorder(cc.BatchedExecutor() if name == "chords" else cc.SerialExecutor())
+        if name in executors:
+            rec = _Recorder(executors[name]())
             run_chords(model, x, grid, rec)
             trace = rec.trace
         else:
@@ -265,16 +272,18 @@ def main(argv=None):
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at the largest size")
     args = ap.parse_args(argv)
     print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
-    print("| state size | arrays | chords us/round | chords, serial executor | official-style us/round | "
-          "chords / official | serial / official | bare us/round | cascade us/round | cascade / chords per round | "
-          "cascade / chords per evaluation |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| state size | arrays | chords us/round | chords, one call a round | chords, serial executor | "
+          "official-style us/round | chords / official | one call / official | serial / official | bare us/round | "
+          "cascade us/round | cascade / chords per round | cascade / chords per evaluation |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         reps = max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3))
         for lib in ("numpy", "torch"):
             m, e = measure(size, reps, lib, cascade=size in (64, 65_536))
-            row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['chords serial'], 1e6)} | "
-                   f"{spread(m['official'], 1e6)} | {spread(m['chords'] / m['official'], fmt='.2f')} | "
+            row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['one call'], 1e6)} | "
+                   f"{spread(m['chords serial'], 1e6)} | {spread(m['official'], 1e6)} | "
+                   f"{spread(m['chords'] / m['official'], fmt='.2f')} | "
+                   f"{spread(m['one call'] / m['official'], fmt='.2f')} | "
                    f"{spread(m['chords serial'] / m['official'], fmt='.2f')} | ")
             row += f"{spread(m['bare'], 1e6)} | " if "bare" in m else "- | "
             if "cascade" in m:

@@ -305,15 +305,15 @@ ROUND_BUFFER_MIN_BYTES = 1 << 20
 
 
 class Rows:
-    """The leading ``n`` rows of a round buffer: ``buffer`` (n, *S), ``slots`` (one point of shape S
-    each, views made once), ``flat`` (n * S[0], *S[1:]: the same memory as one concatenation) and
-    ``whole``, the buffer they are part of."""
+    """``n`` consecutive rows of a round buffer from row ``start``: ``buffer`` (n, *S), ``slots`` (one
+    point of shape S each, views made once; ``slots`` given from row 0), ``flat`` (n * S[0], *S[1:]: the
+    same memory as one concatenation) and ``whole``, the buffer they are part of."""
 
     __slots__ = ("buffer", "slots", "flat", "whole")
 
-    def __init__(self, whole: Array, slots: list, n: int) -> None:
-        self.whole, self.slots = whole, slots[:n]
-        self.buffer = part = whole[:n]
+    def __init__(self, whole: Array, slots: list, n: int, start: int = 0) -> None:
+        self.whole, self.slots = whole, slots[start:start + n]
+        self.buffer = part = whole[start:start + n]
         self.flat = part.reshape((n * int(part.shape[1]), *part.shape[2:]))
 
 
@@ -383,6 +383,12 @@ class Stacked(list):
             return None
         self.joined = True
         return rows.buffer if new_axis else rows.flat
+
+    def part(self, a: int, b: int) -> Stacked:
+        """Points ``a`` to ``b`` (exclusive) of the round, stacked in the same buffer: a batched call on
+        part of the round (``BatchedExecutor`` with ``max_batch_bytes``)."""
+        rows = self.rows
+        return Stacked(Rows(rows.whole, rows.slots, min(b, len(rows.slots)) - a, a))
 
 
 def copy_into(out: Array, x: Array) -> bool:

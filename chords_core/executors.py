@@ -11,21 +11,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._backend import Workspace
-from .models import Model
+import numpy as np
 
-__all__ = ["Executor", "SerialExecutor", "BatchedExecutor"]
+from ._backend import Stacked, Workspace, _nbytes, library, on_accelerator
+from .models import Model, ModelOutputError
+
+__all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
+
+#: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory (numpy arrays, torch tensors
+#: on the CPU): the most bytes of stacked points per model call. On the host a model call on a few MiB
+#: is already bound by memory bandwidth or arithmetic, so stacking more gains nothing, while a larger
+#: stack makes an output that falls out of the last-level cache and that the C allocator maps afresh
+#: (page faults) every round instead of reusing (glibc maps blocks above 32 MiB anew each time).
+HOST_BATCH_BYTES = 4 << 20
 
 
 class Executor:
     """Base class of executors: evaluate the points of one round. Subclasses implement ``__call__``.
 
-    ``stacks_points``: the executor evaluates a round with one ``model.evaluate(xs, ts, batched=True,
-    workspace=...)`` call on the list ``xs`` it is given, so the engine may hand it points that already
-    lie stacked in one buffer (``_backend.Stacked``: no stacking copy). False by default.
+    ``stacks_points(x)``: whether the executor evaluates a round of points like ``x`` with batched
+    ``model.evaluate(xs, ts, batched=True, workspace=...)`` calls on the list ``xs`` it is given (or on
+    ``Stacked.part`` ranges of it), so that the engine may hand it points that already lie stacked in
+    one buffer (``_backend.Stacked``: no stacking copy). False by default.
     """
 
-    stacks_points = False
+    def stacks_points(self, x: Any) -> bool:
+        """Whether rounds of points like ``x`` may be handed over stacked (see the class docstring)."""
+        return False
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
         """Evaluate ``model`` at the points (xs[k], ts[k]) of one round.
@@ -65,24 +77,71 @@ class SerialExecutor(Executor):
 
 
 class BatchedExecutor(Executor):
-    """All points of a round in one batched call with per-sample times: the single-device mode.
+    """A round's points in batched calls with per-sample times: the single-device mode.
 
     The stacked points go into a buffer reused from round to round (``Workspace``); a model output
     that shares memory with it is copied. For large rounds the CHORDS engine writes the points
     straight into such a buffer (``stacks_points``), so the model's input is the points themselves.
     A model must not keep a reference to its input, nor modify it.
+
+    Args:
+        max_batch_bytes: the most bytes of stacked points in one model call. A round above it is
+            evaluated in several calls of consecutive points, as many a call as fit (one call a point
+            where a point alone fills it); the results are those of one call a round, bit for bit,
+            where the model treats the samples of a batch independently. ``None``: one call a round,
+            whatever its size. ``"auto"`` (the default): ``HOST_BATCH_BYTES`` (4 MiB) for arrays in
+            host memory, ``None`` on an accelerator and for jax arrays (a device gains from large
+            batches; split a round there with an explicit cap where its activations do not fit).
     """
 
     workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
+    max_batch_bytes: int | str | None = "auto"
 
-    @property
-    def stacks_points(self) -> bool:  # type: ignore[override]
-        """True for this class's own ``__call__``; a subclass that overrides it may keep or reorder
-        ``xs``, so its points are never handed over in the engine's round buffers."""
-        return type(self).__call__ is BatchedExecutor.__call__
+    def __init__(self, max_batch_bytes: int | str | None = "auto") -> None:
+        if not (max_batch_bytes is None or (isinstance(max_batch_bytes, str) and max_batch_bytes == "auto")
+                or (isinstance(max_batch_bytes, int) and not isinstance(max_batch_bytes, bool)
+                    and max_batch_bytes >= 1)):
+            raise ValueError(f"max_batch_bytes must be a positive int, None or 'auto', got {max_batch_bytes!r}")
+        self.max_batch_bytes = max_batch_bytes
+
+    def points_per_call(self, x: Any) -> int | None:
+        """How many points like ``x`` one model call takes (at least 1); ``None``: a whole round."""
+        cap = self.max_batch_bytes
+        if isinstance(cap, str):  # "auto"
+            host = type(x) is np.ndarray or (library(x) == "torch" and not on_accelerator(x))
+            cap = HOST_BATCH_BYTES if host else None
+        if cap is None:
+            return None
+        return max(1, cap // max(1, _nbytes(x)))
+
+    def stacks_points(self, x: Any) -> bool:
+        """True for this class's own ``__call__`` where a call takes more than one point like ``x``; a
+        subclass that overrides ``__call__`` may keep or reorder ``xs``, so its points are never handed
+        over in the engine's round buffers."""
+        if type(self).__call__ is not BatchedExecutor.__call__:
+            return False
+        m = self.points_per_call(x)
+        return m is None or m > 1
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
-        """One batched ``model`` call for all points (see ``Executor.__call__``)."""
+        """Batched ``model`` calls of at most ``max_batch_bytes`` each (see ``Executor.__call__``)."""
         if self.workspace is None:
             self.workspace = Workspace()
-        return model.evaluate(xs, ts, batched=True, workspace=self.workspace)
+        m = self.points_per_call(xs[0]) if len(xs) > 1 else None
+        if m is None or m >= len(xs):
+            return model.evaluate(xs, ts, batched=True, workspace=self.workspace)
+        if m == 1:
+            return model.evaluate(xs, ts, batched=False)
+        stacked = xs if isinstance(xs, Stacked) else None
+        outs: list[Any] = []
+        parts: list[Any] = []
+        for a in range(0, len(xs), m):
+            part = stacked.part(a, a + m) if stacked is not None else xs[a:a + m]
+            parts.append(part)
+            try:
+                outs += model.evaluate(part, ts[a:a + m], batched=True, workspace=self.workspace)
+            except ModelOutputError as e:
+                raise ModelOutputError(a + e.point, str(e)) from None
+        if stacked is not None:  # every part passed on as it lies: its outputs were checked against it
+            stacked.joined = all(p.joined for p in parts)
+        return outs

@@ -188,8 +188,10 @@ def test_batched_rounds_hold_little_more_memory_than_serial_ones():
     def run(executor):
         return lambda: cc.chords(model, x, grid, "euler", init=init_, stop=None, executor=executor)
 
-    batched, serial = _peak(run(cc.BatchedExecutor())), _peak(run(cc.SerialExecutor()))
-    assert batched <= 1.15 * serial, (batched / 2**20, serial / 2**20)
+    serial = _peak(run(cc.SerialExecutor()))
+    for cap in (None, "auto"):  # one call a round; calls of 4 points (4 MiB, HOST_BATCH_BYTES)
+        batched = _peak(run(cc.BatchedExecutor(max_batch_bytes=cap)))
+        assert batched <= 1.15 * serial, (cap, batched / 2**20, serial / 2**20)
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m"])
@@ -232,10 +234,99 @@ def test_a_batched_executor_subclass_with_its_own_call_gets_plain_points(monkeyp
             return super().__call__(model, xs, ts)
 
     ex = Recording()
-    assert not ex.stacks_points and cc.BatchedExecutor().stacks_points
     model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
     x = np.random.default_rng(4).standard_normal((2, 7)).astype(np.float32)
+    assert not ex.stacks_points(x) and cc.BatchedExecutor().stacks_points(x)
     grid = cc.time_grid(cc.RectifiedFlow(), T)
     got = cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=ex)
     assert _same_run(got, cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=cc.SerialExecutor()))
     assert all(np.array_equal(p, kept) for rnd in ex.log for p, kept in rnd)
+
+
+def _batch_log(fn, log):
+    """``fn``, recording the rows of each call."""
+    def logged(x, t):
+        log.append(int(x.shape[0]))
+        return fn(x, t)
+
+    return logged
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("per_call", [1, 2, 3])
+@pytest.mark.parametrize("buffers", [False, True])
+def test_rounds_split_by_max_batch_bytes_equal_one_call_a_round(lib, solver, per_call, buffers, monkeypatch):
+    """A round above ``max_batch_bytes`` goes in calls of as many points as fit (through the round
+    buffers' ranges where the round has one): the same run as one call a round and as the serial
+    executor, bit for bit, with no call above the cap."""
+    if buffers:
+        monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    x = np.random.default_rng(3).standard_normal((2, 5)).astype(np.float32)
+    if lib == "torch":
+        x = torch.from_numpy(x)
+    sch = cc.RectifiedFlow() if solver in ("euler", "heun") else cc.VP()
+    log: list[int] = []
+    model = cc.DiffusionModel(_batch_log(lambda x, t: x * 0.5 + 0.1, log), sch,
+                              "flow" if solver in ("euler", "heun") else "eps")
+    grid = cc.time_grid(sch, T)
+    ex = cc.BatchedExecutor(max_batch_bytes=per_call * 40 + 39)  # a point: 2 x 5 float32 = 40 bytes
+    assert ex.points_per_call(x) == per_call and ex.stacks_points(x) is (per_call > 1)
+    made = []
+    monkeypatch.setattr(B.RoundBuffers, "take", _counting(B.RoundBuffers.take, made))
+    got = cc.chords(model, x, grid, solver, cores=CORES + 2, stop=None, executor=ex)
+    assert bool(made) is (buffers and per_call > 1)
+    assert max(log) == 2 * per_call and len(log) > got.rounds  # rounds were split, no call above the cap
+    log.clear()
+    one = cc.chords(model, x, grid, solver, cores=CORES + 2, stop=None, executor=cc.BatchedExecutor(max_batch_bytes=None))
+    assert max(log) == 2 * (CORES + 2) and len(log) == one.rounds
+    assert _same_run(got, one)
+    assert _same_run(got, cc.chords(model, x, grid, solver, cores=CORES + 2, stop=None, executor=cc.SerialExecutor()))
+
+
+@pytest.mark.parametrize("per_call", [1, 2, 3])
+def test_split_rounds_of_a_batched_vector_field_and_a_model_returning_its_input(per_call, monkeypatch):
+    """Stacked along a new axis (a batched ``VectorField``) and with outputs aliasing the round
+    buffer's ranges (copied): the serial result bit for bit."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+    y = np.linspace(0.0, 1.0, 6).reshape(2, 3)  # 48 bytes a point
+    grid = np.linspace(0.0, 1.0, T + 1)
+    ex = cc.BatchedExecutor(max_batch_bytes=48 * per_call)
+    for f in (cc.VectorField(lambda t, y: -y * t[:, None, None], batched=True), cc.VectorField(lambda t, y: y[...], batched=True)):
+        got = cc.chords(f, y, grid, "heun", cores=CORES, stop=None, executor=ex)
+        assert _same_run(got, cc.chords(f, y, grid, "heun", cores=CORES, stop=None, executor=cc.SerialExecutor()))
+
+
+@pytest.mark.parametrize("per_call", [1, 2, 3])
+def test_a_split_round_names_the_core_of_a_bad_output(per_call):
+    """A non-finite output in a later call of a split round: the error names the same round and core
+    as with one call a round."""
+    def fn(x, t):
+        out = x * 0.5
+        out[np.asarray(t) < 0.3] = np.nan  # the fastest cores reach t < 0.3 first
+        return out
+
+    model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(5).standard_normal((1, 4))
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    messages = []
+    for cap in (32 * per_call, None):
+        with pytest.raises(cc.ModelOutputError) as err:
+            cc.chords(model, x, grid, "euler", cores=CORES + 2, stop=None, executor=cc.BatchedExecutor(max_batch_bytes=cap))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "round" in messages[0] and "core" in messages[0]
+
+
+def test_max_batch_bytes_auto_and_bad_values():
+    """``"auto"``: ``HOST_BATCH_BYTES`` on the host (numpy, CPU tensors), no cap for jax arrays; a bad
+    value names the argument."""
+    ex = cc.BatchedExecutor()
+    small, big = np.zeros((1, 1024), np.float32), np.zeros((1, 1 << 20), np.float32)
+    assert ex.points_per_call(small) == cc.HOST_BATCH_BYTES // 4096 and ex.points_per_call(big) == 1
+    assert ex.points_per_call(torch.from_numpy(big)) == 1 and not ex.stacks_points(big) and ex.stacks_points(small)
+    import jax.numpy as jnp
+    assert ex.points_per_call(jnp.zeros((1, 1 << 20))) is None
+    assert cc.BatchedExecutor(max_batch_bytes=None).points_per_call(big) is None
+    for bad in (0, -1, True, 1.5, "big", 2.0**30):
+        with pytest.raises(ValueError, match="max_batch_bytes"):
+            cc.BatchedExecutor(max_batch_bytes=bad)
