@@ -51,7 +51,8 @@ def chords(
             (n = 1: the fastest core, the paper's fixed schedule, unchecked), ``StopOnResidual(tol)``
             the first output within ``tol`` of the previous one, ``None`` runs every core and
             returns core 0's (the sequential solution, bit for bit).
-        executor: evaluates each round (default ``BatchedExecutor``: one batched call per round).
+        executor: evaluates each round (default ``BatchedExecutor``: batched calls, one a round up to its
+            ``max_batch_bytes``).
         history: what a rectification does to a multistep solver's history (``history``).
         progress: show a progress bar over rounds (needs tqdm).
 
