@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Stacked, Workspace, _nbytes, library, on_accelerator
+from ._backend import Stacked, Workspace, _nbytes, library
 from .models import Model, ModelOutputError
 
 __all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
@@ -107,12 +107,22 @@ class BatchedExecutor(Executor):
     def points_per_call(self, x: Any) -> int | None:
         """How many points like ``x`` one model call takes (at least 1); ``None``: a whole round."""
         cap = self.max_batch_bytes
-        if isinstance(cap, str):  # "auto"
-            host = type(x) is np.ndarray or (library(x) == "torch" and not on_accelerator(x))
-            cap = HOST_BATCH_BYTES if host else None
         if cap is None:
             return None
-        return max(1, cap // max(1, _nbytes(x)))
+        if type(x) is np.ndarray:  # the hot case, decided at once
+            size = x.nbytes
+            cap = HOST_BATCH_BYTES if isinstance(cap, str) else cap
+        elif library(x) == "torch":
+            size = x.nbytes
+            if isinstance(cap, str):  # "auto": tensors on the CPU only
+                if not x.is_cpu:
+                    return None
+                cap = HOST_BATCH_BYTES
+        else:  # jax and other arrays: no cap for "auto"
+            if isinstance(cap, str):
+                return None
+            size = _nbytes(x)
+        return max(1, cap // max(1, size))
 
     def stacks_points(self, x: Any) -> bool:
         """True for this class's own ``__call__`` where a call takes more than one point like ``x``; a
