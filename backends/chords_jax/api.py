@@ -49,7 +49,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, chunk_runner, lru_get, lru_put, make_mesh, runner
+from .run import NO_BAD, chunk_runner, first_bad, lru_get, lru_put, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -245,10 +245,9 @@ def chords(
     assert sym.plan is not None  # compile_plan's result carries its plan
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
-        run = runner(model, mesh, check, with_args=args is not None)
-        outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
+        outs, bad = _run_once(model, x, prog, mesh, check, args)
         if check:
-            _raise_nonfinite(int(bad), prog, sym)  # the run's one transfer to the host: an int
+            _raise_nonfinite(bad, prog, sym)
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
@@ -320,6 +319,17 @@ def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     return tuple(ready), tuple(ends), tuple(tuple(i) for i in ids)
 
 
+def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bool, args: Any) -> tuple[tuple, Any]:
+    """The whole program as one call of ``runner``: (outputs, ``bad``); with ``check``, ``bad`` is
+    the exact code of the first non-finite output (``first_bad``: the run's one transfer to the host
+    is an int; a run the screen flags is run again, checked exactly)."""
+    arrays = _device_arrays(prog, x.size, x.dtype, mesh)
+    outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
+    if check:
+        bad = first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
+    return outs, bad
+
+
 def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, mesh: Any, check: bool, args: Any,
                    raise_bad: Callable[[int], None]) -> Iterator[tuple[dict, int]]:
     """Run the program chunk by chunk (``_chunk_plan``), the buffer carried on the device; after each
@@ -331,14 +341,20 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
     that round's outputs."""
     ready, ends, ids = chunks
     run = chunk_runner(model, mesh, check, with_args=args is not None)
-    buf, bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
-    slots = prog.width
+    buf, no_bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
+    bad, slots = no_bad, prog.width
     vals: dict[int, Any] = {}
     m = 0
     for i, end in enumerate(ends):
-        buf, bad, outs = run(x, buf, bad, pieces[i], rows[i], zeros, args, slots=slots)
-        if check:
-            raise_bad(int(bad))
+        start = buf
+        buf, bad, outs = run(x, start, bad, pieces[i], rows[i], zeros, args, slots=slots)
+        if check:  # a chunk the screen flags is run again from its start, checked exactly (``first_bad``)
+            def rerun(i: int = i, start: Any = start) -> Any:
+                exact = chunk_runner(model, mesh, check, args is not None, exact=True)
+                return exact(x, start, no_bad, pieces[i], rows[i], zeros, args, slots=slots)[1]
+
+            raise_bad(first_bad(bad, rerun))
+            bad = no_bad  # no bad output so far (a flagged chunk may have had none: a row overflowed)
         vals.update(zip(ids[i], outs))
         while m < len(ready) and ready[m] <= end:
             m += 1

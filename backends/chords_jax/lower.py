@@ -17,7 +17,9 @@ the scan ``buf = init[:, None] * x0`` (every first value is a multiple of x0). V
 consumed within one step are inlined (their coefficients multiplied out); a value read in a later
 step (as a term, as a point, or as an output of the run) gets a register, and registers are reused
 once their last reader has run (interval colouring). A slot without an evaluation reads row 0 (a
-zero point, evaluated at t_0); its output is never read.
+zero point, evaluated at t_0); its output is never read. Every evaluated output has a nonzero
+coefficient in some row its round writes (an output nothing uses is written to a last register
+that nothing reads), so that the output check can screen the written rows (``run.py``).
 
 The rounds are grouped into *segments* of equal width (a power of two times the device count, at
 most Kp) and of terms per row within a power of two (runs shorter than ``MIN_SEGMENT_ROUNDS`` join a
@@ -219,6 +221,7 @@ def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multip
 
         steps.append([(1 + reg_of[i], *resolve(nodes[i])) for i in born_at[step]])
 
+    L += _cover_outputs(steps, rec, 1 + L)
     init = np.zeros(1 + L)
     for row, buf_terms, _ in steps[0]:
         init[row] = buf_terms.get(0, 0.0)
@@ -226,6 +229,22 @@ def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multip
     segments = _segments([len(xs) for xs, _ in rec.rounds], n_terms, n_out, K, multiple)
     outs = {o.id: 1 + reg_of[o.id] for o in outputs}
     return Program(L, K, init, points, times, active, dest, idx, coef, out_idx, out_coef, segments, outs)
+
+
+def _cover_outputs(steps: list[list[tuple[int, dict[int, float], dict[int, float]]]], rec: LinearRecorder,
+                   scratch: int) -> int:
+    """Make every evaluated output a term of a row its round writes, so that the output check can
+    screen the written rows (``run.py``): a round where some output has no nonzero coefficient in
+    any row (it is unused, or its coefficients cancel) writes their sum to the buffer row
+    ``scratch``, which nothing reads. Returns the registers added: 1 if any round needed it, else 0."""
+    added = 0
+    for step, (xs, _) in enumerate(rec.rounds, start=1):
+        used = {j for _, _, outs in steps[step] for j, c in outs.items() if c != 0.0}
+        missing = [j for j in range(len(xs)) if j not in used]
+        if missing:
+            steps[step].append((scratch, {}, {j: 1.0 for j in missing}))
+            added = 1
+    return added
 
 
 def _pack(steps: list[list[tuple[int, dict[int, float], dict[int, float]]]]) -> tuple[np.ndarray, ...]:

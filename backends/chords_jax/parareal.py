@@ -33,16 +33,16 @@ from .api import (
     _cached_program,
     _chunk_outputs,
     _chunk_plan,
-    _device_arrays,
     _mesh,
     _model_key,
     _one_call,
     _replicated,
+    _run_once,
     options_key,
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, runner
+from .run import NO_BAD
 
 __all__ = ["srds", "compile_srds"]
 
@@ -166,10 +166,9 @@ def srds(
 
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a choice known before any value, or one chunk: one call
-        run = runner(model, mesh, check, with_args=args is not None)
-        outs, bad = run(x, *_device_arrays(prog, x.size, x.dtype, mesh), args)
+        outs, bad = _run_once(model, x, prog, mesh, check, args)
         if check:
-            raise_bad(int(bad))
+            raise_bad(bad)
         vals = dict(zip(prog.outputs, outs))
         stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits], vals[sym.coarse.id], last, nb)
     else:

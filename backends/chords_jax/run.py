@@ -4,11 +4,13 @@
 Per scan step the w slots of the segment evaluate the model once each, as one batched call of
 w * B rows with per-sample times (``DiffusionModel``), or vmapped (unbatched ``VectorField``); the
 rows born in the round are combined in one fused pass and scattered into the register buffer in
-place, and the outputs are checked for nan/inf on the device (the first bad round and slot is
-carried as one int). With a mesh the slots are sharded over its ``"cores"`` axis and every device
-evaluates its w / D slots with ``shard_map``; the buffer of registers is replicated and the linear
-updates run as GSPMD decides. The jitted functions are cached per (model function, mesh, output
-check, one call or chunked), so a second call with the same shapes reuses the executable;
+place, and the outputs are checked for nan/inf on the device (carried as one int): the check
+screens the written rows, which hold every output with a nonzero coefficient (``lower.py``), and
+a run the screen flags is run again with the exact check on the outputs (``first_bad``). With a
+mesh the slots are sharded over its ``"cores"`` axis and every device evaluates its w / D slots
+with ``shard_map``; the buffer of registers is replicated and the linear updates run as GSPMD
+decides. The jitted functions are cached per (model function, mesh, output check, exact or
+screened, one call or chunked), so a second call with the same shapes reuses the executable;
 ``chunk_runner``'s runs a chunk of rounds from a carried buffer (a rule that stops early, ``api``).
 """
 
@@ -25,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, VectorField, check_array
 
-__all__ = ["runner", "chunk_runner", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
+__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
@@ -142,7 +144,7 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) -> Callable:
+def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, exact: bool = False) -> Callable:
     """The jitted pipeline ``run(x, init, segments, rows, zeros, args) -> (outputs, bad)``, cached.
 
     The cache is keyed by the model's function and holds it (and what it closes over) until it is
@@ -155,6 +157,8 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
         mesh: the device mesh (``make_mesh``) or ``None``.
         check: check on device that the active slots' outputs are finite.
         with_args: call the function with a third argument ``args`` (any pytree).
+        exact: check the outputs themselves; by default the rows each round writes are screened
+            (see ``bad``).
 
     Returns:
         The jitted function. ``segments`` holds one tuple of per-round arrays per segment
@@ -162,12 +166,16 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) 
         buffer's ``rows`` (each of x's shape); ``zeros`` is a vector of x.size zeros (the output
         check's operand); ``bad`` (int32) is ``round * slots + slot`` of the first active slot
         whose output was not finite (rounds 0-based, slots as in ``Program.points``), or
-        ``NO_BAD`` (also without ``check``).
+        ``NO_BAD`` (also without ``check``). Screened (``exact=False``), ``bad`` is
+        ``round * slots`` of the first round that wrote a non-finite row, or ``NO_BAD``, which is
+        exact: every output is a term of a written row, and a non-finite term makes its row
+        non-finite. A flagged run may have no bad output (a row can overflow); ``first_bad`` runs
+        it again with ``exact``.
     """
-    return _jitted(model, mesh, check, with_args, chunked=False)
+    return _jitted(model, mesh, check, with_args, exact, chunked=False)
 
 
-def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False) -> Callable:
+def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, exact: bool = False) -> Callable:
     """The jitted pipeline run in chunks of rounds: ``chunk(x, buf, bad, segments, rows, zeros, args,
     slots) -> (buf, bad, outputs)``, cached as ``runner``.
 
@@ -178,12 +186,20 @@ def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = F
     program's widest segment, so that ``bad`` codes as ``runner``'s do. The buffer stays on the
     device between chunks; each distinct chunk (shapes, ``slots``) compiles once.
     """
-    return _jitted(model, mesh, check, with_args, chunked=True)
+    return _jitted(model, mesh, check, with_args, exact, chunked=True)
 
 
-def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked: bool) -> Callable:
+def first_bad(bad: Any, rerun: Callable[[], Any]) -> int:
+    """The code of a run's first non-finite output (``runner``'s ``bad``, exact) from the ``bad`` of
+    a screened run: ``NO_BAD`` as it is, else ``rerun()``'s, the same run with ``exact=True``
+    (compiled on the first flagged run only)."""
+    bad = int(bad)
+    return bad if bad == NO_BAD else int(rerun())
+
+
+def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
-    key = (key_model, mesh, bool(check), chunked)
+    key = (key_model, mesh, bool(check), bool(check) and exact, chunked)
     fn = lru_get(_CACHE, key)
     if fn is not None:
         return fn
@@ -205,14 +221,19 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, chunked
             outs = evaluate(buf[points].reshape(points.shape + x.shape), t, args).reshape(points.shape[0], -1)
             new = _terms(buf, idx, coef) + _terms(outs, out_idx, out_coef)
             buf = pin(buf.at[dest].set(new, mode="promise_in_bounds"))
-            if check:
-                # outs @ 0 is 0 for a finite row and nan for a row with a nan or an inf (0 * inf = nan),
-                # at any magnitude; a matrix-vector product reads the outputs once at full speed (a
-                # reduction over the rows ran up to 2x slower on CPU). ``zeros`` is an argument, not a
-                # constant, so that no compiler folds the product away.
+            # a @ 0 is 0 for a finite row of a and nan for a row with a nan or an inf (0 * inf = nan),
+            # at any magnitude; a matrix-vector product reads the rows once at full speed (a
+            # reduction over the rows ran up to 2x slower on CPU). ``zeros`` is an argument, not a
+            # constant, so that no compiler folds the product away.
+            if check and exact:
                 ok = jnp.isfinite(outs @ zeros) | ~active
                 code = rnd * slots + jnp.arange(outs.shape[0], dtype=jnp.int32)
                 bad = jnp.minimum(bad, jnp.min(jnp.where(ok, NO_BAD, code)))
+            elif check:
+                # the screen: the written rows are computed anyway, and reading the outputs a second
+                # time would keep XLA from fusing the model into the rows (1.4-1.8x per round with
+                # a near-free model on CPU)
+                bad = jnp.minimum(bad, jnp.where(jnp.isfinite(new @ zeros).all(), NO_BAD, rnd * slots))
             return (buf, bad), None
 
         for seg in segments:
