@@ -150,6 +150,15 @@ def _into_ok(out: Array, coeffs: Sequence[float], arrays: Sequence[Array]) -> bo
     return True
 
 
+def subtract_into(a: Array, b: Array, out: Array | None) -> Array:
+    """``a - b`` written into ``out`` where all three are numpy arrays of one dtype and shape (``out``
+    may be ``a`` or ``b``), else (``out`` None, say) a new array: the same values bit for bit."""
+    if (type(out) is np.ndarray and type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == out.dtype
+            and b.dtype == out.dtype and a.shape == out.shape and b.shape == out.shape):
+        return np.subtract(a, b, out=out)
+    return a - b
+
+
 def add_into(acc: Array, term: Array) -> Array:
     """acc + term, in place in ``acc`` (which the caller owns) when that keeps the result's dtype."""
     if acc.dtype == term.dtype and acc.shape == term.shape:

@@ -46,18 +46,24 @@ class LocalError:
             c = self._coef[j] = self.sol.jump_coeffs(j - 1, j)[1] / self.fact
         return c
 
-    def difference(self, back: Sequence[Any]) -> Any:
-        """The p-th backward difference of ``back`` = [q_j, q_{j-1}, ..., q_{j-p}]."""
+    def difference(self, back: Sequence[Any], out: Sequence[Any] | None = None) -> Any:
+        """The p-th backward difference of ``back`` = [q_j, q_{j-1}, ..., q_{j-p}]; with ``out`` (p
+        scratch arrays like the quantities) the differences are written there
+        instead of into new arrays (``_backend.subtract_into``), the same values bit for bit."""
         d = list(back[: self.p + 1])
         for n in range(self.p, 0, -1):  # level by level, in place: d[k] still holds the level above's d[k + 1]
             for k in range(n):
-                d[k] = d[k] - d[k + 1]
+                # the first level into the scratch arrays, the later ones over them
+                d[k] = d[k] - d[k + 1] if out is None else B.subtract_into(d[k], d[k + 1], out[k])
         return d[0]
 
-    def sq_at(self, j: int, back: Sequence[Any]) -> Any:
-        """|e_j|^2 per sample (``_backend.row_sq``), without forming e_j."""
+    def sq_at(self, j: int, back: Sequence[Any], out: Sequence[Any] | None = None, one: bool = False) -> Any:
+        """|e_j|^2 per sample (``_backend.row_sq``), without forming e_j; ``out`` as for ``difference``.
+        ``one``: the quantities are numpy arrays of one sample, whose value is returned as a numpy
+        scalar (the same arithmetic as on the one-element array, at a tenth of the cost)."""
         coef = self.coefficient(j)
-        return B.row_sq(self.difference(back)) * (coef * coef)
+        sq = B.row_sq(self.difference(back, out))
+        return (sq[0] if one else sq) * (coef * coef)
 
     def at(self, j: int, back: Sequence[Any]) -> Any:
         """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""

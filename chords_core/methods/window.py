@@ -47,6 +47,7 @@ DPM-Solver code does; its fixed point then differs from the sequential solution.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -124,9 +125,28 @@ def row_size(shape: tuple) -> int:
 
 def _worst(score: Any) -> float:
     """The largest per-sample score (a 0-d score for a state without a batch axis)."""
-    if type(score) is np.ndarray and score.size == 1:
-        return score.item()  # one sample: its score (the cheap hot case)
+    tp = type(score)
+    if tp is np.float32 or tp is np.float64 or tp is float:
+        return float(score)  # one sample: its score (the cheap hot cases)
+    if tp is np.ndarray and score.size == 1:
+        return score.item()
     return float(score.max() if hasattr(score, "max") else score)
+
+
+#: states of at least this many bytes get scratch arrays for their temporaries (``_backend.subtract_into``); below
+#: it a fresh array costs less than the checks
+SCRATCH_MIN_BYTES = 1 << 16
+
+
+def _scratch(x: Any, n: int) -> list | None:
+    """``n`` scratch arrays like ``x`` for its temporaries, for a numpy array with at least one axis of
+    at least ``SCRATCH_MIN_BYTES`` (``None`` otherwise: temporaries are new arrays)."""
+    if type(x) is np.ndarray and x.ndim >= 1 and x.nbytes >= SCRATCH_MIN_BYTES:
+        return [np.empty_like(x) for _ in range(n)]
+    return None
+
+
+_UNSET: Any = object()  # a value not computed yet
 
 
 class Seeder:
@@ -139,7 +159,8 @@ class Seeder:
         if isinstance(model, DiffusionModel):
             sch = model.schedule
             with np.errstate(divide="ignore"):
-                alpha, sigma, lam = ([float(v) for v in f(sol.times)] for f in (sch.alpha, sch.sigma, sch.lam))
+                alpha, sigma, lam = (np.asarray(f(sol.times), np.float64).tolist()
+                                     for f in (sch.alpha, sch.sigma, sch.lam))
             self.path = (alpha, sigma, lam)
             self.finite = [math.isfinite(v) for v in lam]
 
@@ -179,37 +200,54 @@ class Seeder:
 class _PointErrors:
     """The solver's local error e_j (``local_error.LocalError``) at window points, from the window's
     own model values, computed only for the points that get scored; a point's change is scored
-    against it, per sample: change^2 / (|e_j|^2 + tiny)."""
+    against it, per sample: change^2 / (|e_j|^2 + tiny).
 
-    def __init__(self, sol: Solver, x0: Any):
+    For a numpy state of one sample (``one``) the per-sample values are numpy scalars (``sq_at``):
+    the same arithmetic as on one-element arrays, without an array operation each."""
+
+    def __init__(self, sol: Solver, x0: Any, one: bool):
         self.local = LocalError(sol)
+        self.needs = self.local.needs
         self.q: list = [None] * (sol.steps + 1)  # the latest quantity evaluated at each index (stage 0)
-        self.bound: dict[int, Any] = {}  # j -> |e_j|^2 + tiny of this sweep (None: no estimate)
+        self.bound: list = []  # j - b -> |e_j|^2 + tiny of this sweep (None: no estimate; _UNSET: not yet known)
         self.b = 0
+        self.one = one
         self.tiny = 1e-30 + 1e-24 * _worst(B.row_sq(x0))
+        self.scratch = _scratch(x0, self.local.p)  # for the differences (reused every estimate)
 
-    def observe(self, qs: dict, b: int, e: int) -> None:
-        """Take the sweep's quantities (window b .. e-1); estimates are recomputed on demand."""
+    def observe(self, qs: list, b: int, e: int) -> None:
+        """Take the sweep's quantities (``qs[m - b]``: point m's stage quantities, window b .. e-1);
+        estimates are recomputed on demand."""
         q = self.q
-        for m in range(self.b - self.local.needs, b - self.local.needs):
-            if m >= 0:
-                q[m] = None  # no longer needed: before every estimate's reach
+        for m in range(max(0, self.b - self.needs), b - self.needs):
+            q[m] = None  # no longer needed: before every estimate's reach
         for m in range(b, e):
-            q[m] = qs[m][0]
-        self.bound.clear()
+            q[m] = qs[m - b][0]
+        self.bound = [_UNSET] * (e - b + 1)
         self.b = b
+
+    def release(self, nb: int) -> None:
+        """The next sweep starts at ``nb``: of this sweep's quantities it needs those before nb, which
+        are copied out of the round's output where they pin a large one (``_backend.own``), so that
+        the output is freed before the next round's."""
+        q = self.q
+        for m in range(max(0, nb - self.local.p), nb):
+            if q[m] is not None:
+                q[m] = B.own(q[m])
 
     def _bound(self, j: int) -> Any:
         """|e_j|^2 + tiny per sample (the window's end point, not yet evaluated, takes its
         predecessor's); None without an estimate."""
-        if j in self.bound:
-            return self.bound[j]
-        back = self.q[j - self.local.needs + 1 : j + 1][::-1] if j + 1 >= self.local.needs else [None]
+        val = self.bound[j - self.b]
+        if val is not _UNSET:
+            return val
+        needs = self.needs
+        back = self.q[j - needs + 1 : j + 1][::-1] if j + 1 >= needs else [None]
         if all(v is not None for v in back):
-            val = self.local.sq_at(j, back) + self.tiny
+            val = self.local.sq_at(j, back, self.scratch, self.one) + self.tiny
         else:
             val = self._bound(j - 1) if j - 1 > self.b else None
-        self.bound[j] = val
+        self.bound[j - self.b] = val
         return val
 
     def score(self, change_sq: Any, j: int) -> Any:
@@ -219,12 +257,16 @@ class _PointErrors:
         from a wild iterate accepted outputs 3-309x the output's RMS away from the sequential one),
         while e_{j-1} leans on the point just accepted. (The minimum is taken after adding tiny:
         rounding is monotonic, so min(a, b) + tiny = min(a + tiny, b + tiny) exactly.)"""
-        est = self._bound(j)
+        bound, i = self.bound, j - self.b
+        est = bound[i] if bound[i] is not _UNSET else self._bound(j)
         if est is None:
             return math.inf if _worst(change_sq) > 0 else 0.0
-        prev = self._bound(j - 1) if j > 0 else None
+        prev = (bound[i - 1] if bound[i - 1] is not _UNSET else self._bound(j - 1)) if j > 0 else None
         if prev is not None:
-            est = B.minimum(est, prev)
+            if self.one:  # numpy scalars: np.minimum's result (nan propagates), without its call
+                est = est if est <= prev or est != est else prev
+            else:
+                est = B.minimum(est, prev)
         return change_sq / est
 
 
@@ -334,7 +376,9 @@ def sliding_window(
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     scale = check_choice("scale", scale, SCALES)
     anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
-    local = _PointErrors(sol, x) if scale == "error" else None
+    # a numpy state of one sample: per-sample values (squared changes, scores) as numpy scalars
+    one = type(x) is np.ndarray and x.ndim >= 2 and x.shape[0] == 1
+    local = _PointErrors(sol, x, one) if scale == "error" else None
     mixer = _Anderson(anderson, ridge) if anderson else None
     # steps whose x-coefficient is 1 and that do not depend on x beyond it (explicit, single point)
     a = [sol.jump_coeffs(m, m + 1)[0] for m in range(T)]  # each step's x-coefficient
@@ -342,12 +386,15 @@ def sliding_window(
     if sol.history_size and max(evals) > 1:
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
                          "a sliding window supports one or the other")
-    inv = _inverse_scales(model, sol.times, scale, variance)
-    numel_row = row_size(x.shape)
+    # "noise" / "level": the factor on point j's squared change (0: never blocks)
+    factor = [v / row_size(x.shape) for v in _inverse_scales(model, sol.times, scale, variance)]
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
+    convert = sol.quantity_of if sol.converts else None
+    picard = correction == "picard"
+    scratch = (_scratch(x, 1) or [None])[0]  # how far a point moved, reused point after point
     t = sol.t
 
-    def where(p: int, idx: list, k: int, ti: list) -> str:
+    def where(p: int, idx: Sequence[int], k: int, ti: Sequence[int]) -> str:
         return f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})"
 
     bar = None
@@ -363,22 +410,25 @@ def sliding_window(
         while b < T:
             e = min(b + window, T)
             pts = range(b, e)
-            qs: dict = {m: [] for m in pts}
-            for k in range(max(evals[m] for m in pts)):
-                idx = [m for m in pts if evals[m] > k]
+            qs: list = [[] for _ in pts]  # point m's stage quantities at m - b
+            idx: Sequence[int]  # the round's points (grid indices) and their time indices
+            ti: Sequence[int]
+            for k in range(max(evals[b:e])):
                 if k == 0:
-                    px, ti = [xs[m] for m in idx], idx
+                    idx, px, ti = pts, xs[b:e], pts
                 else:
-                    staged = [sol.stage_point(State(xs[m]), qs[m], m, m + 1, k) for m in idx]
+                    idx = [m for m in pts if evals[m] > k]
+                    staged = [sol.stage_point(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
                     px, ti = [p for p, _ in staged], [j for _, j in staged]
                 rounds += 1
                 outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
                 nfe, width = nfe + len(idx), max(width, len(idx))
-                trace.append(Round(rounds, tuple(Eval(m - b, m, k, j) for m, j in zip(idx, ti))))
+                trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
                 for m, xp, j, out in zip(idx, px, ti, outs):
-                    qs[m].append(sol.quantity_of(xp, out, j))
+                    qs[m - b].append(out if convert is None else convert(xp, out, j))
+                del outs, px  # the quantities hold what is needed of the round
             st = base if multistep == "chain" else State(base.x)
-            new, states, accepted = [xs[b]], {}, None
+            new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
             if local is not None:
                 local.observe(qs, b, e)
             moved: Any = None  # how far the previous point moved this sweep: x_m^new - x_m^old
@@ -386,25 +436,28 @@ def sliding_window(
                 if m > b and unit[m]:
                     # a step affine in x with coefficient 1 (Euler, Heun): Phi_m(x_old) + (x_new - x_old)
                     # is the step from x_new with the same model values, at the cost of the step alone
-                    st = sol.step(move(st, new[-1]), qs[m], m, m + 1)
+                    st = sol.step(move(st, new[-1]), qs[m - b], m, m + 1)
                     xn = st.x
                 else:
-                    st = sol.step(move(st, xs[m]), qs[m], m, m + 1)
+                    st = sol.step(move(st, xs[m]), qs[m - b], m, m + 1)
                     if m == b:
                         xn = st.x
                     else:  # Phi_m + c_m times how far x_m moved (st.x is a fresh array: in place)
-                        c = 1.0 if correction == "picard" else a[m]
+                        c = 1.0 if picard else a[m]
                         xn = B.add_into(st.x, moved if c == 1.0 else c * moved)
                 new.append(xn)
-                states[m + 1] = st
+                states.append(st)
                 if accepted is not None and (m + 1 >= e or unit[m + 1]):
                     continue  # neither a score nor the next point's correction needs how far this one moved
-                moved = xn - xs[m + 1]
+                moved = B.subtract_into(xn, xs[m + 1], scratch)
                 if accepted is None:
+                    change = B.row_sq(moved)
+                    if one:
+                        change = change[0]
                     if local is not None:
-                        score = local.score(B.row_sq(moved), m + 1)
-                    elif inv[m + 1] > 0:
-                        score = B.row_sq(moved) * (inv[m + 1] / numel_row)
+                        score = local.score(change, m + 1)
+                    elif factor[m + 1] > 0:
+                        score = change * factor[m + 1]
                     else:
                         score = 0.0
                     if _worst(score) > tol2:
@@ -420,11 +473,15 @@ def sliding_window(
                 xs.extend([xs[e]] * (end + 1 - len(xs)))
             elif end > e:  # never-evaluated points: the free coarse jump from the new x_e with the
                 # data prediction of the window's last evaluated point (fresh every sweep)
-                d = seeder.prediction(evaluated_last, qs[e - 1][0], e - 1)
-                d2 = seeder.prediction(evaluated_prev, qs[e - 2][0], e - 2) if e - 2 >= b and seeder.order > 1 else None
+                d = seeder.prediction(evaluated_last, qs[e - 1 - b][0], e - 1)
+                d2 = (seeder.prediction(evaluated_prev, qs[e - 2 - b][0], e - 2)
+                      if e - 2 >= b and seeder.order > 1 else None)
                 del xs[e + 1:]
                 xs.extend(seeder.seed(xs[e], d, e, e - 1, j, d2, e - 2) for j in range(e + 1, end + 1))
-            base = move(states[nb], xs[nb])
+            if local is not None:
+                local.release(nb)
+            base = move(states[nb - b], xs[nb])
+            xs[b:nb] = [None] * (nb - b)  # accepted points before the new start are not used again: freed
             log.append(Sweep(rounds, b, e, nb))
             if bar is not None:
                 bar.update(nb - b)
