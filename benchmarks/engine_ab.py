@@ -4,8 +4,8 @@ The earlier package is extracted with ``git archive <base> chords_core`` into a 
 and imported as ``chords_core_base`` (its absolute self-imports rewritten), so both run on the same
 interpreter, the same arrays and the same machine load. The loop is ``benchmarks/overhead.py``'s:
 a near-free model (``x * 0.5``), 8 cores, init 0-2-4-8-16-24-32-40, T = 50, Euler, float32,
-``stop=None`` (every round), the default executor. Repeats alternate base and new (the order
-flipped every repeat); printed: microseconds per round, median [min-max], and the ratio new / base
+``stop=None`` (every round), the default executor. Repeats alternate base and new (in a
+random order every repeat); printed: microseconds per round, median [min-max], and the ratio new / base
 taken repeat by repeat. Issue #10's condition: no measurable slowdown against e4a40cf (the commit
 before the refactor).
 
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
             a, b = runs["base"](), runs["new"]()
             assert (a.rounds, a.nfe) == (b.rounds, b.nfe) and np.array_equal(a.x, b.x)  # the same run, bit for bit
             reps = args.repeats if size <= 4096 else max(5, args.repeats // 3)
-            secs, _ = interleaved(runs, reps, flip=True)
+            secs, _ = interleaved(runs, reps, shuffle=True)
             old, new = secs["base"] / T, secs["new"] / T
             print(f"| {size} | {spread(old, 1e6)} | {spread(new, 1e6)} | {spread(new / old, fmt='.3f')} |", flush=True)
 

@@ -83,7 +83,7 @@ def main() -> None:
             run_jax()
             first = time.perf_counter() - t0
             run_floor()
-            secs, _ = interleaved({"jax": run_jax, "numpy": run_numpy, "floor": run_floor}, args.repeat)
+            secs, _ = interleaved({"jax": run_jax, "numpy": run_numpy, "floor": run_floor}, args.repeat, shuffle=True)
             jx, npy, fl = (secs[k] / STEPS * 1e6 for k in ("jax", "numpy", "floor"))
             compile_ms = (first - float(np.min(jx)) * STEPS / 1e6) * 1e3
             print(f"{solver:>9} {size:>8} {plan * 1e3:8.1f} {compile_ms:10.0f} {_spread(jx):>22} {_spread(npy):>22} "

@@ -3,7 +3,8 @@
 8 cores, T = 50, init 0-2-4-8-16-24-32-40, Euler on a rectified-flow model whose evaluation is one
 array op (``x * 0.5``), float32 states of 64 to 1,048,576 elements, every core run (50 rounds), on
 numpy arrays and on torch tensors. Loops over the same plan, measured side by side in one process,
-interleaved repeat by repeat:
+interleaved repeat by repeat, in a fresh random order every repeat (no loop always first or always
+after the same one):
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
                   (stacked calls of at most 4 MiB of points, ``HOST_BATCH_BYTES``: one call a round
@@ -186,7 +187,7 @@ def per_round(fns: dict, repeats: int) -> tuple[dict, dict]:
     """Time per round and per model evaluation of each loop in every repeat (a loop returns (rounds,
     NFE), or None for T rounds); the loops are interleaved within each repeat so that the machine's
     load affects all alike, and ratios are taken repeat by repeat."""
-    secs, results = interleaved(fns, repeats)
+    secs, results = interleaved(fns, repeats, shuffle=True)
     counts = {k: [r or (T, None) for r in v] for k, v in results.items()}
     rnd = {k: secs[k] / np.array([c[0] for c in counts[k]]) for k in fns}
     ev = {k: secs[k] / np.array([c[1] or np.nan for c in counts[k]], dtype=np.float64) for k in fns}

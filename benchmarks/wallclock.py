@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             for K, init in inits.items():
                 jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init,
                                                                    stop=cc.StopAtCore(1), executor=ex)
-        times, _ = timing.interleaved(jobs, a.repeats)  # every job sees the same load
+        times, _ = timing.interleaved(jobs, a.repeats, shuffle=True)  # every job sees the same load
         best = {k: min(v) for k, v in times.items()}
         plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor())
                  for K, init in inits.items()}
