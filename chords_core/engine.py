@@ -32,7 +32,7 @@ from .executors import Executor
 from .history import move
 from .local_error import LocalError
 from .models import Model, ModelOutputError
-from .plan import Plan, Round
+from .plan import Eval, Plan, Round
 from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
@@ -80,9 +80,13 @@ class DeferredCheck:
         k = int(np.argmin(flags))
         for f, rnd, where, context in pending:
             if k < len(f):
-                raise ModelOutputError(k, f"round {rnd}, {where(k, *context)}: model returned non-finite values "
-                                          "(nan or inf)")
+                raise ModelOutputError.nonfinite(k, f"round {rnd}, {where(k, *context)}")
             k -= len(f)
+
+
+def eval_where(e: Eval, time: float) -> str:
+    """How an error names the evaluation ``e`` of a CHORDS round at ``time``: its core, step and stage."""
+    return f"core {e.core} (step {e.index}, stage {e.stage}, t={time:.6g})"
 
 
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
@@ -304,7 +308,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
 
     def where(p: int, evs: tuple) -> str:
         e = evs[p]
-        return f"core {e.core} (step {e.index}, stage {e.stage}, t={t[e.time_index]:.6g})"
+        return eval_where(e, t[e.time_index])
 
     rounds = plan.rounds[:limit]
     try:

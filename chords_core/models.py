@@ -52,6 +52,16 @@ class ModelOutputError(RuntimeError):
         super().__init__(message)
         self.point = point
 
+    @classmethod
+    def nonfinite(cls, point: int, where: str | None = None) -> ModelOutputError:
+        """The error for a nan or inf in the output at ``point``; ``where``: the round and the point in
+        the method's own terms (``"round 3, core 2 (step 7, stage 0, t=0.86)"``), leading the message."""
+        return cls(point, NONFINITE if where is None else f"{where}: {NONFINITE}")
+
+
+#: what a non-finite model output is called in every error (``ModelOutputError.nonfinite``)
+NONFINITE = "model returned non-finite values (nan or inf)"
+
 
 CHECK_MODES = (True, False, "auto", "deferred")
 
@@ -190,7 +200,7 @@ class Model:
         same_dtype = check_array(out, like)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
-            raise ModelOutputError(bad, "model returned non-finite values (nan or inf)")
+            raise ModelOutputError.nonfinite(bad)
         return out if same_dtype else B.cast_like(out, like)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 import chords_core as cc
 from chords_core.checks import check_grid
-from chords_core.engine import plan_result
+from chords_core.engine import eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import (
@@ -478,5 +478,4 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
     r, j = divmod(bad, prog.width)
     assert sym.plan is not None
     e = sym.plan.rounds[r].evals[j]
-    raise ModelOutputError(j, f"round {r + 1}, core {e.core} (step {e.index}, stage {e.stage}, "
-                              f"t={prog.times[r, j]:.6g}): model returned non-finite values (nan or inf)")
+    raise ModelOutputError.nonfinite(j, f"round {r + 1}, {eval_where(e, prog.times[r, j])}")

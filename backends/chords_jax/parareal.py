@@ -202,7 +202,7 @@ class _Probe(LinearRecorder):
     def __call__(self, model: cc.Model, xs: Any, ts: Any) -> list[Sym]:
         outs = super().__call__(model, xs, ts)
         if len(self.rounds) == self.round:
-            raise ModelOutputError(self.point, "model returned non-finite values (nan or inf)")
+            raise ModelOutputError.nonfinite(self.point)
         return outs
 
 

@@ -63,7 +63,7 @@ from chords_core.methods import METHODS, RECOMMENDED
 from chords_core.methods.cascade import DEFAULT_TOL as CASCADE_TOL
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
-from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales, row_size
+from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales, point_where, row_size
 from chords_core.models import ModelOutputError
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
@@ -414,8 +414,7 @@ def parallel(
     if bad != NO_BAD:
         r, k = divmod(bad, W)
         b = int(starts[r - 1]) if r else 0
-        raise ModelOutputError(k, f"round {r + 1}, window point {b + k} (stage 0, t={float(call.times[b + k]):.6g}): "
-                                  "model returned non-finite values (nan or inf)")
+        raise ModelOutputError.nonfinite(k, f"round {r + 1}, {point_where(b + k, 0, float(call.times[b + k]))}")
     log, trace = _records(W, T, tuple(int(v) for v in starts[:rounds]))
     return Result(x=x_T, rounds=rounds, nfe=nfe, hits=(Hit(0, rounds, nfe, x_T),), coarse=None,
                   stopped_by=f"window reached T after {len(log)} sweeps", method=name, sequential_rounds=T,

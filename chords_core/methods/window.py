@@ -117,6 +117,11 @@ def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) 
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
 
 
+def point_where(m: int, stage: int, time: float) -> str:
+    """How an error names window point ``m`` evaluated (at ``stage``) at ``time``."""
+    return f"window point {m} (stage {stage}, t={time:.6g})"
+
+
 def row_size(shape: tuple) -> int:
     """Elements per sample of a state of ``shape`` (its leading axis the batch; a 0-d or 1-d state
     is one sample)."""
@@ -395,7 +400,7 @@ def sliding_window(
     t = sol.t
 
     def where(p: int, idx: Sequence[int], k: int, ti: Sequence[int]) -> str:
-        return f"window point {idx[p]} (stage {k}, t={t[ti[p]]:.6g})"
+        return point_where(idx[p], k, t[ti[p]])
 
     bar = None
     if progress:
