@@ -557,3 +557,95 @@ def test_the_chunked_run_shards_over_two_devices():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 2
     assert out["runs"] == [[True, True, True, 0, True]] * 2
+
+
+def _first_bad_calls(monkeypatch):
+    """Record ``first_bad``'s calls as (whether the screen flagged the run, the exact code)."""
+    import chords_jax.api as api
+    from chords_jax.run import NO_BAD, first_bad
+
+    calls = []
+
+    def spy(bad, rerun):
+        code = first_bad(bad, rerun)
+        calls.append((int(bad) != NO_BAD, code))
+        return code
+
+    monkeypatch.setattr(api, "first_bad", spy)
+    return calls
+
+
+def test_rows_that_overflow_from_finite_outputs_are_rerun_and_give_the_core_result(monkeypatch):
+    """The screen reads the written rows: a row that overflows although every output is finite flags
+    the run, the exact check on the outputs passes it, and the result is the core's (inf for core 0, as
+    the core's float32 arithmetic gives; nan for the faster cores, whose rectifications take inf from
+    inf), with no error."""
+    calls = _first_bad_calls(monkeypatch)
+    y = np.random.default_rng(0).standard_normal(5).astype(np.float32)
+    model = cc.VectorField(lambda t, y: (jnp if isinstance(y, jax.Array) else np).full_like(y, 3e38))
+    grid = np.linspace(0.0, 2.0, 11)  # y(2) = 6e38 overflows float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = cc.chords(model, y, grid, "euler", cores=4, stop=None)
+    got = cj.chords(model, y, grid, "euler", cores=4, stop=None)
+    assert calls == [(True, calls[0][1])] and calls[0][1] > 2**30  # flagged, then NO_BAD from the exact check
+    assert np.isinf(ref.x).all() and got.rounds == ref.rounds
+    assert all(np.array_equal(np.asarray(g.x), h.x, equal_nan=True) for g, h in zip(got.hits, ref.hits))
+
+
+def test_a_nan_in_an_output_that_no_row_uses_is_still_found(monkeypatch):
+    """Core 3's last evaluation (round 6, x0 prediction, DPM-Solver++(2M) on VP-cosine, T = 8) enters
+    no written row: the screen still sees it, through the scratch row it is written to, and the
+    error names it as the core does. The model returns nan at that one point only."""
+    calls = _first_bad_calls(monkeypatch)
+    grid = cc.time_grid(SCHED, 8)
+    points = []
+
+    class Recording(cc.SerialExecutor):
+        def __call__(self, model, xs, ts):
+            points.append([np.array(p) for p in xs])
+            return super().__call__(model, xs, ts)
+
+    plain = cc.DiffusionModel(denoiser, SCHED, "x0")
+    ref = cc.chords(plain, X, grid, "dpmpp_2m", cores=4, stop=None, executor=Recording())
+    assert [(e.core, e.index) for e in ref.plan.rounds[5].evals][3] == (3, 7)
+    target = points[5][3]
+
+    def nan_there(x, t, target):
+        xp = jnp if isinstance(x, jax.Array) else np
+        n = x.shape[0] // target.shape[0]  # points stacked in the call
+        hit = xp.abs(x.reshape(n, -1) - target.reshape(1, -1)).max(axis=1) < 1e-9
+        return xp.where(xp.repeat(hit, target.shape[0])[:, None], xp.nan, denoiser(x, t))
+
+    with pytest.raises(cc.ModelOutputError) as core:
+        cc.chords(cc.DiffusionModel(lambda x, t: nan_there(x, t, target), SCHED, "x0"), X, grid, "dpmpp_2m",
+                  cores=4, stop=None)
+    assert str(core.value).startswith("round 6, core 3 (step 7")
+    with pytest.raises(cc.ModelOutputError) as compiled:
+        cj.chords(cc.DiffusionModel(nan_there, SCHED, "x0"), X, grid, "dpmpp_2m", cores=4, stop=None,
+                  args=jnp.asarray(target))
+    assert str(compiled.value) == str(core.value) and compiled.value.point == core.value.point
+    assert calls == [(True, calls[0][1])]
+
+
+@pytest.mark.parametrize("prediction, solver", [("x0", "dpmpp_2m"), ("eps", "unipc"), ("v", "euler")])
+def test_a_nan_in_any_output_is_found_by_the_screen_as_the_core_names_it(prediction, solver, monkeypatch):
+    """Every evaluated output is a term of a written row (an output nothing uses goes to a scratch
+    row; such outputs exist in these plans), so a nan at any grid time is flagged by the screen,
+    and the exact rerun names it as the core does. The bad time is an argument: one compile."""
+    calls = _first_bad_calls(monkeypatch)
+    grid = cc.time_grid(SCHED, 8)
+
+    def nan_at(x, t, bad_t):
+        xp = jnp if isinstance(x, jax.Array) else np
+        return xp.where((t == bad_t)[:, None], xp.nan, denoiser(x, t))
+
+    model = cc.DiffusionModel(nan_at, SCHED, prediction)
+    for index in range(8):
+        bad_t = grid[index]
+        core_model = cc.DiffusionModel(lambda x, t, b=bad_t: nan_at(x, t, b), SCHED, prediction)
+        with pytest.raises(cc.ModelOutputError) as core:
+            cc.chords(core_model, X, grid, solver, cores=4, stop=None)
+        with pytest.raises(cc.ModelOutputError) as compiled:
+            cj.chords(model, X, grid, solver, cores=4, stop=None, args=jnp.asarray(bad_t))
+        assert str(compiled.value) == str(core.value) and compiled.value.point == core.value.point
+    assert len(calls) == 8 and all(flagged for flagged, _ in calls)
