@@ -293,8 +293,9 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     limit = plan.stop_round(rule)
     wants_error = bool(getattr(rule, "uses_error_estimate", False))
     # round buffers where the executor stacks the points and the widest round is large enough for them
-    stacks = getattr(executor, "stacks_points", None)
-    stack = stacks is not None and stacks(x) is True and plan.width(limit) * B._nbytes(x) >= B.ROUND_BUFFER_MIN_BYTES
+    stacks = getattr(executor, "stacks_points", False)  # a method; a bool attribute as executors set it before
+    stack = ((stacks(x) if callable(stacks) else stacks) is True
+             and plan.width(limit) * B._nbytes(x) >= B.ROUND_BUFFER_MIN_BYTES)
     records = CoreRecords(sol, x, plan.init, history, errors=wants_error, widths=plan.widths_from if stack else None)
     bar = None
     if progress:

@@ -649,3 +649,18 @@ def test_a_nan_in_any_output_is_found_by_the_screen_as_the_core_names_it(predict
             cj.chords(model, X, grid, solver, cores=4, stop=None, args=jnp.asarray(bad_t))
         assert str(compiled.value) == str(core.value) and compiled.value.point == core.value.point
     assert len(calls) == 8 and all(flagged for flagged, _ in calls)
+
+
+def test_an_output_whose_coefficient_rounds_to_zero_in_float16_is_still_checked():
+    """The last step's coefficient on its output (h = 1e-9) is 0 in float16: the output is written to
+    the scratch row, so its nan is found, as the core finds it."""
+    def f(t, y):
+        xp = jnp if isinstance(y, jax.Array) else np
+        return xp.where(y > 0, -2.0 * y, xp.nan).astype(y.dtype)
+
+    grid = np.array([0.0, 1.0, 1.0 + 1e-9])
+    with np.errstate(invalid="ignore"), pytest.raises(cc.ModelOutputError) as core:
+        cc.chords(cc.VectorField(f), np.ones(4, np.float16), grid, "euler", cores=1, stop=None)
+    with pytest.raises(cc.ModelOutputError) as compiled:
+        cj.chords(cc.VectorField(f), jnp.ones(4, jnp.float16), grid, "euler", cores=1, stop=None)
+    assert str(compiled.value) == str(core.value) and str(core.value).startswith("round 2, core 0 (step 1")

@@ -330,3 +330,25 @@ def test_max_batch_bytes_auto_and_bad_values():
     for bad in (0, -1, True, 1.5, "big", 2.0**30):
         with pytest.raises(ValueError, match="max_batch_bytes"):
             cc.BatchedExecutor(max_batch_bytes=bad)
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_an_executor_with_a_stacks_points_attribute_still_runs(flag, monkeypatch):
+    """``stacks_points`` was a class attribute before it took the state: an executor setting it as a
+    bool still works (True: it gets the round buffers' points and evaluates them in one call)."""
+    monkeypatch.setattr(B, "ROUND_BUFFER_MIN_BYTES", 0)
+
+    class Old(cc.Executor):
+        stacks_points = flag
+
+        def __call__(self, model, xs, ts):
+            return model.evaluate(xs, ts, batched=True)
+
+    model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(2).standard_normal((2, 8))
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    made = []
+    monkeypatch.setattr(B.RoundBuffers, "take", _counting(B.RoundBuffers.take, made))
+    got = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=Old())
+    assert bool(made) is flag
+    assert _same_run(got, cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=cc.SerialExecutor()))

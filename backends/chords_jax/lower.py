@@ -234,12 +234,17 @@ def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multip
 def _cover_outputs(steps: list[list[tuple[int, dict[int, float], dict[int, float]]]], rec: LinearRecorder,
                    scratch: int) -> int:
     """Make every evaluated output a term of a row its round writes, so that the output check can
-    screen the written rows (``run.py``): a round where some output has no nonzero coefficient in
-    any row (it is unused, or its coefficients cancel) writes their sum to the buffer row
-    ``scratch``, which nothing reads. Returns the registers added: 1 if any round needed it, else 0."""
+    screen the written rows (``run.py``): a round where some output has no coefficient in any row
+    that stays nonzero in the states' dtype (it is unused, its coefficients cancel, or they round
+    to 0: below 6e-8 in float16) writes their sum to the buffer row ``scratch``, which nothing
+    reads. Returns the registers added: 1 if any round needed it, else 0."""
+    import jax.numpy as jnp
+
+    # a coefficient at least the dtype's smallest subnormal is nonzero once cast (float16's without a dtype)
+    least = float(jnp.finfo(rec.dtype if rec.dtype is not None else jnp.float16).smallest_subnormal)
     added = 0
     for step, (xs, _) in enumerate(rec.rounds, start=1):
-        used = {j for _, _, outs in steps[step] for j, c in outs.items() if c != 0.0}
+        used = {j for _, _, outs in steps[step] for j, c in outs.items() if abs(c) >= least}
         missing = [j for j in range(len(xs)) if j not in used]
         if missing:
             steps[step].append((scratch, {}, {j: 1.0 for j in missing}))
