@@ -224,21 +224,27 @@ class _PointErrors:
         """Take the sweep's quantities (``qs[m - b]``: point m's stage quantities, window b .. e-1);
         estimates are recomputed on demand."""
         q = self.q
-        for m in range(max(0, self.b - self.needs), b - self.needs):
-            q[m] = None  # no longer needed: before every estimate's reach
+        for m in range(max(0, self.b - self.needs), b - self.local.p):
+            q[m] = None  # no longer needed: before every estimate's reach (e_b needs q_{b-p} .. q_b)
         for m in range(b, e):
             q[m] = qs[m - b][0]
         self.bound = [_UNSET] * (e - b + 1)
         self.b = b
 
-    def release(self, nb: int) -> None:
-        """The next sweep starts at ``nb``: of this sweep's quantities it needs those before nb, which
-        are copied out of the round's output where they pin a large one (``_backend.own``), so that
-        the output is freed before the next round's."""
-        q = self.q
-        for m in range(max(0, nb - self.local.p), nb):
+    def release(self, nb: int, e: int) -> None:
+        """The next sweep starts at ``nb``: of this sweep's quantities (window b .. e-1) it needs the p
+        before nb, which are copied out of the round's output where they pin a large one
+        (``_backend.own``); the earlier ones are out of every estimate's reach, and those from nb on
+        are evaluated again before they are read: both dropped, so that the round's output is freed
+        before the next round's."""
+        q, p = self.q, self.local.p
+        for m in range(max(0, self.b - p), nb - p):
+            q[m] = None
+        for m in range(max(0, nb - p), nb):
             if q[m] is not None:
                 q[m] = B.own(q[m])
+        for m in range(nb, e):
+            q[m] = None
 
     def _bound(self, j: int) -> Any:
         """|e_j|^2 + tiny per sample (the window's end point, not yet evaluated, takes its
@@ -431,7 +437,7 @@ def sliding_window(
                 trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
                 for m, xp, j, out in zip(idx, px, ti, outs):
                     qs[m - b].append(out if convert is None else convert(xp, out, j))
-                del outs, px  # the quantities hold what is needed of the round
+                outs = px = out = xp = None  # the quantities hold what is needed of the round
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
             if local is not None:
@@ -484,8 +490,9 @@ def sliding_window(
                 del xs[e + 1:]
                 xs.extend(seeder.seed(xs[e], d, e, e - 1, j, d2, e - 2) for j in range(e + 1, end + 1))
             if local is not None:
-                local.release(nb)
+                local.release(nb, e)
             base = move(states[nb - b], xs[nb])
+            states = new = st = qs = None  # nor do this sweep's states pin its outputs during the next round
             xs[b:nb] = [None] * (nb - b)  # accepted points before the new start are not used again: freed
             log.append(Sweep(rounds, b, e, nb))
             if bar is not None:
