@@ -437,7 +437,7 @@ def sliding_window(
                 trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
                 for m, xp, j, out in zip(idx, px, ti, outs):
                     qs[m - b].append(out if convert is None else convert(xp, out, j))
-                outs = px = out = xp = None  # the quantities hold what is needed of the round
+                del outs, px, out, xp  # the quantities hold what is needed of the round
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
             if local is not None:
@@ -492,7 +492,7 @@ def sliding_window(
             if local is not None:
                 local.release(nb, e)
             base = move(states[nb - b], xs[nb])
-            states = new = st = qs = None  # nor do this sweep's states pin its outputs during the next round
+            del states, new, st, qs  # nor do this sweep's states pin its outputs during the next round
             xs[b:nb] = [None] * (nb - b)  # accepted points before the new start are not used again: freed
             log.append(Sweep(rounds, b, e, nb))
             if bar is not None:
