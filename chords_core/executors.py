@@ -88,7 +88,9 @@ class BatchedExecutor(Executor):
         max_batch_bytes: the most bytes of stacked points in one model call. A round above it is
             evaluated in several calls of consecutive points, as many a call as fit (one call a point
             where a point alone fills it); the results are those of one call a round, bit for bit,
-            where the model treats the samples of a batch independently. ``None``: one call a round,
+            where a sample's output does not depend on the batch it is in (a BLAS matrix product may
+            round differently between batch sizes, in the last bit, as between this executor and
+            ``SerialExecutor``). ``None``: one call a round,
             whatever its size. ``"auto"`` (the default): ``HOST_BATCH_BYTES`` (4 MiB) for arrays in
             host memory, ``None`` on an accelerator and for jax arrays (a device gains from large
             batches; split a round there with an explicit cap where its activations do not fit).
