@@ -90,10 +90,10 @@ class BatchedExecutor(Executor):
             where a point alone fills it); the results are those of one call a round, bit for bit,
             where a sample's output does not depend on the batch it is in (a BLAS matrix product may
             round differently between batch sizes, in the last bit, as between this executor and
-            ``SerialExecutor``). ``None``: one call a round,
-            whatever its size. ``"auto"`` (the default): ``HOST_BATCH_BYTES`` (4 MiB) for arrays in
-            host memory, ``None`` on an accelerator and for jax arrays (a device gains from large
-            batches; split a round there with an explicit cap where its activations do not fit).
+            ``SerialExecutor``). ``None``: one call a round, whatever its size. ``"auto"`` (the
+            default): ``HOST_BATCH_BYTES`` (4 MiB) for arrays in host memory, ``None`` on an
+            accelerator and for jax arrays (a device gains from large batches; split a round there
+            with an explicit cap where its activations do not fit).
     """
 
     workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
