@@ -178,8 +178,8 @@ def test_every_method_on_jax_arrays(name):
     np.testing.assert_allclose(np.asarray(b.x), a.x, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver, scale", [("euler", "error"), ("euler", "noise"), ("dpmpp_2m", "error"),
-                                           ("unipc", "level"), ("heun", "error")])
+@pytest.mark.parametrize("solver, scale", [("euler", "error"), ("dpmpp_2m", "error"), ("unipc", "level"),
+                                           ("heun", "noise")])
 def test_a_round_output_is_freed_before_the_next_round(solver, scale):
     """No earlier sweep's batched output is alive when the model is called again (Heun: its stage-0
     round's output is, during the stage-1 round, which needs it): what a sweep keeps of a round's
@@ -193,14 +193,14 @@ def test_a_round_output_is_freed_before_the_next_round(solver, scale):
     def fn(x, t):
         gc.collect()
         alive.append(sum(r() is not None for r in outputs))
-        out = 0.3 * np.tanh(1.7 * x) * (1 + t[:, None]) + 0.1 * np.cos(3 * t[:, None])
+        out = (0.3 + t[:, None]) * x
         outputs.append(weakref.ref(out))
         return out
 
     sch = cc.RectifiedFlow() if solver in ("euler", "heun") else cc.VP()
     model = cc.DiffusionModel(fn, sch, "flow" if solver in ("euler", "heun") else "eps")
     x = np.random.default_rng(1).standard_normal((1, 140_000))
-    r = sliding_window(model, x, cc.time_grid(sch, 16), solver, window=4, tol=0.05, seed="jump2", correction="picard",
+    r = sliding_window(model, x, cc.time_grid(sch, 12), solver, window=4, tol=0.05, seed="jump2", correction="picard",
                        scale=scale, executor=cc.BatchedExecutor(max_batch_bytes=None))
     stages = 2 if solver == "heun" else 1
     assert r.rounds == len(alive) > 4 and alive == [k % stages for k in range(len(alive))]
