@@ -64,14 +64,18 @@ _PROGRAMS_SIZE = 64
 CACHES: list[Callable[[], None]] = []
 
 
-def _cached_program(key: tuple) -> tuple | None:
-    """The cached (program, symbolic result) under ``key``, now the most recently used; or ``None``."""
-    return lru_get(_PROGRAMS, key)
-
-
-def _cache_program(key: tuple, value: tuple) -> None:
-    """Cache (program, symbolic result) under ``key`` (``lru_put``, at most ``_PROGRAMS_SIZE``)."""
-    lru_put(_PROGRAMS, key, value, _PROGRAMS_SIZE)
+def _program(key: tuple | None, build: Callable[[], tuple]) -> tuple:
+    """The (program, symbolic result) cached under ``key`` (now the most recently used), or
+    ``build()``'s, cached (``lru_put``, at most ``_PROGRAMS_SIZE``); ``key`` ``None`` (a bound solver
+    object, not hashable by value): built every call."""
+    if key is not None:
+        got = lru_get(_PROGRAMS, key)
+        if got is not None:
+            return got
+    value = build()
+    if key is not None:
+        lru_put(_PROGRAMS, key, value, _PROGRAMS_SIZE)
+    return value
 
 
 def options_key(options: dict) -> tuple:
@@ -149,35 +153,31 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     trace_stop = _TraceStop(needed, errors) if needed is not None else None
     key = None
     if isinstance(solver, str):
-        opts = options_key(solver_options)
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, cores, inits, needed,
-               errors, history, slots_multiple)
-        got = _cached_program(key)
-        if got is not None:
-            return got
-    tr = LinearRecorder(shape, dtype)
-    res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
-                    history=history, **solver_options)
-    plan = res.plan
-    assert plan is not None  # the engine's results carry their plan
-    K = plan.cores
-    slots = -(-K // slots_multiple) * slots_multiple
-    outputs = [h.x for h in res.hits] + [res.coarse]
-    states: list = []
-    if trace_stop is not None and errors:
-        # per output its error state, an output computed in the same round as the last accepted
-        # (the rule's last call) sharing that round's; None where the estimate is None anyway
-        kept = trace_stop.states + trace_stop.states[-1:] * (len(res.hits) - len(trace_stop.states))
-        for st in kept:  # estimate_error of a stand-in sum says whether the estimate exists yet
-            usable = st is not None and isinstance(st[0], Sym) and estimate_error(np.zeros(1), *st[1:]) is not None
-            states.append(st if usable else None)
-        outputs += list({st[0].id: st[0] for st in states if st is not None}.values())
-        res = dataclasses.replace(res, log=tuple(states))
-    prog = lower(tr, slots, outputs, float(times[0]), slots_multiple)
-    if key is not None:
-        _cache_program(key, (prog, res))
-    return prog, res
+        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, options_key(solver_options),
+               cores, inits, needed, errors, history, slots_multiple)
+
+    def build() -> tuple[Program, Result]:
+        tr = LinearRecorder(shape, dtype)
+        res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
+                        history=history, **solver_options)
+        plan = res.plan
+        assert plan is not None  # the engine's results carry their plan
+        outputs = [h.x for h in res.hits] + [res.coarse]
+        states: list = []
+        if trace_stop is not None and errors:
+            # per output its error state, an output computed in the same round as the last accepted
+            # (the rule's last call) sharing that round's; None where the estimate is None anyway
+            kept = trace_stop.states + trace_stop.states[-1:] * (len(res.hits) - len(trace_stop.states))
+            for st in kept:  # estimate_error of a stand-in sum says whether the estimate exists yet
+                usable = (st is not None and isinstance(st[0], Sym)
+                          and estimate_error(np.zeros(1), *st[1:]) is not None)
+                states.append(st if usable else None)
+            outputs += list({st[0].id: st[0] for st in states if st is not None}.values())
+            res = dataclasses.replace(res, log=tuple(states))
+        return lower(tr, plan.cores, outputs, float(times[0]), slots_multiple), res
+
+    return _program(key, build)
 
 
 def chords(

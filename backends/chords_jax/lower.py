@@ -137,7 +137,7 @@ def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multip
 
     Args:
         rec: the recording of the symbolic engine run.
-        slots: Kp, the most slots per round (at least the busiest round's evaluations).
+        slots: the most evaluations in a round; padded up to a multiple of ``multiple`` (Kp).
         outputs: the nodes read after the last round.
         t0: the time idle slots are evaluated at.
         multiple: segment widths are a power of two times this (the device count).
@@ -145,6 +145,7 @@ def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multip
     Returns:
         The ``Program``.
     """
+    slots = -(-slots // multiple) * multiple
     R = len(rec.rounds)
     nodes = rec.nodes
     point_reads: dict[int, int] = {}  # node id -> last round it is evaluated in

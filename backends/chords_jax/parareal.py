@@ -29,13 +29,12 @@ from chords_core.stopping import RunAll, StopRule, warn_unmet
 
 from .api import (
     _as_state,
-    _cache_program,
-    _cached_program,
     _chunk_outputs,
     _chunk_plan,
     _mesh,
     _model_key,
     _one_call,
+    _program,
     _replicated,
     _run_once,
     options_key,
@@ -83,19 +82,15 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     last = nb if iterations is None else check_int("iterations", iterations, 1, nb)
     key = None
     if isinstance(solver, str):
-        opts = options_key(solver_options)
-        key = ("srds", _model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, opts, nb, last,
-               slots_multiple)
-        got = _cached_program(key)
-        if got is not None:
-            return got
-    rec = LinearRecorder(shape, dtype)
-    res = _replay(model, rec, times, solver, nb, last, solver_options)
-    slots = -(-res.width // slots_multiple) * slots_multiple
-    prog = lower(rec, slots, [h.x for h in res.hits] + [res.coarse], float(times[0]), slots_multiple)
-    if key is not None:
-        _cache_program(key, (prog, res))
-    return prog, res
+        key = ("srds", _model_key(model), tuple(shape), str(dtype), times.tobytes(), solver,
+               options_key(solver_options), nb, last, slots_multiple)
+
+    def build() -> tuple[Program, Result]:
+        rec = LinearRecorder(shape, dtype)
+        res = _replay(model, rec, times, solver, nb, last, solver_options)
+        return lower(rec, res.width, [h.x for h in res.hits] + [res.coarse], float(times[0]), slots_multiple), res
+
+    return _program(key, build)
 
 
 def srds(

@@ -222,10 +222,8 @@ class _PointErrors:
 
     def observe(self, qs: list, b: int, e: int) -> None:
         """Take the sweep's quantities (``qs[m - b]``: point m's stage quantities, window b .. e-1);
-        estimates are recomputed on demand."""
+        estimates are recomputed on demand. (What an earlier sweep no longer needs, ``release`` dropped.)"""
         q = self.q
-        for m in range(max(0, self.b - self.needs), b - self.local.p):
-            q[m] = None  # no longer needed: before every estimate's reach (e_b needs q_{b-p} .. q_b)
         for m in range(b, e):
             q[m] = qs[m - b][0]
         self.bound = [_UNSET] * (e - b + 1)
