@@ -16,7 +16,7 @@ import numpy as np
 from ._backend import Stacked, Workspace, _nbytes, library
 from .models import Model, ModelOutputError
 
-__all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
+__all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES", "HOST_POINT_BYTES"]
 
 #: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory (numpy arrays, torch tensors
 #: on the CPU): the most bytes of stacked points per model call. On the host a model call on a few MiB
@@ -24,6 +24,14 @@ __all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
 #: stack makes an output that falls out of the last-level cache and that the C allocator maps afresh
 #: (page faults) every round instead of reusing (glibc maps blocks above 32 MiB anew each time).
 HOST_BATCH_BYTES = 4 << 20
+
+#: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory: points of at least this many
+#: bytes go one call a point. On the host a call on a point this large already amortises the call's
+#: fixed cost, and stacking only adds a copy of the points and a round-sized output that no longer
+#: stays in cache; measured on a near-free model (``benchmarks/overhead.py``), stacking paid below
+#: 32 KiB a point and cost 15-30% from 64 KiB up, numpy and torch alike. A model that gains from
+#: large batches on the CPU (many threads) can ask for them with an explicit ``max_batch_bytes``.
+HOST_POINT_BYTES = 32 << 10
 
 
 class Executor:
@@ -91,9 +99,10 @@ class BatchedExecutor(Executor):
             where a sample's output does not depend on the batch it is in (a BLAS matrix product may
             round differently between batch sizes, in the last bit, as between this executor and
             ``SerialExecutor``). ``None``: one call a round, whatever its size. ``"auto"`` (the
-            default): ``HOST_BATCH_BYTES`` (4 MiB) for arrays in host memory, ``None`` on an
-            accelerator and for jax arrays (a device gains from large batches; split a round there
-            with an explicit cap where its activations do not fit).
+            default): for arrays in host memory, stacked calls of at most ``HOST_BATCH_BYTES``
+            (4 MiB) of points smaller than ``HOST_POINT_BYTES`` (32 KiB) and one call a point from
+            that size up; ``None`` on an accelerator and for jax arrays (a device gains from large
+            batches; split a round there with an explicit cap where its activations do not fit).
     """
 
     workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
@@ -111,15 +120,12 @@ class BatchedExecutor(Executor):
         cap = self.max_batch_bytes
         if cap is None:
             return None
-        if type(x) is np.ndarray:  # the hot case, decided at once
+        if type(x) is np.ndarray or library(x) == "torch":
             size = x.nbytes
-            cap = HOST_BATCH_BYTES if isinstance(cap, str) else cap
-        elif library(x) == "torch":
-            size = x.nbytes
-            if isinstance(cap, str):  # "auto": tensors on the CPU only
-                if not x.is_cpu:
+            if isinstance(cap, str):  # "auto": host arrays only (numpy, tensors on the CPU)
+                if type(x) is not np.ndarray and not x.is_cpu:
                     return None
-                cap = HOST_BATCH_BYTES
+                cap = HOST_BATCH_BYTES if size < HOST_POINT_BYTES else 1
         else:  # jax and other arrays: no cap for "auto"
             if isinstance(cap, str):
                 return None

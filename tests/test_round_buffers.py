@@ -189,7 +189,7 @@ def test_batched_rounds_hold_little_more_memory_than_serial_ones():
         return lambda: cc.chords(model, x, grid, "euler", init=init_, stop=None, executor=executor)
 
     serial = _peak(run(cc.SerialExecutor()))
-    for cap in (None, "auto"):  # one call a round; calls of 4 points (4 MiB, HOST_BATCH_BYTES)
+    for cap in (None, 4 << 20):  # one call a round; calls of 4 points
         batched = _peak(run(cc.BatchedExecutor(max_batch_bytes=cap)))
         assert batched <= 1.15 * serial, (cap, batched / 2**20, serial / 2**20)
 
@@ -318,11 +318,16 @@ def test_a_split_round_names_the_core_of_a_bad_output(per_call):
 
 
 def test_max_batch_bytes_auto_and_bad_values():
-    """``"auto"``: ``HOST_BATCH_BYTES`` on the host (numpy, CPU tensors), no cap for jax arrays; a bad
-    value names the argument."""
+    """``"auto"``: on the host (numpy, CPU tensors) calls of ``HOST_BATCH_BYTES`` of points below
+    ``HOST_POINT_BYTES`` and one call a point from there; no cap for jax arrays; a bad value names
+    the argument."""
     ex = cc.BatchedExecutor()
     small, big = np.zeros((1, 1024), np.float32), np.zeros((1, 1 << 20), np.float32)
+    edge = np.zeros((1, cc.HOST_POINT_BYTES // 4), np.float32)
+    below = np.zeros((1, cc.HOST_POINT_BYTES // 4 - 1), np.float32)
     assert ex.points_per_call(small) == cc.HOST_BATCH_BYTES // 4096 and ex.points_per_call(big) == 1
+    assert ex.points_per_call(edge) == 1 and ex.points_per_call(below) == cc.HOST_BATCH_BYTES // below.nbytes
+    assert ex.points_per_call(torch.from_numpy(edge)) == 1 and ex.stacks_points(torch.from_numpy(below))
     assert ex.points_per_call(torch.from_numpy(big)) == 1 and not ex.stacks_points(big) and ex.stacks_points(small)
     import jax.numpy as jnp
     assert ex.points_per_call(jnp.zeros((1, 1 << 20))) is None
