@@ -29,7 +29,8 @@ from .stopping import RunAll, StopAtCore, StopOnResidual, StopRule, StopWhenConv
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchedExecutor", "Executor", "SerialExecutor", "HOST_BATCH_BYTES", "HOST_POINT_BYTES", "time_grid", "HISTORY_POLICIES",
+    "BatchedExecutor", "Executor", "SerialExecutor", "HOST_BATCH_BYTES", "HOST_POINT_BYTES", "time_grid",
+    "HISTORY_POLICIES",
     "default_init", "paper_init",
     "recipe_init", "uniform_init", "validate_init", "METHODS", "Method", "cascade", "chords", "paradigms", "parallel",
     "parasolver", "parataa",

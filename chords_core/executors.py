@@ -25,12 +25,13 @@ __all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES", 
 #: (page faults) every round instead of reusing (glibc maps blocks above 32 MiB anew each time).
 HOST_BATCH_BYTES = 4 << 20
 
-#: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory: points of at least this many
+#: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory: points of more than this many
 #: bytes go one call a point. On the host a call on a point this large already amortises the call's
 #: fixed cost, and stacking only adds a copy of the points and a round-sized output that no longer
-#: stays in cache; measured on a near-free model (``benchmarks/overhead.py``), stacking paid below
-#: 32 KiB a point and cost 15-30% from 64 KiB up, numpy and torch alike. A model that gains from
-#: large batches on the CPU (many threads) can ask for them with an explicit ``max_batch_bytes``.
+#: stays in cache; measured on a near-free model (``benchmarks/overhead.py --sizes 4096 8192 16384
+#: 32768``), stacking paid up to 32 KiB a point and cost 25-40% from 64 KiB up, numpy and torch
+#: alike. A model that gains from large batches on the CPU (many threads) asks for them with an
+#: explicit ``max_batch_bytes``.
 HOST_POINT_BYTES = 32 << 10
 
 
@@ -100,9 +101,9 @@ class BatchedExecutor(Executor):
             round differently between batch sizes, in the last bit, as between this executor and
             ``SerialExecutor``). ``None``: one call a round, whatever its size. ``"auto"`` (the
             default): for arrays in host memory, stacked calls of at most ``HOST_BATCH_BYTES``
-            (4 MiB) of points smaller than ``HOST_POINT_BYTES`` (32 KiB) and one call a point from
-            that size up; ``None`` on an accelerator and for jax arrays (a device gains from large
-            batches; split a round there with an explicit cap where its activations do not fit).
+            (4 MiB) of points of at most ``HOST_POINT_BYTES`` (32 KiB), one call a point above;
+            ``None`` on an accelerator and for jax arrays (a device gains from large batches; split
+            a round there with an explicit cap where its activations do not fit).
     """
 
     workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
@@ -125,7 +126,7 @@ class BatchedExecutor(Executor):
             if isinstance(cap, str):  # "auto": host arrays only (numpy, tensors on the CPU)
                 if type(x) is not np.ndarray and not x.is_cpu:
                     return None
-                cap = HOST_BATCH_BYTES if size < HOST_POINT_BYTES else 1
+                cap = HOST_BATCH_BYTES if size <= HOST_POINT_BYTES else 1
         else:  # jax and other arrays: no cap for "auto"
             if isinstance(cap, str):
                 return None
