@@ -629,6 +629,17 @@ def rms(x: Array) -> float:
     return float(((x * x).sum() / _numel(x)) ** 0.5)
 
 
+def eps(x: Array) -> float:
+    """The machine epsilon of ``x``'s floating dtype, as a Python float."""
+    if type(x) is not np.ndarray and library(x) == "torch":
+        return float(_torch.finfo(x.dtype).eps)
+    if type(x) is not np.ndarray and library(x) == "jax":
+        import jax.numpy as jnp
+
+        return float(jnp.finfo(x.dtype).eps)
+    return float(np.finfo(x.dtype).eps)
+
+
 def _nbytes(x: Array) -> int:
     """Bytes of an array's elements (0 where its type does not say)."""
     if type(x) is np.ndarray:

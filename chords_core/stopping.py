@@ -23,7 +23,10 @@ The rules shipped:
   the sequential solver* of the previous one (RMS per element), so that the returned output differs
   from the sequential one by a small fraction of the sequential solver's own error. The estimate
   (``outputs.error``: the sum of the solver's local error estimates, ``local_error``) comes from
-  the methods that provide it (CHORDS); without one the rule runs to the end.
+  the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs that
+  agree to rounding (``AGREE_TO_ROUNDING``) confirm nothing: CHORDS' cores can finish on the same
+  value whatever its error (with Euler, a core that starts one step after the slower one is
+  rectified onto the slower core's own step), so such a pair is never accepted.
 - ``RunAll()`` (also what ``stop=None`` means): run to the end; the result is the last output,
   which for CHORDS is core 0's, the sequential solution.
 
@@ -46,7 +49,11 @@ from .checks import check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
            "StopNotMet", "as_stop_rule", "select_output", "first_accepted", "chosen_output", "warn_unmet",
-           "estimate_error"]
+           "estimate_error", "AGREE_TO_ROUNDING"]
+
+#: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
+#: their dtype times the newer output's RMS agree to rounding, and do not confirm each other.
+AGREE_TO_ROUNDING = 64
 
 
 def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
@@ -180,14 +187,21 @@ class StopOnResidual(StopRule):
 @dataclass(frozen=True)
 class StopWhenConverged(StopRule):
     """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
-    estimated RMS error of the sequential solver (``outputs.error``); see the module docstring."""
+    estimated RMS error of the sequential solver (``outputs.error``) and more than rounding (a pair
+    that agrees to rounding confirms nothing; see the module docstring). ``rel = 0`` never accepts:
+    the run returns its last output (CHORDS: core 0's, the sequential solution)."""
 
     rel: float = 0.05
     uses_error_estimate = True
 
     @property
     def warns_if_unmet(self) -> bool:  # type: ignore[override]
-        """rel = 0 cannot be met short of equal outputs: no warning then."""
+        """rel = 0 never accepts (it means "run to the end"): no warning then."""
+        return self.rel > 0
+
+    @property
+    def decides_on_values(self) -> bool:  # type: ignore[override]
+        """rel = 0 never accepts: nothing to decide."""
         return self.rel > 0
 
     def __post_init__(self):
@@ -198,7 +212,9 @@ class StopWhenConverged(StopRule):
         error = getattr(outputs, "error", None)
         if error is None or len(outputs) < 2:  # the coarse prediction is no output to converge from
             return False
-        return B.rms(outputs[-1] - outputs[-2]) <= self.rel * error
+        new = outputs[-1]
+        change = B.rms(new - outputs[-2])
+        return AGREE_TO_ROUNDING * B.eps(new) * B.rms(new) < change <= self.rel * error
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """Which output converged, or that none did."""

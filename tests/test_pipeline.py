@@ -160,6 +160,40 @@ def test_stop_on_residual():
     assert never.rounds == 50 and np.array_equal(never.x, full.x)
 
 
+def test_converged_rule_takes_no_evidence_from_outputs_that_agree_to_rounding():
+    """Two outputs equal to rounding confirm nothing (cores can finish on the same value whatever its
+    error): ``StopWhenConverged`` does not accept such a pair, and does accept a pair that differs
+    by more than rounding and at most rel x the error."""
+    x = np.linspace(-1.0, 1.0, 64).reshape(4, 16)
+    for dtype in (np.float64, np.float32):
+        a = x.astype(dtype)
+        twin = a * (1 + np.finfo(dtype).eps)  # one ulp or so away
+        near = a + np.asarray(0.01, dtype)
+        err = cc.stopping.Outputs([a, twin], error=1.0)
+        assert not cc.StopWhenConverged(0.1).accept(err, None)
+        assert cc.StopWhenConverged(0.1).accept(cc.stopping.Outputs([a, near], error=1.0), None)
+        assert not cc.StopWhenConverged(0.0).accept(cc.stopping.Outputs([a, a], error=1.0), None)
+
+
+def test_default_stop_is_within_the_criterion_at_10_steps():
+    """A VP mixture at 10 Euler steps on 4 cores: the two fastest cores finish on the same value up to
+    rounding, 0.09-0.12 x the sequential error away from the sequential output, and the default rule
+    used to accept that pair (1.06-1.08 x the sequential error against the exact solution). It now
+    waits for an output that moved, and stays within 1.05 x."""
+    sch = cc.VP()
+    for seed in (3, 4, 5):
+        gmm = GaussianMixture.random(16, 4, seed=seed)
+        model = gmm.model(sch, "eps")
+        x = np.random.default_rng(1).standard_normal((64, 16))
+        grid = cc.time_grid(sch, 10)
+        exact = gmm.reference_solve(x, grid[0], grid[-1], sch)
+        seq = cc.solve(model, x, grid, "euler")
+        full = cc.chords(model, x, grid, "euler", cores=4, stop=None)
+        assert np.sqrt(np.mean((full.hits[0].x - full.hits[1].x) ** 2)) < 1e-14  # the pair agreeing to rounding
+        res = cc.chords(model, x, grid, "euler", cores=4)
+        assert np.sqrt(np.mean((res.x - exact) ** 2)) <= 1.05 * np.sqrt(np.mean((seq - exact) ** 2))
+        assert res.hits[-1].core != full.hits[1].core
+
 def test_bad_stop_arguments():
     model, x, grid = setup("rf-flow")
     with pytest.raises(ValueError, match="more outputs than cores"):
