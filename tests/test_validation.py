@@ -291,6 +291,16 @@ def test_unknown_method_raises_naming_method():
         cc.parallel(FLOW, X, GRID, cores=2, method="nope")
 
 
+@pytest.mark.parametrize("method", sorted(cc.METHODS))
+def test_more_cores_than_steps_raise_naming_cores_for_every_method(method):
+    """``parallel`` bounds every method alike (SRDS used to clamp its blocks silently, the window
+    methods named ``window``, which the caller never passed)."""
+    steps = len(GRID) - 1
+    with pytest.raises(ValueError, match=f"cores={steps + 1} .*{steps} steps"):
+        cc.parallel(FLOW, X, GRID, cores=steps + 1, method=method)
+    assert cc.parallel(FLOW, X, GRID, cores=steps, method=method).rounds >= 1
+
+
 @pytest.mark.parametrize("tol", [-1, float("nan"), math.inf, "0.1"])
 def test_bad_tolerances_raise_naming_tol(tol):
     with pytest.raises(ValueError, match="tol"):

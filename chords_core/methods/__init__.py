@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..checks import check_int
+from ..checks import check_grid, check_int
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
@@ -73,7 +73,7 @@ def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:
 
 def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
     if "blocks" not in options:
-        options["blocks"] = min(cores, len(grid) - 1)
+        options["blocks"] = cores
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
 
@@ -104,7 +104,7 @@ def parallel(
         x: the initial state.
         grid: the T + 1 times.
         solver: a solver name (its options in ``options``) or a bound ``Solver``.
-        cores: the devices (parallel evaluations per round) the method may use, >= 1.
+        cores: the devices (parallel evaluations per round) the method may use, 1 to the grid's steps.
         method: a name in ``METHODS``; ``None`` takes ``RECOMMENDED``.
         executor: evaluates each round (default ``BatchedExecutor``).
         progress: show a progress bar (needs tqdm).
@@ -117,4 +117,7 @@ def parallel(
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}")
     cores = check_int("cores", cores, 1)
+    steps = len(check_grid(grid)) - 1
+    if cores > steps:  # every method's parallelism is bounded by the steps (CHORDS' cores, a window, SRDS's blocks)
+        raise ValueError(f"cores={cores} is more than the grid's {steps} steps: no method uses more cores than steps")
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
