@@ -625,7 +625,9 @@ def row_sq(d: Array) -> Array:
 
 
 def rms(x: Array) -> float:
-    """Root mean square over all elements, as a Python float."""
+    """Root mean square over all elements, as a Python float (of a tensor's value: no autograd)."""
+    if getattr(x, "requires_grad", False):
+        x = x.detach()
     return float(((x * x).sum() / _numel(x)) ** 0.5)
 
 

@@ -136,6 +136,19 @@ def test_float32_state_stays_float32():
     assert res.x.dtype == np.float32 and all(h.x.dtype == np.float32 for h in res.hits)
 
 
+def test_a_state_that_requires_grad_runs_the_default_stop_without_warnings():
+    """The stop rules read values, not the autograd graph: no "requires_grad to a scalar" warning."""
+    import warnings
+
+    import torch
+    model = cc.DiffusionModel(lambda x, t: x * 0.5 - t[:, None].to(x.dtype), cc.RectifiedFlow(), "flow")
+    x = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = cc.chords(model, x, cc.time_grid(cc.RectifiedFlow(), 20), cores=4)
+    assert res.stopped_by.startswith("converged") and res.x.requires_grad
+
+
 # -- stopping -------------------------------------------------------------------------------------
 def test_stop_at_second_core():
     model, x, grid = setup("rf-flow")
