@@ -42,6 +42,15 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     return v
 
 
+def check_cores(cores: Any, steps: int) -> int:
+    """``cores`` as an int in [1, ``steps``]: ``parallel``'s bound for every method (CHORDS' cores, a
+    window, SRDS's blocks: none uses more cores than steps); ``ValueError`` naming ``cores`` otherwise."""
+    cores = check_int("cores", cores, 1)
+    if cores > steps:
+        raise ValueError(f"cores={cores} is more than the grid's {steps} steps: no method uses more cores than steps")
+    return cores
+
+
 def check_float(name: str, value: Any, low: float | None = None, high: float | None = None, *,
                 low_open: bool = False, finite: bool = True) -> float:
     """``value`` as a Python float: a real number (not bool, not a string) within bounds.

@@ -143,6 +143,18 @@ def test_the_default_method_is_the_cores():
     same(got, cc.parallel(nmodel, x, grid, cores=4))
 
 
+def test_the_default_tolerance_follows_the_steps_as_the_cores():
+    """Below 20 steps the cascade's default tolerance shrinks with the steps (``default_tol``), on the
+    compiled path as in the core: at 12 steps it is 0.6."""
+    nmodel, jmodel, x, _ = PROBLEMS["gmm_x0"]
+    grid = cc.time_grid(FLOW, 12)
+    ref = cc.parallel(nmodel, x, grid, cores=4)
+    at = cc.parallel(nmodel, x, grid, cores=4, tol=0.6)
+    assert ref.log == at.log and np.array_equal(ref.x, at.x)
+    assert ref.log != cc.parallel(nmodel, x, grid, cores=4, tol=1.0).log  # the tolerance matters here
+    same(cj.parallel(jmodel, x, grid, cores=4), ref)
+
+
 def test_compiled_once_per_shape():
     _, jmodel, x, grid = PROBLEMS["gmm_x0"]
     cj.parallel(jmodel, x, grid, "euler", cores=4, method="parasolver")

@@ -57,10 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from chords_core.call import begin
-from chords_core.checks import check_choice, check_float, check_int
+from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED
-from chords_core.methods.cascade import DEFAULT_TOL as CASCADE_TOL
+from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
 from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales, point_where, row_size
@@ -74,9 +74,10 @@ from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
-#: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol, own options).
-WINDOW_METHODS: dict[str, tuple[str, str, float, tuple[str, ...]]] = {
-    "cascade": ("jump2", "error", CASCADE_TOL, ("anderson", "ridge")),
+#: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol (a number, or a
+#: function of the steps), own options).
+WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
+    "cascade": ("jump2", "error", cascade_tol, ("anderson", "ridge")),
     "paradigms": ("copy", "noise", float(signature(_paradigms).parameters["tol"].default), ("variance", "multistep")),
     "parasolver": ("jump", "noise", float(signature(_parasolver).parameters["tol"].default), ("variance", "multistep")),
 }
@@ -345,8 +346,9 @@ def parallel(
         method: ``"cascade"`` (``None``: the core's ``RECOMMENDED``), ``"paradigms"`` or
             ``"parasolver"``. ``"chords"`` and ``"srds"`` are ``chords_jax.chords`` /
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
-        tol: the acceptance tolerance (``None``: the method's own default, as its core function has it: cascade 1.0
-            times the local error estimate; ParaDiGMS and ParaSolver 0.1 of the noise level).
+        tol: the acceptance tolerance (``None``: the method's own default, as its core function has it:
+            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up); ParaDiGMS
+            and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
             ``f(t, y, args)``): new values without recompiling.
         executor: must be ``None``.
@@ -382,8 +384,10 @@ def parallel(
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps
-    W = check_int("window", cores, 1, T)
-    tol2 = check_float("tol", default_tol if tol is None else tol, 0.0) ** 2
+    W = check_cores(cores, T)
+    if tol is None:
+        tol = default_tol(T) if callable(default_tol) else default_tol
+    tol2 = check_float("tol", tol, 0.0) ** 2
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
     anderson = check_int("anderson", mine.get("anderson", 0), 0)

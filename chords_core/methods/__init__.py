@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..checks import check_grid, check_int
+from ..checks import check_cores, check_grid
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
@@ -116,8 +116,5 @@ def parallel(
     name = RECOMMENDED if method is None else method
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}")
-    cores = check_int("cores", cores, 1)
-    steps = len(check_grid(grid)) - 1
-    if cores > steps:  # every method's parallelism is bounded by the steps (CHORDS' cores, a window, SRDS's blocks)
-        raise ValueError(f"cores={cores} is more than the grid's {steps} steps: no method uses more cores than steps")
+    cores = check_cores(cores, len(check_grid(grid)) - 1)
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
