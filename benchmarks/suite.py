@@ -41,7 +41,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # threaded BLAS on small mat
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -53,6 +52,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chords_core as cc  # noqa: E402
+from chords_core.methods.cascade import DEFAULT_TOL, FULL_TOL_STEPS  # noqa: E402
 from chords_core.tuning import optimize_init  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -319,8 +319,10 @@ def calibrated_markdown(cases: list[dict], chosen: dict[str, str]) -> tuple[str,
     return "\n".join(rows), summary
 
 
-#: Each method's shipped default, as a configuration name of this suite.
-DEFAULTS = {"cascade": f"tol {inspect.signature(cc.cascade).parameters['tol'].default:g}",
+#: Each method's shipped default, as a configuration name of this suite (the cascade's default tolerance
+#: is ``DEFAULT_TOL`` on grids of ``FULL_TOL_STEPS`` steps and more, as every row here has).
+assert min(steps for _, steps in SOLVERS + MORE_SOLVERS) >= FULL_TOL_STEPS
+DEFAULTS = {"cascade": f"tol {DEFAULT_TOL:g}",
             "chords": "default, converged 0.1", "paradigms": "tol 0.1", "parasolver": "tol 0.1", "parataa": "tol 0.001",
             "srds": "blocks K, iteration 1"}
 
