@@ -18,7 +18,8 @@ The rules shipped:
 - ``StopAtCore(n)``: return the n-th output to arrive (n = 1: the fastest core). Static.
 - ``StopOnResidual(tol)``: stop at the first output within ``tol`` of the previous one (the first
   output is compared with the coarse prediction), by the RMS per element sqrt(mean((x - x_prev)^2)).
-  Unlike the reference code's ||.||_2 / numel this does not depend on the state size.
+  Unlike the reference code's ||.||_2 / numel this does not depend on the state size. As the
+  paper's rule it accepts two outputs that agree to rounding (see ``StopWhenConverged``).
 - ``StopWhenConverged(rel)``: stop at the first output within ``rel`` times the *estimated error of
   the sequential solver* of the previous one (RMS per element), so that the returned output differs
   from the sequential one by a small fraction of the sequential solver's own error. The estimate
