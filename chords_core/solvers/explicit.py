@@ -93,6 +93,7 @@ class Heun(Euler):
     """
 
     name = "heun"
+    order = 2  # the local error estimate (``local_error``) is then the second difference's: the error is O(h^3)
 
     def evals(self, i: int, j: int) -> int:
         """2, or 1 on a final step of a diffusion model to sigma = 0.
