@@ -7,9 +7,9 @@ interleaved repeat by repeat, in a fresh random order every repeat (no loop alwa
 after the same one):
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
-                  (on the host, stacked calls of points of at most 32 KiB, ``HOST_POINT_BYTES``, and
-                  one call a point above: one call a round up to 8,192 float32 elements, one call a
-                  point from 16,384; output shape / finiteness check on);
+                  (on the host, stacked calls of at most 4 MiB, ``HOST_BATCH_BYTES``: one call a
+                  round up to 65,536 float32 elements here, one call a point at 1,048,576; output
+                  shape / finiteness check on);
 - ``one call``    the same with ``BatchedExecutor(max_batch_bytes=None)`` (one stacked call a round
                   at every size);
 - ``chords serial`` the same with ``SerialExecutor`` (one call per point, as the official loop);

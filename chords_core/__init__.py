@@ -13,7 +13,7 @@ The layers, one module (or subpackage) each, in the order a solve passes through
 """
 
 from .engine import rectify
-from .executors import HOST_BATCH_BYTES, HOST_POINT_BYTES, BatchedExecutor, Executor, SerialExecutor
+from .executors import HOST_BATCH_BYTES, BatchedExecutor, Executor, SerialExecutor
 from .grid import time_grid
 from .history import HISTORY_POLICIES
 from .inits import default_init, paper_init, recipe_init, uniform_init, validate_init
@@ -29,7 +29,7 @@ from .stopping import RunAll, StopAtCore, StopOnResidual, StopRule, StopWhenConv
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchedExecutor", "Executor", "SerialExecutor", "HOST_BATCH_BYTES", "HOST_POINT_BYTES", "time_grid",
+    "BatchedExecutor", "Executor", "SerialExecutor", "HOST_BATCH_BYTES", "time_grid",
     "HISTORY_POLICIES",
     "default_init", "paper_init",
     "recipe_init", "uniform_init", "validate_init", "METHODS", "Method", "cascade", "chords", "paradigms", "parallel",

@@ -16,23 +16,18 @@ import numpy as np
 from ._backend import Stacked, Workspace, _nbytes, library
 from .models import Model, ModelOutputError
 
-__all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES", "HOST_POINT_BYTES"]
+__all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
 
 #: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory (numpy arrays, torch tensors
 #: on the CPU): the most bytes of stacked points per model call. On the host a model call on a few MiB
 #: is already bound by memory bandwidth or arithmetic, so stacking more gains nothing, while a larger
 #: stack makes an output that falls out of the last-level cache and that the C allocator maps afresh
 #: (page faults) every round instead of reusing (glibc maps blocks above 32 MiB anew each time).
+#: Points of any size are stacked up to it: on a near-free model one call a point is cheaper from
+#: about 64 KiB a point (no stacking copy), but a real model gains much more from the batch
+#: (``benchmarks/batching.py``: one call of 8 points of an MLP 0.26-0.37x the time of 8 calls; small
+#: conv nets 0.87-1.05x; the terrain UNet 1.13x).
 HOST_BATCH_BYTES = 4 << 20
-
-#: ``BatchedExecutor(max_batch_bytes="auto")`` for arrays in host memory: points of more than this many
-#: bytes go one call a point. On the host a call on a point this large already amortises the call's
-#: fixed cost, and stacking only adds a copy of the points and a round-sized output that no longer
-#: stays in cache; measured on a near-free model (``benchmarks/overhead.py --sizes 4096 8192 16384
-#: 32768``), stacking paid up to 32 KiB a point and cost 25-40% from 64 KiB up, numpy and torch
-#: alike. A model that gains from large batches on the CPU (many threads) asks for them with an
-#: explicit ``max_batch_bytes``.
-HOST_POINT_BYTES = 32 << 10
 
 
 class Executor:
@@ -101,7 +96,7 @@ class BatchedExecutor(Executor):
             round differently between batch sizes, in the last bit, as between this executor and
             ``SerialExecutor``). ``None``: one call a round, whatever its size. ``"auto"`` (the
             default): for arrays in host memory, stacked calls of at most ``HOST_BATCH_BYTES``
-            (4 MiB) of points of at most ``HOST_POINT_BYTES`` (32 KiB), one call a point above;
+            (4 MiB) of points (one call a point from 4 MiB a point);
             ``None`` on an accelerator and for jax arrays (a device gains from large batches; split
             a round there with an explicit cap where its activations do not fit).
     """
@@ -126,7 +121,7 @@ class BatchedExecutor(Executor):
             if isinstance(cap, str):  # "auto": host arrays only (numpy, tensors on the CPU)
                 if type(x) is not np.ndarray and not x.is_cpu:
                     return None
-                cap = HOST_BATCH_BYTES if size <= HOST_POINT_BYTES else 1
+                cap = HOST_BATCH_BYTES
         else:  # jax and other arrays: no cap for "auto"
             if isinstance(cap, str):
                 return None

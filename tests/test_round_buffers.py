@@ -318,16 +318,15 @@ def test_a_split_round_names_the_core_of_a_bad_output(per_call):
 
 
 def test_max_batch_bytes_auto_and_bad_values():
-    """``"auto"``: on the host (numpy, CPU tensors) calls of ``HOST_BATCH_BYTES`` of points of at most
-    ``HOST_POINT_BYTES`` and one call a point above; no cap for jax arrays; a bad value names
-    the argument."""
+    """``"auto"``: on the host (numpy, CPU tensors) stacked calls of at most ``HOST_BATCH_BYTES`` of
+    points, one call a point where a point fills that; no cap for jax arrays; a bad value names the
+    argument."""
     ex = cc.BatchedExecutor()
     small, big = np.zeros((1, 1024), np.float32), np.zeros((1, 1 << 20), np.float32)
-    edge = np.zeros((1, cc.HOST_POINT_BYTES // 4), np.float32)
-    above = np.zeros((1, cc.HOST_POINT_BYTES // 4 + 1), np.float32)
+    mid = np.zeros((1, 1 << 16), np.float32)  # 256 KiB a point: 16 a call (real models gain from the batch)
     assert ex.points_per_call(small) == cc.HOST_BATCH_BYTES // 4096 and ex.points_per_call(big) == 1
-    assert ex.points_per_call(above) == 1 and ex.points_per_call(edge) == cc.HOST_BATCH_BYTES // edge.nbytes
-    assert ex.points_per_call(torch.from_numpy(above)) == 1 and ex.stacks_points(torch.from_numpy(edge))
+    assert ex.points_per_call(mid) == 16 and ex.points_per_call(torch.from_numpy(mid)) == 16
+    assert ex.stacks_points(mid) and ex.stacks_points(torch.from_numpy(mid))
     assert ex.points_per_call(torch.from_numpy(big)) == 1 and not ex.stacks_points(big) and ex.stacks_points(small)
     import jax.numpy as jnp
     assert ex.points_per_call(jnp.zeros((1, 1 << 20))) is None
