@@ -16,6 +16,7 @@ pays).
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -32,8 +33,9 @@ def _mlp(d: int, h: int) -> torch.nn.Module:
 
 
 def _conv(c: int) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Conv2d(c, 64, 3, padding=1), torch.nn.SiLU(),
-                               torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(64, c, 3, padding=1))
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(c, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
+                         nn.Conv2d(64, c, 3, padding=1))
 
 
 def models() -> list[tuple[str, tuple[int, ...], Callable]]:
@@ -49,6 +51,10 @@ def models() -> list[tuple[str, tuple[int, ...], Callable]]:
         out.append(("terrain UNet (onnxruntime)", (1, SIZE, SIZE),
                     lambda x: den.denoise(x.numpy(), np.ones(x.shape[0], np.float32))))
     return out
+
+
+def _apart(fn: Callable, one: torch.Tensor, k: int) -> list:
+    return [fn(one) for _ in range(k)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
             fn(one)  # warm up
             for k in args.points:
                 many = one.repeat(k, *[1] * len(shape))
-                t, _ = interleaved({"stacked": lambda: fn(many), "apart": lambda: [fn(one) for _ in range(k)]},
-                                   args.repeats, shuffle=True)
+                fns = {"stacked": functools.partial(fn, many), "apart": functools.partial(_apart, fn, one, k)}
+                t, _ = interleaved(fns, args.repeats, shuffle=True)
                 row.append(spread(t["stacked"] / t["apart"], fmt=".2f"))
                 single = float(np.median(t["apart"])) / k
         print(f"| {name} | {one.numel() * 4 >> 10} | {single * 1e3:.2f} | " + " | ".join(row) + " |", flush=True)
