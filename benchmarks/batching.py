@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             fn(one)  # warm up
             for k in args.points:
                 many = one.repeat(k, *[1] * len(shape))
+                fn(many)  # warm up this batch size (a conv library plans a new shape on its first call)
                 fns = {"stacked": functools.partial(fn, many), "apart": functools.partial(_apart, fn, one, k)}
                 t, _ = interleaved(fns, args.repeats, shuffle=True)
                 row.append(spread(t["stacked"] / t["apart"], fmt=".2f"))
