@@ -46,6 +46,10 @@ def models() -> list[tuple[str, tuple[int, ...], Callable]]:
         out.append((f"MLP {d}-{h}-{h}-{d}", (d,), net))
     for c, s in ((4, 64), (16, 32)):
         out.append((f"3-layer conv, 64 channels, {c}x{s}x{s}", (c, s, s), _conv(c)))
+    for n, d in ((64, 256), (256, 256)):
+        layer = torch.nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True)
+        enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+        out.append((f"2 transformer layers, {n} tokens x {d}", (n, d), enc))
     if available():
         den = TerrainDenoiser(1)
         out.append(("terrain UNet (onnxruntime)", (1, SIZE, SIZE),
