@@ -46,31 +46,6 @@ def lincomb(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
     return acc
 
 
-def combine(rows: Sequence[Sequence[float]], arrays: Sequence[Array]) -> list[Array]:
-    """``[lincomb(row, arrays) for row in rows]``: several combinations of the same arrays.
-
-    For numpy arrays of one floating dtype, one matrix product (the arrays stacked once, each
-    result one row of a new array: one pass over the inputs instead of two or three a term and
-    result, and no temporaries); it rounds as a BLAS product does, which may differ from
-    ``lincomb`` in the last bit. Other arrays (torch, jax): ``lincomb`` row by row (no coefficient
-    array to move to a device).
-
-    Args:
-        rows: k rows of len(arrays) coefficients each, Python floats.
-        arrays: the arrays, of one shape.
-
-    Returns:
-        k new arrays of that shape (numpy: views of one (k, ...) array).
-    """
-    a0 = arrays[0]
-    if (len(rows) > 1 and type(a0) is np.ndarray and a0.dtype.kind == "f"
-            and all(type(a) is np.ndarray and a.dtype == a0.dtype and a.shape == a0.shape for a in arrays)):
-        stacked = np.stack(arrays).reshape(len(arrays), -1)
-        out = (np.asarray(rows, dtype=a0.dtype) @ stacked).reshape(len(rows), *a0.shape)
-        return list(out)
-    return [lincomb(row, arrays) for row in rows]
-
-
 def _terms(coeffs: Sequence[float], arrays: Sequence[Array]) -> list[tuple[float, Array]]:
     """The (coefficient, array) terms of a combination of three or more arrays in the order ``lincomb``
     forms them: zero coefficients skipped (one zero term kept if all are), a scaled term first."""

@@ -175,22 +175,14 @@ class Seeder:
         return q if c is None or c == (0.0, 1.0) else B.lincomb(c, (x, q))
 
     def seed(self, x_e: Any, d: Any, e: int, i: int, j: int, d_prev: Any = None, i_prev: int | None = None) -> Any:
-        """The one seed x_j (``seeds``)."""
-        return self.seeds(x_e, d, e, i, (j,), d_prev, i_prev)[0]
-
-    def seeds(self, x_e: Any, d: Any, e: int, i: int, js: Sequence[int], d_prev: Any = None,
-              i_prev: int | None = None) -> list:
-        """x_j for j in ``js`` from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i),
-        or the solver's jump. With ``d_prev`` (from index ``i_prev``) and ``order=2``, the data
-        prediction is extrapolated linearly in lambda and integrated exactly (a DPM-Solver++(2)-type
-        jump). All seeds are combinations of the same arrays, formed at once (``_backend.combine``)."""
+        """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's
+        jump. With ``d_prev`` (from index ``i_prev``) and ``order=2``, the data prediction is
+        extrapolated linearly in lambda and integrated exactly (a DPM-Solver++(2)-type jump)."""
         if self.path is None:
-            return [self.sol.jump(x_e, d, e, j) for j in js]
+            return self.sol.jump(x_e, d, e, j)
         second = self.order >= 2 and d_prev is not None and i_prev is not None
-        rows = [self._coefficients(e, i, j, i_prev if second else None) for j in js]
-        if any(len(c) == 3 for c in rows):
-            return B.combine([c if len(c) == 3 else (*c, 0.0) for c in rows], (x_e, d, d_prev))
-        return B.combine(rows, (x_e, d))
+        c = self._coefficients(e, i, j, i_prev if second else None)
+        return B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d))
 
     def _coefficients(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
         """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)."""
@@ -494,7 +486,7 @@ def sliding_window(
                 d2 = (seeder.prediction(evaluated_prev, qs[e - 2 - b][0], e - 2)
                       if e - 2 >= b and seeder.order > 1 else None)
                 del xs[e + 1:]
-                xs.extend(seeder.seeds(xs[e], d, e, e - 1, range(e + 1, end + 1), d2, e - 2))
+                xs.extend(seeder.seed(xs[e], d, e, e - 1, j, d2, e - 2) for j in range(e + 1, end + 1))
             if local is not None:
                 local.release(nb, e)
             base = move(states[nb - b], xs[nb])
