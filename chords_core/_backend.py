@@ -612,11 +612,6 @@ except ImportError:  # another numpy layout: the public function, the same resul
     _c_einsum = np.einsum
 
 
-#: one sample of at least this many elements: ``row_sq`` as a BLAS dot product
-DOT_MIN_SIZE = 1024
-_BLAS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def row_sq(d: Array) -> Array:
     """Per-sample sum of squares over all but the leading (batch) axis; a 0-d value for a state
     without a batch axis (1-D or 0-d). numpy: one pass without a temporary."""
@@ -624,17 +619,19 @@ def row_sq(d: Array) -> Array:
         return (d * d).sum()
     if type(d) is np.ndarray or library(d) == "numpy":
         flat = d.reshape(d.shape[0], -1)
-        if flat.shape[0] == 1 and flat.shape[1] >= DOT_MIN_SIZE and type(flat) is np.ndarray and flat.dtype in _BLAS:
-            return np.dot(flat[0], flat[0]).reshape(1)  # one sample: a BLAS dot, 3x einsum's speed at 65,536
         einsum = _c_einsum if type(flat) is np.ndarray else np.einsum  # others may dispatch (__array_function__)
         return einsum("ij,ij->i", flat, flat)
     return (d * d).reshape(d.shape[0], -1).sum(1)
 
 
 def rms(x: Array) -> float:
-    """Root mean square over all elements, as a Python float (of a tensor's value: no autograd)."""
+    """Root mean square over all elements, as a Python float (of a tensor's value: no autograd);
+    16-bit floats are summed in float32 (their sum of squares overflows from about 65,000 elements
+    of unit size)."""
     if getattr(x, "requires_grad", False):
         x = x.detach()
+    if getattr(x.dtype, "itemsize", 4) < 4:
+        x = x.float() if library(x) == "torch" else x.astype(np.float32)
     return float(((x * x).sum() / _numel(x)) ** 0.5)
 
 

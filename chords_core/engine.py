@@ -304,6 +304,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         bar = tqdm(total=limit, desc=f"chords {sol.name} x{plan.cores}", unit="round")
     hits: list[Hit] = []
     outputs: list = []
+    starts: list[int] = []  # where each output's core started (Outputs.starts)
     result, stopped_by, nfe, t = None, "", 0, sol.t
     deferred = DeferredCheck()
 
@@ -324,7 +325,9 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 deferred.verify()  # before anyone looks at an output
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
-                if result is None and rule.accept(Outputs(outputs, error_state=records.error_state()), records.coarse):
+                starts.append(plan.init[c])
+                if result is None and rule.accept(Outputs(outputs, error_state=records.error_state(), starts=starts),
+                                                  records.coarse):
                     result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
             if bar is not None:
                 bar.update(1)

@@ -24,10 +24,14 @@ The rules shipped:
   the sequential solver* of the previous one (RMS per element), so that the returned output differs
   from the sequential one by a small fraction of the sequential solver's own error. The estimate
   (``outputs.error``: the sum of the solver's local error estimates, ``local_error``) comes from
-  the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs that
-  agree to rounding (``AGREE_TO_ROUNDING``) confirm nothing: CHORDS' cores can finish on the same
-  value whatever its error (with Euler, a core that starts one step after the slower one is
-  rectified onto the slower core's own step), so such a pair is never accepted.
+  the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs of
+  cores that started one grid step apart confirm nothing when they agree to rounding
+  (``AGREE_TO_ROUNDING``): with Euler such a core starts on the slower core's own step and is
+  rectified onto its values, so the two finish on the same output whatever its error; such a pair
+  is not accepted. Outputs of cores further apart that agree to rounding are accepted: CHORDS'
+  rectifications make a core exact after finitely many, so a converged run's outputs agree to
+  rounding (where the method does not say where its cores started, ``outputs.starts`` is
+  ``None``, every pair agreeing to rounding is treated as adjacent).
 - ``RunAll()`` (also what ``stop=None`` means): run to the end; the result is the last output,
   which for CHORDS is core 0's, the sequential solution.
 
@@ -53,7 +57,8 @@ __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "Run
            "estimate_error", "AGREE_TO_ROUNDING"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
-#: their dtype times the newer output's RMS agree to rounding, and do not confirm each other.
+#: their dtype times the newer output's RMS agree to rounding, and do not confirm each other if
+#: their cores started one grid step apart (or the method does not say where they started).
 AGREE_TO_ROUNDING = 64
 
 
@@ -70,7 +75,8 @@ def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
 
 class Outputs(tuple):
     """The outputs so far, in arrival order, and ``error``: the method's estimate of the sequential
-    solver's RMS error (``None`` when the method gives none or the rule did not ask).
+    solver's RMS error (``None`` when the method gives none or the rule did not ask); ``starts``:
+    the grid index each output's core started from (CHORDS' ``init[core]``), or ``None``.
 
     A method gives ``error`` as a float or as ``error_state`` = (error_sum, estimated, steps), what
     ``estimate_error`` forms it from; then ``error`` is formed when a rule first reads it (and
@@ -79,13 +85,15 @@ class Outputs(tuple):
     """
 
     error_state: tuple[Any, int, int] | None
+    starts: Sequence[int] | None
     _error: float | None
 
     def __new__(cls, items: Sequence[Any] = (), error: float | None = None,
-                error_state: tuple[Any, int, int] | None = None) -> Outputs:
+                error_state: tuple[Any, int, int] | None = None, starts: Sequence[int] | None = None) -> Outputs:
         out = super().__new__(cls, items)
         out._error = error
         out.error_state = error_state
+        out.starts = starts
         return out
 
     @property
@@ -188,9 +196,10 @@ class StopOnResidual(StopRule):
 @dataclass(frozen=True)
 class StopWhenConverged(StopRule):
     """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
-    estimated RMS error of the sequential solver (``outputs.error``) and more than rounding (a pair
-    that agrees to rounding confirms nothing; see the module docstring). ``rel = 0`` never accepts:
-    the run returns its last output (CHORDS: core 0's, the sequential solution)."""
+    estimated RMS error of the sequential solver (``outputs.error``), unless the two agree to
+    rounding and their cores started one step apart (such a pair confirms nothing; see the module
+    docstring). ``rel = 0`` never accepts: the run returns its last output (CHORDS: core 0's, the
+    sequential solution)."""
 
     rel: float = 0.05
     uses_error_estimate = True
@@ -211,11 +220,16 @@ class StopWhenConverged(StopRule):
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output moved by at most ``rel`` x ``outputs.error`` from the previous one."""
         error = getattr(outputs, "error", None)
-        if error is None or len(outputs) < 2:  # the coarse prediction is no output to converge from
+        if error is None or len(outputs) < 2 or self.rel == 0:  # the coarse prediction is no output to converge from
             return False
         new = outputs[-1]
         change = B.rms(new - outputs[-2])
-        return AGREE_TO_ROUNDING * B.eps(new) * B.rms(new) < change <= self.rel * error
+        if not change <= self.rel * error:
+            return False
+        starts = getattr(outputs, "starts", None)
+        if starts is not None and abs(starts[-1] - starts[-2]) > 1:
+            return True  # cores apart: agreement to rounding is convergence
+        return change > AGREE_TO_ROUNDING * B.eps(new) * B.rms(new)
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """Which output converged, or that none did."""
@@ -260,14 +274,16 @@ def as_stop_rule(stop: Any) -> StopRule:
 
 
 def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
-                   error_states: Sequence[tuple[Any, int, int] | None] | None = None, start: int = 0) -> int | None:
+                   error_states: Sequence[tuple[Any, int, int] | None] | None = None, start: int = 0,
+                   starts: Sequence[int] | None = None) -> int | None:
     """Replay ``rule`` over finished outputs (arrival order) from index ``start`` (the outputs before
     it were offered already): the index of the first it accepts, given the outputs up to it, or
     ``None``. ``error_states[n]``: the ``Outputs.error_state`` as output n arrived (``None``: no
-    estimate)."""
+    estimate); ``starts``: ``Outputs.starts`` of all the outputs."""
     for n in range(start, len(outputs)):
         state = None if error_states is None else error_states[n]
-        if rule.accept(Outputs(outputs[:n + 1], error_state=state), coarse):
+        if rule.accept(Outputs(outputs[:n + 1], error_state=state, starts=None if starts is None else starts[:n + 1]),
+                       coarse):
             return n
     return None
 
@@ -281,9 +297,10 @@ def chosen_output(rule: StopRule, cores: Sequence[int], n: int | None) -> tuple[
 
 
 def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any,
-                  error_states: Sequence[tuple[Any, int, int] | None] | None = None) -> tuple[int, str]:
+                  error_states: Sequence[tuple[Any, int, int] | None] | None = None,
+                  starts: Sequence[int] | None = None) -> tuple[int, str]:
     """Replay ``rule`` over finished outputs (arrival order): (index of the returned output, its
     ``stopped_by`` text). The engine applies the rule as outputs arrive; this is the same rule for
     backends that run first and pick after (the compiled JAX path; run in chunks, it calls
     ``first_accepted`` and ``chosen_output`` itself)."""
-    return chosen_output(rule, cores, first_accepted(rule, outputs, coarse, error_states))
+    return chosen_output(rule, cores, first_accepted(rule, outputs, coarse, error_states, starts=starts))

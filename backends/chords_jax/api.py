@@ -252,7 +252,8 @@ def chords(
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
         states = [_on_device_state(st, vals) for st in sym.log] if sym.log else None
-        n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states)
+        n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states,
+                                      starts=[sym.plan.init[h.core] for h in hits])
         return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
     return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
 
@@ -373,7 +374,7 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
                                   lambda bad: _raise_nonfinite(bad, prog, sym)):
         states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
         accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
-                                  start=n)
+                                  start=n, starts=[sym.plan.init[h.core] for h in sym.hits])
         if accepted is not None:
             break
         n = m
