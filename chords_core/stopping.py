@@ -36,7 +36,9 @@ The rules shipped:
   which for CHORDS is core 0's, the sequential solution.
 
 ``outputs`` is an ``Outputs`` tuple: a rule may read ``outputs.error`` (the method's estimate of
-the sequential solver's RMS error, or ``None``). A rule that sets ``uses_error_estimate = True``
+the sequential solver's RMS error, or ``None``) and ``outputs.starts`` (the grid index each output's
+core started from: CHORDS' ``init[core]``, in the engine and in chords_jax; ``None`` from other
+methods). A rule that sets ``uses_error_estimate = True``
 asks the method to compute it (it costs a few array operations per evaluation).
 
 A rule written outside the package subclasses ``StopRule`` (or just has these three methods).
