@@ -24,14 +24,17 @@ The rules shipped:
   the sequential solver* of the previous one (RMS per element), so that the returned output differs
   from the sequential one by a small fraction of the sequential solver's own error. The estimate
   (``outputs.error``: the sum of the solver's local error estimates, ``local_error``) comes from
-  the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs of
-  cores that started one grid step apart confirm nothing when they agree to rounding
-  (``AGREE_TO_ROUNDING``): with Euler such a core starts on the slower core's own step and is
-  rectified onto its values, so the two finish on the same output whatever its error; such a pair
-  is not accepted. Outputs of cores further apart that agree to rounding are accepted: CHORDS'
-  rectifications make a core exact after finitely many, so a converged run's outputs agree to
-  rounding (where the method does not say where its cores started, ``outputs.starts`` is
-  ``None``, every pair agreeing to rounding is treated as adjacent).
+  the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs that
+  agree to rounding (``AGREE_TO_ROUNDING``) confirm nothing by themselves: cores started one grid
+  step apart finish on the same value whatever its error (with Euler such a core starts on the
+  slower core's own step and is rectified onto its values), and so do cores locked onto one
+  attractor (a denoiser that has saturated on one training image). Yet a converged CHORDS run's
+  outputs agree to rounding too: rectification makes a core exact after finitely many steps. So
+  such a pair is accepted only from cores further apart (``outputs.starts``; never where the method
+  does not say where its cores started), and only where the last earlier pair that moved by more
+  than rounding moved by at most the estimated error: a run seen converging onto its fixed point.
+  (For 16-bit floats 64 epsilons are 6% (float16) or 50% (bfloat16) of the RMS, so nearly every
+  pair agrees to rounding and such runs seldom stop early.)
 - ``RunAll()`` (also what ``stop=None`` means): run to the end; the result is the last output,
   which for CHORDS is core 0's, the sequential solution.
 
@@ -59,9 +62,13 @@ __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "Run
            "estimate_error", "AGREE_TO_ROUNDING"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
-#: their dtype times the newer output's RMS agree to rounding, and do not confirm each other if
-#: their cores started one grid step apart (or the method does not say where they started).
+#: their dtype times the newer output's RMS agree to rounding (see the module docstring).
 AGREE_TO_ROUNDING = 64
+
+
+def _rounding(x: Any) -> float:
+    """``AGREE_TO_ROUNDING`` machine epsilons of ``x``'s dtype times its RMS."""
+    return AGREE_TO_ROUNDING * B.eps(x) * B.rms(x)
 
 
 def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
@@ -198,9 +205,9 @@ class StopOnResidual(StopRule):
 @dataclass(frozen=True)
 class StopWhenConverged(StopRule):
     """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
-    estimated RMS error of the sequential solver (``outputs.error``), unless the two agree to
-    rounding and their cores started one step apart (such a pair confirms nothing; see the module
-    docstring). ``rel = 0`` never accepts: the run returns its last output (CHORDS: core 0's, the
+    estimated RMS error of the sequential solver (``outputs.error``); a pair that agrees to rounding
+    only from cores more than one step apart after a pair that moved by at most the error (see the
+    module docstring). ``rel = 0`` never accepts: the run returns its last output (CHORDS: core 0's, the
     sequential solution)."""
 
     rel: float = 0.05
@@ -228,10 +235,19 @@ class StopWhenConverged(StopRule):
         change = B.rms(new - outputs[-2])
         if not change <= self.rel * error:
             return False
+        if change > _rounding(new):
+            return True
+        # the two agree to rounding: evidence only from cores apart, and where the last pair that
+        # moved by more than rounding moved by at most the error (a run converging onto its fixed
+        # point, not two cores locked together on a wrong value)
         starts = getattr(outputs, "starts", None)
-        if starts is not None and abs(starts[-1] - starts[-2]) > 1:
-            return True  # cores apart: agreement to rounding is convergence
-        return change > AGREE_TO_ROUNDING * B.eps(new) * B.rms(new)
+        if starts is None or abs(starts[-1] - starts[-2]) <= 1:
+            return False
+        for k in range(len(outputs) - 2, 0, -1):
+            moved = B.rms(outputs[k] - outputs[k - 1])
+            if moved > _rounding(outputs[k]):
+                return moved <= error
+        return False  # no pair moved: no evidence
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """Which output converged, or that none did."""
