@@ -33,8 +33,9 @@ The rules shipped:
   such a pair is accepted only from cores further apart (``outputs.starts``; never where the method
   does not say where its cores started), and only where the last earlier pair that moved by more
   than rounding moved by at most the estimated error: a run seen converging onto its fixed point.
-  (For 16-bit floats 64 epsilons are 6% (float16) or 50% (bfloat16) of the RMS, so nearly every
-  pair agrees to rounding and such runs seldom stop early.)
+  For 16-bit floats, whose 64 epsilons are 6% (float16) or 50% (bfloat16) of the RMS, the unit is
+  float32's epsilon: there only outputs equal to that precision (two cores computing the same
+  values) agree to rounding.
 - ``RunAll()`` (also what ``stop=None`` means): run to the end; the result is the last output,
   which for CHORDS is core 0's, the sequential solution.
 
@@ -62,13 +63,19 @@ __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "Run
            "estimate_error", "AGREE_TO_ROUNDING"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
-#: their dtype times the newer output's RMS agree to rounding (see the module docstring).
+#: their dtype (float32's for 16-bit floats) times the newer output's RMS agree to rounding (see the
+#: module docstring).
 AGREE_TO_ROUNDING = 64
 
 
+#: float32's machine epsilon: the unit of ``AGREE_TO_ROUNDING`` for 16-bit floats, whose own epsilon
+#: (float16 2^-10, bfloat16 2^-7) would make 6% / 50% of the RMS "rounding"
+EPS32 = 2.0**-23
+
+
 def _rounding(x: Any) -> float:
-    """``AGREE_TO_ROUNDING`` machine epsilons of ``x``'s dtype times its RMS."""
-    return AGREE_TO_ROUNDING * B.eps(x) * B.rms(x)
+    """``AGREE_TO_ROUNDING`` machine epsilons of ``x``'s dtype (float32's for 16-bit floats) times its RMS."""
+    return AGREE_TO_ROUNDING * min(B.eps(x), EPS32) * B.rms(x)
 
 
 def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
