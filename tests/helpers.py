@@ -22,3 +22,23 @@ def interpret(prog: Any, x: np.ndarray, fn: Any) -> np.ndarray:
             outs = fn(pts, np.repeat(t, x.shape[0])).reshape(len(points), -1)
             buf[dest] = np.einsum("wm,wmn->wn", coef, buf[idx]) + np.einsum("wm,wmn->wn", out_coef, outs[out_idx])
     return buf
+
+
+def mixture_problem(schedule: Any, prediction: str, steps: int, seed: int = 3, batch: int = 64, dim: int = 16
+                    ) -> tuple[Any, np.ndarray, np.ndarray, Any]:
+    """A held-out test problem: a ``dim``-D 4-mode Gaussian mixture (``GaussianMixture.random(dim, 4,
+    seed)``) as a model on ``schedule`` with ``prediction``, ``batch`` standard normal samples (seed 1)
+    and a ``steps``-step grid. Returns (model, x, grid, err), where ``err(y)`` is the RMS of y (any
+    float dtype) against the exact solution."""
+    import chords_core as cc
+    from chords_core.problems import GaussianMixture
+
+    gmm = GaussianMixture.random(dim, 4, seed=seed)
+    x = np.random.default_rng(1).standard_normal((batch, dim))
+    grid = cc.time_grid(schedule, steps)
+    exact = gmm.reference_solve(x, grid[0], grid[-1], schedule)
+
+    def err(y: Any) -> float:
+        return float(np.sqrt(np.mean((np.asarray(y, np.float64) - exact) ** 2)))
+
+    return gmm.model(schedule, prediction), x, grid, err
