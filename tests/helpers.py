@@ -24,18 +24,18 @@ def interpret(prog: Any, x: np.ndarray, fn: Any) -> np.ndarray:
     return buf
 
 
-def mixture_problem(schedule: Any, prediction: str, steps: int, seed: int = 3, batch: int = 64, dim: int = 16
-                    ) -> tuple[Any, np.ndarray, np.ndarray, Any]:
+def mixture_problem(schedule: Any, prediction: str, steps: int, seed: int = 3, batch: int = 64, dim: int = 16,
+                    spacing: str = "uniform", x_seed: int = 1) -> tuple[Any, np.ndarray, np.ndarray, Any]:
     """A held-out test problem: a ``dim``-D 4-mode Gaussian mixture (``GaussianMixture.random(dim, 4,
-    seed)``) as a model on ``schedule`` with ``prediction``, ``batch`` standard normal samples (seed 1)
-    and a ``steps``-step grid. Returns (model, x, grid, err), where ``err(y)`` is the RMS of y (any
-    float dtype) against the exact solution."""
+    seed)``) as a model on ``schedule`` with ``prediction``, ``batch`` standard normal samples (seed
+    ``x_seed``) and a ``steps``-step grid of ``spacing``. Returns (model, x, grid, err), where
+    ``err(y)`` is the RMS of y (any float dtype) against the exact solution."""
     import chords_core as cc
     from chords_core.problems import GaussianMixture
 
     gmm = GaussianMixture.random(dim, 4, seed=seed)
-    x = np.random.default_rng(1).standard_normal((batch, dim))
-    grid = cc.time_grid(schedule, steps)
+    x = np.random.default_rng(x_seed).standard_normal((batch, dim))
+    grid = cc.time_grid(schedule, steps, spacing)
     exact = gmm.reference_solve(x, grid[0], grid[-1], schedule)
 
     def err(y: Any) -> float:
