@@ -15,6 +15,7 @@ rounds; ``*`` marks a cell above the no-degradation criterion (1.05); ``-``: mor
 from __future__ import annotations
 
 import argparse
+import itertools
 import warnings
 
 import numpy as np
@@ -27,49 +28,62 @@ def rms(a) -> float:
     return float(np.sqrt(np.mean(np.square(a))))
 
 
+SCHEDULES = {"vp": ("VP, eps", cc.VP(), "eps"), "rf": ("rectified flow", cc.RectifiedFlow(), "flow"),
+             "cosv": ("VP cosine, v", cc.VP.cosine(), "v")}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
     ap.add_argument("--steps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 20])
     ap.add_argument("--cores", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--solver", default="euler", help="a solver name (DPM-Solver++ and UniPC: VP and flow alike)")
+    ap.add_argument("--solver", nargs="+", default=["euler"],
+                    help="solver names (DPM-Solver++ and UniPC: VP and flow alike)")
+    ap.add_argument("--schedules", nargs="+", choices=sorted(SCHEDULES), default=["vp", "rf"],
+                    help="vp: VP with eps prediction; rf: rectified flow; cosv: VP cosine with v prediction")
+    ap.add_argument("--spacing", default="uniform", help="the grid's spacing (cc.time_grid)")
+    ap.add_argument("--chords-only", action="store_true", help="CHORDS' default alone (no cascade columns)")
     a = ap.parse_args(argv)
-    sv = a.solver
-    runs = {"chords": lambda m, x, g, k: cc.chords(m, x, g, sv, cores=k),
-            "cascade": lambda m, x, g, k: cc.cascade(m, x, g, sv, cores=k),
-            "cascade tol 1": lambda m, x, g, k: cc.cascade(m, x, g, sv, cores=k, tol=1.0),
-            "cascade tol 0.5": lambda m, x, g, k: cc.cascade(m, x, g, sv, cores=k, tol=0.5)}
-    print("| schedule | seed | steps | " + " | ".join(f"{n}, {k} cores" for n in runs for k in a.cores) + " |")
-    print("|---|---|---|" + "---|" * (len(runs) * len(a.cores)))
+    runs = {"chords": lambda m, x, g, sv, k: cc.chords(m, x, g, sv, cores=k),
+            "cascade": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k),
+            "cascade tol 1": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, tol=1.0),
+            "cascade tol 0.5": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, tol=0.5)}
+    if a.chords_only:
+        runs = {"chords": runs["chords"]}
+    print("| schedule | solver | seed | steps | " + " | ".join(f"{n}, {k} cores" for n in runs for k in a.cores) + " |")
+    print("|---|---|---|---|" + "---|" * (len(runs) * len(a.cores)))
     worst = {n: 0.0 for n in runs}
     misses = {n: 0 for n in runs}
+    total = {n: 0 for n in runs}
     count = 0
-    for name, schedule, prediction in (("VP, eps", cc.VP(), "eps"), ("rectified flow", cc.RectifiedFlow(), "flow")):
-        for seed in a.seeds:
-            gmm = GaussianMixture.random(16, 4, seed=seed)
-            model = gmm.model(schedule, prediction)
-            x = np.random.default_rng(1).standard_normal((64, 16))
-            for steps in a.steps:
-                grid = cc.time_grid(schedule, steps)
-                exact = gmm.reference_solve(x, grid[0], grid[-1], schedule)
-                seq = rms(cc.solve(model, x, grid, sv) - exact)
-                cells = []
-                for n, run in runs.items():
-                    for k in a.cores:
-                        if k > steps:
-                            cells.append("-")
-                            continue
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            r = run(model, x, grid, k)
-                        q = rms(r.x - exact) / seq
-                        worst[n] = max(worst[n], q)
-                        misses[n] += q > 1.05
-                        count += n == "chords"
-                        cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
-                print(f"| {name} | {seed} | {steps} | " + " | ".join(cells) + " |", flush=True)
+    for key, sv, seed in itertools.product(a.schedules, a.solver, a.seeds):
+        name, schedule, prediction = SCHEDULES[key]
+        gmm = GaussianMixture.random(16, 4, seed=seed)
+        model = gmm.model(schedule, prediction)
+        x = np.random.default_rng(1).standard_normal((64, 16))
+        for steps in a.steps:
+            grid = cc.time_grid(schedule, steps, a.spacing)
+            exact = gmm.reference_solve(x, grid[0], grid[-1], schedule)
+            seq = rms(cc.solve(model, x, grid, sv) - exact)
+            cells = []
+            for n, run in runs.items():
+                for k in a.cores:
+                    if k > steps:
+                        cells.append("-")
+                        continue
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        r = run(model, x, grid, sv, k)
+                    q = rms(r.x - exact) / seq
+                    worst[n] = max(worst[n], q)
+                    misses[n] += q > 1.05
+                    total[n] += r.rounds
+                    count += n == "chords"
+                    cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
+            print(f"| {name} | {sv} | {seed} | {steps} | " + " | ".join(cells) + " |", flush=True)
     print("\nworst ratio: " + ", ".join(f"{n} {v:.3f}" for n, v in worst.items()))
     print("runs above 1.05: " + ", ".join(f"{n} {v}" for n, v in misses.items()) + f" (of {count} each)")
+    print("rounds in all: " + ", ".join(f"{n} {v}" for n, v in total.items()))
 
 
 if __name__ == "__main__":
