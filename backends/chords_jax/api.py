@@ -201,7 +201,10 @@ def chords(
     The scan stops at the round of the last output the stop rule may need; the rule then picks the
     output on the host, as the core engine would (rounds and NFE are where it stops). Every rule
     returns the output the core engine returns, ``StopWhenConverged`` too: its error estimate is
-    computed on the device with the outputs (see ``compile_plan``). ``StopAtCore`` and ``None`` run
+    computed on the device with the outputs (see ``compile_plan``). (Where the outputs round
+    differently from the core's, a value-based rule can decide otherwise near its thresholds: seen
+    with float16 states, whose outputs XLA and numpy round differently, so that two outputs equal in
+    the core differed by 4e-3 here and the rule ran on to core 0.) ``StopAtCore`` and ``None`` run
     as one compiled call; a rule that decides on the outputs runs in chunks ending where outputs
     arrive and stops executing rounds at the first output it accepts (one host round trip and, on
     the first call, one compile per chunk shape). The default is the core's, ``DEFAULT_STOP``
