@@ -111,7 +111,7 @@ class Outputs(tuple):
         out = super().__new__(cls, items)
         out._error = error
         out.error_state = error_state
-        out.starts = starts
+        out.starts = None if starts is None else tuple(starts)  # a copy: the caller's list grows
         return out
 
     @property

@@ -204,6 +204,10 @@ def test_converged_rule_takes_evidence_from_rounding_only_after_a_small_move():
             assert not rule.accept(Outputs([a, near], error=step, starts=starts), None)  # step > 0.1 x step
             assert not cc.StopWhenConverged(0.0).accept(Outputs([a, a], error=1.0, starts=starts), None)
         assert not rule.accept(Outputs([a, near], error=err, starts=(6, 5)), None)  # adjacent: no evidence
+    live = [24, 16]
+    kept = Outputs([x, x], error=1.0, starts=live)
+    live.append(8)  # the engine's list grows as outputs arrive; what a rule was handed does not
+    assert kept.starts == (24, 16)
 
 
 def test_default_stop_takes_no_evidence_from_adjacent_cores():
