@@ -28,8 +28,8 @@ torch.set_num_threads(1)
 
 
 def _mlp(d: int, h: int) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.SiLU(), torch.nn.Linear(h, h), torch.nn.SiLU(),
-                               torch.nn.Linear(h, d))
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(d, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, d))
 
 
 def _conv(c: int) -> torch.nn.Module:

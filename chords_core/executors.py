@@ -24,9 +24,10 @@ __all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
 #: stack makes an output that falls out of the last-level cache and that the C allocator maps afresh
 #: (page faults) every round instead of reusing (glibc maps blocks above 32 MiB anew each time).
 #: Points of any size are stacked up to it: on a near-free model one call a point is cheaper from
-#: about 64 KiB a point (no stacking copy), but a real model gains much more from the batch
-#: (``benchmarks/batching.py``: one call of 8 points of an MLP 0.26-0.37x the time of 8 calls; small
-#: conv nets 0.87-1.05x; the terrain UNet 1.13x).
+#: about 64 KiB a point (no stacking copy), but weight-bound models gain much more from the batch
+#: (``benchmarks/batching.py``, one call of 8 points against 8 calls: MLPs 0.25-0.37x, a transformer
+#: on 64 tokens 0.70x) than convolutional ones lose (a conv net on 64x64 maps 1.33-1.57x, the terrain
+#: UNet 1.07-1.19x; ``max_batch_bytes=1`` for those).
 HOST_BATCH_BYTES = 4 << 20
 
 

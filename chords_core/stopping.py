@@ -103,7 +103,7 @@ class Outputs(tuple):
     """
 
     error_state: tuple[Any, int, int] | None
-    starts: Sequence[int] | None
+    starts: tuple[int, ...] | None
     _error: float | None
 
     def __new__(cls, items: Sequence[Any] = (), error: float | None = None,
@@ -216,8 +216,8 @@ class StopWhenConverged(StopRule):
     """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
     estimated RMS error of the sequential solver (``outputs.error``), from cores started more than
     one step apart; a pair that agrees to rounding only after a pair that moved by at most the error
-    (see the module docstring). ``rel = 0`` never accepts: the run returns its last output (CHORDS: core 0's, the
-    sequential solution)."""
+    (see the module docstring). ``rel = 0`` never accepts: the run returns its last output (CHORDS:
+    core 0's, the sequential solution)."""
 
     rel: float = 0.05
     uses_error_estimate = True
@@ -238,15 +238,16 @@ class StopWhenConverged(StopRule):
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output moved by at most ``rel`` x ``outputs.error`` from the previous one."""
         error = getattr(outputs, "error", None)
-        if error is None or len(outputs) < 2 or self.rel == 0:  # the coarse prediction is no output to converge from
-            return False
-        new = outputs[-1]
-        change = B.rms(new - outputs[-2])
-        if not change <= self.rel * error:
+        # the coarse prediction is no output to converge from; rel = 0 never accepts
+        if error is None or len(outputs) < 2 or self.rel == 0:
             return False
         starts = getattr(outputs, "starts", None)
         if starts is not None and abs(starts[-1] - starts[-2]) <= 1:
             return False  # cores started a step apart finish close together whatever the error
+        new = outputs[-1]
+        change = B.rms(new - outputs[-2])
+        if not change <= self.rel * error:
+            return False
         if change > _rounding(new):
             return True
         # the two agree to rounding: evidence only where the method says where its cores started and

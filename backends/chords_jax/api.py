@@ -372,12 +372,13 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     first it accepts."""
     assert sym.plan is not None
     n = 0  # the outputs before n were offered to the rule already
+    starts = [sym.plan.init[h.core] for h in sym.hits]  # Outputs.starts
     accepted: int | None = None
     for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
                                   lambda bad: _raise_nonfinite(bad, prog, sym)):
         states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
         accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
-                                  start=n, starts=[sym.plan.init[h.core] for h in sym.hits])
+                                  start=n, starts=starts)
         if accepted is not None:
             break
         n = m
