@@ -6,7 +6,8 @@ own configurations; every output it can return is a point (rounds, NFE, error vs
 reference endpoint, error vs the sequential solver with the same steps). A configuration has the
 same name on every row, so it can be chosen once and reused:
 
-- ``cascade`` (this library): tolerance on the local-error scale, ``ERROR_TOLS``;
+- ``cascade`` (this library): tolerance on its default local-error scale, ``ERROR_TOLS``, and on
+  the noise-level scale (the option ``scale="level"``, configurations "level tol ..."), ``LEVEL_TOLS``;
 - ``chords``: init families (``default_init``, uniform, "uniform to f (T - 1)", the calibrated
   optimiser's) x output n (``StopAtCore(n)``), and ``StopWhenConverged(rel)``;
 - ``paradigms``: window K, noise-relative tolerance ``NOISE_TOLS`` (this library's conventions:
@@ -19,7 +20,8 @@ same name on every row, so it can be chosen once and reused:
 Tables ("no degradation" = error vs reference <= 1.05 x the sequential solver's with the same steps):
 
 1. **Oracle** (an upper bound, not a usable setting): per row, each method's best speedup in rounds
-   (T_rounds / rounds) over all its configurations that meet the criterion.
+   (T_rounds / rounds) over all its configurations that meet the criterion; the cascade sampler
+   also with its default local-error scale alone (column "cascade, error scale").
 2. **Calibrate once**: each method's configuration is chosen on ``workloads.calibration_workload``
    (a 32-D mixture that is not a workload; Euler 50 and DPM++ 20 at 2, 4, 8 cores): the one with the
    fewest rows there whose output deviates from the sequential one by more than 0.05 x the sequential
@@ -114,12 +116,35 @@ def chords_runs(w: Workload, solver: str, steps: int, K: int, spans):
         yield f"default, converged {rel:g}", dict(rounds=r.rounds, nfe=r.nfe, width=r.width), r.x
 
 
-def window_runs(fn, lanes: str, tols, **fixed):
+def window_runs(fn, lanes: str, tols, label: str = "tol", **fixed):
     def runs(w: Workload, solver: str, steps: int, K: int, spans):
         for tol in tols:
             r = fn(w.model, w.x, w.grid(solver, steps), solver, **{lanes: K}, tol=tol, **fixed)
-            yield f"tol {tol:g}", dict(rounds=r.rounds, nfe=r.nfe, width=r.width), r.x
+            yield f"{label} {tol:g}", dict(rounds=r.rounds, nfe=r.nfe, width=r.width), r.x
     return runs
+
+
+#: The cascade sampler's configurations with the noise-level scale (``scale="level"``, an option)
+#: are named with this prefix; the tables also show its default local-error scale alone, as the
+#: row / column ``ERROR_SCALE``.
+LEVEL_LABEL = "level tol"
+ERROR_SCALE = "cascade, error scale"
+#: The rows of the calibrate-once table: every method, and the cascade sampler at its default scale alone.
+TABLE_METHODS = ("cascade", ERROR_SCALE) + PEERS
+
+
+def member(p: dict, m: str) -> bool:
+    """Whether point ``p`` is one of method ``m``'s (``ERROR_SCALE``: the cascade's error-scale ones)."""
+    if m == ERROR_SCALE:
+        return p["method"] == "cascade" and not p["config"].startswith(LEVEL_LABEL)
+    return p["method"] == m
+
+
+def cascade_runs(w: Workload, solver: str, steps: int, K: int, spans):
+    """The cascade sampler at every tolerance of both its scales: the solver's local error (default)
+    and the noise level (the option ``scale="level"``, on ParaTAA's grid)."""
+    yield from window_runs(cc.cascade, "cores", ERROR_TOLS)(w, solver, steps, K, spans)
+    yield from window_runs(cc.cascade, "cores", LEVEL_TOLS, LEVEL_LABEL, scale="level")(w, solver, steps, K, spans)
 
 
 def srds_runs(w: Workload, solver: str, steps: int, K: int, spans):
@@ -133,7 +158,7 @@ def srds_runs(w: Workload, solver: str, steps: int, K: int, spans):
 
 
 RUNS = {
-    "cascade": window_runs(cc.cascade, "cores", ERROR_TOLS),
+    "cascade": cascade_runs,
     "chords": chords_runs,
     "paradigms": window_runs(cc.paradigms, "window", NOISE_TOLS),
     "parasolver": window_runs(cc.parasolver, "window", NOISE_TOLS),
@@ -192,13 +217,13 @@ def calibrate(cal_cases: list[dict]) -> dict[str, str]:
     all (a configuration absent from a row counts as failing it). The same rule for every method."""
     chosen = {}
     rows = [(c, K) for c in cal_cases for K in sorted({p["cores"] for p in c["points"]})]
-    for m in METHODS:
-        configs = sorted({p["config"] for c in cal_cases for p in c["points"] if p["method"] == m})
+    for m in TABLE_METHODS:
+        configs = sorted({p["config"] for c in cal_cases for p in c["points"] if member(p, m)})
         best = None
         for cfg in configs:
             fails, total = 0, 0
             for c, K in rows:
-                p = next((p for p in c["points"] if p["method"] == m and p["cores"] == K and p["config"] == cfg), None)
+                p = next((p for p in c["points"] if member(p, m) and p["cores"] == K and p["config"] == cfg), None)
                 if p is None or p["err_seq"] > CAL_DEVIATION * c["seq_err_ref"]:
                     fails += 1
                     total += c["seq_rounds"]
@@ -214,11 +239,11 @@ def calibrate(cal_cases: list[dict]) -> dict[str, str]:
 
 def applied(cases: list[dict], chosen: dict[str, str]) -> dict[str, list]:
     """Per method, per row: the chosen configuration's point (or None where it does not exist)."""
-    out: dict[str, list] = {m: [] for m in METHODS}
+    out: dict[str, list] = {m: [] for m in chosen}
     for c in cases:
         for K in sorted({p["cores"] for p in c["points"]}):
-            for m in METHODS:
-                p = next((p for p in c["points"] if p["method"] == m and p["cores"] == K
+            for m in chosen:
+                p = next((p for p in c["points"] if member(p, m) and p["cores"] == K
                           and p["config"] == chosen.get(m)), None)
                 out[m].append((c, K, p))
     return out
@@ -274,30 +299,39 @@ def plot_case(case: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def error_scale_best(case: dict, K: int) -> dict | None:
+    """The cascade sampler's best point on a row among its local-error-scale configurations only."""
+    pts = [p for p in case["points"] if member(p, ERROR_SCALE) and p["cores"] == K and p["ok"]]
+    return min(pts, key=lambda p: (p["rounds"], p["nfe"]), default=None)
+
+
 def oracle_markdown(cases: list[dict]) -> tuple[str, dict]:
-    head = "| workload | solver | cores | " + " | ".join(METHODS) + " | floor ⌈T/K⌉ |"
-    rows = [head, "|" + "---|" * (len(METHODS) + 4)]
-    tally = dict(rows=0, wins=0, ties=0, losses=0, lost=[])
+    cols = ("cascade", ERROR_SCALE) + PEERS
+    head = "| workload | solver | cores | " + " | ".join(cols) + " | floor ⌈T/K⌉ |"
+    rows = [head, "|" + "---|" * (len(cols) + 4)]
+    tally = {name: dict(rows=0, wins=0, ties=0, losses=0, lost=[]) for name in ("cascade", ERROR_SCALE)}
     for c in cases:
         for K in sorted({p["cores"] for p in c["points"]}):
             hs = {m: c["headline"].get(m, {}).get(str(K)) for m in METHODS}
-            top = max((h["speedup"] for h in hs.values() if h), default=None)
-            cells = [("—" if h is None
-                      else (f"**{h['speedup']:.2f}×**" if h["speedup"] == top else f"{h['speedup']:.2f}×"))
-                     for h in hs.values()]
+            hs[ERROR_SCALE] = error_scale_best(c, K)
+            top = max((hs[m]["speedup"] for m in cols if hs[m]), default=None)
+            cells = [("—" if hs[m] is None
+                      else (f"**{hs[m]['speedup']:.2f}×**" if hs[m]["speedup"] == top else f"{hs[m]['speedup']:.2f}×"))
+                     for m in cols]
             floor = c["seq_rounds"] / -(-c["seq_rounds"] // K)
             rows.append(f"| {c['workload']} | {c['solver']} {c['steps']} | {K} | " + " | ".join(cells)
                         + f" | {floor:.2f}× |")
-            ours = hs["cascade"]["rounds"] if hs["cascade"] else None
             peer = min((hs[m]["rounds"] for m in PEERS if hs[m]), default=None)
-            tally["rows"] += 1
-            if ours is not None and (peer is None or ours < peer):
-                tally["wins"] += 1
-            elif ours is not None and ours == peer:
-                tally["ties"] += 1
-            else:
-                tally["losses"] += 1
-                tally["lost"].append(f"{c['workload']} {c['solver']} {c['steps']} K={K}")
+            for name, t in tally.items():
+                ours = hs[name]["rounds"] if hs[name] else None
+                t["rows"] += 1
+                if ours is not None and (peer is None or ours < peer):
+                    t["wins"] += 1
+                elif ours is not None and ours == peer:
+                    t["ties"] += 1
+                else:
+                    t["losses"] += 1
+                    t["lost"].append(f"{c['workload']} {c['solver']} {c['steps']} K={K}")
     return "\n".join(rows), tally
 
 
@@ -306,7 +340,7 @@ def calibrated_markdown(cases: list[dict], chosen: dict[str, str]) -> tuple[str,
     rows = ["| method | configuration chosen on the calibration problem | rows meeting the criterion | failures | "
             "median speedup (all rows) | median speedup (rows met) |", "|---|---|---|---|---|---|"]
     summary = {}
-    for m in METHODS:
+    for m in app:
         pts = app[m]
         ok = [p for _, _, p in pts if p is not None and p["ok"]]
         fails = [f"{c['workload']} {c['solver']} {c['steps']} K={K}" for c, K, p in pts if p is None or not p["ok"]]
@@ -388,8 +422,9 @@ def report(cases: list[dict], chosen: dict[str, str]) -> tuple[dict, dict]:
     calib, summary = calibrated_markdown(cases, chosen)
     print("## Oracle: each method at its best configuration per row (an upper bound)\n")
     print(oracle)
-    print(f"\ncascade vs the best peer per row: {tally['wins']} wins, {tally['ties']} ties, {tally['losses']} losses "
-          f"of {tally['rows']} rows" + (f" (losses: {'; '.join(tally['lost'])})" if tally["lost"] else ""))
+    for name, t in tally.items():
+        print(f"\n{name} vs the best peer per row: {t['wins']} wins, {t['ties']} ties, {t['losses']} losses "
+              f"of {t['rows']} rows" + (f" (losses: {'; '.join(t['lost'])})" if t["lost"] else ""))
     print("\n## Calibrate once: one configuration per method, chosen on the calibration problem\n")
     print(calib)
     for m, s in summary.items():

@@ -136,6 +136,15 @@ def test_an_unbatched_vector_field_and_the_official_options():
                                                                                   ridge=0.5))
 
 
+@pytest.mark.parametrize("problem, solver", [("gmm_x0", "euler"), ("vp_v", "ddim"), ("ode", "euler")])
+def test_the_cascade_level_scale_equals_the_cores(problem, solver):
+    nmodel, jmodel, x, grid = PROBLEMS[problem]
+    for tol in (None, 3e-3, 0.05):
+        kw = {} if tol is None else {"tol": tol}
+        same(cj.parallel(jmodel, x, grid, solver, cores=4, scale="level", **kw),
+             cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", **kw))
+
+
 def test_the_default_method_is_the_cores():
     nmodel, jmodel, x, grid = PROBLEMS["gmm_x0"]
     got = cj.parallel(jmodel, x, grid, cores=4)
@@ -210,7 +219,7 @@ def core_error(call):
 @pytest.mark.parametrize("kwargs", [
     {"tol": -1.0}, {"tol": float("nan")}, {"tol": float("inf")}, {"tol": "0.1"}, {"cores": 0}, {"cores": 31},
     {"cores": 2.5}, {"method": "paradigms", "variance": "mid"}, {"method": "paradigms", "multistep": "keep"},
-    {"ridge": -1.0}, {"method": "paradigms", "window": 3}, {"solver": "nope"}, {"grid": [1.0]},
+    {"ridge": -1.0}, {"method": "paradigms", "window": 3}, {"solver": "nope"}, {"grid": [1.0]}, {"scale": "noise"},
     {"solver": "euler", "order": 2},
 ])
 def test_bad_arguments_raise_the_cores_errors(kwargs):

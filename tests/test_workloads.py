@@ -127,18 +127,28 @@ def test_suite_case_headline_meets_the_criterion():
             assert h["err_ref"] <= suite.FACTOR * case["seq_err_ref"] and h["speedup"] == 12 / h["rounds"]
             better = [p for p in case["points"] if p["method"] == method and p["cores"] == int(K) and p["rounds"] < h["rounds"]]
             assert all(p["err_ref"] > suite.FACTOR * case["seq_err_ref"] for p in better)
+    # the oracle counts the cascade sampler at both scales, and at its default local-error scale alone
+    assert any(p["config"].startswith(suite.LEVEL_LABEL) for p in case["points"] if p["method"] == "cascade")
+    table, tally = suite.oracle_markdown([case])
+    assert set(tally) == {"cascade", suite.ERROR_SCALE} and suite.ERROR_SCALE in table.splitlines()[0]
+    for t in tally.values():
+        assert t["wins"] + t["ties"] + t["losses"] == t["rows"] == 2
+    for K in (2, 4):
+        err_only = suite.error_scale_best(case, K)
+        assert err_only is not None and not err_only["config"].startswith(suite.LEVEL_LABEL)
+        assert case["headline"]["cascade"][str(K)]["rounds"] <= err_only["rounds"]
     front = suite.pareto(case["points"])
     assert all(a["rounds"] <= b["rounds"] and a["err_ref"] > b["err_ref"] for a, b in zip(front, front[1:]))
     # calibrate once: per method the configuration with the fewest rows over the deviation bound, then
     # the fewest rounds; applied, it is the same point on the same row
     chosen = suite.calibrate([case])
-    assert set(chosen) == set(suite.METHODS)
+    assert set(chosen) == set(suite.TABLE_METHODS) and not chosen[suite.ERROR_SCALE].startswith(suite.LEVEL_LABEL)
     for m, cfg in chosen.items():
         def key(c, m=m):
-            pts = [p for p in case["points"] if p["method"] == m and p["config"] == c]
+            pts = [p for p in case["points"] if suite.member(p, m) and p["config"] == c]
             bad = sum(p["err_seq"] > suite.CAL_DEVIATION * case["seq_err_ref"] for p in pts) + 2 - len(pts)
             return bad, sum(p["rounds"] for p in pts) + (2 - len(pts)) * case["seq_rounds"]
-        configs = {p["config"] for p in case["points"] if p["method"] == m}
+        configs = {p["config"] for p in case["points"] if suite.member(p, m)}
         assert key(cfg) == min(key(c) for c in configs), m
     app = suite.applied([case], chosen)
     assert all(p is not None and p["config"] == chosen[m] for m, rows in app.items() for _, _, p in rows)

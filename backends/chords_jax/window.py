@@ -15,7 +15,8 @@ in fixed shapes (W = ``cores`` lanes):
   x_{m+1}^new = Phi_m + (x_m^new - x_m^old), written as d_k = sum_{l <= k} (Phi_l - x_{b+l+1}^old)
   (how far point b + k + 1 moves: one product with a triangle of ones) and
   x_{b+k+1}^new = Phi_k + d_{k-1}, exactly Phi_k where no earlier point moved, as in the core;
-- the scores (``"noise"``: change^2 / (D var) per sample; ``"error"``: change^2 against
+- the scores (``"noise"``: change^2 / (D var) per sample; ``"level"`` (the cascade sampler's
+  option): change^2 / (D max(1, sigma_j)^2); ``"error"``: change^2 against
   min(e_j^2, e_{j-1}^2) of the solver's local error estimate from the latest quantity at each
   index, ``_PointErrors``), the first point over tolerance and the slide are array operations;
 - the next window (the new points up to x_e, then the seeds: ``"copy"``, ``"jump"``, ``"jump2"``
@@ -60,6 +61,8 @@ from chords_core.call import begin
 from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED
+from chords_core.methods.cascade import LEVEL_TOL
+from chords_core.methods.cascade import SCALES as CASCADE_SCALES
 from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
@@ -77,7 +80,7 @@ __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 #: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol (a number, or a
 #: function of the steps), own options).
 WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
-    "cascade": ("jump2", "error", cascade_tol, ("anderson", "ridge")),
+    "cascade": ("jump2", "error", cascade_tol, ("anderson", "ridge", "scale")),
     "paradigms": ("copy", "noise", float(signature(_paradigms).parameters["tol"].default), ("variance", "multistep")),
     "parasolver": ("jump", "noise", float(signature(_parasolver).parameters["tol"].default), ("variance", "multistep")),
 }
@@ -144,7 +147,7 @@ class _Setup:
             "t": np.asarray(times, np.float64), "a": step[:, 0], "b": step[:, 1],
             "qa": conv[:, 0], "qb": conv[:, 1], "da": data[:, 0], "dq": data[:, 1],
         }
-        if scale == "noise":
+        if scale != "error":  # "noise" / "level": a weight per point on its squared change
             tabs["w"] = _inverse_scales(model, times, scale, variance) / numel_row
         else:  # "error": |e_j|^2 = row_sq(q_j - q_{j-1}) * coef_j^2 (first-order solvers: p = 1)
             local = LocalError(sol)
@@ -263,7 +266,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             moved = jnp.matmul(tri, jnp.where(active[:, None], Phi - Pn, 0), precision=jax.lax.Precision.HIGHEST)
             new = Phi + jnp.concatenate([jnp.zeros((1, N), dt), moved[:-1]])
             csq = row_sq(moved)  # (W, R): the change of point b + k + 1
-            if scale == "noise":
+            if scale != "error":
                 w = tabs["w"][jnp.minimum(b + lane + 1, T)]
                 over = (jnp.max(csq * w[:, None], axis=1).astype(cmp) > tol2) & (w > 0)
             else:
@@ -353,7 +356,7 @@ def parallel(
             ``f(t, y, args)``): new values without recompiling.
         executor: must be ``None``.
         progress: accepted and ignored.
-        options: the method's own options (cascade: ``anderson`` (0 only) and ``ridge``;
+        options: the method's own options (cascade: ``scale``, ``anderson`` (0 only) and ``ridge``;
             ParaDiGMS / ParaSolver: ``variance``, ``multistep``) and the solver's.
 
     Returns:
@@ -385,6 +388,10 @@ def parallel(
     sol, model = call.solver, call.model
     T = sol.steps
     W = check_cores(cores, T)
+    if name == "cascade":  # its option scale="level": the noise level, with ParaTAA's default tolerance
+        scale = check_choice("scale", mine.get("scale", scale), CASCADE_SCALES)
+        if scale == "level":
+            default_tol = LEVEL_TOL
     if tol is None:
         tol = default_tol(T) if callable(default_tol) else default_tol
     tol2 = check_float("tol", tol, 0.0) ** 2

@@ -15,7 +15,13 @@ point whose predecessor has converged). What CHORDS contributes:
   accepted and its lane starts new work ahead, so no device idles on converged work; the run returns
   only when every point up to T is accepted (never unconverged work). A tolerance relative to the
   solver's error, not to the noise level, transfers across solvers, step counts and workloads;
-- optional **triangular Anderson mixing** (``anderson=m``) of the not-yet-accepted points.
+- optional **triangular Anderson mixing** (``anderson=m``) of the not-yet-accepted points;
+- optional **noise-level acceptance** (``scale="level"``): a point's RMS change against
+  ``tol`` max(1, sigma_j) (ParaTAA's level) instead of the local error estimate. A flat budget in data
+  units, it spends the error allowance evenly along the trajectory where the default spends it in
+  proportion to the solver's local error, which for DPM-Solver++ is nearly zero at high noise; it
+  reaches the sequential answer in fewer rounds at its best tolerance (``theory/cascade.md``
+  section 6) but is not scale-free, so the default stays ``"error"``.
 
 With ``tol=0`` or one core it equals ``solve`` bit for bit for every solver (Heun: one round per
 stage; multistep solvers carry their history through the window).
@@ -25,20 +31,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checks import check_grid
+from ..checks import check_choice, check_grid
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
 from ..solvers import Solver
 from .window import sliding_window
 
-__all__ = ["cascade", "DEFAULT_TOL", "FULL_TOL_STEPS", "default_tol"]
+__all__ = ["cascade", "DEFAULT_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL"]
 
 #: The default tolerance from ``FULL_TOL_STEPS`` steps up (relative to the solver's local error at
 #: each point); see ``default_tol``.
 DEFAULT_TOL = 1.0
 #: Below this many steps the default tolerance shrinks in proportion to the steps (``default_tol``).
 FULL_TOL_STEPS = 20
+#: What a point's change is measured against: the solver's local error estimate (the default) or
+#: the noise level (``"level"``: RMS change against ``tol`` max(1, sigma_j), ParaTAA's rule).
+SCALES = ("error", "level")
+#: The default tolerance of ``scale="level"`` (ParaTAA's own default).
+LEVEL_TOL = 1e-3
 
 
 def default_tol(steps: int) -> float:
@@ -62,6 +73,7 @@ def cascade(
     *,
     cores: int = 8,
     tol: float | None = None,
+    scale: str = "error",
     anderson: int = 0,
     ridge: float = 1e-3,
     executor: Executor | None = None,
@@ -74,9 +86,11 @@ def cascade(
         model, x, grid, solver, executor, solver_options: as for ``chords``.
         cores: lanes (evaluations per round, the devices kept busy), >= 1.
         tol: per-point acceptance tolerance: a point is accepted when its change is at most ``tol``
-            times the solver's local error estimate there (``local_error``); >= 0, and 0 returns the
-            sequential solution bit for bit. ``None``: ``default_tol(steps)``, 1.0 from 20 steps up
-            and in proportion to the steps below.
+            times the solver's local error estimate there (``local_error``), or with
+            ``scale="level"`` its RMS change at most ``tol`` max(1, sigma_j); >= 0, and 0 returns
+            the sequential solution bit for bit. ``None``: ``default_tol(steps)`` (1.0 from 20 steps
+            up and in proportion to the steps below), ``LEVEL_TOL`` (1e-3) for ``"level"``.
+        scale: ``"error"`` (the default) or ``"level"`` (see the module docstring).
         anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
         ridge: relative ridge of the mixing's least squares.
         progress: show a progress bar over grid steps (needs tqdm).
@@ -84,8 +98,9 @@ def cascade(
     Returns:
         A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
     """
+    scale = check_choice("scale", scale, SCALES)
     if tol is None:
-        tol = default_tol(len(check_grid(grid)) - 1)
+        tol = default_tol(len(check_grid(grid)) - 1) if scale == "error" else LEVEL_TOL
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
-                          scale="error", anderson=anderson, ridge=ridge, executor=executor, progress=progress,
+                          scale=scale, anderson=anderson, ridge=ridge, executor=executor, progress=progress,
                           method="cascade", solver_options=solver_options)
