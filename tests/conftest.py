@@ -1,8 +1,15 @@
 import os
+import signal
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# A shell starts a background job (``make test &``, ``nohup``) with SIGINT ignored, and Python then
+# keeps it ignored: the tests that deliver Ctrl-C (in this process or in the processes it spawns,
+# which inherit the disposition) would see nothing. Restore Python's own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
