@@ -220,6 +220,7 @@ def core_error(call):
     {"tol": -1.0}, {"tol": float("nan")}, {"tol": float("inf")}, {"tol": "0.1"}, {"cores": 0}, {"cores": 31},
     {"cores": 2.5}, {"method": "paradigms", "variance": "mid"}, {"method": "paradigms", "multistep": "keep"},
     {"ridge": -1.0}, {"method": "paradigms", "window": 3}, {"solver": "nope"}, {"grid": [1.0]}, {"scale": "noise"},
+    {"scale": "noise", "solver": "nope"},
     {"solver": "euler", "order": 2},
 ])
 def test_bad_arguments_raise_the_cores_errors(kwargs):

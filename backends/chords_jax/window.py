@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from inspect import signature
 from typing import Any
 
@@ -61,7 +62,6 @@ from chords_core.call import begin
 from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED
-from chords_core.methods.cascade import LEVEL_TOL
 from chords_core.methods.cascade import SCALES as CASCADE_SCALES
 from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.paradigms import paradigms as _paradigms
@@ -350,7 +350,8 @@ def parallel(
             ``"parasolver"``. ``"chords"`` and ``"srds"`` are ``chords_jax.chords`` /
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
         tol: the acceptance tolerance (``None``: the method's own default, as its core function has it:
-            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up); ParaDiGMS
+            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up; 1e-3 of the
+            noise level with ``scale="level"``); ParaDiGMS
             and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
             ``f(t, y, args)``): new values without recompiling.
@@ -384,14 +385,13 @@ def parallel(
     if name != "cascade" and "window" in options:  # as the core's parallel (cascade: a solver option)
         raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
     mine = {k: options.pop(k) for k in own if k in options}
+    if name == "cascade":  # its option scale="level" (as the core's, checked before the solver)
+        scale = check_choice("scale", mine.get("scale", scale), CASCADE_SCALES)
+        default_tol = partial(cascade_tol, scale=scale)
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps
     W = check_cores(cores, T)
-    if name == "cascade":  # its option scale="level": the noise level, with ParaTAA's default tolerance
-        scale = check_choice("scale", mine.get("scale", scale), CASCADE_SCALES)
-        if scale == "level":
-            default_tol = LEVEL_TOL
     if tol is None:
         tol = default_tol(T) if callable(default_tol) else default_tol
     tol2 = check_float("tol", tol, 0.0) ** 2

@@ -77,7 +77,8 @@ def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
 
-register_method(Method("cascade", cascade, "cascade: seeded window, local-error acceptance (recommended)"))
+register_method(Method("cascade", cascade,
+                       "cascade: seeded window, local-error (or noise-level) acceptance (recommended)"))
 register_method(Method("chords", chords, "CHORDS: cores started by coarse jumps, rectified by slower cores"))
 register_method(Method("paradigms", _windowed(paradigms), "ParaDiGMS: sliding-window Picard iteration, window = cores"))
 register_method(Method("parasolver", _windowed(parasolver), "ParaSolver: ParaDiGMS with x0-prediction seeds"))

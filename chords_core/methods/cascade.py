@@ -36,6 +36,7 @@ from ..executors import Executor
 from ..models import Model
 from ..results import Result
 from ..solvers import Solver
+from .parataa import DEFAULT_TOL as PARATAA_TOL
 from .window import sliding_window
 
 __all__ = ["cascade", "DEFAULT_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL"]
@@ -49,12 +50,12 @@ FULL_TOL_STEPS = 20
 #: the noise level (``"level"``: RMS change against ``tol`` max(1, sigma_j), ParaTAA's rule).
 SCALES = ("error", "level")
 #: The default tolerance of ``scale="level"`` (ParaTAA's own default).
-LEVEL_TOL = 1e-3
+LEVEL_TOL = PARATAA_TOL
 
 
-def default_tol(steps: int) -> float:
+def default_tol(steps: int, scale: str = "error") -> float:
     """The default tolerance on a grid of ``steps`` steps: ``DEFAULT_TOL`` from ``FULL_TOL_STEPS``
-    steps up, in proportion to the steps below.
+    steps up, in proportion to the steps below; ``LEVEL_TOL`` for ``scale="level"``.
 
     A point keeps about rho / (1 - rho) times its last change after acceptance, and a sweep's
     contraction rho grows with the step size (``theory/cascade.md`` section 5), so a fixed tolerance
@@ -62,6 +63,8 @@ def default_tol(steps: int) -> float:
     steps up, but gave up to 1.13x at 10 steps on VP mixtures, where 0.5 stays within 1.014x
     (``benchmarks/few_steps.py``).
     """
+    if scale == "level":
+        return LEVEL_TOL
     return DEFAULT_TOL * min(1.0, steps / FULL_TOL_STEPS)
 
 
@@ -100,7 +103,7 @@ def cascade(
     """
     scale = check_choice("scale", scale, SCALES)
     if tol is None:
-        tol = default_tol(len(check_grid(grid)) - 1) if scale == "error" else LEVEL_TOL
+        tol = default_tol(len(check_grid(grid)) - 1, scale)
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
                           scale=scale, anderson=anderson, ridge=ridge, executor=executor, progress=progress,
                           method="cascade", solver_options=solver_options)

@@ -29,6 +29,10 @@ from .window import sliding_window
 __all__ = ["parataa"]
 
 
+#: The default tolerance (the paper's script's): RMS change at most 1e-3 max(1, sigma_j).
+DEFAULT_TOL = 1e-3
+
+
 def parataa(
     model: Model,
     x: Any,
@@ -36,7 +40,7 @@ def parataa(
     solver: str | Solver = "euler",
     *,
     window: int = 8,
-    tol: float = 1e-3,
+    tol: float = DEFAULT_TOL,
     memory: int = 3,
     ridge: float = 1e-3,
     multistep: str = "chain",
