@@ -260,3 +260,16 @@ def test_cascade_level_scale_reaches_the_sequential_answer_in_fewer_rounds(K):
         return min(r.rounds for r in runs if cc._backend.rms(r.x - seq) <= bound)
 
     assert fewest("level", (1e-3, 3e-3)) < fewest("error", (1.0, 3.0, 10.0, 30.0))
+
+
+@pytest.mark.parametrize("solver, steps, factor", [("euler", 40, 0.5), ("dpmpp_2m", 40, 0.25),
+                                                   ("heun", 30, (20 / 30) ** 2), ("euler", 12, 1.0)])
+def test_cascade_level_tolerance_refers_to_20_steps(solver, steps, factor):
+    """A level tolerance is scaled like the solver's global error, (20 / T)^order (Heun and DPM-Solver++
+    (2M): order 2), on grids finer than 20 steps, and left as it is on coarser ones."""
+    model, grid = setup("vp", solver, steps)
+    tol = 3e-3
+    got = cc.cascade(model, X, grid, solver, cores=4, tol=tol, scale="level")
+    for t, same in ((tol * factor, True), (tol, factor == 1.0)):
+        ref = sliding_window(model, X, grid, solver, window=4, tol=t, seed="jump2", correction="picard", scale="level")
+        assert (got.log == ref.log and np.array_equal(got.x, ref.x)) == same, t

@@ -64,9 +64,19 @@ from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED
 from chords_core.methods.cascade import SCALES as CASCADE_SCALES
 from chords_core.methods.cascade import default_tol as cascade_tol
+from chords_core.methods.cascade import tol_steps as cascade_tol_steps
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
-from chords_core.methods.window import MULTISTEP, VARIANCES, Seeder, Sweep, _inverse_scales, point_where, row_size
+from chords_core.methods.window import (
+    MULTISTEP,
+    VARIANCES,
+    Seeder,
+    Sweep,
+    _inverse_scales,
+    point_where,
+    row_size,
+    tolerance_sq,
+)
 from chords_core.models import ModelOutputError
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
@@ -394,7 +404,7 @@ def parallel(
     W = check_cores(cores, T)
     if tol is None:
         tol = default_tol(T) if callable(default_tol) else default_tol
-    tol2 = check_float("tol", tol, 0.0) ** 2
+    tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
     anderson = check_int("anderson", mine.get("anderson", 0), 0)

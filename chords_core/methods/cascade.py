@@ -17,8 +17,9 @@ point whose predecessor has converged). What CHORDS contributes:
   solver's error, not to the noise level, transfers across solvers, step counts and workloads;
 - optional **triangular Anderson mixing** (``anderson=m``) of the not-yet-accepted points;
 - optional **noise-level acceptance** (``scale="level"``): a point's RMS change against
-  ``tol`` max(1, sigma_j) (ParaTAA's level) instead of the local error estimate. A flat budget in data
-  units, it spends the error allowance evenly along the trajectory where the default spends it in
+  ``tol`` max(1, sigma_j) (ParaTAA's level) instead of the local error estimate, ``tol`` referring
+  to a 20-step grid and shrunk like the sequential error on finer ones (``tol_steps``). A flat
+  budget in data units, it spends the error allowance evenly along the trajectory where the default spends it in
   proportion to the solver's local error, which for DPM-Solver++ is nearly zero at high noise; it
   reaches the sequential answer in fewer rounds at its best tolerance (``theory/cascade.md``
   section 6) but is not scale-free, so the default stays ``"error"``.
@@ -39,7 +40,7 @@ from ..solvers import Solver
 from .parataa import DEFAULT_TOL as PARATAA_TOL
 from .window import sliding_window
 
-__all__ = ["cascade", "DEFAULT_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL"]
+__all__ = ["cascade", "DEFAULT_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL", "tol_steps"]
 
 #: The default tolerance from ``FULL_TOL_STEPS`` steps up (relative to the solver's local error at
 #: each point); see ``default_tol``.
@@ -49,8 +50,18 @@ FULL_TOL_STEPS = 20
 #: What a point's change is measured against: the solver's local error estimate (the default) or
 #: the noise level (``"level"``: RMS change against ``tol`` max(1, sigma_j), ParaTAA's rule).
 SCALES = ("error", "level")
-#: The default tolerance of ``scale="level"`` (ParaTAA's own default).
+#: The default tolerance of ``scale="level"`` (ParaTAA's own default), on grids of up to
+#: ``FULL_TOL_STEPS`` steps; see ``tol_steps``.
 LEVEL_TOL = PARATAA_TOL
+
+
+def tol_steps(scale: str) -> int | None:
+    """The grid a tolerance on ``scale`` refers to (``sliding_window``'s ``tol_steps``): the noise
+    level is in the data's units, and the error that may be left shrinks with the solver's global
+    error, so a level tolerance refers to ``FULL_TOL_STEPS`` steps and is scaled by
+    (FULL_TOL_STEPS / T)^order on finer grids (``window.tolerance_sq``); the local-error scale is
+    relative already (``None``)."""
+    return FULL_TOL_STEPS if scale == "level" else None
 
 
 def default_tol(steps: int, scale: str = "error") -> float:
@@ -90,8 +101,9 @@ def cascade(
         cores: lanes (evaluations per round, the devices kept busy), >= 1.
         tol: per-point acceptance tolerance: a point is accepted when its change is at most ``tol``
             times the solver's local error estimate there (``local_error``), or with
-            ``scale="level"`` its RMS change at most ``tol`` max(1, sigma_j); >= 0, and 0 returns
-            the sequential solution bit for bit. ``None``: ``default_tol(steps)`` (1.0 from 20 steps
+            ``scale="level"`` its RMS change at most ``tol`` max(1, sigma_j), ``tol`` scaled by
+            (20 / T)^order on grids of T > 20 steps (as the sequential error; ``tol_steps``);
+            >= 0, and 0 returns the sequential solution bit for bit. ``None``: ``default_tol(steps)`` (1.0 from 20 steps
             up and in proportion to the steps below), ``LEVEL_TOL`` (1e-3) for ``"level"``.
         scale: ``"error"`` (the default) or ``"level"`` (see the module docstring).
         anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
@@ -105,5 +117,5 @@ def cascade(
     if tol is None:
         tol = default_tol(len(check_grid(grid)) - 1, scale)
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
-                          scale=scale, anderson=anderson, ridge=ridge, executor=executor, progress=progress,
-                          method="cascade", solver_options=solver_options)
+                          scale=scale, anderson=anderson, ridge=ridge, tol_steps=tol_steps(scale), executor=executor,
+                          progress=progress, method="cascade", solver_options=solver_options)

@@ -64,7 +64,8 @@ from ..plan import Eval, Round
 from ..results import Hit, Result
 from ..solvers import Solver, State
 
-__all__ = ["sliding_window", "Sweep", "Seeder", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES", "MULTISTEP"]
+__all__ = ["sliding_window", "tolerance_sq", "Sweep", "Seeder", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES",
+           "MULTISTEP"]
 
 SEEDS = ("copy", "jump", "jump2")
 CORRECTIONS = ("picard", "jump")
@@ -115,6 +116,17 @@ def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) 
                else np.ones(len(times)))
         return 1.0 / np.maximum(1.0, sig) ** 2
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
+
+
+def tolerance_sq(tol: Any, sol: Solver, tol_steps: int | None = None) -> float:
+    """tol^2 of a window run: ``tol`` checked (a finite float >= 0), and with ``tol_steps`` scaled like
+    the solver's global error from a grid of ``tol_steps`` steps to one of T: by
+    min(1, (tol_steps / T)^order), order ``Solver.accuracy`` (shrunk on finer grids, never loosened
+    on coarser ones)."""
+    tol = check_float("tol", tol, 0.0)
+    if tol_steps is not None:
+        tol = tol * min(1.0, (tol_steps / sol.steps) ** sol.accuracy)
+    return tol * tol
 
 
 def point_where(m: int, stage: int, time: float) -> str:
@@ -349,6 +361,7 @@ def sliding_window(
     multistep: str = "chain",
     anderson: int = 0,
     ridge: float = 1e-3,
+    tol_steps: int | None = None,
     executor: Executor | None = None,
     progress: bool = False,
     method: str = "window",
@@ -369,6 +382,8 @@ def sliding_window(
         multistep: ``"chain"`` or ``"restart"``: a multistep solver's history at a window start.
         anderson: memory m of triangular Anderson mixing of the not-yet-accepted points (0: none).
         ridge: its relative ridge regularisation.
+        tol_steps: ``tol`` refers to a grid of this many steps and is scaled like the solver's
+            global error on finer grids (``tolerance_sq``); ``None``: as given.
         progress: show a progress bar over grid steps (needs tqdm).
         method: the ``Result.method`` name.
         solver_options: the solver's options.
@@ -380,7 +395,7 @@ def sliding_window(
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
     T = sol.steps
     window = check_int("window", window, 1, T)
-    tol2 = check_float("tol", tol, 0.0) ** 2
+    tol2 = tolerance_sq(tol, sol, tol_steps)
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     scale = check_choice("scale", scale, SCALES)
