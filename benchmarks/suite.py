@@ -27,7 +27,8 @@ Tables ("no degradation" = error vs reference <= 1.05 x the sequential solver's 
    fewest rows there whose output deviates from the sequential one by more than 0.05 x the sequential
    solver's error (``CAL_DEVIATION``: no degradation without relying on cancellation), then the fewest
    rounds. It is then applied unchanged to every row: failures and median speedup per method (and
-   for the cascade sampler at its default local-error scale alone, the row "cascade, error scale").
+   for the cascade sampler at each of its scales alone, the rows "cascade, error scale" and "cascade,
+   level scale").
 3. **Shipped defaults**: each method at its library default, no tuning at all.
 
 Writes ``OUT/results.json`` and ``OUT/<workload>_<solver><steps>.png`` and prints markdown.
@@ -130,14 +131,18 @@ def window_runs(fn, lanes: str, tols, label: str = "tol", **fixed):
 #: row / column ``ERROR_SCALE``.
 LEVEL_LABEL = "level tol"
 ERROR_SCALE = "cascade, error scale"
-#: The rows of the calibrate-once table: every method, and the cascade sampler at its default scale alone.
-TABLE_METHODS = ("cascade", ERROR_SCALE) + PEERS
+LEVEL_SCALE = "cascade, level scale"
+#: The oracle's columns: every method, and the cascade sampler at its default scale alone.
+ORACLE_COLUMNS = ("cascade", ERROR_SCALE) + PEERS
+#: The rows of the calibrate-once table: every method, and the cascade sampler at each scale alone.
+TABLE_METHODS = ("cascade", ERROR_SCALE, LEVEL_SCALE) + PEERS
 
 
 def member(p: dict, m: str) -> bool:
-    """Whether point ``p`` is one of method ``m``'s (``ERROR_SCALE``: the cascade's error-scale ones)."""
-    if m == ERROR_SCALE:
-        return p["method"] == "cascade" and not p["config"].startswith(LEVEL_LABEL)
+    """Whether point ``p`` is one of method ``m``'s (``ERROR_SCALE`` / ``LEVEL_SCALE``: the cascade's
+    configurations on that scale)."""
+    if m in (ERROR_SCALE, LEVEL_SCALE):
+        return p["method"] == "cascade" and p["config"].startswith(LEVEL_LABEL) == (m == LEVEL_SCALE)
     return p["method"] == m
 
 
@@ -312,7 +317,7 @@ def error_scale_best(case: dict, K: int) -> dict | None:
 
 
 def oracle_markdown(cases: list[dict]) -> tuple[str, dict]:
-    cols = TABLE_METHODS
+    cols = ORACLE_COLUMNS
     head = "| workload | solver | cores | " + " | ".join(cols) + " | floor ⌈T/K⌉ |"
     rows = [head, "|" + "---|" * (len(cols) + 4)]
     tally = {name: dict(rows=0, wins=0, ties=0, losses=0, lost=[]) for name in ("cascade", ERROR_SCALE)}

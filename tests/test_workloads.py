@@ -143,6 +143,8 @@ def test_suite_case_headline_meets_the_criterion():
     # the fewest rounds; applied, it is the same point on the same row
     chosen = suite.calibrate([case])
     assert set(chosen) == set(suite.TABLE_METHODS) and not chosen[suite.ERROR_SCALE].startswith(suite.LEVEL_LABEL)
+    assert chosen[suite.LEVEL_SCALE].startswith(suite.LEVEL_LABEL) and chosen["cascade"] in (
+        chosen[suite.ERROR_SCALE], chosen[suite.LEVEL_SCALE])
     for m, cfg in chosen.items():
         def key(c, m=m):
             pts = [p for p in case["points"] if suite.member(p, m) and p["config"] == c]
