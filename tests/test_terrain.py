@@ -111,3 +111,7 @@ def test_the_recommended_default_stays_with_the_sequential_answer_at_few_steps(m
     res = cc.parallel(model, x, grid, "euler", cores=4)
     dev = float(np.sqrt(np.mean((res.x - seq) ** 2)) / np.sqrt(np.mean(seq**2)))
     assert res.method == "cascade" and dev < 1e-3, dev
+    # the option scale="level" (an absolute tolerance: this network's heightfields lie in [-1, 1])
+    lvl = cc.parallel(model, x, grid, "euler", cores=4, scale="level")
+    dev = float(np.sqrt(np.mean((lvl.x - seq) ** 2)) / np.sqrt(np.mean(seq**2)))
+    assert lvl.rounds <= lvl.sequential_rounds and dev < 1e-3, dev
