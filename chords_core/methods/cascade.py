@@ -19,10 +19,11 @@ point whose predecessor has converged). What CHORDS contributes:
 - optional **noise-level acceptance** (``scale="level"``): a point's RMS change against
   ``tol`` max(1, sigma_j) (ParaTAA's level) instead of the local error estimate, ``tol`` referring
   to a 20-step grid and shrunk like the sequential error on finer ones (``tol_steps``). A flat
-  budget in data units, it spends the error allowance evenly along the trajectory where the default spends it in
-  proportion to the solver's local error, which for DPM-Solver++ is nearly zero at high noise; it
-  reaches the sequential answer in fewer rounds at its best tolerance (``theory/cascade.md``
-  section 6) but is not scale-free, so the default stays ``"error"``.
+  budget in data units, it spends the error allowance evenly along the trajectory where the
+  default spends it in proportion to the solver's local error, which for DPM-Solver++ is nearly
+  zero at high noise; it reaches the sequential answer in fewer rounds at its best tolerance
+  (``theory/cascade.md`` section 6) but is absolute, in the state's units, so the default stays
+  ``"error"``.
 
 With ``tol=0`` or one core it equals ``solve`` bit for bit for every solver (Heun: one round per
 stage; multistep solvers carry their history through the window).
@@ -103,8 +104,9 @@ def cascade(
             times the solver's local error estimate there (``local_error``), or with
             ``scale="level"`` its RMS change at most ``tol`` max(1, sigma_j), ``tol`` scaled by
             (20 / T)^order on grids of T > 20 steps (as the sequential error; ``tol_steps``);
-            >= 0, and 0 returns the sequential solution bit for bit. ``None``: ``default_tol(steps)`` (1.0 from 20 steps
-            up and in proportion to the steps below), ``LEVEL_TOL`` (1e-3) for ``"level"``.
+            >= 0, and 0 returns the sequential solution bit for bit. ``None``:
+            ``default_tol(steps, scale)`` (1.0 from 20 steps up and in proportion to the steps
+            below; ``LEVEL_TOL``, 1e-3, for ``"level"``).
         scale: ``"error"`` (the default) or ``"level"`` (see the module docstring).
         anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
         ridge: relative ridge of the mixing's least squares.
