@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.level:
         runs = {"cascade": runs["cascade"],
                 "cascade level": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, scale="level")}
+    first = next(iter(runs))  # the runs are counted on the first column's
     print("| schedule | solver | seed | steps | " + " | ".join(f"{n}, {k} cores" for n in runs for k in a.cores) + " |")
     print("|---|---|---|---|" + "---|" * (len(runs) * len(a.cores)))
     worst = {n: 0.0 for n in runs}
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                     worst[n] = max(worst[n], q)
                     misses[n] += q > 1.05
                     total[n] += r.rounds
-                    count += n == next(iter(runs))
+                    count += n == first
                     cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
             print(f"| {name} | {sv} | {seed} | {steps} | " + " | ".join(cells) + " |", flush=True)
     print("\nworst ratio: " + ", ".join(f"{n} {v:.3f}" for n, v in worst.items()))

@@ -192,14 +192,14 @@ def bench_case(w: Workload, solver: str, steps: int, cores, spans, log, methods=
         case["seq_fd"], case["ref_fd"] = w.quality(seq_x), w.quality(ref)
     for K in cores:
         for method in methods:
-            outs = {}
+            first, outs = len(case["points"]), {}  # this method's points on the row, and their outputs by id
             for config, p, x in RUNS[method](w, solver, steps, K, spans):
                 p.update(method=method, cores=K, config=config, err_ref=rms(x - ref), err_seq=rms(x - seq_x),
                          speedup=seq_rounds / p["rounds"])
                 p["ok"] = p["err_ref"] <= FACTOR * seq_err
                 case["points"].append(p)
                 outs[id(p)] = x
-            best = best_point(p for p in case["points"] if p["method"] == method and p["cores"] == K)
+            best = best_point(case["points"][first:])
             if best is not None:
                 h = dict(best)
                 if w.quality:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import mixture_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,16 +56,10 @@ def test_default_init_keeps_the_default_stop_safe_where_the_recipe_collapses():
     convergence (1.7-2.1x the sequential error against the exact solution on 16-D mixtures). Now it
     takes no evidence from cores started one step apart, so with the recipe it runs to core 0 (16
     rounds, no speedup); with evenly spaced starts it stops at round 10, within 1.05x."""
-    sch = cc.RectifiedFlow()
-    grid = cc.time_grid(sch, 16)
-    x = np.random.default_rng(1).standard_normal((64, 16))
     for seed in (6, 8):
-        gmm = GaussianMixture.random(16, 4, seed=seed)
-        model = gmm.model(sch, "flow")
-        exact = gmm.reference_solve(x, grid[0], grid[-1], sch)
-        err = np.sqrt(np.mean((cc.solve(model, x, grid, "euler") - exact) ** 2))
+        model, x, grid, err = mixture_problem(cc.RectifiedFlow(), "flow", 16, seed)
         res = cc.chords(model, x, grid, "euler", cores=8)
-        assert np.sqrt(np.mean((res.x - exact) ** 2)) <= 1.05 * err
+        assert err(res.x) <= 1.05 * err(cc.solve(model, x, grid, "euler"))
         old = cc.chords(model, x, grid, "euler", cores=8, init=recipe_init(16, 8))
         assert old.rounds == 16 and old.stopped_by.startswith("not converged") and res.rounds < old.rounds
 

@@ -256,7 +256,7 @@ def chords(
         coarse = vals[sym.coarse.id]
         states = [_on_device_state(st, vals) for st in sym.log] if sym.log else None
         n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states,
-                                      starts=[sym.plan.init[h.core] for h in hits])
+                                      starts=_starts(sym))
         return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
     return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
 
@@ -365,6 +365,12 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
         yield vals, m
 
 
+def _starts(sym: Result) -> list[int]:
+    """``Outputs.starts`` of the symbolic run's outputs: the grid index each one's core started from."""
+    assert sym.plan is not None
+    return [sym.plan.init[h.core] for h in sym.hits]
+
+
 def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule: StopRule, chunks: tuple, mesh: Any,
                  check: bool, args: Any) -> Result:
     """CHORDS run chunk by chunk (``_chunk_outputs``): the outputs that arrived in each handed to
@@ -372,7 +378,7 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     first it accepts."""
     assert sym.plan is not None
     n = 0  # the outputs before n were offered to the rule already
-    starts = [sym.plan.init[h.core] for h in sym.hits]  # Outputs.starts
+    starts = _starts(sym)
     accepted: int | None = None
     for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
                                   lambda bad: _raise_nonfinite(bad, prog, sym)):
