@@ -6,8 +6,9 @@ own configurations; every output it can return is a point (rounds, NFE, error vs
 reference endpoint, error vs the sequential solver with the same steps). A configuration has the
 same name on every row, so it can be chosen once and reused:
 
-- ``cascade`` (this library): tolerance on its default local-error scale, ``ERROR_TOLS``, and on
-  the noise-level scale (the option ``scale="level"``, configurations "level tol ..."), ``LEVEL_TOLS``;
+- ``cascade`` (this library): tolerance on the local-error scale (``scale="error"``, its default for
+  plain ODEs), ``ERROR_TOLS``, and on the noise-level scale (``scale="level"``, its default for a
+  diffusion model, as every workload here; configurations "level tol ..."), ``LEVEL_TOLS``;
 - ``chords``: init families (``default_init``, uniform, "uniform to f (T - 1)", the calibrated
   optimiser's) x output n (``StopAtCore(n)``), and ``StopWhenConverged(rel)``;
 - ``paradigms``: window K, noise-relative tolerance ``NOISE_TOLS`` (this library's conventions:
@@ -21,7 +22,7 @@ Tables ("no degradation" = error vs reference <= 1.05 x the sequential solver's 
 
 1. **Oracle** (an upper bound, not a usable setting): per row, each method's best speedup in rounds
    (T_rounds / rounds) over all its configurations that meet the criterion; the cascade sampler
-   also with its default local-error scale alone (column "cascade, error scale").
+   also with its local-error scale alone (column "cascade, error scale").
 2. **Calibrate once**: each method's configuration is chosen on ``workloads.calibration_workload``
    (a 32-D mixture that is not a workload; Euler 50 and DPM++ 20 at 2, 4, 8 cores): the one with the
    fewest rows there whose output deviates from the sequential one by more than 0.05 x the sequential
@@ -56,7 +57,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chords_core as cc  # noqa: E402
-from chords_core.methods.cascade import DEFAULT_TOL, FULL_TOL_STEPS  # noqa: E402
+from chords_core.methods.cascade import LEVEL_TOL, resolve_scale  # noqa: E402
 from chords_core.tuning import optimize_init  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -126,13 +127,13 @@ def window_runs(fn, lanes: str, tols, label: str = "tol", **fixed):
     return runs
 
 
-#: The cascade sampler's configurations with the noise-level scale (``scale="level"``, an option)
-#: are named with this prefix; the tables also show its default local-error scale alone, as the
-#: row / column ``ERROR_SCALE``.
+#: The cascade sampler's configurations with the noise-level scale (``scale="level"``) are named
+#: with this prefix; the tables also show its local-error scale alone, as the row / column
+#: ``ERROR_SCALE``.
 LEVEL_LABEL = "level tol"
 ERROR_SCALE = "cascade, error scale"
 LEVEL_SCALE = "cascade, level scale"
-#: The oracle's columns: every method, and the cascade sampler at its default scale alone.
+#: The oracle's columns: every method, and the cascade sampler at its local-error scale alone.
 ORACLE_COLUMNS = ("cascade", ERROR_SCALE) + PEERS
 #: The rows of the calibrate-once table: every method, and the cascade sampler at each scale alone.
 TABLE_METHODS = ("cascade", ERROR_SCALE, LEVEL_SCALE) + PEERS
@@ -147,9 +148,9 @@ def member(p: dict, m: str) -> bool:
 
 
 def cascade_runs(w: Workload, solver: str, steps: int, K: int, spans):
-    """The cascade sampler at every tolerance of both its scales: the solver's local error (default)
-    and the noise level (the option ``scale="level"``, on ParaTAA's grid)."""
-    yield from window_runs(cc.cascade, "cores", ERROR_TOLS)(w, solver, steps, K, spans)
+    """The cascade sampler at every tolerance of both its scales: the solver's local error
+    (``scale="error"``) and the noise level (``scale="level"``, its default here, on ParaTAA's grid)."""
+    yield from window_runs(cc.cascade, "cores", ERROR_TOLS, scale="error")(w, solver, steps, K, spans)
     yield from window_runs(cc.cascade, "cores", LEVEL_TOLS, LEVEL_LABEL, scale="level")(w, solver, steps, K, spans)
 
 
@@ -175,6 +176,8 @@ RUNS = {
 
 def bench_case(w: Workload, solver: str, steps: int, cores, spans, log, methods=METHODS) -> dict:
     t0 = time.time()
+    if resolve_scale("auto", w.model) != "level":  # DEFAULTS names the cascade's default for diffusion models
+        raise ValueError(f"workload {w.name!r}: the suite's workloads are diffusion models")
     ref = w.reference()
     grid = w.grid(solver, steps)
     seq_x = cc.solve(w.model, w.x, grid, solver)
@@ -364,10 +367,10 @@ def calibrated_markdown(cases: list[dict], chosen: dict[str, str], methods=TABLE
     return "\n".join(rows), summary
 
 
-#: Each method's shipped default, as a configuration name of this suite (the cascade's default tolerance
-#: is ``DEFAULT_TOL`` on grids of ``FULL_TOL_STEPS`` steps and more, as every row here has).
-assert min(steps for _, steps in SOLVERS + MORE_SOLVERS) >= FULL_TOL_STEPS
-DEFAULTS = {"cascade": f"tol {DEFAULT_TOL:g}",
+#: Each method's shipped default, as a configuration name of this suite (the cascade's default for a
+#: diffusion model, which every workload is (``bench_case`` checks): the noise-level scale at
+#: ``LEVEL_TOL``, which ``cc.cascade`` scales with the steps as the "level tol" configurations are).
+DEFAULTS = {"cascade": f"{LEVEL_LABEL} {LEVEL_TOL:g}",
             "chords": "default, converged 0.1", "paradigms": "tol 0.1", "parasolver": "tol 0.1", "parataa": "tol 0.001",
             "srds": "blocks K, iteration 1"}
 

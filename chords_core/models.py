@@ -52,6 +52,12 @@ class ModelOutputError(RuntimeError):
         super().__init__(message)
         self.point = point
 
+    @property
+    def is_nonfinite(self) -> bool:
+        """Whether the output held nan or inf (not a wrong shape or dtype): what ``nonfinite`` made,
+        also after the error was re-raised with the round and point added to its message."""
+        return NONFINITE in str(self)
+
     @classmethod
     def nonfinite(cls, point: int, where: str | None = None) -> ModelOutputError:
         """The error for a nan or inf in the output at ``point``; ``where``: the round and the point in

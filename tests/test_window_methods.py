@@ -211,18 +211,21 @@ def test_cascade_default_tolerance_is_safe_at_10_steps():
     """``tol=1`` at 10 Euler steps on a 16-D VP mixture (eps prediction), 8 lanes: 1.131x the sequential
     error (a point accepted with a change below its local error keeps much of it when the steps are
     large, and the last steps amplify it 5-6x). The default tolerance is 1 from 20 steps up and in
-    proportion below (0.5 here), which stays within 1.05x."""
+    proportion below (0.5 here), which stays within 1.05x; so does the default for a diffusion model,
+    the noise-level scale at its default tolerance."""
     from chords_core.methods.cascade import default_tol
 
     assert default_tol(20) == default_tol(50) == 1.0 and default_tol(10) == 0.5 and default_tol(5) == 0.25
     model, x, grid, err = mixture_problem(cc.VP(), "eps", 10)
+    seq_err = err(cc.solve(model, x, grid, "euler"))
     ratio = {}
     for tol in (None, 1.0):
-        res = cc.cascade(model, x, grid, "euler", cores=8, tol=tol)
-        ratio[tol] = err(res.x) / err(cc.solve(model, x, grid, "euler"))
+        res = cc.cascade(model, x, grid, "euler", cores=8, tol=tol, scale="error")
+        ratio[tol] = err(res.x) / seq_err
     assert ratio[None] <= 1.05 < ratio[1.0]
-    assert np.array_equal(cc.cascade(model, x, grid, "euler", cores=8).x,
-                          cc.cascade(model, x, grid, "euler", cores=8, tol=0.5).x)
+    assert np.array_equal(cc.cascade(model, x, grid, "euler", cores=8, scale="error").x,
+                          cc.cascade(model, x, grid, "euler", cores=8, tol=0.5, scale="error").x)
+    assert err(cc.cascade(model, x, grid, "euler", cores=8).x) / seq_err <= 1.05
 
 
 @pytest.mark.parametrize("solver", sorted(cc.SOLVERS))
@@ -273,3 +276,65 @@ def test_cascade_level_tolerance_refers_to_20_steps(solver, steps, factor):
     for t, same in ((tol * factor, True), (tol, factor == 1.0)):
         ref = sliding_window(model, X, grid, solver, window=4, tol=t, seed="jump2", correction="picard", scale="level")
         assert (got.log == ref.log and np.array_equal(got.x, ref.x)) == same, t
+
+
+def _van_der_pol(t, y, mu=2.0):
+    return np.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+
+def test_cascade_default_scale_follows_the_model():
+    """``scale="auto"`` (the default): the noise level for a diffusion model, the solver's local error
+    (at ``PLAIN_TOL``) for a plain ODE; the same through ``parallel``'s recommended method."""
+    from chords_core.methods.cascade import PLAIN_TOL, default_tol, resolve_scale
+
+    model, grid = setup("vp", "dpmpp_2m", 16)
+    auto = cc.cascade(model, X, grid, "dpmpp_2m", cores=4)
+    level = cc.cascade(model, X, grid, "dpmpp_2m", cores=4, scale="level")
+    assert np.array_equal(auto.x, level.x) and auto.log == level.log
+    assert auto.log != cc.cascade(model, X, grid, "dpmpp_2m", cores=4, scale="error").log
+    rec = cc.parallel(model, X, grid, "dpmpp_2m", cores=4)
+    assert np.array_equal(rec.x, auto.x) and rec.log == auto.log
+    ode = cc.VectorField(_van_der_pol, batched=True)
+    y0, g = np.array([[2.0, 0.0], [0.5, 1.0]]), np.linspace(0.0, 8.0, 101)
+    plain = cc.parallel(ode, y0, g, "heun", cores=4)
+    error = cc.cascade(ode, y0, g, "heun", cores=4, scale="error", tol=PLAIN_TOL)
+    assert np.array_equal(plain.x, error.x) and plain.log == error.log
+    assert plain.log != cc.cascade(ode, y0, g, "heun", cores=4, scale="error", tol=1.0).log
+    assert resolve_scale("auto", model) == "level" and resolve_scale("auto", ode) == "error"
+    assert default_tol(100, "error", plain=True) == PLAIN_TOL and default_tol(10, "error", plain=True) == PLAIN_TOL / 2
+    with pytest.raises(ValueError, match="scale"):
+        default_tol(20, "auto")
+    with pytest.raises(ValueError, match="scale"):
+        cc.parallel(ode, y0, g, "heun", cores=4, scale="relative")
+
+
+@pytest.mark.parametrize("solver, steps, method", [("euler", 50, "cascade"), ("heun", 40, "parasolver")])
+def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, steps, method):
+    """Van der Pol (mu = 2) to t = 8 on 4 lanes: points seeded several steps ahead run off to where the
+    vector field overflows (inf / nan), where the sequential solver never goes. The sweep is cut
+    before the failing point and evaluated again (the failed round counts), instead of a
+    ``ModelOutputError`` blaming the model; at tol 0 every window method returns the sequential
+    answer bit for bit, and the cascade sampler's default stays within the no-degradation criterion."""
+    ode = cc.VectorField(_van_der_pol, batched=True)
+    y0, g = np.array([[2.0, 0.0], [0.5, 1.0]]), np.linspace(0.0, 8.0, steps + 1)
+    seq = cc.solve(ode, y0, g, solver)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name in ("cascade", "paradigms", "parasolver"):
+            assert np.array_equal(cc.parallel(ode, y0, g, solver, cores=4, method=name, tol=0.0).x, seq), name
+        res = cc.parallel(ode, y0, g, solver, cores=4, method=method)
+    assert [s for s in res.log if s.end < min(s.start + 4, steps)]  # a cut sweep
+    assert res.rounds == len(res.trace) and res.nfe == sum(len(r.evals) for r in res.trace)
+    if method == "cascade":
+        ref = cc.solve(ode, y0, np.linspace(0.0, 8.0, 40 * steps + 1), "heun")
+        err = lambda z: float(np.sqrt(np.mean((z - ref) ** 2)))  # noqa: E731
+        assert err(res.x) <= 1.05 * err(seq)
+
+
+def test_window_start_that_fails_is_still_the_models_fault():
+    """A non-finite output at the window start (an accepted point) is not a diverged iterate: the
+    ``ModelOutputError`` names the round and the point, as before."""
+    def fn(t, y):
+        return np.full_like(y, np.nan) if t > 0.5 else -y
+
+    with pytest.raises(cc.ModelOutputError, match=r"round \d+, window point \d+"):
+        cc.parallel(cc.VectorField(fn), np.ones(3), np.linspace(0.0, 1.0, 21), "euler", cores=4)

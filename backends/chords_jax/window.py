@@ -62,8 +62,8 @@ from chords_core.call import begin
 from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED
-from chords_core.methods.cascade import SCALES as CASCADE_SCALES
 from chords_core.methods.cascade import default_tol as cascade_tol
+from chords_core.methods.cascade import resolve_scale as cascade_scale
 from chords_core.methods.cascade import tol_steps as cascade_tol_steps
 from chords_core.methods.paradigms import paradigms as _paradigms
 from chords_core.methods.parasolver import parasolver as _parasolver
@@ -77,7 +77,7 @@ from chords_core.methods.window import (
     row_size,
     tolerance_sq,
 )
-from chords_core.models import ModelOutputError
+from chords_core.models import DiffusionModel, ModelOutputError
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
@@ -90,7 +90,7 @@ __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 #: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol (a number, or a
 #: function of the steps), own options).
 WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
-    "cascade": ("jump2", "error", cascade_tol, ("anderson", "ridge", "scale")),
+    "cascade": ("jump2", "auto", cascade_tol, ("anderson", "ridge", "scale")),
     "paradigms": ("copy", "noise", float(signature(_paradigms).parameters["tol"].default), ("variance", "multistep")),
     "parasolver": ("jump", "noise", float(signature(_parasolver).parameters["tol"].default), ("variance", "multistep")),
 }
@@ -360,9 +360,9 @@ def parallel(
             ``"parasolver"``. ``"chords"`` and ``"srds"`` are ``chords_jax.chords`` /
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
         tol: the acceptance tolerance (``None``: the method's own default, as its core function has it:
-            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up; 1e-3 of the
-            noise level with ``scale="level"``); ParaDiGMS
-            and ParaSolver 0.1 of the noise level).
+            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up, 0.25 for a
+            plain ODE; 1e-3 of the noise level with ``scale="level"``, the default for a
+            ``DiffusionModel``); ParaDiGMS and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
             ``f(t, y, args)``): new values without recompiling.
         executor: must be ``None``.
@@ -395,9 +395,9 @@ def parallel(
     if name != "cascade" and "window" in options:  # as the core's parallel (cascade: a solver option)
         raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
     mine = {k: options.pop(k) for k in own if k in options}
-    if name == "cascade":  # its option scale="level" (as the core's, checked before the solver)
-        scale = check_choice("scale", mine.get("scale", scale), CASCADE_SCALES)
-        default_tol = partial(cascade_tol, scale=scale)
+    if name == "cascade":  # its scale, decided for the model (as the core's, checked before the solver)
+        scale = cascade_scale(mine.get("scale", scale), model)
+        default_tol = partial(cascade_tol, scale=scale, plain=not isinstance(model, DiffusionModel))
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps

@@ -109,7 +109,8 @@ def parallel(
         method: a name in ``METHODS``; ``None`` takes ``RECOMMENDED``.
         executor: evaluates each round (default ``BatchedExecutor``).
         progress: show a progress bar (needs tqdm).
-        options: the method's own options (e.g. ``stop``, ``init`` for CHORDS; ``tol``) and the solver's.
+        options: the method's own options (e.g. ``stop``, ``init`` for CHORDS; ``tol``, where
+            ``tol=None`` is the method's default, as in ``chords_jax.parallel``) and the solver's.
 
     Returns:
         The method's ``Result``. With ``cores=1`` every shipped method equals ``solve`` bit for bit.
@@ -118,4 +119,6 @@ def parallel(
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}")
     cores = check_cores(cores, len(check_grid(grid)) - 1)
+    if "tol" in options and options["tol"] is None:
+        del options["tol"]  # the method's own default
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)

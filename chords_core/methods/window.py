@@ -59,7 +59,7 @@ from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move
 from ..local_error import LocalError
-from ..models import DiffusionModel, Model
+from ..models import DiffusionModel, Model, ModelOutputError
 from ..plan import Eval, Round
 from ..results import Hit, Result
 from ..solvers import Solver, State
@@ -164,6 +164,20 @@ def _scratch(x: Any, n: int) -> list | None:
 
 
 _UNSET: Any = object()  # a value not computed yet
+
+
+def diverged_at(err: ModelOutputError, idx: Sequence[int], b: int) -> int:
+    """Where a sweep whose round ``err`` failed is cut: the grid index of the failing point, when the
+    model returned non-finite values there and it lies past the window start ``b``. The window start
+    is an accepted point (its output is on the sequential trajectory, to the tolerance); a later
+    point is an iterate not yet converged, which with large steps can run off to where the model
+    overflows (a plain ODE seeded several steps ahead, say), and the sweep is evaluated again up to
+    the point before it (at least the window start: each sweep still accepts a point). Anything else
+    (a bad shape or dtype, a non-finite output at the window start) is re-raised."""
+    m = idx[err.point] if err.is_nonfinite and 0 <= err.point < len(idx) else b
+    if m <= b:
+        raise err
+    return m
 
 
 class Seeder:
@@ -433,24 +447,31 @@ def sliding_window(
     try:
         while b < T:
             e = min(b + window, T)
-            pts = range(b, e)
-            qs: list = [[] for _ in pts]  # point m's stage quantities at m - b
-            idx: Sequence[int]  # the round's points (grid indices) and their time indices
-            ti: Sequence[int]
-            for k in range(max(evals[b:e])):
-                if k == 0:
-                    idx, px, ti = pts, xs[b:e], pts
-                else:
-                    idx = [m for m in pts if evals[m] > k]
-                    staged = [sol.stage_point(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
-                    px, ti = [p for p, _ in staged], [j for _, j in staged]
-                rounds += 1
-                outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
-                nfe, width = nfe + len(idx), max(width, len(idx))
-                trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
-                for m, xp, j, out in zip(idx, px, ti, outs):
-                    qs[m - b].append(out if convert is None else convert(xp, out, j))
-                del outs, px, out, xp  # the quantities hold what is needed of the round
+            cut: int | None = b  # (a sweep whose iterate diverged is cut there and evaluated again)
+            while cut is not None:
+                pts = range(b, e)
+                qs: list = [[] for _ in pts]  # point m's stage quantities at m - b
+                idx: Sequence[int]  # the round's points (grid indices) and their time indices
+                ti: Sequence[int]
+                cut = None
+                for k in range(max(evals[b:e])):
+                    if k == 0:
+                        idx, px, ti = pts, xs[b:e], pts
+                    else:
+                        idx = [m for m in pts if evals[m] > k]
+                        staged = [sol.stage_point(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
+                        px, ti = [p for p, _ in staged], [j for _, j in staged]
+                    rounds += 1
+                    nfe, width = nfe + len(idx), max(width, len(idx))
+                    trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
+                    try:
+                        outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
+                    except ModelOutputError as err:
+                        e = cut = diverged_at(err, idx, b)
+                        break
+                    for m, xp, j, out in zip(idx, px, ti, outs):
+                        qs[m - b].append(out if convert is None else convert(xp, out, j))
+                    del outs, px, out, xp  # the quantities hold what is needed of the round
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
             if local is not None:
@@ -478,13 +499,9 @@ def sliding_window(
                     change = B.row_sq(moved)
                     if one:
                         change = change[0]
-                    if local is not None:
-                        score = local.score(change, m + 1)
-                    elif factor[m + 1] > 0:
-                        score = change * factor[m + 1]
-                    else:
-                        score = 0.0
-                    if _worst(score) > tol2:
+                    # (a point that never blocks has factor 0: a finite change scores 0, a nan or inf one nan)
+                    score = local.score(change, m + 1) if local is not None else change * factor[m + 1]
+                    if not _worst(score) <= tol2:  # a nan score (a diverged iterate) is over tolerance too
                         accepted = m + 1  # the first point over tolerance: exact, as Phi of an accepted point
             nb = e if accepted is None else accepted
             if mixer is not None:
