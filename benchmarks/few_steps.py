@@ -1,8 +1,9 @@
 """The safe defaults at few steps: error against the exact solution over the sequential solver's.
 
 The suite's rows have 20 steps and more. Here the defaults of ``cc.chords`` (``StopWhenConverged(0.1)``,
-``default_init``) and ``cc.cascade`` (``default_tol(steps)``; ``tol=1`` and ``tol=0.5`` beside it; with ``--level`` the
-option ``scale="level"`` at its default tolerance instead) run
+``default_init``) and ``cc.cascade`` (on these diffusion models the noise-level scale at its default
+tolerance; beside it the local-error scale, ``scale="error"``, at its default ``default_tol(steps)``
+and at ``tol=1`` and ``tol=0.5``; with ``--level`` only the two defaults) run
 on mixtures they were not tuned on: 16-D, 4 modes (``GaussianMixture.random(16, 4, seed)``, seeds 3,
 4, 5 by default), 64 samples, eps prediction on VP and flow prediction on rectified flow, Euler at 6,
 8, 10, 12, 16 and 20 steps, 2, 4 and 8 cores. Each cell:
@@ -46,18 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--chords-only", action="store_true", help="CHORDS' default alone (no cascade columns)")
     only.add_argument("--level", action="store_true",
-                    help="the cascade sampler with the option scale='level' at its default tolerance (1e-3) and "
-                         "the default cascade only (no CHORDS or fixed-tol columns)")
+                    help="the cascade sampler's default here (the noise-level scale, 1e-3) and the local-error "
+                         "scale at its default only (no CHORDS or fixed-tol columns)")
     a = ap.parse_args(argv)
     runs = {"chords": lambda m, x, g, sv, k: cc.chords(m, x, g, sv, cores=k),
-            "cascade": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k),
-            "cascade tol 1": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, tol=1.0),
-            "cascade tol 0.5": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, tol=0.5)}
+            "cascade level": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k),
+            "cascade error": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, scale="error"),
+            "cascade error tol 1": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, scale="error", tol=1.0),
+            "cascade error tol 0.5": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, scale="error", tol=0.5)}
     if a.chords_only:
         runs = {"chords": runs["chords"]}
     elif a.level:
-        runs = {"cascade": runs["cascade"],
-                "cascade level": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, scale="level")}
+        runs = {n: runs[n] for n in ("cascade error", "cascade level")}
     first = next(iter(runs))  # the runs are counted on the first column's
     print("| schedule | solver | seed | steps | " + " | ".join(f"{n}, {k} cores" for n in runs for k in a.cores) + " |")
     print("|---|---|---|---|" + "---|" * (len(runs) * len(a.cores)))
