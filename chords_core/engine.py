@@ -37,7 +37,7 @@ from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
 
-__all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "run_plan", "plan_result"]
+__all__ = ["rectify", "evaluate_round", "ran_off", "DeferredCheck", "CoreRecords", "run_plan", "plan_result"]
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
@@ -87,6 +87,18 @@ class DeferredCheck:
 def eval_where(e: Eval, time: float) -> str:
     """How an error names the evaluation ``e`` of a CHORDS round at ``time``: its core, step and stage."""
     return f"core {e.core} (step {e.index}, stage {e.stage}, t={time:.6g})"
+
+
+def ran_off(err: ModelOutputError, evals: Sequence[Eval], init: Sequence[int]) -> ModelOutputError:
+    """``err`` for a CHORDS round, with a hint where a faster core's output was not finite: that core
+    started with a coarse jump from x_0 over ``init[core]`` steps, which on a chaotic or stiff plain
+    ODE can land where the model overflows, a place the sequential trajectory (core 0) never goes."""
+    c = evals[err.point].core if err.is_nonfinite and 0 <= err.point < len(evals) else 0
+    if c == 0:
+        return err
+    return ModelOutputError(err.point, f"{err}; core {c} started at step {init[c]} with a coarse jump from x_0 and "
+                            "may have run off to where the model overflows (a plain ODE with far starts): the "
+                            "cascade sampler (cc.parallel) or an init with closer starts avoids it")
 
 
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
@@ -316,8 +328,11 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     try:
         for n, rd in enumerate(rounds, 1):
             xs = records.points(rd)
-            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
-                                  deferred=deferred)
+            try:
+                outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where,
+                                      rd.evals, deferred=deferred)
+            except ModelOutputError as err:
+                raise ran_off(err, rd.evals, plan.init) from None
             nfe += len(xs)
             finished = records.apply(rd, xs, outs, rounds[n] if n < len(rounds) else None)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)

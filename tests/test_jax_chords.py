@@ -669,3 +669,47 @@ def test_an_output_whose_coefficient_rounds_to_zero_in_float16_is_still_checked(
     with pytest.raises(cc.ModelOutputError) as compiled:
         cj.chords(cc.VectorField(f), jnp.ones(4, jnp.float16), grid, "euler", cores=1, stop=None)
     assert str(compiled.value) == str(core.value) and str(core.value).startswith("round 2, core 0 (step 1")
+
+
+def test_a_model_function_that_cannot_be_hashed():
+    """A ``@dataclass`` model (unhashable, as an equinox module holding arrays is) compiles, keyed by
+    identity, and equals the core; a second instance with other weights gives its own result."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Net:
+        W: np.ndarray
+
+        def __call__(self, x, t):
+            xp = jnp if isinstance(x, jax.Array) else np
+            return xp.tanh(x @ self.W) * 0.5 + 0.2 * x
+
+    sch = cc.RectifiedFlow()
+    grid = cc.time_grid(sch, 8)
+    x = np.random.default_rng(2).standard_normal((2, D))
+    for W in (_W, -_W):
+        m = cc.DiffusionModel(Net(W), sch, "flow")
+        ref = cc.chords(m, x, grid, "euler", cores=3, stop=None)
+        got = cj.chords(m, x, grid, "euler", cores=3, stop=None)
+        assert np.allclose(np.asarray(got.x), ref.x, rtol=0, atol=1e-12) and got.rounds == ref.rounds
+        par = cc.parallel(m, x, grid, cores=3)
+        assert np.allclose(np.asarray(cj.parallel(m, x, grid, cores=3).x), par.x, rtol=0, atol=1e-12)
+
+
+def test_a_solver_registered_anew_is_compiled_anew():
+    """``register_solver(name, ..., replace=True)``: the compiled caches key on the registered spec,
+    so the new solver runs, not the executable of the old one."""
+    sch = cc.RectifiedFlow()
+    grid = cc.time_grid(sch, 8)
+    x = np.random.default_rng(3).standard_normal((2, D))
+    m = cc.DiffusionModel(denoiser, sch, "flow")
+    name = "test_jax_swapped"
+    try:
+        for spec in (cc.SOLVERS["euler"], cc.SOLVERS["ddim"]):
+            cc.register_solver(name, spec, replace=True)
+            ref = cc.chords(m, x, grid, name, cores=3, stop=None)
+            assert np.allclose(np.asarray(cj.chords(m, x, grid, name, cores=3, stop=None).x), ref.x, atol=1e-12)
+            assert np.allclose(np.asarray(cj.srds(m, x, grid, name, blocks=2).x), cc.srds(m, x, grid, name, blocks=2).x,
+                               atol=1e-12)
+    finally:
+        cc.SOLVERS.pop(name, None)

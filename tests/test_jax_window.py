@@ -274,3 +274,26 @@ def test_a_non_finite_output_is_named_as_the_core_names_it(method, bad):
     if method == "cascade":  # with the check off the run completes, as the core's does
         model = cc.DiffusionModel(model.fn, FLOW, "flow", check_outputs=False)
         assert not np.isfinite(np.asarray(cj.parallel(model, XG, grid, cores=4, method=method, tol=0.05).x)).all()
+
+
+def test_a_nan_score_is_over_tolerance_as_in_the_core():
+    """With the output check off, a model that returns nan for t < 0.5: a nan change is never
+    accepted, on the compiled path as in the core: both run to T with an all-nan answer, one point a
+    sweep where every output is nan (the first point over tolerance is Phi of an accepted one). (The compiled
+    update forms the window's moves with a triangular product, where 0 x nan spreads a nan to the
+    earlier lanes, so its sweeps can be more cautious than the core's: docs/jax.md.)"""
+    grid = cc.time_grid(FLOW, 20)
+    x = XG + 3.0
+
+    def fn(x, t):
+        xp = jnp if isinstance(x, jax.Array) else np
+        return xp.where((t < 0.5)[:, None], np.nan, -x)
+
+    model = cc.DiffusionModel(fn, FLOW, "flow", check_outputs=False)
+    for method in METHODS:
+        got, ref = cj.parallel(model, x, grid, cores=3, method=method), cc.parallel(model, x, grid, cores=3, method=method)
+        for r in (got, ref):
+            assert r.log[-1].accepted_to == 20 and np.isnan(np.asarray(r.x)).all()
+            # from index 11 on (t <= 0.45) every output is nan: past it, each sweep accepts one point
+            assert all(s.accepted_to == s.start + 1 for s in r.log if s.start >= 12), method
+        assert got.rounds >= ref.rounds

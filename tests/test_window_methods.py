@@ -321,8 +321,10 @@ def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, st
     with np.errstate(over="ignore", invalid="ignore"):
         for name in ("cascade", "paradigms", "parasolver"):
             assert np.array_equal(cc.parallel(ode, y0, g, solver, cores=4, method=name, tol=0.0).x, seq), name
-        res = cc.parallel(ode, y0, g, solver, cores=4, method=method)
+        with pytest.warns(RuntimeWarning, match=rf"{method}: \d+ sweep\(s\) cut .* \(first: round \d+, window point \d+\)"):
+            res = cc.parallel(ode, y0, g, solver, cores=4, method=method)
     assert [s for s in res.log if s.end < min(s.start + 4, steps)]  # a cut sweep
+    assert "cut where the model returned non-finite values" in res.stopped_by
     assert res.rounds == len(res.trace) and res.nfe == sum(len(r.evals) for r in res.trace)
     if method == "cascade":
         ref = cc.solve(ode, y0, np.linspace(0.0, 8.0, 40 * steps + 1), "heun")
@@ -338,3 +340,32 @@ def test_window_start_that_fails_is_still_the_models_fault():
 
     with pytest.raises(cc.ModelOutputError, match=r"round \d+, window point \d+"):
         cc.parallel(cc.VectorField(fn), np.ones(3), np.linspace(0.0, 1.0, 21), "euler", cores=4)
+
+
+@pytest.mark.parametrize("solver", ["euler", "ddim", "dpmpp_3m", "heun"])
+@pytest.mark.parametrize("method", ["paradigms", "parasolver"])
+def test_variance_out_at_tol_zero_is_exact(method, solver):
+    """With the official convention (``variance="out"``) point T - 1, whose step goes to sigma = 0, has
+    no variance and never blocks at a tolerance > 0; at tol 0 every point must be exact, that one too."""
+    model, grid = setup("vp", solver, 9)
+    res = cc.parallel(model, X, grid, solver, cores=4, method=method, tol=0, variance="out")
+    assert np.array_equal(res.x, cc.solve(model, X, grid, solver))
+
+
+def test_a_model_that_returns_nan_once_is_reported():
+    """A nan past the window start is taken for an iterate that ran off and the sweep is cut, but never
+    silently: a ``RuntimeWarning`` and ``stopped_by`` name the round and the point."""
+    model, grid = setup("vp", "dpmpp_2m", 6)
+    calls = []
+
+    def flaky(x, t):
+        calls.append(1)
+        out = model.fn(x, t)
+        if len(calls) == 1:
+            out = out.copy()
+            out[-1, -1] = np.nan  # the last row: the window's last point
+        return out
+
+    with pytest.warns(RuntimeWarning, match=r"cascade: 1 sweep\(s\) cut .*first: round 1, window point 2"):
+        res = cc.parallel(cc.DiffusionModel(flaky, model.schedule, model.prediction), X, grid, "dpmpp_2m", cores=3)
+    assert "round 1, window point 2" in res.stopped_by and np.isfinite(res.x).all()

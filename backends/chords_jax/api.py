@@ -49,7 +49,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, chunk_runner, first_bad, lru_get, lru_put, make_mesh, runner
+from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -76,6 +76,13 @@ def _program(key: tuple | None, build: Callable[[], tuple]) -> tuple:
     if key is not None:
         lru_put(_PROGRAMS, key, value, _PROGRAMS_SIZE)
     return value
+
+
+def solver_key(name: str) -> tuple:
+    """A cache key's part for a solver given by name: the name and its registered ``SolverSpec`` (by
+    value, or by identity where it cannot be hashed), so that a solver registered anew under the same
+    name (``register_solver(..., replace=True)``) is compiled anew."""
+    return (name, keyable(cc.SOLVERS.get(name)))
 
 
 def options_key(options: dict) -> tuple:
@@ -154,8 +161,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     key = None
     if isinstance(solver, str):
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver, options_key(solver_options),
-               cores, inits, needed, errors, history, slots_multiple)
+        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver_key(solver),
+               options_key(solver_options), cores, inits, needed, errors, history, slots_multiple)
 
     def build() -> tuple[Program, Result]:
         tr = LinearRecorder(shape, dtype)

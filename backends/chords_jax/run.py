@@ -97,6 +97,32 @@ def _checked(out: Any, like: Any) -> Any:
     return out.astype(like.dtype)
 
 
+class _Same:
+    """A cache key's part for an object that cannot be hashed (a ``@dataclass`` model, an equinox
+    module holding arrays): the object itself, compared by identity (the key holds it, so its id is
+    not reused while cached)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Same and other.obj is self.obj
+
+
+def keyable(obj: Any) -> Any:
+    """``obj`` as a part of a cache key: itself where it can be hashed, else by identity (``_Same``)."""
+    try:
+        hash(obj)
+    except TypeError:
+        return _Same(obj)
+    return obj
+
+
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
     function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
@@ -110,7 +136,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
             out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
             return _checked(out, flat).reshape(pts.shape)
 
-        return ("diffusion", fn, with_args), evaluate
+        return ("diffusion", keyable(fn), with_args), evaluate
     if isinstance(model, VectorField):
         f: Any = model.f
         batched = model.batched
@@ -122,7 +148,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
                 out = _traced(f if batched else jax.vmap(f), t, pts)
             return _checked(out, pts)
 
-        return ("field", f, batched, with_args), evaluate
+        return ("field", keyable(f), batched, with_args), evaluate
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 

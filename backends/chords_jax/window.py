@@ -82,7 +82,7 @@ from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import CACHES, _as_state, _model_key, options_key
+from .api import CACHES, _as_state, _model_key, options_key, solver_key
 from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
@@ -278,14 +278,19 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             csq = row_sq(moved)  # (W, R): the change of point b + k + 1
             if scale != "error":
                 w = tabs["w"][jnp.minimum(b + lane + 1, T)]
-                over = (jnp.max(csq * w[:, None], axis=1).astype(cmp) > tol2) & (w > 0)
+                # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
+                # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
+                over = ~(jnp.max(csq * w[:, None], axis=1).astype(cmp) <= tol2)
+                # tol 0: every point exact, also one with w = 0 (variance "out": T - 1), as the core
+                over = over | ((tol2 <= 0) & ~(jnp.max(csq, axis=1) == 0))
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
                 E = row_sq(delta) * tabs["c2"][jnp.minimum(b + lane, T)][:, None] + tiny
                 bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
                 has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
-                over = jnp.where(has[1:], jnp.max(csq / est, axis=1).astype(cmp) > tol2, jnp.max(csq, axis=1) > 0)
+                over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1).astype(cmp) <= tol2),
+                                 ~(jnp.max(csq, axis=1) == 0))
             hit = over & active
             nb = jnp.where(hit.any(), b + 1 + jnp.argmax(hit).astype(jnp.int32), e)
             # the next window x_nb .. x_{nb+W}: the new points x_{b+1} .. x_e, then the seeds x_{e+1} ..
@@ -420,7 +425,7 @@ def parallel(
     key = None
     if isinstance(solver, str):
         opts = options_key(options)
-        key = (_model_key(model), call.times.tobytes(), solver, opts, W, seed, scale, variance, numel_row)
+        key = (_model_key(model), call.times.tobytes(), solver_key(solver), opts, W, seed, scale, variance, numel_row)
         setup = lru_get(_SETUPS, key)
     if setup is None:
         setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row)

@@ -47,6 +47,7 @@ DPM-Solver code does; its fixed point then differs from the sequential solution.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -164,6 +165,19 @@ def _scratch(x: Any, n: int) -> list | None:
 
 
 _UNSET: Any = object()  # a value not computed yet
+
+
+def _cut_note(cuts: list[tuple[int, int]], method: str) -> str:
+    """What ``stopped_by`` adds for sweeps cut at a non-finite output (``diverged_at``), which a
+    ``RuntimeWarning`` reports too: the run went on, but a model that returns nan now and then (not an
+    iterate that ran off) shows up here, not in an error."""
+    if not cuts:
+        return ""
+    note = (f"; {len(cuts)} sweep(s) cut where the model returned non-finite values past the window start "
+            f"(first: round {cuts[0][0]}, window point {cuts[0][1]})")
+    warnings.warn(f"{method}:{note[1:]}: taken for an iterate that ran off (a plain ODE seeded far ahead); the "
+                  "run went on from the accepted points", RuntimeWarning, stacklevel=4)
+    return note
 
 
 def diverged_at(err: ModelOutputError, idx: Sequence[int], b: int) -> int:
@@ -295,7 +309,7 @@ class _PointErrors:
         bound, i = self.bound, j - self.b
         est = bound[i] if bound[i] is not _UNSET else self._bound(j)
         if est is None:
-            return math.inf if _worst(change_sq) > 0 else 0.0
+            return 0.0 if _worst(change_sq) == 0 else math.inf  # (a nan change too is over tolerance)
         prev = (bound[i - 1] if bound[i - 1] is not _UNSET else self._bound(j - 1)) if j > 0 else None
         if prev is not None:
             if self.one:  # numpy scalars: np.minimum's result (nan propagates), without its call
@@ -426,6 +440,8 @@ def sliding_window(
                          "a sliding window supports one or the other")
     # "noise" / "level": the factor on point j's squared change (0: never blocks)
     factor = [v / row_size(x.shape) for v in _inverse_scales(model, sol.times, scale, variance)]
+    if tol2 == 0.0:  # tol 0: every point exact, also one that otherwise never blocks (variance "out": T - 1)
+        factor = [f if f > 0 else 1.0 for f in factor]
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     convert = sol.quantity_of if sol.converts else None
     picard = correction == "picard"
@@ -444,6 +460,7 @@ def sliding_window(
     xs: list = [x] * (min(window, T) + 1)  # the iterate x_0 .. x_e (later points start as copies)
     base = sol.begin(x)  # accepted state at the window start b (with its multistep history)
     b, rounds, nfe, width, log, trace = 0, 0, 0, 0, [], []
+    cuts: list[tuple[int, int]] = []  # (round, grid index) of each sweep cut at a non-finite output
     try:
         while b < T:
             e = min(b + window, T)
@@ -468,6 +485,7 @@ def sliding_window(
                         outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
                     except ModelOutputError as err:
                         e = cut = diverged_at(err, idx, b)
+                        cuts.append((rounds, cut))
                         break
                     for m, xp, j, out in zip(idx, px, ti, outs):
                         qs[m - b].append(out if convert is None else convert(xp, out, j))
@@ -533,5 +551,5 @@ def sliding_window(
             bar.close()
     hit = Hit(0, rounds, nfe, xs[T])
     return Result(x=xs[T], rounds=rounds, nfe=nfe, hits=(hit,), coarse=None,
-                  stopped_by=f"window reached T after {len(log)} sweeps", method=method,
+                  stopped_by=f"window reached T after {len(log)} sweeps{_cut_note(cuts, method)}", method=method,
                   sequential_rounds=sum(evals), width=width, trace=tuple(trace), log=tuple(log))

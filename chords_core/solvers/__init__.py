@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..models import Model
 from .base import DataSolver, Solver, State
 from .dpmpp import DPMSolverPP
@@ -99,6 +101,13 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
     if isinstance(solver, Solver):
         if options:
             raise ValueError("solver options go with a solver name, not an already built solver")
+        if solver.model is not model:
+            raise ValueError("solver: a Solver bound to another model; pass the solver's name, or build it for this "
+                             "model with make_solver(name, model, grid)")
+        if not np.array_equal(np.asarray(solver.times, np.float64), np.asarray(times, np.float64)):
+            raise ValueError(f"solver: a Solver bound to another grid ({solver.steps} steps, t from "
+                             f"{solver.times[0]:g} to {solver.times[-1]:g}); pass the solver's name, or build it "
+                             "for this grid")
         return solver
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"solver: unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
