@@ -614,14 +614,23 @@ except ImportError:  # another numpy layout: the public function, the same resul
 
 def row_sq(d: Array) -> Array:
     """Per-sample sum of squares over all but the leading (batch) axis; a 0-d value for a state
-    without a batch axis (1-D or 0-d). numpy: one pass without a temporary."""
-    if len(d.shape) <= 1:
-        return (d * d).sum()
-    if type(d) is np.ndarray or library(d) == "numpy":
-        flat = d.reshape(d.shape[0], -1)
+    without a batch axis (1-D or 0-d). numpy: one pass without a temporary. Half-precision values
+    (float16, bfloat16) are summed in float32: in their own precision a sum of squares overflows
+    from about 65,504 (a state of that many unit values) and a tiny guard added to it underflows."""
+    tp = type(d)
+    if tp is np.ndarray or library(d) == "numpy":
+        if d.dtype.itemsize < 4:
+            d = d.astype(np.float32)
+        if len(d.shape) <= 1:
+            return (d * d).sum()
+        flat = d.reshape(d.shape[0], int(np.prod(d.shape[1:])))  # (an empty batch has no -1 to infer)
         einsum = _c_einsum if type(flat) is np.ndarray else np.einsum  # others may dispatch (__array_function__)
         return einsum("ij,ij->i", flat, flat)
-    return (d * d).reshape(d.shape[0], -1).sum(1)
+    if library(d) == "torch" and d.dtype in (_torch.float16, _torch.bfloat16):
+        d = d.float()
+    if len(d.shape) <= 1:
+        return (d * d).sum()
+    return (d * d).reshape(d.shape[0], int(np.prod(d.shape[1:]))).sum(1)
 
 
 def rms(x: Array) -> float:
@@ -632,7 +641,8 @@ def rms(x: Array) -> float:
         x = x.detach()
     if getattr(x.dtype, "itemsize", 4) < 4:
         x = x.float() if library(x) == "torch" else x.astype(np.float32)
-    return float(((x * x).sum() / _numel(x)) ** 0.5)
+    n = _numel(x)
+    return float(((x * x).sum() / n) ** 0.5) if n else 0.0  # (an empty batch: 0)
 
 
 def eps(x: Array) -> float:

@@ -87,6 +87,11 @@ def time_grid(
         raise ValueError(f"t_min must lie between t_data={t_data} and t_max={t_max}, got {t_min}")
 
     u = _coordinate(schedule, spacing, rho)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        start = u(t_max)
+    if not np.isfinite(start):
+        raise ValueError(f"spacing {spacing!r} cannot start at t_max={t_max:g}, where the signal is 0 (sigma/alpha "
+                         f"is infinite); pass a t_max short of it (for RectifiedFlow, t_max=0.999, say)")
     if t_min is None or t_min == t_data:
         end = u(t_data)
         if not np.isfinite(end):

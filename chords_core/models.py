@@ -119,6 +119,9 @@ def check_array(out: Any, like: Array) -> bool:
             0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
     if shape != like.shape and tuple(shape) != tuple(like.shape):
         raise ModelOutputError(0, f"model returned shape {tuple(shape)}, expected {tuple(like.shape)}")
+    if type(out) is not type(like) and B.library(out) != B.library(like):
+        raise ModelOutputError(0, f"model returned a {B.library(out)} array ({type(out).__name__}) for "
+                               f"{B.library(like)} points; return the points' array type")
     same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
     if not same_dtype and not B.is_floating(out):
         raise ModelOutputError(0, f"model returned dtype {dtype}, expected a floating dtype")

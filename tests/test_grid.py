@@ -57,3 +57,18 @@ def test_bad_grid_arguments():
         cc.time_grid(cc.EDM(), 10, t_min=100.0)
     with pytest.raises(ValueError, match="beta_min"):
         cc.VP.linear(beta_min=5.0, beta_max=1.0)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_a_spacing_that_cannot_start_at_pure_noise_says_so(spacing):
+    """Rectified flow has alpha = 0 at t = 1: log-SNR and Karras coordinates are infinite there. The
+    error says so and names t_max (it used to be "not strictly monotone", with RuntimeWarnings)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"spacing '{spacing}' cannot start at t_max=1.*t_max=0.999"):
+            cc.time_grid(cc.RectifiedFlow(), 10, spacing)
+        extra = {"t_min": 0.001} if spacing == "logsnr" else {}  # (log-SNR cannot reach sigma = 0 either)
+        grid = cc.time_grid(cc.RectifiedFlow(), 10, spacing, t_max=0.999, **extra)
+    assert grid[0] == 0.999 and grid[-1] == 0.0 and np.all(np.diff(grid) < 0)

@@ -318,3 +318,38 @@ def test_a_window_larger_than_the_grid_is_named():
             fn(FLOW, X, GRID, window=100)
     with pytest.raises(ValueError, match="window"):
         cc.cascade(FLOW, X, GRID, cores=100)
+
+
+def test_parallel_names_an_option_of_another_method():
+    """An option that belongs to another method is refused by name (not passed on to the solver, whose
+    error would blame it); ``tol=None`` is the method's own default; SRDS through ``parallel`` keeps
+    its blocks within ``cores``."""
+    for method, key, value in (("cascade", "stop", cc.StopAtCore(1)), ("cascade", "init", (0, 2)),
+                               ("chords", "tol", 0.1), ("paradigms", "memory", 2), ("srds", "history", "keep")):
+        with pytest.raises(ValueError, match=rf"^{key}: an option of .*not of method '{method}'"):
+            cc.parallel(FLOW, X, GRID, cores=2, method=method, **{key: value})
+    for method in ("cascade", "paradigms", "parasolver", "parataa", "srds"):
+        default = cc.parallel(FLOW, X, GRID, cores=2, method=method)
+        assert np.array_equal(cc.parallel(FLOW, X, GRID, cores=2, method=method, tol=None).x, default.x)
+    with pytest.raises(ValueError, match="blocks: parallel.. evaluates at most cores=2"):
+        cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=4)
+    assert cc.parallel(FLOW, X, GRID, cores=4, method="srds", blocks=2).width <= 4
+
+
+def test_method_options_are_named_as_the_caller_wrote_them():
+    with pytest.raises(ValueError, match=r"^cores must be an integer in \[1, 8\], got 9"):
+        cc.cascade(FLOW, X, GRID, cores=9)
+    with pytest.raises(ValueError, match="^memory must be an integer >= 0"):
+        cc.parataa(FLOW, X, GRID, window=2, memory=-1)
+
+
+def test_a_solver_bound_elsewhere_is_refused():
+    """A pre-built ``Solver`` carries its own grid and model: passed with other ones it would silently
+    solve the problem it was built for."""
+    fine = cc.time_grid(RF, 16)
+    sol = cc.make_solver("euler", FLOW, fine)
+    assert np.array_equal(cc.solve(FLOW, X, fine, sol), cc.solve(FLOW, X, fine, "euler"))
+    with pytest.raises(ValueError, match="solver: a Solver bound to another grid"):
+        cc.solve(FLOW, X, GRID, sol)
+    with pytest.raises(ValueError, match="solver: a Solver bound to another model"):
+        cc.parallel(GMM.model(RF, "x0"), X, fine, sol, cores=2)

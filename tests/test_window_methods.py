@@ -369,3 +369,43 @@ def test_a_model_that_returns_nan_once_is_reported():
     with pytest.warns(RuntimeWarning, match=r"cascade: 1 sweep\(s\) cut .*first: round 1, window point 2"):
         res = cc.parallel(cc.DiffusionModel(flaky, model.schedule, model.prediction), X, grid, "dpmpp_2m", cores=3)
     assert "round 1, window point 2" in res.stopped_by and np.isfinite(res.x).all()
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_edge_states_run_without_warnings(lib):
+    """An empty batch returns an empty batch from every method; a float16 state scores in float32 (no
+    overflow of a large state's sum of squares, no underflowing guard); a tensor that needs gradients
+    is scored without a warning. Warnings are errors here."""
+    import warnings
+
+    import torch
+
+    as_lib = (lambda a: a) if lib == "numpy" else torch.from_numpy
+    sch = cc.VP.linear()
+    model, grid = cc.DiffusionModel(lambda x, t: 0.6 * x + 0.05 * t[:, None], sch, "eps"), cc.time_grid(sch, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in sorted(cc.METHODS):
+            res = cc.parallel(model, as_lib(np.zeros((0, 8))), grid, "dpmpp_2m", cores=3, method=name)
+            assert tuple(res.x.shape) == (0, 8) and type(res.x) is type(as_lib(np.zeros(1))), name
+        y = as_lib(np.ones((1, 70_000), np.float16))  # sum of squares 70,000 > float16's largest, 65,504
+        field = cc.VectorField(lambda t, y: -y, batched=True)
+        res = cc.parallel(field, y, np.linspace(0.0, 1.0, 21), cores=4)
+        assert res.x.dtype == y.dtype and res.rounds < 20  # scores finite: points accepted
+        if lib == "torch":
+            x = torch.ones((2, 8), dtype=torch.float64, requires_grad=True)
+            cc.parallel(model, x, grid, "dpmpp_2m", cores=3).x.sum().backward()
+            assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_a_model_returning_another_librarys_array_is_named():
+    import torch
+
+    sch = cc.VP.linear()
+    grid, x = cc.time_grid(sch, 5), np.ones((3, 4))
+    as_torch = cc.DiffusionModel(lambda x, t: torch.from_numpy(0.6 * x), sch, "eps")
+    with pytest.raises(cc.ModelOutputError, match="model returned a torch array .* for numpy points"):
+        cc.solve(as_torch, x, grid)
+    as_numpy = cc.DiffusionModel(lambda x, t: (0.6 * x).numpy(), sch, "eps")
+    with pytest.raises(cc.ModelOutputError, match=r"round 1, .*model returned a numpy array .* for torch points"):
+        cc.parallel(as_numpy, torch.ones((3, 4)), grid, cores=2)

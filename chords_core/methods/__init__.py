@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from inspect import Parameter, signature
 from typing import Any
 
 from ..checks import check_cores, check_grid
@@ -42,6 +43,17 @@ class Method:
     name: str
     run: Callable[..., Result]
     summary: str = ""
+    #: the method's own keyword options (``parallel`` refuses another method's option by name); empty:
+    #: not declared, any option is passed on
+    options: tuple[str, ...] = ()
+
+
+def own_options(fn: Callable[..., Result]) -> tuple[str, ...]:
+    """The keyword options of a method function, less those ``parallel`` sets (``cores``, ``window``,
+    ``executor``, ``progress``) and the solver's catch-all."""
+    skip = {"cores", "window", "executor", "progress"}
+    return tuple(n for n, p in signature(fn).parameters.items()
+                 if p.kind is Parameter.KEYWORD_ONLY and n not in skip)
 
 
 METHODS: dict[str, Method] = {}
@@ -74,16 +86,25 @@ def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:
 def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
     if "blocks" not in options:
         options["blocks"] = cores
+    elif isinstance(options["blocks"], int) and options["blocks"] > cores:
+        raise ValueError(f"blocks: parallel() evaluates at most cores={cores} points a round, got blocks="
+                         f"{options['blocks']}; call srds() for more blocks than cores")
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
 
 register_method(Method("cascade", cascade,
-                       "cascade: seeded window, local-error (or noise-level) acceptance (recommended)"))
-register_method(Method("chords", chords, "CHORDS: cores started by coarse jumps, rectified by slower cores"))
-register_method(Method("paradigms", _windowed(paradigms), "ParaDiGMS: sliding-window Picard iteration, window = cores"))
-register_method(Method("parasolver", _windowed(parasolver), "ParaSolver: ParaDiGMS with x0-prediction seeds"))
-register_method(Method("parataa", _windowed(parataa), "ParaTAA: window iteration with triangular Anderson mixing"))
-register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks (default blocks = cores)"))
+                       "cascade: seeded window, noise-level or local-error acceptance (recommended)",
+                       own_options(cascade)))
+register_method(Method("chords", chords, "CHORDS: cores started by coarse jumps, rectified by slower cores",
+                       own_options(chords)))
+register_method(Method("paradigms", _windowed(paradigms), "ParaDiGMS: sliding-window Picard iteration, window = cores",
+                       own_options(paradigms)))
+register_method(Method("parasolver", _windowed(parasolver), "ParaSolver: ParaDiGMS with x0-prediction seeds",
+                       own_options(parasolver)))
+register_method(Method("parataa", _windowed(parataa), "ParaTAA: window iteration with triangular Anderson mixing",
+                       own_options(parataa)))
+register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks (default blocks = cores)",
+                       own_options(srds)))
 
 
 def parallel(
@@ -121,4 +142,11 @@ def parallel(
     cores = check_cores(cores, len(check_grid(grid)) - 1)
     if "tol" in options and options["tol"] is None:
         del options["tol"]  # the method's own default
+    mine = METHODS[name].options
+    if mine:  # another method's option is named as such (not passed on to the solver as one of its own)
+        for key in options:
+            owners = sorted(m.name for m in METHODS.values() if key in m.options and key not in mine)
+            if owners:
+                raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "
+                                 f"(its options: {', '.join(mine)})")
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)

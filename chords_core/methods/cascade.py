@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checks import check_choice, check_grid
+from ..checks import check_choice, check_grid, check_int
 from ..executors import Executor
 from ..models import DiffusionModel, Model
 from ..results import Result
@@ -141,8 +141,10 @@ def cascade(
         A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
     """
     scale = resolve_scale(scale, model)
+    steps = len(check_grid(grid)) - 1
+    cores = check_int("cores", cores, 1, steps)  # named as here, not as the window's "window"
     if tol is None:
-        tol = default_tol(len(check_grid(grid)) - 1, scale, not isinstance(model, DiffusionModel))
+        tol = default_tol(steps, scale, not isinstance(model, DiffusionModel))
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
                           scale=scale, anderson=anderson, ridge=ridge, tol_steps=tol_steps(scale), executor=executor,
                           progress=progress, method="cascade", solver_options=solver_options)

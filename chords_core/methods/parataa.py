@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import check_int
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
@@ -58,6 +59,7 @@ def parataa(
     Returns:
         A ``Result`` (``method="parataa"``); ``log`` holds a ``Sweep`` per sweep.
     """
+    memory = check_int("memory", memory, 0)  # named as here, not as the window's "anderson"
     return sliding_window(model, x, grid, solver, window=window, tol=tol, seed="copy", correction="picard",
                           scale="level", multistep=multistep, anderson=memory, ridge=ridge, executor=executor,
                           progress=progress, method="parataa", solver_options=solver_options)
