@@ -47,8 +47,10 @@ def test_vp_is_variance_preserving():
 
 
 def test_bad_grid_arguments():
-    with pytest.raises(ValueError, match="t_min > 0"):
+    with pytest.raises(ValueError, match="cannot start at t_max=1"):
         cc.time_grid(cc.RectifiedFlow(), 10, "logsnr")
+    with pytest.raises(ValueError, match="t_min > 0"):
+        cc.time_grid(cc.RectifiedFlow(), 10, "logsnr", t_max=0.999)
     with pytest.raises(ValueError, match="shift applies"):
         cc.time_grid(cc.VP.linear(), 10, shift=3.0)
     with pytest.raises(ValueError, match="shift must"):
