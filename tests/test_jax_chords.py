@@ -225,6 +225,9 @@ def test_bad_arguments_raise_naming_them():
         cj.chords(model, X, grid, "euler", cores=2, devices=len(jax.devices()) + 1)
     with pytest.raises(ValueError, match="devices"):
         cj.chords(model, X, grid, "euler", cores=2, devices=["cpu"])
+    for bad in (True, 2.0):  # not a sequence: a ValueError too, not a bare TypeError
+        with pytest.raises(ValueError, match="devices must be None, a device count"):
+            cj.chords(model, X, grid, "euler", cores=2, devices=bad)
     with pytest.raises(TypeError, match="x"):
         cj.chords(model, np.ones((3, D), dtype=np.int32), grid, "euler", cores=2)
     with pytest.raises(TypeError, match="model"):
@@ -303,11 +306,14 @@ def test_float64_state_with_x64_off_warns():
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    r = cj.chords(m, np.ones((2, 3)), cc.time_grid(s, 4), cores=2, stop=None)\n"
-            "print(r.x.dtype, any('64-bit mode off' in str(v.message) for v in w))\n")
+            "    y = cj.solve(m, np.ones((2, 3)), cc.time_grid(s, 4))\n"
+            "print(r.x.dtype, y.dtype, [(v.filename, v.lineno) for v in w if '64-bit mode off' in str(v.message)])\n")
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["float32", "True"]
+    # one warning per call, each pointing at the caller's line (chords on line 6, solve on line 7)
+    assert out.stdout.split(" ", 2)[:2] == ["float32", "float32"]
+    assert out.stdout.split(" ", 2)[2].strip() == "[('<string>', 6), ('<string>', 7)]"
 
 
 def test_bfloat16_is_floating_alike_in_the_core_and_the_compiled_path():

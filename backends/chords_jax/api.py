@@ -32,7 +32,7 @@ import numpy as np
 
 import chords_core as cc
 from chords_core.checks import check_grid
-from chords_core.engine import eval_where, plan_result
+from chords_core.engine import eval_where, plan_result, ran_off
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import (
@@ -420,6 +420,7 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
     Returns:
         The state at ``grid[-1]``, a jax array of x's shape and dtype.
     """
+    x = _as_state(x)  # here, so that a dtype warning points at the caller of solve
     return chords(model, x, grid, solver, cores=1, stop=None, devices=devices, args=args, **solver_options).x
 
 
@@ -495,5 +496,6 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
         return
     r, j = divmod(bad, prog.width)
     assert sym.plan is not None
-    e = sym.plan.rounds[r].evals[j]
-    raise ModelOutputError.nonfinite(j, f"round {r + 1}, {eval_where(e, prog.times[r, j])}")
+    evals = sym.plan.rounds[r].evals
+    err = ModelOutputError.nonfinite(j, f"round {r + 1}, {eval_where(evals[j], prog.times[r, j])}")
+    raise ran_off(err, evals, sym.plan.init)  # the core's words, with its hint for a faster core

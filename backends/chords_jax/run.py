@@ -71,7 +71,10 @@ def make_mesh(devices: Any) -> Mesh | None:
         if not 1 <= devices <= len(avail):
             raise ValueError(f"devices={devices}: jax has {len(avail)} device(s) (jax.devices(), all processes)")
         devices = avail[:devices]
-    devs = list(devices)
+    try:
+        devs = list(devices)
+    except TypeError:  # a bool, a float, any other non-sequence
+        devs = []
     if not devs or not all(isinstance(d, jax.Device) for d in devs):
         raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
     return Mesh(np.array(devs), (AXIS,))
