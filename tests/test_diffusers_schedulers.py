@@ -224,3 +224,25 @@ def test_custom_timesteps_are_checked_by_map_scheduler_itself():
         cd.map_scheduler(CogVideoXDDIMScheduler(), 8, timesteps=[999, 500])
     smap = cd.map_scheduler(EulerDiscreteScheduler(), 8, timesteps=[999, 600, 300])  # the custom ones set T
     assert smap.steps == 3
+
+
+def test_ddim_pipeline_call_arguments_as_the_pipeline(unet):
+    """DDIMPipeline's own call arguments: ``output_type="pt"`` is the clamped (B, C, H, W) tensor,
+    ``return_dict=False`` a tuple, ``eta=0`` and ``use_clipped_model_output`` go to the scheduler's step
+    (eta > 0, stochastic, is refused); each as ``pipe(...)`` returns it."""
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    for kw in (dict(output_type="pt"), dict(output_type="np", return_dict=False),
+               dict(output_type="pt", eta=0.0, use_clipped_model_output=True)):
+        with torch.no_grad():
+            ref = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, **kw)
+        got = cd.sample(pipe, cores=1, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS,
+                        progress=False, **kw)
+        ref_images = ref[0] if isinstance(ref, tuple) else ref.images
+        assert isinstance(got.output, tuple) == isinstance(ref, tuple)
+        assert type(got.images) is type(ref_images) and tuple(got.images.shape) == tuple(ref_images.shape), kw
+        assert rel_err(torch.as_tensor(got.images), torch.as_tensor(ref_images)) < 2e-5, kw
+    with pytest.raises(ValueError, match="eta"):
+        cd.sample(pipe, cores=1, num_inference_steps=STEPS, eta=0.5, progress=False)
+    with pytest.raises(TypeError, match="DDPMPipeline: unsupported argument.*eta"):
+        cd.sample(DDPMPipeline(unet=unet, scheduler=DDIMScheduler()), cores=1, num_inference_steps=STEPS, eta=0.0)

@@ -32,6 +32,8 @@ class Job:
         finish: final latents -> the pipeline's usual output (decoded images).
         device: the pipeline's execution device.
         timestep_kwargs: extra ``set_timesteps`` keywords (``mu``, custom ``sigmas``).
+        step_kwargs: what the pipeline passes to ``scheduler.step`` (``map_scheduler``'s
+            ``step_kwargs``: DDIMPipeline's ``eta`` and ``use_clipped_model_output``).
     """
 
     net: GuidedNet
@@ -39,6 +41,7 @@ class Job:
     finish: Callable[[torch.Tensor], Any]
     device: Any
     timestep_kwargs: dict = field(default_factory=dict)
+    step_kwargs: dict = field(default_factory=dict)
 
 
 def _take(kw: dict, pipeline: str, **defaults: Any) -> list:
@@ -218,10 +221,13 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
     from diffusers.utils.torch_utils import randn_tensor
 
+    name = type(pipe).__name__
     if prompt is not None:
-        raise ValueError(f"{type(pipe).__name__} is unconditional: prompt must be None")
-    batch_size, generator, latents, output_type = _take(kw, type(pipe).__name__, batch_size=1, generator=None,
-                                                        latents=None, output_type="pil")
+        raise ValueError(f"{name} is unconditional: prompt must be None")
+    step = {"eta": 0.0, "use_clipped_model_output": None} if name == "DDIMPipeline" else {}  # its step arguments
+    batch_size, generator, latents, output_type, return_dict, *step_values = _take(
+        kw, name, batch_size=1, generator=None, latents=None, output_type="pil", return_dict=True, **step)
+    step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
     unet = pipe.unet
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -235,13 +241,19 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         return x * pipe.scheduler.init_noise_sigma
 
     def finish(x: Any) -> Any:  # diffusers types images narrower than its pipelines use them
-        image = (x / 2 + 0.5).clamp(0, 1)
+        # as the pipeline: "pt" the clamped (B, C, H, W) tensor, "pil" images, anything else a clamped
+        # (B, H, W, C) numpy array; "latent" (this library's, as for the latent pipelines) the raw state
         if output_type == "latent":
-            return ImagePipelineOutput(images=x)
-        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-        return ImagePipelineOutput(images=pipe.numpy_to_pil(image) if output_type == "pil" else image)
+            image = x
+        else:
+            image = (x / 2 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+                if output_type == "pil":
+                    image = pipe.numpy_to_pil(image)
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
 
-    return Job(net, make_latents, finish, device)
+    return Job(net, make_latents, finish, device, step_kwargs=step_kwargs)
 
 
 def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:

@@ -45,8 +45,8 @@ class ChordsPipelineOutput:
 
     @property
     def images(self) -> Any:
-        """The pipeline output's ``images`` (image pipelines)."""
-        return self.output.images
+        """The pipeline output's ``images`` (image pipelines; with ``return_dict=False``, its tuple's first item)."""
+        return self.output[0] if isinstance(self.output, tuple) else self.output.images
 
     @property
     def frames(self) -> Any:
@@ -196,7 +196,8 @@ def sample(
         progress = progress_enabled(pipe)
     with torch.no_grad():
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
-        smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device, **job.timestep_kwargs)
+        smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device,
+                             step_kwargs=job.step_kwargs or None, **job.timestep_kwargs)
         latents = job.make_latents()
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))
