@@ -260,6 +260,10 @@ def test_bad_pipeline_arguments(unet, sd3):
         cd.sample(unet, "x")
     with pytest.raises(TypeError, match="unsupported argument.*callback_on_step_end"):
         cd.sample(sd3, "a cat", num_inference_steps=4, callback_on_step_end=print)
+    with pytest.raises(ValueError, match="method_options: stop is an argument of sample itself"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, method="srds", method_options={"stop": cc.RunAll()})
+    with pytest.raises(ValueError, match="stop: an option of chords, srds, not of method 'cascade'"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, method="cascade", stop=None)
     with pytest.raises(ValueError, match="batch=2 rows"):
         cd.GuidedNet(unet, batch=2, cond={"encoder_hidden_states": torch.zeros(3, 4)})
 

@@ -187,6 +187,9 @@ def sample(
         The ``ChordsPipelineOutput``: the pipeline's usual output (``.images`` / ``.frames``), the
         ``Result`` and the latents.
     """
+    clash = sorted(set(method_options or {}) & {"cores", "init", "stop", "devices", "executor", "progress", "method"})
+    if clash:
+        raise ValueError(f"method_options: {', '.join(clash)} is an argument of sample itself; pass it directly")
     name = type(pipe).__name__
     adapter = ADAPTERS.get(name)
     if adapter is None:
