@@ -52,9 +52,10 @@ __all__ = ["cascade", "DEFAULT_TOL", "PLAIN_TOL", "FULL_TOL_STEPS", "default_tol
 #: each point); see ``default_tol``.
 DEFAULT_TOL = 1.0
 #: The default tolerance for a plain ODE (a ``VectorField``): its dynamics can amplify an early
-#: deviation far more than a diffusion model's (on Lorenz, Van der Pol, Lotka-Volterra, a pendulum
-#: and a rigid body with Euler and Heun at 50-200 steps and 2-8 lanes, ``tol=1`` missed the
-#: no-degradation criterion in 3 of 105 runs, up to 1.071x; 0.25 in none, for 6.6% more rounds).
+#: deviation far more than a diffusion model's (``benchmarks/plain_odes.py``: on Lorenz, Van der Pol,
+#: Lotka-Volterra, a pendulum and a rigid body with Euler and Heun at 50-200 steps and 2-8 lanes,
+#: ``tol=1`` missed the no-degradation criterion in 3 of 105 runs, up to 1.071x; 0.25 in none, for
+#: 6.5% more rounds).
 PLAIN_TOL = 0.25
 #: Below this many steps the default tolerance shrinks in proportion to the steps (``default_tol``).
 FULL_TOL_STEPS = 20

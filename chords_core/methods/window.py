@@ -469,6 +469,7 @@ def sliding_window(
         while b < T:
             e = min(b + window, T)
             cut: int | None = b  # (a sweep whose iterate diverged is cut there and evaluated again)
+            cuts_before = len(cuts)
             while cut is not None:
                 pts = range(b, e)
                 qs: list = [[] for _ in pts]  # point m's stage quantities at m - b
@@ -531,6 +532,8 @@ def sliding_window(
             evaluated_last = xs[e - 1]  # where the window's last points were evaluated this sweep
             evaluated_prev = xs[e - 2] if e - 2 >= b else None
             xs[b + 1 : e + 1] = new[1:]
+            if len(cuts) > cuts_before:  # this sweep was cut at e: what lies past it is the run-off iterate
+                del xs[e + 1:]  # (seeded anew below, copies included)
             end = min(nb + window, T)
             if seeder is None:
                 xs.extend([xs[e]] * (end + 1 - len(xs)))

@@ -1,0 +1,119 @@
+"""The cascade sampler's default on plain ODEs: error against a fine solve over the sequential solver's.
+
+For a ``VectorField`` the default is the local-error scale at ``PLAIN_TOL``. Six ODEs none of the
+defaults was tuned on, two states each: Lorenz (to t = 1.5), Van der Pol with
+mu = 2 (to t = 8) and mu = 0.5 (to 10), a pendulum (to 10), Lotka-Volterra (to 6) and Euler's rigid
+body (to 12); Euler and Heun at 50, 100 and 200 steps; 2, 4 and 8 lanes. Each cell: RMS error against
+a Heun solve on a 40x finer grid over the sequential solver's with the same steps, and the rounds;
+``*`` marks a cell above the no-degradation criterion (1.05), ``E`` a run that raised. Runs whose
+sequential solve itself overflows (Euler at 50 steps on Lorenz) are left out. Columns: the default
+(``cc.parallel``: the local-error scale at ``PLAIN_TOL``) and the local-error scale at ``tol=1`` (the
+default for a diffusion model) and ``tol=0.5``. Also counted: runs with a sweep cut where an iterate
+ran off (a non-finite model output past the window start; README "An iterate that runs off").
+
+    .venv/bin/python benchmarks/plain_odes.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+
+import chords_core as cc
+
+
+def lorenz(t, y):
+    return np.stack([10.0 * (y[..., 1] - y[..., 0]), y[..., 0] * (28.0 - y[..., 2]) - y[..., 1],
+                     y[..., 0] * y[..., 1] - 8.0 / 3.0 * y[..., 2]], -1)
+
+
+def van_der_pol(mu):
+    return lambda t, y: np.stack([y[..., 1], mu * (1.0 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+
+def pendulum(t, y):
+    return np.stack([y[..., 1], -np.sin(y[..., 0])], -1)
+
+
+def lotka_volterra(t, y):
+    return np.stack([1.5 * y[..., 0] - y[..., 0] * y[..., 1], -3.0 * y[..., 1] + y[..., 0] * y[..., 1]], -1)
+
+
+def rigid_body(t, y):
+    return np.stack([y[..., 1] * y[..., 2], -y[..., 0] * y[..., 2], -0.51 * y[..., 0] * y[..., 1]], -1)
+
+
+#: name -> (vector field, initial states, end time)
+ODES = {
+    "lorenz": (lorenz, [[1.0, 1.0, 1.0], [-5.0, 3.0, 20.0]], 1.5),
+    "van der pol 2": (van_der_pol(2.0), [[2.0, 0.0], [0.5, 1.0]], 8.0),
+    "van der pol 0.5": (van_der_pol(0.5), [[2.0, 0.0], [0.5, 1.0]], 10.0),
+    "pendulum": (pendulum, [[1.0, 0.0], [2.5, 0.3]], 10.0),
+    "lotka-volterra": (lotka_volterra, [[10.0, 5.0], [3.0, 2.0]], 6.0),
+    "rigid body": (rigid_body, [[0.0, 1.0, 1.0], [0.3, 0.8, 0.5]], 12.0),
+}
+
+
+def rms(a) -> float:
+    return float(np.sqrt(np.mean(np.square(a))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200])
+    ap.add_argument("--cores", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--solver", nargs="+", default=["euler", "heun"])
+    a = ap.parse_args(argv)
+    runs = {"default": {}, "tol 1": {"scale": "error", "tol": 1.0}, "tol 0.5": {"scale": "error", "tol": 0.5}}
+    print("| ode | solver | steps | " + " | ".join(f"{n}, {k} lanes" for n in runs for k in a.cores) + " |")
+    print("|---|---|---|" + "---|" * (len(runs) * len(a.cores)))
+    misses = {n: 0 for n in runs}
+    worst = {n: 0.0 for n in runs}
+    rounds = {n: 0 for n in runs}
+    raised = {n: 0 for n in runs}
+    cut = {n: 0 for n in runs}
+    count = skipped = 0
+    for name, (f, y0, t_end) in ODES.items():
+        model, y0 = cc.VectorField(f, batched=True), np.asarray(y0)
+        for solver in a.solver:
+            for steps in a.steps:
+                grid = np.linspace(0.0, t_end, steps + 1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        seq = cc.solve(model, y0, grid, solver)
+                    except cc.ModelOutputError:
+                        skipped += 1
+                        continue
+                    ref = cc.solve(model, y0, np.linspace(0.0, t_end, 40 * steps + 1), "heun")
+                err = rms(seq - ref)
+                cells = []
+                for n, kw in runs.items():
+                    for k in a.cores:
+                        count += n == "default"
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            try:
+                                r = cc.parallel(model, y0, grid, solver, cores=k, **kw)
+                            except cc.ModelOutputError:
+                                raised[n] += 1
+                                misses[n] += 1
+                                cells.append("E")
+                                continue
+                        q = rms(r.x - ref) / err
+                        worst[n] = max(worst[n], q)
+                        misses[n] += q > 1.05
+                        rounds[n] += r.rounds
+                        cut[n] += "cut where" in r.stopped_by
+                        cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
+                print(f"| {name} | {solver} | {steps} | " + " | ".join(cells) + " |", flush=True)
+    print(f"\n{count} runs per column ({skipped} (ode, solver, steps) left out: the sequential solve overflows)")
+    for n in runs:
+        print(f"{n}: above 1.05 or raised {misses[n]} (raised {raised[n]}), worst {worst[n]:.3f}, "
+              f"rounds {rounds[n]}, runs with a cut sweep {cut[n]}")
+
+
+if __name__ == "__main__":
+    main()
