@@ -59,10 +59,16 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
 
 
 class DeferredCheck:
-    """Finiteness flags of the rounds' model outputs, kept where the outputs live until ``verify``."""
+    """Finiteness flags of the rounds' model outputs, kept where the outputs live until ``verify``.
 
-    def __init__(self) -> None:
+    Args:
+        decorate: ``decorate(err, *context) -> err``, applied to the error ``verify`` raises (the
+            CHORDS loop adds its hint for a faster core, ``ran_off``), as to an eager one.
+    """
+
+    def __init__(self, decorate: Callable[..., ModelOutputError] | None = None) -> None:
         self.pending: list = []  # (flags, round number, where, context) per round
+        self.decorate = decorate
 
     def add(self, outs: Sequence[Any], round_number: int, where: Callable[..., str], context: tuple) -> None:
         """Keep the round's per-point flags (computed on the device, not read back)."""
@@ -80,7 +86,8 @@ class DeferredCheck:
         k = int(np.argmin(flags))
         for f, rnd, where, context in pending:
             if k < len(f):
-                raise ModelOutputError.nonfinite(k, f"round {rnd}, {where(k, *context)}")
+                err = ModelOutputError.nonfinite(k, f"round {rnd}, {where(k, *context)}")
+                raise err if self.decorate is None else self.decorate(err, *context)
             k -= len(f)
 
 
@@ -318,7 +325,10 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     outputs: list = []
     starts: list[int] = []  # where each output's core started (Outputs.starts)
     result, stopped_by, nfe, t = None, "", 0, sol.t
-    deferred = DeferredCheck()
+    def hint(err: ModelOutputError, evs: tuple) -> ModelOutputError:
+        return ran_off(err, evs, plan.init)
+
+    deferred = DeferredCheck(hint)
 
     def where(p: int, evs: tuple) -> str:
         e = evs[p]
@@ -332,7 +342,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where,
                                       rd.evals, deferred=deferred)
             except ModelOutputError as err:
-                raise ran_off(err, rd.evals, plan.init) from None
+                raise hint(err, rd.evals) from None
             nfe += len(xs)
             finished = records.apply(rd, xs, outs, rounds[n] if n < len(rounds) else None)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)
