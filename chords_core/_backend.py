@@ -626,8 +626,11 @@ def row_sq(d: Array) -> Array:
         flat = d.reshape(d.shape[0], int(np.prod(d.shape[1:])))  # (an empty batch has no -1 to infer)
         einsum = _c_einsum if type(flat) is np.ndarray else np.einsum  # others may dispatch (__array_function__)
         return einsum("ij,ij->i", flat, flat)
-    if library(d) == "torch" and d.dtype in (_torch.float16, _torch.bfloat16):
+    lib = library(d)
+    if lib == "torch" and d.dtype in (_torch.float16, _torch.bfloat16):
         d = d.float()
+    elif lib == "jax" and d.dtype.itemsize < 4:
+        d = d.astype("float32")
     if len(d.shape) <= 1:
         return (d * d).sum()
     return (d * d).reshape(d.shape[0], int(np.prod(d.shape[1:]))).sum(1)

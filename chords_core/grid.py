@@ -90,8 +90,9 @@ def time_grid(
     with np.errstate(divide="ignore", invalid="ignore"):
         start = u(t_max)
     if not np.isfinite(start):
+        also = " and a t_min > 0 (nor end at sigma = 0)" if spacing == "logsnr" else ""
         raise ValueError(f"spacing {spacing!r} cannot start at t_max={t_max:g}, where the signal is 0 (sigma/alpha "
-                         f"is infinite); pass a t_max short of it (for RectifiedFlow, t_max=0.999, say)")
+                         f"is infinite); pass a t_max short of it (for RectifiedFlow, t_max=0.999, say){also}")
     if t_min is None or t_min == t_data:
         end = u(t_data)
         if not np.isfinite(end):

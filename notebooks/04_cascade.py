@@ -8,8 +8,9 @@
 # 3. **Seed orders**: the seed error grows like d^{q+1} with the distance d ahead of the window, for
 #    copies (q = 0), the first-order jump (q = 1) and the cascade's second-order jump (q = 2).
 # 4. **Rounds**: rounds · W ≥ T · n̄ (an identity), and n̄ and the rounds fall with the seed order.
-# 5. **Acceptance within the solver's error**: at the default tolerance the output stays within 5%
-#    of the sequential solver's own error on mixtures the default was not chosen on.
+# 5. **Acceptance within the solver's error**: on the local-error scale (`scale="error"`, the default
+#    for a plain ODE) at tolerance 1 the output stays within 5% of the sequential solver's own error
+#    on mixtures the tolerance was not chosen on.
 # 6. **Where the allowance goes**: with DPM-Solver++(2M) the local-error scale accepts only the exact
 #    point in the first sweep and the noise-level scale (`scale="level"`) more, and at the best
 #    tolerance of each on a small grid the level scale reaches the sequential answer in fewer rounds.

@@ -297,3 +297,27 @@ def test_a_nan_score_is_over_tolerance_as_in_the_core():
             # from index 11 on (t <= 0.45) every output is nan: past it, each sweep accepts one point
             assert all(s.accepted_to == s.start + 1 for s in r.log if s.start >= 12), method
         assert got.rounds >= ref.rounds
+
+
+def test_another_methods_option_is_named_as_the_core_names_it():
+    nmodel, jmodel, x, grid = PROBLEMS["gmm_x0"]
+    for key, value in (("stop", None), ("init", (0, 2)), ("memory", 2), ("blocks", 2)):
+        kw = {key: value}
+        ref = core_error(lambda kw=kw: cc.parallel(nmodel, x, grid, cores=4, **kw))
+        got = core_error(lambda kw=kw: cj.parallel(jmodel, x, grid, cores=4, **kw))
+        assert type(got) is type(ref) is ValueError and str(got) == str(ref) and str(got).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize("dtype, size", [(np.float16, 1e-2), (np.float32, 1e-18)])
+def test_tol_zero_is_exact_when_squares_underflow(dtype, size):
+    """The compiled window at tol 0, as the core: exact means unmoved, also where a change's squares
+    underflow to 0; half-precision states are scored in float32."""
+    field = cc.VectorField(lambda t, y: -3.0 * y, batched=True)
+    grid = np.linspace(0.0, 1.0, 21)
+    y = (np.random.default_rng(0).standard_normal((2, 64)) * size).astype(dtype)
+    seq = cc.solve(field, y, grid)
+    for method in METHODS:
+        got = cj.parallel(field, y, grid, cores=4, method=method, tol=0.0)
+        assert np.array_equal(np.asarray(got.x), seq) and got.x.dtype == dtype, method
+    big = np.ones((1, 70_000), np.float16)  # a float16 sum of squares overflows; float32 does not
+    assert cj.parallel(field, big, grid, cores=4).log == cc.parallel(field, big, grid, cores=4).log

@@ -374,16 +374,19 @@ def test_a_model_that_returns_nan_once_is_reported():
     assert "round 1, window point 2" in res.stopped_by and np.isfinite(res.x).all()
 
 
-@pytest.mark.parametrize("lib", ["numpy", "torch"])
+LIBS = {"numpy": lambda a: a, "torch": lambda a: __import__("torch").from_numpy(a),
+        "jax": lambda a: __import__("jax.numpy").numpy.asarray(a)}
+
+
+@pytest.mark.parametrize("lib", sorted(LIBS))
 def test_edge_states_run_without_warnings(lib):
-    """An empty batch returns an empty batch from every method; a float16 state scores in float32 (no
-    overflow of a large state's sum of squares, no underflowing guard); a tensor that needs gradients
+    """An empty batch returns an empty batch from every method; half-precision states score in float32
+    (a float16 sum of squares overflows from about 65,500 unit elements and then nothing is ever
+    accepted, and its tiny guard underflowed to 0, a division by zero); a tensor that needs gradients
     is scored without a warning. Warnings are errors here."""
     import warnings
 
-    import torch
-
-    as_lib = (lambda a: a) if lib == "numpy" else torch.from_numpy
+    as_lib = LIBS[lib]
     sch = cc.VP.linear()
     model, grid = cc.DiffusionModel(lambda x, t: 0.6 * x + 0.05 * t[:, None], sch, "eps"), cc.time_grid(sch, 6)
     with warnings.catch_warnings():
@@ -391,14 +394,32 @@ def test_edge_states_run_without_warnings(lib):
         for name in sorted(cc.METHODS):
             res = cc.parallel(model, as_lib(np.zeros((0, 8))), grid, "dpmpp_2m", cores=3, method=name)
             assert tuple(res.x.shape) == (0, 8) and type(res.x) is type(as_lib(np.zeros(1))), name
-        y = as_lib(np.ones((1, 70_000), np.float16))  # sum of squares 70,000 > float16's largest, 65,504
         field = cc.VectorField(lambda t, y: -y, batched=True)
-        res = cc.parallel(field, y, np.linspace(0.0, 1.0, 21), cores=4)
-        assert res.x.dtype == y.dtype and res.rounds < 20  # scores finite: points accepted
+        big = np.ones((1, 70_000), np.float16)  # sum of squares 70,000 > float16's largest, 65,504
+        half = cc.parallel(field, as_lib(big), np.linspace(0.0, 1.0, 21), cores=4).rounds
+        single = cc.parallel(field, big.astype(np.float32), np.linspace(0.0, 1.0, 21), cores=4).rounds
+        # about the float32 state's, and neither the sequential 20 nor the floor 5 of accepting everything
+        assert 5 < half < 20 and abs(half - single) <= 2
         if lib == "torch":
+            import torch
+
             x = torch.ones((2, 8), dtype=torch.float64, requires_grad=True)
             cc.parallel(model, x, grid, "dpmpp_2m", cores=3).x.sum().backward()
             assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("lib", sorted(LIBS))
+@pytest.mark.parametrize("dtype, size", [(np.float16, 1e-2), (np.float32, 1e-18)])
+def test_tol_zero_is_exact_when_squares_underflow(lib, dtype, size):
+    """tol 0 accepts a point only when it did not move at all: a change whose squares underflow to 0
+    (float16 at 1e-2, float32 at 1e-18) is a change."""
+    field = cc.VectorField(lambda t, y: -3.0 * y, batched=True)
+    grid = np.linspace(0.0, 1.0, 21)
+    y = LIBS[lib]((np.random.default_rng(0).standard_normal((2, 64)) * size).astype(dtype))
+    seq = np.asarray(cc.solve(field, y, grid))
+    for name in ("cascade", "paradigms", "parasolver", "parataa"):
+        res = cc.parallel(field, y, grid, cores=4, method=name, tol=0.0)
+        assert np.array_equal(np.asarray(res.x), seq), name
 
 
 def test_a_model_returning_another_librarys_array_is_named():

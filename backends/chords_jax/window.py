@@ -61,7 +61,7 @@ import numpy as np
 from chords_core.call import begin
 from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
-from chords_core.methods import METHODS, RECOMMENDED
+from chords_core.methods import METHODS, RECOMMENDED, check_options
 from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.cascade import resolve_scale as cascade_scale
 from chords_core.methods.cascade import tol_steps as cascade_tol_steps
@@ -210,6 +210,8 @@ def _threshold(tol2: float, dtype: Any) -> np.ndarray:
     t = np.float32(min(tol2, float(np.finfo(np.float32).max)))
     if float(t) > tol2:
         t = np.nextafter(t, np.float32(-np.inf))
+    if tol2 > 0 and t == 0:  # stays positive: a threshold of 0 is tol 0, where every change blocks
+        t = np.nextafter(np.float32(0), np.float32(1))
     return np.asarray(t, np.float32)
 
 
@@ -235,7 +237,9 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         cmp = tol2.dtype
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
 
-        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares
+        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (half precision in float32)
+            if jnp.dtype(d.dtype).itemsize < 4:
+                d = d.astype(jnp.float32)
             return (d * d).reshape(d.shape[0], R, -1).sum(-1)
 
         lane = jnp.arange(W, dtype=jnp.int32)
@@ -281,8 +285,6 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
                 # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
                 over = ~(jnp.max(csq * w[:, None], axis=1).astype(cmp) <= tol2)
-                # tol 0: every point exact, also one with w = 0 (variance "out": T - 1), as the core
-                over = over | ((tol2 <= 0) & ~(jnp.max(csq, axis=1) == 0))
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
                 E = row_sq(delta) * tabs["c2"][jnp.minimum(b + lane, T)][:, None] + tiny
@@ -291,6 +293,9 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
                 over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1).astype(cmp) <= tol2),
                                  ~(jnp.max(csq, axis=1) == 0))
+            # tol 0: a point is exact when it did not move at all, as in the core (not when the squares
+            # of its change underflow to 0, nor when it never blocks: variance "out", T - 1)
+            over = jnp.where(tol2 <= 0, jnp.any(moved != 0, axis=1), over)
             hit = over & active
             nb = jnp.where(hit.any(), b + 1 + jnp.argmax(hit).astype(jnp.int32), e)
             # the next window x_nb .. x_{nb+W}: the new points x_{b+1} .. x_e, then the seeds x_{e+1} ..
@@ -399,6 +404,7 @@ def parallel(
                          "chords_jax.srds shard over devices)")
     if name != "cascade" and "window" in options:  # as the core's parallel (cascade: a solver option)
         raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
+    check_options(name, options)  # another method's option, named as the core names it
     mine = {k: options.pop(k) for k in own if k in options}
     if name == "cascade":  # its scale, decided for the model (as the core's, checked before the solver)
         scale = cascade_scale(mine.get("scale", scale), model)

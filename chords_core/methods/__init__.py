@@ -32,8 +32,8 @@ from .parasolver import parasolver
 from .parataa import parataa
 from .srds import srds
 
-__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "cascade", "chords", "paradigms",
-           "parasolver", "parataa", "srds"]
+__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "check_options", "cascade", "chords",
+           "paradigms", "parasolver", "parataa", "srds"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,20 @@ register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks 
                        own_options(srds)))
 
 
+def check_options(name: str, options: dict) -> None:
+    """Refuse, naming it, an option of another registered method given to method ``name`` (which
+    would otherwise reach the solver and be blamed on it); nothing for a method that declares no
+    ``options``."""
+    mine = METHODS[name].options
+    if not mine:
+        return
+    for key in options:
+        owners = sorted(m.name for m in METHODS.values() if key in m.options and key not in mine)
+        if owners:
+            raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "
+                             f"(its options: {', '.join(mine)})")
+
+
 def parallel(
     model: Model,
     x: Any,
@@ -142,11 +156,5 @@ def parallel(
     cores = check_cores(cores, len(check_grid(grid)) - 1)
     if "tol" in options and options["tol"] is None:
         del options["tol"]  # the method's own default
-    mine = METHODS[name].options
-    if mine:  # another method's option is named as such (not passed on to the solver as one of its own)
-        for key in options:
-            owners = sorted(m.name for m in METHODS.values() if key in m.options and key not in mine)
-            if owners:
-                raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "
-                                 f"(its options: {', '.join(mine)})")
+    check_options(name, options)
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)

@@ -150,8 +150,8 @@ def _worst(score: Any) -> float:
         return score.item() if score.size else 0.0  # (an empty batch: no sample over anything)
     if hasattr(score, "detach"):  # a torch tensor, maybe one that needs gradients
         score = score.detach()
-        if score.numel() == 0:
-            return 0.0
+    if (score.numel() if hasattr(score, "numel") else getattr(score, "size", 1)) == 0:
+        return 0.0  # (an empty batch: no sample over anything)
     return float(score.max() if hasattr(score, "max") else score)
 
 
@@ -444,8 +444,6 @@ def sliding_window(
                          "a sliding window supports one or the other")
     # "noise" / "level": the factor on point j's squared change (0: never blocks)
     factor = [v / row_size(x.shape) for v in _inverse_scales(model, sol.times, scale, variance)]
-    if tol2 == 0.0:  # tol 0: every point exact, also one that otherwise never blocks (variance "out": T - 1)
-        factor = [f if f > 0 else 1.0 for f in factor]
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     convert = sol.quantity_of if sol.converts else None
     picard = correction == "picard"
@@ -518,7 +516,12 @@ def sliding_window(
                 if accepted is not None and (m + 1 >= e or unit[m + 1]):
                     continue  # neither a score nor the next point's correction needs how far this one moved
                 moved = B.subtract_into(xn, xs[m + 1], scratch)
-                if accepted is None:
+                if accepted is None and tol2 == 0.0:
+                    # tol 0: exact means unmoved (not a change whose squares underflow to 0, nor a point
+                    # that never blocks, variance "out" at T - 1); a nan is nonzero
+                    if bool(moved.any()):
+                        accepted = m + 1
+                elif accepted is None:
                     change = B.row_sq(moved)
                     if one:
                         change = change[0]
