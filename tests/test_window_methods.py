@@ -369,8 +369,9 @@ def test_a_model_that_returns_nan_once_is_reported():
             out[-1, -1] = np.nan  # the last row: the window's last point
         return out
 
-    with pytest.warns(RuntimeWarning, match=r"cascade: 1 sweep\(s\) cut .*first: round 1, window point 2"):
+    with pytest.warns(RuntimeWarning, match=r"cascade: 1 sweep\(s\) cut .*first: round 1, window point 2") as seen:
         res = cc.parallel(cc.DiffusionModel(flaky, model.schedule, model.prediction), X, grid, "dpmpp_2m", cores=3)
+    assert [w.filename for w in seen] == [__file__]  # points at the caller, not inside the library
     assert "round 1, window point 2" in res.stopped_by and np.isfinite(res.x).all()
 
 
