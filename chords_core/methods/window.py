@@ -51,6 +51,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -190,7 +191,8 @@ def _outside_level() -> int:
     """The ``stacklevel`` of a warning issued by this function's caller that points at the first frame
     outside the ``chords_core`` package (the user's call, through ``parallel`` or not)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
     return level
