@@ -329,6 +329,9 @@ def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, st
     assert res.rounds == len(res.trace) and res.nfe == sum(len(r.evals) for r in res.trace)
     # the run-off points past a cut are seeded anew (copies too), not evaluated again and again
     assert res.rounds < res.sequential_rounds - 5
+    if solver == "heun":  # a cut at stage 1 evaluates stage 1 again for the points kept, not stage 0
+        stages = [rd.evals[0].stage for rd in res.trace]
+        assert (1, 1) in zip(stages, stages[1:])
     if method == "cascade":
         ref = cc.solve(ode, y0, np.linspace(0.0, 8.0, 40 * steps + 1), "heun")
         err = lambda z: float(np.sqrt(np.mean((z - ref) ** 2)))  # noqa: E731

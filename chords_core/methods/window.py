@@ -480,33 +480,35 @@ def sliding_window(
     try:
         while b < T:
             e = min(b + window, T)
-            cut: int | None = b  # (a sweep whose iterate diverged is cut there and evaluated again)
             cuts_before = len(cuts)
-            while cut is not None:
+            qs: list = [[] for _ in range(b, e)]  # point m's stage quantities at m - b
+            idx: Sequence[int]  # the round's points (grid indices) and their time indices
+            ti: Sequence[int]
+            k = 0
+            while k < max(evals[b:e]):  # a round per stage
                 pts = range(b, e)
-                qs: list = [[] for _ in pts]  # point m's stage quantities at m - b
-                idx: Sequence[int]  # the round's points (grid indices) and their time indices
-                ti: Sequence[int]
-                cut = None
-                for k in range(max(evals[b:e])):
-                    if k == 0:
-                        idx, px, ti = pts, xs[b:e], pts
-                    else:
-                        idx = [m for m in pts if evals[m] > k]
-                        staged = [sol.stage_point(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
-                        px, ti = [p for p, _ in staged], [j for _, j in staged]
-                    rounds += 1
-                    nfe, width = nfe + len(idx), max(width, len(idx))
-                    trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
-                    try:
-                        outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
-                    except ModelOutputError as err:
-                        e = cut = diverged_at(err, idx, b)
-                        cuts.append((rounds, cut))
-                        break
-                    for m, xp, j, out in zip(idx, px, ti, outs):
-                        qs[m - b].append(out if convert is None else convert(xp, out, j))
-                    del outs, px, out, xp  # the quantities hold what is needed of the round
+                if k == 0:
+                    idx, px, ti = pts, xs[b:e], pts
+                else:
+                    idx = [m for m in pts if evals[m] > k]
+                    staged = [sol.stage_point(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
+                    px, ti = [p for p, _ in staged], [j for _, j in staged]
+                rounds += 1
+                nfe, width = nfe + len(idx), max(width, len(idx))
+                trace.append(Round(rounds, tuple(map(Eval, [m - b for m in idx], idx, [k] * len(idx), ti))))
+                try:
+                    outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
+                except ModelOutputError as err:
+                    # the iterate ran off at a point past b: the sweep is cut before it and this stage
+                    # evaluated again (the earlier stages' quantities of the points kept stay valid)
+                    e = diverged_at(err, idx, b)
+                    cuts.append((rounds, e))
+                    del qs[e - b:]
+                    continue
+                for m, xp, j, out in zip(idx, px, ti, outs):
+                    qs[m - b].append(out if convert is None else convert(xp, out, j))
+                del outs, px, out, xp  # the quantities hold what is needed of the round
+                k += 1
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
             if local is not None:
