@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .plan import Plan, Round
 
-__all__ = ["Hit", "Result"]
+__all__ = ["Hit", "Result", "as_array"]
+
+
+def as_array(x: Any) -> Any:
+    """A 0-d numpy state as a 0-d array: numpy arithmetic on 0-d arrays returns scalars
+    (``np.float64``), which are not ``ndarray``; every other value as it is."""
+    return np.asarray(x) if isinstance(x, np.generic) else x
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,9 @@ class Hit:
     round: int
     nfe: int
     x: Any = field(repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", as_array(self.x))
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,10 @@ class Result:
     trace: tuple[Round, ...] = field(default=(), repr=False)
     log: tuple = field(default=(), repr=False)
     plan: Plan | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", as_array(self.x))
+        object.__setattr__(self, "coarse", as_array(self.coarse))
 
     @property
     def speedup(self) -> float:

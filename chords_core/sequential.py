@@ -6,6 +6,7 @@ from typing import Any
 
 from .call import begin
 from .models import Model, ModelOutputError
+from .results import as_array
 from .solvers import Solver
 
 __all__ = ["solve"]
@@ -43,4 +44,4 @@ def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, pr
                 raise ModelOutputError(0, f"step {i} (stage {k}, t={sol.t[ti]:.6g}): {e}") from None
             qs.append(sol.quantity_of(xk, out, ti))
         state = sol.step(state, qs, i, i + 1)
-    return state.x
+    return as_array(state.x)

@@ -353,3 +353,16 @@ def test_a_solver_bound_elsewhere_is_refused():
         cc.solve(FLOW, X, GRID, sol)
     with pytest.raises(ValueError, match="solver: a Solver bound to another model"):
         cc.parallel(GMM.model(RF, "x0"), X, fine, sol, cores=2)
+
+
+def test_a_0d_state_comes_back_an_array():
+    """numpy arithmetic on 0-d arrays returns scalars; the results are 0-d arrays, as the input was."""
+    field = cc.VectorField(lambda t, y: -y)
+    grid, y = np.linspace(0.0, 1.0, 11), np.array(1.0)
+    seq = cc.solve(field, y, grid)
+    assert type(seq) is np.ndarray and seq.shape == ()
+    for name in sorted(cc.METHODS):
+        kw = {"stop": None} if name == "chords" else {"stop": cc.RunAll()} if name == "srds" else {"tol": 0.0}
+        res = cc.parallel(field, y, grid, cores=2, method=name, **kw)
+        assert type(res.x) is np.ndarray and res.x.shape == () and all(type(h.x) is np.ndarray for h in res.hits)
+        assert np.array_equal(res.x, seq), name
