@@ -612,38 +612,35 @@ except ImportError:  # another numpy layout: the public function, the same resul
     _c_einsum = np.einsum
 
 
+def _single_or_wider(x: Array) -> Array:
+    """``x``, with half-precision values (float16, bfloat16) in float32: their sums of squares
+    overflow from about 65,504 (a state of that many unit values) and a tiny guard added to them
+    underflows."""
+    if getattr(x.dtype, "itemsize", 4) < 4:
+        return x.float() if library(x) == "torch" else x.astype(np.float32)
+    return x
+
+
 def row_sq(d: Array) -> Array:
     """Per-sample sum of squares over all but the leading (batch) axis; a 0-d value for a state
-    without a batch axis (1-D or 0-d). numpy: one pass without a temporary. Half-precision values
-    (float16, bfloat16) are summed in float32: in their own precision a sum of squares overflows
-    from about 65,504 (a state of that many unit values) and a tiny guard added to it underflows."""
-    tp = type(d)
-    if tp is np.ndarray or library(d) == "numpy":
-        if d.dtype.itemsize < 4:
-            d = d.astype(np.float32)
-        if len(d.shape) <= 1:
-            return (d * d).sum()
-        flat = d.reshape(d.shape[0], int(np.prod(d.shape[1:])))  # (an empty batch has no -1 to infer)
-        einsum = _c_einsum if type(flat) is np.ndarray else np.einsum  # others may dispatch (__array_function__)
-        return einsum("ij,ij->i", flat, flat)
-    lib = library(d)
-    if lib == "torch" and d.dtype in (_torch.float16, _torch.bfloat16):
-        d = d.float()
-    elif lib == "jax" and d.dtype.itemsize < 4:
-        d = d.astype("float32")
+    without a batch axis (1-D or 0-d). numpy: one pass without a temporary. Half precision is
+    summed in float32 (``_single_or_wider``)."""
+    d = _single_or_wider(d)
     if len(d.shape) <= 1:
         return (d * d).sum()
-    return (d * d).reshape(d.shape[0], int(np.prod(d.shape[1:]))).sum(1)
+    flat = d.reshape(d.shape[0], -1) if d.shape[0] else d.reshape(0, 0)  # (an empty batch: no -1 to infer)
+    if type(flat) is np.ndarray or library(flat) == "numpy":
+        einsum = _c_einsum if type(flat) is np.ndarray else np.einsum  # others may dispatch (__array_function__)
+        return einsum("ij,ij->i", flat, flat)
+    return (flat * flat).sum(1)
 
 
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float (of a tensor's value: no autograd);
-    16-bit floats are summed in float32 (their sum of squares overflows from about 65,000 elements
-    of unit size)."""
+    16-bit floats are summed in float32 (``_single_or_wider``)."""
     if getattr(x, "requires_grad", False):
         x = x.detach()
-    if getattr(x.dtype, "itemsize", 4) < 4:
-        x = x.float() if library(x) == "torch" else x.astype(np.float32)
+    x = _single_or_wider(x)
     n = _numel(x)
     return float(((x * x).sum() / n) ** 0.5) if n else 0.0  # (an empty batch: 0)
 

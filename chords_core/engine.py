@@ -116,12 +116,14 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     step and stage of the point in the method's terms); ``where`` is only called then, so a method
     passes the round's data as ``context`` instead of building a closure every round. Where the
     model defers its finiteness check, the flags go to ``deferred`` (the caller verifies them
-    later), or without one are checked here.
+    later), or without one are checked here; ``deferred.decorate`` applies to an error raised at once
+    as to a deferred one.
     """
     try:
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
-        raise ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
+        named = ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}")
+        raise (named if deferred is None or deferred.decorate is None else deferred.decorate(named, *context)) from None
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
@@ -325,10 +327,11 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     outputs: list = []
     starts: list[int] = []  # where each output's core started (Outputs.starts)
     result, stopped_by, nfe, t = None, "", 0, sol.t
+
     def hint(err: ModelOutputError, evs: tuple) -> ModelOutputError:
         return ran_off(err, evs, plan.init)
 
-    deferred = DeferredCheck(hint)
+    deferred = DeferredCheck(hint)  # its hint applies to eager errors too (``evaluate_round``)
 
     def where(p: int, evs: tuple) -> str:
         e = evs[p]
@@ -338,11 +341,8 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     try:
         for n, rd in enumerate(rounds, 1):
             xs = records.points(rd)
-            try:
-                outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where,
-                                      rd.evals, deferred=deferred)
-            except ModelOutputError as err:
-                raise hint(err, rd.evals) from None
+            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
+                                  deferred=deferred)
             nfe += len(xs)
             finished = records.apply(rd, xs, outs, rounds[n] if n < len(rounds) else None)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chords_core import _backend as B
 from chords_core.call import begin
 from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
@@ -237,10 +238,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         cmp = tol2.dtype
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
 
-        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (half precision in float32)
-            if jnp.dtype(d.dtype).itemsize < 4:
-                d = d.astype(jnp.float32)
-            return (d * d).reshape(d.shape[0], R, -1).sum(-1)
+        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (the core's, on L R rows)
+            return B.row_sq(d.reshape(d.shape[0] * R, -1)).reshape(d.shape[0], R)
 
         lane = jnp.arange(W, dtype=jnp.int32)
         rows = jnp.arange(W + 1, dtype=jnp.int32)

@@ -149,11 +149,11 @@ def _worst(score: Any) -> float:
     tp = type(score)
     if tp is np.float32 or tp is np.float64 or tp is float:
         return float(score)  # one sample: its score (the cheap hot cases)
-    if tp is np.ndarray and score.size <= 1:
-        return score.item() if score.size else 0.0  # (an empty batch: no sample over anything)
+    if tp is np.ndarray and score.size == 1:
+        return score.item()
     if hasattr(score, "detach"):  # a torch tensor, maybe one that needs gradients
         score = score.detach()
-    if (score.numel() if hasattr(score, "numel") else getattr(score, "size", 1)) == 0:
+    if B._numel(score) == 0:
         return 0.0  # (an empty batch: no sample over anything)
     return float(score.max() if hasattr(score, "max") else score)
 
