@@ -64,6 +64,7 @@ from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED, check_options
 from chords_core.methods.cascade import default_tol as cascade_tol
+from chords_core.methods.cascade import default_tol_for as cascade_tol_for
 from chords_core.methods.cascade import resolve_scale as cascade_scale
 from chords_core.methods.cascade import tol_steps as cascade_tol_steps
 from chords_core.methods.paradigms import paradigms as _paradigms
@@ -78,7 +79,7 @@ from chords_core.methods.window import (
     row_size,
     tolerance_sq,
 )
-from chords_core.models import DiffusionModel, ModelOutputError
+from chords_core.models import ModelOutputError
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
@@ -407,7 +408,7 @@ def parallel(
     mine = {k: options.pop(k) for k in own if k in options}
     if name == "cascade":  # its scale, decided for the model (as the core's, checked before the solver)
         scale = cascade_scale(mine.get("scale", scale), model)
-        default_tol = partial(cascade_tol, scale=scale, plain=not isinstance(model, DiffusionModel))
+        default_tol = partial(cascade_tol_for, model, scale=scale)
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps

@@ -46,7 +46,7 @@ from .parataa import DEFAULT_TOL as PARATAA_TOL
 from .window import sliding_window
 
 __all__ = ["cascade", "DEFAULT_TOL", "PLAIN_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL", "tol_steps",
-           "resolve_scale"]
+           "resolve_scale", "default_tol_for"]
 
 #: The default tolerance from ``FULL_TOL_STEPS`` steps up (relative to the solver's local error at
 #: each point); see ``default_tol``.
@@ -105,6 +105,12 @@ def default_tol(steps: int, scale: str = "error", plain: bool = False) -> float:
     return (PLAIN_TOL if plain else DEFAULT_TOL) * min(1.0, steps / FULL_TOL_STEPS)
 
 
+def default_tol_for(model: Any, steps: int, scale: str) -> float:
+    """``default_tol`` for ``model`` (a plain ODE is anything but a ``DiffusionModel``), ``scale``
+    decided already (``resolve_scale``): the one place the core and ``chords_jax`` take it from."""
+    return default_tol(steps, scale, not isinstance(model, DiffusionModel))
+
+
 def cascade(
     model: Model,
     x: Any,
@@ -145,7 +151,7 @@ def cascade(
     steps = len(check_grid(grid)) - 1
     cores = check_int("cores", cores, 1, steps)  # named as here, not as the window's "window"
     if tol is None:
-        tol = default_tol(steps, scale, not isinstance(model, DiffusionModel))
+        tol = default_tol_for(model, steps, scale)
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
                           scale=scale, anderson=anderson, ridge=ridge, tol_steps=tol_steps(scale), executor=executor,
                           progress=progress, method="cascade", solver_options=solver_options)
