@@ -180,6 +180,25 @@ def test_user_stop_rule_with_srds_and_parallel():
         cc.srds(MODEL, X, GRID, blocks=4, tol=1e-3, stop=StopWhenClose(tol))
 
 
+def test_stop_none_runs_everything_in_chords_and_srds_alike():
+    """``stop=None`` means one thing: run every core (chords) or every iteration (srds), whose last
+    output is the sequential solution; each method's default rule is its own."""
+    seq = cc.solve(MODEL, X, GRID)
+    every = cc.srds(MODEL, X, GRID, blocks=4, stop=None)
+    assert every.stopped_by == cc.srds(MODEL, X, GRID, blocks=4, stop=cc.RunAll()).stopped_by
+    assert len(every.hits) == 4 and np.array_equal(every.x, seq)
+    assert np.array_equal(cc.chords(MODEL, X, GRID, cores=4, stop=None).x, seq)
+    default = cc.srds(MODEL, X, GRID, blocks=4)
+    from chords_core.methods.srds import SRDS_STOP
+
+    assert SRDS_STOP == cc.StopOnResidual(1e-3)
+    same = cc.srds(MODEL, X, GRID, blocks=4, stop=cc.StopOnResidual(1e-3))
+    assert default.stopped_by == same.stopped_by and np.array_equal(default.x, same.x)
+    assert default.rounds < every.rounds  # the default rule stops early here
+    with pytest.raises(ValueError, match="tol or stop"):
+        cc.srds(MODEL, X, GRID, blocks=4, tol=1e-3, stop=None)
+
+
 _W = np.random.default_rng(1).standard_normal((6, 6)) / np.sqrt(6)
 
 

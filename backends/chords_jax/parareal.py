@@ -22,7 +22,7 @@ import numpy as np
 import chords_core as cc
 from chords_core.call import check_model
 from chords_core.checks import check_grid, check_int
-from chords_core.methods.srds import srds_blocks, srds_log, srds_rule, srds_run, srds_stop
+from chords_core.methods.srds import SRDS_STOP, srds_blocks, srds_log, srds_rule, srds_run, srds_stop
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
 from chords_core.stopping import RunAll, StopRule, warn_unmet
@@ -103,7 +103,7 @@ def srds(
     blocks: int | None = None,
     tol: float | None = None,
     max_iters: int | None = None,
-    stop: StopRule | None = None,
+    stop: StopRule | None = SRDS_STOP,
     devices: Any = None,
     executor: None = None,
     progress: bool = False,
@@ -127,9 +127,10 @@ def srds(
         grid: the T + 1 times.
         solver: a name in ``SOLVERS`` or a bound ``Solver``.
         blocks: the number of parareal blocks (1..T; default round(sqrt(T))).
-        tol: shorthand for ``stop=StopOnResidual(tol)`` (default 1e-3), as in the core.
+        tol: shorthand for ``stop=StopOnResidual(tol)``, as in the core.
         max_iters: the most iterations (default and at most ``blocks``).
-        stop: any stop rule over the iterations' outputs; not with ``tol``.
+        stop: any stop rule over the iterations' outputs; not with ``tol``; the default
+            ``StopOnResidual(1e-3)``, ``None`` every iteration, as in the core.
         devices: as for ``chords_jax.chords``: the slots (at most B per round) are sharded over it.
         executor: must be None (the compiled scan is the executor).
         progress: accepted and ignored.

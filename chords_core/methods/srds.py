@@ -40,7 +40,11 @@ from ..results import Hit, Result
 from ..solvers import Solver
 from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, warn_unmet
 
-__all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_blocks", "SrdsIteration"]
+__all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_blocks", "SrdsIteration", "SRDS_STOP"]
+
+#: SRDS' default stop rule (the paper's): the first iteration whose final sample moved by an RMS below
+#: 1e-3. ``stop=None`` runs every iteration, as ``chords``' ``stop=None`` runs every core.
+SRDS_STOP = StopOnResidual(1e-3)
 
 
 def srds_blocks(steps: int, blocks: int | None = None) -> tuple[int, ...]:
@@ -77,7 +81,7 @@ def srds(
     blocks: int | None = None,
     tol: float | None = None,
     max_iters: int | None = None,
-    stop: StopRule | None = None,
+    stop: StopRule | None = SRDS_STOP,
     executor: Executor | None = None,
     progress: bool = False,
     **solver_options: Any,
@@ -87,11 +91,13 @@ def srds(
     Args:
         model, x, grid, solver, executor, solver_options: as for ``chords``.
         blocks: B, the number of parareal blocks (1..T).
-        tol: shorthand for ``stop=StopOnResidual(tol)`` (default 1e-3): stop at the first iteration
-            whose final sample moved by an RMS below ``tol``; ``tol=0`` runs every iteration.
+        tol: shorthand for ``stop=StopOnResidual(tol)``: stop at the first iteration whose final
+            sample moved by an RMS below ``tol``; ``tol=0`` runs every iteration.
         max_iters: the most iterations (default and at most ``blocks``, after which the output is
             the sequential solution).
-        stop: any stop rule over the iterations' outputs (``stopping``); not with ``tol``.
+        stop: any stop rule over the iterations' outputs (``stopping``); not with ``tol``. The
+            default, ``SRDS_STOP``, is ``StopOnResidual(1e-3)``; ``None`` runs every iteration (the
+            last is the sequential solution), as ``chords``' ``stop=None`` runs every core.
         progress: show a progress bar over iterations (needs tqdm).
 
     Returns:
@@ -113,13 +119,14 @@ def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
 
 
 def srds_rule(tol: float | None, stop: StopRule | None) -> StopRule:
-    """SRDS' stop rule from its ``tol`` / ``stop`` arguments: ``stop``, or ``StopOnResidual(tol)``
-    (``tol`` default 1e-3); not both."""
-    if stop is not None and tol is not None:
-        raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
-    if stop is not None:
+    """SRDS' stop rule from its ``tol`` / ``stop`` arguments: ``StopOnResidual(tol)`` where ``tol`` is
+    given (``stop`` then left at its default, ``SRDS_STOP``), else ``stop`` (``None``: ``RunAll()``,
+    every iteration)."""
+    if tol is None:
         return as_stop_rule(stop)
-    return StopOnResidual(1e-3 if tol is None else check_float("tol", tol, 0.0))
+    if stop is not SRDS_STOP:
+        raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
+    return StopOnResidual(check_float("tol", tol, 0.0))
 
 
 def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, blocks: int,
@@ -152,7 +159,7 @@ def srds_run(
     blocks: int | None = None,
     tol: float | None = None,
     max_iters: int | None = None,
-    stop: StopRule | None = None,
+    stop: StopRule | None = SRDS_STOP,
     executor: Executor | None = None,
     progress: bool = False,
     **solver_options: Any,
