@@ -103,7 +103,7 @@ def ran_off(err: ModelOutputError, evals: Sequence[Eval], init: Sequence[int]) -
     c = evals[err.point].core if err.is_nonfinite and 0 <= err.point < len(evals) else 0
     if c == 0:
         return err
-    return ModelOutputError(err.point, f"{err}; core {c} started at step {init[c]} with a coarse jump from x_0 and "
+    return err.relabel(err.point, f"{err}; core {c} started at step {init[c]} with a coarse jump from x_0 and "
                             "may have run off to where the model overflows (a plain ODE with far starts): the "
                             "cascade sampler (cc.parallel) or an init with closer starts avoids it")
 
@@ -122,7 +122,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     try:
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
-        named = ModelOutputError(err.point, f"round {round_number}, {where(err.point, *context)}: {err}")
+        named = err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}")
         raise (named if deferred is None or deferred.decorate is None else deferred.decorate(named, *context)) from None
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred

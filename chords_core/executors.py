@@ -156,7 +156,7 @@ class BatchedExecutor(Executor):
             try:
                 outs += model.evaluate(part, ts[a:a + m], batched=True, workspace=self.workspace)
             except ModelOutputError as e:
-                raise ModelOutputError(a + e.point, str(e)) from None
+                raise e.relabel(a + e.point, str(e)) from None
         if stacked is not None:  # every part passed on as it lies: its outputs were checked against it
             stacked.joined = all(p.joined for p in parts)
         return outs

@@ -46,23 +46,35 @@ class ModelOutputError(RuntimeError):
     Args:
         point: the index of the offending point in the call (``xs`` of ``evaluate`` / an executor).
         message: what was wrong.
+        nonfinite: whether the output held nan or inf (``is_nonfinite``; ``nonfinite`` makes such an
+            error), not a wrong type, shape or dtype.
     """
 
-    def __init__(self, point: int, message: str) -> None:
+    def __init__(self, point: int, message: str, nonfinite: bool = False) -> None:
         super().__init__(message)
         self.point = point
+        self._nonfinite = bool(nonfinite)
 
     @property
     def is_nonfinite(self) -> bool:
-        """Whether the output held nan or inf (not a wrong shape or dtype): what ``nonfinite`` made,
-        also after the error was re-raised with the round and point added to its message."""
-        return NONFINITE in str(self)
+        """Whether the output held nan or inf (not a wrong type, shape or dtype); kept where the error
+        is re-raised with the round and point added (``relabel``), also across processes."""
+        return self._nonfinite
+
+    def relabel(self, point: int, message: str) -> ModelOutputError:
+        """This error, of the same kind, at ``point`` of another call (a round's, a batch part's) and
+        with ``message`` (which usually adds where the point is to ``str(self)``)."""
+        return ModelOutputError(point, message, self._nonfinite)
+
+    def __reduce__(self) -> tuple:
+        """Pickled with its point and kind (the default would call ``__init__`` with the message alone)."""
+        return ModelOutputError, (self.point, str(self), self._nonfinite)
 
     @classmethod
     def nonfinite(cls, point: int, where: str | None = None) -> ModelOutputError:
         """The error for a nan or inf in the output at ``point``; ``where``: the round and the point in
         the method's own terms (``"round 3, core 2 (step 7, stage 0, t=0.86)"``), leading the message."""
-        return cls(point, NONFINITE if where is None else f"{where}: {NONFINITE}")
+        return cls(point, NONFINITE if where is None else f"{where}: {NONFINITE}", True)
 
 
 #: what a non-finite model output is called in every error (``ModelOutputError.nonfinite``)
@@ -175,7 +187,7 @@ class Model:
             try:
                 outs.append(self._call([x], [t])[0])
             except ModelOutputError as e:
-                raise ModelOutputError(k, str(e)) from None
+                raise e.relabel(k, str(e)) from None
         return outs
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
@@ -335,7 +347,7 @@ class VectorField(Model):
                 try:
                     out = self._check(self.f(float(t), x), x, 1, 1)
                 except ModelOutputError as e:
-                    raise ModelOutputError(k, str(e)) from None
+                    raise e.relabel(k, str(e)) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)

@@ -41,7 +41,7 @@ def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, pr
             try:
                 out = model.evaluate([xk], [sol.t[ti]])[0]
             except ModelOutputError as e:
-                raise ModelOutputError(0, f"step {i} (stage {k}, t={sol.t[ti]:.6g}): {e}") from None
+                raise e.relabel(0, f"step {i} (stage {k}, t={sol.t[ti]:.6g}): {e}") from None
             qs.append(sol.quantity_of(xk, out, ti))
         state = sol.step(state, qs, i, i + 1)
     return as_array(state.x)

@@ -3,6 +3,8 @@ per CHORDS output (no device synchronisation per round), naming the same round a
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -252,3 +254,29 @@ def test_a_held_ctrl_c_is_delivered_when_the_round_fails():
             raise ValueError("the round failed")
     assert isinstance(info.value.__context__, ValueError)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_kind_of_a_bad_output_is_carried_not_read_from_the_message():
+    """``is_nonfinite`` survives every re-raise that adds the round and point (batch parts, the
+    round's naming, the sequential solve) and pickling; a wrong shape is not non-finite even where
+    its message quotes the non-finite one."""
+    from chords_core.models import NONFINITE
+
+    grid = cc.time_grid(cc.RectifiedFlow(), T)
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    for run in (lambda m: cc.chords(m, x, grid, cores=CORES, stop=None),
+                lambda m: cc.chords(m, x, grid, cores=CORES, stop=None, executor=cc.BatchedExecutor(max_batch_bytes=48)),
+                lambda m: cc.solve(m, x, grid)):
+        with pytest.raises(cc.ModelOutputError) as info:
+            run(cc.DiffusionModel(_poisoned(3), cc.RectifiedFlow(), "flow"))
+        assert info.value.is_nonfinite and NONFINITE in str(info.value)
+
+    def wrong_shape(x, t):
+        raise cc.ModelOutputError(0, f"a custom check: shape (1,) unlike the state, not '{NONFINITE}'")
+
+    with pytest.raises(cc.ModelOutputError) as info:
+        cc.chords(cc.DiffusionModel(wrong_shape, cc.RectifiedFlow(), "flow"), x, grid, cores=CORES, stop=None)
+    assert not info.value.is_nonfinite and NONFINITE in str(info.value)
+    for err in (cc.ModelOutputError.nonfinite(3, "round 2, core 1"), cc.ModelOutputError(1, "shape")):
+        back = pickle.loads(pickle.dumps(err))
+        assert (back.point, str(back), back.is_nonfinite) == (err.point, str(err), err.is_nonfinite)

@@ -108,6 +108,7 @@ def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
     rep = report(outs[0])
     # rank 2 serves core 1 (rank 0 only drives); its 2nd evaluation is in round 3 (core 1 starts in round 2)
     assert rep["error"].startswith("ModelOutputError: round 3, core 1") and "non-finite" in rep["error"], outs[0]
+    assert rep["nonfinite"] is True  # the kind travels with the error, not only its message
     assert codes == [1, 0, 0], outs  # the driver failed, both workers were told to stop and left cleanly
 
 

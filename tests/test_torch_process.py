@@ -80,7 +80,7 @@ def test_worker_errors_raise_in_the_caller_and_the_executor_stays_usable(trap_ex
     else:
         with pytest.raises(ModelOutputError, match="shape" if mode == "shape" else "non-finite") as info:
             trap_executor(MODEL, bad, [0.5] * 5)
-        assert info.value.point == 3
+        assert info.value.point == 3 and info.value.is_nonfinite == (mode == "nan")  # the kind, from the worker
     assert time.monotonic() - t0 < 10  # bounded (the executor's timeout is 20 s)
     good = trap_executor(MODEL, xs, [0.5] * 5)
     assert all(torch.equal(a, b) for a, b in zip(good, cc.SerialExecutor()(MODEL, xs, [0.5] * 5)))

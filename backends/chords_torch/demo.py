@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = cc.chords(model, x, grid, a.solver, cores=a.cores, stop=None, executor=ex)
             except Exception as e:
                 report["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+                if isinstance(e, cc.ModelOutputError):
+                    report["nonfinite"] = e.is_nonfinite  # the kind, carried from the worker rank
                 print(json.dumps(report), flush=True)
                 return 1
         ref = cc.chords(model, x, grid, a.solver, cores=a.cores, stop=None, executor=cc.SerialExecutor())

@@ -171,7 +171,7 @@ class DeviceExecutor(Executor):
             try:
                 outs = model.evaluate(pts, tts, batched=self.batched)
             except ModelOutputError as e:
-                raise ModelOutputError(idx[e.point], str(e)) from None
+                raise e.relabel(idx[e.point], str(e)) from None
             except Exception as e:  # the model's own exception, with its traceback text
                 raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
                                   f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}") from e

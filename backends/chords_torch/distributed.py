@@ -13,10 +13,10 @@ runs on nccl): the driver sends a header ``int64[16] = [cmd, n, dtype, ndim, pay
 data (JSON: class names and fields; no pickle), with the round timeout in milliseconds in the
 header's slot 6; for ``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status,
 point, length]`` and the outputs (status 0), or the error message as bytes (1: bad model output at
-``point``, 2: exception). ``_common.load_shell`` instantiates only the library's model and schedule
-classes, without running their code: bytes received over the process group never run code on a
-worker. The process group itself is not authenticated: run it on a trusted network
-(``docs/torch.md``).
+``point``, 3: non-finite model output at ``point``, 2: exception). ``_common.load_shell``
+instantiates only the library's model and schedule classes, without running their code: bytes
+received over the process group never run code on a worker. The process group itself is not
+authenticated: run it on a trusted network (``docs/torch.md``).
 
 Faults: a worker's exception / bad output raises in the driver (``WorkerError`` /
 ``ModelOutputError``) once every answer of the round is in, and the executor stays usable. A dead
@@ -327,9 +327,9 @@ class DistributedExecutor(Executor):
                 failures.append((code, idx[point], r, body))
         self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
         if failures:
-            code, k, r, msg = min(failures)
-            if code == 1:
-                raise ModelOutputError(k, msg)
+            code, k, r, msg = min(failures, key=lambda f: (f[0] == 2, f[1], f[2]))  # model errors first
+            if code in (1, 3):
+                raise ModelOutputError(k, msg, code == 3)
             raise WorkerError(f"rank {r}: {msg}")
         return outs
 
@@ -429,7 +429,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 out = torch.stack([o.to(comm, dtype) for o in outs])
             answer = (0, 0, out)
         except ModelOutputError as e:
-            answer = (1, e.point, _bytes_tensor(str(e).encode(), comm))
+            answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm))
         except Exception as e:
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
             answer = (2, 0, _bytes_tensor(msg.encode(), comm))

@@ -131,7 +131,7 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                         xout[j].copy_(o)
                 conn.send(("ok",))
         except ModelOutputError as e:
-            conn.send(("model_error", e.point, str(e)))
+            conn.send(("model_error", e.point, str(e), e.is_nonfinite))
         except BaseException as e:
             if op != "eval":
                 setup_error = e  # reported with the next evaluation
@@ -346,7 +346,7 @@ class ProcessExecutor(Executor):
         for w in active:  # all replies are in: raise the first failure in point order
             rep = replies[w]
             if rep[0] == "model_error":
-                raise ModelOutputError(groups[w][rep[1]], rep[2])
+                raise ModelOutputError(groups[w][rep[1]], rep[2], rep[3])
         for w in active:
             rep = replies[w]
             if rep[0] != "ok":
