@@ -6,6 +6,10 @@ the grid (also against the model's schedule), binds the solver and picks the def
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -16,7 +20,7 @@ from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import Solver, make_solver
 
-__all__ = ["check_model", "check_state", "begin", "Call"]
+__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller"]
 
 
 def check_model(model: Any, name: str = "model") -> Model:
@@ -110,3 +114,14 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
         raise TypeError(
             f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
     return Call(model, times, sol, executor)
+
+
+def warn_caller(message: str, category: type[Warning]) -> None:
+    """Issue a warning that points at the first frame outside the ``chords_core`` package: the
+    user's call, whether through ``parallel`` or not (a run that went on past a non-finite output)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame: FrameType | None = sys._getframe(0)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -8,7 +8,9 @@ once, converts them to the solver's quantity and applies the plan's updates in c
 - rectification  x_j <- F(own) - G(own anchor; b -> j) + G(slower core at b; b -> j)
                       = F + a (x_slow - x_anchor) + b (q_slow - q_anchor)   (``rectify``).
 
-Core 0 is never rectified, so its output is the sequential solution bit for bit. Multistep solvers
+Core 0 is never rectified, so its output is the sequential solution bit for bit. A faster core whose
+model output is not finite (its far coarse start ran off, on a plain ODE) is retired with the cores
+faster than it, and the slower ones go on (``Survivors``); core 0's non-finite output raises. Multistep solvers
 keep a per-core history of model quantities; at a rectification the ``history`` policy
 (``history.move``) decides what happens to it.
 
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
+from .call import warn_caller
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
@@ -37,7 +40,7 @@ from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
 
-__all__ = ["rectify", "evaluate_round", "ran_off", "DeferredCheck", "CoreRecords", "run_plan", "plan_result"]
+__all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "Survivors", "run_plan", "plan_result"]
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
@@ -59,53 +62,49 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
 
 
 class DeferredCheck:
-    """Finiteness flags of the rounds' model outputs, kept where the outputs live until ``verify``.
+    """Finiteness flags of the rounds' model outputs, kept where the outputs live until ``verify``."""
 
-    Args:
-        decorate: ``decorate(err, *context) -> err``, applied to the error ``verify`` raises (the
-            CHORDS loop adds its hint for a faster core, ``ran_off``), as to an eager one.
-    """
-
-    def __init__(self, decorate: Callable[..., ModelOutputError] | None = None) -> None:
+    def __init__(self) -> None:
         self.pending: list = []  # (flags, round number, where, context) per round
-        self.decorate = decorate
 
     def add(self, outs: Sequence[Any], round_number: int, where: Callable[..., str], context: tuple) -> None:
         """Keep the round's per-point flags (computed on the device, not read back)."""
         self.pending.append((B.finite_flags(outs), round_number, where, context))
 
+    def first_bad(self) -> tuple[ModelOutputError, int, tuple] | None:
+        """Read every pending flag back at once: ``None`` if all are finite (they are then dropped),
+        else the ``ModelOutputError`` naming the round and point of the first non-finite output, that
+        round's number and its context; the flags then stay pending (see ``keep``)."""
+        if not self.pending:
+            return None
+        flags = B.to_host(B.concat([f for f, *_ in self.pending]))
+        if flags.all():
+            self.pending = []
+            return None
+        k = int(np.argmin(flags))
+        for f, rnd, where, context in self.pending:
+            if k < len(f):
+                return ModelOutputError.nonfinite(k, f"round {rnd}, {where(k, *context)}"), rnd, context
+            k -= len(f)
+        raise AssertionError("a flag past the pending rounds")  # (argmin lies within the concatenation)
+
+    def keep(self, count: Callable[..., int]) -> None:
+        """Keep of each pending round only its first ``count(*context)`` flags (the points of the
+        cores still running, a prefix of the round's points)."""
+        self.pending = [(f[:count(*context)], rnd, where, context) for f, rnd, where, context in self.pending]
+
     def verify(self) -> None:
         """Read every pending flag back at once; raise ``ModelOutputError`` naming the round and point
         of the first non-finite output."""
-        if not self.pending:
-            return
-        pending, self.pending = self.pending, []
-        flags = B.to_host(B.concat([f for f, *_ in pending]))
-        if flags.all():
-            return
-        k = int(np.argmin(flags))
-        for f, rnd, where, context in pending:
-            if k < len(f):
-                err = ModelOutputError.nonfinite(k, f"round {rnd}, {where(k, *context)}")
-                raise err if self.decorate is None else self.decorate(err, *context)
-            k -= len(f)
+        bad = self.first_bad()
+        if bad is not None:
+            self.pending = []
+            raise bad[0]
 
 
 def eval_where(e: Eval, time: float) -> str:
     """How an error names the evaluation ``e`` of a CHORDS round at ``time``: its core, step and stage."""
     return f"core {e.core} (step {e.index}, stage {e.stage}, t={time:.6g})"
-
-
-def ran_off(err: ModelOutputError, evals: Sequence[Eval], init: Sequence[int]) -> ModelOutputError:
-    """``err`` for a CHORDS round, with a hint where a faster core's output was not finite: that core
-    started with a coarse jump from x_0 over ``init[core]`` steps, which on a chaotic or stiff plain
-    ODE can land where the model overflows, a place the sequential trajectory (core 0) never goes."""
-    c = evals[err.point].core if err.is_nonfinite and 0 <= err.point < len(evals) else 0
-    if c == 0:
-        return err
-    return err.relabel(err.point, f"{err}; core {c} started at step {init[c]} with a coarse jump from x_0 and "
-                            "may have run off to where the model overflows (a plain ODE with far starts): the "
-                            "cascade sampler (cc.parallel) or an init with closer starts avoids it")
 
 
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
@@ -116,14 +115,12 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     step and stage of the point in the method's terms); ``where`` is only called then, so a method
     passes the round's data as ``context`` instead of building a closure every round. Where the
     model defers its finiteness check, the flags go to ``deferred`` (the caller verifies them
-    later), or without one are checked here; ``deferred.decorate`` applies to an error raised at once
-    as to a deferred one.
+    later), or without one are checked here.
     """
     try:
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
-        named = err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}")
-        raise (named if deferred is None or deferred.decorate is None else deferred.decorate(named, *context)) from None
+        raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
@@ -174,7 +171,8 @@ class CoreRecords:
         n = len(rd.evals)
         if self.buffers is None or n < 2 or n * self.nbytes < B.ROUND_BUFFER_MIN_BYTES:
             return None
-        return self.buffers.take(rd.number, n, self.widths[rd.number - 1])
+        # (a round numbered past the plan's, after rounds evaluated again: the last width, at least n)
+        return self.buffers.take(rd.number, n, self.widths[min(rd.number, len(self.widths)) - 1])
 
     def points(self, rd: Round) -> list:
         """The point each evaluation of round ``rd`` is at (stage 0: the state; later stages: the
@@ -286,6 +284,18 @@ class CoreRecords:
             e = self.local.at(i, [v for _, v in rec])
             self.error_sum = e if self.error_sum is None else B.add_into(self.error_sum, e)
 
+    def retire(self, core: int) -> None:
+        """Drop the records of ``core`` and every faster core (``Survivors``). The next round's points
+        are gathered anew (the rows ``apply`` prepared were laid out for the cores before, and a round
+        evaluated again takes the other buffer), so the running cores' points are copied out of the
+        round buffers first: a step never writes into a buffer its own point lies in."""
+        for c in range(core, len(self.init)):
+            self.states[c] = self.anchor[c] = self.slow[c] = self.qs[c] = None
+            self.recent[c] = []
+        if self.buffers is not None:
+            self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
+        self.next = None
+
     def error_state(self) -> tuple[Any, int, int] | None:
         """(summed local error estimates, how many steps have one, steps): ``Outputs.error_state``;
         ``None`` without estimates. The sum is updated in place as the run goes on."""
@@ -294,9 +304,67 @@ class CoreRecords:
         return self.error_sum, len(self.errors), self.sol.steps
 
 
+class Survivors:
+    """The cores still running in a CHORDS run. A faster core whose model output is not finite (its
+    coarse start, one jump over many steps, ran off to where the model overflows: a plain ODE with
+    far starts) is retired with every core faster than it (they rectify from it), and the run goes on
+    with the slower ones, whose values never depend on a faster core's; core 0, the sequential
+    solution, is never retired (a non-finite output there is the model's failure). A round whose
+    call failed is evaluated again without the retired cores, and counts (``extra``)."""
+
+    def __init__(self, plan: Plan, times: Sequence[float]) -> None:
+        self.cores = self.alive = plan.cores
+        self.times = times
+        self.extra = 0  # rounds evaluated again after a failed call
+        self.retired: list[tuple[int, str]] = []  # (core, where its non-finite output was) per retirement
+
+    def retire(self, err: ModelOutputError, rnd: int, evals: Sequence[Eval], records: CoreRecords) -> None:
+        """Retire the core of ``err``'s point (of round ``rnd``, with ``evals``) and the faster ones,
+        or re-raise ``err``: not a non-finite output, or one of core 0."""
+        c = evals[err.point].core if err.is_nonfinite and 0 <= err.point < len(evals) else 0
+        if c == 0:
+            if self.retired:
+                raise err.relabel(err.point, f"{err} ({self._retired_words()})") from None
+            raise err
+        e = evals[err.point]
+        self.retired.append((c, f"round {rnd}, {eval_where(e, self.times[e.time_index])}"))
+        self.alive = c
+        records.retire(c)
+
+    def round(self, rd: Round | None) -> Round | None:
+        """``rd`` as it runs: numbered after the rounds evaluated again, without the retired cores
+        (a prefix of its evaluations, slowest core first), their records and spawns dropped."""
+        if rd is None or (self.alive == self.cores and not self.extra):
+            return rd
+        a, K = self.alive, self.cores
+        evals = tuple(e._replace(record_for=None if e.record_for is not None and e.record_for >= a else e.record_for,
+                                 spawn=e.spawn and not a <= e.core + 1 < K)
+                      for e in rd.evals if e.core < a)
+        return Round(rd.number + self.extra, evals, rd.coarse_hit and a == K)
+
+    def kept(self, evals: Sequence[Eval]) -> int:
+        """How many of a round's evaluations are of running cores (a prefix)."""
+        return sum(e.core < self.alive for e in evals)
+
+    def _retired_words(self) -> str:
+        return "; ".join(f"core {c} and faster retired after a non-finite model output at {w}" for c, w in self.retired)
+
+    def note(self) -> str:
+        """What ``stopped_by`` adds after retirements, which a ``RuntimeWarning`` reports too."""
+        if not self.retired:
+            return ""
+        note = (f"; {self._retired_words()} (a faster core's coarse start ran off, as on a plain ODE with far "
+                f"starts); the run went on with {'core 0' if self.alive == 1 else f'cores 0-{self.alive - 1}'}")
+        warn_caller(f"chords:{note[1:]}", RuntimeWarning)
+        return note
+
+
 def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, executor: Executor, history: str,
              progress: bool = False) -> Result:
     """Run ``plan`` from ``x`` until ``rule`` accepts an output or its static limit is reached.
+
+    A faster core whose output is not finite is retired with the cores faster than it, and the run
+    goes on with the slower ones (``Survivors``; a ``RuntimeWarning`` and ``stopped_by`` say so).
 
     Args:
         model: the model the executor evaluates.
@@ -327,27 +395,48 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     outputs: list = []
     starts: list[int] = []  # where each output's core started (Outputs.starts)
     result, stopped_by, nfe, t = None, "", 0, sol.t
-
-    def hint(err: ModelOutputError, evs: tuple) -> ModelOutputError:
-        return ran_off(err, evs, plan.init)
-
-    deferred = DeferredCheck(hint)  # its hint applies to eager errors too (``evaluate_round``)
+    deferred = DeferredCheck()
+    survivors = Survivors(plan, t)
+    ran: list[Round] = []  # the rounds as they ran (differ from the plan's after a retirement)
 
     def where(p: int, evs: tuple) -> str:
         e = evs[p]
         return eval_where(e, t[e.time_index])
 
+    def verify() -> None:
+        """Check the deferred flags; retire where a faster core's output was not finite."""
+        while (bad := deferred.first_bad()) is not None:
+            err, rnd, (evs,) = bad
+            survivors.retire(err, rnd, evs, records)
+            deferred.keep(survivors.kept)
+
     rounds = plan.rounds[:limit]
+    n = 0
     try:
-        for n, rd in enumerate(rounds, 1):
+        while n < len(rounds):
+            rd = survivors.round(rounds[n])
+            assert rd is not None  # core 0 evaluates in every round of the plan
             xs = records.points(rd)
-            outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
-                                  deferred=deferred)
             nfe += len(xs)
-            finished = records.apply(rd, xs, outs, rounds[n] if n < len(rounds) else None)
+            ran.append(rd)
+            try:
+                outs = evaluate_round(executor, model, xs, [t[i] for i in rd.time_indices], rd.number, where, rd.evals,
+                                      deferred=deferred)
+            except ModelOutputError as err:
+                survivors.retire(err, rd.number, rd.evals, records)  # or re-raised
+                survivors.extra += 1  # the round is evaluated again without the retired cores
+                rounds = plan.rounds  # (the output the rule planned to stop at may not come)
+                continue
+            nxt = survivors.round(rounds[n + 1]) if n + 1 < len(rounds) else None
+            finished = records.apply(rd, xs, outs, nxt)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)
+            if finished:
+                verify()  # before anyone looks at an output
+                if survivors.retired:
+                    rounds = plan.rounds  # (the output the rule planned to stop at may not come)
             for c, xh in finished:  # cores finishing this round, fastest first
-                deferred.verify()  # before anyone looks at an output
+                if c >= survivors.alive:
+                    continue  # retired (its output came after the non-finite one it depends on)
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
                 starts.append(plan.init[c])
@@ -358,13 +447,21 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 bar.update(1)
             if result is not None:
                 break
+            n += 1
     finally:
         if bar is not None:
             bar.close()
     if result is None:
         result = hits[-1]
         stopped_by = rule.describe(len(hits), result.core, False)  # core 0: the sequential solution
-    return plan_result(plan, result, hits, records.coarse, stopped_by)
+    if not survivors.retired:
+        return plan_result(plan, result, hits, records.coarse, stopped_by)
+    R = result.round
+    run = tuple(rd for rd in ran if rd.number <= R)
+    return Result(x=result.x, rounds=R, nfe=result.nfe, hits=tuple(h for h in hits if h.round <= R),
+                  coarse=records.coarse, stopped_by=stopped_by + survivors.note(), method="chords",
+                  sequential_rounds=plan.sequential_rounds, width=max(len(rd.evals) for rd in run), trace=run,
+                  plan=plan)
 
 
 def plan_result(plan: Plan, output: Hit, hits: Sequence[Hit], coarse: Any, stopped_by: str) -> Result:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,3 +45,24 @@ def mixture_problem(schedule: Any, prediction: str, steps: int, seed: int = 3, b
         return float(np.sqrt(np.mean((np.asarray(y, np.float64) - exact) ** 2)))
 
     return gmm.model(schedule, prediction), x, grid, err
+
+
+_WHERE = re.compile(r"round (\d+), core \d+ \(step \d+, stage \d+, t=[^)]*\)")
+
+
+def first_nonfinite(run: Callable[[], Any]) -> str | None:
+    """The core's words for the first non-finite output of ``run()`` (a ``chords_core.chords`` call),
+    "round r, core c (step i, stage k, t=..)", or None. The core retires a faster core whose output is
+    not finite and goes on (its ``stopped_by``, or the error core 0 raises later, names it), where
+    ``chords_jax`` raises at the first: the earliest round named is that one (no round was evaluated
+    again before it)."""
+    from chords_core import ModelOutputError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the retirements' RuntimeWarning)
+        try:
+            text = run().stopped_by
+        except ModelOutputError as err:
+            text = str(err)
+    found = [(int(m.group(1)), m.group(0)) for m in _WHERE.finditer(text)]
+    return min(found)[1] if found else None

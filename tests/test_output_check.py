@@ -4,6 +4,7 @@ per CHORDS output (no device synchronisation per round), naming the same round a
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -34,14 +35,23 @@ def _poisoned(at_call: int):
 def test_deferred_check_names_the_same_round_and_core_as_the_eager_one(at_call):
     x = torch.randn(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grid = cc.time_grid(cc.RectifiedFlow(), T)
-    msgs = {}
+    msgs, outs = {}, {}
     for mode in (True, "deferred"):
         model = cc.DiffusionModel(_poisoned(at_call), cc.RectifiedFlow(), "flow", check_outputs=mode)
-        with pytest.raises(cc.ModelOutputError) as err:
-            cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=cc.SerialExecutor())
-        msgs[mode] = str(err.value)
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                res = cc.chords(model, x, grid, "euler", cores=CORES, stop=None, executor=cc.SerialExecutor())
+        except cc.ModelOutputError as err:  # core 0's output: the model's failure
+            msgs[mode] = str(err)
+        else:  # a faster core's: it is retired with the faster ones, named in stopped_by and a warning
+            msgs[mode] = res.stopped_by[res.stopped_by.index("; core ") + 2:]
+            outs[mode] = [h.x for h in res.hits]
+            assert [w.category for w in seen] == [RuntimeWarning] and msgs[mode] in str(seen[0].message)
     assert msgs[True] == msgs["deferred"], msgs
-    assert msgs[True].startswith("round ") and "core " in msgs[True] and "non-finite" in msgs[True]
+    assert "round " in msgs[True] and "core " in msgs[True] and "non-finite" in msgs[True]
+    if outs:  # the same outputs (the eager check evaluates the failed round again: one round more)
+        assert len(outs[True]) == len(outs["deferred"]) and all(torch.equal(a, b) for a, b in zip(*outs.values()))
 
 
 def test_deferred_check_reads_back_once_per_output_not_per_round(monkeypatch):
@@ -264,11 +274,17 @@ def test_the_kind_of_a_bad_output_is_carried_not_read_from_the_message():
 
     grid = cc.time_grid(cc.RectifiedFlow(), T)
     x = torch.zeros(2, 3, dtype=torch.float64)
-    for run in (lambda m: cc.chords(m, x, grid, cores=CORES, stop=None),
-                lambda m: cc.chords(m, x, grid, cores=CORES, stop=None, executor=cc.BatchedExecutor(max_batch_bytes=48)),
-                lambda m: cc.solve(m, x, grid)):
-        with pytest.raises(cc.ModelOutputError) as info:
-            run(cc.DiffusionModel(_poisoned(3), cc.RectifiedFlow(), "flow"))
+
+    def nan_at_5(x, t):  # every evaluation at grid[5]: in the end core 0's, which raises
+        return torch.where(torch.isclose(t, torch.tensor(grid[5], dtype=t.dtype))[:, None], torch.nan, x * 0.5)
+
+    model = cc.DiffusionModel(nan_at_5, cc.RectifiedFlow(), "flow")
+    for run in (lambda: cc.chords(model, x, grid, cores=CORES, stop=None),
+                lambda: cc.chords(model, x, grid, cores=CORES, stop=None, executor=cc.BatchedExecutor(max_batch_bytes=48)),
+                lambda: cc.solve(model, x, grid)):
+        with pytest.raises(cc.ModelOutputError) as info, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the faster cores' retirements)
+            run()
         assert info.value.is_nonfinite and NONFINITE in str(info.value)
 
     def wrong_shape(x, t):

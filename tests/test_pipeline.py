@@ -324,10 +324,44 @@ def test_non_finite_output_names_round_and_core(executor):
         return out
 
     model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
-    with pytest.raises(cc.ModelOutputError, match=r"round 4, core 3 \(step 13, stage 0.*non-finite"):
+    # cores 3, 2 and 1 reach step 13 first and are retired (each failed round is evaluated again); core
+    # 0's failure, in round 14 of the plan, is the model's: raised, naming the retirements before it
+    with pytest.raises(cc.ModelOutputError, match=r"^round 17, core 0 \(step 13, stage 0.*non-finite.*\(core 3 and "
+                       r"faster retired after a non-finite model output at round 4, core 3 \(step 13, stage 0"):
         cc.chords(model, np.ones((2, 5)), grid, init=(0, 2, 5, 13), executor=executor)
     with pytest.raises(cc.ModelOutputError, match=r"step 13 .*non-finite"):
         cc.solve(model, np.ones((2, 5)), grid)
+
+
+def _runs_off(t, y):
+    """dy/dt = -15 y, with no values where |y| > 10: far coarse jumps from y = 5 land there, the
+    sequential solution (decaying from 5) never does."""
+    return np.where(np.abs(y) > 10, np.nan, -15.0 * y)
+
+
+@pytest.mark.parametrize("check, size", [(True, 3), ("deferred", 3), (True, 40_000)])
+def test_a_faster_core_that_runs_off_is_retired_and_the_slower_ones_go_on(check, size):
+    """(40,000 elements: the rounds' points lie in round buffers, ``_backend.RoundBuffers``, and the
+    round evaluated again takes the other buffer.)"""
+    grid = np.linspace(0.0, 1.0, 41)
+    x = 5.0 * np.ones((2, size))
+    field = cc.VectorField(_runs_off, batched=True, check_outputs=check)
+    with pytest.warns(RuntimeWarning, match=r"core 2 and faster retired after a non-finite model output at round 3, "
+                      r"core 2 \(step 30, stage 0, t=0.75\)") as seen:
+        res = cc.chords(field, x, grid, init=(0, 2, 30), stop=None)
+    assert seen[0].filename == __file__  # the warning points at the caller
+    ref = cc.chords(field, x, grid, init=(0, 2), stop=None)  # what the slower cores do alone
+    assert [h.core for h in res.hits] == [1, 0] and all(np.array_equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
+    assert np.array_equal(res.x, cc.solve(field, x, grid)) and "retired" in res.stopped_by
+    # the eager check evaluates the failed round 3 again (counted: rounds, nfe, trace: its 3 points); a
+    # deferred one finds the flag when core 2 finishes (round 12), its 10 evaluations made as planned
+    again = check is True
+    assert res.rounds == 40 + again and len(res.trace) == res.rounds and res.width == 3
+    assert res.nfe == ref.nfe + (3 if again else 10)
+    assert [len(rd.evals) for rd in res.trace[2:5]] == ([3, 2, 2] if again else [3, 3, 3])
+    with pytest.warns(RuntimeWarning, match="retired"):
+        first = cc.chords(field, x, grid, init=(0, 2, 30), stop=cc.StopAtCore(1))  # the first output that arrives
+    assert first.hits[-1].core == 1 and np.array_equal(first.x, ref.hits[0].x)
 
 
 def test_vector_field_custom_ode():

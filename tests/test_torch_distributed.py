@@ -104,12 +104,22 @@ def test_torchrun_three_ranks_equal_serial_bitwise(tmp_path):
 
 
 def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
-    codes, outs = launch(["--fault", "nan", "--fault-rank", "2", "--fault-after", "2"], tmp_path=tmp_path)
+    codes, outs = launch(["--fault", "nan", "--fault-rank", "1", "--fault-after", "2"], tmp_path=tmp_path)
     rep = report(outs[0])
-    # rank 2 serves core 1 (rank 0 only drives); its 2nd evaluation is in round 3 (core 1 starts in round 2)
-    assert rep["error"].startswith("ModelOutputError: round 3, core 1") and "non-finite" in rep["error"], outs[0]
+    # rank 1 serves point 0 of each round, core 0 (rank 0 only drives): its 2nd evaluation is in round 2
+    assert rep["error"].startswith("ModelOutputError: round 2, core 0") and "non-finite" in rep["error"], outs[0]
     assert rep["nonfinite"] is True  # the kind travels with the error, not only its message
     assert codes == [1, 0, 0], outs  # the driver failed, both workers were told to stop and left cleanly
+
+
+def test_a_faster_cores_bad_output_on_a_rank_retires_it_and_the_run_completes(tmp_path):
+    codes, outs = launch(["--fault", "nan", "--fault-rank", "2", "--fault-after", "2"], tmp_path=tmp_path)
+    rep = report(outs[0])
+    # rank 2 serves core 1 (point 1); its 2nd evaluation is in round 3 (core 1 starts in round 2): core 1
+    # and the faster ones are retired (the kind came from the rank), the round evaluated again
+    assert "core 1 and faster retired after a non-finite model output at round 3, core 1" in rep["stopped_by"], outs[0]
+    assert rep["equal"] and rep["rounds"] == 20 + 1, rep  # 20 steps (the demo's): one round evaluated again
+    assert codes == [0, 0, 0], outs
 
 
 def test_killed_rank_raises_in_the_driver_within_the_timeout(tmp_path):

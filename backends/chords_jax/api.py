@@ -32,7 +32,7 @@ import numpy as np
 
 import chords_core as cc
 from chords_core.checks import check_grid
-from chords_core.engine import eval_where, plan_result, ran_off
+from chords_core.engine import eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import (
@@ -498,4 +498,11 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
     assert sym.plan is not None
     evals = sym.plan.rounds[r].evals
     err = ModelOutputError.nonfinite(j, f"round {r + 1}, {eval_where(evals[j], prog.times[r, j])}")
-    raise ran_off(err, evals, sym.plan.init)  # the core's words, with its hint for a faster core
+    c = evals[j].core
+    if c == 0:
+        raise err  # the core's words
+    # a faster core: the core engine retires it and goes on (engine.Survivors); the compiled run cannot
+    raise err.relabel(j, f"{err}; core {c} started at step {sym.plan.init[c]} with a coarse jump from x_0 and may "
+                      "have run off to where the model overflows (a plain ODE with far starts): chords_core.chords "
+                      "retires such a core and goes on with the slower ones; compiled, the cascade sampler "
+                      "(chords_jax.parallel) or an init with closer starts avoids it")

@@ -57,7 +57,15 @@ def chords(
         progress: show a progress bar over rounds (needs tqdm).
 
     Returns:
-        A ``Result`` with the output, rounds, NFE, every output in arrival order and the plan.
+        A ``Result`` with the output, rounds, NFE, every output in arrival order and the plan. A
+        faster core whose model output is not finite (a far coarse start that ran off, on a plain
+        ODE) is retired with the cores faster than it and the run goes on with the slower ones
+        (``engine.Survivors``; ``stopped_by`` and a ``RuntimeWarning`` name it); ``trace`` then holds
+        the rounds as they ran.
+
+    Raises:
+        ModelOutputError: a bad model output (wrong type, shape or dtype; nan or inf in core 0's),
+            naming the round, core, step, stage and time.
     """
     call = begin(model, x, grid, solver, executor, solver_options)
     if cores is not None:

@@ -47,17 +47,13 @@ DPM-Solver code does; its fixed point then differs from the sequential solution.
 from __future__ import annotations
 
 import math
-import os
-import sys
-import warnings
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import _backend as B
-from ..call import begin
+from ..call import begin, warn_caller
 from ..checks import check_choice, check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
@@ -182,20 +178,9 @@ def _cut_note(cuts: list[tuple[int, int]], method: str) -> str:
         return ""
     note = (f"; {len(cuts)} sweep(s) cut where the model returned non-finite values past the window start "
             f"(first: round {cuts[0][0]}, window point {cuts[0][1]})")
-    warnings.warn(f"{method}:{note[1:]}: taken for an iterate that ran off (a plain ODE seeded far ahead); the "
-                  "run went on from the accepted points", RuntimeWarning, stacklevel=_outside_level())
+    warn_caller(f"{method}:{note[1:]}: taken for an iterate that ran off (a plain ODE seeded far ahead); the run "
+                "went on from the accepted points", RuntimeWarning)
     return note
-
-
-def _outside_level() -> int:
-    """The ``stacklevel`` of a warning issued by this function's caller that points at the first frame
-    outside the ``chords_core`` package (the user's call, through ``parallel`` or not)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame: FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def diverged_at(err: ModelOutputError, idx: Sequence[int], b: int) -> int:
