@@ -20,7 +20,7 @@ from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import Solver, make_solver
 
-__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller"]
+__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "METHOD_ARGUMENTS"]
 
 
 def check_model(model: Any, name: str = "model") -> Model:
@@ -107,13 +107,34 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
     check_state(model, x)
     times = check_grid(grid)
     model.check_times(times)
-    sol = make_solver(solver, model, times, **(solver_options or {}))
+    try:
+        sol = make_solver(solver, model, times, **(solver_options or {}))
+    except ValueError as err:
+        _method_argument(solver_options or {}, solver)
+        raise err from None
     if executor is None:
         executor = BatchedExecutor()
     elif not isinstance(executor, Executor) and not callable(executor):
         raise TypeError(
             f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
     return Call(model, times, sol, executor)
+
+
+#: each method's keyword arguments by the name a user calls it with ("parallel()", "cascade()", ...),
+#: kept by the ``methods`` registry (which imports this module: no import back)
+METHOD_ARGUMENTS: dict[str, frozenset[str]] = {}
+
+
+def _method_argument(options: dict, solver: Any) -> None:
+    """An option the solver refused that is an argument of some method (``cores=`` to a window method,
+    ``window=`` to the cascade sampler): a ``ValueError`` naming it and the methods that take it, where
+    the solver's own error would blame the solver."""
+    for key in options:
+        owners = [name for name, args in METHOD_ARGUMENTS.items() if key in args]
+        if owners:
+            name = solver if isinstance(solver, str) else type(solver).__name__
+            raise ValueError(f"{key}: not an argument of this method nor an option of solver {name!r}; "
+                             f"{key}= is an argument of {', '.join(owners)}")
 
 
 def warn_caller(message: str, category: type[Warning]) -> None:

@@ -8,6 +8,7 @@ argument (or says what the model returned); float64 and small analytic problems 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -334,6 +335,22 @@ def test_parallel_names_an_option_of_another_method():
     with pytest.raises(ValueError, match="blocks: parallel.. evaluates at most cores=2"):
         cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=4)
     assert cc.parallel(FLOW, X, GRID, cores=4, method="srds", blocks=2).width <= 4
+
+
+def test_a_direct_call_names_another_methods_argument():
+    """Called directly, a method passes unknown keywords to the solver; one that is another method's
+    argument (``cores=`` to a window method, ``window=`` to the cascade sampler) is named with the
+    methods that take it, not blamed on the solver; a true solver option keeps the solver's error."""
+    for fn, key, owners in ((cc.parasolver, "cores", "cascade(), chords(), parallel()"),
+                            (cc.srds, "cores", "cascade(), chords(), parallel()"),
+                            (cc.cascade, "window", "paradigms(), parasolver(), parataa()"),
+                            (cc.chords, "tol", "cascade(), paradigms(), parasolver(), parataa(), srds()")):
+        kw = {"cores": 2} if fn is cc.chords else {}
+        with pytest.raises(ValueError, match=rf"^{key}: not an argument of this method nor an option of solver "
+                                             rf"'euler'; {key}= is an argument of {re.escape(owners)}$"):
+            fn(FLOW, X, GRID, **kw, **{key: 2})
+    with pytest.raises(ValueError, match="^bad options for solver 'euler'"):
+        cc.cascade(FLOW, X, GRID, order=2)
 
 
 def test_method_options_are_named_as_the_caller_wrote_them():

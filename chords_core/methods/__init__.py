@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from inspect import Parameter, signature
 from typing import Any
 
+from .. import call
 from ..checks import check_cores, check_grid
 from ..executors import Executor
 from ..models import Model
@@ -32,7 +33,8 @@ from .parasolver import parasolver
 from .parataa import parataa
 from .srds import srds
 
-__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "check_options", "cascade", "chords",
+__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "check_options", "keyword_arguments",
+           "cascade", "chords",
            "paradigms", "parasolver", "parataa", "srds"]
 
 
@@ -56,6 +58,11 @@ def own_options(fn: Callable[..., Result]) -> tuple[str, ...]:
                  if p.kind is Parameter.KEYWORD_ONLY and n not in skip)
 
 
+def keyword_arguments(fn: Callable[..., Any]) -> frozenset[str]:
+    """The keyword-only arguments of ``fn``."""
+    return frozenset(p.name for p in signature(fn).parameters.values() if p.kind is Parameter.KEYWORD_ONLY)
+
+
 METHODS: dict[str, Method] = {}
 
 #: The method ``parallel`` runs when none is named.
@@ -69,6 +76,7 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     if not replace and method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
     METHODS[method.name] = method
+    call.METHOD_ARGUMENTS[f"{method.name}()"] = keyword_arguments(_FUNCTIONS.get(method.name, method.run))
     return method
 
 
@@ -91,6 +99,10 @@ def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
                          f"{options['blocks']}; call srds() for more blocks than cores")
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
+
+#: the functions a user calls directly, where ``Method.run`` wraps one for ``parallel``
+_FUNCTIONS: dict[str, Callable[..., Result]] = {"paradigms": paradigms, "parasolver": parasolver, "parataa": parataa,
+                                                "srds": srds}
 
 register_method(Method("cascade", cascade,
                        "cascade: seeded window, noise-level or local-error acceptance (recommended)",
@@ -158,3 +170,5 @@ def parallel(
         del options["tol"]  # the method's own default
     check_options(name, options)
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
+
+call.METHOD_ARGUMENTS["parallel()"] = keyword_arguments(parallel)  # (a direct call's error names them)
