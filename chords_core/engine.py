@@ -147,6 +147,7 @@ class CoreRecords:
         self.recent: list = [[] for _ in range(K)]  # per core: the latest (index, q) of stage 0, newest first
         self.errors: set[int] = set()  # grid indices j with a local error estimate e_j (first core to reach it)
         self.error_sum: Any = None  # the sum of those e_j
+        self.estimators: set[int] = set()  # the cores that made them
         self.convert = sol.quantity_of if sol.converts else None
         # raw outputs kept past their round are copied out of the round's batched output (B.own),
         # where that output is large enough for pinning it to matter
@@ -281,6 +282,7 @@ class CoreRecords:
         del rec[self.local.needs:]
         if len(rec) == self.local.needs and i not in self.errors:
             self.errors.add(i)
+            self.estimators.add(c)
             e = self.local.at(i, [v for _, v in rec])
             self.error_sum = e if self.error_sum is None else B.add_into(self.error_sum, e)
 
@@ -288,10 +290,15 @@ class CoreRecords:
         """Drop the records of ``core`` and every faster core (``Survivors``). The next round's points
         are gathered anew (the rows ``apply`` prepared were laid out for the cores before, and a round
         evaluated again takes the other buffer), so the running cores' points are copied out of the
-        round buffers first: a step never writes into a buffer its own point lies in."""
+        round buffers first: a step never writes into a buffer its own point lies in. The sequential
+        error estimate starts again where a retired core contributed to it."""
         for c in range(core, len(self.init)):
             self.states[c] = self.anchor[c] = self.slow[c] = self.qs[c] = None
             self.recent[c] = []
+        if any(c >= core for c in self.estimators):
+            # local error estimates made from a retired core's values (maybe wild before they overflowed)
+            # are dropped: the cores still running estimate the steps again as they reach them
+            self.errors, self.error_sum, self.estimators = set(), None, set()
         if self.buffers is not None:
             self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
         self.next = None
