@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from inspect import Parameter, signature
 from types import FrameType
 from typing import Any
 
@@ -20,7 +22,7 @@ from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import Solver, make_solver
 
-__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "METHOD_ARGUMENTS"]
+__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments"]
 
 
 def check_model(model: Any, name: str = "model") -> Model:
@@ -120,9 +122,18 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
     return Call(model, times, sol, executor)
 
 
-#: each method's keyword arguments by the name a user calls it with ("parallel()", "cascade()", ...),
-#: kept by the ``methods`` registry (which imports this module: no import back)
-METHOD_ARGUMENTS: dict[str, frozenset[str]] = {}
+#: the methods a user calls by name: ``methods.METHODS`` (the registry itself, so that what is
+#: registered later counts) and the functions where its entry wraps one (``parallel`` among them), set
+#: by ``methods``, which imports this module (no import back)
+METHODS: dict[str, Any] = {}
+FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def method_arguments(key: str) -> list[str]:
+    """The methods with a keyword argument ``key``, as "name()"."""
+    fns = {**{name: FUNCTIONS.get(name, m.run) for name, m in METHODS.items()}, **FUNCTIONS}
+    return [f"{name}()" for name, fn in fns.items()
+            if any(p.name == key and p.kind is Parameter.KEYWORD_ONLY for p in signature(fn).parameters.values())]
 
 
 def _method_argument(options: dict, solver: Any) -> None:
@@ -130,7 +141,7 @@ def _method_argument(options: dict, solver: Any) -> None:
     ``window=`` to the cascade sampler): a ``ValueError`` naming it and the methods that take it, where
     the solver's own error would blame the solver."""
     for key in options:
-        owners = [name for name, args in METHOD_ARGUMENTS.items() if key in args]
+        owners = method_arguments(key)
         if owners:
             name = solver if isinstance(solver, str) else type(solver).__name__
             raise ValueError(f"{key}: not an argument of this method nor an option of solver {name!r}; "

@@ -33,8 +33,7 @@ from .parasolver import parasolver
 from .parataa import parataa
 from .srds import srds
 
-__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "check_options", "keyword_arguments",
-           "cascade", "chords",
+__all__ = ["Method", "METHODS", "RECOMMENDED", "register_method", "parallel", "check_options", "cascade", "chords",
            "paradigms", "parasolver", "parataa", "srds"]
 
 
@@ -58,11 +57,6 @@ def own_options(fn: Callable[..., Result]) -> tuple[str, ...]:
                  if p.kind is Parameter.KEYWORD_ONLY and n not in skip)
 
 
-def keyword_arguments(fn: Callable[..., Any]) -> frozenset[str]:
-    """The keyword-only arguments of ``fn``."""
-    return frozenset(p.name for p in signature(fn).parameters.values() if p.kind is Parameter.KEYWORD_ONLY)
-
-
 METHODS: dict[str, Method] = {}
 
 #: The method ``parallel`` runs when none is named.
@@ -76,7 +70,6 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     if not replace and method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
     METHODS[method.name] = method
-    call.METHOD_ARGUMENTS[f"{method.name}()"] = keyword_arguments(_FUNCTIONS.get(method.name, method.run))
     return method
 
 
@@ -171,4 +164,6 @@ def parallel(
     check_options(name, options)
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
 
-call.METHOD_ARGUMENTS["parallel()"] = keyword_arguments(parallel)  # (a direct call's error names them)
+# a direct call's error names another method's argument and the methods that take it (``call.begin``)
+call.METHODS = METHODS
+call.FUNCTIONS = {**_FUNCTIONS, "parallel": parallel}
