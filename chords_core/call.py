@@ -20,7 +20,7 @@ from . import _backend as B
 from .checks import check_grid
 from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
-from .solvers import Solver, make_solver
+from .solvers import SOLVERS, Solver, make_solver
 
 __all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments"]
 
@@ -112,7 +112,8 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
     try:
         sol = make_solver(solver, model, times, **(solver_options or {}))
     except ValueError as err:
-        _method_argument(solver_options or {}, solver)
+        if not (isinstance(solver, str) and solver not in SOLVERS):  # (an unknown solver: that error)
+            _method_argument(solver_options or {}, solver)
         raise err from None
     if executor is None:
         executor = BatchedExecutor()

@@ -351,6 +351,8 @@ def test_a_direct_call_names_another_methods_argument():
             fn(FLOW, X, GRID, **kw, **{key: 2})
     with pytest.raises(ValueError, match="^bad options for solver 'euler'"):
         cc.cascade(FLOW, X, GRID, order=2)
+    with pytest.raises(ValueError, match="^solver: unknown solver 'nope'"):  # that error first
+        cc.parasolver(FLOW, X, GRID, "nope", cores=2)
 
 
 def test_method_options_are_named_as_the_caller_wrote_them():

@@ -164,6 +164,7 @@ def parallel(
     check_options(name, options)
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
 
+
 # a direct call's error names another method's argument and the methods that take it (``call.begin``)
 call.METHODS = METHODS
 call.FUNCTIONS = {**_FUNCTIONS, "parallel": parallel}
