@@ -14,7 +14,10 @@ or fail by an unlucky sign), and runs with a sweep cut where an iterate ran off 
 output past the window start; README "An iterate that runs off"). A last column runs CHORDS
 (``cc.chords`` with its default init and stop rule, ``cores`` cores): its faster cores start with one
 coarse jump over many steps, which on these ODEs often lands where the field overflows; such a core
-is retired with the faster ones and the run goes on (counted as "retired").
+is retired with the faster ones and the run goes on (counted as "retired"). ``--peers`` adds the
+peers at their own defaults (SRDS with ``blocks`` = cores, ParaDiGMS, ParaSolver and ParaTAA with
+``window`` = cores), whose tolerances are in the state's units (the diffusion convention); they
+warn on a plain ODE, silenced here.
 
     .venv/bin/python benchmarks/plain_odes.py
 """
@@ -70,11 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--cores", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--solver", nargs="+", default=["euler", "heun"])
+    ap.add_argument("--peers", action="store_true", help="also the peers at their own defaults")
     a = ap.parse_args(argv)
     runs = {n: (lambda m, y, g, s, k, kw=kw: cc.parallel(m, y, g, s, cores=k, **kw))
             for n, kw in {"default": {}, "tol 1": {"scale": "error", "tol": 1.0},
                           "tol 0.5": {"scale": "error", "tol": 0.5}}.items()}
     runs["chords"] = lambda m, y, g, s, k: cc.chords(m, y, g, s, cores=k)
+    if a.peers:
+        runs["srds"] = lambda m, y, g, s, k: cc.srds(m, y, g, s, blocks=k)
+        for name, fn in (("paradigms", cc.paradigms), ("parasolver", cc.parasolver), ("parataa", cc.parataa)):
+            runs[name] = lambda m, y, g, s, k, fn=fn: fn(m, y, g, s, window=k)
     print("| ode | solver | steps | " + " | ".join(f"{n}, {k} lanes" for n in runs for k in a.cores) + " |")
     print("|---|---|---|" + "---|" * (len(runs) * len(a.cores)))
     misses = {n: 0 for n in runs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -170,3 +171,27 @@ def test_bad_input_names_the_argument(call, name):
     model, grid = setup()
     with pytest.raises(ValueError, match=name):
         call(model, grid)
+
+
+def test_a_peers_absolute_default_on_a_plain_ode_warns():
+    """ParaDiGMS, ParaSolver and ParaTAA keep their papers' default tolerances, in the state's units
+    (the diffusion convention); on a plain ODE (a ``VectorField``) the default warns, naming the method
+    and pointing at the caller (``benchmarks/plain_odes.py --peers``: up to 1291x the sequential
+    error); an explicit ``tol``, a ``DiffusionModel`` and the recommended method do not."""
+    ode = LinearODE.random(3, seed=1)
+    field, y0, grid = ode.vector_field(), np.ones((2, 3)), np.linspace(0.0, 1.0, 11)
+    for fn, default in ((cc.paradigms, 0.1), (cc.parasolver, 0.1), (cc.parataa, 1e-3)):
+        with pytest.warns(UserWarning, match=rf"^{fn.__name__}: its default tol={default:g} is absolute") as seen:
+            res = fn(field, y0, grid, window=3)
+        assert len(seen) == 1 and seen[0].filename == __file__
+        assert np.array_equal(res.x, fn(field, y0, grid, window=3, tol=default).x)  # the same default
+    with pytest.warns(UserWarning, match="^paradigms: its default"):
+        cc.parallel(field, y0, grid, cores=3, method="paradigms")
+    model, dgrid = setup()
+    x = X
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn in (cc.paradigms, cc.parasolver, cc.parataa):
+            fn(model, x, dgrid, window=3)
+            fn(field, y0, grid, window=3, tol=0.1)
+        cc.parallel(field, y0, grid, cores=3)

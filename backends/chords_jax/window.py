@@ -51,7 +51,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
-from inspect import signature
 from typing import Any
 
 import jax
@@ -67,14 +66,14 @@ from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.cascade import default_tol_for as cascade_tol_for
 from chords_core.methods.cascade import resolve_scale as cascade_scale
 from chords_core.methods.cascade import tol_steps as cascade_tol_steps
-from chords_core.methods.paradigms import paradigms as _paradigms
-from chords_core.methods.parasolver import parasolver as _parasolver
+from chords_core.methods.paradigms import DEFAULT_TOL as PEER_TOL
 from chords_core.methods.window import (
     MULTISTEP,
     VARIANCES,
     Seeder,
     Sweep,
     _inverse_scales,
+    absolute_tol,
     point_where,
     row_size,
     tolerance_sq,
@@ -93,8 +92,8 @@ __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 #: function of the steps), own options).
 WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
     "cascade": ("jump2", "auto", cascade_tol, ("anderson", "ridge", "scale")),
-    "paradigms": ("copy", "noise", float(signature(_paradigms).parameters["tol"].default), ("variance", "multistep")),
-    "parasolver": ("jump", "noise", float(signature(_parasolver).parameters["tol"].default), ("variance", "multistep")),
+    "paradigms": ("copy", "noise", PEER_TOL, ("variance", "multistep")),
+    "parasolver": ("jump", "noise", PEER_TOL, ("variance", "multistep")),
 }
 
 #: The solvers compiled here: one model evaluation per step, no history.
@@ -414,7 +413,7 @@ def parallel(
     T = sol.steps
     W = check_cores(cores, T)
     if tol is None:
-        tol = default_tol(T) if callable(default_tol) else default_tol
+        tol = default_tol(T) if callable(default_tol) else absolute_tol(None, default_tol, model, name)
     tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)

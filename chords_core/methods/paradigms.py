@@ -30,7 +30,10 @@ from ..results import Result
 from ..solvers import Solver
 from .window import Sweep, noise_variances, sliding_window
 
-__all__ = ["paradigms", "Sweep", "noise_variances"]
+__all__ = ["paradigms", "Sweep", "noise_variances", "DEFAULT_TOL"]
+
+#: The default tolerance (the paper's tau), relative to the noise level (``absolute_tol``).
+DEFAULT_TOL = 0.1
 
 
 def paradigms(
@@ -40,7 +43,7 @@ def paradigms(
     solver: str | Solver = "euler",
     *,
     window: int = 8,
-    tol: float = 0.1,
+    tol: float | None = None,
     variance: str = "into",
     multistep: str = "chain",
     executor: Executor | None = None,
@@ -52,8 +55,9 @@ def paradigms(
     Args:
         model, x, grid, solver, executor, solver_options: as for ``chords``.
         window: parallel points per sweep (the devices it keeps busy), >= 1.
-        tol: the per-step tolerance tau relative to the noise level (paper default 0.1); ``tol=0``
-            runs until every point is accepted exactly.
+        tol: the per-step tolerance tau relative to the noise level; ``tol=0`` runs until every
+            point is accepted exactly; ``None``: ``DEFAULT_TOL``, 0.1 (the paper's; in the state's
+            units: a ``UserWarning`` on a plain ODE, ``absolute_tol``).
         variance: which step's noise variance scores a point: ``"into"`` it (this library) or
             ``"out"`` of it (the official code).
         multistep: ``"chain"`` (this library's extension: the multistep history runs through the
@@ -66,4 +70,4 @@ def paradigms(
     """
     return sliding_window(model, x, grid, solver, window=window, tol=tol, seed="copy", correction="picard",
                           variance=variance, multistep=multistep, executor=executor, progress=progress,
-                          method="paradigms", solver_options=solver_options)
+                          method="paradigms", solver_options=solver_options, default_tol=DEFAULT_TOL)

@@ -17,6 +17,7 @@ from ..executors import Executor
 from ..models import Model
 from ..results import Result
 from ..solvers import Solver
+from .paradigms import DEFAULT_TOL
 from .window import sliding_window
 
 __all__ = ["parasolver"]
@@ -29,7 +30,7 @@ def parasolver(
     solver: str | Solver = "euler",
     *,
     window: int = 8,
-    tol: float = 0.1,
+    tol: float | None = None,
     variance: str = "into",
     multistep: str = "chain",
     executor: Executor | None = None,
@@ -38,11 +39,12 @@ def parasolver(
 ) -> Result:
     """ParaSolver: ParaDiGMS with x0-prediction seeds for new window points (see the module doc).
 
-    The arguments are ``paradigms``' (the paper's example tolerance 0.55 is for 1000 steps).
+    The arguments are ``paradigms``', its default tolerance too (the paper's example tolerance 0.55
+    is for 1000 steps).
 
     Returns:
         A ``Result`` (``method="parasolver"``); ``log`` holds a ``Sweep`` per sweep.
     """
     return sliding_window(model, x, grid, solver, window=window, tol=tol, seed="jump", correction="picard",
                           variance=variance, multistep=multistep, executor=executor, progress=progress,
-                          method="parasolver", solver_options=solver_options)
+                          method="parasolver", solver_options=solver_options, default_tol=DEFAULT_TOL)

@@ -41,7 +41,7 @@ def parataa(
     solver: str | Solver = "euler",
     *,
     window: int = 8,
-    tol: float = DEFAULT_TOL,
+    tol: float | None = None,
     memory: int = 3,
     ridge: float = 1e-3,
     multistep: str = "chain",
@@ -52,7 +52,9 @@ def parataa(
     """ParaTAA: window fixed-point iteration with triangular Anderson mixing (see the module doc).
 
     Args (the others as for ``paradigms``):
-        tol: a point converges when its RMS change is at most tol max(1, sigma_j) (script default 1e-3).
+        tol: a point converges when its RMS change is at most tol max(1, sigma_j); ``None``:
+            ``DEFAULT_TOL``, 1e-3 (the script's; in the state's units: a ``UserWarning`` on a plain
+            ODE, ``absolute_tol``).
         memory: Anderson memory m (2-5 recommended by the paper; 0 turns mixing off).
         ridge: relative ridge of the least-squares problems (paper: 1e-3).
 
@@ -62,4 +64,5 @@ def parataa(
     memory = check_int("memory", memory, 0)  # named as here, not as the window's "anderson"
     return sliding_window(model, x, grid, solver, window=window, tol=tol, seed="copy", correction="picard",
                           scale="level", multistep=multistep, anderson=memory, ridge=ridge, executor=executor,
-                          progress=progress, method="parataa", solver_options=solver_options)
+                          progress=progress, method="parataa", solver_options=solver_options,
+                          default_tol=DEFAULT_TOL)

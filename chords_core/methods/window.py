@@ -64,8 +64,8 @@ from ..plan import Eval, Round
 from ..results import Hit, Result
 from ..solvers import Solver, State
 
-__all__ = ["sliding_window", "tolerance_sq", "Sweep", "Seeder", "noise_variances", "SEEDS", "CORRECTIONS", "VARIANCES",
-           "MULTISTEP"]
+__all__ = ["sliding_window", "tolerance_sq", "absolute_tol", "Sweep", "Seeder", "noise_variances", "SEEDS",
+           "CORRECTIONS", "VARIANCES", "MULTISTEP"]
 
 SEEDS = ("copy", "jump", "jump2")
 CORRECTIONS = ("picard", "jump")
@@ -116,6 +116,21 @@ def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) 
                else np.ones(len(times)))
         return 1.0 / np.maximum(1.0, sig) ** 2
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
+
+
+def absolute_tol(tol: float | None, default: float, model: Any, method: str) -> float:
+    """``tol``, or a peer's ``default`` (ParaDiGMS, ParaSolver, ParaTAA: a tolerance in the state's
+    units, the diffusion convention of data of about unit size), with a ``UserWarning`` for a model
+    that is not a ``DiffusionModel``: on the plain ODEs of ``benchmarks/plain_odes.py`` these defaults
+    missed the no-degradation criterion in 4 (ParaTAA) to 73 (ParaDiGMS) of 105 runs, by up to 1291x."""
+    if tol is not None:
+        return tol
+    if not isinstance(model, DiffusionModel):
+        warn_caller(f"{method}: its default tol={default:g} is absolute, in the state's units (the diffusion "
+                    "convention: data of about unit size); on a plain ODE it can return an output far less "
+                    "accurate than the sequential solver's (benchmarks/plain_odes.py --peers); pass tol, or use "
+                    "cc.parallel, whose default measures a change against the solver's local error", UserWarning)
+    return default
 
 
 def tolerance_sq(tol: Any, sol: Solver, tol_steps: int | None = None) -> float:
@@ -384,7 +399,7 @@ def sliding_window(
     solver: str | Solver,
     *,
     window: int,
-    tol: float,
+    tol: float | None,
     seed: str,
     correction: str,
     variance: str = "into",
@@ -397,13 +412,15 @@ def sliding_window(
     progress: bool = False,
     method: str = "window",
     solver_options: dict | None = None,
+    default_tol: float | None = None,
 ) -> Result:
     """Sliding-window fixed-point iteration (see the module docstring for every option).
 
     Args:
         model, x, grid, solver, executor: as for ``chords``.
         window: parallel points per sweep (the devices kept busy), >= 1.
-        tol: the per-point tolerance on the ``scale`` (>= 0; 0: every point exact).
+        tol: the per-point tolerance on the ``scale`` (>= 0; 0: every point exact); ``None``: a peer's
+            ``default_tol``, in the state's units (``absolute_tol``: a ``UserWarning`` on a plain ODE).
         seed: ``"copy"``, ``"jump"`` or ``"jump2"``: how new window points start.
         correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
         variance: ``"into"`` or ``"out"``: which step's noise variance scores a point (``scale="noise"``).
@@ -418,6 +435,7 @@ def sliding_window(
         progress: show a progress bar over grid steps (needs tqdm).
         method: the ``Result.method`` name.
         solver_options: the solver's options.
+        default_tol: the method's default for ``tol=None``.
 
     Returns:
         A ``Result`` with one output; ``log`` holds a ``Sweep`` per sweep.
@@ -426,6 +444,8 @@ def sliding_window(
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
     T = sol.steps
     window = check_int("window", window, 1, T)
+    if tol is None and default_tol is not None:
+        tol = absolute_tol(None, default_tol, model, method)
     tol2 = tolerance_sq(tol, sol, tol_steps)
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
