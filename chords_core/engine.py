@@ -324,6 +324,7 @@ class Survivors:
         self.times = times
         self.extra = 0  # rounds evaluated again after a failed call
         self.retired: list[tuple[int, str]] = []  # (core, where its non-finite output was) per retirement
+        self._last: tuple[tuple[int, int, int], Round] | None = None  # the last round built, by its key
 
     def retire(self, err: ModelOutputError, rnd: int, evals: Sequence[Eval], records: CoreRecords) -> None:
         """Retire the core of ``err``'s point (of round ``rnd``, with ``evals``) and the faster ones,
@@ -344,10 +345,15 @@ class Survivors:
         if rd is None or (self.alive == self.cores and not self.extra):
             return rd
         a, K = self.alive, self.cores
+        key = (rd.number, a, self.extra)
+        if self._last is not None and self._last[0] == key:  # built as the next round one round before
+            return self._last[1]
         evals = tuple(e._replace(record_for=None if e.record_for is not None and e.record_for >= a else e.record_for,
                                  spawn=e.spawn and not a <= e.core + 1 < K)
                       for e in rd.evals if e.core < a)
-        return Round(rd.number + self.extra, evals, rd.coarse_hit and a == K)
+        built = Round(rd.number + self.extra, evals, rd.coarse_hit and a == K)
+        self._last = (key, built)
+        return built
 
     def kept(self, evals: Sequence[Eval]) -> int:
         """How many of a round's evaluations are of running cores (a prefix)."""
@@ -417,10 +423,16 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             survivors.retire(err, rnd, evs, records)
             deferred.keep(survivors.kept)
 
-    rounds = plan.rounds[:limit]
+    rounds = plan.rounds
+
+    def last() -> int:
+        """Rounds to run: up to the rule's limit, or after a retirement all (the output the rule
+        planned to stop at may not come)."""
+        return len(rounds) if survivors.retired else limit
+
     n = 0
     try:
-        while n < len(rounds):
+        while n < last():
             rd = survivors.round(rounds[n])
             assert rd is not None  # core 0 evaluates in every round of the plan
             xs = records.points(rd)
@@ -432,15 +444,12 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             except ModelOutputError as err:
                 survivors.retire(err, rd.number, rd.evals, records)  # or re-raised
                 survivors.extra += 1  # the round is evaluated again without the retired cores
-                rounds = plan.rounds  # (the output the rule planned to stop at may not come)
                 continue
-            nxt = survivors.round(rounds[n + 1]) if n + 1 < len(rounds) else None
+            nxt = survivors.round(rounds[n + 1]) if n + 1 < last() else None
             finished = records.apply(rd, xs, outs, nxt)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)
             if finished:
                 verify()  # before anyone looks at an output
-                if survivors.retired:
-                    rounds = plan.rounds  # (the output the rule planned to stop at may not come)
             for c, xh in finished:  # cores finishing this round, fastest first
                 if c >= survivors.alive:
                     continue  # retired (its output came after the non-finite one it depends on)

@@ -413,7 +413,7 @@ def parallel(
     T = sol.steps
     W = check_cores(cores, T)
     if tol is None:
-        tol = default_tol(T) if callable(default_tol) else absolute_tol(None, default_tol, model, name)
+        tol = default_tol(T) if callable(default_tol) else absolute_tol(default_tol, model, name)
     tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)

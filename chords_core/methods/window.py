@@ -118,13 +118,11 @@ def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) 
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
 
 
-def absolute_tol(tol: float | None, default: float, model: Any, method: str) -> float:
-    """``tol``, or a peer's ``default`` (ParaDiGMS, ParaSolver, ParaTAA: a tolerance in the state's
-    units, the diffusion convention of data of about unit size), with a ``UserWarning`` for a model
-    that is not a ``DiffusionModel``: on the plain ODEs of ``benchmarks/plain_odes.py`` these defaults
-    missed the no-degradation criterion in 4 (ParaTAA) to 73 (ParaDiGMS) of 105 runs, by up to 1291x."""
-    if tol is not None:
-        return tol
+def absolute_tol(default: float, model: Any, method: str) -> float:
+    """A peer's ``default`` tolerance (ParaDiGMS, ParaSolver, ParaTAA: in the state's units, the
+    diffusion convention of data of about unit size), with a ``UserWarning`` for a model that is not a
+    ``DiffusionModel``: on the plain ODEs of ``benchmarks/plain_odes.py`` these defaults missed the
+    no-degradation criterion in 4 (ParaTAA) to 73 (ParaDiGMS) of 105 runs, by up to 1291x."""
     if not isinstance(model, DiffusionModel):
         warn_caller(f"{method}: its default tol={default:g} is absolute, in the state's units (the diffusion "
                     "convention: data of about unit size); on a plain ODE it can return an output far less "
@@ -445,7 +443,7 @@ def sliding_window(
     T = sol.steps
     window = check_int("window", window, 1, T)
     if tol is None and default_tol is not None:
-        tol = absolute_tol(None, default_tol, model, method)
+        tol = absolute_tol(default_tol, model, method)
     tol2 = tolerance_sq(tol, sol, tol_steps)
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
