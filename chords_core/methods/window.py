@@ -234,11 +234,18 @@ class Seeder:
         """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's
         jump. With ``d_prev`` (from index ``i_prev``) and ``order=2``, the data prediction is
         extrapolated linearly in lambda and integrated exactly (a DPM-Solver++(2)-type jump)."""
+        return self.seeds(x_e, d, e, i, (j,), d_prev, i_prev)[0]
+
+    def seeds(self, x_e: Any, d: Any, e: int, i: int, js: Sequence[int], d_prev: Any = None,
+              i_prev: int | None = None) -> list:
+        """``seed`` at each index of ``js``, formed together (``_backend.lincombs``: the same values)."""
         if self.path is None:
-            return self.sol.jump(x_e, d, e, j)
+            return B.lincombs([self.sol.jump_coeffs(e, j) for j in js], (x_e, d))
         second = self.order >= 2 and d_prev is not None and i_prev is not None
-        c = self._coefficients(e, i, j, i_prev if second else None)
-        return B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d))
+        rows = [self._coefficients(e, i, j, i_prev if second else None) for j in js]
+        if all(len(c) == len(rows[0]) for c in rows):
+            return B.lincombs(rows, (x_e, d, d_prev) if len(rows[0]) == 3 else (x_e, d))
+        return [B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d)) for c in rows]
 
     def _coefficients(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
         """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)."""
@@ -566,7 +573,7 @@ def sliding_window(
                 d2 = (seeder.prediction(evaluated_prev, qs[e - 2 - b][0], e - 2)
                       if e - 2 >= b and seeder.order > 1 else None)
                 del xs[e + 1:]
-                xs.extend(seeder.seed(xs[e], d, e, e - 1, j, d2, e - 2) for j in range(e + 1, end + 1))
+                xs.extend(seeder.seeds(xs[e], d, e, e - 1, range(e + 1, end + 1), d2, e - 2))
             if local is not None:
                 local.release(nb, e)
             base = move(states[nb - b], xs[nb])

@@ -1,0 +1,97 @@
+"""The array operations of ``_backend`` that the engines' hot paths use: ``lincombs`` (several
+combinations of the same arrays at once) and ``row_sq`` (per-sample sums of squares)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from chords_core import _backend as B
+
+
+def _bits(a) -> bytes:
+    a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    return a.dtype.str.encode() + str(a.shape).encode() + a.tobytes()
+
+
+ROWS = {
+    "two, scaled": [(0.9, 0.1), (0.5, -0.25), (0.3, 2.0)],
+    "two, first 1": [(1.0, 0.25), (1.0, -3.0)],
+    "three": [(0.7, 0.4, -0.1), (0.5, 1.0, 1.0), (-2.0, 0.3, 0.2)],
+    "three, first 1 (lincomb reorders)": [(1.0, 0.5, 0.25), (0.5, 0.5, 0.5)],
+    "a zero (lincomb skips it)": [(0.9, 0.0), (0.5, 0.5)],
+    "one row": [(0.25, 0.75, -1.0)],
+}
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", list(ROWS))
+@pytest.mark.parametrize("shape", [(1, 64), (3, 5, 7), (1, 40_000)])  # the last: above the block size
+def test_lincombs_equal_lincomb_row_by_row_bit_for_bit(lib, dtype, rows, shape):
+    rows = ROWS[rows]
+    rng = np.random.default_rng(len(rows))
+    arrays = [rng.standard_normal(shape).astype(dtype) for _ in rows[0]]
+    for a in arrays:
+        a.reshape(-1)[:4] = (-0.0, 0.0, -0.0, 1e-30)  # signed zeros: a + 0.0 and 1.0 * a differ there
+    arrays[0].reshape(-1)[4] = np.inf  # non-finite values propagate as lincomb's do
+    arrays[-1].reshape(-1)[5] = np.nan
+    if lib == "torch":
+        arrays = [torch.from_numpy(a) for a in arrays]
+    got = B.lincombs(rows, arrays)
+    want = [B.lincomb(c, arrays) for c in rows]
+    assert len(got) == len(rows)
+    for g, w in zip(got, want):
+        assert _bits(g) == _bits(w)
+    assert all(g is not a for g in got for a in arrays)  # new arrays, never an input
+
+
+def test_lincombs_form_small_numpy_rows_in_one_block_and_large_ones_apart():
+    small = [np.ones((1, 64), np.float32), np.ones((1, 64), np.float32)]
+    got = B.lincombs([(0.5, 0.5), (0.25, 0.75)], small)
+    assert got[0].base is not None and got[0].base is got[1].base  # rows of one block
+    n = B.LINCOMBS_BLOCK_BYTES // 4  # two rows of this many float32 elements: past the block size
+    large = [np.ones((1, n), np.float32), np.ones((1, n), np.float32)]
+    got = B.lincombs([(0.5, 0.5), (0.25, 0.75)], large)
+    assert got[0].base is None and got[1].base is None  # separate arrays (a large block page-faults)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (4, 9000), (5, 64), (2, 3, 4, 5), (3,), ()])
+def test_row_sq_is_the_per_sample_sum_of_squares(dtype, shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    got = B.row_sq(x)
+    flat = x.astype(np.float64).reshape(shape[0], -1) if len(shape) > 1 else x.astype(np.float64).reshape(1, -1)
+    want = (flat * flat).sum(1)
+    if len(shape) <= 1:
+        assert np.ndim(got) == 0
+        want = want[0]
+    else:
+        assert got.shape == (shape[0],)
+    assert got.dtype == np.dtype(dtype)
+    rtol = 1e-5 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(got, want, rtol=rtol)
+    t = B.row_sq(torch.from_numpy(x))  # torch: the same values to rounding
+    np.testing.assert_allclose(np.asarray(t), want, rtol=rtol)
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (3, 9000), (3, 64)])
+def test_row_sq_propagates_nan_and_overflows_to_inf_without_a_warning(shape):
+    x = np.ones(shape, np.float32)
+    x[-1, 3] = np.nan
+    got = B.row_sq(x)
+    assert np.isnan(got[-1]) and (shape[0] == 1 or np.isfinite(got[0]))
+    y = np.full(shape, 1e30, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "overflow encountered" warning (a score is then just inf)
+        assert np.isinf(B.row_sq(y)).all()
+
+
+def test_row_sq_of_an_empty_batch_and_of_half_precision():
+    assert B.row_sq(np.ones((0, 5), np.float32)).shape == (0,)
+    h = np.full((2, 70_000), 2.0, np.float16)  # 280,000 in float16 would overflow: summed in float32
+    got = B.row_sq(h)
+    assert got.dtype == np.float32 and np.allclose(got, 280_000.0)
