@@ -46,7 +46,8 @@ def check_model(model: Any, name: str = "model") -> Model:
 
 
 def check_state(model: Model, x: Any, name: str = "x") -> None:
-    """Check the initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``).
+    """Check the initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``),
+    finite (numpy arrays and torch tensors).
 
     Args:
         model: the checked model.
@@ -61,6 +62,9 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
         raise TypeError(f"{name}: the initial state must have a floating dtype, got {x.dtype}")
     if isinstance(model, DiffusionModel) and len(x.shape) < 1:
         raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
+    # (numpy and torch: one pass; chords_jax checks its arrays itself, and a symbolic state has no values)
+    if (type(x) is np.ndarray or B.library(x) == "torch") and not B.all_finite(x):
+        raise ValueError(f"{name}: the initial state has non-finite values (nan or inf)")
 
 
 class Call:
@@ -117,6 +121,8 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
         raise err from None
     if executor is None:
         executor = BatchedExecutor()
+    elif isinstance(executor, type):  # (a class is callable too: it would fail at the first round)
+        raise TypeError(f"executor: pass an instance, e.g. {executor.__name__}(), not the class {executor.__name__}")
     elif not isinstance(executor, Executor) and not callable(executor):
         raise TypeError(
             f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")

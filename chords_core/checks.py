@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_float", "check_choice", "check_grid"]
+__all__ = ["check_int", "check_bool", "check_float", "check_choice", "check_grid"]
 
 
 def _is_int(value: Any) -> bool:
@@ -40,6 +40,14 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     if (low is not None and v < low) or (high is not None and v > high):
         raise ValueError(f"{name} must be an integer{_range(low, high)}, got {v!r}")
     return v
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a Python bool: ``True`` or ``False`` (numpy's too), not a string such as ``"False"``
+    (truthy) nor a number; ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_cores(cores: Any, steps: int) -> int:

@@ -236,6 +236,12 @@ def test_bad_arguments_raise_naming_them():
         cj.chords(model, X, grid, "euler", cores=0)
     with pytest.raises(ValueError, match="unknown solver"):
         cj.chords(model, X, grid, "rk4", cores=2)
+    bad = np.array(X, copy=True)
+    bad[0, 1] = np.nan
+    for call in (lambda: cj.chords(model, bad, grid, "euler", cores=2), lambda: cj.solve(model, bad, grid),
+                 lambda: cj.parallel(model, bad, grid, cores=2)):
+        with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values"):
+            call()
 
 
 def test_nonlinear_operations_are_refused():

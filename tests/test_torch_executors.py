@@ -143,6 +143,28 @@ def test_device_executor_timeout_closes_it():
         ex.close()
 
 
+def test_device_executor_timeout_in_a_with_block_returns_at_once():
+    """The ``with`` block's exit after a WorkerTimeout does not wait for the stuck model call (it
+    waited out the whole call: a hung model hung the caller)."""
+    release = threading.Event()
+
+    def stuck(x, t):
+        release.wait(30)
+        return x
+
+    model = cc.DiffusionModel(stuck, cc.RectifiedFlow(), "flow")
+    start = time.monotonic()
+    try:
+        with pytest.raises(WorkerTimeout, match="within round_timeout=0.3 s"):
+            with DeviceExecutor(["cpu", "cpu"], round_timeout=0.3) as ex:
+                cc.chords(model, x0(), cc.time_grid(model.schedule, 4), "euler", cores=2, executor=ex)
+        assert time.monotonic() - start < 10  # (the stuck call lasts 30 s)
+        ex.close()  # a later close returns at once too
+        assert time.monotonic() - start < 10
+    finally:
+        release.set()
+
+
 def test_device_executor_bad_arguments():
     with pytest.raises(ValueError, match="devices"):
         DeviceExecutor([])

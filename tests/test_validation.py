@@ -181,6 +181,57 @@ def test_dpmpp_names_fix_the_order():
         cc.solve(FLOW, X, GRID, "dpmpp_2m", order=2.0)
 
 
+@pytest.mark.parametrize("solver, key, takes", [("heun", "order", "it takes none"),
+                                                ("dpmpp_2m", "order", "its options: lower_order_final"),
+                                                ("euler", "tolerance", "it takes none"),
+                                                ("unipc", "lower_order_final", "its options: order, variant")])
+def test_an_option_the_solver_does_not_take_is_named_with_the_ones_it_does(solver, key, takes):
+    """Named as the caller wrote it (it was "Euler.__init__() got an unexpected keyword argument" for
+    "heun", and "got multiple values for keyword argument 'order'" for an order given once)."""
+    for call in (lambda: cc.solve(FLOW, X, GRID, solver, **{key: 2}),
+                 lambda: cc.parallel(FLOW, X, GRID, solver, cores=2, **{key: 2}),
+                 lambda: cc.make_solver(solver, FLOW, GRID, **{key: 2})):
+        with pytest.raises(ValueError, match=rf"^{key}: unknown option \(not an option of solver '{solver}': {takes}\)$"):
+            call()
+
+
+@pytest.mark.parametrize("value", ["False", 0, 1.0, None])
+def test_boolean_solver_options_must_be_booleans(value):
+    """``lower_order_final="False"`` was truthy: the same result as True, silently."""
+    with pytest.raises(ValueError, match="^lower_order_final must be True or False"):
+        cc.solve(FLOW, X, GRID, "dpmpp_3m", lower_order_final=value)
+    from chords_core.solvers import UniPC
+    with pytest.raises(ValueError, match="^corrector must be True or False"):
+        UniPC(FLOW, GRID, corrector=value)
+    assert np.array_equal(cc.solve(FLOW, X, GRID, "dpmpp_3m", lower_order_final=np.bool_(False)),
+                          cc.solve(FLOW, X, GRID, "dpmpp_3m", lower_order_final=False))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_a_non_finite_initial_state_is_refused_naming_x(bad, lib):
+    """It ran, and returned nan silently (or blamed the model for passing it through)."""
+    x = X.copy()
+    x[1, 2] = bad
+    grid = np.linspace(0.0, 1.0, 5)
+    field_ = cc.VectorField(lambda t, y: np.ones_like(y) if isinstance(y, np.ndarray) else y * 0 + 1, batched=True)
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        x = torch.from_numpy(x)
+    for call in (lambda: cc.solve(FLOW, x, GRID), lambda: cc.solve(field_, x, grid),
+                 lambda: cc.parallel(FLOW, x, GRID, cores=2), lambda: cc.chords(FLOW, x, GRID, cores=2),
+                 lambda: cc.parallel(field_, x, grid, cores=2, method="srds")):
+        with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values \(nan or inf\)$"):
+            call()
+
+
+def test_an_executor_class_instead_of_an_instance_is_named():
+    with pytest.raises(TypeError, match=r"^executor: pass an instance, e.g. SerialExecutor\(\), not the class"):
+        cc.parallel(FLOW, X, GRID, cores=2, executor=cc.SerialExecutor)
+    with pytest.raises(TypeError, match=r"^executor: pass an instance"):
+        cc.chords(FLOW, X, GRID, cores=2, executor=cc.BatchedExecutor)
+
+
 def test_unipc_variant_is_checked():
     with pytest.raises(ValueError, match="variant"):
         cc.make_solver("unipc", FLOW, GRID, variant="bh3")
@@ -349,7 +400,7 @@ def test_a_direct_call_names_another_methods_argument():
         with pytest.raises(ValueError, match=rf"^{key}: not an argument of this method nor an option of solver "
                                              rf"'euler'; {key}= is an argument of {re.escape(owners)}$"):
             fn(FLOW, X, GRID, **kw, **{key: 2})
-    with pytest.raises(ValueError, match="^bad options for solver 'euler'"):
+    with pytest.raises(ValueError, match=r"^order: unknown option \(not an option of solver 'euler': it takes none\)"):
         cc.cascade(FLOW, X, GRID, order=2)
     with pytest.raises(ValueError, match="^solver: unknown solver 'nope'"):  # that error first
         cc.parasolver(FLOW, X, GRID, "nope", cores=2)

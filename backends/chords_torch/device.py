@@ -229,13 +229,16 @@ class DeviceExecutor(Executor):
         return outs
 
     def close(self, wait: bool = True) -> None:
-        """Shut the device threads down (pending evaluations are cancelled); idempotent.
+        """Shut the device threads down (pending evaluations are cancelled); idempotent: a second call
+        does nothing, so the ``with`` block's exit after a ``WorkerTimeout`` (which closed the
+        executor without waiting) returns at once instead of waiting for the stuck model call.
 
         Args:
             wait: wait for the running evaluations to finish.
         """
         self._closed = True
-        for p in self._pools:
+        pools, self._pools = self._pools, []
+        for p in pools:
             p.shutdown(wait=wait)
         self._replicas = {}
 

@@ -45,25 +45,32 @@ class SolverSpec:
         stages: model evaluations per step (before a final step to sigma = 0).
         order: its convergence order with the default options.
         summary: a one-line description.
+        needs_diffusion_model: it uses the data prediction (not for a plain ``VectorField``).
+        options: the option names ``build`` takes; ``make_solver`` refuses any other, naming it
+            (``None``: not declared, ``build``'s own ``TypeError`` says).
     """
 
     build: Callable[..., Solver]
     stages: int
     order: int
     summary: str
-    needs_diffusion_model: bool = False  # True: uses the data prediction (not for a plain VectorField)
+    needs_diffusion_model: bool = False
+    options: tuple[str, ...] | None = None
 
 
 SOLVERS: dict[str, SolverSpec] = {
-    "euler": SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "explicit Euler on dx/dt = f"),
-    "heun": SolverSpec(lambda m, t, **o: Heun(m, t, **o), 2, 2, "Heun (trapezoid) on dx/dt = f"),
-    "ddim": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=1, **o), 1, 1, "DPM-Solver++(1) = DDIM", True),
-    "dpmpp_2m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=2, **o), 1, 2, "DPM-Solver++(2M)", True),
-    "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)", True),
+    "euler": SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "explicit Euler on dx/dt = f", options=()),
+    "heun": SolverSpec(lambda m, t, **o: Heun(m, t, **o), 2, 2, "Heun (trapezoid) on dx/dt = f", options=()),
+    "ddim": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=1, **o), 1, 1, "DPM-Solver++(1) = DDIM", True,
+                       ("lower_order_final",)),
+    "dpmpp_2m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=2, **o), 1, 2, "DPM-Solver++(2M)", True,
+                           ("lower_order_final",)),
+    "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)", True,
+                           ("lower_order_final",)),
     "unipc": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}), 1, 3,
-                        "UniPC-2 (UniP + UniC)", True),
+                        "UniPC-2 (UniP + UniC)", True, ("order", "variant")),
     "unip": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}), 1, 2,
-                       "UniP-2, predictor only", True),
+                       "UniP-2, predictor only", True, ("order", "variant")),
 }
 
 
@@ -111,7 +118,13 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
         return solver
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"solver: unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    spec = SOLVERS[solver]
+    if spec.options is not None:
+        for key in options:
+            if key not in spec.options:
+                takes = f"its options: {', '.join(spec.options)}" if spec.options else "it takes none"
+                raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {takes})")
     try:
-        return SOLVERS[solver].build(model, times, **options)
+        return spec.build(model, times, **options)
     except TypeError as e:
         raise ValueError(f"bad options for solver {solver!r}: {e}") from None

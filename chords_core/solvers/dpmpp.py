@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._backend import lincomb, lincomb_into
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from ..models import Model
 from .base import Array, DataSolver, State
 
@@ -44,7 +44,7 @@ class DPMSolverPP(DataSolver):
         self.name = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
         self.history_size = order - 1
         super().__init__(model, times)
-        self.lower_order_final = bool(lower_order_final) and self.steps < 15
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final) and self.steps < 15
         self._cache: dict = {}
 
     def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._backend import lincomb, lincomb_into
-from ..checks import check_choice, check_int
+from ..checks import check_bool, check_choice, check_int
 from ..models import Model
 from .base import Array, DataSolver, State
 
@@ -49,7 +49,7 @@ class UniPC(DataSolver):
                  corrector: bool = True) -> None:
         order = check_int("order", order, 1, 3)
         variant = check_choice("variant", variant, ("bh1", "bh2"))
-        self.order, self.variant, self.corrector = order, variant, bool(corrector)
+        self.order, self.variant, self.corrector = order, variant, check_bool("corrector", corrector)
         self.name = "unipc" if corrector else "unip"
         self.history_size = order  # the corrector of an order-p step looks p - 1 points behind its start
         super().__init__(model, times)
