@@ -11,6 +11,12 @@ Three loops over the same 50 rounds, interleaved repeat by repeat:
              the K stacked states followed by one Euler update each: what any compiled K-core round
              costs at the least.
 
+``--estimate`` adds a fourth loop, ``estimate``: ``chords_jax.chords`` with
+``StopWhenConverged(1e-30)`` (the default rule's kind, at a ``rel`` that accepts nothing: all 50
+rounds), whose run also computes the sequential-error estimate (core 0's local error estimates,
+summed on the device) and replays the rule on the host at each output; printed as its time per
+round over ``jax``'s (``est/jax``, taken repeat by repeat).
+
 Printed per case: ``plan ms`` (symbolic replay of the core engine + lowering, host, first call
 only), ``compile ms`` (first call minus a steady call: trace + XLA compile), microseconds per round
 of each loop as median [min-max] over the repeats, the ratios jax/numpy and jax/floor (taken repeat
@@ -41,6 +47,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="interleaved repeats per case")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 4096, 65536, 1048576])
     ap.add_argument("--solvers", nargs="+", default=["euler", "dpmpp_2m"])
+    ap.add_argument("--estimate", action="store_true", help="also time the run with the error estimate")
     args = ap.parse_args()
     if args.devices > 1:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -79,16 +86,25 @@ def main() -> None:
             def run_floor(xs=xs, floor=floor) -> None:
                 jax.block_until_ready(floor(xs))
 
+            def run_estimate(jmodel=jmodel, x=xj, solver=solver) -> None:
+                jax.block_until_ready(cj.chords(jmodel, x, grid, solver, devices=devices, init=INIT,
+                                                stop=cc.StopWhenConverged(1e-30)).x)
+
             t0 = time.perf_counter()
             run_jax()
             first = time.perf_counter() - t0
             run_floor()
-            secs, _ = interleaved({"jax": run_jax, "numpy": run_numpy, "floor": run_floor}, args.repeat, shuffle=True)
+            loops = {"jax": run_jax, "numpy": run_numpy, "floor": run_floor}
+            if args.estimate:
+                run_estimate()  # (compiled before the timed repeats)
+                loops["estimate"] = run_estimate
+            secs, _ = interleaved(loops, args.repeat, shuffle=True)
             jx, npy, fl = (secs[k] / STEPS * 1e6 for k in ("jax", "numpy", "floor"))
             compile_ms = (first - float(np.min(jx)) * STEPS / 1e6) * 1e3
             print(f"{solver:>9} {size:>8} {plan * 1e3:8.1f} {compile_ms:10.0f} {_spread(jx):>22} {_spread(npy):>22} "
                   f"{_spread(fl):>22} {np.median(jx / npy):7.2f} {np.median(jx / fl):9.2f} {prog.regs:5d} "
-                  f"{prog.idx.shape[1]:>3} x {prog.idx.shape[2]:<2}")
+                  f"{prog.idx.shape[1]:>3} x {prog.idx.shape[2]:<2}"
+                  + (f"  est/jax {spread(secs['estimate'] / secs['jax'], fmt='.2f')}" if args.estimate else ""))
 
 
 def _floor(jax, grid, fn: Callable) -> Callable:
