@@ -5,7 +5,8 @@ defaults was tuned on, two states each: Lorenz (to t = 1.5), Van der Pol with
 mu = 2 (to t = 8) and mu = 0.5 (to 10), a pendulum (to 10), Lotka-Volterra (to 6), Euler's rigid
 body (to 12) and a stiff linear system (rates 50 and 0.5, to t = 1; added after a review found
 CHORDS' default stop fooled there); Euler and Heun at 50, 100 and 200 steps; 2, 4 and 8 lanes.
-Each cell: RMS error against a Heun solve on a 40x finer grid over the sequential solver's with the same steps, and the rounds;
+Each cell: RMS error against a Heun solve on a 40x finer grid over the sequential solver's with the
+same steps, and the rounds;
 ``*`` marks a cell above the no-degradation criterion (1.05), ``E`` a run that raised. Runs whose
 sequential solve itself overflows (Euler at 50 steps on Lorenz) are left out. Columns: the default
 (``cc.parallel``: the local-error scale at ``PLAIN_TOL``) and the local-error scale at ``tol=1`` (the
