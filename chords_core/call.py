@@ -6,7 +6,6 @@ the grid (also against the model's schedule), binds the solver and picks the def
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -155,12 +154,16 @@ def _method_argument(options: dict, solver: Any) -> None:
                              f"{key}= is an argument of {', '.join(owners)}")
 
 
+#: the library's packages: the core and its backends (a warning points past their frames)
+LIBRARY_PACKAGES = ("chords_core", "chords_jax", "chords_torch", "chords_diffusers")
+
+
 def warn_caller(message: str, category: type[Warning]) -> None:
-    """Issue a warning that points at the first frame outside the ``chords_core`` package: the
-    user's call, whether through ``parallel`` or not (a run that went on past a non-finite output)."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    """Issue a warning that points at the first frame outside the library's packages
+    (``LIBRARY_PACKAGES``): the user's call, whether through ``parallel``, a backend or neither (a run
+    that went on past a non-finite output, a default tolerance in the state's units)."""
     frame: FrameType | None = sys._getframe(0)
     level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in LIBRARY_PACKAGES:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

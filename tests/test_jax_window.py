@@ -94,8 +94,10 @@ def check_case(problem, solver, method, cores):
         warns = tol is None and method != "cascade" and not isinstance(nmodel, cc.DiffusionModel)
         with pytest.warns(UserWarning, match=rf"^{method}: its default tol") if warns else contextlib.nullcontext():
             ref = cc.parallel(nmodel, x, grid, solver, cores=cores, method=method, **kw)
-        with pytest.warns(UserWarning, match=rf"^{method}: its default tol") if warns else contextlib.nullcontext():
+        with pytest.warns(UserWarning, match=rf"^{method}: its default tol") if warns else contextlib.nullcontext() as seen:
             got = cj.parallel(jmodel, x, grid, solver, cores=cores, method=method, **kw)
+        if warns:  # pointing at this line, the caller's, not into chords_jax
+            assert [w.filename for w in seen] == [__file__], [w.filename for w in seen]
         same(got, ref)
     # tol = 0: a point is accepted only when its change is exactly zero (the iterate reached a bitwise
     # fixed point), a last-bit matter on which backends differ; the answer is the sequential solution
