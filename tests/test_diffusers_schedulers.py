@@ -83,6 +83,17 @@ def test_heun_pipeline_matches_diffusers(sd):
     assert rel_err(one.latents, ref) < 2e-6 and one.chords.nfe == 2 * 6 - 1  # Heun: 2 calls a step, 1 for the last
 
 
+@pytest.mark.parametrize("make, steps", [
+    (lambda: EulerDiscreteScheduler(interpolation_type="log_linear"), STEPS),  # a sigma more than steps: ends at sigma_min
+    (lambda: EulerDiscreteScheduler(final_sigmas_type="sigma_min"), STEPS - 1),  # a last step of length 0: dropped
+], ids=["log-linear", "final-sigma-min"])
+def test_euler_sigma_options_reproduce_the_loop(unet, make, steps):
+    """Both raised at sampling time (an IndexError; "grid must be strictly monotone") though the
+    scheduler's own loop runs them."""
+    smap, _ = _loop_vs_chords(unet, make())
+    assert smap.solver == "euler" and smap.grid.shape == (steps + 1,) and len(smap.timesteps) == steps
+
+
 # -- A2: clip_sample / thresholding of the data prediction ---------------------------------------
 
 # (scheduler, tolerance): eps-prediction DDIM with clipping divides by alpha ~ 0.03 at the first step; diffusers'

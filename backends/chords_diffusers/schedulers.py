@@ -421,7 +421,15 @@ def _karras_ve(s: Any, cfg: Any, solver: str, grid: np.ndarray, timesteps: Any, 
 
 
 def _euler(s: Any, cfg: Any, step: dict) -> SchedulerMap:
-    grid = _sigmas64(s.sigmas)
+    """EulerDiscreteScheduler: its loop takes one step per timestep, from sigmas[i] to sigmas[i + 1]. The
+    grid is those len(timesteps) + 1 sigmas: with ``interpolation_type="log_linear"`` diffusers keeps
+    one sigma more than it steps to (its loop ends at sigma_min, not 0), and with
+    ``final_sigmas_type="sigma_min"`` the last step runs from sigma_min to sigma_min and leaves the
+    sample as it is, so it is dropped (one evaluation fewer, the same result)."""
+    sig = s.sigmas[: len(s.timesteps) + 1]
+    if len(sig) > 2 and float(sig[-1]) == float(sig[-2]):
+        sig = sig[:-1]
+    grid = _sigmas64(sig)
     n = len(grid) - 1
     return _karras_ve(s, cfg, "euler", grid, s.timesteps[:n], s.sigmas[:n])
 
