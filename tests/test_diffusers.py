@@ -226,6 +226,20 @@ def test_sd_unet_pipeline_matches_diffusers(sd):
     assert out.images[0].size == (16, 16) and out.chords.rounds < 8
 
 
+def test_pipeline_input_checks_run_as_in_the_pipeline(sd, sd3):
+    """The pipeline's own ``check_inputs``: a bad call fails as ``pipe(...)`` does (it ran, or failed
+    inside with an AttributeError, before)."""
+    kw = dict(num_inference_steps=4, cores=2, output_type="latent")
+    with pytest.raises(ValueError, match="Provide either `prompt` or `prompt_embeds`"):
+        cd.sample(sd, None, **kw)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        cd.sample(sd, "a cat", height=12, width=16, **kw)
+    with pytest.raises(ValueError, match="Cannot forward both `prompt`"):
+        cd.sample(sd, "a cat", prompt_embeds=torch.randn(1, 5, 16), **kw)
+    with pytest.raises(ValueError, match="Provide either `prompt` or `prompt_embeds`"):
+        cd.sample(sd3, None, **kw)
+
+
 def test_unconditional_pipeline_and_devices(unet):
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(clip_sample=False, prediction_type="v_prediction"))
     kw = dict(num_inference_steps=8, batch_size=1, output_type="latent")

@@ -90,6 +90,11 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         max_sequence_length=256, mu=None, sigmas=None)
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    pipe.check_inputs(prompt=prompt, prompt_2=None, prompt_3=None, height=height, width=width,
+                      negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                      negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                      negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                      max_sequence_length=max_sequence_length)
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe, ppe, nppe = pipe.encode_prompt(
         prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
@@ -138,6 +143,11 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         max_sequence_length=512, sigmas=None)
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    pipe.check_inputs(prompt=prompt, prompt_2=None, height=height, width=width, negative_prompt=negative_prompt,
+                      prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                      pooled_prompt_embeds=pooled_prompt_embeds,
+                      negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                      max_sequence_length=max_sequence_length)
     device = pipe._execution_device
     cfg = true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)
     pe, ppe, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_embeds=prompt_embeds,
@@ -191,6 +201,8 @@ def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         prompt_embeds=None, negative_prompt_embeds=None)
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pipe.check_inputs(prompt=prompt, height=height, width=width, callback_steps=None, negative_prompt=negative_prompt,
+                      prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds)
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe = pipe.encode_prompt(prompt, device, num_images_per_prompt, cfg, negative_prompt,
                                  prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds)
@@ -277,6 +289,10 @@ def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         raise ValueError(f"{name}: give timesteps or sigmas, not both")
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    pipe.check_inputs(prompt=prompt, prompt_2=prompt_2, height=height, width=width, callback_steps=None,
+                      negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
+                      negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                      negative_pooled_prompt_embeds=negative_pooled_prompt_embeds)
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe, ppe, nppe = pipe.encode_prompt(
         prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
