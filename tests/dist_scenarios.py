@@ -5,6 +5,8 @@
 - ``interrupt``: rank 1 evaluates slowly; rank 0 is interrupted (SIGINT) 1 s into a run, then runs
   again on the same executor, which must give the serial executor's outputs bit for bit (the
   interrupted round was completed before the ``KeyboardInterrupt``: never a stale answer).
+- ``interrupt_twice``: rank 1 takes 4 s a call; rank 0 is interrupted at 1 s and again at 1.5 s: the
+  second Ctrl-C ends the call at once, without the round's answers, and the executor is closed.
 - ``hung``: the last rank's model hangs at its 2nd call; rank 0 gets ``WorkerTimeout`` after the round
   timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
 - ``pickle``: rank 0 sends a model shell whose pickle would run ``os.system``; the workers refuse it
@@ -48,6 +50,11 @@ def _slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _NET(x, t)
 
 
+def _very_slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    time.sleep(4.0)
+    return _NET(x, t)
+
+
 def main(scenario: str, path: str) -> int:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -56,6 +63,8 @@ def main(scenario: str, path: str) -> int:
             net = TorchGMM()
             if scenario == "interrupt" and rank == 1:
                 net = _slow  # type: ignore[assignment]
+            if scenario == "interrupt_twice" and rank == 1:
+                net = _very_slow  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
             serve(net)
@@ -79,6 +88,21 @@ def main(scenario: str, path: str) -> int:
                 report["second"] = "equal" if same else "DIFFERENT"
             except ExecutorClosed as e:
                 report["second"] = f"ExecutorClosed: {e}"
+        elif scenario == "interrupt_twice":
+            for delay in (1.0, 1.5):
+                threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+            t0 = time.monotonic()
+            try:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+                report["first"] = "finished"
+            except KeyboardInterrupt:
+                report["first"] = "KeyboardInterrupt"
+            report["seconds"] = time.monotonic() - t0
+            try:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+                report["second"] = "ran"
+            except ExecutorClosed:
+                report["second"] = "ExecutorClosed"
         elif scenario == "hung":
             t0 = time.monotonic()
             try:

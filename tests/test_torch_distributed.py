@@ -137,6 +137,16 @@ def test_an_interrupted_round_is_completed_then_the_executor_gives_exact_results
     assert codes == [0, 0, 0], outs
 
 
+def test_a_second_interrupt_ends_the_call_at_once_and_closes_the_executor(tmp_path):
+    """docs/torch.md: a second Ctrl-C interrupts at once. It took effect only once the round's answers
+    were in (4 s here): Python runs the handler only when the main thread leaves the backend's wait."""
+    codes, outs = launch(["interrupt_twice"], tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["first"] == "KeyboardInterrupt" and rep["seconds"] < 3.0, outs[0]
+    assert rep["second"] == "ExecutorClosed", outs[0]
+    assert codes[0] == 0, outs  # (the workers, never told to stop, end when the driver's group goes)
+
+
 def test_a_hung_rank_ends_itself_once_the_driver_has_given_up(tmp_path):
     """Two ranks: rank 0 handles the WorkerTimeout and exits 0; rank 1, stuck in its model, exits by
     itself (before: it slept on, and a torchrun job with it)."""

@@ -80,21 +80,49 @@ def _comm_device(group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _wait(start: Callable, timeout: float | None, what: str, rank: int) -> None:
+def _wait(start: Callable, timeout: float | None, what: str, rank: int, interruptible: bool = False) -> None:
     """Start a send / recv (``start()`` -> Work) with ``rank`` and wait for it: a lost peer -> WorkerDied,
     no completion within ``timeout`` seconds -> WorkerTimeout (errors may surface at either point);
-    the error's ``rank`` is set."""
+    the error's ``rank`` is set. ``interruptible``: a Ctrl-C's handler runs during the wait
+    (``_interruptible_wait``)."""
     try:
-        _wait_once(start, timeout, what)
+        _wait_once(start, timeout, what, interruptible)
     except WorkerError as e:
         e.rank = rank
         raise
 
 
-def _wait_once(start: Callable, timeout: float | None, what: str) -> None:
+def _interruptible_wait(work: Any, timeout: float | None) -> bool:
+    """``work.wait(...)`` in a helper thread, the main thread waiting on an event meanwhile. Python runs
+    a signal handler only between bytecodes, so while the main thread waits inside the backend a
+    Ctrl-C's handler waits too: a second Ctrl-C took effect only once the round's answers were in.
+    An event's wait returns to the interpreter, so the handler runs at once; if it raises, the helper
+    thread (a daemon) is left to the abandoned wait."""
+    done, box = threading.Event(), {}
+
+    def run() -> None:
+        try:
+            box["ok"] = work.wait() if timeout is None else work.wait(datetime.timedelta(seconds=timeout))
+        except BaseException as e:  # handed to the waiting thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="chords-dist-wait", daemon=True).start()
+    while not done.wait(0.1):
+        pass
+    if "error" in box:
+        raise box["error"]
+    return bool(box["ok"])
+
+
+def _wait_once(start: Callable, timeout: float | None, what: str, interruptible: bool = False) -> None:
     try:
         work = start()
-        if timeout is None:
+        if interruptible and threading.current_thread() is threading.main_thread():
+            if not _interruptible_wait(work, timeout):
+                raise WorkerTimeout(f"{what}: no completion within {timeout:g} s")
+        elif timeout is None:
             work.wait()
         elif not work.wait(datetime.timedelta(seconds=timeout)):
             raise WorkerTimeout(f"{what}: no completion within {timeout:g} s")
@@ -199,8 +227,10 @@ class DistributedExecutor(Executor):
     def _send(self, tensor: torch.Tensor, rank: int, timeout: float | None) -> None:
         _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)", rank)
 
-    def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None) -> torch.Tensor:
-        _wait(lambda: dist.irecv(tensor, rank, group=self.group), timeout, f"rank {rank} ({what})", rank)
+    def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None,
+              interruptible: bool = False) -> torch.Tensor:
+        _wait(lambda: dist.irecv(tensor, rank, group=self.group), timeout, f"rank {rank} ({what})", rank,
+              interruptible)
         return tensor
 
     def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
@@ -209,7 +239,8 @@ class DistributedExecutor(Executor):
         ``timeout`` seconds, or by default what is left of the round."""
         if timeout is None:
             timeout = self._left()
-        status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout)
+        # (the wait for a status is the long one, the model's time: a second Ctrl-C interrupts it at once)
+        status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout, True)
         code, point, length = (int(v) for v in status.tolist())
         if code == 0:
             return 0, 0, self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
