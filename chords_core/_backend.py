@@ -89,9 +89,13 @@ def lincombs(rows: Sequence[Sequence[float]], arrays: Sequence[Array]) -> list[A
             and all(len(c) == len(arrays) and 0.0 not in c and (len(c) == 2 or c[0] != 1.0) for c in rows)):
         # one column of coefficients per array, in the arrays' dtype (as a Python float meets them)
         cols = np.array(rows, dtype=a0.dtype).T.reshape((len(arrays), len(rows)) + (1,) * a0.ndim)
-        acc = cols[0] * a0
-        for col, a in zip(cols[1:], arrays[1:]):
-            acc += col * a
+        # in lincomb's order: two arrays c1 a1 + c0 a0 (axpy's), more c0 a0 + c1 a1 + ... (where both
+        # terms are nan, the sum keeps the first one's bits)
+        order = (1, 0) if len(arrays) == 2 else range(len(arrays))
+        first, *rest = order
+        acc = cols[first] * arrays[first]
+        for k in rest:
+            acc += cols[k] * arrays[k]
         return list(acc)
     return [lincomb(c, arrays) for c in rows]
 

@@ -62,7 +62,7 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
     if isinstance(model, DiffusionModel) and len(x.shape) < 1:
         raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
     # (numpy and torch: one pass; chords_jax checks its arrays itself, and a symbolic state has no values)
-    if (type(x) is np.ndarray or B.library(x) == "torch") and not B.all_finite(x):
+    if (isinstance(x, np.ndarray) or B.library(x) == "torch") and not B.all_finite(x):
         raise ValueError(f"{name}: the initial state has non-finite values (nan or inf)")
 
 

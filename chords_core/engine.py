@@ -280,8 +280,9 @@ class CoreRecords:
         a coarse start that ran wild on a stiff problem gave an estimate thousands of times the
         sequential error, and the rule then accepted two wild outputs that agreed to within it
         (dy/dt = [[-30, 1], [0, -0.5]] y, 40 Euler steps, 4 cores: an output 685 x the sequential
-        error away). Core 0 reaches half the steps, when the estimate starts, by round T / 2, before
-        all but the fastest outputs arrive: 1% more rounds over the benchmark suite's 42 rows."""
+        error away). Core 0 reaches half the steps, when the estimate starts, by round T / 2 (T for a
+        two-stage solver), before all but the fastest outputs arrive: 1% more rounds over the benchmark
+        suite's 42 rows."""
         rec = self.recent
         rec.insert(0, (i, q))
         assert self.local is not None

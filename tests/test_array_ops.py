@@ -39,6 +39,8 @@ def test_lincombs_equal_lincomb_row_by_row_bit_for_bit(lib, dtype, rows, shape):
         a.reshape(-1)[:4] = (-0.0, 0.0, -0.0, 1e-30)  # signed zeros: a + 0.0 and 1.0 * a differ there
     arrays[0].reshape(-1)[4] = np.inf  # non-finite values propagate as lincomb's do
     arrays[-1].reshape(-1)[5] = np.nan
+    for k, a in enumerate(arrays):  # nan in every term, of either sign: the sum keeps the first term's bits
+        a.reshape(-1)[6] = -np.nan if k % 2 else np.nan
     if lib == "torch":
         arrays = [torch.from_numpy(a) for a in arrays]
     got = B.lincombs(rows, arrays)

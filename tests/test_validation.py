@@ -184,7 +184,8 @@ def test_dpmpp_names_fix_the_order():
 @pytest.mark.parametrize("solver, key, takes", [("heun", "order", "it takes none"),
                                                 ("dpmpp_2m", "order", "its options: lower_order_final"),
                                                 ("euler", "tolerance", "it takes none"),
-                                                ("unipc", "lower_order_final", "its options: order, variant")])
+                                                ("unipc", "lower_order_final", "its options: order, variant, corrector"),
+                                                ("unip", "corrector", "its options: order, variant")])
 def test_an_option_the_solver_does_not_take_is_named_with_the_ones_it_does(solver, key, takes):
     """Named as the caller wrote it (it was "Euler.__init__() got an unexpected keyword argument" for
     "heun", and "got multiple values for keyword argument 'order'" for an order given once)."""
@@ -205,6 +206,7 @@ def test_boolean_solver_options_must_be_booleans(value):
         UniPC(FLOW, GRID, corrector=value)
     assert np.array_equal(cc.solve(FLOW, X, GRID, "dpmpp_3m", lower_order_final=np.bool_(False)),
                           cc.solve(FLOW, X, GRID, "dpmpp_3m", lower_order_final=False))
+    assert np.array_equal(cc.solve(FLOW, X, GRID, "unipc", corrector=False), cc.solve(FLOW, X, GRID, "unip"))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

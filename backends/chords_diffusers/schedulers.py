@@ -425,7 +425,8 @@ def _euler(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     grid is those len(timesteps) + 1 sigmas: with ``interpolation_type="log_linear"`` diffusers keeps
     one sigma more than it steps to (its loop ends at sigma_min, not 0), and with
     ``final_sigmas_type="sigma_min"`` the last step runs from sigma_min to sigma_min and leaves the
-    sample as it is, so it is dropped (one evaluation fewer, the same result)."""
+    sample as it is, so it is dropped (one evaluation fewer, the same result; from two steps on: one
+    such step alone is no grid)."""
     sig = s.sigmas[: len(s.timesteps) + 1]
     if len(sig) > 2 and float(sig[-1]) == float(sig[-2]):
         sig = sig[:-1]

@@ -444,7 +444,7 @@ def _as_state(x: Any) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x: the initial state must have a floating dtype, got {x.dtype}")
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):  # (one read per call)
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):  # (a device read)
         raise ValueError("x: the initial state has non-finite values (nan or inf)")
     return x
 

@@ -97,7 +97,8 @@ def _interruptible_wait(work: Any, timeout: float | None) -> bool:
     a signal handler only between bytecodes, so while the main thread waits inside the backend a
     Ctrl-C's handler waits too: a second Ctrl-C took effect only once the round's answers were in.
     An event's wait returns to the interpreter, so the handler runs at once; if it raises, the helper
-    thread (a daemon) is left to the abandoned wait."""
+    thread (a daemon) is left to the abandoned wait. For host tensors (gloo) only: on a GPU (nccl) a
+    work's wait makes the calling thread's CUDA stream wait, not the host."""
     done, box = threading.Event(), {}
 
     def run() -> None:
@@ -239,8 +240,10 @@ class DistributedExecutor(Executor):
         ``timeout`` seconds, or by default what is left of the round."""
         if timeout is None:
             timeout = self._left()
-        # (the wait for a status is the long one, the model's time: a second Ctrl-C interrupts it at once)
-        status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout, True)
+        # (the wait for a status is the long one, the model's time: a second Ctrl-C interrupts it at once;
+        # on the host only: nccl's wait orders the calling thread's CUDA stream, which must be this one's)
+        status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout,
+                            self.device.type == "cpu")
         code, point, length = (int(v) for v in status.tolist())
         if code == 0:
             return 0, 0, self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
