@@ -13,7 +13,8 @@ name           method                                    evals/step  order
 =============  ========================================  ==========  ===============
 
 ``unipc``/``unip`` take ``order`` (1-3) and ``variant`` ("bh1", "bh2"), ``unipc`` also ``corrector``
-(``False``: UniP); the DPM-Solver++ family takes ``lower_order_final``. Euler and Heun work on any model; the others need a ``DiffusionModel``.
+(``False``: UniP); the DPM-Solver++ family takes ``lower_order_final``. Euler and Heun work on any
+model; the others need a ``DiffusionModel``.
 """
 
 from __future__ import annotations
