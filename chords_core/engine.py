@@ -36,6 +36,7 @@ from .history import move
 from .local_error import LocalError
 from .models import Model, ModelOutputError
 from .plan import Eval, Plan, Round
+from .progress import progress_bar
 from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule
@@ -400,11 +401,6 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     stack = ((stacks(x) if callable(stacks) else stacks) is True
              and plan.width(limit) * B._nbytes(x) >= B.ROUND_BUFFER_MIN_BYTES)
     records = CoreRecords(sol, x, plan.init, history, errors=wants_error, widths=plan.widths_from if stack else None)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=limit, desc=f"chords {sol.name} x{plan.cores}", unit="round")
     hits: list[Hit] = []
     outputs: list = []
     starts: list[int] = []  # where each output's core started (Outputs.starts)
@@ -431,8 +427,16 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         planned to stop at may not come)."""
         return len(rounds) if survivors.retired else limit
 
+    def tick(bar: Any) -> None:
+        """Count a round that ran; after a retirement the total is every round left (and the
+        rounds evaluated again)."""
+        if bar.total != last() + survivors.extra:
+            bar.total = last() + survivors.extra
+            bar.refresh()
+        bar.update(1)
+
     n = 0
-    try:
+    with progress_bar(progress, limit, f"chords {sol.name} x{plan.cores}", "round") as bar:
         while n < last():
             rd = survivors.round(rounds[n])
             assert rd is not None  # core 0 evaluates in every round of the plan
@@ -445,6 +449,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             except ModelOutputError as err:
                 survivors.retire(err, rd.number, rd.evals, records)  # or re-raised
                 survivors.extra += 1  # the round is evaluated again without the retired cores
+                tick(bar)
                 continue
             nxt = survivors.round(rounds[n + 1]) if n + 1 < last() else None
             finished = records.apply(rd, xs, outs, nxt)
@@ -460,14 +465,10 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 if result is None and rule.accept(Outputs(outputs, error_state=records.error_state(), starts=starts),
                                                   records.coarse):
                     result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
-            if bar is not None:
-                bar.update(1)
+            tick(bar)
             if result is not None:
                 break
             n += 1
-    finally:
-        if bar is not None:
-            bar.close()
     if result is None:
         result = hits[-1]
         stopped_by = rule.describe(len(hits), result.core, False)  # core 0: the sequential solution

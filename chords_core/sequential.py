@@ -6,6 +6,7 @@ from typing import Any
 
 from .call import begin
 from .models import Model, ModelOutputError
+from .progress import progress_bar
 from .results import as_array
 from .solvers import Solver
 
@@ -29,19 +30,16 @@ def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, pr
     """
     sol = begin(model, x, grid, solver, None, solver_options).solver
     state = sol.begin(x)
-    steps: Any = range(sol.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=f"{sol.name}", unit="step")
-    for i in steps:
-        qs: list = []
-        for k in range(sol.evals(i, i + 1)):
-            xk, ti = (state.x, i) if k == 0 else sol.stage_point(state, qs, i, i + 1, k)
-            try:
-                out = model.evaluate([xk], [sol.t[ti]])[0]
-            except ModelOutputError as e:
-                raise e.relabel(0, f"step {i} (stage {k}, t={sol.t[ti]:.6g}): {e}") from None
-            qs.append(sol.quantity_of(xk, out, ti))
-        state = sol.step(state, qs, i, i + 1)
+    with progress_bar(progress, sol.steps, sol.name, "step") as bar:
+        for i in range(sol.steps):
+            qs: list = []
+            for k in range(sol.evals(i, i + 1)):
+                xk, ti = (state.x, i) if k == 0 else sol.stage_point(state, qs, i, i + 1, k)
+                try:
+                    out = model.evaluate([xk], [sol.t[ti]])[0]
+                except ModelOutputError as e:
+                    raise e.relabel(0, f"step {i} (stage {k}, t={sol.t[ti]:.6g}): {e}") from None
+                qs.append(sol.quantity_of(xk, out, ti))
+            state = sol.step(state, qs, i, i + 1)
+            bar.update(1)
     return as_array(state.x)

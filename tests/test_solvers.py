@@ -117,3 +117,19 @@ def test_unknown_solver_and_bad_options():
         cc.solve(model, X_T, g, "unipc", variant="bh3")
     with pytest.raises(ValueError, match="order: unknown option"):
         cc.solve(model, X_T, g, "euler", order=2)
+
+
+def test_a_registered_order_the_solver_does_not_have_is_refused(monkeypatch):
+    """A spec that says order 2 over a class that says 1 would make the local-error estimates (and
+    CHORDS' default stop) trust its steps too much: ``make_solver`` names the mismatch."""
+
+    class Euler2(cc.solvers.Euler):
+        name = "euler2"
+
+    monkeypatch.setitem(cc.SOLVERS, "euler2", cc.solvers.SolverSpec(Euler2, 1, 2, "Euler, misregistered", options=()))
+    field = LinearODE.random(3).vector_field()
+    with pytest.raises(ValueError, match=r"solver 'euler2': its SolverSpec says order 2, but the bound Euler2 says 1"):
+        cc.solve(field, np.ones(3), np.linspace(0, 1, 5), "euler2")
+    Euler2.order = 2
+    assert np.array_equal(cc.solve(field, np.ones(3), np.linspace(0, 1, 5), "euler2"),
+                          cc.solve(field, np.ones(3), np.linspace(0, 1, 5), "euler"))

@@ -36,6 +36,7 @@ from ..executors import Executor
 from ..history import move
 from ..models import Model
 from ..plan import Eval, Round
+from ..progress import progress_bar
 from ..results import Hit, Result
 from ..solvers import Solver
 from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, warn_unmet
@@ -181,13 +182,14 @@ def srds_run(
     last = nb if max_iters is None else check_int("max_iters", max_iters, 1, nb)
     last = rule.outputs_needed(last)
     t = sol.t
-    pts: dict = {(0, k): (x, None) for k in range(nb + 1)}  # (i, k) -> (x_i^k, state of the solve that made it)
-    G: dict = {}  # (i, k) -> G_i(x_i^k)
-    F: dict = {}  # (i, k) -> end State of the fine solve from x_i^k
+    # Memory: a state is kept only while a point still to form needs it, so a run holds O(B) states
+    # (the running solves, the outputs, and G and F of the points about to form).
+    formed: set = set()  # (i, k) of the points x_i^k formed so far (i >= 1)
+    G: dict = {}  # (i, k) -> G_i(x_i^k), until x_{i+1}^k and x_{i+1}^{k+1} are formed
+    F: dict = {}  # (i, k) -> end State of the fine solve from x_i^k, until x_{i+1}^{k+1} is formed
     running: list[_Fine] = []
 
-    def start(i, k):
-        xk, st = pts[(i, k)]
+    def start(i, k, xk, st):
         state = sol.begin(xk) if st is None else move(st, xk)
         running.append(_Fine(i, k, state, n[i], n[i + 1]))
 
@@ -203,66 +205,73 @@ def srds_run(
             return (f.x + (G[(i, k)] - G[(i, k - 1)]), f)
         return None
 
-    start(0, 0)
-    outputs, hits, trace, next_k = {}, [], [], 1
+    def release(i1, k):
+        """Drop what only x_{i1}^k (just formed) still needed: F_i(x_i^{k-1}), and G_i of the
+        iterates whose successors are formed (x_{i1}^j, and x_{i1}^{j+1} unless it is exact, j + 1 >= i1)."""
+        i = i1 - 1
+        F.pop((i, k - 1), None)
+        for j in (k - 1, k):
+            if (i, j) in G and (i1, j) in formed and ((i1, j + 1) in formed or j + 1 >= i1):
+                del G[(i, j)]
+
+    def form_ready():
+        """Form every point whose inputs exist, starting the fine solves they feed."""
+        changed = True
+        while changed:
+            changed = False
+            for k in range(nb + 1):
+                for i1 in range(max(k, 1), nb + 1):
+                    if (i1, k) in formed or (p := form(i1, k)) is None:
+                        continue
+                    formed.add((i1, k))
+                    changed = True
+                    release(i1, k)
+                    if i1 < nb:
+                        start(i1, k, *p)
+                    else:
+                        outputs[k] = p[0]
+
+    outputs: dict = {}  # k -> x_B^k
+    start(0, 0, x, None)
+    hits, trace, next_k = [], [], 1
     rounds = nfe = width = 0
     result: Hit | None = None
     unmet: StopRule | None = None
     stopped_by = ""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=last, desc=f"srds {sol.name} B{nb}", unit="iteration")
     def where(p: int, batch: list) -> str:
         c, _, j = batch[p]
         return f"block {c.i} of iteration {c.k} (step {c.m}, stage {len(c.qs)}, t={t[j]:.6g})"
 
-    while result is None:
-        batch = [(c, *((c.state.x, c.m) if not c.qs else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs))))
-                 for c in running]
-        rounds += 1
-        outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds, where,
-                              batch)
-        nfe, width = nfe + len(batch), max(width, len(batch))
-        trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
-        for (c, xp, j), out in zip(batch, outs):
-            q = sol.quantity_of(xp, out, j)
-            if not c.qs and c.m == n[c.i]:  # the solve's first evaluation is also G_i's
-                G[(c.i, c.k)] = sol.jump(xp, q, n[c.i], n[c.i + 1])
-            c.qs.append(q)
-            if len(c.qs) == evals[c.m]:
-                c.state, c.qs = sol.step(c.state, c.qs, c.m, c.m + 1), []
-                c.m += 1
-                if c.m == c.end:
-                    F[(c.i, c.k)] = c.state
-        running = [c for c in running if c.m < c.end]
-        changed = True
-        while changed:  # form every point whose inputs exist; start the fine solves they feed
-            changed = False
-            for k in range(nb + 1):
-                for i1 in range(max(k, 1), nb + 1):
-                    if (i1, k) in pts:
-                        continue
-                    p = form(i1, k)
-                    if p is None:
-                        continue
-                    pts[(i1, k)], changed = p, True
-                    if i1 < nb:
-                        start(i1, k)
-                    else:
-                        outputs[k] = p[0]
-        while result is None and next_k in outputs:  # outputs form in iteration order
-            hits.append(Hit(next_k, rounds, nfe, outputs[next_k]))
-            if bar is not None:
+    with progress_bar(progress, last, f"srds {sol.name} B{nb}", "iteration") as bar:
+        while result is None:
+            batch = [(c, *((c.state.x, c.m) if not c.qs
+                           else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs)))) for c in running]
+            rounds += 1
+            outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds,
+                                  where, batch)
+            nfe, width = nfe + len(batch), max(width, len(batch))
+            trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
+            for (c, xp, j), out in zip(batch, outs):
+                q = sol.quantity_of(xp, out, j)
+                if not c.qs and c.m == n[c.i]:  # the solve's first evaluation is also G_i's
+                    G[(c.i, c.k)] = sol.jump(xp, q, n[c.i], n[c.i + 1])
+                c.qs.append(q)
+                if len(c.qs) == evals[c.m]:
+                    c.state, c.qs = sol.step(c.state, c.qs, c.m, c.m + 1), []
+                    c.m += 1
+                    if c.m == c.end:
+                        F[(c.i, c.k)] = c.state
+            running = [c for c in running if c.m < c.end]
+            form_ready()
+            while result is None and next_k in outputs:  # outputs form in iteration order
+                hits.append(Hit(next_k, rounds, nfe, outputs[next_k]))
                 bar.update(1)
-            stop_at = srds_stop(rule, [h.x for h in hits], outputs[0], last, nb, start=next_k - 1)
-            if stop_at is not None:
-                result, stopped_by = hits[stop_at[0]], stop_at[1]
-                unmet = rule if stop_at[2] else None
-            next_k += 1
-    if bar is not None:
-        bar.close()
+                stop_at = srds_stop(rule, [h.x for h in hits], outputs[0], last, nb, start=next_k - 1)
+                if stop_at is not None:
+                    result, stopped_by = hits[stop_at[0]], stop_at[1]
+                    unmet = rule if stop_at[2] else None
+                next_k += 1
     return Result(x=result.x, rounds=result.round, nfe=result.nfe, hits=tuple(hits), coarse=outputs.get(0),
                   stopped_by=stopped_by, method="srds", sequential_rounds=sum(evals), width=width,
                   trace=tuple(trace)), unmet

@@ -61,6 +61,7 @@ from ..history import move
 from ..local_error import LocalError
 from ..models import DiffusionModel, Model, ModelOutputError
 from ..plan import Eval, Round
+from ..progress import progress_bar
 from ..results import Hit, Result
 from ..solvers import Solver, State
 
@@ -478,17 +479,12 @@ def sliding_window(
     def where(p: int, idx: Sequence[int], k: int, ti: Sequence[int]) -> str:
         return point_where(idx[p], k, t[ti[p]])
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=T, desc=f"{method} {sol.name} w{window}", unit="step")
 
     xs: list = [x] * (min(window, T) + 1)  # the iterate x_0 .. x_e (later points start as copies)
     base = sol.begin(x)  # accepted state at the window start b (with its multistep history)
     b, rounds, nfe, width, log, trace = 0, 0, 0, 0, [], []
     cuts: list[tuple[int, int]] = []  # (round, grid index) of each sweep cut at a non-finite output
-    try:
+    with progress_bar(progress, T, f"{method} {sol.name} w{window}", "step") as bar:
         while b < T:
             e = min(b + window, T)
             cuts_before = len(cuts)
@@ -580,12 +576,8 @@ def sliding_window(
             del states, new, st, qs  # nor do this sweep's states pin its outputs during the next round
             xs[b:nb] = [None] * (nb - b)  # accepted points before the new start are not used again: freed
             log.append(Sweep(rounds, b, e, nb))
-            if bar is not None:
-                bar.update(nb - b)
+            bar.update(nb - b)
             b = nb
-    finally:
-        if bar is not None:
-            bar.close()
     hit = Hit(0, rounds, nfe, xs[T])
     return Result(x=xs[T], rounds=rounds, nfe=nfe, hits=(hit,), coarse=None,
                   stopped_by=f"window reached T after {len(log)} sweeps{_cut_note(cuts, method)}", method=method,

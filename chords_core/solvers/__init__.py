@@ -44,7 +44,8 @@ class SolverSpec:
     Attributes:
         build: ``build(model, times, **options) -> Solver`` binds the solver to a model and a grid.
         stages: model evaluations per step (before a final step to sigma = 0).
-        order: its convergence order with the default options.
+        order: its convergence order with the default options; ``make_solver`` checks that the
+            bound solver's ``accuracy`` (its class's ``order`` unless it says otherwise) agrees.
         summary: a one-line description.
         needs_diffusion_model: it uses the data prediction (not for a plain ``VectorField``).
         options: the option names ``build`` takes; ``make_solver`` refuses any other, naming it
@@ -126,6 +127,11 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
                 takes = f"its options: {', '.join(spec.options)}" if spec.options else "it takes none"
                 raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {takes})")
     try:
-        return spec.build(model, times, **options)
+        built = spec.build(model, times, **options)
     except TypeError as e:
         raise ValueError(f"bad options for solver {solver!r}: {e}") from None
+    if not options and built.accuracy != spec.order:  # a registration error: the estimates would be off
+        raise ValueError(f"solver {solver!r}: its SolverSpec says order {spec.order}, but the bound "
+                         f"{type(built).__name__} says {built.accuracy} (set the class's `order`: local-error "
+                         "estimates, and with them the default stop rules, read it)")
+    return built

@@ -1,0 +1,82 @@
+"""Progress bars (``progress=True``): they count what ran and close however the run ends."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import chords_core as cc
+
+GRID = np.linspace(0.0, 1.0, 21)
+
+
+class _Bar:
+    """A tqdm stand-in that records its bars."""
+
+    made: list[_Bar] = []
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.unit, self.n, self.closed = total, desc, unit, 0, False
+        _Bar.made.append(self)
+
+    def update(self, n=1):
+        assert not self.closed
+        self.n += n
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    fake = types.ModuleType("tqdm.auto")
+    fake.tqdm = _Bar
+    monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+    _Bar.made = []
+    return _Bar.made
+
+
+def _fails_at(t_bad):
+    def f(t, y):
+        if np.isclose(t, t_bad):
+            raise RuntimeError("the model failed")
+        return -y
+    return cc.VectorField(f)
+
+
+RUNS = {
+    "solve": lambda m, x: cc.solve(m, x, GRID, progress=True),
+    "chords": lambda m, x: cc.chords(m, x, GRID, cores=3, stop=None, progress=True),
+    "srds": lambda m, x: cc.srds(m, x, GRID, blocks=4, stop=None, progress=True),
+    "paradigms": lambda m, x: cc.paradigms(m, x, GRID, window=4, tol=0.0, progress=True),
+    "cascade": lambda m, x: cc.parallel(m, x, GRID, cores=3, method="cascade", progress=True),
+}
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_the_bar_counts_to_its_total_and_closes_on_a_model_error(run, bars):
+    x = np.ones(3)
+    RUNS[run](cc.VectorField(lambda t, y: -y), x)
+    assert len(bars) == 1 and bars[0].closed and bars[0].n == bars[0].total
+    with pytest.raises(RuntimeError, match="the model failed"):
+        RUNS[run](_fails_at(GRID[7]), x)
+    assert len(bars) == 2 and bars[1].closed and bars[1].n < bars[1].total
+
+
+@pytest.mark.parametrize("check", [True, "deferred"])
+def test_the_chords_bar_counts_the_rounds_a_retirement_adds(check, bars):
+    """After a faster core is retired the run goes on to core 0's end (and the eager check
+    evaluates the failed round again): the bar's total follows, and ends full."""
+    grid = np.linspace(0.0, 1.0, 41)
+    field = cc.VectorField(lambda t, y: np.where(np.abs(y) > 10, np.nan, -15.0 * y), batched=True,
+                           check_outputs=check)
+    with pytest.warns(RuntimeWarning, match="retired"):
+        res = cc.chords(field, 5.0 * np.ones((2, 3)), grid, init=(0, 2, 30), stop=cc.StopAtCore(3), progress=True)
+    (bar,) = bars
+    assert bar.closed and bar.n == bar.total == res.rounds == len(res.trace)
