@@ -40,16 +40,20 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
     Args:
         p: the subparser to extend.
     """
-    p.add_argument("--steps", type=int, default=50, help="grid steps T (default 50)")
-    p.add_argument("--cores", type=int, default=4, help="cores K (default 4)")
+    from .demo import int_at_least
+
+    p.add_argument("--steps", type=int_at_least(1), default=50, help="grid steps T (default 50)")
+    p.add_argument("--cores", type=int_at_least(1), default=4, help="cores K (default 4)")
     p.add_argument("--solver", default="euler", help="solver name (default euler)")
     p.add_argument("--budget", type=float, default=1.05, help="allowed error / sequential error (default 1.05)")
-    p.add_argument("--dim", type=int, default=8, help="Gaussian mixture dimension (default 8)")
-    p.add_argument("--modes", type=int, default=3, help="Gaussian mixture components (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the mixture and the inputs (default 0)")
-    p.add_argument("--samples", type=int, default=16, help="calibration samples (default 16)")
-    p.add_argument("--max-evals", type=int, default=600, help="sequences measured at most by local search")
-    p.add_argument("--exhaustive-limit", type=int, default=500, help="search exhaustively up to this many sequences")
+    p.add_argument("--dim", type=int_at_least(1), default=8, help="Gaussian mixture dimension (default 8)")
+    p.add_argument("--modes", type=int_at_least(1), default=3, help="Gaussian mixture components (default 3)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the mixture and the inputs (default 0)")
+    p.add_argument("--samples", type=int_at_least(1), default=16, help="calibration samples (default 16)")
+    p.add_argument("--max-evals", type=int_at_least(0), default=600,
+                   help="sequences measured at most by local search")
+    p.add_argument("--exhaustive-limit", type=int_at_least(0), default=500,
+                   help="search exhaustively up to this many sequences")
 
 
 def optimize(args: argparse.Namespace) -> int:

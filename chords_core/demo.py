@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,28 @@ def parse_stop(text: str) -> StopRule | None:
     raise argparse.ArgumentTypeError(f"--stop must be 'core:N', 'residual:TOL' or 'none', got {text!r}")
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer option of at least ``low``.
+
+    Args:
+        low: the smallest value allowed.
+
+    Returns:
+        The parser of the option's text; argparse names the option in its error
+        (``argument --samples: must be an integer >= 1, got '0'``).
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
 def parse_init(text: str) -> tuple[int, ...]:
     """The ``--init`` option: '0,2,4,8' or '0-2-4-8' -> (0, 2, 4, 8).
 
@@ -104,8 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--solver", nargs="+", default=["euler", "dpmpp_2m", "unipc"], choices=sorted(SOLVERS),
                    help="solvers to run (default: euler dpmpp_2m unipc)")
-    p.add_argument("--cores", nargs="+", type=int, default=[2, 4, 8], help="core counts (default: 2 4 8)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--cores", nargs="+", type=int_at_least(1), default=[2, 4, 8], help="core counts (default: 2 4 8)")
+    p.add_argument("--steps", type=int_at_least(1), default=None,
                    help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
     p.add_argument("--init", type=parse_init, default=None,
                    help="init sequence (fixes the core count), e.g. 0-2-4-8-16-24-32-40")
@@ -113,10 +135,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="core:N | residual:TOL | none (default core:1)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf",
                    help="rf: rectified flow + flow prediction; vp: VP + eps")
-    p.add_argument("--dim", type=int, default=64, help="Gaussian mixture dimension (default 64)")
-    p.add_argument("--modes", type=int, default=10, help="Gaussian mixture components (default 10)")
-    p.add_argument("--samples", type=int, default=16, help="noise samples solved at once (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the mixture and the noise (default 0)")
+    p.add_argument("--dim", type=int_at_least(1), default=64, help="Gaussian mixture dimension (default 64)")
+    p.add_argument("--modes", type=int_at_least(1), default=10, help="Gaussian mixture components (default 10)")
+    p.add_argument("--samples", type=int_at_least(1), default=16, help="noise samples solved at once (default 16)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the mixture and the noise (default 0)")
     p.add_argument("--out", default="demo-output", help="folder for the PNG plot")
 
 
@@ -156,7 +178,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     method_rows: list[dict] = []
     baselines: dict = {}
     for solver in args.solver:
-        steps = args.steps or default_steps(solver)
+        steps = args.steps if args.steps is not None else default_steps(solver)
         grid = time_grid(schedule, steps, spacing)
         noise = np.random.default_rng(args.seed + 1).standard_normal((args.samples, args.dim))
         x_T = noise * float(schedule.sigma(grid[0]))

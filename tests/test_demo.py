@@ -66,8 +66,16 @@ def test_every_option_has_help_text():
     (["demo", "--stop", "core:9", "--cores", "2", "--solver", "euler", "--dim", "2", "--modes", "1", "--samples", "1"],
      "asks for more outputs than cores=2"),
     (["demo", "--solver", "rk4"], "invalid choice"),
-    (["demo", "--cores", "two"], "invalid int value"),
+    (["demo", "--cores", "two"], "argument --cores: must be an integer >= 1, got 'two'"),
     (["optimize", "--steps", "12", "--cores", "30"], "cores"),
+    # counts below their least value name the option (--steps 0 ran the default steps, --samples 0
+    # printed nan rows, optimize --samples 0 died in min())
+    *[([cmd, flag, value], f"argument {flag}: must be an integer >= {least}, got '{value}'")
+      for cmd in ("demo", "optimize")
+      for flag, value, least in (("--steps", "0", 1), ("--samples", "0", 1), ("--samples", "-1", 1),
+                                 ("--seed", "-1", 0), ("--cores", "0", 1), ("--dim", "0", 1), ("--modes", "0", 1))],
+    (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
+    (["optimize", "--exhaustive-limit", "-2"], "argument --exhaustive-limit: must be an integer >= 0"),
 ])
 def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
     try:

@@ -190,3 +190,32 @@ def test_cli_bad_input(capsys):
     assert "budget" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["--steps", "twelve"])
+
+
+def test_calibration_inputs_that_cannot_calibrate_are_named(cal12):
+    """Each of these ran to an error about something else (``min()`` of an empty sequence, a bare
+    broadcast error, scipy's ``y0``) or quietly calibrated another problem."""
+    gm = GaussianMixture.random(3, 2, seed=0)
+    sched = cc.RectifiedFlow()
+    grid = cc.time_grid(sched, 6)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match="samples"):
+        optimize_init(8, 2, samples=0)
+    with pytest.raises(ValueError, match=r"x_cal: the initial state has non-finite values"):
+        calibration(6, problem=gm, x_cal=np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match=r"x_cal: the initial state has non-finite values"):
+        calibration(model=gm.model(sched, "flow"), x_cal=np.full((4, 3), np.nan), grid=grid)
+    with pytest.raises(ValueError, match=r"reference: shape \(3,\) does not match the solution's \(4, 3\)"):
+        calibration(model=gm.model(sched, "flow"), x_cal=x, grid=grid, reference=np.zeros(3))
+    with pytest.raises(ValueError, match="reference: has non-finite values"):
+        calibration(model=gm.model(sched, "flow"), x_cal=x, grid=grid, reference=np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match="steps=10 does not match the grid's 6 steps"):
+        calibration(10, problem=gm, grid=grid)
+    with pytest.raises(ValueError, match="steps=20 does not match the calibration's 12 steps"):
+        optimize_init(20, 3, cal=cal12)
+    with pytest.raises(ValueError, match="solver='dpmpp_2m' is not the calibration's 'euler'"):
+        optimize_init(None, 3, "dpmpp_2m", cal=cal12)
+    # a grid alone gives the steps, for the built-in problems as for a user's model
+    assert calibration(problem=gm, grid=grid, samples=4).steps == 6
+    lin = calibration(problem=LinearODE.random(3, seed=1), grid=np.linspace(0.0, 1.0, 9))
+    assert lin.steps == 8 and optimize_init(12, 3, "euler", cal=cal12).calibration is cal12

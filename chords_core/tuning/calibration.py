@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..call import check_state
 from ..checks import check_float, check_grid, check_int
 from ..inits import validate_init
 from ..methods.chords import chords
@@ -93,7 +94,7 @@ def calibration(
       solver on the grid refined ``refine`` times (each interval split evenly).
 
     Args:
-        steps: T (required unless ``model`` and ``grid`` are given).
+        steps: T (required unless ``grid`` is given; with one, it must match the grid's).
         solver: the solver's name.
         problem: a ``GaussianMixture`` or ``LinearODE`` (default: a random mixture).
         model: a user's ``Model`` (not with ``problem``).
@@ -103,7 +104,7 @@ def calibration(
         dim: the random mixture's dimension.
         modes: the random mixture's components.
         seed: the seed of the mixture and the inputs.
-        samples: the number of inputs drawn.
+        samples: the number of inputs drawn (>= 1; not with ``x_cal``).
         schedule: the mixture's noise schedule (default ``RectifiedFlow()``).
         refine: the refinement of a user model's reference solve.
         solver_options: the solver's options.
@@ -116,14 +117,24 @@ def calibration(
     from ..schedules import RectifiedFlow
 
     rng = np.random.default_rng(seed)
+    if model is not None and (x_cal is None or grid is None):
+        raise ValueError("a model needs calibration inputs x_cal and a grid")
+    times = None if grid is None else check_grid(grid)
+    if times is not None:
+        T = len(times) - 1
+        if steps is not None and steps != T:
+            raise ValueError(f"steps={steps} does not match the grid's {T} steps (give one of them)")
+    elif steps is None:
+        raise ValueError("steps: required unless a grid is given")
+    else:
+        T = check_int("steps", steps, 1)
+    if x_cal is None:
+        samples = check_int("samples", samples, 1)
     if model is not None:
         if problem is not None:
             raise ValueError("give problem or model, not both")
-        if x_cal is None or grid is None:
-            raise ValueError("a model needs calibration inputs x_cal and a grid")
-        times = check_grid(grid)
-        if steps is not None and steps != len(times) - 1:
-            raise ValueError(f"steps={steps} does not match the grid's {len(times) - 1} steps")
+        check_state(model, x_cal, "x_cal")
+        assert times is not None  # (checked above)
         desc = "user model, reference given"
         if reference is None:
             refine = check_int("refine", refine, 1)
@@ -133,30 +144,39 @@ def calibration(
             reference = solve(model, x_cal, fine, solver, **solver_options)
         x = x_cal
     else:
-        if steps is None:
-            raise ValueError("steps is required unless a model and grid are given")
         problem = GaussianMixture.random(dim, modes, seed) if problem is None else problem
         if isinstance(problem, LinearODE):
             model = problem.vector_field()
-            times = np.linspace(0.0, 1.0, steps + 1) if grid is None else check_grid(grid)
+            times = np.linspace(0.0, 1.0, T + 1) if times is None else times
             x = rng.standard_normal((samples, problem.dim)) if x_cal is None else x_cal
+            check_state(model, x, "x_cal")
             reference = problem.exact(x, times[0], times[-1])
             desc = f"linear ODE dim {problem.dim}"
         elif isinstance(problem, GaussianMixture):
             schedule = RectifiedFlow() if schedule is None else schedule
             model = problem.model(schedule, "flow" if isinstance(schedule, RectifiedFlow) else "x0")
-            times = time_grid(schedule, steps) if grid is None else check_grid(grid)
+            times = time_grid(schedule, T) if times is None else times
             if x_cal is None:
                 a, s = float(schedule.alpha(times[0])), float(schedule.sigma(times[0]))
                 x = a * problem.sample(samples, seed + 1) + s * rng.standard_normal((samples, problem.dim))
             else:
                 x = x_cal
+                check_state(model, x, "x_cal")
             reference = problem.reference_solve(x, times[0], times[-1], schedule)
             desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {samples} samples"
         else:
             raise TypeError(f"problem must be a GaussianMixture or LinearODE, got {type(problem).__name__}")
     seq = solve(model, x, times, solver, **solver_options)
-    return Calibration(model, x, times, reference, solver, dict(solver_options), seq, _rms(seq - reference), desc)
+    ref_shape, shape = tuple(np.shape(reference)), tuple(np.shape(seq))
+    if ref_shape != shape:
+        raise ValueError(f"reference: shape {ref_shape} does not match the solution's {shape} (the inputs' shape)")
+    if not np.all(np.isfinite(np.asarray(reference, dtype=np.float64))):
+        raise ValueError("reference: has non-finite values (nan or inf)")
+    seq_error = _rms(seq - reference)
+    if not math.isfinite(seq_error):
+        raise ValueError(f"the sequential {solver} solve on the calibration problem is not finite: its error "
+                         "against the reference cannot be measured (check the model and x_cal)")
+    return Calibration(model, x, times, reference, solver, dict(solver_options), seq, seq_error, desc)
 
 
 # ---------------------------------------------------------------------------------------- candidates

@@ -110,7 +110,7 @@ def _neighbours(init: tuple[int, ...], steps: int) -> Iterator[tuple[int, ...]]:
 def optimize_init(
     steps: int | None,
     cores: int,
-    solver: str = "euler",
+    solver: str | None = None,
     *,
     budget: float = 1.05,
     exhaustive_limit: int = 500,
@@ -127,9 +127,9 @@ def optimize_init(
     See the module docstring for the search.
 
     Args:
-        steps: T (for the calibration built here).
+        steps: T (for the calibration built here; with ``cal``, ``None`` or ``cal.steps``).
         cores: K, 1 to T.
-        solver: the solver's name.
+        solver: the solver's name (default ``"euler"``; with ``cal``, ``None`` or ``cal.solver``).
         budget: allowed error / sequential error, >= 1.
         exhaustive_limit: search exhaustively up to this many sequences.
         max_evals: the most sequences local search measures.
@@ -143,9 +143,13 @@ def optimize_init(
     exhaustive_limit = check_int("exhaustive_limit", exhaustive_limit, 0)
     max_evals = check_int("max_evals", max_evals, 0)
     if cal is None:
-        cal = calibration(steps, solver, **calibration_options)
+        cal = calibration(steps, "euler" if solver is None else solver, **calibration_options)
     elif calibration_options:
         raise ValueError(f"give cal or calibration options, not both (got {sorted(calibration_options)})")
+    elif steps is not None and steps != cal.steps:
+        raise ValueError(f"steps={steps} does not match the calibration's {cal.steps} steps (pass steps=None with cal)")
+    elif solver is not None and solver != cal.solver:
+        raise ValueError(f"solver={solver!r} is not the calibration's {cal.solver!r} (pass solver=None with cal)")
     T = cal.steps
     cores = check_int("cores", cores, 1, T)
     ev = Evaluator(cal, budget)
