@@ -66,7 +66,7 @@ SCALES = ("auto", "error", "level")
 #: ``tol_steps``): half ParaTAA's 1e-3. The level is absolute, and where the sequential error is small
 #: (second- and third-order solvers on 8- and 16-D mixtures, 1e-3 to 3e-3 RMS) 1e-3 left outputs up to
 #: 1.09x the sequential error (10 of 612 runs of mixtures, schedules and solvers no default was chosen
-#: on); 5e-4 missed none (worst 1.041x) for 3.5-4.7% more rounds (``docs/benchmarks.md``).
+#: on); 5e-4 missed none (worst 1.041x) for 4.1% more rounds (``benchmarks/level_tol.py``).
 LEVEL_TOL = 5e-4
 
 
