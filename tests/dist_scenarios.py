@@ -6,7 +6,8 @@
   again on the same executor, which must give the serial executor's outputs bit for bit (the
   interrupted round was completed before the ``KeyboardInterrupt``: never a stale answer).
 - ``interrupt_twice``: rank 1 takes 4 s a call; rank 0 is interrupted at 1 s and again at 1.5 s: the
-  second Ctrl-C ends the call at once, without the round's answers, and the executor is closed.
+  second Ctrl-C ends the call at once, without the round's answers, and the executor is closed; a
+  new executor on the same group is refused.
 - ``hung``: the last rank's model hangs at its 2nd call; rank 0 gets ``WorkerTimeout`` after the round
   timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
 - ``pickle``: rank 0 sends a model shell whose pickle would run ``os.system``; the workers refuse it
@@ -103,6 +104,11 @@ def main(scenario: str, path: str) -> int:
                 report["second"] = "ran"
             except ExecutorClosed:
                 report["second"] = "ExecutorClosed"
+            try:  # the workers may still send the cut round's answers: no new executor on this group
+                DistributedExecutor(round_timeout=30.0)
+                report["third"] = "made"
+            except RuntimeError as e:
+                report["third"] = str(e)
         elif scenario == "hung":
             t0 = time.monotonic()
             try:

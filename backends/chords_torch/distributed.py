@@ -136,6 +136,16 @@ def _wait_once(start: Callable, timeout: float | None, what: str, interruptible:
         raise WorkerDied(f"{what}: connection lost ({msg})") from None
 
 
+#: Process groups whose protocol a second Ctrl-C cut mid-round (the group objects themselves: a group
+#: destroyed and created again is a new object); ``DistributedExecutor`` refuses them.
+_CUT_GROUPS: list = []
+
+
+def _group_object(group: Any) -> Any:
+    """The process group object ``group`` names (``None``: the default group, ``dist.group.WORLD``)."""
+    return dist.group.WORLD if group is None else group
+
+
 class _Interrupts:
     """Ctrl-C (SIGINT) received while a round was in flight: ``count`` of them."""
 
@@ -198,6 +208,10 @@ class DistributedExecutor(Executor):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
+        if any(g is _group_object(group) for g in _CUT_GROUPS):
+            raise RuntimeError("this process group's protocol was cut in the middle of a round (a second Ctrl-C): "
+                               "its workers may still send that round's answers, which a new executor would read "
+                               "as its own; end the job, or destroy and re-create the process group")
         self.group, self.batched = group, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
@@ -292,6 +306,7 @@ class DistributedExecutor(Executor):
                 if self._in_flight:
                     if interrupts.count > 1:  # a second Ctrl-C: the round was cut where it stood
                         self._closed = True
+                        _CUT_GROUPS.append(_group_object(self.group))  # no new executor reads its answers
                     else:
                         self._drain(e.rank if isinstance(e, WorkerError) else None)
                 raise
