@@ -218,7 +218,13 @@ class Model:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating (``check_array``), finite (if
         ``check_outputs``); returned in ``like``'s dtype."""
-        same_dtype = check_array(out, like)
+        try:
+            same_dtype = check_array(out, like)
+        except ModelOutputError as e:
+            if n == 1:
+                raise
+            raise e.relabel(0, f"{e} (one call on {n} points stacked, {rows} rows each: named by its first "
+                               "point)") from None
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError.nonfinite(bad)

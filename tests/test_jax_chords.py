@@ -280,6 +280,18 @@ def test_args_are_traced_new_weights_new_results_without_recompiling():
                  cc.solve(cc.VectorField(lambda t, y: 2.0 * np.sin(y)), X[0], np.linspace(0, 1, 5), "heun"))
 
 
+def test_args_for_a_function_without_them_is_named():
+    """(It raised the bare ``TypeError: ... takes 2 positional arguments but 3 were given``.)"""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    model = cc.DiffusionModel(lambda x, t: jnp.tanh(x + t[:, None]), SCHED, "eps")
+    with pytest.raises(TypeError, match=r"args: with args= the model's function is called with a third argument"):
+        cj.chords(model, X, grid, "euler", cores=2, stop=None, args=1.0)
+    with pytest.raises(TypeError, match=r"args: with args="):
+        cj.parallel(model, X, grid, "euler", cores=2, args=1.0)
+    with pytest.raises(TypeError, match=r"args: with args=.*f\(t, y, args\) for a VectorField"):
+        cj.solve(cc.VectorField(lambda t, y: -y), X[0], np.linspace(0, 1, 5), args=1.0)
+
+
 def test_clear_cache_releases_the_models_and_their_weights():
     import gc
     import weakref

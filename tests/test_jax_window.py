@@ -330,3 +330,29 @@ def test_tol_zero_is_exact_when_squares_underflow(dtype, size):
         assert np.array_equal(np.asarray(got.x), seq) and got.x.dtype == dtype, method
     big = np.ones((1, 70_000), np.float16)  # a float16 sum of squares overflows; float32 does not
     assert cj.parallel(field, big, grid, cores=4).log == cc.parallel(field, big, grid, cores=4).log
+
+
+def test_a_call_under_a_transformation_is_refused_and_leaves_no_tracer_behind():
+    """Under ``jax.jit`` the call failed inside and cached a tracer (the output check's zeros): every
+    later plain call of that size raised ``UnexpectedTracerError`` until ``clear_cache()``."""
+    cj.clear_cache()
+    rf = cc.RectifiedFlow()
+    grid = cc.time_grid(rf, 12)
+    model = cc.DiffusionModel(lambda x, t: jnp.tanh(x * 1.3 + 0.2) * t[:, None] - 0.3 * x, rf, "flow")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5)), jnp.float32)
+    fresh = np.asarray(cj.parallel(model, x, grid, cores=4).x)
+    cj.clear_cache()
+    with pytest.raises(TypeError, match="x: a traced value: chords_jax.parallel cannot run inside jax.jit"):
+        jax.jit(lambda xx: cj.parallel(model, xx, grid, cores=4).x)(x)
+    with pytest.raises(TypeError, match="x: a traced value"):
+        jax.vmap(lambda xx: cj.parallel(model, xx[None], grid, cores=4).x)(x)
+    with pytest.raises(TypeError):  # concrete inputs, a caller's trace around: jax refuses a conversion
+        jax.jit(lambda a: cj.parallel(model, x, grid, cores=4).x * a)(1.0)
+    plain = cj.parallel(model, x, grid, cores=4)
+    assert np.array_equal(np.asarray(plain.x), fresh)
+    # a concrete state with traced args: refused too; the caches built meanwhile hold arrays, not tracers
+    fn = lambda x, t, a: jnp.tanh(x * a + 0.2) * t[:, None] - 0.3 * x  # noqa: E731
+    with_args = cc.DiffusionModel(fn, rf, "flow")
+    with pytest.raises(TypeError, match="args: a traced value"):
+        jax.jit(lambda a: cj.parallel(with_args, x, grid, cores=4, args=a).x)(1.3)
+    assert np.array_equal(np.asarray(cj.parallel(with_args, x, grid, cores=4, args=1.3).x), np.asarray(plain.x))

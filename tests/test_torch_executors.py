@@ -5,6 +5,7 @@ Exactness: float64 on CPU, every output of every core equal to the SerialExecuto
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 import chords_core as cc
 import chords_torch
 from chords_core.models import ModelOutputError
-from chords_torch import DeviceExecutor, ExecutorClosed, WorkerTimeout, assign
+from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerTimeout, assign
 from chords_torch.testing import MLP, TorchLinear, Trap, gmm_problem, same_hits
 from chords_torch.testing import seeded_state as x0
 
@@ -174,12 +175,19 @@ def test_device_executor_bad_arguments():
         DeviceExecutor(["nonsense:7"])
     with pytest.raises(ValueError, match="timeout"):
         DeviceExecutor(["cpu"], round_timeout=0)
+    # (accepted, these overflowed inside the first call, in the OS wait's milliseconds)
+    for big in (math.inf, 1e10, 3e6):
+        with pytest.raises(ValueError, match=r"round_timeout must be at most 1e\+06 seconds, got .* \(None: no limit\)"):
+            DeviceExecutor(["cpu"], round_timeout=big)
+        with pytest.raises(ValueError, match=r"start_timeout must be at most 1e\+06 seconds"):
+            ProcessExecutor(FACTORY, workers=1, start_timeout=big)
     with pytest.raises(TypeError, match="replicate"):
         DeviceExecutor(["cpu"], replicate=3)
     with DeviceExecutor(["cpu"]) as ex:
         with pytest.raises(ValueError, match="xs"):
             ex(MODEL, [x0(), x0(dim=5)], [0.5, 0.5])
-        with pytest.raises(TypeError, match=r"xs\[0\]"):
+        with pytest.raises(TypeError, match=r"x: this executor evaluates torch tensors, and point 0 of the round is a "
+                                            r"ndarray; pass the state as a torch.Tensor"):
             ex(MODEL, [x0().numpy()], [0.5])
 
 
@@ -229,3 +237,35 @@ def test_a_stuck_device_thread_does_not_keep_the_interpreter_alive(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
     assert out.returncode == 0 and "timed out" in out.stdout, out.stderr
     assert time.monotonic() - t0 < 30  # not the 60 s of the stuck call
+
+
+def test_weights_changed_in_place_reach_the_copies_on_other_devices():
+    """Replicas copied to other devices kept the old weights when the network was updated in place
+    (``load_state_dict``, an EMA step): the device that shares the network ran the new ones, the
+    others the old, silently mixed. (On the CPU the default shares the network, so the copies are
+    made by ``replicate`` here.)"""
+    import copy
+
+    net = MLP(4, 16, 2, seed=3, dtype=torch.float64)
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x = x0(batch=3, dim=4)
+    grid = cc.time_grid(cc.RectifiedFlow(), 8)
+    made = []
+
+    def copies(fn, device):
+        made.append(device)
+        return copy.deepcopy(fn)
+
+    with DeviceExecutor(["cpu", "cpu"], replicate=copies) as ex:
+        old = cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+        assert same_hits(old, cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+        again = cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+        assert len(made) == 2 and same_hits(again, old)  # unchanged weights: the copies are reused
+        with torch.no_grad():
+            net.weights[0].mul_(0.5)
+        new = cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+        assert len(made) == 4 and same_hits(new, cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+        assert not torch.equal(new.x, old.x)
+        net.load_state_dict({k: v * 2 for k, v in net.state_dict().items()})
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
+                         cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))

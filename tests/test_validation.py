@@ -66,6 +66,18 @@ def test_nan_in_one_point_of_a_batched_vector_field_names_that_point():
     assert "core" in str(e.value)
 
 
+def test_a_wrong_shape_from_a_stacked_call_says_the_call_was_on_several_points():
+    """One call on a round's points stacked returned the wrong shape: the error names the call's first
+    point, and says so (it read as if core 0 alone had failed)."""
+    model = cc.DiffusionModel(lambda x, t: x[:, :-1] if len(x) > 2 else -x, RF, "flow")  # wrong when stacked
+    with pytest.raises(ModelOutputError, match=r"^round 2, core 0 .*model returned shape \(4, 2\), expected "
+                       r"\(4, 3\) \(one call on 2 points stacked, 2 rows each: named by its first point\)$"):
+        cc.chords(model, np.ones((2, 3)), GRID, cores=2, stop=None, executor=cc.BatchedExecutor())
+    one = cc.DiffusionModel(lambda x, t: x[:, :-1], RF, "flow")  # wrong in a call on one point
+    with pytest.raises(ModelOutputError, match=r"^round 1, core 0 .*returned shape \(2, 2\), expected \(2, 3\)$"):
+        cc.chords(one, np.ones((2, 3)), GRID, cores=2, stop=None, executor=cc.BatchedExecutor())
+
+
 # -- 2. outputs that are not floating arrays -------------------------------------------------------
 
 BAD_OUTPUTS = {

@@ -91,6 +91,11 @@ def _traced(call: Callable, *operands: Any) -> Any:
     except _NOT_TRACEABLE as err:
         raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
                         f"conversion or Python branch on array values); tracing it failed with: {err}") from err
+    except TypeError as err:
+        if len(operands) == 3 and "positional argument" in str(err):  # args= given to a two-argument function
+            raise TypeError(f"args: with args= the model's function is called with a third argument, fn(x, t, "
+                            f"args) (f(t, y, args) for a VectorField), and it refused it: {err}") from err
+        raise
 
 
 def _checked(out: Any, like: Any) -> Any:

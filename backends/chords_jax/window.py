@@ -187,8 +187,9 @@ class _Setup:
         key = (np.dtype(dtype).name,)
         got = self.device.get(key)
         if got is None:
-            got = self.device[key] = jax.device_put(
-                {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in self.tabs.items()})
+            with jax.ensure_compile_time_eval():  # concrete, as ``_zeros``
+                got = self.device[key] = jax.device_put(
+                    {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in self.tabs.items()})
         return got
 
 
@@ -387,9 +388,17 @@ def parallel(
     iterate reached a bitwise fixed point), which depends on the last bit of every operation; the
     sweeps may then differ from the core's (as the core's own do between numpy and jax arrays),
     and ``x`` is the sequential solution either way.
+
+    It cannot run inside ``jax.jit``, ``vmap`` or ``grad`` (``TypeError``): it runs a compiled
+    program of its own and reads its round counts on the host.
     """
     if executor is not None:
         raise ValueError("executor: chords_jax compiles the model evaluation itself; pass executor=None")
+    for name_, value in (("x", x), ("args", args)):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
+            raise TypeError(f"{name_}: a traced value: chords_jax.parallel cannot run inside jax.jit, vmap or grad "
+                            "(it runs a compiled program of its own and reads its round counts on the host); call "
+                            "it outside the transformation")
     name = RECOMMENDED if method is None else method
     if name not in WINDOW_METHODS:
         if isinstance(name, str) and name in _NOT_COMPILED:
@@ -456,7 +465,10 @@ def _zeros(size: int, dtype: Any) -> Any:
     """The output check's operand: ``size`` zeros on the device (an argument, so never folded)."""
     key = (size, np.dtype(dtype).name)
     z = lru_get(_ZEROS, key)
-    return z if z is not None else _put(_ZEROS, key, jnp.zeros(size, dtype))
+    if z is None:
+        with jax.ensure_compile_time_eval():  # a concrete array, even under a caller's trace: never a cached tracer
+            z = _put(_ZEROS, key, jnp.zeros(size, dtype))
+    return z
 
 
 def _records(W: int, T: int, starts: tuple[int, ...]) -> tuple[tuple, tuple]:

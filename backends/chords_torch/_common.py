@@ -242,14 +242,20 @@ def check_points(xs: Sequence[Any], ts: Sequence[float]) -> None:
     x0 = xs[0]
     for k, x in enumerate(xs):
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"xs[{k}] must be a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"x: this executor evaluates torch tensors, and point {k} of the round is a "
+                            f"{type(x).__name__}; pass the state as a torch.Tensor (or use a chords_core executor)")
         if x.shape != x0.shape or x.dtype != x0.dtype:
             raise ValueError(
                 f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
 
 
+#: the longest timeout an executor takes, in seconds (about 11.6 days): the waits below pass it to
+#: ``poll`` in milliseconds, a C int (2^31 ms, 24.8 days, overflowed deep inside a call)
+MAX_TIMEOUT = 1e6
+
+
 def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
-    """An executor's timeout: a positive number of seconds or ``None`` (no limit).
+    """An executor's timeout: a positive number of seconds up to ``MAX_TIMEOUT``, or ``None`` (no limit).
 
     Args:
         timeout: the value to check.
@@ -262,6 +268,8 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
+    if not timeout <= MAX_TIMEOUT:
+        raise ValueError(f"{name} must be at most {MAX_TIMEOUT:g} seconds, got {timeout!r} (None: no limit)")
     return float(timeout)
 
 

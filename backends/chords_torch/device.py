@@ -70,6 +70,16 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
     return copy.deepcopy(fn, memo).to(device)
 
 
+def _weights_version(fn: Any) -> tuple | None:
+    """What changes when a network's weights do: each parameter and buffer with its in-place version
+    counter (``load_state_dict``, an optimiser or EMA step bump it), so that replicas copied to other
+    devices are made again instead of running old weights; ``None`` for a callable that is not an
+    ``nn.Module`` (what it reads is not known)."""
+    if not isinstance(fn, torch.nn.Module):
+        return None
+    return tuple((id(t), t._version) for t in (*fn.parameters(), *fn.buffers()))
+
+
 class _DeviceThread:
     """One daemon thread running submitted calls in order: a thread stuck in a model call never keeps
     the interpreter from exiting (a ``ThreadPoolExecutor`` thread would: it is joined at exit)."""
@@ -155,10 +165,12 @@ class DeviceExecutor(Executor):
         self._closed = False
 
     def _models(self, model: Model) -> list[Model]:
+        fn = getattr(model, fn_attr(model))
         entry = self._replicas.get(id(model))
-        if entry is None or entry[0] is not model:
-            fn = getattr(model, fn_attr(model))
-            entry = (model, [bind(model, self.replicate(fn, d)) for d in self.devices])
+        if entry is None or entry[0] is not model or (entry[2] is not None and entry[2] != _weights_version(fn)):
+            replicas = [self.replicate(fn, d) for d in self.devices]
+            copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
+            entry = (model, [bind(model, r) for r in replicas], _weights_version(fn) if copies else None)
             self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
         return entry[1]
 
