@@ -53,3 +53,19 @@ def test_snippet_runs(index, tmp_path, monkeypatch):
         ref = cc.chords(ns["model"], ns["x"], ns["grid"], "dpmpp_2m", cores=4, executor=cc.SerialExecutor())
         res = ns["res"]
         assert res.x.shape == (8, 16) and res.rounds == ref.rounds and torch.equal(res.x, ref.x)
+
+
+def test_the_demo_tables_are_what_the_demo_prints(tmp_path, capsys):
+    """The README's "Demo (`make demo`)" tables, row by row, are in the demo's output (its method
+    rows went stale when the cascade sampler's default changed)."""
+    from chords_core.__main__ import main
+
+    text = README.read_text()
+    section = text[text.index("### Demo (`make demo`)"):]
+    section = section[: section.index("\n### ", 1)] if "\n### " in section[1:] else section
+    rows = [line for line in section.splitlines() if re.match(r"\| \w+ \| \d+ \| ", line)]
+    assert len(rows) >= 30
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    printed = set(capsys.readouterr().out.splitlines())
+    stale = [row for row in rows if row not in printed]
+    assert not stale, stale
