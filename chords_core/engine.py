@@ -122,6 +122,12 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
         raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
+    except Exception as err:  # the model's own exception, or an executor's (a lost worker): where it happened
+        if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
+            shown = ", ".join(where(k, *context) for k in range(min(len(xs), 4)))
+            err.add_note(f"(chords: raised while evaluating round {round_number}, {len(xs)} point(s): {shown}"
+                         f"{', ...' if len(xs) > 4 else ''})")
+        raise
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)

@@ -450,3 +450,20 @@ def test_a_0d_state_comes_back_an_array():
         res = cc.parallel(field, y, grid, cores=2, method=name, **kw)
         assert type(res.x) is np.ndarray and res.x.shape == () and all(type(h.x) is np.ndarray for h in res.hits)
         assert np.array_equal(res.x, seq), name
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+@pytest.mark.parametrize("method", ["chords", "paradigms", "srds"])
+def test_a_model_exception_carries_the_round_and_points_it_was_raised_in(method):
+    """The model's own exception passes through unchanged, with a note naming the round and its
+    points (an executor's ``WorkerError`` named neither)."""
+    def fn(x, t):
+        if np.any(t < 0.5):
+            raise RuntimeError("the model failed")
+        return -x
+
+    model = cc.DiffusionModel(fn, RF, "flow")
+    with pytest.raises(RuntimeError, match="^the model failed") as e:
+        cc.parallel(model, X, GRID, cores=2, method=method, **({} if method != "paradigms" else {"tol": 0.0}))
+    (note,) = e.value.__notes__
+    assert re.match(r"\(chords: raised while evaluating round \d+, \d point\(s\): (core|window point|block) ", note), note
