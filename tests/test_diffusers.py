@@ -195,19 +195,26 @@ def test_sd3_pipeline_end_to_end_images(sd3):
     assert r.rounds < 8 and r.speedup > 1 and r.hits[0].x.shape == (2, 4, 16, 16) and r.x is r.hits[0].x
 
 
-def test_flux_pipeline_true_cfg_matches_diffusers():
-    # Flux's T5 tokenizer needs a sentencepiece model, so the prompt embeddings are fed directly.
+def _tiny_flux(scheduler=None):
+    """A tiny random FluxPipeline and its call's embeddings (Flux's T5 tokenizer needs a sentencepiece
+    model, so the prompt embeddings are fed directly)."""
     torch.manual_seed(0)
     tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
                                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
                                 axes_dims_rope=(2, 2, 4)).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=_vae(shift_factor=0.1, scaling_factor=0.4),
+    pipe = FluxPipeline(scheduler=scheduler or FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+                        vae=_vae(shift_factor=0.1, scaling_factor=0.4),
                         text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
     kw = dict(prompt_embeds=torch.randn(1, 6, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 16, generator=g),
               negative_prompt_embeds=torch.randn(1, 6, 32, generator=g), negative_pooled_prompt_embeds=torch.randn(1, 16, generator=g),
               true_cfg_scale=2.0, height=16, width=16, guidance_scale=3.5, output_type="latent", max_sequence_length=6)
+    return pipe, kw
+
+
+def test_flux_pipeline_true_cfg_matches_diffusers():
+    pipe, kw = _tiny_flux()
     with torch.no_grad():
         ref = pipe(num_inference_steps=6, generator=torch.Generator().manual_seed(0), **kw).images
     three = cd.sample(pipe, num_inference_steps=6, cores=3, stop=None, generator=torch.Generator().manual_seed(0), **kw)
@@ -294,3 +301,82 @@ def test_readme_diffusers_snippet_runs_on_a_tiny_pipeline(sd3, tmp_path, monkeyp
     assert (tmp_path / "lighthouse.png").exists()
     rounds, nfe = (int(v) for v in capsys.readouterr().out.split()[-2:])
     assert rounds < 8 and nfe >= rounds
+
+
+# -- what a pipeline does differently: reproduced or refused (user trial 5) ----------------------
+
+def test_sd_with_a_guidance_embedding_unet_is_refused(tokenizer):
+    """A UNet with ``time_cond_proj_dim`` makes StableDiffusionPipeline turn guidance off and pass
+    ``timestep_cond``: the adapter ran classifier-free guidance instead (0.5 off at guidance 7.5)."""
+    torch.manual_seed(0)
+    un = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                              attention_head_dim=4, norm_num_groups=4, time_cond_proj_dim=8).eval()
+    pipe = StableDiffusionPipeline(vae=_vae(scaling_factor=0.18215), text_encoder=CLIPTextModel(_clip_config(tokenizer)).eval(),
+                                   tokenizer=tokenizer, unet=un, scheduler=EulerDiscreteScheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    with pytest.raises(ValueError, match="StableDiffusionPipeline: a UNet with time_cond_proj_dim"):
+        cd.sample(pipe, "a cat", num_inference_steps=4, height=16, width=16, cores=1, output_type="latent")
+
+
+def test_sd3_dynamic_shift_follows_the_latents_given(sd3):
+    """The pipeline takes the sequence length for ``mu`` from the latents it runs on; the adapter took
+    it from height and width (6e-3 to 2e-2 off with latents of another size)."""
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    lat = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(5))
+    for hw in ({}, {"height": 16, "width": 16}):
+        kw = dict(num_inference_steps=5, latents=lat, output_type="latent", **hw)
+        with torch.no_grad():
+            ref = sd3("a cat", generator=torch.Generator().manual_seed(0), **kw).images
+        one = cd.sample(sd3, "a cat", cores=1, generator=torch.Generator().manual_seed(0), **kw)
+        assert rel_err(one.latents, ref) < 1e-6, hw
+
+
+def test_images_per_prompt_with_precomputed_embeddings_is_refused(sd3):
+    """The flow pipelines make n samples a prompt but do not repeat embeddings they did not encode;
+    the adapter returned one sample a prompt, silently."""
+    pe, npe, ppe, nppe = sd3.encode_prompt("a cat", None, None, device="cpu")
+    with pytest.raises(ValueError, match=r"num_images_per_prompt=2 with prompt_embeds: .*repeat_interleave\(2, 0\)"):
+        cd.sample(sd3, prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
+                  negative_pooled_prompt_embeds=nppe, num_images_per_prompt=2, num_inference_steps=4, cores=1,
+                  **_sd3_kw())
+
+
+def test_a_scheduler_that_scales_the_input_is_refused_where_the_pipeline_never_scales(sd3):
+    sd3.scheduler = EulerDiscreteScheduler()
+    try:
+        with pytest.raises(ValueError, match="StableDiffusion3Pipeline: EulerDiscreteScheduler scales the model input"):
+            cd.sample(sd3, "a cat", num_inference_steps=4, cores=1, **_sd3_kw())
+    finally:
+        sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+def test_flow_prediction_without_flow_sigmas_and_a_zero_length_ddim_step(unet):
+    """diffusers runs flow_prediction on VP sigmas (no ODE chords can reproduce: it was 0.8 off,
+    silently): refused. DDIM with set_alpha_to_one=False from timestep 0 ends on a step of zero
+    length (refused as no grid): dropped, as the loop leaves the sample as it is there."""
+    for make in (DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        with pytest.raises(ValueError, match="prediction_type='flow_prediction' needs use_flow_sigmas=True"):
+            cd.map_scheduler(make(prediction_type="flow_prediction"), 8)
+    sched = DDIMScheduler(clip_sample=False, set_alpha_to_one=False)
+    smap = cd.map_scheduler(sched, 8)
+    assert smap.steps == 7
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = cd.scheduler_loop(sched, lambda xi, t: unet(xi, t, return_dict=False)[0], x)
+    one = cd.sample_latents(smap, cd.GuidedNet(unet, batch=1), x, cores=1, progress=False)
+    assert rel_err(one.x, ref) < 2e-6 and one.nfe == 7
+    with pytest.raises(ValueError, match="set_alpha_to_one=False with steps_offset=0"):
+        cd.map_scheduler(DDIMScheduler(clip_sample=True, set_alpha_to_one=False), 8)
+
+
+def test_flux_drops_a_users_sigmas_with_flow_sigmas_as_the_pipeline_does():
+    """FluxPipeline ignores ``sigmas`` when the scheduler has ``use_flow_sigmas``; the adapter passed
+    them on and failed inside ``set_timesteps``."""
+    pipe, kw = _tiny_flux(UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
+    kw.update(sigmas=[1.0, 0.8, 0.5, 0.3])
+    with torch.no_grad():
+        ref = pipe(num_inference_steps=6, generator=torch.Generator().manual_seed(0), **kw).images
+    one = cd.sample(pipe, num_inference_steps=6, cores=1, generator=torch.Generator().manual_seed(0), **kw)
+    assert rel_err(one.latents, ref) < 2e-6

@@ -34,6 +34,8 @@ class Job:
         timestep_kwargs: extra ``set_timesteps`` keywords (``mu``, custom ``sigmas``).
         step_kwargs: what the pipeline passes to ``scheduler.step`` (``map_scheduler``'s
             ``step_kwargs``: DDIMPipeline's ``eta`` and ``use_clipped_model_output``).
+        scales_input: whether the pipeline calls ``scheduler.scale_model_input`` (the flow
+            pipelines do not: a scheduler that needs it, Euler or Heun, is refused for them).
     """
 
     net: GuidedNet
@@ -42,6 +44,7 @@ class Job:
     device: Any
     timestep_kwargs: dict = field(default_factory=dict)
     step_kwargs: dict = field(default_factory=dict)
+    scales_input: bool = True
 
 
 def _take(kw: dict, pipeline: str, **defaults: Any) -> list:
@@ -73,6 +76,23 @@ def _denoiser(pipe: Any, name: str, attr: str = "transformer") -> Any:
     return net
 
 
+def _no_guidance_embedding(unet: Any, name: str) -> None:
+    """Refuse a UNet with a guidance embedding (``time_cond_proj_dim``: the pipeline turns classifier-free
+    guidance off and passes ``timestep_cond`` instead)."""
+    if unet.config.time_cond_proj_dim is not None:
+        raise ValueError(f"{name}: a UNet with time_cond_proj_dim (guidance-distilled, e.g. LCM) is not supported; "
+                         "use a UNet without a guidance embedding")
+
+
+def _per_prompt_without_embeds(name: str, arg: str, n: int, prompt_embeds: Any) -> None:
+    """Refuse ``arg`` = n > 1 with precomputed ``prompt_embeds``: the pipeline makes n samples a prompt
+    but does not repeat embeddings it did not encode (its transformer broadcasts them, or it fails)."""
+    if n != 1 and prompt_embeds is not None:
+        raise ValueError(f"{name}: {arg}={n} with prompt_embeds: the pipeline does not repeat embeddings it did not "
+                         f"encode; repeat them yourself (prompt_embeds.repeat_interleave({n}, 0), the negative and "
+                         f"pooled ones too) and pass {arg}=1")
+
+
 def _postprocess_video(pipe: Any, video: torch.Tensor, output_type: str) -> Any:
     return pipe.video_processor.postprocess_video(video, output_type=output_type)
 
@@ -95,6 +115,8 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                       negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                       negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                       max_sequence_length=max_sequence_length)
+    _per_prompt_without_embeds("StableDiffusion3Pipeline", "num_images_per_prompt", num_images_per_prompt,
+                               prompt_embeds)
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe, ppe, nppe = pipe.encode_prompt(
         prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
@@ -110,7 +132,10 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     tkw = {} if sigmas is None else {"sigmas": sigmas}
     if sc.get("use_dynamic_shifting", None) and mu is None:
         p = pipe.transformer.config.patch_size
-        seq = (height // pipe.vae_scale_factor // p) * (width // pipe.vae_scale_factor // p)
+        # the pipeline's: from the latents it runs on (a user's latents decide, not height and width)
+        lh, lw = ((latents.shape[2], latents.shape[3]) if latents is not None
+                  else (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
+        seq = (lh // p) * (lw // p)
         mu = calculate_shift(seq, sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
                              sc.get("base_shift", 0.5), sc.get("max_shift", 1.16))
     if mu is not None:
@@ -127,7 +152,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         image = pipe.vae.decode(x, return_dict=False)[0]
         return StableDiffusion3PipelineOutput(images=pipe.image_processor.postprocess(image, output_type=output_type))
 
-    return Job(net, make_latents, finish, device, tkw)
+    return Job(net, make_latents, finish, device, tkw, scales_input=False)
 
 
 def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -148,6 +173,7 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                       pooled_prompt_embeds=pooled_prompt_embeds,
                       negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                       max_sequence_length=max_sequence_length)
+    _per_prompt_without_embeds("FluxPipeline", "num_images_per_prompt", num_images_per_prompt, prompt_embeds)
     device = pipe._execution_device
     cfg = true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)
     pe, ppe, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_embeds=prompt_embeds,
@@ -176,7 +202,9 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     sc = pipe.scheduler.config
     mu = calculate_shift(lat.shape[1], sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
                          sc.get("base_shift", 0.5), sc.get("max_shift", 1.15))
-    if sigmas is None and not sc.get("use_flow_sigmas", False):
+    if sc.get("use_flow_sigmas", False):
+        sigmas = None  # the pipeline drops any sigmas then, a user's too: the scheduler's own flow sigmas
+    elif sigmas is None:
         sigmas = np.linspace(1.0, 1 / steps, steps)  # FluxPipeline's default
     tkw = {"mu": mu} if sigmas is None else {"mu": mu, "sigmas": sigmas}
 
@@ -188,7 +216,7 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         image = pipe.vae.decode(x, return_dict=False)[0]
         return FluxPipelineOutput(images=pipe.image_processor.postprocess(image, output_type=output_type))
 
-    return Job(net, lambda: lat, finish, device, tkw)
+    return Job(net, lambda: lat, finish, device, tkw, scales_input=False)
 
 
 def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -199,6 +227,7 @@ def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         kw, "StableDiffusionPipeline", negative_prompt=None, height=None, width=None, guidance_scale=7.5,
         guidance_rescale=0.0, num_images_per_prompt=1, generator=None, latents=None, output_type="pil",
         prompt_embeds=None, negative_prompt_embeds=None)
+    _no_guidance_embedding(_denoiser(pipe, "StableDiffusionPipeline", "unet"), "StableDiffusionPipeline")
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     pipe.check_inputs(prompt=prompt, height=height, width=width, callback_steps=None, negative_prompt=negative_prompt,
@@ -282,9 +311,7 @@ def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         output_type="pil", guidance_rescale=0.0, original_size=None, crops_coords_top_left=(0, 0), target_size=None,
         negative_original_size=None, negative_crops_coords_top_left=(0, 0), negative_target_size=None, clip_skip=None)
     unet = _denoiser(pipe, name, "unet")
-    if unet.config.time_cond_proj_dim is not None:
-        raise ValueError(f"{name}: a UNet with time_cond_proj_dim (guidance-distilled, e.g. LCM) is not supported; "
-                         "use a UNet without a guidance embedding")
+    _no_guidance_embedding(unet, name)
     if timesteps is not None and sigmas is not None:
         raise ValueError(f"{name}: give timesteps or sigmas, not both")
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
@@ -373,6 +400,7 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     height, width = height // ph * ph, width // pw * pw
     if boundary_ratio is not None and guidance_scale_2 is None:
         guidance_scale_2 = guidance_scale
+    _per_prompt_without_embeds(name, "num_videos_per_prompt", num_videos_per_prompt, prompt_embeds)
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
                                  num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
@@ -400,7 +428,7 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = vae.decode(x / inv_std + mean, return_dict=False)[0]
         return WanPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    return Job(gnet, lambda: lat, finish, device)
+    return Job(gnet, lambda: lat, finish, device, scales_input=False)
 
 
 def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -422,6 +450,7 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
                                                    and negative_pooled_prompt_embeds is not None)
     cfg = true_cfg_scale > 1 and has_negative
+    _per_prompt_without_embeds(name, "num_videos_per_prompt", num_videos_per_prompt, prompt_embeds)
     device, dtype = pipe._execution_device, net.dtype
 
     def encode(p: Any, p2: Any, pe: Any, ppe: Any, mask: Any) -> dict:
@@ -452,7 +481,7 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = pipe.vae.decode(x.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return HunyuanVideoPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas})
+    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas}, scales_input=False)
 
 
 def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:

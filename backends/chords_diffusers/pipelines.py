@@ -201,6 +201,11 @@ def sample(
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
         smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device,
                              step_kwargs=job.step_kwargs or None, **job.timestep_kwargs)
+        if smap.scale_input and not job.scales_input:
+            raise ValueError(f"{name}: {smap.scheduler} scales the model input (scale_model_input), which {name} "
+                             "never calls (diffusers warns; its loop is then no ODE of this model): use the "
+                             "pipeline's flow-matching scheduler, or DPMSolverMultistep / UniPCMultistep with "
+                             "use_flow_sigmas=True")
         latents = job.make_latents()
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))

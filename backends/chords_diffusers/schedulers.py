@@ -465,6 +465,12 @@ def _ddim(s: Any, cfg: Any, step: dict) -> SchedulerMap:
                 "timestep_spacing='leading' (or 'trailing' with num_train_timesteps divisible by the steps)"
             )
     acs = np.array([ac[t] for t in ts] + [ac[prev[-1]] if prev[-1] >= 0 else final])
+    if n > 1 and acs[-1] == acs[-2]:  # set_alpha_to_one=False from timestep 0: a last step of zero length
+        if cfg.get("clip_sample", False) or cfg.get("thresholding", False):  # (there, clipping still moves x)
+            raise ValueError(f"{name}: the last step runs from timestep {ts[-1]} to the same noise level "
+                             "(set_alpha_to_one=False with steps_offset=0), where clip_sample / thresholding "
+                             "still change the sample: no ODE step; use set_alpha_to_one=True or steps_offset=1")
+        acs, ts, n = acs[:-1], ts[:-1], n - 1  # it leaves the sample as it is: dropped (one evaluation fewer)
     grid = np.sqrt(np.maximum(1.0 - acs, 0.0))
     schedule = VPSigma()
     smap = SchedulerMap(name, schedule, grid, "ddim", {}, pred, s.timesteps[:n], torch.tensor(grid[:n]))
@@ -476,6 +482,15 @@ def _ddim(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     else:  # x_j = alpha_j T(D) + sigma_j eps(D): the effective data prediction of the ddim step i -> i + 1
         w = a[1:] / (a[1:] - sg[1:] * a[:-1] / sg[:-1])  # 1 on a final step to sigma = 0
     return _with_transform(smap, cfg, clip=True, threshold=True, weights=w)
+
+
+def _flow_needs_flow_sigmas(cfg: Any, name: str, pred: str) -> str:
+    """``pred``, unless it is the flow prediction on a scheduler without ``use_flow_sigmas`` (diffusers
+    runs that combination on its VP sigmas, a conversion no ODE of the flow matches)."""
+    if pred == "flow" and not cfg.get("use_flow_sigmas", False):
+        raise ValueError(f"{name}: config option prediction_type='flow_prediction' needs use_flow_sigmas=True "
+                         "(on the VP sigmas its loop is no ODE chords_diffusers can reproduce)")
+    return pred
 
 
 def _multistep_schedule(s: Any, cfg: Any) -> cc.Schedule:
@@ -504,7 +519,8 @@ def _dpm(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     final_zero = cfg.get("final_sigmas_type", "zero") == "zero"
     if cfg.get("euler_at_final", False) and not (final_zero or (cfg.lower_order_final and n < 15)) and order > 1:
         raise ValueError(f"{name}: config option euler_at_final=True is not supported by chords_diffusers")
-    pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample", "flow_prediction"))
+    pred = _flow_needs_flow_sigmas(cfg, name, _prediction(cfg, name, ("epsilon", "v_prediction", "sample",
+                                                                          "flow_prediction")))
     grid = _sigmas64(s.sigmas)
     solver = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
     opts = {} if order == 1 else {"lower_order_final": bool(cfg.lower_order_final)}
@@ -524,7 +540,8 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     )
     if getattr(s, "solver_p", None) is not None:
         raise ValueError(f"{name}: solver_p is not supported by chords_diffusers")
-    pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample", "flow_prediction"))
+    pred = _flow_needs_flow_sigmas(cfg, name, _prediction(cfg, name, ("epsilon", "v_prediction", "sample",
+                                                                          "flow_prediction")))
     grid = _sigmas64(s.sigmas)
     n = len(s.timesteps)
     opts = {"order": cfg.solver_order, "variant": cfg.solver_type}
