@@ -380,3 +380,23 @@ def test_flux_drops_a_users_sigmas_with_flow_sigmas_as_the_pipeline_does():
         ref = pipe(num_inference_steps=6, generator=torch.Generator().manual_seed(0), **kw).images
     one = cd.sample(pipe, num_inference_steps=6, cores=1, generator=torch.Generator().manual_seed(0), **kw)
     assert rel_err(one.latents, ref) < 2e-6
+
+
+def test_sd_takes_eta_and_a_custom_schedule_as_the_pipeline(sd):
+    """``eta=0.0`` (the pipeline's own default), ``timesteps`` and ``sigmas`` were refused."""
+    sched = sd.scheduler
+    try:
+        sd.scheduler = EulerDiscreteScheduler()
+        kw = dict(height=16, width=16, guidance_scale=5.0, output_type="latent", eta=0.0)
+        for custom in ({"timesteps": [999, 700, 400, 100]}, {"sigmas": [14.0, 6.0, 2.0, 0.5]}):
+            with torch.no_grad():
+                ref = sd("a cat", generator=torch.Generator().manual_seed(0), **kw, **custom).images
+            one = cd.sample(sd, "a cat", cores=1, generator=torch.Generator().manual_seed(0), **kw, **custom)
+            assert rel_err(one.latents, ref) < 2e-6, custom
+        with pytest.raises(ValueError, match="give timesteps or sigmas, not both"):
+            cd.sample(sd, "a cat", cores=1, timesteps=[999, 500], sigmas=[14.0, 1.0], **kw)
+        sd.scheduler = DDIMScheduler(steps_offset=1)
+        with pytest.raises(ValueError, match="eta=0.5 makes the sampler stochastic"):
+            cd.sample(sd, "a cat", num_inference_steps=4, cores=1, **{**kw, "eta": 0.5})
+    finally:
+        sd.scheduler = sched

@@ -290,6 +290,11 @@ def test_args_for_a_function_without_them_is_named():
         cj.parallel(model, X, grid, "euler", cores=2, args=1.0)
     with pytest.raises(TypeError, match=r"args: with args=.*f\(t, y, args\) for a VectorField"):
         cj.solve(cc.VectorField(lambda t, y: -y), X[0], np.linspace(0, 1, 5), args=1.0)
+    # a function that takes args and fails inside in its own words is not blamed on args
+    broken = cc.DiffusionModel(lambda x, t, args: jnp.tanh(x, t), SCHED, "eps")
+    with pytest.raises(TypeError) as err:
+        cj.chords(broken, X, grid, "euler", cores=2, stop=None, args=1.0)
+    assert not str(err.value).startswith("args:")
 
 
 def test_clear_cache_releases_the_models_and_their_weights():

@@ -269,3 +269,46 @@ def test_weights_changed_in_place_reach_the_copies_on_other_devices():
         net.load_state_dict({k: v * 2 for k, v in net.state_dict().items()})
         assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
                          cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+
+
+def test_the_weight_check_spares_inference_tensors_buffers_and_says_when_to_refresh():
+    """Inference tensors keep no version counter (reading it raised); a buffer the forward pass updates
+    must not make the copies again every round; an update through ``.data`` is not seen, and
+    ``refresh()`` makes the copies again."""
+    import copy
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+        def forward(self, x, t):
+            self.calls += 1  # a buffer updated in the forward pass
+            return self.net(x, t)
+
+    made = []
+
+    def copies(fn, device):
+        made.append(device)
+        return copy.deepcopy(fn)
+
+    x = x0(batch=3, dim=4)
+    grid = cc.time_grid(cc.RectifiedFlow(), 8)
+    serial = cc.SerialExecutor()
+    with torch.inference_mode():
+        frozen = cc.DiffusionModel(MLP(4, 16, 2, seed=4, dtype=torch.float64), cc.RectifiedFlow(), "flow")
+        with DeviceExecutor(["cpu", "cpu"], replicate=copies) as ex:
+            assert same_hits(cc.chords(frozen, x, grid, cores=2, stop=None, executor=ex),
+                             cc.chords(frozen, x, grid, cores=2, stop=None, executor=serial))
+    net = Counting(MLP(4, 16, 2, seed=5, dtype=torch.float64))
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    made.clear()
+    with DeviceExecutor(["cpu", "cpu"], replicate=copies) as ex:
+        cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+        assert len(made) == 2  # once, though the buffer changed every round
+        with torch.no_grad():
+            net.net.weights[0].data.mul_(0.5)  # not seen by the version counters
+        ex.refresh()
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
+                         cc.chords(model, x, grid, cores=2, stop=None, executor=serial)) and len(made) == 4

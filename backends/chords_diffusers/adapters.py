@@ -76,6 +76,13 @@ def _denoiser(pipe: Any, name: str, attr: str = "transformer") -> Any:
     return net
 
 
+def _custom_schedule(name: str, timesteps: Any, sigmas: Any) -> dict:
+    """A pipeline's custom ``timesteps`` or ``sigmas`` as ``set_timesteps`` keywords (one or none)."""
+    if timesteps is not None and sigmas is not None:
+        raise ValueError(f"{name}: give timesteps or sigmas, not both")
+    return {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
+
+
 def _no_guidance_embedding(unet: Any, name: str) -> None:
     """Refuse a UNet with a guidance embedding (``time_cond_proj_dim``: the pipeline turns classifier-free
     guidance off and passes ``timestep_cond`` instead)."""
@@ -222,12 +229,13 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
 def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
-    (negative_prompt, height, width, guidance_scale, guidance_rescale, num_images_per_prompt, generator, latents,
-     output_type, prompt_embeds, negative_prompt_embeds) = _take(
-        kw, "StableDiffusionPipeline", negative_prompt=None, height=None, width=None, guidance_scale=7.5,
-        guidance_rescale=0.0, num_images_per_prompt=1, generator=None, latents=None, output_type="pil",
-        prompt_embeds=None, negative_prompt_embeds=None)
+    (negative_prompt, height, width, timesteps, sigmas, eta, guidance_scale, guidance_rescale, num_images_per_prompt,
+     generator, latents, output_type, prompt_embeds, negative_prompt_embeds) = _take(
+        kw, "StableDiffusionPipeline", negative_prompt=None, height=None, width=None, timesteps=None, sigmas=None,
+        eta=0.0, guidance_scale=7.5, guidance_rescale=0.0, num_images_per_prompt=1, generator=None, latents=None,
+        output_type="pil", prompt_embeds=None, negative_prompt_embeds=None)
     _no_guidance_embedding(_denoiser(pipe, "StableDiffusionPipeline", "unet"), "StableDiffusionPipeline")
+    tkw = _custom_schedule("StableDiffusionPipeline", timesteps, sigmas)
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     pipe.check_inputs(prompt=prompt, height=height, width=width, callback_steps=None, negative_prompt=negative_prompt,
@@ -254,7 +262,8 @@ def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         image = pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=denorm)
         return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=nsfw)
 
-    return Job(net, make_latents, finish, device)
+    # eta goes to the scheduler's step as the pipeline passes it (DDIM: 0 only; dropped by steps without it)
+    return Job(net, make_latents, finish, device, tkw, step_kwargs={"eta": eta})
 
 
 def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -312,8 +321,7 @@ def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         negative_original_size=None, negative_crops_coords_top_left=(0, 0), negative_target_size=None, clip_skip=None)
     unet = _denoiser(pipe, name, "unet")
     _no_guidance_embedding(unet, name)
-    if timesteps is not None and sigmas is not None:
-        raise ValueError(f"{name}: give timesteps or sigmas, not both")
+    tkw = _custom_schedule(name, timesteps, sigmas)
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
     pipe.check_inputs(prompt=prompt, prompt_2=prompt_2, height=height, width=width, callback_steps=None,
@@ -344,7 +352,6 @@ def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                     cond={"encoder_hidden_states": pe, "added_cond_kwargs": {"text_embeds": ppe, "time_ids": ids}},
                     uncond={"encoder_hidden_states": npe, "added_cond_kwargs": {"text_embeds": nppe, "time_ids": nids}}
                     if cfg else None, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
-    tkw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas)) if v is not None}
 
     def make_latents() -> torch.Tensor:
         return pipe.prepare_latents(b, unet.config.in_channels, height, width, pe.dtype, device, generator, latents)

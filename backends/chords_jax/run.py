@@ -16,6 +16,7 @@ screened, one call or chunked), so a second call with the same shapes reuses the
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -91,11 +92,6 @@ def _traced(call: Callable, *operands: Any) -> Any:
     except _NOT_TRACEABLE as err:
         raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
                         f"conversion or Python branch on array values); tracing it failed with: {err}") from err
-    except TypeError as err:
-        if len(operands) == 3 and "positional argument" in str(err):  # args= given to a two-argument function
-            raise TypeError(f"args: with args= the model's function is called with a third argument, fn(x, t, "
-                            f"args) (f(t, y, args) for a VectorField), and it refused it: {err}") from err
-        raise
 
 
 def _checked(out: Any, like: Any) -> Any:
@@ -131,9 +127,26 @@ def keyable(obj: Any) -> Any:
     return obj
 
 
+def _takes_args(fn: Callable) -> None:
+    """Refuse a function whose signature cannot take the third argument ``args=`` calls it with (a
+    function without an inspectable signature is called and left to fail in its own words)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(0, 0, 0)
+    except TypeError as err:
+        raise TypeError(f"args: with args= the model's function is called with a third argument, fn(x, t, args) "
+                        f"(f(t, y, args) for a VectorField), and its signature {sig} takes no such argument "
+                        f"({err})") from None
+
+
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
     function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
+    if with_args:
+        _takes_args(model.fn if isinstance(model, DiffusionModel) else getattr(model, "f", None) or model)
     if isinstance(model, DiffusionModel):
         fn: Any = model.fn
 

@@ -70,14 +70,24 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
     return copy.deepcopy(fn, memo).to(device)
 
 
-def _weights_version(fn: Any) -> tuple | None:
-    """What changes when a network's weights do: each parameter and buffer with its in-place version
-    counter (``load_state_dict``, an optimiser or EMA step bump it), so that replicas copied to other
-    devices are made again instead of running old weights; ``None`` for a callable that is not an
-    ``nn.Module`` (what it reads is not known)."""
-    if not isinstance(fn, torch.nn.Module):
-        return None
-    return tuple((id(t), t._version) for t in (*fn.parameters(), *fn.buffers()))
+class _Weights:
+    """A network's parameters and their in-place version counters when its replicas were made:
+    ``load_state_dict``, an optimiser step or an in-place update under ``no_grad`` bump a counter, and
+    the copies on other devices are then stale. Parameters only (a buffer that the forward pass
+    updates, BatchNorm's statistics in training mode, would make the copies again every round);
+    updates through ``.data`` (diffusers' ``EMAModel.copy_to``) and parameters replaced by new
+    objects are not seen: ``DeviceExecutor.refresh()`` after those."""
+
+    def __init__(self, fn: Any) -> None:
+        params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+        try:
+            self.params, self.versions = params, [p._version for p in params]
+        except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no counter
+            self.params, self.versions = [], []
+
+    def changed(self) -> bool:
+        """Whether a parameter was updated in place since."""
+        return any(p._version != v for p, v in zip(self.params, self.versions))
 
 
 class _DeviceThread:
@@ -161,18 +171,26 @@ class DeviceExecutor(Executor):
         self.replicate, self.batched = replicate, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DeviceExecutor")
         self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
-        self._replicas: dict = {}  # id(model) -> (model, [replica model per device])
+        self._replicas: dict = {}  # see _models
         self._closed = False
 
     def _models(self, model: Model) -> list[Model]:
-        fn = getattr(model, fn_attr(model))
+        # id(model) -> (model, [replica model per device], the weights of copies (None: all shared))
         entry = self._replicas.get(id(model))
-        if entry is None or entry[0] is not model or (entry[2] is not None and entry[2] != _weights_version(fn)):
+        if entry is None or entry[0] is not model or (entry[2] is not None and entry[2].changed()):
+            self._replicas = {}  # the old copies go before the new ones are made (device memory)
+            fn = getattr(model, fn_attr(model))
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
-            entry = (model, [bind(model, r) for r in replicas], _weights_version(fn) if copies else None)
+            entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None)
             self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
         return entry[1]
+
+    def refresh(self) -> None:
+        """Make the replicas again at the next call: after changing the network's weights in a way the
+        version check does not see (through ``.data``, as diffusers' ``EMAModel.copy_to`` does, or by
+        replacing parameter objects)."""
+        self._replicas = {}
 
     def _run(self, model: Model, device: torch.device, xs: Sequence[torch.Tensor], ts: Sequence[float],
              idx: list[int], grad: bool) -> list[torch.Tensor]:
@@ -202,8 +220,8 @@ class DeviceExecutor(Executor):
 
         Raises:
             ModelOutputError: a bad output, with its point's index (the smallest, if several).
-            WorkerError: the model raised (naming the device and the points; the engine adds nothing,
-                so the round is the one in progress); the executor stays usable.
+            WorkerError: the model raised (naming the device and the points; the engine adds a note
+                naming the round); the executor stays usable.
             WorkerTimeout: no answer within ``round_timeout``; the executor is closed (its threads are
                 daemons: a stuck one does not keep the interpreter from exiting).
             ExecutorClosed: the executor was closed.

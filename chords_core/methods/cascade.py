@@ -64,9 +64,9 @@ FULL_TOL_STEPS = 20
 SCALES = ("auto", "error", "level")
 #: The default tolerance of ``scale="level"``, on grids of up to ``FULL_TOL_STEPS`` steps (see
 #: ``tol_steps``): half ParaTAA's 1e-3. The level is absolute, and where the sequential error is small
-#: (second- and third-order solvers on 8- and 16-D mixtures, 1e-3 to 3e-3 RMS) 1e-3 left outputs up to
-#: 1.09x the sequential error (10 of 612 runs of mixtures, schedules and solvers no default was chosen
-#: on); 5e-4 missed none (worst 1.041x) for 4.1% more rounds (``benchmarks/level_tol.py``).
+#: (second- and third-order solvers on 2- to 16-D mixtures, 8e-4 to 3e-3 RMS) 1e-3 left outputs up to
+#: 1.09x the sequential error (10 of 612 runs of mixtures outside the benchmark suite); 5e-4, chosen
+#: on those runs, missed none (worst 1.041x) for 4.1% more rounds (``benchmarks/level_tol.py``).
 LEVEL_TOL = 5e-4
 
 

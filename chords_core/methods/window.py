@@ -479,7 +479,6 @@ def sliding_window(
     def where(p: int, idx: Sequence[int], k: int, ti: Sequence[int]) -> str:
         return point_where(idx[p], k, t[ti[p]])
 
-
     xs: list = [x] * (min(window, T) + 1)  # the iterate x_0 .. x_e (later points start as copies)
     base = sol.begin(x)  # accepted state at the window start b (with its multistep history)
     b, rounds, nfe, width, log, trace = 0, 0, 0, 0, [], []
