@@ -166,7 +166,8 @@ class StopAtCore(StopRule):
     def outputs_needed(self, available: int) -> int:
         """The n-th output; a ``ValueError`` if the run makes fewer."""
         if self.n > available:
-            raise ValueError(f"stop=StopAtCore({self.n}) asks for more outputs than cores={available}")
+            raise ValueError(f"stop=StopAtCore({self.n}) asks for more outputs than the run makes, {available} "
+                             "(CHORDS: one a core; SRDS: one an iteration, at most its blocks)")
         return self.n
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:

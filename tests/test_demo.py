@@ -64,7 +64,7 @@ def test_every_option_has_help_text():
 
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--stop", "core:9", "--cores", "2", "--solver", "euler", "--dim", "2", "--modes", "1", "--samples", "1"],
-     "asks for more outputs than cores=2"),
+     "asks for more outputs than the run makes, 2 (CHORDS: one a core"),
     (["demo", "--solver", "rk4"], "invalid choice"),
     (["demo", "--cores", "two"], "argument --cores: must be an integer >= 1, got 'two'"),
     (["optimize", "--steps", "12", "--cores", "30"], "cores"),

@@ -356,3 +356,13 @@ def test_a_call_under_a_transformation_is_refused_and_leaves_no_tracer_behind():
     with pytest.raises(TypeError, match="args: a traced value"):
         jax.jit(lambda a: cj.parallel(with_args, x, grid, cores=4, args=a).x)(1.3)
     assert np.array_equal(np.asarray(cj.parallel(with_args, x, grid, cores=4, args=1.3).x), np.asarray(plain.x))
+
+
+def test_a_wrong_shape_names_the_stacked_call():
+    """The shapes checked are those of a round's points stacked (lanes x batch), not the user's state:
+    the message says so (it read as if the state itself had that shape)."""
+    rf = cc.RectifiedFlow()
+    model = cc.DiffusionModel(lambda x, t: x[:, :-1], rf, "flow")
+    with pytest.raises(ModelOutputError, match=r"model returned shape \(4, 2\), expected \(4, 3\) \(one call on 2 points "
+                       r"stacked, 2 rows each; checked when the program is compiled\)"):
+        cj.parallel(model, jnp.ones((2, 3)), cc.time_grid(rf, 8), cores=2)

@@ -467,3 +467,11 @@ def test_a_model_exception_carries_the_round_and_points_it_was_raised_in(method)
         cc.parallel(model, X, GRID, cores=2, method=method, **({} if method != "paradigms" else {"tol": 0.0}))
     (note,) = e.value.__notes__
     assert re.match(r"\(chords: raised while evaluating round \d+, \d point\(s\): (core|window point|block) ", note), note
+
+
+def test_an_output_count_beyond_the_run_is_named_in_the_methods_terms():
+    with pytest.raises(ValueError, match=r"StopAtCore\(3\) asks for more outputs than the run makes, 2 \(CHORDS: one a core"):
+        cc.chords(FLOW, X, GRID, cores=2, stop=cc.StopAtCore(3))
+    with pytest.raises(ValueError, match=r"StopAtCore\(2\) asks for more outputs than the run makes, 1 .*SRDS: one an "
+                                         r"iteration, at most its blocks"):
+        cc.parallel(FLOW, X, GRID, cores=1, method="srds", stop=cc.StopAtCore(2))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from chords_core.models import DiffusionModel, VectorField, check_array
+from chords_core.models import DiffusionModel, ModelOutputError, VectorField, check_array
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
@@ -94,10 +94,17 @@ def _traced(call: Callable, *operands: Any) -> Any:
                         f"conversion or Python branch on array values); tracing it failed with: {err}") from err
 
 
-def _checked(out: Any, like: Any) -> Any:
-    """The model's output for the points ``like``, checked at trace time as the core checks it
-    (``models.check_array``: shape, floating dtype) and cast to their dtype."""
-    check_array(out, like)
+def _checked(out: Any, like: Any, points: int, rows: int) -> Any:
+    """The model's output for the points ``like`` (``points`` of ``rows`` rows stacked), checked at
+    trace time as the core checks it (``models.check_array``: shape, floating dtype) and cast to their
+    dtype."""
+    try:
+        check_array(out, like)
+    except ModelOutputError as e:
+        if points == 1:
+            raise
+        raise e.relabel(0, f"{e} (one call on {points} points stacked, {rows} rows each; checked when the "
+                           "program is compiled)") from None
     return out.astype(like.dtype)
 
 
@@ -155,7 +162,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
             flat = pts.reshape((k * rows,) + pts.shape[2:])
             tt = jnp.repeat(t, rows)
             out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
-            return _checked(out, flat).reshape(pts.shape)
+            return _checked(out, flat, k, rows).reshape(pts.shape)
 
         return ("diffusion", keyable(fn), with_args), evaluate
     if isinstance(model, VectorField):
@@ -167,7 +174,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
                 out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), t, pts, args)
             else:
                 out = _traced(f if batched else jax.vmap(f), t, pts)
-            return _checked(out, pts)
+            return _checked(out, pts, pts.shape[0] if batched else 1, 1)
 
         return ("field", keyable(f), batched, with_args), evaluate
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
