@@ -12,6 +12,9 @@
   timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
 - ``pickle``: rank 0 sends a model shell whose pickle would run ``os.system``; the workers refuse it
   (no file is created) and rank 0 gets a ``WorkerError`` that says so.
+- ``misc`` (two ranks; rank 1 serves three executors in turn, slowly): a second executor open on the
+  group is refused; with ``local=`` a non-finite output of rank 0's own share retires the faster
+  cores as a serving rank's does; an ignored SIGINT (``SIG_IGN``, as under nohup) stays ignored.
 
 Rank 0 prints one JSON line.
 """
@@ -25,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -68,7 +72,8 @@ def main(scenario: str, path: str) -> int:
                 net = _very_slow  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
-            serve(net)
+            for _ in range(3 if scenario == "misc" else 1):  # misc: three executors in turn
+                serve(_slow if scenario == "misc" else net)
             return 0
         model, _ = gmm_problem()
         x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -116,6 +121,34 @@ def main(scenario: str, path: str) -> int:
             except WorkerTimeout as e:
                 report["error"] = f"WorkerTimeout: {e}".splitlines()[0]
             report["seconds"] = time.monotonic() - t0
+        elif scenario == "misc":
+            try:
+                DistributedExecutor(round_timeout=30.0)
+                report["second_open"] = "made"
+            except RuntimeError as e:
+                report["second_open"] = str(e)
+            ex.close()
+            calls = {"n": 0}
+
+            def nan_4th(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # rank 0's share: cores 0 and 2
+                calls["n"] += 1
+                out = _NET(x, t)
+                return out * float("nan") if calls["n"] == 4 else out
+
+            ex = DistributedExecutor(round_timeout=30.0, local=nan_4th)
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            report["local_nan"] = [str(w.message) for w in seen if "retired" in str(w.message)]
+            report["local_nan_finite"] = bool(torch.isfinite(res.x).all())
+            ex.close()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            ex = DistributedExecutor(round_timeout=30.0)
+            for delay in (0.5, 0.55):
+                threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+            res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
+            report["ignored_sigint"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
         elif scenario == "pickle":
             chords_dist.dump_shell = lambda model: pickle.dumps(_Evil(path))  # type: ignore[assignment]
             try:

@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -132,13 +133,20 @@ def _wait_once(start: Callable, timeout: float | None, what: str, interruptible:
     except RuntimeError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "timeout" in msg.lower() or "timed out" in msg.lower():
-            raise WorkerTimeout(f"{what}: no answer within {timeout} s ({msg})") from None
+            within = "the process group's timeout" if timeout is None else f"{timeout:g} s"
+            raise WorkerTimeout(f"{what}: no answer within {within} ({msg})") from None
         raise WorkerDied(f"{what}: connection lost ({msg})") from None
 
 
-#: Process groups whose protocol a second Ctrl-C cut mid-round (the group objects themselves: a group
-#: destroyed and created again is a new object); ``DistributedExecutor`` refuses them.
+#: Process groups whose protocol was cut mid-round, by a second Ctrl-C or a lost or silent rank (the
+#: group objects themselves: a group destroyed and created again is a new object); ``DistributedExecutor``
+#: refuses them.
 _CUT_GROUPS: list = []
+
+#: The open ``DistributedExecutor`` of each process group, id(group object) -> (the group, a weak
+#: reference to it): a serving rank holds one model and leaves ``serve`` when an executor closes, so a
+#: second executor open on the group would run on the first one's model (a model sent once per executor).
+_OPEN: dict[int, tuple[Any, weakref.ref]] = {}
 
 
 def _group_object(group: Any) -> Any:
@@ -160,7 +168,7 @@ def _sigint_deferred() -> Iterator[_Interrupts]:
     signals), or where the current handler was not installed from Python, this does nothing."""
     got = _Interrupts()
     old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if old is None:
+    if old is None or old == signal.SIG_IGN:  # (an ignored Ctrl-C, nohup's or a background job's, stays so)
         yield got
         return
 
@@ -209,9 +217,14 @@ class DistributedExecutor(Executor):
             raise RuntimeError(
                 "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
         if any(g is _group_object(group) for g in _CUT_GROUPS):
-            raise RuntimeError("this process group's protocol was cut in the middle of a round (a second Ctrl-C): "
-                               "its workers may still send that round's answers, which a new executor would read "
-                               "as its own; end the job, or destroy and re-create the process group")
+            raise RuntimeError("this process group's protocol was cut in the middle of a round (a second Ctrl-C, or "
+                               "a rank lost or silent): its workers may still send that round's answers, which a new "
+                               "executor would read as its own; end the job, or destroy and re-create the process "
+                               "group")
+        _, other = _OPEN.get(id(_group_object(group)), (None, None))
+        if other is not None and (ex := other()) is not None and not ex._closed:
+            raise RuntimeError("a DistributedExecutor is already open on this process group: close it first (the "
+                               "serving ranks hold one model, and leave serve when an executor closes)")
         self.group, self.batched = group, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
@@ -231,6 +244,7 @@ class DistributedExecutor(Executor):
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
+        _OPEN[id(_group_object(group))] = (_group_object(group), weakref.ref(self))
 
     def _left(self) -> float | None:
         """Seconds left of the round in flight (at least a millisecond; ``None``: no limit)."""
@@ -323,6 +337,8 @@ class DistributedExecutor(Executor):
                         pass
         finally:  # a second Ctrl-C here still closes the executor
             self._owed = {}
+            if failed is not None:  # that rank's part of the round is lost: no new executor on this group
+                _CUT_GROUPS.append(_group_object(self.group))
             self.close(grace=1.0)
 
     def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
@@ -362,8 +378,8 @@ class DistributedExecutor(Executor):
                                                batched=self.batched)
                 for k, o in zip(idx, own):
                     outs[k] = o.to(xs[k].device)
-            except ModelOutputError as e:
-                failures.append((1, idx[e.point], 0, str(e)))
+            except ModelOutputError as e:  # its kind kept, as a serving rank's status carries it
+                failures.append((3 if e.is_nonfinite else 1, idx[e.point], 0, str(e)))
             except Exception as e:
                 failures.append((2, idx[0], 0, f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"))
         for r, idx in active:
@@ -387,6 +403,9 @@ class DistributedExecutor(Executor):
         if self._closed:
             return
         self._closed = True
+        g = _group_object(self.group)
+        if _OPEN.get(id(g), (None, lambda: None))[1]() is self:
+            del _OPEN[id(g)]
         for r in self.ranks:
             try:
                 self._send(self._header(STOP), r, grace)
