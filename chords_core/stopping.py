@@ -167,7 +167,7 @@ class StopAtCore(StopRule):
         """The n-th output; a ``ValueError`` if the run makes fewer."""
         if self.n > available:
             raise ValueError(f"stop=StopAtCore({self.n}) asks for more outputs than the run makes, {available} "
-                             "(CHORDS: one a core; SRDS: one an iteration, at most its blocks)")
+                             "(CHORDS: one a core; SRDS: one an iteration, at most its blocks or max_iters)")
         return self.n
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:

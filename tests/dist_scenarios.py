@@ -13,7 +13,7 @@
 - ``pickle``: rank 0 sends a model shell whose pickle would run ``os.system``; the workers refuse it
   (no file is created) and rank 0 gets a ``WorkerError`` that says so.
 - ``misc`` (two ranks; rank 1 serves three executors in turn, slowly): a second executor open on the
-  group is refused; with ``local=`` a non-finite output of rank 0's own share retires the faster
+  group supersedes the first, which then raises ``ExecutorClosed``; with ``local=`` a non-finite output of rank 0's own share retires the faster
   cores as a serving rank's does; an ignored SIGINT (``SIG_IGN``, as under nohup) stays ignored.
 
 Rank 0 prints one JSON line.
@@ -122,12 +122,19 @@ def main(scenario: str, path: str) -> int:
                 report["error"] = f"WorkerTimeout: {e}".splitlines()[0]
             report["seconds"] = time.monotonic() - t0
         elif scenario == "misc":
+            cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            newer = DistributedExecutor(round_timeout=30.0, batched=True)  # supersedes ex (no STOP sent)
+            unchecked = cc.DiffusionModel(model.fn, model.schedule, model.prediction, check_outputs=False)
+            res = cc.chords(unchecked, x, grid, "euler", cores=4, stop=None, executor=newer)
+            ref = cc.chords(unchecked, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
+            report["newer_equal"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
             try:
-                DistributedExecutor(round_timeout=30.0)
-                report["second_open"] = "made"
-            except RuntimeError as e:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+                report["second_open"] = "ran"
+            except ExecutorClosed as e:
                 report["second_open"] = str(e)
-            ex.close()
+            ex.close()  # superseded: no STOP (the serving ranks go on with the newer executor)
+            newer.close()
             calls = {"n": 0}
 
             def nan_4th(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # rank 0's share: cores 0 and 2

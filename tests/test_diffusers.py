@@ -400,3 +400,14 @@ def test_sd_takes_eta_and_a_custom_schedule_as_the_pipeline(sd):
             cd.sample(sd, "a cat", num_inference_steps=4, cores=1, **{**kw, "eta": 0.5})
     finally:
         sd.scheduler = sched
+
+
+def test_ddpm_and_ddim_pipelines_refuse_a_scheduler_that_scales_the_input(unet):
+    """DDPMPipeline / DDIMPipeline never call ``scale_model_input`` (nor multiply by the initial
+    noise sigma): with EulerDiscrete the result was 1.0 off the pipeline's on images in [0, 1]."""
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline(unet=unet, scheduler=EulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="DDPMPipeline: EulerDiscreteScheduler scales the model input"):
+        cd.sample(pipe, num_inference_steps=4, cores=1, output_type="np")

@@ -741,3 +741,22 @@ def test_a_solver_registered_anew_is_compiled_anew():
                                atol=1e-12)
     finally:
         cc.SOLVERS.pop(name, None)
+
+
+def test_a_wrapper_that_adds_args_is_accepted():
+    """``functools.wraps`` makes ``inspect.signature`` report the wrapped function's two arguments;
+    the wrapper's own signature takes args."""
+    import functools
+
+    def base(x, t):
+        return jnp.tanh(x + t[:, None])
+
+    @functools.wraps(base)
+    def scaled(x, t, a):
+        return a * base(x, t)
+
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    got = cj.chords(cc.DiffusionModel(scaled, SCHED, "eps"), X, grid, "euler", cores=2, stop=None, args=0.5)
+    ref = cc.chords(cc.DiffusionModel(lambda x, t: 0.5 * np.tanh(x + t[:, None]), SCHED, "eps"), X, grid, "euler",
+                    cores=2, stop=None)
+    assert close(got.x, ref.x)

@@ -268,7 +268,7 @@ def test_default_stop_is_within_the_criterion_at_10_steps():
 
 def test_bad_stop_arguments():
     model, x, grid = setup("rf-flow")
-    with pytest.raises(ValueError, match="more outputs than cores"):
+    with pytest.raises(ValueError, match="more outputs than the run makes"):
         cc.chords(model, x, grid, init=(0, 10), stop=cc.StopAtCore(3))
     with pytest.raises(ValueError, match="n must be"):
         cc.StopAtCore(0)

@@ -269,6 +269,13 @@ def test_weights_changed_in_place_reach_the_copies_on_other_devices():
         net.load_state_dict({k: v * 2 for k, v in net.state_dict().items()})
         assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
                          cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+        # parameters replaced by new objects, and another network in the model: seen too
+        net.load_state_dict({k: v * 0.7 for k, v in net.state_dict().items()}, assign=True)
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
+                         cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+        model.fn = MLP(4, 16, 2, seed=9, dtype=torch.float64)
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
+                         cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
 
 
 def test_the_weight_check_spares_inference_tensors_buffers_and_says_when_to_refresh():

@@ -35,7 +35,8 @@ class Job:
         step_kwargs: what the pipeline passes to ``scheduler.step`` (``map_scheduler``'s
             ``step_kwargs``: DDIMPipeline's ``eta`` and ``use_clipped_model_output``).
         scales_input: whether the pipeline calls ``scheduler.scale_model_input`` (the flow
-            pipelines do not: a scheduler that needs it, Euler or Heun, is refused for them).
+            pipelines and DDPM / DDIM do not: a scheduler that needs it, Euler or Heun, is refused
+            for them).
     """
 
     net: GuidedNet
@@ -303,7 +304,7 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                     image = pipe.numpy_to_pil(image)
         return ImagePipelineOutput(images=image) if return_dict else (image,)
 
-    return Job(net, make_latents, finish, device, step_kwargs=step_kwargs)
+    return Job(net, make_latents, finish, device, step_kwargs=step_kwargs, scales_input=False)
 
 
 def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:

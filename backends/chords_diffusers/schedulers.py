@@ -466,7 +466,8 @@ def _ddim(s: Any, cfg: Any, step: dict) -> SchedulerMap:
             )
     acs = np.array([ac[t] for t in ts] + [ac[prev[-1]] if prev[-1] >= 0 else final])
     if n > 1 and acs[-1] == acs[-2]:  # set_alpha_to_one=False from timestep 0: a last step of zero length
-        if cfg.get("clip_sample", False) or cfg.get("thresholding", False):  # (there, clipping still moves x)
+        if name == "DDIMScheduler" and (cfg.get("clip_sample", False) or cfg.get("thresholding", False)):
+            # (there, clipping still moves x; CogVideoXDDIMScheduler's step neither clips nor thresholds)
             raise ValueError(f"{name}: the last step runs from timestep {ts[-1]} to the same noise level "
                              "(set_alpha_to_one=False with steps_offset=0), where clip_sample / thresholding "
                              "still change the sample: no ODE step; use set_alpha_to_one=True or steps_offset=1")

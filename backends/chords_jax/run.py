@@ -138,7 +138,7 @@ def _takes_args(fn: Callable) -> None:
     """Refuse a function whose signature cannot take the third argument ``args=`` calls it with (a
     function without an inspectable signature is called and left to fail in its own words)."""
     try:
-        sig = inspect.signature(fn)
+        sig = inspect.signature(fn, follow_wrapped=False)  # (a functools.wraps wrapper may add the argument)
     except (TypeError, ValueError):
         return
     try:
@@ -153,7 +153,8 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
     function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
     if with_args:
-        _takes_args(model.fn if isinstance(model, DiffusionModel) else getattr(model, "f", None) or model)
+        _takes_args(model.fn if isinstance(model, DiffusionModel) else model.f if isinstance(model, VectorField)
+                    else model)
     if isinstance(model, DiffusionModel):
         fn: Any = model.fn
 

@@ -20,6 +20,7 @@ import copy
 import queue
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,23 +72,36 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
 
 
 class _Weights:
-    """A network's parameters and their in-place version counters when its replicas were made:
-    ``load_state_dict``, an optimiser step or an in-place update under ``no_grad`` bump a counter, and
-    the copies on other devices are then stale. Parameters only (a buffer that the forward pass
-    updates, BatchNorm's statistics in training mode, would make the copies again every round);
-    updates through ``.data`` (diffusers' ``EMAModel.copy_to``) and parameters replaced by new
-    objects are not seen: ``DeviceExecutor.refresh()`` after those."""
+    """A network's parameters (weak references) and their in-place version counters when its replicas
+    were made: ``load_state_dict``, an optimiser step or an in-place update under ``no_grad`` bump a
+    counter, and a parameter replaced by a new object (``load_state_dict(assign=True)``,
+    ``module.weight = Parameter(...)``) is freed once nothing else holds it; the copies on other
+    devices are then stale. Parameters only (a buffer that the forward pass updates, BatchNorm's
+    statistics in training mode, would make the copies again every round); updates through ``.data``
+    (diffusers' ``EMAModel.copy_to``) and a replaced parameter still held elsewhere (by an optimiser)
+    are not seen: ``DeviceExecutor.refresh()`` after those."""
 
     def __init__(self, fn: Any) -> None:
         params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
         try:
-            self.params, self.versions = params, [p._version for p in params]
+            self.versions = [p._version for p in params]
         except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no counter
-            self.params, self.versions = [], []
+            params, self.versions = [], []
+        try:
+            self.fn: Callable[[], Any] = weakref.ref(fn)
+        except TypeError:  # a callable that takes no weak reference: held
+            self.fn = lambda: fn
+        self.params = [weakref.ref(p) for p in params]
 
-    def changed(self) -> bool:
-        """Whether a parameter was updated in place since."""
-        return any(p._version != v for p, v in zip(self.params, self.versions))
+    def changed(self, fn: Any) -> bool:
+        """Whether ``fn`` is another network, or a parameter was replaced or updated in place since."""
+        if self.fn() is not fn:
+            return True
+        for ref, v in zip(self.params, self.versions):
+            p = ref()
+            if p is None or p._version != v:
+                return True
+        return False
 
 
 class _DeviceThread:
@@ -105,12 +119,15 @@ class _DeviceThread:
             if task is None:
                 return
             fut, fn, args = task
+            del task
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
                 fut.set_result(fn(*args))
             except BaseException as e:  # delivered to the caller through the future
                 fut.set_exception(e)
+            finally:  # not held while the thread waits: the call's model (a replica) is freed with it
+                del fut, fn, args
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
         """Run ``fn(*args)`` on this thread after the calls before it; returns its future."""
@@ -177,9 +194,9 @@ class DeviceExecutor(Executor):
     def _models(self, model: Model) -> list[Model]:
         # id(model) -> (model, [replica model per device], the weights of copies (None: all shared))
         entry = self._replicas.get(id(model))
-        if entry is None or entry[0] is not model or (entry[2] is not None and entry[2].changed()):
-            self._replicas = {}  # the old copies go before the new ones are made (device memory)
-            fn = getattr(model, fn_attr(model))
+        fn = getattr(model, fn_attr(model))
+        if entry is None or entry[0] is not model or (entry[2] is not None and entry[2].changed(fn)):
+            entry = self._replicas = {}  # the old copies go before the new ones are made (device memory)
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
             entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None)

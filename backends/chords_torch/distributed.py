@@ -144,8 +144,9 @@ def _wait_once(start: Callable, timeout: float | None, what: str, interruptible:
 _CUT_GROUPS: list = []
 
 #: The open ``DistributedExecutor`` of each process group, id(group object) -> (the group, a weak
-#: reference to it): a serving rank holds one model and leaves ``serve`` when an executor closes, so a
-#: second executor open on the group would run on the first one's model (a model sent once per executor).
+#: reference to it): a serving rank holds one model (sent once per executor), so a second executor
+#: open on the group would run on the first one's model. A new executor supersedes the open one,
+#: which then raises ``ExecutorClosed`` (without telling the serving ranks to stop).
 _OPEN: dict[int, tuple[Any, weakref.ref]] = {}
 
 
@@ -223,8 +224,7 @@ class DistributedExecutor(Executor):
                                "group")
         _, other = _OPEN.get(id(_group_object(group)), (None, None))
         if other is not None and (ex := other()) is not None and not ex._closed:
-            raise RuntimeError("a DistributedExecutor is already open on this process group: close it first (the "
-                               "serving ranks hold one model, and leave serve when an executor closes)")
+            ex._closed = ex._superseded = True  # its model is no longer the serving ranks' (no STOP sent)
         self.group, self.batched = group, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
@@ -240,7 +240,7 @@ class DistributedExecutor(Executor):
         self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
         self._local_model: Model | None = None
         self._model: Model | None = None
-        self._closed = False
+        self._closed = self._superseded = False
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
@@ -304,6 +304,9 @@ class DistributedExecutor(Executor):
             ExecutorClosed: the executor was closed.
         """
         if self._closed:
+            if self._superseded:
+                raise ExecutorClosed("this DistributedExecutor was superseded by a newer one on the same process "
+                                     "group (the serving ranks hold one model: use the newer executor)")
             raise ExecutorClosed("this DistributedExecutor is closed (closed by the user or after a lost worker)")
         check_points(xs, ts)
         if not xs:
@@ -328,16 +331,18 @@ class DistributedExecutor(Executor):
     def _drain(self, failed: int | None, grace: float = 5.0) -> None:
         """After a lost rank: collect the other ranks' pending answers (so they are back in their
         receive loop), then close, which tells them to stop."""
+        pending = dict(self._owed)  # the answers not collected (yet)
         try:
             for r, (n, shape, dtype) in self._owed.items():
                 if r != failed:
                     try:
                         self._answer(r, n, shape, dtype, grace)
+                        del pending[r]
                     except (WorkerError, RuntimeError):
                         pass
         finally:  # a second Ctrl-C here still closes the executor
             self._owed = {}
-            if failed is not None:  # that rank's part of the round is lost: no new executor on this group
+            if failed is not None or pending:  # a rank's part of the round is lost: no new executor here
                 _CUT_GROUPS.append(_group_object(self.group))
             self.close(grace=1.0)
 
