@@ -411,3 +411,14 @@ def test_ddpm_and_ddim_pipelines_refuse_a_scheduler_that_scales_the_input(unet):
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="DDPMPipeline: EulerDiscreteScheduler scales the model input"):
         cd.sample(pipe, num_inference_steps=4, cores=1, output_type="np")
+
+
+def test_flux_images_per_prompt_with_given_embeddings_as_the_pipeline():
+    """FluxPipeline makes n images a prompt from 1-row embeddings (its transformer broadcasts them):
+    the adapter repeats them and matches (it returned one image a prompt, silently)."""
+    pipe, kw = _tiny_flux()
+    kw.update(num_images_per_prompt=2)
+    with torch.no_grad():
+        ref = pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(0), **kw).images
+    one = cd.sample(pipe, num_inference_steps=4, cores=1, generator=torch.Generator().manual_seed(0), **kw)
+    assert ref.shape[0] == 2 and one.latents.shape == ref.shape and rel_err(one.latents, ref) < 2e-6

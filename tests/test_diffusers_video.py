@@ -321,3 +321,18 @@ def test_two_experts_split_rows_and_scale_each_by_its_own_guidance_with_one_read
     assert torch.equal(out, u + g * ((u + 1) - u)) and high.rows == low.rows == 4  # cond and uncond, 2 rows each
     with pytest.raises(ValueError, match="guidance_scale_2 needs net_2"):
         cd.GuidedNet(high, batch=1, guidance_scale=4.0, guidance_scale_2=2.5)
+
+
+def test_videos_per_prompt_with_given_embeddings_as_the_pipeline(wan, hunyuan):
+    """Wan and HunyuanVideo make n videos a prompt from 1-row embeddings (their transformers broadcast
+    them); the adapter returned one video a prompt, silently."""
+    with torch.no_grad():
+        pe, npe = wan.encode_prompt("a cat", negative_prompt="", device="cpu", max_sequence_length=8)
+    for pipe, kw in ((wan, dict(prompt_embeds=pe, negative_prompt_embeds=npe, **WAN_KW)),
+                     (hunyuan, dict(height=16, width=16, num_frames=5, true_cfg_scale=2.0, **_hunyuan_embeds()))):
+        kw.update(num_inference_steps=4, num_videos_per_prompt=2, output_type="latent")
+        with torch.no_grad():
+            ref = pipe(generator=_gen(), **kw).frames
+        one = cd.sample(pipe, cores=1, generator=_gen(), **kw)
+        assert one.latents.shape == ref.shape and ref.shape[0] == 2
+        assert rel_err(one.latents, ref) < 2e-6, type(pipe).__name__

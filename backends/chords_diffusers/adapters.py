@@ -101,6 +101,16 @@ def _per_prompt_without_embeds(name: str, arg: str, n: int, prompt_embeds: Any) 
                          f"pooled ones too) and pass {arg}=1")
 
 
+def _repeated(n: int, given: Any, *tensors: Any) -> list:
+    """The tensors, each row repeated ``n`` times, where the caller gave the prompt embeddings
+    (``given``) and asked n samples a prompt: the pipeline makes n latents a prompt and its
+    transformer broadcasts embeddings it did not encode and so did not repeat; repeated here they
+    give the same result. ``None`` entries and other cases as they are."""
+    if n == 1 or given is None:
+        return list(tensors)
+    return [t if t is None else t.repeat_interleave(n, 0) for t in tensors]
+
+
 def _postprocess_video(pipe: Any, video: torch.Tensor, output_type: str) -> Any:
     return pipe.video_processor.postprocess_video(video, output_type=output_type)
 
@@ -181,19 +191,20 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                       pooled_prompt_embeds=pooled_prompt_embeds,
                       negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                       max_sequence_length=max_sequence_length)
-    _per_prompt_without_embeds("FluxPipeline", "num_images_per_prompt", num_images_per_prompt, prompt_embeds)
     device = pipe._execution_device
     cfg = true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)
     pe, ppe, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_embeds=prompt_embeds,
                                            pooled_prompt_embeds=pooled_prompt_embeds, device=device,
                                            num_images_per_prompt=num_images_per_prompt,
                                            max_sequence_length=max_sequence_length)
+    pe, ppe = _repeated(num_images_per_prompt, prompt_embeds, pe, ppe)
     uncond = None
     if cfg:
         npe, nppe, _ = pipe.encode_prompt(prompt=negative_prompt, prompt_2=None, prompt_embeds=negative_prompt_embeds,
                                           pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
                                           num_images_per_prompt=num_images_per_prompt,
                                           max_sequence_length=max_sequence_length)
+        npe, nppe = _repeated(num_images_per_prompt, negative_prompt_embeds, npe, nppe)
         uncond = {"encoder_hidden_states": npe, "pooled_projections": nppe}
     b = pe.shape[0]
     ch = pipe.transformer.config.in_channels // 4
@@ -408,12 +419,14 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     height, width = height // ph * ph, width // pw * pw
     if boundary_ratio is not None and guidance_scale_2 is None:
         guidance_scale_2 = guidance_scale
-    _per_prompt_without_embeds(name, "num_videos_per_prompt", num_videos_per_prompt, prompt_embeds)
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
                                  num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
                                  negative_prompt_embeds=negative_prompt_embeds,
                                  max_sequence_length=max_sequence_length, device=device)
+    (pe,) = _repeated(num_videos_per_prompt, prompt_embeds, pe)
+    if cfg:
+        (npe,) = _repeated(num_videos_per_prompt, negative_prompt_embeds, npe)
     dtype = net.dtype
     b = pe.shape[0]
     boundary = None if boundary_ratio is None else boundary_ratio * pipe.scheduler.config.num_train_timesteps
@@ -458,14 +471,14 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
                                                    and negative_pooled_prompt_embeds is not None)
     cfg = true_cfg_scale > 1 and has_negative
-    _per_prompt_without_embeds(name, "num_videos_per_prompt", num_videos_per_prompt, prompt_embeds)
     device, dtype = pipe._execution_device, net.dtype
 
-    def encode(p: Any, p2: Any, pe: Any, ppe: Any, mask: Any) -> dict:
+    def encode(p: Any, p2: Any, given: Any, ppe: Any, mask: Any) -> dict:
         pe, ppe, mask = pipe.encode_prompt(prompt=p, prompt_2=p2, prompt_template=prompt_template,
-                                           num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=pe,
+                                           num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=given,
                                            pooled_prompt_embeds=ppe, prompt_attention_mask=mask, device=device,
                                            max_sequence_length=max_sequence_length)
+        pe, ppe, mask = _repeated(num_videos_per_prompt, given, pe, ppe, mask)
         return {"encoder_hidden_states": pe.to(dtype), "encoder_attention_mask": mask.to(dtype),
                 "pooled_projections": ppe.to(dtype)}
 
