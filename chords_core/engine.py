@@ -434,10 +434,10 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
         return len(rounds) if survivors.retired else limit
 
     def tick(bar: Any) -> None:
-        """Count a round that ran; after a retirement the total is every round left (and the
-        rounds evaluated again)."""
-        if bar.total != last() + survivors.extra:
-            bar.total = last() + survivors.extra
+        """Count a round that ran; after a retirement the total is every round of the plan and the
+        rounds evaluated again (before one it is ``limit``)."""
+        if survivors.retired and bar.total != len(rounds) + survivors.extra:
+            bar.total = len(rounds) + survivors.extra
             bar.refresh()
         bar.update(1)
 

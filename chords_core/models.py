@@ -34,7 +34,7 @@ from . import _backend as B
 from .schedules import RectifiedFlow, Schedule
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check",
-           "check_array"]
+           "check_array", "check_call"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = Any
@@ -140,6 +140,22 @@ def check_array(out: Any, like: Array) -> bool:
     return same_dtype
 
 
+def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> bool:
+    """``check_array`` for one call on ``points`` points of ``rows`` rows stacked: an error of a call on
+    several points says so, not as if the first alone had failed (``named``: appended to that remark,
+    e.g. how the error names the point).
+
+    Returns:
+        ``check_array``'s: whether ``out`` already has ``like``'s dtype.
+    """
+    try:
+        return check_array(out, like)
+    except ModelOutputError as e:
+        if points == 1:
+            raise
+        raise e.relabel(0, f"{e} (one call on {points} points stacked, {rows} rows each{named})") from None
+
+
 class Model:
     """Base class of models: subclasses implement ``_call`` (one batched call) and ``coefficients``.
 
@@ -218,13 +234,7 @@ class Model:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating (``check_array``), finite (if
         ``check_outputs``); returned in ``like``'s dtype."""
-        try:
-            same_dtype = check_array(out, like)
-        except ModelOutputError as e:
-            if n == 1:
-                raise
-            raise e.relabel(0, f"{e} (one call on {n} points stacked, {rows} rows each: named by its first "
-                               "point)") from None
+        same_dtype = check_call(out, like, n, rows, ": named by its first point")
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError.nonfinite(bad)

@@ -92,15 +92,6 @@ def _no_guidance_embedding(unet: Any, name: str) -> None:
                          "use a UNet without a guidance embedding")
 
 
-def _per_prompt_without_embeds(name: str, arg: str, n: int, prompt_embeds: Any) -> None:
-    """Refuse ``arg`` = n > 1 with precomputed ``prompt_embeds``: the pipeline makes n samples a prompt
-    but does not repeat embeddings it did not encode (its transformer broadcasts them, or it fails)."""
-    if n != 1 and prompt_embeds is not None:
-        raise ValueError(f"{name}: {arg}={n} with prompt_embeds: the pipeline does not repeat embeddings it did not "
-                         f"encode; repeat them yourself (prompt_embeds.repeat_interleave({n}, 0), the negative and "
-                         f"pooled ones too) and pass {arg}=1")
-
-
 def _repeated(n: int, given: Any, *tensors: Any) -> list:
     """The tensors, each row repeated ``n`` times, where the caller gave the prompt embeddings
     (``given``) and asked n samples a prompt: the pipeline makes n latents a prompt and its
@@ -133,8 +124,12 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                       negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                       negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                       max_sequence_length=max_sequence_length)
-    _per_prompt_without_embeds("StableDiffusion3Pipeline", "num_images_per_prompt", num_images_per_prompt,
-                               prompt_embeds)
+    if num_images_per_prompt != 1 and prompt_embeds is not None:  # (diffusers itself fails there)
+        n = num_images_per_prompt
+        raise ValueError(f"StableDiffusion3Pipeline: num_images_per_prompt={n} with prompt_embeds: the pipeline does "
+                         f"not repeat embeddings it did not encode; repeat them yourself "
+                         f"(prompt_embeds.repeat_interleave({n}, 0), the negative and pooled ones too) and pass "
+                         "num_images_per_prompt=1")
     device, cfg = pipe._execution_device, guidance_scale > 1.0
     pe, npe, ppe, nppe = pipe.encode_prompt(
         prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,

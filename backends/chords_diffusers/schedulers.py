@@ -485,9 +485,10 @@ def _ddim(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     return _with_transform(smap, cfg, clip=True, threshold=True, weights=w)
 
 
-def _flow_needs_flow_sigmas(cfg: Any, name: str, pred: str) -> str:
-    """``pred``, unless it is the flow prediction on a scheduler without ``use_flow_sigmas`` (diffusers
-    runs that combination on its VP sigmas, a conversion no ODE of the flow matches)."""
+def _multistep_prediction(cfg: Any, name: str) -> str:
+    """DPMSolverMultistep's / UniPCMultistep's prediction; the flow prediction only with
+    ``use_flow_sigmas`` (diffusers runs it on its VP sigmas too, a conversion no ODE of the flow matches)."""
+    pred = _prediction(cfg, name, ("epsilon", "v_prediction", "sample", "flow_prediction"))
     if pred == "flow" and not cfg.get("use_flow_sigmas", False):
         raise ValueError(f"{name}: config option prediction_type='flow_prediction' needs use_flow_sigmas=True "
                          "(on the VP sigmas its loop is no ODE chords_diffusers can reproduce)")
@@ -520,8 +521,7 @@ def _dpm(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     final_zero = cfg.get("final_sigmas_type", "zero") == "zero"
     if cfg.get("euler_at_final", False) and not (final_zero or (cfg.lower_order_final and n < 15)) and order > 1:
         raise ValueError(f"{name}: config option euler_at_final=True is not supported by chords_diffusers")
-    pred = _flow_needs_flow_sigmas(cfg, name, _prediction(cfg, name, ("epsilon", "v_prediction", "sample",
-                                                                          "flow_prediction")))
+    pred = _multistep_prediction(cfg, name)
     grid = _sigmas64(s.sigmas)
     solver = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
     opts = {} if order == 1 else {"lower_order_final": bool(cfg.lower_order_final)}
@@ -541,8 +541,7 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     )
     if getattr(s, "solver_p", None) is not None:
         raise ValueError(f"{name}: solver_p is not supported by chords_diffusers")
-    pred = _flow_needs_flow_sigmas(cfg, name, _prediction(cfg, name, ("epsilon", "v_prediction", "sample",
-                                                                          "flow_prediction")))
+    pred = _multistep_prediction(cfg, name)
     grid = _sigmas64(s.sigmas)
     n = len(s.timesteps)
     opts = {"order": cfg.solver_order, "variant": cfg.solver_type}

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from chords_core.models import DiffusionModel, ModelOutputError, VectorField, check_array
+from chords_core.models import DiffusionModel, VectorField, check_call
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
@@ -96,15 +96,9 @@ def _traced(call: Callable, *operands: Any) -> Any:
 
 def _checked(out: Any, like: Any, points: int, rows: int) -> Any:
     """The model's output for the points ``like`` (``points`` of ``rows`` rows stacked), checked at
-    trace time as the core checks it (``models.check_array``: shape, floating dtype) and cast to their
+    trace time as the core checks it (``models.check_call``: shape, floating dtype) and cast to their
     dtype."""
-    try:
-        check_array(out, like)
-    except ModelOutputError as e:
-        if points == 1:
-            raise
-        raise e.relabel(0, f"{e} (one call on {points} points stacked, {rows} rows each; checked when the "
-                           "program is compiled)") from None
+    check_call(out, like, points, rows, "; checked when the program is compiled")
     return out.astype(like.dtype)
 
 

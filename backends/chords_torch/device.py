@@ -196,7 +196,7 @@ class DeviceExecutor(Executor):
         entry = self._replicas.get(id(model))
         fn = getattr(model, fn_attr(model))
         if entry is None or entry[0] is not model or (entry[2] is not None and entry[2].changed(fn)):
-            entry = self._replicas = {}  # the old copies go before the new ones are made (device memory)
+            entry, self._replicas = None, {}  # the old copies go before the new ones are made (device memory)
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
             entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None)

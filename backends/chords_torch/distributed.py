@@ -138,21 +138,34 @@ def _wait_once(start: Callable, timeout: float | None, what: str, interruptible:
         raise WorkerDied(f"{what}: connection lost ({msg})") from None
 
 
-#: Process groups whose protocol was cut mid-round, by a second Ctrl-C or a lost or silent rank (the
-#: group objects themselves: a group destroyed and created again is a new object); ``DistributedExecutor``
-#: refuses them.
-_CUT_GROUPS: list = []
+class _GroupState:
+    """What the executors of one process group must know of each other.
 
-#: The open ``DistributedExecutor`` of each process group, id(group object) -> (the group, a weak
-#: reference to it): a serving rank holds one model (sent once per executor), so a second executor
-#: open on the group would run on the first one's model. A new executor supersedes the open one,
-#: which then raises ``ExecutorClosed`` (without telling the serving ranks to stop).
-_OPEN: dict[int, tuple[Any, weakref.ref]] = {}
+    Attributes:
+        group: the group object (kept, so that its id is not reused; a group destroyed and created
+            again is a new object).
+        cut: its protocol was cut mid-round (a second Ctrl-C, a lost or silent rank, an answer left
+            uncollected): a new executor would read that round's answers as its own, so none is made.
+        open: a weak reference to its open executor: a serving rank holds one model (sent once per
+            executor), so a new executor supersedes the open one, which then raises ``ExecutorClosed``
+            (without telling the serving ranks to stop).
+    """
+
+    def __init__(self, group: Any) -> None:
+        self.group, self.cut = group, False
+        self.open: weakref.ref | None = None
 
 
-def _group_object(group: Any) -> Any:
-    """The process group object ``group`` names (``None``: the default group, ``dist.group.WORLD``)."""
-    return dist.group.WORLD if group is None else group
+_GROUPS: dict[int, _GroupState] = {}
+
+
+def _group_state(group: Any) -> _GroupState:
+    """The state of the process group ``group`` names (``None``: the default group, ``dist.group.WORLD``)."""
+    g = dist.group.WORLD if group is None else group
+    state = _GROUPS.get(id(g))
+    if state is None or state.group is not g:
+        state = _GROUPS[id(g)] = _GroupState(g)
+    return state
 
 
 class _Interrupts:
@@ -217,13 +230,13 @@ class DistributedExecutor(Executor):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
-        if any(g is _group_object(group) for g in _CUT_GROUPS):
+        state = _group_state(group)
+        if state.cut:
             raise RuntimeError("this process group's protocol was cut in the middle of a round (a second Ctrl-C, or "
                                "a rank lost or silent): its workers may still send that round's answers, which a new "
                                "executor would read as its own; end the job, or destroy and re-create the process "
                                "group")
-        _, other = _OPEN.get(id(_group_object(group)), (None, None))
-        if other is not None and (ex := other()) is not None and not ex._closed:
+        if state.open is not None and (ex := state.open()) is not None and not ex._closed:
             ex._closed = ex._superseded = True  # its model is no longer the serving ranks' (no STOP sent)
         self.group, self.batched = group, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
@@ -244,7 +257,7 @@ class DistributedExecutor(Executor):
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
-        _OPEN[id(_group_object(group))] = (_group_object(group), weakref.ref(self))
+        state.open = weakref.ref(self)
 
     def _left(self) -> float | None:
         """Seconds left of the round in flight (at least a millisecond; ``None``: no limit)."""
@@ -323,7 +336,7 @@ class DistributedExecutor(Executor):
                 if self._in_flight:
                     if interrupts.count > 1:  # a second Ctrl-C: the round was cut where it stood
                         self._closed = True
-                        _CUT_GROUPS.append(_group_object(self.group))  # no new executor reads its answers
+                        _group_state(self.group).cut = True  # no new executor reads its answers
                     else:
                         self._drain(e.rank if isinstance(e, WorkerError) else None)
                 raise
@@ -343,7 +356,7 @@ class DistributedExecutor(Executor):
         finally:  # a second Ctrl-C here still closes the executor
             self._owed = {}
             if failed is not None or pending:  # a rank's part of the round is lost: no new executor here
-                _CUT_GROUPS.append(_group_object(self.group))
+                _group_state(self.group).cut = True
             self.close(grace=1.0)
 
     def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
@@ -408,9 +421,9 @@ class DistributedExecutor(Executor):
         if self._closed:
             return
         self._closed = True
-        g = _group_object(self.group)
-        if _OPEN.get(id(g), (None, lambda: None))[1]() is self:
-            del _OPEN[id(g)]
+        state = _group_state(self.group)
+        if state.open is not None and state.open() is self:
+            state.open = None
         for r in self.ranks:
             try:
                 self._send(self._header(STOP), r, grace)
