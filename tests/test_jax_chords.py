@@ -3,6 +3,7 @@
 Multi-device runs are in test_jax_devices.py (a subprocess with 8 host devices).
 """
 
+import functools
 import os
 
 import jax
@@ -760,3 +761,62 @@ def test_a_wrapper_that_adds_args_is_accepted():
     ref = cc.chords(cc.DiffusionModel(lambda x, t: 0.5 * np.tanh(x + t[:, None]), SCHED, "eps"), X, grid, "euler",
                     cores=2, stop=None)
     assert close(got.x, ref.x)
+
+
+def test_solve_and_chords_compose_with_jit_vmap_and_grad():
+    """(Every call under a transformation failed with a ``ConcretizationTypeError``: the output check
+    read its flag on the host.) With a rule decided before any value the run is one compiled call
+    that reads nothing on the host: jit gives the plain call's bits, vmap over a batch of states each
+    one's, grad the derivative (checked against central differences), weights traced as ``args``."""
+    cj.clear_cache()  # the first call is the transformed one: no cached array may be a tracer
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    model = cc.DiffusionModel(denoiser_args, SCHED, "eps")
+    w = {"w": jnp.asarray(_W), "c": jnp.asarray(0.2)}
+    x = jnp.asarray(X)
+    calls = {"solve": lambda x, w: cj.solve(model, x, grid, "dpmpp_2m", args=w),
+             "chords": lambda x, w: cj.chords(model, x, grid, "dpmpp_2m", cores=3, stop=None, args=w).x,
+             "fastest": lambda x, w: cj.chords(model, x, grid, "dpmpp_2m", cores=3, stop=cc.StopAtCore(1), args=w).x}
+    for name, call in calls.items():
+        jitted = np.asarray(jax.jit(call)(x, w))
+        plain = np.asarray(call(x, w))
+        assert np.array_equal(jitted, plain), name
+        rows = np.asarray(jax.vmap(call, in_axes=(0, None))(x[:, None], w))[:, 0]
+        assert close(rows, plain, 1e-13), name
+        assert np.array_equal(np.asarray(jax.jit(functools.partial(call, x))(w)), plain), name  # traced args alone
+
+        def total(c, call=call):
+            return call(x, {"w": w["w"], "c": c}).sum()
+
+        grad = np.asarray(jax.grad(total)(w["c"]))
+        h = 1e-6
+        fd = (float(total(w["c"] + h)) - float(total(w["c"] - h))) / (2 * h)
+        assert abs(float(grad) - fd) <= 1e-6 * max(1.0, abs(fd)), name
+    # the plain call after transformed ones: no tracer was cached
+    assert np.array_equal(np.asarray(calls["chords"](x, w)), np.asarray(cj.chords(
+        model, x, grid, "dpmpp_2m", cores=3, stop=None, args=w).x))
+
+
+def test_a_rule_that_reads_values_or_a_method_that_reads_its_run_is_refused_under_a_transformation():
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    x = jnp.asarray(X)
+    with pytest.raises(TypeError, match=r"stop: chords_jax.chords inside jax.jit, vmap or grad .*StopWhenConverged"):
+        jax.jit(lambda x: cj.chords(model, x, grid, cores=3).x)(x)
+    with pytest.raises(TypeError, match=r"stop: .*pass stop=None"):  # concrete x, a caller's jit around it
+        jax.jit(lambda a: cj.chords(model, x, grid, cores=3).x * a)(2.0)
+    with pytest.raises(TypeError, match=r"x: a traced value: chords_jax.srds inside jax.jit, vmap or grad is not"):
+        jax.vmap(lambda x: cj.srds(model, x[None], grid, stop=None).x)(x)
+    with pytest.raises(TypeError, match=r"args: a traced value: chords_jax.parallel"):
+        jax.jit(lambda c: cj.parallel(cc.DiffusionModel(denoiser_args, SCHED, "eps"), x, grid, cores=3,
+                                      args={"w": jnp.asarray(_W), "c": c}).x)(0.2)
+
+
+def test_a_nonfinite_output_under_jit_raises_when_it_runs_naming_round_and_core():
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    t_bad = float(grid[3])
+    model = cc.DiffusionModel(lambda x, t: jnp.where(t[:, None] == t_bad, jnp.nan, denoiser(x, t)), SCHED, "eps")
+    with pytest.raises(cc.ModelOutputError) as plain:
+        cj.chords(model, X, grid, cores=1, stop=None)
+    with pytest.raises(jax.errors.JaxRuntimeError) as err:
+        jax.block_until_ready(jax.jit(lambda x: cj.chords(model, x, grid, cores=1, stop=None).x)(jnp.asarray(X)))
+    assert "round 4, core 0" in str(plain.value) and str(plain.value) in str(err.value)

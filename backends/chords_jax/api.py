@@ -217,6 +217,11 @@ def chords(
     the first call, one compile per chunk shape). The default is the core's, ``DEFAULT_STOP``
     (``StopWhenConverged(0.1)``): checked, and stopping where the core stops.
 
+    Inside ``jax.jit``, ``vmap`` or ``grad`` it runs with ``stop=None`` or ``StopAtCore(n)`` (one
+    compiled call, nothing read on the host; a non-finite output raises ``JaxRuntimeError`` with the
+    ``ModelOutputError``'s message when the computation runs); a rule that reads values, or
+    ``devices``, raises ``TypeError`` (``inside_transformation``; docs/jax.md).
+
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable
             (``jax.numpy``).
@@ -247,17 +252,18 @@ def chords(
     """
     mesh, ndev = _mesh(executor, devices)
     x = _as_state(x)
+    rule = as_stop_rule(stop)
+    inside = inside_transformation(x, args, mesh, "chords_jax.chords", rule)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
-    rule = as_stop_rule(stop)
     assert sym.plan is not None  # compile_plan's result carries its plan
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
-        outs, bad = _run_once(model, x, prog, mesh, check, args)
+        outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
         if check:
-            _raise_nonfinite(bad, prog, sym)
+            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
@@ -330,11 +336,16 @@ def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     return tuple(ready), tuple(ends), tuple(tuple(i) for i in ids)
 
 
-def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bool, args: Any) -> tuple[tuple, Any]:
+def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bool, args: Any,
+              inside: bool = False) -> tuple[tuple, Any]:
     """The whole program as one call of ``runner``: (outputs, ``bad``); with ``check``, ``bad`` is
     the exact code of the first non-finite output (``first_bad``: the run's one transfer to the host
-    is an int; a run the screen flags is run again, checked exactly)."""
+    is an int; a run the screen flags is run again, checked exactly). ``inside`` a jax
+    transformation (``inside_transformation``): nothing is read on the host, the run is checked
+    exactly at once and ``bad`` is a traced int (``_check_bad``)."""
     arrays = _device_arrays(prog, x.size, x.dtype, mesh)
+    if inside:
+        return runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
     if check:
         bad = first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
@@ -405,7 +416,7 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
     """The sequential solve of ``chords_core.solve``, compiled.
 
     A ``lax.scan`` with one model evaluation per scan step (steps x stages): CHORDS' core 0 alone
-    (``cores=1``).
+    (``cores=1``). It composes with ``jax.jit``, ``vmap`` and ``grad`` (see ``chords``).
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` with a jax-traceable function.
@@ -444,7 +455,8 @@ def _as_state(x: Any) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x: the initial state must have a floating dtype, got {x.dtype}")
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):  # (a device read)
+    finite = jnp.isfinite(x).all()  # (traced inside a transformation, where nothing is read: not checked)
+    if not isinstance(finite, jax.core.Tracer) and not bool(finite):  # (a device read)
         raise ValueError("x: the initial state has non-finite values (nan or inf)")
     return x
 
@@ -461,7 +473,8 @@ def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[
         return a.astype(dtype) if a.dtype == np.float64 else a
 
     where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    arrays = jax.device_put(build(cast), where)
+    with jax.ensure_compile_time_eval():  # concrete arrays under a caller's trace too: never a cached tracer
+        arrays = jax.device_put(build(cast), where)
     lru_put(_ARRAYS, key, (prog, arrays), _PROGRAMS_SIZE)
     return arrays
 
@@ -490,6 +503,42 @@ def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: An
         return cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype)
 
     return _on_device(prog, "chunks", dtype, mesh, build)
+
+
+def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: StopRule | None = None) -> bool:
+    """Whether ``x`` or a leaf of ``args`` is traced: the call is inside ``jax.jit``, ``vmap`` or
+    ``grad``. It can run there only as one compiled call that reads nothing on the host: ``TypeError``
+    naming ``stop`` for a ``rule`` that decides on the outputs' values (``rule`` ``None``: no rule
+    allowed, naming ``x`` or ``args``), naming ``devices`` for a sharded run."""
+    arg = next((name for name, value in (("x", x), ("args", args))
+                if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))), None)
+    if arg is None:  # concrete inputs, but maybe a caller's jit around (whatever it computes is then staged)
+        if not isinstance(jnp.zeros(()), jax.core.Tracer):
+            return False
+        arg = "x"
+    where = f"{name} inside jax.jit, vmap or grad"
+    if rule is None:
+        raise TypeError(f"{arg}: a traced value: {where} is not supported (it reads values of its run on the host: "
+                        "its rounds, its stop or its log); call it outside the transformation")
+    if not _one_call(rule):
+        raise TypeError(f"stop: {where} runs as one compiled call and cannot read the outputs on the host, "
+                        f"which {type(rule).__name__} decides on; pass stop=None (run every core) or StopAtCore(n), or "
+                        "call it outside the transformation")
+    if mesh is not None:
+        raise TypeError(f"devices: {where} runs on the default device; shard the transformed function instead, "
+                        "or call it outside the transformation")
+    return True
+
+
+def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None:
+    """``raise_bad(bad)`` (``bad``: ``runner``'s exact code, ``NO_BAD`` where every output is finite);
+    ``inside`` a transformation, where ``bad`` is traced, in a host callback when the computation runs
+    (a non-finite output then surfaces as ``jax.errors.JaxRuntimeError`` carrying the
+    ``ModelOutputError``'s message; under ``vmap``, the first bad code of the batch)."""
+    if inside:
+        jax.debug.callback(lambda code: raise_bad(int(np.min(code))), bad)
+    else:
+        raise_bad(bad)
 
 
 def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:

@@ -37,6 +37,7 @@ from .api import (
     _program,
     _replicated,
     _run_once,
+    inside_transformation,
     options_key,
     solver_key,
 )
@@ -138,12 +139,16 @@ def srds(
             ``chords_jax.chords``: new values give new results without recompiling.
         solver_options: the solver's options.
 
+    It cannot run inside ``jax.jit``, ``vmap`` or ``grad`` (``TypeError``): its stop and its log read
+    the iterations' outputs on the host.
+
     Returns:
         The core's ``Result`` (``method="srds"``), its arrays jax arrays of x's shape and dtype.
     """
     mesh, ndev = _mesh(executor, devices)
     check_model(model)  # the core's checks in the core's order, with its messages
     x = _as_state(x)
+    inside_transformation(x, args, None, "chords_jax.srds")  # (TypeError: its log reads the outputs on the host)
     times = check_grid(grid)
     model.check_times(times)
     rule = srds_rule(tol, stop)
