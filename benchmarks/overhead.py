@@ -18,7 +18,10 @@ after the same one):
                   rectification), written anew here, calling the model once per point;
 - ``bare``        the array work a round cannot avoid, with no bookkeeping at all;
 - ``cascade``     ``chords_core.cascade`` on 8 lanes at its default tolerance (its rounds vary; time
-                  per round), numpy only: issue #9's target is within 1.5x of chords.
+                  per round), numpy only: issue #9's target is within 1.5x of chords;
+- ``cascade bare`` the array work the cascade's sweeps cannot avoid (``run_cascade_bare``: its rounds'
+                  evaluations, steps, differences and sums of squares up to acceptance, seeds), on
+                  the sweeps of its run, with no bookkeeping: the floor of its time per round.
 
 Printed: microseconds per round, median [min-max] over interleaved repeats, and the ratios taken
 repeat by repeat. ``--memory``: peak traced memory (``tracemalloc``; numpy states, whose buffers it
@@ -64,6 +67,40 @@ def run_cascade(model, x, grid) -> tuple[int, int]:
     """The cascade sampler on 8 lanes at its default tolerance: rounds vary, time is per round."""
     r = cc.cascade(model, x, grid, "euler", cores=len(INIT))
     return r.rounds, r.nfe
+
+
+def run_cascade_bare(x, grid, sweeps, window: int = 8) -> tuple[int, int]:
+    """The cascade sampler's unavoidable array work on the sweeps of its run (``sweeps``: its log,
+    (round, start, end, accepted_to)), with no bookkeeping: each round's points in one call, per point
+    an Euler step, and up to the first point over tolerance a difference and its sum of squares; then
+    the seeds of the new points, each a three-term combination of the window's new end and the data
+    predictions of its last two evaluated points (two terms each). Its (rounds, NFE)."""
+    steps = len(grid) - 1
+    t = [float(v) for v in grid]
+    xs = [x] * (window + 1)
+    nfe = 0
+    rows = x.shape[0]
+    buf, scratch = np.empty((window * rows, *x.shape[1:]), x.dtype), np.empty_like(x)  # reused, as the engine's
+    for _, b, e, nb in sweeps:
+        pts = xs[b:e]
+        out = near_free(np.concatenate(pts, axis=0, out=buf[:len(pts) * rows]), None)
+        nfe += len(pts)
+        new = xs[b]
+        for k, m in enumerate(range(b, e)):
+            new = (t[m + 1] - t[m]) * out[k * rows:(k + 1) * rows] + new
+            if m + 1 <= nb:  # scored: up to the first point over tolerance
+                d = np.subtract(new, xs[m + 1], out=scratch)
+                np.vdot(d, d)
+            xs[m + 1] = new
+        end = min(nb + window, steps)
+        if end > e:
+            last, prev = pts[-1], pts[-2] if len(pts) > 1 else pts[-1]
+            d1 = last - t[e - 1] * out[(len(pts) - 1) * rows:]  # the data predictions (flow: x - t v)
+            d2 = prev - t[e - 2] * out[(len(pts) - 2) * rows:(len(pts) - 1) * rows] if len(pts) > 1 else d1
+            del xs[e + 1:]
+            xs.extend(0.9 * xs[e] + 0.05 * d1 + 0.05 * d2 for _ in range(e + 1, end + 1))
+        xs[b:nb] = [None] * (nb - b)  # accepted: freed, as the engine frees them
+    return sweeps[-1][0], nfe
 
 
 def run_bare(plan, x, sig):
@@ -218,6 +255,8 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
         fns["bare"] = lambda: run_bare(plan, x, grid)
         if cascade:
             fns["cascade"] = lambda: run_cascade(model, x, grid)
+            sweeps = cc.cascade(model, x, grid, "euler", cores=len(INIT)).log
+            fns["cascade bare"] = lambda: run_cascade_bare(x, grid, sweeps, len(INIT))
     return per_round(fns, repeats)
 
 
@@ -275,8 +314,9 @@ def main(argv=None):
     print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
     print("| state size | arrays | chords us/round | chords, one call a round | chords, serial executor | "
           "official-style us/round | chords / official | one call / official | serial / official | bare us/round | "
-          "cascade us/round | cascade / chords per round | cascade / chords per evaluation |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "cascade us/round | cascade / chords per round | cascade / chords per evaluation | "
+          "cascade bare / chords per round | cascade / cascade bare |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         reps = max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3))
         for lib in ("numpy", "torch"):
@@ -289,9 +329,11 @@ def main(argv=None):
             row += f"{spread(m['bare'], 1e6)} | " if "bare" in m else "- | "
             if "cascade" in m:
                 row += (f"{spread(m['cascade'], 1e6)} | {spread(m['cascade'] / m['chords'], fmt='.2f')} | "
-                        f"{spread(e['cascade'] / e['chords'], fmt='.2f')} |")
+                        f"{spread(e['cascade'] / e['chords'], fmt='.2f')} | "
+                        f"{spread(m['cascade bare'] / m['chords'], fmt='.2f')} | "
+                        f"{spread(m['cascade'] / m['cascade bare'], fmt='.2f')} |")
             else:
-                row += "- | - | - |"
+                row += "- | - | - | - | - |"
             print(row, flush=True)
     if args.memory:
         size = max(args.sizes)
