@@ -46,7 +46,7 @@ def check_model(model: Any, name: str = "model") -> Model:
 
 def check_state(model: Model, x: Any, name: str = "x") -> None:
     """Check the initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``),
-    finite (numpy arrays and torch tensors).
+    finite (numpy arrays, torch tensors, jax arrays outside a trace).
 
     Args:
         model: the checked model.
@@ -61,8 +61,11 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
         raise TypeError(f"{name}: the initial state must have a floating dtype, got {x.dtype}")
     if isinstance(model, DiffusionModel) and len(x.shape) < 1:
         raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
-    # (numpy and torch: one pass; chords_jax checks its arrays itself, and a symbolic state has no values)
-    if (isinstance(x, np.ndarray) or B.library(x) == "torch") and not B.all_finite(x):
+    # (numpy and torch: one pass; a jax array with values, not a tracer; a symbolic state has none)
+    lib = "numpy" if isinstance(x, np.ndarray) else B.library(x)
+    valued = (isinstance(x, np.ndarray) or lib == "torch"
+              or (lib == "jax" and not isinstance(x, sys.modules["jax"].core.Tracer)))
+    if valued and not B.all_finite(x):
         raise ValueError(f"{name}: the initial state has non-finite values (nan or inf)")
 
 

@@ -128,6 +128,10 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
             err.add_note(f"(chords: raised while evaluating round {round_number}, {len(xs)} point(s): {shown}"
                          f"{', ...' if len(xs) > 4 else ''})")
         raise
+    if not isinstance(outs, (list, tuple)) or len(outs) != len(xs):
+        got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
+        raise ValueError(f"executor: {type(executor).__name__} returned {got} for the {len(xs)} point(s) of round "
+                         f"{round_number}; an executor returns a list of one model output per point, in their order")
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)

@@ -8,12 +8,14 @@ An executor is a callable ``executor(model, xs, ts) -> outs``: ``xs`` the points
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ._backend import Stacked, Workspace, _nbytes, library
+from .checks import _is_int
 from .models import Model, ModelOutputError
 
 __all__ = ["Executor", "SerialExecutor", "BatchedExecutor", "HOST_BATCH_BYTES"]
@@ -87,7 +89,8 @@ class BatchedExecutor(Executor):
     The stacked points go into a buffer reused from round to round (``Workspace``); a model output
     that shares memory with it is copied. For large rounds the CHORDS engine writes the points
     straight into such a buffer (``stacks_points``), so the model's input is the points themselves.
-    A model must not keep a reference to its input, nor modify it.
+    A model must not keep a reference to its input, nor modify it, nor return an array it writes again
+    on a later call (a reused output buffer: the methods keep model values across calls).
 
     Args:
         max_batch_bytes: the most bytes of stacked points in one model call. A round above it is
@@ -102,15 +105,28 @@ class BatchedExecutor(Executor):
             a round there with an explicit cap where its activations do not fit).
     """
 
-    workspace: Workspace | None = None  # made on first use (a subclass need not call __init__)
     max_batch_bytes: int | str | None = "auto"
 
     def __init__(self, max_batch_bytes: int | str | None = "auto") -> None:
-        if not (max_batch_bytes is None or (isinstance(max_batch_bytes, str) and max_batch_bytes == "auto")
-                or (isinstance(max_batch_bytes, int) and not isinstance(max_batch_bytes, bool)
-                    and max_batch_bytes >= 1)):
-            raise ValueError(f"max_batch_bytes must be a positive int, None or 'auto', got {max_batch_bytes!r}")
+        if not (max_batch_bytes is None or (isinstance(max_batch_bytes, str) and max_batch_bytes == "auto")):
+            if not _is_int(max_batch_bytes) or int(max_batch_bytes) < 1:  # (numpy's integers too)
+                raise ValueError(f"max_batch_bytes must be a positive int, None or 'auto', got {max_batch_bytes!r}")
+            max_batch_bytes = int(max_batch_bytes)
         self.max_batch_bytes = max_batch_bytes
+
+    @property
+    def workspace(self) -> Workspace:
+        """The calling thread's stacking buffer, made on its first use (a subclass need not call
+        ``__init__``): an executor shared by threads stacks each one's points in a buffer of its own
+        (with one buffer for all, a thread's round overwrote the points another thread's model was
+        still reading)."""
+        local = self.__dict__.get("_threads")
+        if local is None:
+            local = self.__dict__.setdefault("_threads", threading.local())  # (atomic: one for all threads)
+        ws = getattr(local, "workspace", None)
+        if ws is None:
+            ws = local.workspace = Workspace()
+        return ws
 
     def points_per_call(self, x: Any) -> int | None:
         """How many points like ``x`` one model call takes (at least 1); ``None``: a whole round."""
@@ -140,11 +156,10 @@ class BatchedExecutor(Executor):
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
         """Batched ``model`` calls of at most ``max_batch_bytes`` each (see ``Executor.__call__``)."""
-        if self.workspace is None:
-            self.workspace = Workspace()
+        workspace = self.workspace
         m = self.points_per_call(xs[0]) if len(xs) > 1 else None
         if m is None or m >= len(xs):
-            return model.evaluate(xs, ts, batched=True, workspace=self.workspace)
+            return model.evaluate(xs, ts, batched=True, workspace=workspace)
         if m == 1:
             return model.evaluate(xs, ts, batched=False)
         stacked = xs if isinstance(xs, Stacked) else None
@@ -154,7 +169,7 @@ class BatchedExecutor(Executor):
             part = stacked.part(a, a + m) if stacked is not None else xs[a:a + m]
             parts.append(part)
             try:
-                outs += model.evaluate(part, ts[a:a + m], batched=True, workspace=self.workspace)
+                outs += model.evaluate(part, ts[a:a + m], batched=True, workspace=workspace)
             except ModelOutputError as e:
                 raise e.relabel(a + e.point, str(e)) from None
         if stacked is not None:  # every part passed on as it lies: its outputs were checked against it

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from .checks import check_int
 from .inits import validate_init
-from .stopping import as_stop_rule
+from .stopping import as_stop_rule, outputs_needed
 
 __all__ = ["Eval", "Round", "Plan", "make_plan", "diagram"]
 
@@ -185,7 +185,7 @@ class Plan:
             decides on the outputs (``StopOnResidual``) may end earlier, which only the outputs can
             tell.
         """
-        n = as_stop_rule(stop).outputs_needed(self.cores)
+        n = outputs_needed(as_stop_rule(stop), self.cores)
         return self.finish_round[self.hit_order[n - 1]]
 
     def nfe(self, rounds: int | None = None) -> int:

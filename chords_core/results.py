@@ -19,11 +19,12 @@ def as_array(x: Any) -> Any:
     return np.asarray(x) if isinstance(x, np.generic) else x
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Hit:
     """One output of a run: ``x`` from ``core`` after ``round`` rounds and ``nfe`` model evaluations.
 
-    ``core`` is the producing lane: the CHORDS core, the SRDS iteration, 0 for ParaDiGMS.
+    ``core`` is the producing lane: the CHORDS core, the SRDS iteration, 0 for ParaDiGMS. Compared
+    and hashed by identity, as ``Result``: an array has no single truth value to compare by.
     """
 
     core: int
@@ -35,9 +36,10 @@ class Hit:
         object.__setattr__(self, "x", as_array(self.x))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Result:
-    """The result of a parallel method (``chords``, ``paradigms``, ``srds``, ``parallel``).
+    """The result of a parallel method (``chords``, ``paradigms``, ``srds``, ``parallel``); compared
+    and hashed by identity.
 
     Attributes:
         x: the returned output (the stop rule's choice), same array type, shape and dtype as the input.

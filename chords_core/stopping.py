@@ -58,11 +58,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _backend as B
-from .checks import check_float, check_int
+from .checks import _is_int, check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
-           "StopNotMet", "as_stop_rule", "select_output", "first_accepted", "chosen_output", "warn_unmet",
-           "estimate_error", "AGREE_TO_ROUNDING"]
+           "StopNotMet", "as_stop_rule", "outputs_needed", "select_output", "first_accepted", "chosen_output",
+           "warn_unmet", "estimate_error", "AGREE_TO_ROUNDING"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
 #: their dtype (float32's for 16-bit floats) times the newer output's RMS agree to rounding (see the
@@ -298,10 +298,22 @@ def as_stop_rule(stop: Any) -> StopRule:
     """``stop`` as a rule object: ``None`` -> ``RunAll()``; anything with the protocol's methods as is."""
     if stop is None:
         return RunAll()
+    if isinstance(stop, type):
+        raise TypeError(f"stop: {stop.__name__} is a class; pass an instance, e.g. stop={stop.__name__}(...)")
     if all(callable(getattr(stop, m, None)) for m in ("outputs_needed", "accept", "describe")):
         return stop
     raise TypeError(f"stop must be a stop rule (StopAtCore, StopOnResidual, RunAll, a StopRule subclass) or None, "
                     f"got {type(stop).__name__}")
+
+
+def outputs_needed(rule: StopRule, available: int) -> int:
+    """``rule.outputs_needed(available)``, checked: an integer in [1, ``available``] (a rule of one's own
+    that answers otherwise gets a ``ValueError`` naming ``stop``, not an index error later)."""
+    n = rule.outputs_needed(available)
+    if not _is_int(n) or not 1 <= n <= available:
+        raise ValueError(f"stop: {type(rule).__name__}.outputs_needed({available}) returned {n!r}; it must be an "
+                         f"integer in [1, {available}] (the outputs the run makes)")
+    return int(n)
 
 
 def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,

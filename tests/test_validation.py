@@ -475,3 +475,148 @@ def test_an_output_count_beyond_the_run_is_named_in_the_methods_terms():
     with pytest.raises(ValueError, match=r"StopAtCore\(2\) asks for more outputs than the run makes, 1 .*SRDS: one an "
                                          r"iteration, at most its blocks"):
         cc.parallel(FLOW, X, GRID, cores=1, method="srds", stop=cc.StopAtCore(2))
+
+
+# -- user trial 7: contracts at the edges ----------------------------------------------------------
+
+def _slow_batched(x, t):
+    """A model that releases the GIL mid-call, as a real network does."""
+    import time
+
+    time.sleep(0.002)
+    return np.tanh(x) * 0.5 - x * t[:, None]
+
+
+def test_one_batched_executor_shared_by_two_threads_gives_each_its_own_answer():
+    """(One stacking buffer for all threads: a thread's round overwrote the points another thread's
+    model was still reading; 0.6-1.2 off, silently, for states above the buffer's 256 KiB.)"""
+    import threading
+
+    model = cc.DiffusionModel(_slow_batched, RF, "flow")
+    grid = cc.time_grid(RF, 10)
+    xs = [np.random.default_rng(s).standard_normal((4, 8000)) for s in (1, 2)]
+    refs = [cc.parallel(model, x, grid, cores=4, method=m, executor=cc.BatchedExecutor())
+            for x in xs for m in ("cascade", "chords")]
+    shared = cc.BatchedExecutor()
+    got = [None] * 4
+
+    def run_one(k):
+        got[k] = cc.parallel(model, xs[k // 2], grid, cores=4, method=("cascade", "chords")[k % 2], executor=shared)
+
+    threads = [threading.Thread(target=run_one, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for ref, res in zip(refs, got):
+        assert np.array_equal(ref.x, res.x)
+
+
+class _DropLast(cc.Executor):
+    def __call__(self, model, xs, ts):
+        outs = cc.SerialExecutor()(model, xs, ts)
+        return outs[:-1] if len(outs) > 1 else outs
+
+
+class _Stacked(cc.Executor):
+    def __call__(self, model, xs, ts):
+        return np.stack(cc.SerialExecutor()(model, xs, ts))
+
+
+@pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
+def test_an_executor_returning_the_wrong_number_of_outputs_is_named(method):
+    """(chords: AttributeError; the window methods: IndexError; SRDS returned after more rounds.)"""
+    with pytest.raises(ValueError, match=r"executor: _DropLast returned 1 outputs for the 2 point\(s\) of round"):
+        cc.parallel(FLOW, X, GRID, cores=2, method=method, executor=_DropLast())
+    with pytest.raises(ValueError, match=r"executor: _Stacked returned a ndarray for the"):
+        cc.parallel(FLOW, X, GRID, cores=2, method=method, executor=_Stacked())
+
+
+def test_a_jax_initial_state_with_nan_is_refused_by_the_core():
+    jnp = pytest.importorskip("jax.numpy")
+    x = jnp.asarray(X).at[0, 1].set(jnp.nan)
+    for call in (lambda: cc.solve(FLOW, x, GRID), lambda: cc.parallel(FLOW, x, GRID, cores=2)):
+        with pytest.raises(ValueError, match=r"x: the initial state has non-finite values"):
+            call()
+
+
+@pytest.mark.parametrize("kw", [{"t_max": 2.0}, {"t_max": -0.5}, {"t_min": 1.5}])
+def test_a_time_grid_outside_the_schedule_domain_names_its_argument(kw):
+    """(It returned the grid, refused later as ``grid[0]=2 ...``.)"""
+    name = next(iter(kw))
+    for sch in (RF, cc.VP.linear(), cc.VP.cosine()):
+        with pytest.raises(ValueError, match=rf"{name}=.* lies outside the schedule's time domain \[0, 1\]"):
+            cc.time_grid(sch, 5, **kw)
+
+
+class _Needs(cc.RunAll):
+    """A rule of one's own whose ``outputs_needed`` answers out of range."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def outputs_needed(self, available):
+        return self.n(available)
+
+
+@pytest.mark.parametrize("method", ["chords", "srds"])
+def test_stop_rule_mistakes_are_named(method):
+    call = cc.chords if method == "chords" else cc.srds
+    kw = {"cores": 3} if method == "chords" else {}
+    with pytest.raises(TypeError, match=r"stop: StopAtCore is a class; pass an instance"):
+        call(FLOW, X, GRID, stop=cc.StopAtCore, **kw)
+    for bad in (lambda a: a + 1, lambda a: -1, lambda a: 0, lambda a: 1.5):
+        with pytest.raises(ValueError, match=r"stop: _Needs.outputs_needed\(\d+\) returned .*; it must be an integer in"):
+            call(FLOW, X, GRID, stop=_Needs(bad), **kw)
+
+
+def test_a_numpy_integer_batch_cap_is_accepted():
+    ex = cc.BatchedExecutor(max_batch_bytes=np.int64(1 << 20))
+    assert ex.max_batch_bytes == 1 << 20 and type(ex.max_batch_bytes) is int
+    for bad in (0, np.int64(-1), 1.5, True):
+        with pytest.raises(ValueError, match="max_batch_bytes must be a positive int"):
+            cc.BatchedExecutor(max_batch_bytes=bad)
+
+
+def test_results_and_hits_compare_and_hash_by_identity():
+    """(The dataclasses compared their arrays: ``hit in res.hits`` and ``r1 == r2`` raised.)"""
+    a = cc.chords(FLOW, X, GRID, cores=3, stop=None)
+    b = cc.chords(FLOW, X, GRID, cores=3, stop=None)
+    assert a == a and a != b and a.hits[1] in a.hits and a.hits[1] not in b.hits
+    assert len({a, b, *a.hits}) == 2 + len(a.hits)
+
+
+@pytest.mark.parametrize("method", ["cascade", "paradigms", "parataa", "parasolver"])
+def test_a_state_without_elements_raises_no_warning(method):
+    import warnings
+
+    x = np.zeros((2, 0))
+    model = cc.DiffusionModel(lambda x, t: -x, RF, "flow")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = cc.parallel(model, x, GRID, cores=3, method=method, tol=0.1)
+    assert res.x.shape == (2, 0)
+
+
+def test_the_default_window_fits_a_short_grid():
+    """(The default 8 was refused on grids of fewer steps, naming a value the caller never gave.)"""
+    grid = cc.time_grid(RF, 5)
+    for call in (cc.cascade, cc.paradigms, cc.parasolver, cc.parataa):
+        assert call(FLOW, X, grid).width == 5
+    assert cc.cascade(FLOW, X, cc.time_grid(RF, 20)).width == 8
+
+
+def test_model_outputs_are_only_read():
+    """Every method with every solver on a model whose outputs are read-only equals the same model
+    returning writable arrays: no output is written to (so a model may return a constant array)."""
+    def frozen(x, t):
+        out = FLOW.fn(x, t)
+        out.setflags(write=False)
+        return out
+
+    ro = cc.DiffusionModel(frozen, RF, "flow")
+    for solver in ("euler", "heun", "dpmpp_2m", "unipc"):
+        for method in ("chords", "cascade", "paradigms", "parataa", "parasolver", "srds"):
+            want = cc.parallel(FLOW, X, GRID, solver, cores=3, method=method)
+            got = cc.parallel(ro, X, GRID, solver, cores=3, method=method)
+            assert np.array_equal(want.x, got.x), (solver, method)

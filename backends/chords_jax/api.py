@@ -44,6 +44,7 @@ from chords_core.stopping import (
     chosen_output,
     estimate_error,
     first_accepted,
+    outputs_needed,
     select_output,
 )
 
@@ -154,7 +155,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     times = check_grid(grid)
     K = len(init) if init is not None else cores
     rule = as_stop_rule(stop)
-    needed = rule.outputs_needed(K) if isinstance(K, int) and K >= 1 else None
+    needed = outputs_needed(rule, K) if isinstance(K, int) and K >= 1 else None
     # the error estimate, where the rule uses it and can choose (one output is returned as it is)
     errors = bool(getattr(rule, "uses_error_estimate", False)) and needed is not None and needed > 1
     trace_stop = _TraceStop(needed, errors) if needed is not None else None

@@ -25,7 +25,7 @@ from chords_core.checks import check_grid, check_int
 from chords_core.methods.srds import SRDS_STOP, srds_blocks, srds_log, srds_rule, srds_run, srds_stop
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
-from chords_core.stopping import RunAll, StopRule, warn_unmet
+from chords_core.stopping import RunAll, StopRule, outputs_needed, warn_unmet
 
 from .api import (
     _as_state,
@@ -153,7 +153,7 @@ def srds(
     model.check_times(times)
     rule = srds_rule(tol, stop)
     nb = len(srds_blocks(len(times) - 1, blocks)) - 1
-    last = rule.outputs_needed(nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
+    last = outputs_needed(rule, nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
     prog, sym = compile_srds(model, x.shape, x.dtype, times, solver, blocks=nb, iterations=last, slots_multiple=ndev,
                              **solver_options)
     x, args = _replicated(mesh, x, args)

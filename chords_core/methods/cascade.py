@@ -42,7 +42,7 @@ from ..executors import Executor
 from ..models import DiffusionModel, Model
 from ..results import Result
 from ..solvers import Solver
-from .window import sliding_window
+from .window import DEFAULT_WINDOW, sliding_window
 
 __all__ = ["cascade", "DEFAULT_TOL", "PLAIN_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL", "tol_steps",
            "resolve_scale", "default_tol_for"]
@@ -119,7 +119,7 @@ def cascade(
     grid: Any,
     solver: str | Solver = "euler",
     *,
-    cores: int = 8,
+    cores: int | None = None,
     tol: float | None = None,
     scale: str = "auto",
     anderson: int = 0,
@@ -132,7 +132,8 @@ def cascade(
 
     Args:
         model, x, grid, solver, executor, solver_options: as for ``chords``.
-        cores: lanes (evaluations per round, the devices kept busy), >= 1.
+        cores: lanes (evaluations per round, the devices kept busy), >= 1; ``None``:
+            ``DEFAULT_WINDOW`` (8), or the grid's steps where fewer.
         tol: per-point acceptance tolerance: a point is accepted when its change is at most ``tol``
             times the solver's local error estimate there (``local_error``), or with
             ``scale="level"`` its RMS change at most ``tol`` max(1, sigma_j), ``tol`` scaled by
@@ -151,7 +152,8 @@ def cascade(
     """
     scale = resolve_scale(scale, model)
     steps = len(check_grid(grid)) - 1
-    cores = check_int("cores", cores, 1, steps)  # named as here, not as the window's "window"
+    # named as here, not as the window's "window"
+    cores = min(DEFAULT_WINDOW, steps) if cores is None else check_int("cores", cores, 1, steps)
     if tol is None:
         tol = default_tol_for(model, steps, scale)
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",

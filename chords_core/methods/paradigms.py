@@ -42,7 +42,7 @@ def paradigms(
     grid: Any,
     solver: str | Solver = "euler",
     *,
-    window: int = 8,
+    window: int | None = None,
     tol: float | None = None,
     variance: str = "into",
     multistep: str = "chain",
@@ -54,7 +54,8 @@ def paradigms(
 
     Args:
         model, x, grid, solver, executor, solver_options: as for ``chords``.
-        window: parallel points per sweep (the devices it keeps busy), >= 1.
+        window: parallel points per sweep (the devices it keeps busy), >= 1; ``None``:
+            ``DEFAULT_WINDOW`` (8), or the grid's steps where fewer.
         tol: the per-step tolerance tau relative to the noise level; ``tol=0`` runs until every
             point is accepted exactly; ``None``: ``DEFAULT_TOL``, 0.1 (the paper's; in the state's
             units: a ``UserWarning`` on a plain ODE, ``absolute_tol``).

@@ -29,7 +29,7 @@ def parasolver(
     grid: Any,
     solver: str | Solver = "euler",
     *,
-    window: int = 8,
+    window: int | None = None,
     tol: float | None = None,
     variance: str = "into",
     multistep: str = "chain",

@@ -40,7 +40,7 @@ def parataa(
     grid: Any,
     solver: str | Solver = "euler",
     *,
-    window: int = 8,
+    window: int | None = None,
     tol: float | None = None,
     memory: int = 3,
     ridge: float = 1e-3,

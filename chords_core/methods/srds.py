@@ -39,7 +39,7 @@ from ..plan import Eval, Round
 from ..progress import progress_bar
 from ..results import Hit, Result
 from ..solvers import Solver
-from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, warn_unmet
+from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, outputs_needed, warn_unmet
 
 __all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_blocks", "SrdsIteration", "SRDS_STOP"]
 
@@ -180,7 +180,7 @@ def srds_run(
     n = srds_blocks(sol.steps, blocks)
     nb = len(n) - 1
     last = nb if max_iters is None else check_int("max_iters", max_iters, 1, nb)
-    last = rule.outputs_needed(last)
+    last = outputs_needed(rule, last)
     t = sol.t
     # Memory: a state is kept only while a point still to form needs it, so a run holds O(B) states
     # (the running solves, the outputs, and G and F of the points about to form).

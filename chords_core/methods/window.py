@@ -66,13 +66,15 @@ from ..results import Hit, Result
 from ..solvers import Solver, State
 
 __all__ = ["sliding_window", "tolerance_sq", "absolute_tol", "Sweep", "Seeder", "noise_variances", "SEEDS",
-           "CORRECTIONS", "VARIANCES", "MULTISTEP"]
+           "CORRECTIONS", "VARIANCES", "MULTISTEP", "DEFAULT_WINDOW"]
 
 SEEDS = ("copy", "jump", "jump2")
 CORRECTIONS = ("picard", "jump")
 VARIANCES = ("into", "out")
 SCALES = ("noise", "level", "error")
 MULTISTEP = ("chain", "restart")
+#: the window (or the cascade sampler's lanes) where none is given, or the grid's steps where fewer
+DEFAULT_WINDOW = 8
 
 
 class Sweep(NamedTuple):
@@ -404,7 +406,7 @@ def sliding_window(
     grid: Any,
     solver: str | Solver,
     *,
-    window: int,
+    window: int | None,
     tol: float | None,
     seed: str,
     correction: str,
@@ -424,7 +426,8 @@ def sliding_window(
 
     Args:
         model, x, grid, solver, executor: as for ``chords``.
-        window: parallel points per sweep (the devices kept busy), >= 1.
+        window: parallel points per sweep (the devices kept busy), >= 1; ``None``: ``DEFAULT_WINDOW``,
+            or the grid's steps where fewer.
         tol: the per-point tolerance on the ``scale`` (>= 0; 0: every point exact); ``None``: a peer's
             ``default_tol``, in the state's units (``absolute_tol``: a ``UserWarning`` on a plain ODE).
         seed: ``"copy"``, ``"jump"`` or ``"jump2"``: how new window points start.
@@ -449,7 +452,7 @@ def sliding_window(
     call = begin(model, x, grid, solver, executor, solver_options)
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
     T = sol.steps
-    window = check_int("window", window, 1, T)
+    window = min(DEFAULT_WINDOW, T) if window is None else check_int("window", window, 1, T)
     if tol is None and default_tol is not None:
         tol = absolute_tol(default_tol, model, method)
     tol2 = tolerance_sq(tol, sol, tol_steps)
@@ -468,7 +471,7 @@ def sliding_window(
         raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
                          "a sliding window supports one or the other")
     # "noise" / "level": the factor on point j's squared change (0: never blocks)
-    per_row = row_size(x.shape)  # (once: np.prod costs microseconds)
+    per_row = max(1, row_size(x.shape))  # (once: np.prod costs microseconds; a state of no elements never moves)
     factor = [v / per_row for v in _inverse_scales(model, sol.times, scale, variance)]
     seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
     convert = sol.quantity_of if sol.converts else None
