@@ -128,6 +128,15 @@ class BatchedExecutor(Executor):
             ws = local.workspace = Workspace()
         return ws
 
+    @workspace.setter
+    def workspace(self, ws: Workspace) -> None:
+        self.workspace  # noqa: B018 (makes the thread's holder)
+        self.__dict__["_threads"].workspace = ws
+
+    def __getstate__(self) -> dict:
+        """Pickled and copied without the threads' buffers (scratch, made anew on first use)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_threads"}
+
     def points_per_call(self, x: Any) -> int | None:
         """How many points like ``x`` one model call takes (at least 1); ``None``: a whole round."""
         cap = self.max_batch_bytes

@@ -83,11 +83,10 @@ def time_grid(
     t_max = schedule.t_noise if t_max is None else check_float("t_max", t_max)
     t_min = schedule.t_min if t_min is None else check_float("t_min", t_min)
     t_data = schedule.t_data
-    lo, hi = schedule.domain()
     for arg, value in (("t_max", t_max), ("t_min", t_min)):
-        if value is not None and not lo <= value <= hi:
-            raise ValueError(f"{arg}={value:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] "
-                             f"({type(schedule).__name__})")
+        problem = "" if value is None else schedule.outside(arg, value)
+        if problem:
+            raise ValueError(problem)
     if t_min is not None and not (min(t_max, t_data) <= t_min < max(t_max, t_data) or t_min == t_data):
         raise ValueError(f"t_min must lie between t_data={t_data} and t_max={t_max}, got {t_min}")
 

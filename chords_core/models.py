@@ -398,8 +398,7 @@ def _grid_problem(schedule: Schedule, raw: bytes) -> str:
     bad = np.flatnonzero((times < lo) | (times > hi))
     if len(bad):
         k = int(bad[0])
-        return (f"grid[{k}]={times[k]:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] "
-                f"({type(schedule).__name__})")
+        return schedule.outside(f"grid[{k}]", float(times[k]))
     with np.errstate(divide="ignore", invalid="ignore"):
         d = np.diff(np.asarray(schedule.lam(times), dtype=np.float64))
     if not np.all(d > 0):

@@ -100,6 +100,14 @@ class Schedule:
         """
         return (0.0, 1.0)
 
+    def outside(self, name: str, t: float) -> str:
+        """What is wrong with the time ``t`` given as ``name``: "" inside ``domain()``, else a message
+        naming it (the one wording of the grid's and ``time_grid``'s checks)."""
+        lo, hi = self.domain()
+        if lo <= t <= hi:
+            return ""
+        return f"{name}={t:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] ({type(self).__name__})"
+
     def lam(self, t: Any) -> np.ndarray:
         """The half log-SNR lambda(t) = log(alpha/sigma).
 

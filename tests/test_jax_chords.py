@@ -820,3 +820,62 @@ def test_a_nonfinite_output_under_jit_raises_when_it_runs_naming_round_and_core(
     with pytest.raises(jax.errors.JaxRuntimeError) as err:
         jax.block_until_ready(jax.jit(lambda x: cj.chords(model, x, grid, cores=1, stop=None).x)(jnp.asarray(X)))
     assert "round 4, core 0" in str(plain.value) and str(plain.value) in str(err.value)
+
+
+def test_a_model_closing_over_traced_weights_composes_too_and_is_not_cached():
+    """(vmap or grad over weights the model's function closes over read the check's flag on the host:
+    ``ConcretizationTypeError``; a caller's jit kept its tracer in the runner cache.) The trace state,
+    not the arguments, says the call is transformed."""
+    from chords_jax import run
+
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+
+    def mk(c):
+        return cc.DiffusionModel(lambda x, t: jnp.tanh(x @ _W + t[:, None]) * 0.5 + c * x, SCHED, "eps")
+
+    cs = jnp.asarray([0.2, 0.1])
+    for call in (lambda c: cj.solve(mk(c), x, grid, "heun"),
+                 lambda c: cj.chords(mk(c), x, grid, "heun", cores=3, stop=None).x):
+        rows = np.asarray(jax.vmap(call)(cs))
+        for k in range(2):
+            assert close(rows[k], np.asarray(call(float(cs[k]))), 1e-13)
+        n = len(run._CACHE)
+        jax.jit(call)(cs[0])
+        assert len(run._CACHE) == n  # the closure holds the caller's tracer: run once, not kept
+    with pytest.raises(TypeError, match=r"stop: chords_jax.chords inside jax.jit, vmap or grad"):
+        jax.grad(lambda c: cj.chords(mk(c), x, grid, cores=3).x.sum())(0.2)
+    with pytest.raises(TypeError, match=r"chords_jax.srds inside jax.jit, vmap or grad \(here a tracer in the model"):
+        jax.grad(lambda c: cj.srds(mk(c), x, grid, stop=None).x.sum())(0.2)
+
+
+def test_under_a_transformation_only_rules_that_never_read_values_choose_among_outputs():
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    x = jnp.asarray(X)
+    with pytest.raises(TypeError, match=r"stop: .*StopOnResidual decides on"):  # its accept reads the outputs
+        jax.jit(lambda x: cj.chords(model, x, grid, cores=3, stop=cc.StopOnResidual(0)).x)(x)
+    one = jax.jit(lambda x: cj.chords(model, x, grid, cores=1).x)(x)  # one output: nothing to decide
+    assert np.array_equal(np.asarray(one), np.asarray(cj.solve(model, x, grid)))
+
+
+def test_a_nonfinite_traced_initial_state_is_named_when_it_runs():
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    model = cc.DiffusionModel(lambda x, t: jnp.nan_to_num(denoiser(x, t)), SCHED, "eps")
+    bad = jnp.asarray(X).at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"x: the initial state has non-finite values"):
+        jax.vmap(lambda x: cj.solve(model, x[None], grid))(bad)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"x: the initial state has non-finite values"):
+        jax.block_until_ready(jax.jit(lambda x: cj.solve(model, x, grid))(bad))
+    with pytest.raises(ValueError, match=r"x: the initial state has non-finite values"):  # concrete, a caller's jit
+        jax.jit(lambda a: cj.solve(model, bad, grid) * a)(1.0)
+
+
+def test_a_numpy_integer_cores_still_checks_the_rules_answer():
+    class Greedy(cc.RunAll):
+        def outputs_needed(self, available):
+            return available + 1
+
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    with pytest.raises(ValueError, match=r"stop: Greedy.outputs_needed\(3\) returned 4"):
+        cj.chords(cc.DiffusionModel(denoiser, SCHED, "eps"), X, grid, cores=np.int64(3), stop=Greedy())

@@ -620,3 +620,17 @@ def test_model_outputs_are_only_read():
             want = cc.parallel(FLOW, X, GRID, solver, cores=3, method=method)
             got = cc.parallel(ro, X, GRID, solver, cores=3, method=method)
             assert np.array_equal(want.x, got.x), (solver, method)
+
+
+def test_a_used_batched_executor_pickles_and_copies_without_its_buffers():
+    """(The per-thread buffers' holder, a ``threading.local``, cannot be pickled.)"""
+    import copy
+    import pickle
+
+    ex = cc.BatchedExecutor(max_batch_bytes=1 << 20)
+    want = cc.parallel(FLOW, X, GRID, cores=3, executor=ex).x
+    for clone in (pickle.loads(pickle.dumps(ex)), copy.deepcopy(ex)):
+        assert clone.max_batch_bytes == 1 << 20 and np.array_equal(cc.parallel(FLOW, X, GRID, cores=3, executor=clone).x, want)
+    mine = cc._backend.Workspace()
+    ex.workspace = mine  # a subclass may set its own (this thread's)
+    assert ex.workspace is mine

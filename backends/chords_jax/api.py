@@ -31,13 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import chords_core as cc
-from chords_core.checks import check_grid
+from chords_core.checks import _is_int, check_grid
 from chords_core.engine import eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.stopping import (
     DEFAULT_STOP,
     Outputs,
+    RunAll,
     StopAtCore,
     StopRule,
     as_stop_rule,
@@ -50,7 +51,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner
+from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner, tracing
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -155,7 +156,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     times = check_grid(grid)
     K = len(init) if init is not None else cores
     rule = as_stop_rule(stop)
-    needed = outputs_needed(rule, K) if isinstance(K, int) and K >= 1 else None
+    needed = outputs_needed(rule, int(K)) if _is_int(K) and int(K) >= 1 else None  # type: ignore[arg-type]
     # the error estimate, where the rule uses it and can choose (one output is returned as it is)
     errors = bool(getattr(rule, "uses_error_estimate", False)) and needed is not None and needed > 1
     trace_stop = _TraceStop(needed, errors) if needed is not None else None
@@ -254,9 +255,11 @@ def chords(
     mesh, ndev = _mesh(executor, devices)
     x = _as_state(x)
     rule = as_stop_rule(stop)
-    inside = inside_transformation(x, args, mesh, "chords_jax.chords", rule)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
+    inside = inside_transformation(x, args, mesh, "chords_jax.chords", rule, len(sym.hits))
+    if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
+        jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
     assert sym.plan is not None  # compile_plan's result carries its plan
@@ -456,9 +459,12 @@ def _as_state(x: Any) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x: the initial state must have a floating dtype, got {x.dtype}")
-    finite = jnp.isfinite(x).all()  # (traced inside a transformation, where nothing is read: not checked)
-    if not isinstance(finite, jax.core.Tracer) and not bool(finite):  # (a device read)
-        raise ValueError("x: the initial state has non-finite values (nan or inf)")
+    if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
+        return x
+    with jax.ensure_compile_time_eval():  # values, even under a caller's jit
+        finite = bool(jnp.isfinite(x).all())  # (a device read)
+    if not finite:
+        _raise_if_nonfinite_state(finite)
     return x
 
 
@@ -506,22 +512,24 @@ def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: An
     return _on_device(prog, "chunks", dtype, mesh, build)
 
 
-def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: StopRule | None = None) -> bool:
-    """Whether ``x`` or a leaf of ``args`` is traced: the call is inside ``jax.jit``, ``vmap`` or
-    ``grad``. It can run there only as one compiled call that reads nothing on the host: ``TypeError``
-    naming ``stop`` for a ``rule`` that decides on the outputs' values (``rule`` ``None``: no rule
-    allowed, naming ``x`` or ``args``), naming ``devices`` for a sharded run."""
+def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: StopRule | None = None,
+                          outputs: int = 0) -> bool:
+    """Whether the call is inside ``jax.jit``, ``vmap`` or ``grad`` (``x`` or ``args`` traced, a tracer
+    in the model's closure, a caller's ``jit`` around it). It can run there only as one compiled call
+    that reads nothing on the host: ``TypeError`` naming ``stop`` for a ``rule`` that decides on the
+    outputs' values where it has more than one of ``outputs`` to choose from (``rule`` ``None``: not
+    at all, naming ``x`` or ``args`` where one is traced), naming ``devices`` for a sharded run."""
+    if not tracing():
+        return False
     arg = next((name for name, value in (("x", x), ("args", args))
                 if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))), None)
-    if arg is None:  # concrete inputs, but maybe a caller's jit around (whatever it computes is then staged)
-        if not isinstance(jnp.zeros(()), jax.core.Tracer):
-            return False
-        arg = "x"
     where = f"{name} inside jax.jit, vmap or grad"
     if rule is None:
-        raise TypeError(f"{arg}: a traced value: {where} is not supported (it reads values of its run on the host: "
-                        "its rounds, its stop or its log); call it outside the transformation")
-    if not _one_call(rule):
+        what = (f"{arg}: a traced value: {where}" if arg is not None else
+                f"{where} (here a tracer in the model's closure, or a caller's jit around the call)")
+        raise TypeError(f"{what} is not supported (it reads values of its run on the host: its rounds, its stop or "
+                        "its log); call it outside the transformation")
+    if not isinstance(rule, (RunAll, StopAtCore)) and outputs > 1:  # (StopOnResidual(0) too: its accept reads)
         raise TypeError(f"stop: {where} runs as one compiled call and cannot read the outputs on the host, "
                         f"which {type(rule).__name__} decides on; pass stop=None (run every core) or StopAtCore(n), or "
                         "call it outside the transformation")
@@ -531,11 +539,18 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
     return True
 
 
+def _raise_if_nonfinite_state(finite: Any) -> None:
+    """``_as_state``'s refusal of a non-finite ``x``, for a traced state (a host callback)."""
+    if not bool(np.all(finite)):
+        raise ValueError("x: the initial state has non-finite values (nan or inf)")
+
+
 def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None:
     """``raise_bad(bad)`` (``bad``: ``runner``'s exact code, ``NO_BAD`` where every output is finite);
-    ``inside`` a transformation, where ``bad`` is traced, in a host callback when the computation runs
-    (a non-finite output then surfaces as ``jax.errors.JaxRuntimeError`` carrying the
-    ``ModelOutputError``'s message; under ``vmap``, the first bad code of the batch)."""
+    ``inside`` a transformation, where ``bad`` may be traced, in a host callback when the computation
+    runs: a non-finite output then raises the ``ModelOutputError`` (under ``jit``, as
+    ``jax.errors.JaxRuntimeError`` carrying its message; under ``vmap``, one bad element's, which
+    one unspecified)."""
     if inside:
         jax.debug.callback(lambda code: raise_bad(int(np.min(code))), bad)
     else:

@@ -16,6 +16,7 @@ screened, one call or chunked), so a second call with the same shapes reuses the
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable
@@ -143,12 +144,16 @@ def _takes_args(fn: Callable) -> None:
                         f"({err})") from None
 
 
+def _function(model: Any) -> Any:
+    """The user's function of ``model``: a ``DiffusionModel``'s ``fn``, a ``VectorField``'s ``f``."""
+    return model.fn if isinstance(model, DiffusionModel) else model.f if isinstance(model, VectorField) else model
+
+
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
     function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
     if with_args:
-        _takes_args(model.fn if isinstance(model, DiffusionModel) else model.f if isinstance(model, VectorField)
-                    else model)
+        _takes_args(_function(model))
     if isinstance(model, DiffusionModel):
         fn: Any = model.fn
 
@@ -246,12 +251,41 @@ def first_bad(bad: Any, rerun: Callable[[], Any]) -> int:
     return bad if bad == NO_BAD else int(rerun())
 
 
+def tracing() -> bool:
+    """Whether JAX is tracing or transforming here (``jit``, ``vmap``, ``grad``; a model's closed-over
+    tracer included, which a call's own arguments do not show): JAX's trace state, a private function
+    (0.15 µs); where a JAX version lacks it, a probe, an op that a caller's ``jit`` stages."""
+    clean = getattr(getattr(getattr(jax, "_src", None), "core", None), "trace_state_clean", None)
+    return not clean() if clean is not None else isinstance(jnp.zeros(()), jax.core.Tracer)
+
+
+def holds_tracer(fn: Any, depth: int = 3) -> bool:
+    """Whether the function ``fn`` reaches a jax tracer through its closure, bound object, partial
+    arguments or defaults (nested functions ``depth`` deep): a runner keyed by it must not be cached,
+    or the cache would keep the caller's trace alive."""
+    parts: list = [getattr(fn, "__self__", None), getattr(fn, "__defaults__", None)]
+    if isinstance(fn, functools.partial):
+        parts += [fn.func, fn.args, fn.keywords]
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            parts.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    for part in parts:
+        if depth > 1 and callable(part) and not isinstance(part, type) and holds_tracer(part, depth - 1):
+            return True
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(part)):
+            return True
+    return False
+
+
 def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check), bool(check) and exact, chunked)
     fn = lru_get(_CACHE, key)
     if fn is not None:
         return fn
+    keep = not (tracing() and holds_tracer(_function(model)))  # (a caller's tracer in its closure: used once)
     if mesh is not None:
         spec = PartitionSpec(AXIS)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=spec)
@@ -304,7 +338,8 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
         buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)
         return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
 
-    return lru_put(_CACHE, key, jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run), _CACHE_SIZE)
+    jitted = jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run)
+    return lru_put(_CACHE, key, jitted, _CACHE_SIZE) if keep else jitted
 
 
 def lru_get(cache: OrderedDict, key: tuple) -> Any:

@@ -42,7 +42,7 @@ from ..executors import Executor
 from ..models import DiffusionModel, Model
 from ..results import Result
 from ..solvers import Solver
-from .window import DEFAULT_WINDOW, sliding_window
+from .window import sliding_window
 
 __all__ = ["cascade", "DEFAULT_TOL", "PLAIN_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL", "tol_steps",
            "resolve_scale", "default_tol_for"]
@@ -152,8 +152,8 @@ def cascade(
     """
     scale = resolve_scale(scale, model)
     steps = len(check_grid(grid)) - 1
-    # named as here, not as the window's "window"
-    cores = min(DEFAULT_WINDOW, steps) if cores is None else check_int("cores", cores, 1, steps)
+    if cores is not None:  # named as here, not as the window's "window" (None: the window's default)
+        cores = check_int("cores", cores, 1, steps)
     if tol is None:
         tol = default_tol_for(model, steps, scale)
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
