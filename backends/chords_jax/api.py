@@ -220,9 +220,9 @@ def chords(
     (``StopWhenConverged(0.1)``): checked, and stopping where the core stops.
 
     Inside ``jax.jit``, ``vmap`` or ``grad`` it runs with ``stop=None`` or ``StopAtCore(n)`` (one
-    compiled call, nothing read on the host; a non-finite output raises ``JaxRuntimeError`` with the
-    ``ModelOutputError``'s message when the computation runs); a rule that reads values, or
-    ``devices``, raises ``TypeError`` (``inside_transformation``; docs/jax.md).
+    compiled call, nothing read on the host; a non-finite output raises when the computation runs:
+    the ``ModelOutputError``, under ``jit`` inside a ``JaxRuntimeError``); another rule where there
+    are several outputs, or ``devices``, raises ``TypeError`` (``inside_transformation``; docs/jax.md).
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` whose function is jax-traceable
@@ -516,9 +516,10 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
                           outputs: int = 0) -> bool:
     """Whether the call is inside ``jax.jit``, ``vmap`` or ``grad`` (``x`` or ``args`` traced, a tracer
     in the model's closure, a caller's ``jit`` around it). It can run there only as one compiled call
-    that reads nothing on the host: ``TypeError`` naming ``stop`` for a ``rule`` that decides on the
-    outputs' values where it has more than one of ``outputs`` to choose from (``rule`` ``None``: not
-    at all, naming ``x`` or ``args`` where one is traced), naming ``devices`` for a sharded run."""
+    that reads nothing on the host: ``TypeError`` naming ``stop`` for a ``rule`` other than ``RunAll``
+    and ``StopAtCore`` (the others read the outputs' values) where it has more than one of ``outputs``
+    to choose from (``rule`` ``None``: not at all, naming ``x`` or ``args`` where one is traced),
+    naming ``devices`` for a sharded run."""
     if not tracing():
         return False
     arg = next((name for name, value in (("x", x), ("args", args))
