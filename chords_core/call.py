@@ -62,7 +62,7 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
     if isinstance(model, DiffusionModel) and len(x.shape) < 1:
         raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
     # (numpy and torch: one pass; a jax array with values, not a tracer; a symbolic state has none)
-    lib = "numpy" if isinstance(x, np.ndarray) else B.library(x)
+    lib = B.library(x)
     valued = (isinstance(x, np.ndarray) or lib == "torch"
               or (lib == "jax" and not isinstance(x, sys.modules["jax"].core.Tracer)))
     if valued and not B.all_finite(x):

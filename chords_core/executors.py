@@ -120,9 +120,7 @@ class BatchedExecutor(Executor):
         ``__init__``): an executor shared by threads stacks each one's points in a buffer of its own
         (with one buffer for all, a thread's round overwrote the points another thread's model was
         still reading)."""
-        local = self.__dict__.get("_threads")
-        if local is None:
-            local = self.__dict__.setdefault("_threads", threading.local())  # (atomic: one for all threads)
+        local = self._threads()
         ws = getattr(local, "workspace", None)
         if ws is None:
             ws = local.workspace = Workspace()
@@ -130,12 +128,16 @@ class BatchedExecutor(Executor):
 
     @workspace.setter
     def workspace(self, ws: Workspace) -> None:
-        self.workspace  # noqa: B018 (makes the thread's holder)
-        self.__dict__["_threads"].workspace = ws
+        self._threads().workspace = ws
+
+    def _threads(self) -> threading.local:
+        """The holder of each thread's workspace, made on first use (``dict.setdefault``: one for all)."""
+        local = self.__dict__.get("_per_thread")
+        return local if local is not None else self.__dict__.setdefault("_per_thread", threading.local())
 
     def __getstate__(self) -> dict:
         """Pickled and copied without the threads' buffers (scratch, made anew on first use)."""
-        return {k: v for k, v in self.__dict__.items() if k != "_threads"}
+        return {k: v for k, v in self.__dict__.items() if k != "_per_thread"}
 
     def points_per_call(self, x: Any) -> int | None:
         """How many points like ``x`` one model call takes (at least 1); ``None``: a whole round."""

@@ -462,9 +462,7 @@ def _as_state(x: Any) -> jax.Array:
     if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
         return x
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
-        finite = bool(jnp.isfinite(x).all())  # (a device read)
-    if not finite:
-        _raise_if_nonfinite_state(finite)
+        _raise_if_nonfinite_state(jnp.isfinite(x).all())  # (a device read)
     return x
 
 
@@ -541,7 +539,8 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
 
 
 def _raise_if_nonfinite_state(finite: Any) -> None:
-    """``_as_state``'s refusal of a non-finite ``x``, for a traced state (a host callback)."""
+    """The refusal of a non-finite initial state (``finite``: whether all of it is), at once for a
+    state with values (``_as_state``), in a host callback for a traced one."""
     if not bool(np.all(finite)):
         raise ValueError("x: the initial state has non-finite values (nan or inf)")
 
