@@ -214,22 +214,21 @@ def srds_run(
             if (i, j) in G and (i1, j) in formed and ((i1, j + 1) in formed or j + 1 >= i1):
                 del G[(i, j)]
 
-    def form_ready():
-        """Form every point whose inputs exist, starting the fine solves they feed."""
-        changed = True
-        while changed:
-            changed = False
-            for k in range(nb + 1):
-                for i1 in range(max(k, 1), nb + 1):
-                    if (i1, k) in formed or (p := form(i1, k)) is None:
-                        continue
-                    formed.add((i1, k))
-                    changed = True
-                    release(i1, k)
-                    if i1 < nb:
-                        start(i1, k, *p)
-                    else:
-                        outputs[k] = p[0]
+    def form_ready(candidates: set) -> None:
+        """Form every point of ``candidates`` whose inputs exist, starting the fine solves they feed, in
+        iteration order, then block order. Only a new G or F can make a point formable (G_i(x_i^k):
+        x_{i+1}^k; F_i(x_i^k): x_{i+1}^{k+1}), and forming one starts a solve that adds neither before
+        the next round, so the round's new values name every candidate: O(new values) a round, not
+        a scan of all B^2 points."""
+        for i1, k in sorted(candidates, key=lambda p: (p[1], p[0])):
+            if not max(k, 1) <= i1 <= nb or (i1, k) in formed or (p := form(i1, k)) is None:
+                continue
+            formed.add((i1, k))
+            release(i1, k)
+            if i1 < nb:
+                start(i1, k, *p)
+            else:
+                outputs[k] = p[0]
 
     outputs: dict = {}  # k -> x_B^k
     start(0, 0, x, None)
@@ -252,18 +251,21 @@ def srds_run(
                                   where, batch)
             nfe, width = nfe + len(batch), max(width, len(batch))
             trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
+            candidates = set()  # the points the round's new G and F may complete
             for (c, xp, j), out in zip(batch, outs):
                 q = sol.quantity_of(xp, out, j)
                 if not c.qs and c.m == n[c.i]:  # the solve's first evaluation is also G_i's
                     G[(c.i, c.k)] = sol.jump(xp, q, n[c.i], n[c.i + 1])
+                    candidates.add((c.i + 1, c.k))
                 c.qs.append(q)
                 if len(c.qs) == evals[c.m]:
                     c.state, c.qs = sol.step(c.state, c.qs, c.m, c.m + 1), []
                     c.m += 1
                     if c.m == c.end:
                         F[(c.i, c.k)] = c.state
+                        candidates.add((c.i + 1, c.k + 1))
             running = [c for c in running if c.m < c.end]
-            form_ready()
+            form_ready(candidates)
             while result is None and next_k in outputs:  # outputs form in iteration order
                 hits.append(Hit(next_k, rounds, nfe, outputs[next_k]))
                 bar.update(1)
