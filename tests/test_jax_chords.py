@@ -804,6 +804,9 @@ def test_a_rule_that_reads_values_or_a_method_that_reads_its_run_is_refused_unde
         jax.jit(lambda x: cj.chords(model, x, grid, cores=3).x)(x)
     with pytest.raises(TypeError, match=r"stop: .*pass stop=None"):  # concrete x, a caller's jit around it
         jax.jit(lambda a: cj.chords(model, x, grid, cores=3).x * a)(2.0)
+    # (solve's refusal named chords_jax.chords, which the caller never called)
+    with pytest.raises(TypeError, match=r"devices: chords_jax.solve inside jax.jit, vmap or grad runs on the default"):
+        jax.jit(lambda x: cj.solve(model, x, grid, devices=1))(x)
     with pytest.raises(TypeError, match=r"x: a traced value: chords_jax.srds inside jax.jit, vmap or grad is not"):
         jax.vmap(lambda x: cj.srds(model, x[None], grid, stop=None).x)(x)
     with pytest.raises(TypeError, match=r"args: a traced value: chords_jax.parallel"):

@@ -253,11 +253,19 @@ def chords(
         The core's ``Result``, its arrays jax arrays of x's shape and dtype.
     """
     mesh, ndev = _mesh(executor, devices)
-    x = _as_state(x)
+    return _chords(model, _as_state(x), grid, solver, cores, init, stop, history, mesh, ndev, args, "chords_jax.chords",
+                   solver_options)
+
+
+def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.Solver, cores: int | None,
+            init: Sequence[int] | None, stop: StopRule | None, history: str, mesh: Any, ndev: int, args: Any,
+            name: str, solver_options: dict) -> Result:
+    """``chords`` on a checked state (``_as_state``) and mesh (``_mesh``); ``name``: the function an
+    error under a transformation names (``chords`` or ``solve``)."""
     rule = as_stop_rule(stop)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
-    inside = inside_transformation(x, args, mesh, "chords_jax.chords", rule, len(sym.hits))
+    inside = inside_transformation(x, args, mesh, name, rule, len(sym.hits))
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
     x, args = _replicated(mesh, x, args)
@@ -435,8 +443,10 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
     Returns:
         The state at ``grid[-1]``, a jax array of x's shape and dtype.
     """
+    mesh, ndev = _mesh(None, devices)
     x = _as_state(x)  # here, so that a dtype warning points at the caller of solve
-    return chords(model, x, grid, solver, cores=1, stop=None, devices=devices, args=args, **solver_options).x
+    return _chords(model, x, grid, solver, 1, None, None, "shift", mesh, ndev, args, "chords_jax.solve",
+                   solver_options).x
 
 
 def clear_cache() -> None:
