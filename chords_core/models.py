@@ -140,6 +140,22 @@ def check_array(out: Any, like: Array) -> bool:
     return same_dtype
 
 
+def plain_ndarray(out: np.ndarray, points: int, rows: int) -> np.ndarray:
+    """A model's output of a numpy subclass (``np.matrix``, a masked array, a memmap) for plain numpy
+    points, as a plain ``ndarray`` view: a matrix's ``*`` is a matrix product and a masked array's
+    reductions skip its masked values, so neither may flow into the solver's arithmetic, and the
+    result keeps the state's type. A masked array with masked values has no values there:
+    ``ModelOutputError`` naming the first point (of ``points`` stacked, ``rows`` rows each) that
+    holds one, whatever ``check_outputs`` says (it is not a finiteness question)."""
+    if isinstance(out, np.ma.MaskedArray):
+        mask = np.ma.getmaskarray(out)
+        if mask.any():
+            bad = 0 if points == 1 else next(k for k in range(points) if mask[k * rows:(k + 1) * rows].any())
+            raise ModelOutputError(bad, f"model returned a masked array with {int(mask.sum())} masked value(s): "
+                                   "no values there; return a plain array (fill or compute the masked entries)")
+    return out.view(np.ndarray)
+
+
 def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> bool:
     """``check_array`` for one call on ``points`` points of ``rows`` rows stacked: an error of a call on
     several points says so, not as if the first alone had failed (``named``: appended to that remark,
@@ -235,6 +251,8 @@ class Model:
         checked: an array of ``like``'s shape, floating (``check_array``), finite (if
         ``check_outputs``); returned in ``like``'s dtype."""
         same_dtype = check_call(out, like, n, rows, ": named by its first point")
+        if type(out) is not type(like) and type(like) is np.ndarray and isinstance(out, np.ndarray):
+            out = plain_ndarray(out, n, rows)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
             raise ModelOutputError.nonfinite(bad)
