@@ -320,6 +320,13 @@ def test_numpy_subclass_outputs_are_plain_arrays_and_masked_values_are_refused_n
     with pytest.raises(cc.ModelOutputError, match=r"round 1, core 0 .*masked array with 1 masked value"):
         cc.chords(masked, y0, grid, "heun", cores=3, stop=None)
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        states = (np.asmatrix(y0), np.ma.masked_array(y0))
+    for x in states:  # as a state: refused naming x (a matrix failed inside a matrix product)
+        with pytest.raises(TypeError, match=r"x: a (matrix|MaskedArray) state .*np.asarray\(x\)"):
+            cc.chords(plain, x, grid, "heun", cores=3)
+
     # a stacked call of a diffusion model: the error names the point that holds the masked value
     def fn(x, t):
         mask = np.zeros(x.shape, bool)
