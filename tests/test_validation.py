@@ -397,9 +397,15 @@ def test_parallel_names_an_option_of_another_method():
     for method in ("cascade", "paradigms", "parasolver", "parataa", "srds"):
         default = cc.parallel(FLOW, X, GRID, cores=2, method=method)
         assert np.array_equal(cc.parallel(FLOW, X, GRID, cores=2, method=method, tol=None).x, default.x)
-    with pytest.raises(ValueError, match="blocks: parallel.. evaluates at most cores=2"):
-        cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=4)
+    for blocks in (4, np.int64(4)):  # (a numpy integer ran unchecked, 4 points a round on 2 cores)
+        with pytest.raises(ValueError, match="blocks: parallel.. evaluates at most cores=2"):
+            cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=blocks)
     assert cc.parallel(FLOW, X, GRID, cores=4, method="srds", blocks=2).width <= 4
+    # blocks=None is the default, cores (srds' own round(sqrt(T)) ran 3 points a round on 2 cores here)
+    none = cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=None)
+    assert none.width <= 2 and np.array_equal(none.x, cc.parallel(FLOW, X, GRID, cores=2, method="srds").x)
+    with pytest.raises(ValueError, match="blocks"):
+        cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=0)
 
 
 def test_a_direct_call_names_another_methods_argument():

@@ -21,7 +21,7 @@ from inspect import Parameter, signature
 from typing import Any
 
 from .. import call
-from ..checks import check_cores, check_grid
+from ..checks import check_cores, check_grid, check_int
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
@@ -85,11 +85,12 @@ def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:
 
 
 def _run_srds(model, x, grid, solver, *, cores, executor, progress, **options):
-    if "blocks" not in options:
+    blocks = options.get("blocks")
+    if blocks is None:  # (None too: srds' own default, round(sqrt(T)), could exceed cores)
         options["blocks"] = cores
-    elif isinstance(options["blocks"], int) and options["blocks"] > cores:
+    elif check_int("blocks", blocks, 1) > cores:  # (numpy integers too: they ran unchecked, wider than cores)
         raise ValueError(f"blocks: parallel() evaluates at most cores={cores} points a round, got blocks="
-                         f"{options['blocks']}; call srds() for more blocks than cores")
+                         f"{blocks}; call srds() for more blocks than cores")
     return srds(model, x, grid, solver, executor=executor, progress=progress, **options)
 
 
