@@ -64,6 +64,9 @@ def parse_stop(text: str) -> StopRule | None:
     if text == "none":
         return None
     kind, _, value = text.partition(":")
+    if kind == "residual" and not value:
+        raise argparse.ArgumentTypeError(f"--stop residual needs its tolerance, residual:TOL (e.g. residual:1e-3), "
+                                         f"got {text!r}")
     try:
         if kind == "core":
             return StopAtCore(int(value or 1))
@@ -412,6 +415,10 @@ def run_main(args: argparse.Namespace) -> int:
     Returns:
         The exit status (0).
     """
+    try:  # before the run, not after it: a bad --out is a usage error (status 2 from the command line)
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out: cannot make or use the folder {args.out!r}: {e.strerror or e}") from None
     rows, method_rows = run(args)
     print(f"Gaussian mixture: {args.dim}-D, {args.modes} modes, {args.samples} samples, schedule {args.schedule}; "
           f"CHORDS with stop {args.stop}")

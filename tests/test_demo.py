@@ -75,6 +75,7 @@ def test_every_option_has_help_text():
       for flag, value, least in (("--steps", "0", 1), ("--samples", "0", 1), ("--samples", "-1", 1),
                                  ("--seed", "-1", 0), ("--cores", "0", 1), ("--dim", "0", 1), ("--modes", "0", 1))],
     (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
+    (["demo", "--stop", "residual"], "--stop residual needs its tolerance, residual:TOL"),  # (float(''))
     (["optimize", "--exhaustive-limit", "-2"], "argument --exhaustive-limit: must be an integer >= 0"),
 ])
 def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
@@ -117,3 +118,15 @@ def test_demo_figures_have_the_expected_panels(tmp_path):
         assert os.path.getsize(tmp_path / name) > 10_000
     table = demo.format_methods_table(rows)
     assert ("**NO**" in table) == any(not r["ok"] for r in rows) and table.count("\n") == len(rows) + 1
+
+
+def test_a_bad_out_folder_is_a_usage_error_before_the_run(monkeypatch, capsys):
+    """(An existing file or an unwritable place as --out raised FileExistsError / FileNotFoundError
+    with a traceback and status 1, after the whole run.)"""
+    from chords_core import demo
+
+    monkeypatch.setattr(demo, "run", lambda args: pytest.fail("the run started before --out was checked"))
+    for out in (__file__, os.path.join(__file__, "sub")):  # a file; a folder below a file
+        assert main(["demo", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage:") and "--out: cannot make or use the folder" in err and "Traceback" not in err
