@@ -81,13 +81,19 @@ def time_grid(
     if shift != 1.0 and not isinstance(schedule, RectifiedFlow):
         raise ValueError("shift applies to RectifiedFlow schedules only")
     t_max = schedule.t_noise if t_max is None else check_float("t_max", t_max)
+    t_min_given = t_min is not None
     t_min = schedule.t_min if t_min is None else check_float("t_min", t_min)
     t_data = schedule.t_data
     for arg, value in (("t_max", t_max), ("t_min", t_min)):
         problem = "" if value is None else schedule.outside(arg, value)
         if problem:
             raise ValueError(problem)
+    if t_max == t_data:  # (it said the grid was not monotone, or blamed the default t_min)
+        raise ValueError(f"t_max: the grid would start where it ends, at t_data={t_data}; give a t_max towards noise")
     if t_min is not None and not (min(t_max, t_data) <= t_min < max(t_max, t_data) or t_min == t_data):
+        if not t_min_given:  # the schedule's own smallest time, which the caller did not pass: t_max is the problem
+            raise ValueError(f"t_max={t_max} lies within the schedule's smallest time t_min={t_min} of t_data={t_data} "
+                             "(the grid's last step before t_data); give a t_max beyond it, or a smaller t_min")
         raise ValueError(f"t_min must lie between t_data={t_data} and t_max={t_max}, got {t_min}")
 
     u = _coordinate(schedule, spacing, rho)

@@ -256,6 +256,9 @@ def test_unconditional_pipeline_and_devices(unet):
                       progress=False, **kw)
     for a, b in zip(base.chords.hits, multi.chords.hits):
         assert a.core == b.core and rel_err(a.x, b.x) < 1e-6
+    for bad in (0, 1.5):  # named as the caller wrote it ("batch must be an integer >= 1")
+        with pytest.raises((TypeError, ValueError), match="^batch_size"):
+            cd.sample(pipe, cores=2, **{**kw, "batch_size": bad})
 
 
 # -- bad input -----------------------------------------------------------------------------------

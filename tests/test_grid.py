@@ -57,6 +57,15 @@ def test_bad_grid_arguments():
         cc.time_grid(cc.RectifiedFlow(), 10, shift=-1.0)
     with pytest.raises(ValueError, match="t_min"):
         cc.time_grid(cc.EDM(), 10, t_min=100.0)
+    # a t_max at t_data, or within the schedule's own t_min, names t_max (it blamed the t_min the caller never
+    # passed, or said the grid was not monotone)
+    for schedule, t_max in ((cc.VP.linear(), 0.0), (cc.RectifiedFlow(), 0.0)):
+        with pytest.raises(ValueError, match=r"^t_max: the grid would start where it ends, at t_data=0"):
+            cc.time_grid(schedule, 10, t_max=t_max)
+    with pytest.raises(ValueError, match=r"^t_max=0.001 lies within the schedule's smallest time t_min=0.002"):
+        cc.time_grid(cc.EDM(), 10, t_max=0.001)
+    with pytest.raises(ValueError, match=r"^t_min must lie between"):  # a t_min given: its own words
+        cc.time_grid(cc.EDM(), 10, t_max=0.001, t_min=0.01)
     with pytest.raises(ValueError, match="beta_min"):
         cc.VP.linear(beta_min=5.0, beta_max=1.0)
 

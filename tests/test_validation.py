@@ -202,10 +202,12 @@ def test_an_option_the_solver_does_not_take_is_named_with_the_ones_it_does(solve
     """Named as the caller wrote it (it was "Euler.__init__() got an unexpected keyword argument" for
     "heun", and "got multiple values for keyword argument 'order'" for an order given once)."""
     for call in (lambda: cc.solve(FLOW, X, GRID, solver, **{key: 2}),
-                 lambda: cc.parallel(FLOW, X, GRID, solver, cores=2, **{key: 2}),
                  lambda: cc.make_solver(solver, FLOW, GRID, **{key: 2})):
         with pytest.raises(ValueError, match=rf"^{key}: unknown option \(not an option of solver '{solver}': {takes}\)$"):
             call()
+    with pytest.raises(ValueError, match=rf"^{key}: unknown option, not of method 'cascade' \(its options: tol, .*\) "
+                                         rf"nor of solver '{solver}' \({takes}\)$"):  # parallel: the method too
+        cc.parallel(FLOW, X, GRID, solver, cores=2, **{key: 2})
 
 
 @pytest.mark.parametrize("value", ["False", 0, 1.0, None])
@@ -397,6 +399,10 @@ def test_parallel_names_an_option_of_another_method():
     for method in ("cascade", "paradigms", "parasolver", "parataa", "srds"):
         default = cc.parallel(FLOW, X, GRID, cores=2, method=method)
         assert np.array_equal(cc.parallel(FLOW, X, GRID, cores=2, method=method, tol=None).x, default.x)
+    for method in ("cascade", "paradigms", "srds", "chords"):  # (named the solver alone, as if the method took it)
+        with pytest.raises(ValueError, match=rf"^bogus: unknown option, not of method '{method}' \(its options: .*\) "
+                                             r"nor of solver 'euler' \(it takes none\)"):
+            cc.parallel(FLOW, X, GRID, cores=2, method=method, bogus=1)
     for blocks in (4, np.int64(4)):  # (a numpy integer ran unchecked, 4 points a round on 2 cores)
         with pytest.raises(ValueError, match="blocks: parallel.. evaluates at most cores=2"):
             cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=blocks)

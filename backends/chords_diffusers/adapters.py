@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from chords_core.checks import check_int
+
 from .denoiser import GuidedNet
 
 __all__ = ["Job", "ADAPTERS"]
@@ -285,6 +287,7 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     batch_size, generator, latents, output_type, return_dict, *step_values = _take(
         kw, name, batch_size=1, generator=None, latents=None, output_type="pil", return_dict=True, **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
+    batch_size = check_int("batch_size", batch_size, 1)  # (named as the caller wrote it, not GuidedNet's "batch")
     unet = pipe.unet
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)

@@ -408,7 +408,7 @@ def parallel(
                          "chords_jax.srds shard over devices)")
     if name != "cascade" and "window" in options:  # as the core's parallel (cascade: a solver option)
         raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
-    check_options(name, options)  # another method's option, named as the core names it
+    check_options(name, options, solver)  # another method's option (or nobody's), named as the core names it
     mine = {k: options.pop(k) for k in own if k in options}
     if name == "cascade":  # its scale, decided for the model (as the core's, checked before the solver)
         scale = cascade_scale(mine.get("scale", scale), model)

@@ -25,7 +25,7 @@ from ..checks import check_cores, check_grid, check_int
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
-from ..solvers import Solver
+from ..solvers import SOLVERS, Solver
 from .cascade import cascade
 from .chords import chords
 from .paradigms import paradigms
@@ -113,18 +113,25 @@ register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks 
                        own_options(srds)))
 
 
-def check_options(name: str, options: dict) -> None:
+def check_options(name: str, options: dict, solver: Any = None) -> None:
     """Refuse, naming it, an option of another registered method given to method ``name`` (which
-    would otherwise reach the solver and be blamed on it); nothing for a method that declares no
+    would otherwise reach the solver and be blamed on it), or one neither the method nor the solver
+    (a name in ``SOLVERS`` that lists its options) takes; nothing for a method that declares no
     ``options``."""
     mine = METHODS[name].options
     if not mine:
         return
+    spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     for key in options:
         owners = sorted(m.name for m in METHODS.values() if key in m.options and key not in mine)
         if owners:
             raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "
                              f"(its options: {', '.join(mine)})")
+        if (key not in mine and spec is not None and spec.options is not None and key not in spec.options
+                and not call.method_arguments(key)):  # (an argument such as window= has its own words later)
+            takes = f"its options: {', '.join(spec.options)}" if spec.options else "it takes none"
+            raise ValueError(f"{key}: unknown option, not of method {name!r} (its options: {', '.join(mine)}) nor of "
+                             f"solver {solver!r} ({takes})")
 
 
 def parallel(
@@ -162,7 +169,7 @@ def parallel(
     cores = check_cores(cores, len(check_grid(grid)) - 1)
     if "tol" in options and options["tol"] is None:
         del options["tol"]  # the method's own default
-    check_options(name, options)
+    check_options(name, options, solver)
     return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
 
 
