@@ -278,6 +278,21 @@ def test_weights_changed_in_place_reach_the_copies_on_other_devices():
                          cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
 
 
+def test_another_network_in_the_model_is_evaluated_when_the_replicas_share_the_drivers():
+    """(With the default replicas on the CPU, which share the driver's network, a model given another
+    network kept evaluating the old one: 26-33 off the serial answer, no error.)"""
+    x = x0(batch=3, dim=4)
+    grid = cc.time_grid(cc.RectifiedFlow(), 8)
+    for first, second in ((lambda x, t: torch.tanh(x + t[:, None]), lambda x, t: torch.tanh(2 * x - t[:, None])),
+                          (MLP(4, 16, 2, seed=3, dtype=torch.float64), MLP(4, 16, 2, seed=9, dtype=torch.float64))):
+        model = cc.DiffusionModel(first, cc.RectifiedFlow(), "flow")
+        with DeviceExecutor(["cpu", "cpu"]) as ex:
+            cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+            model.fn = second
+            assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
+                             cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+
+
 def test_the_weight_check_spares_inference_tensors_buffers_and_says_when_to_refresh():
     """Inference tensors keep no version counter (reading it raised); a buffer the forward pass updates
     must not make the copies again every round; an update through ``.data`` is not seen, and

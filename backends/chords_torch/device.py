@@ -192,14 +192,17 @@ class DeviceExecutor(Executor):
         self._closed = False
 
     def _models(self, model: Model) -> list[Model]:
-        # id(model) -> (model, [replica model per device], the weights of copies (None: all shared))
+        # id(model) -> (model, [replica model per device], the weights of copies (None: all shared), its network)
         entry = self._replicas.get(id(model))
         fn = getattr(model, fn_attr(model))
-        if entry is None or entry[0] is not model or (entry[2] is not None and entry[2].changed(fn)):
+        # (the network compared by identity whether or not it was copied: replicas that share the driver's
+        # network are bound to it, and a model given another network kept evaluating the old one)
+        if (entry is None or entry[0] is not model or entry[3] is not fn
+                or (entry[2] is not None and entry[2].changed(fn))):
             entry, self._replicas = None, {}  # the old copies go before the new ones are made (device memory)
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
-            entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None)
+            entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None, fn)
             self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
         return entry[1]
 
