@@ -67,6 +67,8 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
         raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
     # (numpy and torch: one pass; a jax array with values, not a tracer; a symbolic state has none)
     lib = B.library(x)
+    if lib == "torch" and x.is_meta:  # (its finiteness check failed inside torch: Tensor.item() on meta)
+        raise TypeError(f"{name}: a tensor on the meta device has shapes but no values to solve from")
     valued = (isinstance(x, np.ndarray) or lib == "torch"
               or (lib == "jax" and not isinstance(x, sys.modules["jax"].core.Tracer)))
     if valued and not B.all_finite(x):

@@ -293,6 +293,16 @@ def test_another_network_in_the_model_is_evaluated_when_the_replicas_share_the_d
                              cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
 
 
+def test_meta_tensors_and_the_meta_device_are_refused_naming_the_argument():
+    """(A meta state failed inside torch's Tensor.item(); DeviceExecutor(["meta"]) was accepted and
+    every call failed.)"""
+    with pytest.raises(TypeError, match="^x: a tensor on the meta device"):
+        cc.chords(MODEL, torch.empty(3, 4, dtype=torch.float64, device="meta"), cc.time_grid(MODEL.schedule, 4),
+                  cores=2)
+    with pytest.raises(ValueError, match="^devices: the meta device"):
+        DeviceExecutor(["cpu", "meta"])
+
+
 def test_the_weight_check_spares_inference_tensors_buffers_and_says_when_to_refresh():
     """Inference tensors keep no version counter (reading it raised); a buffer the forward pass updates
     must not make the copies again every round; an update through ``.data`` is not seen, and

@@ -240,3 +240,41 @@ def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_pat
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_threads_sharing_the_executor_take_turns_and_a_point_that_needs_gradients_is_refused(trap_executor,
+                                                                                             one_thread):
+    """Two threads on one executor read each other's replies (a wrong result without error, or an
+    UnpicklingError, or a WorkerDied naming a live worker): calls now take turns. Gradients cannot
+    cross the processes: the result came back requiring gradients, with the model's part missing
+    (89% off SerialExecutor's x.grad, no error); such a point is refused naming x."""
+    grid = cc.time_grid(MODEL.schedule, 8)
+    states = [x0(batch=2, dim=4, seed=s) for s in range(2)]
+    refs = [cc.parallel(MODEL, x, grid, "dpmpp_2m", cores=4, executor=cc.SerialExecutor()) for x in states]
+    got: list = [[], []]
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(4):
+                got[i].append(cc.parallel(MODEL, states[i], grid, "dpmpp_2m", cores=4, executor=trap_executor))
+        except Exception as e:  # reported below
+            got[i].append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i in range(2):
+        assert len(got[i]) == 4 and all(isinstance(r, cc.Result) and torch.equal(r.x, refs[i].x) for r in got[i])
+
+    x = states[0].clone().requires_grad_(True)
+    with pytest.raises(TypeError, match=r"^x: ProcessExecutor evaluates the model in other processes, where gradients"):
+        cc.chords(MODEL, x, grid, cores=2, executor=trap_executor)
+    with torch.no_grad():  # no gradients wanted: it runs, as the serial executor does
+        assert same_hits(cc.chords(MODEL, x, grid, cores=2, stop=None, executor=trap_executor),
+                         cc.chords(MODEL, x, grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+    with pytest.raises(TypeError, match="meta device"):  # (NotImplementedError, and the executor closed)
+        trap_executor(MODEL, [torch.empty(2, 4, device="meta")], [0.5])
+    assert same_hits(cc.chords(MODEL, states[1], grid, cores=2, stop=None, executor=trap_executor), cc.chords(
+        MODEL, states[1], grid, cores=2, stop=None, executor=cc.SerialExecutor()))

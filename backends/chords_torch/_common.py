@@ -224,12 +224,16 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
     return model
 
 
-def check_points(xs: Sequence[Any], ts: Sequence[float]) -> None:
+def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None = None) -> None:
     """Check a round's points: one time per point, all tensors of one shape and dtype (as the engine's states are).
 
     Args:
         xs: the points.
         ts: their times.
+        elsewhere: the executor's name where it evaluates in other processes, where autograd cannot
+            follow: a point that requires gradients (with gradients enabled) is then refused, since
+            the outputs would come back without the model's part of the gradient (89% off
+            ``SerialExecutor``'s, silently).
 
     Raises ``ValueError`` / ``TypeError`` naming the offending point.
     """
@@ -244,9 +248,15 @@ def check_points(xs: Sequence[Any], ts: Sequence[float]) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: this executor evaluates torch tensors, and point {k} of the round is a "
                             f"{type(x).__name__}; pass the state as a torch.Tensor (or use a chords_core executor)")
+        if x.is_meta:
+            raise TypeError(f"x: point {k} of the round is a tensor on the meta device, which holds no values")
         if x.shape != x0.shape or x.dtype != x0.dtype:
             raise ValueError(
                 f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
+    if elsewhere is not None and torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        raise TypeError(f"x: {elsewhere} evaluates the model in other processes, where gradients cannot follow, and "
+                        "a point of the round requires them; differentiate with DeviceExecutor or a chords_core "
+                        "executor, or run under torch.no_grad() (or pass x.detach())")
 
 
 #: the longest timeout an executor takes, in seconds (about 11.6 days): the waits below pass it to

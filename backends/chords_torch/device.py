@@ -151,6 +151,8 @@ class _DeviceThread:
 
 def _check_device(d: torch.device) -> None:
     """A ``ValueError`` naming ``devices`` if ``d`` cannot hold a tensor here (a missing GPU, say)."""
+    if d.type == "meta":  # (it holds shapes only: accepted, then every call failed)
+        raise ValueError("devices: the meta device holds no values to evaluate a model on")
     try:
         torch.empty(0, device=d)
     except (RuntimeError, AssertionError, ValueError) as e:

@@ -254,6 +254,7 @@ class DistributedExecutor(Executor):
         self._local_model: Model | None = None
         self._model: Model | None = None
         self._closed = self._superseded = False
+        self._lock = threading.Lock()  # one round at a time (__call__)
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
@@ -316,12 +317,17 @@ class DistributedExecutor(Executor):
             WorkerDied, WorkerTimeout: a rank was lost or silent; the executor is closed.
             ExecutorClosed: the executor was closed.
         """
+        with self._lock:  # threads sharing the executor take turns: its channels carry one round at a time
+            return self._round(model, xs, ts)  # (interleaved, two rounds read each other's replies)
+
+    def _round(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        """One round (``__call__``, under the executor's lock)."""
         if self._closed:
             if self._superseded:
                 raise ExecutorClosed("this DistributedExecutor was superseded by a newer one on the same process "
                                      "group (the serving ranks hold one model: use the newer executor)")
             raise ExecutorClosed("this DistributedExecutor is closed (closed by the user or after a lost worker)")
-        check_points(xs, ts)
+        check_points(xs, ts, "DistributedExecutor")
         if not xs:
             return []
         if xs[0].dtype not in DTYPES:

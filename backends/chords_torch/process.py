@@ -211,6 +211,7 @@ class ProcessExecutor(Executor):
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
         self._closed = False
         self._model: Model | None = None
+        self._lock = threading.Lock()  # one round at a time (__call__)
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
             for w in range(workers):
@@ -307,9 +308,14 @@ class ProcessExecutor(Executor):
             WorkerDied, WorkerTimeout: a worker died or hung; all workers are terminated.
             ExecutorClosed: the executor was closed.
         """
+        with self._lock:  # threads sharing the executor take turns: its channels carry one round at a time
+            return self._round(model, xs, ts)  # (interleaved, two rounds read each other's replies)
+
+    def _round(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        """One round (``__call__``, under the executor's lock)."""
         if self._closed:
             raise ExecutorClosed("this ProcessExecutor is closed (closed by the user or after a dead / hung worker)")
-        check_points(xs, ts)
+        check_points(xs, ts, "ProcessExecutor")
         if not xs:
             return []
         for w, p in enumerate(self._procs):  # a worker that died while idle (the OOM killer, say):
