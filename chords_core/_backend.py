@@ -662,6 +662,18 @@ def _single_or_wider(x: Array) -> Array:
     return x
 
 
+def inner(a: Array, b: Array) -> float:
+    """sum(a * b) over every element, as a Python float: half precision multiplied and summed in
+    float32 (its products overflow from about 256), a tensor that requires gradients read without
+    them (no autograd warning, no graph)."""
+    a, b = _single_or_wider(a), _single_or_wider(b)
+    if hasattr(a, "detach"):
+        a = a.detach()
+    if hasattr(b, "detach"):
+        b = b.detach()
+    return float((a * b).sum())
+
+
 #: numpy float32 / float64 samples of at least this many elements are summed one ``vdot`` a sample
 #: (``row_sq``); smaller ones in one ``einsum`` over the batch
 ROW_VDOT_MIN = 8192

@@ -476,3 +476,28 @@ def test_the_level_default_stays_within_the_criterion_where_the_sequential_error
         return np.sqrt(np.mean((out - ref) ** 2)) / np.sqrt(np.mean((cc.solve(model, x, grid, "unipc") - ref) ** 2))
 
     assert LEVEL_TOL == 5e-4 and ratio() <= 1.05 < ratio(tol=1e-3)
+
+
+def test_anderson_mixing_sums_half_precision_in_single_and_reads_no_gradients():
+    """(ParaTAA on a float16 state formed its mixing's dot products in float16: they overflowed to a nan
+    iterate, a cut sweep with a warning blaming a plain ODE, and 11 rounds for 10 steps; a state that
+    requires gradients made torch warn about converting one to a scalar.)"""
+    import warnings
+
+    import torch
+
+    def fn(x, t):
+        return torch.tanh(0.7 * x + t.to(x.dtype).reshape(-1, 1, 1, 1)) * 0.5 + 0.1 * x
+
+    sched = cc.VP.linear()
+    model = cc.DiffusionModel(fn, sched, "eps")
+    grid = cc.time_grid(sched, 10)
+    x = torch.randn(3, 1, 5, 7, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = cc.parallel(model, x, grid, "dpmpp_2m", cores=4, method="parataa")
+        half = cc.parallel(model, x.half(), grid, "dpmpp_2m", cores=4, method="parataa")
+        grad = cc.parallel(model, x.clone().requires_grad_(True), grid, "dpmpp_2m", cores=4, method="parataa")
+    assert half.rounds <= 10 and half.x.dtype == torch.float16
+    assert float((half.x.float() - ref.x).abs().max()) < 2e-2 * float(ref.x.abs().max())
+    assert torch.equal(grad.x.detach(), ref.x) and grad.x.requires_grad

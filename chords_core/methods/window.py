@@ -379,9 +379,9 @@ class _Anderson:
                 c[:] = 0.0
                 continue
             for p in range(k):
-                c[p] += float((dR[-1 - p] * R).sum())
+                c[p] += B.inner(dR[-1 - p], R)  # (float32 at least: float16 products overflowed to a nan iterate)
                 for q in range(p, k):
-                    v = float((dR[-1 - p] * dR[-1 - q]).sum())
+                    v = B.inner(dR[-1 - p], dR[-1 - q])
                     A[p, q] += v
                     if q != p:
                         A[q, p] += v
