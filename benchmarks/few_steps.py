@@ -31,7 +31,7 @@ def rms(a) -> float:
 
 
 SCHEDULES = {"vp": ("VP, eps", cc.VP(), "eps"), "rf": ("rectified flow", cc.RectifiedFlow(), "flow"),
-             "cosv": ("VP cosine, v", cc.VP.cosine(), "v")}
+             "cos": ("VP cosine, eps", cc.VP.cosine(), "eps"), "cosv": ("VP cosine, v", cc.VP.cosine(), "v")}
 
 
 def main(argv: list[str] | None = None) -> None:
