@@ -666,11 +666,11 @@ def inner(a: Array, b: Array) -> float:
     """sum(a * b) over every element, as a Python float: half precision multiplied and summed in
     float32 (its products overflow from about 256), a tensor that requires gradients read without
     them (no autograd warning, no graph)."""
-    a, b = _single_or_wider(a), _single_or_wider(b)
-    if hasattr(a, "detach"):
+    if hasattr(a, "detach"):  # (before widening: .float() on a tensor that requires gradients records a step)
         a = a.detach()
     if hasattr(b, "detach"):
         b = b.detach()
+    a, b = _single_or_wider(a), _single_or_wider(b)
     return float((a * b).sum())
 
 

@@ -61,8 +61,8 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
         raise TypeError(f"{name}: the initial state must have a floating dtype, got {x.dtype}")
     if isinstance(x, (np.matrix, np.ma.MaskedArray)):
         raise TypeError(f"{name}: a {type(x).__name__} state does not do an array's arithmetic (a matrix's * is a "
-                        f"matrix product, a masked array skips its masked values); pass a plain array, "
-                        f"np.asarray({name}) (with the masked values filled)")
+                        f"matrix product, a masked array skips its masked values); pass a plain array: "
+                        f"np.asarray({name}) for a matrix, {name}.filled(value) for a masked array")
     if isinstance(model, DiffusionModel) and len(x.shape) < 1:
         raise ValueError(f"{name}: a DiffusionModel's state must have a batch axis: shape (B, ...)")
     # (numpy and torch: one pass; a jax array with values, not a tracer; a symbolic state has none)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,7 +66,7 @@ def parse_stop(text: str) -> StopRule | None:
         return None
     kind, _, value = text.partition(":")
     if kind == "residual" and not value:
-        raise argparse.ArgumentTypeError(f"--stop residual needs its tolerance, residual:TOL (e.g. residual:1e-3), "
+        raise argparse.ArgumentTypeError(f"residual needs its tolerance, residual:TOL (e.g. residual:1e-3), "
                                          f"got {text!r}")
     try:
         if kind == "core":
@@ -417,6 +418,8 @@ def run_main(args: argparse.Namespace) -> int:
     """
     try:  # before the run, not after it: a bad --out is a usage error (status 2 from the command line)
         os.makedirs(args.out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out):  # writable (an existing read-only folder passes makedirs)
+            pass
     except OSError as e:
         raise ValueError(f"--out: cannot make or use the folder {args.out!r}: {e.strerror or e}") from None
     rows, method_rows = run(args)

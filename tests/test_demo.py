@@ -75,7 +75,7 @@ def test_every_option_has_help_text():
       for flag, value, least in (("--steps", "0", 1), ("--samples", "0", 1), ("--samples", "-1", 1),
                                  ("--seed", "-1", 0), ("--cores", "0", 1), ("--dim", "0", 1), ("--modes", "0", 1))],
     (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
-    (["demo", "--stop", "residual"], "--stop residual needs its tolerance, residual:TOL"),  # (float(''))
+    (["demo", "--stop", "residual"], "argument --stop: residual needs its tolerance, residual:TOL"),  # (float(''))
     (["optimize", "--exhaustive-limit", "-2"], "argument --exhaustive-limit: must be an integer >= 0"),
 ])
 def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
@@ -126,7 +126,8 @@ def test_a_bad_out_folder_is_a_usage_error_before_the_run(monkeypatch, capsys):
     from chords_core import demo
 
     monkeypatch.setattr(demo, "run", lambda args: pytest.fail("the run started before --out was checked"))
-    for out in (__file__, os.path.join(__file__, "sub")):  # a file; a folder below a file
+    # a file; a folder below a file; an existing folder that takes no files (makedirs passed it)
+    for out in (__file__, os.path.join(__file__, "sub"), *(["/proc"] if os.path.isdir("/proc") else [])):
         assert main(["demo", "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.startswith("usage:") and "--out: cannot make or use the folder" in err and "Traceback" not in err

@@ -290,6 +290,9 @@ def test_bad_pipeline_arguments(unet, sd3):
         cd.sample(sd3, "a cat", num_inference_steps=4, method="cascade", stop=None)
     with pytest.raises(ValueError, match="batch=2 rows"):
         cd.GuidedNet(unet, batch=2, cond={"encoder_hidden_states": torch.zeros(3, 4)})
+    for bad in (0, 1.5):  # (failed deep inside diffusers: "cannot reshape tensor of 0 elements", repeat() of a float)
+        with pytest.raises((TypeError, ValueError), match="^num_images_per_prompt"):
+            cd.sample(sd3, "a cat", num_inference_steps=4, num_images_per_prompt=bad)
 
 
 def test_readme_diffusers_snippet_runs_on_a_tiny_pipeline(sd3, tmp_path, monkeypatch, capsys):

@@ -50,9 +50,15 @@ class Job:
     scales_input: bool = True
 
 
+#: arguments that count images (or videos, or samples): integers >= 1, named as the caller wrote them
+#: (0 or 1.5 failed deep inside diffusers or torch, or was named as GuidedNet's "batch")
+COUNTS = ("batch_size", "num_images_per_prompt", "num_videos_per_prompt")
+
+
 def _take(kw: dict, pipeline: str, **defaults: Any) -> list:
-    """Pop the known arguments (with defaults) from kw; raise on leftovers."""
-    vals = [kw.pop(k, v) for k, v in defaults.items()]
+    """Pop the known arguments (with defaults) from kw, the counts among them checked (``COUNTS``);
+    raise on leftovers."""
+    vals = [check_int(k, kw.pop(k), 1) if k in COUNTS and k in kw else kw.pop(k, v) for k, v in defaults.items()]
     if kw:
         raise TypeError(f"{pipeline}: unsupported argument(s) for chords_diffusers.sample: {', '.join(sorted(kw))}; "
                         f"supported: {', '.join(defaults)}")
@@ -287,7 +293,6 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     batch_size, generator, latents, output_type, return_dict, *step_values = _take(
         kw, name, batch_size=1, generator=None, latents=None, output_type="pil", return_dict=True, **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
-    batch_size = check_int("batch_size", batch_size, 1)  # (named as the caller wrote it, not GuidedNet's "batch")
     unet = pipe.unet
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)

@@ -17,6 +17,7 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 import warnings
@@ -222,6 +223,19 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
     # a worker's outputs leave its device for the host: "auto" checks them at once, in the worker
     model.check_outputs = resolve_check(model.check_outputs, on_accelerator=False)
     return model
+
+
+def one_round_at_a_time(call: Callable) -> Callable:
+    """An executor's ``__call__`` run under its ``_lock``: threads that share the executor take turns,
+    for an executor whose channels to its workers carry one round at a time (interleaved, two rounds
+    read each other's replies: a wrong result without error, or an error naming a live worker)."""
+
+    @functools.wraps(call)
+    def locked(self: Any, model: Any, xs: Sequence[Any], ts: Sequence[float]) -> Any:
+        with self._lock:
+            return call(self, model, xs, ts)
+
+    return locked
 
 
 def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None = None) -> None:

@@ -87,16 +87,11 @@ class _Weights:
             self.versions = [p._version for p in params]
         except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no counter
             params, self.versions = [], []
-        try:
-            self.fn: Callable[[], Any] = weakref.ref(fn)
-        except TypeError:  # a callable that takes no weak reference: held
-            self.fn = lambda: fn
         self.params = [weakref.ref(p) for p in params]
 
-    def changed(self, fn: Any) -> bool:
-        """Whether ``fn`` is another network, or a parameter was replaced or updated in place since."""
-        if self.fn() is not fn:
-            return True
+    def changed(self) -> bool:
+        """Whether a parameter was replaced or updated in place since (another network: ``_models``
+        compares the network itself)."""
         for ref, v in zip(self.params, self.versions):
             p = ref()
             if p is None or p._version != v:
@@ -200,7 +195,7 @@ class DeviceExecutor(Executor):
         # (the network compared by identity whether or not it was copied: replicas that share the driver's
         # network are bound to it, and a model given another network kept evaluating the old one)
         if (entry is None or entry[0] is not model or entry[3] is not fn
-                or (entry[2] is not None and entry[2].changed(fn))):
+                or (entry[2] is not None and entry[2].changed())):
             entry, self._replicas = None, {}  # the old copies go before the new ones are made (device memory)
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change

@@ -59,6 +59,7 @@ from ._common import (
     check_points,
     dump_shell,
     load_shell,
+    one_round_at_a_time,
     round_timeout_of,
 )
 from .device import replicate
@@ -254,7 +255,7 @@ class DistributedExecutor(Executor):
         self._local_model: Model | None = None
         self._model: Model | None = None
         self._closed = self._superseded = False
-        self._lock = threading.Lock()  # one round at a time (__call__)
+        self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
@@ -300,6 +301,7 @@ class DistributedExecutor(Executor):
         h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *shape]
         return torch.tensor(h + [0] * (HEADER - len(h)), dtype=torch.int64, device=self.device)
 
+    @one_round_at_a_time
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         """Evaluate the round's points on the worker ranks (see ``Executor.__call__``).
 
@@ -317,11 +319,6 @@ class DistributedExecutor(Executor):
             WorkerDied, WorkerTimeout: a rank was lost or silent; the executor is closed.
             ExecutorClosed: the executor was closed.
         """
-        with self._lock:  # threads sharing the executor take turns: its channels carry one round at a time
-            return self._round(model, xs, ts)  # (interleaved, two rounds read each other's replies)
-
-    def _round(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
-        """One round (``__call__``, under the executor's lock)."""
         if self._closed:
             if self._superseded:
                 raise ExecutorClosed("this DistributedExecutor was superseded by a newer one on the same process "

@@ -51,6 +51,7 @@ from ._common import (
     bind,
     check_points,
     check_timeout,
+    one_round_at_a_time,
     round_timeout_of,
     shell_of,
 )
@@ -211,7 +212,7 @@ class ProcessExecutor(Executor):
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
         self._closed = False
         self._model: Model | None = None
-        self._lock = threading.Lock()  # one round at a time (__call__)
+        self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
             for w in range(workers):
@@ -291,6 +292,7 @@ class ProcessExecutor(Executor):
                 raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{rep[2]}")
         return replies
 
+    @one_round_at_a_time
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         """Evaluate the round's points, point k on worker k mod W (see ``Executor.__call__``).
 
@@ -308,11 +310,6 @@ class ProcessExecutor(Executor):
             WorkerDied, WorkerTimeout: a worker died or hung; all workers are terminated.
             ExecutorClosed: the executor was closed.
         """
-        with self._lock:  # threads sharing the executor take turns: its channels carry one round at a time
-            return self._round(model, xs, ts)  # (interleaved, two rounds read each other's replies)
-
-    def _round(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
-        """One round (``__call__``, under the executor's lock)."""
         if self._closed:
             raise ExecutorClosed("this ProcessExecutor is closed (closed by the user or after a dead / hung worker)")
         check_points(xs, ts, "ProcessExecutor")
