@@ -100,7 +100,7 @@ class BatchedExecutor(Executor):
             round differently between batch sizes, in the last bit, as between this executor and
             ``SerialExecutor``). ``None``: one call a round, whatever its size. ``"auto"`` (the
             default): for arrays in host memory, stacked calls of at most ``HOST_BATCH_BYTES``
-            (4 MiB) of points (one call a point from 4 MiB a point);
+            (4 MiB) of points (one call a point from above 2 MiB a point);
             ``None`` on an accelerator and for jax arrays (a device gains from large batches; split
             a round there with an explicit cap where its activations do not fit).
     """

@@ -45,8 +45,9 @@ class Result:
         x: the returned output (the stop rule's choice), same array type, shape and dtype as the input.
         rounds: rounds until ``x`` was available: the latency in sequential model evaluations.
         nfe: model evaluations made until then (all cores).
-        hits: every output in arrival order (CHORDS: one per core, fastest first; SRDS: one per
-            iteration; ParaDiGMS: the final one).
+        hits: the outputs in arrival order up to the returned one and any of its round (CHORDS: one
+            per core, fastest first, every core's with ``stop=None``; SRDS: one per iteration; the
+            window methods: the final one).
         coarse: the zero-cost prediction made before any output (CHORDS' coarse hit, SRDS's
             iteration 0), or ``None``.
         stopped_by: why the run stopped, in words.

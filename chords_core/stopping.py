@@ -217,10 +217,11 @@ class StopWhenConverged(StopRule):
     """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
     estimated RMS error of the sequential solver (``outputs.error``), from cores started more than
     one step apart; a pair that agrees to rounding only after a pair that moved by at most the error
-    (see the module docstring). ``rel = 0`` never accepts: the run returns its last output (CHORDS:
-    core 0's, the sequential solution)."""
+    (see the module docstring). ``rel`` defaults to 0.1, as ``DEFAULT_STOP`` (it was 0.05 here while
+    the default stop was 0.1: ``StopWhenConverged()`` was not the default). ``rel = 0`` never accepts:
+    the run returns its last output (CHORDS: core 0's, the sequential solution)."""
 
-    rel: float = 0.05
+    rel: float = 0.1
     uses_error_estimate = True
 
     @property
@@ -270,7 +271,7 @@ class StopWhenConverged(StopRule):
 
 
 #: ``chords``' default: safe on problems it was not tuned on (see ``StopWhenConverged``).
-DEFAULT_STOP = StopWhenConverged(0.1)
+DEFAULT_STOP = StopWhenConverged()
 
 
 @dataclass(frozen=True)

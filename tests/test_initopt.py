@@ -48,6 +48,14 @@ def test_recipe_equals_default_init_where_no_paper_sequence():
                 expected = recipe if K <= 8 and not adjacent else uniform_init(T, K)
                 assert expected == cc.default_init(T, K), (T, K)
     assert collapsed > 0 and cc.default_init(16, 8) == (0, 2, 4, 6, 8, 10, 12, 14)
+    # the paper's sequence where it scales exactly, unless to adjacent starts (T = 25, K = 8: 0-1-2-4-...)
+    for T in range(2, 201):
+        for K in (4, 6, 8):
+            paper = cc.paper_init(T, K)
+            if paper is not None:
+                adjacent = any(b - a == 1 for a, b in zip(paper, paper[1:]))
+                assert (cc.default_init(T, K) == paper) != adjacent, (T, K)
+    assert cc.default_init(25, 8) == recipe_init(25, 8) == (0, 2, 5, 8, 11, 14, 17, 20)
 
 
 def test_default_init_keeps_the_default_stop_safe_where_the_recipe_collapses():

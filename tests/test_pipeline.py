@@ -524,3 +524,14 @@ def test_heun_defaults_within_the_criterion_with_its_second_order_error_estimate
     est = LocalError(sol)
     assert sol.accuracy == 2 and est.needs == 3
     assert est.coefficient(5) == pytest.approx(sol.jump_coeffs(4, 5)[1] / 6, rel=1e-12)
+
+
+def test_the_rules_own_default_is_the_default_stop():
+    """(``StopWhenConverged()`` had rel 0.05 while the default stop, which the README calls
+    ``StopWhenConverged(rel)`` with rel = 0.1, had 0.1: writing the class gave another rule.)"""
+    import inspect
+
+    from chords_core.stopping import DEFAULT_STOP
+
+    assert cc.StopWhenConverged() == DEFAULT_STOP and DEFAULT_STOP.rel == 0.1
+    assert inspect.signature(cc.chords).parameters["stop"].default == cc.StopWhenConverged()

@@ -102,8 +102,8 @@ def srds(
         progress: show a progress bar over iterations (needs tqdm).
 
     Returns:
-        A ``Result`` (``method="srds"``): ``hits`` holds every iteration's output, ``log`` an
-        ``SrdsIteration`` per iteration.
+        A ``Result`` (``method="srds"``): ``hits`` holds the iterations' outputs up to the returned
+        one, ``log`` an ``SrdsIteration`` per output.
     """
     res, unmet = srds_run(model, x, grid, solver, blocks=blocks, tol=tol, max_iters=max_iters, stop=stop,
                           executor=executor, progress=progress, **solver_options)
