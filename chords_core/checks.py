@@ -75,7 +75,8 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
         ``float(value)``. Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
     """
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    v = float(value) if ok else math.nan
+    v = float(value) if ok else _scalar_array(value)
+    ok = ok or not math.isnan(v)
     if ok and not math.isnan(v) and (not finite or math.isfinite(v)):
         if (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high):
             return v
@@ -86,6 +87,18 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
     if high is not None:
         bounds += (" and" if low is not None else "") + f" <= {high:g}"
     raise ValueError(f"{name} must be {kind}{bounds}, got {value!r}")
+
+
+def _scalar_array(value: Any) -> float:
+    """A 0-d real array's value (numpy, torch, a concrete jax array: a ``tol`` computed with the
+    state's library was refused as not a number), else NaN (also for booleans and complex values)."""
+    dtype = str(getattr(value, "dtype", "bool"))
+    if getattr(value, "shape", None) != () or "bool" in dtype or "complex" in dtype:
+        return math.nan
+    try:
+        return float(value)
+    except Exception:  # (a tracer, an object that will not convert): not a number here
+        return math.nan
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

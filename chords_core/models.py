@@ -24,14 +24,13 @@ dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _backend as B
-from .schedules import RectifiedFlow, Schedule
+from .schedules import RectifiedFlow, Schedule, schedule_key
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check",
            "check_array", "check_call"]
@@ -299,7 +298,7 @@ class DiffusionModel(Model):
     def check_times(self, times: np.ndarray) -> None:
         """The grid must lie in the schedule's domain and run from noise towards data (the half
         log-SNR lambda strictly increasing along it)."""
-        problem = _grid_problem(self.schedule, times.tobytes())
+        problem = grid_problem(self.schedule, times.tobytes())
         if problem:
             raise ValueError(problem)
 
@@ -408,9 +407,23 @@ class VectorField(Model):
         return None
 
 
-@functools.lru_cache(maxsize=64)
-def _grid_problem(schedule: Schedule, raw: bytes) -> str:
-    """What is wrong with the float64 grid ``raw`` on ``schedule`` ("" if nothing; cached per grid)."""
+_GRID_PROBLEMS: dict = {}
+
+
+def grid_problem(schedule: Schedule, raw: bytes) -> str:
+    """What is wrong with the float64 grid ``raw`` on ``schedule`` ("" if nothing), cached per
+    (``schedule_key``, grid): by everything the schedule holds (its dataclass equality missed a
+    subclass's own parameters; an array field made it unhashable), at most 64 entries."""
+    key = (schedule_key(schedule), raw)
+    got = _GRID_PROBLEMS.get(key)
+    if got is None:
+        if len(_GRID_PROBLEMS) >= 64:
+            _GRID_PROBLEMS.pop(next(iter(_GRID_PROBLEMS)))
+        got = _GRID_PROBLEMS[key] = _find_grid_problem(schedule, raw)
+    return got
+
+
+def _find_grid_problem(schedule: Schedule, raw: bytes) -> str:
     times = np.frombuffer(raw, dtype=np.float64)
     lo, hi = schedule.domain()
     bad = np.flatnonzero((times < lo) | (times > hi))

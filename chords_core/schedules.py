@@ -156,6 +156,36 @@ class Schedule:
         return 0.5 * (lo + hi)
 
 
+class ByIdentity:
+    """A cache key's part for an object compared by identity (one that cannot be hashed, or whose
+    equality does not tell what a cache depends on): the key holds the object, so its id is not
+    reused while cached."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ByIdentity and other.obj is self.obj
+
+
+def schedule_key(schedule: Schedule) -> Any:
+    """A hashable key that tells schedules apart by everything they hold: their type and every
+    attribute, a dataclass's fields and any set otherwise (a subclass's parameter set with
+    ``object.__setattr__`` escapes the dataclass's equality: two such schedules compared equal and
+    shared cached coefficients); by identity where an attribute cannot be hashed (an array)."""
+    try:
+        items = tuple(sorted(vars(schedule).items()))
+        hash(items)
+    except TypeError:
+        return type(schedule), ByIdentity(schedule)
+    return type(schedule), items
+
+
 @dataclass(frozen=True)
 class RectifiedFlow(Schedule):
     """Rectified flow / flow matching: alpha = 1 - t, sigma = t, t from 1 (noise) to 0 (data).

@@ -38,8 +38,13 @@ def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, pr
                 try:
                     out = model.evaluate([xk], [sol.t[ti]])[0]
                 except ModelOutputError as e:
-                    raise e.relabel(0, f"step {i} (stage {k}, t={sol.t[ti]:.6g}): {e}") from None
+                    raise e.relabel(0, f"{step_where(i, k, sol.t[ti])}: {e}") from None
                 qs.append(sol.quantity_of(xk, out, ti))
             state = sol.step(state, qs, i, i + 1)
             bar.update(1)
     return as_array(state.x)
+
+
+def step_where(step: int, stage: int, time: float) -> str:
+    """How an error of the sequential solve names its evaluation (``chords_jax.solve`` too)."""
+    return f"step {step} (stage {stage}, t={time:.6g})"

@@ -83,3 +83,33 @@ def test_a_spacing_that_cannot_start_at_pure_noise_says_so(spacing):
         extra = {"t_min": 0.001} if spacing == "logsnr" else {}  # (log-SNR cannot reach sigma = 0 either)
         grid = cc.time_grid(cc.RectifiedFlow(), 10, spacing, t_max=0.999, **extra)
     assert grid[0] == 0.999 and grid[-1] == 0.0 and np.all(np.diff(grid) < 0)
+
+
+def test_a_schedule_with_an_array_field_or_its_own_parameter_is_checked_as_itself():
+    """(The grid check was cached by the schedule's dataclass hash: a schedule with an array field
+    failed with a bare "unhashable type: 'numpy.ndarray'", and two schedules equal as dataclasses but
+    with different parameters of their own shared one cached verdict.)"""
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Tabled(cc.RectifiedFlow):
+        table: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 5))
+
+    model = cc.DiffusionModel(lambda x, t: 0.5 * x, Tabled(), "flow")
+    x = np.ones((2, 3))
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    assert np.array_equal(cc.solve(model, x, grid), cc.solve(cc.DiffusionModel(lambda x, t: 0.5 * x,
+                                                                                 cc.RectifiedFlow(), "flow"), x, grid))
+
+    class Limited(cc.RectifiedFlow):  # a parameter of its own: the domain ends at `top`
+        def __init__(self, top: float) -> None:
+            super().__init__()
+            object.__setattr__(self, "top", top)
+
+        def domain(self):
+            return 0.0, self.top
+
+    assert Limited(1.0) == Limited(0.5)  # (the dataclass's equality sees neither parameter)
+    cc.DiffusionModel(lambda x, t: x, Limited(1.0), "flow").check_times(grid)
+    with pytest.raises(ValueError, match=r"grid\[0\]"):
+        cc.DiffusionModel(lambda x, t: x, Limited(0.5), "flow").check_times(grid)

@@ -243,6 +243,10 @@ def test_bad_arguments_raise_naming_them():
                  lambda: cj.parallel(model, bad, grid, cores=2)):
         with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values"):
             call()
+    with pytest.raises(ValueError, match=r"devices: .* appears more than once"):  # (jax's bare AssertionError;
+        cj.chords(model, X, grid, "euler", cores=2, devices=[jax.devices()[0]] * 2)  # with 3 devices, a hang)
+    with pytest.raises(ValueError, match=r"devices=0: a device count must be from 1 to the"):
+        cj.chords(model, X, grid, "euler", cores=2, devices=0)
 
 
 def test_nonlinear_operations_are_refused():
@@ -254,6 +258,14 @@ def test_nonlinear_operations_are_refused():
         a + 1.0
     with pytest.raises(NonLinearOperation):
         a / 2.0
+    # (these raised TypeErrors naming the internal Sym, or numpy's own: docs/jax.md promises NonLinearOperation)
+    for op in (lambda a: a ** 2, abs, lambda a: 1.0 / a, np.tanh, np.abs, lambda a: np.clip(a, -1, 1),
+               lambda a: a @ a):
+        with pytest.raises(NonLinearOperation):
+            op(a)
+    # numpy scalars and ufuncs keep the linear operations
+    b = np.float64(2.0) * a - np.multiply(a, np.float32(0.5)) + np.add(a, a)
+    assert isinstance(b, type(a)) and isinstance(-np.float64(1.0) * b, type(a)) and isinstance(np.negative(b), type(a))
 
 
 def denoiser_args(x, t, args):
@@ -698,6 +710,12 @@ def test_an_output_whose_coefficient_rounds_to_zero_in_float16_is_still_checked(
     with pytest.raises(cc.ModelOutputError) as compiled:
         cj.chords(cc.VectorField(f), jnp.ones(4, jnp.float16), grid, "euler", cores=1, stop=None)
     assert str(compiled.value) == str(core.value) and str(core.value).startswith("round 2, core 0 (step 1")
+    # the sequential solve names it as the core's solve does (it named a round and core 0, as chords)
+    with np.errstate(invalid="ignore"), pytest.raises(cc.ModelOutputError) as core:
+        cc.solve(cc.VectorField(f), np.ones(4, np.float16), grid, "euler")
+    with pytest.raises(cc.ModelOutputError) as compiled:
+        cj.solve(cc.VectorField(f), jnp.ones(4, jnp.float16), grid, "euler")
+    assert str(compiled.value) == str(core.value) and str(core.value).startswith("step 1 (stage 0, t=1)")
 
 
 def test_a_model_function_that_cannot_be_hashed():
@@ -882,3 +900,60 @@ def test_a_numpy_integer_cores_still_checks_the_rules_answer():
     grid = cc.time_grid(SCHED, 6, "logsnr")
     with pytest.raises(ValueError, match=r"stop: Greedy.outputs_needed\(3\) returned 4"):
         cj.chords(cc.DiffusionModel(denoiser, SCHED, "eps"), X, grid, cores=np.int64(3), stop=Greedy())
+
+
+def test_grad_through_idle_slots_stays_finite_for_a_model_singular_at_zero():
+    """Idle slots evaluated the zero point; a model whose derivative is singular there (a norm) gave
+    0 * inf = nan gradients through the unused output, for every core count >= 2, silently. They
+    evaluate a point of their round now, and the gradient is solve's."""
+    def fn(x, t, w):
+        nrm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+        return w * x * nrm / (1 + nrm) + 0.2 * t[:, None] * x
+
+    grid = cc.time_grid(cc.RectifiedFlow(), 12)
+    model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+    x, w = jnp.asarray(X), jnp.asarray(0.7)
+    ref = jax.grad(lambda x, w: jnp.sum(cj.solve(model, x, grid, args=w) ** 2), argnums=(0, 1))(x, w)
+    for cores in (2, 3, 5):
+        got = jax.grad(lambda x, w, k=cores: jnp.sum(cj.chords(model, x, grid, cores=k, stop=None, args=w).x ** 2),
+                       argnums=(0, 1))(x, w)
+        assert close(np.asarray(got[0]), np.asarray(ref[0]), 1e-12) and abs(float(got[1] - ref[1])) < 1e-12
+        first = jax.grad(lambda w, k=cores: jnp.sum(cj.chords(model, x, grid, cores=k, stop=cc.StopAtCore(1),
+                                                             args=w).x ** 2))(w)
+        assert np.isfinite(float(first))
+
+
+class _PowerFlow(cc.Schedule):
+    """alpha = 1 - t^p, sigma = t^p: a parameter set outside the dataclass's fields, which its equality
+    does not see (PowerFlow(1) == PowerFlow(2))."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__(t_noise=1.0, t_data=0.0, t_min=None)
+        object.__setattr__(self, "p", float(p))
+
+    def alpha(self, t):
+        return 1.0 - np.asarray(t, dtype=np.float64) ** self.p
+
+    def sigma(self, t):
+        return np.asarray(t, dtype=np.float64) ** self.p
+
+    def d_alpha(self, t):
+        return -self.p * np.asarray(t, dtype=np.float64) ** (self.p - 1)
+
+    def d_sigma(self, t):
+        return self.p * np.asarray(t, dtype=np.float64) ** (self.p - 1)
+
+
+def test_schedules_that_compare_equal_but_differ_do_not_share_a_cached_program():
+    """(The program cache keyed the schedule by its dataclass equality: a run with PowerFlow(2) after
+    PowerFlow(1) reused the first one's coefficients, 0.06-0.08 off the core, no error.)"""
+    grid = np.linspace(1.0, 0.0, 11)
+    x = np.asarray(X)
+    for p in (1.0, 2.0):
+        fn = functools.partial(lambda x, t, jnp_: 0.5 * jnp_.tanh(x) + 0.3 * t[:, None] * x)
+        jm = cc.DiffusionModel(functools.partial(fn, jnp_=jnp), _PowerFlow(p), "flow")
+        nm = cc.DiffusionModel(functools.partial(fn, jnp_=np), _PowerFlow(p), "flow")
+        assert close(np.asarray(cj.chords(jm, jnp.asarray(x), grid, "dpmpp_2m", cores=4, stop=None).x),
+                     cc.chords(nm, x, grid, "dpmpp_2m", cores=4, stop=None).x, 1e-12)
+        assert close(np.asarray(cj.parallel(jm, jnp.asarray(x), grid, "ddim", cores=4, method="paradigms").x),
+                     cc.parallel(nm, x, grid, "ddim", cores=4, method="paradigms").x, 1e-12)

@@ -403,6 +403,12 @@ def test_parallel_names_an_option_of_another_method():
         with pytest.raises(ValueError, match=rf"^bogus: unknown option, not of method '{method}' \(its options: .*\) "
                                              r"nor of solver 'euler' \(it takes none\)"):
             cc.parallel(FLOW, X, GRID, cores=2, method=method, bogus=1)
+    # a tol that is a 0-d array (computed with the state's library) is a number (it was refused as not one)
+    ref = cc.parallel(FLOW, X, GRID, cores=2, tol=0.01)
+    for tol in (np.array(0.01), np.float32(0.01)):
+        assert cc.parallel(FLOW, X, GRID, cores=2, tol=tol).rounds == ref.rounds
+    with pytest.raises(ValueError, match=r"^tol must be a finite number >= 0, got array\(\[0.01\]\)"):
+        cc.parallel(FLOW, X, GRID, cores=2, tol=np.array([0.01]))
     for blocks in (4, np.int64(4)):  # (a numpy integer ran unchecked, 4 points a round on 2 cores)
         with pytest.raises(ValueError, match="blocks: parallel.. evaluates at most cores=2"):
             cc.parallel(FLOW, X, GRID, cores=2, method="srds", blocks=blocks)

@@ -35,6 +35,8 @@ from chords_core.checks import _is_int, check_grid
 from chords_core.engine import eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
+from chords_core.schedules import schedule_key
+from chords_core.sequential import step_where
 from chords_core.stopping import (
     DEFAULT_STOP,
     Outputs,
@@ -95,7 +97,7 @@ def options_key(options: dict) -> tuple:
 def _model_key(model: Any) -> tuple:
     """What the symbolic run depends on: the model's conversion coefficients, not its function."""
     if isinstance(model, DiffusionModel):
-        return ("diffusion", model.schedule, model.prediction)
+        return ("diffusion", schedule_key(model.schedule), model.prediction)  # (by all it holds: schedule_key)
     if isinstance(model, VectorField):
         return ("field",)
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
@@ -275,7 +277,7 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
         if check:
-            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym))
+            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, name == "chords_jax.solve"))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
@@ -573,13 +575,16 @@ def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None
         raise_bad(bad)
 
 
-def _raise_nonfinite(bad: int, prog: Program, sym: Result) -> None:
-    """Raise ``ModelOutputError`` for the run's first non-finite output (``bad`` from ``runner``)."""
+def _raise_nonfinite(bad: int, prog: Program, sym: Result, sequential: bool = False) -> None:
+    """Raise ``ModelOutputError`` for the run's first non-finite output (``bad`` from ``runner``), named
+    as ``chords_core.chords`` names it, or ``chords_core.solve`` for the ``sequential`` solve."""
     if bad == NO_BAD:
         return
     r, j = divmod(bad, prog.width)
     assert sym.plan is not None
     evals = sym.plan.rounds[r].evals
+    if sequential:
+        raise ModelOutputError.nonfinite(0, step_where(evals[j].index, evals[j].stage, float(prog.times[r, j])))
     err = ModelOutputError.nonfinite(j, f"round {r + 1}, {eval_where(evals[j], prog.times[r, j])}")
     c = evals[j].core
     if c == 0:

@@ -22,6 +22,8 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from chords_core.executors import Executor
 from chords_core.models import Model
 
@@ -47,7 +49,23 @@ class Sym:
     """A symbolic state: a leaf (``terms`` None) or ``sum(c * y for c, y in terms)``. Immutable."""
 
     __slots__ = ("rec", "id", "phase", "terms", "shape", "dtype", "leaf")
-    __array_ufunc__ = None  # make numpy scalars defer to Sym's reflected operators
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """numpy's arithmetic on a Sym: the linear operations (a numpy scalar times a state, say) as
+        the operators do them; any other ufunc (``np.tanh``, ``np.abs``) ``NonLinearOperation``."""
+        if method == "__call__" and not kwargs:
+            if ufunc is np.negative and len(inputs) == 1:
+                return -self
+            ops = {np.multiply: ("__mul__", "__rmul__"), np.add: ("__add__", "__radd__"),
+                   np.subtract: ("__sub__", "__rsub__")}
+            if ufunc in ops and len(inputs) == 2:
+                a, b = inputs
+                return getattr(a, ops[ufunc][0])(b) if isinstance(a, Sym) else getattr(b, ops[ufunc][1])(a)
+        raise _fail(f"numpy.{ufunc.__name__}", self)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        """Any other numpy function on a Sym (``np.clip``, ``np.where``): ``NonLinearOperation``."""
+        raise _fail(f"numpy.{func.__name__}", self)
 
     def __init__(self, rec: LinearRecorder, terms: tuple[tuple[float, Sym], ...] | None,
                  leaf: Any = None) -> None:
@@ -93,6 +111,23 @@ class Sym:
 
     def __truediv__(self, c: Any) -> Sym:
         raise _fail("/", c)
+
+    def __rtruediv__(self, c: Any) -> Sym:
+        raise _fail("/", c)
+
+    def __pow__(self, c: Any) -> Sym:
+        raise _fail("**", c)
+
+    def __rpow__(self, c: Any) -> Sym:
+        raise _fail("**", c)
+
+    def __matmul__(self, c: Any) -> Sym:
+        raise _fail("@", c)
+
+    __rmatmul__ = __matmul__
+
+    def __abs__(self) -> Sym:
+        raise _fail("abs()", self)
 
     def __bool__(self) -> bool:
         raise _fail("bool()", self)

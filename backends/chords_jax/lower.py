@@ -16,8 +16,9 @@ padding terms have coefficient 0 and read their row's first source again (a cach
 the scan ``buf = init[:, None] * x0`` (every first value is a multiple of x0). Values computed and
 consumed within one step are inlined (their coefficients multiplied out); a value read in a later
 step (as a term, as a point, or as an output of the run) gets a register, and registers are reused
-once their last reader has run (interval colouring). A slot without an evaluation reads row 0 (a
-zero point, evaluated at t_0); its output is never read. Every evaluated output has a nonzero
+once their last reader has run (interval colouring). A slot without an evaluation evaluates the
+round's first point again (at its time; a round without one reads row 0, a zero point, at t_0); its
+output is never read. Every evaluated output has a nonzero
 coefficient in some row its round writes (an output nothing uses is written to a last register
 that nothing reads), so that the output check can screen the written rows (``run.py``).
 
@@ -72,7 +73,7 @@ class Program:
         regs: L, the number of registers.
         slots: Kp, the most slots a round evaluates (K padded to a multiple of the device count).
         init: (1 + L,) the buffer's first rows as multiples of x0.
-        points: (R, Kp) the buffer row each slot evaluates (0 for an idle slot).
+        points: (R, Kp) the buffer row each slot evaluates (an idle slot: the round's first point's).
         times: (R, Kp) evaluation times per slot.
         active: (R, Kp) slots whose output the plan uses.
         dest: (R, W) rows written per round.
@@ -195,6 +196,9 @@ def lower(rec: LinearRecorder, slots: int, outputs: list[Sym], t0: float, multip
     for r, (xs, ts) in enumerate(rec.rounds):
         for j, (x, t) in enumerate(zip(xs, ts)):
             points[r, j], times[r, j], active[r, j] = 1 + reg_of[x.id], t, True
+        if xs:  # idle slots evaluate the round's first point again: a point of the run, not the zero row,
+            points[r, len(xs):], times[r, len(xs):] = points[r, 0], times[r, 0]  # where a model's derivative
+            # may be singular (|x|: jax.grad through the unused output gave 0 * inf = nan gradients)
 
     steps: list[list[tuple[int, dict[int, float], dict[int, float]]]] = []
     for step in range(R + 1):

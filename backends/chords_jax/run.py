@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, VectorField, check_call
+from chords_core.schedules import ByIdentity
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
 
@@ -71,7 +72,8 @@ def make_mesh(devices: Any) -> Mesh | None:
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         avail = jax.devices()
         if not 1 <= devices <= len(avail):
-            raise ValueError(f"devices={devices}: jax has {len(avail)} device(s) (jax.devices(), all processes)")
+            raise ValueError(f"devices={devices}: a device count must be from 1 to the {len(avail)} device(s) jax has "
+                             "(jax.devices(), all processes)")
         devices = avail[:devices]
     try:
         devs = list(devices)
@@ -79,6 +81,9 @@ def make_mesh(devices: Any) -> Mesh | None:
         devs = []
     if not devs or not all(isinstance(d, jax.Device) for d in devs):
         raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
+    twice = next((d for k, d in enumerate(devs) if d in devs[:k]), None)
+    if twice is not None:  # (a mesh over one device twice hung in XLA's collectives, then aborted the process)
+        raise ValueError(f"devices: {twice} appears more than once; a mesh takes each device once")
     return Mesh(np.array(devs), (AXIS,))
 
 
@@ -103,29 +108,13 @@ def _checked(out: Any, like: Any, points: int, rows: int) -> Any:
     return out.astype(like.dtype)
 
 
-class _Same:
-    """A cache key's part for an object that cannot be hashed (a ``@dataclass`` model, an equinox
-    module holding arrays): the object itself, compared by identity (the key holds it, so its id is
-    not reused while cached)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is _Same and other.obj is self.obj
-
-
 def keyable(obj: Any) -> Any:
-    """``obj`` as a part of a cache key: itself where it can be hashed, else by identity (``_Same``)."""
+    """``obj`` as a part of a cache key: itself where it can be hashed, else by identity (``ByIdentity``: a
+    ``@dataclass`` model, an equinox module holding arrays)."""
     try:
         hash(obj)
     except TypeError:
-        return _Same(obj)
+        return ByIdentity(obj)
     return obj
 
 

@@ -130,7 +130,8 @@ def absolute_tol(default: float, model: Any, method: str) -> float:
         warn_caller(f"{method}: its default tol={default:g} is absolute, in the state's units (the diffusion "
                     "convention: data of about unit size); on a plain ODE it can return an output far less "
                     "accurate than the sequential solver's (benchmarks/plain_odes.py --peers); pass tol, or use "
-                    "cc.parallel, whose default measures a change against the solver's local error", UserWarning)
+                    "the cascade sampler (cc.parallel's default method), which measures a change against the "
+                    "solver's local error", UserWarning)
     return default
 
 
