@@ -413,12 +413,12 @@ _GRID_PROBLEMS: dict = {}
 def grid_problem(schedule: Schedule, raw: bytes) -> str:
     """What is wrong with the float64 grid ``raw`` on ``schedule`` ("" if nothing), cached per
     (``schedule_key``, grid): by everything the schedule holds (its dataclass equality missed a
-    subclass's own parameters; an array field made it unhashable), at most 64 entries."""
+    subclass's own parameters; an array field made it unhashable), at most 64 entries (then emptied)."""
     key = (schedule_key(schedule), raw)
     got = _GRID_PROBLEMS.get(key)
     if got is None:
-        if len(_GRID_PROBLEMS) >= 64:
-            _GRID_PROBLEMS.pop(next(iter(_GRID_PROBLEMS)))
+        if len(_GRID_PROBLEMS) >= 64:  # (emptied, not trimmed: nothing another thread's lookup can trip on)
+            _GRID_PROBLEMS.clear()
         got = _GRID_PROBLEMS[key] = _find_grid_problem(schedule, raw)
     return got
 
