@@ -92,11 +92,11 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
 def _scalar_array(value: Any) -> float:
     """A 0-d real array's value (numpy, torch, a concrete jax array: a ``tol`` computed with the
     state's library was refused as not a number), else NaN (also for booleans and complex values)."""
-    dtype = str(getattr(value, "dtype", "bool"))
-    if getattr(value, "shape", None) != () or "bool" in dtype or "complex" in dtype:
+    dtype = str(getattr(value, "dtype", ""))
+    if getattr(value, "shape", None) != () or not any(k in dtype for k in ("float", "int")):  # (not bool, str, object)
         return math.nan
     try:
-        return float(value)
+        return float(value.detach() if hasattr(value, "detach") else value)
     except Exception:  # (a tracer, an object that will not convert): not a number here
         return math.nan
 

@@ -11,8 +11,8 @@ evaluation per step, outputs after R_c = T - t_c + c rounds.
   (reference notes §4.2). With frame end E = T - 2 and the fastest start t_{K-1}, walk down the
   cores: s = E / (E - t_k); t_{k-1} = t_k / 2 if s <= 3 else 2 t_k - E; then E = t_k.
 - ``uniform_init``: evenly spaced starts.
-- ``default_init``: the paper's sequence where it exists, the recipe otherwise (evenly spaced
-  starts beyond 8 cores and where the rounded recipe has adjacent starts).
+- ``default_init``: the paper's sequence where it exists without adjacent starts, the recipe
+  otherwise (evenly spaced starts beyond 8 cores and where the rounded recipe has adjacent starts).
 
 The recipe's fastest start grows with K ((0.48 + 0.04 K) T, the paper's 40 of 50 at K = 8) and is
 capped at 0.8 T: uncapped it reaches the frame end from K = 13 and every faster core collapses onto

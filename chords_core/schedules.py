@@ -175,11 +175,17 @@ class ByIdentity:
 
 def schedule_key(schedule: Schedule) -> Any:
     """A hashable key that tells schedules apart by everything they hold: their type and every
-    attribute, a dataclass's fields and any set otherwise (a subclass's parameter set with
+    attribute (in ``__dict__`` or slots), a dataclass's fields and any set otherwise (a subclass's parameter set with
     ``object.__setattr__`` escapes the dataclass's equality: two such schedules compared equal and
     shared cached coefficients); by identity where an attribute cannot be hashed (an array)."""
+    state = dict(getattr(schedule, "__dict__", {}))
+    for cls in type(schedule).__mro__:  # slots too (a ``@dataclass(slots=True)`` subclass has no __dict__ for them)
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(schedule, name):
+                state[name] = getattr(schedule, name)
     try:
-        items = tuple(sorted(vars(schedule).items()))
+        items = tuple(sorted(state.items()))
         hash(items)
     except TypeError:
         return type(schedule), ByIdentity(schedule)

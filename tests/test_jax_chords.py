@@ -245,6 +245,9 @@ def test_bad_arguments_raise_naming_them():
             call()
     with pytest.raises(ValueError, match=r"devices: .* appears more than once"):  # (jax's bare AssertionError;
         cj.chords(model, X, grid, "euler", cores=2, devices=[jax.devices()[0]] * 2)  # with 3 devices, a hang)
+    with pytest.raises(ValueError, match=r"devices: .* appears more than once"):  # a Mesh too
+        cj.chords(model, X, grid, "euler", cores=2, devices=jax.sharding.Mesh(np.array([jax.devices()[0]] * 2),
+                                                                              ("cores",)))
     with pytest.raises(ValueError, match=r"devices=0: a device count must be from 1 to the"):
         cj.chords(model, X, grid, "euler", cores=2, devices=0)
 
@@ -957,3 +960,23 @@ def test_schedules_that_compare_equal_but_differ_do_not_share_a_cached_program()
                      cc.chords(nm, x, grid, "dpmpp_2m", cores=4, stop=None).x, 1e-12)
         assert close(np.asarray(cj.parallel(jm, jnp.asarray(x), grid, "ddim", cores=4, method="paradigms").x),
                      cc.parallel(nm, x, grid, "ddim", cores=4, method="paradigms").x, 1e-12)
+
+    # a parameter in a slot (a slots dataclass keeps none in __dict__: a review found them all one key)
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True)
+    class Scaled(cc.RectifiedFlow):
+        k: float = 1.0
+
+        def alpha(self, t):
+            return (1.0 - np.asarray(t, dtype=np.float64)) * self.k
+
+        def d_alpha(self, t):
+            return np.full_like(np.asarray(t, dtype=np.float64), -self.k)
+
+    grid = cc.time_grid(cc.RectifiedFlow(), 8)
+    for k in (1.0, 2.0):
+        jm = cc.DiffusionModel(lambda x, t: 0.5 * jnp.tanh(x), Scaled(k=k), "x0")
+        nm = cc.DiffusionModel(lambda x, t: 0.5 * np.tanh(x), Scaled(k=k), "x0")
+        assert close(np.asarray(cj.chords(jm, jnp.asarray(x), grid, "dpmpp_2m", cores=3, stop=None).x),
+                     cc.chords(nm, x, grid, "dpmpp_2m", cores=3, stop=None).x, 1e-12)

@@ -68,6 +68,7 @@ def make_mesh(devices: Any) -> Mesh | None:
     if isinstance(devices, Mesh):
         if AXIS not in devices.axis_names:
             raise ValueError(f"devices: a Mesh needs an axis named {AXIS!r}, got axes {devices.axis_names}")
+        _once_each(list(devices.devices.flat))
         return devices
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         avail = jax.devices()
@@ -81,10 +82,16 @@ def make_mesh(devices: Any) -> Mesh | None:
         devs = []
     if not devs or not all(isinstance(d, jax.Device) for d in devs):
         raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
-    twice = next((d for k, d in enumerate(devs) if d in devs[:k]), None)
-    if twice is not None:  # (a mesh over one device twice hung in XLA's collectives, then aborted the process)
-        raise ValueError(f"devices: {twice} appears more than once; a mesh takes each device once")
+    _once_each(devs)
     return Mesh(np.array(devs), (AXIS,))
+
+
+def _once_each(devs: list) -> None:
+    """Refuse a device given twice, naming ``devices`` (a mesh over one device twice hung in XLA's
+    collectives for about 60 s, then aborted the process)."""
+    twice = next((d for k, d in enumerate(devs) if d in devs[:k]), None)
+    if twice is not None:
+        raise ValueError(f"devices: {twice} appears more than once; a mesh takes each device once")
 
 
 _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
