@@ -293,6 +293,12 @@ def test_bad_pipeline_arguments(unet, sd3):
     for bad in (0, 1.5):  # (failed deep inside diffusers: "cannot reshape tensor of 0 elements", repeat() of a float)
         with pytest.raises((TypeError, ValueError), match="^num_images_per_prompt"):
             cd.sample(sd3, "a cat", num_inference_steps=4, num_images_per_prompt=bad)
+    # latents of other rows than the prompts give: a multiple ran on, cycling the prompts (cat, dog, cat, dog)
+    size = sd3.transformer.config.sample_size
+    for rows in (4, 3):
+        lat = torch.randn(rows, sd3.transformer.config.in_channels, size, size)
+        with pytest.raises(ValueError, match=rf"^latents: {rows} row\(s\), where the prompts give 2"):
+            cd.sample(sd3, ["a cat", "a dog"], num_inference_steps=4, latents=lat, height=size * 8, width=size * 8)
 
 
 def test_readme_diffusers_snippet_runs_on_a_tiny_pipeline(sd3, tmp_path, monkeypatch, capsys):

@@ -490,7 +490,7 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                     negative_prompt_attention_mask) if cfg else None
     lat = pipe.prepare_latents(cond["encoder_hidden_states"].shape[0], net.config.in_channels, height, width,
                                num_frames, torch.float32, device, generator, latents)
-    b = lat.shape[0]
+    b = cond["encoder_hidden_states"].shape[0]  # (user latents of other rows: refused naming latents, in sample)
     cond["guidance"] = torch.tensor([guidance_scale] * b, dtype=dtype, device=device) * 1000.0
     if uncond is not None:
         uncond["guidance"] = cond["guidance"]

@@ -246,6 +246,8 @@ def _loop_class() -> type:
             if progress is None:  # the loop's progress-bar setting
                 progress = progress_enabled(loop)
             model_blocks = list(loop.sub_blocks.values())[:-1]
+            if batched and opts.get("cores") != 1:  # (one point a round: a batched call is one point's call)
+                _refuse_step_dependent(components, model_blocks)
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
             if not batched:
                 opts["executor"] = cc.SerialExecutor()
@@ -350,6 +352,25 @@ def _is_loop(block: Any) -> bool:
     from diffusers.modular_pipelines import LoopSequentialPipelineBlocks
 
     return isinstance(block, LoopSequentialPipelineBlocks)
+
+
+def _refuse_step_dependent(components: Any, blocks: Sequence[Any]) -> None:
+    """A ``ValueError`` naming ``batched`` where a batched call cannot be right: a batched call takes
+    one step index and one timestep decision for all its rows, the first row's. A guider that guides
+    only part of the steps (``start`` / ``stop`` other than 0 and 1: the faster cores' outputs were
+    1.6e-2 to 4.1e-2 off, silently, ``verify`` having checked before the steps straddled ``stop``), and
+    Wan 2.2's two-expert denoiser, which picks its expert with ``if t >= boundary`` (a raw "Boolean
+    value of Tensor" error), need one call per point."""
+    guider = getattr(components, "guider", None)
+    span = (getattr(guider, "_start", 0.0), getattr(guider, "_stop", 1.0))
+    if guider is not None and span != (0.0, 1.0):
+        raise ValueError(f"batched: the guider {type(guider).__name__} guides only from {span[0]:g} to {span[1]:g} of "
+                         "the steps, and a batched call guides all its points as its first row's step; pass "
+                         "batched=False")
+    two = next((type(b).__name__ for b in blocks if type(b).__name__.startswith("Wan22")), None)
+    if two is not None:
+        raise ValueError(f"batched: {two} chooses its expert per timestep, and a batched call holds several; pass "
+                         "batched=False")
 
 
 def with_chords(pipe: Any, **options: Any) -> Any:

@@ -207,6 +207,10 @@ def sample(
                              "pipeline's flow-matching scheduler, or DPMSolverMultistep / UniPCMultistep with "
                              "use_flow_sigmas=True")
         latents = job.make_latents()
+        batch = getattr(job.net, "batch", None)
+        if batch is not None and latents.shape[0] != batch:  # (a multiple ran on, cycling the prompts; others
+            raise ValueError(f"latents: {latents.shape[0]} row(s), where the prompts give {batch} "  # named cond)
+                             "(prompts x images or videos per prompt)")
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))
         out = job.finish(res.x)
