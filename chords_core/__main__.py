@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from . import demo
 
-    p = argparse.ArgumentParser(prog="python -m chords_core",
+    # (the console script calls itself chords: it said python -m chords_core)
+    prog = "chords" if os.path.basename(sys.argv[0]) == "chords" else "python -m chords_core"
+    p = argparse.ArgumentParser(prog=prog,
                                 description="chords: parallel ODE solving for diffusion sampling.")
     sub = p.add_subparsers(dest="command", metavar="{demo,optimize}")
     demo.add_arguments(sub.add_parser("demo", help="CHORDS vs the sequential solver on a Gaussian mixture (default)",
@@ -51,9 +54,10 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the mixture and the inputs (default 0)")
     p.add_argument("--samples", type=int_at_least(1), default=16, help="calibration samples (default 16)")
     p.add_argument("--max-evals", type=int_at_least(0), default=600,
-                   help="sequences measured at most by local search")
+                   help="local search stops at this many sequences measured in all; the seeds are measured "
+                        "first whatever it says (default 600)")
     p.add_argument("--exhaustive-limit", type=int_at_least(0), default=500,
-                   help="search exhaustively up to this many sequences")
+                   help="search exhaustively up to this many sequences (default 500)")
 
 
 def optimize(args: argparse.Namespace) -> int:
@@ -83,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
-        print(f"python -m chords_core: error: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} "
+        parser = build_parser()
+        parser.print_usage(sys.stderr)  # (as argparse's own errors do)
+        print(f"{parser.prog}: error: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} "
               "(--help lists them)", file=sys.stderr)
         return 2
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):

@@ -41,7 +41,11 @@ def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
     if not show:
         yield _NoBar(total)
         return
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as err:  # (a raw "No module named 'tqdm'" named neither the argument nor the extra)
+        raise ImportError(f"progress=True shows a bar with tqdm, which is not installed ({err}); pip install "
+                          "'chords[progress]' (or tqdm), or pass progress=False") from None
 
     bar = tqdm(total=total, desc=desc, unit=unit)
     try:

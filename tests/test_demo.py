@@ -40,7 +40,8 @@ def test_demo_rejects_bad_flags(argv, message, capsys):
 
 def test_unknown_command(capsys):
     assert main(["fly"]) == 2
-    assert "unknown command" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and "error: unknown command 'fly'" in err  # (no usage line before)
 
 
 def test_help_lists_every_subcommand(capsys):

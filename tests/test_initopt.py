@@ -168,6 +168,10 @@ def test_bad_arguments_are_named(cal12):
         calibration(model=cal12.model)
     with pytest.raises(ValueError, match="solver"):
         calibration(8, "rk99", dim=2, modes=1)
+    with pytest.raises(ValueError, match="^seed must be an integer >= 0"):  # (numpy's "expected non-negative integer")
+        calibration(8, dim=2, modes=1, seed=-1)
+    with pytest.raises(ValueError, match=r"^x_cal must have shape \(N, 2\)"):  # (it named the mixture's x_T)
+        calibration(8, dim=2, modes=1, x_cal=np.ones((3, 5)))
     with pytest.raises(ValueError, match="speedup"):
         recipe_init(50, 4, speedup=0.5)
     with pytest.raises(ValueError, match="top"):

@@ -80,3 +80,18 @@ def test_the_chords_bar_counts_the_rounds_a_retirement_adds(check, bars):
         res = cc.chords(field, 5.0 * np.ones((2, 3)), grid, init=(0, 2, 30), stop=cc.StopAtCore(3), progress=True)
     (bar,) = bars
     assert bar.closed and bar.n == bar.total == res.rounds == len(res.trace)
+
+
+def test_progress_without_tqdm_says_what_to_install(monkeypatch):
+    """(A raw ModuleNotFoundError about 'tqdm.auto', naming neither progress nor the extra.)"""
+    import sys
+
+    import chords_core as cc
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    grid = cc.time_grid(cc.RectifiedFlow(), 4)
+    model = cc.DiffusionModel(lambda x, t: 0.5 * x, cc.RectifiedFlow(), "flow")
+    with pytest.raises(ImportError, match=r"^progress=True shows a bar with tqdm, which is not installed .*progress=False"):
+        cc.solve(model, np.ones((1, 2)), grid, progress=True)
+    assert cc.solve(model, np.ones((1, 2)), grid).shape == (1, 2)

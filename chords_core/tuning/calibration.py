@@ -116,7 +116,7 @@ def calibration(
     from ..problems import GaussianMixture, LinearODE
     from ..schedules import RectifiedFlow
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_int("seed", seed, 0))  # (numpy's words for -1 named no argument)
     if model is not None and (x_cal is None or grid is None):
         raise ValueError("a model needs calibration inputs x_cal and a grid")
     times = None if grid is None else check_grid(grid)
@@ -162,6 +162,8 @@ def calibration(
             else:
                 x = x_cal
                 check_state(model, x, "x_cal")
+                if len(np.shape(x)) != 2 or np.shape(x)[1] != problem.dim:  # (the mixture named it x_T)
+                    raise ValueError(f"x_cal must have shape (N, {problem.dim}) for this mixture, got {np.shape(x)}")
             reference = problem.reference_solve(x, times[0], times[-1], schedule)
             desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {samples} samples"
         else:

@@ -132,7 +132,9 @@ def optimize_init(
         solver: the solver's name (default ``"euler"``; with ``cal``, ``None`` or ``cal.solver``).
         budget: allowed error / sequential error, >= 1.
         exhaustive_limit: search exhaustively up to this many sequences.
-        max_evals: the most sequences local search measures.
+        max_evals: local search stops once this many sequences have been measured in all; the seeds
+            (the recipe's sequences and the candidates of an exhaustive search) are measured first
+            whatever it says (a user trial: 95 measured with max_evals=10 at T = 100, K = 8).
         cal: a prepared calibration (not with ``calibration_options``).
         calibration_options: passed to ``calibration``.
 
