@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
                     count += n == first
                     cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
             print(f"| {name} | {sv} | {seed} | {steps} | " + " | ".join(cells) + " |", flush=True)
+    if not count:  # (it printed a worst ratio of 0.000 for no runs)
+        print("\nno runs: every --cores exceeds every --steps")
+        return
     print("\nworst ratio: " + ", ".join(f"{n} {v:.3f}" for n, v in worst.items()))
     print("runs above 1.05: " + ", ".join(f"{n} {v}" for n, v in misses.items()) + f" (of {count} each)")
     print("rounds in all: " + ", ".join(f"{n} {v}" for n, v in total.items()))

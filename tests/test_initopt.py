@@ -172,6 +172,11 @@ def test_bad_arguments_are_named(cal12):
         calibration(8, dim=2, modes=1, seed=-1)
     with pytest.raises(ValueError, match=r"^x_cal must have shape \(N, 2\)"):  # (it named the mixture's x_T)
         calibration(8, dim=2, modes=1, x_cal=np.ones((3, 5)))
+    # options the chosen problem does not use are named (a user model ignored all four silently)
+    with pytest.raises(ValueError, match=r"^dim, samples: not used with a user model"):
+        calibration(model=cal12.model, x_cal=cal12.x, grid=cal12.grid, dim=4, samples=3)
+    with pytest.raises(ValueError, match=r"^samples: not used with x_cal"):
+        calibration(8, dim=2, modes=1, x_cal=np.ones((3, 2)), samples=5)
     with pytest.raises(ValueError, match="speedup"):
         recipe_init(50, 4, speedup=0.5)
     with pytest.raises(ValueError, match="top"):

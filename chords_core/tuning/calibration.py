@@ -76,10 +76,10 @@ def calibration(
     x_cal: Any = None,
     grid: Any = None,
     reference: Any = None,
-    dim: int = 8,
-    modes: int = 3,
-    seed: int = 0,
-    samples: int = 16,
+    dim: int | None = None,
+    modes: int | None = None,
+    seed: int | None = None,
+    samples: int | None = None,
     schedule: Any = None,
     refine: int = 8,
     **solver_options: Any,
@@ -101,10 +101,12 @@ def calibration(
         x_cal: the inputs (default: drawn from the problem).
         grid: the grid times (default: ``time_grid(schedule, steps)``, or [0, 1] for a linear ODE).
         reference: the reference solution (a user's model only).
-        dim: the random mixture's dimension.
-        modes: the random mixture's components.
-        seed: the seed of the mixture and the inputs.
-        samples: the number of inputs drawn (>= 1; not with ``x_cal``).
+        dim: the random mixture's dimension (default 8; only for the random mixture).
+        modes: the random mixture's components (default 3; only for the random mixture).
+        seed: the seed of the mixture and the inputs (default 0; not with a user model).
+        samples: the number of inputs drawn (>= 1, default 16; not with ``x_cal`` or a user model).
+            An option that the chosen problem does not use raises ``ValueError`` naming it (a user
+            model ignored all four silently).
         schedule: the mixture's noise schedule (default ``RectifiedFlow()``).
         refine: the refinement of a user model's reference solve.
         solver_options: the solver's options.
@@ -116,6 +118,17 @@ def calibration(
     from ..problems import GaussianMixture, LinearODE
     from ..schedules import RectifiedFlow
 
+    unused = {"dim": dim, "modes": modes} if model is not None or problem is not None else {}
+    if model is not None:
+        unused.update(seed=seed, samples=samples)
+    elif x_cal is not None:
+        unused["samples"] = samples
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        what = "a user model" if model is not None else "the given problem" if problem is not None else "x_cal"
+        raise ValueError(f"{', '.join(given)}: not used with {what} (options of the random mixture's draw)")
+    dim, modes = 8 if dim is None else dim, 3 if modes is None else modes
+    seed, samples = 0 if seed is None else seed, 16 if samples is None else samples
     rng = np.random.default_rng(check_int("seed", seed, 0))  # (numpy's words for -1 named no argument)
     if model is not None and (x_cal is None or grid is None):
         raise ValueError("a model needs calibration inputs x_cal and a grid")
