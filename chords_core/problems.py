@@ -245,20 +245,7 @@ class GaussianMixture:
         """
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-
-        def fn(x: Any, t: Any) -> Array:
-            x0_hat, eps_hat = self.posterior(x, t, schedule)
-            if prediction == "eps":
-                return eps_hat
-            if prediction == "x0":
-                return x0_hat
-            if prediction == "flow":
-                return eps_hat - x0_hat
-            alpha = np.asarray(schedule.alpha(t), dtype=np.float64)[..., None]
-            sigma = np.asarray(schedule.sigma(t), dtype=np.float64)[..., None]
-            return alpha * eps_hat - sigma * x0_hat
-
-        return fn
+        return _MixturePrediction(self, schedule, prediction)
 
     def model(self, schedule: Schedule, prediction: str = "x0") -> DiffusionModel:
         """The ideal denoiser as a ``chords_core.models.DiffusionModel``.
@@ -483,3 +470,23 @@ class LinearODE:
         from chords_core.models import VectorField
 
         return VectorField(self, batched=True)
+
+
+class _MixturePrediction:
+    """``GaussianMixture.prediction_fn``'s function, a module-level callable so that models, calibrations
+    and ``optimize_init``'s result pickle (a closure did not)."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule, prediction: str) -> None:
+        self.mixture, self.schedule, self.prediction = mixture, schedule, prediction
+
+    def __call__(self, x: Any, t: Any) -> Array:
+        x0_hat, eps_hat = self.mixture.posterior(x, t, self.schedule)
+        if self.prediction == "eps":
+            return eps_hat
+        if self.prediction == "x0":
+            return x0_hat
+        if self.prediction == "flow":
+            return eps_hat - x0_hat
+        alpha = np.asarray(self.schedule.alpha(t), dtype=np.float64)[..., None]
+        sigma = np.asarray(self.schedule.sigma(t), dtype=np.float64)[..., None]
+        return alpha * eps_hat - sigma * x0_hat

@@ -236,3 +236,15 @@ def test_calibration_inputs_that_cannot_calibrate_are_named(cal12):
     assert calibration(problem=gm, grid=grid, samples=4).steps == 6
     lin = calibration(problem=LinearODE.random(3, seed=1), grid=np.linspace(0.0, 1.0, 9))
     assert lin.steps == 8 and optimize_init(12, 3, "euler", cal=cal12).calibration is cal12
+
+
+def test_the_result_and_the_mixture_models_pickle(cal12):
+    """(The mixture's prediction function was a closure: an InitResult, which holds its calibration's
+    model, and any mixture model failed to pickle.)"""
+    import pickle
+
+    res = optimize_init(None, 3, cal=cal12, exhaustive_limit=0, max_evals=10)
+    back = pickle.loads(pickle.dumps(res))
+    assert back.init == res.init and back.summary() == res.summary()
+    x, t = cal12.x, np.full(len(cal12.x), float(cal12.grid[3]))
+    assert np.array_equal(back.calibration.model.fn(x, t), cal12.model.fn(x, t))
