@@ -122,7 +122,13 @@ def main(scenario: str, path: str) -> int:
                 report["error"] = f"WorkerTimeout: {e}".splitlines()[0]
             report["seconds"] = time.monotonic() - t0
         elif scenario == "misc":
-            cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            try:  # a state of more than 10 axes on the first call: refused, the executor usable (it was closed
+                ex(model, [torch.zeros((1,) * 11, dtype=torch.float64)], [0.5])  # and the ranks told to stop)
+            except ValueError as e:
+                report["many_axes"] = str(e)
+            res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
+            ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
+            report["after_many_axes"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
             newer = DistributedExecutor(round_timeout=30.0, batched=True)  # supersedes ex (no STOP sent)
             unchecked = cc.DiffusionModel(model.fn, model.schedule, model.prediction, check_outputs=False)
             res = cc.chords(unchecked, x, grid, "euler", cores=4, stop=None, executor=newer)
@@ -162,6 +168,7 @@ def main(scenario: str, path: str) -> int:
                 cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
             except WorkerError as e:
                 report["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+                report["error_rank"] = e.rank
             report["file_created"] = os.path.exists(path)
         ex.close()
         print(json.dumps(report), flush=True)

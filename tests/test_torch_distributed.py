@@ -156,6 +156,7 @@ def test_one_open_executor_a_group_local_nan_retires_and_an_ignored_sigint_stays
     rep = report(outs[0])
     assert rep["second_open"].startswith("this DistributedExecutor was superseded by a newer one"), outs[0]
     assert rep["newer_equal"] is True, outs[0]
+    assert rep["many_axes"].startswith("states may have at most 10 dimensions") and rep["after_many_axes"], outs[0]
     assert any("faster retired after a non-finite model output" in m for m in rep["local_nan"]), outs[0]
     assert rep["local_nan_finite"] is True and rep["ignored_sigint"] is True, outs[0]
     assert codes == [0, 0], outs
@@ -194,6 +195,7 @@ def test_a_model_shell_that_would_run_code_is_refused_by_the_workers(tmp_path):
     codes, outs = launch(["pickle", str(marker)], tmp_path=tmp_path, program=(str(SCENARIOS),))
     rep = report(outs[0])
     assert rep["error"].startswith("WorkerError: rank 1") and "not a model shell" in rep["error"], outs[0]
+    assert rep["error_rank"] == 1, outs[0]  # (WorkerError.rank was None for a serving rank's error)
     assert rep["file_created"] is False and not marker.exists()
     assert codes == [0, 0, 0], outs
 

@@ -375,6 +375,8 @@ class DistributedExecutor(Executor):
                 self._send(header, r, self._left())
                 self._send(payload, r, self._left())
             self._model = model
+            self._in_flight = False  # (no answer owed for a model: a bad state's error below then left the
+            # executor usable, as on a later call, where the first call had closed it and stopped the ranks)
         slots = ([None] if self.local is not None else []) + self.ranks  # None: rank 0 itself
         groups = assign(len(xs), len(slots))
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
@@ -416,7 +418,9 @@ class DistributedExecutor(Executor):
             code, k, r, msg = min(failures, key=lambda f: (f[0] == 2, f[1], f[2]))  # model errors first
             if code in (1, 3):
                 raise ModelOutputError(k, msg, code == 3)
-            raise WorkerError(f"rank {r}: {msg}")
+            err = WorkerError(f"rank {r}: {msg}")
+            err.rank = r  # (documented: the rank involved, where known; it was None)
+            raise err
         return outs
 
     def close(self, grace: float = 5.0) -> None:
