@@ -58,7 +58,7 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name}: the initial state must be an array (numpy, torch or jax), got {type(x).__name__}")
     if not B.is_floating(x):
-        raise TypeError(f"{name}: the initial state must have a floating dtype, got {x.dtype}")
+        raise not_floating(name, x.dtype)
     if isinstance(x, (np.matrix, np.ma.MaskedArray)):
         raise TypeError(f"{name}: a {type(x).__name__} state does not do an array's arithmetic (a matrix's * is a "
                         f"matrix product, a masked array skips its masked values); pass a plain array: "
@@ -72,7 +72,17 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
     valued = (isinstance(x, np.ndarray) or lib == "torch"
               or (lib == "jax" and not isinstance(x, sys.modules["jax"].core.Tracer)))
     if valued and not B.all_finite(x):
-        raise ValueError(f"{name}: the initial state has non-finite values (nan or inf)")
+        raise nonfinite_state(name)
+
+
+def not_floating(name: str, dtype: Any) -> TypeError:
+    """The refusal of an initial state without a floating dtype (``check_state``, ``chords_jax``)."""
+    return TypeError(f"{name}: the initial state must have a floating dtype, got {dtype}")
+
+
+def nonfinite_state(name: str = "x") -> ValueError:
+    """The refusal of an initial state with nan or inf (``check_state``, ``chords_jax``)."""
+    return ValueError(f"{name}: the initial state has non-finite values (nan or inf)")
 
 
 class Call:

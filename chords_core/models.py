@@ -149,10 +149,16 @@ def plain_ndarray(out: np.ndarray, points: int, rows: int) -> np.ndarray:
     if isinstance(out, np.ma.MaskedArray):
         mask = np.ma.getmaskarray(out)
         if mask.any():
-            bad = 0 if points == 1 else next(k for k in range(points) if mask[k * rows:(k + 1) * rows].any())
+            bad = first_point(points, rows, lambda part: bool(mask[part].any()))
             raise ModelOutputError(bad, f"model returned a masked array with {int(mask.sum())} masked value(s): "
                                    "no values there; return a plain array (fill or compute the masked entries)")
     return out.view(np.ndarray)
+
+
+def first_point(points: int, rows: int, bad: Callable[[slice], bool]) -> int:
+    """The first of ``points`` points stacked ``rows`` rows each whose rows (a slice of the stacked
+    output) are ``bad``, where the whole is known to hold a bad value (one point: 0, unasked)."""
+    return 0 if points == 1 else next(k for k in range(points) if bad(slice(k * rows, (k + 1) * rows)))
 
 
 def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> bool:
@@ -253,8 +259,7 @@ class Model:
         if type(out) is not type(like) and type(like) is np.ndarray and isinstance(out, np.ndarray):
             out = plain_ndarray(out, n, rows)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
-            bad = 0 if n == 1 else next(k for k in range(n) if not B.all_finite(out[k * rows : (k + 1) * rows]))
-            raise ModelOutputError.nonfinite(bad)
+            raise ModelOutputError.nonfinite(first_point(n, rows, lambda part: not B.all_finite(out[part])))
         return out if same_dtype else B.cast_like(out, like)
 
 

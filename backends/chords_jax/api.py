@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import chords_core as cc
+from chords_core.call import nonfinite_state, not_floating
 from chords_core.checks import _is_int, check_grid
 from chords_core.engine import eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
@@ -471,7 +472,7 @@ def _as_state(x: Any) -> jax.Array:
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x: the initial state must have a floating dtype, got {x.dtype}")
+        raise not_floating("x", x.dtype)
     if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
         return x
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
@@ -560,7 +561,7 @@ def _raise_if_nonfinite_state(finite: Any) -> None:
     """The refusal of a non-finite initial state (``finite``: whether all of it is), at once for a
     state with values (``_as_state``), in a host callback for a traced one."""
     if not bool(np.all(finite)):
-        raise ValueError("x: the initial state has non-finite values (nan or inf)")
+        raise nonfinite_state("x")
 
 
 def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None:

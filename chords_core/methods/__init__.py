@@ -129,9 +129,8 @@ def check_options(name: str, options: dict, solver: Any = None) -> None:
                              f"(its options: {', '.join(mine)})")
         if (key not in mine and spec is not None and spec.options is not None and key not in spec.options
                 and not call.method_arguments(key)):  # (an argument such as window= has its own words later)
-            takes = f"its options: {', '.join(spec.options)}" if spec.options else "it takes none"
             raise ValueError(f"{key}: unknown option, not of method {name!r} (its options: {', '.join(mine)}) nor of "
-                             f"solver {solver!r} ({takes})")
+                             f"solver {solver!r} ({spec.takes()})")
 
 
 def parallel(

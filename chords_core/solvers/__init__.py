@@ -59,6 +59,10 @@ class SolverSpec:
     needs_diffusion_model: bool = False
     options: tuple[str, ...] | None = None
 
+    def takes(self) -> str:
+        """The options it takes, as errors say it ("its options: a, b" or "it takes none")."""
+        return f"its options: {', '.join(self.options)}" if self.options else "it takes none"
+
 
 SOLVERS: dict[str, SolverSpec] = {
     "euler": SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "explicit Euler on dx/dt = f", options=()),
@@ -124,8 +128,7 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
     if spec.options is not None:
         for key in options:
             if key not in spec.options:
-                takes = f"its options: {', '.join(spec.options)}" if spec.options else "it takes none"
-                raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {takes})")
+                raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {spec.takes()})")
     try:
         built = spec.build(model, times, **options)
     except TypeError as e:

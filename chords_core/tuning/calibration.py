@@ -175,8 +175,7 @@ def calibration(
             else:
                 x = x_cal
                 check_state(model, x, "x_cal")
-                if len(np.shape(x)) != 2 or np.shape(x)[1] != problem.dim:  # (the mixture named it x_T)
-                    raise ValueError(f"x_cal must have shape (N, {problem.dim}) for this mixture, got {np.shape(x)}")
+                problem._check_x(x, "x_cal")  # (the mixture's own check, named as here: it said x_T)
             reference = problem.reference_solve(x, times[0], times[-1], schedule)
             desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {samples} samples"
         else:
