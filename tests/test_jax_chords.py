@@ -313,6 +313,25 @@ def test_args_for_a_function_without_them_is_named():
     assert not str(err.value).startswith("args:")
 
 
+
+def test_an_args_leaf_that_cannot_be_traced_is_named():
+    """(A string leaf raised jax's "Error interpreting argument to <function _jitted.<locals>.chunk>
+    as an abstract array ... not marked as static".) Every entry point names args and the leaf's path;
+    numbers and numeric arrays of any kind pass."""
+    field = cc.VectorField(lambda t, y, args: -args["k"] * y)
+    grid = np.linspace(0, 1, 5)
+    want = cc.solve(cc.VectorField(lambda t, y: -2.0 * y), X[0], grid)
+    for call in (functools.partial(cj.chords, cores=2, stop=None),
+                 functools.partial(cj.parallel, cores=2, tol=0.0), functools.partial(cj.srds, blocks=2, stop=None),
+                 cj.solve):
+        for bad, path in (({"k": 1.0, "name": "silu"}, r"args\['name'\]: .* got a str"),
+                          ({"k": np.array(["a"])}, r"args\['k'\]: .* got a ndarray"),
+                          ({"k": 1.0, "f": [0.0, jnp.sin]}, r"args\['f'\]\[1\]: .* got a")):
+            with pytest.raises(TypeError, match=path):
+                call(field, X[0], grid, args=bad)
+        got = call(field, X[0], grid, args={"k": 2, "b": True, "c": np.float32(1.0), "d": np.ones(1), "e": None})
+        assert close(got if call is cj.solve else got.x, want)
+
 def test_clear_cache_releases_the_models_and_their_weights():
     import gc
     import weakref

@@ -268,6 +268,7 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     rule = as_stop_rule(stop)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
+    check_args(args)
     inside = inside_transformation(x, args, mesh, name, rule, len(sym.hits))
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
@@ -527,6 +528,20 @@ def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: An
         return cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype)
 
     return _on_device(prog, "chunks", dtype, mesh, build)
+
+
+def check_args(args: Any) -> None:
+    """Refuse an ``args`` pytree with a leaf that cannot be a traced argument (a string, a function, an
+    object): ``TypeError`` naming ``args`` and the leaf's path (jax's own error speaks of a jit-wrapped
+    function's abstract arrays). Arrays and numbers pass; ``None`` is an empty subtree."""
+    if args is None:
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if not (isinstance(leaf, (jax.Array, jax.core.Tracer, bool, int, float, complex))
+                or isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biufc"):
+            raise TypeError(f"args{jax.tree_util.keystr(path)}: every leaf of args is passed to the model as a "
+                            f"traced array, got a {type(leaf).__name__} ({leaf!r:.60}); bind values that are not "
+                            "arrays or numbers into the model's function instead (functools.partial, a closure)")
 
 
 def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: StopRule | None = None,
