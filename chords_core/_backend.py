@@ -715,15 +715,25 @@ def rms(x: Array) -> float:
     return float(((x * x).sum() / n) ** 0.5) if n else 0.0  # (an empty batch: 0)
 
 
-def eps(x: Array) -> float:
-    """The machine epsilon of ``x``'s floating dtype, as a Python float."""
+def _finfo(x: Array) -> Any:
+    """The ``finfo`` of ``x``'s floating dtype, from its own library."""
     if type(x) is not np.ndarray and library(x) == "torch":
-        return float(_torch.finfo(x.dtype).eps)
+        return _torch.finfo(x.dtype)
     if type(x) is not np.ndarray and library(x) == "jax":
         import jax.numpy as jnp
 
-        return float(jnp.finfo(x.dtype).eps)
-    return float(np.finfo(x.dtype).eps)
+        return jnp.finfo(x.dtype)
+    return np.finfo(x.dtype)
+
+
+def eps(x: Array) -> float:
+    """The machine epsilon of ``x``'s floating dtype, as a Python float."""
+    return float(_finfo(x).eps)
+
+
+def smallest_normal(x: Array) -> float:
+    """The smallest positive normal number of ``x``'s floating dtype, as a Python float."""
+    return float(_finfo(x).tiny)
 
 
 def _nbytes(x: Array) -> int:

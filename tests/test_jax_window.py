@@ -366,3 +366,15 @@ def test_a_wrong_shape_names_the_stacked_call():
     with pytest.raises(ModelOutputError, match=r"model returned shape \(4, 2\), expected \(4, 3\) \(one call on 2 points "
                        r"stacked, 2 rows each; checked when the program is compiled\)"):
         cj.parallel(model, jnp.ones((2, 3)), cc.time_grid(rf, 8), cores=2)
+
+
+def test_the_error_scale_does_not_depend_on_the_states_units():
+    """As the core's (``test_window_methods``): a state of about 1e-18 gets the same sweeps, scaled."""
+    def f(t, y):
+        return jnp.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1)
+
+    model, grid, y0 = cc.VectorField(f), np.linspace(0, 3, 61), np.array([1.0, 0.0])
+    one = cj.parallel(model, y0, grid, "euler", cores=4)
+    scaled = cj.parallel(model, y0 * 2.0 ** -60, grid, "euler", cores=4)
+    assert scaled.rounds == one.rounds and scaled.log == one.log
+    assert np.array_equal(np.asarray(scaled.x), np.asarray(one.x) * 2.0 ** -60)

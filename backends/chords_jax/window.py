@@ -250,7 +250,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         Xw = jnp.broadcast_to(x.reshape(1, N), (W + 1, N))
         tiny = Qh = None
         if scale == "error":
-            tiny = 1e-30 + 1e-24 * jnp.max(row_sq(x.reshape(1, N)))
+            sq = row_sq(x.reshape(1, N))  # (relative, as the core's ``_PointErrors.tiny``)
+            tiny = jnp.finfo(sq.dtype).tiny + 1e-24 * jnp.max(sq)
             Qh = jnp.zeros((1, N), dt)
         carry0 = (Xw, Qh, jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.zeros(T, jnp.int32),
                   jnp.int32(NO_BAD))

@@ -272,7 +272,11 @@ class Seeder:
 class _PointErrors:
     """The solver's local error e_j (``local_error.LocalError``) at window points, from the window's
     own model values, computed only for the points that get scored; a point's change is scored
-    against it, per sample: change^2 / (|e_j|^2 + tiny).
+    against it, per sample: change^2 / (|e_j|^2 + tiny), tiny = 1e-24 |x_0|^2 (a local error at
+    rounding level relative to the initial state's size) plus the squares' dtype's smallest normal
+    number (no division by zero). Relative, so the rule does not depend on the state's units: an
+    absolute 1e-30 here accepted any change of a state of about 1e-14 or smaller (a linear ODE, Heun,
+    60 steps, 4 lanes: 22x the sequential error at 1e-15, 1.001x at 1).
 
     For a numpy state of one sample (``one``) the per-sample values are numpy scalars (``sq_at``):
     the same arithmetic as on one-element arrays, without an array operation each."""
@@ -284,7 +288,8 @@ class _PointErrors:
         self.bound: list = []  # j - b -> |e_j|^2 + tiny of this sweep (None: no estimate; _UNSET: not yet known)
         self.b = 0
         self.one = one
-        self.tiny = 1e-30 + 1e-24 * _worst(B.row_sq(x0))
+        sq = B.row_sq(x0)
+        self.tiny = B.smallest_normal(sq) + 1e-24 * _worst(sq)
         self.scratch = _scratch(x0, self.local.p)  # for the differences (reused every estimate)
 
     def observe(self, qs: list, b: int, e: int) -> None:
