@@ -225,3 +225,15 @@ def test_vector_field_on_a_one_device_mesh_and_float32():
     got = cj.srds(flow, X.astype(np.float32), cc.time_grid(FLOW, 8), "euler", blocks=2, tol=0.0)
     ref = cc.srds(flow, X, cc.time_grid(FLOW, 8), "euler", blocks=2, tol=0.0)
     assert got.x.dtype == jnp.float32 and got.rounds == ref.rounds and close(got.x, ref.x, 1e-5)
+
+
+def test_the_default_stop_on_a_plain_ode_warns_as_the_cores():
+    """SRDS' default residual is in the state's units: on a ``VectorField`` the core warns, and so does
+    this path, with the same message at this file's line."""
+    field = cc.VectorField(lambda t, y: -2.0 * y)
+    grid = np.linspace(0.0, 1.0, 9)
+    ref, ref_warnings = _warned(cc.srds, field, np.ones(3), grid, blocks=2)
+    got, got_warnings = _warned(cj.srds, field, np.ones(3), grid, blocks=2)
+    assert [w[1][:40] for w in ref_warnings] == ["srds: its default tol=0.001 is absolute,"]
+    assert got_warnings == ref_warnings and got_warnings[0][2] == __file__
+    assert np.allclose(np.asarray(got.x), ref.x, rtol=1e-12, atol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -201,13 +202,18 @@ def test_a_peers_absolute_default_on_a_plain_ode_warns():
     error); an explicit ``tol``, a ``DiffusionModel`` and the recommended method do not."""
     ode = LinearODE.random(3, seed=1)
     field, y0, grid = ode.vector_field(), np.ones((2, 3)), np.linspace(0.0, 1.0, 11)
-    for fn, default in ((cc.paradigms, 0.1), (cc.parasolver, 0.1), (cc.parataa, 1e-3)):
-        with pytest.warns(UserWarning, match=rf"^{fn.__name__}: its default tol={default:g} is absolute") as seen:
-            res = fn(field, y0, grid, window=3)
+    srds3 = functools.partial(cc.srds, blocks=3)  # (its residual stop: a damped linear ODE started at 1e-4
+    # returned 1,500x the solution's size, silently)
+    for fn, name, default in ((cc.paradigms, "paradigms", 0.1), (cc.parasolver, "parasolver", 0.1),
+                              (cc.parataa, "parataa", 1e-3), (srds3, "srds", 1e-3)):
+        size = {} if fn is srds3 else {"window": 3}
+        with pytest.warns(UserWarning, match=rf"^{name}: its default tol={default:g} is absolute") as seen:
+            res = fn(field, y0, grid, **size)
         assert len(seen) == 1 and seen[0].filename == __file__
-        assert np.array_equal(res.x, fn(field, y0, grid, window=3, tol=default).x)  # the same default
-    with pytest.warns(UserWarning, match="^paradigms: its default"):
-        cc.parallel(field, y0, grid, cores=3, method="paradigms")
+        assert np.array_equal(res.x, fn(field, y0, grid, **size, tol=default).x)  # the same default
+    for method in ("paradigms", "srds"):
+        with pytest.warns(UserWarning, match=f"^{method}: its default"):
+            cc.parallel(field, y0, grid, cores=3, method=method)
     model, dgrid = setup()
     x = X
     with warnings.catch_warnings():
@@ -215,4 +221,7 @@ def test_a_peers_absolute_default_on_a_plain_ode_warns():
         for fn in (cc.paradigms, cc.parasolver, cc.parataa):
             fn(model, x, dgrid, window=3)
             fn(field, y0, grid, window=3, tol=0.1)
+        cc.srds(model, x, dgrid, blocks=3)
+        cc.srds(field, y0, grid, blocks=3, tol=0.1)
+        cc.srds(field, y0, grid, blocks=3, stop=None)
         cc.parallel(field, y0, grid, cores=3)

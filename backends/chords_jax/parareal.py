@@ -153,7 +153,7 @@ def srds(
     inside_transformation(x, args, None, "chords_jax.srds")  # (TypeError: its log reads the outputs on the host)
     times = check_grid(grid)
     model.check_times(times)
-    rule = srds_rule(tol, stop)
+    rule = srds_rule(tol, stop, model)
     nb = len(srds_blocks(len(times) - 1, blocks)) - 1
     last = outputs_needed(rule, nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
     prog, sym = compile_srds(model, x.shape, x.dtype, times, solver, blocks=nb, iterations=last, slots_multiple=ndev,

@@ -40,6 +40,7 @@ from ..progress import progress_bar
 from ..results import Hit, Result
 from ..solvers import Solver
 from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, outputs_needed, warn_unmet
+from .window import absolute_tol
 
 __all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_blocks", "SrdsIteration", "SRDS_STOP"]
 
@@ -119,11 +120,15 @@ def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
     return tuple(SrdsIteration(h.core, h.round, h.nfe, B.rms(h.x - p)) for h, p in zip(hits, prev))
 
 
-def srds_rule(tol: float | None, stop: StopRule | None) -> StopRule:
+def srds_rule(tol: float | None, stop: StopRule | None, model: Any = None) -> StopRule:
     """SRDS' stop rule from its ``tol`` / ``stop`` arguments: ``StopOnResidual(tol)`` where ``tol`` is
     given (``stop`` then left at its default, ``SRDS_STOP``), else ``stop`` (``None``: ``RunAll()``,
-    every iteration)."""
+    every iteration). The default's residual is absolute, in the state's units, as the other peers'
+    tolerances: a ``UserWarning`` when ``model`` is given and is not a ``DiffusionModel``
+    (``absolute_tol``; a damped linear ODE started at 1e-4 returned 1,500x the solution's size)."""
     if tol is None:
+        if stop is SRDS_STOP and model is not None:
+            absolute_tol(SRDS_STOP.tol, model, "srds")
         return as_stop_rule(stop)
     if stop is not SRDS_STOP:
         raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
@@ -176,7 +181,7 @@ def srds_run(
     """
     call = begin(model, x, grid, solver, executor, solver_options)
     sol, evals, executor, model = call.solver, call.evals, call.executor, call.model
-    rule = srds_rule(tol, stop)
+    rule = srds_rule(tol, stop, model)
     n = srds_blocks(sol.steps, blocks)
     nb = len(n) - 1
     last = nb if max_iters is None else check_int("max_iters", max_iters, 1, nb)
