@@ -125,7 +125,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     except Exception as err:  # the model's own exception, or an executor's (a lost worker): where it happened
         if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
             shown = ", ".join(where(k, *context) for k in range(min(len(xs), 4)))
-            err.add_note(f"(chords: raised while evaluating round {round_number}, {len(xs)} point(s): {shown}"
+            err.add_note(f"(chords_core: raised while evaluating round {round_number}, {len(xs)} point(s): {shown}"
                          f"{', ...' if len(xs) > 4 else ''})")
         raise
     if not isinstance(outs, (list, tuple)) or len(outs) != len(xs):

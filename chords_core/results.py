@@ -44,7 +44,11 @@ class Result:
     Attributes:
         x: the returned output (the stop rule's choice), same array type, shape and dtype as the input.
         rounds: rounds until ``x`` was available: the latency in sequential model evaluations.
-        nfe: model evaluations made until then (all cores).
+        nfe: model evaluations made until then (all cores), counting every point of every round sent
+            to the executor: a round that failed (a non-finite output that retired a core or cut a
+            sweep) counts whole, as on parallel devices, which evaluate its points at once; an
+            executor that calls the model one point at a time stops at the failing point, so fewer
+            calls are made there than counted.
         hits: the outputs in arrival order up to the returned one and any of its round (CHORDS: one
             per core, fastest first, every core's with ``stop=None``; SRDS: one per iteration; the
             window methods: the final one).

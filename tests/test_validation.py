@@ -484,7 +484,7 @@ def test_a_model_exception_carries_the_round_and_points_it_was_raised_in(method)
     with pytest.raises(RuntimeError, match="^the model failed") as e:
         cc.parallel(model, X, GRID, cores=2, method=method, **({} if method != "paradigms" else {"tol": 0.0}))
     (note,) = e.value.__notes__
-    assert re.match(r"\(chords: raised while evaluating round \d+, \d point\(s\): (core|window point|block) ", note), note
+    assert re.match(r"\(chords_core: raised while evaluating round \d+, \d point\(s\): (core|window point|block) ", note), note
 
 
 def test_an_output_count_beyond_the_run_is_named_in_the_methods_terms():
