@@ -140,8 +140,13 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
     if isinstance(grid, (str, bytes)):
         raise ValueError(f"{name} must be a 1-D sequence of times, got a string")
     try:
-        times = np.asarray(grid, dtype=np.float64)
-    except (TypeError, ValueError):
+        times = np.asarray(grid)
+        if times.dtype.kind in "bUSc":  # (booleans, strings and complex numbers convert, silently)
+            raise ValueError(f"{name} must hold real numbers (times), got {times.dtype} values")
+        times = np.asarray(times, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        if str(err).startswith(name):
+            raise
         raise ValueError(f"{name} must be a 1-D sequence of times") from None
     if times.ndim != 1 or times.size < 2:
         raise ValueError(f"{name} must be 1-D with at least 2 times (1 step), got shape {times.shape}")

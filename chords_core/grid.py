@@ -33,6 +33,9 @@ from .schedules import RectifiedFlow, Schedule
 __all__ = ["time_grid", "shift_time", "SPACINGS"]
 
 SPACINGS = ("uniform", "logsnr", "karras")
+#: The most steps a grid may have (int32 indices, as the compiled JAX programs use; a grid of this
+#: many float64 times is 16 GiB already: larger values are typos, which numpy refused unnamed)
+MAX_STEPS = 2**31 - 1
 
 
 def shift_time(t: Any, shift: float) -> np.ndarray:
@@ -74,7 +77,7 @@ def time_grid(
         (T + 1,) float64 times, strictly monotone, ending at ``t_data``. Raises ``ValueError`` naming
         the offending argument.
     """
-    steps = check_int("steps", steps, 1)
+    steps = check_int("steps", steps, 1, MAX_STEPS)
     check_choice("spacing", spacing, SPACINGS)
     shift = check_float("shift", shift, 0.0, low_open=True)
     rho = check_float("rho", rho, 0.0, low_open=True)
@@ -88,6 +91,13 @@ def time_grid(
         problem = "" if value is None else schedule.outside(arg, value)
         if problem:
             raise ValueError(problem)
+    if spacing != "uniform" and not _invertible_at(schedule, t_max):
+        # (its points come from t_from_lam, which searches [t_data, t_noise] unless a schedule inverts lambda in
+        # closed form: they were clamped to t_noise, a "logsnr" grid silently not even in log-SNR, a "karras" one
+        # refused as not monotone)
+        raise ValueError(f"t_max={t_max:g} lies beyond the schedule's t_noise={schedule.t_noise:g}, where spacing "
+                         f"{spacing!r} cannot place points; give t_max within it, a schedule whose t_noise reaches it, "
+                         "or spacing='uniform'")
     if t_max == t_data:  # (it said the grid was not monotone, or blamed the default t_min)
         raise ValueError(f"t_max: the grid would start where it ends, at t_data={t_data}; give a t_max towards noise")
     if t_min is not None and not (min(t_max, t_data) <= t_min < max(t_max, t_data) or t_min == t_data):
@@ -121,8 +131,21 @@ def time_grid(
     ts = np.asarray(ts, dtype=np.float64)
     d = np.diff(ts)
     if not (np.all(d < 0) or np.all(d > 0)):
-        raise ValueError("the grid is not strictly monotone; use fewer steps or another spacing")
+        raise ValueError(f"the grid is not strictly monotone (times repeat in float64: steps={steps}, spacing "
+                         f"{spacing!r}, rho={rho:g}, shift={shift:g}); use fewer steps, another spacing, or a "
+                         "moderate rho or shift")
     return ts
+
+
+def _invertible_at(schedule: Schedule, t: float) -> bool:
+    """Whether ``schedule.t_from_lam`` gives ``t`` back from its lambda (a bisection searches only
+    [t_data, t_noise]); where lambda is infinite, the caller's own check speaks."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = float(np.asarray(schedule.lam(t)))
+    if not np.isfinite(lam):
+        return True
+    back = float(np.asarray(schedule.t_from_lam(np.array([lam]))).reshape(-1)[0])
+    return abs(back - t) <= 1e-9 * max(1.0, abs(t))
 
 
 def _coordinate(schedule: Schedule, spacing: str, rho: float) -> Callable[[float], float]:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .checks import check_bool
+
 
 class _NoBar:
     """The bar of a run without ``progress``: counts, shows nothing."""
@@ -38,7 +40,7 @@ def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
     Yields:
         The bar: ``update(n)``, ``total``, ``n``, ``refresh()``.
     """
-    if not show:
+    if not check_bool("progress", show):  # (a string such as "no" is truthy: it showed the bar)
         yield _NoBar(total)
         return
     try:

@@ -652,3 +652,32 @@ def test_a_used_batched_executor_pickles_and_copies_without_its_buffers():
     mine = cc._backend.Workspace()
     ex.workspace = mine  # a subclass may set its own (this thread's)
     assert ex.workspace is mine
+
+
+def test_what_a_user_trial_found_loose_is_named():
+    """Grids of strings, booleans or complex numbers ran as times; ``progress="no"`` showed a bar;
+    ``time_grid`` clamped a ``t_max`` beyond a bisected schedule's ``t_noise`` (a "logsnr" grid not even in
+    log-SNR, a "karras" one blamed on the steps); absurd steps and Anderson memories raised numpy's
+    unnamed "Maximum allowed ..." errors."""
+    field = LIN.vector_field()
+    for grid, kind in ((["0", "0.5", "1"], "<U3"), ([False, True], "bool"), ([0j, 1 + 0j], "complex128")):
+        with pytest.raises(ValueError, match=f"^grid must hold real numbers \\(times\\), got {kind} values"):
+            cc.solve(field, Y, grid)
+    with pytest.raises(ValueError, match="^progress must be True or False, got 'no'"):
+        cc.parallel(field, Y, np.linspace(0, 1, 5), cores=2, progress="no")
+    cosine = cc.VP.cosine()
+    for spacing in ("logsnr", "karras"):
+        with pytest.raises(ValueError, match=r"^t_max=0.999 lies beyond the schedule's t_noise=0.9946"):
+            cc.time_grid(cosine, 9, spacing, t_max=0.999)
+        assert cc.time_grid(cosine, 9, spacing, t_max=0.99)[0] == 0.99
+    assert cc.time_grid(cosine, 9, "uniform", t_max=0.999)[0] == 0.999  # no inverse needed
+    assert cc.time_grid(cc.EDM(), 5, "karras", t_max=120.0)[0] == 120.0  # EDM inverts lambda in closed form
+    with pytest.raises(ValueError, match=r"^steps must be an integer in \[1, 2147483647\]"):
+        cc.time_grid(RF, 10**30)
+    with pytest.raises(ValueError, match=r"not strictly monotone \(times repeat in float64: steps=10, spacing "
+                                         r"'karras', rho=1e\+30"):
+        cc.time_grid(cc.EDM(), 10, "karras", rho=1e30)
+    huge, full = (cc.cascade(FLOW, X, GRID, cores=3, anderson=m) for m in (10**30, 8))
+    assert np.array_equal(huge.x, full.x) and huge.rounds == full.rounds  # a memory past T mixes the same
+    assert np.array_equal(cc.parataa(FLOW, X, GRID, window=3, memory=10**30).x,
+                          cc.parataa(FLOW, X, GRID, window=3, memory=8).x)

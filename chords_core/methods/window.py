@@ -469,7 +469,9 @@ def sliding_window(
     # a numpy state of one sample: per-sample values (squared changes, scores) as numpy scalars
     one = type(x) is np.ndarray and x.ndim >= 2 and x.shape[0] == 1
     local = _PointErrors(sol, x, one) if scale == "error" else None
-    mixer = _Anderson(anderson, ridge) if anderson else None
+    # (a point's history never outgrows the sweeps, at most T: a larger memory mixes the same, without
+    # allocating its m x m system: anderson=10**30 raised numpy's "Maximum allowed dimension exceeded")
+    mixer = _Anderson(min(anderson, T), ridge) if anderson else None
     # steps whose x-coefficient is 1 and that do not depend on x beyond it (explicit, single point)
     a = [sol.jump_coeffs(m, m + 1)[0] for m in range(T)]  # each step's x-coefficient
     unit = [sol.history_size == 0 and a[m] == 1.0 for m in range(T)]
