@@ -196,8 +196,9 @@ def test_dpmpp_names_fix_the_order():
 @pytest.mark.parametrize("solver, key, takes", [("heun", "order", "it takes none"),
                                                 ("dpmpp_2m", "order", "its options: lower_order_final"),
                                                 ("euler", "tolerance", "it takes none"),
-                                                ("unipc", "lower_order_final", "its options: order, variant, corrector"),
-                                                ("unip", "corrector", "its options: order, variant")])
+                                                ("unipc", "tolerance",
+                                                 "its options: order, variant, corrector, lower_order_final"),
+                                                ("unip", "corrector", "its options: order, variant, lower_order_final")])
 def test_an_option_the_solver_does_not_take_is_named_with_the_ones_it_does(solver, key, takes):
     """Named as the caller wrote it (it was "Euler.__init__() got an unexpected keyword argument" for
     "heun", and "got multiple values for keyword argument 'order'" for an order given once)."""

@@ -536,7 +536,6 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
         predict_x0=lambda v: bool(v),
         solver_type=lambda v: v in ("bh1", "bh2"),
         solver_order=lambda v: v in (1, 2, 3),
-        lower_order_final=lambda v: bool(v),
         disable_corrector=lambda v: not v,
     )
     if getattr(s, "solver_p", None) is not None:
@@ -544,7 +543,7 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     pred = _multistep_prediction(cfg, name)
     grid = _sigmas64(s.sigmas)
     n = len(s.timesteps)
-    opts = {"order": cfg.solver_order, "variant": cfg.solver_type}
+    opts = {"order": cfg.solver_order, "variant": cfg.solver_type, "lower_order_final": bool(cfg.lower_order_final)}
     smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])
     return _with_transform(smap, cfg, clip=False, threshold=True)
 

@@ -12,8 +12,8 @@ name           method                                    evals/step  order
 "unip"         UniP-p predictor only                     1           p
 =============  ========================================  ==========  ===============
 
-``unipc``/``unip`` take ``order`` (1-3) and ``variant`` ("bh1", "bh2"), ``unipc`` also ``corrector``
-(``False``: UniP); the DPM-Solver++ family takes ``lower_order_final``. Euler and Heun work on any
+``unipc``/``unip`` take ``order`` (1-3), ``variant`` ("bh1", "bh2") and ``lower_order_final``, ``unipc``
+also ``corrector`` (``False``: UniP); the DPM-Solver++ family takes ``lower_order_final``. Euler and Heun work on any
 model; the others need a ``DiffusionModel``.
 """
 
@@ -74,9 +74,9 @@ SOLVERS: dict[str, SolverSpec] = {
     "dpmpp_3m": SolverSpec(lambda m, t, **o: DPMSolverPP(m, t, order=3, **o), 1, 3, "DPM-Solver++(3M)", True,
                            ("lower_order_final",)),
     "unipc": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, "corrector": True, **o}), 1, 3,
-                        "UniPC-2 (UniP + UniC)", True, ("order", "variant", "corrector")),
+                        "UniPC-2 (UniP + UniC)", True, ("order", "variant", "corrector", "lower_order_final")),
     "unip": SolverSpec(lambda m, t, **o: UniPC(m, t, **{"order": 2, **o, "corrector": False}), 1, 2,
-                       "UniP-2, predictor only", True, ("order", "variant")),
+                       "UniP-2, predictor only", True, ("order", "variant", "lower_order_final")),
 }
 
 
