@@ -66,7 +66,7 @@ def _apart(fn: Callable, one: torch.Tensor, k: int) -> list:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int_at_least(1), nargs="+", default=[4, 8], help="points a round (K)")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int_at_least(1), default=7)
     args = ap.parse_args(argv)
     print("One thread; median [min-max] over interleaved repeats of (one call of K points) / (K calls of one point).")
     print("| model | KiB a point | ms a call of one point | " + " | ".join(f"K = {k}" for k in args.points) + " |")

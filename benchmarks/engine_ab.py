@@ -27,6 +27,7 @@ import numpy as np
 from timing import interleaved, spread
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
@@ -72,10 +73,14 @@ def runner(lib, size: int, method: str = "chords"):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="e4a40cf", help="the git commit to compare with")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 65_536])
-    ap.add_argument("--repeats", type=int, default=30, help="repeats at size 64 (a third of them at larger sizes)")
+    ap.add_argument("--sizes", type=int_at_least(1), nargs="+", default=[64, 65_536])
+    ap.add_argument("--repeats", type=int_at_least(1), default=30,
+                    help="repeats at size 64 (a third of them at larger sizes)")
     ap.add_argument("--method", choices=("chords", "cascade"), default="chords")
     args = ap.parse_args(argv)
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}"],
+                      capture_output=True).returncode:
+        ap.error(f"argument --base: {args.base!r} is not a commit of this repository")
     with tempfile.TemporaryDirectory() as tmp:
         base = import_base(args.base, pathlib.Path(tmp))
         print(f"new = this tree, base = {args.base}; us per round, median [min-max] of interleaved repeats")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 from chords_core.history import move
 from chords_core.local_error import LocalError
 
@@ -78,19 +79,31 @@ def check(name: str, solver: str, steps: int, fine: int) -> dict:
                 ratio_med=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
 
 
+def solver_steps(text: str) -> tuple[str, int]:
+    """The ``--solvers`` option's ``solver:steps`` (e.g. ``euler:50``); an argparse error otherwise."""
+    solver, _, steps = text.partition(":")
+    if solver not in cc.SOLVERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: want solver:steps with a solver of {sorted(cc.SOLVERS)}")
+    try:
+        return solver, int_at_least(1)(steps)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want solver:steps with steps an integer >= 1") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", nargs="*", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
-    ap.add_argument("--solvers", nargs="*", default=["euler:50", "dpmpp_2m:20"], help="solver:steps")
-    ap.add_argument("--fine", type=int, default=2000, help="sub-grid of the fine solve (its points inside a step)")
+    ap.add_argument("--solvers", nargs="*", type=solver_steps, default=[("euler", 50), ("dpmpp_2m", 20)],
+                    help="solver:steps (default euler:50 dpmpp_2m:20)")
+    ap.add_argument("--fine", type=int_at_least(1), default=2000,
+                    help="sub-grid of the fine solve (its points inside a step)")
     a = ap.parse_args(argv)
     print("| workload | solver | sequential error | true / estimated local error, median [min-max] | "
           "estimated / true global error |")
     print("|---|---|---|---|---|")
     for name in a.workloads:
-        for spec in a.solvers:
-            solver, steps = spec.split(":")
-            r = check(name, solver, int(steps), a.fine)
+        for solver, steps in a.solvers:
+            r = check(name, solver, steps, a.fine)
             print(f"| {r['workload']} | {r['solver']} | {r['seq_err']:.3g} | {r['ratio_med']:.2f} "
                   f"[{r['ratio_min']:.2f}-{r['ratio_max']:.2f}] | {r['global_ratio']:.2f} |", flush=True)
 

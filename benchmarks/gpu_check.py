@@ -41,7 +41,7 @@ from chords_torch import DeviceExecutor
 from chords_torch.testing import MLP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved, spread  # noqa: E402
+from timing import interleaved, positive_float, spread  # noqa: E402
 
 BACKENDS = Path(__file__).resolve().parents[1] / "backends"
 
@@ -196,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU where there is no GPU")
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
-    ap.add_argument("--ms", type=float, default=50.0, help="target milliseconds per model evaluation")
+    ap.add_argument("--ms", type=positive_float, default=50.0, help="target milliseconds per model evaluation")
     args = ap.parse_args(argv)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not gpus and not args.allow_cpu:
-        print("gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); nothing to check. "
-              "Run it on a machine with GPUs, or with --allow-cpu to exercise the checks on the CPU.")
+        print("gpu_check: skipped: no CUDA GPU is visible here (torch.cuda.is_available() is False), so nothing "
+              "was checked (exit status 0). Run it on a machine with GPUs, or with --allow-cpu to exercise the "
+              "checks on the CPU.")
         return 0
     devices = [torch.device("cuda", i) for i in range(gpus)] or [torch.device("cpu")] * 2
     steps, repeats = (12, 2) if args.quick else (50, 5)

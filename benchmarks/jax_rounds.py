@@ -37,23 +37,26 @@ from collections.abc import Callable
 import numpy as np
 from timing import interleaved, spread
 
+import chords_core as cc
+from chords_core.demo import int_at_least
+
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
 STEPS = 50
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--devices", type=int, default=0, help="shard over this many host devices (0: default device)")
-    ap.add_argument("--repeat", type=int, default=7, help="interleaved repeats per case")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 4096, 65536, 1048576])
-    ap.add_argument("--solvers", nargs="+", default=["euler", "dpmpp_2m"])
+    ap.add_argument("--devices", type=int_at_least(0), default=0,
+                    help="shard over this many host devices (0: default device)")
+    ap.add_argument("--repeat", type=int_at_least(1), default=7, help="interleaved repeats per case")
+    ap.add_argument("--sizes", type=int_at_least(1), nargs="+", default=[64, 4096, 65536, 1048576])
+    ap.add_argument("--solvers", nargs="+", default=["euler", "dpmpp_2m"], choices=sorted(cc.SOLVERS))
     ap.add_argument("--estimate", action="store_true", help="also time the run with the error estimate")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.devices > 1:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     import jax
 
-    import chords_core as cc
     import chords_jax as cj
 
     sched = cc.RectifiedFlow()

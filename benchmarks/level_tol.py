@@ -27,8 +27,10 @@ import itertools
 import warnings
 
 import numpy as np
+from timing import positive_float
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 from chords_core.methods.cascade import LEVEL_TOL
 from chords_core.problems import GaussianMixture
 
@@ -64,8 +66,8 @@ def runs(tols: list[float]):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tols", type=float, nargs="+", default=[1e-3, 6.8e-4, LEVEL_TOL])
-    ap.add_argument("--show", type=int, default=3, help="misses listed per tolerance (the worst first)")
+    ap.add_argument("--tols", type=positive_float, nargs="+", default=[1e-3, 6.8e-4, LEVEL_TOL])
+    ap.add_argument("--show", type=int_at_least(0), default=3, help="misses listed per tolerance (the worst first)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     rows = list(runs(a.tols))

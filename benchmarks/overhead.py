@@ -43,6 +43,7 @@ import torch
 from timing import interleaved, spread
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 
 torch.set_num_threads(1)  # one thread, as numpy: the machine is shared and the loops are compared per thread
 
@@ -307,8 +308,9 @@ def memory(size: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=15, help="repeats at size 64 (fewer at larger sizes)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 4096, 65_536, 1_048_576])
+    ap.add_argument("--repeats", type=int_at_least(1), default=15,
+                    help="repeats at size 64 (fewer at larger sizes, but never below 3 or --repeats)")
+    ap.add_argument("--sizes", type=int_at_least(1), nargs="+", default=[64, 4096, 65_536, 1_048_576])
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at the largest size")
     args = ap.parse_args(argv)
     print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
@@ -318,7 +320,7 @@ def main(argv=None):
           "cascade bare / chords per round | cascade / cascade bare |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        reps = max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3))
+        reps = min(args.repeats, max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3)))
         for lib in ("numpy", "torch"):
             m, e = measure(size, reps, lib, cascade=size in (64, 65_536))
             row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['one call'], 1e6)} | "

@@ -63,6 +63,7 @@ from chords_core.methods.srds import SRDS_STOP  # noqa: E402
 from chords_core.tuning import optimize_init  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from timing import read_report  # noqa: E402
 from workloads import WORKLOADS, Workload, calibration_workload  # noqa: E402
 
 CORES = (2, 4, 8)
@@ -408,7 +409,7 @@ def main(argv=None) -> None:
                     help="print the tables of an earlier run's results.json (no solving)")
     a = ap.parse_args(argv)
     if a.report is not None:
-        stored = json.loads(a.report.read_text())
+        stored = read_report(ap, a.report, ("cases", "calibration"))
         report(stored["cases"], calibrate(stored["calibration"]))
         return
     names = a.workloads or (["gmm_rf", "gmm_vp"] if a.quick else list(WORKLOADS))

@@ -66,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import timing  # noqa: E402
 from terrain_model import (  # noqa: E402
+    NUM_CLASSES,
     TerrainDenoiser,
     available,
     terrain_factory,
@@ -74,6 +75,7 @@ from terrain_model import (  # noqa: E402
 )
 
 import chords_core as cc  # noqa: E402
+from chords_core.demo import int_at_least  # noqa: E402
 
 METHODS = ("cascade", "chords", "paradigms", "parasolver", "parataa")
 SOLVERS = ("euler", "heun")
@@ -270,15 +272,16 @@ def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description="Every parallel method on a real pretrained network (terrain UNet, "
                                             "ONNX, CPU): wall clock on 2 worker processes vs the 2-thread solve")
-    p.add_argument("--steps", type=int, default=20, help="Karras grid steps (default 20, the teacher's)")
+    p.add_argument("--steps", type=int_at_least(1), default=20, help="Karras grid steps (default 20, the teacher's)")
     p.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(cc.METHODS))
-    p.add_argument("--cores", type=int, default=2, help="cores of each parallel method (2 workers run them)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batch", type=int, default=1, help="noise samples per solve")
-    p.add_argument("--difficulty", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ref-steps", type=int, default=100, help="Heun steps of the fine reference (0: none)")
+    p.add_argument("--cores", type=int_at_least(1), default=2,
+                   help="cores of each parallel method (2 workers run them)")
+    p.add_argument("--repeats", type=int_at_least(1), default=5)
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="noise samples per solve")
+    p.add_argument("--difficulty", type=int_at_least(1), default=50, help=f"1..{NUM_CLASSES} (default 50)")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--ref-steps", type=int_at_least(0), default=100, help="Heun steps of the fine reference (0: none)")
     p.add_argument("--out", type=Path, default=None, help=f"the JSON record (default {RESULTS}; --quick: none)")
     p.add_argument("--quick", action="store_true", help="10 steps, 2 repeats, no reference; writes no JSON")
     p.add_argument("--report", type=Path, help="print the table of an earlier run's JSON (no solving)")
@@ -287,8 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     a.argv = argv
     if a.report:
-        print(table(json.loads(a.report.read_text())))
+        print(table(timing.read_report(p, a.report, ("config", "env", "rows"))))
         return
+    if a.difficulty > NUM_CLASSES:
+        p.error(f"argument --difficulty: must be 1..{NUM_CLASSES}, got {a.difficulty}")
+    if a.cores > (10 if a.quick else a.steps):
+        p.error(f"argument --cores: at most the steps ({10 if a.quick else a.steps}), got {a.cores}")
     if not available():
         p.error("needs adaptive-terrain-diffusion and onnxruntime: pip install --no-deps "
                 "'adaptive-terrain-diffusion==0.4.2' and pip install 'onnxruntime>=1.18' (make test does both)")

@@ -1,11 +1,15 @@
-"""Timing helpers shared by the benchmarks (numpy only at import; no side effects)."""
+"""Timing and command-line helpers shared by the benchmarks (numpy only at import; no side effects)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -90,3 +94,26 @@ def worker_bound(res: Any, workers: int, capacity: float | None = None) -> float
     """
     cap = capacity or workers
     return res.sequential_rounds / sum(max(-(-len(r.evals) // workers), len(r.evals) / cap) for r in res.trace)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (argparse names the option in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def read_report(ap: argparse.ArgumentParser, path: str | Path, keys: Sequence[str], option: str = "--report") -> dict:
+    """The JSON object in ``path`` (an earlier run's record), or ``ap.error`` (exit status 2, one line)
+    if it cannot be read, is not JSON, or lacks one of ``keys``."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # (a missing file, a decoding or JSON error)
+        ap.error(f"argument {option}: cannot read {str(path)!r} as JSON: {str(e).splitlines()[0]}")
+    if not isinstance(rec, dict) or any(k not in rec for k in keys):
+        ap.error(f"argument {option}: {str(path)!r} is not a record of this benchmark (needs keys {', '.join(keys)})")
+    return rec

@@ -21,22 +21,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import positive_float
 from workloads import FREQS, load_digits_split
+
+from chords_core.demo import int_at_least
 
 OUT = Path(__file__).parent / "data" / "digits_mlp.npz"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int_at_least(1), default=8000)
+    p.add_argument("--width", type=int_at_least(1), default=256)
+    p.add_argument("--depth", type=int_at_least(1), default=3)
+    p.add_argument("--batch", type=int_at_least(1), default=256)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)  # (before any work: a bad value must not write an untrained network)
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--out", type=Path, default=OUT)
-    a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     train, _ = load_digits_split()

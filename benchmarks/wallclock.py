@@ -28,6 +28,7 @@ import timing
 import torch
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 from chords_torch import DeviceExecutor, ProcessExecutor
 from chords_torch.testing import mlp
 
@@ -54,11 +55,13 @@ def per_eval_ms(net, x, n: int = 15) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="CHORDS wall-clock speedup on CPU worker processes")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--ms", type=float, default=20.0, help="target cost of one evaluation on one thread")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--cores", type=int, nargs="*", default=[2, 3, 4])
+    p.add_argument("--steps", type=int_at_least(1), default=50)
+    p.add_argument("--ms", type=timing.positive_float, default=20.0, help="target cost of one evaluation on one thread")
+    p.add_argument("--repeats", type=int_at_least(1), default=5)
+    p.add_argument("--cores", type=int_at_least(1), nargs="*", default=[2, 3, 4])
     a = p.parse_args(argv)
+    if a.steps < max([4, *a.cores]):  # (cores = 2 starts its second core at T/2 - 1 > 0)
+        p.error(f"argument --steps: must be at least 4 and at least every --cores value, got {a.steps}")
     torch.set_num_threads(1)
     net = factory()
     dim = net.weights[0].shape[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 
 from . import DistributedExecutor, serve
 from .testing import Faulty, TorchGMM, gmm_problem
@@ -36,20 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 1 on rank 0 when the CHORDS run failed (the error is in the JSON line).
     """
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cores", type=int, default=4)
-    p.add_argument("--solver", default="euler")
-    p.add_argument("--batch", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=30.0)
+    p = argparse.ArgumentParser(prog="chords_torch.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int_at_least(1), default=20)
+    p.add_argument("--cores", type=int_at_least(1), default=4)
+    p.add_argument("--solver", default="euler", choices=sorted(cc.SOLVERS))
+    p.add_argument("--batch", type=int_at_least(1), default=3)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a round may take (> 0)")
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if CUDA is available)")
     p.add_argument("--rank0-evaluates", action="store_true",
                    help="rank 0 evaluates a share too (DistributedExecutor(local=...))")
     p.add_argument("--out", default=None, help="rank 0 saves the outputs here (torch.save)")
     p.add_argument("--fault", choices=Faulty.MODES, default=None)
-    p.add_argument("--fault-rank", type=int, default=1)
-    p.add_argument("--fault-after", type=int, default=3)
+    p.add_argument("--fault-rank", type=int_at_least(0), default=1)
+    p.add_argument("--fault-after", type=int_at_least(0), default=3)
     a = p.parse_args(argv)
+    if not (math.isfinite(a.timeout) and a.timeout > 0):
+        p.error(f"argument --timeout: must be a finite number > 0, got {a.timeout!r}")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # (init_process_group's raw traceback otherwise)
+        print(f"{p.prog}: error: RANK and WORLD_SIZE are not set: launch it with torchrun, e.g. "
+              "torchrun --standalone --nproc_per_node=3 -m chords_torch.demo", file=sys.stderr)
+        return 2
     backend = a.backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -1,0 +1,95 @@
+"""The benchmark scripts refuse bad option values at parse time: argparse's usage error (exit status 2)
+naming the option, before any work. A user trial got raw tracebacks, values silently replaced, and
+``train_digits.py --steps 0`` overwriting the committed network with an untrained one."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+NOT_JSON, NOT_RECORD = "<not json>", "<not a record>"  # (replaced by files in tmp_path)
+
+BAD = {
+    "batching": [["--repeats", "0"], ["--points", "0"]],
+    "engine_ab": [["--repeats", "0"], ["--sizes", "-64"], ["--sizes", "0"], ["--base", "nosuchcommit"]],
+    "error_scale": [["--solvers", "foo"], ["--solvers", "euler:0"], ["--solvers", "euler"], ["--fine", "0"]],
+    "few_steps": [["--steps", "0"], ["--cores", "0"], ["--seeds", "-1"], ["--solver", "foo"], ["--spacing", "foo"],
+                  ["--spacing", "karras", "--schedules", "rf"]],
+    "jax_rounds": [["--repeat", "0"], ["--solvers", "foo"], ["--devices", "-1"], ["--sizes", "0"]],
+    "level_tol": [["--tols", "nan"], ["--tols", "-1"], ["--tols", "inf"], ["--show", "-1"]],
+    "overhead": [["--sizes", "0"], ["--repeats", "0"], ["--repeats", "-2"]],
+    "suite": [["--report", "/nonexistent.json"], ["--report", NOT_JSON], ["--report", NOT_RECORD]],
+    "terrain": [["--steps", "0"], ["--repeats", "0"], ["--batch", "0"], ["--difficulty", "-5"],
+                ["--difficulty", "101"], ["--cores", "0"], ["--cores", "30"], ["--seed", "-1", "--quick"],
+                ["--ref-steps", "-1"], ["--report", "/nonexistent.json"], ["--report", NOT_JSON],
+                ["--report", NOT_RECORD]],
+    "train_digits": [["--steps", "0"], ["--steps", "-1"], ["--batch", "0"], ["--width", "0"], ["--depth", "0"],
+                     ["--lr", "nan"], ["--lr", "-1"], ["--lr", "0"]],
+    "wallclock": [["--steps", "0"], ["--steps", "3"], ["--cores", "0"], ["--repeats", "0"], ["--ms", "nan"]],
+    "gpu_check": [["--ms", "-1"], ["--ms", "nan", "--allow-cpu"], ["--ms", "inf"]],
+}
+
+
+@pytest.mark.parametrize("script,args", [(s, a) for s, cases in BAD.items() for a in cases],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_a_bad_value_is_a_usage_error_naming_the_option(script, args, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("not json")
+    (tmp_path / "other.json").write_text(json.dumps({"meta": {}}))
+    args = [{NOT_JSON: str(tmp_path / "bad.json"), NOT_RECORD: str(tmp_path / "other.json")}.get(v, v) for v in args]
+    if script == "train_digits":
+        args += ["--out", str(tmp_path / "net.npz")]
+    with mock.patch.dict(os.environ):  # (suite.py sets OPENBLAS_NUM_THREADS at import)
+        main = importlib.import_module(script).main
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert f"error: argument {args[0]}" in err and len(err.strip().splitlines()[-1]) < 400, err
+    assert not list(tmp_path.glob("net.*"))
+
+
+def test_train_digits_steps_0_writes_nothing(tmp_path):
+    out = tmp_path / "x.npz"
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module("train_digits").main(["--steps", "0", "--out", str(out)])
+    assert e.value.code == 2 and not out.exists() and not out.with_suffix(".sha256").exists()
+
+
+def test_error_scale_parses_solver_steps():
+    assert importlib.import_module("error_scale").solver_steps("dpmpp_2m:20") == ("dpmpp_2m", 20)
+
+
+def test_gpu_check_skips_cleanly_without_a_gpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert importlib.import_module("gpu_check").main([]) == 0
+    assert "skipped: no CUDA GPU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--timeout", "-1"], ["--timeout", "nan"], ["--cores", "0"],
+                                  ["--solver", "foo"]])
+def test_torch_demo_refuses_bad_values(args, capsys):
+    from chords_torch import demo
+
+    with pytest.raises(SystemExit) as e:
+        demo.main(args)
+    assert e.value.code == 2 and f"error: argument {args[0]}" in capsys.readouterr().err
+
+
+def test_torch_demo_without_torchrun_says_so(capsys, monkeypatch):
+    from chords_torch import demo
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert demo.main(["--steps", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torchrun" in err and "Traceback" not in err
