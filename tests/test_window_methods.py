@@ -322,7 +322,8 @@ def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, st
     with np.errstate(over="ignore", invalid="ignore"):
         for name in ("cascade", "paradigms", "parasolver"):
             assert np.array_equal(cc.parallel(ode, y0, g, solver, cores=4, method=name, tol=0.0).x, seq), name
-        peer_default = {} if method == "cascade" else {"tol": 0.1}  # (the peers' default, without its warning)
+        # (the peers' default, without its warning; the cascade's plain-ODE default, 0.05, cuts too, in 48 rounds)
+        peer_default = {"tol": 0.25 if method == "cascade" else 0.1}
         with pytest.warns(RuntimeWarning, match=rf"{method}: \d+ sweep\(s\) cut .* \(first: round \d+, window point \d+\)"):
             res = cc.parallel(ode, y0, g, solver, cores=4, method=method, **peer_default)
     assert [s for s in res.log if s.end < min(s.start + 4, steps)]  # a cut sweep
@@ -336,7 +337,9 @@ def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, st
     if method == "cascade":
         ref = cc.solve(ode, y0, np.linspace(0.0, 8.0, 40 * steps + 1), "heun")
         err = lambda z: float(np.sqrt(np.mean((z - ref) ** 2)))  # noqa: E731
-        assert err(res.x) <= 1.05 * err(seq)
+        with np.errstate(over="ignore", invalid="ignore"), pytest.warns(RuntimeWarning, match="cut"):
+            default = cc.parallel(ode, y0, g, solver, cores=4)
+        assert err(res.x) <= 1.05 * err(seq) and err(default.x) <= 1.05 * err(seq)
 
 
 def test_window_start_that_fails_is_still_the_models_fault():
