@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> None:
                          "scale at its default only (no CHORDS or fixed-tol columns)")
     a = ap.parse_args(argv)
     for key in a.schedules:  # (karras needs a schedule with t_max < 1: a one-line error now, not mid-table)
-        try:
-            cc.time_grid(SCHEDULES[key][1], min(a.steps), a.spacing)
-        except ValueError as e:
-            ap.error(f"argument --spacing: {e}")
+        for steps in sorted(set(a.steps)):
+            try:
+                cc.time_grid(SCHEDULES[key][1], steps, a.spacing)
+            except ValueError as e:
+                ap.error(f"argument --spacing: {a.spacing!r} on schedule {key} with --steps {steps}: {e}")
     runs = {"chords": lambda m, x, g, sv, k: cc.chords(m, x, g, sv, cores=k),
             "cascade level": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k),
             "cascade error": lambda m, x, g, sv, k: cc.cascade(m, x, g, sv, cores=k, scale="error"),

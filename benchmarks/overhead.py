@@ -309,7 +309,7 @@ def memory(size: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int_at_least(1), default=15,
-                    help="repeats at size 64 (fewer at larger sizes, but never below 3 or --repeats)")
+                    help="repeats at size 64 (fewer at larger sizes, but never below min(3, --repeats))")
     ap.add_argument("--sizes", type=int_at_least(1), nargs="+", default=[64, 4096, 65_536, 1_048_576])
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at the largest size")
     args = ap.parse_args(argv)

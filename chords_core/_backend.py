@@ -705,6 +705,15 @@ def row_sq(d: Array) -> Array:
     return (flat * flat).sum(1)
 
 
+def row_sq_one(d: np.ndarray) -> Any:
+    """``row_sq(d)[0]`` for a numpy array of one sample (``d.shape[0] == 1``), as a numpy scalar: the
+    same value (one ``vdot`` over the same elements), without the reshapes and checks around it,
+    which cost more than the sum itself on small states (the window methods score every point)."""
+    if d.dtype.char in "fd":
+        return np.vdot(d, d)
+    return row_sq(d)[0]
+
+
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float (of a tensor's value: no autograd);
     16-bit floats are summed in float32 (``_single_or_wider``)."""

@@ -141,8 +141,11 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D sequence of times, got a string")
     try:
         times = np.asarray(grid)
-        if times.dtype.kind in "bUSc":  # (booleans, strings and complex numbers convert, silently)
-            raise ValueError(f"{name} must hold real numbers (times), got {times.dtype} values")
+        # (booleans, strings, complex numbers and dates converted, silently; so did such objects)
+        if times.dtype.kind not in "iufO" or times.dtype.kind == "O" and any(
+                isinstance(v, (str, bytes, bool, np.bool_, complex, np.complexfloating)) for v in times.flat):
+            kind = times.dtype if times.dtype.kind != "O" else "object (str, bool or complex)"
+            raise ValueError(f"{name} must hold real numbers (times), got {kind} values")
         times = np.asarray(times, dtype=np.float64)
     except (TypeError, ValueError) as err:
         if str(err).startswith(name):

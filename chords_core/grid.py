@@ -95,7 +95,7 @@ def time_grid(
         # (its points come from t_from_lam, which searches [t_data, t_noise] unless a schedule inverts lambda in
         # closed form: they were clamped to t_noise, a "logsnr" grid silently not even in log-SNR, a "karras" one
         # refused as not monotone)
-        raise ValueError(f"t_max={t_max:g} lies beyond the schedule's t_noise={schedule.t_noise:g}, where spacing "
+        raise ValueError(f"t_max={t_max!r} lies beyond the schedule's t_noise={schedule.t_noise!r}, where spacing "
                          f"{spacing!r} cannot place points; give t_max within it, a schedule whose t_noise reaches it, "
                          "or spacing='uniform'")
     if t_max == t_data:  # (it said the grid was not monotone, or blamed the default t_min)

@@ -62,8 +62,8 @@ class LocalError:
         ``one``: the quantities are numpy arrays of one sample, whose value is returned as a numpy
         scalar (the same arithmetic as on the one-element array, at a tenth of the cost)."""
         coef = self.coefficient(j)
-        sq = B.row_sq(self.difference(back, out))
-        return (sq[0] if one else sq) * (coef * coef)
+        diff = self.difference(back, out)
+        return (B.row_sq_one(diff) if one else B.row_sq(diff)) * (coef * coef)
 
     def at(self, j: int, back: Sequence[Any]) -> Any:
         """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""

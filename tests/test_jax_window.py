@@ -378,3 +378,16 @@ def test_the_error_scale_does_not_depend_on_the_states_units():
     scaled = cj.parallel(model, y0 * 2.0 ** -60, grid, "euler", cores=4)
     assert scaled.rounds == one.rounds and scaled.log == one.log
     assert np.array_equal(np.asarray(scaled.x), np.asarray(one.x) * 2.0 ** -60)
+
+
+def test_the_error_scale_floor_is_each_samples_own():
+    """As the core's (``test_window_methods``): a sample 2^-47 times smaller than its neighbour is scored
+    against its own floor, in the same sweeps as the core's."""
+    rates = np.array([[[-0.2, 0.0], [0.0, -0.2]], [[-0.5, 6.0], [-6.0, -0.5]]])
+    grid, y0 = np.linspace(0.0, 3.0, 41), np.array([[1.0, 0.5], [2.0 ** -47, 2.0 ** -48]])
+    ref = cc.parallel(cc.VectorField(lambda t, y: np.einsum("kbi,bji->kbj", y, rates), batched=True), y0, grid,
+                      "euler", cores=8)
+    got = cj.parallel(cc.VectorField(lambda t, y: jnp.einsum("kbi,bji->kbj", y, rates), batched=True), y0, grid,
+                      "euler", cores=8)
+    assert got.rounds == ref.rounds and got.log == ref.log
+    assert np.allclose(np.asarray(got.x), ref.x, rtol=1e-12, atol=0)

@@ -136,20 +136,22 @@ def test_a_registered_order_the_solver_does_not_have_is_refused(monkeypatch):
 
 
 def test_unipc_keeps_its_order_to_the_end_without_lower_order_final():
-    """A user trial's case (rectified flow, a single Gaussian, grids stopping at t = 0.02): the default,
-    diffusers' ``lower_order_final`` at every step count, takes the last step at first order, so the
-    order falls from about 3 to below 2 from 64 steps on; ``lower_order_final=False`` keeps about 3."""
+    """A user trial's case (rectified flow, a single Gaussian, grids from t = 0.98, short of pure noise,
+    whose first step would warm up at first order, to t = 0.02): the default, diffusers'
+    ``lower_order_final`` at every step count, takes the last step at first order, so the order tends
+    to 2 (measured 0.95 from 64 to 256 steps, on the way; 3.1 from 16 to 64); without it about 3."""
     g1 = GaussianMixture.single(np.array([0.4, 1.1, -0.8, 0.2]), np.array([0.3, 0.9, 0.15, 1.2]))
     sched = cc.RectifiedFlow()
-    model, x1, ns = g1.model(sched, "flow"), np.random.default_rng(7).standard_normal((6, 4)), [64, 128, 256]
+    model, ns = g1.model(sched, "flow"), [64, 128, 256]
+    x1 = np.random.default_rng(7).standard_normal((6, 4))
+    x0, exact = (g1.exact_trajectory(x1, 1.0, t, sched) for t in (0.98, 0.02))
     orders = {}
     for final in (True, False):
         errors = []
         for n in ns:
-            grid = np.linspace(1.0, 0.02, n + 1)
-            exact = g1.exact_trajectory(x1, 1.0, grid[-1], sched)
-            errors.append(np.sqrt(np.mean((cc.solve(model, x1, grid, "unipc", lower_order_final=final) - exact) ** 2)))
+            grid = np.linspace(0.98, 0.02, n + 1)
+            errors.append(np.sqrt(np.mean((cc.solve(model, x0, grid, "unipc", lower_order_final=final) - exact) ** 2)))
         orders[final] = observed_order(errors, ns)
-    assert orders[False] > 2.7 and orders[True] < 1.5, orders
-    grid = np.linspace(1.0, 0.02, 11)
-    assert np.array_equal(cc.solve(model, x1, grid, "unipc"), cc.solve(model, x1, grid, "unipc", lower_order_final=True))
+    assert orders[False] > 2.7 and orders[True] < 2.3, orders
+    grid = np.linspace(0.98, 0.02, 11)
+    assert np.array_equal(cc.solve(model, x0, grid, "unipc"), cc.solve(model, x0, grid, "unipc", lower_order_final=True))

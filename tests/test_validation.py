@@ -661,9 +661,14 @@ def test_what_a_user_trial_found_loose_is_named():
     log-SNR, a "karras" one blamed on the steps); absurd steps and Anderson memories raised numpy's
     unnamed "Maximum allowed ..." errors."""
     field = LIN.vector_field()
-    for grid, kind in ((["0", "0.5", "1"], "<U3"), ([False, True], "bool"), ([0j, 1 + 0j], "complex128")):
+    for grid, kind in ((["0", "0.5", "1"], "<U3"), ([False, True], "bool"), ([0j, 1 + 0j], "complex128"),
+                       (np.array(["0", "1"], dtype=object), r"object \(str, bool or complex\)"),
+                       (np.array(["2020-01-01", "2020-01-02"], dtype="datetime64[D]"), r"datetime64\[D\]")):
         with pytest.raises(ValueError, match=f"^grid must hold real numbers \\(times\\), got {kind} values"):
             cc.solve(field, Y, grid)
+    from fractions import Fraction  # objects that are numbers still run
+    assert np.array_equal(cc.solve(field, Y, np.array([Fraction(0), Fraction(1, 2)], dtype=object)),
+                          cc.solve(field, Y, [0.0, 0.5]))
     with pytest.raises(ValueError, match="^progress must be True or False, got 'no'"):
         cc.parallel(field, Y, np.linspace(0, 1, 5), cores=2, progress="no")
     cosine = cc.VP.cosine()

@@ -521,3 +521,38 @@ def test_the_error_scale_does_not_depend_on_the_states_units(dtype, scale):
     scaled = cc.parallel(model, y0 * dtype(scale), grid, "heun", cores=4)
     assert scaled.rounds == one.rounds and scaled.log == one.log
     assert np.array_equal(scaled.x, one.x * dtype(scale))
+
+
+def test_the_error_scale_floor_is_each_samples_own():
+    """A batch of a slow and a fast sample, the fast one 2^-47 (about 7e-15) times smaller: with the
+    largest sample's floor for all the small one was accepted unconverged (8.5 off relative to its
+    size, against 1.7e-3 when run alone); with a floor per sample it gets the same deviation from the
+    sequential answer as when it runs alone. The compiled path (``test_jax_window``) does the same."""
+    rates = np.array([[[-0.2, 0.0], [0.0, -0.2]], [[-0.5, 6.0], [-6.0, -0.5]]])
+
+    def f(t, y):
+        return np.einsum("kbi,bji->kbj", y, rates[: y.shape[1]] if y.shape[1] == 2 else rates[1:])
+
+    model, grid = cc.VectorField(f, batched=True), np.linspace(0.0, 3.0, 41)
+    small = 2.0 ** -47
+    y0 = np.array([[1.0, 0.5], [small, 0.5 * small]])
+    seq = cc.solve(model, y0, grid, "euler")
+    both = cc.parallel(model, y0, grid, "euler", cores=8)
+    alone = cc.parallel(model, y0[1:], grid, "euler", cores=8)
+    off = lambda got: np.abs(got - seq[1]).max() / np.abs(seq[1]).max()  # noqa: E731
+    assert off(both.x[1]) <= 1.5 * off(alone.x[0]) + 1e-12 and off(alone.x[0]) < 1e-2
+
+
+def test_anderson_keeps_its_memory_of_past_iterates():
+    """The mixing's history per point grows to ``memory`` entries and no further (sizing its system by
+    the history present must not cut the history itself: a first version of that kept one entry,
+    turning ParaTAA's memory of 3 into 1, 0.036 off on the plain ODEs)."""
+    from chords_core.methods.window import _Anderson
+
+    mixer, rng = _Anderson(3, 1e-3), np.random.default_rng(0)
+    xs = [rng.standard_normal(4) for _ in range(6)]
+    for sweep in range(6):
+        new = [x + 0.5 ** sweep * rng.standard_normal(4) for x in xs]
+        mixer.mix(xs, new, 0, 0, 5)
+        assert all(len(mixer.hist[j]) == min(sweep + 1, 3) for j in range(1, 6)), sweep
+        xs = new

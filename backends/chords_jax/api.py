@@ -274,12 +274,13 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
+    plain = not isinstance(model, DiffusionModel)
     assert sym.plan is not None  # compile_plan's result carries its plan
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
         if check:
-            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, name == "chords_jax.solve"))
+            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, plain, name == "chords_jax.solve"))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
@@ -415,7 +416,7 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     starts = _starts(sym)
     accepted: int | None = None
     for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
-                                  lambda bad: _raise_nonfinite(bad, prog, sym)):
+                                  lambda bad: _raise_nonfinite(bad, prog, sym, not isinstance(model, DiffusionModel))):
         states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
         accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
                                   start=n, starts=starts)
@@ -538,7 +539,8 @@ def check_args(args: Any) -> None:
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
         if not (isinstance(leaf, (jax.Array, jax.core.Tracer, bool, int, float, complex))
-                or isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biufc"):
+                or isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biufc"
+                and leaf.dtype.itemsize <= (16 if leaf.dtype.kind == "c" else 8)):  # (not longdouble: jax has none)
             raise TypeError(f"args{jax.tree_util.keystr(path)}: every leaf of args is passed to the model as a "
                             f"traced array, got a {type(leaf).__name__} ({leaf!r:.60}); bind values that are not "
                             "arrays or numbers into the model's function instead (functools.partial, a closure)")
@@ -563,9 +565,9 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
         raise TypeError(f"{what} is not supported (it reads values of its run on the host: its rounds, its stop or "
                         "its log); call it outside the transformation")
     if not isinstance(rule, (RunAll, StopAtCore)) and outputs > 1:  # (StopOnResidual(0) too: its accept reads)
-        raise TypeError(f"stop: {where} runs as one compiled call and cannot read the outputs on the host, "
-                        f"which {type(rule).__name__} decides on; pass stop=None (run every core) or StopAtCore(n), or "
-                        "call it outside the transformation")
+        raise TypeError(f"stop: {where} runs as one compiled call and cannot offer the outputs to "
+                        f"{type(rule).__name__} on the host; only stop=None (run every core) and StopAtCore(n) run "
+                        "there; or call it outside the transformation")
     if mesh is not None:
         raise TypeError(f"devices: {where} runs on the default device; shard the transformed function instead, "
                         "or call it outside the transformation")
@@ -591,9 +593,10 @@ def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None
         raise_bad(bad)
 
 
-def _raise_nonfinite(bad: int, prog: Program, sym: Result, sequential: bool = False) -> None:
+def _raise_nonfinite(bad: int, prog: Program, sym: Result, plain: bool, sequential: bool = False) -> None:
     """Raise ``ModelOutputError`` for the run's first non-finite output (``bad`` from ``runner``), named
-    as ``chords_core.chords`` names it, or ``chords_core.solve`` for the ``sequential`` solve."""
+    as ``chords_core.chords`` names it, or ``chords_core.solve`` for the ``sequential`` solve; for a
+    faster core of a ``plain`` ODE (not a diffusion model) with the hint that it may have run off."""
     if bad == NO_BAD:
         return
     r, j = divmod(bad, prog.width)
@@ -606,7 +609,10 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result, sequential: bool = Fa
     if c == 0:
         raise err  # the core's words
     # a faster core: the core engine retires it and goes on (engine.Survivors); the compiled run cannot
-    raise err.relabel(j, f"{err}; core {c} started at step {sym.plan.init[c]} with a coarse jump from x_0 and may "
-                      "have run off to where the model overflows (a plain ODE with far starts): chords_core.chords "
-                      "retires such a core and goes on with the slower ones; compiled, the cascade sampler "
-                      "(chords_jax.parallel) or an init with closer starts avoids it")
+    start = f"{err}; core {c} started at step {sym.plan.init[c]} with a coarse jump from x_0"
+    if not plain:  # (a diffusion model returning nan at some time fails every method there: no advice)
+        raise err.relabel(j, f"{start}: chords_core.chords retires such a core and goes on with the slower ones; "
+                          "the compiled run stops at it")
+    raise err.relabel(j, f"{start} and may have run off to where the model overflows (a plain ODE with far "
+                      "starts): chords_core.chords retires such a core and goes on with the slower ones; compiled, "
+                      "the cascade sampler (chords_jax.parallel) or an init with closer starts avoids it")

@@ -250,8 +250,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         Xw = jnp.broadcast_to(x.reshape(1, N), (W + 1, N))
         tiny = Qh = None
         if scale == "error":
-            sq = row_sq(x.reshape(1, N))  # (relative, as the core's ``_PointErrors.tiny``)
-            tiny = jnp.finfo(sq.dtype).tiny + 1e-24 * jnp.max(sq)
+            sq = row_sq(x.reshape(1, N))  # (1, R): per sample, as the core's ``_PointErrors.tiny``
+            tiny = jnp.finfo(sq.dtype).tiny + 1e-24 * sq
             Qh = jnp.zeros((1, N), dt)
         carry0 = (Xw, Qh, jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.zeros(T, jnp.int32),
                   jnp.int32(NO_BAD))
@@ -371,7 +371,7 @@ def parallel(
             ``"parasolver"``. ``"chords"`` and ``"srds"`` are ``chords_jax.chords`` /
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
         tol: the acceptance tolerance (``None``: the method's own default, as its core function has it:
-            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up, 0.25 for a
+            cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up, 0.05 for a
             plain ODE; 5e-4 of the noise level with ``scale="level"``, the default for a
             ``DiffusionModel``); ParaDiGMS and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,

@@ -221,6 +221,7 @@ class Seeder:
         self.sol, self.order = sol, order
         self.path: tuple[list[float], list[float], list[float]] | None = None  # alpha, sigma, lambda per index
         self.finite: list[bool] = []  # per index: lambda finite
+        self.formed: dict[tuple, tuple[float, ...]] = {}  # (e, i, j, i_prev) -> the seed's coefficients
         if isinstance(model, DiffusionModel):
             sch = model.schedule
             with np.errstate(divide="ignore"):
@@ -252,7 +253,15 @@ class Seeder:
         return [B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d)) for c in rows]
 
     def _coefficients(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
-        """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)."""
+        """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)
+        (formed once per indices: a sweep's seeds mostly repeat the previous sweep's)."""
+        key = (e, i, j, i_prev)
+        c = self.formed.get(key)
+        if c is None:
+            c = self.formed[key] = self._form(e, i, j, i_prev)
+        return c
+
+    def _form(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
         assert self.path is not None
         a, s, lam = self.path
         if s[e] == 0.0:
@@ -272,11 +281,14 @@ class Seeder:
 class _PointErrors:
     """The solver's local error e_j (``local_error.LocalError``) at window points, from the window's
     own model values, computed only for the points that get scored; a point's change is scored
-    against it, per sample: change^2 / (|e_j|^2 + tiny), tiny = 1e-24 |x_0|^2 (a local error at
-    rounding level relative to the initial state's size) plus the squares' dtype's smallest normal
-    number (no division by zero). Relative, so the rule does not depend on the state's units: an
-    absolute 1e-30 here accepted any change of a state of about 1e-14 or smaller (a linear ODE, Heun,
-    60 steps, 4 lanes: 22x the sequential error at 1e-15, 1.001x at 1).
+    against it, per sample: change^2 / (|e_j|^2 + tiny), tiny = 1e-24 |x_0|^2 of the sample (a local
+    error at rounding level relative to the sample's initial size) plus the squares' dtype's smallest
+    normal number (no division by zero). Relative, so the rule does not depend on the state's units
+    (an absolute 1e-30 here accepted any change of a state of about 1e-14 or smaller: a linear ODE,
+    Heun, 60 steps, 4 lanes, 22x the sequential error at 1e-15, 1.001x at 1), nor on the other
+    samples' (the largest sample's floor for all accepted a sample 1e-14 times smaller unconverged),
+    within the dtype's range: squares below its smallest normal (a float32 state below about 1e-16)
+    lose precision.
 
     For a numpy state of one sample (``one``) the per-sample values are numpy scalars (``sq_at``):
     the same arithmetic as on one-element arrays, without an array operation each."""
@@ -288,8 +300,9 @@ class _PointErrors:
         self.bound: list = []  # j - b -> |e_j|^2 + tiny of this sweep (None: no estimate; _UNSET: not yet known)
         self.b = 0
         self.one = one
-        sq = B.row_sq(x0)
-        self.tiny = B.smallest_normal(sq) + 1e-24 * _worst(sq)
+        x0 = x0.detach() if hasattr(x0, "detach") else x0  # (no graph through the floor)
+        sq = B.row_sq_one(x0) if one else B.row_sq(x0)
+        self.tiny = B.smallest_normal(sq) + 1e-24 * sq  # per sample
         self.scratch = _scratch(x0, self.local.p)  # for the differences (reused every estimate)
 
     def observe(self, qs: list, b: int, e: int) -> None:
@@ -375,9 +388,11 @@ class _Anderson:
             dX = [seq[i + 1][0] - seq[i][0] for i in range(len(seq) - 1)]
             dR = [seq[i + 1][1] - seq[i][1] for i in range(len(seq) - 1)]
             rows.append((j, dX, dR, cur[j][1]))
-        A = np.zeros((m, m))
-        c = np.zeros(m)
-        k = m
+        # the longest history present (a memory past it mixes the same: an m x m system allocated
+        # every sweep cost 27 s at T = 4000 with m = T)
+        k = min(m, max((len(dR) for _, _, dR, _ in rows), default=0))
+        A = np.zeros((k, k))
+        c = np.zeros(k)
         for j, dX, dR, R in rows:
             k = min(k, len(dR))
             if k == 0:
@@ -469,8 +484,8 @@ def sliding_window(
     # a numpy state of one sample: per-sample values (squared changes, scores) as numpy scalars
     one = type(x) is np.ndarray and x.ndim >= 2 and x.shape[0] == 1
     local = _PointErrors(sol, x, one) if scale == "error" else None
-    # (a point's history never outgrows the sweeps, at most T: a larger memory mixes the same, without
-    # allocating its m x m system: anderson=10**30 raised numpy's "Maximum allowed dimension exceeded")
+    # (a point's history never outgrows the sweeps, at most T: a larger memory mixes the same;
+    # anderson=10**30 raised numpy's "Maximum allowed dimension exceeded")
     mixer = _Anderson(min(anderson, T), ridge) if anderson else None
     # steps whose x-coefficient is 1 and that do not depend on x beyond it (explicit, single point)
     a = [sol.jump_coeffs(m, m + 1)[0] for m in range(T)]  # each step's x-coefficient
@@ -555,9 +570,7 @@ def sliding_window(
                     if bool(moved.any()):
                         accepted = m + 1
                 elif accepted is None:
-                    change = B.row_sq(moved)
-                    if one:
-                        change = change[0]
+                    change = B.row_sq_one(moved) if one else B.row_sq(moved)
                     # (a point that never blocks has factor 0: a finite change scores 0, a nan or inf one nan)
                     score = local.score(change, m + 1) if local is not None else change * factor[m + 1]
                     if not _worst(score) <= tol2:  # a nan score (a diverged iterate) is over tolerance too
