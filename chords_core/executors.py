@@ -90,7 +90,9 @@ class BatchedExecutor(Executor):
     that shares memory with it is copied. For large rounds the CHORDS engine writes the points
     straight into such a buffer (``stacks_points``), so the model's input is the points themselves.
     A model must not keep a reference to its input, nor modify it, nor return an array it writes again
-    on a later call (a reused output buffer: the methods keep model values across calls).
+    on a later call (a reused output buffer: the methods keep model values across calls). The buffer
+    outlives the call for the next one (the methods make a new executor per call where none is
+    given); ``close()`` (or leaving a ``with`` block) releases it, and the executor stays usable.
 
     Args:
         max_batch_bytes: the most bytes of stacked points in one model call. A round above it is
@@ -134,6 +136,11 @@ class BatchedExecutor(Executor):
         """The holder of each thread's workspace, made on first use (``dict.setdefault``: one for all)."""
         local = self.__dict__.get("_per_thread")
         return local if local is not None else self.__dict__.setdefault("_per_thread", threading.local())
+
+    def close(self) -> None:
+        """Release every thread's stacking buffer (made anew on the next call): a round of K large states
+        stays allocated between calls otherwise (32 states of 4 MiB with ``max_batch_bytes=None``)."""
+        self.__dict__.pop("_per_thread", None)
 
     def __getstate__(self) -> dict:
         """Pickled and copied without the threads' buffers (scratch, made anew on first use)."""

@@ -129,3 +129,26 @@ def test_diagram_marks_rectifications_and_hits():
     assert "c1<-c0@2" in lines[3] and "3*" in lines[3]
     assert "hit c7" in lines[17]
     assert "coarse hit" in lines[8]
+
+
+def test_the_plan_cache_is_bounded_by_the_plans_size(monkeypatch):
+    """The cache kept 256 plans whatever their size (164 MiB after one optimize_init at 200 steps on 16
+    cores); it now keeps at most ``PLAN_CACHE_EVALS`` evaluations, the most recently used, and a plan
+    larger than that is built and returned but not kept."""
+    from chords_core import plan as P
+
+    monkeypatch.setattr(P, "PLAN_CACHE_EVALS", 5000)
+    monkeypatch.setattr(P, "_PLANS", type(P._PLANS)())
+    monkeypatch.setattr(P, "_PLANS_EVALS", 0)
+    small = cc.make_plan(50, cc.default_init(50, 8))
+    assert cc.make_plan(50, list(cc.default_init(50, 8))) is small  # kept, found again
+    for steps in range(200, 260, 5):
+        cc.make_plan(steps, cc.default_init(steps, 8))
+        assert P._PLANS_EVALS == sum(p.nfe() for p in P._PLANS.values()) <= 5000
+    assert (255, tuple(cc.default_init(255, 8)), None) in P._PLANS and (50, tuple(small.init), None) not in P._PLANS
+    big = cc.make_plan(800, cc.default_init(800, 32))
+    assert big.nfe() > 5000 and (800, tuple(big.init), None) not in P._PLANS
+    assert cc.make_plan(800, cc.default_init(800, 32)).rounds == big.rounds  # built again, the same
+    with pytest.raises(ValueError):
+        cc.make_plan(10, (0, 20))  # bad input: nothing kept
+    assert P._PLANS_EVALS == sum(p.nfe() for p in P._PLANS.values())

@@ -381,28 +381,25 @@ class _Anderson:
             if j <= nb:
                 del self.hist[j]  # accepted: no longer iterated
         cur = {j: (xs[j], new[j - b] - xs[j]) for j in range(nb + 1, e + 1)}
-        rows = []  # per point: (dX list, dR list, R) with the usable memory
-        for j in range(nb + 1, e + 1):
-            past = self.hist.get(j, [])
-            seq = past + [cur[j]]
-            dX = [seq[i + 1][0] - seq[i][0] for i in range(len(seq) - 1)]
-            dR = [seq[i + 1][1] - seq[i][1] for i in range(len(seq) - 1)]
-            rows.append((j, dX, dR, cur[j][1]))
         # the longest history present (a memory past it mixes the same: an m x m system allocated
         # every sweep cost 27 s at T = 4000 with m = T)
-        k = min(m, max((len(dR) for _, _, dR, _ in rows), default=0))
+        k = min(m, max((len(self.hist.get(j, ())) for j in cur), default=0))
         A = np.zeros((k, k))
         c = np.zeros(k)
-        for j, dX, dR, R in rows:
-            k = min(k, len(dR))
+        for j, (x_old, R) in cur.items():
+            seq = self.hist.get(j, []) + [cur[j]]
+            k = min(k, len(seq) - 1)
             if k == 0:
                 A[:] = 0.0
                 c[:] = 0.0
                 continue
+            # the last k residual differences, newest first, formed point by point (for all points at
+            # once, with the iterates' differences, they were 2 m K fresh arrays at the sweep's peak)
+            dR = [seq[-1 - p][1] - seq[-2 - p][1] for p in range(k)]
             for p in range(k):
-                c[p] += B.inner(dR[-1 - p], R)  # (float32 at least: float16 products overflowed to a nan iterate)
+                c[p] += B.inner(dR[p], R)  # (float32 at least: float16 products overflowed to a nan iterate)
                 for q in range(p, k):
-                    v = B.inner(dR[-1 - p], dR[-1 - q])
+                    v = B.inner(dR[p], dR[q])
                     A[p, q] += v
                     if q != p:
                         A[q, p] += v
@@ -412,10 +409,10 @@ class _Anderson:
                 gamma = np.linalg.solve(Ak + lam * np.eye(k), c[:k])
             except np.linalg.LinAlgError:
                 continue
-            x = cur[j][0] + R
+            x = x_old + R
             for p in range(k):
                 if gamma[p] != 0.0:
-                    x = x - float(gamma[p]) * (dX[-1 - p] + dR[-1 - p])
+                    x = x - float(gamma[p]) * ((seq[-1 - p][0] - seq[-2 - p][0]) + dR[p])
             new[j - b] = x
         for j in range(nb + 1, e + 1):
             self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
