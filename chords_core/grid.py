@@ -91,7 +91,7 @@ def time_grid(
         problem = "" if value is None else schedule.outside(arg, value)
         if problem:
             raise ValueError(problem)
-    if spacing != "uniform" and not _invertible_at(schedule, t_max):
+    if spacing != "uniform" and t_max != schedule.t_noise and not _invertible_at(schedule, t_max):
         # (its points come from t_from_lam, which searches [t_data, t_noise] unless a schedule inverts lambda in
         # closed form: they were clamped to t_noise, a "logsnr" grid silently not even in log-SNR, a "karras" one
         # refused as not monotone)

@@ -274,13 +274,12 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
-    plain = not isinstance(model, DiffusionModel)
     assert sym.plan is not None  # compile_plan's result carries its plan
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
         if check:
-            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, plain, name == "chords_jax.solve"))
+            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, model, name == "chords_jax.solve"))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
@@ -416,7 +415,7 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     starts = _starts(sym)
     accepted: int | None = None
     for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
-                                  lambda bad: _raise_nonfinite(bad, prog, sym, not isinstance(model, DiffusionModel))):
+                                  lambda bad: _raise_nonfinite(bad, prog, sym, model)):
         states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
         accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
                                   start=n, starts=starts)
@@ -593,10 +592,11 @@ def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None
         raise_bad(bad)
 
 
-def _raise_nonfinite(bad: int, prog: Program, sym: Result, plain: bool, sequential: bool = False) -> None:
+def _raise_nonfinite(bad: int, prog: Program, sym: Result, model: cc.Model, sequential: bool = False) -> None:
     """Raise ``ModelOutputError`` for the run's first non-finite output (``bad`` from ``runner``), named
     as ``chords_core.chords`` names it, or ``chords_core.solve`` for the ``sequential`` solve; for a
-    faster core of a ``plain`` ODE (not a diffusion model) with the hint that it may have run off."""
+    faster core of a plain ODE (a ``model`` that is not a ``DiffusionModel``) with the hint that it may have
+    run off."""
     if bad == NO_BAD:
         return
     r, j = divmod(bad, prog.width)
@@ -610,7 +610,7 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result, plain: bool, sequenti
         raise err  # the core's words
     # a faster core: the core engine retires it and goes on (engine.Survivors); the compiled run cannot
     start = f"{err}; core {c} started at step {sym.plan.init[c]} with a coarse jump from x_0"
-    if not plain:  # (a diffusion model returning nan at some time fails every method there: no advice)
+    if isinstance(model, DiffusionModel):  # (one returning nan at some time fails every method there: no advice)
         raise err.relabel(j, f"{start}: chords_core.chords retires such a core and goes on with the slower ones; "
                           "the compiled run stops at it")
     raise err.relabel(j, f"{start} and may have run off to where the model overflows (a plain ODE with far "
