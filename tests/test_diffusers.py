@@ -434,3 +434,29 @@ def test_flux_images_per_prompt_with_given_embeddings_as_the_pipeline():
         ref = pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(0), **kw).images
     one = cd.sample(pipe, num_inference_steps=4, cores=1, generator=torch.Generator().manual_seed(0), **kw)
     assert ref.shape[0] == 2 and one.latents.shape == ref.shape and rel_err(one.latents, ref) < 2e-6
+
+
+def test_sample_takes_the_pipelines_own_defaults(sd3):
+    """A user trial: ``cd.sample`` ran 50 steps whatever the pipeline (SD3 and Flux take 28: 4.9e-3 /
+    2.6e-3 off ``pipe(...)``, silently); ``init`` alone was refused against the default ``cores=4``;
+    arguments passed at the pipeline's own default values (``return_dict=True``, ``callback_on_step_end=
+    None``, as code forwarding a pipeline's keywords passes them) were refused as unsupported."""
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    with torch.no_grad():
+        ref = sd3("a cat", **_sd3_kw()).images
+    one = cd.sample(sd3, "a cat", cores=1, return_dict=True, callback_on_step_end=None, **_sd3_kw())
+    assert one.chords.nfe == 28 and rel_err(one.images, ref) < 1e-6
+    got = cd.sample(sd3, "a cat", num_inference_steps=6, init=(0, 3), stop=None, **_sd3_kw())
+    assert got.chords.plan.init == (0, 3) and len(got.chords.hits) == 2
+    with pytest.raises(TypeError, match="unsupported argument.*return_dict"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, return_dict=False, **_sd3_kw())
+
+
+def test_unipc_ending_on_a_repeated_sigma_is_named():
+    """UniPC with flow sigmas and ``final_sigmas_type="sigma_min"`` ends on a repeated sigma, which
+    diffusers runs and the mapping passed on to fail in the core as "grid must be strictly monotone"."""
+    sched = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                    final_sigmas_type="sigma_min")
+    with pytest.raises(ValueError, match=r"^UniPCMultistepScheduler: final_sigmas_type='sigma_min' here ends on a "
+                                         r"repeated sigma"):
+        cd.map_scheduler(sched, 5)

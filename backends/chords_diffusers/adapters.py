@@ -9,6 +9,7 @@ an adapter does not know raise ``TypeError`` naming them.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,14 +56,28 @@ class Job:
 COUNTS = ("batch_size", "num_images_per_prompt", "num_videos_per_prompt")
 
 
-def _take(kw: dict, pipeline: str, **defaults: Any) -> list:
+def _take(kw: dict, pipe: Any, **defaults: Any) -> list:
     """Pop the known arguments (with defaults) from kw, the counts among them checked (``COUNTS``);
-    raise on leftovers."""
+    raise on leftovers, except those passed at the value ``pipe.__call__`` takes by default (code that
+    forwards a pipeline's keyword arguments passes ``return_dict=True`` or ``ip_adapter_image=None``,
+    which change nothing)."""
     vals = [check_int(k, kw.pop(k), 1) if k in COUNTS and k in kw else kw.pop(k, v) for k, v in defaults.items()]
     if kw:
-        raise TypeError(f"{pipeline}: unsupported argument(s) for chords_diffusers.sample: {', '.join(sorted(kw))}; "
-                        f"supported: {', '.join(defaults)}")
+        call = inspect.signature(type(pipe).__call__).parameters
+        left = sorted(k for k, v in kw.items() if k not in call or not _is_default(v, call[k].default))
+        if left:
+            raise TypeError(f"{type(pipe).__name__}: unsupported argument(s) for chords_diffusers.sample: "
+                            f"{', '.join(left)}; supported: {', '.join(defaults)}")
     return vals
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether ``value`` is a parameter's ``default``: the same object, or an equal plain value (a number,
+    a string, a bool; not an array, whose ``==`` is elementwise)."""
+    if value is default:
+        return True
+    plain = (bool, int, float, str)
+    return isinstance(value, plain) and isinstance(default, plain) and type(value) is type(default) and value == default
 
 
 def _batch_size(prompt: Any, prompt_embeds: Any) -> int:
@@ -121,7 +136,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     (negative_prompt, height, width, guidance_scale, num_images_per_prompt, generator, latents, output_type,
      prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, max_sequence_length,
      mu, sigmas) = _take(
-        kw, "StableDiffusion3Pipeline", negative_prompt=None, height=None, width=None, guidance_scale=7.0,
+        kw, pipe, negative_prompt=None, height=None, width=None, guidance_scale=7.0,
         num_images_per_prompt=1, generator=None, latents=None, output_type="pil", prompt_embeds=None,
         negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         max_sequence_length=256, mu=None, sigmas=None)
@@ -183,7 +198,7 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     (negative_prompt, true_cfg_scale, height, width, guidance_scale, num_images_per_prompt, generator, latents,
      output_type, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
      max_sequence_length, sigmas) = _take(
-        kw, "FluxPipeline", negative_prompt=None, true_cfg_scale=1.0, height=None, width=None, guidance_scale=3.5,
+        kw, pipe, negative_prompt=None, true_cfg_scale=1.0, height=None, width=None, guidance_scale=3.5,
         num_images_per_prompt=1, generator=None, latents=None, output_type="pil", prompt_embeds=None,
         pooled_prompt_embeds=None, negative_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         max_sequence_length=512, sigmas=None)
@@ -246,7 +261,7 @@ def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
 
     (negative_prompt, height, width, timesteps, sigmas, eta, guidance_scale, guidance_rescale, num_images_per_prompt,
      generator, latents, output_type, prompt_embeds, negative_prompt_embeds) = _take(
-        kw, "StableDiffusionPipeline", negative_prompt=None, height=None, width=None, timesteps=None, sigmas=None,
+        kw, pipe, negative_prompt=None, height=None, width=None, timesteps=None, sigmas=None,
         eta=0.0, guidance_scale=7.5, guidance_rescale=0.0, num_images_per_prompt=1, generator=None, latents=None,
         output_type="pil", prompt_embeds=None, negative_prompt_embeds=None)
     _no_guidance_embedding(_denoiser(pipe, "StableDiffusionPipeline", "unet"), "StableDiffusionPipeline")
@@ -291,7 +306,7 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         raise ValueError(f"{name} is unconditional: prompt must be None")
     step = {"eta": 0.0, "use_clipped_model_output": None} if name == "DDIMPipeline" else {}  # its step arguments
     batch_size, generator, latents, output_type, return_dict, *step_values = _take(
-        kw, name, batch_size=1, generator=None, latents=None, output_type="pil", return_dict=True, **step)
+        kw, pipe, batch_size=1, generator=None, latents=None, output_type="pil", return_dict=True, **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
     unet = pipe.unet
     size = unet.config.sample_size
@@ -329,7 +344,7 @@ def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
      num_images_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
      negative_pooled_prompt_embeds, output_type, guidance_rescale, original_size, crops_coords_top_left, target_size,
      negative_original_size, negative_crops_coords_top_left, negative_target_size, clip_skip) = _take(
-        kw, name, prompt_2=None, height=None, width=None, timesteps=None, sigmas=None, guidance_scale=5.0,
+        kw, pipe, prompt_2=None, height=None, width=None, timesteps=None, sigmas=None, guidance_scale=5.0,
         negative_prompt=None, negative_prompt_2=None, num_images_per_prompt=1, generator=None, latents=None,
         prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         output_type="pil", guidance_rescale=0.0, original_size=None, crops_coords_top_left=(0, 0), target_size=None,
@@ -403,7 +418,7 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     name = "WanPipeline"
     (negative_prompt, height, width, num_frames, guidance_scale, guidance_scale_2, num_videos_per_prompt, generator,
      latents, prompt_embeds, negative_prompt_embeds, output_type, attention_kwargs, max_sequence_length) = _take(
-        kw, name, negative_prompt=None, height=480, width=832, num_frames=81, guidance_scale=5.0,
+        kw, pipe, negative_prompt=None, height=480, width=832, num_frames=81, guidance_scale=5.0,
         guidance_scale_2=None, num_videos_per_prompt=1, generator=None, latents=None, prompt_embeds=None,
         negative_prompt_embeds=None, output_type="np", attention_kwargs=None, max_sequence_length=512)
     if pipe.config.expand_timesteps:
@@ -464,7 +479,7 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
      num_videos_per_prompt, generator, latents, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask,
      negative_prompt_embeds, negative_pooled_prompt_embeds, negative_prompt_attention_mask, output_type,
      attention_kwargs, prompt_template, max_sequence_length) = _take(
-        kw, name, prompt_2=None, negative_prompt=None, negative_prompt_2=None, height=720, width=1280, num_frames=129,
+        kw, pipe, prompt_2=None, negative_prompt=None, negative_prompt_2=None, height=720, width=1280, num_frames=129,
         sigmas=None, true_cfg_scale=1.0, guidance_scale=6.0, num_videos_per_prompt=1, generator=None, latents=None,
         prompt_embeds=None, pooled_prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, negative_prompt_attention_mask=None, output_type="pil",
@@ -515,7 +530,7 @@ def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     (negative_prompt, height, width, num_frames, timesteps, guidance_scale, use_dynamic_cfg, num_videos_per_prompt,
      eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type, attention_kwargs,
      max_sequence_length) = _take(
-        kw, name, negative_prompt=None, height=None, width=None, num_frames=None, timesteps=None, guidance_scale=6.0,
+        kw, pipe, negative_prompt=None, height=None, width=None, num_frames=None, timesteps=None, guidance_scale=6.0,
         use_dynamic_cfg=False, num_videos_per_prompt=1, eta=0.0, generator=None, latents=None, prompt_embeds=None,
         negative_prompt_embeds=None, output_type="pil", attention_kwargs=None, max_sequence_length=226)
     del eta  # the pipeline passes it to the scheduler; CogVideoXDDIMScheduler's step ignores it

@@ -246,8 +246,9 @@ def _loop_class() -> type:
             if progress is None:  # the loop's progress-bar setting
                 progress = progress_enabled(loop)
             model_blocks = list(loop.sub_blocks.values())[:-1]
-            if batched and opts.get("cores") != 1:  # (one point a round: a batched call is one point's call)
-                _refuse_step_dependent(components, model_blocks)
+            one = opts.get("cores") == 1 or (opts.get("cores") is None and len(opts.get("init") or (0, 1)) == 1)
+            if not one:  # (one point a round: a batched call is one point's call, in step order)
+                _refuse_step_dependent(components, model_blocks, batched)
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
             if not batched:
                 opts["executor"] = cc.SerialExecutor()
@@ -264,7 +265,7 @@ def _loop_class() -> type:
     return ChordsDenoiseLoop
 
 
-def chords_loop(loop: Any, *, cores: int | None = 4, init: Sequence[int] | None = None,
+def chords_loop(loop: Any, *, cores: int | None = None, init: Sequence[int] | None = None,
                 stop: Any = cc.stopping.DEFAULT_STOP, method: str = "chords", batched: bool = True,
                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, step_kwargs: dict | None = None,
                 progress: bool | None = None, **method_options: Any) -> Any:
@@ -272,7 +273,7 @@ def chords_loop(loop: Any, *, cores: int | None = 4, init: Sequence[int] | None 
 
     Args:
         loop: a denoising loop block (``is_denoise_loop``).
-        cores: K, the number of cores (or ``init``).
+        cores: K, the number of cores (``None``: 4, or ``len(init)``; ``sample_latents``).
         init: the cores' start indices.
         stop: the stop rule.
         method: the parallel method (``sample_latents``).
@@ -354,19 +355,36 @@ def _is_loop(block: Any) -> bool:
     return isinstance(block, LoopSequentialPipelineBlocks)
 
 
-def _refuse_step_dependent(components: Any, blocks: Sequence[Any]) -> None:
-    """A ``ValueError`` naming ``batched`` where a batched call cannot be right: a batched call takes
-    one step index and one timestep decision for all its rows, the first row's. A guider that guides
-    only part of the steps (``start`` / ``stop`` other than 0 and 1: the faster cores' outputs were
-    1.6e-2 to 4.1e-2 off, silently, ``verify`` having checked before the steps straddled ``stop``), and
-    Wan 2.2's two-expert denoiser, which picks its expert with ``if t >= boundary`` (a raw "Boolean
-    value of Tensor" error), need one call per point."""
+def _refuse_step_dependent(components: Any, blocks: Sequence[Any], batched: bool) -> None:
+    """A ``ValueError`` where the cores' interleaved calls cannot be right. A guider that keeps state
+    from step to step (adaptive projected guidance with momentum: its buffer, reset at step 0, mixes
+    every core's steps; the slowest core was 9.3e-3 off with ``batched=False``, a batched call a raw
+    torch error) is refused on more than one core. A batched call takes one step index and one timestep
+    decision for all its rows, the first row's: a guider whose guidance depends on the step (``start``
+    / ``stop`` other than 0 and 1: the faster cores' outputs were 1.6e-2 to 4.1e-2 off, silently,
+    ``verify`` having checked before the steps straddled ``stop``; CFG-Zero*'s ``zero_init_steps``:
+    3e-2 to 9e-2; a layer-skipping guider's own start and stop), and Wan 2.2's two-expert denoiser,
+    which picks its expert with ``if t >= boundary`` (a raw "Boolean value of Tensor" error), need one
+    call per point (``batched=False``)."""
     guider = getattr(components, "guider", None)
-    span = (getattr(guider, "_start", 0.0), getattr(guider, "_stop", 1.0))
-    if guider is not None and span != (0.0, 1.0):
-        raise ValueError(f"batched: the guider {type(guider).__name__} guides only from {span[0]:g} to {span[1]:g} of "
-                         "the steps, and a batched call guides all its points as its first row's step; pass "
-                         "batched=False")
+    if guider is None or not getattr(guider, "_enabled", True):
+        cfg: dict = {}
+    else:
+        cfg = dict(getattr(guider, "config", None) or {})
+        cfg.update(start=getattr(guider, "_start", 0.0), stop=getattr(guider, "_stop", 1.0))
+    name = type(guider).__name__
+    if any(k.endswith("_momentum") and v is not None for k, v in cfg.items()):
+        raise ValueError(f"cores: the guider {name} carries momentum from step to step, which the cores' interleaved "
+                         "steps would mix; run it on one core, or without momentum")
+    if not batched:
+        return
+    steps = {k: v for k, v in cfg.items() if not isinstance(v, bool) and isinstance(v, (int, float)) and (
+        (k.endswith("start") and v != 0) or (k.endswith("stop") and v != 1)
+        or ((k.endswith("_steps") or k.endswith("_step")) and v > 0))}
+    if steps:
+        shown = ", ".join(f"{k}={v:g}" for k, v in steps.items())
+        raise ValueError(f"batched: the guider {name} guides by the step ({shown}), and a batched call guides all its "
+                         "points as its first row's step; pass batched=False")
     two = next((type(b).__name__ for b in blocks if type(b).__name__.startswith("Wan22")), None)
     if two is not None:
         raise ValueError(f"batched: {two} chooses its expert per timestep, and a batched call holds several; pass "

@@ -1,6 +1,6 @@
 """Pipeline-level entry points: ``sample_latents`` (any denoiser) and ``sample`` (a whole pipeline).
 
-``sample(pipe, prompt=..., num_inference_steps=50, cores=4, ...)`` does what the pipeline's
+``sample(pipe, prompt=..., num_inference_steps=None, cores=None, ...)`` does what the pipeline's
 ``__call__`` does -- encode the prompt, prepare the latents, configure the scheduler, decode -- but
 replaces the sequential denoising loop by ``chords_core.chords`` on the mapped scheduler. Supported
 pipelines: ``SUPPORTED_PIPELINES`` (adapters in ``adapters``). ``devices=[...]`` evaluates each
@@ -12,6 +12,7 @@ call on the pipeline's device.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,16 @@ def make_executor(devices: Sequence[Any] | None = None,
     return DeviceExecutor(list(devices), replicate=lambda fn, d: fn.to(d), batched=True), True
 
 
+#: the cores where neither ``cores`` nor ``init`` is given
+DEFAULT_CORES = 4
+
+
+def call_default(pipe: Any, name: str, fallback: Any) -> Any:
+    """The default of argument ``name`` of ``pipe.__call__`` (``fallback`` where it has none)."""
+    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def progress_enabled(obj: Any) -> bool:
     """Whether a diffusers pipeline (or a modular loop block) shows its progress bar: not disabled by
     its ``set_progress_bar_config(disable=True)``."""
@@ -89,7 +100,7 @@ def sample_latents(
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
     *,
-    cores: int | None = 4,
+    cores: int | None = None,
     init: Sequence[int] | None = None,
     stop: Any = cc.stopping.DEFAULT_STOP,
     devices: Sequence[Any] | None = None,
@@ -107,7 +118,8 @@ def sample_latents(
         smap: the mapped scheduler (``map_scheduler``).
         net: ``net(x_in, tau)`` on (N, ...) and (N,) tensors, e.g. a ``GuidedNet``.
         latents: (B, ...) initial latents.
-        cores: K, the number of cores (or ``init``).
+        cores: K, the number of cores (``None``: ``DEFAULT_CORES``, or ``len(init)``; a default of 4
+            with ``init`` given refused the init as of another length).
         init: the cores' start indices.
         stop: the stop rule.
         devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
@@ -127,6 +139,8 @@ def sample_latents(
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
     if method not in cc.METHODS:
         raise ValueError(f"method must be one of {sorted(cc.METHODS)}, got {method!r}")
+    if cores is None and init is None:
+        cores = DEFAULT_CORES
     if method != "chords":
         if init is not None:
             raise ValueError(f"init is CHORDS' start sequence; method {method!r} takes cores")
@@ -153,8 +167,8 @@ def sample(
     pipe: Any,
     prompt: str | list[str] | None = None,
     *,
-    num_inference_steps: int = 50,
-    cores: int | None = 4,
+    num_inference_steps: int | None = None,
+    cores: int | None = None,
     init: Sequence[int] | None = None,
     stop: Any = cc.stopping.DEFAULT_STOP,
     devices: Sequence[Any] | None = None,
@@ -169,8 +183,9 @@ def sample(
     Args:
         pipe: a pipeline in ``SUPPORTED_PIPELINES``.
         prompt: the prompt(s) (``None`` for unconditional pipelines or with ``prompt_embeds``).
-        num_inference_steps: T.
-        cores: K, the number of cores (or ``init``).
+        num_inference_steps: T (``None``: the pipeline's own default, as ``pipe(...)`` takes it: 28 for
+            SD3 and Flux, 50 for most; a fixed 50 ran SD3 and Flux 4.9e-3 / 2.6e-3 off ``pipe(...)``).
+        cores: K, the number of cores (``None``: ``DEFAULT_CORES``, 4, or ``len(init)``).
         init: the cores' start indices.
         stop: the stop rule.
         devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
@@ -197,6 +212,8 @@ def sample(
             f"pipeline {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_PIPELINES)}")
     if progress is None:
         progress = progress_enabled(pipe)
+    if num_inference_steps is None:
+        num_inference_steps = call_default(pipe, "num_inference_steps", 50)
     with torch.no_grad():
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
         smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device,

@@ -543,6 +543,10 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     pred = _multistep_prediction(cfg, name)
     grid = _sigmas64(s.sigmas)
     n = len(s.timesteps)
+    if len(grid) > 1 and grid[-1] == grid[-2]:  # (cd.sample failed with the core's "grid must be strictly monotone")
+        raise ValueError(f"{name}: final_sigmas_type={cfg.final_sigmas_type!r} here ends on a repeated sigma "
+                         f"({float(grid[-1]):.6g}): a last step of length 0, which a grid cannot hold; use "
+                         "final_sigmas_type='zero'")
     opts = {"order": cfg.solver_order, "variant": cfg.solver_type, "lower_order_final": bool(cfg.lower_order_final)}
     smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])
     return _with_transform(smap, cfg, clip=False, threshold=True)
