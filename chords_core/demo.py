@@ -36,6 +36,8 @@ from .problems import GaussianMixture
 
 #: "No degradation": error against the exact solution at most this times the sequential solver's.
 CRITERION = 1.05
+#: the demo's core counts where neither --cores nor --init is given
+CORE_COUNTS = (2, 4, 8)
 
 SCHEDULES = {"rf": (RectifiedFlow, "flow", "uniform"), "vp": (VP.linear, "eps", "logsnr")}
 
@@ -130,7 +132,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--solver", nargs="+", default=["euler", "dpmpp_2m", "unipc"], choices=sorted(SOLVERS),
                    help="solvers to run (default: euler dpmpp_2m unipc)")
-    p.add_argument("--cores", nargs="+", type=int_at_least(1), default=[2, 4, 8], help="core counts (default: 2 4 8)")
+    p.add_argument("--cores", nargs="+", type=int_at_least(1), default=None,
+                   help=f"core counts (default: {' '.join(map(str, CORE_COUNTS))}; not with --init)")
     p.add_argument("--steps", type=int_at_least(1), default=None,
                    help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
     p.add_argument("--init", type=parse_init, default=None,
@@ -173,6 +176,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
         output) and the every-method rows (solver, steps, method, cores, rounds, speedup, nfe,
         ratio, err, ok; none with ``--init``).
     """
+    if args.init and args.cores:  # (--cores was ignored silently)
+        raise ValueError(f"--cores: --init fixes the core count ({len(args.init)}); give one or the other")
+    cores = [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
     make_schedule, prediction, spacing = SCHEDULES[args.schedule]
     schedule = make_schedule()
     gmm = GaussianMixture.random(args.dim, args.modes, seed=args.seed)
@@ -192,20 +198,19 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
         seq_rounds = sum(bound.evals_per_step())
         rows.append(dict(solver=solver, steps=steps, cores=1, init="-", rounds=seq_rounds, speedup=1.0, nfe=seq_rounds,
                          err_seq=0.0, err_exact=rms(seq, exact), output="sequential"))
-        core_counts = [len(args.init)] if args.init else args.cores
-        for K in core_counts:
+        for K in cores:
             init = args.init or default_init(steps, K)
             res = chords(model, x_T, grid, solver, init=init, stop=args.stop)
             rows.append(dict(solver=solver, steps=steps, cores=K, init="-".join(map(str, init)), rounds=res.rounds,
                              speedup=res.speedup, nfe=res.nfe, err_seq=rms(res.x, seq), err_exact=rms(res.x, exact),
                              output=res.stopped_by))
-        K = max(core_counts)
+        K = max(cores)
         full = chords(model, x_T, grid, solver, init=args.init or default_init(steps, K), stop=None)
         pts = [(h.round, rms(h.x, seq), rms(h.x, exact), h.core) for h in full.hits]
         ladders[solver] = (steps, K, pts, rms(seq, exact))
         if not args.init:
             seq_err = rms(seq, exact)
-            for K in [1] + [k for k in core_counts if k > 1]:
+            for K in [1] + [k for k in cores if k > 1]:
                 for method in sorted(METHODS):
                     r = parallel(model, x_T, grid, solver, cores=K, method=method)
                     err = rms(r.x, exact)
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     write_plot(ladders, args.out)
     if method_rows:
         write_methods_figure(method_rows, baselines, args.out)
-    write_schedule_figure(max(args.cores), args.out)
+    write_schedule_figure(max(cores), args.out)
     return rows, method_rows
 
 

@@ -132,3 +132,11 @@ def test_a_bad_out_folder_is_a_usage_error_before_the_run(monkeypatch, capsys):
         assert main(["demo", "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.startswith("usage:") and "--out: cannot make or use the folder" in err and "Traceback" not in err
+
+
+def test_cores_with_init_is_a_usage_error(capsys):
+    """``--init`` fixes the core count; ``--cores`` beside it was ignored silently."""
+    from chords_core.__main__ import main
+
+    assert main(["demo", "--init", "0-2-4", "--cores", "2", "--solver", "euler", "--dim", "2", "--samples", "2"]) == 2
+    assert "error: --cores: --init fixes the core count (3); give one or the other" in capsys.readouterr().err
