@@ -12,7 +12,10 @@ spacing      u(t)                                   matches
 
 If the schedule has a ``t_min`` (VP, EDM) or ``t_min`` is passed, the first ``steps`` points run
 from ``t_max`` to ``t_min`` and the last point is the data end ``t_data`` (sigma = 0): the final
-step jumps to clean data, as diffusers' ``final_sigmas_type="zero"`` and k-diffusion do.
+step jumps to clean data, as diffusers' ``final_sigmas_type="zero"`` and k-diffusion do. That last
+step does not shrink with more steps, so the error against the exact flow to sigma = 0 levels off
+(VP, Heun: 1.0e-4 at 160 steps, 1.6e-4 at 1280 in a docs trial); measure a solver's order up to
+``t_min`` (``tests/test_solvers.py``).
 Otherwise (rectified flow) all ``steps + 1`` points run from ``t_max`` to ``t_data`` evenly in u,
 which needs u(t_data) finite ("logsnr" therefore needs a ``t_min``).
 
