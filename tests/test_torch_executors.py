@@ -344,3 +344,106 @@ def test_the_weight_check_spares_inference_tensors_buffers_and_says_when_to_refr
         ex.refresh()
         assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex),
                          cc.chords(model, x, grid, cores=2, stop=None, executor=serial)) and len(made) == 4
+
+
+class _Moded(torch.nn.Module):
+    """A network whose output depends on its train / eval mode and on an optional adapter."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP(4, 16, 2, seed=3, dtype=torch.float64)
+        self.adapter: torch.nn.Module | None = None
+
+    def forward(self, x, t):
+        y = self.net(x, t) * (1.5 if self.training else 1.0)
+        return y if self.adapter is None else self.adapter(y)
+
+
+def test_copies_follow_the_networks_mode_adapters_and_the_models_settings():
+    """A user trial: copies on other devices kept training mode after ``net.eval()`` (about 270 off the
+    serial answer), missed an added adapter module (376 off), and ``check_outputs`` set on the model
+    after a first call was not seen by the replicas; all are seen now."""
+    import copy
+
+    net = _Moded()
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x, grid = x0(batch=3, dim=4), cc.time_grid(cc.RectifiedFlow(), 8)
+
+    def serial():
+        return cc.chords(model, x, grid, cores=2, stop=None, executor=cc.SerialExecutor())
+
+    with torch.no_grad(), DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: copy.deepcopy(fn)) as ex:
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex), serial())
+        net.eval()
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex), serial())
+        net.adapter = torch.nn.Linear(4, 4, dtype=torch.float64)
+        assert same_hits(cc.chords(model, x, grid, cores=2, stop=None, executor=ex), serial())
+        nan_net = cc.DiffusionModel(lambda x, t: x * float("nan"), cc.RectifiedFlow(), "flow")
+        with pytest.raises(ModelOutputError):
+            cc.chords(nan_net, x, grid, cores=2, stop=None, executor=ex)
+        nan_net.check_outputs = False
+        assert torch.isnan(cc.chords(nan_net, x, grid, cores=2, stop=None, executor=ex).x).all()
+
+
+def test_weight_gradients_through_copies_warn():
+    """Copies on other devices are made from detached weights: the model's part of dL/dW from their
+    cores never reached the parameters (3-17% lost in a user trial), silently. A run with gradients
+    enabled and parameters that require them warns at the caller; under no_grad, or with shared
+    replicas (the CPU default), nothing to warn of."""
+    import copy
+    import warnings
+
+    net = MLP(4, 16, 2, seed=3, dtype=torch.float64).requires_grad_(True)
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    x, grid = x0(batch=3, dim=4), cc.time_grid(cc.RectifiedFlow(), 4)
+    with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: copy.deepcopy(fn)) as ex:
+        with pytest.warns(UserWarning, match="gradients reach x, not the parameters") as seen:
+            cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+        assert seen[0].filename == __file__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with torch.no_grad():
+                cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+    with warnings.catch_warnings(), DeviceExecutor(["cpu", "cpu"]) as shared:
+        warnings.simplefilter("error")
+        cc.chords(model, x, grid, cores=2, stop=None, executor=shared)
+
+
+def test_closing_while_another_threads_round_is_queued_raises_closed():
+    """The queued round's future was cancelled without waking its waiter: that thread waited for ever
+    (with a round_timeout, a misleading WorkerTimeout)."""
+    def slow(x, t):
+        time.sleep(0.6)
+        return x * 0.5
+
+    model = cc.DiffusionModel(slow, cc.RectifiedFlow(), "flow")
+    ex = DeviceExecutor(["cpu"])
+    got: dict = {}
+
+    def call(name):
+        try:
+            ex(model, [x0(batch=1, dim=4)], [0.5])
+            got[name] = "result"
+        except BaseException as e:
+            got[name] = type(e).__name__
+
+    a, b = threading.Thread(target=call, args=("a",)), threading.Thread(target=call, args=("b",))
+    a.start()
+    time.sleep(0.1)
+    b.start()
+    time.sleep(0.1)
+    ex.close()
+    a.join(10)
+    b.join(10)
+    assert got == {"a": "result", "b": "ExecutorClosed"}
+
+
+def test_a_keyboard_interrupt_raised_by_the_model_on_a_device_thread_is_a_worker_error():
+    """A device thread never receives a signal: a KeyboardInterrupt there is the model's own, and came
+    through unwrapped, looking like the user's Ctrl-C (ProcessExecutor wraps it)."""
+    def interrupting(x, t):
+        raise KeyboardInterrupt("from the model")
+
+    with DeviceExecutor(["cpu"]) as ex, pytest.raises(chords_torch.WorkerError, match="KeyboardInterrupt: from the model"):
+        cc.chords(cc.DiffusionModel(interrupting, cc.RectifiedFlow(), "flow"), x0(batch=1, dim=4),
+                  cc.time_grid(cc.RectifiedFlow(), 2), cores=1, executor=ex)

@@ -278,3 +278,37 @@ def test_threads_sharing_the_executor_take_turns_and_a_point_that_needs_gradient
         trap_executor(MODEL, [torch.empty(2, 4, device="meta")], [0.5])
     assert same_hits(cc.chords(MODEL, states[1], grid, cores=2, stop=None, executor=trap_executor), cc.chords(
         MODEL, states[1], grid, cores=2, stop=None, executor=cc.SerialExecutor()))
+
+
+def test_process_executor_follows_the_models_settings_inference_mode_and_names_an_unpicklable_model(
+        trap_executor, one_thread):
+    """A user trial: ``check_outputs=False`` set after a first call was not sent (the workers kept
+    raising on nan); a first call under ``torch.inference_mode()`` made inference-tensor buffers that a
+    later call outside it could not write (the executor closed, its workers killed); a model whose shell
+    does not pickle (a lambda on it) raised a raw PicklingError and closed the executor, nothing sent."""
+    import copy
+    import functools
+
+    ex = trap_executor
+    model = copy.copy(MODEL)
+    nan_point = torch.full((2, 4), Trap.MARKERS["nan"], dtype=torch.float64)
+    with pytest.raises(ModelOutputError):
+        ex(model, [nan_point], [0.5])
+    model.check_outputs = False
+    assert torch.isnan(ex(model, [nan_point], [0.5])[0]).all()
+    grid = cc.time_grid(MODEL.schedule, 6)
+    ref = cc.chords(MODEL, x0(batch=5), grid, cores=3, stop=None, executor=cc.SerialExecutor())
+    fresh = ProcessExecutor(FACTORY, workers=2)
+    try:
+        with torch.inference_mode():
+            first = cc.chords(MODEL, x0(batch=5), grid, cores=3, stop=None, executor=fresh)
+        with torch.no_grad():
+            second = cc.chords(MODEL, x0(batch=5), grid, cores=3, stop=None, executor=fresh)
+        assert same_hits(first, ref) and same_hits(second, ref)
+        odd = copy.copy(MODEL)
+        odd.note = functools.partial(lambda: None)  # (a lambda inside: the shell does not pickle)
+        with pytest.raises(TypeError, match="^model: its shell .* must pickle to reach the workers"):
+            cc.chords(odd, x0(batch=5), grid, cores=3, stop=None, executor=fresh)
+        assert same_hits(cc.chords(MODEL, x0(batch=5), grid, cores=3, stop=None, executor=fresh), ref)
+    finally:
+        fresh.close()

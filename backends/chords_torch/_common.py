@@ -96,6 +96,16 @@ def shell_of(model: Model) -> Model:
     return shell
 
 
+def model_settings(model: Model) -> tuple:
+    """What a model's shell carries besides the network, to tell whether the model changed since its
+    shell was sent or its replicas bound (``check_outputs`` set to ``False`` after a first call kept
+    raising on nan): its attributes by value where plain (numbers, strings, None), else by identity."""
+    net = fn_attr(model)
+    plain = (bool, int, float, str)
+    return tuple(sorted((k, v if v is None or isinstance(v, plain) else ("id", id(v)))
+                        for k, v in vars(model).items() if k != net))
+
+
 class ShellError(ValueError):
     """Bytes received as a model shell that do not describe one (or a shell that cannot be sent)."""
 

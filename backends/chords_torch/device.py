@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from chords_core import _backend as B
+from chords_core.call import warn_caller
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError, resolve_check
 
@@ -39,6 +40,7 @@ from ._common import (
     bind,
     check_points,
     fn_attr,
+    model_settings,
     round_timeout_of,
 )
 
@@ -73,30 +75,40 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
 
 class _Weights:
     """A network's parameters (weak references) and their in-place version counters when its replicas
-    were made: ``load_state_dict``, an optimiser step or an in-place update under ``no_grad`` bump a
-    counter, and a parameter replaced by a new object (``load_state_dict(assign=True)``,
-    ``module.weight = Parameter(...)``) is freed once nothing else holds it; the copies on other
-    devices are then stale. Parameters only (a buffer that the forward pass updates, BatchNorm's
+    were made, and its modules with their train / eval modes: ``load_state_dict``, an optimiser step or
+    an in-place update under ``no_grad`` bump a counter, a parameter replaced by a new object
+    (``load_state_dict(assign=True)``, ``module.weight = Parameter(...)``) is freed once nothing else
+    holds it, ``net.eval()`` flips a mode and an added or replaced submodule (an adapter) changes the
+    modules; the copies on other devices are then stale (they kept evaluating in training mode: about
+    270 off the serial answer). Parameters only (a buffer that the forward pass updates, BatchNorm's
     statistics in training mode, would make the copies again every round); updates through ``.data``
-    (diffusers' ``EMAModel.copy_to``) and a replaced parameter still held elsewhere (by an optimiser)
-    are not seen: ``DeviceExecutor.refresh()`` after those."""
+    (diffusers' ``EMAModel.copy_to``), a replaced parameter still held elsewhere (by an optimiser) and
+    plain attributes (a scale stored on a module) are not seen: ``DeviceExecutor.refresh()`` after
+    those."""
 
     def __init__(self, fn: Any) -> None:
         params = list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+        self.trains = any(p.requires_grad for p in params)  # its weights' gradients cannot flow through copies
         try:
             self.versions = [p._version for p in params]
         except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no counter
             params, self.versions = [], []
         self.params = [weakref.ref(p) for p in params]
+        self.fn = weakref.ref(fn) if isinstance(fn, torch.nn.Module) else None
+        self.modules = self._modules()
+
+    def _modules(self) -> list:
+        fn = self.fn() if self.fn is not None else None
+        return [] if fn is None else [(id(m), m.training) for m in fn.modules()]
 
     def changed(self) -> bool:
-        """Whether a parameter was replaced or updated in place since (another network: ``_models``
-        compares the network itself)."""
+        """Whether a parameter was replaced or updated in place since, a module's mode changed or a
+        submodule was added or replaced (another network: ``_models`` compares the network itself)."""
         for ref, v in zip(self.params, self.versions):
             p = ref()
             if p is None or p._version != v:
                 return True
-        return False
+        return self._modules() != self.modules
 
 
 class _DeviceThread:
@@ -105,6 +117,7 @@ class _DeviceThread:
 
     def __init__(self, name: str) -> None:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock, self._stopped = threading.Lock(), False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -125,21 +138,30 @@ class _DeviceThread:
                 del fut, fn, args
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        """Run ``fn(*args)`` on this thread after the calls before it; returns its future."""
+        """Run ``fn(*args)`` on this thread after the calls before it; returns its future (cancelled
+        at once after ``shutdown``: a call queued behind the stop was never run, and its caller waited
+        for ever)."""
         fut: cf.Future = cf.Future()
-        self._tasks.put((fut, fn, args))
+        with self._lock:
+            if self._stopped:
+                fut.cancel()
+            else:
+                self._tasks.put((fut, fn, args))
         return fut
 
     def shutdown(self, wait: bool) -> None:
         """Cancel the calls not started, stop the thread after the running one (joined if ``wait``)."""
-        while True:
-            try:
-                task = self._tasks.get_nowait()
-            except queue.Empty:
-                break
-            if task is not None:
-                task[0].cancel()
-        self._tasks.put(None)
+        with self._lock:
+            self._stopped = True
+            while True:
+                try:
+                    task = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if task is not None:  # (cancel() alone wakes no concurrent.futures.wait: the notify does)
+                    task[0].cancel()
+                    task[0].set_running_or_notify_cancel()
+            self._tasks.put(None)
         if wait:
             self._thread.join()
 
@@ -194,13 +216,19 @@ class DeviceExecutor(Executor):
         fn = getattr(model, fn_attr(model))
         # (the network compared by identity whether or not it was copied: replicas that share the driver's
         # network are bound to it, and a model given another network kept evaluating the old one)
-        if (entry is None or entry[0] is not model or entry[3] is not fn
+        settings = model_settings(model)  # (the replicas are bound to a copy of the model's settings)
+        if (entry is None or entry[0] is not model or entry[3] is not fn or entry[4] != settings
                 or (entry[2] is not None and entry[2].changed())):
             entry, self._replicas = None, {}  # the old copies go before the new ones are made (device memory)
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
-            entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None, fn)
+            entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None, fn, settings)
             self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
+        if entry[2] is not None and entry[2].trains and torch.is_grad_enabled():
+            warn_caller("DeviceExecutor: the network's parameters require gradients, and the copies on the other "
+                        "devices are made from detached weights: gradients reach x, not the parameters (3-17% of "
+                        "dL/dW lost in a user trial); run inference under torch.no_grad(), or requires_grad_(False) "
+                        "on the parameters", UserWarning)
         return entry[1]
 
     def refresh(self) -> None:
@@ -219,7 +247,8 @@ class DeviceExecutor(Executor):
                 outs = model.evaluate(pts, tts, batched=self.batched)
             except ModelOutputError as e:
                 raise e.relabel(idx[e.point], str(e)) from None
-            except Exception as e:  # the model's own exception, with its traceback text
+            except BaseException as e:  # the model's own exception, with its traceback text (KeyboardInterrupt and
+                # SystemExit too: raised by the model on this thread, never a signal, which only the main thread gets)
                 raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
                                   f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}") from e
             return [o.to(xs[k].device) for o, k in zip(outs, idx)]
@@ -253,9 +282,14 @@ class DeviceExecutor(Executor):
                 m.check_outputs = mode
         grad = torch.is_grad_enabled()
         groups = assign(len(xs), len(self.devices))
-        futs = [(idx, self._pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad))
+        pools = self._pools  # ([] once closed by another thread: its close() cancels what it queued)
+        if not pools:
+            raise ExecutorClosed("this DeviceExecutor is closed")
+        futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad))
                 for w, idx in enumerate(groups) if idx]
         done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
+        if any(f.cancelled() for _, f in futs):
+            raise ExecutorClosed("this DeviceExecutor was closed while the round waited for its devices")
         if pending:
             self.close(wait=False)
             raise WorkerTimeout(

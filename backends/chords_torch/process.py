@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
 import threading
 import time
@@ -51,6 +52,7 @@ from ._common import (
     bind,
     check_points,
     check_timeout,
+    model_settings,
     one_round_at_a_time,
     round_timeout_of,
     shell_of,
@@ -212,6 +214,7 @@ class ProcessExecutor(Executor):
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
         self._closed = False
         self._model: Model | None = None
+        self._settings: tuple = ()  # model_settings of the model whose shell the workers hold
         self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
@@ -320,16 +323,27 @@ class ProcessExecutor(Executor):
                 self._dead(w, "while idle")
         groups = assign(len(xs), self.workers)
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
+        # the model's shell goes again where the model or its settings changed (check_outputs=False after a
+        # first call kept raising on nan); checked to pickle before anything is sent (a lambda on the model
+        # raised a raw PicklingError in the send and closed the executor)
+        settings = model_settings(model)
+        shell = None
+        if self._model is not model or self._settings != settings:
+            shell = shell_of(model)
+            try:
+                pickle.dumps(shell)
+            except Exception as e:
+                raise TypeError(f"model: its shell (the model without its network) must pickle to reach the "
+                                f"workers: {type(e).__name__}: {e}") from None
         active: list[int] = []
         outbufs: dict[int, torch.Tensor] = {}
         w = 0
         try:  # from the first message to the last reply: any failure leaves replies in flight -> break
-            if self._model is not model:
-                shell = shell_of(model)
+            if shell is not None:
                 self._model = None
                 for w in range(len(self._conns)):  # w: the worker a failed send names
                     self._conns[w].send(("model", shell))
-                self._model = model
+                self._model, self._settings = model, settings
             for w, idx in enumerate(groups):
                 if not idx:
                     continue
@@ -367,8 +381,10 @@ class ProcessExecutor(Executor):
         cur = self._bufs[w]
         if cur is None or tuple(cur[0].shape[1:]) != shape or cur[0].dtype != dtype or cur[0].shape[0] < need:
             cap = max(need, cur[0].shape[0]) if cur is not None and tuple(cur[0].shape[1:]) == shape else need
-            xin = torch.empty((cap, *shape), dtype=dtype).share_memory_()
-            xout = torch.empty((cap, *shape), dtype=dtype).share_memory_()
+            with torch.inference_mode(False):  # (made under inference_mode they were inference tensors, which
+                # a later call outside it cannot write: "Inplace update to inference tensor", the executor lost)
+                xin = torch.empty((cap, *shape), dtype=dtype).share_memory_()
+                xout = torch.empty((cap, *shape), dtype=dtype).share_memory_()
             self._conns[w].send(("buffers", xin, xout))
             self._bufs[w] = cur = (xin, xout)
         return cur
