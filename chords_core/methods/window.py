@@ -221,7 +221,6 @@ class Seeder:
         self.sol, self.order = sol, order
         self.path: tuple[list[float], list[float], list[float]] | None = None  # alpha, sigma, lambda per index
         self.finite: list[bool] = []  # per index: lambda finite
-        self.formed: dict[tuple, tuple[float, ...]] = {}  # (e, i, j, i_prev) -> the seed's coefficients
         if isinstance(model, DiffusionModel):
             sch = model.schedule
             with np.errstate(divide="ignore"):
@@ -253,15 +252,7 @@ class Seeder:
         return [B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d)) for c in rows]
 
     def _coefficients(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
-        """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)
-        (formed once per indices: a sweep's seeds mostly repeat the previous sweep's)."""
-        key = (e, i, j, i_prev)
-        c = self.formed.get(key)
-        if c is None:
-            c = self.formed[key] = self._form(e, i, j, i_prev)
-        return c
-
-    def _form(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
+        """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)."""
         assert self.path is not None
         a, s, lam = self.path
         if s[e] == 0.0:
