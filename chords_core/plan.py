@@ -190,6 +190,15 @@ class Plan:
         n = outputs_needed(as_stop_rule(stop), self.cores)
         return self.finish_round[self.hit_order[n - 1]]
 
+    @functools.cached_property
+    def _nfes(self) -> tuple[int, ...]:
+        """Evaluations in the first n rounds at index n (0 .. R): prefix sums, once per plan."""
+        n, out = 0, [0]
+        for r in self.rounds:
+            n += len(r.evals)
+            out.append(n)
+        return tuple(out)
+
     def nfe(self, rounds: int | None = None) -> int:
         """Model evaluations in the first ``rounds`` rounds.
 
@@ -199,7 +208,7 @@ class Plan:
         Returns:
             The number of evaluations (NFE) in them.
         """
-        return sum(len(r.evals) for r in self.rounds[: len(self.rounds) if rounds is None else rounds])
+        return self._nfes[len(range(len(self.rounds))[:rounds])]  # (the slice's length: rounds[:rounds]'s)
 
     def rectifications(self, core: int) -> int:
         """How many rectifications a core receives over the whole plan.

@@ -324,6 +324,8 @@ def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
     it were offered already): the index of the first it accepts, given the outputs up to it, or
     ``None``. ``error_states[n]``: the ``Outputs.error_state`` as output n arrived (``None``: no
     estimate); ``starts``: ``Outputs.starts`` of all the outputs."""
+    if type(rule) is RunAll:  # (accepts nothing: no Outputs to build for it)
+        return None
     for n in range(start, len(outputs)):
         state = None if error_states is None else error_states[n]
         if rule.accept(Outputs(outputs[:n + 1], error_state=state, starts=None if starts is None else starts[:n + 1]),

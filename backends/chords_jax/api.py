@@ -166,7 +166,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     key = None
     if isinstance(solver, str):
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), str(dtype), times.tobytes(), solver_key(solver),
+        key = (_model_key(model), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
                options_key(solver_options), cores, inits, needed, errors, history, slots_multiple)
 
     def build() -> tuple[Program, Result]:
@@ -467,7 +467,7 @@ def clear_cache() -> None:
 def _as_state(x: Any) -> jax.Array:
     if not hasattr(x, "shape"):
         raise TypeError(f"x: the initial state must be an array, got {type(x).__name__}")
-    if str(getattr(x, "dtype", "")) == "float64" and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+    if not jax.config.jax_enable_x64 and str(getattr(x, "dtype", "")) == "float64":
         warnings.warn("x: a float64 state with JAX's 64-bit mode off is computed in float32; enable it with "
                       "jax.config.update('jax_enable_x64', True), or pass a float32 state", UserWarning, stacklevel=3)
     if not isinstance(x, jax.Array):
@@ -477,7 +477,8 @@ def _as_state(x: Any) -> jax.Array:
     if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
         return x
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
-        _raise_if_nonfinite_state(_all_finite(x))  # (a device read)
+        if not bool(_all_finite(x)):  # (a device read; bool of the 0-d array, not numpy's all over it)
+            raise nonfinite_state("x")
     return x
 
 
@@ -489,7 +490,7 @@ _all_finite = jax.jit(lambda x: jnp.isfinite(x).all())
 def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[[Callable], tuple]) -> tuple:
     """``build(cast)``'s host arrays put on the device(s) (replicated over ``mesh``), float64 ones
     cast to ``dtype``; cached per (program, kind, dtype, mesh), so a repeated call transfers nothing."""
-    key = (id(prog), kind, np.dtype(dtype).name, mesh)
+    key = (id(prog), kind, np.dtype(dtype), mesh)
     got = lru_get(_ARRAYS, key)
     if got is not None and got[0] is prog:
         return got[1]

@@ -85,7 +85,7 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     last = nb if iterations is None else check_int("iterations", iterations, 1, nb)
     key = None
     if isinstance(solver, str):
-        key = ("srds", _model_key(model), tuple(shape), str(dtype), times.tobytes(), solver_key(solver),
+        key = ("srds", _model_key(model), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
                options_key(solver_options), nb, last, slots_multiple)
 
     def build() -> tuple[Program, Result]:

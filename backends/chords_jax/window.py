@@ -184,7 +184,7 @@ class _Setup:
     def arrays(self, dtype: Any) -> dict:
         """The tables on the default device, floats in ``dtype`` (as the core's Python-float
         coefficients act on arrays of that dtype); cached per dtype."""
-        key = (np.dtype(dtype).name,)
+        key = (np.dtype(dtype),)
         got = self.device.get(key)
         if got is None:
             with jax.ensure_compile_time_eval():  # concrete, as ``_zeros``
@@ -461,7 +461,7 @@ def parallel(
 
 def _zeros(size: int, dtype: Any) -> Any:
     """The output check's operand: ``size`` zeros on the device (an argument, so never folded)."""
-    key = (size, np.dtype(dtype).name)
+    key = (size, np.dtype(dtype))
     z = lru_get(_ZEROS, key)
     if z is None:
         with jax.ensure_compile_time_eval():  # a concrete array, even under a caller's trace: never a cached tracer
