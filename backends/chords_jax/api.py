@@ -467,7 +467,7 @@ def clear_cache() -> None:
 def _as_state(x: Any) -> jax.Array:
     if not hasattr(x, "shape"):
         raise TypeError(f"x: the initial state must be an array, got {type(x).__name__}")
-    if not jax.config.jax_enable_x64 and str(getattr(x, "dtype", "")) == "float64":
+    if jax.dtypes.canonicalize_dtype(np.float64) != np.float64 and str(getattr(x, "dtype", "")) == "float64":
         warnings.warn("x: a float64 state with JAX's 64-bit mode off is computed in float32; enable it with "
                       "jax.config.update('jax_enable_x64', True), or pass a float32 state", UserWarning, stacklevel=3)
     if not isinstance(x, jax.Array):
