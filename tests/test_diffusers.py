@@ -259,6 +259,9 @@ def test_unconditional_pipeline_and_devices(unet):
     for bad in (0, 1.5):  # named as the caller wrote it ("batch must be an integer >= 1")
         with pytest.raises((TypeError, ValueError), match="^batch_size"):
             cd.sample(pipe, cores=2, **{**kw, "batch_size": bad})
+    lat = torch.randn(3, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    with pytest.raises(ValueError, match=r"^latents: 3 row\(s\), where batch_size gives 1$"):  # ("the prompts give 1")
+        cd.sample(pipe, cores=2, latents=lat, **kw)
 
 
 # -- bad input -----------------------------------------------------------------------------------

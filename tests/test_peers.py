@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import warnings
 
 import numpy as np
@@ -225,3 +226,15 @@ def test_a_peers_absolute_default_on_a_plain_ode_warns():
         cc.srds(field, y0, grid, blocks=3, tol=0.1)
         cc.srds(field, y0, grid, blocks=3, stop=None)
         cc.parallel(field, y0, grid, cores=3)
+
+
+def test_srds_names_its_outputs_as_iterations():
+    """The stop rules say "core k"; an SRDS output k is iteration k's ("residual below 0.001 at core 3")."""
+    grid = cc.time_grid(cc.RectifiedFlow(), 12)
+    model = GMM.model(cc.RectifiedFlow(), "flow")
+    x = np.random.default_rng(0).standard_normal((2, GMM.dim))
+    for kw, text in (({}, r"^residual below 0.001 at iteration \d$"),
+                     ({"stop": None}, r"^ran to the end; output 4 \(iteration 4\) \(4 of 4 iterations\)$"),
+                     ({"stop": cc.StopAtCore(2)}, r"^output 2 \(iteration 2\)$")):
+        assert re.match(text, cc.srds(model, x, grid, blocks=4, **kw).stopped_by)
+

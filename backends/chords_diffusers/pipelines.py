@@ -225,9 +225,12 @@ def sample(
                              "use_flow_sigmas=True")
         latents = job.make_latents()
         batch = getattr(job.net, "batch", None)
-        if batch is not None and latents.shape[0] != batch:  # (a multiple ran on, cycling the prompts; others
-            raise ValueError(f"latents: {latents.shape[0]} row(s), where the prompts give {batch} "  # named cond)
-                             "(prompts x images or videos per prompt)")
+        if batch is not None and latents.shape[0] != batch:  # (a multiple ran on, cycling the prompts)
+            if prompt is None and "batch_size" in inspect.signature(type(pipe).__call__).parameters:
+                given = f"batch_size gives {batch}"  # (an unconditional pipeline: it said "the prompts give 1")
+            else:
+                given = f"the prompts give {batch} (prompts x images or videos per prompt)"
+            raise ValueError(f"latents: {latents.shape[0]} row(s), where {given}")
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))
         out = job.finish(res.x)
