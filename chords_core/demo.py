@@ -165,6 +165,14 @@ def default_steps(solver: str) -> int:
     return 50 if spec.order == 1 else 20
 
 
+def core_counts(args: argparse.Namespace) -> list[int]:
+    """The core counts the demo runs: ``len(--init)``, ``--cores`` or ``CORE_COUNTS``; ``ValueError``
+    for both options (``--cores`` was ignored silently)."""
+    if args.init and args.cores:
+        raise ValueError(f"--cores: --init fixes the core count ({len(args.init)}); give one or the other")
+    return [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     """Run every requested solver sequentially, with CHORDS and with every method; write the plots.
 
@@ -176,9 +184,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
         output) and the every-method rows (solver, steps, method, cores, rounds, speedup, nfe,
         ratio, err, ok; none with ``--init``).
     """
-    if args.init and args.cores:  # (--cores was ignored silently)
-        raise ValueError(f"--cores: --init fixes the core count ({len(args.init)}); give one or the other")
-    cores = [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
+    cores = core_counts(args)
     make_schedule, prediction, spacing = SCHEDULES[args.schedule]
     schedule = make_schedule()
     gmm = GaussianMixture.random(args.dim, args.modes, seed=args.seed)
@@ -421,6 +427,7 @@ def run_main(args: argparse.Namespace) -> int:
     Returns:
         The exit status (0).
     """
+    core_counts(args)  # (its usage error before --out's folder is made)
     try:  # before the run, not after it: a bad --out is a usage error (status 2 from the command line)
         os.makedirs(args.out, exist_ok=True)
         with tempfile.TemporaryFile(dir=args.out):  # writable (an existing read-only folder passes makedirs)

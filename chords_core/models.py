@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .schedules import RectifiedFlow, Schedule, schedule_key
+from .schedules import ByIdentity, RectifiedFlow, Schedule, schedule_key
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check",
            "check_array", "check_call"]
@@ -324,7 +324,10 @@ class DiffusionModel(Model):
             (schedule, prediction, t) across calls (``_DATA_EPS``): a run's solver asks for every grid
             time again, about 6 µs each (a tenth of a small state's cascade round).
         """
-        key = (schedule_key(self.schedule), self.prediction, float(t))
+        sk = schedule_key(self.schedule)
+        if type(sk[1]) is ByIdentity:  # held by identity (an array in it): its values may change in place
+            return self._data_eps(float(t))
+        key = (sk, self.prediction, float(t))
         got = _DATA_EPS.get(key)
         if got is None:
             if len(_DATA_EPS) >= _DATA_EPS_SIZE:

@@ -404,6 +404,8 @@ def test_weight_gradients_through_copies_warn():
             warnings.simplefilter("error")
             with torch.no_grad():
                 cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+            net.requires_grad_(False)  # the warning's own advice: silent from then on (read at every call)
+            cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
     with warnings.catch_warnings(), DeviceExecutor(["cpu", "cpu"]) as shared:
         warnings.simplefilter("error")
         cc.chords(model, x, grid, cores=2, stop=None, executor=shared)
@@ -447,3 +449,34 @@ def test_a_keyboard_interrupt_raised_by_the_model_on_a_device_thread_is_a_worker
     with DeviceExecutor(["cpu"]) as ex, pytest.raises(chords_torch.WorkerError, match="KeyboardInterrupt: from the model"):
         cc.chords(cc.DiffusionModel(interrupting, cc.RectifiedFlow(), "flow"), x0(batch=1, dim=4),
                   cc.time_grid(cc.RectifiedFlow(), 2), cores=1, executor=ex)
+
+
+def test_a_stopped_device_thread_hands_back_a_finished_future():
+    """A round that read the pools before another thread's close() submitted to a stopped thread: the
+    future was cancelled without the notify that wakes concurrent.futures.wait, which then waited for
+    ever (a review found it after the queued-round fix)."""
+    import concurrent.futures as cf
+
+    from chords_torch.device import _DeviceThread
+
+    worker = _DeviceThread("test")
+    worker.shutdown(wait=True)
+    fut = worker.submit(lambda: 1)
+    done, pending = cf.wait([fut], timeout=5)
+    assert fut in done and fut.cancelled() and not pending
+
+
+
+def test_model_settings_hold_the_objects_they_compare_by_identity():
+    """The executors resend a model's shell when ``model_settings`` changes; objects are compared by
+    identity, and held (a bare id is reused once the object is freed: a schedule replaced twice compared
+    equal to the first, and the workers kept the old shell)."""
+    from chords_torch._common import model_settings
+
+    model = cc.DiffusionModel(lambda x, t: x, cc.EDM(t_noise=10.0), "x0")
+    first = model_settings(model)
+    model.schedule = cc.EDM(t_noise=5.0)
+    model.schedule = cc.EDM(t_noise=10.0)  # equal to the first by value, another object
+    assert model_settings(model) != first and model_settings(model) == model_settings(model)
+    model.check_outputs = False
+    assert ("check_outputs", False) in model_settings(model)

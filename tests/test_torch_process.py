@@ -309,6 +309,9 @@ def test_process_executor_follows_the_models_settings_inference_mode_and_names_a
         odd.note = functools.partial(lambda: None)  # (a lambda inside: the shell does not pickle)
         with pytest.raises(TypeError, match="^model: its shell .* must pickle to reach the workers"):
             cc.chords(odd, x0(batch=5), grid, cores=3, stop=None, executor=fresh)
+        odd.note = torch.ones(2, requires_grad=True) * 2  # plain pickle takes it, torch's reductions do not
+        with pytest.raises(TypeError, match="^model: its shell .* non-leaf tensor"):
+            cc.chords(odd, x0(batch=5), grid, cores=3, stop=None, executor=fresh)
         assert same_hits(cc.chords(MODEL, x0(batch=5), grid, cores=3, stop=None, executor=fresh), ref)
     finally:
         fresh.close()

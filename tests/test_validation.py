@@ -687,3 +687,28 @@ def test_what_a_user_trial_found_loose_is_named():
     assert np.array_equal(huge.x, full.x) and huge.rounds == full.rounds  # a memory past T mixes the same
     assert np.array_equal(cc.parataa(FLOW, X, GRID, window=3, memory=10**30).x,
                           cc.parataa(FLOW, X, GRID, window=3, memory=8).x)
+
+
+def test_data_prediction_coefficients_follow_a_schedule_changed_in_place():
+    """``DiffusionModel.data_eps_coefficients`` is kept across calls per schedule (by value); a schedule
+    held by identity (an array in it) may change in place, so it is not kept (a review found the cache
+    returning the old coefficients after ``schedule.c[0] = 2``)."""
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Scaled(cc.VP):
+        c: np.ndarray = field(default_factory=lambda: np.ones(1))
+
+        def sigma(self, t):
+            return super().sigma(t) * float(self.c[0])
+
+    sched = Scaled()
+    model = cc.DiffusionModel(lambda x, t: x, sched, "eps")
+    before = model.data_eps_coefficients(0.5)
+    sched.c[0] = 2.0
+    after = model.data_eps_coefficients(0.5)
+    assert after != before and after == cc.DiffusionModel(lambda x, t: x, Scaled(c=np.array([2.0])),
+                                                          "eps").data_eps_coefficients(0.5)
+    vp = cc.DiffusionModel(lambda x, t: x, cc.VP.linear(), "v")
+    assert vp.data_eps_coefficients(0.25) == vp._data_eps(0.25) == vp.data_eps_coefficients(np.float64(0.25))
+

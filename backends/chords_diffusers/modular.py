@@ -246,7 +246,8 @@ def _loop_class() -> type:
             if progress is None:  # the loop's progress-bar setting
                 progress = progress_enabled(loop)
             model_blocks = list(loop.sub_blocks.values())[:-1]
-            one = opts.get("cores") == 1 or (opts.get("cores") is None and len(opts.get("init") or (0, 1)) == 1)
+            init = opts.get("init")  # (an array init: its truth value is ambiguous)
+            one = opts.get("cores") == 1 or (opts.get("cores") is None and init is not None and len(init) == 1)
             if not one:  # (one point a round: a batched call is one point's call, in step order)
                 _refuse_step_dependent(components, model_blocks, batched)
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from chords_core.models import Model, resolve_check
-from chords_core.schedules import Schedule
+from chords_core.schedules import ByIdentity, Schedule
 
 __all__ = ["assign", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "ShellError", "WorkerError",
            "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
@@ -99,11 +99,13 @@ def shell_of(model: Model) -> Model:
 def model_settings(model: Model) -> tuple:
     """What a model's shell carries besides the network, to tell whether the model changed since its
     shell was sent or its replicas bound (``check_outputs`` set to ``False`` after a first call kept
-    raising on nan): its attributes by value where plain (numbers, strings, None), else by identity."""
+    raising on nan): its attributes by value where plain (numbers, strings, None), else by identity,
+    holding the object (``ByIdentity``: a bare id is reused once the object is freed, and a schedule
+    replaced twice compared equal to the first)."""
     net = fn_attr(model)
     plain = (bool, int, float, str)
-    return tuple(sorted((k, v if v is None or isinstance(v, plain) else ("id", id(v)))
-                        for k, v in vars(model).items() if k != net))
+    return tuple(sorted(((k, v if v is None or isinstance(v, plain) else ByIdentity(v))
+                         for k, v in vars(model).items() if k != net), key=lambda kv: kv[0]))
 
 
 class ShellError(ValueError):

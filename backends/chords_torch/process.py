@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import signal
 import threading
 import time
@@ -34,6 +33,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, NoReturn
 
 import torch
@@ -330,8 +330,8 @@ class ProcessExecutor(Executor):
         shell = None
         if self._model is not model or self._settings != settings:
             shell = shell_of(model)
-            try:
-                pickle.dumps(shell)
+            try:  # (as the pipe pickles it: torch's reductions refuse what plain pickle takes, a non-leaf tensor)
+                ForkingPickler.dumps(shell)
             except Exception as e:
                 raise TypeError(f"model: its shell (the model without its network) must pickle to reach the "
                                 f"workers: {type(e).__name__}: {e}") from None
