@@ -147,7 +147,11 @@ class Schedule:
         lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
         lo = np.full_like(lam, min(self.t_noise, self.t_data))
         hi = np.full_like(lam, max(self.t_noise, self.t_data))
-        increasing_in_t = float(self.lam(self.t_noise)) > float(self.lam(self.t_noise * 0.5 + self.t_data * 0.5))
+        # lambda grows from noise to data: with t too where t_noise < t_data (comparing lambda at t_noise and
+        # at the midpoint alone said "decreasing" for every schedule, and such a schedule's times came back
+        # at the wrong end: [1, 1, 3e-61] for [0.1, 0.3, 0.7])
+        mid_t = self.t_noise * 0.5 + self.t_data * 0.5
+        increasing_in_t = (float(self.lam(mid_t)) - float(self.lam(self.t_noise))) * (mid_t - self.t_noise) > 0
         for _ in range(200):
             mid = 0.5 * (lo + hi)
             above = self.lam(mid) > lam

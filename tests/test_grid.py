@@ -113,3 +113,27 @@ def test_a_schedule_with_an_array_field_or_its_own_parameter_is_checked_as_itsel
     cc.DiffusionModel(lambda x, t: x, Limited(1.0), "flow").check_times(grid)
     with pytest.raises(ValueError, match=r"grid\[0\]"):
         cc.DiffusionModel(lambda x, t: x, Limited(0.5), "flow").check_times(grid)
+
+
+def test_the_generic_inverse_of_lambda_on_a_schedule_running_up_in_time():
+    """``Schedule.t_from_lam``'s bisection took lambda as decreasing in t for every schedule (its test
+    compared lambda at t_noise and the midpoint only): a schedule from t_noise = 0 to t_data = 1 got
+    [1, 1, 3e-61] for [0.1, 0.3, 0.7], and its log-SNR grids failed with misleading messages."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Rising(cc.Schedule):  # rectified flow with time reversed: noise at 0, data at 1
+        t_noise: float = 0.001
+        t_data: float = 1.0
+        t_min: float | None = 0.99
+
+        def alpha(self, t):
+            return np.asarray(t, dtype=np.float64)
+
+        def sigma(self, t):
+            return 1.0 - np.asarray(t, dtype=np.float64)
+
+    s, t = Rising(), np.array([0.1, 0.3, 0.7])
+    assert np.allclose(s.t_from_lam(s.lam(t)), t, rtol=1e-12, atol=0)
+    grid = cc.time_grid(s, 6, "logsnr")
+    assert np.all(np.diff(grid) > 0) and np.allclose(np.diff(s.lam(grid[:-1])), np.diff(s.lam(grid[:-1]))[0])
