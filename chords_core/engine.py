@@ -39,7 +39,7 @@ from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import Outputs, StopRule
+from .stopping import Outputs, StopRule, warn_unmet
 
 __all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "Survivors", "run_plan", "plan_result"]
 
@@ -186,13 +186,24 @@ class CoreRecords:
         # (a round numbered past the plan's, after rounds evaluated again: the last width, at least n)
         return self.buffers.take(rd.number, n, self.widths[min(rd.number, len(self.widths)) - 1])
 
+    def _stage_point(self, c: int, i: int, k: int, ti: int) -> Any:
+        """Stage ``k`` >= 1's point of core ``c``'s step i -> i + 1, evaluated at grid index ``ti`` (the
+        plan's: the step's end); a solver whose stage asks for another time is refused (its point was
+        evaluated at the step's end regardless: 0.03 off ``solve`` at cores=1, silently)."""
+        x, at = self.sol.stage_point(self.states[c], self.qs[c], i, i + 1, k)
+        if at != ti:
+            raise ValueError(f"solver: {self.sol.name!r} evaluates stage {k} of the step {i} -> {i + 1} at grid index "
+                             f"{at}; CHORDS evaluates every later stage at the step's end ({ti}), as Heun's: use "
+                             "solve, srds or a window method (cc.parallel) with this solver")
+        return x
+
     def points(self, rd: Round) -> list:
         """The point each evaluation of round ``rd`` is at (stage 0: the state; later stages: the
         solver's): a ``Stacked`` list of the round buffer's rows where the round has one (points not
         yet there are copied in)."""
-        st, sol, qs = self.states, self.sol, self.qs
-        pts = [st[c].x if k == 0 else sol.stage_point(st[c], qs[c], i, i + 1, k)[0]
-               for c, i, k, _, _, _, _, _, _ in rd.rows]  # plan.Eval's fields in order
+        st = self.states
+        pts = [st[c].x if k == 0 else self._stage_point(c, i, k, ti)
+               for c, i, k, ti, _, _, _, _, _ in rd.rows]  # plan.Eval's fields in order
         if self.buffers is None:
             return pts
         nxt, self.next = self.next, None
@@ -481,7 +492,9 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             n += 1
     if result is None:
         result = hits[-1]
-        stopped_by = rule.describe(len(hits), result.core, False)  # core 0: the sequential solution
+        stopped_by = rule.describe(len(hits), result.core, False)  # core 0: the sequential solution,
+        if result.core != 0:  # unless the rule needs fewer outputs than the cores make: a faster core's
+            warn_unmet(rule, stopped_by)  # unconverged output, which a tolerance rule warns of (as SRDS')
     if not survivors.retired:
         return plan_result(plan, result, hits, records.coarse, stopped_by)
     R = result.round

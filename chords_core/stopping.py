@@ -124,8 +124,9 @@ class Outputs(tuple):
 
 class StopNotMet(RuntimeWarning):
     """A tolerance stop rule was never met and the run's last output is not the sequential solution
-    (an SRDS run cut short by ``max_iters``). A CHORDS run whose rule is never met returns core 0's
-    output, the sequential solution, and says so in ``stopped_by`` without a warning."""
+    (an SRDS run cut short by ``max_iters``, a CHORDS run whose rule needs fewer outputs than the
+    cores make). A CHORDS run whose rule is never met otherwise returns core 0's output, the
+    sequential solution, and says so in ``stopped_by`` without a warning."""
 
 
 class StopRule:
@@ -201,7 +202,7 @@ class StopOnResidual(StopRule):
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output is within ``tol`` (RMS) of the previous one (or the coarse prediction)."""
         prev = outputs[-2] if len(outputs) > 1 else coarse
-        if prev is None:
+        if prev is None or self.tol <= 0:  # (an RMS is never below 0: nothing read, as decides_on_values says)
             return False
         return B.rms(outputs[-1] - prev) < self.tol
 

@@ -155,3 +155,34 @@ def test_unipc_keeps_its_order_to_the_end_without_lower_order_final():
     assert orders[False] > 2.7 and orders[True] < 2.3, orders
     grid = np.linspace(0.98, 0.02, 11)
     assert np.array_equal(cc.solve(model, x0, grid, "unipc"), cc.solve(model, x0, grid, "unipc", lower_order_final=True))
+
+
+def test_chords_refuses_a_solver_whose_later_stage_is_not_at_the_steps_end(monkeypatch):
+    """CHORDS' plan evaluates every later stage at the step's end (Heun's); a solver whose
+    ``stage_point`` asks for another time was evaluated there regardless: ``chords(cores=1)`` 0.03 off
+    ``solve``, silently (an extension trial). Refused naming ``solver``; solve, srds and the window
+    methods, which evaluate at the time the solver gives, still run it."""
+    from chords_core.solvers import SOLVERS, Euler, SolverSpec, State
+
+    class StageAtStart(Euler):
+        name, order = "stage_at_start", 1
+
+        def evals(self, i, j):
+            return 1 if (self._final_zero and j == self.steps) else 2
+
+        def stage_point(self, state, qs, i, j, k):
+            return state.x + (0.5 * (self.t[j] - self.t[i])) * qs[0], i
+
+        def step(self, state, qs, i, j):
+            if len(qs) == 1:
+                return super().step(state, qs, i, j)
+            return State(state.x + (self.t[j] - self.t[i]) * qs[1])
+
+    monkeypatch.setitem(SOLVERS, "stage_at_start", SolverSpec(StageAtStart, 2, 1, "a later stage at t_i"))
+    model = GaussianMixture.random(3, 2, seed=1).model(cc.RectifiedFlow(), "x0")
+    grid, x = cc.time_grid(cc.RectifiedFlow(), 6), np.random.default_rng(0).standard_normal((2, 3))
+    seq = cc.solve(model, x, grid, "stage_at_start")
+    with pytest.raises(ValueError, match=r"^solver: 'stage_at_start' evaluates stage 1 of the step 0 -> 1 at grid "
+                                         r"index 0; CHORDS evaluates every later stage at the step's end \(1\)"):
+        cc.chords(model, x, grid, "stage_at_start", cores=1, stop=None)
+    assert np.array_equal(cc.paradigms(model, x, grid, "stage_at_start", window=1, tol=0.0).x, seq)

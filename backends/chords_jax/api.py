@@ -41,7 +41,6 @@ from chords_core.sequential import step_where
 from chords_core.stopping import (
     DEFAULT_STOP,
     Outputs,
-    RunAll,
     StopAtCore,
     StopRule,
     as_stop_rule,
@@ -550,10 +549,10 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
                           outputs: int = 0) -> bool:
     """Whether the call is inside ``jax.jit``, ``vmap`` or ``grad`` (``x`` or ``args`` traced, a tracer
     in the model's closure, a caller's ``jit`` around it). It can run there only as one compiled call
-    that reads nothing on the host: ``TypeError`` naming ``stop`` for a ``rule`` other than ``RunAll``
-    and ``StopAtCore`` (the others read the outputs' values) where it has more than one of ``outputs``
-    to choose from (``rule`` ``None``: not at all, naming ``x`` or ``args`` where one is traced),
-    naming ``devices`` for a sharded run."""
+    that reads nothing on the host: ``TypeError`` naming ``stop`` for a ``rule`` that decides on the
+    outputs' values (``decides_on_values``; ``RunAll`` and ``StopAtCore`` do not) where it has more
+    than one of ``outputs`` to choose from (``rule`` ``None``: not at all, naming ``x`` or ``args``
+    where one is traced), naming ``devices`` for a sharded run."""
     if not tracing():
         return False
     arg = next((name for name, value in (("x", x), ("args", args))
@@ -564,10 +563,11 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
                 f"{where} (here a tracer in the model's closure, or a caller's jit around the call)")
         raise TypeError(f"{what} is not supported (it reads values of its run on the host: its rounds, its stop or "
                         "its log); call it outside the transformation")
-    if not isinstance(rule, (RunAll, StopAtCore)) and outputs > 1:  # (StopOnResidual(0) too: its accept reads)
+    if getattr(rule, "decides_on_values", True) and outputs > 1:  # (StopOnResidual(0) too: its accept reads)
         raise TypeError(f"stop: {where} runs as one compiled call and cannot offer the outputs to "
-                        f"{type(rule).__name__} on the host; only stop=None (run every core) and StopAtCore(n) run "
-                        "there; or call it outside the transformation")
+                        f"{type(rule).__name__} on the host; only rules that decide on the outputs' arrival alone "
+                        "(decides_on_values = False: stop=None, StopAtCore(n)) run there; or call it outside the "
+                        "transformation")
     if mesh is not None:
         raise TypeError(f"devices: {where} runs on the default device; shard the transformed function instead, "
                         "or call it outside the transformation")

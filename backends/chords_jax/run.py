@@ -145,11 +145,26 @@ def _function(model: Any) -> Any:
     return model.fn if isinstance(model, DiffusionModel) else model.f if isinstance(model, VectorField) else model
 
 
+def _calls_its_function(model: Any) -> None:
+    """Refuse a model subclass that changes how its function is called (``_call`` or ``evaluate``
+    overridden): the compiled run calls the function itself, and ignored such an override (a subclass
+    clamping the outputs: 0.16 off the core's answer, silently)."""
+    for base in (DiffusionModel, VectorField):
+        if isinstance(model, base):
+            changed = [m for m in ("_call", "evaluate") if getattr(type(model), m) is not getattr(base, m)]
+            if changed:
+                attr = "fn" if base is DiffusionModel else "f"
+                raise TypeError(f"model: {type(model).__name__} overrides {' and '.join(changed)}, which chords_jax "
+                                f"does not call: it compiles the model's function ({attr}) itself; put the change in "
+                                "the function, or run it with chords_core")
+
+
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
     function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
     if with_args:
         _takes_args(_function(model))
+    _calls_its_function(model)
     if isinstance(model, DiffusionModel):
         fn: Any = model.fn
 
