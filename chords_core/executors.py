@@ -63,7 +63,7 @@ class Executor:
                 its point in ``xs`` (``Model.evaluate`` raises it so for its own points; an executor
                 that splits a round must map the index back).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__ (an Executor subclass must)")
 
     def close(self) -> None:
         """Release the executor's resources (threads, processes); idempotent. No-op by default."""

@@ -179,6 +179,10 @@ def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> boo
 
 class Model:
     """Base class of models: subclasses implement ``_call`` (one batched call) and ``coefficients``.
+    ``_call`` checks what the model returned itself: ``DiffusionModel`` and ``VectorField`` pass their
+    network's output through ``_check(out, stacked points, points, rows)``; a subclass that writes its
+    own ``_call`` without it gets no output check (an extension trial's model returned nan unnoticed),
+    so subclass ``DiffusionModel`` / ``VectorField`` (wrapping ``fn`` / ``f``) where you can.
 
     ``check_outputs``: check every output's shape and dtype, and its finiteness (``ModelOutputError``):
     ``True`` at every call; ``"deferred"``: on the device, read back once per CHORDS output (no
@@ -228,7 +232,7 @@ class Model:
         return outs
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define _call (a Model subclass must)")
 
     def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
         """Conversion coefficients from a raw output to a solver's quantity, per grid time.
@@ -242,7 +246,7 @@ class Model:
             not exist); ``None`` when the output already is the quantity. Raises ``ValueError`` if
             the model cannot supply ``quantity``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define coefficients (a Model subclass must)")
 
     def check_times(self, times: np.ndarray) -> None:
         """Raise ``ValueError`` if the grid does not suit the model (any grid suits a plain ODE).

@@ -146,7 +146,7 @@ class StopRule:
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether to stop at the newest output ``outputs[-1]``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define accept (a StopRule subclass must)")
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """``stopped_by`` text for output number ``n`` (1-based) from core ``core``."""

@@ -740,3 +740,35 @@ def test_a_chords_rule_unmet_short_of_the_sequential_output_warns():
             def outputs_needed(self, available):
                 return available
         assert cc.chords(FLOW, X, grid, cores=4, stop=All()).hits[-1].core == 0  # the sequential output: no warning
+
+
+def test_extension_points_refuse_bad_registrations_and_keep_the_extensions_own_errors(monkeypatch):
+    """An extension trial: ``register_solver(None, ...)`` and ``Method(5, ...)`` were accepted and then
+    broke unrelated "unknown solver / method" messages (sorting names of mixed types), ``Method(run=42)``
+    failed in an unrelated call; a TypeError inside a custom solver read "bad options for solver" (no
+    options given) without its traceback; a build returning no Solver failed on ``accuracy``; the base
+    classes' missing methods raised a bare NotImplementedError."""
+    from chords_core.methods import METHODS, Method, register_method
+    from chords_core.solvers import SOLVERS, Euler, SolverSpec
+
+    spec = SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "Euler again", options=())
+    with pytest.raises(TypeError, match="^name must be a non-empty string, got None"):
+        cc.register_solver(None, spec)
+    with pytest.raises(TypeError, match="^method: its name must be a non-empty string, got 5"):
+        register_method(Method(5, METHODS["chords"].run))
+    with pytest.raises(TypeError, match="^method 'm1': run must be callable, got int"):
+        register_method(Method("m1", 42))
+
+    class Buggy(Euler):
+        def __init__(self, model, times):
+            super().__init__(model, times)
+            self.bug = [] + None  # the solver's own bug
+
+    monkeypatch.setitem(SOLVERS, "buggy", SolverSpec(Buggy, 1, 1, "raises in its own code", options=()))
+    with pytest.raises(TypeError, match="can only concatenate list"):
+        cc.solve(FLOW, X, GRID, "buggy")
+    monkeypatch.setitem(SOLVERS, "object", SolverSpec(lambda m, t: object(), 1, 1, "not a solver", options=()))
+    with pytest.raises(TypeError, match="^solver 'object': its SolverSpec's build returned a object, not a Solver"):
+        cc.solve(FLOW, X, GRID, "object")
+    with pytest.raises(NotImplementedError, match="^Executor does not define __call__"):
+        cc.Executor()(FLOW, [X], [0.5])

@@ -67,6 +67,10 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     """Add ``method`` to the registry (``replace=True`` to overwrite a name); returns it."""
     if not isinstance(method, Method):
         raise TypeError(f"method must be a Method, got {type(method).__name__}")
+    if not isinstance(method.name, str) or not method.name:  # (another type broke unrelated errors' sorting)
+        raise TypeError(f"method: its name must be a non-empty string, got {method.name!r}")
+    if not callable(method.run):
+        raise TypeError(f"method {method.name!r}: run must be callable, got {type(method.run).__name__}")
     if not replace and method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
     METHODS[method.name] = method

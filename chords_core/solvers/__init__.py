@@ -93,6 +93,8 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
     """
     if not isinstance(spec, SolverSpec):
         raise TypeError(f"spec must be a SolverSpec, got {type(spec).__name__}")
+    if not isinstance(name, str) or not name:  # (None broke every later unknown-solver message's sorting)
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
     if name in SOLVERS and not replace:
         raise ValueError(f"solver {name!r} is already registered (pass replace=True to overwrite it)")
     SOLVERS[name] = spec
@@ -129,10 +131,15 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
         for key in options:
             if key not in spec.options:
                 raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {spec.takes()})")
-    try:
+    if spec.options is None and options:  # options the spec does not list: a TypeError from build names them
+        try:
+            built = spec.build(model, times, **options)
+        except TypeError as e:
+            raise ValueError(f"bad options for solver {solver!r}: {e}") from None
+    else:  # (a TypeError inside the solver's own code is its own, with its traceback: it read "bad options")
         built = spec.build(model, times, **options)
-    except TypeError as e:
-        raise ValueError(f"bad options for solver {solver!r}: {e}") from None
+    if not isinstance(built, Solver):
+        raise TypeError(f"solver {solver!r}: its SolverSpec's build returned a {type(built).__name__}, not a Solver")
     if not options and built.accuracy != spec.order:  # a registration error: the estimates would be off
         raise ValueError(f"solver {solver!r}: its SolverSpec says order {spec.order}, but the bound "
                          f"{type(built).__name__} says {built.accuracy} (set the class's `order`: local-error "

@@ -168,7 +168,7 @@ class Solver:
         Returns:
             The new ``State`` at ``j``; ``state`` is not modified.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define step (a Solver subclass must)")
 
     #: the ``step`` that ``_step_out`` computes (set by a class that implements ``_step_out`` for its
     #: own ``step``); a subclass with another ``step`` is not bypassed
@@ -190,7 +190,7 @@ class Solver:
     def _step_out(self, state: State, qs: Sequence[Array], i: int, j: int, out: Array | None) -> State:
         """``step``'s result with its point written into ``out`` (a new array where ``out`` is ``None``
         or does not fit); see ``_step_into``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define _step_out (its step into a given array)")
 
     def jump_coeffs(self, i: int, j: int) -> tuple[float, float]:
         """Coefficients (a, b) of the zero-cost first-order jump G(x, q; i -> j) = a x + b q.
@@ -203,7 +203,8 @@ class Solver:
             (a, b) as Python floats; exact for a final step to sigma = 0 (it returns the data
             prediction).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define jump_coeffs, the coarse jump every parallel "
+                                  "method takes (solve alone needs none)")
 
     @property
     def accuracy(self) -> int:
