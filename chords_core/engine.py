@@ -39,7 +39,7 @@ from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import Outputs, StopRule, warn_unmet
+from .stopping import Outputs, StopRule, chosen_output
 
 __all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "Survivors", "run_plan", "plan_result"]
 
@@ -490,11 +490,9 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             if result is not None:
                 break
             n += 1
-    if result is None:
-        result = hits[-1]
-        stopped_by = rule.describe(len(hits), result.core, False)  # core 0: the sequential solution,
-        if result.core != 0:  # unless the rule needs fewer outputs than the cores make: a faster core's
-            warn_unmet(rule, stopped_by)  # unconverged output, which a tolerance rule warns of (as SRDS')
+    if result is None:  # the last output: core 0's, the sequential solution, unless the rule needs fewer
+        n, stopped_by = chosen_output(rule, [h.core for h in hits], None)  # (then it warns, StopNotMet)
+        result = hits[n]
     if not survivors.retired:
         return plan_result(plan, result, hits, records.coarse, stopped_by)
     R = result.round

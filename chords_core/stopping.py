@@ -52,7 +52,6 @@ A rule written outside the package subclasses ``StopRule`` (or just has these th
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -291,9 +290,12 @@ class RunAll(StopRule):
 
 
 def warn_unmet(rule: StopRule, stopped_by: str) -> None:
-    """Warn (``StopNotMet``) that ``rule`` accepted no output, if it is a rule that says so."""
+    """Warn (``StopNotMet``, at the caller's line) that ``rule`` accepted no output, if it is a rule
+    that says so."""
     if getattr(rule, "warns_if_unmet", False):
-        warnings.warn(f"stop rule not met ({stopped_by}): the last output is returned", StopNotMet, stacklevel=3)
+        from .call import warn_caller  # (call imports the solvers and models: not at this module's import)
+
+        warn_caller(f"stop rule not met ({stopped_by}): the last output is returned", StopNotMet)
 
 
 def as_stop_rule(stop: Any) -> StopRule:
@@ -340,7 +342,10 @@ def chosen_output(rule: StopRule, cores: Sequence[int], n: int | None) -> tuple[
     or, with ``n`` ``None``, for the last of the outputs (arrival order) of ``cores``."""
     if n is not None:
         return n, rule.describe(n + 1, cores[n], True)
-    return len(cores) - 1, rule.describe(len(cores), cores[-1], False)
+    text = rule.describe(len(cores), cores[-1], False)
+    if cores[-1] != 0:  # a rule that needs fewer outputs than the cores make: a faster core's unconverged output
+        warn_unmet(rule, text)
+    return len(cores) - 1, text
 
 
 def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any,

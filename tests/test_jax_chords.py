@@ -1037,3 +1037,30 @@ def test_a_rule_deciding_on_arrival_alone_runs_under_jit():
     got = jax.jit(lambda x: cj.chords(model, x, grid, cores=4, stop=SecondOutput()).x)(jnp.asarray(X))
     assert close(got, cj.chords(model, X, grid, cores=4, stop=cc.StopAtCore(2)).x)
 
+
+def test_a_rule_unmet_short_of_the_sequential_output_warns_as_in_the_core():
+    """A rule needing fewer outputs than the cores make and accepting none returns a faster core's
+    output: the core warns StopNotMet (an extension trial found it silent), and so does this path, at
+    this file's line, in one call and in chunks."""
+    from chords_core.stopping import StopNotMet
+
+    class Never(cc.StopRule):
+        warns_if_unmet = True
+
+        def outputs_needed(self, available):
+            return 2
+
+        def accept(self, outputs, coarse):
+            return False
+
+    class NeverArrival(Never):
+        decides_on_values = False
+
+    model = cc.DiffusionModel(denoiser, SCHED, "x0")
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    for rule in (Never(), NeverArrival()):
+        for call in (cc.chords, cj.chords):
+            with pytest.warns(StopNotMet, match="not met") as seen:
+                res = call(model, X, grid, cores=4, stop=rule)
+            assert res.hits[-1].core != 0 and seen[0].filename == __file__
+
