@@ -66,3 +66,23 @@ def first_nonfinite(run: Callable[[], Any]) -> str | None:
             text = str(err)
     found = [(int(m.group(1)), m.group(0)) for m in _WHERE.finditer(text)]
     return min(found)[1] if found else None
+
+
+def never_accepts(needed: int | None = 2, decides_on_values: bool = True) -> Any:
+    """A tolerance-type stop rule (it warns when unmet) that accepts no output and needs ``needed`` of
+    them (``None``: all the cores make)."""
+    import chords_core as cc
+
+    class Never(cc.StopRule):
+        warns_if_unmet = True
+
+        def outputs_needed(self, available):
+            return available if needed is None else needed
+
+        def accept(self, outputs, coarse):
+            return False
+
+    rule = Never()
+    rule.decides_on_values = decides_on_values
+    return rule
+

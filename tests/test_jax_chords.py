@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 jax.config.update("jax_enable_x64", True)  # as test_pipeline does; the exactness tests need float64
 import jax.numpy as jnp  # noqa: E402
-from helpers import first_nonfinite, interpret  # noqa: E402
+from helpers import first_nonfinite, interpret, never_accepts  # noqa: E402
 
 import chords_core as cc  # noqa: E402
 import chords_jax as cj  # noqa: E402
@@ -1041,26 +1041,20 @@ def test_a_rule_deciding_on_arrival_alone_runs_under_jit():
 def test_a_rule_unmet_short_of_the_sequential_output_warns_as_in_the_core():
     """A rule needing fewer outputs than the cores make and accepting none returns a faster core's
     output: the core warns StopNotMet (an extension trial found it silent), and so does this path, at
-    this file's line, in one call and in chunks."""
+    this file's line, in one call and in chunks; a rule that needs every output returns core 0's, the
+    sequential solution, without a warning."""
+    import warnings
+
     from chords_core.stopping import StopNotMet
-
-    class Never(cc.StopRule):
-        warns_if_unmet = True
-
-        def outputs_needed(self, available):
-            return 2
-
-        def accept(self, outputs, coarse):
-            return False
-
-    class NeverArrival(Never):
-        decides_on_values = False
 
     model = cc.DiffusionModel(denoiser, SCHED, "x0")
     grid = cc.time_grid(SCHED, 8, "logsnr")
-    for rule in (Never(), NeverArrival()):
+    for rule in (never_accepts(2), never_accepts(2, decides_on_values=False)):
         for call in (cc.chords, cj.chords):
             with pytest.warns(StopNotMet, match="not met") as seen:
                 res = call(model, X, grid, cores=4, stop=rule)
             assert res.hits[-1].core != 0 and seen[0].filename == __file__
-
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in (cc.chords, cj.chords):
+            assert call(model, X, grid, cores=4, stop=never_accepts(None)).hits[-1].core == 0

@@ -714,34 +714,6 @@ def test_data_prediction_coefficients_follow_a_schedule_changed_in_place():
 
 
 
-def test_a_chords_rule_unmet_short_of_the_sequential_output_warns():
-    """A rule that needs fewer outputs than the cores make and accepts none returns a faster core's
-    unconverged output: it warned in SRDS and not in CHORDS (an extension trial)."""
-    import warnings
-
-    from chords_core.stopping import StopNotMet
-
-    class Never(cc.StopRule):
-        warns_if_unmet = True
-
-        def outputs_needed(self, available):
-            return 2
-
-        def accept(self, outputs, coarse):
-            return False
-
-    grid = cc.time_grid(RF, 12)
-    with pytest.warns(StopNotMet, match="Never not met"):
-        res = cc.chords(FLOW, X, grid, cores=4, stop=Never())
-    assert res.hits[-1].core != 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        class All(Never):
-            def outputs_needed(self, available):
-                return available
-        assert cc.chords(FLOW, X, grid, cores=4, stop=All()).hits[-1].core == 0  # the sequential output: no warning
-
-
 def test_extension_points_refuse_bad_registrations_and_keep_the_extensions_own_errors(monkeypatch):
     """An extension trial: ``register_solver(None, ...)`` and ``Method(5, ...)`` were accepted and then
     broke unrelated "unknown solver / method" messages (sorting names of mixed types), ``Method(run=42)``
