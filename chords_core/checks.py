@@ -140,16 +140,17 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
     if isinstance(grid, (str, bytes)):
         raise ValueError(f"{name} must be a 1-D sequence of times, got a string")
     try:
-        times = np.asarray(grid)
-        # (booleans, strings, complex numbers and dates converted, silently; so did such objects)
-        if times.dtype.kind not in "iufO" or times.dtype.kind == "O" and any(
-                isinstance(v, (str, bytes, bool, np.bool_, complex, np.complexfloating)) for v in times.flat):
-            kind = times.dtype if times.dtype.kind != "O" else "object (str, bool or complex)"
-            raise ValueError(f"{name} must hold real numbers (times), got {kind} values")
-        times = np.asarray(times, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        if str(err).startswith(name):
-            raise
+        raw = np.asarray(grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D sequence of times") from None
+    # (booleans, strings, complex numbers and dates converted, silently; so did such objects)
+    if raw.dtype.kind not in "iufO" or raw.dtype.kind == "O" and any(
+            isinstance(v, (str, bytes, bool, np.bool_, complex, np.complexfloating)) for v in raw.flat):
+        kind = raw.dtype if raw.dtype.kind != "O" else "object (str, bool or complex)"
+        raise ValueError(f"{name} must hold real numbers (times), got {kind} values")
+    try:
+        times = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
         raise ValueError(f"{name} must be a 1-D sequence of times") from None
     if times.ndim != 1 or times.size < 2:
         raise ValueError(f"{name} must be 1-D with at least 2 times (1 step), got shape {times.shape}")

@@ -272,6 +272,23 @@ _DATA_EPS: dict = {}
 _DATA_EPS_SIZE = 1 << 14
 
 
+def _kept(store: dict, size: int, schedule: Schedule, rest: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, kept in ``store`` per (``schedule_key(schedule)``, *rest), at most ``size`` entries
+    (then emptied, not trimmed: nothing another thread's lookup can trip on). A schedule held by
+    identity (an array in it) is not kept: its values may change in place (cached data-prediction
+    coefficients came back stale)."""
+    sk = schedule_key(schedule)
+    if type(sk[1]) is ByIdentity:
+        return make()
+    key = (sk, *rest)
+    got = store.get(key)
+    if got is None:
+        if len(store) >= size:
+            store.clear()
+        got = store[key] = make()
+    return got
+
+
 class DiffusionModel(Model):
     """A denoiser ``fn(x, t)`` with x of shape (N, ...) and t of shape (N,), on a noise schedule.
 
@@ -328,16 +345,8 @@ class DiffusionModel(Model):
             (schedule, prediction, t) across calls (``_DATA_EPS``): a run's solver asks for every grid
             time again, about 6 µs each (a tenth of a small state's cascade round).
         """
-        sk = schedule_key(self.schedule)
-        if type(sk[1]) is ByIdentity:  # held by identity (an array in it): its values may change in place
-            return self._data_eps(float(t))
-        key = (sk, self.prediction, float(t))
-        got = _DATA_EPS.get(key)
-        if got is None:
-            if len(_DATA_EPS) >= _DATA_EPS_SIZE:
-                _DATA_EPS.clear()
-            got = _DATA_EPS[key] = self._data_eps(float(t))
-        return got
+        t = float(t)
+        return _kept(_DATA_EPS, _DATA_EPS_SIZE, self.schedule, (self.prediction, t), lambda: self._data_eps(t))
 
     def _data_eps(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
         a, s = float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
@@ -441,14 +450,8 @@ _GRID_PROBLEMS: dict = {}
 def grid_problem(schedule: Schedule, raw: bytes) -> str:
     """What is wrong with the float64 grid ``raw`` on ``schedule`` ("" if nothing), cached per
     (``schedule_key``, grid): by everything the schedule holds (its dataclass equality missed a
-    subclass's own parameters; an array field made it unhashable), at most 64 entries (then emptied)."""
-    key = (schedule_key(schedule), raw)
-    got = _GRID_PROBLEMS.get(key)
-    if got is None:
-        if len(_GRID_PROBLEMS) >= 64:  # (emptied, not trimmed: nothing another thread's lookup can trip on)
-            _GRID_PROBLEMS.clear()
-        got = _GRID_PROBLEMS[key] = _find_grid_problem(schedule, raw)
-    return got
+    subclass's own parameters; one holding an array is checked anew each time), at most 64 entries (``_kept``)."""
+    return _kept(_GRID_PROBLEMS, 64, schedule, (raw,), lambda: _find_grid_problem(schedule, raw))
 
 
 def _find_grid_problem(schedule: Schedule, raw: bytes) -> str:

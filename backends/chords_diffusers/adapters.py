@@ -63,7 +63,7 @@ def _take(kw: dict, pipe: Any, **defaults: Any) -> list:
     which change nothing)."""
     vals = [check_int(k, kw.pop(k), 1) if k in COUNTS and k in kw else kw.pop(k, v) for k, v in defaults.items()]
     if kw:
-        call = inspect.signature(type(pipe).__call__).parameters
+        call = call_params(pipe)
         left = sorted(k for k, v in kw.items() if k not in call or not _is_default(v, call[k].default))
         if left:
             raise TypeError(f"{type(pipe).__name__}: unsupported argument(s) for chords_diffusers.sample: "
@@ -74,10 +74,20 @@ def _take(kw: dict, pipe: Any, **defaults: Any) -> list:
 def _is_default(value: Any, default: Any) -> bool:
     """Whether ``value`` is a parameter's ``default``: the same object, or an equal plain value (a number,
     a string, a bool; not an array, whose ``==`` is elementwise)."""
-    if value is default:
-        return True
-    plain = (bool, int, float, str)
-    return isinstance(value, plain) and isinstance(default, plain) and type(value) is type(default) and value == default
+    return value is default or (type(value) in (bool, int, float, str) and type(value) is type(default)
+                                and value == default)
+
+
+_CALL_PARAMS: dict = {}  # pipeline class -> its __call__'s parameters
+
+
+def call_params(pipe: Any) -> Any:
+    """The parameters of ``pipe``'s ``__call__`` (its signature, read once per pipeline class)."""
+    cls = type(pipe)
+    got = _CALL_PARAMS.get(cls)
+    if got is None:
+        got = _CALL_PARAMS[cls] = inspect.signature(cls.__call__).parameters
+    return got
 
 
 def _batch_size(prompt: Any, prompt_embeds: Any) -> int:

@@ -21,7 +21,7 @@ import torch
 
 import chords_core as cc
 
-from .adapters import ADAPTERS
+from .adapters import ADAPTERS, call_params
 from .denoiser import make_model
 from .schedulers import SchedulerMap, map_scheduler
 
@@ -85,7 +85,7 @@ DEFAULT_CORES = 4
 
 def call_default(pipe: Any, name: str, fallback: Any) -> Any:
     """The default of argument ``name`` of ``pipe.__call__`` (``fallback`` where it has none)."""
-    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    param = call_params(pipe).get(name)
     return fallback if param is None or param.default is inspect.Parameter.empty else param.default
 
 
@@ -226,7 +226,7 @@ def sample(
         latents = job.make_latents()
         batch = getattr(job.net, "batch", None)
         if batch is not None and latents.shape[0] != batch:  # (a multiple ran on, cycling the prompts)
-            if prompt is None and "batch_size" in inspect.signature(type(pipe).__call__).parameters:
+            if prompt is None and "batch_size" in call_params(pipe):
                 given = f"batch_size gives {batch}"  # (an unconditional pipeline: it said "the prompts give 1")
             else:
                 given = f"the prompts give {batch} (prompts x images or videos per prompt)"

@@ -267,7 +267,6 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     rule = as_stop_rule(stop)
     prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
                              slots_multiple=ndev, **solver_options)
-    check_args(args)
     inside = inside_transformation(x, args, mesh, name, rule, len(sym.hits))
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
@@ -476,8 +475,7 @@ def _as_state(x: Any) -> jax.Array:
     if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
         return x
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
-        if not bool(_all_finite(x)):  # (a device read; bool of the 0-d array, not numpy's all over it)
-            raise nonfinite_state("x")
+        _raise_if_nonfinite_state(_all_finite(x))  # (a device read)
     return x
 
 
@@ -552,7 +550,8 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
     that reads nothing on the host: ``TypeError`` naming ``stop`` for a ``rule`` that decides on the
     outputs' values (``decides_on_values``; ``RunAll`` and ``StopAtCore`` do not) where it has more
     than one of ``outputs`` to choose from (``rule`` ``None``: not at all, naming ``x`` or ``args``
-    where one is traced), naming ``devices`` for a sharded run."""
+    where one is traced), naming ``devices`` for a sharded run. ``args`` is checked first (``check_args``)."""
+    check_args(args)
     if not tracing():
         return False
     arg = next((name for name, value in (("x", x), ("args", args))
@@ -577,8 +576,8 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
 def _raise_if_nonfinite_state(finite: Any) -> None:
     """The refusal of a non-finite initial state (``finite``: whether all of it is), at once for a
     state with values (``_as_state``), in a host callback for a traced one."""
-    if not bool(np.all(finite)):
-        raise nonfinite_state("x")
+    if not bool(finite):  # (a 0-d array, numpy's in the callback, jax's here: numpy's all over a jax array
+        raise nonfinite_state("x")  # converted it a second time)
 
 
 def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None]) -> None:

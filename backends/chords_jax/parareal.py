@@ -37,7 +37,6 @@ from .api import (
     _program,
     _replicated,
     _run_once,
-    check_args,
     inside_transformation,
     options_key,
     solver_key,
@@ -149,7 +148,6 @@ def srds(
     mesh, ndev = _mesh(executor, devices)
     check_model(model)  # the core's checks in the core's order, with its messages
     x = _as_state(x)
-    check_args(args)
     inside_transformation(x, args, None, "chords_jax.srds")  # (TypeError: its log reads the outputs on the host)
     times = check_grid(grid)
     model.check_times(times)

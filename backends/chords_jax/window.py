@@ -83,7 +83,7 @@ from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import CACHES, _as_state, _model_key, check_args, inside_transformation, options_key, solver_key
+from .api import CACHES, _as_state, _model_key, inside_transformation, options_key, solver_key
 from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
@@ -395,7 +395,6 @@ def parallel(
     """
     if executor is not None:
         raise ValueError("executor: chords_jax compiles the model evaluation itself; pass executor=None")
-    check_args(args)
     inside_transformation(x, args, None, "chords_jax.parallel")  # (TypeError: it reads its rounds on the host)
     name = RECOMMENDED if method is None else method
     if name not in WINDOW_METHODS:

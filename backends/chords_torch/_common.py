@@ -108,6 +108,12 @@ def model_settings(model: Model) -> tuple:
                          for k, v in vars(model).items() if k != net), key=lambda kv: kv[0]))
 
 
+def model_state(model: Model) -> tuple:
+    """The model itself (by identity, held) and its ``model_settings``: what the workers' shell was
+    made from, compared by the process and distributed executors to know when to send it again."""
+    return ByIdentity(model), model_settings(model)
+
+
 class ShellError(ValueError):
     """Bytes received as a model shell that do not describe one (or a shell that cannot be sent)."""
 

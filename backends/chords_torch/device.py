@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import copy
+import itertools
 import queue
 import threading
 import traceback
@@ -95,25 +96,29 @@ class _Weights:
             params, self.versions = [], []
         self.params = [weakref.ref(p) for p in params]
         self.fn = weakref.ref(fn) if isinstance(fn, torch.nn.Module) else None
-        self.modules = self._modules()
-
-    def trains(self) -> bool:
-        """Whether a parameter requires gradients now (their gradients cannot flow through the copies;
-        read at every call: ``requires_grad_(False)`` changes no version counter)."""
-        return any(p is not None and p.requires_grad for p in (ref() for ref in self.params))
+        self.modules = self._modules()  # (module, training) pairs: a module held, its id not reused
 
     def _modules(self) -> list:
         fn = self.fn() if self.fn is not None else None
-        return [] if fn is None else [(id(m), m.training) for m in fn.modules()]
+        return [] if fn is None else [(m, m.training) for m in fn.modules()]
 
-    def changed(self) -> bool:
-        """Whether a parameter was replaced or updated in place since, a module's mode changed or a
-        submodule was added or replaced (another network: ``_models`` compares the network itself)."""
+    def state(self) -> tuple[bool, bool]:
+        """(whether a parameter was replaced or updated in place since, a module's mode changed or a
+        submodule was added or replaced, whether a parameter requires gradients now), in one pass over
+        the parameters; the modules are compared as they are walked, stopping at the first change
+        (another network: ``_models`` compares the network itself). ``requires_grad`` is read at every
+        call: ``requires_grad_(False)`` changes no version counter."""
+        trains = False
         for ref, v in zip(self.params, self.versions):
             p = ref()
             if p is None or p._version != v:
-                return True
-        return self._modules() != self.modules
+                return True, False
+            trains = trains or p.requires_grad
+        fn = self.fn() if self.fn is not None else None
+        for pair, m in itertools.zip_longest(self.modules, fn.modules() if fn is not None else ()):
+            if pair is None or m is None or m is not pair[0] or m.training != pair[1]:
+                return True, False
+        return False, trains
 
 
 class _DeviceThread:
@@ -148,9 +153,8 @@ class _DeviceThread:
         for ever)."""
         fut: cf.Future = cf.Future()
         with self._lock:
-            if self._stopped:  # (cancel() alone leaves a waiter unwoken: the notify marks it done)
-                fut.cancel()
-                fut.set_running_or_notify_cancel()
+            if self._stopped:
+                _cancel(fut)
             else:
                 self._tasks.put((fut, fn, args))
         return fut
@@ -164,12 +168,18 @@ class _DeviceThread:
                     task = self._tasks.get_nowait()
                 except queue.Empty:
                     break
-                if task is not None:  # (cancel() alone wakes no concurrent.futures.wait: the notify does)
-                    task[0].cancel()
-                    task[0].set_running_or_notify_cancel()
+                if task is not None:
+                    _cancel(task[0])
             self._tasks.put(None)
         if wait:
             self._thread.join()
+
+
+def _cancel(fut: cf.Future) -> None:
+    """Cancel a call not started, waking whoever waits on it (``cancel()`` alone wakes no
+    ``concurrent.futures.wait``: the notify marks it done; without it a round waited for ever)."""
+    fut.cancel()
+    fut.set_running_or_notify_cancel()
 
 
 def _check_device(d: torch.device) -> None:
@@ -223,14 +233,15 @@ class DeviceExecutor(Executor):
         # (the network compared by identity whether or not it was copied: replicas that share the driver's
         # network are bound to it, and a model given another network kept evaluating the old one)
         settings = model_settings(model)  # (the replicas are bound to a copy of the model's settings)
-        if (entry is None or entry[0] is not model or entry[3] is not fn or entry[4] != settings
-                or (entry[2] is not None and entry[2].changed())):
+        changed, trains = entry[2].state() if entry is not None and entry[2] is not None else (False, False)
+        if entry is None or entry[0] is not model or entry[3] is not fn or entry[4] != settings or changed:
             entry, self._replicas = None, {}  # the old copies go before the new ones are made (device memory)
             replicas = [self.replicate(fn, d) for d in self.devices]
             copies = any(r is not fn for r in replicas)  # copies go stale when the network's weights change
             entry = (model, [bind(model, r) for r in replicas], _Weights(fn) if copies else None, fn, settings)
             self._replicas = {id(model): entry}  # keep one model's replicas (the engine uses one)
-        if entry[2] is not None and torch.is_grad_enabled() and entry[2].trains():
+            trains = entry[2] is not None and entry[2].state()[1]
+        if trains and torch.is_grad_enabled():
             warn_caller("DeviceExecutor: the network's parameters require gradients, and the copies on the other "
                         "devices are made from detached weights: gradients reach x, not the parameters (3-17% of "
                         "dL/dW lost in a user trial); run inference under torch.no_grad(), or requires_grad_(False) "

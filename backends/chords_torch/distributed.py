@@ -59,7 +59,7 @@ from ._common import (
     check_points,
     dump_shell,
     load_shell,
-    model_settings,
+    model_state,
     one_round_at_a_time,
     round_timeout_of,
 )
@@ -254,8 +254,7 @@ class DistributedExecutor(Executor):
             raise TypeError(f"local must be a network (callable) or a chords_core Model, got {type(local).__name__}")
         self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
         self._local_model: Model | None = None
-        self._model: Model | None = None
-        self._settings: tuple = ()  # model_settings of the model whose shell the ranks hold
+        self._sent: tuple | None = None  # model_state of the model whose shell the ranks hold
         self._closed = self._superseded = False
         self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
@@ -365,19 +364,19 @@ class DistributedExecutor(Executor):
             self.close(grace=1.0)
 
     def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
-        settings = model_settings(model)  # (the shell again where the model's settings changed: check_outputs)
-        if self._model is not model or self._settings != settings:
+        state = model_state(model)  # (the shell again where the model or its settings changed: check_outputs)
+        if self._sent != state:
             if self.local is not None:
                 self._local_model = bind(model, self.local)
             payload = _bytes_tensor(dump_shell(model), self.device)
             header = self._header(MODEL, payload=payload.numel())
             header[6] = 0 if self.round_timeout is None else max(1, round(self.round_timeout * 1000))
-            self._model = None
+            self._sent = None
             self._in_flight = True
             for r in self.ranks:
                 self._send(header, r, self._left())
                 self._send(payload, r, self._left())
-            self._model, self._settings = model, settings
+            self._sent = state
             self._in_flight = False  # (no answer owed for a model: a bad state's error below then left the
             # executor usable, as on a later call, where the first call had closed it and stopped the ranks)
         slots = ([None] if self.local is not None else []) + self.ranks  # None: rank 0 itself

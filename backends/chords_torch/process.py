@@ -52,7 +52,7 @@ from ._common import (
     bind,
     check_points,
     check_timeout,
-    model_settings,
+    model_state,
     one_round_at_a_time,
     round_timeout_of,
     shell_of,
@@ -213,8 +213,7 @@ class ProcessExecutor(Executor):
         self._conns: list = []
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
         self._closed = False
-        self._model: Model | None = None
-        self._settings: tuple = ()  # model_settings of the model whose shell the workers hold
+        self._sent: tuple | None = None  # model_state of the model whose shell the workers hold
         self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
@@ -326,9 +325,9 @@ class ProcessExecutor(Executor):
         # the model's shell goes again where the model or its settings changed (check_outputs=False after a
         # first call kept raising on nan); checked to pickle before anything is sent (a lambda on the model
         # raised a raw PicklingError in the send and closed the executor)
-        settings = model_settings(model)
+        state = model_state(model)
         shell = None
-        if self._model is not model or self._settings != settings:
+        if self._sent != state:
             shell = shell_of(model)
             try:  # (as the pipe pickles it: torch's reductions refuse what plain pickle takes, a non-leaf tensor)
                 ForkingPickler.dumps(shell)
@@ -340,10 +339,10 @@ class ProcessExecutor(Executor):
         w = 0
         try:  # from the first message to the last reply: any failure leaves replies in flight -> break
             if shell is not None:
-                self._model = None
+                self._sent = None
                 for w in range(len(self._conns)):  # w: the worker a failed send names
                     self._conns[w].send(("model", shell))
-                self._model, self._settings = model, settings
+                self._sent = state
             for w, idx in enumerate(groups):
                 if not idx:
                     continue

@@ -131,13 +131,12 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
         for key in options:
             if key not in spec.options:
                 raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {spec.takes()})")
-    if spec.options is None and options:  # options the spec does not list: a TypeError from build names them
-        try:
-            built = spec.build(model, times, **options)
-        except TypeError as e:
-            raise ValueError(f"bad options for solver {solver!r}: {e}") from None
-    else:  # (a TypeError inside the solver's own code is its own, with its traceback: it read "bad options")
+    try:
         built = spec.build(model, times, **options)
+    except TypeError as e:  # options the spec does not list: build's TypeError names them; otherwise it is the
+        if spec.options is not None or not options:  # solver's own, with its traceback (it read "bad options")
+            raise
+        raise ValueError(f"bad options for solver {solver!r}: {e}") from None
     if not isinstance(built, Solver):
         raise TypeError(f"solver {solver!r}: its SolverSpec's build returned a {type(built).__name__}, not a Solver")
     if not options and built.accuracy != spec.order:  # a registration error: the estimates would be off
