@@ -112,6 +112,15 @@ def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
     assert codes == [1, 0, 0], outs  # the driver failed, both workers were told to stop and left cleanly
 
 
+def test_a_models_sys_exit_on_a_rank_is_its_error_not_the_ranks_end(tmp_path):
+    # a stray sys.exit(0) inside the model: the driver gets the model's error (not a WorkerDied from a
+    # rank that left with status 0, which torchrun counts as success), and every rank is then told to stop
+    codes, outs = launch(["--fault", "exit", "--fault-rank", "1", "--fault-after", "2"], tmp_path=tmp_path)
+    rep = report(outs[0])
+    assert rep["error"].startswith("WorkerError: rank 1") and "SystemExit" in rep["error"], outs[0]
+    assert codes == [1, 0, 0], outs
+
+
 def test_a_faster_cores_bad_output_on_a_rank_retires_it_and_the_run_completes(tmp_path):
     codes, outs = launch(["--fault", "nan", "--fault-rank", "2", "--fault-after", "2"], tmp_path=tmp_path)
     rep = report(outs[0])

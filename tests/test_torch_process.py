@@ -68,7 +68,7 @@ def test_process_executor_new_shapes_dtypes_and_batched(trap_executor, one_threa
         ex.close()
 
 
-@pytest.mark.parametrize("mode", ["raise", "shape", "nan"])
+@pytest.mark.parametrize("mode", ["raise", "exit", "shape", "nan"])
 def test_worker_errors_raise_in_the_caller_and_the_executor_stays_usable(trap_executor, mode):
     xs = [x0(seed=s) for s in range(5)]
     bad = [x.clone() for x in xs]
@@ -76,6 +76,9 @@ def test_worker_errors_raise_in_the_caller_and_the_executor_stays_usable(trap_ex
     t0 = time.monotonic()
     if mode == "raise":
         with pytest.raises(WorkerError, match=r"worker 1: RuntimeError: injected failure(.|\n)*worker traceback"):
+            trap_executor(MODEL, bad, [0.5] * 5)
+    elif mode == "exit":  # a stray sys.exit in the model is the model's error, not the worker's end
+        with pytest.raises(WorkerError, match=r"worker 1: SystemExit"):
             trap_executor(MODEL, bad, [0.5] * 5)
     else:
         with pytest.raises(ModelOutputError, match="shape" if mode == "shape" else "non-finite") as info:

@@ -525,7 +525,8 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             answer = (0, 0, out)
         except ModelOutputError as e:
             answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm))
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # a stray sys.exit in the model is its error: leaving serve with
+            # status 0 would read as success to torchrun while the driver saw the rank vanish
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
             answer = (2, 0, _bytes_tensor(msg.encode(), comm))
         finally:

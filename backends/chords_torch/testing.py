@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,11 +125,12 @@ class Faulty:
     """Factory whose network misbehaves on its ``after``-th call (1-based, counted per process).
 
     ``mode``: "raise" (RuntimeError), "shape" (drops the last column), "nan", "hang" (sleeps an
-    hour) or "die" (SIGKILLs its own process). ``only``: misbehave only where the environment
-    variable ``only[0]`` equals ``only[1]`` (e.g. ("CHORDS_TORCH_WORKER", "1") or ("RANK", "2")).
+    hour), "exit" (``sys.exit(0)``, as a script's stray exit would) or "die" (SIGKILLs its own
+    process). ``only``: misbehave only where the environment variable ``only[0]`` equals ``only[1]``
+    (e.g. ("CHORDS_TORCH_WORKER", "1") or ("RANK", "2")).
     """
 
-    MODES = ("raise", "shape", "nan", "hang", "die")
+    MODES = ("raise", "shape", "nan", "hang", "exit", "die")
 
     def __init__(self, factory: Callable, mode: str, after: int = 1, only: tuple[str, str] | None = None) -> None:
         if mode not in self.MODES:
@@ -161,6 +163,8 @@ def _misbehave(mode: str, out: torch.Tensor) -> torch.Tensor:
         return out * float("nan")
     if mode == "hang":
         time.sleep(3600)
+    if mode == "exit":
+        sys.exit(0)
     os.kill(os.getpid(), 9)
     time.sleep(3600)
     raise AssertionError("unreachable: the process was killed")
@@ -172,7 +176,7 @@ class Trap:
     ``Trap.MARKERS[mode]`` is the value that triggers ``mode`` (see ``Faulty``).
     """
 
-    MARKERS = {"raise": 1001.0, "shape": 1002.0, "nan": 1003.0, "hang": 1004.0, "die": 1005.0}
+    MARKERS = {"raise": 1001.0, "shape": 1002.0, "nan": 1003.0, "hang": 1004.0, "die": 1005.0, "exit": 1006.0}
 
     def __init__(self, factory: Callable) -> None:
         self.factory = factory
