@@ -326,12 +326,12 @@ class ProcessExecutor(Executor):
         # first call kept raising on nan); checked to pickle before anything is sent (a lambda on the model
         # raised a raw PicklingError in the send and closed the executor)
         state = model_state(model)
-        shell = None
+        shell, first = None, memoryview(b"")
         if self._sent != state:
             shell = shell_of(model)
             try:  # (as the pipe pickles it: torch's reductions refuse what plain pickle takes, a non-leaf tensor)
-                ForkingPickler.dumps(shell)
-            except Exception as e:
+                first = ForkingPickler.dumps(("model", shell))  # worker 0's message; the others get their own
+            except Exception as e:  # (a tensor's storage travels as a descriptor that one unpickle takes)
                 raise TypeError(f"model: its shell (the model without its network) must pickle to reach the "
                                 f"workers: {type(e).__name__}: {e}") from None
         active: list[int] = []
@@ -341,7 +341,7 @@ class ProcessExecutor(Executor):
             if shell is not None:
                 self._sent = None
                 for w in range(len(self._conns)):  # w: the worker a failed send names
-                    self._conns[w].send(("model", shell))
+                    self._conns[w].send_bytes(first if w == 0 else ForkingPickler.dumps(("model", shell)))
                 self._sent = state
             for w, idx in enumerate(groups):
                 if not idx:
