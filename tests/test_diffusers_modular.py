@@ -178,44 +178,28 @@ def test_img2img_starting_part_way_is_rejected(flux):
         cd.with_chords(pipe, cores=2)(generator=torch.Generator().manual_seed(0), output="latents", **kw)
 
 
-def test_a_guider_that_guides_part_of_the_steps_needs_one_call_per_point(wan):
+def test_a_guider_by_the_step_is_evaluated_one_step_index_a_call(wan):
     """A batched call guides all its points as its first row's step: with CFG on the first half of the
     steps only, the faster cores' outputs were 1.6e-2 to 4.1e-2 off the per-point run, silently (verify
-    checks the first batched call, before the steps straddle stop). Refused naming batched; cores=1
-    and batched=False run."""
-    from diffusers.guiders import ClassifierFreeGuidance
-
-    pipe, kw = wan
-    old = pipe.guider
-    pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=5.0, stop=0.5))
-    try:
-        with pytest.raises(ValueError, match=r"^batched: the guider ClassifierFreeGuidance guides by the step "
-                                             r"\(stop=0.5\)"):
-            _run(pipe, kw, cores=4, stop=None)
-        ref, lat, _ = _run(pipe, kw, cores=4, stop=None, batched=False)
-        assert rel_err(lat, ref) < 1e-6
-        ref, lat, _ = _run(pipe, kw, cores=1)
-        assert rel_err(lat, ref) < 1e-6
-    finally:
-        pipe.update_components(guider=old)
-
-
-def test_guiders_by_the_step_or_with_momentum_are_refused_where_they_cannot_be_right(wan):
-    """A user trial: CFG-Zero* (``zero_init_steps``) in a batched call gave the faster cores' outputs
-    3e-2 to 9e-2 off, silently; adaptive projected guidance with momentum mixed the cores' steps in its
-    buffer (the slowest core 9.3e-3 off with ``batched=False``, a raw torch error batched). The first
-    needs ``batched=False`` (it then runs to the per-point answer), the second one core."""
-    from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeZeroStarGuidance
+    checks the first batched call, before the steps straddle stop); CFG-Zero*'s ``zero_init_steps``
+    3e-2 to 9e-2. Such a call now holds one step index; adaptive projected guidance with momentum mixed
+    the cores' steps in its buffer (the slowest core 9.3e-3 off with ``batched=False``, a raw torch
+    error batched): refused on more than one core."""
+    from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeGuidance, ClassifierFreeZeroStarGuidance
 
     pipe, kw = wan
     old = pipe.guider
     try:
-        pipe.update_components(guider=ClassifierFreeZeroStarGuidance(guidance_scale=5.0, zero_init_steps=2))
-        with pytest.raises(ValueError, match=r"^batched: the guider ClassifierFreeZeroStarGuidance guides by the step "
-                                             r"\(zero_init_steps=2\)"):
-            _run(pipe, kw, cores=4, stop=None)
-        ref, lat, _ = _run(pipe, kw, cores=4, stop=None, batched=False)
-        assert rel_err(lat, ref) < 1e-6
+        for guider in (ClassifierFreeGuidance(guidance_scale=5.0, stop=0.5),
+                       ClassifierFreeZeroStarGuidance(guidance_scale=5.0, zero_init_steps=2)):
+            pipe.update_components(guider=guider)
+            reasons = cd.modular.step_dependence(pipe, list(pipe.blocks.sub_blocks["denoise"].sub_blocks.values())
+                                                 if "denoise" in pipe.blocks.sub_blocks else [])
+            assert any("guides by the step" in r for r in reasons), reasons
+            ref, lat, res = _run(pipe, kw, cores=4, stop=None)
+            assert rel_err(lat, ref) < 1e-6
+            _, _, one = _run(pipe, kw, cores=4, stop=None, batched=False)
+            assert max(rel_err(a.x, b.x) for a, b in zip(one.hits, res.hits)) < 1e-5
         pipe.update_components(guider=AdaptiveProjectedGuidance(guidance_scale=5.0,
                                                                 adaptive_projected_guidance_momentum=0.5))
         for batched in (True, False):
@@ -228,3 +212,39 @@ def test_guiders_by_the_step_or_with_momentum_are_refused_where_they_cannot_be_r
         assert rel_err(lat, ref) < 1e-6
     finally:
         pipe.update_components(guider=old)
+
+
+def test_blocks_reading_the_step_index_get_one_step_index_a_call():
+    """SDXL's ControlNet denoiser scales its conditioning by ``controlnet_keep[i]``, Ideogram4 guides by
+    ``gw[i]``: a batched call passed its first row's ``i`` to every point. Such blocks are found from
+    their source, and a call's points are grouped by step index (batched where they share one)."""
+    from diffusers.modular_pipelines import BlockState
+    from diffusers.modular_pipelines.stable_diffusion_3.denoise import StableDiffusion3LoopDenoiser
+    from diffusers.modular_pipelines.stable_diffusion_xl.denoise import StableDiffusionXLControlNetLoopDenoiser
+
+    from chords_diffusers.modular import LoopNet, step_dependence
+
+    calls = []
+
+    def block(comp, bs, i, t):  # a per-step weight, as Ideogram4's gw[i]
+        calls.append(bs.latents.shape[0])
+        bs.noise_pred = bs.latents * bs.gw[i] + t.reshape(-1, 1)
+        return comp, bs
+
+    def passes(comp, bs, i, t):  # passes i on only: may mix steps
+        return comp, bs
+
+    class Comp:
+        scheduler = None
+
+    assert step_dependence(Comp(), [passes]) == [] and step_dependence(Comp(), [block]) == ["block reads the step index i"]
+    assert step_dependence(Comp(), [StableDiffusionXLControlNetLoopDenoiser()]) != []
+    assert step_dependence(Comp(), [StableDiffusion3LoopDenoiser()]) == []
+    ts = torch.tensor([9.0, 5.0, 1.0])
+    state = BlockState(latents=torch.zeros(2, 3), gw=[1.0, 2.0, 3.0])
+    net = LoopNet([block], Comp(), state, ts)
+    x, tau = torch.randn(8, 3), torch.tensor([9.0, 9.0, 1.0, 1.0, 9.0, 9.0, 5.0, 5.0])  # points at steps 0, 2, 0, 1
+    out = net(x, tau)
+    one = torch.cat([net(xp, tp) for xp, tp in zip(x.split(2), tau.split(2))])
+    assert torch.equal(out, one) and calls[:3] == [4, 2, 2]  # steps 0 (two points), 1, 2
+    assert torch.equal(out[6:], x[6:] * 2.0 + 5.0)

@@ -20,7 +20,9 @@ Evaluations: ``batched=True`` (default) evaluates all points of a round in one c
 blocks then see N = P x B rows: ``latents`` and every other tensor of the block state whose first
 dimension is the batch B are tiled P times (names in ``fixed`` are left alone: by default
 ``DEFAULT_FIXED``, Flux's RoPE position ids and the schedule), ``t`` is the (N,) per-row timesteps and
-``i`` the first row's loop index (guiders whose behaviour changes with the step need ``batched=False``).
+``i`` the first row's loop index. Where the blocks depend on the step beyond ``t``
+(``step_dependence``: a guider by the step, a block reading ``i``, Wan 2.2's experts), a call's points
+are evaluated in groups of one step index each (exact; batched only where points share a step).
 ``verify=True`` checks the first batched call of several points against one call per point and
 raises ``ValueError`` naming the tiled tensors if they differ (a tensor tiled that should not be, or
 one left that should be tiled): a cheap check for a pipeline not yet tested with the generic path.
@@ -30,8 +32,12 @@ the loop does. With ``cores=1`` either is the pipeline's own loop to float round
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
+import inspect
+import textwrap
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,9 +50,14 @@ from .denoiser import count_points
 from .pipelines import progress_enabled, sample_latents
 from .schedulers import SchedulerMap, map_scheduler
 
-__all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "DEFAULT_FIXED", "PLAIN_STEP_BLOCKS"]
+__all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "step_dependence", "DEFAULT_FIXED",
+           "PLAIN_STEP_BLOCKS", "STEP_FREE_BLOCKS"]
 
 STEP_BLOCK, MODEL_BLOCK = "after_denoiser", "denoiser"
+
+# model blocks (diffusers 0.42) whose __call__ reads the loop index i without depending on the step: Flux3's denoiser
+# reads it only to log a warning at step 0
+STEP_FREE_BLOCKS: set[str] = {"Flux3LoopDenoiser"}
 
 # after_denoiser blocks (diffusers 0.42) that do nothing but latents = scheduler.step(noise_pred, t, latents) (and a
 # dtype cast): CHORDS replaces exactly that. Inpainting's mask blending, LTX's image-to-video frame pinning, Echo's
@@ -115,6 +126,8 @@ class LoopNet:
 
     Attributes:
         last: the block state of the latest call (its intermediates, e.g. ``noise_pred``).
+        by_step: why the blocks depend on the step (``step_dependence``); where any, a call's points
+            are evaluated in groups of one step index each.
     """
 
     def __init__(self, blocks: Sequence[Any], components: Any, block_state: Any, timesteps: torch.Tensor,
@@ -123,6 +136,7 @@ class LoopNet:
         self.batch = int(block_state.latents.shape[0])
         self._ts = timesteps.detach().cpu().double().numpy()
         self.fixed, self.verify = tuple(fixed), verify
+        self.by_step = step_dependence(components, self.blocks)
         self._tiled: dict[int, dict] = {}
         self.tiled_names: list[str] = []
         self.last: Any = None
@@ -172,11 +186,23 @@ class LoopNet:
         return out
 
     def _run(self, x_in: torch.Tensor, tau: torch.Tensor, points: int) -> torch.Tensor:
+        host = tau.detach().cpu()  # the one read back of the call
+        steps = [int(np.abs(self._ts - float(host[p * self.batch])).argmin()) for p in range(points)]
+        if self.by_step and len(set(steps)) > 1:  # one call per step index, with its points
+            out: torch.Tensor | None = None
+            for i in sorted(set(steps)):
+                mine = [p for p in range(points) if steps[p] == i]
+                rows = torch.tensor([p * self.batch + r for p in mine for r in range(self.batch)], device=x_in.device)
+                part = self._run(x_in.index_select(0, rows), tau.index_select(0, rows), len(mine))
+                if out is None:
+                    out = part.new_empty((x_in.shape[0], *part.shape[1:]))
+                out.index_copy_(0, rows, part)
+            assert out is not None
+            return out
         bs = self._state(points)
         bs.latents = x_in
-        host = tau.detach().cpu()  # the one read back of the call
         t = tau[0] if bool((host == host[0]).all()) else tau  # one timestep: a scalar, as the loop passes it
-        i = int(np.abs(self._ts - float(host[0])).argmin())
+        i = steps[0]
         comp = self.components
         for block in self.blocks:
             comp, bs = block(comp, bs, i=i, t=t)
@@ -248,8 +274,8 @@ def _loop_class() -> type:
             model_blocks = list(loop.sub_blocks.values())[:-1]
             init = opts.get("init")  # (an array init: its truth value is ambiguous)
             one = opts.get("cores") == 1 or (opts.get("cores") is None and init is not None and len(init) == 1)
-            if not one:  # (one point a round: a batched call is one point's call, in step order)
-                _refuse_step_dependent(components, model_blocks, batched)
+            if not one:  # (one point a round: the cores' steps cannot mix)
+                _refuse_momentum(components)
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
             if not batched:
                 opts["executor"] = cc.SerialExecutor()
@@ -356,40 +382,88 @@ def _is_loop(block: Any) -> bool:
     return isinstance(block, LoopSequentialPipelineBlocks)
 
 
-def _refuse_step_dependent(components: Any, blocks: Sequence[Any], batched: bool) -> None:
-    """A ``ValueError`` where the cores' interleaved calls cannot be right. A guider that keeps state
-    from step to step (adaptive projected guidance with momentum: its buffer, reset at step 0, mixes
-    every core's steps; the slowest core was 9.3e-3 off with ``batched=False``, a batched call a raw
-    torch error) is refused on more than one core. A batched call takes one step index and one timestep
-    decision for all its rows, the first row's: a guider whose guidance depends on the step (``start``
-    / ``stop`` other than 0 and 1: the faster cores' outputs were 1.6e-2 to 4.1e-2 off, silently,
-    ``verify`` having checked before the steps straddled ``stop``; CFG-Zero*'s ``zero_init_steps``:
-    3e-2 to 9e-2; a layer-skipping guider's own start and stop), and Wan 2.2's two-expert denoiser,
-    which picks its expert with ``if t >= boundary`` (a raw "Boolean value of Tensor" error), need one
-    call per point (``batched=False``)."""
+def _refuse_momentum(components: Any) -> None:
+    """A ``ValueError`` naming ``cores`` for a guider that keeps state from step to step (adaptive
+    projected guidance with momentum: its buffer, reset at step 0, mixed every core's steps; the
+    slowest core was 9.3e-3 off with ``batched=False``, a batched call a raw torch error)."""
+    cfg = _guider_config(components)
+    if any(k.endswith("_momentum") and v is not None for k, v in cfg.items()):
+        raise ValueError(f"cores: the guider {type(components.guider).__name__} carries momentum from step to step, "
+                         "which the cores' interleaved steps would mix; run it on one core, or without momentum")
+
+
+def _guider_config(components: Any) -> dict:
+    """The enabled guider's config with its ``start`` / ``stop`` (``{}``: none)."""
     guider = getattr(components, "guider", None)
     if guider is None or not getattr(guider, "_enabled", True):
-        cfg: dict = {}
-    else:
-        cfg = dict(getattr(guider, "config", None) or {})
-        cfg.update(start=getattr(guider, "_start", 0.0), stop=getattr(guider, "_stop", 1.0))
-    name = type(guider).__name__
-    if any(k.endswith("_momentum") and v is not None for k, v in cfg.items()):
-        raise ValueError(f"cores: the guider {name} carries momentum from step to step, which the cores' interleaved "
-                         "steps would mix; run it on one core, or without momentum")
-    if not batched:
-        return
+        return {}
+    cfg = dict(getattr(guider, "config", None) or {})
+    cfg.update(start=getattr(guider, "_start", 0.0), stop=getattr(guider, "_stop", 1.0))
+    return cfg
+
+
+def step_dependence(components: Any, blocks: Sequence[Any]) -> list[str]:
+    """Why the loop's model blocks behave differently at different steps, so that one call cannot
+    hold points of several steps (it passes one loop index ``i``, the first row's):
+
+    - a guider whose guidance depends on the step (``start`` / ``stop`` other than 0 and 1, any
+      ``*_steps`` / ``*_step`` > 0: CFG on half the steps gave the faster cores' outputs 1.6e-2 to
+      4.1e-2 off, CFG-Zero*'s ``zero_init_steps`` 3e-2 to 9e-2, silently);
+    - a block whose ``__call__`` reads ``i`` other than by passing it on (``i=i``) or to the guider's
+      ``set_state(step=i)`` (judged by the guider's config): SDXL's and QwenImage's ControlNet
+      denoisers (``controlnet_keep[i]``), Ideogram4's ``gw[i]``, Flux3's distilled target timestep, ...;
+      a block whose source cannot be read counts; class names in ``STEP_FREE_BLOCKS`` do not;
+    - Wan 2.2's two-expert denoiser, which picks its expert with ``if t >= boundary`` (a raw
+      "Boolean value of Tensor" error on per-row timesteps).
+
+    Returns:
+        One line per reason (empty: a call may mix steps).
+    """
+    cfg = _guider_config(components)
     steps = {k: v for k, v in cfg.items() if not isinstance(v, bool) and isinstance(v, (int, float)) and (
         (k.endswith("start") and v != 0) or (k.endswith("stop") and v != 1)
         or ((k.endswith("_steps") or k.endswith("_step")) and v > 0))}
+    out = []
     if steps:
         shown = ", ".join(f"{k}={v:g}" for k, v in steps.items())
-        raise ValueError(f"batched: the guider {name} guides by the step ({shown}), and a batched call guides all its "
-                         "points as its first row's step; pass batched=False")
-    two = next((type(b).__name__ for b in blocks if type(b).__name__.startswith("Wan22")), None)
-    if two is not None:
-        raise ValueError(f"batched: {two} chooses its expert per timestep, and a batched call holds several; pass "
-                         "batched=False")
+        out.append(f"the guider {type(components.guider).__name__} guides by the step ({shown})")
+    for block in _leaves(blocks):
+        name = type(block).__name__
+        if name.startswith("Wan22"):
+            out.append(f"{name} chooses its expert per timestep")
+        elif name not in STEP_FREE_BLOCKS and _reads_step_index(block):
+            out.append(f"{getattr(block, '__name__', name)} reads the step index i")
+    return out
+
+
+def _leaves(blocks: Sequence[Any]) -> list[Any]:
+    """The blocks, with those that hold sub-blocks replaced by their leaves."""
+    out: list[Any] = []
+    for b in blocks:
+        subs = getattr(b, "sub_blocks", None)
+        out.extend(_leaves(list(subs.values())) if subs else [b])
+    return out
+
+
+def _reads_step_index(block: Any) -> bool:
+    """Whether a block's ``__call__`` (a plain function: its body) reads ``i`` other than passing it on."""
+    fn = block if isinstance(block, (types.FunctionType, types.MethodType)) else type(block).__call__
+    return _reads_i(getattr(fn, "__func__", fn))
+
+
+@functools.cache
+def _reads_i(fn: Any) -> bool:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return True  # unknown: counted
+    passed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            setter = isinstance(node.func, ast.Attribute) and node.func.attr == "set_state"
+            passed.update(id(k.value) for k in node.keywords if isinstance(k.value, ast.Name) and k.value.id == "i"
+                          and (k.arg == "i" or (setter and k.arg == "step")))
+    return any(isinstance(n, ast.Name) and n.id == "i" and id(n) not in passed for n in ast.walk(tree))
 
 
 def with_chords(pipe: Any, **options: Any) -> Any:
