@@ -662,16 +662,52 @@ def _single_or_wider(x: Array) -> Array:
     return x
 
 
+#: float32 sums of squares (and inner products) outside [_SQ32_LO, _SQ32_HI] in magnitude are formed
+#: again in float64: below, the squares of elements under about 1e-19 leave float32's normal range (all 0
+#: from about 1e-23: a state of 1e-20 scored every change as converged); above, they overflow to inf
+_SQ32_LO, _SQ32_HI = 1e-30, 1e38
+
+
+def _float32(x: Array) -> bool:
+    return str(getattr(x, "dtype", "")) in ("float32", "torch.float32")
+
+
+def _as64(x: Array) -> Array:
+    """``x`` in float64 (jax: only where x64 is enabled; else ``x``)."""
+    if type(x) is np.ndarray:
+        return x.astype(np.float64)
+    lib = library(x)
+    if lib == "torch":
+        return x.double()
+    if lib == "jax":
+        import jax
+
+        return x.astype("float64") if jax.config.read("jax_enable_x64") else x
+    return np.asarray(x, np.float64)
+
+
+def _unsafe(s: float) -> bool:
+    """A float32 sum of squares / products that may have overflowed or lost its small terms."""
+    return not abs(s) < _SQ32_HI or abs(s) < _SQ32_LO
+
+
 def inner(a: Array, b: Array) -> float:
     """sum(a * b) over every element, as a Python float: half precision multiplied and summed in
-    float32 (its products overflow from about 256), a tensor that requires gradients read without
-    them (no autograd warning, no graph)."""
+    float32 (its products overflow from about 256), float32 again in float64 where the sum is out of
+    float32's safe range (``_SQ32_LO``), a tensor that requires gradients read without them (no
+    autograd warning, no graph)."""
     if hasattr(a, "detach"):  # (before widening: .float() on a tensor that requires gradients records a step)
         a = a.detach()
     if hasattr(b, "detach"):
         b = b.detach()
     a, b = _single_or_wider(a), _single_or_wider(b)
-    return float((a * b).sum())
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype.char in "fd":
+        s = float(np.vdot(a, b))  # (BLAS: no temporary, no floating-point warning where float32 overflows)
+    else:
+        s = float((a * b).sum())
+    if _unsafe(s) and _float32(a) and s == s:  # (nan: an input's own)
+        s = float((_as64(a) * _as64(b)).sum())
+    return s
 
 
 #: numpy float32 / float64 samples of at least this many elements are summed one ``vdot`` a sample
@@ -684,10 +720,17 @@ def row_sq(d: Array) -> Array:
     without a batch axis (1-D or 0-d). numpy: one pass without a temporary, a BLAS ``vdot`` per
     sample for one sample or samples of ``ROW_VDOT_MIN`` elements and more (about 3x einsum's speed
     there, and like einsum no floating-point warning on overflow). Half precision is summed in
-    float32 (``_single_or_wider``)."""
+    float32 (``_single_or_wider``); float32 gives float64 sums (numpy: a sample whose float32 sum
+    overflowed or is below ``_SQ32_LO`` is summed again in float64; torch: a float64 reduction)."""
     d = _single_or_wider(d)
+    if _float32(d):
+        return _row_sq32(d)
+    return _row_sq(d)
+
+
+def _row_sq(d: Array) -> Array:
     if len(d.shape) <= 1:
-        return (d * d).sum()
+        return np.vdot(d, d) if type(d) is np.ndarray and d.dtype.char in "fd" else (d * d).sum()
     flat = d.reshape(d.shape[0], -1) if d.shape[0] else d.reshape(0, 0)  # (an empty batch: no -1 to infer)
     if type(flat) is np.ndarray and flat.dtype.char in "fd":
         n = flat.shape[0]
@@ -705,23 +748,58 @@ def row_sq(d: Array) -> Array:
     return (flat * flat).sum(1)
 
 
+def _row_sq32(d: Array) -> Array:
+    """``row_sq`` of a float32 state, in float64."""
+    if type(d) is not np.ndarray:
+        if library(d) == "torch":
+            flat = d.reshape(d.shape[0], -1) if len(d.shape) > 1 else d.reshape(-1)
+            norm = _torch.linalg.vector_norm(flat, dim=-1, dtype=_torch.float64)
+            return norm * norm
+        return _row_sq(_as64(d))  # jax (float32 where x64 is off) and others
+    out = np.asarray(_row_sq(d), np.float64)
+    rows = d.reshape(d.shape[0], -1) if d.ndim > 1 and d.shape[0] else d.reshape(1, -1)
+    flat_out = out.reshape(-1)
+    bad = ~(flat_out < _SQ32_HI) | (flat_out < _SQ32_LO)
+    if bad.any():
+        for i in np.flatnonzero(bad):
+            if flat_out[i] != 0 or rows[i].any():  # (an all-zero sample sums to 0 in any precision)
+                r = rows[i].astype(np.float64)
+                flat_out[i] = np.dot(r, r)
+    return out
+
+
 def row_sq_one(d: np.ndarray) -> Any:
     """``row_sq(d)[0]`` for a numpy array of one sample (``d.shape[0] == 1``), as a numpy scalar: the
     same value (one ``vdot`` over the same elements), without the reshapes and checks around it,
     which cost more than the sum itself on small states (the window methods score every point)."""
-    if d.dtype.char in "fd":
+    if d.dtype.char == "d":
         return np.vdot(d, d)
+    if d.dtype.char == "f":
+        s = np.float64(np.vdot(d, d))
+        if _unsafe(s) and (s != 0 or d.any()):
+            r = d.astype(np.float64).ravel()
+            s = np.dot(r, r)
+        return s
     return row_sq(d)[0]
 
 
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float (of a tensor's value: no autograd);
-    16-bit floats are summed in float32 (``_single_or_wider``)."""
+    16-bit floats are summed in float32 (``_single_or_wider``), float32 again in float64 where its
+    sum is out of float32's safe range (``_SQ32_LO``)."""
     if getattr(x, "requires_grad", False):
         x = x.detach()
     x = _single_or_wider(x)
     n = _numel(x)
-    return float(((x * x).sum() / n) ** 0.5) if n else 0.0  # (an empty batch: 0)
+    if not n:
+        return 0.0  # (an empty batch)
+    if type(x) is np.ndarray and x.dtype.char in "fd":
+        s = float(np.vdot(x, x))  # (BLAS: no temporary, no floating-point warning where float32 overflows)
+    else:
+        s = float((x * x).sum())
+    if _unsafe(s) and _float32(x) and s == s and (s != 0 or bool(x.any())):
+        s = float((_as64(x) ** 2).sum())
+    return (s / n) ** 0.5
 
 
 def _finfo(x: Array) -> Any:

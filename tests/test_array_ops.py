@@ -73,7 +73,7 @@ def test_row_sq_is_the_per_sample_sum_of_squares(dtype, shape):
         want = want[0]
     else:
         assert got.shape == (shape[0],)
-    assert got.dtype == np.dtype(dtype)
+    assert got.dtype == np.float64  # (float32: float64 sums, ``test_row_sq_of_float32_beyond_its_range``)
     rtol = 1e-5 if dtype == "float32" else 1e-13
     np.testing.assert_allclose(got, want, rtol=rtol)
     t = B.row_sq(torch.from_numpy(x))  # torch: the same values to rounding
@@ -86,14 +86,38 @@ def test_row_sq_propagates_nan_and_overflows_to_inf_without_a_warning(shape):
     x[-1, 3] = np.nan
     got = B.row_sq(x)
     assert np.isnan(got[-1]) and (shape[0] == 1 or np.isfinite(got[0]))
-    y = np.full(shape, 1e30, np.float32)
+    y = np.full(shape, 1e200)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "overflow encountered" warning (a score is then just inf)
         assert np.isinf(B.row_sq(y)).all()
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-20, 1e21, 1e30])
+@pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (3, 9000), (3, 64), (64,)])
+def test_float32_sums_of_squares_beyond_float32s_range(scale, shape):
+    """A float32 state of 1e-20 squared to 0 (every change scored as converged: 19x the sequential
+    error in the cascade sampler), one of 1e21 overflowed (the same): sums of squares, RMS and inner
+    products of float32 are float64 values, exact to float32 rounding at any scale."""
+    x = (np.random.default_rng(2).standard_normal(shape) * scale).astype(np.float32)
+    x64 = x.astype(np.float64)
+    flat = x64.reshape(shape[0], -1) if len(shape) > 1 else x64.reshape(1, -1)
+    want = (flat * flat).sum(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = B.row_sq(x)
+        np.testing.assert_allclose(np.reshape(got, -1), want, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(B.row_sq(torch.from_numpy(x))).reshape(-1), want, rtol=1e-5)
+        if shape[0] == 1:
+            np.testing.assert_allclose(B.row_sq_one(x), want[0], rtol=1e-5)
+        for arr in (x, torch.from_numpy(x)):
+            assert B.rms(arr) == pytest.approx(float(np.sqrt(np.mean(x64 ** 2))), rel=1e-5)
+            assert B.inner(arr, arr) == pytest.approx(float(want.sum()), rel=1e-5)
+    z = np.zeros(shape, np.float32)
+    assert B.rms(z) == 0.0 and np.all(np.reshape(B.row_sq(z), -1) == 0)
 
 
 def test_row_sq_of_an_empty_batch_and_of_half_precision():
     assert B.row_sq(np.ones((0, 5), np.float32)).shape == (0,)
     h = np.full((2, 70_000), 2.0, np.float16)  # 280,000 in float16 would overflow: summed in float32
     got = B.row_sq(h)
-    assert got.dtype == np.float32 and np.allclose(got, 280_000.0)
+    assert got.dtype == np.float64 and np.allclose(got, 280_000.0)

@@ -278,8 +278,8 @@ class _PointErrors:
     (an absolute 1e-30 here accepted any change of a state of about 1e-14 or smaller: a linear ODE,
     Heun, 60 steps, 4 lanes, 22x the sequential error at 1e-15, 1.001x at 1), nor on the other
     samples' (the largest sample's floor for all accepted a sample 1e-14 times smaller unconverged),
-    within the dtype's range: squares below its smallest normal (a float32 state below about 1e-16)
-    lose precision.
+    within the range of the sums' dtype (float32 states' are float64, ``_backend.row_sq``; a jax
+    float32 state with x64 off loses precision below about 1e-16, whose squares leave float32's range).
 
     For a numpy state of one sample (``one``) the per-sample values are numpy scalars (``sq_at``):
     the same arithmetic as on one-element arrays, without an array operation each."""
