@@ -39,7 +39,7 @@ from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import Outputs, StopRule, chosen_output
+from .stopping import Outputs, StopRule, accepts, chosen_output
 
 __all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "Survivors", "run_plan", "plan_result"]
 
@@ -483,8 +483,8 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 hits.append(Hit(c, rd.number, nfe, xh))
                 outputs.append(xh)
                 starts.append(plan.init[c])
-                if result is None and rule.accept(Outputs(outputs, error_state=records.error_state(), starts=starts),
-                                                  records.coarse):
+                if result is None and accepts(rule, Outputs(outputs, error_state=records.error_state(), starts=starts),
+                                              records.coarse):
                     result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
             tick(bar)
             if result is not None:

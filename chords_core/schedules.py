@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_float
+
 __all__ = ["Schedule", "RectifiedFlow", "VP", "EDM"]
 
 
@@ -252,9 +254,10 @@ class VP(Schedule):
         Returns:
             The ``VP`` schedule (t from 1 to 0).
         """
-        if not 0 <= beta_min < beta_max:
+        beta_min, beta_max = check_float("beta_min", beta_min, 0.0), check_float("beta_max", beta_max)
+        if not beta_min < beta_max:
             raise ValueError(f"beta_min and beta_max must satisfy 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
-        return cls(kind="linear", beta_min=float(beta_min), beta_max=float(beta_max), t_min=t_min)
+        return cls(kind="linear", beta_min=beta_min, beta_max=beta_max, t_min=t_min)
 
     @classmethod
     def cosine(cls, s: float = 0.008, t_max: float = 0.9946, t_min: float = 1e-3) -> VP:
@@ -268,9 +271,9 @@ class VP(Schedule):
         Returns:
             The ``VP`` schedule (t from ``t_max`` to 0).
         """
-        if not 0 < t_max < 1:
+        if not 0 < check_float("t_max", t_max) < 1:
             raise ValueError(f"t_max must lie in (0, 1) for the cosine schedule, got {t_max}")
-        return cls(kind="cosine", s=float(s), t_noise=float(t_max), t_min=t_min)
+        return cls(kind="cosine", s=check_float("s", s), t_noise=float(t_max), t_min=t_min)
 
     def _log_alpha(self, t: Any) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)

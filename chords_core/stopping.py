@@ -56,6 +56,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import _backend as B
 from .checks import _is_int, check_float, check_int
 
@@ -331,10 +333,20 @@ def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
         return None
     for n in range(start, len(outputs)):
         state = None if error_states is None else error_states[n]
-        if rule.accept(Outputs(outputs[:n + 1], error_state=state, starts=None if starts is None else starts[:n + 1]),
-                       coarse):
+        if accepts(rule, Outputs(outputs[:n + 1], error_state=state, starts=None if starts is None else starts[:n + 1]),
+                   coarse):
             return n
     return None
+
+
+def accepts(rule: StopRule, outputs: Outputs, coarse: Any) -> bool:
+    """``rule.accept(outputs, coarse)``, which must answer a bool (an array answer raised numpy's
+    "truth value of an array is ambiguous", naming nothing): a ``TypeError`` naming ``stop`` otherwise."""
+    ok = rule.accept(outputs, coarse)
+    if isinstance(ok, (bool, np.bool_)):
+        return bool(ok)
+    raise TypeError(f"stop: {type(rule).__name__}.accept returned {type(ok).__name__}, not a bool (output "
+                    f"{len(outputs)}); reduce an array to one answer, e.g. bool((x < tol).all())")
 
 
 def chosen_output(rule: StopRule, cores: Sequence[int], n: int | None) -> tuple[int, str]:

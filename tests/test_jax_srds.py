@@ -125,7 +125,7 @@ def test_stop_rules_pick_what_the_core_picks_and_execute_the_rounds_the_core_run
     # on the outputs run in chunks (the default rule among them), tol=0, stop=None (every iteration, as
     # in the core), RunAll and StopAtCore in one call
     for kw in (dict(), dict(tol=0.05), dict(tol=1e-6), dict(tol=0.0), dict(stop=None),
-               dict(stop=cc.RunAll()), dict(stop=cc.StopWhenConverged(0.1)), dict(tol=1e-6, max_iters=2),
+               dict(stop=cc.RunAll()), dict(stop=cc.StopOnResidual(0.05)), dict(tol=1e-6, max_iters=2),
                dict(stop=cc.StopAtCore(2), max_iters=3)):
         ref, ref_warnings = _warned(cc.srds, model, X, grid, "euler", blocks=4, **kw)
         EXECUTED.clear()
@@ -140,7 +140,7 @@ def test_stop_rules_pick_what_the_core_picks_and_execute_the_rounds_the_core_run
         if "max_iters" in kw and "tol" in kw:
             assert [w[0] for w in got_warnings] == [StopNotMet] and got_warnings[0][2] == __file__
     assert picked == {1, 2, 3, 4}  # the cases stop at every iteration
-    assert sorted(early) == [1, 2, 3]  # default, tol=0.05, tol=1e-6: fewer rounds than the program's
+    assert sorted(early) == [1, 1, 2, 3]  # default, tol=0.05 (and as a rule), tol=1e-6: fewer rounds than the program's
     n = cj.compilations()
     EXECUTED.clear()
     ref = cc.srds(model, 2 * X, grid, "euler", blocks=4, tol=0.05)

@@ -744,3 +744,41 @@ def test_extension_points_refuse_bad_registrations_and_keep_the_extensions_own_e
         cc.solve(FLOW, X, GRID, "object")
     with pytest.raises(NotImplementedError, match="^Executor does not define __call__"):
         cc.Executor()(FLOW, [X], [0.5])
+
+
+def test_a_stop_rule_answering_an_array_is_named():
+    """A user's rule whose ``accept`` returned an array got numpy's "truth value of an array is
+    ambiguous", naming nothing."""
+    class ArrayAccept(cc.StopRule):
+        def accept(self, outputs, coarse):
+            return outputs[-1] > 0
+
+        def describe(self, n, core, accepted):
+            return "x"
+
+    sched = cc.VP.linear()
+    model = GaussianMixture.random(16, 4, seed=0).model(sched, "eps")
+    x = np.random.default_rng(0).standard_normal((2, 16))
+    for run in (lambda: cc.chords(model, x, cc.time_grid(sched, 12), cores=4, stop=ArrayAccept()),
+                lambda: cc.srds(model, x, cc.time_grid(sched, 12), blocks=4, stop=ArrayAccept())):
+        with pytest.raises(TypeError, match=r"^stop: ArrayAccept.accept returned ndarray, not a bool \(output 1\)"):
+            run()
+
+
+def test_srds_refuses_a_rule_that_needs_the_error_estimate():
+    """SRDS computes no sequential-error estimate: ``StopWhenConverged`` ran every iteration whatever
+    its level (1e6 included) and said "not converged within 1e+06 x the estimated sequential error"."""
+    sched = cc.VP.linear()
+    model = GaussianMixture.random(16, 4, seed=0).model(sched, "eps")
+    x = np.random.default_rng(0).standard_normal((2, 16))
+    with pytest.raises(ValueError, match=r"^stop: StopWhenConverged reads the estimated sequential error"):
+        cc.srds(model, x, cc.time_grid(sched, 12), blocks=4, stop=cc.StopWhenConverged(1e6))
+    with pytest.raises(ValueError, match=r"^stop: StopWhenConverged"):
+        cc.parallel(model, x, cc.time_grid(sched, 12), cores=4, method="srds", stop=cc.StopWhenConverged(0.1))
+
+
+@pytest.mark.parametrize("call, name", [(lambda: cc.VP.linear("a"), "beta_min"), (lambda: cc.VP.linear(0.1, None), "beta_max"),
+                                        (lambda: cc.VP.cosine(s="x"), "s"), (lambda: cc.VP.cosine(t_max="x"), "t_max")])
+def test_schedule_parameters_are_checked_by_name(call, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+        call()

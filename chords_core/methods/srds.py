@@ -130,7 +130,11 @@ def srds_rule(tol: float | None, stop: StopRule | None, model: Any = None) -> St
     if tol is None:
         if stop is SRDS_STOP and model is not None:
             absolute_tol(SRDS_STOP.tol, model, "srds")
-        return as_stop_rule(stop)
+        rule = as_stop_rule(stop)
+        if getattr(rule, "uses_error_estimate", False):  # (it would run every iteration, whatever its level)
+            raise ValueError(f"stop: {type(rule).__name__} reads the estimated sequential error, which SRDS does not "
+                             "compute, so it would never accept; use StopOnResidual(tol) (or tol=)")
+        return rule
     if stop is not SRDS_STOP:
         raise ValueError("give tol or stop, not both (tol is short for stop=StopOnResidual(tol))")
     return StopOnResidual(check_float("tol", tol, 0.0))
