@@ -666,6 +666,12 @@ def _single_or_wider(x: Array) -> Array:
 #: again in float64: below, the squares of elements under about 1e-19 leave float32's normal range (all 0
 #: from about 1e-23: a state of 1e-20 scored every change as converged); above, they overflow to inf
 _SQ32_LO, _SQ32_HI = 1e-30, 1e38
+#: numpy float64 sums of squares outside [_SQ64_LO, _SQ64_HI] are formed again in ``np.longdouble``
+#: where it is wider (x86: 80-bit, to about 1e4932; elsewhere often float64 itself): states below about
+#: 1e-150 or above 1e150, whose squares leave float64's range (the cascade sampler accepted
+#: unconverged points there: 56x the sequential error at 3e-157)
+_SQ64_LO, _SQ64_HI = 1e-290, 1e300
+_WIDE64 = np.longdouble if np.finfo(np.longdouble).max > np.finfo(np.float64).max else None
 
 
 def _float32(x: Array) -> bool:
@@ -721,10 +727,18 @@ def row_sq(d: Array) -> Array:
     sample for one sample or samples of ``ROW_VDOT_MIN`` elements and more (about 3x einsum's speed
     there, and like einsum no floating-point warning on overflow). Half precision is summed in
     float32 (``_single_or_wider``); float32 gives float64 sums (numpy: a sample whose float32 sum
-    overflowed or is below ``_SQ32_LO`` is summed again in float64; torch: a float64 reduction)."""
+    overflowed or is below ``_SQ32_LO`` is summed again in float64; torch: a float64 reduction); a
+    numpy float64 sample whose sum is out of ``[_SQ64_LO, _SQ64_HI]`` is summed again in
+    ``np.longdouble`` where that is wider (the result is then a longdouble array)."""
     d = _single_or_wider(d)
+    if type(d) is np.ndarray and d.dtype.char in "fd":
+        return _row_sq_checked(d)
     if _float32(d):
-        return _row_sq32(d)
+        if library(d) == "torch":
+            flat = d.reshape(d.shape[0], -1) if len(d.shape) > 1 else d.reshape(-1)
+            norm = _torch.linalg.vector_norm(flat, dim=-1, dtype=_torch.float64)
+            return norm * norm
+        return _row_sq(_as64(d))  # jax (float32 where x64 is off) and others
     return _row_sq(d)
 
 
@@ -748,23 +762,37 @@ def _row_sq(d: Array) -> Array:
     return (flat * flat).sum(1)
 
 
-def _row_sq32(d: Array) -> Array:
-    """``row_sq`` of a float32 state, in float64."""
-    if type(d) is not np.ndarray:
-        if library(d) == "torch":
-            flat = d.reshape(d.shape[0], -1) if len(d.shape) > 1 else d.reshape(-1)
-            norm = _torch.linalg.vector_norm(flat, dim=-1, dtype=_torch.float64)
-            return norm * norm
-        return _row_sq(_as64(d))  # jax (float32 where x64 is off) and others
-    out = np.asarray(_row_sq(d), np.float64)
+def _in_range(out: np.ndarray, lo: float, hi: float) -> bool:
+    """Whether every value of ``out`` lies in (lo, hi) (nan: no)."""
+    if out.size <= 32:  # (a few values: faster as Python floats than as two reductions)
+        vals = out.tolist() if out.ndim else [float(out)]
+        return not vals or (lo < min(vals) and max(vals) < hi)
+    return bool(np.minimum.reduce(out, axis=None) > lo and np.maximum.reduce(out, axis=None) < hi)
+
+
+def _row_sq_checked(d: np.ndarray) -> Any:
+    """``row_sq`` of a numpy float32 / float64 state, samples out of their dtype's safe range summed
+    again wider (float32 in float64, float64 in ``_WIDE64``); float32 gives float64 values. All-zero
+    samples (a change that is exactly none) sum to 0 in any precision and are left alone."""
+    single = d.dtype.char == "f"
+    out = _row_sq(d)
+    if single:
+        out = np.asarray(out, np.float64)
+    lo, hi, wide = (_SQ32_LO, _SQ32_HI, np.float64) if single else (_SQ64_LO, _SQ64_HI, _WIDE64)
+    if wide is None or _in_range(out, lo, hi):
+        return out
     rows = d.reshape(d.shape[0], -1) if d.ndim > 1 and d.shape[0] else d.reshape(1, -1)
-    flat_out = out.reshape(-1)
-    bad = ~(flat_out < _SQ32_HI) | (flat_out < _SQ32_LO)
-    if bad.any():
-        for i in np.flatnonzero(bad):
-            if flat_out[i] != 0 or rows[i].any():  # (an all-zero sample sums to 0 in any precision)
-                r = rows[i].astype(np.float64)
-                flat_out[i] = np.dot(r, r)
+    flat = np.reshape(out, -1)
+    bad = ~((flat > lo) & (flat < hi))
+    zero = bad & (flat == 0)
+    if zero.any():
+        bad[zero] = rows[zero].any(axis=1)
+    if not bad.any():
+        return out
+    idx = np.flatnonzero(bad)
+    w = rows[idx].astype(wide)
+    out = np.array(out, wide)
+    out.reshape(-1)[idx] = np.einsum("ij,ij->i", w, w)
     return out
 
 
@@ -772,14 +800,12 @@ def row_sq_one(d: np.ndarray) -> Any:
     """``row_sq(d)[0]`` for a numpy array of one sample (``d.shape[0] == 1``), as a numpy scalar: the
     same value (one ``vdot`` over the same elements), without the reshapes and checks around it,
     which cost more than the sum itself on small states (the window methods score every point)."""
-    if d.dtype.char == "d":
-        return np.vdot(d, d)
-    if d.dtype.char == "f":
-        s = np.float64(np.vdot(d, d))
-        if _unsafe(s) and (s != 0 or d.any()):
-            r = d.astype(np.float64).ravel()
-            s = np.dot(r, r)
-        return s
+    if d.dtype.char in "fd":
+        s = np.vdot(d, d)
+        lo, hi = (_SQ32_LO, _SQ32_HI) if d.dtype.char == "f" else (_SQ64_LO, _SQ64_HI)
+        if lo < s < hi or (s == 0 and not d.any()):
+            return np.float64(s)
+        return _row_sq_checked(d)[0]
     return row_sq(d)[0]
 
 

@@ -88,12 +88,13 @@ def test_row_sq_propagates_nan_and_overflows_to_inf_without_a_warning(shape):
     assert np.isnan(got[-1]) and (shape[0] == 1 or np.isfinite(got[0]))
     y = np.full(shape, 1e200)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "overflow encountered" warning (a score is then just inf)
-        assert np.isinf(B.row_sq(y)).all()
+        warnings.simplefilter("error")  # no "overflow encountered" warning: inf, or the sum in a wider type
+        got = B.row_sq(y)
+        assert np.isinf(got).all() if B._WIDE64 is None else np.allclose((got / (np.longdouble(1e200) ** 2 * shape[1])).astype(float), 1.0)
 
 
 @pytest.mark.parametrize("scale", [1e-25, 1e-20, 1e21, 1e30])
-@pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (3, 9000), (3, 64), (64,)])
+@pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (3, 9000), (3, 64), (64,), (40, 3)])
 def test_float32_sums_of_squares_beyond_float32s_range(scale, shape):
     """A float32 state of 1e-20 squared to 0 (every change scored as converged: 19x the sequential
     error in the cascade sampler), one of 1e21 overflowed (the same): sums of squares, RMS and inner
@@ -121,3 +122,21 @@ def test_row_sq_of_an_empty_batch_and_of_half_precision():
     h = np.full((2, 70_000), 2.0, np.float16)  # 280,000 in float16 would overflow: summed in float32
     got = B.row_sq(h)
     assert got.dtype == np.float64 and np.allclose(got, 280_000.0)
+
+
+@pytest.mark.skipif(B._WIDE64 is None, reason="np.longdouble is no wider than float64 on this platform")
+@pytest.mark.parametrize("scale", [1e-160, 1e-200, 1e160])
+@pytest.mark.parametrize("shape", [(1, 64), (3, 9000), (3, 64), (64,), (40, 3)])
+def test_float64_sums_of_squares_beyond_float64s_range_are_wider(scale, shape):
+    """A float64 state of 3e-157 squared to subnormals and 0 (the cascade sampler then took 56x the
+    sequential error): such samples are summed in np.longdouble, exact to float64 rounding."""
+    x = np.random.default_rng(3).standard_normal(shape) * scale
+    wide = x.astype(np.longdouble)
+    flat = wide.reshape(shape[0], -1) if len(shape) > 1 else wide.reshape(1, -1)
+    want = (flat * flat).sum(1)
+    got = np.reshape(B.row_sq(x), -1)
+    assert got.dtype == np.longdouble
+    np.testing.assert_allclose((got / want).astype(np.float64), 1.0, rtol=1e-12)
+    if shape[0] == 1:
+        assert float(B.row_sq_one(x) / want[0]) == pytest.approx(1.0, rel=1e-12)
+    assert B.row_sq(np.ones(shape)).dtype == np.float64  # in range: float64, no second pass

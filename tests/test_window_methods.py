@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chords_core as cc
+from chords_core import _backend as B
 from chords_core.methods.window import SCALES, SEEDS, sliding_window
 from chords_core.problems import GaussianMixture, LinearODE
 
@@ -506,14 +507,20 @@ def test_anderson_mixing_sums_half_precision_in_single_and_reads_no_gradients():
     assert torch.equal(grad.x.detach(), ref.x) and grad.x.requires_grad
 
 
+WIDE64 = pytest.mark.skipif(B._WIDE64 is None, reason="np.longdouble is no wider than float64 on this platform")
+
+
 @pytest.mark.parametrize("dtype, scale", [(np.float64, 2.0 ** -60), (np.float64, 2.0 ** -200), (np.float64, 2.0 ** 80),
-                                          (np.float32, 2.0 ** -40), (np.float32, 2.0 ** -70), (np.float32, 2.0 ** 66)])
+                                          (np.float32, 2.0 ** -40), (np.float32, 2.0 ** -70), (np.float32, 2.0 ** 66),
+                                          pytest.param(np.float64, 2.0 ** -520, marks=WIDE64),
+                                          pytest.param(np.float64, 2.0 ** 520, marks=WIDE64)])
 def test_the_error_scale_does_not_depend_on_the_states_units(dtype, scale):
     """A linear ODE in other units (y -> S y, S a power of two): every operation scales exactly, so the
     cascade's local-error rule (the default for a plain ODE) must give S times the same answer, bit for
     bit, in the same rounds. (An absolute 1e-30 in the error bound accepted any change of a state of
     about 1e-14: 22x the sequential error at S = 1e-15, from 1.001x at S = 1. Float32 sums of squares
-    underflowed from S of about 1e-17 and overflowed from about 1e19: 19x at 1e-20 and at 1e21.)"""
+    underflowed from S of about 1e-17 and overflowed from about 1e19: 19x at 1e-20 and at 1e21; float64
+    ones from about 1e-151 and 1e155: 56x at 3e-157.)"""
     def f(t, y):
         return np.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1).astype(y.dtype)
 
