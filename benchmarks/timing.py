@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from chords_core.demo import positive_float  # noqa: F401 (the benchmarks' argparse type, from here)
 
 
 def spread(v: Sequence[float] | np.ndarray, scale: float = 1.0, fmt: str = ".1f") -> str:
@@ -94,17 +95,6 @@ def worker_bound(res: Any, workers: int, capacity: float | None = None) -> float
     """
     cap = capacity or workers
     return res.sequential_rounds / sum(max(-(-len(r.evals) // workers), len(r.evals) / cap) for r in res.trace)
-
-
-def positive_float(text: str) -> float:
-    """An argparse ``type``: a finite number > 0 (argparse names the option in its error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 def read_report(ap: argparse.ArgumentParser, path: str | Path, keys: Sequence[str], option: str = "--report") -> dict:

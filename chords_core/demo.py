@@ -10,6 +10,7 @@ arrived in (one panel per solver, largest core count).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -78,6 +79,17 @@ def parse_stop(text: str) -> StopRule | None:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--stop: {e}") from None
     raise argparse.ArgumentTypeError(f"--stop must be 'core:N', 'residual:TOL' or 'none', got {text!r}")
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (argparse names the option in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

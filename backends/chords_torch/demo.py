@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 import chords_core as cc
-from chords_core.demo import int_at_least
+from chords_core.demo import int_at_least, positive_float
 
 from . import DistributedExecutor, serve
 from .testing import Faulty, TorchGMM, gmm_problem
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int_at_least(1), default=4)
     p.add_argument("--solver", default="euler", choices=sorted(cc.SOLVERS))
     p.add_argument("--batch", type=int_at_least(1), default=3)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds a round may take (> 0)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds a round may take (> 0)")
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if CUDA is available)")
     p.add_argument("--rank0-evaluates", action="store_true",
                    help="rank 0 evaluates a share too (DistributedExecutor(local=...))")
@@ -52,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fault-rank", type=int_at_least(0), default=1)
     p.add_argument("--fault-after", type=int_at_least(0), default=3)
     a = p.parse_args(argv)
-    if not (math.isfinite(a.timeout) and a.timeout > 0):
-        p.error(f"argument --timeout: must be a finite number > 0, got {a.timeout!r}")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # (init_process_group's raw traceback otherwise)
         print(f"{p.prog}: error: RANK and WORLD_SIZE are not set: launch it with torchrun, e.g. "
               "torchrun --standalone --nproc_per_node=3 -m chords_torch.demo", file=sys.stderr)
