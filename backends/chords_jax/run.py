@@ -89,9 +89,11 @@ def make_mesh(devices: Any) -> Mesh | None:
 def _once_each(devs: list) -> None:
     """Refuse a device given twice, naming ``devices`` (a mesh over one device twice hung in XLA's
     collectives for about 60 s, then aborted the process)."""
-    twice = next((d for k, d in enumerate(devs) if d in devs[:k]), None)
-    if twice is not None:
-        raise ValueError(f"devices: {twice} appears more than once; a mesh takes each device once")
+    seen: set = set()
+    for d in devs:
+        if d in seen:
+            raise ValueError(f"devices: {d} appears more than once; a mesh takes each device once")
+        seen.add(d)
 
 
 _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
