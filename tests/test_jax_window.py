@@ -368,16 +368,22 @@ def test_a_wrong_shape_names_the_stacked_call():
         cj.parallel(model, jnp.ones((2, 3)), cc.time_grid(rf, 8), cores=2)
 
 
-def test_the_error_scale_does_not_depend_on_the_states_units():
-    """As the core's (``test_window_methods``): a state of about 1e-18 gets the same sweeps, scaled."""
+@pytest.mark.parametrize("dtype, scale, x64", [("float64", 2.0 ** -60, True), ("float64", 2.0 ** -520, True),
+                                               ("float64", 2.0 ** 520, True), ("float32", 2.0 ** -70, False),
+                                               ("float32", 2.0 ** 66, False), ("float32", 2.0 ** -70, True)])
+def test_the_error_scale_does_not_depend_on_the_states_units(dtype, scale, x64):
+    """As the core's (``test_window_methods``): a state of about 1e-18 gets the same sweeps, scaled; also
+    where the squares leave the sums' range (float32 with x64 off from about 1e-17 and 1e19: 1.3x the
+    sequential error at 1e-20; float64 from about 1e-151 and 1e155)."""
     def f(t, y):
         return jnp.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1)
 
-    model, grid, y0 = cc.VectorField(f), np.linspace(0, 3, 61), np.array([1.0, 0.0])
-    one = cj.parallel(model, y0, grid, "euler", cores=4)
-    scaled = cj.parallel(model, y0 * 2.0 ** -60, grid, "euler", cores=4)
-    assert scaled.rounds == one.rounds and scaled.log == one.log
-    assert np.array_equal(np.asarray(scaled.x), np.asarray(one.x) * 2.0 ** -60)
+    with jax.enable_x64(x64):
+        model, grid, y0 = cc.VectorField(f), np.linspace(0, 3, 61), jnp.asarray(np.array([1.0, 0.0]), dtype)
+        one = cj.parallel(model, y0, grid, "euler", cores=4)
+        scaled = cj.parallel(model, y0 * jnp.asarray(scale, dtype), grid, "euler", cores=4)
+        assert scaled.rounds == one.rounds and scaled.log == one.log
+        assert np.array_equal(np.asarray(scaled.x), np.asarray(one.x) * np.asarray(scale, dtype))
 
 
 def test_the_error_scale_floor_is_each_samples_own():

@@ -239,8 +239,18 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         cmp = tol2.dtype
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
 
+        unit = None
+        if scale == "error":  # per sample, a power of two near 1 / max|x_0|: the local-error rule is a ratio, so
+            # squares of (unit * d) decide as those of d, bit for bit, while staying inside the sum's range
+            # (float32 squares underflowed from states of about 1e-17: 1.3x the sequential error at 1e-20)
+            m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
+            unit = jnp.where(m > 0, jnp.ldexp(jnp.ones((), dt), -jnp.frexp(m)[1]), jnp.ones((), dt))
+
         def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (the core's, on L R rows)
-            return B.row_sq(d.reshape(d.shape[0] * R, -1)).reshape(d.shape[0], R)
+            rows_ = d.reshape(d.shape[0], R, -1)
+            if unit is not None:  # (the product fuses into the reduction)
+                rows_ = rows_ * unit[None, :, None]
+            return B.row_sq(rows_.reshape(d.shape[0] * R, -1)).reshape(d.shape[0], R)
 
         lane = jnp.arange(W, dtype=jnp.int32)
         rows = jnp.arange(W + 1, dtype=jnp.int32)
