@@ -678,8 +678,9 @@ def _float32(x: Array) -> bool:
     return str(getattr(x, "dtype", "")) in ("float32", "torch.float32")
 
 
-def _as64(x: Array) -> Array:
-    """``x`` in float64 (jax: only where x64 is enabled; else ``x``)."""
+def _as64(x: Array, host: bool = False) -> Array:
+    """``x`` in float64; a jax array where x64 is disabled: itself, or with ``host`` a numpy copy (for a
+    value read back anyway: ``rms`` / ``inner``)."""
     if type(x) is np.ndarray:
         return x.astype(np.float64)
     lib = library(x)
@@ -688,7 +689,9 @@ def _as64(x: Array) -> Array:
     if lib == "jax":
         import jax
 
-        return x.astype("float64") if jax.config.read("jax_enable_x64") else x
+        if jax.config.read("jax_enable_x64"):
+            return x.astype("float64")
+        return np.asarray(x, np.float64) if host else x
     return np.asarray(x, np.float64)
 
 
@@ -712,7 +715,7 @@ def inner(a: Array, b: Array) -> float:
     else:
         s = float((a * b).sum())
     if _unsafe(s) and _float32(a) and s == s:  # (nan: an input's own)
-        s = float((_as64(a) * _as64(b)).sum())
+        s = float((_as64(a, True) * _as64(b, True)).sum())
     return s
 
 
@@ -824,7 +827,7 @@ def rms(x: Array) -> float:
     else:
         s = float((x * x).sum())
     if _unsafe(s) and _float32(x) and s == s and (s != 0 or bool(x.any())):
-        s = float((_as64(x) ** 2).sum())
+        s = float((_as64(x, True) ** 2).sum())
     return (s / n) ** 0.5
 
 

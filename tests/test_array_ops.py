@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -110,9 +112,10 @@ def test_float32_sums_of_squares_beyond_float32s_range(scale, shape):
         np.testing.assert_allclose(np.asarray(B.row_sq(torch.from_numpy(x))).reshape(-1), want, rtol=1e-5)
         if shape[0] == 1:
             np.testing.assert_allclose(B.row_sq_one(x), want[0], rtol=1e-5)
-        for arr in (x, torch.from_numpy(x)):
-            assert B.rms(arr) == pytest.approx(float(np.sqrt(np.mean(x64 ** 2))), rel=1e-5)
-            assert B.inner(arr, arr) == pytest.approx(float(want.sum()), rel=1e-5)
+        with jax.enable_x64(False):  # (jax's default: no float64 on the device, the sums read back in float64)
+            for arr in (x, torch.from_numpy(x), jnp.asarray(x)):
+                assert B.rms(arr) == pytest.approx(float(np.sqrt(np.mean(x64 ** 2))), rel=1e-5)
+                assert B.inner(arr, arr) == pytest.approx(float(want.sum()), rel=1e-5)
     z = np.zeros(shape, np.float32)
     assert B.rms(z) == 0.0 and np.all(np.reshape(B.row_sq(z), -1) == 0)
 
