@@ -714,7 +714,7 @@ def inner(a: Array, b: Array) -> float:
         s = float(np.vdot(a, b))  # (BLAS: no temporary, no floating-point warning where float32 overflows)
     else:
         s = float((a * b).sum())
-    if _unsafe(s) and _float32(a) and s == s:  # (nan: an input's own)
+    if _unsafe(s) and _float32(a):  # (nan too: products overflowing both ways sum to inf - inf)
         s = float((_as64(a, True) * _as64(b, True)).sum())
     return s
 
@@ -738,10 +738,27 @@ def row_sq(d: Array) -> Array:
         return _row_sq_checked(d)
     if _float32(d):
         if library(d) == "torch":
-            flat = d.reshape(d.shape[0], -1) if len(d.shape) > 1 else d.reshape(-1)
-            norm = _torch.linalg.vector_norm(flat, dim=-1, dtype=_torch.float64)
-            return norm * norm
+            return _row_sq32_torch(d)
         return _row_sq(_as64(d))  # jax (float32 where x64 is off) and others
+    return _row_sq(d)
+
+
+def _row_sq32_torch(d: Any) -> Any:
+    """``row_sq`` of a float32 tensor: on the CPU in float32, samples out of range again in float64
+    (read on the host, which costs no synchronisation there); on a device with float64 (CUDA) one
+    float64 reduction (no read back); elsewhere (MPS has no float64) in float32."""
+    dev = d.device.type
+    if dev == "cpu":
+        out = _row_sq(d)
+        vals = out.reshape(-1).tolist()
+        if all(_SQ32_LO < v < _SQ32_HI for v in vals):
+            return out
+        keep = (out > _SQ32_LO) & (out < _SQ32_HI)
+        return _torch.where(keep, out.double(), _row_sq(d.double()))
+    if dev == "cuda":
+        norm = _torch.linalg.vector_norm(d.flatten(1) if len(d.shape) > 1 else d.reshape(-1), dim=-1,
+                                         dtype=_torch.float64)
+        return norm * norm
     return _row_sq(d)
 
 
@@ -847,9 +864,11 @@ def eps(x: Array) -> float:
     return float(_finfo(x).eps)
 
 
-def smallest_normal(x: Array) -> float:
-    """The smallest positive normal number of ``x``'s floating dtype, as a Python float."""
-    return float(_finfo(x).tiny)
+def smallest_normal(x: Array) -> Any:
+    """The smallest positive normal number of ``x``'s floating dtype, as a Python float (a
+    ``np.longdouble`` for ``np.longdouble``, whose smallest normal a float would round to 0)."""
+    tiny = _finfo(x).tiny
+    return tiny if type(tiny) is np.longdouble else float(tiny)
 
 
 def _nbytes(x: Array) -> int:

@@ -340,10 +340,11 @@ def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
 
 
 def accepts(rule: StopRule, outputs: Outputs, coarse: Any) -> bool:
-    """``rule.accept(outputs, coarse)``, which must answer a bool (an array answer raised numpy's
-    "truth value of an array is ambiguous", naming nothing): a ``TypeError`` naming ``stop`` otherwise."""
+    """``rule.accept(outputs, coarse)``, which must answer a bool or a 0-d array (an array answer raised
+    numpy's "truth value of an array is ambiguous", naming nothing): a ``TypeError`` naming ``stop``
+    otherwise."""
     ok = rule.accept(outputs, coarse)
-    if isinstance(ok, (bool, np.bool_)):
+    if isinstance(ok, (bool, np.bool_)) or getattr(ok, "shape", None) == ():  # (a 0-d tensor: one answer too)
         return bool(ok)
     raise TypeError(f"stop: {type(rule).__name__}.accept returned {type(ok).__name__}, not a bool (output "
                     f"{len(outputs)}); reduce an array to one answer, e.g. bool((x < tol).all())")

@@ -143,3 +143,13 @@ def test_float64_sums_of_squares_beyond_float64s_range_are_wider(scale, shape):
     if shape[0] == 1:
         assert float(B.row_sq_one(x) / want[0]) == pytest.approx(1.0, rel=1e-12)
     assert B.row_sq(np.ones(shape)).dtype == np.float64  # in range: float64, no second pass
+
+
+def test_sums_of_squares_of_empty_batches_and_mixed_sign_overflows():
+    """A review: the float32 torch path dropped the empty-batch case (a raw reshape error in the
+    window methods); float32 products overflowing both ways summed to nan (inf - inf), not recomputed."""
+    for x in (torch.zeros(0, 5), torch.zeros(0, 5).half(), np.zeros((0, 5), np.float32)):
+        assert tuple(B.row_sq(x).shape) == (0,)
+    a = np.array([1e20, 1e20], np.float32)
+    b = np.array([1e20, -1e20], np.float32)
+    assert B.inner(a, b) == 0.0 and B.inner(torch.from_numpy(a), torch.from_numpy(b)) == 0.0

@@ -196,7 +196,8 @@ def test_a_guider_by_the_step_is_evaluated_one_step_index_a_call(wan):
             reasons = cd.modular.step_dependence(pipe, list(pipe.blocks.sub_blocks["denoise"].sub_blocks.values())
                                                  if "denoise" in pipe.blocks.sub_blocks else [])
             assert any("guides by the step" in r for r in reasons), reasons
-            ref, lat, res = _run(pipe, kw, cores=4, stop=None)
+            with pytest.warns(UserWarning, match=r"guides by the step .*a batched call holds the points of one step"):
+                ref, lat, res = _run(pipe, kw, cores=4, stop=None)
             assert rel_err(lat, ref) < 1e-6
             _, _, one = _run(pipe, kw, cores=4, stop=None, batched=False)
             assert max(rel_err(a.x, b.x) for a, b in zip(one.hits, res.hits)) < 1e-5
@@ -238,6 +239,24 @@ def test_blocks_reading_the_step_index_get_one_step_index_a_call():
         scheduler = None
 
     assert step_dependence(Comp(), [passes]) == [] and step_dependence(Comp(), [block]) == ["block reads the step index i"]
+
+    def helper(bs, i):
+        return bs.gw[i]
+
+    def via_helper(comp, bs, i, t):  # passes i to a helper that reads it (a review: taken as passing on)
+        bs.noise_pred = bs.latents * helper(bs, i=i)
+        return comp, bs
+
+    def via_kwargs(comp, bs, **kw):  # i inside **kwargs
+        bs.noise_pred = bs.latents * bs.gw[kw["i"]]
+        return comp, bs
+
+    def guided(comp, bs, i, t):  # only the guider's step: judged by the guider's config
+        comp.guider.set_state(step=i, num_inference_steps=3, timestep=t)
+        return comp, bs
+
+    assert step_dependence(Comp(), [via_helper]) and step_dependence(Comp(), [via_kwargs])
+    assert step_dependence(Comp(), [guided]) == []
     assert step_dependence(Comp(), [StableDiffusionXLControlNetLoopDenoiser()]) != []
     assert step_dependence(Comp(), [StableDiffusion3LoopDenoiser()]) == []
     ts = torch.tensor([9.0, 5.0, 1.0])

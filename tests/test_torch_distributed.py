@@ -113,8 +113,8 @@ def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
 
 
 def test_a_models_sys_exit_on_a_rank_is_its_error_not_the_ranks_end(tmp_path):
-    # a stray sys.exit(0) inside the model: the driver gets the model's error (not a WorkerDied from a
-    # rank that left with status 0, which torchrun counts as success), and every rank is then told to stop
+    # a sys.exit(0) inside the model: the driver gets the model's error (not a WorkerDied from a rank that
+    # vanished with status 0, which torchrun counts as success) before the rank leaves, as sys.exit asks
     codes, outs = launch(["--fault", "exit", "--fault-rank", "1", "--fault-after", "2"], tmp_path=tmp_path)
     rep = report(outs[0])
     assert rep["error"].startswith("WorkerError: rank 1") and "SystemExit" in rep["error"], outs[0]

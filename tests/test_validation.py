@@ -765,6 +765,25 @@ def test_a_stop_rule_answering_an_array_is_named():
             run()
 
 
+def test_a_stop_rule_answering_a_0d_tensor_is_taken():
+    """A rule ending in ``(a - b).abs().max() < tol`` answers a 0-d tensor: one answer, taken as before."""
+    import torch
+
+    from chords_torch.testing import gmm_problem
+
+    class Close(cc.StopRule):
+        def accept(self, outputs, coarse):
+            return len(outputs) > 1 and (outputs[-1] - outputs[-2]).abs().max() < 1e-3
+
+        def describe(self, n, core, accepted):
+            return f"close at {n}" if accepted else "not close"
+
+    model, _ = gmm_problem()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    res = cc.chords(model, x, cc.time_grid(model.schedule, 12), cores=4, stop=Close())
+    assert res.stopped_by.startswith("close at") or res.stopped_by == "not close"
+
+
 def test_srds_refuses_a_rule_that_needs_the_error_estimate():
     """SRDS computes no sequential-error estimate: ``StopWhenConverged`` ran every iteration whatever
     its level (1e6 included) and said "not converged within 1e+06 x the estimated sequential error"."""

@@ -531,6 +531,26 @@ def test_the_error_scale_does_not_depend_on_the_states_units(dtype, scale):
     assert np.array_equal(scaled.x, one.x * dtype(scale))
 
 
+@pytest.mark.skipif(B._WIDE64 is None, reason="np.longdouble is no wider than float64 on this platform")
+@pytest.mark.parametrize("scale", [2.0 ** -600, 2.0 ** -1000])
+def test_the_error_scale_of_a_one_sample_batch_and_a_zero_sample_beyond_float64s_range(scale):
+    """A review: a (1, 2) state of 1e-180 scored its changes through Python floats, which round a
+    longdouble square to 0 (866x the error at scale 1); a batch with an all-zero sample beside a
+    sample out of range scored 0 / 0 (the longdouble floor read as a float: 0), running sequentially."""
+    def f(t, y):
+        return np.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1)
+
+    model, grid = cc.VectorField(f), np.linspace(0, 3, 61)
+    y0 = np.array([[1.0, 0.0]])
+    one = cc.parallel(model, y0, grid, "heun", cores=4)
+    scaled = cc.parallel(model, y0 * scale, grid, "heun", cores=4)
+    assert scaled.rounds == one.rounds and np.array_equal(scaled.x, one.x * scale)
+    two = np.array([[1.0, 0.0], [0.0, 0.0]])
+    both = cc.parallel(model, two, grid, "heun", cores=4)
+    both_scaled = cc.parallel(model, two * scale, grid, "heun", cores=4)
+    assert both_scaled.rounds == both.rounds < 120 and np.array_equal(both_scaled.x, both.x * scale)
+
+
 def test_the_error_scale_floor_is_each_samples_own():
     """A batch of a slow and a fast sample, the fast one 2^-47 (about 7e-15) times smaller: with the
     largest sample's floor for all the small one was accepted unconverged (8.5 off relative to its

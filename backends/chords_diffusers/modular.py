@@ -38,6 +38,7 @@ import functools
 import inspect
 import textwrap
 import types
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -277,6 +278,10 @@ def _loop_class() -> type:
             if not one:  # (one point a round: the cores' steps cannot mix)
                 _refuse_momentum(components)
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
+            if batched and not one and net.by_step:
+                warnings.warn(f"chords_diffusers.modular: {'; '.join(net.by_step)}: a batched call holds the points of "
+                              "one step only (a round's points at different steps go in separate calls)", UserWarning,
+                              stacklevel=2)
             if not batched:
                 opts["executor"] = cc.SerialExecutor()
             res = sample_latents(smap, net, bs.latents, progress=progress, **opts)
@@ -409,10 +414,11 @@ def step_dependence(components: Any, blocks: Sequence[Any]) -> list[str]:
     - a guider whose guidance depends on the step (``start`` / ``stop`` other than 0 and 1, any
       ``*_steps`` / ``*_step`` > 0: CFG on half the steps gave the faster cores' outputs 1.6e-2 to
       4.1e-2 off, CFG-Zero*'s ``zero_init_steps`` 3e-2 to 9e-2, silently);
-    - a block whose ``__call__`` reads ``i`` other than by passing it on (``i=i``) or to the guider's
-      ``set_state(step=i)`` (judged by the guider's config): SDXL's and QwenImage's ControlNet
-      denoisers (``controlnet_keep[i]``), Ideogram4's ``gw[i]``, Flux3's distilled target timestep, ...;
-      a block whose source cannot be read counts; class names in ``STEP_FREE_BLOCKS`` do not;
+    - a block whose ``__call__`` reads ``i`` other than in the guider's ``set_state(step=i)`` (judged
+      by the guider's config; passing it on counts, as do ``*args`` / ``**kwargs``): SDXL's and
+      QwenImage's ControlNet denoisers (``controlnet_keep[i]``), Ideogram4's ``gw[i]``, Flux3's
+      distilled target timestep, ...; a block whose source cannot be read counts; class names in
+      ``STEP_FREE_BLOCKS`` do not;
     - Wan 2.2's two-expert denoiser, which picks its expert with ``if t >= boundary`` (a raw
       "Boolean value of Tensor" error on per-row timesteps).
 
@@ -446,24 +452,29 @@ def _leaves(blocks: Sequence[Any]) -> list[Any]:
 
 
 def _reads_step_index(block: Any) -> bool:
-    """Whether a block's ``__call__`` (a plain function: its body) reads ``i`` other than passing it on."""
+    """Whether a block's ``__call__`` (a plain function: its body) may read ``i`` (``_reads_i``)."""
     fn = block if isinstance(block, (types.FunctionType, types.MethodType)) else type(block).__call__
     return _reads_i(getattr(fn, "__func__", fn))
 
 
 @functools.cache
 def _reads_i(fn: Any) -> bool:
+    """Whether ``fn``'s body reads ``i`` other than in the guider's ``set_state(step=i)``: any other
+    use counts (a helper given ``i=i`` may read it); so do ``*args`` / ``**kwargs`` (``i`` may be in
+    them), a source that cannot be read, and a wrapper's (a decorator without ``functools.wraps``)."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError):
         return True  # unknown: counted
+    func = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if func is None or func.args.vararg is not None or func.args.kwarg is not None:
+        return True
     passed: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            setter = isinstance(node.func, ast.Attribute) and node.func.attr == "set_state"
-            passed.update(id(k.value) for k in node.keywords if isinstance(k.value, ast.Name) and k.value.id == "i"
-                          and (k.arg == "i" or (setter and k.arg == "step")))
-    return any(isinstance(n, ast.Name) and n.id == "i" and id(n) not in passed for n in ast.walk(tree))
+    for node in ast.walk(func):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "set_state":
+            passed.update(id(k.value) for k in node.keywords
+                          if k.arg == "step" and isinstance(k.value, ast.Name) and k.value.id == "i")
+    return any(isinstance(n, ast.Name) and n.id == "i" and id(n) not in passed for n in ast.walk(func))
 
 
 def with_chords(pipe: Any, **options: Any) -> Any:

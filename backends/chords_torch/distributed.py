@@ -514,6 +514,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
         shape, dtype = tuple(h[6 : 6 + ndim]), DTYPES[dt]
         x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
+        leaving: SystemExit | None = None
         try:
             if model is None:
                 raise RuntimeError(setup_error or "no model received")
@@ -525,15 +526,18 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             answer = (0, 0, out)
         except ModelOutputError as e:
             answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm))
-        except (Exception, SystemExit) as e:  # a stray sys.exit in the model is its error: leaving serve with
-            # status 0 would read as success to torchrun while the driver saw the rank vanish
+        except (Exception, SystemExit) as e:  # a sys.exit in the model (or a SIGTERM handler's) is reported
+            # to the driver before the rank leaves: otherwise the rank vanishes (status 0, success to torchrun)
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
             answer = (2, 0, _bytes_tensor(msg.encode(), comm))
+            leaving = e if isinstance(e, SystemExit) else None
         finally:
             if watch is not None:
                 watch.since = None
         reply(*answer)
         served += 1
+        if leaving is not None:
+            raise leaving
 
 
 class _HungWatch:

@@ -157,8 +157,10 @@ def row_size(shape: tuple) -> int:
     return int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
 
 
-def _worst(score: Any) -> float:
-    """The largest per-sample score (a 0-d score for a state without a batch axis)."""
+def _worst(score: Any) -> Any:
+    """The largest per-sample score (a 0-d score for a state without a batch axis), as a Python float,
+    or a ``np.longdouble`` for sums of squares formed wider than float64 (``_backend.row_sq``), whose
+    values a float would round to 0 or inf."""
     tp = type(score)
     if tp is np.float32 or tp is np.float64 or tp is float:
         return float(score)  # one sample: its score (the cheap hot cases)
@@ -168,7 +170,8 @@ def _worst(score: Any) -> float:
         score = score.detach()
     if B._numel(score) == 0:
         return 0.0  # (an empty batch: no sample over anything)
-    return float(score.max() if hasattr(score, "max") else score)
+    worst = score.max() if hasattr(score, "max") else score
+    return worst if type(worst) is np.longdouble else float(worst)
 
 
 #: states of at least this many bytes get scratch arrays for their temporaries (``_backend.subtract_into``); below
