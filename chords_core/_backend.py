@@ -744,15 +744,15 @@ def row_sq(d: Array) -> Array:
 
 
 def _row_sq32_torch(d: Any) -> Any:
-    """``row_sq`` of a float32 tensor: on the CPU in float32, samples out of range again in float64
-    (read on the host, which costs no synchronisation there); on a device with float64 (CUDA) one
-    float64 reduction (no read back); elsewhere (MPS has no float64) in float32."""
+    """``row_sq`` of a float32 tensor, in float64 (as numpy's: the floor ``smallest_normal`` of the
+    window methods follows the sums' dtype): on the CPU summed in float32, samples out of range again
+    in float64 (read on the host, which costs no synchronisation there); on a device with float64
+    (CUDA) one float64 reduction (no read back); elsewhere (MPS has no float64) in float32."""
     dev = d.device.type
     if dev == "cpu":
         out = _row_sq(d)
-        vals = out.reshape(-1).tolist()
-        if all(_SQ32_LO < v < _SQ32_HI for v in vals):
-            return out
+        if all(_SQ32_LO < v < _SQ32_HI for v in out.reshape(-1).tolist()):
+            return out.double()
         keep = (out > _SQ32_LO) & (out < _SQ32_HI)
         return _torch.where(keep, out.double(), _row_sq(d.double()))
     if dev == "cuda":

@@ -551,6 +551,23 @@ def test_the_error_scale_of_a_one_sample_batch_and_a_zero_sample_beyond_float64s
     assert both_scaled.rounds == both.rounds < 120 and np.array_equal(both_scaled.x, both.x * scale)
 
 
+@pytest.mark.parametrize("scale", [2.0 ** -70, 2.0 ** 66])
+def test_the_error_scale_does_not_depend_on_the_units_of_a_float32_tensor(scale):
+    """As above on torch (float32 sums of squares are float64 there too: on the CPU summed in float32
+    and again in float64 where out of range)."""
+    import torch
+
+    def f(t, y):
+        return torch.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1)
+
+    model, grid = cc.VectorField(f), np.linspace(0, 3, 61)
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.2]])
+    one = cc.parallel(model, y0, grid, "heun", cores=4)
+    scaled = cc.parallel(model, y0 * scale, grid, "heun", cores=4)
+    assert scaled.rounds == one.rounds and scaled.log == one.log
+    assert torch.equal(scaled.x, one.x * scale)
+
+
 def test_the_error_scale_floor_is_each_samples_own():
     """A batch of a slow and a fast sample, the fast one 2^-47 (about 7e-15) times smaller: with the
     largest sample's floor for all the small one was accepted unconverged (8.5 off relative to its
