@@ -173,8 +173,20 @@ class BatchedExecutor(Executor):
         return m is None or m > 1
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
-        """Batched ``model`` calls of at most ``max_batch_bytes`` each (see ``Executor.__call__``)."""
-        workspace = self.workspace
+        """Batched ``model`` calls of at most ``max_batch_bytes`` each (see ``Executor.__call__``). A call
+        made from inside the model on the same thread (a model that itself solves on this executor)
+        stacks in a buffer of its own: in the thread's, it overwrote the points the outer call's model
+        was reading (1.84 off, silently)."""
+        local = self._threads()
+        if getattr(local, "busy", False):
+            return self._call(model, xs, ts, Workspace())
+        local.busy = True
+        try:
+            return self._call(model, xs, ts, self.workspace)
+        finally:
+            local.busy = False
+
+    def _call(self, model: Model, xs: Sequence[Any], ts: Sequence[float], workspace: Workspace) -> list[Any]:
         m = self.points_per_call(xs[0]) if len(xs) > 1 else None
         if m is None or m >= len(xs):
             return model.evaluate(xs, ts, batched=True, workspace=workspace)

@@ -383,3 +383,25 @@ def test_close_releases_a_batched_executors_stacking_buffer(lib):
     assert held() is None
     again = cc.paradigms(model, x, grid, window=4, tol=0.0, executor=ex)
     assert (again.x == first.x).all() and ex.workspace._buf is not None
+
+
+def test_a_model_that_solves_on_the_same_executor_gets_its_own_stacking_buffer():
+    """A user trial: a model whose network itself ran ``cc.parallel`` on the executor evaluating it
+    (same thread) stacked its inner rounds in the buffer holding the outer round's points, which the
+    network read afterwards: 1.84 off separate executors, silently."""
+    sched = cc.RectifiedFlow()
+    grid = cc.time_grid(sched, 8)
+    inner = cc.DiffusionModel(lambda x, t: np.tanh(x) - 0.5 * x, sched, "flow")
+
+    def outer(ex):
+        def fn(x, t):
+            y = cc.parallel(inner, np.ones((2, x.shape[1])), grid, "euler", cores=4, executor=ex).x
+            return 0.1 * y.mean() + np.tanh(x) * (1 - t[:, None]) - 0.5 * x  # reads x after the inner call
+        return cc.DiffusionModel(fn, sched, "flow")
+
+    x = np.random.default_rng(0).standard_normal((2, 8192))  # 128 KiB a point: stacked in the buffer
+    shared = cc.BatchedExecutor()
+    got = cc.parallel(outer(shared), x, grid, "euler", cores=4, method="chords", executor=shared)
+    ref = cc.parallel(outer(cc.SerialExecutor()), x, grid, "euler", cores=4, method="chords",
+                      executor=cc.SerialExecutor())
+    assert np.array_equal(got.x, ref.x)
