@@ -20,10 +20,10 @@ R_c = T - t_c + c rounds; the coarse hit comes after K rounds. Rectification cos
 
 from __future__ import annotations
 
-import functools
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -63,6 +63,26 @@ class Eval(NamedTuple):
     hit: bool = False
 
 
+class _cached:
+    """``functools.cached_property`` without its lock: before Python 3.12 that holds one lock per
+    property for all instances, so threads computing different plans' views waited on each other,
+    and a fork taken while one was held left the child waiting for ever (a user trial: 52 of 300
+    children). Two threads may compute the same value at once; the later store is an equal value."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        val = self.fn(obj)
+        obj.__dict__[self.name] = val  # (an instance attribute from now on: this descriptor is not consulted)
+        return val
+
+
 @dataclass(frozen=True)
 class Round:
     """One round of the plan: the evaluations that run at once.
@@ -81,24 +101,24 @@ class Round:
         """The fields only: the cached views (``rows``, ``time_indices``, ...) are rebuilt on use."""
         return {k: v for k, v in self.__dict__.items() if k not in _ROUND_CACHE}
 
-    @functools.cached_property
+    @_cached
     def rows(self) -> tuple[tuple, ...]:
         """``evals`` as plain tuples, fields in ``Eval``'s order: what the engine's hot loop unpacks
         (a plain tuple unpacks in one step, a ``NamedTuple`` through the iterator protocol)."""
         return tuple(tuple(e) for e in self.evals)
 
-    @functools.cached_property
+    @_cached
     def time_indices(self) -> tuple[int, ...]:
         """The grid index each evaluation of the round is at, in order."""
         return tuple(e.time_index for e in self.evals)
 
-    @functools.cached_property
+    @_cached
     def starts(self) -> dict[int, int]:
         """{core: position in ``evals``} of the evaluations at a step's first stage (at the core's
         state, which the previous round made)."""
         return {e.core: p for p, e in enumerate(self.evals) if e.stage == 0}
 
-    @functools.cached_property
+    @_cached
     def rectifying(self) -> frozenset[int]:
         """The cores rectified in this round (each from its slower neighbour's record of this round or
         an earlier one)."""
@@ -138,7 +158,7 @@ class Plan:
     finish_round: tuple[int, ...]  # R_c per core
     hit_order: tuple[int, ...] = field(default=())  # cores in arrival order
 
-    @functools.cached_property
+    @_cached
     def _widths(self) -> tuple[int, ...]:
         w, out = 0, []
         for r in self.rounds:
@@ -146,7 +166,7 @@ class Plan:
             out.append(w)
         return tuple(out)
 
-    @functools.cached_property
+    @_cached
     def widths_from(self) -> tuple[int, ...]:
         """Per round (by number - 1): the most evaluations in one round from it to the last."""
         out, w = [], 0
@@ -190,7 +210,7 @@ class Plan:
         n = outputs_needed(as_stop_rule(stop), self.cores)
         return self.finish_round[self.hit_order[n - 1]]
 
-    @functools.cached_property
+    @_cached
     def _nfes(self) -> tuple[int, ...]:
         """Evaluations in the first n rounds at index n (0 .. R): prefix sums, once per plan."""
         n, out = 0, [0]
@@ -309,6 +329,17 @@ PLAN_CACHE_EVALS = 1 << 18
 _PLANS: OrderedDict[tuple, Plan] = OrderedDict()
 _PLANS_EVALS = 0  # evaluations in the plans kept
 _PLANS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fresh lock in a forked child: the parent's may have been held by another thread at the fork,
+    and that thread does not exist in the child (which then waited for ever on its first plan)."""
+    global _PLANS_LOCK
+    _PLANS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:

@@ -1,5 +1,9 @@
 """The static CHORDS plan: round ladder, rectification schedule, NFE (issue #2)."""
 
+import os
+import signal
+import threading
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,3 +156,34 @@ def test_the_plan_cache_is_bounded_by_the_plans_size(monkeypatch):
     with pytest.raises(ValueError):
         cc.make_plan(10, (0, 20))  # bad input: nothing kept
     assert P._PLANS_EVALS == sum(p.nfe() for p in P._PLANS.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_fork_taken_while_another_thread_holds_the_plan_cache_lock_leaves_a_working_child():
+    """A user trial: os.fork() while other threads ran cc.chords left 52 of 300 children waiting for
+    ever on the plan cache's lock (held by a thread that does not exist in the child)."""
+    from chords_core import plan as plan_module
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with plan_module._PLANS_LOCK:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: a plan within 10 s, or status 99
+        signal.signal(signal.SIGALRM, lambda *a: os._exit(99))
+        signal.alarm(10)
+        try:
+            cc.make_plan(23, [0, 3, 7, 12])
+            os._exit(0)
+        except BaseException:
+            os._exit(4)
+    release.set()
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
