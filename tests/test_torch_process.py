@@ -340,3 +340,54 @@ def test_a_changed_model_carrying_a_tensor_leaks_no_file_descriptor(trap_executo
         if i == 1:
             before = open_fds()
     assert open_fds() <= before + 2
+
+
+def test_a_forked_child_neither_uses_nor_stops_the_drivers_workers(trap_executor):
+    """A user trial: a child made by os.fork() that exited normally terminated the driver's workers
+    (multiprocessing's exit handler listed them; the driver's next call: "worker died while idle"),
+    and one that used the executor got a raw AssertionError."""
+    xs = [x0(), x0(seed=1)]
+    ref = cc.SerialExecutor()(MODEL, xs, [0.5, 0.5])
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            trap_executor(MODEL, xs, [0.5, 0.5])
+        except ExecutorClosed as e:
+            code = 0 if "belongs to process" in str(e) else 2
+        except BaseException:
+            code = 4
+        import atexit
+
+        if code == 0:
+            atexit._run_exitfuncs()  # what a normal exit runs (multiprocessing's handler and the finalizers)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    out = trap_executor(MODEL, xs, [0.5, 0.5])
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+
+
+def test_close_from_another_thread_during_a_long_round_raises_executor_closed_in_the_caller():
+    """A user trial: close() during a model call longer than its grace period raised OSError (Bad file
+    descriptor: the caller's error path and close() both closed the pipes) in 3 of 8 runs, and the
+    waiting caller got WorkerDied (SIGTERM) for what the user did."""
+    ex = ProcessExecutor(Slow(FACTORY, 4.0), workers=2, round_timeout=30)
+    pids = ex.pids
+    caught: list = []
+
+    def call():
+        try:
+            ex(MODEL, [x0(), x0()], [0.5, 0.5])
+            caught.append("finished")
+        except BaseException as e:
+            caught.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(1.0)
+    ex.close()  # no error
+    t.join(30)
+    assert len(caught) == 1 and isinstance(caught[0], ExecutorClosed), caught
+    assert "closed (by another thread) while a round waited" in str(caught[0])
+    assert all(gone(p) for p in pids)

@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import contextlib
 import copy
 import itertools
+import os
 import queue
 import threading
 import traceback
@@ -175,6 +176,12 @@ class _DeviceThread:
             self._thread.join()
 
 
+def _stop_threads(pools: list[_DeviceThread]) -> None:
+    """Stop a collected executor's threads (not waiting: a thread may be inside a model call)."""
+    for p in pools:
+        p.shutdown(wait=False)
+
+
 def _cancel(fut: cf.Future) -> None:
     """Cancel a call not started, waking whoever waits on it (``cancel()`` alone wakes no
     ``concurrent.futures.wait``: the notify marks it done; without it a round waited for ever)."""
@@ -223,6 +230,9 @@ class DeviceExecutor(Executor):
         self.replicate, self.batched = replicate, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DeviceExecutor")
         self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
+        # an executor dropped without close() stops its threads when collected (they waited for ever)
+        self._finalizer = weakref.finalize(self, _stop_threads, list(self._pools))
+        self._owner = os.getpid()
         self._replicas: dict = {}  # see _models
         self._closed = False
 
@@ -289,6 +299,9 @@ class DeviceExecutor(Executor):
                 daemons: a stuck one does not keep the interpreter from exiting).
             ExecutorClosed: the executor was closed.
         """
+        if os.getpid() != self._owner:  # (its threads do not exist in a forked child: a call waited for ever)
+            raise ExecutorClosed(f"this DeviceExecutor belongs to process {self._owner}; its device threads do not "
+                                 "exist in this (forked) one: make a new executor here")
         if self._closed:
             raise ExecutorClosed("this DeviceExecutor is closed")
         check_points(xs, ts)
@@ -335,6 +348,7 @@ class DeviceExecutor(Executor):
             wait: wait for the running evaluations to finish.
         """
         self._closed = True
+        self._finalizer.detach()
         pools, self._pools = self._pools, []
         for p in pools:
             p.shutdown(wait=wait)

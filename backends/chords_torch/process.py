@@ -24,6 +24,7 @@ closes (the driver died).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -32,6 +33,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from multiprocessing import process as mp_process
 from multiprocessing.connection import wait as _wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, NoReturn
@@ -142,8 +144,15 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                 conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
 
 
-def _shutdown(procs: list, conns: list, grace: float) -> None:
-    """Ask the workers to stop, wait up to ``grace`` seconds, then terminate / kill; close the pipes."""
+def _shutdown(procs: list, conns: list, grace: float, owner: int) -> None:
+    """Ask the workers to stop, wait up to ``grace`` seconds, then terminate / kill; close the pipes.
+    In a process forked from ``owner`` (the driver) only this process's copies of the pipes are closed:
+    a forked child's exit stopped the parent's workers (its next call: "worker died while idle")."""
+    if os.getpid() != owner:
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.close()
+        return
     if grace > 0:
         for c in conns:
             try:
@@ -163,6 +172,25 @@ def _shutdown(procs: list, conns: list, grace: float) -> None:
             p.join()
     for c in conns:
         c.close()
+
+
+#: The open executors of this process, for ``_after_fork_in_child``.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``os.fork()``: the driver's workers are not this process's children, but
+    multiprocessing's exit handler still listed them and terminated them (daemons) when the child
+    exited: the driver's next call failed with "worker died while idle"."""
+    children = getattr(mp_process, "_children", None)
+    if isinstance(children, set):
+        for ex in list(_LIVE):
+            for p in ex._procs:
+                children.discard(p)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _default_start_method() -> str:
@@ -211,8 +239,11 @@ class ProcessExecutor(Executor):
             ctx.set_forkserver_preload(["torch", "chords_core", "chords_torch", *_modules_of(factory)])
         self._procs: list = []
         self._conns: list = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0)
+        self._owner = os.getpid()
+        _LIVE.add(self)
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0, self._owner)
         self._closed = False
+        self._closed_by_user = False  # close() called (from another thread, during a round: ExecutorClosed there)
         self._sent: tuple | None = None  # model_state of the model whose shell the workers hold
         self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
@@ -245,12 +276,21 @@ class ProcessExecutor(Executor):
         return len(self._conns)
 
     def _break(self) -> None:
+        """Stop the workers at once, unless another thread's ``close`` is doing it (one shutdown: two
+        closed the same pipes, ``OSError: Bad file descriptor``)."""
         self._closed = True
-        self._finalizer.detach()
-        _shutdown(self._procs, self._conns, 0.0)
+        if self._finalizer.detach() is not None:
+            _shutdown(self._procs, self._conns, 0.0, self._owner)
+
+    def _closed_meanwhile(self) -> ExecutorClosed:
+        return ExecutorClosed("this ProcessExecutor was closed (by another thread) while a round waited for "
+                              "its workers")
 
     def _dead(self, w: int, when: str) -> NoReturn:
-        """Worker ``w`` is gone: stop every worker and raise ``WorkerDied``."""
+        """Worker ``w`` is gone: stop every worker and raise ``WorkerDied`` (``ExecutorClosed`` where
+        ``close`` stopped it)."""
+        if self._closed_by_user:
+            raise self._closed_meanwhile()
         self._procs[w].join(1.0)
         code = self._procs[w].exitcode
         self._break()
@@ -268,6 +308,8 @@ class ProcessExecutor(Executor):
             ready = _wait(list(pending) + [s for s, w in sentinels.items() if w not in replies],
                           timeout=None if left is None else max(left, 0.0))
             if not ready:
+                if self._closed_by_user:
+                    raise self._closed_meanwhile()
                 self._break()
                 raise WorkerTimeout(
                     f"ProcessExecutor: worker(s) {sorted(pending.values())} did not answer ({what}) within "
@@ -312,6 +354,9 @@ class ProcessExecutor(Executor):
             WorkerDied, WorkerTimeout: a worker died or hung; all workers are terminated.
             ExecutorClosed: the executor was closed.
         """
+        if os.getpid() != self._owner:
+            raise ExecutorClosed(f"this ProcessExecutor belongs to process {self._owner}; its workers answer that "
+                                 "process only: make a new executor in this (forked) one")
         if self._closed:
             raise ExecutorClosed("this ProcessExecutor is closed (closed by the user or after a dead / hung worker)")
         check_points(xs, ts, "ProcessExecutor")
@@ -356,6 +401,8 @@ class ProcessExecutor(Executor):
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
             self._dead(w, f"on send ({type(e).__name__})")
         except BaseException:  # KeyboardInterrupt included: the workers' replies would be read by the next call
+            if self._closed_by_user:  # (its pipes closed under the wait: an OSError / ValueError here)
+                raise self._closed_meanwhile() from None
             if not self._closed:
                 self._break()
             raise
@@ -389,8 +436,10 @@ class ProcessExecutor(Executor):
         return cur
 
     def close(self) -> None:
-        """Stop the workers (a short grace period, then terminate); idempotent."""
-        self._closed = True
+        """Stop the workers (a short grace period, then terminate); idempotent. A round another thread
+        is waiting on raises ``ExecutorClosed`` there. In a process forked from the driver it only
+        closes this process's copies of the pipes (the workers are the driver's)."""
+        self._closed_by_user = self._closed = True
         self._finalizer()
 
 
