@@ -95,3 +95,20 @@ def test_each_device_evaluates_its_share_of_the_slots(report):
 
 def test_sharded_second_call_does_not_recompile(report):
     assert report["retraced"] == 0
+
+
+def test_the_caches_survive_another_thread_clearing_them_between_lookup_and_reorder():
+    """A concurrency review: ``clear_cache`` from another thread between ``lru_get``'s lookup and its
+    reordering raised ``KeyError`` in a call that had its value."""
+    from collections import OrderedDict
+
+    from chords_jax.run import lru_get, lru_put
+
+    class ClearedMeanwhile(OrderedDict):
+        def move_to_end(self, key, last=True):
+            self.clear()  # another thread's clear_cache, just after the lookup
+            super().move_to_end(key, last)
+
+    cache = ClearedMeanwhile(a=1)
+    assert lru_get(cache, "a") == 1
+    assert lru_put(OrderedDict(), "b", 2, 0) == 2

@@ -16,6 +16,7 @@ screened, one call or chunked), so a second call with the same shapes reuses the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections import OrderedDict
@@ -356,10 +357,13 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
 
 
 def lru_get(cache: OrderedDict, key: tuple) -> Any:
-    """``cache[key]``, now the most recently used, or ``None``; ``lru_put``'s counterpart."""
+    """``cache[key]``, now the most recently used, or ``None``; ``lru_put``'s counterpart. Safe
+    against another thread's ``clear_cache`` or eviction between the lookup and the reordering (a
+    ``KeyError`` there would fail a call that had its value)."""
     got = cache.get(key)
     if got is not None:
-        cache.move_to_end(key)
+        with contextlib.suppress(KeyError):
+            cache.move_to_end(key)
     return got
 
 
@@ -368,5 +372,8 @@ def lru_put(cache: OrderedDict, key: tuple, value: Any, size: int) -> Any:
     The one eviction rule of chords_jax's caches."""
     cache[key] = value
     while len(cache) > size:
-        cache.popitem(last=False)
+        try:
+            cache.popitem(last=False)
+        except KeyError:  # (emptied meanwhile by another thread)
+            break
     return value
