@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--difficulty", type=int_at_least(1), default=50, help=f"1..{NUM_CLASSES} (default 50)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--ref-steps", type=int_at_least(0), default=100, help="Heun steps of the fine reference (0: none)")
-    p.add_argument("--out", type=Path, default=None, help=f"the JSON record (default {RESULTS}; --quick: none)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"the JSON record (default: {RESULTS} for a full run at the default options, else none)")
     p.add_argument("--quick", action="store_true", help="10 steps, 2 repeats, no reference; writes no JSON")
     p.add_argument("--report", type=Path, help="print the table of an earlier run's JSON (no solving)")
     p.add_argument("--verbose", action="store_true", help="print every job's time")
@@ -301,7 +302,11 @@ def main(argv: list[str] | None = None) -> None:
                 "'adaptive-terrain-diffusion==0.4.2' and pip install 'onnxruntime>=1.18' (make test does both)")
     if a.quick:
         a.steps, a.repeats, a.ref_steps = 10, 2, 0
-    out = a.out if a.out is not None else (None if a.quick else RESULTS)
+    # the committed record is the full run's: a run of other options (--methods cascade, say) writes it
+    # only when asked (it replaced the full table with its own rows)
+    full = all(getattr(a, k) == p.get_default(k) for k in ("steps", "solvers", "methods", "cores", "repeats", "batch",
+                                                              "difficulty", "seed", "ref_steps"))
+    out = a.out if a.out is not None else (RESULTS if full and not a.quick else None)
     rec = run(a)
     print()
     print(table(rec))

@@ -93,3 +93,20 @@ def test_torch_demo_without_torchrun_says_so(capsys, monkeypatch):
     assert demo.main(["--steps", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "torchrun" in err and "Traceback" not in err
+
+
+def test_terrain_writes_its_committed_record_only_for_a_full_run(tmp_path, monkeypatch):
+    """The README names ``terrain.py --methods cascade --repeats 3`` for a figure; running it replaced
+    the committed full record (every method) with that run's rows."""
+    terrain = importlib.import_module("terrain")
+    record = tmp_path / "terrain.json"
+    monkeypatch.setattr(terrain, "RESULTS", record)
+    monkeypatch.setattr(terrain, "available", lambda: True)
+    monkeypatch.setattr(terrain, "run", lambda a: {"methods": list(a.methods)})
+    monkeypatch.setattr(terrain, "table", lambda rec: "")
+    terrain.main(["--methods", "cascade", "--repeats", "3"])
+    assert not record.exists()
+    terrain.main(["--methods", "cascade", "--out", str(tmp_path / "mine.json")])
+    assert json.loads((tmp_path / "mine.json").read_text()) == {"methods": ["cascade"]}
+    terrain.main([])
+    assert json.loads(record.read_text())["methods"] == list(terrain.METHODS)
