@@ -159,6 +159,7 @@ def test_the_plan_cache_is_bounded_by_the_plans_size(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # (JAX, imported by other tests, warns on any fork)
 def test_a_fork_taken_while_another_thread_holds_the_plan_cache_lock_leaves_a_working_child():
     """A user trial: os.fork() while other threads ran cc.chords left 52 of 300 children waiting for
     ever on the plan cache's lock (held by a thread that does not exist in the child)."""

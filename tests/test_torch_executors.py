@@ -484,6 +484,7 @@ def test_model_settings_hold_the_objects_they_compare_by_identity():
     assert ("check_outputs", False) in model_settings(model)
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # (JAX, imported by other tests, warns on any fork)
 def test_a_dropped_device_executor_stops_its_threads_and_a_forked_child_is_told():
     """A user trial: a DeviceExecutor dropped without close() left its threads waiting for ever (20
     executors: 1 -> 41 threads); one used in a child made by os.fork() (where its threads do not
