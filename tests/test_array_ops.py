@@ -78,8 +78,9 @@ def test_row_sq_is_the_per_sample_sum_of_squares(dtype, shape):
     assert got.dtype == np.float64  # (float32: float64 sums, ``test_row_sq_of_float32_beyond_its_range``)
     rtol = 1e-5 if dtype == "float32" else 1e-13
     np.testing.assert_allclose(got, want, rtol=rtol)
-    t = B.row_sq(torch.from_numpy(x))  # torch: the same values to rounding
-    np.testing.assert_allclose(np.asarray(t), want, rtol=rtol)
+    t = B.row_sq(torch.from_numpy(x))  # torch: the same values to rounding, float64 as numpy's (a float32
+    np.testing.assert_allclose(np.asarray(t), want, rtol=rtol)  # sum set the window methods' floor at 1.2e-38)
+    assert t.dtype == torch.float64
 
 
 @pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (3, 9000), (3, 64)])

@@ -395,3 +395,30 @@ def test_close_from_another_thread_during_a_long_round_raises_executor_closed_in
     assert len(caught) == 1 and isinstance(caught[0], ExecutorClosed), caught
     assert "closed (by another thread) while a round waited" in str(caught[0])
     assert all(gone(p) for p in pids)
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # (JAX, imported by other tests, warns on any fork)
+def test_a_fork_taken_mid_round_gives_a_child_that_is_told_not_one_that_waits():
+    """A review: with another thread inside a round at the fork, the child's call waited for ever on
+    the round lock (held by a thread the child does not have) before reaching the process check."""
+    ex = ProcessExecutor(Slow(FACTORY, 1.5), workers=2, round_timeout=30)
+    try:
+        t = threading.Thread(target=ex, args=(MODEL, [x0(), x0()], [0.5, 0.5]))
+        t.start()
+        time.sleep(0.5)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGALRM, lambda *a: os._exit(99))
+            signal.alarm(10)
+            try:
+                ex(MODEL, [x0()], [0.5])
+                os._exit(3)
+            except ExecutorClosed:
+                os._exit(0)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        t.join(30)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        ex.close()

@@ -176,8 +176,11 @@ class _DeviceThread:
             self._thread.join()
 
 
-def _stop_threads(pools: list[_DeviceThread]) -> None:
-    """Stop a collected executor's threads (not waiting: a thread may be inside a model call)."""
+def _stop_threads(pools: list[_DeviceThread], owner: int) -> None:
+    """Stop a collected executor's threads (not waiting: a thread may be inside a model call); nothing
+    in a forked child (at its exit), where the threads do not exist and their locks may be held."""
+    if os.getpid() != owner:
+        return
     for p in pools:
         p.shutdown(wait=False)
 
@@ -231,8 +234,8 @@ class DeviceExecutor(Executor):
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DeviceExecutor")
         self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
         # an executor dropped without close() stops its threads when collected (they waited for ever)
-        self._finalizer = weakref.finalize(self, _stop_threads, list(self._pools))
         self._owner = os.getpid()
+        self._finalizer = weakref.finalize(self, _stop_threads, list(self._pools), self._owner)
         self._replicas: dict = {}  # see _models
         self._closed = False
 

@@ -181,10 +181,12 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     """In a child made by ``os.fork()``: the driver's workers are not this process's children, but
     multiprocessing's exit handler still listed them and terminated them (daemons) when the child
-    exited: the driver's next call failed with "worker died while idle"."""
+    exited: the driver's next call failed with "worker died while idle". Each executor's round lock
+    is renewed (a thread of the driver may have held it), so that a call raises ``ExecutorClosed``."""
     children = getattr(mp_process, "_children", None)
-    if isinstance(children, set):
-        for ex in list(_LIVE):
+    for ex in list(_LIVE):
+        ex._lock = threading.Lock()  # (held by a thread mid-round at the fork: the child's call waited for ever)
+        if isinstance(children, set):
             for p in ex._procs:
                 children.discard(p)
 
@@ -400,9 +402,9 @@ class ProcessExecutor(Executor):
             replies = self._gather(active, self.round_timeout, "evaluate")
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
             self._dead(w, f"on send ({type(e).__name__})")
-        except BaseException:  # KeyboardInterrupt included: the workers' replies would be read by the next call
-            if self._closed_by_user:  # (its pipes closed under the wait: an OSError / ValueError here)
-                raise self._closed_meanwhile() from None
+        except BaseException as e:  # KeyboardInterrupt included: the workers' replies would be read by the next call
+            if self._closed_by_user and isinstance(e, Exception):  # (its pipes closed under the wait: an OSError
+                raise self._closed_meanwhile() from None  # or ValueError here; a Ctrl-C stays a Ctrl-C)
             if not self._closed:
                 self._break()
             raise
