@@ -155,6 +155,26 @@ def test_every_method_through_sample_latents(unet, method):
         cd.sample_latents(smap, net, x, cores=3, progress=False, method="fastest")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["flow", "euler"])
+def test_half_precision_times_reach_the_network_as_the_schedulers_timesteps(name, dtype):
+    """A user trial: the engine hands times in the state's dtype, and a grid time rounded to half
+    precision fell off the grid, so the network got interpolated timesteps (SD3 in bfloat16: 921.875
+    for 923.343; SD with Euler: 998.383 for 999, the input scaled with the rounded sigma)."""
+    sched = (FlowMatchEulerDiscreteScheduler(shift=3.0) if name == "flow" else EulerDiscreteScheduler())
+    smap = cd.map_scheduler(sched, 6)
+    seen = []
+
+    def net(x_in, tau):
+        seen.append(tau.clone())
+        return torch.zeros_like(x_in)
+
+    den = cd.Denoiser(net, smap)
+    t = torch.as_tensor(smap.grid[:6], dtype=torch.float64).to(dtype)
+    den(torch.zeros(6, 3, dtype=dtype), t)
+    assert torch.equal(seen[0].to(torch.float64), smap.timesteps[:6].to(torch.float64))
+
+
 def test_mapping_reads_the_scheduler_grid():
     s = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
     smap = cd.map_scheduler(s, 6, mu=0.8)
