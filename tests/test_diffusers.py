@@ -467,8 +467,15 @@ def test_sample_takes_the_pipelines_own_defaults(sd3):
     sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     with torch.no_grad():
         ref = sd3("a cat", **_sd3_kw()).images
-    one = cd.sample(sd3, "a cat", cores=1, return_dict=True, callback_on_step_end=None, **_sd3_kw())
+    one = cd.sample(sd3, "a cat", cores=1, return_dict=True, callback_on_step_end=None,
+                    callback_on_step_end_tensor_inputs=["latents"], **_sd3_kw())  # (a list default too)
     assert one.chords.nfe == 28 and rel_err(one.images, ref) < 1e-6
+    with pytest.raises(TypeError, match="unsupported argument.*callback_on_step_end_tensor_inputs"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, callback_on_step_end_tensor_inputs=["latents", "x"], **_sd3_kw())
+    with pytest.raises(TypeError, match=r"^devices must be a list of devices, e.g. \['cpu'\], got str"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, devices="cpu", **_sd3_kw())
+    with pytest.raises(TypeError, match="^method_options must be a dict"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, method_options=[("tol", 0.1)], **_sd3_kw())
     got = cd.sample(sd3, "a cat", num_inference_steps=6, init=(0, 3), stop=None, **_sd3_kw())
     assert got.chords.plan.init == (0, 3) and len(got.chords.hits) == 2
     with pytest.raises(TypeError, match="unsupported argument.*return_dict"):

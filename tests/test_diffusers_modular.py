@@ -267,3 +267,11 @@ def test_blocks_reading_the_step_index_get_one_step_index_a_call():
     one = torch.cat([net(xp, tp) for xp, tp in zip(x.split(2), tau.split(2))])
     assert torch.equal(out, one) and calls[:3] == [4, 2, 2]  # steps 0 (two points), 1, 2
     assert torch.equal(out[6:], x[6:] * 2.0 + 5.0)
+
+
+def test_srds_takes_its_block_count_through_with_chords(flux):
+    """A user trial: ``with_chords(pipe, method="srds", blocks=2)`` raised "chords_blocks() got multiple
+    values for argument 'blocks'" (the block tree's parameter took SRDS's option name)."""
+    pipe, kw = flux
+    ref, lat, res = _run(pipe, kw, method="srds", blocks=2, stop=None)
+    assert res.method == "srds" and rel_err(lat, ref) < 1e-6

@@ -73,9 +73,15 @@ def _take(kw: dict, pipe: Any, **defaults: Any) -> list:
 
 def _is_default(value: Any, default: Any) -> bool:
     """Whether ``value`` is a parameter's ``default``: the same object, or an equal plain value (a number,
-    a string, a bool; not an array, whose ``==`` is elementwise)."""
-    return value is default or (type(value) in (bool, int, float, str) and type(value) is type(default)
-                                and value == default)
+    a string, a bool, or a list / tuple of them: ``callback_on_step_end_tensor_inputs=["latents"]``; not an
+    array, whose ``==`` is elementwise)."""
+    if value is default:
+        return True
+    if type(value) is not type(default):
+        return False
+    if type(value) in (list, tuple):
+        return len(value) == len(default) and all(_is_default(a, b) for a, b in zip(value, default))
+    return type(value) in (bool, int, float, str) and value == default
 
 
 _CALL_PARAMS: dict = {}  # pipeline class -> its __call__'s parameters

@@ -297,7 +297,7 @@ def _loop_class() -> type:
     return ChordsDenoiseLoop
 
 
-def chords_loop(loop: Any, *, cores: int | None = None, init: Sequence[int] | None = None,
+def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] | None = None,
                 stop: Any = cc.stopping.DEFAULT_STOP, method: str = "chords", batched: bool = True,
                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, step_kwargs: dict | None = None,
                 progress: bool | None = None, **method_options: Any) -> Any:
@@ -341,7 +341,7 @@ def _layout_error(loop: Any) -> str:
             f"'{STEP_BLOCK}'] (its sub-blocks: {names}); the generic CHORDS path cannot run it")
 
 
-def chords_blocks(blocks: Any, **options: Any) -> Any:
+def chords_blocks(blocks: Any, /, **options: Any) -> Any:
     """A copy of the block tree ``blocks`` with every denoising loop replaced by ``chords_loop(loop, **options)``.
 
     Loops of another layout (e.g. inpainting's, which blends the mask after each step) are replaced by a
@@ -477,7 +477,7 @@ def _reads_i(fn: Any) -> bool:
     return any(isinstance(n, ast.Name) and n.id == "i" and id(n) not in passed for n in ast.walk(func))
 
 
-def with_chords(pipe: Any, **options: Any) -> Any:
+def with_chords(pipe: Any, /, **options: Any) -> Any:
     """``pipe`` (a ``ModularPipeline``) with CHORDS in place of its denoising loop(s), sharing its components.
 
     Args:

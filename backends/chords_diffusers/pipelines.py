@@ -71,6 +71,8 @@ def make_executor(devices: Sequence[Any] | None = None,
         return executor, False
     if executor is not None:
         raise ValueError("give devices or executor, not both")
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):  # ("cpu" was read as "c", "p", "u")
+        raise TypeError(f"devices must be a list of devices, e.g. [{devices!r}], got {type(devices).__name__}")
     try:
         from chords_torch import DeviceExecutor
     except ImportError as e:
@@ -202,6 +204,8 @@ def sample(
         The ``ChordsPipelineOutput``: the pipeline's usual output (``.images`` / ``.frames``), the
         ``Result`` and the latents.
     """
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(f"method_options must be a dict of the method's options, got {type(method_options).__name__}")
     clash = sorted(set(method_options or {}) & {"cores", "init", "stop", "devices", "executor", "progress", "method"})
     if clash:
         raise ValueError(f"method_options: {', '.join(clash)} is an argument of sample itself; pass it directly")
