@@ -52,7 +52,10 @@ def shift_time(t: Any, shift: float) -> np.ndarray:
         The shifted times, float64, the shape of ``t``; t = 0 and t = 1 stay fixed.
     """
     t = np.asarray(t, dtype=np.float64)
-    return shift * t / (1.0 + (shift - 1.0) * t)
+    out = np.clip(shift * t / (1.0 + (shift - 1.0) * t), 0.0, 1.0)
+    # (exactly: s / (1 + (s - 1)) rounds to 1.0000000000000002 for s = 0.1, and every solver then refused
+    # the grid as starting outside the schedule's domain)
+    return np.where(t == 1.0, 1.0, np.where(t == 0.0, 0.0, out))
 
 
 def time_grid(
@@ -71,9 +74,10 @@ def time_grid(
         schedule: the noise schedule (its ``t_noise``, ``t_data``, ``t_min`` and lambda).
         steps: T, the number of steps, >= 1.
         spacing: ``"uniform"``, ``"logsnr"`` or ``"karras"`` (``SPACINGS``).
-        shift: the flow-matching shift (``RectifiedFlow`` only).
-        t_max: the first time (default ``schedule.t_noise``).
-        t_min: the last time before the final step to ``t_data`` (default ``schedule.t_min``).
+        shift: the flow-matching shift (``RectifiedFlow`` only), applied to the times below.
+        t_max: the first time, before ``shift`` maps it (default ``schedule.t_noise``).
+        t_min: the last time before the final step to ``t_data``, before ``shift`` maps it (default
+            ``schedule.t_min``).
         rho: the Karras exponent.
 
     Returns:

@@ -108,7 +108,9 @@ class Schedule:
         lo, hi = self.domain()
         if lo <= t <= hi:
             return ""
-        return f"{name}={t:g} lies outside the schedule's time domain [{lo:g}, {hi:g}] ({type(self).__name__})"
+        shown = f"{t:g}" if not lo <= float(f"{t:g}") <= hi else repr(float(t))  # (all digits where the short
+        # form falls inside: 1.0000000000000002 printed as "1" read as if 1 were outside [0, 1])
+        return f"{name}={shown} lies outside the schedule's time domain [{lo:g}, {hi:g}] ({type(self).__name__})"
 
     def lam(self, t: Any) -> np.ndarray:
         """The half log-SNR lambda(t) = log(alpha/sigma).
