@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     ladders: dict = {}
     method_rows: list[dict] = []
     baselines: dict = {}
+    drawn: tuple | None = None
     for solver in args.solver:
         steps = args.steps if args.steps is not None else default_steps(solver)
         grid = time_grid(schedule, steps, spacing)
@@ -224,6 +225,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
                              output=res.stopped_by))
         K = max(cores)
         full = chords(model, x_T, grid, solver, init=args.init or default_init(steps, K), stop=None)
+        if drawn is None:  # the schedule figure draws the first solver's run (its steps, init and stages)
+            drawn = (full.plan, solver)
         pts = [(h.round, rms(h.x, seq), rms(h.x, exact), h.core) for h in full.hits]
         ladders[solver] = (steps, K, pts, rms(seq, exact))
         if not args.init:
@@ -242,7 +245,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     write_plot(ladders, args.out)
     if method_rows:
         write_methods_figure(method_rows, baselines, args.out)
-    write_schedule_figure(max(cores), args.out)
+    write_schedule_figure(max(cores), args.out, plan=drawn[0] if drawn else None, solver=drawn[1] if drawn else "")
     return rows, method_rows
 
 
@@ -341,14 +344,17 @@ def write_methods_figure(rows: Sequence[dict], baselines: dict, out: str) -> dic
     return summary
 
 
-def write_schedule_figure(cores: int, out: str, steps: int = 50) -> dict | None:
-    """CHORDS' schedule from the plan (``default_init(steps, cores)``): which core evaluates in which
-    round, the rectifications, the coarse hit and the outputs; writes ``chords_schedule.png``.
+def write_schedule_figure(cores: int, out: str, steps: int = 50, plan: Any = None, solver: str = "") -> dict | None:
+    """CHORDS' schedule from a plan (``plan``, or ``default_init(steps, cores)`` with one evaluation a
+    step): which core evaluates in which round, the rectifications, the coarse hit and the outputs;
+    writes ``chords_schedule.png``.
 
     Args:
-        cores: K.
+        cores: K (without ``plan``).
         out: the output folder (created).
-        steps: T.
+        steps: T (without ``plan``).
+        plan: the ``Plan`` of the run to draw (the demo's: its solver, steps and init).
+        solver: the solver's name, for the title.
 
     Returns:
         The axis labels and the numbers of evaluations, rectifications and outputs drawn; ``None``
@@ -359,7 +365,9 @@ def write_schedule_figure(cores: int, out: str, steps: int = 50) -> dict | None:
         return None
     from .plan import make_plan
 
-    plan = make_plan(steps, default_init(steps, cores))
+    if plan is None:
+        plan = make_plan(steps, default_init(steps, cores))
+    steps = plan.steps
     os.makedirs(out, exist_ok=True)
     fig, ax = plt.subplots(figsize=(10.5, 0.5 * plan.cores + 2.2))
     ev = [(r.number, e.core) for r in plan.rounds for e in r.evals]
@@ -371,14 +379,16 @@ def write_schedule_figure(cores: int, out: str, steps: int = 50) -> dict | None:
     ax.scatter([p[0] for p in hits], [p[1] for p in hits], s=90, marker="*", color="tab:blue", label="output")
     ax.axvline(plan.cores, color="tab:orange", lw=1, ls=":", label="coarse hit (all cores started)")
     xlabel, ylabel = "round", "core (0 = the sequential solver)"
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"CHORDS schedule, T = {steps}, init {'-'.join(map(str, plan.init))}")
+    title = f"CHORDS schedule{', ' + solver if solver else ''}, T = {steps}, init {'-'.join(map(str, plan.init))}"
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.set_yticks(range(plan.cores))
     ax.invert_yaxis()
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(os.path.join(out, "chords_schedule.png"), dpi=110)
     plt.close(fig)
-    return dict(xlabel=xlabel, ylabel=ylabel, evaluations=len(ev), rectifications=len(rect), outputs=len(hits))
+    return dict(xlabel=xlabel, ylabel=ylabel, title=title, evaluations=len(ev), rectifications=len(rect),
+                outputs=len(hits))
 
 
 def write_plot(ladders: dict, out: str) -> str | None:

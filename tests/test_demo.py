@@ -140,3 +140,21 @@ def test_cores_with_init_is_a_usage_error(capsys):
 
     assert main(["demo", "--init", "0-2-4", "--cores", "2", "--solver", "euler", "--dim", "2", "--samples", "2"]) == 2
     assert "error: --cores: --init fixes the core count (3); give one or the other" in capsys.readouterr().err
+
+
+def test_the_schedule_figure_draws_the_run_the_user_asked_for(tmp_path, monkeypatch):
+    """A user trial: ``chords demo --solver heun --steps 25 --init 0-4-8-16`` drew "T = 50, init
+    0-8-16-32" with one evaluation a step, whatever the options."""
+    import chords_core as cc
+    from chords_core import demo
+
+    drawn = {}
+    real = demo.write_schedule_figure
+    monkeypatch.setattr(demo, "write_schedule_figure",
+                        lambda *a, **k: drawn.update(real(*a, **k)) or drawn)
+    args = demo.build_parser().parse_args(["--solver", "heun", "--steps", "25", "--init", "0-4-8-16", "--dim", "4",
+                                           "--modes", "2", "--samples", "2", "--out", str(tmp_path)])
+    demo.run(args)
+    one_a_step = cc.make_plan(25, (0, 4, 8, 16)).nfe()  # (72: the figure drawn before)
+    assert drawn["title"] == "CHORDS schedule, heun, T = 25, init 0-4-8-16"
+    assert drawn["evaluations"] > 1.9 * one_a_step and drawn["outputs"] == 4  # Heun: two evaluations a step
