@@ -149,7 +149,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=None,
                    help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
     p.add_argument("--init", type=parse_init, default=None,
-                   help="init sequence (fixes the core count), e.g. 0-2-4-8-16-24-32-40")
+                   help="init sequence (fixes the core count; its starts below every solver's steps), e.g. "
+                        "0-2-4-8-12-16")
     p.add_argument("--stop", type=parse_stop, default=StopAtCore(1),
                    help="core:N | residual:TOL | none (default core:1)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf",
@@ -182,6 +183,13 @@ def core_counts(args: argparse.Namespace) -> list[int]:
     for both options (``--cores`` was ignored silently)."""
     if args.init and args.cores:
         raise ValueError(f"--cores: --init fixes the core count ({len(args.init)}); give one or the other")
+    if args.init:  # (before any run: it failed after the first solver's, naming neither --steps nor the solver)
+        for solver in args.solver:
+            steps = args.steps if args.steps is not None else default_steps(solver)
+            if max(args.init) >= steps:
+                raise ValueError(f"--init: its starts must lie below the steps; {solver} runs {steps} steps"
+                                 f"{'' if args.steps is not None else ' (its default)'}, and init reaches "
+                                 f"{max(args.init)}: give --steps above {max(args.init)}, or a shorter init")
     return [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
 
 

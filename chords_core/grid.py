@@ -114,8 +114,12 @@ def time_grid(
         raise ValueError(f"t_min must lie between t_data={t_data} and t_max={t_max}, got {t_min}")
 
     u = _coordinate(schedule, spacing, rho)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        start = u(t_max)
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            start = u(t_max)
+    except OverflowError:  # (a raw "Numerical result out of range", naming nothing)
+        raise ValueError(f"rho={rho:g}: the Karras coordinate sigma^(1/rho) overflows at t_max={t_max:g}; use a "
+                         "moderate rho (Karras et al.'s is 7)") from None
     if not np.isfinite(start):
         also = " and a t_min > 0 (nor end at sigma = 0)" if spacing == "logsnr" else ""
         raise ValueError(f"spacing {spacing!r} cannot start at t_max={t_max:g}, where the signal is 0 (sigma/alpha "

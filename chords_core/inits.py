@@ -60,8 +60,8 @@ def validate_init(init: Sequence[int], steps: int, cores: int | None = None) -> 
     Returns:
         The sequence as a tuple of Python ints. Raises ``ValueError`` naming the offending entry.
     """
-    if isinstance(init, (str, bytes)) or not hasattr(init, "__iter__"):
-        raise ValueError(f"init must be a sequence of integers, got {init!r}")
+    if isinstance(init, (str, bytes, set, frozenset, dict)) or not hasattr(init, "__iter__"):  # (a set's order is
+        raise ValueError(f"init must be a sequence of integers, got {init!r}")  # not the cores')
     items = list(init)
     seq = tuple(_index(v, n, items) for n, v in enumerate(items))
     if cores is not None and len(seq) != cores:

@@ -228,6 +228,8 @@ class Plan:
         Returns:
             The number of evaluations (NFE) in them.
         """
+        if rounds is not None:  # (-1 read as "all but the last")
+            check_int("rounds", rounds, 0)
         return self._nfes[len(range(len(self.rounds))[:rounds])]  # (the slice's length: rounds[:rounds]'s)
 
     def rectifications(self, core: int) -> int:

@@ -78,6 +78,8 @@ def test_every_option_has_help_text():
     (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
     (["demo", "--stop", "residual"], "argument --stop: residual needs its tolerance, residual:TOL"),  # (float(''))
     (["optimize", "--exhaustive-limit", "-2"], "argument --exhaustive-limit: must be an integer >= 0"),
+    # the help's init example failed after the Euler run, naming neither --steps nor the solver
+    (["demo", "--init", "0-2-4-8-16-24-32-40"], "--init: its starts must lie below the steps; dpmpp_2m runs 20 steps"),
 ])
 def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
     try:

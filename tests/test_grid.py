@@ -149,3 +149,9 @@ def test_a_small_shift_keeps_the_grid_ends_exactly():
         assert g[0] == 1.0 and g[-1] == 0.0 and np.all(np.diff(g) < 0)
     model = cc.DiffusionModel(lambda x, t: 0.5 * x, rf, "flow")
     assert np.isfinite(cc.solve(model, np.ones((1, 2)), cc.time_grid(rf, 8, shift=0.1))).all()
+
+
+def test_a_karras_rho_that_overflows_the_coordinate_is_named():
+    """A user trial: rho=1e-3 raised a raw OverflowError (34, 'Numerical result out of range')."""
+    with pytest.raises(ValueError, match=r"^rho=0.001: the Karras coordinate sigma\^\(1/rho\) overflows"):
+        cc.time_grid(cc.EDM(), 10, "karras", rho=1e-3)

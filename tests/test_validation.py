@@ -801,3 +801,13 @@ def test_srds_refuses_a_rule_that_needs_the_error_estimate():
 def test_schedule_parameters_are_checked_by_name(call, name):
     with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
         call()
+
+
+def test_an_init_set_and_a_negative_round_count_are_refused():
+    """A user trial: a set was taken as an init (its order is not the cores'), and ``Plan.nfe(-1)``
+    answered for all but the last round."""
+    vf = cc.VectorField(lambda t, y: -y)
+    with pytest.raises(ValueError, match="^init must be a sequence of integers"):
+        cc.chords(vf, np.ones(2), np.linspace(0, 1, 11), init={0, 2, 4})
+    with pytest.raises(ValueError, match="^rounds must be an integer >= 0, got -1"):
+        cc.make_plan(10, [0, 2, 4]).nfe(-1)
