@@ -729,8 +729,9 @@ def row_sq(d: Array) -> Array:
     without a batch axis (1-D or 0-d). numpy: one pass without a temporary, a BLAS ``vdot`` per
     sample for one sample or samples of ``ROW_VDOT_MIN`` elements and more (about 3x einsum's speed
     there, and like einsum no floating-point warning on overflow). Half precision is summed in
-    float32 (``_single_or_wider``); float32 gives float64 sums (numpy: a sample whose float32 sum
-    overflowed or is below ``_SQ32_LO`` is summed again in float64; torch: a float64 reduction); a
+    float32 (``_single_or_wider``); float32 gives float64 sums (numpy and torch on the CPU: a sample
+    whose float32 sum overflowed or is below ``_SQ32_LO`` is summed again in float64; CUDA: one float64
+    reduction; a device without float64, MPS: float32 sums; ``_row_sq32_torch``); a
     numpy float64 sample whose sum is out of ``[_SQ64_LO, _SQ64_HI]`` is summed again in
     ``np.longdouble`` where that is wider (the result is then a longdouble array)."""
     d = _single_or_wider(d)

@@ -244,7 +244,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             # squares of (unit * d) decide as those of d, bit for bit, while staying inside the sum's range
             # (float32 squares underflowed from states of about 1e-17: 1.3x the sequential error at 1e-20)
             m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
-            unit = jnp.where(m > 0, jnp.ldexp(jnp.ones((), dt), -jnp.frexp(m)[1]), jnp.ones((), dt))
+            e = jnp.clip(-jnp.frexp(m)[1], 2 - jnp.finfo(dt).maxexp, jnp.finfo(dt).maxexp - 2)  # (finite for a
+            unit = jnp.where(m > 0, jnp.ldexp(jnp.ones((), dt), e), jnp.ones((), dt))  # subnormal state too)
 
         def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (the core's, on L R rows)
             rows_ = d.reshape(d.shape[0], R, -1)
