@@ -532,25 +532,28 @@ def _host_times(ts: Sequence[float], repeats: int, dtype: Any) -> np.ndarray:
     return arr if repeats == 1 else np.repeat(arr, repeats)
 
 
-def times_like(ts: Sequence[float], repeats: int, like: Array) -> Array:
+def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = False) -> Array:
     """A 1-D array of the times ``ts``, each repeated ``repeats`` times, in ``like``'s library.
 
-    Floating states get times of their own dtype (and device); other states get float64.
+    Floating states get times of their own dtype (and device); other states, and any with
+    ``exact``, get float64 (jax without x64: float32).
     """
     lib = "numpy" if type(like) is np.ndarray else library(like)
     if lib == "numpy":
-        return _host_times(ts, repeats, like.dtype if like.dtype.kind == "f" else np.float64)
+        return _host_times(ts, repeats, like.dtype if like.dtype.kind == "f" and not exact else np.float64)
     if lib == "torch":
         torch = _torch
-        np_dtype = _NUMPY_DTYPES[like.dtype] if like.is_cpu else None
+        np_dtype = (np.float64 if exact else _NUMPY_DTYPES[like.dtype]) if like.is_cpu else None
         if np_dtype is not None:  # on the CPU through numpy: a third of torch.tensor's cost, the same values
             return torch.from_numpy(_host_times(ts, repeats, np_dtype))
-        dtype = like.dtype if like.dtype.is_floating_point else torch.float64
+        dtype = like.dtype if like.dtype.is_floating_point and not exact else torch.float64
         t = torch.tensor(ts, dtype=dtype, device=like.device)
         return t if repeats == 1 else t.repeat_interleave(repeats)
+    import jax
     import jax.numpy as jnp
 
-    dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float64
+    wide = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32  # (the widest jax has here)
+    dtype = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) and not exact else wide
     return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
 
 

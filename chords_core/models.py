@@ -296,7 +296,9 @@ class DiffusionModel(Model):
     along axis 0 into one call of N = points * B rows, with each point's time repeated B times.
 
     Args:
-        fn: the network, ``fn(x (N, ...), t (N,)) -> out (N, ...)`` in the array library of x.
+        fn: the network, ``fn(x (N, ...), t (N,)) -> out (N, ...)`` in the array library of x; t is in
+            x's dtype, or float64 where ``fn.exact_times`` is true (a network that maps times to its
+            own grid: a half-precision time can fall between, or on the wrong one of, two grid times).
         schedule: the noise schedule (alpha, sigma) the times refer to.
         prediction: what ``fn`` predicts: one of ``PREDICTIONS`` ("eps", "x0", "v", "flow").
         check_outputs: the output check (see ``Model``): ``"auto"``, ``True``, ``"deferred"`` or ``False``.
@@ -318,7 +320,7 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
-        out = self.fn(x, B.times_like(ts, rows, x))
+        out = self.fn(x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False)))
         if workspace is not None:
             out = workspace.detach(out)
         out = self._check(out, x, len(xs), rows)

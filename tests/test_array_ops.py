@@ -154,3 +154,32 @@ def test_sums_of_squares_of_empty_batches_and_mixed_sign_overflows():
     a = np.array([1e20, 1e20], np.float32)
     b = np.array([1e20, -1e20], np.float32)
     assert B.inner(a, b) == 0.0 and B.inner(torch.from_numpy(a), torch.from_numpy(b)) == 0.0
+
+
+def test_a_network_asking_for_exact_times_gets_float64_times_in_every_library():
+    """``fn.exact_times``: a network that maps times to its own grid (chords_diffusers' denoiser) gets
+    float64 times whatever the state's dtype; others get the state's dtype, as before."""
+    import chords_core as cc
+
+    seen = []
+
+    class Net:
+        exact_times = True
+
+        def __call__(self, x, t):
+            seen.append(str(t.dtype))
+            return x * 0
+
+    def plain(x, t):
+        seen.append(str(t.dtype))
+        return x * 0
+
+    rf = cc.RectifiedFlow()
+    grid = cc.time_grid(rf, 2)
+    for x in (np.zeros((1, 2), np.float32), torch.zeros(1, 2, dtype=torch.bfloat16), jnp.zeros((1, 2), jnp.float32)):
+        seen.clear()
+        cc.solve(cc.DiffusionModel(Net(), rf, "flow"), x, grid)
+        assert set(seen) in ({"float64"}, {"torch.float64"}) or (set(seen) == {"float32"} and "jax" in type(x).__module__)
+        seen.clear()
+        cc.solve(cc.DiffusionModel(plain, rf, "flow"), x, grid)
+        assert set(seen) == {str(x.dtype)}

@@ -156,23 +156,27 @@ def test_every_method_through_sample_latents(unet, method):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["flow", "euler"])
+@pytest.mark.parametrize("name", ["flow", "euler", "ddim"])
 def test_half_precision_times_reach_the_network_as_the_schedulers_timesteps(name, dtype):
-    """A user trial: the engine hands times in the state's dtype, and a grid time rounded to half
-    precision fell off the grid, so the network got interpolated timesteps (SD3 in bfloat16: 921.875
-    for 923.343; SD with Euler: 998.383 for 999, the input scaled with the rounded sigma)."""
-    sched = (FlowMatchEulerDiscreteScheduler(shift=3.0) if name == "flow" else EulerDiscreteScheduler())
-    smap = cd.map_scheduler(sched, 6)
+    """A user trial: the engine handed times in the state's dtype, and a grid time rounded to half
+    precision fell off the grid, so the network got interpolated timesteps (SD3 in bfloat16: 921.875 for
+    923.343; SD with Euler: 998.383 for 999, the input scaled with the rounded sigma); a review: DDIM's
+    0.999788 and 0.998349 both round to 1.0 in bfloat16. The denoiser asks for float64 times."""
+    sched = {"flow": lambda: FlowMatchEulerDiscreteScheduler(shift=3.0), "euler": EulerDiscreteScheduler,
+             "ddim": DDIMScheduler}[name]()
+    steps = 8
+    smap = cd.map_scheduler(sched, steps)
     seen = []
 
     def net(x_in, tau):
         seen.append(tau.clone())
         return torch.zeros_like(x_in)
 
-    den = cd.Denoiser(net, smap)
-    t = torch.as_tensor(smap.grid[:6], dtype=torch.float64).to(dtype)
-    den(torch.zeros(6, 3, dtype=dtype), t)
-    assert torch.equal(seen[0].to(torch.float64), smap.timesteps[:6].to(torch.float64))
+    model = cd.make_model(smap, net)
+    x = torch.zeros(1, 3, dtype=dtype)
+    cc.solve(model, x, smap.grid, smap.solver)
+    got = torch.cat([s[:1] for s in seen]).to(torch.float64)
+    assert torch.equal(got, smap.timesteps[:steps].to(torch.float64))
 
 
 def test_mapping_reads_the_scheduler_grid():

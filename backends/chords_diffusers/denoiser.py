@@ -241,7 +241,13 @@ class Denoiser:
     Args:
         net: ``net(x_in, tau)``, any callable on (N, ...) and (N,) tensors (a ``GuidedNet`` usually).
         smap: the scheduler's conventions (``map_scheduler``).
+
+    ``exact_times``: ``cc.DiffusionModel`` hands it float64 times whatever the state's dtype. In half
+    precision the times rounded off the grid (SD3 in bfloat16 got timestep 921.875 for 923.343), or onto
+    the wrong grid time where two round alike (DDIM in bfloat16: 0.999788 and 0.998349 both to 1.0).
     """
+
+    exact_times = True
 
     def __init__(self, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], smap: SchedulerMap) -> None:
         if not callable(net):
@@ -254,8 +260,6 @@ class Denoiser:
         self._tau64 = smap.timesteps.detach().cpu().double().numpy()
         spacing = np.abs(np.diff(self._grid)).min() if n > 1 else np.inf
         self._tol = min(1e-6 * max(1.0, float(np.abs(self._grid).max())), 0.25 * spacing)
-        gaps = np.abs(np.diff(self._grid))  # a quarter of each grid time's distance to its nearer neighbour
-        self._quarter = 0.25 * np.minimum(np.append(gaps, np.inf), np.insert(gaps, 0, np.inf))
 
     def indices(self, t: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The nearest grid index of each row's time.
@@ -268,14 +272,7 @@ class Denoiser:
         """
         tt = t.detach().cpu().double().numpy().reshape(-1)
         idx = np.abs(tt[:, None] - self._grid[None, :]).argmin(axis=1)
-        tol: Any = self._tol
-        if t.dtype in (torch.float16, torch.bfloat16):  # the engine hands times in the state's dtype: a grid
-            # time rounded to it is that grid time (interpolated, the network saw other timesteps than the
-            # loop's: SD3 in bfloat16 921.875 for 923.343); within the dtype's rounding, and nearer it than
-            # to any other grid time
-            g = self._grid[idx]
-            tol = np.minimum(np.maximum(tol, torch.finfo(t.dtype).eps * np.abs(g)), self._quarter[idx])
-        return idx, np.abs(self._grid[idx] - tt) <= tol
+        return idx, np.abs(self._grid[idx] - tt) <= self._tol
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The model output under the scheduler's conventions, as the chords ``prediction``.
