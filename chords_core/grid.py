@@ -55,7 +55,7 @@ def shift_time(t: Any, shift: float) -> np.ndarray:
     out = np.clip(shift * t / (1.0 + (shift - 1.0) * t), 0.0, 1.0)
     # (exactly: s / (1 + (s - 1)) rounds to 1.0000000000000002 for s = 0.1, and every solver then refused
     # the grid as starting outside the schedule's domain)
-    return np.where(t == 1.0, 1.0, np.where(t == 0.0, 0.0, out))
+    return np.where(t == 1.0, 1.0, np.where(t == 0.0, 0.0, out))[()]  # (a scalar for a scalar, as before)
 
 
 def time_grid(
