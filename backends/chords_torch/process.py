@@ -408,10 +408,12 @@ class ProcessExecutor(Executor):
             if not self._closed:
                 self._break()
             raise
-        for w in active:  # all replies are in: raise the first failure in point order
-            rep = replies[w]
-            if rep[0] == "model_error":
-                raise ModelOutputError(groups[w][rep[1]], rep[2], rep[3])
+        # all replies are in: raise the first bad output in point order (each worker reports its own first;
+        # worker 0's was raised, point 2 of [ok, nan, nan, ok] where the others name point 1)
+        bad = [(groups[w][replies[w][1]], w) for w in active if replies[w][0] == "model_error"]
+        if bad:
+            k, w = min(bad)
+            raise ModelOutputError(k, replies[w][2], replies[w][3])
         for w in active:
             rep = replies[w]
             if rep[0] != "ok":
