@@ -229,6 +229,8 @@ def test_bad_arguments_raise_naming_them():
     for bad in (True, 2.0):  # not a sequence: a ValueError too, not a bare TypeError
         with pytest.raises(ValueError, match="devices must be None, a device count"):
             cj.chords(model, X, grid, "euler", cores=2, devices=bad)
+    with pytest.raises(ValueError, match="^devices: an empty sequence"):  # (it said "must be a sequence")
+        cj.chords(model, X, grid, "euler", cores=2, devices=[])
     with pytest.raises(TypeError, match="x"):
         cj.chords(model, np.ones((3, D), dtype=np.int32), grid, "euler", cores=2)
     with pytest.raises(TypeError, match="model"):

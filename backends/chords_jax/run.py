@@ -80,8 +80,10 @@ def make_mesh(devices: Any) -> Mesh | None:
     try:
         devs = list(devices)
     except TypeError:  # a bool, a float, any other non-sequence
-        devs = []
-    if not devs or not all(isinstance(d, jax.Device) for d in devs):
+        devs = [None]
+    if not devs:
+        raise ValueError("devices: an empty sequence; give jax devices, a device count, None (one device) or a Mesh")
+    if not all(isinstance(d, jax.Device) for d in devs):
         raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
     _once_each(devs)
     return Mesh(np.array(devs), (AXIS,))
