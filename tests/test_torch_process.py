@@ -16,7 +16,7 @@ import torch
 
 import chords_core as cc
 from chords_core.models import ModelOutputError
-from chords_torch import ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
+from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
 from chords_torch.testing import Slow, TorchLinear, Trap, _Const, gmm_problem, same_hits
 from chords_torch.testing import seeded_state as x0
 
@@ -435,3 +435,19 @@ def test_several_bad_outputs_in_a_round_name_the_first_in_point_order(trap_execu
     with pytest.raises(ModelOutputError) as info:
         trap_executor(MODEL, xs, [0.5] * 4)
     assert info.value.point == 1 and info.value.is_nonfinite
+
+
+def test_a_round_with_a_raise_and_a_bad_output_raises_the_models_exception_as_the_batched_executor(trap_executor):
+    """A user trial: with nan at point 1 and an exception at point 2, the default (batched) executor
+    raised the model's exception, the process and device executors the ModelOutputError (so CHORDS
+    could retire a core and go on where the default executor's run stopped)."""
+    xs = [x0(seed=s) for s in range(4)]
+    xs[1] = xs[1].clone()
+    xs[1][0, 0] = Trap.MARKERS["nan"]
+    xs[2] = xs[2].clone()
+    xs[2][0, 0] = Trap.MARKERS["raise"]
+    with pytest.raises(WorkerError, match="injected failure"):
+        trap_executor(MODEL, xs, [0.5] * 4)
+    with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: Trap(FACTORY)()) as ex:
+        with pytest.raises(WorkerError, match="injected failure"):
+            ex(MODEL, xs, [0.5] * 4)

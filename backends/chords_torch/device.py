@@ -337,8 +337,9 @@ class DeviceExecutor(Executor):
                 continue
             for k, o in zip(idx, f.result()):
                 outs[k] = o
-        if errors:  # the bad point with the smallest index, model output errors first
-            errors.sort(key=lambda e: (not isinstance(e, ModelOutputError), getattr(e, "point", 0)))
+        if errors:  # the model's own exception first (as the default batched executor, whose one call raises
+            # before any output is checked), then the bad output with the smallest index
+            errors.sort(key=lambda e: (isinstance(e, ModelOutputError), getattr(e, "point", 0)))
             raise errors[0]
         return outs
 

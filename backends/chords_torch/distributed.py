@@ -417,7 +417,8 @@ class DistributedExecutor(Executor):
                 failures.append((code, idx[point], r, body))
         self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
         if failures:
-            code, k, r, msg = min(failures, key=lambda f: (f[0] == 2, f[1], f[2]))  # model errors first
+            # the model's own exception first (as the default batched executor), then the first bad output
+            code, k, r, msg = min(failures, key=lambda f: (f[0] != 2, f[1], f[2]))
             if code in (1, 3):
                 raise ModelOutputError(k, msg, code == 3)
             err = WorkerError(f"rank {r}: {msg}")

@@ -408,17 +408,18 @@ class ProcessExecutor(Executor):
             if not self._closed:
                 self._break()
             raise
-        # all replies are in: raise the first bad output in point order (each worker reports its own first;
-        # worker 0's was raised, point 2 of [ok, nan, nan, ok] where the others name point 1)
+        # all replies are in: the model's own exception first (as the default batched executor, whose one call
+        # raises before any output is checked), then the first bad output in point order (each worker reports
+        # its own first; worker 0's was raised, point 2 of [ok, nan, nan, ok] where the others name point 1)
+        for w in active:
+            rep = replies[w]
+            if rep[0] not in ("ok", "model_error"):
+                trace = rep[2] if len(rep) > 2 else ""
+                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}")
         bad = [(groups[w][replies[w][1]], w) for w in active if replies[w][0] == "model_error"]
         if bad:
             k, w = min(bad)
             raise ModelOutputError(k, replies[w][2], replies[w][3])
-        for w in active:
-            rep = replies[w]
-            if rep[0] != "ok":
-                trace = rep[2] if len(rep) > 2 else ""
-                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}")
         outs: list = [None] * len(xs)
         dev = xs[0].device
         for w in active:
