@@ -675,6 +675,8 @@ _SQ32_LO, _SQ32_HI = 1e-30, 1e38
 #: unconverged points there: 56x the sequential error at 3e-157)
 _SQ64_LO, _SQ64_HI = 1e-290, 1e300
 _WIDE64 = np.longdouble if np.finfo(np.longdouble).max > np.finfo(np.float64).max else None
+#: numpy dtype char -> (safe low, safe high, the wider dtype a sum out of them is formed in again)
+_SAFE = {"f": (_SQ32_LO, _SQ32_HI, np.float64), "d": (_SQ64_LO, _SQ64_HI, _WIDE64)}
 
 
 def _float32(x: Array) -> bool:
@@ -712,12 +714,18 @@ def inner(a: Array, b: Array) -> float:
         a = a.detach()
     if hasattr(b, "detach"):
         b = b.detach()
-    a, b = _single_or_wider(a), _single_or_wider(b)
+    return _sum_products(_single_or_wider(a), _single_or_wider(b))
+
+
+def _sum_products(a: Array, b: Array) -> float:
+    """sum(a * b) as a Python float (numpy: BLAS ``vdot``, no temporary and no floating-point warning
+    where float32 overflows); a float32 sum out of ``[_SQ32_LO, _SQ32_HI]`` (nan included: products
+    overflowing both ways sum to inf - inf) formed again in float64, unless ``a`` is all zeros."""
     if type(a) is np.ndarray and type(b) is np.ndarray and a.dtype.char in "fd":
-        s = float(np.vdot(a, b))  # (BLAS: no temporary, no floating-point warning where float32 overflows)
+        s = float(np.vdot(a, b))
     else:
         s = float((a * b).sum())
-    if _unsafe(s) and _float32(a):  # (nan too: products overflowing both ways sum to inf - inf)
+    if _unsafe(s) and _float32(a) and (s != 0 or bool(a.any())):
         s = float((_as64(a, True) * _as64(b, True)).sum())
     return s
 
@@ -798,11 +806,10 @@ def _row_sq_checked(d: np.ndarray) -> Any:
     """``row_sq`` of a numpy float32 / float64 state, samples out of their dtype's safe range summed
     again wider (float32 in float64, float64 in ``_WIDE64``); float32 gives float64 values. All-zero
     samples (a change that is exactly none) sum to 0 in any precision and are left alone."""
-    single = d.dtype.char == "f"
     out = _row_sq(d)
-    if single:
+    if d.dtype.char == "f":
         out = np.asarray(out, np.float64)
-    lo, hi, wide = (_SQ32_LO, _SQ32_HI, np.float64) if single else (_SQ64_LO, _SQ64_HI, _WIDE64)
+    lo, hi, wide = _SAFE[d.dtype.char]
     if wide is None or _in_range(out, lo, hi):
         return out
     rows = d.reshape(d.shape[0], -1) if d.ndim > 1 and d.shape[0] else d.reshape(1, -1)
@@ -826,7 +833,7 @@ def row_sq_one(d: np.ndarray) -> Any:
     which cost more than the sum itself on small states (the window methods score every point)."""
     if d.dtype.char in "fd":
         s = np.vdot(d, d)
-        lo, hi = (_SQ32_LO, _SQ32_HI) if d.dtype.char == "f" else (_SQ64_LO, _SQ64_HI)
+        lo, hi, _ = _SAFE[d.dtype.char]
         if lo < s < hi or (s == 0 and not d.any()):
             return np.float64(s)
         return _row_sq_checked(d)[0]
@@ -843,13 +850,7 @@ def rms(x: Array) -> float:
     n = _numel(x)
     if not n:
         return 0.0  # (an empty batch)
-    if type(x) is np.ndarray and x.dtype.char in "fd":
-        s = float(np.vdot(x, x))  # (BLAS: no temporary, no floating-point warning where float32 overflows)
-    else:
-        s = float((x * x).sum())
-    if _unsafe(s) and _float32(x) and s == s and (s != 0 or bool(x.any())):
-        s = float((_as64(x, True) ** 2).sum())
-    return (s / n) ** 0.5
+    return (_sum_products(x, x) / n) ** 0.5
 
 
 def _finfo(x: Array) -> Any:

@@ -83,6 +83,14 @@ class SerialExecutor(Executor):
         return model.evaluate(xs, ts, batched=False)
 
 
+def _own_workspace(local: threading.local) -> Workspace:
+    """The workspace a thread's ``local`` holds, made on its first use."""
+    ws = getattr(local, "workspace", None)
+    if ws is None:
+        ws = local.workspace = Workspace()
+    return ws
+
+
 class BatchedExecutor(Executor):
     """A round's points in batched calls with per-sample times: the single-device mode.
 
@@ -122,11 +130,7 @@ class BatchedExecutor(Executor):
         ``__init__``): an executor shared by threads stacks each one's points in a buffer of its own
         (with one buffer for all, a thread's round overwrote the points another thread's model was
         still reading)."""
-        local = self._threads()
-        ws = getattr(local, "workspace", None)
-        if ws is None:
-            ws = local.workspace = Workspace()
-        return ws
+        return _own_workspace(self._threads())
 
     @workspace.setter
     def workspace(self, ws: Workspace) -> None:
@@ -182,7 +186,7 @@ class BatchedExecutor(Executor):
             return self._call(model, xs, ts, Workspace())
         local.busy = True
         try:
-            return self._call(model, xs, ts, self.workspace)
+            return self._call(model, xs, ts, _own_workspace(local))
         finally:
             local.busy = False
 

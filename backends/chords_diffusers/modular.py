@@ -186,10 +186,15 @@ class LoopNet:
                     "not per sample to fixed=..., or use batched=False")
         return out
 
+    def _step(self, t: Any) -> int:
+        """The loop index of timestep ``t`` (the nearest of the loop's timesteps)."""
+        return int(np.abs(self._ts - float(t)).argmin())
+
     def _run(self, x_in: torch.Tensor, tau: torch.Tensor, points: int) -> torch.Tensor:
         host = tau.detach().cpu()  # the one read back of the call
-        steps = [int(np.abs(self._ts - float(host[p * self.batch])).argmin()) for p in range(points)]
-        if self.by_step and len(set(steps)) > 1:  # one call per step index, with its points
+        # (each point's step index only where the blocks depend on it: otherwise the first row's is passed)
+        steps = [self._step(host[p * self.batch]) for p in range(points if self.by_step else 1)]
+        if len(set(steps)) > 1:  # one call per step index, with its points
             out: torch.Tensor | None = None
             for i in sorted(set(steps)):
                 mine = [p for p in range(points) if steps[p] == i]
