@@ -82,7 +82,8 @@ def optimize(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit status.
 
-    Bad values exit with status 2 and a usage error, as argparse does.
+    Bad values exit with status 2 and a usage error, as argparse does; Ctrl-C exits with 130 (the
+    shell's status for SIGINT) and one line, without a traceback.
     """
     from . import demo
 
@@ -99,10 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return demo.run_main(args) if args.command == "demo" else optimize(args)
+    except KeyboardInterrupt:  # Ctrl-C: a line and the shell's status for SIGINT, not a traceback
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError) as e:  # a value argparse could not check alone: usage error, status 2
         sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
         sub.print_usage(sys.stderr)
-        print(f"python -m chords_core {args.command}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

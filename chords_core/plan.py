@@ -304,6 +304,8 @@ def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | N
     Returns:
         The ``Plan``: every round's evaluations until core 0 finishes.
     """
+    if isinstance(init, (set, frozenset, dict)):  # (its order is not the cores': refused before the cache key)
+        validate_init(init, steps)
     eps = tuple(map(int, evals_per_step)) if evals_per_step is not None else None
     key = (steps, tuple(init), eps)
     with _PLANS_LOCK:

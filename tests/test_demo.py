@@ -99,6 +99,33 @@ def test_console_script_is_installed():
     assert script is not None, "the 'chords' console script is not installed next to this Python"
 
 
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    from chords_core import demo
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_main", interrupted)
+    assert main(["demo", "--steps", "4"]) == 130
+    err = capsys.readouterr().err
+    assert err == "python -m chords_core demo: interrupted\n"
+
+
+def test_console_script_names_itself_in_a_value_error():
+    """A value only the run can check (``--init`` against the steps) is reported in the program's own
+    name: the console script said "python -m chords_core demo: error"."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("chords", path=str(Path(sys.executable).parent))
+    assert script is not None
+    r = subprocess.run([script, "demo", "--init", "0-2-4-8-16-24-32-40"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "\nchords demo: error: --init" in r.stderr and "python -m" not in r.stderr
+
+
 def test_demo_figures_have_the_expected_panels(tmp_path):
     from chords_core import METHODS, demo
 

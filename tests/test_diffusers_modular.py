@@ -165,6 +165,13 @@ def test_bad_input(flux):
         cd.with_chords(object())
     with pytest.raises(TypeError, match="batched must be a bool"):
         cd.with_chords(pipe, batched="yes")
+    # the method's arguments are checked when the pipeline is made, not first when it runs
+    with pytest.raises(ValueError, match="^method must be one of"):
+        cd.with_chords(pipe, method="chord")
+    with pytest.raises(ValueError, match="^init is CHORDS' start sequence; method 'cascade' takes cores"):
+        cd.with_chords(pipe, method="cascade", init=[0, 2])
+    with pytest.raises(ValueError, match="^tol: an option of .*not of method 'chords'"):
+        cd.with_chords(pipe, tol=1e-3)
 
 
 def test_img2img_starting_part_way_is_rejected(flux):

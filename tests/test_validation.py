@@ -809,5 +809,7 @@ def test_an_init_set_and_a_negative_round_count_are_refused():
     vf = cc.VectorField(lambda t, y: -y)
     with pytest.raises(ValueError, match="^init must be a sequence of integers"):
         cc.chords(vf, np.ones(2), np.linspace(0, 1, 11), init={0, 2, 4})
+    with pytest.raises(ValueError, match="^init must be a sequence of integers"):  # (one iterating in order too)
+        cc.make_plan(10, {0, 1, 2, 3})
     with pytest.raises(ValueError, match="^rounds must be an integer >= 0, got -1"):
         cc.make_plan(10, [0, 2, 4]).nfe(-1)

@@ -48,7 +48,7 @@ import torch
 import chords_core as cc
 
 from .denoiser import count_points
-from .pipelines import progress_enabled, sample_latents
+from .pipelines import method_arguments, progress_enabled, sample_latents
 from .schedulers import SchedulerMap, map_scheduler
 
 __all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "step_dependence", "DEFAULT_FIXED",
@@ -329,6 +329,7 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
         raise ValueError(_layout_error(loop))
     if not isinstance(batched, bool):
         raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    method_arguments(method, cores, init, stop, method_options)  # (here, not first when the pipeline runs)
     options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=tuple(fixed),
                    verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
     return _loop_class()(copy.deepcopy(loop), options)

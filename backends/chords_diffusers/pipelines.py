@@ -97,6 +97,34 @@ def progress_enabled(obj: Any) -> bool:
     return not getattr(obj, "_progress_bar_config", {}).get("disable", False)
 
 
+def method_arguments(method: str, cores: int | None, init: Sequence[int] | None, stop: Any,
+                     options: dict) -> tuple[int | None, dict]:
+    """``sample_latents``' method arguments checked before any model call: ``method`` a name in
+    ``chords_core.METHODS``; ``init`` CHORDS' only; ``cores`` needed by the others; an option of
+    another method refused by name (``chords_core.methods.check_options``; the solver's options are
+    checked when the scheduler is mapped).
+
+    Returns:
+        (cores, options): ``cores`` with its default (``DEFAULT_CORES`` where neither it nor ``init``
+        is given); ``options`` a new dict, with ``stop`` among them for a method other than CHORDS
+        where one is given.
+    """
+    if not isinstance(method, str) or method not in cc.METHODS:
+        raise ValueError(f"method must be one of {sorted(cc.METHODS)}, got {method!r}")
+    if cores is None and init is None:
+        cores = DEFAULT_CORES
+    options = dict(options)
+    if method != "chords":
+        if init is not None:
+            raise ValueError(f"init is CHORDS' start sequence; method {method!r} takes cores")
+        if cores is None:
+            raise ValueError(f"method {method!r} needs cores")
+        if stop is not cc.stopping.DEFAULT_STOP:
+            options["stop"] = stop
+    cc.methods.check_options(method, options)
+    return cores, options
+
+
 def sample_latents(
     smap: SchedulerMap,
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -139,17 +167,7 @@ def sample_latents(
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-    if method not in cc.METHODS:
-        raise ValueError(f"method must be one of {sorted(cc.METHODS)}, got {method!r}")
-    if cores is None and init is None:
-        cores = DEFAULT_CORES
-    if method != "chords":
-        if init is not None:
-            raise ValueError(f"init is CHORDS' start sequence; method {method!r} takes cores")
-        if cores is None:
-            raise ValueError(f"method {method!r} needs cores")
-        if stop is not cc.stopping.DEFAULT_STOP:
-            chords_options["stop"] = stop
+    cores, chords_options = method_arguments(method, cores, init, stop, chords_options)
     model = make_model(smap, net)
     ex, owned = make_executor(devices, executor)
     try:
