@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from chords_core.models import Model, resolve_check
+from chords_core.models import Model, ModelOutputError, resolve_check
 from chords_core.schedules import ByIdentity, Schedule
 
-__all__ = ["assign", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "ShellError", "WorkerError",
-           "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
+__all__ = ["assign", "first_failure", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "ShellError",
+           "WorkerError", "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
 
 _FN_ATTRS = ("fn", "f")  # DiffusionModel.fn, VectorField.f
 
@@ -67,6 +67,14 @@ def assign(n: int, workers: int) -> list[list[int]]:
         W lists of point indices (some empty when n < W).
     """
     return [list(range(w, n, workers)) for w in range(workers)]
+
+
+def first_failure(failures: Sequence[tuple[BaseException, int]]) -> BaseException:
+    """The exception a round raises where several of its points failed, each failure given as
+    (exception, the round's index of its point): a worker's own failure (the model raised) first, as
+    the default ``BatchedExecutor``, whose one call raises before any output is checked; then the
+    ``ModelOutputError`` of the smallest point. Ties go to the earlier in ``failures``."""
+    return min(failures, key=lambda f: (isinstance(f[0], ModelOutputError), f[1]))[0]
 
 
 def fn_attr(model: Model) -> str:

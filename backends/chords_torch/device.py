@@ -41,6 +41,7 @@ from ._common import (
     assign,
     bind,
     check_points,
+    first_failure,
     fn_attr,
     model_settings,
     round_timeout_of,
@@ -329,18 +330,16 @@ class DeviceExecutor(Executor):
                 f"DeviceExecutor: no answer from {len(pending)} device thread(s) within "
                 f"round_timeout={self.round_timeout:g} s")
         outs: list = [None] * len(xs)
-        errors: list[BaseException] = []
+        failures: list[tuple[BaseException, int]] = []
         for idx, f in futs:
             exc = f.exception()
             if exc is not None:
-                errors.append(exc)
+                failures.append((exc, exc.point if isinstance(exc, ModelOutputError) else idx[0]))
                 continue
             for k, o in zip(idx, f.result()):
                 outs[k] = o
-        if errors:  # the model's own exception first (as the default batched executor, whose one call raises
-            # before any output is checked), then the bad output with the smallest index
-            errors.sort(key=lambda e: (isinstance(e, ModelOutputError), getattr(e, "point", 0)))
-            raise errors[0]
+        if failures:
+            raise first_failure(failures)
         return outs
 
     def close(self, wait: bool = True) -> None:

@@ -58,6 +58,7 @@ from ._common import (
     bind,
     check_points,
     dump_shell,
+    first_failure,
     load_shell,
     model_state,
     one_round_at_a_time,
@@ -417,14 +418,18 @@ class DistributedExecutor(Executor):
                 failures.append((code, idx[point], r, body))
         self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
         if failures:
-            # the model's own exception first (as the default batched executor), then the first bad output
-            code, k, r, msg = min(failures, key=lambda f: (f[0] != 2, f[1], f[2]))
-            if code in (1, 3):
-                raise ModelOutputError(k, msg, code == 3)
-            err = WorkerError(f"rank {r}: {msg}")
-            err.rank = r  # (documented: the rank involved, where known; it was None)
-            raise err
+            raise first_failure([(self._failure(code, k, r, msg), k) for code, k, r, msg in failures])
         return outs
+
+    @staticmethod
+    def _failure(code: int, k: int, r: int, msg: str) -> BaseException:
+        """The exception of rank ``r``'s failed answer for point ``k`` (``_answer``'s code: 1 / 3 a bad
+        output, finite or not; 2 the model raised)."""
+        if code in (1, 3):
+            return ModelOutputError(k, msg, code == 3)
+        err = WorkerError(f"rank {r}: {msg}")
+        err.rank = r  # (documented: the rank involved, where known; it was None)
+        return err
 
     def close(self, grace: float = 5.0) -> None:
         """Tell every worker rank to leave ``serve`` (best effort, ``grace`` seconds); idempotent."""

@@ -54,6 +54,7 @@ from ._common import (
     bind,
     check_points,
     check_timeout,
+    first_failure,
     model_state,
     one_round_at_a_time,
     round_timeout_of,
@@ -408,18 +409,19 @@ class ProcessExecutor(Executor):
             if not self._closed:
                 self._break()
             raise
-        # all replies are in: the model's own exception first (as the default batched executor, whose one call
-        # raises before any output is checked), then the first bad output in point order (each worker reports
-        # its own first; worker 0's was raised, point 2 of [ok, nan, nan, ok] where the others name point 1)
+        # all replies are in (each worker reports its own first bad output: worker 0's was raised, point 2 of
+        # [ok, nan, nan, ok] where the others name point 1)
+        failures: list[tuple[BaseException, int]] = []
         for w in active:
             rep = replies[w]
-            if rep[0] not in ("ok", "model_error"):
+            if rep[0] == "model_error":
+                k = groups[w][rep[1]]
+                failures.append((ModelOutputError(k, rep[2], rep[3]), k))
+            elif rep[0] != "ok":
                 trace = rep[2] if len(rep) > 2 else ""
-                raise WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}")
-        bad = [(groups[w][replies[w][1]], w) for w in active if replies[w][0] == "model_error"]
-        if bad:
-            k, w = min(bad)
-            raise ModelOutputError(k, replies[w][2], replies[w][3])
+                failures.append((WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}"), groups[w][0]))
+        if failures:
+            raise first_failure(failures)
         outs: list = [None] * len(xs)
         dev = xs[0].device
         for w in active:
