@@ -740,34 +740,30 @@ def row_sq(d: Array) -> Array:
     without a batch axis (1-D or 0-d). numpy: one pass without a temporary, a BLAS ``vdot`` per
     sample for one sample or samples of ``ROW_VDOT_MIN`` elements and more (about 3x einsum's speed
     there, and like einsum no floating-point warning on overflow). Half precision is summed in
-    float32 (``_single_or_wider``); float32 gives float64 sums (numpy and torch on the CPU: a sample
-    whose float32 sum overflowed or is below ``_SQ32_LO`` is summed again in float64; CUDA: one float64
-    reduction; a device without float64, MPS: float32 sums; ``_row_sq32_torch``); a
-    numpy float64 sample whose sum is out of ``[_SQ64_LO, _SQ64_HI]`` is summed again in
-    ``np.longdouble`` where that is wider (the result is then a longdouble array)."""
+    float32 (``_single_or_wider``); float32 gives float64 sums (a sample whose float32 sum overflowed
+    or is below ``_SQ32_LO`` is summed again in float64); a float64 sample whose sum is out of
+    ``[_SQ64_LO, _SQ64_HI]`` is summed again in ``np.longdouble`` where that is wider (the result is
+    then a longdouble array). A torch tensor on the CPU is summed so on numpy's view of it (the
+    result is a numpy array: torch has no wider type than float64); on CUDA, float32 in one float64
+    reduction (no read back) and float64 as it is; on a device without float64 (MPS) in float32
+    (``_row_sq32_device``)."""
     d = _single_or_wider(d)
     if type(d) is np.ndarray and d.dtype.char in "fd":
         return _row_sq_checked(d)
+    if library(d) == "torch" and d.is_cpu and d.dtype in (_torch.float32, _torch.float64):
+        return _row_sq_checked(d.detach().resolve_neg().numpy())  # (a view; a negative-bit tensor resolved)
     if _float32(d):
         if library(d) == "torch":
-            return _row_sq32_torch(d)
+            return _row_sq32_device(d)
         return _row_sq(_as64(d))  # jax (float32 where x64 is off) and others
     return _row_sq(d)
 
 
-def _row_sq32_torch(d: Any) -> Any:
-    """``row_sq`` of a float32 tensor, in float64 (as numpy's: the floor ``smallest_normal`` of the
-    window methods follows the sums' dtype): on the CPU summed in float32, samples out of range again
-    in float64 (read on the host, which costs no synchronisation there); on a device with float64
-    (CUDA) one float64 reduction (no read back); elsewhere (MPS has no float64) in float32."""
-    dev = d.device.type
-    if dev == "cpu":
-        out = _row_sq(d)
-        if all(_SQ32_LO < v < _SQ32_HI for v in out.reshape(-1).tolist()):
-            return out.double()
-        keep = (out > _SQ32_LO) & (out < _SQ32_HI)
-        return _torch.where(keep, out.double(), _row_sq(d.double()))
-    if dev == "cuda":
+def _row_sq32_device(d: Any) -> Any:
+    """``row_sq`` of a float32 tensor on an accelerator, in float64 (as numpy's: the floor
+    ``smallest_normal`` of the window methods follows the sums' dtype) where the device has it (CUDA:
+    one float64 reduction, no read back); elsewhere (MPS has no float64) in float32."""
+    if d.device.type == "cuda":
         norm = _torch.linalg.vector_norm(d.flatten(1) if len(d.shape) > 1 else d.reshape(-1), dim=-1,
                                          dtype=_torch.float64)
         return norm * norm
@@ -843,14 +839,24 @@ def row_sq_one(d: np.ndarray) -> Any:
 def rms(x: Array) -> float:
     """Root mean square over all elements, as a Python float (of a tensor's value: no autograd);
     16-bit floats are summed in float32 (``_single_or_wider``), float32 again in float64 where its
-    sum is out of float32's safe range (``_SQ32_LO``)."""
+    sum is out of float32's safe range (``_SQ32_LO``), float64 of x scaled by a power of two where
+    its sum is out of ``[_SQ64_LO, _SQ64_HI]``."""
     if getattr(x, "requires_grad", False):
         x = x.detach()
     x = _single_or_wider(x)
     n = _numel(x)
     if not n:
         return 0.0  # (an empty batch)
-    return (_sum_products(x, x) / n) ** 0.5
+    sq = _sum_products(x, x)
+    if not _SQ64_LO < sq < _SQ64_HI and sq == sq and not _float32(x) and bool((x != 0).any()):
+        # float64 squares out of range (a state beyond about 1e+-150 squared to 0 or inf): the RMS of x
+        # scaled by a power of two near 1 / max|x| (exact), scaled back
+        top = float(abs(x).max())
+        if math.isfinite(top):
+            k = math.frexp(top)[1]
+            y = x * 2.0 ** -(k // 2) * 2.0 ** -(k - k // 2)  # (in two factors: 2^1029 alone overflows)
+            return math.ldexp((_sum_products(y, y) / n) ** 0.5, k)
+    return (sq / n) ** 0.5
 
 
 def _finfo(x: Array) -> Any:

@@ -14,7 +14,8 @@
   (no file is created) and rank 0 gets a ``WorkerError`` that says so.
 - ``misc`` (two ranks; rank 1 serves three executors in turn, slowly): a second executor open on the
   group supersedes the first, which then raises ``ExecutorClosed``; with ``local=`` a non-finite output of rank 0's own share retires the faster
-  cores as a serving rank's does; an ignored SIGINT (``SIG_IGN``, as under nohup) stays ignored.
+  cores as a serving rank's does; an ignored SIGINT (``SIG_IGN``, as under nohup) stays ignored; rank
+  0's ``torch.autocast`` applies on rank 1.
 
 Rank 0 prints one JSON line.
 """
@@ -55,6 +56,20 @@ def _slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _NET(x, t)
 
 
+_W = torch.linspace(-1.0, 1.0, 16).reshape(4, 4)
+
+
+def _amp_sensitive(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The GMM network plus a small linear term, which ``torch.autocast`` computes in bfloat16 (float32
+    states; float64 ones are not autocast)."""
+    return _NET(x, t) + 1e-2 * torch.nn.functional.linear(x, _W.to(x.dtype)).to(x.dtype)
+
+
+def _slow_amp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    time.sleep(0.3)
+    return _amp_sensitive(x, t)
+
+
 def _very_slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     time.sleep(4.0)
     return _NET(x, t)
@@ -73,9 +88,11 @@ def main(scenario: str, path: str) -> int:
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
             for _ in range(3 if scenario == "misc" else 1):  # misc: three executors in turn
-                serve(_slow if scenario == "misc" else net)
+                serve(_slow_amp if scenario == "misc" else net)
             return 0
         model, _ = gmm_problem()
+        if scenario == "misc":
+            model = cc.DiffusionModel(_amp_sensitive, model.schedule, model.prediction)
         x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         grid = cc.time_grid(model.schedule, 12)
         report: dict = {"scenario": scenario}
@@ -129,6 +146,12 @@ def main(scenario: str, path: str) -> int:
             res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
             ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
             report["after_many_axes"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
+            small, x32 = cc.time_grid(model.schedule, 4), x.float()  # rank 0's autocast reaches rank 1
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                res = cc.chords(model, x32, small, "euler", cores=2, stop=None, executor=ex)
+                ref = cc.chords(model, x32, small, "euler", cores=2, stop=None, executor=cc.SerialExecutor())
+            plain = cc.chords(model, x32, small, "euler", cores=2, stop=None, executor=cc.SerialExecutor())
+            report["autocast"] = torch.equal(res.x, ref.x) and not torch.equal(ref.x, plain.x)
             newer = DistributedExecutor(round_timeout=30.0, batched=True)  # supersedes ex (no STOP sent)
             unchecked = cc.DiffusionModel(model.fn, model.schedule, model.prediction, check_outputs=False)
             res = cc.chords(unchecked, x, grid, "euler", cores=4, stop=None, executor=newer)

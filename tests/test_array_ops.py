@@ -3,6 +3,7 @@ combinations of the same arrays at once) and ``row_sq`` (per-sample sums of squa
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import jax
@@ -78,9 +79,8 @@ def test_row_sq_is_the_per_sample_sum_of_squares(dtype, shape):
     assert got.dtype == np.float64  # (float32: float64 sums, ``test_row_sq_of_float32_beyond_its_range``)
     rtol = 1e-5 if dtype == "float32" else 1e-13
     np.testing.assert_allclose(got, want, rtol=rtol)
-    t = B.row_sq(torch.from_numpy(x))  # torch: the same values to rounding, float64 as numpy's (a float32
-    np.testing.assert_allclose(np.asarray(t), want, rtol=rtol)  # sum set the window methods' floor at 1.2e-38)
-    assert t.dtype == torch.float64
+    t = B.row_sq(torch.from_numpy(x))  # a tensor on the CPU: numpy's values (a float32 sum set the window
+    assert type(t) is type(got) and np.array_equal(t, got)  # methods' floor at 1.2e-38), summed on its view
 
 
 @pytest.mark.parametrize("shape", [(1, 64), (1, 70_000), (3, 9000), (3, 64)])
@@ -144,6 +144,21 @@ def test_float64_sums_of_squares_beyond_float64s_range_are_wider(scale, shape):
     if shape[0] == 1:
         assert float(B.row_sq_one(x) / want[0]) == pytest.approx(1.0, rel=1e-12)
     assert B.row_sq(np.ones(shape)).dtype == np.float64  # in range: float64, no second pass
+
+
+@pytest.mark.parametrize("scale", [2.0 ** -600, 2.0 ** -1060, 2.0 ** 600, 2.0 ** 1000])
+def test_the_rms_of_float64_beyond_its_squares_range(scale):
+    """A user trial: the RMS of a float64 state below about 1e-155 was 0 (its squares underflow; the
+    stop rules' rounding floor, ``agreement_floor``, then 0) and above about 1e155 inf: it is the RMS of
+    the state scaled by a power of two, scaled back, on every platform (no wider type needed)."""
+    x = np.random.default_rng(4).standard_normal((3, 40))
+    want = float(np.sqrt(np.mean(x * x)))
+    for arr in (x * scale, torch.from_numpy(x * scale), jnp.asarray(x * scale) if jax.config.read("jax_enable_x64")
+                else None):
+        if arr is not None:
+            got = B.rms(arr)
+            assert got == pytest.approx(want * scale, rel=1e-12 if scale > 2.0 ** -1000 else 1e-3)
+    assert B.rms(np.array([np.inf, 1.0])) == math.inf and math.isnan(B.rms(np.array([np.nan, 1e-300])))
 
 
 def test_sums_of_squares_of_empty_batches_and_mixed_sign_overflows():

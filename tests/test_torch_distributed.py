@@ -165,7 +165,8 @@ def test_one_open_executor_a_group_local_nan_retires_and_an_ignored_sigint_stays
     rep = report(outs[0])
     assert rep["second_open"].startswith("this DistributedExecutor was superseded by a newer one"), outs[0]
     assert rep["newer_equal"] is True, outs[0]
-    assert rep["many_axes"].startswith("states may have at most 10 dimensions") and rep["after_many_axes"], outs[0]
+    assert rep["many_axes"].startswith("states may have at most 8 dimensions") and rep["after_many_axes"], outs[0]
+    assert rep["autocast"] is True, outs[0]  # (a user trial: rank 0's torch.autocast was not carried)
     assert any("faster retired after a non-finite model output" in m for m in rep["local_nan"]), outs[0]
     assert rep["local_nan_finite"] is True and rep["ignored_sigint"] is True, outs[0]
     assert codes == [0, 0], outs

@@ -6,6 +6,7 @@ the reference with one torch thread, as the workers do).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -17,7 +18,7 @@ import torch
 import chords_core as cc
 from chords_core.models import ModelOutputError
 from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
-from chords_torch.testing import Slow, TorchLinear, Trap, _Const, gmm_problem, same_hits
+from chords_torch.testing import Slow, TorchLinear, Trap, _Const, gmm_problem, mlp, same_hits
 from chords_torch.testing import seeded_state as x0
 
 MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
@@ -451,3 +452,26 @@ def test_a_round_with_a_raise_and_a_bad_output_raises_the_models_exception_as_th
     with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: Trap(FACTORY)()) as ex:
         with pytest.raises(WorkerError, match="injected failure"):
             ex(MODEL, xs, [0.5] * 4)
+
+
+def test_the_callers_autocast_reaches_the_device_threads_and_the_worker_processes(one_thread):
+    """A user trial: under ``torch.autocast`` the device threads and the worker processes evaluated in
+    full precision (autocast is thread-local), 1.3e-3 off ``SerialExecutor``, silently; they now enter
+    the caller's autocast as they do its grad mode."""
+    factory = functools.partial(mlp, dim=8, width=16, depth=2)
+    model = cc.DiffusionModel(factory(), cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(model.schedule, 8)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    run = functools.partial(cc.chords, model, x, grid, "euler", cores=4, stop=None)
+    with torch.no_grad():
+        plain = run(executor=cc.SerialExecutor())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = run(executor=cc.SerialExecutor())
+            with DeviceExecutor(["cpu", "cpu"]) as ex:
+                dev = run(executor=ex)
+            with ProcessExecutor(factory, workers=2, round_timeout=60) as ex:
+                proc = run(executor=ex)
+        with DeviceExecutor(["cpu", "cpu"]) as ex:  # and none where the caller has none
+            dev_plain = run(executor=ex)
+    assert not torch.equal(ref.x, plain.x)  # (autocast changes this network's outputs)
+    assert same_hits(dev, ref) and same_hits(proc, ref) and same_hits(dev_plain, plain)

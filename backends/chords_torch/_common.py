@@ -16,6 +16,7 @@ convention, same shape / finiteness check) and nothing is re-implemented here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -25,12 +26,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from chords_core.models import Model, ModelOutputError, resolve_check
 from chords_core.schedules import ByIdentity, Schedule
 
-__all__ = ["assign", "first_failure", "shell_of", "bind", "dump_shell", "load_shell", "round_timeout_of", "ShellError",
-           "WorkerError", "WorkerDied", "WorkerTimeout", "ExecutorClosed"]
+__all__ = ["assign", "autocast_state", "autocast_context", "first_failure", "shell_of", "bind", "dump_shell",
+           "load_shell", "round_timeout_of", "ShellError", "WorkerError", "WorkerDied", "WorkerTimeout",
+           "ExecutorClosed"]
 
 _FN_ATTRS = ("fn", "f")  # DiffusionModel.fn, VectorField.f
 
@@ -249,6 +252,42 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
     # a worker's outputs leave its device for the host: "auto" checks them at once, in the worker
     model.check_outputs = resolve_check(model.check_outputs, on_accelerator=False)
     return model
+
+
+#: the device types whose ``torch.autocast`` state an executor carries to its workers, and the dtypes
+#: autocast computes in (``autocast_state``'s codes index them)
+AUTOCAST_DEVICES = ("cpu", "cuda")
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def autocast_state() -> tuple[int, ...]:
+    """The calling thread's ``torch.autocast`` settings, as small ints that travel in a message: per
+    device type in ``AUTOCAST_DEVICES``, 0 where autocast is off, else 1 + its dtype's index in
+    ``AUTOCAST_DTYPES``. Autocast is thread-local: a worker thread or process evaluates in full
+    precision unless it enters it again (``autocast_context``); a caller's autocast was silently
+    dropped by the device and process executors (1.3e-3 off ``SerialExecutor`` in bfloat16)."""
+    codes = []
+    for dev in AUTOCAST_DEVICES:
+        try:
+            on, dtype = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+        except (TypeError, AttributeError):  # torch before 2.4: the per-type functions
+            if dev == "cpu":
+                on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+            else:
+                on, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        codes.append(1 + AUTOCAST_DTYPES.index(dtype) if on and dtype in AUTOCAST_DTYPES else 0)
+    return tuple(codes)
+
+
+def autocast_context(codes: Sequence[int]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` entered as ``codes`` (``autocast_state``) say; nothing where all are 0."""
+    if not any(codes):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for dev, code in zip(AUTOCAST_DEVICES, codes):
+        if code:
+            stack.enter_context(torch.autocast(dev, dtype=AUTOCAST_DTYPES[int(code) - 1]))
+    return stack
 
 
 def one_round_at_a_time(call: Callable) -> Callable:

@@ -39,6 +39,8 @@ from ._common import (
     WorkerError,
     WorkerTimeout,
     assign,
+    autocast_context,
+    autocast_state,
     bind,
     check_points,
     first_failure,
@@ -269,9 +271,9 @@ class DeviceExecutor(Executor):
         self._replicas = {}
 
     def _run(self, model: Model, device: torch.device, xs: Sequence[torch.Tensor], ts: Sequence[float],
-             idx: list[int], grad: bool) -> list[torch.Tensor]:
+             idx: list[int], grad: bool, amp: tuple[int, ...]) -> list[torch.Tensor]:
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        with torch.set_grad_enabled(grad), on_device:
+        with torch.set_grad_enabled(grad), on_device, autocast_context(amp):
             pts = [xs[k].to(device, non_blocking=True) for k in idx]
             tts = [ts[k] for k in idx]
             try:
@@ -314,12 +316,12 @@ class DeviceExecutor(Executor):
             mode = resolve_check("auto", B.on_accelerator(xs[0]))
             for m in models:
                 m.check_outputs = mode
-        grad = torch.is_grad_enabled()
+        grad, amp = torch.is_grad_enabled(), autocast_state()  # (thread-local: carried to the device threads)
         groups = assign(len(xs), len(self.devices))
         pools = self._pools  # ([] once closed by another thread: its close() cancels what it queued)
         if not pools:
             raise ExecutorClosed("this DeviceExecutor is closed")
-        futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad))
+        futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad, amp))
                 for w, idx in enumerate(groups) if idx]
         done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
         if any(f.cancelled() for _, f in futs):

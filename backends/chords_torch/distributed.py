@@ -8,10 +8,11 @@ The same script works on one machine and across machines; only the torchrun laun
 
 Wire protocol (point-to-point ``send`` / ``recv`` of tensors on the backend's device, so it also
 runs on nccl): the driver sends a header ``int64[16] = [cmd, n, dtype, ndim, payload, batched,
-*shape]`` then, for ``EVAL``, the n stacked states (n, *shape) and their times (n,) float64; for
-``MODEL``, the model *shell* (the driver's model without its network, see ``_common``) as plain
-data (JSON: class names and fields; no pickle), with the round timeout in milliseconds in the
-header's slot 6; for ``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status,
+autocast on the CPU, autocast on CUDA, *shape]`` (the driver's ``torch.autocast``, which the worker
+enters again: ``_common.autocast_state``) then, for ``EVAL``, the n stacked states (n, *shape) and
+their times (n,) float64; for ``MODEL``, the model *shell* (the driver's model without its network,
+see ``_common``) as plain data (JSON: class names and fields; no pickle), with the round timeout in
+milliseconds in the header's slot 6; for ``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status,
 point, length]`` and the outputs (status 0), or the error message as bytes (1: bad model output at
 ``point``, 3: non-finite model output at ``point``, 2: exception). ``_common.load_shell``
 instantiates only the library's model and schedule classes, without running their code: bytes
@@ -49,12 +50,15 @@ from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
 from ._common import (
+    AUTOCAST_DEVICES,
     UNSET,
     ExecutorClosed,
     WorkerDied,
     WorkerError,
     WorkerTimeout,
     assign,
+    autocast_context,
+    autocast_state,
     bind,
     check_points,
     dump_shell,
@@ -70,7 +74,7 @@ __all__ = ["DistributedExecutor", "serve"]
 
 STOP, EVAL, MODEL = 0, 1, 2
 HEADER = 16
-MAX_DIMS = HEADER - 6
+MAX_DIMS = HEADER - 6 - len(AUTOCAST_DEVICES)
 #: seconds a worker's model call may outlast the driver's round timeout before the worker exits
 HUNG_GRACE = 5.0
 #: the exit status of a worker that ended itself because its model call outlasted the round timeout
@@ -300,7 +304,9 @@ class DistributedExecutor(Executor):
         """The int64 header of a message (see the module docstring)."""
         if len(shape) > MAX_DIMS:
             raise ValueError(f"states may have at most {MAX_DIMS} dimensions, got shape {shape}")
-        h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *shape]
+        amp = autocast_state() if cmd == EVAL else (0,) * len(AUTOCAST_DEVICES)
+        h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *amp,
+             *shape]
         return torch.tensor(h + [0] * (HEADER - len(h)), dtype=torch.int64, device=self.device)
 
     @one_round_at_a_time
@@ -517,7 +523,8 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             if watch is not None:
                 watch.limit = h[6] / 1000 if h[6] > 0 else None
             continue
-        shape, dtype = tuple(h[6 : 6 + ndim]), DTYPES[dt]
+        amp, first = h[6 : 6 + len(AUTOCAST_DEVICES)], 6 + len(AUTOCAST_DEVICES)
+        shape, dtype = tuple(h[first : first + ndim]), DTYPES[dt]
         x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
         leaving: SystemExit | None = None
@@ -526,7 +533,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 raise RuntimeError(setup_error or "no model received")
             if watch is not None:
                 watch.since = time.monotonic()
-            with torch.no_grad():
+            with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
                 outs = model.evaluate([x[j].to(device) for j in range(n)], t, batched=bool(batched))
                 out = torch.stack([o.to(comm, dtype) for o in outs])
             answer = (0, 0, out)

@@ -51,6 +51,8 @@ from ._common import (
     WorkerError,
     WorkerTimeout,
     assign,
+    autocast_context,
+    autocast_state,
     bind,
     check_points,
     check_timeout,
@@ -128,10 +130,10 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
             elif op == "eval":
                 if setup_error is not None:
                     raise setup_error
-                n, ts, batched = msg[1], msg[2], msg[3]
+                n, ts, batched, amp = msg[1], msg[2], msg[3], msg[4]
                 if model is None:
                     raise RuntimeError("no model received")
-                with torch.no_grad():
+                with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
                     outs = model.evaluate([xin[j] for j in range(n)], ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
@@ -383,6 +385,7 @@ class ProcessExecutor(Executor):
                 raise TypeError(f"model: its shell (the model without its network) must pickle to reach the "
                                 f"workers: {type(e).__name__}: {e}") from None
         active: list[int] = []
+        amp = autocast_state()  # (thread-local: carried to the workers with each round)
         outbufs: dict[int, torch.Tensor] = {}
         w = 0
         try:  # from the first message to the last reply: any failure leaves replies in flight -> break
@@ -398,7 +401,7 @@ class ProcessExecutor(Executor):
                 with torch.no_grad():
                     for j, k in enumerate(idx):
                         xin[j].copy_(xs[k])
-                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched))
+                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched, amp))
                 active.append(w)
             replies = self._gather(active, self.round_timeout, "evaluate")
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
