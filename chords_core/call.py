@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .checks import check_grid
+from .checks import _is_int, check_grid
 from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import SOLVERS, Solver, make_solver
@@ -93,22 +93,32 @@ class Call:
         times: (T + 1,) float64 grid times.
         solver: the ``Solver`` bound to model and grid.
         executor: the executor of the rounds.
+
+    ``evals``: the model evaluations of each step i -> i + 1 (``check_evals``).
     """
 
-    __slots__ = ("model", "times", "solver", "executor")
+    __slots__ = ("model", "times", "solver", "executor", "evals")
 
     def __init__(self, model: Model, times: np.ndarray, solver: Solver, executor: Executor) -> None:
         self.model, self.times, self.solver, self.executor = model, times, solver, executor
+        self.evals = check_evals(solver)
 
     @property
     def steps(self) -> int:
         """T, the grid's number of steps."""
         return len(self.times) - 1
 
-    @property
-    def evals(self) -> list[int]:
-        """Model evaluations per step i -> i + 1."""
-        return self.solver.evals_per_step()
+
+def check_evals(sol: Solver) -> list[int]:
+    """``sol.evals_per_step()``, each a positive int, else a ``ValueError`` naming the solver and the
+    step (a custom solver's ``evals`` of 0 gave an IndexError in ``solve``, an UnboundLocalError in
+    the window methods)."""
+    evals = sol.evals_per_step()
+    for i, n in enumerate(evals):
+        if not _is_int(n) or n < 1:
+            raise ValueError(f"solver {sol.name!r}: evals({i}, {i + 1}) must be an int >= 1 (the step's model "
+                             f"evaluations), got {n!r}")
+    return [int(n) for n in evals]
 
 
 def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executor | None = None,
@@ -165,7 +175,10 @@ def _method_argument(options: dict, solver: Any) -> None:
     """An option the solver refused that is an argument of some method (``cores=`` to a window method,
     ``window=`` to the cascade sampler): a ``ValueError`` naming it and the methods that take it, where
     the solver's own error would blame the solver."""
+    spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     for key in options:
+        if spec is not None and spec.options is not None and key in spec.options:
+            continue  # the solver's own option (a custom solver's may share a method's name): its own error stands
         owners = method_arguments(key)
         if owners:
             name = solver if isinstance(solver, str) else type(solver).__name__

@@ -41,7 +41,8 @@ from .results import Hit, Result
 from .solvers import Solver
 from .stopping import Outputs, StopRule, accepts, chosen_output
 
-__all__ = ["rectify", "evaluate_round", "DeferredCheck", "CoreRecords", "Survivors", "run_plan", "plan_result"]
+__all__ = ["rectify", "evaluate_round", "StageTimeError", "DeferredCheck", "CoreRecords", "Survivors", "run_plan",
+           "plan_result"]
 
 
 def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a: float, b: float) -> Any:
@@ -106,6 +107,11 @@ class DeferredCheck:
 def eval_where(e: Eval, time: float) -> str:
     """How an error names the evaluation ``e`` of a CHORDS round at ``time``: its core, step and stage."""
     return f"core {e.core} (step {e.index}, stage {e.stage}, t={time:.6g})"
+
+
+class StageTimeError(ValueError):
+    """A solver whose later stage evaluates the model at a time other than its step's end, which
+    CHORDS' plan assumes (``chords_jax.solve``, compiled as one-core CHORDS, says so in its words)."""
 
 
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
@@ -192,9 +198,10 @@ class CoreRecords:
         evaluated at the step's end regardless: 0.03 off ``solve`` at cores=1, silently)."""
         x, at = self.sol.stage_point(self.states[c], self.qs[c], i, i + 1, k)
         if at != ti:
-            raise ValueError(f"solver: {self.sol.name!r} evaluates stage {k} of the step {i} -> {i + 1} at grid index "
-                             f"{at}; CHORDS evaluates every later stage at the step's end ({ti}), as Heun's: use "
-                             "solve, srds or a window method (cc.parallel) with this solver")
+            raise StageTimeError(f"solver: {self.sol.name!r} evaluates stage {k} of the step {i} -> {i + 1} at grid "
+                                 f"index {at}; CHORDS evaluates every later stage at the step's end ({ti}), as "
+                                 "Heun's: use chords_core.solve, srds or a window method (cc.parallel) with this "
+                                 "solver")
         return x
 
     def points(self, rd: Round) -> list:

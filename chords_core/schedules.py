@@ -59,7 +59,7 @@ class Schedule:
         Returns:
             alpha(t), float64, the shape of ``t``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define alpha, the signal scale alpha(t)")
 
     def sigma(self, t: Any) -> np.ndarray:
         """The noise scale sigma(t).
@@ -70,7 +70,7 @@ class Schedule:
         Returns:
             sigma(t), float64, the shape of ``t``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define sigma, the noise scale sigma(t)")
 
     def d_alpha(self, t: Any) -> np.ndarray:
         """The time derivative d alpha / dt.
@@ -81,7 +81,8 @@ class Schedule:
         Returns:
             alpha'(t), float64, the shape of ``t``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define d_alpha, d alpha / dt (Euler, Heun and "
+                                  "the velocity parametrisations read it)")
 
     def d_sigma(self, t: Any) -> np.ndarray:
         """The time derivative d sigma / dt (may be infinite where sigma = 0, e.g. VP at t = 0).
@@ -92,7 +93,8 @@ class Schedule:
         Returns:
             sigma'(t), float64, the shape of ``t``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define d_sigma, d sigma / dt (Euler, Heun and "
+                                  "the velocity parametrisations read it)")
 
     def domain(self) -> tuple[float, float]:
         """The times where the schedule is defined (alpha, sigma >= 0).

@@ -155,6 +155,22 @@ def test_linear_ode_and_user_model_calibrations():
     assert res.rounds <= 10 and res.best.ratio <= 1.05
 
 
+def test_a_core_that_chords_retires_is_never_chosen():
+    """A user trial: on a plain ODE where a faster core's coarse start runs off (CHORDS retires it and
+    goes on), ``optimize_init`` raised a bare KeyError for its missing output; it scores it inf."""
+    import warnings
+
+    vf = cc.VectorField(lambda t, y: -y ** 3 + np.sin(t))
+    y0, grid = np.array([2.0, -1.5]), np.linspace(0.0, 6.0, 61)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (overflow in the run-off coarse start; the retirement)
+        cal = calibration(None, "euler", model=vf, x_cal=y0, grid=grid)
+        cand = evaluate(cal, (0, 10, 20, 30, 40, 50))
+        res = optimize_init(None, 6, "euler", model=vf, x_cal=y0, grid=grid, max_evals=12)
+    assert math.isinf(cand.ratios[-1]) and cand.ratio <= 1.05 and cand.core < 5
+    assert res.best.ratio <= 1.05
+
+
 def test_bad_arguments_are_named(cal12):
     with pytest.raises(ValueError, match="budget"):
         optimize_init(None, 3, cal=cal12, budget=0.9)

@@ -186,3 +186,8 @@ def test_chords_refuses_a_solver_whose_later_stage_is_not_at_the_steps_end(monke
                                          r"index 0; CHORDS evaluates every later stage at the step's end \(1\)"):
         cc.chords(model, x, grid, "stage_at_start", cores=1, stop=None)
     assert np.array_equal(cc.paradigms(model, x, grid, "stage_at_start", window=1, tol=0.0).x, seq)
+    import chords_jax  # (its solve is compiled as one-core CHORDS: it said "use solve" to a caller of solve)
+
+    with pytest.raises(ValueError, match=r"at grid index 0; chords_jax.solve compiles the solve as CHORDS on one "
+                                         r"core, .*: use chords_core.solve or chords_jax.srds with this solver"):
+        chords_jax.solve(model, x.astype(np.float32), grid, "stage_at_start")

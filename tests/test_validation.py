@@ -744,6 +744,68 @@ def test_extension_points_refuse_bad_registrations_and_keep_the_extensions_own_e
         cc.solve(FLOW, X, GRID, "object")
     with pytest.raises(NotImplementedError, match="^Executor does not define __call__"):
         cc.Executor()(FLOW, [X], [0.5])
+    # (a later trial: with options given to a spec that lists none, a TypeError inside read "bad options")
+    monkeypatch.setitem(SOLVERS, "buggy_o", SolverSpec(lambda m, t, **o: Buggy(m, t), 1, 1, "raises"))
+    with pytest.raises(TypeError, match="can only concatenate list"):
+        cc.solve(FLOW, X, GRID, "buggy_o", factor=2.0)
+    monkeypatch.setitem(SOLVERS, "euler_o", SolverSpec(lambda m, t, **o: Euler(m, t, **o), 1, 1, "no options"))
+    with pytest.raises(ValueError, match="^bad options for solver 'euler_o': .*unexpected keyword argument 'factor'"):
+        cc.solve(FLOW, X, GRID, "euler_o", factor=2.0)
+
+
+def test_a_bad_stage_count_and_a_schedule_without_derivatives_are_named(monkeypatch):
+    """An extension trial: a custom solver whose ``evals`` gave 0 failed with an IndexError in ``solve``
+    and an UnboundLocalError in the window methods; a schedule without ``d_sigma`` raised an empty
+    NotImplementedError."""
+    from chords_core.solvers import SOLVERS, Euler, SolverSpec
+
+    class Zero(Euler):
+        name = "zero"
+
+        def evals(self, i, j):
+            return 0 if i == 3 else 1
+
+    monkeypatch.setitem(SOLVERS, "zero", SolverSpec(Zero, 1, 1, "no evaluations at step 3", options=()))
+    for call in (lambda: cc.solve(FLOW, X, GRID, "zero"), lambda: cc.chords(FLOW, X, GRID, "zero", cores=2),
+                 lambda: cc.parallel(FLOW, X, GRID, "zero", cores=2, method="paradigms")):
+        with pytest.raises(ValueError, match=r"^solver 'zero': evals\(3, 4\) must be an int >= 1 .*got 0"):
+            call()
+
+    class Bare(cc.Schedule):
+        def alpha(self, t):
+            return 1.0 - np.asarray(t, np.float64)
+
+        def sigma(self, t):
+            return np.asarray(t, np.float64)
+
+    with pytest.raises(NotImplementedError, match="^Bare does not define d_alpha"):
+        Bare(1.0, 0.0, None).d_alpha(0.5)
+
+
+def test_a_custom_solvers_option_named_as_another_methods_argument_is_the_solvers(monkeypatch):
+    """An extension trial: a solver option ``scale`` (also a cascade argument) was refused by
+    ``parallel(method="chords")`` as "an option of cascade", and a bad value of it lost the solver's
+    own message to "not an option of solver"."""
+    from chords_core.solvers import SOLVERS, Euler, SolverSpec, State
+
+    class ScaledEuler(Euler):
+        def __init__(self, model, times, scale=1.0):
+            if not scale > 0:
+                raise ValueError(f"scale must be > 0, got {scale}")
+            super().__init__(model, times)
+            self.scale = float(scale)
+
+        def step(self, state, qs, i, j):
+            return State(state.x + (self.scale * (self.t[j] - self.t[i])) * qs[0])
+
+    monkeypatch.setitem(SOLVERS, "scaled", SolverSpec(ScaledEuler, 1, 1, "Euler, scaled", options=("scale",)))
+    vf, y0, g = cc.VectorField(lambda t, y: -y), np.ones(2), np.linspace(0, 1, 5)
+    want = cc.chords(vf, y0, g, "scaled", cores=2, scale=0.5).x
+    assert np.array_equal(cc.parallel(vf, y0, g, "scaled", cores=2, method="chords", scale=0.5).x, want)
+    for call in (lambda: cc.solve(vf, y0, g, "scaled", scale=-1.0),
+                 lambda: cc.chords(vf, y0, g, "scaled", cores=2, scale=-1.0)):
+        with pytest.raises(ValueError, match="^scale must be > 0, got -1.0"):
+            call()
 
 
 def test_a_stop_rule_answering_an_array_is_named():

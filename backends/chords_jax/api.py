@@ -33,7 +33,7 @@ import numpy as np
 import chords_core as cc
 from chords_core.call import nonfinite_state, not_floating
 from chords_core.checks import _is_int, check_grid
-from chords_core.engine import eval_where, plan_result
+from chords_core.engine import StageTimeError, eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
 from chords_core.schedules import schedule_key
@@ -265,8 +265,15 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     """``chords`` on a checked state (``_as_state``) and mesh (``_mesh``); ``name``: the function an
     error under a transformation names (``chords`` or ``solve``)."""
     rule = as_stop_rule(stop)
-    prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop, history=history,
-                             slots_multiple=ndev, **solver_options)
+    try:
+        prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop,
+                                 history=history, slots_multiple=ndev, **solver_options)
+    except StageTimeError as err:
+        if name != "chords_jax.solve":
+            raise
+        raise StageTimeError(f"{str(err).split(';')[0]}; chords_jax.solve compiles the solve as CHORDS on one core, "
+                             "which evaluates every later stage at the step's end: use chords_core.solve or "
+                             "chords_jax.srds with this solver") from None
     inside = inside_transformation(x, args, mesh, name, rule, len(sym.hits))
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())

@@ -127,6 +127,8 @@ def check_options(name: str, options: dict, solver: Any = None) -> None:
         return
     spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     for key in options:
+        if spec is not None and spec.options is not None and key in spec.options:
+            continue  # the solver's (a custom solver's option may share another method's name)
         owners = sorted(m.name for m in METHODS.values() if key in m.options and key not in mine)
         if owners:
             raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "

@@ -133,8 +133,9 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
                 raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {spec.takes()})")
     try:
         built = spec.build(model, times, **options)
-    except TypeError as e:  # options the spec does not list: build's TypeError names them; otherwise it is the
-        if spec.options is not None or not options:  # solver's own, with its traceback (it read "bad options")
+    except TypeError as e:  # options the spec does not list: build's TypeError names them ("unexpected keyword
+        # argument 'k'"); any other is the solver's own, with its traceback (it read "bad options": a user trial)
+        if spec.options is not None or not any(f"keyword argument '{k}'" in str(e) for k in options):
             raise
         raise ValueError(f"bad options for solver {solver!r}: {e}") from None
     if not isinstance(built, Solver):

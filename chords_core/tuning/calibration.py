@@ -273,6 +273,8 @@ class Evaluator:
                 self.runs += 1
                 for h in res.hits:
                     self.prefix.setdefault(init[: h.core + 1], _rms(h.x - cal.ref))
+                for c in range(first, K):  # a core retired after a non-finite output (its coarse start ran
+                    self.prefix.setdefault(init[: c + 1], math.inf)  # off) has no output: never chosen
         plan = make_plan(cal.steps, init, self.evals)
         errors = tuple(self.prefix[init[: c + 1]] for c in range(K))
         ratios = tuple(e / cal.seq_error if cal.seq_error > 0 else (1.0 if e == 0 else math.inf) for e in errors)
