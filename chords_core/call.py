@@ -59,6 +59,11 @@ def check_state(model: Model, x: Any, name: str = "x") -> None:
         raise TypeError(f"{name}: the initial state must be an array (numpy, torch or jax), got {type(x).__name__}")
     if not B.is_floating(x):
         raise not_floating(name, x.dtype)
+    if getattr(x.dtype, "itemsize", 2) < 2:  # (float8: torch lacks the arithmetic of a step, "isfinite" first)
+        raise TypeError(f"{name}: an 8-bit float state ({x.dtype}) has no arithmetic for the solver's steps; "
+                        "use bfloat16, float16 or wider")
+    if str(getattr(x, "layout", "torch.strided")) != "torch.strided":
+        raise TypeError(f"{name}: a tensor of layout {x.layout}; pass a dense (strided) tensor: {name}.to_dense()")
     if isinstance(x, (np.matrix, np.ma.MaskedArray)):
         raise TypeError(f"{name}: a {type(x).__name__} state does not do an array's arithmetic (a matrix's * is a "
                         f"matrix product, a masked array skips its masked values); pass a plain array: "

@@ -136,6 +136,10 @@ def check_array(out: Any, like: Array) -> bool:
     same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
     if not same_dtype and not B.is_floating(out):
         raise ModelOutputError(0, f"model returned dtype {dtype}, expected a floating dtype")
+    layout = getattr(out, "layout", None)  # (a torch tensor's; a sparse one failed in the engine's arithmetic)
+    if layout is not None and layout is not getattr(like, "layout", layout):
+        raise ModelOutputError(0, f"model returned a tensor of layout {layout}, expected {like.layout} (the "
+                               "points'); return out.to_dense()")
     return same_dtype
 
 

@@ -339,3 +339,26 @@ def test_numpy_subclass_outputs_are_plain_arrays_and_masked_values_are_refused_n
         with pytest.raises(cc.ModelOutputError, match=r"round 2, core 1 .*masked array") as err:
             cc.chords(model, np.ones((1, 3)), cc.time_grid(cc.RectifiedFlow(), 8), cores=2, stop=None)
         assert err.value.point == 1 and not err.value.is_nonfinite
+
+
+@pytest.mark.parametrize("method", ["solve", *sorted(cc.METHODS)])
+def test_a_sparse_output_and_an_8_bit_float_state_are_refused_by_name(method):
+    """A user trial: a model returning a sparse tensor ran in ``solve`` and failed inside torch in
+    every parallel method ("Could not run 'aten::as_strided' ... SparseCPU"); a float8 state passed the
+    floating-dtype check and failed in torch ("isfinite" not implemented)."""
+    sched = cc.RectifiedFlow()
+    grid, x = cc.time_grid(sched, 6), torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def run(fn, state):
+        model = cc.DiffusionModel(fn, sched, "flow")
+        if method == "solve":
+            return cc.solve(model, state, grid)
+        return cc.parallel(model, state, grid, cores=2, method=method)
+
+    with pytest.raises(cc.ModelOutputError, match="model returned a tensor of layout torch.sparse_coo, expected "
+                                                  "torch.strided .*out.to_dense"):
+        run(lambda x, t: (-x).to_sparse(), x)
+    with pytest.raises(TypeError, match=r"^x: an 8-bit float state \(torch.float8_e4m3fn\)"):
+        run(lambda x, t: -x, x.to(torch.float8_e4m3fn))
+    with pytest.raises(TypeError, match=r"^x: a tensor of layout torch.sparse_coo; .*x.to_dense\(\)"):
+        run(lambda x, t: -x, x.to_sparse())

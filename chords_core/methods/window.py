@@ -358,6 +358,54 @@ class _PointErrors:
         return change_sq / est
 
 
+def _needs_graph(cur: dict) -> bool:
+    """Whether the mixing's weights must carry their derivative: torch tensors that require
+    gradients, with gradients enabled (the weights are formed from inner products read as floats)."""
+    for x_old, R in cur.values():
+        if getattr(R, "requires_grad", False) or getattr(x_old, "requires_grad", False):
+            import torch
+
+            return torch.is_grad_enabled()
+    return False
+
+
+class _Graph:
+    """The mixing's normal equations formed again in torch, in the autograd graph, beside the float
+    ones: the weights then carry their derivative (autograd took them as constants, a 1e-5 relative
+    error of the gradient in a user trial) while their values stay the float solution's bit for bit
+    (``weights``: the value of one plus the zero-valued difference of the other)."""
+
+    def __init__(self, k: int) -> None:
+        self.A: list = [[0.0] * k for _ in range(k)]
+        self.c: list = [0.0] * k
+
+    def reset(self) -> None:
+        k = len(self.c)
+        self.A, self.c = [[0.0] * k for _ in range(k)], [0.0] * k
+
+    def add(self, dR: list, R: Any, k: int) -> None:
+        """Add point j's terms (as the float ``A``, ``c``)."""
+        for p in range(k):
+            self.c[p] = self.c[p] + (dR[p].double() * R.double()).sum()
+            for q in range(p, k):
+                v = (dR[p].double() * dR[q].double()).sum()
+                self.A[p][q] = self.A[p][q] + v
+                if q != p:
+                    self.A[q][p] = self.A[q][p] + v
+
+    def weights(self, gamma: np.ndarray, k: int, ridge: float) -> list:
+        """``gamma`` (the float solution) as 0-d tensors with the torch solution's derivative."""
+        import torch
+
+        A = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in row[:k]])
+                         for row in self.A[:k]])
+        c = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in self.c[:k]])
+        lam = ridge * (torch.trace(A) / k + 1e-300)
+        g = torch.linalg.solve(A + lam * torch.eye(k, dtype=torch.float64), c)
+        g = torch.as_tensor(gamma, dtype=torch.float64) + (g - g.detach())
+        return list(g.unbind())
+
+
 class _Anderson:
     """Triangular Anderson mixing (after ParaTAA) of the window points after the first one over
     tolerance: point j's mixing weights come from the residual history of the points nb+1 .. j only
@@ -380,12 +428,15 @@ class _Anderson:
         k = min(m, max((len(self.hist.get(j, ())) for j in cur), default=0))
         A = np.zeros((k, k))
         c = np.zeros(k)
+        graph = _Graph(k) if _needs_graph(cur) else None
         for j, (x_old, R) in cur.items():
             seq = self.hist.get(j, []) + [cur[j]]
             k = min(k, len(seq) - 1)
             if k == 0:
                 A[:] = 0.0
                 c[:] = 0.0
+                if graph is not None:
+                    graph.reset()
                 continue
             # the last k residual differences, newest first, formed point by point (for all points at
             # once, with the iterates' differences, they were 2 m K fresh arrays at the sweep's peak)
@@ -397,16 +448,19 @@ class _Anderson:
                     A[p, q] += v
                     if q != p:
                         A[q, p] += v
+            if graph is not None:
+                graph.add(dR, R, k)
             Ak = A[:k, :k]
             lam = self.ridge * (np.trace(Ak) / k + 1e-300)
             try:
                 gamma = np.linalg.solve(Ak + lam * np.eye(k), c[:k])
             except np.linalg.LinAlgError:
                 continue
+            weights = gamma.tolist() if graph is None else graph.weights(gamma, k, self.ridge)
             x = x_old + R
             for p in range(k):
                 if gamma[p] != 0.0:
-                    x = x - float(gamma[p]) * ((seq[-1 - p][0] - seq[-2 - p][0]) + dR[p])
+                    x = x - weights[p] * ((seq[-1 - p][0] - seq[-2 - p][0]) + dR[p])
             new[j - b] = x
         for j in range(nb + 1, e + 1):
             self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
