@@ -855,7 +855,10 @@ def rms(x: Array) -> float:
         if math.isfinite(top):
             k = math.frexp(top)[1]
             y = x * 2.0 ** -(k // 2) * 2.0 ** -(k - k // 2)  # (in two factors: 2^1029 alone overflows)
-            return math.ldexp((_sum_products(y, y) / n) ** 0.5, k)
+            try:
+                return math.ldexp((_sum_products(y, y) / n) ** 0.5, k)
+            except OverflowError:  # (values within ulps of the largest float: an RMS that rounds past it)
+                return math.inf
     return (sq / n) ** 0.5
 
 

@@ -159,6 +159,7 @@ def test_the_rms_of_float64_beyond_its_squares_range(scale):
             got = B.rms(arr)
             assert got == pytest.approx(want * scale, rel=1e-12 if scale > 2.0 ** -1000 else 1e-3)
     assert B.rms(np.array([np.inf, 1.0])) == math.inf and math.isnan(B.rms(np.array([np.nan, 1e-300])))
+    assert B.rms(np.full(7, np.finfo(np.float64).max)) == math.inf  # (a review: an OverflowError)
 
 
 def test_sums_of_squares_of_empty_batches_and_mixed_sign_overflows():

@@ -638,3 +638,18 @@ def test_gradients_through_anderson_mixing_are_the_derivative_of_the_output(meth
         fd = float(((up.x - down.x) * w).sum()) / (2 * h)
     assert torch.equal(res.x.detach(), plain.x)
     assert abs(float((x.grad * v).sum()) - fd) < 1e-8 * abs(fd)
+
+
+def test_the_differentiable_mixing_weights_live_on_the_states_device():
+    """A review: the weights' identity matrix and float values were made on the CPU beside sums on
+    the state's device (CUDA: "Expected all tensors to be on the same device"); the meta device stands
+    in for an accelerator here."""
+    import torch
+
+    from chords_core.methods.window import _Graph
+
+    graph = _Graph(2)
+    dR = [torch.ones(3, 4, device="meta"), torch.ones(3, 4, device="meta")]
+    graph.add(dR, torch.ones(3, 4, device="meta"), 2)
+    weights = graph.weights(np.array([0.25, 0.5]), 2, 1e-3)
+    assert [w.device.type for w in weights] == ["meta", "meta"] and weights[0].dtype == torch.float64

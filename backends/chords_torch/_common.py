@@ -257,7 +257,7 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
 #: the device types whose ``torch.autocast`` state an executor carries to its workers, and the dtypes
 #: autocast computes in (``autocast_state``'s codes index them)
 AUTOCAST_DEVICES = ("cpu", "cuda")
-AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # (CUDA takes any floating dtype)
 
 
 def autocast_state() -> tuple[int, ...]:
@@ -275,7 +275,10 @@ def autocast_state() -> tuple[int, ...]:
                 on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
             else:
                 on, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-        codes.append(1 + AUTOCAST_DTYPES.index(dtype) if on and dtype in AUTOCAST_DTYPES else 0)
+        if on and dtype not in AUTOCAST_DTYPES:  # (never dropped in silence)
+            raise ValueError(f"torch.autocast({dev!r}, dtype={dtype}): the executors carry autocast in "
+                             f"{', '.join(map(str, AUTOCAST_DTYPES))} only")
+        codes.append(1 + AUTOCAST_DTYPES.index(dtype) if on else 0)
     return tuple(codes)
 
 

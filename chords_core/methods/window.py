@@ -378,17 +378,23 @@ class _Graph:
     def __init__(self, k: int) -> None:
         self.A: list = [[0.0] * k for _ in range(k)]
         self.c: list = [0.0] * k
+        self.device: Any = None
+        self.dtype: Any = None
 
     def reset(self) -> None:
         k = len(self.c)
         self.A, self.c = [[0.0] * k for _ in range(k)], [0.0] * k
 
     def add(self, dR: list, R: Any, k: int) -> None:
-        """Add point j's terms (as the float ``A``, ``c``)."""
+        """Add point j's terms (as the float ``A``, ``c``), in float64 where the device has it (not MPS)."""
+        import torch
+
+        wide = torch.float32 if R.device.type == "mps" else torch.float64
+        self.device, self.dtype = R.device, wide
         for p in range(k):
-            self.c[p] = self.c[p] + (dR[p].double() * R.double()).sum()
+            self.c[p] = self.c[p] + (dR[p].to(wide) * R.to(wide)).sum()
             for q in range(p, k):
-                v = (dR[p].double() * dR[q].double()).sum()
+                v = (dR[p].to(wide) * dR[q].to(wide)).sum()
                 self.A[p][q] = self.A[p][q] + v
                 if q != p:
                     self.A[q][p] = self.A[q][p] + v
@@ -397,12 +403,12 @@ class _Graph:
         """``gamma`` (the float solution) as 0-d tensors with the torch solution's derivative."""
         import torch
 
-        A = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in row[:k]])
-                         for row in self.A[:k]])
-        c = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in self.c[:k]])
-        lam = ridge * (torch.trace(A) / k + 1e-300)
-        g = torch.linalg.solve(A + lam * torch.eye(k, dtype=torch.float64), c)
-        g = torch.as_tensor(gamma, dtype=torch.float64) + (g - g.detach())
+        on = dict(dtype=self.dtype, device=self.device)  # (the state's device: a CPU eye beside CUDA sums failed)
+        A = torch.stack([torch.stack([torch.as_tensor(v, **on) for v in row[:k]]) for row in self.A[:k]])
+        c = torch.stack([torch.as_tensor(v, **on) for v in self.c[:k]])
+        lam = ridge * (torch.trace(A) / k + (1e-300 if self.dtype == torch.float64 else 1e-30))
+        g = torch.linalg.solve(A + lam * torch.eye(k, **on), c)
+        g = torch.as_tensor(gamma, **on) + (g - g.detach())
         return list(g.unbind())
 
 
