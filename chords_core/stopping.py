@@ -21,14 +21,18 @@ The rules shipped:
   Unlike the reference code's ||.||_2 / numel this does not depend on the state size. As the
   paper's rule it accepts two outputs that agree to rounding (see ``StopWhenConverged``).
 - ``StopWhenConverged(rel)``: stop at the first output within ``rel`` times the *estimated error of
-  the sequential solver* of the previous one (RMS per element), so that the returned output differs
+  the sequential solver* of the previous one, sample by sample (the RMS per element of each sample,
+  the leading axis the batch: a batch-wide RMS let a slow sample be accepted among converged ones,
+  1.2x its sequential error where the batch was within 1.05x), so that the returned output differs
   from the sequential one by a small fraction of the sequential solver's own error. The estimate
-  (``outputs.error``: the sum of the solver's local error estimates, ``local_error``) comes from
-  the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs of cores
-  started one grid step apart (``outputs.starts``) are no evidence: such a core starts on, or next
-  to, the slower core's own step and is rectified onto its values, so the two finish on the same
-  output (Euler) or close to it (higher orders: 3e-5 to 1e-3 apart with Heun or DPM-Solver++ at 10
-  steps on 8 cores, up to 6.9x the sequential error away) whatever its error. Two outputs that
+  (``outputs.error_state``: the sum of the solver's local error estimates, ``local_error``) comes
+  from the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs of
+  cores started at most ``NEAR_STARTS`` (2) grid steps apart (``outputs.starts``) are no evidence:
+  such a core starts on, or next to, the slower core's own steps and is rectified onto its values,
+  so the two finish on the same output (Euler) or close to it (higher orders: 3e-5 to 1e-3 apart
+  with Heun or DPM-Solver++ at 10 steps on 8 cores, up to 6.9x the sequential error away; started
+  two steps apart, DPM-Solver++(2M) 20 steps on 8 cores, 8.9e-4 apart and both 3.3x the sequential
+  error away) whatever its error. Two outputs that
   agree to rounding (``AGREE_TO_ROUNDING``) confirm nothing by themselves either: cores locked onto
   one attractor (a denoiser that has saturated on one training image) finish identical. Yet a
   converged CHORDS run's outputs agree to rounding too: rectification makes a core exact after
@@ -63,7 +67,7 @@ from .checks import _is_int, check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
            "StopNotMet", "as_stop_rule", "outputs_needed", "select_output", "first_accepted", "chosen_output",
-           "warn_unmet", "estimate_error", "AGREE_TO_ROUNDING"]
+           "warn_unmet", "estimate_error", "sample_rms", "AGREE_TO_ROUNDING", "NEAR_STARTS"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
 #: their dtype (float32's for 16-bit floats) times the newer output's RMS agree to rounding (see the
@@ -71,25 +75,44 @@ __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "Run
 AGREE_TO_ROUNDING = 64
 
 
+#: ``StopWhenConverged``: two outputs of cores whose starts (``Outputs.starts``) are at most this many
+#: grid steps apart are no evidence of convergence (see the module docstring).
+NEAR_STARTS = 2
+
 #: float32's machine epsilon: the unit of ``AGREE_TO_ROUNDING`` for 16-bit floats, whose own epsilon
 #: (float16 2^-10, bfloat16 2^-7) would make 6% / 50% of the RMS "rounding"
 EPS32 = 2.0**-23
 
 
-def _rounding(x: Any) -> float:
-    """``AGREE_TO_ROUNDING`` machine epsilons of ``x``'s dtype (float32's for 16-bit floats) times its RMS."""
-    return AGREE_TO_ROUNDING * min(B.eps(x), EPS32) * B.rms(x)
+def _rounding(x: Any) -> np.ndarray:
+    """Per sample, ``AGREE_TO_ROUNDING`` machine epsilons of ``x``'s dtype (float32's for 16-bit floats)
+    times the sample's RMS."""
+    return AGREE_TO_ROUNDING * min(B.eps(x), EPS32) * sample_rms(x)
 
 
-def estimate_error(error_sum: Any, estimated: int, steps: int) -> float | None:
+def sample_rms(x: Any) -> np.ndarray:
+    """The RMS of each sample of ``x`` (its leading axis the batch; a 0-d or 1-d state is one sample),
+    as a 1-d numpy array (float64, or ``np.longdouble`` for sums beyond float64's range:
+    ``_backend.row_sq``); read back to the host from a device."""
+    if getattr(x, "requires_grad", False):
+        x = x.detach()
+    sq = B.row_sq(x)
+    if type(sq) is not np.ndarray and B.library(sq) == "torch":
+        sq = B.to_host(sq)
+    sq = np.reshape(np.asarray(sq), -1)
+    per = max(1, int(np.prod(x.shape[1:])) if len(x.shape) > 1 else int(np.prod(x.shape)))
+    return np.sqrt(sq / per)
+
+
+def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool = False) -> Any:
     """The sequential solver's RMS error estimated from ``error_sum``, the sum of the local error
     estimates of ``estimated`` of its ``steps`` steps (``local_error``): RMS(error_sum) x steps /
-    estimated; ``None`` until half the steps have an estimate. The one home of this formula: the
-    engine (through ``Outputs.error``) and the compiled JAX path, which computes ``error_sum``
-    on the device, both form the estimate here."""
+    estimated (``per_sample``: of each sample, a 1-d array, ``sample_rms``); ``None`` until half the
+    steps have an estimate. The one home of this formula: the engine (through ``Outputs.error``) and
+    the compiled JAX path, which computes ``error_sum`` on the device, both form the estimate here."""
     if error_sum is None or 2 * estimated < steps:
         return None
-    return B.rms(error_sum) * steps / estimated
+    return (sample_rms(error_sum) if per_sample else B.rms(error_sum)) * steps / estimated
 
 
 class Outputs(tuple):
@@ -121,6 +144,14 @@ class Outputs(tuple):
         if self._error is None and self.error_state is not None:
             self._error = estimate_error(*self.error_state)
         return self._error
+
+    def sample_errors(self) -> np.ndarray | None:
+        """The estimated sequential RMS error of each sample (``estimate_error(..., per_sample=True)``),
+        or, where the method gave ``error`` as one float, that float for every sample (a 1-element
+        array, which broadcasts); ``None`` without an estimate."""
+        if self.error_state is not None:
+            return estimate_error(*self.error_state, per_sample=True)
+        return None if self._error is None else np.array([self._error])
 
 
 class StopNotMet(RuntimeWarning):
@@ -217,11 +248,12 @@ class StopOnResidual(StopRule):
 @dataclass(frozen=True)
 class StopWhenConverged(StopRule):
     """Stop at the first output whose RMS change from the previous one is at most ``rel`` times the
-    estimated RMS error of the sequential solver (``outputs.error``), from cores started more than
-    one step apart; a pair that agrees to rounding only after a pair that moved by at most the error
-    (see the module docstring). ``rel`` defaults to 0.1, as ``DEFAULT_STOP`` (it was 0.05 here while
-    the default stop was 0.1: ``StopWhenConverged()`` was not the default). ``rel = 0`` never accepts:
-    the run returns its last output (CHORDS: core 0's, the sequential solution)."""
+    estimated RMS error of the sequential solver, in every sample (``Outputs.sample_errors``), from
+    cores started more than ``NEAR_STARTS`` steps apart; a pair that agrees to rounding only after a
+    pair that moved by at most the error (see the module docstring). ``rel`` defaults to 0.1, as
+    ``DEFAULT_STOP`` (it was 0.05 here while the default stop was 0.1: ``StopWhenConverged()`` was not
+    the default). ``rel = 0`` never accepts: the run returns its last output (CHORDS: core 0's, the
+    sequential solution)."""
 
     rel: float = 0.1
     uses_error_estimate = True
@@ -240,30 +272,39 @@ class StopWhenConverged(StopRule):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
-        """Whether the newest output moved by at most ``rel`` x ``outputs.error`` from the previous one."""
-        error = getattr(outputs, "error", None)
+        """Whether the newest output moved by at most ``rel`` x the estimated sequential error from
+        the previous one, in every sample (see the class docstring)."""
         # the coarse prediction is no output to converge from; rel = 0 never accepts
-        if error is None or len(outputs) < 2 or self.rel == 0:
+        if len(outputs) < 2 or self.rel == 0 or not isinstance(outputs, Outputs):
             return False
-        starts = getattr(outputs, "starts", None)
-        if starts is not None and abs(starts[-1] - starts[-2]) <= 1:
-            return False  # cores started a step apart finish close together whatever the error
+        error = outputs.sample_errors()
+        if error is None:
+            return False
+        starts = outputs.starts
+        if starts is not None and abs(starts[-1] - starts[-2]) <= NEAR_STARTS:
+            return False  # cores started a step or two apart finish close together whatever the error
         new = outputs[-1]
-        change = B.rms(new - outputs[-2])
-        if not change <= self.rel * error:
+        change = sample_rms(new - outputs[-2])
+        if not np.all(change <= self.rel * error):
             return False
-        if change > _rounding(new):
-            return True
+        still = change <= _rounding(new)  # samples whose pair agrees to rounding
+        if not still.all():
+            return True  # (two outputs that differ: not cores locked together)
         # the two agree to rounding: evidence only where the method says where its cores started and
         # the last pair that moved by more than rounding moved by at most the error (a run converging
-        # onto its fixed point, not two cores locked together on a wrong value)
+        # onto its fixed point, not two cores locked together on a wrong value), sample by sample
         if starts is None:
             return False
+        error = np.broadcast_to(error, still.shape)
         for k in range(len(outputs) - 2, 0, -1):
-            moved = B.rms(outputs[k] - outputs[k - 1])
-            if moved > _rounding(outputs[k]):
-                return moved <= error
-        return False  # no pair moved: no evidence
+            moved = sample_rms(outputs[k] - outputs[k - 1])
+            went = still & (moved > _rounding(outputs[k]))
+            if np.any(went & ~(moved <= error)):
+                return False
+            still = still & ~went
+            if not still.any():
+                return True
+        return False  # a sample whose pairs never moved: no evidence
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """Which output converged, or that none did."""
