@@ -20,6 +20,8 @@ NOT_JSON, NOT_RECORD = "<not json>", "<not a record>"  # (replaced by files in t
 
 BAD = {
     "batching": [["--repeats", "0"], ["--points", "0"]],
+    "chords_stop": [["--family", "foo"], ["--seeds", "-1"], ["--batch", "0"], ["--solvers", "foo"], ["--steps", "0"],
+                    ["--cores", "0"]],
     "engine_ab": [["--repeats", "0"], ["--sizes", "-64"], ["--sizes", "0"], ["--base", "nosuchcommit"]],
     "error_scale": [["--solvers", "foo"], ["--solvers", "euler:0"], ["--solvers", "euler"], ["--fine", "0"]],
     "few_steps": [["--steps", "0"], ["--cores", "0"], ["--seeds", "-1"], ["--solver", "foo"], ["--spacing", "foo"],
