@@ -220,7 +220,9 @@ def default_init(steps: int, cores: int) -> tuple[int, ...]:
     its error, which a convergence stop mistakes for convergence (the default stop returned 1.7-2.1x
     the sequential error at T = 16, K = 8 on 16-D mixtures); over the 57 such (T, K) up to T = 200
     on four 16-D mixtures, the recipe missed 1.05x the sequential error in 7 of 228 runs (worst
-    2.06x) and the evenly spaced starts in none (worst 1.003x), in 1900 rounds against 1997.
+    2.06x) and the evenly spaced starts in none (worst 1.003x), in 1900 rounds against 1997 (with
+    the default stop of that release; today's takes no evidence from starts two steps apart either,
+    ``stopping.NEAR_STARTS``, so where every start is two from the next it runs to core 0).
 
     Args:
         steps: T.
