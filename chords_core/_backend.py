@@ -823,6 +823,27 @@ def _row_sq_checked(d: np.ndarray) -> Any:
     return out
 
 
+def row_sq_host(d: Array) -> np.ndarray:
+    """``row_sq`` of any array as a 1-d numpy array on the host (one value for a 0-d or 1-d state),
+    every sample's sum formed in a type wide enough for it: numpy arrays and torch tensors on the CPU
+    as ``row_sq`` forms them; others (jax arrays, tensors on a device) summed where they live, and
+    summed again on the host as numpy's where a sum is out of its dtype's safe range or 0 (a jax
+    float32 sum with x64 off, a CUDA float64 one: they are not widened where they live)."""
+    if getattr(d, "requires_grad", False):
+        d = d.detach()
+    sq = row_sq(d)
+    if type(sq) is not np.ndarray and library(sq) == "torch":
+        sq = sq.cpu().numpy()
+    sq = np.reshape(np.asarray(sq), -1)
+    host = type(d) is np.ndarray or (library(d) == "torch" and d.is_cpu)
+    if host or sq.dtype.char not in _SAFE:
+        return sq
+    lo, hi, _ = _SAFE[sq.dtype.char]
+    if _in_range(sq, lo, hi):
+        return sq
+    return np.reshape(np.asarray(row_sq(_single_or_wider(np.asarray(to_host(d))))), -1)
+
+
 def row_sq_one(d: np.ndarray) -> Any:
     """``row_sq(d)[0]`` for a numpy array of one sample (``d.shape[0] == 1``), as a numpy scalar: the
     same value (one ``vdot`` over the same elements), without the reshapes and checks around it,

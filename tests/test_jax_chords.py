@@ -1060,3 +1060,17 @@ def test_a_rule_unmet_short_of_the_sequential_output_warns_as_in_the_core():
         warnings.simplefilter("error")
         for call in (cc.chords, cj.chords):
             assert call(model, X, grid, cores=4, stop=never_accepts(None)).hits[-1].core == 0
+
+
+@pytest.mark.parametrize("scale", [1e-18, 1e19])
+def test_the_default_stop_decides_as_the_cores_on_float32_states_of_extreme_units(scale):
+    """A review: the per-sample RMS of the default stop summed a jax float32 array (x64 off) in float32,
+    so at 1e-18 or 1e19 its squares left float32's range and chords_jax ran to core 0 where the core
+    stopped at round 17; out-of-range sums are formed again on the host (``_backend.row_sq_host``)."""
+    grid = np.linspace(0, 1, 21)
+    x = (np.random.default_rng(0).standard_normal((2, 64)) * scale).astype(np.float32)
+    with jax.enable_x64(False):  # (jax's default; this module turns it on)
+        res = cj.chords(cc.VectorField(lambda t, y: -jnp.sin(y / scale) * scale * (1 + t)), jnp.asarray(x), grid,
+                        "euler", cores=4)
+    core = cc.chords(cc.VectorField(lambda t, y: -np.sin(y / scale) * scale * (1 + t)), x, grid, "euler", cores=4)
+    assert res.rounds == core.rounds < 20 and res.stopped_by == core.stopped_by
