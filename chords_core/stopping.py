@@ -281,11 +281,12 @@ class StopWhenConverged(StopRule):
         if starts is not None and abs(starts[-1] - starts[-2]) <= NEAR_STARTS:
             return False  # cores started a step or two apart finish close together whatever the error
         new = outputs[-1]
-        change = sample_rms(new - outputs[-2])
+        diff = new - outputs[-2]
+        change = sample_rms(diff)
         # every sample within rel x its own estimate (or moved by rounding only); an empty batch: no evidence
         if not change.size or not np.all(change <= np.maximum(self.rel * errors, _rounding(new, True))):
             return False
-        if B.rms(new - outputs[-2]) > _rounding(new):
+        if B.rms(diff) > _rounding(new):
             return True
         # the two agree to rounding: evidence only where the method says where its cores started and
         # the last pair that moved by more than rounding moved by at most the error (a run converging
