@@ -19,7 +19,7 @@ from . import _backend as B
 from .checks import _is_int, check_grid
 from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
-from .solvers import SOLVERS, Solver, make_solver
+from .solvers import SOLVERS, Solver, declared_option, make_solver
 
 __all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments"]
 
@@ -180,10 +180,9 @@ def _method_argument(options: dict, solver: Any) -> None:
     """An option the solver refused that is an argument of some method (``cores=`` to a window method,
     ``window=`` to the cascade sampler): a ``ValueError`` naming it and the methods that take it, where
     the solver's own error would blame the solver."""
-    spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     for key in options:
-        if spec is not None and spec.options is not None and key in spec.options:
-            continue  # the solver's own option (a custom solver's may share a method's name): its own error stands
+        if declared_option(solver, key):
+            continue  # the solver's own option: its own error stands
         owners = method_arguments(key)
         if owners:
             name = solver if isinstance(solver, str) else type(solver).__name__

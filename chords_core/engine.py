@@ -111,7 +111,15 @@ def eval_where(e: Eval, time: float) -> str:
 
 class StageTimeError(ValueError):
     """A solver whose later stage evaluates the model at a time other than its step's end, which
-    CHORDS' plan assumes (``chords_jax.solve``, compiled as one-core CHORDS, says so in its words)."""
+    CHORDS' plan assumes; ``where`` says which stage and time (``chords_jax.solve``, compiled as
+    one-core CHORDS, says the rest in its words)."""
+
+    def __init__(self, where: str, advice: str) -> None:
+        super().__init__(f"{where}; {advice}")
+        self.where, self.advice = where, advice
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.where, self.advice)  # (pickles: its arguments are not its message)
 
 
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
@@ -199,7 +207,7 @@ class CoreRecords:
         x, at = self.sol.stage_point(self.states[c], self.qs[c], i, i + 1, k)
         if at != ti:
             raise StageTimeError(f"solver: {self.sol.name!r} evaluates stage {k} of the step {i} -> {i + 1} at grid "
-                                 f"index {at}; CHORDS evaluates every later stage at the step's end ({ti}), as "
+                                 f"index {at}", f"CHORDS evaluates every later stage at the step's end ({ti}), as "
                                  "Heun's: use chords_core.solve, srds or a window method (cc.parallel) with this "
                                  "solver")
         return x

@@ -28,12 +28,13 @@ def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, pr
         The state at ``grid[-1]``: the array type, dtype, shape and device of ``x``. Costs
         ``sum_i evals(i, i+1)`` model evaluations (T for one-stage solvers).
     """
-    sol = begin(model, x, grid, solver, None, solver_options).solver
+    call = begin(model, x, grid, solver, None, solver_options)
+    sol = call.solver
     state = sol.begin(x)
     with progress_bar(progress, sol.steps, sol.name, "step") as bar:
         for i in range(sol.steps):
             qs: list = []
-            for k in range(sol.evals(i, i + 1)):
+            for k in range(call.evals[i]):  # (the step's evaluations, checked once by begin)
                 xk, ti = (state.x, i) if k == 0 else sol.stage_point(state, qs, i, i + 1, k)
                 try:
                     out = model.evaluate([xk], [sol.t[ti]])[0]

@@ -271,11 +271,12 @@ class StopWhenConverged(StopRule):
         # the coarse prediction is no output to converge from; rel = 0 never accepts
         if len(outputs) < 2 or self.rel == 0:
             return False
-        errors = outputs.sample_errors() if isinstance(outputs, Outputs) else None
-        error = getattr(outputs, "error", None)  # (a rule's own Outputs-like sequence: its one estimate)
-        if errors is None and error is not None:
-            errors = np.array([error])
-        if errors is None or error is None:
+        if isinstance(outputs, Outputs):
+            errors = outputs.sample_errors()
+        else:  # (a rule's own Outputs-like sequence: its one estimate)
+            error = getattr(outputs, "error", None)
+            errors = None if error is None else np.array([error])
+        if errors is None:
             return False
         starts = getattr(outputs, "starts", None)
         if starts is not None and abs(starts[-1] - starts[-2]) <= NEAR_STARTS:
@@ -293,10 +294,11 @@ class StopWhenConverged(StopRule):
         # onto its fixed point, not two cores locked together on a wrong value)
         if starts is None:
             return False
+        batch = getattr(outputs, "error", None)  # (the batch's estimate, formed here only)
         for k in range(len(outputs) - 2, 0, -1):
             moved = B.rms(outputs[k] - outputs[k - 1])
             if moved > _rounding(outputs[k]):
-                return moved <= error
+                return batch is not None and moved <= batch
         return False  # no pair moved: no evidence
 
     def describe(self, n: int, core: int, accepted: bool) -> str:

@@ -271,8 +271,8 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     except StageTimeError as err:
         if name != "chords_jax.solve":
             raise
-        raise StageTimeError(f"{str(err).split(';')[0]}; chords_jax.solve compiles the solve as CHORDS on one core, "
-                             "which evaluates every later stage at the step's end: use chords_core.solve or "
+        raise StageTimeError(err.where, "chords_jax.solve compiles the solve as CHORDS on one core, which "
+                             "evaluates every later stage at the step's end: use chords_core.solve or "
                              "chords_jax.srds with this solver") from None
     inside = inside_transformation(x, args, mesh, name, rule, len(sym.hits))
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs

@@ -25,7 +25,7 @@ from ..checks import check_cores, check_grid, check_int
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
-from ..solvers import SOLVERS, Solver
+from ..solvers import SOLVERS, Solver, declared_option
 from .cascade import cascade
 from .chords import chords
 from .paradigms import paradigms
@@ -127,8 +127,8 @@ def check_options(name: str, options: dict, solver: Any = None) -> None:
         return
     spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     for key in options:
-        if spec is not None and spec.options is not None and key in spec.options:
-            continue  # the solver's (a custom solver's option may share another method's name)
+        if declared_option(solver, key):
+            continue
         owners = sorted(m.name for m in METHODS.values() if key in m.options and key not in mine)
         if owners:
             raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "

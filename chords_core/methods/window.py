@@ -47,7 +47,7 @@ DPM-Solver code does; its fixed point then differs from the sequential solution.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -358,6 +358,18 @@ class _PointErrors:
         return change_sq / est
 
 
+def _add_normal_terms(A: Any, c: Any, dR: list, R: Any, k: int, inner: Callable[[Any, Any], Any]) -> None:
+    """Add point j's terms to the mixing's normal equations A gamma = c (``A[p][q]``, ``c[p]`` for p,
+    q < k; a numpy array or nested lists of tensors): A_pq += <dR_p, dR_q>, c_p += <dR_p, R>."""
+    for p in range(k):
+        c[p] += inner(dR[p], R)
+        for q in range(p, k):
+            v = inner(dR[p], dR[q])
+            A[p][q] += v
+            if q != p:
+                A[q][p] += v
+
+
 def _needs_graph(cur: dict) -> bool:
     """Whether the mixing's weights must carry their derivative: torch tensors that require
     gradients, with gradients enabled (the weights are formed from inner products read as floats)."""
@@ -391,13 +403,7 @@ class _Graph:
 
         wide = torch.float32 if R.device.type == "mps" else torch.float64
         self.device, self.dtype = R.device, wide
-        for p in range(k):
-            self.c[p] = self.c[p] + (dR[p].to(wide) * R.to(wide)).sum()
-            for q in range(p, k):
-                v = (dR[p].to(wide) * dR[q].to(wide)).sum()
-                self.A[p][q] = self.A[p][q] + v
-                if q != p:
-                    self.A[q][p] = self.A[q][p] + v
+        _add_normal_terms(self.A, self.c, dR, R, k, lambda a, b: (a.to(wide) * b.to(wide)).sum())
 
     def weights(self, gamma: np.ndarray, k: int, ridge: float) -> list:
         """``gamma`` (the float solution) as 0-d tensors with the torch solution's derivative."""
@@ -447,13 +453,8 @@ class _Anderson:
             # the last k residual differences, newest first, formed point by point (for all points at
             # once, with the iterates' differences, they were 2 m K fresh arrays at the sweep's peak)
             dR = [seq[-1 - p][1] - seq[-2 - p][1] for p in range(k)]
-            for p in range(k):
-                c[p] += B.inner(dR[p], R)  # (float32 at least: float16 products overflowed to a nan iterate)
-                for q in range(p, k):
-                    v = B.inner(dR[p], dR[q])
-                    A[p, q] += v
-                    if q != p:
-                        A[q, p] += v
+            # (B.inner: float32 at least; float16 products overflowed to a nan iterate)
+            _add_normal_terms(A, c, dR, R, k, B.inner)
             if graph is not None:
                 graph.add(dR, R, k)
             Ak = A[:k, :k]

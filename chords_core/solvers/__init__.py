@@ -32,8 +32,8 @@ from .explicit import Euler, Heun
 from .unipc import UniPC
 
 __all__ = [
-    "make_solver", "register_solver", "SolverSpec", "SOLVERS", "Solver", "DataSolver", "State", "Euler", "Heun",
-    "DPMSolverPP", "UniPC",
+    "make_solver", "register_solver", "SolverSpec", "SOLVERS", "declared_option", "Solver", "DataSolver", "State",
+    "Euler", "Heun", "DPMSolverPP", "UniPC",
 ]
 
 
@@ -62,6 +62,13 @@ class SolverSpec:
     def takes(self) -> str:
         """The options it takes, as errors say it ("its options: a, b" or "it takes none")."""
         return f"its options: {', '.join(self.options)}" if self.options else "it takes none"
+
+
+def declared_option(solver: Any, key: str) -> bool:
+    """Whether ``solver``, a name in ``SOLVERS`` whose spec lists its options, declares ``key`` (a
+    custom solver's option may share a method's argument name: it is then the solver's)."""
+    spec = SOLVERS.get(solver) if isinstance(solver, str) else None
+    return spec is not None and spec.options is not None and key in spec.options
 
 
 SOLVERS: dict[str, SolverSpec] = {
