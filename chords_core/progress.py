@@ -33,7 +33,9 @@ def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
 
     Args:
         show: show the bar (needs tqdm); else a silent stand-in.
-        total: the expected count (a method may raise ``bar.total`` as it learns more, then ``refresh()``).
+        total: the expected count (a method may raise ``bar.total`` as it learns more, then ``refresh()``);
+            a run that returns before it (a stop rule accepting an earlier output) ends the bar at the
+            count reached, as complete, where an error leaves it partial.
         desc: the label, e.g. ``"chords euler x4"``.
         unit: what one ``update`` counts (``"round"``, ``"step"``, ``"iteration"``).
 
@@ -52,5 +54,8 @@ def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
     bar = tqdm(total=total, desc=desc, unit=unit)
     try:
         yield bar
+        if bar.n < bar.total:  # the run ended early by its own rule (a stop that accepted an output): complete
+            bar.total = bar.n
+            bar.refresh()
     finally:
-        bar.close()
+        bar.close()  # (an error or an interrupt leaves the bar where the run was)

@@ -69,6 +69,25 @@ def test_the_bar_counts_to_its_total_and_closes_on_a_model_error(run, bars):
     assert len(bars) == 2 and bars[1].closed and bars[1].n < bars[1].total
 
 
+EARLY = {  # (a run, what its bar counts: chords rounds, SRDS iterations)
+    "chords": (lambda m, x, g: cc.chords(m, x, g, cores=4, progress=True), lambda r: r.rounds),  # StopWhenConverged
+    "srds": (lambda m, x, g: cc.srds(m, x, g, progress=True), lambda r: len(r.hits)),
+}
+
+
+@pytest.mark.parametrize("run", sorted(EARLY))
+def test_a_run_its_stop_rule_ends_early_ends_the_bar_complete(run, bars):
+    """A stop rule that accepts an output before the planned last round: the bar ends at the rounds
+    run, as its total (it closed at about half its length, looking interrupted)."""
+    field = cc.VectorField(lambda t, y: -y)
+    grid = np.linspace(0.0, 1.0, 51)
+    call, counted = EARLY[run]
+    res = call(field, np.ones(3), grid)
+    (bar,) = bars
+    assert res.rounds < res.sequential_rounds  # it did stop early
+    assert bar.closed and bar.n == bar.total == counted(res)
+
+
 @pytest.mark.parametrize("check", [True, "deferred"])
 def test_the_chords_bar_counts_the_rounds_a_retirement_adds(check, bars):
     """After a faster core is retired the run goes on to core 0's end (and the eager check
