@@ -271,9 +271,10 @@ class Model:
         return out if same_dtype else B.cast_like(out, like)
 
 
-#: ``DiffusionModel.data_eps_coefficients`` kept per (schedule_key, prediction, t), at most this many
+#: ``DiffusionModel.data_eps_coefficients`` kept per (schedule_key, prediction) and t, at most this many in all
 _DATA_EPS: dict = {}
 _DATA_EPS_SIZE = 1 << 14
+_DATA_EPS_COUNT = [0]  # the values kept now
 
 
 def _kept(store: dict, size: int, schedule: Schedule, rest: tuple, make: Callable[[], Any]) -> Any:
@@ -291,6 +292,30 @@ def _kept(store: dict, size: int, schedule: Schedule, rest: tuple, make: Callabl
             store.clear()
         got = store[key] = make()
     return got
+
+
+def _kept_many(schedule: Schedule, prediction: str, ts: list[float], make: Callable[[float], Any]) -> list:
+    """``make(t)`` for each of ``ts``, kept in ``_DATA_EPS`` per (``schedule_key(schedule)``, ``prediction``)
+    and t, at most ``_DATA_EPS_SIZE`` values in all (then emptied, as ``_kept``); the key formed and
+    hashed once for all of ``ts``. A schedule held by identity is not kept (see ``_kept``)."""
+    sk = schedule_key(schedule)
+    if type(sk[1]) is ByIdentity:
+        return [make(t) for t in ts]
+    inner = _DATA_EPS.get((sk, prediction))
+    if inner is None:
+        inner = _DATA_EPS.setdefault((sk, prediction), {})
+    out = []
+    for t in ts:
+        got = inner.get(t)
+        if got is None:
+            if _DATA_EPS_COUNT[0] >= _DATA_EPS_SIZE:
+                _DATA_EPS.clear()
+                _DATA_EPS_COUNT[0] = 0
+                inner = _DATA_EPS.setdefault((sk, prediction), {})
+            got = inner[t] = make(t)
+            _DATA_EPS_COUNT[0] += 1
+        out.append(got)
+    return out
 
 
 class DiffusionModel(Model):
@@ -351,8 +376,15 @@ class DiffusionModel(Model):
             (schedule, prediction, t) across calls (``_DATA_EPS``): a run's solver asks for every grid
             time again, about 6 µs each (a tenth of a small state's cascade round).
         """
-        t = float(t)
-        return _kept(_DATA_EPS, _DATA_EPS_SIZE, self.schedule, (self.prediction, t), lambda: self._data_eps(t))
+        return _kept_many(self.schedule, self.prediction, [float(t)], self._data_eps)[0]
+
+    def data_eps_table(self, times: Sequence[float]) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+        """``data_eps_coefficients`` at each of ``times``, the schedule's cache key formed once for all
+        (a solver asks for a whole grid: the key cost about 3 µs a time); a subclass's own
+        ``data_eps_coefficients`` is asked time by time."""
+        if type(self).data_eps_coefficients is not DiffusionModel.data_eps_coefficients:
+            return [self.data_eps_coefficients(float(t)) for t in times]
+        return _kept_many(self.schedule, self.prediction, [float(t) for t in times], self._data_eps)
 
     def _data_eps(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
         a, s = float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
@@ -382,13 +414,12 @@ class DiffusionModel(Model):
         if quantity == "data":
             if self.prediction == "x0":
                 return None
-            return [self.data_eps_coefficients(float(t))[0] for t in times]
+            return [de[0] for de in self.data_eps_table(times)]
         if quantity == "velocity":
             if self.prediction == "flow" and isinstance(self.schedule, RectifiedFlow):
                 return None  # the flow prediction is dx/dt itself
             out = []
-            for t in times:
-                (ad, bd), (ae, be) = self.data_eps_coefficients(float(t))
+            for t, ((ad, bd), (ae, be)) in zip(times, self.data_eps_table(times)):
                 da, ds = float(self.schedule.d_alpha(t)), float(self.schedule.d_sigma(t))
                 out.append((da * ad + ds * ae, da * bd + ds * be))
             return out

@@ -226,7 +226,10 @@ class Solver:
         key = ("data", i)
         c = self._jumps.get(key)
         if c is None:
-            (a_d, b_d), _ = self.model.data_eps_coefficients(self.t[i])
+            table = self._jumps.get("data eps")
+            if table is None:  # the whole grid's at once (DiffusionModel.data_eps_table: one cache key)
+                table = self._jumps["data eps"] = self.model.data_eps_table(self.t)
+            (a_d, b_d), _ = table[i]
             a_q, b_q = (0.0, 1.0) if self._coef is None else self._coef[i]  # q = a_q x + b_q out
             c = self._jumps[key] = (a_d - b_d * a_q / b_q, b_d / b_q)
         return c
