@@ -378,7 +378,7 @@ class DiffusionModel(Model):
         """
         return _kept_many(self.schedule, self.prediction, [float(t)], self._data_eps)[0]
 
-    def data_eps_table(self, times: Sequence[float]) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    def data_eps_table(self, times: Sequence[float] | np.ndarray) -> list[tuple[tuple[float, float], ...]]:
         """``data_eps_coefficients`` at each of ``times``, the schedule's cache key formed once for all
         (a solver asks for a whole grid: the key cost about 3 µs a time); a subclass's own
         ``data_eps_coefficients`` is asked time by time."""
