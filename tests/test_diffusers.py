@@ -288,6 +288,33 @@ def test_unconditional_pipeline_and_devices(unet):
         cd.sample(pipe, cores=2, latents=lat, **kw)
 
 
+def test_few_steps_numpy_steps_and_a_solver_option_the_scheduler_sets(unet):
+    """A user trial: ``cores`` defaulted to 4 refused a 1- to 3-step schedule ("cores=4 needs at least
+    as many steps", a cores never given); ``num_inference_steps=np.int64(8)`` was refused though
+    ``pipe(...)`` takes it; a solver option the scheduler's config sets (``lower_order_final``) given
+    again failed inside Python ("got multiple values for keyword argument")."""
+    import numpy as np
+
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(clip_sample=False, prediction_type="v_prediction"))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(batch_size=1, output_type="latent", progress=False)
+    for steps in (1, 2, 3):
+        ref = pipe(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")[0]
+        out = cd.sample(pipe, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), stop=None,
+                        **{**kw, "output_type": "np"})
+        assert out.chords.plan.cores == steps and rel_err(torch.as_tensor(out.images), torch.as_tensor(ref)) < 2e-6
+    a = cd.sample(pipe, num_inference_steps=np.int64(5), cores=2, generator=torch.Generator().manual_seed(0), **kw)
+    b = cd.sample(pipe, num_inference_steps=5, cores=2, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a.images, b.images)
+    smap = cd.map_scheduler(DPMSolverMultistepScheduler(prediction_type="v_prediction"), STEPS)
+    assert "lower_order_final" in smap.solver_options
+    x = torch.randn(1, 2, 8, 8)
+    for method in ("chords", "cascade"):
+        with pytest.raises(ValueError, match="^lower_order_final: set by the scheduler's configuration"):
+            cd.sample_latents(smap, cd.GuidedNet(unet, batch=1), x, cores=2, progress=False, method=method,
+                              lower_order_final=False)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_unsupported_scheduler_names_the_supported_ones():

@@ -148,8 +148,8 @@ def sample_latents(
         smap: the mapped scheduler (``map_scheduler``).
         net: ``net(x_in, tau)`` on (N, ...) and (N,) tensors, e.g. a ``GuidedNet``.
         latents: (B, ...) initial latents.
-        cores: K, the number of cores (``None``: ``DEFAULT_CORES``, or ``len(init)``; a default of 4
-            with ``init`` given refused the init as of another length).
+        cores: K, the number of cores (``None``: ``DEFAULT_CORES``, at most the grid's steps, or
+            ``len(init)``; a default of 4 with ``init`` given refused the init as of another length).
         init: the cores' start indices.
         stop: the stop rule.
         devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
@@ -167,7 +167,16 @@ def sample_latents(
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    defaulted = cores is None and init is None
     cores, chords_options = method_arguments(method, cores, init, stop, chords_options)
+    if defaulted:  # (the default, at most the steps: a 1- to 3-step turbo schedule failed on cores=4 never given)
+        cores = min(DEFAULT_CORES, len(smap.grid) - 1)
+    clash = sorted(set(smap.solver_options) & set(chords_options))
+    if clash:  # (both went into one call: Python's "got multiple values for keyword argument")
+        k = clash[0]
+        raise ValueError(f"{k}: set by the scheduler's configuration ({k}={smap.solver_options[k]!r} for solver "
+                         f"{smap.solver!r}, map_scheduler); configure the scheduler for another value, e.g. "
+                         f"scheduler = type(scheduler).from_config(scheduler.config, {k}=...)")
     model = make_model(smap, net)
     ex, owned = make_executor(devices, executor)
     try:
@@ -205,7 +214,7 @@ def sample(
         prompt: the prompt(s) (``None`` for unconditional pipelines or with ``prompt_embeds``).
         num_inference_steps: T (``None``: the pipeline's own default, as ``pipe(...)`` takes it: 28 for
             SD3 and Flux, 50 for most; a fixed 50 ran SD3 and Flux 4.9e-3 / 2.6e-3 off ``pipe(...)``).
-        cores: K, the number of cores (``None``: ``DEFAULT_CORES``, 4, or ``len(init)``).
+        cores: K, the number of cores (``None``: ``DEFAULT_CORES``, 4, at most the steps, or ``len(init)``).
         init: the cores' start indices.
         stop: the stop rule.
         devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 import chords_core as cc
+from chords_core.checks import _is_int
 
 __all__ = ["VESigmaVP", "VPSigma", "DataTransform", "SchedulerMap", "map_scheduler", "SUPPORTED_SCHEDULERS",
            "STOCHASTIC_SCHEDULERS"]
@@ -337,8 +338,9 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
         num_inference_steps = None
     if num_inference_steps is not None or set_timesteps_kwargs:
         n = num_inference_steps
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        if n is not None and (not _is_int(n) or n < 1):  # (numpy's integers too, as everywhere)
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        num_inference_steps = None if n is None else int(n)
         scheduler.set_timesteps(num_inference_steps, device=device, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError("num_inference_steps is required: the scheduler has no timesteps set yet")
