@@ -425,6 +425,9 @@ PROBLEMS = {
                  cc.time_grid(SCHED, 14, "logsnr"), cj.SUPPORTED_SOLVERS),
     "linear_ode": (ODE.vector_field(), cc.VectorField(_ode_jax, batched=True), XG[0], np.linspace(0.0, 1.0, 17),
                    ("euler", "heun")),
+    # a decaying solution (the estimate scales with it: ``stopping.estimate_error``)
+    "decay": (cc.VectorField(lambda t, y: -3.0 * y), cc.VectorField(lambda t, y: -3.0 * y), np.array([1.0, -0.5]),
+              np.linspace(0.0, 2.0, 41), ("euler", "heun")),
 }
 CASES = [(p, s) for p, (*_, solvers) in PROBLEMS.items() for s in solvers]
 
@@ -1074,3 +1077,72 @@ def test_the_default_stop_decides_as_the_cores_on_float32_states_of_extreme_unit
                         "euler", cores=4)
     core = cc.chords(cc.VectorField(lambda t, y: -np.sin(y / scale) * scale * (1 + t)), x, grid, "euler", cores=4)
     assert res.rounds == core.rounds < 20 and res.stopped_by == core.stopped_by
+
+
+def test_a_subclass_with_coefficients_of_its_own_does_not_reuse_the_plain_models_program():
+    """A user trial: a ``DiffusionModel`` subclass overriding ``coefficients`` (a network predicting
+    eps / 2) got the plain model's cached program where that ran first: 45 off the core, silently.
+    The program's key holds such a subclass's coefficient values on the grid."""
+    class HalfEps(cc.DiffusionModel):
+        def coefficients(self, times, quantity):
+            base = super().coefficients(times, quantity)
+            return None if base is None else [(a, 2.0 * b) for a, b in base]
+
+    sched, grid = cc.VP.cosine(), cc.time_grid(cc.VP.cosine(), 10)
+    fn = lambda x, t: 0.5 * jnp.tanh(x + t[:, None])  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3)))
+    plain, half = cc.DiffusionModel(fn, sched, "eps"), HalfEps(fn, sched, "eps")
+    for run, ref in ((lambda m: cj.solve(m, x, grid, "dpmpp_2m"), "dpmpp_2m"),
+                     (lambda m: cj.chords(m, x, grid, "dpmpp_2m", cores=4, stop=None).x, "dpmpp_2m"),
+                     (lambda m: cj.srds(m, x, grid, "dpmpp_2m", blocks=2, tol=0).x, "dpmpp_2m"),
+                     (lambda m: cj.parallel(m, x, grid, "ddim", cores=4, tol=0).x, "ddim")):
+        run(plain)  # the plain model's program first
+        assert np.abs(np.asarray(run(half)) - np.asarray(cc.solve(half, x, grid, ref))).max() < 1e-10
+
+
+def test_exact_times_reach_the_network_in_float64_as_in_the_core():
+    """A user trial: ``fn.exact_times = True`` was ignored (times in the state's dtype, bfloat16 here:
+    0.2 off the core, silently); the compiled paths now pass float64 (x64 on) as the core does."""
+    sched = cc.RectifiedFlow()
+    grid = cc.time_grid(sched, 300)
+    table = jnp.asarray(np.random.default_rng(1).standard_normal(1000) * 3)
+    seen = []
+
+    def fn(x, t):  # a network that looks its timestep up in a table
+        seen.append(t.dtype)
+        return (table[jnp.round(t.astype(jnp.float64) * 999).astype(jnp.int32)][:, None] - x).astype(x.dtype)
+
+    fn.exact_times = True
+    model = cc.DiffusionModel(fn, sched, "flow")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4)), jnp.bfloat16)
+    core = cc.chords(model, x, grid, "euler", cores=4, stop=None)
+    seen.clear()
+    for got in (cj.chords(model, x, grid, "euler", cores=4, stop=None).x, cj.solve(model, x, grid, "euler"),
+                cj.parallel(model, x, grid, "euler", cores=4, tol=0).x):
+        assert np.array_equal(np.asarray(got, np.float32), np.asarray(core.x, np.float32))
+    assert set(seen) == {jnp.dtype(jnp.float64)}
+
+
+def test_a_deferred_output_check_compiles_on_a_cold_cache_and_bad_arguments_as_the_cores():
+    """A user trial: ``check_outputs="deferred"`` failed with ``NonLinearOperation`` where no program was
+    cached yet (the symbolic replay ran the deferred check on symbols); ``cores=jnp.asarray(4)`` raised
+    "unhashable type" where the core names ``cores``; an empty batch divided by zero in ``parallel``."""
+    sched = cc.RectifiedFlow()
+    grid = cc.time_grid(sched, 8)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    fn = lambda x, t: jnp.tanh(x) - x  # noqa: E731
+    calls = (lambda m, y: cj.chords(m, y, grid, "euler", cores=2, stop=None).x, lambda m, y: cj.solve(m, y, grid),
+             lambda m, y: cj.srds(m, y, grid, "euler", blocks=2).x)
+    for call in calls:
+        cj.clear_cache()
+        got = call(cc.DiffusionModel(fn, sched, "flow", check_outputs="deferred"), x)
+        assert np.array_equal(np.asarray(got), np.asarray(call(cc.DiffusionModel(fn, sched, "flow"), x)))
+    model = cc.DiffusionModel(fn, sched, "flow")
+    with pytest.raises(ValueError, match="^cores must be an integer >= 1"):
+        cj.chords(model, x, grid, "euler", cores=jnp.asarray(4))
+    empty = jnp.zeros((0, 3))
+    field_ = cc.VectorField(lambda t, y: -y, batched=True)
+    for scale in ("level", "error"):
+        a = cc.parallel(field_, np.zeros((0, 3)), grid, "euler", cores=3, scale=scale)
+        b = cj.parallel(field_, empty, grid, "euler", cores=3, scale=scale)
+        assert b.x.shape == (0, 3) and (b.rounds, b.nfe) == (a.rounds, a.nfe)

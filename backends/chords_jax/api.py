@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections import OrderedDict
@@ -32,7 +33,7 @@ import numpy as np
 
 import chords_core as cc
 from chords_core.call import nonfinite_state, not_floating
-from chords_core.checks import _is_int, check_grid
+from chords_core.checks import _is_int, check_grid, check_int
 from chords_core.engine import StageTimeError, eval_where, plan_result
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField
 from chords_core.results import Hit, Result
@@ -53,7 +54,7 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner, tracing
+from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner, time_dtype, tracing
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -94,13 +95,49 @@ def options_key(options: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
 
-def _model_key(model: Any) -> tuple:
-    """What the symbolic run depends on: the model's conversion coefficients, not its function."""
+#: the ``DiffusionModel`` methods its conversion coefficients come from (a subclass may override them)
+_COEFFICIENT_METHODS = ("coefficients", "data_eps_coefficients", "data_eps_table", "_data_eps")
+
+
+def _model_key(model: Any, times: np.ndarray) -> tuple:
+    """What the symbolic run on the grid ``times`` depends on: the model's conversion coefficients,
+    not its function. For a subclass with coefficients of its own (``_COEFFICIENT_METHODS``) their
+    values on the grid (a subclass's program was the plain model's where that came first: 45 off,
+    silently, in a user trial); no reference to the model itself."""
     if isinstance(model, DiffusionModel):
-        return ("diffusion", schedule_key(model.schedule), model.prediction)  # (by all it holds: schedule_key)
+        key: tuple = ("diffusion", schedule_key(model.schedule), model.prediction)  # (by all it holds: schedule_key)
+        if any(getattr(type(model), m) is not getattr(DiffusionModel, m) for m in _COEFFICIENT_METHODS):
+            key += (type(model).__qualname__, _coefficient_values(model, times))
+        return key
     if isinstance(model, VectorField):
         return ("field",)
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
+
+
+def _coefficient_values(model: DiffusionModel, times: np.ndarray) -> tuple:
+    """The conversion coefficients a solver reads from ``model`` on the grid, as plain floats (an
+    exception's type where a quantity has none)."""
+    out: list = []
+    for quantity in ("data", "velocity"):
+        try:
+            c = model.coefficients(times, quantity)
+        except Exception as e:  # noqa: BLE001 (a quantity the model cannot give: the solvers that need it fail alike)
+            out.append(type(e).__name__)
+            continue
+        out.append(None if c is None else tuple((float(a), float(b)) for a, b in c))
+    out.append(tuple(tuple(float(v) for pair in de for v in pair) for de in model.data_eps_table(times)))
+    return tuple(out)
+
+
+def unchecked(model: cc.Model) -> cc.Model:
+    """``model`` for a symbolic replay: without the output check, whose ``"deferred"`` mode reads the
+    outputs, symbols there (it failed on a cold cache only, as ``NonLinearOperation``); the compiled
+    run checks the real outputs."""
+    if not model.check_outputs:
+        return model
+    replay = copy.copy(model)
+    replay.check_outputs = False
+    return replay
 
 
 class _TraceStop(StopAtCore):
@@ -156,6 +193,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         ``log``) are ``Sym`` nodes; ``program.outputs`` maps their ids to buffer rows.
     """
     times = check_grid(grid)
+    if cores is not None and not _is_int(cores):  # (a jax scalar went into the cache key: "unhashable type")
+        check_int("cores", cores, 1)
     K = len(init) if init is not None else cores
     rule = as_stop_rule(stop)
     needed = outputs_needed(rule, int(K)) if _is_int(K) and int(K) >= 1 else None  # type: ignore[arg-type]
@@ -165,12 +204,12 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     key = None
     if isinstance(solver, str):
         inits = None if init is None else tuple(int(v) for v in init)
-        key = (_model_key(model), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
+        key = (_model_key(model, times), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
                options_key(solver_options), cores, inits, needed, errors, history, slots_multiple)
 
     def build() -> tuple[Program, Result]:
         tr = LinearRecorder(shape, dtype)
-        res = cc.chords(model, tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
+        res = cc.chords(unchecked(model), tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
                         history=history, **solver_options)
         plan = res.plan
         assert plan is not None  # the engine's results carry their plan
@@ -288,7 +327,7 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
         coarse = vals[sym.coarse.id]
-        states = [_on_device_state(st, vals) for st in sym.log] if sym.log else None
+        states = [_on_device_state(st, vals, x) for st in sym.log] if sym.log else None
         n, stopped_by = select_output(rule, [h.x for h in hits], [h.core for h in hits], coarse, states,
                                       starts=_starts(sym))
         return plan_result(sym.plan, hits[n], hits, coarse, stopped_by)
@@ -315,10 +354,10 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     return x, args
 
 
-def _on_device_state(state: tuple | None, vals: dict) -> tuple | None:
+def _on_device_state(state: tuple | None, vals: dict, x: Any) -> tuple | None:
     """An output's ``Outputs.error_state`` from the symbolic run's (its sum a ``Sym``), the sum
-    replaced by its computed value in ``vals`` (by node id)."""
-    return None if state is None else (vals[state[0].id], *state[1:])
+    replaced by its computed value in ``vals`` (by node id) and the initial state by ``x``."""
+    return None if state is None else (vals[state[0].id], *state[1:3], x)
 
 
 def _one_call(rule: StopRule) -> bool:
@@ -364,7 +403,7 @@ def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bo
     is an int; a run the screen flags is run again, checked exactly). ``inside`` a jax
     transformation (``inside_transformation``): nothing is read on the host, the run is checked
     exactly at once and ``bad`` is a traced int (``_check_bad``)."""
-    arrays = _device_arrays(prog, x.size, x.dtype, mesh)
+    arrays = _device_arrays(prog, x.size, x.dtype, mesh, time_dtype(model, x.dtype))
     if inside:
         return runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
@@ -384,7 +423,7 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
     that round's outputs."""
     ready, ends, ids = chunks
     run = chunk_runner(model, mesh, check, with_args=args is not None)
-    buf, no_bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh)
+    buf, no_bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh, time_dtype(model, x.dtype))
     bad, slots = no_bad, prog.width
     vals: dict[int, Any] = {}
     m = 0
@@ -421,7 +460,7 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     accepted: int | None = None
     for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
                                   lambda bad: _raise_nonfinite(bad, prog, sym, model)):
-        states = [_on_device_state(st, vals) for st in sym.log[:m]] if sym.log else None
+        states = [_on_device_state(st, vals, x) for st in sym.log[:m]] if sym.log else None
         accepted = first_accepted(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), states,
                                   start=n, starts=starts)
         if accepted is not None:
@@ -491,16 +530,19 @@ def _as_state(x: Any) -> jax.Array:
 _all_finite = jax.jit(lambda x: jnp.isfinite(x).all())
 
 
-def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[[Callable], tuple]) -> tuple:
+def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[[Callable], tuple],
+               tdtype: Any = None) -> tuple:
     """``build(cast)``'s host arrays put on the device(s) (replicated over ``mesh``), float64 ones
-    cast to ``dtype``; cached per (program, kind, dtype, mesh), so a repeated call transfers nothing."""
-    key = (id(prog), kind, np.dtype(dtype), mesh)
+    cast to ``dtype``, the segments' times to ``tdtype`` (``run.time_dtype``; ``None``: ``dtype``);
+    cached per (program, kind, dtype, tdtype, mesh), so a repeated call transfers nothing."""
+    tdtype = np.dtype(dtype if tdtype is None else tdtype)
+    key = (id(prog), kind, np.dtype(dtype), tdtype, mesh)
     got = lru_get(_ARRAYS, key)
     if got is not None and got[0] is prog:
         return got[1]
 
-    def cast(a: np.ndarray) -> np.ndarray:
-        return a.astype(dtype) if a.dtype == np.float64 else a
+    def cast(a: np.ndarray, times: bool = False) -> np.ndarray:
+        return a.astype(tdtype if times else dtype) if a.dtype == np.float64 else a
 
     where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     with jax.ensure_compile_time_eval():  # concrete arrays under a caller's trace too: never a cached tracer
@@ -509,21 +551,26 @@ def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[
     return arrays
 
 
-def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any) -> tuple:
-    """The program's arrays for ``runner`` on the device(s), times and coefficients in ``dtype``:
-    (init, segments, output rows, ``size`` zeros); cached (``_on_device``)."""
+def _segment(prog: Program, seg: Any, cast: Callable) -> tuple:
+    """A segment's arrays (``Program.segment_arrays``) cast, its times (the third) as times."""
+    return tuple(cast(a, i == 2) for i, a in enumerate(prog.segment_arrays(seg)))
+
+
+def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any, tdtype: Any = None) -> tuple:
+    """The program's arrays for ``runner`` on the device(s), coefficients in ``dtype``, times in
+    ``tdtype``: (init, segments, output rows, ``size`` zeros); cached (``_on_device``)."""
     return _on_device(prog, "one call", dtype, mesh, lambda cast: (
-        cast(prog.init), tuple(tuple(cast(a) for a in prog.segment_arrays(s)) for s in prog.segments),
-        np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype)))
+        cast(prog.init), tuple(_segment(prog, s, cast) for s in prog.segments),
+        np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype)), tdtype)
 
 
-def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: Any) -> tuple:
+def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: Any, tdtype: Any = None) -> tuple:
     """The chunked run's arrays on the device(s): (init, ``NO_BAD``, per chunk the pieces of the
     segments in its rounds, per chunk its output rows, ``size`` zeros); cached (``_on_device``)."""
     _, ends, ids = chunks
 
     def build(cast: Callable) -> tuple:
-        segs = [(s, tuple(cast(a) for a in prog.segment_arrays(s))) for s in prog.segments]
+        segs = [(s, _segment(prog, s, cast)) for s in prog.segments]
         pieces, start = [], 0
         for end in ends:  # a chunk: the rounds start .. end - 1 (0-based), sliced out of the segments
             pieces.append(tuple(tuple(a[max(start, s.start) - s.start:min(end, s.stop) - s.start] for a in arrs)
@@ -532,7 +579,7 @@ def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: An
         rows = tuple(np.array([prog.outputs[i] for i in chunk], dtype=np.int32) for chunk in ids)
         return cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype)
 
-    return _on_device(prog, "chunks", dtype, mesh, build)
+    return _on_device(prog, "chunks", dtype, mesh, build, tdtype)
 
 
 def check_args(args: Any) -> None:

@@ -40,6 +40,7 @@ from .api import (
     inside_transformation,
     options_key,
     solver_key,
+    unchecked,
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
@@ -51,8 +52,8 @@ __all__ = ["srds", "compile_srds"]
 def _replay(model: cc.Model, rec: LinearRecorder, times: np.ndarray, solver: Any, blocks: int, iterations: int,
             solver_options: dict) -> Result:
     """The core's SRDS pipeline on ``rec``'s symbolic state: all ``iterations`` iterations (no log)."""
-    res, _ = srds_run(model, rec.x0, times, solver, blocks=blocks, max_iters=iterations, stop=RunAll(), executor=rec,
-                      **solver_options)
+    res, _ = srds_run(unchecked(model), rec.x0, times, solver, blocks=blocks, max_iters=iterations, stop=RunAll(),
+                      executor=rec, **solver_options)
     return res
 
 
@@ -84,7 +85,7 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     last = nb if iterations is None else check_int("iterations", iterations, 1, nb)
     key = None
     if isinstance(solver, str):
-        key = ("srds", _model_key(model), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
+        key = ("srds", _model_key(model, times), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
                options_key(solver_options), nb, last, slots_multiple)
 
     def build() -> tuple[Program, Result]:

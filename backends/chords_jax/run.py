@@ -31,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh"]
+__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
+           "time_dtype"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
@@ -162,6 +163,16 @@ def _calls_its_function(model: Any) -> None:
                 raise TypeError(f"model: {type(model).__name__} overrides {' and '.join(changed)}, which chords_jax "
                                 f"does not call: it compiles the model's function ({attr}) itself; put the change in "
                                 "the function, or run it with chords_core")
+
+
+def time_dtype(model: Any, dtype: Any) -> Any:
+    """The dtype the model's function gets its times in, for states of ``dtype``: the state's, or for a
+    ``DiffusionModel`` whose network sets ``exact_times`` the widest jax has (float64 with x64, else
+    float32), as the core's ``_backend.times_like`` (a half-precision time fell between the grid
+    times such a network maps to: 0.2 off the core, silently, in a user trial)."""
+    if isinstance(model, DiffusionModel) and getattr(model.fn, "exact_times", False):
+        return np.dtype(np.float64 if jax.config.read("jax_enable_x64") else np.float32)
+    return np.dtype(dtype)
 
 
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:

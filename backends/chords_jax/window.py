@@ -84,7 +84,7 @@ from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
 from .api import CACHES, _as_state, _model_key, inside_transformation, options_key, solver_key
-from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put
+from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put, time_dtype
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
@@ -181,15 +181,17 @@ class _Setup:
         self.tabs = tabs
         self.device: dict[tuple, dict] = {}
 
-    def arrays(self, dtype: Any) -> dict:
+    def arrays(self, dtype: Any, tdtype: Any = None) -> dict:
         """The tables on the default device, floats in ``dtype`` (as the core's Python-float
-        coefficients act on arrays of that dtype); cached per dtype."""
-        key = (np.dtype(dtype),)
+        coefficients act on arrays of that dtype), the times in ``tdtype`` (``run.time_dtype``;
+        ``None``: ``dtype``); cached per both."""
+        key = (np.dtype(dtype), np.dtype(dtype if tdtype is None else tdtype))
         got = self.device.get(key)
         if got is None:
             with jax.ensure_compile_time_eval():  # concrete, as ``_zeros``
                 got = self.device[key] = jax.device_put(
-                    {k: (v.astype(dtype) if v.dtype == np.float64 else v) for k, v in self.tabs.items()})
+                    {k: (v.astype(key[1] if k == "t" else dtype) if v.dtype == np.float64 else v)
+                     for k, v in self.tabs.items()})
         return got
 
 
@@ -240,7 +242,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
 
         unit = None
-        if scale == "error":  # per sample, a power of two near 1 / max|x_0|: the local-error rule is a ratio, so
+        if scale == "error" and N:  # per sample, a power of two near 1 / max|x_0|: the local-error rule is a ratio, so
             # squares of (unit * d) decide as those of d, bit for bit, while staying inside the sum's range
             # (float32 squares underflowed from states of about 1e-17: 1.3x the sequential error at 1e-20)
             m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
@@ -248,6 +250,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             unit = jnp.where(m > 0, jnp.ldexp(jnp.ones((), dt), e), jnp.ones((), dt))  # subnormal state too)
 
         def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (the core's, on L R rows)
+            if N == 0:  # (an empty batch: no sample; a reshape to (L, 0, -1) divided by zero)
+                return jnp.zeros((d.shape[0], R), cmp)
             rows_ = d.reshape(d.shape[0], R, -1)
             if unit is not None:  # (the product fuses into the reduction)
                 rows_ = rows_ * unit[None, :, None]
@@ -296,15 +300,15 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 w = tabs["w"][jnp.minimum(b + lane + 1, T)]
                 # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
                 # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
-                over = ~(jnp.max(csq * w[:, None], axis=1).astype(cmp) <= tol2)
+                over = ~(jnp.max(csq * w[:, None], axis=1, initial=0).astype(cmp) <= tol2)  # (no sample: 0)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
                 E = row_sq(delta) * tabs["c2"][jnp.minimum(b + lane, T)][:, None] + tiny
                 bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
                 has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
-                over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1).astype(cmp) <= tol2),
-                                 ~(jnp.max(csq, axis=1) == 0))
+                over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1, initial=0).astype(cmp) <= tol2),
+                                 ~(jnp.max(csq, axis=1, initial=0) == 0))
             # tol 0: a point is exact when it did not move at all, as in the core (not when the squares
             # of its change underflow to 0, nor when it never blocks: variance "out", T - 1)
             over = jnp.where(tol2 <= 0, jnp.any(moved != 0, axis=1), over)
@@ -447,7 +451,8 @@ def parallel(
     key = None
     if isinstance(solver, str):
         opts = options_key(options)
-        key = (_model_key(model), call.times.tobytes(), solver_key(solver), opts, W, seed, scale, variance, numel_row)
+        key = (_model_key(model, call.times), call.times.tobytes(), solver_key(solver), opts, W, seed, scale, variance,
+               numel_row)
         setup = lru_get(_SETUPS, key)
     if setup is None:
         setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row)
@@ -455,7 +460,8 @@ def parallel(
             _put(_SETUPS, key, setup)
     check = bool(model.check_outputs)  # "auto" and "deferred" too: checked on the device
     run = _program(model, setup, check, args is not None)
-    x_T, counts = run(x, setup.arrays(x.dtype), _threshold(tol2, x.dtype), _zeros(x.size, x.dtype), args)
+    x_T, counts = run(x, setup.arrays(x.dtype, time_dtype(model, x.dtype)), _threshold(tol2, x.dtype),
+                      _zeros(x.size, x.dtype), args)
     counts = np.asarray(counts)
     rounds, nfe, width, bad = (int(v) for v in counts[:4])
     starts = counts[4:]
