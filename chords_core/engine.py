@@ -135,7 +135,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     try:
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
-        raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}") from None
+        raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}", err.done) from None
     except Exception as err:  # the model's own exception, or an executor's (a lost worker): where it happened
         if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
             shown = ", ".join(where(k, *context) for k in range(min(len(xs), 4)))
@@ -173,6 +173,7 @@ class CoreRecords:
         self.recent: list = []  # core 0's latest (index, q) of stage 0, newest first
         self.estimated = 0  # how many steps have an estimate e_j
         self.error_sum: Any = None  # the sum of those e_j
+        self.start = x  # the initial state (the estimate scales with the solution's decay from it)
         self.convert = sol.quantity_of if sol.converts else None
         # raw outputs kept past their round are copied out of the round's batched output (B.own),
         # where that output is large enough for pinning it to matter
@@ -341,12 +342,13 @@ class CoreRecords:
             self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
         self.next = None
 
-    def error_state(self) -> tuple[Any, int, int] | None:
-        """(summed local error estimates, how many steps have one, steps): ``Outputs.error_state``;
-        ``None`` without estimates. The sum is updated in place as the run goes on."""
+    def error_state(self) -> tuple[Any, int, int, Any] | None:
+        """(summed local error estimates, how many steps have one, steps, the initial state):
+        ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as the run
+        goes on."""
         if self.local is None:
             return None
-        return self.error_sum, self.estimated, self.sol.steps
+        return self.error_sum, self.estimated, self.sol.steps, self.start
 
 
 class Survivors:
@@ -354,8 +356,10 @@ class Survivors:
     coarse start, one jump over many steps, ran off to where the model overflows: a plain ODE with
     far starts) is retired with every core faster than it (they rectify from it), and the run goes on
     with the slower ones, whose values never depend on a faster core's; core 0, the sequential
-    solution, is never retired (a non-finite output there is the model's failure). A round whose
-    call failed is evaluated again without the retired cores, and counts (``extra``)."""
+    solution, is never retired (a non-finite output there is the model's failure). The round whose
+    call failed goes on with the slower cores' outputs (``ModelOutputError.done``), or, where the
+    executor gave none (a worker process's call), is evaluated again without the retired cores, and
+    counts (``extra``)."""
 
     def __init__(self, plan: Plan, times: Sequence[float]) -> None:
         self.cores = self.alive = plan.cores
@@ -484,9 +488,16 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                                       deferred=deferred)
             except ModelOutputError as err:
                 survivors.retire(err, rd.number, rd.evals, records)  # or re-raised
-                survivors.extra += 1  # the round is evaluated again without the retired cores
-                tick(bar)
-                continue
+                kept = survivors.kept(rd.evals)  # the running cores' points: those before the failing one
+                if err.done is None or len(err.done) < kept:  # (outputs not known: another process's call)
+                    survivors.extra += 1  # the round is evaluated again without the retired cores
+                    tick(bar)
+                    continue
+                # the slower cores' outputs of the round are finite and theirs: taken, not evaluated again
+                # (a run with a retirement took a round more per retirement than the sequential solver)
+                rd, outs = survivors.round(rounds[n]), err.done[:kept]
+                assert rd is not None
+                xs = xs.part(0, kept) if isinstance(xs, B.Stacked) else xs[:kept]
             nxt = survivors.round(rounds[n + 1]) if n + 1 < last() else None
             finished = records.apply(rd, xs, outs, nxt)
             del xs, outs  # the round's points and outputs are not kept past it (memory: K states each)

@@ -205,7 +205,7 @@ class BatchedExecutor(Executor):
             try:
                 outs += model.evaluate(part, ts[a:a + m], batched=True, workspace=workspace)
             except ModelOutputError as e:
-                raise e.relabel(a + e.point, str(e)) from None
+                raise e.relabel(a + e.point, str(e), outs + e.done if e.done is not None else None) from None
         if stacked is not None:  # every part passed on as it lies: its outputs were checked against it
             stacked.joined = all(p.joined for p in parts)
         return outs

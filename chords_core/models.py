@@ -49,10 +49,13 @@ class ModelOutputError(RuntimeError):
             error), not a wrong type, shape or dtype.
     """
 
-    def __init__(self, point: int, message: str, nonfinite: bool = False) -> None:
+    def __init__(self, point: int, message: str, nonfinite: bool = False, done: list | None = None) -> None:
         super().__init__(message)
         self.point = point
         self._nonfinite = bool(nonfinite)
+        #: the outputs of the call's points before ``point``, checked, where the call made them (a
+        #: batched call, or the calls a point before it); ``None`` where unknown (another process)
+        self.done = done
 
     @property
     def is_nonfinite(self) -> bool:
@@ -60,10 +63,11 @@ class ModelOutputError(RuntimeError):
         is re-raised with the round and point added (``relabel``), also across processes."""
         return self._nonfinite
 
-    def relabel(self, point: int, message: str) -> ModelOutputError:
+    def relabel(self, point: int, message: str, done: list | None = None) -> ModelOutputError:
         """This error, of the same kind, at ``point`` of another call (a round's, a batch part's) and
-        with ``message`` (which usually adds where the point is to ``str(self)``)."""
-        return ModelOutputError(point, message, self._nonfinite)
+        with ``message`` (which usually adds where the point is to ``str(self)``); ``done``: the outputs
+        before ``point`` in that call, where known."""
+        return ModelOutputError(point, message, self._nonfinite, done)
 
     def __reduce__(self) -> tuple:
         """Pickled with its point and kind (the default would call ``__init__`` with the message alone)."""
@@ -232,7 +236,7 @@ class Model:
             try:
                 outs.append(self._call([x], [t])[0])
             except ModelOutputError as e:
-                raise e.relabel(k, str(e)) from None
+                raise e.relabel(k, str(e), outs if e.done is not None else None) from None
         return outs
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
@@ -259,15 +263,19 @@ class Model:
             times: (T + 1,) float64 grid times.
         """
 
-    def _check(self, out: Array, like: Array, n: int, rows: int) -> Array:
+    def _check(self, out: Array, like: Array, n: int, rows: int, split: Callable[[Array], list] | None = None) -> Array:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating (``check_array``), finite (if
-        ``check_outputs``); returned in ``like``'s dtype."""
+        ``check_outputs``); returned in ``like``'s dtype. ``split``: how the call splits its output into
+        the points' (the error for a non-finite one then holds the outputs before it, ``done``)."""
         same_dtype = check_call(out, like, n, rows, ": named by its first point")
         if type(out) is not type(like) and type(like) is np.ndarray and isinstance(out, np.ndarray):
             out = plain_ndarray(out, n, rows)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
-            raise ModelOutputError.nonfinite(first_point(n, rows, lambda part: not B.all_finite(out[part])))
+            err = ModelOutputError.nonfinite(first_point(n, rows, lambda part: not B.all_finite(out[part])))
+            if split is not None:
+                err.done = split(out if same_dtype else B.cast_like(out, like))[:err.point]
+            raise err
         return out if same_dtype else B.cast_like(out, like)
 
 
@@ -352,7 +360,7 @@ class DiffusionModel(Model):
         out = self.fn(x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False)))
         if workspace is not None:
             out = workspace.detach(out)
-        out = self._check(out, x, len(xs), rows)
+        out = self._check(out, x, len(xs), rows, lambda o: [o] if len(xs) == 1 else B.split_rows(o, len(xs)))
         if len(xs) == 1:
             return [out]
         return B.split_rows(out, len(xs))
@@ -449,19 +457,19 @@ class VectorField(Model):
 
     def _call(self, xs, ts, workspace=None):
         if not self.batched:
-            outs = []
+            outs: list = []
             for k, (x, t) in enumerate(zip(xs, ts)):
                 try:
                     out = self._check(self.f(float(t), x), x, 1, 1)
                 except ModelOutputError as e:
-                    raise e.relabel(k, str(e)) from None
+                    raise e.relabel(k, str(e), outs if e.is_nonfinite else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
         out = self.f(B.times_like(ts, 1, y), y)
         if workspace is not None:
             out = workspace.detach(out)
-        out = self._check(out, y, len(xs), 1)
+        out = self._check(out, y, len(xs), 1, lambda o: [o[k] for k in range(len(xs))])
         return [out[k] for k in range(len(xs))]
 
     def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:

@@ -127,6 +127,27 @@ def test_engine_reports_round_and_core_of_a_bad_output():
             cc.chords(MODEL, x, cc.time_grid(MODEL.schedule, 8), "euler", cores=2, executor=ex)
 
 
+def test_a_retirement_takes_the_slower_cores_outputs_on_every_in_process_executor():
+    """A faster core whose output is not finite is retired; the slower cores' outputs of that round are
+    taken (``ModelOutputError.done``), not evaluated again (a run with retirements took one round more
+    per retirement than the sequential solver). The device threads, a batched call split in parts and
+    one call a point all give the serial run's outputs and rounds."""
+    field = cc.VectorField(lambda t, y: torch.where(y.abs() > 10, torch.nan, -15.0 * y), batched=True)
+    grid, x = torch.linspace(0.0, 1.0, 41).numpy(), 5.0 * torch.ones(2, 3, dtype=torch.float64)
+    runs = {}
+    for name, ex in (("serial", cc.SerialExecutor()), ("batched", cc.BatchedExecutor()),
+                     ("parts", cc.BatchedExecutor(max_batch_bytes=2 * x.nelement() * 8)),
+                     ("devices", DeviceExecutor(["cpu", "cpu"]))):
+        with ex, pytest.warns(RuntimeWarning, match="core 3 and faster retired.*core 2 and faster retired"):
+            runs[name] = cc.chords(field, x, grid, init=(0, 4, 12, 30), stop=None, executor=ex)
+    ref = runs["serial"]
+    assert ref.rounds == ref.sequential_rounds == 40
+    for name, res in runs.items():
+        assert res.rounds == ref.rounds and res.nfe == ref.nfe, name
+        assert [h.core for h in res.hits] == [h.core for h in ref.hits] and torch.equal(res.x, ref.x), name
+    assert torch.equal(ref.x, cc.solve(field, x, grid))
+
+
 def test_device_executor_timeout_closes_it():
     release = threading.Event()
 

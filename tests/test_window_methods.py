@@ -314,7 +314,8 @@ def test_cascade_default_scale_follows_the_model():
 def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, steps, method):
     """Van der Pol (mu = 2) to t = 8 on 4 lanes: points seeded several steps ahead run off to where the
     vector field overflows (inf / nan), where the sequential solver never goes. The sweep is cut
-    before the failing point and evaluated again (the failed round counts), instead of a
+    before the failing point, the outputs of the points before it taken (the round is not evaluated
+    again: a parallel run took more rounds than the sequential solver so), instead of a
     ``ModelOutputError`` blaming the model; at tol 0 every window method returns the sequential
     answer bit for bit, and the cascade sampler's default stays within the no-degradation criterion."""
     ode = cc.VectorField(_van_der_pol, batched=True)
@@ -332,9 +333,9 @@ def test_window_iterate_that_overflows_is_cut_not_blamed_on_the_model(solver, st
     assert res.rounds == len(res.trace) and res.nfe == sum(len(r.evals) for r in res.trace)
     # the run-off points past a cut are seeded anew (copies too), not evaluated again and again
     assert res.rounds < res.sequential_rounds - 5
-    if solver == "heun":  # a cut at stage 1 evaluates stage 1 again for the points kept, not stage 0
+    if solver == "heun":  # a cut at stage 1 evaluates neither stage again for the points kept
         stages = [rd.evals[0].stage for rd in res.trace]
-        assert (1, 1) in zip(stages, stages[1:])
+        assert stages == [0, 1] * (len(stages) // 2)
     if method == "cascade":
         ref = cc.solve(ode, y0, np.linspace(0.0, 8.0, 40 * steps + 1), "heun")
         err = lambda z: float(np.sqrt(np.mean((z - ref) ** 2)))  # noqa: E731

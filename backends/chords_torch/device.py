@@ -279,7 +279,10 @@ class DeviceExecutor(Executor):
             try:
                 outs = model.evaluate(pts, tts, batched=self.batched)
             except ModelOutputError as e:
-                raise e.relabel(idx[e.point], str(e)) from None
+                err = e.relabel(idx[e.point], str(e))
+                # the outputs of this device's points before it, by the round's index (``__call__``'s ``done``)
+                err.done = None if e.done is None else [(k, o.to(xs[k].device)) for k, o in zip(idx, e.done)]
+                raise err from None
             except BaseException as e:  # the model's own exception, with its traceback text (KeyboardInterrupt and
                 # SystemExit too: raised by the model on this thread, never a signal, which only the main thread gets)
                 raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
@@ -337,11 +340,17 @@ class DeviceExecutor(Executor):
             exc = f.exception()
             if exc is not None:
                 failures.append((exc, exc.point if isinstance(exc, ModelOutputError) else idx[0]))
+                for k, o in getattr(exc, "done", None) or ():  # (a bad output's device: its points before it)
+                    outs[k] = o
                 continue
             for k, o in zip(idx, f.result()):
                 outs[k] = o
         if failures:
-            raise first_failure(failures)
+            err = first_failure(failures)
+            if isinstance(err, ModelOutputError):  # with the round's outputs before its point, where all came
+                before = outs[:err.point]
+                raise err.relabel(err.point, str(err), before if all(o is not None for o in before) else None)
+            raise err
         return outs
 
     def close(self, wait: bool = True) -> None:

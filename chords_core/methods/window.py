@@ -208,9 +208,10 @@ def diverged_at(err: ModelOutputError, idx: Sequence[int], b: int) -> int:
     model returned non-finite values there and it lies past the window start ``b``. The window start
     is an accepted point (its output is on the sequential trajectory, to the tolerance); a later
     point is an iterate not yet converged, which with large steps can run off to where the model
-    overflows (a plain ODE seeded several steps ahead, say), and the sweep is evaluated again up to
-    the point before it (at least the window start: each sweep still accepts a point). Anything else
-    (a bad shape or dtype, a non-finite output at the window start) is re-raised."""
+    overflows (a plain ODE seeded several steps ahead, say), and the sweep goes on up to the point
+    before it (at least the window start: each sweep still accepts a point), with the outputs before
+    it that ``err.done`` holds, or evaluated again where the executor gave none. Anything else (a bad
+    shape or dtype, a non-finite output at the window start) is re-raised."""
     m = idx[err.point] if err.is_nonfinite and 0 <= err.point < len(idx) else b
     if m <= b:
         raise err
@@ -583,15 +584,20 @@ def sliding_window(
                 try:
                     outs = evaluate_round(executor, model, px, [t[j] for j in ti], rounds, where, idx, k, ti)
                 except ModelOutputError as err:
-                    # the iterate ran off at a point past b: the sweep is cut before it and this stage
-                    # evaluated again (the earlier stages' quantities of the points kept stay valid)
+                    # the iterate ran off at a point past b: the sweep is cut before it (the earlier stages'
+                    # quantities of the points kept stay valid), and this stage's outputs of the points
+                    # before it taken where the call made them, else the stage evaluated again
                     e = diverged_at(err, idx, b)
                     cuts.append((rounds, e))
                     del qs[e - b:]
-                    continue
+                    if err.done is None or len(err.done) < err.point:
+                        continue
+                    idx, px, ti, outs = idx[:err.point], px[:err.point], ti[:err.point], err.done[:err.point]
+                    pts = range(b, e)
                 for m, xp, j, out in zip(idx, px, ti, outs):
                     qs[m - b].append(out if convert is None else convert(xp, out, j))
-                del outs, px, out, xp  # the quantities hold what is needed of the round
+                del outs, px  # the quantities hold what is needed of the round
+                out = xp = None
                 k += 1
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
