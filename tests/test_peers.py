@@ -238,3 +238,21 @@ def test_srds_names_its_outputs_as_iterations():
                      ({"stop": cc.StopAtCore(2)}, r"^output 2 \(iteration 2\)$")):
         assert re.match(text, cc.srds(model, x, grid, blocks=4, **kw).stopped_by)
 
+
+
+def test_an_srds_fine_solve_keeps_its_lane_in_the_trace():
+    """A user trial: ``Eval.core`` of an SRDS round was the position in the round's list, so one
+    block's steps moved between lanes from round to round (Heun: stage 0 of step 6 on lane 2, stage 1
+    on lane 1), and the diagram's columns mixed blocks and iterations. A solve now keeps its lane."""
+    sched = cc.RectifiedFlow()
+    model = cc.DiffusionModel(lambda x, t: -0.5 * x + np.tanh(x), sched, "flow")
+    for steps, blocks in ((8, 3), (20, 4), (33, 5)):
+        res = cc.srds(model, np.random.default_rng(0).standard_normal((2, 4)), cc.time_grid(sched, steps), "heun",
+                      blocks=blocks, tol=0.0)
+        for before, rd in zip(res.trace, res.trace[1:]):
+            lanes = [e.core for e in rd.evals]
+            assert len(set(lanes)) == len(lanes) and max(lanes) < res.width
+            prev = {(e.core, e.index): e.stage for e in before.evals}
+            for e in rd.evals:
+                if e.stage == 1:  # the second stage of a step: on the lane of its first, the round before
+                    assert prev.get((e.core, e.index)) == 0, (rd.number, e)

@@ -58,12 +58,13 @@ def srds_blocks(steps: int, blocks: int | None = None) -> tuple[int, ...]:
 
 
 class _Fine:
-    """A fine solve over block ``i`` started at iterate k's point: one evaluation (stage) per round."""
+    """A fine solve over block ``i`` started at iterate k's point: one evaluation (stage) per round, on
+    ``lane`` (the trace's ``Eval.core``: the device it keeps from start to end)."""
 
-    __slots__ = ("i", "k", "state", "m", "end", "qs")
+    __slots__ = ("i", "k", "state", "m", "end", "qs", "lane")
 
-    def __init__(self, i, k, state, start, end):
-        self.i, self.k, self.state, self.m, self.end, self.qs = i, k, state, start, end, []
+    def __init__(self, i, k, state, start, end, lane):
+        self.i, self.k, self.state, self.m, self.end, self.qs, self.lane = i, k, state, start, end, [], lane
 
 
 class SrdsIteration(NamedTuple):
@@ -207,7 +208,10 @@ def srds_run(
 
     def start(i, k, xk, st):
         state = sol.begin(xk) if st is None else move(st, xk)
-        running.append(_Fine(i, k, state, n[i], n[i + 1]))
+        # the lowest lane no running solve holds: a solve keeps its lane (the position in the round's list
+        # put one block's steps on other lanes from round to round, in the trace and its diagram)
+        used = {c.lane for c in running}
+        running.append(_Fine(i, k, state, n[i], n[i + 1], next(v for v in range(len(used) + 1) if v not in used)))
 
     def form(i1, k):
         """Try to form x_{i1}^k; return it or None."""
@@ -266,7 +270,7 @@ def srds_run(
             outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds,
                                   where, batch)
             nfe, width = nfe + len(batch), max(width, len(batch))
-            trace.append(Round(rounds, tuple(Eval(lane, c.m, len(c.qs), j) for lane, (c, _, j) in enumerate(batch))))
+            trace.append(Round(rounds, tuple(Eval(c.lane, c.m, len(c.qs), j) for c, _, j in batch)))
             candidates = set()  # the points the round's new G and F may complete
             for (c, xp, j), out in zip(batch, outs):
                 q = sol.quantity_of(xp, out, j)
