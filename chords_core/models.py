@@ -384,13 +384,17 @@ class DiffusionModel(Model):
             (schedule, prediction, t) across calls (``_DATA_EPS``): a run's solver asks for every grid
             time again, about 6 µs each (a tenth of a small state's cascade round).
         """
+        if type(self)._data_eps is not DiffusionModel._data_eps:  # (a subclass's own: not in the shared cache)
+            return self._data_eps(float(t))
         return _kept_many(self.schedule, self.prediction, [float(t)], self._data_eps)[0]
 
     def data_eps_table(self, times: Sequence[float] | np.ndarray) -> list[tuple[tuple[float, float], ...]]:
         """``data_eps_coefficients`` at each of ``times``, the schedule's cache key formed once for all
         (a solver asks for a whole grid: the key cost about 3 µs a time); a subclass's own
-        ``data_eps_coefficients`` is asked time by time."""
-        if type(self).data_eps_coefficients is not DiffusionModel.data_eps_coefficients:
+        ``data_eps_coefficients`` is asked time by time, and one with its own ``_data_eps`` is not
+        kept in the cache the schedule's key shares (it got whichever model's values came first)."""
+        if (type(self).data_eps_coefficients is not DiffusionModel.data_eps_coefficients
+                or type(self)._data_eps is not DiffusionModel._data_eps):
             return [self.data_eps_coefficients(float(t)) for t in times]
         return _kept_many(self.schedule, self.prediction, [float(t) for t in times], self._data_eps)
 

@@ -98,7 +98,7 @@ def sample_rms(x: Any) -> np.ndarray:
     return np.sqrt(B.row_sq_host(x) / per)
 
 
-def estimate_error(error_sum: Any, estimated: int, steps: int, start: Any = None, per_sample: bool = False,
+def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool = False, *, start: Any = None,
                    ends: Sequence[Any] = ()) -> Any:
     """The sequential solver's RMS error estimated from ``error_sum``, the sum of the local error
     estimates of ``estimated`` of its ``steps`` steps (``local_error``): RMS(error_sum) x steps /
@@ -185,7 +185,7 @@ class Outputs(tuple):
         state = self.error_state
         assert state is not None
         start = state[3] if len(state) > 3 else None
-        return estimate_error(state[0], state[1], state[2], start, per_sample=per_sample, ends=self[-2:])
+        return estimate_error(state[0], state[1], state[2], per_sample, start=start, ends=self[-2:])
 
 
 class StopNotMet(RuntimeWarning):
@@ -399,7 +399,7 @@ def outputs_needed(rule: StopRule, available: int) -> int:
 
 
 def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
-                   error_states: Sequence[tuple[Any, int, int] | None] | None = None, start: int = 0,
+                   error_states: Sequence[tuple | None] | None = None, start: int = 0,
                    starts: Sequence[int] | None = None) -> int | None:
     """Replay ``rule`` over finished outputs (arrival order) from index ``start`` (the outputs before
     it were offered already): the index of the first it accepts, given the outputs up to it, or
@@ -438,7 +438,7 @@ def chosen_output(rule: StopRule, cores: Sequence[int], n: int | None) -> tuple[
 
 
 def select_output(rule: StopRule, outputs: Sequence[Any], cores: Sequence[int], coarse: Any,
-                  error_states: Sequence[tuple[Any, int, int] | None] | None = None,
+                  error_states: Sequence[tuple | None] | None = None,
                   starts: Sequence[int] | None = None) -> tuple[int, str]:
     """Replay ``rule`` over finished outputs (arrival order): (index of the returned output, its
     ``stopped_by`` text). The engine applies the rule as outputs arrive; this is the same rule for

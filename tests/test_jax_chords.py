@@ -1146,3 +1146,33 @@ def test_a_deferred_output_check_compiles_on_a_cold_cache_and_bad_arguments_as_t
         a = cc.parallel(field_, np.zeros((0, 3)), grid, "euler", cores=3, scale=scale)
         b = cj.parallel(field_, empty, grid, "euler", cores=3, scale=scale)
         assert b.x.shape == (0, 3) and (b.rounds, b.nfe) == (a.rounds, a.nfe)
+
+
+def test_a_subclass_whose_coefficients_hold_nan_hits_the_program_cache_and_empty_samples_are_as_the_cores():
+    """A review: a subclass's coefficient values went into the cache key as floats, and a nan there (VP
+    with v prediction at t = 0) is unequal to itself, so the key never matched and every call replayed
+    and lowered its program again; samples of no elements, (0,) and (B, 0), divided the noise weights
+    by zero in the window methods (12 rounds where the core takes 3)."""
+    from chords_jax import api
+
+    class Same(cc.DiffusionModel):
+        def coefficients(self, times, quantity):
+            return super().coefficients(times, quantity)
+
+    sched = cc.VP.linear()
+    grid = cc.time_grid(sched, 20)
+    model = Same(lambda x, t: 0.5 * x, sched, "v")
+    assert api._model_key(model, grid) == api._model_key(model, grid)
+    x = jnp.ones((2, 4))
+    cj.chords(model, x, grid, "euler", cores=4, stop=None)
+    programs = len(api._PROGRAMS)
+    cj.chords(model, x, grid, "euler", cores=4, stop=None)
+    assert len(api._PROGRAMS) == programs  # (a hit: nothing replayed)
+    flow = cc.DiffusionModel(lambda x, t: -x, cc.RectifiedFlow(), "flow")
+    g = cc.time_grid(cc.RectifiedFlow(), 12)
+    for shape in [(0,), (4, 0)]:
+        z = np.zeros(shape, np.float32)
+        for method in ("paradigms", "cascade"):
+            core = cc.parallel(flow, z, g, "euler", cores=4, method=method)
+            got = cj.parallel(flow, jnp.asarray(z), g, "euler", cores=4, method=method)
+            assert (got.rounds, got.nfe) == (core.rounds, core.nfe), (shape, method)

@@ -456,8 +456,9 @@ def test_the_error_estimate_scales_with_decay_only():
     assert decay(start, ends, per_sample=True).tolist() == [0.25, 1.0, 1.0]
     s = np.ones((3, 2))
     plain = estimate_error(s, 10, 10, per_sample=True)
-    assert estimate_error(s, 10, 10, start, per_sample=True, ends=ends).tolist() == (plain * [0.25, 1, 1]).tolist()
-    assert estimate_error(s, 4, 10, start, ends=ends) is None  # (no estimate before half the steps)
+    assert estimate_error(s, 10, 10, True, start=start, ends=ends).tolist() == (plain * [0.25, 1, 1]).tolist()
+    assert estimate_error(s, 4, 10, start=start, ends=ends) is None  # (no estimate before half the steps)
+    assert estimate_error(s, 10, 10, True).tolist() == plain.tolist()  # (per_sample stays the fourth argument)
     assert decay(np.array([4.0]), (np.array([1.0]),)) == 0.25 and decay(np.zeros(2), (np.ones(2),)) == 1.0
 
 

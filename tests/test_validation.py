@@ -745,6 +745,27 @@ def test_a_run_forms_the_schedules_cache_key_once_and_honours_a_models_own_coeff
 
 
 
+def test_a_subclass_with_its_own_data_eps_is_not_served_anothers_cached_values():
+    """A review: the data-prediction coefficients are kept per (schedule, prediction) and t, computed by
+    the model's ``_data_eps``; a subclass with its own got whichever model filled the cache first
+    (5.6 off in a DPM-Solver++ solve). Such a subclass is not kept in the shared cache."""
+    vp = cc.VP.linear()
+    grid = cc.time_grid(vp, 20)
+    x = np.random.default_rng(0).standard_normal((1, 4))
+
+    class Halved(cc.DiffusionModel):
+        def _data_eps(self, t):
+            (ad, bd), eps = super()._data_eps(t)
+            return (0.5 * ad, 0.5 * bd), eps
+
+    own = Halved(lambda x, t: 0.5 * x, vp, "eps")
+    cc.models._DATA_EPS.clear()
+    alone = cc.solve(own, x, grid, "dpmpp_2m")
+    cc.models._DATA_EPS.clear()
+    cc.solve(cc.DiffusionModel(lambda x, t: 0.5 * x, vp, "eps"), x, grid, "dpmpp_2m")  # the plain model's first
+    assert np.array_equal(cc.solve(own, x, grid, "dpmpp_2m"), alone)
+
+
 def test_extension_points_refuse_bad_registrations_and_keep_the_extensions_own_errors(monkeypatch):
     """An extension trial: ``register_solver(None, ...)`` and ``Method(5, ...)`` were accepted and then
     broke unrelated "unknown solver / method" messages (sorting names of mixed types), ``Method(run=42)``

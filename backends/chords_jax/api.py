@@ -115,8 +115,10 @@ def _model_key(model: Any, times: np.ndarray) -> tuple:
 
 
 def _coefficient_values(model: DiffusionModel, times: np.ndarray) -> tuple:
-    """The conversion coefficients a solver reads from ``model`` on the grid, as plain floats (an
-    exception's type where a quantity has none)."""
+    """The conversion coefficients a solver reads from ``model`` on the grid, as the bytes of their
+    float64 values (nan included: as floats a nan is unequal to itself, and a key holding one never
+    matched, so every call replayed and lowered its program again); an exception's type where a
+    quantity has none."""
     out: list = []
     for quantity in ("data", "velocity"):
         try:
@@ -124,8 +126,8 @@ def _coefficient_values(model: DiffusionModel, times: np.ndarray) -> tuple:
         except Exception as e:  # noqa: BLE001 (a quantity the model cannot give: the solvers that need it fail alike)
             out.append(type(e).__name__)
             continue
-        out.append(None if c is None else tuple((float(a), float(b)) for a, b in c))
-    out.append(tuple(tuple(float(v) for pair in de for v in pair) for de in model.data_eps_table(times)))
+        out.append(None if c is None else np.asarray(c, np.float64).tobytes())
+    out.append(np.asarray(model.data_eps_table(times), np.float64).tobytes())
     return tuple(out)
 
 
@@ -221,7 +223,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
             kept = trace_stop.states + trace_stop.states[-1:] * (len(res.hits) - len(trace_stop.states))
             for st in kept:  # estimate_error of a stand-in sum says whether the estimate exists yet
                 usable = (st is not None and isinstance(st[0], Sym)
-                          and estimate_error(np.zeros(1), *st[1:]) is not None)
+                          and estimate_error(np.zeros(1), st[1], st[2]) is not None)
                 states.append(st if usable else None)
             outputs += list({st[0].id: st[0] for st in states if st is not None}.values())
             res = dataclasses.replace(res, log=tuple(states))

@@ -446,7 +446,7 @@ def parallel(
     _check_solver(sol)
     x = _as_state(x)
     shape = tuple(x.shape)
-    numel_row = row_size(shape)
+    numel_row = max(1, row_size(shape))  # (as the core's: a sample of no elements never moves)
     setup: _Setup | None = None
     key = None
     if isinstance(solver, str):
