@@ -25,8 +25,9 @@ The rules shipped:
   the leading axis the batch: a batch-wide RMS let a slow sample be accepted among converged ones,
   1.2x its sequential error where the batch was within 1.05x), so that the returned output differs
   from the sequential one by a small fraction of the sequential solver's own error. The estimate
-  (``outputs.error_state``: the sum of the solver's local error estimates, ``local_error``) comes
-  from the methods that provide it (CHORDS); without one the rule runs to the end. Two outputs of
+  (``outputs.error_state``: the sum of the solver's local error estimates, ``local_error``, scaled
+  by the solution's decay from its start, ``estimate_error``) comes from the methods that provide it
+  (CHORDS); without one the rule runs to the end. Two outputs of
   cores started at most ``NEAR_STARTS`` (2) grid steps apart (``outputs.starts``) are no evidence:
   such a core starts on, or next to, the slower core's own steps and is rectified onto its values,
   so the two finish on the same output (Euler) or close to it (higher orders: 3e-5 to 1e-3 apart
