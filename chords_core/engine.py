@@ -358,8 +358,8 @@ class Survivors:
     with the slower ones, whose values never depend on a faster core's; core 0, the sequential
     solution, is never retired (a non-finite output there is the model's failure). The round whose
     call failed goes on with the slower cores' outputs (``ModelOutputError.done``), or, where the
-    executor gave none (a worker process's call), is evaluated again without the retired cores, and
-    counts (``extra``)."""
+    executor gave none (a distributed rank's call, an executor of one's own), is evaluated again
+    without the retired cores, and counts (``extra``)."""
 
     def __init__(self, plan: Plan, times: Sequence[float]) -> None:
         self.cores = self.alive = plan.cores
@@ -489,7 +489,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             except ModelOutputError as err:
                 survivors.retire(err, rd.number, rd.evals, records)  # or re-raised
                 kept = survivors.kept(rd.evals)  # the running cores' points: those before the failing one
-                if err.done is None or len(err.done) < kept:  # (outputs not known: another process's call)
+                if err.done is None or len(err.done) < kept:  # (outputs not known: a distributed rank's call)
                     survivors.extra += 1  # the round is evaluated again without the retired cores
                     tick(bar)
                     continue

@@ -54,7 +54,7 @@ class ModelOutputError(RuntimeError):
         self.point = point
         self._nonfinite = bool(nonfinite)
         #: the outputs of the call's points before ``point``, checked, where the call made them (a
-        #: batched call, or the calls a point before it); ``None`` where unknown (another process)
+        #: batched call, or the calls a point before it); ``None`` where unknown (a distributed rank)
         self.done = done
 
     @property

@@ -18,7 +18,7 @@ import torch
 import chords_core as cc
 from chords_core.models import ModelOutputError
 from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
-from chords_torch.testing import Slow, TorchLinear, Trap, _Const, gmm_problem, mlp, same_hits
+from chords_torch.testing import RunsOff, Slow, TorchLinear, Trap, _Const, gmm_problem, mlp, same_hits
 from chords_torch.testing import seeded_state as x0
 
 MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
@@ -475,3 +475,20 @@ def test_the_callers_autocast_reaches_the_device_threads_and_the_worker_processe
             dev_plain = run(executor=ex)
     assert not torch.equal(ref.x, plain.x)  # (autocast changes this network's outputs)
     assert same_hits(dev, ref) and same_hits(proc, ref) and same_hits(dev_plain, plain)
+
+
+def test_a_retirement_on_worker_processes_takes_the_slower_cores_outputs(one_thread):
+    """The workers pass the outputs of their points before a bad one through the shared buffers
+    (``ModelOutputError.done``), so a retirement costs no round evaluated again, as in process: the
+    rounds and outputs of the serial executor (a round more per retirement before)."""
+    field = cc.VectorField(RunsOff(), batched=True)
+    grid, x = torch.linspace(0.0, 1.0, 41).numpy(), 5.0 * torch.ones(2, 3, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="retired"):
+        ref = cc.chords(field, x, grid, init=(0, 4, 12, 30), stop=None, executor=cc.SerialExecutor())
+    with ProcessExecutor(_Const(RunsOff()), workers=2, round_timeout=20) as ex:
+        for batched in (True, False):
+            ex.batched = batched
+            with pytest.warns(RuntimeWarning, match="retired"):
+                res = cc.chords(field, x, grid, init=(0, 4, 12, 30), stop=None, executor=ex)
+            assert res.rounds == ref.rounds == 40 and res.nfe == ref.nfe
+            assert same_hits(res, ref)

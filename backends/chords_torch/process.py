@@ -139,7 +139,15 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                         xout[j].copy_(o)
                 conn.send(("ok",))
         except ModelOutputError as e:
-            conn.send(("model_error", e.point, str(e), e.is_nonfinite))
+            done = -1  # the outputs before the bad one, written to the shared buffer (ModelOutputError.done)
+            if e.done is not None and xout is not None:
+                try:
+                    for j, o in enumerate(e.done):
+                        xout[j].copy_(o)
+                    done = len(e.done)
+                except Exception:  # noqa: BLE001 (not passed on: the driver evaluates the round again)
+                    done = -1
+            conn.send(("model_error", e.point, str(e), e.is_nonfinite, done))
         except BaseException as e:
             if op != "eval":
                 setup_error = e  # reported with the next evaluation
@@ -415,22 +423,31 @@ class ProcessExecutor(Executor):
         # all replies are in (each worker reports its own first bad output: worker 0's was raised, point 2 of
         # [ok, nan, nan, ok] where the others name point 1)
         failures: list[tuple[BaseException, int]] = []
+        ready = {}  # worker -> how many of its points' outputs lie in its buffer
         for w in active:
             rep = replies[w]
-            if rep[0] == "model_error":
+            if rep[0] == "ok":
+                ready[w] = len(groups[w])
+            elif rep[0] == "model_error":
                 k = groups[w][rep[1]]
                 failures.append((ModelOutputError(k, rep[2], rep[3]), k))
-            elif rep[0] != "ok":
+                if len(rep) > 4 and rep[4] >= 0:  # the outputs of its points before the bad one
+                    ready[w] = rep[4]
+            else:
                 trace = rep[2] if len(rep) > 2 else ""
                 failures.append((WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}"), groups[w][0]))
-        if failures:
-            raise first_failure(failures)
         outs: list = [None] * len(xs)
         dev = xs[0].device
-        for w in active:
+        for w, count in ready.items():
             xout = outbufs[w]
-            for j, k in enumerate(groups[w]):
+            for j, k in enumerate(groups[w][:count]):
                 outs[k] = xout[j].to(dev, copy=True)
+        if failures:
+            err = first_failure(failures)
+            if isinstance(err, ModelOutputError):  # with the round's outputs before its point, where all came
+                before = outs[:err.point]
+                raise err.relabel(err.point, str(err), before if all(o is not None for o in before) else None)
+            raise err
         return outs
 
     def _buffers(self, w: int, need: int, shape: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from chords_core.problems import GaussianMixture
 from chords_core.results import Result
 from chords_core.schedules import EDM, VP, RectifiedFlow, Schedule
 
-__all__ = ["TorchGMM", "gmm_problem", "TorchLinear", "mlp", "MLP", "Faulty", "Trap", "Slow", "SCHEDULES"]
+__all__ = ["TorchGMM", "gmm_problem", "TorchLinear", "RunsOff", "mlp", "MLP", "Faulty", "Trap", "Slow", "SCHEDULES"]
 
 SCHEDULES = {"rf": RectifiedFlow, "vp": VP.linear, "edm": EDM}
 
@@ -79,6 +79,14 @@ class _Const:
 
     def __call__(self) -> Any:
         return self.obj
+
+
+class RunsOff:
+    """``f(t, y) = -15 y`` for a batched ``VectorField``, nan where ``|y| > 10``: far coarse jumps from
+    y = 5 land there (a faster CHORDS core is retired), the sequential solution never does."""
+
+    def __call__(self, t: Any, y: Any) -> Any:
+        return torch.where(y.abs() > 10, torch.nan, -15.0 * y)
 
 
 class TorchLinear:
