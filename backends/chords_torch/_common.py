@@ -72,12 +72,18 @@ def assign(n: int, workers: int) -> list[list[int]]:
     return [list(range(w, n, workers)) for w in range(workers)]
 
 
-def first_failure(failures: Sequence[tuple[BaseException, int]]) -> BaseException:
+def first_failure(failures: Sequence[tuple[BaseException, int]], outs: Sequence[Any] | None = None) -> BaseException:
     """The exception a round raises where several of its points failed, each failure given as
     (exception, the round's index of its point): a worker's own failure (the model raised) first, as
     the default ``BatchedExecutor``, whose one call raises before any output is checked; then the
-    ``ModelOutputError`` of the smallest point. Ties go to the earlier in ``failures``."""
-    return min(failures, key=lambda f: (isinstance(f[0], ModelOutputError), f[1]))[0]
+    ``ModelOutputError`` of the smallest point. Ties go to the earlier in ``failures``. With ``outs``
+    (the round's outputs that came, ``None`` where none did), a ``ModelOutputError`` holds those
+    before its point where all came (``ModelOutputError.done``: a method goes on with them)."""
+    err = min(failures, key=lambda f: (isinstance(f[0], ModelOutputError), f[1]))[0]
+    if outs is not None and isinstance(err, ModelOutputError):
+        before = list(outs[:err.point])
+        return err.relabel(err.point, str(err), before if all(o is not None for o in before) else None)
+    return err
 
 
 def fn_attr(model: Model) -> str:

@@ -346,11 +346,7 @@ class DeviceExecutor(Executor):
             for k, o in zip(idx, f.result()):
                 outs[k] = o
         if failures:
-            err = first_failure(failures)
-            if isinstance(err, ModelOutputError):  # with the round's outputs before its point, where all came
-                before = outs[:err.point]
-                raise err.relabel(err.point, str(err), before if all(o is not None for o in before) else None)
-            raise err
+            raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
 
     def close(self, wait: bool = True) -> None:

@@ -443,11 +443,7 @@ class ProcessExecutor(Executor):
             for j, k in enumerate(groups[w][:count]):
                 outs[k] = xout[j].to(dev, copy=True)
         if failures:
-            err = first_failure(failures)
-            if isinstance(err, ModelOutputError):  # with the round's outputs before its point, where all came
-                before = outs[:err.point]
-                raise err.relabel(err.point, str(err), before if all(o is not None for o in before) else None)
-            raise err
+            raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
 
     def _buffers(self, w: int, need: int, shape: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
