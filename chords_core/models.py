@@ -236,7 +236,7 @@ class Model:
             try:
                 outs.append(self._call([x], [t])[0])
             except ModelOutputError as e:
-                raise e.relabel(k, str(e), outs if e.done is not None else None) from None
+                raise e.relabel(k, str(e), outs if e.done is not None else None) from None  # (outs: those before k)
         return outs
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
@@ -273,7 +273,9 @@ class Model:
             out = plain_ndarray(out, n, rows)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             err = ModelOutputError.nonfinite(first_point(n, rows, lambda part: not B.all_finite(out[part])))
-            if split is not None:
+            if err.point == 0:
+                err.done = []  # (no output before the first point)
+            elif split is not None:
                 err.done = split(out if same_dtype else B.cast_like(out, like))[:err.point]
             raise err
         return out if same_dtype else B.cast_like(out, like)
@@ -360,7 +362,7 @@ class DiffusionModel(Model):
         out = self.fn(x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False)))
         if workspace is not None:
             out = workspace.detach(out)
-        out = self._check(out, x, len(xs), rows, lambda o: [o] if len(xs) == 1 else B.split_rows(o, len(xs)))
+        out = self._check(out, x, len(xs), rows, lambda o: B.split_rows(o, len(xs)))
         if len(xs) == 1:
             return [out]
         return B.split_rows(out, len(xs))
@@ -384,19 +386,23 @@ class DiffusionModel(Model):
             (schedule, prediction, t) across calls (``_DATA_EPS``): a run's solver asks for every grid
             time again, about 6 µs each (a tenth of a small state's cascade round).
         """
-        if type(self)._data_eps is not DiffusionModel._data_eps:  # (a subclass's own: not in the shared cache)
-            return self._data_eps(float(t))
-        return _kept_many(self.schedule, self.prediction, [float(t)], self._data_eps)[0]
+        return self._data_eps_at([float(t)])[0]
 
     def data_eps_table(self, times: Sequence[float] | np.ndarray) -> list[tuple[tuple[float, float], ...]]:
         """``data_eps_coefficients`` at each of ``times``, the schedule's cache key formed once for all
         (a solver asks for a whole grid: the key cost about 3 µs a time); a subclass's own
         ``data_eps_coefficients`` is asked time by time, and one with its own ``_data_eps`` is not
         kept in the cache the schedule's key shares (it got whichever model's values came first)."""
-        if (type(self).data_eps_coefficients is not DiffusionModel.data_eps_coefficients
-                or type(self)._data_eps is not DiffusionModel._data_eps):
+        if type(self).data_eps_coefficients is not DiffusionModel.data_eps_coefficients:
             return [self.data_eps_coefficients(float(t)) for t in times]
-        return _kept_many(self.schedule, self.prediction, [float(t) for t in times], self._data_eps)
+        return self._data_eps_at([float(t) for t in times])
+
+    def _data_eps_at(self, ts: list[float]) -> list:
+        """``_data_eps`` at each of ``ts``, kept in the cache the schedule's key shares (``_kept_many``),
+        except for a subclass with a ``_data_eps`` of its own (it got whichever model's values came first)."""
+        if type(self)._data_eps is not DiffusionModel._data_eps:
+            return [self._data_eps(t) for t in ts]
+        return _kept_many(self.schedule, self.prediction, ts, self._data_eps)
 
     def _data_eps(self, t: float) -> tuple[tuple[float, float], tuple[float, float]]:
         a, s = float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
@@ -466,7 +472,7 @@ class VectorField(Model):
                 try:
                     out = self._check(self.f(float(t), x), x, 1, 1)
                 except ModelOutputError as e:
-                    raise e.relabel(k, str(e), outs if e.is_nonfinite else None) from None
+                    raise e.relabel(k, str(e), outs if e.done is not None else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)

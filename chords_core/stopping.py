@@ -180,7 +180,6 @@ class Outputs(tuple):
             return self._estimate(True)
         return None if self._error is None else np.array([self._error])
 
-
     def _estimate(self, per_sample: bool) -> Any:
         """``estimate_error`` of ``error_state``, the last two outputs its ends."""
         state = self.error_state

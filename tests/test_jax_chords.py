@@ -202,7 +202,7 @@ def test_nonfinite_output_at_a_chosen_round_is_named_as_the_core_names_it(solver
     from chords_jax.run import runner
 
     prog, _ = cj.compile_plan(model, X.shape, X.dtype, grid, solver, cores=4, stop=None)
-    outs, bad = jax.eval_shape(runner(model, None, True), jnp.asarray(X), *_device_arrays(prog, X.size, X.dtype, None),
+    outs, bad = jax.eval_shape(runner(model, None, True), jnp.asarray(X), *_device_arrays(prog, X.size, X.dtype, X.dtype, None),
                                None)
     assert bad.shape == () and len(outs) == len(prog.outputs)
 

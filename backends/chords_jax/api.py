@@ -405,7 +405,7 @@ def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bo
     is an int; a run the screen flags is run again, checked exactly). ``inside`` a jax
     transformation (``inside_transformation``): nothing is read on the host, the run is checked
     exactly at once and ``bad`` is a traced int (``_check_bad``)."""
-    arrays = _device_arrays(prog, x.size, x.dtype, mesh, time_dtype(model, x.dtype))
+    arrays = _device_arrays(prog, x.size, x.dtype, time_dtype(model, x.dtype), mesh)
     if inside:
         return runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
@@ -425,7 +425,7 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
     that round's outputs."""
     ready, ends, ids = chunks
     run = chunk_runner(model, mesh, check, with_args=args is not None)
-    buf, no_bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, mesh, time_dtype(model, x.dtype))
+    buf, no_bad, pieces, rows, zeros = _device_chunks(prog, chunks, x.size, x.dtype, time_dtype(model, x.dtype), mesh)
     bad, slots = no_bad, prog.width
     vals: dict[int, Any] = {}
     m = 0
@@ -532,13 +532,12 @@ def _as_state(x: Any) -> jax.Array:
 _all_finite = jax.jit(lambda x: jnp.isfinite(x).all())
 
 
-def _on_device(prog: Program, kind: str, dtype: Any, mesh: Any, build: Callable[[Callable], tuple],
-               tdtype: Any = None) -> tuple:
+def _on_device(prog: Program, kind: str, dtype: Any, tdtype: Any, mesh: Any,
+               build: Callable[[Callable], tuple]) -> tuple:
     """``build(cast)``'s host arrays put on the device(s) (replicated over ``mesh``), float64 ones
-    cast to ``dtype``, the segments' times to ``tdtype`` (``run.time_dtype``; ``None``: ``dtype``);
-    cached per (program, kind, dtype, tdtype, mesh), so a repeated call transfers nothing."""
-    tdtype = np.dtype(dtype if tdtype is None else tdtype)
-    key = (id(prog), kind, np.dtype(dtype), tdtype, mesh)
+    cast to ``dtype``, the segments' times to ``tdtype`` (``run.time_dtype``); cached per (program,
+    kind, dtype, tdtype, mesh), so a repeated call transfers nothing."""
+    key = (id(prog), kind, np.dtype(dtype), np.dtype(tdtype), mesh)
     got = lru_get(_ARRAYS, key)
     if got is not None and got[0] is prog:
         return got[1]
@@ -558,15 +557,15 @@ def _segment(prog: Program, seg: Any, cast: Callable) -> tuple:
     return tuple(cast(a, i == 2) for i, a in enumerate(prog.segment_arrays(seg)))
 
 
-def _device_arrays(prog: Program, size: int, dtype: Any, mesh: Any, tdtype: Any = None) -> tuple:
+def _device_arrays(prog: Program, size: int, dtype: Any, tdtype: Any, mesh: Any) -> tuple:
     """The program's arrays for ``runner`` on the device(s), coefficients in ``dtype``, times in
     ``tdtype``: (init, segments, output rows, ``size`` zeros); cached (``_on_device``)."""
-    return _on_device(prog, "one call", dtype, mesh, lambda cast: (
+    return _on_device(prog, "one call", dtype, tdtype, mesh, lambda cast: (
         cast(prog.init), tuple(_segment(prog, s, cast) for s in prog.segments),
-        np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype)), tdtype)
+        np.array(list(prog.outputs.values()), dtype=np.int32), np.zeros(size, dtype)))
 
 
-def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: Any, tdtype: Any = None) -> tuple:
+def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, tdtype: Any, mesh: Any) -> tuple:
     """The chunked run's arrays on the device(s): (init, ``NO_BAD``, per chunk the pieces of the
     segments in its rounds, per chunk its output rows, ``size`` zeros); cached (``_on_device``)."""
     _, ends, ids = chunks
@@ -581,7 +580,7 @@ def _device_chunks(prog: Program, chunks: tuple, size: int, dtype: Any, mesh: An
         rows = tuple(np.array([prog.outputs[i] for i in chunk], dtype=np.int32) for chunk in ids)
         return cast(prog.init), np.asarray(NO_BAD, np.int32), tuple(pieces), rows, np.zeros(size, dtype)
 
-    return _on_device(prog, "chunks", dtype, mesh, build, tdtype)
+    return _on_device(prog, "chunks", dtype, tdtype, mesh, build)
 
 
 def check_args(args: Any) -> None:

@@ -181,11 +181,11 @@ class _Setup:
         self.tabs = tabs
         self.device: dict[tuple, dict] = {}
 
-    def arrays(self, dtype: Any, tdtype: Any = None) -> dict:
+    def arrays(self, dtype: Any, tdtype: Any) -> dict:
         """The tables on the default device, floats in ``dtype`` (as the core's Python-float
-        coefficients act on arrays of that dtype), the times in ``tdtype`` (``run.time_dtype``;
-        ``None``: ``dtype``); cached per both."""
-        key = (np.dtype(dtype), np.dtype(dtype if tdtype is None else tdtype))
+        coefficients act on arrays of that dtype), the times in ``tdtype`` (``run.time_dtype``); cached
+        per both."""
+        key = (np.dtype(dtype), np.dtype(tdtype))
         got = self.device.get(key)
         if got is None:
             with jax.ensure_compile_time_eval():  # concrete, as ``_zeros``

@@ -77,12 +77,13 @@ def first_failure(failures: Sequence[tuple[BaseException, int]], outs: Sequence[
     (exception, the round's index of its point): a worker's own failure (the model raised) first, as
     the default ``BatchedExecutor``, whose one call raises before any output is checked; then the
     ``ModelOutputError`` of the smallest point. Ties go to the earlier in ``failures``. With ``outs``
-    (the round's outputs that came, ``None`` where none did), a ``ModelOutputError`` holds those
-    before its point where all came (``ModelOutputError.done``: a method goes on with them)."""
-    err = min(failures, key=lambda f: (isinstance(f[0], ModelOutputError), f[1]))[0]
+    (the round's outputs that came, ``None`` where none did), a ``ModelOutputError`` is at its round's
+    index and holds the outputs before it where all came (``ModelOutputError.done``: a method goes on
+    with them)."""
+    err, k = min(failures, key=lambda f: (isinstance(f[0], ModelOutputError), f[1]))
     if outs is not None and isinstance(err, ModelOutputError):
-        before = list(outs[:err.point])
-        return err.relabel(err.point, str(err), before if all(o is not None for o in before) else None)
+        before = list(outs[:k])
+        return err.relabel(k, str(err), before if all(o is not None for o in before) else None)
     return err
 
 

@@ -278,11 +278,8 @@ class DeviceExecutor(Executor):
             tts = [ts[k] for k in idx]
             try:
                 outs = model.evaluate(pts, tts, batched=self.batched)
-            except ModelOutputError as e:
-                err = e.relabel(idx[e.point], str(e))
-                # the outputs of this device's points before it, by the round's index (``__call__``'s ``done``)
-                err.done = None if e.done is None else [(k, o.to(xs[k].device)) for k, o in zip(idx, e.done)]
-                raise err from None
+            except ModelOutputError:
+                raise  # (of this device's points ``idx``: ``__call__`` maps it to the round's)
             except BaseException as e:  # the model's own exception, with its traceback text (KeyboardInterrupt and
                 # SystemExit too: raised by the model on this thread, never a signal, which only the main thread gets)
                 raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
@@ -338,13 +335,15 @@ class DeviceExecutor(Executor):
         failures: list[tuple[BaseException, int]] = []
         for idx, f in futs:
             exc = f.exception()
-            if exc is not None:
-                failures.append((exc, exc.point if isinstance(exc, ModelOutputError) else idx[0]))
-                for k, o in getattr(exc, "done", None) or ():  # (a bad output's device: its points before it)
+            if exc is None:
+                for k, o in zip(idx, f.result()):
                     outs[k] = o
-                continue
-            for k, o in zip(idx, f.result()):
-                outs[k] = o
+            elif isinstance(exc, ModelOutputError):  # at this device's point exc.point: the round's idx[exc.point]
+                failures.append((exc, idx[exc.point]))
+                for k, o in zip(idx, exc.done or ()):  # (its points before the bad one)
+                    outs[k] = o.to(xs[k].device)
+            else:
+                failures.append((exc, idx[0]))
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
