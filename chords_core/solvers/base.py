@@ -81,7 +81,7 @@ class Solver:
         self.steps = len(self.t) - 1
         self._coef = model.coefficients(self.times, self.quantity)
         self._jumps: dict = {}
-        self._data_eps: list | None = None  # the model's data_eps_table on the grid, made on first use
+        self._data_table: list | None = None  # the model's data_eps_table on the grid, made on first use
         if self._coef is not None and not np.isfinite(self._coef[:-1]).all():  # the final time is never evaluated
             for i, (a, b) in enumerate(self._coef[:-1]):
                 if not (math.isfinite(a) and math.isfinite(b)):
@@ -227,9 +227,9 @@ class Solver:
         key = ("data", i)
         c = self._jumps.get(key)
         if c is None:
-            if self._data_eps is None:  # the whole grid's at once (DiffusionModel.data_eps_table: one cache key)
-                self._data_eps = self.model.data_eps_table(self.t)
-            (a_d, b_d), _ = self._data_eps[i]
+            if self._data_table is None:  # the whole grid's at once (DiffusionModel.data_eps_table: one cache key)
+                self._data_table = self.model.data_eps_table(self.t)
+            (a_d, b_d), _ = self._data_table[i]
             a_q, b_q = (0.0, 1.0) if self._coef is None else self._coef[i]  # q = a_q x + b_q out
             c = self._jumps[key] = (a_d - b_d * a_q / b_q, b_d / b_q)
         return c
