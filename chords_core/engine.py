@@ -358,7 +358,7 @@ class Survivors:
     with the slower ones, whose values never depend on a faster core's; core 0, the sequential
     solution, is never retired (a non-finite output there is the model's failure). The round whose
     call failed goes on with the slower cores' outputs (``ModelOutputError.done``), or, where the
-    executor gave none (a distributed rank's call, an executor of one's own), is evaluated again
+    executor gave none (an executor of one's own), is evaluated again
     without the retired cores, and counts (``extra``)."""
 
     def __init__(self, plan: Plan, times: Sequence[float]) -> None:

@@ -10,6 +10,10 @@
   new executor on the same group is refused.
 - ``hung``: the last rank's model hangs at its 2nd call; rank 0 gets ``WorkerTimeout`` after the round
   timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
+- ``done``: a plain ODE whose far CHORDS starts run off (``RunsOff``), 4 cores on two serving ranks (two
+  points each) and then with rank 0 evaluating too (``local=``): a retirement takes the round's outputs
+  before the bad point (``ModelOutputError.done``, a rank's own earlier points included), so the rounds
+  and outputs are the serial executor's (a round evaluated again per retirement before).
 - ``pickle``: rank 0 sends a model shell whose pickle would run ``os.system``; the workers refuse it
   (no file is created) and rank 0 gets a ``WorkerError`` that says so.
 - ``misc`` (two ranks; rank 1 serves three executors in turn, slowly): a second executor open on the
@@ -37,7 +41,7 @@ import torch.distributed as dist
 import chords_core as cc
 from chords_torch import DistributedExecutor, ExecutorClosed, WorkerError, WorkerTimeout, serve
 from chords_torch import distributed as chords_dist
-from chords_torch.testing import Faulty, TorchGMM, gmm_problem
+from chords_torch.testing import Faulty, RunsOff, TorchGMM, gmm_problem
 
 
 class _Evil:
@@ -85,6 +89,8 @@ def main(scenario: str, path: str) -> int:
                 net = _slow  # type: ignore[assignment]
             if scenario == "interrupt_twice" and rank == 1:
                 net = _very_slow  # type: ignore[assignment]
+            if scenario == "done":
+                net = RunsOff()  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
             for _ in range(3 if scenario == "misc" else 1):  # misc: three executors in turn
@@ -185,6 +191,23 @@ def main(scenario: str, path: str) -> int:
             res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
             ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
             report["ignored_sigint"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
+        elif scenario == "done":
+            field, y = cc.VectorField(RunsOff(), batched=True), 5.0 * torch.ones(2, 3, dtype=torch.float64)
+            plain = torch.linspace(0.0, 1.0, 41).numpy()
+
+            def run(executor: cc.Executor) -> cc.Result:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # (a retirement warns)
+                    return cc.chords(field, y, plain, init=(0, 4, 12, 30), stop=None, executor=executor)
+
+            ref = run(cc.SerialExecutor())
+            report["serial"] = [ref.rounds, ref.nfe]
+            for name in ("ranks", "local"):  # the second executor supersedes the first (one serve on the ranks)
+                if name == "local":
+                    ex = DistributedExecutor(round_timeout=30.0, local=RunsOff(), batched=True)
+                res = run(ex)
+                report[name] = [res.rounds, res.nfe, res.stopped_by, len(res.hits) == len(ref.hits)
+                                and all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))]
         elif scenario == "pickle":
             chords_dist.dump_shell = lambda model: pickle.dumps(_Evil(path))  # type: ignore[assignment]
             try:

@@ -125,9 +125,10 @@ def test_a_faster_cores_bad_output_on_a_rank_retires_it_and_the_run_completes(tm
     codes, outs = launch(["--fault", "nan", "--fault-rank", "2", "--fault-after", "2"], tmp_path=tmp_path)
     rep = report(outs[0])
     # rank 2 serves core 1 (point 1); its 2nd evaluation is in round 3 (core 1 starts in round 2): core 1
-    # and the faster ones are retired (the kind came from the rank), the round evaluated again
+    # and the faster ones are retired (the kind came from the rank), with core 0's output of that round
+    # (ModelOutputError.done): no round evaluated again
     assert "core 1 and faster retired after a non-finite model output at round 3, core 1" in rep["stopped_by"], outs[0]
-    assert rep["equal"] and rep["rounds"] == 20 + 1, rep  # 20 steps (the demo's): one round evaluated again
+    assert rep["equal"] and rep["rounds"] == 20, rep  # 20 steps (the demo's); 21 before
     assert codes == [0, 0, 0], outs
 
 
@@ -170,6 +171,20 @@ def test_one_open_executor_a_group_local_nan_retires_and_an_ignored_sigint_stays
     assert any("faster retired after a non-finite model output" in m for m in rep["local_nan"]), outs[0]
     assert rep["local_nan_finite"] is True and rep["ignored_sigint"] is True, outs[0]
     assert codes == [0, 0], outs
+
+
+def test_a_retirement_on_ranks_takes_the_outputs_before_the_bad_point(tmp_path):
+    """A serving rank sends the outputs of its points before a bad one, and the driver passes on the
+    round's outputs before it (``ModelOutputError.done``): a retirement costs no round evaluated again,
+    with two points a rank and with rank 0 evaluating too (``local=``): the serial executor's rounds
+    and outputs (a round more per retirement before)."""
+    codes, outs = launch(["done"], tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    rounds, nfe = rep["serial"]
+    assert rounds == 40, rep  # (the field's retirements: rounds as the sequential solver's)
+    for name in ("ranks", "local"):
+        assert rep[name][:2] == [rounds, nfe] and "retired" in rep[name][2] and rep[name][3] is True, rep
+    assert codes == [0, 0, 0], outs
 
 
 def test_a_hung_rank_ends_itself_once_the_driver_has_given_up(tmp_path):

@@ -12,9 +12,11 @@ autocast on the CPU, autocast on CUDA, *shape]`` (the driver's ``torch.autocast`
 enters again: ``_common.autocast_state``) then, for ``EVAL``, the n stacked states (n, *shape) and
 their times (n,) float64; for ``MODEL``, the model *shell* (the driver's model without its network,
 see ``_common``) as plain data (JSON: class names and fields; no pickle), with the round timeout in
-milliseconds in the header's slot 6; for ``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[3] = [status,
-point, length]`` and the outputs (status 0), or the error message as bytes (1: bad model output at
-``point``, 3: non-finite model output at ``point``, 2: exception). ``_common.load_shell``
+milliseconds in the header's slot 6; for ``STOP`` nothing. A worker answers an ``EVAL`` with ``int64[4] = [status,
+point, length, done]`` and the outputs (status 0), or the error message as bytes (1: bad model output at
+``point``, 3: non-finite model output at ``point``, 2: exception), followed for 1 / 3 by the outputs
+of its ``done`` points before ``point`` (``ModelOutputError.done``; the driver passes on those of the
+round's points before the bad one where every one came, so a method goes on with them). ``_common.load_shell``
 instantiates only the library's model and schedule classes, without running their code: bytes
 received over the process group never run code on a worker. The process group itself is not
 authenticated: run it on a trusted network (``docs/torch.md``).
@@ -74,6 +76,8 @@ __all__ = ["DistributedExecutor", "serve"]
 
 STOP, EVAL, MODEL = 0, 1, 2
 HEADER = 16
+#: int64 fields of a worker's answer status: [status, point, message length, outputs before point]
+STATUS = 4
 MAX_DIMS = HEADER - 6 - len(AUTOCAST_DEVICES)
 #: seconds a worker's model call may outlast the driver's round timeout before the worker exits
 HUNG_GRACE = 5.0
@@ -284,20 +288,24 @@ class DistributedExecutor(Executor):
         return tensor
 
     def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
-                timeout: float | None = None) -> tuple[int, int, Any]:
-        """One worker's answer to an EVAL: (0, 0, outputs) or (code, point, message); each wait gets
-        ``timeout`` seconds, or by default what is left of the round."""
+                timeout: float | None = None) -> tuple[int, int, Any, Any]:
+        """One worker's answer to an EVAL: (0, 0, outputs, None) or (code, point, message, the outputs
+        of its points before ``point``: (done, *shape), ``None`` for none); each wait gets ``timeout``
+        seconds, or by default what is left of the round."""
         if timeout is None:
             timeout = self._left()
         # (the wait for a status is the long one, the model's time: a second Ctrl-C interrupts it at once;
         # on the host only: nccl's wait orders the calling thread's CUDA stream, which must be this one's)
-        status = self._recv(torch.zeros(3, dtype=torch.int64, device=self.device), rank, "status", timeout,
+        status = self._recv(torch.zeros(STATUS, dtype=torch.int64, device=self.device), rank, "status", timeout,
                             self.device.type == "cpu")
-        code, point, length = (int(v) for v in status.tolist())
+        code, point, length, done = (int(v) for v in status.tolist())
         if code == 0:
-            return 0, 0, self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
+            outs = self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
+            return 0, 0, outs, None
         msg = self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), rank, "error", timeout)
-        return code, point, bytes(msg.cpu().tolist()).decode()
+        before = (self._recv(torch.empty((done, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
+                  if done else None)
+        return code, point, bytes(msg.cpu().tolist()).decode(), before
 
     def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (),
                 payload: int = 0) -> torch.Tensor:
@@ -412,19 +420,22 @@ class DistributedExecutor(Executor):
                     outs[k] = o.to(xs[k].device)
             except ModelOutputError as e:  # its kind kept, as a serving rank's status carries it
                 failures.append((3 if e.is_nonfinite else 1, idx[e.point], 0, str(e)))
+                for k, o in zip(idx, e.done or ()):  # its points before the bad one
+                    outs[k] = o.to(xs[k].device)
             except Exception as e:
                 failures.append((2, idx[0], 0, f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"))
         for r, idx in active:
-            code, point, body = self._answer(r, len(idx), shape, dtype)
+            code, point, body, before = self._answer(r, len(idx), shape, dtype)
             del self._owed[r]
             if code == 0:
-                for j, k in enumerate(idx):
-                    outs[k] = body[j].to(xs[k].device)
+                before = body
             else:
                 failures.append((code, idx[point], r, body))
+            for j, k in enumerate(idx[:0 if before is None else len(before)]):
+                outs[k] = before[j].to(xs[k].device)
         self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
-        if failures:
-            raise first_failure([(self._failure(code, k, r, msg), k) for code, k, r, msg in failures])
+        if failures:  # (a bad output holds the round's outputs before it where all came: ModelOutputError.done)
+            raise first_failure([(self._failure(code, k, r, msg), k) for code, k, r, msg in failures], outs)
         return outs
 
     @staticmethod
@@ -502,10 +513,14 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
         return t
 
-    def reply(code: int, point: int, body: torch.Tensor) -> None:
+    def reply(code: int, point: int, body: torch.Tensor, before: torch.Tensor | None = None) -> None:
         try:
-            dist.send(torch.tensor([code, point, body.numel()], dtype=torch.int64, device=comm), driver, group=group)
+            done = 0 if before is None else len(before)
+            dist.send(torch.tensor([code, point, body.numel(), done], dtype=torch.int64, device=comm), driver,
+                      group=group)
             dist.send(body.contiguous(), driver, group=group)
+            if before is not None and done:
+                dist.send(before.contiguous(), driver, group=group)
         except RuntimeError as e:
             raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
 
@@ -536,13 +551,14 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
                 outs = model.evaluate([x[j].to(device) for j in range(n)], t, batched=bool(batched))
                 out = torch.stack([o.to(comm, dtype) for o in outs])
-            answer = (0, 0, out)
-        except ModelOutputError as e:
-            answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm))
+            answer: tuple[int, int, torch.Tensor, torch.Tensor | None] = (0, 0, out, None)
+        except ModelOutputError as e:  # with the outputs of the points before the bad one, where it has them
+            before = torch.stack([o.to(comm, dtype) for o in e.done]) if e.done else None
+            answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm), before)
         except (Exception, SystemExit) as e:  # a sys.exit in the model (or a SIGTERM handler's) is reported
             # to the driver before the rank leaves: otherwise the rank vanishes (status 0, success to torchrun)
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
-            answer = (2, 0, _bytes_tensor(msg.encode(), comm))
+            answer = (2, 0, _bytes_tensor(msg.encode(), comm), None)
             leaving = e if isinstance(e, SystemExit) else None
         finally:
             if watch is not None:
