@@ -173,6 +173,7 @@ class CoreRecords:
         self.recent: list = []  # core 0's latest (index, q) of stage 0, newest first
         self.estimated = 0  # how many steps have an estimate e_j
         self.error_sum: Any = None  # the sum of those e_j
+        self.newest: tuple = (None, None)  # the two newest e_j, newest first
         self.start = x  # the initial state (the estimate scales with the solution's decay from it)
         self.convert = sol.quantity_of if sol.converts else None
         # raw outputs kept past their round are copied out of the round's batched output (B.own),
@@ -328,7 +329,9 @@ class CoreRecords:
         if len(rec) == self.local.needs:
             self.estimated += 1
             e = self.local.at(i, [v for _, v in rec])
-            self.error_sum = e if self.error_sum is None else B.add_into(self.error_sum, e)
+            self.newest = (e, self.newest[0])
+            # (a sum of its own from the first: it is added into in place, and e stays one of the newest)
+            self.error_sum = e + 0.0 if self.error_sum is None else B.add_into(self.error_sum, e)
 
     def retire(self, core: int) -> None:
         """Drop the records of ``core`` and every faster core (``Survivors``). The next round's points
@@ -342,13 +345,13 @@ class CoreRecords:
             self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
         self.next = None
 
-    def error_state(self) -> tuple[Any, int, int, Any] | None:
-        """(summed local error estimates, how many steps have one, steps, the initial state):
-        ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as the run
-        goes on."""
+    def error_state(self) -> tuple[Any, int, int, Any, Any, Any] | None:
+        """(summed local error estimates, how many steps have one, steps, the initial state, the
+        newest local error estimate, the one before it): ``Outputs.error_state``; ``None`` without
+        estimates. The sum is updated in place as the run goes on."""
         if self.local is None:
             return None
-        return self.error_sum, self.estimated, self.sol.steps, self.start
+        return self.error_sum, self.estimated, self.sol.steps, self.start, *self.newest
 
 
 class Survivors:

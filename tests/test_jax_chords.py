@@ -418,6 +418,7 @@ def _ode_jax(t, y):
 
 # (numpy model, jax model, x, grid, solvers): the analytic problems of chords_core.problems (the
 # exact GMM denoiser; dy/dt = A y) and the nonlinear test denoiser
+FAST = np.array([[0.6922641398864646, 0.27330381277018034], [1.777587543538914, 1.9684606645602079]])
 PROBLEMS = {
     "gmm": (GMM.model(FLOW, "x0"), cc.DiffusionModel(gmm_x0, FLOW, "x0"), XG, cc.time_grid(FLOW, 16),
             cj.SUPPORTED_SOLVERS),
@@ -428,6 +429,9 @@ PROBLEMS = {
     # a decaying solution (the estimate scales with it: ``stopping.estimate_error``)
     "decay": (cc.VectorField(lambda t, y: -3.0 * y), cc.VectorField(lambda t, y: -3.0 * y), np.array([1.0, -0.5]),
               np.linspace(0.0, 2.0, 41), ("euler", "heun")),
+    # a mode decaying faster than the solution (the estimate bounded by the newest local errors' decay)
+    "modes": (cc.VectorField(lambda t, y: y @ FAST.T, batched=True), cc.VectorField(lambda t, y: y @ FAST.T, batched=True),
+              np.array([[-0.79, -0.22]]), np.linspace(2.96, 0.0, 41), ("euler", "heun")),
 }
 CASES = [(p, s) for p, (*_, solvers) in PROBLEMS.items() for s in solvers]
 

@@ -225,7 +225,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
                 usable = (st is not None and isinstance(st[0], Sym)
                           and estimate_error(np.zeros(1), st[1], st[2]) is not None)
                 states.append(st if usable else None)
-            outputs += list({st[0].id: st[0] for st in states if st is not None}.values())
+            outputs += list({v.id: v for st in states if st is not None for v in _state_syms(st)}.values())
             res = dataclasses.replace(res, log=tuple(states))
         return lower(tr, plan.cores, outputs, float(times[0]), slots_multiple), res
 
@@ -356,10 +356,20 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     return x, args
 
 
+def _state_syms(state: tuple) -> list:
+    """The ``Sym`` arrays of an ``Outputs.error_state`` (the error sum, the newest local error
+    estimates), which the program computes."""
+    return [v for k, v in enumerate(state) if k in (0, 4, 5) and isinstance(v, Sym)]
+
+
 def _on_device_state(state: tuple | None, vals: dict, x: Any) -> tuple | None:
-    """An output's ``Outputs.error_state`` from the symbolic run's (its sum a ``Sym``), the sum
-    replaced by its computed value in ``vals`` (by node id) and the initial state by ``x``."""
-    return None if state is None else (vals[state[0].id], *state[1:3], x)
+    """An output's ``Outputs.error_state`` from the symbolic run's (its sum and newest local errors
+    ``Sym`` nodes), those replaced by their computed values in ``vals`` (by node id) and the initial
+    state by ``x``."""
+    if state is None:
+        return None
+    arr = [vals[v.id] if k in (0, 4, 5) and isinstance(v, Sym) else v for k, v in enumerate(state)]
+    return (arr[0], *state[1:3], x, *arr[4:])
 
 
 def _one_call(rule: StopRule) -> bool:
@@ -374,7 +384,8 @@ def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     ``sym``: the symbolic result of ``compile_plan`` or ``compile_srds`` (its hits in arrival order).
 
     ``ready[n]``: the round (1-based) after which output n, the coarse prediction and output n's
-    error sum are in the buffer (the latest of their phases: a value of phase r is written by round
+    error sum and newest local errors are in the buffer (the latest of their phases: a value of phase r is
+    written by round
     r and, an output of the run, never overwritten); ``ends``: the chunks' last rounds, the distinct
     ``ready`` of every output but the last, and the program's last round; ``ids[i]``: the output
     nodes born in chunk i (``prog.outputs`` keys), read after it.
@@ -384,9 +395,10 @@ def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     log = list(sym.log) if sym.log else [None] * len(sym.hits)
     ready = []
     for h, st in zip(sym.hits, log):
-        if st is not None:
-            phase[st[0].id] = st[0].phase
-        ready.append(max(h.x.phase, sym.coarse.phase, st[0].phase if st is not None else 0))
+        syms = _state_syms(st) if st is not None else []
+        for v in syms:
+            phase[v.id] = v.phase
+        ready.append(max(h.x.phase, sym.coarse.phase, *(v.phase for v in syms)))
     R = prog.rounds
     ends = sorted({min(max(r, 1), R) for r in ready[:-1]} | {R})
     if len(ends) == 1:
