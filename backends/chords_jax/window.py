@@ -300,7 +300,9 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 w = tabs["w"][jnp.minimum(b + lane + 1, T)]
                 # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
                 # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
-                over = ~(jnp.max(csq * w[:, None], axis=1, initial=0).astype(cmp) <= tol2)  # (no sample: 0)
+                # (an infinite w, variance "out" where it is 0: unmoved scores 0, ``window._weighted``)
+                score = jnp.where(csq == 0, 0, csq * w[:, None])
+                over = ~(jnp.max(score, axis=1, initial=0).astype(cmp) <= tol2)  # (no sample: 0)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
                 E = row_sq(delta) * tabs["c2"][jnp.minimum(b + lane, T)][:, None] + tiny

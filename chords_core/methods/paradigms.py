@@ -16,8 +16,10 @@ history through the window: the step of point m uses the quantities of points m-
 sweep (and the accepted ones before b), so the fixed point is the sequential multistep solution.
 
 Window 1 and ``tol=0`` equal ``solve`` bit for bit for every solver. The official code's
-conventions are options (``variance="out"``, ``multistep="restart"``); the defaults are this
-library's (``"into"``; ``"chain"``, an extension). The machinery is ``window.sliding_window``.
+conventions are options: ``variance="out"`` (the step out of a point, a zero variance weighing
+infinitely as the official's 1 / 0: points T - 1 and T block unless unmoved) and
+``multistep="restart"``; the defaults are this library's (``"into"``, a zero variance never blocks:
+one round fewer; ``"chain"``, an extension). The machinery is ``window.sliding_window``.
 """
 
 from __future__ import annotations

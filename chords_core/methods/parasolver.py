@@ -6,7 +6,11 @@ paper's ``num_time_subintervals`` equal to the steps, as in its example), the ne
 the window are the DDIM / x0-prediction jump from the window's newest point with the data
 prediction of its last evaluated one (``window.sliding_window(seed="jump")``), and acceptance is
 ParaDiGMS' noise-variance-normalised tolerance. Not implemented: subintervals of several fine
-steps and the optional preconditioning steps. Window 1 or ``tol=0`` equals ``solve`` bit for bit.
+steps and the optional preconditioning steps. Departures from the official code (README, "The
+parallel methods"): the first window starts from copies (the official seeds the whole trajectory by
+x0 jumps after its preconditioning passes), ``variance="into"`` by default (the official's is
+``"out"``), ``tol=0.1`` by default (its LSUN setting; its Stable Diffusion pipelines use 0.05).
+Window 1 or ``tol=0`` equals ``solve`` bit for bit.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """ParaTAA (Tang et al., ICML 2024): fixed-point iteration of the sampling trajectory with
-triangular Anderson acceleration.
+triangular Anderson acceleration, in this library's variant (its departures from the official code,
+measured: README, "The parallel methods").
 
 Written from the paper: the trajectory is a triangular nonlinear system; with the order s equal to
 the window this library iterates ParaDiGMS' window map G (x_{m+1} = Phi_m(x_m) accumulated from

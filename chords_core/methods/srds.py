@@ -45,8 +45,9 @@ from .window import absolute_tol
 
 __all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_blocks", "SrdsIteration", "SRDS_STOP"]
 
-#: SRDS' default stop rule (the paper's): the first iteration whose final sample moved by an RMS below
-#: 1e-3. ``stop=None`` runs every iteration, as ``chords``' ``stop=None`` runs every core.
+#: SRDS' default stop rule: the first iteration whose final sample moved by an RMS below 1e-3 (the
+#: paper's rule, early stopping on the final sample's change; the threshold is this library's).
+#: ``stop=None`` runs every iteration, as ``chords``' ``stop=None`` runs every core.
 SRDS_STOP = StopOnResidual(1e-3)
 
 

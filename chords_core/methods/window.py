@@ -104,11 +104,25 @@ def noise_variances(model: Model, times: np.ndarray) -> np.ndarray:
 
 
 def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.ndarray:
-    """inv[j]: 1 / the variance that scores point j (0: never blocks)."""
+    """inv[j]: 1 / the variance that scores point j. A zero variance: ``"into"`` (this library's
+    default) 0, the point never blocks; ``"out"`` (the official code's) infinity, as the official
+    ``1 / variance`` (its list of variances ends in 0 for the step out of T, and the step out of T - 1
+    into sigma = 0 has none either): the point blocks unless it did not move at all (``_weighted``),
+    and the window slides past it as the first point over tolerance, one round more than ``"into"``."""
     var = noise_variances(model, times)
     if variance == "out":
         var = np.append(var[1:], 0.0)  # the step out of j; none out of T
+        return np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), np.inf)
     return np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+
+
+def _weighted(change: Any, factor: float) -> Any:
+    """A point's squared change (per sample) times its ``factor`` (``_inverse_scales``): for an
+    infinite factor 0 where it did not move (the official 0 x inf, which does not block) and infinity
+    or nan (a diverged iterate, over tolerance) where it did."""
+    if factor != math.inf:
+        return change * factor
+    return np.where(change == 0, 0.0, change * factor)
 
 
 def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) -> np.ndarray:
@@ -630,7 +644,7 @@ def sliding_window(
                 elif accepted is None:
                     change = B.row_sq_one(moved) if one else B.row_sq(moved)
                     # (a point that never blocks has factor 0: a finite change scores 0, a nan or inf one nan)
-                    score = local.score(change, m + 1) if local is not None else change * factor[m + 1]
+                    score = local.score(change, m + 1) if local is not None else _weighted(change, factor[m + 1])
                     if not _worst(score) <= tol2:  # a nan score (a diverged iterate) is over tolerance too
                         accepted = m + 1  # the first point over tolerance: exact, as Phi of an accepted point
             nb = e if accepted is None else accepted
