@@ -173,7 +173,7 @@ class CoreRecords:
         self.recent: list = []  # core 0's latest (index, q) of stage 0, newest first
         self.estimated = 0  # how many steps have an estimate e_j
         self.error_sum: Any = None  # the sum of those e_j
-        self.newest: tuple = (None, None)  # the two newest e_j, newest first
+        self.newest: tuple = (None, None, 0)  # the two newest e_j, newest first, and the steps after the newest
         self.start = x  # the initial state (the estimate scales with the solution's decay from it)
         self.convert = sol.quantity_of if sol.converts else None
         # raw outputs kept past their round are copied out of the round's batched output (B.own),
@@ -329,7 +329,7 @@ class CoreRecords:
         if len(rec) == self.local.needs:
             self.estimated += 1
             e = self.local.at(i, [v for _, v in rec])
-            self.newest = (e, self.newest[0])
+            self.newest = (e, self.newest[0], self.sol.steps - i)  # (e_i: the error of the step i - 1 -> i)
             # (a sum of its own from the first: it is added into in place, and e stays one of the newest)
             self.error_sum = e + 0.0 if self.error_sum is None else B.add_into(self.error_sum, e)
 
@@ -345,10 +345,11 @@ class CoreRecords:
             self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
         self.next = None
 
-    def error_state(self) -> tuple[Any, int, int, Any, Any, Any] | None:
+    def error_state(self) -> tuple[Any, int, int, Any, Any, Any, int] | None:
         """(summed local error estimates, how many steps have one, steps, the initial state, the
-        newest local error estimate, the one before it): ``Outputs.error_state``; ``None`` without
-        estimates. The sum is updated in place as the run goes on."""
+        newest local error estimate, the one before it, the steps after the newest one's):
+        ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as the run
+        goes on."""
         if self.local is None:
             return None
         return self.error_sum, self.estimated, self.sol.steps, self.start, *self.newest
@@ -492,7 +493,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
             except ModelOutputError as err:
                 survivors.retire(err, rd.number, rd.evals, records)  # or re-raised
                 kept = survivors.kept(rd.evals)  # the running cores' points: those before the failing one
-                if err.done is None or len(err.done) < kept:  # (outputs not known: a distributed rank's call)
+                if err.done is None or len(err.done) < kept:  # (outputs not known: an executor that gives none)
                     survivors.extra += 1  # the round is evaluated again without the retired cores
                     tick(bar)
                     continue

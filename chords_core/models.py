@@ -54,7 +54,8 @@ class ModelOutputError(RuntimeError):
         self.point = point
         self._nonfinite = bool(nonfinite)
         #: the outputs of the call's points before ``point``, checked, where the call made them (a
-        #: batched call, or the calls a point before it); ``None`` where unknown (a distributed rank)
+        #: batched call, or the calls a point before it); ``None`` where unknown (an executor that gives
+        #: none, or a distributed round whose outputs before the point did not all come)
         self.done = done
 
     @property

@@ -123,23 +123,27 @@ def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool 
     The decay of the RMS misses a mode that decays faster than the solution: the local errors,
     weighted by the solver's derivatives, sit in the fast mode, and die with it (dy/dt = A y with
     eigenvalues -0.39 and -2.28, Heun, 40 steps on 8 cores: the estimate was 70 times the sequential
-    error and the rule accepted two outputs 29 times it away). With ``newest``, the two newest local
-    error estimates (e_m, e_m-1), the estimate is at most steps x RMS(e_m) x r^(steps - estimated),
-    r = min(1, RMS(e_m) / RMS(e_m-1)): the sequential error where the local errors shrink by r a
-    step in a mode that decays by r a step (each error then reaches the end as steps x the last
-    one), taken over the steps not yet estimated; per sample with ``per_sample``. It too is an
-    upper bound of that case and never loosens the rule: local errors that grow keep the sum."""
+    error and the rule accepted two outputs 29 times it away). With ``newest`` = (e_m, e_m-1, n), the
+    two newest local error estimates (of the steps m - 1 -> m and m - 2 -> m - 1) and the steps after
+    e_m's, n = steps - m (default ``steps - estimated``), the estimate is at most
+    steps x RMS(e_m) x r^n, r = min(1, RMS(e_m) / RMS(e_m-1)), per sample with ``per_sample``: the
+    sequential error where the local errors shrink by r a step in a mode that decays by r a step (each
+    error then reaches the end as the newest one would, r^n e_m), to the accuracy of the local error
+    estimates themselves (on dy/dt = -3 y, 40 steps, 8 cores: 0.82x the sequential error with Euler,
+    whose estimate e_j is first order). It never loosens the rule: local errors that grow keep the
+    sum."""
     if error_sum is None or 2 * estimated < steps:
         return None
     est = (sample_rms(error_sum) if per_sample else B.rms(error_sum)) * steps / estimated
     if start is not None and len(ends):
         est = est * decay(start, ends, per_sample)
-    if newest is not None and len(newest) == 2 and newest[1] is not None:
+    if newest is not None and len(newest) >= 2 and newest[1] is not None:
         rms = sample_rms if per_sample else B.rms
         now, prev = rms(newest[0]), rms(newest[1])
-        with np.errstate(divide="ignore", invalid="ignore"):
+        after = newest[2] if len(newest) > 2 else steps - estimated
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r = np.minimum(1.0, np.where(prev > 0, now / np.where(prev > 0, prev, 1.0), 1.0))
-        est = np.minimum(est, now * steps * r ** (steps - estimated))
+        est = np.minimum(est, now * steps * r ** after)
         if not per_sample:
             est = float(est)
     return est
@@ -166,8 +170,8 @@ class Outputs(tuple):
     the grid index each output's core started from (CHORDS' ``init[core]``), or ``None``.
 
     A method gives ``error`` as a float or as ``error_state`` = (error_sum, estimated, steps[, start[,
-    e_m, e_m-1]]), what ``estimate_error`` forms it from (the last two its ``newest``), with the last
-    two outputs as its ``ends``; then ``error``
+    e_m, e_m-1[, steps after e_m's]]]), what ``estimate_error`` forms it from (the last ones its
+    ``newest``), with the last two outputs as its ``ends``; then ``error``
     is formed when a rule first reads it (and ``error_sum``, the method's array, is only valid while
     the rule's ``accept`` runs). A rule that forms the estimate elsewhere reads ``error_state``
     itself (the JAX path's symbolic replay).
@@ -206,7 +210,7 @@ class Outputs(tuple):
         assert state is not None
         start = state[3] if len(state) > 3 else None
         return estimate_error(state[0], state[1], state[2], per_sample, start=start, ends=self[-2:],
-                              newest=state[4:6] if len(state) > 5 else None)
+                              newest=state[4:] if len(state) > 5 else None)
 
 
 class StopNotMet(RuntimeWarning):

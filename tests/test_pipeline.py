@@ -475,9 +475,10 @@ def test_a_fast_decaying_mode_does_not_fool_the_default_stop(case):
 
 
 def test_the_error_estimate_is_bounded_by_the_newest_local_errors_decay():
-    """``estimate_error``'s ``newest`` (e_m, e_m-1): at most steps x RMS(e_m) x r^(steps - estimated),
-    r = min(1, RMS(e_m) / RMS(e_m-1)), per sample; never above the plain estimate (growing local
-    errors keep it); the sequential error of one mode decaying by r a step, where e_j = c r^j."""
+    """``estimate_error``'s ``newest`` (e_m, e_m-1[, n]): at most steps x RMS(e_m) x r^n, n the steps
+    after e_m's (default steps - estimated), r = min(1, RMS(e_m) / RMS(e_m-1)), per sample; never above
+    the plain estimate (growing local errors keep it); the sequential error of one mode decaying by r
+    a step, where e_j = c r^j."""
     from chords_core.stopping import estimate_error
 
     steps, m, r, c = 40, 21, 0.9, 1e-3
@@ -495,6 +496,8 @@ def test_the_error_estimate_is_bounded_by_the_newest_local_errors_decay():
     per = estimate_error(np.array([total, [2.0]]), m, steps, True, newest=both)
     assert per[0] == pytest.approx(est, rel=1e-12) and per[1] == 2.0 * steps / m
     assert estimate_error(total, m, steps, newest=(newest[0], None)) == estimate_error(total, m, steps)
+    # the steps after the newest estimate's, where given (the engine's: T - m for e_m, whatever the order)
+    assert estimate_error(total, m, steps, newest=(*newest, steps - m - 1)) == pytest.approx(est / r, rel=1e-12)
 
 
 def test_the_error_estimate_scales_with_decay_only():

@@ -688,3 +688,26 @@ def test_the_differentiable_mixing_weights_live_on_the_states_device():
     graph.add(dR, torch.ones(3, 4, device="meta"), 2)
     weights = graph.weights(np.array([0.25, 0.5]), 2, 1e-3)
     assert [w.device.type for w in weights] == ["meta", "meta"] and weights[0].dtype == torch.float64
+
+
+def test_an_infinite_weight_scores_device_tensors_without_numpy():
+    """``variance="out"``'s infinite weight scores a point by its worst sample: 0 if unmoved, else
+    inf, nan for a nan change (over tolerance), for the per-sample changes of a torch state on an
+    accelerator too (a user's GPU: ``np.where`` on them raised ``TypeError``, every run with
+    ``variance="out"``; a review, simulated here)."""
+    import torch
+
+    from chords_core.methods.window import _weighted
+
+    class DeviceLike(torch.Tensor):  # a tensor numpy cannot read, as a CUDA tensor
+        def __array__(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    def dev(values):
+        return torch.tensor(values, dtype=torch.float64).as_subclass(DeviceLike)
+
+    assert _weighted(dev([0.0, 0.0]), np.inf) == 0.0
+    assert _weighted(dev([0.0, 1e-300]), np.inf) == np.inf
+    assert np.isnan(_weighted(dev([0.0, float("nan")]), np.inf))
+    assert _weighted(np.float64(0.0), np.inf) == 0.0 and _weighted(np.array([2.0, 0.0]), np.inf) == np.inf
+    assert float(_weighted(dev([2.0, 1.0]), 0.5).max()) == 1.0  # (a finite weight: the product, as before)

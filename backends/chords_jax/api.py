@@ -356,10 +356,14 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     return x, args
 
 
+#: the positions of an ``Outputs.error_state``'s arrays that the program computes: the error sum and
+#: the two newest local error estimates (the initial state, at 3, is the run's input)
+_STATE_ARRAYS = (0, 4, 5)
+
+
 def _state_syms(state: tuple) -> list:
-    """The ``Sym`` arrays of an ``Outputs.error_state`` (the error sum, the newest local error
-    estimates), which the program computes."""
-    return [v for k, v in enumerate(state) if k in (0, 4, 5) and isinstance(v, Sym)]
+    """The ``Sym`` arrays of an ``Outputs.error_state`` (``_STATE_ARRAYS``), which the program computes."""
+    return [v for k, v in enumerate(state) if k in _STATE_ARRAYS and isinstance(v, Sym)]
 
 
 def _on_device_state(state: tuple | None, vals: dict, x: Any) -> tuple | None:
@@ -368,7 +372,7 @@ def _on_device_state(state: tuple | None, vals: dict, x: Any) -> tuple | None:
     state by ``x``."""
     if state is None:
         return None
-    arr = [vals[v.id] if k in (0, 4, 5) and isinstance(v, Sym) else v for k, v in enumerate(state)]
+    arr = [vals[v.id] if k in _STATE_ARRAYS and isinstance(v, Sym) else v for k, v in enumerate(state)]
     return (arr[0], *state[1:3], x, *arr[4:])
 
 

@@ -553,7 +553,10 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 out = torch.stack([o.to(comm, dtype) for o in outs])
             answer: tuple[int, int, torch.Tensor, torch.Tensor | None] = (0, 0, out, None)
         except ModelOutputError as e:  # with the outputs of the points before the bad one, where it has them
-            before = torch.stack([o.to(comm, dtype) for o in e.done]) if e.done else None
+            try:
+                before = torch.stack([o.to(comm, dtype) for o in e.done]) if e.done else None
+            except Exception:  # noqa: BLE001 (not passed on, out of memory say: the driver evaluates the round again)
+                before = None
             answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm), before)
         except (Exception, SystemExit) as e:  # a sys.exit in the model (or a SIGTERM handler's) is reported
             # to the driver before the rank leaves: otherwise the rank vanishes (status 0, success to torchrun)

@@ -117,16 +117,20 @@ def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.nda
 
 
 def _weighted(change: Any, factor: float) -> Any:
-    """A point's squared change (per sample) times its ``factor`` (``_inverse_scales``): for an
-    infinite factor 0 where it did not move (the official 0 x inf, which does not block) and infinity
-    or nan (a diverged iterate, over tolerance) where it did."""
+    """A point's squared change (per sample) times its ``factor`` (``_inverse_scales``), what
+    ``_worst`` reads; for an infinite factor the worst sample's score as a float: 0 where no sample
+    moved (the official 0 x inf, which does not block), else infinity, or nan where a change is nan (a
+    diverged iterate: over tolerance either way). (A float, not an elementwise choice: the changes of
+    a torch state on an accelerator are tensors there.)"""
     if factor != math.inf:
         return change * factor
-    return np.where(change == 0, 0.0, change * factor)
+    worst = _worst(change)
+    return worst if worst == 0 or worst != worst else math.inf
 
 
 def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) -> np.ndarray:
-    """inv[j]: the factor on point j's mean square change (0: never blocks); none for ``"error"``,
+    """inv[j]: the factor on point j's mean square change (0: never blocks; inf: blocks unless
+    unmoved, ``_inverse_variances``); none for ``"error"``,
     which scores against the local error estimates instead."""
     if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j)
         sig = (np.asarray(model.schedule.sigma(times), np.float64) if isinstance(model, DiffusionModel)
