@@ -34,7 +34,7 @@ from .call import warn_caller
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
-from .models import Model, ModelOutputError
+from .models import DiffusionModel, Model, ModelOutputError
 from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
@@ -165,7 +165,7 @@ class CoreRecords:
     """
 
     def __init__(self, sol: Solver, x: Any, init: Sequence[int], history: str, errors: bool = False,
-                 widths: Sequence[int] | None = None):
+                 widths: Sequence[int] | None = None, newest: bool = False):
         K = len(init)
         self.sol, self.init, self.history = sol, init, history
         self.local = LocalError(sol) if errors else None
@@ -173,7 +173,9 @@ class CoreRecords:
         self.recent: list = []  # core 0's latest (index, q) of stage 0, newest first
         self.estimated = 0  # how many steps have an estimate e_j
         self.error_sum: Any = None  # the sum of those e_j
-        self.newest: tuple = (None, None, 0)  # the two newest e_j, newest first, and the steps after the newest
+        # the two newest e_j, newest first, and the steps after the newest's, where the error state carries
+        # them (``newest``: a plain ODE's, ``stopping.estimate_error``)
+        self.newest: tuple | None = (None, None, 0) if newest else None
         self.start = x  # the initial state (the estimate scales with the solution's decay from it)
         self.convert = sol.quantity_of if sol.converts else None
         # raw outputs kept past their round are copied out of the round's batched output (B.own),
@@ -329,7 +331,8 @@ class CoreRecords:
         if len(rec) == self.local.needs:
             self.estimated += 1
             e = self.local.at(i, [v for _, v in rec])
-            self.newest = (e, self.newest[0], self.sol.steps - i)  # (e_i: the error of the step i - 1 -> i)
+            if self.newest is not None:  # (e_i: the error of the step i - 1 -> i)
+                self.newest = (e, self.newest[0], self.sol.steps - i)
             # (a sum of its own from the first: it is added into in place, and e stays one of the newest)
             self.error_sum = e + 0.0 if self.error_sum is None else B.add_into(self.error_sum, e)
 
@@ -345,14 +348,14 @@ class CoreRecords:
             self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
         self.next = None
 
-    def error_state(self) -> tuple[Any, int, int, Any, Any, Any, int] | None:
-        """(summed local error estimates, how many steps have one, steps, the initial state, the
-        newest local error estimate, the one before it, the steps after the newest one's):
-        ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as the run
-        goes on."""
+    def error_state(self) -> tuple | None:
+        """(summed local error estimates, how many steps have one, steps, the initial state[, the
+        newest local error estimate, the one before it, the steps after the newest one's: a plain
+        ODE's]): ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as
+        the run goes on."""
         if self.local is None:
             return None
-        return self.error_sum, self.estimated, self.sol.steps, self.start, *self.newest
+        return (self.error_sum, self.estimated, self.sol.steps, self.start, *(self.newest or ()))
 
 
 class Survivors:
@@ -444,7 +447,9 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
     stacks = getattr(executor, "stacks_points", False)  # a method; a bool attribute as executors set it before
     stack = ((stacks(x) if callable(stacks) else stacks) is True
              and plan.width(limit) * B._nbytes(x) >= B.ROUND_BUFFER_MIN_BYTES)
-    records = CoreRecords(sol, x, plan.init, history, errors=wants_error, widths=plan.widths_from if stack else None)
+    # a plain ODE's error estimate is also bounded by its newest local errors' decay (``estimate_error``)
+    records = CoreRecords(sol, x, plan.init, history, errors=wants_error, widths=plan.widths_from if stack else None,
+                          newest=not isinstance(model, DiffusionModel))
     hits: list[Hit] = []
     outputs: list = []
     starts: list[int] = []  # where each output's core started (Outputs.starts)

@@ -500,6 +500,31 @@ def test_the_error_estimate_is_bounded_by_the_newest_local_errors_decay():
     assert estimate_error(total, m, steps, newest=(*newest, steps - m - 1)) == pytest.approx(est / r, rel=1e-12)
 
 
+def test_the_newest_errors_bound_is_a_plain_odes_only():
+    """CHORDS hands the rule its two newest local errors on a plain ODE only: on a diffusion model the
+    local errors shrink near the data end as the trajectory settles, not as a mode damps the earlier
+    ones (a random-weight latent diffusion pipeline ran to core 0 with the bound, docs/extending.md)."""
+    seen: dict = {}
+
+    class Spy(cc.StopAtCore):
+        uses_error_estimate = True
+
+        def accept(self, outputs, coarse):
+            if outputs.error_state is not None:
+                seen[self.name] = len(outputs.error_state)
+            return super().accept(outputs, coarse)
+
+    gmm = GaussianMixture.random(4, 2, seed=1)
+    x = np.random.default_rng(0).standard_normal((2, 4))
+    diffusion, plain = gmm.model(cc.RectifiedFlow(), "flow"), cc.VectorField(lambda t, y: -y)
+    for name, model in (("diffusion", diffusion), ("plain", plain)):
+        spy = Spy(4)
+        object.__setattr__(spy, "name", name)
+        cc.chords(model, x, np.linspace(0.0, 1.0, 21) if name == "plain" else cc.time_grid(diffusion.schedule, 20),
+                  cores=4, stop=spy)
+    assert seen == {"diffusion": 4, "plain": 7}
+
+
 def test_the_error_estimate_scales_with_decay_only():
     """``estimate_error``'s decay factor: the smaller end's RMS over the start's, per sample, at most 1
     (a growing sample keeps the plain sum), 1 for a sample that starts at zero."""

@@ -388,11 +388,10 @@ def _chunk_plan(prog: Program, sym: Result) -> tuple | None:
     ``sym``: the symbolic result of ``compile_plan`` or ``compile_srds`` (its hits in arrival order).
 
     ``ready[n]``: the round (1-based) after which output n, the coarse prediction and output n's
-    error sum and newest local errors are in the buffer (the latest of their phases: a value of phase r is
-    written by round
-    r and, an output of the run, never overwritten); ``ends``: the chunks' last rounds, the distinct
-    ``ready`` of every output but the last, and the program's last round; ``ids[i]``: the output
-    nodes born in chunk i (``prog.outputs`` keys), read after it.
+    error sum and newest local errors are in the buffer (the latest of their phases: a value of phase
+    r is written by round r and, an output of the run, never overwritten); ``ends``: the chunks' last
+    rounds, the distinct ``ready`` of every output but the last, and the program's last round;
+    ``ids[i]``: the output nodes born in chunk i (``prog.outputs`` keys), read after it.
     """
     phase = {h.x.id: h.x.phase for h in sym.hits}
     phase[sym.coarse.id] = sym.coarse.phase
