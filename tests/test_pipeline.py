@@ -178,6 +178,26 @@ def test_stop_on_residual():
     assert never.rounds == 50 and np.array_equal(never.x, full.x)
 
 
+def test_stop_on_residual_by_the_official_norm():
+    """``norm="l2/numel"``: the official code's ||x_hit - x_prev||_2 / numel (its config's threshold
+    4e-4), not the RMS: the first output whose change by that norm is below tol, whatever its RMS
+    (here tol / sqrt(numel) of the RMS tolerance, as the reference's grows with the state's size)."""
+    model, x, grid = setup("rf-flow")
+    full = cc.chords(model, x, grid, "euler", init=PAPER8, stop=None)
+    prevs = [full.coarse] + [h.x for h in full.hits[:-1]]
+    official = [float(np.linalg.norm((h.x - p).ravel()) / x.size) for h, p in zip(full.hits, prevs)]
+    tol = 1.01 * official[2]  # the third output's residual passes, the first two do not
+    assert min(official[:2]) > tol
+    res = cc.chords(model, x, grid, "euler", init=PAPER8, stop=cc.StopOnResidual(tol, norm="l2/numel"))
+    assert np.array_equal(res.x, full.hits[2].x) and "residual (l2/numel) below" in res.stopped_by
+    rms = [r * np.sqrt(x.size) for r in official]  # the RMS of the same changes: sqrt(numel) larger
+    by_rms = cc.chords(model, x, grid, "euler", init=PAPER8, stop=cc.StopOnResidual(tol))
+    assert np.array_equal(by_rms.x, full.hits[next(k for k, r in enumerate(rms) if r < tol)].x)
+    assert by_rms.rounds > res.rounds
+    with pytest.raises(ValueError, match="norm must be one of"):
+        cc.StopOnResidual(1e-3, norm="l1")
+
+
 def test_converged_rule_takes_evidence_from_rounding_only_after_a_small_move():
     """Two outputs equal to rounding confirm nothing by themselves: cores started one step apart finish
     on the same value whatever its error, and so do cores locked onto one attractor (the exact-digits
