@@ -57,7 +57,8 @@ def rms(a: Any, b: Any) -> float:
 
 
 def parse_stop(text: str) -> StopRule | None:
-    """The ``--stop`` option: 'core:N' -> StopAtCore(N), 'residual:TOL' -> StopOnResidual(TOL), 'none' -> None.
+    """The ``--stop`` option: 'core:N' -> StopAtCore(N), 'residual:TOL' -> StopOnResidual(TOL),
+    'residual:TOL:l2/numel' -> StopOnResidual(TOL, norm="l2/numel") (the reference code's), 'none' -> None.
 
     Args:
         text: the option's value.
@@ -75,10 +76,11 @@ def parse_stop(text: str) -> StopRule | None:
         if kind == "core":
             return StopAtCore(int(value or 1))
         if kind == "residual":
-            return StopOnResidual(float(value))
+            tol, _, norm = value.partition(":")
+            return StopOnResidual(float(tol), norm=norm or "rms")
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--stop: {e}") from None
-    raise argparse.ArgumentTypeError(f"--stop must be 'core:N', 'residual:TOL' or 'none', got {text!r}")
+    raise argparse.ArgumentTypeError(f"--stop must be 'core:N', 'residual:TOL[:l2/numel]' or 'none', got {text!r}")
 
 
 def positive_float(text: str) -> float:
@@ -152,7 +154,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="init sequence (fixes the core count; its starts below every solver's steps), e.g. "
                         "0-2-4-8-12-16")
     p.add_argument("--stop", type=parse_stop, default=StopAtCore(1),
-                   help="core:N | residual:TOL | none (default core:1)")
+                   help="core:N | residual:TOL[:l2/numel] | none (default core:1; l2/numel: the reference code's residual)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf",
                    help="rf: rectified flow + flow prediction; vp: VP + eps")
     p.add_argument("--dim", type=int_at_least(1), default=64, help="Gaussian mixture dimension (default 64)")

@@ -77,6 +77,7 @@ def test_every_option_has_help_text():
                                  ("--seed", "-1", 0), ("--cores", "0", 1), ("--dim", "0", 1), ("--modes", "0", 1))],
     (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
     (["demo", "--stop", "residual"], "argument --stop: residual needs its tolerance, residual:TOL"),  # (float(''))
+    (["demo", "--stop", "residual:1e-3:l1"], "argument --stop: --stop: StopOnResidual(norm): norm must be one of"),
     (["optimize", "--exhaustive-limit", "-2"], "argument --exhaustive-limit: must be an integer >= 0"),
     # the help's init example failed after the Euler run, naming neither --steps nor the solver
     (["demo", "--init", "0-2-4-8-16-24-32-40"], "--init: its starts must lie below the steps; dpmpp_2m runs 20 steps"),
@@ -187,3 +188,12 @@ def test_the_schedule_figure_draws_the_run_the_user_asked_for(tmp_path, monkeypa
     one_a_step = cc.make_plan(25, (0, 4, 8, 16)).nfe()  # (72: the figure drawn before)
     assert drawn["title"] == "CHORDS schedule, heun, T = 25, init 0-4-8-16"
     assert drawn["evaluations"] > 1.9 * one_a_step and drawn["outputs"] == 4  # Heun: two evaluations a step
+
+
+def test_the_residual_stop_takes_the_reference_norm():
+    """``--stop residual:TOL:l2/numel``: the reference code's residual (``StopOnResidual(norm=...)``)."""
+    import chords_core as cc
+    from chords_core.demo import parse_stop
+
+    assert parse_stop("residual:4e-4:l2/numel") == cc.StopOnResidual(4e-4, norm="l2/numel")
+    assert parse_stop("residual:1e-3") == cc.StopOnResidual(1e-3)
