@@ -154,7 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="init sequence (fixes the core count; its starts below every solver's steps), e.g. "
                         "0-2-4-8-12-16")
     p.add_argument("--stop", type=parse_stop, default=StopAtCore(1),
-                   help="core:N | residual:TOL[:l2/numel] | none (default core:1; l2/numel: the reference code's residual)")
+                   help="core:N | residual:TOL[:l2/numel] | none (default core:1; l2/numel: the reference "
+                        "code's residual)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="rf",
                    help="rf: rectified flow + flow prediction; vp: VP + eps")
     p.add_argument("--dim", type=int_at_least(1), default=64, help="Gaussian mixture dimension (default 64)")
