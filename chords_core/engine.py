@@ -39,7 +39,7 @@ from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import Outputs, StopRule, accepts, chosen_output
+from .stopping import ErrorState, Outputs, StopRule, accepts, chosen_output
 
 __all__ = ["rectify", "evaluate_round", "StageTimeError", "DeferredCheck", "CoreRecords", "Survivors", "run_plan",
            "plan_result"]
@@ -348,14 +348,14 @@ class CoreRecords:
             self.states[:core] = [None if st is None else move(st, B.clone(st.x)) for st in self.states[:core]]
         self.next = None
 
-    def error_state(self) -> tuple | None:
-        """(summed local error estimates, how many steps have one, steps, the initial state[, the
-        newest local error estimate, the one before it, the steps after the newest one's: a plain
-        ODE's]): ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as
-        the run goes on."""
+    def error_state(self) -> ErrorState | None:
+        """The summed local error estimates, how many steps have one, steps, the initial state and,
+        for a plain ODE, the two newest local error estimates and the steps after the newest's:
+        ``Outputs.error_state``; ``None`` without estimates. The sum is updated in place as the run
+        goes on."""
         if self.local is None:
             return None
-        return (self.error_sum, self.estimated, self.sol.steps, self.start, *(self.newest or ()))
+        return ErrorState(self.error_sum, self.estimated, self.sol.steps, self.start, *(self.newest or ()))
 
 
 class Survivors:

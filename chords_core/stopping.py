@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,7 +71,8 @@ from .checks import _is_int, check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
            "StopNotMet", "as_stop_rule", "outputs_needed", "select_output", "first_accepted", "chosen_output",
-           "warn_unmet", "estimate_error", "decay", "sample_rms", "AGREE_TO_ROUNDING", "NEAR_STARTS", "RESIDUAL_NORMS"]
+           "warn_unmet", "estimate_error", "decay", "sample_rms", "AGREE_TO_ROUNDING", "NEAR_STARTS", "RESIDUAL_NORMS",
+           "ErrorState"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
 #: their dtype (float32's for 16-bit floats) times the newer output's RMS agree to rounding (see the
@@ -148,7 +149,7 @@ def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool 
     if newest is not None and len(newest) >= 2 and newest[1] is not None:
         rms = sample_rms if per_sample else B.rms
         now, prev = rms(newest[0]), rms(newest[1])
-        after = newest[2] if len(newest) > 2 else steps - estimated
+        after = newest[2] if len(newest) > 2 and newest[2] is not None else steps - estimated
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r = np.minimum(1.0, np.where(prev > 0, now / np.where(prev > 0, prev, 1.0), 1.0))
         est = np.minimum(est, now * steps * r ** after)
@@ -172,25 +173,48 @@ def decay(start: Any, ends: Sequence[Any], per_sample: bool = False) -> Any:
     return min(1.0, r1 / r0) if r0 > 0 else 1.0
 
 
+class ErrorState(NamedTuple):
+    """What a method hands a rule to estimate the sequential solver's error from (``Outputs.error_state``,
+    formed by ``estimate_error``); a plain tuple of the same fields in order is read alike.
+
+    Attributes:
+        error_sum: the sum of the local error estimates so far (the method's array: valid while the
+            rule's ``accept`` runs).
+        estimated: how many steps have an estimate.
+        steps: the grid's steps.
+        start: the run's initial state (the decay scaling), or ``None``.
+        newest, before: the two newest local error estimates e_m and e_m-1, or ``None`` (CHORDS gives
+            them for a plain ODE: the bound by their decay).
+        after: the steps after e_m's, n = steps - m.
+    """
+
+    error_sum: Any
+    estimated: int
+    steps: int
+    start: Any = None
+    newest: Any = None
+    before: Any = None
+    after: int | None = None
+
+
 class Outputs(tuple):
     """The outputs so far, in arrival order, and ``error``: the method's estimate of the sequential
     solver's RMS error (``None`` when the method gives none or the rule did not ask); ``starts``:
     the grid index each output's core started from (CHORDS' ``init[core]``), or ``None``.
 
-    A method gives ``error`` as a float or as ``error_state`` = (error_sum, estimated, steps[, start[,
-    e_m, e_m-1[, steps after e_m's]]]), what ``estimate_error`` forms it from (the last ones its
-    ``newest``), with the last two outputs as its ``ends``; then ``error``
+    A method gives ``error`` as a float or as ``error_state``, an ``ErrorState``, what
+    ``estimate_error`` forms it from with the last two outputs as its ``ends``; then ``error``
     is formed when a rule first reads it (and ``error_sum``, the method's array, is only valid while
     the rule's ``accept`` runs). A rule that forms the estimate elsewhere reads ``error_state``
     itself (the JAX path's symbolic replay).
     """
 
-    error_state: tuple | None
+    error_state: ErrorState | tuple | None
     starts: tuple[int, ...] | None
     _error: float | None
 
     def __new__(cls, items: Sequence[Any] = (), error: float | None = None,
-                error_state: tuple | None = None, starts: Sequence[int] | None = None) -> Outputs:
+                error_state: ErrorState | tuple | None = None, starts: Sequence[int] | None = None) -> Outputs:
         out = super().__new__(cls, items)
         out._error = error
         out.error_state = error_state
@@ -214,11 +238,11 @@ class Outputs(tuple):
 
     def _estimate(self, per_sample: bool) -> Any:
         """``estimate_error`` of ``error_state``, the last two outputs its ends."""
-        state = self.error_state
-        assert state is not None
-        start = state[3] if len(state) > 3 else None
-        return estimate_error(state[0], state[1], state[2], per_sample, start=start, ends=self[-2:],
-                              newest=state[4:] if len(state) > 5 else None)
+        assert self.error_state is not None
+        st = ErrorState(*self.error_state)
+        newest = None if st.newest is None else (st.newest, st.before, st.after)
+        return estimate_error(st.error_sum, st.estimated, st.steps, per_sample, start=st.start, ends=self[-2:],
+                              newest=newest)
 
 
 class StopNotMet(RuntimeWarning):

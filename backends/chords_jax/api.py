@@ -41,6 +41,7 @@ from chords_core.schedules import schedule_key
 from chords_core.sequential import step_where
 from chords_core.stopping import (
     DEFAULT_STOP,
+    ErrorState,
     Outputs,
     StopAtCore,
     StopRule,
@@ -222,8 +223,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
             # (the rule's last call) sharing that round's; None where the estimate is None anyway
             kept = trace_stop.states + trace_stop.states[-1:] * (len(res.hits) - len(trace_stop.states))
             for st in kept:  # estimate_error of a stand-in sum says whether the estimate exists yet
-                usable = (st is not None and isinstance(st[0], Sym)
-                          and estimate_error(np.zeros(1), st[1], st[2]) is not None)
+                usable = (st is not None and isinstance(st.error_sum, Sym)
+                          and estimate_error(np.zeros(1), st.estimated, st.steps) is not None)
                 states.append(st if usable else None)
             outputs += list({v.id: v for st in states if st is not None for v in _state_syms(st)}.values())
             res = dataclasses.replace(res, log=tuple(states))
@@ -356,24 +357,24 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     return x, args
 
 
-#: the positions of an ``Outputs.error_state``'s arrays that the program computes: the error sum and
-#: the two newest local error estimates (the initial state, at 3, is the run's input)
-_STATE_ARRAYS = (0, 4, 5)
+#: the arrays of an ``ErrorState`` that the program computes: the error sum and the two newest local
+#: error estimates (the initial state is the run's input)
+_STATE_ARRAYS = ("error_sum", "newest", "before")
 
 
-def _state_syms(state: tuple) -> list:
-    """The ``Sym`` arrays of an ``Outputs.error_state`` (``_STATE_ARRAYS``), which the program computes."""
-    return [v for k, v in enumerate(state) if k in _STATE_ARRAYS and isinstance(v, Sym)]
+def _state_syms(state: ErrorState) -> list:
+    """The ``Sym`` arrays of an ``ErrorState`` (``_STATE_ARRAYS``), which the program computes."""
+    return [v for v in (getattr(state, f) for f in _STATE_ARRAYS) if isinstance(v, Sym)]
 
 
-def _on_device_state(state: tuple | None, vals: dict, x: Any) -> tuple | None:
-    """An output's ``Outputs.error_state`` from the symbolic run's (its sum and newest local errors
-    ``Sym`` nodes), those replaced by their computed values in ``vals`` (by node id) and the initial
-    state by ``x``."""
+def _on_device_state(state: ErrorState | None, vals: dict, x: Any) -> ErrorState | None:
+    """An output's ``ErrorState`` from the symbolic run's (its sum and newest local errors ``Sym``
+    nodes), those replaced by their computed values in ``vals`` (by node id) and the initial state by
+    ``x``."""
     if state is None:
         return None
-    arr = [vals[v.id] if k in _STATE_ARRAYS and isinstance(v, Sym) else v for k, v in enumerate(state)]
-    return (arr[0], *state[1:3], x, *arr[4:])
+    arrays = {f: vals[v.id] for f in _STATE_ARRAYS if isinstance(v := getattr(state, f), Sym)}
+    return state._replace(start=x, **arrays)
 
 
 def _one_call(rule: StopRule) -> bool:
