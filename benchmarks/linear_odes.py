@@ -6,7 +6,8 @@ from [0.3, 4] (decaying, growing and oscillating modes), y0 standard normal, t f
 whose sequential error exceeds half the solution's RMS is left out (no degradation to judge).
 Printed per method (``cc.chords`` and ``cc.parallel`` at their defaults): runs, misses of the
 no-degradation criterion (error at most 1.05 x the sequential solver's), the worst ratio, and the
-rounds in all against the sequential solver's.
+rounds in all against the sequential solver's; each miss is printed first (its seed, eigenvalues,
+solver, steps and cores).
 
     .venv/bin/python benchmarks/linear_odes.py --seeds 1 2 3
 """
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
                     warnings.simplefilter("ignore")  # (a retired core or a cut sweep warns)
                     res = run(field, y0, grid, solver, cores=cores)
                 ratio = rms(res.x - exact) / err
+                if ratio > 1.05:  # each miss, so that it can be run again
+                    eig = ", ".join(f"{v:.3g}" for v in np.linalg.eigvals(a))
+                    way = " reversed" if grid[0] > grid[-1] else ""
+                    print(f"miss: {name}, seed {seed}, eigenvalues [{eig}], {solver} {steps} steps{way}, "
+                          f"{cores} cores: {ratio:.3f}x ({res.stopped_by})")
                 t = tally[name]
                 t[0] += 1
                 t[1] += ratio > 1.05
