@@ -143,13 +143,14 @@ def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool 
     default to core 0 where it stopped two rounds earlier on an output 3.5e-6 from the sequential one."""
     if error_sum is None or 2 * estimated < steps:
         return None
-    est = (sample_rms(error_sum) if per_sample else B.rms(error_sum)) * steps / estimated
+    rms = sample_rms if per_sample else B.rms
+    est = rms(error_sum) * steps / estimated
     if start is not None and len(ends):
         est = est * decay(start, ends, per_sample)
-    if newest is not None and len(newest) >= 2 and newest[1] is not None:
-        rms = sample_rms if per_sample else B.rms
-        now, prev = rms(newest[0]), rms(newest[1])
-        after = newest[2] if len(newest) > 2 and newest[2] is not None else steps - estimated
+    e_m, e_prev, *rest = newest if newest is not None else (None, None)
+    if e_prev is not None:
+        after = rest[0] if rest and rest[0] is not None else steps - estimated
+        now, prev = rms(e_m), rms(e_prev)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r = np.minimum(1.0, np.where(prev > 0, now / np.where(prev > 0, prev, 1.0), 1.0))
         est = np.minimum(est, now * steps * r ** after)

@@ -54,7 +54,7 @@ from chords_core.stopping import (
 )
 
 from .linear import LinearRecorder, Sym
-from .lower import Program, lower
+from .lower import SEGMENT_TIMES, Program, lower
 from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner, time_dtype, tracing
 from .run import clear_cache as _run_clear_cache
 
@@ -569,8 +569,8 @@ def _on_device(prog: Program, kind: str, dtype: Any, tdtype: Any, mesh: Any,
 
 
 def _segment(prog: Program, seg: Any, cast: Callable) -> tuple:
-    """A segment's arrays (``Program.segment_arrays``) cast, its times (the third) as times."""
-    return tuple(cast(a, i == 2) for i, a in enumerate(prog.segment_arrays(seg)))
+    """A segment's arrays (``Program.segment_arrays``) cast, its times (``SEGMENT_TIMES``) as times."""
+    return tuple(cast(a, i == SEGMENT_TIMES) for i, a in enumerate(prog.segment_arrays(seg)))
 
 
 def _device_arrays(prog: Program, size: int, dtype: Any, tdtype: Any, mesh: Any) -> tuple:

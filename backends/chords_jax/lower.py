@@ -38,7 +38,7 @@ import numpy as np
 
 from .linear import LinearRecorder, Sym
 
-__all__ = ["Program", "Segment", "lower"]
+__all__ = ["Program", "Segment", "lower", "SEGMENT_TIMES"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class Segment:
     rows: int
     terms: int
     out_terms: int
+
+
+#: where ``Program.segment_arrays`` has the evaluation times (cast to the model's time dtype)
+SEGMENT_TIMES = 2
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ class Program:
 
     def segment_arrays(self, seg: Segment) -> tuple[np.ndarray, ...]:
         """The per-round arrays of one segment, trimmed to its shapes: (rounds, points, times,
-        active, dest, idx, coef, out_idx, out_coef), each with a leading axis of its rounds."""
+        active, dest, idx, coef, out_idx, out_coef), each with a leading axis of its rounds (the
+        times at ``SEGMENT_TIMES``)."""
         r, k, w, m, mo = slice(seg.start, seg.stop), slice(0, seg.width), slice(0, seg.rows), slice(0, seg.terms), \
             slice(0, seg.out_terms)
         return (np.arange(seg.start, seg.stop, dtype=np.int32), self.points[r, k], self.times[r, k], self.active[r, k],

@@ -615,7 +615,7 @@ def sliding_window(
                 for m, xp, j, out in zip(idx, px, ti, outs):
                     qs[m - b].append(out if convert is None else convert(xp, out, j))
                 del outs, px  # the quantities hold what is needed of the round
-                out = xp = None
+                out = xp = None  # (the loop's last, not pinned past the round; unbound after an empty one)
                 k += 1
             st = base if multistep == "chain" else State(base.x)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
