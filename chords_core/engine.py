@@ -34,7 +34,7 @@ from .call import warn_caller
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
-from .models import DiffusionModel, Model, ModelOutputError
+from .models import Model, ModelOutputError, is_plain_ode
 from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
@@ -333,8 +333,11 @@ class CoreRecords:
             e = self.local.at(i, [v for _, v in rec])
             if self.newest is not None:  # (e_i: the error of the step i - 1 -> i)
                 self.newest = (e, self.newest[0], self.sol.steps - i)
-            # (a sum of its own from the first: it is added into in place, and e stays one of the newest)
-            self.error_sum = e + 0.0 if self.error_sum is None else B.add_into(self.error_sum, e)
+            if self.error_sum is None:  # (e is fresh; the sum is added into in place, so where e stays
+                # one of the newest, the sum starts as a copy of its own)
+                self.error_sum = e + 0.0 if self.newest is not None else e
+            else:
+                self.error_sum = B.add_into(self.error_sum, e)
 
     def retire(self, core: int) -> None:
         """Drop the records of ``core`` and every faster core (``Survivors``). The next round's points
@@ -449,7 +452,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
              and plan.width(limit) * B._nbytes(x) >= B.ROUND_BUFFER_MIN_BYTES)
     # a plain ODE's error estimate is also bounded by its newest local errors' decay (``estimate_error``)
     records = CoreRecords(sol, x, plan.init, history, errors=wants_error, widths=plan.widths_from if stack else None,
-                          newest=not isinstance(model, DiffusionModel))
+                          newest=is_plain_ode(model))
     hits: list[Hit] = []
     outputs: list = []
     starts: list[int] = []  # where each output's core started (Outputs.starts)

@@ -32,8 +32,8 @@ import numpy as np
 from . import _backend as B
 from .schedules import ByIdentity, RectifiedFlow, Schedule, schedule_key
 
-__all__ = ["Model", "DiffusionModel", "VectorField", "ModelOutputError", "PREDICTIONS", "CHECK_MODES", "resolve_check",
-           "check_array", "check_call"]
+__all__ = ["Model", "DiffusionModel", "VectorField", "is_plain_ode", "ModelOutputError", "PREDICTIONS", "CHECK_MODES",
+           "resolve_check", "check_array", "check_call"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = Any
@@ -498,6 +498,17 @@ class VectorField(Model):
                 "this solver needs the data prediction of a DiffusionModel; a VectorField supports 'euler' and 'heun'"
             )
         return None
+
+
+def is_plain_ode(model: Any) -> bool:
+    """Whether ``model`` is a plain ODE: anything but a ``DiffusionModel`` (a ``VectorField``, a
+    user's own ``Model``). The one place the rules that differ for one decide it: a plain ODE has no
+    noise schedule and data of no known size, and its dynamics may amplify or damp errors far more
+    than a diffusion model's, so its CHORDS stop also bounds the error estimate by the newest local
+    errors' decay (``engine.run_plan``), the cascade sampler measures changes against the solver's
+    local error with a tighter tolerance (``cascade.resolve_scale``, ``cascade.default_tol_for``), and
+    the peers' absolute default tolerances warn (``window.absolute_tol``)."""
+    return not isinstance(model, DiffusionModel)
 
 
 _GRID_PROBLEMS: dict = {}

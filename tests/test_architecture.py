@@ -327,3 +327,70 @@ def test_an_unmet_tolerance_says_so():
     with pytest.warns(cc.stopping.StopNotMet, match="not met"):
         short = cc.srds(MODEL, X, GRID, blocks=3, tol=1e-30, max_iters=2)
     assert "2 of 3 iterations" in short.stopped_by
+
+
+class _OwnModel(cc.Model):
+    """A user's own ``Model`` (neither a ``DiffusionModel`` nor a ``VectorField``): a plain ODE."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def _call(self, xs, ts, workspace=None):
+        return [self.f(t, x) for x, t in zip(xs, ts)]
+
+    def coefficients(self, times, quantity):
+        return None
+
+
+class _Sub(type(MODEL)):
+    """A subclass of ``DiffusionModel``: still a diffusion model."""
+
+
+def test_a_plain_ode_is_decided_in_one_place():
+    """``models.is_plain_ode`` is what every rule that differs for a plain ODE asks: the cascade
+    sampler's scale and default tolerance, the peers' warning about absolute tolerances, and the
+    CHORDS stop's newest-errors bound (its error state carries the newest local errors). Each agrees
+    with it for a diffusion model, a subclass of one, a ``VectorField`` and a user's own ``Model``."""
+    import warnings
+
+    from chords_core.methods.cascade import PLAIN_TOL, default_tol_for, resolve_scale
+    from chords_core.methods.window import absolute_tol
+
+    field = LinearODE.random(6).vector_field()
+    own = _OwnModel(field.f)
+    sub = _Sub(MODEL.fn, MODEL.schedule, MODEL.prediction)
+    seen = []
+    for model, plain in ((MODEL, False), (sub, False), (field, True), (own, True)):
+        assert cc.models.is_plain_ode(model) is plain
+        assert resolve_scale("auto", model) == ("error" if plain else "level")
+        assert default_tol_for(model, 50, "error") == (PLAIN_TOL if plain else 1.0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            absolute_tol(0.1, model, "peer")
+        assert bool(caught) is plain
+        x = X if not plain else np.random.default_rng(1).standard_normal((3, 6))
+        rule = _SeesErrorState()
+        cc.chords(model, x, GRID if not plain else np.linspace(0.0, 1.0, 25), cores=4, stop=rule)
+        assert rule.states and all((len(s) > 4 and s[4] is not None) is plain for s in rule.states)
+        seen.append(plain)
+    assert seen == [False, False, True, True]
+
+
+@dataclass
+class _SeesErrorState:
+    """Accepts nothing; keeps each output's error state."""
+
+    uses_error_estimate = True
+
+    def __post_init__(self):
+        self.states = []
+
+    def outputs_needed(self, available: int) -> int:
+        return available
+
+    def accept(self, outputs, coarse) -> bool:
+        self.states.append(outputs.error_state)
+        return False
+
+    def describe(self, n: int, core: int, accepted: bool) -> str:
+        return "never"

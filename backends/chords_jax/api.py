@@ -35,7 +35,7 @@ import chords_core as cc
 from chords_core.call import nonfinite_state, not_floating
 from chords_core.checks import _is_int, check_grid, check_int
 from chords_core.engine import StageTimeError, eval_where, plan_result
-from chords_core.models import DiffusionModel, ModelOutputError, VectorField
+from chords_core.models import DiffusionModel, ModelOutputError, VectorField, is_plain_ode
 from chords_core.results import Hit, Result
 from chords_core.schedules import schedule_key
 from chords_core.sequential import step_where
@@ -681,7 +681,7 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result, model: cc.Model, sequ
         raise err  # the core's words
     # a faster core: the core engine retires it and goes on (engine.Survivors); the compiled run cannot
     start = f"{err}; core {c} started at step {sym.plan.init[c]} with a coarse jump from x_0"
-    if isinstance(model, DiffusionModel):  # (one returning nan at some time fails every method there: no advice)
+    if not is_plain_ode(model):  # (one returning nan at some time fails every method there: no advice)
         raise err.relabel(j, f"{start}: chords_core.chords retires such a core and goes on with the slower ones; "
                           "the compiled run stops at it")
     raise err.relabel(j, f"{start} and may have run off to where the model overflows (a plain ODE with far "

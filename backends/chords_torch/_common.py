@@ -31,7 +31,7 @@ import torch
 from chords_core.models import Model, ModelOutputError, resolve_check
 from chords_core.schedules import ByIdentity, Schedule
 
-__all__ = ["assign", "autocast_state", "autocast_context", "first_failure", "shell_of", "bind", "dump_shell",
+__all__ = ["assign", "autocast_state", "autocast_context", "first_failure", "place", "shell_of", "bind", "dump_shell",
            "load_shell", "round_timeout_of", "ShellError", "WorkerError", "WorkerDied", "WorkerTimeout",
            "ExecutorClosed"]
 
@@ -85,6 +85,14 @@ def first_failure(failures: Sequence[tuple[BaseException, int]], outs: Sequence[
         before = list(outs[:k])
         return err.relabel(k, str(err), before if all(o is not None for o in before) else None)
     return err
+
+
+def place(outs: list, idx: Sequence[int], values: Sequence[Any], xs: Sequence[Any]) -> None:
+    """Put a worker's outputs ``values`` for the round's points ``idx`` (in order; fewer where it
+    stopped at a bad point: ``ModelOutputError.done``) into the round's ``outs``, each on the device of
+    its point in ``xs``, for ``first_failure`` or the caller."""
+    for k, o in zip(idx, values):
+        outs[k] = o.to(xs[k].device)
 
 
 def fn_attr(model: Model) -> str:

@@ -46,6 +46,7 @@ from ._common import (
     first_failure,
     fn_attr,
     model_settings,
+    place,
     round_timeout_of,
 )
 
@@ -340,8 +341,7 @@ class DeviceExecutor(Executor):
                     outs[k] = o
             elif isinstance(exc, ModelOutputError):  # at this device's point exc.point: the round's idx[exc.point]
                 failures.append((exc, idx[exc.point]))
-                for k, o in zip(idx, exc.done or ()):  # (its points before the bad one)
-                    outs[k] = o.to(xs[k].device)
+                place(outs, idx, exc.done or (), xs)  # (its points before the bad one)
             else:
                 failures.append((exc, idx[0]))
         if failures:

@@ -68,6 +68,7 @@ from ._common import (
     load_shell,
     model_state,
     one_round_at_a_time,
+    place,
     round_timeout_of,
 )
 from .device import replicate
@@ -416,12 +417,10 @@ class DistributedExecutor(Executor):
                 with torch.no_grad():
                     own = local_model.evaluate([xs[k].to(self.device) for k in idx], [ts[k] for k in idx],
                                                batched=self.batched)
-                for k, o in zip(idx, own):
-                    outs[k] = o.to(xs[k].device)
+                place(outs, idx, own, xs)
             except ModelOutputError as e:  # its kind kept, as a serving rank's status carries it
                 failures.append((3 if e.is_nonfinite else 1, idx[e.point], 0, str(e)))
-                for k, o in zip(idx, e.done or ()):  # its points before the bad one
-                    outs[k] = o.to(xs[k].device)
+                place(outs, idx, e.done or (), xs)  # its points before the bad one
             except Exception as e:
                 failures.append((2, idx[0], 0, f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"))
         for r, idx in active:
@@ -431,8 +430,7 @@ class DistributedExecutor(Executor):
                 before = body
             else:
                 failures.append((code, idx[point], r, body))
-            for j, k in enumerate(idx[:0 if before is None else len(before)]):
-                outs[k] = before[j].to(xs[k].device)
+            place(outs, idx, before if before is not None else (), xs)
         self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
         if failures:  # (a bad output holds the round's outputs before it where all came: ModelOutputError.done)
             raise first_failure([(self._failure(code, k, r, msg), k) for code, k, r, msg in failures], outs)

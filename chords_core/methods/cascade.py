@@ -39,7 +39,7 @@ from typing import Any
 
 from ..checks import check_choice, check_grid, check_int
 from ..executors import Executor
-from ..models import DiffusionModel, Model
+from ..models import Model, is_plain_ode
 from ..results import Result
 from ..solvers import Solver
 from .window import sliding_window
@@ -79,7 +79,7 @@ def resolve_scale(scale: str, model: Any) -> str:
     schedule assumes), ``"error"`` for anything else (a plain ODE, whose units no rule knows)."""
     scale = check_choice("scale", scale, SCALES)
     if scale == "auto":
-        return "level" if isinstance(model, DiffusionModel) else "error"
+        return "error" if is_plain_ode(model) else "level"
     return scale
 
 
@@ -113,7 +113,7 @@ def default_tol(steps: int, scale: str = "error", plain: bool = False) -> float:
 def default_tol_for(model: Any, steps: int, scale: str) -> float:
     """``default_tol`` for ``model`` (a plain ODE is anything but a ``DiffusionModel``), ``scale``
     decided already (``resolve_scale``): the one place the core and ``chords_jax`` take it from."""
-    return default_tol(steps, scale, not isinstance(model, DiffusionModel))
+    return default_tol(steps, scale, is_plain_ode(model))
 
 
 def cascade(

@@ -59,7 +59,7 @@ from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move
 from ..local_error import LocalError
-from ..models import DiffusionModel, Model, ModelOutputError
+from ..models import DiffusionModel, Model, ModelOutputError, is_plain_ode
 from ..plan import Eval, Round
 from ..progress import progress_bar
 from ..results import Hit, Result
@@ -144,7 +144,7 @@ def absolute_tol(default: float, model: Any, method: str) -> float:
     diffusion convention of data of about unit size), with a ``UserWarning`` for a model that is not a
     ``DiffusionModel``: on the plain ODEs of ``benchmarks/plain_odes.py`` these defaults missed the
     no-degradation criterion in 4 (ParaTAA) to 73 (ParaDiGMS) of 105 runs, by up to 1291x."""
-    if not isinstance(model, DiffusionModel):
+    if is_plain_ode(model):
         warn_caller(f"{method}: its default tol={default:g} is absolute, in the state's units (the diffusion "
                     "convention: data of about unit size); on a plain ODE it can return an output far less "
                     "accurate than the sequential solver's (benchmarks/plain_odes.py --peers); pass tol, or use "
