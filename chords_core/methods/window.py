@@ -268,27 +268,41 @@ class Seeder:
         if self.path is None:
             return B.lincombs([self.sol.jump_coeffs(e, j) for j in js], (x_e, d))
         second = self.order >= 2 and d_prev is not None and i_prev is not None
-        rows = [self._coefficients(e, i, j, i_prev if second else None) for j in js]
-        if all(len(c) == len(rows[0]) for c in rows):
-            return B.lincombs(rows, (x_e, d, d_prev) if len(rows[0]) == 3 else (x_e, d))
+        rows = self._coefficients(e, i, js, i_prev if second else None)
+        n = len(rows[0])
+        if all(len(c) == n for c in rows):
+            return B.lincombs(rows, (x_e, d, d_prev) if n == 3 else (x_e, d))
         return [B.lincomb(c, (x_e, d, d_prev) if len(c) == 3 else (x_e, d)) for c in rows]
 
-    def _coefficients(self, e: int, i: int, j: int, i_prev: int | None) -> tuple[float, ...]:
-        """The seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev)."""
+    def _coefficients(self, e: int, i: int, js: Sequence[int], i_prev: int | None) -> list[tuple[float, ...]]:
+        """Each seed's coefficients on (x_e, d) or, second order (from ``i_prev``), on (x_e, d, d_prev),
+        for j in ``js``. (What does not depend on j is formed once: the same operations per seed.)"""
         assert self.path is not None
         a, s, lam = self.path
-        if s[e] == 0.0:
-            return (0.0, 1.0)
-        r = s[j] / s[e]
-        first = (r, a[j] - r * a[e])
+        s_e, a_e = s[e], a[e]
+        if s_e == 0.0:
+            return [(0.0, 1.0)] * len(js)
         finite = self.finite
-        if (i_prev is None or s[j] == 0.0 or not (finite[i] and finite[i_prev] and finite[e] and finite[j])
-                or lam[i] == lam[i_prev]):
-            return first
-        # D(lambda) = d + (lambda - lam_i) S, S = (d - d_prev) / (lam_i - lam_prev):
-        # sigma_j int_{lam_e}^{lam_j} e^l (l - lam_i) dl = a_j (lam_j - lam_i - 1) - r a_e (lam_e - lam_i - 1)
-        c = (a[j] * (lam[j] - lam[i] - 1.0) - r * a[e] * (lam[e] - lam[i] - 1.0)) / (lam[i] - lam[i_prev])
-        return (r, first[1] + c, -c)
+        # the second-order term, where both predictions' lambdas are finite and apart (and j's, below)
+        second = (i_prev is not None and finite[i] and finite[i_prev] and finite[e]
+                  and lam[i] != lam[i_prev])
+        if second:
+            assert i_prev is not None
+            lam_i = lam[i]
+            over_e = lam[e] - lam_i - 1.0
+            apart = lam_i - lam[i_prev]
+        rows: list[tuple[float, ...]] = []
+        for j in js:
+            r = s[j] / s_e
+            b = a[j] - r * a_e
+            if not second or s[j] == 0.0 or not finite[j]:
+                rows.append((r, b))
+                continue
+            # D(lambda) = d + (lambda - lam_i) S, S = (d - d_prev) / (lam_i - lam_prev):
+            # sigma_j int_{lam_e}^{lam_j} e^l (l - lam_i) dl = a_j (lam_j - lam_i - 1) - r a_e (lam_e - lam_i - 1)
+            c = (a[j] * (lam[j] - lam_i - 1.0) - r * a_e * over_e) / apart
+            rows.append((r, b + c, -c))
+        return rows
 
 
 class _PointErrors:
