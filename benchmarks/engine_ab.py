@@ -89,9 +89,13 @@ def main(argv=None) -> None:
         for size in args.sizes:
             runs = {"base": runner(base, size, args.method), "new": runner(cc, size, args.method)}
             a, b = runs["base"](), runs["new"]()
-            assert (a.rounds, a.nfe) == (b.rounds, b.nfe)  # the same run: CHORDS bit for bit, the cascade's
-            # seeds may round differently
-            assert np.array_equal(a.x, b.x) if args.method == "chords" else np.allclose(a.x, b.x, rtol=1e-5, atol=1e-5)
+            assert (a.rounds, a.nfe) == (b.rounds, b.nfe)  # the same run: CHORDS bit for bit; the cascade's
+            # seeds may round differently against a base before a change to them (said, not hidden)
+            if not np.array_equal(a.x, b.x):
+                assert args.method == "cascade" and np.allclose(a.x, b.x, rtol=1e-5, atol=1e-5)
+                off = float(np.abs(a.x - b.x).max())
+                print(f"(size {size}: the outputs differ from the base's by up to {off:.3g}, rounding in the seeds; "
+                      "the same rounds and evaluations)")
             reps = args.repeats if size <= 4096 else max(5, args.repeats // 3)
             secs, _ = interleaved(runs, reps, shuffle=True)
             old, new = secs["base"] / a.rounds, secs["new"] / b.rounds
