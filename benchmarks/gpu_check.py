@@ -7,13 +7,16 @@ Sections (each prints one line of JSON; the last line summarises):
 
 1. ``device``: ``DeviceExecutor`` over every visible GPU (one thread and one replica per GPU), CHORDS
    with a seeded float64 MLP, every core's output against ``SerialExecutor`` on the first GPU
-   (maximum absolute difference; one call per point, so equal up to the devices' kernels).
+   (maximum absolute difference; one call per point, so equal up to the devices' kernels); again with
+   the caller in a CUDA stream of its own and the first device named by a bare ``"cuda"``.
 2. ``distributed``: ``DistributedExecutor`` under torchrun with nccl, one rank per GPU, running
    ``python -m chords_torch.demo``, which compares every output with the serial executor bit for
    bit (nccl needs a GPU per rank: with one GPU, or ``--allow-cpu``, 2 ranks on gloo).
 3. ``jax``: ``chords_jax.chords`` sharded over the JAX GPU devices against the numpy core (skipped,
    with the reason, where JAX has no GPU backend).
-4. ``speedup``: a seeded MLP (1024-4096x8-1024) whose batch doubles until one evaluation takes
+4. ``diffusers``: ``chords_diffusers`` models on the first GPU against the CPU, for three schedulers
+   (sigmas on the host, timesteps on the device, and both on the device); skipped without diffusers.
+5. ``speedup``: a seeded MLP (1024-4096x8-1024) whose batch doubles until one evaluation takes
    about ``--ms`` ms on one GPU; the sequential
    solve against CHORDS (first output, ``StopAtCore(1)``) with one core per GPU (``DeviceExecutor``)
    and, on one GPU, with the round's points batched (``BatchedExecutor``: the GPU's spare capacity
@@ -26,8 +29,10 @@ Meant to finish in under 5 minutes on a GPU machine (``--quick`` for a shorter r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,14 +71,55 @@ def check_devices(devices, steps: int) -> dict:
     x = torch.randn(4, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(devices[0])
     grid = cc.time_grid(model.schedule, steps)
     cores = max(2, len(devices))
+    cuda = devices[0].type == "cuda"
     with torch.no_grad():
         ref = cc.chords(model, x, grid, "euler", cores=cores, stop=None, executor=cc.SerialExecutor())
         with DeviceExecutor(devices) as ex:
             res = cc.chords(model, x, grid, "euler", cores=cores, stop=None, executor=ex)
+        # the caller in a CUDA stream of its own (the device threads wait for it), devices named by a bare
+        # "cuda" (the current device, resolved once, not per thread)
+        stream = torch.cuda.Stream(devices[0]) if cuda else None
+        named = ["cuda"] + devices[1:] if cuda else devices
+        with DeviceExecutor(named) as ex, (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+            own = cc.chords(model, x * 1.0, grid, "euler", cores=cores, stop=None, executor=ex)
+        sync(devices)
     diff = max(float((a.x - b.x).abs().max()) for a, b in zip(res.hits, ref.hits))
+    diff_own = max(float((a.x - b.x).abs().max()) for a, b in zip(own.hits, ref.hits))
     seq = cc.solve(model, x, grid, "euler")
     return emit("device", devices=[str(d) for d in devices], cores=cores, max_abs_diff=diff,
-                core0_equals_solve=bool(torch.equal(res.hits[-1].x, seq)), ok=diff <= 1e-10)
+                max_abs_diff_own_stream=diff_own, core0_equals_solve=bool(torch.equal(res.hits[-1].x, seq)),
+                ok=max(diff, diff_own) <= 1e-10)
+
+
+def check_diffusers(device: torch.device, steps: int) -> dict:
+    """``chords_diffusers`` on the device against the same model on the CPU, for schedulers that keep
+    their sigmas on the CPU and their timesteps on the device (Euler, DPM-Solver++) and one that keeps
+    both on the device (FlowMatchEuler); a tiny network, no weights to download."""
+    try:
+        import diffusers
+
+        import chords_diffusers as cd
+    except ImportError as e:
+        return emit("diffusers", skipped=f"diffusers is not installed ({e})", ok=True)
+
+    def net(x, tau):
+        scale = (tau.to(torch.float64) / 1000.0).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return torch.tanh(x) * 0.3 + scale * x
+
+    worst, names = 0.0, []
+    for make in (diffusers.EulerDiscreteScheduler, diffusers.DPMSolverMultistepScheduler,
+                 diffusers.FlowMatchEulerDiscreteScheduler):
+        x = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        outs = []
+        for dev in (torch.device("cpu"), device):
+            smap = cd.map_scheduler(make(), steps, device=dev)
+            model = cd.make_model(smap, net)
+            with torch.no_grad():
+                outs.append(cc.chords(model, x.to(dev) * float(smap.init_noise_sigma), smap.grid, smap.solver,
+                                      cores=4, stop=None).x.cpu())
+        worst = max(worst, float((outs[0] - outs[1]).abs().max()))
+        names.append(make.__name__)
+    return emit("diffusers", device=str(device), schedulers=names, max_abs_diff=worst, ok=worst <= 1e-9)
 
 
 def check_distributed(ranks: int, backend: str, timeout: float) -> dict:
@@ -83,10 +129,18 @@ def check_distributed(ranks: int, backend: str, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
            "-m", "chords_torch.demo", "--steps", "16", "--cores", str(max(2, ranks - 1)), "--backend", backend]
     t0 = time.monotonic()
+    # in a session of its own: on a timeout its whole process group goes, the ranks too (killing torchrun
+    # alone left ranks waiting in nccl, holding the GPUs through the speedup section)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return emit("distributed", backend=backend, ranks=ranks, ok=False, error=f"no answer within {timeout:g} s")
+    p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     rep = json.loads(lines[-1]) if lines else {}
     return emit("distributed", backend=backend, ranks=ranks, seconds=round(time.monotonic() - t0, 1),
@@ -122,7 +176,9 @@ def check_jax(allow_cpu: bool, steps: int) -> dict:
     grid = cc.time_grid(model.schedule, steps)
     cores = max(2, len(devs))
     ref = cc.chords(model, x, grid, "euler", cores=cores, stop=None)
-    res = chords_jax.chords(model, x, grid, "euler", cores=cores, stop=None, devices=devs)
+    # (full float32 products: JAX's default on A100 / H100 is TF32, about 2e-4 off numpy's here)
+    with jax.default_matmul_precision("highest"):
+        res = chords_jax.chords(model, x, grid, "euler", cores=cores, stop=None, devices=devs)
     diff = max(float(np.abs(np.asarray(a.x) - b.x).max()) for a, b in zip(res.hits, ref.hits))
     return emit("jax", platform=platform, devices=len(devs), cores=cores, max_abs_diff=diff, ok=diff <= 1e-4)
 
@@ -211,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     # nccl needs one GPU per rank: with fewer than 2 GPUs the protocol is checked on gloo
     results.append(check_distributed(max(2, gpus), "nccl" if gpus >= 2 else "gloo", timeout=240))
     results.append(check_jax(args.allow_cpu, steps))
+    results.append(check_diffusers(devices[0], min(steps, 12)))
     ms = args.ms if gpus else min(args.ms, 5.0)
     dim, width, depth = (1024, 4096, 8) if gpus else (128, 128, 2)
     results.append(speedup(devices, ms, steps, repeats, dim, width, depth))

@@ -532,6 +532,41 @@ def _host_times(ts: Sequence[float], repeats: int, dtype: Any) -> np.ndarray:
     return arr if repeats == 1 else np.repeat(arr, repeats)
 
 
+#: the attribute of a torch time tensor on an accelerator (``times_like``) that holds its values on
+#: the host, as float64 numpy
+HOST_TIMES = "chords_host_times"
+
+
+def upload(t: Any, device: Any) -> Any:
+    """The host tensor ``t`` on ``device`` without waiting for the device: a copy from pageable host
+    memory to a CUDA device waits for the work queued on its stream first (one device synchronisation
+    per model call, where the output check promises none), so a CUDA copy goes through pinned memory,
+    ``non_blocking`` (the caching host allocator keeps the pinned block until the copy is done)."""
+    import torch  # (a torch tensor's: torch is there)
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        try:
+            t = t.pin_memory()
+        except RuntimeError:  # (no pinned memory to be had: the plain copy)
+            return t.to(device)
+        return t.to(device, non_blocking=True)
+    return t.to(device)
+
+
+def host_times(t: Any) -> np.ndarray:
+    """The times ``t`` (a model's time argument) as float64 numpy on the host, from the values
+    ``times_like`` keeps beside a tensor on an accelerator where it has them (no device read)."""
+    kept = getattr(t, HOST_TIMES, None)
+    if kept is not None:
+        return kept
+    if hasattr(t, "detach"):
+        return t.detach().cpu().double().numpy().reshape(-1)
+    return np.asarray(t, dtype=np.float64).reshape(-1)
+
+
 def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = False) -> Array:
     """A 1-D array of the times ``ts``, each repeated ``repeats`` times, in ``like``'s library.
 
@@ -547,8 +582,12 @@ def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = Fal
         if np_dtype is not None:  # on the CPU through numpy: a third of torch.tensor's cost, the same values
             return torch.from_numpy(_host_times(ts, repeats, np_dtype))
         dtype = like.dtype if like.dtype.is_floating_point and not exact else torch.float64
-        t = torch.tensor(ts, dtype=dtype, device=like.device)
-        return t if repeats == 1 else t.repeat_interleave(repeats)
+        t = torch.tensor(ts, dtype=dtype)  # (made on the host, as torch.tensor(..., device=) makes it too)
+        t = upload(t if repeats == 1 else t.repeat_interleave(repeats), like.device)
+        # the values on the host as well, for a network that maps times to its own grid (the diffusers
+        # Denoiser): reading them back from the device would wait for it at every call
+        setattr(t, HOST_TIMES, _host_times(ts, repeats, np.float64))
+        return t
     import jax
     import jax.numpy as jnp
 

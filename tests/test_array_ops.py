@@ -199,3 +199,18 @@ def test_a_network_asking_for_exact_times_gets_float64_times_in_every_library():
         seen.clear()
         cc.solve(cc.DiffusionModel(plain, rf, "flow"), x, grid)
         assert set(seen) == {str(x.dtype)}
+
+
+def test_times_on_an_accelerator_keep_their_host_values():
+    """``times_like`` for a tensor off the CPU (the meta device stands in for a GPU here): the times
+    made on the host and uploaded (``upload``: through pinned memory, non-blocking, on CUDA), their
+    float64 values kept beside them, so that a network mapping times to its grid (the diffusers
+    Denoiser) reads them without a device read (``host_times``, which a meta tensor would refuse)."""
+    like = torch.empty(3, 2, device="meta", dtype=torch.bfloat16)
+    for exact, dtype in ((False, torch.bfloat16), (True, torch.float64)):
+        t = B.times_like([0.25, 0.5], 3, like, exact)
+        assert t.device.type == "meta" and t.dtype == dtype and t.shape == (6,)
+        np.testing.assert_array_equal(B.host_times(t), [0.25] * 3 + [0.5] * 3)
+    cpu = B.times_like([0.25, 0.5], 1, torch.zeros(2, 2))
+    assert cpu.device.type == "cpu" and B.host_times(cpu).tolist() == [0.25, 0.5]  # (read back on the host)
+    assert B.upload(cpu, "cpu") is cpu

@@ -275,3 +275,30 @@ def test_ddim_pipeline_call_arguments_as_the_pipeline(unet):
         cd.sample(pipe, cores=1, num_inference_steps=STEPS, eta=0.5, progress=False)
     with pytest.raises(TypeError, match="DDPMPipeline: unsupported argument.*eta"):
         cd.sample(DDPMPipeline(unet=unet, scheduler=DDIMScheduler()), cores=1, num_inference_steps=STEPS, eta=0.0)
+
+
+@pytest.mark.parametrize("make", [EulerDiscreteScheduler, DPMSolverMultistepScheduler, DDIMScheduler,
+                                  FlowMatchEulerDiscreteScheduler])
+def test_the_denoiser_reads_no_time_back_from_the_device(make):
+    """On a GPU the scheduler keeps its sigmas on the CPU and its timesteps on the device, and the
+    Denoiser indexed the one with an index on the other (``IndexError`` on the first call), after
+    reading the times back from the device (a synchronisation per call). Both are now on the host:
+    here on the meta device (a stand-in for a GPU that holds no values to read back), on and off
+    the grid."""
+    smap = cd.map_scheduler(make(), STEPS)
+    seen = []
+
+    def net(x, tau):
+        seen.append((tau.device.type, tau.dtype, tuple(tau.shape)))
+        return x * 0.5
+
+    den = cd.Denoiser(net, smap)
+    x = torch.empty(2, 4, device="meta")
+    from chords_core import _backend as B
+
+    on, off = float(smap.grid[1]), float(0.5 * (smap.grid[2] + smap.grid[3]))
+    for times in ([on, float(smap.grid[3])], [on, off]):  # on the grid; one time off it (interpolated)
+        out = den(x, B.times_like(times, 1, x, exact=True))
+        assert out.device.type == "meta" and out.shape == x.shape
+    # the scheduler's own timesteps on the grid, float32 ones where a time is interpolated
+    assert seen == [("meta", smap.timesteps.dtype, (2,)), ("meta", torch.float32, (2,))]

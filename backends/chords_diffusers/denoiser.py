@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import chords_core as cc
+from chords_core import _backend as B
 
 from .schedulers import SchedulerMap
 
@@ -258,6 +259,11 @@ class Denoiser:
         n = smap.steps
         self._grid = np.asarray(smap.grid[:n], dtype=np.float64)
         self._tau64 = smap.timesteps.detach().cpu().double().numpy()
+        # the scheduler's timesteps and sigmas on the host, in their dtypes: indexed there with the
+        # host's grid indices and uploaded once a call (a scheduler keeps its sigmas on the CPU and its
+        # timesteps on the device: the device's index into the CPU's sigmas failed on a GPU)
+        self._tau_host = smap.timesteps.detach().cpu()[:n]
+        self._sig_host = smap.sigmas.detach().cpu()[:n]
         spacing = np.abs(np.diff(self._grid)).min() if n > 1 else np.inf
         self._tol = min(1e-6 * max(1.0, float(np.abs(self._grid).max())), 0.25 * spacing)
 
@@ -270,7 +276,7 @@ class Denoiser:
         Returns:
             (grid index per row, whether the row's time is on the grid), both (N,).
         """
-        tt = t.detach().cpu().double().numpy().reshape(-1)
+        tt = B.host_times(t)
         idx = np.abs(tt[:, None] - self._grid[None, :]).argmin(axis=1)
         return idx, np.abs(self._grid[idx] - tt) <= self._tol
 
@@ -286,16 +292,15 @@ class Denoiser:
         """
         smap = self.smap
         idx, on_grid = self.indices(t)
-        tt = t.detach().cpu().double().numpy().reshape(-1)
-        sel = torch.as_tensor(idx, device=smap.timesteps.device)
-        tau = smap.timesteps[sel]
-        sig = smap.sigmas[sel]
+        tt = B.host_times(t)
+        sel = torch.from_numpy(idx)
+        tau, sig = self._tau_host[sel], self._sig_host[sel]  # (on the host: no device read, one upload)
         if not on_grid.all():  # off the scheduler's grid: interpolate timestep, sigma is the time itself
             g, ts = self._grid[::-1], self._tau64[::-1]
             off = torch.as_tensor(np.interp(tt, g, ts), dtype=torch.float32)
             tau = torch.where(torch.as_tensor(on_grid), tau.to(torch.float32), off)
-            sig = torch.where(torch.as_tensor(on_grid), sig.to(torch.float64), torch.as_tensor(tt)).to(sig.dtype)
-        tau, sig = tau.to(x.device), sig.to(x.device)
+            sig = torch.where(torch.as_tensor(on_grid), sig.to(torch.float64), torch.from_numpy(tt)).to(sig.dtype)
+        tau, sig = B.upload(tau, x.device), B.upload(sig, x.device)
         view = (-1,) + (1,) * (x.dim() - 1)
         x_in = x / ((sig**2 + 1) ** 0.5).view(view).to(x.dtype) if smap.scale_input else x
         out = self.net(x_in, tau)

@@ -196,6 +196,24 @@ def _cancel(fut: cf.Future) -> None:
     fut.set_running_or_notify_cancel()
 
 
+def _own_stream(x: torch.Tensor) -> Any:
+    """The caller's current CUDA stream on ``x``'s device where it is not the device's default stream
+    (the device threads' own current stream, which every thread shares), else ``None``."""
+    if not x.is_cuda:
+        return None
+    s = torch.cuda.current_stream(x.device)
+    return None if s == torch.cuda.default_stream(x.device) else s
+
+
+def _resolved(d: torch.device) -> torch.device:
+    """``d`` with its index where it names the current device of its kind (a bare ``"cuda"``): the
+    current CUDA device is per thread, so a device thread would take ``cuda:0`` where the replica was
+    built on the caller's current device (after ``torch.cuda.set_device(3)``, say)."""
+    if d.type == "cuda" and d.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
 def _check_device(d: torch.device) -> None:
     """A ``ValueError`` naming ``devices`` if ``d`` cannot hold a tensor here (a missing GPU, say)."""
     if d.type == "meta":  # (it holds shapes only: accepted, then every call failed)
@@ -227,7 +245,7 @@ class DeviceExecutor(Executor):
         if isinstance(devices, (str, torch.device)) or not len(devices):
             raise ValueError(f"devices must be a non-empty list of devices, got {devices!r}")
         try:
-            self.devices = [torch.device(d) for d in devices]
+            self.devices = [_resolved(torch.device(d)) for d in devices]
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"devices: {e}") from None
         for d in self.devices:
@@ -272,10 +290,16 @@ class DeviceExecutor(Executor):
         self._replicas = {}
 
     def _run(self, model: Model, device: torch.device, xs: Sequence[torch.Tensor], ts: Sequence[float],
-             idx: list[int], grad: bool, amp: tuple[int, ...]) -> list[torch.Tensor]:
+             idx: list[int], grad: bool, amp: tuple[int, ...], stream: Any = None) -> list[torch.Tensor]:
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
         with torch.set_grad_enabled(grad), on_device, autocast_context(amp):
-            pts = [xs[k].to(device, non_blocking=True) for k in idx]
+            if stream is not None:  # the caller works in a CUDA stream of its own, where it may still be
+                # writing the points: this thread's stream on their device (which the copies and a model on
+                # that device run in) waits for it first
+                torch.cuda.current_stream(stream.device).wait_stream(stream)
+            # (non-blocking only onto an accelerator: a copy into the host's memory returns before it is
+            # done, and a CPU model would read it unfinished)
+            pts = [xs[k].to(device, non_blocking=device.type != "cpu") for k in idx]
             tts = [ts[k] for k in idx]
             try:
                 outs = model.evaluate(pts, tts, batched=self.batched)
@@ -285,7 +309,10 @@ class DeviceExecutor(Executor):
                 # SystemExit too: raised by the model on this thread, never a signal, which only the main thread gets)
                 raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
                                   f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}") from e
-            return [o.to(xs[k].device) for o, k in zip(outs, idx)]
+            back = [o.to(xs[k].device) for o, k in zip(outs, idx)]
+            if stream is not None:  # and the caller's stream reads the outputs only once they are there
+                stream.wait_stream(torch.cuda.current_stream(stream.device))
+            return back
 
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         """Evaluate the round's points, point k on device k mod D (see ``Executor.__call__``).
@@ -322,7 +349,8 @@ class DeviceExecutor(Executor):
         pools = self._pools  # ([] once closed by another thread: its close() cancels what it queued)
         if not pools:
             raise ExecutorClosed("this DeviceExecutor is closed")
-        futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad, amp))
+        stream = _own_stream(xs[0])  # (the caller's, where not the default one: see _run)
+        futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad, amp, stream))
                 for w, idx in enumerate(groups) if idx]
         done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
         if any(f.cancelled() for _, f in futs):
