@@ -122,6 +122,24 @@ def check_diffusers(device: torch.device, steps: int) -> dict:
     return emit("diffusers", device=str(device), schedulers=names, max_abs_diff=worst, ok=worst <= 1e-9)
 
 
+def stop_torchrun(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """End a torchrun that outlived its timeout, with its ranks: SIGTERM to torchrun, which passes it to
+    each rank (every rank runs in a session of its own, so neither killing torchrun nor its process
+    group reaches them: they went on waiting in nccl, holding the GPUs through the next section),
+    then SIGKILL to what is left of torchrun's group; the pipes are given up after ``grace`` seconds
+    (a rank that ignores both would keep them open)."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=grace)
+
+
 def check_distributed(ranks: int, backend: str, timeout: float) -> dict:
     """torchrun with ``ranks`` processes running the chords_torch demo (it compares with serial)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -129,16 +147,12 @@ def check_distributed(ranks: int, backend: str, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
            "-m", "chords_torch.demo", "--steps", "16", "--cores", str(max(2, ranks - 1)), "--backend", backend]
     t0 = time.monotonic()
-    # in a session of its own: on a timeout its whole process group goes, the ranks too (killing torchrun
-    # alone left ranks waiting in nccl, holding the GPUs through the speedup section)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        stop_torchrun(proc)
         return emit("distributed", backend=backend, ranks=ranks, ok=False, error=f"no answer within {timeout:g} s")
     p = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]

@@ -14,7 +14,7 @@ sequential error exceeds the solution's RMS (not an approximation: no degradatio
 default for a diffusion model) and ``tol=0.5``. Also counted: the largest deviation from the
 sequential output in units of the sequential error (the error ratio alone can pass by cancellation
 or fail by an unlucky sign), and runs with a sweep cut where an iterate ran off (a non-finite model
-output past the window start; README "An iterate that runs off"). A last column runs CHORDS
+output past the window start; docs/safety.md, "An iterate that runs off"). A last column runs CHORDS
 (``cc.chords`` with its default init and stop rule, ``cores`` cores): its faster cores start with one
 coarse jump over many steps, which on these ODEs often lands where the field overflows; such a core
 is retired with the faster ones and the run goes on (counted as "retired"). ``--peers`` adds the

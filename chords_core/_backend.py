@@ -532,8 +532,8 @@ def _host_times(ts: Sequence[float], repeats: int, dtype: Any) -> np.ndarray:
     return arr if repeats == 1 else np.repeat(arr, repeats)
 
 
-#: the attribute of a torch time tensor on an accelerator (``times_like``) that holds its values on
-#: the host, as float64 numpy
+#: the attribute of a torch time tensor that ``times_like`` made on the host and moved to the state's
+#: device (off the CPU, or a CPU dtype numpy lacks) that holds its values on the host, as float64 numpy
 HOST_TIMES = "chords_host_times"
 
 
@@ -558,7 +558,9 @@ def upload(t: Any, device: Any) -> Any:
 
 def host_times(t: Any) -> np.ndarray:
     """The times ``t`` (a model's time argument) as float64 numpy on the host, from the values
-    ``times_like`` keeps beside a tensor on an accelerator where it has them (no device read)."""
+    ``times_like`` keeps beside a tensor it uploaded where it has them (no device read; the values the
+    tensor holds, rounded to its dtype), else read from ``t`` (a tensor that a network made anew or
+    changed in place has no such values, or stale ones: pass the one it was given)."""
     kept = getattr(t, HOST_TIMES, None)
     if kept is not None:
         return kept
@@ -583,10 +585,13 @@ def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = Fal
             return torch.from_numpy(_host_times(ts, repeats, np_dtype))
         dtype = like.dtype if like.dtype.is_floating_point and not exact else torch.float64
         t = torch.tensor(ts, dtype=dtype)  # (made on the host, as torch.tensor(..., device=) makes it too)
-        t = upload(t if repeats == 1 else t.repeat_interleave(repeats), like.device)
-        # the values on the host as well, for a network that maps times to its own grid (the diffusers
-        # Denoiser): reading them back from the device would wait for it at every call
-        setattr(t, HOST_TIMES, _host_times(ts, repeats, np.float64))
+        t = t if repeats == 1 else t.repeat_interleave(repeats)
+        # the values on the host as well (those the tensor holds, rounded to its dtype), for a network
+        # that maps times to its own grid (the diffusers Denoiser): reading them back from the device
+        # would wait for it at every call
+        host = t.double().numpy()
+        t = upload(t, like.device)
+        setattr(t, HOST_TIMES, host)
         return t
     import jax
     import jax.numpy as jnp

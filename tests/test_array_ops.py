@@ -211,6 +211,9 @@ def test_times_on_an_accelerator_keep_their_host_values():
         t = B.times_like([0.25, 0.5], 3, like, exact)
         assert t.device.type == "meta" and t.dtype == dtype and t.shape == (6,)
         np.testing.assert_array_equal(B.host_times(t), [0.25] * 3 + [0.5] * 3)
+    # the values the tensor holds, rounded to its dtype (a bfloat16 state on the CPU takes this path too)
+    t = B.times_like([0.3, 0.7], 2, torch.zeros(2, 2, dtype=torch.bfloat16))
+    assert t.dtype == torch.bfloat16 and B.host_times(t).tolist() == t.double().tolist() != [0.3, 0.3, 0.7, 0.7]
     cpu = B.times_like([0.25, 0.5], 1, torch.zeros(2, 2))
     assert cpu.device.type == "cpu" and B.host_times(cpu).tolist() == [0.25, 0.5]  # (read back on the host)
     assert B.upload(cpu, "cpu") is cpu

@@ -205,6 +205,18 @@ def _own_stream(x: torch.Tensor) -> Any:
     return None if s == torch.cuda.default_stream(x.device) else s
 
 
+@contextlib.contextmanager
+def _after_in(stream: Any) -> Any:
+    """On leaving (an error included: ``ModelOutputError.done`` holds outputs too), the caller's own
+    CUDA ``stream`` waits for this thread's stream on its device, where the outputs were made or copied
+    to (``None``: nothing to wait for)."""
+    try:
+        yield
+    finally:
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
+
+
 def _resolved(d: torch.device) -> torch.device:
     """``d`` with its index where it names the current device of its kind (a bare ``"cuda"``): the
     current CUDA device is per thread, so a device thread would take ``cuda:0`` where the replica was
@@ -292,7 +304,7 @@ class DeviceExecutor(Executor):
     def _run(self, model: Model, device: torch.device, xs: Sequence[torch.Tensor], ts: Sequence[float],
              idx: list[int], grad: bool, amp: tuple[int, ...], stream: Any = None) -> list[torch.Tensor]:
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        with torch.set_grad_enabled(grad), on_device, autocast_context(amp):
+        with torch.set_grad_enabled(grad), on_device, autocast_context(amp), _after_in(stream):
             if stream is not None:  # the caller works in a CUDA stream of its own, where it may still be
                 # writing the points: this thread's stream on their device (which the copies and a model on
                 # that device run in) waits for it first
@@ -310,8 +322,10 @@ class DeviceExecutor(Executor):
                 raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
                                   f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}") from e
             back = [o.to(xs[k].device) for o, k in zip(outs, idx)]
-            if stream is not None:  # and the caller's stream reads the outputs only once they are there
-                stream.wait_stream(torch.cuda.current_stream(stream.device))
+            if stream is not None:  # the caller's stream uses the outputs: their memory is not reused
+                for o in back:  # by this thread's stream before it is done with them
+                    if o.is_cuda:
+                        o.record_stream(stream)
             return back
 
     def __call__(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
