@@ -161,7 +161,9 @@ class GaussianMixture:
     def _check_x(self, x: Any, name: str = "x") -> Array:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{name} must have shape (N, {self.dim}), got {x.shape}")
+            raise ValueError(f"{name} must have shape (N, {self.dim}) for this {self.dim}-D mixture, got {x.shape} (a "
+                             "parallel method's call stacks its round's points along axis 0: the state's shape is "
+                             "(N / points, ...))")
         return x
 
     def _check_t(self, t: Any, n: int) -> Array:

@@ -394,3 +394,12 @@ class _SeesErrorState:
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         return "never"
+
+
+def test_messages_a_first_hour_user_met():
+    """A user trial: the default stop accepting core 0's output read as a success with no word that it
+    is the sequential run; chords_jax's ``args=`` given to the core was 'an unknown option' only."""
+    rule = cc.StopWhenConverged()
+    assert "no rounds saved" in rule.describe(4, 0, True) and "no rounds saved" not in rule.describe(2, 1, True)
+    with pytest.raises(ValueError, match=r"^args: unknown option .*chords_jax"):
+        cc.chords(MODEL, X, GRID, cores=2, args={"w": 1.0})

@@ -108,6 +108,12 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
     return spec
 
 
+#: what an unknown solver option may have been meant as, said beside the error (a user trial passed
+#: chords_jax's ``args=`` to the core)
+_OPTION_HINTS = {"args": "; args= passes a traced pytree to the model in chords_jax (fn(x, t, args)); in the "
+                         "core the model's parameters live in its function (a closure, functools.partial, a module)"}
+
+
 def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) -> Solver:
     """Bind a solver to a model and a time grid.
 
@@ -137,7 +143,8 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
     if spec.options is not None:
         for key in options:
             if key not in spec.options:
-                raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {spec.takes()})")
+                raise ValueError(f"{key}: unknown option (not an option of solver {solver!r}: {spec.takes()})"
+                                 f"{_OPTION_HINTS.get(key, '')}")
     try:
         built = spec.build(model, times, **options)
     except TypeError as e:  # options the spec does not list: build's TypeError names them ("unexpected keyword
