@@ -286,6 +286,25 @@ def test_unconditional_pipeline_and_devices(unet):
     lat = torch.randn(3, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     with pytest.raises(ValueError, match=r"^latents: 3 row\(s\), where batch_size gives 1$"):  # ("the prompts give 1")
         cd.sample(pipe, cores=2, latents=lat, **kw)
+    # given latents take the UNet's dtype (float64 ones into a float32 UNet raised in its first conv)
+    lat64 = base.chords.hits[0].x.new_zeros(base.chords.hits[0].x.shape, dtype=torch.float64).normal_()
+    out = cd.sample(pipe, cores=2, latents=lat64, **kw)
+    assert out.images.dtype == unet.dtype
+    # an executor=DeviceExecutor(...) with the default replicate: each device its own Denoiser replica
+    # (before, the Denoiser, not a module, was shared as is: the first device's network on every device)
+    seen = []
+
+    def spy(fn, d):
+        replica = chords_torch.replicate(fn, d)
+        seen.append((type(fn), replica is not fn))
+        return replica
+
+    with chords_torch.DeviceExecutor(["cpu", "cpu"], replicate=spy, batched=True) as ex:
+        via = cd.sample(pipe, cores=4, stop=None, executor=ex, generator=torch.Generator().manual_seed(0),
+                        progress=False, **kw)
+    assert seen == [(cd.Denoiser, True)] * 2
+    for a, b in zip(base.chords.hits, via.chords.hits):
+        assert rel_err(a.x, b.x) < 1e-6
 
 
 def test_few_steps_numpy_steps_and_a_solver_option_the_scheduler_sets(unet):
@@ -521,3 +540,15 @@ def test_unipc_ending_on_a_repeated_sigma_is_named():
     with pytest.raises(ValueError, match=r"^UniPCMultistepScheduler: final_sigmas_type='sigma_min' here ends on a "
                                          r"repeated sigma"):
         cd.map_scheduler(sched, 5)
+
+
+def test_a_quantized_network_is_not_replicated_onto_another_device():
+    """A replica rebuilds each parameter as a plain tensor on the target device: a quantized network
+    (bitsandbytes, GGUF: parameter subclasses with their quantization state) would lose that state, so
+    it is refused, naming devices; on its own device it is used as it is."""
+    net = torch.nn.Linear(4, 4)
+    assert cd.replicate_module(net, "meta").weight.device.type == "meta"  # a plain module is copied
+    net.is_quantized = True
+    assert cd.replicate_module(net, "cpu") is net
+    with pytest.raises(ValueError, match=r"^devices=\.\.\.: Linear is quantized"):
+        cd.replicate_module(net, "meta")

@@ -172,6 +172,14 @@ def test_bad_input(flux):
         cd.with_chords(pipe, method="cascade", init=[0, 2])
     with pytest.raises(ValueError, match="^tol: an option of .*not of method 'chords'"):
         cd.with_chords(pipe, tol=1e-3)
+    # the loop's network runs the pipeline's blocks on its device: no replica for another device or process
+    # (a review: every device thread ran the first device's transformer on its own device's latents)
+    with pytest.raises(ValueError, match="^devices: the generic modular path"):
+        cd.with_chords(pipe, devices=["cpu", "cpu"])
+    import chords_torch
+
+    with chords_torch.DeviceExecutor(["cpu", "cpu"]) as ex, pytest.raises(ValueError, match="^executor: .*DeviceExecutor"):
+        cd.with_chords(pipe, executor=ex)
 
 
 def test_img2img_starting_part_way_is_rejected(flux):

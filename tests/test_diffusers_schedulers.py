@@ -302,3 +302,36 @@ def test_the_denoiser_reads_no_time_back_from_the_device(make):
         assert out.device.type == "meta" and out.shape == x.shape
     # the scheduler's own timesteps on the grid, float32 ones where a time is interpolated
     assert seen == [("meta", smap.timesteps.dtype, (2,)), ("meta", torch.float32, (2,))]
+
+
+def test_two_experts_pick_their_rows_on_the_host():
+    """Wan 2.2's two experts: each row's expert was chosen on the device and its count read back
+    (``int(high.sum())``, then ``nonzero``: device reads every call). From the timesteps' host values
+    the Denoiser keeps beside them, it reads none: here on the meta device (no values to read back),
+    with rows on both sides of the boundary, guided, both ways of batching the guidance."""
+    smap = cd.map_scheduler(FlowMatchEulerDiscreteScheduler(), STEPS)
+    calls = []
+
+    def expert(name):
+        def net(sample, timestep, return_dict=False, **kw):
+            calls.append((name, tuple(sample.shape), sample.device.type))
+            return (sample * 0.5,)
+        return net
+
+    taus = smap.timesteps.tolist()
+    boundary = 0.5 * (taus[2] + taus[3])
+    from chords_core import _backend as B
+
+    for batched in (True, False):
+        calls.clear()
+        net = cd.GuidedNet(expert("high"), batch=1, net_2=expert("low"), boundary=boundary,
+                           cond={"c": torch.zeros(1, 3)}, uncond={"c": torch.ones(1, 3)}, guidance_scale=3.0,
+                           guidance_scale_2=2.0, cfg_batched=batched)
+        den = cd.Denoiser(net, smap)
+        x = torch.empty(4, 2, device="meta")
+        times = [float(smap.grid[i]) for i in (0, 1, 4, 5)]  # two rows above the boundary, two below
+        out = den(x, B.times_like(times, 1, x, exact=True))
+        assert out.device.type == "meta" and out.shape == x.shape
+        rows = 2 if not batched else 4  # (guided: uncond and cond rows in one call, or two calls)
+        assert sorted(c[0] for c in calls) == (["high", "low"] if batched else ["high", "high", "low", "low"])
+        assert all(c[1][0] == rows and c[2] == "meta" for c in calls)

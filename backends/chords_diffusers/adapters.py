@@ -328,12 +328,13 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     shape = (batch_size, unet.config.in_channels, *size)
-    device = pipe.device
+    # (where the UNet runs: under model CPU offload pipe.device is the CPU, as diffusers' own loop knows)
+    device = pipe._execution_device
     net = GuidedNet(unet, batch=batch_size, x_arg="sample", t_arg="timestep")
 
-    def make_latents() -> torch.Tensor:
-        x = latents if latents is not None else randn_tensor(shape, generator=generator, device=device,
-                                                             dtype=unet.dtype)
+    def make_latents() -> torch.Tensor:  # (given latents, this library's extension, on the UNet's device and dtype)
+        x = (latents.to(device=device, dtype=unet.dtype) if latents is not None
+             else randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype))
         return x * pipe.scheduler.init_noise_sigma
 
     def finish(x: Any) -> Any:  # diffusers types images narrower than its pipelines use them

@@ -79,6 +79,14 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
                 "enable_sequential_cpu_offload, enable_group_offload or enable_cache); a replica per device needs "
                 "a plain module: load the model without them (pipe.remove_all_hooks() removes accelerate's, "
                 "disable_cache() a cache) and move the pipeline to one device, or sample without devices=")
+    target = torch.device(device)
+    if target.type == "cuda" and target.index is None and torch.cuda.is_available():
+        target = torch.device("cuda", torch.cuda.current_device())
+    quantized = getattr(module, "hf_quantizer", None) is not None or bool(getattr(module, "is_quantized", False))
+    if quantized and not all(t.device == target for t in (*module.parameters(), *module.buffers())):
+        raise ValueError(f"devices=...: {type(module).__name__} is quantized; a replica on {device} rebuilds its "
+                         "parameters as plain tensors and would lose their quantization state: load an unquantized "
+                         "model for several devices, or sample without devices=")
     replica = replicate(module, device)
     assert isinstance(replica, torch.nn.Module)  # a module comes back as a module
     return replica
@@ -151,16 +159,21 @@ class GuidedNet:
         self.guidance_scale = guidance_scale if callable(guidance_scale) else float(guidance_scale)
         self.guidance_rescale = float(guidance_rescale)
 
-    def _experts(self, tau: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-        """(mask of the rows ``net`` takes, their count) with two networks, else ``None``: the one
-        value read back from the device per call."""
+    def _experts(self, tau: torch.Tensor) -> tuple[torch.Tensor, int, np.ndarray | None] | None:
+        """(mask of the rows ``net`` takes, their count, the mask on the host or ``None``) with two
+        networks, else ``None``. From the timesteps' host values where the ``Denoiser`` keeps them
+        beside ``tau`` (``_backend.host_times``: no device read), else read back from the device."""
         if self.net_2 is None or self.boundary is None:
             return None
+        host = getattr(tau, B.HOST_TIMES, None)
+        if host is not None:  # (compared in tau's dtype, as on the device)
+            hi = (torch.from_numpy(np.asarray(host)).to(tau.dtype) >= self.boundary).numpy()
+            return B.upload(torch.from_numpy(hi), tau.device), int(hi.sum()), hi
         high = tau >= self.boundary
-        return high, int(high.sum())
+        return high, int(high.sum()), None
 
     def _forward(self, x: torch.Tensor, tau: torch.Tensor, kw: dict,
-                 experts: tuple[torch.Tensor, int] | None) -> torch.Tensor:
+                 experts: tuple[torch.Tensor, int, np.ndarray | None] | None) -> torch.Tensor:
         """The raw network output on rows (x, tau, kw), each row through ``net`` or ``net_2`` as
         ``experts`` (``_experts``) says."""
         def call(net: Callable, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
@@ -169,13 +182,14 @@ class GuidedNet:
 
         if experts is None:
             return call(self.net, x, tau, kw)
-        (high, n_high), net_2 = experts, self.net_2
+        (high, n_high, hi), net_2 = experts, self.net_2
         assert net_2 is not None  # experts come with two networks
         if n_high in (0, len(tau)):
             return call(self.net if n_high else net_2, x, tau, kw)
         out: torch.Tensor | None = None
-        for net, rows in ((self.net, high), (net_2, ~high)):
-            idx = rows.nonzero().squeeze(1)
+        for net, rows, host in ((self.net, high, hi), (net_2, ~high, None if hi is None else ~hi)):
+            idx = (rows.nonzero().squeeze(1) if host is None  # (nonzero reads its count back from the device)
+                   else B.upload(torch.from_numpy(np.flatnonzero(host)), x.device))
             part = call(net, x[idx], tau[idx], _tree(lambda v, i=idx: v[i], kw))
             if out is None:
                 out = part.new_empty((x.shape[0], *part.shape[1:]))
@@ -203,7 +217,8 @@ class GuidedNet:
             return self._forward(x, tau, kw, experts)
         if self.cfg_batched:
             kw = _tree(lambda u, c: torch.cat([tile(u), c]), self.uncond, kw)
-            both = None if experts is None else (torch.cat([experts[0], experts[0]]), 2 * experts[1])
+            both = None if experts is None else (torch.cat([experts[0], experts[0]]), 2 * experts[1],
+                                                 None if experts[2] is None else np.concatenate([experts[2]] * 2))
             u, c = self._forward(torch.cat([x, x]), torch.cat([tau, tau]), kw, both).chunk(2)
         else:
             c = self._forward(x, tau, kw, experts)
@@ -300,7 +315,9 @@ class Denoiser:
             off = torch.as_tensor(np.interp(tt, g, ts), dtype=torch.float32)
             tau = torch.where(torch.as_tensor(on_grid), tau.to(torch.float32), off)
             sig = torch.where(torch.as_tensor(on_grid), sig.to(torch.float64), torch.from_numpy(tt)).to(sig.dtype)
+        tau_host = tau.double().numpy()
         tau, sig = B.upload(tau, x.device), B.upload(sig, x.device)
+        setattr(tau, B.HOST_TIMES, tau_host)  # (a two-expert GuidedNet picks each row's expert on the host)
         view = (-1,) + (1,) * (x.dim() - 1)
         x_in = x / ((sig**2 + 1) ** 0.5).view(view).to(x.dtype) if smap.scale_input else x
         out = self.net(x_in, tau)

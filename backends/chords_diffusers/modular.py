@@ -39,7 +39,7 @@ import inspect
 import textwrap
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -329,10 +329,28 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
         raise ValueError(_layout_error(loop))
     if not isinstance(batched, bool):
         raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    _one_device(method_options)
     method_arguments(method, cores, init, stop, method_options)  # (here, not first when the pipeline runs)
     options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=tuple(fixed),
                    verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
     return _loop_class()(copy.deepcopy(loop), options)
+
+
+def _one_device(options: Mapping[str, Any]) -> None:
+    """Refuse ``devices`` and executors that evaluate elsewhere (``ValueError`` naming them): the loop's
+    network runs the pipeline's own blocks on the pipeline's device, with one block state, and has no
+    replica for another device or process (a review: every device thread ran the first device's
+    transformer on its own device's latents). The pipelines' adapters (``chords_diffusers.sample``)
+    replicate their networks."""
+    if options.get("devices") is not None:
+        raise ValueError("devices: the generic modular path runs the pipeline's blocks on the pipeline's device only; "
+                         "for several devices use chords_diffusers.sample(pipe, ..., devices=...) with a supported "
+                         "pipeline class")
+    ex = options.get("executor")
+    if ex is not None and not isinstance(ex, (cc.SerialExecutor, cc.BatchedExecutor)):
+        raise ValueError(f"executor: the generic modular path evaluates on the pipeline's device in this process "
+                         f"(SerialExecutor or BatchedExecutor), got {type(ex).__name__}; for several devices use "
+                         "chords_diffusers.sample(pipe, ..., devices=...) with a supported pipeline class")
 
 
 def _layout_error(loop: Any) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 import chords_core as cc
+from chords_core import _backend as B
 from chords_core.checks import _is_int
 
 __all__ = ["VESigmaVP", "VPSigma", "DataTransform", "SchedulerMap", "map_scheduler", "SUPPORTED_SCHEDULERS",
@@ -242,13 +243,14 @@ class DataTransform:
         if coef is None:  # already an x0 prediction
             d = out
         else:
-            a, b = (torch.tensor([c[k] for c in coef], dtype=x.dtype, device=x.device).view(view) for k in (0, 1))
+            # (made on the host and uploaded without waiting for the device: B.upload)
+            a, b = (B.upload(torch.tensor([c[k] for c in coef], dtype=x.dtype), x.device).view(view) for k in (0, 1))
             d = a * x + b * out.to(x.dtype)
         td = self.apply(d)
         w = self.weights[idx]
         if np.all(w == 1.0):
             return td.to(out.dtype)
-        wt = torch.tensor(w, dtype=d.dtype, device=d.device).view(view)
+        wt = B.upload(torch.tensor(w, dtype=d.dtype), d.device).view(view)
         return (d + wt * (td - d)).to(out.dtype)
 
 

@@ -63,10 +63,15 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
     Returns:
         An ``nn.Module``: itself if its parameters and buffers already live on ``device``, else a copy
         built there directly (its tensors are moved into the copy; never a full copy on the source
-        device first); any other callable as is (it must work on tensors of any device).
+        device first); an object with a ``to(device)`` method (the diffusers ``Denoiser``, which holds
+        its network and conditioning tensors) what that returns; any other callable as is (it must
+        work on tensors of any device).
     """
     if not isinstance(fn, torch.nn.Module):
-        return fn
+        to = getattr(fn, "to", None)
+        # (without it, an executor=DeviceExecutor(...) given to chords_diffusers ran the first device's
+        # network and conditioning on every device's points)
+        return to(device) if callable(to) and not isinstance(fn, torch.Tensor) else fn
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
