@@ -309,7 +309,7 @@ def test_cascade_level_tolerance_refers_to_20_steps(solver, steps, factor):
     tol = 3e-3
     got = cc.cascade(model, X, grid, solver, cores=4, tol=tol, scale="level")
     for t, same in ((tol * factor, True), (tol, factor == 1.0)):
-        ref = sliding_window(model, X, grid, solver, window=4, tol=t, seed="jump2", correction="picard", scale="level")
+        ref = sliding_window(model, X, grid, solver, window=4, tol=t, seed="solver", correction="picard", scale="level")
         assert (got.log == ref.log and np.array_equal(got.x, ref.x)) == same, t
 
 

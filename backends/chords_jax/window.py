@@ -91,7 +91,7 @@ __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 #: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol (a number, or a
 #: function of the steps), own options).
 WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
-    "cascade": ("jump2", "auto", cascade_tol, ("anderson", "ridge", "scale")),
+    "cascade": ("solver", "auto", cascade_tol, ("anderson", "ridge", "scale")),
     "paradigms": ("copy", "noise", PEER_TOL, ("variance", "multistep")),
     "parasolver": ("jump", "noise", PEER_TOL, ("variance", "multistep")),
 }
@@ -165,17 +165,21 @@ class _Setup:
             assert local.p == 1, "the compiled solvers are first order"
             tabs["c2"] = np.array([0.0] + [local.coefficient(j) * local.coefficient(j) for j in range(1, T + 1)])
         if seed != "copy":
-            seeder = Seeder(sol, model, 2 if seed == "jump2" else 1)
+            seeder = Seeder(sol, model, 2 if seed in ("jump2", "solver") else 1)
             first = np.zeros((T + 1, W, 3))
             first[:, :, 0] = 1.0  # past T: copies (rows never read)
             second = first.copy()
             for e in range(1, T + 1):
+                # "solver": the solver's own steps with the extrapolated data prediction (no history
+                # here: linear in (x_e, d, d2), probed with unit vectors; None: the jump's)
+                chain = (seeder.chain(State(e3[0]), e3[1], e - 1, e3[2], e - 2, min(e + W, T))
+                         if seed == "solver" and e >= 2 else None)
                 for k in range(W):
                     j = e + 1 + k
                     if j > T:
                         break
                     first[e, k] = seeder.seed(e3[0], e3[1], e, e - 1, j)
-                    second[e, k] = (seeder.seed(e3[0], e3[1], e, e - 1, j, e3[2], e - 2) if e >= 2 and seeder.order > 1
+                    second[e, k] = chain[k] if chain is not None else (seeder.seed(e3[0], e3[1], e, e - 1, j, e3[2], e - 2) if e >= 2 and seeder.order > 1
                                     else first[e, k])
             tabs["s1"], tabs["s2"] = first, second
         self.tabs = tabs

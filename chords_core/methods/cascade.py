@@ -5,11 +5,12 @@ lanes are evaluated at once and each point is corrected by the one before it, th
 accurate lane (the Picard/parareal update x_{m+1} <- Phi_m(x_m) + (x_m^new - x_m^old), exact for a
 point whose predecessor has converged). What CHORDS contributes:
 
-- **free coarse seeds**: a lane that moves ahead starts from the zero-cost coarse jump, CHORDS'
-  coarse propagator, made second order: the data prediction of the window's last two evaluated
-  points extrapolated linearly in log-SNR and integrated exactly from the window's newest point
-  (a DPM-Solver++(2)-type jump), instead of a copy of the last point (ParaDiGMS) or the
-  first-order x0 jump (ParaSolver);
+- **free coarse seeds**: a lane that moves ahead starts from a zero-cost seed: the data prediction of
+  the window's last two evaluated points extrapolated linearly in log-SNR and fed to the solver's
+  own steps from the window's newest point (``seed="solver"``: the seeds aim at the solver's
+  trajectory, the fixed point, not the exact ODE's; the exact integral of the same extrapolation,
+  ``"jump2"``, remains for multi-stage solvers), instead of a copy of the last point (ParaDiGMS) or
+  the first-order x0 jump (ParaSolver);
 - **acceptance within the solver's own error** (``scale="error"``, the default for a plain ODE): a
   point whose change falls below ``tol`` times the solver's local error estimate there
   (``local_error``, from the window's own model values) is accepted and its lane starts new work
@@ -159,6 +160,6 @@ def cascade(
         cores = check_int("cores", cores, 1, steps)
     if tol is None:
         tol = default_tol_for(model, steps, scale)
-    return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="jump2", correction="picard",
+    return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="solver", correction="picard",
                           scale=scale, anderson=anderson, ridge=ridge, tol_steps=tol_steps(scale), executor=executor,
                           progress=progress, method="cascade", solver_options=solver_options)

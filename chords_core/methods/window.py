@@ -32,7 +32,12 @@ New window points beyond the old iterate are *seeded* (``seed``):
   (DDIM / x0-prediction jump; for a plain ODE the solver's own jump with the last value), CHORDS'
   coarse propagator and ParaSolver's initialisation. Zero evaluations;
 - ``"jump2"``: the same with the data prediction extrapolated linearly in log-SNR from the last two
-  evaluated points and integrated exactly (second order; the cascade sampler's).
+  evaluated points and integrated exactly (second order);
+- ``"solver"`` (the cascade sampler's): the same extrapolated data prediction, fed to the solver's own
+  steps from the new x_e (with its multistep history) instead of integrated exactly: the seeds aim at
+  the solver's trajectory, the fixed point, not at the exact ODE's (for Euler they differ by its
+  local error, O(h^2) a step, which the exact integral's O(h^3) seed pays in full). For a
+  one-stage solver on a ``DiffusionModel`` with finite log-SNRs; ``"jump2"`` elsewhere.
 
 Optionally (``anderson=m``) the not-yet-accepted points are mixed by triangular Anderson
 acceleration (ParaTAA).
@@ -68,7 +73,7 @@ from ..solvers import Solver, State
 __all__ = ["sliding_window", "tolerance_sq", "absolute_tol", "Sweep", "Seeder", "noise_variances", "SEEDS",
            "CORRECTIONS", "VARIANCES", "MULTISTEP", "DEFAULT_WINDOW"]
 
-SEEDS = ("copy", "jump", "jump2")
+SEEDS = ("copy", "jump", "jump2", "solver")
 CORRECTIONS = ("picard", "jump")
 VARIANCES = ("into", "out")
 SCALES = ("noise", "level", "error")
@@ -255,6 +260,28 @@ class Seeder:
         """What the seeds hold fixed: the data prediction at grid index i (the quantity for a plain ODE)."""
         c = self.sol.data_coeffs(i)
         return q if c is None or c == (0.0, 1.0) else B.lincomb(c, (x, q))
+
+    def chain(self, st: State, d: Any, i: int, d_prev: Any, i_prev: int, end: int) -> list | None:
+        """Seeds x_{e+1} .. x_end (e = i + 1) by the solver's own steps from the state ``st`` at e (its
+        multistep history included), each step's data prediction extrapolated linearly in lambda from
+        ``d`` (index i) and ``d_prev`` (index ``i_prev``) and converted to the solver's quantity at the
+        seeded point (``data_coeffs``). ``None`` without a noise schedule or where a lambda is not
+        finite or two coincide (the caller takes the jump then)."""
+        if self.path is None:
+            return None
+        lam, fin, sol = self.path[2], self.finite, self.sol
+        e = i + 1
+        if not (fin[i] and fin[i_prev] and all(fin[e:end])) or lam[i] == lam[i_prev]:
+            return None
+        slope = B.lincomb((1.0 / (lam[i] - lam[i_prev]), -1.0 / (lam[i] - lam[i_prev])), (d, d_prev))
+        out = []
+        for j in range(e, end):
+            dj = B.lincomb((1.0, lam[j] - lam[i]), (d, slope))
+            c = sol.data_coeffs(j)
+            q = dj if c is None or c == (0.0, 1.0) else B.lincomb((1.0 / c[1], -c[0] / c[1]), (dj, st.x))
+            st = sol.step(st, [q], j, j + 1)
+            out.append(st.x)
+        return out
 
     def seed(self, x_e: Any, d: Any, e: int, i: int, j: int, d_prev: Any = None, i_prev: int | None = None) -> Any:
         """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's
@@ -536,7 +563,7 @@ def sliding_window(
             or the grid's steps where fewer.
         tol: the per-point tolerance on the ``scale`` (>= 0; 0: every point exact); ``None``: a peer's
             ``default_tol``, in the state's units (``absolute_tol``: a ``UserWarning`` on a plain ODE).
-        seed: ``"copy"``, ``"jump"`` or ``"jump2"``: how new window points start.
+        seed: ``"copy"``, ``"jump"``, ``"jump2"`` or ``"solver"``: how new window points start.
         correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
         variance: ``"into"`` or ``"out"``: which step's noise variance scores a point (``scale="noise"``).
         scale: what a point's change is measured against: ``"noise"`` (the step's noise variance,
@@ -581,7 +608,7 @@ def sliding_window(
     # "noise" / "level": the factor on point j's squared change (0: never blocks)
     per_row = max(1, row_size(x.shape))  # (once: np.prod costs microseconds; a state of no elements never moves)
     factor = [v / per_row for v in _inverse_scales(model, sol.times, scale, variance)]
-    seeder = Seeder(sol, model, 2 if seed == "jump2" else 1) if seed != "copy" else None
+    seeder = Seeder(sol, model, 2 if seed in ("jump2", "solver") else 1) if seed != "copy" else None
     convert = sol.quantity_of if sol.converts else None
     picard = correction == "picard"
     scratch = (_scratch(x, 1) or [None])[0]  # how far a point moved, reused point after point
@@ -682,7 +709,10 @@ def sliding_window(
                 d2 = (seeder.prediction(evaluated_prev, qs[e - 2 - b][0], e - 2)
                       if e - 2 >= b and seeder.order > 1 else None)
                 del xs[e + 1:]
-                xs.extend(seeder.seeds(xs[e], d, e, e - 1, range(e + 1, end + 1), d2, e - 2))
+                chained = (seeder.chain(move(states[e - b], xs[e]), d, e - 1, d2, e - 2, end)
+                           if seed == "solver" and d2 is not None and max(evals) == 1 else None)
+                xs.extend(chained if chained is not None else
+                          seeder.seeds(xs[e], d, e, e - 1, range(e + 1, end + 1), d2, e - 2))
             if local is not None:
                 local.release(nb, e)
             base = move(states[nb - b], xs[nb])
