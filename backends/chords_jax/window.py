@@ -179,8 +179,12 @@ class _Setup:
                     if j > T:
                         break
                     first[e, k] = seeder.seed(e3[0], e3[1], e, e - 1, j)
-                    second[e, k] = chain[k] if chain is not None else (seeder.seed(e3[0], e3[1], e, e - 1, j, e3[2], e - 2) if e >= 2 and seeder.order > 1
-                                    else first[e, k])
+                    if chain is not None:
+                        second[e, k] = chain[k]
+                    elif e >= 2 and seeder.order > 1:
+                        second[e, k] = seeder.seed(e3[0], e3[1], e, e - 1, j, e3[2], e - 2)
+                    else:
+                        second[e, k] = first[e, k]
             tabs["s1"], tabs["s2"] = first, second
         self.tabs = tabs
         self.device: dict[tuple, dict] = {}
