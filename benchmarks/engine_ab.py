@@ -11,7 +11,8 @@ before the refactor).
 
     python benchmarks/engine_ab.py --base e4a40cf --sizes 64 65536 --repeats 30
 
-``--method cascade`` times the cascade sampler instead (8 lanes, default tolerance; per round).
+``--method cascade`` times the cascade sampler instead (8 lanes, default tolerance; per round); against a
+base whose seeds differ the two runs may differ in rounds, which is printed (the time per round is compared).
 """
 
 from __future__ import annotations
@@ -89,13 +90,14 @@ def main(argv=None) -> None:
         for size in args.sizes:
             runs = {"base": runner(base, size, args.method), "new": runner(cc, size, args.method)}
             a, b = runs["base"](), runs["new"]()
-            assert (a.rounds, a.nfe) == (b.rounds, b.nfe)  # the same run: CHORDS bit for bit; the cascade's
-            # seeds may round differently against a base before a change to them (said, not hidden)
-            if not np.array_equal(a.x, b.x):
-                assert args.method == "cascade" and np.allclose(a.x, b.x, rtol=1e-5, atol=1e-5)
+            if args.method == "chords":  # the same run, bit for bit (the engine's cost is compared, not its plan)
+                assert (a.rounds, a.nfe) == (b.rounds, b.nfe) and np.array_equal(a.x, b.x)
+            elif (a.rounds, a.nfe) != (b.rounds, b.nfe) or not np.array_equal(a.x, b.x):
+                # the cascade sampler against a base with other seeds (or rounding in them): another run, whose
+                # time per round is still compared; said, not hidden
                 off = float(np.abs(a.x - b.x).max())
-                print(f"(size {size}: the outputs differ from the base's by up to {off:.3g}, rounding in the seeds; "
-                      "the same rounds and evaluations)")
+                print(f"(size {size}: a different run from the base's: rounds {a.rounds} -> {b.rounds}, evaluations "
+                      f"{a.nfe} -> {b.nfe}, outputs up to {off:.3g} apart)")
             reps = args.repeats if size <= 4096 else max(5, args.repeats // 3)
             secs, _ = interleaved(runs, reps, shuffle=True)
             old, new = secs["base"] / a.rounds, secs["new"] / b.rounds
