@@ -273,6 +273,8 @@ class Seeder:
         e = i + 1
         if not (fin[i] and fin[i_prev] and all(fin[e:end])) or lam[i] == lam[i_prev]:
             return None
+        if not sol.history_size:
+            return B.lincombs(self._chain_rows(i, i_prev, end), (st.x, d, d_prev))
         slope = B.lincomb((1.0 / (lam[i] - lam[i_prev]), -1.0 / (lam[i] - lam[i_prev])), (d, d_prev))
         out = []
         for j in range(e, end):
@@ -282,6 +284,25 @@ class Seeder:
             st = sol.step(st, [q], j, j + 1)
             out.append(st.x)
         return out
+
+    def _chain_rows(self, i: int, i_prev: int, end: int) -> list[tuple[float, float, float]]:
+        """``chain``'s seeds for a one-step solver without history as coefficients on (x_e, d, d_prev),
+        formed in float64 by the recurrence of its steps x_(j+1) = a_j x_j + b_j q_j (``jump_coeffs``),
+        q_j = (D_j - c0_j x_j) / c1_j (``data_coeffs``), D_j = (1 + r_j) d - r_j d_prev with
+        r_j = (lam_j - lam_i) / (lam_i - lam_prev): every seed one combination of three states, formed
+        in one block (``_backend.lincombs``), where stepping them costs two combinations and a step each."""
+        lam, sol = self.path[2], self.sol  # type: ignore[index]
+        inv = 1.0 / (lam[i] - lam[i_prev])
+        al, be, ga = 1.0, 0.0, 0.0  # x_j = al x_e + be d + ga d_prev
+        rows = []
+        for j in range(i + 1, end):
+            r = (lam[j] - lam[i]) * inv
+            a, b = sol.jump_coeffs(j, j + 1)
+            c = sol.data_coeffs(j)
+            ax, bd = (a, b) if c is None or c == (0.0, 1.0) else (a - b * c[0] / c[1], b / c[1])
+            al, be, ga = ax * al, ax * be + bd * (1.0 + r), ax * ga - bd * r
+            rows.append((al, be, ga))
+        return rows
 
     def seed(self, x_e: Any, d: Any, e: int, i: int, j: int, d_prev: Any = None, i_prev: int | None = None) -> Any:
         """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's
