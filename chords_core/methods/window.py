@@ -248,6 +248,7 @@ class Seeder:
         self.sol, self.order = sol, order
         self.path: tuple[list[float], list[float], list[float]] | None = None  # alpha, sigma, lambda per index
         self.finite: list[bool] = []  # per index: lambda finite
+        self._data_steps: dict[int, tuple[float, float]] = {}  # j -> the step j -> j + 1 on (x_j, D_j)
         if isinstance(model, DiffusionModel):
             sch = model.schedule
             with np.errstate(divide="ignore"):
@@ -291,18 +292,27 @@ class Seeder:
         q_j = (D_j - c0_j x_j) / c1_j (``data_coeffs``), D_j = (1 + r_j) d - r_j d_prev with
         r_j = (lam_j - lam_i) / (lam_i - lam_prev): every seed one combination of three states, formed
         in one block (``_backend.lincombs``), where stepping them costs two combinations and a step each."""
-        lam, sol = self.path[2], self.sol  # type: ignore[index]
+        lam = self.path[2]  # type: ignore[index]
         inv = 1.0 / (lam[i] - lam[i_prev])
         al, be, ga = 1.0, 0.0, 0.0  # x_j = al x_e + be d + ga d_prev
         rows = []
         for j in range(i + 1, end):
             r = (lam[j] - lam[i]) * inv
-            a, b = sol.jump_coeffs(j, j + 1)
-            c = sol.data_coeffs(j)
-            ax, bd = (a, b) if c is None or c == (0.0, 1.0) else (a - b * c[0] / c[1], b / c[1])
+            ax, bd = self._on_data(j)
             al, be, ga = ax * al, ax * be + bd * (1.0 + r), ax * ga - bd * r
             rows.append((al, be, ga))
         return rows
+
+    def _on_data(self, j: int) -> tuple[float, float]:
+        """The step j -> j + 1 of a one-step solver as coefficients on (x_j, D_j), D_j the data prediction
+        it is fed (cached per j: the solver's coefficients cost microseconds a call)."""
+        got = self._data_steps.get(j)
+        if got is None:
+            sol = self.sol
+            a, b = sol.jump_coeffs(j, j + 1)
+            c = sol.data_coeffs(j)
+            got = self._data_steps[j] = (a, b) if c is None or c == (0.0, 1.0) else (a - b * c[0] / c[1], b / c[1])
+        return got
 
     def seed(self, x_e: Any, d: Any, e: int, i: int, j: int, d_prev: Any = None, i_prev: int | None = None) -> Any:
         """x_j from x_e: the DDIM jump e -> j with data prediction ``d`` (from index i), or the solver's
