@@ -284,10 +284,15 @@ def test_device_replicas_refuse_hooked_denoisers(wan):
     pipe = WanPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae,
                        transformer=_wan_transformer(), scheduler=wan.scheduler)
     pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_type="leaf_level")
-    with pytest.raises(ValueError, match="devices=.*offloading or caching hooks.*enable_group_offload"):
+    with pytest.raises(ValueError, match="devices=.*carries hooks .*group_offloading.*enable_group_offload"):
         cd.sample(pipe, "a cat", num_inference_steps=4, cores=2, devices=["cpu", "cpu"], progress=False, **WAN_KW)
-    with pytest.raises(ValueError, match="WanTransformer3DModel carries offloading"):
+    with pytest.raises(ValueError, match="WanTransformer3DModel carries hooks"):
         cd.GuidedNet(pipe.transformer, batch=1).to("meta")
+    # layerwise casting hooks too, named (the message named only offloading and caching)
+    cast = _wan_transformer()
+    cast.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"carries hooks \(.*layerwise_casting.*enable_layerwise_casting"):
+        cd.GuidedNet(cast, batch=1).to("meta")
 
 
 class _Expert:

@@ -74,11 +74,13 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
         registry = getattr(sub, "_diffusers_hook", None)
         if getattr(sub, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
             where = f"submodule {name!r}" if name else type(module).__name__
+            names = sorted(registry.hooks) if registry is not None and registry.hooks else ["accelerate's"]
             raise ValueError(
-                f"devices=...: {where} carries offloading or caching hooks (enable_model_cpu_offload, "
-                "enable_sequential_cpu_offload, enable_group_offload or enable_cache); a replica per device needs "
-                "a plain module: load the model without them (pipe.remove_all_hooks() removes accelerate's, "
-                "disable_cache() a cache) and move the pipeline to one device, or sample without devices=")
+                f"devices=...: {where} carries hooks ({', '.join(map(str, names))}: offloading, caching or layerwise "
+                "casting, enable_model_cpu_offload, enable_sequential_cpu_offload, enable_group_offload, enable_cache "
+                "or enable_layerwise_casting); a replica per device needs a plain module: load the model without "
+                "them (pipe.remove_all_hooks() removes accelerate's, disable_cache() a cache) and move the pipeline "
+                "to one device, or sample without devices=")
     target = torch.device(device)
     if target.type == "cuda" and target.index is None and torch.cuda.is_available():
         target = torch.device("cuda", torch.cuda.current_device())

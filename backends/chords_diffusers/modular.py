@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 import chords_core as cc
+from chords_core import _backend as B
 
 from .denoiser import count_points
 from .pipelines import method_arguments, progress_enabled, sample_latents
@@ -191,15 +192,19 @@ class LoopNet:
         return int(np.abs(self._ts - float(t)).argmin())
 
     def _run(self, x_in: torch.Tensor, tau: torch.Tensor, points: int) -> torch.Tensor:
-        host = tau.detach().cpu()  # the one read back of the call
+        # (the timesteps' values on the host: kept beside tau by the Denoiser, so no read from the device)
+        host = B.host_times(tau)
         # (each point's step index only where the blocks depend on it: otherwise the first row's is passed)
         steps = [self._step(host[p * self.batch]) for p in range(points if self.by_step else 1)]
         if len(set(steps)) > 1:  # one call per step index, with its points
             out: torch.Tensor | None = None
             for i in sorted(set(steps)):
                 mine = [p for p in range(points) if steps[p] == i]
-                rows = torch.tensor([p * self.batch + r for p in mine for r in range(self.batch)], device=x_in.device)
-                part = self._run(x_in.index_select(0, rows), tau.index_select(0, rows), len(mine))
+                picked = np.array([p * self.batch + r for p in mine for r in range(self.batch)])
+                rows = B.upload(torch.from_numpy(picked), x_in.device)
+                sub = tau.index_select(0, rows)
+                setattr(sub, B.HOST_TIMES, host[picked])  # (its host values too)
+                part = self._run(x_in.index_select(0, rows), sub, len(mine))
                 if out is None:
                     out = part.new_empty((x_in.shape[0], *part.shape[1:]))
                 out.index_copy_(0, rows, part)
