@@ -556,6 +556,16 @@ def upload(t: Any, device: Any) -> Any:
     return t.to(device)
 
 
+def upload_times(t: Any, device: Any) -> Any:
+    """The host time tensor ``t`` on ``device`` (``upload``), with its values kept beside it on the host
+    (``HOST_TIMES``: float64 numpy of the values it holds, rounded to its dtype), for a network that maps
+    times to its own grid and must not read them back from the device (``host_times``)."""
+    host = t.double().numpy()
+    t = upload(t, device)
+    setattr(t, HOST_TIMES, host)
+    return t
+
+
 def host_times(t: Any) -> np.ndarray:
     """The times ``t`` (a model's time argument) as float64 numpy on the host, from the values
     ``times_like`` keeps beside a tensor it uploaded where it has them (no device read; the values the
@@ -585,14 +595,9 @@ def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = Fal
             return torch.from_numpy(_host_times(ts, repeats, np_dtype))
         dtype = like.dtype if like.dtype.is_floating_point and not exact else torch.float64
         t = torch.tensor(ts, dtype=dtype)  # (made on the host, as torch.tensor(..., device=) makes it too)
-        t = t if repeats == 1 else t.repeat_interleave(repeats)
-        # the values on the host as well (those the tensor holds, rounded to its dtype), for a network
-        # that maps times to its own grid (the diffusers Denoiser): reading them back from the device
-        # would wait for it at every call
-        host = t.double().numpy()
-        t = upload(t, like.device)
-        setattr(t, HOST_TIMES, host)
-        return t
+        # (with their host values, for a network that maps times to its own grid, the diffusers Denoiser:
+        # reading them back from the device would wait for it at every call)
+        return upload_times(t if repeats == 1 else t.repeat_interleave(repeats), like.device)
     import jax
     import jax.numpy as jnp
 

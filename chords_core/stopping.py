@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _backend as B
-from .checks import _is_int, check_float, check_int
+from .checks import _is_int, check_choice, check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
            "StopNotMet", "as_stop_rule", "outputs_needed", "select_output", "first_accepted", "chosen_output",
@@ -322,8 +322,7 @@ class StopOnResidual(StopRule):
 
     def __post_init__(self):
         object.__setattr__(self, "tol", check_float("StopOnResidual(tol): tol", self.tol, 0.0))
-        if not isinstance(self.norm, str) or self.norm not in RESIDUAL_NORMS:
-            raise ValueError(f"StopOnResidual(norm): norm must be one of {RESIDUAL_NORMS}, got {self.norm!r}")
+        check_choice("StopOnResidual(norm): norm", self.norm, RESIDUAL_NORMS)
 
     @property
     def warns_if_unmet(self) -> bool:  # type: ignore[override]

@@ -69,6 +69,7 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
         ``enable_cache``): a copy would drag the hooks' references (other pipeline models) along.
     """
     from chords_torch import replicate  # the general copy; only the hook check is diffusers' own
+    from chords_torch.device import resolve_device
 
     for name, sub in module.named_modules():
         registry = getattr(sub, "_diffusers_hook", None)
@@ -81,9 +82,7 @@ def replicate_module(module: torch.nn.Module, device: Any) -> torch.nn.Module:
                 "or enable_layerwise_casting); a replica per device needs a plain module: load the model without "
                 "them (pipe.remove_all_hooks() removes accelerate's, disable_cache() a cache) and move the pipeline "
                 "to one device, or sample without devices=")
-    target = torch.device(device)
-    if target.type == "cuda" and target.index is None and torch.cuda.is_available():
-        target = torch.device("cuda", torch.cuda.current_device())
+    target = resolve_device(device)
     quantized = getattr(module, "hf_quantizer", None) is not None or bool(getattr(module, "is_quantized", False))
     if quantized and not all(t.device == target for t in (*module.parameters(), *module.buffers())):
         raise ValueError(f"devices=...: {type(module).__name__} is quantized; a replica on {device} rebuilds its "
@@ -317,9 +316,8 @@ class Denoiser:
             off = torch.as_tensor(np.interp(tt, g, ts), dtype=torch.float32)
             tau = torch.where(torch.as_tensor(on_grid), tau.to(torch.float32), off)
             sig = torch.where(torch.as_tensor(on_grid), sig.to(torch.float64), torch.from_numpy(tt)).to(sig.dtype)
-        tau_host = tau.double().numpy()
-        tau, sig = B.upload(tau, x.device), B.upload(sig, x.device)
-        setattr(tau, B.HOST_TIMES, tau_host)  # (a two-expert GuidedNet picks each row's expert on the host)
+        # (the timesteps with their host values: a two-expert GuidedNet picks each row's expert on the host)
+        tau, sig = B.upload_times(tau, x.device), B.upload(sig, x.device)
         view = (-1,) + (1,) * (x.dim() - 1)
         x_in = x / ((sig**2 + 1) ** 0.5).view(view).to(x.dtype) if smap.scale_input else x
         out = self.net(x_in, tau)

@@ -50,7 +50,7 @@ from ._common import (
     round_timeout_of,
 )
 
-__all__ = ["DeviceExecutor", "replicate"]
+__all__ = ["DeviceExecutor", "replicate", "resolve_device"]
 
 
 def replicate(fn: Callable, device: torch.device) -> Callable:
@@ -72,9 +72,7 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
         # (without it, an executor=DeviceExecutor(...) given to chords_diffusers ran the first device's
         # network and conditioning on every device's points)
         return to(device) if callable(to) and not isinstance(fn, torch.Tensor) else fn
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = resolve_device(device)
     tensors = [*fn.parameters(), *fn.buffers()]
     if tensors and all(t.device == device for t in tensors):
         return fn  # inference only: the device's threads share the weights
@@ -222,10 +220,12 @@ def _after_in(stream: Any) -> Any:
             stream.wait_stream(torch.cuda.current_stream(stream.device))
 
 
-def _resolved(d: torch.device) -> torch.device:
-    """``d`` with its index where it names the current device of its kind (a bare ``"cuda"``): the
-    current CUDA device is per thread, so a device thread would take ``cuda:0`` where the replica was
-    built on the caller's current device (after ``torch.cuda.set_device(3)``, say)."""
+def resolve_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device``, with its index where it names the current device of its kind
+    (a bare ``"cuda"``): the current CUDA device is per thread, so a device thread would take
+    ``cuda:0`` where the replica was built on the caller's current device (after
+    ``torch.cuda.set_device(3)``, say)."""
+    d = torch.device(device)
     if d.type == "cuda" and d.index is None and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return d
@@ -262,7 +262,7 @@ class DeviceExecutor(Executor):
         if isinstance(devices, (str, torch.device)) or not len(devices):
             raise ValueError(f"devices must be a non-empty list of devices, got {devices!r}")
         try:
-            self.devices = [_resolved(torch.device(d)) for d in devices]
+            self.devices = [resolve_device(d) for d in devices]
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"devices: {e}") from None
         for d in self.devices:

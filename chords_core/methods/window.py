@@ -640,6 +640,7 @@ def sliding_window(
     per_row = max(1, row_size(x.shape))  # (once: np.prod costs microseconds; a state of no elements never moves)
     factor = [v / per_row for v in _inverse_scales(model, sol.times, scale, variance)]
     seeder = Seeder(sol, model, 2 if seed in ("jump2", "solver") else 1) if seed != "copy" else None
+    chain_seeds = seed == "solver" and max(evals) == 1  # (a multi-stage solver's seeds: the jump2 ones)
     convert = sol.quantity_of if sol.converts else None
     picard = correction == "picard"
     scratch = (_scratch(x, 1) or [None])[0]  # how far a point moved, reused point after point
@@ -741,7 +742,7 @@ def sliding_window(
                       if e - 2 >= b and seeder.order > 1 else None)
                 del xs[e + 1:]
                 chained = (seeder.chain(move(states[e - b], xs[e]), d, e - 1, d2, e - 2, end)
-                           if seed == "solver" and d2 is not None and max(evals) == 1 else None)
+                           if chain_seeds and d2 is not None else None)
                 xs.extend(chained if chained is not None else
                           seeder.seeds(xs[e], d, e, e - 1, range(e + 1, end + 1), d2, e - 2))
             if local is not None:
