@@ -149,6 +149,16 @@ def test_stop_rules_pick_what_the_core_picks_and_execute_the_rounds_the_core_run
     assert cj.compilations() == n and len(EXECUTED) == ref.rounds < program_rounds  # the chunks reused
 
 
+def test_one_step_blocks_of_a_multistep_solver_are_judged_from_iteration_two_as_in_the_core():
+    """Every block one step of DPM-Solver++(2M): iteration 1's output is the coarse prediction, which
+    the default rule accepted on its change of 0; the compiled run offers the rule the outputs the
+    core offers (``srds_first``) and returns what the core returns."""
+    model, grid = cc.DiffusionModel(denoiser, SCHED, "eps"), cc.time_grid(SCHED, 6, "logsnr")
+    ref = cc.srds(model, X, grid, "dpmpp_2m", blocks=6)
+    assert ref.log[0].change == 0.0 and len(ref.hits) >= 2
+    same_srds(cj.srds(model, X, grid, "dpmpp_2m", blocks=6), ref)
+
+
 def test_new_values_new_grid_and_new_weights_do_not_recompile():
     model = cc.DiffusionModel(denoiser_args, SCHED, "eps")
     grid = cc.time_grid(SCHED, 8, "logsnr")

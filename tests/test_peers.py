@@ -17,6 +17,7 @@ from chords_core import paradigms, srds
 from chords_core.methods.paradigms import noise_variances
 from chords_core.methods.srds import srds_blocks
 from chords_core.problems import GaussianMixture, LinearODE
+from chords_core.stopping import StopNotMet
 
 GMM = GaussianMixture.random(8, 3, seed=0)
 X = np.random.default_rng(1).standard_normal((4, 8))
@@ -116,6 +117,26 @@ def test_srds_stops_on_change_of_final_sample():
     assert r.x is r.hits[-1].x and r.rounds == r.hits[-1].round
     capped = srds(model, X, grid, "euler", blocks=5, tol=0.0, max_iters=2)
     assert len(capped.hits) == 2 and capped.rounds < 25
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_3m", "unipc"])
+def test_srds_one_step_blocks_of_a_multistep_solver_never_return_the_coarse_prediction(solver):
+    """Every block one step of a multistep solver: iteration 1's output is the coarse prediction, to
+    rounding (each fine solve starts fresh, at first order: the coarse jump), a change of about 0
+    that the default rule accepted (12% off in diffusers at cores = steps). It is offered from iteration 2 on;
+    a one-step solver's coarse prediction is its solution there, returned after iteration 1."""
+    model, grid = setup("vp", solver, 8)
+    seq = cc.solve(model, X, grid, solver)
+    r = srds(model, X, grid, solver, blocks=8)
+    assert r.log[0].change < 1e-12  # (the case itself)
+    assert len(r.hits) >= 2 and r.log[-1].change < 1e-3
+    assert cc._backend.rms(r.x - seq) < 0.1 * cc._backend.rms(r.coarse - seq)
+    assert srds(model, X, grid, solver, blocks=7).log[0].change > 0  # (blocks of two steps: offered at once)
+    euler = srds(model, X, grid, "euler", blocks=8)
+    assert len(euler.hits) == 1 and np.array_equal(euler.x, cc.solve(model, X, grid, "euler"))
+    with pytest.warns(StopNotMet):  # iteration 1 alone can accept nothing here
+        capped = srds(model, X, grid, solver, blocks=8, max_iters=1)
+    assert capped.rounds == 8
 
 
 def test_paradigms_tolerance_trades_rounds_for_error():

@@ -22,7 +22,7 @@ import numpy as np
 import chords_core as cc
 from chords_core.call import check_model
 from chords_core.checks import check_grid, check_int
-from chords_core.methods.srds import SRDS_STOP, srds_blocks, srds_log, srds_rule, srds_run, srds_stop
+from chords_core.methods.srds import SRDS_STOP, srds_blocks, srds_first, srds_log, srds_rule, srds_run, srds_stop
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
 from chords_core.stopping import RunAll, StopRule, outputs_needed, warn_unmet
@@ -167,18 +167,19 @@ def srds(
         if bad != NO_BAD:
             _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
 
+    first = srds_first(cc.make_solver(solver, model, times, **solver_options), nb)
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a choice known before any value, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args)
         if check:
             raise_bad(bad)
         vals = dict(zip(prog.outputs, outs))
-        stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits], vals[sym.coarse.id], last, nb)
+        stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits], vals[sym.coarse.id], last, nb, first=first)
     else:
         n = 0  # the outputs before n were offered to the rule already
         for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args, raise_bad):
             stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), last, nb,
-                                start=n)
+                                start=n, first=first)
             if stop_at is not None:
                 break
             n = m
