@@ -241,11 +241,12 @@ def diverged_at(err: ModelOutputError, idx: Sequence[int], b: int) -> int:
     return m
 
 
-def _is_data(c: tuple[float, float] | None) -> bool:
-    """Whether the seeds take a solver's quantity as it is, from its data-prediction coefficients
-    (``Solver.data_coeffs``): (0, 1), the quantity is the data prediction; ``None``, a plain ODE has
-    none (its seeds hold the quantity itself)."""
-    return c is None or c == (0.0, 1.0)
+def _to_data(sol: Solver, i: int) -> tuple[float, float] | None:
+    """The data prediction's coefficients on (x, quantity) at grid index ``i`` (``Solver.data_coeffs``),
+    or ``None`` where the seeds take the solver's quantity as it is: it is the data prediction
+    ((0, 1)), or a plain ODE has none."""
+    c = sol.data_coeffs(i)
+    return None if c is None or c == (0.0, 1.0) else c
 
 
 class Seeder:
@@ -266,8 +267,8 @@ class Seeder:
 
     def prediction(self, x: Any, q: Any, i: int) -> Any:
         """What the seeds hold fixed: the data prediction at grid index i (the quantity for a plain ODE)."""
-        c = self.sol.data_coeffs(i)
-        return q if _is_data(c) else B.lincomb(c, (x, q))
+        c = _to_data(self.sol, i)
+        return q if c is None else B.lincomb(c, (x, q))
 
     def chain(self, st: State, d: Any, i: int, d_prev: Any, i_prev: int, end: int) -> list | None:
         """Seeds x_{e+1} .. x_end (e = i + 1) by the solver's own steps from the state ``st`` at e (its
@@ -287,8 +288,8 @@ class Seeder:
         out = []
         for j in range(e, end):
             dj = B.lincomb((1.0, lam[j] - lam[i]), (d, slope))
-            c = sol.data_coeffs(j)
-            q = dj if _is_data(c) else B.lincomb((1.0 / c[1], -c[0] / c[1]), (dj, st.x))
+            c = _to_data(sol, j)
+            q = dj if c is None else B.lincomb((1.0 / c[1], -c[0] / c[1]), (dj, st.x))
             st = sol.step(st, [q], j, j + 1)
             out.append(st.x)
         return out
@@ -317,8 +318,8 @@ class Seeder:
         if got is None:
             sol = self.sol
             a, b = sol.jump_coeffs(j, j + 1)
-            c = sol.data_coeffs(j)
-            got = self._data_steps[j] = (a, b) if _is_data(c) else (a - b * c[0] / c[1], b / c[1])
+            c = _to_data(sol, j)
+            got = self._data_steps[j] = (a, b) if c is None else (a - b * c[0] / c[1], b / c[1])
         return got
 
     def seed(self, x_e: Any, d: Any, e: int, i: int, j: int, d_prev: Any = None, i_prev: int | None = None) -> Any:
