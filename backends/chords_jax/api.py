@@ -35,6 +35,7 @@ import chords_core as cc
 from chords_core.call import nonfinite_state, not_floating
 from chords_core.checks import _is_int, check_grid, check_int
 from chords_core.engine import StageTimeError, eval_where, plan_result
+from chords_core.inits import validate_init
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField, is_plain_ode
 from chords_core.results import Hit, Result
 from chords_core.schedules import schedule_key
@@ -163,6 +164,18 @@ class _TraceStop(StopAtCore):
         return super().accept(outputs, coarse)
 
 
+def _init_key(init: Sequence[int] | None, steps: int, cores: int | None) -> tuple[int, ...] | None | bool:
+    """``init`` as the core reads it (``validate_init``), for a cache key; ``False`` where the core
+    refuses it: no key then, and the build raises the core's error in the core's order (a key of the
+    values truncated to ints let a warm cache run init=[0, 2.4, 5] as (0, 2, 5), a review)."""
+    if init is None:
+        return None
+    try:
+        return validate_init(init, steps, cores)
+    except (TypeError, ValueError):
+        return False
+
+
 def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: str | cc.solvers.Solver = "euler", *,
                  cores: int | None = None, init: Sequence[int] | None = None, stop: StopRule | None = DEFAULT_STOP,
                  history: str = "shift", slots_multiple: int = 1, **solver_options: Any) -> tuple[Program, Result]:
@@ -205,8 +218,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     errors = bool(getattr(rule, "uses_error_estimate", False)) and needed is not None and needed > 1
     trace_stop = _TraceStop(needed, errors) if needed is not None else None
     key = None
-    if isinstance(solver, str):
-        inits = None if init is None else tuple(int(v) for v in init)
+    inits = _init_key(init, len(times) - 1, cores)
+    if isinstance(solver, str) and inits is not False:
         key = (_model_key(model, times), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
                options_key(solver_options), cores, inits, needed, errors, history, slots_multiple)
 
