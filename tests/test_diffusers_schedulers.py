@@ -94,6 +94,28 @@ def test_euler_sigma_options_reproduce_the_loop(unet, make, steps):
     assert smap.solver == "euler" and smap.grid.shape == (steps + 1,) and len(smap.timesteps) == steps
 
 
+@pytest.mark.parametrize("kw", [dict(use_karras_sigmas=True, solver_order=1),
+                                dict(use_exponential_sigmas=True, lower_order_final=False),
+                                dict(use_beta_sigmas=True, lower_order_final=False)],
+                         ids=["karras-order-1", "exponential-2m", "beta-2m"])
+def test_dpm_final_sigma_min_on_a_spacing_that_ends_there_reproduces_the_loop(unet, kw):
+    """A review: the spacing already ends at sigma_min, so final_sigmas_type="sigma_min" repeats it, a
+    last step of length 0 that leaves the sample as it is; cd.sample failed with the core's "grid must
+    be strictly monotone". Dropped, as Euler's."""
+    smap, _ = _loop_vs_chords(unet, DPMSolverMultistepScheduler(final_sigmas_type="sigma_min", **kw))
+    assert smap.grid.shape == (STEPS,) and len(smap.timesteps) == STEPS - 1
+
+
+def test_dpm_final_sigma_min_is_refused_where_dropping_it_would_change_the_orders():
+    """With lower_order_final below 16 steps the step before the repeated sigma is diffusers' order 2
+    (its last is order 1); the grid without it would lower that one (0.7% off at 6 steps of 2M)."""
+    sched = DPMSolverMultistepScheduler(final_sigmas_type="sigma_min", use_karras_sigmas=True)
+    with pytest.raises(ValueError, match=r"^DPMSolverMultistepScheduler: final_sigmas_type='sigma_min' here ends on "
+                                         r"a repeated sigma .* lower_order_final=False or solver_order=1"):
+        cd.map_scheduler(sched, STEPS)
+    assert cd.map_scheduler(sched, 16).grid.shape == (16,)  # from 16 steps diffusers lowers no order there
+
+
 # -- A2: clip_sample / thresholding of the data prediction ---------------------------------------
 
 # (scheduler, tolerance): eps-prediction DDIM with clipping divides by alpha ~ 0.03 at the first step; diffusers'

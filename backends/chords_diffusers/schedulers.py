@@ -424,6 +424,19 @@ def _karras_ve(s: Any, cfg: Any, solver: str, grid: np.ndarray, timesteps: Any, 
     return _with_transform(smap, cfg, clip=True, threshold=False)
 
 
+def _repeats_last(grid: np.ndarray) -> bool:
+    """Whether the grid of three or more sigmas ends on a repeated one (``final_sigmas_type="sigma_min"``
+    where the spacing already ends at sigma_min: Karras, exponential, beta, log-linear): a last step of
+    length 0, which leaves the sample as it is at first order, and which no grid can hold."""
+    return len(grid) > 2 and grid[-1] == grid[-2]
+
+
+def _repeated_sigma(name: str, cfg: Any, grid: np.ndarray) -> str:
+    """The refusal of a grid that ends on a repeated sigma (``_repeats_last``)."""
+    return (f"{name}: final_sigmas_type={cfg.get('final_sigmas_type')!r} here ends on a repeated sigma "
+            f"({float(grid[-1]):.6g}): a last step of length 0, which a grid cannot hold; use final_sigmas_type='zero'")
+
+
 def _euler(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     """EulerDiscreteScheduler: its loop takes one step per timestep, from sigmas[i] to sigmas[i + 1]. The
     grid is those len(timesteps) + 1 sigmas: with ``interpolation_type="log_linear"`` diffusers keeps
@@ -431,10 +444,9 @@ def _euler(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     ``final_sigmas_type="sigma_min"`` the last step runs from sigma_min to sigma_min and leaves the
     sample as it is, so it is dropped (one evaluation fewer, the same result; from two steps on: one
     such step alone is no grid)."""
-    sig = s.sigmas[: len(s.timesteps) + 1]
-    if len(sig) > 2 and float(sig[-1]) == float(sig[-2]):
-        sig = sig[:-1]
-    grid = _sigmas64(sig)
+    grid = _sigmas64(s.sigmas[: len(s.timesteps) + 1])
+    if _repeats_last(grid):
+        grid = grid[:-1]
     n = len(grid) - 1
     return _karras_ve(s, cfg, "euler", grid, s.timesteps[:n], s.sigmas[:n])
 
@@ -527,6 +539,16 @@ def _dpm(s: Any, cfg: Any, step: dict) -> SchedulerMap:
         raise ValueError(f"{name}: config option euler_at_final=True is not supported by chords_diffusers")
     pred = _multistep_prediction(cfg, name)
     grid = _sigmas64(s.sigmas)
+    if _repeats_last(grid):
+        # the last step, sigma_min to sigma_min, leaves the sample as it is: dropped (one evaluation
+        # fewer, the same result), unless lowering the order on the last steps (lower_order_final,
+        # below 15 steps in diffusers) would then lower it on the step before it, which diffusers
+        # takes at order 2 (0.7% off at 6 steps of 2M); refused there (diffusers' own loop gives nan
+        # at order 3 without that lowering, where the grid without the step gives the sample)
+        if order > 1 and cfg.lower_order_final and n < 16:
+            raise ValueError(_repeated_sigma(name, cfg, grid) + ", lower_order_final=False or solver_order=1 (with "
+                             f"{n} steps the orders would differ from diffusers' on the last steps)")
+        grid, n = grid[:-1], n - 1
     solver = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
     opts = {} if order == 1 else {"lower_order_final": bool(cfg.lower_order_final)}
     smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, opts, pred, s.timesteps[:n], s.sigmas[:n])
@@ -547,10 +569,8 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     pred = _multistep_prediction(cfg, name)
     grid = _sigmas64(s.sigmas)
     n = len(s.timesteps)
-    if len(grid) > 1 and grid[-1] == grid[-2]:  # (cd.sample failed with the core's "grid must be strictly monotone")
-        raise ValueError(f"{name}: final_sigmas_type={cfg.final_sigmas_type!r} here ends on a repeated sigma "
-                         f"({float(grid[-1]):.6g}): a last step of length 0, which a grid cannot hold; use "
-                         "final_sigmas_type='zero'")
+    if _repeats_last(grid):  # (cd.sample failed with the core's "grid must be strictly monotone")
+        raise ValueError(_repeated_sigma(name, cfg, grid))
     opts = {"order": cfg.solver_order, "variant": cfg.solver_type, "lower_order_final": bool(cfg.lower_order_final)}
     smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])
     return _with_transform(smap, cfg, clip=False, threshold=True)
