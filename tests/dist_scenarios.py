@@ -93,7 +93,7 @@ def main(scenario: str, path: str) -> int:
                 net = RunsOff()  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
-            for _ in range(3 if scenario == "misc" else 1):  # misc: three executors in turn
+            for _ in range({"misc": 3, "close_race": 2}.get(scenario, 1)):  # executors in turn
                 serve(_slow_amp if scenario == "misc" else net)
             return 0
         model, _ = gmm_problem()
@@ -208,6 +208,33 @@ def main(scenario: str, path: str) -> int:
                 res = run(ex)
                 report[name] = [res.rounds, res.nfe, res.stopped_by, len(res.hits) == len(ref.hits)
                                 and all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))]
+        elif scenario == "close_race":
+            # close() from another thread while this thread sends a round (a ``with`` block left on the main
+            # thread while a worker thread samples): its STOP went out between the round's messages, the
+            # serving rank read it as the points' times and evaluated zeros, and the round timed out
+            xs, ts = [x + k for k in range(4)], [0.1 * (k + 1) for k in range(4)]
+            for grace in (5.0, 0.05):  # (the round ends within the grace / after it: stopped by the round)
+                ex = DistributedExecutor(round_timeout=30.0)
+                ex(model, xs[:1], ts[:1])  # (the model's shell sent: the next round's first message is EVAL)
+                closer: list = []
+
+                def send(tensor, rank, timeout, ex=ex, orig=ex._send, closer=closer, grace=grace):
+                    if not closer:
+                        closer.append(threading.Thread(target=ex.close, kwargs={"grace": grace}))
+                        closer[0].start()
+                        time.sleep(0.3)  # (the close runs while the round's messages go out)
+                    return orig(tensor, rank, timeout)
+
+                ex._send = send  # type: ignore[method-assign]
+                got = ex(model, xs, ts)
+                ref = cc.SerialExecutor()(model, xs, ts)
+                report[f"equal_{grace}"] = all(torch.equal(a, b) for a, b in zip(got, ref))
+                closer[0].join(10)
+                try:
+                    ex(model, xs, ts)
+                    report[f"after_{grace}"] = "ran"
+                except ExecutorClosed:
+                    report[f"after_{grace}"] = "ExecutorClosed"
         elif scenario == "pickle":
             chords_dist.dump_shell = lambda model: pickle.dumps(_Evil(path))  # type: ignore[assignment]
             try:

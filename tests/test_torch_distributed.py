@@ -173,6 +173,18 @@ def test_one_open_executor_a_group_local_nan_retires_and_an_ignored_sigint_stays
     assert codes == [0, 0], outs
 
 
+def test_close_from_another_thread_during_a_round_lets_the_round_finish_then_stops_the_ranks(tmp_path):
+    """A review: close() sent its STOP without the round lock, between a round's messages: the serving
+    rank read it as the points' times (zeros), evaluated garbage and the job stalled into a
+    WorkerTimeout. Now the round ends correctly and the ranks stop after it, whether close waits for it
+    (within its grace) or returns first; later calls raise ExecutorClosed."""
+    codes, outs = launch(["close_race"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    for grace in ("5.0", "0.05"):
+        assert rep[f"equal_{grace}"] is True and rep[f"after_{grace}"] == "ExecutorClosed", outs
+    assert codes == [0, 0], outs
+
+
 def test_a_retirement_on_ranks_takes_the_outputs_before_the_bad_point(tmp_path):
     """A serving rank sends the outputs of its points before a bad one, and the driver passes on the
     round's outputs before it (``ModelOutputError.done``): a retirement costs no round evaluated again,

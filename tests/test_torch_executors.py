@@ -6,6 +6,7 @@ Exactness: float64 on CPU, every output of every core equal to the SerialExecuto
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -461,6 +462,90 @@ def test_closing_while_another_threads_round_is_queued_raises_closed():
     a.join(10)
     b.join(10)
     assert got == {"a": "result", "b": "ExecutorClosed"}
+
+
+def test_a_model_that_solves_on_its_own_device_executor_is_evaluated_on_the_device_thread():
+    """A review: a network that itself runs a solve on the DeviceExecutor evaluating it queued the inner
+    round behind the call it is part of, on the same device thread: a hang (with a round_timeout, a
+    WorkerTimeout and a closed executor). The inner rounds are evaluated on that thread, as the serial
+    executor would."""
+    inner_grid = cc.time_grid(cc.RectifiedFlow(), 3)
+    ex = DeviceExecutor(["cpu", "cpu"], round_timeout=20)
+
+    def network(executor):
+        def fn(x, t):
+            inner = cc.DiffusionModel(lambda y, s: torch.tanh(y) - 0.5 * y, cc.RectifiedFlow(), "flow")
+            return cc.chords(inner, x, inner_grid, "euler", cores=2, stop=None, executor=executor).x * t[:, None]
+        return fn
+
+    grid = cc.time_grid(cc.RectifiedFlow(), 4)
+    with ex:
+        got = cc.chords(cc.DiffusionModel(network(ex), cc.RectifiedFlow(), "flow"), x0(), grid, "euler", cores=2,
+                        stop=None, executor=ex)
+    serial = cc.SerialExecutor()
+    ref = cc.chords(cc.DiffusionModel(network(serial), cc.RectifiedFlow(), "flow"), x0(), grid, "euler", cores=2,
+                    stop=None, executor=serial)
+    assert same_hits(got, ref)
+
+
+def test_two_threads_rounds_each_get_the_whole_round_timeout():
+    """A review: a round's timeout counted from its submission, so a round queued behind another
+    thread's on the device threads timed out (1 s rounds, round_timeout=1.6: the second thread got a
+    WorkerTimeout and the executor closed for both). Rounds now take turns, each timed from its start."""
+    def slow(x, t):
+        time.sleep(0.5)
+        return x * 0.5
+
+    model = cc.DiffusionModel(slow, cc.RectifiedFlow(), "flow")
+    ex = DeviceExecutor(["cpu", "cpu"], round_timeout=0.9)
+    got: dict = {}
+
+    def call(name):
+        try:
+            got[name] = ex(model, [x0(batch=1, dim=4), x0(batch=1, dim=4)], [0.5, 0.4])
+        except BaseException as e:
+            got[name] = type(e).__name__
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    try:
+        assert all(isinstance(v, list) for v in got.values()) and len(got) == 2, got
+        assert len(ex(model, [x0(batch=1, dim=4)], [0.5])) == 1  # (still open)
+    finally:
+        ex.close()
+
+
+def test_ctrl_c_inside_a_with_block_returns_at_once_while_a_model_call_hangs():
+    """A review: leaving the ``with`` block on a KeyboardInterrupt joined the device thread stuck in the
+    model call (only a second Ctrl-C got out); an explicit close() after the interrupt did the same."""
+    release = threading.Event()
+
+    def stuck(x, t):
+        release.wait(30)
+        return x
+
+    model = cc.DiffusionModel(stuck, cc.RectifiedFlow(), "flow")
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with DeviceExecutor(["cpu", "cpu"]) as ex:
+                ex(model, [x0(), x0()], [0.5, 0.4])
+        assert time.monotonic() - start < 10  # (the stuck call lasts 30 s)
+        other = DeviceExecutor(["cpu"])
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            other(model, [x0()], [0.5])
+        other.close()  # (wait=True: not for the interrupted round's evaluation, which still runs)
+        assert time.monotonic() - start < 15
+    finally:
+        timer.cancel()
+        release.set()
 
 
 def test_a_keyboard_interrupt_raised_by_the_model_on_a_device_thread_is_a_worker_error():

@@ -144,6 +144,46 @@ def test_start_up_errors():
         ProcessExecutor(3)
 
 
+def test_a_model_or_factory_the_workers_cannot_import_is_named_and_the_executor_stays_usable(
+        trap_executor, monkeypatch):
+    """A review: a Model subclass the workers cannot import (defined in the __main__ of a notebook or of
+    ``python -c``) pickled in the driver, then killed each worker as it unpickled the message: an
+    unexplained WorkerDied, the executor closed. Now the next evaluation raises a WorkerError naming
+    the cause, and the executor stays usable; a factory defined there is refused at once (the workers
+    died at their start)."""
+    import sys
+    import types
+
+    import chords_torch.process as proc
+
+    here_only = types.ModuleType("chords_test_driver_only")  # importable in this process only
+    sys.modules[here_only.__name__] = here_only
+    try:
+        class DriverOnly(cc.DiffusionModel):
+            pass
+
+        DriverOnly.__module__ = here_only.__name__
+        DriverOnly.__qualname__ = "DriverOnly"
+        here_only.DriverOnly = DriverOnly
+        odd = DriverOnly(MODEL.fn, MODEL.schedule, MODEL.prediction)
+        point = x0(batch=2)
+        with pytest.raises(WorkerError, match="could not load the model's shell .*define it in a module"):
+            trap_executor(odd, [point], [0.5])
+        ref = cc.SerialExecutor()(MODEL, [point], [0.5])
+        assert torch.equal(trap_executor(MODEL, [point], [0.5])[0], ref[0])
+    finally:
+        del sys.modules[here_only.__name__]
+
+    def factory():
+        return FACTORY()
+
+    factory.__module__, factory.__qualname__ = "__main__", "factory"
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # (no __file__: python -c)
+    with pytest.raises(TypeError, match="^factory: .*factory is defined in the __main__ of a notebook"):
+        ProcessExecutor(factory, workers=1, start_method="forkserver")
+    assert proc._interactive_main(functools.partial(factory)) and not proc._interactive_main(FACTORY)
+
+
 @pytest.mark.parametrize("method", sorted(cc.METHODS))
 def test_every_method_runs_on_the_process_executor(trap_executor, one_thread, method):
     grid = cc.time_grid(MODEL.schedule, 10)

@@ -272,6 +272,11 @@ class DeviceExecutor(Executor):
         self.replicate, self.batched = replicate, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DeviceExecutor")
         self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
+        self._threads = frozenset(p._thread.ident for p in self._pools)  # (a call from one: evaluated there)
+        # one round at a time: a round's timeout counts from its own start, not from the rounds of other
+        # threads queued before it (a round of 1 s timed out at 1.6 s behind another, closing the executor)
+        self._round = threading.Lock()
+        self._abandoned: list[cf.Future] = []  # the evaluations of a round interrupted while it waited
         # an executor dropped without close() stops its threads when collected (they waited for ever)
         self._owner = os.getpid()
         self._finalizer = weakref.finalize(self, _stop_threads, list(self._pools), self._owner)
@@ -358,6 +363,18 @@ class DeviceExecutor(Executor):
         if self._closed:
             raise ExecutorClosed("this DeviceExecutor is closed")
         check_points(xs, ts)
+        if threading.get_ident() in self._threads:
+            # a model that itself solves on this executor (its network calls cc.parallel(..., executor=ex)):
+            # queued behind the call it is part of, the inner round waited for ever; evaluated here, on
+            # this device thread, as SerialExecutor (or batched) would
+            return model.evaluate(list(xs), list(ts), batched=self.batched)
+        with self._round:
+            return self._call(model, xs, ts)
+
+    def _call(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
+        """``__call__`` on this executor's device threads, one round at a time."""
+        if self._closed:  # (closed while this round waited for another's)
+            raise ExecutorClosed("this DeviceExecutor is closed")
         models = self._models(model)
         if model.check_outputs == "auto":  # decided where the outputs go: the driver's points' device
             mode = resolve_check("auto", B.on_accelerator(xs[0]))
@@ -371,7 +388,11 @@ class DeviceExecutor(Executor):
         stream = _own_stream(xs[0])  # (the caller's, where not the default one: see _run)
         futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad, amp, stream))
                 for w, idx in enumerate(groups) if idx]
-        done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
+        try:
+            done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
+        except BaseException:  # a Ctrl-C: the evaluations run on (their outputs unread); close() does not
+            self._abandoned = [f for _, f in futs]  # wait for them where they still run
+            raise
         if any(f.cancelled() for _, f in futs):
             raise ExecutorClosed("this DeviceExecutor was closed while the round waited for its devices")
         if pending:
@@ -406,7 +427,14 @@ class DeviceExecutor(Executor):
         self._closed = True
         self._finalizer.detach()
         pools, self._pools = self._pools, []
+        wait = wait and all(f.done() for f in self._abandoned)  # (a hung model of an interrupted round: no join)
         for p in pools:
             p.shutdown(wait=wait)
         self._replicas = {}
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """Close, waiting for running evaluations only where the block ended without an exception: a
+        Ctrl-C or an error inside the block returns at once (waiting, it joined a device thread stuck in
+        a model call, and only a second Ctrl-C got out)."""
+        self.close(wait=exc_type is None)
 

@@ -249,7 +249,16 @@ class DistributedExecutor(Executor):
                                "executor would read as its own; end the job, or destroy and re-create the process "
                                "group")
         if state.open is not None and (ex := state.open()) is not None and not ex._closed:
-            ex._closed = ex._superseded = True  # its model is no longer the serving ranks' (no STOP sent)
+            # its model is no longer the serving ranks' (no STOP sent); never while another thread's round
+            # is in flight on it: this executor's messages would interleave with that round's
+            if not ex._lock.acquire(timeout=5.0):
+                raise RuntimeError("a round of the open DistributedExecutor on this process group is in flight on "
+                                   "another thread; close that executor (or let its rounds end) before making a "
+                                   "new one")
+            try:
+                ex._closed = ex._superseded = True
+            finally:
+                ex._lock.release()
         self.group, self.batched = group, bool(batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
@@ -266,7 +275,9 @@ class DistributedExecutor(Executor):
         self._local_model: Model | None = None
         self._sent: tuple | None = None  # model_state of the model whose shell the ranks hold
         self._closed = self._superseded = False
-        self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
+        # one round at a time (one_round_at_a_time); re-entrant: a failed round closes the executor under it
+        self._lock = threading.RLock()
+        self._stop_after_round = False  # close() was called from another thread during a round
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
@@ -360,6 +371,9 @@ class DistributedExecutor(Executor):
                     else:
                         self._drain(e.rank if isinstance(e, WorkerError) else None)
                 raise
+            finally:
+                if self._stop_after_round and not _group_state(self.group).cut:
+                    self._stop_ranks(1.0)  # close() from another thread during this round: the ranks stop now
 
     def _drain(self, failed: int | None, grace: float = 5.0) -> None:
         """After a lost rank: collect the other ranks' pending answers (so they are back in their
@@ -447,10 +461,26 @@ class DistributedExecutor(Executor):
         return err
 
     def close(self, grace: float = 5.0) -> None:
-        """Tell every worker rank to leave ``serve`` (best effort, ``grace`` seconds); idempotent."""
+        """Tell every worker rank to leave ``serve`` (best effort, ``grace`` seconds); idempotent. Called
+        from another thread during a round, it waits up to ``grace`` seconds for the round to end; a
+        round still in flight then tells the ranks once its answers are in (sent beside the round's
+        messages, the stop was read as a point's times: the ranks evaluated garbage and the job stalled),
+        and the executor is closed for later calls at once."""
         if self._closed:
             return
-        self._closed = True
+        if not self._lock.acquire(timeout=grace):
+            self._stop_after_round = True  # (read by the round's thread, under the lock, when it ends)
+            self._closed = True
+            return
+        try:
+            if not self._closed:
+                self._stop_ranks(grace)
+        finally:
+            self._lock.release()
+
+    def _stop_ranks(self, grace: float) -> None:
+        """Close: tell every worker rank to leave ``serve`` (under the round lock)."""
+        self._closed, self._stop_after_round = True, False
         state = _group_state(self.group)
         if state.open is not None and state.open() is self:
             state.open = None

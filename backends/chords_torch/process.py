@@ -124,7 +124,8 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
             return
         try:
             if op == "model":
-                setup_error, model = None, bind(msg[1], replica)
+                setup_error, model = None, None
+                model = bind(_load_shell(msg[1]), replica)
             elif op == "buffers":
                 xin, xout = msg[1], msg[2]
             elif op == "eval":
@@ -153,6 +154,30 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                 setup_error = e  # reported with the next evaluation
             else:
                 conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+
+
+def _load_shell(blob: bytes) -> Any:
+    """The model's shell from its pickle (``ForkingPickler``), unpickled here so that a failure is the
+    next evaluation's error: unpickled with the message, a class the worker cannot import (defined in
+    the ``__main__`` of a notebook or of ``python -c``) killed the worker, and the driver saw an
+    unexplained ``WorkerDied`` and a closed executor."""
+    try:
+        return ForkingPickler.loads(blob)
+    except Exception as e:
+        raise TypeError(f"model: the worker could not load the model's shell ({type(e).__name__}: {e}); a class "
+                        "defined in the __main__ of a notebook or of `python -c` cannot be imported by the "
+                        "workers: define it in a module, or use start_method='fork'") from None
+
+
+def _interactive_main(obj: Any) -> bool:
+    """Whether ``obj`` (through partials) is defined in a ``__main__`` without a file (a notebook,
+    ``python -c``, the REPL), which a worker started by 'spawn' or 'forkserver' cannot import."""
+    import sys
+
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    mod = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+    return mod == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__")
 
 
 def _shutdown(procs: list, conns: list, grace: float, owner: int) -> None:
@@ -247,6 +272,10 @@ class ProcessExecutor(Executor):
         method = start_method or _default_start_method()
         if method not in tmp.get_all_start_methods():
             raise ValueError(f"start_method must be one of {tmp.get_all_start_methods()}, got {method!r}")
+        if method != "fork" and _interactive_main(factory):  # (the worker died at its start: "WorkerDied ... (start)")
+            raise TypeError(f"factory: {getattr(factory, '__qualname__', type(factory).__name__)} is defined in the "
+                            f"__main__ of a notebook or of `python -c`, which workers started by {method!r} cannot "
+                            "import: define it in a module, or use start_method='fork'")
         ctx: Any = tmp.get_context(method)  # a torch.multiprocessing context (typed as BaseContext)
         if method == "forkserver":
             ctx.set_forkserver_preload(["torch", "chords_core", "chords_torch", *_modules_of(factory)])
@@ -384,12 +413,12 @@ class ProcessExecutor(Executor):
         # first call kept raising on nan); checked to pickle before anything is sent (a lambda on the model
         # raised a raw PicklingError in the send and closed the executor)
         state = model_state(model)
-        shell, first = None, memoryview(b"")
+        shell, first = None, b""
         if self._sent != state:
             shell = shell_of(model)
             try:  # (as the pipe pickles it: torch's reductions refuse what plain pickle takes, a non-leaf tensor)
-                first = ForkingPickler.dumps(("model", shell))  # worker 0's message; the others get their own
-            except Exception as e:  # (a tensor's storage travels as a descriptor that one unpickle takes)
+                first = bytes(ForkingPickler.dumps(shell))  # worker 0's; the others get their own (a tensor's
+            except Exception as e:  # storage travels as a descriptor that one unpickle takes): see _load_shell
                 raise TypeError(f"model: its shell (the model without its network) must pickle to reach the "
                                 f"workers: {type(e).__name__}: {e}") from None
         active: list[int] = []
@@ -400,7 +429,7 @@ class ProcessExecutor(Executor):
             if shell is not None:
                 self._sent = None
                 for w in range(len(self._conns)):  # w: the worker a failed send names
-                    self._conns[w].send_bytes(first if w == 0 else ForkingPickler.dumps(("model", shell)))
+                    self._conns[w].send(("model", first if w == 0 else bytes(ForkingPickler.dumps(shell))))
                 self._sent = state
             for w, idx in enumerate(groups):
                 if not idx:
