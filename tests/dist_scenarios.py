@@ -93,7 +93,7 @@ def main(scenario: str, path: str) -> int:
                 net = RunsOff()  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
-            for _ in range({"misc": 3, "close_race": 2}.get(scenario, 1)):  # executors in turn
+            for _ in range({"misc": 3, "close_race": 4}.get(scenario, 1)):  # executors in turn
                 serve(_slow_amp if scenario == "misc" else net)
             return 0
         model, _ = gmm_problem()
@@ -235,6 +235,31 @@ def main(scenario: str, path: str) -> int:
                     report[f"after_{grace}"] = "ran"
                 except ExecutorClosed:
                     report[f"after_{grace}"] = "ExecutorClosed"
+            # a round on a worker thread, close() returning before it ends, then a new executor (a re-run
+            # cell): the new one waits for the round, which stops the ranks, then runs on them (it did not
+            # wait, and the old round's stop reached the ranks serving the new one)
+            ex = DistributedExecutor(round_timeout=30.0)
+            ex(model, xs[:1], ts[:1])
+            slow_send, entered = ex._send, threading.Event()
+
+            def late(tensor, rank, timeout, orig=slow_send):
+                entered.set()
+                time.sleep(0.2)  # (the round takes about a second: past close's grace)
+                return orig(tensor, rank, timeout)
+
+            ex._send = late  # type: ignore[method-assign]
+            old: dict = {}
+            worker = threading.Thread(target=lambda: old.update(x=ex(model, xs, ts)))
+            worker.start()
+            entered.wait(10)
+            ex.close(grace=0.05)
+            newer = DistributedExecutor(round_timeout=30.0)
+            report["old_round_done_first"] = not worker.is_alive()
+            worker.join(10)
+            ref = cc.SerialExecutor()(model, xs, ts)
+            report["old_equal"] = all(torch.equal(a, b) for a, b in zip(old["x"], ref))
+            report["newer_equal"] = all(torch.equal(a, b) for a, b in zip(newer(model, xs, ts), ref))
+            ex = newer
         elif scenario == "pickle":
             chords_dist.dump_shell = lambda model: pickle.dumps(_Evil(path))  # type: ignore[assignment]
             try:

@@ -137,6 +137,8 @@ def test_srds_one_step_blocks_of_a_multistep_solver_never_return_the_coarse_pred
     with pytest.warns(StopNotMet):  # iteration 1 alone can accept nothing here
         capped = srds(model, X, grid, solver, blocks=8, max_iters=1)
     assert capped.rounds == 8
+    chosen = srds(model, X, grid, solver, blocks=8, stop=cc.StopAtCore(1))  # chosen by arrival: as asked
+    assert chosen.stopped_by == "output 1 (iteration 1)" and np.array_equal(chosen.x, r.hits[0].x)
 
 
 def test_paradigms_tolerance_trades_rounds_for_error():

@@ -182,6 +182,8 @@ def test_close_from_another_thread_during_a_round_lets_the_round_finish_then_sto
     rep = report(outs[0])
     for grace in ("5.0", "0.05"):
         assert rep[f"equal_{grace}"] is True and rep[f"after_{grace}"] == "ExecutorClosed", outs
+    # (a new executor after a close() that returned first waits for the old round: a second review)
+    assert rep["old_round_done_first"] is True and rep["old_equal"] is True and rep["newer_equal"] is True, outs
     assert codes == [0, 0], outs
 
 

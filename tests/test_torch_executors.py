@@ -462,6 +462,24 @@ def test_closing_while_another_threads_round_is_queued_raises_closed():
     a.join(10)
     b.join(10)
     assert got == {"a": "result", "b": "ExecutorClosed"}
+    # the running round stuck: the queued caller still gets ExecutorClosed at once (with rounds taking
+    # turns it waited for the stuck one, for ever without a round_timeout: a second review)
+    release = threading.Event()
+    stuck = cc.DiffusionModel(lambda x, t: release.wait(30) and x, cc.RectifiedFlow(), "flow")
+    ex, got, model = DeviceExecutor(["cpu"]), {}, stuck
+    a, b = threading.Thread(target=call, args=("a",)), threading.Thread(target=call, args=("b",))
+    try:
+        a.start()
+        time.sleep(0.1)
+        b.start()
+        time.sleep(0.1)
+        start = time.monotonic()
+        ex.close(wait=False)
+        b.join(10)
+        assert got == {"b": "ExecutorClosed"} and time.monotonic() - start < 5
+    finally:
+        release.set()
+        a.join(10)
 
 
 def test_a_model_that_solves_on_its_own_device_executor_is_evaluated_on_the_device_thread():

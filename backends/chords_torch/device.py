@@ -368,8 +368,13 @@ class DeviceExecutor(Executor):
             # queued behind the call it is part of, the inner round waited for ever; evaluated here, on
             # this device thread, as SerialExecutor (or batched) would
             return model.evaluate(list(xs), list(ts), batched=self.batched)
-        with self._round:
+        while not self._round.acquire(timeout=0.05):  # (polled: close() from another thread releases the
+            if self._closed:  # callers queued behind a stuck round with ExecutorClosed)
+                raise ExecutorClosed("this DeviceExecutor was closed while the round waited for another thread's")
+        try:
             return self._call(model, xs, ts)
+        finally:
+            self._round.release()
 
     def _call(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         """``__call__`` on this executor's device threads, one round at a time."""

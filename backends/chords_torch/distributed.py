@@ -248,9 +248,10 @@ class DistributedExecutor(Executor):
                                "a rank lost or silent): its workers may still send that round's answers, which a new "
                                "executor would read as its own; end the job, or destroy and re-create the process "
                                "group")
-        if state.open is not None and (ex := state.open()) is not None and not ex._closed:
+        if state.open is not None and (ex := state.open()) is not None and (not ex._closed or ex._active):
             # its model is no longer the serving ranks' (no STOP sent); never while another thread's round
-            # is in flight on it: this executor's messages would interleave with that round's
+            # is in flight on it (closed by a close() that did not wait for it, too): this executor's messages
+            # would interleave with that round's
             if not ex._lock.acquire(timeout=5.0):
                 raise RuntimeError("a round of the open DistributedExecutor on this process group is in flight on "
                                    "another thread; close that executor (or let its rounds end) before making a "
@@ -277,7 +278,11 @@ class DistributedExecutor(Executor):
         self._closed = self._superseded = False
         # one round at a time (one_round_at_a_time); re-entrant: a failed round closes the executor under it
         self._lock = threading.RLock()
-        self._stop_after_round = False  # close() was called from another thread during a round
+        # close() from another thread during a round: the round stops the ranks when it ends. ``_state``
+        # makes "is a round on" and "stop after it" one decision for the round's end and for close()
+        self._state = threading.Lock()
+        self._active = False  # a round is in flight (from its first message to its last answer)
+        self._stop_after_round = False
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
@@ -360,6 +365,8 @@ class DistributedExecutor(Executor):
         self._owed = {}
         self._deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
         self._in_flight = False  # from the first message sent until every answer of the round is in
+        with self._state:
+            self._active = True
         with _sigint_deferred() as interrupts:  # a Ctrl-C takes effect once the round is complete
             try:
                 return self._evaluate(model, xs, ts)
@@ -372,7 +379,9 @@ class DistributedExecutor(Executor):
                         self._drain(e.rank if isinstance(e, WorkerError) else None)
                 raise
             finally:
-                if self._stop_after_round and not _group_state(self.group).cut:
+                with self._state:
+                    stop, self._active, self._stop_after_round = self._stop_after_round, False, False
+                if stop and not _group_state(self.group).cut:
                     self._stop_ranks(1.0)  # close() from another thread during this round: the ranks stop now
 
     def _drain(self, failed: int | None, grace: float = 5.0) -> None:
@@ -469,9 +478,11 @@ class DistributedExecutor(Executor):
         if self._closed:
             return
         if not self._lock.acquire(timeout=grace):
-            self._stop_after_round = True  # (read by the round's thread, under the lock, when it ends)
-            self._closed = True
-            return
+            with self._state:
+                if self._active:  # (read by the round's thread when it ends, under the same lock)
+                    self._stop_after_round = self._closed = True
+                    return
+            self._lock.acquire()  # the round ended meanwhile (a later one is waited for)
         try:
             if not self._closed:
                 self._stop_ranks(grace)

@@ -158,7 +158,8 @@ def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, bl
               start: int = 0, first: int = 0) -> tuple[int, str, bool] | None:
     """SRDS' stop: ``rule`` applied to the iterations' outputs as they form (``outputs[n]``, iteration
     n + 1's, given the outputs up to it and ``coarse``, iteration 0's; those before ``start`` were
-    offered already, and none before ``first``, ``srds_first``; at most ``last``). The run ends at the
+    offered already, and to a rule that decides on their values none before ``first``,
+    ``srds_first``; at most ``last``). The run ends at the
     first output the rule accepts, or else at iteration ``last`` (the rule's ``outputs_needed`` of
     ``max_iters``), "(k of B iterations)".
     The one home of this replay: ``srds_run`` calls it as each output forms, ``chords_jax.srds``
@@ -168,7 +169,9 @@ def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, bl
         (index of the returned output, its ``stopped_by``, whether the rule went unmet short of the
         sequential solution, ``last`` < ``blocks``, for ``warn_unmet``), or ``None``: run on.
     """
-    n = first_accepted(rule, outputs, coarse, start=max(start, first))
+    if getattr(rule, "decides_on_values", True):  # (a rule choosing by arrival, StopAtCore(1), is not judging)
+        start = max(start, first)
+    n = first_accepted(rule, outputs, coarse, start=start)
     if n is not None:
         return n, _iterations(rule.describe(n + 1, n + 1, True)), False
     if len(outputs) < last:
