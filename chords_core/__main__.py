@@ -103,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line and the shell's status for SIGINT, not a traceback
         print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`chords demo | head -1`): quiet, as other tools; stdout
+        devnull = os.open(os.devnull, os.O_WRONLY)  # is pointed at /dev/null so that the interpreter's
+        os.dup2(devnull, sys.stdout.fileno())  # final flush raises nothing more
+        return 141
     except (ValueError, TypeError) as e:  # a value argparse could not check alone: usage error, status 2
         sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
         sub.print_usage(sys.stderr)

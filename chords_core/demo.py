@@ -72,14 +72,20 @@ def parse_stop(text: str) -> StopRule | None:
     if kind == "residual" and not value:
         raise argparse.ArgumentTypeError(f"residual needs its tolerance, residual:TOL (e.g. residual:1e-3), "
                                          f"got {text!r}")
+    if kind == "core" and not value:  # (it was taken as core:1)
+        raise argparse.ArgumentTypeError(f"core needs its output number, core:N (e.g. core:1), got {text!r}")
     try:
         if kind == "core":
-            return StopAtCore(int(value or 1))
+            try:
+                n = int(value)
+            except ValueError:
+                raise ValueError(f"core:N needs an integer N, got {value!r}") from None
+            return StopAtCore(n)
         if kind == "residual":
             tol, _, norm = value.partition(":")
             return StopOnResidual(float(tol), norm=norm or "rms")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--stop: {e}") from None
+    except ValueError as e:  # (argparse names the option: "argument --stop: ...")
+        raise argparse.ArgumentTypeError(str(e)) from None
     raise argparse.ArgumentTypeError(f"--stop must be 'core:N', 'residual:TOL[:l2/numel]' or 'none', got {text!r}")
 
 
@@ -193,7 +199,14 @@ def core_counts(args: argparse.Namespace) -> list[int]:
                 raise ValueError(f"--init: its starts must lie below the steps; {solver} runs {steps} steps"
                                  f"{'' if args.steps is not None else ' (its default)'}, and init reaches "
                                  f"{max(args.init)}: give --steps above {max(args.init)}, or a shorter init")
-    return [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
+    counts = [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
+    for solver in args.solver:  # (before any run: --cores 26 failed after the first solver's whole run,
+        steps = args.steps if args.steps is not None else default_steps(solver)  # naming neither)
+        if max(counts) > steps:
+            raise ValueError(f"--cores: at most the steps; {solver} runs {steps} steps"
+                             f"{'' if args.steps is not None else ' (its default)'}, and --cores asks for "
+                             f"{max(counts)}: give --steps of at least {max(counts)}, or fewer cores")
+    return counts
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:

@@ -77,7 +77,12 @@ def test_every_option_has_help_text():
                                  ("--seed", "-1", 0), ("--cores", "0", 1), ("--dim", "0", 1), ("--modes", "0", 1))],
     (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
     (["demo", "--stop", "residual"], "argument --stop: residual needs its tolerance, residual:TOL"),  # (float(''))
-    (["demo", "--stop", "residual:1e-3:l1"], "argument --stop: --stop: StopOnResidual(norm): norm must be one of"),
+    (["demo", "--stop", "residual:1e-3:l1"], "argument --stop: StopOnResidual(norm): norm must be one of"),
+    # a review: "--stop: --stop: invalid literal for int()", core: taken as core:1, and --cores above a
+    # solver's default steps failing after the first solver's whole run
+    (["demo", "--stop", "core:x"], "argument --stop: core:N needs an integer N, got 'x'"),
+    (["demo", "--stop", "core:"], "argument --stop: core needs its output number, core:N"),
+    (["demo", "--solver", "euler", "heun", "--cores", "26"], "--cores: at most the steps; heun runs 25 steps (its default)"),
     (["optimize", "--exhaustive-limit", "-2"], "argument --exhaustive-limit: must be an integer >= 0"),
     # the help's init example failed after the Euler run, naming neither --steps nor the solver
     (["demo", "--init", "0-2-4-8-16-24-32-40"], "--init: its starts must lie below the steps; dpmpp_2m runs 20 steps"),
@@ -89,6 +94,23 @@ def test_bad_values_exit_2_with_a_usage_error(argv, message, capsys):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and err.startswith("usage:")
+
+
+def test_a_reader_that_leaves_ends_the_demo_quietly(tmp_path):
+    """A review: ``chords demo | head -1`` ended in a BrokenPipeError traceback (status 1); now status
+    141, as other tools, nothing on stderr (the reader is gone before the first line here)."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "chords_core", "demo", "--cores", "2", "--solver", "euler", "--steps",
+                            "4", "--dim", "2", "--modes", "1", "--samples", "1", "--out", str(tmp_path)],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141 and p.stderr == ""
 
 
 def test_console_script_is_installed():

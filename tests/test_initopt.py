@@ -254,6 +254,12 @@ def test_calibration_inputs_that_cannot_calibrate_are_named(cal12):
         optimize_init(20, 3, cal=cal12)
     with pytest.raises(ValueError, match="solver='dpmpp_2m' is not the calibration's 'euler'"):
         optimize_init(None, 3, "dpmpp_2m", cal=cal12)
+    # a review: a linear ODE's x_cal of the wrong width named the exact solution's y0; cal="x" raised
+    # a bare AttributeError
+    with pytest.raises(ValueError, match=r"^x_cal must have shape \(3,\) or \(samples, 3\) for this linear ODE"):
+        calibration(8, problem=LinearODE.random(3, seed=1), x_cal=np.ones(4))
+    with pytest.raises(TypeError, match="^cal must be a Calibration"):
+        optimize_init(None, 3, cal="x")
     # a grid alone gives the steps, for the built-in problems as for a user's model
     assert calibration(problem=gm, grid=grid, samples=4).steps == 6
     lin = calibration(problem=LinearODE.random(3, seed=1), grid=np.linspace(0.0, 1.0, 9))

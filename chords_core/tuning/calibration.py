@@ -163,6 +163,9 @@ def calibration(
             times = np.linspace(0.0, 1.0, T + 1) if times is None else times
             x = rng.standard_normal((samples, problem.dim)) if x_cal is None else x_cal
             check_state(model, x, "x_cal")
+            if np.ndim(x) == 0 or np.shape(x)[-1] != problem.dim:  # (the exact solution named its own y0)
+                raise ValueError(f"x_cal must have shape ({problem.dim},) or (samples, {problem.dim}) for this linear "
+                                 f"ODE, got {np.shape(x)}")
             reference = problem.exact(x, times[0], times[-1])
             desc = f"linear ODE dim {problem.dim}"
         elif isinstance(problem, GaussianMixture):

@@ -146,6 +146,8 @@ def optimize_init(
     max_evals = check_int("max_evals", max_evals, 0)
     if cal is None:
         cal = calibration(steps, "euler" if solver is None else solver, **calibration_options)
+    elif not isinstance(cal, Calibration):  # (a bare AttributeError on .steps)
+        raise TypeError(f"cal must be a Calibration (chords_core.tuning.calibration(...)), got {type(cal).__name__}")
     elif calibration_options:
         raise ValueError(f"give cal or calibration options, not both (got {sorted(calibration_options)})")
     elif steps is not None and steps != cal.steps:
