@@ -11,12 +11,14 @@ Heun, DDIM, DPM-Solver++(2M), (3M), UniPC), 4 to 100 steps (Heun at most 50), tw
 rtol = atol = 1e-12 (the mixture's exact velocity). A run misses "no degradation" when its error
 against the reference exceeds 1.05x the sequential solver's (RMS over the batch; also per sample).
 
-Methods: ``cascade`` (``cc.parallel``'s default: the noise-level scale at 5e-4), ``cascade-error``
-(the local-error scale at its default, tol 1), ``chords`` (``cc.chords`` at its default stop).
+Methods: ``cascade`` (``cc.parallel``'s default), ``cascade-level-TOL`` (the noise-level scale at
+1e-3, 5e-4, 2.2e-4, 1e-4), ``cascade-error`` (the local-error scale at its default, tol 1),
+``chords`` (``cc.chords`` at its default stop).
 Printed per method: runs, misses above 1.05x and 1.02x (batch, and any one sample), the worst ratio,
 the rounds in all, the runs that warned, and the worst misses.
 
-    .venv/bin/python benchmarks/safety_sweep.py                             # seeds 11 and 12, 1200 problems each
+    .venv/bin/python benchmarks/safety_sweep.py --seeds 11 12 --problems 600 --methods cascade-level-0.0005 \
+        cascade-level-0.00022 cascade-level-0.0001                           # the tolerances compared
     .venv/bin/python benchmarks/safety_sweep.py --seeds 3 --problems 50     # a quick look
 """
 
@@ -36,6 +38,9 @@ SOLVERS = ["euler", "heun", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc"]
 FAMILIES = ["rand", "unequal_var", "unequal_w", "far", "sd018", "pixel", "hidim", "cfg", "many"]
 METHODS = {
     "cascade": lambda model, x, grid, solver, K: cc.parallel(model, x, grid, solver, cores=K),
+    **{f"cascade-level-{tol:g}": (lambda model, x, grid, solver, K, tol=tol:
+                                  cc.cascade(model, x, grid, solver, cores=K, scale="level", tol=tol))
+       for tol in (1e-3, 5e-4, 2.2e-4, 1e-4)},
     "cascade-error": lambda model, x, grid, solver, K: cc.cascade(model, x, grid, solver, cores=K, scale="error"),
     "chords": lambda model, x, grid, solver, K: cc.chords(model, x, grid, solver, cores=K),
 }
@@ -159,7 +164,7 @@ def rms(a: np.ndarray) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[11, 12])
-    ap.add_argument("--problems", type=int_at_least(1), default=1200, help="problems per seed")
+    ap.add_argument("--problems", type=int_at_least(1), default=600, help="problems per seed")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--show", type=int_at_least(0), default=5, help="worst misses listed per method")
     a = ap.parse_args(argv)

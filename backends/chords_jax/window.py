@@ -397,7 +397,7 @@ def parallel(
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
         tol: the acceptance tolerance (``None``: the method's own default, as its core function has it:
             cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up, 0.05 for a
-            plain ODE; 5e-4 of the noise level with ``scale="level"``, the default for a
+            plain ODE; 2.2e-4 of the noise level with ``scale="level"``, the default for a
             ``DiffusionModel``); ParaDiGMS and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
             ``f(t, y, args)``): new values without recompiling.
