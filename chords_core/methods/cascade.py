@@ -23,8 +23,10 @@ point whose predecessor has converged). What CHORDS contributes:
   of the local error estimate, ``tol`` referring to a 20-step grid and shrunk like the sequential
   error on finer ones (``tol_steps``). A flat budget in data units, it spends the error allowance
   evenly along the trajectory where the local-error scale spends it in proportion to the solver's
-  local error, which for DPM-Solver++ is nearly zero at high noise; it reaches the sequential answer
-  in fewer rounds (``theory/cascade.md`` section 6). It is absolute, in the state's units: right for
+  local error, which for DPM-Solver++ is nearly zero at high noise; at each scale's best tolerance
+  it reaches the sequential answer in fewer rounds (``theory/cascade.md`` section 6; at the two
+  defaults, 2.2e-4 and the local-error scale's 1, the suite's rows take 943 rounds against 927, with
+  no miss against 2). It is absolute, in the state's units: right for
   diffusion models, whose data are scaled to about unit size by convention (pixels in [-1, 1],
   latents times the autoencoder's scaling factor), wrong for a plain ODE, so ``scale="auto"`` (the
   default) takes ``"level"`` for a ``DiffusionModel`` and ``"error"`` for a ``VectorField``; pass
@@ -73,7 +75,7 @@ SCALES = ("auto", "error", "level")
 #: runs of random mixture problems outside everything it was tuned on (``benchmarks/safety_sweep.py``
 #: seeds 11 and 12: unequal modes, 256-D, data at 0.18 scale, guidance-like combinations; every
 #: schedule, prediction and solver); 2.2e-4, chosen on those, misses 5 there (1e-4: 4, for twice
-#: the rounds) for 4.3% more rounds. Not a guarantee: a tolerance in data units cannot follow a
+#: the extra rounds) for 4.3% more rounds. Not a guarantee: a tolerance in data units cannot follow a
 #: sequential error of 1e-4 (README, "Safe defaults").
 LEVEL_TOL = 2.2e-4
 
