@@ -192,20 +192,18 @@ def core_counts(args: argparse.Namespace) -> list[int]:
     for both options (``--cores`` was ignored silently)."""
     if args.init and args.cores:
         raise ValueError(f"--cores: --init fixes the core count ({len(args.init)}); give one or the other")
-    if args.init:  # (before any run: it failed after the first solver's, naming neither --steps nor the solver)
-        for solver in args.solver:
-            steps = args.steps if args.steps is not None else default_steps(solver)
-            if max(args.init) >= steps:
-                raise ValueError(f"--init: its starts must lie below the steps; {solver} runs {steps} steps"
-                                 f"{'' if args.steps is not None else ' (its default)'}, and init reaches "
-                                 f"{max(args.init)}: give --steps above {max(args.init)}, or a shorter init")
     counts = [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
-    for solver in args.solver:  # (before any run: --cores 26 failed after the first solver's whole run,
-        steps = args.steps if args.steps is not None else default_steps(solver)  # naming neither)
+    # checked per solver before any run: a bad --init or --cores failed after the first solver's whole
+    # run, naming neither the option nor the solver's steps
+    for solver in args.solver:
+        steps = args.steps if args.steps is not None else default_steps(solver)
+        runs = f"{solver} runs {steps} steps{'' if args.steps is not None else ' (its default)'}"
+        if args.init and max(args.init) >= steps:
+            raise ValueError(f"--init: its starts must lie below the steps; {runs}, and init reaches "
+                             f"{max(args.init)}: give --steps above {max(args.init)}, or a shorter init")
         if max(counts) > steps:
-            raise ValueError(f"--cores: at most the steps; {solver} runs {steps} steps"
-                             f"{'' if args.steps is not None else ' (its default)'}, and --cores asks for "
-                             f"{max(counts)}: give --steps of at least {max(counts)}, or fewer cores")
+            raise ValueError(f"--cores: at most the steps; {runs}, and --cores asks for {max(counts)}: give "
+                             f"--steps of at least {max(counts)}, or fewer cores")
     return counts
 
 
