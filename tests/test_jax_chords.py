@@ -88,9 +88,9 @@ def test_one_core_is_the_compiled_sequential_solve():
     grid = cc.time_grid(SCHED, 8, "logsnr")
     seq = cj.solve(model, X, grid, "unipc")
     one = cj.chords(model, X, grid, "unipc", cores=1)
-    assert np.array_equal(np.asarray(seq), np.asarray(one.x))  # the same compiled program
     assert one.rounds == one.nfe == 8
-    assert close(seq, cc.solve(model, X, grid, "unipc"))
+    # (cj.solve is cj.chords at one core: comparing the two could not fail; each against the core can)
+    assert close(seq, cc.solve(model, X, grid, "unipc")) and close(one.x, cc.chords(model, X, grid, "unipc", cores=1).x)
 
 
 def test_second_call_with_the_same_shapes_does_not_recompile():

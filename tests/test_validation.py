@@ -895,7 +895,7 @@ def test_a_stop_rule_answering_a_0d_tensor_is_taken():
     model, _ = gmm_problem()
     x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     res = cc.chords(model, x, cc.time_grid(model.schedule, 12), cores=4, stop=Close())
-    assert res.stopped_by.startswith("close at") or res.stopped_by == "not close"
+    assert res.stopped_by == "close at 3" and res.rounds < 12  # (it accepted either outcome: a review)
 
 
 def test_srds_refuses_a_rule_that_needs_the_error_estimate():

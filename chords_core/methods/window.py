@@ -723,8 +723,10 @@ def sliding_window(
                 moved = B.subtract_into(xn, xs[m + 1], scratch)
                 if accepted is None and tol2 == 0.0:
                     # tol 0: exact means unmoved (not a change whose squares underflow to 0, nor a point
-                    # that never blocks, variance "out" at T - 1); a nan is nonzero
-                    if bool(moved.any()):
+                    # that never blocks, variance "out" at T - 1), compared, not subtracted: XLA on the
+                    # CPU flushes a subnormal difference to 0 (states of 1e-300 were accepted unequal);
+                    # a nan is unequal
+                    if bool((xn != xs[m + 1]).any()):
                         accepted = m + 1
                 elif accepted is None:
                     change = B.row_sq_one(moved) if one else B.row_sq(moved)
