@@ -284,6 +284,46 @@ def test_blocks_reading_the_step_index_get_one_step_index_a_call():
     assert torch.equal(out[6:], x[6:] * 2.0 + 5.0)
 
 
+def test_the_loops_own_set_up_before_its_loop_is_run(sdxl):
+    """A review: the loop block's own __call__ (what it sets up before its loop) was skipped. QwenImage's
+    sets ``additional_cond_kwargs``: chords raised AttributeError; SDXL's switches the guider off for a
+    guidance-distilled UNet (``time_cond_proj_dim``) and on otherwise: chords guided where the pipeline
+    did not (0.28 off at cores=1) and kept the guider as the last run left it (0.24 off)."""
+    from diffusers import QwenImageTransformer2DModel
+    from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageCoreDenoiseStep
+
+    torch.manual_seed(0)
+    tr = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=8,
+                                     num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4)).eval()
+    qwen = _pipe(QwenImageCoreDenoiseStep(), [], transformer=tr,
+                 scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds=torch.randn(1, 5, 16, generator=g), prompt_embeds_mask=torch.ones(1, 5, dtype=torch.long),
+              negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
+              negative_prompt_embeds_mask=torch.ones(1, 5, dtype=torch.long), height=32, width=32, num_inference_steps=4)
+    ref, lat, res = _run(qwen, kw, cores=1)
+    assert rel_err(lat, ref) < 1e-6 and res.rounds == 4
+    pipe, kw = sdxl
+    torch.manual_seed(0)
+    distilled = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                     layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                     attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
+                                     addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4,
+                                     time_cond_proj_dim=8).eval()
+    unet = pipe.unet
+    try:
+        pipe.update_components(unet=distilled)
+        ref, lat, _ = _run(pipe, kw, cores=1)
+        assert rel_err(lat, ref) < 1e-6
+    finally:
+        pipe.update_components(unet=unet)
+    pipe.guider.disable()  # (as a run with the distilled UNet leaves it: the loop enables it again)
+    lat = cd.with_chords(pipe, cores=1)(generator=torch.Generator().manual_seed(0), output="latents", **kw)
+    assert pipe.guider._enabled
+    assert rel_err(lat, pipe(generator=torch.Generator().manual_seed(0), output="latents", **kw)) < 1e-6
+
+
 def test_srds_takes_its_block_count_through_with_chords(flux):
     """A user trial: ``with_chords(pipe, method="srds", blocks=2)`` raised "chords_blocks() got multiple
     values for argument 'blocks'" (the block tree's parameter took SRDS's option name)."""

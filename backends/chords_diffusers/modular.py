@@ -269,7 +269,11 @@ def _loop_class() -> type:
             if self.options is None:
                 raise ValueError(_layout_error(self.loop))
             loop, opts = self.loop, dict(self.options)
-            bs = loop.get_block_state(state)
+            components, bs = _block_state_at_first_step(loop, components, state)
+            if getattr(bs, "cache_enabled", False):  # (QwenImage 2.1: a KV cache the steps fill in turn)
+                raise ValueError(f"chords_diffusers.modular: {type(loop).__name__} keeps a key-value cache filled "
+                                 "step by step (use_kv_cache=True), which points of different steps cannot share; "
+                                 "run the pipeline with use_kv_cache=False")
             scheduler = components.scheduler
             if not torch.equal(bs.timesteps.cpu(), scheduler.timesteps.cpu()):
                 raise ValueError(
@@ -305,6 +309,39 @@ def _loop_class() -> type:
             return components, state
 
     return ChordsDenoiseLoop
+
+
+class _AtFirstStep(Exception):
+    """Raised by the stand-in loop step of ``_block_state_at_first_step`` with what the loop hands it."""
+
+    def __init__(self, components: Any, block_state: Any) -> None:
+        super().__init__("the loop reached its first step")
+        self.components, self.block_state = components, block_state
+
+
+def _block_state_at_first_step(loop: Any, components: Any, state: Any) -> tuple[Any, Any]:
+    """(components, block state) as the loop's own ``__call__`` hands them to its first step: the wrapper's
+    set-up before its loop runs (the block state alone missed it: QwenImage's ``additional_cond_kwargs``,
+    an ``AttributeError``; SDXL's guider switched off for a guidance-distilled UNet, 0.28 off the
+    pipeline), and the loop ends there (a stand-in step raises). A loop that never reaches a step (no
+    timesteps): its block state as it is."""
+    def first_step(components: Any, block_state: Any, **_: Any) -> Any:
+        raise _AtFirstStep(components, block_state)
+
+    loop.loop_step = first_step  # (an instance attribute over the class's method, removed below)
+    bar = loop.__dict__.get("_progress_bar_config")  # (the loop's own bar stays shut: CHORDS shows its own)
+    loop._progress_bar_config = {**(bar if isinstance(bar, dict) else {}), "disable": True}
+    try:
+        loop(components, state)
+    except _AtFirstStep as at:
+        return at.components, at.block_state
+    finally:
+        del loop.loop_step
+        if bar is None:
+            del loop._progress_bar_config
+        else:
+            loop._progress_bar_config = bar
+    return components, loop.get_block_state(state)
 
 
 def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] | None = None,
