@@ -566,6 +566,38 @@ def test_ctrl_c_inside_a_with_block_returns_at_once_while_a_model_call_hangs():
         release.set()
 
 
+def test_a_module_without_tensors_of_its_own_and_an_indexed_cpu_share_the_network():
+    """A review: a module holding its network through a plain attribute (here a functools.partial)
+    registers no parameters, and was deep-copied even onto the CPU it lives on, network included: the
+    copies missed a changed attribute (0.63 off serial) and in-place weight updates (0.18 off); and
+    "cpu:0" / "cpu:1" counted as another device than the CPU's tensors' "cpu", so a CPU network was
+    copied too."""
+    import functools
+
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()).double()
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.call, self.scale = functools.partial(lambda net, x: net(x), inner), 1.0
+
+        def forward(self, x, t):
+            return self.call(x) * self.scale - t.reshape(-1, *([1] * (x.dim() - 1))) * x
+
+    w = Wrap()
+    assert chords_torch.replicate(w, "cpu") is w and chords_torch.replicate(inner, "cpu:1") is inner
+    model = cc.DiffusionModel(w, cc.RectifiedFlow(), "flow")
+    pts = [x0(batch=2, dim=4), x0(batch=2, dim=4) * 0.5]
+    for devices in (["cpu", "cpu"], ["cpu:0", "cpu:1"]):
+        with DeviceExecutor(devices) as ex, torch.no_grad():
+            ex(model, pts, [0.5, 0.4])
+            w.scale = 2.0
+            with torch.no_grad():
+                inner[0].weight.mul_(0.5)
+            got, ref = ex(model, pts, [0.5, 0.4]), cc.SerialExecutor()(model, pts, [0.5, 0.4])
+            assert all(torch.equal(a, b) for a, b in zip(got, ref)), devices
+
+
 def test_a_keyboard_interrupt_raised_by_the_model_on_a_device_thread_is_a_worker_error():
     """A device thread never receives a signal: a KeyboardInterrupt there is the model's own, and came
     through unwrapped, looking like the user's Ctrl-C (ProcessExecutor wraps it)."""

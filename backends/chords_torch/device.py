@@ -61,11 +61,14 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
         device: the target device (a bare ``"cuda"`` means the current CUDA device).
 
     Returns:
-        An ``nn.Module``: itself if its parameters and buffers already live on ``device``, else a copy
-        built there directly (its tensors are moved into the copy; never a full copy on the source
-        device first); an object with a ``to(device)`` method (the diffusers ``Denoiser``, which holds
-        its network and conditioning tensors) what that returns; any other callable as is (it must
-        work on tensors of any device).
+        An ``nn.Module``: itself if its parameters and buffers already live on ``device``, or if it has
+        none (only registered parameters and buffers are moved: a network reached through a plain
+        attribute, a ``functools.partial`` or a list, is not, and such a module was deep-copied on its
+        own device, copies that then missed its weight updates), else a copy built there directly (its
+        tensors are moved into the copy; never a full copy on the source device first); an object
+        with a ``to(device)`` method (the diffusers ``Denoiser``, which holds its network and
+        conditioning tensors) what that returns; any other callable as is (it must work on tensors of
+        any device).
     """
     if not isinstance(fn, torch.nn.Module):
         to = getattr(fn, "to", None)
@@ -74,8 +77,8 @@ def replicate(fn: Callable, device: torch.device) -> Callable:
         return to(device) if callable(to) and not isinstance(fn, torch.Tensor) else fn
     device = resolve_device(device)
     tensors = [*fn.parameters(), *fn.buffers()]
-    if tensors and all(t.device == device for t in tensors):
-        return fn  # inference only: the device's threads share the weights
+    if all(t.device == device for t in tensors):
+        return fn  # inference only: the device's threads share the weights (none: nothing a copy could move)
     memo: dict[int, Any] = {id(t): t.detach().to(device) for t in fn.buffers()}
     memo.update({id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
                  for p in fn.parameters()})
@@ -228,6 +231,8 @@ def resolve_device(device: Any) -> torch.device:
     d = torch.device(device)
     if d.type == "cuda" and d.index is None and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
+    if d.type == "cpu":  # ("cpu:1" is the CPU: its tensors say "cpu", and a network there was copied as if elsewhere)
+        return torch.device("cpu")
     return d
 
 
