@@ -180,6 +180,28 @@ def test_bad_input(flux):
 
     with chords_torch.DeviceExecutor(["cpu", "cpu"]) as ex, pytest.raises(ValueError, match="^executor: .*DeviceExecutor"):
         cd.with_chords(pipe, executor=ex)
+    # a review: each of these passed with_chords and failed only when the pipeline ran (fixed="txt_ids"
+    # was split into characters, verify="no" read as True)
+    for bad, error, match in ((dict(cores=0), ValueError, "^cores must be an integer >= 1"),
+                              (dict(init=[0, 2.5]), ValueError, "^init must hold integers"),
+                              (dict(stop="x"), TypeError, "^stop must be a stop rule"),
+                              (dict(fixed="txt_ids"), TypeError, "^fixed must be a sequence of block-state names"),
+                              (dict(verify="no"), TypeError, "^verify must be a bool"),
+                              (dict(progress="no"), TypeError, "^progress must be a bool or None"),
+                              (dict(step_kwargs=[1]), TypeError, "^step_kwargs must be a dict")):
+        with pytest.raises(error, match=match):
+            cd.with_chords(pipe, **bad)
+
+
+def test_the_chords_pipeline_has_specs_of_its_own(flux):
+    """A review: with_chords shared the original's spec dicts, so updating a component on the CHORDS
+    pipeline replaced the original's spec but not its component (the two out of step)."""
+    pipe, _ = flux
+    fast = cd.with_chords(pipe, cores=2)
+    spec, sched = pipe._component_specs["scheduler"], pipe.scheduler
+    fast.update_components(scheduler=FlowMatchEulerDiscreteScheduler(shift=2.0))
+    assert pipe._component_specs["scheduler"] is spec and pipe.scheduler is sched
+    assert fast.scheduler is not sched and fast.transformer is pipe.transformer
 
 
 def test_img2img_starting_part_way_is_rejected(flux):

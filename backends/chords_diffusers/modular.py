@@ -47,6 +47,8 @@ import torch
 
 import chords_core as cc
 from chords_core import _backend as B
+from chords_core.checks import check_int
+from chords_core.inits import validate_init
 
 from .denoiser import count_points
 from .pipelines import method_arguments, progress_enabled, sample_latents
@@ -369,10 +371,24 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
     """
     if not is_denoise_loop(loop):
         raise ValueError(_layout_error(loop))
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    for name, value in (("batched", batched), ("verify", verify)):  # (verify="no" was read as True)
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
+    if isinstance(fixed, str) or not isinstance(fixed, Sequence) or not all(isinstance(n, str) for n in fixed):
+        raise TypeError(f"fixed must be a sequence of block-state names, got {fixed!r}")  # ("txt_ids": characters)
+    if step_kwargs is not None and not isinstance(step_kwargs, Mapping):
+        raise TypeError(f"step_kwargs must be a dict of scheduler.step arguments, got {type(step_kwargs).__name__}")
+    # (here, not first when the pipeline runs, after the blocks before the loop: the steps, and so
+    # cores and init against them, are known only then)
+    if cores is not None:
+        check_int("cores", cores, 1)
+    if init is not None:
+        validate_init(init, 1 << 62, cores)
+    cc.stopping.as_stop_rule(stop)
     _one_device(method_options)
-    method_arguments(method, cores, init, stop, method_options)  # (here, not first when the pipeline runs)
+    method_arguments(method, cores, init, stop, method_options)
     options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=tuple(fixed),
                    verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
     return _loop_class()(copy.deepcopy(loop), options)
@@ -552,7 +568,10 @@ def with_chords(pipe: Any, /, **options: Any) -> Any:
 
     Returns:
         A new ``ModularPipeline`` of the same class; call it as ``pipe`` (``output="latents"``,
-        ``output=["images", "chords_result"]``, ...).
+        ``output=["images", "chords_result"]``, ...). It shares ``pipe``'s component objects as they are
+        now, with specs of its own: a component replaced later on either pipeline
+        (``update_components``) is not seen by the other (the specs were shared, so one pipeline's
+        update changed the other's spec but not its component).
     """
     from diffusers.modular_pipelines import ModularPipeline
 
@@ -563,5 +582,7 @@ def with_chords(pipe: Any, /, **options: Any) -> Any:
         raise TypeError(f"{type(pipe).__name__} has no _blocks: this diffusers version's ModularPipeline is not "
                         "supported")
     new = copy.copy(pipe)  # shares components, config and progress-bar settings; only the blocks differ
+    new._component_specs = copy.deepcopy(pipe._component_specs)  # (update_components replaces and mutates specs)
+    new._config_specs = copy.deepcopy(pipe._config_specs)
     new._blocks = chords_blocks(pipe._blocks, **options)
     return new
