@@ -582,7 +582,8 @@ def with_chords(pipe: Any, /, **options: Any) -> Any:
         raise TypeError(f"{type(pipe).__name__} has no _blocks: this diffusers version's ModularPipeline is not "
                         "supported")
     new = copy.copy(pipe)  # shares components, config and progress-bar settings; only the blocks differ
-    new._component_specs = copy.deepcopy(pipe._component_specs)  # (update_components replaces and mutates specs)
-    new._config_specs = copy.deepcopy(pipe._config_specs)
+    for specs in ("_component_specs", "_config_specs"):  # (update_components replaces and mutates specs)
+        if hasattr(pipe, specs):
+            setattr(new, specs, copy.deepcopy(getattr(pipe, specs)))
     new._blocks = chords_blocks(pipe._blocks, **options)
     return new
