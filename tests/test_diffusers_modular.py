@@ -185,12 +185,49 @@ def test_bad_input(flux):
     for bad, error, match in ((dict(cores=0), ValueError, "^cores must be an integer >= 1"),
                               (dict(init=[0, 2.5]), ValueError, "^init must hold integers"),
                               (dict(stop="x"), TypeError, "^stop must be a stop rule"),
-                              (dict(fixed="txt_ids"), TypeError, "^fixed must be a sequence of block-state names"),
+                              (dict(fixed="txt_ids"), TypeError, "^fixed must be a collection of block-state names"),
                               (dict(verify="no"), TypeError, "^verify must be a bool"),
                               (dict(progress="no"), TypeError, "^progress must be a bool or None"),
                               (dict(step_kwargs=[1]), TypeError, "^step_kwargs must be a dict")):
         with pytest.raises(error, match=match):
             cd.with_chords(pipe, **bad)
+    cd.with_chords(pipe, fixed={"txt_ids", "img_ids"})  # (a set of names is a collection too)
+
+
+def test_the_set_up_runs_on_a_copy_of_the_loop_and_a_loop_that_steps_otherwise_is_refused():
+    """The loop's own __call__ runs up to its first step on a copy (patching the shared block, two runs at
+    once patched each other's step and progress bar: a review); a loop whose __call__ steps other than
+    through self.loop_step ran its whole loop there, and CHORDS then denoised finished latents."""
+    from types import SimpleNamespace
+
+    from chords_diffusers.modular import _block_state_at_first_step
+
+    class Loop:
+        def __init__(self, own):
+            self.own, self.calls = own, 0
+
+        def get_block_state(self, state):
+            return SimpleNamespace(timesteps=state["timesteps"])
+
+        def __call__(self, components, state):
+            self.calls += 1
+            bs = self.get_block_state(state)
+            bs.ready = True
+            for i, t in enumerate(bs.timesteps):
+                if self.own:  # (the class's step, not the instance's)
+                    components, bs = type(self).loop_step(self, components, bs, i=i, t=t)
+                else:
+                    components, bs = self.loop_step(components, bs, i=i, t=t)
+            return components, state
+
+        def loop_step(self, components, block_state, i, t):
+            return components, block_state
+
+    loop = Loop(own=False)
+    components, bs = _block_state_at_first_step(loop, "components", {"timesteps": [3, 2, 1]})
+    assert components == "components" and bs.ready and "loop_step" not in vars(loop) and loop.calls == 0
+    with pytest.raises(ValueError, match="does not step through self.loop_step"):
+        _block_state_at_first_step(Loop(own=True), "components", {"timesteps": [3, 2, 1]})
 
 
 def test_the_chords_pipeline_has_specs_of_its_own(flux):

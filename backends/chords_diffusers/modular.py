@@ -39,7 +39,7 @@ import inspect
 import textwrap
 import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -330,20 +330,19 @@ def _block_state_at_first_step(loop: Any, components: Any, state: Any) -> tuple[
     def first_step(components: Any, block_state: Any, **_: Any) -> Any:
         raise _AtFirstStep(components, block_state)
 
-    loop.loop_step = first_step  # (an instance attribute over the class's method, removed below)
-    bar = loop.__dict__.get("_progress_bar_config")  # (the loop's own bar stays shut: CHORDS shows its own)
-    loop._progress_bar_config = {**(bar if isinstance(bar, dict) else {}), "disable": True}
+    probe = copy.copy(loop)  # (patched, not the shared block: two runs at once patched each other's)
+    probe.loop_step = first_step
+    bar = loop.__dict__.get("_progress_bar_config")  # (its own bar stays shut: CHORDS shows its own)
+    probe._progress_bar_config = {**(bar if isinstance(bar, dict) else {}), "disable": True}
     try:
-        loop(components, state)
+        probe(components, state)
     except _AtFirstStep as at:
         return at.components, at.block_state
-    finally:
-        del loop.loop_step
-        if bar is None:
-            del loop._progress_bar_config
-        else:
-            loop._progress_bar_config = bar
-    return components, loop.get_block_state(state)
+    bs = loop.get_block_state(state)
+    if len(getattr(bs, "timesteps", ())):  # (a loop that steps otherwise ran its whole loop here)
+        raise ValueError(f"chords_diffusers.modular: {type(loop).__name__}.__call__ does not step through "
+                         "self.loop_step; the generic path cannot run it")
+    return components, bs
 
 
 def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] | None = None,
@@ -376,8 +375,8 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
-    if isinstance(fixed, str) or not isinstance(fixed, Sequence) or not all(isinstance(n, str) for n in fixed):
-        raise TypeError(f"fixed must be a sequence of block-state names, got {fixed!r}")  # ("txt_ids": characters)
+    if isinstance(fixed, (str, bytes)) or not isinstance(fixed, Iterable) or not all(isinstance(n, str) for n in fixed):
+        raise TypeError(f"fixed must be a collection of block-state names, got {fixed!r}")  # ("txt_ids": characters)
     if step_kwargs is not None and not isinstance(step_kwargs, Mapping):
         raise TypeError(f"step_kwargs must be a dict of scheduler.step arguments, got {type(step_kwargs).__name__}")
     # (here, not first when the pipeline runs, after the blocks before the loop: the steps, and so
