@@ -375,8 +375,11 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
-    if isinstance(fixed, (str, bytes)) or not isinstance(fixed, Iterable) or not all(isinstance(n, str) for n in fixed):
-        raise TypeError(f"fixed must be a collection of block-state names, got {fixed!r}")  # ("txt_ids": characters)
+    if isinstance(fixed, (str, bytes)) or not isinstance(fixed, Iterable):  # ("txt_ids" was split into characters)
+        raise TypeError(f"fixed must be a collection of block-state names, got {fixed!r}")
+    fixed = tuple(fixed)  # (once: a generator read by the check below was empty after it)
+    if not all(isinstance(n, str) for n in fixed):
+        raise TypeError(f"fixed must be a collection of block-state names, got {fixed!r}")
     if step_kwargs is not None and not isinstance(step_kwargs, Mapping):
         raise TypeError(f"step_kwargs must be a dict of scheduler.step arguments, got {type(step_kwargs).__name__}")
     # (here, not first when the pipeline runs, after the blocks before the loop: the steps, and so
