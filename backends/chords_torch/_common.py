@@ -309,14 +309,23 @@ def autocast_context(codes: Sequence[int]) -> contextlib.AbstractContextManager:
 
 
 def one_round_at_a_time(call: Callable) -> Callable:
-    """An executor's ``__call__`` run under its ``_lock``: threads that share the executor take turns,
-    for an executor whose channels to its workers carry one round at a time (interleaved, two rounds
-    read each other's replies: a wrong result without error, or an error naming a live worker)."""
+    """An executor's round run under its ``_lock``: threads that share the executor take turns, for an
+    executor whose channels to its workers carry one round at a time (interleaved, two rounds read each
+    other's replies: a wrong result without error, or an error naming a live worker), or whose round
+    timeout counts from the round's start (``DeviceExecutor``). A caller queued behind another thread's
+    round raises ``ExecutorClosed`` once the executor is closed (``_closed``), not when that round ends:
+    a round stuck in a model call, which no close can end, held the callers behind it for ever."""
 
     @functools.wraps(call)
     def locked(self: Any, model: Any, xs: Sequence[Any], ts: Sequence[float]) -> Any:
-        with self._lock:
+        while not self._lock.acquire(timeout=0.05):
+            if self._closed:
+                raise ExecutorClosed(f"this {type(self).__name__} was closed while the round waited for another "
+                                     "thread's")
+        try:
             return call(self, model, xs, ts)
+        finally:
+            self._lock.release()
 
     return locked
 

@@ -46,6 +46,7 @@ from ._common import (
     first_failure,
     fn_attr,
     model_settings,
+    one_round_at_a_time,
     place,
     round_timeout_of,
 )
@@ -280,7 +281,7 @@ class DeviceExecutor(Executor):
         self._threads = frozenset(p._thread.ident for p in self._pools)  # (a call from one: evaluated there)
         # one round at a time: a round's timeout counts from its own start, not from the rounds of other
         # threads queued before it (a round of 1 s timed out at 1.6 s behind another, closing the executor)
-        self._round = threading.Lock()
+        self._lock = threading.Lock()  # (one_round_at_a_time)
         self._abandoned: list[cf.Future] = []  # the evaluations of a round interrupted while it waited
         # an executor dropped without close() stops its threads when collected (they waited for ever)
         self._owner = os.getpid()
@@ -373,14 +374,9 @@ class DeviceExecutor(Executor):
             # queued behind the call it is part of, the inner round waited for ever; evaluated here, on
             # this device thread, as SerialExecutor (or batched) would
             return model.evaluate(list(xs), list(ts), batched=self.batched)
-        while not self._round.acquire(timeout=0.05):  # (polled: close() from another thread releases the
-            if self._closed:  # callers queued behind a stuck round with ExecutorClosed)
-                raise ExecutorClosed("this DeviceExecutor was closed while the round waited for another thread's")
-        try:
-            return self._call(model, xs, ts)
-        finally:
-            self._round.release()
+        return self._call(model, xs, ts)
 
+    @one_round_at_a_time
     def _call(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
         """``__call__`` on this executor's device threads, one round at a time."""
         if self._closed:  # (closed while this round waited for another's)
