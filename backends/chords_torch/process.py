@@ -174,10 +174,7 @@ def _interactive_main(obj: Any) -> bool:
     ``python -c``, the REPL), which a worker started by 'spawn' or 'forkserver' cannot import."""
     import sys
 
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    mod = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
-    return mod == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__")
+    return _module_of(obj) == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__")
 
 
 def _shutdown(procs: list, conns: list, grace: float, owner: int) -> None:
@@ -495,12 +492,18 @@ class ProcessExecutor(Executor):
         self._finalizer()
 
 
+def _module_of(obj: Any) -> str | None:
+    """The name of the module defining ``obj`` (through partials; an instance's class's)."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    mod = getattr(obj, "__module__", None)
+    return mod if isinstance(mod, str) else None
+
+
 def _modules_of(factory: Any) -> list[str]:
-    """The module defining ``factory`` (through partials), for the forkserver to import once."""
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    mod = getattr(factory, "__module__", None)
-    return [mod] if isinstance(mod, str) and mod not in ("__main__", "__mp_main__", "builtins") else []
+    """The module defining ``factory`` (``_module_of``), for the forkserver to import once."""
+    mod = _module_of(factory)
+    return [mod] if mod is not None and mod not in ("__main__", "__mp_main__", "builtins") else []
 
 
 def _signal_name(code: int | None) -> str:
