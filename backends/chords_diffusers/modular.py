@@ -204,8 +204,9 @@ class LoopNet:
                 mine = [p for p in range(points) if steps[p] == i]
                 picked = np.array([p * self.batch + r for p in mine for r in range(self.batch)])
                 rows = B.upload(torch.from_numpy(picked), x_in.device)
-                sub = tau.index_select(0, rows)
-                setattr(sub, B.HOST_TIMES, host[picked])  # (its host values too)
+                # (the picked timesteps from their host values, the same values in tau's dtype, uploaded with
+                # them kept beside: ``_backend.upload_times``, their one home)
+                sub = B.upload_times(torch.from_numpy(host[picked]).to(tau.dtype), tau.device)
                 part = self._run(x_in.index_select(0, rows), sub, len(mine))
                 if out is None:
                     out = part.new_empty((x_in.shape[0], *part.shape[1:]))
