@@ -6,6 +6,7 @@ special tokens, no merges), so prompts tokenize to one id per character.
 """
 
 import json
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -244,6 +245,34 @@ def test_flux_pipeline_true_cfg_matches_diffusers():
     three = cd.sample(pipe, num_inference_steps=6, cores=3, stop=None, generator=torch.Generator().manual_seed(0), **kw)
     errs = [rel_err(h.x, ref) for h in three.chords.hits]
     assert errs[-1] < 2e-6 and errs[0] > 1e-4 and min(errs[1:]) <= errs[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flux_transformer_gets_the_pipelines_timesteps_bit_for_bit(dtype):
+    """A review: the pipeline gives its transformer ``t.to(latents.dtype) / 1000``; the adapter gave
+    ``tau * (1 / 1000)`` in float32, one ulp off at 16 of 28 steps (and not rounded to a half
+    dtype first), so ``cores=1`` was not the pipeline's run."""
+    pipe, kw = _tiny_flux()
+    pipe.to(dtype)
+    kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    seen: dict[str, list] = {"pipe": [], "chords": []}
+    forward = type(pipe.transformer).forward
+    mode = "pipe"
+
+    def spy(self, *a, **k):
+        seen[mode].append(k["timestep"].detach().clone())
+        return forward(self, *a, **k)
+
+    with patch.object(type(pipe.transformer), "forward", spy):
+        with torch.no_grad():
+            pipe(num_inference_steps=12, generator=torch.Generator().manual_seed(0), **kw)
+        mode = "chords"
+        cd.sample(pipe, num_inference_steps=12, cores=1, generator=torch.Generator().manual_seed(0), progress=False,
+                  **kw)
+    ours = [t[0] for t in seen["chords"]]  # (one [uncond; cond] call a step)
+    theirs = [t[0] for t in seen["pipe"][::2]]  # (true CFG: a cond and an uncond call a step)
+    assert len(ours) == len(theirs) == 12
+    assert all(a.dtype == b.dtype == dtype and torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
 def test_sd_unet_pipeline_matches_diffusers(sd):

@@ -11,7 +11,7 @@
 - ``scheduler_loop``: the scheduler's own sequential loop, the reference.
 """
 
-from .denoiser import Denoiser, GuidedNet, make_model, replicate_module
+from .denoiser import Denoiser, GuidedNet, flux_timestep, make_model, replicate_module
 from .modular import chords_blocks, chords_loop, is_denoise_loop, with_chords
 from .pipelines import SUPPORTED_PIPELINES, ChordsPipelineOutput, make_executor, sample, sample_latents
 from .reference import scheduler_loop
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "map_scheduler", "SchedulerMap", "VESigmaVP", "SUPPORTED_SCHEDULERS", "GuidedNet", "Denoiser", "make_model",
     "sample", "sample_latents", "make_executor", "ChordsPipelineOutput", "SUPPORTED_PIPELINES", "scheduler_loop",
-    "replicate_module",
+    "replicate_module", "flux_timestep",
 ]
 __all__ += ["VPSigma", "DataTransform", "STOCHASTIC_SCHEDULERS", "with_chords", "chords_blocks", "chords_loop",
             "is_denoise_loop"]

@@ -20,7 +20,7 @@ import torch
 
 from chords_core.checks import check_int
 
-from .denoiser import GuidedNet
+from .denoiser import GuidedNet, flux_timestep
 
 __all__ = ["Job", "ADAPTERS"]
 
@@ -250,7 +250,7 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         if uncond is not None:
             uncond["guidance"] = g
     net = GuidedNet(_denoiser(pipe, "FluxPipeline"), batch=b, x_arg="hidden_states", t_arg="timestep",
-                    t_scale=1 / 1000, cond=cond,
+                    timestep=flux_timestep, cond=cond,
                     uncond=uncond, static={"txt_ids": text_ids, "img_ids": image_ids}, guidance_scale=true_cfg_scale)
     sc = pipe.scheduler.config
     mu = calculate_shift(lat.shape[1], sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),

@@ -100,15 +100,24 @@ def count_points(rows: int, batch: int) -> int:
     return rows // batch
 
 
+def flux_timestep(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The timestep ``FluxPipeline`` gives its transformer: the scheduler's, in the latents' dtype,
+    divided by 1000 (``GuidedNet``'s ``timestep``)."""
+    return tau.to(x.dtype) / 1000
+
+
 class GuidedNet:
-    """``net(**{x_arg: x, t_arg: t_scale * tau}, **cond, **static, return_dict=False)[0]`` with CFG.
+    """``net(**{x_arg: x, t_arg: timestep(tau, x)}, **cond, **static, return_dict=False)[0]`` with CFG.
 
     Args:
         net: the UNet or transformer.
         batch: B, the state's batch (rows of the conditioning tensors).
         x_arg: the keyword of the network's input.
         t_arg: the keyword of its timestep.
-        t_scale: the factor applied to the timestep (Flux: 1/1000).
+        timestep: how the pipeline forms the network's timestep from the scheduler's timesteps
+            ``tau`` (N,) and the rows ``x`` it evaluates, in the pipeline's own operations (Flux:
+            ``tau.to(x.dtype) / 1000``, ``flux_timestep``: a product by 1/1000 rounds otherwise at
+            most timesteps); ``None``: ``tau`` as is.
         cond: keyword tensors with B rows, tiled over the points; a value may also be a dict of such
             tensors (SDXL's ``added_cond_kwargs``).
         uncond: the unconditional counterparts (same keys); ``None`` disables guidance.
@@ -127,13 +136,15 @@ class GuidedNet:
     """
 
     def __init__(self, net: Callable, *, batch: int, x_arg: str = "sample", t_arg: str = "timestep",
-                 t_scale: float = 1.0, cond: Mapping[str, Any] | None = None,
+                 timestep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 cond: Mapping[str, Any] | None = None,
                  uncond: Mapping[str, Any] | None = None, static: Mapping[str, Any] | None = None,
                  guidance_scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0,
                  guidance_rescale: float = 0.0, x_dtype: torch.dtype | None = None,
                  net_2: Callable | None = None, boundary: float | None = None,
                  guidance_scale_2: float | None = None, cfg_batched: bool = True) -> None:
-        for name, f in (("net", net), ("net_2", net_2 if net_2 is not None else net)):
+        for name, f in (("net", net), ("net_2", net_2 if net_2 is not None else net),
+                        ("timestep", timestep if timestep is not None else net)):
             if not callable(f):
                 raise TypeError(f"{name} must be callable, got {type(f).__name__}")
         if (net_2 is None) != (boundary is None):
@@ -150,7 +161,7 @@ class GuidedNet:
                     raise ValueError(f"{k} must be a tensor with batch={batch} rows, got {got}")
         if uncond is not None and sorted(k for k, _ in _leaves(uncond, "")) != sorted(k for k, _ in _leaves(cond, "")):
             raise ValueError(f"uncond must have the same keys as cond: {sorted(cond)} vs {sorted(uncond)}")
-        self.net, self.batch, self.x_arg, self.t_arg, self.t_scale = net, batch, x_arg, t_arg, float(t_scale)
+        self.net, self.batch, self.x_arg, self.t_arg, self.timestep = net, batch, x_arg, t_arg, timestep
         self.net_2, self.boundary = net_2, boundary
         self.cond, self.static, self.x_dtype, self.cfg_batched = cond, dict(static or {}), x_dtype, bool(cfg_batched)
         self.guidance_scale_2 = None if guidance_scale_2 is None else float(guidance_scale_2)
@@ -178,7 +189,7 @@ class GuidedNet:
         """The raw network output on rows (x, tau, kw), each row through ``net`` or ``net_2`` as
         ``experts`` (``_experts``) says."""
         def call(net: Callable, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
-            t = tau * self.t_scale if self.t_scale != 1.0 else tau
+            t = tau if self.timestep is None else self.timestep(tau, x)
             return net(**{self.x_arg: x, self.t_arg: t}, **kw, **self.static, return_dict=False)[0]
 
         if experts is None:
