@@ -9,8 +9,9 @@ point whose predecessor has converged). What CHORDS contributes:
   the window's last two evaluated points extrapolated linearly in log-SNR and fed to the solver's
   own steps from the window's newest point (``seed="solver"``: the seeds aim at the solver's
   trajectory, the fixed point, not the exact ODE's; the exact integral of the same extrapolation,
-  ``"jump2"``, remains for multi-stage solvers), instead of a copy of the last point (ParaDiGMS) or
-  the first-order x0 jump (ParaSolver);
+  ``"jump2"``, remains for multi-stage solvers; a plain ODE, with no noise schedule to extrapolate
+  in, gets the solver's jump with the last evaluated value), instead of a copy of the last point
+  (ParaDiGMS) or the first-order x0 jump (ParaSolver);
 - **acceptance within the solver's own error** (``scale="error"``, the default for a plain ODE): a
   point whose change falls below ``tol`` times the solver's local error estimate there
   (``local_error``, from the window's own model values) is accepted and its lane starts new work

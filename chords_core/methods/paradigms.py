@@ -9,17 +9,21 @@ whose predecessor did not move is *exactly* Phi of it (window 1 is the sequentia
 bit, which the public code is not). Per point the change is scored as
 |x^new - x^old|^2 / (D var_m) per sample, with var_m the DDPM posterior variance of the step into
 m, var_m = sigma_m^2 (1 - exp(2 (lambda_{m-1} - lambda_m))) (0 at sigma = 0: never blocks; 1 for a
-``VectorField``); the window slides past the first point whose score exceeds tol^2 (it is exact,
-being Phi of an accepted point), by at least 1 and at most ``window``. Multi-stage solvers (Heun)
+``VectorField``); the window slides past the first point whose score exceeds tol^2, by at least 1
+and at most ``window`` (that point starts the next window as it is: exact at ``tol=0``, otherwise as
+accurate as the accepted points; ``window.sliding_window``). Multi-stage solvers (Heun)
 take one round per stage per sweep. Multistep solvers (DPM-Solver++(2M/3M), UniPC) chain their
 history through the window: the step of point m uses the quantities of points m-1, ... of the same
 sweep (and the accepted ones before b), so the fixed point is the sequential multistep solution.
 
-Window 1 and ``tol=0`` equal ``solve`` bit for bit for every solver. The official code's
+Window 1 and ``tol=0`` equal ``solve`` bit for bit for every solver with the default
+``multistep="chain"`` (with ``"restart"`` every window start steps at first order: window 1 is then
+the first-order data-prediction solver, DDIM, whatever the solver). The official code's
 conventions are options: ``variance="out"`` (the step out of a point, a zero variance weighing
 infinitely as the official's 1 / 0: points T - 1 and T block unless unmoved) and
 ``multistep="restart"``; the defaults are this library's (``"into"``, a zero variance never blocks:
-one round fewer; ``"chain"``, an extension). The machinery is ``window.sliding_window``.
+the same rounds or fewer, a review's 300 runs: the same in 153, one round fewer in 138, two in 9;
+``"chain"``, an extension). The machinery is ``window.sliding_window``.
 """
 
 from __future__ import annotations

@@ -16,12 +16,17 @@ the sequential solver bit for bit). ``correction`` picks c_m:
   G(x_m^new) - G(x_m^old) with the model value held fixed.
 
 Each updated point is scored by its change against a ``scale`` and the window slides past the first
-point whose score exceeds tol^2 (it is exact, being Phi of an accepted point), by at least 1 and at
-most ``window``. Scales: ``"noise"`` (ParaDiGMS), |x^new - x^old|^2 / (D var) per sample (D elements
-per sample; var the DDPM posterior variance of a step, see ``noise_variances``; 1 for a plain ODE),
+point whose score exceeds tol^2, by at least 1 and at most ``window``: that point, the new window
+start, is Phi of its accepted predecessor's previous iterate plus the correction, exact at ``tol=0``
+and otherwise off by -N_m (x_m^new - x_m^old) (N_m = dPhi_m/dx - I: the step's stretch of the
+accepted change, of the order of the residual the accepted points keep themselves; it can compound
+where h L >~ 1, as for the stiff or barely stable grids of a plain ODE). Scales: ``"noise"``
+(ParaDiGMS), |x^new - x^old|^2 / (D var) per sample (D elements per sample; var the DDPM posterior
+variance of a step, see ``noise_variances``; 1 for a plain ODE),
 where ``variance`` picks which step's variance scores point j: ``"into"`` (the step j-1 -> j, this
-library's choice) or ``"out"`` (the step j -> j+1, the official ParaDiGMS code; the last point then
-never blocks); ``"level"`` (ParaTAA), the mean square change against max(1, sigma_j)^2; ``"error"``
+library's choice; a zero variance never blocks) or ``"out"`` (the step j -> j+1, the official
+ParaDiGMS code; a zero variance weighs infinitely, as the official 1 / 0, so points T - 1 and T block
+unless unmoved); ``"level"`` (ParaTAA), the mean square change against max(1, sigma_j)^2; ``"error"``
 (the cascade sampler), the change against the solver's local error estimate at j
 (``local_error``).
 
@@ -521,7 +526,10 @@ class _Anderson:
     """Triangular Anderson mixing (after ParaTAA) of the window points after the first one over
     tolerance: point j's mixing weights come from the residual history of the points nb+1 .. j only
     (prefix sums), so it never uses information from later points. The accepted points and the
-    first point over tolerance keep their exact fixed-point update."""
+    first point over tolerance keep their fixed-point update. The memory used at point j is the
+    smallest of ``memory``, the longest history in the window and every history met from nb+1 to j:
+    once a point without history is met (one that entered the window this sweep), the rest of the
+    sweep is not mixed."""
 
     def __init__(self, memory: int, ridge: float):
         self.memory, self.ridge = memory, ridge
