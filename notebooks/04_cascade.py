@@ -122,6 +122,23 @@ print("seed error ~ d^p, fitted p:", {k: round(v, 2) for k, v in exponents.items
 assert 0.8 < exponents["copy"] < 1.3 and 1.6 < exponents["jump"] < 2.4 and 2.5 < exponents["jump2"] < 3.5
 assert all(seed_err["jump2"][1][3:] < seed_err["jump"][1][3:]) and all(seed_err["jump"][1] < seed_err["copy"][1])
 
+# The cascade's own seed (``seed="solver"``) aims at the solver's trajectory from x_e, the sweeps' fixed
+# point, not the exact one: against that, the solver-following seed's distance is O(d^3 h^3) (the
+# extrapolation error of D carried by d steps), the exact second-order integral's O(d h^2) (Euler's
+# own deviation over d steps, which it pays in full).
+sd = Seeder(s1, m1, 2)
+d1 = sd.prediction(exact[e - 1], qs[e - 1], e - 1)
+d2 = sd.prediction(exact[e - 2], qs[e - 2], e - 2)
+chained = sd.chain(s1.begin(exact[e]), d1, e - 1, d2, e - 2, e + int(d[-1]))
+fixed_point = [cc.solve(m1, exact[e], grid1[e:e + k + 1], "euler") for k in d]
+to_fixed = {"solver": np.array([rms(chained[k - 1] - fixed_point[k - 1]) for k in d]),
+            "jump2": np.array([rms(sd.seed(exact[e], d1, e, e - 1, e + k, d2, e - 2) - fixed_point[k - 1]) for k in d])}
+slopes = {k: float(np.polyfit(np.log(d[d >= 4]), np.log(v[d >= 4]), 1)[0]) for k, v in to_fixed.items()}
+print("distance from the solver's trajectory ~ d^p, fitted p:", {k: round(v, 2) for k, v in slopes.items()},
+      "; at d = 24:", {k: f"{v[-1]:.2e}" for k, v in to_fixed.items()})
+assert 2.4 < slopes["solver"] < 3.4 and 0.8 < slopes["jump2"] < 1.5
+assert all(to_fixed["solver"] < to_fixed["jump2"])
+
 fig, ax = plt.subplots(figsize=(4.6, 3.4))
 for seed, (d, err) in seed_err.items():
     ax.loglog(d, err, "o-", ms=3, label=f"{seed} (slope {exponents[seed]:.2f})")

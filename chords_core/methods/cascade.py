@@ -34,7 +34,8 @@ point whose predecessor has converged). What CHORDS contributes:
   ``scale="error"`` for diffusion data far from unit size.
 
 With ``tol=0`` or one core it equals ``solve`` bit for bit for every solver (Heun: one round per
-stage; multistep solvers carry their history through the window).
+stage; multistep solvers carry their history through the window), for a model whose output for a
+row does not depend on the batch it is evaluated in (``BatchedExecutor``).
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def default_tol(steps: int, scale: str = "error", plain: bool = False) -> float:
 
     A point keeps about rho / (1 - rho) times its last change after acceptance, and a sweep's
     contraction rho grows with the step size (``theory/cascade.md`` section 5), so a fixed tolerance
-    loosens as the steps get fewer: ``tol=1`` stays within 1.02x the sequential error from 20 Euler
-    steps up, but gave up to 1.13x at 10 steps on VP mixtures, where 0.5 stays within 1.014x
-    (``benchmarks/few_steps.py``).
+    loosens as the steps get fewer: on the VP mixtures of ``benchmarks/few_steps.py`` ``tol=1``
+    stayed within 1.02x the sequential error from 20 Euler steps up, but gave up to 1.13x at 10
+    steps, where 0.5 stays within 1.014x. Not a bound elsewhere: on mixtures with narrow modes a
+    review found 1.28x at 20 Euler steps and 1.07x at 100 (``theory/cascade.md`` section 5).
     """
     if scale not in ("error", "level"):
         raise ValueError(f"scale: default_tol takes a decided scale, 'error' or 'level' (resolve_scale), got {scale!r}")
