@@ -12,13 +12,17 @@ rtol = atol = 1e-12 (the mixture's exact velocity). A run misses "no degradation
 against the reference exceeds 1.05x the sequential solver's (RMS over the batch; also per sample).
 
 Methods: ``cascade`` (``cc.parallel``'s default), ``cascade-level-TOL`` (the noise-level scale at
-1e-3, 5e-4, 2.2e-4, 1e-4), ``cascade-error`` (the local-error scale at its default, tol 1),
-``chords`` (``cc.chords`` at its default stop).
+1e-3, 5e-4, 2.2e-4, 1e-4, floored at 0.1 as the default), ``cascade-floor1-TOL`` (the same floored
+at 1, ParaTAA's rule and the cascade's until this release, at 5e-4, 2.2e-4 and 1e-4),
+``cascade-error`` (the local-error scale at its default, tol 1), ``chords`` (``cc.chords`` at its
+default stop).
 Printed per method: runs, misses above 1.05x and 1.02x (batch, and any one sample), the worst ratio,
 the rounds in all, the runs that warned, and the worst misses.
 
-    .venv/bin/python benchmarks/safety_sweep.py --seeds 11 12 --problems 600 --methods cascade-level-0.0005 \
-        cascade-level-0.00022 cascade-level-0.0001                           # the tolerances compared
+    .venv/bin/python benchmarks/safety_sweep.py --seeds 11 12 --problems 600 --methods cascade \
+        cascade-floor1-0.0005 cascade-floor1-0.00022 cascade-floor1-0.0001 cascade-level-0.00022  # the rules compared
+    .venv/bin/python benchmarks/safety_sweep.py --seeds 13 14 15 16 17 --problems 600 --methods cascade \
+        cascade-floor1-0.00022 cascade-floor1-0.0001 cascade-level-0.00022                      # held out
     .venv/bin/python benchmarks/safety_sweep.py --seeds 3 --problems 50     # a quick look
 """
 
@@ -41,6 +45,9 @@ METHODS = {
     **{f"cascade-level-{tol:g}": (lambda model, x, grid, solver, K, tol=tol:
                                   cc.cascade(model, x, grid, solver, cores=K, scale="level", tol=tol))
        for tol in (1e-3, 5e-4, 2.2e-4, 1e-4)},
+    **{f"cascade-floor1-{tol:g}": (lambda model, x, grid, solver, K, tol=tol:
+                                   cc.cascade(model, x, grid, solver, cores=K, scale="level", tol=tol, level_floor=1.0))
+       for tol in (5e-4, 2.2e-4, 1e-4)},
     "cascade-error": lambda model, x, grid, solver, K: cc.cascade(model, x, grid, solver, cores=K, scale="error"),
     "chords": lambda model, x, grid, solver, K: cc.chords(model, x, grid, solver, cores=K),
 }

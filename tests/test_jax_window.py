@@ -152,11 +152,16 @@ def test_an_unbatched_vector_field_and_the_official_options():
 
 @pytest.mark.parametrize("problem, solver", [("gmm_x0", "euler"), ("vp_v", "ddim"), ("ode", "euler")])
 def test_the_cascade_level_scale_equals_the_cores(problem, solver):
+    """Each tolerance, at the cascade's floor of the noise level and at ParaTAA's (1), which differ
+    where sigma < 1 (a diffusion model; a plain ODE has no noise level)."""
     nmodel, jmodel, x, grid = PROBLEMS[problem]
     for tol in (None, 3e-3, 0.05):
-        kw = {} if tol is None else {"tol": tol}
-        same(cj.parallel(jmodel, x, grid, solver, cores=4, scale="level", **kw),
-             cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", **kw))
+        for floor in (None, 1.0):
+            kw = {k: v for k, v in (("tol", tol), ("level_floor", floor)) if v is not None}
+            same(cj.parallel(jmodel, x, grid, solver, cores=4, scale="level", **kw),
+                 cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", **kw))
+    floors = [cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", tol=3e-3, level_floor=f).log for f in (0.1, 1)]
+    assert (floors[0] != floors[1]) == (problem != "ode")
 
 
 def test_the_default_method_is_the_cores():

@@ -16,7 +16,7 @@ in fixed shapes (W = ``cores`` lanes):
   (how far point b + k + 1 moves: one product with a triangle of ones) and
   x_{b+k+1}^new = Phi_k + d_{k-1}, exactly Phi_k where no earlier point moved, as in the core;
 - the scores (``"noise"``: change^2 / (D var) per sample; ``"level"`` (the cascade sampler's
-  option): change^2 / (D max(1, sigma_j)^2); ``"error"``: change^2 against
+  default for a diffusion model): change^2 / (D max(level_floor, sigma_j)^2); ``"error"``: change^2 against
   min(e_j^2, e_{j-1}^2) of the solver's local error estimate from the latest quantity at each
   index, ``_PointErrors``), the first point over tolerance and the slide are array operations;
 - the next window (the new points up to x_e, then the seeds: ``"copy"``, ``"jump"``, ``"jump2"``
@@ -62,6 +62,7 @@ from chords_core.call import begin
 from chords_core.checks import check_choice, check_cores, check_float, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED, check_options
+from chords_core.methods.cascade import LEVEL_FLOOR as CASCADE_FLOOR
 from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.cascade import default_tol_for as cascade_tol_for
 from chords_core.methods.cascade import resolve_scale as cascade_scale
@@ -91,7 +92,7 @@ __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 #: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol (a number, or a
 #: function of the steps), own options).
 WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
-    "cascade": ("solver", "auto", cascade_tol, ("anderson", "ridge", "scale")),
+    "cascade": ("solver", "auto", cascade_tol, ("anderson", "level_floor", "ridge", "scale")),
     "paradigms": ("copy", "noise", PEER_TOL, ("variance", "multistep")),
     "parasolver": ("jump", "noise", PEER_TOL, ("variance", "multistep")),
 }
@@ -144,7 +145,7 @@ class _Setup:
     (host arrays, float64; cast to the state's dtype and put on the device once per dtype)."""
 
     def __init__(self, sol: Solver, model: Any, times: np.ndarray, W: int, seed: str, scale: str, variance: str,
-                 numel_row: int) -> None:
+                 numel_row: int, level_floor: float = 1.0) -> None:
         T = sol.steps
         self.T, self.W, self.seed, self.scale = T, W, seed, scale
         e2, e3 = np.eye(2), np.eye(3)
@@ -159,7 +160,7 @@ class _Setup:
             "qa": conv[:, 0], "qb": conv[:, 1], "da": data[:, 0], "dq": data[:, 1],
         }
         if scale != "error":  # "noise" / "level": a weight per point on its squared change
-            tabs["w"] = _inverse_scales(model, times, scale, variance) / numel_row
+            tabs["w"] = _inverse_scales(model, times, scale, variance, level_floor) / numel_row
         else:  # "error": |e_j|^2 = row_sq(q_j - q_{j-1}) * coef_j^2 (first-order solvers: p = 1)
             local = LocalError(sol)
             assert local.p == 1, "the compiled solvers are first order"
@@ -397,13 +398,13 @@ def parallel(
             ``chords_jax.srds``; ``"parataa"`` is not compiled (``ValueError``).
         tol: the acceptance tolerance (``None``: the method's own default, as its core function has it:
             cascade ``default_tol(T)`` times the local error estimate (1.0 from 20 steps up, 0.05 for a
-            plain ODE; 2.2e-4 of the noise level with ``scale="level"``, the default for a
+            plain ODE; 1e-4 of the noise level, floored at 0.1, with ``scale="level"``, the default for a
             ``DiffusionModel``); ParaDiGMS and ParaSolver 0.1 of the noise level).
         args: a pytree passed to the model function as a traced third argument (``fn(x, t, args)``,
             ``f(t, y, args)``): new values without recompiling.
         executor: must be ``None``.
         progress: accepted and ignored.
-        options: the method's own options (cascade: ``scale``, ``anderson`` (0 only) and ``ridge``;
+        options: the method's own options (cascade: ``scale``, ``level_floor``, ``anderson`` (0 only) and ``ridge``;
             ParaDiGMS / ParaSolver: ``variance``, ``multistep``) and the solver's.
 
     Returns:
@@ -450,6 +451,8 @@ def parallel(
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
     anderson = check_int("anderson", mine.get("anderson", 0), 0)
     check_float("ridge", mine.get("ridge", 1e-3), 0.0)
+    level_floor = check_float("level_floor", mine.get("level_floor", CASCADE_FLOOR if name == "cascade" else 1.0), 0.0,
+                              low_open=True)
     if anderson:
         raise ValueError("anderson: triangular Anderson mixing is not compiled (a ridge least-squares solve per "
                          "point from a residual history of varying length); use anderson=0 or chords_core.cascade")
@@ -462,10 +465,10 @@ def parallel(
     if isinstance(solver, str):
         opts = options_key(options)
         key = (_model_key(model, call.times), call.times.tobytes(), solver_key(solver), opts, W, seed, scale, variance,
-               numel_row)
+               numel_row, level_floor)
         setup = lru_get(_SETUPS, key)
     if setup is None:
-        setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row)
+        setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row, level_floor)
         if key is not None:
             _put(_SETUPS, key, setup)
     check = bool(model.check_outputs)  # "auto" and "deferred" too: checked on the device

@@ -138,14 +138,15 @@ def _weighted(change: Any, factor: float) -> Any:
     return worst if worst == 0 or worst != worst else math.inf
 
 
-def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str) -> np.ndarray:
+def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str, floor: float = 1.0) -> np.ndarray:
     """inv[j]: the factor on point j's mean square change (0: never blocks; inf: blocks unless
     unmoved, ``_inverse_variances``); none for ``"error"``,
-    which scores against the local error estimates instead."""
+    which scores against the local error estimates instead. ``"level"``: 1 / max(``floor``, sigma_j)^2
+    (ParaTAA's floor is 1)."""
     if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j)
         sig = (np.asarray(model.schedule.sigma(times), np.float64) if isinstance(model, DiffusionModel)
                else np.ones(len(times)))
-        return 1.0 / np.maximum(1.0, sig) ** 2
+        return 1.0 / np.maximum(floor, sig) ** 2
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
 
 
@@ -596,6 +597,7 @@ def sliding_window(
     anderson: int = 0,
     ridge: float = 1e-3,
     tol_steps: int | None = None,
+    level_floor: float = 1.0,
     executor: Executor | None = None,
     progress: bool = False,
     method: str = "window",
@@ -621,6 +623,8 @@ def sliding_window(
         ridge: its relative ridge regularisation.
         tol_steps: ``tol`` refers to a grid of this many steps and is scaled like the solver's
             global error on finer grids (``tolerance_sq``); ``None``: as given.
+        level_floor: ``scale="level"`` measures a change against ``tol`` max(``level_floor``,
+            sigma_j); > 0 (1: ParaTAA's rule).
         progress: show a progress bar over grid steps (needs tqdm).
         method: the ``Result.method`` name.
         solver_options: the solver's options.
@@ -640,6 +644,7 @@ def sliding_window(
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     scale = check_choice("scale", scale, SCALES)
     anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
+    level_floor = check_float("level_floor", level_floor, 0.0, low_open=True)
     # a numpy state of one sample: per-sample values (squared changes, scores) as numpy scalars
     one = type(x) is np.ndarray and x.ndim >= 2 and x.shape[0] == 1
     local = _PointErrors(sol, x, one) if scale == "error" else None
@@ -654,7 +659,7 @@ def sliding_window(
                          "a sliding window supports one or the other")
     # "noise" / "level": the factor on point j's squared change (0: never blocks)
     per_row = max(1, row_size(x.shape))  # (once: np.prod costs microseconds; a state of no elements never moves)
-    factor = [v / per_row for v in _inverse_scales(model, sol.times, scale, variance)]
+    factor = [v / per_row for v in _inverse_scales(model, sol.times, scale, variance, level_floor)]
     seeder = Seeder(sol, model, 2 if seed in ("jump2", "solver") else 1) if seed != "copy" else None
     chain_seeds = seed == "solver" and max(evals) == 1  # (a multi-stage solver's seeds: the jump2 ones)
     convert = sol.quantity_of if sol.converts else None
