@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--chords-only", action="store_true", help="CHORDS' default alone (no cascade columns)")
     only.add_argument("--level", action="store_true",
-                    help="the cascade sampler's default here (the noise-level scale, 2.2e-4) and the local-error "
-                         "scale at its default only (no CHORDS or fixed-tol columns)")
+                    help="the cascade sampler's default here (the noise-level scale, 1e-4, floored at 0.1) and the "
+                         "local-error scale at its default only (no CHORDS or fixed-tol columns)")
     a = ap.parse_args(argv)
     for key in a.schedules:  # (karras needs a schedule with t_max < 1: a one-line error now, not mid-table)
         for steps in sorted(set(a.steps)):

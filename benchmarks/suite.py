@@ -81,7 +81,8 @@ def tol_grid(hi: float, lo: float, per_decade: int = 6) -> tuple[float, ...]:
 # Every tolerance-driven method gets the same density (6 a decade) over a range running from
 # "accept almost everything" down to "nearly sequential" on its own scale.
 NOISE_TOLS = tol_grid(10.0, 1e-4)
-#: the cascade sampler's level default before 2.2e-4 (kept: the docs compare with it)
+#: the cascade sampler's level default two releases ago (kept: the docs compare with it; the cascade's
+#: "level tol" configurations are floored at 0.1, ``LEVEL_FLOOR``, ParaTAA's at 1)
 EARLIER_LEVEL_TOL = 5e-4
 LEVEL_TOLS = tuple(sorted({*tol_grid(1.0, 1e-5), LEVEL_TOL, EARLIER_LEVEL_TOL}, reverse=True))  # grid and defaults
 ERROR_TOLS = tol_grid(3200.0, 0.1)

@@ -27,7 +27,7 @@ BAD = {
     "few_steps": [["--steps", "0"], ["--cores", "0"], ["--seeds", "-1"], ["--solver", "foo"], ["--spacing", "foo"],
                   ["--spacing", "karras", "--schedules", "rf"]],
     "jax_rounds": [["--repeat", "0"], ["--solvers", "foo"], ["--devices", "-1"], ["--sizes", "0"]],
-    "level_tol": [["--tols", "nan"], ["--tols", "-1"], ["--tols", "inf"], ["--show", "-1"]],
+    "level_tol": [["--tols", "nan"], ["--tols", "-1"], ["--tols", "inf"], ["--show", "-1"], ["--level-floor", "0"]],
     "overhead": [["--sizes", "0"], ["--repeats", "0"], ["--repeats", "-2"]],
     "suite": [["--report", "/nonexistent.json"], ["--report", NOT_JSON], ["--report", NOT_RECORD]],
     "terrain": [["--steps", "0"], ["--repeats", "0"], ["--batch", "0"], ["--difficulty", "-5"],
