@@ -106,6 +106,16 @@ def test_dpm_final_sigma_min_on_a_spacing_that_ends_there_reproduces_the_loop(un
     assert smap.grid.shape == (STEPS,) and len(smap.timesteps) == STEPS - 1
 
 
+@pytest.mark.parametrize("steps", [14, 15])
+def test_dpm_order_3_on_uneven_log_snr_steps_reproduces_its_loop(unet, steps):
+    """A mutation review: DPM-Solver++(3M)'s weight r0 / (r0 + r1) could be swapped for r1 / (r0 + r1)
+    with no test failing (the order tests use even log-SNR steps, where r0 = r1), and lower_order_final
+    could start at 15 steps instead of below 15 (diffusers' ``len(timesteps) < 15``). Karras sigmas
+    make the steps uneven; 14 and 15 steps sit on either side of the cap."""
+    smap, _ = _loop_vs_chords(unet, DPMSolverMultistepScheduler(solver_order=3, use_karras_sigmas=True), steps=steps)
+    assert smap.solver == "dpmpp_3m"
+
+
 def test_dpm_final_sigma_min_is_refused_where_dropping_it_would_change_the_orders():
     """With lower_order_final below 16 steps the step before the repeated sigma is diffusers' order 2
     (its last is order 1); the grid without it would lower that one (0.7% off at 6 steps of 2M)."""

@@ -155,3 +155,12 @@ def test_a_karras_rho_that_overflows_the_coordinate_is_named():
     """A user trial: rho=1e-3 raised a raw OverflowError (34, 'Numerical result out of range')."""
     with pytest.raises(ValueError, match=r"^rho=0.001: the Karras coordinate sigma\^\(1/rho\) overflows"):
         cc.time_grid(cc.EDM(), 10, "karras", rho=1e-3)
+
+
+def test_one_step_grids_start_at_the_schedules_noise_end():
+    """A mutation review: with one step the grid [t_max, t_data] lost t_max to t_min (a schedule with a
+    t_min) with no test failing; and ``VP.cosine(t_max=...)`` is where its grids start."""
+    assert cc.time_grid(cc.VP.linear(), 1).tolist() == [1.0, 0.0]
+    assert cc.time_grid(cc.EDM(), 1).tolist() == [80.0, 0.0]
+    cos = cc.VP.cosine(t_max=0.98)
+    assert cos.t_noise == 0.98 and cc.time_grid(cos, 10)[0] == 0.98 and cc.time_grid(cos, 1)[0] == 0.98

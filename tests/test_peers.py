@@ -174,6 +174,8 @@ def test_noise_variances_match_ddpm_posterior():
 
 def test_srds_blocks():
     assert srds_blocks(50) == (0, 7, 14, 21, 29, 36, 43, 50)
+    # round(sqrt(T)), not its floor (a mutation review): sqrt(8) = 2.83 -> 3 blocks, sqrt(42) = 6.48 -> 6
+    assert srds_blocks(8) == (0, 3, 5, 8) and len(srds_blocks(42)) == 7
     assert srds_blocks(5, 5) == (0, 1, 2, 3, 4, 5) and srds_blocks(1) == (0, 1)
 
 

@@ -196,6 +196,12 @@ def test_stop_on_residual_by_the_official_norm():
     assert by_rms.rounds > res.rounds
     with pytest.raises(ValueError, match="norm must be one of"):
         cc.StopOnResidual(1e-3, norm="l1")
+    # at the boundary (a mutation review: RMS / numel, sqrt(numel) too small, passed the test above):
+    # ||d||_2 / numel is 0.01 here, 100 elements
+    prev, new = np.zeros((4, 25)), np.full((4, 25), 0.1)
+    assert float(np.linalg.norm(new - prev)) / new.size == pytest.approx(0.01)
+    assert cc.StopOnResidual(0.0100001, norm="l2/numel").accept([prev, new], None)
+    assert not cc.StopOnResidual(0.0099999, norm="l2/numel").accept([prev, new], None)
 
 
 def test_converged_rule_takes_evidence_from_rounding_only_after_a_small_move():
@@ -518,6 +524,9 @@ def test_the_error_estimate_is_bounded_by_the_newest_local_errors_decay():
     assert estimate_error(total, m, steps, newest=(newest[0], None)) == estimate_error(total, m, steps)
     # the steps after the newest estimate's, where given (the engine's: T - m for e_m, whatever the order)
     assert estimate_error(total, m, steps, newest=(*newest, steps - m - 1)) == pytest.approx(est / r, rel=1e-12)
+    # growing newest errors: r is capped at 1, so the bound is steps x RMS(e_m) where that is below the sum
+    # (a mutation review: r uncapped, 1.25^20 here, gave the sum, 2.0)
+    assert estimate_error(np.array([1.0]), 20, 40, newest=(np.array([0.0025]), np.array([0.002]))) == pytest.approx(0.1)
 
 
 def test_the_newest_errors_bound_is_a_plain_odes_only():
@@ -548,7 +557,7 @@ def test_the_newest_errors_bound_is_a_plain_odes_only():
 def test_the_error_estimate_scales_with_decay_only():
     """``estimate_error``'s decay factor: the smaller end's RMS over the start's, per sample, at most 1
     (a growing sample keeps the plain sum), 1 for a sample that starts at zero."""
-    from chords_core.stopping import decay, estimate_error
+    from chords_core.stopping import decay, estimate_error, sample_rms
 
     start = np.array([[2.0, 2.0], [1.0, 1.0], [0.0, 0.0]])
     ends = (np.array([[0.5, 0.5], [3.0, 3.0], [1.0, 1.0]]), np.array([[1.0, 1.0], [4.0, 4.0], [1.0, 1.0]]))
@@ -557,6 +566,7 @@ def test_the_error_estimate_scales_with_decay_only():
     plain = estimate_error(s, 10, 10, per_sample=True)
     assert estimate_error(s, 10, 10, True, start=start, ends=ends).tolist() == (plain * [0.25, 1, 1]).tolist()
     assert estimate_error(s, 4, 10, start=start, ends=ends) is None  # (no estimate before half the steps)
+    assert estimate_error(s, 5, 10, True).tolist() == (2 * sample_rms(s)).tolist()  # (one from half of them)
     assert estimate_error(s, 10, 10, True).tolist() == plain.tolist()  # (per_sample stays the fourth argument)
     assert decay(np.array([4.0]), (np.array([1.0]),)) == 0.25 and decay(np.zeros(2), (np.ones(2),)) == 1.0
 
@@ -662,6 +672,12 @@ def test_heun_defaults_within_the_criterion_with_its_second_order_error_estimate
     est = LocalError(sol)
     assert sol.accuracy == 2 and est.needs == 3
     assert est.coefficient(5) == pytest.approx(sol.jump_coeffs(4, 5)[1] / 6, rel=1e-12)
+    # the order of the estimate is the solver's accuracy, not its predictor's order: UniPC with its
+    # corrector is third order (a mutation review: p = order, 2, moved CHORDS' default output 3e-12)
+    for name in sorted(cc.SOLVERS):
+        s = cc.make_solver(name, model, grid)
+        assert LocalError(s).p == s.accuracy
+    assert cc.make_solver("unipc", model, grid).accuracy == 3 > cc.make_solver("unipc", model, grid).order
 
 
 def test_the_rules_own_default_is_the_default_stop():
