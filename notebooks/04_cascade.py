@@ -228,7 +228,7 @@ assert all(r[5] > 1 for r in ratios)
 # the sequential error of the sequential output, and how far its first sweep accepted.
 
 # %%
-scales = {"error": (0.3, 1.0, 3.0, 10.0, 30.0, 100.0), "level": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
+scales = {"error": (0.3, 1.0, 3.0, 10.0, 30.0, 100.0), "level": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)}
 alloc = []
 for seed_mix in (34, 35, 36):
     sched = cc.VP.linear()
@@ -250,7 +250,8 @@ for seed_mix in (34, 35, 36):
 # the first sweep evaluates copies of x_0: a point's change is then a whole step, far above the
 # solver's local error at high noise, but small in data units; the level scale accepts past the exact
 # point here (not on every mixture: on two of eight others at W=8 it accepted only the exact point, a
-# review), and needs fewer rounds in every row (its tolerance is not scale-free, so it is the default
-# for diffusion models only: theory/cascade.md, 6)
-assert all(r[4] == 1 and r[5] > 1 and r[3] < r[2] for r in alloc)
+# review), and needs no more rounds in any row, fewer in all but one (its tolerance is not scale-free, so
+# it is the default for diffusion models only: theory/cascade.md, 6; with ParaTAA's floor of 1 instead of
+# the cascade's 0.1 it was fewer in all six, the floor costing a round on the last)
+assert all(r[4] == 1 and r[5] > 1 and r[3] <= r[2] for r in alloc) and sum(r[3] < r[2] for r in alloc) >= 5
 print("all checks passed")
