@@ -27,7 +27,7 @@ point whose predecessor has converged). What CHORDS contributes:
   spends it in proportion to the solver's local error, which for DPM-Solver++ is nearly zero at high
   noise; at each scale's best tolerance it reaches the sequential answer in fewer rounds
   (``theory/cascade.md`` section 6; at the two defaults, 1e-4 and the local-error scale's 1, the
-  suite's rows take SUITE_LEVEL rounds against 927, with no miss against 2). It is absolute, in the
+  suite's rows take 1038 rounds against 927, with no miss against 2). It is absolute, in the
   state's units: right for diffusion models, whose data are scaled to about unit size by convention
   (pixels in [-1, 1], latents times the autoencoder's scaling factor), wrong for a plain ODE, so
   ``scale="auto"`` (the default) takes ``"level"`` for a ``DiffusionModel`` and ``"error"`` for a
