@@ -67,7 +67,7 @@ PLAIN_TOL = 0.05
 #: Below this many steps the default tolerance shrinks in proportion to the steps (``default_tol``).
 FULL_TOL_STEPS = 20
 #: What a point's change is measured against: the solver's local error estimate (``"error"``) or
-#: the noise level (``"level"``: RMS change against ``tol`` max(1, sigma_j), ParaTAA's rule);
+#: the noise level (``"level"``: RMS change against ``tol`` max(``LEVEL_FLOOR``, sigma_j), after ParaTAA's rule);
 #: ``"auto"`` (the default): ``"level"`` for a ``DiffusionModel``, ``"error"`` otherwise (``resolve_scale``).
 SCALES = ("auto", "error", "level")
 #: The default tolerance of ``scale="level"``, on grids of up to ``FULL_TOL_STEPS`` steps (see

@@ -26,7 +26,8 @@ variance of a step, see ``noise_variances``; 1 for a plain ODE),
 where ``variance`` picks which step's variance scores point j: ``"into"`` (the step j-1 -> j, this
 library's choice; a zero variance never blocks) or ``"out"`` (the step j -> j+1, the official
 ParaDiGMS code; a zero variance weighs infinitely, as the official 1 / 0, so points T - 1 and T block
-unless unmoved); ``"level"`` (ParaTAA), the mean square change against max(1, sigma_j)^2; ``"error"``
+unless unmoved); ``"level"`` (ParaTAA), the mean square change against max(f, sigma_j)^2 (``level_floor``
+f: ParaTAA's 1, the cascade sampler's 0.1); ``"error"``
 (the cascade sampler), the change against the solver's local error estimate at j
 (``local_error``).
 
@@ -143,10 +144,11 @@ def _inverse_scales(model: Model, times: np.ndarray, scale: str, variance: str, 
     unmoved, ``_inverse_variances``); none for ``"error"``,
     which scores against the local error estimates instead. ``"level"``: 1 / max(``floor``, sigma_j)^2
     (ParaTAA's floor is 1)."""
-    if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j)
+    if scale == "level":  # ParaTAA: RMS(change) <= tol max(1, sigma_j); ``floor`` for 1
         sig = (np.asarray(model.schedule.sigma(times), np.float64) if isinstance(model, DiffusionModel)
                else np.ones(len(times)))
-        return 1.0 / np.maximum(floor, sig) ** 2
+        with np.errstate(over="ignore", divide="ignore"):  # (a floor below 1e-154: an infinite factor, unmoved only)
+            return 1.0 / np.maximum(floor, sig) ** 2
     return _inverse_variances(model, times, variance) if scale == "noise" else np.zeros(0)
 
 
@@ -616,7 +618,7 @@ def sliding_window(
         correction: ``"picard"`` or ``"jump"``: the update's coefficient c_m.
         variance: ``"into"`` or ``"out"``: which step's noise variance scores a point (``scale="noise"``).
         scale: what a point's change is measured against: ``"noise"`` (the step's noise variance,
-            ParaDiGMS), ``"level"`` (the RMS change against max(1, sigma_j), ParaTAA's
+            ParaDiGMS), ``"level"`` (the RMS change against max(``level_floor``, sigma_j), ParaTAA's
             tol1 = tol2 rule) or ``"error"`` (the solver's local error estimate at the point).
         multistep: ``"chain"`` or ``"restart"``: a multistep solver's history at a window start.
         anderson: memory m of triangular Anderson mixing of the not-yet-accepted points (0: none).
