@@ -22,8 +22,8 @@ point whose predecessor has converged). What CHORDS contributes:
 - **noise-level acceptance for diffusion models** (``scale="level"``, the default for a
   ``DiffusionModel``): a point's RMS change against ``tol`` max(0.1, sigma_j) (ParaTAA's level,
   whose floor is 1; ``LEVEL_FLOOR``) instead of the local error estimate, ``tol`` referring to a
-  20-step grid and shrunk like the sequential error on finer ones (``tol_steps``). A flat budget in
-  data units, it spends the error allowance evenly along the trajectory where the local-error scale
+  20-step grid and shrunk like the sequential error on finer ones (``tol_steps``). A budget in data
+  units, it spends the error allowance along the whole trajectory where the local-error scale
   spends it in proportion to the solver's local error, which for DPM-Solver++ is nearly zero at high
   noise; at each scale's best tolerance it reaches the sequential answer in fewer rounds
   (``theory/cascade.md`` section 6; at the two defaults, 1e-4 and the local-error scale's 1, the
@@ -72,8 +72,9 @@ FULL_TOL_STEPS = 20
 SCALES = ("auto", "error", "level")
 #: The default tolerance of ``scale="level"``, on grids of up to ``FULL_TOL_STEPS`` steps (see
 #: ``tol_steps``): 0.1x ParaTAA's 1e-3, with the floor ``LEVEL_FLOOR``. The level is absolute, and
-#: where the sequential error is small it leaves no margin: 1e-3 left outputs up to 1.08x the
-#: sequential error on 10 of 612 runs of small mixtures (``benchmarks/level_tol.py``); 5e-4, chosen
+#: where the sequential error is small it leaves no margin: 1e-3 at ParaTAA's floor of 1 left outputs
+#: up to 1.08x the sequential error on 10 of 612 runs of small mixtures (``benchmarks/level_tol.py``,
+#: all four earlier figures at that floor); 5e-4, chosen
 #: on those, missed 10 of 1,954 runs of random mixture problems outside everything it was tuned on
 #: (``benchmarks/safety_sweep.py`` seeds 11 and 12: unequal modes, 256-D, data at 0.18 scale,
 #: guidance-like combinations; every schedule, prediction and solver), and 2.2e-4, chosen on those,
