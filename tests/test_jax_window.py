@@ -153,7 +153,8 @@ def test_an_unbatched_vector_field_and_the_official_options():
 @pytest.mark.parametrize("problem, solver", [("gmm_x0", "euler"), ("vp_v", "ddim"), ("ode", "euler")])
 def test_the_cascade_level_scale_equals_the_cores(problem, solver):
     """Each tolerance, at the cascade's floor of the noise level and at ParaTAA's (1), which differ
-    where sigma < 1 (a diffusion model; a plain ODE has no noise level)."""
+    where sigma < 1 (a diffusion model; a plain ODE's noise level is taken as 1, where neither
+    floor bites)."""
     nmodel, jmodel, x, grid = PROBLEMS[problem]
     for tol in (None, 3e-3, 0.05):
         for floor in (None, 1.0):

@@ -283,21 +283,25 @@ def test_cascade_level_scale_options():
         cc.cascade(model, X, grid, "dpmpp_2m", cores=4, scale="noise")
 
 
-@pytest.mark.parametrize("K", [4, 8])
-def test_cascade_level_scale_reaches_the_sequential_answer_in_fewer_rounds(K):
+@pytest.mark.parametrize("K, fewer", [(4, True), (8, False)])
+def test_cascade_level_scale_reaches_the_sequential_answer_in_fewer_rounds(K, fewer):
     """DPM-Solver++(2M) 20 steps on a VP mixture: the fewest rounds at which each scale keeps the output
-    within 0.05 x the sequential error of the sequential output (a small tolerance grid each): the
-    noise level spends the allowance evenly along the trajectory, the local error estimate (nearly
-    zero at high noise for a second-order solver) starves the early points (theory/cascade.md)."""
+    within 0.05 x the sequential error of the sequential output, on matching grids (16 tolerances over
+    a factor of 30 each): the noise level spends the allowance along the whole trajectory, the local
+    error estimate (nearly zero at high noise for a second-order solver) starves the early points
+    (theory/cascade.md, 6). With the cascade's floor of the noise level (0.1) the gain is a round at 4
+    lanes and none at 8 (10 and 10; a review: the claim held at 8 only on a hand-picked grid)."""
     model, x, grid, err = mixture_problem(cc.VP.linear(), "eps", 20, spacing="logsnr")
     seq = cc.solve(model, x, grid, "dpmpp_2m")
     bound = 0.05 * err(seq)
 
-    def fewest(scale, tols):
+    def fewest(scale, lo):
+        tols = [float(f"{v:.2g}") for v in np.geomspace(lo, 30 * lo, 16)]
         runs = [cc.cascade(model, x, grid, "dpmpp_2m", cores=K, tol=tol, scale=scale) for tol in tols]
         return min(r.rounds for r in runs if cc._backend.rms(r.x - seq) <= bound)
 
-    assert fewest("level", (1e-3, 3e-3, 1e-2)) < fewest("error", (1.0, 3.0, 10.0, 30.0))
+    level, error = fewest("level", 1e-3), fewest("error", 1.0)
+    assert level < error if fewer else level == error
 
 
 @pytest.mark.parametrize("solver, steps, factor", [("euler", 40, 0.5), ("dpmpp_2m", 40, 0.25),
@@ -604,8 +608,15 @@ def test_the_level_floor_holds_where_the_sequential_error_is_tiny(tag, cores, ea
 def test_level_floor_is_checked_and_reaches_the_rule():
     """``level_floor`` must be a number > 0 (named in the error); it is the rule's floor: the same
     run at ParaTAA's floor (1) and at the default (0.1) on a VP mixture differ, and equal
-    ``sliding_window``'s at each."""
+    ``sliding_window``'s at each; the factor on a point's mean square change is 1 / max(floor, sigma)^2
+    (a review: 1 / max(floor, sigma) passed every other test)."""
+    from chords_core.methods.window import _inverse_scales
+
     model, grid = setup("vp", "euler", 20)
+    sig = np.asarray(model.schedule.sigma(grid), np.float64)
+    for f in (0.1, 1.0, 0.37):
+        got = _inverse_scales(model, np.asarray(grid, np.float64), "level", "into", f)
+        assert np.array_equal(got, 1.0 / np.maximum(f, sig) ** 2) and (got[sig < f] == 1 / f**2).all()
     for bad in (0.0, -1.0, float("nan"), "1"):
         with pytest.raises((ValueError, TypeError), match="level_floor"):
             cc.cascade(model, X, grid, "euler", cores=4, scale="level", level_floor=bad)

@@ -128,7 +128,8 @@ class GuidedNet:
         x_dtype: the network's input dtype (the state is cast to it; ``None``: as is).
         net_2: a second network for the rows whose timestep is below ``boundary`` (Wan 2.2's
             low-noise expert); ``net`` takes the rows with timestep >= ``boundary``.
-        boundary: the model timestep where ``net_2`` takes over (with ``net_2`` only).
+        boundary: the scheduler's timestep (``tau``, before ``timestep``) where ``net_2`` takes over
+            (with ``net_2`` only).
         guidance_scale_2: the guidance scale of the rows ``net_2`` takes (Wan 2.2; with ``net_2``
             only; ``None``: ``guidance_scale`` for all rows).
         cfg_batched: one call on [uncond; cond] rows (2N); ``False``: two calls of N rows (half the

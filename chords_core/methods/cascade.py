@@ -166,7 +166,8 @@ def cascade(
         scale: ``"auto"`` (the default: ``"level"`` for a ``DiffusionModel``, ``"error"`` for a
             ``VectorField``), ``"error"`` or ``"level"`` (see the module docstring).
         level_floor: the noise level's floor with ``scale="level"``, > 0 (``LEVEL_FLOOR``, 0.1;
-            ParaTAA's rule is 1).
+            ParaTAA's rule is 1); a plain ODE's noise level is taken as 1, so only a floor above 1
+            changes its runs.
         anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
         ridge: relative ridge of the mixing's least squares.
         progress: show a progress bar over grid steps (needs tqdm).
