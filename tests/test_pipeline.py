@@ -202,6 +202,9 @@ def test_stop_on_residual_by_the_official_norm():
     assert float(np.linalg.norm(new - prev)) / new.size == pytest.approx(0.01)
     assert cc.StopOnResidual(0.0100001, norm="l2/numel").accept([prev, new], None)
     assert not cc.StopOnResidual(0.0099999, norm="l2/numel").accept([prev, new], None)
+    # "below tol": a residual equal to it is not (RMS 0.5 exactly here)
+    half = np.full((4, 25), 0.5)
+    assert not cc.StopOnResidual(0.5).accept([prev, half], None) and cc.StopOnResidual(0.5000001).accept([prev, half], None)
 
 
 def test_converged_rule_takes_evidence_from_rounding_only_after_a_small_move():
