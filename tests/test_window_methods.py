@@ -558,24 +558,33 @@ def test_the_level_default_stays_within_the_criterion_where_the_sequential_error
     assert LEVEL_TOL == 1e-4 and ratio() <= 1.05 < ratio(tol=1e-3, level_floor=1.0)
 
 
-def test_the_level_default_holds_on_a_random_problem_that_the_earlier_one_missed():
-    """``benchmarks/safety_sweep.py`` seed 11, problem 522: one sample of a 16-D mixture with one mode
-    100x narrower, VP linear with v prediction, Heun 20 steps, 8 cores. An earlier default, 5e-4 (of
-    max(1, sigma)), left 1.076x the sequential error, silently; the default holds."""
+def _sweep_problem(tag: str, cores: int):
+    """``benchmarks/safety_sweep.py``'s problem ``tag`` ("seed.index"): (solver, steps, its core counts,
+    samples, the sequential error against its reference, ``ratio(**options)``: ``cc.parallel``'s error
+    on ``cores`` over the sequential one)."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from safety_sweep import problems
 
-    tag, comb, sch, pred, solver, grid, Ks, x = next(p for p in problems(11, 523) if p[0].startswith("11.522/"))
-    assert (solver, len(grid) - 1, 8 in Ks) == ("heun", 20, True)
+    seed, i = (int(v) for v in tag.split("."))
+    _, comb, sch, pred, solver, grid, Ks, x = next(p for p in problems(seed, i + 1) if p[0].startswith(f"{tag}/"))
     model, ref = comb.model(sch, pred), comb.reference(x, grid, sch)
     seq = np.sqrt(np.mean((cc.solve(model, x, grid, solver) - ref) ** 2))
 
     def ratio(**kw):
-        return np.sqrt(np.mean((cc.parallel(model, x, grid, solver, cores=8, **kw).x - ref) ** 2)) / seq
+        return np.sqrt(np.mean((cc.parallel(model, x, grid, solver, cores=cores, **kw).x - ref) ** 2)) / seq
 
+    return solver, len(grid) - 1, Ks, len(x), seq, ratio
+
+
+def test_the_level_default_holds_on_a_random_problem_that_the_earlier_one_missed():
+    """``benchmarks/safety_sweep.py`` seed 11, problem 522: one sample of a 16-D mixture with one mode
+    100x narrower, VP linear with v prediction, Heun 20 steps, 8 cores. An earlier default, 5e-4 (of
+    max(1, sigma)), left 1.076x the sequential error, silently; the default holds."""
+    solver, steps, Ks, _, _, ratio = _sweep_problem("11.522", 8)
+    assert (solver, steps, 8 in Ks) == ("heun", 20, True)
     assert ratio() <= 1.05 < ratio(tol=5e-4, level_floor=1.0)
 
 
@@ -587,20 +596,8 @@ def test_the_level_floor_holds_where_the_sequential_error_is_tiny(tag, cores, ea
     keep RMS changes of the whole tolerance, which reach the output undamped: 2.09x the sequential
     error at the previous default (2.2e-4) on the first, 2.84x at 1e-4 on the second, silently. With
     the floor at 0.1 (``LEVEL_FLOOR``) the default holds on both."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from safety_sweep import problems
-
-    seed, i = (int(v) for v in tag.split("."))
-    _, comb, sch, pred, solver, grid, Ks, x = next(p for p in problems(seed, i + 1) if p[0].startswith(f"{tag}/"))
-    assert (solver, len(grid) - 1, cores in Ks, len(x)) == ("unipc", 20, True, 1)
-    model, ref = comb.model(sch, pred), comb.reference(x, grid, sch)
-    seq = np.sqrt(np.mean((cc.solve(model, x, grid, solver) - ref) ** 2))
-
-    def ratio(**kw):
-        return np.sqrt(np.mean((cc.parallel(model, x, grid, solver, cores=cores, **kw).x - ref) ** 2)) / seq
+    solver, steps, Ks, samples, seq, ratio = _sweep_problem(tag, cores)
+    assert (solver, steps, cores in Ks, samples) == ("unipc", 20, True, 1)
 
     assert seq < 2e-4 and ratio() <= 1.05 < 2.0 < ratio(tol=earlier, level_floor=1.0)
 

@@ -376,10 +376,9 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
-    if isinstance(fixed, (str, bytes)) or not isinstance(fixed, Iterable):  # ("txt_ids" was split into characters)
-        raise TypeError(f"fixed must be a collection of block-state names, got {fixed!r}")
-    fixed = tuple(fixed)  # (once: a generator read by the check below was empty after it)
-    if not all(isinstance(n, str) for n in fixed):
+    # ("txt_ids" was split into characters; a generator is read once, into the tuple)
+    names = tuple(fixed) if isinstance(fixed, Iterable) and not isinstance(fixed, (str, bytes)) else None
+    if names is None or not all(isinstance(n, str) for n in names):
         raise TypeError(f"fixed must be a collection of block-state names, got {fixed!r}")
     if step_kwargs is not None and not isinstance(step_kwargs, Mapping):
         raise TypeError(f"step_kwargs must be a dict of scheduler.step arguments, got {type(step_kwargs).__name__}")
@@ -392,7 +391,7 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
     cc.stopping.as_stop_rule(stop)
     _one_device(method_options)
     method_arguments(method, cores, init, stop, method_options)
-    options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=tuple(fixed),
+    options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=names,
                    verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
     return _loop_class()(copy.deepcopy(loop), options)
 

@@ -451,8 +451,8 @@ def parallel(
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
     anderson = check_int("anderson", mine.get("anderson", 0), 0)
     check_float("ridge", mine.get("ridge", 1e-3), 0.0)
-    level_floor = check_float("level_floor", mine.get("level_floor", CASCADE_FLOOR if name == "cascade" else 1.0), 0.0,
-                              low_open=True)
+    # (only the cascade takes the option, and only its level scale reads the floor)
+    level_floor = check_float("level_floor", mine.get("level_floor", CASCADE_FLOOR), 0.0, low_open=True)
     if anderson:
         raise ValueError("anderson: triangular Anderson mixing is not compiled (a ridge least-squares solve per "
                          "point from a residual history of varying length); use anderson=0 or chords_core.cascade")
