@@ -48,7 +48,7 @@ def sd():
 def _loop_vs_chords(unet, sched, steps=STEPS, tol=2e-6, **map_kw):
     """The scheduler's own loop vs chords at cores=1 and on the slowest of 4 cores; returns (map, reference)."""
     smap = cd.map_scheduler(sched, steps, **map_kw)
-    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * float(sched.init_noise_sigma)
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * float(getattr(sched, "init_noise_sigma", 1.0))
     with torch.no_grad():
         ref = cd.scheduler_loop(sched, lambda xi, t: unet(xi, t, return_dict=False)[0], x)
     net = cd.GuidedNet(unet, batch=1)
@@ -367,3 +367,26 @@ def test_two_experts_pick_their_rows_on_the_host():
         rows = 2 if not batched else 4  # (guided: uncond and cond rows in one call, or two calls)
         assert sorted(c[0] for c in calls) == (["high", "low"] if batched else ["high", "high", "low", "low"])
         assert all(c[1][0] == rows and c[2] == "meta" for c in calls)
+
+
+def test_flow_custom_sigmas_ending_at_zero_reproduce_the_loop(unet):
+    """Custom sigmas that end at 0 (as SD3 users pass them): FlowMatchEuler appends another 0, a last
+    step from 0 to 0 that leaves the sample as it is; it is dropped (a user trial: the core's "grid
+    must be strictly monotone", naming no option)."""
+    sigmas = [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    smap, _ = _loop_vs_chords(unet, FlowMatchEulerDiscreteScheduler(), steps=None, sigmas=sigmas)
+    assert smap.grid.tolist() == sigmas and len(smap.timesteps) == 8
+
+
+@pytest.mark.parametrize("make, kw, name", [
+    (lambda: EulerDiscreteScheduler(final_sigmas_type="sigma_min"), dict(num_inference_steps=1), "EulerDiscreteScheduler"),
+    (lambda: DDIMScheduler(set_alpha_to_one=False, clip_sample=False), dict(num_inference_steps=1), "DDIMScheduler"),
+    (lambda: EulerDiscreteScheduler(), dict(timesteps=[999, 400, 700, 100]), "EulerDiscreteScheduler"),
+], ids=["euler-one-step-sigma-min", "ddim-one-zero-length-step", "euler-timesteps-out-of-order"])
+def test_noise_levels_that_do_not_descend_are_refused_by_name(make, kw, name):
+    """A single step of length 0 (diffusers takes it and leaves the sample as it is) or custom timesteps
+    out of order (a step back up in noise): no ODE grid; refused naming the scheduler, its noise
+    levels and what to change (they failed in the core's grid check, naming neither)."""
+    with pytest.raises(ValueError, match=rf"^{name}: its noise levels \[[-0-9.e, ]+\] do not descend strictly .* "
+                                         r"descending order"):
+        cd.map_scheduler(make(), **kw)

@@ -346,7 +346,22 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
         scheduler.set_timesteps(num_inference_steps, device=device, **set_timesteps_kwargs)
     elif getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError("num_inference_steps is required: the scheduler has no timesteps set yet")
-    return _MAPPERS[name](scheduler, scheduler.config, step)
+    smap = _MAPPERS[name](scheduler, scheduler.config, step)
+    _check_descends(name, smap.grid)
+    return smap
+
+
+def _check_descends(name: str, grid: np.ndarray) -> None:
+    """Refuse, naming the scheduler and its noise levels, a grid that does not descend strictly: a
+    step of length 0 the mapper could not drop (a single step from sigma_min to itself, a zero-length
+    DDIM step at one step) or one back up in noise (custom timesteps or sigmas out of order), which
+    diffusers runs but no ODE grid holds (the core's own refusal named neither the option nor a fix)."""
+    if len(grid) >= 2 and bool(np.all(np.diff(grid) < 0)):
+        return
+    shown = ", ".join(f"{v:.6g}" for v in grid[:8]) + (", ..." if len(grid) > 8 else "")
+    raise ValueError(f"{name}: its noise levels [{shown}] do not descend strictly (a step of length 0, or one back up "
+                     "in noise): no ODE grid chords_diffusers can run; give custom timesteps / sigmas in descending "
+                     "order, or for a single step final_sigmas_type='zero' (or set_alpha_to_one=True)")
 
 
 # -- per scheduler ------------------------------------------------------------------------------
@@ -410,6 +425,8 @@ def _flow_match(s: Any, cfg: Any, step: dict) -> SchedulerMap:
         raise _stochastic(name, "config option stochastic_sampling=True", "stochastic_sampling=False")
     _reject(cfg, name, invert_sigmas=lambda v: not v)
     grid = _sigmas64(s.sigmas)
+    if _repeats_last(grid):  # custom sigmas ending at 0, to which diffusers appends another 0: a last step
+        grid = grid[:-1]  # of length 0, which leaves the sample as it is (x + 0 v): dropped, as Euler's
     n = len(grid) - 1
     return SchedulerMap(name, cc.RectifiedFlow(), grid, "euler", {}, "flow", s.timesteps[:n], s.sigmas[:n])
 
@@ -489,6 +506,7 @@ def _ddim(s: Any, cfg: Any, step: dict) -> SchedulerMap:
                              "still change the sample: no ODE step; use set_alpha_to_one=True or steps_offset=1")
         acs, ts, n = acs[:-1], ts[:-1], n - 1  # it leaves the sample as it is: dropped (one evaluation fewer)
     grid = np.sqrt(np.maximum(1.0 - acs, 0.0))
+    _check_descends(name, grid)  # (before the clipping weights below divide by its steps)
     schedule = VPSigma()
     smap = SchedulerMap(name, schedule, grid, "ddim", {}, pred, s.timesteps[:n], torch.tensor(grid[:n]))
     if name != "DDIMScheduler":  # CogVideoXDDIMScheduler's step neither clips nor thresholds
