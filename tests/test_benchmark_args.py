@@ -26,6 +26,7 @@ BAD = {
     "error_scale": [["--solvers", "foo"], ["--solvers", "euler:0"], ["--solvers", "euler"], ["--fine", "0"]],
     "few_steps": [["--steps", "0"], ["--cores", "0"], ["--seeds", "-1"], ["--solver", "foo"], ["--spacing", "foo"],
                   ["--spacing", "karras", "--schedules", "rf"]],
+    "half_precision": [["--seeds", "-1"], ["--problems", "0"], ["--dtypes", "float8"], ["--band", "-1"]],
     "jax_rounds": [["--repeat", "0"], ["--solvers", "foo"], ["--devices", "-1"], ["--sizes", "0"]],
     "level_tol": [["--tols", "nan"], ["--tols", "-1"], ["--tols", "inf"], ["--show", "-1"], ["--level-floor", "0"]],
     "overhead": [["--sizes", "0"], ["--repeats", "0"], ["--repeats", "-2"]],
