@@ -272,14 +272,20 @@ class Model:
         same_dtype = check_call(out, like, n, rows, ": named by its first point")
         if type(out) is not type(like) and type(like) is np.ndarray and isinstance(out, np.ndarray):
             out = plain_ndarray(out, n, rows)
+        raw = out
+        if not same_dtype:  # checked in the state's dtype: a float64 1e6 is inf in float16 (was returned as inf)
+            out = B.cast_like(out, like)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             err = ModelOutputError.nonfinite(first_point(n, rows, lambda part: not B.all_finite(out[part])))
+            if not same_dtype and B.all_finite(raw):
+                err = err.relabel(err.point, f"{err} in the state's dtype {like.dtype} (finite in the model's "
+                                             f"{raw.dtype}: they overflow the state's)")
             if err.point == 0:
                 err.done = []  # (no output before the first point)
             elif split is not None:
-                err.done = split(out if same_dtype else B.cast_like(out, like))[:err.point]
+                err.done = split(out)[:err.point]
             raise err
-        return out if same_dtype else B.cast_like(out, like)
+        return out
 
 
 #: ``DiffusionModel.data_eps_coefficients`` kept per (schedule_key, prediction) and t, at most this many in all

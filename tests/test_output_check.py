@@ -362,3 +362,29 @@ def test_a_sparse_output_and_an_8_bit_float_state_are_refused_by_name(method):
         run(lambda x, t: -x, x.to(torch.float8_e4m3fn))
     with pytest.raises(TypeError, match=r"^x: a tensor of layout torch.sparse_coo; .*x.to_dense\(\)"):
         run(lambda x, t: -x, x.to_sparse())
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_an_output_that_overflows_the_states_dtype_is_named(lib):
+    """A model computing in float64 on a float16 state: its finite 1e6 is inf once cast to the state's
+    dtype. It was checked before the cast and returned as inf (numpy printed an overflow warning,
+    torch nothing); now every method names it, saying that the values overflow the state's dtype. A
+    value that fits (10) goes through."""
+    def fn(value):
+        if lib == "numpy":
+            return lambda x, t: np.full(x.shape, value)
+        return lambda x, t: torch.full(x.shape, value, dtype=torch.float64)
+
+    x = np.zeros((2, 3), np.float16) if lib == "numpy" else torch.zeros(2, 3, dtype=torch.float16)
+    sched = cc.VP.linear()
+    grid = cc.time_grid(sched, 4)
+    bad = cc.DiffusionModel(fn(1e6), sched, "eps")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (numpy's own overflow warning in the cast)
+        for call in (lambda: cc.solve(bad, x, grid, "euler"), lambda: cc.chords(bad, x, grid, "euler", cores=2),
+                     lambda: cc.parallel(bad, x, grid, "euler", cores=2)):
+            with pytest.raises(cc.ModelOutputError, match=r"non-finite values \(nan or inf\) in the state's dtype "
+                                                          r"(torch\.)?float16 \(finite in the model's (torch\.)?float64"):
+                call()
+    ok = cc.solve(cc.DiffusionModel(fn(10.0), sched, "eps"), x, grid, "euler")
+    assert ok.dtype == x.dtype and bool(np.isfinite(np.asarray(ok, np.float64)).all())
