@@ -139,10 +139,19 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
     """
     if isinstance(grid, (str, bytes)):
         raise ValueError(f"{name} must be a 1-D sequence of times, got a string")
+    if np.ma.is_masked(grid):  # (its masked times were used as they lay)
+        raise ValueError(f"{name}: a masked array with masked times; pass the times to solve over "
+                         f"({name}.compressed(), or {name}.filled(value))")
+    if type(grid).__module__.split(".")[0] == "torch" and hasattr(grid, "detach"):
+        # a tensor's times as float64 on the host: one that requires grad, or is on a device, or is a
+        # bfloat16 one (which numpy has not) failed in np.asarray, naming no argument
+        grid = grid.detach().cpu().double()
     try:
         raw = np.asarray(grid)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a 1-D sequence of times") from None
+    if raw.dtype.name == "bfloat16":  # (ml_dtypes' bfloat16, as jax gives it: kind 'V' in numpy)
+        raw = raw.astype(np.float64)
     # (booleans, strings, complex numbers and dates converted, silently; so did such objects)
     if raw.dtype.kind not in "iufO" or raw.dtype.kind == "O" and any(
             isinstance(v, (str, bytes, bool, np.bool_, complex, np.complexfloating)) for v in raw.flat):

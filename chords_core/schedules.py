@@ -268,7 +268,7 @@ class VP(Schedule):
         """Nichol & Dhariwal cosine schedule, alpha(t) = f(t)/f(0), f(t) = cos(((t + s)/(1 + s)) pi/2).
 
         Args:
-            s: the offset s.
+            s: the offset s, >= 0 (a negative one makes alpha rise above 1 before it falls).
             t_max: the noise end, in (0, 1); below 1 keeps lambda finite (DPM-Solver uses 0.9946).
             t_min: where grids stop before the final step to t = 0.
 
@@ -277,7 +277,7 @@ class VP(Schedule):
         """
         if not 0 < check_float("t_max", t_max) < 1:
             raise ValueError(f"t_max must lie in (0, 1) for the cosine schedule, got {t_max}")
-        return cls(kind="cosine", s=check_float("s", s), t_noise=float(t_max), t_min=t_min)
+        return cls(kind="cosine", s=check_float("s", s, 0.0), t_noise=float(t_max), t_min=t_min)
 
     def _log_alpha(self, t: Any) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)

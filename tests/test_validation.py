@@ -911,7 +911,10 @@ def test_srds_refuses_a_rule_that_needs_the_error_estimate():
 
 
 @pytest.mark.parametrize("call, name", [(lambda: cc.VP.linear("a"), "beta_min"), (lambda: cc.VP.linear(0.1, None), "beta_max"),
-                                        (lambda: cc.VP.cosine(s="x"), "s"), (lambda: cc.VP.cosine(t_max="x"), "t_max")])
+                                        (lambda: cc.VP.cosine(s="x"), "s"), (lambda: cc.VP.cosine(t_max="x"), "t_max"),
+                                        # (a negative offset was taken: nan sigmas, a math domain error or a
+                                        # ZeroDivisionError later, a user trial)
+                                        (lambda: cc.VP.cosine(s=-0.5), "s"), (lambda: cc.VP.cosine(s=-1), "s")])
 def test_schedule_parameters_are_checked_by_name(call, name):
     with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
         call()
@@ -927,3 +930,25 @@ def test_an_init_set_and_a_negative_round_count_are_refused():
         cc.make_plan(10, {0, 1, 2, 3})
     with pytest.raises(ValueError, match="^rounds must be an integer >= 0, got -1"):
         cc.make_plan(10, [0, 2, 4]).nfe(-1)
+
+
+def test_grids_of_tensors_ml_dtypes_and_masked_arrays():
+    """A user trial: a torch grid that requires grad raised torch's own RuntimeError, a bfloat16 grid
+    (torch or ml_dtypes, as jax gives it) was refused as not holding real numbers, and a masked array's
+    masked time was used as it lay. Tensors' times (any dtype, grad or not) are read as float64 on the
+    host; masked times are refused by name; a mask with nothing masked is a grid like any other."""
+    import ml_dtypes
+    import torch
+
+    from chords_core.checks import check_grid
+
+    g = np.linspace(1.0, 0.0, 5)  # (exact in bfloat16)
+    for grid in (torch.tensor(g, requires_grad=True), torch.tensor(g).to(torch.bfloat16), g.astype(ml_dtypes.bfloat16),
+                 np.ma.masked_array(g)):
+        got = check_grid(grid)
+        assert got.dtype == np.float64 and np.array_equal(got, g)
+    with pytest.raises(ValueError, match=r"^grid: a masked array with masked times"):
+        check_grid(np.ma.masked_array(g, mask=[0, 0, 1, 0, 0]))
+    model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
+    x = np.ones((1, 2))
+    assert np.array_equal(cc.solve(model, x, torch.tensor(g, requires_grad=True)), cc.solve(model, x, g))
