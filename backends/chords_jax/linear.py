@@ -42,6 +42,9 @@ def _fail(op: str, other: Any) -> NonLinearOperation:
 
 
 def _scalar(c: Any) -> bool:
+    """A real number, or a 0-d real numpy array (``np.asarray(h)``): a coefficient."""
+    if isinstance(c, np.ndarray):
+        return c.ndim == 0 and c.dtype.kind in "fiu"
     return isinstance(c, numbers.Real) and not isinstance(c, bool)
 
 
@@ -110,6 +113,11 @@ class Sym:
         return self._lin(((-1.0, self),))
 
     def __truediv__(self, c: Any) -> Sym:
+        if _scalar(c):  # linear, but x / c rounds otherwise than x * (1 / c), the only form a DAG node holds
+            raise NonLinearOperation(
+                "chords_jax compiles a state divided by a number as no linear combination it can hold (x / c "
+                "rounds otherwise than x * (1 / c), so the compiled run would not be the core's): write the "
+                "solver's step as x * (1.0 / c)")
         raise _fail("/", c)
 
     def __rtruediv__(self, c: Any) -> Sym:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import types
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -288,11 +289,15 @@ def tracing() -> bool:
 
 def holds_tracer(fn: Any, depth: int = 3) -> bool:
     """Whether the function ``fn`` reaches a jax tracer through its closure, bound object, partial
-    arguments or defaults (nested functions ``depth`` deep): a runner keyed by it must not be cached,
-    or the cache would keep the caller's trace alive."""
+    arguments, defaults or, for a callable object, its attributes (nested ``depth`` deep: functions
+    and plain objects, such as a network holding its weights in ``self.W``, which a pytree sees as one
+    opaque leaf): a runner keyed by it must not be cached, or the cache would keep the caller's
+    trace alive."""
     parts: list = [getattr(fn, "__self__", None), getattr(fn, "__defaults__", None)]
     if isinstance(fn, functools.partial):
         parts += [fn.func, fn.args, fn.keywords]
+    elif not isinstance(fn, (types.FunctionType, types.MethodType)):
+        parts += _attributes(fn)  # a callable object: what its __call__ reads
     for cell in getattr(fn, "__closure__", None) or ():
         try:
             parts.append(cell.cell_contents)
@@ -301,7 +306,32 @@ def holds_tracer(fn: Any, depth: int = 3) -> bool:
     for part in parts:
         if depth > 1 and callable(part) and not isinstance(part, type) and holds_tracer(part, depth - 1):
             return True
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(part)):
+        for leaf in jax.tree_util.tree_leaves(part):
+            if isinstance(leaf, jax.core.Tracer):
+                return True
+            if depth > 1 and any(_reaches(v, depth - 1) for v in _attributes(leaf)):
+                return True
+    return False
+
+
+def _attributes(obj: Any) -> list:
+    """The attribute values of a plain object (its ``__dict__``); none for classes, modules, functions
+    and arrays."""
+    if isinstance(obj, (type, types.ModuleType, types.FunctionType, jax.Array, np.ndarray)):
+        return []
+    d = getattr(obj, "__dict__", None)
+    return list(d.values()) if isinstance(d, dict) else []
+
+
+def _reaches(obj: Any, depth: int) -> bool:
+    """Whether ``obj`` is or holds a tracer (``holds_tracer`` for a callable, its leaves and their
+    attributes otherwise), ``depth`` deep."""
+    if callable(obj) and not isinstance(obj, type) and holds_tracer(obj, depth):
+        return True
+    for leaf in jax.tree_util.tree_leaves(obj):
+        if isinstance(leaf, jax.core.Tracer):
+            return True
+        if depth > 1 and any(_reaches(v, depth - 1) for v in _attributes(leaf)):
             return True
     return False
 
