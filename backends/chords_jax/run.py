@@ -303,15 +303,7 @@ def holds_tracer(fn: Any, depth: int = 3) -> bool:
             parts.append(cell.cell_contents)
         except ValueError:  # an empty cell
             pass
-    for part in parts:
-        if depth > 1 and callable(part) and not isinstance(part, type) and holds_tracer(part, depth - 1):
-            return True
-        for leaf in jax.tree_util.tree_leaves(part):
-            if isinstance(leaf, jax.core.Tracer):
-                return True
-            if depth > 1 and any(_reaches(v, depth - 1) for v in _attributes(leaf)):
-                return True
-    return False
+    return any(_reaches(part, depth - 1) for part in parts)
 
 
 def _attributes(obj: Any) -> list:
@@ -324,14 +316,14 @@ def _attributes(obj: Any) -> list:
 
 
 def _reaches(obj: Any, depth: int) -> bool:
-    """Whether ``obj`` is or holds a tracer (``holds_tracer`` for a callable, its leaves and their
-    attributes otherwise), ``depth`` deep."""
-    if callable(obj) and not isinstance(obj, type) and holds_tracer(obj, depth):
+    """Whether ``obj`` is a tracer or, ``depth`` levels deep, holds one: as a callable
+    (``holds_tracer``), in its pytree leaves, or in those leaves' attributes."""
+    if depth >= 1 and callable(obj) and not isinstance(obj, type) and holds_tracer(obj, depth):
         return True
     for leaf in jax.tree_util.tree_leaves(obj):
         if isinstance(leaf, jax.core.Tracer):
             return True
-        if depth > 1 and any(_reaches(v, depth - 1) for v in _attributes(leaf)):
+        if depth >= 1 and any(_reaches(v, depth - 1) for v in _attributes(leaf)):
             return True
     return False
 
