@@ -322,11 +322,14 @@ class Workspace:
             return join(list(arrays), 0)
         n = len(arrays)
         shape = (n, *x0.shape) if new_axis else (n * x0.shape[0], *x0.shape[1:])
-        buf, order = self._buf, layout(x0)
+        buf, order = self._buf, common_layout(arrays)
+        # (the leading rows of a larger buffer are one block only where axis 0 is the outermost: a
+        # Fortran-ordered round takes a buffer of its own size)
         if (buf is None or type(buf) is not type(x0) or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0]
+                or (buf.shape[0] != shape[0] and order is not None and order[0] != 0 and not new_axis)
                 or buf.dtype != x0.dtype or self._layout != (order, new_axis)
                 or (lib == "torch" and (buf.device != x0.device or buf.is_inference() != _inference_mode()))):
-            buf = self._buf = _empty(shape, x0, new_axis)
+            buf = self._buf = _empty(shape, x0, new_axis, order)
             self._layout = (order, new_axis)
             self.allocations += 1
         part = buf[: shape[0]]
@@ -394,12 +397,13 @@ class RoundBuffers:
     @staticmethod
     def suits(x: Array) -> bool:
         """Whether points like ``x`` can lie in round buffers: a numpy array or a torch tensor with at
-        least one axis (jax arrays are immutable) whose leading axis is its outermost in memory (else the
-        rows of a round, laid out as ``x``, are not one concatenation: ``Rows.flat`` would copy)."""
-        if len(x.shape) < 1 or not (type(x) is np.ndarray or library(x) == "torch"):
-            return False
-        order = layout(x)
-        return order is None or order[0] == 0
+        least one axis (jax arrays are immutable) that is not dense in another memory order than C's
+        (``layout``). The buffers are C-ordered, as the points the steps make from such states; a
+        channels_last or Fortran-ordered state is left to the workspace, which stacks each round in the
+        order its points share (``common_layout``): the steps' points take the order of the model's
+        outputs, which need not be the state's (buffers in the state's order put a convolution's
+        contiguous points in channels_last: 1.5e-4 from the serial executor, a review)."""
+        return len(x.shape) >= 1 and (type(x) is np.ndarray or library(x) == "torch") and layout(x) is None
 
     def take(self, number: int, n: int, capacity: int) -> Rows:
         """The rows of round ``number`` (1-based) for its ``n`` points; ``capacity``: the most points
@@ -408,7 +412,7 @@ class RoundBuffers:
         entry = self._buffers[k]
         if entry is None or len(entry[1]) < n or 2 * capacity <= len(entry[1]):
             self._buffers[k] = entry = None  # the old one freed before the new one is made
-            buf = _empty((max(n, capacity), *self.like.shape), self.like, new_axis=True)
+            buf = _empty((max(n, capacity), *self.like.shape), self.like)
             entry = self._buffers[k] = (buf, list(buf) if type(buf) is np.ndarray else list(buf.unbind(0)), {})
             self.allocations += 1
         rows = entry[2].get(n)
@@ -487,29 +491,49 @@ def own(x: Array) -> Array:
 
 
 def layout(x: Array) -> tuple[int, ...] | None:
-    """``x``'s axes from the outermost to the innermost in memory (by stride; axes of one element
-    first, in order), or ``None`` for a C-contiguous numpy array or contiguous torch tensor: the order
-    ``_empty`` allocates in. (A point's memory order can change a layout-sensitive model's rounding:
-    a channels_last network, a reduction over a Fortran-ordered array.)"""
-    if type(x) is np.ndarray:
+    """The memory order of a dense array ``x`` other than C order: its axes from the outermost to the
+    innermost (by stride; axes of one element first, in order), for a numpy array (or subclass) or a
+    torch tensor whose elements fill one block without gaps or overlaps (a channels_last tensor, a
+    Fortran-ordered or transposed array); ``None`` for a C-contiguous one, for one that is not dense
+    (a strided slice, a broadcast or expanded one: zero strides) and for other arrays. It is the
+    order ``_empty`` allocates in. (A point's memory order can change a layout-sensitive model's
+    rounding: a channels_last network, a reduction over a Fortran-ordered array.)"""
+    if isinstance(x, np.ndarray):
         if x.flags.c_contiguous:
             return None
-        strides = x.strides
-    else:
+        strides, unit = x.strides, x.itemsize
+    elif library(x) == "torch":
         if x.is_contiguous():
             return None
-        strides = x.stride()
+        strides, unit = x.stride(), 1
+    else:
+        return None
     shape = x.shape
-    return tuple(sorted(range(len(shape)), key=lambda a: -math.inf if shape[a] == 1 else -abs(strides[a])))
+    order = tuple(sorted(range(len(shape)), key=lambda a: -math.inf if shape[a] == 1 else -abs(strides[a])))
+    step = unit
+    for a in reversed(order):  # dense: each axis's stride is the product of the sizes inside it
+        if shape[a] != 1:
+            if strides[a] != step:
+                return None
+            step *= shape[a]
+    return order
 
 
-def _empty(shape: tuple, like: Array, new_axis: bool = False) -> Array:
-    """An uninitialised array of ``shape`` with the dtype (and device) of ``like`` and its memory
-    order (``layout``), for points like ``like`` joined along axis 0 (``new_axis``: stacked on a new
-    outermost axis): what ``np.concatenate`` makes of them, and ``torch.cat`` of channels_last
-    tensors. (Allocated in C order, a round of channels_last points reached the model contiguous:
-    2.3e-5 from ``solve`` at tol 0 through a per-sample normalisation, a user trial.)"""
-    order = layout(like)
+def common_layout(arrays: Sequence[Array]) -> tuple[int, ...] | None:
+    """``layout`` of the arrays where all have the same, else ``None`` (C order): the order points
+    are stacked in, as ``torch.cat`` keeps a memory format only where its inputs share it."""
+    order = layout(arrays[0])
+    if order is not None and any(layout(a) != order for a in arrays[1:]):
+        return None
+    return order
+
+
+def _empty(shape: tuple, like: Array, new_axis: bool = False, order: tuple[int, ...] | None = None) -> Array:
+    """An uninitialised array of ``shape`` with the dtype (and device) of ``like``, in the memory
+    ``order`` of points like ``like`` (``layout``; ``None``: C order) joined along axis 0
+    (``new_axis``: stacked on a new outermost axis). (Allocated in C order, a round of channels_last
+    points reached the model contiguous: 2.3e-5 from ``solve`` at tol 0 through a per-sample
+    normalisation, a user trial.)"""
     torch = library(like) == "torch"
     if order is not None:
         if new_axis:

@@ -143,9 +143,15 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
         raise ValueError(f"{name}: a masked array with masked times; pass the times to solve over "
                          f"({name}.compressed(), or {name}.filled(value))")
     if type(grid).__module__.split(".")[0] == "torch" and hasattr(grid, "detach"):
-        # a tensor's times as float64 on the host: one that requires grad, or is on a device, or is a
-        # bfloat16 one (which numpy has not) failed in np.asarray, naming no argument
-        grid = grid.detach().cpu().double()
+        # a tensor's times on the host, floating ones as float64: one that requires grad, or is on a
+        # device, or is a bfloat16 one (which numpy has not) failed in np.asarray, naming no argument
+        # (a bool or complex tensor stays as it is, for the kind check below)
+        try:
+            grid = grid.detach().cpu()
+        except (RuntimeError, NotImplementedError) as err:  # (a tensor on the meta device has no values)
+            raise ValueError(f"{name}: a tensor whose times cannot be read on the host ({err})") from None
+        if grid.dtype.is_floating_point:
+            grid = grid.double()
     try:
         raw = np.asarray(grid)
     except (TypeError, ValueError):

@@ -388,5 +388,5 @@ def test_noise_levels_that_do_not_descend_are_refused_by_name(make, kw, name):
     out of order (a step back up in noise): no ODE grid; refused naming the scheduler, its noise
     levels and what to change (they failed in the core's grid check, naming neither)."""
     with pytest.raises(ValueError, match=rf"^{name}: its noise levels \[[-0-9.e, ]+\] do not descend strictly .* "
-                                         r"descending order"):
+                                         r"descending order, and a single step one that ends below where it starts"):
         cd.map_scheduler(make(), **kw)

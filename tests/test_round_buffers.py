@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -441,8 +444,47 @@ def test_a_points_memory_order_reaches_the_model_in_large_rounds(lib):
         seen.clear()
         assert _same_run(cc.chords(model, x, grid, "ddim", cores=cores, stop=None), cc.chords(
             model, x, grid, "ddim", cores=cores, stop=None, executor=cc.SerialExecutor())) and set(seen) == {order}
-    # (round buffers hold rows of one concatenation: only for a state whose batch axis is outermost)
-    assert B.RoundBuffers.suits(x) == (lib != "numpy-fortran")
+    # (round buffers are C-ordered: such a state's rounds are stacked by the workspace, in their points' order)
+    assert not B.RoundBuffers.suits(x)
+
+
+def test_points_whose_order_is_not_the_states_are_stacked_as_solve_sees_them():
+    """A review of the memory-order fix: (1) round buffers in a channels_last state's order put the
+    points of a model that returns contiguous outputs (a convolution) in channels_last, 1.5e-4 from the
+    serial executor; (2) an expanded state (a zero stride) was taken for one with its batch axis
+    innermost, and the window methods' rounds reached the model so, 7.6e-6 from ``solve``; (3) a
+    small transposed tensor, stacked by ``torch.cat``, reached it contiguous; (4) a numpy memmap raised
+    AttributeError. Each round is stacked in the order its points share (C order where they differ
+    or are not dense): bit for bit ``solve`` and the serial executor."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def contiguous_conv(x, t):
+        with torch.no_grad():
+            return (0.1 * conv(x)).contiguous()
+
+    model = cc.DiffusionModel(contiguous_conv, cc.VP.linear(), "eps")
+    grid = cc.time_grid(model.schedule, 8)
+    x = torch.randn(8, 4, 64, 64).contiguous(memory_format=torch.channels_last)  # 512 KiB a point
+    ref = cc.solve(model, x, grid, "ddim")
+    got = cc.chords(model, x, grid, "ddim", cores=4, stop=None)
+    assert _same_run(got, cc.chords(model, x, grid, "ddim", cores=4, stop=None, executor=cc.SerialExecutor()))
+    assert _bits_equal(got.x, ref)
+    seen: list = []
+    norm = cc.DiffusionModel(_normalising(seen), cc.VP.linear(), "eps")
+    states = {"expanded": torch.randn(1, 4, 64, 64).expand(8, 4, 64, 64),
+              "broadcast": np.broadcast_to(np.random.default_rng(2).standard_normal((1, 4, 64, 64)), (8, 4, 64, 64)),
+              "transposed": torch.randn(2, 16, 257).transpose(1, 2).unsqueeze(-1)}
+    for name, x in states.items():
+        ref = cc.solve(norm, x, grid, "ddim")
+        for method in ("cascade", "paradigms", "chords"):
+            got = cc.parallel(norm, x, grid, "ddim", cores=4, method=method, **({"stop": None} if method == "chords"
+                                                                                 else {"tol": 0}))
+            assert _bits_equal(got.x, ref), (name, method)
+    mm = np.lib.format.open_memmap(str(Path(tempfile.mkdtemp()) / "x.npy"), mode="w+", dtype=np.float32,
+                                   shape=(8, 4, 64, 64))
+    mm[:] = np.random.default_rng(3).standard_normal(mm.shape)
+    assert _bits_equal(cc.parallel(norm, mm, grid, "ddim", cores=3, tol=0).x, cc.solve(norm, np.asarray(mm), grid, "ddim"))
 
 
 def test_a_reused_stacking_buffer_follows_the_points_memory_order():

@@ -949,6 +949,12 @@ def test_grids_of_tensors_ml_dtypes_and_masked_arrays():
         assert got.dtype == np.float64 and np.array_equal(got, g)
     with pytest.raises(ValueError, match=r"^grid: a masked array with masked times"):
         check_grid(np.ma.masked_array(g, mask=[0, 0, 1, 0, 0]))
+    # (a review: bool and complex tensors were converted to float64 before the kind check, and taken)
+    for bad in (torch.tensor([False, True]), torch.tensor([0j, 0.5 + 3j, 1 - 1j])):
+        with pytest.raises(ValueError, match=r"^grid must hold real numbers \(times\)"):
+            check_grid(bad)
+    with pytest.raises(ValueError, match=r"^grid: a tensor whose times cannot be read on the host"):
+        check_grid(torch.empty(5, device="meta"))
     model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
     x = np.ones((1, 2))
     assert np.array_equal(cc.solve(model, x, torch.tensor(g, requires_grad=True)), cc.solve(model, x, g))

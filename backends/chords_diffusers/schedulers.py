@@ -359,9 +359,10 @@ def _check_descends(name: str, grid: np.ndarray) -> None:
     if len(grid) >= 2 and bool(np.all(np.diff(grid) < 0)):
         return
     shown = ", ".join(f"{v:.6g}" for v in grid[:8]) + (", ..." if len(grid) > 8 else "")
-    raise ValueError(f"{name}: its noise levels [{shown}] do not descend strictly (a step of length 0, or one back up "
-                     "in noise): no ODE grid chords_diffusers can run; give custom timesteps / sigmas in descending "
-                     "order, or for a single step final_sigmas_type='zero' (or set_alpha_to_one=True)")
+    what = ("are not all finite" if not np.isfinite(grid).all() else
+            "do not descend strictly (a step of length 0, or one back up in noise)")
+    raise ValueError(f"{name}: its noise levels [{shown}] {what}: no ODE grid chords_diffusers can run; give custom "
+                     "timesteps / sigmas in descending order, and a single step one that ends below where it starts")
 
 
 # -- per scheduler ------------------------------------------------------------------------------
