@@ -942,7 +942,19 @@ class _Net:
         return jnp.tanh(x @ _W + t[:, None]) * 0.5 + self.c * x
 
 
-@pytest.mark.parametrize("kind", ["object", "bound method", "object in a closure"])
+class _SlottedNet:
+    """The same, its weights in a slot (no ``__dict__``)."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, c):
+        self.c = c
+
+    def __call__(self, x, t):
+        return jnp.tanh(x @ _W + t[:, None]) * 0.5 + self.c * x
+
+
+@pytest.mark.parametrize("kind", ["object", "bound method", "object in a closure", "slotted object"])
 def test_traced_weights_held_by_an_object_are_not_cached_either(kind):
     """A user trial: weights held as an attribute of a callable object, or of the object behind a bound
     method (a pytree sees one opaque leaf), were not seen: under vmap the runner was cached with the
@@ -955,7 +967,8 @@ def test_traced_weights_held_by_an_object_are_not_cached_either(kind):
     grid = cc.time_grid(SCHED, 6, "logsnr")
     x = jnp.asarray(X)
     make = {"object": _Net, "bound method": lambda c: _Net(c).__call__,
-            "object in a closure": lambda c: (lambda net: (lambda x, t: net(x, t)))(_Net(c))}[kind]
+            "object in a closure": lambda c: (lambda net: (lambda x, t: net(x, t)))(_Net(c)),
+            "slotted object": _SlottedNet}[kind]
     cj.clear_cache()
     rows = np.asarray(jax.vmap(lambda c: cj.chords(cc.DiffusionModel(make(c), SCHED, "eps"), x, grid, "heun", cores=3,
                                                    stop=None).x)(jnp.asarray([0.2, 0.1])))

@@ -307,12 +307,18 @@ def holds_tracer(fn: Any, depth: int = 3) -> bool:
 
 
 def _attributes(obj: Any) -> list:
-    """The attribute values of a plain object (its ``__dict__``); none for classes, modules, functions
-    and arrays."""
+    """The attribute values of a plain object (its ``__dict__`` and its classes' ``__slots__``); none
+    for classes, modules, functions and arrays."""
     if isinstance(obj, (type, types.ModuleType, types.FunctionType, jax.Array, np.ndarray)):
         return []
     d = getattr(obj, "__dict__", None)
-    return list(d.values()) if isinstance(d, dict) else []
+    values = list(d.values()) if isinstance(d, dict) else []
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                values.append(getattr(obj, name, None))
+    return values
 
 
 def _reaches(obj: Any, depth: int) -> bool:
