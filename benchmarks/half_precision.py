@@ -37,13 +37,13 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.
 
 
 def torch_model(comb, schedule: cc.Schedule, prediction: str, dtype: torch.dtype) -> cc.DiffusionModel:
-    """The combination's exact prediction on torch tensors of ``dtype``: evaluated in float64, rounded."""
-    fns = [g.prediction_fn(schedule, prediction) for g in comb.mixtures]
+    """The combination's exact prediction (``Combination.model``) on torch tensors of ``dtype``: evaluated
+    in float64, rounded."""
+    exact = comb.model(schedule, prediction).fn
 
     def fn(x, t):
-        xn = x.double().numpy()
         tn = t.double().numpy() if torch.is_tensor(t) else t
-        return torch.from_numpy(np.asarray(sum(c * f(xn, tn) for c, f in zip(comb.coefs, fns)))).to(dtype)
+        return torch.from_numpy(np.asarray(exact(x.double().numpy(), tn))).to(dtype)
 
     return cc.DiffusionModel(fn, schedule, prediction)
 

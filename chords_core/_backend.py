@@ -509,7 +509,7 @@ def layout(x: Array) -> tuple[int, ...] | None:
     else:
         return None
     shape = x.shape
-    order = tuple(sorted(range(len(shape)), key=lambda a: -math.inf if shape[a] == 1 else -abs(strides[a])))
+    order = tuple(sorted(range(len(shape)), key=lambda a: -math.inf if shape[a] == 1 else -strides[a]))
     step = unit
     for a in reversed(order):  # dense: each axis's stride is the product of the sizes inside it
         if shape[a] != 1:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _backend as B
+
 __all__ = ["check_int", "check_bool", "check_float", "check_choice", "check_grid"]
 
 
@@ -142,7 +144,7 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
     if np.ma.is_masked(grid):  # (its masked times were used as they lay)
         raise ValueError(f"{name}: a masked array with masked times; pass the times to solve over "
                          f"({name}.compressed(), or {name}.filled(value))")
-    if type(grid).__module__.split(".")[0] == "torch" and hasattr(grid, "detach"):
+    if B.library(grid) == "torch":
         # a tensor's times on the host, floating ones as float64: one that requires grad, or is on a
         # device, or is a bfloat16 one (which numpy has not) failed in np.asarray, naming no argument
         # (a bool or complex tensor stays as it is, for the kind check below)
