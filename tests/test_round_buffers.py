@@ -149,9 +149,9 @@ def test_round_buffers_follow_the_round_width_and_are_reused(monkeypatch):
     sizes = []
     empty = B._empty
 
-    def counted_empty(shape, like, new_axis=False):
+    def counted_empty(shape, like, *rest):
         sizes.append(shape[0])
-        return empty(shape, like, new_axis)
+        return empty(shape, like, *rest)
 
     monkeypatch.setattr(B, "_empty", counted_empty)
     model = cc.DiffusionModel(MODELS["scaled"], cc.RectifiedFlow(), "flow")
