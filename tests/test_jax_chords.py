@@ -583,30 +583,35 @@ def test_a_rule_deciding_on_the_outputs_runs_only_the_rounds_up_to_its_output(st
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_the_chunked_run_names_a_bad_output_as_the_core_does_and_skips_rounds_after_the_stop(solver):
     grid = cc.time_grid(cc.RectifiedFlow(), 12)  # t_1 .. t_5 are core 0's alone, late
+
+    def nan_at(x, t, bad_t):  # the bad time a traced argument: one compiled program serves every time
+        xp = jnp if isinstance(x, jax.Array) else np
+        return xp.where((t == bad_t)[:, None], xp.nan, denoiser(x, t))
+
+    compiled_model = cc.DiffusionModel(nan_at, cc.RectifiedFlow(), "flow")
     kinds = set()
     for index in range(12):
         bad_t = grid[index]
-
-        def nan_at(x, t, bad_t=bad_t):
-            xp = jnp if isinstance(x, jax.Array) else np
-            return xp.where((t == bad_t)[:, None], xp.nan, denoiser(x, t))
-
-        model = cc.DiffusionModel(nan_at, cc.RectifiedFlow(), "flow")
+        model = cc.DiffusionModel(functools.partial(nan_at, bad_t=bad_t), cc.RectifiedFlow(), "flow")
         for n in (1, 2, 3):
             def core_run(n=n, model=model):
                 return cc.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n))
 
+            def compiled_run(n=n, bad_t=bad_t):
+                return cj.chords(compiled_model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n) if n else None,
+                                 args=jnp.asarray(bad_t))
+
             where = first_nonfinite(core_run)
             if where is not None:  # the core met a non-finite output before it stopped (and retired or raised)
                 with pytest.raises(cc.ModelOutputError) as compiled:
-                    cj.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n))
+                    compiled_run()
                 assert str(compiled.value).split(":")[0] == where  # "round r, core c (step i, stage k, t=..)"
                 kinds.add("raised after output 1" if n > 1 else "raised")
             else:  # the bad rounds come after the accepted output: the chunked run stops before them
                 ref = core_run()
-                same_result(cj.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=AcceptAt(n)), ref, tol=1e-12)
+                same_result(compiled_run(), ref, tol=1e-12)
                 with pytest.raises(cc.ModelOutputError):
-                    cj.chords(model, X, grid, solver, init=(0, 6, 9, 11), stop=None)
+                    compiled_run(0)
                 kinds.add("skipped")
     assert kinds == {"raised", "raised after output 1", "skipped"}
 
@@ -1028,7 +1033,7 @@ def test_grad_through_idle_slots_stays_finite_for_a_model_singular_at_zero():
     model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
     x, w = jnp.asarray(X), jnp.asarray(0.7)
     ref = jax.grad(lambda x, w: jnp.sum(cj.solve(model, x, grid, args=w) ** 2), argnums=(0, 1))(x, w)
-    for cores in (2, 3, 5):
+    for cores in (2, 5):  # (5 cores on 12 steps: slots idle in the last rounds)
         got = jax.grad(lambda x, w, k=cores: jnp.sum(cj.chords(model, x, grid, cores=k, stop=None, args=w).x ** 2),
                        argnums=(0, 1))(x, w)
         assert close(np.asarray(got[0]), np.asarray(ref[0]), 1e-12) and abs(float(got[1] - ref[1])) < 1e-12
@@ -1184,7 +1189,7 @@ def test_exact_times_reach_the_network_in_float64_as_in_the_core():
     """A user trial: ``fn.exact_times = True`` was ignored (times in the state's dtype, bfloat16 here:
     0.2 off the core, silently); the compiled paths now pass float64 (x64 on) as the core does."""
     sched = cc.RectifiedFlow()
-    grid = cc.time_grid(sched, 300)
+    grid = cc.time_grid(sched, 60)
     table = jnp.asarray(np.random.default_rng(1).standard_normal(1000) * 3)
     seen = []
 
