@@ -784,8 +784,23 @@ _SQ32_LO, _SQ32_HI = 1e-30, 1e38
 #: unconverged points there: 56x the sequential error at 3e-157)
 _SQ64_LO, _SQ64_HI = 1e-290, 1e300
 _WIDE64 = np.longdouble if np.finfo(np.longdouble).max > np.finfo(np.float64).max else None
+_TINY64 = float(np.finfo(np.float64).tiny)
 #: numpy dtype char -> (safe low, safe high, the wider dtype a sum out of them is formed in again)
 _SAFE = {"f": (_SQ32_LO, _SQ32_HI, np.float64), "d": (_SQ64_LO, _SQ64_HI, _WIDE64)}
+
+
+def square(v: float) -> Any:
+    """``v * v`` for a tolerance ``v`` >= 0 compared with ``row_sq``'s sums: a Python float, or where
+    that leaves float64's normal range ``np.longdouble`` if it is wider (``row_sq`` forms such sums in
+    it too: an inf tol^2 accepted every change of a state beyond about 1e154, one of 0 was tol 0
+    below about 1e-154); without a wider type, the largest float for an overflow (a sum that
+    overflowed to inf stays over it) and the float itself for an underflow (tol 0 at worst: exact)."""
+    sq = v * v
+    if _TINY64 <= sq < math.inf or v == 0:
+        return sq
+    if _WIDE64 is not None:
+        return _WIDE64(v) * _WIDE64(v)
+    return sq if sq < math.inf else np.finfo(np.float64).max
 
 
 def _float32(x: Array) -> bool:

@@ -287,9 +287,13 @@ def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
             events.append("coarse hit")
         lines.append(f"{r.number:5d} | " + " ".join(cells) + " | " + ", ".join(events))
     step = "i.k = stage k of step i -> i+1" if multi else "i = evaluates step i -> i+1"
-    if legend:
-        lines.insert(0, f"legend: {step}; * = rectified at that step; cA<-cB@b = core A rectified from core B's "
-                        "point at index b; hit cN = core N outputs")
+    if legend:  # the notation the picture uses (the window methods and SRDS rectify and hit nothing)
+        notes = [step]
+        if any(e.rectify_from is not None for r in rounds for e in r.evals):
+            notes.append("* = rectified at that step; cA<-cB@b = core A rectified from core B's point at index b")
+        if any(r.hits for r in rounds):
+            notes.append("hit cN = core N outputs")
+        lines.insert(0, "legend: " + "; ".join(notes))
     return "\n".join(lines)
 
 

@@ -254,7 +254,10 @@ def test_every_method_returns_the_same_result_type(method):
     assert len(res.trace) == res.rounds and all(r.number == k + 1 for k, r in enumerate(res.trace))
     assert sum(len(r.evals) for r in res.trace) == res.nfe
     assert res.hits and res.hits[-1].round <= res.rounds  # (chords too: its "or" made it vacuous there)
-    assert "round |" in res.diagram() and "legend" in res.diagram()
+    legend = res.diagram().splitlines()[0]
+    assert "round |" in res.diagram() and legend.startswith("legend: i = evaluates step i -> i+1")
+    # (a user trial: every method's legend explained CHORDS' rectifications and hits, which only it draws)
+    assert ("rectified" in legend and "hit cN" in legend) == (method == "chords"), legend
 
 
 def test_registered_method_plugs_into_parallel():

@@ -343,6 +343,21 @@ def test_tol_zero_is_exact_when_squares_underflow(dtype, size):
     assert cj.parallel(field, big, grid, cores=4).log == cc.parallel(field, big, grid, cores=4).log
 
 
+def test_a_tolerance_whose_square_overflows_accepts_no_more_than_it_should():
+    """The core's tol^2 overflowed to inf from tol ~1.3e154 and the compiled window's threshold with it:
+    every point accepted, silently. The threshold is now capped at the largest float64, and a float64
+    state's squares that overflow score inf (jax has no wider type than float64): such points wait
+    (more rounds than the core, which sums them in longdouble), and the answer is no further from the
+    sequential one, relative to its units, than at unit scale."""
+    field, grid = cc.VectorField(lambda t, y: -y), np.linspace(0.0, 1.0, 17)
+    seq = cc.solve(field, np.ones(4), grid)
+    unit = cj.parallel(field, jnp.ones(4), grid, cores=4, method="paradigms", tol=0.1)
+    huge = cj.parallel(field, jnp.full(4, 1e160), grid, cores=4, method="paradigms", tol=0.1 * 1e160)
+    off = float(np.abs(np.asarray(unit.x) / seq - 1).max())
+    assert off > 0 and float(np.abs(np.asarray(huge.x) / 1e160 / seq - 1).max()) <= off
+    assert unit.rounds <= huge.rounds < huge.sequential_rounds
+
+
 def test_a_call_under_a_transformation_is_refused_and_leaves_no_tracer_behind():
     """Under ``jax.jit`` the call failed inside and cached a tracer (the output check's zeros): every
     later plain call of that size raised ``UnexpectedTracerError`` until ``clear_cache()``."""

@@ -184,6 +184,31 @@ def test_a_model_or_factory_the_workers_cannot_import_is_named_and_the_executor_
     assert proc._interactive_main(functools.partial(factory)) and not proc._interactive_main(FACTORY)
 
 
+def test_a_factory_defined_under_the_main_guard_is_named_by_the_worker(tmp_path):
+    """A user trial: a script defining its factory under ``if __name__ == '__main__':`` (as the docs
+    advise for the executor's construction) got the forkserver's AttributeError traceback and then
+    an unexplained ``WorkerDied ... (start)``: the worker could not find the factory when it imported
+    the script. The driver pickles the factory now and the worker says why it cannot load it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "guarded.py"
+    script.write_text(
+        "from chords_torch import ProcessExecutor, WorkerError\n"
+        "from chords_torch.testing import gmm_problem\n"
+        "if __name__ == '__main__':\n"
+        "    def factory():\n"
+        "        return gmm_problem(dim=4, modes=3, seed=0)[1]()\n"
+        "    try:\n"
+        "        ProcessExecutor(factory, workers=1, start_method='spawn')\n"
+        "    except WorkerError as e:\n"
+        "        print('WorkerError:', str(e).splitlines()[0])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("WorkerError: worker 0: factory: the worker could not load it (AttributeError"), out
+    assert "define it at module level, above the guard" in out.stdout and "Traceback" not in out.stderr, out
+
+
 @pytest.mark.parametrize("method", sorted(cc.METHODS))
 def test_every_method_runs_on_the_process_executor(trap_executor, one_thread, method):
     grid = cc.time_grid(MODEL.schedule, 10)

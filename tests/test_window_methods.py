@@ -819,3 +819,35 @@ def test_an_infinite_weight_scores_device_tensors_without_numpy():
     assert np.isnan(_weighted(dev([0.0, float("nan")]), np.inf))
     assert _weighted(np.float64(0.0), np.inf) == 0.0 and _weighted(np.array([2.0, 0.0]), np.inf) == np.inf
     assert float(_weighted(dev([2.0, 1.0]), 0.5).max()) == 1.0  # (a finite weight: the product, as before)
+
+
+@pytest.mark.parametrize("method, tol, options", [("parataa", 1e-3, {}), ("paradigms", 0.1, {}),
+                                                  ("parasolver", 0.1, {}), ("cascade", 1e-4, {"scale": "level"})])
+def test_a_window_run_is_the_same_in_any_units(method, tol, options):
+    """A user trial: tol^2 overflowed to inf from tol ~1.3e154 (every point accepted, silently: 8 rounds
+    of 32, 10% off the sequential answer) and underflowed to 0 (tol 0, exact) below ~1e-154; ParaTAA's
+    mixing overflowed into non-finite iterates that it then blamed on the model. The same problem in
+    units from 1e-300 to 1e300 now takes the same rounds to the same values, relative to the units."""
+    import warnings
+
+    field, grid = cc.VectorField(lambda t, y: -y), np.linspace(0.0, 1.0, 17)
+    base = cc.parallel(field, np.ones(4), grid, "heun", cores=4, method=method, tol=tol, **options)
+    for s in (1e-300, 1e-200, 1e160, 1e300):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (no overflow warning, no cut blamed on the model)
+            res = cc.parallel(field, np.full(4, s), grid, "heun", cores=4, method=method, tol=tol * s, **options)
+        assert (res.rounds, res.nfe) == (base.rounds, base.nfe) < (32, 32), (s, res.rounds)
+        np.testing.assert_allclose(res.x / s, base.x, rtol=1e-12, err_msg=str(s))
+
+
+def test_a_tolerance_squared_leaves_float64_only_where_a_sum_would():
+    """``_backend.square``: a float in float64's normal range (bit for bit ``v * v``), else as wide as the
+    sums of squares it is compared with."""
+    assert B.square(0.3) == 0.3 * 0.3 and type(B.square(0.3)) is float and B.square(0.0) == 0.0
+    wide = np.finfo(np.longdouble).max > np.finfo(np.float64).max  # (x86: 80-bit)
+    for v in (1e-200, 1e200):
+        sq = B.square(v)
+        if wide:
+            assert type(sq) is np.longdouble and sq == np.longdouble(v) * np.longdouble(v) and 0 < sq < np.inf
+        else:  # an overflowed sum stays over the largest float; an underflowed tolerance is tol 0 at worst
+            assert sq == (np.finfo(np.float64).max if v > 1 else v * v)

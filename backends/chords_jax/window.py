@@ -218,8 +218,8 @@ def _threshold(tol2: float, dtype: Any) -> np.ndarray:
     """tol^2 such that ``score > threshold`` in its dtype is the core's ``float(score) > tol2`` in
     float64: float64 for float64 states; else float32 (exact for their scores), tol^2 rounded down
     to float32 (for a float32 s: s > t <=> s > rd(t))."""
-    if dtype == np.float64:
-        return np.asarray(tol2, np.float64)
+    if dtype == np.float64:  # (a wider tol^2 capped: a score that overflowed to inf stays over it)
+        return np.asarray(min(tol2, np.finfo(np.float64).max), np.float64)
     t = np.float32(min(tol2, float(np.finfo(np.float32).max)))
     if float(t) > tol2:
         t = np.nextafter(t, np.float32(-np.inf))

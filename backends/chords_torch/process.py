@@ -102,6 +102,14 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
         threading.Thread(target=_watch_driver, args=(driver,), daemon=True, name="chords-watchdog").start()
     torch.set_num_threads(threads)
     os.environ[WORKER_ENV] = str(index)
+    if isinstance(factory, bytes):  # pickled by the driver ('spawn', 'forkserver'): loaded here, a failure told
+        try:
+            factory = ForkingPickler.loads(factory)
+        except Exception as e:
+            conn.send(("error", f"factory: the worker could not load it ({type(e).__name__}: {e}); a function or "
+                       "class defined under `if __name__ == '__main__':` does not exist when the worker imports the "
+                       "script: define it at module level, above the guard (or in a module)", traceback.format_exc()))
+            return
     try:
         replica = factory()
         if not (callable(replica) or isinstance(replica, Model)):
@@ -167,6 +175,17 @@ def _load_shell(blob: bytes) -> Any:
         raise TypeError(f"model: the worker could not load the model's shell ({type(e).__name__}: {e}); a class "
                         "defined in the __main__ of a notebook or of `python -c` cannot be imported by the "
                         "workers: define it in a module, or use start_method='fork'") from None
+
+
+def _pickled_factory(factory: Callable) -> bytes:
+    """``factory`` pickled for a worker started by 'spawn' or 'forkserver'; a TypeError naming it if it
+    cannot be."""
+    try:
+        return bytes(ForkingPickler.dumps(factory))
+    except Exception as e:
+        raise TypeError(f"factory could not be sent to a worker ({type(e).__name__}: {e}); it must be picklable: "
+                        "a module-level function, a functools.partial of one, or an instance of a module-level "
+                        "class") from None
 
 
 def _interactive_main(obj: Any) -> bool:
@@ -288,17 +307,17 @@ class ProcessExecutor(Executor):
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
             for w in range(workers):
+                # pickled here (each worker its own: a shared tensor's handle is taken once) for a worker that is
+                # not forked, which then loads it where a failure can be told (a factory under the main guard)
+                sent = factory if method == "fork" else _pickled_factory(factory)
                 parent, child = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=_worker_main, args=(child, factory, threads, w, os.getpid()), daemon=True,
+                p = ctx.Process(target=_worker_main, args=(child, sent, threads, w, os.getpid()), daemon=True,
                                 name=f"chords-worker-{w}")
                 try:
                     p.start()
-                except Exception as e:
+                except BaseException:
                     parent.close()
-                    raise TypeError(
-                        f"factory could not be sent to a worker ({type(e).__name__}: {e}); it must be picklable: "
-                        "a module-level function, a functools.partial of one, or an instance of a module-level class"
-                    ) from None
+                    raise
                 finally:
                     child.close()
                 self._procs.append(p)

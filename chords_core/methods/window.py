@@ -166,15 +166,15 @@ def absolute_tol(default: float, model: Any, method: str) -> float:
     return default
 
 
-def tolerance_sq(tol: Any, sol: Solver, tol_steps: int | None = None) -> float:
+def tolerance_sq(tol: Any, sol: Solver, tol_steps: int | None = None) -> Any:
     """tol^2 of a window run: ``tol`` checked (a finite float >= 0), and with ``tol_steps`` scaled like
     the solver's global error from a grid of ``tol_steps`` steps to one of T: by
     min(1, (tol_steps / T)^order), order ``Solver.accuracy`` (shrunk on finer grids, never loosened
-    on coarser ones)."""
+    on coarser ones); where tol^2 overflows a float, as ``_backend.square`` forms it."""
     tol = check_float("tol", tol, 0.0)
     if tol_steps is not None:
         tol = tol * min(1.0, (tol_steps / sol.steps) ** sol.accuracy)
-    return tol * tol
+    return B.square(tol)
 
 
 def point_where(m: int, stage: int, time: float) -> str:
@@ -545,6 +545,25 @@ class _Anderson:
             if j <= nb:
                 del self.hist[j]  # accepted: no longer iterated
         cur = {j: (xs[j], new[j - b] - xs[j]) for j in range(nb + 1, e + 1)}
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self._mix(cur, new, b, None)
+        except _Overflow as o:  # inner products out of float64's range (residuals beyond about 1e154 or 1e-145)
+            self._mix(cur, new, b, o.scale)
+        for j in range(nb + 1, e + 1):
+            self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
+
+    def _scale(self, cur: dict) -> float | None:
+        """A power of two that brings the RMS of every residual of ``cur`` and the history to at most
+        1/4 (the weights solve A gamma = c, homogeneous in the residuals' scale); None where one is not
+        finite (a diverged iterate: scaling cannot help)."""
+        top = max(B.rms(R) for R in [R for _, R in cur.values()] + [R for seq in self.hist.values() for _, R in seq])
+        return math.ldexp(1.0, min(1000, -math.frexp(top)[1] - 2)) if math.isfinite(top) and top > 0 else None
+
+    def _mix(self, cur: dict, new: list, b: int, scale: float | None) -> None:
+        """Mix ``new[j - b]`` for the points j of ``cur``: the normal equations formed from the residuals
+        times ``scale`` (None: as they are; an ``_Overflow`` carrying a scale if they overflow)."""
+        m = self.memory
         # the longest history present (a memory past it mixes the same: an m x m system allocated
         # every sweep cost 27 s at T = 4000 with m = T)
         k = min(m, max((len(self.hist.get(j, ())) for j in cur), default=0))
@@ -564,10 +583,16 @@ class _Anderson:
             # once, with the iterates' differences, they were 2 m K fresh arrays at the sweep's peak)
             dR = [seq[-1 - p][1] - seq[-2 - p][1] for p in range(k)]
             # (B.inner: float32 at least; float16 products overflowed to a nan iterate)
-            _add_normal_terms(A, c, dR, R, k, B.inner)
+            sdR, sR = (dR, R) if scale is None else ([d * scale for d in dR], R * scale)
+            _add_normal_terms(A, c, sdR, sR, k, B.inner)
             if graph is not None:
-                graph.add(dR, R, k)
+                graph.add(sdR, sR, k)
             Ak = A[:k, :k]
+            if scale is None and not (np.isfinite(Ak).all() and np.isfinite(c[:k]).all()
+                                      and np.trace(Ak) >= _GRAM_LO):
+                scale = self._scale(cur)
+                if scale is not None:
+                    raise _Overflow(scale)
             lam = self.ridge * (np.trace(Ak) / k + 1e-300)
             try:
                 gamma = np.linalg.solve(Ak + lam * np.eye(k), c[:k])
@@ -579,8 +604,20 @@ class _Anderson:
                 if gamma[p] != 0.0:
                     x = x - weights[p] * ((seq[-1 - p][0] - seq[-2 - p][0]) + dR[p])
             new[j - b] = x
-        for j in range(nb + 1, e + 1):
-            self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
+
+
+#: a trace of the mixing's normal equations below this (residuals below about 1e-145: their products
+#: lose digits as subnormals) has them formed again on scaled residuals, as an overflow does
+_GRAM_LO = 1e-280
+
+
+class _Overflow(Exception):
+    """The mixing's normal equations left float64's range (overflowed, or their trace is below
+    ``_GRAM_LO``): formed again on residuals times ``scale``."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__(scale)
+        self.scale = scale
 
 
 def sliding_window(
