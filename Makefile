@@ -30,11 +30,12 @@ $(DEMO_STAMP): pyproject.toml Makefile
 demo: $(DEMO_STAMP)
 	$(DEMO_PY) -m chords_core demo $(ARGS)
 
-# lint and type checks first (configured in pyproject.toml); any failure fails the target
+# lint and type checks first (configured in pyproject.toml); any failure fails the target. The suite runs
+# on two pytest-xdist workers, a test file each at a time (files keep their module-level state together)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
