@@ -789,18 +789,24 @@ _TINY64 = float(np.finfo(np.float64).tiny)
 _SAFE = {"f": (_SQ32_LO, _SQ32_HI, np.float64), "d": (_SQ64_LO, _SQ64_HI, _WIDE64)}
 
 
-def square(v: float) -> Any:
-    """``v * v`` for a tolerance ``v`` >= 0 compared with ``row_sq``'s sums: a Python float, or where
-    that leaves float64's normal range ``np.longdouble`` if it is wider (``row_sq`` forms such sums in
-    it too: an inf tol^2 accepted every change of a state beyond about 1e154, one of 0 was tol 0
-    below about 1e-154); without a wider type, the largest float for an overflow (a sum that
-    overflowed to inf stays over it) and the float itself for an underflow (tol 0 at worst: exact)."""
+def square(v: float, like: Array = None) -> Any:
+    """``v * v`` for a tolerance ``v`` >= 0 compared with ``row_sq``'s sums of a state like ``like``:
+    a Python float, or where that leaves float64's normal range:
+
+    - overflowed (an inf tol^2 accepted every change of a state beyond about 1e154): ``np.longdouble``
+      if it is wider, else the largest float; a sum that overflowed to inf stays over either;
+    - underflowed (a tol^2 of 0 is tol 0, exact): ``np.longdouble`` where ``row_sq`` forms the sums of
+      ``like`` in it too (numpy arrays and torch tensors on the CPU); else the float (a jax array's or
+      a CUDA tensor's sums underflow to 0 as well, which a positive tol^2 would accept: tol 0, exact,
+      is the safe side).
+    """
     sq = v * v
     if _TINY64 <= sq < math.inf or v == 0:
         return sq
-    if _WIDE64 is not None:
-        return _WIDE64(v) * _WIDE64(v)
-    return sq if sq < math.inf else np.finfo(np.float64).max
+    if sq == math.inf:
+        return _WIDE64(v) * _WIDE64(v) if _WIDE64 is not None else np.finfo(np.float64).max
+    host = type(like) is np.ndarray or (library(like) == "torch" and like.is_cpu)
+    return _WIDE64(v) * _WIDE64(v) if _WIDE64 is not None and host else sq
 
 
 def _float32(x: Array) -> bool:

@@ -293,6 +293,8 @@ def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
             notes.append("* = rectified at that step; cA<-cB@b = core A rectified from core B's point at index b")
         if any(r.hits for r in rounds):
             notes.append("hit cN = core N outputs")
+        if any(r.coarse_hit for r in rounds):
+            notes.append("coarse hit = the chained coarse jumps reach T")
         lines.insert(0, "legend: " + "; ".join(notes))
     return "\n".join(lines)
 

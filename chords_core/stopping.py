@@ -423,7 +423,8 @@ class StopWhenConverged(StopRule):
         if accepted:
             return (f"converged: output {n} (core {core}) within {self.rel:g} x the estimated sequential "
                     f"error{last}")
-        return f"not converged within {self.rel:g} x the estimated sequential error; core {core}{last}"
+        which = "core 0: the sequential solution, no rounds saved" if core == 0 else f"core {core}"
+        return f"not converged within {self.rel:g} x the estimated sequential error; {which}"
 
 
 #: ``chords``' default: safe on problems it was not tuned on (see ``StopWhenConverged``).

@@ -86,3 +86,10 @@ def never_accepts(needed: int | None = 2, decides_on_values: bool = True) -> Any
     rule.decides_on_values = decides_on_values
     return rule
 
+
+
+def build_under_lock(lock: Any, factory: Callable) -> Any:
+    """A worker factory that builds its model holding a multiprocessing lock (one worker at a time
+    loading weights, say): the lock travels to the worker only while it is spawned."""
+    with lock:
+        return factory()

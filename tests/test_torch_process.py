@@ -209,6 +209,21 @@ def test_a_factory_defined_under_the_main_guard_is_named_by_the_worker(tmp_path)
     assert "define it at module level, above the guard" in out.stdout and "Traceback" not in out.stderr, out
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_factory_holding_a_lock_reaches_workers_that_are_not_forked(start_method):
+    """A review: pickled by the driver before the worker was spawned (for the main-guard message above),
+    a factory holding a multiprocessing lock was refused ("Lock objects should only be shared between
+    processes through inheritance"), where multiprocessing sends it while spawning. It is sealed while
+    spawning now, and loaded by the worker."""
+    import torch.multiprocessing as tmp
+    from helpers import build_under_lock
+
+    factory = functools.partial(build_under_lock, tmp.get_context(start_method).Lock(), FACTORY)
+    point = x0(batch=2)
+    with ProcessExecutor(factory, workers=2, start_method=start_method) as ex:
+        assert torch.equal(ex(MODEL, [point, point], [0.5, 0.4])[1], cc.SerialExecutor()(MODEL, [point], [0.4])[0])
+
+
 @pytest.mark.parametrize("method", sorted(cc.METHODS))
 def test_every_method_runs_on_the_process_executor(trap_executor, one_thread, method):
     grid = cc.time_grid(MODEL.schedule, 10)

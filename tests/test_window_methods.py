@@ -846,8 +846,53 @@ def test_a_tolerance_squared_leaves_float64_only_where_a_sum_would():
     assert B.square(0.3) == 0.3 * 0.3 and type(B.square(0.3)) is float and B.square(0.0) == 0.0
     wide = np.finfo(np.longdouble).max > np.finfo(np.float64).max  # (x86: 80-bit)
     for v in (1e-200, 1e200):
-        sq = B.square(v)
+        sq = B.square(v, np.zeros(3))  # (a numpy state: its sums are formed wider too)
         if wide:
             assert type(sq) is np.longdouble and sq == np.longdouble(v) * np.longdouble(v) and 0 < sq < np.inf
         else:  # an overflowed sum stays over the largest float; an underflowed tolerance is tol 0 at worst
             assert sq == (np.finfo(np.float64).max if v > 1 else v * v)
+    assert B.square(1e-200) == 0.0 and type(B.square(1e-200)) is float  # (no state said: sums not widened)
+
+
+def test_a_tolerance_squared_below_float64_is_exact_where_the_sums_are_not_formed_wider():
+    """A review: a tol^2 that underflows float64 became a positive longdouble for every state, but a jax
+    array's (and a CUDA tensor's) sums of squares are not formed wider and underflow to 0 too: every
+    point was accepted (8 rounds of 32, 10% off). There tol^2 stays the float, 0: tol 0, exact."""
+    jnp = pytest.importorskip("jax.numpy")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    field, grid = cc.VectorField(lambda t, y: -y), np.linspace(0.0, 1.0, 17)
+    x = np.full(4, 1e-200)
+    seq = cc.solve(field, x, grid, "heun")
+    for method in ("paradigms", "parasolver", "parataa"):
+        host = cc.parallel(field, x, grid, "heun", cores=4, method=method, tol=1e-210)
+        on_jax = cc.parallel(field, jnp.asarray(x), grid, "heun", cores=4, method=method, tol=1e-210)
+        assert host.rounds < 30 and np.abs(host.x / seq - 1).max() < 1e-10, method  # (numpy: summed wider)
+        assert np.array_equal(np.asarray(on_jax.x), seq), method
+
+
+def test_the_mixing_leaves_a_half_precision_state_with_an_unchanged_residual_as_it_is():
+    """A review: a residual unchanged between sweeps gives the mixing a trace of 0, which the rescaling
+    for float64's range took for an underflow: float16 residuals times 2^k overflowed, 0 x inf made nan
+    iterates, and sweeps were cut "where the model returned non-finite values". Only float64 residuals
+    beyond about 1e+-150 are rescaled now."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    for i in range(2917):
+        A = rng.standard_normal((4, 4)) * 0.5
+        s = 10.0 ** rng.uniform(-7, -2)
+        T = int(rng.integers(8, 30))
+        x0 = (rng.standard_normal((1, 4)) * s).astype(np.float16)
+        tol = float(rng.choice([0.0, 1e-3, 1e-2])) * s
+        cores = int(rng.integers(2, 9))
+        if i not in (427, 2643, 2916):  # (cases a search found)
+            continue
+        field = cc.VectorField(lambda t, y, A=A: (y @ A.T.astype(y.dtype)).astype(y.dtype))
+        grid = np.linspace(0.0, 1.0, T + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = cc.parallel(field, x0, grid, "euler", cores=cores, method="parataa", tol=tol)
+        assert res.rounds < T and "cut" not in res.stopped_by, (i, res.stopped_by)
+        assert np.array_equal(res.x, cc.solve(field, x0, grid, "euler")), i

@@ -102,9 +102,9 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
         threading.Thread(target=_watch_driver, args=(driver,), daemon=True, name="chords-watchdog").start()
     torch.set_num_threads(threads)
     os.environ[WORKER_ENV] = str(index)
-    if isinstance(factory, bytes):  # pickled by the driver ('spawn', 'forkserver'): loaded here, a failure told
+    if isinstance(factory, _Sealed):  # ('spawn', 'forkserver') loaded here, where a failure can be told
         try:
-            factory = ForkingPickler.loads(factory)
+            factory = factory.load()
         except Exception as e:
             conn.send(("error", f"factory: the worker could not load it ({type(e).__name__}: {e}); a function or "
                        "class defined under `if __name__ == '__main__':` does not exist when the worker imports the "
@@ -177,15 +177,22 @@ def _load_shell(blob: bytes) -> Any:
                         "workers: define it in a module, or use start_method='fork'") from None
 
 
-def _pickled_factory(factory: Callable) -> bytes:
-    """``factory`` pickled for a worker started by 'spawn' or 'forkserver'; a TypeError naming it if it
-    cannot be."""
-    try:
-        return bytes(ForkingPickler.dumps(factory))
-    except Exception as e:
-        raise TypeError(f"factory could not be sent to a worker ({type(e).__name__}: {e}); it must be picklable: "
-                        "a module-level function, a functools.partial of one, or an instance of a module-level "
-                        "class") from None
+class _Sealed:
+    """The factory for a worker started by 'spawn' or 'forkserver', pickled into bytes while the worker
+    is spawned (as multiprocessing pickles a process's arguments: a lock, a queue or a shared tensor
+    travels as it would) and loaded by the worker itself, which can then say why it cannot load it (a
+    factory defined under the main guard: the forkserver's traceback and an unexplained WorkerDied)."""
+
+    def __init__(self, factory: Callable | None = None, blob: bytes | None = None) -> None:
+        self.factory, self.blob = factory, blob
+
+    def __reduce__(self) -> tuple:
+        return _Sealed, (None, bytes(ForkingPickler.dumps(self.factory)))
+
+    def load(self) -> Callable:
+        """The factory, unpickled from the bytes (in the worker)."""
+        assert self.blob is not None
+        return ForkingPickler.loads(self.blob)
 
 
 def _interactive_main(obj: Any) -> bool:
@@ -307,17 +314,18 @@ class ProcessExecutor(Executor):
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
         try:
             for w in range(workers):
-                # pickled here (each worker its own: a shared tensor's handle is taken once) for a worker that is
-                # not forked, which then loads it where a failure can be told (a factory under the main guard)
-                sent = factory if method == "fork" else _pickled_factory(factory)
+                sent = factory if method == "fork" else _Sealed(factory)
                 parent, child = ctx.Pipe(duplex=True)
                 p = ctx.Process(target=_worker_main, args=(child, sent, threads, w, os.getpid()), daemon=True,
                                 name=f"chords-worker-{w}")
                 try:
                     p.start()
-                except BaseException:
+                except Exception as e:
                     parent.close()
-                    raise
+                    raise TypeError(
+                        f"factory could not be sent to a worker ({type(e).__name__}: {e}); it must be picklable: "
+                        "a module-level function, a functools.partial of one, or an instance of a module-level class"
+                    ) from None
                 finally:
                     child.close()
                 self._procs.append(p)

@@ -166,15 +166,16 @@ def absolute_tol(default: float, model: Any, method: str) -> float:
     return default
 
 
-def tolerance_sq(tol: Any, sol: Solver, tol_steps: int | None = None) -> Any:
+def tolerance_sq(tol: Any, sol: Solver, tol_steps: int | None = None, like: Any = None) -> Any:
     """tol^2 of a window run: ``tol`` checked (a finite float >= 0), and with ``tol_steps`` scaled like
     the solver's global error from a grid of ``tol_steps`` steps to one of T: by
     min(1, (tol_steps / T)^order), order ``Solver.accuracy`` (shrunk on finer grids, never loosened
-    on coarser ones); where tol^2 overflows a float, as ``_backend.square`` forms it."""
+    on coarser ones); where tol^2 leaves float64's range, as ``_backend.square`` forms it for states
+    like ``like``."""
     tol = check_float("tol", tol, 0.0)
     if tol_steps is not None:
         tol = tol * min(1.0, (tol_steps / sol.steps) ** sol.accuracy)
-    return B.square(tol)
+    return B.square(tol, like)
 
 
 def point_where(m: int, stage: int, time: float) -> str:
@@ -546,19 +547,25 @@ class _Anderson:
                 del self.hist[j]  # accepted: no longer iterated
         cur = {j: (xs[j], new[j - b] - xs[j]) for j in range(nb + 1, e + 1)}
         try:
-            with np.errstate(over="ignore", invalid="ignore"):
-                self._mix(cur, new, b, None)
-        except _Overflow as o:  # inner products out of float64's range (residuals beyond about 1e154 or 1e-145)
+            self._mix(cur, new, b, None)
+        except _Overflow as o:  # inner products out of float64's range (residuals beyond about 1e150 or 1e-140)
+            for j, (x_old, R) in cur.items():
+                new[j - b] = x_old + R  # (as the sweep made it: a point the scaled pass leaves unmixed)
             self._mix(cur, new, b, o.scale)
         for j in range(nb + 1, e + 1):
             self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
 
     def _scale(self, cur: dict) -> float | None:
-        """A power of two that brings the RMS of every residual of ``cur`` and the history to at most
-        1/4 (the weights solve A gamma = c, homogeneous in the residuals' scale); None where one is not
-        finite (a diverged iterate: scaling cannot help)."""
+        """A power of two that brings the largest RMS of the residuals of ``cur`` and the history to
+        between 1/8 and 1/4 (the weights solve A gamma = c, homogeneous in the residuals' scale), where
+        it lies beyond ``_RESIDUAL_RANGE`` (float64 states only: a float32 residual's products are
+        summed in float64, and a scale applied in a narrower dtype would overflow it); else None
+        (residuals that are all zero, or not finite: a diverged iterate, which scaling cannot help)."""
         top = max(B.rms(R) for R in [R for _, R in cur.values()] + [R for seq in self.hist.values() for _, R in seq])
-        return math.ldexp(1.0, min(1000, -math.frexp(top)[1] - 2)) if math.isfinite(top) and top > 0 else None
+        lo, hi = _RESIDUAL_RANGE
+        if not (math.isfinite(top) and (top > hi or 0 < top < lo)):
+            return None
+        return math.ldexp(1.0, min(1000, -math.frexp(top)[1] - 2))
 
     def _mix(self, cur: dict, new: list, b: int, scale: float | None) -> None:
         """Mix ``new[j - b]`` for the points j of ``cur``: the normal equations formed from the residuals
@@ -584,7 +591,8 @@ class _Anderson:
             dR = [seq[-1 - p][1] - seq[-2 - p][1] for p in range(k)]
             # (B.inner: float32 at least; float16 products overflowed to a nan iterate)
             sdR, sR = (dR, R) if scale is None else ([d * scale for d in dR], R * scale)
-            _add_normal_terms(A, c, sdR, sR, k, B.inner)
+            with np.errstate(over="ignore", invalid="ignore"):  # (an overflow is found below, and scaled)
+                _add_normal_terms(A, c, sdR, sR, k, B.inner)
             if graph is not None:
                 graph.add(sdR, sR, k)
             Ak = A[:k, :k]
@@ -606,9 +614,12 @@ class _Anderson:
             new[j - b] = x
 
 
-#: a trace of the mixing's normal equations below this (residuals below about 1e-145: their products
-#: lose digits as subnormals) has them formed again on scaled residuals, as an overflow does
+#: a trace of the mixing's normal equations below this (residuals below about 1e-140: their products
+#: lose digits as subnormals) has them formed again on scaled residuals, as an overflow does, where the
+#: residuals' largest RMS lies outside ``_RESIDUAL_RANGE`` (a trace of 0 from residuals that did not
+#: change is left as it is)
 _GRAM_LO = 1e-280
+_RESIDUAL_RANGE = (1e-140, 1e150)
 
 
 class _Overflow(Exception):
@@ -678,7 +689,7 @@ def sliding_window(
     window = min(DEFAULT_WINDOW, T) if window is None else check_int("window", window, 1, T)
     if tol is None and default_tol is not None:
         tol = absolute_tol(default_tol, model, method)
-    tol2 = tolerance_sq(tol, sol, tol_steps)
+    tol2 = tolerance_sq(tol, sol, tol_steps, x)
     seed, correction = check_choice("seed", seed, SEEDS), check_choice("correction", correction, CORRECTIONS)
     variance, multistep = check_choice("variance", variance, VARIANCES), check_choice("multistep", multistep, MULTISTEP)
     scale = check_choice("scale", scale, SCALES)
