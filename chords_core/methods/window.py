@@ -574,6 +574,7 @@ class _Anderson:
         # the longest history present (a memory past it mixes the same: an m x m system allocated
         # every sweep cost 27 s at T = 4000 with m = T)
         k = min(m, max((len(self.hist.get(j, ())) for j in cur), default=0))
+        scaled_out = False  # whether _scale said no this sweep
         A = np.zeros((k, k))
         c = np.zeros(k)
         graph = _Graph(k) if _needs_graph(cur) else None
@@ -596,11 +597,12 @@ class _Anderson:
             if graph is not None:
                 graph.add(sdR, sR, k)
             Ak = A[:k, :k]
-            if scale is None and not (np.isfinite(Ak).all() and np.isfinite(c[:k]).all()
-                                      and np.trace(Ak) >= _GRAM_LO):
+            if scale is None and not scaled_out and not (np.isfinite(Ak).all() and np.isfinite(c[:k]).all()
+                                                         and np.trace(Ak) >= _GRAM_LO):
                 scale = self._scale(cur)
                 if scale is not None:
                     raise _Overflow(scale)
+                scaled_out = True  # (residuals in range, all zero or not finite: asked once a sweep)
             lam = self.ridge * (np.trace(Ak) / k + 1e-300)
             try:
                 gamma = np.linalg.solve(Ak + lam * np.eye(k), c[:k])
