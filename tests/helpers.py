@@ -93,3 +93,35 @@ def build_under_lock(lock: Any, factory: Callable) -> Any:
     loading weights, say): the lock travels to the worker only while it is spawned."""
     with lock:
         return factory()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port for a process group that the test's processes bind later: below the system's
+    ephemeral range (outgoing connections and ``bind(0)``, of this test's processes or of a test
+    running beside it under pytest-xdist, never take it while the ranks start up), in a band of its
+    own per xdist worker, and free when asked. Falls back to ``bind(0)`` where no such band exists."""
+    import os
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    band = 1000
+    start = 20000 + band * index
+    rng = random.Random()
+    for _ in range(50 if start + band <= ephemeral else 0):
+        port = rng.randrange(start, start + band)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -9,12 +9,12 @@ run. The processes are killed if they outlast the timeout; none is left behind.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -82,11 +82,6 @@ print(json.dumps(out), flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def reports():
@@ -95,7 +90,7 @@ def reports():
     paths = [str(ROOT / "backends"), str(ROOT), str(ROOT / "tests")] + [
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    port = str(_free_port())
+    port = str(free_port("localhost"))
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(i), port], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist  # noqa: E402
+from helpers import free_port
 
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available in this torch build", allow_module_level=True)
@@ -36,11 +36,6 @@ def _env(**extra) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BACKENDS), env.get("PYTHONPATH")]))
     return env
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _finish(procs: list, timeout: float) -> list[int]:
@@ -60,7 +55,7 @@ SCENARIOS = Path(__file__).resolve().parent / "dist_scenarios.py"
 def launch(args: list[str], world: int = 3, tmp_path: Path | None = None,
            program: tuple[str, ...] = ("-m", "chords_torch.demo")) -> tuple[list[int], list[str]]:
     """What torchrun does, by hand: ``world`` processes with RANK / WORLD_SIZE / MASTER_* set."""
-    port, procs, logs = _free_port(), [], []
+    port, procs, logs = free_port(), [], []
     for r in range(world):
         log = open(tmp_path / f"rank{r}.log", "w+")
         env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world))
