@@ -24,6 +24,7 @@ the rounds in all, the runs that warned, and the worst misses.
     .venv/bin/python benchmarks/safety_sweep.py --seeds 13 14 15 16 17 --problems 600 --methods cascade \
         cascade-floor1-0.00022 cascade-floor1-0.0001 cascade-level-0.00022                      # held out
     .venv/bin/python benchmarks/safety_sweep.py --seeds 3 --problems 50     # a quick look
+    .venv/bin/python benchmarks/safety_sweep.py --solvers dpmpp_3m --methods chords cascade-error  # one solver's
 """
 
 from __future__ import annotations
@@ -174,10 +175,14 @@ def main(argv=None) -> None:
     ap.add_argument("--problems", type=int_at_least(1), default=600, help="problems per seed")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--show", type=int_at_least(0), default=5, help="worst misses listed per method")
+    ap.add_argument("--solvers", nargs="+", default=SOLVERS, choices=SOLVERS,
+                    help="run only the problems that drew these solvers (the same problems as a full sweep)")
     a = ap.parse_args(argv)
     runs: dict[str, list[dict]] = {m: [] for m in a.methods}
     for seed in a.seeds:
         for tag, comb, sch, pred, solver, grid, Ks, x in problems(seed, a.problems):
+            if solver not in a.solvers:
+                continue
             model = comb.model(sch, pred)
             ref = comb.reference(x, grid, sch)
             seq = cc.solve(model, x, grid, solver)

@@ -390,3 +390,19 @@ def test_noise_levels_that_do_not_descend_are_refused_by_name(make, kw, name):
     with pytest.raises(ValueError, match=rf"^{name}: its noise levels \[[-0-9.e, ]+\] do not descend strictly .* "
                                          r"descending order, and a single step one that ends below where it starts"):
         cd.map_scheduler(make(), **kw)
+
+
+@pytest.mark.parametrize("make, option", [(DPMSolverMultistepScheduler, "use_karras_sigmas"),
+                                          (DPMSolverMultistepScheduler, "use_lu_lambdas"),
+                                          (UniPCMultistepScheduler, "use_exponential_sigmas"),
+                                          (UniPCMultistepScheduler, "use_beta_sigmas")])
+def test_flow_sigmas_with_a_ve_spacing_are_refused_naming_both_options(make, option):
+    """A user trial: use_flow_sigmas with a spacing option that makes VE sigmas (from 157) failed in the
+    core ("grid[0]=157.407 lies outside the schedule's time domain [0, 1]"), naming neither (diffusers'
+    own loop returns nan there). UniPC's Karras sigmas stay in [0, 1] there and are mapped."""
+    s = make(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, **{option: True})
+    with pytest.raises(ValueError, match=f"^{make.__name__}: config option use_flow_sigmas=True with {option}=True "
+                                         "gives VE sigmas"):
+        cd.map_scheduler(s, 6)
+    ok = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, use_karras_sigmas=True)
+    assert cd.map_scheduler(ok, 6).solver == "unipc"

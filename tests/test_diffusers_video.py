@@ -15,6 +15,7 @@ from diffusers import (
     CogVideoXDDIMScheduler,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
+    DDIMScheduler,
     EulerDiscreteScheduler,
     FirstBlockCacheConfig,
     FlowMatchEulerDiscreteScheduler,
@@ -204,6 +205,26 @@ def test_hunyuan_video_true_cfg_matches_diffusers(hunyuan):
     _fast_frames_like_pipe(hunyuan, **kw)
 
 
+def test_hunyuan_video_names_a_bad_step_count_and_a_scheduler_without_custom_sigmas(hunyuan):
+    """A user trial: the adapter turns num_inference_steps into custom sigmas unchecked (0 was "noise levels
+    [0] do not descend strictly", 4.0 a numpy TypeError), and a scheduler without custom sigmas was told
+    to "give num_inference_steps only", which the user had done."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    kw = dict(height=16, width=16, num_frames=5, **_hunyuan_embeds())
+    for bad in (0, -1, 4.0):
+        with pytest.raises(ValueError, match=f"^num_inference_steps must be an integer >= 1, got {bad!r}"):
+            cd.sample(hunyuan, num_inference_steps=bad, **kw)
+    sched = hunyuan.scheduler
+    hunyuan.scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+    try:
+        with pytest.raises(ValueError, match="^HunyuanVideoPipeline: its loop gives the scheduler custom sigmas, "
+                                             "which DPMSolverMultistepScheduler.set_timesteps does not take"):
+            cd.sample(hunyuan, num_inference_steps=4, **kw)
+    finally:
+        hunyuan.scheduler = sched
+
+
 # -- CogVideoX -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -250,6 +271,13 @@ def test_cogvideox_bad_options(cogvideox):
     try:
         with pytest.raises(ValueError, match="CogVideoXDPMScheduler is a stochastic sampler.*CogVideoXDDIMScheduler"):
             cd.sample(cogvideox, num_inference_steps=8, **emb)
+        # (a user trial: eta was dropped, and DDIMScheduler's step uses it: 0.41 off the pipeline at eta=0.5)
+        cogvideox.scheduler = DDIMScheduler.from_config(sched.config)
+        with pytest.raises(ValueError, match="^DDIMScheduler: step argument eta=0.5 makes the sampler stochastic"):
+            cd.sample(cogvideox, num_inference_steps=8, eta=0.5, **emb)
+        cogvideox.scheduler = sched
+        with pytest.raises(ValueError, match="eta=0.5"):  # (CogVideoXDDIMScheduler's step ignores it: as the docs say)
+            cd.sample(cogvideox, num_inference_steps=8, eta=0.5, **emb)
     finally:
         cogvideox.scheduler = sched
 

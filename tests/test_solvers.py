@@ -26,9 +26,9 @@ CASES = [
 ]
 
 
-# every registered solver at its registered order (SolverSpec.order), plus UniPC's bh1 variant; except
-# dpmpp_3m, whose measured order is warm-up limited (about 2 on these grids)
-ORDER_CASES = [(n, {}, cc.SOLVERS[n].order) for n in sorted(cc.SOLVERS) if n != "dpmpp_3m"]
+# every registered solver at its registered order (SolverSpec.order), plus UniPC's bh1 variant (dpmpp_3m at
+# 2: a review measured the reference 3M formula at 2.0-2.05 on log-SNR grids, the order it registered as 3)
+ORDER_CASES = [(n, {}, cc.SOLVERS[n].order) for n in sorted(cc.SOLVERS)]
 ORDER_CASES += [("unipc", {"variant": "bh1"}, cc.SOLVERS["unipc"].order)]
 
 
@@ -40,6 +40,8 @@ ORDER_CASES += [("unipc", {"variant": "bh1"}, cc.SOLVERS["unipc"].order)]
 def test_order_on_single_gaussian(schedule, prediction, spacing, solver, options, order):
     model = GAUSS.model(schedule, prediction)
     ns = [40, 80, 160]
+    if solver == "dpmpp_3m" and spacing == "karras":
+        ns = [160, 320, 640]  # (on Karras grids its order 2 shows from about 160 steps: 1.48, 1.81 before)
     errors = []
     for n in ns:
         g = grid_to_tmin(schedule, n, spacing)

@@ -529,7 +529,14 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep", cond=cond, uncond=uncond,
                      static={"attention_kwargs": attention_kwargs}, guidance_scale=true_cfg_scale, x_dtype=dtype,
                      cfg_batched=False)
-    sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1] if sigmas is None else sigmas
+    if sigmas is None:  # the pipeline's own: num_inference_steps made into custom sigmas (a user trial: 0 was
+        # "noise levels [0] do not descend", 4.0 a numpy TypeError, where the other pipelines name the argument)
+        sigmas = np.linspace(1.0, 0.0, check_int("num_inference_steps", steps, 1) + 1)[:-1]
+    takes = inspect.signature(pipe.scheduler.set_timesteps).parameters
+    if "sigmas" not in takes:
+        raise ValueError(f"{name}: its loop gives the scheduler custom sigmas, which "
+                         f"{type(pipe.scheduler).__name__}.set_timesteps does not take (as in diffusers' own loop): "
+                         "use FlowMatchEulerDiscreteScheduler")
 
     def finish(x: Any) -> Any:
         if output_type == "latent":
@@ -550,7 +557,6 @@ def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         kw, pipe, negative_prompt=None, height=None, width=None, num_frames=None, timesteps=None, guidance_scale=6.0,
         use_dynamic_cfg=False, num_videos_per_prompt=1, eta=0.0, generator=None, latents=None, prompt_embeds=None,
         negative_prompt_embeds=None, output_type="pil", attention_kwargs=None, max_sequence_length=226)
-    del eta  # the pipeline passes it to the scheduler; CogVideoXDDIMScheduler's step ignores it
     if num_videos_per_prompt != 1:
         raise ValueError(f"{name}: the pipeline generates one video per prompt (it ignores num_videos_per_prompt="
                          f"{num_videos_per_prompt}); pass the prompt several times instead")
@@ -591,7 +597,10 @@ def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = pipe.decode_latents(x[:, extra_frames:])
         return CogVideoXPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    return Job(gnet, make_latents, finish, device, {"timesteps": timesteps} if timesteps is not None else {})
+    # eta goes to the scheduler's step as the pipeline passes it (DDIMScheduler's uses it: eta > 0, stochastic, was
+    # dropped here, 0.41 off the pipeline at 0.5; refused as for the other schedulers whose step takes it)
+    return Job(gnet, make_latents, finish, device, {"timesteps": timesteps} if timesteps is not None else {},
+               step_kwargs={"eta": eta})
 
 
 ADAPTERS = {

@@ -530,8 +530,17 @@ def _multistep_prediction(cfg: Any, name: str) -> str:
     return pred
 
 
+#: the spacing options of DPMSolverMultistep / UniPCMultistep that replace the sigmas by VE ones
+_VE_SPACINGS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
 def _multistep_schedule(s: Any, cfg: Any) -> cc.Schedule:
     if cfg.get("use_flow_sigmas", False):
+        if float(s.sigmas[0]) > 1.0:  # (a user trial: the core's "grid[0]=157.4 lies outside [0, 1]")
+            opts = ", ".join(f"{o}=True" for o in _VE_SPACINGS if cfg.get(o, False)) or "its spacing"
+            raise ValueError(f"{type(s).__name__}: config option use_flow_sigmas=True with {opts} gives VE sigmas "
+                             f"(from {float(s.sigmas[0]):.6g}), not flow sigmas in [0, 1] (diffusers' own loop "
+                             "returns nan there): use one or the other")
         return cc.RectifiedFlow()
     return VESigmaVP(t_noise=float(s.sigmas[0]))
 
