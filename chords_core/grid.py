@@ -73,7 +73,11 @@ def time_grid(
     Args:
         schedule: the noise schedule (its ``t_noise``, ``t_data``, ``t_min`` and lambda).
         steps: T, the number of steps, >= 1.
-        spacing: ``"uniform"``, ``"logsnr"`` or ``"karras"`` (``SPACINGS``).
+        spacing: ``"uniform"``, ``"logsnr"`` or ``"karras"`` (``SPACINGS``). Uniform in an EDM
+            schedule's t (sigma) puts its last steps far longer in log-SNR than the ones before, and the
+            multistep solvers extrapolate across them: their error does not fall with the steps there
+            (DPM-Solver++(2M) on a 4-D Gaussian: 1.0, 0.66, 0.096, 0.67, 1.0 at 10 to 160 steps; on
+            Karras spacing 0.22 down to 7.5e-4): use ``"karras"`` or ``"logsnr"`` for EDM.
         shift: the flow-matching shift (``RectifiedFlow`` only), applied to the times below.
         t_max: the first time, before ``shift`` maps it (default ``schedule.t_noise``).
         t_min: the last time before the final step to ``t_data``, before ``shift`` maps it (default

@@ -193,3 +193,23 @@ def test_chords_refuses_a_solver_whose_later_stage_is_not_at_the_steps_end(monke
     with pytest.raises(ValueError, match=r"at grid index 0; chords_jax.solve compiles the solve as CHORDS on one "
                                          r"core, .*: use chords_core.solve or chords_jax.srds with this solver"):
         chords_jax.solve(model, x.astype(np.float32), grid, "stage_at_start")
+
+
+def test_multistep_solvers_do_not_converge_on_edm_grids_uniform_in_sigma():
+    """What the README and ``time_grid`` say of EDM spacings (a review's finding): uniform in sigma the
+    last steps are far longer in log-SNR than the ones before, and DPM-Solver++(2M) / UniPC, which
+    extrapolate across them, do not converge (the README's figures: this problem); Karras spacing does."""
+    sch = cc.EDM()
+    g = GaussianMixture.random(dim=4, modes=1, seed=0)
+    model = g.model(sch, "x0")
+    x = np.random.default_rng(0).standard_normal((4, 4))
+    for solver in ("dpmpp_2m", "unipc"):
+        err = {}
+        for spacing in ("uniform", "karras"):
+            for T in (10, 20, 40, 80, 160):
+                grid = cc.time_grid(sch, T, spacing)
+                x0 = x * float(sch.sigma(grid[0]))
+                exact = g.exact_trajectory(x0, grid[0], grid[-1], sch)
+                err[spacing, T] = float(np.abs(cc.solve(model, x0, grid, solver) - exact).max())
+        assert err["uniform", 160] > 0.5 and err["uniform", 160] > 5 * err["uniform", 40], (solver, err)
+        assert all(err["karras", 2 * T] < err["karras", T] / 3 for T in (10, 20, 40, 80)) and err["karras", 160] < 1e-3
