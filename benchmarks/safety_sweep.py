@@ -198,6 +198,9 @@ def main(argv=None) -> None:
     print("| method | runs | > 1.05x (batch) | > 1.02x | > 1.05x (any sample) | worst | rounds | warned |")
     print("|---|---|---|---|---|---|---|---|")
     for m, rs in runs.items():
+        if not rs:  # (no problem drew the solvers asked for)
+            print(f"| {m} | 0 | | | | | | |")
+            continue
         print(f"| {m} | {len(rs)} | {sum(r['ratio'] > 1.05 for r in rs)} | {sum(r['ratio'] > 1.02 for r in rs)} | "
               f"{sum(r['row'] > 1.05 for r in rs)} | {max(r['ratio'] for r in rs):.3f} | "
               f"{sum(r['rounds'] for r in rs)} | {sum(r['warned'] for r in rs)} |")

@@ -253,6 +253,8 @@ def test_cogvideox_matches_diffusers(cogvideox, dynamic):
     kw = dict(num_inference_steps=8, height=16, width=16, num_frames=5, guidance_scale=5.0,
               use_dynamic_cfg=dynamic, prompt_embeds=torch.randn(1, 6, 16, generator=g),
               negative_prompt_embeds=torch.randn(1, 6, 16, generator=g), max_sequence_length=6)
+    if dynamic:  # (CogVideoXDDIMScheduler's step takes eta and ignores it: so does chords, where DDIMScheduler's
+        kw["eta"] = 0.5  # eta > 0 is refused; a review: the first fix refused it here too)
     _check(cogvideox, lambda out: out.frames, **kw)
     _fast_frames_like_pipe(cogvideox, **kw)
 
@@ -274,9 +276,6 @@ def test_cogvideox_bad_options(cogvideox):
         # (a user trial: eta was dropped, and DDIMScheduler's step uses it: 0.41 off the pipeline at eta=0.5)
         cogvideox.scheduler = DDIMScheduler.from_config(sched.config)
         with pytest.raises(ValueError, match="^DDIMScheduler: step argument eta=0.5 makes the sampler stochastic"):
-            cd.sample(cogvideox, num_inference_steps=8, eta=0.5, **emb)
-        cogvideox.scheduler = sched
-        with pytest.raises(ValueError, match="eta=0.5"):  # (CogVideoXDDIMScheduler's step ignores it: as the docs say)
             cd.sample(cogvideox, num_inference_steps=8, eta=0.5, **emb)
     finally:
         cogvideox.scheduler = sched

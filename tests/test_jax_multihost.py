@@ -82,7 +82,6 @@ print(json.dumps(out), flush=True)
 """
 
 
-
 @pytest.fixture(scope="module")
 def reports():
     env = dict(os.environ, JAX_PLATFORMS="cpu")

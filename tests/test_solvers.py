@@ -32,8 +32,6 @@ ORDER_CASES = [(n, {}, cc.SOLVERS[n].order) for n in sorted(cc.SOLVERS)]
 ORDER_CASES += [("unipc", {"variant": "bh1"}, cc.SOLVERS["unipc"].order)]
 
 
-
-
 @pytest.mark.parametrize("schedule, prediction, spacing", CASES, ids=["vp-eps", "cosine-v", "edm-x0"])
 @pytest.mark.parametrize("solver, options, order", ORDER_CASES,
                          ids=[n + "".join(f"-{v}" for v in o.values()) for n, o, _ in ORDER_CASES])
@@ -135,6 +133,13 @@ def test_a_registered_order_the_solver_does_not_have_is_refused(monkeypatch):
     Euler2.order = 2
     assert np.array_equal(cc.solve(field, np.ones(3), np.linspace(0, 1, 5), "euler2"),
                           cc.solve(field, np.ones(3), np.linspace(0, 1, 5), "euler"))
+    # an estimate order set apart from the convergence order is the one compared (dpmpp_3m's 3 over order 2)
+    monkeypatch.setitem(cc.SOLVERS, "euler2", cc.solvers.SolverSpec(Euler2, 1, 1, "Euler", options=(), estimate_order=3))
+    with pytest.raises(ValueError, match=r"solver 'euler2': its SolverSpec says estimate_order 3, but the bound Euler2 "
+                                         "says 2"):
+        cc.solve(field, np.ones(3), np.linspace(0, 1, 5), "euler2")
+    assert cc.solvers.make_solver("dpmpp_3m", GAUSS.model(cc.VP.linear(), "eps"),
+                                  cc.time_grid(cc.VP.linear(), 5, "logsnr")).accuracy == 3 == cc.SOLVERS["dpmpp_3m"].order + 1
 
 
 def test_unipc_keeps_its_order_to_the_end_without_lower_order_final():

@@ -37,7 +37,6 @@ def _env(**extra) -> dict:
     return env
 
 
-
 def _finish(procs: list, timeout: float) -> list[int]:
     """Wait for every process; on timeout kill their process groups. Returns the exit codes."""
     try:

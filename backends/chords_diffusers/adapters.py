@@ -501,6 +501,14 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         prompt_embeds=None, pooled_prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, negative_prompt_attention_mask=None, output_type="pil",
         attention_kwargs=None, prompt_template=DEFAULT_PROMPT_TEMPLATE, max_sequence_length=256)
+    if sigmas is None:  # the pipeline's own: num_inference_steps made into custom sigmas (a user trial: 0 was
+        # "noise levels [0] do not descend", 4.0 a numpy TypeError, where the other pipelines name the argument)
+        sigmas = np.linspace(1.0, 0.0, check_int("num_inference_steps", steps, 1) + 1)[:-1]
+    takes = inspect.signature(pipe.scheduler.set_timesteps).parameters
+    if "sigmas" not in takes:
+        raise ValueError(f"{name}: its loop gives the scheduler custom sigmas, which "
+                         f"{type(pipe.scheduler).__name__}.set_timesteps does not take (as in diffusers' own loop): "
+                         "use FlowMatchEulerDiscreteScheduler")
     net = _denoiser(pipe, name)
     pipe.check_inputs(prompt, prompt_2, height, width, prompt_embeds, None, prompt_template)
     has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
@@ -529,14 +537,6 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep", cond=cond, uncond=uncond,
                      static={"attention_kwargs": attention_kwargs}, guidance_scale=true_cfg_scale, x_dtype=dtype,
                      cfg_batched=False)
-    if sigmas is None:  # the pipeline's own: num_inference_steps made into custom sigmas (a user trial: 0 was
-        # "noise levels [0] do not descend", 4.0 a numpy TypeError, where the other pipelines name the argument)
-        sigmas = np.linspace(1.0, 0.0, check_int("num_inference_steps", steps, 1) + 1)[:-1]
-    takes = inspect.signature(pipe.scheduler.set_timesteps).parameters
-    if "sigmas" not in takes:
-        raise ValueError(f"{name}: its loop gives the scheduler custom sigmas, which "
-                         f"{type(pipe.scheduler).__name__}.set_timesteps does not take (as in diffusers' own loop): "
-                         "use FlowMatchEulerDiscreteScheduler")
 
     def finish(x: Any) -> Any:
         if output_type == "latent":
@@ -597,10 +597,11 @@ def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = pipe.decode_latents(x[:, extra_frames:])
         return CogVideoXPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    # eta goes to the scheduler's step as the pipeline passes it (DDIMScheduler's uses it: eta > 0, stochastic, was
-    # dropped here, 0.41 off the pipeline at 0.5; refused as for the other schedulers whose step takes it)
+    # eta goes to the scheduler's step as the pipeline passes it: DDIMScheduler's uses it (eta > 0, stochastic, was
+    # dropped here: 0.41 off the pipeline at 0.5; refused now), CogVideoXDDIMScheduler's takes it and ignores it
+    step = {} if type(pipe.scheduler).__name__ == "CogVideoXDDIMScheduler" else {"eta": eta}
     return Job(gnet, make_latents, finish, device, {"timesteps": timesteps} if timesteps is not None else {},
-               step_kwargs={"eta": eta})
+               step_kwargs=step)
 
 
 ADAPTERS = {

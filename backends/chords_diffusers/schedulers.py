@@ -537,10 +537,11 @@ _VE_SPACINGS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas",
 def _multistep_schedule(s: Any, cfg: Any) -> cc.Schedule:
     if cfg.get("use_flow_sigmas", False):
         if float(s.sigmas[0]) > 1.0:  # (a user trial: the core's "grid[0]=157.4 lies outside [0, 1]")
-            opts = ", ".join(f"{o}=True" for o in _VE_SPACINGS if cfg.get(o, False)) or "its spacing"
-            raise ValueError(f"{type(s).__name__}: config option use_flow_sigmas=True with {opts} gives VE sigmas "
-                             f"(from {float(s.sigmas[0]):.6g}), not flow sigmas in [0, 1] (diffusers' own loop "
-                             "returns nan there): use one or the other")
+            opts = [f"{o}=True" for o in _VE_SPACINGS if cfg.get(o, False)]
+            made = f"with {', '.join(opts)} gives VE sigmas" if opts else "with these sigmas has sigmas above 1"
+            raise ValueError(f"{type(s).__name__}: config option use_flow_sigmas=True {made} (from "
+                             f"{float(s.sigmas[0]):.6g}), not flow sigmas in [0, 1] (diffusers' own loop returns nan "
+                             "there)" + (": use one or the other" if opts else ""))
         return cc.RectifiedFlow()
     return VESigmaVP(t_noise=float(s.sigmas[0]))
 

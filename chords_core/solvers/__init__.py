@@ -160,7 +160,8 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
         raise TypeError(f"solver {solver!r}: its SolverSpec's build returned a {type(built).__name__}, not a Solver")
     expected = spec.order if spec.estimate_order is None else spec.estimate_order
     if not options and built.accuracy != expected:  # a registration error: the estimates would be off
-        raise ValueError(f"solver {solver!r}: its SolverSpec says order {expected}, but the bound "
+        says = f"order {spec.order}" if spec.estimate_order is None else f"estimate_order {spec.estimate_order}"
+        raise ValueError(f"solver {solver!r}: its SolverSpec says {says}, but the bound "
                          f"{type(built).__name__} says {built.accuracy} (set the class's `order`: local-error "
                          "estimates, and with them the default stop rules, read it)")
     return built
