@@ -419,11 +419,12 @@ class StopWhenConverged(StopRule):
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """Which output converged, or that none did."""
         # (core 0's output is the sequential solution itself, in the sequential rounds: no speedup)
-        last = " (core 0: the sequential solution, no rounds saved)" if core == 0 else ""
+        zero = "core 0: the sequential solution, no rounds saved"
         if accepted:
+            last = f" ({zero})" if core == 0 else ""
             return (f"converged: output {n} (core {core}) within {self.rel:g} x the estimated sequential "
                     f"error{last}")
-        which = "core 0: the sequential solution, no rounds saved" if core == 0 else f"core {core}"
+        which = zero if core == 0 else f"core {core}"
         return f"not converged within {self.rel:g} x the estimated sequential error; {which}"
 
 

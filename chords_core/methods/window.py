@@ -546,11 +546,11 @@ class _Anderson:
             if j <= nb:
                 del self.hist[j]  # accepted: no longer iterated
         cur = {j: (xs[j], new[j - b] - xs[j]) for j in range(nb + 1, e + 1)}
+        made = new[nb + 1 - b : e + 1 - b]  # the sweep's points (the mixing replaces them, never writes into them)
         try:
             self._mix(cur, new, b, None)
         except _Overflow as o:  # inner products out of float64's range (residuals beyond about 1e150 or 1e-140)
-            for j, (x_old, R) in cur.items():
-                new[j - b] = x_old + R  # (as the sweep made it: a point the scaled pass leaves unmixed)
+            new[nb + 1 - b : e + 1 - b] = made  # (a point the scaled pass leaves unmixed: as the sweep made it)
             self._mix(cur, new, b, o.scale)
         for j in range(nb + 1, e + 1):
             self.hist[j] = (self.hist.get(j, []) + [cur[j]])[-m:]
