@@ -347,6 +347,12 @@ class ProcessExecutor(Executor):
         self._closed = True
         if self._finalizer.detach() is not None:
             _shutdown(self._procs, self._conns, 0.0, self._owner)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the shared-memory buffers (2 x the points of a round's largest share, per worker): a
+        closed executor still bound to a name held them (a user trial: 1 GiB after a ``with`` block)."""
+        self._bufs = [None] * len(self._bufs)
 
     def _closed_meanwhile(self) -> ExecutorClosed:
         return ExecutorClosed("this ProcessExecutor was closed (by another thread) while a round waited for "
@@ -517,6 +523,7 @@ class ProcessExecutor(Executor):
         closes this process's copies of the pipes (the workers are the driver's)."""
         self._closed_by_user = self._closed = True
         self._finalizer()
+        self._release()
 
 
 def _module_of(obj: Any) -> str | None:
