@@ -69,6 +69,14 @@ def _amp_sensitive(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _NET(x, t) + 1e-2 * torch.nn.functional.linear(x, _W.to(x.dtype)).to(x.dtype)
 
 
+_K = torch.linspace(-0.3, 0.3, 4 * 4 * 9, dtype=torch.float64).reshape(4, 4, 3, 3)
+
+
+def _conv(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution (a state of 4 channels), which rounds by the memory layout it is given."""
+    return torch.nn.functional.conv2d(x, _K.to(x.dtype), padding=1) * 0.2 + 0.1 * x
+
+
 def _slow_amp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     time.sleep(0.3)
     return _amp_sensitive(x, t)
@@ -91,6 +99,8 @@ def main(scenario: str, path: str) -> int:
                 net = _very_slow  # type: ignore[assignment]
             if scenario == "done":
                 net = RunsOff()  # type: ignore[assignment]
+            if scenario == "layout":
+                net = _conv  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
             for k in range({"misc": 3, "close_race": 4}.get(scenario, 1)):  # executors in turn
@@ -193,6 +203,18 @@ def main(scenario: str, path: str) -> int:
             res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
             ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
             report["ignored_sigint"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
+        elif scenario == "layout":  # a channels_last state: gloo sends contiguous tensors only (it was refused
+            # as "rank 1 (send): connection lost", the group cut); the serving ranks see contiguous points
+            conv = cc.DiffusionModel(_conv, cc.VP.linear(), "eps")
+            y = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+            y = y.contiguous(memory_format=torch.channels_last)
+            small = cc.time_grid(conv.schedule, 8)
+            res = cc.chords(conv, y, small, "euler", cores=3, stop=None, executor=ex)
+            ref = cc.chords(conv, y, small, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
+            report["layout_close"] = bool(torch.allclose(res.x, ref.x, rtol=1e-12, atol=1e-12))
+            flat = cc.chords(conv, y.contiguous(), small, "euler", cores=3, stop=None, executor=ex)
+            report["contiguous_equal"] = torch.equal(flat.x, cc.chords(conv, y.contiguous(), small, "euler", cores=3,
+                                                                       stop=None, executor=cc.SerialExecutor()).x)
         elif scenario == "done":
             field, y = cc.VectorField(RunsOff(), batched=True), 5.0 * torch.ones(2, 3, dtype=torch.float64)
             plain = torch.linspace(0.0, 1.0, 41).numpy()

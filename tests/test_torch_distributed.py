@@ -181,6 +181,17 @@ def test_close_from_another_thread_during_a_round_lets_the_round_finish_then_sto
     assert codes == [0, 0], outs
 
 
+def test_a_channels_last_state_reaches_the_serving_ranks(tmp_path):
+    """A user trial: a channels_last state's stacked points are not contiguous, which gloo refuses: the
+    first round raised ``WorkerDied: rank 1 (send): connection lost``, a healthy rank blamed and the group
+    cut. They are sent contiguous now (the serving ranks evaluate C-ordered points: equal to the serial
+    executor to rounding, as ProcessExecutor's workers; a C-ordered state bit for bit)."""
+    codes, outs = launch(["layout"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["layout_close"] is True and rep["contiguous_equal"] is True, outs
+    assert codes == [0, 0], outs
+
+
 def test_a_retirement_on_ranks_takes_the_outputs_before_the_bad_point(tmp_path):
     """A serving rank sends the outputs of its points before a bad one, and the driver passes on the
     round's outputs before it (``ModelOutputError.done``): a retirement costs no round evaluated again,

@@ -425,7 +425,9 @@ class DistributedExecutor(Executor):
         headers = {r: self._header(EVAL, len(idx), dtype, shape) for r, idx in active}  # may raise: nothing sent
         self._in_flight = True
         for r, idx in active:
-            x = torch.stack([xs[k] for k in idx]).to(self.device)
+            # (contiguous: gloo sends no other layout; a channels_last state's stack failed as "rank 1 (send):
+            # connection lost", a healthy rank blamed and the group cut)
+            x = torch.stack([xs[k] for k in idx]).to(self.device).contiguous()
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
             self._owed[r] = (len(idx), shape, dtype)
             for tensor in (headers[r], x, t):
