@@ -185,7 +185,7 @@ def test_a_channels_last_state_reaches_the_serving_ranks(tmp_path):
     """A user trial: a channels_last state's stacked points are not contiguous, which gloo refuses: the
     first round raised ``WorkerDied: rank 1 (send): connection lost``, a healthy rank blamed and the group
     cut. They are sent contiguous now (the serving ranks evaluate C-ordered points: equal to the serial
-    executor to rounding, as ProcessExecutor's workers; a C-ordered state bit for bit)."""
+    executor to rounding; a C-ordered state bit for bit)."""
     codes, outs = launch(["layout"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
     rep = report(outs[0])
     assert rep["layout_close"] is True and rep["contiguous_equal"] is True, outs

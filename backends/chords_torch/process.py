@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 import torch
 import torch.multiprocessing as tmp
 
+from chords_core._backend import common_layout
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -139,11 +140,11 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
             elif op == "eval":
                 if setup_error is not None:
                     raise setup_error
-                n, ts, batched, amp = msg[1], msg[2], msg[3], msg[4]
+                n, ts, batched, amp, order = msg[1], msg[2], msg[3], msg[4], msg[5]
                 if model is None:
                     raise RuntimeError("no model received")
                 with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
-                    outs = model.evaluate([xin[j] for j in range(n)], ts, batched=batched)
+                    outs = model.evaluate([in_order(xin[j], order) for j in range(n)], ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
                 conn.send(("ok",))
@@ -175,6 +176,15 @@ def _load_shell(blob: bytes) -> Any:
         raise TypeError(f"model: the worker could not load the model's shell ({type(e).__name__}: {e}); a class "
                         "defined in the __main__ of a notebook or of `python -c` cannot be imported by the "
                         "workers: define it in a module, or use start_method='fork'") from None
+
+
+def in_order(x: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    """``x`` itself for ``order`` None, else a copy laid out in the dense memory ``order``
+    (``_backend.layout``'s: the axes from the outermost to the innermost)."""
+    if order is None:
+        return x
+    back = [int(a) for a in sorted(range(len(order)), key=order.__getitem__)]
+    return x.permute(*order).contiguous().permute(*back)
 
 
 class _Sealed:
@@ -453,6 +463,10 @@ class ProcessExecutor(Executor):
                                 f"workers: {type(e).__name__}: {e}") from None
         active: list[int] = []
         amp = autocast_state()  # (thread-local: carried to the workers with each round)
+        # the points' dense memory order (channels_last, say), which the shared buffers do not keep: the workers
+        # lay their points out in it again (a user trial: C-ordered points rounded a convolution otherwise, 6e-3
+        # in bfloat16), and the outputs come back in it
+        order = common_layout(xs)
         outbufs: dict[int, torch.Tensor] = {}
         w = 0
         try:  # from the first message to the last reply: any failure leaves replies in flight -> break
@@ -468,7 +482,7 @@ class ProcessExecutor(Executor):
                 with torch.no_grad():
                     for j, k in enumerate(idx):
                         xin[j].copy_(xs[k])
-                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched, amp))
+                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched, amp, order))
                 active.append(w)
             replies = self._gather(active, self.round_timeout, "evaluate")
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
@@ -500,7 +514,7 @@ class ProcessExecutor(Executor):
         for w, count in ready.items():
             xout = outbufs[w]
             for j, k in enumerate(groups[w][:count]):
-                outs[k] = xout[j].to(dev, copy=True)
+                outs[k] = xout[j].to(dev, copy=True) if order is None else in_order(xout[j], order).to(dev)
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
