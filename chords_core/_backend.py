@@ -528,6 +528,16 @@ def common_layout(arrays: Sequence[Array]) -> tuple[int, ...] | None:
     return order
 
 
+def in_layout(x: Array, order: tuple[int, ...] | None) -> Array:
+    """``x`` itself for ``order`` None, else a copy of it laid out in the dense memory ``order``
+    (``layout``'s: the axes from the outermost to the innermost), a numpy array or a torch tensor."""
+    if order is None:
+        return x
+    out = _empty(tuple(x.shape), x, order=order)
+    out[...] = x
+    return out
+
+
 def _empty(shape: tuple, like: Array, new_axis: bool = False, order: tuple[int, ...] | None = None) -> Array:
     """An uninitialised array of ``shape`` with the dtype (and device) of ``like``, in the memory
     ``order`` of points like ``like`` (``layout``; ``None``: C order) joined along axis 0

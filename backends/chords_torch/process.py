@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 import torch
 import torch.multiprocessing as tmp
 
-from chords_core._backend import common_layout
+from chords_core._backend import common_layout, in_layout
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -144,7 +144,7 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                 if model is None:
                     raise RuntimeError("no model received")
                 with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
-                    outs = model.evaluate([in_order(xin[j], order) for j in range(n)], ts, batched=batched)
+                    outs = model.evaluate([in_layout(xin[j], order) for j in range(n)], ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
                 conn.send(("ok",))
@@ -176,15 +176,6 @@ def _load_shell(blob: bytes) -> Any:
         raise TypeError(f"model: the worker could not load the model's shell ({type(e).__name__}: {e}); a class "
                         "defined in the __main__ of a notebook or of `python -c` cannot be imported by the "
                         "workers: define it in a module, or use start_method='fork'") from None
-
-
-def in_order(x: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
-    """``x`` itself for ``order`` None, else a copy laid out in the dense memory ``order``
-    (``_backend.layout``'s: the axes from the outermost to the innermost)."""
-    if order is None:
-        return x
-    back = [int(a) for a in sorted(range(len(order)), key=order.__getitem__)]
-    return x.permute(*order).contiguous().permute(*back)
 
 
 class _Sealed:
@@ -514,7 +505,7 @@ class ProcessExecutor(Executor):
         for w, count in ready.items():
             xout = outbufs[w]
             for j, k in enumerate(groups[w][:count]):
-                outs[k] = xout[j].to(dev, copy=True) if order is None else in_order(xout[j], order).to(dev)
+                outs[k] = xout[j].to(dev, copy=True) if order is None else in_layout(xout[j], order).to(dev)
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
