@@ -147,7 +147,7 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                     outs = model.evaluate([in_layout(xin[j], order) for j in range(n)], ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
-                conn.send(("ok",))
+                conn.send(("ok", common_layout(outs)))  # (the outputs' own order: the driver rebuilds them in it)
         except ModelOutputError as e:
             done = -1  # the outputs before the bad one, written to the shared buffer (ModelOutputError.done)
             if e.done is not None and xout is not None:
@@ -157,7 +157,8 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                     done = len(e.done)
                 except Exception:  # noqa: BLE001 (not passed on: the driver evaluates the round again)
                     done = -1
-            conn.send(("model_error", e.point, str(e), e.is_nonfinite, done))
+            order = common_layout(e.done) if e.done and done > 0 else None
+            conn.send(("model_error", e.point, str(e), e.is_nonfinite, done, order))
         except BaseException as e:
             if op != "eval":
                 setup_error = e  # reported with the next evaluation
@@ -456,7 +457,8 @@ class ProcessExecutor(Executor):
         amp = autocast_state()  # (thread-local: carried to the workers with each round)
         # the points' dense memory order (channels_last, say), which the shared buffers do not keep: the workers
         # lay their points out in it again (a user trial: C-ordered points rounded a convolution otherwise, 6e-3
-        # in bfloat16), and the outputs come back in it
+        # in bfloat16), and the outputs come back in the order the model gave them (a review: in the points'
+        # order, a model returning C order was given channels_last points next round)
         order = common_layout(xs)
         outbufs: dict[int, torch.Tensor] = {}
         w = 0
@@ -488,15 +490,17 @@ class ProcessExecutor(Executor):
         # [ok, nan, nan, ok] where the others name point 1)
         failures: list[tuple[BaseException, int]] = []
         ready = {}  # worker -> how many of its points' outputs lie in its buffer
+        orders: dict = {}  # worker -> its outputs' dense memory order (None: C order, or they differ)
         for w in active:
             rep = replies[w]
             if rep[0] == "ok":
                 ready[w] = len(groups[w])
+                orders[w] = rep[1]
             elif rep[0] == "model_error":
                 k = groups[w][rep[1]]
                 failures.append((ModelOutputError(k, rep[2], rep[3]), k))
                 if len(rep) > 4 and rep[4] >= 0:  # the outputs of its points before the bad one
-                    ready[w] = rep[4]
+                    ready[w], orders[w] = rep[4], rep[5]
             else:
                 trace = rep[2] if len(rep) > 2 else ""
                 failures.append((WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}"), groups[w][0]))
@@ -505,7 +509,8 @@ class ProcessExecutor(Executor):
         for w, count in ready.items():
             xout = outbufs[w]
             for j, k in enumerate(groups[w][:count]):
-                outs[k] = xout[j].to(dev, copy=True) if order is None else in_layout(xout[j], order).to(dev)
+                back = orders.get(w)
+                outs[k] = xout[j].to(dev, copy=True) if back is None else in_layout(xout[j], back).to(dev)
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
@@ -520,6 +525,8 @@ class ProcessExecutor(Executor):
                 xout = torch.empty((cap, *shape), dtype=dtype).share_memory_()
             self._conns[w].send(("buffers", xin, xout))
             self._bufs[w] = cur = (xin, xout)
+            if self._closed:  # (closed by another thread meanwhile: its release may have come before this)
+                self._release()
         return cur
 
     def close(self) -> None:
