@@ -813,10 +813,10 @@ def square(v: float, like: Array = None) -> Any:
     sq = v * v
     if _TINY64 <= sq < math.inf or v == 0:
         return sq
-    if sq == math.inf:
-        return _WIDE64(v) * _WIDE64(v) if _WIDE64 is not None else np.finfo(np.float64).max
-    host = type(like) is np.ndarray or (library(like) == "torch" and like.is_cpu)
-    return _WIDE64(v) * _WIDE64(v) if _WIDE64 is not None and host else sq
+    over = sq == math.inf
+    if _WIDE64 is not None and (over or type(like) is np.ndarray or (library(like) == "torch" and like.is_cpu)):
+        return _WIDE64(v) * _WIDE64(v)
+    return np.finfo(np.float64).max if over else sq
 
 
 def _float32(x: Array) -> bool:

@@ -21,6 +21,7 @@ import torch
 from chords_core.checks import check_int
 
 from .denoiser import GuidedNet, flux_timestep
+from .schedulers import takes_custom
 
 __all__ = ["Job", "ADAPTERS"]
 
@@ -504,8 +505,7 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     if sigmas is None:  # the pipeline's own: num_inference_steps made into custom sigmas (a user trial: 0 was
         # "noise levels [0] do not descend", 4.0 a numpy TypeError, where the other pipelines name the argument)
         sigmas = np.linspace(1.0, 0.0, check_int("num_inference_steps", steps, 1) + 1)[:-1]
-    takes = inspect.signature(pipe.scheduler.set_timesteps).parameters
-    if "sigmas" not in takes:
+    if not takes_custom(pipe.scheduler, "sigmas"):
         raise ValueError(f"{name}: its loop gives the scheduler custom sigmas, which "
                          f"{type(pipe.scheduler).__name__}.set_timesteps does not take (as in diffusers' own loop): "
                          "use FlowMatchEulerDiscreteScheduler")

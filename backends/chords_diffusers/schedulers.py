@@ -332,9 +332,8 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
     step = _step_kwargs(scheduler, name, step_kwargs)
     custom = [k for k in ("sigmas", "timesteps") if set_timesteps_kwargs.get(k) is not None]
     if custom:  # custom sigmas / timesteps set the steps themselves, as diffusers' retrieve_timesteps passes them
-        takes = inspect.signature(scheduler.set_timesteps).parameters
         for k in custom:
-            if k not in takes:
+            if not takes_custom(scheduler, k):
                 raise ValueError(f"custom {k} need a scheduler whose set_timesteps takes them; {name} does not: "
                                  "give num_inference_steps only")
         num_inference_steps = None
@@ -349,6 +348,12 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
     smap = _MAPPERS[name](scheduler, scheduler.config, step)
     _check_descends(name, smap.grid)
     return smap
+
+
+def takes_custom(scheduler: Any, key: str) -> bool:
+    """Whether ``scheduler.set_timesteps`` takes custom ``key`` ("sigmas", "timesteps"), as diffusers'
+    ``retrieve_timesteps`` asks."""
+    return key in inspect.signature(scheduler.set_timesteps).parameters
 
 
 def _check_descends(name: str, grid: np.ndarray) -> None:

@@ -489,27 +489,24 @@ class ProcessExecutor(Executor):
         # all replies are in (each worker reports its own first bad output: worker 0's was raised, point 2 of
         # [ok, nan, nan, ok] where the others name point 1)
         failures: list[tuple[BaseException, int]] = []
-        ready = {}  # worker -> how many of its points' outputs lie in its buffer
-        orders: dict = {}  # worker -> its outputs' dense memory order (None: C order, or they differ)
+        ready = {}  # worker -> (how many of its points' outputs lie in its buffer, their dense memory order)
         for w in active:
             rep = replies[w]
             if rep[0] == "ok":
-                ready[w] = len(groups[w])
-                orders[w] = rep[1]
+                ready[w] = (len(groups[w]), rep[1])
             elif rep[0] == "model_error":
                 k = groups[w][rep[1]]
                 failures.append((ModelOutputError(k, rep[2], rep[3]), k))
                 if len(rep) > 4 and rep[4] >= 0:  # the outputs of its points before the bad one
-                    ready[w], orders[w] = rep[4], rep[5]
+                    ready[w] = (rep[4], rep[5])
             else:
                 trace = rep[2] if len(rep) > 2 else ""
                 failures.append((WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}"), groups[w][0]))
         outs: list = [None] * len(xs)
         dev = xs[0].device
-        for w, count in ready.items():
+        for w, (count, back) in ready.items():
             xout = outbufs[w]
             for j, k in enumerate(groups[w][:count]):
-                back = orders.get(w)
                 outs[k] = xout[j].to(dev, copy=True) if back is None else in_layout(xout[j], back).to(dev)
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
