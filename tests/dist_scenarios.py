@@ -37,6 +37,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+from helpers import conv_net  # (this folder: sys.path[0] for a script)
 
 import chords_core as cc
 from chords_torch import DistributedExecutor, ExecutorClosed, WorkerError, WorkerTimeout, serve
@@ -69,12 +70,8 @@ def _amp_sensitive(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _NET(x, t) + 1e-2 * torch.nn.functional.linear(x, _W.to(x.dtype)).to(x.dtype)
 
 
-_K = torch.linspace(-0.3, 0.3, 4 * 4 * 9, dtype=torch.float64).reshape(4, 4, 3, 3)
-
-
-def _conv(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """A 3x3 convolution (a state of 4 channels), which rounds by the memory layout it is given."""
-    return torch.nn.functional.conv2d(x, _K.to(x.dtype), padding=1) * 0.2 + 0.1 * x
+#: the output orders of the networks of the "layout" scenario (``helpers.conv_net``)
+OUT_ORDERS = ("as given", "C", "channels_last")
 
 
 def _slow_amp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -99,13 +96,13 @@ def main(scenario: str, path: str) -> int:
                 net = _very_slow  # type: ignore[assignment]
             if scenario == "done":
                 net = RunsOff()  # type: ignore[assignment]
-            if scenario == "layout":
-                net = _conv  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
-            for k in range({"misc": 3, "close_race": 4}.get(scenario, 1)):  # executors in turn
+            for k in range({"misc": 3, "close_race": 4, "layout": len(OUT_ORDERS)}.get(scenario, 1)):  # in turn
                 if scenario == "misc":  # slow only for the last executor's run, which a SIGINT must meet mid-round
                     net = _slow_amp if k == 2 else _amp_sensitive  # type: ignore[assignment]
+                if scenario == "layout":
+                    net = conv_net(OUT_ORDERS[k])  # type: ignore[assignment]
                 serve(net)
             return 0
         model, _ = gmm_problem()
@@ -204,17 +201,30 @@ def main(scenario: str, path: str) -> int:
             ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
             report["ignored_sigint"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
         elif scenario == "layout":  # a channels_last state: gloo sends contiguous tensors only (it was refused
-            # as "rank 1 (send): connection lost", the group cut); the serving ranks see contiguous points
-            conv = cc.DiffusionModel(_conv, cc.VP.linear(), "eps")
-            y = torch.randn(2, 4, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-            y = y.contiguous(memory_format=torch.channels_last)
-            small = cc.time_grid(conv.schedule, 8)
-            res = cc.chords(conv, y, small, "euler", cores=3, stop=None, executor=ex)
-            ref = cc.chords(conv, y, small, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
-            report["layout_close"] = bool(torch.allclose(res.x, ref.x, rtol=1e-12, atol=1e-12))
-            flat = cc.chords(conv, y.contiguous(), small, "euler", cores=3, stop=None, executor=ex)
-            report["contiguous_equal"] = torch.equal(flat.x, cc.chords(conv, y.contiguous(), small, "euler", cores=3,
-                                                                       stop=None, executor=cc.SerialExecutor()).x)
+            # as "rank 1 (send): connection lost", the group cut); the ranks lay the points out in the state's
+            # order again and the outputs come back in the network's own order: the serial executor's bits
+            y = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+            report["layout"] = []
+            for k, out_order in enumerate(OUT_ORDERS):  # an executor each (the ranks serve a network of this order)
+                if k:
+                    ex.close()  # (the ranks go on to their next serve)
+                    ex = DistributedExecutor(round_timeout=30.0)
+                conv = cc.DiffusionModel(conv_net(out_order), cc.VP.linear(), "eps")
+                small = cc.time_grid(conv.schedule, 6)
+                for dtype in (torch.float32, torch.bfloat16):
+                    for state in (y.to(dtype).contiguous(memory_format=torch.channels_last), y.to(dtype)):
+                        for method in ("chords", "cascade"):
+                            res = cc.parallel(conv, state, small, "euler", cores=3, method=method, executor=ex)
+                            ref = cc.parallel(conv, state, small, "euler", cores=3, method=method,
+                                              executor=cc.SerialExecutor())
+                            report["layout"].append([out_order, str(dtype), state.is_contiguous(), method,
+                                                     torch.equal(res.x, ref.x), res.x.stride() == ref.x.stride()])
+            # (a layout-sensitive network, else the comparison could not fail)
+            conv = cc.DiffusionModel(conv_net(), cc.VP.linear(), "eps")
+            runs = [cc.parallel(conv, s, cc.time_grid(conv.schedule, 6), "euler", cores=3, method="cascade",
+                                executor=cc.SerialExecutor()).x
+                    for s in (y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last), y.to(torch.bfloat16))]
+            report["sensitive"] = not torch.equal(*runs)
         elif scenario == "done":
             field, y = cc.VectorField(RunsOff(), batched=True), 5.0 * torch.ones(2, 3, dtype=torch.float64)
             plain = torch.linspace(0.0, 1.0, 41).numpy()

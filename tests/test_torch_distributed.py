@@ -181,14 +181,18 @@ def test_close_from_another_thread_during_a_round_lets_the_round_finish_then_sto
     assert codes == [0, 0], outs
 
 
-def test_a_channels_last_state_reaches_the_serving_ranks(tmp_path):
+def test_a_channels_last_state_reaches_the_serving_ranks_in_its_memory_order(tmp_path):
     """A user trial: a channels_last state's stacked points are not contiguous, which gloo refuses: the
     first round raised ``WorkerDied: rank 1 (send): connection lost``, a healthy rank blamed and the group
-    cut. They are sent contiguous now (the serving ranks evaluate C-ordered points: equal to the serial
-    executor to rounding; a C-ordered state bit for bit)."""
+    cut. They are sent contiguous; then the serving ranks evaluated C-ordered points and sent C-ordered
+    outputs, which a convolution rounds differently (as ProcessExecutor's workers did: 6e-3 in bfloat16).
+    The header now carries the points' memory order and the answer the outputs': the serial executor's
+    result bit for bit, in its memory order, for networks returning their input's order, C order or
+    channels_last, float32 and bfloat16, chords and cascade."""
     codes, outs = launch(["layout"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
     rep = report(outs[0])
-    assert rep["layout_close"] is True and rep["contiguous_equal"] is True, outs
+    assert rep["sensitive"] is True, rep  # (a layout-sensitive network: the comparison can fail)
+    assert len(rep["layout"]) == 24 and all(row[4] and row[5] for row in rep["layout"]), rep["layout"]
     assert codes == [0, 0], outs
 
 
