@@ -145,9 +145,18 @@ def test_an_unbatched_vector_field_and_the_official_options():
                 {"variance": "out", "multistep": "restart"}]:
             same(cj.parallel(jmodel, x, grid, solver, cores=4, method="paradigms", **opts),
                  cc.parallel(nmodel, x, grid, solver, cores=4, method="paradigms", **opts))
+    # an option that cannot act is refused by both, in the same words (it was accepted and ignored)
     nmodel, jmodel, x, grid = PROBLEMS["gmm_x0"]
-    same(cj.parallel(jmodel, x, grid, "euler", cores=4, ridge=0.5), cc.parallel(nmodel, x, grid, "euler", cores=4,
-                                                                                  ridge=0.5))
+    ode, jode, y, plain = PROBLEMS["ode_unbatched"]
+    for run, args in ((cj.parallel, (jmodel, x, grid)), (cc.parallel, (nmodel, x, grid)),
+                      (cj.parallel, (jode, y, plain)), (cc.parallel, (ode, y, plain))):
+        with pytest.raises(ValueError, match="ridge: the regularisation of the Anderson mixing"):
+            run(*args, "euler", cores=4, ridge=0.5)
+    for run, args in ((cj.parallel, (jode, y, plain)), (cc.parallel, (ode, y, plain))):
+        with pytest.raises(ValueError, match="level_floor: .* on the 'error' scale"):
+            run(*args, "euler", cores=4, level_floor=1.0)
+        same(cj.parallel(jode, y, plain, "euler", cores=4, scale="level", level_floor=2.0),
+             cc.parallel(ode, y, plain, "euler", cores=4, scale="level", level_floor=2.0))
 
 
 @pytest.mark.parametrize("problem, solver", [("gmm_x0", "euler"), ("vp_v", "ddim"), ("ode", "euler")])

@@ -625,6 +625,27 @@ def test_level_floor_is_checked_and_reaches_the_rule():
     assert cc.cascade(model, X, grid, "euler", cores=4, tol=3e-3, scale="level").log == runs[0.1].log
 
 
+def test_options_that_cannot_act_are_refused():
+    """A user trial: ``level_floor`` with the local-error scale (a plain ODE's default) and ``ridge``
+    without Anderson mixing were accepted and did nothing. Refused now, naming the option; at their
+    defaults, or where they act, they run."""
+    from chords_core.methods.cascade import LEVEL_FLOOR, RIDGE
+
+    model, grid = setup("vp", "euler", 20)
+    field, y, plain = cc.VectorField(lambda t, y: -y), np.ones((2, 3)), np.linspace(0.0, 1.0, 21)
+    for args in ((model, X, grid), (field, y, plain)):
+        with pytest.raises(ValueError, match="ridge: the regularisation of the Anderson mixing, which is off"):
+            cc.cascade(*args, "euler", cores=4, ridge=0.1)
+        with pytest.raises(ValueError, match="level_floor: .* on the 'error' scale"):
+            cc.cascade(*args, "euler", cores=4, scale="error", level_floor=1.0)
+        cc.cascade(*args, "euler", cores=4, scale="error", level_floor=LEVEL_FLOOR, ridge=RIDGE)
+        a, b = (cc.cascade(*args, "euler", cores=4, anderson=2, ridge=r) for r in (RIDGE, 10.0))
+        assert a.log != b.log or not np.array_equal(a.x, b.x)  # (where it acts, it changes the run)
+    with pytest.raises(ValueError, match="scale='auto' takes 'error' for a plain ODE"):
+        cc.parallel(field, y, plain, "euler", cores=4, level_floor=1.0)
+    assert cc.parallel(field, y, plain, "euler", cores=4, scale="level", level_floor=2.0).rounds >= 1
+
+
 def test_anderson_mixing_sums_half_precision_in_single_and_reads_no_gradients():
     """(ParaTAA on a float16 state formed its mixing's dot products in float16: they overflowed to a nan
     iterate, a cut sweep with a warning blaming a plain ODE, and 11 rounds for 10 steps; a state that

@@ -59,10 +59,12 @@ import numpy as np
 
 from chords_core import _backend as B
 from chords_core.call import begin
-from chords_core.checks import check_choice, check_cores, check_float, check_int
+from chords_core.checks import check_choice, check_cores, check_int
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED, check_options
 from chords_core.methods.cascade import LEVEL_FLOOR as CASCADE_FLOOR
+from chords_core.methods.cascade import RIDGE as CASCADE_RIDGE
+from chords_core.methods.cascade import check_applies
 from chords_core.methods.cascade import default_tol as cascade_tol
 from chords_core.methods.cascade import default_tol_for as cascade_tol_for
 from chords_core.methods.cascade import resolve_scale as cascade_scale
@@ -449,10 +451,9 @@ def parallel(
     tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
-    anderson = check_int("anderson", mine.get("anderson", 0), 0)
-    check_float("ridge", mine.get("ridge", 1e-3), 0.0)
-    # (only the cascade takes the option, and only its level scale reads the floor)
-    level_floor = check_float("level_floor", mine.get("level_floor", CASCADE_FLOOR), 0.0, low_open=True)
+    # (only the cascade takes these options; each refused where it would do nothing, as the core's)
+    level_floor, anderson, _ = check_applies(scale, mine.get("level_floor", CASCADE_FLOOR), mine.get("anderson", 0),
+                                             mine.get("ridge", CASCADE_RIDGE))
     if anderson:
         raise ValueError("anderson: triangular Anderson mixing is not compiled (a ridge least-squares solve per "
                          "point from a residual history of varying length); use anderson=0 or chords_core.cascade")
