@@ -177,8 +177,9 @@ class TerrainDenoiser:
 def terrain_model(threads: int = 1, difficulty: int | Sequence[int] = 50, *, spin: bool = False) -> cc.DiffusionModel:
     """The terrain UNet as a chords_core model: ``DiffusionModel(TerrainDenoiser(...), EDM(), "x0")``.
 
-    ``EDM()`` has alpha = 1, sigma = t, sigma_data = 0.5 and the grid range 80 -> 0.002 -> 0 of the
-    package (``cc.time_grid(cc.EDM(), steps, "karras")``); the PF-ODE is dx/dsigma = (x - D) / sigma.
+    ``EDM()`` has alpha = 1, sigma = t (the denoiser applies sigma_data = 0.5 itself) and the grid range
+    80 -> 0.002 -> 0 of the package (``cc.time_grid(cc.EDM(), steps, "karras")``); the PF-ODE is
+    dx/dsigma = (x - D) / sigma.
 
     Args:
         threads: onnxruntime intra-op threads of the session.

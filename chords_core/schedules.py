@@ -320,12 +320,16 @@ class VP(Schedule):
 
 @dataclass(frozen=True)
 class EDM(Schedule):
-    """Karras et al. (EDM) / variance exploding: alpha = 1, sigma = t. Time *is* the noise level."""
+    """Karras et al. (EDM) / variance exploding: alpha = 1, sigma = t. Time *is* the noise level.
+
+    EDM's preconditioning (``sigma_data``, c_skip, c_out, c_in, c_noise) belongs to the network: give
+    its denoiser D(x; sigma) with ``prediction="x0"`` (a field ``sigma_data`` that nothing read was
+    removed: setting it changed nothing).
+    """
 
     t_noise: float = 80.0
     t_data: float = 0.0
     t_min: float | None = 0.002
-    sigma_data: float = 0.5
 
     def alpha(self, t: Any) -> np.ndarray:
         """alpha(t) = 1."""

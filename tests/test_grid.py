@@ -1,5 +1,7 @@
 """Schedules and time grids."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,14 @@ def test_karras_grid_matches_rho_ramp():
     g = cc.time_grid(cc.EDM(), 8, "karras")
     ramp = (80 ** (1 / 7) + np.linspace(0, 1, 8) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert np.allclose(g[:-1], ramp, rtol=1e-12) and g[-1] == 0.0
+
+
+def test_edm_has_no_field_that_does_nothing():
+    """A review: ``EDM(sigma_data=...)`` was accepted and read by nothing (the preconditioning is the
+    network's); it is refused now, by Python, naming the argument."""
+    with pytest.raises(TypeError, match="sigma_data"):
+        cc.EDM(sigma_data=1.0)  # type: ignore[call-arg]
+    assert [f.name for f in dataclasses.fields(cc.EDM())] == ["t_noise", "t_data", "t_min"]
 
 
 @pytest.mark.parametrize("schedule", [cc.RectifiedFlow(), cc.VP.linear(), cc.VP.cosine(), cc.EDM()])
