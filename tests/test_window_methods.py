@@ -626,7 +626,7 @@ def test_level_floor_is_checked_and_reaches_the_rule():
 
 
 def test_options_that_cannot_act_are_refused():
-    """A user trial: ``level_floor`` with the local-error scale (a plain ODE's default) and ``ridge``
+    """Noticed in a review: ``level_floor`` with the local-error scale (a plain ODE's default) and ``ridge``
     without Anderson mixing were accepted and did nothing. Refused now, naming the option; at their
     defaults, or where they act, they run."""
     from chords_core.methods.cascade import LEVEL_FLOOR, RIDGE
