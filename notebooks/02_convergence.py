@@ -38,24 +38,30 @@ def rms(a):
 # ## 1. Solver orders
 # A single Gaussian N(mu, diag(s^2)) under rectified flow, on a grid that stops at t = 0.02 (the
 # higher-order multistep solvers lower their order on a final step to sigma = 0, which would hide
-# their asymptotic order). Exact end point from `exact_trajectory`.
+# their asymptotic order). Exact end point from `exact_trajectory`. UniPC runs with
+# `lower_order_final=False`: its default (diffusers') takes its last steps at lower order, which on
+# grids this fine leaves no order at all to fit (a researcher's check: successive-doubling orders
+# 3.05, 2.32, 3.95, -0.50, 1.34 from 8 to 256 steps; an earlier fit over 16-64 steps read 3.14 from
+# that pre-asymptotic range). Orders are fitted from 32 to 256 steps.
 
 # %%
 g1 = GaussianMixture.single(np.array([1.0, -0.5, 0.3]), np.array([0.2, 0.5, 0.3]))
 sched = cc.RectifiedFlow()
 model1 = g1.model(sched, "flow")
 x1 = np.random.default_rng(1).standard_normal((6, 3))
-STEPS = [8, 16, 32, 64]
-EXPECTED = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "unipc": 3}
+STEPS = [16, 32, 64, 128, 256]
+EXPECTED = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "unipc": 3, "unipc (lower_order_final)": None}
+OPTIONS = {"unipc": {"lower_order_final": False}}
 orders, errs = {}, {}
 for name in EXPECTED:
+    solver = name.split()[0]
     e = []
     for n in STEPS:
         grid = np.linspace(1.0, 0.02, n + 1)
         exact = g1.exact_trajectory(x1, 1.0, grid[-1], sched)
-        e.append(rms(cc.solve(model1, x1, grid, name) - exact))
+        e.append(rms(cc.solve(model1, x1, grid, solver, **OPTIONS.get(name, {})) - exact))
     errs[name], orders[name] = e, -th.fit_slope(STEPS[1:], e[1:])
-    print(f"{name:9} errors {' '.join(f'{v:.2e}' for v in e)}  fitted order {orders[name]:.2f}")
+    print(f"{name:26} errors {' '.join(f'{v:.2e}' for v in e)}  fitted order {orders[name]:.2f}")
 
 ode = LinearODE.random(4, seed=0)
 y0 = np.random.default_rng(2).standard_normal(4)
@@ -152,7 +158,8 @@ fig.savefig(OUT / "02_hierarchy.png", dpi=90)
 
 # %%
 for name, p in EXPECTED.items():
-    assert abs(orders[name] - p) < 0.3, (name, orders[name])
+    assert p is None or abs(orders[name] - p) < 0.3, (name, orders[name])
+assert orders["unipc (lower_order_final)"] < 2.5  # (the default's final lower-order steps: no third order here)
 assert abs(lin["euler"] - 1) < 0.15 and abs(lin["heun"] - 2) < 0.15
 assert abs(slope_toy - 2) < 0.15 and abs(slope_lin - 2) < 0.15
 assert all(a <= b * (1 + 1e-9) for a, b in zip(rho_lin, bound_lin))

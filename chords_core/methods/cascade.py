@@ -61,7 +61,7 @@ DEFAULT_TOL = 1.0
 #: steps and 2-8 lanes, ``tol=1`` missed the no-degradation criterion in 2 of 99 runs, up to 1.071x;
 #: 0.25 in none. A user trial then found 0.25 above it on Van der Pol at mu = 5, a forced Duffing
 #: oscillator and FitzHugh-Nagumo (13 of 246 runs, up to 1.77x); ``--more``, those
-#: ODEs and Roessler and Kepler: 0.25 misses 4 of 69, 0.1 misses 3, 0.05 none (worst 1.039x) for 4.1%
+#: ODEs and Roessler and Kepler: 0.25 misses 4 of 69, 0.1 misses 3, 0.05 none (worst 1.039x) for 4.3%
 #: more rounds than 0.25 there and 4.9% on the first set; the trial's own runs: 2 of 246 at 0.05).
 PLAIN_TOL = 0.05
 #: Below this many steps the default tolerance shrinks in proportion to the steps (``default_tol``).
