@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -332,9 +333,11 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     inside = inside_transformation(x, args, mesh, name, rule, len(sym.hits))
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
+    assert sym.plan is not None  # compile_plan's result carries its plan
+    same_call(mesh, {**call_parts(model, x, check_grid(grid), solver, args, solver_options),
+                     "cores, init": tuple(sym.plan.init), "stop": rule, "history": history})
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
-    assert sym.plan is not None  # compile_plan's result carries its plan
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
@@ -361,13 +364,70 @@ def _mesh(executor: Any, devices: Any) -> tuple[Any, int]:
 
 def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     """``x`` and ``args`` placed replicated on every device of ``mesh`` (in every process); as they
-    are without a mesh."""
+    are without a mesh. Under ``jax.distributed`` JAX checks that every process passes the same
+    values: a difference is a ``ValueError`` naming the argument (JAX's ``AssertionError`` named
+    only a type)."""
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        x = jax.device_put(x, replicated)
-        if args is not None:
-            args = jax.device_put(args, replicated)
+        for name in ("x", "args"):
+            value = x if name == "x" else args
+            if value is None:
+                continue
+            try:
+                value = jax.device_put(value, replicated)
+            except AssertionError as err:
+                if "not the same on each process" not in str(err):
+                    raise
+                raise ValueError(f"{name}: its values differ between the processes; under jax.distributed every "
+                                 f"process makes the same call with the same {name}") from None
+            x, args = (value, args) if name == "x" else (x, value)
     return x, args
+
+
+def same_call(mesh: Any, parts: dict[str, Any]) -> None:
+    """Under ``jax.distributed``, with a mesh over the devices of every process: raise ``ValueError``
+    naming the arguments (``parts``: name -> a description) that differ between the processes, from
+    one all-gather of their digests, before any collective whose shapes depend on them (a user
+    trial: different ``cores`` or ``stop`` aborted the processes in a collective mismatch, one at
+    once and the others after about 100 s; a different grid raised JAX's assertion naming
+    ``numpy.ndarray``). The values of ``x`` and ``args`` are JAX's to compare (``_replicated``);
+    weights a model reads from its closure cannot be compared (pass them as ``args``)."""
+    if mesh is None or jax.process_count() == 1 or len({d.process_index for d in mesh.devices.flat}) < 2:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(parts)
+    mine = np.array([int.from_bytes(hashlib.blake2b(_stable(parts[n]).encode(), digest_size=4).digest(), "little",
+                                    signed=True) for n in names], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(names))
+    differ = [n for k, n in enumerate(names) if (every[:, k] != mine[k]).any()]
+    if differ:
+        raise ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
+                         f"(process {jax.process_index()} of {jax.process_count()}); under jax.distributed every "
+                         "process makes the same call")
+
+
+def _stable(obj: Any) -> str:
+    """``repr(obj)`` where it describes the value alike in every process, else its type's name (a repr
+    holding a memory address; an array: its dtype, shape and bytes' digest)."""
+    if isinstance(obj, np.ndarray):
+        return f"ndarray {obj.dtype} {obj.shape} {hashlib.blake2b(np.ascontiguousarray(obj).tobytes()).hexdigest()}"
+    if isinstance(obj, tuple):
+        return "(" + ", ".join(_stable(o) for o in obj) + ")"
+    text = repr(obj)
+    return type(obj).__qualname__ if " at 0x" in text else text
+
+
+def call_parts(model: Any, x: jax.Array, times: np.ndarray, solver: Any, args: Any, options: dict) -> dict[str, Any]:
+    """The parts of a compiled call that every process must give alike (``same_call``) and that the
+    methods share: the state's shape and dtype, the grid, the solver and its options, the model's
+    kind, prediction and schedule, the structure of ``args``."""
+    return {"x (shape, dtype)": (tuple(x.shape), str(x.dtype)), "grid": np.asarray(times, np.float64),
+            "solver": solver if isinstance(solver, str) else type(solver).__qualname__,
+            "solver options": options_key(options),
+            "model": (type(model).__qualname__, getattr(model, "prediction", None), getattr(model, "schedule", None)),
+            "args (structure)": None if args is None else jax.tree_util.tree_map(
+                lambda a: (getattr(a, "shape", None), str(getattr(a, "dtype", type(a).__name__))), args)}
 
 
 #: the arrays of an ``ErrorState`` that the program computes: the error sum and the two newest local

@@ -37,8 +37,10 @@ from .api import (
     _program,
     _replicated,
     _run_once,
+    call_parts,
     inside_transformation,
     options_key,
+    same_call,
     solver_key,
     unchecked,
 )
@@ -157,6 +159,8 @@ def srds(
     last = outputs_needed(rule, nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
     prog, sym = compile_srds(model, x.shape, x.dtype, times, solver, blocks=nb, iterations=last, slots_multiple=ndev,
                              **solver_options)
+    same_call(mesh, {**call_parts(model, x, times, solver, args, solver_options), "blocks, iterations": (nb, last),
+                     "stop": rule})
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)
 

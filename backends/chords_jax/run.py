@@ -93,12 +93,20 @@ def make_mesh(devices: Any) -> Mesh | None:
 
 def _once_each(devs: list) -> None:
     """Refuse a device given twice, naming ``devices`` (a mesh over one device twice hung in XLA's
-    collectives for about 60 s, then aborted the process)."""
+    collectives for about 60 s, then aborted the process), and, under ``jax.distributed``, a mesh
+    holding none of this process's devices (a user trial: ``devices=jax.local_device_count()`` is
+    the first devices of process 0 on every process; the others failed reading the result, "spans
+    non-addressable devices", naming nothing)."""
     seen: set = set()
     for d in devs:
         if d in seen:
             raise ValueError(f"devices: {d} appears more than once; a mesh takes each device once")
         seen.add(d)
+    me = jax.process_index()
+    if jax.process_count() > 1 and all(d.process_index != me for d in devs):
+        raise ValueError(f"devices: the mesh holds none of the devices of this process ({me} of "
+                         f"{jax.process_count()}); under jax.distributed a device count takes the first of the global "
+                         "jax.devices(): pass jax.device_count() or a Mesh over jax.devices() to span every process")
 
 
 _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
