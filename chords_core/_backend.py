@@ -492,24 +492,32 @@ def own(x: Array) -> Array:
 
 def layout(x: Array) -> tuple[int, ...] | None:
     """The memory order of a dense array ``x`` other than C order: its axes from the outermost to the
-    innermost (by stride; axes of one element first, in order), for a numpy array (or subclass) or a
+    innermost (by stride; a numpy array's axes of one element first, in order), for a numpy array (or subclass) or a
     torch tensor whose elements fill one block without gaps or overlaps (a channels_last tensor, a
     Fortran-ordered or transposed array); ``None`` for a C-contiguous one, for one that is not dense
     (a strided slice, a broadcast or expanded one: zero strides) and for other arrays. It is the
     order ``_empty`` allocates in. (A point's memory order can change a layout-sensitive model's
-    rounding: a channels_last network, a reduction over a Fortran-ordered array.)"""
+    rounding: a channels_last network, a reduction over a Fortran-ordered array.)
+
+    A torch tensor's axes of one element keep their place by stride, inside an axis of the same
+    stride (torch calls a channels_last tensor of one channel contiguous, yet a convolution reads
+    its strides: a review found one evaluated C-ordered 1.5e-5 off in float32); numpy's go first."""
     if isinstance(x, np.ndarray):
         if x.flags.c_contiguous:
             return None
         strides, unit = x.strides, x.itemsize
+        shape = x.shape
+        order = tuple(sorted(range(len(shape)), key=lambda a: -math.inf if shape[a] == 1 else -strides[a]))
     elif library(x) == "torch":
-        if x.is_contiguous():
+        shape = x.shape
+        if x.is_contiguous() and 1 not in shape:
             return None
         strides, unit = x.stride(), 1
+        order = tuple(sorted(range(len(shape)), key=lambda a: (-strides[a], shape[a] == 1)))
+        if order == tuple(range(len(shape))):
+            return None
     else:
         return None
-    shape = x.shape
-    order = tuple(sorted(range(len(shape)), key=lambda a: -math.inf if shape[a] == 1 else -strides[a]))
     step = unit
     for a in reversed(order):  # dense: each axis's stride is the product of the sizes inside it
         if shape[a] != 1:
@@ -526,6 +534,16 @@ def common_layout(arrays: Sequence[Array]) -> tuple[int, ...] | None:
     if order is not None and any(layout(a) != order for a in arrays[1:]):
         return None
     return order
+
+
+def layouts(arrays: Sequence[Array]) -> list[tuple[int, ...] | None] | None:
+    """``layout`` of each array, or ``None`` where every one is C-ordered (the common case, one value to
+    send): the orders an executor that moves points through C-ordered buffers or messages lays them
+    out in again, point by point (a round can mix orders: a C-ordered state's steps with a
+    channels_last network's outputs; one order for the round evaluated all of them C-ordered, a
+    review: 1.9e-5 off the serial executor with Heun)."""
+    out = [layout(a) for a in arrays]
+    return None if all(o is None for o in out) else out
 
 
 def in_layout(x: Array, order: tuple[int, ...] | None) -> Array:

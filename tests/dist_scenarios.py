@@ -70,8 +70,8 @@ def _amp_sensitive(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _NET(x, t) + 1e-2 * torch.nn.functional.linear(x, _W.to(x.dtype)).to(x.dtype)
 
 
-#: the output orders of the networks of the "layout" scenario (``helpers.conv_net``)
-OUT_ORDERS = ("as given", "C", "channels_last")
+#: the networks of the "layout" scenario (``helpers.conv_net``: output order, channels)
+LAYOUT_NETS = (("as given", 4), ("C", 4), ("channels_last", 4), ("channels_last", 1))
 
 
 def _slow_amp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -98,11 +98,11 @@ def main(scenario: str, path: str) -> int:
                 net = RunsOff()  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
-            for k in range({"misc": 3, "close_race": 4, "layout": len(OUT_ORDERS)}.get(scenario, 1)):  # in turn
+            for k in range({"misc": 3, "close_race": 4, "layout": len(LAYOUT_NETS)}.get(scenario, 1)):  # in turn
                 if scenario == "misc":  # slow only for the last executor's run, which a SIGINT must meet mid-round
                     net = _slow_amp if k == 2 else _amp_sensitive  # type: ignore[assignment]
                 if scenario == "layout":
-                    net = conv_net(OUT_ORDERS[k])  # type: ignore[assignment]
+                    net = conv_net(*LAYOUT_NETS[k])  # type: ignore[assignment]
                 serve(net)
             return 0
         model, _ = gmm_problem()
@@ -203,28 +203,33 @@ def main(scenario: str, path: str) -> int:
         elif scenario == "layout":  # a channels_last state: gloo sends contiguous tensors only (it was refused
             # as "rank 1 (send): connection lost", the group cut); the ranks lay the points out in the state's
             # order again and the outputs come back in the network's own order: the serial executor's bits
-            y = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(0))
             report["layout"] = []
-            for k, out_order in enumerate(OUT_ORDERS):  # an executor each (the ranks serve a network of this order)
+            for k, (out_order, channels) in enumerate(LAYOUT_NETS):  # an executor each (the ranks serve its net)
                 if k:
                     ex.close()  # (the ranks go on to their next serve)
                     ex = DistributedExecutor(round_timeout=30.0)
-                conv = cc.DiffusionModel(conv_net(out_order), cc.VP.linear(), "eps")
+                y = torch.randn(2, channels, 5, 5, generator=torch.Generator().manual_seed(0))
+                conv = cc.DiffusionModel(conv_net(out_order, channels), cc.VP.linear(), "eps")
                 small = cc.time_grid(conv.schedule, 6)
-                for dtype in (torch.float32, torch.bfloat16):
-                    for state in (y.to(dtype).contiguous(memory_format=torch.channels_last), y.to(dtype)):
-                        for method in ("chords", "cascade"):
-                            res = cc.parallel(conv, state, small, "euler", cores=3, method=method, executor=ex)
-                            ref = cc.parallel(conv, state, small, "euler", cores=3, method=method,
-                                              executor=cc.SerialExecutor())
-                            report["layout"].append([out_order, str(dtype), state.is_contiguous(), method,
-                                                     torch.equal(res.x, ref.x), res.x.stride() == ref.x.stride()])
+                # (Heun and DPM++(2M) mix orders within a round where the network's differs from the state's)
+                runs = [(dtype, state, solver, method) for dtype in (torch.float32, torch.bfloat16)
+                        for state in (y.to(dtype).to(memory_format=torch.channels_last), y.to(dtype))
+                        for solver, method in (("euler", "chords"), ("euler", "cascade"), ("heun", "chords"),
+                                               ("dpmpp_2m", "cascade"))]
+                for dtype, state, solver, method in runs:
+                    res = cc.parallel(conv, state, small, solver, cores=3, method=method, executor=ex)
+                    ref = cc.parallel(conv, state, small, solver, cores=3, method=method, executor=cc.SerialExecutor())
+                    report["layout"].append([out_order, channels, str(dtype), state.is_contiguous(), solver, method,
+                                             torch.equal(res.x, ref.x), res.x.stride() == ref.x.stride()])
             # (a layout-sensitive network, else the comparison could not fail)
-            conv = cc.DiffusionModel(conv_net(), cc.VP.linear(), "eps")
-            runs = [cc.parallel(conv, s, cc.time_grid(conv.schedule, 6), "euler", cores=3, method="cascade",
-                                executor=cc.SerialExecutor()).x
-                    for s in (y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last), y.to(torch.bfloat16))]
-            report["sensitive"] = not torch.equal(*runs)
+            report["sensitive"] = []
+            for channels in (4, 1):
+                y = torch.randn(2, channels, 5, 5, generator=torch.Generator().manual_seed(0))
+                conv = cc.DiffusionModel(conv_net(channels=channels), cc.VP.linear(), "eps")
+                outs = [cc.parallel(conv, s, cc.time_grid(conv.schedule, 6), "euler", cores=3, method="cascade",
+                                    executor=cc.SerialExecutor()).x
+                        for s in (y.to(memory_format=torch.channels_last), y)]
+                report["sensitive"].append(not torch.equal(*outs))
         elif scenario == "done":
             field, y = cc.VectorField(RunsOff(), batched=True), 5.0 * torch.ones(2, 3, dtype=torch.float64)
             plain = torch.linspace(0.0, 1.0, 41).numpy()

@@ -127,18 +127,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def conv_net(out_order: str = "as given") -> Callable:
-    """A worker factory: a 3x3 convolution of 4 channels plus a GroupNorm-like per-sample normalisation,
-    a network whose rounding depends on the memory layout of its input (channels_last or not); its
-    output in its input's order ("as given"), or made C-ordered ("C") or channels_last ("channels_last")."""
+def conv_net(out_order: str = "as given", channels: int = 4) -> Callable:
+    """A worker factory: a 3x3 convolution of ``channels`` channels plus a GroupNorm-like per-sample
+    normalisation, a network whose rounding depends on the memory layout of its input (channels_last
+    or not); its output in its input's order ("as given"), or made C-ordered ("C") or channels_last
+    ("channels_last")."""
     import torch
 
-    kernel = torch.linspace(-0.3, 0.3, 4 * 4 * 9, dtype=torch.float64).reshape(4, 4, 3, 3)
+    kernel = torch.linspace(-0.3, 0.3, channels * channels * 9, dtype=torch.float64).reshape(channels, channels, 3, 3)
     fmt = {"C": torch.contiguous_format, "channels_last": torch.channels_last}.get(out_order)
 
     def net(x: Any, t: Any) -> Any:
         y = torch.nn.functional.conv2d(x, kernel.to(x.dtype), padding=1)
-        y = torch.nn.functional.group_norm(y, 2) * 0.3 + 0.1 * x
+        y = torch.nn.functional.group_norm(y, min(2, channels)) * 0.3 + 0.1 * x
         return y if fmt is None else y.contiguous(memory_format=fmt)
 
     return net

@@ -9,19 +9,21 @@ The same script works on one machine and across machines; only the torchrun laun
 Wire protocol (point-to-point ``send`` / ``recv`` of tensors on the backend's device, so it also
 runs on nccl): the driver sends a header ``int64[17] = [cmd, n, dtype, ndim, payload, batched,
 autocast on the CPU, autocast on CUDA, memory order, *shape]`` (the driver's ``torch.autocast``, which the
-worker enters again: ``_common.autocast_state``; the points' dense memory order, ``_order_code``) then, for
-``EVAL``, the n stacked states (n, *shape), contiguous (gloo sends no other layout), which the worker lays
-out in that order again, and their times (n,) float64; for ``MODEL``, the model *shell* (the driver's
+worker enters again: ``_common.autocast_state``; the points' dense memory order, ``_order_code``, or
+``MIXED`` where they differ) then, for ``EVAL``, the n stacked states (n, *shape), contiguous (gloo sends
+no other layout), which the worker lays out in their orders again, their times (n,) float64 and, for
+``MIXED``, their orders' codes (n,) int64; for ``MODEL``, the model *shell* (the driver's
 model without its network, see ``_common``) as plain data (JSON: class names and fields; no pickle), with
 the round timeout in milliseconds in the header's slot 6; for ``STOP`` nothing. A worker answers an
 ``EVAL`` with ``int64[5] = [status, point, length, done, memory order]`` and the outputs (status 0;
-contiguous, rebuilt by the driver in the order the network gave them), or the error message as bytes
+contiguous, rebuilt by the driver in the orders the network gave them), or the error message as bytes
 (1: bad model output at ``point``, 3: non-finite model output at ``point``, 2: exception), followed
 for 1 / 3 by the outputs of its ``done`` points before ``point`` (``ModelOutputError.done``; the driver
 passes on those of the round's points before the bad one where every one came, so a method goes on with
-them). ``_common.load_shell`` instantiates only the library's model and schedule classes, without
-running their code: bytes received over the process group never run code on a worker. The process
-group itself is not authenticated: run it on a trusted network (``docs/torch.md``).
+them), and last, for ``MIXED``, the outputs' order codes. ``_common.load_shell`` instantiates only the
+library's model and schedule classes, without running their code: bytes received over the process group
+never run code on a worker. The process group itself is not authenticated: run it on a trusted network
+(``docs/torch.md``).
 
 Faults: a worker's exception / bad output raises in the driver (``WorkerError`` /
 ``ModelOutputError``) once every answer of the round is in, and the executor stays usable. A dead
@@ -50,7 +52,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from chords_core._backend import common_layout, in_layout
+from chords_core._backend import in_layout, layouts
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -100,6 +102,37 @@ def _order_code(order: tuple[int, ...] | None) -> int:
 def _order_of(code: int, ndim: int) -> tuple[int, ...] | None:
     """``_order_code``'s inverse for a state of ``ndim`` axes."""
     return None if code == 0 else tuple(((code - 1) >> (4 * i)) & 15 for i in range(ndim))
+
+
+#: the order slot of a message whose points (or outputs) differ in memory order: their codes follow
+MIXED = -1
+
+
+def _order_slot(orders: Sequence[tuple[int, ...] | None] | None, device: Any) -> tuple[int, torch.Tensor | None]:
+    """(the order slot of a header or status, the int64[n] codes that follow it or ``None``) for n
+    points' memory orders (``_backend.layouts``; ``None``: all C-ordered): one order in the slot where
+    they share it, else ``MIXED`` and a code a point."""
+    if orders is None:
+        return 0, None
+    codes = [_order_code(o) for o in orders]
+    if all(c == codes[0] for c in codes):
+        return codes[0], None
+    return MIXED, torch.tensor(codes, dtype=torch.int64, device=device)
+
+
+def _orders(slot: int, n: int, ndim: int, codes: Callable[[int], torch.Tensor]) -> list | None:
+    """``_order_slot``'s inverse: the n orders (``None``: all C-ordered), reading the codes that follow
+    with ``codes(n)`` where the slot says ``MIXED``."""
+    if slot == MIXED:
+        return [_order_of(int(c), ndim) for c in codes(n).tolist()]
+    order = _order_of(slot, ndim)
+    return None if order is None else [order] * n
+
+
+def _laid_out(stacked: torch.Tensor, orders: list | None) -> Any:
+    """The rows of ``stacked`` (received contiguous), each in its memory order (``orders``; ``None``: as
+    they are)."""
+    return stacked if orders is None else [in_layout(o, order) for o, order in zip(stacked, orders)]
 
 
 def _comm_device(group: Any) -> torch.device:
@@ -330,26 +363,30 @@ class DistributedExecutor(Executor):
         # on the host only: nccl's wait orders the calling thread's CUDA stream, which must be this one's)
         status = self._recv(torch.zeros(STATUS, dtype=torch.int64, device=self.device), rank, "status", timeout,
                             self.device.type == "cpu")
-        code, point, length, done, order = (int(v) for v in status.tolist())
-        back = _order_of(order, len(shape))  # (the outputs' order on the rank: they travel contiguous)
+        code, point, length, done, slot = (int(v) for v in status.tolist())
+
+        def orders(count: int) -> list | None:  # the outputs' orders on the rank: they travel contiguous
+            return _orders(slot, count, len(shape), lambda m: self._recv(
+                torch.empty(m, dtype=torch.int64, device=self.device), rank, "orders", timeout))
+
         if code == 0:
             outs = self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
-            return 0, 0, outs if back is None else [in_layout(o, back) for o in outs], None
+            return 0, 0, _laid_out(outs, orders(n)), None
         msg = self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), rank, "error", timeout)
-        before: Any = (self._recv(torch.empty((done, *shape), dtype=dtype, device=self.device), rank, "outputs",
-                                  timeout) if done else None)
-        if before is not None and back is not None:
-            before = [in_layout(o, back) for o in before]
+        before: Any = None
+        if done:
+            before = self._recv(torch.empty((done, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
+            before = _laid_out(before, orders(done))
         return code, point, bytes(msg.cpu().tolist()).decode(), before
 
     def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (),
-                payload: int = 0, order: tuple[int, ...] | None = None) -> torch.Tensor:
+                payload: int = 0, order: int = 0) -> torch.Tensor:
         """The int64 header of a message (see the module docstring)."""
         if len(shape) > MAX_DIMS:
             raise ValueError(f"states may have at most {MAX_DIMS} dimensions, got shape {shape}")
         amp = autocast_state() if cmd == EVAL else (0,) * len(AUTOCAST_DEVICES)
         h = [cmd, n, DTYPES.index(dtype) if dtype is not None else 0, len(shape), payload, int(self.batched), *amp,
-             _order_code(order), *shape]
+             order, *shape]
         return torch.tensor(h + [0] * (HEADER - len(h)), dtype=torch.int64, device=self.device)
 
     @one_round_at_a_time
@@ -440,18 +477,21 @@ class DistributedExecutor(Executor):
         groups = assign(len(xs), len(slots))
         shape, dtype = tuple(xs[0].shape), xs[0].dtype
         active = [(r, idx) for r, idx in zip(slots, groups) if idx and r is not None]
-        # the points' dense memory order (channels_last, say): they travel contiguous (gloo sends no other
+        # the points' dense memory orders (channels_last, say): they travel contiguous (gloo sends no other
         # layout; a channels_last stack failed as "rank 1 (send): connection lost", a healthy rank blamed and
-        # the group cut) and the ranks lay them out in it again (C-ordered, a convolution rounded otherwise:
-        # 6e-3 from the serial executor in bfloat16, as ProcessExecutor's workers did before they kept it)
-        order = common_layout(xs)
-        headers = {r: self._header(EVAL, len(idx), dtype, shape, order=order) for r, idx in active}  # may raise
-        self._in_flight = True
+        # the group cut) and the ranks lay each out in its own again (C-ordered, a convolution rounded
+        # otherwise: 6e-3 from the serial executor in bfloat16; a round can mix orders, a review: 1.9e-5)
+        orders = layouts(xs)
+        slots_codes = {r: _order_slot(None if orders is None else [orders[k] for k in idx], self.device)
+                       for r, idx in active}
+        headers = {r: self._header(EVAL, len(idx), dtype, shape, order=slots_codes[r][0]) for r, idx in active}
+        self._in_flight = True  # (the headers may raise: nothing sent)
         for r, idx in active:
             x = torch.stack([xs[k] for k in idx]).to(self.device).contiguous()
             t = torch.tensor([float(ts[k]) for k in idx], dtype=torch.float64, device=self.device)
             self._owed[r] = (len(idx), shape, dtype)
-            for tensor in (headers[r], x, t):
+            codes = slots_codes[r][1]
+            for tensor in (headers[r], x, t) if codes is None else (headers[r], x, t, codes):
                 self._send(tensor, r, self._left())
         outs: list = [None] * len(xs)
         failures = []
@@ -576,14 +616,17 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
         return t
 
     def reply(code: int, point: int, body: torch.Tensor, before: torch.Tensor | None = None,
-              order: tuple[int, ...] | None = None) -> None:
+              orders: list | None = None) -> None:
         try:
             done = 0 if before is None else len(before)
-            dist.send(torch.tensor([code, point, body.numel(), done, _order_code(order)], dtype=torch.int64,
-                                   device=comm), driver, group=group)
+            slot, codes = _order_slot(orders, comm)
+            dist.send(torch.tensor([code, point, body.numel(), done, slot], dtype=torch.int64, device=comm), driver,
+                      group=group)
             dist.send(body.contiguous(), driver, group=group)
             if before is not None and done:
                 dist.send(before.contiguous(), driver, group=group)
+            if codes is not None:
+                dist.send(codes, driver, group=group)
         except RuntimeError as e:
             raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
 
@@ -602,9 +645,11 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 watch.limit = h[6] / 1000 if h[6] > 0 else None
             continue
         amp, first = h[6 : 6 + len(AUTOCAST_DEVICES)], 7 + len(AUTOCAST_DEVICES)
-        order, shape, dtype = _order_of(h[first - 1], ndim), tuple(h[first : first + ndim]), DTYPES[dt]
+        shape, dtype = tuple(h[first : first + ndim]), DTYPES[dt]
         x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
+        points = _laid_out(x, _orders(h[first - 1], n, ndim, lambda m: recv(torch.empty(m, dtype=torch.int64,
+                                                                                        device=comm))))
         leaving: SystemExit | None = None
         try:
             if model is None:
@@ -612,17 +657,17 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             if watch is not None:
                 watch.since = time.monotonic()
             with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
-                # (the points in the driver's memory order; the outputs go back in the network's own)
-                outs = model.evaluate([in_layout(x[j], order).to(device) for j in range(n)], t, batched=bool(batched))
+                # (the points in the driver's memory orders; the outputs go back in the network's own)
+                outs = model.evaluate([points[j].to(device) for j in range(n)], t, batched=bool(batched))
                 out = torch.stack([o.to(comm, dtype) for o in outs])
-            answer: tuple = (0, 0, out, None, common_layout(outs))
+            answer: tuple = (0, 0, out, None, layouts(outs))
         except ModelOutputError as e:  # with the outputs of the points before the bad one, where it has them
             try:
                 before = torch.stack([o.to(comm, dtype) for o in e.done]) if e.done else None
             except Exception:  # noqa: BLE001 (not passed on, out of memory say: the driver evaluates the round again)
                 before = None
             answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm), before,
-                      common_layout(e.done) if e.done and before is not None else None)
+                      layouts(e.done) if e.done and before is not None else None)
         except (Exception, SystemExit) as e:  # a sys.exit in the model (or a SIGTERM handler's) is reported
             # to the driver before the rank leaves: otherwise the rank vanishes (status 0, success to torchrun)
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"

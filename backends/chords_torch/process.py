@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 import torch
 import torch.multiprocessing as tmp
 
-from chords_core._backend import common_layout, in_layout
+from chords_core._backend import in_layout, layouts
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -140,14 +140,15 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
             elif op == "eval":
                 if setup_error is not None:
                     raise setup_error
-                n, ts, batched, amp, order = msg[1], msg[2], msg[3], msg[4], msg[5]
+                n, ts, batched, amp, orders = msg[1], msg[2], msg[3], msg[4], msg[5]
                 if model is None:
                     raise RuntimeError("no model received")
                 with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
-                    outs = model.evaluate([in_layout(xin[j], order) for j in range(n)], ts, batched=batched)
+                    outs = model.evaluate([xin[j] if orders is None else in_layout(xin[j], orders[j])
+                                           for j in range(n)], ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
-                conn.send(("ok", common_layout(outs)))  # (the outputs' own order: the driver rebuilds them in it)
+                conn.send(("ok", layouts(outs)))  # (the outputs' own orders: the driver rebuilds them in them)
         except ModelOutputError as e:
             done = -1  # the outputs before the bad one, written to the shared buffer (ModelOutputError.done)
             if e.done is not None and xout is not None:
@@ -157,8 +158,8 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                     done = len(e.done)
                 except Exception:  # noqa: BLE001 (not passed on: the driver evaluates the round again)
                     done = -1
-            order = common_layout(e.done) if e.done and done > 0 else None
-            conn.send(("model_error", e.point, str(e), e.is_nonfinite, done, order))
+            orders = layouts(e.done) if e.done and done > 0 else None
+            conn.send(("model_error", e.point, str(e), e.is_nonfinite, done, orders))
         except BaseException as e:
             if op != "eval":
                 setup_error = e  # reported with the next evaluation
@@ -455,11 +456,12 @@ class ProcessExecutor(Executor):
                                 f"workers: {type(e).__name__}: {e}") from None
         active: list[int] = []
         amp = autocast_state()  # (thread-local: carried to the workers with each round)
-        # the points' dense memory order (channels_last, say), which the shared buffers do not keep: the workers
-        # lay their points out in it again (a user trial: C-ordered points rounded a convolution otherwise, 6e-3
-        # in bfloat16), and the outputs come back in the order the model gave them (a review: in the points'
-        # order, a model returning C order was given channels_last points next round)
-        order = common_layout(xs)
+        # the points' dense memory orders (channels_last, say), which the shared buffers do not keep: the
+        # workers lay each point out in its own again (a user trial: C-ordered points rounded a convolution
+        # otherwise, 6e-3 in bfloat16; a review: one order for a round that mixes them, 1.9e-5), and the outputs
+        # come back in the orders the model gave them (a review: in the points', a model returning C order was
+        # given channels_last points next round)
+        orders = layouts(xs)
         outbufs: dict[int, torch.Tensor] = {}
         w = 0
         try:  # from the first message to the last reply: any failure leaves replies in flight -> break
@@ -475,7 +477,8 @@ class ProcessExecutor(Executor):
                 with torch.no_grad():
                     for j, k in enumerate(idx):
                         xin[j].copy_(xs[k])
-                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched, amp, order))
+                self._conns[w].send(("eval", len(idx), [float(ts[k]) for k in idx], self.batched, amp,
+                                     None if orders is None else [orders[k] for k in idx]))
                 active.append(w)
             replies = self._gather(active, self.round_timeout, "evaluate")
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
@@ -489,7 +492,7 @@ class ProcessExecutor(Executor):
         # all replies are in (each worker reports its own first bad output: worker 0's was raised, point 2 of
         # [ok, nan, nan, ok] where the others name point 1)
         failures: list[tuple[BaseException, int]] = []
-        ready = {}  # worker -> (how many of its points' outputs lie in its buffer, their dense memory order)
+        ready = {}  # worker -> (how many of its points' outputs lie in its buffer, their dense memory orders)
         for w in active:
             rep = replies[w]
             if rep[0] == "ok":
@@ -507,7 +510,8 @@ class ProcessExecutor(Executor):
         for w, (count, back) in ready.items():
             xout = outbufs[w]
             for j, k in enumerate(groups[w][:count]):
-                outs[k] = xout[j].to(dev, copy=True) if back is None else in_layout(xout[j], back).to(dev)
+                order = None if back is None else back[j]  # (in_layout copies; a C-ordered one is copied here)
+                outs[k] = xout[j].to(dev, copy=True) if order is None else in_layout(xout[j], order).to(dev)
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
