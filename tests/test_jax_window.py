@@ -157,21 +157,37 @@ def test_an_unbatched_vector_field_and_the_official_options():
             run(*args, "euler", cores=4, level_floor=1.0)
         same(cj.parallel(jode, y, plain, "euler", cores=4, scale="level", level_floor=2.0),
              cc.parallel(ode, y, plain, "euler", cores=4, scale="level", level_floor=2.0))
+    # the same argument named first by both, where several are wrong (a review: the core named ridge,
+    # chords_jax the solver or the tolerance)
+    for bad in ({"solver": "bogus"}, {"tol": -1.0}):
+        names = []
+        for run, args in ((cj.parallel, (jode, y, plain)), (cc.parallel, (ode, y, plain))):
+            with pytest.raises(ValueError) as info:
+                run(*args, **{"solver": "euler", **bad}, cores=4, ridge=0.5)
+            names.append(str(info.value).split(":")[0])
+        assert names == ["ridge", "ridge"], (bad, names)
 
 
 @pytest.mark.parametrize("problem, solver", [("gmm_x0", "euler"), ("vp_v", "ddim"), ("ode", "euler")])
 def test_the_cascade_level_scale_equals_the_cores(problem, solver):
     """Each tolerance, at the cascade's floor of the noise level and at ParaTAA's (1), which differ
-    where sigma < 1 (a diffusion model; a plain ODE's noise level is taken as 1, where neither
-    floor bites)."""
+    where sigma < 1 (a diffusion model; a plain ODE's noise level is taken as 1, where no floor up to
+    1 bites: refused there by both, a floor of 2 taken)."""
     nmodel, jmodel, x, grid = PROBLEMS[problem]
+    high = 2.0 if problem == "ode" else 1.0
     for tol in (None, 3e-3, 0.05):
-        for floor in (None, 1.0):
+        for floor in (None, high):
             kw = {k: v for k, v in (("tol", tol), ("level_floor", floor)) if v is not None}
             same(cj.parallel(jmodel, x, grid, solver, cores=4, scale="level", **kw),
                  cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", **kw))
-    floors = [cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", tol=3e-3, level_floor=f).log for f in (0.1, 1)]
-    assert (floors[0] != floors[1]) == (problem != "ode")
+    if problem == "ode":
+        for run, model in ((cj.parallel, jmodel), (cc.parallel, nmodel)):
+            with pytest.raises(ValueError, match="level_floor: 1.0 does nothing on a plain ODE"):
+                run(model, x, grid, solver, cores=4, scale="level", level_floor=1.0)
+    else:
+        floors = [cc.parallel(nmodel, x, grid, solver, cores=4, scale="level", tol=3e-3, level_floor=f).log
+                  for f in (0.1, 1)]
+        assert floors[0] != floors[1]
 
 
 def test_the_default_method_is_the_cores():

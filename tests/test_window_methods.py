@@ -641,9 +641,21 @@ def test_options_that_cannot_act_are_refused():
         cc.cascade(*args, "euler", cores=4, scale="error", level_floor=LEVEL_FLOOR, ridge=RIDGE)
         a, b = (cc.cascade(*args, "euler", cores=4, anderson=2, ridge=r) for r in (RIDGE, 10.0))
         assert a.log != b.log or not np.array_equal(a.x, b.x)  # (where it acts, it changes the run)
-    with pytest.raises(ValueError, match="scale='auto' takes 'error' for a plain ODE"):
+    with pytest.raises(ValueError, match="scale='auto' takes 'level' for a DiffusionModel, 'error' otherwise"):
         cc.parallel(field, y, plain, "euler", cores=4, level_floor=1.0)
     assert cc.parallel(field, y, plain, "euler", cores=4, scale="level", level_floor=2.0).rounds >= 1
+    # a review: a plain ODE's noise level is taken as 1, so a floor of at most 1 does nothing there;
+    # ParaTAA's ridge without its mixing (memory=0) did nothing too; a float32 copy of a default is it
+    with pytest.raises(ValueError, match="level_floor: 0.5 does nothing on a plain ODE"):
+        cc.cascade(field, y, plain, "euler", cores=4, scale="level", level_floor=0.5)
+    with pytest.raises(ValueError, match=r"ridge: .* which is off \(memory=0\)"):
+        cc.parataa(model, X, grid, "euler", window=4, memory=0, ridge=0.5)
+    with pytest.raises(ValueError, match=r"ridge: .* which is off \(memory=0\)"):
+        cc.parallel(model, X, grid, "euler", cores=4, method="parataa", memory=0, ridge=0.5)
+    base = cc.cascade(field, y, plain, "euler", cores=4)
+    for kw in ({"level_floor": np.float32(LEVEL_FLOOR)}, {"ridge": np.float32(RIDGE)}):
+        again = cc.cascade(field, y, plain, "euler", cores=4, **kw)
+        assert again.log == base.log and np.array_equal(again.x, base.x), kw
 
 
 def test_anderson_mixing_sums_half_precision_in_single_and_reads_no_gradients():

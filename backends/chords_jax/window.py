@@ -81,7 +81,7 @@ from chords_core.methods.window import (
     row_size,
     tolerance_sq,
 )
-from chords_core.models import ModelOutputError
+from chords_core.models import ModelOutputError, is_plain_ode
 from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
@@ -439,9 +439,13 @@ def parallel(
         raise ValueError(f"window: parallel() sets the window to cores; call {name}() for another window")
     check_options(name, options, solver)  # another method's option (or nobody's), named as the core names it
     mine = {k: options.pop(k) for k in own if k in options}
+    # (only the cascade takes these options; each refused where it would do nothing, as the core's, in its order)
+    level_floor, anderson = CASCADE_FLOOR, 0
     if name == "cascade":  # its scale, decided for the model (as the core's, checked before the solver)
         scale = cascade_scale(mine.get("scale", scale), model)
         default_tol = partial(cascade_tol_for, model, scale=scale)
+        level_floor, anderson, _ = check_applies(scale, is_plain_ode(model), mine.get("level_floor", CASCADE_FLOOR),
+                                                 mine.get("anderson", 0), mine.get("ridge", CASCADE_RIDGE))
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps
@@ -451,9 +455,6 @@ def parallel(
     tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
-    # (only the cascade takes these options; each refused where it would do nothing, as the core's)
-    level_floor, anderson, _ = check_applies(scale, mine.get("level_floor", CASCADE_FLOOR), mine.get("anderson", 0),
-                                             mine.get("ridge", CASCADE_RIDGE))
     if anderson:
         raise ValueError("anderson: triangular Anderson mixing is not compiled (a ridge least-squares solve per "
                          "point from a residual history of varying length); use anderson=0 or chords_core.cascade")

@@ -47,7 +47,7 @@ from ..executors import Executor
 from ..models import Model, is_plain_ode
 from ..results import Result
 from ..solvers import Solver
-from .window import sliding_window
+from .window import RIDGE, check_ridge, same_at_float32, sliding_window
 
 __all__ = ["cascade", "DEFAULT_TOL", "PLAIN_TOL", "FULL_TOL_STEPS", "default_tol", "SCALES", "LEVEL_TOL", "LEVEL_FLOOR",
            "tol_steps", "resolve_scale", "default_tol_for", "RIDGE", "check_applies"]
@@ -88,8 +88,6 @@ LEVEL_TOL = 1e-4
 #: sequential error is itself small (narrow modes, a higher-order solver: 7.6e-5) that alone put the
 #: output at 2.1x it (``benchmarks/safety_sweep.py``, problem 12.367; 2.8x on 17.493 at 1e-4).
 LEVEL_FLOOR = 0.1
-#: The default relative ridge of the Anderson mixing's least squares (``anderson > 0``; ParaTAA's 1e-3).
-RIDGE = 1e-3
 
 
 def resolve_scale(scale: str, model: Any) -> str:
@@ -111,21 +109,23 @@ def tol_steps(scale: str) -> int | None:
     return FULL_TOL_STEPS if scale == "level" else None
 
 
-def check_applies(scale: str, level_floor: Any, anderson: Any, ridge: Any) -> tuple[float, int, float]:
+def check_applies(scale: str, plain: bool, level_floor: Any, anderson: Any, ridge: Any) -> tuple[float, int, float]:
     """``(level_floor, anderson, ridge)`` checked (``ValueError`` / ``TypeError`` naming the argument),
     and refused where they cannot act (they were accepted and ignored): a ``level_floor`` other than
-    ``LEVEL_FLOOR`` with a ``scale`` (decided: ``resolve_scale``) other than ``"level"``, a ``ridge``
-    other than ``RIDGE`` without Anderson mixing (``anderson=0``)."""
+    ``LEVEL_FLOOR`` with a ``scale`` (decided: ``resolve_scale``) other than ``"level"``, or at most 1
+    on a plain ODE (``plain``: its noise level is taken as 1); a ``ridge`` other than ``RIDGE``
+    without Anderson mixing (``anderson=0``). A float32 copy of a default is the default."""
     level_floor = check_float("level_floor", level_floor, 0.0, low_open=True)
-    anderson, ridge = check_int("anderson", anderson, 0), check_float("ridge", ridge, 0.0)
-    if level_floor != LEVEL_FLOOR and scale != "level":
-        raise ValueError(f"level_floor: the noise level's floor of scale='level'; this run measures changes on the "
-                         f"{scale!r} scale (scale='auto' takes 'error' for a plain ODE), where it does nothing: "
-                         "pass scale='level' with it, or leave it out")
-    if ridge != RIDGE and anderson == 0:
-        raise ValueError("ridge: the regularisation of the Anderson mixing, which is off (anderson=0), so it does "
-                         "nothing: pass anderson >= 1 with it, or leave it out")
-    return level_floor, anderson, ridge
+    anderson = check_int("anderson", anderson, 0)
+    if not same_at_float32(level_floor, LEVEL_FLOOR):
+        if scale != "level":
+            raise ValueError(f"level_floor: the noise level's floor of scale='level'; this run measures changes on "
+                             f"the {scale!r} scale (scale='auto' takes 'level' for a DiffusionModel, 'error' "
+                             "otherwise), where it does nothing: pass scale='level' with it, or leave it out")
+        if plain and level_floor <= 1.0:
+            raise ValueError(f"level_floor: {level_floor} does nothing on a plain ODE, whose noise level is taken as "
+                             "1 (max(level_floor, 1) = 1): only a floor above 1 changes its runs")
+    return level_floor, anderson, check_ridge(ridge, anderson, "anderson")
 
 
 def default_tol(steps: int, scale: str = "error", plain: bool = False) -> float:
@@ -186,7 +186,8 @@ def cascade(
             ``VectorField``), ``"error"`` or ``"level"`` (see the module docstring).
         level_floor: the noise level's floor with ``scale="level"``, > 0 (``LEVEL_FLOOR``, 0.1;
             ParaTAA's rule is 1); a plain ODE's noise level is taken as 1, so only a floor above 1
-            changes its runs. Refused with another scale (``ValueError``: it would do nothing).
+            changes its runs. Refused where it would do nothing (``ValueError``: another scale, or at
+            most 1 on a plain ODE).
         anderson: memory of triangular Anderson mixing of the unaccepted points (0: off).
         ridge: relative ridge of the mixing's least squares (``RIDGE``); refused without mixing.
         progress: show a progress bar over grid steps (needs tqdm).
@@ -195,7 +196,7 @@ def cascade(
         A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
     """
     scale = resolve_scale(scale, model)
-    level_floor, anderson, ridge = check_applies(scale, level_floor, anderson, ridge)
+    level_floor, anderson, ridge = check_applies(scale, is_plain_ode(model), level_floor, anderson, ridge)
     steps = len(check_grid(grid)) - 1
     if cores is not None:  # named as here, not as the window's "window" (None: the window's default)
         cores = check_int("cores", cores, 1, steps)

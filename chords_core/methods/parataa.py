@@ -26,7 +26,7 @@ from ..executors import Executor
 from ..models import Model
 from ..results import Result
 from ..solvers import Solver
-from .window import sliding_window
+from .window import RIDGE, check_ridge, sliding_window
 
 __all__ = ["parataa"]
 
@@ -44,7 +44,7 @@ def parataa(
     window: int | None = None,
     tol: float | None = None,
     memory: int = 3,
-    ridge: float = 1e-3,
+    ridge: float = RIDGE,
     multistep: str = "chain",
     executor: Executor | None = None,
     progress: bool = False,
@@ -57,12 +57,13 @@ def parataa(
             ``DEFAULT_TOL``, 1e-3 (the script's; in the state's units: a ``UserWarning`` on a plain
             ODE, ``absolute_tol``).
         memory: Anderson memory m (2-5 recommended by the paper; 0 turns mixing off).
-        ridge: relative ridge of the least-squares problems (paper: 1e-3).
+        ridge: relative ridge of the least-squares problems (paper: 1e-3); refused with ``memory=0``.
 
     Returns:
         A ``Result`` (``method="parataa"``); ``log`` holds a ``Sweep`` per sweep.
     """
     memory = check_int("memory", memory, 0)  # named as here, not as the window's "anderson"
+    ridge = check_ridge(ridge, memory, "memory")
     return sliding_window(model, x, grid, solver, window=window, tol=tol, seed="copy", correction="picard",
                           scale="level", multistep=multistep, anderson=memory, ridge=ridge, executor=executor,
                           progress=progress, method="parataa", solver_options=solver_options,

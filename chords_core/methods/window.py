@@ -86,6 +86,25 @@ SCALES = ("noise", "level", "error")
 MULTISTEP = ("chain", "restart")
 #: the window (or the cascade sampler's lanes) where none is given, or the grid's steps where fewer
 DEFAULT_WINDOW = 8
+#: The default relative ridge of the Anderson mixing's least squares (ParaTAA's 1e-3).
+RIDGE = 1e-3
+
+
+def same_at_float32(a: float, b: float) -> bool:
+    """Whether two option values are one at float32 precision (a float32 copy of a default is the
+    default: ``np.float32(0.1)`` was refused as another value, a review)."""
+    return bool(np.float32(a) == np.float32(b))
+
+
+def check_ridge(ridge: Any, mixing: int, memory_name: str) -> float:
+    """``ridge`` checked (a number >= 0, named), and refused where it does nothing: a value other
+    than ``RIDGE`` with the mixing off (``mixing`` 0; ``memory_name``: the option that turns it on,
+    ``anderson`` or ParaTAA's ``memory``), where it was accepted and ignored."""
+    ridge = check_float("ridge", ridge, 0.0)
+    if mixing == 0 and not same_at_float32(ridge, RIDGE):
+        raise ValueError(f"ridge: the regularisation of the Anderson mixing, which is off ({memory_name}=0), so it "
+                         f"does nothing: pass {memory_name} >= 1 with it, or leave it out")
+    return ridge
 
 
 class Sweep(NamedTuple):
@@ -647,7 +666,7 @@ def sliding_window(
     scale: str = "noise",
     multistep: str = "chain",
     anderson: int = 0,
-    ridge: float = 1e-3,
+    ridge: float = RIDGE,
     tol_steps: int | None = None,
     level_floor: float = 1.0,
     executor: Executor | None = None,
