@@ -499,9 +499,11 @@ def layout(x: Array) -> tuple[int, ...] | None:
     order ``_empty`` allocates in. (A point's memory order can change a layout-sensitive model's
     rounding: a channels_last network, a reduction over a Fortran-ordered array.)
 
-    A torch tensor's axes of one element keep their place by stride, inside an axis of the same
-    stride (torch calls a channels_last tensor of one channel contiguous, yet a convolution reads
-    its strides: a review found one evaluated C-ordered 1.5e-5 off in float32); numpy's go first."""
+    A torch tensor's axes of one element after the first keep their place by stride, inside an axis
+    of the same stride (torch calls a channels_last tensor of one channel contiguous, yet a
+    convolution reads its strides: a review found one evaluated C-ordered 1.5e-5 off in float32);
+    numpy's go first, and so does a torch tensor's axis 0 (rounds are joined along it: placed by its
+    stride, a batch of one put the round's axis inside the others, a review)."""
     if isinstance(x, np.ndarray):
         if x.flags.c_contiguous:
             return None
@@ -513,7 +515,9 @@ def layout(x: Array) -> tuple[int, ...] | None:
         if x.is_contiguous() and 1 not in shape:
             return None
         strides, unit = x.stride(), 1
-        order = tuple(sorted(range(len(shape)), key=lambda a: (-strides[a], shape[a] == 1)))
+        # (a one-element axis 0 stays outermost: rounds are joined along it; the others by stride)
+        order = tuple(sorted(range(len(shape)), key=lambda a: (-math.inf, False) if a == 0 and shape[0] == 1
+                             else (-strides[a], shape[a] == 1)))
         if order == tuple(range(len(shape))):
             return None
     else:

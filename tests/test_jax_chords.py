@@ -84,6 +84,19 @@ def test_history_policies_match_the_core(history):
     same_result(cj.chords(model, X, grid, "dpmpp_2m", **kw), cc.chords(model, X, grid, "dpmpp_2m", **kw))
 
 
+def test_a_bound_solver_runs_under_the_default_output_check():
+    """A review: the symbolic replay runs on a copy of the model without its output check, and a
+    ``Solver`` bound to the model itself was refused there ("bound to another model") under the
+    default ``check_outputs``: chords and srds take it now, as the core does."""
+    model = cc.DiffusionModel(denoiser, SCHED, "v")
+    grid = cc.time_grid(SCHED, 9, "logsnr")
+    bound = cc.make_solver("dpmpp_2m", model, grid, lower_order_final=False)
+    assert model.check_outputs == "auto"
+    same_result(cj.chords(model, X, grid, bound, cores=3, stop=None), cc.chords(model, X, grid, bound, cores=3, stop=None))
+    got, ref = cj.srds(model, X, grid, bound, tol=0.0), cc.srds(model, X, grid, bound, tol=0.0)
+    assert (got.rounds, got.nfe) == (ref.rounds, ref.nfe) and close(got.x, ref.x)
+
+
 def test_one_core_is_the_compiled_sequential_solve():
     model = cc.DiffusionModel(denoiser, SCHED, "eps")
     grid = cc.time_grid(SCHED, 8, "logsnr")

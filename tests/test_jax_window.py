@@ -8,6 +8,7 @@ case share one executable.
 """
 
 import contextlib
+import re
 
 import jax
 import numpy as np
@@ -166,6 +167,16 @@ def test_an_unbatched_vector_field_and_the_official_options():
                 run(*args, **{"solver": "euler", **bad}, cores=4, ridge=0.5)
             names.append(str(info.value).split(":")[0])
         assert names == ["ridge", "ridge"], (bad, names)
+    # and the grid and cores before the method's options, as the core's parallel (a review: after the
+    # first version of the fix chords_jax named ridge / level_floor before them)
+    for grid_arg, kw, first in ((plain, {"cores": 50}, "cores"), (np.array([1.0]), {"cores": 4}, "grid"),
+                                (plain, {"cores": 50, "scale": "error", "level_floor": 0.5}, "cores")):
+        names = []
+        for run, m in ((cj.parallel, jode), (cc.parallel, ode)):
+            with pytest.raises(ValueError) as info:
+                run(m, y, grid_arg, "euler", ridge=0.5, **kw)
+            names.append(re.split(r"[:= ]", str(info.value))[0])
+        assert names == [first, first], (kw, names)
 
 
 @pytest.mark.parametrize("problem, solver", [("gmm_x0", "euler"), ("vp_v", "ddim"), ("ode", "euler")])

@@ -134,15 +134,20 @@ def _coefficient_values(model: DiffusionModel, times: np.ndarray) -> tuple:
     return tuple(out)
 
 
-def unchecked(model: cc.Model) -> cc.Model:
-    """``model`` for a symbolic replay: without the output check, whose ``"deferred"`` mode reads the
-    outputs, symbols there (it failed on a cold cache only, as ``NonLinearOperation``); the compiled
-    run checks the real outputs."""
+def unchecked(model: cc.Model, solver: Any) -> tuple[cc.Model, Any]:
+    """(``model``, ``solver``) for a symbolic replay: the model without the output check, whose
+    ``"deferred"`` mode reads the outputs, symbols there (it failed on a cold cache only, as
+    ``NonLinearOperation``; the compiled run checks the real outputs), and a ``Solver`` bound to
+    ``model`` bound to that copy instead (a review: ``make_solver`` refused it as "bound to another
+    model" under the default check); a name, or a solver bound elsewhere, as given."""
     if not model.check_outputs:
-        return model
+        return model, solver
     replay = copy.copy(model)
     replay.check_outputs = False
-    return replay
+    if isinstance(solver, cc.solvers.Solver) and solver.model is model:
+        solver = copy.copy(solver)
+        solver.model = replay
+    return replay, solver
 
 
 class _TraceStop(StopAtCore):
@@ -226,7 +231,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
 
     def build() -> tuple[Program, Result]:
         tr = LinearRecorder(shape, dtype)
-        res = cc.chords(unchecked(model), tr.x0, times, solver, cores=cores, init=init, stop=trace_stop, executor=tr,
+        replay, replay_solver = unchecked(model, solver)
+        res = cc.chords(replay, tr.x0, times, replay_solver, cores=cores, init=init, stop=trace_stop, executor=tr,
                         history=history, **solver_options)
         plan = res.plan
         assert plan is not None  # the engine's results carry their plan
@@ -334,8 +340,9 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     if inside and isinstance(x, jax.core.Tracer):  # its values are checked when the computation runs
         jax.debug.callback(_raise_if_nonfinite_state, jnp.isfinite(x).all())
     assert sym.plan is not None  # compile_plan's result carries its plan
-    same_call(mesh, {**call_parts(model, x, check_grid(grid), solver, args, solver_options),
-                     "cores, init": tuple(sym.plan.init), "stop": rule, "history": history})
+    plan = sym.plan
+    same_call(mesh, lambda: {**call_parts(model, x, check_grid(grid), solver, args, solver_options, prog),
+                             "cores, init": tuple(plan.init), "stop": rule, "history": history})
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)  # "auto" too: the check runs on the device, no transfer per round
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
@@ -384,23 +391,30 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     return x, args
 
 
-def same_call(mesh: Any, parts: dict[str, Any]) -> None:
+def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:
     """Under ``jax.distributed``, with a mesh over the devices of every process: raise ``ValueError``
-    naming the arguments (``parts``: name -> a description) that differ between the processes, from
-    one all-gather of their digests, before any collective whose shapes depend on them (a user
+    naming the arguments (``parts()``: name -> a description) that differ between the processes,
+    from one all-gather of their digests, before any collective whose shapes depend on them (a user
     trial: different ``cores`` or ``stop`` aborted the processes in a collective mismatch, one at
     once and the others after about 100 s; a different grid raised JAX's assertion naming
     ``numpy.ndarray``). The values of ``x`` and ``args`` are JAX's to compare (``_replicated``);
-    weights a model reads from its closure cannot be compared (pass them as ``args``)."""
-    if mesh is None or jax.process_count() == 1 or len({d.process_index for d in mesh.devices.flat}) < 2:
+    weights a model reads from its closure cannot be compared (pass them as ``args``). Nothing is
+    built or gathered otherwise: one process, or a mesh over some processes only, whose all-gather
+    would wait for the others (JAX compares its own values on the same condition)."""
+    if mesh is None or jax.process_count() == 1:
+        return
+    if len({d.process_index for d in mesh.devices.flat}) != jax.process_count():
         return
     from jax.experimental import multihost_utils
 
-    names = sorted(parts)
-    mine = np.array([int.from_bytes(hashlib.blake2b(_stable(parts[n]).encode(), digest_size=4).digest(), "little",
+    described = parts()
+    names = sorted(described)
+    mine = np.array([int.from_bytes(hashlib.blake2b(_stable(described[n]).encode(), digest_size=4).digest(), "little",
                                     signed=True) for n in names], np.int32)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(names))
     differ = [n for k, n in enumerate(names) if (every[:, k] != mine[k]).any()]
+    if len(differ) > 1:  # the compiled program follows from the others: named alone only
+        differ = [n for n in differ if not n.startswith(PROGRAM_PART)]
     if differ:
         raise ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
                          f"(process {jax.process_index()} of {jax.process_count()}); under jax.distributed every "
@@ -409,25 +423,39 @@ def same_call(mesh: Any, parts: dict[str, Any]) -> None:
 
 def _stable(obj: Any) -> str:
     """``repr(obj)`` where it describes the value alike in every process, else its type's name (a repr
-    holding a memory address; an array: its dtype, shape and bytes' digest)."""
+    holding a memory address; an array: its dtype, shape and bytes' digest; a numpy scalar: as the
+    Python number it equals, so that ``np.bool_(True)`` and ``True`` agree)."""
     if isinstance(obj, np.ndarray):
         return f"ndarray {obj.dtype} {obj.shape} {hashlib.blake2b(np.ascontiguousarray(obj).tobytes()).hexdigest()}"
-    if isinstance(obj, tuple):
+    if isinstance(obj, np.generic):
+        return repr(obj.item())
+    if isinstance(obj, (tuple, list)):
         return "(" + ", ".join(_stable(o) for o in obj) + ")"
     text = repr(obj)
     return type(obj).__qualname__ if " at 0x" in text else text
 
 
-def call_parts(model: Any, x: jax.Array, times: np.ndarray, solver: Any, args: Any, options: dict) -> dict[str, Any]:
+def call_parts(model: Any, x: jax.Array, times: np.ndarray, solver: Any, args: Any, options: dict,
+               prog: Program) -> dict[str, Any]:
     """The parts of a compiled call that every process must give alike (``same_call``) and that the
     methods share: the state's shape and dtype, the grid, the solver and its options, the model's
-    kind, prediction and schedule, the structure of ``args``."""
+    kind, prediction and schedule, the structure of ``args``, and the compiled program itself (its
+    index and coefficient arrays and its times' dtype: what a bound solver's options, a model
+    subclass's coefficients or ``exact_times`` change, which the named parts do not show)."""
+    arrays = (prog.init, prog.points, prog.times, prog.active, prog.dest, prog.idx, prog.coef, prog.out_idx,
+              prog.out_coef)
     return {"x (shape, dtype)": (tuple(x.shape), str(x.dtype)), "grid": np.asarray(times, np.float64),
             "solver": solver if isinstance(solver, str) else type(solver).__qualname__,
-            "solver options": options_key(options),
+            "solver options": tuple(sorted((k, _stable(v)) for k, v in options.items())),
             "model": (type(model).__qualname__, getattr(model, "prediction", None), getattr(model, "schedule", None)),
             "args (structure)": None if args is None else jax.tree_util.tree_map(
-                lambda a: (getattr(a, "shape", None), str(getattr(a, "dtype", type(a).__name__))), args)}
+                lambda a: (getattr(a, "shape", None), str(getattr(a, "dtype", type(a).__name__))), args),
+            PROGRAM_PART + " (a bound solver's options, a model's coefficients, exact_times)":
+                (*arrays, str(np.dtype(time_dtype(model, x.dtype))))}
+
+
+#: the name of ``call_parts``' part for the compiled program, which differs wherever another part does
+PROGRAM_PART = "the compiled program"
 
 
 #: the arrays of an ``ErrorState`` that the program computes: the error sum and the two newest local

@@ -54,7 +54,8 @@ __all__ = ["srds", "compile_srds"]
 def _replay(model: cc.Model, rec: LinearRecorder, times: np.ndarray, solver: Any, blocks: int, iterations: int,
             solver_options: dict) -> Result:
     """The core's SRDS pipeline on ``rec``'s symbolic state: all ``iterations`` iterations (no log)."""
-    res, _ = srds_run(unchecked(model), rec.x0, times, solver, blocks=blocks, max_iters=iterations, stop=RunAll(),
+    replay, replay_solver = unchecked(model, solver)
+    res, _ = srds_run(replay, rec.x0, times, replay_solver, blocks=blocks, max_iters=iterations, stop=RunAll(),
                       executor=rec, **solver_options)
     return res
 
@@ -159,8 +160,8 @@ def srds(
     last = outputs_needed(rule, nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
     prog, sym = compile_srds(model, x.shape, x.dtype, times, solver, blocks=nb, iterations=last, slots_multiple=ndev,
                              **solver_options)
-    same_call(mesh, {**call_parts(model, x, times, solver, args, solver_options), "blocks, iterations": (nb, last),
-                     "stop": rule})
+    same_call(mesh, lambda: {**call_parts(model, x, times, solver, args, solver_options, prog),
+                             "blocks, iterations": (nb, last), "stop": rule})
     x, args = _replicated(mesh, x, args)
     check = bool(model.check_outputs)
 

@@ -59,7 +59,7 @@ import numpy as np
 
 from chords_core import _backend as B
 from chords_core.call import begin
-from chords_core.checks import check_choice, check_cores, check_int
+from chords_core.checks import check_choice, check_cores, check_grid
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED, check_options
 from chords_core.methods.cascade import LEVEL_FLOOR as CASCADE_FLOOR
@@ -430,7 +430,7 @@ def parallel(
             raise ValueError(f"method: {_NOT_COMPILED[name]}")
         raise ValueError(f"method must be one of {sorted(WINDOW_METHODS)} or None (compiled here; "
                          f"chords_core.parallel has {sorted(METHODS)}), got {method!r}")
-    cores = check_int("cores", cores, 1)
+    cores = check_cores(cores, len(check_grid(grid)) - 1)  # (before the method's options, as the core's parallel)
     seed, scale, default_tol, own = WINDOW_METHODS[name]
     if "devices" in options:
         raise ValueError("devices: chords_jax.parallel runs its window on one device (chords_jax.chords and "
@@ -449,7 +449,7 @@ def parallel(
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps
-    W = check_cores(cores, T)
+    W = cores  # (checked against the grid's steps above)
     if tol is None:
         tol = default_tol(T) if callable(default_tol) else absolute_tol(default_tol, model, name)
     tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)

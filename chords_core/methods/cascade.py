@@ -196,10 +196,10 @@ def cascade(
         A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
     """
     scale = resolve_scale(scale, model)
-    level_floor, anderson, ridge = check_applies(scale, is_plain_ode(model), level_floor, anderson, ridge)
     steps = len(check_grid(grid)) - 1
     if cores is not None:  # named as here, not as the window's "window" (None: the window's default)
         cores = check_int("cores", cores, 1, steps)
+    level_floor, anderson, ridge = check_applies(scale, is_plain_ode(model), level_floor, anderson, ridge)
     if tol is None:
         tol = default_tol_for(model, steps, scale)
     return sliding_window(model, x, grid, solver, window=cores, tol=tol, seed="solver", correction="picard",
