@@ -48,7 +48,7 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=50, help="grid steps T (default 50)")
     p.add_argument("--cores", type=int_at_least(1), default=4, help="cores K (default 4)")
     p.add_argument("--solver", default="euler", help="solver name (default euler)")
-    p.add_argument("--budget", type=float, default=1.05, help="allowed error / sequential error (default 1.05)")
+    p.add_argument("--budget", type=float, default=1.05, help="allowed error / sequential error, >= 1 (default 1.05)")
     p.add_argument("--dim", type=int_at_least(1), default=8, help="Gaussian mixture dimension (default 8)")
     p.add_argument("--modes", type=int_at_least(1), default=3, help="Gaussian mixture components (default 3)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the mixture and the inputs (default 0)")
@@ -56,7 +56,8 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-evals", type=int_at_least(0), default=600,
                    help="local search stops at this many sequences measured in all; the seeds, about one a step "
                         "(each a full run: 4 s at 200 steps, 61 s at 800 on 4 cores here), are measured first "
-                        "whatever it says (default 600)")
+                        "whatever it says, and an exhaustive search (up to --exhaustive-limit sequences) ignores "
+                        "it (default 600)")
     p.add_argument("--exhaustive-limit", type=int_at_least(0), default=500,
                    help="search exhaustively up to this many sequences (default 500)")
 
@@ -82,35 +83,46 @@ def optimize(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit status.
 
-    Bad values exit with status 2 and a usage error, as argparse does; Ctrl-C exits with 130 (the
-    shell's status for SIGINT) and one line, without a traceback.
+    Bad values exit with status 2 and a usage error, as argparse does (an unknown option in the
+    subcommand's own usage); Ctrl-C exits with 130 (the shell's status for SIGINT) and one line,
+    without a traceback, from the first instant (the imports included); running out of memory exits
+    with 1 and one line.
     """
-    from . import demo
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
-        parser = build_parser()
-        parser.print_usage(sys.stderr)  # (as argparse's own errors do)
-        print(f"{parser.prog}: error: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} "
-              "(--help lists them)", file=sys.stderr)
-        return 2
-    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
-        argv = ["demo"] + argv  # the demo is the default subcommand
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    prog, command, usage = "python -m chords_core", "demo", None  # (usage: the parser whose usage an error prints)
     try:
-        return demo.run_main(args) if args.command == "demo" else optimize(args)
+        parser = build_parser()
+        prog = parser.prog
+        if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+            parser.print_usage(sys.stderr)  # (as argparse's own errors do)
+            print(f"{prog}: error: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} "
+                  "(--help lists them)", file=sys.stderr)
+            return 2
+        if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
+            argv = ["demo"] + argv  # the demo is the default subcommand
+        args, extra = parser.parse_known_args(argv)
+        command = args.command
+        usage = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr,index]
+        if extra:  # (argparse reported them in the top-level usage, naming no subcommand)
+            usage.error(f"unrecognized arguments: {' '.join(extra)}")
+        from . import demo
+
+        return demo.run_main(args) if command == "demo" else optimize(args)
     except KeyboardInterrupt:  # Ctrl-C: a line and the shell's status for SIGINT, not a traceback
-        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog} {command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`chords demo | head -1`): quiet, as other tools; stdout
         devnull = os.open(os.devnull, os.O_WRONLY)  # is pointed at /dev/null so that the interpreter's
         os.dup2(devnull, sys.stdout.fileno())  # final flush raises nothing more
         return 141
+    except MemoryError as e:  # sizes argparse accepts but memory does not (--steps 2147483647)
+        print(f"{prog} {command}: out of memory ({e or 'MemoryError'}): give smaller --steps, --samples, --dim or "
+              "--modes", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as e:  # a value argparse could not check alone: usage error, status 2
-        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr,index]
-        sub.print_usage(sys.stderr)
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        if usage is not None:
+            usage.print_usage(sys.stderr)
+        print(f"{prog} {command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -323,6 +323,11 @@ class Workspace:
         n = len(arrays)
         shape = (n, *x0.shape) if new_axis else (n * x0.shape[0], *x0.shape[1:])
         buf, order = self._buf, common_layout(arrays)
+        if order is not None and not new_axis and order[0] != 0 and x0.shape[0] == 1:
+            # the round's axis is the points' axis 0: outermost (a batch of one made from an HWC image,
+            # its axis 0 inside the others by stride, was joined as (H, W, n, C), a review)
+            order = (0, *(a for a in order if a != 0))
+            order = None if order == tuple(range(len(order))) else order
         # (the leading rows of a larger buffer are one block only where axis 0 is the outermost: a
         # Fortran-ordered round takes a buffer of its own size)
         if (buf is None or type(buf) is not type(x0) or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0]
@@ -499,11 +504,11 @@ def layout(x: Array) -> tuple[int, ...] | None:
     order ``_empty`` allocates in. (A point's memory order can change a layout-sensitive model's
     rounding: a channels_last network, a reduction over a Fortran-ordered array.)
 
-    A torch tensor's axes of one element after the first keep their place by stride, inside an axis
-    of the same stride (torch calls a channels_last tensor of one channel contiguous, yet a
-    convolution reads its strides: a review found one evaluated C-ordered 1.5e-5 off in float32);
-    numpy's go first, and so does a torch tensor's axis 0 (rounds are joined along it: placed by its
-    stride, a batch of one put the round's axis inside the others, a review)."""
+    A torch tensor's axes of one element keep their place by stride, inside an axis of the same
+    stride (torch calls a channels_last tensor of one channel contiguous, yet a convolution reads
+    its strides: a review found one evaluated C-ordered 1.5e-5 off in float32), so that ``in_layout``
+    rebuilds a point's strides as they were (a batch of one made from an HWC image keeps its
+    (4, 1, 20, 4)); numpy's go first. ``Workspace.join`` puts a one-element axis 0 outermost."""
     if isinstance(x, np.ndarray):
         if x.flags.c_contiguous:
             return None
@@ -515,9 +520,7 @@ def layout(x: Array) -> tuple[int, ...] | None:
         if x.is_contiguous() and 1 not in shape:
             return None
         strides, unit = x.stride(), 1
-        # (a one-element axis 0 stays outermost: rounds are joined along it; the others by stride)
-        order = tuple(sorted(range(len(shape)), key=lambda a: (-math.inf, False) if a == 0 and shape[0] == 1
-                             else (-strides[a], shape[a] == 1)))
+        order = tuple(sorted(range(len(shape)), key=lambda a: (-strides[a], shape[a] == 1)))
         if order == tuple(range(len(shape))):
             return None
     else:

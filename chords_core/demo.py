@@ -3,8 +3,9 @@
 Runs each requested solver sequentially and with CHORDS at each core count from the same noise,
 and prints one table row per run: rounds (sequential model-evaluation latency), speedup, NFE, the
 RMS error against the sequential solver with the same steps and against the exact ODE solution
-(DOP853, rtol 1e-10). Writes a PNG with the RMS error of every core's output against the round it
-arrived in (one panel per solver, largest core count).
+(DOP853, rtol 1e-10). Writes three PNGs: the RMS error of every core's output against the round it
+arrived in (one panel per solver, largest core count), the CHORDS schedule, and every method's error
+against its rounds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +35,7 @@ from . import (
     solve,
     time_grid,
 )
+from .inits import validate_init
 from .problems import GaussianMixture
 
 #: "No degradation": error against the exact solution at most this times the sequential solver's.
@@ -82,7 +85,9 @@ def parse_stop(text: str) -> StopRule | None:
                 raise ValueError(f"core:N needs an integer N, got {value!r}") from None
             return StopAtCore(n)
         if kind == "residual":
-            tol, _, norm = value.partition(":")
+            tol, colon, norm = value.partition(":")
+            if colon and not norm:  # (a trailing colon was taken as the default norm)
+                raise ValueError(f"residual:TOL:NORM needs its norm after the second colon, got {text!r}")
             return StopOnResidual(float(tol), norm=norm or "rms")
     except ValueError as e:  # (argparse names the option: "argument --stop: ...")
         raise argparse.ArgumentTypeError(str(e)) from None
@@ -168,7 +173,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", type=int_at_least(1), default=10, help="Gaussian mixture components (default 10)")
     p.add_argument("--samples", type=int_at_least(1), default=16, help="noise samples solved at once (default 16)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the mixture and the noise (default 0)")
-    p.add_argument("--out", default="demo-output", help="folder for the PNG plot")
+    p.add_argument("--out", default="demo-output", help="folder for the three PNG plots")
 
 
 def default_steps(solver: str) -> int:
@@ -192,7 +197,11 @@ def core_counts(args: argparse.Namespace) -> list[int]:
     for both options (``--cores`` was ignored silently)."""
     if args.init and args.cores:
         raise ValueError(f"--cores: --init fixes the core count ({len(args.init)}); give one or the other")
-    counts = [len(args.init)] if args.init else list(args.cores or CORE_COUNTS)
+    counts = [len(args.init)] if args.init else list(dict.fromkeys(args.cores or CORE_COUNTS))  # (once each)
+    if isinstance(args.stop, StopAtCore) and args.stop.n > min(counts):  # (it failed after the runs before it,
+        # once the folder was made, naming no option)
+        raise ValueError(f"--stop: core:{args.stop.n} asks for output {args.stop.n}, and a run on {min(counts)} "
+                         f"core(s) makes {min(counts)}: give more --cores, or another --stop")
     # checked per solver before any run: a bad --init or --cores failed after the first solver's whole
     # run, naming neither the option nor the solver's steps
     for solver in args.solver:
@@ -201,13 +210,18 @@ def core_counts(args: argparse.Namespace) -> list[int]:
         if args.init and max(args.init) >= steps:
             raise ValueError(f"--init: its starts must lie below the steps; {runs}, and init reaches "
                              f"{max(args.init)}: give --steps above {max(args.init)}, or a shorter init")
+        if args.init:
+            try:
+                validate_init(args.init, steps)
+            except ValueError as e:
+                raise ValueError(f"--init: {e}") from None
         if max(counts) > steps:
             raise ValueError(f"--cores: at most the steps; {runs}, and --cores asks for {max(counts)}: give "
                              f"--steps of at least {max(counts)}, or fewer cores")
     return counts
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+def run(args: argparse.Namespace) -> tuple[list[dict], list[dict], list[str | None]]:
     """Run every requested solver sequentially, with CHORDS and with every method; write the plots.
 
     Args:
@@ -215,8 +229,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
     Returns:
         The CHORDS rows (solver, steps, cores, init, rounds, speedup, nfe, err_seq, err_exact,
-        output) and the every-method rows (solver, steps, method, cores, rounds, speedup, nfe,
-        ratio, err, ok; none with ``--init``).
+        output), the every-method rows (solver, steps, method, cores, rounds, speedup, nfe,
+        ratio, err, ok; none with ``--init``), and each plot's outcome (``_written``: its path,
+        ``None`` without matplotlib, ``""`` where it could not be written, reported on stderr).
     """
     cores = core_counts(args)
     make_schedule, prediction, spacing = SCHEDULES[args.schedule]
@@ -264,11 +279,25 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
             baselines[solver] = (steps, seq_err, [(sum(make_solver(solver, model, g).evals_per_step()),
                                                    rms(solve(model, x_T, g, solver), exact))
                                                   for n in fewer for g in [time_grid(schedule, n, spacing)]])
-    write_plot(ladders, args.out)
+    plots = [_written("hits_error_vs_round.png", args.out, lambda: write_plot(ladders, args.out))]
     if method_rows:
-        write_methods_figure(method_rows, baselines, args.out)
-    write_schedule_figure(max(cores), args.out, plan=drawn[0] if drawn else None, solver=drawn[1] if drawn else "")
-    return rows, method_rows
+        plots.append(_written("methods_error_vs_rounds.png", args.out,
+                              lambda: write_methods_figure(method_rows, baselines, args.out)))
+    plots.append(_written("chords_schedule.png", args.out, lambda: write_schedule_figure(
+        max(cores), args.out, plan=drawn[0] if drawn else None, solver=drawn[1] if drawn else "")))
+    return rows, method_rows, plots
+
+
+def _written(name: str, out: str, write: Callable[[], Any]) -> str | None:
+    """``out/name`` once ``write()`` has written it; ``None`` where it wrote nothing (no matplotlib);
+    ``""`` where it could not, with a line on stderr (a finished run's tables were lost to an
+    ``IsADirectoryError`` traceback, a user trial)."""
+    try:
+        done = write()
+    except OSError as e:
+        print(f"could not write {os.path.join(out, name)}: {e.strerror or e}", file=sys.stderr)
+        return ""
+    return None if done is None else os.path.join(out, name)
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -307,15 +336,20 @@ def format_methods_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+_NOTED: list = []  # whether the note on a missing matplotlib was printed (once a process)
+
+
 def _pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend, or ``None`` (with a note) without matplotlib."""
+    """matplotlib.pyplot on the Agg backend, or ``None`` (with a note, once) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(matplotlib not installed: no plot; pip install 'chords[plots]')")
+        if not _NOTED:
+            print("(matplotlib not installed: no plot; pip install 'chords[plots]')")
+            _NOTED.append(True)
         return None
     return plt
 
@@ -424,13 +458,8 @@ def write_plot(ladders: dict, out: str) -> str | None:
     Returns:
         The PNG's path, or ``None`` without matplotlib.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; pip install 'chords[plots]')")
+    plt = _pyplot()
+    if plt is None:
         return None
     os.makedirs(out, exist_ok=True)
     fig, axes = plt.subplots(1, len(ladders), figsize=(5 * len(ladders), 4), squeeze=False)
@@ -469,7 +498,7 @@ def run_main(args: argparse.Namespace) -> int:
         args: the parsed demo options.
 
     Returns:
-        The exit status (0).
+        The exit status: 0, or 1 where a plot could not be written (the tables are printed).
     """
     core_counts(args)  # (its usage error before --out's folder is made)
     try:  # before the run, not after it: a bad --out is a usage error (status 2 from the command line)
@@ -478,7 +507,8 @@ def run_main(args: argparse.Namespace) -> int:
             pass
     except OSError as e:
         raise ValueError(f"--out: cannot make or use the folder {args.out!r}: {e.strerror or e}") from None
-    rows, method_rows = run(args)
+    args.solver = list(dict.fromkeys(args.solver))  # (a solver given twice ran twice)
+    rows, method_rows, plots = run(args)
     print(f"Gaussian mixture: {args.dim}-D, {args.modes} modes, {args.samples} samples, schedule {args.schedule}; "
           f"CHORDS with stop {args.stop}")
     print(format_table(rows))
@@ -486,7 +516,6 @@ def run_main(args: argparse.Namespace) -> int:
         print(f"\nEvery method at its defaults (cc.parallel); rows marked NO miss the no-degradation criterion "
               f"(error vs exact <= {CRITERION} x the sequential solver's):")
         print(format_methods_table(method_rows))
-    names = ["hits_error_vs_round.png", "chords_schedule.png"]
-    names += ["methods_error_vs_rounds.png"] if method_rows else []
-    print("plots: " + ", ".join(os.path.join(args.out, n) for n in names))
-    return 0
+    written = [p for p in plots if p]
+    print("plots: " + (", ".join(written) if written else "none written"))
+    return 1 if "" in plots else 0  # (a plot that could not be written: reported above)

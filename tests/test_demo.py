@@ -65,7 +65,7 @@ def test_every_option_has_help_text():
 
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--stop", "core:9", "--cores", "2", "--solver", "euler", "--dim", "2", "--modes", "1", "--samples", "1"],
-     "asks for more outputs than the run makes, 2 (CHORDS: one a core"),
+     "--stop: core:9 asks for output 9, and a run on 2 core(s) makes 2"),
     (["demo", "--solver", "rk4"], "invalid choice"),
     (["demo", "--cores", "two"], "argument --cores: must be an integer >= 1, got 'two'"),
     (["optimize", "--steps", "12", "--cores", "30"], "cores"),
@@ -134,6 +134,84 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     assert err == "python -m chords_core demo: interrupted\n"
 
 
+def test_ctrl_c_during_the_imports_and_running_out_of_memory_are_one_line(monkeypatch, capsys):
+    """A user trial: Ctrl-C in the first half second (building the parser, importing the demo and
+    scipy) printed a 40-line traceback; a size the parser accepts (--steps 2147483647) died with a
+    MemoryError traceback."""
+    import chords_core.__main__ as cli
+    from chords_core import demo
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["demo"]) == 130 and capsys.readouterr().err == "python -m chords_core demo: interrupted\n"
+    monkeypatch.undo()
+
+    def too_big(args):
+        raise MemoryError("Unable to allocate 16.0 GiB")
+
+    monkeypatch.setattr(demo, "run_main", too_big)
+    assert main(["demo", "--steps", "2147483647"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m chords_core demo: out of memory (Unable to allocate 16.0 GiB)") and "--steps" in err
+
+
+def test_an_unknown_option_is_named_in_its_subcommands_usage(capsys):
+    """(argparse reported it in the top-level usage, naming no subcommand.)"""
+    for command in ("demo", "optimize"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--bogus"])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"usage: python -m chords_core {command} ") and err.endswith(
+            f"python -m chords_core {command}: error: unrecognized arguments: --bogus\n")
+
+
+def test_usage_errors_come_before_the_out_folder_is_made(tmp_path, monkeypatch, capsys):
+    """A user trial: a bad --init, a --stop core:N beyond the cores, were refused only after --out
+    (nested folders included) was made, and core:N after the runs before it, naming no option."""
+    from chords_core import demo
+
+    monkeypatch.setattr(demo, "run", lambda args: pytest.fail("the run started before the options were checked"))
+    for argv, message in ((["--init", "1-4"], "--init: init must start at 0"),
+                          (["--init", "0-4-2"], "--init: init must be strictly increasing"),
+                          (["--stop", "core:8", "--cores", "4"], "--stop: core:8 asks for output 8, and a run on 4 "),
+                          (["--stop", "core:3", "--cores", "4", "2"], "a run on 2 core(s) makes 2")):
+        out = tmp_path / "a" / "b"
+        assert main(["demo", "--solver", "euler", *argv, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "a").exists(), argv
+    with pytest.raises(SystemExit):  # (a trailing colon was taken as the default norm)
+        main(["demo", "--stop", "residual:1e-3:"])
+    assert "needs its norm after the second colon" in capsys.readouterr().err
+
+
+def test_a_plot_that_cannot_be_written_keeps_the_tables(tmp_path, capsys):
+    """A user trial: a plot that could not be written (its name an existing folder) ended a finished
+    run in an IsADirectoryError traceback, status 1, the tables never printed; without matplotlib the
+    demo listed three plots it never wrote. Solvers and core counts given twice ran twice."""
+    import sys
+
+    (tmp_path / "chords_schedule.png").mkdir()
+    argv = ["demo", "--solver", "euler", "euler", "--cores", "2", "2", "--steps", "10", "--dim", "2", "--modes", "2",
+            "--samples", "2", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert err == f"could not write {tmp_path / 'chords_schedule.png'}: Is a directory\n"
+    rows = [line for line in out.splitlines() if line.startswith("| euler | 10 |")]
+    assert len(rows) == 2 + 6 * 2  # (sequential and 2 cores; every method at 1 and 2 cores), once each
+    assert out.rstrip().endswith(f"plots: {tmp_path / 'hits_error_vs_round.png'}, "
+                                 f"{tmp_path / 'methods_error_vs_rounds.png'}")
+    saved = sys.modules.get("matplotlib")
+    sys.modules["matplotlib"] = None  # type: ignore[assignment]
+    try:
+        assert main(argv[:-1] + [str(tmp_path / "none")]) == 0
+    finally:
+        sys.modules["matplotlib"] = saved  # type: ignore[assignment]
+    out = capsys.readouterr().out
+    assert out.count("matplotlib not installed") <= 1 and out.rstrip().endswith("plots: none written")
+
+
 def test_console_script_names_itself_in_a_value_error():
     """A value only the run can check (``--init`` against the steps) is reported in the program's own
     name: the console script said "python -m chords_core demo: error"."""
@@ -154,7 +232,9 @@ def test_demo_figures_have_the_expected_panels(tmp_path):
 
     args = demo.build_parser().parse_args(["--solver", "euler", "dpmpp_2m", "--cores", "2", "4", "--dim", "4", "--modes",
                                            "2", "--samples", "2", "--out", str(tmp_path)])
-    _, rows = demo.run(args)
+    _, rows, plots = demo.run(args)
+    assert sorted(os.path.basename(p) for p in plots) == sorted(
+        ["hits_error_vs_round.png", "methods_error_vs_rounds.png", "chords_schedule.png"])
     assert {r["method"] for r in rows} == set(METHODS) and {r["cores"] for r in rows} == {1, 2, 4}
     baselines = {s: (st, e, b) for s, st, e, b in [("euler", 50, 1.0, [(10, 2.0), (50, 1.0)]),
                                                     ("dpmpp_2m", 20, 1.0, [(10, 2.0), (20, 1.0)])]}

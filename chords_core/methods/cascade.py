@@ -195,10 +195,10 @@ def cascade(
     Returns:
         A ``Result`` (``method="cascade"``) with one output; ``log`` holds a ``Sweep`` per sweep.
     """
-    scale = resolve_scale(scale, model)
     steps = len(check_grid(grid)) - 1
     if cores is not None:  # named as here, not as the window's "window" (None: the window's default)
         cores = check_int("cores", cores, 1, steps)
+    scale = resolve_scale(scale, model)  # (its options after the grid and cores, as parallel() checks them)
     level_floor, anderson, ridge = check_applies(scale, is_plain_ode(model), level_floor, anderson, ridge)
     if tol is None:
         tol = default_tol_for(model, steps, scale)
