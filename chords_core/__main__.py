@@ -23,9 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from . import demo
 
-    # (the console script calls itself chords: it said python -m chords_core)
-    prog = "chords" if os.path.basename(sys.argv[0]) == "chords" else "python -m chords_core"
-    p = argparse.ArgumentParser(prog=prog,
+    p = argparse.ArgumentParser(prog=_prog(),
                                 description="chords: parallel ODE solving for diffusion sampling.")
     sub = p.add_subparsers(dest="command", metavar="{demo,optimize}")
     demo.add_arguments(sub.add_parser("demo", help="CHORDS vs the sequential solver on a Gaussian mixture (default)",
@@ -35,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the CHORDS init sequence with the fewest rounds whose output stays within an error budget "
                     "relative to the sequential solver."))
     return p
+
+
+def _prog() -> str:
+    """The program's name in messages: ``chords`` for the console script (it said python -m chords_core)."""
+    return "chords" if os.path.basename(sys.argv[0]) == "chords" else "python -m chords_core"
 
 
 def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,11 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad values exit with status 2 and a usage error, as argparse does (an unknown option in the
     subcommand's own usage); Ctrl-C exits with 130 (the shell's status for SIGINT) and one line,
-    without a traceback, from the first instant (the imports included); running out of memory exits
-    with 1 and one line.
+    without a traceback, from the moment ``main`` runs (the subcommand's imports included; a Ctrl-C
+    while Python imports the package itself, before it, is Python's traceback); running out of
+    memory exits with 1 and one line.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog, command, usage = "python -m chords_core", "demo", None  # (usage: the parser whose usage an error prints)
+    # (named before anything is built: a Ctrl-C while the parser imports the demo named "python -m chords_core
+    # demo" for `chords optimize`, a review; usage: the parser whose usage an error prints)
+    prog, command, usage = _prog(), argv[0] if argv and argv[0] in SUBCOMMANDS else "demo", None
     try:
         parser = build_parser()
         prog = parser.prog

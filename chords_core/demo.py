@@ -201,7 +201,8 @@ def core_counts(args: argparse.Namespace) -> list[int]:
     if isinstance(args.stop, StopAtCore) and args.stop.n > min(counts):  # (it failed after the runs before it,
         # once the folder was made, naming no option)
         raise ValueError(f"--stop: core:{args.stop.n} asks for output {args.stop.n}, and a run on {min(counts)} "
-                         f"core(s) makes {min(counts)}: give more --cores, or another --stop")
+                         f"core(s) makes {min(counts)}: give {'a longer --init' if args.init else 'more --cores'}, "
+                         "or another --stop")
     # checked per solver before any run: a bad --init or --cores failed after the first solver's whole
     # run, naming neither the option nor the solver's steps
     for solver in args.solver:

@@ -146,6 +146,8 @@ def test_ctrl_c_during_the_imports_and_running_out_of_memory_are_one_line(monkey
 
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert main(["demo"]) == 130 and capsys.readouterr().err == "python -m chords_core demo: interrupted\n"
+    # (a review: named "demo" whatever the subcommand, before the parser was built)
+    assert main(["optimize"]) == 130 and capsys.readouterr().err == "python -m chords_core optimize: interrupted\n"
     monkeypatch.undo()
 
     def too_big(args):
@@ -177,7 +179,8 @@ def test_usage_errors_come_before_the_out_folder_is_made(tmp_path, monkeypatch, 
     for argv, message in ((["--init", "1-4"], "--init: init must start at 0"),
                           (["--init", "0-4-2"], "--init: init must be strictly increasing"),
                           (["--stop", "core:8", "--cores", "4"], "--stop: core:8 asks for output 8, and a run on 4 "),
-                          (["--stop", "core:3", "--cores", "4", "2"], "a run on 2 core(s) makes 2")):
+                          (["--stop", "core:3", "--cores", "4", "2"], "a run on 2 core(s) makes 2: give more --cores"),
+                          (["--stop", "core:4", "--init", "0-2-4"], "makes 3: give a longer --init")):
         out = tmp_path / "a" / "b"
         assert main(["demo", "--solver", "euler", *argv, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "a").exists(), argv

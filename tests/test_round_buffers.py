@@ -500,3 +500,26 @@ def test_a_reused_stacking_buffer_follows_the_points_memory_order():
     f = np.asfortranarray(x)
     got = cc.parallel(model, f, grid, "ddim", cores=3, tol=0, executor=ex)
     assert set(seen) == {(3, 2, 1, 0)} and _bits_equal(got.x, cc.solve(model, f, grid, "ddim"))
+
+
+def test_a_batch_of_one_made_from_an_hwc_image_is_joined_as_channels_last():
+    """Reviews: ``layout`` keeps a point's one-element axes where its strides put them, so that a
+    point is rebuilt exactly; a round is joined along axis 0, which therefore counts as outermost
+    there (``common_layout``). A batch of one made from an HWC image ((4, 1, 256, 4)) was joined as
+    (H, W, n, C), and beside a standard channels_last point (a network returning channels_last, DPM++'s
+    rounds mix the two) C-ordered: 5.7e-6 off ``solve`` at tol 0 through a per-sample normalisation."""
+    hwc = torch.randn(64, 64, 4, generator=torch.Generator().manual_seed(1)).permute(2, 0, 1).unsqueeze(0)
+    std = hwc.contiguous(memory_format=torch.channels_last)
+    assert B.layout(hwc) == (2, 3, 0, 1) and B.in_layout(hwc, B.layout(hwc)).stride() == hwc.stride()
+    assert B.common_layout([hwc, std]) == (0, 2, 3, 1)
+    for new_axis, strides in ((False, (16384, 1, 256, 4)), (True, (16384, 16384, 1, 256, 4))):
+        assert B.Workspace().join([hwc, std] * 2, new_axis).stride() == strides, new_axis
+
+    def net(x, t):  # per-sample normalisation (its rounding follows the layout), channels_last out
+        y = (x - x.mean(dim=(1, 2, 3), keepdim=True)) * 0.5 + 0.01 * x.sum(dim=1, keepdim=True)
+        return y.contiguous(memory_format=torch.channels_last)
+
+    model = cc.DiffusionModel(net, cc.VP.linear(), "eps")
+    grid = cc.time_grid(model.schedule, 10)
+    got = cc.parallel(model, hwc, grid, "dpmpp_2m", cores=4, tol=0)
+    assert torch.equal(got.x, cc.solve(model, hwc, grid, "dpmpp_2m"))
