@@ -216,6 +216,10 @@ def main(scenario: str, path: str) -> int:
                         for state in (y.to(dtype).to(memory_format=torch.channels_last), y.to(dtype))
                         for solver, method in (("euler", "chords"), ("euler", "cascade"), ("heun", "chords"),
                                                ("dpmpp_2m", "cascade"))]
+                # a batch of one made from an HWC image: strides (C, 1, W C, C), rebuilt exactly on the ranks
+                hwc = torch.randn(5, 5, channels, generator=torch.Generator().manual_seed(1)).permute(2, 0, 1)[None]
+                runs += [(torch.float32, hwc, solver, method) for solver, method in (("euler", "chords"),
+                                                                                     ("dpmpp_2m", "cascade"))]
                 for dtype, state, solver, method in runs:
                     res = cc.parallel(conv, state, small, solver, cores=3, method=method, executor=ex)
                     ref = cc.parallel(conv, state, small, solver, cores=3, method=method, executor=cc.SerialExecutor())

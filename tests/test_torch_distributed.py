@@ -195,7 +195,7 @@ def test_a_channels_last_state_reaches_the_serving_ranks_in_its_memory_order(tmp
     codes, outs = launch(["layout"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
     rep = report(outs[0])
     assert rep["sensitive"] == [True, True], rep  # (layout-sensitive networks: the comparison can fail)
-    assert len(rep["layout"]) == 64 and all(row[6] and row[7] for row in rep["layout"]), rep["layout"]
+    assert len(rep["layout"]) == 72 and all(row[6] and row[7] for row in rep["layout"]), rep["layout"]
     assert codes == [0, 0], outs
 
 
