@@ -509,9 +509,10 @@ def test_a_batch_of_one_made_from_an_hwc_image_is_joined_as_channels_last():
     (H, W, n, C), and beside a standard channels_last point (a network returning channels_last, DPM++'s
     rounds mix the two) C-ordered: 5.7e-6 off ``solve`` at tol 0 through a per-sample normalisation."""
     hwc = torch.randn(64, 64, 4, generator=torch.Generator().manual_seed(1)).permute(2, 0, 1).unsqueeze(0)
-    std = hwc.contiguous(memory_format=torch.channels_last)
-    assert B.layout(hwc) == (2, 3, 0, 1) and B.in_layout(hwc, B.layout(hwc)).stride() == hwc.stride()
-    assert B.common_layout([hwc, std]) == (0, 2, 3, 1)
+    std = torch.randn(1, 4, 64, 64).contiguous(memory_format=torch.channels_last)  # ((hwc's own .contiguous(
+    # memory_format=channels_last) is hwc itself: torch ignores its one-element axis)
+    assert std.stride() == (16384, 1, 256, 4) and B.layout(hwc) == (2, 3, 0, 1) and B.in_layout(hwc, B.layout(hwc)).stride() == hwc.stride()
+    assert B.common_layout([hwc, std]) == B.common_layout([std, hwc]) == (0, 2, 3, 1)
     for new_axis, strides in ((False, (16384, 1, 256, 4)), (True, (16384, 16384, 1, 256, 4))):
         assert B.Workspace().join([hwc, std] * 2, new_axis).stride() == strides, new_axis
 
