@@ -76,9 +76,15 @@ def optimize(args: argparse.Namespace) -> int:
     """
     from .tuning import optimize_init
 
-    res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,
-                        seed=args.seed, samples=args.samples, max_evals=args.max_evals,
-                        exhaustive_limit=args.exhaustive_limit)
+    try:
+        res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,
+                            seed=args.seed, samples=args.samples, max_evals=args.max_evals,
+                            exhaustive_limit=args.exhaustive_limit)
+    except KeyboardInterrupt as interrupt:  # a Ctrl-C during the search: its best so far, then "interrupted"
+        partial = getattr(interrupt, "best_so_far", None)
+        if partial is not None:
+            print(partial.summary(), flush=True)
+        raise
     print(res.summary())
     return 0
 

@@ -302,3 +302,31 @@ def test_the_residual_stop_takes_the_reference_norm():
 
     assert parse_stop("residual:4e-4:l2/numel") == cc.StopOnResidual(4e-4, norm="l2/numel")
     assert parse_stop("residual:1e-3") == cc.StopOnResidual(1e-3)
+
+
+def test_an_interrupted_optimize_prints_its_best_so_far(monkeypatch, capsys):
+    """A user trial: a Ctrl-C during ``optimize`` (one sequence can take a minute at 800 steps) printed
+    only "interrupted". The interrupt now carries the best sequence measured so far
+    (``best_so_far``), which the command prints before its line."""
+    from chords_core.tuning import search
+
+    real, calls = search.Evaluator.__call__, []
+
+    def cut(self, init):  # a Ctrl-C at the 12th sequence of the search
+        calls.append(init)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return real(self, init)
+
+    monkeypatch.setattr(search.Evaluator, "__call__", cut)
+    with pytest.raises(KeyboardInterrupt) as info:
+        search.optimize_init(12, 3, "euler", dim=2, modes=2, samples=2)
+    partial = info.value.best_so_far
+    seen = partial.candidates
+    assert len(seen) == partial.evaluated == 11 and "interrupted after 11 sequences" in partial.method
+    assert partial.best.key == min(c.key for c in seen) and partial.best.ratio <= partial.budget
+    calls.clear()
+    assert main(["optimize", "--steps", "12", "--cores", "3", "--dim", "2", "--modes", "2", "--samples", "2"]) == 130
+    out, err = capsys.readouterr()
+    assert "interrupted after 11 sequences: the best so far" in out and "chosen init:" in out
+    assert err == "python -m chords_core optimize: interrupted\n"

@@ -140,6 +140,10 @@ def optimize_init(
 
     Returns:
         The ``InitResult``.
+
+    Raises:
+        KeyboardInterrupt: a Ctrl-C during the search, carrying ``best_so_far``, the ``InitResult`` of
+            the sequences measured until then (the best of them; its ``method`` says it was cut).
     """
     budget = check_budget(budget)
     exhaustive_limit = check_int("exhaustive_limit", exhaustive_limit, 0)
@@ -169,37 +173,45 @@ def optimize_init(
 
     best = min(baselines.values(), key=lambda c: c.key)
     space = math.comb(T - 1, cores - 1)
-    if space <= exhaustive_limit:
-        method = f"exhaustive over all {space} sequences"
-        for rest in combinations(range(1, T), cores - 1):
-            cand = ev((0,) + rest)
-            if better(cand, best):
-                best = cand
-                trace.append((len(ev.seen), best.rounds))
-    else:
-        method = f"local search from {cores}-core recipe seeds ({space} sequences in all)"
-        seeds = {recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)}
-        for s in sorted(seeds):
-            cand = ev(s)
-            if better(cand, best):
-                best = cand
-        trace.append((len(ev.seen), best.rounds))
-        starts = sorted({c.init: c for c in ev.seen.values()}.values(), key=lambda c: c.key)[:3]
-        for start in starts:
-            cur = start
-            improved = True
-            while improved and len(ev.seen) < max_evals:
-                improved = False
-                for nb in _neighbours(cur.init, T):
-                    if len(ev.seen) >= max_evals:
-                        break
-                    cand = ev(nb)
-                    if better(cand, cur):
-                        cur, improved = cand, True
-                        break
-            if better(cur, best):
-                best = cur
-                trace.append((len(ev.seen), best.rounds))
+    method = (f"exhaustive over all {space} sequences" if space <= exhaustive_limit
+              else f"local search from {cores}-core recipe seeds ({space} sequences in all)")
+    try:
+        if space <= exhaustive_limit:
+            for rest in combinations(range(1, T), cores - 1):
+                cand = ev((0,) + rest)
+                if better(cand, best):
+                    best = cand
+                    trace.append((len(ev.seen), best.rounds))
+        else:
+            seeds = {recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)}
+            for s in sorted(seeds):
+                cand = ev(s)
+                if better(cand, best):
+                    best = cand
+            trace.append((len(ev.seen), best.rounds))
+            starts = sorted({c.init: c for c in ev.seen.values()}.values(), key=lambda c: c.key)[:3]
+            for start in starts:
+                cur = start
+                improved = True
+                while improved and len(ev.seen) < max_evals:
+                    improved = False
+                    for nb in _neighbours(cur.init, T):
+                        if len(ev.seen) >= max_evals:
+                            break
+                        cand = ev(nb)
+                        if better(cand, cur):
+                            cur, improved = cand, True
+                            break
+                if better(cur, best):
+                    best = cur
+                    trace.append((len(ev.seen), best.rounds))
+    except KeyboardInterrupt as interrupt:  # (a Ctrl-C: the best measured so far travels with it; the CLI prints
+        # it, where it printed only "interrupted", a user trial)
+        cut = f"{method}; interrupted after {len(ev.seen)} sequences: the best so far"
+        interrupt.best_so_far = InitResult(  # type: ignore[attr-defined]
+            min(ev.seen.values(), key=lambda c: c.key), budget, cut, len(ev.seen), ev.runs, cal, baselines,
+            tuple(ev.seen.values()), tuple(trace))
+        raise
     return InitResult(best, budget, method, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()),
                       tuple(trace))
 
