@@ -83,7 +83,11 @@ def optimize(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:  # a Ctrl-C during the search: its best so far, then "interrupted"
         partial = getattr(interrupt, "best_so_far", None)
         if partial is not None:
-            print(partial.summary(), flush=True)
+            try:
+                print(partial.summary(), flush=True)
+            except OSError:  # (a reader gone with the same Ctrl-C, `| tee`, or a full disk: the interrupt stays
+                # the outcome, as before the summary was printed; stdout to /dev/null for the final flush)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise
     print(res.summary())
     return 0

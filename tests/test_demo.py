@@ -330,3 +330,44 @@ def test_an_interrupted_optimize_prints_its_best_so_far(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "interrupted after 11 sequences: the best so far" in out and "chosen init:" in out
     assert err == "python -m chords_core optimize: interrupted\n"
+
+
+def test_an_interrupted_optimize_whose_output_is_gone_still_says_interrupted(monkeypatch, capsys, tmp_path):
+    """A review: with the reader gone by the same Ctrl-C (``| tee``) or a full disk, printing the best so
+    far raised BrokenPipeError (a quiet 141) or OSError (a traceback, status 1); the interrupt stays
+    the outcome. And a local search cut in a climb lists the climb's improvement in its trace."""
+    import sys
+
+    from chords_core.tuning import search
+
+    real, calls = search.Evaluator.__call__, []
+
+    def cut(self, init):
+        calls.append(init)
+        if len(calls) == 33:
+            raise KeyboardInterrupt
+        return real(self, init)
+
+    monkeypatch.setattr(search.Evaluator, "__call__", cut)
+    with pytest.raises(KeyboardInterrupt) as info:
+        search.optimize_init(30, 4, "euler", dim=2, modes=2, samples=2, exhaustive_limit=10, max_evals=80)
+    partial = info.value.best_so_far
+    assert partial.method.startswith("local search") and partial.improvements[-1][1] == partial.best.rounds
+
+    class Full:  # stdout on a full disk
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return handle.fileno()
+
+    calls.clear()
+    with open(tmp_path / "out", "w") as handle:
+        monkeypatch.setattr(sys, "stdout", Full())
+        code = main(["optimize", "--steps", "30", "--cores", "4", "--dim", "2", "--modes", "2", "--samples", "2",
+                     "--exhaustive-limit", "10", "--max-evals", "80"])
+        monkeypatch.undo()
+    assert code == 130 and capsys.readouterr().err == "python -m chords_core optimize: interrupted\n"

@@ -208,9 +208,11 @@ def optimize_init(
     except KeyboardInterrupt as interrupt:  # (a Ctrl-C: the best measured so far travels with it; the CLI prints
         # it, where it printed only "interrupted", a user trial)
         cut = f"{method}; interrupted after {len(ev.seen)} sequences: the best so far"
+        so_far = min(ev.seen.values(), key=lambda c: c.key)
+        if better(so_far, best):  # (found by a climb cut short: its improvement is in the trace too)
+            trace.append((len(ev.seen), so_far.rounds))
         interrupt.best_so_far = InitResult(  # type: ignore[attr-defined]
-            min(ev.seen.values(), key=lambda c: c.key), budget, cut, len(ev.seen), ev.runs, cal, baselines,
-            tuple(ev.seen.values()), tuple(trace))
+            so_far, budget, cut, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()), tuple(trace))
         raise
     return InitResult(best, budget, method, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()),
                       tuple(trace))
