@@ -304,21 +304,30 @@ def test_the_residual_stop_takes_the_reference_norm():
     assert parse_stop("residual:1e-3") == cc.StopOnResidual(1e-3)
 
 
+def _ctrl_c_at(monkeypatch, n: int) -> list:
+    """Make the init search's ``n``-th sequence measured raise KeyboardInterrupt (a Ctrl-C there); the
+    list of the sequences asked for, which the caller clears to count again."""
+    from chords_core.tuning import search
+
+    real, calls = search.Evaluator.__call__, []
+
+    def cut(self, init):
+        calls.append(init)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(self, init)
+
+    monkeypatch.setattr(search.Evaluator, "__call__", cut)
+    return calls
+
+
 def test_an_interrupted_optimize_prints_its_best_so_far(monkeypatch, capsys):
     """A user trial: a Ctrl-C during ``optimize`` (one sequence can take a minute at 800 steps) printed
     only "interrupted". The interrupt now carries the best sequence measured so far
     (``best_so_far``), which the command prints before its line."""
     from chords_core.tuning import search
 
-    real, calls = search.Evaluator.__call__, []
-
-    def cut(self, init):  # a Ctrl-C at the 12th sequence of the search
-        calls.append(init)
-        if len(calls) == 12:
-            raise KeyboardInterrupt
-        return real(self, init)
-
-    monkeypatch.setattr(search.Evaluator, "__call__", cut)
+    calls = _ctrl_c_at(monkeypatch, 12)  # a Ctrl-C at the 12th sequence of the search
     with pytest.raises(KeyboardInterrupt) as info:
         search.optimize_init(12, 3, "euler", dim=2, modes=2, samples=2)
     partial = info.value.best_so_far
@@ -340,15 +349,7 @@ def test_an_interrupted_optimize_whose_output_is_gone_still_says_interrupted(mon
 
     from chords_core.tuning import search
 
-    real, calls = search.Evaluator.__call__, []
-
-    def cut(self, init):
-        calls.append(init)
-        if len(calls) == 33:
-            raise KeyboardInterrupt
-        return real(self, init)
-
-    monkeypatch.setattr(search.Evaluator, "__call__", cut)
+    calls = _ctrl_c_at(monkeypatch, 33)
     with pytest.raises(KeyboardInterrupt) as info:
         search.optimize_init(30, 4, "euler", dim=2, modes=2, samples=2, exhaustive_limit=10, max_evals=80)
     partial = info.value.best_so_far
