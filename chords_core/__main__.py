@@ -86,11 +86,17 @@ def optimize(args: argparse.Namespace) -> int:
             try:
                 print(partial.summary(), flush=True)
             except OSError:  # (a reader gone with the same Ctrl-C, `| tee`, or a full disk: the interrupt stays
-                # the outcome, as before the summary was printed; stdout to /dev/null for the final flush)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                # the outcome, as before the summary was printed)
+                _stdout_to_devnull()
         raise
     print(res.summary())
     return 0
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, once writing to it has failed, so that the interpreter's final flush
+    raises nothing more."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,9 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line and the shell's status for SIGINT, not a traceback
         print(f"{prog} {command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader left (`chords demo | head -1`): quiet, as other tools; stdout
-        devnull = os.open(os.devnull, os.O_WRONLY)  # is pointed at /dev/null so that the interpreter's
-        os.dup2(devnull, sys.stdout.fileno())  # final flush raises nothing more
+    except BrokenPipeError:  # the reader left (`chords demo | head -1`): quiet, as other tools
+        _stdout_to_devnull()
         return 141
     except MemoryError as e:  # sizes argparse accepts but memory does not (--steps 2147483647)
         print(f"{prog} {command}: out of memory ({e or 'MemoryError'}): give smaller --steps, --samples, --dim or "

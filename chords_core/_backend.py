@@ -560,6 +560,12 @@ def layouts(arrays: Sequence[Array]) -> list[tuple[int, ...] | None] | None:
     return None if all(o is None for o in out) else out
 
 
+def laid_out(rows: Array, orders: Sequence[tuple[int, ...] | None] | None) -> Any:
+    """The rows of ``rows`` (stacked C-ordered, as a buffer or a message holds them), each in its
+    memory order (``orders``, ``layouts``'); ``rows`` itself where ``orders`` is ``None``."""
+    return rows if orders is None else [in_layout(r, order) for r, order in zip(rows, orders)]
+
+
 def in_layout(x: Array, order: tuple[int, ...] | None) -> Array:
     """``x`` itself for ``order`` None, else a copy of it laid out in the dense memory ``order``
     (``layout``'s: the axes from the outermost to the innermost), a numpy array or a torch tensor."""

@@ -374,21 +374,20 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     are without a mesh. Under ``jax.distributed`` JAX checks that every process passes the same
     values: a difference is a ``ValueError`` naming the argument (JAX's ``AssertionError`` named
     only a type)."""
-    if mesh is not None:
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        for name in ("x", "args"):
-            value = x if name == "x" else args
-            if value is None:
-                continue
-            try:
-                value = jax.device_put(value, replicated)
-            except AssertionError as err:
-                if "not the same on each process" not in str(err):
-                    raise
-                raise ValueError(f"{name}: its values differ between the processes; under jax.distributed every "
-                                 f"process makes the same call with the same {name}") from None
-            x, args = (value, args) if name == "x" else (x, value)
-    return x, args
+    if mesh is None:
+        return x, args
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def put(name: str, value: Any) -> Any:
+        try:
+            return jax.device_put(value, replicated)
+        except AssertionError as err:
+            if "not the same on each process" not in str(err):
+                raise
+            raise ValueError(f"{name}: its values differ between the processes; under jax.distributed every "
+                             f"process makes the same call with the same {name}") from None
+
+    return put("x", x), None if args is None else put("args", args)
 
 
 def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:

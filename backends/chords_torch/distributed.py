@@ -52,7 +52,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from chords_core._backend import in_layout, layouts
+from chords_core._backend import laid_out, layouts
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -127,12 +127,6 @@ def _orders(slot: int, n: int, ndim: int, codes: Callable[[int], torch.Tensor]) 
         return [_order_of(int(c), ndim) for c in codes(n).tolist()]
     order = _order_of(slot, ndim)
     return None if order is None else [order] * n
-
-
-def _laid_out(stacked: torch.Tensor, orders: list | None) -> Any:
-    """The rows of ``stacked`` (received contiguous), each in its memory order (``orders``; ``None``: as
-    they are)."""
-    return stacked if orders is None else [in_layout(o, order) for o, order in zip(stacked, orders)]
 
 
 def _comm_device(group: Any) -> torch.device:
@@ -371,12 +365,12 @@ class DistributedExecutor(Executor):
 
         if code == 0:
             outs = self._recv(torch.empty((n, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
-            return 0, 0, _laid_out(outs, orders(n)), None
+            return 0, 0, laid_out(outs, orders(n)), None
         msg = self._recv(torch.empty(length, dtype=torch.uint8, device=self.device), rank, "error", timeout)
         before: Any = None
         if done:
             before = self._recv(torch.empty((done, *shape), dtype=dtype, device=self.device), rank, "outputs", timeout)
-            before = _laid_out(before, orders(done))
+            before = laid_out(before, orders(done))
         return code, point, bytes(msg.cpu().tolist()).decode(), before
 
     def _header(self, cmd: int, n: int = 0, dtype: torch.dtype | None = None, shape: tuple = (),
@@ -648,7 +642,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
         shape, dtype = tuple(h[first : first + ndim]), DTYPES[dt]
         x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
-        points = _laid_out(x, _orders(h[first - 1], n, ndim, lambda m: recv(torch.empty(m, dtype=torch.int64,
+        points = laid_out(x, _orders(h[first - 1], n, ndim, lambda m: recv(torch.empty(m, dtype=torch.int64,
                                                                                         device=comm))))
         leaving: SystemExit | None = None
         try:

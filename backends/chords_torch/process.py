@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 import torch
 import torch.multiprocessing as tmp
 
-from chords_core._backend import in_layout, layouts
+from chords_core._backend import in_layout, laid_out, layouts
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -144,8 +144,7 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
                 if model is None:
                     raise RuntimeError("no model received")
                 with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
-                    outs = model.evaluate([xin[j] if orders is None else in_layout(xin[j], orders[j])
-                                           for j in range(n)], ts, batched=batched)
+                    outs = model.evaluate(list(laid_out(xin[:n], orders)), ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
                 conn.send(("ok", layouts(outs)))  # (the outputs' own orders: the driver rebuilds them in them)

@@ -191,17 +191,7 @@ def optimize_init(
             trace.append((len(ev.seen), best.rounds))
             starts = sorted({c.init: c for c in ev.seen.values()}.values(), key=lambda c: c.key)[:3]
             for start in starts:
-                cur = start
-                improved = True
-                while improved and len(ev.seen) < max_evals:
-                    improved = False
-                    for nb in _neighbours(cur.init, T):
-                        if len(ev.seen) >= max_evals:
-                            break
-                        cand = ev(nb)
-                        if better(cand, cur):
-                            cur, improved = cand, True
-                            break
+                cur = _climb(ev, start, T, max_evals)
                 if better(cur, best):
                     best = cur
                     trace.append((len(ev.seen), best.rounds))
@@ -216,6 +206,22 @@ def optimize_init(
         raise
     return InitResult(best, budget, method, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()),
                       tuple(trace))
+
+
+def _climb(ev: Any, cur: Any, T: int, max_evals: int) -> Any:
+    """First-improvement hill climbing from the candidate ``cur`` over ``_neighbours``, until no
+    neighbour is better or ``ev`` has measured ``max_evals`` sequences in all; the candidate reached."""
+    improved = True
+    while improved and len(ev.seen) < max_evals:
+        improved = False
+        for nb in _neighbours(cur.init, T):
+            if len(ev.seen) >= max_evals:
+                break
+            cand = ev(nb)
+            if cand.key < cur.key:
+                cur, improved = cand, True
+                break
+    return cur
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
