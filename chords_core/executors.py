@@ -40,7 +40,15 @@ class Executor:
     ``model.evaluate(xs, ts, batched=True, workspace=...)`` calls on the list ``xs`` it is given (or on
     ``Stacked.part`` ranges of it), so that the engine may hand it points that already lie stacked in
     one buffer (``_backend.Stacked``: no stacking copy). False by default.
+
+    ``own_network``: True for an executor that evaluates a network set up when it was made
+    (``chords_torch.ProcessExecutor``'s factory, ``DistributedExecutor``'s serving ranks), not the
+    call's model: of that only the parametrisation and schedule apply. A caller that builds the
+    model itself for one call (``chords_diffusers.sample``: this prompt's encoding and guidance)
+    refuses such an executor, which would evaluate another network without notice.
     """
+
+    own_network = False
 
     def stacks_points(self, x: Any) -> bool:
         """Whether rounds of points like ``x`` may be handed over stacked (see the class docstring)."""

@@ -403,6 +403,39 @@ def test_bad_pipeline_arguments(unet, sd3):
             cd.sample(sd3, ["a cat", "a dog"], num_inference_steps=4, latents=lat, height=size * 8, width=size * 8)
 
 
+def test_an_executor_evaluating_a_network_of_its_own_is_refused(sd3):
+    """A user trial: a ProcessExecutor whose workers were built for "a cat" (guidance 5) returned that
+    image for "a dog", bit for bit, for any guidance and batch: its workers evaluate their factory's
+    network, never the denoiser ``sample`` builds for the call. Refused, naming the executor."""
+    from chords_torch import DeviceExecutor, DistributedExecutor, ProcessExecutor
+
+    assert ProcessExecutor.own_network and DistributedExecutor.own_network
+    assert not (DeviceExecutor.own_network or cc.SerialExecutor.own_network or cc.BatchedExecutor.own_network)
+
+    class Elsewhere(cc.SerialExecutor):  # (the executors above start processes or need a process group)
+        own_network = True
+
+        def __call__(self, model, xs, ts):
+            raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match=r"^executor: Elsewhere evaluates the network its workers were made with"):
+        cd.sample(sd3, "a dog", num_inference_steps=4, executor=Elsewhere())
+    kw = dict(num_inference_steps=4, height=16, width=16, output_type="latent")
+    ok = cd.sample(sd3, "a dog", executor=cc.BatchedExecutor(), generator=torch.Generator().manual_seed(0), **kw)
+    ref = cd.sample(sd3, "a dog", generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(ok.latents, ref.latents)
+
+
+def test_method_none_is_the_recommended_method(sd3):
+    """``method=None`` is ``chords_core.parallel``'s recommended method, as there (it was refused)."""
+    kw = dict(num_inference_steps=4, height=16, width=16, output_type="latent", cores=2)
+    got = cd.sample(sd3, "a cat", method=None, generator=torch.Generator().manual_seed(0), **kw)
+    named = cd.sample(sd3, "a cat", method=cc.methods.RECOMMENDED, generator=torch.Generator().manual_seed(0), **kw)
+    assert got.chords.method == cc.methods.RECOMMENDED and torch.equal(got.latents, named.latents)
+    with pytest.raises(ValueError, match=r"^init is CHORDS' start sequence"):
+        cd.sample(sd3, "a cat", method=None, init=[0, 2], num_inference_steps=4)
+
+
 def test_readme_diffusers_snippet_runs_on_a_tiny_pipeline(sd3, tmp_path, monkeypatch, capsys):
     from test_readme import python_blocks, run_block
 

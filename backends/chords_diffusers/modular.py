@@ -347,7 +347,7 @@ def _block_state_at_first_step(loop: Any, components: Any, state: Any) -> tuple[
 
 
 def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] | None = None,
-                stop: Any = cc.stopping.DEFAULT_STOP, method: str = "chords", batched: bool = True,
+                stop: Any = cc.stopping.DEFAULT_STOP, method: str | None = "chords", batched: bool = True,
                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, step_kwargs: dict | None = None,
                 progress: bool | None = None, **method_options: Any) -> Any:
     """A block running CHORDS in place of the denoising loop ``loop``; see the module docstring.
@@ -390,7 +390,7 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
         validate_init(init, 1 << 62, cores)
     cc.stopping.as_stop_rule(stop)
     _one_device(method_options)
-    method_arguments(method, cores, init, stop, method_options)
+    method = method_arguments(method, cores, init, stop, method_options)[0]
     options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=names,
                    verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
     return _loop_class()(copy.deepcopy(loop), options)

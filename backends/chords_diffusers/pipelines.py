@@ -97,20 +97,24 @@ def progress_enabled(obj: Any) -> bool:
     return not getattr(obj, "_progress_bar_config", {}).get("disable", False)
 
 
-def method_arguments(method: str, cores: int | None, init: Sequence[int] | None, stop: Any,
-                     options: dict) -> tuple[int | None, dict]:
+def method_arguments(method: str | None, cores: int | None, init: Sequence[int] | None, stop: Any,
+                     options: dict) -> tuple[str, int | None, dict]:
     """``sample_latents``' method arguments checked before any model call: ``method`` a name in
-    ``chords_core.METHODS``; ``init`` CHORDS' only; ``cores`` needed by the others; an option of
-    another method refused by name (``chords_core.methods.check_options``; the solver's options are
-    checked when the scheduler is mapped).
+    ``chords_core.METHODS`` or ``None`` (``chords_core.RECOMMENDED``, as for ``chords_core.parallel``);
+    ``init`` CHORDS' only; ``cores`` needed by the others; an option of another method refused by
+    name (``chords_core.methods.check_options``; the solver's options are checked when the scheduler
+    is mapped).
 
     Returns:
-        (cores, options): ``cores`` with its default (``DEFAULT_CORES`` where neither it nor ``init``
-        is given); ``options`` a new dict, with ``stop`` among them for a method other than CHORDS
-        where one is given.
+        (method, cores, options): the method's name; ``cores`` with its default (``DEFAULT_CORES``
+        where neither it nor ``init`` is given); ``options`` a new dict, with ``stop`` among them for
+        a method other than CHORDS where one is given.
     """
+    if method is None:
+        method = cc.methods.RECOMMENDED
     if not isinstance(method, str) or method not in cc.METHODS:
-        raise ValueError(f"method must be one of {sorted(cc.METHODS)}, got {method!r}")
+        raise ValueError(f"method must be one of {sorted(cc.METHODS)} or None (the recommended "
+                         f"{cc.methods.RECOMMENDED!r}), got {method!r}")
     if cores is None and init is None:
         cores = DEFAULT_CORES
     options = dict(options)
@@ -122,7 +126,7 @@ def method_arguments(method: str, cores: int | None, init: Sequence[int] | None,
         if stop is not cc.stopping.DEFAULT_STOP:
             options["stop"] = stop
     cc.methods.check_options(method, options)
-    return cores, options
+    return method, cores, options
 
 
 def sample_latents(
@@ -136,7 +140,7 @@ def sample_latents(
     devices: Sequence[Any] | None = None,
     executor: cc.Executor | None = None,
     progress: bool = True,
-    method: str = "chords",
+    method: str | None = "chords",
     **chords_options: Any,
 ) -> cc.Result:
     """A parallel method (CHORDS by default) from ``latents`` at the first grid time with
@@ -156,7 +160,8 @@ def sample_latents(
         executor: an executor (not with ``devices``).
         progress: show a progress bar.
         method: a name in ``chords_core.METHODS`` (``"chords"``, ``"cascade"``, ``"paradigms"``,
-            ``"parasolver"``, ``"parataa"``, ``"srds"``); the others run through
+            ``"parasolver"``, ``"parataa"``, ``"srds"``), or ``None``: ``chords_core.RECOMMENDED``
+            (as for ``chords_core.parallel``); the others run through
             ``chords_core.parallel`` with ``cores`` devices' worth of evaluations per round and take
             their own options in ``chords_options`` (``init`` is CHORDS' only; ``stop`` is for the
             methods that take one).
@@ -168,7 +173,7 @@ def sample_latents(
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
     defaulted = cores is None and init is None
-    cores, chords_options = method_arguments(method, cores, init, stop, chords_options)
+    method, cores, chords_options = method_arguments(method, cores, init, stop, chords_options)
     if defaulted:  # (the default, at most the steps: a 1- to 3-step turbo schedule failed on cores=4 never given)
         cores = min(DEFAULT_CORES, len(smap.grid) - 1)
     clash = sorted(set(smap.solver_options) & set(chords_options))
@@ -203,7 +208,7 @@ def sample(
     devices: Sequence[Any] | None = None,
     executor: cc.Executor | None = None,
     progress: bool | None = None,
-    method: str = "chords",
+    method: str | None = "chords",
     method_options: dict | None = None,
     **pipe_kwargs: Any,
 ) -> ChordsPipelineOutput:
@@ -218,10 +223,13 @@ def sample(
         init: the cores' start indices.
         stop: the stop rule.
         devices: evaluate each round on these devices (``chords_torch.DeviceExecutor``).
-        executor: an executor (not with ``devices``).
+        executor: an executor (not with ``devices``) that evaluates the model it is given: one with
+            a network of its own (``own_network``: ``ProcessExecutor``, ``DistributedExecutor``) is
+            refused (``ValueError``), since that network knows nothing of this call's prompt.
         progress: show a progress bar (``None``: follow the pipeline's
             ``set_progress_bar_config(disable=...)``).
-        method: the parallel method (``sample_latents``); ``method_options`` its options (e.g. ``tol``).
+        method: the parallel method (``sample_latents``; ``None``: ``chords_core.RECOMMENDED``);
+            ``method_options`` its options (e.g. ``tol``).
         pipe_kwargs: the pipeline's own call arguments (``guidance_scale``, ``height``, ``width``,
             ``num_frames``, ``generator``, ``latents``, ``output_type``, ``negative_prompt``,
             ``prompt_embeds``, ``mu``, ...); unknown ones raise ``TypeError`` listing the supported
@@ -236,6 +244,13 @@ def sample(
     clash = sorted(set(method_options or {}) & {"cores", "init", "stop", "devices", "executor", "progress", "method"})
     if clash:
         raise ValueError(f"method_options: {', '.join(clash)} is an argument of sample itself; pass it directly")
+    if getattr(executor, "own_network", False):
+        # (a user trial: a ProcessExecutor whose workers were built for "a cat" returned the cat for
+        # "a dog", bit for bit, with any guidance and batch)
+        raise ValueError(f"executor: {type(executor).__name__} evaluates the network its workers were made with, not "
+                         "the denoiser sample builds for this call (its prompt encoding, guidance and batch), so the "
+                         "result would belong to another prompt; use devices=[...] or a chords_torch.DeviceExecutor "
+                         "(replicas of the pipeline's denoiser), or sample_latents with that network on the workers")
     name = type(pipe).__name__
     adapter = ADAPTERS.get(name)
     if adapter is None:

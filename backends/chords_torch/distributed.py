@@ -279,6 +279,8 @@ class DistributedExecutor(Executor):
         timeout: deprecated name of ``round_timeout``.
     """
 
+    own_network = True  # the serving ranks' networks (and ``local``), not the call's model (``Executor``)
+
     def __init__(self, *, group: Any = None, round_timeout: float | None = 60.0, batched: bool = False,
                  local: Any = None, timeout: Any = UNSET) -> None:
         if not dist.is_available() or not dist.is_initialized():

@@ -283,6 +283,8 @@ class ProcessExecutor(Executor):
     ``pids`` holds the workers' process ids.
     """
 
+    own_network = True  # the factory's network, not the call's model (``Executor``)
+
     def __init__(self, factory: Callable[[], Any], workers: int = 2, *, threads: int = 1,
                  round_timeout: float | None = 60.0, start_timeout: float | None = 120.0, batched: bool = False,
                  start_method: str | None = None, timeout: Any = UNSET) -> None:
