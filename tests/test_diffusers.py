@@ -590,8 +590,23 @@ def test_sample_takes_the_pipelines_own_defaults(sd3):
         cd.sample(sd3, "a cat", num_inference_steps=4, method_options=[("tol", 0.1)], **_sd3_kw())
     got = cd.sample(sd3, "a cat", num_inference_steps=6, init=(0, 3), stop=None, **_sd3_kw())
     assert got.chords.plan.init == (0, 3) and len(got.chords.hits) == 2
-    with pytest.raises(TypeError, match="unsupported argument.*return_dict"):
-        cd.sample(sd3, "a cat", num_inference_steps=4, return_dict=False, **_sd3_kw())
+
+
+@pytest.mark.parametrize("output_type", ["latent", "pt"])
+def test_return_dict_false_is_the_pipelines_tuple(sd, sd3, output_type):
+    """A user trial: ``return_dict=False`` was refused by SD, SD3 and Flux (only DDPM / DDIM took it).
+    ``sample`` takes it for every pipeline: ``out.output`` is the tuple ``pipe(...)`` returns (SD's
+    with its ``nsfw_content_detected``), ``out.images`` its first item."""
+    for pipe in (sd, sd3):
+        kw = dict(height=16, width=16, num_inference_steps=4, output_type=output_type, return_dict=False)
+        with torch.no_grad():
+            ref = pipe("a cat", generator=torch.Generator().manual_seed(0), **kw)
+        got = cd.sample(pipe, "a cat", cores=1, generator=torch.Generator().manual_seed(0), **kw)
+        assert type(got.output) is tuple and len(got.output) == len(ref), type(pipe).__name__
+        assert [type(v) for v in got.output] == [type(v) for v in ref]
+        assert got.images is got.output[0] and rel_err(got.images, ref[0]) < 1e-5
+    with pytest.raises(ValueError, match="^return_dict must be True or False"):
+        cd.sample(sd3, "a cat", num_inference_steps=4, return_dict="no", **_sd3_kw())
 
 
 def test_unipc_ending_on_a_repeated_sigma_is_named():

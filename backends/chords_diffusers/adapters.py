@@ -322,8 +322,8 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     if prompt is not None:
         raise ValueError(f"{name} is unconditional: prompt must be None")
     step = {"eta": 0.0, "use_clipped_model_output": None} if name == "DDIMPipeline" else {}  # its step arguments
-    batch_size, generator, latents, output_type, return_dict, *step_values = _take(
-        kw, pipe, batch_size=1, generator=None, latents=None, output_type="pil", return_dict=True, **step)
+    batch_size, generator, latents, output_type, *step_values = _take(
+        kw, pipe, batch_size=1, generator=None, latents=None, output_type="pil", **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
     unet = pipe.unet
     size = unet.config.sample_size
@@ -349,7 +349,7 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                 image = image.cpu().permute(0, 2, 3, 1).float().numpy()
                 if output_type == "pil":
                     image = pipe.numpy_to_pil(image)
-        return ImagePipelineOutput(images=image) if return_dict else (image,)
+        return ImagePipelineOutput(images=image)
 
     return Job(net, make_latents, finish, device, step_kwargs=step_kwargs, scales_input=False)
 

@@ -12,6 +12,7 @@ call on the pipeline's device.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 import chords_core as cc
+from chords_core.checks import check_bool
 
 from .adapters import ADAPTERS, call_params
 from .denoiser import make_model
@@ -51,8 +53,8 @@ class ChordsPipelineOutput:
 
     @property
     def frames(self) -> Any:
-        """The pipeline output's ``frames`` (video pipelines)."""
-        return self.output.frames
+        """The pipeline output's ``frames`` (video pipelines; with ``return_dict=False``, its tuple's first item)."""
+        return self.output[0] if isinstance(self.output, tuple) else self.output.frames
 
 
 def make_executor(devices: Sequence[Any] | None = None,
@@ -260,6 +262,9 @@ def sample(
         progress = progress_enabled(pipe)
     if num_inference_steps is None:
         num_inference_steps = call_default(pipe, "num_inference_steps", 50)
+    return_dict = True
+    if "return_dict" in pipe_kwargs and "return_dict" in call_params(pipe):  # (one home: every adapter's output)
+        return_dict = check_bool("return_dict", pipe_kwargs.pop("return_dict"))
     with torch.no_grad():
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
         smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device,
@@ -280,6 +285,8 @@ def sample(
         res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
                              executor=executor, progress=progress, method=method, **(method_options or {}))
         out = job.finish(res.x)
+    if not return_dict:  # the output's fields in order, as the pipelines return them
+        out = tuple(getattr(out, f.name) for f in dataclasses.fields(out))
     if hasattr(pipe, "maybe_free_model_hooks"):
         pipe.maybe_free_model_hooks()
     return ChordsPipelineOutput(out, res, res.x)
