@@ -74,14 +74,14 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
         finite: reject +-inf.
 
     Returns:
-        ``float(value)``. Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
+        ``float(value)`` (-0.0 as 0.0). Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
     """
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     v = float(value) if ok else _scalar_array(value)
     ok = ok or not math.isnan(v)
     if ok and not math.isnan(v) and (not finite or math.isfinite(v)):
         if (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high):
-            return v
+            return v + 0.0  # (-0.0 as 0.0: a stop rule said "residual never below -0")
     kind = "a finite number" if finite else "a number"
     bounds = ""
     if low is not None:

@@ -455,8 +455,10 @@ class VectorField(Model):
     """A plain ODE dy/dt = f(t, y) (SciPy / torchdiffeq argument order).
 
     With ``batched=False`` f gets a float t and one state y; with ``batched=True`` it gets t of
-    shape (N,) and y of shape (N, *state_shape), the points of a round stacked along a new axis.
-    Only velocity-based solvers (Euler, Heun) apply.
+    shape (N,) and y of shape (N, *state_shape), the points of a round stacked along a new axis, t in
+    y's dtype, or float64 where ``f.exact_times`` is true (as ``DiffusionModel`` takes it: the times
+    a float32 field gets unbatched, where a time rounded to float32 would change a time-dependent
+    field's values). Only velocity-based solvers (Euler, Heun) apply.
 
     Args:
         f: the right-hand side ``f(t, y) -> dy/dt`` (same shape as y).
@@ -483,7 +485,7 @@ class VectorField(Model):
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
-        out = self.f(B.times_like(ts, 1, y), y)
+        out = self.f(B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y)
         if workspace is not None:
             out = workspace.detach(out)
         out = self._check(out, y, len(xs), 1, lambda o: [o[k] for k in range(len(xs))])

@@ -201,6 +201,26 @@ def test_a_network_asking_for_exact_times_gets_float64_times_in_every_library():
         assert set(seen) == {str(x.dtype)}
 
 
+def test_a_batched_vector_field_asking_for_exact_times_gets_the_unbatched_times():
+    """A user trial: a batched ``VectorField`` got its times in the state's dtype, an unbatched one
+    Python floats, so a time-dependent float32 field gave other values batched; ``f.exact_times``
+    (as ``DiffusionModel`` takes it) gives float64 times, the unbatched values, bit for bit."""
+    import chords_core as cc
+
+    def f(t, y):
+        t = np.reshape(np.asarray(t, np.float64), np.shape(t) + (1,) * (np.ndim(y) - np.ndim(t)))
+        return (np.sin(37.0 * t) - y).astype(y.dtype)
+
+    exact = lambda t, y: f(t, y)  # noqa: E731
+    exact.exact_times = True
+    grid = np.linspace(0.0, 1.0, 9) * (1 + 1e-7)  # (times float32 rounds)
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    one = cc.chords(cc.VectorField(f), x, grid, "heun", cores=3, stop=None).x
+    got = cc.chords(cc.VectorField(exact, batched=True), x, grid, "heun", cores=3, stop=None).x
+    rounded = cc.chords(cc.VectorField(f, batched=True), x, grid, "heun", cores=3, stop=None).x
+    assert np.array_equal(got, one) and not np.array_equal(rounded, one)
+
+
 def test_times_on_an_accelerator_keep_their_host_values():
     """``times_like`` for a tensor off the CPU (the meta device stands in for a GPU here): the times
     made on the host and uploaded (``upload``: through pinned memory, non-blocking, on CUDA), their

@@ -1219,6 +1219,15 @@ def test_exact_times_reach_the_network_in_float64_as_in_the_core():
                 cj.parallel(model, x, grid, "euler", cores=4, tol=0).x):
         assert np.array_equal(np.asarray(got, np.float32), np.asarray(core.x, np.float32))
     assert set(seen) == {jnp.dtype(jnp.float64)}
+    seen.clear()  # a VectorField's f alike, as the core's batched call gives it
+    field = lambda t, y: (jnp.sin(37.0 * jnp.asarray(t, jnp.float64)) - y).astype(y.dtype)  # noqa: E731
+    ff = lambda t, y: seen.append(t.dtype) or field(t, y)  # noqa: E731
+    ff.exact_times = True
+    xf = jnp.asarray(np.linspace(-1, 1, 3), jnp.float32)
+    got = cj.chords(cc.VectorField(ff), xf, grid, "heun", cores=4, stop=None).x
+    assert set(seen) == {jnp.dtype(jnp.float64)}
+    ref = np.asarray(cc.solve(cc.VectorField(field), xf, grid, "heun"))  # (compiled: to an ulp of float32)
+    assert np.abs(np.asarray(got) - ref).max() <= 2 * np.spacing(np.abs(ref).max())
 
 
 def test_a_deferred_output_check_compiles_on_a_cold_cache_and_bad_arguments_as_the_cores():

@@ -380,6 +380,14 @@ def test_bad_tolerances_raise_naming_tol(tol):
         cc.StopOnResidual(tol)
 
 
+def test_a_negative_zero_tolerance_is_zero():
+    """A user trial: ``tol=-0.0`` was kept as given, and a run said "residual never below -0"."""
+    rule = cc.StopOnResidual(-0.0)
+    assert math.copysign(1.0, rule.tol) == 1.0
+    res = cc.srds(FLOW, X, GRID, blocks=3, stop=rule)
+    assert "-0" not in res.stopped_by and np.array_equal(res.x, cc.solve(FLOW, X, GRID))
+
+
 def test_a_window_larger_than_the_grid_is_named():
     assert cc.paradigms(FLOW, X, GRID, window=len(GRID) - 1).width <= len(GRID) - 1
     for fn in (cc.paradigms, cc.parasolver, cc.parataa):

@@ -176,10 +176,11 @@ def _calls_its_function(model: Any) -> None:
 
 def time_dtype(model: Any, dtype: Any) -> Any:
     """The dtype the model's function gets its times in, for states of ``dtype``: the state's, or for a
-    ``DiffusionModel`` whose network sets ``exact_times`` the widest jax has (float64 with x64, else
-    float32), as the core's ``_backend.times_like`` (a half-precision time fell between the grid
-    times such a network maps to: 0.2 off the core, silently, in a user trial)."""
-    if isinstance(model, DiffusionModel) and getattr(model.fn, "exact_times", False):
+    function (a ``DiffusionModel``'s network, a ``VectorField``'s f) that sets ``exact_times`` the
+    widest jax has (float64 with x64, else float32), as the core's ``_backend.times_like`` (a
+    half-precision time fell between the grid times such a network maps to: 0.2 off the core,
+    silently, in a user trial)."""
+    if getattr(_function(model), "exact_times", False):
         return np.dtype(np.float64 if jax.config.read("jax_enable_x64") else np.float32)
     return np.dtype(dtype)
 
