@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _backend as B
 from .call import warn_caller
-from .executors import Executor
+from .executors import BatchedExecutor, Executor, SerialExecutor
 from .history import move
 from .local_error import LocalError
 from .models import Model, ModelOutputError, is_plain_ode
@@ -39,7 +39,7 @@ from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
 from .solvers import Solver
-from .stopping import ErrorState, Outputs, StopRule, accepts, chosen_output
+from .stopping import ErrorState, Outputs, StopRule, accepts, chosen_output, described
 
 __all__ = ["rectify", "evaluate_round", "StageTimeError", "DeferredCheck", "CoreRecords", "Survivors", "run_plan",
            "plan_result"]
@@ -122,6 +122,15 @@ class StageTimeError(ValueError):
         return type(self), (self.where, self.advice)  # (pickles: its arguments are not its message)
 
 
+#: executors whose outputs all come from ``Model.evaluate`` (checked there): ``evaluate_round`` checks
+#: the shape of every other executor's outputs
+_CHECKING = (SerialExecutor, BatchedExecutor)
+
+
+def _is_index(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
                    where: Callable[..., str], *context: Any, deferred: DeferredCheck | None = None) -> list[Any]:
     """The model outputs at the round's points, from ``executor``.
@@ -135,6 +144,11 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     try:
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
+        if not (_is_index(err.point) and 0 <= err.point < len(xs)):  # (an executor's own error: an IndexError here,
+            # or -1 blamed on the round's last point)
+            raise ValueError(f"executor: {type(executor).__name__} raised a ModelOutputError for point {err.point!r}, "
+                             f"outside the {len(xs)} point(s) of round {round_number} (an executor that splits a "
+                             f"round maps the point back to its index in the round): {err}") from err
         raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}", err.done) from None
     except Exception as err:  # the model's own exception, or an executor's (a lost worker): where it happened
         if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
@@ -146,6 +160,13 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
         raise ValueError(f"executor: {type(executor).__name__} returned {got} for the {len(xs)} point(s) of round "
                          f"{round_number}; an executor returns a list of one model output per point, in their order")
+    if type(executor) not in _CHECKING:  # (the core's own pass every output through Model.evaluate's check)
+        for k, (o, x) in enumerate(zip(outs, xs)):
+            if getattr(o, "shape", None) != x.shape:  # (a (8,) output for a (2, 8) state was broadcast: 387 off)
+                got = f"shape {tuple(o.shape)}" if hasattr(o, "shape") else f"a {type(o).__name__}"
+                raise ValueError(f"executor: {type(executor).__name__} returned {got} for point {k} of round "
+                                 f"{round_number} ({where(k, *context)}), of shape {tuple(x.shape)}; evaluate "
+                                 "with model.evaluate, which checks each output")
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
@@ -208,7 +229,7 @@ class CoreRecords:
         """Stage ``k`` >= 1's point of core ``c``'s step i -> i + 1, evaluated at grid index ``ti`` (the
         plan's: the step's end); a solver whose stage asks for another time is refused (its point was
         evaluated at the step's end regardless: 0.03 off ``solve`` at cores=1, silently)."""
-        x, at = self.sol.stage_point(self.states[c], self.qs[c], i, i + 1, k)
+        x, at = self.sol.staged(self.states[c], self.qs[c], i, i + 1, k)
         if at != ti:
             raise StageTimeError(f"solver: {self.sol.name!r} evaluates stage {k} of the step {i} -> {i + 1} at grid "
                                  f"index {at}", f"CHORDS evaluates every later stage at the step's end ({ti}), as "
@@ -523,7 +544,7 @@ def run_plan(model: Model, x: Any, sol: Solver, plan: Plan, rule: StopRule, exec
                 starts.append(plan.init[c])
                 if result is None and accepts(rule, Outputs(outputs, error_state=records.error_state(), starts=starts),
                                               records.coarse):
-                    result, stopped_by = hits[-1], rule.describe(len(hits), c, True)
+                    result, stopped_by = hits[-1], described(rule, len(hits), c, True)
             tick(bar)
             if result is not None:
                 break

@@ -35,7 +35,7 @@ def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, pr
         for i in range(sol.steps):
             qs: list = []
             for k in range(call.evals[i]):  # (the step's evaluations, checked once by begin)
-                xk, ti = (state.x, i) if k == 0 else sol.stage_point(state, qs, i, i + 1, k)
+                xk, ti = (state.x, i) if k == 0 else sol.staged(state, qs, i, i + 1, k)
                 try:
                     out = model.evaluate([xk], [sol.t[ti]])[0]
                 except ModelOutputError as e:

@@ -509,12 +509,21 @@ def accepts(rule: StopRule, outputs: Outputs, coarse: Any) -> bool:
                     f"{len(outputs)}); reduce an array to one answer, e.g. bool((x < tol).all())")
 
 
+def described(rule: StopRule, n: int, core: int, accepted: bool) -> str:
+    """``rule.describe(n, core, accepted)``, which must answer a str (``stopped_by``): a ``TypeError``
+    naming ``stop`` otherwise (a tuple came back as CHORDS' ``stopped_by`` and failed inside SRDS)."""
+    text = rule.describe(n, core, accepted)
+    if not isinstance(text, str):
+        raise TypeError(f"stop: {type(rule).__name__}.describe returned {type(text).__name__}, not a str (output {n})")
+    return text
+
+
 def chosen_output(rule: StopRule, cores: Sequence[int], n: int | None) -> tuple[int, str]:
     """(index of the returned output, its ``stopped_by`` text) for output ``n`` accepted by ``rule``
     or, with ``n`` ``None``, for the last of the outputs (arrival order) of ``cores``."""
     if n is not None:
-        return n, rule.describe(n + 1, cores[n], True)
-    text = rule.describe(len(cores), cores[-1], False)
+        return n, described(rule, n + 1, cores[n], True)
+    text = described(rule, len(cores), cores[-1], False)
     if cores[-1] != 0:  # a rule that needs fewer outputs than the cores make: a faster core's unconverged output
         warn_unmet(rule, text)
     return len(cores) - 1, text

@@ -595,8 +595,9 @@ def test_sample_takes_the_pipelines_own_defaults(sd3):
 @pytest.mark.parametrize("output_type", ["latent", "pt"])
 def test_return_dict_false_is_the_pipelines_tuple(sd, sd3, output_type):
     """A user trial: ``return_dict=False`` was refused by SD, SD3 and Flux (only DDPM / DDIM took it).
-    ``sample`` takes it for every pipeline: ``out.output`` is the tuple ``pipe(...)`` returns (SD's
-    with its ``nsfw_content_detected``), ``out.images`` its first item."""
+    ``sample`` takes it for every pipeline (here SD and SD3; a review checked the others): ``out.output``
+    is the tuple ``pipe(...)`` returns (SD's with its ``nsfw_content_detected``), ``out.images`` its
+    first item."""
     for pipe in (sd, sd3):
         kw = dict(height=16, width=16, num_inference_steps=4, output_type=output_type, return_dict=False)
         with torch.no_grad():
@@ -629,3 +630,36 @@ def test_a_quantized_network_is_not_replicated_onto_another_device():
     assert cd.replicate_module(net, "cpu") is net
     with pytest.raises(ValueError, match=r"^devices=\.\.\.: Linear is quantized"):
         cd.replicate_module(net, "meta")
+
+
+def test_an_adapter_returning_no_job_is_named(monkeypatch):
+    """A user trial: an adapter of one's own returning a tuple failed as "'tuple' object has no attribute
+    'device'", naming neither the adapter nor ``Job``."""
+    from chords_diffusers.adapters import ADAPTERS
+
+    class MyPipeline:
+        def __call__(self, prompt=None, num_inference_steps=10):
+            raise AssertionError("never called")
+
+    monkeypatch.setitem(ADAPTERS, "MyPipeline", lambda pipe, prompt, steps, kw: ("net", "latents"))
+    with pytest.raises(TypeError, match=r"^ADAPTERS\['MyPipeline'\] returned tuple, not a chords_diffusers\.adapters\.Job"):
+        cd.sample(MyPipeline(), "a cat")
+
+
+def test_return_dict_false_with_an_adapter_returning_no_dataclass(sd3, monkeypatch):
+    """A review: an adapter of one's own whose ``finish`` returns the images themselves failed with
+    ``return_dict=False`` after the whole run ("must be called with a dataclass"); its output is the
+    tuple's one item now."""
+    import dataclasses
+
+    from chords_diffusers.adapters import ADAPTERS
+
+    shipped = ADAPTERS["StableDiffusion3Pipeline"]
+
+    def adapter(pipe, prompt, steps, kw):
+        job = shipped(pipe, prompt, steps, kw)
+        return dataclasses.replace(job, finish=lambda x: job.finish(x).images)
+
+    monkeypatch.setitem(ADAPTERS, "StableDiffusion3Pipeline", adapter)
+    got = cd.sample(sd3, "a cat", num_inference_steps=4, return_dict=False, **_sd3_kw())
+    assert type(got.output) is tuple and len(got.output) == 1 and torch.equal(got.images, got.latents)

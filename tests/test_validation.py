@@ -966,3 +966,96 @@ def test_grids_of_tensors_ml_dtypes_and_masked_arrays():
     model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
     x = np.ones((1, 2))
     assert np.array_equal(cc.solve(model, x, torch.tensor(g, requires_grad=True)), cc.solve(model, x, g))
+
+
+# -- extension contracts (a user trial of docs/extending.md) ---------------------------------------
+
+class _StageAt(cc.solvers.Heun):
+    """Heun whose second stage claims another grid index."""
+
+    def __init__(self, model, times, shift):
+        super().__init__(model, times)
+        self.shift = shift
+
+    def stage_point(self, state, qs, i, j, k):
+        x, _ = super().stage_point(state, qs, i, j, k)
+        return x, self.shift(i, j)
+
+
+@pytest.mark.parametrize("shift, match", [(lambda i, j: i - 1, r"at grid index -1, outside the grid \(0 \.\. 8\)"),
+                                          (lambda i, j: j + 9, r"at grid index 10, outside the grid"),
+                                          (lambda i, j: i + 0.5, r"returned grid index 0\.5 .* a grid index is an integer")])
+def test_a_solvers_stage_index_off_the_grid_is_named_by_every_method(shift, match):
+    """A user trial: a stage at i - 1 (-1 at step 0) was evaluated at the grid's last time by solve,
+    the window methods and SRDS, silently (0.18 off Heun); i + 0.5 and j + 9 failed as indexing errors.
+    Only CHORDS checked it."""
+    sol = _StageAt(FLOW, np.asarray(GRID), shift)
+    runs = [lambda: cc.solve(FLOW, X, GRID, sol), lambda: cc.chords(FLOW, X, GRID, sol, cores=2, stop=None),
+            lambda: cc.srds(FLOW, X, GRID, sol, blocks=2)]
+    runs += [lambda m=m: cc.parallel(FLOW, X, GRID, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
+    for run in runs:
+        with pytest.raises(ValueError, match=r"^solver: 'heun'( evaluates stage 1 of the step|\.stage_point) .*" + match):
+            run()
+
+
+class _Broken(cc.SerialExecutor):
+    """An executor of one's own that breaks the contract as ``kind`` says."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __call__(self, model, xs, ts):
+        outs = super().__call__(model, xs, ts)
+        if self.kind == "shape":
+            return [o[0] for o in outs]  # (8,) for (2, 8): numpy broadcast it
+        if self.kind == "list":
+            return [o.tolist() for o in outs]
+        raise ModelOutputError(99 if self.kind == "point 99" else -1, "a bad output")
+
+
+@pytest.mark.parametrize("kind", ["shape", "list", "point 99", "point -1"])
+@pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
+def test_an_executor_breaking_its_contract_is_named(kind, method):
+    """A user trial: an executor's outputs of another shape were broadcast (387 off the sequential
+    result, silently), a list failed as "can't multiply sequence"; a ModelOutputError for a point
+    outside the round became an IndexError (99) or was blamed on the round's last point (-1)."""
+    x = np.broadcast_to(X[:1], (2, X.shape[1])).copy()
+    match = (r"returned (shape \(\d+,\)|a list) for point 0 of round 1 \(.*\), of shape \(2, \d+\)" if kind in ("shape", "list")
+             else r"raised a ModelOutputError for point -?\d+, outside the \d+ point\(s\) of round 1")
+    with pytest.raises(ValueError, match=r"^executor: _Broken " + match):
+        cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=_Broken(kind))
+
+
+def test_a_stop_rules_description_must_be_a_string():
+    """A user trial: ``describe`` returning a tuple became CHORDS' ``stopped_by`` and failed inside SRDS
+    as a ``re`` TypeError naming nothing."""
+    class Rule(cc.StopAtCore):
+        def describe(self, n, core, accepted):
+            return ("two", 2)
+
+    for run in (lambda: cc.chords(FLOW, X, GRID, cores=2, stop=Rule(1)),
+                lambda: cc.srds(FLOW, X, GRID, blocks=2, stop=Rule(1))):
+        with pytest.raises(TypeError, match=r"^stop: Rule\.describe returned tuple, not a str"):
+            run()
+
+
+def test_registrations_that_would_misread_are_refused():
+    """A user trial: ``Method(options=("stop_tol"))`` (a str) was read letter by letter, corrupting other
+    methods' errors; a solver option named ``tol`` was taken by paradigms, cascade and srds as theirs,
+    the solver built with its default, silently; a method whose run returns no Result came back as is."""
+    from chords_core.methods import Method, register_method
+    from chords_core.solvers import SolverSpec, register_solver
+
+    with pytest.raises(TypeError, match=r"^method 'mine': options must be a tuple of option names, got 'stop_tol'"):
+        register_method(Method("mine", cc.chords, options=("stop_tol")))
+    assert "mine" not in cc.METHODS
+    with pytest.raises(ValueError, match=r"^solver 'mine': its option 'tol' is an argument of cascade\(\), "):
+        register_solver("mine", SolverSpec(lambda m, t, tol=0.0: cc.solvers.Euler(m, t), 1, 1, "", options=("tol",)))
+    assert "mine" not in cc.SOLVERS
+    try:
+        got = register_method(Method("mine", lambda *a, **k: np.zeros(3), options=["tol"]))
+        assert got.options == ("tol",) and cc.METHODS["mine"].options == ("tol",)
+        with pytest.raises(TypeError, match=r"^method 'mine': its run returned ndarray, not a chords_core Result"):
+            cc.parallel(FLOW, X, GRID, cores=2, method="mine")
+    finally:
+        cc.METHODS.pop("mine", None)

@@ -23,7 +23,7 @@ import torch
 import chords_core as cc
 from chords_core.checks import check_bool
 
-from .adapters import ADAPTERS, call_params
+from .adapters import ADAPTERS, Job, call_params
 from .denoiser import make_model
 from .schedulers import SchedulerMap, map_scheduler
 
@@ -252,7 +252,8 @@ def sample(
         raise ValueError(f"executor: {type(executor).__name__} evaluates the network its workers were made with, not "
                          "the denoiser sample builds for this call (its prompt encoding, guidance and batch), so the "
                          "result would belong to another prompt; use devices=[...] or a chords_torch.DeviceExecutor "
-                         "(replicas of the pipeline's denoiser), or sample_latents with that network on the workers")
+                         "(replicas of the pipeline's denoiser), or sample_latents with workers whose factory returns "
+                         "chords_diffusers.make_model(smap, net), a complete model of the same network and scheduler")
     name = type(pipe).__name__
     adapter = ADAPTERS.get(name)
     if adapter is None:
@@ -267,6 +268,8 @@ def sample(
         return_dict = check_bool("return_dict", pipe_kwargs.pop("return_dict"))
     with torch.no_grad():
         job = adapter(pipe, prompt, num_inference_steps, dict(pipe_kwargs))
+        if not isinstance(job, Job):  # (an adapter of one's own: "no attribute 'device'" named nothing)
+            raise TypeError(f"ADAPTERS[{name!r}] returned {type(job).__name__}, not a chords_diffusers.adapters.Job")
         smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device,
                              step_kwargs=job.step_kwargs or None, **job.timestep_kwargs)
         if smap.scale_input and not job.scales_input:
@@ -286,7 +289,8 @@ def sample(
                              executor=executor, progress=progress, method=method, **(method_options or {}))
         out = job.finish(res.x)
     if not return_dict:  # the output's fields in order, as the pipelines return them
-        out = tuple(getattr(out, f.name) for f in dataclasses.fields(out))
+        out = (tuple(getattr(out, f.name) for f in dataclasses.fields(out)) if dataclasses.is_dataclass(out)
+               else out if isinstance(out, tuple) else (out,))  # (an adapter of one's own: its output as the item)
     if hasattr(pipe, "maybe_free_model_hooks"):
         pipe.maybe_free_model_hooks()
     return ChordsPipelineOutput(out, res, res.x)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace as replace_fields
 from inspect import Parameter, signature
 from typing import Any
 
@@ -71,8 +72,13 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         raise TypeError(f"method: its name must be a non-empty string, got {method.name!r}")
     if not callable(method.run):
         raise TypeError(f"method {method.name!r}: run must be callable, got {type(method.run).__name__}")
+    opts = method.options
+    if isinstance(opts, str) or not all(isinstance(o, str) for o in opts):  # (("stop_tol") is a str: read letter
+        raise TypeError(f"method {method.name!r}: options must be a tuple of option names, got {opts!r}")  # by letter)
     if not replace and method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
+    if type(opts) is not tuple:
+        method = replace_fields(method, options=tuple(opts))
     METHODS[method.name] = method
     return method
 
@@ -175,7 +181,10 @@ def parallel(
     if "tol" in options and options["tol"] is None:
         del options["tol"]  # the method's own default
     check_options(name, options, solver)
-    return METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
+    res = METHODS[name].run(model, x, grid, solver, cores=cores, executor=executor, progress=progress, **options)
+    if not isinstance(res, Result):  # (a registered method's: an AttributeError on .rounds later, naming nothing)
+        raise TypeError(f"method {name!r}: its run returned {type(res).__name__}, not a chords_core Result")
+    return res
 
 
 # a direct call's error names another method's argument and the methods that take it (``call.begin``)

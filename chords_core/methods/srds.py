@@ -40,7 +40,7 @@ from ..plan import Eval, Round
 from ..progress import progress_bar
 from ..results import Hit, Result
 from ..solvers import Solver
-from ..stopping import StopOnResidual, StopRule, as_stop_rule, first_accepted, outputs_needed, warn_unmet
+from ..stopping import StopOnResidual, StopRule, as_stop_rule, described, first_accepted, outputs_needed, warn_unmet
 from .window import absolute_tol
 
 __all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_first", "srds_blocks", "SrdsIteration",
@@ -173,10 +173,11 @@ def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, bl
         start = max(start, first)
     n = first_accepted(rule, outputs, coarse, start=start)
     if n is not None:
-        return n, _iterations(rule.describe(n + 1, n + 1, True)), False
+        return n, _iterations(described(rule, n + 1, n + 1, True)), False
     if len(outputs) < last:
         return None
-    return last - 1, _iterations(rule.describe(last, last, False)) + f" ({last} of {blocks} iterations)", last < blocks
+    text = _iterations(described(rule, last, last, False))
+    return last - 1, text + f" ({last} of {blocks} iterations)", last < blocks
 
 
 def _iterations(text: str) -> str:
@@ -283,7 +284,7 @@ def srds_run(
     with progress_bar(progress, last, f"srds {sol.name} B{nb}", "iteration") as bar:
         while result is None:
             batch = [(c, *((c.state.x, c.m) if not c.qs
-                           else sol.stage_point(c.state, c.qs, c.m, c.m + 1, len(c.qs)))) for c in running]
+                           else sol.staged(c.state, c.qs, c.m, c.m + 1, len(c.qs)))) for c in running]
             rounds += 1
             outs = evaluate_round(executor, model, [p for _, p, _ in batch], [t[j] for _, _, j in batch], rounds,
                                   where, batch)

@@ -759,7 +759,7 @@ def sliding_window(
                     idx, px, ti = pts, xs[b:e], pts
                 else:
                     idx = [m for m in pts if evals[m] > k]
-                    staged = [sol.stage_point(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
+                    staged = [sol.staged(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
                     px, ti = [p for p, _ in staged], [j for _, j in staged]
                 rounds += 1
                 nfe, width = nfe + len(idx), max(width, len(idx))

@@ -70,7 +70,8 @@ class SolverSpec:
 
 def declared_option(solver: Any, key: str) -> bool:
     """Whether ``solver``, a name in ``SOLVERS`` whose spec lists its options, declares ``key`` (a
-    custom solver's option may share a method's argument name: it is then the solver's)."""
+    custom solver's option may share another method's option name, ``register_solver`` refusing
+    those that are a method's argument: it is then the solver's)."""
     spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     return spec is not None and spec.options is not None and key in spec.options
 
@@ -108,6 +109,14 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if name in SOLVERS and not replace:
         raise ValueError(f"solver {name!r} is already registered (pass replace=True to overwrite it)")
+    from ..call import method_arguments  # (the methods import the solvers)
+
+    for key in spec.options or ():
+        # (a user trial's option "tol": paradigms, cascade and srds kept tol=0.5 as theirs, the solver its default)
+        owners = ["every method"] if key in ("model", "x", "grid", "solver") else method_arguments(key)
+        if owners:
+            raise ValueError(f"solver {name!r}: its option {key!r} is an argument of {', '.join(owners)}, which would "
+                             "take it from the solver; name the option otherwise")
     SOLVERS[name] = spec
     return spec
 

@@ -16,6 +16,7 @@ CHORDS and is exact at a final step to sigma = 0.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,6 +157,26 @@ class Solver:
             ``NotImplementedError``.
         """
         raise NotImplementedError(f"{self.name} has a single stage")
+
+    def staged(self, state: State, qs: Sequence[Array], i: int, j: int, k: int) -> tuple[Array, int]:
+        """``stage_point``, its grid index checked: an integer from 0 to ``steps`` (``ValueError``
+        naming the solver otherwise: a user trial's solver returned i - 1 at step 0, and every method
+        but CHORDS evaluated that stage at the grid's last time, t[-1], silently; i + 0.5 or j + 5
+        failed as an indexing error). What every method's stage points go through."""
+        got = self.stage_point(state, qs, i, j, k)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise ValueError(f"solver: {self.name!r}.stage_point returned a {type(got).__name__} for stage {k} of the "
+                             f"step {i} -> {j}, not (point, grid index)")
+        x, at = got
+        try:
+            index = operator.index(at)
+        except TypeError:
+            raise ValueError(f"solver: {self.name!r}.stage_point returned grid index {at!r} for stage {k} of the step "
+                             f"{i} -> {j}; a grid index is an integer") from None
+        if not 0 <= index <= self.steps:
+            raise ValueError(f"solver: {self.name!r} evaluates stage {k} of the step {i} -> {j} at grid index {index}, "
+                             f"outside the grid (0 .. {self.steps})")
+        return x, index
 
     def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:
         """Complete the step i -> j from the stage quantities.
