@@ -164,7 +164,7 @@ class Solver:
         but CHORDS evaluated that stage at the grid's last time, t[-1], silently; i + 0.5 or j + 5
         failed as an indexing error). What every method's stage points go through."""
         got = self.stage_point(state, qs, i, j, k)
-        if not (isinstance(got, tuple) and len(got) == 2):
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
             raise ValueError(f"solver: {self.name!r}.stage_point returned a {type(got).__name__} for stage {k} of the "
                              f"step {i} -> {j}, not (point, grid index)")
         x, at = got
