@@ -290,8 +290,9 @@ class CoreRecords:
             q = out if convert is None else convert(xe, out, ti)
             if stage == 0:
                 qs[c] = [q]
-                if local is not None and c == 0:
-                    self._observe(i, q)
+                if local is not None and c == 0:  # (kept for the next steps' estimates: owned, as below; a
+                    # view pinned the round's whole output: 54 state copies at the peak against 40, a user trial)
+                    self._observe(i, q if keep is None else keep(q))
                 kept = c and anchor[c][0] == i
                 # kept past the round: owned, not a view pinning the round's whole output or buffer (a
                 # record used by a rectification of this round is not)

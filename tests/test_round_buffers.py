@@ -182,19 +182,22 @@ def _peak(run) -> int:
 
 def test_batched_rounds_hold_little_more_memory_than_serial_ones():
     """Large states: the round buffers replace the stacking buffer and the separate states, and a
-    round's output is freed with the round (the step's quantities are dropped once stepped)."""
+    round's output is freed with the round (the step's quantities are dropped once stepped; a user
+    trial: core 0's values kept for the default stop's error estimate were views pinning their
+    rounds' whole outputs, 1.39x the serial executor's peak, 54 state copies against 39)."""
     x = np.random.default_rng(11).standard_normal((1, 1 << 18)).astype(np.float32)  # 1 MiB a state
     model = cc.DiffusionModel(MODELS["scaled"], cc.RectifiedFlow(), "flow")
     grid = cc.time_grid(cc.RectifiedFlow(), 50)
     init_ = (0, 2, 4, 8, 16, 24, 32, 40)
 
-    def run(executor):
-        return lambda: cc.chords(model, x, grid, "euler", init=init_, stop=None, executor=executor)
+    def run(executor, stop):
+        return lambda: cc.chords(model, x, grid, "euler", init=init_, stop=stop, executor=executor)
 
-    serial = _peak(run(cc.SerialExecutor()))
-    for cap in (None, 4 << 20):  # one call a round; calls of 4 points
-        batched = _peak(run(cc.BatchedExecutor(max_batch_bytes=cap)))
-        assert batched <= 1.15 * serial, (cap, batched / 2**20, serial / 2**20)
+    for stop in (None, cc.StopWhenConverged()):
+        serial = _peak(run(cc.SerialExecutor(), stop))
+        for cap in (None, 4 << 20):  # one call a round; calls of 4 points
+            batched = _peak(run(cc.BatchedExecutor(max_batch_bytes=cap), stop))
+            assert batched <= 1.15 * serial, (stop, cap, batched / 2**20, serial / 2**20)
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m"])
