@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -188,3 +189,20 @@ def test_a_fork_taken_while_another_thread_holds_the_plan_cache_lock_leaves_a_wo
     t.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_chords_warns_where_the_default_init_has_more_cores_than_help():
+    """A user trial: 256 cores at T = 500 took all 500 rounds (each core is spawned a round after the
+    one before: the fastest output near round T/K + K - 1); the default init now says so."""
+    import warnings
+
+    model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
+    x = np.ones((1, 3))
+    grid = cc.time_grid(cc.RectifiedFlow(), 50)
+    with pytest.warns(UserWarning, match=r"^chords: 32 cores on 50 steps: .* near round 33, where 7 cores give it"):
+        cc.chords(model, x, grid, cores=32, stop=cc.StopAtCore(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cc.chords(model, x, grid, cores=16, stop=cc.StopAtCore(1))  # (18 rounds against 13: not warned)
+        cc.chords(model, x, grid, init=cc.uniform_init(50, 32), stop=cc.StopAtCore(1))  # (an init of one's own)
+    assert min(cc.make_plan(50, cc.uniform_init(50, 32)).finish_round) == 33

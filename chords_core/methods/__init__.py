@@ -21,7 +21,7 @@ from dataclasses import replace as replace_fields
 from inspect import Parameter, signature
 from typing import Any
 
-from .. import call
+from .. import call, solvers
 from ..checks import check_cores, check_grid, check_int
 from ..executors import Executor
 from ..models import Model
@@ -186,6 +186,18 @@ def parallel(
         raise TypeError(f"method {name!r}: its run returned {type(res).__name__}, not a chords_core Result")
     return res
 
+
+def _not_a_method_argument(solver: str, key: str) -> None:
+    """``register_solver``'s check of a declared option ``key`` (``solvers.OPTION_CHECKS``): not an
+    argument of a method, which would take it from the solver (a user trial's option "tol": paradigms,
+    cascade and srds kept tol=0.5 as theirs and built the solver with its default, silently)."""
+    owners = ["every method"] if key in ("model", "x", "grid", "solver") else call.method_arguments(key)
+    if owners:
+        raise ValueError(f"solver {solver!r}: its option {key!r} is an argument of {', '.join(owners)}, which would "
+                         "take it from the solver; name the option otherwise")
+
+
+solvers.OPTION_CHECKS.append(_not_a_method_argument)
 
 # a direct call's error names another method's argument and the methods that take it (``call.begin``)
 call.METHODS = METHODS

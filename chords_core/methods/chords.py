@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..call import begin
+from ..call import begin, warn_caller
 from ..checks import check_int
 from ..engine import run_plan
 from ..executors import Executor
 from ..history import check_history
-from ..inits import default_init, validate_init
+from ..inits import crowded, default_init, validate_init
 from ..models import Model
 from ..plan import make_plan
 from ..results import Result
@@ -76,6 +76,8 @@ def chords(
         raise ValueError("give cores, init or both")
     else:
         init = default_init(call.steps, cores)
+        if (why := crowded(call.steps, cores)) is not None:
+            warn_caller(f"chords: {why}", UserWarning)
     rule = as_stop_rule(stop)
     history = check_history(history)
     plan = make_plan(call.steps, init, call.evals)

@@ -92,6 +92,12 @@ SOLVERS: dict[str, SolverSpec] = {
 }
 
 
+#: checks ``register_solver`` runs on each option a spec declares, ``check(name, option)`` raising
+#: ``ValueError``: ``methods`` adds one refusing an option named as a method's argument (which the
+#: method would take from the solver), without an import of the methods here
+OPTION_CHECKS: list[Callable[[str, str], None]] = []
+
+
 def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> SolverSpec:
     """Add a solver to ``SOLVERS`` under ``name``.
 
@@ -109,14 +115,9 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if name in SOLVERS and not replace:
         raise ValueError(f"solver {name!r} is already registered (pass replace=True to overwrite it)")
-    from ..call import method_arguments  # (the methods import the solvers)
-
-    for key in spec.options or ():
-        # (a user trial's option "tol": paradigms, cascade and srds kept tol=0.5 as theirs, the solver its default)
-        owners = ["every method"] if key in ("model", "x", "grid", "solver") else method_arguments(key)
-        if owners:
-            raise ValueError(f"solver {name!r}: its option {key!r} is an argument of {', '.join(owners)}, which would "
-                             "take it from the solver; name the option otherwise")
+    for check in OPTION_CHECKS:
+        for key in spec.options or ():
+            check(name, key)
     SOLVERS[name] = spec
     return spec
 
