@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _backend as B
 from .call import warn_caller
+from .checks import _is_int
 from .executors import BatchedExecutor, Executor, SerialExecutor
 from .history import move
 from .local_error import LocalError
@@ -127,10 +128,6 @@ class StageTimeError(ValueError):
 _CHECKING = (SerialExecutor, BatchedExecutor)
 
 
-def _is_index(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
                    where: Callable[..., str], *context: Any, deferred: DeferredCheck | None = None) -> list[Any]:
     """The model outputs at the round's points, from ``executor``.
@@ -144,7 +141,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     try:
         outs = executor(model, xs, ts)
     except ModelOutputError as err:
-        if not (_is_index(err.point) and 0 <= err.point < len(xs)):  # (an executor's own error: an IndexError here,
+        if not (_is_int(err.point) and 0 <= err.point < len(xs)):  # (an executor's own error: an IndexError here,
             # or -1 blamed on the round's last point)
             raise ValueError(f"executor: {type(executor).__name__} raised a ModelOutputError for point {err.point!r}, "
                              f"outside the {len(xs)} point(s) of round {round_number} (an executor that splits a "

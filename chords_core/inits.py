@@ -245,29 +245,31 @@ def default_init(steps: int, cores: int) -> tuple[int, ...]:
     return recipe
 
 
-#: ``crowded`` says so where the fastest output of evenly spaced starts comes this many times later
-#: than with the best number of cores
+#: ``crowded`` says so where the default init's fastest output comes this many times later than with
+#: the best number of cores
 CROWDED = 1.5
 
 
 def crowded(steps: int, cores: int) -> str | None:
-    """Why ``cores`` evenly spaced starts (``default_init`` beyond ``RECIPE_MAX_CORES``) waste cores
-    on ``steps`` steps, or ``None``: each core is spawned a round after the one before, so the fastest
-    output comes after about T/K + K - 1 rounds, least near K = sqrt(T); beyond ``CROWDED`` times that
-    least, more cores are slower (a user trial: T = 500 on 256 cores, the fastest output at round 257,
-    where 16 cores give it at 46, and the default stop, with no evidence from starts two steps apart,
-    ran all 500 rounds)."""
+    """Why ``default_init(steps, cores)`` wastes cores, or ``None``: each core is spawned a round after
+    the one before, so the fastest output comes at round T - s + K - 1 (s the fastest core's start,
+    one evaluation a step), least near K = sqrt(T) for evenly spaced starts; beyond ``CROWDED``
+    times the least over the default inits of 1 to ``cores`` cores, more cores are slower (a user
+    trial: T = 500 on 256 cores, the fastest output at round 257, where 16 cores give it at 46, and
+    the default stop, with no evidence from starts two steps apart, ran all 500 rounds)."""
     if cores <= RECIPE_MAX_CORES:
         return None
-    def fastest(k: int) -> float:
-        return steps / k + k - 1
+
+    def fastest(k: int) -> int:
+        return steps - default_init(steps, k)[-1] + k - 1
+
     best = min(range(1, cores + 1), key=fastest)
     if fastest(cores) <= CROWDED * fastest(best):
         return None
-    return (f"{cores} cores on {steps} steps: each core is spawned a round after the one before, so with the "
-            f"default evenly spaced starts the fastest output comes near round {fastest(cores):.0f}, where {best} "
-            f"cores give it near round {fastest(best):.0f}; use fewer cores, an init of your own, or "
-            "chords_core.parallel (the cascade sampler keeps every core busy)")
+    return (f"{cores} cores on {steps} steps: each core is spawned a round after the one before, so the default "
+            f"init's fastest output comes at round {fastest(cores)}, where {best} cores give it at round "
+            f"{fastest(best)}; use fewer cores, an init of your own, or the cascade sampler (parallel(), "
+            "method='cascade'), which keeps every core busy")
 
 
 def _adjacent(init: Sequence[int]) -> bool:

@@ -199,10 +199,14 @@ def test_chords_warns_where_the_default_init_has_more_cores_than_help():
     model = cc.DiffusionModel(lambda x, t: x * 0.5, cc.RectifiedFlow(), "flow")
     x = np.ones((1, 3))
     grid = cc.time_grid(cc.RectifiedFlow(), 50)
-    with pytest.warns(UserWarning, match=r"^chords: 32 cores on 50 steps: .* near round 33, where 7 cores give it"):
+    with pytest.warns(UserWarning, match=r"^chords: 32 cores on 50 steps: .* at round 33, where 9 cores give it at "
+                                         r"round 14;"):
         cc.chords(model, x, grid, cores=32, stop=cc.StopAtCore(1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cc.chords(model, x, grid, cores=16, stop=cc.StopAtCore(1))  # (18 rounds against 13: not warned)
+        cc.chords(model, x, grid, cores=16, stop=cc.StopAtCore(1))  # (18 rounds against 14: not warned)
         cc.chords(model, x, grid, init=cc.uniform_init(50, 32), stop=cc.StopAtCore(1))  # (an init of one's own)
-    assert min(cc.make_plan(50, cc.uniform_init(50, 32)).finish_round) == 33
+        cc.chords(model, x, grid, cores=32, stop=None)  # (every core run: 50 rounds whatever the cores)
+    # the rounds it names are the plans' (one evaluation a step): the fastest output of K cores at T - s + K - 1
+    for k, r in ((32, 33), (9, 14), (16, 18)):
+        assert min(cc.make_plan(50, cc.default_init(50, k)).finish_round) == r

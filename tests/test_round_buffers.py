@@ -184,7 +184,7 @@ def test_batched_rounds_hold_little_more_memory_than_serial_ones():
     """Large states: the round buffers replace the stacking buffer and the separate states, and a
     round's output is freed with the round (the step's quantities are dropped once stepped; a user
     trial: core 0's values kept for the default stop's error estimate were views pinning their
-    rounds' whole outputs, 1.39x the serial executor's peak, 54 state copies against 39)."""
+    rounds' whole outputs, 1.39x the serial executor's peak: 54 state copies against its 39)."""
     x = np.random.default_rng(11).standard_normal((1, 1 << 18)).astype(np.float32)  # 1 MiB a state
     model = cc.DiffusionModel(MODELS["scaled"], cc.RectifiedFlow(), "flow")
     grid = cc.time_grid(cc.RectifiedFlow(), 50)

@@ -984,7 +984,8 @@ class _StageAt(cc.solvers.Heun):
 
 @pytest.mark.parametrize("shift, match", [(lambda i, j: i - 1, r"at grid index -1, outside the grid \(0 \.\. 8\)"),
                                           (lambda i, j: j + 9, r"at grid index 10, outside the grid"),
-                                          (lambda i, j: i + 0.5, r"returned grid index 0\.5 .* a grid index is an integer")])
+                                          (lambda i, j: i + 0.5, r"returned grid index 0\.5 .* a grid index is an integer"),
+                                          (lambda i, j: j == 1, r"returned grid index True .* a grid index is an integer")])
 def test_a_solvers_stage_index_off_the_grid_is_named_by_every_method(shift, match):
     """A user trial: a stage at i - 1 (-1 at step 0) was evaluated at the grid's last time by solve,
     the window methods and SRDS, silently (0.18 off Heun); i + 0.5 and j + 9 failed as indexing errors.
@@ -1052,6 +1053,22 @@ def test_registrations_that_would_misread_are_refused():
     with pytest.raises(ValueError, match=r"^solver 'mine': its option 'tol' is an argument of cascade\(\), "):
         register_solver("mine", SolverSpec(lambda m, t, tol=0.0: cc.solvers.Euler(m, t), 1, 1, "", options=("tol",)))
     assert "mine" not in cc.SOLVERS
+    with pytest.raises(TypeError, match=r"^solver 'mine': options must be a tuple of option names or None, got 'tol'"):
+        register_solver("mine", SolverSpec(lambda m, t, tol=0.0: cc.solvers.Euler(m, t), 1, 1, "", options=("tol")))
+    for bad in (None, 5, (o for o in ("a",))):  # (a generator was consumed by the check and stored empty)
+        with pytest.raises(TypeError, match=r"^method 'mine': options must be a tuple of option names"):
+            register_method(Method("mine", cc.chords, options=bad))
+    # the other order: a method registered after a solver whose option it would take (a review)
+    register_solver("mine", SolverSpec(lambda m, t, foo=0.0: cc.solvers.Euler(m, t), 1, 1, "", options=("foo",)))
+    try:
+        def run(model, x, grid, solver, *, cores, executor, progress, foo=0.0):
+            return cc.chords(model, x, grid, solver, cores=cores)
+
+        with pytest.raises(ValueError, match=r"^method 'mine': 'foo' is an option of solver 'mine'"):
+            register_method(Method("mine", run, options=("foo",)))
+    finally:
+        cc.SOLVERS.pop("mine", None)
+    assert "mine" not in cc.METHODS
     try:
         got = register_method(Method("mine", lambda *a, **k: np.zeros(3), options=["tol"]))
         assert got.options == ("tol",) and cc.METHODS["mine"].options == ("tol",)

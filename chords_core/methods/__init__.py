@@ -64,6 +64,14 @@ METHODS: dict[str, Method] = {}
 RECOMMENDED = "cascade"
 
 
+def _keywords(fn: Callable[..., Any]) -> set[str]:
+    """The keyword-only arguments of ``fn`` (none where its signature cannot be read)."""
+    try:
+        return {n for n, p in signature(fn).parameters.items() if p.kind is Parameter.KEYWORD_ONLY}
+    except (TypeError, ValueError):
+        return set()
+
+
 def register_method(method: Method, *, replace: bool = False) -> Method:
     """Add ``method`` to the registry (``replace=True`` to overwrite a name); returns it."""
     if not isinstance(method, Method):
@@ -73,12 +81,19 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     if not callable(method.run):
         raise TypeError(f"method {method.name!r}: run must be callable, got {type(method.run).__name__}")
     opts = method.options
-    if isinstance(opts, str) or not all(isinstance(o, str) for o in opts):  # (("stop_tol") is a str: read letter
-        raise TypeError(f"method {method.name!r}: options must be a tuple of option names, got {opts!r}")  # by letter)
+    if not isinstance(opts, (tuple, list)) or not all(isinstance(o, str) for o in opts):
+        # (("stop_tol") is a str: read letter by letter into other methods' errors)
+        raise TypeError(f"method {method.name!r}: options must be a tuple of option names, got {opts!r}")
     if not replace and method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
     if type(opts) is not tuple:
         method = replace_fields(method, options=tuple(opts))
+    taken = set(opts) | _keywords(method.run)
+    for sname, spec in SOLVERS.items():  # (the other direction of _not_a_method_argument: solvers registered first)
+        clash = sorted(taken & set(spec.options or ()))
+        if clash:
+            raise ValueError(f"method {method.name!r}: {clash[0]!r} is an option of solver {sname!r}, which the method "
+                             "would take from it; name the method's argument otherwise")
     METHODS[method.name] = method
     return method
 

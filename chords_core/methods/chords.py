@@ -16,7 +16,7 @@ from ..models import Model
 from ..plan import make_plan
 from ..results import Result
 from ..solvers import Solver
-from ..stopping import DEFAULT_STOP, StopRule, as_stop_rule
+from ..stopping import DEFAULT_STOP, RunAll, StopRule, as_stop_rule
 
 __all__ = ["chords"]
 
@@ -68,6 +68,7 @@ def chords(
             naming the round, core, step, stage and time.
     """
     call = begin(model, x, grid, solver, executor, solver_options)
+    defaulted = False
     if cores is not None:
         cores = check_int("cores", cores, 1)
     if init is not None:
@@ -76,9 +77,11 @@ def chords(
         raise ValueError("give cores, init or both")
     else:
         init = default_init(call.steps, cores)
-        if (why := crowded(call.steps, cores)) is not None:
-            warn_caller(f"chords: {why}", UserWarning)
+        defaulted = True
     rule = as_stop_rule(stop)
+    # (not where every core runs: stop=None takes T rounds whatever the cores)
+    if defaulted and type(rule) is not RunAll and (why := crowded(call.steps, len(init))) is not None:
+        warn_caller(f"chords: {why}", UserWarning)
     history = check_history(history)
     plan = make_plan(call.steps, init, call.evals)
     return run_plan(call.model, x, call.solver, plan, rule, call.executor, history, progress)

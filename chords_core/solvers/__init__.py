@@ -115,8 +115,12 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if name in SOLVERS and not replace:
         raise ValueError(f"solver {name!r} is already registered (pass replace=True to overwrite it)")
+    opts = spec.options
+    if opts is not None and (not isinstance(opts, (tuple, list)) or not all(isinstance(o, str) for o in opts)):
+        # (("tol") is a str: read letter by letter, and "tol" in it matched as a substring)
+        raise TypeError(f"solver {name!r}: options must be a tuple of option names or None, got {opts!r}")
     for check in OPTION_CHECKS:
-        for key in spec.options or ():
+        for key in opts or ():
             check(name, key)
     SOLVERS[name] = spec
     return spec

@@ -170,6 +170,8 @@ class Solver:
         x, at = got
         try:
             index = operator.index(at)
+            if isinstance(at, (bool, np.bool_)):
+                raise TypeError
         except TypeError:
             raise ValueError(f"solver: {self.name!r}.stage_point returned grid index {at!r} for stage {k} of the step "
                              f"{i} -> {j}; a grid index is an integer") from None
