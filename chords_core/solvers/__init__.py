@@ -69,9 +69,9 @@ class SolverSpec:
 
 
 def declared_option(solver: Any, key: str) -> bool:
-    """Whether ``solver``, a name in ``SOLVERS`` whose spec lists its options, declares ``key`` (a
-    custom solver's option may share another method's option name, ``register_solver`` refusing
-    those that are a method's argument: it is then the solver's)."""
+    """Whether ``solver``, a name in ``SOLVERS`` whose spec lists its options, declares ``key``: then
+    it is the solver's, also where another method lists it in ``Method.options`` (an option named
+    as a method's keyword argument, which that method would take, is refused at registration)."""
     spec = SOLVERS.get(solver) if isinstance(solver, str) else None
     return spec is not None and spec.options is not None and key in spec.options
 
