@@ -60,15 +60,16 @@ COUNTS = ("batch_size", "num_images_per_prompt", "num_videos_per_prompt")
 def _take(kw: dict, pipe: Any, **defaults: Any) -> list:
     """Pop the known arguments (with defaults) from kw, the counts among them checked (``COUNTS``);
     raise on leftovers, except those passed at the value ``pipe.__call__`` takes by default (code that
-    forwards a pipeline's keyword arguments passes ``return_dict=True`` or ``ip_adapter_image=None``,
-    which change nothing)."""
+    forwards a pipeline's keyword arguments passes ``ip_adapter_image=None``, which changes nothing).
+    ``sample`` takes ``return_dict`` itself, named among the supported ones where the pipeline has it."""
     vals = [check_int(k, kw.pop(k), 1) if k in COUNTS and k in kw else kw.pop(k, v) for k, v in defaults.items()]
     if kw:
         call = call_params(pipe)
         left = sorted(k for k, v in kw.items() if k not in call or not _is_default(v, call[k].default))
         if left:
+            known = list(defaults) + (["return_dict"] if "return_dict" in call else [])
             raise TypeError(f"{type(pipe).__name__}: unsupported argument(s) for chords_diffusers.sample: "
-                            f"{', '.join(left)}; supported: {', '.join(defaults)}")
+                            f"{', '.join(left)}; supported: {', '.join(known)}")
     return vals
 
 
