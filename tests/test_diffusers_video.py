@@ -368,3 +368,27 @@ def test_videos_per_prompt_with_given_embeddings_as_the_pipeline(wan, hunyuan):
         one = cd.sample(pipe, cores=1, generator=_gen(), **kw)
         assert one.latents.shape == ref.shape and ref.shape[0] == 2
         assert rel_err(one.latents, ref) < 2e-6, type(pipe).__name__
+
+
+def test_one_negative_beside_several_prompts_as_the_pipeline(wan, hunyuan):
+    """A user trial: Wan and HunyuanVideo run two prompts beside one row of negative embeddings (their
+    transformers broadcast it in the separate unconditional call); the adapters refused it naming an
+    internal key (``uncond['encoder_hidden_states']``). One negative row is broadcast now; a count
+    neither one nor the prompts' is refused naming the negative."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        pe, npe = wan.encode_prompt(["a cat", "a dog"], negative_prompt="", device="cpu", max_sequence_length=8)
+    hy = _hunyuan_embeds()
+    hy2 = {k: (torch.cat([v, torch.randn(v.shape, generator=g) if v.is_floating_point() else v])
+               if k.startswith(("prompt", "pooled")) else v) for k, v in hy.items()}
+    for pipe, kw in ((wan, dict(prompt_embeds=pe, negative_prompt_embeds=npe[:1], **WAN_KW)),
+                     (hunyuan, dict(height=16, width=16, num_frames=5, true_cfg_scale=2.0, **hy2))):
+        kw.update(num_inference_steps=4, output_type="latent")
+        with torch.no_grad():
+            ref = pipe(generator=_gen(), **kw).frames
+        one = cd.sample(pipe, cores=1, generator=_gen(), **kw)
+        assert ref.shape[0] == 2 and rel_err(one.latents, ref) < 2e-6, type(pipe).__name__
+    with pytest.raises(ValueError, match=r"^WanPipeline: negative_prompt / negative_prompt_embeds give 2 rows where "
+                                         r"the prompts give 3"):
+        cd.sample(wan, cores=1, prompt_embeds=torch.cat([pe, pe[:1]]), negative_prompt_embeds=npe,
+                  num_inference_steps=2, output_type="latent", **WAN_KW)

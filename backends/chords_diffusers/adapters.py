@@ -143,6 +143,23 @@ def _repeated(n: int, given: Any, *tensors: Any) -> list:
     return [t if t is None else t.repeat_interleave(n, 0) for t in tensors]
 
 
+def _negative_rows(name: str, b: int, *tensors: Any) -> list:
+    """The negative conditioning's tensors with ``b`` rows: one row broadcast to ``b`` (a view), as the
+    pipelines' transformers broadcast it in their separate unconditional call (a user trial: a string
+    negative beside two prompts ran in HunyuanVideo's ``pipe(...)``, equal to the negative given twice
+    to 9e-8, and was refused here naming an internal key; Wan alike with one-row negative embeddings);
+    other row counts refused naming the negative."""
+    out = []
+    for t in tensors:
+        if t is not None and t.shape[0] != b:
+            if t.shape[0] != 1:
+                raise ValueError(f"{name}: negative_prompt / negative_prompt_embeds give {t.shape[0]} rows where the "
+                                 f"prompts give {b}; give one negative, or one a prompt")
+            t = t.expand(b, *t.shape[1:])
+        out.append(t)
+    return out
+
+
 def _postprocess_video(pipe: Any, video: torch.Tensor, output_type: str) -> Any:
     return pipe.video_processor.postprocess_video(video, output_type=output_type)
 
@@ -462,10 +479,10 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                                  negative_prompt_embeds=negative_prompt_embeds,
                                  max_sequence_length=max_sequence_length, device=device)
     (pe,) = _repeated(num_videos_per_prompt, prompt_embeds, pe)
-    if cfg:
-        (npe,) = _repeated(num_videos_per_prompt, negative_prompt_embeds, npe)
-    dtype = net.dtype
     b = pe.shape[0]
+    if cfg:
+        (npe,) = _negative_rows(name, b, *_repeated(num_videos_per_prompt, negative_prompt_embeds, npe))
+    dtype = net.dtype
     boundary = None if boundary_ratio is None else boundary_ratio * pipe.scheduler.config.num_train_timesteps
     gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep",
                      cond={"encoder_hidden_states": pe.to(dtype)},
@@ -527,11 +544,13 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                 "pooled_projections": ppe.to(dtype)}
 
     cond = encode(prompt, prompt_2, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask)
+    b = cond["encoder_hidden_states"].shape[0]  # (user latents of other rows: refused naming latents, in sample)
     uncond = encode(negative_prompt, negative_prompt_2, negative_prompt_embeds, negative_pooled_prompt_embeds,
                     negative_prompt_attention_mask) if cfg else None
-    lat = pipe.prepare_latents(cond["encoder_hidden_states"].shape[0], net.config.in_channels, height, width,
-                               num_frames, torch.float32, device, generator, latents)
-    b = cond["encoder_hidden_states"].shape[0]  # (user latents of other rows: refused naming latents, in sample)
+    if uncond is not None:
+        uncond = dict(zip(uncond, _negative_rows(name, b, *uncond.values())))
+    lat = pipe.prepare_latents(b, net.config.in_channels, height, width, num_frames, torch.float32, device,
+                               generator, latents)
     cond["guidance"] = torch.tensor([guidance_scale] * b, dtype=dtype, device=device) * 1000.0
     if uncond is not None:
         uncond["guidance"] = cond["guidance"]
