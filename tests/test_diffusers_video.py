@@ -381,14 +381,15 @@ def test_one_negative_beside_several_prompts_as_the_pipeline(wan, hunyuan):
     hy = _hunyuan_embeds()
     hy2 = {k: (torch.cat([v, torch.randn(v.shape, generator=g) if v.is_floating_point() else v])
                if k.startswith(("prompt", "pooled")) else v) for k, v in hy.items()}
-    for pipe, kw in ((wan, dict(prompt_embeds=pe, negative_prompt_embeds=npe[:1], **WAN_KW)),
-                     (hunyuan, dict(height=16, width=16, num_frames=5, true_cfg_scale=2.0, **hy2))):
-        kw.update(num_inference_steps=4, output_type="latent")
+    # (Wan with 2 videos a prompt too: the one row broadcast over all 4, as its pipeline does; a review)
+    for n, pipe, kw in ((1, wan, dict(prompt_embeds=pe, negative_prompt_embeds=npe[:1], **WAN_KW)),
+                        (2, wan, dict(prompt=["a cat", "a dog"], negative_prompt_embeds=npe[:1], **WAN_KW)),
+                        (1, hunyuan, dict(height=16, width=16, num_frames=5, true_cfg_scale=2.0, **hy2))):
+        kw.update(num_inference_steps=4, output_type="latent", num_videos_per_prompt=n)
         with torch.no_grad():
             ref = pipe(generator=_gen(), **kw).frames
         one = cd.sample(pipe, cores=1, generator=_gen(), **kw)
-        assert ref.shape[0] == 2 and rel_err(one.latents, ref) < 2e-6, type(pipe).__name__
-    with pytest.raises(ValueError, match=r"^WanPipeline: negative_prompt / negative_prompt_embeds give 2 rows where "
-                                         r"the prompts give 3"):
+        assert ref.shape[0] == 2 * n and rel_err(one.latents, ref) < 2e-6, (type(pipe).__name__, n)
+    with pytest.raises(ValueError, match=r"^WanPipeline: the negative conditioning has 2 row\(s\) for the prompts' 3; "):
         cd.sample(wan, cores=1, prompt_embeds=torch.cat([pe, pe[:1]]), negative_prompt_embeds=npe,
                   num_inference_steps=2, output_type="latent", **WAN_KW)

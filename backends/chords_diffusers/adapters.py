@@ -143,19 +143,25 @@ def _repeated(n: int, given: Any, *tensors: Any) -> list:
     return [t if t is None else t.repeat_interleave(n, 0) for t in tensors]
 
 
-def _negative_rows(name: str, b: int, *tensors: Any) -> list:
-    """The negative conditioning's tensors with ``b`` rows: one row broadcast to ``b`` (a view), as the
-    pipelines' transformers broadcast it in their separate unconditional call (a user trial: a string
-    negative beside two prompts ran in HunyuanVideo's ``pipe(...)``, equal to the negative given twice
-    to 9e-8, and was refused here naming an internal key; Wan alike with one-row negative embeddings);
-    other row counts refused naming the negative."""
+def _negative_rows(name: str, b: int, n: int, given: Any, *tensors: Any) -> list:
+    """The negative conditioning's encoded tensors with the ``b`` rows of the prompts: one row broadcast
+    to ``b`` (a view), as the pipelines' transformers broadcast it in their separate unconditional call
+    (a user trial: a string negative beside two prompts ran in HunyuanVideo's ``pipe(...)``, equal to
+    the negative given twice to 9e-8, and was refused here naming an internal key; Wan alike with one
+    row of negative embeddings, with ``num_videos_per_prompt`` = ``n`` > 1 too: a review); other counts
+    repeated as ``_repeated`` does given embeddings (``given``), then refused naming the negative where
+    they are not ``b``."""
     out = []
     for t in tensors:
-        if t is not None and t.shape[0] != b:
-            if t.shape[0] != 1:
-                raise ValueError(f"{name}: negative_prompt / negative_prompt_embeds give {t.shape[0]} rows where the "
-                                 f"prompts give {b}; give one negative, or one a prompt")
+        if t is not None and t.shape[0] == 1 and b > 1:
             t = t.expand(b, *t.shape[1:])
+        elif t is not None:
+            rows = t.shape[0]
+            (t,) = _repeated(n, given, t)
+            if t.shape[0] != b:
+                raise ValueError(f"{name}: the negative conditioning has {rows} row(s) for the prompts' {b // n}"
+                                 f"{f' ({n} videos or images a prompt)' if n > 1 else ''}; give one negative, or one a "
+                                 "prompt")
         out.append(t)
     return out
 
@@ -257,7 +263,8 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                                           pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
                                           num_images_per_prompt=num_images_per_prompt,
                                           max_sequence_length=max_sequence_length)
-        npe, nppe = _repeated(num_images_per_prompt, negative_prompt_embeds, npe, nppe)
+        npe, nppe = _negative_rows("FluxPipeline", pe.shape[0], num_images_per_prompt, negative_prompt_embeds, npe,
+                                   nppe)
         uncond = {"encoder_hidden_states": npe, "pooled_projections": nppe}
     b = pe.shape[0]
     ch = pipe.transformer.config.in_channels // 4
@@ -481,7 +488,7 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     (pe,) = _repeated(num_videos_per_prompt, prompt_embeds, pe)
     b = pe.shape[0]
     if cfg:
-        (npe,) = _negative_rows(name, b, *_repeated(num_videos_per_prompt, negative_prompt_embeds, npe))
+        (npe,) = _negative_rows(name, b, num_videos_per_prompt, negative_prompt_embeds, npe)
     dtype = net.dtype
     boundary = None if boundary_ratio is None else boundary_ratio * pipe.scheduler.config.num_train_timesteps
     gnet = GuidedNet(net, batch=b, x_arg="hidden_states", t_arg="timestep",
@@ -534,21 +541,21 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     cfg = true_cfg_scale > 1 and has_negative
     device, dtype = pipe._execution_device, net.dtype
 
-    def encode(p: Any, p2: Any, given: Any, ppe: Any, mask: Any) -> dict:
-        pe, ppe, mask = pipe.encode_prompt(prompt=p, prompt_2=p2, prompt_template=prompt_template,
-                                           num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=given,
-                                           pooled_prompt_embeds=ppe, prompt_attention_mask=mask, device=device,
-                                           max_sequence_length=max_sequence_length)
-        pe, ppe, mask = _repeated(num_videos_per_prompt, given, pe, ppe, mask)
+    def encode(p: Any, p2: Any, given: Any, ppe: Any, mask: Any, rows: int | None = None) -> dict:
+        """The conditioning; with ``rows`` (the prompts'), the negative's (``_negative_rows``)."""
+        got = pipe.encode_prompt(prompt=p, prompt_2=p2, prompt_template=prompt_template,
+                                 num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=given,
+                                 pooled_prompt_embeds=ppe, prompt_attention_mask=mask, device=device,
+                                 max_sequence_length=max_sequence_length)
+        pe, ppe, mask = (_repeated(num_videos_per_prompt, given, *got) if rows is None
+                         else _negative_rows(name, rows, num_videos_per_prompt, given, *got))
         return {"encoder_hidden_states": pe.to(dtype), "encoder_attention_mask": mask.to(dtype),
                 "pooled_projections": ppe.to(dtype)}
 
     cond = encode(prompt, prompt_2, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask)
     b = cond["encoder_hidden_states"].shape[0]  # (user latents of other rows: refused naming latents, in sample)
     uncond = encode(negative_prompt, negative_prompt_2, negative_prompt_embeds, negative_pooled_prompt_embeds,
-                    negative_prompt_attention_mask) if cfg else None
-    if uncond is not None:
-        uncond = dict(zip(uncond, _negative_rows(name, b, *uncond.values())))
+                    negative_prompt_attention_mask, b) if cfg else None
     lat = pipe.prepare_latents(b, net.config.in_channels, height, width, num_frames, torch.float32, device,
                                generator, latents)
     cond["guidance"] = torch.tensor([guidance_scale] * b, dtype=dtype, device=device) * 1000.0
