@@ -169,11 +169,20 @@ METHODS: dict[str, Any] = {}
 FUNCTIONS: dict[str, Callable[..., Any]] = {}
 
 
+def keyword_only(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The keyword-only arguments of ``fn``, in order (none where its signature cannot be read): what a
+    method takes by name (``method_arguments``, ``methods.own_options``, ``methods.register_method``)."""
+    try:
+        params = signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind is Parameter.KEYWORD_ONLY)
+
+
 def method_arguments(key: str) -> list[str]:
     """The methods with a keyword argument ``key``, as "name()"."""
     fns = {**{name: FUNCTIONS.get(name, m.run) for name, m in METHODS.items()}, **FUNCTIONS}
-    return [f"{name}()" for name, fn in fns.items()
-            if any(p.name == key and p.kind is Parameter.KEYWORD_ONLY for p in signature(fn).parameters.values())]
+    return [f"{name}()" for name, fn in fns.items() if key in keyword_only(fn)]
 
 
 def _method_argument(options: dict, solver: Any) -> None:

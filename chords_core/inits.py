@@ -24,6 +24,7 @@ the sequential solver). Beyond K = 8 the default is evenly spaced (measured bett
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -250,6 +251,7 @@ def default_init(steps: int, cores: int) -> tuple[int, ...]:
 CROWDED = 1.5
 
 
+@functools.lru_cache(maxsize=128)  # (a pure function of two ints: O(cores^2), 24 ms at 256 cores, every call)
 def crowded(steps: int, cores: int) -> str | None:
     """Why ``default_init(steps, cores)`` wastes cores, or ``None``: each core is spawned a round after
     the one before, so the fastest output comes at round T - s + K - 1 (s the fastest core's start,

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace as replace_fields
-from inspect import Parameter, signature
 from typing import Any
 
 from .. import call, solvers
@@ -54,22 +53,13 @@ def own_options(fn: Callable[..., Result]) -> tuple[str, ...]:
     """The keyword options of a method function, less those ``parallel`` sets (``cores``, ``window``,
     ``executor``, ``progress``) and the solver's catch-all."""
     skip = {"cores", "window", "executor", "progress"}
-    return tuple(n for n, p in signature(fn).parameters.items()
-                 if p.kind is Parameter.KEYWORD_ONLY and n not in skip)
+    return tuple(n for n in call.keyword_only(fn) if n not in skip)
 
 
 METHODS: dict[str, Method] = {}
 
 #: The method ``parallel`` runs when none is named.
 RECOMMENDED = "cascade"
-
-
-def _keywords(fn: Callable[..., Any]) -> set[str]:
-    """The keyword-only arguments of ``fn`` (none where its signature cannot be read)."""
-    try:
-        return {n for n, p in signature(fn).parameters.items() if p.kind is Parameter.KEYWORD_ONLY}
-    except (TypeError, ValueError):
-        return set()
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
@@ -88,7 +78,7 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         raise ValueError(f"method {method.name!r} is already registered (pass replace=True to overwrite it)")
     if type(opts) is not tuple:
         method = replace_fields(method, options=tuple(opts))
-    taken = set(opts) | _keywords(method.run)
+    taken = set(opts) | set(call.keyword_only(method.run))
     for sname, spec in SOLVERS.items():  # (the other direction of _not_a_method_argument: solvers registered first)
         clash = sorted(taken & set(spec.options or ()))
         if clash:
