@@ -32,7 +32,7 @@ import numpy as np
 from . import _backend as B
 from .call import warn_caller
 from .checks import _is_int
-from .executors import BatchedExecutor, Executor, SerialExecutor
+from .executors import Executor
 from .history import move
 from .local_error import LocalError
 from .models import Model, ModelOutputError, is_plain_ode
@@ -123,11 +123,6 @@ class StageTimeError(ValueError):
         return type(self), (self.where, self.advice)  # (pickles: its arguments are not its message)
 
 
-#: executors whose outputs all come from ``Model.evaluate`` (checked there): ``evaluate_round`` checks
-#: the shape of every other executor's outputs
-_CHECKING = (SerialExecutor, BatchedExecutor)
-
-
 def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequence[float], round_number: int,
                    where: Callable[..., str], *context: Any, deferred: DeferredCheck | None = None) -> list[Any]:
     """The model outputs at the round's points, from ``executor``.
@@ -157,7 +152,8 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
         raise ValueError(f"executor: {type(executor).__name__} returned {got} for the {len(xs)} point(s) of round "
                          f"{round_number}; an executor returns a list of one model output per point, in their order")
-    if type(executor) not in _CHECKING:  # (the core's own pass every output through Model.evaluate's check)
+    if not type(executor).__dict__.get("outputs_checked", False):  # (Executor.outputs_checked: declared by the
+        # class itself, not inherited)
         for k, (o, x) in enumerate(zip(outs, xs)):
             if getattr(o, "shape", None) != x.shape:  # (a (8,) output for a (2, 8) state was broadcast: 387 off)
                 got = f"shape {tuple(o.shape)}" if hasattr(o, "shape") else f"a {type(o).__name__}"

@@ -46,9 +46,15 @@ class Executor:
     call's model: of that only the parametrisation and schedule apply. A caller that builds the
     model itself for one call (``chords_diffusers.sample``: this prompt's encoding and guidance)
     refuses such an executor, which would evaluate another network without notice.
+
+    ``outputs_checked``: True where every output the class returns comes from ``model.evaluate`` on
+    the round's own points (which checks its shape, dtype and values); the engine checks the shape of
+    every other executor's outputs. Read from the class's own namespace, not inherited: a subclass
+    that overrides ``__call__`` may return other arrays, and declares it again if it does not.
     """
 
     own_network = False
+    outputs_checked = False
 
     def stacks_points(self, x: Any) -> bool:
         """Whether rounds of points like ``x`` may be handed over stacked (see the class docstring)."""
@@ -85,6 +91,8 @@ class Executor:
 
 class SerialExecutor(Executor):
     """One model call per point, in core order: the reference semantics, and the minimum memory."""
+
+    outputs_checked = True
 
     def __call__(self, model: Model, xs: Sequence[Any], ts: Sequence[float]) -> list[Any]:
         """One ``model`` call per point, in order (see ``Executor.__call__``)."""
@@ -124,6 +132,7 @@ class BatchedExecutor(Executor):
     """
 
     max_batch_bytes: int | str | None = "auto"
+    outputs_checked = True
 
     def __init__(self, max_batch_bytes: int | str | None = "auto") -> None:
         if not (max_batch_bytes is None or (isinstance(max_batch_bytes, str) and max_batch_bytes == "auto")):

@@ -999,32 +999,39 @@ def test_a_solvers_stage_index_off_the_grid_is_named_by_every_method(shift, matc
             run()
 
 
-class _Broken(cc.SerialExecutor):
-    """An executor of one's own that breaks the contract as ``kind`` says."""
+def _broken(base):
+    """An executor of one's own, derived from ``base``, that breaks the contract as ``kind`` says."""
+    class Broken(base):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
 
-    def __init__(self, kind):
-        self.kind = kind
+        def __call__(self, model, xs, ts):
+            outs = super().__call__(model, xs, ts)
+            if self.kind == "shape":
+                return [o[0] for o in outs]  # (8,) for (2, 8): numpy broadcast it
+            if self.kind == "list":
+                return [o.tolist() for o in outs]
+            raise ModelOutputError(99 if self.kind == "point 99" else -1, "a bad output")
 
-    def __call__(self, model, xs, ts):
-        outs = super().__call__(model, xs, ts)
-        if self.kind == "shape":
-            return [o[0] for o in outs]  # (8,) for (2, 8): numpy broadcast it
-        if self.kind == "list":
-            return [o.tolist() for o in outs]
-        raise ModelOutputError(99 if self.kind == "point 99" else -1, "a bad output")
+    Broken.__name__ = Broken.__qualname__ = f"Broken{base.__name__}"
+    return Broken
 
 
 @pytest.mark.parametrize("kind", ["shape", "list", "point 99", "point -1"])
 @pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
-def test_an_executor_breaking_its_contract_is_named(kind, method):
+@pytest.mark.parametrize("broken", [_broken(cc.SerialExecutor), _broken(cc.BatchedExecutor)])
+def test_an_executor_breaking_its_contract_is_named(broken, kind, method):
     """A user trial: an executor's outputs of another shape were broadcast (387 off the sequential
     result, silently), a list failed as "can't multiply sequence"; a ModelOutputError for a point
-    outside the round became an IndexError (99) or was blamed on the round's last point (-1)."""
+    outside the round became an IndexError (99) or was blamed on the round's last point (-1). A
+    subclass of the core's executors (which declare ``outputs_checked``) is checked too: it may return
+    arrays of its own."""
     x = np.broadcast_to(X[:1], (2, X.shape[1])).copy()
     match = (r"returned (shape \(\d+,\)|a list) for point 0 of round 1 \(.*\), of shape \(2, \d+\)" if kind in ("shape", "list")
              else r"raised a ModelOutputError for point -?\d+, outside the \d+ point\(s\) of round 1")
-    with pytest.raises(ValueError, match=r"^executor: _Broken " + match):
-        cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=_Broken(kind))
+    with pytest.raises(ValueError, match=rf"^executor: {broken.__name__} " + match):
+        cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=broken(kind))
 
 
 def test_a_stop_rules_description_must_be_a_string():

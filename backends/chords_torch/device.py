@@ -263,6 +263,8 @@ class DeviceExecutor(Executor):
         timeout: deprecated name of ``round_timeout``.
     """
 
+    outputs_checked = True  # (each from model.evaluate on its device, moved back as it is)
+
     def __init__(self, devices: Sequence[Any], *, replicate: Callable = replicate, batched: bool = False,
                  round_timeout: float | None = None, timeout: Any = UNSET) -> None:
         if isinstance(devices, (str, torch.device)) or not len(devices):
