@@ -49,9 +49,11 @@ class Result:
             sweep) counts whole, as on parallel devices, which evaluate its points at once; an
             executor that calls the model one point at a time stops at the failing point, so fewer
             calls are made there than counted.
-        hits: the outputs in arrival order up to the returned one and any of its round (CHORDS: one
-            per core, fastest first, every core's with ``stop=None``; SRDS: one per iteration; the
-            window methods: the final one).
+        hits: the outputs in arrival order up to the returned one (CHORDS: one per core, fastest
+            first, with any others of the returned one's round, every core's with ``stop=None``;
+            SRDS: one per iteration, up to the returned one, also where later iterations' outputs
+            formed in its round, as where iterations share rounds with blocks = steps; the window
+            methods: the final one).
         coarse: the zero-cost prediction made before any output (CHORDS' coarse hit, SRDS's
             iteration 0), or ``None``.
         stopped_by: why the run stopped, in words.

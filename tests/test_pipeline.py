@@ -749,3 +749,26 @@ def test_default_stop_per_sample_keeps_the_batch_rules_for_rounding_and_is_refus
     padded = cc.chords(cc.DiffusionModel(still_second, model.schedule, "flow"),
                        np.concatenate([x[[8]], np.zeros((1, x.shape[1]))]), grid, "heun", cores=8)
     assert padded.rounds == alone.rounds < alone.sequential_rounds
+
+
+def test_residual_stop_judges_each_sample():
+    """A researcher's check of SRDS' default stop (``StopOnResidual(1e-3)``): it judged the batch's RMS
+    change, so one slow sample beside 63 copies of an easy one was accepted at iteration 4, its own
+    change 6.41e-3 (6.4x tol), its error 1.40x the sequential error; alone it runs to iteration 6
+    (1.00x). Every sample's change must be below ``tol`` now; ``"l2/numel"`` (the reference code's)
+    stays of the whole batch."""
+    sched = cc.RectifiedFlow()
+    gm = GaussianMixture.random(dim=8, modes=4, seed=0, scale=0.2)
+    model, grid = gm.model(sched, "flow"), cc.time_grid(sched, 40)
+    x = np.random.default_rng(0).standard_normal((12, 8))
+    hard, easy = (cc.srds(model, x[[k]], grid, "heun", blocks=8) for k in (11, 0))
+    assert hard.hits[-1].core == 6 > easy.hits[-1].core  # (the premise: sample 11 needs more iterations)
+    batch = cc.srds(model, np.concatenate([x[[11]], np.repeat(x[[0]], 63, 0)]), grid, "heun", blocks=8)
+    assert batch.hits[-1].core == 6 and np.allclose(batch.x[:1], hard.x, rtol=0, atol=1e-12)
+    rule, whole = cc.StopOnResidual(1e-3), cc.StopOnResidual(1e-3, norm="l2/numel")
+    a = np.zeros((64, 8))
+    b = a.copy()
+    b[0] = 4e-3  # one sample moved by 4e-3 (RMS), the batch by 5e-4
+    assert not rule.accept([a, b], None) and rule.accept([a, a + 9e-4], None)
+    assert whole.accept([a, b], None)  # (||d||_2 / numel = 4e-3 sqrt(8) / 512)
+    assert not rule.accept([np.zeros((0, 8))] * 2, None)

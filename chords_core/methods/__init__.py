@@ -177,7 +177,9 @@ def parallel(
             ``tol=None`` is the method's default, as in ``chords_jax.parallel``) and the solver's.
 
     Returns:
-        The method's ``Result``. With ``cores=1`` every shipped method equals ``solve`` bit for bit.
+        The method's ``Result``. With ``cores=1`` every shipped method equals ``solve`` bit for bit
+        (the window methods with their default ``multistep="chain"``; ``"restart"``, the official
+        convention, restarts a multistep solver at first order at each window start: DDIM at window 1).
     """
     name = RECOMMENDED if method is None else method
     if name not in METHODS:

@@ -8,7 +8,7 @@ and x_i^k = x_i^{i} (exact) for i <= k. Pipelined: block i's fine solve of itera
 soon as x_i^k exists, and its first evaluation is also the one G_i(x_i^k) needs, so a round
 evaluates every running fine solve at once (``width`` in the result is the most evaluations of any
 round: the cores it needs). The output of iteration k is x_B^k; the stop rule picks one (default
-``StopOnResidual(tol)``: rms(x_B^k - x_B^{k-1}) < tol, with x_B^0 the coarse prediction), at the
+``StopOnResidual(tol)``: rms(x_B^k - x_B^{k-1}) < tol in every sample, with x_B^0 the coarse prediction), at the
 latest after B iterations, where x_B^B is the sequential solution bit for bit. A fine solve starting
 at a point carries the multistep history of the fine solve that produced that point ("keep"); solves
 from coarse points start fresh (warm-up order).
@@ -98,7 +98,7 @@ def srds(
         model, x, grid, solver, executor, solver_options: as for ``chords``.
         blocks: B, the number of parareal blocks (1..T).
         tol: shorthand for ``stop=StopOnResidual(tol)``: stop at the first iteration whose final
-            sample moved by an RMS below ``tol``; ``tol=0`` runs every iteration.
+            sample moved by an RMS below ``tol``, in every sample of the batch; ``tol=0`` runs every iteration.
         max_iters: the most iterations (default and at most ``blocks``, after which the output is
             the sequential solution).
         stop: any stop rule over the iterations' outputs (``stopping``); not with ``tol``. The
