@@ -714,6 +714,29 @@ def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = Fal
     return jnp.repeat(jnp.asarray(ts, dtype=dtype), repeats)
 
 
+def values_of(x: Array) -> Array:
+    """``x``'s values, for reading (no derivative flows through a read): a tensor that requires
+    gradients detached; one inside ``torch.func.grad`` / ``vjp`` / ``jvp`` (a functorch wrapper,
+    whose memory numpy cannot view there, not even the wrapped tensor's: "Cannot access data
+    pointer of Tensor that doesn't have storage" from a stop rule) as a numpy copy of its values
+    (float64 for float64, else float32: a rare path, and a slow one for large states). Inside
+    ``torch.func.vmap`` a ``TypeError`` naming ``x``: its values are those of every mapped sample."""
+    if type(x) is np.ndarray:
+        return x
+    if getattr(x, "requires_grad", False):
+        x = x.detach()
+    if (_LIBRARY.get(type(x)) or library(x)) == "torch" and _torch._C._functorch.is_functorch_wrapped_tensor(x):
+        func = _torch._C._functorch
+        while func.is_functorch_wrapped_tensor(x):
+            if func.is_batchedtensor(x):
+                raise TypeError("x: a value is read (an output check, a stop rule, a tolerance) under torch.func.vmap, "
+                                "where it is every mapped sample's at once; pass the samples as the batch axis of x "
+                                "instead of mapping over them")
+            x = func.get_unwrapped(x)
+        return np.array(x.tolist(), dtype=np.float64 if x.dtype == _torch.float64 else np.float32)
+    return x
+
+
 def all_finite(x: Array) -> bool:
     """True if no element is nan or inf.
 
@@ -729,10 +752,13 @@ def all_finite(x: Array) -> bool:
     lib = library(x)
     if lib == "torch":
         torch = _torch
+        x = values_of(x)
+        if type(x) is np.ndarray:  # (under torch.func: a copy of its values)
+            return all_finite(x)
         if x.dtype in (torch.float32, torch.float64):
             if x.is_cpu:  # numpy's view of it: one BLAS pass (vdot), cheaper than torch's at every size
                 try:
-                    return all_finite((x.detach() if x.requires_grad else x).numpy())
+                    return all_finite(x.numpy())
                 except (RuntimeError, TypeError, ValueError):  # a tensor numpy cannot view (a negative bit)
                     pass
             if x.numel() > 4096:
@@ -925,11 +951,13 @@ def row_sq(d: Array) -> Array:
     result is a numpy array: torch has no wider type than float64); on CUDA, float32 in one float64
     reduction (no read back) and float64 as it is; on a device without float64 (MPS) in float32
     (``_row_sq32_device``)."""
-    d = _single_or_wider(d)
+    if type(d) is np.ndarray and d.dtype.char in "fd":
+        return _row_sq_checked(d)
+    d = _single_or_wider(values_of(d))
     if type(d) is np.ndarray and d.dtype.char in "fd":
         return _row_sq_checked(d)
     if library(d) == "torch" and d.is_cpu and d.dtype in (_torch.float32, _torch.float64):
-        return _row_sq_checked(d.detach().resolve_neg().numpy())  # (a view; a negative-bit tensor resolved)
+        return _row_sq_checked(d.resolve_neg().numpy())  # (a view; a negative-bit tensor resolved)
     if _float32(d):
         if library(d) == "torch":
             return _row_sq32_device(d)
@@ -1007,8 +1035,7 @@ def row_sq_host(d: Array) -> np.ndarray:
     as ``row_sq`` forms them; others (jax arrays, tensors on a device) summed where they live, and
     summed again on the host as numpy's where a sum is out of its dtype's safe range or 0 (a jax
     float32 sum with x64 off, a CUDA float64 one: they are not widened where they live)."""
-    if getattr(d, "requires_grad", False):
-        d = d.detach()
+    d = values_of(d)
     sq = row_sq(d)
     if type(sq) is not np.ndarray and library(sq) == "torch":
         sq = sq.cpu().numpy()
@@ -1040,9 +1067,7 @@ def rms(x: Array) -> float:
     16-bit floats are summed in float32 (``_single_or_wider``), float32 again in float64 where its
     sum is out of float32's safe range (``_SQ32_LO``), float64 of x scaled by a power of two where
     its sum is out of ``[_SQ64_LO, _SQ64_HI]``."""
-    if getattr(x, "requires_grad", False):
-        x = x.detach()
-    x = _single_or_wider(x)
+    x = _single_or_wider(values_of(x))
     n = _numel(x)
     if not n:
         return 0.0  # (an empty batch)

@@ -330,7 +330,8 @@ def one_round_at_a_time(call: Callable) -> Callable:
     return locked
 
 
-def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None = None) -> None:
+def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None = None, *,
+                 threads: str | None = None) -> None:
     """Check a round's points: one time per point, all tensors of one shape and dtype (as the engine's states are).
 
     Args:
@@ -339,7 +340,15 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
         elsewhere: the executor's name where it evaluates in other processes, where autograd cannot
             follow: a point that requires gradients (with gradients enabled) is then refused, since
             the outputs would come back without the model's part of the gradient (89% off
-            ``SerialExecutor``'s, silently).
+            ``SerialExecutor``'s, silently), and so is a point carrying a forward-mode tangent
+            (``torch.autograd.forward_ad``: the model's part of it was dropped in transit, 3.96 off
+            a tangent of 5.47).
+        threads: the executor's name where it evaluates on threads of its own (``DeviceExecutor``).
+
+    A point inside a ``torch.func`` transform (grad, vjp, jvp, vmap: a functorch-wrapped tensor) is
+    refused by both kinds: the transform does not reach the executor's threads or processes, and
+    the model's outputs came back as constants (``torch.func.grad`` through ``DeviceExecutor`` 0.605
+    off a gradient of 2.50, silently).
 
     Raises ``ValueError`` / ``TypeError`` naming the offending point.
     """
@@ -359,10 +368,29 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
         if x.shape != x0.shape or x.dtype != x0.dtype:
             raise ValueError(
                 f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
+    name = elsewhere or threads
+    if name is not None and any(_is_functorch_wrapped(x) for x in xs):
+        raise TypeError(f"x: {name} evaluates the model on {'processes' if elsewhere else 'threads'} of its own, "
+                        "which a torch.func transform (grad, vjp, jvp, vmap) does not reach: its derivatives would "
+                        "treat the model as a constant; under torch.func use a chords_core executor (SerialExecutor, "
+                        f"BatchedExecutor){'' if elsewhere else ', or differentiate with torch.autograd (backward)'}")
+    if elsewhere is not None and torch.autograd.forward_ad._current_level >= 0 and any(
+            torch.autograd.forward_ad.unpack_dual(x).tangent is not None for x in xs):
+        raise TypeError(f"x: {elsewhere} evaluates the model in other processes, where a forward-mode tangent "
+                        "(torch.autograd.forward_ad) cannot follow, and a point of the round carries one; use "
+                        "DeviceExecutor or a chords_core executor for forward-mode derivatives")
     if elsewhere is not None and torch.is_grad_enabled() and any(x.requires_grad for x in xs):
         raise TypeError(f"x: {elsewhere} evaluates the model in other processes, where gradients cannot follow, and "
                         "a point of the round requires them; differentiate with DeviceExecutor or a chords_core "
                         "executor, or run under torch.no_grad() (or pass x.detach())")
+
+
+def _is_functorch_wrapped(x: Any) -> bool:
+    """Whether ``x`` is a tensor inside a ``torch.func`` transform (a functorch wrapper)."""
+    import torch
+
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # (private: absent, nothing refused)
+    return bool(check(x)) if check is not None else False
 
 
 #: the longest timeout an executor takes, in seconds (about 11.6 days): the waits below pass it to

@@ -370,7 +370,7 @@ class DeviceExecutor(Executor):
                                  "exist in this (forked) one: make a new executor here")
         if self._closed:
             raise ExecutorClosed("this DeviceExecutor is closed")
-        check_points(xs, ts)
+        check_points(xs, ts, threads="DeviceExecutor")
         if threading.get_ident() in self._threads:
             # a model that itself solves on this executor (its network calls cc.parallel(..., executor=ex)):
             # queued behind the call it is part of, the inner round waited for ever; evaluated here, on
