@@ -114,3 +114,38 @@ def test_progress_without_tqdm_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"^progress=True shows a bar with tqdm, which is not installed .*progress=False"):
         cc.solve(model, np.ones((1, 2)), grid, progress=True)
     assert cc.solve(model, np.ones((1, 2)), grid).shape == (1, 2)
+
+
+class _Full:
+    """A stream that takes ``room`` writes, then fails as a full disk (or a pipe whose reader went)."""
+
+    def __init__(self, room, err):
+        self.room, self.err = room, err
+
+    def write(self, s):
+        self.room -= 1
+        if self.room < 0:
+            raise self.err
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("stream", ["full", "pipe", "none"])
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_a_bar_that_cannot_be_written_leaves_the_run_going(run, stream, monkeypatch):
+    """A user trial: a log pipe whose reader went away stopped a 200-round run after 17 rounds
+    (``BrokenPipeError``), a closed stderr before any (``'NoneType' object has no attribute 'write'``),
+    a full disk after 15: the work lost, ``progress`` not named. The bar is a display: the run now
+    goes on without it, with one warning naming ``progress``."""
+    x = np.ones(3)
+    field = cc.VectorField(lambda t, y: -y)
+    ref = RUNS[run](field, x)
+    err = {"full": OSError(28, "No space left on device"), "pipe": BrokenPipeError(32, "Broken pipe")}.get(stream)
+    monkeypatch.setattr(sys, "stderr", None if stream == "none" else _Full(3, err))
+    with pytest.warns(RuntimeWarning, match=r"^progress: the bar could not be written \((OSError|BrokenPipeError|"
+                                            r"AttributeError)") as caught:
+        got = RUNS[run](field, x)
+    assert len([w for w in caught if "progress" in str(w.message)]) == 1
+    assert np.array_equal(getattr(got, "x", got), getattr(ref, "x", ref))
