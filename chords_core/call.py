@@ -44,6 +44,26 @@ def check_model(model: Any, name: str = "model") -> Model:
     raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")
 
 
+def warn_training(model: Model) -> None:
+    """Warn (``UserWarning``) where the model's network is a torch module in training mode holding a
+    batch-norm layer in training mode: it normalises over each call's batch, so the points a round
+    stacks (several cores' states) change each other's outputs (a user trial: 0.047 off ``solve``
+    under the default executor, silently), and it updates its running statistics at every call."""
+    net = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
+    if not getattr(net, "training", False) or not hasattr(net, "named_modules"):  # (eval mode: nothing walked)
+        return
+    import torch
+
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+            layer = name or type(m).__name__
+            warn_caller(f"model: the network is in training mode, and its batch-norm layer {layer!r} normalises over "
+                        "each call's batch: the points a round evaluates together (several cores' states) change "
+                        "each other's outputs, and its running statistics change at every call; call net.eval() "
+                        "before sampling", UserWarning)
+            return
+
+
 def check_state(model: Model, x: Any, name: str = "x") -> None:
     """Check the initial state: an array with a floating dtype (a batch axis for a ``DiffusionModel``),
     finite (numpy arrays, torch tensors, jax arrays outside a trace).
@@ -143,6 +163,7 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
         The ``Call``. Raises ``TypeError`` / ``ValueError`` naming the offending argument.
     """
     model = check_model(model)
+    warn_training(model)
     check_state(model, x)
     times = check_grid(grid)
     model.check_times(times)

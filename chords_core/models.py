@@ -142,10 +142,35 @@ def check_array(out: Any, like: Array) -> bool:
     if not same_dtype and not B.is_floating(out):
         raise ModelOutputError(0, f"model returned dtype {dtype}, expected a floating dtype")
     layout = getattr(out, "layout", None)  # (a torch tensor's; a sparse one failed in the engine's arithmetic)
-    if layout is not None and layout is not getattr(like, "layout", layout):
-        raise ModelOutputError(0, f"model returned a tensor of layout {layout}, expected {like.layout} (the "
-                               "points'); return out.to_dense()")
+    if layout is not None:
+        if layout is not getattr(like, "layout", layout):
+            raise ModelOutputError(0, f"model returned a tensor of layout {layout}, expected {like.layout} (the "
+                                   "points'); return out.to_dense()")
+        if out.device != like.device:  # (a meta or another device's output failed as three different raw errors)
+            raise ModelOutputError(0, f"model returned a tensor on device {out.device}, expected {like.device} (the "
+                                   "points'); return it on the points' device")
     return same_dtype
+
+
+def input_version(x: Array) -> int | None:
+    """A torch tensor's version counter (every in-place write advances it), else ``None`` (numpy and
+    jax arrays; an inference tensor keeps none)."""
+    if type(x) is np.ndarray:
+        return None
+    try:
+        return x._version
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def check_unmodified(x: Array, before: int, points: int) -> None:
+    """Raise ``ModelOutputError`` (point 0) where the network wrote into its input ``x`` (``before``:
+    its ``input_version``), a tensor the methods may hold as a trajectory's state: a user trial's
+    ``x.mul_(0.5)`` overwrote the caller's noise under ``solve`` and put the cascade 1.80 off it."""
+    if x._version != before:
+        call = "" if points == 1 else f" (one call on {points} points)"
+        raise ModelOutputError(0, "model modified its input in place (a torch in-place operation on x, which may be a "
+                               f"trajectory's state{call}); compute out of place, or on x.clone()")
 
 
 def plain_ndarray(out: np.ndarray, points: int, rows: int) -> np.ndarray:
@@ -366,7 +391,10 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
+        before = input_version(x)
         out = self.fn(x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False)))
+        if before is not None:
+            check_unmodified(x, before, len(xs))
         if workspace is not None:
             out = workspace.detach(out)
         out = self._check(out, x, len(xs), rows, lambda o: B.split_rows(o, len(xs)))
@@ -479,13 +507,20 @@ class VectorField(Model):
             outs: list = []
             for k, (x, t) in enumerate(zip(xs, ts)):
                 try:
-                    out = self._check(self.f(float(t), x), x, 1, 1)
+                    before = input_version(x)
+                    out = self.f(float(t), x)
+                    if before is not None:
+                        check_unmodified(x, before, 1)
+                    out = self._check(out, x, 1, 1)
                 except ModelOutputError as e:
                     raise e.relabel(k, str(e), outs if e.done is not None else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
+        before = input_version(y)
         out = self.f(B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y)
+        if before is not None:
+            check_unmodified(y, before, len(xs))
         if workspace is not None:
             out = workspace.detach(out)
         out = self._check(out, y, len(xs), 1, lambda o: [o[k] for k in range(len(xs))])

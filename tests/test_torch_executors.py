@@ -738,3 +738,72 @@ def test_a_dropped_device_executor_stops_its_threads_and_a_forked_child_is_told(
                 os._exit(4)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_model_writing_into_its_input_or_answering_on_another_device_is_named():
+    """A user trial: a network doing ``x.mul_(0.5)`` overwrote the caller's noise under ``solve`` and put
+    the cascade 1.80 off ``solve`` (``ProcessExecutor`` 4.74 off ``SerialExecutor``), unnoticed; an
+    output on another device (the meta device here) failed as three different raw errors, one of them
+    blaming the model for the library's own check. Both are ``ModelOutputError``s naming the step or
+    the round and core now, on every executor."""
+    def writes(x, t):
+        x.mul_(0.5)
+        return -x.clone()
+
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    x = x0(batch=1, dim=4, seed=3)
+    for fn, what in ((writes, "modified its input in place"), (lambda x, t: torch.zeros(x.shape, device="meta"),
+                                                               "returned a tensor on device meta, expected cpu")):
+        model = cc.DiffusionModel(fn, cc.RectifiedFlow(), "flow")
+        with pytest.raises(ModelOutputError, match=r"^step 0 \(stage 0, t=1\): model " + what):
+            cc.solve(model, x, grid)
+        with DeviceExecutor(["cpu", "cpu"]) as ex:
+            for executor in (None, cc.SerialExecutor(), ex):
+                with pytest.raises(ModelOutputError, match=r"^round 1, .*: model " + what):
+                    cc.parallel(model, x, grid, cores=3, method="cascade", tol=0, executor=executor)
+        field = cc.VectorField(lambda t, y, fn=fn: fn(y, t))
+        with pytest.raises(ModelOutputError, match=r"^step 0 .*: model " + what):
+            cc.solve(field, x[0], grid)
+
+
+def test_a_replica_model_parametrised_otherwise_than_the_call_is_refused():
+    """A user trial: ``replicate`` (or a ProcessExecutor factory) returning a complete VP / eps Model
+    beside a rectified-flow call gave the flow result bit for bit, its parametrisation ignored (the
+    engine converts the outputs as the call's model says). Refused, naming both; a Model like the
+    call's is taken."""
+    model = _torch_model()
+    grid, x = cc.time_grid(model.schedule, 6), x0(batch=2, dim=4, seed=1)
+    other = cc.DiffusionModel(model.fn, cc.VP.linear(), "eps")
+    with DeviceExecutor(["cpu"], replicate=lambda fn, d: other) as ex, pytest.raises(
+            ValueError, match=r"^model: the Model a worker was given \(DiffusionModel, prediction 'eps' on VP\) is "
+                              r"parametrised otherwise than the call's \(DiffusionModel, prediction 'flow' on "
+                              r"RectifiedFlow\)"):
+        cc.chords(model, x, grid, cores=2, stop=None, executor=ex)
+    like = cc.DiffusionModel(model.fn, cc.RectifiedFlow(), "flow")
+    with DeviceExecutor(["cpu"], replicate=lambda fn, d: like) as ex:
+        assert torch.equal(cc.chords(model, x, grid, cores=2, stop=None, executor=ex).x, cc.solve(model, x, grid))
+
+
+def test_a_network_left_in_training_mode_with_batch_norm_warns():
+    """A user trial: a new nn.Module starts in train(): its BatchNorm normalised over each call's batch,
+    so CHORDS' stacked rounds mixed the cores (0.047 off solve under the default executor, 0.0 after
+    net.eval()), with no word. A UserWarning names the layer; eval mode, or no batch norm, is silent."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = torch.nn.Linear(4, 4).double(), torch.nn.BatchNorm1d(4).double()
+
+        def forward(self, x, t):
+            return self.bn(self.lin(x)) - x
+
+    net = Net()
+    model = cc.DiffusionModel(net, cc.RectifiedFlow(), "flow")
+    grid, x = cc.time_grid(model.schedule, 6), x0(batch=4, dim=4, seed=1)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match=r"^model: the network is in training mode, and its batch-norm layer 'bn'"):
+            train = cc.chords(model, x, grid, cores=3, stop=None)
+            assert float((train.x - cc.solve(model, x, grid)).abs().max()) > 1e-3  # (what the warning is about)
+        net.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(cc.chords(model, x, grid, cores=3, stop=None).x, cc.solve(model, x, grid))

@@ -259,6 +259,13 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
         The bound ``Model``.
     """
     if isinstance(replica, Model):
+        differs = _parametrised_otherwise(shell, replica)
+        if differs:
+            # (the engine converts every output as the call's model says: a factory's VP / eps Model beside a
+            # rectified-flow call gave the flow result bit for bit, its own parametrisation ignored)
+            raise ValueError(f"model: the Model a worker was given ({differs[1]}) is parametrised otherwise than the "
+                             f"call's ({differs[0]}), which converts its outputs; return the network itself (the "
+                             "call's model supplies parametrisation and schedule) or a Model like the call's")
         return replica
     if not callable(replica):
         raise TypeError(f"a worker's model must be callable or a chords_core Model, got {type(replica).__name__}")
@@ -267,6 +274,28 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
     # a worker's outputs leave its device for the host: "auto" checks them at once, in the worker
     model.check_outputs = resolve_check(model.check_outputs, on_accelerator=False)
     return model
+
+
+def _parametrisation(model: Model) -> tuple:
+    """What a model's outputs mean: its kind, its prediction and its schedule (by value; by type where
+    the schedule holds an array, which a copy in a worker does not share)."""
+    from chords_core.models import DiffusionModel
+    from chords_core.schedules import schedule_key
+
+    if not isinstance(model, DiffusionModel):
+        return (type(model).__name__,)
+    key = schedule_key(model.schedule)
+    return ("DiffusionModel", model.prediction, key[0] if isinstance(key[1], ByIdentity) else key)
+
+
+def _parametrised_otherwise(shell: Model, replica: Model) -> tuple[str, str] | None:
+    """(the call's, the replica's) parametrisation in words where they differ, else ``None``."""
+    a, b = _parametrisation(shell), _parametrisation(replica)
+    if a == b:
+        return None
+    words = lambda m: (f"{type(m).__name__}, prediction {m.prediction!r} on {type(m.schedule).__name__}"  # noqa: E731
+                       if hasattr(m, "prediction") else type(m).__name__)
+    return words(shell), words(replica)
 
 
 #: the device types whose ``torch.autocast`` state an executor carries to its workers, and the dtypes
