@@ -49,7 +49,7 @@ def warn_training(model: Model) -> None:
     batch-norm layer in training mode: it normalises over each call's batch, so the points a round
     stacks (several cores' states) change each other's outputs (a user trial: 0.047 off ``solve``
     under the default executor, silently), and it updates its running statistics at every call."""
-    net = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
+    net: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
     if not getattr(net, "training", False) or not hasattr(net, "named_modules"):  # (eval mode: nothing walked)
         return
     import torch
