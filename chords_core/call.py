@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .checks import _is_int, check_grid
+from .checks import LIBRARY_PACKAGES, _is_int, check_grid
 from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import SOLVERS, Solver, declared_option, make_solver
@@ -219,9 +219,6 @@ def _method_argument(options: dict, solver: Any) -> None:
             raise ValueError(f"{key}: not an argument of this method nor an option of solver {name!r}; "
                              f"{key}= is an argument of {', '.join(owners)}")
 
-
-#: the library's packages: the core and its backends (a warning points past their frames)
-LIBRARY_PACKAGES = ("chords_core", "chords_jax", "chords_torch", "chords_diffusers")
 
 
 def warn_caller(message: str, category: type[Warning]) -> None:

@@ -17,6 +17,10 @@ import numpy as np
 
 from . import _backend as B
 
+#: the library's packages: the core and its backends (a warning points past their frames; a solver's
+#: ``step`` written elsewhere is checked, ``Solver.__init_subclass__``)
+LIBRARY_PACKAGES = ("chords_core", "chords_jax", "chords_torch", "chords_diffusers")
+
 __all__ = ["check_int", "check_bool", "check_float", "check_choice", "check_grid"]
 
 

@@ -999,6 +999,40 @@ def test_a_solvers_stage_index_off_the_grid_is_named_by_every_method(shift, matc
             run()
 
 
+class _PointNotState(cc.solvers.Euler):
+    """Euler whose step returns the new point itself, not a State."""
+
+    def step(self, state, qs, i, j):
+        return super().step(state, qs, i, j).x
+
+
+class _StateAfter(_PointNotState):
+    """A subclass that mends it: its own step, wrapped over the parent's (checked), returns a State."""
+
+    def step(self, state, qs, i, j):
+        from chords_core.solvers.base import State
+
+        try:
+            return super().step(state, qs, i, j)
+        except TypeError:
+            return State(cc.solvers.Euler.step(self, state, qs, i, j).x)
+
+
+def test_a_solvers_step_that_returns_no_state_is_named_by_every_method():
+    """An extension trial: a step returning the new point itself failed in every method as "'numpy.ndarray'
+    object has no attribute 'x'", naming no solver. A step written outside the library is checked (the
+    library's own are not wrapped: no cost on their hot path)."""
+    sol = _PointNotState(FLOW, np.asarray(GRID))
+    runs = [lambda: cc.solve(FLOW, X, GRID, sol), lambda: cc.chords(FLOW, X, GRID, sol, cores=2, stop=None),
+            lambda: cc.srds(FLOW, X, GRID, sol, blocks=2)]
+    runs += [lambda m=m: cc.parallel(FLOW, X, GRID, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
+    for run in runs:
+        with pytest.raises(TypeError, match=r"^solver: 'euler'\.step returned a ndarray for the step 0 -> 1, not a State"):
+            run()
+    assert np.array_equal(cc.solve(FLOW, X, GRID, _StateAfter(FLOW, np.asarray(GRID))), cc.solve(FLOW, X, GRID))
+    assert cc.solvers.Euler.step is cc.solvers.Euler.__dict__["step"]  # (the library's own: not wrapped)
+
+
 def _broken(base):
     """An executor of one's own, derived from ``base``, that breaks the contract as ``kind`` says."""
     class Broken(base):

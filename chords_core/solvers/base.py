@@ -15,6 +15,7 @@ CHORDS and is exact at a final step to sigma = 0.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import lincomb
+from ..checks import LIBRARY_PACKAGES
 from ..models import DiffusionModel, Model
 
 Array = Any
@@ -74,6 +76,25 @@ class Solver:
     quantity = "velocity"
     history_size = 0  # how many earlier quantities a step may use (multistep solvers: > 0)
     order = 1  # convergence order with the default options (subclasses override)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A ``step`` written outside the library's packages returns a ``State``, checked (an extension
+        trial's step returned the new point itself, and every method failed with "'numpy.ndarray'
+        object has no attribute 'x'", naming no solver)."""
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is None or cls.__module__.split(".")[0] in LIBRARY_PACKAGES:
+            return
+
+        @functools.wraps(step)
+        def checked(self: Solver, state: State, qs: Sequence[Array], i: int, j: int) -> State:
+            new = step(self, state, qs, i, j)
+            if not isinstance(new, State):
+                raise TypeError(f"solver: {self.name!r}.step returned a {type(new).__name__} for the step {i} -> {j}, "
+                                "not a State; return State(x, hist, aux) (solvers.base.State)")
+            return new
+
+        cls.step = checked  # type: ignore[method-assign]
 
     def __init__(self, model: Model, times: np.ndarray) -> None:
         self.model = model
