@@ -485,7 +485,10 @@ def own(x: Array) -> Array:
         size = getattr(x.base, "nbytes", 0)
         return x.copy() if size > x.nbytes and size >= OWN_MIN_BYTES else x
     if library(x) == "torch":
-        size = x.untyped_storage().nbytes()
+        try:
+            size = x.untyped_storage().nbytes()
+        except (NotImplementedError, RuntimeError):  # (a torch.func transform's tensor: no storage of its own)
+            return x
         return x.clone() if size > x.nbytes and size >= OWN_MIN_BYTES else x
     return x  # jax arrays are not views; other array types are left alone
 
@@ -716,25 +719,27 @@ def times_like(ts: Sequence[float], repeats: int, like: Array, exact: bool = Fal
 
 def values_of(x: Array) -> Array:
     """``x``'s values, for reading (no derivative flows through a read): a tensor that requires
-    gradients detached; one inside ``torch.func.grad`` / ``vjp`` / ``jvp`` (a functorch wrapper,
-    whose memory numpy cannot view there, not even the wrapped tensor's: "Cannot access data
-    pointer of Tensor that doesn't have storage" from a stop rule) as a numpy copy of its values
-    (float64 for float64, else float32: a rare path, and a slow one for large states). Inside
-    ``torch.func.vmap`` a ``TypeError`` naming ``x``: its values are those of every mapped sample."""
+    gradients detached; inside a ``torch.func.grad`` / ``vjp`` / ``jvp`` transform, where numpy can view
+    no tensor's memory (a transform's wrapper, or a plain tensor: "Cannot access data pointer of
+    Tensor that doesn't have storage" from a stop rule), a numpy copy of its values (float64 for
+    float64, else float32: a rare path, and a slow one for large states). Inside ``torch.func.vmap``
+    a ``TypeError`` naming ``x``: its values are those of every mapped sample."""
     if type(x) is np.ndarray:
         return x
     if getattr(x, "requires_grad", False):
         x = x.detach()
-    if (_LIBRARY.get(type(x)) or library(x)) == "torch" and _torch._C._functorch.is_functorch_wrapped_tensor(x):
-        func = _torch._C._functorch
-        while func.is_functorch_wrapped_tensor(x):
-            if func.is_batchedtensor(x):
-                raise TypeError("x: a value is read (an output check, a stop rule, a tolerance) under torch.func.vmap, "
-                                "where it is every mapped sample's at once; pass the samples as the batch axis of x "
-                                "instead of mapping over them")
-            x = func.get_unwrapped(x)
-        return np.array(x.tolist(), dtype=np.float64 if x.dtype == _torch.float64 else np.float32)
-    return x
+    if (_LIBRARY.get(type(x)) or library(x)) != "torch":
+        return x
+    func = _torch._C._functorch
+    if func.maybe_current_level() is None and not func.is_functorch_wrapped_tensor(x):
+        return x
+    while func.is_functorch_wrapped_tensor(x):
+        if func.is_batchedtensor(x):
+            raise TypeError("x: a value is read (an output check, a stop rule, a tolerance) under torch.func.vmap, "
+                            "where it is every mapped sample's at once; pass the samples as the batch axis of x "
+                            "instead of mapping over them")
+        x = func.get_unwrapped(x)
+    return np.array(x.tolist(), dtype=np.float64 if x.dtype == _torch.float64 else np.float32)
 
 
 def all_finite(x: Array) -> bool:
@@ -752,15 +757,18 @@ def all_finite(x: Array) -> bool:
     lib = library(x)
     if lib == "torch":
         torch = _torch
-        x = values_of(x)
-        if type(x) is np.ndarray:  # (under torch.func: a copy of its values)
-            return all_finite(x)
+        if not x.is_cpu or x.dtype not in (torch.float32, torch.float64):
+            x = values_of(x)
+            if type(x) is np.ndarray:  # (under torch.func: a copy of its values)
+                return all_finite(x)
         if x.dtype in (torch.float32, torch.float64):
             if x.is_cpu:  # numpy's view of it: one BLAS pass (vdot), cheaper than torch's at every size
                 try:
-                    return all_finite(x.numpy())
-                except (RuntimeError, TypeError, ValueError):  # a tensor numpy cannot view (a negative bit)
-                    pass
+                    return all_finite((x.detach() if x.requires_grad else x).numpy())
+                except (RuntimeError, TypeError, ValueError):  # a tensor numpy cannot view: a negative bit, or
+                    v = values_of(x)  # inside torch.func (then a copy of its values)
+                    if type(v) is np.ndarray:
+                        return all_finite(v)
             if x.numel() > 4096:
                 v = x.reshape(-1)  # one BLAS pass, no boolean temporary
                 if math.isfinite(float(torch.dot(v, v))):
@@ -951,13 +959,14 @@ def row_sq(d: Array) -> Array:
     result is a numpy array: torch has no wider type than float64); on CUDA, float32 in one float64
     reduction (no read back) and float64 as it is; on a device without float64 (MPS) in float32
     (``_row_sq32_device``)."""
+    d = _single_or_wider(d)
+    if type(d) is not np.ndarray and library(d) == "torch" and d.is_cpu and d.dtype in (_torch.float32, _torch.float64):
+        try:
+            return _row_sq_checked(d.detach().resolve_neg().numpy())  # (a view; a negative-bit tensor resolved)
+        except RuntimeError:  # (inside torch.func, numpy views no tensor: a copy of its values)
+            d = values_of(d)
     if type(d) is np.ndarray and d.dtype.char in "fd":
         return _row_sq_checked(d)
-    d = _single_or_wider(values_of(d))
-    if type(d) is np.ndarray and d.dtype.char in "fd":
-        return _row_sq_checked(d)
-    if library(d) == "torch" and d.is_cpu and d.dtype in (_torch.float32, _torch.float64):
-        return _row_sq_checked(d.resolve_neg().numpy())  # (a view; a negative-bit tensor resolved)
     if _float32(d):
         if library(d) == "torch":
             return _row_sq32_device(d)

@@ -6,6 +6,7 @@ the grid (also against the model's schedule), binds the solver and picks the def
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from collections.abc import Callable
@@ -44,24 +45,44 @@ def check_model(model: Any, name: str = "model") -> Model:
     raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")
 
 
+def _networks(fn: Any, depth: int = 2) -> list:
+    """``fn`` and what it may call a network through, ``depth`` levels down: a bound method's object,
+    a partial's function and arguments, the values a closure holds (``lambda x, t: net(x, t)``)."""
+    inner = [getattr(fn, "__self__", None)]
+    if isinstance(fn, functools.partial):
+        inner += [fn.func, *fn.args, *fn.keywords.values()]
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            inner.append(cell.cell_contents)
+        except ValueError:  # (an empty cell)
+            pass
+    found = [fn]
+    for obj in inner:
+        if obj is not None:
+            found += _networks(obj, depth - 1) if depth > 1 else [obj]
+    return found
+
+
 def warn_training(model: Model) -> None:
     """Warn (``UserWarning``) where the model's network is a torch module in training mode holding a
-    batch-norm layer in training mode: it normalises over each call's batch, so the points a round
-    stacks (several cores' states) change each other's outputs (a user trial: 0.047 off ``solve``
-    under the default executor, silently), and it updates its running statistics at every call."""
-    net: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
-    if not getattr(net, "training", False) or not hasattr(net, "named_modules"):  # (eval mode: nothing walked)
-        return
-    import torch
+    batch-norm layer in training mode (the network itself, or one a closure, bound method or partial
+    calls): it normalises over each call's batch, so a result depends on which points are evaluated
+    together (a user trial: CHORDS' stacked rounds 0.047 off ``solve``, silently), and its running
+    statistics change at every call."""
+    fn: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
+    for net in _networks(fn):
+        if not getattr(net, "training", False) or not hasattr(net, "named_modules"):  # (eval mode: nothing walked)
+            continue
+        import torch
 
-    for name, m in net.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
-            layer = name or type(m).__name__
-            warn_caller(f"model: the network is in training mode, and its batch-norm layer {layer!r} normalises over "
-                        "each call's batch: the points a round evaluates together (several cores' states) change "
-                        "each other's outputs, and its running statistics change at every call; call net.eval() "
-                        "before sampling", UserWarning)
-            return
+        for name, m in net.named_modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+                layer = name or type(m).__name__
+                warn_caller(f"model: the network is in training mode, and its batch-norm layer {layer!r} normalises "
+                            "over each call's batch: a result depends on which points are evaluated together (the "
+                            "parallel methods stack several cores' states into one call), and its running statistics "
+                            "change at every call; call net.eval() before sampling", UserWarning)
+                return
 
 
 def check_state(model: Model, x: Any, name: str = "x") -> None:

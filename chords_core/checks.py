@@ -157,7 +157,7 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
         except (RuntimeError, NotImplementedError) as err:  # (a tensor on the meta device has no values)
             raise ValueError(f"{name}: a tensor whose times cannot be read on the host ({err})") from None
         if grid.dtype.is_floating_point:
-            grid = grid.double()
+            grid = B.values_of(grid.double())  # (inside torch.func numpy views no tensor: a copy)
     try:
         raw = np.asarray(grid)
     except (TypeError, ValueError):

@@ -153,12 +153,14 @@ def check_array(out: Any, like: Array) -> bool:
 
 
 def input_version(x: Array) -> int | None:
-    """A torch tensor's version counter (every in-place write advances it), else ``None`` (numpy and
-    jax arrays; an inference tensor keeps none)."""
+    """A torch tensor's version counter (every in-place write advances it), else ``None``: numpy and jax
+    arrays, an inference tensor (it keeps none), and a view, whose counter every view of its storage
+    shares (a review: another thread writing into another row of the caller's buffer was taken for the
+    network's write). The methods' own states are not views; the stacked points of a call may be."""
     if type(x) is np.ndarray:
         return None
     try:
-        return x._version
+        return x._version if x._base is None else None
     except (AttributeError, RuntimeError):
         return None
 

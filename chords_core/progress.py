@@ -7,7 +7,6 @@ interrupt), and without ``progress`` it yields a bar that does nothing, so a met
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,8 +52,10 @@ class _Shown(_NoBar):
             bar, self._bar = self._bar, None
             if bar is not None:
                 bar.disable = True  # (tqdm's own close would write again)
-            warnings.warn(f"progress: the bar could not be written ({type(err).__name__}: {err}); the run goes on "
-                          "without it", RuntimeWarning, stacklevel=4)
+            from .call import warn_caller  # (call imports the solvers and executors, none of which shows a bar)
+
+            warn_caller(f"progress: the bar could not be written ({type(err).__name__}: {err}); the run goes on "
+                        "without it", RuntimeWarning)
 
     def update(self, n: int = 1) -> None:
         self.n += n

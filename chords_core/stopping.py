@@ -73,8 +73,8 @@ from .checks import _is_int, check_choice, check_float, check_int
 
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
            "StopNotMet", "as_stop_rule", "outputs_needed", "select_output", "first_accepted", "chosen_output",
-           "warn_unmet", "estimate_error", "decay", "sample_rms", "AGREE_TO_ROUNDING", "NEAR_STARTS", "RESIDUAL_NORMS",
-           "ErrorState"]
+           "warn_unmet", "estimate_error", "decay", "sample_rms", "residual", "AGREE_TO_ROUNDING", "NEAR_STARTS",
+           "RESIDUAL_NORMS", "ErrorState"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
 #: their dtype (float32's for 16-bit floats) times the newer output's RMS agree to rounding (see the
@@ -309,6 +309,18 @@ class StopAtCore(StopRule):
         return f"output {n} (core {core})"
 
 
+def residual(diff: Any, norm: str = "rms") -> float:
+    """The size of a change between two outputs, as ``StopOnResidual`` judges it: ``"rms"``, the
+    largest of the samples' RMS changes (``sample_rms``; the batch's RMS accepted a slow SRDS sample
+    beside 63 converged ones, at 6.4x tol, 1.40x its sequential error); an empty batch ``inf`` (no
+    evidence, as ``StopWhenConverged`` takes it); ``"l2/numel"``, the reference code's, of the whole
+    batch: ||d||_2 / n = RMS / sqrt(n)."""
+    if norm == "l2/numel":
+        return B.rms(diff) / math.sqrt(max(1, B._numel(diff)))
+    change = sample_rms(diff)
+    return float(change.max()) if change.size else math.inf
+
+
 #: ``StopOnResidual``'s norms of the change: ``"rms"`` (the RMS per element, independent of the
 #: state's size) and ``"l2/numel"`` (the official CHORDS code's ||.||_2 / numel, whose equivalent RMS
 #: tolerance grows as sqrt(numel): about 0.2 at its residual criterion's default threshold, 4e-4, on a
@@ -348,13 +360,7 @@ class StopOnResidual(StopRule):
         prev = outputs[-2] if len(outputs) > 1 else coarse
         if prev is None or self.tol <= 0:  # (an RMS is never below 0: nothing read, as decides_on_values says)
             return False
-        diff = outputs[-1] - prev
-        if self.norm == "l2/numel":  # the reference code's, of the whole batch: ||d||_2 / n = RMS / sqrt(n)
-            return B.rms(diff) / math.sqrt(max(1, B._numel(prev))) < self.tol
-        # every sample's own (the batch's RMS accepted a slow sample beside 63 converged ones: SRDS at
-        # 6.4x tol, 1.40x the sequential error); an empty batch: no evidence
-        change = sample_rms(diff)
-        return bool(change.size) and bool(change.max() < self.tol)
+        return residual(outputs[-1] - prev, self.norm) < self.tol
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
         """Where the residual fell below ``tol``, or that it never did."""

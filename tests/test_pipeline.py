@@ -765,6 +765,8 @@ def test_residual_stop_judges_each_sample():
     assert hard.hits[-1].core == 6 > easy.hits[-1].core  # (the premise: sample 11 needs more iterations)
     batch = cc.srds(model, np.concatenate([x[[11]], np.repeat(x[[0]], 63, 0)]), grid, "heun", blocks=8)
     assert batch.hits[-1].core == 6 and np.allclose(batch.x[:1], hard.x, rtol=0, atol=1e-12)
+    # its log's change is what the stop judged (a review: the batch's RMS, below tol from iteration 4)
+    assert [it.change < 1e-3 for it in batch.log] == [False] * 5 + [True]
     rule, whole = cc.StopOnResidual(1e-3), cc.StopOnResidual(1e-3, norm="l2/numel")
     a = np.zeros((64, 8))
     b = a.copy()

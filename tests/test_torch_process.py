@@ -436,7 +436,7 @@ def test_threads_sharing_the_executor_take_turns_and_a_point_that_needs_gradient
         cc.chords(MODEL, fwAD.make_dual(states[0], v), grid, cores=2, stop=None, executor=trap_executor)
     for transform in (lambda f: torch.func.jvp(f, (states[0],), (v,)), lambda f: torch.func.grad(
             lambda y: f(y).sum())(states[0])):
-        with pytest.raises(TypeError, match=r"^x: ProcessExecutor .* torch\.func transform"):
+        with pytest.raises(TypeError, match=r"^executor: ProcessExecutor .* torch\.func transform"):
             transform(lambda y: cc.chords(MODEL, y, grid, cores=2, stop=None, executor=trap_executor).x)
     with pytest.raises(TypeError, match="meta device"):  # (NotImplementedError, and the executor closed)
         trap_executor(MODEL, [torch.empty(2, 4, device="meta")], [0.5])

@@ -276,25 +276,30 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
     return model
 
 
-def _parametrisation(model: Model) -> tuple:
-    """What a model's outputs mean: its kind, its prediction and its schedule (by value; by type where
-    the schedule holds an array, which a copy in a worker does not share)."""
+def _parametrisation(model: Model) -> tuple | None:
+    """What a diffusion model's outputs mean: its prediction and its schedule (by value; by type where
+    the schedule holds an array, which a copy in a worker does not share); ``None`` for other models
+    (a plain ODE's outputs are its velocity, whatever its class)."""
     from chords_core.models import DiffusionModel
     from chords_core.schedules import schedule_key
 
     if not isinstance(model, DiffusionModel):
-        return (type(model).__name__,)
+        return None
     key = schedule_key(model.schedule)
-    return ("DiffusionModel", model.prediction, key[0] if isinstance(key[1], ByIdentity) else key)
+    return model.prediction, key[0] if isinstance(key[1], ByIdentity) else key
 
 
 def _parametrised_otherwise(shell: Model, replica: Model) -> tuple[str, str] | None:
     """(the call's, the replica's) parametrisation in words where they differ, else ``None``."""
-    a, b = _parametrisation(shell), _parametrisation(replica)
-    if a == b:
+    if _parametrisation(shell) == _parametrisation(replica):
         return None
-    words = lambda m: (f"{type(m).__name__}, prediction {m.prediction!r} on {type(m.schedule).__name__}"  # noqa: E731
-                       if hasattr(m, "prediction") else type(m).__name__)
+
+    def words(m: Model) -> str:
+        if _parametrisation(m) is None:
+            return f"a {type(m).__name__}, no diffusion parametrisation"
+        shown = repr(m.schedule)  # type: ignore[attr-defined]
+        return f"prediction {m.prediction!r} on {shown if len(shown) <= 100 else shown[:97] + '...'}"  # type: ignore[attr-defined]
+
     return words(shell), words(replica)
 
 
@@ -374,10 +379,10 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
             a tangent of 5.47).
         threads: the executor's name where it evaluates on threads of its own (``DeviceExecutor``).
 
-    A point inside a ``torch.func`` transform (grad, vjp, jvp, vmap: a functorch-wrapped tensor) is
-    refused by both kinds: the transform does not reach the executor's threads or processes, and
-    the model's outputs came back as constants (``torch.func.grad`` through ``DeviceExecutor`` 0.605
-    off a gradient of 2.50, silently).
+    A call inside a ``torch.func`` transform (grad, vjp, jvp, vmap) is refused by both kinds
+    (``TypeError`` naming ``executor``): the transform does not reach the executor's threads or
+    processes, and the model's outputs came back as constants (``torch.func.grad`` through
+    ``DeviceExecutor`` 0.605 off a gradient of 2.50, silently).
 
     Raises ``ValueError`` / ``TypeError`` naming the offending point.
     """
@@ -398,11 +403,12 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
             raise ValueError(
                 f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
     name = elsewhere or threads
-    if name is not None and any(_is_functorch_wrapped(x) for x in xs):
-        raise TypeError(f"x: {name} evaluates the model on {'processes' if elsewhere else 'threads'} of its own, "
-                        "which a torch.func transform (grad, vjp, jvp, vmap) does not reach: its derivatives would "
-                        "treat the model as a constant; under torch.func use a chords_core executor (SerialExecutor, "
-                        f"BatchedExecutor){'' if elsewhere else ', or differentiate with torch.autograd (backward)'}")
+    if name is not None and _in_torch_func():
+        raise TypeError(f"executor: {name} evaluates the model on {'processes' if elsewhere else 'threads'} of its "
+                        "own, which the torch.func transform (grad, vjp, jvp, vmap) this call runs in does not reach: "
+                        "its derivatives would treat the model as a constant; under torch.func use a chords_core "
+                        "executor (SerialExecutor, BatchedExecutor)"
+                        f"{'' if elsewhere else ', or differentiate with torch.autograd (backward)'}")
     if elsewhere is not None and torch.autograd.forward_ad._current_level >= 0 and any(
             torch.autograd.forward_ad.unpack_dual(x).tangent is not None for x in xs):
         raise TypeError(f"x: {elsewhere} evaluates the model in other processes, where a forward-mode tangent "
@@ -414,12 +420,12 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
                         "executor, or run under torch.no_grad() (or pass x.detach())")
 
 
-def _is_functorch_wrapped(x: Any) -> bool:
-    """Whether ``x`` is a tensor inside a ``torch.func`` transform (a functorch wrapper)."""
-    import torch
-
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # (private: absent, nothing refused)
-    return bool(check(x)) if check is not None else False
+def _in_torch_func() -> bool:
+    """Whether the calling thread runs inside a ``torch.func`` transform (a review: a gradient with
+    respect to the network's parameters, through ``functional_call`` with a plain ``x``, came back all
+    zero from ``DeviceExecutor``: no point was a transform's tensor to be seen)."""
+    level = getattr(torch._C._functorch, "maybe_current_level", None)  # (private: absent, nothing refused)
+    return level is not None and level() is not None
 
 
 #: the longest timeout an executor takes, in seconds (about 11.6 days): the waits below pass it to

@@ -634,9 +634,14 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
         if cmd == MODEL:
             data = bytes(recv(torch.empty(payload, dtype=torch.uint8, device=comm)).cpu().tolist())
             try:
-                model, setup_error = bind(load_shell(data), net), None
+                shell = load_shell(data)
             except Exception as e:
                 model, setup_error = None, f"the model shell was refused: {type(e).__name__}: {e}"
+            else:
+                try:
+                    model, setup_error = bind(shell, net), None
+                except Exception as e:  # (the rank's own Model, parametrised otherwise than the call's)
+                    model, setup_error = None, f"this rank's model was refused: {type(e).__name__}: {e}"
             if watch is not None:
                 watch.limit = h[6] / 1000 if h[6] > 0 else None
             continue

@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import _backend as B
 from ..call import begin
 from ..checks import check_float, check_int
 from ..engine import evaluate_round
@@ -40,7 +39,16 @@ from ..plan import Eval, Round
 from ..progress import progress_bar
 from ..results import Hit, Result
 from ..solvers import Solver
-from ..stopping import StopOnResidual, StopRule, as_stop_rule, described, first_accepted, outputs_needed, warn_unmet
+from ..stopping import (
+    StopOnResidual,
+    StopRule,
+    as_stop_rule,
+    described,
+    first_accepted,
+    outputs_needed,
+    residual,
+    warn_unmet,
+)
 from .window import absolute_tol
 
 __all__ = ["srds", "srds_run", "srds_log", "srds_rule", "srds_stop", "srds_first", "srds_blocks", "SrdsIteration",
@@ -70,7 +78,8 @@ class _Fine:
 
 
 class SrdsIteration(NamedTuple):
-    """Iteration k's output x_B^k: the round it formed, NFE so far and its RMS change from x_B^{k-1}."""
+    """Iteration k's output x_B^k: the round it formed, NFE so far and its change from x_B^{k-1} (the
+    largest of the samples' RMS changes, as the default stop judges it: ``stopping.residual``)."""
 
     iteration: int
     round: int
@@ -121,7 +130,7 @@ def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
     """``srds``' log: per iteration's output (``hits``, iterations 1, 2, ... in order) its round, NFE
     and RMS change from the previous output (the first from ``coarse``, the iteration-0 output)."""
     prev = [coarse] + [h.x for h in hits[:-1]]
-    return tuple(SrdsIteration(h.core, h.round, h.nfe, B.rms(h.x - p)) for h, p in zip(hits, prev))
+    return tuple(SrdsIteration(h.core, h.round, h.nfe, residual(h.x - p)) for h, p in zip(hits, prev))
 
 
 def srds_rule(tol: float | None, stop: StopRule | None, model: Any = None) -> StopRule:
