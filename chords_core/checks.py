@@ -25,7 +25,16 @@ __all__ = ["check_int", "check_bool", "check_float", "check_choice", "check_grid
 
 
 def _is_int(value: Any) -> bool:
-    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)))
+    """An integer: Python's or numpy's (not bool), or a 0-d array of an integer dtype in any library (a
+    user trial's ``cores=jnp.int32(4)`` was refused as "must be an integer", showing an int32)."""
+    if type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))):
+        return True
+    if getattr(value, "shape", None) != () or not hasattr(value, "__index__"):
+        return False
+    try:
+        return np.dtype(value.dtype).kind in "iu"
+    except TypeError:  # (a dtype numpy does not know: a torch one)
+        return str(value.dtype).startswith(("torch.int", "torch.uint"))
 
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:

@@ -266,6 +266,15 @@ def test_bad_arguments_raise_naming_them():
                                                                               ("cores",)))
     with pytest.raises(ValueError, match=r"devices=0: a device count must be from 1 to the"):
         cj.chords(model, X, grid, "euler", cores=2, devices=0)
+    # (a user trial: "compile_plan() got multiple values for keyword argument 'cores'", as the core says now)
+    with pytest.raises(ValueError, match=r"^cores: not an argument of this method .* cores= is an argument of"):
+        cj.solve(model, X, grid, "euler", cores=2)
+    with pytest.raises(ValueError, match=r"^history: not an argument of this method"):
+        cj.solve(model, X, grid, "euler", history="keep")
+    for call in (lambda: cj.solve(model, X, grid, "euler", slots_multiple=2),
+                 lambda: cj.chords(model, X, grid, "euler", cores=2, slots_multiple=3)):
+        with pytest.raises(ValueError, match=r"^slots_multiple: unknown option \(not an argument of chords_jax\."):
+            call()
 
 
 def test_an_init_the_core_refuses_is_refused_on_a_warm_cache_too():
@@ -1233,7 +1242,7 @@ def test_exact_times_reach_the_network_in_float64_as_in_the_core():
 def test_a_deferred_output_check_compiles_on_a_cold_cache_and_bad_arguments_as_the_cores():
     """A user trial: ``check_outputs="deferred"`` failed with ``NonLinearOperation`` where no program was
     cached yet (the symbolic replay ran the deferred check on symbols); ``cores=jnp.asarray(4)`` raised
-    "unhashable type" where the core names ``cores``; an empty batch divided by zero in ``parallel``."""
+    "unhashable type" (it runs as cores=4 now); an empty batch divided by zero in ``parallel``."""
     sched = cc.RectifiedFlow()
     grid = cc.time_grid(sched, 8)
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
@@ -1245,8 +1254,9 @@ def test_a_deferred_output_check_compiles_on_a_cold_cache_and_bad_arguments_as_t
         got = call(cc.DiffusionModel(fn, sched, "flow", check_outputs="deferred"), x)
         assert np.array_equal(np.asarray(got), np.asarray(call(cc.DiffusionModel(fn, sched, "flow"), x)))
     model = cc.DiffusionModel(fn, sched, "flow")
-    with pytest.raises(ValueError, match="^cores must be an integer >= 1"):
-        cj.chords(model, x, grid, "euler", cores=jnp.asarray(4))
+    # (a 0-d jax integer is an integer since: the run of cores=4, ``test_jax_integer_scalars_are_integers``)
+    assert cj.chords(model, x, grid, "euler", cores=jnp.asarray(4)).rounds == cj.chords(model, x, grid, "euler",
+                                                                                        cores=4).rounds
     empty = jnp.zeros((0, 3))
     field_ = cc.VectorField(lambda t, y: -y, batched=True)
     for scale in ("level", "error"):
@@ -1283,3 +1293,20 @@ def test_a_subclass_whose_coefficients_hold_nan_hits_the_program_cache_and_empty
             core = cc.parallel(flow, z, g, "euler", cores=4, method=method)
             got = cj.parallel(flow, jnp.asarray(z), g, "euler", cores=4, method=method)
             assert (got.rounds, got.nfe) == (core.rounds, core.nfe), (shape, method)
+
+
+def test_jax_integer_scalars_are_integers():
+    """A user trial: ``cores=jnp.int32(4)``, ``blocks=jnp.int32(4)`` and ``init=jnp.array([0, 2, 4, 8])``
+    were refused as "must be an integer" (showing an int32), here and in the core; they are the
+    Python ints' runs now (a 0-d integer array of any library is an integer; bool and float are not)."""
+    model = cc.DiffusionModel(denoiser, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 12)
+    pairs = [(lambda k, i: cj.chords(model, X, grid, "euler", cores=k, init=i), (4, [0, 2, 4, 8])),
+             (lambda k, i: cj.srds(model, X, grid, "euler", blocks=k), (4, None)),
+             (lambda k, i: cc.chords(model, X, grid, "euler", cores=k, init=i), (4, [0, 2, 4, 8]))]
+    for run, (k, i) in pairs:
+        a, b = run(k, i), run(jnp.int32(k), None if i is None else jnp.array(i))
+        assert (a.rounds, a.nfe) == (b.rounds, b.nfe) and np.array_equal(np.asarray(a.x), np.asarray(b.x))
+    for bad in (jnp.array(True), jnp.float32(4.0), jnp.array([4])):
+        with pytest.raises(ValueError, match="^cores must be an integer"):
+            cc.chords(model, X, grid, "euler", cores=bad)

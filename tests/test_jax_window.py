@@ -459,3 +459,19 @@ def test_the_error_scale_floor_is_each_samples_own():
                       "euler", cores=8)
     assert got.rounds == ref.rounds and got.log == ref.log
     assert np.allclose(np.asarray(got.x), ref.x, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_strict_dtype_promotion_is_the_standard_result(x64):
+    """A user trial: under ``jax_numpy_dtype_promotion="strict"`` the cascade and ParaSolver failed on the
+    library's own bool x float32 product, and with x64 every window method on a float32 float64 one
+    (chords, srds and solve ran); the promotions are explicit now, the results the standard mode's."""
+    model = cc.DiffusionModel(lambda x, t: -x, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(model.schedule, 12)
+    with jax.enable_x64(x64):
+        x = jnp.ones((2, 4), jnp.float32)
+        ref = {m: cj.parallel(model, x, grid, "euler", cores=4, method=m) for m in ("cascade", "paradigms", "parasolver")}
+        with jax.numpy_dtype_promotion("strict"):
+            for m, r in ref.items():
+                got = cj.parallel(model, x, grid, "euler", cores=4, method=m)
+                assert got.rounds == r.rounds and np.array_equal(np.asarray(got.x), np.asarray(r.x))

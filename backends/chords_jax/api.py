@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import chords_core as cc
-from chords_core.call import nonfinite_state, not_floating
+from chords_core.call import _method_argument, nonfinite_state, not_floating
 from chords_core.checks import _is_int, check_grid, check_int
 from chords_core.engine import StageTimeError, eval_where, plan_result
 from chords_core.inits import validate_init
@@ -215,8 +215,8 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         ``log``) are ``Sym`` nodes; ``program.outputs`` maps their ids to buffer rows.
     """
     times = check_grid(grid)
-    if cores is not None and not _is_int(cores):  # (a jax scalar went into the cache key: "unhashable type")
-        check_int("cores", cores, 1)
+    if cores is not None:  # (a jax scalar went into the cache key: "unhashable type"; as an int, the same key)
+        cores = check_int("cores", cores, 1)
     K = len(init) if init is not None else cores
     rule = as_stop_rule(stop)
     needed = outputs_needed(rule, int(K)) if _is_int(K) and int(K) >= 1 else None  # type: ignore[arg-type]
@@ -321,12 +321,22 @@ def chords(
                    solver_options)
 
 
+#: ``compile_plan``'s own keywords, which ``_chords`` passes itself (a solver option of one of these names
+#: collided with them)
+_PLAN_ARGUMENTS = ("cores", "init", "stop", "history", "slots_multiple")
+
+
 def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.Solver, cores: int | None,
             init: Sequence[int] | None, stop: StopRule | None, history: str, mesh: Any, ndev: int, args: Any,
             name: str, solver_options: dict) -> Result:
     """``chords`` on a checked state (``_as_state``) and mesh (``_mesh``); ``name``: the function an
     error under a transformation names (``chords`` or ``solve``)."""
     rule = as_stop_rule(stop)
+    clash = [k for k in solver_options if k in _PLAN_ARGUMENTS]
+    if clash:  # (cores= to solve, slots_multiple= to chords: "compile_plan() got multiple values for keyword")
+        _method_argument(solver_options, solver)
+        named = solver if isinstance(solver, str) else type(solver).__name__
+        raise ValueError(f"{clash[0]}: unknown option (not an argument of {name} nor an option of solver {named!r})")
     try:
         prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop,
                                  history=history, slots_multiple=ndev, **solver_options)

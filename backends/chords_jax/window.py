@@ -312,7 +312,9 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
                 # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
                 # (an infinite w, variance "out" where it is 0: unmoved scores 0, ``window._weighted``)
-                score = jnp.where(csq == 0, 0, csq * w[:, None])
+                # (promoted explicitly: jax's "strict" promotion refuses float32 x float64 implicitly)
+                cw = np.promote_types(csq.dtype, w.dtype)  # (jnp.promote_types is strict there too)
+                score = jnp.where(csq == 0, 0, csq.astype(cw) * w[:, None].astype(cw))
                 over = ~(jnp.max(score, axis=1, initial=0).astype(cmp) <= tol2)  # (no sample: 0)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
@@ -347,7 +349,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 pool = jnp.concatenate([new, prediction(n - 1)[None], prediction(jnp.maximum(n - 2, 0))[None]])
                 co = tabs["s1"][e] if seed == "jump" else jnp.where(two, tabs["s2"][e], tabs["s1"][e])
                 co = co[jnp.minimum(jnp.maximum(at - e - 1, 0), W - 1)]  # (W + 1, 3): on x_e, d, d2 (0 in "s1")
-                seeds = co[:, 0:1] * fresh + co[:, 1:2] * (col == W) + co[:, 2:3] * (col == W + 1)
+                seeds = co[:, 0:1] * fresh + co[:, 1:2] * (col == W).astype(co.dtype) + co[:, 2:3] * (
+                    col == W + 1).astype(co.dtype)  # (bool cast: "strict" promotion refuses it implicitly)
                 pick = jnp.where((at > e)[:, None], seeds, fresh)
             Xw = jnp.matmul(pick, pool, precision=jax.lax.Precision.HIGHEST)
             if scale == "error":
