@@ -279,19 +279,21 @@ def test_bad_arguments_raise_naming_them():
 
 def test_an_init_the_core_refuses_is_refused_on_a_warm_cache_too():
     """A review: the program cache keyed ``init`` by its values truncated to ints, so once (0, 2, 5) was
-    compiled, init=[0, 2.4, 5] (and [0.0, 2.9, 5.7], and a jax array, which the core refuses) ran as
-    (0, 2, 5); refused on a cold cache only. An integral float is what the core reads it as."""
+    compiled, init=[0, 2.4, 5] (and [0.0, 2.9, 5.7], and a jax float array, which the core refuses) ran
+    as (0, 2, 5); refused on a cold cache only. An integral float is what the core reads it as, and a
+    jax integer array."""
     model = cc.DiffusionModel(denoiser, cc.RectifiedFlow(), "flow")
     grid = cc.time_grid(cc.RectifiedFlow(), 8)
     ref = cj.chords(model, X, grid, "euler", init=[0, 2, 5], stop=None)
-    for bad in ([0, 2.4, 5], [0.0, 2.9, 5.7], jnp.asarray([0, 2, 5])):
+    for bad in ([0, 2.4, 5], [0.0, 2.9, 5.7], jnp.asarray([0.0, 2.4, 5.0])):
         with pytest.raises(ValueError, match="^init") as core:
             cc.chords(model, X, grid, "euler", init=bad, stop=None)
         with pytest.raises(ValueError) as got:
             cj.chords(model, X, grid, "euler", init=bad, stop=None)
         assert str(got.value) == str(core.value)
-    again = cj.chords(model, X, grid, "euler", init=[0.0, 2.0, 5.0], stop=None)
-    assert np.array_equal(np.asarray(again.x), np.asarray(ref.x)) and again.plan == ref.plan
+    for same in ([0.0, 2.0, 5.0], jnp.asarray([0, 2, 5])):  # (a jax integer array: integers, as in the core)
+        again = cj.chords(model, X, grid, "euler", init=same, stop=None)
+        assert np.array_equal(np.asarray(again.x), np.asarray(ref.x)) and again.plan == ref.plan
 
 
 def test_nonlinear_operations_are_refused():
