@@ -592,11 +592,39 @@ def _empty(shape: tuple, like: Array, new_axis: bool = False, order: tuple[int, 
         base = tuple(shape[a] for a in order)
         back = tuple(int(a) for a in np.argsort(order))
         if torch:
-            return _torch.empty(base, dtype=like.dtype, device=like.device).permute(back)
+            return _owned(_torch.empty(base, dtype=like.dtype, device=like.device)).permute(back)
         return np.empty(base, dtype=like.dtype).transpose(back)
     if torch:
-        return _torch.empty(shape, dtype=like.dtype, device=like.device)
+        return _owned(_torch.empty(shape, dtype=like.dtype, device=like.device))
     return np.empty(shape, dtype=like.dtype)
+
+
+#: ids of the torch buffers this module made (round buffers, stacking workspaces) while they live: views
+#: of them are the library's own, which no other thread writes during a model call (``owned_view``)
+_OWNED: set[int] = set()
+
+
+def _owned(buf: Any) -> Any:
+    """``buf``, registered in ``_OWNED`` until it is collected."""
+    import weakref
+
+    _OWNED.add(id(buf))
+    weakref.finalize(buf, _OWNED.discard, id(buf))
+    return buf
+
+
+def owned_view(x: Any) -> bool:
+    """Whether torch tensor ``x`` is a view of one of the library's own buffers (``_OWNED``)."""
+    return id(x._base) in _OWNED
+
+
+def in_torch_func() -> bool:
+    """Whether the calling thread runs inside a ``torch.func`` transform (grad, vjp, jvp, vmap); False
+    where torch has no way to tell (``maybe_current_level``, torch 2.4 and later) or is not loaded."""
+    if _torch is None:
+        return False
+    level = getattr(_torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
 
 
 def _inference_mode() -> bool:
@@ -731,7 +759,7 @@ def values_of(x: Array) -> Array:
     if (_LIBRARY.get(type(x)) or library(x)) != "torch":
         return x
     func = _torch._C._functorch
-    if func.maybe_current_level() is None and not func.is_functorch_wrapped_tensor(x):
+    if not func.is_functorch_wrapped_tensor(x) and not in_torch_func():
         return x
     while func.is_functorch_wrapped_tensor(x):
         if func.is_batchedtensor(x):
@@ -739,7 +767,8 @@ def values_of(x: Array) -> Array:
                             "where it is every mapped sample's at once; pass the samples as the batch axis of x "
                             "instead of mapping over them")
         x = func.get_unwrapped(x)
-    return np.array(x.tolist(), dtype=np.float64 if x.dtype == _torch.float64 else np.float32)
+    floating = x.dtype.is_floating_point
+    return np.array(x.tolist(), dtype=(np.float64 if x.dtype == _torch.float64 else np.float32) if floating else None)
 
 
 def all_finite(x: Array) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 import warnings
 from collections.abc import Callable
 from inspect import Parameter, signature
@@ -47,19 +48,23 @@ def check_model(model: Any, name: str = "model") -> Model:
 
 def _networks(fn: Any, depth: int = 2) -> list:
     """``fn`` and what it may call a network through, ``depth`` levels down: a bound method's object,
-    a partial's function and arguments, the values a closure holds (``lambda x, t: net(x, t)``)."""
-    inner = [getattr(fn, "__self__", None)]
-    if isinstance(fn, functools.partial):
+    a partial's function and arguments, the values a Python function's closure holds (``lambda x, t:
+    net(x, t)``). Only those kinds are looked into (no attribute of an arbitrary object is read: a
+    review's config object whose ``__getattr__`` raised KeyError broke every call)."""
+    inner: list = []
+    if isinstance(fn, types.MethodType):
+        inner.append(fn.__self__)
+    elif isinstance(fn, functools.partial):
         inner += [fn.func, *fn.args, *fn.keywords.values()]
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            inner.append(cell.cell_contents)
-        except ValueError:  # (an empty cell)
-            pass
+    elif isinstance(fn, types.FunctionType):
+        for cell in fn.__closure__ or ():
+            try:
+                inner.append(cell.cell_contents)
+            except ValueError:  # (an empty cell)
+                pass
     found = [fn]
     for obj in inner:
-        if obj is not None:
-            found += _networks(obj, depth - 1) if depth > 1 else [obj]
+        found += _networks(obj, depth - 1) if depth > 1 else [obj]
     return found
 
 
@@ -69,12 +74,13 @@ def warn_training(model: Model) -> None:
     calls): it normalises over each call's batch, so a result depends on which points are evaluated
     together (a user trial: CHORDS' stacked rounds 0.047 off ``solve``, silently), and its running
     statistics change at every call."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # (no torch module can exist)
+        return
     fn: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
     for net in _networks(fn):
-        if not getattr(net, "training", False) or not hasattr(net, "named_modules"):  # (eval mode: nothing walked)
+        if not isinstance(net, torch.nn.Module) or not net.training:  # (eval mode: nothing walked)
             continue
-        import torch
-
         for name, m in net.named_modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
                 layer = name or type(m).__name__

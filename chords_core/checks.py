@@ -51,7 +51,11 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     """
     if not _is_int(value):
         raise ValueError(f"{name} must be an integer{_range(low, high)}, got {value!r}")
-    v = int(value)
+    try:
+        v = int(value)
+    except TypeError:  # (a traced jax integer under jax.jit: jax's ConcretizationTypeError, naming nothing)
+        raise ValueError(f"{name} must be an integer known when the call is made, got {value!r} (under jax.jit: "
+                         "pass it as a static argument)") from None
     if (low is not None and v < low) or (high is not None and v > high):
         raise ValueError(f"{name} must be an integer{_range(low, high)}, got {v!r}")
     return v
@@ -165,8 +169,8 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
             grid = grid.detach().cpu()
         except (RuntimeError, NotImplementedError) as err:  # (a tensor on the meta device has no values)
             raise ValueError(f"{name}: a tensor whose times cannot be read on the host ({err})") from None
-        if grid.dtype.is_floating_point:
-            grid = B.values_of(grid.double())  # (inside torch.func numpy views no tensor: a copy)
+        # (inside torch.func numpy views no tensor, an integer one neither: a copy)
+        grid = B.values_of(grid.double() if grid.dtype.is_floating_point else grid)
     try:
         raw = np.asarray(grid)
     except (TypeError, ValueError):

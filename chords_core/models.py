@@ -24,12 +24,14 @@ dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _backend as B
+from .checks import LIBRARY_PACKAGES
 from .schedules import ByIdentity, RectifiedFlow, Schedule, schedule_key
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "is_plain_ode", "ModelOutputError", "PREDICTIONS", "CHECK_MODES",
@@ -152,15 +154,29 @@ def check_array(out: Any, like: Array) -> bool:
     return same_dtype
 
 
+_OWN_CALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model class -> own_call's answer
+
+
+def own_call(cls: type[Model]) -> bool:
+    """Whether model class ``cls`` calls its network through the library's own ``_call`` (which checks
+    every output: ``Model._check``); a subclass's own ``_call`` may check nothing."""
+    got = _OWN_CALL.get(cls)
+    if got is None:
+        got = _OWN_CALL[cls] = getattr(cls._call, "__module__", "").split(".")[0] in LIBRARY_PACKAGES
+    return got
+
+
 def input_version(x: Array) -> int | None:
     """A torch tensor's version counter (every in-place write advances it), else ``None``: numpy and jax
-    arrays, an inference tensor (it keeps none), and a view, whose counter every view of its storage
-    shares (a review: another thread writing into another row of the caller's buffer was taken for the
-    network's write). The methods' own states are not views; the stacked points of a call may be."""
+    arrays, an inference tensor (it keeps none), and a view of storage the library does not own, whose
+    counter every view of that storage shares (a review: another thread writing into another row of
+    the caller's buffer was taken for the network's write). Watched: tensors that are no view (the
+    methods' states) and views of the library's own round and stacking buffers (``_backend.owned_view``:
+    a large round's points are rows of them)."""
     if type(x) is np.ndarray:
         return None
     try:
-        return x._version if x._base is None else None
+        return x._version if x._base is None or B.owned_view(x) else None
     except (AttributeError, RuntimeError):
         return None
 

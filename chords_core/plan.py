@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .checks import check_int
+from .checks import _is_int, check_int
 from .inits import validate_init
 from .stopping import as_stop_rule, outputs_needed
 
@@ -299,6 +299,11 @@ def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
     return "\n".join(lines)
 
 
+def _as_int(value: Any) -> Any:
+    """``value`` as a Python int where it is an integer (``checks._is_int``), else as it is (refused later)."""
+    return int(value) if _is_int(value) else value
+
+
 def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | None = None) -> Plan:
     """Simulate the CHORDS schedule symbolically (no arrays) and return it (cached).
 
@@ -313,7 +318,8 @@ def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | N
     if isinstance(init, (set, frozenset, dict)):  # (its order is not the cores': refused before the cache key)
         validate_init(init, steps)
     eps = tuple(map(int, evals_per_step)) if evals_per_step is not None else None
-    key = (steps, tuple(init), eps)
+    # (integers of any kind as ints: a 0-d jax one is unhashable, a torch one keyed by identity)
+    key = (_as_int(steps), tuple(_as_int(c) for c in init), eps)
     with _PLANS_LOCK:
         plan = _PLANS.get(key)
         if plan is not None:

@@ -1312,3 +1312,7 @@ def test_jax_integer_scalars_are_integers():
     for bad in (jnp.array(True), jnp.float32(4.0), jnp.array([4])):
         with pytest.raises(ValueError, match="^cores must be an integer"):
             cc.chords(model, X, grid, "euler", cores=bad)
+    # (a review: a traced one under jax.jit raised jax's ConcretizationTypeError, naming nothing)
+    with pytest.raises(ValueError, match=r"^cores must be an integer known when the call is made, .*static argument"):
+        jax.jit(lambda k: cj.chords(model, X, grid, "euler", cores=k).x)(jnp.int32(2))
+    assert cc.make_plan(jnp.array(12), jnp.array([0, 4])) is cc.make_plan(12, [0, 4])  # (an unhashable cache key)

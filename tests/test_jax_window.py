@@ -467,11 +467,17 @@ def test_strict_dtype_promotion_is_the_standard_result(x64):
     library's own bool x float32 product, and with x64 every window method on a float32 float64 one
     (chords, srds and solve ran); the promotions are explicit now, the results the standard mode's."""
     model = cc.DiffusionModel(lambda x, t: -x, cc.RectifiedFlow(), "flow")
+    field = cc.VectorField(lambda t, y: -y, batched=True)
     grid = cc.time_grid(model.schedule, 12)
     with jax.enable_x64(x64):
         x = jnp.ones((2, 4), jnp.float32)
-        ref = {m: cj.parallel(model, x, grid, "euler", cores=4, method=m) for m in ("cascade", "paradigms", "parasolver")}
+        runs = [lambda m=m: cj.parallel(model, x, grid, "euler", cores=4, method=m)
+                for m in ("cascade", "paradigms", "parasolver")]
+        # (a review: the error scale's products too, in half precision and on a plain ODE)
+        runs += [lambda: cj.parallel(model, x.astype(jnp.float16), grid, "euler", cores=4, scale="error"),
+                 lambda: cj.parallel(field, x, np.linspace(0.0, 1.0, 13), "euler", cores=4)]
+        refs = [run() for run in runs]
         with jax.numpy_dtype_promotion("strict"):
-            for m, r in ref.items():
-                got = cj.parallel(model, x, grid, "euler", cores=4, method=m)
+            for run, r in zip(runs, refs):
+                got = run()
                 assert got.rounds == r.rounds and np.array_equal(np.asarray(got.x), np.asarray(r.x))

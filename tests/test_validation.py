@@ -1027,7 +1027,8 @@ def test_a_solvers_step_that_returns_no_state_is_named_by_every_method():
             lambda: cc.srds(FLOW, X, GRID, sol, blocks=2)]
     runs += [lambda m=m: cc.parallel(FLOW, X, GRID, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
     for run in runs:
-        with pytest.raises(TypeError, match=r"^solver: 'euler'\.step returned a ndarray for the step 0 -> 1, not a State"):
+        with pytest.raises(TypeError, match=r"^solver: _PointNotState\.step \(solver 'euler'\) returned a ndarray for the "
+                                            r"step 0 -> 1, not a State"):
             run()
     assert np.array_equal(cc.solve(FLOW, X, GRID, _StateAfter(FLOW, np.asarray(GRID))), cc.solve(FLOW, X, GRID))
     assert cc.solvers.Euler.step is cc.solvers.Euler.__dict__["step"]  # (the library's own: not wrapped)
@@ -1066,6 +1067,21 @@ def test_an_executor_breaking_its_contract_is_named(broken, kind, method):
              else r"raised a ModelOutputError for point -?\d+, outside the \d+ point\(s\) of round 1")
     with pytest.raises(ValueError, match=rf"^executor: {broken.__name__} " + match):
         cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=broken(kind))
+
+
+@pytest.mark.parametrize("executor", [None, cc.SerialExecutor(), cc.BatchedExecutor(max_batch_bytes=None)])
+def test_a_model_with_its_own_call_is_shape_checked_by_the_engine(executor):
+    """A review: a Model subclass with a ``_call`` of its own (which checks nothing) returning (4,) for
+    (2, 4) points was broadcast under the core's executors (6.09 off), since they declare their outputs
+    checked; they are, by the library's own ``_call`` only (``models.own_call``)."""
+    class Raw(cc.DiffusionModel):
+        def _call(self, xs, ts):
+            return [self.fn(x, None)[0] for x in xs]
+
+    model = Raw(lambda x, t: -x, cc.RectifiedFlow(), "flow")
+    x = np.arange(8.0).reshape(2, 4)
+    with pytest.raises(ValueError, match=r"returned shape \(4,\) for point 0 of round 1"):
+        cc.chords(model, x, cc.time_grid(model.schedule, 6), cores=2, stop=None, executor=executor)
 
 
 def test_a_stop_rules_description_must_be_a_string():

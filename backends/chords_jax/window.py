@@ -216,6 +216,15 @@ def _check_solver(sol: Solver) -> None:
                          f"are {WINDOW_SOLVERS} (run the others with chords_core.parallel on jax arrays)")
 
 
+def _times(a: Any, b: Any) -> Any:
+    """a * b in the dtype jax's standard promotion gives, made explicit: under
+    ``jax_numpy_dtype_promotion="strict"`` the window methods failed on their own float32 x float64
+    (x64) and float16 x float32 products (a user trial; ``jnp.promote_types`` is strict there too)."""
+    with jax.numpy_dtype_promotion("standard"):
+        dt = jnp.result_type(a, b)
+    return a.astype(dt) * b.astype(dt)
+
+
 def _threshold(tol2: float, dtype: Any) -> np.ndarray:
     """tol^2 such that ``score > threshold`` in its dtype is the core's ``float(score) > tol2`` in
     float64: float64 for float64 states; else float32 (exact for their scores), tol^2 rounded down
@@ -312,13 +321,11 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
                 # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
                 # (an infinite w, variance "out" where it is 0: unmoved scores 0, ``window._weighted``)
-                # (promoted explicitly: jax's "strict" promotion refuses float32 x float64 implicitly)
-                cw = np.promote_types(csq.dtype, w.dtype)  # (jnp.promote_types is strict there too)
-                score = jnp.where(csq == 0, 0, csq.astype(cw) * w[:, None].astype(cw))
+                score = jnp.where(csq == 0, 0, _times(csq, w[:, None]))
                 over = ~(jnp.max(score, axis=1, initial=0).astype(cmp) <= tol2)  # (no sample: 0)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
-                E = row_sq(delta) * tabs["c2"][jnp.minimum(b + lane, T)][:, None] + tiny
+                E = _times(row_sq(delta), tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
                 bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
                 has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])

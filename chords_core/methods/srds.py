@@ -79,7 +79,8 @@ class _Fine:
 
 class SrdsIteration(NamedTuple):
     """Iteration k's output x_B^k: the round it formed, NFE so far and its change from x_B^{k-1} (the
-    largest of the samples' RMS changes, as the default stop judges it: ``stopping.residual``)."""
+    largest of the samples' RMS changes, as the default stop, ``StopOnResidual`` with its default norm,
+    judges it: ``stopping.residual``; ``inf`` for an empty batch)."""
 
     iteration: int
     round: int
@@ -128,7 +129,8 @@ def srds(
 
 def srds_log(hits: tuple[Hit, ...], coarse: Any) -> tuple[SrdsIteration, ...]:
     """``srds``' log: per iteration's output (``hits``, iterations 1, 2, ... in order) its round, NFE
-    and RMS change from the previous output (the first from ``coarse``, the iteration-0 output)."""
+    and change from the previous output (the first from ``coarse``, the iteration-0 output): the
+    largest of the samples' RMS changes (``stopping.residual``; ``inf`` for an empty batch)."""
     prev = [coarse] + [h.x for h in hits[:-1]]
     return tuple(SrdsIteration(h.core, h.round, h.nfe, residual(h.x - p)) for h, p in zip(hits, prev))
 

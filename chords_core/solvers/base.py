@@ -87,11 +87,13 @@ class Solver:
             return
 
         @functools.wraps(step)
-        def checked(self: Solver, state: State, qs: Sequence[Array], i: int, j: int) -> State:
-            new = step(self, state, qs, i, j)
+        def checked(self: Solver, state: State, qs: Sequence[Array], i: int, j: int, *args: Any,
+                    **kwargs: Any) -> State:
+            new = step(self, state, qs, i, j, *args, **kwargs)
             if not isinstance(new, State):
-                raise TypeError(f"solver: {self.name!r}.step returned a {type(new).__name__} for the step {i} -> {j}, "
-                                "not a State; return State(x, hist, aux) (solvers.base.State)")
+                raise TypeError(f"solver: {type(self).__name__}.step (solver {self.name!r}) returned a "
+                                f"{type(new).__name__} for the step {i} -> {j}, not a State; return "
+                                "State(x, hist, aux) (solvers.base.State)")
             return new
 
         cls.step = checked  # type: ignore[method-assign]
