@@ -329,7 +329,7 @@ class Workspace:
                 or (buf.shape[0] != shape[0] and order is not None and order[0] != 0 and not new_axis)
                 or buf.dtype != x0.dtype or self._layout != (order, new_axis)
                 or (lib == "torch" and (buf.device != x0.device or buf.is_inference() != _inference_mode()))):
-            buf = self._buf = _empty(shape, x0, new_axis, order)
+            buf = self._buf = _owned(_empty(shape, x0, new_axis, order))
             self._layout = (order, new_axis)
             self.allocations += 1
         part = buf[: shape[0]]
@@ -412,7 +412,7 @@ class RoundBuffers:
         entry = self._buffers[k]
         if entry is None or len(entry[1]) < n or 2 * capacity <= len(entry[1]):
             self._buffers[k] = entry = None  # the old one freed before the new one is made
-            buf = _empty((max(n, capacity), *self.like.shape), self.like)
+            buf = _owned(_empty((max(n, capacity), *self.like.shape), self.like))
             entry = self._buffers[k] = (buf, list(buf) if type(buf) is np.ndarray else list(buf.unbind(0)), {})
             self.allocations += 1
         rows = entry[2].get(n)
@@ -592,24 +592,28 @@ def _empty(shape: tuple, like: Array, new_axis: bool = False, order: tuple[int, 
         base = tuple(shape[a] for a in order)
         back = tuple(int(a) for a in np.argsort(order))
         if torch:
-            return _owned(_torch.empty(base, dtype=like.dtype, device=like.device)).permute(back)
+            return _torch.empty(base, dtype=like.dtype, device=like.device).permute(back)
         return np.empty(base, dtype=like.dtype).transpose(back)
     if torch:
-        return _owned(_torch.empty(shape, dtype=like.dtype, device=like.device))
+        return _torch.empty(shape, dtype=like.dtype, device=like.device)
     return np.empty(shape, dtype=like.dtype)
 
 
-#: ids of the torch buffers this module made (round buffers, stacking workspaces) while they live: views
-#: of them are the library's own, which no other thread writes during a model call (``owned_view``)
+#: ids of the torch buffers the library's stacking workspaces and round buffers made, while they live:
+#: views of them are the library's own, which no other thread writes during a model call (``owned_view``)
 _OWNED: set[int] = set()
 
 
 def _owned(buf: Any) -> Any:
-    """``buf``, registered in ``_OWNED`` until it is collected."""
+    """``buf``, a torch tensor's storage root registered in ``_OWNED`` until it is collected (other
+    arrays as they are)."""
+    if type(buf) is np.ndarray or library(buf) != "torch":
+        return buf
     import weakref
 
-    _OWNED.add(id(buf))
-    weakref.finalize(buf, _OWNED.discard, id(buf))
+    root = buf if buf._base is None else buf._base  # (a permuted buffer: a view of its root)
+    _OWNED.add(id(root))
+    weakref.finalize(root, _OWNED.discard, id(root))
     return buf
 
 
@@ -750,8 +754,9 @@ def values_of(x: Array) -> Array:
     gradients detached; inside a ``torch.func.grad`` / ``vjp`` / ``jvp`` transform, where numpy can view
     no tensor's memory (a transform's wrapper, or a plain tensor: "Cannot access data pointer of
     Tensor that doesn't have storage" from a stop rule), a numpy copy of its values (float64 for
-    float64, else float32: a rare path, and a slow one for large states). Inside ``torch.func.vmap``
-    a ``TypeError`` naming ``x``: its values are those of every mapped sample."""
+    float64, float32 for other floats, integers as integers: a rare path, and a slow one for large
+    states). Inside ``torch.func.vmap`` a ``TypeError`` naming ``x``: its values are those of every
+    mapped sample."""
     if type(x) is np.ndarray:
         return x
     if getattr(x, "requires_grad", False):
