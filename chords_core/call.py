@@ -46,48 +46,70 @@ def check_model(model: Any, name: str = "model") -> Model:
     raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")
 
 
-def _networks(fn: Any, depth: int = 2) -> list:
-    """``fn`` and what it may call a network through, ``depth`` levels down: a bound method's object,
-    a partial's function and arguments, the values a Python function's closure holds (``lambda x, t:
-    net(x, t)``). Only those kinds are looked into (no attribute of an arbitrary object is read: a
-    review's config object whose ``__getattr__`` raised KeyError broke every call)."""
-    inner: list = []
-    if isinstance(fn, types.MethodType):
-        inner.append(fn.__self__)
-    elif isinstance(fn, functools.partial):
-        inner += [fn.func, *fn.args, *fn.keywords.values()]
-    elif isinstance(fn, types.FunctionType):
-        for cell in fn.__closure__ or ():
+def _held(obj: Any) -> list:
+    """What ``obj`` may call a network through, one level down, read without running any of its code:
+    a bound method's object, a partial's function and arguments, a Python function's closure values
+    and the globals its code names (``lambda x, t: unet(x, t)`` at a script's top level), a plain
+    object's attributes (a wrapper's ``self.net``; chords_diffusers' ``Denoiser``). A review's config
+    object whose ``__getattr__`` raised KeyError broke every call when attributes were read instead."""
+    if isinstance(obj, types.MethodType):
+        return [obj.__self__]
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values()]
+    if isinstance(obj, types.FunctionType):
+        held = []
+        for cell in obj.__closure__ or ():
             try:
-                inner.append(cell.cell_contents)
+                held.append(cell.cell_contents)
             except ValueError:  # (an empty cell)
                 pass
-    found = [fn]
-    for obj in inner:
-        found += _networks(obj, depth - 1) if depth > 1 else [obj]
-    return found
+        return held + [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
+    if isinstance(obj, (type, types.ModuleType)):
+        return []
+    try:
+        return list(object.__getattribute__(obj, "__dict__").values())
+    except Exception:  # (no instance dictionary: slots, builtins; a dead weak proxy)
+        return []
+
+
+def _networks(fn: Any, depth: int = 3) -> list:
+    """The torch modules ``fn`` is or holds, ``depth`` levels down (``_held``), each once."""
+    torch = sys.modules.get("torch")
+    found: dict[int, Any] = {}
+    level = [fn]
+    for _ in range(depth + 1):
+        nxt = []
+        for obj in level:
+            try:
+                module = torch is not None and isinstance(obj, torch.nn.Module)
+            except Exception:  # (an object whose __class__ raises)
+                continue
+            if module:
+                found.setdefault(id(obj), obj)  # (its submodules: named_modules)
+            else:
+                nxt += _held(obj)
+        level = nxt
+    return list(found.values())
 
 
 def warn_training(model: Model) -> None:
-    """Warn (``UserWarning``) where the model's network is a torch module in training mode holding a
-    batch-norm layer in training mode (the network itself, or one a closure, bound method or partial
-    calls): it normalises over each call's batch, so a result depends on which points are evaluated
-    together (a user trial: CHORDS' stacked rounds 0.047 off ``solve``, silently), and its running
-    statistics change at every call."""
+    """Warn (``UserWarning``) where the model's network (the network itself, or one it holds: a
+    closure, a global its code names, a bound method, a partial, a wrapper object's attribute) has a
+    batch-norm layer that normalises over each call's batch: in training mode, or without running
+    statistics. A result then depends on which points are evaluated together (a user trial: CHORDS'
+    stacked rounds 0.047 off ``solve``, silently). Not seen: a ``torch.jit.script``ed network's layers."""
     torch = sys.modules.get("torch")
     if torch is None:  # (no torch module can exist)
         return
     fn: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
     for net in _networks(fn):
-        if not isinstance(net, torch.nn.Module) or not net.training:  # (eval mode: nothing walked)
-            continue
         for name, m in net.named_modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
-                layer = name or type(m).__name__
-                warn_caller(f"model: the network is in training mode, and its batch-norm layer {layer!r} normalises "
-                            "over each call's batch: a result depends on which points are evaluated together (the "
-                            "parallel methods stack several cores' states into one call), and its running statistics "
-                            "change at every call; call net.eval() before sampling", UserWarning)
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+                why = "is in training mode" if m.training else "keeps no running statistics"
+                warn_caller(f"model: the network's batch-norm layer {name or type(m).__name__!r} {why}: it normalises "
+                            "over each call's batch, so a result depends on which points are evaluated together "
+                            "(the parallel methods stack several cores' states into one call), and in training mode "
+                            "its running statistics change at every call; call net.eval() before sampling", UserWarning)
                 return
 
 
