@@ -181,14 +181,18 @@ def input_version(x: Array) -> int | None:
         return None
 
 
-def check_unmodified(x: Array, before: int, points: int) -> None:
-    """Raise ``ModelOutputError`` (point 0) where the network wrote into its input ``x`` (``before``:
-    its ``input_version``), a tensor the methods may hold as a trajectory's state: a user trial's
-    ``x.mul_(0.5)`` overwrote the caller's noise under ``solve`` and put the cascade 1.80 off it."""
-    if x._version != before:
+def watched_call(fn: Callable[..., Array], args: tuple, x: Array, points: int) -> Array:
+    """``fn(*args)``, the network's call on its input ``x`` (``points`` points stacked); a
+    ``ModelOutputError`` (point 0) where the network wrote into ``x`` (its ``input_version`` moved), a
+    tensor the methods may hold as a trajectory's state: a user trial's ``x.mul_(0.5)`` overwrote the
+    caller's noise under ``solve`` and put the cascade 1.80 off it."""
+    before = input_version(x)
+    out = fn(*args)
+    if before is not None and x._version != before:
         call = "" if points == 1 else f" (one call on {points} points)"
         raise ModelOutputError(0, "model modified its input in place (a torch in-place operation on x, which may be a "
                                f"trajectory's state{call}); compute out of place, or on x.clone()")
+    return out
 
 
 def plain_ndarray(out: np.ndarray, points: int, rows: int) -> np.ndarray:
@@ -409,10 +413,7 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
-        before = input_version(x)
-        out = self.fn(x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False)))
-        if before is not None:
-            check_unmodified(x, before, len(xs))
+        out = watched_call(self.fn, (x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False))), x, len(xs))
         if workspace is not None:
             out = workspace.detach(out)
         out = self._check(out, x, len(xs), rows, lambda o: B.split_rows(o, len(xs)))
@@ -525,20 +526,13 @@ class VectorField(Model):
             outs: list = []
             for k, (x, t) in enumerate(zip(xs, ts)):
                 try:
-                    before = input_version(x)
-                    out = self.f(float(t), x)
-                    if before is not None:
-                        check_unmodified(x, before, 1)
-                    out = self._check(out, x, 1, 1)
+                    out = self._check(watched_call(self.f, (float(t), x), x, 1), x, 1, 1)
                 except ModelOutputError as e:
                     raise e.relabel(k, str(e), outs if e.done is not None else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
-        before = input_version(y)
-        out = self.f(B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y)
-        if before is not None:
-            check_unmodified(y, before, len(xs))
+        out = watched_call(self.f, (B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y), y, len(xs))
         if workspace is not None:
             out = workspace.detach(out)
         out = self._check(out, y, len(xs), 1, lambda o: [o[k] for k in range(len(xs))])

@@ -291,16 +291,17 @@ def _parametrisation(model: Model) -> tuple | None:
 
 def _parametrised_otherwise(shell: Model, replica: Model) -> tuple[str, str] | None:
     """(the call's, the replica's) parametrisation in words where they differ, else ``None``."""
-    if _parametrisation(shell) == _parametrisation(replica):
+    a, b = _parametrisation(shell), _parametrisation(replica)
+    if a == b:
         return None
 
-    def words(m: Model) -> str:
-        if _parametrisation(m) is None:
+    def words(m: Model, p: tuple | None) -> str:
+        if p is None:
             return f"a {type(m).__name__}, no diffusion parametrisation"
         shown = repr(m.schedule)  # type: ignore[attr-defined]
-        return f"prediction {m.prediction!r} on {shown if len(shown) <= 100 else shown[:97] + '...'}"  # type: ignore[attr-defined]
+        return f"prediction {p[0]!r} on {shown if len(shown) <= 100 else shown[:97] + '...'}"
 
-    return words(shell), words(replica)
+    return words(shell, a), words(replica, b)
 
 
 #: the device types whose ``torch.autocast`` state an executor carries to its workers, and the dtypes
