@@ -571,6 +571,24 @@ def test_flux_images_per_prompt_with_given_embeddings_as_the_pipeline():
     assert ref.shape[0] == 2 and one.latents.shape == ref.shape and rel_err(one.latents, ref) < 2e-6
 
 
+def test_flux_negative_embeddings_as_the_pipeline_takes_them():
+    """A user trial: with true CFG, FluxPipeline refuses given prompt and negative embeddings of two
+    shapes; the adapter failed inside the guidance's concatenation (another sequence length, naming
+    neither) or ran (another row count). Refused, naming the negative; one shape runs as the pipeline."""
+    pipe, kw = _tiny_flux()
+    g = torch.Generator().manual_seed(9)
+    for bad in (dict(negative_prompt_embeds=torch.randn(1, 4, 32, generator=g)),
+                dict(prompt_embeds=torch.randn(2, 6, 32, generator=g), pooled_prompt_embeds=torch.randn(2, 16, generator=g))):
+        with pytest.raises(ValueError, match="must have the same shape"):
+            pipe(num_inference_steps=2, **{**kw, **bad})
+        with pytest.raises(ValueError, match=r"^negative_prompt_embeds: shape \(\d+, \d+, 32\), and prompt_embeds"):
+            cd.sample(pipe, num_inference_steps=2, cores=1, **{**kw, **bad})
+    good = cd.sample(pipe, num_inference_steps=2, cores=1, generator=torch.Generator().manual_seed(0), **kw)
+    with torch.no_grad():
+        assert rel_err(good.latents, pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                                          **kw).images) < 2e-6
+
+
 def test_sample_takes_the_pipelines_own_defaults(sd3):
     """A user trial: ``cd.sample`` ran 50 steps whatever the pipeline (SD3 and Flux take 28: 4.9e-3 /
     2.6e-3 off ``pipe(...)``, silently); ``init`` alone was refused against the default ``cores=4``;

@@ -833,6 +833,15 @@ def test_a_replica_model_parametrised_otherwise_than_the_call_is_refused():
     like = cc.DiffusionModel(model.fn, cc.RectifiedFlow(), "flow")
     with DeviceExecutor(["cpu"], replicate=lambda fn, d: like) as ex:
         assert torch.equal(cc.chords(model, x, grid, cores=2, stop=None, executor=ex).x, cc.solve(model, x, grid))
+    # (a false positive: schedules that differ only in t_min, where grids stop, parametrise alike; one that
+    # differs in a parameter of its path does not)
+    vp = cc.DiffusionModel(model.fn, cc.VP.linear(), "flow")
+    vp_grid = cc.time_grid(vp.schedule, 6)
+    with DeviceExecutor(["cpu"], replicate=lambda fn, d: cc.DiffusionModel(fn, cc.VP.linear(t_min=1e-4), "flow")) as ex:
+        assert torch.equal(cc.chords(vp, x, vp_grid, cores=2, stop=None, executor=ex).x, cc.solve(vp, x, vp_grid))
+    with DeviceExecutor(["cpu"], replicate=lambda fn, d: cc.DiffusionModel(fn, cc.VP.linear(beta_max=19.0), "flow")) \
+            as ex, pytest.raises(ValueError, match="parametrised otherwise"):
+        cc.chords(vp, x, vp_grid, cores=2, stop=None, executor=ex)
     # (a review: a VectorField subclass beside a plain VectorField was refused; a plain ODE's outputs are its
     # velocity whatever its class)
     class Field(cc.VectorField):

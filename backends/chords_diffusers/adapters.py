@@ -252,6 +252,12 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                       max_sequence_length=max_sequence_length)
     device = pipe._execution_device
     cfg = true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)
+    # as FluxPipeline, given embeddings of two shapes refused (a user trial: another sequence length failed
+    # inside the guidance's concatenation, naming neither; another row count ran, where the pipeline refuses)
+    if cfg and prompt_embeds is not None and negative_prompt_embeds is not None \
+            and prompt_embeds.shape != negative_prompt_embeds.shape:
+        raise ValueError(f"negative_prompt_embeds: shape {tuple(negative_prompt_embeds.shape)}, and prompt_embeds "
+                         f"{tuple(prompt_embeds.shape)}; FluxPipeline takes given embeddings of one shape")
     pe, ppe, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_embeds=prompt_embeds,
                                            pooled_prompt_embeds=pooled_prompt_embeds, device=device,
                                            num_images_per_prompt=num_images_per_prompt,

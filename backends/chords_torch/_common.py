@@ -277,16 +277,19 @@ def bind(shell: Model, replica: Callable | Model) -> Model:
 
 
 def _parametrisation(model: Model) -> tuple | None:
-    """What a diffusion model's outputs mean: its prediction and its schedule (by value; by type where
-    the schedule holds an array, which a copy in a worker does not share); ``None`` for other models
-    (a plain ODE's outputs are its velocity, whatever its class)."""
+    """What a diffusion model's outputs mean: its prediction and its schedule (by value, but for
+    ``t_min``, which only says where grids stop: ``VP.linear(t_min=1e-4)`` beside ``VP()`` was refused;
+    by type where the schedule holds an array, which a copy in a worker does not share); ``None`` for
+    other models (a plain ODE's outputs are its velocity, whatever its class)."""
     from chords_core.models import DiffusionModel
     from chords_core.schedules import schedule_key
 
     if not isinstance(model, DiffusionModel):
         return None
-    key = schedule_key(model.schedule)
-    return model.prediction, key[0] if isinstance(key[1], ByIdentity) else key
+    kind, fields = schedule_key(model.schedule)
+    if isinstance(fields, ByIdentity):
+        return model.prediction, kind
+    return model.prediction, kind, tuple(item for item in fields if item[0] != "t_min")
 
 
 def _parametrised_otherwise(shell: Model, replica: Model) -> tuple[str, str] | None:
