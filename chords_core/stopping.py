@@ -268,6 +268,9 @@ class StopRule:
     #: Whether ``accept`` reads the outputs' values; a rule that decides on their arrival alone (or
     #: never accepts) sets False, and a backend that compiles the run then needs no read-back to stop.
     decides_on_values: bool = True
+    #: Whether the rule accepts no output at all (the run goes to its end whatever its outputs):
+    #: ``RunAll``, and a tolerance of 0 (``StopWhenConverged(0)``, ``StopOnResidual(0)``).
+    never_accepts: bool = False
 
     def outputs_needed(self, available: int) -> int:
         """The most outputs the run needs out of the ``available`` ones (static); all by default."""
@@ -344,14 +347,12 @@ class StopOnResidual(StopRule):
         check_choice("StopOnResidual(norm): norm", self.norm, RESIDUAL_NORMS)
 
     @property
-    def warns_if_unmet(self) -> bool:  # type: ignore[override]
-        """tol = 0 cannot be met (it means "run to the end"): no warning then."""
-        return self.tol > 0
+    def never_accepts(self) -> bool:  # type: ignore[override]
+        """tol = 0 (it means "run to the end": an RMS is not below 0); then nothing to decide on and
+        no warning that it was not met."""
+        return self.tol == 0
 
-    @property
-    def decides_on_values(self) -> bool:  # type: ignore[override]
-        """tol = 0 never accepts (an RMS is not below 0): nothing to decide."""
-        return self.tol > 0
+    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts)
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output is within ``tol`` (by ``norm``) of the previous one (or the coarse
@@ -384,14 +385,12 @@ class StopWhenConverged(StopRule):
     uses_error_estimate = True
 
     @property
-    def warns_if_unmet(self) -> bool:  # type: ignore[override]
-        """rel = 0 never accepts (it means "run to the end"): no warning then."""
-        return self.rel > 0
+    def never_accepts(self) -> bool:  # type: ignore[override]
+        """rel = 0 (it means "run to the end"); then nothing to decide on and no warning that it was
+        not met."""
+        return self.rel == 0
 
-    @property
-    def decides_on_values(self) -> bool:  # type: ignore[override]
-        """rel = 0 never accepts: nothing to decide."""
-        return self.rel > 0
+    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts)
 
     def __post_init__(self):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))
@@ -453,6 +452,7 @@ class RunAll(StopRule):
     """Run every core (every iteration); return the last output. ``stop=None`` means this."""
 
     decides_on_values = False
+    never_accepts = True
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Never: the run goes to its end."""

@@ -207,6 +207,9 @@ def test_chords_warns_where_the_default_init_has_more_cores_than_help():
         cc.chords(model, x, grid, cores=16, stop=cc.StopAtCore(1))  # (18 rounds against 14: not warned)
         cc.chords(model, x, grid, init=cc.uniform_init(50, 32), stop=cc.StopAtCore(1))  # (an init of one's own)
         cc.chords(model, x, grid, cores=32, stop=None)  # (every core run: 50 rounds whatever the cores)
+        # (an audit: tolerances of 0 run every core too, and warned)
+        cc.chords(model, x, grid, cores=32, stop=cc.StopWhenConverged(0))
+        cc.chords(model, x, grid, cores=32, stop=cc.StopOnResidual(0))
     # the rounds it names are the plans' (one evaluation a step): the fastest output of K cores at T - s + K - 1
     for k, r in ((32, 33), (9, 14), (16, 18)):
         assert min(cc.make_plan(50, cc.default_init(50, k)).finish_round) == r

@@ -16,7 +16,7 @@ from ..models import Model
 from ..plan import make_plan
 from ..results import Result
 from ..solvers import Solver
-from ..stopping import DEFAULT_STOP, RunAll, StopRule, as_stop_rule
+from ..stopping import DEFAULT_STOP, StopRule, as_stop_rule
 
 __all__ = ["chords"]
 
@@ -79,8 +79,8 @@ def chords(
         init = default_init(call.steps, cores)
         defaulted = True
     rule = as_stop_rule(stop)
-    # (not where every core runs: stop=None takes T rounds whatever the cores)
-    if defaulted and type(rule) is not RunAll and (why := crowded(call.steps, len(init))) is not None:
+    # (not where every core runs: stop=None, or a tolerance of 0, takes T rounds whatever the cores)
+    if defaulted and not getattr(rule, "never_accepts", False) and (why := crowded(call.steps, len(init))) is not None:
         warn_caller(f"chords: {why}", UserWarning)
     history = check_history(history)
     plan = make_plan(call.steps, init, call.evals)

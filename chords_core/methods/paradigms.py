@@ -17,8 +17,8 @@ history through the window: the step of point m uses the quantities of points m-
 sweep (and the accepted ones before b), so the fixed point is the sequential multistep solution.
 
 Window 1 and ``tol=0`` equal ``solve`` bit for bit for every solver with the default
-``multistep="chain"`` (with ``"restart"`` every window start steps at first order: window 1 is then
-the first-order data-prediction solver, DDIM, whatever the solver). The official code's
+``multistep="chain"`` (with ``"restart"`` a multistep solver steps at first order at every window start:
+window 1 is then the first-order data-prediction solver, DDIM; a one-step solver is its own there). The official code's
 conventions are options: ``variance="out"`` (the step out of a point, a zero variance weighing
 infinitely as the official's 1 / 0: points T - 1 and T block unless unmoved) and
 ``multistep="restart"``; the defaults are this library's (``"into"``, a zero variance never blocks:
