@@ -56,6 +56,8 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     except TypeError:  # (a traced jax integer under jax.jit: jax's ConcretizationTypeError, naming nothing)
         raise ValueError(f"{name} must be an integer known when the call is made, got {value!r} (under jax.jit: "
                          "pass it as a static argument)") from None
+    except (RuntimeError, NotImplementedError) as err:  # (a torch integer on the meta device: no value, naming nothing)
+        raise ValueError(f"{name} must be an integer with a value, got {value!r} ({err})") from None
     if (low is not None and v < low) or (high is not None and v > high):
         raise ValueError(f"{name} must be an integer{_range(low, high)}, got {v!r}")
     return v

@@ -166,6 +166,15 @@ def test_numpy_integers_are_accepted_and_give_the_python_int_results():
     np.testing.assert_array_equal(got, cc.solve(FLOW, X, GRID, "unipc", order=3))
 
 
+def test_a_torch_integer_without_a_value_is_refused_naming_the_argument():
+    """A 0-d torch integer is an integer (``cores=torch.tensor(4)`` runs as 4); one on the meta device has no
+    value: its ``int()`` raised torch's own RuntimeError, naming nothing. Refused, naming ``cores``."""
+    torch = pytest.importorskip("torch")
+    assert same_result(cc.parallel(FLOW, X, GRID16, cores=torch.tensor(4)), cc.parallel(FLOW, X, GRID16, cores=4))
+    with pytest.raises(ValueError, match=r"^cores must be an integer with a value, got tensor\(\.\.\., device='meta'"):
+        cc.parallel(FLOW, X, GRID16, cores=torch.tensor(4, device="meta"))
+
+
 @pytest.mark.parametrize("init", [[0, math.inf], "0,8", [0, True], [False, 8], [0, 8.5], [0, float("nan")]])
 def test_bad_init_entries_raise_naming_init(init):
     with pytest.raises(ValueError, match="init"):
