@@ -352,7 +352,8 @@ class StopOnResidual(StopRule):
         no warning that it was not met."""
         return self.tol == 0
 
-    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts)
+    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts,
+                                                  doc="Unless the rule never accepts (``never_accepts``).")
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output is within ``tol`` (by ``norm``) of the previous one (or the coarse
@@ -390,7 +391,8 @@ class StopWhenConverged(StopRule):
         not met."""
         return self.rel == 0
 
-    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts)
+    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts,
+                                                  doc="Unless the rule never accepts (``never_accepts``).")
 
     def __post_init__(self):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))

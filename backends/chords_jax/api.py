@@ -743,11 +743,11 @@ def inside_transformation(x: jax.Array, args: Any, mesh: Any, name: str, rule: S
                 f"{where} (here a tracer in the model's closure, or a caller's jit around the call)")
         raise TypeError(f"{what} is not supported (it reads values of its run on the host: its rounds, its stop or "
                         "its log); call it outside the transformation")
-    if getattr(rule, "decides_on_values", True) and outputs > 1:  # (StopOnResidual(0) too: its accept reads)
+    if getattr(rule, "decides_on_values", True) and outputs > 1:
         raise TypeError(f"stop: {where} runs as one compiled call and cannot offer the outputs to "
                         f"{type(rule).__name__} on the host; only rules that decide on the outputs' arrival alone "
-                        "(decides_on_values = False: stop=None, StopAtCore(n)) run there; or call it outside the "
-                        "transformation")
+                        "(decides_on_values = False: stop=None, StopAtCore(n), a tolerance of 0) run there; or call it "
+                        "outside the transformation")
     if mesh is not None:
         raise TypeError(f"devices: {where} runs on the default device; shard the transformed function instead, "
                         "or call it outside the transformation")
