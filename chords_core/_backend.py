@@ -622,13 +622,19 @@ def owned_view(x: Any) -> bool:
     return id(x._base) in _OWNED
 
 
-def in_torch_func() -> bool:
-    """Whether the calling thread runs inside a ``torch.func`` transform (grad, vjp, jvp, vmap); False
-    where torch has no way to tell (``maybe_current_level``, torch 2.4 and later) or is not loaded."""
+def in_torch_func(*xs: Any) -> bool:
+    """Whether the calling thread runs inside a ``torch.func`` transform (grad, vjp, jvp, vmap): its level
+    where torch tells it (``maybe_current_level``, torch 2.4 and later), or one of the tensors ``xs`` is a
+    transform's (where torch cannot tell, a transform is seen only through its tensors); False where
+    torch is not loaded."""
     if _torch is None:
         return False
-    level = getattr(_torch._C._functorch, "maybe_current_level", None)
-    return level is not None and level() is not None
+    func = _torch._C._functorch
+    level = getattr(func, "maybe_current_level", None)
+    if level is not None and level() is not None:
+        return True
+    wrapped = getattr(func, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(wrapped(x) for x in xs)
 
 
 def _inference_mode() -> bool:
@@ -763,9 +769,9 @@ def values_of(x: Array) -> Array:
         x = x.detach()
     if (_LIBRARY.get(type(x)) or library(x)) != "torch":
         return x
-    func = _torch._C._functorch
-    if not func.is_functorch_wrapped_tensor(x) and not in_torch_func():
+    if not in_torch_func(x):
         return x
+    func = _torch._C._functorch
     while func.is_functorch_wrapped_tensor(x):
         if func.is_batchedtensor(x):
             raise TypeError("x: a value is read (an output check, a stop rule, a tolerance) under torch.func.vmap, "

@@ -255,6 +255,11 @@ def method_arguments(key: str) -> list[str]:
     return [f"{name}()" for name, fn in fns.items() if key in keyword_only(fn)]
 
 
+def solver_label(solver: Any) -> str:
+    """How a message names ``solver``: its name as given, or a bound solver's class."""
+    return solver if isinstance(solver, str) else type(solver).__name__
+
+
 def _method_argument(options: dict, solver: Any) -> None:
     """An option the solver refused that is an argument of some method (``cores=`` to a window method,
     ``window=`` to the cascade sampler): a ``ValueError`` naming it and the methods that take it, where
@@ -264,7 +269,7 @@ def _method_argument(options: dict, solver: Any) -> None:
             continue  # the solver's own option: its own error stands
         owners = method_arguments(key)
         if owners:
-            name = solver if isinstance(solver, str) else type(solver).__name__
+            name = solver_label(solver)
             raise ValueError(f"{key}: not an argument of this method nor an option of solver {name!r}; "
                              f"{key}= is an argument of {', '.join(owners)}")
 

@@ -312,6 +312,11 @@ class StopAtCore(StopRule):
         return f"output {n} (core {core})"
 
 
+#: ``warns_if_unmet`` and ``decides_on_values`` of a rule with a tolerance: unless it never accepts (a
+#: tolerance of 0, ``never_accepts``)
+_UNLESS_NEVER = property(lambda self: not self.never_accepts, doc="Unless the rule never accepts (``never_accepts``).")
+
+
 def residual(diff: Any, norm: str = "rms") -> float:
     """The size of a change between two outputs, as ``StopOnResidual`` judges it: ``"rms"``, the
     largest of the samples' RMS changes (``sample_rms``; the batch's RMS accepted a slow SRDS sample
@@ -352,8 +357,7 @@ class StopOnResidual(StopRule):
         no warning that it was not met."""
         return self.tol == 0
 
-    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts,
-                                                  doc="Unless the rule never accepts (``never_accepts``).")
+    warns_if_unmet = decides_on_values = _UNLESS_NEVER
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output is within ``tol`` (by ``norm``) of the previous one (or the coarse
@@ -391,8 +395,7 @@ class StopWhenConverged(StopRule):
         not met."""
         return self.rel == 0
 
-    warns_if_unmet = decides_on_values = property(lambda self: not self.never_accepts,
-                                                  doc="Unless the rule never accepts (``never_accepts``).")
+    warns_if_unmet = decides_on_values = _UNLESS_NEVER
 
     def __post_init__(self):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))

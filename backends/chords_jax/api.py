@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import chords_core as cc
-from chords_core.call import _method_argument, nonfinite_state, not_floating
+from chords_core.call import _method_argument, nonfinite_state, not_floating, solver_label
 from chords_core.checks import _is_int, check_grid, check_int
 from chords_core.engine import StageTimeError, eval_where, plan_result
 from chords_core.inits import validate_init
@@ -335,8 +335,8 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     clash = [k for k in solver_options if k in _PLAN_ARGUMENTS]
     if clash:  # (cores= to solve, slots_multiple= to chords: "compile_plan() got multiple values for keyword")
         _method_argument(solver_options, solver)
-        named = solver if isinstance(solver, str) else type(solver).__name__
-        raise ValueError(f"{clash[0]}: unknown option (not an argument of {name} nor an option of solver {named!r})")
+        raise ValueError(f"{clash[0]}: unknown option (not an argument of {name} nor an option of solver "
+                         f"{solver_label(solver)!r})")
     try:
         prog, sym = compile_plan(model, x.shape, x.dtype, grid, solver, cores=cores, init=init, stop=stop,
                                  history=history, slots_multiple=ndev, **solver_options)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chords_core._backend import in_torch_func
 from chords_core.models import Model, ModelOutputError, resolve_check
 from chords_core.schedules import ByIdentity, Schedule
 
@@ -407,7 +408,7 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
             raise ValueError(
                 f"xs[{k}] has shape {tuple(x.shape)} {x.dtype}, expected {tuple(x0.shape)} {x0.dtype} like xs[0]")
     name = elsewhere or threads
-    if name is not None and _in_torch_func(xs):
+    if name is not None and in_torch_func(*xs):
         raise TypeError(f"executor: {name} evaluates the model on {'processes' if elsewhere else 'threads'} of its "
                         "own, which the torch.func transform (grad, vjp, jvp, vmap) this call runs in does not reach: "
                         "its derivatives would treat the model as a constant; under torch.func use a chords_core "
@@ -422,17 +423,6 @@ def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None =
         raise TypeError(f"x: {elsewhere} evaluates the model in other processes, where gradients cannot follow, and "
                         "a point of the round requires them; differentiate with DeviceExecutor or a chords_core "
                         "executor, or run under torch.no_grad() (or pass x.detach())")
-
-
-def _in_torch_func(xs: Sequence[Any]) -> bool:
-    """Whether this call runs inside a ``torch.func`` transform: the transform's level where torch
-    tells it (a review: a gradient with respect to the network's parameters, through
-    ``functional_call`` with a plain ``x``, came back all zero from ``DeviceExecutor``: no point was a
-    transform's tensor to be seen), else a point that is a transform's tensor (torch before 2.4)."""
-    from chords_core._backend import in_torch_func
-
-    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return in_torch_func() or (wrapped is not None and any(wrapped(x) for x in xs))
 
 
 #: the longest timeout an executor takes, in seconds (about 11.6 days): the waits below pass it to
