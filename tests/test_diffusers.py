@@ -381,6 +381,19 @@ def test_unsupported_options_are_named(make, match):
         cd.map_scheduler(make(), 12)
 
 
+def test_a_subclass_of_a_supported_pipeline_is_refused_with_how_to_register_it(sd3, monkeypatch):
+    sub = type("MySD3Pipeline", (type(sd3),), {})(**sd3.components)
+    sub.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"pipeline MySD3Pipeline is not supported by chords_diffusers \(it subclasses "
+                                         r"StableDiffusion3Pipeline: .*ADAPTERS\['MySD3Pipeline'\] = "
+                                         r"ADAPTERS\['StableDiffusion3Pipeline'\]\)"):
+        cd.sample(sub, "a cat", num_inference_steps=4)
+    monkeypatch.setitem(cd.adapters.ADAPTERS, "MySD3Pipeline", cd.adapters.ADAPTERS["StableDiffusion3Pipeline"])
+    got = cd.sample(sub, "a cat", num_inference_steps=4, cores=2, **_sd3_kw())
+    want = cd.sample(sd3, "a cat", num_inference_steps=4, cores=2, **_sd3_kw())
+    assert torch.equal(got.images, want.images)
+
+
 def test_bad_pipeline_arguments(unet, sd3):
     with pytest.raises(ValueError, match="pipeline UNet2DModel is not supported.*StableDiffusion3Pipeline"):
         cd.sample(unet, "x")

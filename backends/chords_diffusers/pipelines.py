@@ -257,8 +257,13 @@ def sample(
     name = type(pipe).__name__
     adapter = ADAPTERS.get(name)
     if adapter is None:
-        raise ValueError(
-            f"pipeline {name} is not supported by chords_diffusers; supported: {', '.join(SUPPORTED_PIPELINES)}")
+        base = next((c.__name__ for c in type(pipe).__mro__[1:] if c.__name__ in ADAPTERS), None)
+        hint = "" if base is None else (
+            f" (it subclasses {base}: an adapter runs the loop of the class it was written for, so a subclass is not "
+            f"taken for it; where {name}.__call__ is {base}'s loop, register it: "
+            f"chords_diffusers.adapters.ADAPTERS[{name!r}] = ADAPTERS[{base!r}])")
+        raise ValueError(f"pipeline {name} is not supported by chords_diffusers{hint}; supported: "
+                         f"{', '.join(SUPPORTED_PIPELINES)}")
     if progress is None:
         progress = progress_enabled(pipe)
     if num_inference_steps is None:
