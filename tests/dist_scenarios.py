@@ -19,7 +19,13 @@
 - ``misc`` (two ranks; rank 1 serves three executors in turn, slowly): a second executor open on the
   group supersedes the first, which then raises ``ExecutorClosed``; with ``local=`` a non-finite output of rank 0's own share retires the faster
   cores as a serving rank's does; an ignored SIGINT (``SIG_IGN``, as under nohup) stays ignored; rank
-  0's ``torch.autocast`` applies on rank 1.
+  0's ``torch.autocast`` applies on rank 1; a fourth executor, once rank 1 has left ``serve`` for good,
+  reports its lost rank saying that the earlier executor's close ended ``serve``.
+- ``idle`` (three ranks, a process group timeout of 3 s; rank 1 evaluates slowly): a call on one core
+  (rank 2 without points for longer than the group's timeout), rank 0 idle for longer than it, a call
+  with ``round_timeout`` changed (the ranks get it: the shell is sent again), then a second executor
+  left open at exit (rank 0 neither closes it nor destroys the group: the README's pattern): every
+  rank exits 0 and the outputs are the serial executor's.
 
 Rank 0 prints one JSON line.
 """
@@ -85,12 +91,14 @@ def _very_slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def main(scenario: str, path: str) -> int:
-    dist.init_process_group("gloo")
+    import datetime
+
+    dist.init_process_group("gloo", **({"timeout": datetime.timedelta(seconds=3)} if scenario == "idle" else {}))
     rank = dist.get_rank()
     try:
         if rank != 0:
             net = TorchGMM()
-            if scenario == "interrupt" and rank == 1:
+            if scenario in ("interrupt", "idle") and rank == 1:
                 net = _slow  # type: ignore[assignment]
             if scenario == "interrupt_twice" and rank == 1:
                 net = _very_slow  # type: ignore[assignment]
@@ -98,7 +106,7 @@ def main(scenario: str, path: str) -> int:
                 net = RunsOff()  # type: ignore[assignment]
             if scenario == "hung" and rank == dist.get_world_size() - 1:
                 net = Faulty(lambda: TorchGMM(), "hang", after=2)()  # type: ignore[assignment]
-            for k in range({"misc": 3, "close_race": 4, "layout": len(LAYOUT_NETS)}.get(scenario, 1)):  # in turn
+            for k in range({"misc": 3, "close_race": 4, "layout": len(LAYOUT_NETS), "idle": 2}.get(scenario, 1)):
                 if scenario == "misc":  # slow only for the last executor's run, which a SIGINT must meet mid-round
                     net = _slow_amp if k == 2 else _amp_sensitive  # type: ignore[assignment]
                 if scenario == "layout":
@@ -200,6 +208,38 @@ def main(scenario: str, path: str) -> int:
             res = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
             ref = cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=cc.SerialExecutor())
             report["ignored_sigint"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, ref.hits))
+            ex.close()  # rank 1 leaves its last serve and exits
+            try:
+                cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=DistributedExecutor(round_timeout=10.0))
+                report["after_stop"] = "ran"
+            except WorkerError as e:
+                report["after_stop"] = f"{type(e).__name__}: {e}"
+        elif scenario == "idle":
+            sent: list = []  # the round timeout of each model shell sent (header slot 6, ms)
+
+            def record(tensor, rank, timeout, orig=ex._send):
+                if tensor.numel() == chords_dist.HEADER and int(tensor[0]) == chords_dist.MODEL:
+                    sent.append(int(tensor[6]))
+                return orig(tensor, rank, timeout)
+
+            ex._send = record  # type: ignore[method-assign]
+            t0 = time.monotonic()
+            one = cc.chords(model, x, grid, "euler", cores=1, executor=ex)  # rank 2 without points meanwhile
+            report["first_seconds"] = time.monotonic() - t0
+            time.sleep(4.0)  # rank 0 idle between calls, past the group's timeout
+            ex.round_timeout = 20.0
+            two = cc.chords(model, x, grid, "euler", cores=2, stop=None, executor=ex)
+            report["timeouts_sent"] = sent
+            serial = cc.SerialExecutor()
+            report["equal"] = (torch.equal(one.x, cc.chords(model, x, grid, "euler", cores=1, executor=serial).x)
+                               and torch.equal(two.x, cc.chords(model, x, grid, "euler", cores=2, stop=None,
+                                                                executor=serial).x))
+            ex.close()  # the ranks' first serve ends; they serve again for the next executor
+            ex = DistributedExecutor(round_timeout=30.0)
+            three = cc.chords(model, x, grid, "euler", cores=2, stop=None, executor=ex)
+            report["second_executor_equal"] = torch.equal(three.x, two.x)
+            print(json.dumps(report), flush=True)
+            return 0  # ex left open, the group not destroyed: closed at exit, so the ranks leave serve
         elif scenario == "layout":  # a channels_last state: gloo sends contiguous tensors only (it was refused
             # as "rank 1 (send): connection lost", the group cut); the ranks lay the points out in the state's
             # order again and the outputs come back in the network's own order: the serial executor's bits
@@ -315,7 +355,7 @@ def main(scenario: str, path: str) -> int:
         print(json.dumps(report), flush=True)
         return 0
     finally:
-        if dist.is_initialized():
+        if dist.is_initialized() and not (scenario == "idle" and rank == 0):
             dist.destroy_process_group()
 
 

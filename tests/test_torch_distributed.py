@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -164,7 +165,24 @@ def test_one_open_executor_a_group_local_nan_retires_and_an_ignored_sigint_stays
     assert rep["autocast"] is True, outs[0]  # (a user trial: rank 0's torch.autocast was not carried)
     assert any("faster retired after a non-finite model output" in m for m in rep["local_nan"]), outs[0]
     assert rep["local_nan_finite"] is True and rep["ignored_sigint"] is True, outs[0]
+    # (a trial: after the close that ended serve on rank 1, the next executor's lost rank said only
+    # "connection lost")
+    assert rep["after_stop"].startswith("WorkerDied: rank 1") and "was closed, which ends serve() on the serving " \
+        "ranks: call serve() again on them for each executor" in rep["after_stop"], outs[0]
     assert codes == [0, 0], outs
+
+
+def test_idle_serving_ranks_outlast_the_group_timeout_and_an_executor_left_open_is_closed_at_exit(tmp_path):
+    """(A trial.) A serving rank waited for its next message under the process group's timeout: one
+    without points for that long (cores < ranks), or a driver idle between calls, ended it with "lost
+    the driver", and torchrun the job. A ``round_timeout`` set after a first call did not reach the
+    ranks (their hung-call limit stayed the old one). An executor rank 0 never closed (the README's
+    pattern) left every serving rank failing "lost the driver" at rank 0's exit."""
+    codes, outs = launch(["idle"], world=3, tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["first_seconds"] > 3.0 and rep["equal"] is True and rep["second_executor_equal"] is True, outs[0]
+    assert rep["timeouts_sent"] == [30000, 30000, 20000, 20000], outs[0]  # (a shell to each serving rank)
+    assert codes == [0, 0, 0], outs
 
 
 def test_close_from_another_thread_during_a_round_lets_the_round_finish_then_stops_the_ranks(tmp_path):
@@ -358,3 +376,24 @@ def test_timeout_keyword_is_a_deprecated_alias_of_round_timeout():
     ex.close()
     with pytest.raises(ValueError, match="round_timeout must be a positive number"):
         DeviceExecutor(["cpu"], round_timeout=0)
+
+
+def test_a_model_call_that_holds_the_gil_still_ends_the_serving_rank():
+    """(A trial.) The hung-call watch is a Python thread, which a model holding the GIL in native code
+    (a regex that backtracks for ever) keeps from running: the rank lived on, and torchrun's job with
+    it. ``faulthandler`` (a C thread) ends it ``HUNG_BACKSTOP`` seconds past the watch's deadline."""
+    code = textwrap.dedent("""
+        import re, sys, time
+        from chords_torch import distributed as d
+        d.HUNG_GRACE, d.HUNG_BACKSTOP = 0.2, 0.3
+        watch = d._HungWatch(1, period=0.05)
+        watch.limit = 0.5
+        watch.start()
+        print("started", flush=True)
+        re.match(r"(a+)+$", "a" * 64 + "b")  # holds the GIL for far longer than any test
+        print("returned", flush=True)
+    """)
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert p.returncode == 1 and "started" in p.stdout and "returned" not in p.stdout, (p.stdout, p.stderr)
+    assert "Timeout" in p.stderr and time.monotonic() - t0 < 60, p.stderr  # (faulthandler's dump: "Timeout (0:00:01)!")

@@ -716,19 +716,40 @@ def test_a_stopped_device_thread_hands_back_a_finished_future():
 
 
 
-def test_model_settings_hold_the_objects_they_compare_by_identity():
-    """The executors resend a model's shell when ``model_settings`` changes; objects are compared by
-    identity, and held (a bare id is reused once the object is freed: a schedule replaced twice compared
-    equal to the first, and the workers kept the old shell)."""
+def test_model_settings_compare_what_the_shell_carries_by_value_and_hold_other_objects():
+    """The executors resend a model's shell when ``model_settings`` changes. What a shell carries is
+    compared by value: a schedule of other parameters, and a numeric array changed in place (a trial: a
+    Model subclass scaled by an array field kept the serving ranks' old value, 17 off the serial
+    result); a schedule replaced by an equal one is the same shell. Other objects are compared by
+    identity, and held (a bare id is reused once the object is freed)."""
+    import gc
+
+    import numpy as np
+
     from chords_torch._common import model_settings
 
     model = cc.DiffusionModel(lambda x, t: x, cc.EDM(t_noise=10.0), "x0")
     first = model_settings(model)
     model.schedule = cc.EDM(t_noise=5.0)
-    model.schedule = cc.EDM(t_noise=10.0)  # equal to the first by value, another object
-    assert model_settings(model) != first and model_settings(model) == model_settings(model)
+    assert model_settings(model) != first
+    model.schedule = cc.EDM(t_noise=10.0)  # equal to the first by value, another object: the same shell
+    assert model_settings(model) == first
     model.check_outputs = False
     assert ("check_outputs", False) in model_settings(model)
+    model.scale = np.array([1.0, 2.0])
+    model.nested = {"w": [np.array([3, 4])]}
+    before = model_settings(model)
+    model.scale[0] = 0.5
+    assert model_settings(model) != before
+    after = model_settings(model)
+    model.nested["w"][0][1] = 5
+    assert model_settings(model) != after and model_settings(model) == model_settings(model)
+    model.extra = object()
+    held = model_settings(model)
+    model.extra = None
+    gc.collect()
+    model.extra = object()  # (the freed object's id may be reused)
+    assert model_settings(model) != held
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # (JAX, imported by other tests, warns on any fork)

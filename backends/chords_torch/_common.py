@@ -126,13 +126,34 @@ def shell_of(model: Model) -> Model:
 def model_settings(model: Model) -> tuple:
     """What a model's shell carries besides the network, to tell whether the model changed since its
     shell was sent or its replicas bound (``check_outputs`` set to ``False`` after a first call kept
-    raising on nan): its attributes by value where plain (numbers, strings, None), else by identity,
-    holding the object (``ByIdentity``: a bare id is reused once the object is freed, and a schedule
-    replaced twice compared equal to the first)."""
+    raising on nan): its attributes by value (``_by_value``: numbers, strings, numeric arrays, tuples,
+    lists and dicts of them, the library's models and schedules by their fields; a numpy array
+    changed in place is a change: a trial's Model subclass scaled by an array field kept the workers'
+    old value, 17 off the serial result), anything else by identity, holding the object
+    (``ByIdentity``: a bare id is reused once the object is freed)."""
     net = fn_attr(model)
-    plain = (bool, int, float, str)
-    return tuple(sorted(((k, v if v is None or isinstance(v, plain) else ByIdentity(v))
-                         for k, v in vars(model).items() if k != net), key=lambda kv: kv[0]))
+    return tuple(sorted(((k, _by_value(v)) for k, v in vars(model).items() if k != net), key=lambda kv: kv[0]))
+
+
+def _by_value(v: Any, depth: int = 0) -> Any:
+    """``v`` as a value that compares equal exactly when what a model shell would carry of it is the
+    same (``model_settings``); objects of other kinds, and nesting past 32 levels, by identity."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+        return v.item()
+    if depth > 32:
+        return ByIdentity(v)
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+        return ("array", v.dtype.str, v.shape, v.tobytes())  # (a copy of the bytes: an in-place change shows)
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__, tuple(_by_value(e, depth + 1) for e in v))
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return ("dict", tuple(sorted((k, _by_value(e, depth + 1)) for k, e in v.items())))
+    if isinstance(v, (Model, Schedule)):
+        fields = vars(v) if hasattr(v, "__dict__") else {k: getattr(v, k) for k in getattr(type(v), "__slots__", ())}
+        return (ByIdentity(type(v)), tuple(sorted((k, _by_value(e, depth + 1)) for k, e in fields.items())))
+    return ByIdentity(v)
 
 
 def model_state(model: Model) -> tuple:

@@ -37,8 +37,10 @@ status ``HUNG_EXIT``: under torchrun a hung rank therefore ends the job instead 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import faulthandler
 import os
 import signal
 import sys
@@ -53,6 +55,7 @@ import torch
 import torch.distributed as dist
 
 from chords_core._backend import laid_out, layouts
+from chords_core.checks import check_bool, check_float
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -90,6 +93,12 @@ MAX_DIMS = HEADER - 7 - len(AUTOCAST_DEVICES)
 HUNG_GRACE = 5.0
 #: the exit status of a worker that ended itself because its model call outlasted the round timeout
 HUNG_EXIT = 75
+#: a serving rank's wait for the driver's next message without ``idle_timeout`` (gloo; "no limit")
+IDLE_FOREVER = datetime.timedelta(days=365)
+#: seconds past ``HUNG_GRACE`` after which ``faulthandler`` ends a serving rank whose model call holds the
+#: GIL (native code that never releases it), where the watch thread cannot run: its tracebacks on
+#: stderr, exit status 1
+HUNG_BACKSTOP = 10.0
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.complex128)
 
 
@@ -203,11 +212,18 @@ class _GroupState:
         open: a weak reference to its open executor: a serving rank holds one model (sent once per
             executor), so a new executor supersedes the open one, which then raises ``ExecutorClosed``
             (without telling the serving ranks to stop).
+        stopped: an executor on it has told the serving ranks to stop: they left ``serve``, and a
+            later executor's lost or silent rank is reported with that (``_after_stop``).
+        serving: (global ranks, device) of the serving ranks while an executor was made and none has
+            told them to stop since: told at interpreter exit (``_close_open``), where the executor
+            may be gone (a temporary one, ``executor=DistributedExecutor(...)``).
     """
 
     def __init__(self, group: Any) -> None:
         self.group, self.cut = group, False
         self.open: weakref.ref | None = None
+        self.stopped = False  # an executor on it told the serving ranks to stop (they left serve)
+        self.serving: tuple | None = None  # (ranks, device) of the ranks serving its executors, until told to stop
 
 
 _GROUPS: dict[int, _GroupState] = {}
@@ -257,6 +273,46 @@ def _sigint_deferred() -> Iterator[_Interrupts]:
                 os.kill(os.getpid(), signal.SIGINT)
 
 
+def _after_stop(e: WorkerError) -> WorkerError:
+    """``e`` (a lost or silent rank at an executor's first rounds) again, saying that an earlier executor
+    on the group had told the serving ranks to stop: they left ``serve`` (its ``close()``, the end of its
+    ``with`` block), and a rank that does not call ``serve`` again is lost or silent to the next one."""
+    new = type(e)(f"{e} (an earlier DistributedExecutor on this process group was closed, which ends serve() on "
+                  "the serving ranks: call serve() again on them for each executor, or keep one executor open "
+                  "for all calls)")
+    new.rank = e.rank
+    return new
+
+
+def _close_open() -> None:
+    """At interpreter exit: tell the ranks still serving an executor never closed to stop (its own
+    ``close()`` where it is still there, else a ``STOP`` to each), so that they leave ``serve``
+    normally: rank 0 of a pattern the README showed, ``cc.chords(..., executor=DistributedExecutor(...))``
+    without ``close()``, ended with every serving rank failing "lost the driver", and torchrun's job
+    with them. Nothing where the process group is gone already (``destroy_process_group`` first), its
+    protocol was cut, or a round is in flight on another thread."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for state in list(_GROUPS.values()):
+        if state.serving is None or state.cut:
+            continue
+        ex = state.open() if state.open is not None else None
+        with contextlib.suppress(Exception):
+            if ex is not None and not ex._closed:
+                if not ex._active:
+                    ex.close(grace=1.0)
+                continue
+            ranks, device = state.serving
+            state.serving = None
+            stop = torch.zeros(HEADER, dtype=torch.int64, device=device)  # (cmd STOP: 0)
+            for r in ranks:
+                with contextlib.suppress(WorkerError):
+                    _wait(lambda r=r, g=state.group, h=stop: dist.isend(h, r, group=g), 1.0, f"rank {r} (send)", r)
+
+
+atexit.register(_close_open)
+
+
 def _bytes_tensor(b: bytes, device: Any) -> torch.Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8).to(device)
 
@@ -304,7 +360,7 @@ class DistributedExecutor(Executor):
                 ex._closed = ex._superseded = True
             finally:
                 ex._lock.release()
-        self.group, self.batched = group, bool(batched)
+        self.group, self.batched = group, check_bool("batched", batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
             raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
@@ -318,7 +374,10 @@ class DistributedExecutor(Executor):
             raise TypeError(f"local must be a network (callable) or a chords_core Model, got {type(local).__name__}")
         self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
         self._local_model: Model | None = None
-        self._sent: tuple | None = None  # model_state of the model whose shell the ranks hold
+        self._sent: tuple | None = None  # model_state of the model whose shell the ranks hold, and round_timeout
+        self._answered = False  # a round of this executor was answered (the ranks serve it)
+        self._made_after_stop = state.stopped  # made after an executor on the group told the ranks to stop
+        state.serving = (self.ranks, self.device)
         self._closed = self._superseded = False
         # one round at a time (one_round_at_a_time); re-entrant: a failed round closes the executor under it
         self._lock = threading.RLock()
@@ -428,6 +487,8 @@ class DistributedExecutor(Executor):
                         _group_state(self.group).cut = True  # no new executor reads its answers
                     else:
                         self._drain(e.rank if isinstance(e, WorkerError) else None)
+                if isinstance(e, (WorkerDied, WorkerTimeout)) and not self._answered and self._made_after_stop:
+                    raise _after_stop(e) from None
                 raise
             finally:
                 with self._state:
@@ -454,7 +515,9 @@ class DistributedExecutor(Executor):
             self.close(grace=1.0)
 
     def _evaluate(self, model: Model, xs: Sequence[torch.Tensor], ts: Sequence[float]) -> list[torch.Tensor]:
-        state = model_state(model)  # (the shell again where the model or its settings changed: check_outputs)
+        # the shell again where the model or its settings changed (check_outputs), or the round timeout
+        # that travels with it (the ranks' hung-call limit: set after a first call, it stayed the old one)
+        state = (model_state(model), self.round_timeout)
         if self._sent != state:
             if self.local is not None:
                 self._local_model = bind(model, self.local)
@@ -514,6 +577,7 @@ class DistributedExecutor(Executor):
                 failures.append((code, idx[point], r, body))
             place(outs, idx, before if before is not None else (), xs)
         self._in_flight = False  # every answer is in: the protocol is in step, the executor usable
+        self._answered = True
         if failures:  # (a bad output holds the round's outputs before it where all came: ModelOutputError.done)
             raise first_failure([(self._failure(code, k, r, msg), k) for code, k, r, msg in failures], outs)
         return outs
@@ -554,6 +618,7 @@ class DistributedExecutor(Executor):
         state = _group_state(self.group)
         if state.open is not None and state.open() is self:
             state.open = None
+        state.stopped, state.serving = True, None
         for r in self.ranks:
             try:
                 self._send(self._header(STOP), r, grace)
@@ -561,7 +626,8 @@ class DistributedExecutor(Executor):
                 pass
 
 
-def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_when_hung: bool = True) -> int:
+def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_when_hung: bool = True,
+          idle_timeout: float | None = None) -> int:
     """Worker loop for ranks != 0: evaluate the driver's points until it closes its executor.
 
     Args:
@@ -573,7 +639,15 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
         exit_when_hung: end this process (``os._exit(HUNG_EXIT)``, after a line on stderr) when a
             model call outlasts the driver's ``round_timeout`` by ``HUNG_GRACE`` seconds: the
             driver has given up on this rank, and under torchrun a rank that exits non-zero ends
-            the job, where a hung one would keep it alive forever.
+            the job, where a hung one would keep it alive forever. (A model call that holds the GIL
+            in native code keeps that check from running: ``faulthandler`` then ends the process
+            ``HUNG_BACKSTOP`` seconds later, with its tracebacks and status 1.)
+        idle_timeout: seconds to wait for the driver's next message between rounds (> 0; ``None``:
+            no limit, the default). On gloo the wait is not bounded by the process group's timeout
+            (a rank without points for that long, or a driver idle between calls, ended the rank with
+            "lost the driver" and torchrun the job); a driver that exits or dies is noticed at once
+            either way. Set it to bound a *hung* driver. On nccl the group's timeout bounds every wait
+            (its watchdog): keep it above the driver's longest idle time.
 
     Returns:
         The number of rounds served. Raises ``WorkerError`` if the driver is lost.
@@ -589,26 +663,41 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
             raise TypeError(f"net must be callable or a chords_core Model, got {type(net).__name__}")
         net = replicate(net, device)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
+    exit_when_hung = check_bool("exit_when_hung", exit_when_hung)
+    if idle_timeout is not None:
+        idle_timeout = check_float("idle_timeout", idle_timeout, 0.0, low_open=True)
     watch = _HungWatch(dist.get_rank()) if exit_when_hung else None
     try:
-        return _serve_loop(net, group, comm, device, driver, watch)
+        return _serve_loop(net, group, comm, device, driver, watch, idle_timeout)
     finally:
         if watch is not None:
             watch.stopped = True
 
 
 def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: torch.device, driver: int,
-                watch: _HungWatch | None) -> int:
+                watch: _HungWatch | None, idle_timeout: float | None = None) -> int:
     """``serve``'s receive / evaluate / reply loop; returns the number of rounds served."""
     model: Model | None = None
     setup_error: str | None = None  # a refused / unusable shell, reported with the next evaluation
     served = 0
 
-    def recv(t: torch.Tensor) -> torch.Tensor:
+    def recv(t: torch.Tensor, idle: bool = False) -> torch.Tensor:
+        """``t`` received from the driver; ``idle``: the wait between rounds, on the host (gloo) bounded
+        by ``idle_timeout`` instead of the group's timeout (a wait's own timeout overrides it)."""
         try:
-            dist.recv(t, driver, group=group)
+            if idle and comm.type == "cpu":
+                wait = IDLE_FOREVER if idle_timeout is None else datetime.timedelta(seconds=idle_timeout)
+                work = dist.irecv(t, driver, group=group)
+                assert work is not None  # (a rank in the group: a Work)
+                work.wait(wait)
+            else:
+                dist.recv(t, driver, group=group)
         except RuntimeError as e:
-            raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if idle and idle_timeout is not None and ("timeout" in msg.lower() or "timed out" in msg.lower()):
+                raise WorkerTimeout(f"rank {dist.get_rank()}: no message from the driver within "
+                                    f"idle_timeout={idle_timeout:g} s ({msg})") from None
+            raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {msg}") from None
         return t
 
     def reply(code: int, point: int, body: torch.Tensor, before: torch.Tensor | None = None,
@@ -627,7 +716,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             raise WorkerError(f"rank {dist.get_rank()}: lost the driver: {str(e).splitlines()[0]}") from None
 
     while True:
-        h = recv(torch.zeros(HEADER, dtype=torch.int64, device=comm)).tolist()
+        h = recv(torch.zeros(HEADER, dtype=torch.int64, device=comm), idle=True).tolist()
         cmd, n, dt, ndim, payload, batched = h[:6]
         if cmd == STOP:
             return served
@@ -656,7 +745,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             if model is None:
                 raise RuntimeError(setup_error or "no model received")
             if watch is not None:
-                watch.since = time.monotonic()
+                watch.start()
             with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
                 # (the points in the driver's memory orders; the outputs go back in the network's own)
                 outs = model.evaluate([points[j].to(device) for j in range(n)], t, batched=bool(batched))
@@ -676,7 +765,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             leaving = e if isinstance(e, SystemExit) else None
         finally:
             if watch is not None:
-                watch.since = None
+                watch.end()
         reply(*answer)
         served += 1
         if leaving is not None:
@@ -693,7 +782,25 @@ class _HungWatch:
         self.limit: float | None = None
         self.since: float | None = None
         self.stopped = False  # set when serve returns: the thread ends
+        self.armed = False  # faulthandler's backstop is armed for the call in progress
         threading.Thread(target=self._run, name="chords-hung-watch", daemon=True).start()
+
+    def start(self) -> None:
+        """A model call begins: timed from now, and where there is a limit, ``faulthandler`` armed
+        ``HUNG_BACKSTOP`` seconds past the watch's own deadline (a C thread: it runs where the model holds
+        the GIL, which the watch thread then waits for; a trial's regex in the model kept a rank alive
+        and torchrun's job with it)."""
+        self.since, limit = time.monotonic(), self.limit
+        if limit is not None:
+            faulthandler.dump_traceback_later(limit + HUNG_GRACE + HUNG_BACKSTOP, exit=True)
+            self.armed = True
+
+    def end(self) -> None:
+        """The model call ended."""
+        self.since = None
+        if self.armed:
+            faulthandler.cancel_dump_traceback_later()
+            self.armed = False
 
     def _run(self) -> None:
         while not self.stopped:
