@@ -346,6 +346,41 @@ def test_args_are_traced_new_weights_new_results_without_recompiling():
                  cc.solve(cc.VectorField(lambda t, y: 2.0 * np.sin(y)), X[0], np.linspace(0, 1, 5), "heun"))
 
 
+def test_a_model_object_equal_by_its_own_equality_is_not_taken_for_another_compiled_one():
+    """(A trial.) The cache key held the model function itself where it could be hashed, so its own
+    ``__eq__`` decided: a frozen dataclass leaving its weights out of its equality (JAX's static-argument
+    pattern) got the first object's executable with the first weights baked in, 0.142 off the core.
+    Each object is its own program now; a bound method is keyed by its object."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Net:
+        width: int
+        w: float = dataclasses.field(compare=False, hash=False)
+
+        def __call__(self, x, t):
+            xp = jnp if isinstance(x, jax.Array) else np
+            return xp.tanh(x * self.w + t[:, None])
+
+        def apply(self, x, t):
+            return self(x, t)
+
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    for make in (lambda net: net, lambda net: net.apply):
+        outs = []
+        for w in (1.0, 3.0):
+            model = cc.DiffusionModel(make(Net(3, w)), SCHED, "eps")
+            got = cj.chords(model, X, grid, "euler", cores=2, stop=None)
+            assert close(got.x, cc.chords(model, X, grid, "euler", cores=2, stop=None).x)
+            outs.append(got.x)
+        assert not close(*outs)
+    net = Net(3, 2.0)  # one object's method, asked for twice (two method objects): one program
+    cj.chords(cc.DiffusionModel(net.apply, SCHED, "eps"), X, grid, "euler", cores=2, stop=None)
+    n = cj.compilations()
+    cj.chords(cc.DiffusionModel(net.apply, SCHED, "eps"), X, grid, "euler", cores=2, stop=None)
+    assert cj.compilations() == n
+
+
 def test_args_for_a_function_without_them_is_named():
     """(It raised the bare ``TypeError: ... takes 2 positional arguments but 3 were given``.)"""
     grid = cc.time_grid(SCHED, 6, "logsnr")

@@ -92,6 +92,9 @@ calls = {"cores": lambda: cj.chords(model, x, grid, "euler", cores=8 - 4 * me, s
          "local": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=jax.local_device_count()),
          "bound": lambda: cj.chords(model, x, grid, cc.make_solver(["dpmpp_2m", "dpmpp_3m"][me], model, grid),
                                     cores=4, stop=None, devices=mesh),  # (one class, another order)
+         "check_outputs": lambda: cj.chords(cc.DiffusionModel(nan_at, cc.RectifiedFlow(), "flow",
+                                                              check_outputs=[True, False][me]),
+                                            x, fgrid, "euler", cores=4, stop=None, devices=mesh),
          "same, spelt apart": lambda: cj.chords(model, x, grid, "dpmpp_2m", cores=4, stop=None, devices=mesh,
                                                 lower_order_final=[True, np.bool_(True)][me])}
 for label, call in calls.items():
@@ -167,6 +170,8 @@ def test_a_call_that_differs_between_processes_is_refused_naming_the_argument(re
         assert got["x"].startswith("x: its values differ between the processes"), got
         assert got["srds"].startswith("blocks, iterations: differs"), got
         assert got["bound"].startswith("the compiled program (a bound solver's options"), got
+        # (a trial: the process with the check off returned nan, the other waited for ever in the check's collective)
+        assert got["check_outputs"].startswith("model.check_outputs: differs between the processes"), got
         assert got["same, spelt apart"] == "no error", got  # (a numpy scalar and the Python one it equals)
         if r["process"] == 0:  # its own devices: it runs alone
             assert got["local"] == "no error", got

@@ -448,7 +448,7 @@ def call_parts(model: Any, x: jax.Array, times: np.ndarray, solver: Any, args: A
                prog: Program) -> dict[str, Any]:
     """The parts of a compiled call that every process must give alike (``same_call``) and that the
     methods share: the state's shape and dtype, the grid, the solver and its options, the model's
-    kind, prediction and schedule, the structure of ``args``, and the compiled program itself (its
+    kind, prediction, schedule and ``check_outputs``, the structure of ``args``, and the compiled program itself (its
     index and coefficient arrays and its times' dtype: what a bound solver's options, a model
     subclass's coefficients or ``exact_times`` change, which the named parts do not show)."""
     arrays = (prog.init, prog.points, prog.times, prog.active, prog.dest, prog.idx, prog.coef, prog.out_idx,
@@ -457,6 +457,9 @@ def call_parts(model: Any, x: jax.Array, times: np.ndarray, solver: Any, args: A
             "solver": solver if isinstance(solver, str) else type(solver).__qualname__,
             "solver options": tuple(sorted((k, _stable(v)) for k, v in options.items())),
             "model": (type(model).__qualname__, getattr(model, "prediction", None), getattr(model, "schedule", None)),
+            # (whether the outputs are checked: a process with the check off returned, the other waited in
+            # the check's collective for ever, a trial)
+            "model.check_outputs": str(getattr(model, "check_outputs", None)),
             "args (structure)": None if args is None else jax.tree_util.tree_map(
                 lambda a: (getattr(a, "shape", None), str(getattr(a, "dtype", type(a).__name__))), args),
             PROGRAM_PART + " (a bound solver's options, a model's coefficients, exact_times)":

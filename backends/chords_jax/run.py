@@ -140,6 +140,19 @@ def keyable(obj: Any) -> Any:
     return obj
 
 
+def function_key(fn: Any) -> Any:
+    """A model function as a part of a cache key: by identity (``ByIdentity``), unless its equality is
+    identity already (a function, a ``functools.partial``, an object without ``__eq__`` of its own) or a
+    bound method's (its object by identity). The compiled program bakes in what the function reads at
+    trace time, so an object's own equality cannot say two are the same program: a frozen dataclass
+    whose weights are left out of its equality (``field(compare=False)``, JAX's static-argument
+    pattern) shared the first one's executable, old weights and all (a trial: 0.142 off the core,
+    silently)."""
+    if isinstance(fn, types.MethodType) or type(fn).__eq__ is object.__eq__:
+        return keyable(fn)
+    return ByIdentity(fn)
+
+
 def _takes_args(fn: Callable) -> None:
     """Refuse a function whose signature cannot take the third argument ``args=`` calls it with (a
     function without an inspectable signature is called and left to fail in its own words)."""
@@ -201,7 +214,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
             out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
             return _checked(out, flat, k, rows).reshape(pts.shape)
 
-        return ("diffusion", keyable(fn), with_args), evaluate
+        return ("diffusion", function_key(fn), with_args), evaluate
     if isinstance(model, VectorField):
         f: Any = model.f
         batched = model.batched
@@ -213,7 +226,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
                 out = _traced(f if batched else jax.vmap(f), t, pts)
             return _checked(out, pts, pts.shape[0] if batched else 1, 1)
 
-        return ("field", keyable(f), batched, with_args), evaluate
+        return ("field", function_key(f), batched, with_args), evaluate
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
 
 
