@@ -357,9 +357,12 @@ def _session(sid: int) -> set[int]:
     return members
 
 
-def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_path):
+@pytest.mark.parametrize("slow", ["Slow(factory, 60.0)", "Faulty(factory, 'gil')"])
+def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_path, slow):
     """SIGKILL the driver while both workers are inside a 60 s model call: they exit by themselves,
-    and so do the forkserver and the resource tracker (every process of the driver's session)."""
+    and so do the forkserver and the resource tracker (every process of the driver's session). Also
+    where the call holds the GIL (``Faulty``'s "gil"), which keeps the workers' watch thread from
+    running (a trial: they outlived the driver): the kernel ends them with the forkserver."""
     import signal
     import subprocess
     import sys
@@ -368,10 +371,10 @@ def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_pat
     script.write_text(
         "import torch, chords_core as cc\n"
         "from chords_torch import ProcessExecutor\n"
-        "from chords_torch.testing import Slow, gmm_problem, seeded_state\n"
+        "from chords_torch.testing import Faulty, Slow, gmm_problem, seeded_state\n"
         "if __name__ == '__main__':\n"
         "    model, factory = gmm_problem(dim=4, modes=3, seed=0)\n"
-        "    ex = ProcessExecutor(Slow(factory, 60.0), workers=2, round_timeout=None)\n"
+        f"    ex = ProcessExecutor({slow}, workers=2, round_timeout=None)\n"
         "    print(*ex.pids, flush=True)\n"
         "    ex(model, [seeded_state(), seeded_state(seed=1)], [0.5, 0.4])\n")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,

@@ -84,23 +84,53 @@ def _alive(pid: int) -> bool:
 
 
 def _watch_driver(driver: int) -> None:
-    """Exit this worker at once when the driver process is gone, even in the middle of a model call
-    (the pipe is only read between messages); its forkserver parent does not tell it."""
+    """``_guard``'s fallback where there is no ``os.fork``: a daemon thread that exits this worker when
+    the driver process is gone (it needs the GIL: a model call holding it holds the watch too)."""
     while True:
         time.sleep(WATCHDOG_PERIOD)
         if not _alive(driver) or os.getppid() == 1:
             os._exit(3)
 
 
+def _guard(driver: int) -> None:
+    """End this worker at once when the driver process is gone, even in the middle of a model call
+    (the pipe is only read between messages; its forkserver parent does not tell it). Where ``os.fork``
+    exists, a guardian process forked now (the worker has one thread yet: nothing else is copied)
+    watches: it SIGKILLs the worker when the driver is gone and leaves when the worker does. Being
+    another process, it runs where the model holds the GIL in native code (a regex that backtracks),
+    which kept a watch thread (``_watch_driver``, the fallback) from running: the worker outlived its
+    killed driver, and so did the forkserver and the resource tracker."""
+    worker = os.getpid()
+    try:
+        pid = os.fork() if hasattr(os, "fork") else -1
+    except OSError:
+        pid = -1
+    if pid < 0:
+        threading.Thread(target=_watch_driver, args=(driver,), daemon=True, name="chords-watchdog").start()
+        return
+    if pid:
+        return
+    try:  # the guardian: plain os calls only, and never the worker's exit handlers
+        while True:
+            time.sleep(WATCHDOG_PERIOD)
+            if os.getppid() != worker:  # the worker is gone (this process was handed to another parent)
+                break
+            if not _alive(driver):
+                os.kill(worker, signal.SIGKILL)
+                break
+    finally:
+        os._exit(0)
+
+
 def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver: int | None = None) -> None:
     """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages.
 
-    A daemon thread watches the driver process (``driver``: its pid) and ends the worker when the
-    driver dies, so no worker outlives it, whatever it is doing.
+    A guardian process (``_guard``) watches the driver process (``driver``: its pid) and ends the
+    worker when the driver dies, so no worker outlives it, whatever it is doing.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
     if driver is not None:
-        threading.Thread(target=_watch_driver, args=(driver,), daemon=True, name="chords-watchdog").start()
+        _guard(driver)
     torch.set_num_threads(threads)
     os.environ[WORKER_ENV] = str(index)
     if isinstance(factory, _Sealed):  # ('spawn', 'forkserver') loaded here, where a failure can be told

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -133,12 +134,13 @@ class Faulty:
     """Factory whose network misbehaves on its ``after``-th call (1-based, counted per process).
 
     ``mode``: "raise" (RuntimeError), "shape" (drops the last column), "nan", "hang" (sleeps an
-    hour), "exit" (``sys.exit(0)``, as a script's stray exit would) or "die" (SIGKILLs its own
-    process). ``only``: misbehave only where the environment variable ``only[0]`` equals ``only[1]``
-    (e.g. ("CHORDS_TORCH_WORKER", "1") or ("RANK", "2")).
+    hour), "gil" (hangs holding the GIL: a regex that backtracks for ever, as native code may), "exit"
+    (``sys.exit(0)``, as a script's stray exit would) or "die" (SIGKILLs its own process). ``only``:
+    misbehave only where the environment variable ``only[0]`` equals ``only[1]`` (e.g.
+    ("CHORDS_TORCH_WORKER", "1") or ("RANK", "2")).
     """
 
-    MODES = ("raise", "shape", "nan", "hang", "exit", "die")
+    MODES = ("raise", "shape", "nan", "hang", "gil", "exit", "die")
 
     def __init__(self, factory: Callable, mode: str, after: int = 1, only: tuple[str, str] | None = None) -> None:
         if mode not in self.MODES:
@@ -171,6 +173,8 @@ def _misbehave(mode: str, out: torch.Tensor) -> torch.Tensor:
         return out * float("nan")
     if mode == "hang":
         time.sleep(3600)
+    if mode == "gil":
+        re.match(r"(a+)+$", "a" * 64 + "b")  # 2^64 steps, the GIL held throughout
     if mode == "exit":
         sys.exit(0)
     os.kill(os.getpid(), 9)
