@@ -26,6 +26,8 @@
   with ``round_timeout`` changed (the ranks get it: the shell is sent again), then a second executor
   left open at exit (rank 0 neither closes it nor destroys the group: the README's pattern): every
   rank exits 0 and the outputs are the serial executor's.
+- ``idle_timeout`` (two ranks): rank 1 serves with ``idle_timeout=1``, rank 0 sends nothing for 3 s: rank 1
+  gets ``WorkerTimeout`` after about 1 s and prints it as its JSON line.
 
 Rank 0 prints one JSON line.
 """
@@ -96,6 +98,18 @@ def main(scenario: str, path: str) -> int:
     dist.init_process_group("gloo", **({"timeout": datetime.timedelta(seconds=3)} if scenario == "idle" else {}))
     rank = dist.get_rank()
     try:
+        if rank != 0 and scenario == "idle_timeout":
+            t0 = time.monotonic()
+            try:
+                serve(TorchGMM(), idle_timeout=1.0)
+                got = "returned"
+            except WorkerTimeout as e:
+                got = f"WorkerTimeout: {e}"
+            print(json.dumps({"error": got, "seconds": time.monotonic() - t0}), flush=True)
+            return 0
+        if scenario == "idle_timeout":
+            time.sleep(3.0)
+            return 0
         if rank != 0:
             net = TorchGMM()
             if scenario in ("interrupt", "idle") and rank == 1:

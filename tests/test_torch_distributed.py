@@ -378,6 +378,13 @@ def test_timeout_keyword_is_a_deprecated_alias_of_round_timeout():
         DeviceExecutor(["cpu"], round_timeout=0)
 
 
+def test_idle_timeout_bounds_a_serving_ranks_wait_for_the_driver(tmp_path):
+    codes, outs = launch(["idle_timeout"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[1])
+    assert rep["error"].startswith("WorkerTimeout: rank 1: no message from the driver within idle_timeout=1 s"), outs
+    assert 0.9 < rep["seconds"] < 2.9 and codes == [0, 0], outs
+
+
 def test_a_model_call_that_holds_the_gil_still_ends_the_serving_rank():
     """(A trial.) The hung-call watch is a Python thread, which a model holding the GIL in native code
     (a regex that backtracks for ever) keeps from running: the rank lived on, and torchrun's job with

@@ -689,7 +689,8 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 wait = IDLE_FOREVER if idle_timeout is None else datetime.timedelta(seconds=idle_timeout)
                 work = dist.irecv(t, driver, group=group)
                 assert work is not None  # (a rank in the group: a Work)
-                work.wait(wait)
+                if not work.wait(wait):  # (gloo raises; a False would leave the zeros of a STOP header)
+                    raise RuntimeError("timed out waiting for the driver")
             else:
                 dist.recv(t, driver, group=group)
         except RuntimeError as e:
