@@ -183,19 +183,26 @@ class ByIdentity:
         return type(other) is ByIdentity and other.obj is self.obj
 
 
+def attributes(obj: Any) -> dict[str, Any]:
+    """Every attribute an object holds: its ``__dict__`` and the slots set along its class's MRO (a
+    ``@dataclass(slots=True)`` subclass keeps its fields in slots, beside an empty ``__dict__``
+    inherited from its base; a ``__slots__`` given as one string is one slot)."""
+    state = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+                state[name] = getattr(obj, name)
+    return state
+
+
 def schedule_key(schedule: Schedule) -> Any:
     """A hashable key that tells schedules apart by everything they hold: their type and every
     attribute (in ``__dict__`` or slots), a dataclass's fields and any set otherwise (a subclass's parameter set with
     ``object.__setattr__`` escapes the dataclass's equality: two such schedules compared equal and
     shared cached coefficients); by identity where an attribute cannot be hashed (an array)."""
-    state = dict(getattr(schedule, "__dict__", {}))
-    for cls in type(schedule).__mro__:  # slots too (a ``@dataclass(slots=True)`` subclass has no __dict__ for them)
-        slots = cls.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__") and hasattr(schedule, name):
-                state[name] = getattr(schedule, name)
     try:
-        items = tuple(sorted(state.items()))
+        items = tuple(sorted(attributes(schedule).items()))
         hash(items)
     except TypeError:
         return type(schedule), ByIdentity(schedule)

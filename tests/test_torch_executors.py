@@ -750,6 +750,40 @@ def test_model_settings_compare_what_the_shell_carries_by_value_and_hold_other_o
     gc.collect()
     model.extra = object()  # (the freed object's id may be reused)
     assert model_settings(model) != held
+    # (a review) a slots dataclass's fields (its __dict__, from the base, is empty); a float32 nan equals
+    # itself (the shell was sent again every round); a list holding itself twice is walked in bounded time
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class SlotVP(cc.VP):
+        tilt: float = 0.0
+
+    model.schedule = SlotVP(tilt=1.0)
+    tilted = model_settings(model)
+    model.schedule = SlotVP(tilt=2.0)
+    assert model_settings(model) != tilted
+    model.nan = np.float32("nan")
+    assert model_settings(model) == model_settings(model)
+    loop: list = [1.0]
+    loop += [loop, loop]
+    model.loop = loop
+    assert model_settings(model) != tilted
+
+
+def test_round_timeout_is_checked_when_set_after_construction():
+    """(``ex.round_timeout = ...`` after a first call: taken unchecked; a DistributedExecutor sends it to
+    its ranks with the model's shell.)"""
+    ex = DeviceExecutor(["cpu"])
+    try:
+        ex.round_timeout = 30
+        assert ex.round_timeout == 30.0
+        for bad in ("60", -1.0, float("nan"), 1e9):
+            with pytest.raises(ValueError, match="^round_timeout must be"):
+                ex.round_timeout = bad
+        ex.round_timeout = None
+        assert ex.round_timeout is None
+    finally:
+        ex.close()
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # (JAX, imported by other tests, warns on any fork)

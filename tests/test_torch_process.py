@@ -6,6 +6,7 @@ the reference with one torch thread, as the workers do).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -395,6 +396,8 @@ def test_workers_exit_when_the_driver_dies_in_the_middle_of_a_model_call(tmp_pat
     finally:
         if driver.poll() is None:
             driver.kill()
+        with contextlib.suppress(ProcessLookupError):  # (a failing case: its workers and forkserver too)
+            os.killpg(driver.pid, signal.SIGKILL)
 
 
 def test_threads_sharing_the_executor_take_turns_and_a_point_that_needs_gradients_is_refused(trap_executor,

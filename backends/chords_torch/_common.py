@@ -30,7 +30,7 @@ import torch
 
 from chords_core._backend import in_torch_func
 from chords_core.models import Model, ModelOutputError, resolve_check
-from chords_core.schedules import ByIdentity, Schedule
+from chords_core.schedules import ByIdentity, Schedule, attributes
 
 __all__ = ["assign", "autocast_state", "autocast_context", "first_failure", "place", "shell_of", "bind", "dump_shell",
            "load_shell", "round_timeout_of", "ShellError", "WorkerError", "WorkerDied", "WorkerTimeout",
@@ -126,33 +126,47 @@ def shell_of(model: Model) -> Model:
 def model_settings(model: Model) -> tuple:
     """What a model's shell carries besides the network, to tell whether the model changed since its
     shell was sent or its replicas bound (``check_outputs`` set to ``False`` after a first call kept
-    raising on nan): its attributes by value (``_by_value``: numbers, strings, numeric arrays, tuples,
-    lists and dicts of them, the library's models and schedules by their fields; a numpy array
-    changed in place is a change: a trial's Model subclass scaled by an array field kept the workers'
-    old value, 17 off the serial result), anything else by identity, holding the object
-    (``ByIdentity``: a bare id is reused once the object is freed)."""
+    raising on nan): its attributes by value (``_by_value``: numbers, strings, numeric arrays up to
+    ``SETTINGS_ARRAY_BYTES``, tuples, lists and dicts of them, models and schedules by their
+    attributes; a numpy array changed in place is a change: a trial's Model subclass scaled by an
+    array field kept the workers' old value, 17 off the serial result), anything else by identity,
+    holding the object (``ByIdentity``: a bare id is reused once the object is freed)."""
     net = fn_attr(model)
-    return tuple(sorted(((k, _by_value(v)) for k, v in vars(model).items() if k != net), key=lambda kv: kv[0]))
+    budget = [SETTINGS_NODES]
+    return tuple(sorted(((k, _by_value(v, budget)) for k, v in attributes(model).items() if k != net),
+                        key=lambda kv: kv[0]))
 
 
-def _by_value(v: Any, depth: int = 0) -> Any:
+#: numeric arrays in a model's attributes up to this size are compared by value (their bytes copied
+#: each round); larger ones by identity (an 80 MB table cost 0.25 s a round), so a large array changed
+#: in place is not noticed: assign a new one
+SETTINGS_ARRAY_BYTES = 1 << 20
+#: values ``model_settings`` compares by value in all (containers and items); past it, by identity (a
+#: list holding itself twice was walked for ever)
+SETTINGS_NODES = 10_000
+
+
+def _by_value(v: Any, budget: list[int], depth: int = 0) -> Any:
     """``v`` as a value that compares equal exactly when what a model shell would carry of it is the
-    same (``model_settings``); objects of other kinds, and nesting past 32 levels, by identity."""
+    same (``model_settings``); ``budget``: the values left to walk, past which (and past 32 levels of
+    nesting, and for objects of other kinds) by identity. Numpy scalars by their bits (a float32 nan
+    equals itself)."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    if isinstance(v, np.generic) and v.dtype.kind in "biuf":
-        return v.item()
-    if depth > 32:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 32:
         return ByIdentity(v)
-    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+    if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+        return ("scalar", v.dtype.str, v.tobytes())
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and v.nbytes <= SETTINGS_ARRAY_BYTES:
         return ("array", v.dtype.str, v.shape, v.tobytes())  # (a copy of the bytes: an in-place change shows)
     if isinstance(v, (tuple, list)):
-        return (type(v).__name__, tuple(_by_value(e, depth + 1) for e in v))
+        return (type(v).__name__, tuple(_by_value(e, budget, depth + 1) for e in v))
     if isinstance(v, dict) and all(isinstance(k, str) for k in v):
-        return ("dict", tuple(sorted((k, _by_value(e, depth + 1)) for k, e in v.items())))
+        return ("dict", tuple(sorted((k, _by_value(e, budget, depth + 1)) for k, e in v.items())))
     if isinstance(v, (Model, Schedule)):
-        fields = vars(v) if hasattr(v, "__dict__") else {k: getattr(v, k) for k in getattr(type(v), "__slots__", ())}
-        return (ByIdentity(type(v)), tuple(sorted((k, _by_value(e, depth + 1)) for k, e in fields.items())))
+        return (ByIdentity(type(v)),
+                tuple(sorted((k, _by_value(e, budget, depth + 1)) for k, e in attributes(v).items())))
     return ByIdentity(v)
 
 
@@ -183,9 +197,8 @@ def _encode(v: Any, where: str) -> Any:
         return {"a": [v.dtype.str, list(v.shape), v.ravel().tolist()]}
     if isinstance(v, (Model, Schedule)):
         cls = type(v)
-        fields = vars(v) if hasattr(v, "__dict__") else {k: getattr(v, k) for k in getattr(cls, "__slots__", ())}
         return {"o": f"{cls.__module__}:{cls.__qualname__}",
-                "s": {k: _encode(e, f"{where}.{k}") for k, e in fields.items()}}
+                "s": {k: _encode(e, f"{where}.{k}") for k, e in attributes(v).items()}}
     raise ShellError(f"the model shell holds a {type(v).__name__} at {where}; only numbers, strings, numeric "
                      "arrays and the library's model / schedule objects travel to the workers")
 
@@ -472,6 +485,17 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
 
 #: the default of the deprecated ``timeout`` keyword: "not given"
 UNSET: Any = object()
+
+
+class RoundTimeout:
+    """The executors' ``round_timeout`` attribute, checked when set (``check_timeout``) after construction
+    too (``ex.round_timeout = "60"`` was taken, and failed at the next round naming nothing)."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else obj.__dict__["_round_timeout"]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["_round_timeout"] = check_timeout(value, "round_timeout")
 
 
 def round_timeout_of(round_timeout: float | None, timeout: Any, owner: str) -> float | None:

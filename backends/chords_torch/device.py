@@ -36,6 +36,7 @@ from chords_core.models import Model, ModelOutputError, resolve_check
 from ._common import (
     UNSET,
     ExecutorClosed,
+    RoundTimeout,
     WorkerError,
     WorkerTimeout,
     assign,
@@ -265,6 +266,8 @@ class DeviceExecutor(Executor):
 
     # (no ``outputs_checked``: the call's model may be a subclass with a ``_call`` of its own, which checks
     # nothing, and whose (4,) outputs for (2, 4) points the engine's shape check caught)
+
+    round_timeout = RoundTimeout()  # (checked when set)
 
     def __init__(self, devices: Sequence[Any], *, replicate: Callable = replicate, batched: bool = False,
                  round_timeout: float | None = None, timeout: Any = UNSET) -> None:

@@ -55,7 +55,7 @@ import torch
 import torch.distributed as dist
 
 from chords_core._backend import laid_out, layouts
-from chords_core.checks import check_bool, check_float
+from chords_core.checks import check_bool
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -63,6 +63,7 @@ from ._common import (
     AUTOCAST_DEVICES,
     UNSET,
     ExecutorClosed,
+    RoundTimeout,
     WorkerDied,
     WorkerError,
     WorkerTimeout,
@@ -71,6 +72,7 @@ from ._common import (
     autocast_state,
     bind,
     check_points,
+    check_timeout,
     dump_shell,
     first_failure,
     load_shell,
@@ -224,6 +226,7 @@ class _GroupState:
         self.open: weakref.ref | None = None
         self.stopped = False  # an executor on it told the serving ranks to stop (they left serve)
         self.serving: tuple | None = None  # (ranks, device) of the ranks serving its executors, until told to stop
+        self.pid = os.getpid()  # the process its executors were made in (not a forked child of it)
 
 
 _GROUPS: dict[int, _GroupState] = {}
@@ -278,8 +281,8 @@ def _after_stop(e: WorkerError) -> WorkerError:
     on the group had told the serving ranks to stop: they left ``serve`` (its ``close()``, the end of its
     ``with`` block), and a rank that does not call ``serve`` again is lost or silent to the next one."""
     new = type(e)(f"{e} (an earlier DistributedExecutor on this process group was closed, which ends serve() on "
-                  "the serving ranks: call serve() again on them for each executor, or keep one executor open "
-                  "for all calls)")
+                  "the serving ranks: where they did not call serve() again, do so for each executor, or keep one "
+                  "executor open for all calls)")
     new.rank = e.rank
     return new
 
@@ -290,17 +293,19 @@ def _close_open() -> None:
     normally: rank 0 of a pattern the README showed, ``cc.chords(..., executor=DistributedExecutor(...))``
     without ``close()``, ended with every serving rank failing "lost the driver", and torchrun's job
     with them. Nothing where the process group is gone already (``destroy_process_group`` first), its
-    protocol was cut, or a round is in flight on another thread."""
+    protocol was cut, a round is in flight on another thread (it stops the ranks itself where a
+    ``close()`` was deferred to its end), or this process is a fork of the one that made the executor."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     for state in list(_GROUPS.values()):
-        if state.serving is None or state.cut:
+        if state.serving is None or state.cut or state.pid != os.getpid():
             continue
         ex = state.open() if state.open is not None else None
+        if ex is not None and ex._active:
+            continue
         with contextlib.suppress(Exception):
             if ex is not None and not ex._closed:
-                if not ex._active:
-                    ex.close(grace=1.0)
+                ex.close(grace=1.0)
                 continue
             ranks, device = state.serving
             state.serving = None
@@ -337,11 +342,14 @@ class DistributedExecutor(Executor):
 
     own_network = True  # the serving ranks' networks (and ``local``), not the call's model (``Executor``)
 
+    round_timeout = RoundTimeout()  # (checked when set)
+
     def __init__(self, *, group: Any = None, round_timeout: float | None = 60.0, batched: bool = False,
                  local: Any = None, timeout: Any = UNSET) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
+        batched = check_bool("batched", batched)  # (before an open executor is superseded)
         state = _group_state(group)
         if state.cut:
             raise RuntimeError("this process group's protocol was cut in the middle of a round (a second Ctrl-C, or "
@@ -360,7 +368,7 @@ class DistributedExecutor(Executor):
                 ex._closed = ex._superseded = True
             finally:
                 ex._lock.release()
-        self.group, self.batched = group, check_bool("batched", batched)
+        self.group, self.batched = group, batched
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
         if dist.get_rank(group) != 0:
             raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
@@ -377,7 +385,7 @@ class DistributedExecutor(Executor):
         self._sent: tuple | None = None  # model_state of the model whose shell the ranks hold, and round_timeout
         self._answered = False  # a round of this executor was answered (the ranks serve it)
         self._made_after_stop = state.stopped  # made after an executor on the group told the ranks to stop
-        state.serving = (self.ranks, self.device)
+        state.serving, state.pid = (self.ranks, self.device), os.getpid()
         self._closed = self._superseded = False
         # one round at a time (one_round_at_a_time); re-entrant: a failed round closes the executor under it
         self._lock = threading.RLock()
@@ -642,12 +650,14 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
             the job, where a hung one would keep it alive forever. (A model call that holds the GIL
             in native code keeps that check from running: ``faulthandler`` then ends the process
             ``HUNG_BACKSTOP`` seconds later, with its tracebacks and status 1.)
-        idle_timeout: seconds to wait for the driver's next message between rounds (> 0; ``None``:
-            no limit, the default). On gloo the wait is not bounded by the process group's timeout
-            (a rank without points for that long, or a driver idle between calls, ended the rank with
-            "lost the driver" and torchrun the job); a driver that exits or dies is noticed at once
-            either way. Set it to bound a *hung* driver. On nccl the group's timeout bounds every wait
-            (its watchdog): keep it above the driver's longest idle time.
+        idle_timeout: seconds to wait for the driver's next message between rounds (up to
+            ``MAX_TIMEOUT``; ``None``: no limit, the default). On gloo the wait is not bounded by the
+            process group's timeout (a rank without points for that long, or a driver idle between
+            calls, ended the rank with "lost the driver" and torchrun the job); a driver that exits or
+            dies is noticed at once either way, where its host closes the connections. Set it to bound
+            a *hung* driver or a lost host (a network partition, a power loss); when it passes, gloo
+            closes the connection: the rank must leave (``WorkerTimeout``). On nccl the group's timeout
+            bounds every wait (its watchdog): keep it above the driver's longest idle time.
 
     Returns:
         The number of rounds served. Raises ``WorkerError`` if the driver is lost.
@@ -664,8 +674,7 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
         net = replicate(net, device)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
     exit_when_hung = check_bool("exit_when_hung", exit_when_hung)
-    if idle_timeout is not None:
-        idle_timeout = check_float("idle_timeout", idle_timeout, 0.0, low_open=True)
+    idle_timeout = check_timeout(idle_timeout, "idle_timeout")
     watch = _HungWatch(dist.get_rank()) if exit_when_hung else None
     try:
         return _serve_loop(net, group, comm, device, driver, watch, idle_timeout)
@@ -793,7 +802,10 @@ class _HungWatch:
         and torchrun's job with it)."""
         self.since, limit = time.monotonic(), self.limit
         if limit is not None:
-            faulthandler.dump_traceback_later(limit + HUNG_GRACE + HUNG_BACKSTOP, exit=True)
+            try:  # (to file descriptor 2: ``sys.stderr`` may be None or a StringIO, which has none)
+                faulthandler.dump_traceback_later(limit + HUNG_GRACE + HUNG_BACKSTOP, exit=True, file=2)
+            except (OSError, RuntimeError, ValueError):  # (no usable descriptor 2: the watch thread alone)
+                return
             self.armed = True
 
     def end(self) -> None:

@@ -48,6 +48,7 @@ from chords_core.models import Model, ModelOutputError
 from ._common import (
     UNSET,
     ExecutorClosed,
+    RoundTimeout,
     WorkerDied,
     WorkerError,
     WorkerTimeout,
@@ -92,14 +93,17 @@ def _watch_driver(driver: int) -> None:
             os._exit(3)
 
 
-def _guard(driver: int) -> None:
+def _guard(driver: int) -> int | None:
     """End this worker at once when the driver process is gone, even in the middle of a model call
     (the pipe is only read between messages; its forkserver parent does not tell it). Where ``os.fork``
     exists, a guardian process forked now (the worker has one thread yet: nothing else is copied)
     watches: it SIGKILLs the worker when the driver is gone and leaves when the worker does. Being
     another process, it runs where the model holds the GIL in native code (a regex that backtracks),
     which kept a watch thread (``_watch_driver``, the fallback) from running: the worker outlived its
-    killed driver, and so did the forkserver and the resource tracker."""
+    killed driver, and so did the forkserver and the resource tracker. Returns the guardian's pid (the
+    worker ends and reaps it when it leaves: where PID 1 reaps nothing, a container's, it stayed a
+    zombie), or ``None`` for the thread. The guardian holds none of the worker's files (under fork and
+    spawn its copy of the worker's pipes kept the driver from seeing the worker gone, 0.4 s a close)."""
     worker = os.getpid()
     try:
         pid = os.fork() if hasattr(os, "fork") else -1
@@ -107,10 +111,11 @@ def _guard(driver: int) -> None:
         pid = -1
     if pid < 0:
         threading.Thread(target=_watch_driver, args=(driver,), daemon=True, name="chords-watchdog").start()
-        return
+        return None
     if pid:
-        return
+        return pid
     try:  # the guardian: plain os calls only, and never the worker's exit handlers
+        os.closerange(3, _MAX_FD)
         while True:
             time.sleep(WATCHDOG_PERIOD)
             if os.getppid() != worker:  # the worker is gone (this process was handed to another parent)
@@ -122,15 +127,28 @@ def _guard(driver: int) -> None:
         os._exit(0)
 
 
-def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver: int | None = None) -> None:
-    """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages.
+#: the file descriptors a guardian closes (all but 0-2; ``os.closerange`` asks the kernel for the range at once
+#: where it can)
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") and "SC_OPEN_MAX" in os.sysconf_names else 65536
 
-    A guardian process (``_guard``) watches the driver process (``driver``: its pid) and ends the
-    worker when the driver dies, so no worker outlives it, whatever it is doing.
-    """
+
+def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver: int | None = None) -> None:
+    """A worker: ``_worker_loop``, with a guardian process (``_guard``) that watches the driver process
+    (``driver``: its pid) and ends the worker when the driver dies, so no worker outlives it, whatever
+    it is doing; the worker ends and reaps its guardian when it leaves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
-    if driver is not None:
-        _guard(driver)
+    guardian = _guard(driver) if driver is not None else None
+    try:
+        _worker_loop(conn, factory, threads, index)
+    finally:
+        if guardian is not None:
+            with contextlib.suppress(OSError):
+                os.kill(guardian, signal.SIGKILL)
+                os.waitpid(guardian, 0)
+
+
+def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None:
+    """The worker loop: build the model, then serve "model" / "buffers" / "eval" / "stop" messages."""
     torch.set_num_threads(threads)
     os.environ[WORKER_ENV] = str(index)
     if isinstance(factory, _Sealed):  # ('spawn', 'forkserver') loaded here, where a failure can be told
@@ -314,6 +332,8 @@ class ProcessExecutor(Executor):
     """
 
     own_network = True  # the factory's network, not the call's model (``Executor``)
+
+    round_timeout = RoundTimeout()  # (checked when set)
 
     def __init__(self, factory: Callable[[], Any], workers: int = 2, *, threads: int = 1,
                  round_timeout: float | None = 60.0, start_timeout: float | None = 120.0, batched: bool = False,
