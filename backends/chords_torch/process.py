@@ -115,7 +115,7 @@ def _guard(driver: int) -> int | None:
     if pid:
         return pid
     try:  # the guardian: plain os calls only, and never the worker's exit handlers
-        os.closerange(3, _MAX_FD)
+        _close_files()
         while True:
             time.sleep(WATCHDOG_PERIOD)
             if os.getppid() != worker:  # the worker is gone (this process was handed to another parent)
@@ -127,9 +127,18 @@ def _guard(driver: int) -> int | None:
         os._exit(0)
 
 
-#: the file descriptors a guardian closes (all but 0-2; ``os.closerange`` asks the kernel for the range at once
-#: where it can)
-_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") and "SC_OPEN_MAX" in os.sysconf_names else 65536
+def _close_files() -> None:
+    """Close every file descriptor but 0-2 (a guardian's): those listed in /proc/self/fd, or without it
+    the first 65,536 (``SC_OPEN_MAX`` can be a billion in a container)."""
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        os.closerange(3, 65536)
+        return
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver: int | None = None) -> None:
