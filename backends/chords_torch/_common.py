@@ -508,10 +508,10 @@ def round_timeout_of(round_timeout: float | None, timeout: Any, owner: str) -> f
         owner: the executor's class name, for the messages.
 
     Returns:
-        The checked value (``check_timeout``).
+        The value to set (``RoundTimeout`` checks it as it is set).
     """
     if timeout is not UNSET:
         warnings.warn(f"{owner}(timeout=...) is deprecated: use round_timeout= (the same meaning: seconds one round "
                       "may take, from sending its points to the last answer)", DeprecationWarning, stacklevel=3)
         round_timeout = timeout
-    return check_timeout(round_timeout, "round_timeout")
+    return round_timeout

@@ -158,6 +158,12 @@ def _wait(start: Callable, timeout: float | None, what: str, rank: int, interrup
         raise
 
 
+def _send(tensor: torch.Tensor, rank: int, group: Any, timeout: float | None) -> None:
+    """Send ``tensor`` to ``rank`` of ``group`` and wait for it (``_wait``: ``WorkerDied`` /
+    ``WorkerTimeout`` naming the rank)."""
+    _wait(lambda: dist.isend(tensor, rank, group=group), timeout, f"rank {rank} (send)", rank)
+
+
 def _interruptible_wait(work: Any, timeout: float | None) -> bool:
     """``work.wait(...)`` in a helper thread, the main thread waiting on an event meanwhile. Python runs
     a signal handler only between bytecodes, so while the main thread waits inside the backend a
@@ -312,7 +318,7 @@ def _close_open() -> None:
             stop = torch.zeros(HEADER, dtype=torch.int64, device=device)  # (cmd STOP: 0)
             for r in ranks:
                 with contextlib.suppress(WorkerError):
-                    _wait(lambda r=r, g=state.group, h=stop: dist.isend(h, r, group=g), 1.0, f"rank {r} (send)", r)
+                    _send(stop, r, state.group, 1.0)
 
 
 atexit.register(_close_open)
@@ -407,7 +413,7 @@ class DistributedExecutor(Executor):
         return r if self.group is None else dist.get_global_rank(self.group, r)
 
     def _send(self, tensor: torch.Tensor, rank: int, timeout: float | None) -> None:
-        _wait(lambda: dist.isend(tensor, rank, group=self.group), timeout, f"rank {rank} (send)", rank)
+        _send(tensor, rank, self.group, timeout)
 
     def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None,
               interruptible: bool = False) -> torch.Tensor:

@@ -80,7 +80,7 @@ def chords(
         defaulted = True
     rule = as_stop_rule(stop)
     # (not where every core runs: stop=None, or a tolerance of 0, takes T rounds whatever the cores)
-    if defaulted and not getattr(rule, "never_accepts", False) and (why := crowded(call.steps, len(init))) is not None:
+    if defaulted and not rule.never_accepts and (why := crowded(call.steps, len(init))) is not None:
         warn_caller(f"chords: {why}", UserWarning)
     history = check_history(history)
     plan = make_plan(call.steps, init, call.evals)
