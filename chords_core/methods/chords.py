@@ -79,8 +79,9 @@ def chords(
         init = default_init(call.steps, cores)
         defaulted = True
     rule = as_stop_rule(stop)
-    # (not where every core runs: stop=None, or a tolerance of 0, takes T rounds whatever the cores)
-    if defaulted and not rule.never_accepts and (why := crowded(call.steps, len(init))) is not None:
+    # (not where every core runs: stop=None, or a tolerance of 0, takes T rounds whatever the cores; a
+    # duck-typed rule, which as_stop_rule takes, may lack never_accepts)
+    if defaulted and not getattr(rule, "never_accepts", False) and (why := crowded(call.steps, len(init))) is not None:
         warn_caller(f"chords: {why}", UserWarning)
     history = check_history(history)
     plan = make_plan(call.steps, init, call.evals)
