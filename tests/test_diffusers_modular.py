@@ -133,8 +133,25 @@ def test_verify_catches_a_wrong_tiling():
     ok = LoopNet([block], Comp(), state, torch.tensor([9.0, 5.0, 1.0]), fixed=("table",), verify=True)
     assert ok(x, tau).shape == (6, 3) and ok.tiled_names == []
     bad = LoopNet([block], Comp(), state, torch.tensor([9.0, 5.0, 1.0]), verify=True)
-    with pytest.raises(ValueError, match="differs from one call per point.*tiled block-state tensors: .*table"):
+    with pytest.raises(ValueError, match="differs from one call per point.*tiled block-state tensors: .*table.*where a "
+                                         "block mixes the rows of a call .*use batched=False"):
         bad(x, tau)
+
+
+def test_a_scheduler_scaling_the_input_is_refused_where_the_loop_never_scales(wan):
+    """A user trial: modular Wan's loop never calls ``scale_model_input``; with EulerDiscrete (Heun alike)
+    the chords Denoiser scaled where the loop does not: 1.4 off the pipeline's own loop at ``cores=1``,
+    silently (the classic ``sample`` refuses it). The first call now checks that the blocks scale."""
+    pipe, kw = wan
+    old = pipe.scheduler
+    try:
+        pipe.update_components(scheduler=EulerDiscreteScheduler())
+        for batched in (True, False):
+            with pytest.raises(ValueError, match=r"^WanDenoiseStep: EulerDiscreteScheduler scales the model input "
+                                                 r"\(scale_model_input\), which WanDenoiseStep never calls"):
+                _run(pipe, kw, cores=1, batched=batched)
+    finally:
+        pipe.update_components(scheduler=old)
 
 
 def test_loops_of_another_layout_raise(sdxl):
@@ -285,6 +302,15 @@ def test_a_guider_by_the_step_is_evaluated_one_step_index_a_call(wan):
         pipe.update_components(guider=AdaptiveProjectedGuidance(guidance_scale=5.0))  # no momentum: no state
         ref, lat, _ = _run(pipe, kw, cores=4, stop=None)
         assert rel_err(lat, ref) < 1e-6
+        # normalising over the batch axis: a call of several points put them all in one norm (0.027 off on
+        # 4 cores, silently: a user trial); they are evaluated one call each now, with a warning
+        for dims in (0, (0, 1), -5):
+            pipe.update_components(guider=AdaptiveProjectedGuidance(
+                guidance_scale=5.0, eta=0.0, adaptive_projected_guidance_rescale=0.05,
+                adaptive_projected_guidance_norm_dim=dims))
+            with pytest.warns(UserWarning, match=r"normalises over the batch axis .*one call each"):
+                ref, lat, res = _run(pipe, kw, cores=4, stop=None)
+            assert rel_err(lat, ref) < 1e-6 and res.hits[0].round < STEPS, dims
     finally:
         pipe.update_components(guider=old)
 

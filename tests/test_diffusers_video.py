@@ -221,8 +221,17 @@ def test_hunyuan_video_names_a_bad_step_count_and_a_scheduler_without_custom_sig
         with pytest.raises(ValueError, match="^HunyuanVideoPipeline: its loop gives the scheduler custom sigmas, "
                                              "which DPMSolverMultistepScheduler.set_timesteps does not take"):
             cd.sample(hunyuan, num_inference_steps=4, **kw)
+        # a scheduler that scales the input: the advice leaves out DPMSolverMultistep, which it refuses
+        hunyuan.scheduler = EulerDiscreteScheduler()
+        with pytest.raises(ValueError, match=r"^HunyuanVideoPipeline: EulerDiscreteScheduler scales the model input .*"
+                                             r"use FlowMatchEulerDiscreteScheduler, or UniPCMultistepScheduler"):
+            cd.sample(hunyuan, num_inference_steps=4, **kw)
     finally:
         hunyuan.scheduler = sched
+    # custom sigmas above 1 (diffusers extrapolates there): named ("grid[0]=1.5 lies outside the schedule's
+    # time domain" named neither sigmas nor the scheduler: a user trial)
+    with pytest.raises(ValueError, match=r"^sigmas: FlowMatchEulerDiscreteScheduler's noise levels reach 1.5, above 1"):
+        cd.sample(hunyuan, sigmas=[1.5, 1.0, 0.5], **kw)
 
 
 # -- CogVideoX -----------------------------------------------------------------------------------
@@ -390,6 +399,17 @@ def test_one_negative_beside_several_prompts_as_the_pipeline(wan, hunyuan):
             ref = pipe(generator=_gen(), **kw).frames
         one = cd.sample(pipe, cores=1, generator=_gen(), **kw)
         assert ref.shape[0] == 2 * n and rel_err(one.latents, ref) < 2e-6, (type(pipe).__name__, n)
+    # one negative a video (a user trial: Wan and HunyuanVideo run it; it was refused here)
+    hy1 = _hunyuan_embeds()
+    hy1.update({k: torch.cat([v, torch.randn(v.shape, generator=g)]) if v.is_floating_point() else v.repeat(2, 1)
+                for k, v in hy1.items() if k.startswith("negative")})
+    for pipe, kw in ((wan, dict(prompt="a cat", negative_prompt_embeds=npe, **WAN_KW)),
+                     (hunyuan, dict(height=16, width=16, num_frames=5, true_cfg_scale=2.0, **hy1))):
+        kw.update(num_inference_steps=4, output_type="latent", num_videos_per_prompt=2)
+        with torch.no_grad():
+            ref = pipe(generator=_gen(), **kw).frames
+        one = cd.sample(pipe, cores=1, generator=_gen(), **kw)
+        assert ref.shape[0] == 2 and rel_err(one.latents, ref) < 2e-6, type(pipe).__name__
     with pytest.raises(ValueError, match=r"^WanPipeline: the negative conditioning has 2 row\(s\) for the prompts' 3; "):
         cd.sample(wan, cores=1, prompt_embeds=torch.cat([pe, pe[:1]]), negative_prompt_embeds=npe,
                   num_inference_steps=2, output_type="latent", **WAN_KW)

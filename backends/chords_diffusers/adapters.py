@@ -41,6 +41,9 @@ class Job:
         scales_input: whether the pipeline calls ``scheduler.scale_model_input`` (the flow
             pipelines and DDPM / DDIM do not: a scheduler that needs it, Euler or Heun, is refused
             for them).
+        unscaled_advice: the schedulers that refusal suggests, for this pipeline's model (a user
+            trial: the flow-matching advice given to DDPMPipeline's epsilon UNet, followed, gave
+            garbage silently; HunyuanVideo's custom sigmas rule out DPMSolverMultistep).
     """
 
     net: GuidedNet
@@ -50,6 +53,13 @@ class Job:
     timestep_kwargs: dict = field(default_factory=dict)
     step_kwargs: dict = field(default_factory=dict)
     scales_input: bool = True
+    unscaled_advice: str = ("the pipeline's flow-matching scheduler (FlowMatchEulerDiscreteScheduler), or "
+                            "DPMSolverMultistepScheduler / UniPCMultistepScheduler with use_flow_sigmas=True")
+
+
+#: ``Job.unscaled_advice`` for an epsilon-prediction UNet (DDPMPipeline, DDIMPipeline)
+EPSILON_ADVICE = ("a scheduler in the UNet's own parametrisation that does not scale the input: DDIMScheduler, "
+                  "DPMSolverMultistepScheduler or UniPCMultistepScheduler (without use_flow_sigmas)")
 
 
 #: arguments that count images (or videos, or samples): integers >= 1, named as the caller wrote them
@@ -150,18 +160,20 @@ def _negative_rows(name: str, b: int, n: int, given: Any, *tensors: Any) -> list
     the negative given twice to 9e-8, and was refused here naming an internal key; Wan alike with one
     row of negative embeddings, with ``num_videos_per_prompt`` = ``n`` > 1 too: a review); other counts
     repeated as ``_repeated`` does given embeddings (``given``), then refused naming the negative where
-    they are not ``b``."""
+    they are not ``b``. ``b`` rows given are one a sample, taken as they are, as the pipelines take
+    them (a user trial: one negative embedding a video, with ``num_videos_per_prompt`` = 2, ran in
+    Wan's and HunyuanVideo's ``pipe(...)`` and was refused here)."""
     out = []
     for t in tensors:
         if t is not None and t.shape[0] == 1 and b > 1:
             t = t.expand(b, *t.shape[1:])
-        elif t is not None:
+        elif t is not None and t.shape[0] != b:
             rows = t.shape[0]
             (t,) = _repeated(n, given, t)
             if t.shape[0] != b:
                 raise ValueError(f"{name}: the negative conditioning has {rows} row(s) for the prompts' {b // n}"
-                                 f"{f' ({n} videos or images a prompt)' if n > 1 else ''}; give one negative, or one a "
-                                 "prompt")
+                                 f"{f' ({n} videos or images a prompt)' if n > 1 else ''}; give one negative, one a "
+                                 f"prompt{', or one a video or image' if n > 1 else ''}")
         out.append(t)
     return out
 
@@ -382,7 +394,8 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                     image = pipe.numpy_to_pil(image)
         return ImagePipelineOutput(images=image)
 
-    return Job(net, make_latents, finish, device, step_kwargs=step_kwargs, scales_input=False)
+    return Job(net, make_latents, finish, device, step_kwargs=step_kwargs, scales_input=False,
+               unscaled_advice=EPSILON_ADVICE)
 
 
 def _sdxl(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -577,7 +590,10 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = pipe.vae.decode(x.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return HunyuanVideoPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas}, scales_input=False)
+    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas}, scales_input=False,
+               unscaled_advice="FlowMatchEulerDiscreteScheduler, or UniPCMultistepScheduler with "
+                               "use_flow_sigmas=True (its loop gives the scheduler custom sigmas, which "
+                               "DPMSolverMultistepScheduler does not take)")
 
 
 def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:

@@ -52,10 +52,10 @@ from chords_core.inits import validate_init
 
 from .denoiser import count_points
 from .pipelines import method_arguments, progress_enabled, sample_latents
-from .schedulers import SchedulerMap, map_scheduler
+from .schedulers import SchedulerMap, map_scheduler, unscaled_input
 
-__all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "step_dependence", "DEFAULT_FIXED",
-           "PLAIN_STEP_BLOCKS", "STEP_FREE_BLOCKS"]
+__all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "step_dependence", "batch_dependence",
+           "DEFAULT_FIXED", "PLAIN_STEP_BLOCKS", "STEP_FREE_BLOCKS"]
 
 STEP_BLOCK, MODEL_BLOCK = "after_denoiser", "denoiser"
 
@@ -73,6 +73,10 @@ PLAIN_STEP_BLOCKS: set[str] = {
     "StableDiffusion3LoopAfterDenoiser", "StableDiffusionXLLoopAfterDenoiser", "WanLoopAfterDenoiser",
     "ZImageLoopAfterDenoiser",
 }
+# what the refusal of a scheduler that scales the input suggests for a loop that never calls scale_model_input
+UNSCALED_ADVICE = ("the scheduler the pipeline was built with, or one in the model's parametrisation that does not "
+                   "scale the input (FlowMatchEulerDiscreteScheduler, DDIMScheduler, DPMSolverMultistepScheduler, "
+                   "UniPCMultistepScheduler)")
 # block-state tensors that are not per sample even when their first dimension happens to equal the batch
 DEFAULT_FIXED: tuple[str, ...] = ("timesteps", "sigmas", "txt_ids", "img_ids", "latent_image_ids")
 
@@ -95,12 +99,14 @@ def is_denoise_loop(block: Any) -> bool:
 
 
 class _NoScale:
-    """The scheduler, but ``scale_model_input`` is the identity (the chords ``Denoiser`` scales the input)."""
+    """The scheduler, but ``scale_model_input`` is the identity (the chords ``Denoiser`` scales the input);
+    ``called``: whether a block called it (a loop that never does must not be scaled: ``LoopNet``)."""
 
     def __init__(self, scheduler: Any) -> None:
-        self._scheduler = scheduler
+        self._scheduler, self.called = scheduler, False
 
     def scale_model_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.called = True
         return sample
 
     def __getattr__(self, name: str) -> Any:
@@ -127,6 +133,11 @@ class LoopNet:
         timesteps: the loop's timesteps (for ``i``).
         fixed: block-state names never tiled.
         verify: check the first batched call of several points against per-point calls.
+        scaled: where the chords ``Denoiser`` scales the input (``SchedulerMap.scale_input``), the
+            loop's name, for the message (``None``: it does not scale): the first call then checks
+            that the blocks call ``scale_model_input``, and raises ``ValueError`` where they do not
+            (a user trial: modular Wan, which never calls it, with EulerDiscreteScheduler was 1.4
+            off its own loop at ``cores=1``, silently).
 
     Attributes:
         last: the block state of the latest call (its intermediates, e.g. ``noise_pred``).
@@ -135,8 +146,9 @@ class LoopNet:
     """
 
     def __init__(self, blocks: Sequence[Any], components: Any, block_state: Any, timesteps: torch.Tensor,
-                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False) -> None:
+                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, scaled: str | None = None) -> None:
         self.blocks, self.components, self.state = list(blocks), _Components(components), block_state
+        self._unchecked_scale = scaled
         self.batch = int(block_state.latents.shape[0])
         self._ts = timesteps.detach().cpu().double().numpy()
         self.fixed, self.verify = tuple(fixed), verify
@@ -178,6 +190,11 @@ class LoopNet:
         """
         points = count_points(x_in.shape[0], self.batch)
         out = self._run(x_in, tau, points)
+        if self._unchecked_scale is not None:
+            loop, self._unchecked_scale = self._unchecked_scale, None
+            sched = self.components.scheduler
+            if not sched.called:
+                raise unscaled_input(type(sched._scheduler).__name__, loop, UNSCALED_ADVICE)
         if self.verify and points > 1:
             self.verify = False
             one = torch.cat([self._run(xp, tp, 1) for xp, tp in zip(x_in.split(self.batch), tau.split(self.batch))])
@@ -186,7 +203,8 @@ class LoopNet:
                 raise ValueError(
                     f"chords_diffusers.modular: a batched call of {points} points differs from one call per point "
                     f"(relative {err:.3g}); tiled block-state tensors: {self.tiled_names}. Add the names that are "
-                    "not per sample to fixed=..., or use batched=False")
+                    "not per sample to fixed=...; where a block mixes the rows of a call (a guider normalising "
+                    "over the batch, say), use batched=False")
         return out
 
     def _step(self, t: Any) -> int:
@@ -294,7 +312,14 @@ def _loop_class() -> type:
             one = opts.get("cores") == 1 or (opts.get("cores") is None and init is not None and len(init) == 1)
             if not one:  # (one point a round: the cores' steps cannot mix)
                 _refuse_momentum(components)
-            net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify)
+            net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify,
+                          type(loop).__name__ if smap.scale_input else None)
+            mixing = batch_dependence(components, bs.latents.dim()) if batched and not one else []
+            if mixing:
+                warnings.warn(f"chords_diffusers.modular: {'; '.join(mixing)}: the points are evaluated one call "
+                              "each (as batched=False), since a call of several points would normalise over all "
+                              "their rows", UserWarning, stacklevel=2)
+                batched = False
             if batched and not one and net.by_step:
                 warnings.warn(f"chords_diffusers.modular: {'; '.join(net.by_step)}: a batched call holds the points of "
                               "one step only (a round's points at different steps go in separate calls)", UserWarning,
@@ -489,6 +514,25 @@ def _guider_config(components: Any) -> dict:
     cfg = dict(getattr(guider, "config", None) or {})
     cfg.update(start=getattr(guider, "_start", 0.0), stop=getattr(guider, "_stop", 1.0))
     return cfg
+
+
+def batch_dependence(components: Any, ndim: int) -> list[str]:
+    """Why the loop's model blocks mix the rows of a call, so that a call of several points differs from
+    one call a point: a guider normalising over the batch axis (a ``*norm_dim`` config option holding
+    axis 0 of the ``ndim``-D latents: adaptive projected guidance's
+    ``adaptive_projected_guidance_norm_dim=0`` put 4 cores' points in one norm, 0.027 off the
+    pipeline's own loop, silently: a user trial).
+
+    Returns:
+        One line per reason (empty: the rows of a call are independent, as far as known).
+    """
+    out = []
+    for k, v in _guider_config(components).items():
+        if k.endswith("norm_dim") and v is not None:
+            dims = [v] if isinstance(v, int) else list(v) if isinstance(v, (list, tuple)) else []
+            if any(isinstance(d, int) and d % ndim == 0 for d in dims):
+                out.append(f"the guider {type(components.guider).__name__} normalises over the batch axis ({k}={v!r})")
+    return out
 
 
 def step_dependence(components: Any, blocks: Sequence[Any]) -> list[str]:

@@ -25,7 +25,7 @@ from chords_core.checks import check_bool
 
 from .adapters import ADAPTERS, Job, call_params
 from .denoiser import make_model
-from .schedulers import SchedulerMap, map_scheduler
+from .schedulers import SchedulerMap, map_scheduler, unscaled_input
 
 __all__ = ["sample", "sample_latents", "make_executor", "ChordsPipelineOutput", "SUPPORTED_PIPELINES"]
 
@@ -262,8 +262,9 @@ def sample(
             f" (it subclasses {base}: an adapter runs the loop of the class it was written for, so a subclass is not "
             f"taken for it; where {name}.__call__ is {base}'s loop, register it: "
             f"chords_diffusers.adapters.ADAPTERS[{name!r}] = ADAPTERS[{base!r}])")
+        # (ADAPTERS itself, not the import-time SUPPORTED_PIPELINES: a class registered since is listed)
         raise ValueError(f"pipeline {name} is not supported by chords_diffusers{hint}; supported: "
-                         f"{', '.join(SUPPORTED_PIPELINES)}")
+                         f"{', '.join(ADAPTERS)}")
     if progress is None:
         progress = progress_enabled(pipe)
     if num_inference_steps is None:
@@ -278,10 +279,7 @@ def sample(
         smap = map_scheduler(pipe.scheduler, num_inference_steps, device=job.device,
                              step_kwargs=job.step_kwargs or None, **job.timestep_kwargs)
         if smap.scale_input and not job.scales_input:
-            raise ValueError(f"{name}: {smap.scheduler} scales the model input (scale_model_input), which {name} "
-                             "never calls (diffusers warns; its loop is then no ODE of this model): use the "
-                             "pipeline's flow-matching scheduler, or DPMSolverMultistep / UniPCMultistep with "
-                             "use_flow_sigmas=True")
+            raise unscaled_input(smap.scheduler, name, job.unscaled_advice)
         latents = job.make_latents()
         batch = getattr(job.net, "batch", None)
         if batch is not None and latents.shape[0] != batch:  # (a multiple ran on, cycling the prompts)

@@ -350,6 +350,19 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
     return smap
 
 
+def unscaled_input(scheduler: str, who: str, advice: str) -> ValueError:
+    """The refusal of a scheduler that scales the model input (``scale_model_input``: Euler, Heun) for a
+    loop ``who`` that never calls it: diffusers warns, and its loop is then no ODE of the model.
+
+    Args:
+        scheduler: the scheduler's class name.
+        who: the pipeline or loop, for the message.
+        advice: the schedulers to use instead (``adapters.Job.unscaled_advice``).
+    """
+    return ValueError(f"{who}: {scheduler} scales the model input (scale_model_input), which {who} never calls "
+                      f"(diffusers warns; its loop is then no ODE of this model): use {advice}")
+
+
 def takes_custom(scheduler: Any, key: str) -> bool:
     """Whether ``scheduler.set_timesteps`` takes custom ``key`` ("sigmas", "timesteps"), as diffusers'
     ``retrieve_timesteps`` asks."""
@@ -431,6 +444,10 @@ def _flow_match(s: Any, cfg: Any, step: dict) -> SchedulerMap:
         raise _stochastic(name, "config option stochastic_sampling=True", "stochastic_sampling=False")
     _reject(cfg, name, invert_sigmas=lambda v: not v)
     grid = _sigmas64(s.sigmas)
+    if grid.max() > 1.0:  # (custom sigmas: "grid[0]=1.5 lies outside the schedule's time domain" named neither)
+        raise ValueError(f"sigmas: {name}'s noise levels reach {grid.max():g}, above 1, where the flow-matching ODE "
+                         "x_t = (1 - t) x_0 + t noise has no time (diffusers extrapolates its steps there); give "
+                         "sigmas in [0, 1]")
     if _repeats_last(grid):  # custom sigmas ending at 0, to which diffusers appends another 0: a last step
         grid = grid[:-1]  # of length 0, which leaves the sample as it is (x + 0 v): dropped, as Euler's
     n = len(grid) - 1
