@@ -157,6 +157,10 @@ def test_one_step_blocks_of_a_multistep_solver_are_judged_from_iteration_two_as_
     ref = cc.srds(model, X, grid, "dpmpp_2m", blocks=6)
     assert ref.log[0].change == 0.0 and len(ref.hits) >= 2
     same_srds(cj.srds(model, X, grid, "dpmpp_2m", blocks=6), ref)
+    # blocks = steps - 1: iterations 2 to 5 form in the last round; the rule accepts 2, 5 is returned (``srds_latest``)
+    ref = cc.srds(model, X, grid, "euler", blocks=5)
+    assert ref.stopped_by == "residual below 0.001 at iteration 2; iteration 5, formed in the same round, returned"
+    same_srds(cj.srds(model, X, grid, "euler", blocks=5), ref)
 
 
 def test_new_values_new_grid_and_new_weights_do_not_recompile():

@@ -481,3 +481,18 @@ def test_strict_dtype_promotion_is_the_standard_result(x64):
             for run, r in zip(runs, refs):
                 got = run()
                 assert got.rounds == r.rounds and np.array_equal(np.asarray(got.x), np.asarray(r.x))
+
+
+def test_an_overflowing_local_error_estimate_accepts_nothing_as_in_the_core():
+    """The core's ``test_an_overflowing_local_error_estimate_accepts_nothing``, compiled: an estimate
+    that overflowed scored every change 0 (a finite output where the sequential one is inf)."""
+    A = np.array([[0.0, 1.0], [-1.0, -0.1]])
+    nf = cc.VectorField(lambda t, y: y @ A.T + np.sin(t), batched=True)
+    jf = cc.VectorField(lambda t, y: y @ A.T + jnp.sin(t)[:, None], batched=True)
+    y0, grid = np.array([[1.0, 0.0], [0.5, 0.1]]), np.array([0.0, 1e308, 1.7e308])
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = cc.parallel(nf, y0, grid, "euler", cores=2)
+    got = cj.parallel(jf, y0, grid, "euler", cores=2)
+    # (the values past overflow differ: the compiled combinations are matrix products, whose 0 x inf is nan)
+    assert not np.isfinite(ref.x).any() and not np.isfinite(np.asarray(got.x)).any()
+    assert (got.rounds, got.stopped_by, got.log) == (ref.rounds, ref.stopped_by, ref.log) and ref.rounds == 2

@@ -132,13 +132,37 @@ def test_srds_one_step_blocks_of_a_multistep_solver_never_return_the_coarse_pred
     assert len(r.hits) >= 2 and r.log[-1].change < 1e-3
     assert cc._backend.rms(r.x - seq) < 0.1 * cc._backend.rms(r.coarse - seq)
     assert srds(model, X, grid, solver, blocks=7).log[0].change > 0  # (blocks of two steps: offered at once)
-    euler = srds(model, X, grid, "euler", blocks=8)
-    assert len(euler.hits) == 1 and np.array_equal(euler.x, cc.solve(model, X, grid, "euler"))
+    euler = srds(model, X, grid, "euler", blocks=8)  # (iteration 1 accepted; 8 formed in its round, returned)
+    assert euler.log[0].change == 0 and np.array_equal(euler.x, cc.solve(model, X, grid, "euler"))
     with pytest.warns(StopNotMet):  # iteration 1 alone can accept nothing here
         capped = srds(model, X, grid, solver, blocks=8, max_iters=1)
     assert capped.rounds == 8
     chosen = srds(model, X, grid, solver, blocks=8, stop=cc.StopAtCore(1))  # chosen by arrival: as asked
     assert chosen.stopped_by == "output 1 (iteration 1)" and np.array_equal(chosen.x, r.hits[0].x)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc", "euler"])
+def test_srds_returns_the_latest_iteration_of_the_accepting_round(solver):
+    """A user trial: the default rule accepted iteration 1 (EDM, DPM-Solver++(2M), 8 steps, 7 blocks)
+    in round 8, the sequential count, where iteration 7, the sequential solution, formed too: 1.52x
+    the sequential solver's error for no round saved. The last output of the accepting round is
+    returned now (a rule picking by arrival still gets its own)."""
+    sch = cc.EDM()
+    model, grid = GaussianMixture.random(4, 3, seed=102).model(sch, "x0"), cc.time_grid(sch, 8)
+    x = np.random.default_rng(2).standard_normal((2, 4)) * 80
+    seq = cc.solve(model, x, grid, solver)
+    r = srds(model, x, grid, solver, blocks=7)
+    full = srds(model, x, grid, solver, blocks=7, stop=None)
+    assert r.rounds == full.rounds == 8 and full.hits[0].round == 8  # every iteration forms in the last round
+    assert np.array_equal(r.x, seq) and r.x is r.hits[-1].x and len(r.hits) == 7
+    if solver != "euler":  # (euler's iteration 1 is accepted as the answer of its round, which is 7's too)
+        assert re.fullmatch(r"residual below 0\.001 at iteration \d; iteration 7, formed in the same round, returned",
+                            r.stopped_by), r.stopped_by
+    chosen = srds(model, x, grid, solver, blocks=7, stop=cc.StopAtCore(1))
+    assert np.array_equal(chosen.x, full.hits[0].x) and len(chosen.hits) == 1
+    for blocks in (2, 4):  # outputs in rounds of their own: the accepted one, as before
+        one = srds(model, x, grid, solver, blocks=blocks)
+        assert one.x is one.hits[-1].x and "same round" not in one.stopped_by
 
 
 def test_paradigms_tolerance_trades_rounds_for_error():

@@ -747,6 +747,21 @@ def test_the_error_scale_does_not_depend_on_the_units_of_a_tensor(dtype, scale):
     assert torch.equal(scaled.x, one.x * scale)
 
 
+@pytest.mark.parametrize("y0", [np.array([1.0, 0.0]), np.array([[1.0, 0.0], [0.5, 0.1]])])
+def test_an_overflowing_local_error_estimate_accepts_nothing(y0):
+    """A user trial: on a grid reaching 1.7e308 the sequential solve overflows to inf, and so did the
+    local-error estimate, which scored every change 0: the cascade accepted after one sweep and
+    returned a finite state (3.2e307) where every other method returns the sequential inf. Such an
+    estimate is none now: a point is accepted only unmoved, as at tolerance 0."""
+    A = np.array([[0.0, 1.0], [-1.0, -0.1]])
+    f = cc.VectorField(lambda t, y: y @ A.T + np.sin(t))
+    grid = np.array([0.0, 1e308, 1.7e308])
+    with np.errstate(over="ignore", invalid="ignore"):
+        seq = cc.solve(f, y0, grid, "euler")
+        got = cc.parallel(f, y0, grid, "euler", cores=2)
+    assert not np.isfinite(seq).all() and np.array_equal(got.x, seq)
+
+
 def test_the_error_scale_floor_is_each_samples_own():
     """A batch of a slow and a fast sample, the fast one 2^-47 (about 7e-15) times smaller: with the
     largest sample's floor for all the small one was accepted unconverged (8.5 off relative to its

@@ -22,7 +22,17 @@ import numpy as np
 import chords_core as cc
 from chords_core.call import check_model
 from chords_core.checks import check_grid, check_int
-from chords_core.methods.srds import SRDS_STOP, srds_blocks, srds_first, srds_log, srds_rule, srds_run, srds_stop
+from chords_core.methods.srds import (
+    SRDS_STOP,
+    _returned,
+    srds_blocks,
+    srds_first,
+    srds_latest,
+    srds_log,
+    srds_rule,
+    srds_run,
+    srds_stop,
+)
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
 from chords_core.stopping import RunAll, StopRule, outputs_needed, warn_unmet
@@ -192,7 +202,9 @@ def srds(
     n, stopped_by, unmet = stop_at
     if unmet:
         warn_unmet(rule, stopped_by)
-    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:n + 1])
+    m = srds_latest(rule, [h.round for h in sym.hits if h.x.id in vals], n, last)  # (the core's choice)
+    stopped_by = _returned(stopped_by, n, m)
+    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:m + 1])
     coarse = vals[sym.coarse.id]
     trace = sym.trace[:hits[-1].round]
     return Result(x=hits[-1].x, rounds=hits[-1].round, nfe=hits[-1].nfe, hits=hits, coarse=coarse,

@@ -328,6 +328,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 E = _times(row_sq(delta), tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
                 bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
                 has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
+                has = has & jnp.all(jnp.isfinite(bound), axis=1)  # (an overflowed estimate is none, as the core's)
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
                 over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1, initial=0).astype(cmp) <= tol2),
                                  ~(jnp.max(csq, axis=1, initial=0) == 0))

@@ -460,6 +460,10 @@ class _PointErrors:
         back = self.q[j - needs + 1 : j + 1][::-1] if j + 1 >= needs else [None]
         if all(v is not None for v in back):
             val = self.local.sq_at(j, back, self.scratch, self.one) + self.tiny
+            if not (math.isfinite(val) if self.one else B.all_finite(val)):
+                # an estimate that overflowed is none (a user trial: on a grid to 1.7e308 an infinite one
+                # scored every change 0 and accepted a finite output where the sequential one is inf)
+                val = None
         else:
             val = self._bound(j - 1) if j - 1 > self.b else None
         self.bound[j - self.b] = val
