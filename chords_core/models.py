@@ -191,7 +191,8 @@ def watched_call(fn: Callable[..., Array], args: tuple, x: Array, points: int) -
     if before is not None and x._version != before:
         call = "" if points == 1 else f" (one call on {points} points)"
         raise ModelOutputError(0, "model modified its input in place (a torch in-place operation on x, which may be a "
-                               f"trajectory's state{call}); compute out of place, or on x.clone()")
+                               f"trajectory's state{call}, or at the first step the caller's own x, now changed); "
+                               "compute out of place, or on x.clone()")
     return out
 
 

@@ -42,7 +42,9 @@ class Result:
     and hashed by identity.
 
     Attributes:
-        x: the returned output (the stop rule's choice), same array type, shape and dtype as the input.
+        x: the returned output (the stop rule's choice), same array type, shape and dtype as the input
+            (a numpy subclass such as ``np.memmap`` comes back as an ``ndarray``, a non-native byte
+            order as the native one).
         rounds: rounds until ``x`` was available: the latency in sequential model evaluations.
         nfe: model evaluations made until then (all cores), counting every point of every round sent
             to the executor: a round that failed (a non-finite output that retired a core or cut a
