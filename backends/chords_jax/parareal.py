@@ -24,7 +24,6 @@ from chords_core.call import check_model
 from chords_core.checks import check_grid, check_int
 from chords_core.methods.srds import (
     SRDS_STOP,
-    _returned,
     srds_blocks,
     srds_first,
     srds_latest,
@@ -202,8 +201,7 @@ def srds(
     n, stopped_by, unmet = stop_at
     if unmet:
         warn_unmet(rule, stopped_by)
-    m = srds_latest(rule, [h.round for h in sym.hits if h.x.id in vals], n, last)  # (the core's choice)
-    stopped_by = _returned(stopped_by, n, m)
+    m, stopped_by = srds_latest(rule, [h.round for h in sym.hits if h.x.id in vals], n, last, stopped_by)
     hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:m + 1])
     coarse = vals[sym.coarse.id]
     trace = sym.trace[:hits[-1].round]

@@ -193,28 +193,27 @@ def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, bl
     return last - 1, text + f" ({last} of {blocks} iterations)", last < blocks
 
 
-def srds_latest(rule: StopRule, rounds: Sequence[int], n: int, last: int) -> int:
-    """The output SRDS returns where ``rule`` accepted output ``n`` (``srds_stop``), given the rounds
-    in which the outputs known so far formed (``rounds[k]``, output k's, in iteration order): the
-    last formed in output n's round (at most output ``last`` - 1), where the rule decides on the
-    outputs' values; ``n`` for a rule that picks by arrival (``StopAtCore``). It costs no round,
-    and later iterations are closer to the sequential solution (iteration B is it, bit for bit): a
-    user trial's default run (EDM, DPM-Solver++(2M), 8 steps, 7 blocks) accepted iteration 1, whose
-    change from the coarse prediction says nothing where fine solves from coarse points start fresh,
-    in round 8, the sequential count, with iteration 7 (the sequential solution) formed in the same
-    round: 1.52x the sequential solver's error for no round saved. The one home of this choice:
-    ``srds_run`` and ``chords_jax.srds`` call it."""
-    if not getattr(rule, "decides_on_values", True):
-        return n
+def srds_latest(rule: StopRule, rounds: Sequence[int], n: int, last: int, stopped_by: str) -> tuple[int, str]:
+    """The output SRDS returns where ``rule`` accepted output ``n`` (``srds_stop``, whose
+    ``stopped_by`` is given), given the rounds in which the outputs known so far formed
+    (``rounds[k]``, output k's, in iteration order): the last formed in output n's round (at most
+    output ``last`` - 1), where the rule decides on the outputs' values; ``n`` for a rule that picks
+    by arrival (``StopAtCore``). It costs no round, and later iterations are closer to the sequential
+    solution (iteration B is it, bit for bit): a user trial's default run (EDM, DPM-Solver++(2M),
+    8 steps, 7 blocks) accepted iteration 1, whose change from the coarse prediction says nothing
+    where fine solves from coarse points start fresh, in round 8, the sequential count, with
+    iteration 7 (the sequential solution) formed in the same round: 1.52x the sequential solver's
+    error for no round saved. The one home of this choice: ``srds_run`` and ``chords_jax.srds``
+    call it.
+
+    Returns:
+        (index of the returned output, its ``stopped_by``).
+    """
     m = n
-    while m + 1 < min(len(rounds), last) and rounds[m + 1] == rounds[n]:
-        m += 1
-    return m
-
-
-def _returned(stopped_by: str, n: int, m: int) -> str:
-    """``stopped_by`` where ``srds_latest`` returned output m in place of the accepted output n."""
-    return stopped_by if m == n else f"{stopped_by}; iteration {m + 1}, formed in the same round, returned"
+    if getattr(rule, "decides_on_values", True):
+        while m + 1 < min(len(rounds), last) and rounds[m + 1] == rounds[n]:
+            m += 1
+    return m, stopped_by if m == n else f"{stopped_by}; iteration {m + 1}, formed in the same round, returned"
 
 
 def _iterations(text: str) -> str:
@@ -351,9 +350,9 @@ def srds_run(
                                          first=first)
                 next_k += 1
             if accepted is not None:
-                chosen = srds_latest(rule, [h.round for h in hits], accepted[0], last)
+                chosen, stopped_by = srds_latest(rule, [h.round for h in hits], accepted[0], last, accepted[1])
                 del hits[chosen + 1:]  # (the outputs of later rounds: none; past the returned one: dropped)
-                result, stopped_by = hits[chosen], _returned(accepted[1], accepted[0], chosen)
+                result = hits[chosen]
                 unmet = rule if accepted[2] else None
     return Result(x=result.x, rounds=result.round, nfe=result.nfe, hits=tuple(hits), coarse=outputs.get(0),
                   stopped_by=stopped_by, method="srds", sequential_rounds=sum(evals), width=width,
