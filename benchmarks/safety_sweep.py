@@ -20,7 +20,8 @@ Printed per method: runs, misses above 1.05x and 1.02x (batch, and any one sampl
 the rounds in all, the runs that warned, and the worst misses.
 
     .venv/bin/python benchmarks/safety_sweep.py --seeds 11 12 --problems 600 --methods cascade \
-        cascade-floor1-0.0005 cascade-floor1-0.00022 cascade-floor1-0.0001 cascade-level-0.00022  # the rules compared
+        cascade-floor1-0.0005 cascade-floor1-0.00022 cascade-floor1-0.0001 cascade-level-0.00022 \
+        cascade-error chords                                                                    # the rules compared
     .venv/bin/python benchmarks/safety_sweep.py --seeds 13 14 15 16 17 --problems 600 --methods cascade \
         cascade-floor1-0.00022 cascade-floor1-0.0001 cascade-level-0.00022                      # held out
     .venv/bin/python benchmarks/safety_sweep.py --seeds 3 --problems 50     # a quick look
