@@ -267,6 +267,9 @@ class StopRule:
     warns_if_unmet: bool = False
     #: Whether ``accept`` reads the outputs' values; a rule that decides on their arrival alone (or
     #: never accepts) sets False, and a backend that compiles the run then needs no read-back to stop.
+    #: SRDS returns, for a rule that reads values, the last output formed in the accepted one's round
+    #: (the same round, closer to the sequential solution), and for one that does not the accepted
+    #: output itself (``srds_latest``): a rule choosing the n-th output by count sets False.
     decides_on_values: bool = True
     #: Whether the rule accepts no output at all (the run goes to its end whatever its outputs):
     #: ``RunAll``, and a tolerance of 0 (``StopWhenConverged(0)``, ``StopOnResidual(0)``).

@@ -496,3 +496,18 @@ def test_an_overflowing_local_error_estimate_accepts_nothing_as_in_the_core():
     # (the values past overflow differ: the compiled combinations are matrix products, whose 0 x inf is nan)
     assert not np.isfinite(ref.x).any() and not np.isfinite(np.asarray(got.x)).any()
     assert (got.rounds, got.stopped_by, got.log) == (ref.rounds, ref.stopped_by, ref.log) and ref.rounds == 2
+
+
+def test_an_estimate_beyond_float64s_range_accepts_nothing_compiled():
+    """A review: the core sums squares in longdouble, so its estimate stays finite where the compiled
+    path's float64 one overflows; there the compiled path accepted on an infinite estimate (4 rounds
+    where the core takes 11). It accepts nothing on one now: the sequential answer, in more rounds."""
+    A = np.array([[0.0, 1.0], [-1.0, -0.1]])
+    T = 16
+    grid = np.linspace(0, 1e-100 * T, T + 1)
+    nf = cc.VectorField(lambda t, y: 1e98 * y @ A.T + 1e200 * np.cos(t * 2e100) * np.array([1.0, -1.0]))
+    jf = cc.VectorField(lambda t, y: 1e98 * y @ A.T + 1e200 * jnp.cos(t * 2e100) * jnp.array([1.0, -1.0]))
+    y0 = np.array([1.0, 0.0])
+    seq = cc.solve(nf, y0, grid, "euler")
+    got = cj.parallel(jf, y0, grid, "euler", cores=2)
+    assert close(got.x, seq, 1e-12) and got.rounds < T

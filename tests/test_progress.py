@@ -88,6 +88,27 @@ def test_a_run_its_stop_rule_ends_early_ends_the_bar_complete(run, bars):
     assert bar.closed and bar.n == bar.total == counted(res)
 
 
+@pytest.mark.parametrize("by_value", [False, True])
+def test_the_srds_bar_counts_the_iterations_returned(by_value, bars):
+    """SRDS returns, for a rule reading values, the last output formed in the accepted one's round,
+    and for a rule choosing by count its own (``decides_on_values``); the bar counted the outputs
+    formed past it too (8 of 8 where 2 were returned: a review)."""
+    class Second(cc.StopRule):
+        decides_on_values = by_value
+
+        def accept(self, outputs, coarse):
+            return len(outputs) >= 2
+
+        def describe(self, n, core, accepted):
+            return f"second at {n}"
+
+    grid = np.linspace(0.0, 1.0, 9)
+    res = cc.srds(cc.VectorField(lambda t, y: -y), np.ones(3), grid, blocks=8, stop=Second(), progress=True)
+    (bar,) = bars
+    assert len(res.hits) == (8 if by_value else 2) and res.rounds == 8
+    assert bar.closed and bar.n == bar.total == len(res.hits)
+
+
 @pytest.mark.parametrize("check", [True, "deferred"])
 def test_the_chords_bar_counts_the_rounds_a_retirement_adds(check, bars):
     """After a faster core is retired the run goes on to core 0's end (and the eager check

@@ -762,6 +762,18 @@ def test_an_overflowing_local_error_estimate_accepts_nothing(y0):
     assert not np.isfinite(seq).all() and np.array_equal(got.x, seq)
 
 
+def test_one_sample_is_scored_as_a_batch_where_the_estimate_passes_float64s_range():
+    """A review of the overflow guard above: a one-sample state's estimate, summed in longdouble and
+    finite above float64's range (a state of 1e200), was taken for an overflow, and one sample ran
+    otherwise than a batch of two identical ones (7 rounds against 4)."""
+    A = np.array([[0.0, 1.0], [-1.0, -0.1]])
+    f = cc.VectorField(lambda t, y: 1e-3 * y @ A.T + 1e200 * np.cos(2 * t) * np.array([1.0, -1.0]))
+    grid = np.linspace(0.0, 8.0, 9)
+    one = cc.parallel(f, np.array([[1.0, 0.0]]), grid, "euler", cores=4)
+    two = cc.parallel(f, np.array([[1.0, 0.0], [1.0, 0.0]]), grid, "euler", cores=4)
+    assert one.rounds == two.rounds < 8 and np.array_equal(one.x[0], two.x[1])
+
+
 def test_the_error_scale_floor_is_each_samples_own():
     """A batch of a slow and a fast sample, the fast one 2^-47 (about 7e-15) times smaller: with the
     largest sample's floor for all the small one was accepted unconverged (8.5 off relative to its

@@ -445,9 +445,9 @@ def _flow_match(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     _reject(cfg, name, invert_sigmas=lambda v: not v)
     grid = _sigmas64(s.sigmas)
     if grid.max() > 1.0:  # (custom sigmas: "grid[0]=1.5 lies outside the schedule's time domain" named neither)
-        raise ValueError(f"sigmas: {name}'s noise levels reach {grid.max():g}, above 1, where the flow-matching ODE "
-                         "x_t = (1 - t) x_0 + t noise has no time (diffusers extrapolates its steps there); give "
-                         "sigmas in [0, 1]")
+        raise ValueError(f"sigmas: {name}'s noise levels reach {float(grid.max())!r}, above 1, where the "
+                         "flow-matching ODE x_t = (1 - t) x_0 + t noise has no time (diffusers extrapolates its steps "
+                         "there); give sigmas in [0, 1]")
     if _repeats_last(grid):  # custom sigmas ending at 0, to which diffusers appends another 0: a last step
         grid = grid[:-1]  # of length 0, which leaves the sample as it is (x + 0 v): dropped, as Euler's
     n = len(grid) - 1

@@ -188,6 +188,7 @@ def srds(
         if check:
             raise_bad(bad)
         vals = dict(zip(prog.outputs, outs))
+        m = len(sym.hits)  # (the outputs formed: every one)
         stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits], vals[sym.coarse.id], last, nb, first=first)
     else:
         n = 0  # the outputs before n were offered to the rule already
@@ -201,8 +202,8 @@ def srds(
     n, stopped_by, unmet = stop_at
     if unmet:
         warn_unmet(rule, stopped_by)
-    m, stopped_by = srds_latest(rule, [h.round for h in sym.hits if h.x.id in vals], n, last, stopped_by)
-    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:m + 1])
+    chosen, stopped_by = srds_latest(rule, [h.round for h in sym.hits[:m]], n, last, stopped_by)
+    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:chosen + 1])
     coarse = vals[sym.coarse.id]
     trace = sym.trace[:hits[-1].round]
     return Result(x=hits[-1].x, rounds=hits[-1].round, nfe=hits[-1].nfe, hits=hits, coarse=coarse,

@@ -328,7 +328,10 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 E = _times(row_sq(delta), tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
                 bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
                 has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
-                has = has & jnp.all(jnp.isfinite(bound), axis=1)  # (an overflowed estimate is none, as the core's)
+                # an estimate that overflowed is none, as the core's; the core sums squares in longdouble where
+                # the platform has it, so its estimates stay finite further (beyond float64's range the two
+                # differ: this path then accepts less, never on an infinite estimate)
+                has = has & jnp.all(jnp.isfinite(bound), axis=1)
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
                 over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1, initial=0).astype(cmp) <= tol2),
                                  ~(jnp.max(csq, axis=1, initial=0) == 0))

@@ -307,7 +307,8 @@ def srds_run(
 
     outputs: dict = {}  # k -> x_B^k
     start(0, 0, x, None)
-    hits, trace, next_k = [], [], 1
+    hits: list[Hit] = []
+    trace, next_k = [], 1
     rounds = nfe = width = 0
     result: Hit | None = None
     unmet: StopRule | None = None
@@ -341,10 +342,9 @@ def srds_run(
                         candidates.add((c.i + 1, c.k + 1))
             running = [c for c in running if c.m < c.end]
             form_ready(candidates)
-            accepted = None
+            accepted, shown = None, len(hits)
             while next_k in outputs and next_k <= last:  # outputs form in iteration order
                 hits.append(Hit(next_k, rounds, nfe, outputs[next_k]))
-                bar.update(1)
                 if accepted is None:
                     accepted = srds_stop(rule, [h.x for h in hits], outputs[0], last, nb, start=next_k - 1,
                                          first=first)
@@ -354,6 +354,7 @@ def srds_run(
                 del hits[chosen + 1:]  # (the outputs of later rounds: none; past the returned one: dropped)
                 result = hits[chosen]
                 unmet = rule if accepted[2] else None
+            bar.update(len(hits) - shown)  # (the iterations kept: not those past the returned one)
     return Result(x=result.x, rounds=result.round, nfe=result.nfe, hits=tuple(hits), coarse=outputs.get(0),
                   stopped_by=stopped_by, method="srds", sequential_rounds=sum(evals), width=width,
                   trace=tuple(trace)), unmet
