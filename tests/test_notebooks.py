@@ -1,4 +1,4 @@
-"""Execute the three notebooks (jupytext percent scripts, each ending in assertions) and check pairing."""
+"""Execute the four notebooks (jupytext percent scripts, each ending in assertions) and check pairing."""
 
 from __future__ import annotations
 

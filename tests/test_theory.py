@@ -135,6 +135,20 @@ def test_hierarchy_bound_is_attained_for_growth_ode(init):
 
 
 # --------------------------------------------------------------------------------- initialisation
+def test_a_stiff_plain_ode_grows_the_deviation_by_rho_per_rectification():
+    """docs/theory.md and theory/derivations.md: dy/dt = -80 y, 50 Euler steps on [0, 1] (h lambda = -1.6,
+    stable sequentially): windows of 2 steps grow a deviation by rho = |(1 + h lambda)^2 - 1 - 2 h lambda|
+    = 2.56 each, and core 1 (its spawn and 24 rectifications) ends 2.56^25 = 1.6e10 away from a sequential
+    answer of 8e-12 (the docs said "16": a researcher's check of the theory found the exponent dropped)."""
+    field = LinearODE(np.array([[-80.0]])).vector_field()
+    grid, y0 = np.linspace(0.0, 1.0, 51), np.array([1.0])
+    seq = cc.solve(field, y0, grid, "euler")
+    res = cc.chords(field, y0, grid, "euler", init=(0, 2), stop=None)
+    (core1,) = [h for h in res.hits if h.core == 1]
+    assert abs(float(seq[0]) - 8.08e-12) < 1e-14
+    assert float(abs(core1.x - seq)[0]) == pytest.approx(2.56 ** 25, rel=1e-6)
+
+
 def test_three_core_theorem_branches():
     assert th.three_core_middle(0.5) == 0.25
     assert th.three_core_middle(0.8) == pytest.approx(0.6)

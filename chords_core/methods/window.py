@@ -15,13 +15,13 @@ the sequential solver bit for bit). ``correction`` picks c_m:
   (1 for Euler, sigma_{m+1} / sigma_m for the data-prediction solvers): the parareal correction
   G(x_m^new) - G(x_m^old) with the model value held fixed.
 
-Each updated point is scored by its change against a ``scale`` and the window slides past the first
-point whose score exceeds tol^2, by at least 1 and at most ``window``: that point, the new window
-start, is Phi of its accepted predecessor's previous iterate plus the correction, exact at ``tol=0``
-and otherwise off by -N_m (x_m^new - x_m^old) (N_m = dPhi_m/dx - I: the step's stretch of the
-accepted change, of the order of the residual the accepted points keep themselves; it can compound
-where h L >~ 1, as for the stiff or barely stable grids of a plain ODE). Scales: ``"noise"``
-(ParaDiGMS), |x^new - x^old|^2 / (D var) per sample (D elements per sample; var the DDPM posterior
+Each updated point is scored by its change against a ``scale`` and the window slides to the first
+point whose score exceeds tol^2 (the points before it accepted), by at least 1 and at most ``window``:
+that point, the new window start, is Phi of its accepted predecessor's previous iterate plus the
+correction, exact at ``tol=0`` and otherwise off by -N_m (x_m^new - x_m^old) (N_m = dPhi_m/dx - I:
+the step's stretch of the accepted change, of the order of the residual the accepted points keep
+themselves; it can compound where h L >~ 1, as for the stiff or barely stable grids of a plain ODE).
+Scales: ``"noise"`` (ParaDiGMS), |x^new - x^old|^2 / (D var) per sample (D elements per sample; var the DDPM posterior
 variance of a step, see ``noise_variances``; 1 for a plain ODE),
 where ``variance`` picks which step's variance scores point j: ``"into"`` (the step j-1 -> j, this
 library's choice; a zero variance never blocks) or ``"out"`` (the step j -> j+1, the official
@@ -138,7 +138,7 @@ def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.nda
     default) 0, the point never blocks; ``"out"`` (the official code's) infinity, as the official
     ``1 / variance`` (its list of variances ends in 0 for the step out of T, and the step out of T - 1
     into sigma = 0 has none either): the point blocks unless it did not move at all (``_weighted``),
-    and the window slides past it as the first point over tolerance, one round more than ``"into"``."""
+    and the window slides to it as the first point over tolerance, one round more than ``"into"``."""
     var = noise_variances(model, times)
     if variance == "out":
         var = np.append(var[1:], 0.0)  # the step out of j; none out of T
