@@ -460,11 +460,11 @@ class _PointErrors:
         back = self.q[j - needs + 1 : j + 1][::-1] if j + 1 >= needs else [None]
         if all(v is not None for v in back):
             val = self.local.sq_at(j, back, self.scratch, self.one) + self.tiny
-            # (np.isfinite, not math.isfinite: a one-sample estimate summed in longdouble, finite above
-            # float64's range, was taken for an overflow, so one sample ran unlike a batch: a review)
-            if not (bool(np.isfinite(val)) if self.one else B.all_finite(val)):
+            if not _worst(val) < math.inf:  # (a nan anywhere too: _worst propagates it)
                 # an estimate that overflowed is none (a user trial: on a grid to 1.7e308 an infinite one
-                # scored every change 0 and accepted a finite output where the sequential one is inf)
+                # scored every change 0 and accepted a finite output where the sequential one is inf); a
+                # longdouble sum finite above float64's range stays (_worst keeps it wide: a review found
+                # math.isfinite taking it for an overflow, one sample running unlike a batch)
                 val = None
         else:
             val = self._bound(j - 1) if j - 1 > self.b else None
