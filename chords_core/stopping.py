@@ -112,7 +112,8 @@ def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool 
     estimated (``per_sample``: of each sample, a 1-d array, ``sample_rms``), times the solution's
     decay where ``start`` (the run's initial state) and ``ends`` (the outputs judged) are given:
     min(1, RMS of the smaller of ``ends`` / RMS of ``start``), per sample with ``per_sample``;
-    ``None`` until half the steps have an estimate. The one home of this formula: the engine
+    ``None`` until half the steps have an estimate, and where it is not finite (an overflow), in any
+    sample. The one home of this formula: the engine
     (through ``Outputs.error``) and the compiled JAX path, which computes ``error_sum`` on the
     device, both form the estimate here.
 
@@ -161,7 +162,9 @@ def estimate_error(error_sum: Any, estimated: int, steps: int, per_sample: bool 
         est = np.minimum(est, now * steps * r ** after)
         if not per_sample:
             est = float(est)
-    return est
+    # an estimate that overflowed (inf, or nan from inf - inf) bounds nothing: a rule reading it as
+    # a tolerance accepted any change (outputs 5 apart under an inf estimate), so there is none
+    return est if np.all(np.isfinite(est)) else None
 
 
 def decay(start: Any, ends: Sequence[Any], per_sample: bool = False) -> Any:

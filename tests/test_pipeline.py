@@ -574,6 +574,23 @@ def test_the_error_estimate_scales_with_decay_only():
     assert decay(np.array([4.0]), (np.array([1.0]),)) == 0.25 and decay(np.zeros(2), (np.ones(2),)) == 1.0
 
 
+def test_an_error_estimate_that_overflowed_is_none_and_accepts_nothing():
+    """An estimate that overflowed (inf, or nan from inf - inf) was a tolerance of inf: the default rule
+    accepted outputs 5 apart (a review). It is none now, in one sample and a batch, for the engine and
+    the compiled JAX path alike (both form it in ``estimate_error``), and the rule waits."""
+    from chords_core.stopping import ErrorState, Outputs, estimate_error
+
+    assert estimate_error(np.array([[np.inf, 1.0]]), 10, 10) is None
+    assert estimate_error(np.array([[1.0, 1.0], [np.nan, 1.0]]), 10, 10, per_sample=True) is None
+    assert estimate_error(np.array([[1e308, 1e308]]), 5, 10) is None  # finite sum, x steps / estimated overflows
+    assert estimate_error(np.array([[1e300, 1e300]]), 5, 10) == pytest.approx(2e300)  # (finite stays)
+    a, b = np.array([[1.0, 2.0]]), np.array([[5.0, -7.0]])
+    for state in (ErrorState(np.array([[np.inf, 1.0]]), 10, 10), ErrorState(np.array([[np.nan, 0.0]]), 10, 10)):
+        outputs = Outputs([10 * b, a, b], error_state=state)
+        assert outputs.error is None and outputs.sample_errors() is None
+        assert not cc.StopWhenConverged().accept(outputs, None)
+
+
 def test_vector_field_custom_ode():
     ode = LinearODE.random(4, seed=2)
     ts = np.linspace(0, 1, 51)
