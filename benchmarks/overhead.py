@@ -2,9 +2,12 @@
 
 8 cores, T = 50, init 0-2-4-8-16-24-32-40, Euler on a rectified-flow model whose evaluation is one
 array op (``x * 0.5``), float32 states of 64 to 1,048,576 elements, every core run (50 rounds), on
-numpy arrays and on torch tensors. Loops over the same plan, measured side by side in one process,
-interleaved repeat by repeat, in a fresh random order every repeat (no loop always first or always
-after the same one):
+numpy arrays and on torch tensors, the torch loops under ``torch.no_grad()`` as samplers run (a
+diffusers pipeline's call is), where ``chords_core`` computes on numpy's views of CPU tensors
+(``chords_core.host``), and again with gradients on (``torch, grad``), where it keeps to torch
+operations (the official-style loop is timed under the same setting). Loops over the same plan,
+measured side by side in one process, interleaved repeat by repeat, in a fresh random order every
+repeat (no loop always first or always after the same one):
 
 - ``chords``      ``chords_core.chords(..., stop=None)`` with the default ``BatchedExecutor``
                   (on the host, stacked calls of at most 4 MiB, ``HOST_BATCH_BYTES``: one call a
@@ -46,6 +49,7 @@ import chords_core as cc
 from chords_core.demo import int_at_least
 
 torch.set_num_threads(1)  # one thread, as numpy: the machine is shared and the loops are compared per thread
+torch.set_grad_enabled(False)  # as samplers run; ``torch, grad`` rows turn them on (``_with_grad``)
 
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
 T = 50
@@ -237,7 +241,7 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
     grid = cc.time_grid(schedule, T)
     x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
     fn = near_free
-    if lib == "torch":
+    if lib != "numpy":
         x, fn = torch.from_numpy(x), near_free_torch
     model = cc.DiffusionModel(fn, schedule, "flow")
     plan = cc.make_plan(T, INIT)
@@ -258,7 +262,16 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
             fns["cascade"] = lambda: run_cascade(model, x, grid)
             sweeps = cc.cascade(model, x, grid, "euler", cores=len(INIT)).log
             fns["cascade bare"] = lambda: run_cascade_bare(x, grid, sweeps, len(INIT))
+    if lib == "torch, grad":  # the main loop runs with gradients off
+        fns = {k: _with_grad(f) for k, f in fns.items()}
     return per_round(fns, repeats)
+
+
+def _with_grad(fn):
+    def run():
+        with torch.enable_grad():
+            return fn()
+    return run
 
 
 class _Recorder(cc.Executor):
@@ -321,7 +334,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         reps = min(args.repeats, max(3, args.repeats // max(1, int(np.log2(size) - 5) // 3)))
-        for lib in ("numpy", "torch"):
+        for lib in ("numpy", "torch", "torch, grad"):
             m, e = measure(size, reps, lib, cascade=size in (64, 65_536))
             row = (f"| {size} | {lib} | {spread(m['chords'], 1e6)} | {spread(m['one call'], 1e6)} | "
                    f"{spread(m['chords serial'], 1e6)} | {spread(m['official'], 1e6)} | "

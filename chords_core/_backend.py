@@ -146,6 +146,8 @@ def _axpy_into(c: float, a: Array, y: Array, out: Array) -> Array:
         np.multiply(a, c, out=out)
         out += y
         return out
+    if out.is_cpu:  # (as numpy: see axpy)
+        return _torch.mul(a, c, out=out).add_(y)
     return _torch.add(y, a, alpha=c, out=out)
 
 
@@ -209,23 +211,26 @@ def add_into(acc: Array, term: Array) -> Array:
 
 
 def axpy(c: float, a: Array, y: Array) -> Array:
-    """y + c a as a new array (one fused operation for torch tensors of one dtype)."""
+    """y + c a as a new array: c a, then y added (one fused multiply-add, ``torch.add(alpha=)``, for
+    torch tensors of one dtype on an accelerator, where each operation is a kernel launch; on the CPU
+    numpy's two roundings, so that a CPU tensor's run is a numpy array's bit for bit, ``host``)."""
     if type(y) is np.ndarray:  # the hot path: add_into(c * a, y) written out
         acc = c * a
         if acc.dtype == y.dtype and acc.shape == y.shape:
             acc += y
             return acc
         return acc + y
-    if (_LIBRARY.get(type(y)) or library(y)) == "torch" and a.dtype == y.dtype and a.shape == y.shape:
+    if (_LIBRARY.get(type(y)) or library(y)) == "torch" and a.dtype == y.dtype and a.shape == y.shape \
+            and not y.is_cpu:
         return _torch.add(y, a, alpha=c)
     return add_into(c * a, y)
 
 
 def add_scaled_into(acc: Array, term: Array, c: float) -> Array:
     """acc + c term, in place in ``acc`` (which the caller owns) where the dtypes allow; ``term`` may
-    be scaled in place (the caller owns it too)."""
+    be scaled in place (the caller owns it too). Fused on an accelerator only (see ``axpy``)."""
     if type(acc) is not np.ndarray and (_LIBRARY.get(type(acc)) or library(acc)) == "torch" \
-            and acc.dtype == term.dtype and acc.shape == term.shape:
+            and acc.dtype == term.dtype and acc.shape == term.shape and not acc.is_cpu:
         return acc.add_(term, alpha=c)
     if c != 1.0:
         term *= c
@@ -342,6 +347,22 @@ class Workspace:
         model that returns its input or a view of it, or works in place)."""
         buf, self._last = self._last, None  # not kept past the call: a Stacked round's buffer is the engine's
         return out if buf is None else unshared(out, buf)
+
+
+def torch_view(a: np.ndarray) -> Array:
+    """A torch tensor on numpy array ``a``'s memory (``torch.from_numpy``; of a copy where ``a`` is
+    read-only, which torch would warn of): what a network gets on the host route (``host``)."""
+    return _torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def host_view(t: Array) -> np.ndarray:
+    """numpy's view of a CPU tensor ``t`` (detached; a negative bit resolved, which numpy cannot view)."""
+    if t.requires_grad:
+        t = t.detach()
+    try:
+        return t.numpy()
+    except RuntimeError:
+        return t.resolve_neg().resolve_conj().numpy()
 
 
 def unshared(out: Array, buf: Array) -> Array:

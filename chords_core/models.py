@@ -312,17 +312,41 @@ class Model:
             times: (T + 1,) float64 grid times.
         """
 
-    def _check(self, out: Array, like: Array, n: int, rows: int, split: Callable[[Array], list] | None = None) -> Array:
+    #: set on the copy of a model that ``host.on_host`` runs a call with: the library's arithmetic on
+    #: numpy's views of CPU tensors, the network called on tensors on the same memory (``_checked``)
+    on_host = False
+
+    def _checked(self, out: Array, like: Array, n: int, rows: int, workspace: B.Workspace | None,
+                 split: Callable[[Array], list]) -> Array:
+        """The network's output ``out`` at the stacked points ``like`` as the methods take it: ``_check``ed
+        (``split`` as there), and copied where it shares memory with ``workspace``'s buffer. ``on_host``:
+        its type, shape and dtype checked as the tensor it is, against the tensor the network was given,
+        then numpy's view of it (its finiteness checked there)."""
+        if self.on_host:
+            def view(o: Array) -> Array:
+                o = B.host_view(o)
+                return o if workspace is None else workspace.detach(o)
+
+            return self._check(out, like, n, rows, split, view)
+        if workspace is not None:
+            out = workspace.detach(out)
+        return self._check(out, like, n, rows, split)
+
+    def _check(self, out: Array, like: Array, n: int, rows: int, split: Callable[[Array], list] | None = None,
+               view: Callable[[Array], Array] | None = None) -> Array:
         """The raw output ``out`` of one call at the stacked points ``like`` (n points of ``rows`` rows),
         checked: an array of ``like``'s shape, floating (``check_array``), finite (if
         ``check_outputs``); returned in ``like``'s dtype. ``split``: how the call splits its output into
-        the points' (the error for a non-finite one then holds the outputs before it, ``done``)."""
+        the points' (the error for a non-finite one then holds the outputs before it, ``done``).
+        ``view``: applied to the output in ``like``'s dtype before its finiteness is checked (``_checked``)."""
         same_dtype = check_call(out, like, n, rows, ": named by its first point")
         if type(out) is not type(like) and type(like) is np.ndarray and isinstance(out, np.ndarray):
             out = plain_ndarray(out, n, rows)
         raw = out
         if not same_dtype:  # checked in the state's dtype: a float64 1e6 is inf in float16 (was returned as inf)
             out = B.cast_like(out, like)
+        if view is not None:
+            out = view(out)
         if self.check_outputs and not self.deferred_check(out) and not B.all_finite(out):
             err = ModelOutputError.nonfinite(first_point(n, rows, lambda part: not B.all_finite(out[part])))
             if not same_dtype and B.all_finite(raw):
@@ -414,10 +438,9 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
+        x = B.torch_view(x) if self.on_host else x
         out = watched_call(self.fn, (x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False))), x, len(xs))
-        if workspace is not None:
-            out = workspace.detach(out)
-        out = self._check(out, x, len(xs), rows, lambda o: B.split_rows(o, len(xs)))
+        out = self._checked(out, x, len(xs), rows, workspace, lambda o: B.split_rows(o, len(xs)))
         if len(xs) == 1:
             return [out]
         return B.split_rows(out, len(xs))
@@ -526,17 +549,17 @@ class VectorField(Model):
         if not self.batched:
             outs: list = []
             for k, (x, t) in enumerate(zip(xs, ts)):
+                x = B.torch_view(x) if self.on_host else x
                 try:
-                    out = self._check(watched_call(self.f, (float(t), x), x, 1), x, 1, 1)
+                    out = self._checked(watched_call(self.f, (float(t), x), x, 1), x, 1, 1, None, list)
                 except ModelOutputError as e:
                     raise e.relabel(k, str(e), outs if e.done is not None else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
+        y = B.torch_view(y) if self.on_host else y
         out = watched_call(self.f, (B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y), y, len(xs))
-        if workspace is not None:
-            out = workspace.detach(out)
-        out = self._check(out, y, len(xs), 1, lambda o: [o[k] for k in range(len(xs))])
+        out = self._checked(out, y, len(xs), 1, workspace, lambda o: [o[k] for k in range(len(xs))])
         return [out[k] for k in range(len(xs))]
 
     def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:

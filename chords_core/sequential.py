@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .call import begin
+from .host import on_host
 from .models import Model, ModelOutputError
 from .progress import progress_bar
 from .results import as_array
@@ -13,6 +14,7 @@ from .solvers import Solver
 __all__ = ["solve"]
 
 
+@on_host
 def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, progress: bool = False,
           **solver_options: Any) -> Any:
     """Integrate from ``x`` at ``grid[0]`` to ``grid[-1]`` with a fixed-grid solver.

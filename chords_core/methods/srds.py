@@ -36,6 +36,7 @@ from ..checks import check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move
+from ..host import on_host
 from ..models import Model
 from ..plan import Eval, Round
 from ..progress import progress_bar
@@ -90,6 +91,7 @@ class SrdsIteration(NamedTuple):
     change: float
 
 
+@on_host
 def srds(
     model: Model,
     x: Any,

@@ -1,0 +1,140 @@
+"""Torch tensors on the CPU, computed on as numpy arrays (``on_host``).
+
+A run's own arithmetic (steps, rectifications, window updates, scores) is a few array operations a
+round. On a small CPU tensor each torch operation costs several microseconds of dispatch, numpy's
+about one: at 64 float32 elements the torch engine took 1.4-2x the numpy engine's time a round, most
+of it there. Where nothing outside the library would see the difference, ``on_host`` runs the whole
+call on numpy's views of the tensors (``Tensor.numpy()``: the same memory, no copy) and hands the
+network torch tensors on the same memory (``torch.from_numpy``), so that the network, its checks and
+its errors see what they see on the torch path, and the result comes back as tensors.
+
+Taken (``route``) where all of these hold, and otherwise the call runs on the tensors as given:
+
+- the state is a plain ``torch.Tensor`` (no subclass) on the CPU, float32 or float64, strided, with at
+  least one axis, that numpy can view (no conjugate or negative bit), not inside a ``torch.func``
+  transform;
+- gradients are off (``torch.no_grad()`` or ``torch.inference_mode()``, as samplers run): with them on,
+  a result could carry a graph back to the network's parameters, which numpy cannot;
+- torch would run the arithmetic on one thread anyway: ``torch.get_num_threads() == 1``, or a state
+  below ``GRAIN`` elements (torch's own grain for splitting an operation over threads);
+- everything that meets the arrays is the library's own: the model a ``DiffusionModel`` or
+  ``VectorField`` (no subclass), the solver a name registered by the library, the executor the
+  default or a ``BatchedExecutor`` / ``SerialExecutor``, a stop rule one of ``stopping``'s classes.
+
+The values are the same either way: on CPU tensors the library forms its combinations with numpy's
+operations in numpy's order (no fused multiply-add, ``_backend.axpy``) and sums on numpy's views, so
+a run on CPU tensors, routed or not (gradients on, a state that requires them), is the numpy
+engine's run bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import _backend as B
+from .executors import BatchedExecutor, SerialExecutor
+from .models import DiffusionModel, ModelOutputError, VectorField
+from .results import Result
+from .solvers import SOLVERS
+
+__all__ = ["on_host", "route", "GRAIN"]
+
+#: torch splits an elementwise operation over threads from this many elements (``at::internal::GRAIN_SIZE``);
+#: numpy does not: a larger state stays on torch unless torch runs on one thread
+GRAIN = 32768
+
+_BUILT_IN_SOLVERS = dict(SOLVERS)  # the library's own solver entries, by identity
+_EXECUTORS = (BatchedExecutor, SerialExecutor)
+_MODELS = (DiffusionModel, VectorField)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tensor_on_host(x: Any) -> Any:
+    """numpy's view of ``x`` where ``x`` is a tensor the route takes (see the module docstring), else ``None``."""
+    if B.library(x) != "torch":  # (which also has ``_backend`` hold the torch module)
+        return None
+    torch = B._torch
+    if type(x) is not torch.Tensor:
+        return None
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.layout != torch.strided
+            or x.dim() == 0 or torch.is_grad_enabled() or x.requires_grad or B.in_torch_func(x)
+            or (x.numel() >= GRAIN and torch.get_num_threads() != 1)):
+        return None
+    try:
+        return x.numpy()
+    except (RuntimeError, TypeError, ValueError):  # (a conjugate or negative bit, a tensor without storage)
+        return None
+
+
+def _library_solver(solver: Any) -> bool:
+    """Whether ``solver`` names a solver the library registered (a bound ``Solver`` or one registered
+    from outside may run its own torch code on the states)."""
+    return isinstance(solver, str) and solver in _BUILT_IN_SOLVERS and SOLVERS.get(solver) is _BUILT_IN_SOLVERS[solver]
+
+
+def _library_rule(stop: Any) -> bool:
+    """Whether a stop rule is ``None`` or one of the library's rule classes (a user's rule reads the outputs)."""
+    return stop is None or type(stop).__module__ == "chords_core.stopping"
+
+
+def route(model: Any, x: Any, solver: Any, options: dict) -> tuple[Any, Any] | None:
+    """(the model on the host, numpy's view of ``x``) where the call can run on the host (the module
+    docstring), else ``None``. ``options``: the call's keyword arguments (its executor, stop rule)."""
+    if type(model) not in _MODELS or not _library_solver(solver):
+        return None
+    executor = options.get("executor")
+    if (executor is not None and type(executor) not in _EXECUTORS) or not _library_rule(options.get("stop")):
+        return None
+    view = _tensor_on_host(x)
+    if view is None:
+        return None
+    host = object.__new__(type(model))
+    host.__dict__.update(model.__dict__)
+    host.on_host = True
+    return host, view
+
+
+def _tensor(a: Any) -> Any:
+    """A numpy result of a routed run as a tensor on its memory (``_backend.torch_view``)."""
+    return B.torch_view(a) if type(a) is np.ndarray else a
+
+
+def _back(out: Any) -> Any:
+    """A routed call's return value with its arrays as tensors: a ``Result`` (its output, coarse
+    prediction and every hit's output), or an array (``solve``)."""
+    if isinstance(out, Result):
+        hits = tuple(dataclasses.replace(h, x=_tensor(h.x)) for h in out.hits)
+        return dataclasses.replace(out, x=_tensor(out.x), coarse=_tensor(out.coarse), hits=hits)
+    return _tensor(out)
+
+
+def on_host(fn: F) -> F:
+    """``fn(model, x, grid, solver, ...)``, a run, routed through numpy where ``route`` takes it: the
+    model and state replaced by their host forms, the result's arrays returned as tensors (and those of
+    a ``ModelOutputError``'s ``done``)."""
+    default_solver = inspect.signature(fn).parameters["solver"].default
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if len(args) < 2 or kwargs.keys() & {"model", "x"}:
+            return fn(*args, **kwargs)
+        solver = args[3] if len(args) > 3 else kwargs.get("solver", default_solver)
+        taken = route(args[0], args[1], solver, kwargs)
+        if taken is None:
+            return fn(*args, **kwargs)
+        try:
+            out = fn(*taken, *args[2:], **kwargs)
+        except ModelOutputError as err:
+            if err.done:
+                err.done = [_tensor(d) for d in err.done]
+            raise
+        return _back(out)
+
+    return run  # type: ignore[return-value]
