@@ -23,7 +23,7 @@ from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import SOLVERS, Solver, declared_option, make_solver
 
-__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments"]
+__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments", "training_layers"]
 
 
 def check_model(model: Any, name: str = "model") -> Model:
@@ -93,24 +93,44 @@ def _networks(fn: Any, depth: int = 3) -> list:
 
 
 def warn_training(model: Model) -> None:
-    """Warn (``UserWarning``) where the model's network (the network itself, or one it holds: a
-    closure, a global its code names, a bound method, a partial, a wrapper object's attribute) has a
-    batch-norm layer that normalises over each call's batch: in training mode, or without running
-    statistics. A result then depends on which points are evaluated together (a user trial: CHORDS'
-    stacked rounds 0.047 off ``solve``, silently). Not seen: a ``torch.jit.script``ed network's layers."""
+    """Warn (``UserWarning``, ``training_layers``) where the model's network (the network itself, or
+    one it holds: a closure, a global its code names, a bound method, a partial, a wrapper object's
+    attribute) has a layer whose calls depend on more than their input: a batch-norm layer that
+    normalises over each call's batch, a dropout layer in training mode."""
+    fn: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
+    text = training_layers(fn)
+    if text is not None:
+        warn_caller(f"model: {text}", UserWarning)
+
+
+def training_layers(net: Any) -> str | None:
+    """What is wrong, as a warning's text, where ``net`` (a network, a callable holding one, a ``Model``)
+    has a layer whose calls depend on more than their input, else ``None``: a batch-norm layer in
+    training mode or without running statistics normalises over each call's batch, so a result depends
+    on which points are evaluated together (a user trial: CHORDS' stacked rounds 0.047 off ``solve``,
+    silently), and in training mode its statistics change at every call; a dropout layer in training
+    mode zeroes a random part of its input at every call (a user trial: 0.56-0.77 between executors,
+    silently). Also read by executors whose workers build their own network (``chords_torch``). Not
+    seen: a ``torch.jit.script``ed network's layers, randomness a network draws itself."""
     torch = sys.modules.get("torch")
     if torch is None:  # (no torch module can exist)
-        return
-    fn: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
-    for net in _networks(fn):
-        for name, m in net.named_modules():
+        return None
+    if isinstance(net, Model):
+        net = getattr(net, "fn", None) if isinstance(net, DiffusionModel) else getattr(net, "f", None)
+    for module in _networks(net):
+        for name, m in module.named_modules():
+            label = repr(name or type(m).__name__)
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
                 why = "is in training mode" if m.training else "keeps no running statistics"
-                warn_caller(f"model: the network's batch-norm layer {name or type(m).__name__!r} {why}: it normalises "
-                            "over each call's batch, so a result depends on which points are evaluated together "
-                            "(the parallel methods stack several cores' states into one call), and in training mode "
-                            "its running statistics change at every call; call net.eval() before sampling", UserWarning)
-                return
+                return (f"the network's batch-norm layer {label} {why}: it normalises over each call's "
+                        "batch, so a result depends on which points are evaluated together (the parallel methods "
+                        "stack several cores' states into one call), and in training mode its running statistics "
+                        "change at every call; call net.eval() before sampling")
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+                return (f"the network's dropout layer {label} is in training mode: it zeroes a random part "
+                        "of its input at every call, so the result is random (no method reproduces the sequential "
+                        "solver's, nor one run another's); call net.eval() before sampling")
+    return None
 
 
 def check_state(model: Model, x: Any, name: str = "x") -> None:

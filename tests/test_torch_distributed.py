@@ -107,6 +107,15 @@ def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
     assert codes == [1, 0, 0], outs  # the driver failed, both workers were told to stop and left cleanly
 
 
+def test_a_network_that_writes_into_its_input_on_a_rank_is_refused_as_on_rank_0(tmp_path):
+    """A user trial: the serial executor refuses a network's in-place write into its input, a serving
+    rank accepted it (its points are views of the rank's receive buffer, which the check skipped)."""
+    codes, outs = launch(["--fault", "inplace", "--fault-rank", "1", "--fault-after", "2"], tmp_path=tmp_path)
+    rep = report(outs[0])
+    assert rep["error"].startswith("ModelOutputError: round 2, core 0") and "modified its input in place" in rep["error"]
+    assert codes == [1, 0, 0], outs
+
+
 def test_a_models_sys_exit_on_a_rank_is_its_error_not_the_ranks_end(tmp_path):
     # a sys.exit(0) inside the model: the driver gets the model's error (not a WorkerDied from a rank that
     # vanished with status 0, which torchrun counts as success) before the rank leaves, as sys.exit asks

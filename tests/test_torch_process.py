@@ -19,7 +19,7 @@ import torch
 import chords_core as cc
 from chords_core.models import ModelOutputError
 from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
-from chords_torch.testing import RunsOff, Slow, TorchLinear, Trap, _Const, gmm_problem, mlp, same_hits
+from chords_torch.testing import Faulty, RunsOff, Slow, TorchLinear, Trap, _Const, gmm_problem, mlp, same_hits
 from chords_torch.testing import seeded_state as x0
 
 MODEL, FACTORY = gmm_problem(dim=4, modes=3, seed=0)
@@ -183,6 +183,38 @@ def test_a_model_or_factory_the_workers_cannot_import_is_named_and_the_executor_
     with pytest.raises(TypeError, match="^factory: .*factory is defined in the __main__ of a notebook"):
         ProcessExecutor(factory, workers=1, start_method="forkserver")
     assert proc._interactive_main(functools.partial(factory)) and not proc._interactive_main(FACTORY)
+
+
+class _TrainingNet(torch.nn.Module):
+    """A network left in training mode with a batch-norm layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm1d(4).double()
+
+    def forward(self, x, t):
+        return self.bn(x)
+
+
+def test_a_workers_own_network_is_checked_and_its_arguments_as_everywhere(one_thread):
+    """A user trial: a worker's network that writes into its input was accepted (the serial executor
+    refuses it: its points are views of the worker's shared buffer, which the check skipped); a
+    factory's network in training mode was not warned of (only the call's model, which the workers do
+    not run, was read); ``workers=np.int64(2)`` was refused and ``batched="no"`` taken as True."""
+    import numpy as np
+
+    grid = cc.time_grid(MODEL.schedule, 6)
+    with ProcessExecutor(Faulty(FACTORY, "inplace", after=2), workers=2) as ex:
+        with pytest.raises(ModelOutputError, match=r"^round 2, core 0 .*model modified its input in place"):
+            cc.chords(MODEL, x0(), grid, cores=2, stop=None, executor=ex)
+    with pytest.warns(UserWarning, match=r"^ProcessExecutor: factory: the network's batch-norm layer 'bn' is in "
+                                         "training mode"):
+        ProcessExecutor(_TrainingNet, workers=1).close()
+    with ProcessExecutor(FACTORY, workers=np.int64(1), threads=np.int64(1)) as ex:
+        assert ex.workers == 1
+    for bad in ("no", 1):
+        with pytest.raises(ValueError, match="^batched"):
+            ProcessExecutor(FACTORY, workers=1, batched=bad)
 
 
 def test_a_factory_defined_under_the_main_guard_is_named_by_the_worker(tmp_path):

@@ -30,6 +30,7 @@ import torch
 
 from chords_core import _backend as B
 from chords_core.call import warn_caller
+from chords_core.checks import check_bool
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError, resolve_check
 
@@ -281,7 +282,7 @@ class DeviceExecutor(Executor):
             _check_device(d)
         if not callable(replicate):
             raise TypeError(f"replicate must be callable, got {type(replicate).__name__}")
-        self.replicate, self.batched = replicate, bool(batched)
+        self.replicate, self.batched = replicate, check_bool("batched", batched)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "DeviceExecutor")
         self._pools = [_DeviceThread(f"chords-{d}-{w}") for w, d in enumerate(self.devices)]
         self._threads = frozenset(p._thread.ident for p in self._pools)  # (a call from one: evaluated there)

@@ -54,7 +54,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from chords_core._backend import laid_out, layouts
+from chords_core._backend import _owned, laid_out, layouts
+from chords_core.call import training_layers, warn_caller
 from chords_core.checks import check_bool
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
@@ -678,6 +679,9 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
         if not callable(net):
             raise TypeError(f"net must be callable or a chords_core Model, got {type(net).__name__}")
         net = replicate(net, device)
+    text = training_layers(net)  # (rank 0 checks the call's model, not this one: said on this rank's stderr)
+    if text is not None:
+        warn_caller(f"serve (rank {dist.get_rank()}): {text}", UserWarning)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
     exit_when_hung = check_bool("exit_when_hung", exit_when_hung)
     idle_timeout = check_timeout(idle_timeout, "idle_timeout")
@@ -752,7 +756,8 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
             continue
         amp, first = h[6 : 6 + len(AUTOCAST_DEVICES)], 7 + len(AUTOCAST_DEVICES)
         shape, dtype = tuple(h[first : first + ndim]), DTYPES[dt]
-        x = recv(torch.empty((n, *shape), dtype=dtype, device=comm))
+        # (the rank's own buffer: the network's in-place write into a point of it is refused, as on rank 0)
+        x = _owned(recv(torch.empty((n, *shape), dtype=dtype, device=comm)))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
         points = laid_out(x, _orders(h[first - 1], n, ndim, lambda m: recv(torch.empty(m, dtype=torch.int64,
                                                                                         device=comm))))

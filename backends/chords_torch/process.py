@@ -41,7 +41,9 @@ from typing import Any, NoReturn
 import torch
 import torch.multiprocessing as tmp
 
-from chords_core._backend import in_layout, laid_out, layouts
+from chords_core._backend import _owned, in_layout, laid_out, layouts
+from chords_core.call import training_layers, warn_caller
+from chords_core.checks import check_bool, check_int
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
 
@@ -175,7 +177,7 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
     except BaseException as e:
         conn.send(("error", f"factory failed: {type(e).__name__}: {e}", traceback.format_exc()))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), training_layers(replica)))  # (the driver warns: the call's model is not this)
     model: Model | None = None
     xin: Any = None
     xout: Any = None
@@ -193,7 +195,8 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
                 setup_error, model = None, None
                 model = bind(_load_shell(msg[1]), replica)
             elif op == "buffers":
-                xin, xout = msg[1], msg[2]
+                # (the worker's own: the network's in-place write into a point of xin is refused, as in the driver)
+                xin, xout = _owned(msg[1]), msg[2]
             elif op == "eval":
                 if setup_error is not None:
                     raise setup_error
@@ -349,11 +352,9 @@ class ProcessExecutor(Executor):
                  start_method: str | None = None, timeout: Any = UNSET) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be a picklable callable returning the model, got {type(factory).__name__}")
-        for name, v in (("workers", workers), ("threads", threads)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        workers, threads = check_int("workers", workers, 1), check_int("threads", threads, 1)
         self.round_timeout = round_timeout_of(round_timeout, timeout, "ProcessExecutor")
-        self.batched = bool(batched)
+        self.batched = check_bool("batched", batched)
         start_limit = check_timeout(start_timeout, "start_timeout")
         method = start_method or _default_start_method()
         if method not in tmp.get_all_start_methods():
@@ -398,6 +399,9 @@ class ProcessExecutor(Executor):
             self._break()
             raise
         self.pids = tuple(replies[w][1] for w in range(workers))
+        text = replies[0][2]  # (one factory: every worker's network alike)
+        if text is not None:
+            warn_caller(f"ProcessExecutor: factory: {text}", UserWarning)
 
     @property
     def workers(self) -> int:

@@ -135,12 +135,13 @@ class Faulty:
 
     ``mode``: "raise" (RuntimeError), "shape" (drops the last column), "nan", "hang" (sleeps an
     hour), "gil" (hangs holding the GIL: a regex that backtracks for ever, as native code may), "exit"
-    (``sys.exit(0)``, as a script's stray exit would) or "die" (SIGKILLs its own process). ``only``:
+    (``sys.exit(0)``, as a script's stray exit would), "die" (SIGKILLs its own process) or "inplace"
+    (halves its input in place, after computing its output). ``only``:
     misbehave only where the environment variable ``only[0]`` equals ``only[1]`` (e.g.
     ("CHORDS_TORCH_WORKER", "1") or ("RANK", "2")).
     """
 
-    MODES = ("raise", "shape", "nan", "hang", "gil", "exit", "die")
+    MODES = ("raise", "shape", "nan", "hang", "gil", "exit", "die", "inplace")
 
     def __init__(self, factory: Callable, mode: str, after: int = 1, only: tuple[str, str] | None = None) -> None:
         if mode not in self.MODES:
@@ -160,6 +161,9 @@ class _FaultyNet:
         self.calls += 1
         out = self.net(x, t)
         if self.calls < self.after or (self.only and os.environ.get(self.only[0]) != self.only[1]):
+            return out
+        if self.mode == "inplace":
+            x.mul_(0.5)
             return out
         return _misbehave(self.mode, out)
 
