@@ -242,6 +242,26 @@ def test_a_factory_defined_under_the_main_guard_is_named_by_the_worker(tmp_path)
     assert "define it at module level, above the guard" in out.stdout and "Traceback" not in out.stderr, out
 
 
+def test_a_script_without_the_main_guard_is_told_so(tmp_path):
+    """A user trial: a script that creates the executor at its top level, without the guard, got an
+    unexplained ``WorkerDied ... (start)``, each worker's stderr blaming the factory's pickling (each
+    worker, importing the script, created an executor of its own). The worker's error and the
+    driver's now say what happened."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from chords_torch import ProcessExecutor\n"
+        "from chords_torch.testing import gmm_problem\n"
+        "ProcessExecutor(gmm_problem(dim=4, modes=3, seed=0)[1], workers=1, start_method='spawn').close()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "WorkerDied: ProcessExecutor: worker 0" in out.stderr, out.stderr
+    assert "must sit under `if __name__ == '__main__':`" in out.stderr, out.stderr  # (the driver's)
+    assert "RuntimeError: ProcessExecutor: created while this process starts up" in out.stderr, out.stderr  # (the worker's)
+    assert "picklable" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("dtype, out_order", [(torch.float32, "as given"), (torch.bfloat16, "as given"),
                                               (torch.bfloat16, "C"), (torch.bfloat16, "channels_last")])
 def test_a_channels_last_state_reaches_the_workers_in_its_memory_order(dtype, out_order):

@@ -356,7 +356,7 @@ class ProcessExecutor(Executor):
         self.round_timeout = round_timeout_of(round_timeout, timeout, "ProcessExecutor")
         self.batched = check_bool("batched", batched)
         start_limit = check_timeout(start_timeout, "start_timeout")
-        method = start_method or _default_start_method()
+        method = self._method = start_method or _default_start_method()
         if method not in tmp.get_all_start_methods():
             raise ValueError(f"start_method must be one of {tmp.get_all_start_methods()}, got {method!r}")
         if method != "fork" and _interactive_main(factory):  # (the worker died at its start: "WorkerDied ... (start)")
@@ -386,6 +386,11 @@ class ProcessExecutor(Executor):
                     p.start()
                 except Exception as e:
                     parent.close()
+                    if isinstance(e, RuntimeError) and "bootstrapping phase" in str(e):
+                        raise RuntimeError(
+                            "ProcessExecutor: created while this process starts up as another executor's worker: "
+                            "the main script's code ran on import; put it under `if __name__ == '__main__':`"
+                        ) from None
                     raise TypeError(
                         f"factory could not be sent to a worker ({type(e).__name__}: {e}); it must be picklable: "
                         "a module-level function, a functools.partial of one, or an instance of a module-level class"
@@ -433,8 +438,14 @@ class ProcessExecutor(Executor):
         self._procs[w].join(1.0)
         code = self._procs[w].exitcode
         self._break()
+        hint = ""
+        if when == "start" and code == 1 and self._method != "fork":
+            # (a user trial: a script without the guard; each worker ran its body and failed there)
+            hint = (f" (a worker that fails as it starts most often ran the script's own code: workers started by "
+                    f"{self._method!r} import the main script, so code that creates the executor must sit under "
+                    "`if __name__ == '__main__':`; the worker's own error is on stderr)")
         raise WorkerDied(f"ProcessExecutor: worker {w} (pid {self._procs[w].pid}) died ({when}) with exit code "
-                         f"{code}{_signal_name(code)}; all workers were terminated")
+                         f"{code}{_signal_name(code)}; all workers were terminated{hint}")
 
     def _gather(self, ws: Iterable[int], timeout: float | None, what: str) -> dict:
         """Wait for one reply from each worker in ``ws``; a death or the timeout breaks the executor."""
