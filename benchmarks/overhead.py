@@ -49,7 +49,6 @@ import chords_core as cc
 from chords_core.demo import int_at_least
 
 torch.set_num_threads(1)  # one thread, as numpy: the machine is shared and the loops are compared per thread
-torch.set_grad_enabled(False)  # as samplers run; ``torch, grad`` rows turn them on (``_with_grad``)
 
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
 T = 50
@@ -262,7 +261,7 @@ def measure(size: int, repeats: int, lib: str, cascade: bool) -> tuple[dict, dic
             fns["cascade"] = lambda: run_cascade(model, x, grid)
             sweeps = cc.cascade(model, x, grid, "euler", cores=len(INIT)).log
             fns["cascade bare"] = lambda: run_cascade_bare(x, grid, sweeps, len(INIT))
-    if lib == "torch, grad":  # the main loop runs with gradients off
+    if lib == "torch, grad":  # (main runs with gradients off)
         fns = {k: _with_grad(f) for k, f in fns.items()}
     return per_round(fns, repeats)
 
@@ -326,6 +325,12 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int_at_least(1), nargs="+", default=[64, 4096, 65_536, 1_048_576])
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at the largest size")
     args = ap.parse_args(argv)
+    with torch.no_grad():  # as samplers run; the ``torch, grad`` rows turn gradients on (``_with_grad``)
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Measure and print the tables ``main`` was asked for."""
     print("Median [min-max] over interleaved repeats; ratios repeat by repeat.")
     print("| state size | arrays | chords us/round | chords, one call a round | chords, serial executor | "
           "official-style us/round | chords / official | one call / official | serial / official | bare us/round | "

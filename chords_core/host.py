@@ -19,12 +19,14 @@ Taken (``route``) where all of these hold, and otherwise the call runs on the te
   below ``GRAIN`` elements (torch's own grain for splitting an operation over threads);
 - everything that meets the arrays is the library's own: the model a ``DiffusionModel`` or
   ``VectorField`` (no subclass), the solver a name registered by the library, the executor the
-  default or a ``BatchedExecutor`` / ``SerialExecutor``, a stop rule one of ``stopping``'s classes.
+  default or a ``BatchedExecutor`` / ``SerialExecutor``, a stop rule one of ``stopping``'s classes;
+- no Anderson mixing (ParaTAA, the cascade's ``anderson=``): its least squares on torch and on numpy
+  solved a UniPC run's mixing weights to other last bits (left to the torch operations).
 
 The values are the same either way: on CPU tensors the library forms its combinations with numpy's
 operations in numpy's order (no fused multiply-add, ``_backend.axpy``) and sums on numpy's views, so
 a run on CPU tensors, routed or not (gradients on, a state that requires them), is the numpy
-engine's run bit for bit.
+engine's run bit for bit (tested for every method with its defaults; the Anderson mixing aside).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def route(model: Any, x: Any, solver: Any, options: dict) -> tuple[Any, Any] | N
     executor = options.get("executor")
     if (executor is not None and type(executor) not in _EXECUTORS) or not _library_rule(options.get("stop")):
         return None
+    if options.get("anderson"):  # (the mixing's least squares: a unipc run's torch and numpy solutions differed)
+        return None
     view = _tensor_on_host(x)
     if view is None:
         return None
@@ -108,11 +112,20 @@ def _tensor(a: Any) -> Any:
 
 def _back(out: Any) -> Any:
     """A routed call's return value with its arrays as tensors: a ``Result`` (its output, coarse
-    prediction and every hit's output), or an array (``solve``)."""
-    if isinstance(out, Result):
-        hits = tuple(dataclasses.replace(h, x=_tensor(h.x)) for h in out.hits)
-        return dataclasses.replace(out, x=_tensor(out.x), coarse=_tensor(out.coarse), hits=hits)
-    return _tensor(out)
+    prediction and every hit's output: one tensor per array, so that ``x is hits[-1].x`` where it
+    was), or an array (``solve``)."""
+    if not isinstance(out, Result):
+        return _tensor(out)
+    made: dict[int, Any] = {}
+
+    def tensor(a: Any) -> Any:
+        got = made.get(id(a))
+        if got is None:
+            got = made[id(a)] = _tensor(a)
+        return got
+
+    hits = tuple(dataclasses.replace(h, x=tensor(h.x)) for h in out.hits)
+    return dataclasses.replace(out, x=tensor(out.x), coarse=tensor(out.coarse), hits=hits)
 
 
 def on_host(fn: F) -> F:

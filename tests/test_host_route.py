@@ -45,6 +45,7 @@ def test_a_routed_run_is_the_numpy_engines_run_returned_as_tensors(method, dtype
     assert type(got.x) is torch.Tensor and got.x.dtype == torch.from_numpy(x).dtype and got.rounds == want.rounds
     assert np.array_equal(got.x.numpy(), want.x) and got.stopped_by == want.stopped_by
     assert all(type(h.x) is torch.Tensor and np.array_equal(h.x.numpy(), w.x) for h, w in zip(got.hits, want.hits))
+    assert (got.x is got.hits[-1].x) == (want.x is want.hits[-1].x)  # (one tensor per array)
     assert (got.coarse is None) == (want.coarse is None)
     if want.coarse is not None:
         assert type(got.coarse) is torch.Tensor and np.array_equal(got.coarse.numpy(), want.coarse)
