@@ -245,11 +245,24 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
     if executor is None:
         executor = BatchedExecutor()
     elif isinstance(executor, type):  # (a class is callable too: it would fail at the first round)
-        raise TypeError(f"executor: pass an instance, e.g. {executor.__name__}(), not the class {executor.__name__}")
+        name = executor.__name__
+        raise TypeError(f"executor: pass an instance, e.g. {name}{_call_example(executor)}, not the class {name}")
     elif not isinstance(executor, Executor) and not callable(executor):
         raise TypeError(
             f"executor must be an Executor (a callable executor(model, xs, ts)), got {type(executor).__name__}")
     return Call(model, times, sol, executor)
+
+
+def _call_example(cls: type) -> str:
+    """How an error shows a call of ``cls``: ``()`` where it needs no argument, else ``(...)`` (a user
+    trial was told ``ProcessExecutor()``, which needs a factory)."""
+    try:
+        params = signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return "(...)"
+    needed = [p for p in params if p.default is Parameter.empty and p.kind not in (Parameter.VAR_POSITIONAL,
+                                                                                   Parameter.VAR_KEYWORD)]
+    return "(...)" if needed else "()"
 
 
 #: the methods a user calls by name: ``methods.METHODS`` (the registry itself, so that what is

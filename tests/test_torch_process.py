@@ -374,7 +374,8 @@ def test_an_interrupted_call_breaks_the_executor_instead_of_leaving_stale_replie
     try:
         with pytest.raises(KeyboardInterrupt):
             cc.chords(MODEL, x0(), grid, "euler", cores=2, stop=None, executor=ex)
-        with pytest.raises(ExecutorClosed):
+        # (it says why: a user trial read "closed by the user or after a dead / hung worker")
+        with pytest.raises(ExecutorClosed, match=r"closed \(a call was interrupted \(KeyboardInterrupt\)"):
             cc.chords(MODEL, x0(), grid, "euler", cores=2, stop=None, executor=ex)
     finally:
         ex.close()

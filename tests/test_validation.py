@@ -257,6 +257,13 @@ def test_an_executor_class_instead_of_an_instance_is_named():
     with pytest.raises(TypeError, match=r"^executor: pass an instance"):
         cc.chords(FLOW, X, GRID, cores=2, executor=cc.BatchedExecutor)
 
+    class NeedsAFactory(cc.Executor):  # (a user trial was told ProcessExecutor(), which needs its factory)
+        def __init__(self, factory, workers=2):
+            self.factory = factory
+
+    with pytest.raises(TypeError, match=r"^executor: pass an instance, e.g. NeedsAFactory\(\.\.\.\), not the class"):
+        cc.chords(FLOW, X, GRID, cores=2, executor=NeedsAFactory)
+
 
 def test_unipc_variant_is_checked():
     with pytest.raises(ValueError, match="variant"):

@@ -372,6 +372,7 @@ class ProcessExecutor(Executor):
         _LIVE.add(self)
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0, self._owner)
         self._closed = False
+        self._why_closed = "closed by the user or after a dead / hung worker"  # (what the refusal of a call says)
         self._closed_by_user = False  # close() called (from another thread, during a round: ExecutorClosed there)
         self._sent: tuple | None = None  # model_state of the model whose shell the workers hold
         self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
@@ -508,7 +509,7 @@ class ProcessExecutor(Executor):
             raise ExecutorClosed(f"this ProcessExecutor belongs to process {self._owner}; its workers answer that "
                                  "process only: make a new executor in this (forked) one")
         if self._closed:
-            raise ExecutorClosed("this ProcessExecutor is closed (closed by the user or after a dead / hung worker)")
+            raise ExecutorClosed(f"this ProcessExecutor is closed ({self._why_closed})")
         check_points(xs, ts, "ProcessExecutor")
         if not xs:
             return []
@@ -563,6 +564,8 @@ class ProcessExecutor(Executor):
                 raise self._closed_meanwhile() from None  # or ValueError here; a Ctrl-C stays a Ctrl-C)
             if not self._closed:
                 self._break()
+                self._why_closed = (f"a call was interrupted ({type(e).__name__}) while its workers were evaluating: "
+                                    "their replies could not be told from the next call's; make a new executor")
             raise
         # all replies are in (each worker reports its own first bad output: worker 0's was raised, point 2 of
         # [ok, nan, nan, ok] where the others name point 1)
