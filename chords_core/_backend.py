@@ -984,10 +984,21 @@ def inner(a: Array, b: Array) -> float:
     float32's safe range (``_SQ32_LO``), a tensor that requires gradients read without them (no
     autograd warning, no graph)."""
     if hasattr(a, "detach"):  # (before widening: .float() on a tensor that requires gradients records a step)
-        a = a.detach()
-    if hasattr(b, "detach"):
+        a, b = _numpy_view(a.detach()), _numpy_view(b.detach()) if hasattr(b, "detach") else b
+    elif hasattr(b, "detach"):
         b = b.detach()
     return _sum_products(_single_or_wider(a), _single_or_wider(b))
+
+
+def _numpy_view(t: Array) -> Array:
+    """numpy's view of a float32 / float64 CPU tensor, summed as numpy sums (a torch sum's order gave
+    the Anderson mixing's weights other last bits than a numpy state's); any other tensor as it is."""
+    if t.is_cpu and t.dtype in (_torch.float32, _torch.float64):
+        try:
+            return t.resolve_neg().numpy()
+        except RuntimeError:  # (inside torch.func, numpy views no tensor)
+            return t
+    return t
 
 
 def _sum_products(a: Array, b: Array) -> float:

@@ -19,14 +19,13 @@ Taken (``route``) where all of these hold, and otherwise the call runs on the te
   below ``GRAIN`` elements (torch's own grain for splitting an operation over threads);
 - everything that meets the arrays is the library's own: the model a ``DiffusionModel`` or
   ``VectorField`` (no subclass), the solver a name registered by the library, the executor the
-  default or a ``BatchedExecutor`` / ``SerialExecutor``, a stop rule one of ``stopping``'s classes;
-- no Anderson mixing (ParaTAA, the cascade's ``anderson=``): its least squares on torch and on numpy
-  solved a UniPC run's mixing weights to other last bits (left to the torch operations).
+  default or a ``BatchedExecutor`` / ``SerialExecutor``, a stop rule one of ``stopping``'s classes.
 
 The values are the same either way: on CPU tensors the library forms its combinations with numpy's
-operations in numpy's order (no fused multiply-add, ``_backend.axpy``) and sums on numpy's views, so
+operations in numpy's order (no fused multiply-add, ``_backend.axpy``) and sums on numpy's views
+(``_backend.row_sq``, ``inner``), so
 a run on CPU tensors, routed or not (gradients on, a state that requires them), is the numpy
-engine's run bit for bit (tested for every method with its defaults; the Anderson mixing aside).
+engine's run bit for bit (tested for every method, the Anderson mixing's too).
 """
 
 from __future__ import annotations
@@ -93,8 +92,6 @@ def route(model: Any, x: Any, solver: Any, options: dict) -> tuple[Any, Any] | N
         return None
     executor = options.get("executor")
     if (executor is not None and type(executor) not in _EXECUTORS) or not _library_rule(options.get("stop")):
-        return None
-    if options.get("anderson"):  # (the mixing's least squares: a unipc run's torch and numpy solutions differed)
         return None
     view = _tensor_on_host(x)
     if view is None:

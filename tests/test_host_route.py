@@ -55,6 +55,27 @@ def test_a_routed_run_is_the_numpy_engines_run_returned_as_tensors(method, dtype
     assert unrouted.x.requires_grad and np.array_equal(unrouted.x.detach().numpy(), want.x)
 
 
+@pytest.mark.parametrize("method, options", [("cascade", {"anderson": 3}), ("parataa", {})])
+def test_the_anderson_mixing_on_cpu_tensors_is_the_numpy_engines_too(method, options):
+    """The mixing's inner products on CPU tensors are summed as numpy sums them: on a UniPC run of a
+    small network the weights summed by torch took other last bits, and a run with gradients on (not
+    routed) differed from the same run under ``no_grad``."""
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.randn(9, 32, dtype=torch.float64, generator=g) * 0.3
+    w2 = torch.randn(32, 8, dtype=torch.float64, generator=g) * 0.3
+    model = cc.DiffusionModel(lambda x, t: torch.tanh(torch.cat([x, t[:, None]], 1) @ w1) @ w2 - 0.5 * x, SCH, "flow")
+    x = torch.randn(3, 8, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        routed = cc.parallel(model, x.clone(), GRID, "unipc", cores=4, method=method, **options)
+    grad = cc.parallel(model, x.clone().requires_grad_(True), GRID, "unipc", cores=4, method=method, **options)
+    assert routed.rounds == grad.rounds and torch.equal(routed.x, grad.x.detach())
+    m_np, m_t = _pair(np.float64)  # (and an elementwise network's run is the numpy engine's)
+    want = cc.parallel(m_np, _x(np.float64, 3), GRID, "unipc", cores=4, method=method, **options)
+    with torch.no_grad():
+        got = cc.parallel(m_t, torch.from_numpy(_x(np.float64, 3)), GRID, "unipc", cores=4, method=method, **options)
+    assert np.array_equal(got.x.numpy(), want.x)
+
+
 def test_the_network_gets_tensors_and_its_faults_read_as_on_the_torch_path():
     """The network is called on tensors (times a tensor of the state's dtype); a wrong shape, dtype,
     type, a non-finite value and an in-place write raise what they raise with gradients on (the torch
