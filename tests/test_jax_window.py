@@ -511,3 +511,16 @@ def test_an_estimate_beyond_float64s_range_accepts_nothing_compiled():
     seq = cc.solve(nf, y0, grid, "euler")
     got = cj.parallel(jf, y0, grid, "euler", cores=2)
     assert close(got.x, seq, 1e-12) and got.rounds < T
+
+
+def test_a_plain_ode_iterate_that_runs_off_past_the_window_start_is_named_as_such():
+    """A user trial: Van der Pol (mu = 5) on 8 lanes, where the core cuts sweeps whose seeded points run
+    off and goes on, raised a bare non-finite error compiled, which read as a broken model. It now says
+    the point lay past the window start and what the core does there."""
+    def f(t, y):
+        return jnp.stack([y[:, 1], 5 * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], 1)
+
+    y0, grid = np.array([[2.0, 0.0], [0.1, 0.1]]), np.linspace(0.0, 2.0, 41)
+    with pytest.raises(ModelOutputError, match=r"^round \d+, window point (\d+) .*non-finite.*; window point \1 lies "
+                                               r"past the window start \d+ .*chords_core.parallel cuts the sweep"):
+        cj.parallel(cc.VectorField(f, batched=True), y0, grid, "euler", cores=8, method="paradigms")

@@ -497,7 +497,12 @@ def parallel(
     if bad != NO_BAD:
         r, k = divmod(bad, W)
         b = int(starts[r - 1]) if r else 0
-        raise ModelOutputError.nonfinite(k, f"round {r + 1}, {point_where(b + k, 0, float(call.times[b + k]))}")
+        err = ModelOutputError.nonfinite(k, f"round {r + 1}, {point_where(b + k, 0, float(call.times[b + k]))}")
+        if k > 0 and is_plain_ode(model):  # (a user trial could not tell a run-off iterate from a broken model)
+            raise err.relabel(k, f"{err}; window point {b + k} lies past the window start {b} (an iterate not yet "
+                              "converged, which on a plain ODE may have run off to where the field overflows): "
+                              "chords_core.parallel cuts the sweep there and goes on; the compiled loop stops at it")
+        raise err
     log, trace = _records(W, T, tuple(int(v) for v in starts[:rounds]))
     return Result(x=x_T, rounds=rounds, nfe=nfe, hits=(Hit(0, rounds, nfe, x_T),), coarse=None,
                   stopped_by=f"window reached T after {len(log)} sweeps", method=name, sequential_rounds=T,
