@@ -8,7 +8,7 @@ The layers, one module (or subpackage) each, in the order a solve passes through
 - ``engine`` (CHORDS' round loop) with ``executors`` (how a round's evaluations run),
   ``stopping`` (stop rules), ``history`` (multistep history at a rectification), ``results``
 - ``methods`` (every parallel method, one registry; ``parallel`` is the entry point)
-- ``host`` (a run on CPU tensors computed on numpy's views of them, ``host.on_host``)
+- ``host`` (a run on CPU tensors computed on numpy's views of them, ``host.host_route``)
 - ``tuning`` (calibration problems, the init search), ``problems`` (analytic test problems),
   ``checks`` (argument validation), ``demo`` and ``__main__`` (the command line).
 """

@@ -355,14 +355,19 @@ def torch_view(a: np.ndarray) -> Array:
     return _torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def host_view(t: Array) -> np.ndarray:
-    """numpy's view of a CPU tensor ``t`` (detached; a negative bit resolved, which numpy cannot view)."""
+def numpy_view(t: Array) -> np.ndarray | None:
+    """numpy's view of a float32 / float64 CPU tensor ``t`` (detached; a negative bit resolved, which numpy
+    cannot view), on its memory; ``None`` for any other tensor and where numpy can view none (inside a
+    ``torch.func`` transform). The one home of this view: sums of CPU tensors (``row_sq``, ``inner``),
+    a host-routed run's state and network outputs (``host``)."""
+    if not t.is_cpu or t.dtype not in (_torch.float32, _torch.float64):
+        return None
     if t.requires_grad:
         t = t.detach()
     try:
-        return t.numpy()
-    except RuntimeError:
-        return t.resolve_neg().resolve_conj().numpy()
+        return t.resolve_neg().numpy()
+    except RuntimeError:  # (inside torch.func, numpy views no tensor)
+        return None
 
 
 def unshared(out: Array, buf: Array) -> Array:
@@ -983,22 +988,20 @@ def inner(a: Array, b: Array) -> float:
     float32 (its products overflow from about 256), float32 again in float64 where the sum is out of
     float32's safe range (``_SQ32_LO``), a tensor that requires gradients read without them (no
     autograd warning, no graph)."""
-    if hasattr(a, "detach"):  # (before widening: .float() on a tensor that requires gradients records a step)
-        a, b = _numpy_view(a.detach()), _numpy_view(b.detach()) if hasattr(b, "detach") else b
-    elif hasattr(b, "detach"):
-        b = b.detach()
+    # (CPU tensors summed on numpy's views, as numpy sums: a torch sum's order gave the Anderson mixing's
+    # weights other last bits than a numpy state's; others detached before widening: .float() on a tensor
+    # that requires gradients records a step)
+    if hasattr(a, "detach"):
+        a = _viewed(a)
+    if hasattr(b, "detach"):
+        b = _viewed(b)
     return _sum_products(_single_or_wider(a), _single_or_wider(b))
 
 
-def _numpy_view(t: Array) -> Array:
-    """numpy's view of a float32 / float64 CPU tensor, summed as numpy sums (a torch sum's order gave
-    the Anderson mixing's weights other last bits than a numpy state's); any other tensor as it is."""
-    if t.is_cpu and t.dtype in (_torch.float32, _torch.float64):
-        try:
-            return t.resolve_neg().numpy()
-        except RuntimeError:  # (inside torch.func, numpy views no tensor)
-            return t
-    return t
+def _viewed(t: Array) -> Array:
+    """``numpy_view(t)`` where there is one, else ``t`` detached."""
+    v = numpy_view(t) if library(t) == "torch" else None
+    return t.detach() if v is None else v
 
 
 def _sum_products(a: Array, b: Array) -> float:
@@ -1033,10 +1036,10 @@ def row_sq(d: Array) -> Array:
     (``_row_sq32_device``)."""
     d = _single_or_wider(d)
     if type(d) is not np.ndarray and library(d) == "torch" and d.is_cpu and d.dtype in (_torch.float32, _torch.float64):
-        try:
-            return _row_sq_checked(d.detach().resolve_neg().numpy())  # (a view; a negative-bit tensor resolved)
-        except RuntimeError:  # (inside torch.func, numpy views no tensor: a copy of its values)
-            d = values_of(d)
+        v = numpy_view(d)
+        if v is not None:
+            return _row_sq_checked(v)
+        d = values_of(d)  # (inside torch.func, numpy views no tensor: a copy of its values)
     if type(d) is np.ndarray and d.dtype.char in "fd":
         return _row_sq_checked(d)
     if _float32(d):

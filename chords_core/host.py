@@ -1,20 +1,21 @@
-"""Torch tensors on the CPU, computed on as numpy arrays (``on_host``).
+"""Torch tensors on the CPU, computed on as numpy arrays (``host_route``).
 
 A run's own arithmetic (steps, rectifications, window updates, scores) is a few array operations a
 round. On a small CPU tensor each torch operation costs several microseconds of dispatch, numpy's
 about one: at 64 float32 elements the torch engine took 1.4-2x the numpy engine's time a round, most
-of it there. Where nothing outside the library would see the difference, ``on_host`` runs the whole
-call on numpy's views of the tensors (``Tensor.numpy()``: the same memory, no copy) and hands the
-network torch tensors on the same memory (``torch.from_numpy``), so that the network, its checks and
-its errors see what they see on the torch path, and the result comes back as tensors.
+of it there. Where nothing outside the library would see the difference, ``host_route`` runs the
+whole call on numpy's views of the tensors (``_backend.numpy_view``: the same memory, no copy) and
+hands the network torch tensors on the same memory (``torch.from_numpy``), so that the network and
+its checks see what they see on the torch path; the result comes back as tensors of their own.
 
 Taken (``route``) where all of these hold, and otherwise the call runs on the tensors as given:
 
 - the state is a plain ``torch.Tensor`` (no subclass) on the CPU, float32 or float64, strided, with at
-  least one axis, that numpy can view (no conjugate or negative bit), not inside a ``torch.func``
-  transform;
-- gradients are off (``torch.no_grad()`` or ``torch.inference_mode()``, as samplers run): with them on,
-  a result could carry a graph back to the network's parameters, which numpy cannot;
+  least one axis and one element, that numpy can view (no conjugate or negative bit), not inside a
+  ``torch.func`` transform;
+- no derivative is recorded: gradients off (``torch.no_grad()`` or ``torch.inference_mode()``, as
+  samplers run) and no forward-mode level open (``torch.autograd.forward_ad``, which ``no_grad``
+  leaves on): numpy carries neither a graph back to the network's parameters nor a tangent;
 - torch would run the arithmetic on one thread anyway: ``torch.get_num_threads() == 1``, or a state
   below ``GRAIN`` elements (torch's own grain for splitting an operation over threads);
 - everything that meets the arrays is the library's own: the model a ``DiffusionModel`` or
@@ -23,9 +24,12 @@ Taken (``route``) where all of these hold, and otherwise the call runs on the te
 
 The values are the same either way: on CPU tensors the library forms its combinations with numpy's
 operations in numpy's order (no fused multiply-add, ``_backend.axpy``) and sums on numpy's views
-(``_backend.row_sq``, ``inner``), so
-a run on CPU tensors, routed or not (gradients on, a state that requires them), is the numpy
-engine's run bit for bit (tested for every method, the Anderson mixing's too).
+(``_backend.row_sq``, ``inner``), so a run on CPU tensors, routed or not (gradients on, a state that
+requires them), is the numpy engine's run bit for bit (tested for every method, the Anderson
+mixing's too). What differs: a routed run raises no numpy floating-point warning (none, as torch
+raises none; ``np.errstate``), and the network's input is a tensor of its own on the state's memory,
+so an in-place write into a state that is a view of the caller's buffer is caught at its first step
+(the torch path, which cannot tell such a write from another view's, caught it a step later).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from .models import DiffusionModel, ModelOutputError, VectorField
 from .results import Result
 from .solvers import SOLVERS
 
-__all__ = ["on_host", "route", "GRAIN"]
+__all__ = ["host_route", "route", "GRAIN"]
 
 #: torch splits an elementwise operation over threads from this many elements (``at::internal::GRAIN_SIZE``);
 #: numpy does not: a larger state stays on torch unless torch runs on one thread
@@ -57,21 +61,17 @@ _MODELS = (DiffusionModel, VectorField)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _tensor_on_host(x: Any) -> Any:
-    """numpy's view of ``x`` where ``x`` is a tensor the route takes (see the module docstring), else ``None``."""
+def _state_view(x: Any) -> np.ndarray | None:
+    """numpy's view of the state ``x`` where the route takes it (the tensor and the modes: see the module
+    docstring), else ``None``."""
     if B.library(x) != "torch":  # (which also has ``_backend`` hold the torch module)
         return None
     torch = B._torch
-    if type(x) is not torch.Tensor:
+    if (type(x) is not torch.Tensor or x.layout != torch.strided or x.dim() == 0 or x.numel() == 0 or x.is_neg()
+            or torch.is_grad_enabled() or x.requires_grad or torch.autograd.forward_ad._current_level >= 0
+            or B.in_torch_func(x) or (x.numel() >= GRAIN and torch.get_num_threads() != 1)):
         return None
-    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.layout != torch.strided
-            or x.dim() == 0 or torch.is_grad_enabled() or x.requires_grad or B.in_torch_func(x)
-            or (x.numel() >= GRAIN and torch.get_num_threads() != 1)):
-        return None
-    try:
-        return x.numpy()
-    except (RuntimeError, TypeError, ValueError):  # (a conjugate or negative bit, a tensor without storage)
-        return None
+    return B.numpy_view(x)  # (None: another device or dtype)
 
 
 def _library_solver(solver: Any) -> bool:
@@ -85,26 +85,27 @@ def _library_rule(stop: Any) -> bool:
     return stop is None or type(stop).__module__ == "chords_core.stopping"
 
 
-def route(model: Any, x: Any, solver: Any, options: dict) -> tuple[Any, Any] | None:
-    """(the model on the host, numpy's view of ``x``) where the call can run on the host (the module
+def route(model: Any, x: Any, solver: Any, options: dict) -> tuple[Any, np.ndarray] | None:
+    """(the model to run with, numpy's view of ``x``) where the call can run on the host (the module
     docstring), else ``None``. ``options``: the call's keyword arguments (its executor, stop rule)."""
     if type(model) not in _MODELS or not _library_solver(solver):
         return None
     executor = options.get("executor")
     if (executor is not None and type(executor) not in _EXECUTORS) or not _library_rule(options.get("stop")):
         return None
-    view = _tensor_on_host(x)
+    view = _state_view(x)
     if view is None:
         return None
-    host = object.__new__(type(model))
-    host.__dict__.update(model.__dict__)
-    host.on_host = True
-    return host, view
+    numpy_model = object.__new__(type(model))  # (a copy: the caller's model may serve other threads' calls)
+    numpy_model.__dict__.update(model.__dict__)
+    numpy_model.numpy_engine = True
+    return numpy_model, view
 
 
 def _tensor(a: Any) -> Any:
-    """A numpy result of a routed run as a tensor on its memory (``_backend.torch_view``)."""
-    return B.torch_view(a) if type(a) is np.ndarray else a
+    """A numpy array a routed run returns, as a tensor of its own memory (a view of numpy's could not be
+    resized, as a tensor the torch path returns can)."""
+    return B._torch.from_numpy(a).clone() if type(a) is np.ndarray else a
 
 
 def _back(out: Any) -> Any:
@@ -125,9 +126,9 @@ def _back(out: Any) -> Any:
     return dataclasses.replace(out, x=tensor(out.x), coarse=tensor(out.coarse), hits=hits)
 
 
-def on_host(fn: F) -> F:
+def host_route(fn: F) -> F:
     """``fn(model, x, grid, solver, ...)``, a run, routed through numpy where ``route`` takes it: the
-    model and state replaced by their host forms, the result's arrays returned as tensors (and those of
+    model and state replaced by their numpy forms, the result's arrays returned as tensors (and those of
     a ``ModelOutputError``'s ``done``)."""
     default_solver = inspect.signature(fn).parameters["solver"].default
 
@@ -140,7 +141,8 @@ def on_host(fn: F) -> F:
         if taken is None:
             return fn(*args, **kwargs)
         try:
-            out = fn(*taken, *args[2:], **kwargs)
+            with np.errstate(all="ignore"):  # (as torch: an overflow is the output check's, no warning)
+                out = fn(*taken, *args[2:], **kwargs)
         except ModelOutputError as err:
             if err.done:
                 err.done = [_tensor(d) for d in err.done]

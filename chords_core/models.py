@@ -312,19 +312,20 @@ class Model:
             times: (T + 1,) float64 grid times.
         """
 
-    #: set on the copy of a model that ``host.on_host`` runs a call with: the library's arithmetic on
-    #: numpy's views of CPU tensors, the network called on tensors on the same memory (``_checked``)
-    on_host = False
+    #: set on the copy of a model that a host-routed call runs with (``host.host_route``): the library's
+    #: arithmetic on numpy's views of CPU tensors, the network called on tensors on the same memory
+    numpy_engine = False
 
-    def _checked(self, out: Array, like: Array, n: int, rows: int, workspace: B.Workspace | None,
-                 split: Callable[[Array], list]) -> Array:
+    def _checked(self, out: Array, like: Array, n: int, rows: int, workspace: B.Workspace | None = None,
+                 split: Callable[[Array], list] | None = None) -> Array:
         """The network's output ``out`` at the stacked points ``like`` as the methods take it: ``_check``ed
-        (``split`` as there), and copied where it shares memory with ``workspace``'s buffer. ``on_host``:
+        (``split`` as there), and copied where it shares memory with ``workspace``'s buffer. ``numpy_engine``:
         its type, shape and dtype checked as the tensor it is, against the tensor the network was given,
         then numpy's view of it (its finiteness checked there)."""
-        if self.on_host:
+        if self.numpy_engine:
             def view(o: Array) -> Array:
-                o = B.host_view(o)
+                v = B.numpy_view(o)
+                o = B.values_of(o) if v is None else v  # (none: never on the route's float CPU tensors)
                 return o if workspace is None else workspace.detach(o)
 
             return self._check(out, like, n, rows, split, view)
@@ -438,7 +439,7 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
-        x = B.torch_view(x) if self.on_host else x
+        x = B.torch_view(x) if self.numpy_engine else x
         out = watched_call(self.fn, (x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False))), x, len(xs))
         out = self._checked(out, x, len(xs), rows, workspace, lambda o: B.split_rows(o, len(xs)))
         if len(xs) == 1:
@@ -549,15 +550,15 @@ class VectorField(Model):
         if not self.batched:
             outs: list = []
             for k, (x, t) in enumerate(zip(xs, ts)):
-                x = B.torch_view(x) if self.on_host else x
+                x = B.torch_view(x) if self.numpy_engine else x
                 try:
-                    out = self._checked(watched_call(self.f, (float(t), x), x, 1), x, 1, 1, None, list)
+                    out = self._checked(watched_call(self.f, (float(t), x), x, 1), x, 1, 1)
                 except ModelOutputError as e:
                     raise e.relabel(k, str(e), outs if e.done is not None else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
-        y = B.torch_view(y) if self.on_host else y
+        y = B.torch_view(y) if self.numpy_engine else y
         out = watched_call(self.f, (B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y), y, len(xs))
         out = self._checked(out, y, len(xs), 1, workspace, lambda o: [o[k] for k in range(len(xs))])
         return [out[k] for k in range(len(xs))]

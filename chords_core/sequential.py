@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .call import begin
-from .host import on_host
+from .host import host_route
 from .models import Model, ModelOutputError
 from .progress import progress_bar
 from .results import as_array
@@ -14,7 +14,7 @@ from .solvers import Solver
 __all__ = ["solve"]
 
 
-@on_host
+@host_route
 def solve(model: Model, x: Any, grid: Any, solver: str | Solver = "euler", *, progress: bool = False,
           **solver_options: Any) -> Any:
     """Integrate from ``x`` at ``grid[0]`` to ``grid[-1]`` with a fixed-grid solver.

@@ -145,7 +145,7 @@ def test_inference_mode_channels_last_and_views_are_routed_alike():
               torch.from_numpy(np.ascontiguousarray(x4.transpose(0, 1, 3, 2))).transpose(2, 3)):
         with torch.inference_mode():
             got = cc.parallel(m_t, x, GRID, cores=4).x
-        assert got.shape == x.shape and np.array_equal(got.numpy(), want)
+        assert got.shape == x.shape and got.stride() == x.stride() and np.array_equal(got.numpy(), want)
 
 
 def _routed(model, x, solver="euler", **options) -> bool:
@@ -163,7 +163,7 @@ def test_the_route_is_taken_only_where_nothing_else_meets_the_arrays(monkeypatch
         assert _routed(cc.VectorField(lambda t, y: -y), torch.ones(3, dtype=torch.float64))
         assert not _routed(model, x.half()) and not _routed(model, x.bfloat16())
         assert not _routed(model, torch.nn.Parameter(x.clone())) and not _routed(model, x[0, 0])
-        assert not _routed(model, torch.zeros(2, 8)._neg_view())
+        assert not _routed(model, torch.zeros(2, 8)._neg_view()) and not _routed(model, torch.zeros(0, 8))
         mine = type("Mine", (cc.DiffusionModel,), {})
         assert not _routed(mine(model.fn, SCH, "flow"), x)
 
@@ -198,3 +198,59 @@ def test_with_gradients_on_a_result_still_carries_the_networks_graph():
     out = cc.parallel(model, torch.from_numpy(_x()), GRID, cores=3, method="chords")
     out.x.sum().backward()
     assert w.grad is not None and float(w.grad) != 0.0
+
+
+def test_the_entry_points_take_the_route_and_return_tensors_of_their_own(monkeypatch):
+    """Every entry point asks ``route`` and runs on what it returns (a review: with the decorators
+    removed the value tests still passed, the torch path being numpy's bit for bit); the results are
+    tensors of their own, which can be resized as the torch path's can (a view of numpy's memory could
+    not)."""
+    taken = []
+    real = host.route
+
+    def spy(*a, **k):
+        got = real(*a, **k)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(host, "route", spy)
+    model = cc.DiffusionModel(lambda x, t: 0.5 * x, SCH, "flow")
+    x = torch.from_numpy(_x())
+    with torch.no_grad():
+        seq = cc.solve(model, x, GRID)
+        results = [cc.parallel(model, x, GRID, cores=3, method=m) for m in METHODS]
+    assert taken == [True] * (1 + len(METHODS))
+    cc.solve(model, x, GRID)  # (gradients on: not taken)
+    assert taken[-1] is False
+    for r in [seq, *(res.x for res in results)]:
+        r.resize_(4, 8)  # (a tensor on numpy's memory: "Trying to resize storage that is not resizable")
+
+
+def test_forward_mode_derivatives_are_not_routed_through_numpy():
+    """A review: ``no_grad`` leaves forward-mode AD on, and a dual state or a network with dual weights
+    lost its tangent on the route (None where the torch path gives it)."""
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level(), torch.no_grad():
+        x = fwad.make_dual(torch.ones(2, 3), torch.ones(2, 3))
+        out = cc.solve(cc.DiffusionModel(lambda x, t: 0.5 * x, SCH, "flow"), x, GRID)
+        assert fwad.unpack_dual(out).tangent is not None
+        w = fwad.make_dual(torch.tensor(0.5), torch.tensor(1.0))
+        res = cc.chords(cc.DiffusionModel(lambda x, t: w * x, SCH, "flow"), torch.ones(2, 3), GRID, cores=3)
+        assert fwad.unpack_dual(res.x).tangent is not None
+
+
+def test_a_routed_run_raises_no_numpy_warning_where_the_torch_path_raises_none():
+    """A review: an overflow in the library's own float32 arithmetic raised numpy's RuntimeWarning on the
+    route (an error under ``-W error``, pointing into the library), where the torch path says nothing
+    and the output check names the step."""
+    import warnings
+
+    model = cc.VectorField(lambda t, y: y + 0.0)
+    said = []
+    for grad in (True, False):
+        with warnings.catch_warnings(), torch.set_grad_enabled(grad), pytest.raises(ModelOutputError) as err:
+            warnings.simplefilter("error")
+            cc.solve(model, torch.full((2,), 3e38), np.linspace(0.0, 1.0, 5))
+        said.append(str(err.value))
+    assert said[0] == said[1] and said[0].startswith("step 1")

@@ -11,7 +11,7 @@ from ..checks import check_int
 from ..engine import run_plan
 from ..executors import Executor
 from ..history import check_history
-from ..host import on_host
+from ..host import host_route
 from ..inits import crowded, default_init, validate_init
 from ..models import Model
 from ..plan import make_plan
@@ -22,7 +22,7 @@ from ..stopping import DEFAULT_STOP, StopRule, as_stop_rule
 __all__ = ["chords"]
 
 
-@on_host
+@host_route
 def chords(
     model: Model,
     x: Any,

@@ -36,7 +36,7 @@ from ..checks import check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move
-from ..host import on_host
+from ..host import host_route
 from ..models import Model
 from ..plan import Eval, Round
 from ..progress import progress_bar
@@ -91,7 +91,7 @@ class SrdsIteration(NamedTuple):
     change: float
 
 
-@on_host
+@host_route
 def srds(
     model: Model,
     x: Any,

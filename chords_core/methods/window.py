@@ -69,7 +69,7 @@ from ..checks import check_choice, check_float, check_int
 from ..engine import evaluate_round
 from ..executors import Executor
 from ..history import move
-from ..host import on_host
+from ..host import host_route
 from ..local_error import LocalError
 from ..models import DiffusionModel, Model, ModelOutputError, is_plain_ode
 from ..plan import Eval, Round
@@ -659,7 +659,7 @@ class _Overflow(Exception):
         self.scale = scale
 
 
-@on_host
+@host_route
 def sliding_window(
     model: Model,
     x: Any,
