@@ -334,7 +334,7 @@ class Workspace:
                 or (buf.shape[0] != shape[0] and order is not None and order[0] != 0 and not new_axis)
                 or buf.dtype != x0.dtype or self._layout != (order, new_axis)
                 or (lib == "torch" and (buf.device != x0.device or buf.is_inference() != _inference_mode()))):
-            buf = self._buf = _owned(_empty(shape, x0, new_axis, order))
+            buf = self._buf = own_buffer(_empty(shape, x0, new_axis, order))
             self._layout = (order, new_axis)
             self.allocations += 1
         part = buf[: shape[0]]
@@ -438,7 +438,7 @@ class RoundBuffers:
         entry = self._buffers[k]
         if entry is None or len(entry[1]) < n or 2 * capacity <= len(entry[1]):
             self._buffers[k] = entry = None  # the old one freed before the new one is made
-            buf = _owned(_empty((max(n, capacity), *self.like.shape), self.like))
+            buf = own_buffer(_empty((max(n, capacity), *self.like.shape), self.like))
             entry = self._buffers[k] = (buf, list(buf) if type(buf) is np.ndarray else list(buf.unbind(0)), {})
             self.allocations += 1
         rows = entry[2].get(n)
@@ -630,9 +630,11 @@ def _empty(shape: tuple, like: Array, new_axis: bool = False, order: tuple[int, 
 _OWNED: set[int] = set()
 
 
-def _owned(buf: Any) -> Any:
+def own_buffer(buf: Any) -> Any:
     """``buf``, a torch tensor's storage root registered in ``_OWNED`` until it is collected (other
-    arrays as they are)."""
+    arrays as they are): a buffer only the library writes, whose views a network's in-place write is
+    caught in (``models.input_version``; the stacking workspaces, round buffers and the torch
+    backend's worker and serving-rank receive buffers)."""
     if type(buf) is np.ndarray or library(buf) != "torch":
         return buf
     import weakref

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from chords_core._backend import _owned, laid_out, layouts
+from chords_core._backend import laid_out, layouts, own_buffer
 from chords_core.call import training_layers, warn_caller
 from chords_core.checks import check_bool
 from chords_core.executors import Executor
@@ -757,7 +757,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
         amp, first = h[6 : 6 + len(AUTOCAST_DEVICES)], 7 + len(AUTOCAST_DEVICES)
         shape, dtype = tuple(h[first : first + ndim]), DTYPES[dt]
         # (the rank's own buffer: the network's in-place write into a point of it is refused, as on rank 0)
-        x = _owned(recv(torch.empty((n, *shape), dtype=dtype, device=comm)))
+        x = own_buffer(recv(torch.empty((n, *shape), dtype=dtype, device=comm)))
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
         points = laid_out(x, _orders(h[first - 1], n, ndim, lambda m: recv(torch.empty(m, dtype=torch.int64,
                                                                                         device=comm))))

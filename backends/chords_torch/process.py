@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 import torch
 import torch.multiprocessing as tmp
 
-from chords_core._backend import _owned, in_layout, laid_out, layouts
+from chords_core._backend import in_layout, laid_out, layouts, own_buffer
 from chords_core.call import training_layers, warn_caller
 from chords_core.checks import check_bool, check_int
 from chords_core.executors import Executor
@@ -196,7 +196,7 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
                 model = bind(_load_shell(msg[1]), replica)
             elif op == "buffers":
                 # (the worker's own: the network's in-place write into a point of xin is refused, as in the driver)
-                xin, xout = _owned(msg[1]), msg[2]
+                xin, xout = own_buffer(msg[1]), msg[2]
             elif op == "eval":
                 if setup_error is not None:
                     raise setup_error
