@@ -61,6 +61,18 @@ fgrid = cc.time_grid(cc.RectifiedFlow(), 10)
 ref = cc.chords(flow, x, fgrid, "heun", cores=3, stop=None)
 got = cj.chords(flow, x, fgrid, "heun", cores=3, stop=None, devices=2)  # 3 cores padded to 4 slots
 out["runs"].append(["heun K=3 padded", 2, err(got, ref)])
+# args committed to another device than x: a named error (JAX's named the library's inner functions)
+scaled = cc.DiffusionModel(lambda x, t, a: a["s"] * x, cc.RectifiedFlow(), "flow")
+x3 = jax.device_put(jnp.asarray(x), jax.devices()[3])
+out["args"] = []
+for run in (lambda a: cj.chords(scaled, x3, fgrid, cores=4, args=a), lambda a: cj.solve(scaled, x3, fgrid, args=a),
+            lambda a: cj.srds(scaled, x3, fgrid, args=a), lambda a: cj.parallel(scaled, x3, fgrid, cores=4, args=a)):
+    try:
+        run({"s": jax.device_put(jnp.asarray(0.5), jax.devices()[5])})
+        out["args"].append("no error")
+    except ValueError as e:
+        out["args"].append(str(e))
+    run({"s": jax.device_put(jnp.asarray(0.5), jax.devices()[3])})  # (on x's device: runs)
 print(json.dumps(out))
 """
 
@@ -112,3 +124,10 @@ def test_the_caches_survive_another_thread_clearing_them_between_lookup_and_reor
     cache = ClearedMeanwhile(a=1)
     assert lru_get(cache, "a") == 1
     assert lru_put(OrderedDict(), "b", 2, 0) == 2
+
+
+def test_args_on_another_device_than_the_state_are_named(report):
+    """A user trial: ``args`` committed to device 5 with x on device 3 raised JAX's "incompatible devices"
+    naming the library's inner functions; every entry point now names ``args`` and says what to do."""
+    assert len(report["args"]) == 4
+    assert all(m.startswith("args: an array of it lies on device(s) [5], the state x on [3]") for m in report["args"])

@@ -379,12 +379,27 @@ def _mesh(executor: Any, devices: Any) -> tuple[Any, int]:
     return mesh, 1 if mesh is None else mesh.shape["cores"]
 
 
+def check_args_devices(x: jax.Array, args: Any) -> None:
+    """Refuse, naming ``args``, arrays of ``args`` committed to other devices than the state ``x`` is
+    committed to (without a mesh): JAX's own error named the library's inner functions (a user trial)."""
+    if args is None or isinstance(x, jax.core.Tracer) or not getattr(x, "committed", False):
+        return
+    where = x.devices()
+    for leaf in jax.tree_util.tree_leaves(args):
+        if (isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.committed
+                and leaf.devices() != where):
+            ids, x_ids = sorted(d.id for d in leaf.devices()), sorted(d.id for d in where)
+            raise ValueError(f"args: an array of it lies on device(s) {ids}, the state x on {x_ids}; put args on "
+                             "x's devices (jax.device_put(args, x.sharding))")
+
+
 def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     """``x`` and ``args`` placed replicated on every device of ``mesh`` (in every process); as they
     are without a mesh. Under ``jax.distributed`` JAX checks that every process passes the same
     values: a difference is a ``ValueError`` naming the argument (JAX's ``AssertionError`` named
     only a type)."""
     if mesh is None:
+        check_args_devices(x, args)
         return x, args
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 

@@ -86,7 +86,7 @@ from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import CACHES, _as_state, _model_key, inside_transformation, options_key, solver_key
+from .api import CACHES, _as_state, _model_key, check_args_devices, inside_transformation, options_key, solver_key
 from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put, time_dtype
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
@@ -474,6 +474,7 @@ def parallel(
                          "point from a residual history of varying length); use anderson=0 or chords_core.cascade")
     _check_solver(sol)
     x = _as_state(x)
+    check_args_devices(x, args)
     shape = tuple(x.shape)
     numel_row = max(1, row_size(shape))  # (as the core's: a sample of no elements never moves)
     setup: _Setup | None = None
