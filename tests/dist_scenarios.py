@@ -27,7 +27,8 @@
   left open at exit (rank 0 neither closes it nor destroys the group: the README's pattern): every
   rank exits 0 and the outputs are the serial executor's.
 - ``idle_timeout`` (two ranks): rank 1 serves with ``idle_timeout=1``, rank 0 sends nothing for 3 s: rank 1
-  gets ``WorkerTimeout`` after about 1 s and prints it as its JSON line.
+  gets ``WorkerTimeout`` after about 1 s and prints it as its JSON line, with the warnings ``serve`` gave
+  (its network holds a batch-norm layer left in training mode).
 
 Rank 0 prints one JSON line.
 """
@@ -100,12 +101,17 @@ def main(scenario: str, path: str) -> int:
     try:
         if rank != 0 and scenario == "idle_timeout":
             t0 = time.monotonic()
-            try:
-                serve(TorchGMM(), idle_timeout=1.0)
-                got = "returned"
-            except WorkerTimeout as e:
-                got = f"WorkerTimeout: {e}"
-            print(json.dumps({"error": got, "seconds": time.monotonic() - t0}), flush=True)
+            net = TorchGMM()
+            net.norm = torch.nn.BatchNorm1d(4)  # (left in training mode: serve warns on this rank)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                try:
+                    serve(net, idle_timeout=1.0)
+                    got = "returned"
+                except WorkerTimeout as e:
+                    got = f"WorkerTimeout: {e}"
+            print(json.dumps({"error": got, "seconds": time.monotonic() - t0,
+                              "warnings": [str(w.message) for w in said]}), flush=True)
             return 0
         if scenario == "idle_timeout":
             time.sleep(3.0)

@@ -394,6 +394,10 @@ def test_idle_timeout_bounds_a_serving_ranks_wait_for_the_driver(tmp_path):
     rep = report(outs[1])
     assert rep["error"].startswith("WorkerTimeout: rank 1: no message from the driver within idle_timeout=1 s"), outs
     assert 0.9 < rep["seconds"] < 2.9 and codes == [0, 0], outs
+    # (a user trial: a serving rank's own network in training mode was not warned of, rank 0 checking only
+    # the call's model, which that rank does not run)
+    assert [w for w in rep["warnings"] if w.startswith("serve (rank 1): the network's batch-norm layer 'BatchNorm1d' is in "
+                                                       "training mode")], rep["warnings"]
 
 
 @pytest.mark.parametrize("stderr", ["as it is", "None"])
