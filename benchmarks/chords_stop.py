@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
             sample_miss += sample > 1.05
             worst_batch, worst_sample = max(worst_batch, batch), max(worst_sample, sample)
     print(f"{a.family} mixtures, seeds {a.seeds}, batch {a.batch}: {runs} runs")
+    if not runs:  # (a user trial: a ZeroDivisionError on the rounds' ratio)
+        print("no runs: every --cores exceeds every --steps")
+        return
     print(f"misses (batch RMS): {batch_miss}, worst {worst_batch:.3f}; misses (any sample): {sample_miss}, "
           f"worst {worst_sample:.3f}")
     print(f"rounds {rounds} of the sequential {seq_rounds} ({rounds / seq_rounds:.3f})")

@@ -30,7 +30,7 @@ def rms(a: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[1, 2, 3])
     ap.add_argument("--trials", type=int_at_least(1), default=150, help="problems drawn per seed")
     args = ap.parse_args(argv)
     methods = {"chords": cc.chords, "cascade": cc.parallel}

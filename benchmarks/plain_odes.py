@@ -39,6 +39,7 @@ import numpy as np
 from timing import positive_float
 
 import chords_core as cc
+from chords_core.demo import int_at_least
 
 
 def lorenz(t, y):
@@ -148,13 +149,16 @@ def rms(a) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200])
-    ap.add_argument("--cores", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--solver", nargs="+", default=["euler", "heun"])
+    ap.add_argument("--steps", type=int_at_least(1), nargs="+", default=[50, 100, 200])
+    ap.add_argument("--cores", type=int_at_least(1), nargs="+", default=[2, 4, 8])
+    ap.add_argument("--solver", nargs="+", default=["euler", "heun"], choices=["euler", "heun"],
+                    help="a plain ODE's solvers (the others need a diffusion model)")
     ap.add_argument("--peers", action="store_true", help="also the peers at their own defaults")
-    ap.add_argument("--stiff", action="store_true", help="the stiff linear system at rates 10-80 instead")
-    ap.add_argument("--more", action="store_true", help=f"the ODEs {sorted(MORE)} instead (none tuned on)")
-    ap.add_argument("--forced", action="store_true", help="forced cubic decays, dy/dt = -a y^3 + b sin(w t), instead")
+    which = ap.add_mutually_exclusive_group()  # (a user trial: --stiff --forced ran the stiff set alone, silently)
+    which.add_argument("--stiff", action="store_true", help="the stiff linear system at rates 10-80 instead")
+    which.add_argument("--more", action="store_true", help=f"the ODEs {sorted(MORE)} instead (none tuned on)")
+    which.add_argument("--forced", action="store_true",
+                       help="forced cubic decays, dy/dt = -a y^3 + b sin(w t), instead")
     ap.add_argument("--tols", type=positive_float, nargs="+", default=[1.0, 0.5], metavar="TOL",
                     help="columns of the local-error scale at these tolerances (default 1 0.5)")
     ap.add_argument("--no-chords", action="store_true", help="leave out the CHORDS column")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -47,22 +48,36 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
         p: the subparser to extend.
     """
     from .demo import int_at_least
+    from .solvers import SOLVERS
 
+    # (a user trial: --budget 0.5, --solver nope and --cores above --steps were named as the library's
+    # arguments, budget, solver, cores, not as the options)
     p.add_argument("--steps", type=int_at_least(1), default=50, help="grid steps T (default 50)")
-    p.add_argument("--cores", type=int_at_least(1), default=4, help="cores K (default 4)")
-    p.add_argument("--solver", default="euler", help="solver name (default euler)")
-    p.add_argument("--budget", type=float, default=1.05, help="allowed error / sequential error, >= 1 (default 1.05)")
+    p.add_argument("--cores", type=int_at_least(1), default=4, help="cores K, at most --steps (default 4)")
+    p.add_argument("--solver", default="euler", choices=sorted(SOLVERS), help="solver name (default euler)")
+    p.add_argument("--budget", type=_budget, default=1.05, help="allowed error / sequential error, >= 1 (default 1.05)")
     p.add_argument("--dim", type=int_at_least(1), default=8, help="Gaussian mixture dimension (default 8)")
     p.add_argument("--modes", type=int_at_least(1), default=3, help="Gaussian mixture components (default 3)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the mixture and the inputs (default 0)")
     p.add_argument("--samples", type=int_at_least(1), default=16, help="calibration samples (default 16)")
     p.add_argument("--max-evals", type=int_at_least(0), default=600,
                    help="local search stops at this many sequences measured in all; the seeds, about one a step "
-                        "(each a full run: 4 s at 200 steps, 61 s at 800 on 4 cores here), are measured first "
-                        "whatever it says, and an exhaustive search (up to --exhaustive-limit sequences) ignores "
-                        "it (default 600)")
+                        "(each a full CHORDS run on the calibration samples), are measured first whatever it says, "
+                        "and an exhaustive search (up to --exhaustive-limit sequences) ignores it (default 600)")
     p.add_argument("--exhaustive-limit", type=int_at_least(0), default=500,
                    help="search exhaustively up to this many sequences (default 500)")
+
+
+def _budget(text: str) -> float:
+    """An argparse ``type`` for ``--budget``: a finite number >= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (an error relative to the sequential "
+                                         f"solver's), got {text!r}")
+    return value
 
 
 def optimize(args: argparse.Namespace) -> int:
@@ -76,6 +91,8 @@ def optimize(args: argparse.Namespace) -> int:
     """
     from .tuning import optimize_init
 
+    if args.cores > args.steps:
+        raise ValueError(f"--cores: at most --steps ({args.steps}), got {args.cores}")
     try:
         res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,
                             seed=args.seed, samples=args.samples, max_evals=args.max_evals,

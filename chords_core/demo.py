@@ -207,7 +207,8 @@ def core_counts(args: argparse.Namespace) -> list[int]:
     # run, naming neither the option nor the solver's steps
     for solver in args.solver:
         steps = args.steps if args.steps is not None else default_steps(solver)
-        runs = f"{solver} runs {steps} steps{'' if args.steps is not None else ' (its default)'}"
+        plural = "s" if steps != 1 else ""
+        runs = f"{solver} runs {steps} step{plural}{'' if args.steps is not None else ' (its default)'}"
         if args.init and max(args.init) >= steps:
             raise ValueError(f"--init: its starts must lie below the steps; {runs}, and init reaches "
                              f"{max(args.init)}: give --steps above {max(args.init)}, or a shorter init")
@@ -217,8 +218,9 @@ def core_counts(args: argparse.Namespace) -> list[int]:
             except ValueError as e:
                 raise ValueError(f"--init: {e}") from None
         if max(counts) > steps:
-            raise ValueError(f"--cores: at most the steps; {runs}, and --cores asks for {max(counts)}: give "
-                             f"--steps of at least {max(counts)}, or fewer cores")
+            asks = "--cores asks" if args.cores else f"the default core counts ({' '.join(map(str, counts))}) ask"
+            raise ValueError(f"--cores: at most the steps; {runs}, and {asks} for {max(counts)}: give "
+                             f"--steps of at least {max(counts)}, or fewer --cores")
     return counts
 
 

@@ -30,6 +30,9 @@ BAD = {
     "jax_rounds": [["--repeat", "0"], ["--solvers", "foo"], ["--devices", "-1"], ["--sizes", "0"]],
     "level_tol": [["--tols", "nan"], ["--tols", "-1"], ["--tols", "inf"], ["--show", "-1"], ["--level-floor", "0"]],
     "overhead": [["--sizes", "0"], ["--repeats", "0"], ["--repeats", "-2"]],
+    # (a user trial: tracebacks from --steps / --cores / --solver, --seeds -1, and exclusive sets combined silently)
+    "plain_odes": [["--steps", "0"], ["--steps", "-3"], ["--cores", "0"], ["--solver", "dpmpp_2m"]],
+    "linear_odes": [["--seeds", "-1"]],
     "suite": [["--report", "/nonexistent.json"], ["--report", NOT_JSON], ["--report", NOT_RECORD]],
     "terrain": [["--steps", "0"], ["--repeats", "0"], ["--batch", "0"], ["--difficulty", "-5"],
                 ["--difficulty", "101"], ["--cores", "0"], ["--cores", "30"], ["--seed", "-1", "--quick"],
@@ -113,3 +116,17 @@ def test_terrain_writes_its_committed_record_only_for_a_full_run(tmp_path, monke
     assert json.loads((tmp_path / "mine.json").read_text()) == {"methods": ["cascade"]}
     terrain.main([])
     assert json.loads(record.read_text())["methods"] == list(terrain.METHODS)
+
+
+def test_chords_stop_says_no_runs_where_every_core_count_exceeds_every_grid(capsys):
+    """A user trial: ``--steps 3 --cores 8`` divided by zero sequential rounds (a traceback)."""
+    importlib.import_module("chords_stop").main(["--seeds", "3", "--solvers", "euler", "--steps", "3", "--cores", "8"])
+    assert capsys.readouterr().out.strip().endswith("no runs: every --cores exceeds every --steps")
+
+
+@pytest.mark.parametrize("args", [["--stiff", "--forced"], ["--more", "--forced"], ["--stiff", "--more"]])
+def test_plain_odes_problem_sets_exclude_each_other(args, capsys):
+    """Each of ``--stiff``, ``--more``, ``--forced`` runs its set "instead": combined, one ran alone silently."""
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module("plain_odes").main(args)
+    assert e.value.code == 2 and f"error: argument {args[1]}: not allowed with argument {args[0]}" in capsys.readouterr().err

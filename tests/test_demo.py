@@ -68,7 +68,14 @@ def test_every_option_has_help_text():
      "--stop: core:9 asks for output 9, and a run on 2 core(s) makes 2"),
     (["demo", "--solver", "rk4"], "invalid choice"),
     (["demo", "--cores", "two"], "argument --cores: must be an integer >= 1, got 'two'"),
-    (["optimize", "--steps", "12", "--cores", "30"], "cores"),
+    # (a user trial: optimize named the library's arguments, cores, budget, solver, not its options; demo
+    # blamed --cores for the default core counts and wrote "1 steps")
+    (["optimize", "--steps", "12", "--cores", "30"], "error: --cores: at most --steps (12), got 30"),
+    (["optimize", "--budget", "0.5"], "argument --budget: must be a finite number >= 1"),
+    (["optimize", "--budget", "nan"], "argument --budget: must be a finite number >= 1"),
+    (["optimize", "--solver", "nope"], "argument --solver: invalid choice: 'nope'"),
+    (["demo", "--steps", "1"], "--cores: at most the steps; euler runs 1 step, and the default core counts (2 4 8) "
+                               "ask for 8"),
     # counts below their least value name the option (--steps 0 ran the default steps, --samples 0
     # printed nan rows, optimize --samples 0 died in min())
     *[([cmd, flag, value], f"argument {flag}: must be an integer >= {least}, got '{value}'")

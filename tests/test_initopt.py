@@ -199,6 +199,19 @@ def test_bad_arguments_are_named(cal12):
         calibration(model=cal12.model, x_cal=cal12.x, grid=cal12.grid, dim=4, samples=3)
     with pytest.raises(ValueError, match=r"^samples: not used with x_cal"):
         calibration(8, dim=2, modes=1, x_cal=np.ones((3, 2)), samples=5)
+    # (a user trial: a reference, a refinement and a schedule the problem does not use were dropped silently:
+    # a reference of zeros gave way to the mixture's own)
+    lin = LinearODE.random(3, seed=1)
+    for options, message in (({"reference": np.zeros((2, 8)), "samples": 2}, "^reference: not used with the random mixture"),
+                             ({"samples": 2, "refine": 0}, "^refine: not used with the random mixture"),
+                             ({"problem": lin, "schedule": cc.VP.linear()}, "^schedule: not used with the given problem"),
+                             ({"problem": lin, "reference": np.zeros((16, 3))}, "^reference: not used with the given problem")):
+        with pytest.raises(ValueError, match=message):
+            calibration(5, **options)
+    with pytest.raises(ValueError, match="^schedule: not used with a user model"):
+        calibration(model=cal12.model, x_cal=cal12.x, grid=cal12.grid, schedule=cc.VP.linear())
+    with pytest.raises(ValueError, match="^refine: not used with a reference given"):
+        calibration(model=cal12.model, x_cal=cal12.x, grid=cal12.grid, reference=cal12.ref, refine=4)
     with pytest.raises(ValueError, match="speedup"):
         recipe_init(50, 4, speedup=0.5)
     with pytest.raises(ValueError, match="top"):
@@ -216,6 +229,13 @@ def test_pareto_front(points):
         assert any(r2 <= r and e2 <= e for r2, e2 in front)
 
 
+def test_pareto_front_refuses_a_nan():
+    """A user trial: a nan error compared below nothing, so it "dominated" every later point: the front
+    of [(1, nan), (2, 0.5), (3, 0.1)] was [(1, nan)]."""
+    with pytest.raises(ValueError, match=r"^points: \(rounds, error\) \(1.0, nan\) has a nan"):
+        pareto_front([(1, float("nan")), (2, 0.5), (3, 0.1)])
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def test_cli_prints_choice(capsys):
     code = cli(["--steps", "12", "--cores", "3", "--dim", "3", "--modes", "2", "--samples", "4", "--budget", "1.1"])
@@ -225,8 +245,9 @@ def test_cli_prints_choice(capsys):
 
 
 def test_cli_bad_input(capsys):
-    assert cli(["--steps", "12", "--cores", "3", "--budget", "0.5"]) == 2
-    assert "budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # (argparse's check now: the option named)
+        cli(["--steps", "12", "--cores", "3", "--budget", "0.5"])
+    assert e.value.code == 2 and "argument --budget" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["--steps", "twelve"])
 

@@ -81,7 +81,7 @@ def calibration(
     seed: int | None = None,
     samples: int | None = None,
     schedule: Any = None,
-    refine: int = 8,
+    refine: int | None = None,
     **solver_options: Any,
 ) -> Calibration:
     """Build a calibration problem.
@@ -107,8 +107,10 @@ def calibration(
         samples: the number of inputs drawn (>= 1, default 16; not with ``x_cal`` or a user model).
             An option that the chosen problem does not use raises ``ValueError`` naming it (a user
             model ignored all four silently).
-        schedule: the mixture's noise schedule (default ``RectifiedFlow()``).
-        refine: the refinement of a user model's reference solve.
+        schedule: the mixture's noise schedule (default ``RectifiedFlow()``; a mixture's only).
+        refine: the refinement of a user model's reference solve (default 8; without ``reference`` only).
+            These three, too, raise ``ValueError`` where the problem does not use them (a user trial's
+            reference of zeros was dropped for the mixture's own, silently).
         solver_options: the solver's options.
 
     Returns:
@@ -123,10 +125,21 @@ def calibration(
         unused.update(seed=seed, samples=samples)
     elif x_cal is not None:
         unused["samples"] = samples
+    mixture = model is None and (problem is None or isinstance(problem, GaussianMixture))
+    if model is None:
+        unused["reference"] = reference
+    if model is None or reference is not None:
+        unused["refine"] = refine
+    if not mixture:
+        unused["schedule"] = schedule
     given = [k for k, v in unused.items() if v is not None]
     if given:
-        what = "a user model" if model is not None else "the given problem" if problem is not None else "x_cal"
-        raise ValueError(f"{', '.join(given)}: not used with {what} (options of the random mixture's draw)")
+        what = ("a user model" if model is not None else "the given problem" if problem is not None
+                else "x_cal" if x_cal is not None else "the random mixture")
+        if model is not None and reference is not None and given == ["refine"]:
+            what = "a reference given"
+        raise ValueError(f"{', '.join(given)}: not used with {what} (dim, modes, seed, samples: the random mixture's "
+                         "draw; schedule: a mixture's; reference, refine: a user model's)")
     dim, modes = 8 if dim is None else dim, 3 if modes is None else modes
     seed, samples = 0 if seed is None else seed, 16 if samples is None else samples
     rng = np.random.default_rng(check_int("seed", seed, 0))  # (numpy's words for -1 named no argument)
@@ -150,7 +163,7 @@ def calibration(
         assert times is not None  # (checked above)
         desc = "user model, reference given"
         if reference is None:
-            refine = check_int("refine", refine, 1)
+            refine = check_int("refine", 8 if refine is None else refine, 1)
             desc = f"user model, reference refined x{refine}"
             fine = np.concatenate([np.linspace(a, b, refine + 1)[:-1] for a, b in zip(times[:-1], times[1:])]
                                   + [times[-1:]])

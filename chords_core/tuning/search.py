@@ -228,13 +228,18 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     """The non-dominated (rounds, error) pairs: no other point has both <= and one <.
 
     Args:
-        points: (rounds, error) pairs.
+        points: (rounds, error) pairs; a nan in either is refused (``ValueError``: a nan error compared
+            below nothing and so dominated every later point, a user trial).
 
     Returns:
         The front, sorted by rounds (errors decreasing).
     """
+    pairs = set((float(r), float(e)) for r, e in points)
+    bad = next((p for p in pairs if math.isnan(p[0]) or math.isnan(p[1])), None)
+    if bad is not None:
+        raise ValueError(f"points: (rounds, error) {bad} has a nan: no order places it on or off the front")
     front: list[tuple[float, float]] = []
-    for r, e in sorted(set((float(r), float(e)) for r, e in points)):
+    for r, e in sorted(pairs):
         if not front or e < front[-1][1]:
             front.append((r, e))
     return front
