@@ -365,7 +365,7 @@ def numpy_view(t: Array) -> np.ndarray | None:
     if t.requires_grad:
         t = t.detach()
     try:
-        return t.resolve_neg().numpy()
+        return (t.resolve_neg() if t.is_neg() else t).numpy()  # (is_neg: a tenth of resolve_neg's call)
     except RuntimeError:  # (inside torch.func, numpy views no tensor)
         return None
 
