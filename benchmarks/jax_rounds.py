@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             secs, _ = interleaved(loops, args.repeat, shuffle=True)
             # each loop per its own rounds: the floor's are STEPS, a run's its plan's (a multi-stage solver's
             # more: Heun's 99, a user trial found them all divided by 50)
-            rounds = cc.chords(nmodel, x, grid, solver, **kw).rounds
+            rounds = prog.rounds
             jx, npy = (secs[k] / rounds * 1e6 for k in ("jax", "numpy"))
             fl = secs["floor"] / STEPS * 1e6
             compile_ms = (first - float(np.min(jx)) * rounds / 1e6) * 1e3

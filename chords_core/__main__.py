@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -69,15 +68,15 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _budget(text: str) -> float:
-    """An argparse ``type`` for ``--budget``: a finite number >= 1."""
+    """An argparse ``type`` for ``--budget``: the library's own check (``tuning.check_budget``), its
+    refusal worded for the option."""
+    from .tuning.calibration import check_budget
+
     try:
-        value = float(text)
+        return check_budget(float(text))
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 1):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (an error relative to the sequential "
-                                         f"solver's), got {text!r}")
-    return value
+                                         f"solver's), got {text!r}") from None
 
 
 def optimize(args: argparse.Namespace) -> int:

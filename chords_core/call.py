@@ -97,8 +97,7 @@ def warn_training(model: Model) -> None:
     one it holds: a closure, a global its code names, a bound method, a partial, a wrapper object's
     attribute) has a layer whose calls depend on more than their input: a batch-norm layer that
     normalises over each call's batch, a dropout layer in training mode."""
-    fn: Any = getattr(model, "fn", None) if isinstance(model, DiffusionModel) else getattr(model, "f", None)
-    text = training_layers(fn)
+    text = training_layers(model)
     if text is not None:
         warn_caller(f"model: {text}", UserWarning)
 
