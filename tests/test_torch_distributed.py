@@ -297,6 +297,38 @@ def test_misuse_is_reported_clearly():
         dist.destroy_process_group()
 
 
+def test_a_world_of_one_runs_with_a_local_network_as_serial_does():
+    # (torchrun --nproc-per-node=1 on a script written for several ranks: refused before, with local= too)
+    import chords_core as cc
+    from chords_torch import DistributedExecutor
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 6)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.lin(x)) * t[:, None]
+
+    net = Net().double().eval()
+    sched = cc.RectifiedFlow()
+    model, grid = cc.DiffusionModel(net, sched, "flow"), cc.time_grid(sched, 10)
+    x = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ex = DistributedExecutor(local=net, batched=True)
+        with torch.no_grad():
+            for method in ("cascade", "chords", "paradigms"):
+                got = cc.parallel(model, x, grid, "euler", cores=4, method=method, executor=ex)
+                want = cc.parallel(model, x, grid, "euler", cores=4, method=method, executor=cc.SerialExecutor())
+                assert torch.equal(got.x, want.x) and got.rounds == want.rounds, method
+        ex.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            cc.parallel(model, x, grid, "euler", cores=4, executor=ex)
+    finally:
+        dist.destroy_process_group()
+
+
 class _Payload:
     def __init__(self, target: tuple) -> None:
         self.target = target

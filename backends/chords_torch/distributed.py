@@ -332,7 +332,9 @@ def _bytes_tensor(b: bytes, device: Any) -> torch.Tensor:
 class DistributedExecutor(Executor):
     """Evaluate a round's points on the other ranks of a torch.distributed group; use on rank 0.
 
-    The process group must be initialised (``dist.init_process_group``) with at least two ranks;
+    The process group must be initialised (``dist.init_process_group``) with at least two ranks, or
+    one with ``local`` (rank 0 then evaluates every point: the same script under ``torchrun
+    --nproc-per-node=1``);
     ``close()`` stops the workers' ``serve`` loops (the group itself is the caller's).
 
     Args:
@@ -381,8 +383,10 @@ class DistributedExecutor(Executor):
             raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
                                f"{dist.get_rank(group)}: call serve(...)")
         world = dist.get_world_size(group)
-        if world < 2:
-            raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate)")
+        if world < 2 and local is None:
+            raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate), "
+                             "or local=network: rank 0 then evaluates too, alone on a world of one (torchrun "
+                             "--nproc-per-node=1, say)")
         self.ranks = [self._global(r) for r in range(1, world)]
         self.device = _comm_device(group)
         if local is not None and not (callable(local) or isinstance(local, Model)):
