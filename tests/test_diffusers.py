@@ -5,7 +5,9 @@ byte-level vocabulary written to a temp dir (256 byte symbols, their end-of-word
 special tokens, no merges), so prompts tokenize to one id per character.
 """
 
+import io
 import json
+import sys
 from unittest.mock import patch
 
 import pytest
@@ -417,6 +419,42 @@ def test_bad_pipeline_arguments(unet, sd3):
         lat = torch.randn(rows, sd3.transformer.config.in_channels, size, size)
         with pytest.raises(ValueError, match=rf"^latents: {rows} row\(s\), where the prompts give 2"):
             cd.sample(sd3, ["a cat", "a dog"], num_inference_steps=4, latents=lat, height=size * 8, width=size * 8)
+
+
+def test_a_pipeline_without_its_denoiser_or_scheduler_is_named_before_anything_reads_it(sd3, unet):
+    # (SD3 and Flux encoded the prompt first, and DDIM read the UNet's config: AttributeErrors on None)
+    flux, fkw = _tiny_flux()
+    for pipe, attr, kw in ((sd3, "transformer", dict(prompt="a cat")), (flux, "transformer", fkw),
+                           (sd3, "scheduler", dict(prompt="a cat")),
+                           (DDIMPipeline(unet=unet, scheduler=DDIMScheduler()), "unet", {})):
+        broken = type(pipe)(**{**pipe.components, attr: None})
+        with pytest.raises(ValueError, match=rf"^{type(pipe).__name__}: pipe.{attr} is None; chords_diffusers needs it"):
+            cd.sample(broken, num_inference_steps=3, progress=False, **kw)
+
+
+def test_progress_none_follows_a_pipelines_disable_none_as_tqdm_does(sd3, monkeypatch):
+    # (disable=None, tqdm's "hide where stderr is no terminal", was read as "show")
+    from chords_diffusers.pipelines import progress_enabled
+
+    class Pipe:
+        _progress_bar_config = {"disable": None}
+
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    for tty in (False, True):
+        monkeypatch.setattr(sys, "stderr", Stream(tty))
+        assert progress_enabled(Pipe()) is tty
+    Pipe._progress_bar_config = {"disable": False}
+    assert progress_enabled(Pipe()) is True
+    Pipe._progress_bar_config = {"disable": True}
+    assert progress_enabled(Pipe()) is False
+    assert progress_enabled(object()) is True  # (no configuration: diffusers shows its bar)
 
 
 def test_an_executor_evaluating_a_network_of_its_own_is_refused(sd3):

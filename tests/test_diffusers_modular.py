@@ -209,6 +209,9 @@ def test_bad_input(flux):
         with pytest.raises(error, match=match):
             cd.with_chords(pipe, **bad)
     cd.with_chords(pipe, fixed={"txt_ids", "img_ids"})  # (a set of names is a collection too)
+    # (with_chords of its own result said the pipeline held no denoising loop of the standard layout)
+    with pytest.raises(ValueError, match=r"runs CHORDS already \(at .*\): .*call with_chords on the original"):
+        cd.with_chords(cd.with_chords(pipe, cores=2), cores=3)
 
 
 def test_the_set_up_runs_on_a_copy_of_the_loop_and_a_loop_that_steps_otherwise_is_refused():

@@ -193,6 +193,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         num_images_per_prompt=1, generator=None, latents=None, output_type="pil", prompt_embeds=None,
         negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         max_sequence_length=256, mu=None, sigmas=None)
+    transformer = _denoiser(pipe, "StableDiffusion3Pipeline")  # (first: encode_prompt reads its config)
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
     pipe.check_inputs(prompt=prompt, prompt_2=None, prompt_3=None, height=height, width=width,
@@ -213,7 +214,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
     b = pe.shape[0]
-    net = GuidedNet(_denoiser(pipe, "StableDiffusion3Pipeline"), batch=b, x_arg="hidden_states", t_arg="timestep",
+    net = GuidedNet(transformer, batch=b, x_arg="hidden_states", t_arg="timestep",
                     cond={"encoder_hidden_states": pe, "pooled_projections": ppe},
                     uncond={"encoder_hidden_states": npe, "pooled_projections": nppe} if cfg else None,
                     guidance_scale=guidance_scale)
@@ -255,6 +256,7 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         num_images_per_prompt=1, generator=None, latents=None, output_type="pil", prompt_embeds=None,
         pooled_prompt_embeds=None, negative_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         max_sequence_length=512, sigmas=None)
+    transformer = _denoiser(pipe, "FluxPipeline")  # (first: encode_prompt reads its dtype)
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
     pipe.check_inputs(prompt=prompt, prompt_2=None, height=height, width=width, negative_prompt=negative_prompt,
@@ -285,15 +287,15 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
                                    nppe)
         uncond = {"encoder_hidden_states": npe, "pooled_projections": nppe}
     b = pe.shape[0]
-    ch = pipe.transformer.config.in_channels // 4
+    ch = transformer.config.in_channels // 4
     lat, image_ids = pipe.prepare_latents(b, ch, height, width, pe.dtype, device, generator, latents)
     cond = {"encoder_hidden_states": pe, "pooled_projections": ppe}
-    if pipe.transformer.config.guidance_embeds:
+    if transformer.config.guidance_embeds:
         g = torch.full([b], guidance_scale, device=device, dtype=torch.float32)
         cond["guidance"] = g
         if uncond is not None:
             uncond["guidance"] = g
-    net = GuidedNet(_denoiser(pipe, "FluxPipeline"), batch=b, x_arg="hidden_states", t_arg="timestep",
+    net = GuidedNet(transformer, batch=b, x_arg="hidden_states", t_arg="timestep",
                     timestep=flux_timestep, cond=cond,
                     uncond=uncond, static={"txt_ids": text_ids, "img_ids": image_ids}, guidance_scale=true_cfg_scale)
     sc = pipe.scheduler.config
@@ -368,7 +370,7 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     batch_size, generator, latents, output_type, *step_values = _take(
         kw, pipe, batch_size=1, generator=None, latents=None, output_type="pil", **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
-    unet = pipe.unet
+    unet = _denoiser(pipe, name, "unet")
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     shape = (batch_size, unet.config.in_channels, *size)

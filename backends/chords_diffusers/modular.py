@@ -469,12 +469,15 @@ def chords_blocks(blocks: Any, /, **options: Any) -> Any:
     blocks = copy.deepcopy(blocks)
     found: list[str] = []
     others: list[str] = []
+    converted: list[str] = []  # loops already replaced by CHORDS (with_chords on its own result)
 
     def walk(block: Any, path: str) -> None:
         subs = getattr(block, "sub_blocks", None) or {}
         for name, sub in list(subs.items()):
             where = f"{path}.{name}" if path else name
-            if is_denoise_loop(sub):
+            if isinstance(sub, _loop_class()) and sub.options is not None:
+                converted.append(where)
+            elif is_denoise_loop(sub):
                 subs[name] = chords_loop(sub, **options)
                 found.append(where)
             elif _is_loop(sub):
@@ -484,6 +487,10 @@ def chords_blocks(blocks: Any, /, **options: Any) -> Any:
                 walk(sub, where)
 
     walk(blocks, "")
+    if converted and not found:
+        raise ValueError(f"{type(blocks).__name__} runs CHORDS already (at {', '.join(converted)}): with_chords and "
+                         "chords_blocks take the pipeline's own blocks; call with_chords on the original pipeline "
+                         "for other options")
     if not found:
         extra = f"; loops of another layout: {', '.join(others)}" if others else ""
         raise ValueError(f"{type(blocks).__name__} holds no denoising loop of the standard layout [..., "

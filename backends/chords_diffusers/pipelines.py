@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,8 +96,13 @@ def call_default(pipe: Any, name: str, fallback: Any) -> Any:
 
 def progress_enabled(obj: Any) -> bool:
     """Whether a diffusers pipeline (or a modular loop block) shows its progress bar: not disabled by
-    its ``set_progress_bar_config(disable=True)``."""
-    return not getattr(obj, "_progress_bar_config", {}).get("disable", False)
+    its ``set_progress_bar_config(disable=True)``; with ``disable=None`` as tqdm reads it, where stderr
+    is a terminal (a user trial saw a bar printed into a pipe the pipeline's own bar stayed out of)."""
+    disable = getattr(obj, "_progress_bar_config", {}).get("disable", False)
+    if disable is None:
+        isatty = getattr(sys.stderr, "isatty", None)
+        return bool(isatty()) if callable(isatty) else False
+    return not disable
 
 
 def method_arguments(method: str | None, cores: int | None, init: Sequence[int] | None, stop: Any,
@@ -265,6 +271,8 @@ def sample(
         # (ADAPTERS itself, not the import-time SUPPORTED_PIPELINES: a class registered since is listed)
         raise ValueError(f"pipeline {name} is not supported by chords_diffusers{hint}; supported: "
                          f"{', '.join(ADAPTERS)}")
+    if getattr(pipe, "scheduler", None) is None:  # (SD3's adapter reads its config first: an AttributeError there)
+        raise ValueError(f"{name}: pipe.scheduler is None; chords_diffusers needs it")
     if progress is None:
         progress = progress_enabled(pipe)
     if num_inference_steps is None:
