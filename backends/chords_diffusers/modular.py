@@ -475,7 +475,7 @@ def chords_blocks(blocks: Any, /, **options: Any) -> Any:
         subs = getattr(block, "sub_blocks", None) or {}
         for name, sub in list(subs.items()):
             where = f"{path}.{name}" if path else name
-            if isinstance(sub, _loop_class()) and sub.options is not None:
+            if isinstance(sub, _loop_class()) and getattr(sub, "options", None) is not None:
                 converted.append(where)
             elif is_denoise_loop(sub):
                 subs[name] = chords_loop(sub, **options)
