@@ -7,6 +7,7 @@ interrupt), and without ``progress`` it yields a bar that does nothing, so a met
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,33 @@ class _NoBar:
         pass
 
 
+class _Stream:
+    """The stream a bar writes to (``sys.stderr`` when the bar is made), as tqdm sees it: a write or
+    flush that fails is kept in ``error``, not raised, and later ones are dropped. tqdm writes while
+    holding its global lock, which it takes without a ``finally``: a raise there left the lock held,
+    and every later bar in another thread, ours or the user's, waited for it forever (a user trial)."""
+
+    def __init__(self) -> None:
+        self.target = sys.stderr
+        self.error: BaseException | None = None
+
+    def _guarded(self, name: str, *args: Any) -> None:
+        if self.error is None:
+            try:
+                getattr(self.target, name)(*args)
+            except _DISPLAY_ERRORS as err:
+                self.error = err
+
+    def write(self, text: str) -> None:
+        self._guarded("write", text)
+
+    def flush(self) -> None:
+        self._guarded("flush")
+
+    def __getattr__(self, name: str) -> Any:  # (encoding, fileno, isatty: the stream's own)
+        return getattr(self.target, name)
+
+
 class _Shown(_NoBar):
     """A tqdm bar that is only a display: where writing it fails, the run goes on without it (one
     ``RuntimeWarning``, which the warnings machinery drops where it cannot be written either). A user
@@ -43,19 +71,29 @@ class _Shown(_NoBar):
         self._bar: Any = None
         from tqdm.auto import tqdm
 
-        self._do(lambda: setattr(self, "_bar", tqdm(total=total, desc=desc, unit=unit)))
+        # (a notebook's bar is a widget, and a file of one's own would make it text)
+        notebook = any(c.__module__ == "tqdm.notebook" for c in getattr(tqdm, "__mro__", ()))
+        self._stream = None if notebook else _Stream()
+        file = {} if self._stream is None else {"file": self._stream}
+        self._do(lambda: setattr(self, "_bar", tqdm(total=total, desc=desc, unit=unit, **file)))
 
     def _do(self, act: Any) -> None:
         try:
             act()
+            failed = None if self._stream is None else self._stream.error
+            if failed is not None:
+                raise failed
         except _DISPLAY_ERRORS as err:
             bar, self._bar = self._bar, None
             if bar is not None:
                 bar.disable = True  # (tqdm's own close would write again)
             from .call import warn_caller  # (call imports the solvers and executors, none of which shows a bar)
 
-            warn_caller(f"progress: the bar could not be written ({type(err).__name__}: {err}); the run goes on "
-                        "without it", RuntimeWarning)
+            try:
+                warn_caller(f"progress: the bar could not be written ({type(err).__name__}: {err}); the run goes on "
+                            "without it", RuntimeWarning)
+            except ValueError:  # (the warnings machinery drops an OSError writing it, not a closed stream's)
+                pass
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -18,7 +18,7 @@ class _Bar:
 
     made: list[_Bar] = []
 
-    def __init__(self, total, desc, unit):
+    def __init__(self, total, desc, unit, file=None):
         self.total, self.desc, self.unit, self.n, self.closed = total, desc, unit, 0, False
         _Bar.made.append(self)
 
@@ -170,3 +170,44 @@ def test_a_bar_that_cannot_be_written_leaves_the_run_going(run, stream, monkeypa
         got = RUNS[run](field, x)
     assert len([w for w in caught if "progress" in str(w.message)]) == 1
     assert np.array_equal(getattr(got, "x", got), getattr(ref, "x", ref))
+
+
+def test_a_bar_that_could_not_be_written_leaves_no_lock_that_other_threads_wait_for(monkeypatch):
+    """tqdm writes while holding its global lock, taken without a ``finally``: a write that raised left
+    it held by the run's thread, and every later bar in another thread (the library's or the user's own
+    tqdm) waited forever (a user trial)."""
+    import threading
+
+    from tqdm import tqdm
+
+    field = cc.VectorField(lambda t, y: -y)
+    for stream in (None, _Full(1, BrokenPipeError(32, "Broken pipe"))):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with pytest.warns(RuntimeWarning, match="^progress: the bar could not be written"):
+            cc.parallel(field, np.ones(2), GRID, cores=2, progress=True)
+        monkeypatch.undo()
+        done = []
+
+        def other(done: list = done) -> None:
+            with tqdm(total=2, file=_Full(10**6, OSError())) as bar:
+                bar.update(2)
+            done.append(cc.solve(field, np.ones(2), GRID))
+
+        worker = threading.Thread(target=other, daemon=True)
+        worker.start()
+        worker.join(20.0)
+        assert done, "another thread's bar waited for the lock a failed bar left held"
+
+
+def test_a_closed_stderr_leaves_the_run_going_where_the_warning_cannot_be_shown_either():
+    """Python's warnings machinery drops a warning it cannot write for an OSError, but raises the
+    ``ValueError`` of a closed stream: the run raised it, ``progress`` not named (a review)."""
+    import subprocess
+
+    code = ("import sys, numpy as np, chords_core as cc\n"
+            "sys.stderr.close()\n"
+            "r = cc.parallel(cc.VectorField(lambda t, y: -y), np.ones(2), np.linspace(0, 1, 21), cores=2, "
+            "progress=True)\n"
+            "print('ran', r.rounds)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("ran "), (out.stdout, out.stderr)
