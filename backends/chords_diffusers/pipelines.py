@@ -271,7 +271,7 @@ def sample(
         # (ADAPTERS itself, not the import-time SUPPORTED_PIPELINES: a class registered since is listed)
         raise ValueError(f"pipeline {name} is not supported by chords_diffusers{hint}; supported: "
                          f"{', '.join(ADAPTERS)}")
-    if getattr(pipe, "scheduler", None) is None:  # (SD3's adapter reads its config first: an AttributeError there)
+    if hasattr(pipe, "scheduler") and pipe.scheduler is None:  # (SD3's adapter read its config: an AttributeError)
         raise ValueError(f"{name}: pipe.scheduler is None; chords_diffusers needs it")
     if progress is None:
         progress = progress_enabled(pipe)
