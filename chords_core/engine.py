@@ -142,7 +142,8 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
                              f"outside the {len(xs)} point(s) of round {round_number} (an executor that splits a "
                              f"round maps the point back to its index in the round): {err}") from err
         raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}", err.done) from None
-    except Exception as err:  # the model's own exception, or an executor's (a lost worker): where it happened
+    except (Exception, KeyboardInterrupt) as err:  # the model's own exception, or an executor's (a lost worker),
+        # or a Ctrl-C during the call (a user trial found it without the note): where it happened
         if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
             shown = ", ".join(where(k, *context) for k in range(min(len(xs), 4)))
             err.add_note(f"(chords_core: raised while evaluating round {round_number}, {len(xs)} point(s): {shown}"

@@ -497,16 +497,17 @@ def test_a_0d_state_comes_back_an_array():
 
 @pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
 @pytest.mark.parametrize("method", ["chords", "paradigms", "srds"])
-def test_a_model_exception_carries_the_round_and_points_it_was_raised_in(method):
+@pytest.mark.parametrize("kind", [RuntimeError, KeyboardInterrupt])
+def test_a_model_exception_carries_the_round_and_points_it_was_raised_in(method, kind):
     """The model's own exception passes through unchanged, with a note naming the round and its
-    points (an executor's ``WorkerError`` named neither)."""
+    points (an executor's ``WorkerError`` named neither; a Ctrl-C during the call had none, a user trial)."""
     def fn(x, t):
         if np.any(t < 0.5):
-            raise RuntimeError("the model failed")
+            raise kind("the model failed")
         return -x
 
     model = cc.DiffusionModel(fn, RF, "flow")
-    with pytest.raises(RuntimeError, match="^the model failed") as e:
+    with pytest.raises(kind, match="^the model failed") as e:
         cc.parallel(model, X, GRID, cores=2, method=method, **({} if method != "paradigms" else {"tol": 0.0}))
     (note,) = e.value.__notes__
     assert re.match(r"\(chords_core: raised while evaluating round \d+, \d point\(s\): (core|window point|block) ", note), note
