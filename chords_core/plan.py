@@ -339,7 +339,8 @@ def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | N
 
 #: The plans kept for reuse hold at most this many evaluations in all (about 200 bytes each when
 #: made, about 315 once a run has filled their row and position tables: some 50-80 MiB, 65-79 MiB
-#: measured after CHORDS runs of 1,000-2,000 steps on 64-128 cores), the most recently used first to stay; a larger plan is built and returned, not kept. (A
+#: measured after CHORDS runs of 1,000-2,000 steps on 64-128 cores), the most recently used first to
+#: stay; a larger plan is built and returned, not kept. (A
 #: cache of 256 plans whatever their size kept 164 MiB after one ``optimize_init`` at 200 steps on 16
 #: cores, and would keep about 10 GiB of plans of 4,000 steps on 128 cores.)
 PLAN_CACHE_EVALS = 1 << 18
