@@ -58,6 +58,15 @@ class _Stream:
     def __getattr__(self, name: str) -> Any:  # (encoding, fileno, isatty: the stream's own)
         return getattr(self.target, name)
 
+    # tqdm treats its file by identity with sys.stderr / sys.stdout (the terminal's width, tqdm.write
+    # clearing the bars of the stream it writes to): the wrapper is equal to the stream it wraps (a review
+    # found a 160-column terminal's bar drawn 69 wide and tqdm.write printing onto the bar's line)
+    def __eq__(self, other: object) -> bool:
+        return self.target == (other.target if isinstance(other, _Stream) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.target)
+
 
 class _Shown(_NoBar):
     """A tqdm bar that is only a display: where writing it fails, the run goes on without it (one
@@ -86,7 +95,16 @@ class _Shown(_NoBar):
         except _DISPLAY_ERRORS as err:
             bar, self._bar = self._bar, None
             if bar is not None:
-                bar.disable = True  # (tqdm's own close would write again)
+                if self._stream is None:
+                    bar.disable = True  # (tqdm's own close would write again)
+                else:  # closed, writing to nothing, so that it leaves tqdm's bars (it held a line: later bars
+                    # were drawn below it)
+                    if self._stream.error is None:
+                        self._stream.error = err
+                    try:
+                        bar.close()
+                    except _DISPLAY_ERRORS:
+                        bar.disable = True
             from .call import warn_caller  # (call imports the solvers and executors, none of which shows a bar)
 
             try:

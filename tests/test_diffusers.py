@@ -450,6 +450,13 @@ def test_progress_none_follows_a_pipelines_disable_none_as_tqdm_does(sd3, monkey
     for tty in (False, True):
         monkeypatch.setattr(sys, "stderr", Stream(tty))
         assert progress_enabled(Pipe()) is tty
+    monkeypatch.setattr(sys, "stderr", Stream(False))
+    Pipe._progress_bar_config = {"disable": None, "file": Stream(True)}  # (tqdm asks the bar's own file)
+    assert progress_enabled(Pipe()) is True
+    closed = io.StringIO()
+    closed.close()  # (its isatty raises ValueError: no bar, a review)
+    Pipe._progress_bar_config = {"disable": None, "file": closed}
+    assert progress_enabled(Pipe()) is False
     Pipe._progress_bar_config = {"disable": False}
     assert progress_enabled(Pipe()) is True
     Pipe._progress_bar_config = {"disable": True}

@@ -135,8 +135,8 @@ def test_srds_one_step_blocks_of_a_multistep_solver_never_return_the_coarse_pred
     assert seven.log[0].change > 0 and len(seven.hits) >= 2  # prediction, but offered from iteration 2 on too)
     euler = srds(model, X, grid, "euler", blocks=8)  # (iteration 1 accepted; 8 formed in its round, returned)
     assert euler.log[0].change == 0 and np.array_equal(euler.x, cc.solve(model, X, grid, "euler"))
-    with pytest.warns(StopNotMet):  # iteration 1 alone can accept nothing here
-        capped = srds(model, X, grid, solver, blocks=8, max_iters=1)
+    with pytest.warns(StopNotMet, match=r"none judged: iteration 1 of a multistep solver .*\(srds_first\)"):
+        capped = srds(model, X, grid, solver, blocks=8, max_iters=1)  # iteration 1 alone can accept nothing here
     assert capped.rounds == 8
     chosen = srds(model, X, grid, solver, blocks=8, stop=cc.StopAtCore(1))  # chosen by arrival: as asked
     assert chosen.stopped_by == "output 1 (iteration 1)" and np.array_equal(chosen.x, r.hits[0].x)

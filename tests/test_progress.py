@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import types
 
@@ -182,10 +183,13 @@ def test_a_bar_that_could_not_be_written_leaves_no_lock_that_other_threads_wait_
 
     field = cc.VectorField(lambda t, y: -y)
     for stream in (None, _Full(1, BrokenPipeError(32, "Broken pipe"))):
+        bars = len(getattr(tqdm, "_instances", ()))
         monkeypatch.setattr(sys, "stderr", stream)
         with pytest.warns(RuntimeWarning, match="^progress: the bar could not be written"):
             cc.parallel(field, np.ones(2), GRID, cores=2, progress=True)
         monkeypatch.undo()
+        # (nor a line among tqdm's bars: later bars were drawn below the failed one's)
+        assert len(getattr(tqdm, "_instances", ())) == bars
         done = []
 
         def other(done: list = done) -> None:
@@ -211,3 +215,21 @@ def test_a_closed_stderr_leaves_the_run_going_where_the_warning_cannot_be_shown_
             "print('ran', r.rounds)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("ran "), (out.stdout, out.stderr)
+
+
+def test_the_bar_is_its_streams_for_tqdm_write_which_clears_it_before_a_message(monkeypatch):
+    """tqdm knows a bar's stream by equality with ``sys.stderr``: the wrapper that keeps a failed write
+    made tqdm.write print onto the bar's line, and a terminal's bar a fixed 69 columns (a review)."""
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+
+    def f(t, y):
+        tqdm.write("model says hi", file=sys.stderr)
+        return -y
+
+    cc.solve(cc.VectorField(f), np.ones(2), GRID[:4], progress=True)
+    text = stream.getvalue()
+    assert text.count("model says hi") == 3 and "]model says hi" not in text
+    assert "\rmodel says hi" in text  # (the bar cleared first, then redrawn)

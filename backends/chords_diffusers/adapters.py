@@ -116,11 +116,17 @@ def _batch_size(prompt: Any, prompt_embeds: Any) -> int:
     return 1 if isinstance(prompt, str) else len(prompt)
 
 
+def component(pipe: Any, name: str, attr: str) -> Any:
+    """``pipe.<attr>``, a ``ValueError`` naming it where it is None (a pipeline made without it)."""
+    part = getattr(pipe, attr, None)
+    if part is None:
+        raise ValueError(f"{name}: pipe.{attr} is None; chords_diffusers needs it")
+    return part
+
+
 def _denoiser(pipe: Any, name: str, attr: str = "transformer") -> Any:
     """``pipe.<attr>``, checked: present and without a step cache (which assumes the sequential loop)."""
-    net = getattr(pipe, attr, None)
-    if net is None:
-        raise ValueError(f"{name}: pipe.{attr} is None; chords_diffusers needs it")
+    net = component(pipe, name, attr)
     if getattr(net, "is_cache_enabled", False):
         raise ValueError(f"{name}: pipe.{attr} has a step cache enabled (enable_cache); its reuse of earlier steps' "
                          f"features assumes the sequential loop, CHORDS evaluates steps out of order: call "
@@ -221,7 +227,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     sc = pipe.scheduler.config
     tkw = {} if sigmas is None else {"sigmas": sigmas}
     if sc.get("use_dynamic_shifting", None) and mu is None:
-        p = pipe.transformer.config.patch_size
+        p = transformer.config.patch_size
         # the pipeline's: from the latents it runs on (a user's latents decide, not height and width)
         lh, lw = ((latents.shape[2], latents.shape[3]) if latents is not None
                   else (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
@@ -232,7 +238,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         tkw["mu"] = mu
 
     def make_latents() -> torch.Tensor:
-        return pipe.prepare_latents(b, pipe.transformer.config.in_channels, height, width, pe.dtype, device, generator,
+        return pipe.prepare_latents(b, transformer.config.in_channels, height, width, pe.dtype, device, generator,
                                     latents)
 
     def finish(x: Any) -> Any:  # diffusers types images narrower than its pipelines use them

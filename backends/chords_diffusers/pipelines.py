@@ -24,7 +24,7 @@ import torch
 import chords_core as cc
 from chords_core.checks import check_bool
 
-from .adapters import ADAPTERS, Job, call_params
+from .adapters import ADAPTERS, Job, call_params, component
 from .denoiser import make_model
 from .schedulers import SchedulerMap, map_scheduler, unscaled_input
 
@@ -98,10 +98,14 @@ def progress_enabled(obj: Any) -> bool:
     """Whether a diffusers pipeline (or a modular loop block) shows its progress bar: not disabled by
     its ``set_progress_bar_config(disable=True)``; with ``disable=None`` as tqdm reads it, where stderr
     is a terminal (a user trial saw a bar printed into a pipe the pipeline's own bar stayed out of)."""
-    disable = getattr(obj, "_progress_bar_config", {}).get("disable", False)
-    if disable is None:
-        isatty = getattr(sys.stderr, "isatty", None)
-        return bool(isatty()) if callable(isatty) else False
+    config = getattr(obj, "_progress_bar_config", {})
+    disable = config.get("disable", False)
+    if disable is None:  # (tqdm asks the bar's file: the configured one, else stderr)
+        isatty = getattr(config.get("file", sys.stderr), "isatty", None)
+        try:
+            return bool(isatty()) if callable(isatty) else False
+        except (OSError, ValueError):  # (a closed stream: no bar)
+            return False
     return not disable
 
 
@@ -271,8 +275,8 @@ def sample(
         # (ADAPTERS itself, not the import-time SUPPORTED_PIPELINES: a class registered since is listed)
         raise ValueError(f"pipeline {name} is not supported by chords_diffusers{hint}; supported: "
                          f"{', '.join(ADAPTERS)}")
-    if hasattr(pipe, "scheduler") and pipe.scheduler is None:  # (SD3's adapter read its config: an AttributeError)
-        raise ValueError(f"{name}: pipe.scheduler is None; chords_diffusers needs it")
+    if hasattr(pipe, "scheduler"):  # (SD3's adapter read a None's config: an AttributeError)
+        component(pipe, name, "scheduler")
     if progress is None:
         progress = progress_enabled(pipe)
     if num_inference_steps is None:

@@ -202,8 +202,11 @@ def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, bl
         return n, _iterations(described(rule, n + 1, n + 1, True)), False
     if len(outputs) < last:
         return None
-    text = _iterations(described(rule, last, last, False))
-    return last - 1, text + f" ({last} of {blocks} iterations)", last < blocks
+    text = _iterations(described(rule, last, last, False)) + f" ({last} of {blocks} iterations)"
+    if start >= last:  # (max_iters=1 with a multistep solver: the rule was offered nothing, a review)
+        text += ("; none judged: iteration 1 of a multistep solver on several blocks, restarted at every block, is "
+                 "not offered to the rule (srds_first)")
+    return last - 1, text, last < blocks
 
 
 def srds_latest(rule: StopRule, rounds: Sequence[int], n: int, last: int, stopped_by: str) -> tuple[int, str]:
@@ -361,10 +364,13 @@ def srds_run(
                     if c.m == c.end:
                         F[(c.i, c.k)] = c.state
                         candidates.add((c.i + 1, c.k + 1))
+            going = []
             for c in running:
-                if c.m >= c.end:
+                if c.m < c.end:
+                    going.append(c)
+                else:
                     heapq.heappush(freed, c.lane)
-            running = [c for c in running if c.m < c.end]
+            running = going
             form_ready(candidates)
             accepted, shown = None, len(hits)
             while next_k in outputs and next_k <= last:  # outputs form in iteration order
