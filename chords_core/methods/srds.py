@@ -276,11 +276,12 @@ def srds_run(
     G: dict = {}  # (i, k) -> G_i(x_i^k), until x_{i+1}^k and x_{i+1}^{k+1} are formed
     F: dict = {}  # (i, k) -> end State of the fine solve from x_i^k, until x_{i+1}^{k+1} is formed
     running: list[_Fine] = []
-    # the lanes no running solve holds: those freed (a heap) and every one from ``lanes[0]`` on
+    # the lanes no running solve holds: those freed (a heap) and every one from ``fresh`` on
     freed: list[int] = []
-    lanes = [0]
+    fresh = 0
 
     def start(i, k, xk, st):
+        nonlocal fresh
         state = sol.begin(xk) if st is None else move(st, xk)
         # the lowest lane no running solve holds: a solve keeps its lane (the position in the round's list
         # put one block's steps on other lanes from round to round, in the trace and its diagram); from a
@@ -289,7 +290,7 @@ def srds_run(
         if freed:
             lane = heapq.heappop(freed)
         else:
-            lane, lanes[0] = lanes[0], lanes[0] + 1
+            lane, fresh = fresh, fresh + 1
         running.append(_Fine(i, k, state, n[i], n[i + 1], lane))
 
     def form(i1, k):
