@@ -165,6 +165,6 @@ assert abs(slope_toy - 2) < 0.15 and abs(slope_lin - 2) < 0.15
 assert all(a <= b * (1 + 1e-9) for a, b in zip(rho_lin, bound_lin))
 devs = [dev[c] for c in cores]  # fastest core first
 assert all(a >= b for a, b in zip(devs, devs[1:])), "the deviation ladder is not monotone"
-assert dev[0] < 1e-12 and dev[1] < 1e-12 and dev[2] < 1e-12  # cores 0-2 sit on the sequential solution
+assert dev[0] == 0 and dev[1] == 0 and dev[2] == 0  # cores 0-2 sit on the sequential solution, exactly
 assert rms(res.coarse - seq) / rms(seq) > dev[7] > 10 * dev[6] > 100 * dev[5]
 print("notebook 2: all checks passed")
