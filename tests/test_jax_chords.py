@@ -177,6 +177,10 @@ def test_registers_are_reused_and_rounds_touch_few_rows():
     assert prog.rows == 1 + prog.regs and prog.idx.shape[:2] == prog.dest.shape == prog.out_idx.shape[:2]
     # a round writes only the values born in it, a few terms each: fewer rows than the buffer holds
     assert prog.dest.shape[1] < prog.regs and prog.idx.shape[2] + prog.out_idx.shape[2] <= 8
+    # a scalar type names the dtype as well (np.float32 failed deep inside: "'<' not supported", a user trial)
+    typed, _ = cj.compile_plan(model, X.shape, np.float32, cc.time_grid(SCHED, 20), "euler", cores=3, stop=None)
+    assert cj.compile_plan(model, X.shape, np.dtype("float32"), cc.time_grid(SCHED, 20), "euler", cores=3,
+                           stop=None)[0] is typed  # (the same cache key)
     # the ramp-up and the tail evaluate fewer slots than the busiest rounds
     evaluated = sum((s.stop - s.start) * s.width for s in prog.segments)
     assert sym.plan.nfe() <= evaluated < prog.rounds * prog.slots

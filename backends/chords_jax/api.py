@@ -215,6 +215,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
         ``log``) are ``Sym`` nodes; ``program.outputs`` maps their ids to buffer rows.
     """
     times = check_grid(grid)
+    dtype = np.dtype(dtype)  # (a scalar type such as np.float32 failed deep inside: "'<' not supported", a user trial)
     if cores is not None:  # (a jax scalar went into the cache key: "unhashable type"; as an int, the same key)
         cores = check_int("cores", cores, 1)
     K = len(init) if init is not None else cores
