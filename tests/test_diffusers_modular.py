@@ -209,6 +209,11 @@ def test_bad_input(flux):
         with pytest.raises(error, match=match):
             cd.with_chords(pipe, **bad)
     cd.with_chords(pipe, fixed={"txt_ids", "img_ids"})  # (a set of names is a collection too)
+    # (an option nobody takes was refused only when the pipeline ran, after diffusers logged its traceback twice)
+    with pytest.raises(ValueError, match=r"^foo: unknown option, not of method 'chords' \(its options: .*\) nor of any "
+                                         r"solver"):
+        cd.with_chords(pipe, foo=1)
+    cd.with_chords(pipe, history="keep", lower_order_final=False)  # (a method's option; a solver's)
     # (with_chords of its own result said the pipeline held no denoising loop of the standard layout)
     with pytest.raises(ValueError, match=r"runs CHORDS already \(at .*\): .*call with_chords on the original"):
         cd.with_chords(cd.with_chords(pipe, cores=2), cores=3)
