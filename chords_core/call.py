@@ -23,7 +23,8 @@ from .executors import BatchedExecutor, Executor
 from .models import DiffusionModel, Model
 from .solvers import SOLVERS, Solver, declared_option, make_solver
 
-__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments", "training_layers"]
+__all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments", "training_layers",
+           "warn_training"]
 
 
 def check_model(model: Any, name: str = "model") -> Model:
@@ -92,14 +93,14 @@ def _networks(fn: Any, depth: int = 3) -> list:
     return list(found.values())
 
 
-def warn_training(model: Model) -> None:
-    """Warn (``UserWarning``, ``training_layers``) where the model's network (the network itself, or
-    one it holds: a closure, a global its code names, a bound method, a partial, a wrapper object's
-    attribute) has a layer whose calls depend on more than their input: a batch-norm layer that
+def warn_training(model: Any, who: str = "model") -> None:
+    """Warn (``UserWarning`` starting ``who:``, ``training_layers``) where the model's network (the network
+    itself, or one it holds: a closure, a global its code names, a bound method, a partial, a wrapper
+    object's attribute) has a layer whose calls depend on more than their input: a batch-norm layer that
     normalises over each call's batch, a dropout layer in training mode."""
     text = training_layers(model)
     if text is not None:
-        warn_caller(f"model: {text}", UserWarning)
+        warn_caller(f"{who}: {text}", UserWarning)
 
 
 def training_layers(net: Any) -> str | None:

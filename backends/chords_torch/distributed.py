@@ -55,7 +55,7 @@ import torch
 import torch.distributed as dist
 
 from chords_core._backend import laid_out, layouts, own_buffer
-from chords_core.call import training_layers, warn_caller
+from chords_core.call import warn_training
 from chords_core.checks import check_bool
 from chords_core.executors import Executor
 from chords_core.models import Model, ModelOutputError
@@ -683,9 +683,7 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
         if not callable(net):
             raise TypeError(f"net must be callable or a chords_core Model, got {type(net).__name__}")
         net = replicate(net, device)
-    text = training_layers(net)  # (rank 0 checks the call's model, not this one: said on this rank's stderr)
-    if text is not None:
-        warn_caller(f"serve (rank {dist.get_rank()}): {text}", UserWarning)
+    warn_training(net, f"serve (rank {dist.get_rank()})")  # (rank 0 checks the call's model, not this one)
     driver = 0 if group is None else dist.get_global_rank(group, 0)
     exit_when_hung = check_bool("exit_when_hung", exit_when_hung)
     idle_timeout = check_timeout(idle_timeout, "idle_timeout")
