@@ -177,7 +177,8 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
         raw = np.asarray(grid)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a 1-D sequence of times") from None
-    if raw.dtype.name == "bfloat16":  # (ml_dtypes' bfloat16, as jax gives it: kind 'V' in numpy)
+    if raw.dtype.kind == "V" and raw.dtype.name == "bfloat16":  # (ml_dtypes' bfloat16, as jax gives it; a
+        # dtype's name is built on every read: 5 µs, a third of this check's time, a profile)
         raw = raw.astype(np.float64)
     # (booleans, strings, complex numbers and dates converted, silently; so did such objects)
     if raw.dtype.kind not in "iufO" or raw.dtype.kind == "O" and any(
@@ -193,6 +194,6 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
     if not np.isfinite(times).all():
         raise ValueError(f"{name} must hold finite times")
     d = times[1:] - times[:-1]
-    if not ((d > 0).all() or (d < 0).all()):
+    if not (d.max() < 0 or d.min() > 0):  # (one reduction for a decreasing grid, the diffusion convention)
         raise ValueError(f"{name} must be strictly monotone (all increasing or all decreasing)")
     return times

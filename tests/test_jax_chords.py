@@ -1063,6 +1063,28 @@ def test_under_a_transformation_only_rules_that_never_read_values_choose_among_o
     assert np.array_equal(np.asarray(one), np.asarray(cj.solve(model, x, grid)))
 
 
+def test_a_nonfinite_initial_state_is_refused_by_the_run_itself_in_every_mode():
+    """The compiled run checks the initial state with its outputs (one int read, ``STATE_BAD``): a nan,
+    an inf or a -inf anywhere is refused naming x, in one call and chunk by chunk, with the output
+    check on or off, and a sharded run too."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    for check in (True, False):
+        model = cc.DiffusionModel(denoiser, SCHED, "eps", check_outputs=check)
+        for where, value in (((0, 0), np.nan), ((1, D - 1), np.inf), ((2, 3), -np.inf)):
+            bad = np.array(X, copy=True)
+            bad[where] = value
+            for stop in (None, cc.StopAtCore(1), cc.StopWhenConverged(0.1), cc.StopOnResidual(1e-3)):
+                for devices in (None, 1):
+                    with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values"):
+                        cj.chords(model, jnp.asarray(bad), grid, cores=3, stop=stop, devices=devices)
+            with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values"):
+                cj.solve(model, bad, grid)
+        # a finite state after a refused one: the executables are the same, nothing is left flagged
+        good = cj.chords(model, X, grid, cores=3, stop=None)
+        assert np.array_equal(np.asarray(good.x), np.asarray(cj.chords(model, X, grid, cores=3, stop=None).x))
+        assert close(good.x, cj.solve(model, X, grid))
+
+
 def test_a_nonfinite_traced_initial_state_is_named_when_it_runs():
     grid = cc.time_grid(SCHED, 6, "logsnr")
     model = cc.DiffusionModel(lambda x, t: jnp.nan_to_num(denoiser(x, t)), SCHED, "eps")

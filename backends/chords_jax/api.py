@@ -57,7 +57,19 @@ from chords_core.stopping import (
 
 from .linear import LinearRecorder, Sym
 from .lower import SEGMENT_TIMES, Program, lower
-from .run import NO_BAD, chunk_runner, first_bad, keyable, lru_get, lru_put, make_mesh, runner, time_dtype, tracing
+from .run import (
+    NO_BAD,
+    STATE_BAD,
+    chunk_runner,
+    first_bad,
+    keyable,
+    lru_get,
+    lru_put,
+    make_mesh,
+    runner,
+    time_dtype,
+    tracing,
+)
 from .run import clear_cache as _run_clear_cache
 
 __all__ = ["chords", "solve", "compile_plan", "SUPPORTED_SOLVERS"]
@@ -223,7 +235,6 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     needed = outputs_needed(rule, int(K)) if _is_int(K) and int(K) >= 1 else None  # type: ignore[arg-type]
     # the error estimate, where the rule uses it and can choose (one output is returned as it is)
     errors = bool(getattr(rule, "uses_error_estimate", False)) and needed is not None and needed > 1
-    trace_stop = _TraceStop(needed, errors) if needed is not None else None
     key = None
     inits = _init_key(init, len(times) - 1, cores)
     if isinstance(solver, str) and inits is not False:
@@ -231,6 +242,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
                options_key(solver_options), cores, inits, needed, errors, history, slots_multiple)
 
     def build() -> tuple[Program, Result]:
+        trace_stop = _TraceStop(needed, errors) if needed is not None else None
         tr = LinearRecorder(shape, dtype)
         replay, replay_solver = unchecked(model, solver)
         res = cc.chords(replay, tr.x0, times, replay_solver, cores=cores, init=init, stop=trace_stop, executor=tr,
@@ -318,8 +330,8 @@ def chords(
         The core's ``Result``, its arrays jax arrays of x's shape and dtype.
     """
     mesh, ndev = _mesh(executor, devices)
-    return _chords(model, _as_state(x), grid, solver, cores, init, stop, history, mesh, ndev, args, "chords_jax.chords",
-                   solver_options)
+    return _chords(model, _as_state(x, deferred=True), grid, solver, cores, init, stop, history, mesh, ndev, args,
+                   "chords_jax.chords", solver_options)
 
 
 #: ``compile_plan``'s own keywords, which ``_chords`` passes itself (a solver option of one of these names
@@ -359,7 +371,7 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
-        if check:
+        if check or not inside:  # (outside a transformation the run checks the initial state too)
             _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, model, name == "chords_jax.solve"))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
@@ -547,16 +559,17 @@ def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bo
               inside: bool = False) -> tuple[tuple, Any]:
     """The whole program as one call of ``runner``: (outputs, ``bad``); with ``check``, ``bad`` is
     the exact code of the first non-finite output (``first_bad``: the run's one transfer to the host
-    is an int; a run the screen flags is run again, checked exactly). ``inside`` a jax
+    is an int; a run the screen flags is run again, checked exactly); without ``check``, ``NO_BAD``
+    or ``STATE_BAD`` (the initial state's check, in the same run). ``inside`` a jax
     transformation (``inside_transformation``): nothing is read on the host, the run is checked
     exactly at once and ``bad`` is a traced int (``_check_bad``)."""
     arrays = _device_arrays(prog, x.size, x.dtype, time_dtype(model, x.dtype), mesh)
     if inside:
         return runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
-    if check:
-        bad = first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
-    return outs, bad
+    if not check:
+        return outs, int(bad)
+    return outs, first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
 
 
 def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, mesh: Any, check: bool, args: Any,
@@ -584,6 +597,8 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
 
             raise_bad(first_bad(bad, rerun))
             bad = no_bad  # no bad output so far (a flagged chunk may have had none: a row overflowed)
+        elif i == 0:  # the initial state's check, in the first chunk (``STATE_BAD``)
+            raise_bad(int(bad))
         vals.update(zip(ids[i], outs))
         while m < len(ready) and ready[m] <= end:
             m += 1
@@ -639,7 +654,7 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
         The state at ``grid[-1]``, a jax array of x's shape and dtype.
     """
     mesh, ndev = _mesh(None, devices)
-    x = _as_state(x)  # here, so that a dtype warning points at the caller of solve
+    x = _as_state(x, deferred=True)  # here, so that a dtype warning points at the caller of solve
     return _chords(model, x, grid, solver, 1, None, None, "shift", mesh, ndev, args, "chords_jax.solve",
                    solver_options).x
 
@@ -655,17 +670,20 @@ def clear_cache() -> None:
     _ARRAYS.clear()
 
 
-def _as_state(x: Any) -> jax.Array:
+def _as_state(x: Any, deferred: bool = False) -> jax.Array:
+    """``x`` as a jax array, refused where it is not a floating array with finite values (the values
+    not read where it is traced; nor with ``deferred`` outside a transformation: the compiled run then
+    checks them, ``STATE_BAD``, and the caller raises)."""
     if not hasattr(x, "shape"):
         raise TypeError(f"x: the initial state must be an array, got {type(x).__name__}")
-    if jax.dtypes.canonicalize_dtype(np.float64) != np.float64 and str(getattr(x, "dtype", "")) == "float64":
+    if jax.dtypes.canonicalize_dtype(np.float64) != np.float64 and getattr(x, "dtype", None) == np.float64:
         warnings.warn("x: a float64 state with JAX's 64-bit mode off is computed in float32; enable it with "
                       "jax.config.update('jax_enable_x64', True), or pass a float32 state", UserWarning, stacklevel=3)
     if not isinstance(x, jax.Array):
         x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise not_floating("x", x.dtype)
-    if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
+    if isinstance(x, jax.core.Tracer) or deferred and not tracing():  # a traced state has no values to check
         return x
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
         _raise_if_nonfinite_state(_all_finite(x))  # (a device read)
@@ -799,6 +817,8 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result, model: cc.Model, sequ
     run off."""
     if bad == NO_BAD:
         return
+    if bad == STATE_BAD:
+        raise nonfinite_state("x")
     r, j = divmod(bad, prog.width)
     assert sym.plan is not None
     evals = sym.plan.rounds[r].evals

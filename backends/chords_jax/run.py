@@ -32,8 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
-           "time_dtype"]
+__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "STATE_BAD",
+           "make_mesh", "time_dtype"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
@@ -41,6 +41,9 @@ _CACHE: OrderedDict[tuple, Callable] = OrderedDict()
 _CACHE_SIZE = 32
 #: ``bad`` of a run whose checked outputs were all finite.
 NO_BAD = np.iinfo(np.int32).max
+#: ``bad`` of a run whose initial state held nan or inf (below every round's code, so it wins the
+#: ``minimum`` the rounds' codes are accumulated by)
+STATE_BAD = -1
 
 
 def compilations() -> int:
@@ -270,11 +273,13 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, 
         buffer's ``rows`` (each of x's shape); ``zeros`` is a vector of x.size zeros (the output
         check's operand); ``bad`` (int32) is ``round * slots + slot`` of the first active slot
         whose output was not finite (rounds 0-based, slots as in ``Program.points``), or
-        ``NO_BAD`` (also without ``check``). Screened (``exact=False``), ``bad`` is
-        ``round * slots`` of the first round that wrote a non-finite row, or ``NO_BAD``, which is
-        exact: every output is a term of a written row, and a non-finite term makes its row
-        non-finite. A flagged run may have no bad output (a row can overflow); ``first_bad`` runs
-        it again with ``exact``.
+        ``NO_BAD`` (also without ``check``); ``STATE_BAD`` where the initial state ``x`` holds nan
+        or inf, checked in the same run (with or without ``check``: a call reads this one int and
+        no other value before it returns; an eager check of its own took 55 µs a call). Screened
+        (``exact=False``), ``bad`` is ``round * slots`` of the first round that wrote a non-finite
+        row, or ``NO_BAD``, which is exact: every output is a term of a written row, and a
+        non-finite term makes its row non-finite. A flagged run may have no bad output (a row can
+        overflow); ``first_bad`` runs it again with ``exact``.
     """
     return _jitted(model, mesh, check, with_args, exact, chunked=False)
 
@@ -295,10 +300,10 @@ def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = F
 
 def first_bad(bad: Any, rerun: Callable[[], Any]) -> int:
     """The code of a run's first non-finite output (``runner``'s ``bad``, exact) from the ``bad`` of
-    a screened run: ``NO_BAD`` as it is, else ``rerun()``'s, the same run with ``exact=True``
+    a screened run: ``NO_BAD`` and ``STATE_BAD`` as they are, else ``rerun()``'s, the same run with ``exact=True``
     (compiled on the first flagged run only)."""
     bad = int(bad)
-    return bad if bad == NO_BAD else int(rerun())
+    return bad if bad in (NO_BAD, STATE_BAD) else int(rerun())
 
 
 def tracing() -> bool:
@@ -400,18 +405,23 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
             carry, _ = jax.lax.scan(body, carry, seg)
         return carry
 
+    def state_code(x, zeros):
+        """``STATE_BAD`` where the initial state holds nan or inf, else ``NO_BAD`` (x @ 0, as a row's)."""
+        return jnp.where(jnp.isfinite(x.reshape(-1) @ zeros), NO_BAD, STATE_BAD).astype(jnp.int32)
+
     def run(x, init, segments, rows, zeros, args):
         count_compilation()
         slots = max(seg[1].shape[1] for seg in segments)  # Program.width, from the arrays at trace time
         # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
         buf = pin(init[:, None] * x.reshape(1, -1))
-        buf, bad = scans(x, (buf, jnp.asarray(NO_BAD, jnp.int32)), segments, zeros, args, slots)
+        buf, bad = scans(x, (buf, state_code(x, zeros)), segments, zeros, args, slots)
         return tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0])), bad
 
     def chunk(x, buf, bad, segments, rows, zeros, args, slots):
         count_compilation()
-        if buf.ndim == 1:  # the first chunk: the program's init vector
+        if buf.ndim == 1:  # the first chunk: the program's init vector, and the initial state's check
             buf = pin(buf[:, None] * x.reshape(1, -1))
+            bad = jnp.minimum(bad, state_code(x, zeros))
         buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)
         return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
 
