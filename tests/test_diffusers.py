@@ -365,6 +365,27 @@ def test_few_steps_numpy_steps_and_a_solver_option_the_scheduler_sets(unet):
                               lower_order_final=False)
 
 
+def test_an_option_neither_the_method_nor_the_mapped_solver_takes_is_refused_before_any_network_call(unet):
+    """``sample_latents`` checks its options against the method and the solver the scheduler maps to
+    (``check_options``), before a network call: for every method, an option nobody takes is named with
+    the mapped solver's options; another method's option names its owner."""
+    calls = []
+
+    def net(x, tau):
+        calls.append(1)
+        return torch.zeros_like(x)
+
+    smap = cd.map_scheduler(DPMSolverMultistepScheduler(prediction_type="v_prediction"), STEPS)
+    x = torch.randn(1, 2, 8, 8)
+    for method in sorted(cc.METHODS):
+        with pytest.raises(ValueError, match=rf"^foo: unknown option, not of method '{method}' \(its options: .*\) "
+                                             rf"nor of solver '{smap.solver}' \(its options: .*lower_order_final"):
+            cd.sample_latents(smap, net, x, cores=2, progress=False, method=method, foo=1)
+    with pytest.raises(ValueError, match=r"^anderson: an option of cascade, not of method 'chords'"):
+        cd.sample_latents(smap, net, x, cores=2, progress=False, method="chords", anderson=2)
+    assert calls == []
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_unsupported_scheduler_names_the_supported_ones():

@@ -416,28 +416,12 @@ def chords_loop(loop: Any, /, *, cores: int | None = None, init: Sequence[int] |
         validate_init(init, 1 << 62, cores)
     cc.stopping.as_stop_rule(stop)
     _one_device(method_options)
-    method = method_arguments(method, cores, init, stop, method_options)[0]
-    _taken_by_someone(method, method_options)
+    # (the solver is mapped from the scheduler when the pipeline runs: an option no solver takes is refused
+    # here, not after diffusers has logged the block's traceback twice, a user trial)
+    method = method_arguments(method, cores, init, stop, method_options, any_solver=True)[0]
     options = dict(cores=cores, init=init, stop=stop, method=method, batched=batched, fixed=names,
                    verify=verify, step_kwargs=step_kwargs, progress=progress, **method_options)
     return _loop_class()(copy.deepcopy(loop), options)
-
-
-def _taken_by_someone(method: str, options: Mapping[str, Any]) -> None:
-    """Refuse (``ValueError`` naming it) an option that neither ``method`` nor any registered solver takes,
-    where every solver lists its options: the solver, whose options decide the rest, is known only once
-    the loop maps the pipeline's scheduler, when the pipeline runs (a user trial: ``with_chords(pipe,
-    foo=1)`` was accepted, and refused after diffusers had logged the block's traceback twice)."""
-    declared = [spec.options for spec in cc.SOLVERS.values()]
-    if any(names is None for names in declared):
-        return
-    taken = {key for names in declared for key in names or ()}
-    mine = cc.METHODS[method].options
-    for key in options:
-        if key in ("executor", "devices") or key in mine or key in taken:
-            continue
-        raise ValueError(f"{key}: unknown option, not of method {method!r} (its options: {', '.join(mine)}) nor of "
-                         "any solver")
 
 
 def _one_device(options: Mapping[str, Any]) -> None:

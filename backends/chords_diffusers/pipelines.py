@@ -110,12 +110,14 @@ def progress_enabled(obj: Any) -> bool:
 
 
 def method_arguments(method: str | None, cores: int | None, init: Sequence[int] | None, stop: Any,
-                     options: dict) -> tuple[str, int | None, dict]:
+                     options: dict, solver: str | None = None,
+                     any_solver: bool = False) -> tuple[str, int | None, dict]:
     """``sample_latents``' method arguments checked before any model call: ``method`` a name in
     ``chords_core.METHODS`` or ``None`` (``chords_core.RECOMMENDED``, as for ``chords_core.parallel``);
     ``init`` CHORDS' only; ``cores`` needed by the others; an option of another method refused by
-    name (``chords_core.methods.check_options``; the solver's options are checked when the scheduler
-    is mapped).
+    name, and one neither the method nor ``solver`` (the mapped scheduler's) takes, or with
+    ``any_solver`` (a pipeline whose scheduler is mapped when it runs) nor any registered solver
+    (``chords_core.methods.check_options``); ``executor`` and ``devices`` are the caller's.
 
     Returns:
         (method, cores, options): the method's name; ``cores`` with its default (``DEFAULT_CORES``
@@ -137,7 +139,8 @@ def method_arguments(method: str | None, cores: int | None, init: Sequence[int] 
             raise ValueError(f"method {method!r} needs cores")
         if stop is not cc.stopping.DEFAULT_STOP:
             options["stop"] = stop
-    cc.methods.check_options(method, options)
+    cc.methods.check_options(method, {k: v for k, v in options.items() if k not in ("executor", "devices")}, solver,
+                             any_solver=any_solver)
     return method, cores, options
 
 
@@ -185,7 +188,7 @@ def sample_latents(
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
     defaulted = cores is None and init is None
-    method, cores, chords_options = method_arguments(method, cores, init, stop, chords_options)
+    method, cores, chords_options = method_arguments(method, cores, init, stop, chords_options, smap.solver)
     if defaulted:  # (the default, at most the steps: a 1- to 3-step turbo schedule failed on cores=4 never given)
         cores = min(DEFAULT_CORES, len(smap.grid) - 1)
     clash = sorted(set(smap.solver_options) & set(chords_options))

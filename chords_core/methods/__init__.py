@@ -128,15 +128,19 @@ register_method(Method("srds", _run_srds, "SRDS: pipelined parareal over blocks 
                        own_options(srds)))
 
 
-def check_options(name: str, options: dict, solver: Any = None) -> None:
+def check_options(name: str, options: dict, solver: Any = None, *, any_solver: bool = False) -> None:
     """Refuse, naming it, an option of another registered method given to method ``name`` (which
     would otherwise reach the solver and be blamed on it), or one neither the method nor the solver
-    (a name in ``SOLVERS`` that lists its options) takes; nothing for a method that declares no
-    ``options``."""
+    (a name in ``SOLVERS`` that lists its options) takes; with ``any_solver`` (the solver is not
+    known yet: a pipeline's, mapped from its scheduler when it runs), one neither the method nor any
+    registered solver takes, where every solver lists its options. Nothing for a method that
+    declares no ``options``."""
     mine = METHODS[name].options
     if not mine:
         return
     spec = SOLVERS.get(solver) if isinstance(solver, str) else None
+    declared = [s.options for s in SOLVERS.values()] if any_solver else []
+    taken = None if not any_solver or any(d is None for d in declared) else {k for d in declared for k in d or ()}
     for key in options:
         if declared_option(solver, key):
             continue
@@ -144,10 +148,14 @@ def check_options(name: str, options: dict, solver: Any = None) -> None:
         if owners:
             raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "
                              f"(its options: {', '.join(mine)})")
-        if (key not in mine and spec is not None and spec.options is not None and key not in spec.options
-                and not call.method_arguments(key)):  # (an argument such as window= has its own words later)
+        if key in mine or call.method_arguments(key):  # (an argument such as window= has its own words later)
+            continue
+        if spec is not None and spec.options is not None and key not in spec.options:
             raise ValueError(f"{key}: unknown option, not of method {name!r} (its options: {', '.join(mine)}) nor of "
                              f"solver {solver!r} ({spec.takes()})")
+        if taken is not None and key not in taken:
+            raise ValueError(f"{key}: unknown option, not of method {name!r} (its options: {', '.join(mine)}) nor of "
+                             "any solver")
 
 
 def parallel(
