@@ -177,6 +177,60 @@ def test_a_core_that_chords_retires_is_never_chosen():
     assert res.best.ratio <= 1.05
 
 
+def test_with_retired_cores_the_promised_rounds_and_stop_n_are_the_runs():
+    """A user trial: where faster cores retire (their coarse starts run off, a plain ODE), fewer outputs
+    arrive and the failed round is evaluated again, so ``StopAtCore(K - core)`` returned another core's
+    output (up to 5.4x the sequential error) and the rounds promised (48) were not the run's (55). Now
+    each candidate's ``rounds``, ``nfe`` and ``stop_n`` are what ``chords(init=..., stop=StopAtCore(stop_n))``
+    gives, with the chosen core's output, and the search warns nothing about the retirements it scores."""
+    import warnings
+
+    vdp = cc.VectorField(lambda t, y: np.array([y[1], 2.0 * (1 - y[0] ** 2) * y[1] - y[0]]))
+    grid, y0 = np.linspace(0.0, 6.0, 61), np.array([2.0, 0.0])
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cal = calibration(None, "euler", model=vdp, x_cal=y0, grid=grid)
+        res = optimize_init(None, 8, "euler", cal=cal, max_evals=60)
+        assert not [w for w in seen if "retired" in str(w.message)]
+        rng = np.random.default_rng(1)
+        inits = [res.init, (0, 4, 5, 19, 57)] + [
+            (0, *sorted(rng.choice(np.arange(1, 60), k - 1, replace=False).tolist())) for k in rng.integers(2, 9, 30)]
+        retired = 0
+        for init in inits:
+            cand = evaluate(cal, init)
+            retired += cand.retired > 0
+            run = cc.chords(vdp, y0, grid, "euler", init=init, stop=cc.StopAtCore(cand.stop_n))
+            assert (run.rounds, run.nfe) == (cand.rounds, cand.nfe), init
+            assert [h.core for h in run.hits if h.x is run.x] == [cand.core], init
+            assert np.sqrt(np.mean((run.x - cal.ref) ** 2)) == cand.error, init
+            assert cand.ratio <= 1.05
+            assert cand.retired > 0 or init != (0, 4, 5, 19, 57)
+    assert retired >= 10
+    assert res.stop_n == res.best.stop_n
+
+
+def test_a_reference_equal_to_the_sequential_solve_and_unused_seed_are_refused():
+    """A user trial: refine=1 (or the sequential answer given as the reference) made the sequential
+    error 0, every other output's ratio inf, and the search returned the sequential solver; a seed
+    with both problem= and x_cal= was ignored silently; the description counted the default draw's 16
+    samples for an x_cal of 4."""
+    f = cc.VectorField(lambda t, y: -y)
+    with pytest.raises(ValueError, match=r"^reference: equals the sequential euler solve \(error 0\)"):
+        calibration(model=f, x_cal=np.ones(2), grid=np.linspace(0.0, 1.0, 21), refine=1)
+    gm = GaussianMixture.random(3, 2, seed=0)
+    sched = cc.RectifiedFlow()
+    grid = cc.time_grid(sched, 6)
+    model = gm.model(sched, "flow")
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"^reference: equals the sequential"):
+        optimize_init(None, 2, model=model, x_cal=x, grid=grid, reference=cc.solve(model, x, grid))
+    with pytest.raises(ValueError, match=r"^seed: not used with the given problem"):
+        calibration(6, problem=gm, x_cal=x, seed=3)
+    assert calibration(6, problem=gm, x_cal=x).description.endswith(", 4 samples")
+    assert calibration(6, problem=gm, x_cal=x[:1]).description.endswith(", 1 sample")
+    assert calibration(6, problem=gm, samples=5).description.endswith(", 5 samples")
+
+
 def test_bad_arguments_are_named(cal12):
     with pytest.raises(ValueError, match="budget"):
         optimize_init(None, 3, cal=cal12, budget=0.9)

@@ -12,6 +12,7 @@ Errors of a prefix t_0..t_c are cached (an output depends on t_0..t_c only).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,8 @@ class Calibration:
 
 
 def _rms(a: Any) -> float:
-    return float(np.sqrt(np.mean(np.square(np.asarray(a, dtype=np.float64)))))
+    with np.errstate(over="ignore", invalid="ignore"):  # (a run-off output: inf, scored as such)
+        return float(np.sqrt(np.mean(np.square(np.asarray(a, dtype=np.float64)))))
 
 
 def calibration(
@@ -125,6 +127,8 @@ def calibration(
         unused.update(seed=seed, samples=samples)
     elif x_cal is not None:
         unused["samples"] = samples
+        if problem is not None:  # (the seed draws the inputs, and the random mixture where none is given)
+            unused["seed"] = seed
     mixture = model is None and (problem is None or isinstance(problem, GaussianMixture))
     if model is None:
         unused["reference"] = reference
@@ -139,7 +143,8 @@ def calibration(
         if model is not None and reference is not None and given == ["refine"]:
             what = "a reference given"
         raise ValueError(f"{', '.join(given)}: not used with {what} (dim, modes, seed, samples: the random mixture's "
-                         "draw; schedule: a mixture's; reference, refine: a user model's)")
+                         "draw, seed and samples the inputs' too; schedule: a mixture's; reference, refine: a user "
+                         "model's)")
     dim, modes = 8 if dim is None else dim, 3 if modes is None else modes
     seed, samples = 0 if seed is None else seed, 16 if samples is None else samples
     rng = np.random.default_rng(check_int("seed", seed, 0))  # (numpy's words for -1 named no argument)
@@ -193,7 +198,8 @@ def calibration(
                 check_state(model, x, "x_cal")
                 problem._check_x(x, "x_cal")  # (the mixture's own check, named as here: it said x_T)
             reference = problem.reference_solve(x, times[0], times[-1], schedule)
-            desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {samples} samples"
+            n = int(np.shape(x)[0]) if np.ndim(x) >= 2 else 1  # (x_cal's, not the default draw's 16: a trial)
+            desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {n} sample{'s' if n != 1 else ''}"
         else:
             raise TypeError(f"problem must be a GaussianMixture or LinearODE, got {type(problem).__name__}")
     seq = solve(model, x, times, solver, **solver_options)
@@ -206,6 +212,11 @@ def calibration(
     if not math.isfinite(seq_error):
         raise ValueError(f"the sequential {solver} solve on the calibration problem is not finite: its error "
                          "against the reference cannot be measured (check the model and x_cal)")
+    if seq_error == 0.0:  # (refine=1, or the sequential answer given as the reference: every budget then admits
+        # only outputs equal to it bit for bit, and the search returned the sequential solver, a user trial)
+        raise ValueError(f"reference: equals the sequential {solver} solve (error 0), so a budget relative to that "
+                         "error admits only bit-exact outputs; give a more accurate reference (refine >= 2, or an "
+                         "exact or finer solution)")
     return Calibration(model, x, times, reference, solver, dict(solver_options), seq, seq_error, desc)
 
 
@@ -223,6 +234,10 @@ class Candidate:
         rounds: its round.
         nfe: model evaluations up to that round.
         speedup: sequential rounds / ``rounds``.
+        stop_n: n of ``StopAtCore(n)`` that returns that output: its place in arrival order, the
+            surviving cores' outputs arriving fastest first (``K - core`` where no core retires).
+        retired: the faster cores retired after a non-finite output (their coarse starts ran off,
+            on a plain ODE), from core ``K - retired`` up; their errors are inf.
     """
 
     init: tuple[int, ...]
@@ -233,6 +248,12 @@ class Candidate:
     rounds: int
     nfe: int
     speedup: float
+    stop_n: int = 0
+    retired: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stop_n == 0:  # (constructed without it: no core retired)
+            object.__setattr__(self, "stop_n", len(self.init) - self.core)
 
     @property
     def ratio(self) -> float:
@@ -261,6 +282,7 @@ class Evaluator:
     def __init__(self, cal: Calibration, budget: float) -> None:
         self.cal, self.budget = cal, budget
         self.prefix: dict[tuple[int, ...], float] = {}
+        self.retired: set[tuple[int, ...]] = set()  # prefixes whose last core retires (prefix-determined)
         self.seen: dict[tuple[int, ...], Candidate] = {}
         self.runs = 0
         self.evals = make_solver(cal.solver, cal.model, cal.grid, **cal.options).evals_per_step()
@@ -284,22 +306,51 @@ class Evaluator:
                 self.prefix[(0,)] = cal.seq_error  # core 0 is the sequential solver bit for bit
                 first = 1
             if first < K:
-                res = chords(cal.model, cal.x, cal.grid, cal.solver, init=init, stop=StopAtCore(K - first),
-                             **cal.options)
-                self.runs += 1
+                res = self._run(init, StopAtCore(K - first))
                 for h in res.hits:
                     self.prefix.setdefault(init[: h.core + 1], _rms(h.x - cal.ref))
                 for c in range(first, K):  # a core retired after a non-finite output (its coarse start ran
-                    self.prefix.setdefault(init[: c + 1], math.inf)  # off) has no output: never chosen
+                    if init[: c + 1] not in self.prefix:  # off) has no output: never chosen
+                        self.prefix[init[: c + 1]] = math.inf
+                        self.retired.add(init[: c + 1])
         plan = make_plan(cal.steps, init, self.evals)
         errors = tuple(self.prefix[init[: c + 1]] for c in range(K))
         ratios = tuple(e / cal.seq_error if cal.seq_error > 0 else (1.0 if e == 0 else math.inf) for e in errors)
-        ok = [c for c in range(K) if ratios[c] <= self.budget]
-        core = min(ok, key=lambda c: (plan.finish_round[c], -c))
-        R = plan.finish_round[core]
-        cand = Candidate(init, plan.finish_round, errors, ratios, core, R, plan.nfe(R), plan.sequential_rounds / R)
+        survivors = next((c for c in range(K) if init[: c + 1] in self.retired), K)
+        if survivors == K:
+            ok = [c for c in range(K) if ratios[c] <= self.budget]
+            core = min(ok, key=lambda c: (plan.finish_round[c], -c))
+            R = plan.finish_round[core]
+            cand = Candidate(init, plan.finish_round, errors, ratios, core, R, plan.nfe(R), plan.sequential_rounds / R)
+        else:
+            cand = self._with_retired(init, plan, errors, ratios, survivors)
         self.seen[init] = cand
         return cand
+
+    def _run(self, init: tuple[int, ...], stop: Any) -> Any:
+        """CHORDS on the calibration; a faster core's retirement (its coarse start ran off) is scored
+        here (error inf) and not warned about, run after run (a trial: 48 warnings in one search)."""
+        cal = self.cal
+        self.runs += 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*retired after a non-finite", category=RuntimeWarning)
+            return chords(cal.model, cal.x, cal.grid, cal.solver, init=init, stop=stop, **cal.options)
+
+    def _with_retired(self, init: tuple[int, ...], plan: Any, errors: tuple, ratios: tuple,
+                      survivors: int) -> Candidate:
+        """The candidate of a sequence whose cores from ``survivors`` up retire: their round re-evaluated
+        without them shifts the slower cores' rounds, and fewer outputs arrive, so rounds and
+        ``stop_n`` come from a whole run (a user trial: a search promised 48 rounds where the run took
+        55, and ``StopAtCore(K - core)`` returned another core's output, 5.4x the sequential error)."""
+        res = self._run(init, None)
+        arrival = {h.core: (n + 1, h.round) for n, h in enumerate(res.hits)}
+        finish = tuple(arrival[c][1] if c in arrival else plan.finish_round[c] for c in range(len(init)))
+        ok = [c for c in range(survivors) if ratios[c] <= self.budget and c in arrival]
+        core = min(ok, key=lambda c: (finish[c], -c))
+        n, R = arrival[core]
+        nfe = sum(len(r.evals) for r in res.trace[:R])
+        return Candidate(init, finish, errors, ratios, core, R, nfe, plan.sequential_rounds / R, n,
+                         len(init) - survivors)
 
 
 def evaluate(cal: Calibration, init: Sequence[int], budget: float = 1.05) -> Candidate:

@@ -69,8 +69,9 @@ class InitResult:
 
     @property
     def stop_n(self) -> int:
-        """n of ``StopAtCore(n)`` that returns the chosen output (outputs arrive fastest core first)."""
-        return len(self.best.init) - self.best.core
+        """n of ``StopAtCore(n)`` that returns the chosen output (outputs arrive fastest core first;
+        a retired core's make none: ``Candidate.stop_n``)."""
+        return self.best.stop_n
 
     def summary(self) -> str:
         """A multi-line report: the calibration, the chosen sequence, per-core results, the baselines."""
@@ -124,7 +125,10 @@ def optimize_init(
     built by ``calibration(steps, solver, **calibration_options)`` (``problem``, ``model``,
     ``x_cal``, ``grid``, ``reference``, ``dim``, ``modes``, ``seed``, ``samples``, ``schedule``,
     solver options), or a prepared ``cal``. Core 0 always qualifies, so the answer exists.
-    See the module docstring for the search.
+    See the module docstring for the search. The runs use CHORDS' default history policy
+    (``"shift"``) and return the chosen output with ``StopAtCore(stop_n)``: its rounds hold for
+    that stop rule and that policy (``"keep"`` or ``"restart"`` change the outputs), on the
+    calibration problem.
 
     Args:
         steps: T (for the calibration built here; with ``cal``, ``None`` or ``cal.steps``).
