@@ -1135,6 +1135,18 @@ def row_sq_host(d: Array) -> np.ndarray:
     return np.reshape(np.asarray(row_sq(_single_or_wider(np.asarray(to_host(d))))), -1)
 
 
+def row_sq_read(d: Array) -> Any:
+    """``row_sq`` of a value the caller reads on the host at once (a window method's scores): a numpy
+    array's as ``row_sq`` gives it; any other array's as ``row_sq_host`` (out-of-range sums formed
+    again on the host), float32 sums as float64, as numpy's. (A jax float32 state with x64 off summed
+    its squares in float32, where a state of 1e-20 underflowed to 0: the cascade sampler accepted a
+    point that had moved and returned 0.74 of the sequential answer, a user trial.)"""
+    if type(d) is np.ndarray:
+        return row_sq(d)
+    sq = row_sq_host(d)
+    return sq.astype(np.float64) if sq.dtype == np.float32 else sq
+
+
 def row_sq_one(d: np.ndarray) -> Any:
     """``row_sq(d)[0]`` for a numpy array of one sample (``d.shape[0] == 1``), as a numpy scalar: the
     same value (one ``vdot`` over the same elements), without the reshapes and checks around it,

@@ -63,7 +63,7 @@ class LocalError:
         scalar (the same arithmetic as on the one-element array, at a tenth of the cost)."""
         coef = self.coefficient(j)
         diff = self.difference(back, out)
-        return (B.row_sq_one(diff) if one else B.row_sq(diff)) * (coef * coef)
+        return (B.row_sq_one(diff) if one else B.row_sq_read(diff)) * (coef * coef)
 
     def at(self, j: int, back: Sequence[Any]) -> Any:
         """e_j from ``back`` = [q_j, q_{j-1}, ..., q_{j-p}] (stage-0 quantities at consecutive indices)."""

@@ -448,6 +448,70 @@ def test_the_error_scale_does_not_depend_on_the_states_units(dtype, scale, x64):
         assert np.array_equal(np.asarray(scaled.x), np.asarray(one.x) * np.asarray(scale, dtype))
 
 
+@pytest.mark.parametrize("scale", [2.0 ** -70, 2.0 ** 66, 1e-25])
+@pytest.mark.parametrize("method", ["cascade", "paradigms"])
+def test_the_core_on_jax_float32_states_scores_as_on_numpys(scale, method):
+    """A user trial: the core's window methods on jax float32 arrays with x64 off (jax's default) summed a
+    point's squared change in float32, where a state of 1e-20 underflowed to 0: the cascade accepted moved
+    points and returned 0.74 of the sequential answer (a batch 42% off). The scores are now read on the
+    host as numpy's are (``_backend.row_sq_read``): the same sweeps as the numpy core's, and as unscaled."""
+    def f(t, y):
+        return np.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1)
+
+    def fj(t, y):
+        return jnp.stack([y[..., 1], -4.0 * y[..., 0] - 0.3 * y[..., 1]], -1)
+
+    grid = np.linspace(0, 3, 61)
+    y0 = np.array([[1.0, 0.0], [0.3, -2.0]], np.float32)
+    tol = {} if method == "cascade" else {"tol": 1e-3 * scale}
+    with jax.enable_x64(False):
+        ref = cc.parallel(cc.VectorField(f, batched=True), y0 * np.float32(scale), grid, cores=4, method=method, **tol)
+        got = cc.parallel(cc.VectorField(fj, batched=True), jnp.asarray(y0 * np.float32(scale)), grid, cores=4,
+                          method=method, **tol)
+        assert isinstance(got.x, jax.Array) and got.x.dtype == jnp.float32
+    assert (got.rounds, got.log) == (ref.rounds, ref.log)
+    np.testing.assert_allclose(np.asarray(got.x, np.float64), np.asarray(ref.x, np.float64), rtol=1e-5)
+    if method == "cascade":  # (the error scale does not depend on the units)
+        one = cc.parallel(cc.VectorField(f, batched=True), y0, grid, cores=4)
+        assert one.rounds == got.rounds
+
+
+def test_a_user_trials_errors_name_the_model_and_a_warm_call_needs_no_implicit_transfer():
+    """A user trial: a model function of three arguments called without ``args=`` failed with Python's
+    "missing 1 required positional argument"; an unbatched field's wrong shape was reported in the
+    vmapped shapes ("(4, 2), expected (4, 3)"); a ``pure_callback`` without ``vmap_method`` escaped
+    as a bare ``NotImplementedError``; under ``jax.transfer_guard("disallow")`` a warm ``parallel``
+    failed on its tolerance, sent from the host implicitly."""
+    rf = cc.RectifiedFlow()
+    grid, vgrid = cc.time_grid(rf, 8), np.linspace(0.0, 1.0, 9)
+    three = cc.DiffusionModel(lambda x, t, p: x * p, rf, "flow")
+    for call in (lambda: cj.parallel(three, jnp.ones((2, 3)), grid, cores=2),
+                 lambda: cj.chords(three, jnp.ones((2, 3)), grid, cores=2),
+                 lambda: cj.srds(three, jnp.ones((2, 3)), grid, blocks=2)):
+        with pytest.raises(TypeError, match=r"^model: its function is called fn\(x, t\) .*without args=, and its "
+                                            r"signature \(x, t, p\) needs more .*; pass args="):
+            call()
+    short = cc.VectorField(lambda t, y: y[:2])
+    for call in (lambda: cj.parallel(short, jnp.ones(3), vgrid, cores=4),
+                 lambda: cj.chords(short, jnp.ones(3), vgrid, cores=4)):
+        with pytest.raises(cc.ModelOutputError, match=r"model returned shape \(2,\), expected \(3,\)"):
+            call()
+
+    def callback(t, y):
+        return jax.pure_callback(lambda y: np.asarray(y) * 2.0, jax.ShapeDtypeStruct(y.shape, y.dtype), y)
+
+    with pytest.raises(TypeError, match=r"^model: its function must be traceable by jax .*vmap_method"):
+        cj.parallel(cc.VectorField(callback), jnp.ones(3), vgrid, cores=4)
+    model = cc.DiffusionModel(lambda x, t: jnp.tanh(x) + 0.1 * x, rf, "flow")
+    x = jax.device_put(jnp.ones((3, 6)))
+    want = [cj.parallel(model, x, grid, cores=4).x, cj.srds(model, x, grid, blocks=3).x,
+            cj.chords(model, x, grid, cores=4).x]
+    with jax.transfer_guard("disallow"):
+        got = [cj.parallel(model, x, grid, cores=4).x, cj.srds(model, x, grid, blocks=3).x,
+               cj.chords(model, x, grid, cores=4).x]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))
+
+
 def test_the_error_scale_floor_is_each_samples_own():
     """As the core's (``test_window_methods``): a sample 2^-47 times smaller than its neighbour is scored
     against its own floor, in the same sweeps as the core's."""

@@ -48,7 +48,10 @@ STATE_BAD = -1
 
 def compilations() -> int:
     """How many times a compiled program (CHORDS, SRDS, the sequential solve, a window method) has
-    been traced (= compiled) in this process."""
+    been traced in this process. A trace is followed by an XLA compile, but XLA also compiles a
+    traced program again without a new trace, for arguments on another device or with another
+    sharding (a state ``device_put`` on a second device: 4 compiles, about 1 s, this count unchanged);
+    ``jax.config.update("jax_log_compiles", True)`` shows those."""
     return _COMPILATIONS
 
 
@@ -113,7 +116,8 @@ def _once_each(devs: list) -> None:
 
 
 _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                  jax.errors.TracerIntegerConversionError)
+                  jax.errors.TracerIntegerConversionError, NotImplementedError)  # (the last: a pure_callback
+# without vmap_method in an unbatched field, which chords_jax vmaps, a user trial)
 
 
 def _traced(call: Callable, *operands: Any) -> Any:
@@ -125,10 +129,14 @@ def _traced(call: Callable, *operands: Any) -> Any:
                         f"conversion or Python branch on array values); tracing it failed with: {err}") from err
 
 
-def _checked(out: Any, like: Any, points: int, rows: int) -> Any:
+def _checked(out: Any, like: Any, points: int, rows: int, vmapped: bool = False) -> Any:
     """The model's output for the points ``like`` (``points`` of ``rows`` rows stacked), checked at
     trace time as the core checks it (``models.check_call``: shape, floating dtype) and cast to their
-    dtype."""
+    dtype; ``vmapped``: an unbatched function vmapped over the points, checked per point, as the core
+    calls it (the vmapped shapes, "(4, 2), expected (4, 3)", named no call the user wrote)."""
+    if vmapped and len(out.shape) >= 1 and len(like.shape) >= 1:
+        check_call(jax.ShapeDtypeStruct(out.shape[1:], out.dtype), jax.ShapeDtypeStruct(like.shape[1:], like.dtype),
+                   1, 1, "; checked when the program is compiled")
     check_call(out, like, points, rows, "; checked when the program is compiled")
     return out.astype(like.dtype)
 
@@ -154,6 +162,20 @@ def function_key(fn: Any) -> Any:
     if isinstance(fn, types.MethodType) or type(fn).__eq__ is object.__eq__:
         return keyable(fn)
     return ByIdentity(fn)
+
+
+def _takes_two(fn: Callable) -> None:
+    """Refuse a function whose signature needs a third argument (``args``) where the call gives none:
+    Python's own error named neither the model nor ``args`` (a user trial)."""
+    try:
+        sig = inspect.signature(fn, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(0, 0)
+    except TypeError as err:
+        raise TypeError(f"model: its function is called fn(x, t) (f(t, y) for a VectorField) without args=, and its "
+                        f"signature {sig} needs more ({err}); pass args=..., which calls it fn(x, t, args)") from None
 
 
 def _takes_args(fn: Callable) -> None:
@@ -206,6 +228,8 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
     if with_args:
         _takes_args(_function(model))
+    else:
+        _takes_two(_function(model))
     _calls_its_function(model)
     if isinstance(model, DiffusionModel):
         fn: Any = model.fn
@@ -227,7 +251,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
                 out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), t, pts, args)
             else:
                 out = _traced(f if batched else jax.vmap(f), t, pts)
-            return _checked(out, pts, pts.shape[0] if batched else 1, 1)
+            return _checked(out, pts, pts.shape[0] if batched else 1, 1, vmapped=not batched)
 
         return ("field", function_key(f), batched, with_args), evaluate
     raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")

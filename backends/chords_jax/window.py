@@ -490,8 +490,10 @@ def parallel(
             _put(_SETUPS, key, setup)
     check = bool(model.check_outputs)  # "auto" and "deferred" too: checked on the device
     run = _program(model, setup, check, args is not None)
-    x_T, counts = run(x, setup.arrays(x.dtype, time_dtype(model, x.dtype)), _threshold(tol2, x.dtype),
-                      _zeros(x.size, x.dtype), args)
+    threshold = _threshold(tol2, x.dtype)
+    if not isinstance(x, jax.core.Tracer):  # (put where x is, explicitly: jax.transfer_guard("disallow") refused
+        threshold = jax.device_put(threshold, x.sharding)  # the implicit transfer of a warm call, a user trial)
+    x_T, counts = run(x, setup.arrays(x.dtype, time_dtype(model, x.dtype)), threshold, _zeros(x.size, x.dtype), args)
     counts = np.asarray(counts)
     rounds, nfe, width, bad = (int(v) for v in counts[:4])
     starts = counts[4:]

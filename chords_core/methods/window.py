@@ -423,7 +423,7 @@ class _PointErrors:
         self.b = 0
         self.one = one
         x0 = x0.detach() if hasattr(x0, "detach") else x0  # (no graph through the floor)
-        sq = B.row_sq_one(x0) if one else B.row_sq(x0)
+        sq = B.row_sq_one(x0) if one else B.row_sq_read(x0)
         self.tiny = B.smallest_normal(sq) + 1e-24 * sq  # per sample
         self.scratch = _scratch(x0, self.local.p)  # for the differences (reused every estimate)
 
@@ -821,7 +821,7 @@ def sliding_window(
                     if bool((xn != xs[m + 1]).any()):
                         accepted = m + 1
                 elif accepted is None:
-                    change = B.row_sq_one(moved) if one else B.row_sq(moved)
+                    change = B.row_sq_one(moved) if one else B.row_sq_read(moved)
                     # (a point that never blocks has factor 0: a finite change scores 0, a nan or inf one nan)
                     score = local.score(change, m + 1) if local is not None else _weighted(change, factor[m + 1])
                     if not _worst(score) <= tol2:  # a nan score (a diverged iterate) is over tolerance too
