@@ -178,6 +178,16 @@ def _takes_two(fn: Callable) -> None:
                         f"signature {sig} needs more ({err}); pass args=..., which calls it fn(x, t, args)") from None
 
 
+def check_signature(model: Any, with_args: bool) -> None:
+    """Refuse, naming the model or ``args``, a function whose signature does not take the call it gets:
+    ``fn(x, t, args)`` with ``args=``, ``fn(x, t)`` without; on a cache miss only (``inspect.signature``
+    costs about as much as a call's other host work at size 64)."""
+    if with_args:
+        _takes_args(_function(model))
+    else:
+        _takes_two(_function(model))
+
+
 def _takes_args(fn: Callable) -> None:
     """Refuse a function whose signature cannot take the third argument ``args=`` calls it with (a
     function without an inspectable signature is called and left to fail in its own words)."""
@@ -225,11 +235,8 @@ def time_dtype(model: Any, dtype: Any) -> Any:
 
 def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
     """(cache key, f(pts (k, *S), t (k,), args) -> outs (k, *S)) for a core model with a jax-traceable
-    function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``)."""
-    if with_args:
-        _takes_args(_function(model))
-    else:
-        _takes_two(_function(model))
+    function; with ``with_args`` the function is called ``fn(x, t, args)`` (``f(t, y, args)``). Its
+    signature is checked where a program is built for it (``check_signature``), not per call."""
     _calls_its_function(model)
     if isinstance(model, DiffusionModel):
         fn: Any = model.fn
@@ -391,6 +398,7 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
     fn = lru_get(_CACHE, key)
     if fn is not None:
         return fn
+    check_signature(model, with_args)
     keep = not (tracing() and holds_tracer(_function(model)))  # (a caller's tracer in its closure: used once)
     if mesh is not None:
         spec = PartitionSpec(AXIS)

@@ -87,7 +87,7 @@ from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
 from .api import CACHES, _as_state, _model_key, check_args_devices, inside_transformation, options_key, solver_key
-from .run import NO_BAD, _evaluator, count_compilation, lru_get, lru_put, time_dtype
+from .run import NO_BAD, _evaluator, check_signature, count_compilation, lru_get, lru_put, time_dtype
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
@@ -254,6 +254,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
     fn = lru_get(_JITTED, key)
     if fn is not None:
         return fn
+    check_signature(model, with_args)
 
     def run(x, tabs, tol2, zeros, args):
         count_compilation()
