@@ -348,6 +348,35 @@ def test_an_interrupted_optimize_prints_its_best_so_far(monkeypatch, capsys):
     assert err == "python -m chords_core optimize: interrupted\n"
 
 
+def test_an_optimize_interrupted_in_its_baselines_carries_them():
+    """A user trial: the three baseline sequences (recipe, paper, uniform: each a whole CHORDS run) were
+    measured before the search's ``try``, so a Ctrl-C there carried no ``best_so_far``; at the first
+    run nothing was measured, and the interrupt is raised as it is."""
+    import pytest as _pytest
+
+    from chords_core.tuning import search
+
+    for n, measured in ((2, 1), (3, 2)):
+        mp = _pytest.MonkeyPatch()
+        try:
+            _ctrl_c_at(mp, n)
+            with pytest.raises(KeyboardInterrupt) as info:
+                search.optimize_init(12, 3, "euler", dim=2, modes=2, samples=2)
+        finally:
+            mp.undo()
+        partial = info.value.best_so_far
+        assert partial.evaluated == measured and len(partial.baselines) == measured
+        assert partial.best.key == min(c.key for c in partial.candidates) and partial.improvements == ()
+    mp = _pytest.MonkeyPatch()
+    try:
+        _ctrl_c_at(mp, 1)
+        with pytest.raises(KeyboardInterrupt) as info:
+            search.optimize_init(12, 3, "euler", dim=2, modes=2, samples=2)
+    finally:
+        mp.undo()
+    assert not hasattr(info.value, "best_so_far")
+
+
 def test_an_interrupted_optimize_whose_output_is_gone_still_says_interrupted(monkeypatch, capsys, tmp_path):
     """A review: with the reader gone by the same Ctrl-C (``| tee``) or a full disk, printing the best so
     far raised BrokenPipeError (a quiet 141) or OSError (a traceback, status 1); the interrupt stays

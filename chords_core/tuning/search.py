@@ -165,21 +165,23 @@ def optimize_init(
     T = cal.steps
     cores = check_int("cores", cores, 1, T)
     ev = Evaluator(cal, budget)
-    baselines = {"recipe": ev(recipe_init(T, cores))}
-    paper = paper_init(T, cores)
-    if paper is not None:
-        baselines["paper"] = ev(paper)
-    baselines["uniform"] = ev(uniform_init(T, cores))
+    baselines: dict[str, Candidate] = {}
     trace: list[tuple[int, int]] = []
 
     def better(a: Candidate, b: Candidate | None) -> bool:
         return b is None or a.key < b.key
 
-    best = min(baselines.values(), key=lambda c: c.key)
+    best: Candidate | None = None
     space = math.comb(T - 1, cores - 1)
     method = (f"exhaustive over all {space} sequences" if space <= exhaustive_limit
               else f"local search from {cores}-core recipe seeds ({space} sequences in all)")
-    try:
+    try:  # (the baselines too: each is a whole CHORDS run, and a Ctrl-C there carried nothing, a user trial)
+        baselines["recipe"] = ev(recipe_init(T, cores))
+        paper = paper_init(T, cores)
+        if paper is not None:
+            baselines["paper"] = ev(paper)
+        baselines["uniform"] = ev(uniform_init(T, cores))
+        best = min(baselines.values(), key=lambda c: c.key)
         if space <= exhaustive_limit:
             for rest in combinations(range(1, T), cores - 1):
                 cand = ev((0,) + rest)
@@ -201,13 +203,16 @@ def optimize_init(
                     trace.append((len(ev.seen), best.rounds))
     except KeyboardInterrupt as interrupt:  # (a Ctrl-C: the best measured so far travels with it; the CLI prints
         # it, where it printed only "interrupted", a user trial)
+        if not ev.seen:  # (during the first run: nothing measured)
+            raise
         cut = f"{method}; interrupted after {len(ev.seen)} sequences: the best so far"
         so_far = min(ev.seen.values(), key=lambda c: c.key)
-        if better(so_far, best):  # (found by a climb cut short: its improvement is in the trace too)
+        if best is not None and better(so_far, best):  # (found by a climb cut short: in the trace too)
             trace.append((len(ev.seen), so_far.rounds))
         interrupt.best_so_far = InitResult(  # type: ignore[attr-defined]
             so_far, budget, cut, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()), tuple(trace))
         raise
+    assert best is not None  # (the baselines set it)
     return InitResult(best, budget, method, len(ev.seen), ev.runs, cal, baselines, tuple(ev.seen.values()),
                       tuple(trace))
 
