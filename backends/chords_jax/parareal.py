@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import chords_core as cc
-from chords_core.call import check_model
+from chords_core.call import check_model, nonfinite_state
 from chords_core.checks import check_grid, check_int
 from chords_core.methods.srds import (
     SRDS_STOP,
@@ -37,6 +37,7 @@ from chords_core.results import Hit, Result
 from chords_core.stopping import RunAll, StopRule, outputs_needed, warn_unmet
 
 from .api import (
+    RuleValues,
     _as_state,
     _chunk_outputs,
     _chunk_plan,
@@ -55,7 +56,7 @@ from .api import (
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD
+from .run import NO_BAD, STATE_BAD
 
 __all__ = ["srds", "compile_srds"]
 
@@ -160,7 +161,7 @@ def srds(
     """
     mesh, ndev = _mesh(executor, devices)
     check_model(model)  # the core's checks in the core's order, with its messages
-    x = _as_state(x)
+    x = _as_state(x, deferred=True)  # (its values checked in the run: STATE_BAD)
     inside_transformation(x, args, None, "chords_jax.srds")  # (TypeError: its log reads the outputs on the host)
     times = check_grid(grid)
     model.check_times(times)
@@ -178,22 +179,26 @@ def srds(
         """The core's ``ModelOutputError`` for the first non-finite output, if any (``bad`` from
         ``runner``): the core raises at its round, and every output offered to the rule so far
         came before it (one call: the returned output is the program's last)."""
+        if bad == STATE_BAD:
+            raise nonfinite_state("x")
         if bad != NO_BAD:
             _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
 
     first = srds_first(cc.make_solver(solver, model, times, **solver_options), nb)
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
+    read = RuleValues(rule, x)
     if chunks is None:  # a choice known before any value, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args)
-        if check:
-            raise_bad(bad)
+        raise_bad(bad)  # (without check: NO_BAD, or STATE_BAD)
         vals = dict(zip(prog.outputs, outs))
         m = len(sym.hits)  # (the outputs formed: every one)
-        stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits], vals[sym.coarse.id], last, nb, first=first)
+        rv = read(vals)
+        stop_at = srds_stop(rule, [rv[h.x.id] for h in sym.hits], rv[sym.coarse.id], last, nb, first=first)
     else:
         n = 0  # the outputs before n were offered to the rule already
         for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args, raise_bad):
-            stop_at = srds_stop(rule, [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id), last, nb,
+            rv = read(vals)
+            stop_at = srds_stop(rule, [rv[h.x.id] for h in sym.hits[:m]], rv.get(sym.coarse.id), last, nb,
                                 start=n, first=first)
             if stop_at is not None:
                 break
