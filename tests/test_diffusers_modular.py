@@ -213,6 +213,9 @@ def test_bad_input(flux):
     with pytest.raises(ValueError, match=r"^foo: unknown option, not of method 'chords' \(its options: .*\) nor of any "
                                          r"solver"):
         cd.with_chords(pipe, foo=1)
+    for method in ("chords", "paradigms"):  # (a method's argument that parallel() refuses: a review found it let through)
+        with pytest.raises(ValueError, match=rf"^window: unknown option, not of method '{method}' .* nor of any solver"):
+            cd.with_chords(pipe, method=method, cores=2, window=2)
     cd.with_chords(pipe, history="keep", lower_order_final=False)  # (a method's option; a solver's)
     # (with_chords of its own result said the pipeline held no denoising loop of the standard layout)
     with pytest.raises(ValueError, match=r"runs CHORDS already \(at .*\): .*call with_chords on the original"):

@@ -215,8 +215,12 @@ def test_a_reference_equal_to_the_sequential_solve_and_unused_seed_are_refused()
     with both problem= and x_cal= was ignored silently; the description counted the default draw's 16
     samples for an x_cal of 4."""
     f = cc.VectorField(lambda t, y: -y)
-    with pytest.raises(ValueError, match=r"^reference: equals the sequential euler solve \(error 0\)"):
+    with pytest.raises(ValueError, match=r"^refine must be an integer >= 2"):
         calibration(model=f, x_cal=np.ones(2), grid=np.linspace(0.0, 1.0, 21), refine=1)
+    # a problem the solver solves exactly (a review: refused as well): every core qualifies, error 0
+    exact = calibration(model=cc.VectorField(lambda t, y: np.ones_like(y)), x_cal=np.zeros(2),
+                        grid=np.linspace(0.0, 1.0, 17))
+    assert exact.seq_error == 0.0 and evaluate(exact, (0, 1, 2, 15)).ratio == 1.0
     gm = GaussianMixture.random(3, 2, seed=0)
     sched = cc.RectifiedFlow()
     grid = cc.time_grid(sched, 6)

@@ -1066,10 +1066,12 @@ def test_under_a_transformation_only_rules_that_never_read_values_choose_among_o
     assert np.array_equal(np.asarray(one), np.asarray(cj.solve(model, x, grid)))
 
 
-def test_a_nonfinite_initial_state_is_refused_by_the_run_itself_in_every_mode():
-    """The compiled run checks the initial state with its outputs (one int read, ``STATE_BAD``): a nan,
-    an inf or a -inf anywhere is refused naming x, in one call and chunk by chunk, with the output
-    check on or off, and a sharded run too."""
+def test_a_nonfinite_initial_state_is_refused_first_in_every_mode():
+    """A nan, an inf or a -inf anywhere in x is refused naming x before anything is compiled or run (a
+    CPU state read on numpy's view of it, ``_all_finite``), in every mode: one call and chunk by chunk,
+    the output check on or off, a sharded run, SRDS; before another bad argument, as the core refuses
+    it (a review: a check moved into the compiled run raised the other error first, and only after a
+    whole run of the model)."""
     grid = cc.time_grid(SCHED, 6, "logsnr")
     for check in (True, False):
         model = cc.DiffusionModel(denoiser, SCHED, "eps", check_outputs=check)
@@ -1085,6 +1087,15 @@ def test_a_nonfinite_initial_state_is_refused_by_the_run_itself_in_every_mode():
             for stop in (None, cc.StopAtCore(2), cc.StopOnResidual(1e-3)):  # SRDS: one call, chunk by chunk
                 with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values"):
                     cj.srds(model, bad, grid, blocks=2, stop=stop)
+        bad = np.array(X, copy=True)
+        bad[0, 0] = np.nan
+        traced = cj.compilations()
+        wrong = cc.DiffusionModel(lambda x, t: x[:, :2], SCHED, "eps", check_outputs=check)
+        for call in (lambda m, w, b: cj.chords(w, b, grid, cores=3), lambda m, w, b: cj.chords(m, b, grid, cores=0),
+                     lambda m, w, b: cj.srds(w, b, grid, blocks=2), lambda m, w, b: cj.solve(m, b, grid[::-1])):
+            with pytest.raises(ValueError, match=r"^x: the initial state has non-finite values"):
+                call(model, wrong, bad)
+        assert cj.compilations() == traced
         # a finite state after a refused one: the executables are the same, nothing is left flagged
         good = cj.chords(model, X, grid, cores=3, stop=None)
         assert np.array_equal(np.asarray(good.x), np.asarray(cj.chords(model, X, grid, cores=3, stop=None).x))

@@ -73,6 +73,18 @@ for run in (lambda a: cj.chords(scaled, x3, fgrid, cores=4, args=a), lambda a: c
     except ValueError as e:
         out["args"].append(str(e))
     run({"s": jax.device_put(jnp.asarray(0.5), jax.devices()[3])})  # (on x's device: runs)
+# a state sharded over a mesh of its own, and one put on a second device: the window methods run as on one
+# device (the tolerance, put where x is, failed on a 0-d value with x's sharding: a review)
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+x4 = np.random.default_rng(2).standard_normal((4, 4))
+one = cj.parallel(flow, jnp.asarray(x4), fgrid, cores=4)
+out["placed"] = []
+for placed in (jax.device_put(jnp.asarray(x4), NamedSharding(Mesh(np.array(jax.devices()[:4]), ("a",)),
+                                                             PartitionSpec("a"))),
+               jax.device_put(jnp.asarray(x4), jax.devices()[6])):
+    got = cj.parallel(flow, placed, fgrid, cores=4)
+    out["placed"].append([got.rounds == one.rounds and got.log == one.log,
+                          float(np.max(np.abs(np.asarray(got.x) - np.asarray(one.x))))])
 print(json.dumps(out))
 """
 
@@ -131,3 +143,10 @@ def test_args_on_another_device_than_the_state_are_named(report):
     naming the library's inner functions; every entry point now names ``args`` and says what to do."""
     assert len(report["args"]) == 4
     assert all(m.startswith("args: an array of it lies on device(s) [5], the state x on [3]") for m in report["args"])
+
+
+def test_the_window_methods_run_on_a_state_sharded_or_placed_elsewhere(report):
+    """A review: ``chords_jax.parallel`` put its tolerance on x's own sharding, which a 0-d value cannot
+    take when x is sharded over a mesh (a bare jax ValueError); it is now replicated over x's mesh. A
+    state sharded over 4 devices and one on device 6 give the one-device run's sweeps and values."""
+    assert report["placed"] == [[True, 0.0], [True, 0.0]]

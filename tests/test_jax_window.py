@@ -500,8 +500,14 @@ def test_a_user_trials_errors_name_the_model_and_a_warm_call_needs_no_implicit_t
     def callback(t, y):
         return jax.pure_callback(lambda y: np.asarray(y) * 2.0, jax.ShapeDtypeStruct(y.shape, y.dtype), y)
 
-    with pytest.raises(TypeError, match=r"^model: its function must be traceable by jax .*vmap_method"):
+    with pytest.raises(TypeError, match=r"^model: its function must be traceable by jax under vmap .*vmap_method"):
         cj.parallel(cc.VectorField(callback), jnp.ones(3), vgrid, cores=4)
+
+    def unfinished(t, y):
+        raise NotImplementedError("my model's own")
+
+    with pytest.raises(NotImplementedError, match="^my model's own"):  # (the model's own: not renamed)
+        cj.parallel(cc.VectorField(unfinished), jnp.ones(3), vgrid, cores=4)
     model = cc.DiffusionModel(lambda x, t: jnp.tanh(x) + 0.1 * x, rf, "flow")
     x = jax.device_put(jnp.ones((3, 6)))
     want = [cj.parallel(model, x, grid, cores=4).x, cj.srds(model, x, grid, blocks=3).x,

@@ -61,7 +61,6 @@ from .linear import LinearRecorder, Sym
 from .lower import SEGMENT_TIMES, Program, lower
 from .run import (
     NO_BAD,
-    STATE_BAD,
     chunk_runner,
     first_bad,
     keyable,
@@ -332,7 +331,7 @@ def chords(
         The core's ``Result``, its arrays jax arrays of x's shape and dtype.
     """
     mesh, ndev = _mesh(executor, devices)
-    return _chords(model, _as_state(x, deferred=True), grid, solver, cores, init, stop, history, mesh, ndev, args,
+    return _chords(model, _as_state(x), grid, solver, cores, init, stop, history, mesh, ndev, args,
                    "chords_jax.chords", solver_options)
 
 
@@ -373,7 +372,7 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
     if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
-        if check or not inside:  # (outside a transformation the run checks the initial state too)
+        if check:
             _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, model, name == "chords_jax.solve"))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
@@ -387,8 +386,8 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
 
 
 #: the library's rules that decide on the outputs' values: they read them through ``chords_core``'s array
-#: operations, which on numpy views of CPU arrays decide as the numpy core decides and cost no eager jax
-#: dispatch (a default-stop call at size 64 spent three quarters of its 2.3 ms in them, a profile)
+#: operations, which on numpy views of CPU arrays cost no eager jax dispatch (a default-stop call at size
+#: 64 spent three quarters of its 2.3 ms in them, a profile) and sum as on numpy arrays (float32 in float64)
 _HOST_RULES = (StopWhenConverged, StopOnResidual)
 
 
@@ -595,17 +594,16 @@ def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bo
               inside: bool = False) -> tuple[tuple, Any]:
     """The whole program as one call of ``runner``: (outputs, ``bad``); with ``check``, ``bad`` is
     the exact code of the first non-finite output (``first_bad``: the run's one transfer to the host
-    is an int; a run the screen flags is run again, checked exactly); without ``check``, ``NO_BAD``
-    or ``STATE_BAD`` (the initial state's check, in the same run). ``inside`` a jax
+    is an int; a run the screen flags is run again, checked exactly). ``inside`` a jax
     transformation (``inside_transformation``): nothing is read on the host, the run is checked
     exactly at once and ``bad`` is a traced int (``_check_bad``)."""
     arrays = _device_arrays(prog, x.size, x.dtype, time_dtype(model, x.dtype), mesh)
     if inside:
         return runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
-    if not check:
-        return outs, int(bad)
-    return outs, first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
+    if check:
+        bad = first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
+    return outs, bad
 
 
 def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, mesh: Any, check: bool, args: Any,
@@ -633,8 +631,6 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
 
             raise_bad(first_bad(bad, rerun))
             bad = no_bad  # no bad output so far (a flagged chunk may have had none: a row overflowed)
-        elif i == 0:  # the initial state's check, in the first chunk (``STATE_BAD``)
-            raise_bad(int(bad))
         vals.update(zip(ids[i], outs))
         while m < len(ready) and ready[m] <= end:
             m += 1
@@ -692,7 +688,7 @@ def solve(model: cc.Model, x: Any, grid: Any, solver: str | cc.solvers.Solver = 
         The state at ``grid[-1]``, a jax array of x's shape and dtype.
     """
     mesh, ndev = _mesh(None, devices)
-    x = _as_state(x, deferred=True)  # here, so that a dtype warning points at the caller of solve
+    x = _as_state(x)  # here, so that a dtype warning points at the caller of solve
     return _chords(model, x, grid, solver, 1, None, None, "shift", mesh, ndev, args, "chords_jax.solve",
                    solver_options).x
 
@@ -708,10 +704,9 @@ def clear_cache() -> None:
     _ARRAYS.clear()
 
 
-def _as_state(x: Any, deferred: bool = False) -> jax.Array:
-    """``x`` as a jax array, refused where it is not a floating array with finite values (the values
-    not read where it is traced; nor with ``deferred`` outside a transformation: the compiled run then
-    checks them, ``STATE_BAD``, and the caller raises)."""
+def _as_state(x: Any) -> jax.Array:
+    """``x`` as a jax array, refused where it is not a floating array with finite values (not read
+    where it is traced), before anything is compiled or run (``_all_finite``)."""
     if not hasattr(x, "shape"):
         raise TypeError(f"x: the initial state must be an array, got {type(x).__name__}")
     if jax.dtypes.canonicalize_dtype(np.float64) != np.float64 and getattr(x, "dtype", None) == np.float64:
@@ -721,16 +716,26 @@ def _as_state(x: Any, deferred: bool = False) -> jax.Array:
         x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise not_floating("x", x.dtype)
-    if isinstance(x, jax.core.Tracer) or deferred and not tracing():  # a traced state has no values to check
+    if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
         return x
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
-        _raise_if_nonfinite_state(_all_finite(x))  # (a device read)
+        _raise_if_nonfinite_state(_all_finite(x))
     return x
 
 
-#: whether every value of an array is finite: one compiled call (an eager ``isfinite(x).all()`` is
-#: two dispatches, 1.5x the time of a call on a small state)
-_all_finite = jax.jit(lambda x: jnp.isfinite(x).all())
+#: whether every value of an array is finite on the device: one compiled call (an eager
+#: ``isfinite(x).all()`` is two dispatches, 1.5x the time of a call on a small state)
+_all_finite_device = jax.jit(lambda x: jnp.isfinite(x).all())
+
+
+def _all_finite(x: jax.Array) -> Any:
+    """Whether every value of ``x`` is finite: for a float32 / float64 array on this process's CPU
+    devices, on numpy's view of it (no copy on one device: about 5 µs at 64 elements, where a compiled
+    call and its read took 55 µs, most of a small state's call); else on the device (one read)."""
+    if (x.dtype in (jnp.float32, jnp.float64) and x.is_fully_addressable
+            and all(d.platform == "cpu" for d in x.devices())):
+        return bool(np.isfinite(np.asarray(x)).all())
+    return _all_finite_device(x)
 
 
 def _on_device(prog: Program, kind: str, dtype: Any, tdtype: Any, mesh: Any,
@@ -855,8 +860,6 @@ def _raise_nonfinite(bad: int, prog: Program, sym: Result, model: cc.Model, sequ
     run off."""
     if bad == NO_BAD:
         return
-    if bad == STATE_BAD:
-        raise nonfinite_state("x")
     r, j = divmod(bad, prog.width)
     assert sym.plan is not None
     evals = sym.plan.rounds[r].evals

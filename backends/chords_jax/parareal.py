@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import chords_core as cc
-from chords_core.call import check_model, nonfinite_state
+from chords_core.call import check_model
 from chords_core.checks import check_grid, check_int
 from chords_core.methods.srds import (
     SRDS_STOP,
@@ -56,7 +56,7 @@ from .api import (
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
-from .run import NO_BAD, STATE_BAD
+from .run import NO_BAD
 
 __all__ = ["srds", "compile_srds"]
 
@@ -161,7 +161,7 @@ def srds(
     """
     mesh, ndev = _mesh(executor, devices)
     check_model(model)  # the core's checks in the core's order, with its messages
-    x = _as_state(x, deferred=True)  # (its values checked in the run: STATE_BAD)
+    x = _as_state(x)
     inside_transformation(x, args, None, "chords_jax.srds")  # (TypeError: its log reads the outputs on the host)
     times = check_grid(grid)
     model.check_times(times)
@@ -179,8 +179,6 @@ def srds(
         """The core's ``ModelOutputError`` for the first non-finite output, if any (``bad`` from
         ``runner``): the core raises at its round, and every output offered to the rule so far
         came before it (one call: the returned output is the program's last)."""
-        if bad == STATE_BAD:
-            raise nonfinite_state("x")
         if bad != NO_BAD:
             _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
 
@@ -189,7 +187,8 @@ def srds(
     read = RuleValues(rule, x)
     if chunks is None:  # a choice known before any value, or one chunk: one call
         outs, bad = _run_once(model, x, prog, mesh, check, args)
-        raise_bad(bad)  # (without check: NO_BAD, or STATE_BAD)
+        if check:
+            raise_bad(bad)
         vals = dict(zip(prog.outputs, outs))
         m = len(sym.hits)  # (the outputs formed: every one)
         rv = read(vals)

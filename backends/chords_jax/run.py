@@ -32,8 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "STATE_BAD",
-           "make_mesh", "time_dtype"]
+__all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
+           "time_dtype"]
 
 AXIS = "cores"
 _COMPILATIONS = 0
@@ -41,9 +41,6 @@ _CACHE: OrderedDict[tuple, Callable] = OrderedDict()
 _CACHE_SIZE = 32
 #: ``bad`` of a run whose checked outputs were all finite.
 NO_BAD = np.iinfo(np.int32).max
-#: ``bad`` of a run whose initial state held nan or inf (below every round's code, so it wins the
-#: ``minimum`` the rounds' codes are accumulated by)
-STATE_BAD = -1
 
 
 def compilations() -> int:
@@ -116,14 +113,21 @@ def _once_each(devs: list) -> None:
 
 
 _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                  jax.errors.TracerIntegerConversionError, NotImplementedError)  # (the last: a pure_callback
-# without vmap_method in an unbatched field, which chords_jax vmaps, a user trial)
+                  jax.errors.TracerIntegerConversionError)
 
 
 def _traced(call: Callable, *operands: Any) -> Any:
-    """``call(*operands)`` at trace time, a function that jax cannot trace named as the model's."""
+    """``call(*operands)`` at trace time, a function that jax cannot trace named as the model's (also
+    a ``pure_callback`` without ``vmap_method`` in an unbatched field, which chords_jax vmaps: jax's
+    ``NotImplementedError`` escaped bare, a user trial; the model's own ``NotImplementedError`` is
+    its own)."""
     try:
         return call(*operands)
+    except NotImplementedError as err:
+        if "vmap_method" not in str(err):
+            raise
+        raise TypeError("model: its function must be traceable by jax under vmap (an unbatched field is vmapped "
+                        f"over the points); tracing it failed with: {err}") from err
     except _NOT_TRACEABLE as err:
         raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
                         f"conversion or Python branch on array values); tracing it failed with: {err}") from err
@@ -164,43 +168,26 @@ def function_key(fn: Any) -> Any:
     return ByIdentity(fn)
 
 
-def _takes_two(fn: Callable) -> None:
-    """Refuse a function whose signature needs a third argument (``args``) where the call gives none:
-    Python's own error named neither the model nor ``args`` (a user trial)."""
-    try:
-        sig = inspect.signature(fn, follow_wrapped=False)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(0, 0)
-    except TypeError as err:
-        raise TypeError(f"model: its function is called fn(x, t) (f(t, y) for a VectorField) without args=, and its "
-                        f"signature {sig} needs more ({err}); pass args=..., which calls it fn(x, t, args)") from None
-
-
 def check_signature(model: Any, with_args: bool) -> None:
-    """Refuse, naming the model or ``args``, a function whose signature does not take the call it gets:
-    ``fn(x, t, args)`` with ``args=``, ``fn(x, t)`` without; on a cache miss only (``inspect.signature``
-    costs about as much as a call's other host work at size 64)."""
-    if with_args:
-        _takes_args(_function(model))
-    else:
-        _takes_two(_function(model))
-
-
-def _takes_args(fn: Callable) -> None:
-    """Refuse a function whose signature cannot take the third argument ``args=`` calls it with (a
-    function without an inspectable signature is called and left to fail in its own words)."""
+    """Refuse a function whose signature cannot take the call it gets, ``fn(x, t, args)`` with ``args=``
+    (naming ``args``) or ``fn(x, t)`` without (naming the model: Python's "missing 1 required positional
+    argument" named neither, a user trial). A function without an inspectable signature is called and
+    left to fail in its own words. Run where a program is built for the function, on a cache miss only
+    (``inspect.signature`` cost about as much as a call's other host work at size 64)."""
+    fn = _function(model)
     try:
         sig = inspect.signature(fn, follow_wrapped=False)  # (a functools.wraps wrapper may add the argument)
     except (TypeError, ValueError):
         return
     try:
-        sig.bind(0, 0, 0)
+        sig.bind(0, 0, 0) if with_args else sig.bind(0, 0)
     except TypeError as err:
-        raise TypeError(f"args: with args= the model's function is called with a third argument, fn(x, t, args) "
-                        f"(f(t, y, args) for a VectorField), and its signature {sig} takes no such argument "
-                        f"({err})") from None
+        if with_args:
+            raise TypeError(f"args: with args= the model's function is called with a third argument, fn(x, t, args) "
+                            f"(f(t, y, args) for a VectorField), and its signature {sig} takes no such argument "
+                            f"({err})") from None
+        raise TypeError(f"model: its function is called fn(x, t) (f(t, y) for a VectorField) without args=, and its "
+                        f"signature {sig} needs more ({err}); pass args=..., which calls it fn(x, t, args)") from None
 
 
 def _function(model: Any) -> Any:
@@ -304,13 +291,11 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, 
         buffer's ``rows`` (each of x's shape); ``zeros`` is a vector of x.size zeros (the output
         check's operand); ``bad`` (int32) is ``round * slots + slot`` of the first active slot
         whose output was not finite (rounds 0-based, slots as in ``Program.points``), or
-        ``NO_BAD`` (also without ``check``); ``STATE_BAD`` where the initial state ``x`` holds nan
-        or inf, checked in the same run (with or without ``check``: a call reads this one int and
-        no other value before it returns; an eager check of its own took 55 µs a call). Screened
-        (``exact=False``), ``bad`` is ``round * slots`` of the first round that wrote a non-finite
-        row, or ``NO_BAD``, which is exact: every output is a term of a written row, and a
-        non-finite term makes its row non-finite. A flagged run may have no bad output (a row can
-        overflow); ``first_bad`` runs it again with ``exact``.
+        ``NO_BAD`` (also without ``check``). Screened (``exact=False``), ``bad`` is
+        ``round * slots`` of the first round that wrote a non-finite row, or ``NO_BAD``, which is
+        exact: every output is a term of a written row, and a non-finite term makes its row
+        non-finite. A flagged run may have no bad output (a row can overflow); ``first_bad`` runs
+        it again with ``exact``.
     """
     return _jitted(model, mesh, check, with_args, exact, chunked=False)
 
@@ -331,10 +316,10 @@ def chunk_runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = F
 
 def first_bad(bad: Any, rerun: Callable[[], Any]) -> int:
     """The code of a run's first non-finite output (``runner``'s ``bad``, exact) from the ``bad`` of
-    a screened run: ``NO_BAD`` and ``STATE_BAD`` as they are, else ``rerun()``'s, the same run with ``exact=True``
+    a screened run: ``NO_BAD`` as it is, else ``rerun()``'s, the same run with ``exact=True``
     (compiled on the first flagged run only)."""
     bad = int(bad)
-    return bad if bad in (NO_BAD, STATE_BAD) else int(rerun())
+    return bad if bad == NO_BAD else int(rerun())
 
 
 def tracing() -> bool:
@@ -437,23 +422,18 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
             carry, _ = jax.lax.scan(body, carry, seg)
         return carry
 
-    def state_code(x, zeros):
-        """``STATE_BAD`` where the initial state holds nan or inf, else ``NO_BAD`` (x @ 0, as a row's)."""
-        return jnp.where(jnp.isfinite(x.reshape(-1) @ zeros), NO_BAD, STATE_BAD).astype(jnp.int32)
-
     def run(x, init, segments, rows, zeros, args):
         count_compilation()
         slots = max(seg[1].shape[1] for seg in segments)  # Program.width, from the arrays at trace time
         # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
         buf = pin(init[:, None] * x.reshape(1, -1))
-        buf, bad = scans(x, (buf, state_code(x, zeros)), segments, zeros, args, slots)
+        buf, bad = scans(x, (buf, jnp.asarray(NO_BAD, jnp.int32)), segments, zeros, args, slots)
         return tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0])), bad
 
     def chunk(x, buf, bad, segments, rows, zeros, args, slots):
         count_compilation()
-        if buf.ndim == 1:  # the first chunk: the program's init vector, and the initial state's check
+        if buf.ndim == 1:  # the first chunk: the program's init vector
             buf = pin(buf[:, None] * x.reshape(1, -1))
-            bad = jnp.minimum(bad, state_code(x, zeros))
         buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)
         return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
 

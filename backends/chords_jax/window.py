@@ -493,7 +493,13 @@ def parallel(
     run = _program(model, setup, check, args is not None)
     threshold = _threshold(tol2, x.dtype)
     if not isinstance(x, jax.core.Tracer):  # (put where x is, explicitly: jax.transfer_guard("disallow") refused
-        threshold = jax.device_put(threshold, x.sharding)  # the implicit transfer of a warm call, a user trial)
+        # the implicit transfer of a warm call, a user trial; replicated: a 0-d value on x's own sharding
+        # failed for an x sharded over a mesh, a review)
+        where = x.sharding
+        if not where.is_fully_replicated and isinstance(where, jax.sharding.NamedSharding):
+            where = jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec())
+        if where.is_fully_replicated:  # (another sharding of x: the value goes as jax places it)
+            threshold = jax.device_put(threshold, where)
     x_T, counts = run(x, setup.arrays(x.dtype, time_dtype(model, x.dtype)), threshold, _zeros(x.size, x.dtype), args)
     counts = np.asarray(counts)
     rounds, nfe, width, bad = (int(v) for v in counts[:4])

@@ -148,8 +148,8 @@ def check_options(name: str, options: dict, solver: Any = None, *, any_solver: b
         if owners:
             raise ValueError(f"{key}: an option of {', '.join(owners)}, not of method {name!r} "
                              f"(its options: {', '.join(mine)})")
-        if key in mine or call.method_arguments(key):  # (an argument such as window= has its own words later)
-            continue
+        if key in mine or call.method_arguments(key) and not any_solver:  # (an argument such as window= has its
+            continue  # own words later, in parallel; the loop with_chords runs passes it there when the pipeline runs)
         if spec is not None and spec.options is not None and key not in spec.options:
             raise ValueError(f"{key}: unknown option, not of method {name!r} (its options: {', '.join(mine)}) nor of "
                              f"solver {solver!r} ({spec.takes()})")

@@ -110,7 +110,7 @@ def calibration(
             An option that the chosen problem does not use raises ``ValueError`` naming it (a user
             model ignored all four silently).
         schedule: the mixture's noise schedule (default ``RectifiedFlow()``; a mixture's only).
-        refine: the refinement of a user model's reference solve (default 8; without ``reference`` only).
+        refine: the refinement of a user model's reference solve, >= 2 (default 8; without ``reference`` only).
             These three, too, raise ``ValueError`` where the problem does not use them (a user trial's
             reference of zeros was dropped for the mixture's own, silently).
         solver_options: the solver's options.
@@ -148,6 +148,7 @@ def calibration(
     dim, modes = 8 if dim is None else dim, 3 if modes is None else modes
     seed, samples = 0 if seed is None else seed, 16 if samples is None else samples
     rng = np.random.default_rng(check_int("seed", seed, 0))  # (numpy's words for -1 named no argument)
+    given_reference = model is not None and reference is not None
     if model is not None and (x_cal is None or grid is None):
         raise ValueError("a model needs calibration inputs x_cal and a grid")
     times = None if grid is None else check_grid(grid)
@@ -168,7 +169,9 @@ def calibration(
         assert times is not None  # (checked above)
         desc = "user model, reference given"
         if reference is None:
-            refine = check_int("refine", 8 if refine is None else refine, 1)
+            # (refine=1 is the sequential solve itself: error 0, and every budget then admitted only outputs
+            # equal to it bit for bit, the search returning the sequential solver, a user trial)
+            refine = check_int("refine", 8 if refine is None else refine, 2)
             desc = f"user model, reference refined x{refine}"
             fine = np.concatenate([np.linspace(a, b, refine + 1)[:-1] for a, b in zip(times[:-1], times[1:])]
                                   + [times[-1:]])
@@ -212,11 +215,11 @@ def calibration(
     if not math.isfinite(seq_error):
         raise ValueError(f"the sequential {solver} solve on the calibration problem is not finite: its error "
                          "against the reference cannot be measured (check the model and x_cal)")
-    if seq_error == 0.0:  # (refine=1, or the sequential answer given as the reference: every budget then admits
-        # only outputs equal to it bit for bit, and the search returned the sequential solver, a user trial)
+    if seq_error == 0.0 and given_reference:  # (the sequential answer given as the reference: as refine=1; a
+        # refined reference the solve meets exactly is a problem the solver solves exactly, and stays, a review)
         raise ValueError(f"reference: equals the sequential {solver} solve (error 0), so a budget relative to that "
-                         "error admits only bit-exact outputs; give a more accurate reference (refine >= 2, or an "
-                         "exact or finer solution)")
+                         "error admits only bit-exact outputs; give a more accurate reference (an exact or finer "
+                         "solution), or leave it out (a solve on a refined grid)")
     return Calibration(model, x, times, reference, solver, dict(solver_options), seq, seq_error, desc)
 
 
