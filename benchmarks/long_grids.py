@@ -17,15 +17,12 @@ import argparse
 import warnings
 
 import numpy as np
+from safety_sweep import rms
 
 import chords_core as cc
 from chords_core.problems import GaussianMixture
 
 CASES = (("srds", "dpmpp_2m", 1000, (8, 16)), ("parataa", "heun", 200, (16, 64)))
-
-
-def rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.asarray(a) ** 2)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -376,11 +376,8 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
             _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, model, name == "chords_jax.solve"))
         vals = dict(zip(prog.outputs, outs))
         hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
-        read = RuleValues(rule, x)
-        rv = read(vals)
-        states = [_on_device_state(st, rv, read.x) for st in sym.log] if sym.log else None
-        n, stopped_by = select_output(rule, [rv[h.x.id] for h in sym.hits], [h.core for h in hits], rv[sym.coarse.id],
-                                      states, starts=_starts(sym))
+        outputs, coarse, states = RuleValues(rule, x).offered(vals, sym, len(sym.hits))
+        n, stopped_by = select_output(rule, outputs, [h.core for h in hits], coarse, states, starts=_starts(sym))
         return plan_result(sym.plan, hits[n], hits, vals[sym.coarse.id], stopped_by)
     return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
 
@@ -403,8 +400,7 @@ class RuleValues:
     """
 
     def __init__(self, rule: StopRule, x: Any) -> None:
-        self.host = (type(rule) in _HOST_RULES and not isinstance(x, jax.core.Tracer)
-                     and x.dtype in (jnp.float32, jnp.float64) and all(d.platform == "cpu" for d in x.devices()))
+        self.host = type(rule) in _HOST_RULES and not isinstance(x, jax.core.Tracer) and _cpu_float(x)
         self.x = np.asarray(x) if self.host else x
         self.seen: dict[int, Any] = {}
 
@@ -416,6 +412,14 @@ class RuleValues:
             if k not in self.seen:
                 self.seen[k] = np.asarray(v)
         return self.seen
+
+    def offered(self, vals: dict[int, Any], sym: Result, m: int) -> tuple[list, Any, list | None]:
+        """What the rule is offered of ``sym``'s first ``m`` outputs (arrival order) computed in ``vals``:
+        (the outputs, the coarse prediction or ``None`` where not yet computed, their ``ErrorState``s
+        or ``None``), as the rule reads them."""
+        rv = self(vals)
+        states = [_on_device_state(st, rv, self.x) for st in sym.log[:m]] if sym.log else None
+        return [rv[h.x.id] for h in sym.hits[:m]], rv.get(sym.coarse.id), states
 
 
 def _mesh(executor: Any, devices: Any) -> tuple[Any, int]:
@@ -655,10 +659,8 @@ def _run_chunked(model: cc.Model, x: jax.Array, prog: Program, sym: Result, rule
     read = RuleValues(rule, x)
     for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args,
                                   lambda bad: _raise_nonfinite(bad, prog, sym, model)):
-        rv = read(vals)
-        states = [_on_device_state(st, rv, read.x) for st in sym.log[:m]] if sym.log else None
-        accepted = first_accepted(rule, [rv[h.x.id] for h in sym.hits[:m]], rv.get(sym.coarse.id), states,
-                                  start=n, starts=starts)
+        outputs, coarse, states = read.offered(vals, sym, m)
+        accepted = first_accepted(rule, outputs, coarse, states, start=n, starts=starts)
         if accepted is not None:
             break
         n = m
@@ -732,10 +734,15 @@ def _all_finite(x: jax.Array) -> Any:
     """Whether every value of ``x`` is finite: for a float32 / float64 array on this process's CPU
     devices, on numpy's view of it (no copy on one device: about 5 µs at 64 elements, where a compiled
     call and its read took 55 µs, most of a small state's call); else on the device (one read)."""
-    if (x.dtype in (jnp.float32, jnp.float64) and x.is_fully_addressable
-            and all(d.platform == "cpu" for d in x.devices())):
+    if x.is_fully_addressable and _cpu_float(x):
         return bool(np.isfinite(np.asarray(x)).all())
     return _all_finite_device(x)
+
+
+def _cpu_float(x: jax.Array) -> bool:
+    """Whether ``x`` is a float32 / float64 array on CPU devices only, whose values numpy views as they
+    are (``_all_finite``, ``RuleValues``)."""
+    return x.dtype in (jnp.float32, jnp.float64) and all(d.platform == "cpu" for d in x.devices())
 
 
 def _on_device(prog: Program, kind: str, dtype: Any, tdtype: Any, mesh: Any,
