@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from timing import rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -35,10 +36,6 @@ from chords_core.local_error import LocalError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workloads import WORKLOADS  # noqa: E402
-
-
-def rms(a) -> float:
-    return float(np.sqrt(np.mean(np.square(a))))
 
 
 def trajectory(model: cc.Model, x: np.ndarray, sol) -> tuple[list, list]:

@@ -21,16 +21,12 @@ import itertools
 import warnings
 
 import numpy as np
+from timing import rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
 from chords_core.grid import SPACINGS
 from chords_core.problems import GaussianMixture
-
-
-def rms(a) -> float:
-    return float(np.sqrt(np.mean(np.square(a))))
-
 
 SCHEDULES = {"vp": ("VP, eps", cc.VP(), "eps"), "rf": ("rectified flow", cc.RectifiedFlow(), "flow"),
              "cos": ("VP cosine, eps", cc.VP.cosine(), "eps"), "cosv": ("VP cosine, v", cc.VP.cosine(), "v")}

@@ -27,7 +27,8 @@ import warnings
 
 import numpy as np
 import torch
-from safety_sweep import problems, rms
+from safety_sweep import problems
+from timing import rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least

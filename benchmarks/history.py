@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from timing import rms
 
 import chords_core as cc
 from chords_core.problems import GaussianMixture
 
 INIT = (0, 2, 4, 8, 16, 24, 32, 40)
-
-
-def rms(a, b):
-    return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
 def main(argv=None):
@@ -36,10 +33,10 @@ def main(argv=None):
             seq = cc.solve(model, x, grid, solver)
             for policy in cc.HISTORY_POLICIES:
                 res = cc.chords(model, x, grid, solver, init=INIT, stop=None, history=policy)
-                errs = [rms(h.x, seq) for h in res.hits[:5]]
+                errs = [rms(h.x - seq) for h in res.hits[:5]]
                 name = f"{type(sched).__name__} {pred}"
                 print(f"| {name} | {solver} | {policy} | " + " | ".join(f"{e:.1e}" for e in errs)
-                      + f" | {rms(res.hits[0].x, exact):.1e} ({rms(seq, exact):.1e}) |")
+                      + f" | {rms(res.hits[0].x - exact):.1e} ({rms(seq - exact):.1e}) |")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import itertools
 import warnings
 
 import numpy as np
-from timing import positive_float
+from timing import positive_float, rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -44,9 +44,6 @@ GRIDS = {  # seeds, schedules, solvers, steps, cores, dims, samples
     "b": (range(3, 6), ("rf", "vp", "cosv"), ("heun", "dpmpp_2m", "dpmpp_3m", "unipc"), (15, 25), (4, 8), (8, 16), 4),
 }
 
-
-def rms(a) -> float:
-    return float(np.sqrt(np.mean(np.square(a))))
 
 
 def runs(tols: list[float], floor: float = LEVEL_FLOOR):

@@ -19,13 +19,10 @@ import warnings
 
 import numpy as np
 from scipy.linalg import expm
+from timing import rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
-
-
-def rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.asarray(a) ** 2)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ import argparse
 import warnings
 
 import numpy as np
-from safety_sweep import rms
+from timing import rms
 
 import chords_core as cc
 from chords_core.problems import GaussianMixture

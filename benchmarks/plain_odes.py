@@ -36,7 +36,7 @@ import argparse
 import warnings
 
 import numpy as np
-from timing import positive_float
+from timing import positive_float, rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -142,9 +142,6 @@ def _forced() -> dict:
         odes[f"forced cubic {a:.2f} {b:.2f} {w:.2f} y0 {y0:.2f}"] = (forced_cubic(a, b, w), [[y0]], t_end)
     return odes
 
-
-def rms(a) -> float:
-    return float(np.sqrt(np.mean(np.square(a))))
 
 
 def main(argv: list[str] | None = None) -> None:

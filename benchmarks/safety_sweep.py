@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 from scipy.integrate import solve_ivp
+from timing import rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -165,9 +166,6 @@ def problems(seed: int, count: int):
         rng.random()  # (a draw the first sweeps made here; kept so that a seed gives the same problems)
         yield f"{seed}.{i}/{fam}/{name}/{pred}/{spacing}/D{D}n{n}", comb, sch, pred, solver, grid, Ks, x
 
-
-def rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(a))))
 
 
 def main(argv=None) -> None:

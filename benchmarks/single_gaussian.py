@@ -22,6 +22,7 @@ import argparse
 import warnings
 
 import numpy as np
+from timing import rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -40,9 +41,6 @@ def settings() -> dict[str, tuple[cc.Schedule, str, str]]:
     return {"flow": (cc.RectifiedFlow(), "flow", "uniform"), "vp": (cc.VP.linear(), "eps", "logsnr"),
             "edm": (cc.EDM(), "eps", "karras"), "cosine": (cc.VP.cosine(), "v", "uniform")}
 
-
-def rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.asarray(a) ** 2)))
 
 
 def main(argv: list[str] | None = None) -> None:

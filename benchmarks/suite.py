@@ -63,7 +63,7 @@ from chords_core.methods.srds import SRDS_STOP  # noqa: E402
 from chords_core.tuning import optimize_init  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import read_report  # noqa: E402
+from timing import read_report, rms  # noqa: E402
 from workloads import WORKLOADS, Workload, calibration_workload  # noqa: E402
 
 CORES = (2, 4, 8)
@@ -92,9 +92,6 @@ FACTOR = 1.05
 METHODS = ("cascade", "chords", "paradigms", "parasolver", "parataa", "srds")
 PEERS = tuple(m for m in METHODS if m != "cascade")
 
-
-def rms(a) -> float:
-    return float(np.sqrt(np.mean(np.square(a))))
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Timing and command-line helpers shared by the benchmarks (numpy only at import; no side effects)."""
+"""Timing, command-line and error helpers shared by the benchmarks (numpy only at import; no side effects)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from chords_core.demo import positive_float  # noqa: F401 (the benchmarks' argparse type, from here)
+
+
+def rms(a: Any) -> float:
+    """The root mean square of the array ``a`` over all its elements, as a float (in ``a``'s dtype): the
+    benchmarks' error measure (``rms(x - ref)``)."""
+    return float(np.sqrt(np.mean(np.square(a))))
 
 
 def spread(v: Sequence[float] | np.ndarray, scale: float = 1.0, fmt: str = ".1f") -> str:
