@@ -523,12 +523,18 @@ def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
 
 
 def accepts(rule: StopRule, outputs: Outputs, coarse: Any) -> bool:
-    """``rule.accept(outputs, coarse)``, which must answer a bool or a 0-d array (an array answer raised
-    numpy's "truth value of an array is ambiguous", naming nothing): a ``TypeError`` naming ``stop``
-    otherwise."""
+    """``rule.accept(outputs, coarse)``, which must answer a bool or a 0-d boolean array or tensor (an
+    array answer raised numpy's "truth value of an array is ambiguous", naming nothing; a number, a
+    distance a rule forgot to compare with its tolerance, was taken as True where nonzero: a user
+    trial's rule returned the fastest core unchecked): a ``TypeError`` naming ``stop`` otherwise."""
     ok = rule.accept(outputs, coarse)
-    if isinstance(ok, (bool, np.bool_)) or getattr(ok, "shape", None) == ():  # (a 0-d tensor: one answer too)
+    if isinstance(ok, (bool, np.bool_)):
         return bool(ok)
+    if getattr(ok, "shape", None) == ():  # a 0-d array or tensor: one answer, if it is a truth value
+        if str(getattr(ok, "dtype", "")) in ("bool", "torch.bool"):
+            return bool(ok)
+        raise TypeError(f"stop: {type(rule).__name__}.accept returned a 0-d {type(ok).__name__} of dtype {ok.dtype}, "
+                        f"not a bool (output {len(outputs)}); compare it with a tolerance, e.g. bool(change < tol)")
     raise TypeError(f"stop: {type(rule).__name__}.accept returned {type(ok).__name__}, not a bool (output "
                     f"{len(outputs)}); reduce an array to one answer, e.g. bool((x < tol).all())")
 

@@ -904,6 +904,36 @@ def test_a_stop_rule_answering_an_array_is_named():
             run()
 
 
+def test_a_stop_rule_answering_a_number_is_refused():
+    """A rule that forgot to compare its distance with a tolerance answered a numpy scalar or a 0-d
+    array or tensor of floats, and any nonzero one (nan too) was taken as True: the fastest core came
+    back unchecked (a user trial). A 0-d boolean array is one answer, taken."""
+    import torch
+
+    class Answer(cc.StopRule):
+        def __init__(self, make):
+            self.make = make
+
+        def accept(self, outputs, coarse):
+            return self.make(float(np.sqrt(np.mean(np.square(outputs[-1] - coarse)))))
+
+        def describe(self, n, core, accepted):
+            return f"output {n} accepted={accepted}"
+
+    sched = cc.RectifiedFlow()
+    model = GaussianMixture.random(8, 3, seed=1).model(sched, "flow")
+    x = np.random.default_rng(0).standard_normal((2, 8))
+    grid = cc.time_grid(sched, 16)
+    for make, shown in ((np.float64, "0-d float64 of dtype float64"), (np.asarray, "0-d ndarray of dtype float64"),
+                        (lambda d: torch.tensor(d), "0-d Tensor of dtype torch.float32"),
+                        (lambda d: np.float64(np.nan), "0-d float64 of dtype float64")):
+        for method, size in ((cc.chords, {"cores": 4}), (cc.srds, {"blocks": 4})):
+            with pytest.raises(TypeError, match=rf"^stop: Answer.accept returned a {shown}, not a bool \(output 1\)"):
+                method(model, x, grid, stop=Answer(make), **size)
+    res = cc.chords(model, x, grid, cores=4, stop=Answer(lambda d: np.asarray(d < 1e-30)))
+    assert res.stopped_by.startswith("output 4") and np.array_equal(res.x, cc.solve(model, x, grid))
+
+
 def test_a_stop_rule_answering_a_0d_tensor_is_taken():
     """A rule ending in ``(a - b).abs().max() < tol`` answers a 0-d tensor: one answer, taken as before."""
     import torch
