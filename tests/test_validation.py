@@ -1081,6 +1081,94 @@ def test_a_solvers_step_that_returns_no_state_is_named_by_every_method():
     assert cc.solvers.Euler.step is cc.solvers.Euler.__dict__["step"]  # (the library's own: not wrapped)
 
 
+class _Contract(cc.solvers.Euler):
+    """Euler with a step that breaks the contract as ``kind`` says (an extension trial's solvers)."""
+
+    def __init__(self, model, times, kind="copy"):
+        super().__init__(model, times)
+        self.kind = kind
+
+    def step(self, state, qs, i, j):
+        from chords_core.solvers.base import State
+
+        new = super().step(state, qs, i, j)
+        if self.kind == "hold" and i == 3:  # an identity step, returning its input itself
+            return State(state.x)
+        if self.kind == "view" and i == 3:
+            return State(state.x[:])
+        if self.kind == "copy" and i == 3:
+            return State(state.x.copy())
+        if self.kind == "in place":
+            state.x += (self.t[j] - self.t[i]) * qs[0]
+            return State(state.x)
+        if self.kind == "q in place":
+            qs[0] *= 1.0
+        if self.kind == "narrow":
+            return State(new.x[..., :2])
+        if self.kind == "float32":
+            return State(new.x.astype(np.float32) if isinstance(new.x, np.ndarray) else new.x.float())
+        if self.kind == "list":
+            return State(new.x.tolist())
+        return new
+
+    def begin(self, x):
+        from chords_core.solvers.base import State
+
+        return x if self.kind == "begin" else State(x)
+
+    def jump_coeffs(self, i, j):
+        a, b = super().jump_coeffs(i, j)
+        return (a, b, 0.0) if self.kind == "jump" else (np.float64(a), np.float64(b))
+
+
+def test_a_solver_of_ones_own_is_held_to_the_step_contract():
+    """An extension trial. A step that returned its input itself (or a view of it) put CHORDS' faster
+    cores off by 6.6e-3, differently with each executor (the engine adds a rectification into a step's
+    point in place): now copied, every core as with a step that copies. A step that wrote into its input
+    overwrote the caller's x and put the cascade sampler 0.807 off ``solve`` at tol=0, silently; a
+    point of another shape, dtype or kind, a ``begin`` that returns no State, three jump coefficients:
+    each failed later naming nothing, or not at all. Now a ``TypeError`` naming the solver."""
+    import torch
+
+    times = np.asarray(GRID)
+    copy = cc.chords(FLOW, X, GRID, _Contract(FLOW, times, "copy"), cores=4, stop=None)
+    for kind in ("hold", "view"):
+        for executor in (None, cc.SerialExecutor()):
+            got = cc.chords(FLOW, X, GRID, _Contract(FLOW, times, kind), cores=4, stop=None, executor=executor)
+            assert all(np.array_equal(h.x, c.x) for h, c in zip(got.hits, copy.hits)), (kind, executor)
+    step = r"^solver: _Contract\.step \(solver 'euler'\) "
+    half = cc.DiffusionModel(lambda x, t: 0.5 * x, RF, "flow")  # (numpy and torch alike)
+    for state in (X.copy(), torch.from_numpy(X.copy())):
+        before = state.clone() if isinstance(state, torch.Tensor) else state.copy()
+        for kind in ("in place", "q in place"):
+            runs = [lambda s=kind, x=state: cc.solve(half, x, GRID, _Contract(half, times, s)),
+                    lambda s=kind, x=state: cc.parallel(half, x, GRID, _Contract(half, times, s), cores=4, tol=0),
+                    lambda s=kind, x=state: cc.chords(half, x, GRID, _Contract(half, times, s), cores=4)]
+            for run in runs:
+                with pytest.raises(TypeError, match=step + r"wrote into its input in place .* for the step 0 -> 1"):
+                    run()
+                if isinstance(state, np.ndarray):
+                    assert (state == before).all()  # (read-only during the step: the caller's x as it was)
+                else:  # (a tensor's write is found after the step, by its version counter: undone here)
+                    state.copy_(before)
+        assert state.flags.writeable if isinstance(state, np.ndarray) else True  # (made writeable again)
+    for kind, match in (("narrow", r"returned a point of shape \(3, 2\) and dtype float64 for the step 0 -> 1, for "
+                                   r"a state of shape \(3, 4\) and dtype float64"),
+                        ("float32", r"returned a point of shape \(3, 4\) and dtype float32"),
+                        ("list", r"returned a point of type list for the step 0 -> 1, for a state of type ndarray")):
+        for run in (lambda k=kind: cc.solve(FLOW, X, GRID, _Contract(FLOW, times, k)),
+                    lambda k=kind: cc.parallel(FLOW, X, GRID, _Contract(FLOW, times, k), cores=2)):
+            with pytest.raises(TypeError, match=step + match):
+                run()
+    with pytest.raises(TypeError, match=r"^solver: _Contract\.begin \(solver 'euler'\) returned a ndarray, not a State"):
+        cc.solve(FLOW, X, GRID, _Contract(FLOW, times, "begin"))
+    with pytest.raises(TypeError, match=r"^solver: _Contract\.jump_coeffs \(solver 'euler'\) returned \(1\.0, "):
+        cc.chords(FLOW, X, GRID, _Contract(FLOW, times, "jump"), cores=2)
+    # (numpy float64 coefficients are taken as floats: a float32 state stays float32)
+    x32 = X.astype(np.float32)
+    assert cc.chords(FLOW, x32, GRID, _Contract(FLOW, times, "copy"), cores=4, stop=None).x.dtype == np.float32
+
+
 def _broken(base):
     """An executor of one's own, derived from ``base``, that breaks the contract as ``kind`` says."""
     class Broken(base):

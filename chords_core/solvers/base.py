@@ -26,6 +26,7 @@ import numpy as np
 from .._backend import lincomb
 from ..checks import LIBRARY_PACKAGES
 from ..models import DiffusionModel, Model
+from . import contract
 
 Array = Any
 
@@ -78,25 +79,21 @@ class Solver:
     order = 1  # convergence order with the default options (subclasses override)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A ``step`` written outside the library's packages returns a ``State``, checked (an extension
-        trial's step returned the new point itself, and every method failed with "'numpy.ndarray'
-        object has no attribute 'x'", naming no solver)."""
+        """A solver written outside the library's packages has its own ``step``, ``begin`` and
+        ``jump_coeffs`` checked at each call (``contract``: an extension trial's step returned the new
+        point itself, and every method failed with "'numpy.ndarray' object has no attribute 'x'",
+        naming no solver; another's wrote into its input)."""
         super().__init_subclass__(**kwargs)
-        step = cls.__dict__.get("step")
-        if step is None or cls.__module__.split(".")[0] in LIBRARY_PACKAGES:
+        if cls.__module__.split(".")[0] in LIBRARY_PACKAGES:
             return
-
-        @functools.wraps(step)
-        def checked(self: Solver, state: State, qs: Sequence[Array], i: int, j: int, *args: Any,
-                    **kwargs: Any) -> State:
-            new = step(self, state, qs, i, j, *args, **kwargs)
-            if not isinstance(new, State):
-                raise TypeError(f"solver: {type(self).__name__}.step (solver {self.name!r}) returned a "
-                                f"{type(new).__name__} for the step {i} -> {j}, not a State; return "
-                                "State(x, hist, aux) (solvers.base.State)")
-            return new
-
-        cls.step = checked  # type: ignore[method-assign]
+        own = cls.__dict__
+        if "step" in own:
+            cls.step = functools.wraps(own["step"])(contract.checked_step(own["step"], State))  # type: ignore[method-assign]
+        if "begin" in own:
+            cls.begin = functools.wraps(own["begin"])(contract.checked_begin(own["begin"], State))  # type: ignore[method-assign]
+        if "jump_coeffs" in own:
+            cls.jump_coeffs = functools.wraps(own["jump_coeffs"])(  # type: ignore[method-assign]
+                contract.checked_jump_coeffs(own["jump_coeffs"]))
 
     def __init__(self, model: Model, times: np.ndarray) -> None:
         self.model = model
