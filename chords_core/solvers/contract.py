@@ -74,7 +74,7 @@ def _in_place(solver: Any, i: int, j: int) -> TypeError:
                      "x = state.x + h * qs[0]")
 
 
-def checked_step(step: Callable[..., Any], state_type: type) -> Callable[..., Any]:
+def checked_step(step: Callable[..., Any], state_type: Any) -> Callable[..., Any]:
     """``step`` held to the contract of the module docstring."""
 
     def checked(self: Any, state: Any, qs: Sequence[Any], i: int, j: int, *args: Any, **kwargs: Any) -> Any:
@@ -110,7 +110,7 @@ def checked_step(step: Callable[..., Any], state_type: type) -> Callable[..., An
     return checked
 
 
-def checked_begin(begin: Callable[..., Any], state_type: type) -> Callable[..., Any]:
+def checked_begin(begin: Callable[..., Any], state_type: Any) -> Callable[..., Any]:
     """``begin`` returning a ``State`` (``TypeError`` naming the solver otherwise)."""
 
     def checked(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
