@@ -156,17 +156,43 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     if not (type(executor).__dict__.get("outputs_checked", False) and own_call(type(model))):
         # (Executor.outputs_checked: declared by the class itself, not inherited; and only a model whose
         # _call is the library's checks its outputs: a subclass's own (4,) for (2, 4) points was broadcast)
-        for k, (o, x) in enumerate(zip(outs, xs)):
-            if getattr(o, "shape", None) != x.shape:  # (a (8,) output for a (2, 8) state was broadcast: 387 off)
-                got = f"shape {tuple(o.shape)}" if hasattr(o, "shape") else f"a {type(o).__name__}"
-                raise ValueError(f"executor: {type(executor).__name__} returned {got} for point {k} of round "
-                                 f"{round_number} ({where(k, *context)}), of shape {tuple(x.shape)}; evaluate "
-                                 "with model.evaluate, which checks each output")
+        outs = _executor_outputs(executor, outs, xs, round_number, where, context)
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
         if deferred is None:
             check.verify()
+    return outs
+
+
+def _executor_outputs(executor: Executor, outs: Any, xs: Sequence[Any], round_number: int,
+                      where: Callable[..., str], context: tuple) -> Any:
+    """An executor's outputs that no library check has seen (``evaluate_round``), checked against their
+    points: the shape (a (8,) output for a (2, 8) state was broadcast: 387 off), the array library (a
+    torch tensor for numpy points was blamed on the model, a round later) and a floating dtype, a
+    ``ValueError`` naming the executor, the round and the point otherwise; an output of another floating
+    dtype cast to its point's (a float64 output for a float32 state made the run float64)."""
+    name = type(executor).__name__
+    cast = []
+    for k, (o, x) in enumerate(zip(outs, xs)):
+        at = f"point {k} of round {round_number} ({where(k, *context)})"
+        if getattr(o, "shape", None) != x.shape:
+            got = f"shape {tuple(o.shape)}" if hasattr(o, "shape") else f"a {type(o).__name__}"
+            raise ValueError(f"executor: {name} returned {got} for {at}, of shape {tuple(x.shape)}; evaluate with "
+                             "model.evaluate, which checks each output")
+        if type(o) is not type(x) and B.library(o) != B.library(x):
+            raise ValueError(f"executor: {name} returned a {B.library(o)} array ({type(o).__name__}) for {at}, a "
+                             f"{B.library(x)} array; return the points' array type")
+        if o.dtype != x.dtype:
+            if not B.is_floating(o):
+                raise ValueError(f"executor: {name} returned dtype {o.dtype} for {at}, of dtype {x.dtype}; an output "
+                                 "has a floating dtype")
+            cast.append(k)
+    if not cast:
+        return outs
+    outs = list(outs)
+    for k in cast:
+        outs[k] = B.cast_like(outs[k], xs[k])
     return outs
 
 

@@ -1182,13 +1182,21 @@ def _broken(base):
                 return [o[0] for o in outs]  # (8,) for (2, 8): numpy broadcast it
             if self.kind == "list":
                 return [o.tolist() for o in outs]
+            if self.kind == "integers":
+                return [np.rint(o).astype(np.int64) for o in outs]
+            if self.kind == "tensors":
+                import torch
+
+                return [torch.from_numpy(o) for o in outs]
+            if self.kind == "float64":
+                return [o.astype(np.float64) for o in outs]
             raise ModelOutputError(99 if self.kind == "point 99" else -1, "a bad output")
 
     Broken.__name__ = Broken.__qualname__ = f"Broken{base.__name__}"
     return Broken
 
 
-@pytest.mark.parametrize("kind", ["shape", "list", "point 99", "point -1"])
+@pytest.mark.parametrize("kind", ["shape", "list", "point 99", "point -1", "integers", "tensors"])
 @pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
 @pytest.mark.parametrize("broken", [_broken(cc.SerialExecutor), _broken(cc.BatchedExecutor)])
 def test_an_executor_breaking_its_contract_is_named(broken, kind, method):
@@ -1198,10 +1206,24 @@ def test_an_executor_breaking_its_contract_is_named(broken, kind, method):
     subclass of the core's executors (which declare ``outputs_checked``) is checked too: it may return
     arrays of its own."""
     x = np.broadcast_to(X[:1], (2, X.shape[1])).copy()
-    match = (r"returned (shape \(\d+,\)|a list) for point 0 of round 1 \(.*\), of shape \(2, \d+\)" if kind in ("shape", "list")
-             else r"raised a ModelOutputError for point -?\d+, outside the \d+ point\(s\) of round 1")
+    match = {"integers": r"returned dtype int64 for point 0 of round 1 \(.*\), of dtype float64; an output has a "
+                         r"floating dtype",
+             "tensors": r"returned a torch array \(Tensor\) for point 0 of round 1 \(.*\), a numpy array"}.get(
+        kind, r"returned (shape \(\d+,\)|a list) for point 0 of round 1 \(.*\), of shape \(2, \d+\)" if kind in ("shape", "list")
+        else r"raised a ModelOutputError for point -?\d+, outside the \d+ point\(s\) of round 1")
     with pytest.raises(ValueError, match=rf"^executor: {broken.__name__} " + match):
         cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=broken(kind))
+
+
+@pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
+@pytest.mark.parametrize("broken", [_broken(cc.SerialExecutor), _broken(cc.BatchedExecutor)])
+def test_an_executors_wider_outputs_are_cast_to_the_states_dtype(broken, method):
+    """A user trial: an executor returning float64 outputs for a float32 state made the whole run float64,
+    where the README promises the state's dtype on every executor; they are cast back, as the model's."""
+    x = X.astype(np.float32)
+    got = cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=broken("float64"))
+    want = cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=cc.SerialExecutor())
+    assert got.x.dtype == np.float32 and np.array_equal(got.x, want.x)
 
 
 @pytest.mark.parametrize("executor", [None, cc.SerialExecutor(), cc.BatchedExecutor(max_batch_bytes=None)])
