@@ -1267,6 +1267,16 @@ def test_registrations_that_would_misread_are_refused():
     with pytest.raises(ValueError, match=r"^solver 'mine': its option 'tol' is an argument of cascade\(\), "):
         register_solver("mine", SolverSpec(lambda m, t, tol=0.0: cc.solvers.Euler(m, t), 1, 1, "", options=("tol",)))
     assert "mine" not in cc.SOLVERS
+    # the same where the spec declares no options and its build names them (a user trial: an implicit solver's
+    # tol, and one named scale, which every method refused as its own)
+    class Implicit(cc.solvers.Euler):
+        def __init__(self, model, times, tol=1e-2):
+            super().__init__(model, times)
+
+    for build, key in ((Implicit, "tol"), (lambda m, t, *, scale=1.0: cc.solvers.Euler(m, t), "scale")):
+        with pytest.raises(ValueError, match=rf"^solver 'mine': its option '{key}' is an argument of "):
+            register_solver("mine", SolverSpec(build, 1, 1, ""))
+        assert "mine" not in cc.SOLVERS
     with pytest.raises(TypeError, match=r"^solver 'mine': options must be a tuple of option names or None, got 'tol'"):
         register_solver("mine", SolverSpec(lambda m, t, tol=0.0: cc.solvers.Euler(m, t), 1, 1, "", options=("tol")))
     for bad in (None, 5, (o for o in ("a",))):  # (a generator was consumed by the check and stored empty)
@@ -1280,6 +1290,9 @@ def test_registrations_that_would_misread_are_refused():
 
         with pytest.raises(ValueError, match=r"^method 'mine': 'foo' is an option of solver 'mine'"):
             register_method(Method("mine", run, options=("foo",)))
+        register_solver("mine", SolverSpec(lambda m, t, foo=0.0: cc.solvers.Euler(m, t), 1, 1, ""), replace=True)
+        with pytest.raises(ValueError, match=r"^method 'mine': 'foo' is an option of solver 'mine'"):
+            register_method(Method("mine", run, options=("foo",)))  # (declared by its build alone)
     finally:
         cc.SOLVERS.pop("mine", None)
     assert "mine" not in cc.METHODS

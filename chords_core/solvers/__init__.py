@@ -19,6 +19,7 @@ model; the others need a ``DiffusionModel``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,8 @@ from .explicit import Euler, Heun
 from .unipc import UniPC
 
 __all__ = [
-    "make_solver", "register_solver", "SolverSpec", "SOLVERS", "declared_option", "Solver", "DataSolver", "State",
-    "Euler", "Heun", "DPMSolverPP", "UniPC",
+    "make_solver", "register_solver", "SolverSpec", "SOLVERS", "declared_option", "build_parameters", "Solver",
+    "DataSolver", "State", "Euler", "Heun", "DPMSolverPP", "UniPC",
 ]
 
 
@@ -120,10 +121,27 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
         # (("tol") is a str: read letter by letter, and "tol" in it matched as a substring)
         raise TypeError(f"solver {name!r}: options must be a tuple of option names or None, got {opts!r}")
     for check in OPTION_CHECKS:
-        for key in opts or ():
+        for key in (opts if opts is not None else build_parameters(spec.build)):
             check(name, key)
     SOLVERS[name] = spec
     return spec
+
+
+def build_parameters(build: Callable[..., Any]) -> tuple[str, ...]:
+    """The options a spec's ``build`` names in its signature (after ``model`` and ``times``), where the
+    spec declares none: a ``build(model, times, tol=...)`` registered without ``options=`` had its
+    option taken by every method with a ``tol`` of its own, the solver built with its default,
+    silently (a user trial: 1.5e-3 off ``solve``). None where the signature cannot be read (``**options``
+    alone names none)."""
+    try:
+        params = list(inspect.signature(build).parameters.values())
+    except (TypeError, ValueError):
+        return ()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    skipped = {p.name for p in positional[:2]}  # (model, times)
+    return tuple(p.name for p in params if p.kind in named and p.name not in skipped)
 
 
 #: what an unknown solver option may have been meant as, said beside the error (a user trial passed
