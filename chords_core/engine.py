@@ -346,7 +346,7 @@ class CoreRecords:
                     xsl, qsl = slow[c]
                     ca, cb = sol.jump_coeffs(b, i + 1)
                     xn = rectify(new.x, xa, qa, xsl, qsl, ca, cb)
-                    new = move(new, xn, history, qsl - qa if shift and new.hist else None)
+                    new = move(new, xn, history, qsl - qa if shift and new.hist else None, sol.begin)
                     anchor[c], slow[c] = (i + 1, xn, None), None
                 states[c] = new
                 if hit:

@@ -13,6 +13,7 @@ to do with them, and this module is the one place that applies it:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .checks import check_choice
@@ -28,7 +29,8 @@ def check_history(policy: Any) -> str:
     return check_choice("history", policy, HISTORY_POLICIES)
 
 
-def move(state: State, x: Any, policy: str = "keep", dq: Any = None) -> State:
+def move(state: State, x: Any, policy: str = "keep", dq: Any = None,
+         begin: Callable[[Any], State] | None = None) -> State:
     """The trajectory ``state`` moved to the point ``x`` under ``policy``.
 
     Args:
@@ -36,12 +38,15 @@ def move(state: State, x: Any, policy: str = "keep", dq: Any = None) -> State:
         x: the new point, same shape as ``state.x``.
         policy: one of ``HISTORY_POLICIES``.
         dq: the quantity correction of the move (``"shift"`` only; ``None`` leaves the history).
+        begin: with ``"restart"``, the solver's ``begin`` (the state it starts a trajectory in, with
+            the solver data it sets there: a solver of one's own whose ``begin`` sets ``aux`` failed on
+            a ``None`` after a restart); ``None``: ``State(x)``.
 
     Returns:
         A new ``State`` at ``x``; ``state`` is not modified.
     """
     if policy == "restart":
-        return State(x)
+        return State(x) if begin is None else begin(x)
     if policy == "shift" and dq is not None and state.hist:
         return State(x, tuple((k, q + dq) for k, q in state.hist), state.aux)
     return State(x, state.hist, state.aux)

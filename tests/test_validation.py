@@ -1169,6 +1169,53 @@ def test_a_solver_of_ones_own_is_held_to_the_step_contract():
     assert cc.chords(FLOW, x32, GRID, _Contract(FLOW, times, "copy"), cores=4, stop=None).x.dtype == np.float32
 
 
+class _HeunAux(cc.solvers.Heun):
+    """Heun whose predictor's factor travels in ``State.aux``, set by ``begin`` (an extension trial)."""
+
+    def begin(self, x):
+        from chords_core.solvers.base import State
+
+        return State(x, (), 1.0)
+
+    def stage_point(self, state, qs, i, j, k):
+        return state.x + (state.aux * (self.t[j] - self.t[i])) * qs[0], j
+
+    def step(self, state, qs, i, j):
+        from chords_core.solvers.base import State
+
+        return State(super().step(state, qs, i, j).x, (), state.aux)
+
+
+class _Counting(cc.solvers.Euler):
+    """Euler with a step counter in ``State.aux``, set by ``begin``."""
+
+    def begin(self, x):
+        from chords_core.solvers.base import State
+
+        return State(x, (), 0)
+
+    def step(self, state, qs, i, j):
+        from chords_core.solvers.base import State
+
+        return State(super().step(state, qs, i, j).x, (), state.aux + 1)
+
+
+def test_a_solvers_own_begin_state_survives_restarts_and_stage_points():
+    """An extension trial: the window methods' later stages started from ``State(x)`` and the restarts
+    (``multistep="restart"``, ``history="restart"``) dropped what ``begin`` sets, so a solver reading
+    ``aux`` failed on a None (``TypeError``) where ``solve`` ran, breaking "cores=1 equals solve"."""
+    times = np.asarray(GRID)
+    heun, counting = _HeunAux(FLOW, times), _Counting(FLOW, times)
+    want = cc.solve(FLOW, X, GRID, heun)
+    for method in ("cascade", "paradigms", "parasolver", "parataa", "chords", "srds"):
+        assert np.array_equal(cc.parallel(FLOW, X, GRID, heun, cores=1, method=method,
+                                          **({} if method in ("chords", "srds") else {"tol": 0})).x, want), method
+    want = cc.solve(FLOW, X, GRID, counting)
+    assert np.array_equal(cc.paradigms(FLOW, X, GRID, counting, window=1, tol=0, multistep="restart").x, want)
+    got = cc.chords(FLOW, X, GRID, counting, cores=4, stop=None, history="restart")
+    assert np.array_equal(got.x, want) and len(got.hits) == 4
+
+
 def _broken(base):
     """An executor of one's own, derived from ``base``, that breaks the contract as ``kind`` says."""
     class Broken(base):

@@ -767,7 +767,9 @@ def sliding_window(
                     idx, px, ti = pts, xs[b:e], pts
                 else:
                     idx = [m for m in pts if evals[m] > k]
-                    staged = [sol.staged(State(xs[m]), qs[m - b], m, m + 1, k) for m in idx]
+                    # (a later stage's point from the state at m: the window start's solver data, exact at
+                    # the start, where a solver of one's own read aux=None)
+                    staged = [sol.staged(move(base, xs[m]), qs[m - b], m, m + 1, k) for m in idx]
                     px, ti = [p for p, _ in staged], [j for _, j in staged]
                 rounds += 1
                 nfe, width = nfe + len(idx), max(width, len(idx))
@@ -790,7 +792,7 @@ def sliding_window(
                 del outs, px  # the quantities hold what is needed of the round
                 out = xp = None  # (the loop's last, not pinned past the round; unbound after an empty one)
                 k += 1
-            st = base if multistep == "chain" else State(base.x)
+            st = base if multistep == "chain" else sol.begin(base.x)  # (restart: as the solver starts)
             new, states, accepted = [xs[b]], [base], None  # states[m - b]: the state at m
             if local is not None:
                 local.observe(qs, b, e)
