@@ -1216,6 +1216,30 @@ def test_a_solvers_own_begin_state_survives_restarts_and_stage_points():
     assert np.array_equal(got.x, want) and len(got.hits) == 4
 
 
+class _HeunWithHistory(cc.solvers.Heun):
+    """Heun that keeps its last velocity in the history: multistep and multi-stage at once."""
+
+    history_size = 1
+
+    def step(self, state, qs, i, j):
+        from chords_core.solvers.base import State
+
+        return State(super().step(state, qs, i, j).x, self._push(state, i, qs[0]))
+
+
+def test_a_multistep_multistage_solver_is_refused_by_the_window_methods_naming_the_others():
+    """An extension trial: such a solver failed in every window method, the default among them, with
+    no word of which methods take it; chords and srds do, equal to solve at one core."""
+    sol = _HeunWithHistory(FLOW, np.asarray(GRID))
+    for method in ("cascade", "paradigms", "parasolver", "parataa", None):
+        with pytest.raises(ValueError, match=r"^solver 'heun' is both multistep and multi-stage; a sliding window "
+                                             r"\(\w+\) supports one or the other: use method='chords' or "):
+            cc.parallel(FLOW, X, GRID, sol, cores=2, method=method)
+    want = cc.solve(FLOW, X, GRID, sol)
+    for method in ("chords", "srds"):
+        assert np.array_equal(cc.parallel(FLOW, X, GRID, sol, cores=1, method=method).x, want)
+
+
 def _broken(base):
     """An executor of one's own, derived from ``base``, that breaks the contract as ``kind`` says."""
     class Broken(base):

@@ -734,8 +734,9 @@ def sliding_window(
     a = [sol.jump_coeffs(m, m + 1)[0] for m in range(T)]  # each step's x-coefficient
     unit = [sol.history_size == 0 and a[m] == 1.0 for m in range(T)]
     if sol.history_size and max(evals) > 1:
-        raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; "
-                         "a sliding window supports one or the other")
+        raise ValueError(f"solver {sol.name!r} is both multistep and multi-stage; a sliding window ({method}) "
+                         "supports one or the other: use method='chords' or method='srds' (cc.parallel), which take "
+                         "both")
     # "noise" / "level": the factor on point j's squared change (0: never blocks)
     per_row = max(1, row_size(x.shape))  # (once: np.prod costs microseconds; a state of no elements never moves)
     factor = [v / per_row for v in _inverse_scales(model, sol.times, scale, variance, level_floor)]
