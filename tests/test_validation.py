@@ -1325,6 +1325,23 @@ def test_a_stop_rules_description_must_be_a_string():
             run()
 
 
+def test_srds_takes_a_rule_of_ones_own_description_as_it_is():
+    """An extension trial: SRDS rewrote "core 3" in a rule's own text to "iteration 3"; the library's
+    rules, which say "core", still read as iterations under SRDS."""
+    class Says(cc.StopRule):
+        def outputs_needed(self, available):
+            return available
+
+        def accept(self, outputs, coarse):
+            return len(outputs) == 2
+
+        def describe(self, n, core, accepted):
+            return f"my rule at core {core}"
+
+    assert cc.srds(FLOW, X, GRID, blocks=4, stop=Says()).stopped_by.startswith("my rule at core 2")
+    assert "iteration 2" in cc.srds(FLOW, X, GRID, blocks=4, stop=cc.StopAtCore(2)).stopped_by
+
+
 def test_registrations_that_would_misread_are_refused():
     """A user trial: ``Method(options=("stop_tol"))`` (a str) was read letter by letter, corrupting other
     methods' errors; a solver option named ``tol`` was taken by paradigms, cascade and srds as theirs,

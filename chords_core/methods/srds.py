@@ -199,10 +199,10 @@ def srds_stop(rule: StopRule, outputs: Sequence[Any], coarse: Any, last: int, bl
         start = max(start, first)
     n = first_accepted(rule, outputs, coarse, start=start)
     if n is not None:
-        return n, _iterations(described(rule, n + 1, n + 1, True)), False
+        return n, _iterations(rule, described(rule, n + 1, n + 1, True)), False
     if len(outputs) < last:
         return None
-    text = _iterations(described(rule, last, last, False)) + f" ({last} of {blocks} iterations)"
+    text = _iterations(rule, described(rule, last, last, False)) + f" ({last} of {blocks} iterations)"
     if start >= last:  # (max_iters=1 with a multistep solver: the rule was offered nothing, a review)
         text += ("; none judged: iteration 1 of a multistep solver on several blocks, restarted at every block, is "
                  "not offered to the rule (srds_first)")
@@ -232,9 +232,13 @@ def srds_latest(rule: StopRule, rounds: Sequence[int], n: int, last: int, stoppe
     return m, stopped_by if m == n else f"{stopped_by}; iteration {m + 1}, formed in the same round, returned"
 
 
-def _iterations(text: str) -> str:
-    """A stop rule's description with its outputs' source named as SRDS' iterations: the rules say
-    "core k" (CHORDS' cores), and the SRDS output k is iteration k's ("residual below 0.001 at core 3")."""
+def _iterations(rule: StopRule, text: str) -> str:
+    """A library rule's description with its outputs' source named as SRDS' iterations: the rules say
+    "core k" (CHORDS' cores), and the SRDS output k is iteration k's ("residual below 0.001 at core 3").
+    A rule of one's own says what it says (its ``describe`` is the ``stopped_by`` text: an extension
+    trial's "core" became "iteration"); its ``core`` argument is the iteration under SRDS."""
+    if type(rule).__module__ != "chords_core.stopping":
+        return text
     return re.sub(r"\bcore (\d+)", r"iteration \1", text)
 
 
