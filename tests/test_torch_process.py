@@ -718,3 +718,73 @@ def test_a_retirement_on_worker_processes_takes_the_slower_cores_outputs(one_thr
                 res = cc.chords(field, x, grid, init=(0, 4, 12, 30), stop=None, executor=ex)
             assert res.rounds == ref.rounds == 40 and res.nfe == ref.nfe
             assert same_hits(res, ref)
+
+
+def test_shares_no_worker_fetched_are_released_when_the_executor_breaks(one_thread):
+    """A user trial: a Ctrl-C while the workers were being handed their shared buffers (the first round)
+    left the buffers' descriptors in multiprocessing's resource sharer until the driver exited (313 in
+    150 interrupted calls; 64 MiB for two 16 MiB buffers). Here the worker is stopped (SIGSTOP) so that
+    it cannot fetch them, and the round times out: the executor breaks and releases them."""
+    from multiprocessing import resource_sharer
+
+    from chords_torch import process as proc
+
+    ex = ProcessExecutor(FACTORY, workers=1, round_timeout=0.5)
+    before = proc._shared_key()
+    os.kill(ex.pids[0], signal.SIGSTOP)
+    try:
+        with pytest.raises(WorkerTimeout):
+            cc.chords(MODEL, x0(), cc.time_grid(MODEL.schedule, 6), cores=2, stop=None, executor=ex)
+        assert proc._shared_key() > before  # (the buffers were shared)
+        cache = resource_sharer._resource_sharer._cache
+        assert not [k for k in cache if k > before]
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(ex.pids[0], signal.SIGCONT)
+        ex.close()
+    assert gone(ex.pids[0])
+
+
+def test_a_garbage_collected_executor_does_not_wait_for_its_workers():
+    """A user trial: a Ctrl-C while an executor dropped without close() was garbage collected was lost
+    ("Exception ignored in: <finalize object>"), the finalizer waiting up to 2 s for the workers. Its
+    finalizer now sends the stop and returns; close() still waits."""
+    import multiprocessing as mp
+
+    from chords_torch import process as proc
+
+    class Unjoinable:
+        def join(self, timeout=None):
+            raise AssertionError("the finalizer waited for a worker")
+
+        def is_alive(self):
+            return True
+
+    mine, theirs = mp.Pipe()
+    proc._shutdown([Unjoinable()], [mine], 2.0, os.getpid(), wait=False)
+    assert theirs.recv() == ("stop",) and mine.closed
+    ex = ProcessExecutor(FACTORY, workers=1)
+    pid = ex.pids[0]
+    assert ex._finalizer.peek()[2][-1] is False  # (the registered shutdown does not wait)
+    del ex
+    deadline = time.monotonic() + 10
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid)
+
+
+def test_a_worker_whose_driver_closed_the_pipe_leaves_quietly(capfd):
+    """A user trial: a Ctrl-C while the executor started its workers closed their pipes, and each worker
+    printed a BrokenPipeError traceback as its ready message failed."""
+    from chords_torch import process as proc
+
+    class Closed:
+        def send(self, msg):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        proc._worker_main(Closed(), FACTORY, 1, 0, None)  # (returns, where it raised)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert "Traceback" not in capfd.readouterr().err

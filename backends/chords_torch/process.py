@@ -34,6 +34,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import process as mp_process
+from multiprocessing import resource_sharer
 from multiprocessing.connection import wait as _wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, NoReturn
@@ -151,6 +152,8 @@ def _worker_main(conn: Any, factory: Callable, threads: int, index: int, driver:
     guardian = _guard(driver) if driver is not None else None
     try:
         _worker_loop(conn, factory, threads, index)
+    except (BrokenPipeError, ConnectionResetError):  # the driver closed the pipe (a Ctrl-C while it started the
+        pass  # workers, say): nothing to tell it, and no traceback on its stderr (a user trial: one per worker)
     finally:
         if guardian is not None:
             with contextlib.suppress(OSError):
@@ -265,10 +268,14 @@ def _interactive_main(obj: Any) -> bool:
     return _module_of(obj) == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__")
 
 
-def _shutdown(procs: list, conns: list, grace: float, owner: int) -> None:
+def _shutdown(procs: list, conns: list, grace: float, owner: int, wait: bool = True) -> None:
     """Ask the workers to stop, wait up to ``grace`` seconds, then terminate / kill; close the pipes.
     In a process forked from ``owner`` (the driver) only this process's copies of the pipes are closed:
-    a forked child's exit stopped the parent's workers (its next call: "worker died while idle")."""
+    a forked child's exit stopped the parent's workers (its next call: "worker died while idle").
+    ``wait=False`` (an executor garbage collected without ``close``): the stop is sent and the pipes
+    closed, nothing waited for; the workers leave on it (their guardian ends them with the driver). A
+    Ctrl-C inside a finalizer is printed and lost ("Exception ignored"): a user trial's, while the
+    finalizer waited for the workers, never reached the caller."""
     if os.getpid() != owner:
         for c in conns:
             with contextlib.suppress(OSError):
@@ -280,6 +287,10 @@ def _shutdown(procs: list, conns: list, grace: float, owner: int) -> None:
                 c.send(("stop",))
             except (OSError, ValueError):
                 pass
+        if not wait:
+            for c in conns:
+                c.close()
+            return
         deadline = time.monotonic() + grace
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -318,6 +329,31 @@ if hasattr(os, "register_at_fork"):
 
 def _default_start_method() -> str:
     return "forkserver" if "forkserver" in tmp.get_all_start_methods() else "spawn"
+
+
+def _shared_key() -> int:
+    """The last key multiprocessing's resource sharer gave out (0 where it has none): a tensor in shared
+    memory sent over a pipe (torch's "file_descriptor" sharing) leaves a duplicate of its file descriptor
+    there until the receiver fetches it."""
+    sharer = getattr(resource_sharer, "_resource_sharer", None)
+    return int(getattr(sharer, "_key", 0) or 0)
+
+
+def _drop_shares(keys: range) -> None:
+    """Close the duplicates of the sharer's entries ``keys`` that no worker fetched: a worker stopped
+    between a buffers message and its unpickling (a Ctrl-C in the first round) left them, and their
+    memory, held until the driver exited (a user trial: 313 descriptors, 64 MiB for two 16 MiB
+    buffers). A key another thread's share took in the same instant would be closed too: not met."""
+    sharer = getattr(resource_sharer, "_resource_sharer", None)
+    cache, lock = getattr(sharer, "_cache", None), getattr(sharer, "_lock", None)
+    if not keys or not isinstance(cache, dict) or lock is None:
+        return
+    with lock:
+        entries = [cache.pop(k, None) for k in keys]
+    for entry in entries:
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                entry[1]()  # (its close: the duplicate descriptor)
 
 
 class ProcessExecutor(Executor):
@@ -370,13 +406,14 @@ class ProcessExecutor(Executor):
         self._conns: list = []
         self._owner = os.getpid()
         _LIVE.add(self)
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0, self._owner)
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, 2.0, self._owner, False)
         self._closed = False
         self._why_closed = "closed by the user or after a dead / hung worker"  # (what the refusal of a call says)
         self._closed_by_user = False  # close() called (from another thread, during a round: ExecutorClosed there)
         self._sent: tuple | None = None  # model_state of the model whose shell the workers hold
         self._lock = threading.Lock()  # one round at a time (one_round_at_a_time)
         self._bufs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * workers
+        self._unfetched: list[range] = [range(0)] * workers  # per worker: its buffers' shares not yet fetched
         try:
             for w in range(workers):
                 sent = factory if method == "fork" else _Sealed(factory)
@@ -420,6 +457,9 @@ class ProcessExecutor(Executor):
         self._closed = True
         if self._finalizer.detach() is not None:
             _shutdown(self._procs, self._conns, 0.0, self._owner)
+        for keys in self._unfetched:  # (after the workers are gone: none fetches one now)
+            _drop_shares(keys)
+        self._unfetched = [range(0)] * len(self._unfetched)
         self._release()
 
     def _release(self) -> None:
@@ -557,6 +597,8 @@ class ProcessExecutor(Executor):
                                      None if orders is None else [orders[k] for k in idx]))
                 active.append(w)
             replies = self._gather(active, self.round_timeout, "evaluate")
+            for w in active:  # (a worker that answered has read the messages before: its buffers among them)
+                self._unfetched[w] = range(0)
         except (BrokenPipeError, ConnectionResetError, EOFError) as e:
             self._dead(w, f"on send ({type(e).__name__})")
         except BaseException as e:  # KeyboardInterrupt included: the workers' replies would be read by the next call
@@ -602,7 +644,11 @@ class ProcessExecutor(Executor):
                 # a later call outside it cannot write: "Inplace update to inference tensor", the executor lost)
                 xin = torch.empty((cap, *shape), dtype=dtype).share_memory_()
                 xout = torch.empty((cap, *shape), dtype=dtype).share_memory_()
-            self._conns[w].send(("buffers", xin, xout))
+            first = _shared_key()
+            try:
+                self._conns[w].send(("buffers", xin, xout))
+            finally:  # (a Ctrl-C in the send, after the shares were made, too)
+                self._unfetched[w] = range(first + 1, _shared_key() + 1)
             self._bufs[w] = cur = (xin, xout)
             if self._closed:  # (closed by another thread meanwhile: its release may have come before this)
                 self._release()
@@ -613,7 +659,8 @@ class ProcessExecutor(Executor):
         is waiting on raises ``ExecutorClosed`` there. In a process forked from the driver it only
         closes this process's copies of the pipes (the workers are the driver's)."""
         self._closed_by_user = self._closed = True
-        self._finalizer()
+        if self._finalizer.detach() is not None:  # (waiting here, not in a finalizer)
+            _shutdown(self._procs, self._conns, 2.0, self._owner)
         self._release()
 
 
