@@ -457,15 +457,17 @@ class ProcessExecutor(Executor):
         self._closed = True
         if self._finalizer.detach() is not None:
             _shutdown(self._procs, self._conns, 0.0, self._owner)
-        for keys in self._unfetched:  # (after the workers are gone: none fetches one now)
-            _drop_shares(keys)
-        self._unfetched = [range(0)] * len(self._unfetched)
         self._release()
 
     def _release(self) -> None:
         """Drop the shared-memory buffers (2 x the points of a round's largest share, per worker): a
-        closed executor still bound to a name held them (a user trial: 1 GiB after a ``with`` block)."""
+        closed executor still bound to a name held them (a user trial: 1 GiB after a ``with`` block);
+        and the shares of them no worker fetched (``_drop_shares``; called once the workers are stopped:
+        none fetches one now)."""
         self._bufs = [None] * len(self._bufs)
+        for keys in self._unfetched:
+            _drop_shares(keys)
+        self._unfetched = [range(0)] * len(self._unfetched)
 
     def _closed_meanwhile(self) -> ExecutorClosed:
         return ExecutorClosed("this ProcessExecutor was closed (by another thread) while a round waited for "

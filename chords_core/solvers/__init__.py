@@ -131,8 +131,8 @@ def build_parameters(build: Callable[..., Any]) -> tuple[str, ...]:
     """The options a spec's ``build`` names in its signature (after ``model`` and ``times``), where the
     spec declares none: a ``build(model, times, tol=...)`` registered without ``options=`` had its
     option taken by every method with a ``tol`` of its own, the solver built with its default,
-    silently (a user trial: 1.5e-3 off ``solve``). None where the signature cannot be read (``**options``
-    alone names none)."""
+    silently (a user trial: 1.5e-3 off ``solve``). Empty where the signature cannot be read, or names
+    no option (``**options`` alone)."""
     try:
         params = list(inspect.signature(build).parameters.values())
     except (TypeError, ValueError):
