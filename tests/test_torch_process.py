@@ -782,9 +782,12 @@ def test_a_worker_whose_driver_closed_the_pipe_leaves_quietly(capfd):
         def send(self, msg):
             raise BrokenPipeError(32, "Broken pipe")
 
-    handler = signal.getsignal(signal.SIGINT)
+    handler, threads, env = signal.getsignal(signal.SIGINT), torch.get_num_threads(), dict(os.environ)
     try:
         proc._worker_main(Closed(), FACTORY, 1, 0, None)  # (returns, where it raised)
-    finally:
+    finally:  # (what a worker sets up for itself, undone in this process)
         signal.signal(signal.SIGINT, handler)
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(env)
     assert "Traceback" not in capfd.readouterr().err
