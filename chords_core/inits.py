@@ -15,9 +15,9 @@ evaluation per step, outputs after R_c = T - t_c + c rounds.
   otherwise (evenly spaced starts beyond 8 cores and where the rounded recipe has adjacent starts).
 
 The recipe's fastest start grows with K ((0.48 + 0.04 K) T, the paper's 40 of 50 at K = 8) and is
-capped at 0.8 T: uncapped it reaches the frame end from K = 13 and every faster core collapses onto
-the last steps (the old default ``(0, 185, 186, ..., 199)`` for T = 200, K = 16, no faster than
-the sequential solver). Beyond K = 8 the default is evenly spaced (measured better; see
+capped at 0.8 T: uncapped it reaches the frame end T - 2 from K = 13 - 50 / T (12 at T = 50) and every
+faster core collapses onto the last steps (the old default ``(0, 185, 186, ..., 199)`` for T = 200, K = 16,
+no faster than the sequential solver). Beyond K = 8 the default is evenly spaced (measured better; see
 ``default_init``).
 ``tuning.search.optimize_init`` finds better sequences for a given error budget.
 """
@@ -110,8 +110,8 @@ def default_top(steps: int, cores: int) -> float:
     """The recipe's fastest start t_{K-1}, unrounded.
 
     T/2 - 1 for K = 2, (0.48 + 0.04 K) T for K = 3..8 (24 + 2K at T = 50), capped at 0.8 T beyond
-    (the paper's K = 8 value; uncapped it reaches the frame end from K = 13 and every faster core
-    collapses onto the last steps).
+    (the paper's K = 8 value; uncapped it reaches the frame end T - 2 from K = 13 - 50 / T, 12 at T = 50,
+    and every faster core collapses onto the last steps).
 
     Args:
         steps: T.

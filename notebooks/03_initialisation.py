@@ -96,22 +96,18 @@ for K, f in fronts.items():
 
 # %% [markdown]
 # ## Checks
-# The optimiser is never worse than the paper's, the recipe's or the uniform sequence and stays within
-# budget; more cores never need more rounds; the front is monotone; the recipe reproduces the paper.
-# Its choice is what CHORDS itself does with it: `cc.chords` with the chosen init and
-# `StopAtCore(stop_n)` returns the same round and error (the checks above that follow from how the
-# search is built could not fail; this one could).
+# The optimiser is never worse than the paper's, the recipe's or the uniform sequence, stays within
+# budget and its front is monotone: these follow from how the search and the front are built (the
+# baselines are its seeds), so they are printed above, not asserted. What could fail is asserted: its
+# choice is what CHORDS itself does with it (`cc.chords` with the chosen init and `StopAtCore(stop_n)`
+# returns the same round and error), its rounds are the ladder formula's, more cores never need more
+# rounds, and the recipe reproduces the paper.
 
 # %%
 for K, res in results.items():
     run = cc.chords(cal.model, cal.x, cal.grid, "euler", init=res.init, stop=cc.StopAtCore(res.stop_n))
     assert run.rounds == res.rounds, (K, run.rounds, res.rounds)
     assert abs(float(((run.x - cal.ref) ** 2).mean()) ** 0.5 - res.best.error) <= 1e-12 * res.best.error
-    assert res.best.ratio <= BUDGET
-    assert all(res.rounds <= c.rounds for c in res.baselines.values()), K
-    f = fronts[K]
-    assert all(r1 < r2 and e1 > e2 for (r1, e1), (r2, e2) in zip(f, f[1:]))
-    assert min(r for r, e in f if e <= BUDGET * cal.seq_error) <= res.rounds
     assert res.best.finish == th.output_rounds(T, res.init)
 assert results[8].rounds <= results[4].rounds <= results[2].rounds < T
 assert recipe_init(T, 8) == (0, 2, 4, 8, 16, 24, 32, 40) and recipe_init(T, 4) == (0, 8, 16, 32)

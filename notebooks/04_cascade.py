@@ -94,7 +94,12 @@ assert worst < 1e-12
 # Seeds made from points on the exact trajectory, as in the steady state of the window: x_j from x_e
 # with the data prediction at point e-1 (and e-2 for the second order), against the exact solution
 # at j, for distances d = j - e (a single Gaussian under rectified flow, whose trajectory is closed
-# form; 400 steps, so h is small against d h). The errors grow like d^{q+1}.
+# form; 400 steps, window end e = 200, 8 samples, fitted over d = 4..24). The errors grow like d^{q+1}
+# asymptotically in d: a q-th order seed's error is h^{q+1} times a polynomial in d whose lower terms
+# matter at small d, whatever the step count (the ratio of h to d h is 1/d), so the fitted exponents are
+# below q + 1 here and depend on the range of d and on e (a researcher's trial: the second order's 2.67
+# was 2.46-2.90 for e = 20..360 and 2.42-2.79 over d from 1 or 8; with 1,600 steps and d = 16..96,
+# 0.98 / 1.97 / 2.95).
 
 # %%
 from chords_core.methods.window import Seeder  # noqa: E402
@@ -166,15 +171,13 @@ for seed in ("copy", "jump", "jump2"):
         for sw in r.log:
             visits[sw.start:sw.end] += 1
         nbar = float(visits[:50].mean())
-        windows = sum(sw.end - sw.start for sw in r.log)
-        assert windows == visits.sum() and r.rounds * W >= 50 * nbar - 1e-9  # the identity, and the bound
-        table[(seed, W)] = (r.rounds, nbar)
+        table[(seed, W)] = (r.rounds, nbar)  # (rounds x W >= 50 n̄ holds by construction: not asserted)
 for W in (2, 4, 8, 12, 16):
     print(f"W={W:2d}: " + ", ".join(f"{s} {table[(s, W)][0]} rounds (n̄ {table[(s, W)][1]:.2f})"
                                     for s in ("copy", "jump", "jump2")))
     assert table[("jump2", W)][0] <= table[("jump", W)][0] <= table[("copy", W)][0]
     assert table[("jump2", W)][1] <= table[("jump", W)][1] <= table[("copy", W)][1]  # n̄ does not rise with the seed
-for seed in ("copy", "jump", "jump2"):  # and grows with the window (a review: printed, not asserted)
+for seed in ("copy", "jump", "jump2"):  # and n̄ grows with the window
     assert all(table[(seed, a)][1] <= table[(seed, b)][1] for a, b in zip((2, 4, 8, 12), (4, 8, 12, 16))), seed
 
 fig, ax = plt.subplots(figsize=(4.6, 3.4))
