@@ -754,15 +754,21 @@ def test_a_garbage_collected_executor_does_not_wait_for_its_workers():
     from chords_torch import process as proc
 
     class Unjoinable:
+        terminated = False
+
         def join(self, timeout=None):
             raise AssertionError("the finalizer waited for a worker")
 
         def is_alive(self):
             return True
 
+        def terminate(self):  # (a worker inside a model call reads the stop only after it: a review)
+            self.terminated = True
+
     mine, theirs = mp.Pipe()
-    proc._shutdown([Unjoinable()], [mine], 2.0, os.getpid(), wait=False)
-    assert theirs.recv() == ("stop",) and mine.closed
+    worker = Unjoinable()
+    proc._shutdown([worker], [mine], 2.0, os.getpid(), wait=False)
+    assert theirs.recv() == ("stop",) and mine.closed and worker.terminated
     ex = ProcessExecutor(FACTORY, workers=1)
     pid = ex.pids[0]
     assert ex._finalizer.peek()[2][-1] is False  # (the registered shutdown does not wait)

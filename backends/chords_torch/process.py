@@ -272,8 +272,9 @@ def _shutdown(procs: list, conns: list, grace: float, owner: int, wait: bool = T
     """Ask the workers to stop, wait up to ``grace`` seconds, then terminate / kill; close the pipes.
     In a process forked from ``owner`` (the driver) only this process's copies of the pipes are closed:
     a forked child's exit stopped the parent's workers (its next call: "worker died while idle").
-    ``wait=False`` (an executor garbage collected without ``close``): the stop is sent and the pipes
-    closed, nothing waited for; the workers leave on it (their guardian ends them with the driver). A
+    ``wait=False`` (an executor garbage collected without ``close``): the stop is sent, the pipes closed
+    and the workers still running terminated, nothing waited for (one inside a model call read the stop
+    only after it, a review; their guardians leave with them). A
     Ctrl-C inside a finalizer is printed and lost ("Exception ignored"): a user trial's, while the
     finalizer waited for the workers, never reached the caller."""
     if os.getpid() != owner:
@@ -287,9 +288,13 @@ def _shutdown(procs: list, conns: list, grace: float, owner: int, wait: bool = T
                 c.send(("stop",))
             except (OSError, ValueError):
                 pass
-        if not wait:
+        if not wait:  # (a worker inside a model call would read the stop only after it: ended now, not joined)
             for c in conns:
                 c.close()
+            for p in procs:
+                if p.is_alive():
+                    with contextlib.suppress(OSError, ValueError):
+                        p.terminate()
             return
         deadline = time.monotonic() + grace
         for p in procs:

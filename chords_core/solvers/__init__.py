@@ -141,6 +141,7 @@ def build_parameters(build: Callable[..., Any]) -> tuple[str, ...]:
     positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     skipped = {p.name for p in positional[:2]}  # (model, times)
+    skipped |= set(getattr(build, "keywords", None) or ())  # (a functools.partial's bound keywords: not options)
     return tuple(p.name for p in params if p.kind in named and p.name not in skipped)
 
 

@@ -18,6 +18,7 @@ A solver of one's own is checked at each call, with the solver named in the erro
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,7 +46,7 @@ class _Inputs:
                 continue
             seen.add(id(a))
             if type(a) is np.ndarray:
-                if a.flags.writeable:
+                if a.flags.writeable and _restorable(a):
                     a.flags.writeable = False
                     self.frozen.append(a)
             elif B.library(a) == "torch":
@@ -56,22 +57,40 @@ class _Inputs:
 
     def release(self) -> None:
         for a in self.frozen:
-            a.flags.writeable = True
+            with contextlib.suppress(ValueError):  # (restorable, checked before it was frozen)
+                a.flags.writeable = True
 
     def written(self) -> bool:
         """Whether a torch input's version moved (an in-place operation on it)."""
         return any(a._version != v for a, v in self.versions)
 
 
+def _restorable(a: np.ndarray) -> bool:
+    """Whether ``a`` can be made writeable again once made read-only: not where its memory belongs to
+    another library (``tensor.numpy()``: numpy refuses "cannot set WRITEABLE flag to True", a review),
+    which is then left unprotected rather than left read-only."""
+    probe = a.view()
+    try:
+        probe.flags.writeable = False
+        probe.flags.writeable = True
+    except ValueError:
+        return False
+    return True
+
+
 def _inputs(state: Any, qs: Sequence[Any]) -> list:
-    return [state.x, *qs, *(q for _, q in getattr(state, "hist", ()) or ())]
+    """The arrays a step must leave as they are: the state's point, the stage quantities and the
+    quantities of its history (entries ``(index, q)``; others are not looked into)."""
+    hist = getattr(state, "hist", ())
+    kept = [h[1] for h in hist if isinstance(h, tuple) and len(h) == 2] if isinstance(hist, tuple) else []
+    return [state.x, *qs, *kept]
 
 
 def _in_place(solver: Any, i: int, j: int) -> TypeError:
-    return TypeError(f"solver: {_label(solver).format('step')} wrote into its input in place (the state's point, its "
-                     f"history or a stage quantity) for the step {i} -> {j}; a step must leave them as they are (they "
-                     "may be the caller's initial state or another core's values): compute out of place, e.g. "
-                     "x = state.x + h * qs[0]")
+    return TypeError(f"solver: {_label(solver).format('step')} wrote in place into its input for the step {i} -> {j} "
+                     "(the state's point, its history or a stage quantity, read-only during the call, or a view of "
+                     "one; see the error above); a step must leave them as they are (they may be the caller's "
+                     "initial state or another core's values): compute out of place, e.g. x = state.x + h * qs[0]")
 
 
 def checked_step(step: Callable[..., Any], state_type: Any) -> Callable[..., Any]:
