@@ -69,6 +69,9 @@ def _restorable(a: np.ndarray) -> bool:
     """Whether ``a`` can be made writeable again once made read-only: not where its memory belongs to
     another library (``tensor.numpy()``: numpy refuses "cannot set WRITEABLE flag to True", a review),
     which is then left unprotected rather than left read-only."""
+    base = a.base
+    if base is None or (type(base) is np.ndarray and base.base is None):
+        return True  # (its own memory, or a view of an array that owns its memory: the common cases)
     probe = a.view()
     try:
         probe.flags.writeable = False
