@@ -47,6 +47,7 @@ from .executors import BatchedExecutor, SerialExecutor
 from .models import DiffusionModel, ModelOutputError, VectorField
 from .results import Result
 from .solvers import SOLVERS
+from .stopping import library_rule
 
 __all__ = ["host_route", "route", "GRAIN"]
 
@@ -82,7 +83,7 @@ def _library_solver(solver: Any) -> bool:
 
 def _library_rule(stop: Any) -> bool:
     """Whether a stop rule is ``None`` or one of the library's rule classes (a user's rule reads the outputs)."""
-    return stop is None or type(stop).__module__ == "chords_core.stopping"
+    return stop is None or library_rule(stop)
 
 
 def route(model: Any, x: Any, solver: Any, options: dict) -> tuple[Any, np.ndarray] | None:

@@ -74,7 +74,7 @@ from .checks import _is_int, check_choice, check_float, check_int
 __all__ = ["StopRule", "StopAtCore", "StopOnResidual", "StopWhenConverged", "RunAll", "Outputs", "DEFAULT_STOP",
            "StopNotMet", "as_stop_rule", "outputs_needed", "select_output", "first_accepted", "chosen_output",
            "warn_unmet", "estimate_error", "decay", "sample_rms", "residual", "AGREE_TO_ROUNDING", "NEAR_STARTS",
-           "RESIDUAL_NORMS", "ErrorState"]
+           "RESIDUAL_NORMS", "ErrorState", "library_rule"]
 
 #: ``StopWhenConverged``: two outputs whose RMS difference is at most this many machine epsilons of
 #: their dtype (float32's for 16-bit floats) times the newer output's RMS agree to rounding (see the
@@ -520,6 +520,12 @@ def first_accepted(rule: StopRule, outputs: Sequence[Any], coarse: Any,
                    coarse):
             return n
     return None
+
+
+def library_rule(rule: Any) -> bool:
+    """Whether ``rule`` is one of this module's rule classes (not a subclass defined elsewhere): what the
+    library knows of how it reads the outputs and says in its description (``host``, ``srds``)."""
+    return type(rule).__module__ == __name__
 
 
 def accepts(rule: StopRule, outputs: Outputs, coarse: Any) -> bool:

@@ -413,13 +413,22 @@ class RuleValues:
                 self.seen[k] = np.asarray(v)
         return self.seen
 
+    def outputs(self, vals: dict[int, Any], sym: Result, m: int) -> tuple[list, Any]:
+        """``sym``'s first ``m`` outputs (arrival order) computed in ``vals`` and its coarse prediction
+        (``None`` where not yet computed), as the rule reads them (SRDS offers these)."""
+        return _picked(self(vals), sym, m)
+
     def offered(self, vals: dict[int, Any], sym: Result, m: int) -> tuple[list, Any, list | None]:
-        """What the rule is offered of ``sym``'s first ``m`` outputs (arrival order) computed in ``vals``:
-        (the outputs, the coarse prediction or ``None`` where not yet computed, their ``ErrorState``s
-        or ``None``), as the rule reads them."""
+        """What a CHORDS rule is offered: ``outputs`` and the outputs' ``ErrorState``s (``sym.log``) or
+        ``None``, as the rule reads them."""
         rv = self(vals)
         states = [_on_device_state(st, rv, self.x) for st in sym.log[:m]] if sym.log else None
-        return [rv[h.x.id] for h in sym.hits[:m]], rv.get(sym.coarse.id), states
+        return (*_picked(rv, sym, m), states)
+
+
+def _picked(vals: dict[int, Any], sym: Result, m: int) -> tuple[list, Any]:
+    """``sym``'s first ``m`` outputs and its coarse prediction (``None`` where not computed) in ``vals``."""
+    return [vals[h.x.id] for h in sym.hits[:m]], vals.get(sym.coarse.id)
 
 
 def _mesh(executor: Any, devices: Any) -> tuple[Any, int]:

@@ -191,14 +191,11 @@ def srds(
             raise_bad(bad)
         vals = dict(zip(prog.outputs, outs))
         m = len(sym.hits)  # (the outputs formed: every one)
-        rv = read(vals)
-        stop_at = srds_stop(rule, [rv[h.x.id] for h in sym.hits], rv[sym.coarse.id], last, nb, first=first)
+        stop_at = srds_stop(rule, *read.outputs(vals, sym, m), last, nb, first=first)
     else:
         n = 0  # the outputs before n were offered to the rule already
         for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args, raise_bad):
-            rv = read(vals)
-            stop_at = srds_stop(rule, [rv[h.x.id] for h in sym.hits[:m]], rv.get(sym.coarse.id), last, nb,
-                                start=n, first=first)
+            stop_at = srds_stop(rule, *read.outputs(vals, sym, m), last, nb, start=n, first=first)
             if stop_at is not None:
                 break
             n = m

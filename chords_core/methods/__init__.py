@@ -25,7 +25,7 @@ from ..checks import check_cores, check_grid, check_int
 from ..executors import Executor
 from ..models import Model
 from ..results import Result
-from ..solvers import SOLVERS, Solver, build_parameters, declared_option
+from ..solvers import SOLVERS, Solver, declared_option
 from .cascade import cascade
 from .chords import chords
 from .paradigms import paradigms
@@ -80,7 +80,7 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         method = replace_fields(method, options=tuple(opts))
     taken = set(opts) | set(call.keyword_only(method.run))
     for sname, spec in SOLVERS.items():  # (the other direction of _not_a_method_argument: solvers registered first)
-        clash = sorted(taken & set(spec.options if spec.options is not None else build_parameters(spec.build)))
+        clash = sorted(taken & set(spec.option_names()))
         if clash:
             raise ValueError(f"method {method.name!r}: {clash[0]!r} is an option of solver {sname!r}, which the method "
                              "would take from it; name the method's argument otherwise")

@@ -49,6 +49,7 @@ from ..stopping import (
     as_stop_rule,
     described,
     first_accepted,
+    library_rule,
     outputs_needed,
     residual,
     warn_unmet,
@@ -237,7 +238,7 @@ def _iterations(rule: StopRule, text: str) -> str:
     "core k" (CHORDS' cores), and the SRDS output k is iteration k's ("residual below 0.001 at core 3").
     A rule of one's own says what it says (its ``describe`` is the ``stopped_by`` text: an extension
     trial's "core" became "iteration"); its ``core`` argument is the iteration under SRDS."""
-    if type(rule).__module__ != "chords_core.stopping":
+    if not library_rule(rule):
         return text
     return re.sub(r"\bcore (\d+)", r"iteration \1", text)
 

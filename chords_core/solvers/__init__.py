@@ -64,6 +64,11 @@ class SolverSpec:
     options: tuple[str, ...] | None = None
     estimate_order: int | None = None
 
+    def option_names(self) -> tuple[str, ...]:
+        """The options it takes: ``options`` where declared, else those its ``build`` names
+        (``build_parameters``)."""
+        return self.options if self.options is not None else build_parameters(self.build)
+
     def takes(self) -> str:
         """The options it takes, as errors say it ("its options: a, b" or "it takes none")."""
         return f"its options: {', '.join(self.options)}" if self.options else "it takes none"
@@ -121,7 +126,7 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
         # (("tol") is a str: read letter by letter, and "tol" in it matched as a substring)
         raise TypeError(f"solver {name!r}: options must be a tuple of option names or None, got {opts!r}")
     for check in OPTION_CHECKS:
-        for key in (opts if opts is not None else build_parameters(spec.build)):
+        for key in spec.option_names():
             check(name, key)
     SOLVERS[name] = spec
     return spec

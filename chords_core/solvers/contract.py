@@ -100,7 +100,8 @@ def checked_step(step: Callable[..., Any], state_type: Any) -> Callable[..., Any
     """``step`` held to the contract of the module docstring."""
 
     def checked(self: Any, state: Any, qs: Sequence[Any], i: int, j: int, *args: Any, **kwargs: Any) -> Any:
-        inputs = _Inputs(_inputs(state, qs))
+        arrays = _inputs(state, qs)
+        inputs = _Inputs(arrays)
         try:
             new = step(self, state, qs, i, j, *args, **kwargs)
         except ValueError as err:
@@ -124,9 +125,11 @@ def checked_step(step: Callable[..., Any], state_type: Any) -> Callable[..., Any
                             f"dtype {x.dtype} for the step {i} -> {j}, for a state of shape {tuple(like.shape)} and "
                             f"dtype {like.dtype}; keep the state's (coefficients as Python floats: a numpy float64 "
                             "one turns a float32 state into float64)")
+        if type(x) is not np.ndarray and B.library(x) != "torch":
+            return new  # (immutable arrays: jax's, chords_jax's symbolic states)
         owned = x
-        for a in _inputs(state, qs):
-            owned = B.unshared(owned, a) if type(owned) is np.ndarray or B.library(owned) == "torch" else owned
+        for a in arrays:
+            owned = B.unshared(owned, a)
         return new if owned is x else state_type(owned, new.hist, new.aux)
 
     return checked
