@@ -35,7 +35,7 @@ from .checks import _is_int
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
-from .models import Model, ModelOutputError, is_plain_ode, own_call
+from .models import Model, ModelOutputError, is_plain_ode, output_problem, own_call
 from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
@@ -168,25 +168,18 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
 def _executor_outputs(executor: Executor, outs: Any, xs: Sequence[Any], round_number: int,
                       where: Callable[..., str], context: tuple) -> Any:
     """An executor's outputs that no library check has seen (``evaluate_round``), checked against their
-    points: the shape (a (8,) output for a (2, 8) state was broadcast: 387 off), the array library (a
-    torch tensor for numpy points was blamed on the model, a round later) and a floating dtype, a
-    ``ValueError`` naming the executor, the round and the point otherwise; an output of another floating
-    dtype cast to its point's (a float64 output for a float32 state made the run float64)."""
-    name = type(executor).__name__
+    points as a model's are (``models.output_problem``: a (8,) output for a (2, 8) state was broadcast,
+    387 off; a torch tensor for numpy points was blamed on the model, a round later), a ``ValueError``
+    naming the executor, the round and the point otherwise; an output of another floating dtype cast
+    to its point's (a float64 output for a float32 state made the run float64)."""
     cast = []
     for k, (o, x) in enumerate(zip(outs, xs)):
-        at = f"point {k} of round {round_number} ({where(k, *context)})"
-        if getattr(o, "shape", None) != x.shape:
-            got = f"shape {tuple(o.shape)}" if hasattr(o, "shape") else f"a {type(o).__name__}"
-            raise ValueError(f"executor: {name} returned {got} for {at}, of shape {tuple(x.shape)}; evaluate with "
-                             "model.evaluate, which checks each output")
-        if type(o) is not type(x) and B.library(o) != B.library(x):
-            raise ValueError(f"executor: {name} returned a {B.library(o)} array ({type(o).__name__}) for {at}, a "
-                             f"{B.library(x)} array; return the points' array type")
+        problem = output_problem(o, x)
+        if problem is not None:
+            raise ValueError(f"executor: {type(executor).__name__} returned {problem}, for point {k} of round "
+                             f"{round_number} ({where(k, *context)}); evaluate with model.evaluate, which checks "
+                             "each output")
         if o.dtype != x.dtype:
-            if not B.is_floating(o):
-                raise ValueError(f"executor: {name} returned dtype {o.dtype} for {at}, of dtype {x.dtype}; an output "
-                                 "has a floating dtype")
             cast.append(k)
     if not cast:
         return outs

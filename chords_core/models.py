@@ -35,7 +35,7 @@ from .checks import LIBRARY_PACKAGES
 from .schedules import ByIdentity, RectifiedFlow, Schedule, schedule_key
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "is_plain_ode", "ModelOutputError", "PREDICTIONS", "CHECK_MODES",
-           "resolve_check", "check_array", "check_call"]
+           "resolve_check", "check_array", "check_call", "output_problem"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = Any
@@ -118,8 +118,8 @@ def resolve_check(mode: bool | str, on_accelerator: bool) -> bool | str:
 
 
 def check_array(out: Any, like: Array) -> bool:
-    """Check a model's output against the points it was evaluated at: an array of their shape with
-    a floating dtype. Shapes and dtypes only, so it runs on traced values too (``chords_jax``).
+    """Check a model's output against the points it was evaluated at (``output_problem``). Shapes
+    and dtypes only, so it runs on traced values too (``chords_jax``).
 
     Args:
         out: what the model returned.
@@ -128,30 +128,38 @@ def check_array(out: Any, like: Array) -> bool:
     Returns:
         Whether ``out`` already has ``like``'s dtype. Raises ``ModelOutputError`` (point 0) otherwise.
     """
+    problem = output_problem(out, like)
+    if problem is not None:
+        raise ModelOutputError(0, f"model returned {problem}")
+    return out.dtype is like.dtype or out.dtype == like.dtype  # (the common case: the state's dtype)
+
+
+def output_problem(out: Any, like: Array) -> str | None:
+    """What makes ``out`` no output for the points ``like``, in the words that follow "returned" in an
+    error (naming the model, ``check_array``, or an executor, ``engine``), or ``None``: an output is an
+    array of the points' shape, array library, layout and device, with a floating dtype (another
+    floating dtype than theirs is cast to it by the caller)."""
     try:
         shape, dtype = out.shape, out.dtype
     except AttributeError:
         shape = dtype = None
     if shape is None or dtype is None:
-        raise ModelOutputError(
-            0, f"model returned {type(out).__name__}, expected an array of shape {tuple(like.shape)}")
+        return f"a {type(out).__name__}, expected an array of shape {tuple(like.shape)}"
     if shape != like.shape and tuple(shape) != tuple(like.shape):
-        raise ModelOutputError(0, f"model returned shape {tuple(shape)}, expected {tuple(like.shape)}")
+        return f"shape {tuple(shape)}, expected {tuple(like.shape)}"
     if type(out) is not type(like) and B.library(out) != B.library(like):
-        raise ModelOutputError(0, f"model returned a {B.library(out)} array ({type(out).__name__}) for "
-                               f"{B.library(like)} points; return the points' array type")
-    same_dtype = dtype is like.dtype or dtype == like.dtype  # the common case: the state's dtype
-    if not same_dtype and not B.is_floating(out):
-        raise ModelOutputError(0, f"model returned dtype {dtype}, expected a floating dtype")
+        return (f"a {B.library(out)} array ({type(out).__name__}) for {B.library(like)} points; return the points' "
+                "array type")
+    if not (dtype is like.dtype or dtype == like.dtype or B.is_floating(out)):
+        return f"dtype {dtype}, expected a floating dtype"
     layout = getattr(out, "layout", None)  # (a torch tensor's; a sparse one failed in the engine's arithmetic)
     if layout is not None:
         if layout is not getattr(like, "layout", layout):
-            raise ModelOutputError(0, f"model returned a tensor of layout {layout}, expected {like.layout} (the "
-                                   "points'); return out.to_dense()")
+            return f"a tensor of layout {layout}, expected {like.layout} (the points'); return out.to_dense()"
         if out.device != like.device:  # (a meta or another device's output failed as three different raw errors)
-            raise ModelOutputError(0, f"model returned a tensor on device {out.device}, expected {like.device} (the "
-                                   "points'); return it on the points' device")
-    return same_dtype
+            return (f"a tensor on device {out.device}, expected {like.device} (the points'); return it on the points' "
+                    "device")
+    return None
 
 
 _OWN_CALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model class -> own_call's answer
