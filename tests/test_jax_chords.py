@@ -1323,6 +1323,68 @@ def test_a_subclass_with_coefficients_of_its_own_does_not_reuse_the_plain_models
         assert np.abs(np.asarray(run(half)) - np.asarray(cc.solve(half, x, grid, ref))).max() < 1e-10
 
 
+def test_a_vector_field_subclass_with_coefficients_of_its_own_does_not_reuse_the_plain_fields_program():
+    """A user trial: a ``VectorField`` subclass scaling its field through ``coefficients`` (dy/dt = 2 f)
+    got the plain field's cached program where that ran first, 0.195 off the core, silently: only a
+    ``DiffusionModel`` subclass's coefficients were in the key."""
+    class Doubled(cc.VectorField):
+        def coefficients(self, times, quantity):
+            return [(0.0, 2.0)] * len(times)
+
+    def field(t, y):
+        return -jnp.sin(y) * (1 + t)
+
+    grid, x = np.linspace(0.0, 1.0, 9), np.random.default_rng(0).standard_normal(3)
+    for run in (lambda m: cj.chords(m, x, grid, cores=3, stop=None).x, lambda m: cj.solve(m, x, grid),
+                lambda m: cj.srds(m, x, grid, blocks=3, tol=0).x):
+        run(cc.VectorField(field))  # the plain field's program first
+        want = cc.solve(Doubled(lambda t, y: -np.sin(y) * (1 + t)), x, grid)
+        assert np.abs(np.asarray(run(Doubled(field))) - want).max() < 1e-12
+
+
+def test_solver_options_are_keyed_by_their_values():
+    """A user trial: the compiled programs were cached by the options' reprs, so an array of over 1,000
+    elements (printed with "...") or a 0-d array (printed to 8 digits) ran another value's program,
+    and so did a function option freed and made anew at the same address: up to 0.87 off the core,
+    silently. Arrays are keyed by their bytes, other objects by identity (the key holds them)."""
+    from chords_core.solvers import Euler, SolverSpec, State
+
+    class Gained(Euler):
+        def __init__(self, model, times, gain=None):
+            super().__init__(model, times)
+            self.gain = gain
+
+        def step(self, state, qs, i, j):
+            g = self.gain(i) if callable(self.gain) else float(np.asarray(self.gain).sum())
+            return State(state.x + ((self.t[j] - self.t[i]) * g) * qs[0])
+
+    name = "test_jax_gained"
+    cc.register_solver(name, SolverSpec(Gained, stages=1, order=1, summary="Euler with its steps scaled"))
+    try:
+        model = cc.DiffusionModel(denoiser, SCHED, "eps")
+        grid = cc.time_grid(SCHED, 8, "logsnr")
+        x = np.random.default_rng(1).standard_normal((2, D))
+        long_a, long_b = np.zeros(2000), np.zeros(2000)
+        long_a[0], long_b[0], long_b[1000] = 1.0, 1.0, 0.5  # (one repr: "[1., 0., 0., ..., 0., 0., 0.]")
+
+        def gains():
+            yield from (np.array(0.5), np.array(0.5 + 3e-9), long_a, long_b)
+            for c in (1.0, 0.5):  # each made after the one before is freed, maybe at its address
+                yield lambda i, c=c: c
+
+        def rel(a, b):
+            return np.abs(np.asarray(a) - b).max() / np.abs(b).max()
+
+        for gain in gains():
+            kw = {"gain": gain}
+            assert rel(cj.solve(model, x, grid, name, **kw), cc.solve(model, x, grid, name, **kw)) < 1e-13
+            assert rel(cj.chords(model, x, grid, name, cores=3, stop=None, **kw).x,
+                       cc.chords(model, x, grid, name, cores=3, stop=None, **kw).x) < 1e-13
+            del gain, kw
+    finally:
+        cc.SOLVERS.pop(name, None)
+
+
 def test_exact_times_reach_the_network_in_float64_as_in_the_core():
     """A user trial: ``fn.exact_times = True`` was ignored (times in the state's dtype, bfloat16 here:
     0.2 off the core, silently); the compiled paths now pass float64 (x64 on) as the core does."""

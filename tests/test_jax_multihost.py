@@ -83,8 +83,20 @@ except cc.ModelOutputError as e:
 # stop rules aborted the processes in a collective mismatch; a grid or x raised JAX's assertion naming a type)
 me = jax.process_index()
 out["mismatch"] = {}
+
+
+class Resid(cc.StopRule):  # a plain class: its repr holds an address, its tolerance shows nowhere else
+    def __init__(self, tol):
+        self.tol = tol
+
+    def accept(self, outputs, coarse):
+        return len(outputs) > 1 and bool(abs(outputs[-1] - outputs[-2]).max() < self.tol)
+
+
 calls = {"cores": lambda: cj.chords(model, x, grid, "euler", cores=8 - 4 * me, stop=None, devices=mesh),
          "stop": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=[None, cc.StopAtCore(1)][me], devices=mesh),
+         "stop, plain class": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=Resid([0.5, 1e-9][me]),
+                                                devices=mesh),
          "grid": lambda: cj.chords(model, x, [grid, cc.time_grid(sched, 20)][me], "euler", cores=4, stop=None,
                                    devices=mesh),
          "x": lambda: cj.chords(model, x + me, grid, "euler", cores=4, stop=None, devices=mesh),
@@ -166,6 +178,9 @@ def test_a_call_that_differs_between_processes_is_refused_naming_the_argument(re
         got = r["mismatch"]
         assert got["cores"].startswith("cores, init: differs between the processes"), got
         assert got["stop"].startswith("stop: differs between the processes"), got
+        # (a trial: a plain class's rule was compared by its type's name alone; the processes went on to
+        # different collectives and hung)
+        assert got["stop, plain class"].startswith("stop: differs between the processes"), got
         assert got["grid"].startswith("grid: differs"), got
         assert got["x"].startswith("x: its values differ between the processes"), got
         assert got["srds"].startswith("blocks, iterations: differs"), got

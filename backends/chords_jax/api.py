@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
+import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +41,7 @@ from chords_core.engine import StageTimeError, eval_where, plan_result
 from chords_core.inits import validate_init
 from chords_core.models import DiffusionModel, ModelOutputError, VectorField, is_plain_ode
 from chords_core.results import Hit, Result
-from chords_core.schedules import schedule_key
+from chords_core.schedules import ByIdentity, attributes, schedule_key
 from chords_core.sequential import step_where
 from chords_core.stopping import (
     DEFAULT_STOP,
@@ -107,8 +109,32 @@ def solver_key(name: str) -> tuple:
 
 
 def options_key(options: dict) -> tuple:
-    """A cache key's part for solver (or method) options: their names and reprs, sorted."""
-    return tuple(sorted((k, repr(v)) for k, v in options.items()))
+    """A cache key's part for solver (or method) options: their names and ``value_key``s, sorted."""
+    return tuple(sorted((k, value_key(v)) for k, v in options.items()))
+
+
+#: the types an option's key holds by value (a float by its repr, which tells -0.0 and every nan alike)
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+def value_key(v: Any) -> Any:
+    """An option's value as a part of a cache key: a number, string or None by value (and type: 1, 1.0
+    and True are different options), an array by its dtype, shape and bytes, a tuple, list or dict by
+    its items' keys, anything else by identity (``ByIdentity``, which holds it: its address is not
+    reused while it is cached). A key of the repr, as before, gave a function option freed and made
+    anew at the same address the old one's program, and an array over 1,000 elements (printed with
+    "...") or a 0-d array (printed to 8 digits) another value's (a user trial: up to 0.87 off,
+    silently)."""
+    if type(v) in _PLAIN:
+        return type(v).__name__, repr(v) if type(v) is float else v
+    if isinstance(v, (np.ndarray, np.generic)) or (isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer)):
+        a = np.asarray(v)
+        return "array", a.dtype.str, a.shape, a.tobytes()
+    if type(v) in (tuple, list):
+        return type(v).__name__, tuple(value_key(e) for e in v)
+    if type(v) is dict:
+        return "dict", tuple(sorted((repr(k), value_key(e)) for k, e in v.items()))
+    return ByIdentity(v)
 
 
 #: the ``DiffusionModel`` methods its conversion coefficients come from (a subclass may override them)
@@ -118,23 +144,26 @@ _COEFFICIENT_METHODS = ("coefficients", "data_eps_coefficients", "data_eps_table
 def _model_key(model: Any, times: np.ndarray) -> tuple:
     """What the symbolic run on the grid ``times`` depends on: the model's conversion coefficients,
     not its function. For a subclass with coefficients of its own (``_COEFFICIENT_METHODS``) their
-    values on the grid (a subclass's program was the plain model's where that came first: 45 off,
-    silently, in a user trial); no reference to the model itself."""
+    values on the grid (a subclass's program was the plain model's where that came first: 45 off for
+    a ``DiffusionModel``'s, 0.195 for a ``VectorField``'s, silently, in user trials); no reference to
+    the model itself."""
     if isinstance(model, DiffusionModel):
+        base: type = DiffusionModel
         key: tuple = ("diffusion", schedule_key(model.schedule), model.prediction)  # (by all it holds: schedule_key)
-        if any(getattr(type(model), m) is not getattr(DiffusionModel, m) for m in _COEFFICIENT_METHODS):
-            key += (type(model).__qualname__, _coefficient_values(model, times))
-        return key
-    if isinstance(model, VectorField):
-        return ("field",)
-    raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
+    elif isinstance(model, VectorField):
+        base, key = VectorField, ("field",)
+    else:
+        raise TypeError(f"model must be a chords_core DiffusionModel or VectorField, got {type(model).__name__}")
+    if any(getattr(type(model), m, None) is not getattr(base, m, None) for m in _COEFFICIENT_METHODS):
+        key += (type(model).__qualname__, _coefficient_values(model, times))
+    return key
 
 
-def _coefficient_values(model: DiffusionModel, times: np.ndarray) -> tuple:
+def _coefficient_values(model: Any, times: np.ndarray) -> tuple:
     """The conversion coefficients a solver reads from ``model`` on the grid, as the bytes of their
     float64 values (nan included: as floats a nan is unequal to itself, and a key holding one never
     matched, so every call replayed and lowered its program again); an exception's type where a
-    quantity has none."""
+    quantity has none (and a ``VectorField``'s, which has no data prediction: none of its table)."""
     out: list = []
     for quantity in ("data", "velocity"):
         try:
@@ -143,7 +172,8 @@ def _coefficient_values(model: DiffusionModel, times: np.ndarray) -> tuple:
             out.append(type(e).__name__)
             continue
         out.append(None if c is None else np.asarray(c, np.float64).tobytes())
-    out.append(np.asarray(model.data_eps_table(times), np.float64).tobytes())
+    table = getattr(model, "data_eps_table", None)
+    out.append(None if table is None else np.asarray(table(times), np.float64).tobytes())
     return tuple(out)
 
 
@@ -506,18 +536,33 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:
                          "process makes the same call")
 
 
-def _stable(obj: Any) -> str:
-    """``repr(obj)`` where it describes the value alike in every process, else its type's name (a repr
-    holding a memory address; an array: its dtype, shape and bytes' digest; a numpy scalar: as the
-    Python number it equals, so that ``np.bool_(True)`` and ``True`` agree)."""
+def _stable(obj: Any, depth: int = 3) -> str:
+    """``repr(obj)`` where it describes the value alike in every process (an array: its dtype, shape and
+    bytes' digest; a numpy scalar: as the Python number it equals, so that ``np.bool_(True)`` and
+    ``True`` agree); where the repr holds a memory address, the type's name and the attributes'
+    descriptions, ``depth`` levels deep (a plain class's stop rule was its type's name alone: processes
+    with different tolerances went on to different collectives and hung, a user trial); a function:
+    its qualified name."""
     if isinstance(obj, np.ndarray):
         return f"ndarray {obj.dtype} {obj.shape} {hashlib.blake2b(np.ascontiguousarray(obj).tobytes()).hexdigest()}"
     if isinstance(obj, np.generic):
         return repr(obj.item())
     if isinstance(obj, (tuple, list)):
-        return "(" + ", ".join(_stable(o) for o in obj) + ")"
+        return "(" + ", ".join(_stable(o, depth) for o in obj) + ")"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{_stable(k, depth)}: {_stable(v, depth)}" for k, v in obj.items()) + "}"
     text = repr(obj)
-    return type(obj).__qualname__ if " at 0x" in text else text
+    if " at 0x" not in text:
+        return text
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)) or depth <= 0:
+        return getattr(obj, "__qualname__", type(obj).__qualname__)
+    if isinstance(obj, types.MethodType):
+        return f"{obj.__qualname__} of {_stable(obj.__self__, depth - 1)}"
+    if isinstance(obj, functools.partial):
+        return f"partial({_stable(obj.func, depth - 1)}, {_stable(obj.args, depth - 1)}, " \
+               f"{_stable(sorted(obj.keywords.items()), depth - 1)})"
+    fields = sorted(attributes(obj).items())
+    return type(obj).__qualname__ + "(" + ", ".join(f"{k}={_stable(v, depth - 1)}" for k, v in fields) + ")"
 
 
 def call_parts(model: Any, x: jax.Array, times: np.ndarray, solver: Any, args: Any, options: dict,
