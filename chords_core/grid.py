@@ -66,7 +66,7 @@ def time_grid(
     shift: float = 1.0,
     t_max: float | None = None,
     t_min: float | None = None,
-    rho: float = 7.0,
+    rho: float | None = None,
 ) -> np.ndarray:
     """The ``steps + 1`` grid times from noise to data (see the module docstring).
 
@@ -82,7 +82,7 @@ def time_grid(
         t_max: the first time, before ``shift`` maps it (default ``schedule.t_noise``).
         t_min: the last time before the final step to ``t_data``, before ``shift`` maps it (default
             ``schedule.t_min``).
-        rho: the Karras exponent.
+        rho: the Karras exponent (``"karras"`` spacing only; default 7).
 
     Returns:
         (T + 1,) float64 times, strictly monotone, ending at ``t_data``. Raises ``ValueError`` naming
@@ -91,7 +91,9 @@ def time_grid(
     steps = check_int("steps", steps, 1, MAX_STEPS)
     check_choice("spacing", spacing, SPACINGS)
     shift = check_float("shift", shift, 0.0, low_open=True)
-    rho = check_float("rho", rho, 0.0, low_open=True)
+    if rho is not None and spacing != "karras":  # (a user trial: it was ignored, silently)
+        raise ValueError(f"rho: the Karras exponent applies to spacing='karras' only, got spacing={spacing!r}")
+    rho = 7.0 if rho is None else check_float("rho", rho, 0.0, low_open=True)
     if shift != 1.0 and not isinstance(schedule, RectifiedFlow):
         raise ValueError("shift applies to RectifiedFlow schedules only")
     t_max = schedule.t_noise if t_max is None else check_float("t_max", t_max)

@@ -158,6 +158,24 @@ def test_every_method_through_sample_latents(unet, method):
         cd.sample_latents(smap, net, x, cores=3, progress=False, method="fastest")
 
 
+def test_a_network_output_that_is_no_tensor_and_latents_of_another_dtype_are_named(unet):
+    """A user trial: passing the UNet itself (its ``UNet2DOutput``, or a tuple with ``return_dict=False``)
+    failed as an ``AttributeError`` in ``.to`` naming nothing, and float64 latents for a float32 UNet
+    inside its first convolution ("Input type (double) and bias type (float) should be the same")."""
+    smap = cd.map_scheduler(DPMSolverMultistepScheduler(), 6)
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    for net in (lambda xi, t: unet(xi, t), lambda xi, t: unet(xi, t, return_dict=False)):
+        with pytest.raises(cc.ModelOutputError, match=r"^round 1, core 0 .*model returned a (UNet2DOutput|tuple) from "
+                                                      r"its network, expected a tensor of shape \(2, 2, 8, 8\)"):
+            cd.sample_latents(smap, net, x, cores=3, progress=False)
+    for dtype in (torch.float64, torch.float16):
+        with pytest.raises(ValueError, match=rf"^latents: dtype {dtype}, the network's is torch.float32"):
+            cd.sample_latents(smap, cd.GuidedNet(unet, batch=2), x.to(dtype), cores=2, progress=False)
+    cast = cd.sample_latents(smap, cd.GuidedNet(unet, batch=2, x_dtype=torch.float32), x.double(), cores=2,
+                             progress=False)  # (x_dtype casts each evaluation's input: accepted)
+    assert cast.x.dtype == torch.float64 and torch.isfinite(cast.x).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["flow", "euler", "ddim"])
 def test_half_precision_times_reach_the_network_as_the_schedulers_timesteps(name, dtype):

@@ -130,6 +130,9 @@ def test_verify_catches_a_wrong_tiling():
 
     state = BlockState(latents=torch.zeros(2, 3), table=torch.ones(2, 4))
     x, tau = torch.randn(6, 3), torch.tensor([9.0, 9.0, 5.0, 5.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"^fixed: 'tabel' names no value of the loop's block state, which holds "
+                                         r"\['latents', 'table'\]"):  # (a user trial: a misspelt name, accepted)
+        LoopNet([block], Comp(), state, torch.tensor([9.0, 5.0, 1.0]), fixed=("tabel",), verify=True)
     ok = LoopNet([block], Comp(), state, torch.tensor([9.0, 5.0, 1.0]), fixed=("table",), verify=True)
     assert ok(x, tau).shape == (6, 3) and ok.tiled_names == []
     bad = LoopNet([block], Comp(), state, torch.tensor([9.0, 5.0, 1.0]), verify=True)

@@ -276,6 +276,17 @@ def test_karras_rho_must_be_a_positive_number(rho):
         cc.time_grid(cc.EDM(), 8, "karras", rho=rho)
 
 
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
+def test_rho_with_another_spacing_is_refused(spacing):
+    """A user trial: ``rho`` was ignored, silently, unless ``spacing="karras"`` (the library refuses
+    other options that would be ignored: ``level_floor`` with ``scale="error"``, ``ridge`` without
+    ``anderson``)."""
+    with pytest.raises(ValueError, match=rf"^rho: the Karras exponent applies to spacing='karras' only, got "
+                                         rf"spacing='{spacing}'"):
+        cc.time_grid(cc.EDM(), 4, spacing, rho=3)
+    assert not np.array_equal(cc.time_grid(cc.EDM(), 4, "karras", rho=3), cc.time_grid(cc.EDM(), 4, "karras"))
+
+
 def test_time_grid_numbers_are_checked_by_name():
     edm = cc.EDM()
     np.testing.assert_array_equal(cc.time_grid(edm, 8, "karras", rho=np.float64(7.0)), cc.time_grid(edm, 8, "karras"))
@@ -1044,6 +1055,33 @@ def test_a_solvers_stage_index_off_the_grid_is_named_by_every_method(shift, matc
     for run in runs:
         with pytest.raises(ValueError, match=r"^solver: 'heun'( evaluates stage 1 of the step|\.stage_point) .*" + match):
             run()
+
+
+class _TwoStagesAlways(cc.solvers.Heun):
+    """Heun that takes its second stage on the last step too, at the final time."""
+
+    def evals(self, i, j):
+        return 2
+
+
+def test_a_stage_at_the_final_time_without_a_conversion_there_is_named_by_every_method():
+    """A user trial: a two-stage solver evaluating its last step's second stage at sigma = 0, where a v
+    prediction has no velocity (the conversion is (nan, -inf) there), returned nan from every method,
+    silently: the solver checks the conversion at the times before the last only."""
+    sched = cc.VP.cosine()
+    grid = cc.time_grid(sched, 6)
+    model = cc.DiffusionModel(lambda x, t: 0.3 * np.tanh(x), sched, "v")
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    sol = _TwoStagesAlways(model, np.asarray(grid))
+    runs = [lambda: cc.solve(model, x, grid, sol), lambda: cc.chords(model, x, grid, sol, cores=2, stop=None),
+            lambda: cc.srds(model, x, grid, sol, blocks=2)]
+    runs += [lambda m=m: cc.parallel(model, x, grid, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
+    for run in runs:
+        with pytest.raises(ValueError, match=r"^solver: 'heun' evaluates stage 1 of the step 5 -> 6 at the grid's "
+                                             r"final time \(grid\[6\]=0\), where the model's output cannot be "
+                                             "converted to the velocity it needs"):
+            run()
+    assert np.isfinite(cc.solve(model, x, grid, "heun")).all()  # (the library's Heun takes one evaluation there)
 
 
 class _PointNotState(cc.solvers.Euler):

@@ -333,6 +333,11 @@ class Denoiser:
         view = (-1,) + (1,) * (x.dim() - 1)
         x_in = x / ((sig**2 + 1) ** 0.5).view(view).to(x.dtype) if smap.scale_input else x
         out = self.net(x_in, tau)
+        if not isinstance(out, torch.Tensor):  # (a user trial: a UNet's own output object failed as an
+            # AttributeError in ``.to``, naming nothing)
+            raise cc.ModelOutputError(0, f"model returned a {type(out).__name__} from its network, expected a tensor "
+                                         f"of shape {tuple(x.shape)}; return the network's tensor (net(x, t).sample, "
+                                         "or net(x, t, return_dict=False)[0])")
         if smap.output == "euler_v":
             dt = torch.promote_types(x.dtype, torch.float32)  # diffusers upcasts to float32 here
             s = sig.view(view).to(dt)

@@ -153,6 +153,13 @@ class LoopNet:
         self.batch = int(block_state.latents.shape[0])
         self._ts = timesteps.detach().cpu().double().numpy()
         self.fixed, self.verify = tuple(fixed), verify
+        held: set[str] = set()  # the names ``_state`` tiles: the block state's values and those nested in its dicts
+        for k, v in block_state.as_dict().items():
+            held.update((k, *v) if isinstance(v, dict) else (k,))
+        unknown = [n for n in self.fixed if n not in held and n not in DEFAULT_FIXED]
+        if unknown:  # (a user trial: a misspelt name was accepted, and its tensor tiled, silently)
+            raise ValueError(f"fixed: {unknown[0]!r} names no value of the loop's block state, which holds "
+                             f"{sorted(held)}")
         self.by_step = step_dependence(components, self.blocks)
         self._tiled: dict[int, dict] = {}
         self.tiled_names: list[str] = []

@@ -25,7 +25,7 @@ import chords_core as cc
 from chords_core.checks import check_bool
 
 from .adapters import ADAPTERS, Job, call_params, component
-from .denoiser import make_model
+from .denoiser import GuidedNet, make_model
 from .schedulers import SchedulerMap, map_scheduler, unscaled_input
 
 __all__ = ["sample", "sample_latents", "make_executor", "ChordsPipelineOutput", "SUPPORTED_PIPELINES"]
@@ -187,6 +187,7 @@ def sample_latents(
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    _check_latents_dtype(latents, net)
     defaulted = cores is None and init is None
     method, cores, chords_options = method_arguments(method, cores, init, stop, chords_options, smap.solver)
     if defaulted:  # (the default, at most the steps: a 1- to 3-step turbo schedule failed on cores=4 never given)
@@ -210,6 +211,19 @@ def sample_latents(
     finally:
         if owned and ex is not None:
             ex.close()
+
+
+def _check_latents_dtype(latents: torch.Tensor, net: Any) -> None:
+    """Refuse latents of another dtype than a ``GuidedNet``'s network without ``x_dtype`` (which casts
+    each input), naming ``latents`` (a user trial: float64 latents failed inside the UNet's first
+    convolution, "Input type (double) and bias type (float) should be the same")."""
+    if not isinstance(net, GuidedNet) or net.x_dtype is not None:
+        return
+    for inner in (net.net, net.net_2):
+        dtype = getattr(inner, "dtype", None)
+        if isinstance(dtype, torch.dtype) and dtype != latents.dtype:
+            raise ValueError(f"latents: dtype {latents.dtype}, the network's is {dtype}; pass latents.to({dtype}), or "
+                             f"GuidedNet(..., x_dtype={dtype}) to cast each evaluation's input")
 
 
 def sample(

@@ -198,6 +198,14 @@ class Solver:
         if not 0 <= index <= self.steps:
             raise ValueError(f"solver: {self.name!r} evaluates stage {k} of the step {i} -> {j} at grid index {index}, "
                              f"outside the grid (0 .. {self.steps})")
+        if index == self.steps and self._coef is not None and not np.isfinite(self._coef[index]).all():
+            # (``__init__`` checks the times before the last, which a step starts from; a user trial's two-stage
+            # solver evaluated its last step's second stage at sigma = 0, where a v prediction has no velocity:
+            # every method returned nan, silently)
+            raise ValueError(f"solver: {self.name!r} evaluates stage {k} of the step {i} -> {j} at the grid's final "
+                             f"time (grid[{index}]={self.t[index]:g}), where the model's output cannot be converted "
+                             f"to the {self.quantity} it needs; end such a step with one evaluation, as 'heun' does "
+                             "(Solver.evals)")
         return x, index
 
     def step(self, state: State, qs: Sequence[Array], i: int, j: int) -> State:
