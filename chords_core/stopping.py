@@ -326,13 +326,15 @@ _UNLESS_NEVER = property(lambda self: not self.never_accepts, doc="Unless the ru
 def residual(diff: Any, norm: str = "rms") -> float:
     """The size of a change between two outputs, as ``StopOnResidual`` judges it: ``"rms"``, the
     largest of the samples' RMS changes (``sample_rms``; the batch's RMS accepted a slow SRDS sample
-    beside 63 converged ones, at 6.4x tol, 1.40x its sequential error); an empty batch ``inf`` (no
-    evidence, as ``StopWhenConverged`` takes it); ``"l2/numel"``, the reference code's, of the whole
-    batch: ||d||_2 / n = RMS / sqrt(n)."""
+    beside 63 converged ones, at 6.4x tol, 1.40x its sequential error); ``"l2/numel"``, the reference
+    code's, of the whole batch: ||d||_2 / n = RMS / sqrt(n). A state without elements (an empty batch,
+    or samples of none: (3, 0)) ``inf`` by either (no evidence, as ``StopWhenConverged`` takes it; a
+    user trial found (3, 0) and "l2/numel" accepted at once)."""
+    if B._numel(diff) == 0:
+        return math.inf
     if norm == "l2/numel":
         return B.rms(diff) / math.sqrt(max(1, B._numel(diff)))
-    change = sample_rms(diff)
-    return float(change.max()) if change.size else math.inf
+    return float(sample_rms(diff).max())
 
 
 #: ``StopOnResidual``'s norms of the change: ``"rms"`` (the RMS per element, independent of the

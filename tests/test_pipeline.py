@@ -755,6 +755,13 @@ def test_default_stop_per_sample_keeps_the_batch_rules_for_rounding_and_is_refus
                                    error=0.2, starts=starts), None)  # (locked: moved 30x the step, then equal)
     empty = np.zeros((0, 3))
     assert not rule.accept(Outputs([empty, empty], error=0.2, starts=(24, 16)), None)
+    # (a user trial: StopOnResidual accepted samples of no elements, (3, 0), and any empty state by "l2/numel")
+    for none in (empty, np.zeros((3, 0)), np.zeros((0,))):
+        for norm in cc.stopping.RESIDUAL_NORMS:
+            assert not cc.StopOnResidual(1e-3, norm).accept([none, none], None)
+    flat = cc.DiffusionModel(lambda z, t: 0.3 * z - 0.5, cc.RectifiedFlow(), "flow")
+    for none in (np.zeros((3, 0)), np.zeros((0, 4))):
+        assert cc.srds(flat, none, cc.time_grid(cc.RectifiedFlow(), 12), blocks=3).rounds == 12
     model, x, grid, err = mixture_problem(cc.RectifiedFlow(), "flow", 50)
 
     def still_second(z, t):
