@@ -156,7 +156,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     if not (type(executor).__dict__.get("outputs_checked", False) and own_call(type(model))):
         # (Executor.outputs_checked: declared by the class itself, not inherited; and only a model whose
         # _call is the library's checks its outputs: a subclass's own (4,) for (2, 4) points was broadcast)
-        outs = _executor_outputs(executor, outs, xs, round_number, where, context)
+        outs = _executor_outputs(executor, model, outs, xs, round_number, where, context)
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
@@ -165,7 +165,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     return outs
 
 
-def _executor_outputs(executor: Executor, outs: Any, xs: Sequence[Any], round_number: int,
+def _executor_outputs(executor: Executor, model: Model, outs: Any, xs: Sequence[Any], round_number: int,
                       where: Callable[..., str], context: tuple) -> Any:
     """An executor's outputs that no library check has seen (``evaluate_round``), checked against their
     points as a model's are (``models.output_problem``: a (8,) output for a (2, 8) state was broadcast,
@@ -176,9 +176,10 @@ def _executor_outputs(executor: Executor, outs: Any, xs: Sequence[Any], round_nu
     for k, (o, x) in enumerate(zip(outs, xs)):
         problem = output_problem(o, x)
         if problem is not None:
-            raise ValueError(f"executor: {type(executor).__name__} returned {problem}, for point {k} of round "
-                             f"{round_number} ({where(k, *context)}); evaluate with model.evaluate, which checks "
-                             "each output")
+            by = ("evaluate with model.evaluate, which checks each output" if own_call(type(model)) else
+                  f"{type(model).__name__}'s own _call returned it, which the library does not check")
+            raise ValueError(f"executor: {type(executor).__name__} returned, for point {k} of round {round_number} "
+                             f"({where(k, *context)}), {problem} ({by})")
         if o.dtype != x.dtype:
             cast.append(k)
     if not cast:

@@ -116,6 +116,21 @@ def test_images_and_stop_rule(flux):
     assert out["chords_result"].rounds < STEPS and out["chords_result"].x is out["chords_result"].hits[0].x
 
 
+def test_a_fixed_name_a_block_declares_is_taken_where_the_loops_state_lacks_it(flux):
+    """A review: a name of ``fixed=`` was checked against the loop's block state of the call alone,
+    so a value a block declares but a call leaves out (SDXL's ``negative_prompt_embeds``, held only
+    where the call gives it) was refused; a name no block declares and the state lacks is refused."""
+    pipe, kw = flux
+    assert "height" in cd.modular.declared_names(pipe.blocks)  # (declared by an input step, not held by the loop)
+    lat = cd.with_chords(pipe, cores=2, fixed=(*cd.modular.DEFAULT_FIXED, "height"))(
+        generator=torch.Generator().manual_seed(0), output="latents", **kw)
+    assert torch.isfinite(lat).all()
+    with pytest.raises(ValueError, match=r"fixed: 'heigth' names no value of the loop's block state, which holds "
+                                         r"\[.*\], nor one the pipeline's blocks declare"):
+        cd.with_chords(pipe, cores=2, fixed=("heigth",))(generator=torch.Generator().manual_seed(0), output="latents",
+                                                           **kw)
+
+
 def test_verify_catches_a_wrong_tiling():
     from diffusers.modular_pipelines import BlockState
 

@@ -1350,9 +1350,9 @@ def test_solver_options_are_keyed_by_their_values():
     from chords_core.solvers import Euler, SolverSpec, State
 
     class Gained(Euler):
-        def __init__(self, model, times, gain=None):
+        def __init__(self, model, times, gain=1.0, tag=None):  # (tag: carried, unused)
             super().__init__(model, times)
-            self.gain = gain
+            self.gain, self.tag = gain, tag
 
         def step(self, state, qs, i, j):
             g = self.gain(i) if callable(self.gain) else float(np.asarray(self.gain).sum())
@@ -1381,6 +1381,25 @@ def test_solver_options_are_keyed_by_their_values():
             assert rel(cj.chords(model, x, grid, name, cores=3, stop=None, **kw).x,
                        cc.chords(model, x, grid, name, cores=3, stop=None, **kw).x) < 1e-13
             del gain, kw
+        # a review: values equal but made anew (a dataclass, a named tuple, a set, a range) missed the cache at
+        # every call (the plan replayed: 80-300 ms where it took 1-3 ms), and a jax PRNG key raised
+        import collections
+        import dataclasses
+
+        @dataclasses.dataclass(frozen=True)
+        class Tag:
+            a: float
+            weights: object = dataclasses.field(default=None, compare=False)
+
+        pair = collections.namedtuple("pair", "a b")
+        for make in (lambda: Tag(1.0, np.ones(3)), lambda: pair(1, 2.0), lambda: frozenset({"a", "b"}),
+                     lambda: range(3), lambda: jax.random.key(0)):
+            first, again = (cj.compile_plan(model, x.shape, x.dtype, grid, name, cores=3, stop=None, tag=make())[0]
+                            for _ in range(2))
+            assert first is again
+        plan = cj.compile_plan(model, x.shape, x.dtype, grid, name, cores=3, stop=None, tag=Tag(1.0, np.ones(3)))[0]
+        assert cj.compile_plan(model, x.shape, x.dtype, grid, name, cores=3, stop=None,
+                               tag=Tag(1.0, np.zeros(3)))[0] is not plan  # (every field in the key, compare=False too)
     finally:
         cc.SOLVERS.pop(name, None)
 

@@ -1355,10 +1355,11 @@ def test_an_executor_breaking_its_contract_is_named(broken, kind, method):
     subclass of the core's executors (which declare ``outputs_checked``) is checked too: it may return
     arrays of its own."""
     x = np.broadcast_to(X[:1], (2, X.shape[1])).copy()
-    match = {"integers": r"returned dtype int64, expected a floating dtype, for point 0 of round 1 \(.*\)",
-             "tensors": r"returned a torch array \(Tensor\) for numpy points; .*, for point 0 of round 1 \(.*\)"}.get(
-        kind, r"returned (shape \(\d+,\)|a list), expected (an array of shape )?\(2, \d+\), for point 0 of round 1 "
-              r"\(.*\)" if kind in ("shape", "list")
+    at = r"returned, for point 0 of round 1 \(.*\), "
+    match = {"integers": at + r"dtype int64, expected a floating dtype \(evaluate with model.evaluate",
+             "tensors": at + r"a torch array \(Tensor\) for numpy points; return the points' array type \("}.get(
+        kind, at + r"(shape \(\d+,\)|a list), expected (an array of shape )?\(2, \d+\) \(evaluate with model\.evaluate, "
+                   r"which checks each output\)$" if kind in ("shape", "list")
         else r"raised a ModelOutputError for point -?\d+, outside the \d+ point\(s\) of round 1")
     with pytest.raises(ValueError, match=rf"^executor: {broken.__name__} " + match):
         cc.parallel(FLOW, x, GRID, cores=2, method=method, executor=broken(kind))
@@ -1379,7 +1380,7 @@ def test_an_executors_tensors_on_another_device_or_layout_are_named(kind):
     x = torch.from_numpy(np.broadcast_to(X[:1], (2, X.shape[1])).copy())
     model = cc.DiffusionModel(lambda x, t: -x, cc.RectifiedFlow(), "flow")
     want = r"a tensor on device meta, expected cpu" if kind == "meta" else r"a tensor of layout torch.sparse_coo"
-    with pytest.raises(ValueError, match=rf"^executor: Elsewhere returned {want}.*, for point 0 of round 1 \("):
+    with pytest.raises(ValueError, match=rf"^executor: Elsewhere returned, for point 0 of round 1 \(.*\), {want}"):
         cc.chords(model, x, GRID, cores=2, stop=None, executor=Elsewhere())
 
 
@@ -1405,7 +1406,8 @@ def test_a_model_with_its_own_call_is_shape_checked_by_the_engine(executor):
 
     model = Raw(lambda x, t: -x, cc.RectifiedFlow(), "flow")
     x = np.arange(8.0).reshape(2, 4)
-    with pytest.raises(ValueError, match=r"returned shape \(4,\), expected \(2, 4\), for point 0 of round 1"):
+    with pytest.raises(ValueError, match=r"returned, for point 0 of round 1 \(.*\), shape \(4,\), expected \(2, 4\) \(Raw's own "
+                                         r"_call returned it, which the library does not check\)$"):
         cc.chords(model, x, cc.time_grid(model.schedule, 6), cores=2, stop=None, executor=executor)
 
 

@@ -40,7 +40,7 @@ import operator
 import textwrap
 import types
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,8 @@ class LoopNet:
             that the blocks call ``scale_model_input``, and raises ``ValueError`` where they do not
             (a user trial: modular Wan, which never calls it, with EulerDiscreteScheduler was 1.4
             off its own loop at ``cores=1``, silently).
+        declared: the names the pipeline's blocks declare (``declared_names``): a name of ``fixed``
+            neither among them nor in ``block_state`` (nested dicts' keys included) raises ``ValueError``.
 
     Attributes:
         last: the block state of the latest call (its intermediates, e.g. ``noise_pred``).
@@ -147,7 +149,8 @@ class LoopNet:
     """
 
     def __init__(self, blocks: Sequence[Any], components: Any, block_state: Any, timesteps: torch.Tensor,
-                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, scaled: str | None = None) -> None:
+                 fixed: Sequence[str] = DEFAULT_FIXED, verify: bool = False, scaled: str | None = None,
+                 declared: Collection[str] = ()) -> None:
         self.blocks, self.components, self.state = list(blocks), _Components(components), block_state
         self._unchecked_scale = scaled
         self.batch = int(block_state.latents.shape[0])
@@ -155,11 +158,12 @@ class LoopNet:
         self.fixed, self.verify = tuple(fixed), verify
         held: set[str] = set()  # the names ``_state`` tiles: the block state's values and those nested in its dicts
         for k, v in block_state.as_dict().items():
-            held.update((k, *v) if isinstance(v, dict) else (k,))
-        unknown = [n for n in self.fixed if n not in held and n not in DEFAULT_FIXED]
-        if unknown:  # (a user trial: a misspelt name was accepted, and its tensor tiled, silently)
+            held.update((k, *map(str, v)) if isinstance(v, dict) else (k,))
+        unknown = [n for n in self.fixed if n not in held and n not in declared and n not in DEFAULT_FIXED]
+        if unknown:  # (a user trial: a misspelt name was accepted, and its tensor tiled, silently; a name a
+            # block declares is absent from calls that do not give it, a negative prompt's embeddings, say)
             raise ValueError(f"fixed: {unknown[0]!r} names no value of the loop's block state, which holds "
-                             f"{sorted(held)}")
+                             f"{sorted(held)}, nor one the pipeline's blocks declare")
         self.by_step = step_dependence(components, self.blocks)
         self._tiled: dict[int, dict] = {}
         self.tiled_names: list[str] = []
@@ -321,7 +325,8 @@ def _loop_class() -> type:
             if not one:  # (one point a round: the cores' steps cannot mix)
                 _refuse_momentum(components)
             net = LoopNet(model_blocks, components, bs, bs.timesteps, fixed, verify,
-                          type(loop).__name__ if smap.scale_input else None)
+                          type(loop).__name__ if smap.scale_input else None,
+                          declared_names(getattr(components, "blocks", None) or loop))
             mixing = batch_dependence(components, bs.latents.dim()) if batched and not one else []
             if mixing:
                 warnings.warn(f"chords_diffusers.modular: {'; '.join(mixing)}: the points are evaluated one call "
@@ -345,6 +350,16 @@ def _loop_class() -> type:
             return components, state
 
     return ChordsDenoiseLoop
+
+
+def declared_names(block: Any) -> set[str]:
+    """The names ``block`` and its sub-blocks, recursively, declare as inputs or intermediate outputs: of
+    the whole pipeline, the values a block state may hold (a negative prompt's embeddings, which SDXL's
+    loop holds only where the call gives them)."""
+    names = {*(getattr(block, "input_names", None) or ()), *(getattr(block, "intermediate_output_names", None) or ())}
+    for sub in (getattr(block, "sub_blocks", None) or {}).values():
+        names |= declared_names(sub)
+    return names
 
 
 class _AtFirstStep(Exception):

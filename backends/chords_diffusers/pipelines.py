@@ -187,7 +187,6 @@ def sample_latents(
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-    _check_latents_dtype(latents, net)
     defaulted = cores is None and init is None
     method, cores, chords_options = method_arguments(method, cores, init, stop, chords_options, smap.solver)
     if defaulted:  # (the default, at most the steps: a 1- to 3-step turbo schedule failed on cores=4 never given)
@@ -208,22 +207,28 @@ def sample_latents(
                                    progress=progress, **smap.solver_options, **chords_options)
             return cc.chords(model, latents, smap.grid, smap.solver, cores=cores, init=init, stop=stop,
                              executor=ex, progress=progress, **smap.solver_options, **chords_options)
+    except RuntimeError as err:
+        _note_latents_dtype(err, latents, net)
+        raise
     finally:
         if owned and ex is not None:
             ex.close()
 
 
-def _check_latents_dtype(latents: torch.Tensor, net: Any) -> None:
-    """Refuse latents of another dtype than a ``GuidedNet``'s network without ``x_dtype`` (which casts
-    each input), naming ``latents`` (a user trial: float64 latents failed inside the UNet's first
-    convolution, "Input type (double) and bias type (float) should be the same")."""
-    if not isinstance(net, GuidedNet) or net.x_dtype is not None:
+def _note_latents_dtype(err: RuntimeError, latents: torch.Tensor, net: Any) -> None:
+    """Add a note naming ``latents`` to the network's error where their dtype is not that of a
+    ``GuidedNet``'s network without ``x_dtype`` (a user trial: float64 latents failed inside the UNet's
+    first convolution, "Input type (double) and bias type (float) should be the same", naming neither;
+    a note, not a refusal: under ``torch.autocast``, or with a network that casts its own input, such
+    latents run)."""
+    if not isinstance(net, GuidedNet) or net.x_dtype is not None or not hasattr(err, "add_note"):
         return
     for inner in (net.net, net.net_2):
         dtype = getattr(inner, "dtype", None)
         if isinstance(dtype, torch.dtype) and dtype != latents.dtype:
-            raise ValueError(f"latents: dtype {latents.dtype}, the network's is {dtype}; pass latents.to({dtype}), or "
-                             f"GuidedNet(..., x_dtype={dtype}) to cast each evaluation's input")
+            err.add_note(f"(chords_diffusers: the latents have dtype {latents.dtype}, the network {dtype}: pass "
+                         f"latents.to({dtype}), or GuidedNet(..., x_dtype={dtype}) to cast each evaluation's input)")
+            return
 
 
 def sample(

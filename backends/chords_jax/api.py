@@ -117,23 +117,39 @@ def options_key(options: dict) -> tuple:
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
 
 
-def value_key(v: Any) -> Any:
-    """An option's value as a part of a cache key: a number, string or None by value (and type: 1, 1.0
-    and True are different options), an array by its dtype, shape and bytes, a tuple, list or dict by
-    its items' keys, anything else by identity (``ByIdentity``, which holds it: its address is not
-    reused while it is cached). A key of the repr, as before, gave a function option freed and made
-    anew at the same address the old one's program, and an array over 1,000 elements (printed with
-    "...") or a 0-d array (printed to 8 digits) another value's (a user trial: up to 0.87 off,
-    silently)."""
-    if type(v) in _PLAIN:
-        return type(v).__name__, repr(v) if type(v) is float else v
-    if isinstance(v, (np.ndarray, np.generic)) or (isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer)):
-        a = np.asarray(v)
-        return "array", a.dtype.str, a.shape, a.tobytes()
-    if type(v) in (tuple, list):
-        return type(v).__name__, tuple(value_key(e) for e in v)
-    if type(v) is dict:
-        return "dict", tuple(sorted((repr(k), value_key(e)) for k, e in v.items()))
+def value_key(v: Any, depth: int = 4) -> Any:
+    """An option's value as a part of a cache key, by value where it is a value: a number, string or
+    None (with its type: 1, 1.0 and True are different options), an array by its dtype, shape and a
+    SHA-256 of its bytes (a pass over it per call: 22 ms for 32 MB), a jax PRNG key by its key data, a
+    tuple (a named one with its type), list, set, dict or range by its items' keys, a dataclass by its
+    type and every attribute's key (``field(compare=False)`` ones too), ``depth`` levels deep; anything
+    else, or deeper, by identity (``ByIdentity``, which holds it: its address is not reused while it is
+    cached; an equal object made anew misses the cache). A key of the repr, as before, gave a function
+    option freed and made anew at the same address the old one's program, and an array over 1,000
+    elements (printed with "...") or a 0-d array (printed to 8 digits) another value's (a user trial:
+    up to 0.87 off, silently)."""
+    t = type(v)
+    if t in _PLAIN:
+        return t.__name__, repr(v) if t is float else v
+    if isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer) and v.is_fully_addressable:
+        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
+            return "key", str(v.dtype), value_key(jax.random.key_data(v))
+        v = np.asarray(v)
+    if isinstance(v, (np.ndarray, np.generic)) and v.dtype != object:
+        a = np.ascontiguousarray(v)  # (1-d for a 0-d one: the shape is v's)
+        return "array", a.dtype.str, np.shape(v), hashlib.sha256(a.reshape(-1).view(np.uint8).data).digest()
+    if depth <= 0:
+        return ByIdentity(v)
+    if isinstance(v, (tuple, list)):
+        return t.__qualname__, t.__module__, tuple(value_key(e, depth - 1) for e in v)
+    if isinstance(v, (set, frozenset)):
+        return t.__name__, tuple(sorted((value_key(e, depth - 1) for e in v), key=repr))
+    if t is dict:
+        return "dict", tuple(sorted(((repr(k), value_key(e, depth - 1)) for k, e in v.items()), key=lambda kv: kv[0]))
+    if t is range:
+        return "range", v.start, v.stop, v.step
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return "dataclass", t, tuple((k, value_key(e, depth - 1)) for k, e in sorted(attributes(v).items()))
     return ByIdentity(v)
 
 
@@ -531,36 +547,61 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:
     if len(differ) > 1:  # the compiled program follows from the others: named alone only
         differ = [n for n in differ if not n.startswith(PROGRAM_PART)]
     if differ:
+        hint = ""
+        if any(_by_attributes(described[n]) for n in differ):
+            hint = ("; an object whose repr holds its address (a plain class's stop rule, say) is compared by its "
+                    "attributes, so one that differs between processes (a time, a counter) differs: give its class "
+                    "a __repr__ of what decides (a dataclass has one)")
         raise ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
                          f"(process {jax.process_index()} of {jax.process_count()}); under jax.distributed every "
-                         "process makes the same call")
+                         f"process makes the same call{hint}")
+
+
+def _by_attributes(obj: Any) -> bool:
+    """Whether ``_stable`` describes ``obj`` by its attributes (its repr holds a memory address)."""
+    return " at 0x" in repr(obj) and not isinstance(obj, (types.FunctionType, types.BuiltinFunctionType,
+                                                            types.MethodType, functools.partial, jax.Array))
 
 
 def _stable(obj: Any, depth: int = 3) -> str:
-    """``repr(obj)`` where it describes the value alike in every process (an array: its dtype, shape and
-    bytes' digest; a numpy scalar: as the Python number it equals, so that ``np.bool_(True)`` and
-    ``True`` agree); where the repr holds a memory address, the type's name and the attributes'
-    descriptions, ``depth`` levels deep (a plain class's stop rule was its type's name alone: processes
-    with different tolerances went on to different collectives and hung, a user trial); a function:
-    its qualified name."""
+    """``repr(obj)`` where it describes the value alike in every process: an array by its dtype, shape
+    and bytes' digest (a jax array of over 65,536 elements or spread over processes: its dtype and
+    shape, no copy to the host); a numpy scalar as the Python number it equals, so that
+    ``np.bool_(True)`` and ``True`` agree; a set in sorted order (its repr's order follows each
+    process's string hashing); an object whose repr holds a memory address by its type's name and its
+    attributes' descriptions, ``depth`` levels deep (a plain class's stop rule was its type's name
+    alone: processes with different tolerances went on to different collectives and hung, a user
+    trial); a function by its qualified name. Containers count towards ``depth`` (a dict holding
+    itself)."""
+    if isinstance(obj, jax.Array):
+        if obj.is_fully_addressable and obj.size <= 1 << 16 and not jax.dtypes.issubdtype(obj.dtype,
+                                                                                        jax.dtypes.prng_key):
+            obj = np.asarray(obj)
+        else:
+            return f"jax.Array {obj.dtype} {obj.shape}"
     if isinstance(obj, np.ndarray):
         return f"ndarray {obj.dtype} {obj.shape} {hashlib.blake2b(np.ascontiguousarray(obj).tobytes()).hexdigest()}"
     if isinstance(obj, np.generic):
         return repr(obj.item())
+    if depth < 0:
+        return type(obj).__qualname__
     if isinstance(obj, (tuple, list)):
-        return "(" + ", ".join(_stable(o, depth) for o in obj) + ")"
+        return "(" + ", ".join(_stable(o, depth - 1) for o in obj) + ")"
+    if isinstance(obj, (set, frozenset)):
+        return "{" + ", ".join(sorted(_stable(o, depth - 1) for o in obj)) + "}"
     if isinstance(obj, dict):
-        return "{" + ", ".join(f"{_stable(k, depth)}: {_stable(v, depth)}" for k, v in obj.items()) + "}"
+        items = (f"{_stable(k, depth - 1)}: {_stable(v, depth - 1)}" for k, v in obj.items())
+        return "{" + ", ".join(sorted(items)) + "}"
     text = repr(obj)
     if " at 0x" not in text:
         return text
-    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)) or depth <= 0:
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)) or depth == 0:
         return getattr(obj, "__qualname__", type(obj).__qualname__)
     if isinstance(obj, types.MethodType):
         return f"{obj.__qualname__} of {_stable(obj.__self__, depth - 1)}"
     if isinstance(obj, functools.partial):
         return f"partial({_stable(obj.func, depth - 1)}, {_stable(obj.args, depth - 1)}, " \
-               f"{_stable(sorted(obj.keywords.items()), depth - 1)})"
+               f"{_stable(obj.keywords, depth - 1)})"
     fields = sorted(attributes(obj).items())
     return type(obj).__qualname__ + "(" + ", ".join(f"{k}={_stable(v, depth - 1)}" for k, v in fields) + ")"
 
