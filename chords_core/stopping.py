@@ -255,10 +255,16 @@ class Outputs(tuple):
 
 
 class StopNotMet(RuntimeWarning):
-    """A tolerance stop rule was never met and the run's last output is not the sequential solution
-    (an SRDS run cut short by ``max_iters``, a CHORDS run whose rule needs fewer outputs than the
-    cores make). A CHORDS run whose rule is never met otherwise returns core 0's output, the
-    sequential solution, and says so in ``stopped_by`` without a warning."""
+    """A stop rule that reads the outputs' values (``StopRule.warns_if_unmet``) was never met and the
+    run's last output is not the sequential solution (an SRDS run cut short by ``max_iters``, a CHORDS
+    run whose rule needs fewer outputs than the cores make). A CHORDS run whose rule is never met
+    otherwise returns core 0's output, the sequential solution, and says so in ``stopped_by`` without
+    a warning."""
+
+
+def _warns_if_unmet(rule: Any) -> bool:
+    """A rule's ``warns_if_unmet`` where it sets none: whether it reads the outputs' values and may accept."""
+    return bool(getattr(rule, "decides_on_values", True)) and not getattr(rule, "never_accepts", False)
 
 
 class StopRule:
@@ -266,8 +272,11 @@ class StopRule:
 
     #: Ask the method for ``outputs.error`` (the estimated sequential error).
     uses_error_estimate: bool = False
-    #: Warn (``StopNotMet``) when no output was accepted: set by rules with a tolerance.
-    warns_if_unmet: bool = False
+    #: Warn (``StopNotMet``) when no output was accepted and the one returned is not the sequential
+    #: solution. By default a rule that reads the outputs' values and may accept does (a rule of one's
+    #: own included: a user trial's, never met, returned a faster core's output without a warning); a rule
+    #: that returns such an output on purpose sets False.
+    warns_if_unmet = property(_warns_if_unmet)
     #: Whether ``accept`` reads the outputs' values; a rule that decides on their arrival alone (or
     #: never accepts) sets False, and a backend that compiles the run then needs no read-back to stop.
     #: SRDS returns, for a rule that reads values, the last output formed in the accepted one's round
@@ -478,8 +487,12 @@ class RunAll(StopRule):
 
 def warn_unmet(rule: StopRule, stopped_by: str) -> None:
     """Warn (``StopNotMet``, at the caller's line) that ``rule`` accepted no output, if it is a rule
-    that says so."""
-    if getattr(rule, "warns_if_unmet", False):
+    that says so (``StopRule.warns_if_unmet``; an object of the protocol that is no ``StopRule``, by
+    the same default)."""
+    warns = getattr(rule, "warns_if_unmet", None)
+    if warns is None:
+        warns = _warns_if_unmet(rule)
+    if warns:
         from .call import warn_caller  # (call imports the solvers and models: not at this module's import)
 
         warn_caller(f"stop rule not met ({stopped_by}): the last output is returned", StopNotMet)

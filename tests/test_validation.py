@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -1409,6 +1410,31 @@ def test_a_model_with_its_own_call_is_shape_checked_by_the_engine(executor):
     with pytest.raises(ValueError, match=r"returned, for point 0 of round 1 \(.*\), shape \(4,\), expected \(2, 4\) \(Raw's own "
                                          r"_call returned it, which the library does not check\)$"):
         cc.chords(model, x, cc.time_grid(model.schedule, 6), cores=2, stop=None, executor=executor)
+
+
+def test_a_rule_of_ones_own_that_is_never_met_warns_where_a_faster_core_is_returned():
+    """A user trial: a rule of one's own that reads the outputs, needs fewer of them than the cores make
+    and accepts none returned a faster core's unconverged output with no warning (``warns_if_unmet`` was
+    False unless a rule set it); the library's rules without a tolerance stay quiet."""
+    class Never(cc.StopRule):
+        def outputs_needed(self, available):
+            return min(1, available)
+
+        def accept(self, outputs, coarse):
+            return False
+
+    class Quiet(Never):
+        warns_if_unmet = False
+
+    model = cc.DiffusionModel(lambda x, t: -x, cc.RectifiedFlow(), "flow")
+    grid, x = cc.time_grid(cc.RectifiedFlow(), 8), np.ones((2, 3))
+    with pytest.warns(cc.stopping.StopNotMet, match=r"stop rule not met \(Never not met; last output\)"):
+        res = cc.chords(model, x, grid, cores=4, init=[0, 3, 5, 6], stop=Never())
+    assert res.hits[-1].core != 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rule in (Quiet(), cc.StopAtCore(2), None, cc.StopOnResidual(0)):
+            cc.chords(model, x, grid, cores=4, init=[0, 3, 5, 6], stop=rule)
 
 
 def test_a_stop_rules_description_must_be_a_string():

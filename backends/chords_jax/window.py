@@ -508,10 +508,12 @@ def parallel(
         r, k = divmod(bad, W)
         b = int(starts[r - 1]) if r else 0
         err = ModelOutputError.nonfinite(k, f"round {r + 1}, {point_where(b + k, 0, float(call.times[b + k]))}")
-        if k > 0 and is_plain_ode(model):  # (a user trial could not tell a run-off iterate from a broken model)
+        if k > 0:  # (a user trial could not tell a run-off iterate from a broken model; another found the round
+            # named on a diffusion model earlier than the core's, with nothing to say why)
+            why = ", which on a plain ODE may have run off to where the field overflows" if is_plain_ode(model) else ""
             raise err.relabel(k, f"{err}; window point {b + k} lies past the window start {b} (an iterate not yet "
-                              "converged, which on a plain ODE may have run off to where the field overflows): "
-                              "chords_core.parallel cuts the sweep there and goes on; the compiled loop stops at it")
+                              f"converged{why}): chords_core.parallel cuts the sweep there and goes on, and raises "
+                              "where the window start reaches it; the compiled loop stops at it")
         raise err
     log, trace = _records(W, T, tuple(int(v) for v in starts[:rounds]))
     return Result(x=x_T, rounds=rounds, nfe=nfe, hits=(Hit(0, rounds, nfe, x_T),), coarse=None,
