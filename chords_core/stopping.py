@@ -327,8 +327,8 @@ class StopAtCore(StopRule):
         return f"output {n} (core {core})"
 
 
-#: ``warns_if_unmet`` and ``decides_on_values`` of a rule with a tolerance: unless it never accepts (a
-#: tolerance of 0, ``never_accepts``)
+#: ``decides_on_values`` (and so ``warns_if_unmet``) of a rule with a tolerance: unless it never accepts
+#: (a tolerance of 0, ``never_accepts``)
 _UNLESS_NEVER = property(lambda self: not self.never_accepts, doc="Unless the rule never accepts (``never_accepts``).")
 
 
@@ -342,7 +342,7 @@ def residual(diff: Any, norm: str = "rms") -> float:
     if B._numel(diff) == 0:
         return math.inf
     if norm == "l2/numel":
-        return B.rms(diff) / math.sqrt(max(1, B._numel(diff)))
+        return B.rms(diff) / math.sqrt(B._numel(diff))
     return float(sample_rms(diff).max())
 
 
@@ -374,7 +374,7 @@ class StopOnResidual(StopRule):
         no warning that it was not met."""
         return self.tol == 0
 
-    warns_if_unmet = decides_on_values = _UNLESS_NEVER
+    decides_on_values = _UNLESS_NEVER  # (and so warns_if_unmet)
 
     def accept(self, outputs: Sequence[Any], coarse: Any) -> bool:
         """Whether the newest output is within ``tol`` (by ``norm``) of the previous one (or the coarse
@@ -412,7 +412,7 @@ class StopWhenConverged(StopRule):
         not met."""
         return self.rel == 0
 
-    warns_if_unmet = decides_on_values = _UNLESS_NEVER
+    decides_on_values = _UNLESS_NEVER  # (and so warns_if_unmet)
 
     def __post_init__(self):
         object.__setattr__(self, "rel", check_float("StopWhenConverged(rel): rel", self.rel, 0.0))

@@ -1029,6 +1029,14 @@ def test_grids_of_tensors_ml_dtypes_and_masked_arrays():
 
 # -- extension contracts (a user trial of docs/extending.md) ---------------------------------------
 
+def _every_method(model, x, grid, sol):
+    """Calls of ``sol`` through every method on two cores: solve, chords, srds, the cascade sampler and
+    ParaDiGMS."""
+    runs = [lambda: cc.solve(model, x, grid, sol), lambda: cc.chords(model, x, grid, sol, cores=2, stop=None),
+            lambda: cc.srds(model, x, grid, sol, blocks=2)]
+    return runs + [lambda m=m: cc.parallel(model, x, grid, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
+
+
 class _StageAt(cc.solvers.Heun):
     """Heun whose second stage claims another grid index."""
 
@@ -1050,10 +1058,7 @@ def test_a_solvers_stage_index_off_the_grid_is_named_by_every_method(shift, matc
     the window methods and SRDS, silently (0.18 off Heun); i + 0.5 and j + 9 failed as indexing errors.
     Only CHORDS checked it."""
     sol = _StageAt(FLOW, np.asarray(GRID), shift)
-    runs = [lambda: cc.solve(FLOW, X, GRID, sol), lambda: cc.chords(FLOW, X, GRID, sol, cores=2, stop=None),
-            lambda: cc.srds(FLOW, X, GRID, sol, blocks=2)]
-    runs += [lambda m=m: cc.parallel(FLOW, X, GRID, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
-    for run in runs:
+    for run in _every_method(FLOW, X, GRID, sol):
         with pytest.raises(ValueError, match=r"^solver: 'heun'( evaluates stage 1 of the step|\.stage_point) .*" + match):
             run()
 
@@ -1074,10 +1079,7 @@ def test_a_stage_at_the_final_time_without_a_conversion_there_is_named_by_every_
     model = cc.DiffusionModel(lambda x, t: 0.3 * np.tanh(x), sched, "v")
     x = np.random.default_rng(0).standard_normal((2, 3))
     sol = _TwoStagesAlways(model, np.asarray(grid))
-    runs = [lambda: cc.solve(model, x, grid, sol), lambda: cc.chords(model, x, grid, sol, cores=2, stop=None),
-            lambda: cc.srds(model, x, grid, sol, blocks=2)]
-    runs += [lambda m=m: cc.parallel(model, x, grid, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
-    for run in runs:
+    for run in _every_method(model, x, grid, sol):
         with pytest.raises(ValueError, match=r"^solver: 'heun' evaluates stage 1 of the step 5 -> 6 at the grid's "
                                              r"final time \(grid\[6\]=0\), where the model's output cannot be "
                                              "converted to the velocity it needs"):
@@ -1109,10 +1111,7 @@ def test_a_solvers_step_that_returns_no_state_is_named_by_every_method():
     object has no attribute 'x'", naming no solver. A step written outside the library is checked (the
     library's own are not wrapped: no cost on their hot path)."""
     sol = _PointNotState(FLOW, np.asarray(GRID))
-    runs = [lambda: cc.solve(FLOW, X, GRID, sol), lambda: cc.chords(FLOW, X, GRID, sol, cores=2, stop=None),
-            lambda: cc.srds(FLOW, X, GRID, sol, blocks=2)]
-    runs += [lambda m=m: cc.parallel(FLOW, X, GRID, sol, cores=2, method=m) for m in ("cascade", "paradigms")]
-    for run in runs:
+    for run in _every_method(FLOW, X, GRID, sol):
         with pytest.raises(TypeError, match=r"^solver: _PointNotState\.step \(solver 'euler'\) returned a ndarray for the "
                                             r"step 0 -> 1, not a State"):
             run()
