@@ -184,7 +184,7 @@ class Plan:
         Returns:
             The largest number of evaluations in one round among them.
         """
-        return self._widths[rounds - 1]
+        return self._widths[check_int("rounds", rounds, 1, len(self.rounds)) - 1]  # (0 and -1 read the last)
 
     @property
     def cores(self) -> int:
@@ -241,6 +241,7 @@ class Plan:
         Returns:
             The count (0 for core 0).
         """
+        core = check_int("core", core, 0, self.cores - 1)  # (a core the plan lacks had 0)
         return sum(1 for r in self.rounds for e in r.evals if e.core == core and e.rectify_from is not None)
 
     def diagram(self, rounds: int | None = None, legend: bool = False) -> str:
@@ -253,7 +254,8 @@ class Plan:
         Returns:
             The picture, one line per round.
         """
-        return diagram(self.rounds[: len(self.rounds) if rounds is None else rounds], self.cores, legend)
+        shown = len(self.rounds) if rounds is None else check_int("rounds", rounds, 0)  # (-1 drew all but the last)
+        return diagram(self.rounds[:shown], self.cores, legend)
 
 
 def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
@@ -271,6 +273,10 @@ def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
     Returns:
         The picture: a header line, then one line per round.
     """
+    lanes = check_int("lanes", lanes, 0)
+    widest = max((e.core for r in rounds for e in r.evals), default=-1)
+    if widest >= lanes:  # (an IndexError otherwise)
+        raise ValueError(f"lanes: {lanes} columns for rounds that evaluate core {widest}; give at least {widest + 1}")
     multi = any(e.stage > 0 for r in rounds for e in r.evals)
     w = 6 if multi else 4
     lines = ["round | " + " ".join(f"c{c}".rjust(w) for c in range(lanes)) + " | events"]
@@ -299,11 +305,6 @@ def diagram(rounds: Sequence[Round], lanes: int, legend: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _as_int(value: Any) -> Any:
-    """``value`` as a Python int where it is an integer (``checks._is_int``), else as it is (refused later)."""
-    return int(value) if _is_int(value) else value
-
-
 def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | None = None) -> Plan:
     """Simulate the CHORDS schedule symbolically (no arrays) and return it (cached).
 
@@ -315,11 +316,11 @@ def make_plan(steps: int, init: Sequence[int], evals_per_step: Sequence[int] | N
     Returns:
         The ``Plan``: every round's evaluations until core 0 finishes.
     """
-    if isinstance(init, (set, frozenset, dict)):  # (its order is not the cores': refused before the cache key)
-        validate_init(init, steps)
-    eps = tuple(map(int, evals_per_step)) if evals_per_step is not None else None
-    # (integers of any kind as ints: a 0-d jax one is unhashable, a torch one keyed by identity)
-    key = (_as_int(steps), tuple(_as_int(c) for c in init), eps)
+    # checked before the cache is looked up (a user trial: a key of the values let 10.0 steps or an init of
+    # True through once 10 or 1 had been built, and named no argument for an init that is no sequence), as
+    # ints of any kind (a 0-d jax one is unhashable, a torch one keyed by identity)
+    steps = check_int("steps", steps, 1)
+    key = (steps, validate_init(init, steps), _evals_per_step(evals_per_step, steps))
     with _PLANS_LOCK:
         plan = _PLANS.get(key)
         if plan is not None:
@@ -360,12 +361,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _evals_per_step(evals_per_step: Sequence[int] | None, steps: int) -> tuple[int, ...] | None:
+    """``evals_per_step`` checked: one integer >= 1 per step (``ValueError`` naming it otherwise: a user
+    trial's 1.7 was truncated to 1, "12" read as (1, 2), silently), as Python ints; ``None`` as is."""
+    if evals_per_step is None:
+        return None
+    eps = tuple(evals_per_step) if not isinstance(evals_per_step, (str, bytes)) and hasattr(evals_per_step,
+                                                                                            "__len__") else None
+    if eps is None or len(eps) != steps or not all(_is_int(e) and e >= 1 for e in eps):
+        raise ValueError(f"evals_per_step needs one integer count >= 1 per step ({steps}), got {evals_per_step!r}")
+    return tuple(int(e) for e in eps)
+
+
 def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:
-    steps = check_int("steps", steps, 1)
-    init = validate_init(init, steps)
-    eps = tuple(evals_per_step) if evals_per_step is not None else (1,) * steps
-    if len(eps) != steps or any(e < 1 for e in eps):
-        raise ValueError("evals_per_step needs one positive count per step")
+    """The plan of checked arguments (``make_plan``)."""
+    eps = evals_per_step if evals_per_step is not None else (1,) * steps
     K = len(init)
     ticks = [[(i, k) for i in range(init[c], steps) for k in range(eps[i])] for c in range(K)]
     anchor = list(init)

@@ -213,3 +213,35 @@ def test_chords_warns_where_the_default_init_has_more_cores_than_help():
     # the rounds it names are the plans' (one evaluation a step): the fastest output of K cores at T - s + K - 1
     for k, r in ((32, 33), (9, 14), (16, 18)):
         assert min(cc.make_plan(50, cc.default_init(50, k)).finish_round) == r
+
+
+def test_plan_arguments_are_checked_by_name_before_the_cache():
+    """A user trial: ``evals_per_step`` was truncated (1.7 -> 1) or read from a string ("12" -> (1, 2)),
+    silently; 10.0 steps or an init holding True were refused fresh but accepted once 10 or 1 had been
+    built (the cache was keyed before the check); an init that is no sequence raised Python's errors;
+    ``width(0)``, ``width(-1)`` and ``diagram(-1)`` read the wrong rounds, ``rectifications`` of a core
+    the plan lacks was 0, and ``diagram`` with too few lanes raised an IndexError."""
+    cc.make_plan(10, [0, 4])
+    cc.make_plan(7, [0, 1])
+    for call, match in ((lambda: cc.make_plan(3, [0, 1], [1.7, 1, 1]), r"^evals_per_step needs one integer"),
+                        (lambda: cc.make_plan(2, [0, 1], "12"), r"^evals_per_step"),
+                        (lambda: cc.make_plan(2, [0, 1], [True, True]), r"^evals_per_step"),
+                        (lambda: cc.make_plan(10.0, [0, 4]), r"^steps must be an integer"),
+                        (lambda: cc.make_plan(7, [0, True]), r"^init must hold integers"),
+                        (lambda: cc.make_plan(10, None), r"^init must be a sequence"),
+                        (lambda: cc.make_plan(10, 5), r"^init must be a sequence")):
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert cc.make_plan(2, [0, 1], np.array([1, 2])).evals_per_step == (1, 2)
+    plan = cc.make_plan(10, [0, 3, 6])
+    assert plan.width(3) == 3 and plan.rectifications(2) == 1
+    for bad in (0, -1, len(plan.rounds) + 1, 2.0):
+        with pytest.raises(ValueError, match=r"^rounds must be an integer in \[1, "):
+            plan.width(bad)
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match=r"^rounds must be an integer >= 0"):
+            plan.diagram(bad)
+    with pytest.raises(ValueError, match=r"^core must be an integer in \[0, 2\], got 5"):
+        plan.rectifications(5)
+    with pytest.raises(ValueError, match=r"^lanes: 2 columns for rounds that evaluate core 2; give at least 3"):
+        cc.plan.diagram(plan.rounds, 2)

@@ -1515,3 +1515,14 @@ def test_registrations_that_would_misread_are_refused():
             cc.parallel(FLOW, X, GRID, cores=2, method="mine")
     finally:
         cc.METHODS.pop("mine", None)
+
+
+def test_an_option_beyond_float32s_range_is_compared_without_a_warning():
+    """A user trial: ``level_floor=1e300`` printed numpy's "overflow encountered in cast" (the option is
+    compared with its default at float32 precision), then ran."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = cc.cascade(FLOW, X, GRID, cores=3, level_floor=1e300)
+        with pytest.raises(ValueError, match=r"^ridge: the regularisation of the Anderson mixing, which is off"):
+            cc.cascade(FLOW, X, GRID, cores=3, ridge=1e300)
+    assert res.rounds <= len(GRID) - 1

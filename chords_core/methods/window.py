@@ -93,8 +93,10 @@ RIDGE = 1e-3
 
 def same_at_float32(a: float, b: float) -> bool:
     """Whether two option values are one at float32 precision (a float32 copy of a default is the
-    default: ``np.float32(0.1)`` was refused as another value, a review)."""
-    return bool(np.float32(a) == np.float32(b))
+    default: ``np.float32(0.1)`` was refused as another value, a review); a value beyond float32's range
+    is inf there, without numpy's overflow warning (a user trial's ``level_floor=1e300`` printed one)."""
+    with np.errstate(over="ignore"):
+        return bool(np.float32(a) == np.float32(b))
 
 
 def check_ridge(ridge: Any, mixing: int, memory_name: str) -> float:
