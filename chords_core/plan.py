@@ -366,11 +366,10 @@ def _evals_per_step(evals_per_step: Sequence[int] | None, steps: int) -> tuple[i
     trial's 1.7 was truncated to 1, "12" read as (1, 2), silently), as Python ints; ``None`` as is."""
     if evals_per_step is None:
         return None
-    eps = tuple(evals_per_step) if not isinstance(evals_per_step, (str, bytes)) and hasattr(evals_per_step,
-                                                                                            "__len__") else None
-    if eps is None or len(eps) != steps or not all(_is_int(e) and e >= 1 for e in eps):
+    sized = hasattr(evals_per_step, "__len__") and not isinstance(evals_per_step, (str, bytes))
+    if not (sized and len(evals_per_step) == steps and all(_is_int(e) and e >= 1 for e in evals_per_step)):
         raise ValueError(f"evals_per_step needs one integer count >= 1 per step ({steps}), got {evals_per_step!r}")
-    return tuple(int(e) for e in eps)
+    return tuple(int(e) for e in evals_per_step)
 
 
 def _make_plan(steps: int, init: tuple, evals_per_step: tuple | None) -> Plan:

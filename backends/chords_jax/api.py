@@ -557,10 +557,14 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:
                          f"process makes the same call{hint}")
 
 
+#: what ``_stable`` describes by name (a function, a class) or by its parts (a method, a partial), not by
+#: the attributes of an object whose repr holds its address
+_NAMED = (types.FunctionType, types.BuiltinFunctionType, type, types.MethodType, functools.partial)
+
+
 def _by_attributes(obj: Any) -> bool:
     """Whether ``_stable`` describes ``obj`` by its attributes (its repr holds a memory address)."""
-    return " at 0x" in repr(obj) and not isinstance(obj, (types.FunctionType, types.BuiltinFunctionType,
-                                                            types.MethodType, functools.partial, jax.Array))
+    return not isinstance(obj, (*_NAMED, jax.Array)) and " at 0x" in repr(obj)
 
 
 def _stable(obj: Any, depth: int = 3) -> str:
@@ -595,13 +599,13 @@ def _stable(obj: Any, depth: int = 3) -> str:
     text = repr(obj)
     if " at 0x" not in text:
         return text
-    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)) or depth == 0:
-        return getattr(obj, "__qualname__", type(obj).__qualname__)
-    if isinstance(obj, types.MethodType):
+    if isinstance(obj, types.MethodType) and depth > 0:
         return f"{obj.__qualname__} of {_stable(obj.__self__, depth - 1)}"
-    if isinstance(obj, functools.partial):
+    if isinstance(obj, functools.partial) and depth > 0:
         return f"partial({_stable(obj.func, depth - 1)}, {_stable(obj.args, depth - 1)}, " \
                f"{_stable(obj.keywords, depth - 1)})"
+    if isinstance(obj, _NAMED) or depth == 0:
+        return getattr(obj, "__qualname__", type(obj).__qualname__)
     fields = sorted(attributes(obj).items())
     return type(obj).__qualname__ + "(" + ", ".join(f"{k}={_stable(v, depth - 1)}" for k, v in fields) + ")"
 
