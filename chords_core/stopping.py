@@ -323,8 +323,12 @@ class StopAtCore(StopRule):
         return len(outputs) >= self.n
 
     def describe(self, n: int, core: int, accepted: bool) -> str:
-        """``output n (core c)``."""
-        return f"output {n} (core {core})"
+        """``output n (core c)``; where output ``self.n`` never came (faster cores retired after a
+        non-finite output), also that, and which output was returned instead."""
+        if accepted:
+            return f"output {n} (core {core})"
+        last = " (core 0: the sequential solution)" if core == 0 else ""
+        return f"output {n} (core {core}), the last: output {self.n} never came{last}"
 
 
 #: ``decides_on_values`` (and so ``warns_if_unmet``) of a rule with a tolerance: unless it never accepts

@@ -388,3 +388,19 @@ def test_an_output_that_overflows_the_states_dtype_is_named(lib):
                 call()
     ok = cc.solve(cc.DiffusionModel(fn(10.0), sched, "eps"), x, grid, "euler")
     assert ok.dtype == x.dtype and bool(np.isfinite(np.asarray(ok, np.float64)).all())
+
+
+def test_stop_at_core_says_when_its_output_never_came():
+    """Every faster core retired: StopAtCore(2) returns core 0's output, the only one, and says that
+    its second output never came (it said "output 1 (core 0)", as if accepted)."""
+    field = cc.VectorField(lambda t, y: -np.sqrt(y) * np.sqrt(y))  # nan where a far coarse start overshoots 0
+    x, grid = np.array([1.0]), np.linspace(0.0, 3.0, 41)
+    seq = cc.solve(field, x, grid, "euler")
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = cc.chords(field, x, grid, "euler", init=[0, 30, 35, 38], stop=cc.StopAtCore(2))
+        first = cc.chords(field, x, grid, "euler", init=[0, 30, 35, 38], stop=cc.StopAtCore(1))
+    assert [h.core for h in res.hits] == [0] and np.array_equal(res.x, seq)
+    assert res.stopped_by.startswith("output 1 (core 0), the last: output 2 never came (core 0: the sequential")
+    assert "core 1 and faster retired" in res.stopped_by
+    assert first.stopped_by.startswith("output 1 (core 0); core 1 and faster retired")
