@@ -21,6 +21,7 @@ import itertools
 import warnings
 
 import numpy as np
+from timing import require_runs
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int_at_least(1), nargs="+", default=[20, 50])
     ap.add_argument("--cores", type=int_at_least(1), nargs="+", default=[4, 8])
     a = ap.parse_args(argv)
+    require_runs(ap, a.steps, a.cores)
     warnings.simplefilter("ignore")  # (the retirement of a run-off core, where one occurs, is counted below)
     runs = batch_miss = sample_miss = rounds = seq_rounds = 0
     worst_batch = worst_sample = 0.0
@@ -69,9 +71,6 @@ def main(argv: list[str] | None = None) -> None:
             sample_miss += sample > 1.05
             worst_batch, worst_sample = max(worst_batch, batch), max(worst_sample, sample)
     print(f"{a.family} mixtures, seeds {a.seeds}, batch {a.batch}: {runs} runs")
-    if not runs:  # (a user trial: a ZeroDivisionError on the rounds' ratio)
-        print("no runs: every --cores exceeds every --steps")
-        return
     print(f"misses (batch RMS): {batch_miss}, worst {worst_batch:.3f}; misses (any sample): {sample_miss}, "
           f"worst {worst_sample:.3f}")
     print(f"rounds {rounds} of the sequential {seq_rounds} ({rounds / seq_rounds:.3f})")

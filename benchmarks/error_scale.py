@@ -89,8 +89,8 @@ def solver_steps(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", nargs="*", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
-    ap.add_argument("--solvers", nargs="*", type=solver_steps, default=[("euler", 50), ("dpmpp_2m", 20)],
+    ap.add_argument("--workloads", nargs="+", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
+    ap.add_argument("--solvers", nargs="+", type=solver_steps, default=[("euler", 50), ("dpmpp_2m", 20)],
                     help="solver:steps (default euler:50 dpmpp_2m:20)")
     ap.add_argument("--fine", type=int_at_least(1), default=2000,
                     help="sub-grid of the fine solve (its points inside a step)")

@@ -21,7 +21,7 @@ import itertools
 import warnings
 
 import numpy as np
-from timing import rms
+from timing import require_runs, rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="the cascade sampler's default here (the noise-level scale, 1e-4, floored at 0.1) and the "
                          "local-error scale at its default only (no CHORDS or fixed-tol columns)")
     a = ap.parse_args(argv)
+    require_runs(ap, a.steps, a.cores)
     for key in a.schedules:  # (karras needs a schedule with t_max < 1: a one-line error now, not mid-table)
         for steps in sorted(set(a.steps)):
             try:
@@ -95,9 +96,6 @@ def main(argv: list[str] | None = None) -> None:
                     count += n == first
                     cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
             print(f"| {name} | {sv} | {seed} | {steps} | " + " | ".join(cells) + " |", flush=True)
-    if not count:  # (it printed a worst ratio of 0.000 for no runs)
-        print("\nno runs: every --cores exceeds every --steps")
-        return
     print("\nworst ratio: " + ", ".join(f"{n} {v:.3f}" for n, v in worst.items()))
     print("runs above 1.05: " + ", ".join(f"{n} {v}" for n, v in misses.items()) + f" (of {count} each)")
     print("rounds in all: " + ", ".join(f"{n} {v}" for n, v in total.items()))

@@ -242,7 +242,8 @@ def speedup(devices, ms: float, steps: int, repeats: int, dim: int, width: int, 
             for fn in runs.values():  # warm-up
                 fn()
             rounds_of = {name: (lambda fn=fn: getattr(fn(), "rounds", steps)) for name, fn in runs.items()}
-            times, counts = interleaved(rounds_of, repeats, sync=lambda: sync(devices))  # keeps rounds, not outputs
+            # (keeps rounds, not outputs)
+            times, counts = interleaved(rounds_of, repeats, shuffle=True, sync=lambda: sync(devices))
             rounds = {name: counts[name][-1] for name in runs}
     finally:
         if ex is not None:

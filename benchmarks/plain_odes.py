@@ -7,7 +7,8 @@ body (to 12) and a stiff linear system (rates 50 and 0.5, to t = 1; added after 
 CHORDS' default stop fooled there); Euler and Heun at 50, 100 and 200 steps; 2, 4 and 8 lanes.
 Each cell: RMS error against a Heun solve on a 40x finer grid over the sequential solver's with the
 same steps, and the rounds;
-``*`` marks a cell above the no-degradation criterion (1.05), ``E`` a run that raised. Runs whose
+``*`` marks a cell above the no-degradation criterion (1.05), ``E`` a run that raised (its rounds
+counted as the sequential solve's in the totals). Runs whose
 sequential solve itself overflows (Euler at 50 steps on Lorenz) are left out, and so are those whose
 sequential error exceeds the solution's RMS (not an approximation: no degradation to judge). Columns: the default
 (``cc.parallel``: the local-error scale at ``PLAIN_TOL``) and the local-error scale at ``tol=1`` (the
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
                 if not err < rms(ref):  # not an approximation: no degradation to judge (any change moves the
                     unresolved += 1  # error by as much as the solution's size; Euler on Duffing at 50 steps: 1e24x)
                     continue
-                sequential += sum(cc.make_solver(solver, model, grid).evals_per_step()) * len(a.cores)
+                seq_rounds = sum(cc.make_solver(solver, model, grid).evals_per_step())
+                sequential += seq_rounds * len(a.cores)
                 cells = []
                 for n, run in runs.items():
                     for k in a.cores:
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                             except cc.ModelOutputError:
                                 raised[n] += 1
                                 misses[n] += 1
+                                rounds[n] += seq_rounds  # (left out, it made the method's total look small)
                                 cells.append("E")
                                 continue
                         q = rms(r.x - ref) / err
@@ -214,13 +217,15 @@ def main(argv: list[str] | None = None) -> None:
                         misses[n] += q > 1.05
                         rounds[n] += r.rounds
                         cut[n] += "cut where" in r.stopped_by or "retired" in r.stopped_by
-                        cells.append(f"{q:.3f}{'*' if q > 1.05 else ''} ({r.rounds})")
+                        ratio = f"{q:.3f}" if q < 1e3 else f"{q:.3g}"  # (a run-off printed 79 digits)
+                        cells.append(f"{ratio}{'*' if q > 1.05 else ''} ({r.rounds})")
                 print(f"| {name} | {solver} | {steps} | " + " | ".join(cells) + " |", flush=True)
     print(f"\n{count} runs per column ({skipped} (ode, solver, steps) left out: the sequential solve overflows; "
           f"{unresolved} more: its error exceeds the solution's RMS)")
     for n in runs:
-        print(f"{n}: above 1.05 or raised {misses[n]} (raised {raised[n]}), worst {worst[n]:.3f}, "
-              f"largest deviation from the sequential output {moved[n]:.3f} x its error, rounds {rounds[n]}, "
+        print(f"{n}: above 1.05 or raised {misses[n]} (raised {raised[n]}), worst {worst[n]:.4g}, "
+              f"largest deviation from the sequential output {moved[n]:.3f} x its error, rounds {rounds[n]} (a run "
+              f"that raised counted as the sequential solve's), "
               f"runs with a cut sweep or a retired core {cut[n]}, sequential rounds {sequential}")
 
 

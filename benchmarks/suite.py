@@ -408,7 +408,7 @@ def quality_markdown(cases: list[dict]) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="mixtures only, fewer configurations")
-    ap.add_argument("--workloads", nargs="*", default=None, help=f"subset of {sorted(WORKLOADS)}")
+    ap.add_argument("--workloads", nargs="+", default=None, help=f"subset of {sorted(WORKLOADS)}")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results[/quick])")
     ap.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
                     help="print the tables of an earlier run's results.json (no solving)")

@@ -160,8 +160,9 @@ def run(a: argparse.Namespace) -> dict:
         def repeat_done(r: int, secs: dict) -> None:
             print(f"repeat {r + 1}/{a.repeats} done, {time.perf_counter() - t_start:.0f} s", flush=True)
 
-        secs, results = timing.interleaved({**jobs, **probe}, a.repeats, after_call=job_done,
-                                           after_repeat=repeat_done)  # interleaved: the same load for all
+        # interleaved, in a fresh order every repeat: the same load for all, and no job always after the same one
+        secs, results = timing.interleaved({**jobs, **probe}, a.repeats, shuffle=True, after_call=job_done,
+                                           after_repeat=repeat_done)
     times: dict[Any, list[float]] = {k: list(v) for k, v in secs.items()}
     outs: dict[tuple[str, str], Any] = {k: results[k][0] for k in jobs}
 

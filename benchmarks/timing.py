@@ -113,3 +113,11 @@ def read_report(ap: argparse.ArgumentParser, path: str | Path, keys: Sequence[st
     if not isinstance(rec, dict) or any(k not in rec for k in keys):
         ap.error(f"argument {option}: {str(path)!r} is not a record of this benchmark (needs keys {', '.join(keys)})")
     return rec
+
+
+def require_runs(ap: argparse.ArgumentParser, steps: Sequence[int], cores: Sequence[int]) -> None:
+    """``ap.error`` (exit status 2) where every ``--cores`` exceeds every ``--steps``: no run could be
+    made (the scripts printed "no runs" and exited 0)."""
+    if min(cores) > max(steps):
+        ap.error(f"argument --cores: every core count ({' '.join(map(str, cores))}) exceeds every --steps "
+                 f"({' '.join(map(str, steps))}): nothing to run")

@@ -15,7 +15,8 @@ the two workers may not get two cores: the benchmark measures the *parallel capa
 evaluations run at once right now: 2 x time of a 1-point round / time of a 2-point round) and also
 prints the bound at that capacity. The jobs run interleaved, ``--repeats`` times; the wall speedup is
 taken repeat by repeat (sequential / CHORDS of the same repeat) and printed as median [min-max];
-the other times are the best of the repeats. About a minute at the default 5 repeats.
+the other times are medians of the repeats (the parallel capacity with its [min-max]). About a
+minute at the default 5 repeats.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=50)
     p.add_argument("--ms", type=timing.positive_float, default=20.0, help="target cost of one evaluation on one thread")
     p.add_argument("--repeats", type=int_at_least(1), default=5)
-    p.add_argument("--cores", type=int_at_least(1), nargs="*", default=[2, 3, 4])
+    p.add_argument("--cores", type=int_at_least(1), nargs="+", default=[2, 3, 4])
     a = p.parse_args(argv)
     if a.steps < max([4, *a.cores]):  # (cores = 2 starts its second core at T/2 - 1 > 0)
         p.error(f"argument --steps: must be at least 4 and at least every --cores value, got {a.steps}")
@@ -92,24 +93,26 @@ def main(argv: list[str] | None = None) -> None:
                 jobs[name, K] = lambda ex=ex, init=init: cc.chords(model, x, grid, "euler", init=init,
                                                                    stop=cc.StopAtCore(1), executor=ex)
         times, _ = timing.interleaved(jobs, a.repeats, shuffle=True)  # every job sees the same load
-        best = {k: min(v) for k, v in times.items()}
+        med = {k: statistics.median(v) for k, v in times.items()}  # every time printed is a median of the repeats
         plans = {K: cc.chords(model, x, grid, "euler", init=init, stop=cc.StopAtCore(1), executor=cc.SerialExecutor())
                  for K, init in inits.items()}
-    t_seq = best["seq"]
+    t_seq = med["seq"]
     print(f"sequential: {t_seq * 1e3:.0f} ms on 1 worker process ({t_seq / T * 1e3:.1f} ms/step), "
-          f"{best['driver'] * 1e3:.0f} ms in the driver")
+          f"{med['driver'] * 1e3:.0f} ms in the driver (medians of {a.repeats} repeats)")
     print("ProcessExecutor overhead per round (near-free model, 2 workers): "
-          f"{best['free1'] / 50 * 1e3:.2f} ms with 1 point, "
-          f"{best['free2'] / 50 * 1e3:.2f} ms with 2 points")
-    capacity = min(2.0, 2 * best["probe1"] / best["probe2"])
-    print(f"parallel capacity now: a round of 1 point {best['probe1'] * 100:.1f} ms, of 2 points on 2 workers "
-          f"{best['probe2'] * 100:.1f} ms -> {capacity:.2f} evaluations at once (2.00 on an idle 2-core machine)")
+          f"{med['free1'] / 50 * 1e3:.2f} ms with 1 point, "
+          f"{med['free2'] / 50 * 1e3:.2f} ms with 2 points")
+    caps = [min(2.0, 2 * p1 / p2) for p1, p2 in zip(times["probe1"], times["probe2"])]  # repeat by repeat
+    capacity = statistics.median(caps)
+    print(f"parallel capacity now: a round of 1 point {med['probe1'] * 100:.1f} ms, of 2 points on 2 workers "
+          f"{med['probe2'] * 100:.1f} ms -> {capacity:.2f} [{min(caps):.2f}-{max(caps):.2f}] evaluations at once "
+          "(2.00 on an idle 2-core machine)")
     print()
     print(f"{'executor':<18}{'cores':>5} {'init':<22}{'rounds':>6}{'round x':>9}{'2-worker x':>11}"
           f"{'wall ms':>9}{'wall x median [min-max]':>25}{'ratio':>7}{'cap. x':>8}{'ratio':>7}")
     for name in ("ProcessExecutor", "DeviceExecutor"):
         for K, init in inits.items():
-            res, t = plans[K], best[name, K]
+            res, t = plans[K], med[name, K]
             bound, capped = timing.worker_bound(res, 2), timing.worker_bound(res, 2, capacity)
             walls = [s / c for s, c in zip(times["seq"], times[name, K])]  # repeat by repeat
             wall = statistics.median(walls)

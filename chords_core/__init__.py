@@ -25,7 +25,7 @@ from .results import Hit, Result
 from .schedules import EDM, VP, RectifiedFlow, Schedule
 from .sequential import solve
 from .solvers import SOLVERS, make_solver, register_solver
-from .stopping import RunAll, StopAtCore, StopOnResidual, StopRule, StopWhenConverged
+from .stopping import RunAll, StopAtCore, StopNotMet, StopOnResidual, StopRule, StopWhenConverged
 
 __version__ = "0.1.0"
 
@@ -37,5 +37,6 @@ __all__ = [
     "parasolver", "parataa",
     "register_method", "srds", "PREDICTIONS", "DiffusionModel", "Model", "ModelOutputError", "VectorField", "Plan",
     "make_plan", "Hit", "Result", "EDM", "VP", "RectifiedFlow", "Schedule", "solve", "SOLVERS", "make_solver",
-    "register_solver", "RunAll", "StopAtCore", "StopOnResidual", "StopRule", "StopWhenConverged", "rectify",
+    "register_solver", "RunAll", "StopAtCore", "StopNotMet", "StopOnResidual", "StopRule", "StopWhenConverged",
+    "rectify",
 ]

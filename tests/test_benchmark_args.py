@@ -21,11 +21,13 @@ NOT_JSON, NOT_RECORD = "<not json>", "<not a record>"  # (replaced by files in t
 BAD = {
     "batching": [["--repeats", "0"], ["--points", "0"]],
     "chords_stop": [["--family", "foo"], ["--seeds", "-1"], ["--batch", "0"], ["--solvers", "foo"], ["--steps", "0"],
-                    ["--cores", "0"]],
+                    ["--cores", "0"], ["--cores", "8", "--steps", "3"]],
     "engine_ab": [["--repeats", "0"], ["--sizes", "-64"], ["--sizes", "0"], ["--base", "nosuchcommit"]],
-    "error_scale": [["--solvers", "foo"], ["--solvers", "euler:0"], ["--solvers", "euler"], ["--fine", "0"]],
+    # (a trial: an empty --workloads or --solvers printed an empty table, and exited 0)
+    "error_scale": [["--solvers", "foo"], ["--solvers", "euler:0"], ["--solvers", "euler"], ["--fine", "0"],
+                    ["--workloads"], ["--solvers"]],
     "few_steps": [["--steps", "0"], ["--cores", "0"], ["--seeds", "-1"], ["--solver", "foo"], ["--spacing", "foo"],
-                  ["--spacing", "karras", "--schedules", "rf"]],
+                  ["--spacing", "karras", "--schedules", "rf"], ["--cores", "50", "--steps", "3"]],
     "half_precision": [["--seeds", "-1"], ["--problems", "0"], ["--dtypes", "float8"], ["--band", "-1"]],
     "jax_rounds": [["--repeat", "0"], ["--solvers", "foo"], ["--devices", "-1"], ["--sizes", "0"]],
     "level_tol": [["--tols", "nan"], ["--tols", "-1"], ["--tols", "inf"], ["--show", "-1"], ["--level-floor", "0"]],
@@ -34,14 +36,14 @@ BAD = {
     "plain_odes": [["--steps", "0"], ["--steps", "-3"], ["--cores", "0"], ["--solver", "dpmpp_2m"]],
     "linear_odes": [["--seeds", "-1"]],
     "single_gaussian": [["--methods", "foo"], ["--show", "-1"]],
-    "suite": [["--report", "/nonexistent.json"], ["--report", NOT_JSON], ["--report", NOT_RECORD]],
+    "suite": [["--report", "/nonexistent.json"], ["--report", NOT_JSON], ["--report", NOT_RECORD], ["--workloads"]],
     "terrain": [["--steps", "0"], ["--repeats", "0"], ["--batch", "0"], ["--difficulty", "-5"],
                 ["--difficulty", "101"], ["--cores", "0"], ["--cores", "30"], ["--seed", "-1", "--quick"],
                 ["--ref-steps", "-1"], ["--report", "/nonexistent.json"], ["--report", NOT_JSON],
                 ["--report", NOT_RECORD]],
     "train_digits": [["--steps", "0"], ["--steps", "-1"], ["--batch", "0"], ["--width", "0"], ["--depth", "0"],
                      ["--lr", "nan"], ["--lr", "-1"], ["--lr", "0"]],
-    "wallclock": [["--steps", "0"], ["--steps", "3"], ["--cores", "0"], ["--repeats", "0"], ["--ms", "nan"]],
+    "wallclock": [["--steps", "0"], ["--steps", "3"], ["--cores", "0"], ["--repeats", "0"], ["--ms", "nan"], ["--cores"]],
     "gpu_check": [["--ms", "-1"], ["--ms", "nan", "--allow-cpu"], ["--ms", "inf"]],
 }
 
@@ -117,12 +119,6 @@ def test_terrain_writes_its_committed_record_only_for_a_full_run(tmp_path, monke
     assert json.loads((tmp_path / "mine.json").read_text()) == {"methods": ["cascade"]}
     terrain.main([])
     assert json.loads(record.read_text())["methods"] == list(terrain.METHODS)
-
-
-def test_chords_stop_says_no_runs_where_every_core_count_exceeds_every_grid(capsys):
-    """A user trial: ``--steps 3 --cores 8`` divided by zero sequential rounds (a traceback)."""
-    importlib.import_module("chords_stop").main(["--seeds", "3", "--solvers", "euler", "--steps", "3", "--cores", "8"])
-    assert capsys.readouterr().out.strip().endswith("no runs: every --cores exceeds every --steps")
 
 
 @pytest.mark.parametrize("args", [["--stiff", "--forced"], ["--more", "--forced"], ["--stiff", "--more"]])
