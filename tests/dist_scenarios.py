@@ -8,6 +8,9 @@
 - ``interrupt_twice``: rank 1 takes 4 s a call; rank 0 is interrupted at 1 s and again at 1.5 s: the
   second Ctrl-C ends the call at once, without the round's answers, and the executor is closed; a
   new executor on the same group is refused.
+- ``interrupt_alarm``: the same, with one ``KeyboardInterrupt`` raised by a SIGALRM handler at 1 s (a
+  signal-based timeout; another handler's exception is not held back as a first Ctrl-C is): the same
+  outcome (it aborted rank 0 in gloo, SIGABRT: the drain's receive took the abandoned one's message).
 - ``hung``: the last rank's model hangs at its 2nd call; rank 0 gets ``WorkerTimeout`` after the round
   timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
 - ``done``: a plain ODE whose far CHORDS starts run off (``RunsOff``), 4 cores on two serving ranks (two
@@ -43,6 +46,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -120,7 +124,7 @@ def main(scenario: str, path: str) -> int:
             net = TorchGMM()
             if scenario in ("interrupt", "idle") and rank == 1:
                 net = _slow  # type: ignore[assignment]
-            if scenario == "interrupt_twice" and rank == 1:
+            if scenario in ("interrupt_twice", "interrupt_alarm") and rank == 1:
                 net = _very_slow  # type: ignore[assignment]
             if scenario == "done":
                 net = RunsOff()  # type: ignore[assignment]
@@ -154,9 +158,16 @@ def main(scenario: str, path: str) -> int:
                 report["second"] = "equal" if same else "DIFFERENT"
             except ExecutorClosed as e:
                 report["second"] = f"ExecutorClosed: {e}"
-        elif scenario == "interrupt_twice":
-            for delay in (1.0, 1.5):
-                threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+        elif scenario in ("interrupt_twice", "interrupt_alarm"):
+            if scenario == "interrupt_alarm":
+                def on_alarm(signum: int, frame: Any) -> None:
+                    raise KeyboardInterrupt
+
+                signal.signal(signal.SIGALRM, on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, 1.0)
+            else:
+                for delay in (1.0, 1.5):
+                    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
             t0 = time.monotonic()
             try:
                 cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)

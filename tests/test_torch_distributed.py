@@ -151,10 +151,13 @@ def test_an_interrupted_round_is_completed_then_the_executor_gives_exact_results
     assert codes == [0, 0, 0], outs
 
 
-def test_a_second_interrupt_ends_the_call_at_once_and_closes_the_executor(tmp_path):
+@pytest.mark.parametrize("scenario", ["interrupt_twice", "interrupt_alarm"])
+def test_a_second_interrupt_ends_the_call_at_once_and_closes_the_executor(scenario, tmp_path):
     """docs/torch.md: a second Ctrl-C interrupts at once. It took effect only once the round's answers
-    were in (4 s here): Python runs the handler only when the main thread leaves the backend's wait."""
-    codes, outs = launch(["interrupt_twice"], tmp_path=tmp_path, program=(str(SCENARIOS),))
+    were in (4 s here): Python runs the handler only when the main thread leaves the backend's wait.
+    Another signal handler's exception (a SIGALRM timeout's) mid-wait cuts the round alike: it aborted
+    rank 0 (SIGABRT in gloo), a user trial."""
+    codes, outs = launch([scenario], tmp_path=tmp_path, program=(str(SCENARIOS),))
     rep = report(outs[0])
     assert rep["first"] == "KeyboardInterrupt" and rep["seconds"] < 3.0, outs[0]
     assert rep["second"] == "ExecutorClosed", outs[0]

@@ -30,7 +30,9 @@ Faults: a worker's exception / bad output raises in the driver (``WorkerError`` 
 rank raises ``WorkerDied`` as soon as the backend notices the lost connection, a silent one
 ``WorkerTimeout`` when the round has taken ``round_timeout`` seconds; any exception while a round
 is in flight (a ``KeyboardInterrupt`` included) collects the other ranks' answers and closes the
-executor (the surviving workers are told to stop), so no later call reads a stale answer. A worker
+executor (the surviving workers are told to stop), so no later call reads a stale answer; one raised
+by a signal handler while a receive is posted (a second Ctrl-C, a SIGALRM handler's) cuts the round
+instead: the executor is closed and the group refused to new executors. A worker
 whose model call outlasts the driver's round timeout by ``HUNG_GRACE`` seconds exits by itself with
 status ``HUNG_EXIT``: under torchrun a hung rank therefore ends the job instead of keeping it alive.
 """
@@ -170,8 +172,10 @@ def _interruptible_wait(work: Any, timeout: float | None) -> bool:
     a signal handler only between bytecodes, so while the main thread waits inside the backend a
     Ctrl-C's handler waits too: a second Ctrl-C took effect only once the round's answers were in.
     An event's wait returns to the interpreter, so the handler runs at once; if it raises, the helper
-    thread (a daemon) is left to the abandoned wait. For host tensors (gloo) only: on a GPU (nccl) a
-    work's wait makes the calling thread's CUDA stream wait, not the host."""
+    thread (a daemon) is left to the abandoned wait, whose receive is still posted, and the exception
+    is marked ``abandoned_wait`` (``_abandoned``: the round's protocol is cut, as by a second Ctrl-C,
+    since a receive posted after it would take that one's message). For host tensors (gloo) only: on
+    a GPU (nccl) a work's wait makes the calling thread's CUDA stream wait, not the host."""
     done, box = threading.Event(), {}
 
     def run() -> None:
@@ -183,8 +187,13 @@ def _interruptible_wait(work: Any, timeout: float | None) -> bool:
             done.set()
 
     threading.Thread(target=run, name="chords-dist-wait", daemon=True).start()
-    while not done.wait(0.1):
-        pass
+    try:
+        while not done.wait(0.1):
+            pass
+    except BaseException as e:  # a signal handler's exception (any signal's: SIGALRM, SIGTERM, a second Ctrl-C)
+        if not done.is_set():
+            e.abandoned_wait = True  # type: ignore[attr-defined]
+        raise
     if "error" in box:
         raise box["error"]
     return bool(box["ok"])
@@ -246,6 +255,11 @@ def _group_state(group: Any) -> _GroupState:
     if state is None or state.group is not g:
         state = _GROUPS[id(g)] = _GroupState(g)
     return state
+
+
+def _abandoned(e: BaseException) -> bool:
+    """Whether ``e`` left a receive posted in an abandoned wait (``_interruptible_wait``)."""
+    return getattr(e, "abandoned_wait", False) is True
 
 
 class _Interrupts:
@@ -501,7 +515,10 @@ class DistributedExecutor(Executor):
                 return self._evaluate(model, xs, ts)
             except BaseException as e:  # never leave answers for the next call to read
                 if self._in_flight:
-                    if interrupts.count > 1:  # a second Ctrl-C: the round was cut where it stood
+                    # a second Ctrl-C, or another signal handler's exception, raised while a receive was
+                    # posted: the round was cut where it stood (a drain's receive took the abandoned one's
+                    # message: rank 0 aborted in gloo, "Received data size doesn't match", a user trial)
+                    if interrupts.count > 1 or _abandoned(e):
                         self._closed = True
                         _group_state(self.group).cut = True  # no new executor reads its answers
                     else:
