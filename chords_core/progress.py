@@ -2,7 +2,8 @@
 
 ``progress_bar`` is a context manager: the bar closes however the run ends (a model error, an
 interrupt), and without ``progress`` it yields a bar that does nothing, so a method's loop calls
-``bar.update`` without checking.
+``bar.update`` without checking. ``bar_options`` gives the bars made in its block tqdm's options of
+one's own (a diffusers pipeline's ``set_progress_bar_config``: its stream, its label).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from .checks import check_bool
@@ -17,6 +19,28 @@ from .checks import check_bool
 #: what writing a bar may raise: the stream gone (a closed pipe, ``EPIPE``; a full disk, ``ENOSPC``),
 #: closed (``ValueError``), or ``None`` (``sys.stderr`` of a daemon or ``pythonw``: ``AttributeError``)
 _DISPLAY_ERRORS = (OSError, ValueError, AttributeError)
+
+
+#: the tqdm options of the bars made in a ``bar_options`` block (this thread's or task's context)
+_OPTIONS: ContextVar[dict | None] = ContextVar("chords_progress_options", default=None)
+
+#: what a run sets itself (``bar_options`` leaves these out): its count, its unit, whether it shows
+_OWN = ("iterable", "total", "unit", "disable")
+
+
+@contextmanager
+def bar_options(**options: Any) -> Iterator[None]:
+    """Make the progress bars of the runs in this block with tqdm's ``options``: ``file`` (the stream,
+    in place of ``sys.stderr``; a failing one is dropped with a warning, as ``sys.stderr`` is), ``desc``
+    (put before the bar's own label), and any other tqdm argument as given (``ncols``, ``leave``,
+    ``position``, ...); ``total``, ``unit`` and ``disable`` stay the run's own (``progress`` decides
+    whether a bar shows). A diffusers pipeline's ``set_progress_bar_config`` reaches the bar so
+    (``chords_diffusers``: its file and label were ignored, a user trial)."""
+    token = _OPTIONS.set({k: v for k, v in options.items() if k not in _OWN})
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
 
 
 class _NoBar:
@@ -38,8 +62,8 @@ class _Stream:
     holding its global lock, which it takes without a ``finally``: a raise there left the lock held,
     and every later bar in another thread, ours or the user's, waited for it forever (a user trial)."""
 
-    def __init__(self) -> None:
-        self.target = sys.stderr
+    def __init__(self, target: Any = None) -> None:
+        self.target = sys.stderr if target is None else target
         self.error: BaseException | None = None
 
     def _guarded(self, name: str, *args: Any) -> None:
@@ -80,11 +104,19 @@ class _Shown(_NoBar):
         self._bar: Any = None
         from tqdm.auto import tqdm
 
-        # (a notebook's bar is a widget, and a file of one's own would make it text)
-        notebook = any(c.__module__ == "tqdm.notebook" for c in getattr(tqdm, "__mro__", ()))
-        self._stream = None if notebook else _Stream()
+        options = dict(_OPTIONS.get() or {})  # (``bar_options``)
+        target, label = options.pop("file", None), options.pop("desc", None)
+        if label:
+            desc = f"{label}: {desc}"
+        # a notebook's bar is a widget, and a file of one's own would make it text: a text bar only where a
+        # stream was given (``bar_options``)
+        cls = tqdm
+        if target is not None:
+            from tqdm.std import tqdm as cls  # type: ignore[no-redef]
+        notebook = any(c.__module__ == "tqdm.notebook" for c in getattr(cls, "__mro__", ()))
+        self._stream = None if notebook else _Stream(target)
         file = {} if self._stream is None else {"file": self._stream}
-        self._do(lambda: setattr(self, "_bar", tqdm(total=total, desc=desc, unit=unit, **file)))
+        self._do(lambda: setattr(self, "_bar", cls(total=total, desc=desc, unit=unit, **file, **options)))
 
     def _do(self, act: Any) -> None:
         try:

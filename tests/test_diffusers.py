@@ -5,6 +5,7 @@ byte-level vocabulary written to a temp dir (256 byte symbols, their end-of-word
 special tokens, no merges), so prompts tokenize to one id per character.
 """
 
+import copy
 import io
 import json
 import sys
@@ -507,6 +508,23 @@ def test_progress_none_follows_a_pipelines_disable_none_as_tqdm_does(sd3, monkey
     Pipe._progress_bar_config = {"disable": True}
     assert progress_enabled(Pipe()) is False
     assert progress_enabled(object()) is True  # (no configuration: diffusers shows its bar)
+
+
+def test_the_bar_follows_a_pipelines_file_and_desc(sd3, monkeypatch):
+    """A user trial: only ``disable`` of ``set_progress_bar_config`` was followed; the bar went to stderr
+    with its own label while the pipeline's went to the configured file."""
+    err, buf = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    pipe = copy.copy(sd3)
+    pipe.set_progress_bar_config(file=buf, desc="MYDESC", ascii=True)
+    cd.sample(pipe, prompt="a cat", num_inference_steps=3, cores=2, output_type="latent")
+    assert "MYDESC: chords " in buf.getvalue() and "3/3" in buf.getvalue() and "█" not in buf.getvalue(), buf.getvalue()
+    assert "MYDESC" not in err.getvalue() and "chords " not in err.getvalue()
+    pipe.set_progress_bar_config(file=buf, disable=True)
+    buf.truncate(0)
+    buf.seek(0)
+    cd.sample(pipe, prompt="a cat", num_inference_steps=3, cores=2, output_type="latent")
+    assert buf.getvalue() == ""
 
 
 def test_an_executor_evaluating_a_network_of_its_own_is_refused(sd3):

@@ -233,3 +233,22 @@ def test_the_bar_is_its_streams_for_tqdm_write_which_clears_it_before_a_message(
     text = stream.getvalue()
     assert text.count("model says hi") == 3 and "]model says hi" not in text
     assert "\rmodel says hi" in text  # (the bar cleared first, then redrawn)
+
+
+def test_bar_options_give_the_bar_a_stream_and_a_label_of_ones_own(capsys):
+    """``bar_options``: a diffusers pipeline's ``set_progress_bar_config`` (file, desc, tqdm's others)
+    reaches the bar; the run keeps its own count, unit and whether it shows; outside the block the bar
+    is as before."""
+    from chords_core.progress import bar_options
+
+    model = cc.DiffusionModel(lambda x, t: 0.5 * x, cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 4)
+    buf = io.StringIO()
+    with bar_options(file=buf, desc="MINE", ascii=True, total=99, unit="apple", disable=True):
+        cc.chords(model, np.ones((1, 2)), grid, cores=2, stop=None, progress=True)
+        cc.chords(model, np.ones((1, 2)), grid, cores=2, stop=None, progress=False)
+    text = buf.getvalue()
+    assert "MINE: chords euler x2" in text and "4/4" in text and "round" in text and "apple" not in text, text
+    assert text.count("MINE") >= 1 and "█" not in text and capsys.readouterr().err == ""
+    cc.chords(model, np.ones((1, 2)), grid, cores=2, stop=None, progress=True)
+    assert "MINE" not in capsys.readouterr().err and buf.getvalue() == text

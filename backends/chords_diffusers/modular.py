@@ -52,7 +52,7 @@ from chords_core.checks import check_int
 from chords_core.inits import validate_init
 
 from .denoiser import count_points
-from .pipelines import method_arguments, progress_enabled, sample_latents
+from .pipelines import method_arguments, progress_enabled, progress_options, sample_latents
 from .schedulers import SchedulerMap, map_scheduler, unscaled_input
 
 __all__ = ["chords_loop", "chords_blocks", "with_chords", "is_denoise_loop", "step_dependence", "batch_dependence",
@@ -339,7 +339,8 @@ def _loop_class() -> type:
                               stacklevel=2)
             if not batched:
                 opts["executor"] = cc.SerialExecutor()
-            res = sample_latents(smap, net, bs.latents, progress=progress, **opts)
+            with progress_options(loop):
+                res = sample_latents(smap, net, bs.latents, progress=progress, **opts)
             last = net.last
             for p in loop.intermediate_outputs:  # the loop's other outputs: from the latest evaluation
                 if p.name != "latents" and not hasattr(bs, p.name) and last is not None and hasattr(last, p.name):

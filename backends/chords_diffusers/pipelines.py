@@ -23,6 +23,7 @@ import torch
 
 import chords_core as cc
 from chords_core.checks import check_bool
+from chords_core.progress import bar_options
 
 from .adapters import ADAPTERS, Job, call_params, component
 from .denoiser import GuidedNet, make_model
@@ -107,6 +108,14 @@ def progress_enabled(obj: Any) -> bool:
         except (OSError, ValueError):  # (a closed stream: no bar)
             return False
     return not disable
+
+
+def progress_options(obj: Any) -> Any:
+    """A block in which the progress bar takes a diffusers pipeline's (or a modular loop block's)
+    ``set_progress_bar_config`` options: its ``file``, its ``desc`` (before the bar's own label) and
+    tqdm's others (``chords_core.progress.bar_options``; only ``disable`` was followed, a user trial)."""
+    config = getattr(obj, "_progress_bar_config", None)
+    return bar_options(**(config if isinstance(config, dict) else {}))
 
 
 def method_arguments(method: str | None, cores: int | None, init: Sequence[int] | None, stop: Any,
@@ -322,8 +331,9 @@ def sample(
             else:
                 given = f"the prompts give {batch} (prompts x images or videos per prompt)"
             raise ValueError(f"latents: {latents.shape[0]} row(s), where {given}")
-        res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
-                             executor=executor, progress=progress, method=method, **(method_options or {}))
+        with progress_options(pipe):
+            res = sample_latents(smap, job.net, latents, cores=cores, init=init, stop=stop, devices=devices,
+                                 executor=executor, progress=progress, method=method, **(method_options or {}))
         out = job.finish(res.x)
     if not return_dict:  # the output's fields in order, as the pipelines return them
         out = (tuple(getattr(out, f.name) for f in dataclasses.fields(out)) if dataclasses.is_dataclass(out)
