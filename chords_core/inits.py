@@ -129,7 +129,9 @@ def recipe_times(steps: int, cores: int, top: float | None = None) -> list[float
     Args:
         steps: T.
         cores: K, at most T.
-        top: the fastest start t_{K-1} in (0, T) (default ``default_top``).
+        top: the fastest start t_{K-1} in (0, T) (default ``default_top``). For K >= 3 the walk is
+            defined below the frame end T - 2; at or past it the values do not increase (T = 50,
+            K = 3: 48 gives [0, 48, 48], 49 gives [0, 50, 49]), which ``recipe_init`` repairs.
 
     Returns:
         [0, t_1, ..., t_{K-1}] as floats.

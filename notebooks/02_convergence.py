@@ -157,6 +157,20 @@ ax.grid(alpha=0.3)
 fig.tight_layout()
 fig.savefig(OUT / "02_hierarchy.png", dpi=90)
 
+# %% [markdown]
+# **The accuracy budget** (`theory/derivations.md` §5): the fastest output's error against the exact
+# solution over the sequential solver's own, per solver, with the same starts on the same mixture. The
+# deviation comes from the first-order coarse jump whatever the solver, while a higher-order solver's
+# own error is smaller, so the same deviation is a larger multiple of it.
+
+# %%
+budget = {}
+for sv in ("euler", "dpmpp_2m", "unipc", "heun"):
+    own = rms(cc.solve(model, x, grid, sv) - exact)
+    fast = cc.chords(model, x, grid, sv, init=init, stop=cc.StopAtCore(1))
+    budget[sv] = (rms(fast.x - exact) / own, fast.rounds)
+    print(f"{sv:9s} fastest output at round {fast.rounds:3d}: {budget[sv][0]:6.2f} x the sequential error")
+
 # %%
 for name, p in EXPECTED.items():
     assert p is None or abs(orders[name] - p) < 0.3, (name, orders[name])
@@ -168,4 +182,9 @@ devs = [dev[c] for c in cores]  # fastest core first
 assert all(a >= b for a, b in zip(devs, devs[1:])), "the deviation ladder is not monotone"
 assert dev[0] == 0 and dev[1] == 0 and dev[2] == 0  # cores 0-2 sit on the sequential solution, exactly
 assert rms(res.coarse - seq) / rms(seq) > dev[7] > 10 * dev[6] > 100 * dev[5]
+# the budget figures derivations.md quotes (1.4, 6.9, 15, 36), each to within 10%; Heun's fastest output
+# comes at round 26 (two evaluations a step), the one-evaluation solvers' at 17
+for sv, quoted in {"euler": 1.4, "dpmpp_2m": 6.9, "unipc": 15.0, "heun": 36.0}.items():
+    assert abs(budget[sv][0] / quoted - 1) < 0.1, (sv, budget[sv])
+assert [budget[sv][1] for sv in ("euler", "dpmpp_2m", "unipc", "heun")] == [17, 17, 17, 26], budget
 print("notebook 2: all checks passed")

@@ -8,7 +8,7 @@
 # 3. **Seed orders**: the seed error grows like d^{q+1} with the distance d ahead of the window, for
 #    copies (q = 0), the first-order jump (q = 1) and the second-order jump (q = 2) (the cascade's seeds
 #    extrapolate the same way and are stepped by the solver itself: `theory/cascade.md` section 3).
-# 4. **Rounds**: rounds · W ≥ T · n̄ (an identity), and n̄ and the rounds fall with the seed order.
+# 4. **Rounds**: rounds · W ≥ T · n̄ (an identity: shown, not asserted), and n̄ and the rounds fall with the seed order.
 # 5. **Acceptance within the solver's error**: on the local-error scale (`scale="error"`, the default
 #    for a plain ODE) at tolerance 1 the output stays within 5% of the sequential solver's own error
 #    on mixtures the tolerance was not chosen on.
