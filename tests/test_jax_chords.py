@@ -444,6 +444,34 @@ def test_clear_cache_releases_the_models_and_their_weights():
     assert ref() is None  # released: its weights with it
 
 
+def test_the_caches_bound_the_executables_not_the_functions(monkeypatch):
+    """A user trial: a cache entry is one jitted function, which holds an executable per state shape;
+    60 batch sizes held 60 executables (12 MB each) in one entry of a 32-entry cache, never evicted.
+    Now the executables are counted: at most the cache's size in all, the least recently used functions
+    dropped first, and a function holding that many itself rebuilt."""
+    import chords_jax.run as run
+    import chords_jax.window as window
+
+    def held(cache):
+        return sum(f._cache_size() for f in cache.values())  # (jax.jit's count of its executables)
+
+    cj.clear_cache()
+    monkeypatch.setattr(run, "_CACHE_SIZE", 3)
+    monkeypatch.setattr(window, "_CACHE_SIZE", 3)
+    grid = cc.time_grid(SCHED, 4, "logsnr")
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    other = cc.DiffusionModel(lambda x, t: 0.5 * denoiser(x, t), SCHED, "eps")
+    for B in (1, 2, 3, 4, 5):
+        xb = jnp.asarray(np.random.default_rng(B).standard_normal((B, D)))
+        want = cc.solve(model, np.asarray(xb), grid, "euler")
+        assert np.allclose(np.asarray(cj.solve(model, xb, grid, "euler")), want, rtol=1e-12, atol=1e-12)
+        cj.parallel(model, xb, grid, "euler", cores=2, method="paradigms")
+        cj.solve(other, xb, grid, "euler")
+        assert held(run._CACHE) <= 3 + 1 and held(window._JITTED) <= 3 + 1  # (+ 1: this call's own)
+    assert held(run._CACHE) >= 1 and len(window._JITTED) == 1
+    cj.clear_cache()
+
+
 def test_float64_state_with_x64_off_warns():
     import subprocess
     import sys

@@ -380,7 +380,7 @@ def _reaches(obj: Any, depth: int) -> bool:
 def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check), bool(check) and exact, chunked)
-    fn = lru_get(_CACHE, key)
+    fn = lru_get_compiled(_CACHE, key, _CACHE_SIZE)
     if fn is not None:
         return fn
     check_signature(model, with_args)
@@ -450,6 +450,36 @@ def lru_get(cache: OrderedDict, key: tuple) -> Any:
         with contextlib.suppress(KeyError):
             cache.move_to_end(key)
     return got
+
+
+def _executables(fn: Any) -> int:
+    """How many executables the jitted function ``fn`` holds (one per shape and dtype of its
+    arguments it was called with)."""
+    try:
+        return int(fn._cache_size())
+    except (AttributeError, TypeError, ValueError):  # (not a jax.jit function: counted as one)
+        return 1
+
+
+def lru_get_compiled(cache: OrderedDict, key: tuple, size: int) -> Any:
+    """``lru_get`` for a cache of jitted functions, keeping at most ``size`` executables in all (not
+    ``size`` functions: each holds an executable per shape and dtype it was called with, so a new
+    batch size compiled one more, never evicted; a user trial's 60 batch sizes held 60, 12 MB each).
+    Beyond ``size`` the least recently used functions are dropped, and their executables with them;
+    where ``key``'s own function holds ``size`` it is dropped too (``None``: the caller builds it anew,
+    compiling this call's shape again)."""
+    fn = lru_get(cache, key)
+    held = [(k, _executables(f)) for k, f in list(cache.items())]  # oldest first (a snapshot: other threads)
+    total = sum(n for _, n in held)
+    for k, n in held:
+        if total <= size or k == key:
+            break
+        cache.pop(k, None)
+        total -= n
+    if fn is not None and _executables(fn) >= size:
+        cache.pop(key, None)
+        return None
+    return fn
 
 
 def lru_put(cache: OrderedDict, key: tuple, value: Any, size: int) -> Any:

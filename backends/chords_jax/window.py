@@ -87,7 +87,16 @@ from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
 from .api import CACHES, _as_state, _model_key, check_args_devices, inside_transformation, options_key, solver_key
-from .run import NO_BAD, _evaluator, check_signature, count_compilation, lru_get, lru_put, time_dtype
+from .run import (
+    NO_BAD,
+    _evaluator,
+    check_signature,
+    count_compilation,
+    lru_get,
+    lru_get_compiled,
+    lru_put,
+    time_dtype,
+)
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 
@@ -251,7 +260,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
     T, W, seed, scale, converts = setup.T, setup.W, setup.seed, setup.scale, setup.converts
     p = 1  # the local error estimate's order (``LocalError.p``): the compiled solvers are first order
     key = (key_model, T, W, seed, scale, converts, check)
-    fn = lru_get(_JITTED, key)
+    fn = lru_get_compiled(_JITTED, key, _CACHE_SIZE)
     if fn is not None:
         return fn
     check_signature(model, with_args)
