@@ -246,8 +246,14 @@ def test_bad_arguments_raise_naming_them():
     with pytest.raises(ValueError, match="devices"):
         cj.chords(model, X, grid, "euler", cores=2, devices=["cpu"])
     for bad in (True, 2.0):  # not a sequence: a ValueError too, not a bare TypeError
-        with pytest.raises(ValueError, match="devices must be None, a device count"):
+        with pytest.raises(ValueError, match=f"devices must be None, a device count.*, got {type(bad).__name__}$"):
             cj.chords(model, X, grid, "euler", cores=2, devices=bad)
+    # (a trial: one device, as jax.device_put takes it, got the same words, naming neither it nor the fix)
+    with pytest.raises(ValueError, match=r"got .*Device; for one device, pass a list: devices=\[device\]$"):
+        cj.chords(model, X, grid, "euler", cores=2, devices=jax.devices()[0])
+    # (and a traced grid was "must be a 1-D sequence of times", which it was)
+    with pytest.raises(ValueError, match="^grid: a traced array .*must be concrete"):
+        jax.jit(lambda g: cj.solve(model, X, g, "euler"))(jnp.asarray(grid))
     with pytest.raises(ValueError, match="^devices: an empty sequence"):  # (it said "must be a sequence")
         cj.chords(model, X, grid, "euler", cores=2, devices=[])
     with pytest.raises(TypeError, match="x"):
@@ -469,6 +475,31 @@ def test_the_caches_bound_the_executables_not_the_functions(monkeypatch):
         cj.solve(other, xb, grid, "euler")
         assert held(run._CACHE) <= 3 + 1 and held(window._JITTED) <= 3 + 1  # (+ 1: this call's own)
     assert held(run._CACHE) >= 1 and len(window._JITTED) == 1
+    cj.clear_cache()
+
+
+def test_a_bound_solver_is_cached_by_identity():
+    """A trial: a bound ``Solver`` had no cache key, so every call replayed, lowered and uploaded its
+    program again (10-47x a named solver's time per call) and pushed other programs' arrays out."""
+    import chords_jax.api as api
+    from chords_core.solvers import make_solver
+
+    cj.clear_cache()
+    grid = cc.time_grid(SCHED, 8, "logsnr")
+    model = cc.DiffusionModel(denoiser, SCHED, "eps")
+    sol = make_solver("dpmpp_2m", model, grid)
+    named = cj.chords(model, X, grid, "dpmpp_2m", cores=3, stop=None)
+    first = cj.chords(model, X, grid, sol, cores=3, stop=None)
+    built = len(api._PROGRAMS), len(api._ARRAYS)
+    again = cj.chords(model, X, grid, sol, cores=3, stop=None)
+    assert (len(api._PROGRAMS), len(api._ARRAYS)) == built == (2, 2)  # (the named one's, and the bound one's once)
+    for r in (first, again):
+        assert np.array_equal(np.asarray(r.x), np.asarray(named.x)) and r.rounds == named.rounds
+    srds = [cj.srds(model, X, grid, sol, blocks=2) for _ in range(2)]
+    assert len(api._PROGRAMS) == 3 and np.array_equal(np.asarray(srds[0].x), np.asarray(srds[1].x))
+    other = make_solver("dpmpp_2m", model, grid)  # an equal solver made anew: its own entry, the same values
+    assert np.array_equal(np.asarray(cj.chords(model, X, grid, other, cores=3, stop=None).x), np.asarray(named.x))
+    assert len(api._PROGRAMS) == 4
     cj.clear_cache()
 
 

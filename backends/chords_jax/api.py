@@ -89,8 +89,8 @@ CACHES: list[Callable[[], None]] = []
 
 def _program(key: tuple | None, build: Callable[[], tuple]) -> tuple:
     """The (program, symbolic result) cached under ``key`` (now the most recently used), or
-    ``build()``'s, cached (``lru_put``, at most ``_PROGRAMS_SIZE``); ``key`` ``None`` (a bound solver
-    object, not hashable by value): built every call."""
+    ``build()``'s, cached (``lru_put``, at most ``_PROGRAMS_SIZE``); ``key`` ``None`` (an init that
+    cannot be keyed): built every call."""
     if key is not None:
         got = lru_get(_PROGRAMS, key)
         if got is not None:
@@ -101,11 +101,15 @@ def _program(key: tuple | None, build: Callable[[], tuple]) -> tuple:
     return value
 
 
-def solver_key(name: str) -> tuple:
-    """A cache key's part for a solver given by name: the name and its registered ``SolverSpec`` (by
+def solver_key(solver: Any) -> tuple:
+    """A cache key's part for a solver: given by name, the name and its registered ``SolverSpec`` (by
     value, or by identity where it cannot be hashed), so that a solver registered anew under the same
-    name (``register_solver(..., replace=True)``) is compiled anew."""
-    return (name, keyable(cc.SOLVERS.get(name)))
+    name (``register_solver(..., replace=True)``) is compiled anew; a bound ``Solver``, by identity
+    (the key holds it; a trial: with no key, every call replayed, lowered and uploaded its program
+    again, 10-47x a named solver's time per call, and pushed other programs' arrays out)."""
+    if isinstance(solver, str):
+        return (solver, keyable(cc.SOLVERS.get(solver)))
+    return ("bound", ByIdentity(solver))
 
 
 def options_key(options: dict) -> tuple:
@@ -284,7 +288,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     errors = bool(getattr(rule, "uses_error_estimate", False)) and needed is not None and needed > 1
     key = None
     inits = _init_key(init, len(times) - 1, cores)
-    if isinstance(solver, str) and inits is not False:
+    if inits is not False:
         key = (_model_key(model, times), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
                options_key(solver_options), cores, inits, needed, errors, history, slots_multiple)
 

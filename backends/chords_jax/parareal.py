@@ -96,10 +96,8 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     times = check_grid(grid)
     nb = len(srds_blocks(len(times) - 1, blocks)) - 1
     last = nb if iterations is None else check_int("iterations", iterations, 1, nb)
-    key = None
-    if isinstance(solver, str):
-        key = ("srds", _model_key(model, times), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
-               options_key(solver_options), nb, last, slots_multiple)
+    key = ("srds", _model_key(model, times), tuple(shape), np.dtype(dtype), times.tobytes(), solver_key(solver),
+           options_key(solver_options), nb, last, slots_multiple)  # (a bound solver by identity: ``solver_key``)
 
     def build() -> tuple[Program, Result]:
         rec = LinearRecorder(shape, dtype)

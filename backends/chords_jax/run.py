@@ -89,7 +89,9 @@ def make_mesh(devices: Any) -> Mesh | None:
     if not devs:
         raise ValueError("devices: an empty sequence; give jax devices, a device count, None (one device) or a Mesh")
     if not all(isinstance(d, jax.Device) for d in devs):
-        raise ValueError("devices must be None, a device count, a sequence of jax devices or a Mesh")
+        one = "; for one device, pass a list: devices=[device]" if isinstance(devices, jax.Device) else ""
+        raise ValueError(f"devices must be None, a device count, a sequence of jax devices or a Mesh, got "
+                         f"{type(devices).__name__}{one}")
     _once_each(devs)
     return Mesh(np.array(devs), (AXIS,))
 

@@ -487,17 +487,12 @@ def parallel(
     check_args_devices(x, args)
     shape = tuple(x.shape)
     numel_row = max(1, row_size(shape))  # (as the core's: a sample of no elements never moves)
-    setup: _Setup | None = None
-    key = None
-    if isinstance(solver, str):
-        opts = options_key(options)
-        key = (_model_key(model, call.times), call.times.tobytes(), solver_key(solver), opts, W, seed, scale, variance,
-               numel_row, level_floor)
-        setup = lru_get(_SETUPS, key)
+    # (a bound solver by identity: ``solver_key``)
+    key = (_model_key(model, call.times), call.times.tobytes(), solver_key(solver), options_key(options), W, seed,
+           scale, variance, numel_row, level_floor)
+    setup: _Setup | None = lru_get(_SETUPS, key)
     if setup is None:
-        setup = _Setup(sol, model, call.times, W, seed, scale, variance, numel_row, level_floor)
-        if key is not None:
-            _put(_SETUPS, key, setup)
+        setup = _put(_SETUPS, key, _Setup(sol, model, call.times, W, seed, scale, variance, numel_row, level_floor))
     check = bool(model.check_outputs)  # "auto" and "deferred" too: checked on the device
     run = _program(model, setup, check, args is not None)
     threshold = _threshold(tol2, x.dtype)
