@@ -14,6 +14,7 @@ the worst ratio, rounds in all against the sequential solver's, then the misses,
 (``--show`` of them).
 
     .venv/bin/python benchmarks/single_gaussian.py
+    .venv/bin/python benchmarks/single_gaussian.py --methods cascade --steps 10 --solvers euler --cores 2   # small
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import argparse
 import warnings
 
 import numpy as np
-from timing import rms
+from timing import require_runs, rms
 
 import chords_core as cc
 from chords_core.demo import int_at_least
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--show", type=int_at_least(0), default=10, help="misses printed per method")
+    # (a subset runs small: the whole takes minutes a method, a trial)
+    ap.add_argument("--steps", type=int_at_least(1), nargs="+", default=list(STEPS))
+    ap.add_argument("--solvers", nargs="+", choices=SOLVERS, default=list(SOLVERS))
+    ap.add_argument("--cores", type=int_at_least(1), nargs="+", default=list(CORES))
     args = ap.parse_args(argv)
+    require_runs(ap, args.steps, args.cores)
     tally = {m: [0, 0.0, 0, 0] for m in args.methods}  # runs, worst, rounds, sequential rounds
     misses: dict[str, list] = {m: [] for m in args.methods}
     warnings.simplefilter("ignore")  # (the defaults' notes on a run; the criterion judges the outputs)
@@ -56,17 +62,17 @@ def main(argv: list[str] | None = None) -> None:
             data = GaussianMixture.single(np.full(5, m), np.full(5, s * s))
             for name, (sched, pred, spacing) in settings().items():
                 model = data.model(sched, pred)
-                for steps in STEPS:
+                for steps in args.steps:
                     grid = cc.time_grid(sched, steps, spacing)
                     a, sig = float(sched.alpha(grid[0])), float(sched.sigma(grid[0]))
                     x = a * m + np.sqrt(a * a * s * s + sig * sig) * np.random.default_rng(1).standard_normal((4, 5))
                     exact = data.exact_trajectory(x, float(grid[0]), float(grid[-1]), sched)
-                    for solver in SOLVERS:
+                    for solver in args.solvers:
                         seq = cc.solve(model, x, grid, solver)
                         err = rms(seq - exact)
                         if err < 1e-10:
                             continue
-                        for cores in (k for k in CORES if k <= steps):
+                        for cores in (k for k in args.cores if k <= steps):
                             for method in args.methods:
                                 r = cc.parallel(model, x, grid, solver, cores=cores, method=method)
                                 ratio = rms(r.x - exact) / err
