@@ -11,6 +11,9 @@
 - ``interrupt_alarm``: the same, with one ``KeyboardInterrupt`` raised by a SIGALRM handler at 1 s (a
   signal-based timeout; another handler's exception is not held back as a first Ctrl-C is): the same
   outcome (it aborted rank 0 in gloo, SIGABRT: the drain's receive took the abandoned one's message).
+- ``interrupt_between``: the same, with the ``KeyboardInterrupt`` raised just after a rank's status
+  was received, before its outputs (where a handler runs at the next bytecode): the same outcome (a
+  review: the drain asked that rank for a status again while it sent its outputs, SIGABRT).
 - ``hung``: the last rank's model hangs at its 2nd call; rank 0 gets ``WorkerTimeout`` after the round
   timeout, reports it and exits 0; rank 2 must end itself (``HUNG_EXIT``) so the job ends.
 - ``done``: a plain ODE whose far CHORDS starts run off (``RunsOff``), 4 cores on two serving ranks (two
@@ -158,8 +161,20 @@ def main(scenario: str, path: str) -> int:
                 report["second"] = "equal" if same else "DIFFERENT"
             except ExecutorClosed as e:
                 report["second"] = f"ExecutorClosed: {e}"
-        elif scenario in ("interrupt_twice", "interrupt_alarm"):
-            if scenario == "interrupt_alarm":
+        elif scenario in ("interrupt_twice", "interrupt_alarm", "interrupt_between"):
+            if scenario == "interrupt_between":
+                recv, statuses = ex._recv, [0]
+
+                def interrupted(tensor: Any, rank: int, what: str, *args: Any) -> Any:
+                    got = recv(tensor, rank, what, *args)
+                    if what == "status":
+                        statuses[0] += 1
+                        if statuses[0] == 3:  # (round 2's first status: its outputs not yet received)
+                            raise KeyboardInterrupt
+                    return got
+
+                ex._recv = interrupted  # type: ignore[method-assign]
+            elif scenario == "interrupt_alarm":
                 def on_alarm(signum: int, frame: Any) -> None:
                     raise KeyboardInterrupt
 

@@ -151,7 +151,7 @@ def test_an_interrupted_round_is_completed_then_the_executor_gives_exact_results
     assert codes == [0, 0, 0], outs
 
 
-@pytest.mark.parametrize("scenario", ["interrupt_twice", "interrupt_alarm"])
+@pytest.mark.parametrize("scenario", ["interrupt_twice", "interrupt_alarm", "interrupt_between"])
 def test_a_second_interrupt_ends_the_call_at_once_and_closes_the_executor(scenario, tmp_path):
     """docs/torch.md: a second Ctrl-C interrupts at once. It took effect only once the round's answers
     were in (4 s here): Python runs the handler only when the main thread leaves the backend's wait.

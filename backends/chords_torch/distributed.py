@@ -28,11 +28,11 @@ never run code on a worker. The process group itself is not authenticated: run i
 Faults: a worker's exception / bad output raises in the driver (``WorkerError`` /
 ``ModelOutputError``) once every answer of the round is in, and the executor stays usable. A dead
 rank raises ``WorkerDied`` as soon as the backend notices the lost connection, a silent one
-``WorkerTimeout`` when the round has taken ``round_timeout`` seconds; any exception while a round
-is in flight (a ``KeyboardInterrupt`` included) collects the other ranks' answers and closes the
-executor (the surviving workers are told to stop), so no later call reads a stale answer; one raised
-by a signal handler while a receive is posted (a second Ctrl-C, a SIGALRM handler's) cuts the round
-instead: the executor is closed and the group refused to new executors. A worker
+``WorkerTimeout`` when the round has taken ``round_timeout`` seconds; either collects the other
+ranks' answers and closes the executor (the surviving workers are told to stop), so no later call
+reads a stale answer; any other exception while a round is in flight
+(a second Ctrl-C, another signal handler's: it may land inside a message) cuts the round instead:
+the executor is closed and the group refused to new executors. A worker
 whose model call outlasts the driver's round timeout by ``HUNG_GRACE`` seconds exits by itself with
 status ``HUNG_EXIT``: under torchrun a hung rank therefore ends the job instead of keeping it alive.
 """
@@ -172,10 +172,11 @@ def _interruptible_wait(work: Any, timeout: float | None) -> bool:
     a signal handler only between bytecodes, so while the main thread waits inside the backend a
     Ctrl-C's handler waits too: a second Ctrl-C took effect only once the round's answers were in.
     An event's wait returns to the interpreter, so the handler runs at once; if it raises, the helper
-    thread (a daemon) is left to the abandoned wait, whose receive is still posted, and the exception
-    is marked ``abandoned_wait`` (``_abandoned``: the round's protocol is cut, as by a second Ctrl-C,
-    since a receive posted after it would take that one's message). For host tensors (gloo) only: on
-    a GPU (nccl) a work's wait makes the calling thread's CUDA stream wait, not the host."""
+    thread (a daemon) is left to the abandoned wait, whose receive may still be posted, and the
+    exception is marked ``abandoned_wait`` (``_abandoned``: passed on as it is, not read as a lost rank
+    where it is a ``RuntimeError``; the round is then cut, ``DistributedExecutor.__call__``). For host
+    tensors (gloo) only: on a GPU (nccl) a work's wait makes the calling thread's CUDA stream wait, not
+    the host."""
     done, box = threading.Event(), {}
 
     def run() -> None:
@@ -191,8 +192,7 @@ def _interruptible_wait(work: Any, timeout: float | None) -> bool:
         while not done.wait(0.1):
             pass
     except BaseException as e:  # a signal handler's exception (any signal's: SIGALRM, SIGTERM, a second Ctrl-C)
-        if not done.is_set():
-            e.abandoned_wait = True  # type: ignore[attr-defined]
+        e.abandoned_wait = True  # type: ignore[attr-defined]
         raise
     if "error" in box:
         raise box["error"]
@@ -212,6 +212,8 @@ def _wait_once(start: Callable, timeout: float | None, what: str, interruptible:
     except WorkerTimeout:
         raise
     except RuntimeError as e:
+        if _abandoned(e):  # a signal handler's own RuntimeError, not the backend's: passed on as it is
+            raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "timeout" in msg.lower() or "timed out" in msg.lower():
             within = "the process group's timeout" if timeout is None else f"{timeout:g} s"
@@ -258,7 +260,7 @@ def _group_state(group: Any) -> _GroupState:
 
 
 def _abandoned(e: BaseException) -> bool:
-    """Whether ``e`` left a receive posted in an abandoned wait (``_interruptible_wait``)."""
+    """Whether ``e`` was raised in the main thread during an interruptible wait (``_interruptible_wait``)."""
     return getattr(e, "abandoned_wait", False) is True
 
 
@@ -515,10 +517,14 @@ class DistributedExecutor(Executor):
                 return self._evaluate(model, xs, ts)
             except BaseException as e:  # never leave answers for the next call to read
                 if self._in_flight:
-                    # a second Ctrl-C, or another signal handler's exception, raised while a receive was
-                    # posted: the round was cut where it stood (a drain's receive took the abandoned one's
-                    # message: rank 0 aborted in gloo, "Received data size doesn't match", a user trial)
-                    if interrupts.count > 1 or _abandoned(e):
+                    # only a lost or silent rank, or a rank's model error, leaves the others' messages whole
+                    # (drained); any other exception while a round is in flight is asynchronous (a first
+                    # Ctrl-C is held back: a second one, or another signal handler's exception) and may
+                    # have landed inside a message, part sent or part received: the round is cut where it
+                    # stood (a drain's receive took a half-read answer's next message: rank 0 aborted in
+                    # gloo, "Received data size doesn't match", a user trial and a review)
+                    if interrupts.count > 1 or _abandoned(e) or not isinstance(e, (WorkerDied, WorkerTimeout,
+                                                                                     WorkerError)):
                         self._closed = True
                         _group_state(self.group).cut = True  # no new executor reads its answers
                     else:
