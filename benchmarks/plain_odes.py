@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{count} runs per column ({skipped} (ode, solver, steps) left out: the sequential solve overflows; "
           f"{unresolved} more: its error exceeds the solution's RMS)")
     for n in runs:
-        print(f"{n}: above 1.05 or raised {misses[n]} (raised {raised[n]}), worst {worst[n]:.4g}, "
+        worst_n = f"{worst[n]:.3f}" if worst[n] < 1e3 else f"{worst[n]:.3g}"
+        print(f"{n}: above 1.05 or raised {misses[n]} (raised {raised[n]}), worst {worst_n}, "
               f"largest deviation from the sequential output {moved[n]:.3f} x its error, rounds {rounds[n]} (a run "
               f"that raised counted as the sequential solve's), "
               f"runs with a cut sweep or a retired core {cut[n]}, sequential rounds {sequential}")

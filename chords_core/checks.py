@@ -175,12 +175,11 @@ def check_grid(grid: Any, name: str = "grid") -> np.ndarray:
         grid = B.values_of(grid.double() if grid.dtype.is_floating_point else grid)
     try:
         raw = np.asarray(grid)
-    except (TypeError, ValueError) as err:
-        if "Tracer" in type(err).__name__ or "Tracer" in type(grid).__name__:  # (a jax tracer: "must be a 1-D
-            # sequence" of one that is, a trial)
-            raise ValueError(f"{name}: a traced array (inside jax.jit, vmap or grad); the grid must be concrete: "
-                             "close over it or pass it as a static argument") from None
-        raise ValueError(f"{name} must be a 1-D sequence of times") from None
+    except (TypeError, ValueError) as err:  # (numpy's reason: a jax tracer's said only "must be a 1-D
+        # sequence of times" of one that was, a trial)
+        why = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{name} must be a 1-D sequence of times; numpy cannot read it ({type(err).__name__}"
+                         f"{': ' + why if why else ''})") from None
     if raw.dtype.kind == "V" and raw.dtype.name == "bfloat16":  # (ml_dtypes' bfloat16, as jax gives it; a
         # dtype's name is built on every read: 5 µs, a third of this check's time, a profile)
         raw = raw.astype(np.float64)

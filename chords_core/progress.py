@@ -24,8 +24,9 @@ _DISPLAY_ERRORS = (OSError, ValueError, AttributeError)
 #: the tqdm options of the bars made in a ``bar_options`` block (this thread's or task's context)
 _OPTIONS: ContextVar[dict | None] = ContextVar("chords_progress_options", default=None)
 
-#: what a run sets itself (``bar_options`` leaves these out): its count, its unit, whether it shows
-_OWN = ("iterable", "total", "unit", "disable")
+#: what a run sets itself (``bar_options`` leaves these out): its count (``initial``: the bar's count
+#: started there, and the run's total was lost, "6round", a review), its unit, whether it shows
+_OWN = ("iterable", "total", "initial", "unit", "disable")
 
 
 @contextmanager
@@ -33,9 +34,11 @@ def bar_options(**options: Any) -> Iterator[None]:
     """Make the progress bars of the runs in this block with tqdm's ``options``: ``file`` (the stream,
     in place of ``sys.stderr``; a failing one is dropped with a warning, as ``sys.stderr`` is), ``desc``
     (put before the bar's own label), and any other tqdm argument as given (``ncols``, ``leave``,
-    ``position``, ...); ``total``, ``unit`` and ``disable`` stay the run's own (``progress`` decides
-    whether a bar shows). A diffusers pipeline's ``set_progress_bar_config`` reaches the bar so
-    (``chords_diffusers``: its file and label were ignored, a user trial)."""
+    ``position``, ...); ``total``, ``initial``, ``unit`` and ``disable`` stay the run's own
+    (``progress`` decides whether a bar shows). An option tqdm does not know raises its error when
+    the bar is made, before the run (as the pipeline's own bar would). A diffusers pipeline's
+    ``set_progress_bar_config`` reaches the bar so (``chords_diffusers``: its file and label were
+    ignored, a user trial)."""
     token = _OPTIONS.set({k: v for k, v in options.items() if k not in _OWN})
     try:
         yield

@@ -244,7 +244,7 @@ def test_bar_options_give_the_bar_a_stream_and_a_label_of_ones_own(capsys):
     model = cc.DiffusionModel(lambda x, t: 0.5 * x, cc.RectifiedFlow(), "flow")
     grid = cc.time_grid(cc.RectifiedFlow(), 4)
     buf = io.StringIO()
-    with bar_options(file=buf, desc="MINE", ascii=True, total=99, unit="apple", disable=True):
+    with bar_options(file=buf, desc="MINE", ascii=True, total=99, unit="apple", disable=True, initial=2):
         cc.chords(model, np.ones((1, 2)), grid, cores=2, stop=None, progress=True)
         cc.chords(model, np.ones((1, 2)), grid, cores=2, stop=None, progress=False)
     text = buf.getvalue()

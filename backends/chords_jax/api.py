@@ -26,6 +26,7 @@ import functools
 import hashlib
 import types
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -104,12 +105,17 @@ def _program(key: tuple | None, build: Callable[[], tuple]) -> tuple:
 def solver_key(solver: Any) -> tuple:
     """A cache key's part for a solver: given by name, the name and its registered ``SolverSpec`` (by
     value, or by identity where it cannot be hashed), so that a solver registered anew under the same
-    name (``register_solver(..., replace=True)``) is compiled anew; a bound ``Solver``, by identity
-    (the key holds it; a trial: with no key, every call replayed, lowered and uploaded its program
-    again, 10-47x a named solver's time per call, and pushed other programs' arrays out)."""
+    name (``register_solver(..., replace=True)``) is compiled anew; a bound ``Solver``, by identity,
+    through a weak reference (a trial: with no key, every call replayed, lowered and uploaded its
+    program again, 10-47x a named solver's time per call, and pushed other programs' arrays out; held,
+    it kept its model and weights alive in up to 64 entries, a review). A reference to a solver since
+    freed equals no other: its entries are never hit again and age out."""
     if isinstance(solver, str):
         return (solver, keyable(cc.SOLVERS.get(solver)))
-    return ("bound", ByIdentity(solver))
+    try:
+        return ("bound", weakref.ref(solver))
+    except TypeError:  # (an object that takes no weak reference: held)
+        return ("bound", ByIdentity(solver))
 
 
 def options_key(options: dict) -> tuple:
@@ -258,7 +264,7 @@ def compile_plan(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
     ``Sym`` whose row the program also computes (not for a rule that needs one output only: that
     output is returned whatever the rule says, and the rule sees ``outputs.error`` ``None``).
     Cached per (model kind, shape, dtype, grid, solver and options, cores, init, outputs needed,
-    error estimate, history, slots) when ``solver`` is a name.
+    error estimate, history, slots): a bound solver by identity (``solver_key``).
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` (only its parametrisation matters here).

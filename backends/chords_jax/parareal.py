@@ -75,7 +75,7 @@ def compile_srds(model: cc.Model, shape: tuple, dtype: Any, grid: Any, solver: s
                  **solver_options: Any) -> tuple[Program, Result]:
     """Replay the core's SRDS symbolically for ``iterations`` iterations and lower it to the arrays of
     one compiled run. Cached per (model kind, shape, dtype, grid, solver and options, blocks,
-    iterations, slots) when ``solver`` is a name.
+    iterations, slots): a bound solver by identity (``solver_key``).
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` (only its parametrisation matters here).

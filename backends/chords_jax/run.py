@@ -89,9 +89,14 @@ def make_mesh(devices: Any) -> Mesh | None:
     if not devs:
         raise ValueError("devices: an empty sequence; give jax devices, a device count, None (one device) or a Mesh")
     if not all(isinstance(d, jax.Device) for d in devs):
-        one = "; for one device, pass a list: devices=[device]" if isinstance(devices, jax.Device) else ""
-        raise ValueError(f"devices must be None, a device count, a sequence of jax devices or a Mesh, got "
-                         f"{type(devices).__name__}{one}")
+        if isinstance(devices, jax.Device):
+            got = f"{type(devices).__name__}; for one device, pass a list: devices=[device]"
+        elif devs == [None]:  # (not a sequence)
+            got = type(devices).__name__
+        else:
+            k = next(k for k, d in enumerate(devs) if not isinstance(d, jax.Device))
+            got = f"a {type(devices).__name__} whose item {k} is a {type(devs[k]).__name__} ({devs[k]!r})"
+        raise ValueError(f"devices must be None, a device count, a sequence of jax devices or a Mesh, got {got}")
     _once_each(devs)
     return Mesh(np.array(devs), (AXIS,))
 
@@ -267,7 +272,8 @@ def _terms(src: Any, idx: Any, coef: Any) -> Any:
 
 def clear_cache() -> None:
     """Drop every cached executable (and with it the model functions and whatever they hold: weights
-    read from a closure or an object). The cache keeps at most ``_CACHE_SIZE`` executables."""
+    read from a closure or an object). The cache keeps at most ``_CACHE_SIZE`` executables (one more
+    during a call, ``lru_get_compiled``)."""
     _CACHE.clear()
 
 
@@ -275,7 +281,8 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, 
     """The jitted pipeline ``run(x, init, segments, rows, zeros, args) -> (outputs, bad)``, cached.
 
     The cache is keyed by the model's function and holds it (and what it closes over) until it is
-    evicted (least recently used, beyond ``_CACHE_SIZE`` entries) or ``clear_cache()`` is called.
+    evicted (``lru_get_compiled``: beyond ``_CACHE_SIZE`` executables, counted per shape) or
+    ``clear_cache()`` is called.
     Values a function reads from its closure at trace time are baked into the executable; pass
     changing values (weights) as ``args``, a traced argument.
 
@@ -467,10 +474,15 @@ def lru_get_compiled(cache: OrderedDict, key: tuple, size: int) -> Any:
     """``lru_get`` for a cache of jitted functions, keeping at most ``size`` executables in all (not
     ``size`` functions: each holds an executable per shape and dtype it was called with, so a new
     batch size compiled one more, never evicted; a user trial's 60 batch sizes held 60, 12 MB each).
-    Beyond ``size`` the least recently used functions are dropped, and their executables with them;
-    where ``key``'s own function holds ``size`` it is dropped too (``None``: the caller builds it anew,
-    compiling this call's shape again)."""
+    Where ``key``'s own function holds more than ``size`` it is dropped (``None``: the caller builds it
+    anew, compiling this call's shapes again; at ``size``, a working set of ``size`` shapes, it is kept:
+    dropped there, cycling through them compiled every call, a review); then, beyond ``size`` in all,
+    the least recently used other functions are dropped, and their executables with them. A call may
+    add one: at most ``size`` + 1 are held."""
     fn = lru_get(cache, key)
+    if fn is not None and _executables(fn) > size:
+        cache.pop(key, None)
+        fn = None
     held = [(k, _executables(f)) for k, f in list(cache.items())]  # oldest first (a snapshot: other threads)
     total = sum(n for _, n in held)
     for k, n in held:
@@ -478,15 +490,13 @@ def lru_get_compiled(cache: OrderedDict, key: tuple, size: int) -> Any:
             break
         cache.pop(k, None)
         total -= n
-    if fn is not None and _executables(fn) >= size:
-        cache.pop(key, None)
-        return None
     return fn
 
 
 def lru_put(cache: OrderedDict, key: tuple, value: Any, size: int) -> Any:
     """``cache[key] = value``, dropping the least recently used entries beyond ``size``; ``value``.
-    The one eviction rule of chords_jax's caches."""
+    The eviction rule of chords_jax's caches (``lru_get_compiled`` adds, for jitted functions, the
+    count of their executables)."""
     cache[key] = value
     while len(cache) > size:
         try:
