@@ -177,7 +177,7 @@ def _executor_outputs(executor: Executor, model: Model, outs: Any, xs: Sequence[
         problem = output_problem(o, x)
         if problem is not None:
             by = ("evaluate with model.evaluate, which checks each output" if own_call(type(model)) else
-                  f"{type(model).__name__}'s own _call returned it, which the library does not check")
+                  f"{type(model).__name__}'s own _call returned it; model.evaluate checks each output")
             raise ValueError(f"executor: {type(executor).__name__} returned, for point {k} of round {round_number} "
                              f"({where(k, *context)}), {problem} ({by})")
         if o.dtype != x.dtype:

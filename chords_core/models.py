@@ -286,14 +286,40 @@ class Model:
         """
         if batched:
             if workspace is not None and self.uses_workspace and len(xs) > 1:
-                return self._call(xs, ts, workspace=workspace)  # type: ignore[call-arg]
-            return self._call(xs, ts)
-        outs = []
-        for k, (x, t) in enumerate(zip(xs, ts)):
+                outs = self._call(xs, ts, workspace=workspace)  # type: ignore[call-arg]
+            else:
+                outs = self._call(xs, ts)
+        else:
+            outs = []
+            for k, (x, t) in enumerate(zip(xs, ts)):
+                try:
+                    outs.append(self._call([x], [t])[0])
+                except ModelOutputError as e:
+                    raise e.relabel(k, str(e), outs if e.done is not None else None) from None  # (outs: those before k)
+        return outs if own_call(type(self)) else self._checked_own(outs, xs)
+
+    def _checked_own(self, outs: Any, xs: Sequence[Array]) -> list[Array]:
+        """The outputs of a subclass's own ``_call``, checked as the library's ``_call`` checks its
+        network's: one array per point, of its point's shape, library and a floating dtype (another
+        floating dtype cast to the point's), finite (``check_outputs``). Unchecked, a raw ``Model``'s nan
+        came back from ``solve`` and every method silently, and ``solve`` failed on a wrong shape in
+        numpy's words (a researcher's trial)."""
+        if not isinstance(outs, (list, tuple)) or len(outs) != len(xs):
+            got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
+            raise TypeError(f"model: {type(self).__name__}._call returned {got} for {len(xs)} point(s); it returns "
+                            "a list of one output per point, in their order")
+        outs = list(outs)
+        for k, (o, x) in enumerate(zip(outs, xs)):
             try:
-                outs.append(self._call([x], [t])[0])
+                same = check_array(o, x)
             except ModelOutputError as e:
-                raise e.relabel(k, str(e), outs if e.done is not None else None) from None  # (outs: those before k)
+                raise e.relabel(k, str(e)) from None
+            if not same:
+                outs[k] = o = B.cast_like(o, x)
+            if self.check_outputs and not self.deferred_check(o) and not B.all_finite(o):
+                err = ModelOutputError.nonfinite(k)
+                err.done = outs[:k]
+                raise err
         return outs
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:

@@ -23,6 +23,7 @@ RF = cc.RectifiedFlow()
 GMM = GaussianMixture.random(4, 2, seed=0)
 FLOW = GMM.model(RF, "flow")
 GRID = cc.time_grid(RF, 8)
+GRID_ODE = np.linspace(0.0, 2.0, 21)
 X = np.random.default_rng(0).standard_normal((3, 4))
 LIN = LinearODE.random(3, seed=0)
 Y = np.array([1.0, -0.5, 0.25])
@@ -1399,16 +1400,57 @@ def test_an_executors_wider_outputs_are_cast_to_the_states_dtype(broken, method)
 def test_a_model_with_its_own_call_is_shape_checked_by_the_engine(executor):
     """A review: a Model subclass with a ``_call`` of its own (which checks nothing) returning (4,) for
     (2, 4) points was broadcast under the core's executors (6.09 off), since they declare their outputs
-    checked; they are, by the library's own ``_call`` only (``models.own_call``)."""
+    checked; they are, by the library's own ``_call`` only (``models.own_call``). ``Model.evaluate``
+    checks such outputs now (a researcher's trial: their nan went through silently), naming the round
+    and core; an executor of one's own that calls ``_call`` directly meets the engine's check."""
     class Raw(cc.DiffusionModel):
         def _call(self, xs, ts):
             return [self.fn(x, None)[0] for x in xs]
 
+    class Direct(cc.SerialExecutor):
+        def __call__(self, model, xs, ts):
+            return model._call(xs, ts)
+
     model = Raw(lambda x, t: -x, cc.RectifiedFlow(), "flow")
     x = np.arange(8.0).reshape(2, 4)
+    grid = cc.time_grid(model.schedule, 6)
+    with pytest.raises(cc.ModelOutputError, match=r"^round 1, core 0 \(.*\): model returned shape \(4,\), "
+                                                  r"expected \(2, 4\)$"):
+        cc.chords(model, x, grid, cores=2, stop=None, executor=executor)
     with pytest.raises(ValueError, match=r"returned, for point 0 of round 1 \(.*\), shape \(4,\), expected \(2, 4\) \(Raw's own "
-                                         r"_call returned it, which the library does not check\)$"):
-        cc.chords(model, x, cc.time_grid(model.schedule, 6), cores=2, stop=None, executor=executor)
+                                         r"_call returned it; model.evaluate checks each output\)$"):
+        cc.chords(model, x, grid, cores=2, stop=None, executor=Direct())
+
+
+@pytest.mark.parametrize("run", ["solve", "chords", "cascade", "srds"])
+def test_a_raw_models_nan_and_wrong_outputs_are_refused(run):
+    """A researcher's trial: a ``Model`` subclassed directly, with its own ``_call``, got no finiteness
+    check (nan from ``solve`` and every method, silently) and ``solve`` no shape check (numpy's
+    broadcasting error). ``Model.evaluate`` checks such a model's outputs as the library's ``_call`` does."""
+    class Raw(cc.models.Model):
+        def __init__(self, f):
+            self.f = f
+
+        def _call(self, xs, ts):
+            return [self.f(t, x) for x, t in zip(xs, ts)]
+
+        def coefficients(self, times, quantity):
+            return None
+
+    calls = {"solve": lambda m: cc.solve(m, np.ones(4), GRID_ODE),
+             "chords": lambda m: cc.chords(m, np.ones(4), GRID_ODE, cores=3, stop=None),
+             "cascade": lambda m: cc.parallel(m, np.ones(4), GRID_ODE, cores=3),
+             "srds": lambda m: cc.parallel(m, np.ones(4), GRID_ODE, cores=3, method="srds")}
+    with np.errstate(invalid="ignore"), pytest.raises(cc.ModelOutputError, match="non-finite values"):
+        calls[run](Raw(lambda t, y: y * np.nan))
+    with pytest.raises(cc.ModelOutputError, match=r"model returned shape \(2,\), expected \(4,\)$"):
+        calls[run](Raw(lambda t, y: y[:2]))
+    with pytest.raises(cc.ModelOutputError, match=r"model returned a list, expected an array of shape \(4,\)$"):
+        calls[run](Raw(lambda t, y: list(y)))
+    good = calls[run](Raw(lambda t, y: (-y).astype(np.float32)))  # (another float dtype: cast to the state's)
+    want = calls[run](cc.VectorField(lambda t, y: -y))  # (the same run on the library's model)
+    got, want = (good, want) if run == "solve" else (good.x, want.x)
+    assert got.dtype == np.float64 and np.allclose(got, want, rtol=1e-6)
 
 
 def test_a_rule_of_ones_own_that_is_never_met_warns_where_a_faster_core_is_returned():
