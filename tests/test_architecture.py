@@ -276,6 +276,35 @@ def test_registered_method_plugs_into_parallel():
         cc.parallel(MODEL, X, GRID, cores=3, method="chords-all")
 
 
+def test_registrations_that_cannot_work_are_refused_at_once():
+    """A researcher's trial: a method whose ``run`` cannot take ``parallel``'s call, and a solver spec
+    whose ``build`` is an instance, registered and failed at first use in Python's words, naming neither;
+    a solver subclass that kept its base's ``name`` had errors blame the base ("'heun' evaluates stage
+    1 ...")."""
+    from chords_core.solvers import Heun, SolverSpec
+
+    with pytest.raises(TypeError, match=r"^method 'badsig': run\(m, x\) cannot take the call parallel makes"):
+        cc.register_method(cc.Method("badsig", lambda m, x: None, ""))
+    with pytest.raises(TypeError, match=r"method 'nokw'.*\(no \*\*options: the solver's options"):
+        cc.register_method(cc.Method("nokw", lambda m, x, g, s, *, cores, executor, progress: None, ""))
+    assert "badsig" not in cc.METHODS and "nokw" not in cc.METHODS
+    with pytest.raises(TypeError, match="^solver 'inst': its SolverSpec's build must be callable"):
+        cc.register_solver("inst", SolverSpec(Heun(MODEL, GRID), 2, 2, "x"))
+    assert "inst" not in cc.SOLVERS
+
+    class AtStart(Heun):  # (a stage at the step's start: CHORDS refuses it, naming the solver)
+        def stage_point(self, state, qs, i, j, k):
+            return state.x, i
+
+    cc.register_solver("heun_at_start", SolverSpec(AtStart, 2, 2, "x"))
+    try:
+        assert cc.make_solver("heun_at_start", MODEL, GRID).name == "heun_at_start"
+        with pytest.raises(ValueError, match="^solver: 'heun_at_start' evaluates stage 1"):
+            cc.chords(MODEL, X, GRID, "heun_at_start", cores=3)
+    finally:
+        del cc.SOLVERS["heun_at_start"]
+
+
 # ------------------------------------------------------------------------------------- default init
 @settings(max_examples=300, deadline=None)
 @given(st.integers(10, 1000), st.integers(2, 32))

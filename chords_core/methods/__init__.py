@@ -15,6 +15,7 @@ SRDS: blocks) and passes the rest on. ``register_method`` adds one from outside 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace as replace_fields
@@ -70,6 +71,7 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         raise TypeError(f"method: its name must be a non-empty string, got {method.name!r}")
     if not callable(method.run):
         raise TypeError(f"method {method.name!r}: run must be callable, got {type(method.run).__name__}")
+    _check_run_signature(method)
     opts = method.options
     if not isinstance(opts, (tuple, list)) or not all(isinstance(o, str) for o in opts):
         # (("stop_tol") is a str: read letter by letter into other methods' errors)
@@ -86,6 +88,27 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
                              "would take from it; name the method's argument otherwise")
     METHODS[method.name] = method
     return method
+
+
+def _check_run_signature(method: Method) -> None:
+    """Refuse a ``run`` that cannot take the call ``parallel`` makes, ``run(model, x, grid, solver, *,
+    cores, executor, progress, **options)``, at registration, naming the method (it registered, and
+    failed at first use with Python's "unexpected keyword argument 'cores'", or on the first solver
+    option: a researcher's trial). A callable without an inspectable signature is taken as it is."""
+    try:
+        sig = inspect.signature(method.run)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None, None, None, cores=1, executor=None, progress=False)
+        takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    except TypeError as err:
+        takes_options, why = False, f" ({err})"
+    else:
+        why = "" if takes_options else " (no **options: the solver's options and the method's own come in it)"
+    if not takes_options:
+        raise TypeError(f"method {method.name!r}: run{sig} cannot take the call parallel makes, run(model, x, grid, "
+                        f"solver, *, cores, executor, progress, **options){why}")
 
 
 def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:

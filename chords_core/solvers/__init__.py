@@ -121,6 +121,9 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if name in SOLVERS and not replace:
         raise ValueError(f"solver {name!r} is already registered (pass replace=True to overwrite it)")
+    if not callable(spec.build):  # (an instance registered as build failed at every use, naming no solver)
+        raise TypeError(f"solver {name!r}: its SolverSpec's build must be callable, build(model, times, **options) "
+                        f"-> Solver (a Solver class, say), got a {type(spec.build).__name__}")
     opts = spec.options
     if opts is not None and (not isinstance(opts, (tuple, list)) or not all(isinstance(o, str) for o in opts)):
         # (("tol") is a str: read letter by letter, and "tol" in it matched as a substring)
@@ -196,6 +199,8 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
         raise ValueError(f"bad options for solver {solver!r}: {e}") from None
     if not isinstance(built, Solver):
         raise TypeError(f"solver {solver!r}: its SolverSpec's build returned a {type(built).__name__}, not a Solver")
+    if built.name != solver:  # (a subclass that kept its base's name: errors blamed the base, "'heun' evaluates
+        built.name = solver  # stage 1 at grid index 0", a researcher's trial) named as registered
     expected = spec.order if spec.estimate_order is None else spec.estimate_order
     if not options and built.accuracy != expected:  # a registration error: the estimates would be off
         says = f"order {spec.order}" if spec.estimate_order is None else f"estimate_order {spec.estimate_order}"
