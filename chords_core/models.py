@@ -608,9 +608,10 @@ class VectorField(Model):
             ``None``.
         """
         if quantity != "velocity":
-            raise ValueError(
-                "this solver needs the data prediction of a DiffusionModel; a VectorField supports 'euler' and 'heun'"
-            )
+            from .solvers import velocity_solvers  # (solvers import models)
+
+            raise ValueError(f"this solver needs the data prediction of a DiffusionModel; a VectorField takes a solver "
+                             f"of the velocity: {', '.join(velocity_solvers())}")
         return None
 
 

@@ -555,6 +555,10 @@ def accepts(rule: StopRule, outputs: Outputs, coarse: Any) -> bool:
     ok = rule.accept(outputs, coarse)
     if isinstance(ok, (bool, np.bool_)):
         return bool(ok)
+    if type(ok) in (int, float):  # (a number: a distance not compared with the tolerance, as a 0-d array's; it
+        # was told to reduce an array, a researcher's trial)
+        raise TypeError(f"stop: {type(rule).__name__}.accept returned a {type(ok).__name__}, not a bool (output "
+                        f"{len(outputs)}); compare it with a tolerance, e.g. bool(change < tol)")
     if getattr(ok, "shape", None) == ():  # a 0-d array or tensor: one answer, if it is a truth value
         if str(getattr(ok, "dtype", "")) in ("bool", "torch.bool"):
             return bool(ok)

@@ -939,9 +939,11 @@ def test_a_stop_rule_answering_a_number_is_refused():
     grid = cc.time_grid(sched, 16)
     for make, shown in ((np.float64, "0-d float64 of dtype float64"), (np.asarray, "0-d ndarray of dtype float64"),
                         (lambda d: torch.tensor(d), "0-d Tensor of dtype torch.float32"),
-                        (lambda d: np.float64(np.nan), "0-d float64 of dtype float64")):
+                        (lambda d: np.float64(np.nan), "0-d float64 of dtype float64"),
+                        (float, "float")):
         for method, size in ((cc.chords, {"cores": 4}), (cc.srds, {"blocks": 4})):
-            with pytest.raises(TypeError, match=rf"^stop: Answer.accept returned a {shown}, not a bool \(output 1\)"):
+            with pytest.raises(TypeError, match=rf"^stop: Answer.accept returned a {shown}, not a bool \(output 1\); "
+                                                "compare it with a tolerance"):  # (a float was told to reduce an array)
                 method(model, x, grid, stop=Answer(make), **size)
     res = cc.chords(model, x, grid, cores=4, stop=Answer(lambda d: np.asarray(d < 1e-30)))
     assert res.stopped_by.startswith("output 4") and np.array_equal(res.x, cc.solve(model, x, grid))
@@ -1568,3 +1570,24 @@ def test_an_option_beyond_float32s_range_is_compared_without_a_warning():
         with pytest.raises(ValueError, match=r"^ridge: the regularisation of the Anderson mixing, which is off"):
             cc.cascade(FLOW, X, GRID, cores=3, ridge=1e300)
     assert res.rounds <= len(GRID) - 1
+
+
+def test_a_nan_jump_coefficient_and_a_data_solver_on_a_plain_ode_are_named():
+    """A researcher's trial: ``jump_coeffs`` returning nan passed the contract check, and CHORDS then
+    retired its cores as if their starts ran off, blaming the start; a data solver on a ``VectorField``
+    said only 'euler' and 'heun' were taken, where every registered velocity solver is."""
+    from chords_core.solvers import Euler, SolverSpec
+
+    class NanJump(Euler):
+        def jump_coeffs(self, i, j):
+            return 1.0, float("nan")
+
+    cc.register_solver("nan_jump", SolverSpec(NanJump, 1, 1, "Euler with a nan jump"))
+    try:
+        with pytest.raises(TypeError, match=r"jump_coeffs \(solver 'nan_jump'\) returned \(1.0, nan\) .*two finite real"):
+            cc.chords(FLOW, X, GRID, "nan_jump", cores=3)
+        with pytest.raises(ValueError, match=r"^solver 'ddim' needs a DiffusionModel; a VectorField takes a solver of "
+                                             r"the velocity: euler, heun, nan_jump$"):
+            cc.solve(cc.VectorField(lambda t, y: -y), Y, GRID_ODE, "ddim")
+    finally:
+        del cc.SOLVERS["nan_jump"]

@@ -34,6 +34,7 @@ from .unipc import UniPC
 
 __all__ = [
     "make_solver", "register_solver", "SolverSpec", "SOLVERS", "declared_option", "build_parameters", "Solver",
+    "velocity_solvers",
     "DataSolver", "State", "Euler", "Heun", "DPMSolverPP", "UniPC",
 ]
 
@@ -133,6 +134,12 @@ def register_solver(name: str, spec: SolverSpec, *, replace: bool = False) -> So
             check(name, key)
     SOLVERS[name] = spec
     return spec
+
+
+def velocity_solvers() -> list[str]:
+    """The registered solvers that a plain ODE (a ``VectorField``) takes: those not needing the data
+    prediction (``SolverSpec.needs_diffusion_model``), sorted; the built-in ones and one's own."""
+    return sorted(name for name, spec in SOLVERS.items() if not spec.needs_diffusion_model)
 
 
 def build_parameters(build: Callable[..., Any]) -> tuple[str, ...]:

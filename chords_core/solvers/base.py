@@ -318,7 +318,10 @@ class DataSolver(Solver):
 
     def __init__(self, model: Model, times: np.ndarray) -> None:
         if not isinstance(model, DiffusionModel):
-            raise ValueError(f"solver {self.name!r} needs a DiffusionModel; a VectorField supports 'euler' and 'heun'")
+            from . import velocity_solvers  # (the registry imports this module)
+
+            raise ValueError(f"solver {self.name!r} needs a DiffusionModel; a VectorField takes a solver of the "
+                             f"velocity: {', '.join(velocity_solvers())}")
         super().__init__(model, times)
         sch = model.schedule
         self.alpha = [float(v) for v in sch.alpha(self.times)]

@@ -19,6 +19,7 @@ A solver of one's own is checked at each call, with the solver named in the erro
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -153,9 +154,11 @@ def checked_jump_coeffs(jump_coeffs: Callable[..., Any]) -> Callable[..., Any]:
 
     def checked(self: Any, i: int, j: int) -> tuple[float, float]:
         c = jump_coeffs(self, i, j)
-        if not (isinstance(c, (tuple, list)) and len(c) == 2 and all(isinstance(v, numbers.Real) for v in c)):
+        if not (isinstance(c, (tuple, list)) and len(c) == 2 and all(isinstance(v, numbers.Real) for v in c)
+                and all(math.isfinite(v) for v in c)):  # (a nan retired CHORDS' cores as if their starts ran
+            # off, blaming the start, not the solver: a researcher's trial)
             raise TypeError(f"solver: {_label(self).format('jump_coeffs')} returned {c!r} for the jump {i} -> {j}; "
-                            "it returns (a, b), two real numbers: the coarse jump a x + b q")
+                            "it returns (a, b), two finite real numbers: the coarse jump a x + b q")
         return float(c[0]), float(c[1])
 
     return checked
