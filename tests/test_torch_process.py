@@ -53,6 +53,30 @@ def test_process_executor_equals_serial_bitwise(trap_executor, one_thread, solve
     assert same_hits(res, ref) and res.rounds == ref.rounds
 
 
+def test_parameters_that_require_gradients_warn(trap_executor, one_thread):
+    """A trial: with gradients on and a network whose parameters require them, the result carried no
+    graph to them (the workers evaluate their own copies), silently, where DeviceExecutor warns."""
+    import warnings
+
+    class Net(torch.nn.Module):  # (the driver's network: its parameters require gradients)
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t):
+            return MODEL.fn(x, t) * self.w
+
+    model = cc.DiffusionModel(Net().double(), MODEL.schedule, MODEL.prediction)
+    grid = cc.time_grid(MODEL.schedule, 6)
+    with pytest.warns(UserWarning, match="ProcessExecutor: the network's parameters require gradients") as seen:
+        res = cc.chords(model, x0(), grid, cores=2, stop=None, executor=trap_executor)
+    assert seen[0].filename == __file__ and not res.x.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            cc.chords(model, x0(), grid, cores=2, stop=None, executor=trap_executor)
+
+
 def test_process_executor_new_shapes_dtypes_and_batched(trap_executor, one_thread):
     # a larger batch regrows the shared buffers; float32 states get float32 buffers
     for x in (x0(batch=7), x0(batch=2).float()):

@@ -560,6 +560,13 @@ class ProcessExecutor(Executor):
         check_points(xs, ts, "ProcessExecutor")
         if not xs:
             return []
+        if torch.is_grad_enabled():
+            net = getattr(model, "fn", getattr(model, "f", None))
+            if isinstance(net, torch.nn.Module) and any(p.requires_grad for p in net.parameters()):
+                # (the result carried no graph to them, silently, where DeviceExecutor warns: a trial)
+                warn_caller("ProcessExecutor: the network's parameters require gradients, and the workers evaluate "
+                            "their own copies: no gradient reaches the parameters (nor x); run inference under "
+                            "torch.no_grad(), or requires_grad_(False) on the parameters", UserWarning)
         for w, p in enumerate(self._procs):  # a worker that died while idle (the OOM killer, say):
             if not p.is_alive() or self._conns[w].poll():  # its pipe reads EOF before it is reaped
                 self._dead(w, "while idle")
