@@ -803,8 +803,8 @@ def values_of(x: Array) -> Array:
     while func.is_functorch_wrapped_tensor(x):
         if func.is_batchedtensor(x):
             raise TypeError("x: a value is read (an output check, a stop rule, a tolerance) under torch.func.vmap, "
-                            "where it is every mapped sample's at once; pass the samples as the batch axis of x "
-                            "instead of mapping over them")
+                            "where it is every mapped value's at once: map over samples by passing them as the batch "
+                            "axis of x; map over anything else (a guidance scale the model reads) with a loop")
         x = func.get_unwrapped(x)
     floating = x.dtype.is_floating_point
     return np.array(x.tolist(), dtype=(np.float64 if x.dtype == _torch.float64 else np.float32) if floating else None)
