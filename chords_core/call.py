@@ -117,20 +117,25 @@ def training_layers(net: Any) -> str | None:
         return None
     if isinstance(net, Model):
         net = getattr(net, "fn", None) if isinstance(net, DiffusionModel) else getattr(net, "f", None)
+    found: list[str] = []  # every such layer's text (the first alone named a dropout layer and hid a
+    # batch-norm one, the batch-dependent problem: a torch trial)
     for module in _networks(net):
         for name, m in module.named_modules():
             label = repr(name or type(m).__name__)
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
                 why = "is in training mode" if m.training else "keeps no running statistics"
-                return (f"the network's batch-norm layer {label} {why}: it normalises over each call's "
-                        "batch, so a result depends on which points are evaluated together (the parallel methods "
-                        "stack several cores' states into one call), and in training mode its running statistics "
-                        "change at every call; call net.eval() before sampling")
+                found.append(f"the network's batch-norm layer {label} {why}: it normalises over each call's "
+                             "batch, so a result depends on which points are evaluated together (the parallel "
+                             "methods stack several cores' states into one call), and in training mode its running "
+                             "statistics change at every call")
             if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
-                return (f"the network's dropout layer {label} is in training mode: it zeroes a random part "
-                        "of its input at every call, so the result is random (no method reproduces the sequential "
-                        "solver's, nor one run another's); call net.eval() before sampling")
-    return None
+                found.append(f"the network's dropout layer {label} is in training mode: it zeroes a random part "
+                             "of its input at every call, so the result is random (no method reproduces the "
+                             "sequential solver's, nor one run another's)")
+    if not found:
+        return None
+    more = f"; and {len(found) - 3} more such layers" if len(found) > 3 else ""
+    return "; ".join(found[:3]) + more + "; call net.eval() before sampling"
 
 
 def check_state(model: Model, x: Any, name: str = "x") -> None:

@@ -990,6 +990,11 @@ def test_a_network_left_in_training_mode_with_dropout_warns():
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 assert torch.equal(cc.solve(model, x, grid), cc.solve(model, x, grid))
+        # every such layer named (a torch trial: the dropout layer alone, hiding the batch-norm one)
+        both = torch.nn.Sequential(torch.nn.Linear(4, 4).double(), torch.nn.Dropout(0.2), torch.nn.BatchNorm1d(4).double())
+        with pytest.warns(UserWarning, match=r"^model: the network's dropout layer '1' is in training mode.*; the "
+                                             r"network's batch-norm layer '2' is in training mode.*; call net.eval"):
+            cc.solve(cc.DiffusionModel(lambda z, t: both(z) - z, cc.RectifiedFlow(), "flow"), x, grid)
 
 
 def test_a_model_with_its_own_call_is_shape_checked_on_the_device_executor():
