@@ -608,10 +608,8 @@ class VectorField(Model):
             ``None``.
         """
         if quantity != "velocity":
-            from .solvers import velocity_solvers  # (solvers import models)
-
-            raise ValueError(f"this solver needs the data prediction of a DiffusionModel; a VectorField takes a solver "
-                             f"of the velocity: {', '.join(velocity_solvers())}")
+            raise ValueError("this solver needs the data prediction of a DiffusionModel; a VectorField takes a solver "
+                             "of the velocity (chords_core.solvers.velocity_solvers())")
         return None
 
 

@@ -93,22 +93,18 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
 def _check_run_signature(method: Method) -> None:
     """Refuse a ``run`` that cannot take the call ``parallel`` makes, ``run(model, x, grid, solver, *,
     cores, executor, progress, **options)``, at registration, naming the method (it registered, and
-    failed at first use with Python's "unexpected keyword argument 'cores'", or on the first solver
-    option: a researcher's trial). A callable without an inspectable signature is taken as it is."""
+    failed at first use with Python's "unexpected keyword argument 'cores'": a researcher's trial). A
+    ``run`` without ``**options`` takes only the options it names (no solver's). A callable without an
+    inspectable signature is taken as it is."""
     try:
         sig = inspect.signature(method.run)
     except (TypeError, ValueError):
         return
     try:
         sig.bind(None, None, None, None, cores=1, executor=None, progress=False)
-        takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     except TypeError as err:
-        takes_options, why = False, f" ({err})"
-    else:
-        why = "" if takes_options else " (no **options: the solver's options and the method's own come in it)"
-    if not takes_options:
         raise TypeError(f"method {method.name!r}: run{sig} cannot take the call parallel makes, run(model, x, grid, "
-                        f"solver, *, cores, executor, progress, **options){why}")
+                        f"solver, *, cores, executor, progress, **options) ({err})") from None
 
 
 def _windowed(fn: Callable[..., Result]) -> Callable[..., Result]:

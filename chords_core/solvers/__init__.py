@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models import Model
+from ..models import DiffusionModel, Model
 from .base import DataSolver, Solver, State
 from .dpmpp import DPMSolverPP
 from .explicit import Euler, Heun
@@ -192,6 +192,10 @@ def make_solver(solver: str | Solver, model: Model, times: Any, **options: Any) 
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise ValueError(f"solver: unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     spec = SOLVERS[solver]
+    if spec.needs_diffusion_model and not isinstance(model, DiffusionModel):  # (it said 'euler' and 'heun' only,
+        # where every registered velocity solver is taken: a researcher's trial)
+        raise ValueError(f"solver {solver!r} needs a DiffusionModel; a VectorField takes a solver of the velocity: "
+                         f"{', '.join(velocity_solvers())}")
     if spec.options is not None:
         for key in options:
             if key not in spec.options:

@@ -317,11 +317,9 @@ class DataSolver(Solver):
     quantity = "data"
 
     def __init__(self, model: Model, times: np.ndarray) -> None:
-        if not isinstance(model, DiffusionModel):
-            from . import velocity_solvers  # (the registry imports this module)
-
+        if not isinstance(model, DiffusionModel):  # (make_solver names the registered ones a VectorField takes)
             raise ValueError(f"solver {self.name!r} needs a DiffusionModel; a VectorField takes a solver of the "
-                             f"velocity: {', '.join(velocity_solvers())}")
+                             "velocity (chords_core.solvers.velocity_solvers())")
         super().__init__(model, times)
         sch = model.schedule
         self.alpha = [float(v) for v in sch.alpha(self.times)]
