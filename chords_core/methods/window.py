@@ -244,16 +244,20 @@ def _scratch(x: Any, n: int) -> list | None:
 _UNSET: Any = object()  # a value not computed yet
 
 
-def _cut_note(cuts: list[tuple[int, int]], method: str) -> str:
+def _cut_note(cuts: list[tuple[int, int]], method: str, plain: bool) -> str:
     """What ``stopped_by`` adds for sweeps cut at a non-finite output (``diverged_at``), which a
     ``RuntimeWarning`` reports too: the run went on, but a model that returns nan now and then (not an
-    iterate that ran off) shows up here, not in an error."""
+    iterate that ran off) shows up here, not in an error; on a diffusion model (not ``plain``) the
+    warning says so first (it spoke of a plain ODE only: a broken worker's nan read as a numerics
+    quirk, a torch trial)."""
     if not cuts:
         return ""
     note = (f"; {len(cuts)} sweep(s) cut where the model returned non-finite values past the window start "
             f"(first: round {cuts[0][0]}, window point {cuts[0][1]})")
-    warn_caller(f"{method}:{note[1:]}: taken for an iterate that ran off (a plain ODE seeded far ahead); the run "
-                "went on from the accepted points", RuntimeWarning)
+    why = ("taken for an iterate that ran off (a plain ODE seeded far ahead)" if plain else
+           "taken for a seeded point that ran off; on a diffusion model more likely the model's own fault (a "
+           "broken worker, an overflow in half precision): check it, each cut costs a sweep")
+    warn_caller(f"{method}:{note[1:]}: {why}; the run went on from the accepted points", RuntimeWarning)
     return note
 
 
@@ -862,5 +866,6 @@ def sliding_window(
             b = nb
     hit = Hit(0, rounds, nfe, xs[T])
     return Result(x=xs[T], rounds=rounds, nfe=nfe, hits=(hit,), coarse=None,
-                  stopped_by=f"window reached T after {len(log)} sweeps{_cut_note(cuts, method)}", method=method,
+                  stopped_by=f"window reached T after {len(log)} sweeps{_cut_note(cuts, method, is_plain_ode(model))}",
+                  method=method,
                   sequential_rounds=sum(evals), width=width, trace=tuple(trace), log=tuple(log))
