@@ -288,6 +288,20 @@ def test_registrations_that_cannot_work_are_refused_at_once():
     with pytest.raises(TypeError, match=r"method 'nocores'.*cannot take the call parallel makes.*'cores'"):
         cc.register_method(cc.Method("nocores", lambda m, x, g, s, *, executor, progress: None, ""))
     assert "badsig" not in cc.METHODS and "nocores" not in cc.METHODS
+    # a required option of the method's own, and a functools.wraps wrapper, are taken (a review)
+    import functools
+
+    def inner(model, x, grid, solver, *, window):
+        return None
+
+    @functools.wraps(inner)
+    def wrapped(model, x, grid, solver, *, cores, executor, progress, **options):
+        return None
+
+    for name, run in (("required", lambda m, x, g, s, *, cores, executor, progress, blocks, **o: None),
+                      ("wrapped", wrapped)):
+        cc.register_method(cc.Method(name, run, ""))
+        del cc.METHODS[name]
     with pytest.raises(TypeError, match="^solver 'inst': its SolverSpec's build must be callable"):
         cc.register_solver("inst", SolverSpec(Heun(MODEL, GRID), 2, 2, "x"))
     assert "inst" not in cc.SOLVERS

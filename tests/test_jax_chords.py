@@ -489,47 +489,6 @@ def test_the_caches_bound_the_executables_not_the_functions(monkeypatch):
     cj.clear_cache()
 
 
-def test_a_value_the_function_reads_from_its_object_or_closure_is_part_of_the_key():
-    """A researcher's trial: a classifier-free guidance wrapper's ``scale`` changed between calls kept the
-    first value's compiled program (3.21 off the core, silently; the numpy core and the torch executors
-    read the new value). Its attributes and closure are in the key: a changed value compiles anew, with
-    a warning naming it (pass such values as ``args``); an unchanged one compiles nothing."""
-    class CFG(cc.DiffusionModel):
-        def __init__(self, scale):
-            self.scale = scale
-            super().__init__(self._fn, SCHED, "eps")
-
-        def _fn(self, x, t):
-            return denoiser(x, t) * self.scale
-
-    grid = cc.time_grid(SCHED, 6, "logsnr")
-    model = CFG(2.0)
-    cj.chords(model, X, grid, "euler", cores=3, stop=None)
-    n = cj.compilations()
-    cj.chords(model, X, grid, "euler", cores=3, stop=None)
-    assert cj.compilations() == n  # (nothing changed: nothing compiled)
-    model.scale = 0.5
-    with pytest.warns(UserWarning, match="the model function's scale changed since it was compiled"):
-        got = cj.chords(model, X, grid, "euler", cores=3, stop=None)
-    want = cj.chords(CFG(0.5), X, grid, "euler", cores=3, stop=None)
-    assert np.array_equal(np.asarray(got.x), np.asarray(want.x))
-    assert np.allclose(np.asarray(got.x), cc.chords(cc.DiffusionModel(lambda x, t: denoiser(np.asarray(x), t) * 0.5,
-                                                                      SCHED, "eps"), np.asarray(X), grid, "euler",
-                                                    cores=3, stop=None).x, atol=1e-10)
-    factor = 2.0
-
-    def closure(x, t):
-        return denoiser(x, t) * factor
-
-    plain = cc.DiffusionModel(closure, SCHED, "eps")
-    first = cj.solve(plain, X, grid, "euler")
-    factor = 3.0
-    with pytest.warns(UserWarning, match=r"factor \(closure\) changed"):
-        again = cj.solve(plain, X, grid, "euler")
-    assert not np.array_equal(np.asarray(first), np.asarray(again))
-    cj.clear_cache()
-
-
 def test_a_bound_solver_is_cached_by_identity():
     """A trial: a bound ``Solver`` had no cache key, so every call replayed, lowered and uploaded its
     program again (10-47x a named solver's time per call) and pushed other programs' arrays out."""

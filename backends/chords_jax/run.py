@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from chords_core.call import warn_caller
 from chords_core.models import DiffusionModel, VectorField, check_call
-from chords_core.schedules import ByIdentity, attributes
+from chords_core.schedules import ByIdentity
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
            "time_dtype"]
@@ -172,67 +171,8 @@ def function_key(fn: Any) -> Any:
     pattern) shared the first one's executable, old weights and all (a trial: 0.142 off the core,
     silently)."""
     if isinstance(fn, types.MethodType) or type(fn).__eq__ is object.__eq__:
-        return keyable(fn), reads_key(fn)
-    return ByIdentity(fn), reads_key(fn)
-
-
-#: the types of what a function reads that a key holds by value (everything else by identity)
-_BY_VALUE = (bool, int, float, complex, str, bytes, type(None))
-
-
-def _read_value(v: Any) -> Any:
-    """One value a function reads, as a key part: a number, string or None by type and value (a float
-    by its repr), a short tuple of these alike, anything else by identity (held: its id is not reused;
-    an array is immutable in jax, so a new value is a new object)."""
-    t = type(v)
-    if t in _BY_VALUE:
-        return t.__name__, repr(v) if t is float else v
-    if t is tuple and len(v) <= 16 and all(type(e) in _BY_VALUE for e in v):
-        return "tuple", tuple(_read_value(e) for e in v)
-    return ByIdentity(v)
-
-
-def reads_key(fn: Any) -> tuple:
-    """What a model function reads besides its arguments, as a cache key part: the attributes of its
-    object (a bound method's, or a callable object's own) and the contents of its closure, one level,
-    by ``_read_value`` ((name, value) pairs, sorted). The compiled program bakes them in: a
-    classifier-free guidance wrapper's ``scale`` changed between calls kept the first value's program
-    (a researcher's trial: 3.21 off the core, silently, where the numpy core and the torch executors
-    read the new one). Module globals and values changed in place inside a mutable object are not seen."""
-    owner: Any
-    func: Any
-    if isinstance(fn, types.MethodType):
-        owner, func = fn.__self__, fn.__func__
-    elif isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, functools.partial, type)):
-        owner, func = None, fn if isinstance(fn, types.FunctionType) else None
-    else:
-        owner, func = fn, None
-    parts: list = []
-    if owner is not None:
-        parts += [(name, _read_value(v)) for name, v in sorted(attributes(owner).items())]
-    if func is not None and func.__closure__:
-        for name, cell in zip(func.__code__.co_freevars, func.__closure__):
-            try:
-                parts.append((f"{name} (closure)", _read_value(cell.cell_contents)))
-            except ValueError:  # (an empty cell: a name bound later in the enclosing scope)
-                continue
-    return tuple(parts)
-
-
-def warn_if_reads_changed(keys: Any, key_model: tuple) -> None:
-    """Warn where the cache held a program for the same function with other values read (``reads_key``):
-    compiled again, once per new value; values that change between calls belong in ``args``."""
-    kind, (fn_part, reads) = key_model[0], key_model[1]
-    for key in list(keys):
-        other = key[0]
-        if other[0] == kind and other[1][0] == fn_part and other[1][1] != reads:
-            before, now = dict(other[1][1]), dict(reads)
-            names = sorted(n for n in before.keys() | now.keys() if before.get(n) != now.get(n))
-            warn_caller(f"chords_jax: the model function's {', '.join(names)} changed since it was compiled: "
-                        "compiled again for the new value (a compiled program bakes in what the function reads from "
-                        "its object or closure); pass values that change between calls as args= (a traced "
-                        "argument: no compile per value)", UserWarning)
-            return
+        return keyable(fn)
+    return ByIdentity(fn)
 
 
 def check_signature(model: Any, with_args: bool) -> None:
@@ -452,7 +392,6 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
     fn = lru_get_compiled(_CACHE, key, _CACHE_SIZE)
     if fn is not None:
         return fn
-    warn_if_reads_changed(_CACHE, key_model)
     check_signature(model, with_args)
     keep = not (tracing() and holds_tracer(_function(model)))  # (a caller's tracer in its closure: used once)
     if mesh is not None:

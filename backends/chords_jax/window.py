@@ -96,7 +96,6 @@ from .run import (
     lru_get_compiled,
     lru_put,
     time_dtype,
-    warn_if_reads_changed,
 )
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
@@ -264,7 +263,6 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
     fn = lru_get_compiled(_JITTED, key, _CACHE_SIZE)
     if fn is not None:
         return fn
-    warn_if_reads_changed(_JITTED, key_model)
     check_signature(model, with_args)
 
     def run(x, tabs, tol2, zeros, args):

@@ -97,11 +97,11 @@ def _check_run_signature(method: Method) -> None:
     ``run`` without ``**options`` takes only the options it names (no solver's). A callable without an
     inspectable signature is taken as it is."""
     try:
-        sig = inspect.signature(method.run)
+        sig = inspect.signature(method.run, follow_wrapped=False)  # (a functools.wraps wrapper's own)
     except (TypeError, ValueError):
         return
-    try:
-        sig.bind(None, None, None, None, cores=1, executor=None, progress=False)
+    try:  # (partial: a required option of the method's own, blocks=..., comes with the call, a review)
+        sig.bind_partial(None, None, None, None, cores=1, executor=None, progress=False)
     except TypeError as err:
         raise TypeError(f"method {method.name!r}: run{sig} cannot take the call parallel makes, run(model, x, grid, "
                         f"solver, *, cores, executor, progress, **options) ({err})") from None
