@@ -153,9 +153,9 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
         raise ValueError(f"executor: {type(executor).__name__} returned {got} for the {len(xs)} point(s) of round "
                          f"{round_number}; an executor returns a list of one model output per point, in their order")
-    if not (type(executor).__dict__.get("outputs_checked", False) and own_call(type(model))):
-        # (Executor.outputs_checked: declared by the class itself, not inherited; and only a model whose
-        # _call is the library's checks its outputs: a subclass's own (4,) for (2, 4) points was broadcast)
+    if not type(executor).__dict__.get("outputs_checked", False):
+        # (Executor.outputs_checked: declared by the class itself, not inherited: its outputs come from
+        # model.evaluate, which checks them, a subclass's own _call's too, Model._checked_own)
         outs = _executor_outputs(executor, model, outs, xs, round_number, where, context)
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred

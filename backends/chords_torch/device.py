@@ -265,8 +265,8 @@ class DeviceExecutor(Executor):
         timeout: deprecated name of ``round_timeout``.
     """
 
-    # (no ``outputs_checked``: the call's model may be a subclass with a ``_call`` of its own, which checks
-    # nothing, and whose (4,) outputs for (2, 4) points the engine's shape check caught)
+    # (no ``outputs_checked``: its outputs come back from the other devices, checked against the round's
+    # points by the engine)
 
     round_timeout = RoundTimeout()  # (checked when set)
 
