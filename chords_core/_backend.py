@@ -370,6 +370,16 @@ def numpy_view(t: Array) -> np.ndarray | None:
         return None
 
 
+def plain_numpy_view(t: Array) -> np.ndarray | None:
+    """numpy's view of the torch tensor ``t`` where ``Tensor.numpy()`` gives one as it is (a CPU tensor
+    of strided layout that needs no gradient, no negative or conjugate bit), else ``None``: one call,
+    the host route's common case (``numpy_view`` resolves the rest)."""
+    try:
+        return t.numpy()
+    except Exception:  # (torch's own refusals: RuntimeError, TypeError; left to numpy_view's path)
+        return None
+
+
 def unshared(out: Array, buf: Array) -> Array:
     """``out``, or a copy of it where it shares memory with the numpy array or torch tensor ``buf``."""
     if type(out) is not type(buf):

@@ -351,11 +351,17 @@ class Model:
     numpy_engine = False
 
     def _checked(self, out: Array, like: Array, n: int, rows: int, workspace: B.Workspace | None = None,
-                 split: Callable[[Array], list] | None = None) -> Array:
+                 split: Callable[[Array], list] | None = None, host: np.ndarray | None = None) -> Array:
         """The network's output ``out`` at the stacked points ``like`` as the methods take it: ``_check``ed
         (``split`` as there), and copied where it shares memory with ``workspace``'s buffer. ``numpy_engine``:
         its type, shape and dtype checked as the tensor it is, against the tensor the network was given,
-        then numpy's view of it (its finiteness checked there)."""
+        then numpy's view of it (its finiteness checked there); where numpy views it as it is, with the
+        points' shape and dtype (``host``: the numpy array ``like`` is a view of), all of it on that view
+        (a tensor's own attributes cost a small state's host route about a tenth of a round)."""
+        if host is not None and type(out) is type(like):
+            o = B.plain_numpy_view(out)
+            if o is not None and o.shape == host.shape and o.dtype == host.dtype:
+                return self._check(o if workspace is None else workspace.detach(o), host, n, rows, split)
         if self.numpy_engine:
             def view(o: Array) -> Array:
                 v = B.numpy_view(o)
@@ -473,9 +479,13 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
-        x = B.torch_view(x) if self.numpy_engine else x
-        out = watched_call(self.fn, (x, B.times_like(ts, rows, x, getattr(self.fn, "exact_times", False))), x, len(xs))
-        out = self._checked(out, x, len(xs), rows, workspace, lambda o: B.split_rows(o, len(xs)))
+        exact = getattr(self.fn, "exact_times", False)
+        if self.numpy_engine:  # the network's tensors on numpy's memory, its times made on numpy too
+            host, x, t = x, B.torch_view(x), B.torch_view(B.times_like(ts, rows, x, exact))
+        else:
+            host, t = None, B.times_like(ts, rows, x, exact)
+        out = watched_call(self.fn, (x, t), x, len(xs))
+        out = self._checked(out, x, len(xs), rows, workspace, lambda o: B.split_rows(o, len(xs)), host)
         if len(xs) == 1:
             return [out]
         return B.split_rows(out, len(xs))
@@ -584,17 +594,21 @@ class VectorField(Model):
         if not self.batched:
             outs: list = []
             for k, (x, t) in enumerate(zip(xs, ts)):
-                x = B.torch_view(x) if self.numpy_engine else x
+                host, x = (x, B.torch_view(x)) if self.numpy_engine else (None, x)
                 try:
-                    out = self._checked(watched_call(self.f, (float(t), x), x, 1), x, 1, 1)
+                    out = self._checked(watched_call(self.f, (float(t), x), x, 1), x, 1, 1, host=host)
                 except ModelOutputError as e:
                     raise e.relabel(k, str(e), outs if e.done is not None else None) from None
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
-        y = B.torch_view(y) if self.numpy_engine else y
-        out = watched_call(self.f, (B.times_like(ts, 1, y, getattr(self.f, "exact_times", False)), y), y, len(xs))
-        out = self._checked(out, y, len(xs), 1, workspace, lambda o: [o[k] for k in range(len(xs))])
+        exact = getattr(self.f, "exact_times", False)
+        if self.numpy_engine:  # (as DiffusionModel's)
+            host, y, t = y, B.torch_view(y), B.torch_view(B.times_like(ts, 1, y, exact))
+        else:
+            host, t = None, B.times_like(ts, 1, y, exact)
+        out = watched_call(self.f, (t, y), y, len(xs))
+        out = self._checked(out, y, len(xs), 1, workspace, lambda o: [o[k] for k in range(len(xs))], host)
         return [out[k] for k in range(len(xs))]
 
     def coefficients(self, times: np.ndarray, quantity: str) -> list[tuple[float, float]] | None:
