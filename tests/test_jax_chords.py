@@ -1589,3 +1589,87 @@ def test_jax_integer_scalars_are_integers():
     with pytest.raises(ValueError, match=r"^cores must be an integer known when the call is made, .*static argument"):
         jax.jit(lambda k: cj.chords(model, X, grid, "euler", cores=k).x)(jnp.int32(2))
     assert cc.make_plan(jnp.array(12), jnp.array([0, 4])) is cc.make_plan(12, [0, 4])  # (an unhashable cache key)
+
+
+class _Scaled:
+    """A guidance-style wrapper: its ``scale`` attribute and its weights ``w`` are read when traced;
+    ``traces`` counts its own traces (set during them: the function's own business)."""
+
+    def __init__(self, scale, w):
+        self.scale, self.w, self.traces = scale, w, 0
+
+    def __call__(self, x, t):
+        self.traces += 1
+        xp = jnp if isinstance(x, jax.Array) else np
+        return xp.tanh(x @ self.w + t[:, None]) * self.scale + 0.2 * x
+
+
+def test_a_value_the_function_reads_set_anew_between_calls_is_seen():
+    """A researcher's trial: a wrapper's ``scale`` changed between calls kept the first value's program
+    (3.21 off the core, silently). Now what a function read when traced is compared before each lookup:
+    a number, an array or an object set anew drops the function's programs (every kind: the window
+    methods', a rule's chunked run), with a warning, and it compiles again; what its own trace set (a
+    counter) is no change, and an unchanged function compiles nothing."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    net = _Scaled(0.5, jnp.asarray(_W))
+    model = cc.DiffusionModel(net, SCHED, "eps")
+    x = jnp.asarray(X)
+
+    def core(**kw):
+        ref = _Scaled(net.scale, np.asarray(net.w))
+        return cc.chords(cc.DiffusionModel(ref, SCHED, "eps"), X, grid, "euler", cores=3, **kw)
+
+    def window():
+        ref = _Scaled(net.scale, np.asarray(net.w))
+        return cc.parallel(cc.DiffusionModel(ref, SCHED, "eps"), X, grid, "euler", cores=3, method="paradigms")
+
+    cj.clear_cache()
+    rule = cc.StopWhenConverged(1e-3)
+    for _ in range(2):  # the second round: cached, nothing compiled, no warning
+        n = cj.compilations()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            same_result(cj.chords(model, x, grid, "euler", cores=3, stop=None), core(stop=None))
+            assert close(cj.chords(model, x, grid, "euler", cores=3, stop=rule).x, core(stop=rule).x)
+            assert close(cj.parallel(model, x, grid, "euler", cores=3, method="paradigms").x, window().x)
+        assert (cj.compilations() > n) == (_ == 0)
+    for change in (lambda: setattr(net, "scale", 0.9), lambda: setattr(net, "w", jnp.asarray(_W.T))):
+        change()
+        with pytest.warns(UserWarning, match=r"reads from its object, closure or defaults .* set anew .* args="):
+            got = cj.chords(model, x, grid, "euler", cores=3, stop=None)
+        same_result(got, core(stop=None))
+        with warnings.catch_warnings():  # the other programs of the function were dropped with it: compiled anew
+            warnings.simplefilter("error")
+            assert close(cj.chords(model, x, grid, "euler", cores=3, stop=rule).x, core(stop=rule).x)
+            assert close(cj.parallel(model, x, grid, "euler", cores=3, method="paradigms").x, window().x)
+            n = cj.compilations()
+            same_result(cj.chords(model, x, grid, "euler", cores=3, stop=None), core(stop=None))
+            assert cj.compilations() == n
+    # a closure variable rebound; an equal number set again is no change
+    def closed(v):
+        def fn(x, t):
+            return jnp.tanh(x @ _W + t[:, None]) * box
+
+        def set_(w):
+            nonlocal box
+            box = w
+
+        box = v
+        return fn, set_
+
+    fn, set_ = closed(0.3)
+    m2 = cc.DiffusionModel(fn, SCHED, "eps")
+    first = np.asarray(cj.solve(m2, x, grid, "euler"))
+    set_(0.6)
+    with pytest.warns(UserWarning, match="set anew"):
+        second = np.asarray(cj.solve(m2, x, grid, "euler"))
+    assert close(second, cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]) * 0.6, SCHED, "eps"),
+                                  X, grid, "euler"))
+    assert not close(first, second)
+    set_(float("0.6"))  # (another float object, equal)
+    n = cj.compilations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(np.asarray(cj.solve(m2, x, grid, "euler")), second)
+    assert cj.compilations() == n
+    cj.clear_cache()

@@ -20,8 +20,10 @@ import contextlib
 import functools
 import inspect
 import types
+import warnings
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -275,6 +277,7 @@ def clear_cache() -> None:
     read from a closure or an object). The cache keeps at most ``_CACHE_SIZE`` executables (one more
     during a call, ``lru_get_compiled``)."""
     _CACHE.clear()
+    _READS.clear()
 
 
 def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, exact: bool = False) -> Callable:
@@ -283,8 +286,8 @@ def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, 
     The cache is keyed by the model's function and holds it (and what it closes over) until it is
     evicted (``lru_get_compiled``: beyond ``_CACHE_SIZE`` executables, counted per shape) or
     ``clear_cache()`` is called.
-    Values a function reads from its closure at trace time are baked into the executable; pass
-    changing values (weights) as ``args``, a traced argument.
+    Values a function reads from its closure at trace time are baked into the executable (one set
+    anew since is seen: ``check_reads``); pass changing values (weights) as ``args``, a traced argument.
 
     Args:
         model: a ``DiffusionModel`` or ``VectorField`` with a jax-traceable function.
@@ -340,11 +343,18 @@ def tracing() -> bool:
 
 
 def holds_tracer(fn: Any, depth: int = 3) -> bool:
-    """Whether the function ``fn`` reaches a jax tracer through its closure, bound object, partial
-    arguments, defaults or, for a callable object, its attributes (nested ``depth`` deep: functions
-    and plain objects, such as a network holding its weights in ``self.W``, which a pytree sees as one
-    opaque leaf): a runner keyed by it must not be cached, or the cache would keep the caller's
-    trace alive."""
+    """Whether the function ``fn`` reaches a jax tracer (``reads``): a runner keyed by it must not be
+    cached, or the cache would keep the caller's trace alive."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in reads(fn, depth))
+
+
+def reads(fn: Any, depth: int = 3, open_lists: bool = True) -> Iterator[Any]:
+    """The values the function ``fn`` can read when traced, beyond its arguments: the pytree leaves of
+    its closure, bound object, partial arguments, defaults or, for a callable object, its attributes,
+    nested ``depth`` deep (functions and plain objects, such as a network holding its weights in
+    ``self.W``, which a pytree sees as one opaque leaf). Module globals are not among them.
+    ``open_lists=False``: a list, dict or set is one leaf, not its contents (a log the function
+    appends to as it runs, from a callback, is the same log)."""
     parts: list = [getattr(fn, "__self__", None), getattr(fn, "__defaults__", None)]
     if isinstance(fn, functools.partial):
         parts += [fn.func, fn.args, fn.keywords]
@@ -355,7 +365,9 @@ def holds_tracer(fn: Any, depth: int = 3) -> bool:
             parts.append(cell.cell_contents)
         except ValueError:  # an empty cell
             pass
-    return any(_reaches(part, depth - 1) for part in parts)
+    for part in parts:
+        if part is not None:  # (no closure, no defaults: nothing to walk)
+            yield from _values(part, depth - 1, open_lists)
 
 
 def _attributes(obj: Any) -> list:
@@ -373,22 +385,106 @@ def _attributes(obj: Any) -> list:
     return values
 
 
-def _reaches(obj: Any, depth: int) -> bool:
-    """Whether ``obj`` is a tracer or, ``depth`` levels deep, holds one: as a callable
-    (``holds_tracer``), in its pytree leaves, or in those leaves' attributes."""
-    if depth >= 1 and callable(obj) and not isinstance(obj, type) and holds_tracer(obj, depth):
-        return True
-    for leaf in jax.tree_util.tree_leaves(obj):
-        if isinstance(leaf, jax.core.Tracer):
-            return True
-        if depth >= 1 and any(_reaches(v, depth - 1) for v in _attributes(leaf)):
-            return True
-    return False
+_MUTABLE = (list, dict, set)
+_PLAIN = (jax.Array, np.ndarray, bool, int, float, complex, str, bytes, np.generic)  # leaves without attributes
+
+
+def _values(obj: Any, depth: int, open_lists: bool) -> Iterator[Any]:
+    """``obj``'s leaves for ``reads``: as a callable (``reads``), its pytree leaves, and ``depth`` levels
+    deep those leaves' attributes."""
+    if depth >= 1 and callable(obj) and not isinstance(obj, type):
+        yield from reads(obj, depth, open_lists)
+    for leaf in jax.tree_util.tree_leaves(obj, is_leaf=None if open_lists else lambda v: isinstance(v, _MUTABLE)):
+        yield leaf
+        if depth >= 1 and not isinstance(leaf, _PLAIN):
+            for v in _attributes(leaf):
+                yield from _values(v, depth - 1, open_lists)
+
+
+#: per model function (its key, ``function_key``): what it could read (``reads``) when last traced, as
+#: ``_token``s, for ``check_reads``
+_READS: dict = {}
+#: the caches of compiled programs, keyed by (the model's key (kind, function key, ...), ...), from which
+#: ``check_reads`` drops a function's programs (this module's and the window methods')
+PROGRAM_CACHES: list[OrderedDict] = [_CACHE]
+_SCALARS = (bool, int, float, complex, str, bytes, np.generic)
+
+
+def _token(leaf: Any) -> tuple[int, Any]:
+    """What ``check_reads`` compares a value read with: a number or string by value, an array or other
+    object by identity (a weak reference where it takes one: the token keeps no weights alive)."""
+    if leaf is None or isinstance(leaf, _SCALARS):
+        return 0, leaf
+    try:
+        return 1, weakref.ref(leaf)
+    except TypeError:
+        return 2, leaf
+
+
+def _same(token: tuple[int, Any], leaf: Any) -> bool:
+    kind, v = token
+    if kind == 0:  # (nan equals nan here: a nan attribute is no change)
+        return type(leaf) is type(v) and bool(leaf == v or (leaf != leaf and v != v))
+    return (v() if kind == 1 else v) is leaf
+
+
+def note_reads(fn_key: Any, fn: Any) -> None:
+    """Keep what the function ``fn`` (keyed ``fn_key``) reads, as it is at the end of its trace (values
+    its own trace set, a counter or a lazily built table, are its own): ``check_reads``. Run at the
+    end of every trace of a program of ``fn`` that is cached."""
+    _READS[fn_key] = [_token(leaf) for leaf in reads(fn, open_lists=False)]
+    _prune_reads()
+
+
+def check_reads(fn_key: Any, fn: Any) -> None:
+    """Before a cached program of the function ``fn`` is looked up: where a value it read when last
+    traced (``reads``) has changed since (an attribute or a closure variable set anew: a guidance
+    scale, the weights of a network object), drop every cached program of it, with a
+    ``UserWarning``, so that it is traced and compiled again with the new value (a trial: a
+    wrapper's ``scale`` changed between calls kept the first value's program, 3.21 off the core,
+    silently). An array, list, dict or set changed in place and a module global are not seen."""
+    kept = _READS.get(fn_key)
+    if kept is None:
+        return
+    now = list(reads(fn, open_lists=False))
+    if len(now) == len(kept) and all(map(_same, kept, now)):
+        return
+    _READS.pop(fn_key, None)
+    for cache in PROGRAM_CACHES:
+        for k in [k for k in list(cache) if k[0][1] == fn_key]:
+            cache.pop(k, None)
+    warnings.warn("chords_jax: a value the model's function reads from its object, closure or defaults (not passed "
+                  "as args=) was set anew since it was compiled; compiling it again. Pass values that change between "
+                  "calls as args= (a traced argument: no compilation); an array changed in place is not seen",
+                  UserWarning, stacklevel=4)
+
+
+def _prune_reads() -> None:
+    """Forget the reads of functions no cache holds a program of any more (the keys hold the functions)."""
+    live = {k[0][1] for cache in PROGRAM_CACHES for k in list(cache)}
+    for k in [k for k in _READS if k not in live]:
+        _READS.pop(k, None)
+
+
+def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
+    """``body`` as the function a program jits: each trace counted (``compilations``) and, for a program
+    that is cached (``keep``), what the model's function ``fn`` reads noted at its end (``note_reads``)."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        count_compilation()
+        out = body(*args, **kwargs)
+        if keep:
+            note_reads(fn_key, fn)
+        return out
+
+    return run
 
 
 def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check), bool(check) and exact, chunked)
+    check_reads(key_model[1], _function(model))
     fn = lru_get_compiled(_CACHE, key, _CACHE_SIZE)
     if fn is not None:
         return fn
@@ -432,7 +528,6 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
         return carry
 
     def run(x, init, segments, rows, zeros, args):
-        count_compilation()
         slots = max(seg[1].shape[1] for seg in segments)  # Program.width, from the arrays at trace time
         # the buffer's rows are flat (1 + L, x.size): gathers and scatters of whole contiguous rows
         buf = pin(init[:, None] * x.reshape(1, -1))
@@ -440,13 +535,13 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
         return tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0])), bad
 
     def chunk(x, buf, bad, segments, rows, zeros, args, slots):
-        count_compilation()
         if buf.ndim == 1:  # the first chunk: the program's init vector
             buf = pin(buf[:, None] * x.reshape(1, -1))
         buf, bad = scans(x, (buf, bad), segments, zeros, args, slots)
         return buf, bad, tuple(buf[rows[i]].reshape(x.shape) for i in range(rows.shape[0]))
 
-    jitted = jax.jit(chunk, static_argnames="slots") if chunked else jax.jit(run)
+    body = traced(chunk if chunked else run, key_model[1], _function(model), keep)
+    jitted = jax.jit(body, static_argnames="slots") if chunked else jax.jit(body)
     return lru_put(_CACHE, key, jitted, _CACHE_SIZE) if keep else jitted
 
 
@@ -485,11 +580,15 @@ def lru_get_compiled(cache: OrderedDict, key: tuple, size: int) -> Any:
         fn = None
     held = [(k, _executables(f)) for k, f in list(cache.items())]  # oldest first (a snapshot: other threads)
     total = sum(n for _, n in held)
+    evicted = False
     for k, n in held:
         if total <= size or k == key:
             break
         cache.pop(k, None)
         total -= n
+        evicted = True
+    if evicted:
+        _prune_reads()
     return fn
 
 

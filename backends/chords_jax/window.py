@@ -89,13 +89,16 @@ from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 from .api import CACHES, _as_state, _model_key, check_args_devices, inside_transformation, options_key, solver_key
 from .run import (
     NO_BAD,
+    PROGRAM_CACHES,
     _evaluator,
+    _function,
+    check_reads,
     check_signature,
-    count_compilation,
     lru_get,
     lru_get_compiled,
     lru_put,
     time_dtype,
+    traced,
 )
 
 __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
@@ -128,6 +131,7 @@ _UNSUPPORTED_SOLVER = {
 }
 
 _JITTED: OrderedDict[tuple, Callable] = OrderedDict()
+PROGRAM_CACHES.append(_JITTED)  # (a function's programs dropped where what it reads changed: run.check_reads)
 _SETUPS: OrderedDict[tuple, Any] = OrderedDict()
 _TRACES: OrderedDict[tuple, tuple] = OrderedDict()
 _ZEROS: OrderedDict[tuple, Any] = OrderedDict()
@@ -260,13 +264,13 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
     T, W, seed, scale, converts = setup.T, setup.W, setup.seed, setup.scale, setup.converts
     p = 1  # the local error estimate's order (``LocalError.p``): the compiled solvers are first order
     key = (key_model, T, W, seed, scale, converts, check)
+    check_reads(key_model[1], _function(model))
     fn = lru_get_compiled(_JITTED, key, _CACHE_SIZE)
     if fn is not None:
         return fn
     check_signature(model, with_args)
 
     def run(x, tabs, tol2, zeros, args):
-        count_compilation()
         S, N, dt = x.shape, x.size, x.dtype
         cmp = tol2.dtype
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
@@ -383,7 +387,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         # the counts in one array (one transfer): rounds, nfe, width, bad, then the sweeps' new starts
         return Xw[0].reshape(S), jnp.concatenate([jnp.stack([rounds, nfe, width, bad]), starts])
 
-    return _put(_JITTED, key, jax.jit(run))
+    return _put(_JITTED, key, jax.jit(traced(run, key_model[1], _function(model), True)))
 
 
 # ---------------------------------------------------------------------------------------------------
