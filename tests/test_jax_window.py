@@ -158,6 +158,17 @@ def test_an_unbatched_vector_field_and_the_official_options():
             run(*args, "euler", cores=4, level_floor=1.0)
         same(cj.parallel(jode, y, plain, "euler", cores=4, scale="level", level_floor=2.0),
              cc.parallel(ode, y, plain, "euler", cores=4, scale="level", level_floor=2.0))
+    # history_gain: taken by both (no compiled solver has a history: the same run either way), a non-bool
+    # refused by both in the same words
+    for value in (True, False):
+        same(cj.parallel(jmodel, x, grid, "euler", cores=4, history_gain=value),
+             cc.parallel(nmodel, x, grid, "euler", cores=4, history_gain=value))
+    messages = []
+    for run, args in ((cj.parallel, (jmodel, x, grid)), (cc.parallel, (nmodel, x, grid))):
+        with pytest.raises(ValueError, match="history_gain") as info:
+            run(*args, "euler", cores=4, history_gain="yes")
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
     # the same argument named first by both, where several are wrong (a review: the core named ridge,
     # chords_jax the solver or the tolerance)
     for bad in ({"solver": "bogus"}, {"tol": -1.0}):

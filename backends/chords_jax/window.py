@@ -59,7 +59,7 @@ import numpy as np
 
 from chords_core import _backend as B
 from chords_core.call import begin
-from chords_core.checks import check_choice, check_cores, check_grid
+from chords_core.checks import check_bool, check_choice, check_cores, check_grid
 from chords_core.local_error import LocalError
 from chords_core.methods import METHODS, RECOMMENDED, check_options
 from chords_core.methods.cascade import LEVEL_FLOOR as CASCADE_FLOOR
@@ -106,7 +106,7 @@ __all__ = ["parallel", "WINDOW_METHODS", "WINDOW_SOLVERS", "clear_cache"]
 #: The methods of ``chords_core.parallel`` compiled here: (seed, scale, default tol (a number, or a
 #: function of the steps), own options).
 WINDOW_METHODS: dict[str, tuple[str, str, float | Callable[[int], float], tuple[str, ...]]] = {
-    "cascade": ("solver", "auto", cascade_tol, ("anderson", "level_floor", "ridge", "scale")),
+    "cascade": ("solver", "auto", cascade_tol, ("anderson", "history_gain", "level_floor", "ridge", "scale")),
     "paradigms": ("copy", "noise", PEER_TOL, ("variance", "multistep")),
     "parasolver": ("jump", "noise", PEER_TOL, ("variance", "multistep")),
 }
@@ -434,7 +434,8 @@ def parallel(
             ``f(t, y, args)``): new values without recompiling.
         executor: must be ``None``.
         progress: accepted and ignored.
-        options: the method's own options (cascade: ``scale``, ``level_floor``, ``anderson`` (0 only) and ``ridge``;
+        options: the method's own options (cascade: ``scale``, ``level_floor``, ``anderson`` (0 only), ``ridge`` and
+            ``history_gain`` (no compiled solver has a history: it changes nothing);
             ParaDiGMS / ParaSolver: ``variance``, ``multistep``) and the solver's.
 
     Returns:
@@ -474,6 +475,7 @@ def parallel(
         default_tol = partial(cascade_tol_for, model, scale=scale)
         level_floor, anderson, _ = check_applies(scale, is_plain_ode(model), mine.get("level_floor", CASCADE_FLOOR),
                                                  mine.get("anderson", 0), mine.get("ridge", CASCADE_RIDGE))
+        check_bool("history_gain", mine.get("history_gain", True))  # (no compiled solver has a history: no gain)
     call = begin(model, x, grid, solver, None, options)
     sol, model = call.solver, call.model
     T = sol.steps

@@ -285,6 +285,36 @@ class Solver:
             c = self._jumps[key] = (a_d - b_d * a_q / b_q, b_d / b_q)
         return c
 
+    def history_gains(self) -> np.ndarray | None:
+        """How much more a multistep solver's steps weigh each point's quantity than a first-order step.
+
+        rho_p = (the coefficient of q_p in x_{p+H+1}, through the steps p .. p+H, H = ``history_size``)
+        / (b of the jump p -> p+H+1, ``jump_coeffs``): the error a point's quantity carries (the model
+        at a point still off by a little) is injected into the trajectory times about rho_p. About 1 or
+        less where neighbouring steps are alike (|rho| <= 1 on every ``time_grid``); where a step is
+        much shorter than the next one, about their ratio (the extrapolation divides a difference of
+        two quantities by it: DPM-Solver++(2M) 1,712 at a step of 1e-5 between steps of 0.03). One
+        pass over the grid with every point's unit quantity side by side (float64 vectors of T).
+
+        Returns:
+            (T,) |rho_p| (nan where the jump's b is 0 read as 1); ``None`` for a solver without history
+            or with several stages (no gain to weigh).
+        """
+        H, T = self.history_size, self.steps
+        if not H or T < 1 or max(self.evals_per_step()) > 1:
+            return None
+        st = self.begin(np.zeros(T))
+        gain = np.zeros(T)
+        for k in range(T):
+            q = np.zeros(T)
+            q[k] = 1.0
+            st = self.step(st, [q], k, k + 1)
+            for p in range(max(0, k - H), k + 1):  # the points whose quantity a step has used by now
+                b = self.jump_coeffs(p, k + 1)[1]
+                r = abs(float(st.x[p]) / b) if b != 0.0 else 1.0
+                gain[p] = max(gain[p], r if r == r else 1.0)
+        return gain
+
     def jump(self, x: Array, q: Array, i: int, j: int) -> Array:
         """The coarse first-order jump G(x, q; i -> j), CHORDS' coarse propagator.
 
