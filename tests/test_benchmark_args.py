@@ -35,6 +35,7 @@ BAD = {
     # (a user trial: tracebacks from --steps / --cores / --solver, --seeds -1, and exclusive sets combined silently)
     "plain_odes": [["--steps", "0"], ["--steps", "-3"], ["--cores", "0"], ["--solver", "dpmpp_2m"]],
     "linear_odes": [["--seeds", "-1"]],
+    "short_steps": [["--spread", "0.5"], ["--spread", "nan"], ["--seeds", "-1"]],
     "single_gaussian": [["--methods", "foo"], ["--show", "-1"], ["--steps", "0"], ["--solvers", "foo"],
                         ["--cores", "9", "--steps", "6"]],
     "suite": [["--report", "/nonexistent.json"], ["--report", NOT_JSON], ["--report", NOT_RECORD], ["--workloads"]],
