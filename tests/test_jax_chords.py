@@ -1673,3 +1673,100 @@ def test_a_value_the_function_reads_set_anew_between_calls_is_seen():
         assert np.array_equal(np.asarray(cj.solve(m2, x, grid, "euler")), second)
     assert cj.compilations() == n
     cj.clear_cache()
+
+
+def test_what_a_trace_or_a_run_sets_is_no_change_and_deeper_values_are_seen():
+    """A trial of the read check: two functions sharing one network whose trace counts itself recompiled
+    each other's programs at every call, with a warning; a counter a jax.debug.callback advances
+    recompiled every call; a weight set anew on a layer held in a list, three objects below a bound
+    method, a class attribute, or a pytree's static field was not seen; a dead weakref.proxy on the
+    object raised ReferenceError. Now each compiles once, and each change is seen."""
+    import dataclasses
+    import weakref
+
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+
+    def check(fn, change, want_compiles=1):
+        """fn compiled once, run again without compiling; after change() compiled again, with a warning,
+        and equal to the numpy core's run of the same function."""
+        model = cc.DiffusionModel(fn, SCHED, "eps")
+        n = cj.compilations()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cj.solve(model, x, grid, "euler")
+            cj.solve(model, x, grid, "euler")
+        assert cj.compilations() - n == want_compiles
+        change()
+        with pytest.warns(UserWarning, match="set anew"):
+            got = np.asarray(cj.solve(model, x, grid, "euler"))
+        ref = cc.solve(cc.DiffusionModel(lambda y, t: np.asarray(fn(jnp.asarray(y), jnp.asarray(t))), SCHED, "eps"),
+                       X, grid, "euler")
+        assert close(got, ref)
+
+    class Layer:
+        def __init__(self, w):
+            self.w = jnp.asarray(w)
+
+    class Stack:
+        scale = 0.5  # (a class attribute its call reads)
+
+        def __init__(self):
+            self.layers, self.traces, self.nfe = [Layer(_W), Layer(_W.T)], 0, 0
+            self.owner = None
+
+        def count(self):
+            self.nfe += 1
+
+        def __call__(self, y, t, label=0.0):
+            self.traces += 1
+            jax.debug.callback(self.count)
+            for layer in self.layers:
+                y = jnp.tanh(y @ layer.w)
+            return (y + t[:, None] + label) * self.scale
+
+    cj.clear_cache()
+    net = Stack()
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    net.owner = weakref.proxy(owner)
+    del owner  # (a dead proxy on the object: watched, not read)
+    check(net, lambda: setattr(net.layers[0], "w", jnp.asarray(-_W)))
+    check(net, lambda: setattr(Stack, "scale", 0.9), want_compiles=0)
+    # two functions sharing the network (its trace counts itself): each compiles once, no warning
+    cond, uncond = (lambda y, t: net(y, t, 1.0)), (lambda y, t: net(y, t, 0.0))
+    n = cj.compilations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            for f in (cond, uncond):
+                cj.solve(cc.DiffusionModel(f, SCHED, "eps"), x, grid, "euler")
+    assert cj.compilations() - n == 2
+
+    class Wrap:  # three objects below a bound method
+        def __init__(self, inner, k):
+            self.model, self.k = inner, k
+
+        def __call__(self, y, t):
+            return self.model(y, t) * self.k
+
+    deep = Wrap(Wrap(Stack(), 0.7), 0.5)
+    check(deep.__call__, lambda: setattr(deep.model.model.layers[1], "w", jnp.asarray(0.5 * _W)))
+
+    @dataclasses.dataclass
+    class Conf:
+        w: jax.Array
+        scale: float
+
+    jax.tree_util.register_dataclass(Conf, data_fields=["w"], meta_fields=["scale"])
+    box = {"conf": Conf(jnp.asarray(_W), 0.5)}
+    conf = box["conf"]
+
+    def fn(y, t):
+        return jnp.tanh(y @ conf.w + t[:, None]) * conf.scale
+
+    check(fn, lambda: setattr(conf, "scale", 0.9))  # (a static field: its value, not a leaf)
+    cj.clear_cache()

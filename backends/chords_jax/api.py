@@ -64,6 +64,7 @@ from .linear import LinearRecorder, Sym
 from .lower import SEGMENT_TIMES, Program, lower
 from .run import (
     NO_BAD,
+    after_run,
     chunk_runner,
     first_bad,
     keyable,
@@ -716,6 +717,7 @@ def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bo
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
     if check:
         bad = first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
+    after_run(model)
     return outs, bad
 
 
@@ -747,6 +749,7 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
         vals.update(zip(ids[i], outs))
         while m < len(ready) and ready[m] <= end:
             m += 1
+        after_run(model)
         yield vals, m
 
 

@@ -21,7 +21,6 @@ import functools
 import inspect
 import types
 import warnings
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
+
+from .reads import MAX_ENTRIES, same, tokens, watch
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
            "time_dtype"]
@@ -278,6 +279,7 @@ def clear_cache() -> None:
     during a call, ``lru_get_compiled``)."""
     _CACHE.clear()
     _READS.clear()
+    _VOLATILE.clear()
 
 
 def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, exact: bool = False) -> Callable:
@@ -348,13 +350,12 @@ def holds_tracer(fn: Any, depth: int = 3) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in reads(fn, depth))
 
 
-def reads(fn: Any, depth: int = 3, open_lists: bool = True) -> Iterator[Any]:
-    """The values the function ``fn`` can read when traced, beyond its arguments: the pytree leaves of
+def reads(fn: Any, depth: int = 3) -> Iterator[Any]:
+    """The values the function ``fn`` can read when traced, for ``holds_tracer``: the pytree leaves of
     its closure, bound object, partial arguments, defaults or, for a callable object, its attributes,
     nested ``depth`` deep (functions and plain objects, such as a network holding its weights in
-    ``self.W``, which a pytree sees as one opaque leaf). Module globals are not among them.
-    ``open_lists=False``: a list, dict or set is one leaf, not its contents (a log the function
-    appends to as it runs, from a callback, is the same log)."""
+    ``self.W``, which a pytree sees as one opaque leaf). Every leaf, on a cache miss only: what the
+    cache watches before each lookup, cheaply and by holder, is ``reads.watch``'s."""
     parts: list = [getattr(fn, "__self__", None), getattr(fn, "__defaults__", None)]
     if isinstance(fn, functools.partial):
         parts += [fn.func, fn.args, fn.keywords]
@@ -367,7 +368,7 @@ def reads(fn: Any, depth: int = 3, open_lists: bool = True) -> Iterator[Any]:
             pass
     for part in parts:
         if part is not None:  # (no closure, no defaults: nothing to walk)
-            yield from _values(part, depth - 1, open_lists)
+            yield from _values(part, depth - 1)
 
 
 def _attributes(obj: Any) -> list:
@@ -385,69 +386,41 @@ def _attributes(obj: Any) -> list:
     return values
 
 
-_MUTABLE = (list, dict, set)
 _PLAIN = (jax.Array, np.ndarray, bool, int, float, complex, str, bytes, np.generic)  # leaves without attributes
 
 
-def _values(obj: Any, depth: int, open_lists: bool) -> Iterator[Any]:
+def _values(obj: Any, depth: int) -> Iterator[Any]:
     """``obj``'s leaves for ``reads``: as a callable (``reads``), its pytree leaves, and ``depth`` levels
     deep those leaves' attributes."""
     if depth >= 1 and callable(obj) and not isinstance(obj, type):
-        yield from reads(obj, depth, open_lists)
-    for leaf in jax.tree_util.tree_leaves(obj, is_leaf=None if open_lists else lambda v: isinstance(v, _MUTABLE)):
+        yield from reads(obj, depth)
+    for leaf in jax.tree_util.tree_leaves(obj):
         yield leaf
         if depth >= 1 and not isinstance(leaf, _PLAIN):
             for v in _attributes(leaf):
-                yield from _values(v, depth - 1, open_lists)
+                yield from _values(v, depth - 1)
 
 
-#: per model function (its key, ``function_key``): what it could read (``reads``) when last traced, as
-#: ``_token``s, for ``check_reads``
+#: per model function (its key, ``function_key``): its ``reads.watch`` at the end of its last trace
 _READS: dict = {}
+#: the (holder, key) entries some trace changed (``reads``: what a trace sets is the function's own)
+_VOLATILE: set = set()
 #: the caches of compiled programs, keyed by (the model's key (kind, function key, ...), ...), from which
 #: ``check_reads`` drops a function's programs (this module's and the window methods')
 PROGRAM_CACHES: list[OrderedDict] = [_CACHE]
-_SCALARS = (bool, int, float, complex, str, bytes, np.generic)
-
-
-def _token(leaf: Any) -> tuple[int, Any]:
-    """What ``check_reads`` compares a value read with: a number or string by value, an array or other
-    object by identity (a weak reference where it takes one: the token keeps no weights alive)."""
-    if leaf is None or isinstance(leaf, _SCALARS):
-        return 0, leaf
-    try:
-        return 1, weakref.ref(leaf)
-    except TypeError:
-        return 2, leaf
-
-
-def _same(token: tuple[int, Any], leaf: Any) -> bool:
-    kind, v = token
-    if kind == 0:  # (nan equals nan here: a nan attribute is no change)
-        return type(leaf) is type(v) and bool(leaf == v or (leaf != leaf and v != v))
-    return (v() if kind == 1 else v) is leaf
-
-
-def note_reads(fn_key: Any, fn: Any) -> None:
-    """Keep what the function ``fn`` (keyed ``fn_key``) reads, as it is at the end of its trace (values
-    its own trace set, a counter or a lazily built table, are its own): ``check_reads``. Run at the
-    end of every trace of a program of ``fn`` that is cached."""
-    _READS[fn_key] = [_token(leaf) for leaf in reads(fn, open_lists=False)]
-    _prune_reads()
 
 
 def check_reads(fn_key: Any, fn: Any) -> None:
-    """Before a cached program of the function ``fn`` is looked up: where a value it read when last
-    traced (``reads``) has changed since (an attribute or a closure variable set anew: a guidance
-    scale, the weights of a network object), drop every cached program of it, with a
-    ``UserWarning``, so that it is traced and compiled again with the new value (a trial: a
-    wrapper's ``scale`` changed between calls kept the first value's program, 3.21 off the core,
-    silently). An array, list, dict or set changed in place and a module global are not seen."""
+    """Before a cached program of the function ``fn`` is looked up: where an entry it could read when
+    last traced (``reads.watch``: an attribute, a closure variable, a default) was set anew since (a
+    guidance scale, a network's weights), drop every cached program of it, with a ``UserWarning``,
+    so that it is traced and compiled again with the new value (a trial: a wrapper's ``scale`` changed
+    between calls kept the first value's program, 3.21 off the core, silently). Entries some trace
+    set are not compared (``_VOLATILE``); what ``reads`` does not watch is listed there."""
     kept = _READS.get(fn_key)
     if kept is None:
         return
-    now = list(reads(fn, open_lists=False))
-    if len(now) == len(kept) and all(map(_same, kept, now)):
+    if not _changed(kept, watch(fn)):
         return
     _READS.pop(fn_key, None)
     for cache in PROGRAM_CACHES:
@@ -459,23 +432,51 @@ def check_reads(fn_key: Any, fn: Any) -> None:
                   UserWarning, stacklevel=4)
 
 
+def _changed(kept: dict, now: dict) -> list:
+    """The entries of a watch ``now`` that differ from the tokens ``kept`` (or are new, or gone), volatile
+    ones aside."""
+    volatile = _VOLATILE
+    out = [k for k, tok in kept.items() if k not in volatile and (k not in now or not same(tok, now[k]))]
+    return out + [k for k in now if k not in kept and k not in volatile]
+
+
+def after_run(model: Any) -> None:
+    """After a run of a cached program of ``model``'s function (its results read): what the run itself
+    set (a counter a ``jax.debug.callback`` advances, a log it keeps) is volatile, as what a trace
+    sets (``traced``), so that the next lookup does not take it for a change."""
+    fn = _function(model)
+    fn_key = function_key(fn)
+    kept = _READS.get(fn_key)
+    if kept is None:
+        return
+    jax.effects_barrier()  # (the run's callbacks done: about 2 us)
+    _VOLATILE.update(_changed(kept, watch(fn)))
+
+
 def _prune_reads() -> None:
-    """Forget the reads of functions no cache holds a program of any more (the keys hold the functions)."""
+    """Forget the watches of functions no cache holds a program of any more (the keys hold the functions)."""
     live = {k[0][1] for cache in PROGRAM_CACHES for k in list(cache)}
     for k in [k for k in _READS if k not in live]:
         _READS.pop(k, None)
+    if len(_VOLATILE) > 4 * MAX_ENTRIES:  # (entries of dropped functions: forgotten, once many)
+        _VOLATILE.clear()
 
 
 def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
     """``body`` as the function a program jits: each trace counted (``compilations``) and, for a program
-    that is cached (``keep``), what the model's function ``fn`` reads noted at its end (``note_reads``)."""
+    that is cached (``keep``), ``fn``'s watch kept at its end (``_READS``), the entries the trace
+    changed marked volatile."""
 
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
         count_compilation()
+        before = tokens(watch(fn)) if keep else None
         out = body(*args, **kwargs)
-        if keep:
-            note_reads(fn_key, fn)
+        if before is not None:
+            after = watch(fn)
+            _VOLATILE.update(_changed(before, after))
+            _READS[fn_key] = tokens(after)
+            _prune_reads()
         return out
 
     return run

@@ -92,6 +92,7 @@ from .run import (
     PROGRAM_CACHES,
     _evaluator,
     _function,
+    after_run,
     check_reads,
     check_signature,
     lru_get,
@@ -512,6 +513,7 @@ def parallel(
             threshold = jax.device_put(threshold, where)
     x_T, counts = run(x, setup.arrays(x.dtype, time_dtype(model, x.dtype)), threshold, _zeros(x.size, x.dtype), args)
     counts = np.asarray(counts)
+    after_run(model)
     rounds, nfe, width, bad = (int(v) for v in counts[:4])
     starts = counts[4:]
     if bad != NO_BAD:

@@ -1,0 +1,193 @@
+"""What a model function reads beyond its arguments, and whether it was set anew since a trace.
+
+A compiled program bakes in the values its model function read from its object, closure or defaults
+when it was traced. ``watch`` lists them as (holder, key) -> token: each closure cell, default,
+partial argument, bound object and callable object's attribute, and, through objects (their
+``__dict__``, slots and class attributes), tuples, lists and dicts, what those hold, ``DEPTH``
+objects deep (containers take no depth), at most ``MAX_ENTRIES`` entries; a number or string by
+value, an array or any other object by identity. ``run.traced`` takes a watch at the end of every
+trace of a cached program (``note``), and ``check`` compares a fresh one before every lookup of the
+function's programs: an entry set anew since drops them all (``run``), with a ``UserWarning``.
+
+What any trace set (a counter of traces, activations kept on the object, a table built lazily) is
+*volatile*: the entries a trace changed, in any function (two functions sharing one network, a
+guidance wrapper's conditional and unconditional calls), are not compared again. Numbers held in a
+list, dict or set are not watched (a log or a counter a ``jax.debug.callback`` appends to as the
+program runs); arrays and objects held there are. Not seen: an array changed in place, a number in
+a list or dict changed in place, module globals (and what is reached only through them), values
+beyond ``DEPTH`` objects or ``MAX_ENTRIES`` entries.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import weakref
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["watch", "tokens", "same", "DEPTH", "MAX_ENTRIES"]
+
+#: objects walked below the function (its bound object or closure value is 1)
+DEPTH = 5
+#: entries watched per function at most (an object graph beyond is not watched)
+MAX_ENTRIES = 20_000
+_SCALARS = (bool, int, float, complex, str, bytes, np.generic)
+_ARRAYS = (jax.Array, np.ndarray)
+_OPAQUE = (type, types.ModuleType, types.BuiltinFunctionType, weakref.ReferenceType)
+_DEAD = (4, None)  # the token of a dead weak proxy
+
+
+def token(v: Any) -> tuple[int, Any]:
+    """How an entry is compared: a number or string by value, else by identity (a weak reference where
+    the value takes one: a watch keeps no weights alive; an object's id otherwise)."""
+    if v is _DEAD_VALUE:
+        return _DEAD
+    if v is None or isinstance(v, _SCALARS):
+        return 0, v
+    try:
+        return 1, weakref.ref(v)
+    except TypeError:
+        return 3, (id(v), type(v))
+
+
+def tokens(entries: dict) -> dict[tuple[int, Any], tuple[int, Any]]:
+    """A watch kept: each value as its ``token`` (no strong reference to an array or object)."""
+    return {k: token(v) for k, v in entries.items()}
+
+
+def same(tok: tuple[int, Any], v: Any) -> bool:
+    """Whether the value ``v`` is the one ``tok`` was taken of (nan equals nan: a nan attribute is no change)."""
+    kind, kept = tok
+    if kind == 0:
+        return type(v) is type(kept) and bool(v == kept or (v != v and kept != kept))
+    if kind == 1:
+        return kept() is v
+    if kind == 3:
+        return kept == (id(v), type(v))
+    return v is _DEAD_VALUE
+
+
+def watch(fn: Any) -> dict[tuple[int, Any], Any]:
+    """The entries the function ``fn`` can read (see the module docstring): {(id of the holder, key): value}."""
+    out: dict[tuple[int, Any], Any] = {}
+    _function(fn, DEPTH, out, set())
+    return out
+
+
+_DEAD_VALUE = object()  # what a dead weakref.proxy is watched as
+
+
+#: what each type of value is to the walk, found once per type: a number (by value), a leaf (an array,
+#: a tracer, a class, a module: by identity, not walked), a list or tuple, a dict, a set (by
+#: identity), a function, a bound method or partial, or an object (its attributes)
+_NUMBER, _LEAF, _SEQ, _DICT, _SET, _FUNC, _OBJ = range(7)
+_KINDS: dict[type, int] = {type(None): _NUMBER}
+
+
+def _kind(t: type) -> int:
+    k = _KINDS.get(t)
+    if k is None:
+        if issubclass(t, _SCALARS):
+            k = _NUMBER
+        elif issubclass(t, _ARRAYS + _OPAQUE + (jax.core.Tracer, weakref.ProxyTypes[0], weakref.ProxyTypes[1])):
+            k = _LEAF
+        elif issubclass(t, (tuple, list)):
+            k = _SEQ
+        elif issubclass(t, dict):
+            k = _DICT
+        elif issubclass(t, (set, frozenset)):
+            k = _SET
+        elif issubclass(t, (types.FunctionType, types.MethodType, functools.partial)):
+            k = _FUNC
+        else:
+            k = _OBJ
+        _KINDS[t] = k
+    return k
+
+
+def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: set, in_list: bool = False) -> None:
+    if len(out) >= MAX_ENTRIES:
+        return
+    t = type(v)  # (a weakref.proxy's own type: reading a dead one's class would raise)
+    kind = _KINDS.get(t)
+    if kind is None:
+        kind = _kind(t)
+    if kind == _NUMBER:
+        if not in_list:  # (a number in a list, dict or set: a log, not watched)
+            out[(id(holder), key)] = v
+        return
+    if kind == _LEAF and t in weakref.ProxyTypes:
+        try:
+            v = v.__repr__ and v  # (a live proxy: watched by its own identity; a dead one raises)
+        except ReferenceError:
+            v = _DEAD_VALUE
+        out[(id(holder), key)] = v
+        return
+    out[(id(holder), key)] = v
+    if depth > 0 and kind != _LEAF and kind != _SET and id(v) not in seen:
+        seen.add(id(v))
+        if kind == _SEQ:
+            in_l = t is list or issubclass(t, list)
+            for i, item in enumerate(v):
+                _put(out, v, i, item, depth, seen, in_l)
+        elif kind == _DICT:
+            for k, item in list(v.items()):
+                _put(out, v, k if isinstance(k, (str, int)) else ("key", id(k)), item, depth, seen, True)
+        elif kind == _FUNC:
+            _function(v, depth, out, seen)
+        else:
+            _object(v, depth, out, seen)
+
+
+def _function(fn: Any, depth: int, out: dict, seen: set) -> None:
+    """A function's reads: its closure cells, defaults, attributes; a bound method's object; a
+    partial's function and arguments; a callable object's attributes."""
+    if isinstance(fn, types.MethodType):
+        _put(out, fn.__func__, "__self__", fn.__self__, depth - 1, seen)
+        _function(fn.__func__, depth, out, seen)
+        return
+    if isinstance(fn, functools.partial):
+        _put(out, fn, "func", fn.func, depth, seen)
+        for i, a in enumerate(fn.args):
+            _put(out, fn, ("arg", i), a, depth - 1, seen)
+        for k, a in fn.keywords.items():
+            _put(out, fn, ("kw", k), a, depth - 1, seen)
+        return
+    if not isinstance(fn, types.FunctionType):
+        _object(fn, depth, out, seen)  # a callable object: what its __call__ reads
+        return
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        _put(out, cell, "cell", value, depth - 1, seen)
+    for i, d in enumerate(fn.__defaults__ or ()):
+        _put(out, fn, ("default", i), d, depth - 1, seen)
+    for k, d in (fn.__kwdefaults__ or {}).items():
+        _put(out, fn, ("kwdefault", k), d, depth - 1, seen)
+    for k, a in fn.__dict__.items():
+        _put(out, fn, ("attr", k), a, depth - 1, seen)
+
+
+def _object(obj: Any, depth: int, out: dict, seen: set) -> None:
+    """A plain object's attributes (``__dict__``, slots) and its class's plain values (numbers,
+    strings, arrays: a class attribute its method reads)."""
+    d = getattr(obj, "__dict__", None)
+    if isinstance(d, dict):
+        for k, a in list(d.items()):
+            _put(out, obj, k, a, depth - 1, seen)
+    for c in type(obj).__mro__:
+        slots = c.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                _put(out, obj, name, getattr(obj, name, None), depth - 1, seen)
+        if id(c) in seen or c.__module__ == "builtins":
+            continue
+        seen.add(id(c))  # (a class's values once per watch, not once per instance)
+        for k, a in list(c.__dict__.items()):
+            if not k.startswith("__") and (a is None or isinstance(a, _SCALARS + _ARRAYS)):
+                _put(out, c, k, a, 0, seen)
