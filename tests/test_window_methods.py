@@ -1010,3 +1010,28 @@ def test_the_cascade_weighs_a_multistep_solvers_gain(gap):
     assert worst(history_gain=False) > 1.05
     with pytest.raises(ValueError, match="history_gain"):
         cc.cascade(model, x, grid, "dpmpp_2m", cores=2, history_gain=1)
+
+
+def test_a_solver_whose_steps_cannot_be_probed_keeps_its_tolerances_with_a_warning():
+    """``history_gains`` steps the solver on (T,) float64 vectors; a solver of one's own that refuses
+    them runs as without the gain, with a ``RuntimeWarning`` naming it (not the probe's error)."""
+    from chords_core.solvers import SOLVERS, DPMSolverPP, SolverSpec
+
+    class Strict(DPMSolverPP):
+        def step(self, state, qs, i, j):
+            if np.ndim(state.x) < 2:
+                raise ValueError("a batch axis, please")
+            return super().step(state, qs, i, j)
+
+    cc.register_solver("strict_2m", SolverSpec(lambda m, t, **o: Strict(m, t, order=2, **o), 1, 2, "strict", True))
+    try:
+        sched = cc.RectifiedFlow()
+        model = GaussianMixture.random(dim=4, modes=3, seed=0, scale=0.3).model(sched, "flow")
+        x = np.random.default_rng(0).standard_normal((3, 4))
+        grid = _short_step_grid(1e-5)
+        with pytest.warns(RuntimeWarning, match=r"history_gain: solver 'strict_2m'.*could not be probed"):
+            got = cc.parallel(model, x, grid, "strict_2m", cores=2)
+        want = cc.parallel(model, x, grid, "strict_2m", cores=2, history_gain=False)
+        assert np.array_equal(got.x, want.x) and got.rounds == want.rounds
+    finally:
+        SOLVERS.pop("strict_2m", None)

@@ -161,7 +161,12 @@ def history_gain_sq(sol: Solver) -> list[float] | None:
     """Per grid point j (0 .. T), the factor on its squared change: (max(1, rho_j / ``HISTORY_GAIN_FREE``))^2,
     rho_j the steps' weight of the quantity at x_j (``Solver.history_gains``; 1 at T, which has none);
     ``None`` where it is 1 everywhere."""
-    gains = sol.history_gains()
+    try:
+        gains = sol.history_gains()
+    except Exception as err:  # (a solver of one's own that steps no (T,) float64 vector: as without the gain)
+        warn_caller(f"history_gain: solver {sol.name!r}'s steps could not be probed on float64 vectors ({err!r}); "
+                    "its points keep the whole tolerance (pass history_gain=False to silence this)", RuntimeWarning)
+        return None
     if gains is None or not (gains > HISTORY_GAIN_FREE).any():
         return None
     return [max(1.0, float(g) / HISTORY_GAIN_FREE) ** 2 for g in gains] + [1.0]
