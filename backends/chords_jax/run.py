@@ -345,17 +345,17 @@ def tracing() -> bool:
 
 
 def holds_tracer(fn: Any, depth: int = 3) -> bool:
-    """Whether the function ``fn`` reaches a jax tracer (``reads``): a runner keyed by it must not be
-    cached, or the cache would keep the caller's trace alive."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in reads(fn, depth))
+    """Whether the function ``fn`` reaches a jax tracer (``_leaves_read``): a runner keyed by it must not
+    be cached, or the cache would keep the caller's trace alive."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in _leaves_read(fn, depth))
 
 
-def reads(fn: Any, depth: int = 3) -> Iterator[Any]:
+def _leaves_read(fn: Any, depth: int = 3) -> Iterator[Any]:
     """The values the function ``fn`` can read when traced, for ``holds_tracer``: the pytree leaves of
     its closure, bound object, partial arguments, defaults or, for a callable object, its attributes,
     nested ``depth`` deep (functions and plain objects, such as a network holding its weights in
-    ``self.W``, which a pytree sees as one opaque leaf). Every leaf, on a cache miss only: what the
-    cache watches before each lookup, cheaply and by holder, is ``reads.watch``'s."""
+    ``self.W``, which a pytree sees as one opaque leaf). Every pytree leaf, on a cache miss only (the
+    entries compared before each lookup, by holder, are ``reads.watch``'s)."""
     parts: list = [getattr(fn, "__self__", None), getattr(fn, "__defaults__", None)]
     if isinstance(fn, functools.partial):
         parts += [fn.func, fn.args, fn.keywords]
@@ -390,10 +390,10 @@ _PLAIN = (jax.Array, np.ndarray, bool, int, float, complex, str, bytes, np.gener
 
 
 def _values(obj: Any, depth: int) -> Iterator[Any]:
-    """``obj``'s leaves for ``reads``: as a callable (``reads``), its pytree leaves, and ``depth`` levels
-    deep those leaves' attributes."""
+    """``obj``'s leaves for ``_leaves_read``: as a callable, its pytree leaves, and ``depth`` levels deep
+    those leaves' attributes."""
     if depth >= 1 and callable(obj) and not isinstance(obj, type):
-        yield from reads(obj, depth)
+        yield from _leaves_read(obj, depth)
     for leaf in jax.tree_util.tree_leaves(obj):
         yield leaf
         if depth >= 1 and not isinstance(leaf, _PLAIN):
@@ -403,7 +403,7 @@ def _values(obj: Any, depth: int) -> Iterator[Any]:
 
 #: per model function (its key, ``function_key``): its ``reads.watch`` at the end of its last trace
 _READS: dict = {}
-#: the (holder, key) entries some trace changed (``reads``: what a trace sets is the function's own)
+#: the (holder, key) entries some trace or run changed (module ``reads``: what they set is the function's own)
 _VOLATILE: set = set()
 #: the caches of compiled programs, keyed by (the model's key (kind, function key, ...), ...), from which
 #: ``check_reads`` drops a function's programs (this module's and the window methods')
@@ -415,8 +415,8 @@ def check_reads(fn_key: Any, fn: Any) -> None:
     last traced (``reads.watch``: an attribute, a closure variable, a default) was set anew since (a
     guidance scale, a network's weights), drop every cached program of it, with a ``UserWarning``,
     so that it is traced and compiled again with the new value (a trial: a wrapper's ``scale`` changed
-    between calls kept the first value's program, 3.21 off the core, silently). Entries some trace
-    set are not compared (``_VOLATILE``); what ``reads`` does not watch is listed there."""
+    between calls kept the first value's program, 3.21 off the core, silently). Entries some trace or
+    run set are not compared (``_VOLATILE``); what is not watched: the module ``reads``'s docstring."""
     kept = _READS.get(fn_key)
     if kept is None:
         return
