@@ -1770,3 +1770,93 @@ def test_what_a_trace_or_a_run_sets_is_no_change_and_deeper_values_are_seen():
 
     check(fn, lambda: setattr(conf, "scale", 0.9))  # (a static field: its value, not a leaf)
     cj.clear_cache()
+
+
+def test_the_read_check_after_a_second_trial():
+    """A second trial of the read check: weights updated in place on a variable object five hops below a
+    lambda (flax nnx's kernel[...] = ...), a head built lazily by the first trace then changed, a lazy
+    init from None then set by the user, and a class's tuple, staticmethod or method swapped were not
+    seen; objects that raise when walked (a list subclass whose iteration raises, a float subclass whose
+    __eq__ raises, lists nested 3,000 deep) crashed the call. Now each change is seen, and a function
+    whose objects cannot be walked runs unwatched."""
+    from chords_jax import reads
+
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+
+    def run(fn):
+        return np.asarray(cj.solve(cc.DiffusionModel(fn, SCHED, "eps"), x, grid, "euler"))
+
+    def seen(fn, change):
+        run(fn)
+        change()
+        with pytest.warns(UserWarning, match="set anew"):
+            got = run(fn)
+        ref = cc.solve(cc.DiffusionModel(lambda y, t: np.asarray(fn(jnp.asarray(y), jnp.asarray(t))), SCHED, "eps"),
+                       X, grid, "euler")
+        assert close(got, ref)
+
+    class Variable:  # (as nnx's: its value replaced in place through __setitem__)
+        def __init__(self, v):
+            self.raw = v
+
+        def __setitem__(self, idx, v):
+            self.raw = self.raw.at[idx].set(v)
+
+    class Linear:
+        def __init__(self, w):
+            self.kernel = Variable(w)
+
+    class Net:
+        act = staticmethod(jnp.tanh)
+        shift = (0.0, 0.1)
+
+        def __init__(self):
+            self.blocks = [Linear(jnp.asarray(_W)), Linear(jnp.asarray(_W.T))]
+            self.head = None
+            self.scale = None
+
+        def __call__(self, y, t):
+            if self.head is None:
+                self.head = Linear(np.eye(D))  # (built by the first trace, of numpy: no tracer kept)
+            if self.scale is None:
+                self.scale = 0.5
+            for b in self.blocks:
+                y = self.act(y @ b.kernel.raw)
+            return (y @ self.head.kernel.raw + t[:, None] + self.shift[1]) * self.scale
+
+    cj.clear_cache()
+    net = Net()
+    fn = (lambda n: (lambda y, t: n(y, t)))(net)
+    seen(fn, lambda: net.blocks[0].kernel.__setitem__((0, 0), 3.0))
+    seen(fn, lambda: setattr(net.head.kernel, "raw", np.eye(D) * 0.5))
+    seen(fn, lambda: setattr(net, "scale", 0.9))
+    seen(fn, lambda: setattr(Net, "act", staticmethod(jnp.sin)))
+    seen(fn, lambda: setattr(Net, "shift", (0.0, 0.3)))
+
+    class Raising(list):
+        def __iter__(self):
+            raise RuntimeError("no iteration here")
+
+    class OddFloat(float):
+        def __eq__(self, other):
+            raise RuntimeError("no comparison here")
+
+        __hash__ = float.__hash__
+
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    for odd in (Raising([1.0]), OddFloat(0.5), deep):
+        def f(y, t, odd=odd):
+            return jnp.tanh(y @ _W + t[:, None])
+
+        n = cj.compilations()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(2):
+                run(f)
+        assert cj.compilations() - n == 1
+    big = list(range(10**6))
+    assert len(reads.watch(lambda y, t, big=big: y)) <= reads.MAX_VISITS
+    cj.clear_cache()

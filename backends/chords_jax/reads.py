@@ -1,21 +1,23 @@
 """What a model function reads beyond its arguments, and whether it was set anew since a trace.
 
 A compiled program bakes in the values its model function read from its object, closure or defaults
-when it was traced. ``watch`` lists them as (holder, key) -> token: each closure cell, default,
+when it was traced. ``watch`` lists them as (holder, key) -> value: each closure cell, default,
 partial argument, bound object and callable object's attribute, and, through objects (their
-``__dict__``, slots and class attributes), tuples, lists and dicts, what those hold, ``DEPTH``
-objects deep (containers take no depth), at most ``MAX_ENTRIES`` entries; a number or string by
-value, an array or any other object by identity. ``run.traced`` takes a watch at the end of every
-trace of a cached program (``note``), and ``check`` compares a fresh one before every lookup of the
-function's programs: an entry set anew since drops them all (``run``), with a ``UserWarning``.
+``__dict__``, slots and their classes' attributes, methods included), tuples, lists and dicts, what
+those hold, ``DEPTH`` hops deep, at most ``MAX_VISITS`` values visited; a number or string is
+compared by value, an array or any other object by identity. ``run.traced`` keeps a watch at the end
+of every trace of a cached program, and ``run.check_reads`` compares a fresh one before every lookup
+of the function's programs: an entry set anew since drops them all, with a ``UserWarning``.
 
-What any trace set (a counter of traces, activations kept on the object, a table built lazily) is
-*volatile*: the entries a trace changed, in any function (two functions sharing one network, a
-guidance wrapper's conditional and unconditional calls), are not compared again. Numbers held in a
-list, dict or set are not watched (a log or a counter a ``jax.debug.callback`` appends to as the
-program runs); arrays and objects held there are. Not seen: an array changed in place, a number in
-a list or dict changed in place, module globals (and what is reached only through them), values
-beyond ``DEPTH`` objects or ``MAX_ENTRIES`` entries.
+What a trace or a run changes (a counter of traces, activations kept on the object, an NFE counter a
+``jax.debug.callback`` advances) is *volatile* (``run``): such entries, of any live function (two
+functions sharing one network, a guidance wrapper's conditional and unconditional calls), are not
+compared again. An entry a trace sets where it was missing or ``None`` (a lazy initialisation) is
+not volatile: a later change is seen. Numbers held in a list, dict or set are not watched (a log or a
+counter a callback appends to as the program runs); arrays and objects held there are. Not seen: an
+array changed in place, a number in a list or dict, module globals and what is reached only
+through them, values beyond ``DEPTH`` hops or ``MAX_VISITS`` visits, an entry a trace or a run
+changed from a value, and a function whose objects cannot be walked (``watch`` is ``None``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["watch", "tokens", "same", "DEPTH", "MAX_ENTRIES"]
+__all__ = ["watch", "tokens", "same", "DEPTH", "MAX_VISITS"]
 
-#: objects walked below the function (its bound object or closure value is 1)
-DEPTH = 5
-#: entries watched per function at most (an object graph beyond is not watched)
-MAX_ENTRIES = 20_000
+#: hops walked below the function (its bound object or a closure value is 1; an attribute, an item of a
+#: list, tuple or dict, one more)
+DEPTH = 8
+#: values visited per watch at most (numbers in lists included): what lies beyond is not watched
+MAX_VISITS = 10_000
 _SCALARS = (bool, int, float, complex, str, bytes, np.generic)
 _ARRAYS = (jax.Array, np.ndarray)
 _OPAQUE = (type, types.ModuleType, types.BuiltinFunctionType, weakref.ReferenceType)
@@ -45,7 +48,7 @@ def token(v: Any) -> tuple[int, Any]:
     the value takes one: a watch keeps no weights alive; an object's id otherwise)."""
     if v is _DEAD_VALUE:
         return _DEAD
-    if v is None or isinstance(v, _SCALARS):
+    if _kind(type(v)) == _NUMBER:
         return 0, v
     try:
         return 1, weakref.ref(v)
@@ -70,11 +73,22 @@ def same(tok: tuple[int, Any], v: Any) -> bool:
     return v is _DEAD_VALUE
 
 
-def watch(fn: Any) -> dict[tuple[int, Any], Any]:
-    """The entries the function ``fn`` can read (see the module docstring): {(id of the holder, key): value}."""
+def watch(fn: Any) -> dict[tuple[int, Any], Any] | None:
+    """The entries the function ``fn`` can read (see the module docstring): {(id of the holder, key): value};
+    ``None`` where walking them raised (an object whose iteration or attribute raises, a graph too deep
+    for Python's recursion): that function is not watched."""
     out: dict[tuple[int, Any], Any] = {}
-    _function(fn, DEPTH, out, set())
+    try:
+        _function(fn, DEPTH, out, _Seen())
+    except Exception:  # (RecursionError included)
+        return None
     return out
+
+
+class _Seen(set):
+    """The ids of the objects a watch walked, and its visits left (``MAX_VISITS``)."""
+
+    left = MAX_VISITS
 
 
 _DEAD_VALUE = object()  # what a dead weakref.proxy is watched as
@@ -90,7 +104,7 @@ _KINDS: dict[type, int] = {type(None): _NUMBER}
 def _kind(t: type) -> int:
     k = _KINDS.get(t)
     if k is None:
-        if issubclass(t, _SCALARS):
+        if t in _SCALARS or issubclass(t, np.generic):  # (a subclass of float, say: by identity, never its __eq__)
             k = _NUMBER
         elif issubclass(t, _ARRAYS + _OPAQUE + (jax.core.Tracer, weakref.ProxyTypes[0], weakref.ProxyTypes[1])):
             k = _LEAF
@@ -108,8 +122,9 @@ def _kind(t: type) -> int:
     return k
 
 
-def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: set, in_list: bool = False) -> None:
-    if len(out) >= MAX_ENTRIES:
+def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: _Seen, in_list: bool = False) -> None:
+    seen.left -= 1
+    if seen.left < 0:
         return
     t = type(v)  # (a weakref.proxy's own type: reading a dead one's class would raise)
     kind = _KINDS.get(t)
@@ -132,17 +147,21 @@ def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: set, in_lis
         if kind == _SEQ:
             in_l = t is list or issubclass(t, list)
             for i, item in enumerate(v):
-                _put(out, v, i, item, depth, seen, in_l)
+                if seen.left <= 0:
+                    break
+                _put(out, v, i, item, depth - 1, seen, in_l)
         elif kind == _DICT:
             for k, item in list(v.items()):
-                _put(out, v, k if isinstance(k, (str, int)) else ("key", id(k)), item, depth, seen, True)
+                if seen.left <= 0:
+                    break
+                _put(out, v, k if isinstance(k, (str, int)) else ("key", id(k)), item, depth - 1, seen, True)
         elif kind == _FUNC:
             _function(v, depth, out, seen)
         else:
             _object(v, depth, out, seen)
 
 
-def _function(fn: Any, depth: int, out: dict, seen: set) -> None:
+def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
     """A function's reads: its closure cells, defaults, attributes; a bound method's object; a
     partial's function and arguments; a callable object's attributes."""
     if isinstance(fn, types.MethodType):
@@ -173,7 +192,7 @@ def _function(fn: Any, depth: int, out: dict, seen: set) -> None:
         _put(out, fn, ("attr", k), a, depth - 1, seen)
 
 
-def _object(obj: Any, depth: int, out: dict, seen: set) -> None:
+def _object(obj: Any, depth: int, out: dict, seen: _Seen) -> None:
     """A plain object's attributes (``__dict__``, slots) and its class's plain values (numbers,
     strings, arrays: a class attribute its method reads)."""
     d = getattr(obj, "__dict__", None)
@@ -189,5 +208,5 @@ def _object(obj: Any, depth: int, out: dict, seen: set) -> None:
             continue
         seen.add(id(c))  # (a class's values once per watch, not once per instance)
         for k, a in list(c.__dict__.items()):
-            if not k.startswith("__") and (a is None or isinstance(a, _SCALARS + _ARRAYS)):
+            if not k.startswith("__"):  # (its methods too: one monkeypatched is set anew)
                 _put(out, c, k, a, 0, seen)

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-from .reads import MAX_ENTRIES, same, tokens, watch
+from .reads import same, tokens, watch
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
            "time_dtype"]
@@ -279,6 +279,7 @@ def clear_cache() -> None:
     during a call, ``lru_get_compiled``)."""
     _CACHE.clear()
     _READS.clear()
+    _VOLATILE_BY.clear()
     _VOLATILE.clear()
 
 
@@ -403,7 +404,9 @@ def _values(obj: Any, depth: int) -> Iterator[Any]:
 
 #: per model function (its key, ``function_key``): its ``reads.watch`` at the end of its last trace
 _READS: dict = {}
-#: the (holder, key) entries some trace or run changed (module ``reads``: what they set is the function's own)
+#: the (holder, key) entries a trace or run of each function changed (module ``reads``: what they set is the
+#: function's own), and their union over the functions with programs cached, which no function compares
+_VOLATILE_BY: dict = {}
 _VOLATILE: set = set()
 #: the caches of compiled programs, keyed by (the model's key (kind, function key, ...), ...), from which
 #: ``check_reads`` drops a function's programs (this module's and the window methods')
@@ -420,7 +423,8 @@ def check_reads(fn_key: Any, fn: Any) -> None:
     kept = _READS.get(fn_key)
     if kept is None:
         return
-    if not _changed(kept, watch(fn)):
+    now = watch(fn)
+    if now is None or not _changed(kept, now):  # (None: its objects cannot be walked now: not watched)
         return
     _READS.pop(fn_key, None)
     for cache in PROGRAM_CACHES:
@@ -440,6 +444,16 @@ def _changed(kept: dict, now: dict) -> list:
     return out + [k for k in now if k not in kept and k not in volatile]
 
 
+def _volatile(fn_key: Any, kept: dict, now: dict) -> None:
+    """Mark volatile, for ``fn_key``, the entries a trace or run changed from a value (one set where it
+    was missing or ``None``, a lazy initialisation, is not: a later change to it is seen)."""
+    new = [k for k, tok in kept.items() if not (tok[0] == 0 and tok[1] is None)
+           and (k not in now or not same(tok, now[k]))]
+    if new:
+        _VOLATILE_BY.setdefault(fn_key, set()).update(new)
+        _VOLATILE.update(new)
+
+
 def after_run(model: Any) -> None:
     """After a run of a cached program of ``model``'s function (its results read): what the run itself
     set (a counter a ``jax.debug.callback`` advances, a log it keeps) is volatile, as what a trace
@@ -450,7 +464,9 @@ def after_run(model: Any) -> None:
     if kept is None:
         return
     jax.effects_barrier()  # (the run's callbacks done: about 2 us)
-    _VOLATILE.update(_changed(kept, watch(fn)))
+    now = watch(fn)
+    if now is not None:
+        _volatile(fn_key, kept, now)
 
 
 def _prune_reads() -> None:
@@ -458,8 +474,12 @@ def _prune_reads() -> None:
     live = {k[0][1] for cache in PROGRAM_CACHES for k in list(cache)}
     for k in [k for k in _READS if k not in live]:
         _READS.pop(k, None)
-    if len(_VOLATILE) > 4 * MAX_ENTRIES:  # (entries of dropped functions: forgotten, once many)
+    gone = [k for k in _VOLATILE_BY if k not in live]
+    if gone:  # (their entries' holders may be gone, and their ids another object's)
+        for k in gone:
+            _VOLATILE_BY.pop(k, None)
         _VOLATILE.clear()
+        _VOLATILE.update(*_VOLATILE_BY.values())
 
 
 def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
@@ -470,12 +490,15 @@ def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
         count_compilation()
-        before = tokens(watch(fn)) if keep else None
+        first = watch(fn) if keep else None
         out = body(*args, **kwargs)
-        if before is not None:
+        if keep:
             after = watch(fn)
-            _VOLATILE.update(_changed(before, after))
-            _READS[fn_key] = tokens(after)
+            if first is None or after is None:  # (objects that cannot be walked: the function is not watched)
+                _READS.pop(fn_key, None)
+            else:
+                _volatile(fn_key, tokens(first), after)
+                _READS[fn_key] = tokens(after)
             _prune_reads()
         return out
 
