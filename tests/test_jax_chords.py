@@ -1857,6 +1857,45 @@ def test_the_read_check_after_a_second_trial():
             for _ in range(2):
                 run(f)
         assert cj.compilations() - n == 1
-    big = list(range(10**6))
-    assert len(reads.watch(lambda y, t, big=big: y)) <= reads.MAX_VISITS
+    many = [object() for _ in range(10**5)]  # (each an entry: the walk stops at MAX_VISITS values)
+    assert reads.MAX_VISITS // 2 < len(reads.watch(lambda y, t, many=many: y)) <= reads.MAX_VISITS
+    cj.clear_cache()
+
+
+def test_what_a_run_sets_or_adds_is_no_change_and_the_warning_points_at_the_call():
+    """A review: a callback that sets an attribute from None, or appends arrays to a log, during the
+    run was taken for a change at the next call (compiled again, warned); and the warning pointed at
+    chords_jax's own line, so Python showed it once per process."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+
+    class Logged:
+        def __init__(self):
+            self.w, self.last, self.log = jnp.asarray(_W), None, []
+
+        def keep(self, out):
+            self.last = out
+            self.log.append(out)
+
+        def __call__(self, y, t):
+            out = jnp.tanh(y @ self.w + t[:, None])
+            jax.debug.callback(self.keep, out)
+            return out
+
+    cj.clear_cache()
+    net = Logged()
+    model = cc.DiffusionModel(net, SCHED, "eps")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rep in range(2):  # the second time round: cached, nothing compiled
+            n = cj.compilations()
+            for stop in (None, cc.StopWhenConverged(1e-3)):  # (one call, and a run in chunks)
+                cj.chords(model, x, grid, "euler", cores=3, stop=stop)
+            assert (cj.compilations() > n) == (rep == 0)
+    assert net.log and net.last is not None
+    net.w = jnp.asarray(-_W)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        cj.chords(model, x, grid, "euler", cores=3, stop=None)
+    assert [w.filename for w in got if "set anew" in str(w.message)] == [__file__]
     cj.clear_cache()

@@ -970,7 +970,7 @@ def _short_step_grid(gap: float) -> np.ndarray:
 def test_history_gains_find_a_step_much_shorter_than_the_next():
     """``Solver.history_gains``: how many times more than a first-order step a multistep solver's steps
     weigh a point's quantity. About 1 where neighbouring steps are alike; where one step is 1e-5 among
-    steps of 0.03, the extrapolation over it divides a difference by it (DPM-Solver++(2M): 1,712)."""
+    steps of 0.03, the extrapolation over it divides a difference by it (DPM-Solver++(2M): 1,713)."""
     from chords_core.methods.window import HISTORY_GAIN_FREE
     from chords_core.solvers import make_solver
 

@@ -715,9 +715,9 @@ def _run_once(model: cc.Model, x: jax.Array, prog: Program, mesh: Any, check: bo
     if inside:
         return runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)
     outs, bad = runner(model, mesh, check, with_args=args is not None)(x, *arrays, args)
+    after_run(model)  # (before a flagged run's exact rerun looks its program up)
     if check:
         bad = first_bad(bad, lambda: runner(model, mesh, check, args is not None, exact=True)(x, *arrays, args)[1])
-    after_run(model)
     return outs, bad
 
 
@@ -739,6 +739,7 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
     for i, end in enumerate(ends):
         start = buf
         buf, bad, outs = run(x, start, bad, pieces[i], rows[i], zeros, args, slots=slots)
+        after_run(model)  # (before a bad output is raised, or a flagged chunk run again)
         if check:  # a chunk the screen flags is run again from its start, checked exactly (``first_bad``)
             def rerun(i: int = i, start: Any = start) -> Any:
                 exact = chunk_runner(model, mesh, check, args is not None, exact=True)
@@ -749,7 +750,6 @@ def _chunk_outputs(model: cc.Model, x: jax.Array, prog: Program, chunks: tuple, 
         vals.update(zip(ids[i], outs))
         while m < len(ready) and ready[m] <= end:
             m += 1
-        after_run(model)
         yield vals, m
 
 

@@ -13,11 +13,12 @@ What a trace or a run changes (a counter of traces, activations kept on the obje
 ``jax.debug.callback`` advances) is *volatile* (``run``): such entries, of any live function (two
 functions sharing one network, a guidance wrapper's conditional and unconditional calls), are not
 compared again. An entry a trace sets where it was missing or ``None`` (a lazy initialisation) is
-not volatile: a later change is seen. Numbers held in a list, dict or set are not watched (a log or a
-counter a callback appends to as the program runs); arrays and objects held there are. Not seen: an
-array changed in place, a number in a list or dict, module globals and what is reached only
-through them, values beyond ``DEPTH`` hops or ``MAX_VISITS`` visits, an entry a trace or a run
-changed from a value, and a function whose objects cannot be walked (``watch`` is ``None``).
+not volatile: a later change is seen (one a run sets is). Numbers, strings and ``None`` held in a
+list, dict or set are not watched (a log or a counter a callback appends to as the program runs);
+arrays and objects held there are. Not seen: an array changed in place, a number or string in a list
+or dict, module globals and what is reached only through them, values beyond ``DEPTH`` hops or
+``MAX_VISITS`` visits, an entry a trace or a run changed from a value, and a function whose objects
+cannot be walked (``watch`` is ``None``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["watch", "tokens", "same", "DEPTH", "MAX_VISITS"]
+__all__ = ["watch", "tokens", "same", "forget_types", "DEPTH", "MAX_VISITS"]
 
 #: hops walked below the function (its bound object or a closure value is 1; an attribute, an item of a
 #: list, tuple or dict, one more)
@@ -48,8 +49,9 @@ def token(v: Any) -> tuple[int, Any]:
     the value takes one: a watch keeps no weights alive; an object's id otherwise)."""
     if v is _DEAD_VALUE:
         return _DEAD
-    if _kind(type(v)) == _NUMBER:
-        return 0, v
+    t = type(v)
+    if _kind(t) == _NUMBER or (t is tuple and len(v) <= 64 and all(_kind(type(i)) == _NUMBER for i in v)):
+        return 0, v  # (a tuple of numbers by value too: a new one may take a freed one's id)
     try:
         return 1, weakref.ref(v)
     except TypeError:
@@ -99,6 +101,7 @@ _DEAD_VALUE = object()  # what a dead weakref.proxy is watched as
 #: identity), a function, a bound method or partial, or an object (its attributes)
 _NUMBER, _LEAF, _SEQ, _DICT, _SET, _FUNC, _OBJ = range(7)
 _KINDS: dict[type, int] = {type(None): _NUMBER}
+_KINDS_SIZE = 10_000  # (then emptied: it holds the classes met, and their class attributes with them)
 
 
 def _kind(t: type) -> int:
@@ -118,8 +121,16 @@ def _kind(t: type) -> int:
             k = _FUNC
         else:
             k = _OBJ
+        if len(_KINDS) >= _KINDS_SIZE:
+            forget_types()
         _KINDS[t] = k
     return k
+
+
+def forget_types() -> None:
+    """Empty the per-type cache of the walk (``chords_jax.clear_cache``: it holds the classes it met)."""
+    _KINDS.clear()
+    _KINDS[type(None)] = _NUMBER
 
 
 def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: _Seen, in_list: bool = False) -> None:

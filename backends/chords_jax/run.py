@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 import types
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from chords_core.call import warn_caller
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-from .reads import same, tokens, watch
+from .reads import forget_types, same, tokens, watch
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
            "time_dtype"]
@@ -278,9 +279,11 @@ def clear_cache() -> None:
     read from a closure or an object). The cache keeps at most ``_CACHE_SIZE`` executables (one more
     during a call, ``lru_get_compiled``)."""
     _CACHE.clear()
-    _READS.clear()
-    _VOLATILE_BY.clear()
-    _VOLATILE.clear()
+    with _READS_LOCK:
+        _READS.clear()
+        _VOLATILE_BY.clear()
+        _VOLATILE.clear()
+    forget_types()
 
 
 def runner(model: Any, mesh: Mesh | None, check: bool, with_args: bool = False, exact: bool = False) -> Callable:
@@ -408,6 +411,7 @@ _READS: dict = {}
 #: function's own), and their union over the functions with programs cached, which no function compares
 _VOLATILE_BY: dict = {}
 _VOLATILE: set = set()
+_READS_LOCK = threading.Lock()  # (every change to the three: calls from several threads)
 #: the caches of compiled programs, keyed by (the model's key (kind, function key, ...), ...), from which
 #: ``check_reads`` drops a function's programs (this module's and the window methods')
 PROGRAM_CACHES: list[OrderedDict] = [_CACHE]
@@ -426,14 +430,15 @@ def check_reads(fn_key: Any, fn: Any) -> None:
     now = watch(fn)
     if now is None or not _changed(kept, now):  # (None: its objects cannot be walked now: not watched)
         return
-    _READS.pop(fn_key, None)
+    with _READS_LOCK:
+        _READS.pop(fn_key, None)
     for cache in PROGRAM_CACHES:
         for k in [k for k in list(cache) if k[0][1] == fn_key]:
             cache.pop(k, None)
-    warnings.warn("chords_jax: a value the model's function reads from its object, closure or defaults (not passed "
-                  "as args=) was set anew since it was compiled; compiling it again. Pass values that change between "
-                  "calls as args= (a traced argument: no compilation); an array changed in place is not seen",
-                  UserWarning, stacklevel=4)
+    warn_caller("chords_jax: a value the model's function reads from its object, closure or defaults (not passed "
+                "as args=) was set anew since it was compiled; compiling it again. Pass values that change between "
+                "calls as args= (a traced argument: no compilation); an array changed in place is not seen",
+                UserWarning)
 
 
 def _changed(kept: dict, now: dict) -> list:
@@ -444,14 +449,19 @@ def _changed(kept: dict, now: dict) -> list:
     return out + [k for k in now if k not in kept and k not in volatile]
 
 
-def _volatile(fn_key: Any, kept: dict, now: dict) -> None:
-    """Mark volatile, for ``fn_key``, the entries a trace or run changed from a value (one set where it
-    was missing or ``None``, a lazy initialisation, is not: a later change to it is seen)."""
-    new = [k for k, tok in kept.items() if not (tok[0] == 0 and tok[1] is None)
-           and (k not in now or not same(tok, now[k]))]
+def _volatile(fn_key: Any, kept: dict, now: dict, lazy: bool) -> None:
+    """Mark volatile, for ``fn_key``, the entries a trace (``lazy``) or a run changed: a trace's where it
+    changed a value (one it set where there was none or ``None``, a lazy initialisation, is not: a
+    later change to it is seen), a run's all (what its callbacks set or add)."""
+    if lazy:
+        new = [k for k, tok in kept.items() if not (tok[0] == 0 and tok[1] is None)
+               and (k not in now or not same(tok, now[k]))]
+    else:
+        new = _changed(kept, now)
     if new:
-        _VOLATILE_BY.setdefault(fn_key, set()).update(new)
-        _VOLATILE.update(new)
+        with _READS_LOCK:
+            _VOLATILE_BY.setdefault(fn_key, set()).update(new)
+            _VOLATILE.update(new)
 
 
 def after_run(model: Any) -> None:
@@ -466,20 +476,21 @@ def after_run(model: Any) -> None:
     jax.effects_barrier()  # (the run's callbacks done: about 2 us)
     now = watch(fn)
     if now is not None:
-        _volatile(fn_key, kept, now)
+        _volatile(fn_key, kept, now, lazy=False)
 
 
 def _prune_reads() -> None:
     """Forget the watches of functions no cache holds a program of any more (the keys hold the functions)."""
+    global _VOLATILE
     live = {k[0][1] for cache in PROGRAM_CACHES for k in list(cache)}
-    for k in [k for k in _READS if k not in live]:
-        _READS.pop(k, None)
-    gone = [k for k in _VOLATILE_BY if k not in live]
-    if gone:  # (their entries' holders may be gone, and their ids another object's)
-        for k in gone:
-            _VOLATILE_BY.pop(k, None)
-        _VOLATILE.clear()
-        _VOLATILE.update(*_VOLATILE_BY.values())
+    with _READS_LOCK:
+        for k in [k for k in list(_READS) if k not in live]:
+            _READS.pop(k, None)
+        gone = [k for k in list(_VOLATILE_BY) if k not in live]
+        if gone:  # (their entries' holders may be gone, and their ids another object's)
+            for k in gone:
+                _VOLATILE_BY.pop(k, None)
+            _VOLATILE = set().union(*_VOLATILE_BY.values())  # (a new set: a lookup meanwhile reads the old one)
 
 
 def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
@@ -495,10 +506,13 @@ def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
         if keep:
             after = watch(fn)
             if first is None or after is None:  # (objects that cannot be walked: the function is not watched)
-                _READS.pop(fn_key, None)
+                with _READS_LOCK:
+                    _READS.pop(fn_key, None)
             else:
-                _volatile(fn_key, tokens(first), after)
-                _READS[fn_key] = tokens(after)
+                _volatile(fn_key, tokens(first), after, lazy=True)
+                kept = tokens(after)
+                with _READS_LOCK:
+                    _READS[fn_key] = kept
             _prune_reads()
         return out
 

@@ -152,7 +152,7 @@ def _inverse_variances(model: Model, times: np.ndarray, variance: str) -> np.nda
 #: where a multistep solver weighs a point's quantity more than this many times a first-order step
 #: (``Solver.history_gains``), the cascade sampler divides the point's tolerance by the excess: over the
 #: standard grids DPM-Solver++(2M) and UniPC reach 8.1 and keep their tolerances, (3M) reaches 115 on
-#: uniform EDM grids (15 of 306 above); one step of 1e-5 among steps of 0.03 weighs 1,712 (a trial's
+#: uniform EDM grids (15 of 306 above); one step of 1e-5 among steps of 0.03 weighs 1,713 (a trial's
 #: 2.16x the sequential error, silently)
 HISTORY_GAIN_FREE = 16.0
 
@@ -169,7 +169,8 @@ def history_gain_sq(sol: Solver) -> list[float] | None:
         return None
     if gains is None or not (gains > HISTORY_GAIN_FREE).any():
         return None
-    return [max(1.0, float(g) / HISTORY_GAIN_FREE) ** 2 for g in gains] + [1.0]
+    # (a gain clamped at 1e12: an infinite one scored an unmoved point 0 x inf = nan, never accepted)
+    return [max(1.0, min(float(g), 1e12) / HISTORY_GAIN_FREE) ** 2 for g in gains] + [1.0]
 
 
 def _weighted(change: Any, factor: float) -> Any:

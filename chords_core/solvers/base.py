@@ -295,7 +295,7 @@ class Solver:
         and UniPC over the standard grids, 115 for (3M) on a uniform EDM grid:
         ``benchmarks/short_steps.py --standard``); where a step is much shorter than the next one,
         about their ratio (the extrapolation divides a difference of two quantities by it:
-        DPM-Solver++(2M) 1,712 at a step of 1e-5 between steps of 0.03). One pass over the grid with
+        DPM-Solver++(2M) 1,713 at a step of 1e-5 between steps of 0.03). One pass over the grid with
         every point's unit quantity side by side (float64 vectors of T).
 
         Returns:
