@@ -1035,3 +1035,28 @@ def test_a_solver_whose_steps_cannot_be_probed_keeps_its_tolerances_with_a_warni
         assert np.array_equal(got.x, want.x) and got.rounds == want.rounds
     finally:
         SOLVERS.pop("strict_2m", None)
+
+
+def test_the_multistep_gain_leaves_the_standard_grids_of_2m_and_unipc_as_they_were():
+    """``history_gain`` changes nothing where no point's gain exceeds ``HISTORY_GAIN_FREE``: on the
+    standard grids DPM-Solver++(2M) and UniPC stay below it (the suite's and the sweeps' rows), so
+    there the cascade's run is the one without the gain, bit for bit."""
+    from chords_core.methods.window import history_gain_sq
+    from chords_core.solvers import make_solver
+
+    for sched, pred in ((cc.RectifiedFlow(), "flow"), (cc.VP.cosine(), "eps"), (cc.VP.linear(), "v"), (cc.EDM(), "eps")):
+        model = cc.DiffusionModel(lambda x, t: x, sched, pred)
+        for spacing in ("uniform", "logsnr", "karras"):
+            for steps in (3, 10, 20, 50):
+                try:
+                    grid = cc.time_grid(sched, steps, spacing)
+                except ValueError:  # (a spacing the schedule does not take)
+                    continue
+                for solver in ("dpmpp_2m", "unipc"):
+                    assert history_gain_sq(make_solver(solver, model, grid)) is None, (sched, spacing, steps, solver)
+    mix = GaussianMixture.random(dim=4, modes=3, seed=1, scale=0.3)
+    model = mix.model(cc.VP.cosine(), "eps")
+    x = np.random.default_rng(1).standard_normal((2, 4))
+    grid = cc.time_grid(cc.VP.cosine(), 20)
+    on, off = (cc.parallel(model, x, grid, "dpmpp_2m", cores=4, history_gain=g) for g in (True, False))
+    assert np.array_equal(on.x, off.x) and on.rounds == off.rounds
