@@ -204,8 +204,9 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
 
 
 def _object(obj: Any, depth: int, out: dict, seen: _Seen) -> None:
-    """A plain object's attributes (``__dict__``, slots) and its class's plain values (numbers,
-    strings, arrays: a class attribute its method reads)."""
+    """A plain object's attributes (``__dict__``, slots), and once per watch each class's own attributes
+    but dunders, by identity or value and not walked (a class attribute or a method its call reads,
+    swapped)."""
     d = getattr(obj, "__dict__", None)
     if isinstance(d, dict):
         for k, a in list(d.items()):
