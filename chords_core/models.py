@@ -350,6 +350,15 @@ class Model:
     #: arithmetic on numpy's views of CPU tensors, the network called on tensors on the same memory
     numpy_engine = False
 
+    def _inputs(self, x: Array, ts: Sequence[float], rows: int, exact: bool) -> tuple[np.ndarray | None, Array, Array]:
+        """(``host``, points, times) for a network call on the stacked points ``x``: the times
+        (``times_like``, each repeated ``rows`` times); with ``numpy_engine`` both as tensors on numpy's
+        memory, the times made on numpy, and ``host`` the numpy array of the points (``_checked``'s),
+        else ``None``."""
+        if self.numpy_engine:
+            return x, B.torch_view(x), B.torch_view(B.times_like(ts, rows, x, exact))
+        return None, x, B.times_like(ts, rows, x, exact)
+
     def _checked(self, out: Array, like: Array, n: int, rows: int, workspace: B.Workspace | None = None,
                  split: Callable[[Array], list] | None = None, host: np.ndarray | None = None) -> Array:
         """The network's output ``out`` at the stacked points ``like`` as the methods take it: ``_check``ed
@@ -479,11 +488,7 @@ class DiffusionModel(Model):
     def _call(self, xs, ts, workspace=None):
         rows = int(xs[0].shape[0]) if len(xs[0].shape) else 1
         x = xs[0] if len(xs) == 1 else B.concat(xs) if workspace is None else workspace.join(xs, new_axis=False)
-        exact = getattr(self.fn, "exact_times", False)
-        if self.numpy_engine:  # the network's tensors on numpy's memory, its times made on numpy too
-            host, x, t = x, B.torch_view(x), B.torch_view(B.times_like(ts, rows, x, exact))
-        else:
-            host, t = None, B.times_like(ts, rows, x, exact)
+        host, x, t = self._inputs(x, ts, rows, getattr(self.fn, "exact_times", False))
         out = watched_call(self.fn, (x, t), x, len(xs))
         out = self._checked(out, x, len(xs), rows, workspace, lambda o: B.split_rows(o, len(xs)), host)
         if len(xs) == 1:
@@ -602,11 +607,7 @@ class VectorField(Model):
                 outs.append(out)
             return outs
         y = B.stack(xs) if workspace is None else workspace.join(xs, new_axis=True)
-        exact = getattr(self.f, "exact_times", False)
-        if self.numpy_engine:  # (as DiffusionModel's)
-            host, y, t = y, B.torch_view(y), B.torch_view(B.times_like(ts, 1, y, exact))
-        else:
-            host, t = None, B.times_like(ts, 1, y, exact)
+        host, y, t = self._inputs(y, ts, 1, getattr(self.f, "exact_times", False))
         out = watched_call(self.f, (t, y), y, len(xs))
         out = self._checked(out, y, len(xs), 1, workspace, lambda o: [o[k] for k in range(len(xs))], host)
         return [out[k] for k in range(len(xs))]

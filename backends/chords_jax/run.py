@@ -22,7 +22,7 @@ import inspect
 import threading
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -348,61 +348,13 @@ def tracing() -> bool:
     return not clean() if clean is not None else isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
-def holds_tracer(fn: Any, depth: int = 3) -> bool:
-    """Whether the function ``fn`` reaches a jax tracer (``_leaves_read``): a runner keyed by it must not
-    be cached, or the cache would keep the caller's trace alive."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in _leaves_read(fn, depth))
-
-
-def _leaves_read(fn: Any, depth: int = 3) -> Iterator[Any]:
-    """The values the function ``fn`` can read when traced, for ``holds_tracer``: the pytree leaves of
-    its closure, bound object, partial arguments, defaults or, for a callable object, its attributes,
-    nested ``depth`` deep (functions and plain objects, such as a network holding its weights in
-    ``self.W``, which a pytree sees as one opaque leaf). Every pytree leaf, on a cache miss only (the
-    entries compared before each lookup, by holder, are ``reads.watch``'s)."""
-    parts: list = [getattr(fn, "__self__", None), getattr(fn, "__defaults__", None)]
-    if isinstance(fn, functools.partial):
-        parts += [fn.func, fn.args, fn.keywords]
-    elif not isinstance(fn, (types.FunctionType, types.MethodType)):
-        parts += _attributes(fn)  # a callable object: what its __call__ reads
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            parts.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
-    for part in parts:
-        if part is not None:  # (no closure, no defaults: nothing to walk)
-            yield from _values(part, depth - 1)
-
-
-def _attributes(obj: Any) -> list:
-    """The attribute values of a plain object (its ``__dict__`` and its classes' ``__slots__``); none
-    for classes, modules, functions and arrays."""
-    if isinstance(obj, (type, types.ModuleType, types.FunctionType, jax.Array, np.ndarray)):
-        return []
-    d = getattr(obj, "__dict__", None)
-    values = list(d.values()) if isinstance(d, dict) else []
-    for cls in type(obj).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__"):
-                values.append(getattr(obj, name, None))
-    return values
-
-
-_PLAIN = (jax.Array, np.ndarray, bool, int, float, complex, str, bytes, np.generic)  # leaves without attributes
-
-
-def _values(obj: Any, depth: int) -> Iterator[Any]:
-    """``obj``'s leaves for ``_leaves_read``: as a callable, its pytree leaves, and ``depth`` levels deep
-    those leaves' attributes."""
-    if depth >= 1 and callable(obj) and not isinstance(obj, type):
-        yield from _leaves_read(obj, depth)
-    for leaf in jax.tree_util.tree_leaves(obj):
-        yield leaf
-        if depth >= 1 and not isinstance(leaf, _PLAIN):
-            for v in _attributes(leaf):
-                yield from _values(v, depth - 1)
+def holds_tracer(fn: Any) -> bool:
+    """Whether the function ``fn`` reaches a jax tracer through what it reads (``reads.watch``: its
+    closure, bound object, defaults, attributes, such as a network holding its weights in ``self.W``;
+    one whose objects cannot be walked counts as reaching one): a runner keyed by it must not be
+    cached, or the cache would keep the caller's trace alive."""
+    values = watch(fn)
+    return values is None or any(isinstance(v, jax.core.Tracer) for v in values.values())
 
 
 #: per model function (its key, ``function_key``): its ``reads.watch`` at the end of its last trace
@@ -439,6 +391,14 @@ def check_reads(fn_key: Any, fn: Any) -> None:
                 "as args=) was set anew since it was compiled; compiling it again. Pass values that change between "
                 "calls as args= (a traced argument: no compilation); an array changed in place is not seen",
                 UserWarning)
+
+
+def cached_program(cache: OrderedDict, key: tuple, model: Any, size: int) -> Any:
+    """``cache[key]``, a jitted program of ``model``'s function keyed (the model's key, ...), or ``None``:
+    looked up after ``check_reads`` (what the function reads set anew drops its programs), as
+    ``lru_get_compiled`` keeps it."""
+    check_reads(key[0][1], _function(model))
+    return lru_get_compiled(cache, key, size)
 
 
 def _changed(kept: dict, now: dict) -> list:
@@ -522,8 +482,7 @@ def traced(body: Callable, fn_key: Any, fn: Any, keep: bool) -> Callable:
 def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: bool, chunked: bool) -> Callable:
     key_model, evaluate = _evaluator(model, with_args)
     key = (key_model, mesh, bool(check), bool(check) and exact, chunked)
-    check_reads(key_model[1], _function(model))
-    fn = lru_get_compiled(_CACHE, key, _CACHE_SIZE)
+    fn = cached_program(_CACHE, key, model, _CACHE_SIZE)
     if fn is not None:
         return fn
     check_signature(model, with_args)

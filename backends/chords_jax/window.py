@@ -93,10 +93,9 @@ from .run import (
     _evaluator,
     _function,
     after_run,
-    check_reads,
+    cached_program,
     check_signature,
     lru_get,
-    lru_get_compiled,
     lru_put,
     time_dtype,
     traced,
@@ -265,8 +264,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
     T, W, seed, scale, converts = setup.T, setup.W, setup.seed, setup.scale, setup.converts
     p = 1  # the local error estimate's order (``LocalError.p``): the compiled solvers are first order
     key = (key_model, T, W, seed, scale, converts, check)
-    check_reads(key_model[1], _function(model))
-    fn = lru_get_compiled(_JITTED, key, _CACHE_SIZE)
+    fn = cached_program(_JITTED, key, model, _CACHE_SIZE)
     if fn is not None:
         return fn
     check_signature(model, with_args)
