@@ -1675,6 +1675,77 @@ def test_a_value_the_function_reads_set_anew_between_calls_is_seen():
     cj.clear_cache()
 
 
+class _BoundMethod:
+    """What equinox's ``BoundMethod`` is to a module's method: an object made anew at each attribute
+    access, holding ``__func__`` and ``__self__``, with an equality of its own (a dataclass's: by fields)
+    and no hash (a field holds an array)."""
+
+    def __init__(self, func, obj):
+        self.__func__, self.__self__ = func, obj
+
+    def __call__(self, *a):
+        return self.__func__(self.__self__, *a)
+
+    def __eq__(self, other):
+        return type(other) is _BoundMethod and (other.__func__, other.__self__) == (self.__func__, self.__self__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _MethodOf:
+    """A descriptor giving a ``_BoundMethod`` per access (equinox's way for a module's methods)."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __get__(self, obj, cls=None):
+        return self.func if obj is None else _BoundMethod(self.func, obj)
+
+
+class _Module:
+    def __init__(self, w):
+        self.w = w
+
+    def _denoise(self, x, t):
+        return jnp.tanh(x @ self.w + t[:, None])
+
+    denoise = _MethodOf(_denoise)
+
+
+def test_a_bound_method_object_made_anew_at_each_access_compiles_once():
+    """A review: an equinox module's method (``net.denoise``, a new ``BoundMethod`` at each access) was
+    keyed by that object's identity, so every call traced and compiled again (about 0.5 s each) and the
+    cache filled with copies. Now it is keyed, and its reads watched, as the bound method it stands for:
+    one compilation for repeated calls, none of them warned; weights set anew on its object are still
+    seen (a warning, the new result)."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    net = _Module(jnp.asarray(_W))
+    assert net.denoise is not net.denoise
+    x = jnp.asarray(X)
+
+    def core(w):
+        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ w + t[:, None]), SCHED, "eps"), X, grid, "euler")
+
+    cj.clear_cache()
+    n = cj.compilations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            got = cj.chords(cc.DiffusionModel(net.denoise, SCHED, "eps"), x, grid, "euler", cores=3, stop=None)
+            assert close(got.x, core(_W))
+    assert cj.compilations() == n + 1
+    net.w = jnp.asarray(_W.T)
+    with pytest.warns(UserWarning, match="set anew"):
+        got = cj.chords(cc.DiffusionModel(net.denoise, SCHED, "eps"), x, grid, "euler", cores=3, stop=None)
+    assert close(got.x, core(_W.T))
+    other = _Module(jnp.asarray(_W))  # another object: its own program
+    n = cj.compilations()
+    assert close(cj.chords(cc.DiffusionModel(other.denoise, SCHED, "eps"), x, grid, "euler", cores=3, stop=None).x,
+                 core(_W))
+    assert cj.compilations() == n + 1
+    cj.clear_cache()
+
+
 def test_what_a_trace_or_a_run_sets_is_no_change_and_deeper_values_are_seen():
     """A trial of the read check: two functions sharing one network whose trace counts itself recompiled
     each other's programs at every call, with a warning; a counter a jax.debug.callback advances

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["watch", "tokens", "same", "forget_types", "DEPTH", "MAX_VISITS"]
+__all__ = ["watch", "tokens", "same", "forget_types", "bound_parts", "DEPTH", "MAX_VISITS"]
 
 #: hops walked below the function (its bound object or a closure value is 1; an attribute, an item of a
 #: list, tuple or dict, one more)
@@ -172,12 +172,34 @@ def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: _Seen, in_l
             _object(v, depth, out, seen)
 
 
-def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
-    """A function's reads: its closure cells, defaults, attributes; a bound method's object; a
-    partial's function and arguments; a callable object's attributes."""
+def bound_parts(fn: Any) -> tuple[Any, Any] | None:
+    """(object, function) of a bound method, or of an object that stands for one: a ``__func__`` that
+    is a plain function and a ``__self__`` (equinox's ``BoundMethod``, a new one at each attribute
+    access of a module's method); ``None`` for anything else. Such an object is one method of its
+    object: keyed and watched as the bound method, not by its own identity (a new key, and a new
+    compilation, at every call, a review)."""
     if isinstance(fn, types.MethodType):
-        _put(out, fn.__func__, "__self__", fn.__self__, depth - 1, seen)
-        _function(fn.__func__, depth, out, seen)
+        return fn.__self__, fn.__func__
+    if isinstance(fn, (type, types.FunctionType, functools.partial)):
+        return None
+    try:
+        func = getattr(fn, "__func__", None)
+        if not isinstance(func, types.FunctionType):
+            return None
+        obj = fn.__self__
+    except Exception:  # (an attribute that raises: not a bound method)
+        return None
+    return obj, func
+
+
+def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
+    """A function's reads: its closure cells, defaults, attributes; a bound method's object (or a
+    bound-method object's, ``bound_parts``); a partial's function and arguments; a callable object's
+    attributes."""
+    bound = bound_parts(fn)
+    if bound is not None:
+        _put(out, bound[1], "__self__", bound[0], depth - 1, seen)
+        _function(bound[1], depth, out, seen)
         return
     if isinstance(fn, functools.partial):
         _put(out, fn, "func", fn.func, depth, seen)

@@ -34,7 +34,7 @@ from chords_core.call import warn_caller
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-from .reads import forget_types, same, tokens, watch
+from .reads import bound_parts, forget_types, same, tokens, watch
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
            "time_dtype"]
@@ -173,9 +173,14 @@ def function_key(fn: Any) -> Any:
     trace time, so an object's own equality cannot say two are the same program: a frozen dataclass
     whose weights are left out of its equality (``field(compare=False)``, JAX's static-argument
     pattern) shared the first one's executable, old weights and all (a trial: 0.142 off the core,
-    silently)."""
+    silently). An object that stands for a bound method (``reads.bound_parts``: equinox's
+    ``BoundMethod``, made anew at each access) is keyed as one, by its object and function: by its own
+    identity it compiled again at every call."""
     if isinstance(fn, types.MethodType) or type(fn).__eq__ is object.__eq__:
         return keyable(fn)
+    bound = bound_parts(fn)
+    if bound is not None:
+        return "bound", ByIdentity(bound[0]), keyable(bound[1])
     return ByIdentity(fn)
 
 
