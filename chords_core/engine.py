@@ -35,7 +35,7 @@ from .checks import _is_int
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
-from .models import Model, ModelOutputError, is_plain_ode, output_problem, own_call
+from .models import Model, ModelOutputError, is_plain_ode, outputs_like, own_call
 from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
@@ -172,22 +172,13 @@ def _executor_outputs(executor: Executor, model: Model, outs: Any, xs: Sequence[
     387 off; a torch tensor for numpy points was blamed on the model, a round later), a ``ValueError``
     naming the executor, the round and the point otherwise; an output of another floating dtype cast
     to its point's (a float64 output for a float32 state made the run float64)."""
-    cast = []
-    for k, (o, x) in enumerate(zip(outs, xs)):
-        problem = output_problem(o, x)
-        if problem is not None:
-            by = ("evaluate with model.evaluate, which checks each output" if own_call(type(model)) else
-                  f"{type(model).__name__}'s own _call returned it; model.evaluate checks each output")
-            raise ValueError(f"executor: {type(executor).__name__} returned, for point {k} of round {round_number} "
-                             f"({where(k, *context)}), {problem} ({by})")
-        if o.dtype != x.dtype:
-            cast.append(k)
-    if not cast:
-        return outs
-    outs = list(outs)
-    for k in cast:
-        outs[k] = B.cast_like(outs[k], xs[k])
-    return outs
+    def error(k: int, problem: str) -> ValueError:
+        by = ("evaluate with model.evaluate, which checks each output" if own_call(type(model)) else
+              f"{type(model).__name__}'s own _call returned it; model.evaluate checks each output")
+        return ValueError(f"executor: {type(executor).__name__} returned, for point {k} of round {round_number} "
+                          f"({where(k, *context)}), {problem} ({by})")
+
+    return outputs_like(outs, xs, error)
 
 
 class CoreRecords:

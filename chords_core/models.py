@@ -35,7 +35,7 @@ from .checks import LIBRARY_PACKAGES
 from .schedules import ByIdentity, RectifiedFlow, Schedule, schedule_key
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "is_plain_ode", "ModelOutputError", "PREDICTIONS", "CHECK_MODES",
-           "resolve_check", "check_array", "check_call", "output_problem"]
+           "resolve_check", "check_array", "check_call", "output_problem", "outputs_like"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 Array = Any
@@ -160,6 +160,38 @@ def output_problem(out: Any, like: Array) -> str | None:
             return (f"a tensor on device {out.device}, expected {like.device} (the points'); return it on the points' "
                     "device")
     return None
+
+
+def outputs_like(outs: Sequence[Any], xs: Sequence[Array], error: Callable[[int, str], Exception],
+                 finite: Callable[[Any], bool] | None = None) -> Sequence[Any]:
+    """Outputs that no library check has seen (a subclass's own ``_call``'s, an executor's), each
+    checked against its point (``output_problem``) and cast to its point's dtype where it has another
+    floating one (``_backend.cast_like``), point after point.
+
+    Args:
+        outs: one output per point.
+        xs: the points.
+        error: the exception for output k's problem (the words that follow "returned").
+        finite: where given, whether an output passes the finiteness check; the first that does not
+            raises ``ModelOutputError.nonfinite`` at its point, with the outputs before it (``done``).
+
+    Returns:
+        ``outs`` itself where nothing was cast, else a list with the cast outputs.
+    """
+    cast = None
+    for k, (o, x) in enumerate(zip(outs, xs)):
+        problem = output_problem(o, x)
+        if problem is not None:
+            raise error(k, problem)
+        if not (o.dtype is x.dtype or o.dtype == x.dtype):
+            if cast is None:
+                cast = list(outs)
+            cast[k] = o = B.cast_like(o, x)
+        if finite is not None and not finite(o):
+            err = ModelOutputError.nonfinite(k)
+            err.done = list((cast or outs)[:k])
+            raise err
+    return outs if cast is None else cast
 
 
 _OWN_CALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model class -> own_call's answer
@@ -308,19 +340,8 @@ class Model:
             got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
             raise TypeError(f"model: {type(self).__name__}._call returned {got} for {len(xs)} point(s); it returns "
                             "a list of one output per point, in their order")
-        outs = list(outs)
-        for k, (o, x) in enumerate(zip(outs, xs)):
-            try:
-                same = check_array(o, x)
-            except ModelOutputError as e:
-                raise e.relabel(k, str(e)) from None
-            if not same:
-                outs[k] = o = B.cast_like(o, x)
-            if self.check_outputs and not self.deferred_check(o) and not B.all_finite(o):
-                err = ModelOutputError.nonfinite(k)
-                err.done = outs[:k]
-                raise err
-        return outs
+        return list(outputs_like(outs, xs, lambda k, problem: ModelOutputError(k, f"model returned {problem}"),
+                                 lambda o: not self.check_outputs or self.deferred_check(o) or B.all_finite(o)))
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
         raise NotImplementedError(f"{type(self).__name__} does not define _call (a Model subclass must)")
