@@ -1746,6 +1746,135 @@ def test_a_bound_method_object_made_anew_at_each_access_compiles_once():
     cj.clear_cache()
 
 
+@jax.tree_util.register_pytree_node_class
+class _Layer:
+    """A module as equinox and flax nnx make them: a registered pytree, here nested ``depth`` levels deep,
+    its weight at the bottom."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def tree_flatten(self):
+        return (self.inner,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def __call__(self, x, t):
+        w = self.inner
+        while isinstance(w, _Layer):
+            w = w.inner
+        return jnp.tanh(x @ w + t[:, None])
+
+    def bottom(self):
+        layer = self
+        while isinstance(layer.inner, _Layer):
+            layer = layer.inner
+        return layer
+
+
+def _apply(net, x, t, *, scale=1.0):
+    return net(x, t) * scale
+
+
+class _Partial:
+    """What equinox's ``Partial`` is (an ``eqx.filter_jit`` method at each access): its whole state is
+    ``func``, ``args`` and ``keywords``."""
+
+    def __init__(self, func, *args, **keywords):
+        self.func, self.args, self.keywords = func, args, keywords
+
+    def __call__(self, *a):
+        return self.func(*self.args, *a, **self.keywords)
+
+
+def test_weights_set_anew_deep_in_a_pytree_module_and_partials_made_anew():
+    """A trial with flax nnx and equinox: (1) ``nnx.update`` of a block's kernel five levels of modules
+    down, below the watch's eight hops, kept the old program, 0.33 off the core, silently; a module's
+    leaves are now watched however deep. (2) A partial application made anew at each call (an
+    ``eqx.filter_jit`` method is an equinox ``Partial`` at each access; ``functools.partial(apply, net)``)
+    compiled again at every call (0.66 s each): now keyed by its function and arguments, one
+    compilation, while another argument (an object by identity, a number by value) is another program."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+
+    def core(w, scale=1.0):
+        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ w + t[:, None]) * scale, SCHED, "eps"), X, grid,
+                        "euler")
+
+    cj.clear_cache()
+    net = jnp.asarray(_W)
+    for _ in range(12):
+        net = _Layer(net)
+    model = cc.DiffusionModel(net, SCHED, "eps")
+    assert close(cj.solve(model, x, grid, "euler"), core(_W))
+    net.bottom().inner = jnp.asarray(_W.T)  # set anew, 12 levels down
+    with pytest.warns(UserWarning, match="set anew"):
+        got = cj.solve(model, x, grid, "euler")
+    assert close(got, core(_W.T))
+    for make in (lambda *a, **k: functools.partial(_apply, *a, **k), lambda *a, **k: _Partial(_apply, *a, **k)):
+        n = cj.compilations()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(3):
+                assert close(cj.solve(cc.DiffusionModel(make(net), SCHED, "eps"), x, grid, "euler"), core(_W.T))
+            assert cj.compilations() == n + 1
+            assert close(cj.solve(cc.DiffusionModel(make(net, scale=0.5), SCHED, "eps"), x, grid, "euler"),
+                         core(_W.T, 0.5))
+            assert close(cj.solve(cc.DiffusionModel(make(net, scale=0.25), SCHED, "eps"), x, grid, "euler"),
+                         core(_W.T, 0.25))
+            other = _Layer(jnp.asarray(_W))
+            assert close(cj.solve(cc.DiffusionModel(make(other), SCHED, "eps"), x, grid, "euler"), core(_W))
+            assert cj.compilations() == n + 4
+    cj.clear_cache()
+
+
+@jax.tree_util.register_pytree_node_class
+class _SpentOnce:
+    """What equinox's ``nn.State`` is: a pytree that may be read once; reading it again raises (as
+    equinox's "Attempted to use old state")."""
+
+    def __init__(self, value):
+        self.value, self.spent = value, False
+
+    def tree_flatten(self):
+        return (self.value,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def read(self):
+        if self.spent:
+            raise ValueError("Attempted to use old state")
+        self.spent = True
+        return self.value
+
+
+def test_args_spent_once_used_and_a_type_error_names_the_operands():
+    """A trial: equinox's stateful pattern (``nn.State`` in ``args``, spent once used) ran with ``solve``
+    and a one-segment run but failed in a run of several segments (every segment's trace got the same
+    object): each segment now traces with its own copy. An ``args`` leaf of the wrong shape raised jax's
+    bare ``TypeError``, naming neither ``args`` nor the model: now its shapes are named."""
+    grid = cc.time_grid(SCHED, 12, "logsnr")
+    x = jnp.asarray(X)
+
+    def fn(x, t, args):
+        return jnp.tanh(x @ args.read() + t[:, None])
+
+    model = cc.DiffusionModel(fn, SCHED, "eps")
+    ref = cc.chords(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]), SCHED, "eps"), X, grid, "heun",
+                    cores=3, stop=None)
+    prog, _ = cj.compile_plan(model, x.shape, x.dtype, grid, "heun", cores=3, stop=None)
+    assert len(prog.segments) > 1
+    same_result(cj.chords(model, x, grid, "heun", cores=3, stop=None, args=_SpentOnce(jnp.asarray(_W))), ref)
+    bad = cc.DiffusionModel(lambda x, t, w: x @ w["w"], SCHED, "eps")
+    with pytest.raises(TypeError, match=r"model: .* called with x \(\d+, 5\) float\d+, t .* args a dict of leaves "
+                                        r"\[\(3, 3\) float32\]: dot_general"):
+        cj.chords(bad, x, grid, "euler", cores=2, args={"w": jnp.ones((3, 3), jnp.float32)})
+
+
 def test_what_a_trace_or_a_run_sets_is_no_change_and_deeper_values_are_seen():
     """A trial of the read check: two functions sharing one network whose trace counts itself recompiled
     each other's programs at every call, with a warning; a counter a jax.debug.callback advances

@@ -5,7 +5,12 @@ when it was traced. ``watch`` lists them as (holder, key) -> value: each closure
 partial argument, bound object and callable object's attribute, and, through objects (their
 ``__dict__``, slots and their classes' attributes, methods included), tuples, lists and dicts, what
 those hold, ``DEPTH`` hops deep, at most ``MAX_VISITS`` values visited; a number or string is
-compared by value, an array or any other object by identity. ``run.traced`` keeps a watch at the end
+compared by value, an array or any other object by identity. A pytree object within two hops of
+the function (an equinox or flax nnx module) is also watched by its leaves, however deep
+(``_tree``). A bound method's entries, and a partial application's (``bound_parts``,
+``partial_parts``: also the objects that stand for them, made anew at each access), are held by its
+function, not by the method or partial object itself, so that one made anew with the same parts
+watches the same. ``run.traced`` keeps a watch at the end
 of every trace of a cached program, and ``run.check_reads`` compares a fresh one before every lookup
 of the function's programs: an entry set anew since drops them all, with a ``UserWarning``.
 
@@ -31,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["watch", "tokens", "same", "forget_types", "bound_parts", "DEPTH", "MAX_VISITS"]
+__all__ = ["watch", "tokens", "same", "forget_types", "bound_parts", "partial_parts", "DEPTH", "MAX_VISITS"]
 
 #: hops walked below the function (its bound object or a closure value is 1; an attribute, an item of a
 #: list, tuple or dict, one more)
@@ -88,9 +93,14 @@ def watch(fn: Any) -> dict[tuple[int, Any], Any] | None:
 
 
 class _Seen(set):
-    """The ids of the objects a watch walked, and its visits left (``MAX_VISITS``)."""
+    """The ids of the objects a watch walked, its visits left (``MAX_VISITS``) and the ids of the
+    objects whose pytree leaves it took (``_tree``)."""
 
     left = MAX_VISITS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trees: set[int] = set()
 
 
 _DEAD_VALUE = object()  # what a dead weakref.proxy is watched as
@@ -131,6 +141,7 @@ def forget_types() -> None:
     """Empty the per-type cache of the walk (``chords_jax.clear_cache``: it holds the classes it met)."""
     _KINDS.clear()
     _KINDS[type(None)] = _NUMBER
+    _TREES.clear()
 
 
 def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: _Seen, in_list: bool = False) -> None:
@@ -153,6 +164,8 @@ def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: _Seen, in_l
         out[(id(holder), key)] = v
         return
     out[(id(holder), key)] = v
+    if kind == _OBJ and depth >= TREE_DEPTH and id(holder) not in seen.trees:
+        _tree(out, holder, key, v, seen)
     if depth > 0 and kind != _LEAF and kind != _SET and id(v) not in seen:
         seen.add(id(v))
         if kind == _SEQ:
@@ -192,6 +205,53 @@ def bound_parts(fn: Any) -> tuple[Any, Any] | None:
     return obj, func
 
 
+def partial_parts(fn: Any) -> tuple[Any, tuple, dict] | None:
+    """(function, arguments, keywords) of a partial application: a ``functools.partial`` (``jax.tree_util.Partial``
+    too) with no attributes of its own, or an object whose whole state is those three (equinox's
+    ``Partial``, which an ``eqx.filter_jit`` method is at each access); ``None`` for anything else. Keyed
+    and watched by its parts, not by its own identity (a new key, and a new compilation, at every call, a
+    trial: 0.66 s a call)."""
+    if isinstance(fn, functools.partial):
+        return (fn.func, fn.args, fn.keywords) if not getattr(fn, "__dict__", None) else None
+    if isinstance(fn, (type, types.FunctionType, types.MethodType)):
+        return None
+    d = getattr(fn, "__dict__", None)
+    if type(d) is not dict or d.keys() != {"func", "args", "keywords"}:
+        return None
+    func, args, keywords = d["func"], d["args"], d["keywords"]
+    if not (callable(func) and type(args) is tuple and type(keywords) is dict):
+        return None
+    return func, args, keywords
+
+
+#: objects within this many hops of the function (depth left, ``_put``) are also watched by their pytree
+#: leaves (``_tree``), however deep those lie
+TREE_DEPTH = DEPTH - 2
+_TREES: dict[type, bool] = {}  # per type: whether it is a pytree node (``_KINDS``' companion, emptied with it)
+
+
+def _tree(out: dict, holder: Any, key: Any, v: Any, seen: _Seen) -> None:
+    """Where ``v`` is a pytree node (an equinox or flax nnx module, a registered dataclass): its leaves,
+    each by identity (a number by value), under ``(holder, key)`` and its position: a weight set anew
+    below ``DEPTH`` hops (a flax nnx model's ``nnx.update`` of a block's kernel, 5 levels of modules and
+    lists down, a trial: 0.33 off the core, silently) is seen. Leaves do not count as visits."""
+    t = type(v)
+    node = _TREES.get(t)
+    try:
+        if node is None:
+            top = jax.tree_util.tree_structure(v, is_leaf=lambda x: x is not v)  # (one level: its children)
+            node = _TREES[t] = not jax.tree_util.treedef_is_leaf(top)
+        if not node:
+            return
+        leaves = jax.tree_util.tree_leaves(v)
+    except Exception:  # (a flatten that raises: its attributes are walked, as any object's)
+        return
+    seen.trees.add(id(v))
+    hid = id(holder)
+    for i, leaf in enumerate(leaves):
+        out[(hid, (key, "leaf", i))] = leaf
+
+
 def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
     """A function's reads: its closure cells, defaults, attributes; a bound method's object (or a
     bound-method object's, ``bound_parts``); a partial's function and arguments; a callable object's
@@ -201,14 +261,17 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
         _put(out, bound[1], "__self__", bound[0], depth - 1, seen)
         _function(bound[1], depth, out, seen)
         return
-    if isinstance(fn, functools.partial):
-        _put(out, fn, "func", fn.func, depth, seen)
-        for i, a in enumerate(fn.args):
-            _put(out, fn, ("arg", i), a, depth - 1, seen)
-        for k, a in fn.keywords.items():
-            _put(out, fn, ("kw", k), a, depth - 1, seen)
+    parts = partial_parts(fn)
+    if parts is not None:  # (entries held by its function: a partial made anew with the same parts is the same)
+        func, args, keywords = parts
+        _put(out, func, "partial", func, depth, seen)
+        for i, a in enumerate(args):
+            _put(out, func, ("arg", i), a, depth - 1, seen)
+        for k, a in keywords.items():
+            _put(out, func, ("kw", k), a, depth - 1, seen)
         return
     if not isinstance(fn, types.FunctionType):
+        _tree(out, fn, "self", fn, seen)
         _object(fn, depth, out, seen)  # a callable object: what its __call__ reads
         return
     for cell in fn.__closure__ or ():

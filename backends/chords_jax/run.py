@@ -34,7 +34,7 @@ from chords_core.call import warn_caller
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
-from .reads import bound_parts, forget_types, same, tokens, watch
+from .reads import bound_parts, forget_types, partial_parts, same, tokens, watch
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
            "time_dtype"]
@@ -127,11 +127,13 @@ _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConv
                   jax.errors.TracerIntegerConversionError)
 
 
-def _traced(call: Callable, *operands: Any) -> Any:
-    """``call(*operands)`` at trace time, a function that jax cannot trace named as the model's (also
+def _traced(call: Callable, names: str, *operands: Any) -> Any:
+    """``call(*operands)`` at trace time (``names``: what the operands are to the user, in order, such as
+    ``"x t args"``), a function that jax cannot trace named as the model's (also
     a ``pure_callback`` without ``vmap_method`` in an unbatched field, which chords_jax vmaps: jax's
     ``NotImplementedError`` escaped bare, a user trial; the model's own ``NotImplementedError`` is
-    its own)."""
+    its own); a ``TypeError`` it raises names the operands' shapes (an ``args`` leaf of the wrong
+    shape: jax's words named neither ``args`` nor the model)."""
     try:
         return call(*operands)
     except NotImplementedError as err:
@@ -142,6 +144,28 @@ def _traced(call: Callable, *operands: Any) -> Any:
     except _NOT_TRACEABLE as err:
         raise TypeError("model: its function must be traceable by jax (jax.numpy operations, no numpy "
                         f"conversion or Python branch on array values); tracing it failed with: {err}") from err
+    except TypeError as err:
+        raise TypeError(f"model: its function raised a TypeError when traced, called with "
+                        f"{_described(names.split(), operands)}: {err}") from err
+
+
+def _described(names: list[str], operands: tuple) -> str:
+    """The operands of a model call as an error names them: each by its name and, as an array (a pytree's
+    leaves: ``args``), its shape and dtype, at most 300 characters."""
+    def leaf(a: Any) -> str:
+        return f"{tuple(a.shape)} {a.dtype}" if hasattr(a, "shape") and hasattr(a, "dtype") else type(a).__name__
+
+    def operand(o: Any) -> str:
+        try:
+            leaves = jax.tree_util.tree_leaves(o)
+        except Exception:  # noqa: BLE001 (a pytree whose flatten raises: named by its type)
+            return type(o).__name__
+        if len(leaves) == 1 and leaves[0] is o:
+            return leaf(o)
+        return f"a {type(o).__name__} of leaves [{', '.join(map(leaf, leaves))}]"
+
+    text = ", ".join(f"{n} {operand(o)}" for n, o in zip(names, operands))
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _checked(out: Any, like: Any, points: int, rows: int, vmapped: bool = False) -> Any:
@@ -174,14 +198,30 @@ def function_key(fn: Any) -> Any:
     whose weights are left out of its equality (``field(compare=False)``, JAX's static-argument
     pattern) shared the first one's executable, old weights and all (a trial: 0.142 off the core,
     silently). An object that stands for a bound method (``reads.bound_parts``: equinox's
-    ``BoundMethod``, made anew at each access) is keyed as one, by its object and function: by its own
-    identity it compiled again at every call."""
+    ``BoundMethod``, made anew at each access) is keyed as one, by its object and function, and a
+    partial application (``reads.partial_parts``: a ``functools.partial``, equinox's ``Partial``, which an
+    ``eqx.filter_jit`` method is) by its type, function and arguments (numbers and strings by value, the
+    rest by identity): by their own identity they compiled again at every call."""
+    parts = partial_parts(fn)
+    if parts is not None:
+        func, args, keywords = parts
+        return ("partial", type(fn), function_key(func), tuple(_part_key(a) for a in args),
+                tuple(sorted((k, _part_key(a)) for k, a in keywords.items())))
     if isinstance(fn, types.MethodType) or type(fn).__eq__ is object.__eq__:
         return keyable(fn)
     bound = bound_parts(fn)
     if bound is not None:
         return "bound", ByIdentity(bound[0]), keyable(bound[1])
     return ByIdentity(fn)
+
+
+def _part_key(v: Any) -> Any:
+    """A partial's argument as a part of its key: a number, string or ``None`` by its type and value (a float
+    by its repr: -0.0 and nan told apart and equal to themselves), anything else by identity."""
+    t = type(v)
+    if t in (bool, int, float, complex, str, bytes, type(None)):
+        return t.__name__, repr(v) if t is float else v
+    return ByIdentity(v)
 
 
 def check_signature(model: Any, with_args: bool) -> None:
@@ -248,7 +288,7 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
             k, rows = pts.shape[0], pts.shape[1]
             flat = pts.reshape((k * rows,) + pts.shape[2:])
             tt = jnp.repeat(t, rows)
-            out = _traced(fn, flat, tt, args) if with_args else _traced(fn, flat, tt)
+            out = _traced(fn, "x t args", flat, tt, args) if with_args else _traced(fn, "x t", flat, tt)
             return _checked(out, flat, k, rows).reshape(pts.shape)
 
         return ("diffusion", function_key(fn), with_args), evaluate
@@ -258,9 +298,9 @@ def _evaluator(model: Any, with_args: bool = False) -> tuple[tuple, Callable]:
 
         def evaluate(pts, t, args):
             if with_args:
-                out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), t, pts, args)
+                out = _traced(f if batched else jax.vmap(f, in_axes=(0, 0, None)), "t y args", t, pts, args)
             else:
-                out = _traced(f if batched else jax.vmap(f), t, pts)
+                out = _traced(f if batched else jax.vmap(f), "t y", t, pts)
             return _checked(out, pts, pts.shape[0] if batched else 1, 1, vmapped=not batched)
 
         return ("field", function_key(f), batched, with_args), evaluate
@@ -502,7 +542,16 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
         return buf if mesh is None else jax.lax.with_sharding_constraint(buf, replicated)
 
     def scans(x, carry, segments, zeros, args, slots):
-        """Run the segments' rounds from ``carry`` = (buf, bad): one ``lax.scan`` per segment."""
+        """Run the segments' rounds from ``carry`` = (buf, bad): one ``lax.scan`` per segment, each traced
+        with its own copy of ``args`` (rebuilt from its leaves before any trace: equinox's ``nn.State``
+        is spent once used, and a run of several segments failed where one segment ran, a trial)."""
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        for seg in segments:
+            carry, _ = jax.lax.scan(_body(x, zeros, jax.tree_util.tree_unflatten(tree, leaves), slots), carry, seg)
+        return carry
+
+    def _body(x, zeros, args, slots):
+        """One round of a segment's scan (``scans``)."""
 
         def body(carry, inputs):
             buf, bad = carry
@@ -525,9 +574,7 @@ def _jitted(model: Any, mesh: Mesh | None, check: bool, with_args: bool, exact: 
                 bad = jnp.minimum(bad, jnp.where(jnp.isfinite(new @ zeros).all(), NO_BAD, rnd * slots))
             return (buf, bad), None
 
-        for seg in segments:
-            carry, _ = jax.lax.scan(body, carry, seg)
-        return carry
+        return body
 
     def run(x, init, segments, rows, zeros, args):
         slots = max(seg[1].shape[1] for seg in segments)  # Program.width, from the arrays at trace time
