@@ -1830,6 +1830,135 @@ def test_weights_set_anew_deep_in_a_pytree_module_and_partials_made_anew():
     cj.clear_cache()
 
 
+class _Method:
+    def __init__(self, w):
+        self.w = w
+
+    def f(self, x, t):
+        return jnp.tanh(x @ self.w + t[:, None])
+
+
+def _scaled_tanh(w, x, t, scale=1.0):
+    return jnp.tanh(x @ w + t[:, None]) * scale
+
+
+def test_keys_by_parts_leave_out_nothing_the_call_reads():
+    """A review of keying bound-method and partial objects by their parts: each of these shared one
+    program with another that computes something else (up to 303 off the core, silently), or no
+    longer saw a value set anew, or warned at every call; now each is its own program, a change is
+    seen, and one made anew with the same parts compiles once without a warning."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+    w = jnp.asarray(_W)
+
+    def core(scale=1.0, weights=_W):
+        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ weights + t[:, None]) * scale, SCHED, "eps"),
+                        X, grid, "euler")
+
+    def run(fn):
+        return cj.solve(cc.DiffusionModel(fn, SCHED, "eps"), x, grid, "euler")
+
+    class Scaled(functools.partial):  # a partial subclass holding more, in a slot
+        __slots__ = ("scale",)
+
+        def __call__(self, *a):
+            return self.scale * super().__call__(*a)
+
+    class Partial:  # a partial-like object whose call reads a class attribute
+        scale = 1.0
+
+        def __init__(self, func, *args, **keywords):
+            self.func, self.args, self.keywords = func, args, keywords
+
+        def __call__(self, x, t):
+            return self.scale * self.func(*self.args, x, t, **self.keywords)
+
+    class Guided:  # forwards unknown attributes (__func__, __self__) to a bound method
+        def __init__(self, inner, scale):
+            self.inner, self.scale = inner, scale
+
+        def __call__(self, x, t):
+            return self.scale * self.inner(x, t)
+
+        def __getattr__(self, name):
+            return getattr(self.__dict__["inner"], name)
+
+    class Bound:  # stands for a bound method
+        def __init__(self, func, obj):
+            self.__func__, self.__self__ = func, obj
+
+        def __call__(self, x, t):
+            return self.__func__(self.__self__, x, t)
+
+    class Bound3(Bound):
+        def __call__(self, x, t):
+            return 3.0 * self.__func__(self.__self__, x, t)
+
+    def kw(x, t, **k):  # folds its keywords in their order
+        s = 0.0
+        for v in k.values():
+            s = 2.0 * s + v
+        return jnp.tanh(x @ w + t[:, None]) * s
+
+    def listed(scales, x, t):
+        return jnp.tanh(x @ w + t[:, None]) * scales[0]
+
+    def signed(s, x, t):
+        return jnp.tanh(x @ w + t[:, None]) * jnp.copysign(1.0, jnp.real(s) if isinstance(s, float) else s.real)
+
+    cj.clear_cache()
+    net = _Method(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for scale in (1.0, 3.0):
+            p = Scaled(_scaled_tanh, w)
+            p.scale = scale
+            assert close(run(p), core(scale))
+            assert close(run(Guided(net.f, scale)), core(scale))
+        assert close(run(Bound(_Method.f, net)), core())
+        assert close(run(Bound3(_Method.f, net)), core(3.0))
+        assert close(run(functools.partial(kw, m=1.0, a=2.0)), core(4.0))
+        assert close(run(functools.partial(kw, a=2.0, m=1.0)), core(5.0))
+        scales = [1.0]
+        assert close(run(functools.partial(listed, scales)), core())
+        scales[0] = 3.0
+        assert close(run(functools.partial(listed, scales)), core(3.0))
+        assert close(run(functools.partial(signed, complex(0.0, 1.0))), core())
+        assert close(run(functools.partial(signed, complex(-0.0, 1.0))), core(-1.0))
+    p = Partial(_scaled_tanh, w)
+    assert close(run(p), core())
+    Partial.scale = 3.0
+    with pytest.warns(UserWarning, match="set anew"):
+        assert close(run(p), core(3.0))
+    holder = _Method(w)
+
+    def through(h, x, t):
+        return jnp.tanh(x @ h.w + t[:, None])
+
+    wrapped = functools.update_wrapper(functools.partial(through, holder), through)  # a partial with attributes
+    assert close(run(wrapped), core())
+    holder.w = jnp.asarray(_W.T)
+    with pytest.warns(UserWarning, match="set anew"):
+        assert close(run(wrapped), core(weights=_W.T))
+    n = cj.compilations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):  # a partial of a bound-method object made anew each time
+            assert close(run(functools.partial(Bound(_Method.f, net))), core())
+    assert cj.compilations() == n + 1
+    cj.clear_cache()
+
+
+def test_a_watch_takes_at_most_max_leaves_of_pytrees():
+    """A review: a module of 200,000 arrays cost 256 ms a watch (twice a call); the leaves watched are
+    bounded by ``reads.MAX_LEAVES``."""
+    from chords_jax import reads
+
+    net = _Layer([jnp.zeros(()) for _ in range(reads.MAX_LEAVES + 500)])
+    got = reads.watch(net)
+    assert sum(1 for _, key in got if isinstance(key, tuple) and "leaf" in key) == reads.MAX_LEAVES
+
+
 @jax.tree_util.register_pytree_node_class
 class _SpentOnce:
     """What equinox's ``nn.State`` is: a pytree that may be read once; reading it again raises (as

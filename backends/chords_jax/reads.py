@@ -43,6 +43,8 @@ __all__ = ["watch", "tokens", "same", "forget_types", "bound_parts", "partial_pa
 DEPTH = 8
 #: values visited per watch at most (numbers in lists included): what lies beyond is not watched
 MAX_VISITS = 10_000
+#: pytree leaves watched per watch at most (``_tree``; a model of 200,000 arrays cost 256 ms a watch)
+MAX_LEAVES = 10_000
 _SCALARS = (bool, int, float, complex, str, bytes, np.generic)
 _ARRAYS = (jax.Array, np.ndarray)
 _OPAQUE = (type, types.ModuleType, types.BuiltinFunctionType, weakref.ReferenceType)
@@ -101,6 +103,7 @@ class _Seen(set):
     def __init__(self) -> None:
         super().__init__()
         self.trees: set[int] = set()
+        self.leaves = MAX_LEAVES  # (pytree leaves left to watch)
 
 
 _DEAD_VALUE = object()  # what a dead weakref.proxy is watched as
@@ -185,43 +188,71 @@ def _put(out: dict, holder: Any, key: Any, v: Any, depth: int, seen: _Seen, in_l
             _object(v, depth, out, seen)
 
 
+#: what a method or partial object may hold beside its parts: the function's name and docs, copied
+#: (``functools.update_wrapper``'s, as equinox's ``BoundMethod`` has them), which its call never reads
+_METADATA = frozenset(functools.WRAPPER_ASSIGNMENTS) | {"__wrapped__"}
+#: the partial types whose call is their function's on their arguments (no other state)
+_PARTIALS = (functools.partial, jax.tree_util.Partial)
+
+
+def _own_state(fn: Any) -> dict | None:
+    """``fn``'s instance ``__dict__`` when it is a plain dict and its class adds no slots, else ``None``
+    (read directly: no ``__getattr__`` forwarding)."""
+    try:
+        d = object.__getattribute__(fn, "__dict__")
+    except AttributeError:
+        return None
+    if type(d) is not dict or any(c.__dict__.get("__slots__") for c in type(fn).__mro__[:-1]
+                                  if c not in _PARTIALS):
+        return None
+    return d
+
+
 def bound_parts(fn: Any) -> tuple[Any, Any] | None:
-    """(object, function) of a bound method, or of an object that stands for one: a ``__func__`` that
-    is a plain function and a ``__self__`` (equinox's ``BoundMethod``, a new one at each attribute
-    access of a module's method); ``None`` for anything else. Such an object is one method of its
-    object: keyed and watched as the bound method, not by its own identity (a new key, and a new
-    compilation, at every call, a review)."""
+    """(object, function) of a bound method, or of an object that stands for one: its whole state (its
+    ``__dict__``, no slots) is a ``__func__`` that is a plain function and a ``__self__``, beside the
+    function's copied name and docs (equinox's ``BoundMethod``, a new one at each attribute access of a
+    module's method); ``None`` for anything else. Keyed and watched as the bound method (with its type:
+    ``run.function_key``), not by its own identity (a new key, and a new compilation, at every call)."""
     if isinstance(fn, types.MethodType):
         return fn.__self__, fn.__func__
     if isinstance(fn, (type, types.FunctionType, functools.partial)):
         return None
-    try:
-        func = getattr(fn, "__func__", None)
-        if not isinstance(func, types.FunctionType):
-            return None
-        obj = fn.__self__
-    except Exception:  # (an attribute that raises: not a bound method)
+    d = _own_state(fn)
+    if d is None or "__func__" not in d or "__self__" not in d or not d.keys() <= _METADATA | {"__func__", "__self__"}:
         return None
-    return obj, func
+    func = d["__func__"]
+    return (d["__self__"], func) if isinstance(func, types.FunctionType) else None
 
 
 def partial_parts(fn: Any) -> tuple[Any, tuple, dict] | None:
-    """(function, arguments, keywords) of a partial application: a ``functools.partial`` (``jax.tree_util.Partial``
-    too) with no attributes of its own, or an object whose whole state is those three (equinox's
-    ``Partial``, which an ``eqx.filter_jit`` method is at each access); ``None`` for anything else. Keyed
-    and watched by its parts, not by its own identity (a new key, and a new compilation, at every call, a
-    trial: 0.66 s a call)."""
-    if isinstance(fn, functools.partial):
-        return (fn.func, fn.args, fn.keywords) if not getattr(fn, "__dict__", None) else None
-    if isinstance(fn, (type, types.FunctionType, types.MethodType)):
+    """(function, arguments, keywords) of a partial application: a ``functools.partial`` or
+    ``jax.tree_util.Partial`` (not a subclass of one: it may hold more) with no attributes of its own,
+    or an object whose whole state (its ``__dict__``, no slots) is those three (equinox's ``Partial``,
+    which an ``eqx.filter_jit`` method is at each access); ``None`` for anything else. Keyed and watched
+    by its type and parts (``run.function_key``), not by its own identity (a new key, and a new
+    compilation, at every call, a trial: 0.66 s a call)."""
+    if type(fn) in _PARTIALS:
+        return (fn.func, fn.args, fn.keywords) if not _own_state(fn) else None
+    if isinstance(fn, (type, types.FunctionType, types.MethodType, functools.partial)):
         return None
-    d = getattr(fn, "__dict__", None)
-    if type(d) is not dict or d.keys() != {"func", "args", "keywords"}:
+    d = _own_state(fn)
+    if d is None or d.keys() != {"func", "args", "keywords"}:
         return None
     func, args, keywords = d["func"], d["args"], d["keywords"]
     if not (callable(func) and type(args) is tuple and type(keywords) is dict):
         return None
     return func, args, keywords
+
+
+def _holder(func: Any) -> Any:
+    """What holds a partial's or a bound-method object's entries in a watch: its innermost plain
+    function, the same object however often the partial or method is made anew."""
+    bound = bound_parts(func)
+    if bound is not None:
+        return bound[1]
+    parts = partial_parts(func)
+    return _holder(parts[0]) if parts is not None else func
 
 
 #: objects within this many hops of the function (depth left, ``_put``) are also watched by their pytree
@@ -234,7 +265,8 @@ def _tree(out: dict, holder: Any, key: Any, v: Any, seen: _Seen) -> None:
     """Where ``v`` is a pytree node (an equinox or flax nnx module, a registered dataclass): its leaves,
     each by identity (a number by value), under ``(holder, key)`` and its position: a weight set anew
     below ``DEPTH`` hops (a flax nnx model's ``nnx.update`` of a block's kernel, 5 levels of modules and
-    lists down, a trial: 0.33 off the core, silently) is seen. Leaves do not count as visits."""
+    lists down, a trial: 0.33 off the core, silently) is seen. Leaves count against ``MAX_LEAVES``, not
+    ``MAX_VISITS``: those beyond it are not watched."""
     t = type(v)
     node = _TREES.get(t)
     try:
@@ -248,8 +280,9 @@ def _tree(out: dict, holder: Any, key: Any, v: Any, seen: _Seen) -> None:
         return
     seen.trees.add(id(v))
     hid = id(holder)
-    for i, leaf in enumerate(leaves):
+    for i, leaf in enumerate(leaves[: max(0, seen.leaves)]):
         out[(hid, (key, "leaf", i))] = leaf
+    seen.leaves -= len(leaves)
 
 
 def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
@@ -259,16 +292,29 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
     bound = bound_parts(fn)
     if bound is not None:
         _put(out, bound[1], "__self__", bound[0], depth - 1, seen)
+        if not isinstance(fn, types.MethodType):
+            _classes(type(fn), out, seen)  # (its call: a method of its class)
         _function(bound[1], depth, out, seen)
         return
     parts = partial_parts(fn)
-    if parts is not None:  # (entries held by its function: a partial made anew with the same parts is the same)
+    if parts is not None:  # (held by its innermost function: a partial made anew with the same parts is the same)
         func, args, keywords = parts
-        _put(out, func, "partial", func, depth, seen)
+        holder = _holder(func)
         for i, a in enumerate(args):
-            _put(out, func, ("arg", i), a, depth - 1, seen)
+            _put(out, holder, ("arg", i), a, depth - 1, seen)
         for k, a in keywords.items():
-            _put(out, func, ("kw", k), a, depth - 1, seen)
+            _put(out, holder, ("kw", k), a, depth - 1, seen)
+        if type(fn) not in _PARTIALS:
+            _classes(type(fn), out, seen)
+        _function(func, depth, out, seen)
+        return
+    if isinstance(fn, functools.partial):  # (one with attributes or slots of its own: by its identity, as keyed)
+        _put(out, fn, "func", fn.func, depth, seen)
+        for i, a in enumerate(fn.args):
+            _put(out, fn, ("arg", i), a, depth - 1, seen)
+        for k, a in fn.keywords.items():
+            _put(out, fn, ("kw", k), a, depth - 1, seen)
+        _object(fn, depth, out, seen)
         return
     if not isinstance(fn, types.FunctionType):
         _tree(out, fn, "self", fn, seen)
@@ -301,9 +347,16 @@ def _object(obj: Any, depth: int, out: dict, seen: _Seen) -> None:
         for name in (slots,) if isinstance(slots, str) else slots:
             if name not in ("__dict__", "__weakref__"):
                 _put(out, obj, name, getattr(obj, name, None), depth - 1, seen)
+    _classes(type(obj), out, seen)
+
+
+def _classes(cls: type, out: dict, seen: _Seen) -> None:
+    """Once per watch, each class's own attributes but dunders (its methods too: one monkeypatched is set
+    anew), by identity or value and not walked."""
+    for c in cls.__mro__:
         if id(c) in seen or c.__module__ == "builtins":
             continue
-        seen.add(id(c))  # (a class's values once per watch, not once per instance)
+        seen.add(id(c))
         for k, a in list(c.__dict__.items()):
-            if not k.startswith("__"):  # (its methods too: one monkeypatched is set anew)
+            if not k.startswith("__"):
                 _put(out, c, k, a, 0, seen)

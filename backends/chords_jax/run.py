@@ -204,23 +204,29 @@ def function_key(fn: Any) -> Any:
     rest by identity): by their own identity they compiled again at every call."""
     parts = partial_parts(fn)
     if parts is not None:
-        func, args, keywords = parts
+        func, args, keywords = parts  # (keywords in their order: a function may fold **kw in order)
         return ("partial", type(fn), function_key(func), tuple(_part_key(a) for a in args),
-                tuple(sorted((k, _part_key(a)) for k, a in keywords.items())))
-    if isinstance(fn, types.MethodType) or type(fn).__eq__ is object.__eq__:
-        return keyable(fn)
+                tuple((k, _part_key(a)) for k, a in keywords.items()))
     bound = bound_parts(fn)
-    if bound is not None:
-        return "bound", ByIdentity(bound[0]), keyable(bound[1])
+    if bound is not None:  # (a bound method too: by its object's identity, as its own equality has it)
+        return "bound", type(fn), ByIdentity(bound[0]), keyable(bound[1])
+    if type(fn).__eq__ is object.__eq__:
+        return keyable(fn)
     return ByIdentity(fn)
 
 
-def _part_key(v: Any) -> Any:
+def _part_key(v: Any, depth: int = 4) -> Any:
     """A partial's argument as a part of its key: a number, string or ``None`` by its type and value (a float
-    by its repr: -0.0 and nan told apart and equal to themselves), anything else by identity."""
+    or complex by its repr: -0.0 and nan told apart and equal to themselves), a list, tuple or dict by its
+    items' keys (a number in a list is not watched, ``reads``: set anew, it is another key), ``depth``
+    levels deep; anything else by identity."""
     t = type(v)
     if t in (bool, int, float, complex, str, bytes, type(None)):
-        return t.__name__, repr(v) if t is float else v
+        return t.__name__, repr(v) if t is float or t is complex else v
+    if depth > 0 and t in (list, tuple):
+        return t.__name__, tuple(_part_key(e, depth - 1) for e in v)
+    if depth > 0 and t is dict:
+        return "dict", tuple((_part_key(k, depth - 1), _part_key(e, depth - 1)) for k, e in v.items())
     return ByIdentity(v)
 
 
@@ -229,8 +235,13 @@ def check_signature(model: Any, with_args: bool) -> None:
     (naming ``args``) or ``fn(x, t)`` without (naming the model: Python's "missing 1 required positional
     argument" named neither, a user trial). A function without an inspectable signature is called and
     left to fail in its own words. Run where a program is built for the function, on a cache miss only
-    (``inspect.signature`` cost about as much as a call's other host work at size 64)."""
+    (``inspect.signature`` cost about as much as a call's other host work at size 64). A callable object
+    by its class's ``__call__`` (``inspect`` took an object whose ``__getattr__`` forwards to a method
+    for that method's function, ``self`` included, and refused a valid ``fn(x, t)``, a review)."""
     fn = _function(model)
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    if isinstance(call, types.FunctionType) and not isinstance(fn, (type, functools.partial)):
+        fn = types.MethodType(call, fn)
     try:
         sig = inspect.signature(fn, follow_wrapped=False)  # (a functools.wraps wrapper may add the argument)
     except (TypeError, ValueError):
