@@ -703,17 +703,105 @@ def test_a_keyboard_interrupt_raised_by_the_model_on_a_device_thread_is_a_worker
 def test_a_stopped_device_thread_hands_back_a_finished_future():
     """A round that read the pools before another thread's close() submitted to a stopped thread: the
     future was cancelled without the notify that wakes concurrent.futures.wait, which then waited for
-    ever (a review found it after the queued-round fix)."""
-    import concurrent.futures as cf
+    ever (a review found it after the queued-round fix). The call is now handed back on its queue,
+    cancelled."""
+    import queue
 
-    from chords_torch.device import _DeviceThread
+    from chords_torch.device import _Call, _DeviceThread, _wait
 
     worker = _DeviceThread("test")
     worker.shutdown(wait=True)
-    fut = worker.submit(lambda: 1)
-    done, pending = cf.wait([fut], timeout=5)
-    assert fut in done and fut.cancelled() and not pending
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    call = worker.submit(done, lambda: 1)
+    assert _wait([call], done, 5) and call.state == _Call.CANCELLED and done.get_nowait() is call
 
+
+class _InterruptedOnce:
+    """A round lock on which a Ctrl-C lands just as it is taken (the lock then held, and the
+    KeyboardInterrupt raised before the round records itself), once."""
+
+    def __init__(self):
+        self.lock, self.armed = threading.Lock(), True
+
+    def acquire(self, timeout=-1):
+        got = self.lock.acquire(timeout=timeout)
+        if got and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return got
+
+    def release(self):
+        self.lock.release()
+
+
+@pytest.mark.parametrize("kind", ["device", "process"])
+def test_a_ctrl_c_as_the_round_lock_is_taken_leaves_no_lock_held(kind):
+    """A trial: a Ctrl-C landing just as a round took the executor's lock, before the ``try`` that
+    releases it, left it held by no round; the next call waited for ever (after 76-437 interrupted
+    calls, ProcessExecutor and DeviceExecutor). Now the next call takes the orphaned lock over (after
+    ``ORPHANED_S``) and equals SerialExecutor's result."""
+    from chords_torch import _common
+
+    grid = cc.time_grid(MODEL.schedule, 8)
+    ref = cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
+    ex = DeviceExecutor(["cpu", "cpu"]) if kind == "device" else ProcessExecutor(FACTORY, workers=2)
+    got: list = []
+    try:
+        ex._lock = _InterruptedOnce()
+        with pytest.raises(KeyboardInterrupt):
+            cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=ex)
+        # (on a thread: a call that waits for ever ends with the close() below, ExecutorClosed)
+        second = threading.Thread(target=lambda: got.append(
+            cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=ex)), daemon=True)
+        second.start()
+        second.join(getattr(_common, "ORPHANED_S", 1.0) + 30)
+        assert got, "the call after the interrupt did not return"
+        same_hits(got[0], ref)
+        assert not ex._lock.lock.locked()
+    finally:
+        ex.close()
+
+
+def test_a_ctrl_c_while_a_device_round_waits_leaves_the_device_threads_free(monkeypatch):
+    """A trial: a Ctrl-C inside ``concurrent.futures.wait`` (while it took the futures' locks) left a
+    future's lock held, and its device thread blocked for ever in ``set_result``: the next call hung
+    (10 of 12 runs of interrupted rounds). The round now waits on a queue that the device threads put
+    their calls on, holding no lock of theirs; interrupted there, the next call equals
+    SerialExecutor's."""
+    import concurrent.futures as cf
+
+    from chords_torch import device
+
+    grid = cc.time_grid(MODEL.schedule, 8)
+    ref = cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
+    armed = [True]
+    enter = cf._base._AcquireFutures.__enter__
+
+    def interrupted_enter(self):  # (the interrupt landing once the futures' locks are taken)
+        enter(self)
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cf._base._AcquireFutures, "__enter__", interrupted_enter)
+    if hasattr(device, "_wait"):
+        wait = device._wait
+
+        def interrupted_wait(calls, done, timeout):
+            if armed[0]:
+                armed[0] = False
+                time.sleep(0.05)  # (the device threads finish meanwhile)
+                raise KeyboardInterrupt
+            return wait(calls, done, timeout)
+
+        monkeypatch.setattr(device, "_wait", interrupted_wait)
+    ex = DeviceExecutor(["cpu", "cpu"], round_timeout=20)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=ex)
+        same_hits(cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=ex), ref)
+    finally:
+        ex.close(wait=False)
 
 
 def test_model_settings_compare_what_the_shell_carries_by_value_and_hold_other_objects():

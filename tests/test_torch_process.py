@@ -821,3 +821,31 @@ def test_a_worker_whose_driver_closed_the_pipe_leaves_quietly(capfd):
         os.environ.clear()
         os.environ.update(env)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_full_shared_memory_file_system_raises_a_memory_error_and_leaves_no_file(monkeypatch):
+    """A trial with Docker's 64 MB /dev/shm: a 23 MiB state's buffers raised torch's bare
+    ``RuntimeError`` ("unable to allocate shared memory(shm) ... No space left on device"), and a
+    /dev/shm/torch_<pid>_* file stayed after the process exited. Now a ``MemoryError`` says what a
+    worker's buffers need and how to make room, and this process's leftover file is removed (torch's
+    "file_descriptor" strategy unlinks the segments in use)."""
+    if not os.path.isdir("/dev/shm") or torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        pytest.skip("the leftover segments are torch's file_descriptor strategy's, in /dev/shm")
+    leftover = f"/dev/shm/torch_{os.getpid()}_chords_test_leftover"
+    grid = cc.time_grid(MODEL.schedule, 4)
+    with ProcessExecutor(FACTORY, workers=2) as ex:
+
+        def full(self):
+            with open(leftover, "wb"):  # (what torch leaves behind when it fails)
+                pass
+            raise RuntimeError(f"unable to allocate shared memory(shm) for file <{leftover[8:]}>: No space left on "
+                               "device (28)")
+
+        monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+        with pytest.raises(MemoryError, match=r"no room in shared memory for a worker's buffers \(0\.0 MiB: .*"
+                                              r"--shm-size.*No space left on device"):
+            cc.chords(MODEL, x0(), grid, "euler", cores=2, stop=None, executor=ex)
+        monkeypatch.undo()
+        with pytest.raises(ExecutorClosed):
+            cc.chords(MODEL, x0(), grid, "euler", cores=2, stop=None, executor=ex)
+    assert not os.path.exists(leftover)

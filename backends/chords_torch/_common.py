@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -387,20 +388,43 @@ def one_round_at_a_time(call: Callable) -> Callable:
     other's replies: a wrong result without error, or an error naming a live worker), or whose round
     timeout counts from the round's start (``DeviceExecutor``). A caller queued behind another thread's
     round raises ``ExecutorClosed`` once the executor is closed (``_closed``), not when that round ends:
-    a round stuck in a model call, which no close can end, held the callers behind it for ever."""
+    a round stuck in a model call, which no close can end, held the callers behind it for ever.
+
+    A round records itself (``_round_holder``) as soon as it holds the lock. A Ctrl-C that lands just as
+    the lock is taken, before the round records itself, leaves it held by no round (a trial: the next
+    call waited for ever, after 76-437 interrupted calls): a caller that finds the lock held with no
+    round recorded for ``ORPHANED_S`` seconds takes it over, the interrupted call having sent nothing."""
 
     @functools.wraps(call)
     def locked(self: Any, model: Any, xs: Sequence[Any], ts: Sequence[float]) -> Any:
+        unowned_since = None
         while not self._lock.acquire(timeout=0.05):
             if self._closed:
                 raise ExecutorClosed(f"this {type(self).__name__} was closed while the round waited for another "
                                      "thread's")
+            if getattr(self, "_round_holder", None) is not None:
+                unowned_since = None
+            elif unowned_since is None:
+                unowned_since = time.monotonic()
+            elif time.monotonic() - unowned_since > ORPHANED_S:
+                break  # (held by no round: taken over, released below)
+        token = object()
         try:
+            self._round_holder = token
             return call(self, model, xs, ts)
         finally:
-            self._lock.release()
+            if getattr(self, "_round_holder", None) is token:
+                self._round_holder = None
+            try:
+                self._lock.release()
+            except RuntimeError:  # (a re-entrant lock taken over from the thread that holds it: left to it)
+                pass
 
     return locked
+
+
+#: how long a round lock held by no round (``one_round_at_a_time``) is waited for before it is taken over
+ORPHANED_S = 1.0
 
 
 def check_points(xs: Sequence[Any], ts: Sequence[float], elsewhere: str | None = None, *,

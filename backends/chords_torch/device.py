@@ -14,13 +14,13 @@ what ``ProcessExecutor`` is for.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import copy
 import itertools
 import os
 import queue
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
@@ -135,6 +135,34 @@ class _Weights:
         return False, trains
 
 
+class _Call:
+    """A call submitted to a ``_DeviceThread``: its function and arguments, its state (``QUEUED``,
+    ``RUNNING``, ``FINISHED``, ``CANCELLED``), its result or exception, and the queue it is put on when
+    finished or cancelled (``done``). The caller waits on that queue (``queue.SimpleQueue``, in C),
+    never on a lock of the call's: a Ctrl-C inside ``concurrent.futures.wait`` left a future's lock
+    held, and its device thread blocked for ever in ``set_result`` (a trial: 10 hangs in 12 runs of
+    interrupted rounds)."""
+
+    QUEUED, RUNNING, FINISHED, CANCELLED = range(4)
+    __slots__ = ("fn", "args", "done", "state", "result", "error")
+
+    def __init__(self, fn: Callable, args: tuple, done: queue.SimpleQueue) -> None:
+        self.fn: Callable | None = fn
+        self.args, self.done = args, done
+        self.state: int = _Call.QUEUED
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Cancel a call not started (the thread's lock held), and hand it to its waiter."""
+        self.state, self.fn, self.args = _Call.CANCELLED, None, ()
+        self.done.put(self)
+
+    def over(self) -> bool:
+        """Whether it finished or was cancelled."""
+        return self.state >= _Call.FINISHED
+
+
 class _DeviceThread:
     """One daemon thread running submitted calls in order: a thread stuck in a model call never keeps
     the interpreter from exiting (a ``ThreadPoolExecutor`` thread would: it is joined at exit)."""
@@ -147,31 +175,34 @@ class _DeviceThread:
 
     def _loop(self) -> None:
         while True:
-            task = self._tasks.get()
-            if task is None:
+            call = self._tasks.get()
+            if call is None:
                 return
-            fut, fn, args = task
-            del task
-            if not fut.set_running_or_notify_cancel():
-                continue
+            with self._lock:
+                if call.state != _Call.QUEUED:  # (cancelled by a shutdown meanwhile)
+                    continue
+                call.state = _Call.RUNNING
             try:
-                fut.set_result(fn(*args))
-            except BaseException as e:  # delivered to the caller through the future
-                fut.set_exception(e)
+                call.result = call.fn(*call.args)  # (set while queued)
+            except BaseException as e:  # delivered to the caller through the call
+                call.error = e
             finally:  # not held while the thread waits: the call's model (a replica) is freed with it
-                del fut, fn, args
+                call.fn, call.args = None, ()
+                call.state = _Call.FINISHED
+                call.done.put(call)
+                del call
 
-    def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        """Run ``fn(*args)`` on this thread after the calls before it; returns its future (cancelled
-        at once after ``shutdown``: a call queued behind the stop was never run, and its caller waited
-        for ever)."""
-        fut: cf.Future = cf.Future()
+    def submit(self, done: queue.SimpleQueue, fn: Callable, *args: Any) -> _Call:
+        """Run ``fn(*args)`` on this thread after the calls before it, putting the call on ``done`` when it
+        finishes; returns the call (cancelled at once after ``shutdown``: a call queued behind the stop
+        was never run, and its caller waited for ever)."""
+        call = _Call(fn, args, done)
         with self._lock:
             if self._stopped:
-                _cancel(fut)
+                call.cancel()
             else:
-                self._tasks.put((fut, fn, args))
-        return fut
+                self._tasks.put(call)
+        return call
 
     def shutdown(self, wait: bool) -> None:
         """Cancel the calls not started, stop the thread after the running one (joined if ``wait``)."""
@@ -179,11 +210,11 @@ class _DeviceThread:
             self._stopped = True
             while True:
                 try:
-                    task = self._tasks.get_nowait()
+                    call = self._tasks.get_nowait()
                 except queue.Empty:
                     break
-                if task is not None:
-                    _cancel(task[0])
+                if call is not None:
+                    call.cancel()
             self._tasks.put(None)
         if wait:
             self._thread.join()
@@ -198,11 +229,18 @@ def _stop_threads(pools: list[_DeviceThread], owner: int) -> None:
         p.shutdown(wait=False)
 
 
-def _cancel(fut: cf.Future) -> None:
-    """Cancel a call not started, waking whoever waits on it (``cancel()`` alone wakes no
-    ``concurrent.futures.wait``: the notify marks it done; without it a round waited for ever)."""
-    fut.cancel()
-    fut.set_running_or_notify_cancel()
+def _wait(calls: list[_Call], done: queue.SimpleQueue, timeout: float | None) -> bool:
+    """Wait until every call is over (finished or cancelled) or ``timeout`` seconds have passed;
+    whether all are over. Only ``done`` is waited on (see ``_Call``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    left = sum(not c.over() for c in calls)
+    while left > 0:
+        try:
+            done.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        left = sum(not c.over() for c in calls)
+    return all(c.over() for c in calls)
 
 
 def _own_stream(x: torch.Tensor) -> Any:
@@ -289,7 +327,7 @@ class DeviceExecutor(Executor):
         # one round at a time: a round's timeout counts from its own start, not from the rounds of other
         # threads queued before it (a round of 1 s timed out at 1.6 s behind another, closing the executor)
         self._lock = threading.Lock()  # (one_round_at_a_time)
-        self._abandoned: list[cf.Future] = []  # the evaluations of a round interrupted while it waited
+        self._abandoned: list[_Call] = []  # the evaluations of a round interrupted while it waited
         # an executor dropped without close() stops its threads when collected (they waited for ever)
         self._owner = os.getpid()
         self._finalizer = weakref.finalize(self, _stop_threads, list(self._pools), self._owner)
@@ -399,26 +437,28 @@ class DeviceExecutor(Executor):
         if not pools:
             raise ExecutorClosed("this DeviceExecutor is closed")
         stream = _own_stream(xs[0])  # (the caller's, where not the default one: see _run)
-        futs = [(idx, pools[w].submit(self._run, models[w], self.devices[w], xs, ts, idx, grad, amp, stream))
-                for w, idx in enumerate(groups) if idx]
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        calls = [(idx, pools[w].submit(done, self._run, models[w], self.devices[w], xs, ts, idx, grad, amp, stream))
+                 for w, idx in enumerate(groups) if idx]
         try:
-            done, pending = cf.wait([f for _, f in futs], timeout=self.round_timeout)
+            over = _wait([c for _, c in calls], done, self.round_timeout)
         except BaseException:  # a Ctrl-C: the evaluations run on (their outputs unread); close() does not
-            self._abandoned = [f for _, f in futs]  # wait for them where they still run
+            self._abandoned = [c for _, c in calls]  # wait for them where they still run
             raise
-        if any(f.cancelled() for _, f in futs):
+        if any(c.state == _Call.CANCELLED for _, c in calls):
             raise ExecutorClosed("this DeviceExecutor was closed while the round waited for its devices")
-        if pending:
+        if not over:
             self.close(wait=False)
+            pending = sum(not c.over() for _, c in calls)
             raise WorkerTimeout(
-                f"DeviceExecutor: no answer from {len(pending)} device thread(s) within "
+                f"DeviceExecutor: no answer from {pending} device thread(s) within "
                 f"round_timeout={self.round_timeout:g} s")
         outs: list = [None] * len(xs)
         failures: list[tuple[BaseException, int]] = []
-        for idx, f in futs:
-            exc = f.exception()
+        for idx, c in calls:
+            exc = c.error
             if exc is None:
-                for k, o in zip(idx, f.result()):
+                for k, o in zip(idx, c.result):
                     outs[k] = o
             elif isinstance(exc, ModelOutputError):  # at this device's point exc.point: the round's idx[exc.point]
                 failures.append((exc, idx[exc.point]))
@@ -440,7 +480,7 @@ class DeviceExecutor(Executor):
         self._closed = True
         self._finalizer.detach()
         pools, self._pools = self._pools, []
-        wait = wait and all(f.done() for f in self._abandoned)  # (a hung model of an interrupted round: no join)
+        wait = wait and all(c.over() for c in self._abandoned)  # (a hung model of an interrupted round: no join)
         for p in pools:
             p.shutdown(wait=wait)
         self._replicas = {}

@@ -656,8 +656,8 @@ class ProcessExecutor(Executor):
             cap = max(need, cur[0].shape[0]) if cur is not None and tuple(cur[0].shape[1:]) == shape else need
             with torch.inference_mode(False):  # (made under inference_mode they were inference tensors, which
                 # a later call outside it cannot write: "Inplace update to inference tensor", the executor lost)
-                xin = torch.empty((cap, *shape), dtype=dtype).share_memory_()
-                xout = torch.empty((cap, *shape), dtype=dtype).share_memory_()
+                xin = _shared(torch.empty((cap, *shape), dtype=dtype), 2 * cap)
+                xout = _shared(torch.empty((cap, *shape), dtype=dtype), 2 * cap)
             first = _shared_key()
             try:
                 self._conns[w].send(("buffers", xin, xout))
@@ -676,6 +676,36 @@ class ProcessExecutor(Executor):
         if self._finalizer.detach() is not None:  # (waiting here, not in a finalizer)
             _shutdown(self._procs, self._conns, 2.0, self._owner)
         self._release()
+
+
+def _shared(t: torch.Tensor, points: int) -> torch.Tensor:
+    """``t`` moved to shared memory; where the shared-memory file system is full (Docker's default
+    /dev/shm is 64 MB), a ``MemoryError`` saying how much a worker's buffers need (``points`` states),
+    and the file torch left behind removed (a trial: a bare ``RuntimeError`` from torch, and a
+    /dev/shm/torch_<pid>_* file left after the process exited)."""
+    try:
+        return t.share_memory_()
+    except RuntimeError as e:
+        if "shared memory" not in str(e) and "shm" not in str(e):
+            raise
+        _remove_leftover_segments()
+        need = points * t[0].numel() * t.element_size() if t.shape[0] else 0
+        raise MemoryError(f"ProcessExecutor: no room in shared memory for a worker's buffers ({need / 2**20:.1f} "
+                          "MiB: 2 x its share of a round's points); free space in /dev/shm or enlarge it (Docker: "
+                          f"--shm-size), or use fewer points per worker (more workers, smaller batches): {e}") from None
+
+
+def _remove_leftover_segments() -> None:
+    """Remove this process's torch shared-memory files still linked in /dev/shm after a failed allocation,
+    under torch's "file_descriptor" strategy (the default on Linux), where a segment in use is unlinked
+    as soon as it is made, so that a linked one is a leftover."""
+    if torch.multiprocessing.get_sharing_strategy() != "file_descriptor" or not os.path.isdir("/dev/shm"):
+        return
+    prefix = f"torch_{os.getpid()}_"
+    for name in os.listdir("/dev/shm"):
+        if name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", name))
 
 
 def _module_of(obj: Any) -> str | None:
