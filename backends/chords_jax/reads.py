@@ -255,8 +255,8 @@ def _holder(func: Any) -> Any:
     return _holder(parts[0]) if parts is not None else func
 
 
-#: objects within this many hops of the function (depth left, ``_put``) are also watched by their pytree
-#: leaves (``_tree``), however deep those lie
+#: objects put with at least this much depth left (``_put``: within two hops of the function) are also
+#: watched by their pytree leaves (``_tree``), however deep those lie
 TREE_DEPTH = DEPTH - 2
 _TREES: dict[type, bool] = {}  # per type: whether it is a pytree node (``_KINDS``' companion, emptied with it)
 

@@ -197,11 +197,11 @@ def function_key(fn: Any) -> Any:
     trace time, so an object's own equality cannot say two are the same program: a frozen dataclass
     whose weights are left out of its equality (``field(compare=False)``, JAX's static-argument
     pattern) shared the first one's executable, old weights and all (a trial: 0.142 off the core,
-    silently). An object that stands for a bound method (``reads.bound_parts``: equinox's
-    ``BoundMethod``, made anew at each access) is keyed as one, by its object and function, and a
-    partial application (``reads.partial_parts``: a ``functools.partial``, equinox's ``Partial``, which an
-    ``eqx.filter_jit`` method is) by its type, function and arguments (numbers and strings by value, the
-    rest by identity): by their own identity they compiled again at every call."""
+    silently). A bound method, or an object whose whole state stands for one (``reads.bound_parts``:
+    equinox's ``BoundMethod``, made anew at each access), is keyed by its type, object and function, and
+    a partial application (``reads.partial_parts``: a plain ``functools.partial``, equinox's ``Partial``,
+    which an ``eqx.filter_jit`` method is) by its type, function and arguments (``_part_key``, keywords
+    in their order): by their own identity they compiled again at every call."""
     parts = partial_parts(fn)
     if parts is not None:
         func, args, keywords = parts  # (keywords in their order: a function may fold **kw in order)

@@ -183,7 +183,7 @@ class _DeviceThread:
                     continue
                 call.state = _Call.RUNNING
             try:
-                call.result = call.fn(*call.args)  # (set while queued)
+                call.result = call.fn(*call.args)
             except BaseException as e:  # delivered to the caller through the call
                 call.error = e
             finally:  # not held while the thread waits: the call's model (a replica) is freed with it
