@@ -717,29 +717,35 @@ def test_a_stopped_device_thread_hands_back_a_finished_future():
 
 
 class _InterruptedOnce:
-    """A round lock on which a Ctrl-C lands just as it is taken (the lock then held, and the
-    KeyboardInterrupt raised before the round records itself), once."""
+    """A round lock on which a Ctrl-C lands once: just as it is taken (``where="taken"``: the lock then
+    held, the KeyboardInterrupt raised before the round's ``try``), or as the round's ``finally``
+    releases it (``"released"``: raised before the release)."""
 
-    def __init__(self):
-        self.lock, self.armed = threading.Lock(), True
+    def __init__(self, where):
+        self.lock, self.where = threading.Lock(), where
 
     def acquire(self, timeout=-1):
         got = self.lock.acquire(timeout=timeout)
-        if got and self.armed:
-            self.armed = False
+        if got and self.where == "taken":
+            self.where = None
             raise KeyboardInterrupt
         return got
 
     def release(self):
+        if self.where == "released":
+            self.where = None
+            raise KeyboardInterrupt
         self.lock.release()
 
 
+@pytest.mark.parametrize("where", ["taken", "released"])
 @pytest.mark.parametrize("kind", ["device", "process"])
-def test_a_ctrl_c_as_the_round_lock_is_taken_leaves_no_lock_held(kind):
+def test_a_ctrl_c_as_the_round_lock_is_taken_leaves_no_lock_held(kind, where):
     """A trial: a Ctrl-C landing just as a round took the executor's lock, before the ``try`` that
-    releases it, left it held by no round; the next call waited for ever (after 76-437 interrupted
-    calls, ProcessExecutor and DeviceExecutor). Now the next call takes the orphaned lock over (after
-    ``ORPHANED_S``) and equals SerialExecutor's result."""
+    releases it (or inside that ``finally``), left it held by no round; the next call waited for ever
+    (after 76-1,840 interrupted calls, ProcessExecutor and DeviceExecutor). Now the next call, from
+    another thread here, finds no round holding it and takes it over (after ``ORPHANED_S``), and
+    equals SerialExecutor's result."""
     from chords_torch import _common
 
     grid = cc.time_grid(MODEL.schedule, 8)
@@ -747,7 +753,7 @@ def test_a_ctrl_c_as_the_round_lock_is_taken_leaves_no_lock_held(kind):
     ex = DeviceExecutor(["cpu", "cpu"]) if kind == "device" else ProcessExecutor(FACTORY, workers=2)
     got: list = []
     try:
-        ex._lock = _InterruptedOnce()
+        ex._lock = _InterruptedOnce(where)
         with pytest.raises(KeyboardInterrupt):
             cc.chords(MODEL, x0(), grid, "euler", cores=3, stop=None, executor=ex)
         # (on a thread: a call that waits for ever ends with the close() below, ExecutorClosed)

@@ -390,37 +390,50 @@ def one_round_at_a_time(call: Callable) -> Callable:
     round raises ``ExecutorClosed`` once the executor is closed (``_closed``), not when that round ends:
     a round stuck in a model call, which no close can end, held the callers behind it for ever.
 
-    A round records itself (``_round_holder``) as soon as it holds the lock. A Ctrl-C that lands just as
-    the lock is taken, before the round records itself, leaves it held by no round (a trial: the next
-    call waited for ever, after 76-437 interrupted calls): a caller that finds the lock held with no
-    round recorded for ``ORPHANED_S`` seconds takes it over, the interrupted call having sent nothing."""
+    A Ctrl-C can land just as the lock is taken, before the ``try`` that releases it, or inside that
+    ``finally``, leaving the lock held by no round (a trial: the next call waited for ever, after
+    76-1,840 interrupted calls): a caller that has waited ``ORPHANED_S`` seconds looks for the round
+    holding it in every thread's stack (``_round_running``) and, finding none twice in a row, takes the
+    lock over; an interrupted round sends nothing more, and its executor is closed or drained by then."""
 
     @functools.wraps(call)
     def locked(self: Any, model: Any, xs: Sequence[Any], ts: Sequence[float]) -> Any:
-        unowned_since = None
+        start, orphaned = time.monotonic(), 0
         while not self._lock.acquire(timeout=0.05):
             if self._closed:
                 raise ExecutorClosed(f"this {type(self).__name__} was closed while the round waited for another "
                                      "thread's")
-            if getattr(self, "_round_holder", None) is not None:
-                unowned_since = None
-            elif unowned_since is None:
-                unowned_since = time.monotonic()
-            elif time.monotonic() - unowned_since > ORPHANED_S:
-                break  # (held by no round: taken over, released below)
-        token = object()
+            if time.monotonic() - start > ORPHANED_S:
+                orphaned = 0 if _round_running(self) else orphaned + 1
+                if orphaned >= 2:
+                    break  # (held by no round: taken over, released below)
+        holding = self  # noqa: F841 (what _round_running looks for in the frame)
         try:
-            self._round_holder = token
             return call(self, model, xs, ts)
         finally:
-            if getattr(self, "_round_holder", None) is token:
-                self._round_holder = None
             try:
                 self._lock.release()
             except RuntimeError:  # (a re-entrant lock taken over from the thread that holds it: left to it)
                 pass
 
+    _LOCKED_CODES.add(locked.__code__)  # type: ignore[attr-defined]
     return locked
+
+
+_LOCKED_CODES: set = set()  # the code of one_round_at_a_time's wrapper (one code object for all)
+
+
+def _round_running(executor: Any) -> bool:
+    """Whether some thread's stack holds a round of ``executor`` past its wait for the round lock
+    (``one_round_at_a_time``'s frame with ``holding``): a round interrupted has left every stack, even
+    where its traceback keeps the frame."""
+    for frame in sys._current_frames().values():
+        f: Any = frame
+        while f is not None:
+            if f.f_code in _LOCKED_CODES and f.f_locals.get("holding") is executor:
+                return True
+            f = f.f_back
+    return False
 
 
 #: how long a round lock held by no round (``one_round_at_a_time``) is waited for before it is taken over
