@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -399,14 +400,19 @@ def one_round_at_a_time(call: Callable) -> Callable:
     @functools.wraps(call)
     def locked(self: Any, model: Any, xs: Sequence[Any], ts: Sequence[float]) -> Any:
         start, orphaned = time.monotonic(), 0
+        # (a re-entrant lock an interrupted round left is still its thread's, which re-enters it: not taken
+        # over, or two rounds ran at once, a review)
+        plain = not isinstance(self._lock, _RLOCK)
         while not self._lock.acquire(timeout=0.05):
             if self._closed:
                 raise ExecutorClosed(f"this {type(self).__name__} was closed while the round waited for another "
                                      "thread's")
-            if time.monotonic() - start > ORPHANED_S:
-                orphaned = 0 if _round_running(self) else orphaned + 1
-                if orphaned >= 2:
-                    break  # (held by no round: taken over, released below)
+            if plain and time.monotonic() - start > ORPHANED_S:
+                with _TAKEOVER:  # (one waiter at a time looks and takes over: two took it over at once, a review)
+                    orphaned = 0 if _round_running(self) else orphaned + 1
+                    if orphaned >= 2:
+                        holding = self  # (seen by the next waiter's look, under _TAKEOVER)
+                        break  # (held by no round: taken over, released below)
         holding = self  # noqa: F841 (what _round_running looks for in the frame)
         try:
             return call(self, model, xs, ts)
@@ -421,6 +427,8 @@ def one_round_at_a_time(call: Callable) -> Callable:
 
 
 _LOCKED_CODES: set = set()  # the code of one_round_at_a_time's wrapper (one code object for all)
+_TAKEOVER = threading.Lock()  # held by a waiter while it looks for a round holding a lock, and takes it over
+_RLOCK = type(threading.RLock())
 
 
 def _round_running(executor: Any) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import threading
 import time
@@ -688,24 +689,25 @@ def _shared(t: torch.Tensor, points: int) -> torch.Tensor:
     except RuntimeError as e:
         if "shared memory" not in str(e) and "shm" not in str(e):
             raise
-        _remove_leftover_segments()
+        _remove_leftover_segment(str(e))
         need = points * t[0].numel() * t.element_size() if t.shape[0] else 0
         raise MemoryError(f"ProcessExecutor: no room in shared memory for a worker's buffers ({need / 2**20:.1f} "
                           "MiB: 2 x its share of a round's points); free space in /dev/shm or enlarge it (Docker: "
                           f"--shm-size), or use fewer points per worker (more workers, smaller batches): {e}") from None
 
 
-def _remove_leftover_segments() -> None:
-    """Remove this process's torch shared-memory files still linked in /dev/shm after a failed allocation,
-    under torch's "file_descriptor" strategy (the default on Linux), where a segment in use is unlinked
-    as soon as it is made, so that a linked one is a leftover."""
-    if torch.multiprocessing.get_sharing_strategy() != "file_descriptor" or not os.path.isdir("/dev/shm"):
+def _remove_leftover_segment(message: str) -> None:
+    """Remove the shared-memory file a failed allocation names in its ``message`` ("for file
+    </torch_<pid>_...>"), where it is this process's and still in /dev/shm, under torch's
+    "file_descriptor" strategy (the default on Linux), where a segment in use is unlinked as soon as it
+    is made: a linked one is the failed allocation's leftover (only that one: another thread's segment
+    may be being made)."""
+    found = re.search(r"<(/torch_(\d+)_[^>/]*)>", message)
+    if (found is None or int(found.group(2)) != os.getpid() or not os.path.isdir("/dev/shm")
+            or torch.multiprocessing.get_sharing_strategy() != "file_descriptor"):
         return
-    prefix = f"torch_{os.getpid()}_"
-    for name in os.listdir("/dev/shm"):
-        if name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join("/dev/shm", name))
+    with contextlib.suppress(OSError):
+        os.unlink("/dev/shm" + found.group(1))
 
 
 def _module_of(obj: Any) -> str | None:
