@@ -98,10 +98,9 @@ class _Seen(set):
     """The ids of the objects a watch walked, its visits left (``MAX_VISITS``) and the ids of the
     objects whose pytree leaves it took (``_tree``)."""
 
-    left = MAX_VISITS
-
     def __init__(self) -> None:
         super().__init__()
+        self.left = MAX_VISITS
         self.trees: set[int] = set()
         self.leaves = MAX_LEAVES  # (pytree leaves left to watch)
 
@@ -297,24 +296,22 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
         _function(bound[1], depth, out, seen)
         return
     parts = partial_parts(fn)
-    if parts is not None:  # (held by its innermost function: a partial made anew with the same parts is the same)
-        func, args, keywords = parts
-        holder = _holder(func)
+    if parts is not None or isinstance(fn, functools.partial):
+        # its arguments held by its innermost function (a partial made anew with the same parts is the same),
+        # or, for a partial with attributes or slots of its own, by itself (keyed by its identity)
+        func, args, keywords = parts if parts is not None else (fn.func, fn.args, fn.keywords)
+        holder = _holder(func) if parts is not None else fn
         for i, a in enumerate(args):
             _put(out, holder, ("arg", i), a, depth - 1, seen)
         for k, a in keywords.items():
             _put(out, holder, ("kw", k), a, depth - 1, seen)
-        if type(fn) not in _PARTIALS:
-            _classes(type(fn), out, seen)
-        _function(func, depth, out, seen)
-        return
-    if isinstance(fn, functools.partial):  # (one with attributes or slots of its own: by its identity, as keyed)
-        _put(out, fn, "func", fn.func, depth, seen)
-        for i, a in enumerate(fn.args):
-            _put(out, fn, ("arg", i), a, depth - 1, seen)
-        for k, a in fn.keywords.items():
-            _put(out, fn, ("kw", k), a, depth - 1, seen)
-        _object(fn, depth, out, seen)
+        if parts is None:
+            _put(out, fn, "func", func, depth, seen)
+            _object(fn, depth, out, seen)
+        else:
+            if type(fn) not in _PARTIALS:
+                _classes(type(fn), out, seen)
+            _function(func, depth, out, seen)
         return
     if not isinstance(fn, types.FunctionType):
         _tree(out, fn, "self", fn, seen)

@@ -242,14 +242,12 @@ def _wait(calls: list[_Call], done: queue.SimpleQueue, timeout: float | None) ->
     """Wait until every call is over (finished or cancelled) or ``timeout`` seconds have passed;
     whether all are over. Only ``done`` is waited on (see ``_Call``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    left = sum(not c.over() for c in calls)
-    while left > 0:
+    while not all(c.over() for c in calls):
         try:
             done.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            break
-        left = sum(not c.over() for c in calls)
-    return all(c.over() for c in calls)
+            return all(c.over() for c in calls)
+    return True
 
 
 def _own_stream(x: torch.Tensor) -> Any:
