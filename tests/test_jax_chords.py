@@ -3,6 +3,7 @@
 Multi-device runs are in test_jax_devices.py (a subprocess with 8 host devices).
 """
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -21,6 +22,7 @@ from helpers import first_nonfinite, interpret, never_accepts  # noqa: E402
 import chords_core as cc  # noqa: E402
 import chords_jax as cj  # noqa: E402
 from chords_core.models import NONFINITE  # noqa: E402
+from chords_core.schedules import ByIdentity  # noqa: E402
 from chords_jax.linear import LinearRecorder, NonLinearOperation  # noqa: E402
 
 D = 5
@@ -1946,6 +1948,77 @@ def test_keys_by_parts_leave_out_nothing_the_call_reads():
         for _ in range(3):  # a partial of a bound-method object made anew each time
             assert close(run(functools.partial(Bound(_Method.f, net))), core())
     assert cj.compilations() == n + 1
+    cj.clear_cache()
+
+
+def test_one_value_key_for_options_and_partial_arguments():
+    """``run.value_key`` keys a solver's options and a partial's arguments alike (two near-copies
+    before): containers by their items, arrays by value in options and by identity in a partial (its
+    weights: ``reads`` watches them); a partial's named tuple or frozen dataclass argument made anew
+    at each call compiles once (by identity before: at every call), a dict argument's order and a
+    list subclass's own attributes are part of the program, and a complex -0.0 is not 0.0 (an
+    option's was, and a complex nan never matched itself)."""
+    import collections
+
+    from chords_jax.keys import value_key
+
+    assert value_key(complex(-0.0, 1.0)) != value_key(complex(0.0, 1.0))
+    assert value_key(complex(np.nan, 0.0)) == value_key(complex(np.nan, 0.0))
+    a = np.arange(3.0)
+    assert value_key([a]) == value_key([a.copy()]) and value_key([a], arrays=False) != value_key([a.copy()], arrays=False)
+    assert value_key({"a": 1, "b": 2}) != value_key({"b": 2, "a": 1})
+
+    class Tagged(list):
+        scale = 1.0
+
+    assert isinstance(value_key(Tagged([1.0])), ByIdentity)
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+    w = jnp.asarray(_W)
+
+    def core(scale=1.0):
+        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]) * scale, SCHED, "eps"),
+                        X, grid, "euler")
+
+    def run(fn):
+        return cj.solve(cc.DiffusionModel(fn, SCHED, "eps"), x, grid, "euler")
+
+    Scales = collections.namedtuple("Scales", "a b")
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        scale: float
+
+    def by_tuple(s, x, t):
+        return jnp.tanh(x @ w + t[:, None]) * (s.a - s.b)
+
+    def by_config(c, x, t):
+        return jnp.tanh(x @ w + t[:, None]) * c.scale
+
+    def by_dict(d, x, t):
+        s = 0.0
+        for v in d.values():
+            s = 2.0 * s + v
+        return jnp.tanh(x @ w + t[:, None]) * s
+
+    def by_tagged(v, x, t):
+        return jnp.tanh(x @ w + t[:, None]) * v[0] * v.scale
+
+    cj.clear_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for make, scale in ((lambda: functools.partial(by_tuple, Scales(4.0, 1.0)), 3.0),
+                            (lambda: functools.partial(by_config, Config(2.0)), 2.0)):
+            n = cj.compilations()
+            for _ in range(3):
+                assert close(run(make()), core(scale))
+            assert cj.compilations() == n + 1
+        assert close(run(functools.partial(by_dict, {"m": 1.0, "a": 2.0})), core(4.0))
+        assert close(run(functools.partial(by_dict, {"a": 2.0, "m": 1.0})), core(5.0))
+        one, three = Tagged([1.0]), Tagged([1.0])
+        three.scale = 3.0
+        assert close(run(functools.partial(by_tagged, one)), core())
+        assert close(run(functools.partial(by_tagged, three)), core(3.0))
     cj.clear_cache()
 
 

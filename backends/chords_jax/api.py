@@ -60,6 +60,7 @@ from chords_core.stopping import (
     select_output,
 )
 
+from .keys import value_key
 from .linear import LinearRecorder, Sym
 from .lower import SEGMENT_TIMES, Program, lower
 from .run import (
@@ -122,46 +123,6 @@ def solver_key(solver: Any) -> tuple:
 def options_key(options: dict) -> tuple:
     """A cache key's part for solver (or method) options: their names and ``value_key``s, sorted."""
     return tuple(sorted((k, value_key(v)) for k, v in options.items()))
-
-
-#: the types an option's key holds by value (a float by its repr, which tells -0.0 and every nan alike)
-_PLAIN = (bool, int, float, complex, str, bytes, type(None))
-
-
-def value_key(v: Any, depth: int = 4) -> Any:
-    """An option's value as a part of a cache key, by value where it is a value: a number, string or
-    None (with its type: 1, 1.0 and True are different options), an array by its dtype, shape and a
-    SHA-256 of its bytes (a pass over it per call: 22 ms for 32 MB), a jax PRNG key by its key data, a
-    tuple (a named one with its type), list, set, dict or range by its items' keys, a dataclass by its
-    type and every attribute's key (``field(compare=False)`` ones too), ``depth`` levels deep; anything
-    else, or deeper, by identity (``ByIdentity``, which holds it: its address is not reused while it is
-    cached; an equal object made anew misses the cache). A key of the repr, as before, gave a function
-    option freed and made anew at the same address the old one's program, and an array over 1,000
-    elements (printed with "...") or a 0-d array (printed to 8 digits) another value's (a user trial:
-    up to 0.87 off, silently)."""
-    t = type(v)
-    if t in _PLAIN:
-        return t.__name__, repr(v) if t is float else v
-    if isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer) and v.is_fully_addressable:
-        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
-            return "key", str(v.dtype), value_key(jax.random.key_data(v))
-        v = np.asarray(v)
-    if isinstance(v, (np.ndarray, np.generic)) and v.dtype != object:
-        a = np.ascontiguousarray(v)  # (1-d for a 0-d one: the shape is v's)
-        return "array", a.dtype.str, np.shape(v), hashlib.sha256(a.reshape(-1).view(np.uint8).data).digest()
-    if depth <= 0:
-        return ByIdentity(v)
-    if isinstance(v, (tuple, list)):
-        return t.__qualname__, t.__module__, tuple(value_key(e, depth - 1) for e in v)
-    if isinstance(v, (set, frozenset)):
-        return t.__name__, tuple(sorted((value_key(e, depth - 1) for e in v), key=repr))
-    if t is dict:
-        return "dict", tuple(sorted(((repr(k), value_key(e, depth - 1)) for k, e in v.items()), key=lambda kv: kv[0]))
-    if t is range:
-        return "range", v.start, v.stop, v.step
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return "dataclass", t, tuple((k, value_key(e, depth - 1)) for k, e in sorted(attributes(v).items()))
-    return ByIdentity(v)
 
 
 #: the ``DiffusionModel`` methods its conversion coefficients come from (a subclass may override them)

@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .keys import by_value, value_key
+
 __all__ = ["watch", "tokens", "same", "forget_types", "bound_parts", "partial_parts", "DEPTH", "MAX_VISITS"]
 
 #: hops walked below the function (its bound object or a closure value is 1; an attribute, an item of a
@@ -299,12 +301,12 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
     if parts is not None or isinstance(fn, functools.partial):
         # its arguments held by its innermost function (a partial made anew with the same parts is the same),
         # or, for a partial with attributes or slots of its own, by itself (keyed by its identity)
+        # (an argument its key carries whole, ``keys.by_value``, is not watched: one made anew is the same)
         func, args, keywords = parts if parts is not None else (fn.func, fn.args, fn.keywords)
         holder = _holder(func) if parts is not None else fn
-        for i, a in enumerate(args):
-            _put(out, holder, ("arg", i), a, depth - 1, seen)
-        for k, a in keywords.items():
-            _put(out, holder, ("kw", k), a, depth - 1, seen)
+        for name, a in [(("arg", i), a) for i, a in enumerate(args)] + [(("kw", k), a) for k, a in keywords.items()]:
+            if parts is None or not by_value(value_key(a, arrays=False)):
+                _put(out, holder, name, a, depth - 1, seen)
         if parts is None:
             _put(out, fn, "func", func, depth, seen)
             _object(fn, depth, out, seen)

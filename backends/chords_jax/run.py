@@ -34,6 +34,7 @@ from chords_core.call import warn_caller
 from chords_core.models import DiffusionModel, VectorField, check_call
 from chords_core.schedules import ByIdentity
 
+from .keys import value_key
 from .reads import bound_parts, forget_types, partial_parts, same, tokens, watch
 
 __all__ = ["runner", "chunk_runner", "first_bad", "compilations", "clear_cache", "AXIS", "NO_BAD", "make_mesh",
@@ -200,34 +201,19 @@ def function_key(fn: Any) -> Any:
     silently). A bound method, or an object whose whole state stands for one (``reads.bound_parts``:
     equinox's ``BoundMethod``, made anew at each access), is keyed by its type, object and function, and
     a partial application (``reads.partial_parts``: a plain ``functools.partial``, equinox's ``Partial``,
-    which an ``eqx.filter_jit`` method is) by its type, function and arguments (``_part_key``, keywords
-    in their order): by their own identity they compiled again at every call."""
+    which an ``eqx.filter_jit`` method is) by its type, function and arguments (``value_key``, arrays by identity,
+    keywords in their order): by their own identity they compiled again at every call."""
     parts = partial_parts(fn)
     if parts is not None:
         func, args, keywords = parts  # (keywords in their order: a function may fold **kw in order)
-        return ("partial", type(fn), function_key(func), tuple(_part_key(a) for a in args),
-                tuple((k, _part_key(a)) for k, a in keywords.items()))
+        return ("partial", type(fn), function_key(func), tuple(value_key(a, arrays=False) for a in args),
+                tuple((k, value_key(a, arrays=False)) for k, a in keywords.items()))
     bound = bound_parts(fn)
     if bound is not None:  # (a bound method too: by its object's identity, as its own equality has it)
         return "bound", type(fn), ByIdentity(bound[0]), keyable(bound[1])
     if type(fn).__eq__ is object.__eq__:
         return keyable(fn)
     return ByIdentity(fn)
-
-
-def _part_key(v: Any, depth: int = 4) -> Any:
-    """A partial's argument as a part of its key: a number, string or ``None`` by its type and value (a float
-    or complex by its repr: -0.0 and nan told apart and equal to themselves), a list, tuple or dict by its
-    items' keys (a number in a list is not watched, ``reads``: set anew, it is another key), ``depth``
-    levels deep; anything else by identity."""
-    t = type(v)
-    if t in (bool, int, float, complex, str, bytes, type(None)):
-        return t.__name__, repr(v) if t is float or t is complex else v
-    if depth > 0 and t in (list, tuple):
-        return t.__name__, tuple(_part_key(e, depth - 1) for e in v)
-    if depth > 0 and t is dict:
-        return "dict", tuple((_part_key(k, depth - 1), _part_key(e, depth - 1)) for k, e in v.items())
-    return ByIdentity(v)
 
 
 def check_signature(model: Any, with_args: bool) -> None:

@@ -1,0 +1,67 @@
+"""Values as parts of cache keys: a solver's or method's options (``api.options_key``) and a partial
+application's arguments (``run.function_key``), one rule for both."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from chords_core.schedules import ByIdentity, attributes
+
+__all__ = ["value_key", "by_value"]
+
+#: the types a cache key holds by value (a float or complex by its repr, which tells -0.0 and every nan alike)
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+def value_key(v: Any, depth: int = 4, arrays: bool = True) -> Any:
+    """A value as a part of a cache key (a solver's or method's option, ``api.options_key``; a partial's
+    argument, ``function_key``), by value where it is a value: a number, string or None (with its type:
+    1, 1.0 and True are different; a float or complex by its repr), with ``arrays`` an array by its
+    dtype, shape and a SHA-256 of its bytes (a pass over it per call: 22 ms for 32 MB) and a jax PRNG
+    key by its key data (without: by identity, as weights are, which ``reads`` watches), a tuple or list
+    (exactly, or a named tuple, with its type), set, dict (its items in their order) or range by its
+    items' keys, a dataclass by its type and every attribute's key (``field(compare=False)`` ones too),
+    ``depth`` levels deep; anything else, or deeper, by identity (``ByIdentity``, which holds it: its
+    address is not reused while it is cached; an equal object made anew misses the cache). A key of the
+    repr, as before, gave a function option freed and made anew at the same address the old one's
+    program, and an array over 1,000 elements (printed with "...") or a 0-d array (printed to 8 digits)
+    another value's (a user trial: up to 0.87 off, silently); a key of a list subclass's items alone
+    left out its own attributes (a review)."""
+    t = type(v)
+    if t in _PLAIN:
+        return t.__name__, repr(v) if t is float or t is complex else v
+    if not arrays and isinstance(v, (jax.Array, np.ndarray, np.generic)):
+        return ByIdentity(v)
+    if isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer) and v.is_fully_addressable:
+        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
+            return "key", str(v.dtype), value_key(jax.random.key_data(v))
+        v = np.asarray(v)
+    if isinstance(v, (np.ndarray, np.generic)) and v.dtype != object:
+        a = np.ascontiguousarray(v)  # (1-d for a 0-d one: the shape is v's)
+        return "array", a.dtype.str, np.shape(v), hashlib.sha256(a.reshape(-1).view(np.uint8).data).digest()
+    if depth <= 0:
+        return ByIdentity(v)
+    if t in (tuple, list) or (isinstance(v, tuple) and hasattr(t, "_fields") and not hasattr(v, "__dict__")):
+        return t.__qualname__, t.__module__, tuple(value_key(e, depth - 1, arrays) for e in v)
+    if t in (set, frozenset):
+        return t.__name__, tuple(sorted((value_key(e, depth - 1, arrays) for e in v), key=repr))
+    if t is dict:
+        return "dict", tuple((value_key(k, depth - 1, arrays), value_key(e, depth - 1, arrays)) for k, e in v.items())
+    if t is range:
+        return "range", v.start, v.stop, v.step
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return "dataclass", t, tuple((k, value_key(e, depth - 1, arrays)) for k, e in sorted(attributes(v).items()))
+    return ByIdentity(v)
+
+
+def by_value(key: Any) -> bool:
+    """Whether a ``value_key`` holds its value whole: no part of it is keyed by identity (a partial's
+    argument that the key carries whole is not watched as well, ``reads``: one made anew is the same)."""
+    if isinstance(key, ByIdentity):
+        return False
+    return all(by_value(k) for k in key) if isinstance(key, tuple) else True
