@@ -6,6 +6,9 @@ rectified-flow model whose evaluation is one array op (``x * 0.5``), float32 sta
 Three loops over the same 50 rounds, interleaved repeat by repeat:
 
 - ``jax``    ``chords_jax.chords`` (steady state: the executable is cached);
+- ``jit``    the same call inside the caller's ``jax.jit`` (``jax.jit(lambda x: chords_jax.chords(...).x)``:
+             the library's per-call host work, its cache lookups and checks, is done once at trace time;
+             not with ``--devices``, "-": a sharded call does not run inside ``jit``);
 - ``numpy``  ``chords_core.chords`` with numpy on the same plan (the default ``BatchedExecutor``);
 - ``floor``  a plain jitted ``lax.scan`` making the same K model calls per round, one batched call on
              the K stacked states followed by one Euler update each: what any compiled K-core round
@@ -20,7 +23,7 @@ round over ``jax``'s (``est/jax``, taken repeat by repeat).
 Printed per case: ``plan ms`` (symbolic replay of the core engine + lowering, host, first call
 only), ``compile ms`` (first call minus a steady call: trace + XLA compile), microseconds per round
 of each loop (each per its own rounds: the floor's 50 one-evaluation rounds) as median [min-max] over
-the repeats, the ratios jax/numpy and jax/floor (taken repeat
+the repeats, the ratios jax/numpy, jax/floor and jit/floor (taken repeat
 by repeat, median), ``regs`` (registers of the scan carry) and ``W x M`` (rows written per round x
 terms per row). Targets: jax/numpy <= 0.5 and jax/floor <= 3 at every size.
 
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
           f"every round ({STEPS}; a two-stage solver's more), float32; us/round median [min-max] of "
           f"{args.repeat} interleaved repeats")
     print(f"{'solver':>9} {'size':>8} {'plan ms':>8} {'compile ms':>10} {'jax us/rd':>22} {'numpy us/rd':>22} "
-          f"{'floor us/rd':>22} {'jax/np':>7} {'jax/floor':>9} {'regs':>5} {'W x M':>7}")
+          f"{'floor us/rd':>22} {'jit us/rd':>22} {'jax/np':>7} {'jax/floor':>9} {'jit/floor':>9} {'regs':>5} "
+          f"{'W x M':>7}")
     for solver in args.solvers:
         for size in args.sizes:
             x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
@@ -91,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
             def run_floor(xs=xs, floor=floor) -> None:
                 jax.block_until_ready(floor(xs))
 
+            jitted = jax.jit(lambda x, jmodel=jmodel, solver=solver, kw=kw: cj.chords(jmodel, x, grid, solver, **kw).x)
+
+            def run_jit(x=xj, jitted=jitted) -> None:
+                jax.block_until_ready(jitted(x))
+
             def run_estimate(jmodel=jmodel, x=xj, solver=solver) -> None:
                 jax.block_until_ready(cj.chords(jmodel, x, grid, solver, devices=devices, init=INIT,
                                                 stop=cc.StopWhenConverged(1e-30)).x)
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             first = time.perf_counter() - t0
             run_floor()
             loops = {"jax": run_jax, "numpy": run_numpy, "floor": run_floor}
+            if not devices:  # (a sharded call does not run inside jit: shard the jitted function instead)
+                run_jit()
+                loops["jit"] = run_jit
             if args.estimate:
                 run_estimate()  # (compiled before the timed repeats)
                 loops["estimate"] = run_estimate
@@ -108,10 +120,12 @@ def main(argv: list[str] | None = None) -> None:
             # more: Heun's 99, a user trial found them all divided by 50)
             rounds = prog.rounds
             jx, npy = (secs[k] / rounds * 1e6 for k in ("jax", "numpy"))
+            jit = secs["jit"] / rounds * 1e6 if "jit" in secs else None
             fl = secs["floor"] / STEPS * 1e6
             compile_ms = (first - float(np.min(jx)) * rounds / 1e6) * 1e3
             print(f"{solver:>9} {size:>8} {plan * 1e3:8.1f} {compile_ms:10.0f} {_spread(jx):>22} {_spread(npy):>22} "
-                  f"{_spread(fl):>22} {np.median(jx / npy):7.2f} {np.median(jx / fl):9.2f} {prog.regs:5d} "
+                  f"{_spread(fl):>22} {'-' if jit is None else _spread(jit):>22} {np.median(jx / npy):7.2f} "
+                  f"{np.median(jx / fl):9.2f} {'-' if jit is None else f'{np.median(jit / fl):.2f}':>9} {prog.regs:5d} "
                   f"{prog.idx.shape[1]:>3} x {prog.idx.shape[2]:<2}"
                   + (f"  est/jax {spread(secs['estimate'] / secs['jax'], fmt='.2f')}" if args.estimate else ""))
 
