@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -385,21 +386,22 @@ def _chords(model: cc.Model, x: jax.Array, grid: Any, solver: str | cc.solvers.S
     finite = jnp.isfinite(x).all() if check and inside and isinstance(x, jax.core.Tracer) else None
     assert sym.plan is not None  # compile_plan's result carries its plan
     plan = sym.plan
-    same_call(mesh, lambda: {**call_parts(model, x, check_grid(grid), solver, args, solver_options, prog),
-                             "cores, init": tuple(plan.init), "stop": rule, "history": history})
-    x, args = _replicated(mesh, x, args)
-    chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
-    if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
-        outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
-        if check:
-            _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, model, name == "chords_jax.solve"),
-                       finite)
-        vals = dict(zip(prog.outputs, outs))
-        hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
-        outputs, coarse, states = RuleValues(rule, x).offered(vals, sym, len(sym.hits))
-        n, stopped_by = select_output(rule, outputs, [h.core for h in hits], coarse, states, starts=_starts(sym))
-        return plan_result(sym.plan, hits[n], hits, vals[sym.coarse.id], stopped_by)
-    return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
+    with in_step(mesh):  # (an interruption from here on leaves the processes out of step)
+        same_call(mesh, lambda: {**call_parts(model, x, check_grid(grid), solver, args, solver_options, prog),
+                                 "cores, init": tuple(plan.init), "stop": rule, "history": history}, x, args)
+        x, args = _replicated(mesh, x, args)
+        chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
+        if chunks is None:  # a rule that decides on the outputs' arrival alone, or one chunk: one call
+            outs, bad = _run_once(model, x, prog, mesh, check, args, inside)
+            if check:
+                _check_bad(bad, inside, lambda bad: _raise_nonfinite(bad, prog, sym, model, name == "chords_jax.solve"),
+                           finite)
+            vals = dict(zip(prog.outputs, outs))
+            hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits)
+            outputs, coarse, states = RuleValues(rule, x).offered(vals, sym, len(sym.hits))
+            n, stopped_by = select_output(rule, outputs, [h.core for h in hits], coarse, states, starts=_starts(sym))
+            return plan_result(sym.plan, hits[n], hits, vals[sym.coarse.id], stopped_by)
+        return _run_chunked(model, x, prog, sym, rule, chunks, mesh, check, args)
 
 
 #: the library's rules that decide on the outputs' values: they read them through ``chords_core``'s array
@@ -462,7 +464,16 @@ def _mesh(executor: Any, devices: Any) -> tuple[Any, int]:
 
 def check_args_devices(x: jax.Array, args: Any) -> None:
     """Refuse, naming ``args``, arrays of ``args`` committed to other devices than the state ``x`` is
-    committed to (without a mesh): JAX's own error named the library's inner functions (a user trial)."""
+    committed to (without a mesh): JAX's own error named the library's inner functions (a user trial);
+    and, naming ``x`` or ``args``, a global array spread over other processes' devices too (under
+    ``jax.distributed``): a run without a mesh is this process's alone (JAX's error on reading it named
+    neither, or the run went on unchecked, each process with its own grid, a trial)."""
+    for name, value in (("x", x), ("args", args)):
+        if any(isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and not leaf.is_fully_addressable
+               for leaf in jax.tree_util.tree_leaves(value)):
+            raise ValueError(f"{name}: a global array over devices of other processes too; without devices= the run "
+                             "is this process's alone: pass devices= a mesh over those devices (chords_jax.chords, "
+                             "solve, srds), or each process's own array")
     if args is None or isinstance(x, jax.core.Tracer) or not getattr(x, "committed", False):
         return
     where = x.devices()
@@ -496,27 +507,35 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     return put("x", x), None if args is None else put("args", args)
 
 
-def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:
-    """Under ``jax.distributed``, with a mesh over the devices of every process: raise ``ValueError``
-    naming the arguments (``parts()``: name -> a description) that differ between the processes,
-    from one all-gather of their digests, before any collective whose shapes depend on them (a user
-    trial: different ``cores`` or ``stop`` aborted the processes in a collective mismatch, one at
-    once and the others after about 100 s; a different grid raised JAX's assertion naming
-    ``numpy.ndarray``). The values of ``x`` and ``args`` are JAX's to compare (``_replicated``);
-    weights a model reads from its closure cannot be compared (pass them as ``args``). Nothing is
-    built or gathered otherwise: one process, or a mesh over some processes only, whose all-gather
-    would wait for the others (JAX compares its own values on the same condition)."""
+def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, args: Any = None) -> None:
+    """Under ``jax.distributed``, with a mesh over the devices of several processes: raise ``ValueError``
+    naming the arguments (``parts()``: name -> a description) that differ between the processes of
+    the mesh, from one all-gather of their digests over the mesh's own devices (processes outside it
+    take no part), before any collective whose shapes depend on them (a user trial: different
+    ``cores`` or ``stop`` aborted the processes in a collective mismatch, one at once and the others
+    after about 100 s; a different grid raised JAX's assertion naming ``numpy.ndarray``). The values of
+    ``x`` and ``args`` are JAX's to compare (``_replicated``) on a mesh over every process; on a mesh
+    over some processes only JAX does not compare them (each process returned an answer for its own
+    ``x``, 15-48 off, silently, a trial), so there their digests are gathered too. Weights a model
+    reads from its closure cannot be compared (pass them as ``args``). Nothing is gathered for one
+    process. A call on a process whose earlier call was interrupted (``in_step``) is refused."""
     if mesh is None or jax.process_count() == 1:
         return
-    if len({d.process_index for d in mesh.devices.flat}) != jax.process_count():
+    processes = {d.process_index for d in mesh.devices.flat}
+    if len(processes) == 1:
         return
-    from jax.experimental import multihost_utils
-
+    if _OUT_OF_STEP:
+        raise RuntimeError(f"devices: a previous call over the processes was interrupted on this one "
+                           f"({_OUT_OF_STEP[0]}) after they started it together: the others may still wait in its "
+                           "collectives, and a new call would meet them out of step (every process hung, a trial); "
+                           "restart every process")
     described = parts()
+    if len(processes) < jax.process_count():
+        described.update({"x (values)": _values(x), "args (values)": _values(args)})
     names = sorted(described)
     mine = np.array([int.from_bytes(hashlib.blake2b(_stable(described[n]).encode(), digest_size=4).digest(), "little",
                                     signed=True) for n in names], np.int32)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(names))
+    every = _gather_over(mesh, mine)
     differ = [n for k, n in enumerate(names) if (every[:, k] != mine[k]).any()]
     if len(differ) > 1:  # the compiled program follows from the others: named alone only
         differ = [n for n in differ if not n.startswith(PROGRAM_PART)]
@@ -529,6 +548,50 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]]) -> None:
         raise ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
                          f"(process {jax.process_index()} of {jax.process_count()}); under jax.distributed every "
                          f"process makes the same call{hint}")
+
+
+def _values(tree: Any) -> tuple:
+    """A pytree's leaves as ``_stable`` describes them, arrays by the digest of their bytes at any size
+    (``same_call`` on a mesh over some processes, where JAX does not compare them)."""
+    return tuple(np.asarray(leaf) if isinstance(leaf, jax.Array) and leaf.is_fully_addressable else leaf
+                 for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _gather_over(mesh: Any, mine: np.ndarray) -> np.ndarray:
+    """``mine`` (an int32 vector) of every device of ``mesh``, (devices, n): its process's, from one
+    all-gather over the mesh's devices alone."""
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    spread = jax.make_array_from_callback((mesh.devices.size, mine.size), rows, lambda _: mine[None, :])
+    whole = jax.jit(_same, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))(spread)
+    return np.asarray(whole.addressable_data(0))
+
+
+def _same(a: Any) -> Any:
+    return a
+
+
+#: why this process's calls over several processes are out of step with the others' (``in_step``): empty, or
+#: the interruption that left them so
+_OUT_OF_STEP: list[str] = []
+
+
+@contextlib.contextmanager
+def in_step(mesh: Any) -> Iterator[None]:
+    """Around a call over a mesh of several processes: where an interruption (``KeyboardInterrupt``, any
+    exception not an ``Exception``) or a failed collective (``JaxRuntimeError``) ends it, the processes
+    may be out of step (the others still in its collectives), and ``same_call`` refuses this process's
+    later calls: a notebook's caught Ctrl-C in a chunked run, then the next call, hung every process
+    for ever, the interrupted one included (a trial). The library's own errors, raised alike on every
+    process (a mismatch, a bad output), leave them in step."""
+    if mesh is None or jax.process_count() == 1 or len({d.process_index for d in mesh.devices.flat}) == 1:
+        yield
+        return
+    try:
+        yield
+    except BaseException as err:
+        if not isinstance(err, Exception) or isinstance(err, jax.errors.JaxRuntimeError):
+            _OUT_OF_STEP[:] = [type(err).__name__]
+        raise
 
 
 #: what ``_stable`` describes by name (a function, a class) or by its parts (a method, a partial), not by
@@ -570,6 +633,11 @@ def _stable(obj: Any, depth: int = 3) -> str:
     if isinstance(obj, dict):
         items = (f"{_stable(k, depth - 1)}: {_stable(v, depth - 1)}" for k, v in obj.items())
         return "{" + ", ".join(sorted(items)) + "}"
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and depth > 0:  # (its repr printed an array
+        # of over 1,000 elements with "..." and 8 digits: two processes' rules with different weights
+        # compared equal and went on to different collectives, a trial)
+        return type(obj).__qualname__ + "(" + ", ".join(f"{k}={_stable(v, depth - 1)}"
+                                                        for k, v in sorted(attributes(obj).items())) + ")"
     text = repr(obj)
     if " at 0x" not in text:
         return text

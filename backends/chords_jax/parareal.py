@@ -48,6 +48,7 @@ from .api import (
     _replicated,
     _run_once,
     call_parts,
+    in_step,
     inside_transformation,
     options_key,
     same_call,
@@ -168,46 +169,47 @@ def srds(
     last = outputs_needed(rule, nb if max_iters is None else check_int("max_iters", max_iters, 1, nb))
     prog, sym = compile_srds(model, x.shape, x.dtype, times, solver, blocks=nb, iterations=last, slots_multiple=ndev,
                              **solver_options)
-    same_call(mesh, lambda: {**call_parts(model, x, times, solver, args, solver_options, prog),
-                             "blocks, iterations": (nb, last), "stop": rule})
-    x, args = _replicated(mesh, x, args)
-    check = bool(model.check_outputs)
+    with in_step(mesh):  # (an interruption from here on leaves the processes out of step)
+        same_call(mesh, lambda: {**call_parts(model, x, times, solver, args, solver_options, prog),
+                                 "blocks, iterations": (nb, last), "stop": rule}, x, args)
+        x, args = _replicated(mesh, x, args)
+        check = bool(model.check_outputs)
 
-    def raise_bad(bad: int) -> None:
-        """The core's ``ModelOutputError`` for the first non-finite output, if any (``bad`` from
-        ``runner``): the core raises at its round, and every output offered to the rule so far
-        came before it (one call: the returned output is the program's last)."""
-        if bad != NO_BAD:
-            _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
+        def raise_bad(bad: int) -> None:
+            """The core's ``ModelOutputError`` for the first non-finite output, if any (``bad`` from
+            ``runner``): the core raises at its round, and every output offered to the rule so far
+            came before it (one call: the returned output is the program's last)."""
+            if bad != NO_BAD:
+                _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
 
-    first = srds_first(cc.make_solver(solver, model, times, **solver_options), nb)
-    chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
-    read = RuleValues(rule, x)
-    if chunks is None:  # a choice known before any value, or one chunk: one call
-        outs, bad = _run_once(model, x, prog, mesh, check, args)
-        if check:
-            raise_bad(bad)
-        vals = dict(zip(prog.outputs, outs))
-        m = len(sym.hits)  # (the outputs formed: every one)
-        stop_at = srds_stop(rule, *read.outputs(vals, sym, m), last, nb, first=first)
-    else:
-        n = 0  # the outputs before n were offered to the rule already
-        for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args, raise_bad):
-            stop_at = srds_stop(rule, *read.outputs(vals, sym, m), last, nb, start=n, first=first)
-            if stop_at is not None:
-                break
-            n = m
-    assert stop_at is not None  # the program ends at iteration ``last``
-    n, stopped_by, unmet = stop_at
-    if unmet:
-        warn_unmet(rule, stopped_by)
-    chosen, stopped_by = srds_latest(rule, [h.round for h in sym.hits[:m]], n, last, stopped_by)
-    hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:chosen + 1])
-    coarse = vals[sym.coarse.id]
-    trace = sym.trace[:hits[-1].round]
-    return Result(x=hits[-1].x, rounds=hits[-1].round, nfe=hits[-1].nfe, hits=hits, coarse=coarse,
-                  stopped_by=stopped_by, method="srds", sequential_rounds=sym.sequential_rounds,
-                  width=max(len(r.evals) for r in trace), trace=trace, log=srds_log(hits, coarse))
+        first = srds_first(cc.make_solver(solver, model, times, **solver_options), nb)
+        chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
+        read = RuleValues(rule, x)
+        if chunks is None:  # a choice known before any value, or one chunk: one call
+            outs, bad = _run_once(model, x, prog, mesh, check, args)
+            if check:
+                raise_bad(bad)
+            vals = dict(zip(prog.outputs, outs))
+            m = len(sym.hits)  # (the outputs formed: every one)
+            stop_at = srds_stop(rule, *read.outputs(vals, sym, m), last, nb, first=first)
+        else:
+            n = 0  # the outputs before n were offered to the rule already
+            for vals, m in _chunk_outputs(model, x, prog, chunks, mesh, check, args, raise_bad):
+                stop_at = srds_stop(rule, *read.outputs(vals, sym, m), last, nb, start=n, first=first)
+                if stop_at is not None:
+                    break
+                n = m
+        assert stop_at is not None  # the program ends at iteration ``last``
+        n, stopped_by, unmet = stop_at
+        if unmet:
+            warn_unmet(rule, stopped_by)
+        chosen, stopped_by = srds_latest(rule, [h.round for h in sym.hits[:m]], n, last, stopped_by)
+        hits = tuple(Hit(h.core, h.round, h.nfe, vals[h.x.id]) for h in sym.hits[:chosen + 1])
+        coarse = vals[sym.coarse.id]
+        trace = sym.trace[:hits[-1].round]
+        return Result(x=hits[-1].x, rounds=hits[-1].round, nfe=hits[-1].nfe, hits=hits, coarse=coarse,
+                      stopped_by=stopped_by, method="srds", sequential_rounds=sym.sequential_rounds,
+                      width=max(len(r.evals) for r in trace), trace=trace, log=srds_log(hits, coarse))
 
 
 class _Probe(LinearRecorder):
