@@ -225,8 +225,10 @@ class _GroupState:
     """What the executors of one process group must know of each other.
 
     Attributes:
-        group: the group object (kept, so that its id is not reused; a group destroyed and created
-            again is a new object).
+        group: the group object, or ``None`` once it is gone (held weakly: the state lives as long as
+            the group, which a destroyed group kept alive with its gloo sockets and threads, 4 file
+            descriptors and 3 threads a group re-created, until a loop ran out of descriptors, a
+            trial; a group destroyed and created again is a new object).
         cut: its protocol was cut mid-round (a second Ctrl-C, a lost or silent rank, an answer left
             uncollected): a new executor would read that round's answers as its own, so none is made.
         open: a weak reference to its open executor: a serving rank holds one model (sent once per
@@ -240,22 +242,27 @@ class _GroupState:
     """
 
     def __init__(self, group: Any) -> None:
-        self.group, self.cut = group, False
+        self._group, self.cut = weakref.ref(group), False
         self.open: weakref.ref | None = None
         self.stopped = False  # an executor on it told the serving ranks to stop (they left serve)
         self.serving: tuple | None = None  # (ranks, device) of the ranks serving its executors, until told to stop
         self.pid = os.getpid()  # the process its executors were made in (not a forked child of it)
 
+    @property
+    def group(self) -> Any:
+        return self._group()
 
-_GROUPS: dict[int, _GroupState] = {}
+
+#: per live process group its state (a group gone, its entry with it)
+_GROUPS: weakref.WeakKeyDictionary[Any, _GroupState] = weakref.WeakKeyDictionary()
 
 
 def _group_state(group: Any) -> _GroupState:
     """The state of the process group ``group`` names (``None``: the default group, ``dist.group.WORLD``)."""
     g = dist.group.WORLD if group is None else group
-    state = _GROUPS.get(id(g))
-    if state is None or state.group is not g:
-        state = _GROUPS[id(g)] = _GroupState(g)
+    state = _GROUPS.get(g)
+    if state is None:
+        state = _GROUPS[g] = _GroupState(g)
     return state
 
 
@@ -321,7 +328,7 @@ def _close_open() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     for state in list(_GROUPS.values()):
-        if state.serving is None or state.cut or state.pid != os.getpid():
+        if state.serving is None or state.cut or state.pid != os.getpid() or state.group is None:
             continue
         ex = state.open() if state.open is not None else None
         if ex is not None and ex._active:
