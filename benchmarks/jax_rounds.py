@@ -28,6 +28,8 @@ by repeat, median), ``regs`` (registers of the scan carry) and ``W x M`` (rows w
 terms per row). Targets: jax/numpy <= 0.5 and jax/floor <= 3 at every size.
 
 ``--devices D`` shards the 8 core slots over D host devices (sets XLA_FLAGS before jax starts).
+``--unchecked`` times the jax loops with ``check_outputs=False`` on the model (the numpy core keeps
+its check): no output check, and under ``jit`` no host callback at all.
 Run: ``python benchmarks/jax_rounds.py [--devices 2] [--repeat 7] [--sizes 64 65536]``.
 """
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int_at_least(1), nargs="+", default=[64, 4096, 65536, 1048576])
     ap.add_argument("--solvers", nargs="+", default=["euler", "dpmpp_2m"], choices=sorted(cc.SOLVERS))
     ap.add_argument("--estimate", action="store_true", help="also time the run with the error estimate")
+    ap.add_argument("--unchecked", action="store_true",
+                    help="the jax model with check_outputs=False (no output check; under jit no host callback)")
     args = ap.parse_args(argv)
     if args.devices > 1:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     grid = cc.time_grid(sched, STEPS)
     devices = args.devices or None
     print(f"jax {jax.__version__}, {jax.device_count()} device(s), devices={devices}, K=8, T={STEPS}, "
-          f"every round ({STEPS}; a two-stage solver's more), float32; us/round median [min-max] of "
+          f"every round ({STEPS}; a two-stage solver's more), float32, jax output check "
+          f"{'off' if args.unchecked else 'on'}; us/round median [min-max] of "
           f"{args.repeat} interleaved repeats")
     print(f"{'solver':>9} {'size':>8} {'plan ms':>8} {'compile ms':>10} {'jax us/rd':>22} {'numpy us/rd':>22} "
           f"{'floor us/rd':>22} {'jit us/rd':>22} {'jax/np':>7} {'jax/floor':>9} {'jit/floor':>9} {'regs':>5} "
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     for solver in args.solvers:
         for size in args.sizes:
             x = np.random.default_rng(0).standard_normal((1, size)).astype(np.float32)
-            jmodel = cc.DiffusionModel(lambda x, t: x * 0.5, sched, "flow")
+            jmodel = cc.DiffusionModel(lambda x, t: x * 0.5, sched, "flow", check_outputs=not args.unchecked)
             nmodel = cc.DiffusionModel(lambda x, t: x * np.float32(0.5), sched, "flow")
             kw = dict(init=INIT, stop=None)
             t0 = time.perf_counter()
