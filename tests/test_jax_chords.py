@@ -1981,7 +1981,7 @@ def test_keys_by_parts_leave_out_nothing_the_call_reads():
 
 
 def test_one_value_key_for_options_and_partial_arguments():
-    """``run.value_key`` keys a solver's options and a partial's arguments alike (two near-copies
+    """``keys.value_key`` keys a solver's options and a partial's arguments alike (two near-copies
     before): containers by their items, arrays by value in options and by identity in a partial (its
     weights: ``reads`` watches them); a partial's named tuple or frozen dataclass argument made anew
     at each call compiles once (by identity before: at every call), a dict argument's order and a
@@ -2048,6 +2048,46 @@ def test_one_value_key_for_options_and_partial_arguments():
         three.scale = 3.0
         assert close(run(functools.partial(by_tagged, one)), core())
         assert close(run(functools.partial(by_tagged, three)), core(3.0))
+    cj.clear_cache()
+
+
+def test_a_partial_in_a_closure_is_watched_whole_and_state_a_model_updates_is_not_its_key():
+    """A review of ``keys.value_key``'s first version: a partial reached through the model's closure or
+    object is in no key, and its arguments went unwatched (a keyword set anew in place: 0.50 off the
+    core, silently); a plain dataclass argument the model updates itself (a counter at trace time) was
+    keyed by its values and compiled at every call."""
+    grid = cc.time_grid(SCHED, 6, "logsnr")
+    x = jnp.asarray(X)
+    w = jnp.asarray(_W)
+
+    def core(scale=1.0):
+        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]) * scale, SCHED, "eps"),
+                        X, grid, "euler")
+
+    def act(x, t, scale):
+        return jnp.tanh(x @ w + t[:, None]) * scale
+
+    @dataclasses.dataclass
+    class Log:
+        traces: int = 0
+
+    def counted(log, x, t):
+        log.traces += 1  # (at trace time)
+        return jnp.tanh(x @ w + t[:, None])
+
+    cj.clear_cache()
+    inner = functools.partial(act, scale=0.5)
+    model = cc.DiffusionModel(lambda x, t: inner(x, t), SCHED, "eps")
+    assert close(cj.solve(model, x, grid, "euler"), core(0.5))
+    inner.keywords["scale"] = 2.0
+    with pytest.warns(UserWarning, match="set anew"):
+        assert close(cj.solve(model, x, grid, "euler"), core(2.0))
+    log = Log()
+    n = cj.compilations()
+    for _ in range(3):
+        assert close(cj.solve(cc.DiffusionModel(functools.partial(counted, log), SCHED, "eps"), x, grid, "euler"),
+                     core())
+    assert cj.compilations() == n + 1
     cj.clear_cache()
 
 

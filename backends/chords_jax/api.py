@@ -497,14 +497,33 @@ def _replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
 
     def put(name: str, value: Any) -> Any:
         try:
-            return jax.device_put(value, replicated)
+            try:
+                return jax.device_put(value, replicated)
+            except ValueError as err:  # (a mesh over some processes: JAX places a jax array there only from
+                if "represents addressable devices" not in str(err):  # the host, a review's run with args)
+                    raise
+                return jax.tree_util.tree_map(_via_host(replicated), value)
         except AssertionError as err:
             if "not the same on each process" not in str(err):
                 raise
-            raise ValueError(f"{name}: its values differ between the processes; under jax.distributed every "
-                             f"process makes the same call with the same {name}") from None
+            raise alike(ValueError(f"{name}: its values differ between the processes; under jax.distributed every "
+                                   f"process makes the same call with the same {name}")) from None
 
     return put("x", x), None if args is None else put("args", args)
+
+
+def _via_host(where: Any) -> Callable[[Any], Any]:
+    """A leaf placed on ``where`` through the host where it is a jax array of this process's devices (a
+    PRNG key by its key data)."""
+    def put(leaf: Any) -> Any:
+        if not isinstance(leaf, jax.Array) or not leaf.is_fully_addressable:
+            return jax.device_put(leaf, where)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(leaf)), where)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.device_put(np.asarray(leaf), where)
+
+    return put
 
 
 def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, args: Any = None) -> None:
@@ -525,10 +544,10 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     if len(processes) == 1:
         return
     if _OUT_OF_STEP:
-        raise RuntimeError(f"devices: a previous call over the processes was interrupted on this one "
-                           f"({_OUT_OF_STEP[0]}) after they started it together: the others may still wait in its "
-                           "collectives, and a new call would meet them out of step (every process hung, a trial); "
-                           "restart every process")
+        raise alike(RuntimeError(f"devices: a previous call over the processes ended on this one with "
+                                 f"{_OUT_OF_STEP[0]} after they started it together: the others may still wait in its "
+                                 "collectives, and a new call would meet them out of step (every process hung, a "
+                                 "trial); restart every process"))
     described = parts()
     if len(processes) < jax.process_count():
         described.update({"x (values)": _values(x), "args (values)": _values(args)})
@@ -545,16 +564,36 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
             hint = ("; an object whose repr holds its address (a plain class's stop rule, say) is compared by its "
                     "attributes, so one that differs between processes (a time, a counter) differs: give its class "
                     "a __repr__ of what decides (a dataclass has one)")
-        raise ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
-                         f"(process {jax.process_index()} of {jax.process_count()}); under jax.distributed every "
-                         f"process makes the same call{hint}")
+        among = (f"{jax.process_count()}" if len(processes) == jax.process_count() else
+                 f"the mesh's processes {sorted(processes)}")
+        raise alike(ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
+                               f"(process {jax.process_index()} of {among}); under jax.distributed every "
+                               f"process makes the same call{hint}"))
 
 
 def _values(tree: Any) -> tuple:
-    """A pytree's leaves as ``_stable`` describes them, arrays by the digest of their bytes at any size
-    (``same_call`` on a mesh over some processes, where JAX does not compare them)."""
-    return tuple(np.asarray(leaf) if isinstance(leaf, jax.Array) and leaf.is_fully_addressable else leaf
-                 for leaf in jax.tree_util.tree_leaves(tree))
+    """A pytree's leaves as ``_stable`` describes them (arrays by their bytes: a digest on the host, or
+    on the device where large), a PRNG key by its key data (``same_call`` on a mesh over some
+    processes, where JAX does not compare them; a key in ``args`` failed converting to numpy, a review)."""
+    return tuple(jax.random.key_data(leaf) if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+        leaf.dtype, jax.dtypes.prng_key) else leaf for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@jax.jit
+def _fingerprint_bytes(a: Any) -> Any:
+    b = jax.lax.bitcast_convert_type(a.reshape(-1), jnp.uint8).reshape(-1).astype(jnp.uint32)
+    weights = jnp.arange(b.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.sum(b * weights, dtype=jnp.uint32)  # (wrapping integer sums: the same in any order)
+
+
+def _fingerprint(a: jax.Array) -> str:
+    """A large array's bytes as one 32-bit sum weighted by position, computed on its device (no copy to
+    the host: ``_stable``), with its complex parts apart; a bool array as bytes."""
+    if a.dtype == jnp.bool_:
+        a = a.astype(jnp.uint8)
+    if jnp.issubdtype(a.dtype, jnp.complexfloating):
+        a = jnp.stack([a.real, a.imag])
+    return str(int(_fingerprint_bytes(a)))
 
 
 def _gather_over(mesh: Any, mine: np.ndarray) -> np.ndarray:
@@ -577,21 +616,35 @@ _OUT_OF_STEP: list[str] = []
 
 @contextlib.contextmanager
 def in_step(mesh: Any) -> Iterator[None]:
-    """Around a call over a mesh of several processes: where an interruption (``KeyboardInterrupt``, any
-    exception not an ``Exception``) or a failed collective (``JaxRuntimeError``) ends it, the processes
-    may be out of step (the others still in its collectives), and ``same_call`` refuses this process's
-    later calls: a notebook's caught Ctrl-C in a chunked run, then the next call, hung every process
-    for ever, the interrupted one included (a trial). The library's own errors, raised alike on every
-    process (a mismatch, a bad output), leave them in step."""
+    """Around a call over a mesh of several processes: where an exception ends it on this process (a
+    ``KeyboardInterrupt``, a failed collective, a stop rule's own error: any that may not be raised
+    alike on the others), the processes may be out of step (the others still in its collectives), and
+    ``same_call`` refuses this process's later calls: a notebook's caught Ctrl-C in a chunked run, then
+    the next call, hung every process for ever, the interrupted one included (a trial; a rule raising
+    ``OSError`` on one process alike, a review). The library's own errors raised alike on every process
+    (``alike``: a mismatch; a ``ModelOutputError``) leave them in step."""
     if mesh is None or jax.process_count() == 1 or len({d.process_index for d in mesh.devices.flat}) == 1:
         yield
         return
     try:
         yield
     except BaseException as err:
-        if not isinstance(err, Exception) or isinstance(err, jax.errors.JaxRuntimeError):
+        # (a non-finite output is named from the run's check code, the same on every process)
+        if not (getattr(err, _ALIKE, False) or isinstance(err, ModelOutputError)):
             _OUT_OF_STEP[:] = [type(err).__name__]
         raise
+
+
+#: the attribute that marks an error raised alike on every process of a call (``alike``)
+_ALIKE = "_chords_raised_alike"
+
+
+def alike(err: BaseException) -> BaseException:
+    """``err`` marked as raised alike on every process of a call over several (a difference
+    ``same_call`` found, a non-finite output the run's gathered check names): ``in_step`` leaves them
+    in step."""
+    setattr(err, _ALIKE, True)
+    return err
 
 
 #: what ``_stable`` describes by name (a function, a class) or by its parts (a method, a partial), not by
@@ -615,11 +668,11 @@ def _stable(obj: Any, depth: int = 3) -> str:
     trial); a function by its qualified name. Containers count towards ``depth`` (a dict holding
     itself)."""
     if isinstance(obj, jax.Array):
-        if obj.is_fully_addressable and obj.size <= 1 << 16 and not jax.dtypes.issubdtype(obj.dtype,
-                                                                                        jax.dtypes.prng_key):
-            obj = np.asarray(obj)
-        else:
+        if not obj.is_fully_addressable or jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
             return f"jax.Array {obj.dtype} {obj.shape}"
+        if obj.size > 1 << 16:  # (by dtype and shape alone, a rule's weights that differed compared equal, a review)
+            return f"jax.Array {obj.dtype} {obj.shape} {_fingerprint(obj)}"
+        obj = np.asarray(obj)
     if isinstance(obj, np.ndarray):
         return f"ndarray {obj.dtype} {obj.shape} {hashlib.blake2b(np.ascontiguousarray(obj).tobytes()).hexdigest()}"
     if isinstance(obj, np.generic):

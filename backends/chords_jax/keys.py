@@ -21,13 +21,17 @@ _PLAIN = (bool, int, float, complex, str, bytes, type(None))
 def value_key(v: Any, depth: int = 4, arrays: bool = True) -> Any:
     """A value as a part of a cache key (a solver's or method's option, ``api.options_key``; a partial's
     argument, ``function_key``), by value where it is a value: a number, string or None (with its type:
-    1, 1.0 and True are different; a float or complex by its repr), with ``arrays`` an array by its
-    dtype, shape and a SHA-256 of its bytes (a pass over it per call: 22 ms for 32 MB) and a jax PRNG
-    key by its key data (without: by identity, as weights are, which ``reads`` watches), a tuple or list
+    1, 1.0 and True are different; a float or complex by its repr), a numpy scalar, with ``arrays`` an
+    array by its dtype, shape and a SHA-256 of its bytes (a pass over it per call: 22 ms for 32 MB) and
+    a jax PRNG key by its key data, a tuple or list
     (exactly, or a named tuple, with its type), set, dict (its items in their order) or range by its
     items' keys, a dataclass by its type and every attribute's key (``field(compare=False)`` ones too),
-    ``depth`` levels deep; anything else, or deeper, by identity (``ByIdentity``, which holds it: its
-    address is not reused while it is cached; an equal object made anew misses the cache). A key of the
+    ``depth`` levels deep. Without ``arrays`` (a partial's argument, which ``reads`` also watches) an
+    array, and a dataclass but a frozen one of immutable values (numbers, strings, tuples of them), are
+    keyed by identity: weights, and state the model may update itself (a log, a counter: by value, a
+    new key and a compile at every call, a review). Anything else, or deeper, by identity
+    (``ByIdentity``, which holds it: its address is not reused while it is cached; an equal object made
+    anew misses the cache). A key of the
     repr, as before, gave a function option freed and made anew at the same address the old one's
     program, and an array over 1,000 elements (printed with "...") or a 0-d array (printed to 8 digits)
     another value's (a user trial: up to 0.87 off, silently); a key of a list subclass's items alone
@@ -35,7 +39,7 @@ def value_key(v: Any, depth: int = 4, arrays: bool = True) -> Any:
     t = type(v)
     if t in _PLAIN:
         return t.__name__, repr(v) if t is float or t is complex else v
-    if not arrays and isinstance(v, (jax.Array, np.ndarray, np.generic)):
+    if not arrays and isinstance(v, (jax.Array, np.ndarray)):
         return ByIdentity(v)
     if isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer) and v.is_fully_addressable:
         if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
@@ -55,8 +59,17 @@ def value_key(v: Any, depth: int = 4, arrays: bool = True) -> Any:
     if t is range:
         return "range", v.start, v.stop, v.step
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return "dataclass", t, tuple((k, value_key(e, depth - 1, arrays)) for k, e in sorted(attributes(v).items()))
+        fields = sorted(attributes(v).items())
+        if arrays or (v.__dataclass_params__.frozen and all(_immutable(e) for _, e in fields)):  # type: ignore[attr-defined]
+            return "dataclass", t, tuple((k, value_key(e, depth - 1, arrays)) for k, e in fields)
     return ByIdentity(v)
+
+
+def _immutable(v: Any, depth: int = 3) -> bool:
+    """Whether ``v`` is a number, string, numpy scalar, or a tuple or frozenset of such (``depth`` deep)."""
+    if type(v) in _PLAIN or isinstance(v, np.generic):
+        return True
+    return depth > 0 and type(v) in (tuple, frozenset) and all(_immutable(e, depth - 1) for e in v)
 
 
 def by_value(key: Any) -> bool:

@@ -90,7 +90,7 @@ def watch(fn: Any) -> dict[tuple[int, Any], Any] | None:
     for Python's recursion): that function is not watched."""
     out: dict[tuple[int, Any], Any] = {}
     try:
-        _function(fn, DEPTH, out, _Seen())
+        _function(fn, DEPTH, out, _Seen(), keyed=True)
     except Exception:  # (RecursionError included)
         return None
     return out
@@ -286,10 +286,10 @@ def _tree(out: dict, holder: Any, key: Any, v: Any, seen: _Seen) -> None:
     seen.leaves -= len(leaves)
 
 
-def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
+def _function(fn: Any, depth: int, out: dict, seen: _Seen, keyed: bool = False) -> None:
     """A function's reads: its closure cells, defaults, attributes; a bound method's object (or a
     bound-method object's, ``bound_parts``); a partial's function and arguments; a callable object's
-    attributes."""
+    attributes. ``keyed``: ``fn`` is the function a program's key holds (``run.function_key``)."""
     bound = bound_parts(fn)
     if bound is not None:
         _put(out, bound[1], "__self__", bound[0], depth - 1, seen)
@@ -301,11 +301,13 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
     if parts is not None or isinstance(fn, functools.partial):
         # its arguments held by its innermost function (a partial made anew with the same parts is the same),
         # or, for a partial with attributes or slots of its own, by itself (keyed by its identity)
-        # (an argument its key carries whole, ``keys.by_value``, is not watched: one made anew is the same)
+        # (where the partial is keyed by its parts, ``keyed``, an argument its key carries whole,
+        # ``keys.by_value``, is not watched: one made anew is the same; a partial reached through a
+        # closure or an attribute is in no key: watched whole, or a change in place went unseen, a review)
         func, args, keywords = parts if parts is not None else (fn.func, fn.args, fn.keywords)
         holder = _holder(func) if parts is not None else fn
         for name, a in [(("arg", i), a) for i, a in enumerate(args)] + [(("kw", k), a) for k, a in keywords.items()]:
-            if parts is None or not by_value(value_key(a, arrays=False)):
+            if not (keyed and parts is not None and by_value(value_key(a, arrays=False))):
                 _put(out, holder, name, a, depth - 1, seen)
         if parts is None:
             _put(out, fn, "func", func, depth, seen)
@@ -313,7 +315,7 @@ def _function(fn: Any, depth: int, out: dict, seen: _Seen) -> None:
         else:
             if type(fn) not in _PARTIALS:
                 _classes(type(fn), out, seen)
-            _function(func, depth, out, seen)
+            _function(func, depth, out, seen, keyed)  # (``function_key`` keys a partial's function by its parts too)
         return
     if not isinstance(fn, types.FunctionType):
         _tree(out, fn, "self", fn, seen)
