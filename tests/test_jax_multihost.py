@@ -144,7 +144,7 @@ out["runs"].append(["euler K=4 after the refused calls", err(got, cc.chords(mode
                                                                              stop=None))])
 
 
-class Interrupted(cc.StopWhenConverged):  # a Ctrl-C on process 1 between chunks (process 0 stops alike, with an error)
+class Interrupted(cc.StopWhenConverged):  # a Ctrl-C on process 1 between chunks, a rule's own error on process 0
     def accept(self, outputs, coarse):
         raise KeyboardInterrupt if me == 1 else RuntimeError("stopped alike")
 

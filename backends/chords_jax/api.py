@@ -1050,10 +1050,10 @@ def _check_bad(bad: Any, inside: bool, raise_bad: Callable[[int], None], finite:
     runs: a non-finite output then raises the ``ModelOutputError`` (under ``jit``, as
     ``jax.errors.JaxRuntimeError`` carrying its message; under ``vmap``, one bad element's, which
     one unspecified), and so does a non-finite traced state (``finite``: whether all of it is, traced,
-    or ``None``). One callback, called only where something is bad (in
-    a ``lax.cond``; under ``vmap`` at every call): a program holding one costs about 130 µs a call on
-    CPU even where it is not called, one called 400 µs, and the two a call that there were before made
-    ``jit(chords_jax.chords)`` 1.6x slower than the call outside it at size 64."""
+    or ``None``). One callback, called only where something is bad (in a ``lax.cond``; under ``vmap``
+    at every call): a program holding one costs about 130 µs a call on CPU even where it is not called,
+    one called about 400 µs; the two called at every run before made ``jit(chords_jax.chords)`` 1.6x
+    slower than the plain call at size 64."""
     if not inside:
         raise_bad(bad)
         return
