@@ -1980,6 +1980,12 @@ def test_keys_by_parts_leave_out_nothing_the_call_reads():
     cj.clear_cache()
 
 
+def _tanh_solve(grid, scale=1.0):
+    """The core's Euler solve of tanh(x W + t) * scale on X: the partial-keying tests' reference."""
+    return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]) * scale, SCHED, "eps"), X, grid,
+                    "euler")
+
+
 def test_one_value_key_for_options_and_partial_arguments():
     """``keys.value_key`` keys a solver's options and a partial's arguments alike (two near-copies
     before): containers by their items, arrays by value in options and by identity in a partial (its
@@ -2002,12 +2008,8 @@ def test_one_value_key_for_options_and_partial_arguments():
 
     assert isinstance(value_key(Tagged([1.0])), ByIdentity)
     grid = cc.time_grid(SCHED, 6, "logsnr")
-    x = jnp.asarray(X)
-    w = jnp.asarray(_W)
-
-    def core(scale=1.0):
-        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]) * scale, SCHED, "eps"),
-                        X, grid, "euler")
+    x, w = jnp.asarray(X), jnp.asarray(_W)
+    core = functools.partial(_tanh_solve, grid)
 
     def run(fn):
         return cj.solve(cc.DiffusionModel(fn, SCHED, "eps"), x, grid, "euler")
@@ -2057,12 +2059,8 @@ def test_a_partial_in_a_closure_is_watched_whole_and_state_a_model_updates_is_no
     core, silently); a plain dataclass argument the model updates itself (a counter at trace time) was
     keyed by its values and compiled at every call."""
     grid = cc.time_grid(SCHED, 6, "logsnr")
-    x = jnp.asarray(X)
-    w = jnp.asarray(_W)
-
-    def core(scale=1.0):
-        return cc.solve(cc.DiffusionModel(lambda x, t: np.tanh(x @ _W + t[:, None]) * scale, SCHED, "eps"),
-                        X, grid, "euler")
+    x, w = jnp.asarray(X), jnp.asarray(_W)
+    core = functools.partial(_tanh_solve, grid)
 
     def act(x, t, scale):
         return jnp.tanh(x @ w + t[:, None]) * scale
