@@ -114,6 +114,8 @@ calls = {"cores": lambda: cj.chords(model, x, grid, "euler", cores=8 - 4 * me, s
          "stop, dataclass": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=Weighted(weights), devices=mesh),
          "stop, dataclass, jax": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=Weighted(big), devices=mesh),
          "x global, no devices": lambda: cj.chords(model, spread, grid, "euler", cores=4, stop=None),
+         "mesh order": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=jax.sharding.Mesh(
+             np.array(jax.devices()[::1 - 2 * me]), (cj.AXIS,))),
          "stop": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=[None, cc.StopAtCore(1)][me], devices=mesh),
          "stop, plain class": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=Resid([0.5, 1e-9][me]),
                                                 devices=mesh),
@@ -294,6 +296,8 @@ def test_a_call_that_differs_between_processes_is_refused_naming_the_argument(re
         assert got["stop, dataclass, jax"].startswith("stop: differs between the processes"), got
         # (a trial: JAX's error reading it named neither x nor devices, or the run went on unchecked)
         assert got["x global, no devices"].startswith("x: a global array over devices of other processes"), got
+        # (a review: the devices in another order on one process failed in a gloo timeout, naming nothing)
+        assert got["mesh order"].startswith("devices (the mesh's layout): differs between the processes"), got
         assert "give its class a __repr__ of what decides" in got["stop, per process"], got
         assert got["grid"].startswith("grid: differs"), got
         assert got["x"].startswith("x: its values differ between the processes"), got

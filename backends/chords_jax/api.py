@@ -549,12 +549,16 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
                                  "collectives, and a new call would meet them out of step (every process hung, a "
                                  "trial); restart every process"))
     described = parts()
+    # (the mesh's own layout is compared too, over its devices in one order: two processes whose meshes
+    # listed the devices in other orders failed in a gloo timeout after 30 s, naming nothing, a review)
+    described["devices (the mesh's layout)"] = (tuple(mesh.axis_names), mesh.devices.shape,
+                                                tuple(d.id for d in mesh.devices.flat))
     if len(processes) < jax.process_count():
         described.update({"x (values)": _values(x), "args (values)": _values(args)})
     names = sorted(described)
     mine = np.array([int.from_bytes(hashlib.blake2b(_stable(described[n]).encode(), digest_size=4).digest(), "little",
                                     signed=True) for n in names], np.int32)
-    every = _gather_over(mesh, mine)
+    every = _gather_over(jax.sharding.Mesh(np.array(sorted(mesh.devices.flat, key=lambda d: d.id)), ("all",)), mine)
     differ = [n for k, n in enumerate(names) if (every[:, k] != mine[k]).any()]
     if len(differ) > 1:  # the compiled program follows from the others: named alone only
         differ = [n for n in differ if not n.startswith(PROGRAM_PART)]
