@@ -538,10 +538,8 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     ``x``, 15-48 off, silently, a trial), so there their digests are gathered too. Weights a model
     reads from its closure cannot be compared (pass them as ``args``). Nothing is gathered for one
     process. A call on a process whose earlier call was interrupted (``in_step``) is refused."""
-    if mesh is None or jax.process_count() == 1:
-        return
-    processes = {d.process_index for d in mesh.devices.flat}
-    if len(processes) == 1:
+    processes = _processes(mesh)
+    if len(processes) < 2:
         return
     if _OUT_OF_STEP:
         raise alike(RuntimeError(f"devices: a previous call over the processes ended on this one with "
@@ -573,6 +571,13 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
         raise alike(ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
                                f"(process {jax.process_index()} of {among}); under jax.distributed every "
                                f"process makes the same call{hint}"))
+
+
+def _processes(mesh: Any) -> set[int]:
+    """The processes whose devices ``mesh`` holds (none for no mesh; one under a single process)."""
+    if mesh is None or jax.process_count() == 1:
+        return set()
+    return {d.process_index for d in mesh.devices.flat}
 
 
 def _values(tree: Any) -> tuple:
@@ -627,7 +632,7 @@ def in_step(mesh: Any) -> Iterator[None]:
     the next call, hung every process for ever, the interrupted one included (a trial; a rule raising
     ``OSError`` on one process alike, a review). The library's own errors raised alike on every process
     (``alike``: a mismatch; a ``ModelOutputError``) leave them in step."""
-    if mesh is None or jax.process_count() == 1 or len({d.process_index for d in mesh.devices.flat}) == 1:
+    if len(_processes(mesh)) < 2:
         yield
         return
     try:

@@ -422,11 +422,12 @@ def one_round_at_a_time(call: Callable) -> Callable:
             except RuntimeError:  # (a re-entrant lock taken over from the thread that holds it: left to it)
                 pass
 
-    _LOCKED_CODES.add(locked.__code__)  # type: ignore[attr-defined]
+    global _LOCKED_CODE
+    _LOCKED_CODE = locked.__code__  # type: ignore[attr-defined]
     return locked
 
 
-_LOCKED_CODES: set = set()  # the code of one_round_at_a_time's wrapper (one code object for all)
+_LOCKED_CODE: Any = None  # the code of one_round_at_a_time's wrapper (one code object for all)
 _TAKEOVER = threading.Lock()  # held by a waiter while it looks for a round holding a lock, and takes it over
 _RLOCK = type(threading.RLock())
 
@@ -438,7 +439,7 @@ def _round_running(executor: Any) -> bool:
     for frame in sys._current_frames().values():
         f: Any = frame
         while f is not None:
-            if f.f_code in _LOCKED_CODES and f.f_locals.get("holding") is executor:
+            if f.f_code is _LOCKED_CODE and f.f_locals.get("holding") is executor:
                 return True
             f = f.f_back
     return False
