@@ -134,13 +134,27 @@ calls = {"cores": lambda: cj.chords(model, x, grid, "euler", cores=8 - 4 * me, s
                                                               check_outputs=[True, False][me]),
                                             x, fgrid, "euler", cores=4, stop=None, devices=mesh),
          "same, spelt apart": lambda: cj.chords(model, x, grid, "dpmpp_2m", cores=4, stop=None, devices=mesh,
-                                                lower_order_final=[True, np.bool_(True)][me])}
+                                                lower_order_final=[True, np.bool_(True)][me]),
+         # (a mesh of 4 devices on one process and 3 on the other: the check's collectives over each one's
+         # own mesh did not match, a review)
+         "mesh devices": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=jax.sharding.Mesh(
+             np.array(jax.devices()[:4 - me]), (cj.AXIS,)))}
 for label, call in calls.items():
     try:
         call()
         out["mismatch"][label] = "no error"
     except ValueError as e:
         out["mismatch"][label] = str(e)
+import chords_jax.multihost as multihost
+coordinated = multihost._client
+multihost._client = lambda: None  # (a JAX without the coordination client: the digests by one all-gather)
+for label, cores in (("no client, alike", 4), ("no client, cores", 8 - 4 * me)):
+    try:
+        out["mismatch"][label] = err(cj.chords(model, x, grid, "euler", cores=cores, stop=None, devices=mesh),
+                                     cc.chords(model, x, grid, "euler", cores=cores, stop=None))
+    except ValueError as e:
+        out["mismatch"][label] = str(e)
+multihost._client = coordinated
 got = cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=mesh)  # in step again
 out["runs"].append(["euler K=4 after the refused calls", err(got, cc.chords(model, x, grid, "euler", cores=4,
                                                                              stop=None))])
@@ -203,6 +217,36 @@ if me < 2:  # a mesh over processes 0 and 1 only: process 2 takes no part in its
             out[label] = "no error"
         except ValueError as e:
             out[label] = str(e)
+    # one process late to a call (busy, or it raised before it): each refuses it, the late one at once, and
+    # the next call meets in step (the others waited in the check's collective for ever)
+    import time
+    cj.set_sync_timeout(1.5)
+    if me == 1:
+        time.sleep(5.0)
+    began = time.monotonic()
+    try:
+        cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=mesh)
+        out["late"] = ["no error"]
+    except RuntimeError as e:
+        out["late"] = [str(e), time.monotonic() - began]
+    cj.set_sync_timeout(60)
+    out["late"].append(float(np.max(np.abs(np.asarray(cj.chords(model, x, grid, "euler", cores=4, stop=None,
+                                                                 devices=mesh).x) - ref))))
+    # a Ctrl-C on process 1 while it waits for process 0: process 0 refuses the call when it comes
+    import signal
+
+    def ctrl_c(*_):
+        raise KeyboardInterrupt
+    if me == 1:
+        signal.signal(signal.SIGALRM, ctrl_c)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+    else:
+        time.sleep(2.0)
+    try:
+        cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=mesh)
+        out["withdrawn"] = "no error"
+    except (KeyboardInterrupt, RuntimeError) as e:
+        out["withdrawn"] = f"{type(e).__name__}: {e}"
 else:
     out["run"] = float(np.max(np.abs(np.asarray(cj.chords(model, x, grid, "euler", cores=4, stop=None).x) - ref)))
 print(json.dumps(out), flush=True)
@@ -250,6 +294,17 @@ def test_on_a_mesh_over_some_processes_a_call_that_differs_is_refused_and_the_ot
         assert "of the mesh's processes [0, 1])" in r["x"], r
         assert r["grid"].startswith("grid: differs between the processes"), r
         assert r["args"].startswith("args (values): differs between the processes"), r
+    # a process late to a call: both refuse it (the one that waited after the timeout, the late one at
+    # once), naming the processes and the timeout; the next call runs in step
+    for r in got[:2]:
+        message, waited, error = r["late"]
+        assert message.startswith("devices: not every process of the call (processes [0, 1]) reached it within "
+                                  "1.5 s (chords_jax.set_sync_timeout)"), message
+        assert error <= 1e-12, r
+    assert 1.4 <= got[0]["late"][1] <= 30 and got[1]["late"][1] <= 1.0, got
+    assert got[1]["withdrawn"] == "KeyboardInterrupt: ", got[1]
+    assert got[0]["withdrawn"] == ("RuntimeError: devices: process(es) [1] withdrew from this call (interrupted "
+                                   "while waiting for the others); it is refused on every process"), got[0]
 
 
 def test_two_processes_share_one_global_mesh(reports):
@@ -306,6 +361,10 @@ def test_a_call_that_differs_between_processes_is_refused_naming_the_argument(re
         # (a trial: the process with the check off returned nan, the other waited for ever in the check's collective)
         assert got["check_outputs"].startswith("model.check_outputs: differs between the processes"), got
         assert got["same, spelt apart"] == "no error", got  # (a numpy scalar and the Python one it equals)
+        assert got["mesh devices"].startswith("devices (the mesh's layout): differs between the processes"), got
+        # (without JAX's coordination client, one all-gather over the mesh's devices compares the digests)
+        assert got["no client, alike"] <= 1e-12, got
+        assert got["no client, cores"].startswith("cores, init: differs between the processes"), got
         if r["process"] == 0:  # its own devices: it runs alone
             assert got["local"] == "no error", got
         else:
@@ -322,3 +381,16 @@ def test_a_call_interrupted_on_one_process_refuses_that_process_later_calls_over
         assert refused.startswith(f"devices: a previous call over the processes ended on this one with {ended} "
                                   "after they started it together") and "restart every process" in refused, refused
         assert error <= 1e-12
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "3", None])
+def test_the_sync_timeout_takes_a_positive_finite_number_of_seconds_naming_it(bad):
+    import chords_jax as cj
+
+    previous = cj.set_sync_timeout(42)
+    try:
+        with pytest.raises(ValueError, match=r"^seconds: a positive, finite number of seconds, not "):
+            cj.set_sync_timeout(bad)
+        assert cj.set_sync_timeout(7.5) == 42.0  # (a refused value leaves the setting as it was)
+    finally:
+        cj.set_sync_timeout(previous)

@@ -12,9 +12,10 @@ is ``chords_core.srds`` compiled the same way (its schedule is static too).
 
 from .api import SUPPORTED_SOLVERS, chords, clear_cache, compile_plan, solve
 from .lower import Program
+from .multihost import set_sync_timeout
 from .parareal import compile_srds, srds
 from .run import AXIS, compilations, make_mesh
 from .window import parallel
 
 __all__ = ["chords", "srds", "parallel", "solve", "clear_cache", "compile_plan", "compile_srds", "Program",
-           "SUPPORTED_SOLVERS", "AXIS", "make_mesh", "compilations"]
+           "SUPPORTED_SOLVERS", "AXIS", "make_mesh", "compilations", "set_sync_timeout"]

@@ -45,18 +45,15 @@ from .api import (
     _model_key,
     _one_call,
     _program,
-    _replicated,
     _run_once,
-    call_parts,
-    in_step,
     inside_transformation,
     options_key,
-    same_call,
     solver_key,
     unchecked,
 )
 from .linear import LinearRecorder, Sym
 from .lower import Program, lower
+from .multihost import call_parts, in_step, replicated, same_call
 from .run import NO_BAD
 
 __all__ = ["srds", "compile_srds"]
@@ -172,7 +169,7 @@ def srds(
     with in_step(mesh):  # (an interruption from here on leaves the processes out of step)
         same_call(mesh, lambda: {**call_parts(model, x, times, solver, args, solver_options, prog),
                                  "blocks, iterations": (nb, last), "stop": rule}, x, args)
-        x, args = _replicated(mesh, x, args)
+        x, args = replicated(mesh, x, args)
         check = bool(model.check_outputs)
 
         def raise_bad(bad: int) -> None:

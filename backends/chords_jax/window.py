@@ -86,7 +86,8 @@ from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import CACHES, _as_state, _model_key, check_args_devices, inside_transformation, options_key, solver_key
+from .api import CACHES, _as_state, _model_key, inside_transformation, options_key, solver_key
+from .multihost import check_args_devices
 from .run import (
     NO_BAD,
     PROGRAM_CACHES,
