@@ -17,6 +17,8 @@ from diffusers import (  # noqa: E402
     AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -170,6 +172,21 @@ def test_a_network_output_that_is_no_tensor_and_latents_of_another_dtype_are_nam
         with pytest.raises(cc.ModelOutputError, match=r"^round 1, core 0 .*model returned a (UNet2DOutput|tuple) from "
                                                       r"its network, expected a tensor of shape \(2, 2, 8, 8\)"):
             cd.sample_latents(smap, net, x, cores=3, progress=False)
+    # (a later trial: under guidance the check came after the guidance arithmetic: None failed in chunk, and a
+    # network dropping a row of [uncond; cond] was broadcast by u + g (c - u) into a sample 0.107 off, silently)
+    dropped = lambda sample, timestep, **kw: (unet(sample, timestep, return_dict=False)[0][1:],)  # noqa: E731
+    nothing = lambda sample, timestep, **kw: (None,)  # noqa: E731
+    for net, match in ((dropped, r"model returned shape \(3, 2, 8, 8\) from its network for 4 input rows"),
+                       (nothing, r"model returned a NoneType from its network, expected a tensor of shape \(4, 2, 8, 8\)")):
+        for cfg_batched in (True, False):
+            guided = cd.GuidedNet(net, batch=2, cond={"encoder_hidden_states": torch.zeros(2, 1, 1)},
+                                  uncond={"encoder_hidden_states": torch.zeros(2, 1, 1)}, guidance_scale=5.0,
+                                  cfg_batched=cfg_batched)
+            if not cfg_batched:
+                match = match.replace("3, 2", "1, 2").replace("for 4", "for 2").replace("(4, 2", "(2, 2")
+            for cores in (1, 3):
+                with pytest.raises(cc.ModelOutputError, match=r"^round 1, core 0 .*" + match):
+                    cd.sample_latents(smap, guided, x, cores=cores, progress=False)
     for dtype in (torch.float64, torch.float16):
         with pytest.raises(RuntimeError) as got:
             cd.sample_latents(smap, cd.GuidedNet(unet, batch=2), x.to(dtype), cores=2, progress=False)
@@ -459,6 +476,13 @@ def test_bad_pipeline_arguments(unet, sd3):
     for bad in (0, 1.5):  # (failed deep inside diffusers: "cannot reshape tensor of 0 elements", repeat() of a float)
         with pytest.raises((TypeError, ValueError), match="^num_images_per_prompt"):
             cd.sample(sd3, "a cat", num_inference_steps=4, num_images_per_prompt=bad)
+    # (a user trial: DDIM and DDPM took a list of 1 generator for 2 samples, drawing both from it, or of 3,
+    # ignoring one, where the pipeline refuses both)
+    for pipe in (DDIMPipeline(unet=unet, scheduler=DDIMScheduler()), DDPMPipeline(unet=unet, scheduler=DDPMScheduler())):
+        for n in (1, 3):
+            with pytest.raises(ValueError, match=rf"^generator: a list of {n} generators for batch_size=2; give one"):
+                cd.sample(pipe, batch_size=2, num_inference_steps=3, progress=False,
+                          generator=[torch.Generator().manual_seed(i) for i in range(n)])
     # latents of other rows than the prompts give: a multiple ran on, cycling the prompts (cat, dog, cat, dog)
     size = sd3.transformer.config.sample_size
     for rows in (4, 3):
@@ -676,8 +700,6 @@ def test_sd_takes_eta_and_a_custom_schedule_as_the_pipeline(sd):
 def test_ddpm_and_ddim_pipelines_refuse_a_scheduler_that_scales_the_input(unet):
     """DDPMPipeline / DDIMPipeline never call ``scale_model_input`` (nor multiply by the initial
     noise sigma): with EulerDiscrete the result was 1.0 off the pipeline's on images in [0, 1]."""
-    from diffusers import DDPMPipeline
-
     pipe = DDPMPipeline(unet=unet, scheduler=EulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
     # (the advice in the UNet's parametrisation: the flow-matching one, followed, gave garbage: a user trial)

@@ -193,7 +193,7 @@ def test_loops_of_another_layout_raise(sdxl):
 
 
 def test_bad_input(flux):
-    pipe, _ = flux
+    pipe, kw = flux
     with pytest.raises(ValueError, match="not a denoising loop of the standard layout"):
         cd.chords_loop(pipe.blocks)
     with pytest.raises(TypeError, match="with_chords takes a diffusers ModularPipeline.*chords_diffusers.sample"):
@@ -227,6 +227,20 @@ def test_bad_input(flux):
         with pytest.raises(error, match=match):
             cd.with_chords(pipe, **bad)
     cd.with_chords(pipe, fixed={"txt_ids", "img_ids"})  # (a set of names is a collection too)
+    # (a user trial: a step cache failed at 4 cores inside Flux's transformer naming neither, and modular Wan
+    # ran on with it, where chords_diffusers.sample refuses it)
+    from diffusers import PyramidAttentionBroadcastConfig
+
+    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
+        current_timestep_callback=lambda: 500))
+    try:
+        for cores in (1, 4):
+            with pytest.raises(ValueError, match=r"^chords_diffusers.modular: pipe.transformer has a step cache enabled "
+                                                 r"\(enable_cache\).* call pipe.transformer.disable_cache\(\) first"):
+                cd.with_chords(pipe, cores=cores)(generator=torch.Generator().manual_seed(0), output="latents", **kw)
+    finally:
+        pipe.transformer.disable_cache()
     # (an option nobody takes was refused only when the pipeline ran, after diffusers logged its traceback twice)
     with pytest.raises(ValueError, match=r"^foo: unknown option, not of method 'chords' \(its options: .*\) nor of any "
                                          r"solver"):

@@ -20,7 +20,7 @@ import torch
 
 from chords_core.checks import check_int
 
-from .denoiser import GuidedNet, flux_timestep
+from .denoiser import GuidedNet, flux_timestep, refuse_step_cache
 from .schedulers import takes_custom
 
 __all__ = ["Job", "ADAPTERS"]
@@ -127,10 +127,7 @@ def component(pipe: Any, name: str, attr: str) -> Any:
 def _denoiser(pipe: Any, name: str, attr: str = "transformer") -> Any:
     """``pipe.<attr>``, checked: present and without a step cache (which assumes the sequential loop)."""
     net = component(pipe, name, attr)
-    if getattr(net, "is_cache_enabled", False):
-        raise ValueError(f"{name}: pipe.{attr} has a step cache enabled (enable_cache); its reuse of earlier steps' "
-                         f"features assumes the sequential loop, CHORDS evaluates steps out of order: call "
-                         f"pipe.{attr}.disable_cache() first")
+    refuse_step_cache(net, name, f"pipe.{attr}")
     return net
 
 
@@ -376,6 +373,10 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     batch_size, generator, latents, output_type, *step_values = _take(
         kw, pipe, batch_size=1, generator=None, latents=None, output_type="pil", **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
+    if isinstance(generator, list) and len(generator) != batch_size:  # (as the pipeline refuses it: one
+        # generator drew both rows, a third was ignored, silently, a user trial)
+        raise ValueError(f"generator: a list of {len(generator)} generators for batch_size={batch_size}; give one "
+                         "per sample, or one generator")
     unet = _denoiser(pipe, name, "unet")
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)

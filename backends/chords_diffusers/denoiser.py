@@ -106,6 +106,32 @@ def flux_timestep(tau: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return tau.to(x.dtype) / 1000
 
 
+def refuse_step_cache(net: Any, where: str, name: str) -> None:
+    """A ``ValueError`` naming ``name`` (``pipe.transformer``, say) where the network ``net`` has a step
+    cache enabled (diffusers' ``enable_cache``): its reuse of earlier steps' features assumes the
+    sequential loop. ``where`` begins the message (the pipeline or path)."""
+    if getattr(net, "is_cache_enabled", False):
+        raise ValueError(f"{where}: {name} has a step cache enabled (enable_cache); its reuse of earlier steps' "
+                         f"features assumes the sequential loop, CHORDS evaluates steps out of order: call "
+                         f"{name}.disable_cache() first")
+
+
+def network_output(out: Any, x: torch.Tensor) -> torch.Tensor:
+    """``out``, a network's output on the rows ``x``, checked before anything combines it: a tensor
+    with ``x``'s rows, else ``ModelOutputError``. A UNet's own output object failed as an
+    ``AttributeError`` in ``.to``, naming nothing (a user trial); under guidance the check after it
+    was never reached: ``None`` failed in ``chunk``, and a network returning 3 rows of 4 was broadcast
+    by ``u + g (c - u)`` into a sample 0.107 off, silently (a later trial)."""
+    if not isinstance(out, torch.Tensor):
+        raise cc.ModelOutputError(0, f"model returned a {type(out).__name__} from its network, expected a tensor "
+                                     f"of shape {tuple(x.shape)}; return the network's tensor (net(x, t).sample, "
+                                     "or net(x, t, return_dict=False)[0])")
+    if out.dim() == 0 or out.shape[0] != x.shape[0]:
+        raise cc.ModelOutputError(0, f"model returned shape {tuple(out.shape)} from its network for {x.shape[0]} "
+                                     f"input rows (shape {tuple(x.shape)}); a network returns one row per input row")
+    return out
+
+
 class GuidedNet:
     """``net(**{x_arg: x, t_arg: timestep(tau, x)}, **cond, **static, return_dict=False)[0]`` with CFG.
 
@@ -191,7 +217,7 @@ class GuidedNet:
         ``experts`` (``_experts``) says."""
         def call(net: Callable, x: torch.Tensor, tau: torch.Tensor, kw: dict) -> torch.Tensor:
             t = tau if self.timestep is None else self.timestep(tau, x)
-            return net(**{self.x_arg: x, self.t_arg: t}, **kw, **self.static, return_dict=False)[0]
+            return network_output(net(**{self.x_arg: x, self.t_arg: t}, **kw, **self.static, return_dict=False)[0], x)
 
         if experts is None:
             return call(self.net, x, tau, kw)
@@ -332,12 +358,7 @@ class Denoiser:
         tau, sig = B.upload_times(tau, x.device), B.upload(sig, x.device)
         view = (-1,) + (1,) * (x.dim() - 1)
         x_in = x / ((sig**2 + 1) ** 0.5).view(view).to(x.dtype) if smap.scale_input else x
-        out = self.net(x_in, tau)
-        if not isinstance(out, torch.Tensor):  # (a user trial: a UNet's own output object failed as an
-            # AttributeError in ``.to``, naming nothing)
-            raise cc.ModelOutputError(0, f"model returned a {type(out).__name__} from its network, expected a tensor "
-                                         f"of shape {tuple(x.shape)}; return the network's tensor (net(x, t).sample, "
-                                         "or net(x, t, return_dict=False)[0])")
+        out = network_output(self.net(x_in, tau), x)
         if smap.output == "euler_v":
             dt = torch.promote_types(x.dtype, torch.float32)  # diffusers upcasts to float32 here
             s = sig.view(view).to(dt)

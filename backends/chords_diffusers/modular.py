@@ -51,7 +51,7 @@ from chords_core import _backend as B
 from chords_core.checks import check_int
 from chords_core.inits import validate_init
 
-from .denoiser import count_points
+from .denoiser import count_points, refuse_step_cache
 from .pipelines import method_arguments, progress_enabled, progress_options, sample_latents
 from .schedulers import SchedulerMap, map_scheduler, unscaled_input
 
@@ -307,6 +307,10 @@ def _loop_class() -> type:
                 raise ValueError(f"chords_diffusers.modular: {type(loop).__name__} keeps a key-value cache filled "
                                  "step by step (use_kv_cache=True), which points of different steps cannot share; "
                                  "run the pipeline with use_kv_cache=False")
+            for spec in loop.expected_components:  # (a cache on modular Flux failed at 4 cores inside the
+                # transformer, naming neither; modular Wan ran on, a user trial; chords_diffusers.sample refused it)
+                refuse_step_cache(getattr(components, spec.name, None), "chords_diffusers.modular",
+                                  f"pipe.{spec.name}")
             scheduler = components.scheduler
             if not torch.equal(bs.timesteps.cpu(), scheduler.timesteps.cpu()):
                 raise ValueError(
