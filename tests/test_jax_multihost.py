@@ -211,7 +211,9 @@ if me < 2:  # a mesh over processes 0 and 1 only: process 2 takes no part in its
                         "grid": lambda: cj.chords(model, x, [grid, cc.time_grid(sched, 12)][me], "euler", cores=4,
                                                   stop=None, devices=mesh),
                         "args": lambda: cj.chords(keyed, x, grid, "euler", cores=4, stop=None, devices=mesh,
-                                                  args={"w": jnp.zeros(70_000).at[9].set(me), "k": same["k"]})}.items():
+                                                  args={"w": jnp.zeros(70_000).at[9].set(me), "k": same["k"]}),
+                        "args, key": lambda: cj.chords(keyed, x, grid, "euler", cores=4, stop=None, devices=mesh,
+                                                       args={"w": same["w"], "k": jax.random.key(me)})}.items():
         try:
             call()
             out[label] = "no error"
@@ -294,6 +296,7 @@ def test_on_a_mesh_over_some_processes_a_call_that_differs_is_refused_and_the_ot
         assert "of the mesh's processes [0, 1])" in r["x"], r
         assert r["grid"].startswith("grid: differs between the processes"), r
         assert r["args"].startswith("args (values): differs between the processes"), r
+        assert r["args, key"].startswith("args (values): differs between the processes"), r
     # a process late to a call: both refuse it (the one that waited after the timeout, the late one at
     # once), naming the processes and the timeout; the next call runs in step
     for r in got[:2]:

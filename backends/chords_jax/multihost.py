@@ -153,11 +153,9 @@ def _processes(mesh: Any) -> set[int]:
 
 
 def _values(tree: Any) -> tuple:
-    """A pytree's leaves as ``_stable`` describes them (arrays by their bytes: a digest on the host, or
-    on the device where large), a PRNG key by its key data (``same_call`` on a mesh over some
-    processes, where JAX does not compare them; a key in ``args`` failed converting to numpy, a review)."""
-    return tuple(jax.random.key_data(leaf) if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
-        leaf.dtype, jax.dtypes.prng_key) else leaf for leaf in jax.tree_util.tree_leaves(tree))
+    """A pytree's leaves, for ``_stable`` to describe by their values (``same_call`` on a mesh over some
+    processes, where JAX does not compare them)."""
+    return tuple(jax.tree_util.tree_leaves(tree))
 
 
 @jax.jit
@@ -328,8 +326,9 @@ def _by_attributes(obj: Any) -> bool:
 
 def _stable(obj: Any, depth: int = 3) -> str:
     """``repr(obj)`` where it describes the value alike in every process: an array by its dtype, shape
-    and bytes' digest (a jax array of over 65,536 elements or spread over processes: its dtype and
-    shape, no copy to the host); a numpy scalar as the Python number it equals, so that
+    and bytes' digest (a jax array of over 65,536 elements by a position-weighted sum of its bytes
+    computed on its device; one spread over processes by its dtype and shape alone), a PRNG key by its
+    key data; a numpy scalar as the Python number it equals, so that
     ``np.bool_(True)`` and ``True`` agree; a set in sorted order (its repr's order follows each
     process's string hashing); an object whose repr holds a memory address by its type's name and its
     attributes' descriptions, ``depth`` levels deep (a plain class's stop rule was its type's name
@@ -337,8 +336,11 @@ def _stable(obj: Any, depth: int = 3) -> str:
     trial); a function by its qualified name. Containers count towards ``depth`` (a dict holding
     itself)."""
     if isinstance(obj, jax.Array):
-        if not obj.is_fully_addressable or jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+        if not obj.is_fully_addressable:
             return f"jax.Array {obj.dtype} {obj.shape}"
+        if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):  # (by its key data: a key in args failed
+            # converting to numpy, a review)
+            return f"key {obj.dtype} {_stable(jax.random.key_data(obj))}"
         if obj.size > 1 << 16:  # (by dtype and shape alone, a rule's weights that differed compared equal, a review)
             return f"jax.Array {obj.dtype} {obj.shape} {_fingerprint(obj)}"
         obj = np.asarray(obj)
