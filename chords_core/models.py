@@ -274,6 +274,10 @@ def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> boo
         raise e.relabel(0, f"{e} (one call on {points} points stacked, {rows} rows each{named})") from None
 
 
+#: numpy's floating scalar types: what arithmetic on 0-d arrays returns (``Model.evaluate`` hands 0-d arrays on)
+_NUMPY_SCALARS = frozenset((np.float16, np.float32, np.float64, np.longdouble))
+
+
 class Model:
     """Base class of models: subclasses implement ``_call`` (one batched call) and ``coefficients``.
     ``_call`` checks what the model returned itself: ``DiffusionModel`` and ``VectorField`` pass their
@@ -316,6 +320,9 @@ class Model:
         Raises:
             ModelOutputError: with ``point`` the index in ``xs`` of the first bad output.
         """
+        if any(type(x) in _NUMPY_SCALARS for x in xs):  # (a 0-d state's arithmetic makes numpy scalars: a
+            # function got a 0-d array at its first call and np.float64 after, which torch.from_numpy refused, a trial)
+            xs = [np.asarray(x) for x in xs]
         if batched:
             if workspace is not None and self.uses_workspace and len(xs) > 1:
                 outs = self._call(xs, ts, workspace=workspace)  # type: ignore[call-arg]

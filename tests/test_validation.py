@@ -61,6 +61,28 @@ def test_nan_output_for_a_0d_state_raises(method):
     assert np.shape(got) == () and abs(float(got) - math.exp(-1.0)) < 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:.*its default tol=.* is absolute:UserWarning")  # (documented)
+@pytest.mark.parametrize("method", [None, "chords", "paradigms", "parasolver", "parataa", "srds", "cascade"])
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_a_0d_state_reaches_the_function_as_a_0d_array_at_every_call(method, solver):
+    """A trial: a VectorField's f got a 0-d ndarray at its first call and an np.float64 scalar at every
+    later one (arithmetic on 0-d arrays returns scalars), so an f on torch.from_numpy(y) worked at step
+    0 and failed at step 1. Every call gets a 0-d ndarray now, and the answer is unchanged, bit for bit."""
+    import torch
+
+    seen = []
+
+    def f(t, y):
+        seen.append(type(y))
+        return torch.from_numpy(y).neg().numpy()
+
+    grid = np.linspace(0.0, 1.0, 9)
+    got = cc.parallel(cc.VectorField(f), np.array(1.0), grid, solver, cores=3, method=method)
+    ref = cc.parallel(cc.VectorField(lambda t, y: -y), np.array(1.0), grid, solver, cores=3, method=method)
+    assert set(seen) == {np.ndarray} and len(seen) == got.nfe
+    assert np.asarray(got.x).tobytes() == np.asarray(ref.x).tobytes()
+
+
 def test_nan_in_one_point_of_a_batched_vector_field_names_that_point():
     vf = cc.VectorField(lambda t, y: np.where(t[:, None] > 0.3, np.nan, -y), batched=True)
     with pytest.raises(ModelOutputError, match="non-finite") as e:
