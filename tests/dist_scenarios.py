@@ -193,8 +193,9 @@ def main(scenario: str, path: str) -> int:
             try:
                 cc.chords(model, x, grid, "euler", cores=4, stop=None, executor=ex)
                 report["second"] = "ran"
-            except ExecutorClosed:
+            except ExecutorClosed as e:
                 report["second"] = "ExecutorClosed"
+                report["why"] = str(e)
             try:  # the workers may still send the cut round's answers: no new executor on this group
                 DistributedExecutor(round_timeout=30.0)
                 report["third"] = "made"

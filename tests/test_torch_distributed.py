@@ -161,6 +161,10 @@ def test_a_second_interrupt_ends_the_call_at_once_and_closes_the_executor(scenar
     rep = report(outs[0])
     assert rep["first"] == "KeyboardInterrupt" and rep["seconds"] < 3.0, outs[0]
     assert rep["second"] == "ExecutorClosed", outs[0]
+    # (it said "closed by the user or after a lost worker", neither of which, a trial)
+    assert rep["why"] == ("this DistributedExecutor is closed (a round was cut by KeyboardInterrupt while the ranks "
+                          "were evaluating: their answers could not be told from the next call's; end the job, or "
+                          "destroy and re-create the process group)"), outs[0]
     assert "protocol was cut in the middle of a round" in rep["third"], outs[0]  # it would read stale answers
     assert codes[0] == 0, outs  # (the workers, never told to stop, end when the driver's group goes)
 

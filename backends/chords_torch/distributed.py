@@ -421,6 +421,7 @@ class DistributedExecutor(Executor):
         self._made_after_stop = state.stopped  # made after an executor on the group told the ranks to stop
         state.serving, state.pid = (self.ranks, self.device), os.getpid()
         self._closed = self._superseded = False
+        self._why_closed = "closed by the user or after a lost worker"  # (what the refusal of a call says)
         # one round at a time (one_round_at_a_time); re-entrant: a failed round closes the executor under it
         self._lock = threading.RLock()
         # close() from another thread during a round: the round stops the ranks when it ends. ``_state``
@@ -508,7 +509,7 @@ class DistributedExecutor(Executor):
             if self._superseded:
                 raise ExecutorClosed("this DistributedExecutor was superseded by a newer one on the same process "
                                      "group (the serving ranks hold one model: use the newer executor)")
-            raise ExecutorClosed("this DistributedExecutor is closed (closed by the user or after a lost worker)")
+            raise ExecutorClosed(f"this DistributedExecutor is closed ({self._why_closed})")
         check_points(xs, ts, "DistributedExecutor")
         if not xs:
             return []
@@ -533,6 +534,11 @@ class DistributedExecutor(Executor):
                     if interrupts.count > 1 or _abandoned(e) or not isinstance(e, (WorkerDied, WorkerTimeout,
                                                                                      WorkerError)):
                         self._closed = True
+                        if not isinstance(e, (WorkerDied, WorkerTimeout)):  # (it said "closed by the user or
+                            # after a lost worker" after a timer's KeyboardInterrupt, neither of which, a trial)
+                            self._why_closed = (f"a round was cut by {type(e).__name__} while the ranks were "
+                                                "evaluating: their answers could not be told from the next call's; "
+                                                "end the job, or destroy and re-create the process group")
                         _group_state(self.group).cut = True  # no new executor reads its answers
                     else:
                         self._drain(e.rank if isinstance(e, WorkerError) else None)
