@@ -35,7 +35,7 @@ from .checks import _is_int
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
-from .models import Model, ModelOutputError, is_plain_ode, outputs_like, own_call
+from .models import Model, ModelOutputError, is_plain_ode, outputs_like, own_call, raised_in
 from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
@@ -145,9 +145,14 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     except (Exception, KeyboardInterrupt) as err:  # the model's own exception, or an executor's (a lost worker),
         # or a Ctrl-C during the call (a user trial found it without the note): where it happened
         if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
-            shown = ", ".join(where(k, *context) for k in range(min(len(xs), 4)))
-            err.add_note(f"(chords_core: raised while evaluating round {round_number}, {len(xs)} point(s): {shown}"
-                         f"{', ...' if len(xs) > 4 else ''})")
+            at = raised_in(err, xs)
+            if at is not None:  # (the call was on that point alone)
+                err.add_note(f"(chords_core: raised by the model's call on {where(at, *context)}, in round "
+                             f"{round_number} of {len(xs)} point(s))")
+            else:
+                shown = ", ".join(where(k, *context) for k in range(min(len(xs), 4)))
+                err.add_note(f"(chords_core: raised while evaluating round {round_number}, {len(xs)} point(s): "
+                             f"{shown}{', ...' if len(xs) > 4 else ''})")
         raise
     if not isinstance(outs, (list, tuple)) or len(outs) != len(xs):
         got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"

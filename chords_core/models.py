@@ -274,6 +274,33 @@ def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> boo
         raise e.relabel(0, f"{e} (one call on {points} points stacked, {rows} rows each{named})") from None
 
 
+#: the attribute of a model's own exception that says which point's call raised it, where the call was
+#: on that point alone: (the ``id`` of the list of points, the point's index in it) (``raised_at``)
+RAISED_AT = "chords_point"
+
+
+def raised_at(err: BaseException, points: Sequence[Any], k: int) -> BaseException:
+    """``err`` marked as raised by the model's call on ``points[k]`` alone, unless marked already. The
+    engine names that point where ``points`` is the very list of the round's points it handed the
+    executor (a mark on a share of them names nothing: an executor evaluating a share marks its own
+    exception with the round's list and index)."""
+    if getattr(err, RAISED_AT, None) is None:
+        try:
+            setattr(err, RAISED_AT, (id(points), k))
+        except AttributeError:  # (an exception type with __slots__)
+            pass
+    return err
+
+
+def raised_in(err: BaseException, points: Sequence[Any]) -> int | None:
+    """The index in ``points`` (the list handed to an executor) of the point whose call raised ``err``,
+    where it was marked on that list (``raised_at``), else ``None``."""
+    at = getattr(err, RAISED_AT, None)
+    if isinstance(at, tuple) and len(at) == 2 and at[0] == id(points) and 0 <= at[1] < len(points):
+        return at[1]
+    return None
+
+
 #: numpy's floating scalar types: what arithmetic on 0-d arrays returns (``Model.evaluate`` hands 0-d arrays on)
 _NUMPY_SCALARS = frozenset((np.float16, np.float32, np.float64, np.longdouble))
 
@@ -320,14 +347,20 @@ class Model:
         Raises:
             ModelOutputError: with ``point`` the index in ``xs`` of the first bad output.
         """
+        given = xs  # (the list the points came in: a model's own exception is marked on it, ``raised_at``)
         if any(type(x) in _NUMPY_SCALARS for x in xs):  # (a 0-d state's arithmetic makes numpy scalars: a
             # function got a 0-d array at its first call and np.float64 after, which torch.from_numpy refused, a trial)
             xs = [np.asarray(x) for x in xs]
         if batched:
-            if workspace is not None and self.uses_workspace and len(xs) > 1:
-                outs = self._call(xs, ts, workspace=workspace)  # type: ignore[call-arg]
-            else:
-                outs = self._call(xs, ts)
+            try:
+                if workspace is not None and self.uses_workspace and len(xs) > 1:
+                    outs = self._call(xs, ts, workspace=workspace)  # type: ignore[call-arg]
+                else:
+                    outs = self._call(xs, ts)
+            except Exception as e:  # (a call on one point: that point's)
+                if len(xs) == 1 and not isinstance(e, ModelOutputError):
+                    raised_at(e, given, 0)
+                raise
         else:
             outs = []
             for k, (x, t) in enumerate(zip(xs, ts)):
@@ -335,6 +368,10 @@ class Model:
                     outs.append(self._call([x], [t])[0])
                 except ModelOutputError as e:
                     raise e.relabel(k, str(e), outs if e.done is not None else None) from None  # (outs: those before k)
+                except Exception as e:  # the model's own: the point whose call raised (a trial: every executor
+                    # named the round's points, or a worker's, not the one)
+                    raised_at(e, given, k)
+                    raise
         return outs if own_call(type(self)) else self._checked_own(outs, xs)
 
     def _checked_own(self, outs: Any, xs: Sequence[Array]) -> list[Array]:

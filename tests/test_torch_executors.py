@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import chords_core as cc
 import chords_torch
-from chords_core.models import ModelOutputError
+from chords_core.models import ModelOutputError, raised_in
 from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerTimeout, assign
 from chords_torch.testing import MLP, TorchLinear, Trap, gmm_problem, same_hits
 from chords_torch.testing import seeded_state as x0
@@ -321,9 +321,18 @@ def test_device_executor_wraps_model_exceptions_in_worker_error():
     xs = [x0(seed=s) for s in range(3)]
     xs[1][0, 0] = Trap.MARKERS["raise"]
     with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: net) as ex:
-        with pytest.raises(chords_torch.WorkerError, match=r"device cpu \(points \[1\]\).*injected") as info:
+        with pytest.raises(chords_torch.WorkerError, match=r"device cpu \(point 1\).*injected") as info:
             ex(MODEL, xs, [0.5] * 3)
-        assert "traceback" in str(info.value)
+        assert "traceback" in str(info.value) and raised_in(info.value, xs) == 1
+    # (a call on several points names them all; one a point names the one that raised: it named the device's
+    # share, a trial)
+    xs = [x0(seed=s) for s in range(4)]
+    xs[1][0, 0] = Trap.MARKERS["raise"]  # (device 1 takes points 1 and 3; the trap reads a call's first element)
+    for batched, which, at in ((True, r"points \[1, 3\]", None), (False, r"point 1", 1)):
+        with DeviceExecutor(["cpu", "cpu"], replicate=lambda fn, d: net, batched=batched) as ex:
+            with pytest.raises(chords_torch.WorkerError, match=rf"device cpu \({which}\).*injected") as info:
+                ex(MODEL, xs, [0.5] * 4)
+            assert raised_in(info.value, xs) == at
 
 
 def test_device_executor_checks_its_devices_at_construction():

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import chords_core as cc
-from chords_core.models import ModelOutputError
+from chords_core.models import ModelOutputError, raised_in
 from chords_torch import DeviceExecutor, ExecutorClosed, ProcessExecutor, WorkerDied, WorkerError, WorkerTimeout
 from chords_torch.testing import Faulty, RunsOff, Slow, TorchLinear, Trap, _Const, gmm_problem, mlp, same_hits
 from chords_torch.testing import seeded_state as x0
@@ -102,10 +102,13 @@ def test_worker_errors_raise_in_the_caller_and_the_executor_stays_usable(trap_ex
     bad[3][0, 0] = Trap.MARKERS[mode]  # point 3 runs on worker 1
     t0 = time.monotonic()
     if mode == "raise":
-        with pytest.raises(WorkerError, match=r"worker 1: RuntimeError: injected failure(.|\n)*worker traceback"):
+        # (the point whose call raised: it named the worker alone, a trial)
+        with pytest.raises(WorkerError, match=r"worker 1 \(point 3\): RuntimeError: injected failure(.|\n)*worker "
+                                              r"traceback") as info:
             trap_executor(MODEL, bad, [0.5] * 5)
+        assert raised_in(info.value, bad) == 3
     elif mode == "exit":  # a stray sys.exit in the model is the model's error, not the worker's end
-        with pytest.raises(WorkerError, match=r"worker 1: SystemExit"):
+        with pytest.raises(WorkerError, match=r"worker 1 \(points \[1, 3\]\): SystemExit"):
             trap_executor(MODEL, bad, [0.5] * 5)
     else:
         with pytest.raises(ModelOutputError, match="shape" if mode == "shape" else "non-finite") as info:

@@ -548,6 +548,37 @@ def test_a_model_exception_carries_the_round_and_points_it_was_raised_in(method,
     assert re.match(r"\(chords_core: raised while evaluating round \d+, \d point\(s\): (core|window point|block) ", note), note
 
 
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+def test_a_model_exception_names_the_point_whose_call_raised_it_where_the_call_was_on_it_alone():
+    """A trial: every executor's note listed the round's points (and a worker's error its share), where a
+    call on one point knows which raised. One call a point names it; a batched call, or an executor of
+    one's own calling the model on a share of the round, lists the round's points (a share's index is
+    not the round's: nothing is named from it)."""
+    bad = float(GRID[3])
+
+    def fn(x, t):
+        if np.any(t == bad):
+            raise RuntimeError("the model failed")
+        return -x
+
+    class Halves(cc.Executor):  # one call a point, on each half of the round in turn
+        def __call__(self, model, xs, ts):
+            h = len(xs) // 2
+            return model.evaluate(list(xs[:h]), ts[:h], batched=False) + model.evaluate(list(xs[h:]), ts[h:],
+                                                                                         batched=False)
+
+    model = cc.DiffusionModel(fn, RF, "flow")
+    notes = {}
+    for name, ex in (("serial", cc.SerialExecutor()), ("batched", cc.BatchedExecutor()), ("halves", Halves())):
+        with pytest.raises(RuntimeError, match="^the model failed") as e:
+            cc.chords(model, X, GRID, cores=4, stop=None, executor=ex)
+        (notes[name],) = e.value.__notes__
+    assert re.fullmatch(r"\(chords_core: raised by the model's call on core \d \(step 3, stage 0, t=0\.625\), in round \d+ of "
+                        r"\d point\(s\)\)", notes["serial"]), notes
+    assert notes["batched"].startswith("(chords_core: raised while evaluating round "), notes
+    assert notes["halves"] == notes["batched"], notes
+
+
 def test_an_output_count_beyond_the_run_is_named_in_the_methods_terms():
     with pytest.raises(ValueError, match=r"StopAtCore\(3\) asks for more outputs than the run makes, 2 \(CHORDS: one a core"):
         cc.chords(FLOW, X, GRID, cores=2, stop=cc.StopAtCore(3))

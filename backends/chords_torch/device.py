@@ -32,7 +32,7 @@ from chords_core import _backend as B
 from chords_core.call import warn_caller
 from chords_core.checks import check_bool
 from chords_core.executors import Executor
-from chords_core.models import Model, ModelOutputError, resolve_check
+from chords_core.models import Model, ModelOutputError, raised_at, raised_in, resolve_check
 
 from ._common import (
     UNSET,
@@ -387,8 +387,11 @@ class DeviceExecutor(Executor):
                 raise  # (of this device's points ``idx``: ``__call__`` maps it to the round's)
             except BaseException as e:  # the model's own exception, with its traceback text (KeyboardInterrupt and
                 # SystemExit too: raised by the model on this thread, never a signal, which only the main thread gets)
-                raise WorkerError(f"DeviceExecutor: the model raised on device {device} (points {idx}): "
-                                  f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}") from e
+                k = raised_in(e, pts)  # (a call on one point: that point, in the round's terms)
+                err = WorkerError(f"DeviceExecutor: the model raised on device {device} "
+                                  f"({f'points {idx}' if k is None else f'point {idx[k]}'}): "
+                                  f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}")
+                raise (err if k is None else raised_at(err, xs, idx[k])) from e
             back = [o.to(xs[k].device) for o, k in zip(outs, idx)]
             if stream is not None:  # the caller's stream uses the outputs: their memory is not reused
                 for o in back:  # by this thread's stream before it is done with them

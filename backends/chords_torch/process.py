@@ -47,7 +47,7 @@ from chords_core._backend import in_layout, laid_out, layouts, own_buffer
 from chords_core.call import training_layers, warn_caller
 from chords_core.checks import check_bool, check_int
 from chords_core.executors import Executor
-from chords_core.models import Model, ModelOutputError
+from chords_core.models import Model, ModelOutputError, raised_at, raised_in
 
 from ._common import (
     UNSET,
@@ -186,6 +186,7 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
     xin: Any = None
     xout: Any = None
     setup_error: BaseException | None = None
+    points: list | None = None  # (the points of the evaluation in progress: a model's own error names one of them)
     while True:
         try:
             msg = conn.recv()
@@ -202,13 +203,15 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
                 # (the worker's own: the network's in-place write into a point of xin is refused, as in the driver)
                 xin, xout = own_buffer(msg[1]), msg[2]
             elif op == "eval":
+                points = None
                 if setup_error is not None:
                     raise setup_error
                 n, ts, batched, amp, orders = msg[1], msg[2], msg[3], msg[4], msg[5]
                 if model is None:
                     raise RuntimeError("no model received")
                 with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
-                    outs = model.evaluate(list(laid_out(xin[:n], orders)), ts, batched=batched)
+                    points = list(laid_out(xin[:n], orders))
+                    outs = model.evaluate(points, ts, batched=batched)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
                 conn.send(("ok", layouts(outs)))  # (the outputs' own orders: the driver rebuilds them in them)
@@ -226,8 +229,9 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
         except BaseException as e:
             if op != "eval":
                 setup_error = e  # reported with the next evaluation
-            else:
-                conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+            else:  # (with the index of the point whose call raised, where the call was on it alone, else -1)
+                at = raised_in(e, points) if points is not None else None
+                conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc(), -1 if at is None else at))
 
 
 def _load_shell(blob: bytes) -> Any:
@@ -639,7 +643,10 @@ class ProcessExecutor(Executor):
                     ready[w] = (rep[4], rep[5])
             else:
                 trace = rep[2] if len(rep) > 2 else ""
-                failures.append((WorkerError(f"worker {w}: {rep[1]}\n--- worker traceback ---\n{trace}"), groups[w][0]))
+                at = groups[w][rep[3]] if len(rep) > 3 and 0 <= rep[3] < len(groups[w]) else None
+                err = WorkerError(f"worker {w} ({f'points {list(groups[w])}' if at is None else f'point {at}'}): "
+                                  f"{rep[1]}\n--- worker traceback ---\n{trace}")
+                failures.append((err if at is None else raised_at(err, xs, at), groups[w][0] if at is None else at))
         outs: list = [None] * len(xs)
         dev = xs[0].device
         for w, (count, back) in ready.items():
