@@ -176,14 +176,24 @@ def _executor_outputs(executor: Executor, model: Model, outs: Any, xs: Sequence[
     points as a model's are (``models.output_problem``: a (8,) output for a (2, 8) state was broadcast,
     387 off; a torch tensor for numpy points was blamed on the model, a round later), a ``ValueError``
     naming the executor, the round and the point otherwise; an output of another floating dtype cast
-    to its point's (a float64 output for a float32 state made the run float64)."""
+    to its point's (a float64 output for a float32 state made the run float64); and unless the executor's
+    class declares ``values_checked``, their finiteness as ``model.check_outputs`` says, a
+    ``ModelOutputError`` naming the round and the point (an executor calling the network itself: a nan
+    it returned was named a round later at another point, or returned as the result, a trial)."""
     def error(k: int, problem: str) -> ValueError:
         by = ("evaluate with model.evaluate, which checks each output" if own_call(type(model)) else
               f"{type(model).__name__}'s own _call returned it; model.evaluate checks each output")
         return ValueError(f"executor: {type(executor).__name__} returned, for point {k} of round {round_number} "
                           f"({where(k, *context)}), {problem} ({by})")
 
-    return outputs_like(outs, xs, error)
+    finite = None
+    if model.check_outputs and not type(executor).__dict__.get("values_checked", False):
+        def finite(o: Any) -> bool:
+            return model.deferred_check(o) or B.all_finite(o)
+    try:
+        return outputs_like(outs, xs, error, finite)
+    except ModelOutputError as err:
+        raise err.relabel(err.point, f"round {round_number}, {where(err.point, *context)}: {err}", err.done) from None
 
 
 class CoreRecords:

@@ -51,10 +51,17 @@ class Executor:
     the round's own points (which checks its shape, dtype and values); the engine checks the shape of
     every other executor's outputs. Read from the class's own namespace, not inherited: a subclass
     that overrides ``__call__`` may return other arrays, and declares it again if it does not.
+
+    ``values_checked``: True where the outputs' finiteness was checked as ``model.check_outputs``
+    says (by ``model.evaluate`` in a worker: chords_torch's executors); the engine checks it for
+    every other executor whose outputs it checks (one calling the network itself: a nan it returned
+    was named a round later at another point, or returned as the result where it came last, a trial).
+    Read from the class's own namespace, as ``outputs_checked``.
     """
 
     own_network = False
     outputs_checked = False
+    values_checked = False
 
     def stacks_points(self, x: Any) -> bool:
         """Whether rounds of points like ``x`` may be handed over stacked (see the class docstring)."""

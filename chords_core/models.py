@@ -348,8 +348,9 @@ class Model:
             ModelOutputError: with ``point`` the index in ``xs`` of the first bad output.
         """
         given = xs  # (the list the points came in: a model's own exception is marked on it, ``raised_at``)
-        if xs and getattr(xs[0], "ndim", 1) == 0 and any(type(x) in _NUMPY_SCALARS for x in xs):  # (a 0-d state's arithmetic makes numpy scalars: a
-            # function got a 0-d array at its first call and np.float64 after, which torch.from_numpy refused, a trial)
+        if xs and getattr(xs[0], "ndim", 1) == 0 and any(type(x) in _NUMPY_SCALARS for x in xs):
+            # (a 0-d state's arithmetic makes numpy scalars: a function got a 0-d array at its first call
+            # and np.float64 after, which torch.from_numpy refused, a trial)
             xs = [np.asarray(x) for x in xs]
         if batched:
             try:

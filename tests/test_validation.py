@@ -1441,6 +1441,42 @@ def test_an_executors_tensors_on_another_device_or_layout_are_named(kind):
 
 
 @pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_a_nan_from_an_executor_calling_the_network_itself_is_named_at_its_round(method, solver):
+    """A trial: an executor calling the network itself (no model.evaluate, so no finiteness check)
+    returning nan in round R had it named at round R + 1, at another point, as the model's; in the last
+    round the nan was returned as the result, silently. The engine checks such an executor's outputs as
+    ``model.check_outputs`` says, unless its class declares ``values_checked``."""
+    fn = FLOW.fn
+    opts = {"stop": None} if method in ("chords", "srds") else {"tol": 0.0}
+
+    def network(bad_round=None, declares=False):
+        class Remote(cc.Executor):
+            values_checked = declares
+
+            def __init__(self):
+                self.calls = 0
+
+            def __call__(self, model, xs, ts):
+                self.calls += 1
+                outs = [fn(x, np.full(len(x), t)) for x, t in zip(xs, ts)]
+                return [o * np.nan for o in outs] if self.calls == bad_round else outs
+        return Remote()
+
+    clean = network()
+    ref = cc.parallel(FLOW, X, GRID, solver, cores=3, method=method, executor=clean, **opts)
+    assert np.array_equal(ref.x, cc.parallel(FLOW, X, GRID, solver, cores=3, method=method, **opts).x)
+    for bad in (1, clean.calls):
+        with pytest.raises(ModelOutputError, match=rf"^round {bad}, .*model returned non-finite values"):
+            cc.parallel(FLOW, X, GRID, solver, cores=3, method=method, executor=network(bad), **opts)
+    unchecked = cc.DiffusionModel(fn, FLOW.schedule, "flow", check_outputs=False)  # (as the model says)
+    got = cc.parallel(unchecked, X, GRID, solver, cores=3, method=method, executor=network(clean.calls), **opts)
+    assert np.isnan(got.x).all()
+    got = cc.parallel(FLOW, X, GRID, solver, cores=3, method=method, executor=network(clean.calls, True), **opts)
+    assert np.isnan(got.x).all()  # (an executor that declares its values checked is taken at its word)
+
+
+@pytest.mark.parametrize("method", ["chords", "cascade", "paradigms", "srds"])
 @pytest.mark.parametrize("broken", [_broken(cc.SerialExecutor), _broken(cc.BatchedExecutor)])
 def test_an_executors_wider_outputs_are_cast_to_the_states_dtype(broken, method):
     """A user trial: an executor returning float64 outputs for a float32 state made the whole run float64,

@@ -310,6 +310,8 @@ class DeviceExecutor(Executor):
         timeout: deprecated name of ``round_timeout``.
     """
 
+    values_checked = True  # (each output by model.evaluate, where it was evaluated: its finiteness checked there)
+
     # (no ``outputs_checked``: its outputs come back from the other devices, checked against the round's
     # points by the engine)
 

@@ -372,6 +372,8 @@ class DistributedExecutor(Executor):
         timeout: deprecated name of ``round_timeout``.
     """
 
+    values_checked = True  # (each output by model.evaluate, where it was evaluated: its finiteness checked there)
+
     own_network = True  # the serving ranks' networks (and ``local``), not the call's model (``Executor``)
 
     round_timeout = RoundTimeout()  # (checked when set)

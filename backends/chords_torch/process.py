@@ -389,6 +389,8 @@ class ProcessExecutor(Executor):
     ``pids`` holds the workers' process ids.
     """
 
+    values_checked = True  # (each output by model.evaluate, where it was evaluated: its finiteness checked there)
+
     own_network = True  # the factory's network, not the call's model (``Executor``)
 
     round_timeout = RoundTimeout()  # (checked when set)
