@@ -281,6 +281,8 @@ class _Recorder(cc.Executor):
     """An executor that records the traced memory in use at each round, then runs ``inner`` (and
     stacks the points as ``inner`` does: the engine then hands it the same points)."""
 
+    values_checked = True  # (``inner``'s outputs, from model.evaluate)
+
     def __init__(self, inner: cc.Executor) -> None:
         self.trace: list[int] = []
         self.inner = inner

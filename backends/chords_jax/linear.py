@@ -155,6 +155,8 @@ class LinearRecorder(Executor):
         dtype: the state's dtype (carried by every ``Sym``).
     """
 
+    values_checked = True  # (its outputs are symbols: the compiled run checks the values, on the device)
+
     def __init__(self, shape: tuple, dtype: Any = None) -> None:
         self.shape, self.dtype = tuple(shape), dtype
         self.nodes: list[Sym] = []
