@@ -35,7 +35,7 @@ from .checks import _is_int
 from .executors import Executor
 from .history import move
 from .local_error import LocalError
-from .models import Model, ModelOutputError, is_plain_ode, outputs_like, own_call, raised_in
+from .models import Model, ModelOutputError, is_plain_ode, outputs_like, own_call, raised_at, raised_in
 from .plan import Eval, Plan, Round
 from .progress import progress_bar
 from .results import Hit, Result
@@ -146,6 +146,7 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
         # or a Ctrl-C during the call (a user trial found it without the note): where it happened
         if hasattr(err, "add_note"):  # (Python 3.11+; shown with the traceback, the message kept as it is)
             at = raised_in(err, xs)
+            raised_at(err, None)  # (read once: the same exception object raised again is marked anew)
             if at is not None:  # (the call was on that point alone)
                 err.add_note(f"(chords_core: raised by the model's call on {where(at, *context)}, in round "
                              f"{round_number} of {len(xs)} point(s))")

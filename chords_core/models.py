@@ -279,16 +279,17 @@ def check_call(out: Any, like: Array, points: int, rows: int, named: str) -> boo
 RAISED_AT = "chords_point"
 
 
-def raised_at(err: BaseException, points: Sequence[Any], k: int) -> BaseException:
-    """``err`` marked as raised by the model's call on ``points[k]`` alone, unless marked already. The
-    engine names that point where ``points`` is the very list of the round's points it handed the
-    executor (a mark on a share of them names nothing: an executor evaluating a share marks its own
-    exception with the round's list and index)."""
-    if getattr(err, RAISED_AT, None) is None:
-        try:
-            setattr(err, RAISED_AT, (id(points), k))
-        except AttributeError:  # (an exception type with __slots__)
-            pass
+def raised_at(err: BaseException, points: Sequence[Any] | None, k: int = 0) -> BaseException:
+    """``err`` marked as raised by the model's call on ``points[k]`` alone (``points=None``: by a call on
+    several, unmarked), replacing any earlier mark (an exception object raised again: its mark from
+    an earlier list, whose ``id`` a later list may take). The engine names that point where ``points``
+    is the very list of the round's points it handed the executor (a mark on a share of them names
+    nothing: an executor evaluating a share marks its own exception with the round's list and index),
+    and then removes the mark."""
+    try:
+        setattr(err, RAISED_AT, None if points is None else (id(points), k))
+    except AttributeError:  # (an exception type with __slots__)
+        pass
     return err
 
 
@@ -359,8 +360,8 @@ class Model:
                 else:
                     outs = self._call(xs, ts)
             except Exception as e:  # (a call on one point: that point's)
-                if len(xs) == 1 and not isinstance(e, ModelOutputError):
-                    raised_at(e, given, 0)
+                if not isinstance(e, ModelOutputError):
+                    raised_at(e, given if len(xs) == 1 else None)
                 raise
         else:
             outs = []

@@ -577,6 +577,23 @@ def test_a_model_exception_names_the_point_whose_call_raised_it_where_the_call_w
                         r"\d point\(s\)\)", notes["serial"]), notes
     assert notes["batched"].startswith("(chords_core: raised while evaluating round "), notes
     assert notes["halves"] == notes["batched"], notes
+    # (one exception object raised again: its mark is not carried into the next call, whose list of points
+    # may take the old one's id)
+    error = RuntimeError("the same error")
+
+    def again(x, t):
+        if np.any(t == bad):
+            raise error
+        return -x
+
+    model = cc.DiffusionModel(again, RF, "flow")
+    for ex, names in ((cc.SerialExecutor(), True), (cc.BatchedExecutor(), False), (cc.SerialExecutor(), True)):
+        error.__notes__ = []
+        with pytest.raises(RuntimeError, match="^the same error"):
+            cc.chords(model, X, GRID, cores=4, stop=None, executor=ex)
+        assert error.__notes__[-1].startswith("(chords_core: raised by the model's call on " if names else
+                                              "(chords_core: raised while evaluating round "), error.__notes__
+        assert getattr(error, "chords_point", None) is None  # (read once)
 
 
 def test_an_output_count_beyond_the_run_is_named_in_the_methods_terms():
