@@ -212,6 +212,7 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
                 with torch.no_grad(), autocast_context(amp):  # (the driver's autocast, as it was)
                     points = list(laid_out(xin[:n], orders))
                     outs = model.evaluate(points, ts, batched=batched)
+                    points = None  # (views of the shared buffer: not kept past the evaluation)
                     for j, o in enumerate(outs):
                         xout[j].copy_(o)
                 conn.send(("ok", layouts(outs)))  # (the outputs' own orders: the driver rebuilds them in them)
@@ -230,7 +231,7 @@ def _worker_loop(conn: Any, factory: Callable, threads: int, index: int) -> None
             if op != "eval":
                 setup_error = e  # reported with the next evaluation
             else:  # (with the index of the point whose call raised, where the call was on it alone, else -1)
-                at = raised_in(e, points) if points is not None else None
+                at, points = raised_in(e, points) if points is not None else None, None
                 conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc(), -1 if at is None else at))
 
 
