@@ -127,6 +127,8 @@ calls = {"cores": lambda: cj.chords(model, x, grid, "euler", cores=8 - 4 * me, s
                                    devices=mesh),
          "x": lambda: cj.chords(model, x + me, grid, "euler", cores=4, stop=None, devices=mesh),
          "srds": lambda: cj.srds(model, x, grid, "euler", blocks=[4, 5][me], tol=0.0, devices=mesh),
+         "function": lambda: (cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=mesh) if me == 0 else
+                              cj.srds(model, x, grid, "euler", blocks=4, tol=0.0, devices=mesh)),
          "local": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=jax.local_device_count()),
          "bound": lambda: cj.chords(model, x, grid, cc.make_solver(["dpmpp_2m", "dpmpp_3m"][me], model, grid),
                                     cores=4, stop=None, devices=mesh),  # (one class, another order)
@@ -360,6 +362,8 @@ def test_a_call_that_differs_between_processes_is_refused_naming_the_argument(re
         assert got["grid"].startswith("grid: differs"), got
         assert got["x"].startswith("x: its values differ between the processes"), got
         assert got["srds"].startswith("blocks, iterations: differs"), got
+        # (another function's call has other parts, and fewer: it read as a process withdrawing, the re-read)
+        assert got["function"].startswith("the call: differs between the processes (process "), got
         assert got["bound"].startswith("the compiled program (a bound solver's options"), got
         # (a trial: the process with the check off returned nan, the other waited for ever in the check's collective)
         assert got["check_outputs"].startswith("model.check_outputs: differs between the processes"), got

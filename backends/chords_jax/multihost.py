@@ -101,8 +101,8 @@ def _via_host(where: Any) -> Callable[[Any], Any]:
 def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, args: Any = None) -> None:
     """Under ``jax.distributed``, with a mesh over the devices of several processes: raise ``ValueError``
     naming the arguments (``parts()``: name -> a description) that differ between the processes of
-    the mesh, from one all-gather of their digests over the mesh's own devices (processes outside it
-    take no part), before any collective whose shapes depend on them (a user trial: different
+    the mesh, from their digests exchanged through JAX's coordination service (``_exchange``; processes
+    outside the mesh take no part), before any collective whose shapes depend on them (a user trial: different
     ``cores`` or ``stop`` aborted the processes in a collective mismatch, one at once and the others
     after about 100 s; a different grid raised JAX's assertion naming ``numpy.ndarray``). The values of
     ``x`` and ``args`` are JAX's to compare (``_replicated``) on a mesh over every process; on a mesh
@@ -126,10 +126,17 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     if len(processes) < jax.process_count():
         described.update({"x (values)": _values(x), "args (values)": _values(args)})
     names = sorted(described)
-    mine = np.array([int.from_bytes(hashlib.blake2b(_stable(described[n]).encode(), digest_size=4).digest(), "little",
-                                    signed=True) for n in names], np.int32)
-    every = _exchange(sorted(processes), mine, mesh)
-    differ = [n for k, n in enumerate(names) if (every[:, k] != mine[k]).any()]
+    # (the parts' names first: another function's call, chords_jax.srds against chords, has other parts)
+    mine = np.array([_digest(repr(names))] + [_digest(_stable(described[n])) for n in names], np.int32)
+    rows = _exchange(sorted(processes), mine, mesh)
+    among = (f"{jax.process_count()}" if len(processes) == jax.process_count() else
+             f"the mesh's processes {sorted(processes)}")
+    if any(row.size != mine.size or row[0] != mine[0] for row in rows):
+        raise alike(ValueError(f"the call: differs between the processes (process {jax.process_index()} of {among}): "
+                               "another chords_jax function, or another kind of call; under jax.distributed every "
+                               "process makes the same call"))
+    every = np.stack(rows)
+    differ = [n for k, n in enumerate(names, 1) if (every[:, k] != mine[k]).any()]
     if len(differ) > 1:  # the compiled program follows from the others: named alone only
         differ = [n for n in differ if not n.startswith(PROGRAM_PART)]
     if differ:
@@ -138,11 +145,14 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
             hint = ("; an object whose repr holds its address (a plain class's stop rule, say) is compared by its "
                     "attributes, so one that differs between processes (a time, a counter) differs: give its class "
                     "a __repr__ of what decides (a dataclass has one)")
-        among = (f"{jax.process_count()}" if len(processes) == jax.process_count() else
-                 f"the mesh's processes {sorted(processes)}")
         raise alike(ValueError(f"{', '.join(differ)}: differ{'s' if len(differ) == 1 else ''} between the processes "
                                f"(process {jax.process_index()} of {among}); under jax.distributed every "
                                f"process makes the same call{hint}"))
+
+
+def _digest(text: str) -> int:
+    """A 32-bit digest of ``text``, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little", signed=True)
 
 
 def _processes(mesh: Any) -> set[int]:
@@ -211,8 +221,8 @@ def _client() -> Any:
     return client if all(hasattr(client, name) for name in needs) else None
 
 
-def _exchange(processes: list[int], mine: np.ndarray, mesh: Any) -> np.ndarray:
-    """``mine`` (an int32 vector) of every process in ``processes``, (processes, n), through JAX's
+def _exchange(processes: list[int], mine: np.ndarray, mesh: Any) -> list[np.ndarray]:
+    """``mine`` (an int32 vector) of every process in ``processes``, in their order, through JAX's
     coordination service, not the devices: each posts its own, all meet at a barrier bounded by the
     sync timeout (``set_sync_timeout``), then each reads the others'. So a process that raised before
     the call, skipped it or is busy elsewhere costs the others a ``RuntimeError`` after the timeout, not
@@ -222,9 +232,9 @@ def _exchange(processes: list[int], mine: np.ndarray, mesh: Any) -> np.ndarray:
     process's digests, so that the others refuse the call where the barrier has not passed yet.
     Without the client (JAX moved it), one all-gather over the mesh's devices, not bounded."""
     client = _client()
-    if client is None:
-        return _gather_over(jax.sharding.Mesh(np.array(sorted(mesh.devices.flat, key=lambda d: d.id)), ("all",)),
-                            mine)
+    if client is None:  # (a row a device; the vectors' lengths must agree there)
+        return list(_gather_over(jax.sharding.Mesh(np.array(sorted(mesh.devices.flat, key=lambda d: d.id)), ("all",)),
+                                 mine))
     group = ",".join(map(str, processes))
     n = _MEETINGS[group] = _MEETINGS.get(group, 0) + 1
     at, me, timeout = f"{_KEY}/{group}/{n}", jax.process_index(), _SYNC_TIMEOUT[0]
@@ -256,11 +266,11 @@ def _exchange(processes: list[int], mine: np.ndarray, mesh: Any) -> np.ndarray:
             f"which the calls meet in step ({why})"))
     rows = [np.frombuffer(client.blocking_key_value_get_bytes(f"{at}/{p}", max(1, round(timeout * 1000))), np.int32)
             for p in processes]
-    gone = [p for p, row in zip(processes, rows) if row.size != mine.size]
+    gone = [p for p, row in zip(processes, rows) if row.size == 0]
     if gone:
         raise alike(RuntimeError(f"devices: process(es) {gone} withdrew from this call (interrupted while waiting "
                                  "for the others); it is refused on every process"))
-    return np.stack(rows)
+    return rows
 
 
 def _gather_over(mesh: Any, mine: np.ndarray) -> np.ndarray:
