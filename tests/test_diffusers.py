@@ -18,7 +18,6 @@ from diffusers import (  # noqa: E402
     DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
-    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -476,13 +475,19 @@ def test_bad_pipeline_arguments(unet, sd3):
     for bad in (0, 1.5):  # (failed deep inside diffusers: "cannot reshape tensor of 0 elements", repeat() of a float)
         with pytest.raises((TypeError, ValueError), match="^num_images_per_prompt"):
             cd.sample(sd3, "a cat", num_inference_steps=4, num_images_per_prompt=bad)
-    # (a user trial: DDIM and DDPM took a list of 1 generator for 2 samples, drawing both from it, or of 3,
-    # ignoring one, where the pipeline refuses both)
-    for pipe in (DDIMPipeline(unet=unet, scheduler=DDIMScheduler()), DDPMPipeline(unet=unet, scheduler=DDPMScheduler())):
-        for n in (1, 3):
-            with pytest.raises(ValueError, match=rf"^generator: a list of {n} generators for batch_size=2; give one"):
-                cd.sample(pipe, batch_size=2, num_inference_steps=3, progress=False,
-                          generator=[torch.Generator().manual_seed(i) for i in range(n)])
+    # (a user trial: DDIM took a list of 1 generator for 2 samples, drawing both from it, or of 3, ignoring one,
+    # where the pipeline refuses both; DDPMPipeline takes them, as diffusers' randn_tensor reads them, and so
+    # does chords there, a review)
+    ddim = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    ddpm = DDPMPipeline(unet=unet, scheduler=DDIMScheduler())
+    ddpm.set_progress_bar_config(disable=True)
+    for n in (1, 3):
+        gens = lambda n=n: [torch.Generator().manual_seed(i) for i in range(n)]  # noqa: E731
+        with pytest.raises(ValueError, match=rf"^generator: a list of {n} generators for batch_size=2; give one"):
+            cd.sample(ddim, batch_size=2, num_inference_steps=3, progress=False, generator=gens())
+        ref = ddpm(batch_size=2, num_inference_steps=3, generator=gens(), output_type="np").images
+        got = cd.sample(ddpm, batch_size=2, num_inference_steps=3, progress=False, generator=gens(), output_type="np")
+        assert rel_err(torch.as_tensor(got.images), torch.as_tensor(ref)) < 1e-5
     # latents of other rows than the prompts give: a multiple ran on, cycling the prompts (cat, dog, cat, dog)
     size = sd3.transformer.config.sample_size
     for rows in (4, 3):

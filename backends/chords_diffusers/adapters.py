@@ -373,8 +373,9 @@ def _unconditional(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     batch_size, generator, latents, output_type, *step_values = _take(
         kw, pipe, batch_size=1, generator=None, latents=None, output_type="pil", **step)
     step_kwargs = {k: v for k, v in zip(step, step_values) if v is not None}
-    if isinstance(generator, list) and len(generator) != batch_size:  # (as the pipeline refuses it: one
-        # generator drew both rows, a third was ignored, silently, a user trial)
+    if name == "DDIMPipeline" and isinstance(generator, list) and len(generator) != batch_size:  # (as the
+        # pipeline refuses it: one generator drew both rows, a third was ignored, silently, a user trial;
+        # DDPMPipeline takes any length, as diffusers' randn_tensor reads it, a review)
         raise ValueError(f"generator: a list of {len(generator)} generators for batch_size={batch_size}; give one "
                          "per sample, or one generator")
     unet = _denoiser(pipe, name, "unet")
