@@ -128,7 +128,8 @@ calls = {"cores": lambda: cj.chords(model, x, grid, "euler", cores=8 - 4 * me, s
          "x": lambda: cj.chords(model, x + me, grid, "euler", cores=4, stop=None, devices=mesh),
          "srds": lambda: cj.srds(model, x, grid, "euler", blocks=[4, 5][me], tol=0.0, devices=mesh),
          "function": lambda: (cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=mesh) if me == 0 else
-                              cj.srds(model, x, grid, "euler", blocks=4, tol=0.0, devices=mesh)),
+                              cj.srds(model, x, grid, "euler", blocks=3, tol=0.0, devices=mesh)),  # (blocks=4:
+         # process 0's previous call, after calls that differed: it reads as process 1 one call behind)
          "local": lambda: cj.chords(model, x, grid, "euler", cores=4, stop=None, devices=jax.local_device_count()),
          "bound": lambda: cj.chords(model, x, grid, cc.make_solver(["dpmpp_2m", "dpmpp_3m"][me], model, grid),
                                     cores=4, stop=None, devices=mesh),  # (one class, another order)
@@ -257,7 +258,78 @@ print(json.dumps(out), flush=True)
 """
 
 
-def _launch(script: str, n: int) -> list[dict]:
+STEPS = r"""
+import json, sys, time
+import jax
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_num_cpu_devices", 1)
+n = int(sys.argv[3])
+jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_processes=n,
+                           process_id=int(sys.argv[1]), initialization_timeout=60)
+import numpy as np
+import chords_core as cc
+import chords_jax as cj
+
+me = jax.process_index()
+x = np.random.default_rng(0).standard_normal((2, 4))
+sched = cc.VP.cosine()
+grid = cc.time_grid(sched, 12, "logsnr")
+model = cc.DiffusionModel(lambda x, t: 0.5 * x + t[:, None], sched, "eps")
+every = jax.sharding.Mesh(np.array(jax.devices()), (cj.AXIS,))
+cj.set_sync_timeout(1.5)
+out = {"process": me, "calls": []}
+
+
+def call(cores, mesh=every):
+    try:
+        got = cj.chords(model, x, grid, "euler", cores=cores, stop=None, devices=mesh)
+        ref = cc.chords(model, x, grid, "euler", cores=cores, stop=None)
+        out["calls"].append(float(np.max(np.abs(np.asarray(got.x) - ref.x))))
+    except (ValueError, RuntimeError) as e:
+        out["calls"].append(f"{type(e).__name__}: {e}")
+
+
+call(4)
+if n == 2:  # process 1 skips the call of 8 cores: then 2 and 3 cores on both, then 4 again
+    for cores in ([8, 2, 3, 4] if me == 0 else [2, 3, 4]):
+        call(cores)
+else:  # process 0 passes a mesh over processes 0 and 1, the others over all three; then three calls on all
+    call(2, jax.sharding.Mesh(np.array(jax.devices()[:2]), (cj.AXIS,)) if me == 0 else every)
+    for cores in (3, 2, 4):
+        call(cores)
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_calls_out_of_step_are_refused_at_once_not_paired_in_turn():
+    """A review: the calls were paired in turn, so a process that skipped one (or passed a mesh over
+    other processes, which cost a timeout) met the others' next call with its own from then on: every
+    later call was refused as differing ("cores, init: differs"), then one waited out the timeout. A
+    call whose previous call on another process is this one (or the reverse) is found now: every
+    process refuses it, and each later call at once, naming the cause."""
+    skip = sorted(_launch(STEPS, 2, "2"), key=lambda r: r["process"])
+    assert all(r["calls"][0] <= 1e-12 for r in skip), skip
+    (_, eight, *later0), (_, *later1) = skip[0]["calls"], skip[1]["calls"]
+    assert eight.startswith("ValueError: cores, init: differs between the processes"), skip  # (8 against 2)
+    for r, said in ((skip[0], "process(es) [1] made this call one call before"),
+                    (skip[1], "process(es) [0] make this process's previous call now")):
+        two_or_three = r["calls"][-3 + (r["process"] == 1)]
+        assert two_or_three.startswith("RuntimeError: devices: the calls over the processes were found out of step "
+                                       f"({said}: a process skipped a call, or made one more)"), r
+    for later in (later0[-2:] if len(later0) > 2 else later0[-1:], later1[-1:]):
+        assert all(c.startswith("RuntimeError: devices: the calls over the processes were found out of step") and
+                   c.endswith("; restart every process") for c in later), skip
+    sets = sorted(_launch(STEPS, 3, "3"), key=lambda r: r["process"])
+    for r in sets:
+        assert r["calls"][0] <= 1e-12, r
+        assert r["calls"][1].startswith("RuntimeError: devices: not every process of the call (processes ["), r
+        assert "passed a mesh over other processes" in r["calls"][1], r
+        assert all(not isinstance(c, float) for c in r["calls"][2:]), r  # (none runs on a mispaired call)
+        assert any("found out of step" in c for c in r["calls"][2:]), r
+        assert r["calls"][-1].endswith("; restart every process"), r
+
+
+def _launch(script: str, n: int, *extra: str) -> list[dict]:
     """Run ``script`` in ``n`` processes under one coordinator; their last stdout lines, parsed."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -266,7 +338,7 @@ def _launch(script: str, n: int) -> list[dict]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     port = str(free_port("localhost"))
     # (each its own string hashing, as two hosts have: a set's repr order differs between them)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), port], env=dict(env, PYTHONHASHSEED=str(i + 1)),
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), port, *extra], env=dict(env, PYTHONHASHSEED=str(i + 1)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
@@ -390,14 +462,16 @@ def test_a_call_interrupted_on_one_process_refuses_that_process_later_calls_over
         assert error <= 1e-12
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "3", None])
-def test_the_sync_timeout_takes_a_positive_finite_number_of_seconds_naming_it(bad):
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "3", None])
+def test_the_sync_timeout_takes_a_positive_number_of_seconds_naming_it(bad):
     import chords_jax as cj
 
     previous = cj.set_sync_timeout(42)
     try:
-        with pytest.raises(ValueError, match=r"^seconds: a positive, finite number of seconds, not "):
+        with pytest.raises(ValueError, match=r"^seconds: a positive number of seconds \(math.inf: no limit\), not "):
             cj.set_sync_timeout(bad)
-        assert cj.set_sync_timeout(7.5) == 42.0  # (a refused value leaves the setting as it was)
+        assert cj.set_sync_timeout(float("inf")) == 42.0  # (a refused value leaves the setting as it was)
+        assert cj.set_sync_timeout(7.5) == float("inf")  # (no limit: the service's longest wait, a review: sys.maxsize
+        # seconds overflowed its milliseconds and refused every call at once)
     finally:
         cj.set_sync_timeout(previous)

@@ -114,10 +114,7 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     if len(processes) < 2:
         return
     if _OUT_OF_STEP:
-        raise alike(RuntimeError(f"devices: a previous call over the processes ended on this one with "
-                                 f"{_OUT_OF_STEP[0]} after they started it together: the others may still wait in its "
-                                 "collectives, and a new call would meet them out of step (every process hung, a "
-                                 "trial); restart every process"))
+        raise alike(RuntimeError(f"devices: {_OUT_OF_STEP[0]}; restart every process"))
     described = parts()
     # (the mesh's own layout is compared too, over its devices in one order: two processes whose meshes
     # listed the devices in other orders failed in a gloo timeout after 30 s, naming nothing, a review)
@@ -126,17 +123,34 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     if len(processes) < jax.process_count():
         described.update({"x (values)": _values(x), "args (values)": _values(args)})
     names = sorted(described)
-    # (the parts' names first: another function's call, chords_jax.srds against chords, has other parts)
-    mine = np.array([_digest(repr(names))] + [_digest(_stable(described[n])) for n in names], np.int32)
-    rows = _exchange(sorted(processes), mine, mesh)
+    # (the parts' names first: another function's call, chords_jax.srds against chords, has other parts;
+    # then the digests of this process's previous call in the group and of this one: ``_exchange``)
+    parts_ = [_digest(repr(names))] + [_digest(_stable(described[n])) for n in names]
+    mine = np.array(parts_[:1] + [0, _digest(repr(parts_))] + parts_[1:], np.int32)
+    procs = sorted(processes)
+    rows = _exchange(procs, mine, mesh)
     among = (f"{jax.process_count()}" if len(processes) == jax.process_count() else
-             f"the mesh's processes {sorted(processes)}")
+             f"the mesh's processes {procs}")
+    # after calls that differed, a process whose previous call is this one made it already, one whose call is
+    # this one's previous makes it late: a process skipped a call (or made one more), and pairing the calls in
+    # turn would refuse every later one as differing (a review: four calls in turn, then a timeout). (After a
+    # call made alike, a call that is one's previous is a mere difference: refused as one, below.)
+    shifted = [(p, row) for p, row in zip(procs, rows) if row.size > 2 and row[2] != mine[2] and row[1] != mine[1]]
+    ahead = [p for p, row in shifted if row[1] == mine[2]]
+    behind = [p for p, row in shifted if row[2] == mine[1]]
+    if ahead or behind:
+        said = ", ".join(([f"process(es) {ahead} made this call one call before"] if ahead else []) +
+                         ([f"process(es) {behind} make this process's previous call now"] if behind else []))
+        _OUT_OF_STEP[:] = [f"the calls over the processes were found out of step ({said}: a process skipped a call, "
+                           "or made one more)"]
+        raise alike(RuntimeError(f"devices: {_OUT_OF_STEP[0]}; the processes cannot tell which calls belong "
+                                 "together now: every later call over them is refused; restart every process"))
     if any(row.size != mine.size or row[0] != mine[0] for row in rows):
         raise alike(ValueError(f"the call: differs between the processes (process {jax.process_index()} of {among}): "
                                "another chords_jax function, or another kind of call; under jax.distributed every "
                                "process makes the same call"))
     every = np.stack(rows)
-    differ = [n for k, n in enumerate(names, 1) if (every[:, k] != mine[k]).any()]
+    differ = [n for k, n in enumerate(names, 3) if (every[:, k] != mine[k]).any()]
     if len(differ) > 1:  # the compiled program follows from the others: named alone only
         differ = [n for n in differ if not n.startswith(PROGRAM_PART)]
     if differ:
@@ -192,19 +206,22 @@ def set_sync_timeout(seconds: float) -> float:
     a late one at once.
 
     Args:
-        seconds: a positive number of seconds.
+        seconds: a positive number of seconds; ``math.inf`` waits without a limit.
     """
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)) or not (
-            0 < float(seconds) < float("inf")):
-        raise ValueError(f"seconds: a positive, finite number of seconds, not {seconds!r}")
+            0 < float(seconds)):
+        raise ValueError(f"seconds: a positive number of seconds (math.inf: no limit), not {seconds!r}")
     previous, _SYNC_TIMEOUT[0] = _SYNC_TIMEOUT[0], float(seconds)
     return previous
 
 
 #: how long ``same_call`` waits for the other processes, in seconds (``set_sync_timeout``)
 _SYNC_TIMEOUT = [300.0]
-#: per group of processes (their ids, joined), how many checks this process has entered with them
-_MEETINGS: dict[str, int] = {}
+#: per group of processes (their ids, joined): how many checks this process has entered with them, and the
+#: digest of its call at the last (``same_call``)
+_MEETINGS: dict[str, tuple[int, int]] = {}
+#: the longest wait the coordination service takes, in milliseconds (about 31,700 years; its int64 overflowed)
+_MAX_WAIT_MS = 10**15
 #: the prefix of the coordination service's keys and barriers that ``_exchange`` uses
 _KEY = "chords_jax/same_call"
 
@@ -236,36 +253,47 @@ def _exchange(processes: list[int], mine: np.ndarray, mesh: Any) -> list[np.ndar
         return list(_gather_over(jax.sharding.Mesh(np.array(sorted(mesh.devices.flat, key=lambda d: d.id)), ("all",)),
                                  mine))
     group = ",".join(map(str, processes))
-    n = _MEETINGS[group] = _MEETINGS.get(group, 0) + 1
+    n, mine[1] = _MEETINGS.get(group, (0, 0))  # (this process's previous call in the group: ``same_call``)
+    n += 1
+    _MEETINGS[group] = (n, int(mine[2]))
     at, me, timeout = f"{_KEY}/{group}/{n}", jax.process_index(), _SYNC_TIMEOUT[0]
-    client.key_value_set_bytes(f"{at}/{me}", mine.tobytes(), allow_overwrite=True)
+    wait_ms = max(1, min(round(timeout * 1000), _MAX_WAIT_MS)) if timeout < float("inf") else _MAX_WAIT_MS
     failed: list[BaseException] = []
+    met = [False]
 
     def wait() -> None:
         try:
-            client.wait_at_barrier(at, max(1, round(timeout * 1000)), processes)
+            client.wait_at_barrier(at, wait_ms, processes)
+            met[0] = True
         except Exception as err:  # (JAX's error, handed to the caller's thread)
             failed.append(err)
 
-    waiting = threading.Thread(target=wait, name="chords_jax: waiting for the other processes", daemon=True)
-    waiting.start()
+    posted = False
     try:
+        client.key_value_set_bytes(f"{at}/{me}", mine.tobytes(), allow_overwrite=True)
+        posted = True
+        waiting = threading.Thread(target=wait, name="chords_jax: waiting for the other processes", daemon=True)
+        waiting.start()
         waiting.join()  # (in a thread: a Ctrl-C reaches this one while the service waits)
     except BaseException:
-        client.key_value_set_bytes(f"{at}/{me}", b"", allow_overwrite=True)
+        if posted and not met[0]:  # (once the barrier passed, the others may have read the digests already)
+            client.key_value_set_bytes(f"{at}/{me}", b"", allow_overwrite=True)
         raise
     finally:
         if n > 1:  # (every process that met here has read this one's previous digests)
             client.key_value_delete(f"{_KEY}/{group}/{n - 1}/{me}")
     if failed:
-        why = str(failed[0]).split("\n")[0]
+        text = str(failed[0])
+        why = text.split("\n")[0]
+        if "DEADLINE_EXCEEDED" not in text:  # (not a timeout: the service's own failure, not known to be alike)
+            raise RuntimeError(f"devices: the coordination service failed the processes' meeting before this "
+                               f"call ({why})") from failed[0]
         raise alike(RuntimeError(
             f"devices: not every process of the call (processes {processes}) reached it within {timeout:g} s "
-            "(chords_jax.set_sync_timeout): one raised before it, skipped it, exited or is busy elsewhere; "
-            "the call is refused on every process that waited, and on one reaching it later at once, after "
-            f"which the calls meet in step ({why})"))
-    rows = [np.frombuffer(client.blocking_key_value_get_bytes(f"{at}/{p}", max(1, round(timeout * 1000))), np.int32)
-            for p in processes]
+            "(chords_jax.set_sync_timeout): one raised before it, skipped it, exited, is busy elsewhere or passed "
+            "a mesh over other processes; the call is refused on every process that waited, and on one reaching "
+            f"it later at once ({why})"))
+    rows = [np.frombuffer(client.blocking_key_value_get_bytes(f"{at}/{p}", wait_ms), np.int32) for p in processes]
     gone = [p for p, row in zip(processes, rows) if row.size == 0]
     if gone:
         raise alike(RuntimeError(f"devices: process(es) {gone} withdrew from this call (interrupted while waiting "
@@ -286,8 +314,8 @@ def _same(a: Any) -> Any:
     return a
 
 
-#: why this process's calls over several processes are out of step with the others' (``in_step``): empty, or
-#: the interruption that left them so
+#: why this process's calls over several processes are out of step with the others' (``in_step``,
+#: ``same_call``): empty, or the reason, which its later calls' refusal gives
 _OUT_OF_STEP: list[str] = []
 
 
@@ -308,7 +336,9 @@ def in_step(mesh: Any) -> Iterator[None]:
     except BaseException as err:
         # (a non-finite output is named from the run's check code, the same on every process)
         if not (getattr(err, _ALIKE, False) or isinstance(err, ModelOutputError)):
-            _OUT_OF_STEP[:] = [type(err).__name__]
+            _OUT_OF_STEP[:] = [f"a previous call over the processes ended on this one with {type(err).__name__} after "
+                               "they started it together: the others may still wait in its collectives, and a new "
+                               "call would meet them out of step (every process hung, a trial)"]
         raise
 
 
