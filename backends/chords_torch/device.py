@@ -475,8 +475,9 @@ class DeviceExecutor(Executor):
             elif isinstance(exc, ModelOutputError):  # at this device's point exc.point: the round's idx[exc.point]
                 failures.append((exc, idx[exc.point]))
                 place(outs, idx, exc.done or (), xs)  # (its points before the bad one)
-            else:
-                failures.append((exc, idx[0]))
+            else:  # (at the point whose call raised where it is known, as ProcessExecutor orders them, a review)
+                at = raised_in(exc, xs)
+                failures.append((exc, idx[0] if at is None else at))
         if failures:
             raise first_failure(failures, outs)  # (with the outputs before its point, where all came)
         return outs
