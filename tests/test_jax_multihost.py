@@ -183,12 +183,14 @@ print(json.dumps(out), flush=True)
 """
 
 
-SUBMESH = r"""
-import json, sys
+#: the start of the scripts of processes with one CPU device each (argv: process, port, number of processes)
+ONE_DEVICE_EACH = r"""
+import json, sys, time
 import jax
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_num_cpu_devices", 1)
-jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_processes=3,
+n = int(sys.argv[3])
+jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_processes=n,
                            process_id=int(sys.argv[1]), initialization_timeout=60)
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +202,9 @@ x = np.random.default_rng(0).standard_normal((2, 4))
 sched = cc.VP.cosine()
 grid = cc.time_grid(sched, 12, "logsnr")
 model = cc.DiffusionModel(lambda x, t: 0.5 * x + t[:, None], sched, "eps")
+"""
+
+SUBMESH = ONE_DEVICE_EACH + r"""
 ref = cc.chords(model, x, grid, "euler", cores=4, stop=None).x
 out = {"process": me}
 if me < 2:  # a mesh over processes 0 and 1 only: process 2 takes no part in its calls
@@ -224,7 +229,6 @@ if me < 2:  # a mesh over processes 0 and 1 only: process 2 takes no part in its
             out[label] = str(e)
     # one process late to a call (busy, or it raised before it): each refuses it, the late one at once, and
     # the next call meets in step (the others waited in the check's collective for ever)
-    import time
     cj.set_sync_timeout(1.5)
     if me == 1:
         time.sleep(5.0)
@@ -258,23 +262,7 @@ print(json.dumps(out), flush=True)
 """
 
 
-STEPS = r"""
-import json, sys, time
-import jax
-jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_num_cpu_devices", 1)
-n = int(sys.argv[3])
-jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_processes=n,
-                           process_id=int(sys.argv[1]), initialization_timeout=60)
-import numpy as np
-import chords_core as cc
-import chords_jax as cj
-
-me = jax.process_index()
-x = np.random.default_rng(0).standard_normal((2, 4))
-sched = cc.VP.cosine()
-grid = cc.time_grid(sched, 12, "logsnr")
-model = cc.DiffusionModel(lambda x, t: 0.5 * x + t[:, None], sched, "eps")
+STEPS = ONE_DEVICE_EACH + r"""
 every = jax.sharding.Mesh(np.array(jax.devices()), (cj.AXIS,))
 cj.set_sync_timeout(1.5)
 out = {"process": me, "calls": []}
@@ -362,7 +350,7 @@ def test_on_a_mesh_over_some_processes_a_call_that_differs_is_refused_and_the_ot
     only on a mesh over every process): different ``x`` returned 15.4 and 47.8 off the core on the two,
     a different grid 7.5 and 47 off, silently. The digests are gathered over the mesh's own devices now
     (the process outside it takes no part, and its own run goes on)."""
-    got = sorted(_launch(SUBMESH, 3), key=lambda r: r["process"])
+    got = sorted(_launch(SUBMESH, 3, "3"), key=lambda r: r["process"])
     assert all(r["run"] <= 1e-12 for r in got), got
     for r in got[:2]:
         assert r["args alike"] <= 1e-12, r
