@@ -105,11 +105,12 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     outside the mesh take no part), before any collective whose shapes depend on them (a user trial: different
     ``cores`` or ``stop`` aborted the processes in a collective mismatch, one at once and the others
     after about 100 s; a different grid raised JAX's assertion naming ``numpy.ndarray``). The values of
-    ``x`` and ``args`` are JAX's to compare (``_replicated``) on a mesh over every process; on a mesh
+    ``x`` and ``args`` are JAX's to compare (``replicated``) on a mesh over every process; on a mesh
     over some processes only JAX does not compare them (each process returned an answer for its own
     ``x``, 15-48 off, silently, a trial), so there their digests are gathered too. Weights a model
     reads from its closure cannot be compared (pass them as ``args``). Nothing is gathered for one
-    process. A call on a process whose earlier call was interrupted (``in_step``) is refused."""
+    process. A call on a process whose earlier call was interrupted (``in_step``), or whose calls were
+    found out of step with the others' (a skipped call), is refused."""
     processes = _processes(mesh)
     if len(processes) < 2:
         return
