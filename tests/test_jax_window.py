@@ -134,6 +134,21 @@ def test_a_vector_field_equals_the_core(cores, methods):
         same(cj.parallel(jmodel, x, grid, "euler", cores=cores, method=method, tol=0.0), ref)
 
 
+@pytest.mark.parametrize("method", ["paradigms", "cascade"])
+def test_tol_0_on_states_near_the_bottom_of_the_normal_range_is_the_sequential_solve(method):
+    """A trial: tol 0 accepted a point whose change was subnormal (XLA on the CPU flushes it to 0): a linear
+    ODE from states of 1e-300 in float64 returned 1.4e-6 off the sequential solve (1e-36 in float32: 1.5).
+    The points are compared themselves now, as the core does."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((4, 4)) / 2 - 1.5 * np.eye(4))
+    model = cc.VectorField(lambda t, y: y @ a.T, batched=True)
+    grid = np.linspace(0.0, 3.0, 31)
+    x = jnp.asarray(rng.standard_normal((1, 4)) * 1e-300)
+    seq = np.asarray(cj.solve(model, x, grid, "euler"))
+    got = np.asarray(cj.parallel(model, x, grid, "euler", cores=8, method=method, tol=0.0).x)
+    assert np.max(np.abs(got - seq)) <= 1e-12 * np.max(np.abs(seq)), np.max(np.abs(got - seq)) / np.max(np.abs(seq))
+
+
 def test_an_unbatched_vector_field_and_the_official_options():
     nmodel, jmodel, x, grid = PROBLEMS["ode_unbatched"]
     same(cj.parallel(jmodel, x, grid, "euler", cores=4, method="cascade", tol=0.05),

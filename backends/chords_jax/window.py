@@ -350,8 +350,10 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1, initial=0).astype(cmp) <= tol2),
                                  ~(jnp.max(csq, axis=1, initial=0) == 0))
             # tol 0: a point is exact when it did not move at all, as in the core (not when the squares
-            # of its change underflow to 0, nor when it never blocks: variance "out", T - 1)
-            over = jnp.where(tol2 <= 0, jnp.any(moved != 0, axis=1), over)
+            # of its change underflow to 0, nor when it never blocks: variance "out", T - 1): the points
+            # compared, not their change, which XLA on the CPU flushes to 0 where it is subnormal (states
+            # of 1e-300 in float64, 1e-36 in float32 were accepted moving: 1.4e-6 and 1.5 off, a trial)
+            over = jnp.where(tol2 <= 0, jnp.any(new != Pn, axis=1), over)
             hit = over & active
             nb = jnp.where(hit.any(), b + 1 + jnp.argmax(hit).astype(jnp.int32), e)
             # the next window x_nb .. x_{nb+W}: the new points x_{b+1} .. x_e, then the seeds x_{e+1} ..
