@@ -65,16 +65,11 @@ def replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
     if mesh is None:
         check_args_devices(x, args)
         return x, args
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def put(name: str, value: Any) -> Any:
         try:
-            try:
-                return jax.device_put(value, replicated)
-            except ValueError as err:  # (a mesh over some processes: JAX places a jax array there only from
-                if "represents addressable devices" not in str(err):  # the host, a review's run with args)
-                    raise
-                return jax.tree_util.tree_map(_via_host(replicated), value)
+            return _placed(value, everywhere)
         except AssertionError as err:
             if "not the same on each process" not in str(err):
                 raise
@@ -82,6 +77,17 @@ def replicated(mesh: Any, x: jax.Array, args: Any) -> tuple[jax.Array, Any]:
                                    f"process makes the same call with the same {name}")) from None
 
     return put("x", x), None if args is None else put("args", args)
+
+
+def _placed(value: Any, where: Any) -> Any:
+    """``value`` (a pytree) placed on ``where``; through the host on a mesh over some processes, where
+    JAX places a jax array only from there (a review's run with args)."""
+    try:
+        return jax.device_put(value, where)
+    except ValueError as err:
+        if "represents addressable devices" not in str(err):
+            raise
+        return jax.tree_util.tree_map(_via_host(where), value)
 
 
 def _via_host(where: Any) -> Callable[[Any], Any]:
@@ -122,14 +128,19 @@ def same_call(mesh: Any, parts: Callable[[], dict[str, Any]], x: Any = None, arg
     described["devices (the mesh's layout)"] = (tuple(mesh.axis_names), mesh.devices.shape,
                                                 tuple(d.id for d in mesh.devices.flat))
     if len(processes) < jax.process_count():
-        described.update({"x (values)": _values(x), "args (values)": _values(args)})
+        # (JAX does not compare them there: each leaf by its values, ``_stable``)
+        described.update({"x (values)": jax.tree_util.tree_leaves(x),
+                          "args (values)": jax.tree_util.tree_leaves(args)})
     names = sorted(described)
     # (the parts' names first: another function's call, chords_jax.srds against chords, has other parts;
-    # then the digests of this process's previous call in the group and of this one: ``_exchange``)
+    # then the digests of this process's previous call in the group of processes and of this one)
     parts_ = [_digest(repr(names))] + [_digest(_stable(described[n])) for n in names]
-    mine = np.array(parts_[:1] + [0, _digest(repr(parts_))] + parts_[1:], np.int32)
     procs = sorted(processes)
-    rows = _exchange(procs, mine, mesh)
+    group = ",".join(map(str, procs))
+    count, previous = _MEETINGS.get(group, (0, 0))
+    mine = np.array(parts_[:1] + [previous, _digest(repr(parts_))] + parts_[1:], np.int32)
+    _MEETINGS[group] = (count + 1, int(mine[2]))
+    rows = _exchange(procs, group, count + 1, mine, mesh)
     among = (f"{jax.process_count()}" if len(processes) == jax.process_count() else
              f"the mesh's processes {procs}")
     # after calls that differed, a process whose previous call is this one made it already, one whose call is
@@ -177,12 +188,6 @@ def _processes(mesh: Any) -> set[int]:
     return {d.process_index for d in mesh.devices.flat}
 
 
-def _values(tree: Any) -> tuple:
-    """A pytree's leaves, for ``_stable`` to describe by their values (``same_call`` on a mesh over some
-    processes, where JAX does not compare them)."""
-    return tuple(jax.tree_util.tree_leaves(tree))
-
-
 @jax.jit
 def _fingerprint_bytes(a: Any) -> Any:
     b = jax.lax.bitcast_convert_type(a.reshape(-1), jnp.uint8).reshape(-1).astype(jnp.uint32)
@@ -219,7 +224,7 @@ def set_sync_timeout(seconds: float) -> float:
 #: how long ``same_call`` waits for the other processes, in seconds (``set_sync_timeout``)
 _SYNC_TIMEOUT = [300.0]
 #: per group of processes (their ids, joined): how many checks this process has entered with them, and the
-#: digest of its call at the last (``same_call``)
+#: digest of its call at the last (``same_call``; the meetings are numbered by the first, ``_exchange``)
 _MEETINGS: dict[str, tuple[int, int]] = {}
 #: the longest wait the coordination service takes, in milliseconds (about 31,700 years; its int64 overflowed)
 _MAX_WAIT_MS = 10**15
@@ -239,26 +244,23 @@ def _client() -> Any:
     return client if all(hasattr(client, name) for name in needs) else None
 
 
-def _exchange(processes: list[int], mine: np.ndarray, mesh: Any) -> list[np.ndarray]:
+def _exchange(processes: list[int], group: str, n: int, mine: np.ndarray, mesh: Any) -> list[np.ndarray]:
     """``mine`` (an int32 vector) of every process in ``processes``, in their order, through JAX's
-    coordination service, not the devices: each posts its own, all meet at a barrier bounded by the
-    sync timeout (``set_sync_timeout``), then each reads the others'. So a process that raised before
-    the call, skipped it or is busy elsewhere costs the others a ``RuntimeError`` after the timeout, not
-    a wait for ever in a collective (a call on meshes holding other devices met in mismatched
-    collectives too); the service fails the barrier for every process at once, and one arriving later
-    fails at once, after which the next calls meet in step. A Ctrl-C while waiting withdraws this
-    process's digests, so that the others refuse the call where the barrier has not passed yet.
-    Without the client (JAX moved it), one all-gather over the mesh's devices, not bounded."""
+    coordination service, not the devices: each posts its own at the group's ``n``-th meeting, all meet
+    at a barrier bounded by the sync timeout (``set_sync_timeout``), then each reads the others'. So a
+    process that raised before the call, skipped it or is busy elsewhere costs the others a
+    ``RuntimeError`` after the timeout, not a wait for ever in a collective (a call on meshes holding
+    other devices met in mismatched collectives too); the service fails the barrier for every process at
+    once, and one arriving later fails at once (a late one is back in step; one that skipped the call is
+    found out of step later, ``same_call``). A Ctrl-C while waiting withdraws this process's digests, so
+    that the others refuse the call where the barrier has not passed yet. Without the client (JAX moved
+    it), one all-gather over the mesh's devices, not bounded."""
     client = _client()
     if client is None:  # (a row a device; the vectors' lengths must agree there)
         return list(_gather_over(jax.sharding.Mesh(np.array(sorted(mesh.devices.flat, key=lambda d: d.id)), ("all",)),
                                  mine))
-    group = ",".join(map(str, processes))
-    n, mine[1] = _MEETINGS.get(group, (0, 0))  # (this process's previous call in the group: ``same_call``)
-    n += 1
-    _MEETINGS[group] = (n, int(mine[2]))
     at, me, timeout = f"{_KEY}/{group}/{n}", jax.process_index(), _SYNC_TIMEOUT[0]
-    wait_ms = max(1, min(round(timeout * 1000), _MAX_WAIT_MS)) if timeout < float("inf") else _MAX_WAIT_MS
+    wait_ms = max(1, round(min(timeout * 1000, _MAX_WAIT_MS)))  # (math.inf: the longest)
     failed: list[BaseException] = []
     met = [False]
 
