@@ -187,10 +187,7 @@ def _executor_outputs(executor: Executor, model: Model, outs: Any, xs: Sequence[
         return ValueError(f"executor: {type(executor).__name__} returned, for point {k} of round {round_number} "
                           f"({where(k, *context)}), {problem} ({by})")
 
-    finite = None
-    if model.check_outputs and not type(executor).__dict__.get("values_checked", False):
-        def finite(o: Any) -> bool:
-            return model.deferred_check(o) or B.all_finite(o)
+    finite = None if type(executor).__dict__.get("values_checked", False) else model.passes_now
     try:
         return outputs_like(outs, xs, error, finite)
     except ModelOutputError as err:

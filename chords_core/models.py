@@ -329,6 +329,12 @@ class Model:
             return c == "deferred"
         return resolve_check(c, B.on_accelerator(out)) == "deferred"
 
+    def passes_now(self, out: Array) -> bool:
+        """Whether ``out`` passes the finiteness check due at once (``check_outputs``): finite, or not
+        checked, or checked later (``deferred_check``). For outputs that no library check has seen (a
+        subclass's own ``_call``'s, an executor's: ``outputs_like``)."""
+        return not self.check_outputs or self.deferred_check(out) or B.all_finite(out)
+
     #: whether ``_call`` takes a ``workspace`` keyword (the library's models do; a subclass may not)
     uses_workspace = False
 
@@ -387,7 +393,7 @@ class Model:
             raise TypeError(f"model: {type(self).__name__}._call returned {got} for {len(xs)} point(s); it returns "
                             "a list of one output per point, in their order")
         return list(outputs_like(outs, xs, lambda k, problem: ModelOutputError(k, f"model returned {problem}"),
-                                 lambda o: not self.check_outputs or self.deferred_check(o) or B.all_finite(o)))
+                                 self.passes_now))
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
         raise NotImplementedError(f"{type(self).__name__} does not define _call (a Model subclass must)")
