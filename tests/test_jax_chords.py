@@ -1073,9 +1073,11 @@ def test_a_model_closing_over_traced_weights_composes_too_and_is_not_cached():
         rows = np.asarray(jax.vmap(call)(cs))
         for k in range(2):
             assert close(rows[k], np.asarray(call(float(cs[k]))), 1e-13)
-        n = len(run._CACHE)
+        kept = set(run._CACHE)
         jax.jit(call)(cs[0])
-        assert len(run._CACHE) == n  # the closure holds the caller's tracer: run once, not kept
+        # the closure holds the caller's tracer: run once, not kept (keys compared, not counted: an entry
+        # of a model collected meanwhile leaves the cache, which failed a count once under pytest-xdist)
+        assert set(run._CACHE) <= kept
     with pytest.raises(TypeError, match=r"stop: chords_jax.chords inside jax.jit, vmap or grad"):
         jax.grad(lambda c: cj.chords(mk(c), x, grid, cores=3).x.sum())(0.2)
     with pytest.raises(TypeError, match=r"chords_jax.srds inside jax.jit, vmap or grad \(here a tracer in the model"):

@@ -149,6 +149,31 @@ def test_tol_0_on_states_near_the_bottom_of_the_normal_range_is_the_sequential_s
     assert np.max(np.abs(got - seq)) <= 1e-12 * np.max(np.abs(seq)), np.max(np.abs(got - seq)) / np.max(np.abs(seq))
 
 
+@pytest.mark.parametrize("dtype, size", [(np.float32, 1e-18), (np.float32, 1e30), (np.float64, 1e-200),
+                                         (np.float64, 1e200)])
+def test_tolerances_of_states_far_from_1_decide_as_the_core(dtype, size):
+    """A trial: tol^2 below the dtype's normal range was flushed to 0 by XLA on the CPU and ran as tol 0
+    (float32 states of 1e-18 at tol 1e-21: 23 rounds where the core took 14), and the squares of the
+    changes of float64 states beyond about 1e154 overflowed (every point over tolerance: T rounds). The
+    changes are scaled by a power of two near 1 / max|x_0| per sample, and tol^2 with them: the core's
+    decisions, sweep for sweep (the core sums squares in float64 or wider)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 4)) / 2 - 1.5 * np.eye(4)
+    ja = jnp.asarray(a, dtype)
+    nmodel = cc.VectorField(lambda t, y: y @ a.astype(dtype).T, batched=True)
+    jmodel = cc.VectorField(lambda t, y: y @ ja.T, batched=True)
+    grid = np.linspace(0.0, 3.0, 31)
+    x = (rng.standard_normal((2, 4)) * size).astype(dtype)
+    x[1] *= 4.0  # (another power of two per sample)
+    for method, opts in (("paradigms", {}), ("cascade", {"scale": "level"})):
+        for tol in (1e-3 * size, 1e-6 * size):
+            ref = cc.parallel(nmodel, x, grid, "euler", cores=8, method=method, tol=tol, **opts)
+            got = cj.parallel(jmodel, jnp.asarray(x), grid, "euler", cores=8, method=method, tol=tol, **opts)
+            assert (got.rounds, got.nfe, got.log) == (ref.rounds, ref.nfe, ref.log), (method, tol)
+            assert ref.rounds < len(grid) - 1  # (the sweeps accepted points: not the sequential rounds)
+            np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_an_unbatched_vector_field_and_the_official_options():
     nmodel, jmodel, x, grid = PROBLEMS["ode_unbatched"]
     same(cj.parallel(jmodel, x, grid, "euler", cores=4, method="cascade", tol=0.05),

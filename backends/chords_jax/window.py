@@ -239,18 +239,26 @@ def _times(a: Any, b: Any) -> Any:
     return a.astype(dt) * b.astype(dt)
 
 
+_WIDE = np.empty(0)  # (``tolerance_sq``'s ``like``: a numpy array)
+
+
 def _threshold(tol2: float, dtype: Any) -> np.ndarray:
-    """tol^2 such that ``score > threshold`` in its dtype is the core's ``float(score) > tol2`` in
-    float64: float64 for float64 states; else float32 (exact for their scores), tol^2 rounded down
-    to float32 (for a float32 s: s > t <=> s > rd(t))."""
-    if dtype == np.float64:  # (a wider tol^2 capped: a score that overflowed to inf stays over it)
-        return np.asarray(min(tol2, np.finfo(np.float64).max), np.float64)
-    t = np.float32(min(tol2, float(np.finfo(np.float32).max)))
-    if float(t) > tol2:
-        t = np.nextafter(t, np.float32(-np.inf))
-    if tol2 > 0 and t == 0:  # stays positive: a threshold of 0 is tol 0, where every change blocks
-        t = np.nextafter(np.float32(0), np.float32(1))
-    return np.asarray(t, np.float32)
+    """tol^2 as [mantissa, exponent] in the scores' dtype (float64 for float64 states, else float32):
+    the run compares a score with ``ldexp(mantissa, exponent + 2 e)``, where 2^e scales the state's
+    changes (``unit``) into range, so that ``score > threshold`` there is the core's ``float(score) >
+    tol2``; the mantissa is rounded down (for a score s in the dtype: s > t <=> s > rd(t)), and a
+    mantissa of -1 is tol 0, where a point is accepted only when it did not move at all.
+
+    (Passed as a float, a tol^2 below the dtype's normal range was flushed to 0 by XLA on the CPU and
+    ran as tol 0, up to 2.1x the core's rounds: float32 states of 1e-18 at tol 1e-19, a trial.)"""
+    cmp = np.float64 if dtype == np.float64 else np.float32
+    if tol2 <= 0:
+        return np.asarray([-1, 0], cmp)
+    m, e = np.frexp(min(tol2, np.finfo(np.longdouble).max))  # (m in [0.5, 1): a normal number either way)
+    t = cmp(m)
+    if t > m:
+        t = np.nextafter(t, cmp(0))
+    return np.asarray([t, e], cmp)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,12 +284,16 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
 
         unit = None
-        if scale == "error" and N:  # per sample, a power of two near 1 / max|x_0|: the local-error rule is a ratio, so
-            # squares of (unit * d) decide as those of d, bit for bit, while staying inside the sum's range
-            # (float32 squares underflowed from states of about 1e-17: 1.3x the sequential error at 1e-20)
+        ue = jnp.zeros(R, jnp.int32)
+        if N:  # per sample, a power of two 2^ue near 1 / max|x_0|: the squares of (unit * d) decide as those of d
+            # against tol^2 unit^2 (the local-error rule is a ratio: against tol^2), bit for bit, while staying
+            # inside the sum's range (float32 squares underflowed from states of about 1e-17: 1.3x the
+            # sequential error at 1e-20; float64 squares overflowed from states of about 1e154, every point
+            # then over tolerance: the sequential rounds)
             m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
             e = jnp.clip(-jnp.frexp(m)[1], 2 - jnp.finfo(dt).maxexp, jnp.finfo(dt).maxexp - 2)  # (finite for a
-            unit = jnp.where(m > 0, jnp.ldexp(jnp.ones((), dt), e), jnp.ones((), dt))  # subnormal state too)
+            ue = jnp.where(m > 0, e, 0).astype(jnp.int32)  # subnormal state too)
+            unit = jnp.ldexp(jnp.ones((), dt), ue)
 
         def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (the core's, on L R rows)
             if N == 0:  # (an empty batch: no sample; a reshape to (L, 0, -1) divided by zero)
@@ -290,6 +302,14 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             if unit is not None:  # (the product fuses into the reduction)
                 rows_ = rows_ * unit[None, :, None]
             return B.row_sq(rows_.reshape(d.shape[0] * R, -1)).reshape(d.shape[0], R)
+
+        # the threshold per sample (of the squares of unit * d, except on the local-error ratio), below the
+        # largest finite value (a score that overflowed to inf stays over it); tol 0 (mantissa -1), or a threshold
+        # below the normal range, which XLA on the CPU flushes to 0 as it does the scores there: a point is
+        # accepted only when it did not move at all (tol 0, the safe side, as ``_backend.square`` for jax arrays)
+        thr = jnp.minimum(jnp.ldexp(tol2[0], tol2[1].astype(jnp.int32) + (0 if scale == "error" else 2 * ue)),
+                          jnp.finfo(cmp).max)
+        exact = jnp.broadcast_to(thr < jnp.finfo(cmp).tiny, (R,))
 
         lane = jnp.arange(W, dtype=jnp.int32)
         rows = jnp.arange(W + 1, dtype=jnp.int32)
@@ -336,7 +356,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
                 # (an infinite w, variance "out" where it is 0: unmoved scores 0, ``window._weighted``)
                 score = jnp.where(csq == 0, 0, _times(csq, w[:, None]))
-                over = ~(jnp.max(score, axis=1, initial=0).astype(cmp) <= tol2)  # (no sample: 0)
+                over = ~(score.astype(cmp) <= thr)  # (W, R)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
                 E = _times(row_sq(delta), tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
@@ -347,13 +367,13 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 # differ: this path then accepts less, never on an infinite estimate)
                 has = has & jnp.all(jnp.isfinite(bound), axis=1)
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
-                over = jnp.where(has[1:], ~(jnp.max(csq / est, axis=1, initial=0).astype(cmp) <= tol2),
-                                 ~(jnp.max(csq, axis=1, initial=0) == 0))
+                over = jnp.where(has[1:, None], ~((csq / est).astype(cmp) <= thr), csq != 0)  # (W, R)
             # tol 0: a point is exact when it did not move at all, as in the core (not when the squares
             # of its change underflow to 0, nor when it never blocks: variance "out", T - 1): the points
             # compared, not their change, which XLA on the CPU flushes to 0 where it is subnormal (states
             # of 1e-300 in float64, 1e-36 in float32 were accepted moving: 1.4e-6 and 1.5 off, a trial)
-            over = jnp.where(tol2 <= 0, jnp.any(new != Pn, axis=1), over)
+            changed = jnp.any((new != Pn).reshape(W, R, N // max(R, 1)), axis=2)
+            over = jnp.any(jnp.where(exact[None, :], changed, over), axis=1)  # (no sample: none over)
             hit = over & active
             nb = jnp.where(hit.any(), b + 1 + jnp.argmax(hit).astype(jnp.int32), e)
             # the next window x_nb .. x_{nb+W}: the new points x_{b+1} .. x_e, then the seeds x_{e+1} ..
@@ -484,7 +504,9 @@ def parallel(
     W = cores  # (checked against the grid's steps above)
     if tol is None:
         tol = default_tol(T) if callable(default_tol) else absolute_tol(default_tol, model, name)
-    tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None)
+    # (formed as for sums of squares formed wide, np.longdouble where it leaves float64's range: the threshold is
+    # scaled back into range on the device)
+    tol2 = tolerance_sq(tol, sol, cascade_tol_steps(scale) if name == "cascade" else None, like=_WIDE)
     variance = check_choice("variance", mine.get("variance", "into"), VARIANCES)
     check_choice("multistep", mine.get("multistep", "chain"), MULTISTEP)
     if anderson:
