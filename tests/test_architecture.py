@@ -274,6 +274,8 @@ def test_registered_method_plugs_into_parallel():
         del cc.METHODS["chords-all"]
     with pytest.raises(ValueError, match="method must be one of"):
         cc.parallel(MODEL, X, GRID, cores=3, method="chords-all")
+    with pytest.raises(ValueError, match=r"method must be one of .*, got \['chords'\]"):  # (was "unhashable type")
+        cc.parallel(MODEL, X, GRID, cores=3, method=["chords"])
 
 
 def test_registrations_that_cannot_work_are_refused_at_once():

@@ -346,7 +346,8 @@ def test_bad_arguments_raise_the_cores_errors(kwargs):
 
 def test_what_is_not_compiled_is_named():
     _, jmodel, x, grid = PROBLEMS["gmm_x0"]
-    for method, words in (("foo", "method must be one of"), ("parataa", "Anderson"), ("chords", "chords_jax.chords"),
+    for method, words in (("foo", "method must be one of"), (["paradigms"], r"method must be one of .*, got \['"),
+                          ("parataa", "Anderson"), ("chords", "chords_jax.chords"),
                           ("srds", "chords_jax.srds")):
         with pytest.raises(ValueError, match=words):
             cj.parallel(jmodel, x, grid, cores=4, method=method)

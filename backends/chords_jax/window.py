@@ -476,7 +476,7 @@ def parallel(
         raise ValueError("executor: chords_jax compiles the model evaluation itself; pass executor=None")
     inside_transformation(x, args, None, "chords_jax.parallel")  # (TypeError: it reads its rounds on the host)
     name = RECOMMENDED if method is None else method
-    if name not in WINDOW_METHODS:
+    if not isinstance(name, str) or name not in WINDOW_METHODS:  # (a list: "unhashable type", naming nothing)
         if isinstance(name, str) and name in _NOT_COMPILED:
             raise ValueError(f"method: {_NOT_COMPILED[name]}")
         raise ValueError(f"method must be one of {sorted(WINDOW_METHODS)} or None (compiled here; "

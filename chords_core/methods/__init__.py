@@ -209,7 +209,7 @@ def parallel(
         convention, restarts a multistep solver at first order at each window start: DDIM at window 1).
     """
     name = RECOMMENDED if method is None else method
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:  # (a list was "unhashable type: 'list'", naming nothing)
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}")
     cores = check_cores(cores, len(check_grid(grid)) - 1)
     if "tol" in options and options["tol"] is None:
