@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from chords_core._backend import in_torch_func
-from chords_core.models import Model, ModelOutputError, resolve_check
+from chords_core.models import Model, ModelOutputError, raised_at, resolve_check
 from chords_core.schedules import ByIdentity, Schedule, attributes
 
 __all__ = ["assign", "autocast_state", "autocast_context", "first_failure", "place", "shell_of", "bind", "dump_shell",
@@ -88,6 +88,15 @@ def first_failure(failures: Sequence[tuple[BaseException, int]], outs: Sequence[
         before = list(outs[:k])
         return err.relabel(k, str(err), before if all(o is not None for o in before) else None)
     return err
+
+
+def worker_failure(who: str, idx: Sequence[int], at: int | None, message: str,
+                   xs: Sequence[Any]) -> tuple[BaseException, int]:
+    """``(error, the round's index of its point)`` for ``first_failure``: the ``WorkerError`` of ``who``
+    (a worker, a device) whose model raised ``message`` on the round's points ``idx``, at point ``at``
+    where known (then marked for the engine's note: ``models.raised_at``), else at its first point."""
+    err = WorkerError(f"{who} ({f'points {list(idx)}' if at is None else f'point {at}'}): {message}")
+    return (err, idx[0]) if at is None else (raised_at(err, xs, at), at)
 
 
 def place(outs: list, idx: Sequence[int], values: Sequence[Any], xs: Sequence[Any]) -> None:

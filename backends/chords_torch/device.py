@@ -32,13 +32,12 @@ from chords_core import _backend as B
 from chords_core.call import warn_caller
 from chords_core.checks import check_bool
 from chords_core.executors import Executor
-from chords_core.models import Model, ModelOutputError, raised_at, raised_in, resolve_check
+from chords_core.models import Model, ModelOutputError, raised_in, resolve_check
 
 from ._common import (
     UNSET,
     ExecutorClosed,
     RoundTimeout,
-    WorkerError,
     WorkerTimeout,
     assign,
     autocast_context,
@@ -51,6 +50,7 @@ from ._common import (
     one_round_at_a_time,
     place,
     round_timeout_of,
+    worker_failure,
 )
 
 __all__ = ["DeviceExecutor", "replicate", "resolve_device"]
@@ -390,10 +390,9 @@ class DeviceExecutor(Executor):
             except BaseException as e:  # the model's own exception, with its traceback text (KeyboardInterrupt and
                 # SystemExit too: raised by the model on this thread, never a signal, which only the main thread gets)
                 k = raised_in(e, pts)  # (a call on one point: that point, in the round's terms)
-                err = WorkerError(f"DeviceExecutor: the model raised on device {device} "
-                                  f"({f'points {idx}' if k is None else f'point {idx[k]}'}): "
-                                  f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}")
-                raise (err if k is None else raised_at(err, xs, idx[k])) from e
+                why = f"{type(e).__name__}: {e}\n--- traceback ---\n{traceback.format_exc()}"
+                raise worker_failure(f"DeviceExecutor: the model raised on device {device}", idx,
+                                     None if k is None else idx[k], why, xs)[0] from e
             back = [o.to(xs[k].device) for o, k in zip(outs, idx)]
             if stream is not None:  # the caller's stream uses the outputs: their memory is not reused
                 for o in back:  # by this thread's stream before it is done with them

@@ -47,7 +47,7 @@ from chords_core._backend import in_layout, laid_out, layouts, own_buffer
 from chords_core.call import training_layers, warn_caller
 from chords_core.checks import check_bool, check_int
 from chords_core.executors import Executor
-from chords_core.models import Model, ModelOutputError, raised_at, raised_in
+from chords_core.models import Model, ModelOutputError, raised_in
 
 from ._common import (
     UNSET,
@@ -67,6 +67,7 @@ from ._common import (
     one_round_at_a_time,
     round_timeout_of,
     shell_of,
+    worker_failure,
 )
 
 __all__ = ["ProcessExecutor"]
@@ -647,9 +648,8 @@ class ProcessExecutor(Executor):
             else:
                 trace = rep[2] if len(rep) > 2 else ""
                 at = groups[w][rep[3]] if len(rep) > 3 and 0 <= rep[3] < len(groups[w]) else None
-                err = WorkerError(f"worker {w} ({f'points {list(groups[w])}' if at is None else f'point {at}'}): "
-                                  f"{rep[1]}\n--- worker traceback ---\n{trace}")
-                failures.append((err if at is None else raised_at(err, xs, at), groups[w][0] if at is None else at))
+                why = f"{rep[1]}\n--- worker traceback ---\n{trace}"
+                failures.append(worker_failure(f"worker {w}", groups[w], at, why, xs))
         outs: list = [None] * len(xs)
         dev = xs[0].device
         for w, (count, back) in ready.items():
