@@ -82,6 +82,12 @@ class ModelOutputError(RuntimeError):
         the method's own terms (``"round 3, core 2 (step 7, stage 0, t=0.86)"``), leading the message."""
         return cls(point, NONFINITE if where is None else f"{where}: {NONFINITE}", True)
 
+    @classmethod
+    def returned(cls, point: int, problem: str) -> ModelOutputError:
+        """The error for an output at ``point`` of the wrong kind, shape or dtype (``output_problem``'s
+        ``problem``)."""
+        return cls(point, f"model returned {problem}")
+
 
 #: what a non-finite model output is called in every error (``ModelOutputError.nonfinite``)
 NONFINITE = "model returned non-finite values (nan or inf)"
@@ -130,7 +136,7 @@ def check_array(out: Any, like: Array) -> bool:
     """
     problem = output_problem(out, like)
     if problem is not None:
-        raise ModelOutputError(0, f"model returned {problem}")
+        raise ModelOutputError.returned(0, problem)
     return out.dtype is like.dtype or out.dtype == like.dtype  # (the common case: the state's dtype)
 
 
@@ -392,8 +398,7 @@ class Model:
             got = f"{len(outs)} outputs" if isinstance(outs, (list, tuple)) else f"a {type(outs).__name__}"
             raise TypeError(f"model: {type(self).__name__}._call returned {got} for {len(xs)} point(s); it returns "
                             "a list of one output per point, in their order")
-        return list(outputs_like(outs, xs, lambda k, problem: ModelOutputError(k, f"model returned {problem}"),
-                                 self.passes_now))
+        return list(outputs_like(outs, xs, ModelOutputError.returned, self.passes_now))
 
     def _call(self, xs: Sequence[Array], ts: Sequence[float]) -> list[Array]:
         raise NotImplementedError(f"{type(self).__name__} does not define _call (a Model subclass must)")
