@@ -160,11 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tols", type=positive_float, nargs="+", default=[1.0, 0.5], metavar="TOL",
                     help="columns of the local-error scale at these tolerances (default 1 0.5)")
     ap.add_argument("--no-chords", action="store_true", help="leave out the CHORDS column")
+    ap.add_argument("--rel", type=positive_float, default=None,
+                    help="CHORDS' stop StopWhenConverged(rel) (default: its default stop, rel 0.1)")
     a = ap.parse_args(argv)
     runs = {n: (lambda m, y, g, s, k, kw=kw: cc.parallel(m, y, g, s, cores=k, **kw))
             for n, kw in {"default": {}, **{f"tol {t:g}": {"scale": "error", "tol": t} for t in a.tols}}.items()}
     if not a.no_chords:
-        runs["chords"] = lambda m, y, g, s, k: cc.chords(m, y, g, s, cores=k)
+        stop = {} if a.rel is None else {"stop": cc.StopWhenConverged(a.rel)}
+        runs["chords"] = lambda m, y, g, s, k: cc.chords(m, y, g, s, cores=k, **stop)
     if a.peers:
         runs["srds"] = lambda m, y, g, s, k: cc.srds(m, y, g, s, blocks=k)
         for name, fn in (("paradigms", cc.paradigms), ("parasolver", cc.parasolver), ("parataa", cc.parataa)):
