@@ -244,13 +244,14 @@ _WIDE = np.empty(0)  # (``tolerance_sq``'s ``like``: a numpy array)
 
 def _threshold(tol2: float, dtype: Any) -> np.ndarray:
     """tol^2 as [mantissa, exponent] in the scores' dtype (float64 for float64 states, else float32):
-    the run compares a score with ``ldexp(mantissa, exponent + 2 e)``, where 2^e scales the state's
-    changes (``unit``) into range, so that ``score > threshold`` there is the core's ``float(score) >
-    tol2``; the mantissa is rounded down (for a score s in the dtype: s > t <=> s > rd(t)), and a
-    mantissa of -1 is tol 0, where a point is accepted only when it did not move at all.
+    the run compares a score with ``ldexp(mantissa, exponent + 2 ue)``, where 2^ue scales the changes
+    before they are squared (``unit`` in the program: near 1 / tol, or on the local-error ratio 1 for
+    the threshold), so that ``score > threshold`` there is the core's ``float(score) > tol2``; the
+    mantissa is rounded down (for a score s in the dtype: s > t <=> s > rd(t)), and a mantissa of -1
+    is tol 0, where a point is accepted only when it did not move at all.
 
     (Passed as a float, a tol^2 below the dtype's normal range was flushed to 0 by XLA on the CPU and
-    ran as tol 0, up to 2.1x the core's rounds: float32 states of 1e-18 at tol 1e-19, a trial.)"""
+    ran as tol 0: 23 rounds where the core took 15, float32 states of 1e-18 at tol 1e-21, a trial.)"""
     cmp = np.float64 if dtype == np.float64 else np.float32
     if tol2 <= 0:
         return np.asarray([-1, 0], cmp)
@@ -283,30 +284,37 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         cmp = tol2.dtype
         R = S[0] if len(S) > 1 else 1  # samples scored separately (``_backend.row_sq``)
 
-        unit = None
+        # the changes are squared as unit * d, unit = 2^ue a power of two (exact: the same decisions), summed in
+        # float32 or wider (``wide``: float16 changes halved first rounded to 0, a review), so that the scores near
+        # the threshold stay inside the sums' range (before, float32 states of 1e-18 at tol 1e-21 ran as tol 0, 23
+        # rounds where the core took 15, and float64 states beyond 1e154 overflowed: T rounds, a trial):
+        # - "noise", "level": by the tolerance, the same for every sample, tol^2 unit^2 in [0.5, 2); a change
+        #   far below it may underflow to 0 and one far above overflow to inf, on the side the core decides
+        #   them (by x_0 instead, a state growing from 1e-200 or a sample of one large still component ran
+        #   near sequentially, a review);
+        # - "error": a ratio of two sums of squares, per sample by a power of two near 1 / max|x_0| (float32
+        #   squares underflowed from states of about 1e-17: 1.3x the sequential error at 1e-20).
+        wide = dt if jnp.finfo(dt).bits >= 32 else jnp.dtype(jnp.float32)  # (promote_types is strict under "strict")
         ue = jnp.zeros(R, jnp.int32)
-        if N:  # per sample, a power of two 2^ue near 1 / max|x_0|: the squares of (unit * d) decide as those of d
-            # against tol^2 unit^2 (the local-error rule is a ratio: against tol^2), bit for bit, while staying
-            # inside the sum's range (float32 squares underflowed from states of about 1e-17: 1.3x the
-            # sequential error at 1e-20; float64 squares overflowed from states of about 1e154, every point
-            # then over tolerance: the sequential rounds)
+        lo, hi = 2 - jnp.finfo(wide).maxexp, jnp.finfo(wide).maxexp - 2
+        if scale == "error" and N:
             m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
-            e = jnp.clip(-jnp.frexp(m)[1], 2 - jnp.finfo(dt).maxexp, jnp.finfo(dt).maxexp - 2)  # (finite for a
-            ue = jnp.where(m > 0, e, 0).astype(jnp.int32)  # subnormal state too)
-            unit = jnp.ldexp(jnp.ones((), dt), ue)
+            e = jnp.clip(-jnp.frexp(m)[1], lo, hi)  # (finite for a subnormal state too)
+            ue = jnp.where(m > 0, e, 0).astype(jnp.int32)
+        elif scale != "error":
+            ue = jnp.broadcast_to(jnp.where(tol2[0] > 0, jnp.clip(-(tol2[1].astype(jnp.int32) // 2), lo, hi), 0), (R,))
+        unit = jnp.ldexp(jnp.ones((), wide), ue)
 
-        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares (the core's, on L R rows)
+        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares of unit * d (the core's, on L R rows)
             if N == 0:  # (an empty batch: no sample; a reshape to (L, 0, -1) divided by zero)
                 return jnp.zeros((d.shape[0], R), cmp)
-            rows_ = d.reshape(d.shape[0], R, -1)
-            if unit is not None:  # (the product fuses into the reduction)
-                rows_ = rows_ * unit[None, :, None]
+            rows_ = d.reshape(d.shape[0], R, -1).astype(wide) * unit[None, :, None]  # (fused into the reduction)
             return B.row_sq(rows_.reshape(d.shape[0] * R, -1)).reshape(d.shape[0], R)
 
-        # the threshold per sample (of the squares of unit * d, except on the local-error ratio), below the
-        # largest finite value (a score that overflowed to inf stays over it); tol 0 (mantissa -1), or a threshold
-        # below the normal range, which XLA on the CPU flushes to 0 as it does the scores there: a point is
-        # accepted only when it did not move at all (tol 0, the safe side, as ``_backend.square`` for jax arrays)
+        # the threshold per sample, below the largest finite value (a score that overflowed to inf stays over
+        # it); tol 0 (mantissa -1), or a threshold below the normal range (a local-error ratio under about 1e-19
+        # in float32), which XLA on the CPU flushes to 0 as it does the scores there: a point is accepted only
+        # when it did not move at all (tol 0, the safe side, as ``_backend.square`` for jax arrays)
         thr = jnp.minimum(jnp.ldexp(tol2[0], tol2[1].astype(jnp.int32) + (0 if scale == "error" else 2 * ue)),
                           jnp.finfo(cmp).max)
         exact = jnp.broadcast_to(thr < jnp.finfo(cmp).tiny, (R,))
@@ -350,13 +358,19 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             moved = jnp.matmul(tri, jnp.where(active[:, None], Phi - Pn, 0), precision=jax.lax.Precision.HIGHEST)
             new = Phi + jnp.concatenate([jnp.zeros((1, N), dt), moved[:-1]])
             csq = row_sq(moved)  # (W, R): the change of point b + k + 1
+            # whether point b + k + 1 moved (W, R), where tol 0 makes a point exact: unmoved, as in the core (not
+            # when the squares of its change underflow to 0, nor when it never blocks: variance "out", T - 1);
+            # the points compared, not their change, which XLA on the CPU flushes to 0 where it is subnormal
+            # (states of 1e-300 in float64, 1e-36 in float32 were accepted moving: 1.4e-6 and 1.5 off, a trial)
+            changed = jnp.any((new != Pn).reshape(W, R, N // max(R, 1)), axis=2)
             if scale != "error":
                 w = tabs["w"][jnp.minimum(b + lane + 1, T)]
                 # as the core: a point that never blocks (w = 0) scores 0 unless its change is nan or
-                # inf, and a nan score is over tolerance (a diverged iterate is never accepted)
-                # (an infinite w, variance "out" where it is 0: unmoved scores 0, ``window._weighted``)
+                # inf, and a nan score is over tolerance (a diverged iterate is never accepted); one that
+                # blocks unless unmoved (an infinite w, variance "out" where it is 0, ``window._weighted``):
+                # the points compared, not the squares of their change, which may underflow to 0
                 score = jnp.where(csq == 0, 0, _times(csq, w[:, None]))
-                over = ~(score.astype(cmp) <= thr)  # (W, R)
+                over = jnp.where(jnp.isinf(w)[:, None], changed, ~(score.astype(cmp) <= thr))  # (W, R)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
                 E = _times(row_sq(delta), tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
@@ -367,12 +381,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 # differ: this path then accepts less, never on an infinite estimate)
                 has = has & jnp.all(jnp.isfinite(bound), axis=1)
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
-                over = jnp.where(has[1:, None], ~((csq / est).astype(cmp) <= thr), csq != 0)  # (W, R)
-            # tol 0: a point is exact when it did not move at all, as in the core (not when the squares
-            # of its change underflow to 0, nor when it never blocks: variance "out", T - 1): the points
-            # compared, not their change, which XLA on the CPU flushes to 0 where it is subnormal (states
-            # of 1e-300 in float64, 1e-36 in float32 were accepted moving: 1.4e-6 and 1.5 off, a trial)
-            changed = jnp.any((new != Pn).reshape(W, R, N // max(R, 1)), axis=2)
+                over = jnp.where(has[1:, None], ~((csq / est).astype(cmp) <= thr), changed)  # (W, R)
             over = jnp.any(jnp.where(exact[None, :], changed, over), axis=1)  # (no sample: none over)
             hit = over & active
             nb = jnp.where(hit.any(), b + 1 + jnp.argmax(hit).astype(jnp.int32), e)
@@ -464,8 +473,10 @@ def parallel(
         The core's ``Result`` (``hits`` one output, ``coarse`` ``None``).
 
     In float64 the result equals the core's (every count, the log and the trace; ``x`` to ~1e-15)
-    for ``tol > 0``. At ``tol=0`` a point is accepted only when its change is exactly zero (the
-    iterate reached a bitwise fixed point), which depends on the last bit of every operation; the
+    for ``tol > 0`` (on the local-error scale, for states within float64's range of x_0's size; a
+    score within rounding of tol^2 can flip, docs/jax.md). At ``tol=0`` a point is accepted only when
+    its change is exactly zero (the iterate reached a bitwise fixed point), which depends on the last
+    bit of every operation; the
     sweeps may then differ from the core's (as the core's own do between numpy and jax arrays),
     and ``x`` is the sequential solution either way.
 
