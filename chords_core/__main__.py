@@ -21,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser of ``python -m chords_core``.
     """
-    from . import demo
+    from . import __version__, demo
 
     p = argparse.ArgumentParser(prog=_prog(),
                                 description="chords: parallel ODE solving for diffusion sampling.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{demo,optimize}")
     demo.add_arguments(sub.add_parser("demo", help="CHORDS vs the sequential solver on a Gaussian mixture (default)",
                                       description=(demo.__doc__ or "").splitlines()[0]))
@@ -46,12 +47,13 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
     Args:
         p: the subparser to extend.
     """
-    from .demo import int_at_least
+    from .demo import MAX_CLI_STEPS, int_at_least
     from .solvers import SOLVERS
 
     # (a user trial: --budget 0.5, --solver nope and --cores above --steps were named as the library's
     # arguments, budget, solver, cores, not as the options)
-    p.add_argument("--steps", type=int_at_least(1), default=50, help="grid steps T (default 50)")
+    p.add_argument("--steps", type=int_at_least(1, MAX_CLI_STEPS), default=50,
+                   help=f"grid steps T, at most {MAX_CLI_STEPS} (default 50)")
     p.add_argument("--cores", type=int_at_least(1), default=4, help="cores K, at most --steps (default 4)")
     p.add_argument("--solver", default="euler", choices=sorted(SOLVERS), help="solver name (default euler)")
     p.add_argument("--budget", type=_budget, default=1.05, help="allowed error / sequential error, >= 1 (default 1.05)")
@@ -65,6 +67,9 @@ def add_optimize_arguments(p: argparse.ArgumentParser) -> None:
                         "and an exhaustive search (up to --exhaustive-limit sequences) ignores it (default 600)")
     p.add_argument("--exhaustive-limit", type=int_at_least(0), default=500,
                    help="search exhaustively up to this many sequences (default 500)")
+    p.add_argument("--progress", action="store_true",
+                   help="show a bar over the sequences measured, with the time left (needs tqdm; each sequence is "
+                        "a CHORDS run: at --steps 2000 --cores 8 the seeds alone take about 40 minutes)")
 
 
 def _budget(text: str) -> float:
@@ -95,7 +100,7 @@ def optimize(args: argparse.Namespace) -> int:
     try:
         res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,
                             seed=args.seed, samples=args.samples, max_evals=args.max_evals,
-                            exhaustive_limit=args.exhaustive_limit)
+                            exhaustive_limit=args.exhaustive_limit, progress=args.progress)
     except KeyboardInterrupt as interrupt:  # a Ctrl-C during the search: its best so far, then "interrupted"
         partial = getattr(interrupt, "best_so_far", None)
         if partial is not None:
@@ -122,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subcommand's own usage); Ctrl-C exits with 130 (the shell's status for SIGINT) and one line,
     without a traceback, from the moment ``main`` runs (the subcommand's imports included; a Ctrl-C
     while Python imports the package itself, before it, is Python's traceback); running out of
-    memory exits with 1 and one line.
+    memory, or an output that cannot be written (a full disk), exits with 1 and one line.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # (named before anything is built: a Ctrl-C while the parser imports the demo named "python -m chords_core
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prog}: error: unknown command {argv[0]!r}; use one of {', '.join(SUBCOMMANDS)} "
                   "(--help lists them)", file=sys.stderr)
             return 2
-        if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
+        if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
             argv = ["demo"] + argv  # the demo is the default subcommand
         args, extra = parser.parse_known_args(argv)
         command = args.command
@@ -152,9 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`chords demo | head -1`): quiet, as other tools
         _stdout_to_devnull()
         return 141
-    except MemoryError as e:  # sizes argparse accepts but memory does not (--steps 2147483647)
+    except MemoryError as e:  # sizes argparse accepts but memory does not (--samples 100000000000)
         print(f"{prog} {command}: out of memory ({e or 'MemoryError'}): give smaller --steps, --samples, --dim or "
               "--modes", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing the output failed otherwise (a full disk, `> /dev/full`: it was a traceback)
+        if e.errno is None or getattr(e, "filename", None) is not None:
+            raise  # (not the output's: a file the subcommand itself opened names itself)
+        _stdout_to_devnull()
+        print(f"{prog} {command}: could not write the output ({e})", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as e:  # a value argparse could not check alone: usage error, status 2
         if usage is not None:

@@ -105,11 +105,18 @@ def positive_float(text: str) -> float:
     return value
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse ``type`` for an integer option of at least ``low``.
+#: the command line's most grid steps (the library's functions take any): at 2^31 the grid's 16 GiB
+#: were allocated on an overcommitting machine and the run was killed by the kernel after 50 s, a user
+#: trial; a CHORDS run is about a millisecond a step here, ``optimize`` about a run a step
+MAX_CLI_STEPS = 100_000
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer option of at least ``low`` (and at most ``high``).
 
     Args:
         low: the smallest value allowed.
+        high: the largest value allowed, or ``None``.
 
     Returns:
         The parser of the option's text; argparse names the option in its error
@@ -120,8 +127,9 @@ def int_at_least(low: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        if value < low or (high is not None and value > high):
+            what = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {what}, got {text!r}")
         return value
 
     return parse
@@ -159,8 +167,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="solvers to run (default: euler dpmpp_2m unipc)")
     p.add_argument("--cores", nargs="+", type=int_at_least(1), default=None,
                    help=f"core counts (default: {' '.join(map(str, CORE_COUNTS))}; not with --init)")
-    p.add_argument("--steps", type=int_at_least(1), default=None,
-                   help="steps for every solver (default: 50 Euler/DDIM, 25 Heun, 20 others)")
+    p.add_argument("--steps", type=int_at_least(1, MAX_CLI_STEPS), default=None,
+                   help=f"steps for every solver, at most {MAX_CLI_STEPS} (default: 50 Euler/DDIM, 25 Heun, 20 "
+                        "others)")
     p.add_argument("--init", type=parse_init, default=None,
                    help="init sequence (fixes the core count; its starts below every solver's steps), e.g. "
                         "0-2-4-8-12-16")

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import chords_core as cc
 from chords_core.__main__ import main
 
 
@@ -78,10 +79,11 @@ def test_every_option_has_help_text():
                                "ask for 8"),
     # counts below their least value name the option (--steps 0 ran the default steps, --samples 0
     # printed nan rows, optimize --samples 0 died in min())
-    *[([cmd, flag, value], f"argument {flag}: must be an integer >= {least}, got '{value}'")
+    *[([cmd, flag, value], f"argument {flag}: must be an integer {least}, got '{value}'")
       for cmd in ("demo", "optimize")
-      for flag, value, least in (("--steps", "0", 1), ("--samples", "0", 1), ("--samples", "-1", 1),
-                                 ("--seed", "-1", 0), ("--cores", "0", 1), ("--dim", "0", 1), ("--modes", "0", 1))],
+      for flag, value, least in (("--steps", "0", "in [1, 100000]"), ("--samples", "0", ">= 1"),
+                                 ("--samples", "-1", ">= 1"), ("--seed", "-1", ">= 0"), ("--cores", "0", ">= 1"),
+                                 ("--dim", "0", ">= 1"), ("--modes", "0", ">= 1"))],
     (["optimize", "--max-evals", "-1"], "argument --max-evals: must be an integer >= 0"),
     (["demo", "--stop", "residual"], "argument --stop: residual needs its tolerance, residual:TOL"),  # (float(''))
     (["demo", "--stop", "residual:1e-3:l1"], "argument --stop: StopOnResidual(norm): norm must be one of"),
@@ -161,9 +163,41 @@ def test_ctrl_c_during_the_imports_and_running_out_of_memory_are_one_line(monkey
         raise MemoryError("Unable to allocate 16.0 GiB")
 
     monkeypatch.setattr(demo, "run_main", too_big)
-    assert main(["demo", "--steps", "2147483647"]) == 1
+    assert main(["demo", "--samples", "100000000000"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("python -m chords_core demo: out of memory (Unable to allocate 16.0 GiB)") and "--steps" in err
+
+
+def test_steps_beyond_the_command_lines_limit_are_a_usage_error(capsys):
+    """A user trial: --steps 2147483647 allocated a 16 GiB grid on an overcommitting machine, which filled
+    its memory until the kernel killed the run (no MemoryError to report) after 50 s."""
+    for command in ("demo", "optimize"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--steps", "2147483647"])
+        assert info.value.code == 2
+        assert "argument --steps: must be an integer in [1, 100000], got '2147483647'" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_status_1(tmp_path):
+    """A user trial: `chords optimize ... > /dev/full` (a full disk) ended in an OSError traceback."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for args in (["optimize", "--steps", "6", "--cores", "2"], ["demo", "--steps", "4", "--cores", "2",
+                                                                   "--solver", "euler", "--dim", "4"]):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "chords_core", *args], stdout=full, stderr=subprocess.PIPE,
+                               text=True, env=env, timeout=120)
+        assert p.returncode == 1, p.stderr
+        assert p.stderr.strip().endswith("could not write the output ([Errno 28] No space left on device)"), p.stderr
+        assert "Traceback" not in p.stderr
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"python -m chords_core {cc.__version__}"
 
 
 def test_an_unknown_option_is_named_in_its_subcommands_usage(capsys):

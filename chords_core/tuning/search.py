@@ -21,6 +21,7 @@ from typing import Any
 
 from ..checks import check_int
 from ..inits import paper_init, recipe_init, uniform_init
+from ..progress import progress_bar
 from .calibration import Calibration, Candidate, Evaluator, calibration, check_budget
 
 __all__ = ["InitResult", "optimize_init", "pareto_front"]
@@ -79,7 +80,7 @@ class InitResult:
         lines = [
             f"calibration: {cal.description}; solver {cal.solver}, {cal.steps} steps, {len(b.init)} cores",
             f"budget: error <= {self.budget:g} x sequential error ({cal.seq_error:.3e})",
-            f"search: {self.method}, {self.evaluated} sequences measured ({self.runs} engine runs)",
+            f"search: {self.method}, {_count(self.evaluated, 'sequence')} measured ({_count(self.runs, 'engine run')})",
             f"chosen init: {'-'.join(map(str, b.init))}  (output: core {b.core}, stop=StopAtCore({self.stop_n}))",
             f"  rounds {b.rounds} of {round(b.rounds * b.speedup)}: speedup {b.speedup:.2f}x, NFE {b.nfe}, "
             f"error {b.error:.3e} = {b.ratio:.4f} x sequential",
@@ -92,6 +93,11 @@ class InitResult:
                 f"fastest output: round {min(c.finish)}, ratio {c.ratios[-1]:.3g}"
             )
         return "\n".join(lines)
+
+
+def _count(n: int, what: str) -> str:
+    """``n`` and ``what``, plural unless n is 1 (it printed "1 sequences")."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _neighbours(init: tuple[int, ...], steps: int) -> Iterator[tuple[int, ...]]:
@@ -117,6 +123,7 @@ def optimize_init(
     exhaustive_limit: int = 500,
     max_evals: int = 600,
     cal: Calibration | None = None,
+    progress: bool = False,
     **calibration_options: Any,
 ) -> InitResult:
     """Find the init sequence of ``cores`` starts minimising the round of the first output within budget.
@@ -140,6 +147,9 @@ def optimize_init(
             (the recipe's sequences and the candidates of an exhaustive search) are measured first
             whatever it says (a user trial: 95 measured with max_evals=10 at T = 100, K = 8).
         cal: a prepared calibration (not with ``calibration_options``).
+        progress: show a bar over the sequences measured (needs tqdm), with tqdm's estimate of the time
+            left: each is a whole CHORDS run on the calibration samples, and at T = 2000, 8 cores the
+            seeds alone take about 40 minutes here (a user trial waited with nothing printed).
         calibration_options: passed to ``calibration``.
 
     Returns:
@@ -173,39 +183,47 @@ def optimize_init(
 
     best: Candidate | None = None
     space = math.comb(T - 1, cores - 1)
-    method = (f"exhaustive over all {space} sequences" if space <= exhaustive_limit
+    exhaustive = space <= exhaustive_limit
+    method = (f"exhaustive over all {space} sequences" if exhaustive
               else f"local search from {cores}-core recipe seeds ({space} sequences in all)")
+    seeds = sorted({recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)})
+    baseline_inits = {"recipe": recipe_init(T, cores), "paper": paper_init(T, cores), "uniform": uniform_init(T, cores)}
+    first = len({i for i in baseline_inits.values() if i is not None} | (set() if exhaustive else set(seeds)))
+    total = space + first if exhaustive else max(first, max_evals)  # (at most; a climb may end sooner)
     try:  # (the baselines too: each is a whole CHORDS run, and a Ctrl-C there carried nothing, a user trial)
-        baselines["recipe"] = ev(recipe_init(T, cores))
-        paper = paper_init(T, cores)
-        if paper is not None:
-            baselines["paper"] = ev(paper)
-        baselines["uniform"] = ev(uniform_init(T, cores))
-        best = min(baselines.values(), key=lambda c: c.key)
-        if space <= exhaustive_limit:
-            for rest in combinations(range(1, T), cores - 1):
-                cand = ev((0,) + rest)
-                if better(cand, best):
-                    best = cand
-                    trace.append((len(ev.seen), best.rounds))
-        else:
-            seeds = {recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)}
-            for s in sorted(seeds):
-                cand = ev(s)
-                if better(cand, best):
-                    best = cand
-            trace.append((len(ev.seen), best.rounds))
-            starts = sorted({c.init: c for c in ev.seen.values()}.values(), key=lambda c: c.key)[:3]
-            for start in starts:
-                cur = _climb(ev, start, T, max_evals)
-                if better(cur, best):
-                    best = cur
-                    trace.append((len(ev.seen), best.rounds))
+        with progress_bar(progress, total, f"optimize_init {cal.solver} T{T} x{cores}", "sequence") as bar:
+            def measure(init: tuple[int, ...]) -> Candidate:
+                cand = ev(init)
+                bar.update(len(ev.seen) - bar.n)
+                return cand
+
+            for name, init in baseline_inits.items():
+                if init is not None:
+                    baselines[name] = measure(init)
+            best = min(baselines.values(), key=lambda c: c.key)
+            if exhaustive:
+                for rest in combinations(range(1, T), cores - 1):
+                    cand = measure((0,) + rest)
+                    if better(cand, best):
+                        best = cand
+                        trace.append((len(ev.seen), best.rounds))
+            else:
+                for s in seeds:
+                    cand = measure(s)
+                    if better(cand, best):
+                        best = cand
+                trace.append((len(ev.seen), best.rounds))
+                starts = sorted({c.init: c for c in ev.seen.values()}.values(), key=lambda c: c.key)[:3]
+                for start in starts:
+                    cur = _climb(measure, ev, start, T, max_evals)
+                    if better(cur, best):
+                        best = cur
+                        trace.append((len(ev.seen), best.rounds))
     except KeyboardInterrupt as interrupt:  # (a Ctrl-C: the best measured so far travels with it; the CLI prints
         # it, where it printed only "interrupted", a user trial)
         if not ev.seen:  # (during the first run: nothing measured)
             raise
-        cut = f"{method}; interrupted after {len(ev.seen)} sequences: the best so far"
+        cut = f"{method}; interrupted after {_count(len(ev.seen), 'sequence')}: the best so far"
         so_far = min(ev.seen.values(), key=lambda c: c.key)
         if best is not None and better(so_far, best):  # (found by a climb cut short: in the trace too)
             trace.append((len(ev.seen), so_far.rounds))
@@ -217,16 +235,17 @@ def optimize_init(
                       tuple(trace))
 
 
-def _climb(ev: Any, cur: Any, T: int, max_evals: int) -> Any:
-    """First-improvement hill climbing from the candidate ``cur`` over ``_neighbours``, until no
-    neighbour is better or ``ev`` has measured ``max_evals`` sequences in all; the candidate reached."""
+def _climb(measure: Any, ev: Any, cur: Any, T: int, max_evals: int) -> Any:
+    """First-improvement hill climbing from the candidate ``cur`` over ``_neighbours`` (each measured by
+    ``measure``), until no neighbour is better or ``ev`` has measured ``max_evals`` sequences in all;
+    the candidate reached."""
     improved = True
     while improved and len(ev.seen) < max_evals:
         improved = False
         for nb in _neighbours(cur.init, T):
             if len(ev.seen) >= max_evals:
                 break
-            cand = ev(nb)
+            cand = measure(nb)
             if cand.key < cur.key:
                 cur, improved = cand, True
                 break
