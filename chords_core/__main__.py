@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 SUBCOMMANDS = ("demo", "optimize")
 
@@ -97,6 +98,14 @@ def optimize(args: argparse.Namespace) -> int:
 
     if args.cores > args.steps:
         raise ValueError(f"--cores: at most --steps ({args.steps}), got {args.cores}")
+    if args.progress:  # (before the calibration's runs, naming the option: a review found a late traceback)
+        from .progress import check_progress
+
+        try:
+            check_progress(True)
+        except ImportError as err:
+            raise ValueError(f"--progress: {err}".replace(", or pass progress=False", ", or leave out --progress")) \
+                from None
     try:
         res = optimize_init(args.steps, args.cores, args.solver, budget=args.budget, dim=args.dim, modes=args.modes,
                             seed=args.seed, samples=args.samples, max_evals=args.max_evals,
@@ -112,6 +121,37 @@ def optimize(args: argparse.Namespace) -> int:
         raise
     print(res.summary())
     return 0
+
+
+class _OutputError(OSError):
+    """A write to stdout that failed (``_Stdout``), told apart from the subcommand's other ``OSError``."""
+
+
+class _Stdout:
+    """stdout while a subcommand runs: its writes' ``OSError`` (a full disk, ``> /dev/full``) raised as
+    ``_OutputError``; everything else as the stream's."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputError(e.errno, e.strerror) from e
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputError(e.errno, e.strerror) from e
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _stdout_to_devnull() -> None:
@@ -150,7 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             usage.error(f"unrecognized arguments: {' '.join(extra)}")
         from . import demo
 
-        return demo.run_main(args) if command == "demo" else optimize(args)
+        stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
+        try:
+            status = demo.run_main(args) if command == "demo" else optimize(args)
+            sys.stdout.flush()  # (a failed write surfaces here, inside the handlers below)
+        finally:
+            sys.stdout = stdout
+        return status
     except KeyboardInterrupt:  # Ctrl-C: a line and the shell's status for SIGINT, not a traceback
         print(f"{prog} {command}: interrupted", file=sys.stderr)
         return 130
@@ -161,9 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog} {command}: out of memory ({e or 'MemoryError'}): give smaller --steps, --samples, --dim or "
               "--modes", file=sys.stderr)
         return 1
-    except OSError as e:  # writing the output failed otherwise (a full disk, `> /dev/full`: it was a traceback)
-        if e.errno is None or getattr(e, "filename", None) is not None:
-            raise  # (not the output's: a file the subcommand itself opened names itself)
+    except _OutputError as e:  # writing the output failed otherwise (a full disk, `> /dev/full`: it was a
+        # traceback; any other OSError keeps its own, and stdout stays where it was, a review)
         _stdout_to_devnull()
         print(f"{prog} {command}: could not write the output ({e})", file=sys.stderr)
         return 1

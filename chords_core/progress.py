@@ -168,6 +168,20 @@ class _Shown(_NoBar):
             self._do(self._bar.close)
 
 
+def check_progress(show: Any) -> bool:
+    """``show`` checked as a bool (a string such as "no" is truthy: it showed the bar), and where it is
+    ``True``, that tqdm can be imported (``ImportError`` naming the extra: a raw "No module named 'tqdm'"
+    named neither the argument nor the extra); for an entry point that runs models before its bar."""
+    if not check_bool("progress", show):
+        return False
+    try:
+        import tqdm  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"progress=True shows a bar with tqdm, which is not installed ({err}); pip install "
+                          "'chords[progress]' (or tqdm), or pass progress=False") from None
+    return True
+
+
 @contextmanager
 def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
     """A tqdm bar over ``total`` ``unit``s labelled ``desc`` if ``show``, closed on exit.
@@ -184,15 +198,9 @@ def progress_bar(show: bool, total: int, desc: str, unit: str) -> Iterator[Any]:
         The bar: ``update(n)``, ``total``, ``n``, ``refresh()``. A bar that cannot be written (a
         closed or full stream, ``sys.stderr`` None) warns once and the run goes on without it.
     """
-    if not check_bool("progress", show):  # (a string such as "no" is truthy: it showed the bar)
+    if not check_progress(show):
         yield _NoBar(total)
         return
-    try:
-        import tqdm  # noqa: F401
-    except ImportError as err:  # (a raw "No module named 'tqdm'" named neither the argument nor the extra)
-        raise ImportError(f"progress=True shows a bar with tqdm, which is not installed ({err}); pip install "
-                          "'chords[progress]' (or tqdm), or pass progress=False") from None
-
     bar = _Shown(total, desc, unit)
     try:
         yield bar

@@ -145,8 +145,8 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
 
 def test_ctrl_c_during_the_imports_and_running_out_of_memory_are_one_line(monkeypatch, capsys):
     """A user trial: Ctrl-C in the first half second (building the parser, importing the demo and
-    scipy) printed a 40-line traceback; a size the parser accepts (--steps 2147483647) died with a
-    MemoryError traceback."""
+    scipy) printed a 40-line traceback; a size the parser accepted (--steps 2147483647, refused since)
+    died with a MemoryError traceback."""
     import chords_core.__main__ as cli
     from chords_core import demo
 
@@ -192,6 +192,39 @@ def test_an_output_that_cannot_be_written_is_one_line_and_status_1(tmp_path):
         assert p.returncode == 1, p.stderr
         assert p.stderr.strip().endswith("could not write the output ([Errno 28] No space left on device)"), p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_another_os_error_keeps_its_traceback_and_stdout(monkeypatch, capsys):
+    """A review: the handler of an output that cannot be written took any OSError for one, and pointed
+    the caller's stdout at /dev/null."""
+    import errno
+
+    from chords_core import demo
+
+    def fails(args):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(demo, "run_main", fails)
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        main(["demo", "--steps", "4", "--cores", "2"])
+    print("still here")
+    assert capsys.readouterr().out == "still here\n"
+
+
+def test_progress_without_tqdm_is_a_usage_error_before_any_run(monkeypatch, capsys):
+    """A review: `optimize --progress` without tqdm ended in an ImportError traceback after the calibration."""
+    import sys
+
+    from chords_core.tuning import search
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setattr(search, "calibration", lambda *a, **k: pytest.fail("the calibration ran"))
+    assert main(["optimize", "--steps", "6", "--cores", "2", "--progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --progress: progress=True shows a bar with tqdm, which is not installed" in err
+    assert "or leave out --progress" in err
+    with pytest.raises(ImportError, match="or pass progress=False"):
+        search.optimize_init(6, 2, progress=True)
 
 
 def test_version(capsys):

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..checks import check_int
 from ..inits import paper_init, recipe_init, uniform_init
-from ..progress import progress_bar
+from ..progress import check_progress, progress_bar
 from .calibration import Calibration, Candidate, Evaluator, calibration, check_budget
 
 __all__ = ["InitResult", "optimize_init", "pareto_front"]
@@ -160,6 +160,7 @@ def optimize_init(
             the sequences measured until then (the best of them; its ``method`` says it was cut).
     """
     budget = check_budget(budget)
+    check_progress(progress)  # (before the calibration's runs: a trial's ValueError came after 1 s of them)
     exhaustive_limit = check_int("exhaustive_limit", exhaustive_limit, 0)
     max_evals = check_int("max_evals", max_evals, 0)
     if cal is None:
@@ -184,12 +185,12 @@ def optimize_init(
     best: Candidate | None = None
     space = math.comb(T - 1, cores - 1)
     exhaustive = space <= exhaustive_limit
-    method = (f"exhaustive over all {space} sequences" if exhaustive
-              else f"local search from {cores}-core recipe seeds ({space} sequences in all)")
+    method = (f"exhaustive over all {_count(space, 'sequence')}" if exhaustive
+              else f"local search from {cores}-core recipe seeds ({_count(space, 'sequence')} in all)")
     seeds = sorted({recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)})
     baseline_inits = {"recipe": recipe_init(T, cores), "paper": paper_init(T, cores), "uniform": uniform_init(T, cores)}
-    first = len({i for i in baseline_inits.values() if i is not None} | (set() if exhaustive else set(seeds)))
-    total = space + first if exhaustive else max(first, max_evals)  # (at most; a climb may end sooner)
+    first = len({i for i in baseline_inits.values() if i is not None} | set(seeds))
+    total = space if exhaustive else max(first, max_evals)  # (the baselines are in the space; a climb may end sooner)
     try:  # (the baselines too: each is a whole CHORDS run, and a Ctrl-C there carried nothing, a user trial)
         with progress_bar(progress, total, f"optimize_init {cal.solver} T{T} x{cores}", "sequence") as bar:
             def measure(init: tuple[int, ...]) -> Candidate:
