@@ -135,17 +135,16 @@ class _Stdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            raise _OutputError(e.errno, e.strerror) from e
+        return self._guarded(self._stream.write, text)
 
     def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    @staticmethod
+    def _guarded(call: Any, *args: Any) -> Any:
         try:
-            self._stream.flush()
-        except BrokenPipeError:
+            return call(*args)
+        except BrokenPipeError:  # (the reader left: ``main``'s own handler)
             raise
         except OSError as e:
             raise _OutputError(e.errno, e.strerror) from e

@@ -297,12 +297,12 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         wide = dt if jnp.finfo(dt).bits >= 32 else jnp.dtype(jnp.float32)  # (promote_types is strict under "strict")
         ue = jnp.zeros(R, jnp.int32)
         lo, hi = 2 - jnp.finfo(wide).maxexp, jnp.finfo(wide).maxexp - 2
-        if scale == "error" and N:
+        if scale != "error":
+            ue = jnp.broadcast_to(jnp.where(tol2[0] > 0, jnp.clip(-(tol2[1].astype(jnp.int32) // 2), lo, hi), 0), (R,))
+        elif N:
             m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
             e = jnp.clip(-jnp.frexp(m)[1], lo, hi)  # (finite for a subnormal state too)
             ue = jnp.where(m > 0, e, 0).astype(jnp.int32)
-        elif scale != "error":
-            ue = jnp.broadcast_to(jnp.where(tol2[0] > 0, jnp.clip(-(tol2[1].astype(jnp.int32) // 2), lo, hi), 0), (R,))
         unit = jnp.ldexp(jnp.ones((), wide), ue)
 
         def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares of unit * d (the core's, on L R rows)

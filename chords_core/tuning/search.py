@@ -187,10 +187,12 @@ def optimize_init(
     exhaustive = space <= exhaustive_limit
     method = (f"exhaustive over all {_count(space, 'sequence')}" if exhaustive
               else f"local search from {cores}-core recipe seeds ({_count(space, 'sequence')} in all)")
-    seeds = sorted({recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)})
     baseline_inits = {"recipe": recipe_init(T, cores), "paper": paper_init(T, cores), "uniform": uniform_init(T, cores)}
-    first = len({i for i in baseline_inits.values() if i is not None} | set(seeds))
-    total = space if exhaustive else max(first, max_evals)  # (the baselines are in the space; a climb may end sooner)
+    seeds = [] if exhaustive else sorted(
+        {recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)})
+    # (the baselines are in the space; a climb may end before max_evals)
+    total = space if exhaustive else max(len({i for i in baseline_inits.values() if i is not None} | set(seeds)),
+                                         max_evals)
     try:  # (the baselines too: each is a whole CHORDS run, and a Ctrl-C there carried nothing, a user trial)
         with progress_bar(progress, total, f"optimize_init {cal.solver} T{T} x{cores}", "sequence") as bar:
             def measure(init: tuple[int, ...]) -> Candidate:
