@@ -179,9 +179,12 @@ def test_tolerances_far_from_the_state_decide_as_the_core(dtype, start, target, 
     power of two near 1 / tol, in float32 or wider: the core's decisions, sweep for sweep."""
     model, x = _relaxing(dtype, start, target)
     grid = np.linspace(0.0, 3.0, 31)
-    for method, opts in (("paradigms", {}), ("cascade", {"scale": "level"}), ("parasolver", {})):
-        ref = cc.parallel(model, x, grid, "euler", cores=8, method=method, tol=tol, **opts)
-        got = cj.parallel(model, jnp.asarray(x), grid, "euler", cores=8, method=method, tol=tol, **opts)
+    # (the local-error scale's tol is a ratio, its default here; its sums are scaled per sweep by the window's
+    # states: by x_0's, a state growing from 1e-200 overflowed, 23 rounds where the core took 13)
+    for method, opts in (("paradigms", {"tol": tol}), ("cascade", {"scale": "level", "tol": tol}),
+                         ("parasolver", {"tol": tol}), ("cascade", {"scale": "error"})):
+        ref = cc.parallel(model, x, grid, "euler", cores=8, method=method, **opts)
+        got = cj.parallel(model, jnp.asarray(x), grid, "euler", cores=8, method=method, **opts)
         assert (got.rounds, got.nfe, got.log) == (ref.rounds, ref.nfe, ref.log), (method, got.rounds, ref.rounds)
         assert ref.rounds < len(grid) - 1  # (the sweeps accepted points: not the sequential rounds)
         scale = np.max(np.abs(ref.x.astype(np.float64)))
@@ -638,19 +641,22 @@ def test_an_overflowing_local_error_estimate_accepts_nothing_as_in_the_core():
     assert (got.rounds, got.stopped_by, got.log) == (ref.rounds, ref.stopped_by, ref.log) and ref.rounds == 2
 
 
-def test_an_estimate_beyond_float64s_range_accepts_nothing_compiled():
+def test_an_estimate_beyond_float64s_range_decides_as_the_core_compiled():
     """A review: the core sums squares in longdouble, so its estimate stays finite where the compiled
-    path's float64 one overflows; there the compiled path accepted on an infinite estimate (4 rounds
-    where the core takes 11). It accepts nothing on one now: the sequential answer, in more rounds."""
+    path's float64 one overflowed; there the compiled path accepted on an infinite estimate (4 rounds
+    where the core takes 11), and then, fixed to accept nothing there, ran more rounds to the sequential
+    answer. Its sums are now scaled per sweep by the window's own size: the estimate stays in range and
+    the sweeps are the core's."""
     A = np.array([[0.0, 1.0], [-1.0, -0.1]])
     T = 16
     grid = np.linspace(0, 1e-100 * T, T + 1)
     nf = cc.VectorField(lambda t, y: 1e98 * y @ A.T + 1e200 * np.cos(t * 2e100) * np.array([1.0, -1.0]))
     jf = cc.VectorField(lambda t, y: 1e98 * y @ A.T + 1e200 * jnp.cos(t * 2e100) * jnp.array([1.0, -1.0]))
     y0 = np.array([1.0, 0.0])
-    seq = cc.solve(nf, y0, grid, "euler")
+    ref = cc.parallel(nf, y0, grid, "euler", cores=2)
     got = cj.parallel(jf, y0, grid, "euler", cores=2)
-    assert close(got.x, seq, 1e-12) and got.rounds < T
+    assert (got.rounds, got.nfe, got.log) == (ref.rounds, ref.nfe, ref.log) and ref.rounds < T
+    assert close(got.x, ref.x, 1e-12)
 
 
 def test_a_plain_ode_iterate_that_runs_off_past_the_window_start_is_named_as_such():

@@ -292,22 +292,26 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         #   far below it may underflow to 0 and one far above overflow to inf, on the side the core decides
         #   them (by x_0 instead, a state growing from 1e-200 or a sample of one large still component ran
         #   near sequentially, a review);
-        # - "error": a ratio of two sums of squares, per sample by a power of two near 1 / max|x_0| (float32
-        #   squares underflowed from states of about 1e-17: 1.3x the sequential error at 1e-20).
+        # - "error": a ratio of two sums of squares, per sample and per sweep: the changes by a power of two
+        #   near 1 / the window's largest |x|, the solver's quantities by one near 1 / their largest, and the
+        #   second sum brought to the first's unit by that power of two's ratio (float32 squares underflowed
+        #   from states of about 1e-17: 1.3x the sequential error at 1e-20; scaled once by x_0, a state
+        #   growing from 1e-200 overflowed: 23 rounds where the core took 13, session 55's note).
         wide = dt if jnp.finfo(dt).bits >= 32 else jnp.dtype(jnp.float32)  # (promote_types is strict under "strict")
-        ue = jnp.zeros(R, jnp.int32)
         lo, hi = 2 - jnp.finfo(wide).maxexp, jnp.finfo(wide).maxexp - 2
-        if scale != "error":
-            ue = jnp.broadcast_to(jnp.where(tol2[0] > 0, jnp.clip(-(tol2[1].astype(jnp.int32) // 2), lo, hi), 0), (R,))
-        elif N:
-            m = jnp.max(jnp.abs(x.reshape(R, -1)), axis=1)
-            e = jnp.clip(-jnp.frexp(m)[1], lo, hi)  # (finite for a subnormal state too)
-            ue = jnp.where(m > 0, e, 0).astype(jnp.int32)
-        unit = jnp.ldexp(jnp.ones((), wide), ue)
 
-        def row_sq(d):  # (L, N) -> (L, R): per lane, per sample sum of squares of unit * d (the core's, on L R rows)
+        def exponent(v):  # (L, N) -> (R,): ue per sample, 2^ue |v| below 1 and near it (0 for a zero or empty v)
+            if N == 0:
+                return jnp.zeros(R, jnp.int32)
+            m = jnp.max(jnp.abs(v.reshape(-1, R, N // R)), axis=(0, 2))
+            return jnp.where(m > 0, jnp.clip(-jnp.frexp(m)[1], lo, hi), 0).astype(jnp.int32)  # (a subnormal m too)
+
+        ue = jnp.broadcast_to(jnp.where(tol2[0] > 0, jnp.clip(-(tol2[1].astype(jnp.int32) // 2), lo, hi), 0), (R,))
+
+        def row_sq(d, ue):  # (L, N) -> (L, R): per lane, per sample sum of squares of 2^ue d (the core's, on L R rows)
             if N == 0:  # (an empty batch: no sample; a reshape to (L, 0, -1) divided by zero)
                 return jnp.zeros((d.shape[0], R), cmp)
+            unit = jnp.ldexp(jnp.ones((), wide), ue)
             rows_ = d.reshape(d.shape[0], R, -1).astype(wide) * unit[None, :, None]  # (fused into the reduction)
             return B.row_sq(rows_.reshape(d.shape[0] * R, -1)).reshape(d.shape[0], R)
 
@@ -325,10 +329,11 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         # the carry holds the window only (x_b .. x_{b+W}; the quantity at b - 1): a
         # dynamic update of a T-row buffer copies the whole buffer per iteration on XLA:CPU
         Xw = jnp.broadcast_to(x.reshape(1, N), (W + 1, N))
-        tiny = Qh = None
-        if scale == "error":
-            sq = row_sq(x.reshape(1, N))  # (1, R): per sample, as the core's ``_PointErrors.tiny``
-            tiny = jnp.finfo(sq.dtype).tiny + 1e-24 * sq
+        Qh = None
+        ue0 = sq0 = jnp.zeros(R, jnp.int32)
+        if scale == "error":  # |x_0|^2 per sample (1, R), by 2^ue0: ``_PointErrors.tiny`` in each sweep's unit
+            ue0 = exponent(x.reshape(1, N))
+            sq0 = row_sq(x.reshape(1, N), ue0)
             Qh = jnp.zeros((1, N), dt)
         carry0 = (Xw, Qh, jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.zeros(T, jnp.int32),
                   jnp.int32(NO_BAD))
@@ -357,7 +362,8 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
             # and x_{b+k+1}^new = Phi_k + d_{k-1}: exactly Phi_k where no earlier point moved, as in the core
             moved = jnp.matmul(tri, jnp.where(active[:, None], Phi - Pn, 0), precision=jax.lax.Precision.HIGHEST)
             new = Phi + jnp.concatenate([jnp.zeros((1, N), dt), moved[:-1]])
-            csq = row_sq(moved)  # (W, R): the change of point b + k + 1
+            uw = exponent(Xw) if scale == "error" else ue  # (the window before the sweep: x_b .. x_{b+W})
+            csq = row_sq(moved, uw)  # (W, R): the change of point b + k + 1
             # whether point b + k + 1 moved (W, R), where tol 0 makes a point exact: unmoved, as in the core (not
             # when the squares of its change underflow to 0, nor when it never blocks: variance "out", T - 1);
             # the points compared, not their change, which XLA on the CPU flushes to 0 where it is subnormal
@@ -373,12 +379,19 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 over = jnp.where(jnp.isinf(w)[:, None], changed, ~(score.astype(cmp) <= thr))  # (W, R)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
-                E = _times(row_sq(delta), tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
+                uq = exponent(delta)
+                # (a floor beyond the sums' range, of a state 1e-154 times x_0's or smaller, capped: finite, as
+                # the core's longdouble one, under which every change of the window's size is accepted)
+                fs = jnp.finfo(sq0.dtype)
+                tiny = jnp.minimum(fs.tiny + 1e-24 * jnp.ldexp(sq0, 2 * (uw - ue0)), fs.max / 4)
+                E = _times(jnp.ldexp(row_sq(delta, uq), 2 * (uw - uq)),
+                           tabs["c2"][jnp.minimum(b + lane, T)][:, None]) + tiny
                 bound = E[jnp.minimum(rows, n - 1)]  # of point b + row (``_PointErrors._bound``)
                 has = ((rows < n) & (b + rows >= p)) | ((rows == n) & (n - 1 > 0) & (b + n - 1 >= p))
                 # an estimate that overflowed is none, as the core's; the core sums squares in longdouble where
-                # the platform has it, so its estimates stay finite further (beyond float64's range the two
-                # differ: this path then accepts less, never on an infinite estimate)
+                # the platform has it, so its estimates stay finite further (where one here leaves the sums'
+                # range in the window's unit, 2^1024 times the window's size in float64, the two differ: this
+                # path then accepts less, never on an infinite estimate)
                 has = has & jnp.all(jnp.isfinite(bound), axis=1)
                 est = jnp.where(has[:-1, None], jnp.minimum(bound[1:], bound[:-1]), bound[1:])
                 over = jnp.where(has[1:, None], ~((csq / est).astype(cmp) <= thr), changed)  # (W, R)
@@ -473,8 +486,7 @@ def parallel(
         The core's ``Result`` (``hits`` one output, ``coarse`` ``None``).
 
     In float64 the result equals the core's (every count, the log and the trace; ``x`` to ~1e-15)
-    for ``tol > 0`` (on the local-error scale, for states within float64's range of x_0's size; a
-    score within rounding of tol^2 can flip, docs/jax.md). At ``tol=0`` a point is accepted only when
+    for ``tol > 0`` (a score within rounding of tol^2 can flip, docs/jax.md). At ``tol=0`` a point is accepted only when
     its change is exactly zero (the iterate reached a bitwise fixed point), which depends on the last
     bit of every operation; the
     sweeps may then differ from the core's (as the core's own do between numpy and jax arrays),
