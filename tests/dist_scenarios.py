@@ -32,6 +32,11 @@
   with ``round_timeout`` changed (the ranks get it: the shell is sent again), then a second executor
   left open at exit (rank 0 neither closes it nor destroys the group: the README's pattern): every
   rank exits 0 and the outputs are the serial executor's.
+- ``serving`` (two ranks): arguments refused by ``DistributedExecutor(...)`` leave the open executor
+  open; rank 0's own share (``local=``) runs past ``round_timeout`` on 3 MiB states while rank 1
+  answers at once (a healthy rank was blamed, the group cut); a ``KeyboardInterrupt`` in rank 1's
+  model reaches rank 0 as a ``WorkerError`` before rank 1 leaves ``serve``; a SIGINT to rank 1, idle in
+  ``serve``, interrupts it at once (not when the driver next sends). Rank 1 prints a JSON line too.
 - ``idle_timeout`` (two ranks): rank 1 serves with ``idle_timeout=1``, rank 0 sends nothing for 3 s: rank 1
   gets ``WorkerTimeout`` after about 1 s and prints it as its JSON line, with the warnings ``serve`` gave
   (its network holds a batch-norm layer left in training mode).
@@ -100,6 +105,76 @@ def _very_slow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _NET(x, t)
 
 
+class _SlowOnce:
+    """The GMM network on 4-d states (the mixture's 4 features on the channel axis), which sleeps
+    ``pause`` seconds at its ``at``-th call and raises ``KeyboardInterrupt`` at its ``interrupt_at``-th."""
+
+    def __init__(self, at: int = 0, pause: float = 0.0, interrupt_at: int = 0) -> None:
+        self.at, self.pause, self.interrupt_at, self.calls = at, pause, interrupt_at, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            time.sleep(self.pause)
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return 0.5 * x * (1 - t.view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
+
+
+def _serving(rank: int) -> int:
+    """The ``serving`` scenario (two ranks; rank 1 serves three times, the second time with a network
+    that raises ``KeyboardInterrupt`` at its 2nd call, and is then sent a SIGINT while idle)."""
+    pids: list = [None, None]
+    dist.all_gather_object(pids, os.getpid())
+    model = cc.DiffusionModel(_SlowOnce(), cc.RectifiedFlow(), "x0")
+    if rank != 0:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (an interactive process's Ctrl-C)
+        serve(_SlowOnce())
+        try:
+            serve(_SlowOnce(interrupt_at=2))
+        except KeyboardInterrupt:
+            pass
+        t0 = time.monotonic()
+        try:
+            serve(_SlowOnce())
+            got = "returned"
+        except KeyboardInterrupt:
+            got = "KeyboardInterrupt"
+        print(json.dumps({"idle_interrupt": got, "seconds": time.monotonic() - t0}), flush=True)
+        return 0
+    report: dict = {}
+    x = torch.randn(4, 3, 256, 256, generator=torch.Generator().manual_seed(0))  # (3 MiB a state)
+    grid = cc.time_grid(model.schedule, 6)
+    serial = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=cc.SerialExecutor())
+    # rank 0's own share runs past round_timeout once (its 4th call), rank 1 answers at once
+    with DistributedExecutor(round_timeout=1.0, local=_SlowOnce(at=4, pause=1.5)) as ex:
+        refused = []
+        for bad in ({"round_timeout": -1.0}, {"round_timeout": float("nan")}, {"local": "oops"}):
+            try:
+                DistributedExecutor(**bad)
+            except (TypeError, ValueError) as e:
+                refused.append(type(e).__name__)
+        report["refused"] = refused
+        res = cc.chords(model, x, grid, "euler", cores=3, stop=None, executor=ex)
+        report["slow_local_equal"] = all(torch.equal(a.x, b.x) for a, b in zip(res.hits, serial.hits))
+    small = x[:1, :1, :4, :4].contiguous()
+    ex = DistributedExecutor(round_timeout=30.0)
+    try:
+        cc.chords(model, small, grid, "euler", cores=2, stop=None, executor=ex)
+        report["model_interrupt"] = "ran"
+    except WorkerError as e:
+        report["model_interrupt"] = f"{type(e).__name__}: {e}".splitlines()[0]
+    ex = DistributedExecutor(round_timeout=30.0)  # (rank 1 serves again; the first executor is superseded)
+    res = cc.chords(model, small, grid, "euler", cores=2, stop=None, executor=ex)
+    ref = cc.chords(model, small, grid, "euler", cores=2, stop=None, executor=cc.SerialExecutor())
+    report["after_equal"] = torch.equal(res.x, ref.x)
+    os.kill(pids[1], signal.SIGINT)  # Ctrl-C on the serving rank, idle between calls
+    time.sleep(5.0)  # rank 0 busy elsewhere meanwhile
+    ex.close()
+    print(json.dumps(report), flush=True)
+    return 0
+
+
 def main(scenario: str, path: str) -> int:
     import datetime
 
@@ -123,6 +198,8 @@ def main(scenario: str, path: str) -> int:
         if scenario == "idle_timeout":
             time.sleep(3.0)
             return 0
+        if scenario == "serving":
+            return _serving(rank)
         if rank != 0:
             net = TorchGMM()
             if scenario in ("interrupt", "idle") and rank == 1:

@@ -188,6 +188,22 @@ def test_one_open_executor_a_group_local_nan_retires_and_an_ignored_sigint_stays
     assert codes == [0, 0], outs
 
 
+def test_a_refused_executor_a_slow_local_share_and_interrupts_on_a_serving_rank(tmp_path):
+    """(A trial.) A refused ``DistributedExecutor(...)`` superseded the open one, whose close then
+    released no rank; rank 0's own share past ``round_timeout`` on 3 MiB states blamed rank 1, which had
+    answered, and cut the group (each receive got what was left of the round, 1 ms); a Ctrl-C in a
+    serving rank's model reached rank 0 as "connection lost"; an idle serving rank ignored Ctrl-C until
+    the driver's next message (20 s in the trial)."""
+    codes, outs = launch(["serving"], world=2, tmp_path=tmp_path, program=(str(SCENARIOS),))
+    rep = report(outs[0])
+    assert rep["refused"] == ["ValueError", "ValueError", "TypeError"] and rep["slow_local_equal"] is True, outs[0]
+    assert rep["model_interrupt"].startswith("WorkerError: rank 1: KeyboardInterrupt"), outs[0]
+    assert rep["after_equal"] is True, outs[0]
+    served = report(outs[1])
+    assert served["idle_interrupt"] == "KeyboardInterrupt" and served["seconds"] < 3.0, outs[1]
+    assert codes == [0, 0], outs
+
+
 def test_idle_serving_ranks_outlast_the_group_timeout_and_an_executor_left_open_is_closed_at_exit(tmp_path):
     """(A trial.) A serving rank waited for its next message under the process group's timeout: one
     without points for that long (cores < ranks), or a driver idle between calls, ended it with "lost

@@ -383,7 +383,20 @@ class DistributedExecutor(Executor):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "DistributedExecutor needs an initialised process group (torch.distributed.init_process_group)")
-        batched = check_bool("batched", batched)  # (before an open executor is superseded)
+        # every argument checked before an open executor is superseded (a refused one closed the open
+        # executor, whose close() then released no rank: a trial)
+        batched = check_bool("batched", batched)
+        round_timeout = check_timeout(round_timeout_of(round_timeout, timeout, "DistributedExecutor"), "round_timeout")
+        if dist.get_rank(group) != 0:
+            raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
+                               f"{dist.get_rank(group)}: call serve(...)")
+        world = dist.get_world_size(group)
+        if world < 2 and local is None:
+            raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate), "
+                             "or local=network: rank 0 then evaluates too, alone on a world of one (torchrun "
+                             "--nproc-per-node=1, say)")
+        if local is not None and not (callable(local) or isinstance(local, Model)):
+            raise TypeError(f"local must be a network (callable) or a chords_core Model, got {type(local).__name__}")
         state = _group_state(group)
         if state.cut:
             raise RuntimeError("this process group's protocol was cut in the middle of a round (a second Ctrl-C, or "
@@ -403,19 +416,9 @@ class DistributedExecutor(Executor):
             finally:
                 ex._lock.release()
         self.group, self.batched = group, batched
-        self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")
-        if dist.get_rank(group) != 0:
-            raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
-                               f"{dist.get_rank(group)}: call serve(...)")
-        world = dist.get_world_size(group)
-        if world < 2 and local is None:
-            raise ValueError("DistributedExecutor needs a world size >= 2 (rank 0 drives, the others evaluate), "
-                             "or local=network: rank 0 then evaluates too, alone on a world of one (torchrun "
-                             "--nproc-per-node=1, say)")
+        self.round_timeout = round_timeout
         self.ranks = [self._global(r) for r in range(1, world)]
         self.device = _comm_device(group)
-        if local is not None and not (callable(local) or isinstance(local, Model)):
-            raise TypeError(f"local must be a network (callable) or a chords_core Model, got {type(local).__name__}")
         self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
         self._local_model: Model | None = None
         self._sent: tuple | None = None  # model_state of the model whose shell the ranks hold, and round_timeout
@@ -432,6 +435,7 @@ class DistributedExecutor(Executor):
         self._active = False  # a round is in flight (from its first message to its last answer)
         self._stop_after_round = False
         self._owed: dict = {}  # rank -> (n, shape, dtype) of an EVAL not answered yet
+        self._statuses: dict = {}  # rank -> (tensor, work): the posted receive of its status (``_post_status``)
         self._in_flight = False
         self._deadline: float | None = None  # time.monotonic() at which the round in flight times out
         state.open = weakref.ref(self)
@@ -447,23 +451,40 @@ class DistributedExecutor(Executor):
         _send(tensor, rank, self.group, timeout)
 
     def _recv(self, tensor: torch.Tensor, rank: int, what: str, timeout: float | None,
-              interruptible: bool = False) -> torch.Tensor:
-        _wait(lambda: dist.irecv(tensor, rank, group=self.group), timeout, f"rank {rank} ({what})", rank,
-              interruptible)
+              interruptible: bool = False, work: Any = None) -> torch.Tensor:
+        """Receive ``tensor`` from ``rank`` (``work``: its receive, already posted) within ``timeout``."""
+        _wait(lambda: dist.irecv(tensor, rank, group=self.group) if work is None else work, timeout,
+              f"rank {rank} ({what})", rank, interruptible)
         return tensor
+
+    def _post_status(self, rank: int) -> None:
+        """Post the receive of ``rank``'s status for the round in flight as soon as its points are sent:
+        whether it answered within the round is then its own doing, not how long the receives before
+        its own took (read after rank 0's share and the other ranks' outputs, with what was left of
+        the round, at least 1 ms, a rank that had answered in time was blamed, and the group cut, for a
+        local share past ``round_timeout``: 3 MiB states, a trial)."""
+        status = torch.zeros(STATUS, dtype=torch.int64, device=self.device)
+        self._statuses[rank] = (status, dist.irecv(status, rank, group=self.group))
 
     def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
                 timeout: float | None = None) -> tuple[int, int, Any, Any]:
         """One worker's answer to an EVAL: (0, 0, outputs, None) or (code, point, message, the outputs
-        of its points before ``point``: (done, *shape), ``None`` for none); each wait gets ``timeout``
-        seconds, or by default what is left of the round."""
+        of its points before ``point``: (done, *shape), ``None`` for none). Each wait gets ``timeout``
+        seconds; by default the status what is left of the round, and the rest of the answer, which
+        follows a status that came, at least ``round_timeout`` (its transfer is not the rank's delay)."""
+        status, work = self._statuses.pop(rank, (None, None))
+        if status is None:
+            status = torch.zeros(STATUS, dtype=torch.int64, device=self.device)
         if timeout is None:
             timeout = self._left()
+            rest = None if timeout is None or self.round_timeout is None else max(timeout, self.round_timeout)
+        else:
+            rest = timeout
         # (the wait for a status is the long one, the model's time: a second Ctrl-C interrupts it at once;
         # on the host only: nccl's wait orders the calling thread's CUDA stream, which must be this one's)
-        status = self._recv(torch.zeros(STATUS, dtype=torch.int64, device=self.device), rank, "status", timeout,
-                            self.device.type == "cpu")
+        self._recv(status, rank, "status", timeout, self.device.type == "cpu", work)
         code, point, length, done, slot = (int(v) for v in status.tolist())
+        timeout = rest
 
         def orders(count: int) -> list | None:  # the outputs' orders on the rank: they travel contiguous
             return _orders(slot, count, len(shape), lambda m: self._recv(
@@ -517,7 +538,7 @@ class DistributedExecutor(Executor):
             return []
         if xs[0].dtype not in DTYPES:
             raise TypeError(f"states of dtype {xs[0].dtype} are not supported; use one of {DTYPES}")
-        self._owed = {}
+        self._owed, self._statuses = {}, {}
         self._deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
         self._in_flight = False  # from the first message sent until every answer of the round is in
         with self._state:
@@ -609,6 +630,7 @@ class DistributedExecutor(Executor):
             codes = slots_codes[r][1]
             for tensor in (headers[r], x, t) if codes is None else (headers[r], x, t, codes):
                 self._send(tensor, r, self._left())
+            self._post_status(r)
         outs: list = [None] * len(xs)
         failures = []
         if self.local is not None and groups[0]:  # the driver's own share, while the others compute
@@ -715,6 +737,10 @@ def serve(net: Callable | Model, *, group: Any = None, device: Any = None, exit_
         raise RuntimeError("serve needs an initialised process group (torch.distributed.init_process_group)")
     if dist.get_rank(group) == 0:
         raise RuntimeError("serve runs on ranks != 0; rank 0 drives with DistributedExecutor")
+    if _group_state(group).cut:
+        raise RuntimeError("serve was interrupted on this process group while it waited for the driver: that wait's "
+                           "receive is still posted and would take the driver's next message; end the process, or "
+                           "destroy and re-create the process group")
     comm = _comm_device(group)
     device = comm if device is None else torch.device(device)
     if not isinstance(net, Model):
@@ -748,7 +774,18 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 wait = IDLE_FOREVER if idle_timeout is None else datetime.timedelta(seconds=idle_timeout)
                 work = dist.irecv(t, driver, group=group)
                 assert work is not None  # (a rank in the group: a Work)
-                if not work.wait(wait):  # (gloo raises; a False would leave the zeros of a STOP header)
+                # (in the main thread a Ctrl-C's handler runs during the wait, as on the driver: it ran only
+                # when the driver's next message came, a trial, never where the driver idled or hung)
+                if threading.current_thread() is threading.main_thread():
+                    try:
+                        ok = _interruptible_wait(work, wait.total_seconds())
+                    except BaseException as e:
+                        if _abandoned(e):  # its receive stays posted: a later serve's first message would go there
+                            _group_state(group).cut = True
+                        raise
+                else:
+                    ok = work.wait(wait)
+                if not ok:  # (gloo raises; a False would leave the zeros of a STOP header)
                     raise RuntimeError("timed out waiting for the driver")
             else:
                 dist.recv(t, driver, group=group)
@@ -801,7 +838,7 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
         t = recv(torch.empty(n, dtype=torch.float64, device=comm)).tolist()
         points = laid_out(x, _orders(h[first - 1], n, ndim, lambda m: recv(torch.empty(m, dtype=torch.int64,
                                                                                         device=comm))))
-        leaving: SystemExit | None = None
+        leaving: SystemExit | KeyboardInterrupt | None = None
         try:
             if model is None:
                 raise RuntimeError(setup_error or "no model received")
@@ -819,11 +856,12 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 before = None
             answer = (3 if e.is_nonfinite else 1, e.point, _bytes_tensor(str(e).encode(), comm), before,
                       layouts(e.done) if e.done and before is not None else None)
-        except (Exception, SystemExit) as e:  # a sys.exit in the model (or a SIGTERM handler's) is reported
-            # to the driver before the rank leaves: otherwise the rank vanishes (status 0, success to torchrun)
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # a sys.exit or a Ctrl-C in the model (or a
+            # SIGTERM handler's exit) is reported to the driver before the rank leaves: otherwise the rank
+            # vanishes (status 0, success to torchrun; a Ctrl-C's reached the driver as "connection lost")
             msg = f"{type(e).__name__}: {e}\n--- worker traceback ---\n{traceback.format_exc()}"
             answer = (2, 0, _bytes_tensor(msg.encode(), comm), None)
-            leaving = e if isinstance(e, SystemExit) else None
+            leaving = e if isinstance(e, (SystemExit, KeyboardInterrupt)) else None
         finally:
             if watch is not None:
                 watch.end()
