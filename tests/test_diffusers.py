@@ -263,6 +263,34 @@ def test_sd3_pipeline_end_to_end_images(sd3):
     assert r.rounds < 8 and r.speedup > 1 and r.hits[0].x.shape == (2, 4, 16, 16) and r.x is r.hits[0].x
 
 
+def refuses_missing_vae(pipe, **kw):
+    """``pipe`` rebuilt with vae=None is refused before its denoiser runs where its default output is decoded
+    (a user trial: the whole sampling ran, then "'NoneType' object has no attribute 'modules'"), naming
+    pipe.vae and output_type="latent", which then runs. Returns that latent run."""
+    bare = type(pipe)(**{**pipe.components, "vae": None})
+    bare.set_progress_bar_config(disable=True)
+    calls = []
+    hook = (getattr(bare, "transformer", None) or bare.unet).register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=rf"^{type(pipe).__name__}: pipe.vae is None; chords_diffusers needs it to "
+                                             r"decode output_type='(pil|np)'; output_type='latent' works without it$"):
+            cd.sample(bare, num_inference_steps=2, progress=False, **kw)
+        assert not calls
+        out = cd.sample(bare, num_inference_steps=2, cores=1, progress=False, output_type="latent", **kw)
+    finally:
+        hook.remove()
+    assert len(calls) >= 2 and torch.isfinite(out.latents).all()
+    return out
+
+
+def test_a_pipeline_without_its_vae_is_refused_before_sampling_unless_the_output_is_latent(sd3, sd):
+    sd3.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    refuses_missing_vae(sd3, prompt="a", height=16, width=16)
+    refuses_missing_vae(sd, prompt="a", height=16, width=16)
+    pipe, kw = _tiny_flux()
+    refuses_missing_vae(pipe, **{k: v for k, v in kw.items() if k != "output_type"})
+
+
 def _tiny_flux(scheduler=None):
     """A tiny random FluxPipeline and its call's embeddings (Flux's T5 tokenizer needs a sentencepiece
     model, so the prompt embeddings are fed directly)."""

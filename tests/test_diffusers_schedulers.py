@@ -235,9 +235,23 @@ def test_ddim_zero_terminal_snr(unet):
     smap, _ = _loop_vs_chords(unet, DDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                                   timestep_spacing="trailing", clip_sample=False))
     assert smap.grid[0] == 1.0 and float(smap.schedule.alpha(1.0)) == 0.0
-    with pytest.raises(ValueError, match="cannot be converted"):  # eps at alpha = 0: no data prediction there
-        sched = DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
-        cd.sample_latents(cd.map_scheduler(sched, STEPS), lambda x, t: x, torch.zeros(1, 2), cores=1, progress=False)
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, CogVideoXDDIMScheduler])
+@pytest.mark.parametrize("clip", [False, True])
+def test_epsilon_at_zero_terminal_snr_is_refused_naming_the_options(cls, clip):
+    """Eps at alpha = 0 gives no data prediction (diffusers' loop returns nan): a user trial saw the core's
+    "grid[0]=1: ... start the grid inside the schedule", which a cd.sample caller cannot follow, and with
+    DDIM's clip_sample (its default) a non-finite model output at round 1. Refused by map_scheduler naming
+    the scheduler and its options; from a timestep below 999 ("leading") eps is defined and mapped."""
+    zsnr = dict(rescale_betas_zero_snr=True, clip_sample=clip)
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: prediction_type='epsilon' with rescale_betas_zero_snr="
+                                         r"True: alpha is 0 at the first step .*use prediction_type='v_prediction'"
+                                         r".*or rescale_betas_zero_snr=False$"):
+        cd.map_scheduler(cls(timestep_spacing="trailing", **zsnr), STEPS)
+    smap = cd.map_scheduler(cls(timestep_spacing="leading", **zsnr), STEPS)
+    assert 0 < smap.grid[0] < 1 and (smap.x0_transform.prediction if clip and cls is DDIMScheduler
+                                     else smap.prediction) == "eps"
 
 
 def test_vpsigma_schedule():

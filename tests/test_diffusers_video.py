@@ -5,6 +5,8 @@ tokenizer of ``test_diffusers``. Each test checks that ``cores=1`` and the slowe
 the pipeline's own ``pipe(...)`` (float rounding) and that the fast cores' outputs decode to the usual output.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import (
@@ -413,3 +415,92 @@ def test_one_negative_beside_several_prompts_as_the_pipeline(wan, hunyuan):
     with pytest.raises(ValueError, match=r"^WanPipeline: the negative conditioning has 2 row\(s\) for the prompts' 3; "):
         cd.sample(wan, cores=1, prompt_embeds=torch.cat([pe, pe[:1]]), negative_prompt_embeds=npe,
                   num_inference_steps=2, output_type="latent", **WAN_KW)
+
+
+def _cog_kw():
+    """A CogVideoX call without guidance on given embeddings (its T5 tokenizer needs a sentencepiece model)."""
+    return dict(height=16, width=16, num_frames=5, prompt_embeds=torch.zeros(1, 6, 16), max_sequence_length=6,
+                guidance_scale=1.0)
+
+
+def test_a_solver_option_the_scheduler_sets_names_its_config_key(wan):
+    """A user trial: method_options={"order": 1} with Wan's UniPC was told to configure the scheduler with
+    from_config(..., order=...), a key diffusers ignores (UniPC's is solver_order): the advice now names
+    the config key, and following it sets the option."""
+    import re
+
+    smap = cd.map_scheduler(wan.scheduler, 4)
+    for option, value in (("order", 1), ("variant", "bh1"), ("lower_order_final", False)):
+        with pytest.raises(ValueError, match=rf"^{option}: set by the scheduler's configuration") as got:
+            cd.sample(wan, "a", num_inference_steps=4, method_options={option: value}, progress=False, **WAN_KW)
+        key, given = re.search(r"from_config\(scheduler\.config, (\w+)=(.+)\)$", str(got.value)).groups()
+        assert given == repr(value) and smap.solver_options[option] != value
+        advised = type(wan.scheduler).from_config(wan.scheduler.config, **{key: value})
+        assert cd.map_scheduler(advised, 4).solver_options[option] == value  # the advice changes the option
+    # a map whose option no config key sets (a SchedulerMap of one's own): said so, no from_config advice
+    bare = dataclasses.replace(smap, config_keys={})
+    with pytest.raises(ValueError, match=r"^order: set by the scheduler map \(order=2 for solver 'unipc'\), and no "
+                                         r"config option of UniPCMultistepScheduler sets it; .*dataclasses.replace"):
+        cd.sample_latents(bare, lambda x, t: x, torch.zeros(1, 2), progress=False, order=1)
+
+
+def _denoiser_calls(pipe):
+    """A list that grows by one on each call of ``pipe``'s denoiser (transformer or UNet), and the hook's handle."""
+    calls = []
+    net = getattr(pipe, "transformer", None) or pipe.unet
+    return calls, net.register_forward_pre_hook(lambda *a: calls.append(1))
+
+
+def test_a_scheduler_in_the_other_parametrisation_is_refused_before_any_model_call(wan, cogvideox):
+    """A user trial: WanPipeline (a flow-matching transformer) with DDIMScheduler fails in diffusers and ran
+    here silently to meaningless latents. A diffusion model's noise schedule on a flow-matching pipeline, and
+    flow sigmas on CogVideoX's v-prediction model, are refused naming both, before the denoiser runs."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    flow = r"runs a diffusion model's noise schedule \(not flow sigmas\), and {}'s denoiser is a flow-matching model"
+    cases = [(wan, DDIMScheduler(), dict(prompt="a", **WAN_KW), flow),
+             (wan, DPMSolverMultistepScheduler(), dict(prompt="a", **WAN_KW), flow),
+             (cogvideox, UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True), _cog_kw(),
+              r"runs flow sigmas, and {}'s denoiser is a diffusion model")]
+    for pipe, sched, kw, what in cases:
+        name, old = type(pipe).__name__, pipe.scheduler
+        pipe.scheduler = sched
+        calls, hook = _denoiser_calls(pipe)
+        try:
+            with pytest.raises(ValueError, match=rf"^{name}: {type(sched).__name__} {what.format(name)}, .*: use "):
+                cd.sample(pipe, num_inference_steps=4, output_type="latent", progress=False, **kw)
+        finally:
+            pipe.scheduler = old
+            hook.remove()
+        assert not calls, name
+    # each pipeline's own kind runs (Wan on flow sigmas, CogVideoX on its VP schedule: the tests above)
+    assert cd.map_scheduler(wan.scheduler, 4).flow and not cd.map_scheduler(cogvideox.scheduler, 4).flow
+
+
+def test_epsilon_at_zero_terminal_snr_is_refused_naming_the_scheduler_options(cogvideox):
+    """A user trial: CogVideoXDDIMScheduler(prediction_type="epsilon", rescale_betas_zero_snr=True,
+    timestep_spacing="trailing") (diffusers' loop returns nan) was refused naming chords internals ("grid[0]=1
+    ... time_grid stops short of pure noise"); now naming the scheduler, its options and what to change."""
+    old = cogvideox.scheduler
+    cogvideox.scheduler = CogVideoXDDIMScheduler(prediction_type="epsilon", rescale_betas_zero_snr=True,
+                                                 timestep_spacing="trailing")
+    calls, hook = _denoiser_calls(cogvideox)
+    try:
+        with pytest.raises(ValueError, match=r"^CogVideoXDDIMScheduler: prediction_type='epsilon' with "
+                                             r"rescale_betas_zero_snr=True: alpha is 0 at the first step.*use "
+                                             r"prediction_type='v_prediction'.*or rescale_betas_zero_snr=False$"):
+            cd.sample(cogvideox, num_inference_steps=4, progress=False, output_type="latent", **_cog_kw())
+    finally:
+        cogvideox.scheduler = old
+        hook.remove()
+    assert not calls
+
+
+def test_a_pipeline_without_its_vae_is_refused_before_sampling_unless_the_output_is_latent(sdxl, wan, hunyuan,
+                                                                                          cogvideox):
+    from test_diffusers import refuses_missing_vae
+
+    refuses_missing_vae(sdxl, prompt="a", height=16, width=16)
+    refuses_missing_vae(wan, prompt="a", **WAN_KW)
+    refuses_missing_vae(hunyuan, height=16, width=16, num_frames=5, **_hunyuan_embeds())
+    refuses_missing_vae(cogvideox, **_cog_kw())

@@ -41,9 +41,13 @@ class Job:
         scales_input: whether the pipeline calls ``scheduler.scale_model_input`` (the flow
             pipelines and DDPM / DDIM do not: a scheduler that needs it, Euler or Heun, is refused
             for them).
-        unscaled_advice: the schedulers that refusal suggests, for this pipeline's model (a user
-            trial: the flow-matching advice given to DDPMPipeline's epsilon UNet, followed, gave
-            garbage silently; HunyuanVideo's custom sigmas rule out DPMSolverMultistep).
+        unscaled_advice: the schedulers that refusal (and that of ``flow``) suggests, for this
+            pipeline's model (a user trial: the flow-matching advice given to DDPMPipeline's epsilon
+            UNet, followed, gave garbage silently; HunyuanVideo's custom sigmas rule out DPMSolverMultistep).
+        flow: whether the denoiser is a flow-matching model (True: a scheduler on a diffusion model's
+            noise schedule is refused; False: one on flow sigmas is; ``None``: either runs, where the
+            pipeline's model may be of either kind: a UNet trained for flow matching runs in
+            StableDiffusionPipeline with UniPC on flow sigmas).
     """
 
     net: GuidedNet
@@ -55,6 +59,7 @@ class Job:
     scales_input: bool = True
     unscaled_advice: str = ("the pipeline's flow-matching scheduler (FlowMatchEulerDiscreteScheduler), or "
                             "DPMSolverMultistepScheduler / UniPCMultistepScheduler with use_flow_sigmas=True")
+    flow: bool | None = None
 
 
 #: ``Job.unscaled_advice`` for an epsilon-prediction UNet (DDPMPipeline, DDIMPipeline)
@@ -116,11 +121,12 @@ def _batch_size(prompt: Any, prompt_embeds: Any) -> int:
     return 1 if isinstance(prompt, str) else len(prompt)
 
 
-def component(pipe: Any, name: str, attr: str) -> Any:
-    """``pipe.<attr>``, a ``ValueError`` naming it where it is None (a pipeline made without it)."""
+def component(pipe: Any, name: str, attr: str, why: str = "") -> Any:
+    """``pipe.<attr>``, a ``ValueError`` naming it where it is None (a pipeline made without it); ``why``
+    ends the message (what it is needed for)."""
     part = getattr(pipe, attr, None)
     if part is None:
-        raise ValueError(f"{name}: pipe.{attr} is None; chords_diffusers needs it")
+        raise ValueError(f"{name}: pipe.{attr} is None; chords_diffusers needs it{why}")
     return part
 
 
@@ -245,7 +251,7 @@ def _sd3(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         image = pipe.vae.decode(x, return_dict=False)[0]
         return StableDiffusion3PipelineOutput(images=pipe.image_processor.postprocess(image, output_type=output_type))
 
-    return Job(net, make_latents, finish, device, tkw, scales_input=False)
+    return Job(net, make_latents, finish, device, tkw, scales_input=False, flow=True)
 
 
 def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -318,7 +324,7 @@ def _flux(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         image = pipe.vae.decode(x, return_dict=False)[0]
         return FluxPipelineOutput(images=pipe.image_processor.postprocess(image, output_type=output_type))
 
-    return Job(net, lambda: lat, finish, device, tkw, scales_input=False)
+    return Job(net, lambda: lat, finish, device, tkw, scales_input=False, flow=True)
 
 
 def _sd(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -539,7 +545,7 @@ def _wan(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = vae.decode(x / inv_std + mean, return_dict=False)[0]
         return WanPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    return Job(gnet, lambda: lat, finish, device, scales_input=False)
+    return Job(gnet, lambda: lat, finish, device, scales_input=False, flow=True)
 
 
 def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
@@ -600,7 +606,7 @@ def _hunyuan_video(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
         video = pipe.vae.decode(x.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return HunyuanVideoPipelineOutput(frames=_postprocess_video(pipe, video, output_type))
 
-    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas}, scales_input=False,
+    return Job(gnet, lambda: lat, finish, device, {"sigmas": sigmas}, scales_input=False, flow=True,
                unscaled_advice="FlowMatchEulerDiscreteScheduler, or UniPCMultistepScheduler with "
                                "use_flow_sigmas=True (its loop gives the scheduler custom sigmas, which "
                                "DPMSolverMultistepScheduler does not take)")
@@ -660,7 +666,9 @@ def _cogvideox(pipe: Any, prompt: Any, steps: int, kw: dict) -> Job:
     # dropped here: 0.41 off the pipeline at 0.5; refused now), CogVideoXDDIMScheduler's takes it and ignores it
     step = {} if type(pipe.scheduler).__name__ == "CogVideoXDDIMScheduler" else {"eta": eta}
     return Job(gnet, make_latents, finish, device, {"timesteps": timesteps} if timesteps is not None else {},
-               step_kwargs=step)
+               step_kwargs=step, flow=False, unscaled_advice="CogVideoXDDIMScheduler (or DDIMScheduler, "
+               "DPMSolverMultistepScheduler, UniPCMultistepScheduler without use_flow_sigmas) with the model's "
+               "own prediction_type")
 
 
 ADAPTERS = {

@@ -27,7 +27,7 @@ from chords_core.progress import bar_options
 
 from .adapters import ADAPTERS, Job, call_params, component
 from .denoiser import GuidedNet, make_model
-from .schedulers import SchedulerMap, map_scheduler, unscaled_input
+from .schedulers import SchedulerMap, map_scheduler, option_clash, other_parametrisation, unscaled_input
 
 __all__ = ["sample", "sample_latents", "make_executor", "ChordsPipelineOutput", "SUPPORTED_PIPELINES"]
 
@@ -202,10 +202,7 @@ def sample_latents(
         cores = min(DEFAULT_CORES, len(smap.grid) - 1)
     clash = sorted(set(smap.solver_options) & set(chords_options))
     if clash:  # (both went into one call: Python's "got multiple values for keyword argument")
-        k = clash[0]
-        raise ValueError(f"{k}: set by the scheduler's configuration ({k}={smap.solver_options[k]!r} for solver "
-                         f"{smap.solver!r}, map_scheduler); configure the scheduler for another value, e.g. "
-                         f"scheduler = type(scheduler).from_config(scheduler.config, {k}=...)")
+        raise option_clash(smap, clash[0], chords_options[clash[0]])
     model = make_model(smap, net)
     ex, owned = make_executor(devices, executor)
     try:
@@ -308,6 +305,10 @@ def sample(
                          f"{', '.join(ADAPTERS)}")
     if hasattr(pipe, "scheduler"):  # (SD3's adapter read a None's config: an AttributeError)
         component(pipe, name, "scheduler")
+    output_type = pipe_kwargs.get("output_type", call_default(pipe, "output_type", "latent"))
+    if hasattr(pipe, "vae") and output_type != "latent":  # (a user trial: after the whole sampling, an
+        # AttributeError, "'NoneType' object has no attribute 'modules'", in the decoder)
+        component(pipe, name, "vae", f" to decode output_type={output_type!r}; output_type='latent' works without it")
     if progress is None:
         progress = progress_enabled(pipe)
     if num_inference_steps is None:
@@ -323,6 +324,8 @@ def sample(
                              step_kwargs=job.step_kwargs or None, **job.timestep_kwargs)
         if smap.scale_input and not job.scales_input:
             raise unscaled_input(smap.scheduler, name, job.unscaled_advice)
+        if job.flow is not None and smap.flow != job.flow:
+            raise other_parametrisation(smap, name, job.unscaled_advice)
         latents = job.make_latents()
         batch = getattr(job.net, "batch", None)
         if batch is not None and latents.shape[0] != batch:  # (a multiple ran on, cycling the prompts)

@@ -277,6 +277,8 @@ class SchedulerMap:
         extra: anything else a mapper records.
         x0_transform: ``clip_sample`` / ``thresholding`` of the data prediction, applied by the
             denoiser after ``output`` (``None``: none); ``prediction`` is then ``"x0"``.
+        config_keys: solver option -> the scheduler's config key that sets it, to the same value
+            (UniPC's ``order`` is its ``solver_order``); an option not here has none.
     """
 
     scheduler: str
@@ -292,11 +294,18 @@ class SchedulerMap:
     init_noise_sigma: float = 1.0
     extra: dict = field(default_factory=dict)
     x0_transform: DataTransform | None = None
+    config_keys: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
         """T, the number of sampling steps."""
         return len(self.grid) - 1
+
+    @property
+    def flow(self) -> bool:
+        """Whether the map is on flow sigmas, x = (1 - t) x0 + t noise (``FlowMatchEulerDiscreteScheduler``;
+        DPM-Solver and UniPC with ``use_flow_sigmas``), not a diffusion model's VP / VE noise schedule."""
+        return isinstance(self.schedule, cc.RectifiedFlow)
 
 
 def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, device: Any = None,
@@ -347,6 +356,7 @@ def map_scheduler(scheduler: Any, num_inference_steps: int | None = None, *, dev
         raise ValueError("num_inference_steps is required: the scheduler has no timesteps set yet")
     smap = _MAPPERS[name](scheduler, scheduler.config, step)
     _check_descends(name, smap.grid)
+    _check_data_at_start(name, scheduler.config, smap)
     return smap
 
 
@@ -361,6 +371,37 @@ def unscaled_input(scheduler: str, who: str, advice: str) -> ValueError:
     """
     return ValueError(f"{who}: {scheduler} scales the model input (scale_model_input), which {who} never calls "
                       f"(diffusers warns; its loop is then no ODE of this model): use {advice}")
+
+
+def other_parametrisation(smap: SchedulerMap, who: str, advice: str) -> ValueError:
+    """The refusal of a scheduler in the other parametrisation than the denoiser of ``who``: a diffusion
+    model's noise schedule for a flow-matching model, or flow sigmas for a diffusion model (a user trial:
+    WanPipeline with DDIMScheduler fails in diffusers, and ran here silently to meaningless latents).
+
+    Args:
+        smap: the mapped scheduler.
+        who: the pipeline, for the message.
+        advice: the schedulers to use instead (``adapters.Job.unscaled_advice``).
+    """
+    runs, model = (("flow sigmas", "a diffusion model") if smap.flow else
+                   ("a diffusion model's noise schedule (not flow sigmas)", "a flow-matching model"))
+    return ValueError(f"{who}: {smap.scheduler} runs {runs}, and {who}'s denoiser is {model}, so the samples would "
+                      f"be meaningless: use {advice}")
+
+
+def option_clash(smap: SchedulerMap, option: str, value: Any) -> ValueError:
+    """The refusal of a solver option ``option=value`` given to ``sample_latents`` that the map sets
+    itself (``smap.solver_options``), naming the scheduler's config key that sets it (a user trial: the
+    advice named chords' ``order``, which diffusers' ``from_config`` ignores, for UniPC's ``solver_order``)."""
+    what = f"{option}={smap.solver_options[option]!r} for solver {smap.solver!r}"
+    key = smap.config_keys.get(option)
+    if key is None:
+        return ValueError(f"{option}: set by the scheduler map ({what}), and no config option of {smap.scheduler} "
+                          "sets it; give a SchedulerMap with other solver_options, e.g. "
+                          f"dataclasses.replace(smap, solver_options={{**smap.solver_options, {option!r}: {value!r}}})")
+    return ValueError(f"{option}: set by the scheduler's configuration ({what}, from {smap.scheduler}'s {key}); "
+                      f"configure the scheduler for another value, e.g. scheduler = "
+                      f"{smap.scheduler}.from_config(scheduler.config, {key}={value!r})")
 
 
 def takes_custom(scheduler: Any, key: str) -> bool:
@@ -381,6 +422,22 @@ def _check_descends(name: str, grid: np.ndarray) -> None:
             "do not descend strictly (a step of length 0, or one back up in noise)")
     raise ValueError(f"{name}: its noise levels [{shown}] {what}: no ODE grid chords_diffusers can run; give custom "
                      "timesteps / sigmas in descending order, and a single step one that ends below where it starts")
+
+
+def _check_data_at_start(name: str, cfg: Any, smap: SchedulerMap) -> None:
+    """Refuse an epsilon prediction where the grid starts at alpha = 0 (zero terminal SNR: DDIM's and
+    CogVideoX's ``rescale_betas_zero_snr`` from timestep 999), where it gives no data prediction
+    (diffusers' own loop returns nan; the core's refusal named only its grid, a user trial)."""
+    pred = smap.prediction if smap.x0_transform is None else smap.x0_transform.prediction
+    if pred != "eps" or float(smap.schedule.alpha(smap.grid[0])) != 0.0:
+        return
+    why, fix = (("rescale_betas_zero_snr=True", "rescale_betas_zero_snr=False")
+                if cfg.get("rescale_betas_zero_snr", False) else
+                ("betas whose alphas_cumprod reaches 0", "betas whose alphas_cumprod stays above 0"))
+    raise ValueError(f"{name}: prediction_type='epsilon' with {why}: alpha is 0 at the first step (zero terminal "
+                     f"SNR, timestep {int(smap.timesteps[0])}), where an epsilon prediction gives no data prediction "
+                     f"(diffusers' own loop returns nan); use prediction_type='v_prediction' (a model trained for it), "
+                     f"or {fix}")
 
 
 # -- per scheduler ------------------------------------------------------------------------------
@@ -601,9 +658,20 @@ def _dpm(s: Any, cfg: Any, step: dict) -> SchedulerMap:
                              f"{n} steps the orders would differ from diffusers' on the last steps)")
         grid, n = grid[:-1], n - 1
     solver = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
-    opts = {} if order == 1 else {"lower_order_final": bool(cfg.lower_order_final)}
-    smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, opts, pred, s.timesteps[:n], s.sigmas[:n])
+    keys = {} if order == 1 else {"lower_order_final": "lower_order_final"}
+    smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, solver, _config_options(cfg, keys), pred,
+                        s.timesteps[:n], s.sigmas[:n], config_keys=keys)
     return _with_transform(smap, cfg, clip=False, threshold=True)
+
+
+def _config_options(cfg: Any, keys: Mapping[str, str]) -> dict:
+    """The solver options ``keys`` (option -> config key) read from the scheduler's config
+    (``SchedulerMap.config_keys``); ``lower_order_final`` as a bool."""
+    return {o: bool(cfg[k]) if o == "lower_order_final" else cfg[k] for o, k in keys.items()}
+
+
+#: UniPC's solver options -> UniPCMultistepScheduler's config keys (the same values)
+_UNIPC_KEYS = {"order": "solver_order", "variant": "solver_type", "lower_order_final": "lower_order_final"}
 
 
 def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
@@ -622,8 +690,8 @@ def _unipc(s: Any, cfg: Any, step: dict) -> SchedulerMap:
     n = len(s.timesteps)
     if _repeats_last(grid):  # (cd.sample failed with the core's "grid must be strictly monotone")
         raise ValueError(_repeated_sigma(name, cfg, grid))
-    opts = {"order": cfg.solver_order, "variant": cfg.solver_type, "lower_order_final": bool(cfg.lower_order_final)}
-    smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", opts, pred, s.timesteps[:n], s.sigmas[:n])
+    smap = SchedulerMap(name, _multistep_schedule(s, cfg), grid, "unipc", _config_options(cfg, _UNIPC_KEYS), pred,
+                        s.timesteps[:n], s.sigmas[:n], config_keys=dict(_UNIPC_KEYS))
     return _with_transform(smap, cfg, clip=False, threshold=True)
 
 
