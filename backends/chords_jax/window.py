@@ -379,7 +379,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
                 over = jnp.where(jnp.isinf(w)[:, None], changed, ~(score.astype(cmp) <= thr))  # (W, R)
             else:
                 delta = Q - jnp.concatenate([Qh, Q[:-1]])  # q_j - q_{j-1}, j = b + k (``LocalError``, p = 1)
-                uq = exponent(delta)
+                uq = exponent(jnp.where(active[:, None], delta, 0))  # (lanes past T: not in any estimate)
                 # (a floor beyond the sums' range, of a state 1e-154 times x_0's or smaller, capped: finite, as
                 # the core's longdouble one, under which every change of the window's size is accepted)
                 fs = jnp.finfo(sq0.dtype)

@@ -464,7 +464,11 @@ class DistributedExecutor(Executor):
         the round, at least 1 ms, a rank that had answered in time was blamed, and the group cut, for a
         local share past ``round_timeout``: 3 MiB states, a trial)."""
         status = torch.zeros(STATUS, dtype=torch.int64, device=self.device)
-        self._statuses[rank] = (status, dist.irecv(status, rank, group=self.group))
+        try:
+            work = dist.irecv(status, rank, group=self.group)
+        except RuntimeError:  # (a lost rank: the receive is posted again where it is read, which names it)
+            work = None
+        self._statuses[rank] = (status, work)
 
     def _answer(self, rank: int, n: int, shape: tuple, dtype: torch.dtype,
                 timeout: float | None = None) -> tuple[int, int, Any, Any]:
