@@ -20,31 +20,11 @@ import numpy as np
 from . import _backend as B
 from .checks import LIBRARY_PACKAGES, _is_int, check_grid
 from .executors import BatchedExecutor, Executor
-from .models import DiffusionModel, Model
-from .solvers import SOLVERS, Solver, declared_option, make_solver
+from .models import DiffusionModel, Model, check_model
+from .solvers import SOLVERS, Solver, bind_solver, declared_option
 
 __all__ = ["check_model", "check_state", "begin", "Call", "warn_caller", "method_arguments", "training_layers",
            "warn_training"]
-
-
-def check_model(model: Any, name: str = "model") -> Model:
-    """``model`` if it is a chords_core ``Model``; a ``TypeError`` that says how to wrap a function otherwise.
-
-    Args:
-        model: the value passed as the model.
-        name: the argument's name, for the message.
-
-    Returns:
-        ``model``.
-    """
-    if isinstance(model, Model):
-        return model
-    if callable(model):
-        raise TypeError(
-            f"{name} must be a chords_core Model; wrap a function: VectorField(f) for dy/dt = f(t, y), "
-            f"or DiffusionModel(fn, schedule, prediction) for a denoiser fn(x, t)"
-        )
-    raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")
 
 
 def _held(obj: Any) -> list:
@@ -242,7 +222,7 @@ def begin(model: Any, x: Any, grid: Any, solver: str | Solver, executor: Executo
     times = check_grid(grid)
     model.check_times(times)
     try:
-        sol = make_solver(solver, model, times, **(solver_options or {}))
+        sol = bind_solver(solver, model, times, **(solver_options or {}))
     except ValueError as err:
         if not (isinstance(solver, str) and solver not in SOLVERS):  # (an unknown solver: that error)
             _method_argument(solver_options or {}, solver)

@@ -96,7 +96,10 @@ def check_float(name: str, value: Any, low: float | None = None, high: float | N
         ``float(value)`` (-0.0 as 0.0). Raises ``ValueError`` naming ``name`` otherwise (NaN always fails).
     """
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    v = float(value) if ok else _scalar_array(value)
+    try:
+        v = float(value) if ok else _scalar_array(value)
+    except OverflowError:  # (an int beyond float's range, 10**400: a bare OverflowError, a trial)
+        v = math.inf if value > 0 else -math.inf
     ok = ok or not math.isnan(v)
     if ok and not math.isnan(v) and (not finite or math.isfinite(v)):
         if (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high):

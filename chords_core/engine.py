@@ -96,14 +96,6 @@ class DeferredCheck:
         cores still running, a prefix of the round's points)."""
         self.pending = [(f[:count(*context)], rnd, where, context) for f, rnd, where, context in self.pending]
 
-    def verify(self) -> None:
-        """Read every pending flag back at once; raise ``ModelOutputError`` naming the round and point
-        of the first non-finite output."""
-        bad = self.first_bad()
-        if bad is not None:
-            self.pending = []
-            raise bad[0]
-
 
 def eval_where(e: Eval, time: float) -> str:
     """How an error names the evaluation ``e`` of a CHORDS round at ``time``: its core, step and stage."""
@@ -166,8 +158,11 @@ def evaluate_round(executor: Executor, model: Model, xs: Sequence[Any], ts: Sequ
     if outs and model.deferred_check(outs[0]):
         check = DeferredCheck() if deferred is None else deferred
         check.add(outs, round_number, where, context)
-        if deferred is None:
-            check.verify()
+        if deferred is None and (bad := check.first_bad()) is not None:
+            # (checked now: a bad output carries the round's outputs before it, as the model's own check's
+            # does; without them a window method evaluated the stage again, extra rounds for "deferred", a trial)
+            first = bad[0]
+            raise first.relabel(first.point, str(first), list(outs[:first.point]))
     return outs
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_choice, check_float, check_int
-from .schedules import RectifiedFlow, Schedule
+from .schedules import RectifiedFlow, Schedule, check_schedule
 
 __all__ = ["time_grid", "shift_time", "SPACINGS"]
 
@@ -88,6 +88,7 @@ def time_grid(
         (T + 1,) float64 times, strictly monotone, ending at ``t_data``. Raises ``ValueError`` naming
         the offending argument.
     """
+    check_schedule(schedule)
     steps = check_int("steps", steps, 1, MAX_STEPS)
     check_choice("spacing", spacing, SPACINGS)
     shift = check_float("shift", shift, 0.0, low_open=True)

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .checks import LIBRARY_PACKAGES
-from .schedules import ByIdentity, RectifiedFlow, Schedule, schedule_key
+from .checks import LIBRARY_PACKAGES, check_bool
+from .schedules import ByIdentity, RectifiedFlow, Schedule, check_schedule, schedule_key
 
 __all__ = ["Model", "DiffusionModel", "VectorField", "is_plain_ode", "ModelOutputError", "PREDICTIONS", "CHECK_MODES",
            "resolve_check", "check_array", "check_call", "output_problem", "outputs_like"]
@@ -94,6 +94,8 @@ NONFINITE = "model returned non-finite values (nan or inf)"
 
 
 CHECK_MODES = (True, False, "auto", "deferred")
+
+_EPS64 = float(np.finfo(np.float64).eps)
 
 
 def _check_mode(value: Any) -> bool | str:
@@ -554,8 +556,7 @@ class DiffusionModel(Model):
                  check_outputs: bool | str = "auto") -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a chords_core Schedule, got {type(schedule).__name__}")
+        check_schedule(schedule)
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.fn, self.schedule, self.prediction = fn, schedule, prediction
@@ -614,8 +615,9 @@ class DiffusionModel(Model):
         a, s = float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
         p = self.prediction
         with np.errstate(divide="ignore", invalid="ignore"):
-            if p == "eps":
-                return ((1 / a, -s / a) if a else (np.nan, np.nan)), (0.0, 1.0)
+            if p == "eps":  # (none where alpha is 0 or within float64 rounding of it against sigma: the cosine
+                # schedule's alpha(1) = 6e-17, 1e16 times the output, 8.5e11 off for a network 0.1% off, a trial)
+                return ((1 / a, -s / a) if a > s * _EPS64 else (np.nan, np.nan)), (0.0, 1.0)
             if p == "x0":
                 return (0.0, 1.0), ((1 / s, -a / s) if s else (0.0, 0.0))
             if p == "v":
@@ -669,7 +671,8 @@ class VectorField(Model):
                  check_outputs: bool | str = "auto") -> None:
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
-        self.f, self.batched, self.check_outputs = f, bool(batched), _check_mode(check_outputs)
+        # (checked: bool("False") ran an unbatched f batched, a silent wrong answer, a trial)
+        self.f, self.batched, self.check_outputs = f, check_bool("batched", batched), _check_mode(check_outputs)
 
     uses_workspace = True
 
@@ -742,3 +745,23 @@ def _find_grid_problem(schedule: Schedule, raw: bytes) -> str:
                 f"grid[{k}]={times[k]:g} -> grid[{k + 1}]={times[k + 1]:g} goes the other way; "
                 f"reverse the grid, e.g. time_grid(schedule, steps)")
     return ""
+
+
+def check_model(model: Any, name: str = "model") -> Model:
+    """``model`` if it is a chords_core ``Model``; a ``TypeError`` that says how to wrap a function otherwise.
+
+    Args:
+        model: the value passed as the model.
+        name: the argument's name, for the message.
+
+    Returns:
+        ``model``.
+    """
+    if isinstance(model, Model):
+        return model
+    if callable(model):
+        raise TypeError(
+            f"{name} must be a chords_core Model; wrap a function: VectorField(f) for dy/dt = f(t, y), "
+            f"or DiffusionModel(fn, schedule, prediction) for a denoiser fn(x, t)"
+        )
+    raise TypeError(f"{name} must be a chords_core Model (DiffusionModel or VectorField), got {type(model).__name__}")

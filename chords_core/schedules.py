@@ -104,6 +104,21 @@ class Schedule:
         """
         return (0.0, 1.0)
 
+    def _check_ends(self, t_noise_high: float) -> None:
+        """Check and normalise (to floats) the fields every library schedule has: ``t_data`` 0 (where
+        its sigma is 0), ``t_noise`` in (0, ``t_noise_high``], ``t_min`` ``None`` or in [0, t_noise)
+        (a frozen dataclass's ``__post_init__``; a string, say, failed later naming no argument)."""
+        t_data = check_float("t_data", self.t_data)
+        if t_data != 0.0:
+            raise ValueError(f"t_data must be 0 for {type(self).__name__} (its sigma is 0 there alone), got "
+                             f"{self.t_data!r}")
+        t_noise = check_float("t_noise", self.t_noise, 0.0, t_noise_high, low_open=True)
+        t_min = None if self.t_min is None else check_float("t_min", self.t_min, 0.0)
+        if t_min is not None and not t_min < t_noise:
+            raise ValueError(f"t_min must lie below t_noise={t_noise:g}, got {self.t_min!r}")
+        for name, v in (("t_data", t_data), ("t_noise", t_noise), ("t_min", t_min)):
+            object.__setattr__(self, name, v)
+
     def outside(self, name: str, t: float) -> str:
         """What is wrong with the time ``t`` given as ``name``: "" inside ``domain()``, else a message
         naming it (the one wording of the grid's and ``time_grid``'s checks)."""
@@ -209,6 +224,16 @@ def schedule_key(schedule: Schedule) -> Any:
     return type(schedule), items
 
 
+def check_schedule(schedule: Any) -> Schedule:
+    """``schedule`` if it is a ``Schedule`` instance; a ``TypeError`` naming the argument otherwise (the
+    class itself, or None, failed later on an attribute, a trial)."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, type) and issubclass(schedule, Schedule):
+        raise TypeError(f"schedule: pass an instance, e.g. {schedule.__name__}(), not the class {schedule.__name__}")
+    raise TypeError(f"schedule must be a chords_core Schedule, got {type(schedule).__name__}")
+
+
 @dataclass(frozen=True)
 class RectifiedFlow(Schedule):
     """Rectified flow / flow matching: alpha = 1 - t, sigma = t, t from 1 (noise) to 0 (data).
@@ -219,6 +244,9 @@ class RectifiedFlow(Schedule):
     t_noise: float = 1.0
     t_data: float = 0.0
     t_min: float | None = None
+
+    def __post_init__(self) -> None:
+        self._check_ends(1.0)
 
     def alpha(self, t: Any) -> np.ndarray:
         """alpha(t) = 1 - t."""
@@ -253,6 +281,21 @@ class VP(Schedule):
     beta_max: float = 20.0
     s: float = 0.008
 
+    def __post_init__(self) -> None:
+        # (a kind other than "linear" ran the cosine formula, a typo's "Linear" included: 1e15 from t = 1, a trial)
+        if self.kind not in ("linear", "cosine"):
+            raise ValueError(f"kind must be 'linear' or 'cosine' (VP.linear(), VP.cosine()), got {self.kind!r}")
+        self._check_ends(1.0)
+        if self.kind == "cosine" and not self.t_noise < 1.0:
+            raise ValueError(f"t_noise must lie below 1 for the cosine schedule (alpha is 0 at t = 1), got "
+                             f"{self.t_noise!r}")
+        beta_min = check_float("beta_min", self.beta_min, 0.0)
+        beta_max = check_float("beta_max", self.beta_max)
+        if not beta_min < beta_max:
+            raise ValueError(f"beta_min and beta_max must satisfy 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        for name, v in (("beta_min", beta_min), ("beta_max", beta_max), ("s", check_float("s", self.s, 0.0))):
+            object.__setattr__(self, name, v)
+
     @classmethod
     def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> VP:
         """Continuous-time DDPM schedule with beta(t) = beta_min + t (beta_max - beta_min).
@@ -265,9 +308,6 @@ class VP(Schedule):
         Returns:
             The ``VP`` schedule (t from 1 to 0).
         """
-        beta_min, beta_max = check_float("beta_min", beta_min, 0.0), check_float("beta_max", beta_max)
-        if not beta_min < beta_max:
-            raise ValueError(f"beta_min and beta_max must satisfy 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         return cls(kind="linear", beta_min=beta_min, beta_max=beta_max, t_min=t_min)
 
     @classmethod
@@ -284,7 +324,7 @@ class VP(Schedule):
         """
         if not 0 < check_float("t_max", t_max) < 1:
             raise ValueError(f"t_max must lie in (0, 1) for the cosine schedule, got {t_max}")
-        return cls(kind="cosine", s=check_float("s", s, 0.0), t_noise=float(t_max), t_min=t_min)
+        return cls(kind="cosine", s=s, t_noise=t_max, t_min=t_min)
 
     def _log_alpha(self, t: Any) -> np.ndarray:
         t = np.asarray(t, dtype=np.float64)
@@ -337,6 +377,9 @@ class EDM(Schedule):
     t_noise: float = 80.0
     t_data: float = 0.0
     t_min: float | None = 0.002
+
+    def __post_init__(self) -> None:
+        self._check_ends(math.inf)
 
     def alpha(self, t: Any) -> np.ndarray:
         """alpha(t) = 1."""

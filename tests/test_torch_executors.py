@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -298,6 +299,17 @@ def test_device_executor_bad_arguments():
             ProcessExecutor(FACTORY, workers=1, start_timeout=big)
     with pytest.raises(TypeError, match="replicate"):
         DeviceExecutor(["cpu"], replicate=3)
+    # (a trial: None failed with "object of type 'NoneType' has no len()"; numpy's numbers were refused as
+    # timeouts, np.float64 alone taken, as a float subclass; a bool or a numpy bool is no number of seconds)
+    for devices in (None, 2):
+        with pytest.raises(ValueError, match=r"^devices must be a non-empty list of devices"):
+            DeviceExecutor(devices)
+    for seconds in (np.float32(5), np.int64(5), np.float16(5)):
+        with DeviceExecutor(["cpu"], round_timeout=seconds) as ex:
+            assert ex.round_timeout == 5.0 and type(ex.round_timeout) is float
+    for flag in (True, np.bool_(True)):
+        with pytest.raises(ValueError, match="^round_timeout must be a positive number of seconds"):
+            DeviceExecutor(["cpu"], round_timeout=flag)
     with DeviceExecutor(["cpu"]) as ex:
         with pytest.raises(ValueError, match="xs"):
             ex(MODEL, [x0(), x0(dim=5)], [0.5, 0.5])

@@ -1060,6 +1060,65 @@ def test_schedule_parameters_are_checked_by_name(call, name):
         call()
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: cc.VP(kind="Linear"), r"^kind must be 'linear' or 'cosine'"),  # (it ran the cosine formula: 1e15)
+    (lambda: cc.VP(kind="cosine"), r"^t_noise must lie below 1 for the cosine schedule"),
+    (lambda: cc.RectifiedFlow("1"), r"^t_noise must be a finite number > 0 and <= 1, got '1'"),
+    (lambda: cc.RectifiedFlow(t_noise=2.0), r"^t_noise must be a finite number > 0 and <= 1"),
+    (lambda: cc.VP.linear(t_min="0.001"), r"^t_min must be a finite number >= 0, got '0.001'"),
+    (lambda: cc.EDM(t_min=100.0), r"^t_min must lie below t_noise=80"),
+    (lambda: cc.EDM(t_data=1.0), r"^t_data must be 0 for EDM"),  # (time_grid said t_max lay within t_min of it)
+    (lambda: cc.VP(beta_min=2.0, beta_max=1.0), r"^beta_min and beta_max must satisfy"),
+    (lambda: cc.time_grid(None, 5), r"^schedule must be a chords_core Schedule, got NoneType"),
+    (lambda: cc.time_grid(cc.RectifiedFlow, 5), r"^schedule: pass an instance, e.g. RectifiedFlow\(\)"),
+    (lambda: cc.make_solver("euler", None, [1.0, 0.0]), r"^model must be a chords_core Model"),
+    (lambda: cc.make_solver("euler", cc.DiffusionModel(lambda x, t: x, cc.RectifiedFlow(), "flow"), "abc"),
+     r"^times must be a 1-D sequence"),
+    (lambda: cc.make_solver("euler", cc.DiffusionModel(lambda x, t: x, cc.RectifiedFlow(), "flow"), [1.0, 2.0]),
+     r"^grid\[1\]=2 lies outside the schedule's time domain"),  # (it was bound; solve refused it later)
+    (lambda: cc.VectorField(lambda t, y: -y, batched="False"), r"^batched must be True or False"),
+    (lambda: cc.parallel(cc.VectorField(lambda t, y: -y), np.ones((1, 2)), np.linspace(0, 1, 5), cores=2,
+                         tol=10**400), r"^tol must be a finite number >= 0"),  # (a bare OverflowError)
+])
+def test_schedule_fields_and_other_arguments_are_named(call, message):
+    """A user trial: ``VP(kind=...)`` took any string, a typo as the cosine schedule (1e15 from t = 1);
+    the schedules' own fields were unchecked (a string failed later naming nothing); ``time_grid`` and
+    ``make_solver`` failed on an attribute for None or a class; ``VectorField(batched="False")`` ran
+    batched (a silent wrong answer); an int beyond float's range raised a bare OverflowError."""
+    with pytest.raises((TypeError, ValueError), match=message):
+        call()
+
+
+def test_an_eps_model_from_the_cosine_schedules_t_1_is_refused_and_fields_are_floats():
+    """``np.linspace(1, 0, n)`` on ``VP.cosine()`` ran an eps model from alpha(1) = 6e-17 (cos(pi/2) in
+    float64, 0 in exact arithmetic): its data prediction 1e16 times its output, 8.5e11 for a network 0.1%
+    off, a trial. It is refused as at alpha = 0; a v model runs from t = 1 (its data prediction exists
+    there). The fields are floats, so equal schedules made from ints and floats are equal."""
+    vc = cc.VP.cosine()
+    x, grid = np.ones((1, 2)), np.linspace(1.0, 0.0, 5)
+    with pytest.raises(ValueError, match=r"^grid\[0\]=1: the model's output cannot be converted .*within rounding"):
+        cc.solve(cc.DiffusionModel(lambda x, t: 0.5 * x, vc, "eps"), x, grid, "ddim")
+    assert np.isfinite(cc.solve(cc.DiffusionModel(lambda x, t: 0.5 * x, vc, "v"), x, grid, "ddim")).all()
+    assert cc.EDM(t_noise=10) == cc.EDM(t_noise=10.0) and type(cc.EDM(t_noise=10).t_noise) is float
+
+
+def test_deferred_output_checks_cost_window_methods_no_round():
+    """A trial: with ``check_outputs="deferred"`` a window method's non-finite output was raised without
+    the round's outputs before it, so the stage was evaluated again (parataa 40 rounds against 36, the
+    cascade 57 against 56, ParaSolver 41 against 40); now the same rounds and bits as the check at once."""
+    g, y0 = np.linspace(0, 1, 41), np.array([[0.5], [0.9]])
+
+    def f(t, y):
+        return np.where(np.abs(y) > 50, np.inf, -30 * y ** 3 + np.sin(3 * t))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for method in ("parataa", "cascade", "parasolver"):
+            now, later = (cc.parallel(cc.VectorField(f, check_outputs=mode), y0, g, "heun", cores=8, method=method,
+                                      tol=1e-3) for mode in (True, "deferred"))
+            assert (later.rounds, later.nfe) == (now.rounds, now.nfe) and np.array_equal(later.x, now.x), method
+
+
 def test_an_init_set_and_a_negative_round_count_are_refused():
     """A user trial: a set was taken as an init (its order is not the cores'), and ``Plan.nfe(-1)``
     answered for all but the last round."""

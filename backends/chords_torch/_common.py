@@ -20,6 +20,7 @@ import contextlib
 import copy
 import functools
 import json
+import numbers
 import sys
 import threading
 import time
@@ -531,7 +532,8 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+    # (numpy's numbers too: np.float32(5) was refused, a trial; bools and strings are not numbers here)
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, numbers.Real) or not timeout > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
     if not timeout <= MAX_TIMEOUT:
         raise ValueError(f"{name} must be at most {MAX_TIMEOUT:g} seconds, got {timeout!r} (None: no limit)")

@@ -319,7 +319,8 @@ class DeviceExecutor(Executor):
 
     def __init__(self, devices: Sequence[Any], *, replicate: Callable = replicate, batched: bool = False,
                  round_timeout: float | None = None, timeout: Any = UNSET) -> None:
-        if isinstance(devices, (str, torch.device)) or not len(devices):
+        # (None, a number: "object of type 'NoneType' has no len()", naming nothing, a trial)
+        if isinstance(devices, (str, torch.device)) or not hasattr(devices, "__len__") or not len(devices):
             raise ValueError(f"devices must be a non-empty list of devices, got {devices!r}")
         try:
             self.devices = [resolve_device(d) for d in devices]

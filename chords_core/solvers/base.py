@@ -108,8 +108,9 @@ class Solver:
                 if not (math.isfinite(a) and math.isfinite(b)):
                     raise ValueError(
                         f"grid[{i}]={self.t[i]:g}: the model's output cannot be converted to the {self.quantity} "
-                        f"{self.name!r} needs there (e.g. an eps prediction where alpha = 0); start the grid "
-                        f"inside the schedule (time_grid stops short of pure noise) or use another prediction")
+                        f"{self.name!r} needs there (e.g. an eps prediction where alpha is 0, or within rounding of "
+                        f"0); start the grid inside the schedule (time_grid stops short of pure noise) or use another "
+                        f"prediction")
 
     # -- model outputs -> solver quantity -------------------------------------------------------
     @property
