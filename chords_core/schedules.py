@@ -21,6 +21,7 @@ with B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 and f(t) = cos(((t+s)/(1+
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -211,14 +212,25 @@ def attributes(obj: Any) -> dict[str, Any]:
     return state
 
 
+def _attribute_key(v: Any) -> Any:
+    """A schedule attribute as a part of its key: itself where it can be hashed, a numpy array by its
+    dtype, shape and a SHA-256 of its bytes; ``TypeError`` otherwise."""
+    if isinstance(v, np.ndarray) and v.dtype != object:
+        a = np.ascontiguousarray(v)
+        return "array", a.dtype.str, a.shape, hashlib.sha256(a.reshape(-1).view(np.uint8).data).digest()
+    hash(v)
+    return v
+
+
 def schedule_key(schedule: Schedule) -> Any:
     """A hashable key that tells schedules apart by everything they hold: their type and every
     attribute (in ``__dict__`` or slots), a dataclass's fields and any set otherwise (a subclass's parameter set with
     ``object.__setattr__`` escapes the dataclass's equality: two such schedules compared equal and
-    shared cached coefficients); by identity where an attribute cannot be hashed (an array)."""
+    shared cached coefficients), a numpy array by its contents (keyed by identity, an array set anew
+    on the same schedule ran chords_jax's program for the old one: 8.9 off, silently, a trial); by
+    identity where an attribute cannot be hashed otherwise."""
     try:
-        items = tuple(sorted(attributes(schedule).items()))
-        hash(items)
+        items = tuple(sorted((k, _attribute_key(v)) for k, v in attributes(schedule).items()))
     except TypeError:
         return type(schedule), ByIdentity(schedule)
     return type(schedule), items

@@ -1347,6 +1347,67 @@ def test_schedules_that_compare_equal_but_differ_do_not_share_a_cached_program()
                      cc.chords(nm, x, grid, "dpmpp_2m", cores=3, stop=None).x, 1e-12)
 
 
+def test_a_schedules_array_set_anew_or_changed_in_place_is_a_new_program():
+    """A trial: a schedule holding an array was keyed by identity, so an array set anew on the same
+    schedule ran the old one's program and tables, 8.9 off the core, silently. Keyed by its contents."""
+    class ScaledFlow(cc.Schedule):
+        t_noise, t_data, t_min = 1.0, 0.0, None
+
+        def __init__(self, k):
+            self.k = np.asarray(k, np.float64)
+
+        def alpha(self, t):
+            return 1.0 - np.asarray(t, np.float64)
+
+        def sigma(self, t):
+            return np.asarray(t, np.float64) * self.k[0]
+
+        def d_alpha(self, t):
+            return np.full_like(np.asarray(t, np.float64), -1.0)
+
+        def d_sigma(self, t):
+            return np.full_like(np.asarray(t, np.float64), self.k[0])
+
+    w = np.random.default_rng(1).standard_normal((D, D)) / 2
+    s, x, grid = ScaledFlow([1.0]), np.asarray(X), np.linspace(0.9, 0.0, 9)
+    jm = cc.DiffusionModel(lambda x, t: jnp.tanh(x @ w + t[:, None]), s, "eps")
+    nm = cc.DiffusionModel(lambda x, t: np.tanh(x @ w + t[:, None]), s, "eps")
+    results = []
+    for change in (lambda: None, lambda: setattr(s, "k", np.asarray([2.0])), lambda: s.k.__setitem__(0, 3.0)):
+        change()
+        got = np.asarray(cj.chords(jm, jnp.asarray(x), grid, "dpmpp_2m", cores=3, stop=None).x)
+        assert close(got, cc.chords(nm, x, grid, "dpmpp_2m", cores=3, stop=None).x, 1e-12), s.k
+        assert close(np.asarray(cj.parallel(jm, jnp.asarray(x), grid, "ddim", cores=3).x),
+                     cc.parallel(nm, x, grid, "ddim", cores=3).x, 1e-12), s.k
+        results.append(got)
+    assert not close(results[0], results[1], 1e-3) and not close(results[1], results[2], 1e-3)
+
+
+def test_traced_args_or_weights_with_a_concrete_state_run_as_one_call():
+    """A trial: with x concrete and args (or the weights a model closes over) traced, under grad or jit,
+    the library's rules read numpy views of traced outputs: TracerArrayConversionError, where the docs
+    say these rules run as one compiled call. Now the gradient matches finite differences."""
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((D, D)) / 2)
+    model = cc.DiffusionModel(lambda x, t, a: jnp.tanh(x @ w + t[:, None]) * a, SCHED, "v")
+    grid = cc.time_grid(SCHED, 8)
+    x = jnp.asarray(X)
+    for kw in ({"cores": 1}, {"cores": 3, "stop": cc.StopWhenConverged(0.0)}, {"cores": 3, "stop": cc.StopOnResidual(0.0)}):
+        def total(a, kw=kw):
+            return cj.chords(model, x, grid, args=a, **kw).x.sum()
+
+        h = 1e-6
+        assert abs(float(jax.grad(total)(0.5)) - float((total(0.5 + h) - total(0.5 - h)) / (2 * h))) < 1e-6, kw
+        assert close(np.asarray(jax.jit(lambda a, kw=kw: cj.chords(model, x, grid, args=a, **kw).x)(0.5)),
+                     np.asarray(cj.chords(model, x, grid, args=0.5, **kw).x), 1e-12), kw
+        # (the weights closed over by the model, traced: grad with respect to them)
+        def by_weights(v, kw=kw):
+            return cj.chords(cc.DiffusionModel(lambda y, t: jnp.tanh(y @ v + t[:, None]), SCHED, "v"), x, grid,
+                             **kw).x.sum()
+
+        e = jnp.zeros_like(w).at[0, 1].set(h)
+        assert abs(float(jax.grad(by_weights)(w)[0, 1]) - float((by_weights(w + e) - by_weights(w - e)) / (2 * h))) < 1e-6
+
+
 def test_a_model_subclass_that_changes_its_call_is_refused():
     """chords_jax compiles the model's function itself: a ``DiffusionModel`` subclass overriding ``_call``
     (clamping the outputs) was ignored, 0.16 off the core, silently (an extension trial)."""
@@ -1515,6 +1576,28 @@ def test_solver_options_are_keyed_by_their_values():
         cc.SOLVERS.pop(name, None)
 
 
+@pytest.mark.parametrize("prediction, solver, dtype", [("eps", "dpmpp_2m", jnp.bfloat16), ("eps", "euler", jnp.float16),
+                                                        ("v", "ddim", jnp.float16)])
+def test_half_precision_rows_are_summed_in_float32(prediction, solver, dtype):
+    """A trial: the compiled rows, each a folded combination whose large terms cancel, were summed in the
+    state's half precision: 12.1 off a float64 reference at |x| up to 135 (bfloat16, eps, DPM-Solver++(2M),
+    T = 50), 9.5x the core's error; float16 Euler 0.51 at |x| 144, v-DDIM 0.032 at |x| 2. Summed in float32
+    and rounded once, within 4 ulps of the largest |x| (2.4, 0.29, 0.0044)."""
+    w = np.random.default_rng(1).standard_normal((D, D)) / np.sqrt(D)
+    x = np.random.default_rng(0).standard_normal((4, D))
+    grid = cc.time_grid(SCHED, 50)
+    wd = jnp.asarray(w, dtype)
+
+    def net(x, t):
+        return jnp.tanh(x @ wd + t[:, None]) * 0.5 + 0.2 * x
+
+    ref = cc.solve(cc.DiffusionModel(lambda x, t: np.asarray(net(jnp.asarray(x, dtype), jnp.asarray(t, dtype)),
+                                                             np.float64), SCHED, prediction), x, grid, solver)
+    got = cj.chords(cc.DiffusionModel(net, SCHED, prediction), jnp.asarray(x, dtype), grid, solver, cores=4, stop=None).x
+    ulp = 2.0 ** (np.floor(np.log2(np.max(np.abs(ref)))) - jnp.finfo(dtype).nmant)
+    assert got.dtype == dtype and np.max(np.abs(np.asarray(got, np.float64) - ref)) <= 4 * ulp
+
+
 def test_exact_times_reach_the_network_in_float64_as_in_the_core():
     """A user trial: ``fn.exact_times = True`` was ignored (times in the state's dtype, bfloat16 here:
     0.2 off the core, silently); the compiled paths now pass float64 (x64 on) as the core does."""
@@ -1532,9 +1615,12 @@ def test_exact_times_reach_the_network_in_float64_as_in_the_core():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4)), jnp.bfloat16)
     core = cc.chords(model, x, grid, "euler", cores=4, stop=None)
     seen.clear()
+    # (within 4 bfloat16 ulps of the core's, 0.0625 at |x| < 4; bit for bit before the compiled rows were
+    # summed in float32: the core rounds each operation to bfloat16)
+    ulps4 = 4 * 2.0 ** (np.floor(np.log2(np.max(np.abs(np.asarray(core.x, np.float32))))) - 7)
     for got in (cj.chords(model, x, grid, "euler", cores=4, stop=None).x, cj.solve(model, x, grid, "euler"),
                 cj.parallel(model, x, grid, "euler", cores=4, tol=0).x):
-        assert np.array_equal(np.asarray(got, np.float32), np.asarray(core.x, np.float32))
+        assert np.max(np.abs(np.asarray(got, np.float32) - np.asarray(core.x, np.float32))) <= ulps4
     assert set(seen) == {jnp.dtype(jnp.float64)}
     seen.clear()  # a VectorField's f alike, as the core's batched call gives it
     field = lambda t, y: (jnp.sin(37.0 * jnp.asarray(t, jnp.float64)) - y).astype(y.dtype)  # noqa: E731

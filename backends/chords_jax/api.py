@@ -65,6 +65,7 @@ from .run import (
     NO_BAD,
     after_run,
     chunk_runner,
+    coefficient_dtype,
     first_bad,
     keyable,
     lru_get,
@@ -420,11 +421,16 @@ class RuleValues:
 
     def __init__(self, rule: StopRule, x: Any) -> None:
         self.host = type(rule) in _HOST_RULES and not isinstance(x, jax.core.Tracer) and _cpu_float(x)
+        self._x = x
         self.x = np.asarray(x) if self.host else x
         self.seen: dict[int, Any] = {}
 
     def __call__(self, vals: dict[int, Any]) -> dict[int, Any]:
         """``vals`` (node id -> array) as the rule reads them."""
+        if self.host and any(isinstance(v, jax.core.Tracer) for v in vals.values()):
+            # outputs traced where x is not: traced args, or a model closing over a tracer (grad with respect
+            # to the weights: numpy views of them raised TracerArrayConversionError, a trial)
+            self.host, self.x = False, self._x
         if not self.host:
             return vals
         for k, v in vals.items():
@@ -672,15 +678,18 @@ def _cpu_float(x: jax.Array) -> bool:
 def _on_device(prog: Program, kind: str, dtype: Any, tdtype: Any, mesh: Any,
                build: Callable[[Callable], tuple]) -> tuple:
     """``build(cast)``'s host arrays put on the device(s) (replicated over ``mesh``), float64 ones
-    cast to ``dtype``, the segments' times to ``tdtype`` (``run.time_dtype``); cached per (program,
+    cast to ``coefficient_dtype(dtype)`` (float32 for a half-precision state), the segments' times to
+    ``tdtype`` (``run.time_dtype``); cached per (program,
     kind, dtype, tdtype, mesh), so a repeated call transfers nothing."""
     key = (id(prog), kind, np.dtype(dtype), np.dtype(tdtype), mesh)
     got = lru_get(_ARRAYS, key)
     if got is not None and got[0] is prog:
         return got[1]
 
+    wide = coefficient_dtype(dtype)
+
     def cast(a: np.ndarray, times: bool = False) -> np.ndarray:
-        return a.astype(tdtype if times else dtype) if a.dtype == np.float64 else a
+        return a.astype(tdtype if times else wide) if a.dtype == np.float64 else a
 
     where = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     with jax.ensure_compile_time_eval():  # concrete arrays under a caller's trace too: never a cached tracer
