@@ -103,6 +103,7 @@ def test_bad_output_on_a_rank_raises_in_the_driver_and_all_ranks_exit(tmp_path):
     rep = report(outs[0])
     # rank 1 serves point 0 of each round, core 0 (rank 0 only drives): its 2nd evaluation is in round 2
     assert rep["error"].startswith("ModelOutputError: round 2, core 0") and "non-finite" in rep["error"], outs[0]
+    assert rep["error"].rstrip().endswith("(evaluated on rank 1)"), outs[0]  # (a trial: no rank was named)
     assert rep["nonfinite"] is True  # the kind travels with the error, not only its message
     assert codes == [1, 0, 0], outs  # the driver failed, both workers were told to stop and left cleanly
 

@@ -669,8 +669,8 @@ class DistributedExecutor(Executor):
     def _failure(code: int, k: int, r: int, msg: str) -> BaseException:
         """The exception of rank ``r``'s failed answer for point ``k`` (``_answer``'s code: 1 / 3 a bad
         output, finite or not; 2 the model raised)."""
-        if code in (1, 3):
-            return ModelOutputError(k, msg, code == 3)
+        if code in (1, 3):  # (the rank named: on several machines, the host that made the bad output, a trial)
+            return ModelOutputError(k, f"{msg} (evaluated on rank {r})", code == 3)
         err = WorkerError(f"rank {r}: {msg}")
         err.rank = r  # (documented: the rank involved, where known; it was None)
         return err
