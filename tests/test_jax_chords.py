@@ -1408,6 +1408,20 @@ def test_traced_args_or_weights_with_a_concrete_state_run_as_one_call():
         assert abs(float(jax.grad(by_weights)(w)[0, 1]) - float((by_weights(w + e) - by_weights(w - e)) / (2 * h))) < 1e-6
 
 
+def test_a_deleted_state_or_args_leaf_is_named():
+    """A trial: a donated (deleted) x or args leaf raised JAX's "Array has been deleted", naming neither."""
+    model = cc.DiffusionModel(lambda x, t, a: x * a["w"], cc.RectifiedFlow(), "flow")
+    grid = cc.time_grid(cc.RectifiedFlow(), 6)
+    runs = (lambda x, a: cj.chords(model, x, grid, cores=2, args=a), lambda x, a: cj.solve(model, x, grid, args=a),
+            lambda x, a: cj.parallel(model, x, grid, cores=2, args=a), lambda x, a: cj.srds(model, x, grid, blocks=2, args=a))
+    for run in runs:
+        for which, name in (("x", r"x"), ("w", r"args\['w'\]")):
+            x, a = jnp.ones((2, 3)), {"w": jnp.ones(())}
+            (x if which == "x" else a["w"]).delete()
+            with pytest.raises(ValueError, match=rf"^{name}: the array has been deleted"):
+                run(x, a)
+
+
 def test_a_model_subclass_that_changes_its_call_is_refused():
     """chords_jax compiles the model's function itself: a ``DiffusionModel`` subclass overriding ``_call``
     (clamping the outputs) was ignored, 0.16 off the core, silently (an extension trial)."""

@@ -636,6 +636,18 @@ def clear_cache() -> None:
     _ARRAYS.clear()
 
 
+#: what a deleted array given as ``x`` or an ``args`` leaf is told
+_DELETED = ("the array has been deleted (donated to a jitted call with donate_argnums, or .delete()); pass one "
+            "that is still alive")
+
+
+def check_alive(x: Any) -> None:
+    """``ValueError`` naming ``x`` for a deleted jax array (JAX's "Array has been deleted" named no
+    argument, a trial)."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted():
+        raise ValueError(f"x: {_DELETED}")
+
+
 def _as_state(x: Any) -> jax.Array:
     """``x`` as a jax array, refused where it is not a floating array with finite values (not read
     where it is traced), before anything is compiled or run (``_all_finite``)."""
@@ -650,6 +662,7 @@ def _as_state(x: Any) -> jax.Array:
         raise not_floating("x", x.dtype)
     if isinstance(x, jax.core.Tracer):  # a traced state has no values to check
         return x
+    check_alive(x)
     with jax.ensure_compile_time_eval():  # values, even under a caller's jit
         _raise_if_nonfinite_state(_all_finite(x))
     return x
@@ -736,6 +749,8 @@ def check_args(args: Any) -> None:
     if args is None:
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
+            raise ValueError(f"args{jax.tree_util.keystr(path)}: {_DELETED}")
         if not (isinstance(leaf, (jax.Array, jax.core.Tracer, bool, int, float, complex))
                 or isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biufc"
                 and leaf.dtype.itemsize <= (16 if leaf.dtype.kind == "c" else 8)):  # (not longdouble: jax has none)

@@ -86,7 +86,7 @@ from chords_core.plan import Eval, Round
 from chords_core.results import Hit, Result
 from chords_core.solvers import DPMSolverPP, Euler, Solver, State
 
-from .api import CACHES, _as_state, _model_key, inside_transformation, options_key, solver_key
+from .api import CACHES, _as_state, _model_key, check_alive, inside_transformation, options_key, solver_key
 from .multihost import check_args_devices
 from .run import (
     NO_BAD,
@@ -498,6 +498,7 @@ def parallel(
     if executor is not None:
         raise ValueError("executor: chords_jax compiles the model evaluation itself; pass executor=None")
     inside_transformation(x, args, None, "chords_jax.parallel")  # (TypeError: it reads its rounds on the host)
+    check_alive(x)  # (before the core's checks read its values)
     name = RECOMMENDED if method is None else method
     if not isinstance(name, str) or name not in WINDOW_METHODS:  # (a list: "unhashable type", naming nothing)
         if isinstance(name, str) and name in _NOT_COMPILED:
