@@ -65,7 +65,8 @@ def rectify(fine: Any, anchor_x: Any, anchor_q: Any, slow_x: Any, slow_q: Any, a
 
 
 class DeferredCheck:
-    """Finiteness flags of the rounds' model outputs, kept where the outputs live until ``verify``."""
+    """Finiteness flags of the rounds' model outputs, kept where the outputs live until read back
+    (``first_bad``)."""
 
     def __init__(self) -> None:
         self.pending: list = []  # (flags, round number, where, context) per round

@@ -641,11 +641,11 @@ _DELETED = ("the array has been deleted (donated to a jitted call with donate_ar
             "that is still alive")
 
 
-def check_alive(x: Any) -> None:
-    """``ValueError`` naming ``x`` for a deleted jax array (JAX's "Array has been deleted" named no
+def check_alive(x: Any, name: str = "x") -> None:
+    """``ValueError`` naming ``name`` for a deleted jax array (JAX's "Array has been deleted" named no
     argument, a trial)."""
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted():
-        raise ValueError(f"x: {_DELETED}")
+        raise ValueError(f"{name}: {_DELETED}")
 
 
 def _as_state(x: Any) -> jax.Array:
@@ -749,8 +749,7 @@ def check_args(args: Any) -> None:
     if args is None:
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
-            raise ValueError(f"args{jax.tree_util.keystr(path)}: {_DELETED}")
+        check_alive(leaf, f"args{jax.tree_util.keystr(path)}")
         if not (isinstance(leaf, (jax.Array, jax.core.Tracer, bool, int, float, complex))
                 or isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biufc"
                 and leaf.dtype.itemsize <= (16 if leaf.dtype.kind == "c" else 8)):  # (not longdouble: jax has none)

@@ -34,6 +34,7 @@ from chords_core.methods.srds import (
 )
 from chords_core.models import ModelOutputError
 from chords_core.results import Hit, Result
+from chords_core.solvers import bind_solver
 from chords_core.stopping import RunAll, StopRule, outputs_needed, warn_unmet
 
 from .api import (
@@ -179,7 +180,7 @@ def srds(
             if bad != NO_BAD:
                 _raise_nonfinite(bad, prog, model, sym, times, solver, nb, last, solver_options)
 
-        first = srds_first(cc.make_solver(solver, model, times, **solver_options), nb)
+        first = srds_first(bind_solver(solver, model, times, **solver_options), nb)  # (model and times checked above)
         chunks = None if _one_call(rule) else _chunk_plan(prog, sym)
         read = RuleValues(rule, x)
         if chunks is None:  # a choice known before any value, or one chunk: one call

@@ -297,7 +297,7 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         #   second sum brought to the first's unit by that power of two's ratio (float32 squares underflowed
         #   from states of about 1e-17: 1.3x the sequential error at 1e-20; scaled once by x_0, a state
         #   growing from 1e-200 overflowed: 23 rounds where the core took 13, session 55's note).
-        wide = dt if jnp.finfo(dt).bits >= 32 else jnp.dtype(jnp.float32)  # (promote_types is strict under "strict")
+        wide = cmp  # (float32 or wider: the threshold's dtype, ``_threshold``)
         lo, hi = 2 - jnp.finfo(wide).maxexp, jnp.finfo(wide).maxexp - 2
 
         def exponent(v):  # (L, N) -> (R,): ue per sample, 2^ue |v| below 1 and near it (0 for a zero or empty v)
@@ -330,7 +330,6 @@ def _program(model: Any, setup: _Setup, check: bool, with_args: bool) -> Callabl
         # dynamic update of a T-row buffer copies the whole buffer per iteration on XLA:CPU
         Xw = jnp.broadcast_to(x.reshape(1, N), (W + 1, N))
         Qh = None
-        ue0 = sq0 = jnp.zeros(R, jnp.int32)
         if scale == "error":  # |x_0|^2 per sample (1, R), by 2^ue0: ``_PointErrors.tiny`` in each sweep's unit
             ue0 = exponent(x.reshape(1, N))
             sq0 = row_sq(x.reshape(1, N), ue0)

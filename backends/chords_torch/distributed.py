@@ -199,15 +199,20 @@ def _interruptible_wait(work: Any, timeout: float | None) -> bool:
     return bool(box["ok"])
 
 
+def _wait_work(work: Any, timeout: float | None, interruptible: bool) -> bool:
+    """``work.wait`` within ``timeout`` seconds (``None``: the group's own); ``interruptible`` in the main
+    thread: ``_interruptible_wait``, where a Ctrl-C's handler runs during the wait. Whether it completed."""
+    if interruptible and threading.current_thread() is threading.main_thread():
+        return _interruptible_wait(work, timeout)
+    if timeout is None:
+        work.wait()
+        return True
+    return bool(work.wait(datetime.timedelta(seconds=timeout)))
+
+
 def _wait_once(start: Callable, timeout: float | None, what: str, interruptible: bool = False) -> None:
     try:
-        work = start()
-        if interruptible and threading.current_thread() is threading.main_thread():
-            if not _interruptible_wait(work, timeout):
-                raise WorkerTimeout(f"{what}: no completion within {timeout:g} s")
-        elif timeout is None:
-            work.wait()
-        elif not work.wait(datetime.timedelta(seconds=timeout)):
+        if not _wait_work(start(), timeout, interruptible):
             raise WorkerTimeout(f"{what}: no completion within {timeout:g} s")
     except WorkerTimeout:
         raise
@@ -386,7 +391,7 @@ class DistributedExecutor(Executor):
         # every argument checked before an open executor is superseded (a refused one closed the open
         # executor, whose close() then released no rank: a trial)
         batched = check_bool("batched", batched)
-        round_timeout = check_timeout(round_timeout_of(round_timeout, timeout, "DistributedExecutor"), "round_timeout")
+        self.round_timeout = round_timeout_of(round_timeout, timeout, "DistributedExecutor")  # (checked as set)
         if dist.get_rank(group) != 0:
             raise RuntimeError(f"DistributedExecutor runs on rank 0 (the driver); this is rank "
                                f"{dist.get_rank(group)}: call serve(...)")
@@ -416,7 +421,6 @@ class DistributedExecutor(Executor):
             finally:
                 ex._lock.release()
         self.group, self.batched = group, batched
-        self.round_timeout = round_timeout
         self.ranks = [self._global(r) for r in range(1, world)]
         self.device = _comm_device(group)
         self.local = local if local is None or isinstance(local, Model) else replicate(local, self.device)
@@ -780,15 +784,12 @@ def _serve_loop(net: Callable | Model, group: Any, comm: torch.device, device: t
                 assert work is not None  # (a rank in the group: a Work)
                 # (in the main thread a Ctrl-C's handler runs during the wait, as on the driver: it ran only
                 # when the driver's next message came, a trial, never where the driver idled or hung)
-                if threading.current_thread() is threading.main_thread():
-                    try:
-                        ok = _interruptible_wait(work, wait.total_seconds())
-                    except BaseException as e:
-                        if _abandoned(e):  # its receive stays posted: a later serve's first message would go there
-                            _group_state(group).cut = True
-                        raise
-                else:
-                    ok = work.wait(wait)
+                try:
+                    ok = _wait_work(work, wait.total_seconds(), True)
+                except BaseException as e:
+                    if _abandoned(e):  # its receive stays posted: a later serve's first message would go there
+                        _group_state(group).cut = True
+                    raise
                 if not ok:  # (gloo raises; a False would leave the zeros of a STOP header)
                     raise RuntimeError("timed out waiting for the driver")
             else:

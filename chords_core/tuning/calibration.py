@@ -206,7 +206,7 @@ def calibration(
                 problem._check_x(x, "x_cal")  # (the mixture's own check, named as here: it said x_T)
             reference = problem.reference_solve(x, times[0], times[-1], schedule)
             n = int(np.shape(x)[0]) if np.ndim(x) >= 2 else 1  # (x_cal's, not the default draw's 16: a trial)
-            desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {n} sample{'s' if n != 1 else ''}"
+            desc = f"Gaussian mixture dim {problem.dim}, {problem.n_modes} modes, {counted(n, 'sample')}"
         else:
             raise TypeError(f"problem must be a GaussianMixture or LinearODE, got {type(problem).__name__}")
     if np.ndim(x) >= 2 and np.shape(x)[0] == 0:  # (it failed on a nan error: "check the model and x_cal")
@@ -387,3 +387,8 @@ def check_budget(budget: Any) -> float:
         ``float(budget)``; ``ValueError`` naming the budget otherwise.
     """
     return check_float("budget (error relative to the sequential solver)", budget, 1.0)
+
+
+def counted(n: int, what: str) -> str:
+    """``n`` and ``what``, plural unless n is 1 (the tuner printed "1 sequences")."""
+    return f"{n} {what}{'' if n == 1 else 's'}"

@@ -22,7 +22,7 @@ from typing import Any
 from ..checks import check_int
 from ..inits import paper_init, recipe_init, uniform_init
 from ..progress import check_progress, progress_bar
-from .calibration import Calibration, Candidate, Evaluator, calibration, check_budget
+from .calibration import Calibration, Candidate, Evaluator, calibration, check_budget, counted
 
 __all__ = ["InitResult", "optimize_init", "pareto_front"]
 
@@ -80,7 +80,8 @@ class InitResult:
         lines = [
             f"calibration: {cal.description}; solver {cal.solver}, {cal.steps} steps, {len(b.init)} cores",
             f"budget: error <= {self.budget:g} x sequential error ({cal.seq_error:.3e})",
-            f"search: {self.method}, {_count(self.evaluated, 'sequence')} measured ({_count(self.runs, 'engine run')})",
+            f"search: {self.method}, {counted(self.evaluated, 'sequence')} measured "
+            f"({counted(self.runs, 'engine run')})",
             f"chosen init: {'-'.join(map(str, b.init))}  (output: core {b.core}, stop=StopAtCore({self.stop_n}))",
             f"  rounds {b.rounds} of {round(b.rounds * b.speedup)}: speedup {b.speedup:.2f}x, NFE {b.nfe}, "
             f"error {b.error:.3e} = {b.ratio:.4f} x sequential",
@@ -93,11 +94,6 @@ class InitResult:
                 f"fastest output: round {min(c.finish)}, ratio {c.ratios[-1]:.3g}"
             )
         return "\n".join(lines)
-
-
-def _count(n: int, what: str) -> str:
-    """``n`` and ``what``, plural unless n is 1 (it printed "1 sequences")."""
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _neighbours(init: tuple[int, ...], steps: int) -> Iterator[tuple[int, ...]]:
@@ -185,8 +181,8 @@ def optimize_init(
     best: Candidate | None = None
     space = math.comb(T - 1, cores - 1)
     exhaustive = space <= exhaustive_limit
-    method = (f"exhaustive over all {_count(space, 'sequence')}" if exhaustive
-              else f"local search from {cores}-core recipe seeds ({_count(space, 'sequence')} in all)")
+    method = (f"exhaustive over all {counted(space, 'sequence')}" if exhaustive
+              else f"local search from {cores}-core recipe seeds ({counted(space, 'sequence')} in all)")
     baseline_inits = {"recipe": recipe_init(T, cores), "paper": paper_init(T, cores), "uniform": uniform_init(T, cores)}
     seeds = [] if exhaustive else sorted(
         {recipe_init(T, cores, top=top) for top in range(cores - 1, T)} if cores > 1 else {(0,)})
@@ -226,7 +222,7 @@ def optimize_init(
         # it, where it printed only "interrupted", a user trial)
         if not ev.seen:  # (during the first run: nothing measured)
             raise
-        cut = f"{method}; interrupted after {_count(len(ev.seen), 'sequence')}: the best so far"
+        cut = f"{method}; interrupted after {counted(len(ev.seen), 'sequence')}: the best so far"
         so_far = min(ev.seen.values(), key=lambda c: c.key)
         if best is not None and better(so_far, best):  # (found by a climb cut short: in the trace too)
             trace.append((len(ev.seen), so_far.rounds))
